@@ -1,0 +1,32 @@
+//! The runtime of cim-integrate: everything the macros expand into.
+//!
+//! - [`id`]: message identity (UUID v7 ids, root vs caused-by) and the [`typed_id!`] macro.
+//! - [`timestamp`]: [`Timestamp`], RFC 3339 on the wire.
+//! - [`subject`]: validated [`Subject`] and [`SubjectPattern`], with `const fn` rules.
+//! - [`headers`] and [`envelope`]: a message with its identity, to and from NATS headers.
+//! - [`transport`]: the transport contract, and [`transport::memory`], the embedded default.
+//!
+//! Users depend on the `cim-integrate` facade, which re-exports this crate.
+#![warn(missing_docs)]
+
+pub mod envelope;
+pub mod headers;
+pub mod id;
+pub mod subject;
+pub mod timestamp;
+pub mod transport;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+pub use envelope::Envelope;
+pub use headers::Headers;
+pub use id::{CausationId, CorrelationId, Identity, MessageId};
+pub use subject::{Subject, SubjectPattern};
+pub use timestamp::Timestamp;
+
+#[doc(hidden)]
+pub mod __private {
+    pub use serde;
+    pub use uuid;
+}

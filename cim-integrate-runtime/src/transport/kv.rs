@@ -1,0 +1,149 @@
+//! The key-value contract: a bucket of keys with revisions and compare-and-set writes.
+
+use crate::timestamp::Timestamp;
+use bytes::Bytes;
+use std::future::Future;
+use std::time::Duration;
+
+/// A key-value bucket to open or create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvSpec {
+    /// Bucket name: `[A-Za-z0-9_-]+`.
+    pub bucket: String,
+    /// Revisions kept per key (1-64).
+    pub history: u8,
+    /// Entries older than this expire (the TTL of dedup marks); `None` keeps them.
+    pub max_age: Option<Duration>,
+}
+
+impl KvSpec {
+    /// A bucket keeping one revision per key, no TTL.
+    pub fn new(bucket: impl Into<String>) -> Self {
+        Self { bucket: bucket.into(), history: 1, max_age: None }
+    }
+    /// Sets the TTL of entries.
+    pub fn max_age(mut self, ttl: Duration) -> Self {
+        self.max_age = Some(ttl);
+        self
+    }
+    /// Sets the number of revisions kept per key.
+    pub fn history(mut self, history: u8) -> Self {
+        self.history = history;
+        self
+    }
+    /// Checks the name and settings.
+    pub fn validate(&self) -> Result<(), KvError> {
+        check_bucket_name(&self.bucket)?;
+        if !(1..=64).contains(&self.history) {
+            return Err(KvError::Invalid(format!("bucket `{}`: history must be 1-64", self.bucket)));
+        }
+        if self.max_age.is_some_and(|d| d < Duration::from_millis(100)) {
+            return Err(KvError::Invalid(format!("bucket `{}`: max_age must be at least 100ms", self.bucket)));
+        }
+        Ok(())
+    }
+}
+
+/// One entry: the latest value of a key and its revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvEntry {
+    /// The key.
+    pub key: String,
+    /// The value.
+    pub value: Bytes,
+    /// The revision (bucket-wide, increasing with every write to the bucket).
+    pub revision: u64,
+    /// When it was written.
+    pub created: Timestamp,
+}
+
+/// What went wrong in a key-value operation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KvError {
+    /// The key is not valid.
+    #[error("invalid key `{0}`: keys are `[-/_=.A-Za-z0-9]+`, not starting or ending with `.`")]
+    InvalidKey(String),
+    /// A bucket name or setting is not valid.
+    #[error("invalid key-value argument: {0}")]
+    Invalid(String),
+    /// `create` on a key that exists.
+    #[error("key `{key}` already exists")]
+    AlreadyExists {
+        /// The key.
+        key: String,
+    },
+    /// `update` or `delete` expected another revision: someone else wrote first. Read and retry.
+    #[error("key `{key}` is not at revision {expected} (someone else wrote it); read it again and retry")]
+    Conflict {
+        /// The key.
+        key: String,
+        /// The revision the caller expected.
+        expected: u64,
+    },
+    /// A bucket exists with other settings. It is never modified.
+    #[error("bucket `{bucket}` exists with different settings ({detail}); it was left unchanged")]
+    BucketConflict {
+        /// The bucket.
+        bucket: String,
+        /// What differs.
+        detail: String,
+    },
+    /// The underlying transport failed.
+    #[error(transparent)]
+    Transport(#[from] super::TransportError),
+}
+
+impl KvError {
+    /// `true` if retrying the same operation later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Transport(t) if t.is_transient())
+    }
+}
+
+/// Checks a bucket name: `[A-Za-z0-9_-]+`.
+pub fn check_bucket_name(bucket: &str) -> Result<(), KvError> {
+    super::check_name("bucket", bucket).map_err(|e| KvError::Invalid(e.to_string()))
+}
+
+/// Checks a key as NATS does: `[-/_=.A-Za-z0-9]+`, not starting or ending with `.`.
+pub fn check_key(key: &str) -> Result<(), KvError> {
+    let ok = !key.is_empty()
+        && key.len() <= 1024
+        && !key.starts_with('.')
+        && !key.ends_with('.')
+        && !key.contains("..")
+        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b"-/_=.".contains(&b));
+    if ok { Ok(()) } else { Err(KvError::InvalidKey(key.chars().take(64).collect())) }
+}
+
+/// A key-value bucket with optimistic concurrency.
+pub trait KeyValue: Clone + Send + Sync + 'static {
+    /// The latest live value of `key`, or `None` if absent, deleted or expired.
+    fn get(&self, key: &str) -> impl Future<Output = Result<Option<KvEntry>, KvError>> + Send;
+    /// Writes `value` only if `key` has no live value; returns the new revision.
+    fn create(&self, key: &str, value: Bytes) -> impl Future<Output = Result<u64, KvError>> + Send;
+    /// Writes `value` only if the latest revision of `key` is `expected`; returns the new
+    /// revision, or [`KvError::Conflict`].
+    fn update(&self, key: &str, value: Bytes, expected: u64) -> impl Future<Output = Result<u64, KvError>> + Send;
+    /// Writes `value` unconditionally; returns the new revision.
+    fn put(&self, key: &str, value: Bytes) -> impl Future<Output = Result<u64, KvError>> + Send;
+    /// Deletes `key` (a tombstone); with `expected`, only if the latest revision is that one.
+    fn delete(&self, key: &str, expected: Option<u64>) -> impl Future<Output = Result<(), KvError>> + Send;
+    /// The keys with live values, sorted.
+    fn keys(&self) -> impl Future<Output = Result<Vec<String>, KvError>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_follow_nats_rules() {
+        for ok in ["a", "saga.doc-1", "h/1=2", "A_b.c"] {
+            assert!(check_key(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", ".a", "a.", "a..b", "a b", "a*", "a>", "é"] {
+            assert!(check_key(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,578 @@
+//! The transport contract: streams, publishing with de-duplication, durable consumers, and
+//! key-value buckets.
+//!
+//! The traits map one to one onto NATS JetStream, and [`memory`] implements the same semantics in
+//! process. A behaviour that differs between the two is a bug; [`crate::conformance`] is the one
+//! suite both must pass.
+//!
+//! | concept | trait / type | JetStream |
+//! | --- | --- | --- |
+//! | stream | [`Transport::ensure_stream`], [`StreamSpec`] | stream, limits retention, duplicate window |
+//! | publish | [`Transport::publish`] -> [`Transport::AckFuture`] | publish with `Nats-Msg-Id`, then await the PubAck |
+//! | durable consumer | [`Transport::consumer`], [`ConsumerSpec`], [`Consumer::next`] | durable pull consumer, explicit ack |
+//! | ack / nak / term | [`Delivery::ack`], [`Delivery::nak`], [`Delivery::term`] | `+ACK`, `-NAK {"delay"}`, `+TERM` |
+//! | key-value | [`Transport::key_value`], [`KeyValue`] | KV bucket (`KV_<bucket>` stream) |
+
+use crate::envelope::{Envelope, EnvelopeError, ReceivedFrom};
+use crate::headers::Headers;
+use crate::subject::{Subject, SubjectPattern};
+use crate::timestamp::Timestamp;
+use bytes::Bytes;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+mod kv;
+pub mod memory;
+mod publisher;
+
+pub use kv::{KeyValue, KvEntry, KvError, KvSpec, check_bucket_name, check_key};
+pub use publisher::PipelinedPublisher;
+
+/// The default JetStream duplicate window (2 minutes).
+pub const DEFAULT_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// The default NATS max payload (1 MiB). The in-memory transport enforces the same limit.
+pub const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
+
+/// What went wrong in a transport operation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransportError {
+    /// No stream captures the subject (JetStream: "no responders").
+    #[error("no stream captures subject `{subject}`; call ensure_stream for its domain first")]
+    NoStream {
+        /// The subject published to.
+        subject: String,
+    },
+    /// The stream does not exist.
+    #[error("stream `{stream}` does not exist")]
+    StreamNotFound {
+        /// The stream's name.
+        stream: String,
+    },
+    /// A stream exists with settings that differ from the requested ones. It is never modified.
+    #[error("stream `{stream}` exists with different settings ({detail}); it was left unchanged: reconcile it by hand or use another name")]
+    StreamConflict {
+        /// The stream's name.
+        stream: String,
+        /// What differs.
+        detail: String,
+    },
+    /// The stream's subjects overlap those of another stream.
+    #[error("stream `{stream}` would overlap stream `{other}` on `{pattern}`; streams must capture disjoint subjects")]
+    StreamOverlap {
+        /// The stream being created.
+        stream: String,
+        /// The existing stream.
+        other: String,
+        /// The overlapping pattern.
+        pattern: String,
+    },
+    /// A durable consumer exists with a filter or deliver policy that cannot be changed.
+    #[error("consumer `{consumer}` on `{stream}` exists with different settings ({detail}); delete it to change them")]
+    ConsumerConflict {
+        /// The stream.
+        stream: String,
+        /// The durable name.
+        consumer: String,
+        /// What differs.
+        detail: String,
+    },
+    /// The consumer does not exist (any more).
+    #[error("consumer `{consumer}` on `{stream}` does not exist")]
+    ConsumerNotFound {
+        /// The stream.
+        stream: String,
+        /// The durable name.
+        consumer: String,
+    },
+    /// The payload is larger than the server accepts.
+    #[error("payload of {size} bytes exceeds the maximum of {max}")]
+    PayloadTooLarge {
+        /// Payload size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// An argument is invalid (a name, a duration, a header).
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    /// The operation did not complete in time; it may or may not have taken effect.
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// Connection-level failure (disconnected, closed, refused).
+    #[error("connection: {0}")]
+    Connection(String),
+    /// Any other failure reported by the server or client.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl TransportError {
+    /// `true` if retrying the same operation later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Timeout(_) | Self::Connection(_) | Self::NoStream { .. })
+    }
+}
+
+/// How a stream stores its messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Storage {
+    /// On disk (the default; survives a server restart).
+    #[default]
+    File,
+    /// In server memory.
+    Memory,
+}
+
+/// A stream to provision: one per domain (`{DOMAIN}_EVENTS` on `{domain}.>`), plus the
+/// dead-letter stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamSpec {
+    /// Stream name: `[A-Za-z0-9_-]+`.
+    pub name: String,
+    /// Captured subjects.
+    pub subjects: Vec<SubjectPattern>,
+    /// Storage kind.
+    pub storage: Storage,
+    /// Window in which a second publish with the same `Nats-Msg-Id` is dropped.
+    pub duplicate_window: Duration,
+    /// Messages older than this are removed; `None` keeps them (limits retention).
+    pub max_age: Option<Duration>,
+}
+
+impl StreamSpec {
+    /// A stream with default settings (file storage, 2-minute duplicate window, no max age).
+    pub fn new(name: impl Into<String>, subjects: Vec<SubjectPattern>) -> Self {
+        Self {
+            name: name.into(),
+            subjects,
+            storage: Storage::File,
+            duplicate_window: DEFAULT_DUPLICATE_WINDOW,
+            max_age: None,
+        }
+    }
+
+    /// The stream of a domain: `DOCUMENT_EVENTS` on `document.>` (or `{prefix}.document.>`).
+    pub fn for_domain(domain: &str, prefix: Option<&Subject>) -> Result<Self, TransportError> {
+        let invalid = |e| TransportError::Invalid(format!("domain `{domain}`: {e}"));
+        crate::subject::check_token(domain).map_err(invalid)?;
+        let mut pattern = SubjectPattern::new(format!("{domain}.>")).map_err(invalid)?;
+        let mut name = format!("{}_EVENTS", domain.to_ascii_uppercase().replace('-', "_"));
+        if let Some(p) = prefix {
+            pattern = pattern.with_prefix(p).map_err(invalid)?;
+            name = format!("{}_{name}", p.as_str().to_ascii_uppercase().replace(['.', '-'], "_"));
+        }
+        Ok(Self::new(name, vec![pattern]))
+    }
+
+    /// Sets the duplicate window.
+    pub fn duplicate_window(mut self, window: Duration) -> Self {
+        self.duplicate_window = window;
+        self
+    }
+
+    /// Sets the storage kind.
+    pub fn storage(mut self, storage: Storage) -> Self {
+        self.storage = storage;
+        self
+    }
+
+    /// Sets the maximum message age.
+    pub fn max_age(mut self, max_age: Duration) -> Self {
+        self.max_age = Some(max_age);
+        self
+    }
+
+    /// Checks the name and settings before they reach a server.
+    pub fn validate(&self) -> Result<(), TransportError> {
+        check_name("stream", &self.name)?;
+        if self.subjects.is_empty() {
+            return Err(TransportError::Invalid(format!("stream `{}` has no subjects", self.name)));
+        }
+        if self.duplicate_window.is_zero() {
+            return Err(TransportError::Invalid(format!("stream `{}`: duplicate window must be positive", self.name)));
+        }
+        if let Some(age) = self.max_age
+            && age < self.duplicate_window
+        {
+            return Err(TransportError::Invalid(format!(
+                "stream `{}`: max_age ({age:?}) must not be shorter than the duplicate window ({:?})",
+                self.name, self.duplicate_window
+            )));
+        }
+        Ok(())
+    }
+
+    /// Differences that matter between this spec and an existing stream's, or `None`.
+    pub fn differences(&self, existing: &StreamSpec) -> Option<String> {
+        let mut d = Vec::new();
+        let mut mine: Vec<&str> = self.subjects.iter().map(|s| s.as_str()).collect();
+        let mut theirs: Vec<&str> = existing.subjects.iter().map(|s| s.as_str()).collect();
+        mine.sort_unstable();
+        theirs.sort_unstable();
+        if mine != theirs {
+            d.push(format!("subjects {theirs:?}, wanted {mine:?}"));
+        }
+        if self.storage != existing.storage {
+            d.push(format!("storage {:?}, wanted {:?}", existing.storage, self.storage));
+        }
+        if self.duplicate_window != existing.duplicate_window {
+            d.push(format!(
+                "duplicate window {:?}, wanted {:?}",
+                existing.duplicate_window, self.duplicate_window
+            ));
+        }
+        if self.max_age != existing.max_age {
+            d.push(format!("max age {:?}, wanted {:?}", existing.max_age, self.max_age));
+        }
+        (!d.is_empty()).then(|| d.join("; "))
+    }
+}
+
+pub(crate) fn check_name(what: &str, name: &str) -> Result<(), TransportError> {
+    if name.is_empty()
+        || name.len() > 255
+        || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(TransportError::Invalid(format!(
+            "{what} name `{}` must be 1-255 characters of A-Z, a-z, 0-9, `_`, `-`",
+            name.chars().take(64).collect::<String>()
+        )));
+    }
+    Ok(())
+}
+
+/// A message to publish: subject, headers and payload. A `Nats-Msg-Id` header makes the publish
+/// idempotent within the stream's duplicate window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundMessage {
+    /// Where to publish.
+    pub subject: Subject,
+    /// Headers, including identity headers.
+    pub headers: Headers,
+    /// Payload bytes.
+    pub payload: Bytes,
+}
+
+impl OutboundMessage {
+    /// The de-duplication id, if any.
+    pub fn msg_id(&self) -> Option<&str> {
+        self.headers.get(crate::headers::NATS_MSG_ID)
+    }
+}
+
+impl From<&Envelope> for OutboundMessage {
+    fn from(env: &Envelope) -> Self {
+        Self { subject: env.subject().clone(), headers: env.to_headers(), payload: env.payload().clone() }
+    }
+}
+
+impl From<Envelope> for OutboundMessage {
+    fn from(env: Envelope) -> Self {
+        Self::from(&env)
+    }
+}
+
+/// The stream's acknowledgement of a publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishAck {
+    /// The stream that stored the message.
+    pub stream: String,
+    /// Its sequence in the stream (for a duplicate: the original's sequence).
+    pub sequence: u64,
+    /// `true` if a message with the same `Nats-Msg-Id` was already stored within the window;
+    /// nothing new was stored.
+    pub duplicate: bool,
+}
+
+/// Where a new durable consumer starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeliverPolicy {
+    /// From the first message still in the stream.
+    #[default]
+    All,
+    /// Only messages published after the consumer was created.
+    New,
+}
+
+/// A durable pull consumer: one per handler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerSpec {
+    /// The stream to read.
+    pub stream: String,
+    /// Durable name, stable across restarts and releases.
+    pub durable: String,
+    /// Only subjects matching this are delivered.
+    pub filter: SubjectPattern,
+    /// Where a new consumer starts. Ignored when the consumer exists.
+    pub deliver: DeliverPolicy,
+    /// How long a delivery may stay unacknowledged before it is redelivered.
+    pub ack_wait: Duration,
+    /// Most deliveries of one message; `None` for unlimited. After the last, the message is
+    /// no longer delivered to this consumer.
+    pub max_deliver: Option<u32>,
+    /// Redelivery delays after an ack-wait expiry: the n-th redelivery waits `backoff[n-1]` (the
+    /// last entry repeats). Empty: `ack_wait`. Requires `max_deliver` greater than its length.
+    pub backoff: Vec<Duration>,
+    /// Most deliveries outstanding (unacknowledged) at once.
+    pub max_ack_pending: u32,
+}
+
+impl ConsumerSpec {
+    /// A consumer with defaults: deliver all, 30 s ack wait, unlimited deliveries, no back-off,
+    /// 1000 outstanding.
+    pub fn new(stream: impl Into<String>, durable: impl Into<String>, filter: SubjectPattern) -> Self {
+        Self {
+            stream: stream.into(),
+            durable: durable.into(),
+            filter,
+            deliver: DeliverPolicy::All,
+            ack_wait: Duration::from_secs(30),
+            max_deliver: None,
+            backoff: Vec::new(),
+            max_ack_pending: 1000,
+        }
+    }
+
+    /// Sets the deliver policy.
+    pub fn deliver(mut self, deliver: DeliverPolicy) -> Self {
+        self.deliver = deliver;
+        self
+    }
+    /// Sets the ack wait.
+    pub fn ack_wait(mut self, ack_wait: Duration) -> Self {
+        self.ack_wait = ack_wait;
+        self
+    }
+    /// Sets the maximum number of deliveries.
+    pub fn max_deliver(mut self, max_deliver: u32) -> Self {
+        self.max_deliver = Some(max_deliver);
+        self
+    }
+    /// Sets the redelivery back-off.
+    pub fn backoff(mut self, backoff: Vec<Duration>) -> Self {
+        self.backoff = backoff;
+        self
+    }
+    /// Sets the maximum outstanding deliveries.
+    pub fn max_ack_pending(mut self, n: u32) -> Self {
+        self.max_ack_pending = n;
+        self
+    }
+
+    /// Checks names and settings before they reach a server.
+    pub fn validate(&self) -> Result<(), TransportError> {
+        check_name("stream", &self.stream)?;
+        check_name("consumer", &self.durable)?;
+        let bad = |m: String| Err(TransportError::Invalid(format!("consumer `{}`: {m}", self.durable)));
+        if self.ack_wait.is_zero() {
+            return bad("ack_wait must be positive".into());
+        }
+        if self.max_deliver == Some(0) {
+            return bad("max_deliver must be at least 1".into());
+        }
+        if self.max_ack_pending == 0 {
+            return bad("max_ack_pending must be at least 1".into());
+        }
+        if !self.backoff.is_empty() {
+            if self.backoff.iter().any(Duration::is_zero) {
+                return bad("backoff delays must be positive".into());
+            }
+            if let Some(m) = self.max_deliver
+                && (m as usize) <= self.backoff.len()
+            {
+                return bad(format!(
+                    "max_deliver ({m}) must be greater than the number of backoff delays ({})",
+                    self.backoff.len()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The delay before redelivering a message delivered `delivered` times whose ack wait expired.
+    pub fn redelivery_delay(&self, delivered: u64) -> Duration {
+        match self.backoff.len() {
+            0 => self.ack_wait,
+            n => self.backoff[(delivered.saturating_sub(1) as usize).min(n - 1)],
+        }
+    }
+
+    /// Settings of an existing consumer that cannot be changed in place, or `None`.
+    pub fn immutable_differences(&self, existing: &ConsumerSpec) -> Option<String> {
+        let mut d = Vec::new();
+        if self.filter != existing.filter {
+            d.push(format!("filter `{}`, wanted `{}`", existing.filter, self.filter));
+        }
+        if self.deliver != existing.deliver {
+            d.push(format!("deliver policy {:?}, wanted {:?}", existing.deliver, self.deliver));
+        }
+        (!d.is_empty()).then(|| d.join("; "))
+    }
+}
+
+/// Facts about one delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryInfo {
+    /// The stream.
+    pub stream: Arc<str>,
+    /// The consumer's durable name.
+    pub consumer: Arc<str>,
+    /// The message's sequence in the stream.
+    pub stream_sequence: u64,
+    /// This delivery's sequence in the consumer.
+    pub consumer_sequence: u64,
+    /// How many times this message has been delivered, this time included (1 the first time).
+    pub delivered: u64,
+    /// When the stream stored the message.
+    pub published: Timestamp,
+}
+
+/// Acknowledges one delivery. Implemented by each transport.
+pub trait Acker: Send + Sync + 'static {
+    /// Done: never deliver again.
+    fn ack(&self) -> impl Future<Output = Result<(), TransportError>> + Send;
+    /// Not done: deliver again after `delay` (at once if `None`), counting toward `max_deliver`.
+    fn nak(&self, delay: Option<Duration>) -> impl Future<Output = Result<(), TransportError>> + Send;
+    /// Never deliver again, not done (it was dead-lettered or is poison).
+    fn term(&self) -> impl Future<Output = Result<(), TransportError>> + Send;
+    /// Still working: restart the ack wait.
+    fn in_progress(&self) -> impl Future<Output = Result<(), TransportError>> + Send;
+}
+
+/// One delivery of a stored message to a consumer, with its acknowledgement handle.
+///
+/// Exactly one of [`ack`](Self::ack), [`nak`](Self::nak) or [`term`](Self::term) ends it; each
+/// takes `self`. A delivery dropped without either is redelivered after the ack wait.
+pub struct Delivery<A> {
+    subject: String,
+    headers: Headers,
+    payload: Bytes,
+    info: DeliveryInfo,
+    acker: A,
+}
+
+impl<A: std::fmt::Debug> std::fmt::Debug for Delivery<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("subject", &self.subject)
+            .field("headers", &self.headers)
+            .field("payload_len", &self.payload.len())
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A: Acker> Delivery<A> {
+    /// Assembles a delivery (for transport implementations).
+    pub fn new(subject: String, headers: Headers, payload: Bytes, info: DeliveryInfo, acker: A) -> Self {
+        Self { subject, headers, payload, info, acker }
+    }
+
+    /// The subject as received (not validated: a foreign publisher may use any NATS subject).
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+    /// The headers as received.
+    pub fn headers(&self) -> &Headers {
+        &self.headers
+    }
+    /// The payload as received.
+    pub fn payload(&self) -> &Bytes {
+        &self.payload
+    }
+    /// Sequence numbers, delivery count, publish time.
+    pub fn info(&self) -> &DeliveryInfo {
+        &self.info
+    }
+
+    /// The envelope, with identity read from headers or derived (stably) from the stream position;
+    /// see [`Envelope::from_received`].
+    pub fn envelope(&self) -> Result<Envelope, EnvelopeError> {
+        let from = ReceivedFrom {
+            stream: Some(self.info.stream.clone()),
+            stream_sequence: Some(self.info.stream_sequence),
+            published: Some(self.info.published),
+        };
+        Envelope::from_received(&self.subject, &self.headers, self.payload.clone(), &from)
+    }
+
+    /// Acknowledges: the message is handled and is never delivered to this consumer again.
+    pub async fn ack(self) -> Result<(), TransportError> {
+        self.acker.ack().await
+    }
+    /// Negative acknowledgement: redeliver after `delay` (at once if `None`).
+    pub async fn nak(self, delay: Option<Duration>) -> Result<(), TransportError> {
+        self.acker.nak(delay).await
+    }
+    /// Terminates: never redeliver (after dead-lettering, or for poison messages).
+    pub async fn term(self) -> Result<(), TransportError> {
+        self.acker.term().await
+    }
+    /// Restarts the ack wait while a long handler is still working.
+    pub async fn in_progress(&self) -> Result<(), TransportError> {
+        self.acker.in_progress().await
+    }
+    /// Splits into the received parts and the acknowledgement handle.
+    pub fn into_parts(self) -> (String, Headers, Bytes, DeliveryInfo, A) {
+        (self.subject, self.headers, self.payload, self.info, self.acker)
+    }
+}
+
+/// A handle on a durable consumer. Several handles on one durable share its messages.
+pub trait Consumer: Send + 'static {
+    /// The acknowledgement handle of this transport.
+    type Acker: Acker;
+    /// Waits for the next delivery. Transient trouble (missed heartbeats, reconnects) is retried
+    /// inside; an error means the consumer cannot go on (for example, it was deleted).
+    fn next(&mut self) -> impl Future<Output = Result<Delivery<Self::Acker>, TransportError>> + Send;
+}
+
+/// A message transport with JetStream semantics.
+pub trait Transport: Clone + Send + Sync + 'static {
+    /// A durable consumer handle.
+    type Consumer: Consumer;
+    /// A key-value bucket handle.
+    type KeyValue: KeyValue;
+    /// Resolves when the stream has acknowledged (persisted) a published message.
+    type AckFuture: Future<Output = Result<PublishAck, TransportError>> + Send + 'static;
+
+    /// Creates the stream if it does not exist. An existing stream with the same settings is
+    /// fine; with other settings it is reported ([`TransportError::StreamConflict`]) and left
+    /// unchanged. Subjects overlapping another stream are refused.
+    fn ensure_stream(&self, spec: &StreamSpec) -> impl Future<Output = Result<(), TransportError>> + Send;
+
+    /// Sends a message and returns a future for its acknowledgement, without waiting for it, so
+    /// that many publishes can be in flight at once. Resolving the returned future is what
+    /// confirms the message is stored.
+    fn publish(
+        &self,
+        message: OutboundMessage,
+    ) -> impl Future<Output = Result<Self::AckFuture, TransportError>> + Send;
+
+    /// Opens (creating if needed) a durable consumer. An existing consumer with another filter or
+    /// deliver policy is reported ([`TransportError::ConsumerConflict`]); changed ack wait,
+    /// max deliver, back-off and max pending are applied.
+    fn consumer(&self, spec: &ConsumerSpec) -> impl Future<Output = Result<Self::Consumer, TransportError>> + Send;
+
+    /// Deletes a durable consumer; its progress is lost.
+    fn delete_consumer(
+        &self,
+        stream: &str,
+        durable: &str,
+    ) -> impl Future<Output = Result<(), TransportError>> + Send;
+
+    /// Opens (creating if needed) a key-value bucket.
+    fn key_value(&self, spec: &KvSpec) -> impl Future<Output = Result<Self::KeyValue, KvError>> + Send;
+
+    /// Waits until everything sent so far has reached the server. Call before a process exits.
+    fn flush(&self) -> impl Future<Output = Result<(), TransportError>> + Send;
+
+    /// Publishes and waits for the acknowledgement: the slow, one-round-trip-per-message path.
+    fn publish_and_wait(
+        &self,
+        message: OutboundMessage,
+    ) -> impl Future<Output = Result<PublishAck, TransportError>> + Send {
+        async move { self.publish(message).await?.await }
+    }
+}

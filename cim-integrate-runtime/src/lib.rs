@@ -16,8 +16,10 @@ pub mod subject;
 pub mod timestamp;
 pub mod transport;
 
-#[cfg(feature = "conformance")]
+#[cfg(feature = "testing")]
 pub mod conformance;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use envelope::Envelope;
 pub use headers::Headers;

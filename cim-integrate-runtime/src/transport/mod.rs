@@ -22,8 +22,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod any;
 mod kv;
 pub mod memory;
+#[cfg(feature = "nats")]
+pub mod nats;
 mod publisher;
 
 pub use kv::{KeyValue, KvEntry, KvError, KvSpec, check_bucket_name, check_key};

@@ -1,0 +1,1 @@
+//! Transport chosen at run time (being written).

@@ -12,6 +12,7 @@
 //! semantics as NATS JetStream and is the default, so everything runs with no server.
 #![warn(missing_docs)]
 
+pub use cim_integrate_macros::*;
 pub use cim_integrate_runtime::*;
 
 /// The names most programs need: `use cim_integrate::prelude::*;`.
@@ -31,5 +32,6 @@ pub mod prelude {
 #[doc(hidden)]
 pub mod __private {
     pub use cim_integrate_runtime::__private::*;
-    pub use cim_integrate_runtime::*;
+    pub use cim_integrate_macros::*;
+pub use cim_integrate_runtime::*;
 }

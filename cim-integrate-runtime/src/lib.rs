@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod envelope;
+pub mod event;
 pub mod headers;
 pub mod id;
 pub mod subject;

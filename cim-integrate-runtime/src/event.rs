@@ -1,0 +1,1 @@
+//! Domain events (being written).

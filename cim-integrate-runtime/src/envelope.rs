@@ -268,7 +268,11 @@ mod tests {
     use proptest::prelude::*;
 
     fn from_stream(seq: u64) -> ReceivedFrom {
-        ReceivedFrom { stream: Some("DOCUMENT_EVENTS".into()), stream_sequence: Some(seq), published: Some(Timestamp::now()) }
+        ReceivedFrom {
+            stream: Some("DOCUMENT_EVENTS".into()),
+            stream_sequence: Some(seq),
+            published: Some(Timestamp::now()),
+        }
     }
 
     #[test]
@@ -281,7 +285,8 @@ mod tests {
         for env in [root, child] {
             let h = env.to_headers();
             assert_eq!(h.get(headers::NATS_MSG_ID), Some(env.message_id().to_string().as_str()));
-            let back = Envelope::from_received(env.subject().as_str(), &h, env.payload().clone(), &from_stream(1)).unwrap();
+            let back =
+                Envelope::from_received(env.subject().as_str(), &h, env.payload().clone(), &from_stream(1)).unwrap();
             assert_eq!(back, env);
             assert!(!back.is_derived());
         }
@@ -323,7 +328,10 @@ mod tests {
         h.insert(headers::CORRELATION_ID, "").unwrap();
         h.insert(headers::OCCURRED_AT, "yesterday").unwrap();
         let published = Timestamp::from_unix_nanos(1_700_000_000_000_000_000).unwrap();
-        let from = ReceivedFrom { published: Some(published), ..from_stream(3) };
+        let from = ReceivedFrom {
+            published: Some(published),
+            ..from_stream(3)
+        };
         let e = Envelope::from_received("a.b", &h, Bytes::new(), &from).unwrap();
         assert!(e.is_derived());
         assert_eq!(e.occurred(), published);

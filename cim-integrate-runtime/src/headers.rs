@@ -17,8 +17,15 @@ pub const OCCURRED_AT: &str = "X-Occurred-At";
 
 /// The identity headers that [`Envelope`](crate::Envelope) writes itself. Extra headers with
 /// these names are ignored when an envelope is built.
-pub const IDENTITY_HEADERS: [&str; 7] =
-    [NATS_MSG_ID, MESSAGE_ID, CORRELATION_ID, CAUSATION_ID, EVENT_TYPE, EVENT_VERSION, OCCURRED_AT];
+pub const IDENTITY_HEADERS: [&str; 7] = [
+    NATS_MSG_ID,
+    MESSAGE_ID,
+    CORRELATION_ID,
+    CAUSATION_ID,
+    EVENT_TYPE,
+    EVENT_VERSION,
+    OCCURRED_AT,
+];
 
 /// Why a header name or value was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -90,7 +97,10 @@ impl Headers {
 
     /// Every value of `name`, in order.
     pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.entries.iter().filter(move |(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.entries
+            .iter()
+            .filter(move |(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// Removes every value of `name`; returns whether there was one.

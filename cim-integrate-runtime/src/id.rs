@@ -21,7 +21,11 @@ impl IdParseError {
     #[doc(hidden)]
     pub fn new(type_name: &'static str, input: &str, err: uuid::Error) -> Self {
         let input: String = input.chars().take(64).collect();
-        Self { type_name, input, reason: err.to_string() }
+        Self {
+            type_name,
+            input,
+            reason: err.to_string(),
+        }
     }
 }
 
@@ -175,7 +179,11 @@ impl Identity {
 
     /// A root identity for a given message id.
     pub fn root_from(message_id: MessageId) -> Self {
-        Self { message_id, correlation_id: message_id.into(), causation_id: message_id.into() }
+        Self {
+            message_id,
+            correlation_id: message_id.into(),
+            causation_id: message_id.into(),
+        }
     }
 
     /// The identity of a message published while handling this one: a fresh message id, the same

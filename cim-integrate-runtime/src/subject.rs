@@ -449,9 +449,7 @@ macro_rules! string_like {
         impl<'de> serde::Deserialize<'de> for $ty {
             fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
                 let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-                Self::new(&*s).map_err(|e| {
-                    serde::de::Error::custom(format_args!("invalid {} `{}`: {e}", $what, s))
-                })
+                Self::new(&*s).map_err(|e| serde::de::Error::custom(format_args!("invalid {} `{}`: {e}", $what, s)))
             }
         }
     };
@@ -517,9 +515,7 @@ mod tests {
     fn reference_overlap(a: &[&str], b: &[&str]) -> bool {
         match (a.split_first(), b.split_first()) {
             (Some((&">", _)), Some(_)) | (Some(_), Some((&">", _))) => true,
-            (Some((at, ar)), Some((bt, br))) => {
-                (*at == "*" || *bt == "*" || at == bt) && reference_overlap(ar, br)
-            }
+            (Some((at, ar)), Some((bt, br))) => (*at == "*" || *bt == "*" || at == bt) && reference_overlap(ar, br),
             (None, None) => true,
             _ => false,
         }
@@ -528,8 +524,17 @@ mod tests {
     fn arb_text() -> impl Strategy<Value = String> {
         proptest::collection::vec(
             prop_oneof![
-                Just("a"), Just("b"), Just("."), Just("*"), Just(">"), Just("-"), Just("_"),
-                Just(" "), Just("é"), Just("Z9"), Just("\0"),
+                Just("a"),
+                Just("b"),
+                Just("."),
+                Just("*"),
+                Just(">"),
+                Just("-"),
+                Just("_"),
+                Just(" "),
+                Just("é"),
+                Just("Z9"),
+                Just("\0"),
             ],
             0..10,
         )
@@ -537,22 +542,19 @@ mod tests {
     }
 
     fn arb_pattern() -> impl Strategy<Value = String> {
-        proptest::collection::vec(prop_oneof![Just("a"), Just("b"), Just("*")], 1..5).prop_flat_map(
-            |toks| {
-                (Just(toks), any::<bool>()).prop_map(|(t, tail)| {
-                    let mut s = t.join(".");
-                    if tail {
-                        s.push_str(".>");
-                    }
-                    s
-                })
-            },
-        )
+        proptest::collection::vec(prop_oneof![Just("a"), Just("b"), Just("*")], 1..5).prop_flat_map(|toks| {
+            (Just(toks), any::<bool>()).prop_map(|(t, tail)| {
+                let mut s = t.join(".");
+                if tail {
+                    s.push_str(".>");
+                }
+                s
+            })
+        })
     }
 
     fn arb_subject() -> impl Strategy<Value = String> {
-        proptest::collection::vec(prop_oneof![Just("a"), Just("b"), Just("c")], 1..6)
-            .prop_map(|t| t.join("."))
+        proptest::collection::vec(prop_oneof![Just("a"), Just("b"), Just("c")], 1..6).prop_map(|t| t.join("."))
     }
 
     proptest! {
@@ -614,7 +616,12 @@ mod tests {
         assert_eq!(check_pattern("a.>.b"), Err(SubjectError::FullWildcardNotLast { at: 2 }));
         assert_eq!(check_pattern(">"), Ok(()));
         let long = "a".repeat(MAX_SUBJECT_LEN + 1);
-        assert_eq!(check_subject(&long), Err(SubjectError::TooLong { len: MAX_SUBJECT_LEN + 1 }));
+        assert_eq!(
+            check_subject(&long),
+            Err(SubjectError::TooLong {
+                len: MAX_SUBJECT_LEN + 1
+            })
+        );
         assert_eq!(
             Subject::from_tokens(["document", "x y"]),
             Err(SubjectError::InvalidChar { at: 10 })

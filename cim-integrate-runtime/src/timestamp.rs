@@ -64,16 +64,21 @@ impl Timestamp {
     /// RFC 3339 text.
     pub fn to_rfc3339(&self) -> String {
         // Formatting a UTC value in years 0..=9999 cannot fail; the epoch is a sane fallback.
-        self.0.format(&Rfc3339).unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned())
+        self.0
+            .format(&Rfc3339)
+            .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned())
     }
 }
 
 impl FromStr for Timestamp {
     type Err = TimestampParseError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        OffsetDateTime::parse(s, &Rfc3339).map(Self::from_offset_date_time).map_err(|e| {
-            TimestampParseError { input: s.chars().take(64).collect(), reason: e.to_string() }
-        })
+        OffsetDateTime::parse(s, &Rfc3339)
+            .map(Self::from_offset_date_time)
+            .map_err(|e| TimestampParseError {
+                input: s.chars().take(64).collect(),
+                reason: e.to_string(),
+            })
     }
 }
 

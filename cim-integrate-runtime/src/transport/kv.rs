@@ -19,7 +19,11 @@ pub struct KvSpec {
 impl KvSpec {
     /// A bucket keeping one revision per key, no TTL.
     pub fn new(bucket: impl Into<String>) -> Self {
-        Self { bucket: bucket.into(), history: 1, max_age: None }
+        Self {
+            bucket: bucket.into(),
+            history: 1,
+            max_age: None,
+        }
     }
     /// Sets the TTL of entries.
     pub fn max_age(mut self, ttl: Duration) -> Self {
@@ -35,10 +39,16 @@ impl KvSpec {
     pub fn validate(&self) -> Result<(), KvError> {
         check_bucket_name(&self.bucket)?;
         if !(1..=64).contains(&self.history) {
-            return Err(KvError::Invalid(format!("bucket `{}`: history must be 1-64", self.bucket)));
+            return Err(KvError::Invalid(format!(
+                "bucket `{}`: history must be 1-64",
+                self.bucket
+            )));
         }
         if self.max_age.is_some_and(|d| d < Duration::from_millis(100)) {
-            return Err(KvError::Invalid(format!("bucket `{}`: max_age must be at least 100ms", self.bucket)));
+            return Err(KvError::Invalid(format!(
+                "bucket `{}`: max_age must be at least 100ms",
+                self.bucket
+            )));
         }
         Ok(())
     }
@@ -113,11 +123,15 @@ pub fn check_key(key: &str) -> Result<(), KvError> {
         && !key.ends_with('.')
         && !key.contains("..")
         && key.bytes().all(|b| b.is_ascii_alphanumeric() || b"-/_=.".contains(&b));
-    if ok { Ok(()) } else { Err(KvError::InvalidKey(key.chars().take(64).collect())) }
+    if ok {
+        Ok(())
+    } else {
+        Err(KvError::InvalidKey(key.chars().take(64).collect()))
+    }
 }
 
 /// A key-value bucket with optimistic concurrency.
-pub trait KeyValue: Clone + Send + Sync + 'static {
+pub trait KeyValue: std::fmt::Debug + Clone + Send + Sync + 'static {
     /// The latest live value of `key`, or `None` if absent, deleted or expired.
     fn get(&self, key: &str) -> impl Future<Output = Result<Option<KvEntry>, KvError>> + Send;
     /// Writes `value` only if `key` has no live value; returns the new revision.

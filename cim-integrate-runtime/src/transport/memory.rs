@@ -1,1 +1,680 @@
-//! placeholder
+//! The embedded transport: JetStream semantics in process, with no server.
+//!
+//! Same behaviour as [NATS JetStream](super::nats), checked by the one
+//! [conformance suite](crate::conformance):
+//!
+//! - streams capture disjoint subject sets; publishing to a subject no stream captures fails with
+//!   [`TransportError::NoStream`]; payloads over 1 MiB (headers included) are refused;
+//! - a publish whose `Nats-Msg-Id` was seen within the stream's duplicate window is acknowledged
+//!   as a duplicate of the original sequence and not stored again;
+//! - durable consumers remember their position; several handles on one durable share its
+//!   messages; unacknowledged deliveries come back after the ack wait (or the back-off delay),
+//!   naks come back after their delay, and after `max_deliver` deliveries a message is dropped
+//!   from the consumer; redeliveries are served before new messages;
+//! - key-value buckets have bucket-wide revisions, compare-and-set, tombstones and a TTL.
+//!
+//! All time-dependent behaviour (ack wait, nak delays, duplicate window, max age, TTL) runs on
+//! tokio's clock, so tests can use paused time (`#[tokio::test(start_paused = true)]`).
+
+use super::{
+    Acker, Consumer, ConsumerSpec, DEFAULT_MAX_PAYLOAD, DeliverPolicy, Delivery, DeliveryInfo, KeyValue, KvEntry,
+    KvError, KvSpec, OutboundMessage, PublishAck, StreamSpec, Transport, TransportError, check_key,
+};
+use crate::headers::Headers;
+use crate::timestamp::Timestamp;
+use bytes::Bytes;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// Locks a mutex, recovering the data if a panicking thread poisoned it (the state is only
+/// mutated in small, non-panicking sections).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The in-memory transport. Cheap to clone; clones share state.
+///
+/// ```
+/// use cim_integrate_runtime::transport::{memory::MemoryTransport, ConsumerSpec, StreamSpec, Transport, Consumer};
+/// use cim_integrate_runtime::{Envelope, subject, subject_pattern};
+/// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+/// let t = MemoryTransport::new();
+/// t.ensure_stream(&StreamSpec::for_domain("document", None)?).await?;
+/// let env = Envelope::root(subject!("document.created"), &br#"{"version":"1.0"}"#[..]);
+/// let ack = t.publish_and_wait(env.into()).await?;
+/// assert_eq!(ack.sequence, 1);
+/// let mut c = t.consumer(&ConsumerSpec::new("DOCUMENT_EVENTS", "notify", subject_pattern!("document.>"))).await?;
+/// let d = c.next().await?;
+/// assert_eq!(d.subject(), "document.created");
+/// d.ack().await?;
+/// # Ok::<(), cim_integrate_runtime::transport::TransportError>(()) }).unwrap();
+/// ```
+#[derive(Clone, Default)]
+pub struct MemoryTransport {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for MemoryTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let streams: Vec<String> = lock(&self.inner.streams).iter().map(|s| s.spec.name.clone()).collect();
+        f.debug_struct("MemoryTransport")
+            .field("streams", &streams)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    streams: Mutex<Vec<Arc<MemStream>>>,
+    buckets: Mutex<HashMap<String, Arc<MemBucket>>>,
+}
+
+struct MemStream {
+    spec: StreamSpec,
+    name: Arc<str>,
+    state: Mutex<StreamState>,
+    /// Woken on every publish, ack, nak, term and consumer deletion.
+    changed: Notify,
+}
+
+#[derive(Default)]
+struct StreamState {
+    /// Stored messages in sequence order; contiguous from `messages[0].seq`.
+    messages: VecDeque<Stored>,
+    last_seq: u64,
+    dedup: HashMap<String, u64>,
+    dedup_order: VecDeque<(Instant, String)>,
+    consumers: HashMap<Arc<str>, ConsumerState>,
+}
+
+struct Stored {
+    seq: u64,
+    subject: Arc<str>,
+    headers: Headers,
+    payload: Bytes,
+    published: Timestamp,
+    stored_at: Instant,
+}
+
+struct ConsumerState {
+    spec: ConsumerSpec,
+    /// Next stream sequence to consider for a first delivery.
+    next_seq: u64,
+    /// Consumer sequence of the last delivery.
+    delivery_seq: u64,
+    /// Delivered, not yet acknowledged or terminated: stream sequence -> state.
+    pending: BTreeMap<u64, Pending>,
+}
+
+struct Pending {
+    delivered: u64,
+    redeliver_at: Instant,
+}
+
+enum Step {
+    Deliver(Delivery<MemoryAcker>),
+    Wait(Option<Instant>),
+}
+
+impl StreamState {
+    fn first_seq(&self) -> u64 {
+        self.messages.front().map_or(self.last_seq + 1, |m| m.seq)
+    }
+
+    /// Drops messages past the stream's max age and duplicate ids past the window.
+    fn expire(&mut self, spec: &StreamSpec, now: Instant) {
+        if let Some(age) = spec.max_age {
+            while self.messages.front().is_some_and(|m| m.stored_at + age <= now) {
+                self.messages.pop_front();
+            }
+            let first = self.first_seq();
+            for c in self.consumers.values_mut() {
+                c.pending.retain(|&seq, _| seq >= first);
+            }
+        }
+        while let Some((at, _)) = self.dedup_order.front() {
+            if *at + spec.duplicate_window > now {
+                break;
+            }
+            if let Some((_, id)) = self.dedup_order.pop_front() {
+                self.dedup.remove(&id);
+            }
+        }
+    }
+
+    fn next_step(&mut self, stream: &Arc<MemStream>, name: &Arc<str>, now: Instant) -> Result<Step, TransportError> {
+        let first_seq = self.first_seq();
+        let StreamState {
+            messages, consumers, ..
+        } = self;
+        let c = consumers
+            .get_mut(name)
+            .ok_or_else(|| TransportError::ConsumerNotFound {
+                stream: stream.spec.name.clone(),
+                consumer: name.to_string(),
+            })?;
+        let max_deliver = c.spec.max_deliver.map_or(u64::MAX, u64::from);
+        // Redeliveries first, lowest sequence first; drop those that have used up max_deliver.
+        let mut wake: Option<Instant> = None;
+        let mut due = None;
+        c.pending.retain(|&seq, p| {
+            if p.redeliver_at > now {
+                wake = Some(wake.map_or(p.redeliver_at, |w| w.min(p.redeliver_at)));
+                return true;
+            }
+            if p.delivered >= max_deliver {
+                tracing::debug!(stream = %stream.name, consumer = %name, seq, "max deliveries reached");
+                return false;
+            }
+            if due.is_none() {
+                due = Some(seq);
+            }
+            true
+        });
+        let seq = match due {
+            Some(seq) => Some(seq),
+            None if c.pending.len() < c.spec.max_ack_pending as usize => {
+                let start = c.next_seq.max(first_seq);
+                let skip = usize::try_from(start - first_seq).unwrap_or(usize::MAX);
+                let found = messages
+                    .iter()
+                    .skip(skip)
+                    .find(|m| c.spec.filter.matches_str(&m.subject))
+                    .map(|m| m.seq);
+                c.next_seq = found.map_or(first_seq + messages.len() as u64, |s| s + 1);
+                found
+            }
+            None => None,
+        };
+        let Some(seq) = seq else { return Ok(Step::Wait(wake)) };
+        let idx = usize::try_from(seq - first_seq).unwrap_or(usize::MAX);
+        let Some(m) = messages.get(idx) else {
+            return Ok(Step::Wait(wake));
+        };
+        let p = c.pending.entry(seq).or_insert(Pending {
+            delivered: 0,
+            redeliver_at: now,
+        });
+        p.delivered += 1;
+        p.redeliver_at = now + c.spec.redelivery_delay(p.delivered);
+        c.delivery_seq += 1;
+        let info = DeliveryInfo {
+            stream: stream.name.clone(),
+            consumer: name.clone(),
+            stream_sequence: seq,
+            consumer_sequence: c.delivery_seq,
+            delivered: p.delivered,
+            published: m.published,
+        };
+        let acker = MemoryAcker {
+            stream: stream.clone(),
+            consumer: name.clone(),
+            seq,
+        };
+        Ok(Step::Deliver(Delivery::new(
+            m.subject.to_string(),
+            m.headers.clone(),
+            m.payload.clone(),
+            info,
+            acker,
+        )))
+    }
+}
+
+impl MemoryTransport {
+    /// An empty transport: no streams, no buckets.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn stream_named(&self, name: &str) -> Option<Arc<MemStream>> {
+        lock(&self.inner.streams).iter().find(|s| s.spec.name == name).cloned()
+    }
+
+    /// Number of messages stored in a stream (for tests and diagnostics).
+    pub fn stream_len(&self, stream: &str) -> Option<usize> {
+        let s = self.stream_named(stream)?;
+        let mut st = lock(&s.state);
+        st.expire(&s.spec, Instant::now());
+        Some(st.messages.len())
+    }
+
+    fn do_publish(&self, msg: OutboundMessage) -> Result<PublishAck, TransportError> {
+        let stream = lock(&self.inner.streams)
+            .iter()
+            .find(|s| s.spec.subjects.iter().any(|p| p.matches(&msg.subject)))
+            .cloned()
+            .ok_or_else(|| TransportError::NoStream {
+                subject: msg.subject.to_string(),
+            })?;
+        let now = Instant::now();
+        let mut st = lock(&stream.state);
+        st.expire(&stream.spec, now);
+        let msg_id = msg.msg_id().map(str::to_owned);
+        if let Some(id) = &msg_id
+            && let Some(&sequence) = st.dedup.get(id)
+        {
+            return Ok(PublishAck {
+                stream: stream.spec.name.clone(),
+                sequence,
+                duplicate: true,
+            });
+        }
+        st.last_seq += 1;
+        let seq = st.last_seq;
+        if let Some(id) = msg_id {
+            st.dedup.insert(id.clone(), seq);
+            st.dedup_order.push_back((now, id));
+        }
+        st.messages.push_back(Stored {
+            seq,
+            subject: Arc::from(msg.subject.as_str()),
+            headers: msg.headers,
+            payload: msg.payload,
+            published: Timestamp::now(),
+            stored_at: now,
+        });
+        drop(st);
+        stream.changed.notify_waiters();
+        Ok(PublishAck {
+            stream: stream.spec.name.clone(),
+            sequence: seq,
+            duplicate: false,
+        })
+    }
+}
+
+fn message_size(msg: &OutboundMessage) -> usize {
+    msg.payload.len() + msg.headers.iter().map(|(n, v)| n.len() + v.len() + 4).sum::<usize>()
+}
+
+impl Transport for MemoryTransport {
+    type Consumer = MemoryConsumer;
+    type KeyValue = MemoryKeyValue;
+    type AckFuture = std::future::Ready<Result<PublishAck, TransportError>>;
+
+    async fn ensure_stream(&self, spec: &StreamSpec) -> Result<(), TransportError> {
+        spec.validate()?;
+        let mut streams = lock(&self.inner.streams);
+        if let Some(existing) = streams.iter().find(|s| s.spec.name == spec.name) {
+            return match spec.differences(&existing.spec) {
+                None => Ok(()),
+                Some(detail) => Err(TransportError::StreamConflict {
+                    stream: spec.name.clone(),
+                    detail,
+                }),
+            };
+        }
+        for other in streams.iter() {
+            for mine in &spec.subjects {
+                if other.spec.subjects.iter().any(|p| p.overlaps(mine)) {
+                    return Err(TransportError::StreamOverlap {
+                        stream: spec.name.clone(),
+                        other: other.spec.name.clone(),
+                        pattern: mine.to_string(),
+                    });
+                }
+            }
+        }
+        streams.push(Arc::new(MemStream {
+            spec: spec.clone(),
+            name: Arc::from(spec.name.as_str()),
+            state: Mutex::new(StreamState::default()),
+            changed: Notify::new(),
+        }));
+        Ok(())
+    }
+
+    async fn publish(&self, message: OutboundMessage) -> Result<Self::AckFuture, TransportError> {
+        let size = message_size(&message);
+        if size > DEFAULT_MAX_PAYLOAD {
+            return Err(TransportError::PayloadTooLarge {
+                size,
+                max: DEFAULT_MAX_PAYLOAD,
+            });
+        }
+        // Like a server, failures to store come back with the acknowledgement.
+        Ok(std::future::ready(self.do_publish(message)))
+    }
+
+    async fn consumer(&self, spec: &ConsumerSpec) -> Result<MemoryConsumer, TransportError> {
+        spec.validate()?;
+        let stream = self
+            .stream_named(&spec.stream)
+            .ok_or_else(|| TransportError::StreamNotFound {
+                stream: spec.stream.clone(),
+            })?;
+        let name: Arc<str> = Arc::from(spec.durable.as_str());
+        let mut st = lock(&stream.state);
+        let first_new = st.last_seq + 1;
+        match st.consumers.get_mut(&name) {
+            Some(existing) => {
+                if let Some(detail) = spec.immutable_differences(&existing.spec) {
+                    return Err(TransportError::ConsumerConflict {
+                        stream: spec.stream.clone(),
+                        consumer: spec.durable.clone(),
+                        detail,
+                    });
+                }
+                existing.spec = spec.clone();
+            }
+            None => {
+                let next_seq = match spec.deliver {
+                    DeliverPolicy::All => 1,
+                    DeliverPolicy::New => first_new,
+                };
+                st.consumers.insert(
+                    name.clone(),
+                    ConsumerState {
+                        spec: spec.clone(),
+                        next_seq,
+                        delivery_seq: 0,
+                        pending: BTreeMap::new(),
+                    },
+                );
+            }
+        }
+        drop(st);
+        Ok(MemoryConsumer { stream, name })
+    }
+
+    async fn delete_consumer(&self, stream: &str, durable: &str) -> Result<(), TransportError> {
+        let not_found = || TransportError::ConsumerNotFound {
+            stream: stream.to_owned(),
+            consumer: durable.to_owned(),
+        };
+        let s = self.stream_named(stream).ok_or_else(not_found)?;
+        let removed = lock(&s.state).consumers.remove(durable);
+        s.changed.notify_waiters();
+        removed.map(|_| ()).ok_or_else(not_found)
+    }
+
+    async fn key_value(&self, spec: &KvSpec) -> Result<MemoryKeyValue, KvError> {
+        spec.validate()?;
+        let mut buckets = lock(&self.inner.buckets);
+        if let Some(b) = buckets.get(&spec.bucket) {
+            if b.spec != *spec {
+                return Err(KvError::BucketConflict {
+                    bucket: spec.bucket.clone(),
+                    detail: format!(
+                        "history {} and max_age {:?}, wanted {} and {:?}",
+                        b.spec.history, b.spec.max_age, spec.history, spec.max_age
+                    ),
+                });
+            }
+            return Ok(MemoryKeyValue { bucket: b.clone() });
+        }
+        let b = Arc::new(MemBucket {
+            spec: spec.clone(),
+            state: Mutex::new(BucketState::default()),
+        });
+        buckets.insert(spec.bucket.clone(), b.clone());
+        Ok(MemoryKeyValue { bucket: b })
+    }
+
+    async fn flush(&self) -> Result<(), TransportError> {
+        Ok(())
+    }
+}
+
+/// A handle on an in-memory durable consumer.
+pub struct MemoryConsumer {
+    stream: Arc<MemStream>,
+    name: Arc<str>,
+}
+
+impl std::fmt::Debug for MemoryConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryConsumer")
+            .field("stream", &self.stream.name)
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl Consumer for MemoryConsumer {
+    type Acker = MemoryAcker;
+
+    async fn next(&mut self) -> Result<Delivery<MemoryAcker>, TransportError> {
+        loop {
+            let changed = self.stream.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let step = {
+                let now = Instant::now();
+                let mut st = lock(&self.stream.state);
+                st.expire(&self.stream.spec, now);
+                st.next_step(&self.stream, &self.name, now)?
+            };
+            match step {
+                Step::Deliver(d) => return Ok(d),
+                Step::Wait(Some(at)) => {
+                    tokio::select! {
+                        () = changed => {}
+                        () = tokio::time::sleep_until(at) => {}
+                    }
+                }
+                Step::Wait(None) => changed.await,
+            }
+        }
+    }
+}
+
+/// Acknowledges one in-memory delivery.
+pub struct MemoryAcker {
+    stream: Arc<MemStream>,
+    consumer: Arc<str>,
+    seq: u64,
+}
+
+impl std::fmt::Debug for MemoryAcker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryAcker")
+            .field("consumer", &self.consumer)
+            .field("seq", &self.seq)
+            .finish()
+    }
+}
+
+impl MemoryAcker {
+    fn with_pending(&self, f: impl FnOnce(&mut ConsumerState, Instant)) {
+        {
+            let mut st = lock(&self.stream.state);
+            if let Some(c) = st.consumers.get_mut(&self.consumer) {
+                f(c, Instant::now());
+            }
+        }
+        self.stream.changed.notify_waiters();
+    }
+}
+
+impl Acker for MemoryAcker {
+    async fn ack(&self) -> Result<(), TransportError> {
+        self.with_pending(|c, _| {
+            c.pending.remove(&self.seq);
+        });
+        Ok(())
+    }
+
+    async fn nak(&self, delay: Option<Duration>) -> Result<(), TransportError> {
+        self.with_pending(|c, now| {
+            if let Some(p) = c.pending.get_mut(&self.seq) {
+                p.redeliver_at = now + delay.unwrap_or_default();
+            }
+        });
+        Ok(())
+    }
+
+    async fn term(&self) -> Result<(), TransportError> {
+        self.with_pending(|c, _| {
+            c.pending.remove(&self.seq);
+        });
+        Ok(())
+    }
+
+    async fn in_progress(&self) -> Result<(), TransportError> {
+        self.with_pending(|c, now| {
+            let spec = &c.spec;
+            if let Some(p) = c.pending.get_mut(&self.seq) {
+                p.redeliver_at = now + spec.redelivery_delay(p.delivered);
+            }
+        });
+        Ok(())
+    }
+}
+
+struct MemBucket {
+    spec: KvSpec,
+    state: Mutex<BucketState>,
+}
+
+#[derive(Default)]
+struct BucketState {
+    last_revision: u64,
+    entries: BTreeMap<String, KvRecord>,
+    writes_since_sweep: usize,
+}
+
+struct KvRecord {
+    /// `None` is a tombstone.
+    value: Option<Bytes>,
+    revision: u64,
+    written: Instant,
+    created: Timestamp,
+}
+
+impl BucketState {
+    /// The latest record of `key` that has not expired.
+    fn latest(&self, key: &str, ttl: Option<Duration>, now: Instant) -> Option<&KvRecord> {
+        self.entries
+            .get(key)
+            .filter(|r| ttl.is_none_or(|ttl| r.written + ttl > now))
+    }
+
+    fn write(&mut self, key: &str, value: Option<Bytes>, ttl: Option<Duration>, now: Instant) -> u64 {
+        // Expired entries are swept now and then, so a bucket of TTL'd marks stays bounded.
+        self.writes_since_sweep += 1;
+        if let Some(ttl) = ttl
+            && self.writes_since_sweep > self.entries.len().max(1024)
+        {
+            self.entries.retain(|_, r| r.written + ttl > now);
+            self.writes_since_sweep = 0;
+        }
+        self.last_revision += 1;
+        let rec = KvRecord {
+            value,
+            revision: self.last_revision,
+            written: now,
+            created: Timestamp::now(),
+        };
+        self.entries.insert(key.to_owned(), rec);
+        self.last_revision
+    }
+}
+
+/// A handle on an in-memory key-value bucket.
+#[derive(Clone)]
+pub struct MemoryKeyValue {
+    bucket: Arc<MemBucket>,
+}
+
+impl std::fmt::Debug for MemoryKeyValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryKeyValue")
+            .field("bucket", &self.bucket.spec.bucket)
+            .finish()
+    }
+}
+
+impl MemoryKeyValue {
+    fn with_state<R>(
+        &self,
+        key: Option<&str>,
+        f: impl FnOnce(&mut BucketState, Instant) -> Result<R, KvError>,
+    ) -> Result<R, KvError> {
+        if let Some(key) = key {
+            check_key(key)?;
+        }
+        let mut st = lock(&self.bucket.state);
+        f(&mut st, Instant::now())
+    }
+
+    fn current_revision(st: &BucketState, key: &str, ttl: Option<Duration>, now: Instant) -> u64 {
+        st.latest(key, ttl, now).map_or(0, |r| r.revision)
+    }
+}
+
+impl KeyValue for MemoryKeyValue {
+    async fn get(&self, key: &str) -> Result<Option<KvEntry>, KvError> {
+        let ttl = self.bucket.spec.max_age;
+        self.with_state(Some(key), |st, now| {
+            Ok(st.latest(key, ttl, now).and_then(|r| {
+                r.value.as_ref().map(|v| KvEntry {
+                    key: key.to_owned(),
+                    value: v.clone(),
+                    revision: r.revision,
+                    created: r.created,
+                })
+            }))
+        })
+    }
+
+    async fn create(&self, key: &str, value: Bytes) -> Result<u64, KvError> {
+        let ttl = self.bucket.spec.max_age;
+        self.with_state(Some(key), |st, now| {
+            if st.latest(key, ttl, now).is_some_and(|r| r.value.is_some()) {
+                return Err(KvError::AlreadyExists { key: key.to_owned() });
+            }
+            Ok(st.write(key, Some(value), ttl, now))
+        })
+    }
+
+    async fn update(&self, key: &str, value: Bytes, expected: u64) -> Result<u64, KvError> {
+        let ttl = self.bucket.spec.max_age;
+        self.with_state(Some(key), |st, now| {
+            if Self::current_revision(st, key, ttl, now) != expected {
+                return Err(KvError::Conflict {
+                    key: key.to_owned(),
+                    expected,
+                });
+            }
+            Ok(st.write(key, Some(value), ttl, now))
+        })
+    }
+
+    async fn put(&self, key: &str, value: Bytes) -> Result<u64, KvError> {
+        let ttl = self.bucket.spec.max_age;
+        self.with_state(Some(key), |st, now| Ok(st.write(key, Some(value), ttl, now)))
+    }
+
+    async fn delete(&self, key: &str, expected: Option<u64>) -> Result<(), KvError> {
+        let ttl = self.bucket.spec.max_age;
+        self.with_state(Some(key), |st, now| {
+            if let Some(expected) = expected
+                && Self::current_revision(st, key, ttl, now) != expected
+            {
+                return Err(KvError::Conflict {
+                    key: key.to_owned(),
+                    expected,
+                });
+            }
+            st.write(key, None, ttl, now);
+            Ok(())
+        })
+    }
+
+    async fn keys(&self) -> Result<Vec<String>, KvError> {
+        let ttl = self.bucket.spec.max_age;
+        self.with_state(None, |st, now| {
+            Ok(st
+                .entries
+                .iter()
+                .filter(|(_, r)| r.value.is_some() && ttl.is_none_or(|ttl| r.written + ttl > now))
+                .map(|(k, _)| k.clone())
+                .collect())
+        })
+    }
+}

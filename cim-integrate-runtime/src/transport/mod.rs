@@ -53,7 +53,9 @@ pub enum TransportError {
         stream: String,
     },
     /// A stream exists with settings that differ from the requested ones. It is never modified.
-    #[error("stream `{stream}` exists with different settings ({detail}); it was left unchanged: reconcile it by hand or use another name")]
+    #[error(
+        "stream `{stream}` exists with different settings ({detail}); it was left unchanged: reconcile it by hand or use another name"
+    )]
     StreamConflict {
         /// The stream's name.
         stream: String,
@@ -190,10 +192,16 @@ impl StreamSpec {
     pub fn validate(&self) -> Result<(), TransportError> {
         check_name("stream", &self.name)?;
         if self.subjects.is_empty() {
-            return Err(TransportError::Invalid(format!("stream `{}` has no subjects", self.name)));
+            return Err(TransportError::Invalid(format!(
+                "stream `{}` has no subjects",
+                self.name
+            )));
         }
         if self.duplicate_window.is_zero() {
-            return Err(TransportError::Invalid(format!("stream `{}`: duplicate window must be positive", self.name)));
+            return Err(TransportError::Invalid(format!(
+                "stream `{}`: duplicate window must be positive",
+                self.name
+            )));
         }
         if let Some(age) = self.max_age
             && age < self.duplicate_window
@@ -235,7 +243,9 @@ impl StreamSpec {
 pub(crate) fn check_name(what: &str, name: &str) -> Result<(), TransportError> {
     if name.is_empty()
         || name.len() > 255
-        || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
     {
         return Err(TransportError::Invalid(format!(
             "{what} name `{}` must be 1-255 characters of A-Z, a-z, 0-9, `_`, `-`",
@@ -266,7 +276,11 @@ impl OutboundMessage {
 
 impl From<&Envelope> for OutboundMessage {
     fn from(env: &Envelope) -> Self {
-        Self { subject: env.subject().clone(), headers: env.to_headers(), payload: env.payload().clone() }
+        Self {
+            subject: env.subject().clone(),
+            headers: env.to_headers(),
+            payload: env.payload().clone(),
+        }
     }
 }
 
@@ -314,8 +328,10 @@ pub struct ConsumerSpec {
     /// Most deliveries of one message; `None` for unlimited. After the last, the message is
     /// no longer delivered to this consumer.
     pub max_deliver: Option<u32>,
-    /// Redelivery delays after an ack-wait expiry: the n-th redelivery waits `backoff[n-1]` (the
-    /// last entry repeats). Empty: `ack_wait`. Requires `max_deliver` greater than its length.
+    /// Per-delivery ack waits: the n-th delivery is redelivered if not acknowledged within
+    /// `backoff[n-1]` (the last entry repeats). As in JetStream, a non-empty back-off takes the
+    /// place of `ack_wait`. Empty: `ack_wait` for every delivery. Requires `max_deliver` greater
+    /// than its length.
     pub backoff: Vec<Duration>,
     /// Most deliveries outstanding (unacknowledged) at once.
     pub max_ack_pending: u32,
@@ -393,7 +409,7 @@ impl ConsumerSpec {
         Ok(())
     }
 
-    /// The delay before redelivering a message delivered `delivered` times whose ack wait expired.
+    /// How long the `delivered`-th delivery of a message may stay unacknowledged.
     pub fn redelivery_delay(&self, delivered: u64) -> Duration {
         match self.backoff.len() {
             0 => self.ack_wait,
@@ -408,7 +424,10 @@ impl ConsumerSpec {
             d.push(format!("filter `{}`, wanted `{}`", existing.filter, self.filter));
         }
         if self.deliver != existing.deliver {
-            d.push(format!("deliver policy {:?}, wanted {:?}", existing.deliver, self.deliver));
+            d.push(format!(
+                "deliver policy {:?}, wanted {:?}",
+                existing.deliver, self.deliver
+            ));
         }
         (!d.is_empty()).then(|| d.join("; "))
     }
@@ -469,7 +488,13 @@ impl<A: std::fmt::Debug> std::fmt::Debug for Delivery<A> {
 impl<A: Acker> Delivery<A> {
     /// Assembles a delivery (for transport implementations).
     pub fn new(subject: String, headers: Headers, payload: Bytes, info: DeliveryInfo, acker: A) -> Self {
-        Self { subject, headers, payload, info, acker }
+        Self {
+            subject,
+            headers,
+            payload,
+            info,
+            acker,
+        }
     }
 
     /// The subject as received (not validated: a foreign publisher may use any NATS subject).
@@ -523,11 +548,14 @@ impl<A: Acker> Delivery<A> {
 }
 
 /// A handle on a durable consumer. Several handles on one durable share its messages.
-pub trait Consumer: Send + 'static {
+pub trait Consumer: std::fmt::Debug + Send + 'static {
     /// The acknowledgement handle of this transport.
     type Acker: Acker;
     /// Waits for the next delivery. Transient trouble (missed heartbeats, reconnects) is retried
     /// inside; an error means the consumer cannot go on (for example, it was deleted).
+    ///
+    /// Cancel-safe: dropping the returned future (e.g. in `tokio::time::timeout` or `select!`)
+    /// loses no delivery.
     fn next(&mut self) -> impl Future<Output = Result<Delivery<Self::Acker>, TransportError>> + Send;
 }
 
@@ -548,10 +576,8 @@ pub trait Transport: Clone + Send + Sync + 'static {
     /// Sends a message and returns a future for its acknowledgement, without waiting for it, so
     /// that many publishes can be in flight at once. Resolving the returned future is what
     /// confirms the message is stored.
-    fn publish(
-        &self,
-        message: OutboundMessage,
-    ) -> impl Future<Output = Result<Self::AckFuture, TransportError>> + Send;
+    fn publish(&self, message: OutboundMessage)
+    -> impl Future<Output = Result<Self::AckFuture, TransportError>> + Send;
 
     /// Opens (creating if needed) a durable consumer. An existing consumer with another filter or
     /// deliver policy is reported ([`TransportError::ConsumerConflict`]); changed ack wait,
@@ -559,11 +585,7 @@ pub trait Transport: Clone + Send + Sync + 'static {
     fn consumer(&self, spec: &ConsumerSpec) -> impl Future<Output = Result<Self::Consumer, TransportError>> + Send;
 
     /// Deletes a durable consumer; its progress is lost.
-    fn delete_consumer(
-        &self,
-        stream: &str,
-        durable: &str,
-    ) -> impl Future<Output = Result<(), TransportError>> + Send;
+    fn delete_consumer(&self, stream: &str, durable: &str) -> impl Future<Output = Result<(), TransportError>> + Send;
 
     /// Opens (creating if needed) a key-value bucket.
     fn key_value(&self, spec: &KvSpec) -> impl Future<Output = Result<Self::KeyValue, KvError>> + Send;

@@ -30,7 +30,13 @@ impl<T: Transport> PipelinedPublisher<T> {
     /// A publisher with at most `window` (at least 1) unacknowledged messages. Keep the window
     /// below the NATS client's `max_ack_inflight` (5000 by default).
     pub fn new(transport: T, window: usize) -> Self {
-        Self { transport, window: window.max(1), in_flight: VecDeque::new(), acked: 0, duplicates: 0 }
+        Self {
+            transport,
+            window: window.max(1),
+            in_flight: VecDeque::new(),
+            acked: 0,
+            duplicates: 0,
+        }
     }
 
     /// Sends `message`; if the window is full, first waits for the oldest acknowledgement.
@@ -48,7 +54,9 @@ impl<T: Transport> PipelinedPublisher<T> {
     }
 
     async fn settle_oldest(&mut self) -> Result<Option<PublishAck>, Box<FailedPublish>> {
-        let Some((message, ack)) = self.in_flight.pop_front() else { return Ok(None) };
+        let Some((message, ack)) = self.in_flight.pop_front() else {
+            return Ok(None);
+        };
         match ack.await {
             Ok(ack) => {
                 self.acked += 1;

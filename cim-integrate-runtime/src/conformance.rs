@@ -1,0 +1,700 @@
+//! The transport conformance suite: one set of behaviours, written once, that every
+//! [`Transport`] must show. The in-memory transport runs it with paused time; the NATS transport
+//! runs it against a private nats-server on every supported server version.
+//!
+//! Each case is a public `async fn(T)` taking a fresh transport, and
+//! [`conformance_tests!`](crate::conformance_tests!) turns the whole list into one `#[tokio::test]`
+//! per case:
+//!
+//! ```ignore
+//! async fn setup() -> (MemoryTransport, ()) { (MemoryTransport::new(), ()) }
+//! cim_integrate_runtime::conformance_tests!(setup: setup, tokio: [flavor = "current_thread", start_paused = true]);
+//! ```
+//!
+//! Durations are short but real (ack waits of about a second), with margins for a server's
+//! timers, so the suite runs in seconds on NATS and instantly under paused time.
+#![allow(missing_docs, clippy::missing_panics_doc)]
+
+use crate::envelope::Envelope;
+use crate::headers::{self, Headers};
+use crate::subject::{Subject, SubjectPattern};
+use crate::transport::{
+    Consumer, ConsumerSpec, DeliverPolicy, Delivery, KeyValue, KvError, KvSpec, OutboundMessage, PublishAck,
+    StreamSpec, Transport, TransportError,
+};
+use bytes::Bytes;
+use std::time::Duration;
+
+/// Expands to one `#[tokio::test]` per conformance case. `setup` is an `async fn() -> (T, G)`
+/// returning a fresh transport and a guard kept alive for the test (e.g. a private server).
+#[macro_export]
+macro_rules! conformance_tests {
+    (setup: $setup:path, tokio: [$($tokio:tt)*] $(,)?) => {
+        $crate::conformance_tests!(@cases ($($tokio)*) $setup;
+            publish_and_consume,
+            identity_headers_survive,
+            foreign_message_gets_stable_identity,
+            publish_without_stream_fails,
+            ensure_stream_is_idempotent_and_reports_conflicts,
+            overlapping_streams_are_refused,
+            payload_too_large_is_refused,
+            duplicate_inside_window_is_dropped,
+            duplicate_outside_window_is_stored,
+            cascade_two_durables_each_receive_everything,
+            one_durable_shares_work_between_handles,
+            wildcard_filters,
+            ack_prevents_redelivery,
+            redelivery_after_ack_wait,
+            redelivery_after_consumer_dropped_mid_batch,
+            nak_with_delay,
+            nak_without_delay,
+            term_stops_redelivery,
+            max_deliver_exhausted,
+            in_progress_extends_ack_wait,
+            backoff_spaces_redeliveries,
+            max_ack_pending_limits_outstanding,
+            deliver_new_skips_existing,
+            durable_resumes_where_it_left_off,
+            consumer_conflict_and_update,
+            delete_consumer_forgets_progress,
+            kv_create_get_update_conflict,
+            kv_delete_and_keys,
+            kv_ttl_expires_entries,
+            kv_bucket_settings_conflict,
+            kv_rejects_invalid_keys,
+        );
+    };
+    (@cases $tokio:tt $setup:path; $($case:ident),* $(,)?) => {
+        $(
+            #[::tokio::test $tokio]
+            async fn $case() {
+                let (transport, _guard) = $setup().await;
+                $crate::conformance::$case(transport).await;
+            }
+        )*
+    };
+}
+
+const STREAM: &str = "DOCUMENT_EVENTS";
+/// Long enough for a server's timers, short enough for a quick suite.
+const ACK_WAIT: Duration = Duration::from_secs(1);
+/// Generous upper bound for something that should happen "now".
+const SOON: Duration = Duration::from_secs(5);
+
+fn subject(s: &str) -> Subject {
+    Subject::new(s).expect("valid test subject")
+}
+
+fn pattern(s: &str) -> SubjectPattern {
+    SubjectPattern::new(s).expect("valid test pattern")
+}
+
+fn event(s: &str, body: &str) -> Envelope {
+    Envelope::root(subject(s), Bytes::copy_from_slice(body.as_bytes())).typed("TestEvent", "1.0")
+}
+
+async fn document_stream<T: Transport>(t: &T) {
+    t.ensure_stream(&StreamSpec::for_domain("document", None).expect("spec"))
+        .await
+        .expect("ensure stream");
+}
+
+async fn publish<T: Transport>(t: &T, env: &Envelope) -> PublishAck {
+    t.publish_and_wait(env.into()).await.expect("publish")
+}
+
+fn spec(durable: &str, filter: &str) -> ConsumerSpec {
+    ConsumerSpec::new(STREAM, durable, pattern(filter)).ack_wait(ACK_WAIT)
+}
+
+async fn next_within<C: Consumer>(c: &mut C, within: Duration) -> Delivery<C::Acker> {
+    match tokio::time::timeout(within, c.next()).await {
+        Ok(Ok(d)) => d,
+        Ok(Err(e)) => panic!("consumer failed: {e}"),
+        Err(_) => panic!("no delivery within {within:?}"),
+    }
+}
+
+async fn none_within<C: Consumer>(c: &mut C, within: Duration) {
+    if let Ok(r) = tokio::time::timeout(within, c.next()).await {
+        match r {
+            Ok(d) => panic!(
+                "unexpected delivery of seq {} (delivered {})",
+                d.info().stream_sequence,
+                d.info().delivered
+            ),
+            Err(e) => panic!("consumer failed: {e}"),
+        }
+    }
+}
+
+fn body<A: crate::transport::Acker>(d: &Delivery<A>) -> &[u8] {
+    d.payload()
+}
+
+/// A published envelope arrives with its subject, payload, headers and delivery facts.
+pub async fn publish_and_consume<T: Transport>(t: T) {
+    document_stream(&t).await;
+    let env = event("document.created", r#"{"version":"1.0","title":"a"}"#);
+    let ack = publish(&t, &env).await;
+    assert_eq!(
+        ack,
+        PublishAck {
+            stream: STREAM.into(),
+            sequence: 1,
+            duplicate: false
+        }
+    );
+    let mut c = t.consumer(&spec("reader", "document.>")).await.expect("consumer");
+    let d = next_within(&mut c, SOON).await;
+    assert_eq!(d.subject(), "document.created");
+    assert_eq!(body(&d), env.payload().as_ref());
+    let info = d.info().clone();
+    assert_eq!((&*info.stream, &*info.consumer), (STREAM, "reader"));
+    assert_eq!(
+        (info.stream_sequence, info.consumer_sequence, info.delivered),
+        (1, 1, 1)
+    );
+    let age = crate::Timestamp::now().unix_nanos() - info.published.unix_nanos();
+    assert!(
+        (-5_000_000_000..60_000_000_000).contains(&age),
+        "published time is off by {age}ns"
+    );
+    d.ack().await.expect("ack");
+}
+
+/// Identity and extra headers come back exactly as sent.
+pub async fn identity_headers_survive<T: Transport>(t: T) {
+    document_stream(&t).await;
+    let root = event("document.created", "{}")
+        .header("X-Tenant", "acme")
+        .expect("header");
+    let child = Envelope::caused_by(root.identity(), subject("document.indexed"), Bytes::from_static(b"{}"));
+    publish(&t, &root).await;
+    publish(&t, &child).await;
+    let mut c = t.consumer(&spec("reader", "document.>")).await.expect("consumer");
+    for sent in [&root, &child] {
+        let d = next_within(&mut c, SOON).await;
+        for name in headers::IDENTITY_HEADERS {
+            assert_eq!(d.headers().get(name), sent.to_headers().get(name), "header {name}");
+        }
+        let got = d.envelope().expect("envelope");
+        assert_eq!(got.identity(), sent.identity());
+        assert_eq!(got.event_type(), sent.event_type());
+        assert_eq!(got.extra_headers(), sent.extra_headers());
+        assert!(!got.is_derived());
+        d.ack().await.expect("ack");
+    }
+}
+
+/// A message without identity headers (another client) is delivered; its derived identity is the
+/// same on every redelivery.
+pub async fn foreign_message_gets_stable_identity<T: Transport>(t: T) {
+    document_stream(&t).await;
+    let raw = OutboundMessage {
+        subject: subject("document.created"),
+        headers: Headers::new(),
+        payload: Bytes::from_static(b"{}"),
+    };
+    t.publish_and_wait(raw).await.expect("publish");
+    let mut c = t.consumer(&spec("reader", "document.>")).await.expect("consumer");
+    let first = next_within(&mut c, SOON).await;
+    let id = first.envelope().expect("envelope");
+    assert!(id.is_derived());
+    first.nak(None).await.expect("nak");
+    let again = next_within(&mut c, SOON).await;
+    assert_eq!(again.info().delivered, 2);
+    assert_eq!(again.envelope().expect("envelope").identity(), id.identity());
+    again.ack().await.expect("ack");
+}
+
+/// Publishing where no stream listens is an error, not a silent drop.
+pub async fn publish_without_stream_fails<T: Transport>(t: T) {
+    document_stream(&t).await;
+    let err = t
+        .publish_and_wait(event("person.created", "{}").into())
+        .await
+        .expect_err("no stream");
+    assert!(matches!(err, TransportError::NoStream { .. }), "{err:?}");
+}
+
+/// `ensure_stream` twice is fine; other settings are reported and nothing is changed.
+pub async fn ensure_stream_is_idempotent_and_reports_conflicts<T: Transport>(t: T) {
+    let spec = StreamSpec::for_domain("document", None).expect("spec");
+    t.ensure_stream(&spec).await.expect("create");
+    t.ensure_stream(&spec).await.expect("idempotent");
+    let other = spec.clone().duplicate_window(Duration::from_secs(5));
+    let err = t.ensure_stream(&other).await.expect_err("conflict");
+    assert!(matches!(err, TransportError::StreamConflict { .. }), "{err:?}");
+    // unchanged: the original duplicate window still applies
+    let env = event("document.created", "{}");
+    publish(&t, &env).await;
+    assert!(publish(&t, &env).await.duplicate);
+}
+
+/// Streams must capture disjoint subjects.
+pub async fn overlapping_streams_are_refused<T: Transport>(t: T) {
+    document_stream(&t).await;
+    let err = t
+        .ensure_stream(&StreamSpec::new("CREATED", vec![pattern("*.created")]))
+        .await
+        .expect_err("overlap");
+    assert!(matches!(err, TransportError::StreamOverlap { .. }), "{err:?}");
+    t.ensure_stream(&StreamSpec::for_domain("person", None).expect("spec"))
+        .await
+        .expect("disjoint is fine");
+}
+
+/// Payloads over the limit are refused.
+pub async fn payload_too_large_is_refused<T: Transport>(t: T) {
+    document_stream(&t).await;
+    let big = Envelope::root(subject("document.created"), vec![b'x'; 2 * 1024 * 1024]);
+    let err = t.publish_and_wait(big.into()).await.expect_err("too large");
+    assert!(matches!(err, TransportError::PayloadTooLarge { .. }), "{err:?}");
+}
+
+/// The same message id twice within the window is stored once.
+pub async fn duplicate_inside_window_is_dropped<T: Transport>(t: T) {
+    document_stream(&t).await;
+    let env = event("document.created", "{}");
+    let first = publish(&t, &env).await;
+    let second = publish(&t, &env).await;
+    assert!(!first.duplicate);
+    assert!(second.duplicate);
+    assert_eq!(second.sequence, first.sequence);
+    let other = publish(&t, &event("document.created", "{}")).await;
+    assert_eq!(other.sequence, first.sequence + 1);
+    let mut c = t.consumer(&spec("reader", "document.>")).await.expect("consumer");
+    assert_eq!(next_within(&mut c, SOON).await.info().stream_sequence, 1);
+    assert_eq!(next_within(&mut c, SOON).await.info().stream_sequence, 2);
+    none_within(&mut c, Duration::from_millis(300)).await;
+}
+
+/// After the window, the same message id is a new message.
+pub async fn duplicate_outside_window_is_stored<T: Transport>(t: T) {
+    let spec = StreamSpec::for_domain("document", None)
+        .expect("spec")
+        .duplicate_window(Duration::from_secs(1));
+    t.ensure_stream(&spec).await.expect("stream");
+    let env = event("document.created", "{}");
+    assert!(!publish(&t, &env).await.duplicate);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let again = publish(&t, &env).await;
+    assert!(!again.duplicate, "{again:?}");
+    assert_eq!(again.sequence, 2);
+}
+
+/// The guide's cascade: every durable consumer gets every message.
+pub async fn cascade_two_durables_each_receive_everything<T: Transport>(t: T) {
+    document_stream(&t).await;
+    for i in 0..3 {
+        publish(&t, &event("document.created", &format!("{{\"n\":{i}}}"))).await;
+    }
+    for durable in ["workflow", "search"] {
+        let mut c = t.consumer(&spec(durable, "document.created")).await.expect("consumer");
+        for seq in 1..=3 {
+            let d = next_within(&mut c, SOON).await;
+            assert_eq!(d.info().stream_sequence, seq, "{durable}");
+            d.ack().await.expect("ack");
+        }
+        none_within(&mut c, Duration::from_millis(300)).await;
+    }
+}
+
+/// Two handles on one durable share its messages: each message goes to one of them.
+pub async fn one_durable_shares_work_between_handles<T: Transport>(t: T) {
+    document_stream(&t).await;
+    let mut a = t.consumer(&spec("workers", "document.>")).await.expect("a");
+    let mut b = t.consumer(&spec("workers", "document.>")).await.expect("b");
+    for i in 0..6 {
+        publish(&t, &event("document.created", &format!("{{\"n\":{i}}}"))).await;
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 6 {
+        let d = tokio::select! {
+            d = a.next() => d.expect("a"),
+            d = b.next() => d.expect("b"),
+            () = tokio::time::sleep(SOON) => panic!("only {} of 6 delivered", seen.len()),
+        };
+        seen.push(d.info().stream_sequence);
+        d.ack().await.expect("ack");
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, [1, 2, 3, 4, 5, 6]);
+    none_within(&mut a, Duration::from_millis(300)).await;
+}
+
+/// Filters with `*` and `>` select exactly the matching subjects.
+pub async fn wildcard_filters<T: Transport>(t: T) {
+    document_stream(&t).await;
+    for s in ["document.created", "document.updated", "document.created.v2"] {
+        publish(&t, &event(s, "{}")).await;
+    }
+    for (durable, filter, want) in [
+        ("exact", "document.created", vec!["document.created"]),
+        ("one", "document.*", vec!["document.created", "document.updated"]),
+        (
+            "all",
+            "document.>",
+            vec!["document.created", "document.updated", "document.created.v2"],
+        ),
+        ("mid", "document.*.v2", vec!["document.created.v2"]),
+    ] {
+        let mut c = t.consumer(&spec(durable, filter)).await.expect("consumer");
+        for w in want {
+            let d = next_within(&mut c, SOON).await;
+            assert_eq!(d.subject(), w, "{filter}");
+            d.ack().await.expect("ack");
+        }
+        none_within(&mut c, Duration::from_millis(300)).await;
+    }
+}
+
+/// An acknowledged message is never delivered again.
+pub async fn ack_prevents_redelivery<T: Transport>(t: T) {
+    document_stream(&t).await;
+    publish(&t, &event("document.created", "{}")).await;
+    let mut c = t.consumer(&spec("reader", "document.>")).await.expect("consumer");
+    next_within(&mut c, SOON).await.ack().await.expect("ack");
+    none_within(&mut c, ACK_WAIT * 3).await;
+}
+
+/// An unacknowledged delivery comes back after the ack wait, with its count raised.
+pub async fn redelivery_after_ack_wait<T: Transport>(t: T) {
+    document_stream(&t).await;
+    publish(&t, &event("document.created", "{}")).await;
+    let mut c = t.consumer(&spec("reader", "document.>")).await.expect("consumer");
+    let first = next_within(&mut c, SOON).await;
+    assert_eq!(first.info().delivered, 1);
+    drop(first);
+    none_within(&mut c, ACK_WAIT / 2).await;
+    let again = next_within(&mut c, SOON).await;
+    assert_eq!((again.info().stream_sequence, again.info().delivered), (1, 2));
+    again.ack().await.expect("ack");
+}
+
+/// A consumer handle dropped mid-batch: its unacknowledged messages go to the next handle.
+pub async fn redelivery_after_consumer_dropped_mid_batch<T: Transport>(t: T) {
+    document_stream(&t).await;
+    for i in 0..4 {
+        publish(&t, &event("document.created", &format!("{{\"n\":{i}}}"))).await;
+    }
+    {
+        let mut c = t.consumer(&spec("reader", "document.>")).await.expect("consumer");
+        next_within(&mut c, SOON).await.ack().await.expect("ack");
+        let _unacked = (next_within(&mut c, SOON).await, next_within(&mut c, SOON).await);
+    } // handle and deliveries dropped without ack
+    let mut c = t.consumer(&spec("reader", "document.>")).await.expect("reopen");
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let d = next_within(&mut c, SOON).await;
+        got.push((d.info().stream_sequence, d.info().delivered));
+        d.ack().await.expect("ack");
+    }
+    got.sort_unstable();
+    // 4 may have been prefetched by the dropped handle too (then it counts as delivered)
+    assert!(matches!(got[..], [(2, 2), (3, 2), (4, 1 | 2)]), "{got:?}");
+    none_within(&mut c, ACK_WAIT * 2).await;
+}
+
+/// A nak with a delay is redelivered after the delay, not before.
+pub async fn nak_with_delay<T: Transport>(t: T) {
+    document_stream(&t).await;
+    publish(&t, &event("document.created", "{}")).await;
+    let mut c = t
+        .consumer(&spec("reader", "document.>").ack_wait(Duration::from_secs(10)))
+        .await
+        .expect("consumer");
+    let d = next_within(&mut c, SOON).await;
+    let at = tokio::time::Instant::now();
+    d.nak(Some(Duration::from_millis(1500))).await.expect("nak");
+    none_within(&mut c, Duration::from_millis(1000)).await;
+    let again = next_within(&mut c, SOON).await;
+    assert!(
+        at.elapsed() >= Duration::from_millis(1400),
+        "redelivered after {:?}",
+        at.elapsed()
+    );
+    assert_eq!(again.info().delivered, 2);
+    again.ack().await.expect("ack");
+}
+
+/// A nak without delay is redelivered promptly (long before the ack wait).
+pub async fn nak_without_delay<T: Transport>(t: T) {
+    document_stream(&t).await;
+    publish(&t, &event("document.created", "{}")).await;
+    let mut c = t
+        .consumer(&spec("reader", "document.>").ack_wait(Duration::from_secs(30)))
+        .await
+        .expect("consumer");
+    next_within(&mut c, SOON).await.nak(None).await.expect("nak");
+    let again = next_within(&mut c, SOON).await;
+    assert_eq!(again.info().delivered, 2);
+    again.ack().await.expect("ack");
+}
+
+/// A terminated message is never delivered again.
+pub async fn term_stops_redelivery<T: Transport>(t: T) {
+    document_stream(&t).await;
+    publish(&t, &event("document.created", "{}")).await;
+    publish(&t, &event("document.created", "{}")).await;
+    let mut c = t.consumer(&spec("reader", "document.>")).await.expect("consumer");
+    next_within(&mut c, SOON).await.term().await.expect("term");
+    let second = next_within(&mut c, SOON).await;
+    assert_eq!(second.info().stream_sequence, 2);
+    second.ack().await.expect("ack");
+    none_within(&mut c, ACK_WAIT * 3).await;
+}
+
+/// After `max_deliver` deliveries (by ack wait or by nak) a message is not delivered again, and
+/// later messages still flow.
+pub async fn max_deliver_exhausted<T: Transport>(t: T) {
+    document_stream(&t).await;
+    publish(&t, &event("document.created", "{}")).await;
+    let mut c = t
+        .consumer(&spec("reader", "document.>").max_deliver(3))
+        .await
+        .expect("consumer");
+    let d1 = next_within(&mut c, SOON).await;
+    d1.nak(None).await.expect("nak");
+    let d2 = next_within(&mut c, SOON).await;
+    assert_eq!(d2.info().delivered, 2);
+    drop(d2); // ack wait expiry
+    let d3 = next_within(&mut c, SOON).await;
+    assert_eq!(d3.info().delivered, 3);
+    d3.nak(None).await.expect("nak");
+    none_within(&mut c, ACK_WAIT * 3).await;
+    publish(&t, &event("document.created", "{}")).await;
+    let next = next_within(&mut c, SOON).await;
+    assert_eq!((next.info().stream_sequence, next.info().delivered), (2, 1));
+    next.ack().await.expect("ack");
+}
+
+/// `in_progress` restarts the ack wait.
+pub async fn in_progress_extends_ack_wait<T: Transport>(t: T) {
+    document_stream(&t).await;
+    publish(&t, &event("document.created", "{}")).await;
+    let mut c = t
+        .consumer(&spec("reader", "document.>").ack_wait(Duration::from_secs(2)))
+        .await
+        .expect("consumer");
+    let d = next_within(&mut c, SOON).await;
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        d.in_progress().await.expect("in progress");
+    }
+    // 3.6 s after delivery, well past the 2 s ack wait, and not redelivered
+    none_within(&mut c, Duration::from_millis(800)).await;
+    d.ack().await.expect("ack");
+    none_within(&mut c, Duration::from_secs(3)).await;
+}
+
+/// With a back-off, the n-th delivery waits `backoff[n-1]` before redelivery.
+pub async fn backoff_spaces_redeliveries<T: Transport>(t: T) {
+    document_stream(&t).await;
+    publish(&t, &event("document.created", "{}")).await;
+    let backoff = vec![Duration::from_secs(1), Duration::from_secs(3)];
+    let mut c = t
+        .consumer(&spec("reader", "document.>").backoff(backoff).max_deliver(4))
+        .await
+        .expect("consumer");
+    let d1 = next_within(&mut c, SOON).await;
+    drop(d1);
+    let d2 = next_within(&mut c, SOON).await;
+    assert_eq!(d2.info().delivered, 2);
+    let at = tokio::time::Instant::now();
+    drop(d2);
+    none_within(&mut c, Duration::from_millis(2000)).await;
+    let d3 = next_within(&mut c, SOON).await;
+    assert!(
+        at.elapsed() >= Duration::from_millis(2900),
+        "third delivery after {:?}",
+        at.elapsed()
+    );
+    assert_eq!(d3.info().delivered, 3);
+    d3.ack().await.expect("ack");
+}
+
+/// No more than `max_ack_pending` deliveries are outstanding; an ack makes room.
+pub async fn max_ack_pending_limits_outstanding<T: Transport>(t: T) {
+    document_stream(&t).await;
+    for i in 0..3 {
+        publish(&t, &event("document.created", &format!("{{\"n\":{i}}}"))).await;
+    }
+    let s = spec("reader", "document.>")
+        .ack_wait(Duration::from_secs(30))
+        .max_ack_pending(2);
+    let mut c = t.consumer(&s).await.expect("consumer");
+    let d1 = next_within(&mut c, SOON).await;
+    let d2 = next_within(&mut c, SOON).await;
+    none_within(&mut c, Duration::from_millis(800)).await;
+    d1.ack().await.expect("ack");
+    let d3 = next_within(&mut c, SOON).await;
+    assert_eq!(d3.info().stream_sequence, 3);
+    d2.ack().await.expect("ack");
+    d3.ack().await.expect("ack");
+}
+
+/// `DeliverPolicy::New` starts after the messages already stored.
+pub async fn deliver_new_skips_existing<T: Transport>(t: T) {
+    document_stream(&t).await;
+    publish(&t, &event("document.created", "{}")).await;
+    publish(&t, &event("document.created", "{}")).await;
+    let mut c = t
+        .consumer(&spec("reader", "document.>").deliver(DeliverPolicy::New))
+        .await
+        .expect("consumer");
+    none_within(&mut c, Duration::from_millis(300)).await;
+    publish(&t, &event("document.created", "{}")).await;
+    let d = next_within(&mut c, SOON).await;
+    assert_eq!(d.info().stream_sequence, 3);
+    d.ack().await.expect("ack");
+}
+
+/// A durable consumer reopened later continues after what it acknowledged.
+pub async fn durable_resumes_where_it_left_off<T: Transport>(t: T) {
+    document_stream(&t).await;
+    for i in 0..3 {
+        publish(&t, &event("document.created", &format!("{{\"n\":{i}}}"))).await;
+    }
+    {
+        let mut c = t.consumer(&spec("reader", "document.>")).await.expect("consumer");
+        for _ in 0..2 {
+            next_within(&mut c, SOON).await.ack().await.expect("ack");
+        }
+    }
+    let mut c = t.consumer(&spec("reader", "document.>")).await.expect("reopen");
+    let d = next_within(&mut c, SOON).await;
+    // delivered may be 2 if the first handle had prefetched it
+    assert_eq!(d.info().stream_sequence, 3);
+    d.ack().await.expect("ack");
+    none_within(&mut c, ACK_WAIT * 2).await;
+}
+
+/// A durable with another filter or deliver policy is a conflict; other settings are updated.
+pub async fn consumer_conflict_and_update<T: Transport>(t: T) {
+    document_stream(&t).await;
+    t.consumer(&spec("reader", "document.created")).await.expect("create");
+    let err = t
+        .consumer(&spec("reader", "document.updated"))
+        .await
+        .expect_err("filter differs");
+    assert!(matches!(err, TransportError::ConsumerConflict { .. }), "{err:?}");
+    let err = t
+        .consumer(&spec("reader", "document.created").deliver(DeliverPolicy::New))
+        .await
+        .expect_err("deliver policy differs");
+    assert!(matches!(err, TransportError::ConsumerConflict { .. }), "{err:?}");
+    let updated = spec("reader", "document.created")
+        .ack_wait(Duration::from_secs(5))
+        .max_deliver(7);
+    let mut c = t.consumer(&updated).await.expect("update");
+    publish(&t, &event("document.created", "{}")).await;
+    next_within(&mut c, SOON).await.ack().await.expect("ack");
+    let err = t
+        .consumer(&ConsumerSpec::new("NO_SUCH_STREAM", "x", pattern("a.>")))
+        .await
+        .expect_err("no stream");
+    assert!(matches!(err, TransportError::StreamNotFound { .. }), "{err:?}");
+}
+
+/// Deleting a durable forgets its progress.
+pub async fn delete_consumer_forgets_progress<T: Transport>(t: T) {
+    document_stream(&t).await;
+    publish(&t, &event("document.created", "{}")).await;
+    {
+        let mut c = t.consumer(&spec("reader", "document.>")).await.expect("consumer");
+        next_within(&mut c, SOON).await.ack().await.expect("ack");
+    }
+    t.delete_consumer(STREAM, "reader").await.expect("delete");
+    let err = t.delete_consumer(STREAM, "reader").await.expect_err("already gone");
+    assert!(matches!(err, TransportError::ConsumerNotFound { .. }), "{err:?}");
+    let mut c = t.consumer(&spec("reader", "document.>")).await.expect("recreate");
+    let d = next_within(&mut c, SOON).await;
+    assert_eq!((d.info().stream_sequence, d.info().delivered), (1, 1));
+    d.ack().await.expect("ack");
+}
+
+/// Key-value: create, get, compare-and-set update, conflicts.
+pub async fn kv_create_get_update_conflict<T: Transport>(t: T) {
+    let kv = t.key_value(&KvSpec::new("state")).await.expect("bucket");
+    assert_eq!(kv.get("saga.1").await.expect("get"), None);
+    let r1 = kv.create("saga.1", Bytes::from_static(b"a")).await.expect("create");
+    let err = kv.create("saga.1", Bytes::from_static(b"b")).await.expect_err("exists");
+    assert!(matches!(err, KvError::AlreadyExists { .. }), "{err:?}");
+    let e = kv.get("saga.1").await.expect("get").expect("present");
+    assert_eq!((e.key.as_str(), &e.value[..], e.revision), ("saga.1", &b"a"[..], r1));
+    let r2 = kv.update("saga.1", Bytes::from_static(b"b"), r1).await.expect("update");
+    assert!(r2 > r1);
+    let err = kv
+        .update("saga.1", Bytes::from_static(b"c"), r1)
+        .await
+        .expect_err("stale revision");
+    assert!(
+        matches!(err, KvError::Conflict { expected, .. } if expected == r1),
+        "{err:?}"
+    );
+    assert_eq!(&kv.get("saga.1").await.expect("get").expect("present").value[..], b"b");
+    let r3 = kv.put("saga.2", Bytes::from_static(b"x")).await.expect("put");
+    assert!(r3 > r2, "revisions are bucket-wide");
+    // the same bucket opened again shares the data
+    let again = t.key_value(&KvSpec::new("state")).await.expect("reopen");
+    assert_eq!(again.get("saga.2").await.expect("get").map(|e| e.revision), Some(r3));
+}
+
+/// Key-value: tombstones, conditional delete, keys.
+pub async fn kv_delete_and_keys<T: Transport>(t: T) {
+    let kv = t.key_value(&KvSpec::new("state")).await.expect("bucket");
+    let ra = kv.put("a", Bytes::from_static(b"1")).await.expect("put");
+    kv.put("b", Bytes::from_static(b"2")).await.expect("put");
+    kv.put("c.d", Bytes::from_static(b"3")).await.expect("put");
+    assert_eq!(kv.keys().await.expect("keys"), ["a", "b", "c.d"]);
+    let err = kv.delete("a", Some(ra + 100)).await.expect_err("stale");
+    assert!(matches!(err, KvError::Conflict { .. }), "{err:?}");
+    kv.delete("a", Some(ra)).await.expect("delete");
+    kv.delete("b", None).await.expect("delete");
+    assert_eq!(kv.get("a").await.expect("get"), None);
+    assert_eq!(kv.keys().await.expect("keys"), ["c.d"]);
+    kv.create("a", Bytes::from_static(b"again"))
+        .await
+        .expect("create after delete");
+    assert_eq!(&kv.get("a").await.expect("get").expect("present").value[..], b"again");
+}
+
+/// Key-value: entries expire after the bucket's max age.
+pub async fn kv_ttl_expires_entries<T: Transport>(t: T) {
+    let kv = t
+        .key_value(&KvSpec::new("marks").max_age(Duration::from_secs(1)))
+        .await
+        .expect("bucket");
+    kv.put("m1", Bytes::from_static(b"done")).await.expect("put");
+    assert!(kv.get("m1").await.expect("get").is_some());
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(kv.get("m1").await.expect("get"), None);
+    assert!(kv.keys().await.expect("keys").is_empty());
+    kv.create("m1", Bytes::from_static(b"new"))
+        .await
+        .expect("create after expiry");
+}
+
+/// A bucket reopened with other settings is reported, not changed.
+pub async fn kv_bucket_settings_conflict<T: Transport>(t: T) {
+    t.key_value(&KvSpec::new("state")).await.expect("bucket");
+    let err = t
+        .key_value(&KvSpec::new("state").history(5))
+        .await
+        .expect_err("conflict");
+    assert!(matches!(err, KvError::BucketConflict { .. }), "{err:?}");
+    let err = t.key_value(&KvSpec::new("bad name")).await.expect_err("invalid");
+    assert!(matches!(err, KvError::Invalid(_)), "{err:?}");
+}
+
+/// Keys that NATS would refuse are refused everywhere.
+pub async fn kv_rejects_invalid_keys<T: Transport>(t: T) {
+    let kv = t.key_value(&KvSpec::new("state")).await.expect("bucket");
+    for bad in ["", "a b", "a*", "a.>", ".a", "é"] {
+        let err = kv.put(bad, Bytes::new()).await.expect_err(bad);
+        assert!(matches!(err, KvError::InvalidKey(_)), "{bad}: {err:?}");
+        assert!(matches!(kv.get(bad).await, Err(KvError::InvalidKey(_))), "{bad}");
+    }
+}

@@ -1,1 +1,223 @@
-//! Test support (being written).
+//! Test support: a private nats-server per test.
+//!
+//! [`NatsServer::start`] runs `nats-server -a 127.0.0.1 -p -1 -js` with a temporary store
+//! directory, on a free port, from `NATS_SERVER_BIN` or else `nats-server` on the `PATH`. It can be
+//! stopped and restarted on the same port with the same store (JetStream data survives), and is
+//! killed and its directory removed when dropped. Tests never touch a shared server.
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The environment variable naming the nats-server binary.
+pub const SERVER_BIN_ENV: &str = "NATS_SERVER_BIN";
+
+/// How long a server may take to start accepting connections.
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The nats-server binary: `NATS_SERVER_BIN`, else `nats-server` (found on the `PATH`).
+pub fn server_bin() -> PathBuf {
+    std::env::var_os(SERVER_BIN_ENV)
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| PathBuf::from("nats-server"), PathBuf::from)
+}
+
+/// The version of the nats-server binary as `(major, minor, patch)`, from `nats-server --version`.
+pub fn server_version() -> io::Result<(u32, u32, u32)> {
+    let out = Command::new(server_bin()).arg("--version").output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "nats-server: v2.9.10"
+    let v = text
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix('v'))
+        .ok_or_else(|| io::Error::other(format!("unexpected `nats-server --version` output: {text}")))?;
+    let mut parts = v.split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
+    Ok((
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+    ))
+}
+
+/// A private nats-server with JetStream, for one test.
+#[derive(Debug)]
+pub struct NatsServer {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl NatsServer {
+    /// Starts a server on a free port with a fresh store directory, and waits until it accepts
+    /// connections.
+    pub async fn start() -> io::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("cim-nats-").tempdir()?;
+        let mut server = Self {
+            bin: server_bin(),
+            dir,
+            port: 0,
+            child: None,
+        };
+        server.spawn(None).await?;
+        Ok(server)
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The client port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The store directory (JetStream data lives under it).
+    pub fn store_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `true` while the server process runs.
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    async fn spawn(&mut self, port: Option<u16>) -> io::Result<()> {
+        let store = self.dir.path().join("store");
+        let ports_dir = self.dir.path().join("ports");
+        std::fs::create_dir_all(&ports_dir)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("server.log"))?;
+        let port_arg = port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
+        let mut child = Command::new(&self.bin)
+            .args(["-a", "127.0.0.1", "-p", &port_arg, "-js", "--store_dir"])
+            .arg(&store)
+            .arg("--ports_file_dir")
+            .arg(&ports_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .map_err(|e| io::Error::new(e.kind(), format!("starting {}: {e}", self.bin.display())))?;
+        let ports_file = ports_dir.join(format!("nats-server_{}.ports", child.id()));
+        let deadline = Instant::now() + START_TIMEOUT;
+        let port = loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(io::Error::other(format!(
+                    "nats-server exited with {status} at start; log: {}",
+                    self.log_tail()
+                )));
+            }
+            if let Some(p) = read_client_port(&ports_file) {
+                break p;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "nats-server wrote no ports file",
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "nats-server does not accept connections",
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = std::fs::remove_file(&ports_file);
+        self.port = port;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Stops the server gracefully (SIGTERM, so JetStream flushes its store), waiting for it to
+    /// exit; kills it if it takes more than 10 seconds.
+    pub async fn stop(&mut self) -> io::Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                child.kill()?;
+                child.wait()?;
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Kills the server at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) -> io::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Starts the server again on the same port with the same store directory (stopping it
+    /// first if it runs).
+    pub async fn restart(&mut self) -> io::Result<()> {
+        self.stop().await?;
+        let port = self.port;
+        // The port may linger for a moment after the old process exits.
+        let mut last = None;
+        for _ in 0..50 {
+            match self.spawn(Some(port)).await {
+                Ok(()) => return Ok(()),
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(last.unwrap_or_else(|| io::Error::other("restart failed")))
+    }
+
+    /// The end of the server's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+fn read_client_port(ports_file: &Path) -> Option<u16> {
+    #[derive(serde::Deserialize)]
+    struct Ports {
+        #[serde(default)]
+        nats: Vec<String>,
+    }
+    let text = std::fs::read_to_string(ports_file).ok()?;
+    let ports: Ports = serde_json::from_str(&text).ok()?;
+    ports
+        .nats
+        .iter()
+        .find_map(|u| u.rsplit(':').next()?.trim_end_matches('/').parse().ok())
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

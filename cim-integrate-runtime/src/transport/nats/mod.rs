@@ -1,1 +1,594 @@
-//! NATS JetStream transport (being written).
+//! The NATS JetStream transport, on async-nats.
+//!
+//! [`NatsTransport`] implements [`Transport`] with the same semantics as
+//! [`MemoryTransport`](crate::transport::memory::MemoryTransport):
+//!
+//! - [`ensure_stream`](Transport::ensure_stream): `STREAM.INFO`, then `STREAM.CREATE` if absent; an
+//!   existing stream is compared with [`StreamSpec::differences`] and never modified.
+//! - [`publish`](Transport::publish): a JetStream publish with every header of the message; the
+//!   returned [`NatsAckFuture`] waits for the PubAck and sends the message again (same
+//!   `Nats-Msg-Id`) when the acknowledgement times out.
+//! - [`consumer`](Transport::consumer): a durable pull consumer with explicit acks, read by a
+//!   continuous pull with idle heartbeats ([`NatsConsumer`]).
+//! - [`key_value`](Transport::key_value): a KV bucket whose `KV_<bucket>` stream is created here,
+//!   so that it works on nats-server 2.9 as on current servers ([`NatsKeyValue`]).
+//!
+//! It uses only the JetStream API of nats-server 2.9, on purpose: settings a 2.9 server would
+//! silently ignore (several filter subjects, metadata, create/update actions) are never sent.
+//!
+//! Connect with [`NatsTransport::connect`] and [`NatsOptions`], or from the environment with
+//! [`NatsTransport::from_env`] (the variables are listed on [`NatsOptions::from_env`]).
+
+mod consumer;
+mod convert;
+mod kv;
+mod options;
+
+pub use consumer::{NatsAcker, NatsConsumer};
+pub use kv::NatsKeyValue;
+pub use options::{
+    ENV_CA, ENV_CERT, ENV_CONNECTION_NAME, ENV_CREDS, ENV_KEY, ENV_NKEY_FILE, ENV_NKEY_SEED, ENV_PASSWORD,
+    ENV_TLS_FIRST, ENV_TLS_REQUIRED, ENV_TOKEN, ENV_URL, ENV_USER, NatsAuth, NatsOptions, NatsTls,
+};
+
+use crate::subject::SubjectPattern;
+use crate::transport::{
+    ConsumerSpec, DeliverPolicy, KvError, KvSpec, OutboundMessage, PublishAck, Storage, StreamSpec, Transport,
+    TransportError,
+};
+use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::{self, ErrorCode, consumer as js_consumer, stream as js_stream};
+use convert::{api_error, header_map, request_error};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+/// A transport over NATS JetStream. Cheap to clone: clones share one connection.
+#[derive(Clone)]
+pub struct NatsTransport {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    options: NatsOptions,
+}
+
+impl std::fmt::Debug for NatsTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsTransport")
+            .field("options", &self.inner.options)
+            .field("state", &self.inner.client.connection_state())
+            .finish()
+    }
+}
+
+/// The JetStream API reply: a value or an error with a code.
+type ApiResult<T> = Result<T, jetstream::Error>;
+
+#[derive(serde::Deserialize)]
+struct StreamList {
+    #[serde(default)]
+    total: usize,
+    #[serde(default)]
+    streams: Option<Vec<js_stream::Info>>,
+}
+
+impl NatsTransport {
+    /// Connects with `options`.
+    pub async fn connect(options: NatsOptions) -> Result<Self, TransportError> {
+        let addrs = options
+            .url
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| s.parse::<async_nats::ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| TransportError::Invalid(format!("NATS URL: {e}")))?;
+        if addrs.is_empty() {
+            return Err(TransportError::Invalid("NATS URL is empty".into()));
+        }
+        let client = options
+            .connect_options()
+            .await?
+            .connect(addrs)
+            .await
+            .map_err(|e| TransportError::Connection(format!("connecting to NATS: {e}")))?;
+        Ok(Self::with_client(client, options))
+    }
+
+    /// Connects to `url` with no credentials and default tuning.
+    pub async fn connect_url(url: &str) -> Result<Self, TransportError> {
+        Self::connect(NatsOptions::new(url)).await
+    }
+
+    /// Connects as the environment says ([`NatsOptions::from_env`]); `None` if `NATS_URL` is unset.
+    pub async fn from_env() -> Result<Option<Self>, TransportError> {
+        match NatsOptions::from_env()? {
+            Some(options) => Ok(Some(Self::connect(options).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Wraps an already connected client; `options` supplies the tuning (its URL and credentials
+    /// are not used).
+    pub fn with_client(client: async_nats::Client, options: NatsOptions) -> Self {
+        let js = jetstream::ContextBuilder::new()
+            .timeout(options.request_timeout)
+            .build(client.clone());
+        Self {
+            inner: Arc::new(Inner { client, js, options }),
+        }
+    }
+
+    /// The underlying NATS client.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.inner.client
+    }
+
+    /// The JetStream context.
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.inner.js
+    }
+
+    /// The options in use.
+    pub fn options(&self) -> &NatsOptions {
+        &self.inner.options
+    }
+
+    /// Sends a JetStream API request; the outer error is the request's, the inner the server's.
+    async fn api<T: serde::de::DeserializeOwned>(
+        &self,
+        subject: String,
+        body: &serde_json::Value,
+    ) -> Result<ApiResult<T>, TransportError> {
+        let response: jetstream::response::Response<T> = self
+            .inner
+            .js
+            .request(subject.clone(), body)
+            .await
+            .map_err(|e| request_error(&subject, e))?;
+        Ok(match response {
+            jetstream::response::Response::Ok(v) => Ok(v),
+            jetstream::response::Response::Err { error } => Err(error),
+        })
+    }
+
+    async fn stream_info(&self, name: &str) -> Result<Option<js_stream::Info>, TransportError> {
+        match self
+            .api::<js_stream::Info>(format!("STREAM.INFO.{name}"), &serde_json::json!({}))
+            .await?
+        {
+            Ok(info) => Ok(Some(info)),
+            Err(e) if e.error_code() == ErrorCode::STREAM_NOT_FOUND => Ok(None),
+            Err(e) => Err(api_error(e)),
+        }
+    }
+
+    /// Creates a stream, or reports a conflict with an existing one.
+    async fn create_stream(&self, config: &js_stream::Config) -> Result<ApiResult<js_stream::Info>, TransportError> {
+        self.api(
+            format!("STREAM.CREATE.{}", config.name),
+            &serde_json::to_value(config).map_err(other)?,
+        )
+        .await
+    }
+
+    /// The first other stream whose subjects overlap one of `spec`'s, as `(other, pattern)`.
+    async fn overlapping_stream(&self, spec: &StreamSpec) -> Result<Option<(String, String)>, TransportError> {
+        let mut offset = 0usize;
+        loop {
+            let page: StreamList = match self
+                .api(String::from("STREAM.LIST"), &serde_json::json!({ "offset": offset }))
+                .await?
+            {
+                Ok(p) => p,
+                Err(e) => return Err(api_error(e)),
+            };
+            let streams = page.streams.unwrap_or_default();
+            if streams.is_empty() {
+                return Ok(None);
+            }
+            offset += streams.len();
+            for info in streams.iter().filter(|i| i.config.name != spec.name) {
+                for theirs in &info.config.subjects {
+                    for mine in &spec.subjects {
+                        if crate::subject::patterns_overlap(mine.as_str(), theirs) {
+                            return Ok(Some((info.config.name.clone(), mine.to_string())));
+                        }
+                    }
+                }
+            }
+            if offset >= page.total {
+                return Ok(None);
+            }
+        }
+    }
+
+    async fn consumer_info(&self, stream: &str, durable: &str) -> Result<Option<js_consumer::Info>, TransportError> {
+        match self
+            .api(format!("CONSUMER.INFO.{stream}.{durable}"), &serde_json::json!({}))
+            .await?
+        {
+            Ok(info) => Ok(Some(info)),
+            Err(e) if e.error_code() == ErrorCode::CONSUMER_NOT_FOUND => Ok(None),
+            Err(e) if e.error_code() == ErrorCode::STREAM_NOT_FOUND => Err(TransportError::StreamNotFound {
+                stream: stream.to_owned(),
+            }),
+            Err(e) => Err(api_error(e)),
+        }
+    }
+
+    /// Creates (or, for an existing durable, updates) a consumer with the 2.9 durable API.
+    async fn put_consumer(
+        &self,
+        stream: &str,
+        durable: &str,
+        config: &js_consumer::Config,
+    ) -> Result<js_consumer::Info, TransportError> {
+        let body = serde_json::json!({ "stream_name": stream, "config": config });
+        match self
+            .api(format!("CONSUMER.DURABLE.CREATE.{stream}.{durable}"), &body)
+            .await?
+        {
+            Ok(info) => Ok(info),
+            Err(e) if e.error_code() == ErrorCode::STREAM_NOT_FOUND => Err(TransportError::StreamNotFound {
+                stream: stream.to_owned(),
+            }),
+            Err(e) => Err(TransportError::Other(format!(
+                "consumer `{durable}` on `{stream}`: {e}"
+            ))),
+        }
+    }
+
+    fn ack_future(&self, message: OutboundMessage, first: PublishAckFuture) -> NatsAckFuture {
+        let js = self.inner.js.clone();
+        let retries = self.inner.options.publish_retries;
+        NatsAckFuture {
+            inner: Box::pin(async move {
+                let mut pending = first;
+                let mut attempt = 0u32;
+                loop {
+                    let error = match pending.await {
+                        Ok(ack) => {
+                            return Ok(PublishAck {
+                                stream: ack.stream,
+                                sequence: ack.sequence,
+                                duplicate: ack.duplicate,
+                            });
+                        }
+                        Err(e) => e,
+                    };
+                    let retriable = matches!(error.kind(), PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe);
+                    if !retriable || attempt >= retries || message.msg_id().is_none() {
+                        return Err(publish_error(&message, &error));
+                    }
+                    attempt += 1;
+                    tracing::warn!(
+                        subject = %message.subject,
+                        msg_id = message.msg_id().unwrap_or_default(),
+                        attempt,
+                        error = %error,
+                        "publish not acknowledged; sending it again with the same message id"
+                    );
+                    pending = send(&js, &message).await?;
+                }
+            }),
+        }
+    }
+}
+
+fn other(e: impl std::fmt::Display) -> TransportError {
+    TransportError::Other(e.to_string())
+}
+
+/// Maps a publish failure.
+fn publish_error(message: &OutboundMessage, e: &async_nats::jetstream::context::PublishError) -> TransportError {
+    match e.kind() {
+        PublishErrorKind::StreamNotFound => TransportError::NoStream {
+            subject: message.subject.to_string(),
+        },
+        PublishErrorKind::TimedOut => {
+            TransportError::Timeout(format!("no acknowledgement for the publish to `{}`", message.subject))
+        }
+        PublishErrorKind::BrokenPipe => {
+            TransportError::Connection(format!("connection lost while publishing to `{}`", message.subject))
+        }
+        PublishErrorKind::MaxPayloadExceeded => TransportError::PayloadTooLarge {
+            size: message.payload.len(),
+            max: 0,
+        },
+        _ => TransportError::Other(format!("publish to `{}`: {e}", message.subject)),
+    }
+}
+
+/// Sends one publish and returns its acknowledgement future.
+async fn send(js: &jetstream::Context, message: &OutboundMessage) -> Result<PublishAckFuture, TransportError> {
+    let headers = header_map(&message.headers)?;
+    let max = js.client().max_payload();
+    let publish = PublishMessage::build()
+        .payload(message.payload.clone())
+        .headers(headers);
+    js.send_publish(message.subject.as_str().to_owned(), publish)
+        .await
+        .map_err(|e| match publish_error(message, &e) {
+            TransportError::PayloadTooLarge { size, .. } => TransportError::PayloadTooLarge { size, max },
+            other => other,
+        })
+}
+
+/// The wire size of a header block, as the server counts it.
+fn header_wire_len(message: &OutboundMessage) -> usize {
+    if message.headers.is_empty() {
+        return 0;
+    }
+    // "NATS/1.0\r\n" + "name: value\r\n"* + "\r\n"
+    10 + message
+        .headers
+        .iter()
+        .map(|(n, v)| n.len() + 2 + v.len() + 2)
+        .sum::<usize>()
+        + 2
+}
+
+/// Resolves to the stream's acknowledgement of a publish; see [`Transport::publish`].
+///
+/// A timed-out acknowledgement makes it send the same message (same `Nats-Msg-Id`) again, up to
+/// [`NatsOptions::publish_retries`] times: the stream stores it once, and a retry that finds it
+/// stored reports a duplicate. A message without `Nats-Msg-Id` is never sent twice.
+#[must_use = "a publish is confirmed only when its acknowledgement resolves"]
+pub struct NatsAckFuture {
+    inner: Pin<Box<dyn Future<Output = Result<PublishAck, TransportError>> + Send + 'static>>,
+}
+
+impl std::fmt::Debug for NatsAckFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NatsAckFuture")
+    }
+}
+
+impl Future for NatsAckFuture {
+    type Output = Result<PublishAck, TransportError>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+fn stream_config(spec: &StreamSpec) -> js_stream::Config {
+    js_stream::Config {
+        name: spec.name.clone(),
+        subjects: spec.subjects.iter().map(|s| s.as_str().to_owned()).collect(),
+        storage: match spec.storage {
+            Storage::File => js_stream::StorageType::File,
+            Storage::Memory => js_stream::StorageType::Memory,
+        },
+        retention: js_stream::RetentionPolicy::Limits,
+        discard: js_stream::DiscardPolicy::Old,
+        duplicate_window: spec.duplicate_window,
+        max_age: spec.max_age.unwrap_or(Duration::ZERO),
+        max_messages: -1,
+        max_bytes: -1,
+        max_messages_per_subject: -1,
+        max_consumers: -1,
+        num_replicas: 1,
+        ..Default::default()
+    }
+}
+
+/// The spec an existing stream corresponds to, or why it cannot be one of ours.
+fn existing_stream_spec(config: &js_stream::Config) -> Result<StreamSpec, String> {
+    let subjects = config
+        .subjects
+        .iter()
+        .map(|s| SubjectPattern::new(s).map_err(|e| format!("subject `{s}`: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(StreamSpec {
+        name: config.name.clone(),
+        subjects,
+        storage: match config.storage {
+            js_stream::StorageType::File => Storage::File,
+            js_stream::StorageType::Memory => Storage::Memory,
+        },
+        duplicate_window: config.duplicate_window,
+        max_age: (!config.max_age.is_zero()).then_some(config.max_age),
+    })
+}
+
+fn consumer_config(spec: &ConsumerSpec) -> js_consumer::Config {
+    js_consumer::Config {
+        durable_name: Some(spec.durable.clone()),
+        deliver_policy: match spec.deliver {
+            DeliverPolicy::All => js_consumer::DeliverPolicy::All,
+            DeliverPolicy::New => js_consumer::DeliverPolicy::New,
+        },
+        ack_policy: js_consumer::AckPolicy::Explicit,
+        ack_wait: spec.ack_wait,
+        max_deliver: spec.max_deliver.map_or(-1, i64::from),
+        filter_subject: spec.filter.as_str().to_owned(),
+        replay_policy: js_consumer::ReplayPolicy::Instant,
+        max_ack_pending: i64::from(spec.max_ack_pending),
+        backoff: spec.backoff.clone(),
+        ..Default::default()
+    }
+}
+
+/// The immutable part of an existing consumer, as a spec, or why it cannot be one of ours.
+fn existing_consumer_spec(spec: &ConsumerSpec, config: &js_consumer::Config) -> Result<ConsumerSpec, String> {
+    if let Some(d) = &config.deliver_subject {
+        return Err(format!("push consumer delivering to `{d}`, wanted a pull consumer"));
+    }
+    if config.ack_policy != js_consumer::AckPolicy::Explicit {
+        return Err(format!("ack policy {:?}, wanted explicit", config.ack_policy));
+    }
+    let filter = if config.filter_subject.is_empty() {
+        // No filter: the whole stream. Only equal to ours if ours is `>`.
+        SubjectPattern::new(">").map_err(|e| e.to_string())?
+    } else {
+        SubjectPattern::new(&config.filter_subject).map_err(|e| format!("filter `{}`: {e}", config.filter_subject))?
+    };
+    let deliver = match config.deliver_policy {
+        js_consumer::DeliverPolicy::All => DeliverPolicy::All,
+        js_consumer::DeliverPolicy::New => DeliverPolicy::New,
+        ref other => return Err(format!("deliver policy {other:?}, wanted {:?}", spec.deliver)),
+    };
+    Ok(ConsumerSpec {
+        filter,
+        deliver,
+        ..spec.clone()
+    })
+}
+
+impl Transport for NatsTransport {
+    type Consumer = NatsConsumer;
+    type KeyValue = NatsKeyValue;
+    type AckFuture = NatsAckFuture;
+
+    async fn ensure_stream(&self, spec: &StreamSpec) -> Result<(), TransportError> {
+        spec.validate()?;
+        let conflict = |detail: String| TransportError::StreamConflict {
+            stream: spec.name.clone(),
+            detail,
+        };
+        let compare = |info: &js_stream::Info| match existing_stream_spec(&info.config) {
+            Ok(existing) => spec.differences(&existing).map_or(Ok(()), |d| Err(conflict(d))),
+            Err(d) => Err(conflict(d)),
+        };
+        if let Some(info) = self.stream_info(&spec.name).await? {
+            return compare(&info);
+        }
+        let overlap = |(other, pattern)| TransportError::StreamOverlap {
+            stream: spec.name.clone(),
+            other,
+            pattern,
+        };
+        // Checked here first: servers report overlaps differently (2.10+ refuse a leading
+        // wildcard as overlapping their API before comparing streams).
+        if let Some(found) = self.overlapping_stream(spec).await? {
+            return Err(overlap(found));
+        }
+        let config = stream_config(spec);
+        match self.create_stream(&config).await? {
+            Ok(_) => {
+                tracing::info!(stream = %spec.name, subjects = ?config.subjects, "stream created");
+                Ok(())
+            }
+            Err(e) if e.error_code() == ErrorCode::STREAM_SUBJECT_OVERLAP => {
+                let found = self.overlapping_stream(spec).await?.unwrap_or_else(|| {
+                    (
+                        String::from("(unknown)"),
+                        spec.subjects.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
+                    )
+                });
+                Err(overlap(found))
+            }
+            Err(e) if e.error_code() == ErrorCode::STREAM_NAME_EXIST => {
+                // Created concurrently by someone else: compare with theirs.
+                match self.stream_info(&spec.name).await? {
+                    Some(info) => compare(&info),
+                    None => Err(api_error(e)),
+                }
+            }
+            Err(e) if e.code() == 400 || e.code() == 500 && e.error_code() == ErrorCode(10052) => Err(
+                TransportError::Invalid(format!("stream `{}` refused by the server: {e}", spec.name)),
+            ),
+            Err(e) => Err(TransportError::Other(format!("creating stream `{}`: {e}", spec.name))),
+        }
+    }
+
+    async fn publish(&self, message: OutboundMessage) -> Result<NatsAckFuture, TransportError> {
+        let max = self.inner.client.max_payload();
+        if message.payload.len() > max {
+            return Err(TransportError::PayloadTooLarge {
+                size: message.payload.len(),
+                max,
+            });
+        }
+        let size = message.payload.len() + header_wire_len(&message);
+        if size > max {
+            return Err(TransportError::PayloadTooLarge { size, max });
+        }
+        let first = send(&self.inner.js, &message).await?;
+        Ok(self.ack_future(message, first))
+    }
+
+    async fn consumer(&self, spec: &ConsumerSpec) -> Result<NatsConsumer, TransportError> {
+        spec.validate()?;
+        let wanted = consumer_config(spec);
+        let info = match self.consumer_info(&spec.stream, &spec.durable).await? {
+            Some(info) => {
+                let conflict = |detail| TransportError::ConsumerConflict {
+                    stream: spec.stream.clone(),
+                    consumer: spec.durable.clone(),
+                    detail,
+                };
+                let existing = existing_consumer_spec(spec, &info.config).map_err(conflict)?;
+                if let Some(d) = spec.immutable_differences(&existing) {
+                    return Err(conflict(d));
+                }
+                let c = &info.config;
+                let editable_differ = c.max_deliver.max(-1) != wanted.max_deliver
+                    || c.max_ack_pending != wanted.max_ack_pending
+                    || c.backoff != wanted.backoff
+                    || (wanted.backoff.is_empty() && c.ack_wait != wanted.ack_wait);
+                if editable_differ {
+                    let mut updated = info.config.clone();
+                    updated.ack_wait = wanted.ack_wait;
+                    updated.max_deliver = wanted.max_deliver;
+                    updated.max_ack_pending = wanted.max_ack_pending;
+                    updated.backoff = wanted.backoff.clone();
+                    let info = self.put_consumer(&spec.stream, &spec.durable, &updated).await?;
+                    tracing::info!(stream = %spec.stream, consumer = %spec.durable, "consumer settings updated");
+                    info
+                } else {
+                    info
+                }
+            }
+            None => {
+                if self.stream_info(&spec.stream).await?.is_none() {
+                    return Err(TransportError::StreamNotFound {
+                        stream: spec.stream.clone(),
+                    });
+                }
+                let info = self.put_consumer(&spec.stream, &spec.durable, &wanted).await?;
+                tracing::info!(stream = %spec.stream, consumer = %spec.durable, filter = %spec.filter, "consumer created");
+                info
+            }
+        };
+        NatsConsumer::new(self.clone(), spec, info)
+    }
+
+    async fn delete_consumer(&self, stream: &str, durable: &str) -> Result<(), TransportError> {
+        crate::transport::check_name("stream", stream)?;
+        crate::transport::check_name("consumer", durable)?;
+        let r: ApiResult<serde_json::Value> = self
+            .api(format!("CONSUMER.DELETE.{stream}.{durable}"), &serde_json::json!({}))
+            .await?;
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) if e.error_code() == ErrorCode::CONSUMER_NOT_FOUND => Err(TransportError::ConsumerNotFound {
+                stream: stream.to_owned(),
+                consumer: durable.to_owned(),
+            }),
+            Err(e) if e.error_code() == ErrorCode::STREAM_NOT_FOUND => Err(TransportError::StreamNotFound {
+                stream: stream.to_owned(),
+            }),
+            Err(e) => Err(api_error(e)),
+        }
+    }
+
+    async fn key_value(&self, spec: &KvSpec) -> Result<NatsKeyValue, KvError> {
+        kv::open(self, spec).await
+    }
+
+    async fn flush(&self) -> Result<(), TransportError> {
+        self.inner
+            .client
+            .flush()
+            .await
+            .map_err(|e| TransportError::Connection(format!("flush: {e}")))
+    }
+}

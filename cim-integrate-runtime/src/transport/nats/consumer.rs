@@ -1,0 +1,227 @@
+//! Durable pull consumers: a continuous pull with idle heartbeats, and the acknowledgement handle.
+
+use super::NatsTransport;
+use super::convert::headers_from;
+use crate::timestamp::Timestamp;
+use crate::transport::{Acker, Consumer, ConsumerSpec, Delivery, DeliveryInfo, TransportError};
+use async_nats::jetstream::consumer::pull::{self, MessagesErrorKind};
+use async_nats::jetstream::consumer::{self as js_consumer, FromConsumer, PullConsumer};
+use async_nats::jetstream::{AckKind, message::Acker as JsAcker};
+use futures::StreamExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A handle on a durable pull consumer. [`next`](Consumer::next) keeps a continuous pull going:
+/// missed heartbeats, reconnects and failed pull requests are logged and the pull is started
+/// again; only a consumer (or stream) that no longer exists ends it with an error.
+///
+/// Messages pulled but not yet returned by `next` are held by this handle (up to
+/// [`NatsOptions::pull_batch`](super::NatsOptions::pull_batch)); if the handle is dropped, the
+/// server redelivers them after the ack wait.
+pub struct NatsConsumer {
+    transport: NatsTransport,
+    consumer: Box<PullConsumer>,
+    stream: Arc<str>,
+    durable: Arc<str>,
+    messages: Option<Box<pull::Stream>>,
+    failures: u32,
+}
+
+impl std::fmt::Debug for NatsConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsConsumer")
+            .field("stream", &self.stream)
+            .field("durable", &self.durable)
+            .field("pulling", &self.messages.is_some())
+            .finish()
+    }
+}
+
+impl NatsConsumer {
+    pub(super) fn new(
+        transport: NatsTransport,
+        spec: &ConsumerSpec,
+        info: js_consumer::Info,
+    ) -> Result<Self, TransportError> {
+        let config = pull::Config::try_from_consumer_config(info.config.clone())
+            .map_err(|e| TransportError::Other(format!("consumer `{}`: {e}", spec.durable)))?;
+        let consumer = Box::new(PullConsumer::new(config, info, transport.jetstream().clone()));
+        Ok(Self {
+            transport,
+            consumer,
+            stream: Arc::from(spec.stream.as_str()),
+            durable: Arc::from(spec.durable.as_str()),
+            messages: None,
+            failures: 0,
+        })
+    }
+
+    /// The stream's name.
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    /// The durable name.
+    pub fn durable(&self) -> &str {
+        &self.durable
+    }
+
+    async fn start_pull(&self) -> Result<Box<pull::Stream>, TransportError> {
+        let o = self.transport.options();
+        self.consumer
+            .stream()
+            .max_messages_per_batch(o.pull_batch.max(1))
+            .expires(o.pull_expires)
+            .heartbeat(o.pull_heartbeat)
+            .messages()
+            .await
+            .map(Box::new)
+            .map_err(|e| TransportError::Connection(format!("starting the pull of `{}`: {e}", self.durable)))
+    }
+
+    /// After trouble: an error if the consumer is gone, `Ok` if it still exists or the server
+    /// cannot say right now (the pull is then retried).
+    async fn check_exists(&self) -> Result<(), TransportError> {
+        match self.transport.consumer_info(&self.stream, &self.durable).await {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(TransportError::ConsumerNotFound {
+                stream: self.stream.to_string(),
+                consumer: self.durable.to_string(),
+            }),
+            Err(e @ TransportError::StreamNotFound { .. }) => Err(e),
+            Err(e) => {
+                tracing::debug!(consumer = %self.durable, error = %e, "cannot check the consumer now");
+                Ok(())
+            }
+        }
+    }
+
+    async fn pause(&mut self) {
+        self.failures = self.failures.saturating_add(1);
+        let ms = 50u64.saturating_mul(1 << self.failures.min(6)).min(2_000);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+
+    fn delivery(&self, message: async_nats::jetstream::Message) -> Result<Delivery<NatsAcker>, String> {
+        let (stream_sequence, consumer_sequence, delivered, published) = {
+            let info = message
+                .info()
+                .map_err(|e| format!("message without JetStream metadata: {e}"))?;
+            (
+                info.stream_sequence,
+                info.consumer_sequence,
+                info.delivered,
+                info.published,
+            )
+        };
+        let (message, acker) = message.split();
+        let info = DeliveryInfo {
+            stream: self.stream.clone(),
+            consumer: self.durable.clone(),
+            stream_sequence,
+            consumer_sequence,
+            delivered: u64::try_from(delivered).unwrap_or(1).max(1),
+            published: Timestamp::from_offset_date_time(published),
+        };
+        Ok(Delivery::new(
+            message.subject.to_string(),
+            headers_from(message.headers.as_ref()),
+            message.payload,
+            info,
+            NatsAcker { acker: Arc::new(acker) },
+        ))
+    }
+}
+
+impl Consumer for NatsConsumer {
+    type Acker = NatsAcker;
+
+    async fn next(&mut self) -> Result<Delivery<NatsAcker>, TransportError> {
+        loop {
+            let messages = match &mut self.messages {
+                Some(m) => m,
+                None => match self.start_pull().await {
+                    Ok(m) => self.messages.insert(m),
+                    Err(e) => {
+                        tracing::warn!(consumer = %self.durable, error = %e, "pull not started; retrying");
+                        self.check_exists().await?;
+                        self.pause().await;
+                        continue;
+                    }
+                },
+            };
+            match messages.next().await {
+                Some(Ok(message)) => {
+                    self.failures = 0;
+                    match self.delivery(message) {
+                        Ok(d) => return Ok(d),
+                        Err(e) => {
+                            tracing::warn!(consumer = %self.durable, error = %e, "skipping an unusable message");
+                            continue;
+                        }
+                    }
+                }
+                Some(Err(e)) => match e.kind() {
+                    MessagesErrorKind::ConsumerDeleted => {
+                        self.messages = None;
+                        return Err(TransportError::ConsumerNotFound {
+                            stream: self.stream.to_string(),
+                            consumer: self.durable.to_string(),
+                        });
+                    }
+                    MessagesErrorKind::PushBasedConsumer | MessagesErrorKind::RequestLimitExceeded => {
+                        self.messages = None;
+                        return Err(TransportError::Other(format!("consumer `{}`: {e}", self.durable)));
+                    }
+                    _ => {
+                        tracing::warn!(consumer = %self.durable, error = %e, "pull interrupted; restarting it");
+                        self.messages = None;
+                        self.check_exists().await?;
+                        self.pause().await;
+                    }
+                },
+                None => {
+                    tracing::debug!(consumer = %self.durable, "pull ended; restarting it");
+                    self.messages = None;
+                    self.pause().await;
+                }
+            }
+        }
+    }
+}
+
+/// Acknowledges one NATS delivery (`+ACK`, `-NAK`, `+TERM`, `+WPI` to its reply subject).
+#[derive(Clone)]
+pub struct NatsAcker {
+    acker: Arc<JsAcker>,
+}
+
+impl std::fmt::Debug for NatsAcker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NatsAcker")
+    }
+}
+
+impl NatsAcker {
+    async fn send(&self, kind: AckKind) -> Result<(), TransportError> {
+        self.acker
+            .ack_with(kind)
+            .await
+            .map_err(|e| TransportError::Connection(format!("acknowledgement: {e}")))
+    }
+}
+
+impl Acker for NatsAcker {
+    async fn ack(&self) -> Result<(), TransportError> {
+        self.send(AckKind::Ack).await
+    }
+    async fn nak(&self, delay: Option<Duration>) -> Result<(), TransportError> {
+        self.send(AckKind::Nak(delay.filter(|d| !d.is_zero()))).await
+    }
+    async fn term(&self) -> Result<(), TransportError> {
+        self.send(AckKind::Term).await
+    }
+    async fn in_progress(&self) -> Result<(), TransportError> {
+        self.send(AckKind::Progress).await
+    }
+}

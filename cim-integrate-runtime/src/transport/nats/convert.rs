@@ -1,0 +1,83 @@
+//! Conversions between async-nats types and ours: headers and errors.
+
+use crate::headers::Headers;
+use crate::transport::TransportError;
+use async_nats::header::{HeaderMap, HeaderName, HeaderValue};
+use async_nats::jetstream::context::{RequestError, RequestErrorKind};
+use std::str::FromStr;
+
+/// Our headers as an async-nats map. Fails (never panics) on a name or value NATS refuses.
+pub(crate) fn header_map(headers: &Headers) -> Result<HeaderMap, TransportError> {
+    let mut map = HeaderMap::new();
+    for (name, value) in headers.iter() {
+        let n = HeaderName::from_str(name).map_err(|_| {
+            TransportError::Invalid(format!("header name `{}`", name.chars().take(64).collect::<String>()))
+        })?;
+        let v =
+            HeaderValue::from_str(value).map_err(|_| TransportError::Invalid(format!("value of header `{name}`")))?;
+        map.append(n, v);
+    }
+    Ok(map)
+}
+
+/// Received headers as ours. async-nats keeps them in a hash map, so the order between
+/// different names is lost on the way in; they are sorted by name to be deterministic. The
+/// values of one name keep their order.
+pub(crate) fn headers_from(map: Option<&HeaderMap>) -> Headers {
+    let mut headers = Headers::new();
+    let Some(map) = map else { return headers };
+    let mut names: Vec<_> = map.iter().collect();
+    names.sort_by_key(|(name, _)| name.to_string());
+    for (name, values) in names {
+        let name = name.to_string();
+        for value in values {
+            headers.push_received(name.clone(), value.as_str().to_owned());
+        }
+    }
+    headers
+}
+
+/// A failed JetStream API request.
+pub(crate) fn request_error(subject: &str, e: RequestError) -> TransportError {
+    match e.kind() {
+        RequestErrorKind::TimedOut => TransportError::Timeout(format!("JetStream request `{subject}`")),
+        RequestErrorKind::NoResponders => {
+            TransportError::Connection(format!("JetStream is not available (no responders to `{subject}`)"))
+        }
+        _ => TransportError::Other(format!("JetStream request `{subject}`: {e}")),
+    }
+}
+
+/// An error reply from the JetStream API that has no more specific meaning.
+pub(crate) fn api_error(e: async_nats::jetstream::Error) -> TransportError {
+    TransportError::Other(format!("JetStream: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_round_trip_and_odd_input_does_not_panic() {
+        let mut h = Headers::new();
+        h.insert("Nats-Msg-Id", "abc").unwrap();
+        h.append("X-Multi", "1").unwrap();
+        h.append("X-Multi", "2").unwrap();
+        let map = header_map(&h).unwrap();
+        let back = headers_from(Some(&map));
+        assert_eq!(back.get("Nats-Msg-Id"), Some("abc"));
+        assert_eq!(back.get_all("X-Multi").collect::<Vec<_>>(), ["1", "2"]);
+        assert!(headers_from(None).is_empty());
+
+        let mut odd = HeaderMap::new();
+        odd.insert(
+            "weird-ÿ-name"
+                .parse::<HeaderName>()
+                .unwrap_or(HeaderName::from_static("X")),
+            "v",
+        );
+        odd.insert("Empty", "");
+        let got = headers_from(Some(&odd));
+        assert_eq!(got.get("Empty"), Some(""));
+    }
+}

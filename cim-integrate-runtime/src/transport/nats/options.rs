@@ -1,0 +1,352 @@
+//! Connection settings for [`NatsTransport`](super::NatsTransport), from code or from the
+//! environment. Secrets never reach a log: the [`Debug`](std::fmt::Debug) output redacts them.
+
+use crate::transport::TransportError;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The server URL(s), comma-separated (`nats://host:4222,nats://other:4222`).
+pub const ENV_URL: &str = "NATS_URL";
+/// User name, with [`ENV_PASSWORD`].
+pub const ENV_USER: &str = "NATS_USER";
+/// Password, with [`ENV_USER`].
+pub const ENV_PASSWORD: &str = "NATS_PASSWORD";
+/// Authentication token.
+pub const ENV_TOKEN: &str = "NATS_TOKEN";
+/// NKey seed (`SU...`), given directly.
+pub const ENV_NKEY_SEED: &str = "NATS_NKEY_SEED";
+/// Path of a file holding the NKey seed.
+pub const ENV_NKEY_FILE: &str = "NATS_NKEY_FILE";
+/// Path of a `.creds` file (JWT and NKey seed).
+pub const ENV_CREDS: &str = "NATS_CREDS";
+/// Path of a PEM file with CA certificates to trust (adds TLS).
+pub const ENV_CA: &str = "NATS_CA";
+/// Path of the client certificate (PEM), with [`ENV_KEY`], for mutual TLS.
+pub const ENV_CERT: &str = "NATS_CERT";
+/// Path of the client key (PEM), with [`ENV_CERT`].
+pub const ENV_KEY: &str = "NATS_KEY";
+/// `1`/`true`: refuse to connect without TLS.
+pub const ENV_TLS_REQUIRED: &str = "NATS_TLS_REQUIRED";
+/// `1`/`true`: start TLS before the server's INFO (servers with `handshake_first`).
+pub const ENV_TLS_FIRST: &str = "NATS_TLS_FIRST";
+/// The connection name shown by the server's monitoring.
+pub const ENV_CONNECTION_NAME: &str = "NATS_CONNECTION_NAME";
+
+/// How to authenticate.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub enum NatsAuth {
+    /// No credentials (or credentials inside the URL).
+    #[default]
+    None,
+    /// User name and password.
+    UserPassword {
+        /// The user.
+        user: String,
+        /// The password.
+        password: String,
+    },
+    /// A token.
+    Token(String),
+    /// An NKey seed.
+    NKeySeed(String),
+    /// A `.creds` file.
+    CredentialsFile(PathBuf),
+}
+
+impl std::fmt::Debug for NatsAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::None => f.write_str("None"),
+            Self::UserPassword { user, .. } => f
+                .debug_struct("UserPassword")
+                .field("user", user)
+                .field("password", &"<redacted>")
+                .finish(),
+            Self::Token(_) => f.write_str("Token(<redacted>)"),
+            Self::NKeySeed(_) => f.write_str("NKeySeed(<redacted>)"),
+            Self::CredentialsFile(p) => f.debug_tuple("CredentialsFile").field(p).finish(),
+        }
+    }
+}
+
+/// TLS settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NatsTls {
+    /// Refuse plain-text connections.
+    pub required: bool,
+    /// TLS before the server's INFO (`handshake_first` servers).
+    pub first: bool,
+    /// CA certificates (PEM files) to trust in addition to the system roots.
+    pub ca_files: Vec<PathBuf>,
+    /// Client certificate and key (PEM files) for mutual TLS.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+}
+
+/// Everything needed to connect, plus the transport's tuning knobs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NatsOptions {
+    /// Server URL(s), comma-separated.
+    pub url: String,
+    /// Authentication.
+    pub auth: NatsAuth,
+    /// TLS.
+    pub tls: NatsTls,
+    /// Connection name, shown in the server's monitoring.
+    pub name: Option<String>,
+    /// Timeout of JetStream API requests and of each wait for a publish acknowledgement.
+    pub request_timeout: Duration,
+    /// How many times a publish whose acknowledgement timed out is sent again (same
+    /// `Nats-Msg-Id`, so the stream stores it once) before the timeout is reported.
+    pub publish_retries: u32,
+    /// Messages asked for by each pull request of a consumer. Larger is faster; every message
+    /// pulled starts its ack wait when the server sends it, even if [`Consumer::next`]
+    /// is called later.
+    ///
+    /// [`Consumer::next`]: crate::transport::Consumer::next
+    pub pull_batch: usize,
+    /// Idle heartbeat of pull requests: a consumer that misses two reconnects its pulls.
+    pub pull_heartbeat: Duration,
+    /// Expiry of each pull request.
+    pub pull_expires: Duration,
+}
+
+fn redact_url(url: &str) -> String {
+    url.split(',')
+        .map(|u| {
+            let u = u.trim();
+            let (scheme, rest) = match u.find("://") {
+                Some(i) => (&u[..i + 3], &u[i + 3..]),
+                None => ("", u),
+            };
+            match rest.rfind('@') {
+                Some(at) => format!("{scheme}<redacted>@{}", &rest[at + 1..]),
+                None => u.to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+impl std::fmt::Debug for NatsOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsOptions")
+            .field("url", &redact_url(&self.url))
+            .field("auth", &self.auth)
+            .field("tls", &self.tls)
+            .field("name", &self.name)
+            .field("request_timeout", &self.request_timeout)
+            .field("publish_retries", &self.publish_retries)
+            .field("pull_batch", &self.pull_batch)
+            .field("pull_heartbeat", &self.pull_heartbeat)
+            .field("pull_expires", &self.pull_expires)
+            .finish()
+    }
+}
+
+impl NatsOptions {
+    /// Options for `url` with no credentials and default tuning.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            auth: NatsAuth::None,
+            tls: NatsTls::default(),
+            name: None,
+            request_timeout: Duration::from_secs(5),
+            publish_retries: 3,
+            pull_batch: 100,
+            pull_heartbeat: Duration::from_secs(5),
+            pull_expires: Duration::from_secs(30),
+        }
+    }
+
+    /// Reads the options from the environment; `None` if `NATS_URL` is not set.
+    ///
+    /// | variable | meaning |
+    /// | --- | --- |
+    /// | `NATS_URL` | server URL(s), comma-separated |
+    /// | `NATS_USER`, `NATS_PASSWORD` | user and password |
+    /// | `NATS_TOKEN` | token |
+    /// | `NATS_NKEY_SEED` / `NATS_NKEY_FILE` | NKey seed, or a file holding it |
+    /// | `NATS_CREDS` | `.creds` file |
+    /// | `NATS_CA` | CA certificate file(s), comma-separated |
+    /// | `NATS_CERT`, `NATS_KEY` | client certificate and key for mutual TLS |
+    /// | `NATS_TLS_REQUIRED` | `1`/`true`: refuse plain-text |
+    /// | `NATS_TLS_FIRST` | `1`/`true`: TLS handshake first |
+    /// | `NATS_CONNECTION_NAME` | connection name |
+    ///
+    /// At most one authentication method may be set. An unreadable `NATS_NKEY_FILE` is an error.
+    pub fn from_env() -> Result<Option<Self>, TransportError> {
+        Self::from_lookup(|k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()))
+    }
+
+    /// As [`from_env`](Self::from_env), with variables from `lookup`.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Option<Self>, TransportError> {
+        let Some(url) = lookup(ENV_URL) else { return Ok(None) };
+        let mut o = Self::new(url.trim());
+        let mut methods = Vec::new();
+        match (lookup(ENV_USER), lookup(ENV_PASSWORD)) {
+            (Some(user), Some(password)) => {
+                methods.push(ENV_USER);
+                o.auth = NatsAuth::UserPassword { user, password };
+            }
+            (None, None) => {}
+            _ => {
+                return Err(TransportError::Invalid(format!(
+                    "{ENV_USER} and {ENV_PASSWORD} must be set together"
+                )));
+            }
+        }
+        if let Some(t) = lookup(ENV_TOKEN) {
+            methods.push(ENV_TOKEN);
+            o.auth = NatsAuth::Token(t);
+        }
+        if let Some(s) = lookup(ENV_NKEY_SEED) {
+            methods.push(ENV_NKEY_SEED);
+            o.auth = NatsAuth::NKeySeed(s.trim().to_owned());
+        }
+        if let Some(path) = lookup(ENV_NKEY_FILE) {
+            methods.push(ENV_NKEY_FILE);
+            let seed = std::fs::read_to_string(&path)
+                .map_err(|e| TransportError::Invalid(format!("{ENV_NKEY_FILE} `{path}`: {e}")))?;
+            o.auth = NatsAuth::NKeySeed(seed.trim().to_owned());
+        }
+        if let Some(path) = lookup(ENV_CREDS) {
+            methods.push(ENV_CREDS);
+            o.auth = NatsAuth::CredentialsFile(path.into());
+        }
+        if methods.len() > 1 {
+            return Err(TransportError::Invalid(format!(
+                "several NATS authentication methods are set ({}); set only one",
+                methods.join(", ")
+            )));
+        }
+        if let Some(ca) = lookup(ENV_CA) {
+            o.tls.ca_files = ca
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from)
+                .collect();
+        }
+        match (lookup(ENV_CERT), lookup(ENV_KEY)) {
+            (Some(c), Some(k)) => o.tls.client_cert = Some((c.into(), k.into())),
+            (None, None) => {}
+            _ => {
+                return Err(TransportError::Invalid(format!(
+                    "{ENV_CERT} and {ENV_KEY} must be set together"
+                )));
+            }
+        }
+        let flag = |k: &str| -> Result<bool, TransportError> {
+            match lookup(k).map(|v| v.trim().to_ascii_lowercase()) {
+                None => Ok(false),
+                Some(v) if ["1", "true", "yes", "on"].contains(&v.as_str()) => Ok(true),
+                Some(v) if ["0", "false", "no", "off"].contains(&v.as_str()) => Ok(false),
+                Some(v) => Err(TransportError::Invalid(format!(
+                    "{k}: expected true or false, got `{v}`"
+                ))),
+            }
+        };
+        o.tls.required = flag(ENV_TLS_REQUIRED)?;
+        o.tls.first = flag(ENV_TLS_FIRST)?;
+        o.name = lookup(ENV_CONNECTION_NAME);
+        Ok(Some(o))
+    }
+
+    /// The async-nats connect options these settings describe.
+    pub(crate) async fn connect_options(&self) -> Result<async_nats::ConnectOptions, TransportError> {
+        let mut c = async_nats::ConnectOptions::new()
+            .request_timeout(Some(self.request_timeout))
+            .connection_timeout(self.request_timeout)
+            .event_callback(|event| async move {
+                match event {
+                    async_nats::Event::Connected => tracing::info!("NATS connected"),
+                    async_nats::Event::Disconnected => tracing::warn!("NATS disconnected; reconnecting"),
+                    other => tracing::debug!(event = %other, "NATS client event"),
+                }
+            });
+        c = match &self.auth {
+            NatsAuth::None => c,
+            NatsAuth::UserPassword { user, password } => c.user_and_password(user.clone(), password.clone()),
+            NatsAuth::Token(t) => c.token(t.clone()),
+            NatsAuth::NKeySeed(s) => c.nkey(s.clone()),
+            NatsAuth::CredentialsFile(p) => c
+                .credentials_file(p)
+                .await
+                .map_err(|e| TransportError::Invalid(format!("credentials file `{}`: {e}", p.display())))?,
+        };
+        for ca in &self.tls.ca_files {
+            c = c.add_root_certificates(ca.clone());
+        }
+        if let Some((cert, key)) = &self.tls.client_cert {
+            c = c.add_client_certificate(cert.clone(), key.clone());
+        }
+        if self.tls.required || !self.tls.ca_files.is_empty() || self.tls.client_cert.is_some() {
+            c = c.require_tls(true);
+        }
+        if self.tls.first {
+            c = c.tls_first();
+        }
+        if let Some(name) = &self.name {
+            c = c.name(name);
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |k| m.get(k).cloned()
+    }
+
+    #[test]
+    fn no_url_no_options() {
+        assert_eq!(NatsOptions::from_lookup(env(&[])).unwrap(), None);
+    }
+
+    #[test]
+    fn reads_auth_and_tls_and_redacts() {
+        let o = NatsOptions::from_lookup(env(&[
+            (ENV_URL, "nats://u:secretpw@h:4222"),
+            (ENV_USER, "alice"),
+            (ENV_PASSWORD, "hunter2"),
+            (ENV_CA, "/ca.pem"),
+            (ENV_TLS_REQUIRED, "true"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            o.auth,
+            NatsAuth::UserPassword {
+                user: "alice".into(),
+                password: "hunter2".into()
+            }
+        );
+        assert!(o.tls.required);
+        assert_eq!(o.tls.ca_files, vec![PathBuf::from("/ca.pem")]);
+        let dbg = format!("{o:?}");
+        assert!(!dbg.contains("hunter2") && !dbg.contains("secretpw"), "{dbg}");
+        assert!(dbg.contains("alice") && dbg.contains("h:4222"));
+        let t = NatsOptions::from_lookup(env(&[(ENV_URL, "x"), (ENV_TOKEN, "tok-123")]))
+            .unwrap()
+            .unwrap();
+        assert!(!format!("{t:?}").contains("tok-123"));
+        let s = NatsOptions::from_lookup(env(&[(ENV_URL, "x"), (ENV_NKEY_SEED, "SUAB")]))
+            .unwrap()
+            .unwrap();
+        assert!(!format!("{s:?}").contains("SUAB"));
+    }
+
+    #[test]
+    fn refuses_ambiguous_settings() {
+        assert!(NatsOptions::from_lookup(env(&[(ENV_URL, "x"), (ENV_USER, "a")])).is_err());
+        assert!(NatsOptions::from_lookup(env(&[(ENV_URL, "x"), (ENV_TOKEN, "t"), (ENV_CREDS, "/c")])).is_err());
+        assert!(NatsOptions::from_lookup(env(&[(ENV_URL, "x"), (ENV_CERT, "/c")])).is_err());
+        assert!(NatsOptions::from_lookup(env(&[(ENV_URL, "x"), (ENV_TLS_FIRST, "maybe")])).is_err());
+    }
+}

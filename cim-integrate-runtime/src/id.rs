@@ -196,6 +196,25 @@ impl Identity {
         }
     }
 
+    /// Like [`child`](Self::child), but the message id is derived from this message's id,
+    /// `scope` (e.g. a handler name) and `n` (the n-th message that scope publishes for this
+    /// one), so re-running the same handler for the same message yields the same ids and
+    /// JetStream's duplicate window drops the re-publish. The id keeps the UUID v7 layout, with
+    /// `at` (the parent's occurrence time) as its timestamp.
+    pub fn derived_child(&self, scope: &str, n: u32, at: crate::Timestamp) -> Self {
+        let name = format!("{}\0{scope}\0{n}", self.message_id);
+        let hash = uuid::Uuid::new_v5(&crate::envelope::DERIVED_ID_NAMESPACE, name.as_bytes());
+        let mut random = [0u8; 10];
+        random.copy_from_slice(&hash.as_bytes()[6..16]);
+        let millis = u64::try_from(at.unix_millis()).unwrap_or(0);
+        let id = uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid();
+        Self {
+            message_id: MessageId::from_uuid(id),
+            correlation_id: self.correlation_id,
+            causation_id: self.message_id.into(),
+        }
+    }
+
     /// `true` if this identity starts a conversation (all three ids equal).
     pub fn is_root(&self) -> bool {
         self.message_id.0 == self.correlation_id.0 && self.message_id.0 == self.causation_id.0
@@ -219,6 +238,22 @@ mod tests {
         let grandchild = child.child();
         assert_eq!(grandchild.correlation_id, root.correlation_id);
         assert_eq!(grandchild.causation_id.into_uuid(), child.message_id.into_uuid());
+    }
+
+    #[test]
+    fn derived_children_are_stable_v7() {
+        let root = Identity::root();
+        let at = crate::Timestamp::now();
+        let a = root.derived_child("workflow-on_created", 0, at);
+        assert_eq!(a, root.derived_child("workflow-on_created", 0, at));
+        assert_ne!(
+            a.message_id,
+            root.derived_child("workflow-on_created", 1, at).message_id
+        );
+        assert_ne!(a.message_id, root.derived_child("search-on_created", 0, at).message_id);
+        assert_eq!(a.message_id.as_uuid().get_version_num(), 7);
+        assert_eq!(a.correlation_id, root.correlation_id);
+        assert_eq!(a.causation_id.into_uuid(), root.message_id.into_uuid());
     }
 
     #[test]

@@ -9,10 +9,13 @@
 //! Users depend on the `cim-integrate` facade, which re-exports this crate.
 #![warn(missing_docs)]
 
+pub mod dedup;
 pub mod envelope;
 pub mod event;
+pub mod handler;
 pub mod headers;
 pub mod id;
+pub mod service;
 pub mod subject;
 pub mod timestamp;
 pub mod transport;

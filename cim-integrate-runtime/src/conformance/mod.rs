@@ -31,40 +31,55 @@ use std::time::Duration;
 macro_rules! conformance_tests {
     (setup: $setup:path, tokio: [$($tokio:tt)*] $(,)?) => {
         $crate::conformance_tests!(@cases ($($tokio)*) $setup;
-            publish_and_consume,
-            identity_headers_survive,
-            foreign_message_gets_stable_identity,
-            publish_without_stream_fails,
-            ensure_stream_is_idempotent_and_reports_conflicts,
-            overlapping_streams_are_refused,
-            payload_too_large_is_refused,
-            duplicate_inside_window_is_dropped,
-            duplicate_outside_window_is_stored,
-            cascade_two_durables_each_receive_everything,
-            one_durable_shares_work_between_handles,
-            wildcard_filters,
-            ack_prevents_redelivery,
-            redelivery_after_ack_wait,
-            redelivery_after_consumer_dropped_mid_batch,
-            nak_with_delay,
-            nak_without_delay,
-            term_stops_redelivery,
-            max_deliver_exhausted,
-            in_progress_extends_ack_wait,
-            backoff_spaces_redeliveries,
-            max_ack_pending_limits_outstanding,
-            deliver_new_skips_existing,
-            durable_resumes_where_it_left_off,
-            consumer_conflict_and_update,
-            delete_consumer_forgets_progress,
-            kv_create_get_update_conflict,
-            kv_delete_and_keys,
-            kv_ttl_expires_entries,
-            kv_bucket_settings_conflict,
-            kv_rejects_invalid_keys,
+            [
+                publish_and_consume,
+                identity_headers_survive,
+                foreign_message_gets_stable_identity,
+                publish_without_stream_fails,
+                ensure_stream_is_idempotent_and_reports_conflicts,
+                overlapping_streams_are_refused,
+                payload_too_large_is_refused,
+                duplicate_inside_window_is_dropped,
+                duplicate_outside_window_is_stored,
+                cascade_two_durables_each_receive_everything,
+                one_durable_shares_work_between_handles,
+                wildcard_filters,
+                ack_prevents_redelivery,
+                redelivery_after_ack_wait,
+                redelivery_after_consumer_dropped_mid_batch,
+                nak_with_delay,
+                nak_without_delay,
+                term_stops_redelivery,
+                max_deliver_exhausted,
+                in_progress_extends_ack_wait,
+                backoff_spaces_redeliveries,
+                max_ack_pending_limits_outstanding,
+                deliver_new_skips_existing,
+                durable_resumes_where_it_left_off,
+                consumer_conflict_and_update,
+                delete_consumer_forgets_progress,
+                kv_create_get_update_conflict,
+                kv_delete_and_keys,
+                kv_ttl_expires_entries,
+                kv_bucket_settings_conflict,
+                kv_rejects_invalid_keys,
+            ]
+            [
+                cascade_three_domains,
+                duplicate_delivery_is_skipped,
+                retry_then_success,
+                retries_exhausted_into_dead_letter,
+                permanent_error_into_dead_letter_at_once,
+                undecodable_payload_into_dead_letter,
+                panic_is_retried,
+                correlation_chain_across_three_hops,
+                shutdown_finishes_in_flight_work,
+                abandoned_work_is_redelivered_after_restart,
+                ordered_handler_keeps_order_through_retries,
+            ]
         );
     };
-    (@cases $tokio:tt $setup:path; $($case:ident),* $(,)?) => {
+    (@cases $tokio:tt $setup:path; [$($case:ident),* $(,)?] [$($handler_case:ident),* $(,)?]) => {
         $(
             #[::tokio::test $tokio]
             async fn $case() {
@@ -72,8 +87,17 @@ macro_rules! conformance_tests {
                 $crate::conformance::$case(transport).await;
             }
         )*
+        $(
+            #[::tokio::test $tokio]
+            async fn $handler_case() {
+                let (transport, _guard) = $setup().await;
+                $crate::conformance::handlers::$handler_case(transport).await;
+            }
+        )*
     };
 }
+
+pub mod handlers;
 
 const STREAM: &str = "DOCUMENT_EVENTS";
 /// Long enough for a server's timers, short enough for a quick suite.

@@ -1,0 +1,167 @@
+//! Handler de-duplication: a (handler, message id) mark per successful run.
+//!
+//! The dispatcher checks the mark before running a handler and writes it after the handler
+//! succeeded, before the message is acknowledged. A redelivery of a message whose mark exists is
+//! acknowledged without running the handler.
+//!
+//! **The one window.** If the process dies after the handler succeeded and before the mark is
+//! stored, the message is redelivered and the handler runs a second time. Events the handler
+//! published through its [`Context`](crate::handler::Context) are *not* duplicated by that second
+//! run: their message ids are derived from the incoming message id, the handler and the publish's
+//! position, so JetStream's duplicate window drops the re-publish. Other side effects (a database
+//! row, an e-mail) must be made idempotent by the user, keyed by
+//! [`Context::message_id`](crate::handler::Context::message_id), or written in the same
+//! transaction as the user's own mark.
+//!
+//! Marks expire after a TTL (the key-value bucket's max age), so the store stays bounded; a
+//! redelivery after the TTL would run the handler again, so keep the TTL well above the longest
+//! redelivery horizon (ack wait x max deliveries, plus downtime).
+//!
+//! Checks and marks are independent per message, so with handler concurrency above one they run
+//! concurrently and pipeline on the wire instead of costing one round trip per message in series.
+
+use crate::id::MessageId;
+use crate::transport::{KeyValue, KvError};
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// The default TTL of de-duplication marks: 24 hours.
+pub const DEFAULT_DEDUP_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Why a de-duplication check or mark failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("dedup store: {0}")]
+pub struct DedupError(pub String);
+
+impl From<KvError> for DedupError {
+    fn from(e: KvError) -> Self {
+        Self(e.to_string())
+    }
+}
+
+/// Where (handler, message id) marks are kept.
+pub trait DedupStore: Send + Sync + 'static {
+    /// `true` if `handler` already handled `id` successfully.
+    fn seen<'a>(&'a self, handler: &'a str, id: MessageId) -> BoxFuture<'a, Result<bool, DedupError>>;
+    /// Records that `handler` handled `id` successfully.
+    fn mark<'a>(&'a self, handler: &'a str, id: MessageId) -> BoxFuture<'a, Result<(), DedupError>>;
+}
+
+/// Marks in process memory, with a TTL. Lost on restart: for tests and single-process use.
+#[derive(Debug)]
+pub struct MemoryDedup {
+    ttl: Duration,
+    marks: Mutex<HashMap<(String, MessageId), Instant>>,
+}
+
+impl MemoryDedup {
+    /// A store whose marks expire after `ttl`.
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            marks: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl Default for MemoryDedup {
+    fn default() -> Self {
+        Self::new(DEFAULT_DEDUP_TTL)
+    }
+}
+
+impl DedupStore for MemoryDedup {
+    fn seen<'a>(&'a self, handler: &'a str, id: MessageId) -> BoxFuture<'a, Result<bool, DedupError>> {
+        let now = Instant::now();
+        let marks = self.marks.lock().unwrap_or_else(|e| e.into_inner());
+        let seen = marks
+            .get(&(handler.to_owned(), id))
+            .is_some_and(|at| *at + self.ttl > now);
+        Box::pin(std::future::ready(Ok(seen)))
+    }
+
+    fn mark<'a>(&'a self, handler: &'a str, id: MessageId) -> BoxFuture<'a, Result<(), DedupError>> {
+        let now = Instant::now();
+        let mut marks = self.marks.lock().unwrap_or_else(|e| e.into_inner());
+        if marks.len() >= 4096 && marks.len().is_power_of_two() {
+            marks.retain(|_, at| *at + self.ttl > now);
+        }
+        marks.insert((handler.to_owned(), id), now);
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+/// Marks in a key-value bucket (`{handler}.{message id}` -> empty value), on either transport.
+/// The bucket's `max_age` is the TTL. Survives restarts on NATS.
+#[derive(Debug, Clone)]
+pub struct KvDedup<K> {
+    kv: K,
+}
+
+impl<K: KeyValue> KvDedup<K> {
+    /// Marks in `kv`; create it with [`KvSpec::max_age`](crate::transport::KvSpec::max_age) as the TTL.
+    pub fn new(kv: K) -> Self {
+        Self { kv }
+    }
+
+    fn key(handler: &str, id: MessageId) -> String {
+        format!("{handler}.{id}")
+    }
+}
+
+impl<K: KeyValue> DedupStore for KvDedup<K> {
+    fn seen<'a>(&'a self, handler: &'a str, id: MessageId) -> BoxFuture<'a, Result<bool, DedupError>> {
+        Box::pin(async move { Ok(self.kv.get(&Self::key(handler, id)).await?.is_some()) })
+    }
+
+    fn mark<'a>(&'a self, handler: &'a str, id: MessageId) -> BoxFuture<'a, Result<(), DedupError>> {
+        Box::pin(async move {
+            self.kv.put(&Self::key(handler, id), Bytes::new()).await?;
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::{KvSpec, Transport, memory::MemoryTransport};
+
+    async fn exercise(store: &dyn DedupStore) {
+        let id = MessageId::new();
+        assert!(!store.seen("h1", id).await.unwrap());
+        store.mark("h1", id).await.unwrap();
+        assert!(store.seen("h1", id).await.unwrap());
+        assert!(!store.seen("h2", id).await.unwrap(), "marks are per handler");
+        assert!(!store.seen("h1", MessageId::new()).await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn memory_marks_expire() {
+        let store = MemoryDedup::new(Duration::from_secs(10));
+        exercise(&store).await;
+        let id = MessageId::new();
+        store.mark("h", id).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        assert!(!store.seen("h", id).await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn kv_marks_expire() {
+        let t = MemoryTransport::new();
+        let kv = t
+            .key_value(&KvSpec::new("dedup").max_age(Duration::from_secs(10)))
+            .await
+            .unwrap();
+        let store = KvDedup::new(kv);
+        exercise(&store).await;
+        let id = MessageId::new();
+        store.mark("h", id).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        assert!(!store.seen("h", id).await.unwrap());
+    }
+}

@@ -1,0 +1,176 @@
+//! [`Context`]: what a handler knows about the message it handles, and how it publishes.
+
+use crate::envelope::Envelope;
+use crate::id::{CausationId, CorrelationId, Identity, MessageId};
+use crate::subject::{Subject, SubjectError};
+use crate::timestamp::Timestamp;
+use crate::transport::{OutboundMessage, PublishAck, Transport, TransportError};
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Why a publish from a handler failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    /// The event could not be encoded.
+    #[error("cannot encode {event_type}: {reason}")]
+    Encode {
+        /// The event type.
+        event_type: String,
+        /// What the encoder said.
+        reason: String,
+    },
+    /// The subject (after the deployment prefix) is invalid.
+    #[error(transparent)]
+    Subject(#[from] SubjectError),
+    /// The transport refused or did not acknowledge the message.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+}
+
+/// Object-safe publishing, so that [`Context`] is not generic over the transport.
+pub(crate) trait DynPublish: Send + Sync + 'static {
+    fn publish_and_wait(&self, message: OutboundMessage) -> BoxFuture<'static, Result<PublishAck, TransportError>>;
+}
+
+impl<T: Transport> DynPublish for T {
+    fn publish_and_wait(&self, message: OutboundMessage) -> BoxFuture<'static, Result<PublishAck, TransportError>> {
+        let t = self.clone();
+        Box::pin(async move { t.publish_and_wait(message).await })
+    }
+}
+
+struct Inner {
+    identity: Identity,
+    subject: Subject,
+    occurred: Timestamp,
+    delivered: u64,
+    handler: String,
+    prefix: Option<Subject>,
+    publisher: Arc<dyn DynPublish>,
+    published: AtomicU32,
+}
+
+/// The handler's view of the message it handles, and its way to publish.
+///
+/// Messages published through the context are caused by the handled message: they keep its
+/// correlation id and take its message id as causation id. Their own message ids are derived from
+/// (handled message id, handler, n-th publish), so a handler that runs again for the same message
+/// (after a crash before its de-duplication mark was stored) re-publishes the same ids, and the
+/// stream's duplicate window drops them.
+#[derive(Clone)]
+pub struct Context {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("handler", &self.inner.handler)
+            .field("subject", &self.inner.subject)
+            .field("identity", &self.inner.identity)
+            .field("delivered", &self.inner.delivered)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    pub(crate) fn new(
+        envelope: &Envelope,
+        delivered: u64,
+        handler: &str,
+        prefix: Option<Subject>,
+        publisher: Arc<dyn DynPublish>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                identity: *envelope.identity(),
+                subject: envelope.subject().clone(),
+                occurred: envelope.occurred(),
+                delivered,
+                handler: handler.to_owned(),
+                prefix,
+                publisher,
+                published: AtomicU32::new(0),
+            }),
+        }
+    }
+
+    /// A context for calling a handler directly (in a unit test, or from a saga), publishing to
+    /// `transport` as if handling `envelope` as `handler`.
+    pub fn detached<T: Transport>(transport: T, envelope: &Envelope, handler: &str) -> Self {
+        Self::new(envelope, 1, handler, None, Arc::new(transport))
+    }
+
+    /// The handled message's identity.
+    pub fn identity(&self) -> &Identity {
+        &self.inner.identity
+    }
+    /// The handled message's id: the key for making side effects idempotent.
+    pub fn message_id(&self) -> MessageId {
+        self.inner.identity.message_id
+    }
+    /// The conversation's correlation id.
+    pub fn correlation_id(&self) -> CorrelationId {
+        self.inner.identity.correlation_id
+    }
+    /// The handled message's causation id.
+    pub fn causation_id(&self) -> CausationId {
+        self.inner.identity.causation_id
+    }
+    /// The handled message's subject.
+    pub fn subject(&self) -> &Subject {
+        &self.inner.subject
+    }
+    /// When the handled event occurred.
+    pub fn occurred(&self) -> Timestamp {
+        self.inner.occurred
+    }
+    /// How many times this message has been delivered to this handler (1 the first time).
+    pub fn delivered(&self) -> u64 {
+        self.inner.delivered
+    }
+    /// The handler's name.
+    pub fn handler(&self) -> &str {
+        &self.inner.handler
+    }
+
+    fn full_subject(&self, subject: &Subject) -> Result<Subject, SubjectError> {
+        match &self.inner.prefix {
+            Some(p) => subject.with_prefix(p),
+            None => Ok(subject.clone()),
+        }
+    }
+
+    /// Publishes raw payload bytes as a message caused by the handled one, and waits for the
+    /// stream's acknowledgement. Typed events use `publish` (added by the event module).
+    pub async fn publish_bytes(
+        &self,
+        subject: &Subject,
+        event_type: &str,
+        version: &str,
+        payload: impl Into<Bytes>,
+    ) -> Result<PublishAck, PublishError> {
+        let n = self.inner.published.fetch_add(1, Ordering::Relaxed);
+        let identity = self
+            .inner
+            .identity
+            .derived_child(&self.inner.handler, n, self.inner.occurred);
+        let envelope =
+            Envelope::with_identity(identity, self.full_subject(subject)?, payload).typed(event_type, version);
+        Ok(self.inner.publisher.publish_and_wait(envelope.into()).await?)
+    }
+
+    /// Publishes raw payload bytes as the root of a new conversation (a fresh correlation id).
+    pub async fn publish_root_bytes(
+        &self,
+        subject: &Subject,
+        event_type: &str,
+        version: &str,
+        payload: impl Into<Bytes>,
+    ) -> Result<PublishAck, PublishError> {
+        let envelope = Envelope::root(self.full_subject(subject)?, payload).typed(event_type, version);
+        Ok(self.inner.publisher.publish_and_wait(envelope.into()).await?)
+    }
+}

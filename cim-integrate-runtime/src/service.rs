@@ -1,0 +1,656 @@
+//! [`Service`]: runs registered handlers, one durable consumer each.
+//!
+//! For every message a handler's consumer delivers, the dispatcher:
+//!
+//! 1. rebuilds the [`Envelope`] (an invalid subject -> dead letter);
+//! 2. asks the [`DedupStore`] whether this handler already handled this message id (yes -> ack,
+//!    the handler does not run; the store unreachable -> nak with a delay, never a blind run);
+//! 3. dead-letters a message delivered more often than the retry policy allows (a previous
+//!    process crashed while handling it);
+//! 4. decodes the payload (undecodable or unknown version -> dead letter);
+//! 5. runs the handler, catching panics, signalling progress while it runs;
+//! 6. on success writes the de-duplication mark, then acks; on a transient error or a panic naks
+//!    with the retry policy's back-off, or dead-letters once the attempts are spent; on a
+//!    permanent error dead-letters at once.
+//!
+//! A dead letter is the original payload and headers, plus `X-Dead-Letter-*` headers (reason,
+//! handler, original subject, stream and sequence, delivery count, time), published to
+//! `dlq.{set}.{handler}` in the `DEAD_LETTERS` stream; only once it is stored is the original
+//! terminated. Nothing is acknowledged before it is handled or dead-lettered.
+//!
+//! Shutdown stops pulling, lets in-flight handlers finish within a grace period and acks what
+//! finished; what did not finish is left unacknowledged and is redelivered.
+
+use crate::dedup::{DEFAULT_DEDUP_TTL, DedupStore, KvDedup};
+use crate::envelope::{DERIVED_ID_NAMESPACE, Envelope};
+use crate::handler::context::DynPublish;
+use crate::handler::{Context, HandlerError, HandlerSet, Registration};
+use crate::headers::{self, Headers};
+use crate::subject::{Subject, SubjectError, SubjectPattern};
+use crate::timestamp::Timestamp;
+use crate::transport::{
+    Acker, Consumer, ConsumerSpec, Delivery, KvError, KvSpec, OutboundMessage, StreamSpec, Transport, TransportError,
+};
+use futures::FutureExt;
+use std::collections::HashSet;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+/// Header: why the message was dead-lettered.
+pub const DEAD_LETTER_REASON: &str = "X-Dead-Letter-Reason";
+/// Header: which handler dead-lettered it.
+pub const DEAD_LETTER_HANDLER: &str = "X-Dead-Letter-Handler";
+/// Header: the subject it was published on.
+pub const DEAD_LETTER_SUBJECT: &str = "X-Dead-Letter-Subject";
+/// Header: the stream it was stored in.
+pub const DEAD_LETTER_STREAM: &str = "X-Dead-Letter-Stream";
+/// Header: its sequence in that stream.
+pub const DEAD_LETTER_SEQUENCE: &str = "X-Dead-Letter-Sequence";
+/// Header: how many times it had been delivered.
+pub const DEAD_LETTER_DELIVERIES: &str = "X-Delivery-Count";
+/// Header: when it was dead-lettered (RFC 3339).
+pub const DEAD_LETTER_AT: &str = "X-Dead-Letter-At";
+/// Header: the original `Nats-Msg-Id`, if it had one (the dead letter gets its own).
+pub const DEAD_LETTER_ORIGINAL_MSG_ID: &str = "X-Dead-Letter-Original-Msg-Id";
+
+/// The dead-letter stream's name (before any deployment prefix).
+pub const DEAD_LETTER_STREAM_NAME: &str = "DEAD_LETTERS";
+/// The first token of dead-letter subjects.
+pub const DEAD_LETTER_TOKEN: &str = "dlq";
+
+/// Why a service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// Two handlers would share one durable consumer.
+    #[error("two handlers use the durable name `{0}`; give one of them another name or `durable = \"...\"`")]
+    DuplicateHandler(String),
+    /// A name is not usable in subjects or durable names.
+    #[error("invalid name `{name}`: {reason}")]
+    InvalidName {
+        /// The name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// A subscription's first token is a wildcard, so its domain stream is unknown.
+    #[error(
+        "handler `{handler}` subscribes to `{pattern}`: the first token must name the domain (`document.*`, not `*.created`)"
+    )]
+    PatternWithoutDomain {
+        /// The handler.
+        handler: String,
+        /// Its pattern.
+        pattern: String,
+    },
+    /// Provisioning streams or consumers failed.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// Opening the de-duplication bucket failed.
+    #[error(transparent)]
+    KeyValue(#[from] KvError),
+    /// A subject could not be built.
+    #[error(transparent)]
+    Subject(#[from] SubjectError),
+}
+
+/// Counters of one handler.
+#[derive(Debug, Default)]
+pub struct HandlerCounters {
+    /// Runs that succeeded.
+    pub succeeded: AtomicU64,
+    /// Deliveries skipped because the handler had already handled the message.
+    pub duplicates: AtomicU64,
+    /// Failed runs that will be retried.
+    pub retried: AtomicU64,
+    /// Messages dead-lettered.
+    pub dead_lettered: AtomicU64,
+    /// Runs that panicked.
+    pub panicked: AtomicU64,
+}
+
+/// A snapshot of one handler's counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandlerStats {
+    /// Durable name.
+    pub handler: String,
+    /// Runs that succeeded.
+    pub succeeded: u64,
+    /// Deliveries skipped as duplicates.
+    pub duplicates: u64,
+    /// Failed runs to be retried.
+    pub retried: u64,
+    /// Messages dead-lettered.
+    pub dead_lettered: u64,
+    /// Runs that panicked.
+    pub panicked: u64,
+}
+
+/// Builds and starts a [`Service`].
+pub struct ServiceBuilder<T: Transport> {
+    transport: T,
+    name: String,
+    prefix: Option<Subject>,
+    dedup: Option<Arc<dyn DedupStore>>,
+    dedup_ttl: Duration,
+    handlers: Vec<(String, Registration)>,
+}
+
+impl<T: Transport> std::fmt::Debug for ServiceBuilder<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceBuilder")
+            .field("name", &self.name)
+            .field("handlers", &self.handlers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: Transport> ServiceBuilder<T> {
+    /// Subject prefix of a deployment (`prod` -> `prod.document.created`, streams `PROD_...`).
+    pub fn prefix(mut self, prefix: Subject) -> Self {
+        self.prefix = Some(prefix);
+        self
+    }
+
+    /// Registers a set of handlers (usually generated by `#[subscribe]`).
+    pub fn register<S: HandlerSet>(self, set: S) -> Self {
+        self.register_arc(Arc::new(set))
+    }
+
+    /// Registers a shared set of handlers.
+    pub fn register_arc<S: HandlerSet>(mut self, set: Arc<S>) -> Self {
+        let name = set.set_name().to_owned();
+        for r in set.registrations() {
+            self.handlers.push((name.clone(), r));
+        }
+        self
+    }
+
+    /// Registers one handler under the set name `set`.
+    pub fn handler(mut self, set: &str, registration: Registration) -> Self {
+        self.handlers.push((set.to_owned(), registration));
+        self
+    }
+
+    /// Uses `store` for de-duplication marks instead of the default key-value bucket
+    /// `cim_dedup_{service}` on the service's transport.
+    pub fn dedup_store(mut self, store: impl DedupStore) -> Self {
+        self.dedup = Some(Arc::new(store));
+        self
+    }
+
+    /// TTL of de-duplication marks in the default bucket (default 24 h).
+    pub fn dedup_ttl(mut self, ttl: Duration) -> Self {
+        self.dedup_ttl = ttl;
+        self
+    }
+
+    /// Provisions streams, the dead-letter stream, the de-duplication bucket and one durable
+    /// consumer per handler, then starts dispatching.
+    pub async fn start(self) -> Result<Service, ServiceError> {
+        check_token(&self.name)?;
+        let dlq_spec = dead_letter_stream(self.prefix.as_ref())?;
+        self.transport.ensure_stream(&dlq_spec).await?;
+        let dedup = match self.dedup {
+            Some(d) => d,
+            None => {
+                let spec = KvSpec::new(format!("cim_dedup_{}", self.name)).max_age(self.dedup_ttl);
+                Arc::new(KvDedup::new(self.transport.key_value(&spec).await?)) as Arc<dyn DedupStore>
+            }
+        };
+        let mut durables = HashSet::new();
+        let mut plans = Vec::new();
+        for (set, reg) in self.handlers {
+            check_token(&set)?;
+            check_token(&reg.name)?;
+            let durable = reg
+                .options
+                .durable
+                .clone()
+                .unwrap_or_else(|| format!("{set}-{}", reg.name));
+            crate::transport::check_name("durable", &durable).map_err(|e| ServiceError::InvalidName {
+                name: durable.clone(),
+                reason: e.to_string(),
+            })?;
+            if !durables.insert(durable.clone()) {
+                return Err(ServiceError::DuplicateHandler(durable));
+            }
+            let domain = reg.pattern.as_str().split('.').next().unwrap_or_default().to_owned();
+            if domain == "*" || domain == ">" {
+                return Err(ServiceError::PatternWithoutDomain {
+                    handler: reg.name.clone(),
+                    pattern: reg.pattern.to_string(),
+                });
+            }
+            let stream = StreamSpec::for_domain(&domain, self.prefix.as_ref())?;
+            match self.transport.ensure_stream(&stream).await {
+                // The publishing domain owns its stream; other settings there are its business.
+                Err(TransportError::StreamConflict { stream, detail }) => {
+                    tracing::info!(%stream, %detail, "subscribing to an existing stream with other settings");
+                }
+                other => other?,
+            }
+            let filter = match &self.prefix {
+                Some(p) => reg.pattern.with_prefix(p)?,
+                None => reg.pattern.clone(),
+            };
+            let concurrency = if reg.options.ordered {
+                1
+            } else {
+                reg.options.concurrency.max(1)
+            };
+            let spec = ConsumerSpec::new(stream.name.clone(), durable.clone(), filter)
+                .deliver(reg.options.deliver)
+                .ack_wait(reg.options.ack_wait)
+                .max_ack_pending(u32::try_from(concurrency.saturating_mul(4)).unwrap_or(u32::MAX).max(1));
+            let consumer = self.transport.consumer(&spec).await?;
+            let dlq_subject = Subject::from_tokens([DEAD_LETTER_TOKEN, set.as_str(), reg.name.as_str()])?;
+            let dlq_subject = match &self.prefix {
+                Some(p) => dlq_subject.with_prefix(p)?,
+                None => dlq_subject,
+            };
+            plans.push((spec, consumer, durable, dlq_subject, reg, concurrency));
+        }
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        let mut counters = Vec::new();
+        let publisher: Arc<dyn DynPublish> = Arc::new(self.transport.clone());
+        for (spec, consumer, durable, dlq_subject, reg, concurrency) in plans {
+            let shared = Arc::new(HandlerRuntime {
+                durable,
+                dlq_subject,
+                registration: reg,
+                prefix: self.prefix.clone(),
+                dedup: dedup.clone(),
+                publisher: publisher.clone(),
+                counters: HandlerCounters::default(),
+                concurrency,
+            });
+            counters.push(shared.clone());
+            tracing::info!(handler = %shared.durable, filter = %spec.filter, stream = %spec.stream, "handler started");
+            tasks.spawn(run_handler(
+                self.transport.clone(),
+                spec,
+                consumer,
+                shared,
+                stop_rx.clone(),
+            ));
+        }
+        Ok(Service {
+            name: self.name,
+            stop: stop_tx,
+            stop_rx,
+            tasks,
+            handlers: counters,
+            flush: publisher_flush(self.transport),
+        })
+    }
+}
+
+fn publisher_flush<T: Transport>(
+    t: T,
+) -> Box<dyn Fn() -> futures::future::BoxFuture<'static, Result<(), TransportError>> + Send + Sync> {
+    Box::new(move || {
+        let t = t.clone();
+        Box::pin(async move { t.flush().await })
+    })
+}
+
+fn check_token(name: &str) -> Result<(), ServiceError> {
+    crate::subject::check_token(name).map_err(|e| ServiceError::InvalidName {
+        name: name.chars().take(64).collect(),
+        reason: e.to_string(),
+    })
+}
+
+/// The dead-letter stream: `DEAD_LETTERS` on `dlq.>` (with a prefix: `PROD_DEAD_LETTERS` on
+/// `prod.dlq.>`).
+pub fn dead_letter_stream(prefix: Option<&Subject>) -> Result<StreamSpec, ServiceError> {
+    let mut spec = StreamSpec::for_domain(DEAD_LETTER_TOKEN, prefix)?;
+    spec.name = match prefix {
+        Some(p) => format!(
+            "{}_{DEAD_LETTER_STREAM_NAME}",
+            p.as_str().to_ascii_uppercase().replace(['.', '-'], "_")
+        ),
+        None => DEAD_LETTER_STREAM_NAME.to_owned(),
+    };
+    Ok(spec)
+}
+
+/// A running service. Dropping it without [`shutdown`](Self::shutdown) aborts its handlers
+/// (unacknowledged messages are redelivered).
+pub struct Service {
+    name: String,
+    stop: watch::Sender<bool>,
+    stop_rx: watch::Receiver<bool>,
+    tasks: JoinSet<()>,
+    handlers: Vec<Arc<HandlerRuntime>>,
+    flush: Box<dyn Fn() -> futures::future::BoxFuture<'static, Result<(), TransportError>> + Send + Sync>,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("name", &self.name)
+            .field("handlers", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Service {
+    /// A builder for a service named `name` (`[A-Za-z0-9_-]+`) on `transport`.
+    pub fn builder<T: Transport>(transport: T, name: impl Into<String>) -> ServiceBuilder<T> {
+        ServiceBuilder {
+            transport,
+            name: name.into(),
+            prefix: None,
+            dedup: None,
+            dedup_ttl: DEFAULT_DEDUP_TTL,
+            handlers: Vec::new(),
+        }
+    }
+
+    /// Counters of every handler.
+    pub fn stats(&self) -> Vec<HandlerStats> {
+        self.handlers
+            .iter()
+            .map(|h| {
+                let c = &h.counters;
+                HandlerStats {
+                    handler: h.durable.clone(),
+                    succeeded: c.succeeded.load(Ordering::Relaxed),
+                    duplicates: c.duplicates.load(Ordering::Relaxed),
+                    retried: c.retried.load(Ordering::Relaxed),
+                    dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
+                    panicked: c.panicked.load(Ordering::Relaxed),
+                }
+            })
+            .collect()
+    }
+
+    /// Counters of one handler, by durable name.
+    pub fn handler_stats(&self, durable: &str) -> Option<HandlerStats> {
+        self.stats().into_iter().find(|s| s.handler == durable)
+    }
+
+    /// Stops pulling, waits up to `grace` for in-flight handlers (their messages are acked or
+    /// naked as usual), abandons the rest unacknowledged (they are redelivered), and flushes.
+    pub async fn shutdown(mut self, grace: Duration) {
+        let _ = self.stop.send(true);
+        let _ = self.stop_rx.borrow_and_update();
+        let deadline = tokio::time::sleep(grace);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                r = self.tasks.join_next() => if r.is_none() { break },
+                () = &mut deadline => {
+                    tracing::warn!(service = %self.name, "shutdown grace elapsed; abandoning in-flight handlers");
+                    self.tasks.abort_all();
+                    break;
+                }
+            }
+        }
+        if let Err(e) = (self.flush)().await {
+            tracing::warn!(service = %self.name, error = %e, "flush at shutdown failed");
+        }
+    }
+}
+
+struct HandlerRuntime {
+    durable: String,
+    dlq_subject: Subject,
+    registration: Registration,
+    prefix: Option<Subject>,
+    dedup: Arc<dyn DedupStore>,
+    publisher: Arc<dyn DynPublish>,
+    counters: HandlerCounters,
+    concurrency: usize,
+}
+
+async fn run_handler<T: Transport>(
+    transport: T,
+    spec: ConsumerSpec,
+    mut consumer: T::Consumer,
+    h: Arc<HandlerRuntime>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let permits = Arc::new(Semaphore::new(h.concurrency));
+    let mut in_flight = JoinSet::new();
+    'pull: loop {
+        let permit = tokio::select! {
+            biased;
+            _ = stop.changed() => break 'pull,
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break 'pull },
+        };
+        let delivery = tokio::select! {
+            biased;
+            _ = stop.changed() => break 'pull,
+            d = consumer.next() => d,
+        };
+        match delivery {
+            Ok(d) => {
+                let h = h.clone();
+                in_flight.spawn(async move {
+                    process(&h, d).await;
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                tracing::error!(handler = %h.durable, error = %e, "consumer failed; reopening in 1s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                match transport.consumer(&spec).await {
+                    Ok(c) => consumer = c,
+                    Err(e) => tracing::error!(handler = %h.durable, error = %e, "reopening consumer failed"),
+                }
+            }
+        }
+        while in_flight.try_join_next().is_some() {}
+    }
+    // Shutdown: in-flight handlers finish (the service bounds how long); nothing new is pulled.
+    while in_flight.join_next().await.is_some() {}
+}
+
+enum Outcome {
+    Done,
+    Retry(String),
+    DeadLetter(String),
+}
+
+async fn process<A: Acker>(h: &HandlerRuntime, d: Delivery<A>) {
+    let delivered = d.info().delivered;
+    let envelope = match d.envelope() {
+        Ok(e) => e,
+        Err(e) => return dead_letter(h, d, &format!("invalid envelope: {e}")).await,
+    };
+    let span = tracing::info_span!(
+        "handle",
+        handler = %h.durable,
+        subject = %envelope.subject(),
+        message_id = %envelope.message_id(),
+        correlation_id = %envelope.correlation_id(),
+        causation_id = %envelope.causation_id(),
+        delivered,
+    );
+    process_envelope(h, d, envelope).instrument(span).await
+}
+
+async fn process_envelope<A: Acker>(h: &HandlerRuntime, d: Delivery<A>, envelope: Envelope) {
+    let delivered = d.info().delivered;
+    let id = envelope.message_id();
+    match h.dedup.seen(&h.durable, id).await {
+        Ok(true) => {
+            h.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("already handled; acknowledging without running");
+            return settle(d.ack().await);
+        }
+        Ok(false) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "dedup check failed; redelivering later");
+            return settle(d.nak(Some(Duration::from_secs(1))).await);
+        }
+    }
+    let retry = &h.registration.options.retry;
+    if delivered > u64::from(retry.max_attempts) {
+        let reason = format!(
+            "retries exhausted: delivered {delivered} times, max_attempts {} (earlier runs did not finish)",
+            retry.max_attempts
+        );
+        return dead_letter(h, d, &reason).await;
+    }
+    let mut attempt = delivered;
+    loop {
+        let ctx = Context::new(&envelope, attempt, &h.durable, h.prefix.clone(), h.publisher.clone());
+        let outcome = match (h.registration.invoke)(ctx, envelope.payload()) {
+            Err(reason) => Outcome::DeadLetter(format!(
+                "undecodable payload for {}: {reason}",
+                h.registration.event_type
+            )),
+            Ok(fut) => match run_with_progress(fut, &d, h.registration.options.ack_wait).await {
+                Ok(Ok(())) => Outcome::Done,
+                Ok(Err(HandlerError::Permanent(e))) => Outcome::DeadLetter(format!("handler failed permanently: {e}")),
+                Ok(Err(HandlerError::Transient(e))) => Outcome::Retry(format!("handler failed: {e}")),
+                Err(panic) => {
+                    h.counters.panicked.fetch_add(1, Ordering::Relaxed);
+                    Outcome::Retry(format!("handler panicked: {}", panic_message(&panic)))
+                }
+            },
+        };
+        match outcome {
+            Outcome::Done => {
+                if let Err(e) = h.dedup.mark(&h.durable, id).await {
+                    // The handler succeeded; acking is right. Only a lost ack could now re-run it.
+                    tracing::warn!(error = %e, "dedup mark failed; acknowledging anyway");
+                }
+                h.counters.succeeded.fetch_add(1, Ordering::Relaxed);
+                return settle(d.ack().await);
+            }
+            Outcome::DeadLetter(reason) => return dead_letter(h, d, &reason).await,
+            Outcome::Retry(reason) if attempt >= u64::from(retry.max_attempts) => {
+                return dead_letter(
+                    h,
+                    d,
+                    &format!("retries exhausted after {attempt} attempts; last: {reason}"),
+                )
+                .await;
+            }
+            Outcome::Retry(reason) => {
+                h.counters.retried.fetch_add(1, Ordering::Relaxed);
+                let delay = retry.delay(attempt);
+                tracing::warn!(%reason, attempt, ?delay, "handler will be retried");
+                if !h.registration.options.ordered {
+                    return settle(d.nak(Some(delay)).await);
+                }
+                // Ordered: retry in place so later messages wait, keeping the delivery alive.
+                if run_with_progress(tokio::time::sleep(delay).map(Ok), &d, h.registration.options.ack_wait)
+                    .await
+                    .is_err()
+                {
+                    return settle(d.nak(Some(delay)).await);
+                }
+                attempt += 1;
+            }
+        }
+    }
+}
+
+/// Runs `fut` (catching panics) while telling the server every half ack wait that the delivery
+/// is still in progress.
+async fn run_with_progress<A: Acker, F>(
+    fut: F,
+    d: &Delivery<A>,
+    ack_wait: Duration,
+) -> Result<Result<(), HandlerError>, Box<dyn std::any::Any + Send>>
+where
+    F: std::future::Future<Output = Result<(), HandlerError>>,
+{
+    let fut = AssertUnwindSafe(fut).catch_unwind();
+    tokio::pin!(fut);
+    let period = (ack_wait / 2).max(Duration::from_millis(100));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    loop {
+        tokio::select! {
+            r = &mut fut => return r,
+            _ = tick.tick() => {
+                if let Err(e) = d.in_progress().await {
+                    tracing::debug!(error = %e, "progress signal failed");
+                }
+            }
+        }
+    }
+}
+
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_owned())
+}
+
+fn settle(r: Result<(), TransportError>) {
+    if let Err(e) = r {
+        tracing::warn!(error = %e, "acknowledgement failed; the message will be redelivered");
+    }
+}
+
+fn header_safe(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(1000)
+        .collect()
+}
+
+async fn dead_letter<A: Acker>(h: &HandlerRuntime, d: Delivery<A>, reason: &str) {
+    let info = d.info().clone();
+    let mut hdrs = Headers::new();
+    for (n, v) in d.headers().iter().filter(|(n, _)| *n != headers::NATS_MSG_ID) {
+        hdrs.push_received(n.to_owned(), v.to_owned());
+    }
+    if let Some(orig) = d.headers().get(headers::NATS_MSG_ID) {
+        hdrs.push_received(DEAD_LETTER_ORIGINAL_MSG_ID.to_owned(), header_safe(orig));
+    }
+    let dlq_id = uuid::Uuid::new_v5(
+        &DERIVED_ID_NAMESPACE,
+        format!("dlq\0{}\0{}\0{}", h.durable, info.stream, info.stream_sequence).as_bytes(),
+    );
+    for (n, v) in [
+        (headers::NATS_MSG_ID, dlq_id.to_string()),
+        (DEAD_LETTER_REASON, header_safe(reason)),
+        (DEAD_LETTER_HANDLER, h.durable.clone()),
+        (DEAD_LETTER_SUBJECT, header_safe(d.subject())),
+        (DEAD_LETTER_STREAM, info.stream.to_string()),
+        (DEAD_LETTER_SEQUENCE, info.stream_sequence.to_string()),
+        (DEAD_LETTER_DELIVERIES, info.delivered.to_string()),
+        (DEAD_LETTER_AT, Timestamp::now().to_rfc3339()),
+    ] {
+        hdrs.push_received(n.to_owned(), v);
+    }
+    let message = OutboundMessage {
+        subject: h.dlq_subject.clone(),
+        headers: hdrs,
+        payload: d.payload().clone(),
+    };
+    match h.publisher.publish_and_wait(message).await {
+        Ok(_) => {
+            h.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(handler = %h.durable, subject = d.subject(), reason, "dead-lettered");
+            settle(d.term().await);
+        }
+        Err(e) => {
+            tracing::error!(handler = %h.durable, error = %e, reason, "dead-lettering failed; redelivering later");
+            settle(d.nak(Some(Duration::from_secs(1))).await);
+        }
+    }
+}
+
+/// The dead-letter subject pattern of a service set, for tools that read dead letters.
+pub fn dead_letter_pattern(prefix: Option<&Subject>) -> Result<SubjectPattern, SubjectError> {
+    let p = SubjectPattern::new(format!("{DEAD_LETTER_TOKEN}.>"))?;
+    match prefix {
+        Some(prefix) => p.with_prefix(prefix),
+        None => Ok(p),
+    }
+}

@@ -248,12 +248,22 @@ impl NatsTransport {
     fn ack_future(&self, message: OutboundMessage, first: PublishAckFuture) -> NatsAckFuture {
         let js = self.inner.js.clone();
         let retries = self.inner.options.publish_retries;
+        let timeout = self.inner.options.request_timeout;
+        let mut deadline = tokio::time::Instant::now() + timeout;
         NatsAckFuture {
             inner: Box::pin(async move {
                 let mut pending = first;
                 let mut attempt = 0u32;
                 loop {
-                    let error = match pending.await {
+                    // The wait is counted from the send, not from the first poll: acks awaited one
+                    // after the other after an outage must not wait one timeout each.
+                    let outcome = match tokio::time::timeout_at(deadline, pending).await {
+                        Ok(outcome) => outcome,
+                        Err(_) => Err(async_nats::jetstream::context::PublishError::new(
+                            PublishErrorKind::TimedOut,
+                        )),
+                    };
+                    let error = match outcome {
                         Ok(ack) => {
                             return Ok(PublishAck {
                                 stream: ack.stream,
@@ -276,6 +286,7 @@ impl NatsTransport {
                         "publish not acknowledged; sending it again with the same message id"
                     );
                     pending = send(&js, &message).await?;
+                    deadline = tokio::time::Instant::now() + timeout;
                 }
             }),
         }

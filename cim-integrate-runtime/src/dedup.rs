@@ -55,7 +55,8 @@ pub trait DedupStore: Send + Sync + 'static {
 #[derive(Debug)]
 pub struct MemoryDedup {
     ttl: Duration,
-    marks: Mutex<HashMap<(String, MessageId), Instant>>,
+    /// handler -> message id -> when marked
+    marks: Mutex<HashMap<String, HashMap<MessageId, Instant>>>,
 }
 
 impl MemoryDedup {
@@ -79,7 +80,8 @@ impl DedupStore for MemoryDedup {
         let now = Instant::now();
         let marks = self.marks.lock().unwrap_or_else(|e| e.into_inner());
         let seen = marks
-            .get(&(handler.to_owned(), id))
+            .get(handler)
+            .and_then(|m| m.get(&id))
             .is_some_and(|at| *at + self.ttl > now);
         Box::pin(std::future::ready(Ok(seen)))
     }
@@ -87,10 +89,15 @@ impl DedupStore for MemoryDedup {
     fn mark<'a>(&'a self, handler: &'a str, id: MessageId) -> BoxFuture<'a, Result<(), DedupError>> {
         let now = Instant::now();
         let mut marks = self.marks.lock().unwrap_or_else(|e| e.into_inner());
-        if marks.len() >= 4096 && marks.len().is_power_of_two() {
-            marks.retain(|_, at| *at + self.ttl > now);
+        if !marks.contains_key(handler) {
+            marks.insert(handler.to_owned(), HashMap::new());
         }
-        marks.insert((handler.to_owned(), id), now);
+        if let Some(handler_marks) = marks.get_mut(handler) {
+            if handler_marks.len() >= 4096 && handler_marks.len().is_power_of_two() {
+                handler_marks.retain(|_, at| *at + self.ttl > now);
+            }
+            handler_marks.insert(id, now);
+        }
         Box::pin(std::future::ready(Ok(())))
     }
 }

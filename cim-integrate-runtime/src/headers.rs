@@ -39,9 +39,12 @@ pub enum HeaderError {
 }
 
 /// An ordered multimap of header names to values. Names compare exactly, as NATS does.
+///
+/// Cloning is cheap (the entries are shared and copied on the first write), because every
+/// delivery and envelope carries a copy.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Headers {
-    entries: Vec<(String, String)>,
+    entries: std::sync::Arc<Vec<(String, String)>>,
 }
 
 fn valid_name(name: &str) -> bool {
@@ -62,8 +65,9 @@ impl Headers {
     pub fn insert(&mut self, name: &str, value: impl Into<String>) -> Result<(), HeaderError> {
         let value = value.into();
         Self::check(name, &value)?;
-        self.entries.retain(|(n, _)| n != name);
-        self.entries.push((name.to_owned(), value));
+        let entries = std::sync::Arc::make_mut(&mut self.entries);
+        entries.retain(|(n, _)| n != name);
+        entries.push((name.to_owned(), value));
         Ok(())
     }
 
@@ -71,7 +75,7 @@ impl Headers {
     pub fn append(&mut self, name: &str, value: impl Into<String>) -> Result<(), HeaderError> {
         let value = value.into();
         Self::check(name, &value)?;
-        self.entries.push((name.to_owned(), value));
+        std::sync::Arc::make_mut(&mut self.entries).push((name.to_owned(), value));
         Ok(())
     }
 
@@ -87,7 +91,7 @@ impl Headers {
 
     /// Appends without validation, for headers received from a transport (already framed).
     pub(crate) fn push_received(&mut self, name: String, value: String) {
-        self.entries.push((name, value));
+        std::sync::Arc::make_mut(&mut self.entries).push((name, value));
     }
 
     /// The first value of `name`.
@@ -105,9 +109,11 @@ impl Headers {
 
     /// Removes every value of `name`; returns whether there was one.
     pub fn remove(&mut self, name: &str) -> bool {
-        let before = self.entries.len();
-        self.entries.retain(|(n, _)| n != name);
-        before != self.entries.len()
+        if !self.entries.iter().any(|(n, _)| n == name) {
+            return false;
+        }
+        std::sync::Arc::make_mut(&mut self.entries).retain(|(n, _)| n != name);
+        true
     }
 
     /// All (name, value) pairs, in order.

@@ -432,6 +432,11 @@ async fn run_handler<T: Transport>(
             d = consumer.next() => d,
         };
         match delivery {
+            Ok(d) if h.concurrency == 1 => {
+                // One at a time: no task per message.
+                process(&h, d).await;
+                drop(permit);
+            }
             Ok(d) => {
                 let h = h.clone();
                 in_flight.spawn(async move {
@@ -569,6 +574,10 @@ where
 {
     let fut = AssertUnwindSafe(fut).catch_unwind();
     tokio::pin!(fut);
+    // Most handlers finish without waiting: arm the progress timer only for those that wait.
+    if let std::task::Poll::Ready(r) = futures::poll!(&mut fut) {
+        return r;
+    }
     let period = (ack_wait / 2).max(Duration::from_millis(100));
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     loop {

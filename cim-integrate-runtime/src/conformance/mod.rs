@@ -260,10 +260,13 @@ pub async fn ensure_stream_is_idempotent_and_reports_conflicts<T: Transport>(t: 
 pub async fn overlapping_streams_are_refused<T: Transport>(t: T) {
     document_stream(&t).await;
     let err = t
-        .ensure_stream(&StreamSpec::new("CREATED", vec![pattern("*.created")]))
+        .ensure_stream(&StreamSpec::new("CREATED", vec![pattern("document.*.created")]))
         .await
         .expect_err("overlap");
     assert!(matches!(err, TransportError::StreamOverlap { .. }), "{err:?}");
+    let leading = StreamSpec::new("ALL_CREATED", vec![pattern("*.created")]);
+    let err = t.ensure_stream(&leading).await.expect_err("leading wildcard");
+    assert!(matches!(err, TransportError::Invalid(_)), "{err:?}");
     t.ensure_stream(&StreamSpec::for_domain("person", None).expect("spec"))
         .await
         .expect("disjoint is fine");

@@ -197,6 +197,13 @@ impl StreamSpec {
                 self.name
             )));
         }
+        if let Some(p) = self.subjects.iter().find(|p| p.as_str().starts_with(['*', '>'])) {
+            // Current nats-server versions refuse these (they would overlap the `$JS.API`).
+            return Err(TransportError::Invalid(format!(
+                "stream `{}`: subject `{p}` starts with a wildcard; streams capture one domain (`document.>`)",
+                self.name
+            )));
+        }
         if self.duplicate_window.is_zero() {
             return Err(TransportError::Invalid(format!(
                 "stream `{}`: duplicate window must be positive",

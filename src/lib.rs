@@ -17,7 +17,9 @@ pub use cim_integrate_runtime::*;
 
 /// The names most programs need: `use cim_integrate::prelude::*;`.
 pub mod prelude {
+    pub use cim_integrate_macros::domain_event;
     pub use cim_integrate_runtime::envelope::Envelope;
+    pub use cim_integrate_runtime::event::{DecodeError, DomainEvent, EncodeError, PayloadVersion, Versioned};
     pub use cim_integrate_runtime::id::{CausationId, CorrelationId, Identity, MessageId};
     pub use cim_integrate_runtime::subject::{Subject, SubjectPattern};
     pub use cim_integrate_runtime::timestamp::Timestamp;

@@ -1,0 +1,80 @@
+//! Validation: the rules across arguments and item, into the checked view that `expand` needs.
+
+use super::parse::{Args, PREVIOUS, SUBJECT, VERSION};
+use crate::errors::Errors;
+use crate::{subject, versioning};
+use proc_macro2::Span;
+use syn::{ItemStruct, LitStr, Path};
+
+/// A checked `#[domain_event]`.
+pub(crate) struct Event {
+    /// The struct, unchanged.
+    pub(crate) item: ItemStruct,
+    /// This struct's version.
+    pub(crate) version: LitStr,
+    /// The current version, or a frozen older one.
+    pub(crate) role: Role,
+    /// The facade crate's path.
+    pub(crate) krate: Path,
+}
+
+/// What the struct is in its event's history.
+pub(crate) enum Role {
+    /// The current version: published on `subject`, decoding `previous` (oldest first) too.
+    Current { subject: LitStr, previous: Vec<Path> },
+    /// A frozen older version, listed in the current version's `previous`.
+    Frozen,
+}
+
+/// Checks every rule, recording each broken one; `None` if any is.
+pub(crate) fn event(args: Args, item: Option<ItemStruct>, errors: &mut Errors) -> Option<Event> {
+    let version = match args.version {
+        Some(lit) => versioning::check_version(&lit)
+            .map_err(|e| errors.push(e))
+            .ok()
+            .map(|_| lit),
+        None if args.present.iter().any(|k| k == VERSION) => None,
+        None => {
+            let example = match &args.subject {
+                Some(_) => format!("`{VERSION} = \"1.0\"`"),
+                None => format!(
+                    "`#[domain_event({SUBJECT} = \"document.created\", {VERSION} = \"1.0\")]` for an event, \
+                     or `#[domain_event({VERSION} = \"1.0\")]` for a frozen older version of one"
+                ),
+            };
+            errors.push(syn::Error::new(
+                Span::call_site(),
+                format!("missing `{VERSION}`: every event declares its wire version, e.g. {example}"),
+            ));
+            None
+        }
+    };
+    if let Some(subject) = &args.subject
+        && let Err(error) = subject::check_concrete(subject)
+    {
+        errors.push(error);
+    }
+    if let (None, Some((key, _))) = (&args.subject, &args.previous) {
+        errors.spanned(
+            key,
+            format!(
+                "`{PREVIOUS}` belongs on the current version of an event, the one with a `{SUBJECT}`; \
+                 on a frozen older version, remove it and list this type in the current version's `{PREVIOUS}`"
+            ),
+        );
+    }
+    let item = item?;
+    versioning::check_payload_struct(&item, "domain events", errors);
+    let previous = args.previous.map(|(_, paths)| paths).unwrap_or_default();
+    versioning::check_previous(&item.ident, &previous, errors);
+    let role = match args.subject {
+        Some(subject) => Role::Current { subject, previous },
+        None => Role::Frozen,
+    };
+    Some(Event {
+        item,
+        version: version?,
+        role,
+        krate: args.krate.unwrap_or_else(|| syn::parse_quote!(::cim_integrate)),
+    })
+}

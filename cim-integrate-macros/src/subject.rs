@@ -1,0 +1,77 @@
+//! The subject rule, checked on literals so that the error lands on the literal.
+//!
+//! A copy of `cim_integrate_runtime::subject::check_subject` (the macro crate cannot depend on
+//! the runtime): dot-separated tokens of `[A-Za-z0-9_-]+`, no wildcards, at most 512 bytes. The
+//! runtime asserts the same rule again at compile time on `DomainEvent::SUBJECT`, so the two
+//! copies cannot drift apart unnoticed.
+
+use syn::LitStr;
+
+/// The longest subject accepted, in bytes (`cim_integrate_runtime::subject::MAX_SUBJECT_LEN`).
+const MAX_SUBJECT_LEN: usize = 512;
+
+/// Checks a concrete subject literal; the error explains the rule and names a fix.
+pub(crate) fn check_concrete(lit: &LitStr) -> syn::Result<()> {
+    let subject = lit.value();
+    problem(&subject).map_or(Ok(()), |message| Err(syn::Error::new(lit.span(), message)))
+}
+
+fn problem(s: &str) -> Option<String> {
+    const RULE: &str = "subjects are dot-separated tokens of `A-Z a-z 0-9 _ -`, e.g. `document.created`";
+    if s.is_empty() {
+        return Some(format!("the subject is empty; {RULE}"));
+    }
+    if s.len() > MAX_SUBJECT_LEN {
+        return Some(format!(
+            "the subject is {} bytes long; the limit is {MAX_SUBJECT_LEN}",
+            s.len()
+        ));
+    }
+    let mut at = 0;
+    for token in s.split('.') {
+        if token.is_empty() {
+            return Some(format!(
+                "invalid subject `{s}`: empty token at byte {at} (a leading, trailing or doubled dot); {RULE}"
+            ));
+        }
+        for (i, c) in token.char_indices() {
+            match c {
+                'A'..='Z' | 'a'..='z' | '0'..='9' | '_' | '-' => {}
+                '*' | '>' => {
+                    return Some(format!(
+                        "an event's subject must be concrete, but `{s}` has the wildcard `{c}` at byte {}; \
+                         wildcards belong in subscriptions only; name the one subject this event is published on, \
+                         e.g. `document.created`",
+                        at + i
+                    ));
+                }
+                _ => {
+                    return Some(format!(
+                        "invalid subject `{s}`: {c:?} at byte {} is not allowed; {RULE}",
+                        at + i
+                    ));
+                }
+            }
+        }
+        at += token.len() + 1;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::problem;
+
+    #[test]
+    fn follows_the_runtime_rule() {
+        for ok in ["document.created", "a", "A-b_9.x", "prod.document.created"] {
+            assert_eq!(problem(ok), None, "{ok}");
+        }
+        for bad in ["", ".a", "a.", "a..b", "a b", "a.*", "a.>", "doc*", "é", "a\tb"] {
+            assert!(problem(bad).is_some(), "{bad:?}");
+        }
+        assert!(problem(&"a".repeat(513)).is_some());
+        assert!(problem("document.*").unwrap().contains("wildcard `*` at byte 9"));
+        assert!(problem("document created").unwrap().contains("' ' at byte 8"));
+    }
+}

@@ -1,0 +1,9 @@
+use cim_integrate::domain_event;
+
+#[domain_event(subject = "document.created", version = "1.0")]
+#[derive(Debug, serde::Serialize)]
+pub struct DocumentCreated {
+    pub title: String,
+}
+
+fn main() {}

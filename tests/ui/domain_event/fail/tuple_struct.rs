@@ -1,0 +1,6 @@
+use cim_integrate::domain_event;
+
+#[domain_event(subject = "document.created", version = "1.0")]
+pub struct DocumentCreated(pub String);
+
+fn main() {}

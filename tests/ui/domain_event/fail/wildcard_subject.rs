@@ -1,0 +1,8 @@
+use cim_integrate::domain_event;
+
+#[domain_event(subject = "document.*", version = "1.0")]
+pub struct DocumentCreated {
+    pub title: String,
+}
+
+fn main() {}

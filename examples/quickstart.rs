@@ -10,6 +10,7 @@
 //! ```
 
 use cim_integrate::prelude::*;
+use cim_integrate::transport::any::AnyTransport;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -36,7 +37,9 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
-    run(MemoryTransport::new()).await
+    let transport = AnyTransport::from_env().await?;
+    println!("transport: {}", transport.kind());
+    run(transport).await
 }
 
 async fn run<T: Transport>(t: T) -> Result<(), Error> {
@@ -153,5 +156,12 @@ mod tests {
     #[tokio::test]
     async fn runs_on_the_embedded_transport() {
         run(MemoryTransport::new()).await.expect("quickstart on memory");
+    }
+
+    #[tokio::test]
+    async fn runs_on_nats() {
+        let server = cim_integrate::testing::NatsServer::start().await.expect("nats-server");
+        let t = cim_integrate::transport::nats::NatsTransport::connect_url(&server.url()).await.expect("connect");
+        run(t).await.expect("quickstart on NATS");
     }
 }

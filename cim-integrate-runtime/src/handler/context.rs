@@ -1,6 +1,7 @@
 //! [`Context`]: what a handler knows about the message it handles, and how it publishes.
 
 use crate::envelope::Envelope;
+use crate::event::{DomainEvent, PayloadVersion};
 use crate::id::{CausationId, CorrelationId, Identity, MessageId};
 use crate::subject::{Subject, SubjectError};
 use crate::timestamp::Timestamp;
@@ -143,8 +144,27 @@ impl Context {
         }
     }
 
+    /// Publishes `event` as a message caused by the handled one (same correlation id, the handled
+    /// message as causation), and waits for the stream's acknowledgement.
+    pub async fn publish<E: DomainEvent>(&self, event: &E) -> Result<PublishAck, PublishError> {
+        let payload = event.encode().map_err(|e| PublishError::Encode {
+            event_type: E::TYPE_NAME.to_owned(),
+            reason: e.to_string(),
+        })?;
+        self.publish_bytes(&E::subject(), E::TYPE_NAME, <E as PayloadVersion>::VERSION, payload).await
+    }
+
+    /// Publishes `event` as the root of a new conversation (a fresh correlation id).
+    pub async fn publish_root<E: DomainEvent>(&self, event: &E) -> Result<PublishAck, PublishError> {
+        let payload = event.encode().map_err(|e| PublishError::Encode {
+            event_type: E::TYPE_NAME.to_owned(),
+            reason: e.to_string(),
+        })?;
+        self.publish_root_bytes(&E::subject(), E::TYPE_NAME, <E as PayloadVersion>::VERSION, payload).await
+    }
+
     /// Publishes raw payload bytes as a message caused by the handled one, and waits for the
-    /// stream's acknowledgement. Typed events use `publish` (added by the event module).
+    /// stream's acknowledgement.
     pub async fn publish_bytes(
         &self,
         subject: &Subject,

@@ -7,6 +7,8 @@
 //! the dispatch loop itself lives in [`crate::service`].
 
 pub(crate) mod context;
+#[doc(hidden)]
+pub mod macro_support;
 
 pub use context::{Context, PublishError};
 

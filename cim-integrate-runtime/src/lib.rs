@@ -15,6 +15,7 @@ pub mod event;
 pub mod handler;
 pub mod headers;
 pub mod id;
+pub mod saga;
 pub mod service;
 pub mod subject;
 pub mod timestamp;

@@ -1,0 +1,827 @@
+//! The saga conformance suite: saga behaviour written once, generic over the [`Transport`], run
+//! on the in-memory transport under paused time and on NATS against a private server.
+//!
+//! [`saga_conformance_tests!`](crate::saga_conformance_tests!) expands every case into one
+//! `#[tokio::test]`:
+//!
+//! ```ignore
+//! async fn setup() -> (MemoryTransport, ()) { (MemoryTransport::new(), ()) }
+//! cim_integrate_runtime::saga_conformance_tests!(setup: setup, tokio: [flavor = "current_thread", start_paused = true]);
+//! ```
+//!
+//! The cases drive [`Shop`], a four-step saga whose behaviour (which step fails, how, which
+//! compensation is broken) is scripted through its persisted data and a shared [`Script`], and
+//! whose side effects go to an idempotent "external system" keyed by the steps' idempotency keys.
+#![allow(missing_docs, clippy::missing_panics_doc)]
+
+use super::{
+    CrashPoint, Moment, Saga, SagaEvent, SagaOutcome, SagaRecord, SagaRunner, SagaStatus, Step, StepContext,
+    StepFuture, StepState, Write,
+};
+use crate::envelope::Envelope;
+use crate::handler::{Context, HandlerError, RetryPolicy};
+use crate::id::Identity;
+use crate::service::Service;
+use crate::subject::{Subject, SubjectPattern};
+use crate::transport::{Consumer, ConsumerSpec, KeyValue, StreamSpec, Transport};
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Expands to one `#[tokio::test]` per saga conformance case. `setup` is an `async fn() -> (T, G)`
+/// returning a fresh transport and a guard kept alive for the test.
+#[macro_export]
+macro_rules! saga_conformance_tests {
+    (setup: $setup:path, tokio: [$($tokio:tt)*] $(,)?) => {
+        $crate::saga_conformance_tests!(@cases ($($tokio)*) $setup; [
+            happy_path,
+            failure_at_each_step_compensates_completed_steps_in_reverse,
+            transient_failures_and_timeouts_are_retried,
+            failing_compensation_needs_attention_then_retry,
+            crash_at_every_boundary_then_resume,
+            racing_starts_drive_once,
+            racing_resumes_drive_once,
+            loser_of_a_write_race_stops,
+            started_by_an_event,
+            corrupt_records_are_reported,
+        ]);
+    };
+    (@cases $tokio:tt $setup:path; [$($case:ident),* $(,)?]) => {
+        $(
+            #[::tokio::test $tokio]
+            async fn $case() {
+                let (transport, _guard) = $setup().await;
+                $crate::saga::conformance::$case(transport).await;
+            }
+        )*
+    };
+}
+
+const SOON: Duration = Duration::from_secs(10);
+/// The lease of test runners: short, so that takeover tests wait little on a real server.
+pub const LEASE: Duration = Duration::from_millis(800);
+
+/// The data of [`Shop`]: a script of failures (persisted, so a resumed runner follows it) and the
+/// steps and compensations that completed, in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Order {
+    /// This step fails permanently.
+    pub fail_at: Option<String>,
+    /// `+step` for a completed step, `-step` for a completed compensation.
+    pub done: Vec<String>,
+}
+
+impl Order {
+    /// An order whose step `step` fails permanently.
+    pub fn failing_at(step: &str) -> Self {
+        Self {
+            fail_at: Some(step.to_owned()),
+            ..Self::default()
+        }
+    }
+}
+
+/// One invocation of a step or compensation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    pub saga_id: String,
+    pub step: &'static str,
+    pub compensating: bool,
+    pub attempt: u32,
+    pub key: String,
+}
+
+type Interference = Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>;
+
+/// Shared behaviour and observations of [`Shop`] instances.
+#[derive(Default)]
+pub struct Script {
+    /// Every invocation, in order.
+    pub calls: Mutex<Vec<Call>>,
+    /// The idempotent external system: how often each idempotency key was applied (the first
+    /// application takes effect; later ones are recognised as repeats).
+    pub effects: Mutex<HashMap<String, u32>>,
+    /// step -> remaining transient failures.
+    pub flaky: Mutex<HashMap<&'static str, u32>>,
+    /// step -> how long it takes.
+    pub slow: Mutex<HashMap<&'static str, Duration>>,
+    /// Compensations (by step name) that fail transiently, always.
+    pub broken: Mutex<HashSet<&'static str>>,
+    /// Every step and compensation sleeps this long first (to interleave racing runners).
+    pub pause: Mutex<Duration>,
+    /// Run once, inside the next step, to simulate another runner writing meanwhile.
+    pub interfere: Mutex<Option<Interference>>,
+}
+
+impl std::fmt::Debug for Script {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Script")
+            .field("calls", &self.calls)
+            .field("effects", &self.effects)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Script {
+    /// The invocations of saga `id`, as `+step` / `-step`.
+    pub fn calls_of(&self, id: &str) -> Vec<String> {
+        lock(&self.calls)
+            .iter()
+            .filter(|c| c.saga_id == id)
+            .map(|c| format!("{}{}", if c.compensating { "-" } else { "+" }, c.step))
+            .collect()
+    }
+    /// How often the external system saw `key`.
+    pub fn applications(&self, key: &str) -> u32 {
+        lock(&self.effects).get(key).copied().unwrap_or(0)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Validate (read-only, no compensation), reserve stock (release), charge (refund), publish
+/// (unpublish).
+#[derive(Debug, Clone, Default)]
+pub struct Shop {
+    pub script: Arc<Script>,
+}
+
+/// The step names of [`Shop`], in order.
+pub const STEPS: [&str; 4] = ["validate", "reserve", "charge", "publish"];
+
+impl Shop {
+    async fn act(&self, ctx: &mut StepContext<Order>) -> Result<(), HandlerError> {
+        let step = ctx.step();
+        let compensating = ctx.is_compensation();
+        lock(&self.script.calls).push(Call {
+            saga_id: ctx.saga_id().to_owned(),
+            step,
+            compensating,
+            attempt: ctx.attempt(),
+            key: ctx.idempotency_key().to_owned(),
+        });
+        let pause = *lock(&self.script.pause);
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+        let interference = lock(&self.script.interfere).take();
+        if let Some(interfere) = interference {
+            interfere().await;
+        }
+        if compensating {
+            if lock(&self.script.broken).contains(step) {
+                return Err(HandlerError::transient(format!("{step} compensation is broken")));
+            }
+        } else {
+            if ctx.data().fail_at.as_deref() == Some(step) {
+                return Err(HandlerError::permanent(format!("{step} refused")));
+            }
+            let slow = lock(&self.script.slow).get(step).copied();
+            if let Some(d) = slow {
+                tokio::time::sleep(d).await;
+            }
+            let flaky = {
+                let mut f = lock(&self.script.flaky);
+                match f.get_mut(step) {
+                    Some(n) if *n > 0 => {
+                        *n -= 1;
+                        true
+                    }
+                    _ => false,
+                }
+            };
+            if flaky {
+                return Err(HandlerError::transient(format!("{step} flaked")));
+            }
+        }
+        *lock(&self.script.effects)
+            .entry(ctx.idempotency_key().to_owned())
+            .or_insert(0) += 1;
+        let mark = format!("{}{step}", if compensating { "-" } else { "+" });
+        ctx.data_mut().done.push(mark);
+        Ok(())
+    }
+}
+
+fn act<'a>(s: &'a Shop, c: &'a mut StepContext<Order>) -> StepFuture<'a> {
+    Box::pin(s.act(c))
+}
+
+fn fast(attempts: u32) -> RetryPolicy {
+    RetryPolicy::attempts(attempts).backoff(Duration::from_millis(20), 2, Duration::from_millis(100))
+}
+
+impl Saga for Shop {
+    type Data = Order;
+    const NAME: &'static str = "shop";
+    fn steps() -> Vec<Step<Self>> {
+        let step = |name| {
+            Step::new(name, act)
+                .timeout(Duration::from_secs(2))
+                .retry(fast(3))
+                .compensation_timeout(Duration::from_secs(2))
+                .compensation_retry(fast(3))
+        };
+        vec![
+            step("validate").no_compensation("read-only validation"),
+            step("reserve").compensate("release", act),
+            step("charge").compensate("refund", act),
+            step("publish").compensate("unpublish", act),
+        ]
+    }
+}
+
+/// A runner of a fresh [`Shop`] named `instance`.
+pub async fn runner<T: Transport>(t: &T, shop: &Shop, instance: &str) -> SagaRunner<Shop, T> {
+    SagaRunner::builder(t.clone(), shop.clone())
+        .instance(instance)
+        .lease(LEASE)
+        .build()
+        .await
+        .expect("build runner")
+}
+
+/// `n` lifecycle events of saga `id`, read from the `SAGA_EVENTS` stream.
+pub async fn lifecycle<T: Transport>(t: &T, id: &str, n: usize) -> Vec<(Envelope, SagaEvent)> {
+    let durable = format!("events-{id}");
+    let spec = ConsumerSpec::new(
+        "SAGA_EVENTS",
+        durable,
+        SubjectPattern::new("saga.shop.>").expect("pattern"),
+    );
+    let mut c = t.consumer(&spec).await.expect("consumer");
+    let mut out = Vec::new();
+    while out.len() < n {
+        let d = tokio::time::timeout(SOON, c.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {n} lifecycle events of {id}: {out:?}", out.len()))
+            .expect("next");
+        let env = d.envelope().expect("envelope");
+        let event = SagaEvent::decode(env.payload()).expect("saga event");
+        d.ack().await.expect("ack");
+        if event.saga_id == id {
+            out.push((env, event));
+        }
+    }
+    out
+}
+
+fn kinds(events: &[(Envelope, SagaEvent)]) -> Vec<String> {
+    events
+        .iter()
+        .map(|(_, e)| match &e.step {
+            Some(s) => format!("{}:{s}", e.kind.token()),
+            None => e.kind.token().to_owned(),
+        })
+        .collect()
+}
+
+fn states(rec: &SagaRecord<Order>) -> Vec<StepState> {
+    rec.steps.iter().map(|s| s.state).collect()
+}
+
+/// Every step runs once, in order; the record, the data and the lifecycle events say so, with
+/// the starting message's correlation id.
+pub async fn happy_path<T: Transport>(t: T) {
+    let shop = Shop::default();
+    let r = runner(&t, &shop, "node-1").await;
+    let start = Identity::root();
+    let outcome = r
+        .start_with_identity("o-1", Order::default(), start)
+        .await
+        .expect("start");
+    assert_eq!(outcome, SagaOutcome::Completed);
+    assert_eq!(
+        shop.script.calls_of("o-1"),
+        ["+validate", "+reserve", "+charge", "+publish"]
+    );
+    let rec = r.status("o-1").await.expect("status").expect("record");
+    assert_eq!(rec.status, SagaStatus::Completed);
+    assert_eq!(rec.data.done, ["+validate", "+reserve", "+charge", "+publish"]);
+    assert_eq!(states(&rec), [StepState::Completed; 4]);
+    assert!(rec.steps.iter().all(|s| s.attempts == 1));
+    assert!(rec.outbox.is_empty(), "outbox settled");
+    assert_eq!(rec.correlation_id(), start.correlation_id);
+    let events = lifecycle(&t, "o-1", 6).await;
+    assert_eq!(
+        kinds(&events),
+        [
+            "started",
+            "step_completed:validate",
+            "step_completed:reserve",
+            "step_completed:charge",
+            "step_completed:publish",
+            "completed"
+        ]
+    );
+    for (env, e) in &events {
+        assert_eq!(env.correlation_id(), start.correlation_id, "{e:?}");
+        assert_eq!(env.causation_id().into_uuid(), start.message_id.into_uuid());
+        assert_eq!(env.subject().as_str(), format!("saga.shop.{}", e.kind.token()));
+    }
+    // Starting the same id again is refused; nothing runs.
+    let again = r.start("o-1", Order::default()).await;
+    assert!(
+        matches!(again, Err(super::SagaError::AlreadyExists { .. })),
+        "{again:?}"
+    );
+    assert_eq!(shop.script.calls_of("o-1").len(), 4);
+    // Resume finds nothing to do.
+    let report = r.resume().await.expect("resume");
+    assert_eq!(report.settled, 1, "{report:?}");
+    assert!(report.completed.is_empty());
+}
+
+/// A permanent failure at step k compensates exactly the completed steps before it, last first,
+/// skipping the step declared without compensation.
+pub async fn failure_at_each_step_compensates_completed_steps_in_reverse<T: Transport>(t: T) {
+    let shop = Shop::default();
+    let r = runner(&t, &shop, "node-1").await;
+    let expected: [&[&str]; 4] = [
+        &["+validate"],
+        &["+validate", "+reserve"],
+        &["+validate", "+reserve", "+charge", "-reserve"],
+        &["+validate", "+reserve", "+charge", "+publish", "-charge", "-reserve"],
+    ];
+    for (k, step) in STEPS.iter().enumerate() {
+        let id = format!("fail-{k}");
+        let outcome = r.start(&id, Order::failing_at(step)).await.expect("start");
+        assert_eq!(
+            outcome,
+            SagaOutcome::Compensated {
+                failed_step: (*step).to_owned(),
+                error: format!("permanent: {step} refused"),
+            }
+        );
+        assert_eq!(shop.script.calls_of(&id), expected[k], "failure at {step}");
+        let rec = r.status(&id).await.expect("status").expect("record");
+        assert_eq!(rec.status, SagaStatus::Compensated);
+        let done: Vec<String> = expected[k]
+            .iter()
+            .filter(|c| **c != format!("+{step}"))
+            .map(|c| (*c).to_owned())
+            .collect();
+        assert_eq!(rec.data.done, done, "data of failure at {step}");
+        let mut want = vec![StepState::Pending; 4];
+        want[k] = StepState::Failed;
+        for (j, state) in want.iter_mut().enumerate().take(k) {
+            *state = if j == 0 {
+                StepState::NotCompensated
+            } else {
+                StepState::Compensated
+            };
+        }
+        assert_eq!(states(&rec), want, "states after failure at {step}");
+    }
+    let events = lifecycle(&t, "fail-3", 9).await;
+    assert_eq!(
+        kinds(&events),
+        [
+            "started",
+            "step_completed:validate",
+            "step_completed:reserve",
+            "step_completed:charge",
+            "step_failed:publish",
+            "compensating",
+            "step_compensated:charge",
+            "step_compensated:reserve",
+            "compensated",
+        ]
+    );
+    assert_eq!(events[4].1.error.as_deref(), Some("permanent: publish refused"));
+}
+
+/// Transient failures are retried with back-off; a step slower than its timeout fails as
+/// transient, and when its attempts are spent the saga compensates.
+pub async fn transient_failures_and_timeouts_are_retried<T: Transport>(t: T) {
+    let shop = Shop::default();
+    let r = runner(&t, &shop, "node-1").await;
+    lock(&shop.script.flaky).insert("charge", 2);
+    assert_eq!(
+        r.start("flaky", Order::default()).await.expect("start"),
+        SagaOutcome::Completed
+    );
+    assert_eq!(
+        shop.script.calls_of("flaky"),
+        ["+validate", "+reserve", "+charge", "+charge", "+charge", "+publish"]
+    );
+    let rec = r.status("flaky").await.expect("status").expect("record");
+    assert_eq!(rec.step("charge").expect("charge").attempts, 3);
+    let charge_keys: HashSet<String> = lock(&shop.script.calls)
+        .iter()
+        .filter(|c| c.step == "charge")
+        .map(|c| c.key.clone())
+        .collect();
+    assert_eq!(charge_keys.len(), 1, "one idempotency key for every attempt");
+
+    lock(&shop.script.slow).insert("publish", Duration::from_secs(3));
+    let outcome = r.start("slow", Order::default()).await.expect("start");
+    assert_eq!(
+        outcome,
+        SagaOutcome::Compensated {
+            failed_step: "publish".into(),
+            error: "timed out after 2s".into()
+        }
+    );
+    assert_eq!(
+        shop.script.calls_of("slow"),
+        [
+            "+validate",
+            "+reserve",
+            "+charge",
+            "+publish",
+            "+publish",
+            "+publish",
+            "-charge",
+            "-reserve"
+        ]
+    );
+}
+
+/// A compensation that keeps failing is retried per its policy, then the saga needs attention:
+/// visible, not resumed, not looping; once fixed, `retry_compensation` finishes it.
+pub async fn failing_compensation_needs_attention_then_retry<T: Transport>(t: T) {
+    let shop = Shop::default();
+    let r = runner(&t, &shop, "node-1").await;
+    lock(&shop.script.broken).insert("reserve");
+    let outcome = r.start("stuck", Order::failing_at("publish")).await.expect("start");
+    assert_eq!(
+        outcome,
+        SagaOutcome::NeedsAttention {
+            step: "reserve".into(),
+            error: "transient: reserve compensation is broken".into()
+        }
+    );
+    assert_eq!(
+        shop.script.calls_of("stuck"),
+        [
+            "+validate",
+            "+reserve",
+            "+charge",
+            "+publish",
+            "-charge",
+            "-reserve",
+            "-reserve",
+            "-reserve"
+        ]
+    );
+    let rec = r.status("stuck").await.expect("status").expect("record");
+    assert_eq!(rec.status, SagaStatus::NeedsAttention);
+    assert_eq!(
+        states(&rec),
+        [
+            StepState::Completed,
+            StepState::CompensationFailed,
+            StepState::Compensated,
+            StepState::Failed
+        ]
+    );
+    let listed = r.needs_attention().await.expect("needs attention");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, "stuck");
+    // Resume leaves it alone.
+    let report = r.resume().await.expect("resume");
+    assert_eq!(report.needs_attention, ["stuck"], "{report:?}");
+    assert_eq!(shop.script.calls_of("stuck").len(), 8, "no more attempts");
+    // Another runner, too.
+    let other = runner(&t, &shop, "node-2").await;
+    assert!(matches!(
+        other.resume_saga("stuck").await.expect("resume"),
+        SagaOutcome::NeedsAttention { .. }
+    ));
+    assert_eq!(shop.script.calls_of("stuck").len(), 8);
+    let events = lifecycle(&t, "stuck", 8).await;
+    assert_eq!(
+        kinds(&events)[4..],
+        [
+            "step_failed:publish",
+            "compensating",
+            "step_compensated:charge",
+            "compensation_failed:reserve"
+        ][..]
+    );
+    assert_eq!(events[7].1.attempts, Some(3));
+    // Fixed: retry. Only the remaining compensation runs; the charge is not refunded twice.
+    lock(&shop.script.broken).clear();
+    assert_eq!(
+        r.retry_compensation("stuck").await.expect("retry"),
+        SagaOutcome::Compensated {
+            failed_step: "publish".into(),
+            error: "permanent: publish refused".into()
+        }
+    );
+    assert_eq!(shop.script.calls_of("stuck")[8..], ["-reserve"][..]);
+    assert_eq!(shop.script.applications("shop/stuck/charge/compensate"), 1);
+    assert!(r.needs_attention().await.expect("list").is_empty());
+    let again = r.retry_compensation("stuck").await;
+    assert!(
+        matches!(again, Err(super::SagaError::NotNeedingAttention { .. })),
+        "{again:?}"
+    );
+}
+
+/// All crash points of a run of `order`, in order.
+async fn crash_points<T: Transport>(t: &T, id: &str, order: Order) -> Vec<CrashPoint> {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let r = SagaRunner::builder(t.clone(), Shop::default())
+        .instance("dry")
+        .lease(LEASE)
+        .fault_hook(move |p| {
+            lock(&record).push(p.clone());
+            false
+        })
+        .build()
+        .await
+        .expect("runner");
+    r.start(id, order).await.expect("dry run");
+    lock(&seen).clone()
+}
+
+/// For every write of a run (happy, and failing at the last step), crash just before and just
+/// after it, then resume with a fresh runner: the saga ends completed or fully compensated, every
+/// effect happened once, and a step or compensation ran a second time only when the crash fell
+/// between its run and the write recording it (the re-run used the same idempotency key).
+pub async fn crash_at_every_boundary_then_resume<T: Transport>(t: T) {
+    let scenarios: [(&str, Order, SagaOutcome, &[&str]); 2] = [
+        (
+            "ok",
+            Order::default(),
+            SagaOutcome::Completed,
+            &["+validate", "+reserve", "+charge", "+publish"],
+        ),
+        (
+            "ko",
+            Order::failing_at("publish"),
+            SagaOutcome::Compensated {
+                failed_step: "publish".into(),
+                error: "permanent: publish refused".into(),
+            },
+            &["+validate", "+reserve", "+charge", "-charge", "-reserve"],
+        ),
+    ];
+    let mut total = 0;
+    for (name, order, expected, done) in scenarios {
+        let points = crash_points(&t, &format!("dry-{name}"), order.clone()).await;
+        assert!(points.len() >= 16, "{name}: {} crash points", points.len());
+        for (n, point) in points.iter().enumerate() {
+            let id = format!("{name}-{n}");
+            let shop = Shop::default();
+            let counter = Arc::new(AtomicUsize::new(0));
+            let c = counter.clone();
+            let crashing = SagaRunner::builder(t.clone(), shop.clone())
+                .instance("node-1")
+                .lease(LEASE)
+                .fault_hook(move |_| c.fetch_add(1, Ordering::SeqCst) == n)
+                .build()
+                .await
+                .expect("runner");
+            let crashed = crashing.start(&id, order.clone()).await;
+            match crashed {
+                Err(super::SagaError::Crashed(p)) => {
+                    assert_eq!((p.write, p.step, p.moment), (point.write, point.step, point.moment));
+                }
+                other => panic!("{name}: expected a crash at {point}, got {other:?}"),
+            }
+            drop(crashing);
+            // The restarted process (same instance name) resumes at once.
+            let restarted = runner(&t, &shop, "node-1").await;
+            let outcome = restarted.resume_saga(&id).await;
+            if point.write == Write::Create && point.moment == Moment::Before {
+                assert!(matches!(outcome, Err(super::SagaError::NotFound { .. })), "{outcome:?}");
+                assert!(shop.script.calls_of(&id).is_empty());
+                continue;
+            }
+            let outcome = outcome.unwrap_or_else(|e| panic!("{name}: resume after crash at {point}: {e}"));
+            assert_eq!(outcome, expected, "{name}: crash at {point}");
+            let rec = restarted.status(&id).await.expect("status").expect("record");
+            assert_eq!(rec.data.done, done, "{name}: data after crash at {point}");
+            assert!(rec.outbox.is_empty(), "{name}: outbox after crash at {point}");
+            // Invocations: once each, twice only for the one whose outcome write was cut off.
+            let mut per_key: HashMap<String, u32> = HashMap::new();
+            for c in lock(&shop.script.calls).iter().filter(|c| c.saga_id == id) {
+                *per_key.entry(c.key.clone()).or_insert(0) += 1;
+            }
+            let cut_off = (point.moment == Moment::Before)
+                .then(|| match (point.write, point.step) {
+                    (Write::StepCompleted | Write::StepFailed, Some(s)) => Some(format!("shop/{id}/{s}")),
+                    (Write::StepCompensated | Write::CompensationFailed, Some(s)) => {
+                        Some(format!("shop/{id}/{s}/compensate"))
+                    }
+                    _ => None,
+                })
+                .flatten();
+            for (key, count) in &per_key {
+                let allowed = if Some(key) == cut_off.as_ref() { 2 } else { 1 };
+                assert_eq!(*count, allowed, "{name}: runs of {key} after crash at {point}");
+                if key.ends_with("/compensate") {
+                    assert!(shop.script.applications(key) <= allowed);
+                }
+            }
+            total += 1;
+        }
+    }
+    assert!(total >= 34, "{total} crash points exercised");
+}
+
+/// Two runners start the same saga at once: one drives it, the other is refused; every step
+/// runs once.
+pub async fn racing_starts_drive_once<T: Transport>(t: T) {
+    let shop = Shop::default();
+    *lock(&shop.script.pause) = Duration::from_millis(20);
+    let a = runner(&t, &shop, "node-a").await;
+    let b = runner(&t, &shop, "node-b").await;
+    let (ra, rb) = tokio::join!(a.start("race", Order::default()), b.start("race", Order::default()));
+    let results = [ra, rb];
+    let completed = results
+        .iter()
+        .filter(|r| matches!(r, Ok(SagaOutcome::Completed)))
+        .count();
+    let refused = results
+        .iter()
+        .filter(|r| matches!(r, Err(super::SagaError::AlreadyExists { .. })))
+        .count();
+    assert_eq!((completed, refused), (1, 1), "{results:?}");
+    assert_eq!(
+        shop.script.calls_of("race"),
+        ["+validate", "+reserve", "+charge", "+publish"]
+    );
+}
+
+/// A saga left unfinished by a crashed runner: another runner leaves it alone while the lease
+/// runs, then two runners resume it at once; exactly one drives it, every step runs once.
+pub async fn racing_resumes_drive_once<T: Transport>(t: T) {
+    let shop = Shop::default();
+    let crashing = SagaRunner::builder(t.clone(), shop.clone())
+        .instance("node-a")
+        .lease(LEASE)
+        .fault_hook(|p| p.write == Write::StepCompleted && p.step == Some("reserve") && p.moment == Moment::After)
+        .build()
+        .await
+        .expect("runner");
+    assert!(matches!(
+        crashing.start("orphan", Order::default()).await,
+        Err(super::SagaError::Crashed(_))
+    ));
+    let b = runner(&t, &shop, "node-b").await;
+    let c = runner(&t, &shop, "node-c").await;
+    assert_eq!(
+        b.resume_saga("orphan").await.expect("resume"),
+        SagaOutcome::Busy { owner: "node-a".into() }
+    );
+    let report = b.resume().await.expect("resume all");
+    assert_eq!(report.busy, ["orphan"], "{report:?}");
+    tokio::time::sleep(LEASE + Duration::from_millis(300)).await;
+    *lock(&shop.script.pause) = Duration::from_millis(20);
+    let (rb, rc) = tokio::join!(b.resume_saga("orphan"), c.resume_saga("orphan"));
+    let results = [rb.expect("b"), rc.expect("c")];
+    let drove = results.iter().filter(|r| **r == SagaOutcome::Completed).count();
+    let stood_back = results
+        .iter()
+        .filter(|r| matches!(r, SagaOutcome::Busy { .. } | SagaOutcome::Lost))
+        .count();
+    assert_eq!((drove, stood_back), (1, 1), "{results:?}");
+    assert_eq!(
+        shop.script.calls_of("orphan"),
+        ["+validate", "+reserve", "+charge", "+publish"]
+    );
+    let rec = b.status("orphan").await.expect("status").expect("record");
+    assert_eq!(rec.status, SagaStatus::Completed);
+}
+
+/// A runner whose compare-and-set write loses (another runner took the saga over meanwhile)
+/// stops at once: its step's outcome is not recorded and nothing further runs.
+pub async fn loser_of_a_write_race_stops<T: Transport>(t: T) {
+    let shop = Shop::default();
+    let r = runner(&t, &shop, "node-a").await;
+    let kv = r.store().clone();
+    *lock(&shop.script.interfere) = Some(Box::new(move || {
+        Box::pin(async move {
+            // Another runner's write: same content, owned by an intruder, new revision.
+            let entry = kv.get("contested").await.expect("get").expect("record");
+            let mut rec: serde_json::Value = serde_json::from_slice(&entry.value).expect("json");
+            rec["owner"] = "intruder".into();
+            kv.update(
+                "contested",
+                serde_json::to_vec(&rec).expect("json").into(),
+                entry.revision,
+            )
+            .await
+            .expect("intruder write");
+        })
+    }));
+    assert_eq!(
+        r.start("contested", Order::default()).await.expect("start"),
+        SagaOutcome::Lost
+    );
+    assert_eq!(shop.script.calls_of("contested"), ["+validate"]);
+    let rec = r.status("contested").await.expect("status").expect("record");
+    assert_eq!(rec.owner, "intruder");
+    assert_eq!(rec.status, SagaStatus::Running);
+    assert_eq!(rec.step("validate").expect("validate").state, StepState::Running);
+}
+
+/// The decoded start event of [`started_by_an_event`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OrderPlaced {
+    pub version: String,
+    pub order: String,
+}
+
+/// A saga registered as a handler starts on `order.placed`, with the message's correlation id;
+/// a second message for the same order does not start it again.
+pub async fn started_by_an_event<T: Transport>(t: T) {
+    let shop = Shop::default();
+    let r = runner(&t, &shop, "node-1").await;
+    let registration = r.start_on(
+        "start_shop",
+        SubjectPattern::new("order.placed").expect("pattern"),
+        "OrderPlaced",
+        |b: &[u8]| serde_json::from_slice::<OrderPlaced>(b),
+        |_ctx: &Context, e: OrderPlaced| Ok((e.order, Order::default())),
+    );
+    let svc = Service::builder(t.clone(), "shop")
+        .handler("shop", registration)
+        .start()
+        .await
+        .expect("service");
+    t.ensure_stream(&StreamSpec::for_domain("order", None).expect("spec"))
+        .await
+        .expect("stream");
+    let body = serde_json::to_vec(&OrderPlaced {
+        version: "1.0".into(),
+        order: "o-77".into(),
+    })
+    .expect("json");
+    let subject = Subject::new("order.placed").expect("subject");
+    let first = Envelope::root(subject.clone(), body.clone()).typed("OrderPlaced", "1.0");
+    t.publish_and_wait((&first).into()).await.expect("publish");
+    let deadline = tokio::time::Instant::now() + SOON;
+    let rec = loop {
+        if let Some(rec) = r.status("o-77").await.expect("status")
+            && rec.status == SagaStatus::Completed
+        {
+            break rec;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "saga not completed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(rec.identity, *first.identity());
+    let events = lifecycle(&t, "o-77", 6).await;
+    assert!(
+        events
+            .iter()
+            .all(|(env, _)| env.correlation_id() == first.correlation_id())
+    );
+    // Another message for the same order: the saga is found, not started again.
+    let second = Envelope::root(subject, body).typed("OrderPlaced", "1.0");
+    t.publish_and_wait((&second).into()).await.expect("publish");
+    let deadline = tokio::time::Instant::now() + SOON;
+    while svc.stats().iter().map(|s| s.succeeded).sum::<u64>() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "second message not handled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(shop.script.calls_of("o-77").len(), 4);
+    svc.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Garbage in the bucket is a typed error for queries and a line in the resume report, never a
+/// panic, and does not stop other sagas from resuming.
+pub async fn corrupt_records_are_reported<T: Transport>(t: T) {
+    let shop = Shop::default();
+    let r = runner(&t, &shop, "node-1").await;
+    let kv = r.store().clone();
+    kv.put("garbage", bytes::Bytes::from_static(b"\x00not json"))
+        .await
+        .expect("put");
+    kv.put("future", bytes::Bytes::from_static(br#"{"format":99}"#))
+        .await
+        .expect("put");
+    kv.put("wrong-data", bytes::Bytes::from_static(br#"{"format":1,"data":42}"#))
+        .await
+        .expect("put");
+    let crashing = SagaRunner::builder(t.clone(), shop.clone())
+        .instance("node-1")
+        .lease(LEASE)
+        .fault_hook(|p| p.write == Write::StepStarted && p.step == Some("charge"))
+        .build()
+        .await
+        .expect("runner");
+    assert!(crashing.start("fine", Order::default()).await.is_err());
+    for id in ["garbage", "future", "wrong-data"] {
+        let e = r.status(id).await.expect_err("corrupt");
+        assert!(matches!(e, super::SagaError::Corrupt { .. }), "{e}");
+    }
+    let bad_id = r.status("no.dots").await.expect_err("invalid id");
+    assert!(matches!(bad_id, super::SagaError::InvalidId { .. }), "{bad_id}");
+    let report = r.resume().await.expect("resume");
+    assert_eq!(report.completed, ["fine"], "{report:?}");
+    let failed: Vec<&str> = report.failed.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(failed, ["future", "garbage", "wrong-data"], "{report:?}");
+    assert!(r.needs_attention().await.expect("list").is_empty());
+}

@@ -1,0 +1,87 @@
+//! Lifecycle events of sagas: `saga.{name}.{kind}` on the `SAGA_EVENTS` stream.
+
+use serde::{Deserialize, Serialize};
+
+/// The domain (first subject token) of lifecycle events: `saga.{name}.{kind}`, captured by the
+/// stream `SAGA_EVENTS` on `saga.>`.
+pub const SAGA_EVENTS_DOMAIN: &str = "saga";
+/// `X-Event-Type` of lifecycle events.
+pub const SAGA_EVENT_TYPE: &str = "SagaEvent";
+/// The payload version of lifecycle events.
+pub const SAGA_EVENT_VERSION: &str = "1.0";
+
+/// What happened to a saga instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SagaEventKind {
+    /// The instance was created.
+    Started,
+    /// A step completed.
+    StepCompleted,
+    /// A step failed for good (after its retries).
+    StepFailed,
+    /// Compensation began.
+    Compensating,
+    /// One step was compensated.
+    StepCompensated,
+    /// Every step completed.
+    Completed,
+    /// Every completed step was compensated.
+    Compensated,
+    /// A compensation failed for good: the saga needs attention.
+    CompensationFailed,
+}
+
+impl SagaEventKind {
+    /// The subject token: `started`, `step_completed`, ...
+    pub fn token(self) -> &'static str {
+        match self {
+            Self::Started => "started",
+            Self::StepCompleted => "step_completed",
+            Self::StepFailed => "step_failed",
+            Self::Compensating => "compensating",
+            Self::StepCompensated => "step_compensated",
+            Self::Completed => "completed",
+            Self::Compensated => "compensated",
+            Self::CompensationFailed => "compensation_failed",
+        }
+    }
+}
+
+/// The payload of a lifecycle event: `{"version":"1.0","kind":"step_completed",...}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SagaEvent {
+    /// Always [`SAGA_EVENT_VERSION`].
+    pub version: String,
+    /// What happened.
+    pub kind: SagaEventKind,
+    /// The saga type's name.
+    pub saga: String,
+    /// The instance's id.
+    pub saga_id: String,
+    /// The step concerned, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    /// The error, for failures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Attempts made, for failures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
+    /// The event's number within the instance (0 for `started`); its message id derives from it.
+    pub seq: u32,
+}
+
+impl SagaEvent {
+    /// Decodes a payload, refusing other versions. Never panics.
+    pub fn decode(payload: &[u8]) -> Result<Self, String> {
+        let e: Self = serde_json::from_slice(payload).map_err(|e| format!("invalid saga event: {e}"))?;
+        if e.version != SAGA_EVENT_VERSION {
+            return Err(format!(
+                "saga event version `{}`, expected `{SAGA_EVENT_VERSION}`",
+                e.version
+            ));
+        }
+        Ok(e)
+    }
+}

@@ -1,0 +1,191 @@
+//! The persisted saga log: one [`SagaRecord`] per instance, JSON in the key-value bucket.
+
+use super::events::SagaEvent;
+use crate::id::Identity;
+use crate::timestamp::Timestamp;
+use serde::{Deserialize, Serialize};
+
+/// The format number written into every record; a record with another one is reported as
+/// corrupt rather than misread.
+pub const RECORD_FORMAT: u32 = 1;
+
+/// Where a saga instance stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SagaStatus {
+    /// Running its steps forward.
+    Running,
+    /// A step failed; running compensations in reverse.
+    Compensating,
+    /// Every step completed. Final.
+    Completed,
+    /// A step failed and every completed step was compensated. Final.
+    Compensated,
+    /// A compensation failed for good; left for a person. Listed by
+    /// [`SagaRunner::needs_attention`](super::SagaRunner::needs_attention), not resumed, driven on
+    /// by [`SagaRunner::retry_compensation`](super::SagaRunner::retry_compensation).
+    NeedsAttention,
+}
+
+impl SagaStatus {
+    /// `true` for a status no runner drives on by itself.
+    pub fn is_settled(self) -> bool {
+        matches!(self, Self::Completed | Self::Compensated | Self::NeedsAttention)
+    }
+}
+
+/// Where one step stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepState {
+    /// Not started.
+    Pending,
+    /// An attempt was started (the intent is persisted); its outcome is not (yet) recorded. After
+    /// a crash it is run again, with the same idempotency key.
+    Running,
+    /// Completed; its data changes are persisted.
+    Completed,
+    /// Failed for good; it caused compensation.
+    Failed,
+    /// Its compensation was started; its outcome is not (yet) recorded.
+    Compensating,
+    /// Its compensation completed.
+    Compensated,
+    /// Completed, and declared to need no compensation: skipped while compensating.
+    NotCompensated,
+    /// Its compensation failed for good: the saga needs attention.
+    CompensationFailed,
+}
+
+/// The log entry of one step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// The step's name.
+    pub name: String,
+    /// Its state.
+    pub state: StepState,
+    /// Attempts started, crashed ones included.
+    pub attempts: u32,
+    /// Compensation attempts started, crashed ones included (reset by
+    /// [`retry_compensation`](super::SagaRunner::retry_compensation)).
+    pub compensation_attempts: u32,
+    /// The last error of the step or its compensation.
+    pub error: Option<String>,
+}
+
+/// The persisted state and log of one saga instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(bound(deserialize = "D: serde::de::DeserializeOwned"))]
+pub struct SagaRecord<D> {
+    /// [`RECORD_FORMAT`].
+    pub format: u32,
+    /// The saga type's name.
+    pub saga: String,
+    /// This instance's id (the key in the bucket).
+    pub id: String,
+    /// The identity of the message that started it (a fresh root for a direct start); its
+    /// correlation id is the saga's.
+    pub identity: Identity,
+    /// When it started.
+    pub started_at: Timestamp,
+    /// Where it stands.
+    pub status: SagaStatus,
+    /// The saga's data, as of the last completed step or compensation.
+    pub data: D,
+    /// One entry per step of the table, in order.
+    pub steps: Vec<StepRecord>,
+    /// Lifecycle events numbered so far (their message ids derive from the number).
+    pub event_seq: u32,
+    /// Lifecycle events decided by the last write and perhaps not yet published; published after
+    /// each write, cleared by the next.
+    pub outbox: Vec<SagaEvent>,
+    /// The runner instance that wrote last.
+    pub owner: String,
+    /// Until when (Unix milliseconds) `owner` may be driving it: other runners leave it alone
+    /// until then.
+    pub lease_until_ms: i64,
+    /// How many times [`retry_compensation`](super::SagaRunner::retry_compensation) was used.
+    pub round: u32,
+}
+
+impl<D> SagaRecord<D> {
+    /// The saga's correlation id.
+    pub fn correlation_id(&self) -> crate::id::CorrelationId {
+        self.identity.correlation_id
+    }
+    /// The entry of the step named `name`.
+    pub fn step(&self, name: &str) -> Option<&StepRecord> {
+        self.steps.iter().find(|s| s.name == name)
+    }
+}
+
+/// Why a stored record cannot be used.
+pub(crate) fn decode<D: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<SagaRecord<D>, String> {
+    #[derive(Deserialize)]
+    struct Format {
+        format: Option<u32>,
+    }
+    let f: Format = serde_json::from_slice(bytes).map_err(|e| format!("not a saga record: {e}"))?;
+    match f.format {
+        Some(RECORD_FORMAT) => {}
+        Some(other) => return Err(format!("record format {other}, this runtime reads {RECORD_FORMAT}")),
+        None => return Err("not a saga record: no `format` field".to_owned()),
+    }
+    serde_json::from_slice(bytes).map_err(|e| format!("invalid saga record: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_records_are_errors_not_panics() {
+        for bad in [
+            &b""[..],
+            b"null",
+            b"[]",
+            b"{}",
+            br#"{"format":2}"#,
+            br#"{"format":1}"#,
+            br#"{"format":"1"}"#,
+            b"\xff\xfe",
+        ] {
+            assert!(decode::<u32>(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let r = SagaRecord {
+            format: RECORD_FORMAT,
+            saga: "s".into(),
+            id: "a".into(),
+            identity: Identity::root(),
+            started_at: Timestamp::now(),
+            status: SagaStatus::Running,
+            data: 7u32,
+            steps: vec![StepRecord {
+                name: "x".into(),
+                state: StepState::Pending,
+                attempts: 0,
+                compensation_attempts: 0,
+                error: None,
+            }],
+            event_seq: 0,
+            outbox: vec![],
+            owner: "me".into(),
+            lease_until_ms: 0,
+            round: 0,
+        };
+        let bytes = serde_json::to_vec(&r).unwrap();
+        assert_eq!(decode::<u32>(&bytes).unwrap(), r);
+        assert!(decode::<String>(&bytes).unwrap_err().contains("invalid saga record"));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            let _ = decode::<serde_json::Value>(&bytes);
+        }
+    }
+}

@@ -1,0 +1,1079 @@
+//! [`SagaRunner`]: drives saga instances through their persisted log.
+//!
+//! # Writes and crash windows
+//!
+//! Every transition is one compare-and-set write of the whole [`SagaRecord`]:
+//!
+//! | write | persisted | decided lifecycle events |
+//! | --- | --- | --- |
+//! | [`Write::Create`] | status `running`, all steps `pending` | `started` |
+//! | [`Write::StepStarted`] | step `running`, attempts + 1 | |
+//! | [`Write::StepCompleted`] | step `completed`, the step's data changes | `step_completed` |
+//! | [`Write::StepFailed`] | step `failed`, status `compensating` | `step_failed`, `compensating` |
+//! | [`Write::CompensationStarted`] | step `compensating`, compensation attempts + 1 | |
+//! | [`Write::StepCompensated`] | step `compensated`, the compensation's data changes | `step_compensated` |
+//! | [`Write::CompensationFailed`] | step `compensation_failed`, status `needs_attention` | `compensation_failed` |
+//! | [`Write::Finish`] | status `completed` / `compensated` | `completed` / `compensated` |
+//! | [`Write::Settle`] | the outbox emptied after a final write | |
+//!
+//! Events are put in the record's outbox by the write that decides them and published right
+//! after it, with message ids derived from (saga, id, event number): a crash between the write
+//! and the publish re-publishes them on resume, and the duplicate window drops repeats.
+//!
+//! A crash before a `*Started` write loses nothing (the step had not run). A crash after it and
+//! before the matching outcome write leaves the step (or compensation) `running`
+//! (`compensating`): on resume it runs again, with the same idempotency key, as a new attempt
+//! counted against its retry policy. That is the only case in which user code runs twice, and the
+//! key exists for it. A step or compensation whose outcome write succeeded never runs again.
+
+use super::context::StepContext;
+use super::events::{SAGA_EVENT_TYPE, SAGA_EVENT_VERSION, SAGA_EVENTS_DOMAIN, SagaEvent, SagaEventKind};
+use super::record::{self, RECORD_FORMAT, SagaRecord, SagaStatus, StepRecord, StepState};
+use super::{Compensation, Saga, Step, StepFn, StepPolicy};
+use crate::envelope::Envelope;
+use crate::handler::{Context, HandlerError, Registration};
+use crate::id::Identity;
+use crate::subject::{Subject, SubjectPattern};
+use crate::timestamp::Timestamp;
+use crate::transport::{KeyValue, KvError, KvSpec, StreamSpec, Transport, TransportError};
+use bytes::Bytes;
+use futures::FutureExt;
+use std::collections::HashSet;
+use std::fmt;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The default lease: how long after a runner's last write other runners leave its saga alone
+/// (on top of the running step's timeout and back-off).
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+
+/// Which persisted write a [`CrashPoint`] surrounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Write {
+    /// The record is created.
+    Create,
+    /// A step attempt's intent.
+    StepStarted,
+    /// A step's completion.
+    StepCompleted,
+    /// A step's final failure (compensation begins).
+    StepFailed,
+    /// A compensation attempt's intent.
+    CompensationStarted,
+    /// A compensation's completion.
+    StepCompensated,
+    /// A compensation's final failure (the saga needs attention).
+    CompensationFailed,
+    /// The final status (completed or compensated).
+    Finish,
+    /// The outbox is emptied after a settled status was published.
+    Settle,
+    /// [`SagaRunner::retry_compensation`] resets a saga that needs attention.
+    RetryCompensation,
+}
+
+/// Before or after a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Moment {
+    /// Just before the write is sent.
+    Before,
+    /// Just after the write succeeded (before its events are published).
+    After,
+}
+
+/// A step boundary at which a test can make the runner stop as if its process died.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CrashPoint {
+    /// The saga instance.
+    pub saga_id: String,
+    /// The write.
+    pub write: Write,
+    /// The step the write concerns, if any.
+    pub step: Option<&'static str>,
+    /// Before or after it.
+    pub moment: Moment,
+}
+
+impl fmt::Display for CrashPoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?} {:?}", self.moment, self.write)?;
+        if let Some(s) = self.step {
+            write!(f, " of `{s}`")?;
+        }
+        write!(f, " (saga `{}`)", self.saga_id)
+    }
+}
+
+/// A fault-injection hook for tests: called at every [`CrashPoint`]; returning `true` makes the
+/// runner stop there with [`SagaError::Crashed`], writing and publishing nothing more, as if its
+/// process had died.
+pub type FaultHook = Arc<dyn Fn(&CrashPoint) -> bool + Send + Sync>;
+
+/// What went wrong driving a saga.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SagaError {
+    /// The saga id is not usable as a key.
+    #[error("invalid saga id `{id}`: {reason}")]
+    InvalidId {
+        /// The id, cut to 64 characters.
+        id: String,
+        /// Why.
+        reason: String,
+    },
+    /// The step table is not valid (hand-written tables; `#[saga]` checks at compile time).
+    #[error("invalid saga definition: {0}")]
+    Definition(String),
+    /// An instance with this id exists already.
+    #[error("saga `{id}` exists already; use resume_saga to drive it on")]
+    AlreadyExists {
+        /// The id.
+        id: String,
+    },
+    /// No instance with this id.
+    #[error("no saga `{id}`")]
+    NotFound {
+        /// The id.
+        id: String,
+    },
+    /// The stored record cannot be read, or does not fit this saga's step table.
+    #[error("saga `{id}` has an unusable record: {reason}; inspect or delete the key")]
+    Corrupt {
+        /// The id.
+        id: String,
+        /// Why.
+        reason: String,
+    },
+    /// Another runner wrote the record first; this one stopped. Drive calls report it as
+    /// [`SagaOutcome::Lost`].
+    #[error("saga `{id}` was written by another runner; this one stopped")]
+    Conflict {
+        /// The id.
+        id: String,
+    },
+    /// [`SagaRunner::retry_compensation`] on a saga that does not need attention.
+    #[error("saga `{id}` is {status:?}, not needs_attention")]
+    NotNeedingAttention {
+        /// The id.
+        id: String,
+        /// Its status.
+        status: SagaStatus,
+    },
+    /// The record could not be encoded.
+    #[error("cannot encode saga `{id}`: {reason}")]
+    Encode {
+        /// The id.
+        id: String,
+        /// What serde said.
+        reason: String,
+    },
+    /// The key-value store failed.
+    #[error(transparent)]
+    KeyValue(#[from] KvError),
+    /// Publishing lifecycle events or provisioning their stream failed.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// A [`FaultHook`] stopped the runner here (tests only).
+    #[error("injected crash at {0}")]
+    Crashed(CrashPoint),
+}
+
+impl SagaError {
+    /// `true` if trying again later may succeed (the store or the server was unreachable). The
+    /// saga is left as persisted; [`SagaRunner::resume`] picks it up.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::KeyValue(e) => e.is_transient(),
+            Self::Transport(e) => e.is_transient(),
+            Self::Crashed(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// Where a drive call left a saga.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SagaOutcome {
+    /// Every step completed.
+    Completed,
+    /// `failed_step` failed and every completed step was compensated.
+    Compensated {
+        /// The step that failed.
+        failed_step: String,
+        /// Its error.
+        error: String,
+    },
+    /// The compensation of `step` failed for good; the saga waits for a person.
+    NeedsAttention {
+        /// The step whose compensation failed.
+        step: String,
+        /// The compensation's error.
+        error: String,
+    },
+    /// Another runner holds the saga's lease; this one left it alone.
+    Busy {
+        /// The other runner.
+        owner: String,
+    },
+    /// Another runner wrote the saga first; this one stopped.
+    Lost,
+}
+
+/// What [`SagaRunner::resume`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResumeReport {
+    /// Driven to completion.
+    pub completed: Vec<String>,
+    /// Driven to full compensation.
+    pub compensated: Vec<String>,
+    /// Driven into needs-attention, or found there.
+    pub needs_attention: Vec<String>,
+    /// Left alone: another runner holds the lease.
+    pub busy: Vec<String>,
+    /// Stopped: another runner wrote first.
+    pub lost: Vec<String>,
+    /// Already completed or compensated.
+    pub settled: usize,
+    /// Could not be driven (corrupt record, store unreachable), with the reason.
+    pub failed: Vec<(String, String)>,
+}
+
+/// A clock for leases: wall-clock milliseconds anchored at the runner's creation, advanced by
+/// tokio's clock, so leases expire under paused test time as they do in production.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    wall0_ms: i64,
+    inst0: tokio::time::Instant,
+}
+
+impl Clock {
+    fn new() -> Self {
+        Self {
+            wall0_ms: Timestamp::now().unix_millis(),
+            inst0: tokio::time::Instant::now(),
+        }
+    }
+    fn now_ms(&self) -> i64 {
+        self.wall0_ms.saturating_add(millis(self.inst0.elapsed()))
+    }
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+struct Inner<S: Saga, T: Transport> {
+    saga: S,
+    steps: Vec<Step<S>>,
+    transport: T,
+    kv: T::KeyValue,
+    instance: String,
+    lease: Duration,
+    clock: Clock,
+    events_subject: Subject,
+    hook: Option<FaultHook>,
+}
+
+/// Drives instances of the saga `S` over the transport `T`. Cheap to clone.
+pub struct SagaRunner<S: Saga, T: Transport> {
+    inner: Arc<Inner<S, T>>,
+}
+
+impl<S: Saga, T: Transport> Clone for SagaRunner<S, T> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<S: Saga, T: Transport> fmt::Debug for SagaRunner<S, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SagaRunner")
+            .field("saga", &S::NAME)
+            .field("instance", &self.inner.instance)
+            .field("steps", &self.inner.steps)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Configures and builds a [`SagaRunner`].
+pub struct SagaRunnerBuilder<S: Saga, T: Transport> {
+    transport: T,
+    saga: S,
+    instance: Option<String>,
+    lease: Duration,
+    bucket: Option<String>,
+    hook: Option<FaultHook>,
+}
+
+impl<S: Saga, T: Transport> fmt::Debug for SagaRunnerBuilder<S, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SagaRunnerBuilder")
+            .field("saga", &S::NAME)
+            .field("instance", &self.instance)
+            .field("lease", &self.lease)
+            .field("bucket", &self.bucket)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Saga, T: Transport> SagaRunnerBuilder<S, T> {
+    /// This runner's name, written into every record it drives. A process restarted with the same
+    /// name resumes its own sagas at once; other runners wait for the lease to run out. Default:
+    /// a fresh `{saga}-{uuid}` (so a restart waits for the lease). Use a stable name per process
+    /// slot (a pod name) in production.
+    pub fn instance(mut self, instance: impl Into<String>) -> Self {
+        self.instance = Some(instance.into());
+        self
+    }
+    /// How long after a write the writer keeps the saga to itself (plus the running step's
+    /// timeout and back-off). Default [`DEFAULT_LEASE`].
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+    /// The key-value bucket; default `cim_saga_{NAME}`.
+    pub fn bucket(mut self, bucket: impl Into<String>) -> Self {
+        self.bucket = Some(bucket.into());
+        self
+    }
+    /// Installs a fault-injection hook (tests).
+    pub fn fault_hook(mut self, hook: impl Fn(&CrashPoint) -> bool + Send + Sync + 'static) -> Self {
+        self.hook = Some(Arc::new(hook));
+        self
+    }
+
+    /// Checks the step table, opens the bucket and provisions the lifecycle stream.
+    pub async fn build(self) -> Result<SagaRunner<S, T>, SagaError> {
+        let steps = S::steps();
+        check_definition::<S>(&steps)?;
+        let bucket = self.bucket.unwrap_or_else(|| format!("cim_saga_{}", S::NAME));
+        let kv = self.transport.key_value(&KvSpec::new(bucket)).await?;
+        let stream = StreamSpec::for_domain(SAGA_EVENTS_DOMAIN, None)?;
+        match self.transport.ensure_stream(&stream).await {
+            Err(TransportError::StreamConflict { stream, detail }) => {
+                tracing::info!(%stream, %detail, "publishing saga events to an existing stream with other settings");
+            }
+            other => other?,
+        }
+        let events_subject = Subject::from_tokens([SAGA_EVENTS_DOMAIN, S::NAME])
+            .map_err(|e| SagaError::Definition(format!("saga name `{}`: {e}", S::NAME)))?;
+        let instance = self
+            .instance
+            .unwrap_or_else(|| format!("{}-{}", S::NAME, uuid::Uuid::now_v7()));
+        Ok(SagaRunner {
+            inner: Arc::new(Inner {
+                saga: self.saga,
+                steps,
+                transport: self.transport,
+                kv,
+                instance,
+                lease: self.lease,
+                clock: Clock::new(),
+                events_subject,
+                hook: self.hook,
+            }),
+        })
+    }
+}
+
+fn check_definition<S: Saga>(steps: &[Step<S>]) -> Result<(), SagaError> {
+    let bad = |m: String| Err(SagaError::Definition(m));
+    if let Err(e) = crate::subject::check_token(S::NAME) {
+        return bad(format!("saga name `{}`: {e}", S::NAME));
+    }
+    if steps.is_empty() {
+        return bad(format!("saga `{}` has no steps", S::NAME));
+    }
+    let mut names = HashSet::new();
+    let mut compensations = HashSet::new();
+    for s in steps {
+        if let Err(e) = crate::subject::check_token(s.name) {
+            return bad(format!("step name `{}`: {e}", s.name));
+        }
+        if !names.insert(s.name) {
+            return bad(format!("two steps are named `{}`", s.name));
+        }
+        match &s.compensation {
+            Compensation::Undeclared => {
+                return bad(format!(
+                    "step `{}` declares no compensation: add `.compensate(name, f)` or `.no_compensation(reason)`",
+                    s.name
+                ));
+            }
+            Compensation::By { name, .. } if !compensations.insert(*name) => {
+                return bad(format!("compensation `{name}` is used by two steps"));
+            }
+            _ => {}
+        }
+        if s.policy.timeout.is_zero() || s.compensation_policy.timeout.is_zero() {
+            return bad(format!("step `{}`: timeouts must be positive", s.name));
+        }
+    }
+    Ok(())
+}
+
+/// A record being driven, with the revision it was read or written at.
+struct Run<D> {
+    rec: SagaRecord<D>,
+    rev: u64,
+    /// The last write persisted a non-empty outbox (so a final status needs a settle write).
+    outbox_persisted: bool,
+}
+
+impl<S: Saga, T: Transport> SagaRunner<S, T> {
+    /// A builder for a runner of `saga` over `transport`.
+    pub fn builder(transport: T, saga: S) -> SagaRunnerBuilder<S, T> {
+        SagaRunnerBuilder {
+            transport,
+            saga,
+            instance: None,
+            lease: DEFAULT_LEASE,
+            bucket: None,
+            hook: None,
+        }
+    }
+
+    /// This runner's instance name.
+    pub fn instance(&self) -> &str {
+        &self.inner.instance
+    }
+    /// The saga (its dependencies).
+    pub fn saga(&self) -> &S {
+        &self.inner.saga
+    }
+    /// The step table.
+    pub fn steps(&self) -> &[Step<S>] {
+        &self.inner.steps
+    }
+    /// The key-value bucket holding the records.
+    pub fn store(&self) -> &T::KeyValue {
+        &self.inner.kv
+    }
+
+    /// Starts a saga `id` (`[A-Za-z0-9_-]+`, e.g. a document id) with `data`, as the root of a new
+    /// conversation, and drives it until it settles.
+    pub async fn start(&self, id: &str, data: S::Data) -> Result<SagaOutcome, SagaError> {
+        self.start_with_identity(id, data, Identity::root()).await
+    }
+
+    /// Starts a saga as caused by the message with `identity`: its correlation id becomes the
+    /// saga's. Fails with [`SagaError::AlreadyExists`] if `id` exists.
+    pub async fn start_with_identity(
+        &self,
+        id: &str,
+        data: S::Data,
+        identity: Identity,
+    ) -> Result<SagaOutcome, SagaError> {
+        check_id(id)?;
+        let mut rec = SagaRecord {
+            format: RECORD_FORMAT,
+            saga: S::NAME.to_owned(),
+            id: id.to_owned(),
+            identity,
+            started_at: Timestamp::now(),
+            status: SagaStatus::Running,
+            data,
+            steps: self
+                .inner
+                .steps
+                .iter()
+                .map(|s| StepRecord {
+                    name: s.name.to_owned(),
+                    state: StepState::Pending,
+                    attempts: 0,
+                    compensation_attempts: 0,
+                    error: None,
+                })
+                .collect(),
+            event_seq: 0,
+            outbox: Vec::new(),
+            owner: self.inner.instance.clone(),
+            lease_until_ms: self.inner.clock.now_ms().saturating_add(millis(self.inner.lease)),
+            round: 0,
+        };
+        emit(&mut rec, SagaEventKind::Started, None, None, None);
+        self.fault(id, Write::Create, None, Moment::Before)?;
+        let rev = match self.inner.kv.create(id, encode(&rec)?).await {
+            Ok(rev) => rev,
+            Err(KvError::AlreadyExists { .. }) => return Err(SagaError::AlreadyExists { id: id.to_owned() }),
+            Err(e) => return Err(e.into()),
+        };
+        self.fault(id, Write::Create, None, Moment::After)?;
+        tracing::debug!(saga = S::NAME, id, correlation_id = %rec.identity.correlation_id, "saga started");
+        let mut run = Run {
+            rec,
+            rev,
+            outbox_persisted: true,
+        };
+        self.publish_outbox(&mut run).await?;
+        self.drive(run).await
+    }
+
+    /// Drives the existing saga `id` on, unless it is settled (its outcome is returned) or
+    /// another runner's lease on it is running ([`SagaOutcome::Busy`]).
+    pub async fn resume_saga(&self, id: &str) -> Result<SagaOutcome, SagaError> {
+        let run = self.load(id).await?;
+        self.resume_loaded(run).await
+    }
+
+    async fn resume_loaded(&self, run: Run<S::Data>) -> Result<SagaOutcome, SagaError> {
+        let rec = &run.rec;
+        if rec.status.is_settled() && rec.outbox.is_empty() {
+            return Ok(outcome_of(rec));
+        }
+        if rec.owner != self.inner.instance && self.inner.clock.now_ms() < rec.lease_until_ms {
+            return Ok(SagaOutcome::Busy {
+                owner: rec.owner.clone(),
+            });
+        }
+        tracing::info!(saga = S::NAME, id = %rec.id, status = ?rec.status, previous_owner = %rec.owner, "resuming saga");
+        self.drive(run).await
+    }
+
+    /// Finds every unfinished saga in the bucket and drives each to completed, compensated or
+    /// needs-attention, one after another. Sagas leased by a live runner are left alone; a
+    /// corrupt record is reported, not fatal.
+    pub async fn resume(&self) -> Result<ResumeReport, SagaError> {
+        let mut report = ResumeReport::default();
+        for id in self.inner.kv.keys().await? {
+            let result = match self.load(&id).await {
+                Ok(run) if run.rec.status.is_settled() && run.rec.outbox.is_empty() => {
+                    if run.rec.status == SagaStatus::NeedsAttention {
+                        report.needs_attention.push(id);
+                    } else {
+                        report.settled += 1;
+                    }
+                    continue;
+                }
+                Ok(run) => self.resume_loaded(run).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(SagaOutcome::Completed) => report.completed.push(id),
+                Ok(SagaOutcome::Compensated { .. }) => report.compensated.push(id),
+                Ok(SagaOutcome::NeedsAttention { .. }) => report.needs_attention.push(id),
+                Ok(SagaOutcome::Busy { .. }) => report.busy.push(id),
+                Ok(SagaOutcome::Lost) => report.lost.push(id),
+                Err(SagaError::NotFound { .. }) => {}
+                Err(e) => {
+                    tracing::warn!(saga = S::NAME, %id, error = %e, "cannot resume saga");
+                    report.failed.push((id, e.to_string()));
+                }
+            }
+        }
+        tracing::info!(saga = S::NAME, ?report, "resumed sagas");
+        Ok(report)
+    }
+
+    /// The persisted state of saga `id`, or `None`.
+    pub async fn status(&self, id: &str) -> Result<Option<SagaRecord<S::Data>>, SagaError> {
+        match self.load(id).await {
+            Ok(run) => Ok(Some(run.rec)),
+            Err(SagaError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The ids of every saga in the bucket, settled ones included.
+    pub async fn ids(&self) -> Result<Vec<String>, SagaError> {
+        Ok(self.inner.kv.keys().await?)
+    }
+
+    /// Every saga that needs attention (a compensation failed for good). Unreadable records are
+    /// skipped with a warning.
+    pub async fn needs_attention(&self) -> Result<Vec<SagaRecord<S::Data>>, SagaError> {
+        let mut out = Vec::new();
+        for id in self.inner.kv.keys().await? {
+            match self.load(&id).await {
+                Ok(run) if run.rec.status == SagaStatus::NeedsAttention => out.push(run.rec),
+                Ok(_) | Err(SagaError::NotFound { .. }) => {}
+                Err(e) => tracing::warn!(saga = S::NAME, %id, error = %e, "unreadable saga record"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Drives a saga that needs attention on, once its cause is fixed: the failed compensation's
+    /// attempts start again from zero, then the remaining compensations run.
+    pub async fn retry_compensation(&self, id: &str) -> Result<SagaOutcome, SagaError> {
+        let mut run = self.load(id).await?;
+        if run.rec.status != SagaStatus::NeedsAttention {
+            return Err(SagaError::NotNeedingAttention {
+                id: id.to_owned(),
+                status: run.rec.status,
+            });
+        }
+        for s in &mut run.rec.steps {
+            if s.state == StepState::CompensationFailed {
+                s.state = StepState::Compensating;
+                s.compensation_attempts = 0;
+            }
+        }
+        run.rec.status = SagaStatus::Compensating;
+        run.rec.round = run.rec.round.saturating_add(1);
+        emit(&mut run.rec, SagaEventKind::Compensating, None, None, None);
+        match self
+            .persist(&mut run, Write::RetryCompensation, None, Duration::ZERO)
+            .await
+        {
+            Err(SagaError::Conflict { .. }) => return Ok(SagaOutcome::Lost),
+            other => other?,
+        }
+        self.drive(run).await
+    }
+
+    /// A handler registration that starts a saga for every message matching `pattern`: `start`
+    /// maps the decoded event to the saga id and data. The saga's correlation id is the message's.
+    /// A redelivered message finds its saga and drives it on instead of starting another.
+    ///
+    /// Register it with [`ServiceBuilder::handler`](crate::service::ServiceBuilder::handler).
+    /// The handler returns once the saga settled; a saga that could not be driven (the store
+    /// unreachable) is retried as a transient failure.
+    pub fn start_on<E, Dec, DecErr, F>(
+        &self,
+        name: impl Into<String>,
+        pattern: SubjectPattern,
+        event_type: &'static str,
+        decode: Dec,
+        start: F,
+    ) -> Registration
+    where
+        E: Send + 'static,
+        Dec: Fn(&[u8]) -> Result<E, DecErr> + Send + Sync + 'static,
+        DecErr: fmt::Display,
+        F: Fn(&Context, E) -> Result<(String, S::Data), HandlerError> + Send + Sync + 'static,
+    {
+        let runner = self.clone();
+        let start = Arc::new(start);
+        Registration::new(name, pattern, event_type, decode, move |ctx: Context, event: E| {
+            let runner = runner.clone();
+            let start = start.clone();
+            async move {
+                let (id, data) = start(&ctx, event)?;
+                let result = match runner.start_with_identity(&id, data, *ctx.identity()).await {
+                    Err(SagaError::AlreadyExists { .. }) => runner.resume_saga(&id).await,
+                    other => other,
+                };
+                match result {
+                    Ok(outcome) => {
+                        tracing::debug!(saga = S::NAME, %id, ?outcome, "saga started by event");
+                        Ok(())
+                    }
+                    Err(e) if e.is_transient() => Err(HandlerError::transient(e)),
+                    Err(e) => Err(HandlerError::permanent(e)),
+                }
+            }
+        })
+    }
+
+    async fn load(&self, id: &str) -> Result<Run<S::Data>, SagaError> {
+        check_id(id)?;
+        let entry = self
+            .inner
+            .kv
+            .get(id)
+            .await?
+            .ok_or_else(|| SagaError::NotFound { id: id.to_owned() })?;
+        let corrupt = |reason: String| SagaError::Corrupt {
+            id: id.to_owned(),
+            reason,
+        };
+        let rec: SagaRecord<S::Data> = record::decode(&entry.value).map_err(corrupt)?;
+        if rec.saga != S::NAME || rec.id != id {
+            return Err(corrupt(format!("it belongs to saga `{}` id `{}`", rec.saga, rec.id)));
+        }
+        let names: Vec<&str> = rec.steps.iter().map(|s| s.name.as_str()).collect();
+        let ours: Vec<&str> = self.inner.steps.iter().map(|s| s.name).collect();
+        if names != ours {
+            return Err(corrupt(format!("its steps {names:?} differ from this saga's {ours:?}")));
+        }
+        let outbox_persisted = !rec.outbox.is_empty();
+        Ok(Run {
+            rec,
+            rev: entry.revision,
+            outbox_persisted,
+        })
+    }
+
+    fn fault(&self, id: &str, write: Write, step: Option<&'static str>, moment: Moment) -> Result<(), SagaError> {
+        if let Some(hook) = &self.inner.hook {
+            let point = CrashPoint {
+                saga_id: id.to_owned(),
+                write,
+                step,
+                moment,
+            };
+            if hook(&point) {
+                tracing::warn!(saga = S::NAME, %point, "injected crash");
+                return Err(SagaError::Crashed(point));
+            }
+        }
+        Ok(())
+    }
+
+    /// One compare-and-set write of the record, then its outbox is published.
+    async fn persist(
+        &self,
+        run: &mut Run<S::Data>,
+        write: Write,
+        step: Option<&'static str>,
+        extra_lease: Duration,
+    ) -> Result<(), SagaError> {
+        let id = run.rec.id.clone();
+        self.fault(&id, write, step, Moment::Before)?;
+        run.rec.owner.clone_from(&self.inner.instance);
+        run.rec.lease_until_ms = self
+            .inner
+            .clock
+            .now_ms()
+            .saturating_add(millis(self.inner.lease.saturating_add(extra_lease)));
+        let bytes = encode(&run.rec)?;
+        run.rev = match self.inner.kv.update(&id, bytes, run.rev).await {
+            Ok(rev) => rev,
+            Err(KvError::Conflict { .. }) => {
+                tracing::info!(saga = S::NAME, %id, ?write, "another runner wrote the saga first; stopping");
+                return Err(SagaError::Conflict { id });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        run.outbox_persisted = !run.rec.outbox.is_empty();
+        self.fault(&id, write, step, Moment::After)?;
+        self.publish_outbox(run).await
+    }
+
+    async fn publish_outbox(&self, run: &mut Run<S::Data>) -> Result<(), SagaError> {
+        if run.rec.outbox.is_empty() {
+            return Ok(());
+        }
+        let scope = format!("saga/{}/{}", run.rec.saga, run.rec.id);
+        let mut acks = Vec::with_capacity(run.rec.outbox.len());
+        for event in &run.rec.outbox {
+            let subject = self
+                .inner
+                .events_subject
+                .join(event.kind.token())
+                .map_err(|e| SagaError::Definition(e.to_string()))?;
+            let payload = serde_json::to_vec(event).map_err(|e| SagaError::Encode {
+                id: run.rec.id.clone(),
+                reason: e.to_string(),
+            })?;
+            let identity = run.rec.identity.derived_child(&scope, event.seq, run.rec.started_at);
+            let envelope =
+                Envelope::with_identity(identity, subject, payload).typed(SAGA_EVENT_TYPE, SAGA_EVENT_VERSION);
+            acks.push(self.inner.transport.publish(envelope.into()).await?);
+        }
+        for ack in acks {
+            ack.await?;
+        }
+        run.rec.outbox.clear();
+        Ok(())
+    }
+
+    async fn drive(&self, mut run: Run<S::Data>) -> Result<SagaOutcome, SagaError> {
+        match self.drive_inner(&mut run).await {
+            Err(SagaError::Conflict { .. }) => Ok(SagaOutcome::Lost),
+            other => other,
+        }
+    }
+
+    async fn drive_inner(&self, run: &mut Run<S::Data>) -> Result<SagaOutcome, SagaError> {
+        loop {
+            match run.rec.status {
+                SagaStatus::Running => match run.rec.steps.iter().position(|s| s.state != StepState::Completed) {
+                    Some(i) => self.run_step(run, i).await?,
+                    None => {
+                        run.rec.status = SagaStatus::Completed;
+                        emit(&mut run.rec, SagaEventKind::Completed, None, None, None);
+                        self.persist(run, Write::Finish, None, Duration::ZERO).await?;
+                    }
+                },
+                SagaStatus::Compensating => match self.next_compensation(&mut run.rec) {
+                    Some(i) => self.run_compensation(run, i).await?,
+                    None => {
+                        run.rec.status = SagaStatus::Compensated;
+                        emit(&mut run.rec, SagaEventKind::Compensated, None, None, None);
+                        self.persist(run, Write::Finish, None, Duration::ZERO).await?;
+                    }
+                },
+                SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::NeedsAttention => {
+                    if run.outbox_persisted {
+                        self.publish_outbox(run).await?;
+                        self.persist(run, Write::Settle, None, Duration::ZERO).await?;
+                    }
+                    let outcome = outcome_of(&run.rec);
+                    tracing::debug!(saga = S::NAME, id = %run.rec.id, ?outcome, "saga settled");
+                    return Ok(outcome);
+                }
+            }
+        }
+    }
+
+    /// The highest completed step still to compensate; marks steps without compensation on the
+    /// way as not compensated.
+    fn next_compensation(&self, rec: &mut SagaRecord<S::Data>) -> Option<usize> {
+        for i in (0..rec.steps.len()).rev() {
+            if matches!(rec.steps[i].state, StepState::Completed | StepState::Compensating) {
+                match self.inner.steps[i].compensation {
+                    Compensation::By { .. } => return Some(i),
+                    Compensation::None { .. } | Compensation::Undeclared => {
+                        rec.steps[i].state = StepState::NotCompensated;
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    async fn run_step(&self, run: &mut Run<S::Data>, i: usize) -> Result<(), SagaError> {
+        let step = &self.inner.steps[i];
+        let max = step.policy.retry.max_attempts.max(1);
+        loop {
+            let attempts = run.rec.steps[i].attempts;
+            if attempts >= max {
+                let error = run.rec.steps[i]
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| "attempts spent: the last attempt was interrupted".to_owned());
+                return self.fail_step(run, i, error).await;
+            }
+            let attempt = attempts + 1;
+            run.rec.steps[i].state = StepState::Running;
+            run.rec.steps[i].attempts = attempt;
+            let extra = step
+                .policy
+                .timeout
+                .saturating_add(step.policy.retry.delay(u64::from(attempt)));
+            self.persist(run, Write::StepStarted, Some(step.name), extra).await?;
+            match self
+                .attempt(&run.rec, step.run, step.name, attempt, false, &step.policy)
+                .await
+            {
+                Ok(data) => {
+                    let entry = &mut run.rec.steps[i];
+                    entry.state = StepState::Completed;
+                    entry.error = None;
+                    run.rec.data = data;
+                    emit(&mut run.rec, SagaEventKind::StepCompleted, Some(step.name), None, None);
+                    return self
+                        .persist(run, Write::StepCompleted, Some(step.name), Duration::ZERO)
+                        .await;
+                }
+                Err((error, permanent)) => {
+                    tracing::warn!(saga = S::NAME, id = %run.rec.id, step = step.name, attempt, %error, permanent, "saga step failed");
+                    run.rec.steps[i].error = Some(error.clone());
+                    if permanent || attempt >= max {
+                        return self.fail_step(run, i, error).await;
+                    }
+                    tokio::time::sleep(step.policy.retry.delay(u64::from(attempt))).await;
+                }
+            }
+        }
+    }
+
+    async fn fail_step(&self, run: &mut Run<S::Data>, i: usize, error: String) -> Result<(), SagaError> {
+        let name = self.inner.steps[i].name;
+        let entry = &mut run.rec.steps[i];
+        entry.state = StepState::Failed;
+        entry.error = Some(error.clone());
+        let attempts = entry.attempts;
+        run.rec.status = SagaStatus::Compensating;
+        emit(
+            &mut run.rec,
+            SagaEventKind::StepFailed,
+            Some(name),
+            Some(error),
+            Some(attempts),
+        );
+        emit(&mut run.rec, SagaEventKind::Compensating, None, None, None);
+        self.persist(run, Write::StepFailed, Some(name), Duration::ZERO).await
+    }
+
+    async fn run_compensation(&self, run: &mut Run<S::Data>, i: usize) -> Result<(), SagaError> {
+        let step = &self.inner.steps[i];
+        let Compensation::By { run: compensate, .. } = step.compensation else {
+            run.rec.steps[i].state = StepState::NotCompensated;
+            return Ok(());
+        };
+        let max = step.compensation_policy.retry.max_attempts.max(1);
+        loop {
+            let attempts = run.rec.steps[i].compensation_attempts;
+            if attempts >= max {
+                let error = run.rec.steps[i]
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| "attempts spent: the last attempt was interrupted".to_owned());
+                return self.compensation_failed(run, i, error).await;
+            }
+            let attempt = attempts + 1;
+            run.rec.steps[i].state = StepState::Compensating;
+            run.rec.steps[i].compensation_attempts = attempt;
+            let policy = &step.compensation_policy;
+            let extra = policy.timeout.saturating_add(policy.retry.delay(u64::from(attempt)));
+            self.persist(run, Write::CompensationStarted, Some(step.name), extra)
+                .await?;
+            match self
+                .attempt(&run.rec, compensate, step.name, attempt, true, policy)
+                .await
+            {
+                Ok(data) => {
+                    let entry = &mut run.rec.steps[i];
+                    entry.state = StepState::Compensated;
+                    entry.error = None;
+                    run.rec.data = data;
+                    emit(
+                        &mut run.rec,
+                        SagaEventKind::StepCompensated,
+                        Some(step.name),
+                        None,
+                        None,
+                    );
+                    return self
+                        .persist(run, Write::StepCompensated, Some(step.name), Duration::ZERO)
+                        .await;
+                }
+                Err((error, permanent)) => {
+                    tracing::warn!(saga = S::NAME, id = %run.rec.id, step = step.name, attempt, %error, permanent, "saga compensation failed");
+                    run.rec.steps[i].error = Some(error.clone());
+                    if permanent || attempt >= max {
+                        return self.compensation_failed(run, i, error).await;
+                    }
+                    tokio::time::sleep(policy.retry.delay(u64::from(attempt))).await;
+                }
+            }
+        }
+    }
+
+    async fn compensation_failed(&self, run: &mut Run<S::Data>, i: usize, error: String) -> Result<(), SagaError> {
+        let name = self.inner.steps[i].name;
+        let entry = &mut run.rec.steps[i];
+        entry.state = StepState::CompensationFailed;
+        entry.error = Some(error.clone());
+        let attempts = entry.compensation_attempts;
+        run.rec.status = SagaStatus::NeedsAttention;
+        tracing::error!(saga = S::NAME, id = %run.rec.id, step = name, %error, "saga compensation failed for good; the saga needs attention");
+        emit(
+            &mut run.rec,
+            SagaEventKind::CompensationFailed,
+            Some(name),
+            Some(error),
+            Some(attempts),
+        );
+        self.persist(run, Write::CompensationFailed, Some(name), Duration::ZERO)
+            .await
+    }
+
+    /// Runs one attempt of a step or compensation on a copy of the data, with its timeout,
+    /// catching panics. `Ok` carries the changed data; `Err` the error and whether it is permanent.
+    async fn attempt(
+        &self,
+        rec: &SagaRecord<S::Data>,
+        f: StepFn<S>,
+        step: &'static str,
+        attempt: u32,
+        compensating: bool,
+        policy: &StepPolicy,
+    ) -> Result<S::Data, (String, bool)> {
+        let key = if compensating {
+            format!("{}/{}/{step}/compensate", S::NAME, rec.id)
+        } else {
+            format!("{}/{}/{step}", S::NAME, rec.id)
+        };
+        let envelope = Envelope::with_identity(rec.identity, self.inner.events_subject.clone(), Bytes::new())
+            .occurred_at(rec.started_at);
+        let context = Context::detached(self.inner.transport.clone(), &envelope, &key);
+        let mut ctx = StepContext {
+            data: rec.data.clone(),
+            saga: S::NAME,
+            saga_id: rec.id.clone(),
+            step,
+            key,
+            attempt,
+            compensating,
+            context,
+        };
+        let span = tracing::debug_span!("saga_step", saga = S::NAME, id = %rec.id, step, attempt, compensating, correlation_id = %rec.identity.correlation_id);
+        let fut = AssertUnwindSafe(tracing::Instrument::instrument(f(&self.inner.saga, &mut ctx), span)).catch_unwind();
+        let result = tokio::time::timeout(policy.timeout, fut).await;
+        match result {
+            Ok(Ok(Ok(()))) => Ok(ctx.into_data()),
+            Ok(Ok(Err(e))) => Err((e.to_string(), e.is_permanent())),
+            Ok(Err(panic)) => Err((format!("panicked: {}", panic_message(panic.as_ref())), false)),
+            Err(_) => Err((format!("timed out after {:?}", policy.timeout), false)),
+        }
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a non-string payload".to_owned()
+    }
+}
+
+fn emit<D>(
+    rec: &mut SagaRecord<D>,
+    kind: SagaEventKind,
+    step: Option<&str>,
+    error: Option<String>,
+    attempts: Option<u32>,
+) {
+    rec.outbox.push(SagaEvent {
+        version: SAGA_EVENT_VERSION.to_owned(),
+        kind,
+        saga: rec.saga.clone(),
+        saga_id: rec.id.clone(),
+        step: step.map(str::to_owned),
+        error,
+        attempts,
+        seq: rec.event_seq,
+    });
+    rec.event_seq = rec.event_seq.saturating_add(1);
+}
+
+fn encode<D: serde::Serialize>(rec: &SagaRecord<D>) -> Result<Bytes, SagaError> {
+    serde_json::to_vec(rec).map(Bytes::from).map_err(|e| SagaError::Encode {
+        id: rec.id.clone(),
+        reason: e.to_string(),
+    })
+}
+
+fn outcome_of<D>(rec: &SagaRecord<D>) -> SagaOutcome {
+    let with = |state: StepState| {
+        rec.steps
+            .iter()
+            .find(|s| s.state == state)
+            .map(|s| (s.name.clone(), s.error.clone().unwrap_or_default()))
+            .unwrap_or_default()
+    };
+    match rec.status {
+        SagaStatus::Completed => SagaOutcome::Completed,
+        SagaStatus::Compensated => {
+            let (failed_step, error) = with(StepState::Failed);
+            SagaOutcome::Compensated { failed_step, error }
+        }
+        SagaStatus::NeedsAttention => {
+            let (step, error) = with(StepState::CompensationFailed);
+            SagaOutcome::NeedsAttention { step, error }
+        }
+        // Not reached for unsettled records; a driver that stopped reports these.
+        SagaStatus::Running | SagaStatus::Compensating => SagaOutcome::Busy {
+            owner: rec.owner.clone(),
+        },
+    }
+}
+
+fn check_id(id: &str) -> Result<(), SagaError> {
+    let invalid = |reason: String| SagaError::InvalidId {
+        id: id.chars().take(64).collect(),
+        reason,
+    };
+    if id.len() > 200 {
+        return Err(invalid("longer than 200 bytes".to_owned()));
+    }
+    crate::subject::check_token(id).map_err(|e| invalid(format!("{e}; ids are `[A-Za-z0-9_-]+`")))
+}

@@ -77,9 +77,19 @@ macro_rules! conformance_tests {
                 abandoned_work_is_redelivered_after_restart,
                 ordered_handler_keeps_order_through_retries,
             ]
+            [
+                request_reply_round_trip,
+                request_without_responders_fails,
+                request_times_out_when_unanswered,
+                queue_group_shares_requests,
+                each_queue_group_gets_one_copy,
+                dropped_responder_leaves_group,
+                request_payload_too_large_is_refused,
+                invalid_queue_group_is_refused,
+            ]
         );
     };
-    (@cases $tokio:tt $setup:path; [$($case:ident),* $(,)?] [$($handler_case:ident),* $(,)?]) => {
+    (@cases $tokio:tt $setup:path; [$($case:ident),* $(,)?] [$($handler_case:ident),* $(,)?] [$($request_case:ident),* $(,)?]) => {
         $(
             #[::tokio::test $tokio]
             async fn $case() {
@@ -94,10 +104,18 @@ macro_rules! conformance_tests {
                 $crate::conformance::handlers::$handler_case(transport).await;
             }
         )*
+        $(
+            #[::tokio::test $tokio]
+            async fn $request_case() {
+                let (transport, _guard) = $setup().await;
+                $crate::conformance::requests::$request_case(transport).await;
+            }
+        )*
     };
 }
 
 pub mod handlers;
+pub mod requests;
 
 const STREAM: &str = "DOCUMENT_EVENTS";
 /// Long enough for a server's timers, short enough for a quick suite.

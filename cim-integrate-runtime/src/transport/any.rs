@@ -9,9 +9,10 @@ use super::memory::{MemoryAcker, MemoryConsumer, MemoryKeyValue, MemoryTransport
 #[cfg(feature = "nats")]
 use super::nats::{NatsAckFuture, NatsAcker, NatsConsumer, NatsKeyValue, NatsTransport};
 use super::{
-    Acker, Consumer, ConsumerSpec, Delivery, KeyValue, KvEntry, KvError, KvSpec, OutboundMessage, PublishAck,
-    StreamSpec, Transport, TransportError,
+    Acker, Consumer, ConsumerSpec, Delivery, KeyValue, KvEntry, KvError, KvSpec, OutboundMessage, PublishAck, Reply,
+    Request, Responder, StreamSpec, Transport, TransportError,
 };
+use crate::subject::SubjectPattern;
 use bytes::Bytes;
 use std::future::Future;
 use std::pin::Pin;
@@ -232,5 +233,13 @@ impl Transport for AnyTransport {
 
     async fn flush(&self) -> Result<(), TransportError> {
         delegate!(self, t => t.flush().await)
+    }
+
+    async fn request(&self, request: Request, timeout: Duration) -> Result<Reply, TransportError> {
+        delegate!(self, t => t.request(request, timeout).await)
+    }
+
+    async fn serve(&self, pattern: &SubjectPattern, queue_group: &str) -> Result<Responder, TransportError> {
+        delegate!(self, t => t.serve(pattern, queue_group).await)
     }
 }

@@ -11,14 +11,18 @@
 //!   messages; unacknowledged deliveries come back after the ack wait (or the back-off delay),
 //!   naks come back after their delay, and after `max_deliver` deliveries a message is dropped
 //!   from the consumer; redeliveries are served before new messages;
-//! - key-value buckets have bucket-wide revisions, compare-and-set, tombstones and a TTL.
+//! - key-value buckets have bucket-wide revisions, compare-and-set, tombstones and a TTL;
+//! - a request reaches one member of every queue group serving its subject (round robin),
+//!   [`TransportError::NoResponders`] if there is none, and times out if nobody answers.
 //!
 //! All time-dependent behaviour (ack wait, nak delays, duplicate window, max age, TTL) runs on
 //! tokio's clock, so tests can use paused time (`#[tokio::test(start_paused = true)]`).
 
+use super::request::ReplySink;
 use super::{
-    Acker, Consumer, ConsumerSpec, DEFAULT_MAX_PAYLOAD, DeliverPolicy, Delivery, DeliveryInfo, KeyValue, KvEntry,
-    KvError, KvSpec, OutboundMessage, PublishAck, StreamSpec, Transport, TransportError, check_key,
+    Acker, Consumer, ConsumerSpec, DEFAULT_MAX_PAYLOAD, DeliverPolicy, Delivery, DeliveryInfo, IncomingRequest,
+    KeyValue, KvEntry, KvError, KvSpec, OutboundMessage, PublishAck, Reply, ReplyHandle, Request, Responder,
+    StreamSpec, Transport, TransportError, check_key,
 };
 use crate::headers::Headers;
 use crate::timestamp::Timestamp;
@@ -70,6 +74,30 @@ impl std::fmt::Debug for MemoryTransport {
 struct Inner {
     streams: Mutex<Vec<Arc<MemStream>>>,
     buckets: Mutex<HashMap<String, Arc<MemBucket>>>,
+    responders: Mutex<Vec<MemResponder>>,
+    round_robin: std::sync::atomic::AtomicUsize,
+}
+
+/// One queue-group member: where its requests go.
+struct MemResponder {
+    pattern: crate::subject::SubjectPattern,
+    group: Arc<str>,
+    tx: tokio::sync::mpsc::Sender<IncomingRequest>,
+}
+
+/// Requests waiting in one responder before further ones are dropped (as a slow NATS
+/// subscriber's are).
+const RESPONDER_CAPACITY: usize = 1024;
+
+/// The reply path of an in-memory request: the first reply wins.
+struct MemReply(tokio::sync::mpsc::Sender<Reply>);
+
+impl ReplySink for MemReply {
+    fn send(self: Box<Self>, reply: Reply) -> futures::future::BoxFuture<'static, Result<(), TransportError>> {
+        // A requester that gave up is not an error, as in NATS.
+        let _ = self.0.try_send(reply);
+        Box::pin(std::future::ready(Ok(())))
+    }
 }
 
 struct MemStream {
@@ -417,6 +445,96 @@ impl Transport for MemoryTransport {
 
     async fn flush(&self) -> Result<(), TransportError> {
         Ok(())
+    }
+
+    async fn request(&self, request: Request, timeout: Duration) -> Result<Reply, TransportError> {
+        let size = request.payload.len()
+            + request
+                .headers
+                .iter()
+                .map(|(n, v)| n.len() + v.len() + 4)
+                .sum::<usize>();
+        if size > DEFAULT_MAX_PAYLOAD {
+            return Err(TransportError::PayloadTooLarge {
+                size,
+                max: DEFAULT_MAX_PAYLOAD,
+            });
+        }
+        let deadline = Instant::now() + timeout;
+        let (reply_tx, mut reply_rx) = tokio::sync::mpsc::channel::<Reply>(1);
+        let delivered = {
+            let mut responders = lock(&self.inner.responders);
+            responders.retain(|r| !r.tx.is_closed());
+            let turn = self
+                .inner
+                .round_robin
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut groups: Vec<Arc<str>> = Vec::new();
+            for r in responders.iter().filter(|r| r.pattern.matches(&request.subject)) {
+                if !groups.contains(&r.group) {
+                    groups.push(r.group.clone());
+                }
+            }
+            let mut delivered = 0;
+            for group in groups {
+                let members: Vec<&MemResponder> = responders
+                    .iter()
+                    .filter(|r| r.group == group && r.pattern.matches(&request.subject))
+                    .collect();
+                // One member per group, in turn; a full one passes the request to the next.
+                for i in 0..members.len() {
+                    let member = members[(turn + i) % members.len()];
+                    let incoming = IncomingRequest::new(
+                        request.subject.to_string(),
+                        request.headers.clone(),
+                        request.payload.clone(),
+                        ReplyHandle::new(MemReply(reply_tx.clone())),
+                    );
+                    if member.tx.try_send(incoming).is_ok() {
+                        delivered += 1;
+                        break;
+                    }
+                }
+            }
+            delivered
+        };
+        drop(reply_tx);
+        if delivered == 0 {
+            return Err(TransportError::NoResponders {
+                subject: request.subject.to_string(),
+            });
+        }
+        let timed_out = || TransportError::Timeout(format!("no reply to the request to `{}`", request.subject));
+        match tokio::time::timeout_at(deadline, reply_rx.recv()).await {
+            Ok(Some(reply)) => Ok(reply),
+            Ok(None) => {
+                // Every responder dropped the request unanswered: as on NATS, the requester
+                // learns it only by timing out.
+                tokio::time::sleep_until(deadline).await;
+                Err(timed_out())
+            }
+            Err(_) => Err(timed_out()),
+        }
+    }
+
+    async fn serve(
+        &self,
+        pattern: &crate::subject::SubjectPattern,
+        queue_group: &str,
+    ) -> Result<Responder, TransportError> {
+        super::check_queue_group(queue_group)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(RESPONDER_CAPACITY);
+        lock(&self.inner.responders).push(MemResponder {
+            pattern: pattern.clone(),
+            group: Arc::from(queue_group),
+            tx,
+        });
+        let requests = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
+        Ok(Responder::new(
+            pattern.to_string(),
+            queue_group.to_owned(),
+            Box::pin(requests),
+        ))
     }
 }
 

@@ -12,6 +12,7 @@
 //! | durable consumer | [`Transport::consumer`], [`ConsumerSpec`], [`Consumer::next`] | durable pull consumer, explicit ack |
 //! | ack / nak / term | [`Delivery::ack`], [`Delivery::nak`], [`Delivery::term`] | `+ACK`, `-NAK {"delay"}`, `+TERM` |
 //! | key-value | [`Transport::key_value`], [`KeyValue`] | KV bucket (`KV_<bucket>` stream) |
+//! | request/reply | [`Transport::request`], [`Transport::serve`], [`Responder`] | core request, queue subscription |
 
 use crate::envelope::{Envelope, EnvelopeError, ReceivedFrom};
 use crate::headers::Headers;
@@ -28,9 +29,11 @@ pub mod memory;
 #[cfg(feature = "nats")]
 pub mod nats;
 mod publisher;
+mod request;
 
 pub use kv::{KeyValue, KvEntry, KvError, KvSpec, check_bucket_name, check_key};
 pub use publisher::PipelinedPublisher;
+pub use request::{IncomingRequest, Reply, ReplyHandle, Request, Responder, check_queue_group};
 
 /// The default JetStream duplicate window (2 minutes).
 pub const DEFAULT_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
@@ -110,6 +113,12 @@ pub enum TransportError {
     /// Any other failure reported by the server or client.
     #[error("{0}")]
     Other(String),
+    /// Nobody serves the subject of a request (no member of any queue group is subscribed).
+    #[error("no responders for `{subject}`: no service serves it (is one running?)")]
+    NoResponders {
+        /// The request's subject.
+        subject: String,
+    },
 }
 
 impl TransportError {
@@ -599,6 +608,39 @@ pub trait Transport: Clone + Send + Sync + 'static {
 
     /// Waits until everything sent so far has reached the server. Call before a process exits.
     fn flush(&self) -> impl Future<Output = Result<(), TransportError>> + Send;
+
+    /// Sends a core request (not stored in any stream) and waits up to `timeout` for the first
+    /// reply. [`TransportError::NoResponders`] if nobody serves the subject,
+    /// [`TransportError::Timeout`] if nobody answered in time (the request may have been handled).
+    ///
+    /// The default implementation refuses: a transport without request/reply.
+    fn request(
+        &self,
+        request: Request,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Reply, TransportError>> + Send {
+        let _ = timeout;
+        async move {
+            Err(TransportError::Invalid(format!(
+                "this transport has no request/reply (request to `{}`)",
+                request.subject
+            )))
+        }
+    }
+
+    /// Joins the queue group `queue_group` on `pattern`: every request on a matching subject is
+    /// delivered to exactly one member of each queue group. Returns once the subscription is in
+    /// place, so a request sent afterwards reaches it.
+    ///
+    /// The default implementation refuses: a transport without request/reply.
+    fn serve(
+        &self,
+        pattern: &SubjectPattern,
+        queue_group: &str,
+    ) -> impl Future<Output = Result<Responder, TransportError>> + Send {
+        let message = format!("this transport has no request/reply (serve `{pattern}` in `{queue_group}`)");
+        async move { Err(TransportError::Invalid(message)) }
+    }
 
     /// Publishes and waits for the acknowledgement: the slow, one-round-trip-per-message path.
     fn publish_and_wait(

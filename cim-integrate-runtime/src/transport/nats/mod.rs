@@ -13,6 +13,9 @@
 //! - [`key_value`](Transport::key_value): a KV bucket whose `KV_<bucket>` stream is created here,
 //!   so that it works on nats-server 2.9 as on current servers ([`NatsKeyValue`]).
 //!
+//! - [`request`](Transport::request) / [`serve`](Transport::serve): core NATS request/reply
+//!   and queue subscriptions (never stored in a stream).
+//!
 //! It uses only the JetStream API of nats-server 2.9, on purpose: settings a 2.9 server would
 //! silently ignore (several filter subjects, metadata, create/update actions) are never sent.
 //!
@@ -601,5 +604,95 @@ impl Transport for NatsTransport {
             .flush()
             .await
             .map_err(|e| TransportError::Connection(format!("flush: {e}")))
+    }
+
+    async fn request(
+        &self,
+        request: crate::transport::Request,
+        timeout: Duration,
+    ) -> Result<crate::transport::Reply, TransportError> {
+        let max = self.inner.client.max_payload();
+        if request.payload.len() > max {
+            return Err(TransportError::PayloadTooLarge {
+                size: request.payload.len(),
+                max,
+            });
+        }
+        let headers = header_map(&request.headers)?;
+        let req = async_nats::Request::new()
+            .payload(request.payload)
+            .headers(headers)
+            .timeout(Some(timeout));
+        let subject = request.subject.as_str().to_owned();
+        match self.inner.client.send_request(subject.clone(), req).await {
+            Ok(message) => Ok(crate::transport::Reply {
+                headers: convert::headers_from(message.headers.as_ref()),
+                payload: message.payload,
+            }),
+            Err(e) => Err(match e.kind() {
+                async_nats::RequestErrorKind::NoResponders => TransportError::NoResponders { subject },
+                async_nats::RequestErrorKind::TimedOut => {
+                    TransportError::Timeout(format!("no reply to the request to `{subject}`"))
+                }
+                _ => TransportError::Connection(format!("request to `{subject}`: {e}")),
+            }),
+        }
+    }
+
+    async fn serve(
+        &self,
+        pattern: &SubjectPattern,
+        queue_group: &str,
+    ) -> Result<crate::transport::Responder, TransportError> {
+        crate::transport::check_queue_group(queue_group)?;
+        let client = self.inner.client.clone();
+        let subscriber = client
+            .queue_subscribe(pattern.as_str().to_owned(), queue_group.to_owned())
+            .await
+            .map_err(|e| TransportError::Connection(format!("subscribing to `{pattern}`: {e}")))?;
+        // The server has the subscription once it answered the flush's PING: requests sent from
+        // now on reach this member.
+        self.flush().await?;
+        let requests = futures::StreamExt::filter_map(subscriber, move |message| {
+            let client = client.clone();
+            async move {
+                let Some(reply) = message.reply else {
+                    tracing::debug!(subject = %message.subject, "message without reply subject ignored by a responder");
+                    return None;
+                };
+                Some(crate::transport::IncomingRequest::new(
+                    message.subject.to_string(),
+                    convert::headers_from(message.headers.as_ref()),
+                    message.payload,
+                    crate::transport::ReplyHandle::new(NatsReply { client, subject: reply }),
+                ))
+            }
+        });
+        Ok(crate::transport::Responder::new(
+            pattern.to_string(),
+            queue_group.to_owned(),
+            Box::pin(requests),
+        ))
+    }
+}
+
+/// The reply path of a NATS request: its reply (inbox) subject.
+struct NatsReply {
+    client: async_nats::Client,
+    subject: async_nats::Subject,
+}
+
+impl crate::transport::request::ReplySink for NatsReply {
+    fn send(
+        self: Box<Self>,
+        reply: crate::transport::Reply,
+    ) -> futures::future::BoxFuture<'static, Result<(), TransportError>> {
+        Box::pin(async move {
+            let headers = header_map(&reply.headers)?;
+            self.client
+                .publish_with_headers(self.subject, headers, reply.payload)
+                .await
+                .map_err(|e| TransportError::Connection(format!("sending a reply: {e}")))
+        })
     }
 }

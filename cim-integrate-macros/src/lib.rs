@@ -10,6 +10,7 @@ mod args;
 mod domain_event;
 mod errors;
 mod subject;
+mod subscribe;
 mod versioning;
 
 #[cfg(test)]
@@ -71,4 +72,57 @@ use proc_macro::TokenStream;
 #[proc_macro_attribute]
 pub fn domain_event(attr: TokenStream, item: TokenStream) -> TokenStream {
     domain_event::expand(attr.into(), item.into()).into()
+}
+
+/// Marks an `async fn` as an event handler: a durable consumer on `pattern`, typed decoding of the
+/// event (any version, upcast), de-duplication by message id, retries, dead letters, identity
+/// propagation. On methods, it works inside an `impl` block marked `#[handlers(domain = "...")]`;
+/// on a free function, it also needs `domain = "..."` and generates a unit struct
+/// `{FunctionName}Handler` implementing `HandlerSet`.
+///
+/// ```ignore
+/// #[handlers(domain = "workflow")]
+/// impl WorkflowService {
+///     #[subscribe("document.created")]
+///     async fn start_approval(&self, ctx: &Context, event: DocumentCreated) -> Result<(), HandlerError> {
+///         ctx.publish(&WorkflowStarted { document_id: event.document_id }).await?;
+///         Ok(())
+///     }
+///
+///     #[subscribe("person.approved", max_attempts = 3, backoff = "500ms", ordered = true)]
+///     async fn record_approval(&self, event: PersonApproved) -> Result<(), HandlerError> { Ok(()) }
+/// }
+///
+/// #[subscribe("document.created", domain = "search")]
+/// async fn index_document(ctx: &Context, event: DocumentCreated) -> Result<(), HandlerError> { Ok(()) }
+///
+/// Service::builder(transport, "app").register(WorkflowService::new()).register(IndexDocumentHandler).start().await?;
+/// ```
+///
+/// # Arguments
+///
+/// The subject pattern first (`"document.created"`, `"document.*"`, `"document.>"`; its first
+/// token is the domain whose stream is read), then any of:
+/// `name = "..."` (the handler's name; default the function's), `durable = "..."` (the durable
+/// consumer; default `{domain}-{name}`), `max_attempts = 5` (runs before dead-lettering),
+/// `backoff = "1s"` and `max_backoff = "60s"` (retry delays, doubling), `concurrency = 16`,
+/// `deliver = "all" | "new"`, `ordered = true` (one at a time, retries in place, per-subject order
+/// kept), `ack_wait = "30s"`; on free functions also `domain = "..."` and `crate = "..."`.
+///
+/// # Compile-time checks
+///
+/// An invalid pattern or one starting with a wildcard; an event type that is not a
+/// `#[domain_event]`; an event whose subject can never match the pattern; a handler that is not
+/// `async`, takes the wrong parameters or returns something other than
+/// `Result<(), HandlerError>`; two handlers with one name in a set; unknown or repeated keys.
+#[proc_macro_attribute]
+pub fn subscribe(attr: TokenStream, item: TokenStream) -> TokenStream {
+    subscribe::expand_subscribe(attr.into(), item.into()).into()
+}
+
+/// Collects the `#[subscribe]` methods of an inherent `impl` block into a `HandlerSet` for the
+/// domain named by `domain = "..."` (optionally `crate = "..."`). See [`macro@subscribe`].
+#[proc_macro_attribute]
+pub fn handlers(attr: TokenStream, item: TokenStream) -> TokenStream {
+    subscribe::expand_handlers(attr.into(), item.into()).into()
 }

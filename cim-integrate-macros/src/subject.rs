@@ -75,3 +75,46 @@ mod tests {
         assert!(problem("document created").unwrap().contains("' ' at byte 8"));
     }
 }
+
+/// Checks a subscription pattern literal (`*` whole tokens, a final `>`), and that its first
+/// token names a domain, because the domain picks the stream (`document.*` reads
+/// `DOCUMENT_EVENTS`).
+pub(crate) fn check_pattern(lit: &LitStr) -> syn::Result<()> {
+    let p = lit.value();
+    let err = |m: String| Err(syn::Error::new(lit.span(), m));
+    const RULE: &str = "patterns are dot-separated tokens of `A-Z a-z 0-9 _ -`, a whole-token `*`, or a final `>`, \
+                        e.g. `document.created`, `document.*`, `document.>`";
+    if p.is_empty() || p.len() > MAX_SUBJECT_LEN {
+        return err(format!("invalid pattern `{p}`: {RULE}"));
+    }
+    let tokens: Vec<&str> = p.split('.').collect();
+    for (i, t) in tokens.iter().enumerate() {
+        let ok = match *t {
+            "*" => true,
+            ">" => i == tokens.len() - 1,
+            t => !t.is_empty() && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'),
+        };
+        if !ok {
+            return err(format!("invalid pattern `{p}`: token {} (`{t}`) is not allowed; {RULE}", i + 1));
+        }
+    }
+    if matches!(tokens[0], "*" | ">") {
+        return err(format!(
+            "the pattern `{p}` must start with the domain it reads from (`document.*`, not `*.created`): \
+             each domain has its own stream"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a single token (a domain or handler name) literal.
+pub(crate) fn check_token(lit: &LitStr, what: &str) -> syn::Result<()> {
+    let t = lit.value();
+    if t.is_empty() || !t.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        return Err(syn::Error::new(
+            lit.span(),
+            format!("invalid {what} `{t}`: use one token of `A-Z a-z 0-9 _ -`, e.g. `workflow`"),
+        ));
+    }
+    Ok(())
+}

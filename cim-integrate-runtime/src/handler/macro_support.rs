@@ -2,31 +2,45 @@
 //! through `::cim_integrate::__private`, so expansions stay small and the logic stays here.
 
 use super::{HandlerError, HandlerOptions, Registration};
-use crate::event::DomainEvent;
+use crate::event::{DecodeError, DomainEvent};
 use crate::handler::Context;
 use crate::subject::SubjectPattern;
 use std::future::Future;
 use std::time::Duration;
 
-/// One handler of event type `E` on a pattern literal the macro has already checked.
-pub fn registration<E, F, Fut>(name: &'static str, pattern: &'static str, options: HandlerOptions, f: F) -> Registration
+/// What a handler needs of its event type, read once in a `const` that the macro spans on the
+/// event parameter: the one place `E: DomainEvent` is required, so a type that is not an event
+/// gives exactly one error, there.
+pub struct EventInfo<E> {
+    /// `Versioned::TYPE_NAME`.
+    pub type_name: &'static str,
+    /// `DomainEvent::SUBJECT`.
+    pub subject: &'static str,
+    /// `Versioned::decode`.
+    pub decode: fn(&[u8]) -> Result<E, DecodeError>,
+}
+
+/// The [`EventInfo`] of `E`.
+pub const fn event_info<E: DomainEvent>() -> EventInfo<E> {
+    EventInfo { type_name: E::TYPE_NAME, subject: E::SUBJECT, decode: E::decode }
+}
+
+/// One handler on a pattern literal the macro has already checked.
+pub fn registration<E, F, Fut>(
+    name: &'static str,
+    pattern: &'static str,
+    event: &EventInfo<E>,
+    options: HandlerOptions,
+    f: F,
+) -> Registration
 where
-    E: DomainEvent,
+    E: Send + 'static,
     F: Fn(Context, E) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
 {
-    Registration::new(name, SubjectPattern::__from_checked_literal(pattern), E::TYPE_NAME, E::decode, f)
+    Registration::new(name, SubjectPattern::__from_checked_literal(pattern), event.type_name, event.decode, f)
         .with_options(options)
 }
-
-/// Pins a handler's future output to `Result<(), HandlerError>` (the macro spans this call on
-/// the handler's return type, so a wrong one is reported there).
-pub fn handler_output<F: Future<Output = Result<(), HandlerError>>>(f: F) -> F {
-    f
-}
-
-/// Requires `E: DomainEvent` (spanned on the handler's event parameter).
-pub const fn assert_event<E: DomainEvent>() {}
 
 /// A duration from milliseconds (the macro parses `"500ms"`, `"2s"`, `"1m"` at compile time).
 pub const fn millis(ms: u64) -> Duration {

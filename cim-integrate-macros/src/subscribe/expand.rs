@@ -1,0 +1,172 @@
+//! The expansion: glue only. One `HandlerSet` impl, one `registration` call per handler, and one
+//! `const` assertion per handler that its event's subject can match its pattern. The dispatch
+//! loop lives in the runtime (`service.rs`).
+
+use super::Handler;
+use super::parse::{Ctx, Deliver};
+use proc_macro2::TokenStream;
+use quote::{ToTokens, quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{Ident, ItemFn, ItemImpl, LitStr, Path};
+
+fn facade(krate: Option<&Path>) -> TokenStream {
+    krate.map_or_else(|| quote!(::cim_integrate), |p| p.to_token_stream())
+}
+
+fn options(k: &TokenStream, h: &Handler) -> TokenStream {
+    let a = &h.args;
+    let mut sets = Vec::new();
+    let ms = |v: u64| quote!(#k::__private::handler::macro_support::millis(#v));
+    if let Some(d) = &a.durable {
+        sets.push(quote!(__options.durable = ::core::option::Option::Some(::std::string::String::from(#d));));
+    }
+    if let Some(n) = a.max_attempts {
+        sets.push(quote!(__options.retry.max_attempts = #n;));
+    }
+    if let Some(v) = a.backoff_ms {
+        let d = ms(v);
+        sets.push(quote!(__options.retry.initial_backoff = #d;));
+    }
+    if let Some(v) = a.max_backoff_ms {
+        let d = ms(v);
+        sets.push(quote!(__options.retry.max_backoff = #d;));
+    }
+    if let Some(n) = a.concurrency {
+        sets.push(quote!(__options.concurrency = #n;));
+    }
+    if let Some(d) = a.deliver {
+        let v = match d {
+            Deliver::All => quote!(All),
+            Deliver::New => quote!(New),
+        };
+        sets.push(quote!(__options.deliver = #k::__private::transport::DeliverPolicy::#v;));
+    }
+    if let Some(b) = a.ordered {
+        sets.push(quote!(__options.ordered = #b;));
+    }
+    if let Some(v) = a.ack_wait_ms {
+        let d = ms(v);
+        sets.push(quote!(__options.ack_wait = #d;));
+    }
+    if sets.is_empty() {
+        return quote!(#k::__private::handler::HandlerOptions::default());
+    }
+    quote!({
+        let mut __options = #k::__private::handler::HandlerOptions::default();
+        #(#sets)*
+        __options
+    })
+}
+
+/// The name of handler `i`'s event-info constant.
+fn info_ident(i: usize) -> Ident {
+    quote::format_ident!("__CIM_EVENT_{}", i)
+}
+
+/// The registration call of one handler (`method`: it runs on `__this`, the shared service).
+fn registration(k: &TokenStream, h: &Handler, i: usize, method: bool) -> TokenStream {
+    let event = &h.sig.event;
+    let ident = &h.sig.ident;
+    let name = LitStr::new(&h.name, ident.span());
+    let pattern = h.args.pattern.as_ref().map(|p| p.to_token_stream()).unwrap_or_default();
+    let options = options(k, h);
+    let info = info_ident(i);
+    let target = if method { quote!(__this.#ident) } else { quote!(#ident) };
+    let (ctx_param, call) = match h.sig.ctx {
+        Ctx::Ref => (quote!(__ctx), quote!(#target(&__ctx, __event))),
+        Ctx::Owned => (quote!(__ctx), quote!(#target(__ctx, __event))),
+        Ctx::None => (quote!(_), quote!(#target(__event))),
+    };
+    // A wrong return type is reported on the handler's return type.
+    let register = quote_spanned!(h.sig.output.span()=> #k::__private::handler::macro_support::registration);
+    let body = quote_spanned!(h.sig.output.span()=> async move { #call.await });
+    let closure = if method {
+        let closure = quote_spanned! {h.sig.output.span()=>
+            move |#ctx_param: #k::__private::handler::Context, __event: #event| {
+                let __this = ::std::sync::Arc::clone(&__this);
+                #body
+            }
+        };
+        quote!({
+            let __this = ::std::sync::Arc::clone(&self);
+            #closure
+        })
+    } else {
+        quote_spanned!(h.sig.output.span()=> move |#ctx_param: #k::__private::handler::Context, __event: #event| #body)
+    };
+    quote!(#register(#name, #pattern, &#info, #options, #closure))
+}
+
+/// The event-info constant of handler `i` (the one place `E: DomainEvent` is required, spanned
+/// on the event type) and the `const` check that its subject can match the pattern.
+fn event_checks(k: &TokenStream, h: &Handler, i: usize) -> TokenStream {
+    let Some(pattern) = &h.args.pattern else { return TokenStream::new() };
+    let event = &h.sig.event;
+    let info = info_ident(i);
+    let event_name = event.to_token_stream().to_string().replace(' ', "");
+    let message = LitStr::new(
+        &format!(
+            "`{event_name}`'s subject can never match the pattern `{}` of handler `{}`: subscribe to a pattern that matches the subject in its `#[domain_event(subject = ...)]`",
+            pattern.value(),
+            h.name
+        ),
+        pattern.span(),
+    );
+    let info_const = quote_spanned! {event.span()=>
+        const #info: #k::__private::handler::macro_support::EventInfo<#event> =
+            #k::__private::handler::macro_support::event_info::<#event>();
+    };
+    let check = quote_spanned! {pattern.span()=>
+        const _: () = ::core::assert!(#k::__private::subject::pattern_matches(#pattern, #info.subject), #message);
+    };
+    quote!(#info_const #check)
+}
+
+fn set_impl(k: &TokenStream, self_ty: &TokenStream, domain: &LitStr, handlers: &[Handler], method: bool) -> TokenStream {
+    let regs = handlers.iter().enumerate().map(|(i, h)| registration(k, h, i, method));
+    let checks = handlers.iter().enumerate().map(|(i, h)| event_checks(k, h, i));
+    quote! {
+        #[doc(hidden)]
+        const _: () = {
+            #(#checks)*
+            #[automatically_derived]
+            impl #k::__private::handler::HandlerSet for #self_ty {
+                fn set_name(&self) -> &::core::primitive::str {
+                    #domain
+                }
+                fn registrations(
+                    self: ::std::sync::Arc<Self>,
+                ) -> ::std::vec::Vec<#k::__private::handler::Registration> {
+                    ::std::vec::Vec::from([#(#regs),*])
+                }
+            }
+        };
+    }
+}
+
+/// `#[handlers]`: the impl block (its `#[subscribe]` attributes removed) and its `HandlerSet`.
+pub(crate) fn handler_set(block: &ItemImpl, domain: &LitStr, krate: Option<&Path>, handlers: &[Handler]) -> TokenStream {
+    let k = facade(krate);
+    let self_ty = block.self_ty.to_token_stream();
+    let set = set_impl(&k, &self_ty, domain, handlers, true);
+    quote!(#block #set)
+}
+
+/// `#[subscribe]` on a free function: the function, a unit struct `{Name}Handler`, its `HandlerSet`.
+pub(crate) fn free_handler(f: &ItemFn, ty: &Ident, h: Handler) -> TokenStream {
+    let k = facade(h.args.krate.as_ref());
+    let vis = &f.vis;
+    let Some(domain) = h.args.domain.clone() else { return f.to_token_stream() };
+    let doc = format!(
+        "The handler set of [`{}`], generated by `#[subscribe]`: register it with `Service::builder(..).register({ty})`.",
+        f.sig.ident
+    );
+    let set = set_impl(&k, &ty.to_token_stream(), &domain, std::slice::from_ref(&h), false);
+    quote! {
+        #f
+        #[doc = #doc]
+        #[derive(::core::fmt::Debug, ::core::clone::Clone, ::core::marker::Copy, ::core::default::Default)]
+        #vis struct #ty;
+        #set
+    }
+}

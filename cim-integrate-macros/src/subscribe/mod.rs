@@ -1,0 +1,146 @@
+//! `#[subscribe]` and `#[handlers]`: typed, idempotent event handlers, registered explicitly.
+//!
+//! - [`parse`]: arguments and handler signatures into typed views (spans kept);
+//! - [`expand`]: a `HandlerSet` impl with one registration call per handler, and `const` checks
+//!   (the event type is a `DomainEvent`; its subject can match the pattern).
+//!
+//! `#[handlers(domain = "workflow")]` on an `impl` block collects its `#[subscribe]` methods;
+//! `#[subscribe("...", domain = "search")]` on a free function generates a unit struct
+//! `{Name}Handler` implementing `HandlerSet`.
+
+mod expand;
+mod parse;
+
+use crate::errors::{self, Errors};
+use proc_macro2::{Span, TokenStream};
+use quote::{ToTokens, format_ident};
+use std::collections::HashSet;
+
+/// One handler, checked.
+pub(crate) struct Handler {
+    pub(crate) args: parse::SubscribeArgs,
+    pub(crate) sig: parse::HandlerSig,
+    /// The registered name (`name = ...` or the function's name).
+    pub(crate) name: String,
+}
+
+/// Expands `#[handlers(attr)] impl ...`.
+pub fn expand_handlers(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let mut errors = Errors::default();
+    let (args, present) = parse::handlers_args(attr, &mut errors);
+    let mut block: syn::ItemImpl = match syn::parse2(item.clone()) {
+        Ok(b) => b,
+        Err(_) => {
+            let e = syn::Error::new(
+                Span::call_site(),
+                "`#[handlers]` goes on an inherent `impl` block whose methods carry `#[subscribe(\"...\")]`",
+            );
+            return errors::with_item(e, item);
+        }
+    };
+    if !present.iter().any(|k| k == parse::DOMAIN) {
+        errors.push(syn::Error::new(
+            Span::call_site(),
+            "`#[handlers]` needs the domain the handlers belong to: `#[handlers(domain = \"workflow\")]` (it prefixes durable names and dead-letter subjects)",
+        ));
+    }
+    if let Some((path, _)) = &block.trait_ {
+        errors.spanned(path, "`#[handlers]` goes on an inherent `impl` block, not a trait impl");
+    }
+    if !block.generics.params.is_empty() {
+        errors.spanned(&block.generics, "`#[handlers]` cannot be used on a generic `impl` block: register a concrete service type");
+    }
+    let mut handlers = Vec::new();
+    let mut names = HashSet::new();
+    for item in &mut block.items {
+        let syn::ImplItem::Fn(f) = item else { continue };
+        let Some(pos) = f.attrs.iter().position(parse::is_subscribe) else { continue };
+        let attr = f.attrs.remove(pos);
+        if let Some(extra) = f.attrs.iter().find(|a| parse::is_subscribe(a)) {
+            errors.spanned(extra, "one `#[subscribe]` per handler; write a second handler for a second pattern");
+        }
+        let span = attr.path().segments.last().map_or(Span::call_site(), |s| s.ident.span());
+        let a = parse::subscribe_args(parse::attr_tokens(&attr), parse::METHOD_KEYS, span, &mut errors);
+        let Some(sig) = parse::handler_sig(&f.sig, true, &mut errors) else { continue };
+        if let Some(h) = checked(a, sig, &mut names, &mut errors) {
+            handlers.push(h);
+        }
+    }
+    if handlers.is_empty() && errors.count() == 0 {
+        errors.spanned(&block.self_ty, "this `#[handlers]` block has no `#[subscribe(\"...\")]` method");
+    }
+    match (errors.finish(), &args.domain) {
+        (Ok(()), Some(domain)) => expand::handler_set(&block, domain, args.krate.as_ref(), &handlers),
+        (Err(e), _) => errors::with_item(e, block),
+        (Ok(()), None) => block.into_token_stream(),
+    }
+}
+
+fn checked(
+    args: parse::SubscribeArgs,
+    sig: parse::HandlerSig,
+    names: &mut HashSet<String>,
+    errors: &mut Errors,
+) -> Option<Handler> {
+    args.pattern.as_ref()?;
+    let name = args.name.as_ref().map_or_else(|| sig.ident.to_string(), |n| n.value());
+    if !names.insert(name.clone()) {
+        match &args.name {
+            Some(n) => errors.spanned(n, format!("two handlers in this set are named `{name}`; give one another `name = \"...\"`")),
+            None => errors.spanned(&sig.ident, format!("two handlers in this set are named `{name}`; give one another `name = \"...\"`")),
+        }
+        return None;
+    }
+    Some(Handler { args, sig, name })
+}
+
+/// Expands `#[subscribe(attr)] fn ...` on a free function.
+pub fn expand_subscribe(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let mut errors = Errors::default();
+    let f: syn::ItemFn = match syn::parse2(item.clone()) {
+        Ok(f) => f,
+        Err(_) => {
+            let e = syn::Error::new(
+                Span::call_site(),
+                "`#[subscribe]` goes on an `async fn` handler, or on methods of an `impl` block marked `#[handlers(domain = \"...\")]`",
+            );
+            return errors::with_item(e, item);
+        }
+    };
+    if let Some(syn::FnArg::Receiver(r)) = f.sig.inputs.first() {
+        let e = syn::Error::new_spanned(r, "`#[subscribe]` on a method needs `#[handlers(domain = \"...\")]` on its `impl` block");
+        return errors::with_item(e, f);
+    }
+    let a = parse::subscribe_args(attr, parse::FN_KEYS, Span::call_site(), &mut errors);
+    if a.domain.is_none() && a.pattern.is_some() {
+        errors.push(syn::Error::new(
+            Span::call_site(),
+            "a free-function handler needs its domain: `#[subscribe(\"document.created\", domain = \"search\")]`",
+        ));
+    }
+    let sig = parse::handler_sig(&f.sig, false, &mut errors);
+    let handler = sig.and_then(|sig| checked(a, sig, &mut HashSet::new(), &mut errors));
+    match (errors.finish(), handler) {
+        (Ok(()), Some(h)) => {
+            let ty = format_ident!("{}Handler", camel(&f.sig.ident.to_string()), span = f.sig.ident.span());
+            expand::free_handler(&f, &ty, h)
+        }
+        (Err(e), _) => errors::with_item(e, f),
+        (Ok(()), None) => f.into_token_stream(),
+    }
+}
+
+/// `index_document` -> `IndexDocument`.
+fn camel(snake: &str) -> String {
+    snake
+        .split('_')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let mut c = p.chars();
+            c.next().map(|f| f.to_ascii_uppercase().to_string() + c.as_str()).unwrap_or_default()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,311 @@
+//! Parsing of `#[subscribe("pattern", key = value, ...)]`, `#[handlers(domain = "...")]` and of
+//! the handler function's signature, into typed views that keep the syn nodes for spans.
+
+use crate::args;
+use crate::errors::Errors;
+use proc_macro2::{Span, TokenStream, TokenTree};
+use quote::ToTokens;
+use syn::{FnArg, Ident, LitBool, LitInt, LitStr, Path, ReturnType, Signature, Type};
+
+pub(crate) const NAME: &str = "name";
+pub(crate) const DURABLE: &str = "durable";
+pub(crate) const MAX_ATTEMPTS: &str = "max_attempts";
+pub(crate) const BACKOFF: &str = "backoff";
+pub(crate) const MAX_BACKOFF: &str = "max_backoff";
+pub(crate) const CONCURRENCY: &str = "concurrency";
+pub(crate) const DELIVER: &str = "deliver";
+pub(crate) const ORDERED: &str = "ordered";
+pub(crate) const ACK_WAIT: &str = "ack_wait";
+pub(crate) const DOMAIN: &str = "domain";
+pub(crate) const CRATE: &str = "crate";
+
+/// Keys of `#[subscribe]` on a method inside `#[handlers]`.
+pub(crate) const METHOD_KEYS: &[&str] =
+    &[NAME, DURABLE, MAX_ATTEMPTS, BACKOFF, MAX_BACKOFF, CONCURRENCY, DELIVER, ORDERED, ACK_WAIT];
+/// Keys of `#[subscribe]` on a free function (which has no `#[handlers]` to name the domain).
+pub(crate) const FN_KEYS: &[&str] =
+    &[DOMAIN, NAME, DURABLE, MAX_ATTEMPTS, BACKOFF, MAX_BACKOFF, CONCURRENCY, DELIVER, ORDERED, ACK_WAIT, CRATE];
+/// Keys of `#[handlers]`.
+pub(crate) const HANDLERS_KEYS: &[&str] = &[DOMAIN, CRATE];
+
+/// Where a new durable consumer starts.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Deliver {
+    All,
+    New,
+}
+
+/// The arguments of one `#[subscribe]`.
+#[derive(Default)]
+pub(crate) struct SubscribeArgs {
+    pub(crate) pattern: Option<LitStr>,
+    pub(crate) name: Option<LitStr>,
+    pub(crate) durable: Option<LitStr>,
+    pub(crate) max_attempts: Option<u32>,
+    pub(crate) backoff_ms: Option<u64>,
+    pub(crate) max_backoff_ms: Option<u64>,
+    pub(crate) concurrency: Option<usize>,
+    pub(crate) deliver: Option<Deliver>,
+    pub(crate) ordered: Option<bool>,
+    pub(crate) ack_wait_ms: Option<u64>,
+    pub(crate) domain: Option<LitStr>,
+    pub(crate) krate: Option<Path>,
+}
+
+fn lit<T: syn::parse::Parse>(value: TokenStream, example: &str) -> syn::Result<T> {
+    syn::parse2(value.clone()).map_err(|_| syn::Error::new_spanned(value, format!("expected {example}")))
+}
+
+fn duration(value: TokenStream, key: &str) -> syn::Result<u64> {
+    let s: LitStr = lit(value, &format!("a duration such as `{key} = \"500ms\"` (units: ms, s, m, h)"))?;
+    parse_duration_ms(&s.value()).filter(|ms| *ms > 0).ok_or_else(|| {
+        syn::Error::new(s.span(), format!("invalid duration `{}`: write a positive number and a unit, e.g. `\"500ms\"`, `\"2s\"`, `\"1m\"`, `\"1h\"`", s.value()))
+    })
+}
+
+/// `"500ms"`, `"2s"`, `"1m"`, `"1h"` in milliseconds.
+pub(crate) fn parse_duration_ms(s: &str) -> Option<u64> {
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let factor = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return None,
+    };
+    n.checked_mul(factor)
+}
+
+fn krate(value: TokenStream) -> syn::Result<Path> {
+    let s: LitStr = lit(value, "`crate = \"::cim_integrate\"`")?;
+    s.parse_with(Path::parse_mod_style)
+        .map_err(|_| syn::Error::new(s.span(), "expected the path of the facade crate, e.g. `crate = \"::cim_integrate\"`"))
+}
+
+/// Splits `"pattern", rest...` and parses the rest as `key = value` pairs.
+pub(crate) fn subscribe_args(attr: TokenStream, keys: &[&str], span: Span, errors: &mut Errors) -> SubscribeArgs {
+    let mut tokens = attr.into_iter().peekable();
+    let mut out = SubscribeArgs::default();
+    match tokens.peek() {
+        Some(TokenTree::Literal(_)) => {
+            let first = tokens.next().into_iter().collect::<TokenStream>();
+            match syn::parse2::<LitStr>(first.clone()) {
+                Ok(p) => match crate::subject::check_pattern(&p) {
+                    Ok(()) => out.pattern = Some(p),
+                    Err(e) => errors.push(e),
+                },
+                Err(_) => errors.spanned(first, "expected the subject pattern as a string: `#[subscribe(\"document.created\")]`"),
+            }
+            match tokens.next() {
+                None => {}
+                Some(TokenTree::Punct(p)) if p.as_char() == ',' => {}
+                Some(other) => errors.spanned(other, "expected `,` after the pattern"),
+            }
+        }
+        _ => errors.push(syn::Error::new(
+            span,
+            "`#[subscribe]` needs the subject pattern first: `#[subscribe(\"document.created\")]`",
+        )),
+    }
+    let rest: TokenStream = tokens.collect();
+    args::parse(rest, "subscribe", keys, errors, |key, value| {
+        match key.to_string().as_str() {
+            NAME => {
+                let s: LitStr = lit(value, "a handler name such as `name = \"start_approval\"`")?;
+                crate::subject::check_token(&s, "handler name")?;
+                out.name = Some(s);
+            }
+            DURABLE => {
+                let s: LitStr = lit(value, "a durable consumer name such as `durable = \"workflow-approvals\"`")?;
+                crate::subject::check_token(&s, "durable name")?;
+                out.durable = Some(s);
+            }
+            MAX_ATTEMPTS => {
+                let n: LitInt = lit(value, "a number of attempts such as `max_attempts = 5`")?;
+                match n.base10_parse::<u32>() {
+                    Ok(v) if v >= 1 => out.max_attempts = Some(v),
+                    _ => return Err(syn::Error::new(n.span(), "`max_attempts` counts the first run: use 1 or more")),
+                }
+            }
+            BACKOFF => out.backoff_ms = Some(duration(value, BACKOFF)?),
+            MAX_BACKOFF => out.max_backoff_ms = Some(duration(value, MAX_BACKOFF)?),
+            ACK_WAIT => out.ack_wait_ms = Some(duration(value, ACK_WAIT)?),
+            CONCURRENCY => {
+                let n: LitInt = lit(value, "a number such as `concurrency = 8`")?;
+                match n.base10_parse::<usize>() {
+                    Ok(v) if v >= 1 => out.concurrency = Some(v),
+                    _ => return Err(syn::Error::new(n.span(), "`concurrency` is at least 1")),
+                }
+            }
+            DELIVER => {
+                let s: LitStr = lit(value, "`deliver = \"all\"` or `deliver = \"new\"`")?;
+                out.deliver = Some(match s.value().as_str() {
+                    "all" => Deliver::All,
+                    "new" => Deliver::New,
+                    other => {
+                        return Err(syn::Error::new(
+                            s.span(),
+                            format!("unknown deliver policy `{other}`; expected `\"all\"` (from the first stored message) or `\"new\"` (only messages published from now on)"),
+                        ));
+                    }
+                });
+            }
+            ORDERED => {
+                let b: LitBool = lit(value, "`ordered = true` or `ordered = false`")?;
+                out.ordered = Some(b.value);
+            }
+            DOMAIN => {
+                let s: LitStr = lit(value, "`domain = \"search\"`")?;
+                crate::subject::check_token(&s, "domain")?;
+                out.domain = Some(s);
+            }
+            CRATE => out.krate = Some(krate(value)?),
+            _ => {}
+        }
+        Ok(())
+    });
+    out
+}
+
+/// The arguments of `#[handlers]`.
+#[derive(Default)]
+pub(crate) struct HandlersArgs {
+    pub(crate) domain: Option<LitStr>,
+    pub(crate) krate: Option<Path>,
+}
+
+pub(crate) fn handlers_args(attr: TokenStream, errors: &mut Errors) -> (HandlersArgs, Vec<String>) {
+    let mut out = HandlersArgs::default();
+    let present = args::parse(attr, "handlers", HANDLERS_KEYS, errors, |key, value| {
+        match key.to_string().as_str() {
+            DOMAIN => {
+                let s: LitStr = lit(value, "`domain = \"workflow\"`")?;
+                crate::subject::check_token(&s, "domain")?;
+                out.domain = Some(s);
+            }
+            CRATE => out.krate = Some(krate(value)?),
+            _ => {}
+        }
+        Ok(())
+    });
+    (out, present)
+}
+
+/// How the handler takes its context.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Ctx {
+    None,
+    Ref,
+    Owned,
+}
+
+/// A checked handler signature.
+pub(crate) struct HandlerSig {
+    pub(crate) ident: Ident,
+    pub(crate) ctx: Ctx,
+    pub(crate) event: Type,
+    pub(crate) output: Type,
+}
+
+fn is_context(ty: &Type) -> bool {
+    matches!(ty, Type::Path(p) if p.qself.is_none() && p.path.segments.last().is_some_and(|s| s.ident == "Context" && s.arguments.is_empty()))
+}
+
+/// Checks a handler's signature: `async fn name(&self?, ctx: &Context?, event: E) -> Result<(), HandlerError>`.
+pub(crate) fn handler_sig(sig: &Signature, method: bool, errors: &mut Errors) -> Option<HandlerSig> {
+    let before = errors.count();
+    if sig.asyncness.is_none() {
+        errors.spanned(sig.fn_token, "a handler must be an `async fn`: add `async`");
+    }
+    if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
+        errors.spanned(&sig.generics, "a handler cannot be generic: it is registered for one event type");
+    }
+    if let Some(v) = &sig.variadic {
+        errors.spanned(v, "a handler cannot be variadic");
+    }
+    let mut inputs = sig.inputs.iter().peekable();
+    match (method, inputs.peek()) {
+        (true, Some(FnArg::Receiver(r))) => {
+            if !matches!(r.kind, syn::ReceiverKind::Reference(_, _, None)) {
+                errors.spanned(r, "a handler method takes `&self`: handlers of one set run concurrently and share the service");
+            }
+            inputs.next();
+        }
+        (true, _) => errors.spanned(
+            &sig.ident,
+            "a handler inside `#[handlers]` is a method taking `&self`; move free functions out of the `impl` block",
+        ),
+        (false, Some(FnArg::Receiver(r))) => {
+            errors.spanned(r, "`#[subscribe]` on a method needs `#[handlers(domain = \"...\")]` on its `impl` block");
+            return None;
+        }
+        (false, _) => {}
+    }
+    let typed: Vec<&syn::PatType> = inputs
+        .filter_map(|a| match a {
+            FnArg::Typed(t) => Some(t),
+            FnArg::Receiver(r) => {
+                errors.spanned(r, "`self` must come first");
+                None
+            }
+        })
+        .collect();
+    let (ctx, event) = match typed.as_slice() {
+        [event] => (Ctx::None, *event),
+        [ctx, event] => {
+            let kind = match &*ctx.ty {
+                Type::Reference(r) if r.mutability.is_none() && is_context(&r.elem) => Ctx::Ref,
+                ty if is_context(ty) => Ctx::Owned,
+                other => {
+                    errors.spanned(other, "the first parameter of a two-parameter handler is its context: `ctx: &Context`");
+                    Ctx::Ref
+                }
+            };
+            (kind, *event)
+        }
+        _ => {
+            errors.spanned(
+                &sig.inputs,
+                format!(
+                    "a handler takes the event, optionally after its context: `({}ctx: &Context, event: DocumentCreated)` or `({}event: DocumentCreated)`; found {} parameter(s)",
+                    if method { "&self, " } else { "" },
+                    if method { "&self, " } else { "" },
+                    typed.len()
+                ),
+            );
+            return None;
+        }
+    };
+    if let Type::Reference(r) = &*event.ty {
+        errors.spanned(r, "the event is passed by value: `event: DocumentCreated`, not a reference");
+    }
+    let output = match &sig.output {
+        ReturnType::Type(_, ty) => (**ty).clone(),
+        ReturnType::Default => {
+            errors.push(syn::Error::new(
+                sig.paren_token.span.close(),
+                "a handler returns `Result<(), HandlerError>`: add `-> Result<(), HandlerError>` (errors decide retry or dead letter)",
+            ));
+            return None;
+        }
+    };
+    (errors.count() == before).then(|| HandlerSig { ident: sig.ident.clone(), ctx, event: (*event.ty).clone(), output })
+}
+
+/// The attribute's name, for matching `#[subscribe]` and `#[cim_integrate::subscribe]`.
+pub(crate) fn is_subscribe(attr: &syn::Attribute) -> bool {
+    attr.path().segments.last().is_some_and(|s| s.ident == "subscribe")
+}
+
+/// The tokens inside `#[subscribe(...)]` (empty for a bare `#[subscribe]`).
+pub(crate) fn attr_tokens(attr: &syn::Attribute) -> TokenStream {
+    match &attr.meta {
+        syn::Meta::List(l) => l.tokens.clone(),
+        other => {
+            let _ = other.to_token_stream();
+            TokenStream::new()
+        }
+    }
+}

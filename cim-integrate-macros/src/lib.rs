@@ -9,6 +9,7 @@
 mod args;
 mod domain_event;
 mod errors;
+mod saga;
 mod subject;
 mod subscribe;
 mod versioning;
@@ -125,4 +126,51 @@ pub fn subscribe(attr: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn handlers(attr: TokenStream, item: TokenStream) -> TokenStream {
     subscribe::expand_handlers(attr.into(), item.into()).into()
+}
+
+/// Declares a saga on an `impl` block: its `async fn`s marked `#[step(...)]` run in order; when
+/// one fails for good, the compensations of the completed ones run in reverse. Every transition
+/// is persisted (key-value, compare-and-set), so a saga resumes after a crash; see
+/// `cim_integrate::saga`.
+///
+/// ```ignore
+/// #[derive(Clone, Default, serde::Serialize, serde::Deserialize)]
+/// struct Publishing { document_id: String, published: bool }
+///
+/// #[saga(data = Publishing)]
+/// impl DocumentPublishing {
+///     #[step(no_compensation = "read-only validation")]
+///     async fn validate(&self, ctx: &mut StepContext<Publishing>) -> Result<(), HandlerError> { Ok(()) }
+///
+///     #[step(compensate = "unpublish", timeout = "10s", attempts = 3)]
+///     async fn publish(&self, ctx: &mut StepContext<Publishing>) -> Result<(), HandlerError> {
+///         self.store.publish(&ctx.data().document_id, ctx.idempotency_key()).await.transient()
+///     }
+///
+///     async fn unpublish(&self, ctx: &mut StepContext<Publishing>) -> Result<(), HandlerError> { Ok(()) }
+/// }
+/// ```
+///
+/// # Arguments
+///
+/// `#[saga(...)]`: `data = Type` (required: the persisted data, `Serialize + Deserialize + Clone`),
+/// `name = "..."` (default: the type's name in snake case; it names the bucket and the lifecycle
+/// subjects, so keep it stable), `crate = "path"` (the facade's path, default `::cim_integrate`).
+///
+/// `#[step(...)]`: exactly one of `compensate = "method"` or `no_compensation = "reason"`; and
+/// optionally `name = "..."` (default: the method's name), `timeout = "30s"`, `attempts = 3`,
+/// `compensation_timeout = "30s"`, `compensation_attempts = 5`.
+///
+/// Steps and compensations are `async fn name(&self, ctx: &mut StepContext<Data>) ->
+/// Result<(), HandlerError>`.
+///
+/// # Compile-time checks
+///
+/// A step without `compensate` or `no_compensation` (or with both, or an empty reason); a
+/// compensation naming a missing method, a step, or a method with the wrong signature; a
+/// compensation used by two steps; duplicate step names; non-async steps; unknown or repeated
+/// arguments; a missing `data`; generic or trait impls.
+#[proc_macro_attribute]
+pub fn saga(attr: TokenStream, item: TokenStream) -> TokenStream {
+    saga::expand(attr.into(), item.into()).into()
 }

@@ -1,0 +1,270 @@
+//! Parsing: `#[saga(...)]`'s arguments, the `impl` block, and each method's `#[step(...)]`, into
+//! typed views that keep the syn nodes for spans. Rules across them are in `validate`.
+
+use crate::args;
+use crate::errors::Errors;
+use proc_macro2::TokenStream;
+use syn::spanned::Spanned;
+use syn::{Attribute, Ident, ImplItem, ImplItemFn, Item, ItemImpl, LitInt, LitStr, Path, Type};
+
+/// `name = "document_publishing"`: the saga's name (default: the type's name in snake case).
+pub(crate) const NAME: &str = "name";
+/// `data = PublishingData`: the persisted data type.
+pub(crate) const DATA: &str = "data";
+/// `crate = "::cim_integrate"`: the path of the facade crate.
+pub(crate) const CRATE: &str = "crate";
+/// Every `#[saga]` argument.
+pub(crate) const KEYS: &[&str] = &[NAME, DATA, CRATE];
+
+/// `compensate = "method"`: the method that undoes the step.
+pub(crate) const COMPENSATE: &str = "compensate";
+/// `no_compensation = "reason"`: the step needs none.
+pub(crate) const NO_COMPENSATION: &str = "no_compensation";
+/// `timeout = "30s"`: one attempt's limit.
+pub(crate) const TIMEOUT: &str = "timeout";
+/// `attempts = 3`: attempts before the step fails.
+pub(crate) const ATTEMPTS: &str = "attempts";
+/// `compensation_timeout = "30s"`.
+pub(crate) const COMPENSATION_TIMEOUT: &str = "compensation_timeout";
+/// `compensation_attempts = 5`.
+pub(crate) const COMPENSATION_ATTEMPTS: &str = "compensation_attempts";
+/// Every `#[step]` argument.
+pub(crate) const STEP_KEYS: &[&str] = &[
+    NAME,
+    COMPENSATE,
+    NO_COMPENSATION,
+    TIMEOUT,
+    ATTEMPTS,
+    COMPENSATION_TIMEOUT,
+    COMPENSATION_ATTEMPTS,
+];
+
+/// The marker attribute of steps.
+pub(crate) const STEP: &str = "step";
+
+/// `#[saga(...)]`'s arguments.
+#[derive(Default)]
+pub(crate) struct Args {
+    pub(crate) name: Option<LitStr>,
+    pub(crate) data: Option<Type>,
+    pub(crate) krate: Option<Path>,
+    pub(crate) present: Vec<String>,
+}
+
+impl Args {
+    pub(crate) fn parse(attr: TokenStream, errors: &mut Errors) -> Self {
+        let mut args = Self::default();
+        let present = args::parse(attr, "saga", KEYS, errors, |key, value| {
+            match key.to_string().as_str() {
+                NAME => args.name = Some(string(value, "name = \"document_publishing\"")?),
+                DATA => {
+                    args.data = Some(syn::parse2::<Type>(value.clone()).map_err(|_| {
+                        syn::Error::new(
+                            value.span(),
+                            "expected the saga's data type, e.g. `data = PublishingData`",
+                        )
+                    })?);
+                }
+                CRATE => {
+                    let lit = string(value, "crate = \"::cim_integrate\"")?;
+                    let path = lit.parse_with(Path::parse_mod_style).map_err(|_| {
+                        syn::Error::new(
+                            lit.span(),
+                            "expected the path of the facade crate, e.g. `crate = \"::cim_integrate\"`",
+                        )
+                    })?;
+                    args.krate = Some(path);
+                }
+                _ => unreachable!("args::parse passes only known keys"),
+            }
+            Ok(())
+        });
+        Self { present, ..args }
+    }
+}
+
+/// A duration argument: the literal and its value in milliseconds.
+pub(crate) struct DurationArg {
+    pub(crate) lit: LitStr,
+    pub(crate) millis: u64,
+}
+
+/// A count argument.
+pub(crate) struct CountArg {
+    pub(crate) lit: LitInt,
+    pub(crate) value: u32,
+}
+
+/// One method's `#[step(...)]`.
+pub(crate) struct StepArgs {
+    /// The attribute, for spans.
+    pub(crate) attr: Attribute,
+    pub(crate) name: Option<LitStr>,
+    pub(crate) compensate: Option<LitStr>,
+    pub(crate) no_compensation: Option<LitStr>,
+    pub(crate) timeout: Option<DurationArg>,
+    pub(crate) attempts: Option<CountArg>,
+    pub(crate) compensation_timeout: Option<DurationArg>,
+    pub(crate) compensation_attempts: Option<CountArg>,
+    pub(crate) present: Vec<String>,
+}
+
+impl StepArgs {
+    fn parse(attr: Attribute, errors: &mut Errors) -> Self {
+        let mut step = Self {
+            attr: attr.clone(),
+            name: None,
+            compensate: None,
+            no_compensation: None,
+            timeout: None,
+            attempts: None,
+            compensation_timeout: None,
+            compensation_attempts: None,
+            present: Vec::new(),
+        };
+        let tokens = match &attr.meta {
+            syn::Meta::Path(_) => TokenStream::new(),
+            syn::Meta::List(list) => list.tokens.clone(),
+            syn::Meta::NameValue(nv) => {
+                errors.spanned(
+                    nv,
+                    "expected `#[step(compensate = \"method\")]` or `#[step(no_compensation = \"reason\")]`",
+                );
+                return step;
+            }
+        };
+        step.present = args::parse(tokens, STEP, STEP_KEYS, errors, |key, value| {
+            match key.to_string().as_str() {
+                NAME => step.name = Some(string(value, "name = \"publish\"")?),
+                COMPENSATE => step.compensate = Some(string(value, "compensate = \"unpublish\"")?),
+                NO_COMPENSATION => {
+                    step.no_compensation = Some(string(value, "no_compensation = \"read-only validation\"")?);
+                }
+                TIMEOUT => step.timeout = Some(duration(value, TIMEOUT)?),
+                ATTEMPTS => step.attempts = Some(count(value, ATTEMPTS)?),
+                COMPENSATION_TIMEOUT => step.compensation_timeout = Some(duration(value, COMPENSATION_TIMEOUT)?),
+                COMPENSATION_ATTEMPTS => step.compensation_attempts = Some(count(value, COMPENSATION_ATTEMPTS)?),
+                _ => unreachable!("args::parse passes only known keys"),
+            }
+            Ok(())
+        });
+        step
+    }
+}
+
+fn string(value: TokenStream, example: &str) -> syn::Result<LitStr> {
+    syn::parse2::<LitStr>(value.clone())
+        .map_err(|_| syn::Error::new(value.span(), format!("expected a string literal, e.g. `{example}`")))
+}
+
+fn duration(value: TokenStream, key: &str) -> syn::Result<DurationArg> {
+    let lit = string(value, &format!("{key} = \"30s\""))?;
+    let text = lit.value();
+    let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let factor = match unit {
+        "ms" => Some(1),
+        "s" => Some(1000),
+        "m" => Some(60_000),
+        "h" => Some(3_600_000),
+        _ => None,
+    };
+    match (digits.parse::<u64>().ok(), factor) {
+        (Some(n), Some(f)) if n > 0 => n.checked_mul(f),
+        _ => None,
+    }
+    .map(|millis| DurationArg {
+        lit: lit.clone(),
+        millis,
+    })
+    .ok_or_else(|| {
+        syn::Error::new(
+            lit.span(),
+            format!(
+                "expected a positive duration such as `\"500ms\"`, `\"30s\"`, `\"5m\"` or `\"1h\"`, found `{text:?}`"
+            ),
+        )
+    })
+}
+
+fn count(value: TokenStream, key: &str) -> syn::Result<CountArg> {
+    let expected = || format!("expected a positive whole number, e.g. `{key} = 3`");
+    let lit = syn::parse2::<LitInt>(value.clone()).map_err(|_| syn::Error::new(value.span(), expected()))?;
+    match lit.base10_parse::<u32>() {
+        Ok(value) if value > 0 => Ok(CountArg { lit, value }),
+        _ => Err(syn::Error::new(lit.span(), expected())),
+    }
+}
+
+/// A method of the impl block, with its `#[step]` (if any) taken off.
+pub(crate) struct Method {
+    pub(crate) func: ImplItemFn,
+    pub(crate) step: Option<StepArgs>,
+}
+
+/// The annotated impl block (with every `#[step]` removed) and its methods.
+pub(crate) struct Parsed {
+    pub(crate) item: ItemImpl,
+    pub(crate) methods: Vec<Method>,
+}
+
+/// Parses the item; anything but an inherent impl block is an error.
+pub(crate) fn item(item: TokenStream, errors: &mut Errors) -> Option<Parsed> {
+    const USE: &str =
+        "`#[saga]` goes on an inherent `impl` block whose `async fn`s marked `#[step(...)]` are the steps";
+    let item = match syn::parse2::<Item>(item) {
+        Ok(Item::Impl(item)) => item,
+        Ok(Item::Struct(s)) => {
+            errors.spanned(
+                s.struct_token,
+                format!("{USE}; put it on `impl {} {{ ... }}`, not on the struct", s.ident),
+            );
+            return None;
+        }
+        Ok(other) => {
+            errors.spanned(
+                other,
+                format!("{USE}, e.g. `#[saga(data = PublishingData)] impl DocumentPublishing {{ ... }}`"),
+            );
+            return None;
+        }
+        Err(error) => {
+            errors.push(error);
+            return None;
+        }
+    };
+    let mut item = item;
+    let mut methods = Vec::new();
+    for impl_item in &mut item.items {
+        let ImplItem::Fn(func) = impl_item else { continue };
+        let mut step = None;
+        let mut kept = Vec::with_capacity(func.attrs.len());
+        for attr in std::mem::take(&mut func.attrs) {
+            if attr.path().is_ident(STEP) {
+                if step.is_some() {
+                    errors.spanned(
+                        &attr,
+                        format!("`{}` has two `#[step]` attributes; merge them", func.sig.ident),
+                    );
+                } else {
+                    step = Some(StepArgs::parse(attr, errors));
+                }
+            } else {
+                kept.push(attr);
+            }
+        }
+        func.attrs = kept;
+        methods.push(Method {
+            func: func.clone(),
+            step,
+        });
+    }
+    Some(Parsed { item, methods })
+}
+
+/// The type name's last segment, if the self type is a path.
+pub(crate) fn type_ident(ty: &Type) -> Option<&Ident> {
+    match ty {
+        Type::Path(p) if p.qself.is_none() => p.path.segments.last().map(|s| &s.ident),
+        _ => None,
+    }
+}

@@ -1,0 +1,23 @@
+use cim_integrate::handler::HandlerError;
+use cim_integrate::saga;
+use cim_integrate::saga::StepContext;
+
+#[derive(Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Data;
+
+pub struct Publishing;
+
+#[saga(data = Data)]
+impl Publishing {
+    #[step(compensate = "unpublish")]
+    async fn publish(&self, _ctx: &mut StepContext<Data>) -> Result<(), HandlerError> {
+        Ok(())
+    }
+
+    #[step(no_compensation = "final pivot")]
+    async fn unpublish(&self, _ctx: &mut StepContext<Data>) -> Result<(), HandlerError> {
+        Ok(())
+    }
+}
+
+fn main() {}

@@ -1,0 +1,18 @@
+use cim_integrate::handler::HandlerError;
+use cim_integrate::saga;
+use cim_integrate::saga::StepContext;
+
+#[derive(Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Data;
+
+pub struct Publishing;
+
+#[saga(name = "document.publishing", data = Data)]
+impl Publishing {
+    #[step(no_compensation = "read-only validation")]
+    async fn validate(&self, _ctx: &mut StepContext<Data>) -> Result<(), HandlerError> {
+        Ok(())
+    }
+}
+
+fn main() {}

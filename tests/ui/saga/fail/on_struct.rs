@@ -1,0 +1,6 @@
+use cim_integrate::saga;
+
+#[saga(data = Other)]
+pub struct Other;
+
+fn main() {}

@@ -9,16 +9,19 @@
 //! Users depend on the `cim-integrate` facade, which re-exports this crate.
 #![warn(missing_docs)]
 
+pub mod breaker;
 pub mod dedup;
 pub mod envelope;
 pub mod event;
 pub mod handler;
 pub mod headers;
 pub mod id;
+pub mod monitor;
 pub mod saga;
 pub mod service;
 pub mod subject;
 pub mod timestamp;
+pub mod topology;
 pub mod transport;
 
 #[cfg(feature = "testing")]

@@ -13,6 +13,16 @@
 //!    with the retry policy's back-off, or dead-letters once the attempts are spent; on a
 //!    permanent error dead-letters at once.
 //!
+//! A handler with a circuit breaker ([`HandlerOptions::breaker`](crate::handler::HandlerOptions))
+//! asks it before step 5; while it is open the message is naked with the rest of the cool-down as
+//! delay (an ordered handler waits in place instead). A handler whose transient error carries a
+//! [`BreakerOpen`](crate::breaker::BreakerOpen) (a breaker around its own outgoing call refused)
+//! is deferred the same way. Deferred deliveries are not attempts: they are subtracted from the
+//! delivery count before it is compared with the retry policy.
+//!
+//! Every delivery runs in a `handle` span and is counted in the metrics of [`crate::monitor`];
+//! [`Service::topology`] tells who publishes and who subscribes.
+//!
 //! A dead letter is the original payload and headers, plus `X-Dead-Letter-*` headers (reason,
 //! handler, original subject, stream and sequence, delivery count, time), published to
 //! `dlq.{set}.{handler}` in the `DEAD_LETTERS` stream; only once it is stored is the original
@@ -21,21 +31,24 @@
 //! Shutdown stops pulling, lets in-flight handlers finish within a grace period and acks what
 //! finished; what did not finish is left unacknowledged and is redelivered.
 
+use crate::breaker::{self, BreakerState, CircuitBreaker};
 use crate::dedup::{DEFAULT_DEDUP_TTL, DedupStore, KvDedup};
 use crate::envelope::{DERIVED_ID_NAMESPACE, Envelope};
 use crate::handler::context::DynPublish;
 use crate::handler::{Context, HandlerError, HandlerSet, Registration};
 use crate::headers::{self, Headers};
+use crate::monitor::{self, DeadLetterReason, HandlerMetrics};
 use crate::subject::{Subject, SubjectError, SubjectPattern};
 use crate::timestamp::Timestamp;
+use crate::topology::{PublishLog, Topology};
 use crate::transport::{
     Acker, Consumer, ConsumerSpec, Delivery, KvError, KvSpec, OutboundMessage, StreamSpec, Transport, TransportError,
 };
 use futures::FutureExt;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
@@ -111,6 +124,8 @@ pub struct HandlerCounters {
     pub dead_lettered: AtomicU64,
     /// Runs that panicked.
     pub panicked: AtomicU64,
+    /// Deliveries deferred because a circuit breaker was open.
+    pub deferred: AtomicU64,
 }
 
 /// A snapshot of one handler's counters.
@@ -128,6 +143,8 @@ pub struct HandlerStats {
     pub dead_lettered: u64,
     /// Runs that panicked.
     pub panicked: u64,
+    /// Deliveries deferred because a circuit breaker was open.
+    pub deferred: u64,
 }
 
 /// Builds and starts a [`Service`].
@@ -138,6 +155,7 @@ pub struct ServiceBuilder<T: Transport> {
     dedup: Option<Arc<dyn DedupStore>>,
     dedup_ttl: Duration,
     handlers: Vec<(String, Registration)>,
+    topology: Topology,
 }
 
 impl<T: Transport> std::fmt::Debug for ServiceBuilder<T> {
@@ -189,10 +207,45 @@ impl<T: Transport> ServiceBuilder<T> {
         self
     }
 
+    /// Declares the event type `E` in the service's [topology](crate::topology), so that
+    /// subscriptions to it are known to match something even before anyone publishes it.
+    pub fn declare_event<E: crate::event::DomainEvent>(mut self) -> Self {
+        self.topology.declare_event::<E>();
+        self
+    }
+
+    /// Adds to the service's [topology](crate::topology) what the registrations cannot tell:
+    /// publishers outside the service, sagas, command handlers, events of other services.
+    pub fn describe(mut self, f: impl FnOnce(&mut Topology)) -> Self {
+        f(&mut self.topology);
+        self
+    }
+
+    /// The topology the service will have when started, before anything is observed: its
+    /// handler sets and their subscriptions and declared publications, and what was added with
+    /// [`declare_event`](Self::declare_event) and [`describe`](Self::describe). Needs no transport
+    /// call, so a test can snapshot it.
+    pub fn topology(&self) -> Topology {
+        let mut t = self.topology.clone();
+        for (set, reg) in &self.handlers {
+            t.add_participant(set.clone(), crate::topology::ParticipantKind::HandlerSet);
+            t.add_subscription(set, &reg.name, reg.pattern.as_str(), Some(reg.event_type));
+            for e in &reg.options.publishes {
+                t.add_publication(set, Some(&reg.name), e.clone());
+            }
+        }
+        t
+    }
+
     /// Provisions streams, the dead-letter stream, the de-duplication bucket and one durable
     /// consumer per handler, then starts dispatching.
     pub async fn start(self) -> Result<Service, ServiceError> {
         check_token(&self.name)?;
+        monitor::describe();
+        let topology = self.topology();
+        for w in topology.warnings() {
+            tracing::info!(service = %self.name, "topology: {w}");
+        }
         let dlq_spec = dead_letter_stream(self.prefix.as_ref())?;
         self.transport.ensure_stream(&dlq_spec).await?;
         let dedup = match self.dedup {
@@ -253,22 +306,40 @@ impl<T: Transport> ServiceBuilder<T> {
                 Some(p) => dlq_subject.with_prefix(p)?,
                 None => dlq_subject,
             };
-            plans.push((spec, consumer, durable, dlq_subject, reg, concurrency));
+            plans.push((spec, consumer, durable, dlq_subject, (set, reg), concurrency));
         }
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let mut counters = Vec::new();
         let publisher: Arc<dyn DynPublish> = Arc::new(self.transport.clone());
-        for (spec, consumer, durable, dlq_subject, reg, concurrency) in plans {
+        let log = Arc::new(PublishLog::default());
+        for (spec, consumer, durable, dlq_subject, (set, reg), concurrency) in plans {
+            let domain = reg.pattern.as_str().split('.').next().unwrap_or_default();
+            let breaker = reg.options.breaker.clone().map(|settings| {
+                let labels = [
+                    ("source_domain", domain),
+                    ("target_domain", &set),
+                    ("handler", &reg.name),
+                ]
+                .map(|(k, v)| (k.to_owned(), v.to_owned()));
+                CircuitBreaker::with_labels(durable.clone(), settings, labels.to_vec())
+            });
             let shared = Arc::new(HandlerRuntime {
+                metrics: HandlerMetrics::new(domain, &set, &durable, reg.event_type),
+                set: Arc::from(set.as_str()),
+                name: Arc::from(reg.name.as_str()),
                 durable,
                 dlq_subject,
+                breaker,
                 registration: reg,
                 prefix: self.prefix.clone(),
                 dedup: dedup.clone(),
                 publisher: publisher.clone(),
                 counters: HandlerCounters::default(),
                 concurrency,
+                log: log.clone(),
+                deferrals: Mutex::new(BTreeMap::new()),
+                deferral_count: AtomicUsize::new(0),
             });
             counters.push(shared.clone());
             tracing::info!(handler = %shared.durable, filter = %spec.filter, stream = %spec.stream, "handler started");
@@ -287,6 +358,8 @@ impl<T: Transport> ServiceBuilder<T> {
             tasks,
             handlers: counters,
             flush: publisher_flush(self.transport),
+            topology,
+            log,
         })
     }
 }
@@ -330,6 +403,8 @@ pub struct Service {
     tasks: JoinSet<()>,
     handlers: Vec<Arc<HandlerRuntime>>,
     flush: Box<dyn Fn() -> futures::future::BoxFuture<'static, Result<(), TransportError>> + Send + Sync>,
+    topology: Topology,
+    log: Arc<PublishLog>,
 }
 
 impl std::fmt::Debug for Service {
@@ -351,7 +426,26 @@ impl Service {
             dedup: None,
             dedup_ttl: DEFAULT_DEDUP_TTL,
             handlers: Vec::new(),
+            topology: Topology::new(),
         }
+    }
+
+    /// The service's [topology](crate::topology): what was declared when it was built
+    /// ([`ServiceBuilder::topology`]) plus every publish its handlers have made since it started.
+    pub fn topology(&self) -> Topology {
+        let mut t = self.topology.clone();
+        self.log.apply(&mut t);
+        t
+    }
+
+    /// The state of a handler's circuit breaker, by durable name (`None`: no such handler, or it
+    /// has no breaker).
+    pub fn breaker_state(&self, durable: &str) -> Option<BreakerState> {
+        self.handlers
+            .iter()
+            .find(|h| h.durable == durable)
+            .and_then(|h| h.breaker.as_ref())
+            .map(CircuitBreaker::state)
     }
 
     /// Counters of every handler.
@@ -367,6 +461,7 @@ impl Service {
                     retried: c.retried.load(Ordering::Relaxed),
                     dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
                     panicked: c.panicked.load(Ordering::Relaxed),
+                    deferred: c.deferred.load(Ordering::Relaxed),
                 }
             })
             .collect()
@@ -401,6 +496,10 @@ impl Service {
 }
 
 struct HandlerRuntime {
+    /// The handler set's name (the target domain).
+    set: Arc<str>,
+    /// The handler's name.
+    name: Arc<str>,
     durable: String,
     dlq_subject: Subject,
     registration: Registration,
@@ -409,6 +508,48 @@ struct HandlerRuntime {
     publisher: Arc<dyn DynPublish>,
     counters: HandlerCounters,
     concurrency: usize,
+    metrics: HandlerMetrics,
+    breaker: Option<CircuitBreaker>,
+    log: Arc<PublishLog>,
+    /// Stream sequence -> deliveries deferred by a breaker, for messages not yet settled.
+    deferrals: Mutex<BTreeMap<u64, u64>>,
+    /// Its length, read without the lock on the hot path.
+    deferral_count: AtomicUsize,
+}
+
+/// Most messages whose deferrals a handler remembers; beyond, the oldest are forgotten (and their
+/// deferrals count as attempts again).
+const DEFERRAL_LIMIT: usize = 65_536;
+
+/// Shortest delay of a deferral, so that a breaker about to half-open does not spin.
+const MIN_DEFERRAL: Duration = Duration::from_millis(10);
+
+impl HandlerRuntime {
+    fn deferred(&self, seq: u64) -> u64 {
+        if self.deferral_count.load(Ordering::Relaxed) == 0 {
+            return 0;
+        }
+        let map = self.deferrals.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&seq).copied().unwrap_or(0)
+    }
+
+    fn note_deferral(&self, seq: u64) {
+        let mut map = self.deferrals.lock().unwrap_or_else(|p| p.into_inner());
+        *map.entry(seq).or_insert(0) += 1;
+        while map.len() > DEFERRAL_LIMIT {
+            map.pop_first();
+        }
+        self.deferral_count.store(map.len(), Ordering::Relaxed);
+    }
+
+    fn forget(&self, seq: u64) {
+        if self.deferral_count.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let mut map = self.deferrals.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(&seq);
+        self.deferral_count.store(map.len(), Ordering::Relaxed);
+    }
 }
 
 async fn run_handler<T: Transport>(
@@ -462,14 +603,18 @@ async fn run_handler<T: Transport>(
 enum Outcome {
     Done,
     Retry(String),
-    DeadLetter(String),
+    Deferred(Duration, String),
+    DeadLetter(DeadLetterReason, String),
 }
 
 async fn process<A: Acker>(h: &HandlerRuntime, d: Delivery<A>) {
     let delivered = d.info().delivered;
     let envelope = match d.envelope() {
         Ok(e) => e,
-        Err(e) => return dead_letter(h, d, &format!("invalid envelope: {e}")).await,
+        Err(e) => {
+            let reason = format!("invalid envelope: {e}");
+            return dead_letter(h, d, DeadLetterReason::InvalidEnvelope, &reason).await;
+        }
     };
     let span = tracing::info_span!(
         "handle",
@@ -485,10 +630,14 @@ async fn process<A: Acker>(h: &HandlerRuntime, d: Delivery<A>) {
 
 async fn process_envelope<A: Acker>(h: &HandlerRuntime, d: Delivery<A>, envelope: Envelope) {
     let delivered = d.info().delivered;
+    let seq = d.info().stream_sequence;
+    h.metrics.delivered(delivered);
     let id = envelope.message_id();
     match h.dedup.seen(&h.durable, id).await {
         Ok(true) => {
             h.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+            h.metrics.outcome(monitor::Outcome::Duplicate);
+            h.forget(seq);
             tracing::debug!("already handled; acknowledging without running");
             return settle(d.ack().await);
         }
@@ -499,30 +648,68 @@ async fn process_envelope<A: Acker>(h: &HandlerRuntime, d: Delivery<A>, envelope
         }
     }
     let retry = &h.registration.options.retry;
-    if delivered > u64::from(retry.max_attempts) {
+    // Deliveries a breaker deferred were not attempts.
+    let deferred = h.deferred(seq);
+    let mut attempt = delivered.saturating_sub(deferred).max(1);
+    if attempt > u64::from(retry.max_attempts) {
         let reason = format!(
-            "retries exhausted: delivered {delivered} times, max_attempts {} (earlier runs did not finish)",
+            "retries exhausted: delivered {delivered} times ({deferred} deferred by a circuit breaker), max_attempts {} (earlier runs did not finish)",
             retry.max_attempts
         );
-        return dead_letter(h, d, &reason).await;
+        return dead_letter(h, d, DeadLetterReason::Exhausted, &reason).await;
     }
-    let mut attempt = delivered;
     loop {
-        let ctx = Context::new(&envelope, attempt, &h.durable, h.prefix.clone(), h.publisher.clone());
-        let outcome = match (h.registration.invoke)(ctx, envelope.payload()) {
-            Err(reason) => Outcome::DeadLetter(format!(
-                "undecodable payload for {}: {reason}",
-                h.registration.event_type
-            )),
-            Ok(fut) => match run_with_progress(fut, &d, h.registration.options.ack_wait).await {
-                Ok(Ok(())) => Outcome::Done,
-                Ok(Err(HandlerError::Permanent(e))) => Outcome::DeadLetter(format!("handler failed permanently: {e}")),
-                Ok(Err(HandlerError::Transient(e))) => Outcome::Retry(format!("handler failed: {e}")),
-                Err(panic) => {
-                    h.counters.panicked.fetch_add(1, Ordering::Relaxed);
-                    Outcome::Retry(format!("handler panicked: {}", panic_message(&panic)))
+        let permit = match h.breaker.as_ref().map(CircuitBreaker::try_acquire) {
+            None => None,
+            Some(Ok(permit)) => Some(permit),
+            Some(Err(open)) => {
+                if defer(h, &d, open.retry_after, &open.to_string()).await {
+                    continue;
                 }
-            },
+                return settle(d.nak(Some(open.retry_after.max(MIN_DEFERRAL))).await);
+            }
+        };
+        let ctx = Context::new(&envelope, attempt, &h.durable, h.prefix.clone(), h.publisher.clone())
+            .observed_by(&h.set, &h.name, &h.log);
+        let outcome = match (h.registration.invoke)(ctx, envelope.payload()) {
+            // Says nothing about the downstream: the permit is dropped unrecorded.
+            Err(reason) => Outcome::DeadLetter(
+                DeadLetterReason::Undecodable,
+                format!("undecodable payload for {}: {reason}", h.registration.event_type),
+            ),
+            Ok(fut) => {
+                let start = tokio::time::Instant::now();
+                let result = run_with_progress(fut, &d, h.registration.options.ack_wait).await;
+                h.metrics.ran(start.elapsed());
+                match result {
+                    Ok(Ok(())) => {
+                        if let Some(p) = permit {
+                            p.success();
+                        }
+                        Outcome::Done
+                    }
+                    Ok(Err(HandlerError::Permanent(e))) => {
+                        Outcome::DeadLetter(DeadLetterReason::Permanent, format!("handler failed permanently: {e}"))
+                    }
+                    Ok(Err(HandlerError::Transient(e))) => match breaker::find_open(e.as_ref()) {
+                        Some(open) => Outcome::Deferred(open.retry_after, open.to_string()),
+                        None => {
+                            if let Some(p) = permit {
+                                p.failure();
+                            }
+                            Outcome::Retry(format!("handler failed: {e}"))
+                        }
+                    },
+                    Err(panic) => {
+                        if let Some(p) = permit {
+                            p.failure();
+                        }
+                        h.counters.panicked.fetch_add(1, Ordering::Relaxed);
+                        h.metrics.panicked();
+                        Outcome::Retry(format!("handler panicked: {}", panic_message(&panic)))
+                    }
+                }
+            }
         };
         match outcome {
             Outcome::Done => {
@@ -531,20 +718,27 @@ async fn process_envelope<A: Acker>(h: &HandlerRuntime, d: Delivery<A>, envelope
                     tracing::warn!(error = %e, "dedup mark failed; acknowledging anyway");
                 }
                 h.counters.succeeded.fetch_add(1, Ordering::Relaxed);
+                h.metrics.outcome(monitor::Outcome::Succeeded);
+                h.forget(seq);
                 return settle(d.ack().await);
             }
-            Outcome::DeadLetter(reason) => return dead_letter(h, d, &reason).await,
+            Outcome::DeadLetter(kind, reason) => return dead_letter(h, d, kind, &reason).await,
+            Outcome::Deferred(delay, why) => {
+                if defer(h, &d, delay, &why).await {
+                    continue;
+                }
+                return settle(d.nak(Some(delay.max(MIN_DEFERRAL))).await);
+            }
             Outcome::Retry(reason) if attempt >= u64::from(retry.max_attempts) => {
-                return dead_letter(
-                    h,
-                    d,
-                    &format!("retries exhausted after {attempt} attempts; last: {reason}"),
-                )
-                .await;
+                let reason = format!("retries exhausted after {attempt} attempts; last: {reason}");
+                return dead_letter(h, d, DeadLetterReason::Exhausted, &reason).await;
             }
             Outcome::Retry(reason) => {
                 h.counters.retried.fetch_add(1, Ordering::Relaxed);
-                let delay = retry.delay(attempt);
+                h.metrics.outcome(monitor::Outcome::Retried);
+                // If this failure opened the breaker, come back when it lets probes through.
+                let cool_down = h.breaker.as_ref().map(CircuitBreaker::retry_after).unwrap_or_default();
+                let delay = retry.delay(attempt).max(cool_down);
                 tracing::warn!(%reason, attempt, ?delay, "handler will be retried");
                 if !h.registration.options.ordered {
                     return settle(d.nak(Some(delay)).await);
@@ -560,6 +754,24 @@ async fn process_envelope<A: Acker>(h: &HandlerRuntime, d: Delivery<A>, envelope
             }
         }
     }
+}
+
+/// A breaker refused: counts the deferral, and either waits `delay` in place keeping the
+/// delivery alive (ordered handlers: `true`, try again) or records the deferral so that the
+/// redelivery is not counted as an attempt (`false`: the caller naks).
+async fn defer<A: Acker>(h: &HandlerRuntime, d: &Delivery<A>, delay: Duration, why: &str) -> bool {
+    h.counters.deferred.fetch_add(1, Ordering::Relaxed);
+    h.metrics.outcome(monitor::Outcome::Deferred);
+    let delay = delay.max(MIN_DEFERRAL);
+    tracing::debug!(reason = why, ?delay, "deferred: a circuit breaker is open");
+    if h.registration.options.ordered {
+        let wait = tokio::time::sleep(delay).map(Ok);
+        return run_with_progress(wait, d, h.registration.options.ack_wait)
+            .await
+            .is_ok();
+    }
+    h.note_deferral(d.info().stream_sequence);
+    false
 }
 
 /// Runs `fut` (catching panics) while telling the server every half ack wait that the delivery
@@ -612,7 +824,7 @@ fn header_safe(s: &str) -> String {
         .collect()
 }
 
-async fn dead_letter<A: Acker>(h: &HandlerRuntime, d: Delivery<A>, reason: &str) {
+async fn dead_letter<A: Acker>(h: &HandlerRuntime, d: Delivery<A>, kind: DeadLetterReason, reason: &str) {
     let info = d.info().clone();
     let mut hdrs = Headers::new();
     for (n, v) in d.headers().iter().filter(|(n, _)| *n != headers::NATS_MSG_ID) {
@@ -645,6 +857,9 @@ async fn dead_letter<A: Acker>(h: &HandlerRuntime, d: Delivery<A>, reason: &str)
     match h.publisher.publish_and_wait(message).await {
         Ok(_) => {
             h.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            h.metrics.outcome(monitor::Outcome::DeadLettered);
+            h.metrics.dead_letter(kind);
+            h.forget(info.stream_sequence);
             tracing::warn!(handler = %h.durable, subject = d.subject(), reason, "dead-lettered");
             settle(d.term().await);
         }

@@ -3,13 +3,16 @@
 use crate::envelope::Envelope;
 use crate::event::{DomainEvent, PayloadVersion};
 use crate::id::{CausationId, CorrelationId, Identity, MessageId};
+use crate::monitor;
 use crate::subject::{Subject, SubjectError};
 use crate::timestamp::Timestamp;
+use crate::topology::PublishLog;
 use crate::transport::{OutboundMessage, PublishAck, Transport, TransportError};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use tracing::Instrument;
 
 /// Why a publish from a handler failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -51,6 +54,9 @@ struct Inner {
     prefix: Option<Subject>,
     publisher: Arc<dyn DynPublish>,
     published: AtomicU32,
+    /// The handler set, the handler's name, and the service's log of observed publishes (for
+    /// the topology).
+    observer: Option<(Arc<str>, Arc<str>, Arc<PublishLog>)>,
 }
 
 /// The handler's view of the message it handles, and its way to publish.
@@ -94,8 +100,17 @@ impl Context {
                 prefix,
                 publisher,
                 published: AtomicU32::new(0),
+                observer: None,
             }),
         }
+    }
+
+    /// Records this context's publishes in `log` as made by `handler` of the handler set `set`.
+    pub(crate) fn observed_by(mut self, set: &Arc<str>, handler: &Arc<str>, log: &Arc<PublishLog>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.observer = Some((set.clone(), handler.clone(), log.clone()));
+        }
+        self
     }
 
     /// A context for calling a handler directly (in a unit test, or from a saga), publishing to
@@ -151,7 +166,8 @@ impl Context {
             event_type: E::TYPE_NAME.to_owned(),
             reason: e.to_string(),
         })?;
-        self.publish_bytes(&E::subject(), E::TYPE_NAME, <E as PayloadVersion>::VERSION, payload).await
+        self.publish_bytes(&E::subject(), E::TYPE_NAME, <E as PayloadVersion>::VERSION, payload)
+            .await
     }
 
     /// Publishes `event` as the root of a new conversation (a fresh correlation id).
@@ -160,7 +176,8 @@ impl Context {
             event_type: E::TYPE_NAME.to_owned(),
             reason: e.to_string(),
         })?;
-        self.publish_root_bytes(&E::subject(), E::TYPE_NAME, <E as PayloadVersion>::VERSION, payload).await
+        self.publish_root_bytes(&E::subject(), E::TYPE_NAME, <E as PayloadVersion>::VERSION, payload)
+            .await
     }
 
     /// Publishes raw payload bytes as a message caused by the handled one, and waits for the
@@ -179,7 +196,7 @@ impl Context {
             .derived_child(&self.inner.handler, n, self.inner.occurred);
         let envelope =
             Envelope::with_identity(identity, self.full_subject(subject)?, payload).typed(event_type, version);
-        Ok(self.inner.publisher.publish_and_wait(envelope.into()).await?)
+        self.send(subject, event_type, envelope).await
     }
 
     /// Publishes raw payload bytes as the root of a new conversation (a fresh correlation id).
@@ -191,6 +208,29 @@ impl Context {
         payload: impl Into<Bytes>,
     ) -> Result<PublishAck, PublishError> {
         let envelope = Envelope::root(self.full_subject(subject)?, payload).typed(event_type, version);
-        Ok(self.inner.publisher.publish_and_wait(envelope.into()).await?)
+        self.send(subject, event_type, envelope).await
+    }
+
+    /// Publishes inside a `publish` span, counts it (`cim_published_total`, by the subject's
+    /// domain and the publishing handler) and records it for the topology.
+    async fn send(&self, subject: &Subject, event_type: &str, envelope: Envelope) -> Result<PublishAck, PublishError> {
+        let span = monitor::publish_span(envelope.subject(), envelope.identity(), &self.inner.handler);
+        let start = tokio::time::Instant::now();
+        let result = self
+            .inner
+            .publisher
+            .publish_and_wait(envelope.into())
+            .instrument(span)
+            .await;
+        let outcome = match &result {
+            Ok(ack) if ack.duplicate => "duplicate",
+            Ok(_) => "ok",
+            Err(_) => "error",
+        };
+        monitor::published(subject.first_token(), &self.inner.handler, outcome, start.elapsed());
+        if let Some((set, handler, log)) = &self.inner.observer {
+            log.record(set, Some(handler), subject.as_str(), event_type);
+        }
+        Ok(result?)
     }
 }

@@ -12,7 +12,9 @@ pub mod macro_support;
 
 pub use context::{Context, PublishError};
 
+use crate::breaker::BreakerSettings;
 use crate::subject::SubjectPattern;
+use crate::topology::EventRef;
 use crate::transport::DeliverPolicy;
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -146,6 +148,14 @@ pub struct HandlerOptions {
     /// runs are kept alive with progress signals, so this bounds a crashed process, not a slow
     /// handler.
     pub ack_wait: Duration,
+    /// A circuit breaker of this handler's own (see [`crate::breaker`]): its transient failures and
+    /// panics count as failures; while it is open, messages are not run but naked with the rest
+    /// of the cool-down as delay, and such deferrals do not count as attempts. `None` (the
+    /// default): no breaker.
+    pub breaker: Option<BreakerSettings>,
+    /// What the handler publishes, for the [topology](crate::topology) (publishes seen at run
+    /// time are recorded too; declaring them makes the topology complete before they happen).
+    pub publishes: Vec<EventRef>,
 }
 
 impl Default for HandlerOptions {
@@ -157,6 +167,8 @@ impl Default for HandlerOptions {
             deliver: DeliverPolicy::All,
             ordered: false,
             ack_wait: Duration::from_secs(30),
+            breaker: None,
+            publishes: Vec::new(),
         }
     }
 }
@@ -220,6 +232,13 @@ impl Registration {
     /// Replaces the options.
     pub fn with_options(mut self, options: HandlerOptions) -> Self {
         self.options = options;
+        self
+    }
+
+    /// Declares that the handler publishes `event` (added to
+    /// [`HandlerOptions::publishes`]; call it after [`with_options`](Self::with_options)).
+    pub fn publishes(mut self, event: EventRef) -> Self {
+        self.options.publishes.push(event);
         self
     }
 

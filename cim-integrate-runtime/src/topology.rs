@@ -19,7 +19,7 @@
 //! t.add_publication("document", None, EventRef::typed("document.created", "DocumentCreated"));
 //! t.add_subscription("workflow", "start_review", "document.created", Some("DocumentCreated"));
 //! t.add_subscription("search", "reindex", "document.updated", None);
-//! assert!(t.to_mermaid().contains(r#"-->|"start_review"| p2"#));
+//! assert!(t.to_mermaid().contains(r#"m_document_created -->|"start_review"| p_workflow"#));
 //! assert_eq!(t.warnings().len(), 1); // nothing declares document.updated
 //! ```
 
@@ -365,19 +365,10 @@ impl Topology {
     /// is drawn as its own flag-shaped node with a dotted arrow.
     pub fn to_mermaid(&self) -> String {
         let mut out = String::from("flowchart LR\n");
-        let ids: BTreeMap<&str, String> = self
-            .participants_in_use()
-            .into_iter()
-            .enumerate()
-            .map(|(i, (name, _))| (name, format!("p{i}")))
-            .collect();
-        let msg_ids: BTreeMap<&str, String> = self
-            .messages
-            .keys()
-            .enumerate()
-            .map(|(i, s)| (s.as_str(), format!("m{i}")))
-            .collect();
-        for (name, kind) in self.participants_in_use() {
+        let participants = self.participants_in_use();
+        let ids = mermaid_ids("p_", participants.iter().map(|(name, _)| *name));
+        let msg_ids = mermaid_ids("m_", self.messages.keys().map(String::as_str));
+        for (name, kind) in participants {
             let id = &ids[name];
             let label = escape(name);
             let _ = match kind {
@@ -411,19 +402,25 @@ impl Topology {
                 msg_ids[p.subject.as_str()]
             ));
         }
-        let mut unmatched = 0usize;
+        let unmatched: Vec<&Subscription> = self
+            .subscriptions
+            .values()
+            .filter(|s| self.matching(&s.pattern).next().is_none())
+            .collect();
+        let unmatched_ids = mermaid_ids(
+            "u_",
+            unmatched.iter().map(|s| s.pattern.as_str()).collect::<BTreeSet<_>>(),
+        );
+        for (pattern, id) in &unmatched_ids {
+            let _ = writeln!(out, "    {id}>\"{} (matches nothing)\"]", escape(pattern));
+        }
         for s in self.subscriptions.values() {
             let to = &ids[s.participant.as_str()];
             let handler = escape(&s.handler);
-            let mut any = false;
             for subject in self.matching(&s.pattern) {
-                any = true;
                 edges.insert(format!("    {} -->|\"{handler}\"| {to}", msg_ids[subject]));
             }
-            if !any {
-                let id = format!("u{unmatched}");
-                unmatched += 1;
-                let _ = writeln!(out, "    {id}>\"{} (matches nothing)\"]", escape(&s.pattern));
+            if let Some(id) = unmatched_ids.get(s.pattern.as_str()) {
                 edges.insert(format!("    {id} -.->|\"{handler}\"| {to}"));
             }
         }
@@ -568,6 +565,27 @@ impl fmt::Display for Topology {
     }
 }
 
+/// Mermaid node ids derived from the names (`document.created` -> `m_document_created`), so that a
+/// new node does not renumber the others in a diff; names that map to the same id get `_2`, `_3`.
+fn mermaid_ids<'a>(prefix: &str, names: impl IntoIterator<Item = &'a str>) -> BTreeMap<&'a str, String> {
+    let mut used = BTreeSet::new();
+    let mut out = BTreeMap::new();
+    for name in names {
+        let base: String = prefix
+            .chars()
+            .chain(name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }))
+            .collect();
+        let mut id = base.clone();
+        let mut n = 2;
+        while !used.insert(id.clone()) {
+            id = format!("{base}_{n}");
+            n += 1;
+        }
+        out.insert(name, id);
+    }
+    out
+}
+
 /// Mermaid labels are quoted; a quote inside would end them.
 fn escape(s: &str) -> String {
     s.replace('"', "#quot;")
@@ -648,9 +666,17 @@ mod tests {
         assert!(t.warnings().is_empty());
         let m = t.to_mermaid();
         assert!(
-            m.contains("m0 -->|\"all\"| p0") && m.contains("m1 -->|\"all\"| p0"),
+            m.contains(r#"m_doc_created -->|"all"| p_audit"#) && m.contains(r#"m_doc_archived -->|"all"| p_audit"#),
             "{m}"
         );
+    }
+
+    #[test]
+    fn mermaid_ids_are_readable_and_unique() {
+        let ids = mermaid_ids("m_", ["a-b.c", "a_b.c", "a.b_c"]);
+        assert_eq!(ids["a-b.c"], "m_a_b_c");
+        assert_eq!(ids["a_b.c"], "m_a_b_c_2");
+        assert_eq!(ids["a.b_c"], "m_a_b_c_3");
     }
 
     #[test]

@@ -17,9 +17,10 @@ pub use cim_integrate_runtime::*;
 
 /// The names most programs need: `use cim_integrate::prelude::*;`.
 pub mod prelude {
-    pub use cim_integrate_macros::{domain_event, handlers, subscribe};
+    pub use cim_integrate_macros::{domain_event, handlers, saga, subscribe};
     pub use cim_integrate_runtime::envelope::Envelope;
     pub use cim_integrate_runtime::handler::{Context, HandlerError, HandlerOptions, ResultExt, RetryPolicy};
+    pub use cim_integrate_runtime::saga::{Saga, SagaOutcome, SagaRunner, SagaStatus, StepContext};
     pub use cim_integrate_runtime::service::Service;
     pub use cim_integrate_runtime::transport::any::AnyTransport;
     pub use cim_integrate_runtime::event::{DecodeError, DomainEvent, EncodeError, PayloadVersion, Versioned};

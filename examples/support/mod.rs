@@ -67,7 +67,7 @@ impl HandlerSet for Audit {
                         async move {
                             let id = ctx.identity();
                             println!(
-                                "  {:<28} message {}  correlation {}  caused by {}",
+                                "  {:<42} message {}  correlation {}  caused by {}",
                                 ctx.subject().as_str(),
                                 short(id.message_id),
                                 short(id.correlation_id),

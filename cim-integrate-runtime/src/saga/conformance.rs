@@ -335,6 +335,10 @@ pub async fn happy_path<T: Transport>(t: T) {
     let report = r.resume().await.expect("resume");
     assert_eq!(report.settled, 1, "{report:?}");
     assert!(report.completed.is_empty());
+    // A settled saga can be forgotten; then it is gone from the bucket.
+    r.forget("o-1").await.expect("forget");
+    assert!(r.status("o-1").await.expect("status").is_none());
+    assert!(matches!(r.forget("o-1").await, Err(super::SagaError::NotFound { .. })));
 }
 
 /// A permanent failure at step k compensates exactly the completed steps before it, last first,
@@ -450,6 +454,10 @@ pub async fn failing_compensation_needs_attention_then_retry<T: Transport>(t: T)
     let r = runner(&t, &shop, "node-1").await;
     lock(&shop.script.broken).insert("reserve");
     let outcome = r.start("stuck", Order::failing_at("publish")).await.expect("start");
+    assert!(
+        matches!(r.forget("stuck").await, Err(super::SagaError::NotSettled { .. })),
+        "a saga that needs attention is never forgotten"
+    );
     assert_eq!(
         outcome,
         SagaOutcome::NeedsAttention {

@@ -182,6 +182,40 @@ mod tests {
         assert!(decode::<String>(&bytes).unwrap_err().contains("invalid saga record"));
     }
 
+    /// A record written by format 1, committed once and never regenerated: it must keep decoding.
+    #[test]
+    fn golden_format_1_record_decodes() {
+        #[derive(Debug, PartialEq, Deserialize)]
+        struct Publishing {
+            document_id: String,
+            title: String,
+            published: bool,
+        }
+        let bytes = include_bytes!("../../tests/fixtures/saga/record_format_1.json");
+        let r = decode::<Publishing>(bytes).expect("format 1 decodes");
+        assert_eq!(r.status, SagaStatus::Compensated);
+        assert_eq!(r.data.title, "Annual report");
+        let states: Vec<StepState> = r.steps.iter().map(|s| s.state).collect();
+        assert_eq!(
+            states,
+            [
+                StepState::NotCompensated,
+                StepState::Compensated,
+                StepState::Compensated,
+                StepState::Failed
+            ]
+        );
+        assert_eq!(
+            r.step("notify").and_then(|s| s.error.as_deref()),
+            Some("permanent: mail server down")
+        );
+        assert_eq!(r.correlation_id().to_string(), "0192f3c4-5d6e-7f80-9a1b-2c3d4e5f6071");
+        assert_eq!(
+            (r.event_seq, r.lease_until_ms, r.owner.as_str()),
+            (9, 1_795_530_000_000, "pod-a")
+        );
+    }
+
     proptest::proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {

@@ -159,6 +159,16 @@ pub enum SagaError {
         /// Its status.
         status: SagaStatus,
     },
+    /// [`SagaRunner::forget`] on a saga that has not settled.
+    #[error(
+        "saga `{id}` is {status:?}; only a completed or compensated saga whose events are published can be forgotten"
+    )]
+    NotSettled {
+        /// The id.
+        id: String,
+        /// Its status.
+        status: SagaStatus,
+    },
     /// The record could not be encoded.
     #[error("cannot encode saga `{id}`: {reason}")]
     Encode {
@@ -573,6 +583,27 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
             Ok(run) => Ok(Some(run.rec)),
             Err(SagaError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes the record of a settled saga (completed or compensated, its lifecycle events
+    /// published), so the bucket does not grow without bound. The delete is conditional on the
+    /// record's revision: a saga another runner just wrote is left alone ([`SagaError::Conflict`]).
+    /// Run it from a periodic clean-up once the records are no longer needed for audit.
+    pub async fn forget(&self, id: &str) -> Result<(), SagaError> {
+        let run = self.load(id).await?;
+        let settled =
+            matches!(run.rec.status, SagaStatus::Completed | SagaStatus::Compensated) && run.rec.outbox.is_empty();
+        if !settled {
+            return Err(SagaError::NotSettled {
+                id: id.to_owned(),
+                status: run.rec.status,
+            });
+        }
+        match self.inner.kv.delete(id, Some(run.rev)).await {
+            Ok(()) => Ok(()),
+            Err(KvError::Conflict { .. }) => Err(SagaError::Conflict { id: id.to_owned() }),
+            Err(e) => Err(e.into()),
         }
     }
 

@@ -7,8 +7,10 @@
 #![warn(missing_docs)]
 
 mod args;
+mod command;
 mod domain_event;
 mod errors;
+mod process;
 mod saga;
 mod subject;
 mod subscribe;
@@ -173,4 +175,75 @@ pub fn handlers(attr: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn saga(attr: TokenStream, item: TokenStream) -> TokenStream {
     saga::expand(attr.into(), item.into()).into()
+}
+
+/// Declares a command type (on a struct) or a domain's command handlers (on an `impl` block).
+///
+/// ```ignore
+/// use cim_integrate::prelude::*;
+///
+/// /// A command: versioned like an event, sent on `commands.document.create`.
+/// #[command(subject = "document.create", version = "2.0", previous = [CreateDocumentV1])]
+/// pub struct CreateDocument { pub document_id: DocumentId, pub title: String }
+///
+/// /// A frozen older version (no subject): upcast with `From` into the next one.
+/// #[command(version = "1.0", frozen)]
+/// pub struct CreateDocumentV1 { pub document_id: DocumentId }
+///
+/// /// The handlers of a domain: each method handles one command type.
+/// #[command(name = "document")]
+/// impl DocumentCommands {
+///     async fn create(&self, ctx: &Context, command: CreateDocument) -> CommandResult {
+///         ctx.publish(&DocumentCreated { document_id: command.document_id }).await?;
+///         Ok(())
+///     }
+/// }
+/// ```
+///
+/// On a struct: `subject = "domain.name"` (required on the current version; it travels on
+/// `commands.domain.name`, outside every event stream), `version = "MAJOR.MINOR"`,
+/// `previous = [older versions, oldest first]`, `frozen` (an older version), `crate = "path"`.
+/// Expands like `#[domain_event]` (serde derives, `PayloadVersion`, `Versioned`) plus
+/// `cim_integrate::command::Command`.
+///
+/// On an `impl` block: `name = "set"` (required), `crate = "path"`. Every method must be
+/// `async fn name(&self, ctx: &Context, command: C) -> CommandResult` with `C` a `#[command]`
+/// type; expands to `cim_integrate::command::CommandHandlerSet` for `CommandService`.
+#[proc_macro_attribute]
+pub fn command(attr: TokenStream, item: TokenStream) -> TokenStream {
+    command::expand(attr.into(), item.into()).into()
+}
+
+/// Declares a process manager on the `impl` block of its state type.
+///
+/// ```ignore
+/// #[derive(Default, serde::Serialize, serde::Deserialize)]
+/// pub struct Onboarding { organization: Option<OrganizationId>, documents: u32 }
+///
+/// #[process(name = "onboarding", key = person_id)]
+/// impl Onboarding {
+///     async fn person_created(&mut self, ctx: &mut ProcessContext, e: PersonCreated) -> Result<(), HandlerError> {
+///         ctx.send(&AddToOrganization { person_id: e.person_id, organization_id: e.organization_id })?;
+///         ctx.schedule("welcome", Duration::from_secs(3600));
+///         Ok(())
+///     }
+///     #[key(owner_id)]
+///     async fn document_created(&mut self, ctx: &mut ProcessContext, e: DocumentCreated) -> Result<(), HandlerError> {
+///         self.documents += 1;
+///         if self.documents == 2 { ctx.end(); }
+///         Ok(())
+///     }
+///     #[deadline]
+///     async fn timed_out(&mut self, ctx: &mut ProcessContext, d: Deadline) -> Result<(), HandlerError> { Ok(()) }
+/// }
+/// ```
+///
+/// Arguments: `name = "..."` (required; the buckets `cim_pm_{name}` and durable names), `key =
+/// field` (the correlation field every handled event has; a method may name its own with
+/// `#[key(field)]`), `crate = "path"`. The key field is checked at compile time to exist on each
+/// handled event and to have one type across them. Expands to
+/// `cim_integrate::process::ProcessManager`; run it with `ProcessRunner`.
+#[proc_macro_attribute]
+pub fn process(attr: TokenStream, item: TokenStream) -> TokenStream {
+    process::expand(attr.into(), item.into()).into()
 }

@@ -9,7 +9,10 @@
 //! Users depend on the `cim-integrate` facade, which re-exports this crate.
 #![warn(missing_docs)]
 
+pub mod aggregate;
 pub mod breaker;
+pub mod command;
+pub mod correlate;
 pub mod dedup;
 pub mod envelope;
 pub mod event;
@@ -17,12 +20,14 @@ pub mod handler;
 pub mod headers;
 pub mod id;
 pub mod monitor;
+pub mod process;
 pub mod saga;
 pub mod service;
 pub mod subject;
 pub mod timestamp;
 pub mod topology;
 pub mod transport;
+pub mod waiter;
 
 #[cfg(feature = "testing")]
 pub mod conformance;

@@ -1,0 +1,182 @@
+//! `#[command]` on an `impl` block: every method is a command handler,
+//! `async fn name(&self, ctx: &Context, command: C) -> CommandResult`.
+
+use crate::args;
+use crate::errors::{self, Errors};
+use proc_macro2::TokenStream;
+use quote::{quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{FnArg, ImplItem, ImplItemFn, ItemImpl, LitStr, Path, ReturnType, Type};
+
+const NAME: &str = "name";
+const CRATE: &str = "crate";
+const KEYS: &[&str] = &[NAME, CRATE];
+
+/// A checked handler: the method and its command type.
+struct Handler<'a> {
+    method: &'a ImplItemFn,
+    command: &'a Type,
+    output: &'a Type,
+}
+
+fn check<'a>(method: &'a ImplItemFn, errors: &mut Errors) -> Option<Handler<'a>> {
+    const SHAPE: &str =
+        "a command handler is `async fn name(&self, ctx: &Context, command: MyCommand) -> CommandResult`";
+    let sig = &method.sig;
+    let mut ok = true;
+    if sig.asyncness.is_none() {
+        errors.spanned(sig.fn_token, format!("command handlers are `async`: {SHAPE}"));
+        ok = false;
+    }
+    if !sig.generics.params.is_empty() {
+        errors.spanned(&sig.generics, format!("command handlers cannot be generic: {SHAPE}"));
+        ok = false;
+    }
+    let mut inputs = sig.inputs.iter();
+    match inputs.next() {
+        Some(FnArg::Receiver(r)) if matches!(r.kind, syn::ReceiverKind::Reference(_, _, None)) => {}
+        Some(FnArg::Receiver(r)) => {
+            errors.spanned(r, format!("take the service by shared reference, `&self`: {SHAPE}"));
+            ok = false;
+        }
+        _ => {
+            errors.spanned(
+                &sig.ident,
+                format!("a command handler is a method taking `&self`: {SHAPE}"),
+            );
+            ok = false;
+        }
+    }
+    let typed: Vec<&syn::PatType> = inputs
+        .filter_map(|a| match a {
+            FnArg::Typed(t) => Some(t),
+            FnArg::Receiver(_) => None,
+        })
+        .collect();
+    if typed.len() != 2 {
+        errors.spanned(
+            &sig.inputs,
+            format!(
+                "expected two parameters after `&self`, the context and the command, found {}: {SHAPE}",
+                typed.len()
+            ),
+        );
+        return None;
+    }
+    let output = match &sig.output {
+        ReturnType::Type(_, ty) => &**ty,
+        ReturnType::Default => {
+            errors.spanned(&sig.ident, format!("missing return type `-> CommandResult`: {SHAPE}"));
+            return None;
+        }
+    };
+    ok.then_some(Handler {
+        method,
+        command: &typed[1].ty,
+        output,
+    })
+}
+
+pub(super) fn expand(attr: TokenStream, block: ItemImpl) -> TokenStream {
+    let mut errors = Errors::default();
+    let mut name: Option<LitStr> = None;
+    let mut krate: Option<Path> = None;
+    args::parse(attr, "command", KEYS, &mut errors, |key, value| {
+        let lit = syn::parse2::<LitStr>(value.clone()).map_err(|_| {
+            syn::Error::new(
+                value.span(),
+                format!("expected a string literal, e.g. `{key} = \"document\"`"),
+            )
+        })?;
+        if key == NAME {
+            crate::subject::check_token(&lit, "handler set name")?;
+            name = Some(lit);
+        } else {
+            krate = Some(lit.parse_with(Path::parse_mod_style)?);
+        }
+        Ok(())
+    });
+    if block.trait_.is_some() {
+        errors.spanned(
+            &block.self_ty,
+            "`#[command]` goes on an inherent `impl` block of handlers, not a trait impl",
+        );
+    }
+    if !block.generics.params.is_empty() {
+        errors.spanned(
+            &block.generics,
+            "a command handler set cannot be generic; use a concrete service type",
+        );
+    }
+    let methods: Vec<&ImplItemFn> = block
+        .items
+        .iter()
+        .filter_map(|i| match i {
+            ImplItem::Fn(f) => Some(f),
+            _ => None,
+        })
+        .collect();
+    if methods.is_empty() {
+        errors.spanned(&block.self_ty, "this `impl` block has no handlers: add `async fn name(&self, ctx: &Context, command: MyCommand) -> CommandResult`");
+    }
+    let handlers: Vec<Handler> = methods.iter().filter_map(|m| check(m, &mut errors)).collect();
+    let name = match name {
+        Some(n) => n,
+        None => {
+            errors.push(syn::Error::new(
+                proc_macro2::Span::call_site(),
+                "missing `name`: the handler set's name, usually its domain, e.g. `#[command(name = \"document\")]`",
+            ));
+            LitStr::new("invalid", proc_macro2::Span::call_site())
+        }
+    };
+    if let Err(error) = errors.finish() {
+        return errors::with_item(error, &block);
+    }
+    let krate = krate.unwrap_or_else(|| syn::parse_quote!(::cim_integrate));
+    let self_ty = &block.self_ty;
+    let private = quote!(#krate::__private);
+    let registrations = handlers.iter().map(|h| {
+        let method = &h.method.sig.ident;
+        let method_name = method.to_string();
+        let command = h.command;
+        let register = quote_spanned! {command.span()=>
+            #private::command::CommandRegistration::new::<#command>
+        };
+        let output = quote_spanned! {h.output.span()=>
+            #private::command::__assert_handler_output(__this.#method(&__ctx, __command))
+        };
+        quote! {
+            {
+                let __this = ::std::sync::Arc::clone(&self);
+                __registrations.push(#register(
+                    #method_name,
+                    move |__ctx: #private::handler::Context, __command: #command| {
+                        let __this = ::std::sync::Arc::clone(&__this);
+                        async move { #output.await }
+                    },
+                ));
+            }
+        }
+    });
+    quote! {
+        #block
+
+        const _: () = {
+            #[automatically_derived]
+            impl #private::command::CommandHandlerSet for #self_ty {
+                fn set_name(&self) -> &::core::primitive::str {
+                    #name
+                }
+
+                fn command_registrations(
+                    self: ::std::sync::Arc<Self>,
+                ) -> ::std::vec::Vec<#private::command::CommandRegistration> {
+                    let mut __registrations = ::std::vec::Vec::new();
+                    #(#registrations)*
+                    __registrations
+                }
+            }
+        };
+    }
+}

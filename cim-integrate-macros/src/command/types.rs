@@ -1,0 +1,226 @@
+//! `#[command(subject = "...", version = "...")]` on a struct: a versioned command type.
+
+use crate::errors::{self, Errors};
+use crate::{args, subject, versioning};
+use proc_macro2::{Span, TokenStream};
+use quote::{ToTokens, quote};
+use syn::parse::{ParseStream, Parser};
+use syn::punctuated::Punctuated;
+use syn::spanned::Spanned;
+use syn::{Ident, Item, ItemStruct, LitStr, Path};
+
+const SUBJECT: &str = "subject";
+const VERSION: &str = "version";
+const PREVIOUS: &str = "previous";
+const FROZEN: &str = "frozen";
+const CRATE: &str = "crate";
+const KEYS: &[&str] = &[SUBJECT, VERSION, PREVIOUS, FROZEN, CRATE];
+
+#[derive(Default)]
+struct Args {
+    subject: Option<LitStr>,
+    version: Option<LitStr>,
+    previous: Option<(Ident, Vec<Path>)>,
+    frozen: Option<Ident>,
+    krate: Option<Path>,
+    present: Vec<String>,
+}
+
+fn string(value: TokenStream, example: &str) -> syn::Result<LitStr> {
+    syn::parse2::<LitStr>(value.clone())
+        .map_err(|_| syn::Error::new(value.span(), format!("expected a string literal, e.g. `{example}`")))
+}
+
+fn previous(input: ParseStream) -> syn::Result<Vec<Path>> {
+    let expected = "expected the older versions in brackets, oldest first, e.g. `previous = [CreateDocumentV1]`";
+    if !input.peek(syn::token::Bracket) {
+        return Err(input.error(expected));
+    }
+    let content;
+    syn::bracketed!(content in input);
+    let paths = Punctuated::<Path, syn::Token![,]>::parse_terminated(&content)
+        .map_err(|e| syn::Error::new(e.span(), expected))?;
+    Ok(paths.into_iter().collect())
+}
+
+/// Parses `frozen` (a bare flag) beside `key = value` pairs: the flag is rewritten to
+/// `frozen = true` for the shared parser.
+fn normalise_flags(attr: TokenStream) -> TokenStream {
+    let mut out = TokenStream::new();
+    let tokens: Vec<proc_macro2::TokenTree> = attr.into_iter().collect();
+    for (i, tt) in tokens.iter().enumerate() {
+        out.extend([tt.clone()]);
+        if let proc_macro2::TokenTree::Ident(ident) = tt {
+            let at_key = i == 0 || matches!(&tokens[i - 1], proc_macro2::TokenTree::Punct(p) if p.as_char() == ',');
+            let next_is_eq = matches!(tokens.get(i + 1), Some(proc_macro2::TokenTree::Punct(p)) if p.as_char() == '=');
+            if at_key && ident == FROZEN && !next_is_eq {
+                let t = syn::LitBool::new(true, ident.span());
+                out.extend(quote!(= #t));
+            }
+        }
+    }
+    out
+}
+
+impl Args {
+    fn parse(attr: TokenStream, errors: &mut Errors) -> Self {
+        let mut a = Self::default();
+        let present = args::parse(normalise_flags(attr), "command", KEYS, errors, |key, value| {
+            match key.to_string().as_str() {
+                SUBJECT => a.subject = Some(string(value, "subject = \"document.create\"")?),
+                VERSION => a.version = Some(string(value, "version = \"1.0\"")?),
+                PREVIOUS => a.previous = Some((key.clone(), previous.parse2(value)?)),
+                FROZEN => {
+                    let flag = syn::parse2::<syn::LitBool>(value.clone())
+                        .map_err(|_| syn::Error::new(value.span(), "`frozen` takes no value: write `frozen`"))?;
+                    if flag.value {
+                        a.frozen = Some(key.clone());
+                    }
+                }
+                CRATE => {
+                    let lit = string(value, "crate = \"::cim_integrate\"")?;
+                    a.krate = Some(lit.parse_with(Path::parse_mod_style).map_err(|_| {
+                        syn::Error::new(
+                            lit.span(),
+                            "expected the path of the facade crate, e.g. `crate = \"::cim_integrate\"`",
+                        )
+                    })?);
+                }
+                _ => unreachable!("args::parse passes only known keys"),
+            }
+            Ok(())
+        });
+        Self { present, ..a }
+    }
+}
+
+fn item(item: TokenStream, errors: &mut Errors) -> Option<ItemStruct> {
+    const USE: &str =
+        "`#[command]` goes on a struct with named fields (a command type) or on an `impl` block (its handlers)";
+    match syn::parse2::<Item>(item) {
+        Ok(Item::Struct(s)) => Some(s),
+        Ok(Item::Enum(e)) => {
+            errors.spanned(
+                e.enum_token,
+                format!(
+                    "{USE}, not an enum: declare one command struct per case (e.g. `CreateDocument`, `ArchiveDocument`)"
+                ),
+            );
+            None
+        }
+        Ok(Item::Fn(f)) => {
+            errors.spanned(
+                f.sig.fn_token,
+                format!("{USE}, not a function: put the handler in an `impl` block marked `#[command]`"),
+            );
+            None
+        }
+        Ok(other) => {
+            errors.spanned(other, USE);
+            None
+        }
+        Err(e) => {
+            errors.push(e);
+            None
+        }
+    }
+}
+
+pub(super) fn expand(attr: TokenStream, tokens: TokenStream) -> TokenStream {
+    let mut errors = Errors::default();
+    let args = Args::parse(attr, &mut errors);
+    let parsed = item(tokens.clone(), &mut errors);
+    let version = match &args.version {
+        Some(lit) => versioning::check_version(lit)
+            .map_err(|e| errors.push(e))
+            .ok()
+            .map(|_| lit.clone()),
+        None if args.present.iter().any(|k| k == VERSION) => None,
+        None => {
+            errors.push(syn::Error::new(
+                Span::call_site(),
+                "missing `version`: every command declares its wire version, e.g. \
+                 `#[command(subject = \"document.create\", version = \"1.0\")]`",
+            ));
+            None
+        }
+    };
+    match (&args.subject, &args.frozen) {
+        (Some(s), _) => {
+            if let Err(e) = subject::check_concrete(s) {
+                errors.push(e);
+            }
+            if let Some(f) = &args.frozen {
+                errors.spanned(
+                    f,
+                    "a frozen older version has no `subject`: only the current version of a command is sent; \
+                     remove `frozen`, or remove `subject` and list this type in the current version's `previous`",
+                );
+            }
+        }
+        (None, Some(_)) => {}
+        (None, None) if args.present.iter().any(|k| k == SUBJECT) => {}
+        (None, None) => errors.push(syn::Error::new(
+            Span::call_site(),
+            "missing `subject`: a command names the domain and the command it asks for, e.g. \
+             `#[command(subject = \"document.create\", version = \"1.0\")]` (it travels on \
+             `commands.document.create`); a frozen older version of a command is declared \
+             `#[command(version = \"1.0\", frozen)]`",
+        )),
+    }
+    if let (Some(_), Some((key, _))) = (&args.frozen, &args.previous) {
+        errors.spanned(
+            key,
+            "`previous` belongs on the current version of a command, the one with a `subject`",
+        );
+    }
+    let previous = args.previous.as_ref().map(|(_, p)| p.clone()).unwrap_or_default();
+    if let Some(item) = &parsed {
+        versioning::check_payload_struct(item, "commands", &mut errors);
+        versioning::check_previous(&item.ident, &previous, &mut errors);
+    }
+    let krate = args.krate.clone().unwrap_or_else(|| syn::parse_quote!(::cim_integrate));
+    match (errors.finish(), parsed, version) {
+        (Ok(()), Some(item), Some(version)) => {
+            let ident = &item.ident;
+            let derives = versioning::serde_derives(&krate);
+            let payload_version = versioning::payload_version_impl(&krate, ident, &version);
+            let current = match &args.subject {
+                Some(subject) if args.frozen.is_none() => {
+                    let versioned = versioning::versioned_impl(&krate, ident, &version, &previous);
+                    quote! {
+                        #versioned
+
+                        #[automatically_derived]
+                        impl #krate::__private::command::Command for #ident {
+                            const SUBJECT: &'static ::core::primitive::str = #subject;
+                        }
+                    }
+                }
+                _ => TokenStream::new(),
+            };
+            quote! {
+                #derives
+                #item
+
+                const _: () = {
+                    #payload_version
+                    #current
+                };
+            }
+        }
+        (Err(error), parsed, _) => errors::with_item(error, fallback(parsed, tokens)),
+        (Ok(()), _, _) => TokenStream::new(),
+    }
+}
+
+/// The item as written, without `#[serde]` attributes (nothing derives serde on error).
+fn fallback(parsed: Option<ItemStruct>, tokens: TokenStream) -> TokenStream {
+    let Some(mut item) = parsed else { return tokens };
+    let not_serde = |a: &syn::Attribute| !a.path().is_ident("serde");
+    item.attrs.retain(not_serde);
+    for field in item.fields.iter_mut() {
+        field.attrs.retain(not_serde);
+    }
+    item.into_token_stream()
+}

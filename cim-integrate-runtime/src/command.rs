@@ -1,0 +1,868 @@
+//! Commands: versioned requests to one domain, routed over request/reply with queue groups, each
+//! handled once, answered with a typed acknowledgement.
+//!
+//! - A command type is the current version of a [`Versioned`] payload (the same machinery as
+//!   events: `{"version":"1.0", ...fields}`, older versions upcast) that also implements
+//!   [`Command`]: its subject, `domain.name` (`document.create`). `#[command(...)]` writes both.
+//! - It travels on `commands.{domain}.{name}` ([`COMMAND_TOKEN`]): outside every event stream,
+//!   because a core request to a subject a stream captures is answered by the stream's PubAck.
+//! - [`CommandBus::send`] encodes it with identity headers, sends it as a request and waits, up to
+//!   a timeout, for a [`CommandAck`]: accepted, or rejected with a reason.
+//! - [`CommandService`] serves the handlers of a service. Every instance joins one queue group
+//!   per command (`commands_{domain}_{name}`), so several instances share the load and each
+//!   command is handled by one of them. Two handlers for one command in one service are refused
+//!   at start-up ([`CommandServiceError::DuplicateHandler`]).
+//! - Identity propagates: a handler receives a [`Context`] with the command's identity, and the
+//!   events it publishes keep the correlation id and name the command as their cause.
+//! - A command sent twice with the same message id (a retry, or a process manager re-running)
+//!   gets the first run's acknowledgement without running the handler again, for as long as the
+//!   service's result cache keeps it ([`CommandServiceBuilder::result_ttl`]).
+
+use crate::envelope::Envelope;
+use crate::event::{EncodeError, PayloadVersion, Versioned};
+use crate::handler::context::DynPublish;
+use crate::handler::{BoxError, Context, HandlerError, PublishError};
+use crate::headers::Headers;
+use crate::id::Identity;
+use crate::subject::{self, Subject, SubjectError, SubjectPattern};
+use crate::transport::{IncomingRequest, KeyValue, KvError, KvSpec, Reply, Request, Transport, TransportError};
+use bytes::Bytes;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+/// The first token of every command subject: `commands.document.create`.
+pub const COMMAND_TOKEN: &str = "commands";
+/// The default time [`CommandBus::send`] waits for an acknowledgement: 5 seconds.
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+/// The default time a command's acknowledgement is remembered for repeated sends: 1 hour.
+pub const DEFAULT_RESULT_TTL: Duration = Duration::from_secs(3600);
+/// Reply header: `accepted`, `rejected` or `failed`.
+pub const ACK_STATUS: &str = "X-Command-Status";
+
+/// A command: the current version of a versioned payload, addressed to one domain.
+///
+/// `#[command(subject = "document.create", version = "1.0")]` implements it (with
+/// [`Versioned`] and the serde derives); by hand:
+///
+/// ```
+/// use cim_integrate_runtime::command::Command;
+/// use cim_integrate_runtime::event::{self, DecodeError, PayloadVersion, Versioned};
+///
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct CreateDocument { title: String }
+/// impl PayloadVersion for CreateDocument { const VERSION: &'static str = "1.0"; }
+/// impl Versioned for CreateDocument {
+///     const TYPE_NAME: &'static str = "CreateDocument";
+///     const VERSIONS: &'static [&'static str] = &["1.0"];
+///     fn decode_version(v: &str, p: &[u8]) -> Result<Option<Self>, DecodeError> {
+///         event::decode_oldest::<Self>("1.0", Self::TYPE_NAME, v, p)
+///     }
+/// }
+/// impl Command for CreateDocument { const SUBJECT: &'static str = "document.create"; }
+///
+/// assert_eq!(CreateDocument::subject().as_str(), "commands.document.create");
+/// assert_eq!(CreateDocument::domain(), "document");
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a command",
+    label = "not the current version of a `#[command]`",
+    note = "declare it with `#[command(subject = \"document.create\", version = \"1.0\")]`; a frozen older version (`#[command(version = \"1.0\", frozen)]`) cannot be sent or handled"
+)]
+pub trait Command: Versioned + Send + Sync + 'static {
+    /// `domain.name`, e.g. `"document.create"`: concrete, checked at compile time. The command
+    /// travels on `commands.` + this.
+    const SUBJECT: &'static str;
+
+    /// The subject the command travels on: `commands.{SUBJECT}`.
+    fn subject() -> Subject {
+        const {
+            assert!(
+                subject::is_valid_subject(Self::SUBJECT),
+                "Command::SUBJECT must be a concrete subject such as `document.create`"
+            )
+        };
+        // Both parts are valid (the subject is checked at compile time), so the join is too;
+        // the fallback is never taken.
+        Subject::new(format!("{COMMAND_TOKEN}.{}", Self::SUBJECT))
+            .unwrap_or_else(|_| Subject::__from_checked_literal(COMMAND_TOKEN))
+    }
+
+    /// The domain that handles it: the first token of [`SUBJECT`](Command::SUBJECT).
+    fn domain() -> &'static str {
+        Self::SUBJECT.split('.').next().unwrap_or(Self::SUBJECT)
+    }
+}
+
+/// The acknowledgement of a command: accepted, or rejected with a reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum CommandAck {
+    /// The handler accepted and carried out the command.
+    Accepted,
+    /// The handler refused it (a business rule): it will not be carried out.
+    Rejected {
+        /// Why, for the sender.
+        reason: String,
+    },
+}
+
+impl CommandAck {
+    /// `true` for [`CommandAck::Accepted`].
+    pub fn is_accepted(&self) -> bool {
+        matches!(self, Self::Accepted)
+    }
+    /// The rejection reason, if rejected.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Self::Accepted => None,
+            Self::Rejected { reason } => Some(reason),
+        }
+    }
+}
+
+/// The reply on the wire: an acknowledgement, or a failure of the handler.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+enum WireReply {
+    Accepted,
+    Rejected { reason: String },
+    Failed { reason: String },
+}
+
+impl WireReply {
+    fn status(&self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::Rejected { .. } => "rejected",
+            Self::Failed { .. } => "failed",
+        }
+    }
+    fn to_reply(&self) -> Reply {
+        let mut headers = Headers::new();
+        // A fixed ASCII name and value: cannot fail.
+        let _ = headers.insert(ACK_STATUS, self.status());
+        Reply {
+            headers,
+            payload: Bytes::from(
+                serde_json::to_vec(self)
+                    .unwrap_or_else(|_| br#"{"status":"failed","reason":"unencodable reply"}"#.to_vec()),
+            ),
+        }
+    }
+}
+
+/// How a command handler declines: a rejection (final, a business answer) or a failure (the
+/// handler could not decide, e.g. a dependency is down; the sender may retry).
+#[derive(Debug, thiserror::Error)]
+pub enum CommandRejection {
+    /// Refused for a reason the sender should see. Final: a repeated send gets the same answer.
+    #[error("rejected: {0}")]
+    Rejected(String),
+    /// Could not be carried out now. Not remembered: a repeated send runs the handler again.
+    #[error("failed: {0}")]
+    Failed(#[source] BoxError),
+}
+
+impl CommandRejection {
+    /// A rejection with a reason.
+    pub fn reject(reason: impl Into<String>) -> Self {
+        Self::Rejected(reason.into())
+    }
+    /// A failure.
+    pub fn failed(e: impl Into<BoxError>) -> Self {
+        Self::Failed(e.into())
+    }
+}
+
+impl From<PublishError> for CommandRejection {
+    /// A failed publish is a failure: the sender may retry, and the derived message ids make the
+    /// retried publishes idempotent.
+    fn from(e: PublishError) -> Self {
+        Self::Failed(Box::new(e))
+    }
+}
+
+impl From<HandlerError> for CommandRejection {
+    /// Permanent handler errors become rejections, transient ones failures.
+    fn from(e: HandlerError) -> Self {
+        match e {
+            HandlerError::Permanent(e) => Self::Rejected(e.to_string()),
+            HandlerError::Transient(e) => Self::Failed(e),
+        }
+    }
+}
+
+/// What a command handler returns: `Ok(())` accepts.
+pub type CommandResult = Result<(), CommandRejection>;
+
+/// The output of a command handler: [`CommandResult`].
+#[diagnostic::on_unimplemented(
+    message = "a command handler must return `CommandResult`, not `{Self}`",
+    label = "returns `{Self}`",
+    note = "write `async fn name(&self, ctx: &Context, command: MyCommand) -> CommandResult`; `Ok(())` accepts, `Err(CommandRejection::reject(\"why\"))` rejects"
+)]
+pub trait IntoCommandResult {
+    /// Converts into a [`CommandResult`].
+    fn into_command_result(self) -> CommandResult;
+}
+
+impl IntoCommandResult for CommandResult {
+    fn into_command_result(self) -> CommandResult {
+        self
+    }
+}
+
+/// Why sending a command did not produce an acknowledgement.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    /// No service handles the command (no responder on its subject).
+    #[error("no handler for `{subject}`: no running service serves this command")]
+    NoHandler {
+        /// The command's subject.
+        subject: String,
+    },
+    /// No acknowledgement within the timeout. The command may or may not have been carried out;
+    /// sending it again with the same identity is safe (the handler's result is remembered).
+    #[error("no acknowledgement for `{subject}` within {timeout:?}; it may or may not have been handled")]
+    Timeout {
+        /// The command's subject.
+        subject: String,
+        /// The timeout.
+        timeout: Duration,
+    },
+    /// The handler failed (not a rejection); sending again may succeed.
+    #[error("handler of `{subject}` failed: {reason}")]
+    Failed {
+        /// The command's subject.
+        subject: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The command could not be encoded.
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    /// The subject (with the deployment prefix) is invalid.
+    #[error(transparent)]
+    Subject(#[from] SubjectError),
+    /// The reply was not an acknowledgement.
+    #[error("invalid reply to `{subject}`: {reason}")]
+    InvalidReply {
+        /// The command's subject.
+        subject: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The transport failed.
+    #[error(transparent)]
+    Transport(TransportError),
+}
+
+impl CommandError {
+    /// `true` if sending the same command again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::NoHandler { .. } | Self::Timeout { .. } | Self::Failed { .. } => true,
+            Self::Transport(t) => t.is_transient(),
+            Self::Encode(_) | Self::Subject(_) | Self::InvalidReply { .. } => false,
+        }
+    }
+}
+
+impl From<CommandError> for HandlerError {
+    /// Transient send errors retry the handler; the others dead-letter its message.
+    fn from(e: CommandError) -> Self {
+        if e.is_transient() {
+            Self::Transient(Box::new(e))
+        } else {
+            Self::Permanent(Box::new(e))
+        }
+    }
+}
+
+/// Object-safe request/reply, so that [`CommandBus`] is not generic over the transport.
+trait DynRequest: Send + Sync + 'static {
+    fn request(&self, request: Request, timeout: Duration) -> BoxFuture<'static, Result<Reply, TransportError>>;
+}
+
+impl<T: Transport> DynRequest for T {
+    fn request(&self, request: Request, timeout: Duration) -> BoxFuture<'static, Result<Reply, TransportError>> {
+        let t = self.clone();
+        Box::pin(async move { t.request(request, timeout).await })
+    }
+}
+
+/// Sends commands and waits for their acknowledgement. Cheap to clone.
+///
+/// ```
+/// # use cim_integrate_runtime::command::*;
+/// # use cim_integrate_runtime::transport::memory::MemoryTransport;
+/// # use std::time::Duration;
+/// let bus = CommandBus::new(MemoryTransport::new()).timeout(Duration::from_secs(2));
+/// assert_eq!(bus.default_timeout(), Duration::from_secs(2));
+/// ```
+#[derive(Clone)]
+pub struct CommandBus {
+    transport: Arc<dyn DynRequest>,
+    timeout: Duration,
+    prefix: Option<Subject>,
+}
+
+impl fmt::Debug for CommandBus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CommandBus")
+            .field("timeout", &self.timeout)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CommandBus {
+    /// A bus on `transport` with the default timeout ([`DEFAULT_COMMAND_TIMEOUT`]).
+    pub fn new<T: Transport>(transport: T) -> Self {
+        Self {
+            transport: Arc::new(transport),
+            timeout: DEFAULT_COMMAND_TIMEOUT,
+            prefix: None,
+        }
+    }
+
+    /// Sets the default timeout.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Sets the deployment prefix (`prod` -> `prod.commands.document.create`).
+    pub fn prefix(mut self, prefix: Subject) -> Self {
+        self.prefix = Some(prefix);
+        self
+    }
+
+    /// The default timeout.
+    pub fn default_timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Sends `command` as the root of a new conversation and waits for its acknowledgement.
+    pub async fn send<C: Command>(&self, command: &C) -> Result<CommandAck, CommandError> {
+        self.send_with(Identity::root(), command, self.timeout).await
+    }
+
+    /// Sends `command` as caused by the message with identity `parent` (same correlation id,
+    /// `parent`'s message id as causation id).
+    pub async fn send_caused_by<C: Command>(&self, parent: &Identity, command: &C) -> Result<CommandAck, CommandError> {
+        self.send_with(parent.child(), command, self.timeout).await
+    }
+
+    /// Sends `command` with an explicit identity and timeout. Sending again with the same
+    /// identity is idempotent while the handler's service remembers the result.
+    pub async fn send_with<C: Command>(
+        &self,
+        identity: Identity,
+        command: &C,
+        timeout: Duration,
+    ) -> Result<CommandAck, CommandError> {
+        let payload = command.encode()?;
+        self.send_encoded(
+            identity,
+            &C::subject(),
+            C::TYPE_NAME,
+            <C as PayloadVersion>::VERSION,
+            payload,
+            timeout,
+        )
+        .await
+    }
+
+    /// Sends an already encoded command (what process managers replay from their outbox).
+    pub async fn send_encoded(
+        &self,
+        identity: Identity,
+        subject: &Subject,
+        command_type: &str,
+        version: &str,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<CommandAck, CommandError> {
+        let subject = match &self.prefix {
+            Some(p) => subject.with_prefix(p)?,
+            None => subject.clone(),
+        };
+        let envelope = Envelope::with_identity(identity, subject.clone(), payload).typed(command_type, version);
+        let span = tracing::debug_span!(
+            "send_command",
+            subject = %subject,
+            message_id = %identity.message_id,
+            correlation_id = %identity.correlation_id,
+            causation_id = %identity.causation_id,
+        );
+        async {
+            let reply = self
+                .transport
+                .request(Request::from(&envelope), timeout)
+                .await
+                .map_err(|e| match e {
+                    TransportError::NoResponders { subject } => CommandError::NoHandler { subject },
+                    TransportError::Timeout(_) => CommandError::Timeout {
+                        subject: subject.to_string(),
+                        timeout,
+                    },
+                    other => CommandError::Transport(other),
+                })?;
+            let wire: WireReply = serde_json::from_slice(&reply.payload).map_err(|e| CommandError::InvalidReply {
+                subject: subject.to_string(),
+                reason: e.to_string(),
+            })?;
+            tracing::debug!(status = wire.status(), "command acknowledged");
+            match wire {
+                WireReply::Accepted => Ok(CommandAck::Accepted),
+                WireReply::Rejected { reason } => Ok(CommandAck::Rejected { reason }),
+                WireReply::Failed { reason } => Err(CommandError::Failed {
+                    subject: subject.to_string(),
+                    reason,
+                }),
+            }
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+/// A command handler's future.
+pub type CommandFuture = BoxFuture<'static, CommandResult>;
+type Invoke = dyn Fn(Context, &Bytes) -> Result<CommandFuture, String> + Send + Sync;
+
+/// One command handler, type-erased: its name, the command's subject and type, decoder + function.
+#[derive(Clone)]
+pub struct CommandRegistration {
+    name: String,
+    subject: Subject,
+    command_type: &'static str,
+    invoke: Arc<Invoke>,
+}
+
+impl fmt::Debug for CommandRegistration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CommandRegistration")
+            .field("name", &self.name)
+            .field("subject", &self.subject)
+            .field("command_type", &self.command_type)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A function that handles commands of type `C`: `async fn(Context, C) -> CommandResult`.
+#[diagnostic::on_unimplemented(
+    message = "this is not a handler of the command `{C}`",
+    label = "expected `async fn(Context, {C}) -> CommandResult`",
+    note = "a command handler takes the context and the command by value and returns `CommandResult`"
+)]
+pub trait CommandHandler<C>: Send + Sync + 'static {
+    /// Runs the handler.
+    fn call(&self, ctx: Context, command: C) -> CommandFuture;
+}
+
+impl<C, F, Fut> CommandHandler<C> for F
+where
+    F: Fn(Context, C) -> Fut + Send + Sync + 'static,
+    Fut: Future + Send + 'static,
+    Fut::Output: IntoCommandResult,
+{
+    fn call(&self, ctx: Context, command: C) -> CommandFuture {
+        let fut = self(ctx, command);
+        Box::pin(async move { fut.await.into_command_result() })
+    }
+}
+
+impl CommandRegistration {
+    /// A handler named `name` (`[A-Za-z0-9_-]+`) of the command `C`.
+    pub fn new<C: Command>(name: impl Into<String>, handler: impl CommandHandler<C>) -> Self {
+        let invoke = move |ctx: Context, payload: &Bytes| -> Result<CommandFuture, String> {
+            let command = C::decode(payload).map_err(|e| e.to_string())?;
+            Ok(handler.call(ctx, command))
+        };
+        Self {
+            name: name.into(),
+            subject: C::subject(),
+            command_type: C::TYPE_NAME,
+            invoke: Arc::new(invoke),
+        }
+    }
+
+    /// The handler's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// The command's subject (`commands.document.create`).
+    pub fn subject(&self) -> &Subject {
+        &self.subject
+    }
+    /// The command's type name.
+    pub fn command_type(&self) -> &'static str {
+        self.command_type
+    }
+}
+
+/// The command handlers of one domain service, registered together. `#[command]` on an `impl`
+/// block generates it.
+pub trait CommandHandlerSet: Send + Sync + 'static {
+    /// The set's name, usually its domain (`document`).
+    fn set_name(&self) -> &str;
+    /// The handlers.
+    fn command_registrations(self: Arc<Self>) -> Vec<CommandRegistration>;
+}
+
+/// Checks that a handler's future outputs a [`CommandResult`] (generated code calls it, spanned
+/// on the handler's return type, for a clear error).
+#[doc(hidden)]
+pub fn __assert_handler_output<F: Future>(f: F) -> impl Future<Output = CommandResult>
+where
+    F::Output: IntoCommandResult,
+{
+    f.map(IntoCommandResult::into_command_result)
+}
+
+/// Why a command service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandServiceError {
+    /// Two handlers in one service handle the same command.
+    #[error(
+        "two handlers for the command `{command}` (`{subject}`): `{first}` and `{second}`; a command is handled by exactly one handler"
+    )]
+    DuplicateHandler {
+        /// The command type.
+        command: String,
+        /// Its subject.
+        subject: String,
+        /// The first handler (`set.name`).
+        first: String,
+        /// The second handler.
+        second: String,
+    },
+    /// A name is not usable in subjects or queue groups.
+    #[error("invalid name `{name}`: {reason}")]
+    InvalidName {
+        /// The name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// Serving a subject failed.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// Opening the result cache failed.
+    #[error(transparent)]
+    KeyValue(#[from] KvError),
+    /// A subject could not be built.
+    #[error(transparent)]
+    Subject(#[from] SubjectError),
+}
+
+/// Builds and starts a [`CommandService`].
+pub struct CommandServiceBuilder<T: Transport> {
+    transport: T,
+    name: String,
+    prefix: Option<Subject>,
+    concurrency: usize,
+    result_ttl: Option<Duration>,
+    handlers: Vec<(String, CommandRegistration)>,
+}
+
+impl<T: Transport> fmt::Debug for CommandServiceBuilder<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CommandServiceBuilder")
+            .field("name", &self.name)
+            .field("handlers", &self.handlers)
+            .finish_non_exhaustive()
+    }
+}
+
+fn check_token(name: &str) -> Result<(), CommandServiceError> {
+    subject::check_token(name).map_err(|e| CommandServiceError::InvalidName {
+        name: name.chars().take(64).collect(),
+        reason: e.to_string(),
+    })
+}
+
+/// The queue group shared by every handler instance of a command: `commands_document_create`.
+pub fn queue_group(subject: &Subject) -> String {
+    subject.as_str().replace('.', "_")
+}
+
+impl<T: Transport> CommandServiceBuilder<T> {
+    /// Deployment prefix (`prod` -> `prod.commands.document.create`).
+    pub fn prefix(mut self, prefix: Subject) -> Self {
+        self.prefix = Some(prefix);
+        self
+    }
+
+    /// Most commands handled at once per handler (default 16).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// How long acknowledgements are remembered so that a repeated send (same message id) is
+    /// answered without running the handler again (default [`DEFAULT_RESULT_TTL`]). `None`
+    /// remembers nothing.
+    pub fn result_ttl(mut self, ttl: Option<Duration>) -> Self {
+        self.result_ttl = ttl;
+        self
+    }
+
+    /// Registers a set of handlers (usually generated by `#[command]` on an `impl` block).
+    pub fn register<S: CommandHandlerSet>(self, set: S) -> Self {
+        self.register_arc(Arc::new(set))
+    }
+
+    /// Registers a shared set of handlers.
+    pub fn register_arc<S: CommandHandlerSet>(mut self, set: Arc<S>) -> Self {
+        let name = set.set_name().to_owned();
+        for r in set.command_registrations() {
+            self.handlers.push((name.clone(), r));
+        }
+        self
+    }
+
+    /// Registers one handler under the set name `set`.
+    pub fn handler(mut self, set: &str, registration: CommandRegistration) -> Self {
+        self.handlers.push((set.to_owned(), registration));
+        self
+    }
+
+    /// Checks the handlers (one per command), opens the result cache, joins one queue group
+    /// per command, and starts serving.
+    pub async fn start(self) -> Result<CommandService, CommandServiceError> {
+        check_token(&self.name)?;
+        let mut by_subject: HashMap<String, String> = HashMap::new();
+        for (set, reg) in &self.handlers {
+            check_token(set)?;
+            check_token(&reg.name)?;
+            let full = format!("{set}.{}", reg.name);
+            if let Some(first) = by_subject.insert(reg.subject.to_string(), full.clone()) {
+                return Err(CommandServiceError::DuplicateHandler {
+                    command: reg.command_type.to_owned(),
+                    subject: reg.subject.to_string(),
+                    first,
+                    second: full,
+                });
+            }
+        }
+        let results = match self.result_ttl {
+            Some(ttl) => {
+                let spec = KvSpec::new(format!("cim_commands_{}", self.name)).max_age(ttl);
+                Some(Arc::new(self.transport.key_value(&spec).await?))
+            }
+            None => None,
+        };
+        let publisher: Arc<dyn DynPublish> = Arc::new(self.transport.clone());
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        let mut served = Vec::new();
+        for (set, reg) in self.handlers {
+            let subject = match &self.prefix {
+                Some(p) => reg.subject.with_prefix(p)?,
+                None => reg.subject.clone(),
+            };
+            let pattern = SubjectPattern::new(subject.as_str())?;
+            let group = queue_group(&subject);
+            let responder = self.transport.serve(&pattern, &group).await?;
+            let handler = Arc::new(Served {
+                scope: format!("{set}-{}", reg.name),
+                registration: reg,
+                prefix: self.prefix.clone(),
+                publisher: publisher.clone(),
+                results: results.clone(),
+            });
+            tracing::info!(handler = %handler.scope, %subject, %group, "command handler started");
+            served.push(subject.to_string());
+            tasks.spawn(serve_loop(responder, handler, self.concurrency, stop_rx.clone()));
+        }
+        Ok(CommandService {
+            name: self.name,
+            served,
+            stop: stop_tx,
+            tasks,
+        })
+    }
+}
+
+/// A running command service. Dropping it without [`shutdown`](Self::shutdown) stops serving at
+/// once (requests in flight time out at their senders).
+pub struct CommandService {
+    name: String,
+    served: Vec<String>,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl fmt::Debug for CommandService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CommandService")
+            .field("name", &self.name)
+            .field("served", &self.served)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CommandService {
+    /// A builder for a service named `name` (`[A-Za-z0-9_-]+`) on `transport`.
+    pub fn builder<T: Transport>(transport: T, name: impl Into<String>) -> CommandServiceBuilder<T> {
+        CommandServiceBuilder {
+            transport,
+            name: name.into(),
+            prefix: None,
+            concurrency: 16,
+            result_ttl: Some(DEFAULT_RESULT_TTL),
+            handlers: Vec::new(),
+        }
+    }
+
+    /// The subjects served.
+    pub fn subjects(&self) -> &[String] {
+        &self.served
+    }
+
+    /// Leaves the queue groups and waits up to `grace` for commands in flight to be answered.
+    pub async fn shutdown(mut self, grace: Duration) {
+        let _ = self.stop.send(true);
+        if tokio::time::timeout(grace, async { while self.tasks.join_next().await.is_some() {} })
+            .await
+            .is_err()
+        {
+            tracing::warn!(service = %self.name, "command service shutdown grace elapsed");
+            self.tasks.abort_all();
+        }
+    }
+}
+
+struct Served<KV> {
+    scope: String,
+    registration: CommandRegistration,
+    prefix: Option<Subject>,
+    publisher: Arc<dyn DynPublish>,
+    results: Option<Arc<KV>>,
+}
+
+async fn serve_loop<KV: KeyValue>(
+    mut responder: crate::transport::Responder,
+    h: Arc<Served<KV>>,
+    concurrency: usize,
+    mut stop: watch::Receiver<bool>,
+) {
+    let permits = Arc::new(Semaphore::new(concurrency));
+    let mut in_flight = JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let request = tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            r = responder.next() => r,
+        };
+        let Some(request) = request else {
+            tracing::warn!(handler = %h.scope, "command subscription closed");
+            break;
+        };
+        let h = h.clone();
+        in_flight.spawn(async move {
+            handle(&h, request).await;
+            drop(permit);
+        });
+        while in_flight.try_join_next().is_some() {}
+    }
+    // Leave the queue group first, so new requests go to other instances, then finish.
+    drop(responder);
+    while in_flight.join_next().await.is_some() {}
+}
+
+fn result_key(scope: &str, id: &crate::id::MessageId) -> String {
+    format!("{scope}.{id}")
+}
+
+async fn handle<KV: KeyValue>(h: &Served<KV>, request: IncomingRequest) {
+    let envelope = match request.envelope() {
+        Ok(e) => e,
+        Err(e) => {
+            let reply = WireReply::Rejected {
+                reason: format!("invalid command envelope: {e}"),
+            };
+            return respond(request, &reply).await;
+        }
+    };
+    let span = tracing::info_span!(
+        "handle_command",
+        handler = %h.scope,
+        subject = %envelope.subject(),
+        message_id = %envelope.message_id(),
+        correlation_id = %envelope.correlation_id(),
+        causation_id = %envelope.causation_id(),
+    );
+    async {
+        let key = result_key(&h.scope, &envelope.message_id());
+        if let Some(results) = &h.results {
+            match results.get(&key).await {
+                Ok(Some(entry)) => {
+                    if let Ok(reply) = serde_json::from_slice::<WireReply>(&entry.value) {
+                        tracing::debug!("repeated command: answering with the remembered acknowledgement");
+                        return respond(request, &reply).await;
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    let reply = WireReply::Failed {
+                        reason: format!("result cache unavailable: {e}"),
+                    };
+                    return respond(request, &reply).await;
+                }
+            }
+        }
+        let ctx = Context::new(&envelope, 1, &h.scope, h.prefix.clone(), h.publisher.clone());
+        let reply = match (h.registration.invoke)(ctx, envelope.payload()) {
+            Err(reason) => WireReply::Rejected {
+                reason: format!("undecodable {}: {reason}", h.registration.command_type),
+            },
+            Ok(fut) => match AssertUnwindSafe(fut).catch_unwind().await {
+                Ok(Ok(())) => WireReply::Accepted,
+                Ok(Err(CommandRejection::Rejected(reason))) => WireReply::Rejected { reason },
+                Ok(Err(CommandRejection::Failed(e))) => WireReply::Failed { reason: e.to_string() },
+                Err(_) => WireReply::Failed {
+                    reason: "the handler panicked".to_owned(),
+                },
+            },
+        };
+        if let (Some(results), WireReply::Accepted | WireReply::Rejected { .. }) = (&h.results, &reply) {
+            let value = Bytes::from(serde_json::to_vec(&reply).unwrap_or_default());
+            if let Err(e) = results.put(&key, value).await {
+                tracing::warn!(error = %e, "remembering the acknowledgement failed; a repeated send would run again");
+            }
+        }
+        match &reply {
+            WireReply::Failed { reason } => tracing::warn!(%reason, "command handler failed"),
+            WireReply::Rejected { reason } => tracing::info!(%reason, "command rejected"),
+            WireReply::Accepted => tracing::debug!("command accepted"),
+        }
+        respond(request, &reply).await;
+    }
+    .instrument(span)
+    .await
+}
+
+async fn respond(request: IncomingRequest, reply: &WireReply) {
+    if let Err(e) = request.respond(reply.to_reply()).await {
+        tracing::warn!(error = %e, "sending the command acknowledgement failed");
+    }
+}

@@ -1,0 +1,1053 @@
+//! Process managers: state keyed by a correlation field of the events they handle, persisted in
+//! a key-value bucket with compare-and-set, reacting to events from several domains by sending
+//! commands and publishing events, with deadlines that survive restarts, and an explicit end.
+//!
+//! The user writes a state type and its handlers (`#[process]` on an `impl` block generates the
+//! [`ProcessManager`] impl); [`ProcessRunner`] runs them:
+//!
+//! - Each handled event type gets a durable consumer through [`Service`](crate::service::Service)
+//!   (the runner is a [`HandlerSet`]), with its de-duplication, retries and dead letters.
+//! - Per event: read the record of its key, run the handler on the state, and write the record
+//!   back only if nobody wrote it in between (revision compare-and-set). On a conflict the
+//!   handler runs again on the fresh state: concurrent events for one process never lose an
+//!   update.
+//! - Handlers do not send or publish directly: [`ProcessContext::send`] and
+//!   [`ProcessContext::publish`] queue the messages in the record's *outbox*, written in the same
+//!   compare-and-set as the state. They are sent after the write, with identities derived from
+//!   the handled message (so a re-sent message keeps its id: JetStream and the command result
+//!   cache drop duplicates), and removed from the outbox once sent. A crash in between sends them
+//!   again on redelivery. A handler that lost a conflict therefore never sent anything.
+//! - The record remembers the last message ids it applied, so a redelivered event is not applied
+//!   twice even when its handler de-duplication mark was lost.
+//! - [`ProcessContext::schedule`] sets a named deadline, persisted in the record and indexed in
+//!   a second bucket; [`ProcessRunner::spawn_timers`] scans the index and fires due deadlines
+//!   through [`ProcessManager::on_deadline`], on any instance, also after a restart.
+//! - [`ProcessContext::end`] ends the process: once its outbox is sent, its record is deleted.
+//!
+//! Buckets: `cim_pm_{name}` (records) and `cim_pm_{name}_timers` (deadline index).
+
+use crate::command::{Command, CommandAck, CommandBus};
+use crate::envelope::{DERIVED_ID_NAMESPACE, Envelope};
+use crate::event::{DecodeError, DomainEvent, EncodeError, PayloadVersion};
+use crate::handler::context::DynPublish;
+use crate::handler::{Context, HandlerError, HandlerOptions, HandlerSet, Registration};
+use crate::id::{CorrelationId, Identity, MessageId};
+use crate::subject::{Subject, SubjectPattern};
+use crate::timestamp::Timestamp;
+use crate::transport::{KeyValue, KvError, KvSpec, OutboundMessage, Transport, check_key};
+use bytes::Bytes;
+/// The boxed future of process handlers (named by generated code).
+pub use futures::future::BoxFuture;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+/// How many applied message ids a record remembers.
+const APPLIED_MEMORY: usize = 256;
+/// Most attempts to send one queued message before it is given up.
+const MAX_EFFECT_ATTEMPTS: u32 = 20;
+/// The deadline scanner sweeps every record (index repair, left-over outboxes) every this many
+/// ticks.
+const SWEEP_EVERY: u32 = 30;
+/// Most compare-and-set attempts for one event before it is retried later.
+const MAX_CONFLICT_RETRIES: u32 = 64;
+
+/// The wall clock in Unix milliseconds, advancing with tokio's clock: real time in production,
+/// paused and auto-advanced time in tests, consistent within a process.
+pub fn now_millis() -> i64 {
+    static BASE: OnceLock<(i64, tokio::time::Instant)> = OnceLock::new();
+    let (wall, mono) = *BASE.get_or_init(|| (Timestamp::now().unix_millis(), tokio::time::Instant::now()));
+    let elapsed = tokio::time::Instant::now().saturating_duration_since(mono);
+    wall.saturating_add(i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// A process manager: its state type, name, handlers and deadline reaction. `#[process]` on the
+/// state's `impl` block implements it.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a process manager",
+    note = "mark its `impl` block with `#[process(name = \"...\", key = field)]`"
+)]
+pub trait ProcessManager: Serialize + DeserializeOwned + Default + Send + Sync + 'static {
+    /// The process's name (`[A-Za-z0-9_-]+`): buckets, durable names.
+    const NAME: &'static str;
+
+    /// The event handlers.
+    fn handlers() -> Vec<ProcessHandler<Self>>;
+
+    /// Reacts to a due deadline set with [`ProcessContext::schedule`]. The default logs it.
+    fn on_deadline<'a>(
+        &'a mut self,
+        ctx: &'a mut ProcessContext,
+        deadline: Deadline,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        let _ = ctx;
+        tracing::info!(process = Self::NAME, deadline = %deadline.name, "deadline passed (no on_deadline handler)");
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+/// A deadline that came due.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deadline {
+    /// The name given to [`ProcessContext::schedule`].
+    pub name: String,
+    /// When it was due (Unix milliseconds).
+    pub due_millis: i64,
+}
+
+/// A handler function of a process: `async fn(&mut State, &mut ProcessContext, Event)`.
+pub type ProcessHandlerFn<S, E> =
+    for<'a> fn(&'a mut S, &'a mut ProcessContext, E) -> BoxFuture<'a, Result<(), HandlerError>>;
+
+/// How a handled event yields its process key (the correlation field, as text).
+pub type KeyFn<E> = fn(&E) -> String;
+
+/// Decodes a payload and returns its process key.
+type PayloadKeyFn = dyn Fn(&[u8]) -> Result<String, DecodeError> + Send + Sync;
+/// Adjusts a record after a transition (aggregation and correlation bookkeeping).
+pub(crate) type OnRecord<S> = dyn Fn(&mut Record<S>, &mut ProcessContext) + Send + Sync;
+
+/// One event handler of a process, type-erased over the event.
+pub struct ProcessHandler<S> {
+    name: &'static str,
+    pattern: SubjectPattern,
+    event_type: &'static str,
+    key: Arc<PayloadKeyFn>,
+    transition: Arc<dyn Fn(Bytes) -> Box<dyn Transition<S>> + Send + Sync>,
+}
+
+impl<S> Clone for ProcessHandler<S> {
+    fn clone(&self) -> Self {
+        Self {
+            name: self.name,
+            pattern: self.pattern.clone(),
+            event_type: self.event_type,
+            key: self.key.clone(),
+            transition: self.transition.clone(),
+        }
+    }
+}
+
+impl<S> fmt::Debug for ProcessHandler<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProcessHandler")
+            .field("name", &self.name)
+            .field("pattern", &self.pattern)
+            .field("event_type", &self.event_type)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Send + 'static> ProcessHandler<S> {
+    /// A handler named `name` of events `E`, keyed by `key`, running `handler`.
+    pub fn new<E: DomainEvent>(name: &'static str, key: KeyFn<E>, handler: ProcessHandlerFn<S, E>) -> Self {
+        Self {
+            name,
+            pattern: SubjectPattern::new(E::SUBJECT).unwrap_or_else(|_| SubjectPattern::__from_checked_literal(">")),
+            event_type: E::TYPE_NAME,
+            key: Arc::new(move |payload| E::decode(payload).map(|e| key(&e))),
+            transition: Arc::new(move |payload| Box::new(EventTransition { payload, handler })),
+        }
+    }
+
+    /// A handler from a key function and a transition factory (for the aggregation and
+    /// correlation builders).
+    pub(crate) fn custom<E: DomainEvent>(
+        name: &'static str,
+        key: impl Fn(&E) -> String + Send + Sync + 'static,
+        transition: impl Fn(Bytes) -> Box<dyn Transition<S>> + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            name,
+            pattern: SubjectPattern::new(E::SUBJECT).unwrap_or_else(|_| SubjectPattern::__from_checked_literal(">")),
+            event_type: E::TYPE_NAME,
+            key: Arc::new(move |payload| E::decode(payload).map(|e| key(&e))),
+            transition: Arc::new(transition),
+        }
+    }
+
+    /// The same handler with another transition factory.
+    pub(crate) fn with_transition(
+        mut self,
+        transition: impl Fn(Bytes) -> Box<dyn Transition<S>> + Send + Sync + 'static,
+    ) -> Self {
+        self.transition = Arc::new(transition);
+        self
+    }
+
+    /// The handler's name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+    /// The handled event type.
+    pub fn event_type(&self) -> &'static str {
+        self.event_type
+    }
+}
+
+/// One step on a process's state: runs (possibly several times, on conflicts) on the current
+/// state with a fresh context.
+pub(crate) trait Transition<S>: Send + Sync {
+    fn run<'a>(&'a self, state: &'a mut S, ctx: &'a mut ProcessContext) -> BoxFuture<'a, Result<(), HandlerError>>;
+}
+
+struct EventTransition<S, E> {
+    payload: Bytes,
+    handler: ProcessHandlerFn<S, E>,
+}
+
+impl<S: Send, E: DomainEvent> Transition<S> for EventTransition<S, E> {
+    fn run<'a>(&'a self, state: &'a mut S, ctx: &'a mut ProcessContext) -> BoxFuture<'a, Result<(), HandlerError>> {
+        match E::decode(&self.payload) {
+            Ok(event) => (self.handler)(state, ctx, event),
+            Err(e) => Box::pin(std::future::ready(Err(HandlerError::permanent(e)))),
+        }
+    }
+}
+
+struct DeadlineTransition<S> {
+    deadline: Deadline,
+    _state: PhantomData<fn(S)>,
+}
+
+impl<S: ProcessManager> Transition<S> for DeadlineTransition<S> {
+    fn run<'a>(&'a self, state: &'a mut S, ctx: &'a mut ProcessContext) -> BoxFuture<'a, Result<(), HandlerError>> {
+        state.on_deadline(ctx, self.deadline.clone())
+    }
+}
+
+/// A message queued by a handler, sent after the state is stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Effect {
+    kind: EffectKind,
+    subject: String,
+    type_name: String,
+    version: String,
+    /// The encoded payload (JSON text).
+    payload: String,
+    identity: Identity,
+    /// Failed attempts to send it so far.
+    #[serde(default)]
+    attempts: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum EffectKind {
+    Publish,
+    Send,
+}
+
+/// What a process handler can do besides changing the state: queue commands and events, set
+/// and cancel deadlines, end the process.
+#[derive(Debug)]
+pub struct ProcessContext {
+    key: String,
+    identity: Identity,
+    scope: String,
+    occurred: Timestamp,
+    now: i64,
+    effects: Vec<Effect>,
+    schedule: Vec<(String, i64)>,
+    cancel: Vec<String>,
+    end: bool,
+    first: bool,
+}
+
+impl ProcessContext {
+    fn new(key: &str, identity: Identity, scope: String, occurred: Timestamp, first: bool) -> Self {
+        Self {
+            key: key.to_owned(),
+            identity,
+            scope,
+            occurred,
+            now: now_millis(),
+            effects: Vec::new(),
+            schedule: Vec::new(),
+            cancel: Vec::new(),
+            end: false,
+            first,
+        }
+    }
+
+    /// The process key (the correlation field's value).
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+    /// The identity of the handled message (for a deadline: one derived from the process).
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+    /// `true` if this step starts the process (no state was stored yet).
+    pub fn is_new(&self) -> bool {
+        self.first
+    }
+    /// The current time in Unix milliseconds ([`now_millis`]).
+    pub fn now_millis(&self) -> i64 {
+        self.now
+    }
+
+    fn next_identity(&self) -> Identity {
+        let n = u32::try_from(self.effects.len()).unwrap_or(u32::MAX);
+        self.identity.derived_child(&self.scope, n, self.occurred)
+    }
+
+    fn queue(&mut self, kind: EffectKind, subject: Subject, type_name: &str, version: &str, payload: Bytes) {
+        let identity = self.next_identity();
+        self.effects.push(Effect {
+            kind,
+            subject: subject.to_string(),
+            type_name: type_name.to_owned(),
+            version: version.to_owned(),
+            payload: String::from_utf8_lossy(&payload).into_owned(),
+            identity,
+            attempts: 0,
+        });
+    }
+
+    /// Queues `event` with an explicit identity (a deterministic one, for outcomes that must be
+    /// published once).
+    pub(crate) fn publish_as<E: DomainEvent>(&mut self, identity: Identity, event: &E) -> Result<(), EncodeError> {
+        let payload = event.encode()?;
+        self.effects.push(Effect {
+            kind: EffectKind::Publish,
+            subject: E::subject().to_string(),
+            type_name: E::TYPE_NAME.to_owned(),
+            version: <E as PayloadVersion>::VERSION.to_owned(),
+            payload: String::from_utf8_lossy(&payload).into_owned(),
+            identity,
+            attempts: 0,
+        });
+        Ok(())
+    }
+
+    /// Queues `command`: sent once the new state is stored, caused by the handled message.
+    pub fn send<C: Command>(&mut self, command: &C) -> Result<(), EncodeError> {
+        let payload = command.encode()?;
+        self.queue(
+            EffectKind::Send,
+            C::subject(),
+            C::TYPE_NAME,
+            <C as PayloadVersion>::VERSION,
+            payload,
+        );
+        Ok(())
+    }
+
+    /// Queues `event`: published once the new state is stored, caused by the handled message.
+    pub fn publish<E: DomainEvent>(&mut self, event: &E) -> Result<(), EncodeError> {
+        let payload = event.encode()?;
+        self.queue(
+            EffectKind::Publish,
+            E::subject(),
+            E::TYPE_NAME,
+            <E as PayloadVersion>::VERSION,
+            payload,
+        );
+        Ok(())
+    }
+
+    /// Sets (or moves) the deadline `name` to `after` from now. It fires once, through
+    /// [`ProcessManager::on_deadline`], unless cancelled or the process ends first.
+    pub fn schedule(&mut self, name: impl Into<String>, after: Duration) {
+        let due = self
+            .now
+            .saturating_add(i64::try_from(after.as_millis()).unwrap_or(i64::MAX));
+        self.schedule.push((name.into(), due));
+    }
+
+    /// Cancels the deadline `name`, if set.
+    pub fn cancel(&mut self, name: impl Into<String>) {
+        self.cancel.push(name.into());
+    }
+
+    /// Ends the process: once its queued messages are sent, its state is deleted. An event for
+    /// the same key afterwards starts a new process.
+    pub fn end(&mut self) {
+        self.end = true;
+    }
+}
+
+/// The stored record of one process instance.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(bound = "S: Serialize + DeserializeOwned")]
+pub(crate) struct Record<S> {
+    pub(crate) state: S,
+    /// The process key as given (the storage key may be its hex form).
+    #[serde(default)]
+    key: String,
+    #[serde(default)]
+    correlation: Option<CorrelationId>,
+    #[serde(default)]
+    applied: VecDeque<String>,
+    #[serde(default)]
+    outbox: Vec<Effect>,
+    #[serde(default)]
+    deadlines: BTreeMap<String, i64>,
+    #[serde(default)]
+    ended: bool,
+}
+
+impl<S: Default> Default for Record<S> {
+    fn default() -> Self {
+        Self {
+            state: S::default(),
+            key: String::new(),
+            correlation: None,
+            applied: VecDeque::new(),
+            outbox: Vec::new(),
+            deadlines: BTreeMap::new(),
+            ended: false,
+        }
+    }
+}
+
+/// Why a process step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// The key-value store failed.
+    #[error(transparent)]
+    KeyValue(#[from] KvError),
+    /// A stored record does not decode as the state type.
+    #[error("stored state of `{process}` key `{key}` does not decode: {reason}")]
+    Corrupt {
+        /// The process.
+        process: String,
+        /// The key.
+        key: String,
+        /// What serde said.
+        reason: String,
+    },
+    /// Too many concurrent writers.
+    #[error("`{process}` key `{key}`: gave up after {attempts} write conflicts; will retry")]
+    Contended {
+        /// The process.
+        process: String,
+        /// The key.
+        key: String,
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// A queued message could not be sent.
+    #[error("sending the queued messages of `{process}` key `{key}`: {reason}")]
+    Outbox {
+        /// The process.
+        process: String,
+        /// The key.
+        key: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The handler failed.
+    #[error(transparent)]
+    Handler(#[from] HandlerError),
+}
+
+impl From<ProcessError> for HandlerError {
+    fn from(e: ProcessError) -> Self {
+        match e {
+            ProcessError::Handler(h) => h,
+            ProcessError::Corrupt { .. } => HandlerError::permanent(e),
+            other => HandlerError::transient(other),
+        }
+    }
+}
+
+/// A key-value-safe form of a process key: as is when it is a valid key, else hex.
+pub fn storage_key(key: &str) -> String {
+    if check_key(key).is_ok() && !key.starts_with("h_") {
+        key.to_owned()
+    } else {
+        let mut out = String::with_capacity(2 + key.len() * 2);
+        out.push_str("h_");
+        for b in key.bytes() {
+            out.push_str(&format!("{b:02x}"));
+        }
+        out.truncate(1024);
+        out
+    }
+}
+
+/// The persistence and outbox engine shared by process managers, aggregations and correlators.
+pub(crate) struct Engine<T: Transport, S> {
+    pub(crate) name: String,
+    records: T::KeyValue,
+    timers: T::KeyValue,
+    publisher: Arc<dyn DynPublish>,
+    bus: CommandBus,
+    prefix: Option<Subject>,
+    _state: PhantomData<fn() -> S>,
+}
+
+impl<T: Transport, S> fmt::Debug for Engine<T, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Engine")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+fn min_due(deadlines: &BTreeMap<String, i64>) -> Option<i64> {
+    deadlines.values().copied().min()
+}
+
+impl<T: Transport, S: Serialize + DeserializeOwned + Default + Send + 'static> Engine<T, S> {
+    pub(crate) async fn open(
+        transport: &T,
+        name: &str,
+        bus: CommandBus,
+        prefix: Option<Subject>,
+        ttl: Option<Duration>,
+    ) -> Result<Self, KvError> {
+        let mut spec = KvSpec::new(format!("cim_pm_{name}"));
+        if let Some(ttl) = ttl {
+            spec = spec.max_age(ttl);
+        }
+        let records = transport.key_value(&spec).await?;
+        let timers = transport
+            .key_value(&KvSpec::new(format!("cim_pm_{name}_timers")))
+            .await?;
+        Ok(Self {
+            name: name.to_owned(),
+            records,
+            timers,
+            publisher: Arc::new(transport.clone()),
+            bus,
+            prefix,
+            _state: PhantomData,
+        })
+    }
+
+    fn decode(&self, key: &str, bytes: &[u8]) -> Result<Record<S>, ProcessError> {
+        serde_json::from_slice(bytes).map_err(|e| ProcessError::Corrupt {
+            process: self.name.clone(),
+            key: key.to_owned(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Reads the state of `key` (for tests, tools and queries): `None` if no process runs.
+    pub(crate) async fn load(&self, key: &str) -> Result<Option<S>, ProcessError> {
+        let skey = storage_key(key);
+        match self.records.get(&skey).await? {
+            Some(entry) => Ok(Some(self.decode(key, &entry.value)?.state)),
+            None => Ok(None),
+        }
+    }
+
+    /// Applies `transition` for message `msg_id` to the process `key`, with compare-and-set and
+    /// retries, then sends the outbox.
+    pub(crate) async fn step(
+        &self,
+        key: &str,
+        msg_id: &str,
+        identity: Identity,
+        occurred: Timestamp,
+        transition: &dyn Transition<S>,
+        on_record: &OnRecord<S>,
+    ) -> Result<(), ProcessError> {
+        let skey = storage_key(key);
+        for _attempt in 0..MAX_CONFLICT_RETRIES {
+            let entry = self.records.get(&skey).await?;
+            let (mut record, revision) = match &entry {
+                Some(e) => (self.decode(key, &e.value)?, Some(e.revision)),
+                None => (Record::default(), None),
+            };
+            if record.applied.iter().any(|id| id == msg_id) {
+                tracing::debug!(process = %self.name, key, msg_id, "already applied; sending what is still queued");
+                return self.drain(&skey).await;
+            }
+            let scope = format!("{}:{key}", self.name);
+            let mut ctx = ProcessContext::new(key, identity, scope, occurred, revision.is_none());
+            transition.run(&mut record.state, &mut ctx).await?;
+            on_record(&mut record, &mut ctx);
+            record.correlation.get_or_insert(identity.correlation_id);
+            if record.key.is_empty() {
+                record.key = key.to_owned();
+            }
+            record.applied.push_back(msg_id.to_owned());
+            while record.applied.len() > APPLIED_MEMORY {
+                record.applied.pop_front();
+            }
+            let queued = !ctx.effects.is_empty();
+            record.outbox.append(&mut ctx.effects);
+            for name in ctx.cancel.drain(..) {
+                record.deadlines.remove(&name);
+            }
+            for (name, due) in ctx.schedule.drain(..) {
+                record.deadlines.insert(name, due);
+            }
+            if ctx.end {
+                record.ended = true;
+                record.deadlines.clear();
+            }
+            // The index first: a crash after it leaves an early index entry, which the scanner
+            // tolerates; the other order could lose a deadline.
+            if let Some(due) = min_due(&record.deadlines) {
+                self.timers.put(&skey, Bytes::from(due.to_string())).await?;
+            }
+            let value = Bytes::from(serde_json::to_vec(&record).map_err(|e| ProcessError::Corrupt {
+                process: self.name.clone(),
+                key: key.to_owned(),
+                reason: e.to_string(),
+            })?);
+            let written = match revision {
+                None => self.records.create(&skey, value).await,
+                Some(rev) => self.records.update(&skey, value, rev).await,
+            };
+            match written {
+                Ok(_) => {}
+                Err(KvError::Conflict { .. } | KvError::AlreadyExists { .. }) => {
+                    tracing::debug!(process = %self.name, key, "write conflict; applying again on the fresh state");
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            }
+            if record.deadlines.is_empty() {
+                let _ = self.timers.delete(&skey, None).await;
+            }
+            if queued || record.ended {
+                return self.drain(&skey).await;
+            }
+            return Ok(());
+        }
+        Err(ProcessError::Contended {
+            process: self.name.clone(),
+            key: key.to_owned(),
+            attempts: MAX_CONFLICT_RETRIES,
+        })
+    }
+
+    /// Sends the queued messages of the record at `skey` (storage form), then removes them (and
+    /// deletes an ended record).
+    pub(crate) async fn drain(&self, skey: &str) -> Result<(), ProcessError> {
+        let key = skey;
+        let Some(entry) = self.records.get(skey).await? else {
+            return Ok(());
+        };
+        let record = self.decode(key, &entry.value)?;
+        // Each message is tried on its own: one that cannot be delivered (no handler running)
+        // does not hold back the others. It is tried again on the next drain, and given up
+        // (logged as an error) after `MAX_EFFECT_ATTEMPTS`.
+        let mut sent = Vec::new();
+        let mut failed = Vec::new();
+        let mut last_error = None;
+        for effect in &record.outbox {
+            match self.execute(key, effect).await {
+                Ok(()) => sent.push(effect.identity.message_id),
+                Err(e) => {
+                    failed.push(effect.identity.message_id);
+                    last_error = Some(e);
+                }
+            }
+        }
+        let mut entry = Some(entry);
+        for _ in 0..MAX_CONFLICT_RETRIES {
+            let current = match entry.take() {
+                Some(e) => e,
+                None => match self.records.get(skey).await? {
+                    Some(e) => e,
+                    None => return Ok(()),
+                },
+            };
+            let mut record = self.decode(key, &current.value)?;
+            record.outbox.retain(|e| !sent.contains(&e.identity.message_id));
+            for effect in record
+                .outbox
+                .iter_mut()
+                .filter(|e| failed.contains(&e.identity.message_id))
+            {
+                effect.attempts += 1;
+            }
+            record.outbox.retain(|e| {
+                let give_up = e.attempts >= MAX_EFFECT_ATTEMPTS;
+                if give_up {
+                    tracing::error!(process = %self.name, key, message = %e.type_name, subject = %e.subject, attempts = e.attempts, "giving up sending a queued message");
+                }
+                !give_up
+            });
+            let result = if record.ended && record.outbox.is_empty() {
+                let r = self.records.delete(skey, Some(current.revision)).await;
+                if r.is_ok() {
+                    let _ = self.timers.delete(skey, None).await;
+                    tracing::info!(process = %self.name, key, "process ended");
+                }
+                r.map(|_| 0)
+            } else {
+                let value = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
+                self.records.update(skey, value, current.revision).await
+            };
+            match result {
+                Ok(_) => return last_error.map_or(Ok(()), Err),
+                Err(KvError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ProcessError::Contended {
+            process: self.name.clone(),
+            key: key.to_owned(),
+            attempts: MAX_CONFLICT_RETRIES,
+        })
+    }
+
+    async fn execute(&self, key: &str, effect: &Effect) -> Result<(), ProcessError> {
+        let fail = |reason: String| ProcessError::Outbox {
+            process: self.name.clone(),
+            key: key.to_owned(),
+            reason,
+        };
+        let subject = Subject::new(&effect.subject).map_err(|e| fail(e.to_string()))?;
+        let payload = Bytes::from(effect.payload.clone().into_bytes());
+        match effect.kind {
+            EffectKind::Publish => {
+                let subject = match &self.prefix {
+                    Some(p) => subject.with_prefix(p).map_err(|e| fail(e.to_string()))?,
+                    None => subject,
+                };
+                let envelope = Envelope::with_identity(effect.identity, subject, payload)
+                    .typed(effect.type_name.as_str(), effect.version.as_str());
+                self.publisher
+                    .publish_and_wait(OutboundMessage::from(&envelope))
+                    .await
+                    .map_err(|e| fail(e.to_string()))?;
+            }
+            EffectKind::Send => {
+                let ack = self
+                    .bus
+                    .send_encoded(
+                        effect.identity,
+                        &subject,
+                        &effect.type_name,
+                        &effect.version,
+                        payload,
+                        self.bus.default_timeout(),
+                    )
+                    .await
+                    .map_err(|e| fail(e.to_string()))?;
+                if let CommandAck::Rejected { reason } = ack {
+                    tracing::warn!(process = %self.name, key, command = %effect.type_name, %reason, "command rejected");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Keys with a deadline due by `now` according to the index.
+    async fn due_keys(&self, now: i64) -> Result<Vec<String>, KvError> {
+        let mut due = Vec::new();
+        for skey in self.timers.keys().await? {
+            if let Some(entry) = self.timers.get(&skey).await? {
+                let at = std::str::from_utf8(&entry.value)
+                    .ok()
+                    .and_then(|s| s.parse::<i64>().ok())
+                    .unwrap_or(0);
+                if at <= now {
+                    due.push(skey);
+                }
+            }
+        }
+        Ok(due)
+    }
+
+    /// Every stored key (storage form) with deadlines: the repair sweep of the index.
+    async fn reindex(&self) -> Result<(), ProcessError> {
+        for skey in self.records.keys().await? {
+            let Some(entry) = self.records.get(&skey).await? else {
+                continue;
+            };
+            let Ok(record) = serde_json::from_slice::<Record<S>>(&entry.value) else {
+                continue;
+            };
+            if let Some(due) = min_due(&record.deadlines) {
+                self.timers.put(&skey, Bytes::from(due.to_string())).await?;
+            }
+            if !record.outbox.is_empty() {
+                // Left over by a crash: send it now rather than on the next event.
+                if let Err(e) = self.drain(&skey).await {
+                    tracing::warn!(process = %self.name, key = %skey, error = %e, "sending a left-over outbox failed");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Fires the due deadlines of one key (storage form): one step per deadline, oldest first.
+pub(crate) async fn fire_due<T: Transport, S: Serialize + DeserializeOwned + Default + Send + 'static>(
+    engine: &Engine<T, S>,
+    skey: &str,
+    make: &(dyn Fn(Deadline) -> Box<dyn Transition<S>> + Send + Sync),
+) -> Result<(), ProcessError> {
+    let now = now_millis();
+    let Some(entry) = engine.records.get(skey).await? else {
+        let _ = engine.timers.delete(skey, None).await;
+        return Ok(());
+    };
+    let record = engine.decode(skey, &entry.value)?;
+    let mut due: Vec<(String, i64)> = record
+        .deadlines
+        .iter()
+        .filter(|(_, at)| **at <= now)
+        .map(|(n, at)| (n.clone(), *at))
+        .collect();
+    due.sort_by_key(|(_, at)| *at);
+    if due.is_empty() {
+        match min_due(&record.deadlines) {
+            Some(at) => {
+                engine.timers.put(skey, Bytes::from(at.to_string())).await?;
+            }
+            None => {
+                let _ = engine.timers.delete(skey, None).await;
+            }
+        }
+        return Ok(());
+    }
+    let correlation = record.correlation;
+    let key = if record.key.is_empty() {
+        skey.to_owned()
+    } else {
+        record.key.clone()
+    };
+    for (name, at) in due {
+        let msg_id = format!("deadline:{name}:{at}");
+        let id = uuid::Uuid::new_v5(
+            &DERIVED_ID_NAMESPACE,
+            format!("{}\0{skey}\0{msg_id}", engine.name).as_bytes(),
+        );
+        let message_id = MessageId::from_uuid(id);
+        let identity = Identity {
+            message_id,
+            correlation_id: correlation.unwrap_or(message_id.into()),
+            causation_id: message_id.into(),
+        };
+        let transition = make(Deadline {
+            name: name.clone(),
+            due_millis: at,
+        });
+        let fired = name.clone();
+        let remove = move |record: &mut Record<S>, _: &mut ProcessContext| {
+            if record.deadlines.get(&fired) == Some(&at) {
+                record.deadlines.remove(&fired);
+            }
+        };
+        let occurred = Timestamp::from_unix_nanos(i128::from(at) * 1_000_000).unwrap_or_else(Timestamp::now);
+        tracing::info!(process = %engine.name, key = skey, deadline = %name, "deadline due");
+        engine
+            .step(&key, &msg_id, identity, occurred, &*transition, &remove)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Starts a deadline scanner over `engine`: a sweep of every record, then the due deadlines every
+/// `interval`.
+pub(crate) fn spawn_scanner<T: Transport, S: Serialize + DeserializeOwned + Default + Send + 'static>(
+    engine: Arc<Engine<T, S>>,
+    interval: Duration,
+    make: Arc<dyn Fn(Deadline) -> Box<dyn Transition<S>> + Send + Sync>,
+) -> TimerHandle {
+    let task = tokio::spawn(async move {
+        let mut tick = 0u32;
+        loop {
+            if tick.is_multiple_of(SWEEP_EVERY)
+                && let Err(e) = engine.reindex().await
+            {
+                tracing::warn!(process = %engine.name, error = %e, "sweep of the records failed");
+            }
+            tick = tick.wrapping_add(1);
+            match engine.due_keys(now_millis()).await {
+                Ok(keys) => {
+                    for skey in keys {
+                        if let Err(e) = fire_due(&engine, &skey, &*make).await {
+                            tracing::warn!(process = %engine.name, key = %skey, error = %e, "firing a deadline failed; retrying later");
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(process = %engine.name, error = %e, "reading the deadline index failed"),
+            }
+            tokio::time::sleep(interval).await;
+        }
+    });
+    TimerHandle { task }
+}
+
+/// Options of a [`ProcessRunner`].
+#[derive(Debug, Clone)]
+pub struct ProcessOptions {
+    /// Options of every event handler (durable names, retries, concurrency).
+    pub handler: HandlerOptions,
+    /// Deployment prefix for published events and sent commands.
+    pub prefix: Option<Subject>,
+    /// How the commands are sent (timeout).
+    pub command_timeout: Duration,
+    /// How often the deadline scanner looks for due deadlines.
+    pub timer_interval: Duration,
+    /// Expire records after this long (a safety net for processes that never end).
+    pub ttl: Option<Duration>,
+}
+
+impl Default for ProcessOptions {
+    fn default() -> Self {
+        Self {
+            handler: HandlerOptions::default(),
+            prefix: None,
+            command_timeout: crate::command::DEFAULT_COMMAND_TIMEOUT,
+            timer_interval: Duration::from_secs(1),
+            ttl: None,
+        }
+    }
+}
+
+/// Runs a [`ProcessManager`]: register it on a [`Service`](crate::service::Service) as a
+/// [`HandlerSet`] for its events, and call [`spawn_timers`](Self::spawn_timers) for its deadlines.
+pub struct ProcessRunner<T: Transport, P: ProcessManager> {
+    engine: Arc<Engine<T, P>>,
+    options: ProcessOptions,
+}
+
+impl<T: Transport, P: ProcessManager> fmt::Debug for ProcessRunner<T, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProcessRunner")
+            .field("process", &P::NAME)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: Transport, P: ProcessManager> Clone for ProcessRunner<T, P> {
+    fn clone(&self) -> Self {
+        Self {
+            engine: self.engine.clone(),
+            options: self.options.clone(),
+        }
+    }
+}
+
+impl<T: Transport, P: ProcessManager> ProcessRunner<T, P> {
+    /// Opens the process's buckets on `transport` with default options.
+    pub async fn open(transport: T) -> Result<Self, ProcessError> {
+        Self::with_options(transport, ProcessOptions::default()).await
+    }
+
+    /// Opens the process's buckets on `transport`.
+    pub async fn with_options(transport: T, options: ProcessOptions) -> Result<Self, ProcessError> {
+        let mut bus = CommandBus::new(transport.clone()).timeout(options.command_timeout);
+        if let Some(p) = &options.prefix {
+            bus = bus.prefix(p.clone());
+        }
+        let engine = Engine::open(&transport, P::NAME, bus, options.prefix.clone(), options.ttl).await?;
+        Ok(Self {
+            engine: Arc::new(engine),
+            options,
+        })
+    }
+
+    /// The state of the process `key`, if it runs.
+    pub async fn state(&self, key: &str) -> Result<Option<P>, ProcessError> {
+        self.engine.load(key).await
+    }
+
+    /// Starts the deadline scanner: at start a sweep of every record (repairs the index, sends
+    /// outboxes left by a crash), then every `timer_interval` the due deadlines. Several
+    /// instances may scan at once: each deadline fires once (compare-and-set).
+    pub fn spawn_timers(&self) -> TimerHandle {
+        let make = |deadline: Deadline| -> Box<dyn Transition<P>> {
+            Box::new(DeadlineTransition::<P> {
+                deadline,
+                _state: PhantomData,
+            })
+        };
+        spawn_scanner(self.engine.clone(), self.options.timer_interval, Arc::new(make))
+    }
+}
+
+/// The running deadline scanner; dropping it stops the scanner.
+#[derive(Debug)]
+pub struct TimerHandle {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TimerHandle {
+    /// Stops the scanner.
+    pub fn stop(self) {}
+}
+
+impl Drop for TimerHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn no_record_change<S>(_: &mut Record<S>, _: &mut ProcessContext) {}
+
+/// Builds the [`Registration`]s of a set of process handlers over an engine.
+pub(crate) fn registrations<T: Transport, S: Serialize + DeserializeOwned + Default + Send + Sync + 'static>(
+    engine: &Arc<Engine<T, S>>,
+    handlers: Vec<ProcessHandler<S>>,
+    options: &HandlerOptions,
+    on_record: Arc<OnRecord<S>>,
+) -> Vec<Registration> {
+    handlers
+        .into_iter()
+        .map(|h| {
+            let engine = engine.clone();
+            let on_record = on_record.clone();
+            let key_of = h.key.clone();
+            let decode = move |payload: &[u8]| -> Result<(String, Bytes), DecodeError> {
+                let key = key_of(payload)?;
+                Ok((key, Bytes::copy_from_slice(payload)))
+            };
+            let transition = h.transition.clone();
+            Registration::new(
+                h.name,
+                h.pattern.clone(),
+                h.event_type,
+                decode,
+                move |ctx: Context, (key, payload): (String, Bytes)| {
+                    let engine = engine.clone();
+                    let transition = transition(payload);
+                    let on_record = on_record.clone();
+                    async move {
+                        let msg_id = ctx.message_id().to_string();
+                        engine
+                            .step(
+                                &key,
+                                &msg_id,
+                                *ctx.identity(),
+                                ctx.occurred(),
+                                &*transition,
+                                &*on_record,
+                            )
+                            .await
+                            .map_err(HandlerError::from)
+                    }
+                },
+            )
+            .with_options(options.clone())
+        })
+        .collect()
+}
+
+impl<T: Transport, P: ProcessManager> HandlerSet for ProcessRunner<T, P> {
+    fn set_name(&self) -> &str {
+        P::NAME
+    }
+
+    fn registrations(self: Arc<Self>) -> Vec<Registration> {
+        registrations(
+            &self.engine,
+            P::handlers(),
+            &self.options.handler,
+            Arc::new(no_record_change::<P>),
+        )
+    }
+}
+
+/// Renders a correlation field as a process key: what `#[process(key = field)]` calls.
+pub fn key_of<K: fmt::Display + ?Sized>(value: &K) -> String {
+    value.to_string()
+}

@@ -215,3 +215,58 @@ async fn refusal_of_an_inner_breaker_defers_the_message() {
     assert_eq!(breaker.state(), BreakerState::Closed);
     svc.shutdown(Duration::from_secs(5)).await;
 }
+
+/// An ordered handler keeps its order through an open breaker: it waits the cool-down in place
+/// instead of naking, so later messages cannot overtake the one that is waiting.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn ordered_handler_waits_in_place_and_keeps_order() {
+    let t = cim_integrate_runtime::transport::memory::MemoryTransport::new();
+    t.ensure_stream(&StreamSpec::for_domain("document", None).expect("spec"))
+        .await
+        .expect("stream");
+    let failures_left = Arc::new(AtomicU32::new(2));
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let reg = {
+        let (failures_left, order) = (failures_left.clone(), order.clone());
+        let pattern = SubjectPattern::new("document.created").expect("pattern");
+        Registration::new("indexer", pattern, "Numbered", decode, move |_ctx: Context, n: u32| {
+            let (failures_left, order) = (failures_left.clone(), order.clone());
+            async move {
+                if failures_left
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |f| f.checked_sub(1))
+                    .is_ok()
+                {
+                    return Err(HandlerError::transient("search index unavailable"));
+                }
+                order.lock().expect("lock").push(n);
+                Ok(())
+            }
+        })
+        .with_options(HandlerOptions {
+            ordered: true,
+            ..options(1)
+        })
+    };
+    let svc = Service::builder(t.clone(), "search")
+        .handler("search", reg)
+        .start()
+        .await
+        .expect("start");
+    let start = tokio::time::Instant::now();
+    for n in 1..=4 {
+        publish(&t, n).await;
+    }
+    wait_until("all handled in order", || {
+        (order.lock().expect("lock").len() == 4).then_some(())
+    })
+    .await;
+    assert!(start.elapsed() >= COOL_DOWN, "the retry waited for the cool-down");
+    assert_eq!(*order.lock().expect("lock"), [1, 2, 3, 4]);
+    let s = stats(&svc);
+    // Message 1 failed twice, which opened the breaker; its retry waited in place for the rest of
+    // the cool-down (not the 200 ms back-off), so its third attempt was the probe, which closed the
+    // breaker. Nothing overtook it and nothing was dead-lettered.
+    assert_eq!((s.succeeded, s.dead_lettered, s.retried), (4, 0, 2), "{s:?}");
+    assert_eq!(svc.breaker_state("search-indexer"), Some(BreakerState::Closed));
+    svc.shutdown(Duration::from_secs(5)).await;
+}

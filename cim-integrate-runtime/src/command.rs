@@ -522,16 +522,6 @@ pub trait CommandHandlerSet: Send + Sync + 'static {
     fn command_registrations(self: Arc<Self>) -> Vec<CommandRegistration>;
 }
 
-/// Checks that a handler's future outputs a [`CommandResult`] (generated code calls it, spanned
-/// on the handler's return type, for a clear error).
-#[doc(hidden)]
-pub fn __assert_handler_output<F: Future>(f: F) -> impl Future<Output = CommandResult>
-where
-    F::Output: IntoCommandResult,
-{
-    f.map(IntoCommandResult::into_command_result)
-}
-
 /// Why a command service could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum CommandServiceError {

@@ -1047,6 +1047,20 @@ impl<T: Transport, P: ProcessManager> HandlerSet for ProcessRunner<T, P> {
     }
 }
 
+/// Both keys have one type (checked by `#[process]` across its handlers).
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "the process key has type `{Self}` on one handled event and `{K}` on another",
+    label = "this event's key is `{Self}`, the first handler's is `{K}`",
+    note = "every event a process handles must carry its correlation key with one type (e.g. `PersonId` everywhere)"
+)]
+pub trait SameKey<K: ?Sized> {}
+impl<K: ?Sized> SameKey<K> for K {}
+
+/// Checks that two key fields have one type (called by `#[process]`).
+#[doc(hidden)]
+pub fn __same_key<K: ?Sized, Other: ?Sized + SameKey<K>>(_: &K, _: &Other) {}
+
 /// Renders a correlation field as a process key: what `#[process(key = field)]` calls.
 pub fn key_of<K: fmt::Display + ?Sized>(value: &K) -> String {
     value.to_string()

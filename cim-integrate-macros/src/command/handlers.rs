@@ -144,7 +144,7 @@ pub(super) fn expand(attr: TokenStream, block: ItemImpl) -> TokenStream {
             #private::command::CommandRegistration::new::<#command>
         };
         let output = quote_spanned! {h.output.span()=>
-            #private::command::__assert_handler_output(__this.#method(&__ctx, __command))
+            #private::command::IntoCommandResult::into_command_result(__output)
         };
         quote! {
             {
@@ -153,7 +153,10 @@ pub(super) fn expand(attr: TokenStream, block: ItemImpl) -> TokenStream {
                     #method_name,
                     move |__ctx: #private::handler::Context, __command: #command| {
                         let __this = ::std::sync::Arc::clone(&__this);
-                        async move { #output.await }
+                        async move {
+                            let __output = __this.#method(&__ctx, __command).await;
+                            #output
+                        }
                     },
                 ));
             }

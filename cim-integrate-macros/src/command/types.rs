@@ -148,7 +148,15 @@ pub(super) fn expand(attr: TokenStream, tokens: TokenStream) -> TokenStream {
     match (&args.subject, &args.frozen) {
         (Some(s), _) => {
             if let Err(e) = subject::check_concrete(s) {
-                errors.push(e);
+                // The rule is the events' one; the wording is for a command.
+                let message = e
+                    .to_string()
+                    .replace("an event's subject", "a command's subject")
+                    .replace(
+                        "name the one subject this event is published on, e.g. `document.created`",
+                        "name the one command, `domain.name`, e.g. `document.create`",
+                    );
+                errors.push(syn::Error::new(s.span(), message));
             }
             if let Some(f) = &args.frozen {
                 errors.spanned(

@@ -183,7 +183,7 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
             ),
         }
     }
-    if handlers.is_empty() {
+    if !block.items.iter().any(|i| matches!(i, ImplItem::Fn(_))) {
         errors.spanned(
             &block.self_ty,
             format!("a process needs at least one event handler: {SHAPE}"),
@@ -227,22 +227,25 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
         let register = quote_spanned!(event.span()=> #private::process::ProcessHandler::new::<#event>);
         entries.push(quote! { #register(#method_name, #key_fn, #call_fn) });
     }
-    // Every handler's key field has one type: `[&a.k, &b.k]` fails to type-check otherwise.
+    // Every handler's key field has one type: `__same_key(&a.k, &b.k)` fails to type-check otherwise,
+    // on the argument of the handler whose key differs (spanned on its event type).
     let same_key = if handlers.len() > 1 {
         let params = handlers.iter().enumerate().map(|(i, h)| {
             let p = format_ident!("__e{}", i);
             let ty = &h.event;
             quote!(#p: &#ty)
         });
-        let fields = handlers.iter().enumerate().map(|(i, h)| {
+        let first = &handlers[0].key;
+        let checks = handlers.iter().enumerate().skip(1).map(|(i, h)| {
             let p = format_ident!("__e{}", i);
-            let field = &h.key;
-            quote_spanned!(field.span()=> &#p.#field)
+            let field = Ident::new(&h.key.to_string(), h.event.span());
+            let arg = quote_spanned!(h.event.span()=> &#p.#field);
+            quote!(#private::process::__same_key(&__e0.#first, #arg);)
         });
         quote! {
             #[allow(dead_code)]
             fn __same_key_type(#(#params),*) {
-                let _ = [#(#fields),*];
+                #(#checks)*
             }
         }
     } else {

@@ -110,7 +110,11 @@ pub fn domain_event(attr: TokenStream, item: TokenStream) -> TokenStream {
 /// consumer; default `{domain}-{name}`), `max_attempts = 5` (runs before dead-lettering),
 /// `backoff = "1s"` and `max_backoff = "60s"` (retry delays, doubling), `concurrency = 16`,
 /// `deliver = "all" | "new"`, `ordered = true` (one at a time, retries in place, per-subject order
-/// kept), `ack_wait = "30s"`; on free functions also `domain = "..."` and `crate = "..."`.
+/// kept), `ack_wait = "30s"`, `publishes = [WorkflowStarted, ...]` (declared for the topology),
+/// `breaker_threshold = 5`, `breaker_window = "60s"`, `breaker_cool_down = "30s"`,
+/// `breaker_probes = 1` (any `breaker_*` key attaches a circuit breaker: while it is open, messages
+/// wait the cool-down instead of burning retries); on free functions also `domain = "..."` and
+/// `crate = "..."`.
 ///
 /// # Compile-time checks
 ///

@@ -48,6 +48,37 @@ fn options(k: &TokenStream, h: &Handler) -> TokenStream {
         let d = ms(v);
         sets.push(quote!(__options.ack_wait = #d;));
     }
+    if !a.publishes.is_empty() {
+        let refs = a.publishes.iter().map(|t| {
+            quote_spanned!(t.span()=> #k::__private::topology::EventRef::of::<#t>())
+        });
+        sets.push(quote!(__options.publishes = ::std::vec::Vec::from([#(#refs),*]);));
+    }
+    if a.breaker.is_set() {
+        let b = &a.breaker;
+        let mut fields = Vec::new();
+        if let Some(n) = b.threshold {
+            fields.push(quote!(__breaker.failure_threshold = #n;));
+        }
+        if let Some(v) = b.window_ms {
+            let d = ms(v);
+            fields.push(quote!(__breaker.window = #d;));
+        }
+        if let Some(v) = b.cool_down_ms {
+            let d = ms(v);
+            fields.push(quote!(__breaker.cool_down = #d;));
+        }
+        if let Some(n) = b.probes {
+            fields.push(quote!(__breaker.probes = #n;));
+        }
+        sets.push(quote! {
+            __options.breaker = ::core::option::Option::Some({
+                let mut __breaker = #k::__private::breaker::BreakerSettings::default();
+                #(#fields)*
+                __breaker
+            });
+        });
+    }
     if sets.is_empty() {
         return quote!(#k::__private::handler::HandlerOptions::default());
     }

@@ -16,15 +16,50 @@ pub(crate) const CONCURRENCY: &str = "concurrency";
 pub(crate) const DELIVER: &str = "deliver";
 pub(crate) const ORDERED: &str = "ordered";
 pub(crate) const ACK_WAIT: &str = "ack_wait";
+pub(crate) const PUBLISHES: &str = "publishes";
+pub(crate) const BREAKER_THRESHOLD: &str = "breaker_threshold";
+pub(crate) const BREAKER_WINDOW: &str = "breaker_window";
+pub(crate) const BREAKER_COOL_DOWN: &str = "breaker_cool_down";
+pub(crate) const BREAKER_PROBES: &str = "breaker_probes";
 pub(crate) const DOMAIN: &str = "domain";
 pub(crate) const CRATE: &str = "crate";
 
 /// Keys of `#[subscribe]` on a method inside `#[handlers]`.
-pub(crate) const METHOD_KEYS: &[&str] =
-    &[NAME, DURABLE, MAX_ATTEMPTS, BACKOFF, MAX_BACKOFF, CONCURRENCY, DELIVER, ORDERED, ACK_WAIT];
+pub(crate) const METHOD_KEYS: &[&str] = &[
+    NAME,
+    DURABLE,
+    MAX_ATTEMPTS,
+    BACKOFF,
+    MAX_BACKOFF,
+    CONCURRENCY,
+    DELIVER,
+    ORDERED,
+    ACK_WAIT,
+    PUBLISHES,
+    BREAKER_THRESHOLD,
+    BREAKER_WINDOW,
+    BREAKER_COOL_DOWN,
+    BREAKER_PROBES,
+];
 /// Keys of `#[subscribe]` on a free function (which has no `#[handlers]` to name the domain).
-pub(crate) const FN_KEYS: &[&str] =
-    &[DOMAIN, NAME, DURABLE, MAX_ATTEMPTS, BACKOFF, MAX_BACKOFF, CONCURRENCY, DELIVER, ORDERED, ACK_WAIT, CRATE];
+pub(crate) const FN_KEYS: &[&str] = &[
+    DOMAIN,
+    NAME,
+    DURABLE,
+    MAX_ATTEMPTS,
+    BACKOFF,
+    MAX_BACKOFF,
+    CONCURRENCY,
+    DELIVER,
+    ORDERED,
+    ACK_WAIT,
+    PUBLISHES,
+    BREAKER_THRESHOLD,
+    BREAKER_WINDOW,
+    BREAKER_COOL_DOWN,
+    BREAKER_PROBES,
+    CRATE,
+];
 /// Keys of `#[handlers]`.
 pub(crate) const HANDLERS_KEYS: &[&str] = &[DOMAIN, CRATE];
 
@@ -33,6 +68,29 @@ pub(crate) const HANDLERS_KEYS: &[&str] = &[DOMAIN, CRATE];
 pub(crate) enum Deliver {
     All,
     New,
+}
+
+/// The `breaker_*` arguments; any of them attaches a circuit breaker to the handler.
+#[derive(Default)]
+pub(crate) struct Breaker {
+    pub(crate) threshold: Option<u32>,
+    pub(crate) window_ms: Option<u64>,
+    pub(crate) cool_down_ms: Option<u64>,
+    pub(crate) probes: Option<u32>,
+}
+
+impl Breaker {
+    pub(crate) fn is_set(&self) -> bool {
+        self.threshold.is_some() || self.window_ms.is_some() || self.cool_down_ms.is_some() || self.probes.is_some()
+    }
+}
+
+fn positive_u32(value: TokenStream, key: &str) -> syn::Result<u32> {
+    let n: LitInt = lit(value, &format!("a number such as `{key} = 5`"))?;
+    match n.base10_parse::<u32>() {
+        Ok(v) if v >= 1 => Ok(v),
+        _ => Err(syn::Error::new(n.span(), format!("`{key}` is at least 1"))),
+    }
 }
 
 /// The arguments of one `#[subscribe]`.
@@ -48,6 +106,8 @@ pub(crate) struct SubscribeArgs {
     pub(crate) deliver: Option<Deliver>,
     pub(crate) ordered: Option<bool>,
     pub(crate) ack_wait_ms: Option<u64>,
+    pub(crate) publishes: Vec<Type>,
+    pub(crate) breaker: Breaker,
     pub(crate) domain: Option<LitStr>,
     pub(crate) krate: Option<Path>,
 }
@@ -161,6 +221,21 @@ pub(crate) fn subscribe_args(attr: TokenStream, keys: &[&str], span: Span, error
                 crate::subject::check_token(&s, "domain")?;
                 out.domain = Some(s);
             }
+            PUBLISHES => {
+                let list = |input: syn::parse::ParseStream| {
+                    let content;
+                    syn::bracketed!(content in input);
+                    syn::punctuated::Punctuated::<Type, syn::Token![,]>::parse_terminated(&content)
+                };
+                let types = syn::parse::Parser::parse2(list, value.clone()).map_err(|_| {
+                    syn::Error::new_spanned(value, "expected a list of event types such as `publishes = [WorkflowStarted]`")
+                })?;
+                out.publishes.extend(types);
+            }
+            BREAKER_THRESHOLD => out.breaker.threshold = Some(positive_u32(value, BREAKER_THRESHOLD)?),
+            BREAKER_PROBES => out.breaker.probes = Some(positive_u32(value, BREAKER_PROBES)?),
+            BREAKER_WINDOW => out.breaker.window_ms = Some(duration(value, BREAKER_WINDOW)?),
+            BREAKER_COOL_DOWN => out.breaker.cool_down_ms = Some(duration(value, BREAKER_COOL_DOWN)?),
             CRATE => out.krate = Some(krate(value)?),
             _ => {}
         }

@@ -33,7 +33,12 @@ fn handler_set_on_impl_block() {
                     concurrency = 1,
                     deliver = "new",
                     ordered = true,
-                    ack_wait = "2m"
+                    ack_wait = "2m",
+                    publishes = [ApprovalRecorded, audit::Noted],
+                    breaker_threshold = 3,
+                    breaker_window = "30s",
+                    breaker_cool_down = "10s",
+                    breaker_probes = 2
                 )]
                 async fn record(&self, event: PersonApproved) -> Result<(), HandlerError> {
                     Ok(())

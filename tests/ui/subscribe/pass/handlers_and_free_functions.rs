@@ -24,7 +24,17 @@ impl Svc {
         Ok(())
     }
 
-    #[subscribe("document.>", max_attempts = 2, backoff = "10ms", max_backoff = "1s", concurrency = 4, durable = "wf-all")]
+    #[subscribe(
+        "document.>",
+        max_attempts = 2,
+        backoff = "10ms",
+        max_backoff = "1s",
+        concurrency = 4,
+        durable = "wf-all",
+        publishes = [DocumentCreated],
+        breaker_threshold = 3,
+        breaker_cool_down = "5s"
+    )]
     async fn event_only(&self, event: DocumentCreated) -> Result<(), HandlerError> {
         let _ = event;
         Ok(())
@@ -46,6 +56,10 @@ pub async fn index_document(event: DocumentCreated) -> Result<(), HandlerError> 
 async fn main() {
     let regs = Arc::new(Svc).registrations();
     assert_eq!(regs.len(), 3);
+    let all = regs.iter().find(|r| r.name() == "event_only").expect("event_only");
+    let breaker = all.options().breaker.clone().expect("breaker attached");
+    assert_eq!((breaker.failure_threshold, breaker.cool_down), (3, std::time::Duration::from_secs(5)));
+    assert_eq!(all.options().publishes[0].subject, "document.created");
     assert_eq!(Svc.helper(), 1);
     assert_eq!(IndexDocumentHandler.set_name(), "search");
     let t = cim_integrate::prelude::MemoryTransport::new();

@@ -111,9 +111,17 @@ impl WorkflowService {
         // The workflow id is derived from the document, so a re-run starts the same workflow.
         let workflow_id = WorkflowId::from_uuid(*event.document_id.as_uuid());
         self.running.lock().unwrap().insert(workflow_id, event.document_id);
-        ctx.publish(&WorkflowStarted { workflow_id, document_id: event.document_id }).await?;
-        ctx.publish(&TaskAssigned { workflow_id, document_id: event.document_id, assignee: self.reviewer })
-            .await?;
+        ctx.publish(&WorkflowStarted {
+            workflow_id,
+            document_id: event.document_id,
+        })
+        .await?;
+        ctx.publish(&TaskAssigned {
+            workflow_id,
+            document_id: event.document_id,
+            assignee: self.reviewer,
+        })
+        .await?;
         Ok(())
     }
 
@@ -126,7 +134,12 @@ impl WorkflowService {
             .unwrap()
             .remove(&event.workflow_id)
             .ok_or_else(|| HandlerError::permanent(format!("no running workflow {}", event.workflow_id)))?;
-        ctx.publish(&WorkflowCompleted { workflow_id: event.workflow_id, document_id, approved: true }).await?;
+        ctx.publish(&WorkflowCompleted {
+            workflow_id: event.workflow_id,
+            document_id,
+            approved: true,
+        })
+        .await?;
         Ok(())
     }
 }
@@ -140,7 +153,12 @@ impl NotificationService {
     #[subscribe("workflow.task_assigned")]
     async fn notify_assignee(&self, ctx: &Context, event: TaskAssigned) -> Result<(), HandlerError> {
         let message = format!("please review document {}", short(event.document_id));
-        ctx.publish(&NotificationSent { recipient: event.assignee, workflow_id: event.workflow_id, message }).await?;
+        ctx.publish(&NotificationSent {
+            recipient: event.assignee,
+            workflow_id: event.workflow_id,
+            message,
+        })
+        .await?;
         Ok(())
     }
 }
@@ -156,7 +174,11 @@ impl PersonService {
     #[subscribe("notification.sent")]
     async fn review(&self, ctx: &Context, event: NotificationSent) -> Result<(), HandlerError> {
         if event.recipient == self.me {
-            ctx.publish(&ApprovalGiven { approver: self.me, workflow_id: event.workflow_id }).await?;
+            ctx.publish(&ApprovalGiven {
+                approver: self.me,
+                workflow_id: event.workflow_id,
+            })
+            .await?;
         }
         Ok(())
     }
@@ -180,8 +202,14 @@ impl DocumentService {
     #[subscribe("workflow.completed")]
     async fn on_workflow_completed(&self, ctx: &Context, event: WorkflowCompleted) -> Result<(), HandlerError> {
         if event.approved {
-            self.documents.lock().unwrap().insert(event.document_id, DocumentState::Approved);
-            ctx.publish(&DocumentApproved { document_id: event.document_id }).await?;
+            self.documents
+                .lock()
+                .unwrap()
+                .insert(event.document_id, DocumentState::Approved);
+            ctx.publish(&DocumentApproved {
+                document_id: event.document_id,
+            })
+            .await?;
         }
         Ok(())
     }
@@ -196,26 +224,43 @@ async fn run<T: Transport>(t: T) -> Result<(DocumentState, Vec<support::Seen>), 
     // One service per process would be usual; here the four domains share one for brevity.
     // Each still has its own durable consumers, streams and dead letters.
     let service = Service::builder(t.clone(), "approval")
-        .register(WorkflowService { reviewer, running: Mutex::default() })
+        .register(WorkflowService {
+            reviewer,
+            running: Mutex::default(),
+        })
         .register(NotificationService)
         .register(PersonService { me: reviewer })
-        .register(DocumentService { documents: documents.clone() })
+        .register(DocumentService {
+            documents: documents.clone(),
+        })
         .register(audit.clone())
         .start()
         .await?;
 
     let document_id = DocumentId::new();
     documents.lock().unwrap().insert(document_id, DocumentState::Draft);
-    let created = DocumentCreated { document_id, title: "Quarterly report".into(), author: UserId::new() };
+    let created = DocumentCreated {
+        document_id,
+        title: "Quarterly report".into(),
+        author: UserId::new(),
+    };
     let envelope = created.to_envelope()?;
-    println!("document {} created; correlation {}", short(document_id), short(envelope.correlation_id()));
+    println!(
+        "document {} created; correlation {}",
+        short(document_id),
+        short(envelope.correlation_id())
+    );
     t.publish_and_wait(envelope.clone().into()).await?;
 
     audit.wait_for("document.approved", Duration::from_secs(10)).await?;
     let state = documents.lock().unwrap()[&document_id];
     println!("document {} is now {state:?}", short(document_id));
     service.shutdown(Duration::from_secs(5)).await;
-    let trail: Vec<_> = audit.seen().into_iter().filter(|s| s.identity.correlation_id == envelope.correlation_id()).collect();
+    let trail: Vec<_> = audit
+        .seen()
+        .into_iter()
+        .filter(|s| s.identity.correlation_id == envelope.correlation_id())
+        .collect();
     Ok((state, trail))
 }
 
@@ -247,9 +292,17 @@ mod tests {
         for s in SUBJECTS {
             assert!(trail.iter().any(|t| t.subject == s), "{s} missing from {trail:?}");
         }
-        let root = trail.iter().find(|t| t.subject == "document.created").expect("root").identity;
+        let root = trail
+            .iter()
+            .find(|t| t.subject == "document.created")
+            .expect("root")
+            .identity;
         assert!(root.is_root());
-        let approved = trail.iter().find(|t| t.subject == "document.approved").expect("end").identity;
+        let approved = trail
+            .iter()
+            .find(|t| t.subject == "document.approved")
+            .expect("end")
+            .identity;
         assert_eq!(approved.correlation_id, root.correlation_id);
     }
 
@@ -261,11 +314,14 @@ mod tests {
 
     #[tokio::test]
     async fn approves_on_nats_with_identity_headers_on_every_message() {
-        let checked = support::run_on_nats_checking_headers(&["document", "workflow", "notification", "person"], |t| async move {
-            let (state, trail) = run(t).await?;
-            check(state, &trail);
-            Ok(())
-        })
+        let checked = support::run_on_nats_checking_headers(
+            &["document", "workflow", "notification", "person"],
+            |t| async move {
+                let (state, trail) = run(t).await?;
+                check(state, &trail);
+                Ok(())
+            },
+        )
         .await;
         assert!(checked >= SUBJECTS.len(), "checked {checked} messages");
     }

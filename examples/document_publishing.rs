@@ -95,13 +95,18 @@ impl DocumentPublishing {
     fn fail_if_asked(&self, ctx: &StepContext<Publishing>) -> Result<(), HandlerError> {
         if self.fail_at.as_deref() == Some(ctx.step()) {
             println!("  !! step `{}` fails (--fail-at)", ctx.step());
-            return Err(HandlerError::permanent(format!("step `{}` failed on request", ctx.step())));
+            return Err(HandlerError::permanent(format!(
+                "step `{}` failed on request",
+                ctx.step()
+            )));
         }
         Ok(())
     }
 
     fn id(ctx: &StepContext<Publishing>) -> Result<DocumentId, HandlerError> {
-        ctx.data().document_id.ok_or_else(|| HandlerError::permanent("no document id"))
+        ctx.data()
+            .document_id
+            .ok_or_else(|| HandlerError::permanent("no document id"))
     }
 }
 
@@ -138,7 +143,12 @@ impl DocumentPublishing {
     async fn notify(&self, ctx: &mut StepContext<Publishing>) -> Result<(), HandlerError> {
         self.fail_if_asked(ctx)?;
         let document_id = Self::id(ctx)?;
-        ctx.context().publish(&SubscribersNotified { document_id, subscribers: 42 }).await?;
+        ctx.context()
+            .publish(&SubscribersNotified {
+                document_id,
+                subscribers: 42,
+            })
+            .await?;
         ctx.data_mut().notified = true;
         Ok(())
     }
@@ -168,9 +178,14 @@ impl DocumentPublishing {
 /// Runs one publication; returns the saga's final status and data, and the trail of events.
 async fn run<T: Transport>(t: T, fail_at: Option<&str>) -> Result<(SagaStatus, Publishing, Vec<support::Seen>), Error> {
     let audit = Audit::new(&["document", "search", "notification", "saga"]);
-    let runner = SagaRunner::builder(t.clone(), DocumentPublishing { fail_at: fail_at.map(str::to_owned) })
-        .build()
-        .await?;
+    let runner = SagaRunner::builder(
+        t.clone(),
+        DocumentPublishing {
+            fail_at: fail_at.map(str::to_owned),
+        },
+    )
+    .build()
+    .await?;
     runner.resume().await?; // drive to an end whatever an earlier, crashed run left
     let start = runner.start_on(
         "start_publishing",
@@ -178,7 +193,11 @@ async fn run<T: Transport>(t: T, fail_at: Option<&str>) -> Result<(SagaStatus, P
         "PublishRequested",
         PublishRequested::decode,
         |_ctx, e: PublishRequested| {
-            let data = Publishing { document_id: Some(e.document_id), title: e.title, ..Publishing::default() };
+            let data = Publishing {
+                document_id: Some(e.document_id),
+                title: e.title,
+                ..Publishing::default()
+            };
             Ok((e.document_id.to_string(), data))
         },
     );
@@ -189,16 +208,26 @@ async fn run<T: Transport>(t: T, fail_at: Option<&str>) -> Result<(SagaStatus, P
         .await?;
 
     let document_id = DocumentId::new();
-    let request = PublishRequested { document_id, title: "Annual report".into() };
+    let request = PublishRequested {
+        document_id,
+        title: "Annual report".into(),
+    };
     let envelope = request.to_envelope()?;
-    println!("publishing document {}{}", short(document_id), fail_at.map(|s| format!(" (step `{s}` will fail)")).unwrap_or_default());
+    println!(
+        "publishing document {}{}",
+        short(document_id),
+        fail_at.map(|s| format!(" (step `{s}` will fail)")).unwrap_or_default()
+    );
     t.publish_and_wait(envelope.clone().into()).await?;
 
     let id = document_id.to_string();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let record = loop {
         if let Some(r) = runner.status(&id).await?
-            && matches!(r.status, SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::NeedsAttention)
+            && matches!(
+                r.status,
+                SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::NeedsAttention
+            )
         {
             break r;
         }
@@ -214,15 +243,26 @@ async fn run<T: Transport>(t: T, fail_at: Option<&str>) -> Result<(SagaStatus, P
     audit.wait_for(last, Duration::from_secs(5)).await.ok();
     tokio::time::sleep(Duration::from_millis(100)).await;
     service.shutdown(Duration::from_secs(5)).await;
-    println!("saga {:?}: published {}, indexed {}, notified {}", record.status, record.data.published, record.data.indexed, record.data.notified);
-    let trail = audit.seen().into_iter().filter(|s| s.identity.correlation_id == envelope.correlation_id()).collect();
+    println!(
+        "saga {:?}: published {}, indexed {}, notified {}",
+        record.status, record.data.published, record.data.indexed, record.data.notified
+    );
+    let trail = audit
+        .seen()
+        .into_iter()
+        .filter(|s| s.identity.correlation_id == envelope.correlation_id())
+        .collect();
     Ok((record.status, record.data, trail))
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let args: Vec<String> = std::env::args().collect();
-    let fail_at = args.iter().position(|a| a == "--fail-at").and_then(|i| args.get(i + 1)).cloned();
+    let fail_at = args
+        .iter()
+        .position(|a| a == "--fail-at")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
     if let Some(step) = &fail_at
         && !["validate", "publish", "index", "notify"].contains(&step.as_str())
     {
@@ -239,7 +279,11 @@ mod tests {
     use super::*;
 
     fn subjects(trail: &[support::Seen]) -> Vec<String> {
-        trail.iter().map(|s| s.subject.clone()).filter(|s| !s.starts_with("saga.")).collect()
+        trail
+            .iter()
+            .map(|s| s.subject.clone())
+            .filter(|s| !s.starts_with("saga."))
+            .collect()
     }
 
     #[tokio::test]
@@ -248,7 +292,12 @@ mod tests {
         assert_eq!(status, SagaStatus::Completed);
         assert!(data.published && data.indexed && data.notified);
         let s = subjects(&trail);
-        for want in ["document.publish_requested", "document.published", "search.document_indexed", "notification.subscribers_notified"] {
+        for want in [
+            "document.publish_requested",
+            "document.published",
+            "search.document_indexed",
+            "notification.subscribers_notified",
+        ] {
             assert!(s.iter().any(|x| x == want), "{want} missing from {s:?}");
         }
         assert!(trail.iter().any(|t| t.subject == "saga.document_publishing.completed"));
@@ -265,12 +314,22 @@ mod tests {
         ] {
             let (status, data, trail) = run(MemoryTransport::new(), Some(fail_at)).await.expect("run");
             assert_eq!(status, SagaStatus::Compensated, "{fail_at}");
-            assert!(!data.published && !data.indexed && !data.notified, "{fail_at}: {data:?}");
+            assert!(
+                !data.published && !data.indexed && !data.notified,
+                "{fail_at}: {data:?}"
+            );
             let s = subjects(&trail);
             let compensations: Vec<&str> = s
                 .iter()
                 .map(String::as_str)
-                .filter(|x| ["document.unpublished", "search.document_removed", "notification.retracted"].contains(x))
+                .filter(|x| {
+                    [
+                        "document.unpublished",
+                        "search.document_removed",
+                        "notification.retracted",
+                    ]
+                    .contains(x)
+                })
                 .collect();
             let mut want = undone.clone();
             let mut got = compensations.clone();

@@ -106,7 +106,11 @@ impl AgentService {
     #[subscribe("document.uploaded")]
     async fn analyse(&self, ctx: &Context, event: DocumentUploaded) -> Result<(), HandlerError> {
         let concepts = extract_concepts(&event.text, 12);
-        ctx.publish(&ConceptsExtracted { document_id: event.document_id, concepts }).await?;
+        ctx.publish(&ConceptsExtracted {
+            document_id: event.document_id,
+            concepts,
+        })
+        .await?;
         Ok(())
     }
 }
@@ -146,7 +150,12 @@ impl ConceptualSpaceService {
     async fn place_concepts(&self, ctx: &Context, event: ConceptsExtracted) -> Result<(), HandlerError> {
         for (concept, _) in event.concepts {
             let coordinates = place(&concept);
-            ctx.publish(&ConceptPlaced { document_id: event.document_id, concept, coordinates }).await?;
+            ctx.publish(&ConceptPlaced {
+                document_id: event.document_id,
+                concept,
+                coordinates,
+            })
+            .await?;
         }
         Ok(())
     }
@@ -187,9 +196,17 @@ impl GraphService {
             }
             edges
         };
-        ctx.publish(&NodeAdded { concept: event.concept.clone() }).await?;
+        ctx.publish(&NodeAdded {
+            concept: event.concept.clone(),
+        })
+        .await?;
         for (to, similarity) in edges {
-            ctx.publish(&EdgeAdded { from: event.concept.clone(), to, similarity }).await?;
+            ctx.publish(&EdgeAdded {
+                from: event.concept.clone(),
+                to,
+                similarity,
+            })
+            .await?;
         }
         Ok(())
     }
@@ -204,7 +221,11 @@ impl DocumentService {
     #[subscribe("agent.concepts_extracted")]
     async fn record_analysis(&self, ctx: &Context, event: ConceptsExtracted) -> Result<(), HandlerError> {
         let concepts = u32::try_from(event.concepts.len()).unwrap_or(u32::MAX);
-        ctx.publish(&DocumentAnalyzed { document_id: event.document_id, concepts }).await?;
+        ctx.publish(&DocumentAnalyzed {
+            document_id: event.document_id,
+            concepts,
+        })
+        .await?;
         Ok(())
     }
 }
@@ -228,7 +249,11 @@ async fn run<T: Transport>(t: T) -> Result<Graph, Error> {
         .start()
         .await?;
     let document_id = DocumentId::new();
-    let upload = DocumentUploaded { document_id, title: "Accounts payable".into(), text: TEXT.into() };
+    let upload = DocumentUploaded {
+        document_id,
+        title: "Accounts payable".into(),
+        text: TEXT.into(),
+    };
     println!("document {} uploaded", short(document_id));
     t.publish_and_wait(upload.to_envelope()?.into()).await?;
     audit.wait_for("document.analyzed", Duration::from_secs(10)).await?;
@@ -270,7 +295,13 @@ mod tests {
             assert!(names.contains(&c), "{c} missing from {names:?}");
         }
         let connected = |a: &str, b: &str| g.edges.iter().any(|(x, y, _)| (x == a && y == b) || (x == b && y == a));
-        for (a, b) in [("invoice", "invoices"), ("payment", "payments"), ("supplier", "suppliers"), ("order", "orders"), ("contract", "contracts")] {
+        for (a, b) in [
+            ("invoice", "invoices"),
+            ("payment", "payments"),
+            ("supplier", "suppliers"),
+            ("order", "orders"),
+            ("contract", "contracts"),
+        ] {
             assert!(connected(a, b), "{a} -- {b} missing from {:?}", g.edges);
         }
         assert!(!connected("invoice", "payment"));
@@ -282,7 +313,10 @@ mod tests {
         assert!(similarity(&place("invoice"), &place("invoices")) > 0.8);
         assert!(similarity(&place("invoice"), &place("contract")) < 0.4);
         assert!((similarity(&place("order"), &place("order")) - 1.0).abs() < 1e-9);
-        assert_eq!(extract_concepts("the cats and the cats and a dog", 2), [("cats".to_owned(), 2)]);
+        assert_eq!(
+            extract_concepts("the cats and the cats and a dog", 2),
+            [("cats".to_owned(), 2)]
+        );
     }
 
     #[tokio::test]

@@ -75,8 +75,14 @@ const GAZETTEER: &[(&str, f64, f64)] = &[
 
 /// Geocodes an address by the first gazetteer place it names (`"Jungfernstieg 1, 20354 Hamburg"`).
 pub fn geocode(address: &str) -> Option<(&'static str, f64, f64)> {
-    let words: Vec<String> = address.split(|c: char| !c.is_alphabetic()).map(str::to_lowercase).collect();
-    GAZETTEER.iter().find(|(place, _, _)| words.iter().any(|w| w == place)).copied()
+    let words: Vec<String> = address
+        .split(|c: char| !c.is_alphabetic())
+        .map(str::to_lowercase)
+        .collect();
+    GAZETTEER
+        .iter()
+        .find(|(place, _, _)| words.iter().any(|w| w == place))
+        .copied()
 }
 
 struct LocationService;
@@ -87,8 +93,13 @@ impl LocationService {
     async fn geocode(&self, ctx: &Context, event: AddressChanged) -> Result<(), HandlerError> {
         let (place, latitude, longitude) = geocode(&event.address)
             .ok_or_else(|| HandlerError::permanent(format!("no gazetteer entry for `{}`", event.address)))?;
-        ctx.publish(&Geocoded { organization_id: event.organization_id, place: place.into(), latitude, longitude })
-            .await?;
+        ctx.publish(&Geocoded {
+            organization_id: event.organization_id,
+            place: place.into(),
+            latitude,
+            longitude,
+        })
+        .await?;
         Ok(())
     }
 }
@@ -129,10 +140,13 @@ pub fn haversine_km(a: (f64, f64), b: (f64, f64)) -> f64 {
     2.0 * 6371.0088 * h.sqrt().asin()
 }
 
-/// The search domain's read model: organization -> (name, latitude, longitude).
+/// One indexed organization: name, latitude, longitude.
+type Entry = (String, f64, f64);
+
+/// The search domain's read model: organization -> its entry.
 #[derive(Default, Clone)]
 pub struct SpatialIndex {
-    entries: Arc<Mutex<HashMap<OrganizationId, (String, f64, f64)>>>,
+    entries: Arc<Mutex<HashMap<OrganizationId, Entry>>>,
 }
 
 impl SpatialIndex {
@@ -164,7 +178,11 @@ impl SearchService {
             entries.insert(event.organization_id, (event.name, event.latitude, event.longitude));
             entries.len()
         };
-        ctx.publish(&SearchIndexUpdated { organization_id: event.organization_id, indexed }).await?;
+        ctx.publish(&SearchIndexUpdated {
+            organization_id: event.organization_id,
+            indexed,
+        })
+        .await?;
         Ok(())
     }
 }
@@ -175,7 +193,11 @@ async fn run<T: Transport>(t: T) -> Result<Vec<(String, f64)>, Error> {
     let index = SpatialIndex::default();
     // The index already knows some organizations (earlier conversations).
     let mut names = HashMap::new();
-    for (name, city) in [("Nordwind GmbH", "kiel"), ("Hafenlogistik AG", "bremen"), ("Alpenbau KG", "munich")] {
+    for (name, city) in [
+        ("Nordwind GmbH", "kiel"),
+        ("Hafenlogistik AG", "bremen"),
+        ("Alpenbau KG", "munich"),
+    ] {
         let id = OrganizationId::new();
         let (_, lat, lon) = geocode(city).ok_or("gazetteer")?;
         index.entries.lock().unwrap().insert(id, (name.to_owned(), lat, lon));
@@ -191,7 +213,10 @@ async fn run<T: Transport>(t: T) -> Result<Vec<(String, f64)>, Error> {
         .start()
         .await?;
 
-    let moved = AddressChanged { organization_id: mover, address: "Jungfernstieg 7, 20354 Hamburg".into() };
+    let moved = AddressChanged {
+        organization_id: mover,
+        address: "Jungfernstieg 7, 20354 Hamburg".into(),
+    };
     println!("organization {} moves to {:?}", short(mover), moved.address);
     t.publish_and_wait(moved.to_envelope()?.into()).await?;
     audit.wait_for("search.index_updated", Duration::from_secs(10)).await?;

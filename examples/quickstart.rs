@@ -161,7 +161,9 @@ mod tests {
     #[tokio::test]
     async fn runs_on_nats() {
         let server = cim_integrate::testing::NatsServer::start().await.expect("nats-server");
-        let t = cim_integrate::transport::nats::NatsTransport::connect_url(&server.url()).await.expect("connect");
+        let t = cim_integrate::transport::nats::NatsTransport::connect_url(&server.url())
+            .await
+            .expect("connect");
         run(t).await.expect("quickstart on NATS");
     }
 }

@@ -32,7 +32,11 @@ pub struct DocumentCreatedV1 {
 
 impl From<DocumentCreatedV1> for DocumentCreated {
     fn from(v1: DocumentCreatedV1) -> Self {
-        Self { document_id: v1.document_id, title: v1.title, pages: 0 }
+        Self {
+            document_id: v1.document_id,
+            title: v1.title,
+            pages: 0,
+        }
     }
 }
 
@@ -53,8 +57,14 @@ impl WorkflowService {
     /// The workflow domain starts an approval for every new document.
     #[subscribe("document.created", max_attempts = 3, backoff = "100ms")]
     async fn start_approval(&self, ctx: &Context, event: DocumentCreated) -> Result<(), HandlerError> {
-        self.log.lock().unwrap().push(("workflow".into(), *ctx.identity(), event.title.clone()));
-        ctx.publish(&WorkflowStarted { document_id: event.document_id }).await?;
+        self.log
+            .lock()
+            .unwrap()
+            .push(("workflow".into(), *ctx.identity(), event.title.clone()));
+        ctx.publish(&WorkflowStarted {
+            document_id: event.document_id,
+        })
+        .await?;
         Ok(())
     }
 }
@@ -67,7 +77,10 @@ struct SearchService {
 impl SearchService {
     #[subscribe("document.*")]
     async fn index(&self, ctx: Context, event: DocumentCreated) -> Result<(), HandlerError> {
-        self.log.lock().unwrap().push(("search".into(), *ctx.identity(), format!("{} pages", event.pages)));
+        self.log
+            .lock()
+            .unwrap()
+            .push(("search".into(), *ctx.identity(), format!("{} pages", event.pages)));
         Ok(())
     }
 }
@@ -77,7 +90,10 @@ static AUDIT: Mutex<Vec<(String, Identity)>> = Mutex::new(Vec::new());
 /// A free-function handler: generates `AuditWorkflowHandler`.
 #[subscribe("workflow.started", domain = "audit", concurrency = 1)]
 async fn audit_workflow(ctx: &Context, event: WorkflowStarted) -> Result<(), HandlerError> {
-    AUDIT.lock().unwrap().push((event.document_id.to_string(), *ctx.identity()));
+    AUDIT
+        .lock()
+        .unwrap()
+        .push((event.document_id.to_string(), *ctx.identity()));
     Ok(())
 }
 
@@ -103,13 +119,20 @@ async fn scenario<T: Transport>(t: T) {
 
     // A current-version event, published as the root of a conversation.
     let id = DocumentId::new();
-    let created = DocumentCreated { document_id: id, title: "Q3 report".into(), pages: 12 };
+    let created = DocumentCreated {
+        document_id: id,
+        title: "Q3 report".into(),
+        pages: 12,
+    };
     let env = created.to_envelope().expect("envelope");
     t.publish_and_wait(env.clone().into()).await.expect("publish");
     // An old (1.0) payload from a not-yet-upgraded publisher: upcast on the way in.
     let old = Envelope::root(
         subject!("document.created"),
-        format!(r#"{{"version":"1.0","document_id":"{}","title":"legacy"}}"#, DocumentId::new()),
+        format!(
+            r#"{{"version":"1.0","document_id":"{}","title":"legacy"}}"#,
+            DocumentId::new()
+        ),
     );
     t.publish_and_wait(old.into()).await.expect("publish old");
     // An unknown version: dead-lettered by both subscribers, never handled.
@@ -117,33 +140,58 @@ async fn scenario<T: Transport>(t: T) {
     t.publish_and_wait(future.into()).await.expect("publish future");
 
     wait_until("cascade", || log.lock().unwrap().len() == 4).await;
-    wait_until("audit", || AUDIT.lock().unwrap().iter().any(|(d, _)| *d == id.to_string())).await;
+    wait_until("audit", || {
+        AUDIT.lock().unwrap().iter().any(|(d, _)| *d == id.to_string())
+    })
+    .await;
 
     let entries = log.lock().unwrap().clone();
     let workflow: Vec<_> = entries.iter().filter(|e| e.0 == "workflow").collect();
     let search: Vec<_> = entries.iter().filter(|e| e.0 == "search").collect();
     assert_eq!(workflow.len(), 2);
     assert_eq!(search.len(), 2);
-    assert!(search.iter().any(|e| e.2 == "0 pages"), "the 1.0 payload was upcast: {search:?}");
+    assert!(
+        search.iter().any(|e| e.2 == "0 pages"),
+        "the 1.0 payload was upcast: {search:?}"
+    );
     assert!(workflow.iter().any(|e| e.2 == "legacy"));
 
     // Identity: the audit handler saw workflow.started caused by the document event.
-    let audit = AUDIT.lock().unwrap().iter().find(|(d, _)| *d == id.to_string()).map(|(_, i)| *i).expect("audit");
+    let audit = AUDIT
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(d, _)| *d == id.to_string())
+        .map(|(_, i)| *i)
+        .expect("audit");
     assert_eq!(audit.correlation_id, env.correlation_id());
     assert_eq!(audit.causation_id.into_uuid(), env.message_id().into_uuid());
 
     wait_until("dead letters", || {
         let s = svc.stats();
-        s.iter().filter(|h| h.handler != "audit-audit_workflow").all(|h| h.dead_lettered == 1)
+        s.iter()
+            .filter(|h| h.handler != "audit-audit_workflow")
+            .all(|h| h.dead_lettered == 1)
     })
     .await;
     let dl = service::dead_letter_stream(None).expect("spec");
     let mut reader = t
-        .consumer(&ConsumerSpec::new(dl.name, "check", service::dead_letter_pattern(None).expect("p")))
+        .consumer(&ConsumerSpec::new(
+            dl.name,
+            "check",
+            service::dead_letter_pattern(None).expect("p"),
+        ))
         .await
         .expect("dlq");
-    let d = tokio::time::timeout(Duration::from_secs(5), reader.next()).await.expect("in time").expect("dlq");
-    let reason = d.headers().get(service::DEAD_LETTER_REASON).unwrap_or_default().to_owned();
+    let d = tokio::time::timeout(Duration::from_secs(5), reader.next())
+        .await
+        .expect("in time")
+        .expect("dlq");
+    let reason = d
+        .headers()
+        .get(service::DEAD_LETTER_REASON)
+        .unwrap_or_default()
+        .to_owned();
     assert!(reason.contains(r#"unknown version "9.0""#), "{reason}");
     svc.shutdown(Duration::from_secs(5)).await;
 }

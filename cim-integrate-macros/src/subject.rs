@@ -58,24 +58,6 @@ fn problem(s: &str) -> Option<String> {
     None
 }
 
-#[cfg(test)]
-mod tests {
-    use super::problem;
-
-    #[test]
-    fn follows_the_runtime_rule() {
-        for ok in ["document.created", "a", "A-b_9.x", "prod.document.created"] {
-            assert_eq!(problem(ok), None, "{ok}");
-        }
-        for bad in ["", ".a", "a.", "a..b", "a b", "a.*", "a.>", "doc*", "é", "a\tb"] {
-            assert!(problem(bad).is_some(), "{bad:?}");
-        }
-        assert!(problem(&"a".repeat(513)).is_some());
-        assert!(problem("document.*").unwrap().contains("wildcard `*` at byte 9"));
-        assert!(problem("document created").unwrap().contains("' ' at byte 8"));
-    }
-}
-
 /// Checks a subscription pattern literal (`*` whole tokens, a final `>`), and that its first
 /// token names a domain, because the domain picks the stream (`document.*` reads
 /// `DOCUMENT_EVENTS`).
@@ -95,7 +77,10 @@ pub(crate) fn check_pattern(lit: &LitStr) -> syn::Result<()> {
             t => !t.is_empty() && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'),
         };
         if !ok {
-            return err(format!("invalid pattern `{p}`: token {} (`{t}`) is not allowed; {RULE}", i + 1));
+            return err(format!(
+                "invalid pattern `{p}`: token {} (`{t}`) is not allowed; {RULE}",
+                i + 1
+            ));
         }
     }
     if matches!(tokens[0], "*" | ">") {
@@ -117,4 +102,22 @@ pub(crate) fn check_token(lit: &LitStr, what: &str) -> syn::Result<()> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::problem;
+
+    #[test]
+    fn follows_the_runtime_rule() {
+        for ok in ["document.created", "a", "A-b_9.x", "prod.document.created"] {
+            assert_eq!(problem(ok), None, "{ok}");
+        }
+        for bad in ["", ".a", "a.", "a..b", "a b", "a.*", "a.>", "doc*", "é", "a\tb"] {
+            assert!(problem(bad).is_some(), "{bad:?}");
+        }
+        assert!(problem(&"a".repeat(513)).is_some());
+        assert!(problem("document.*").unwrap().contains("wildcard `*` at byte 9"));
+        assert!(problem("document created").unwrap().contains("' ' at byte 8"));
+    }
 }

@@ -58,7 +58,7 @@ async fn plain_client_messages_are_consumed_with_stable_derived_ids() {
         assert!(d.headers().get(headers::MESSAGE_ID).is_none());
         let env = d.envelope().expect("envelope of a foreign message");
         assert!(env.is_derived());
-        ids.push(env.identity().clone());
+        ids.push(*env.identity());
         drop(d); // redelivered after the ack wait
     }
     assert_ne!(ids[0], ids[1]);

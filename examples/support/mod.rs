@@ -25,7 +25,10 @@ pub struct Audit {
 
 impl Audit {
     pub fn new(domains: &[&'static str]) -> Self {
-        Self { domains: domains.to_vec(), seen: Arc::default() }
+        Self {
+            domains: domains.to_vec(),
+            seen: Arc::default(),
+        }
     }
 
     /// Events seen so far.
@@ -58,7 +61,7 @@ impl HandlerSet for Audit {
                 let seen = self.seen.clone();
                 let pattern = SubjectPattern::new(format!("{domain}.>")).expect("valid domain");
                 Registration::new(
-                    format!("{domain}"),
+                    domain.to_string(),
                     pattern,
                     "any",
                     |_: &[u8]| Ok::<(), std::convert::Infallible>(()),
@@ -73,7 +76,10 @@ impl HandlerSet for Audit {
                                 short(id.correlation_id),
                                 short(id.causation_id),
                             );
-                            seen.lock().unwrap().push(Seen { subject: ctx.subject().to_string(), identity: *id });
+                            seen.lock().unwrap().push(Seen {
+                                subject: ctx.subject().to_string(),
+                                identity: *id,
+                            });
                             Ok::<(), HandlerError>(())
                         }
                     },
@@ -107,7 +113,9 @@ where
 {
     use futures::StreamExt;
     let server = cim_integrate::testing::NatsServer::start().await.expect("nats-server");
-    let t = cim_integrate::transport::nats::NatsTransport::connect_url(&server.url()).await.expect("connect");
+    let t = cim_integrate::transport::nats::NatsTransport::connect_url(&server.url())
+        .await
+        .expect("connect");
     let mut sniffer = t.client().subscribe(">").await.expect("subscribe >");
     scenario(t.clone()).await.expect("scenario");
     t.flush().await.expect("flush");
@@ -121,8 +129,19 @@ where
     assert!(!messages.is_empty(), "the sniffer saw no scenario message");
     let mut correlation = None;
     for m in &messages {
-        let h = m.headers.as_ref().unwrap_or_else(|| panic!("{} has no headers", m.subject));
-        for name in ["Nats-Msg-Id", "X-Message-ID", "X-Correlation-ID", "X-Causation-ID", "X-Event-Type", "X-Event-Version", "X-Occurred-At"] {
+        let h = m
+            .headers
+            .as_ref()
+            .unwrap_or_else(|| panic!("{} has no headers", m.subject));
+        for name in [
+            "Nats-Msg-Id",
+            "X-Message-ID",
+            "X-Correlation-ID",
+            "X-Causation-ID",
+            "X-Event-Type",
+            "X-Event-Version",
+            "X-Occurred-At",
+        ] {
             assert!(h.get(name).is_some(), "{} lacks {name}", m.subject);
         }
         let c = h.get("X-Correlation-ID").map(|v| v.as_str().to_owned());

@@ -48,26 +48,43 @@ pub fn expand_handlers(attr: TokenStream, item: TokenStream) -> TokenStream {
         errors.spanned(path, "`#[handlers]` goes on an inherent `impl` block, not a trait impl");
     }
     if !block.generics.params.is_empty() {
-        errors.spanned(&block.generics, "`#[handlers]` cannot be used on a generic `impl` block: register a concrete service type");
+        errors.spanned(
+            &block.generics,
+            "`#[handlers]` cannot be used on a generic `impl` block: register a concrete service type",
+        );
     }
     let mut handlers = Vec::new();
     let mut names = HashSet::new();
     for item in &mut block.items {
         let syn::ImplItem::Fn(f) = item else { continue };
-        let Some(pos) = f.attrs.iter().position(parse::is_subscribe) else { continue };
+        let Some(pos) = f.attrs.iter().position(parse::is_subscribe) else {
+            continue;
+        };
         let attr = f.attrs.remove(pos);
         if let Some(extra) = f.attrs.iter().find(|a| parse::is_subscribe(a)) {
-            errors.spanned(extra, "one `#[subscribe]` per handler; write a second handler for a second pattern");
+            errors.spanned(
+                extra,
+                "one `#[subscribe]` per handler; write a second handler for a second pattern",
+            );
         }
-        let span = attr.path().segments.last().map_or(Span::call_site(), |s| s.ident.span());
+        let span = attr
+            .path()
+            .segments
+            .last()
+            .map_or(Span::call_site(), |s| s.ident.span());
         let a = parse::subscribe_args(parse::attr_tokens(&attr), parse::METHOD_KEYS, span, &mut errors);
-        let Some(sig) = parse::handler_sig(&f.sig, true, &mut errors) else { continue };
+        let Some(sig) = parse::handler_sig(&f.sig, true, &mut errors) else {
+            continue;
+        };
         if let Some(h) = checked(a, sig, &mut names, &mut errors) {
             handlers.push(h);
         }
     }
     if handlers.is_empty() && errors.count() == 0 {
-        errors.spanned(&block.self_ty, "this `#[handlers]` block has no `#[subscribe(\"...\")]` method");
+        errors.spanned(
+            &block.self_ty,
+            "this `#[handlers]` block has no `#[subscribe(\"...\")]` method",
+        );
     }
     match (errors.finish(), &args.domain) {
         (Ok(()), Some(domain)) => expand::handler_set(&block, domain, args.krate.as_ref(), &handlers),
@@ -86,8 +103,14 @@ fn checked(
     let name = args.name.as_ref().map_or_else(|| sig.ident.to_string(), |n| n.value());
     if !names.insert(name.clone()) {
         match &args.name {
-            Some(n) => errors.spanned(n, format!("two handlers in this set are named `{name}`; give one another `name = \"...\"`")),
-            None => errors.spanned(&sig.ident, format!("two handlers in this set are named `{name}`; give one another `name = \"...\"`")),
+            Some(n) => errors.spanned(
+                n,
+                format!("two handlers in this set are named `{name}`; give one another `name = \"...\"`"),
+            ),
+            None => errors.spanned(
+                &sig.ident,
+                format!("two handlers in this set are named `{name}`; give one another `name = \"...\"`"),
+            ),
         }
         return None;
     }
@@ -108,7 +131,10 @@ pub fn expand_subscribe(attr: TokenStream, item: TokenStream) -> TokenStream {
         }
     };
     if let Some(syn::FnArg::Receiver(r)) = f.sig.inputs.first() {
-        let e = syn::Error::new_spanned(r, "`#[subscribe]` on a method needs `#[handlers(domain = \"...\")]` on its `impl` block");
+        let e = syn::Error::new_spanned(
+            r,
+            "`#[subscribe]` on a method needs `#[handlers(domain = \"...\")]` on its `impl` block",
+        );
         return errors::with_item(e, f);
     }
     let a = parse::subscribe_args(attr, parse::FN_KEYS, Span::call_site(), &mut errors);
@@ -137,7 +163,9 @@ fn camel(snake: &str) -> String {
         .filter(|p| !p.is_empty())
         .map(|p| {
             let mut c = p.chars();
-            c.next().map(|f| f.to_ascii_uppercase().to_string() + c.as_str()).unwrap_or_default()
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
         })
         .collect()
 }

@@ -117,7 +117,10 @@ fn lit<T: syn::parse::Parse>(value: TokenStream, example: &str) -> syn::Result<T
 }
 
 fn duration(value: TokenStream, key: &str) -> syn::Result<u64> {
-    let s: LitStr = lit(value, &format!("a duration such as `{key} = \"500ms\"` (units: ms, s, m, h)"))?;
+    let s: LitStr = lit(
+        value,
+        &format!("a duration such as `{key} = \"500ms\"` (units: ms, s, m, h)"),
+    )?;
     parse_duration_ms(&s.value()).filter(|ms| *ms > 0).ok_or_else(|| {
         syn::Error::new(s.span(), format!("invalid duration `{}`: write a positive number and a unit, e.g. `\"500ms\"`, `\"2s\"`, `\"1m\"`, `\"1h\"`", s.value()))
     })
@@ -140,8 +143,12 @@ pub(crate) fn parse_duration_ms(s: &str) -> Option<u64> {
 
 fn krate(value: TokenStream) -> syn::Result<Path> {
     let s: LitStr = lit(value, "`crate = \"::cim_integrate\"`")?;
-    s.parse_with(Path::parse_mod_style)
-        .map_err(|_| syn::Error::new(s.span(), "expected the path of the facade crate, e.g. `crate = \"::cim_integrate\"`"))
+    s.parse_with(Path::parse_mod_style).map_err(|_| {
+        syn::Error::new(
+            s.span(),
+            "expected the path of the facade crate, e.g. `crate = \"::cim_integrate\"`",
+        )
+    })
 }
 
 /// Splits `"pattern", rest...` and parses the rest as `key = value` pairs.
@@ -156,7 +163,10 @@ pub(crate) fn subscribe_args(attr: TokenStream, keys: &[&str], span: Span, error
                     Ok(()) => out.pattern = Some(p),
                     Err(e) => errors.push(e),
                 },
-                Err(_) => errors.spanned(first, "expected the subject pattern as a string: `#[subscribe(\"document.created\")]`"),
+                Err(_) => errors.spanned(
+                    first,
+                    "expected the subject pattern as a string: `#[subscribe(\"document.created\")]`",
+                ),
             }
             match tokens.next() {
                 None => {}
@@ -178,7 +188,10 @@ pub(crate) fn subscribe_args(attr: TokenStream, keys: &[&str], span: Span, error
                 out.name = Some(s);
             }
             DURABLE => {
-                let s: LitStr = lit(value, "a durable consumer name such as `durable = \"workflow-approvals\"`")?;
+                let s: LitStr = lit(
+                    value,
+                    "a durable consumer name such as `durable = \"workflow-approvals\"`",
+                )?;
                 crate::subject::check_token(&s, "durable name")?;
                 out.durable = Some(s);
             }
@@ -186,7 +199,12 @@ pub(crate) fn subscribe_args(attr: TokenStream, keys: &[&str], span: Span, error
                 let n: LitInt = lit(value, "a number of attempts such as `max_attempts = 5`")?;
                 match n.base10_parse::<u32>() {
                     Ok(v) if v >= 1 => out.max_attempts = Some(v),
-                    _ => return Err(syn::Error::new(n.span(), "`max_attempts` counts the first run: use 1 or more")),
+                    _ => {
+                        return Err(syn::Error::new(
+                            n.span(),
+                            "`max_attempts` counts the first run: use 1 or more",
+                        ));
+                    }
                 }
             }
             BACKOFF => out.backoff_ms = Some(duration(value, BACKOFF)?),
@@ -207,7 +225,9 @@ pub(crate) fn subscribe_args(attr: TokenStream, keys: &[&str], span: Span, error
                     other => {
                         return Err(syn::Error::new(
                             s.span(),
-                            format!("unknown deliver policy `{other}`; expected `\"all\"` (from the first stored message) or `\"new\"` (only messages published from now on)"),
+                            format!(
+                                "unknown deliver policy `{other}`; expected `\"all\"` (from the first stored message) or `\"new\"` (only messages published from now on)"
+                            ),
                         ));
                     }
                 });
@@ -228,7 +248,10 @@ pub(crate) fn subscribe_args(attr: TokenStream, keys: &[&str], span: Span, error
                     syn::punctuated::Punctuated::<Type, syn::Token![,]>::parse_terminated(&content)
                 };
                 let types = syn::parse::Parser::parse2(list, value.clone()).map_err(|_| {
-                    syn::Error::new_spanned(value, "expected a list of event types such as `publishes = [WorkflowStarted]`")
+                    syn::Error::new_spanned(
+                        value,
+                        "expected a list of event types such as `publishes = [WorkflowStarted]`",
+                    )
                 })?;
                 out.publishes.extend(types);
             }
@@ -295,7 +318,10 @@ pub(crate) fn handler_sig(sig: &Signature, method: bool, errors: &mut Errors) ->
         errors.spanned(sig.fn_token, "a handler must be an `async fn`: add `async`");
     }
     if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
-        errors.spanned(&sig.generics, "a handler cannot be generic: it is registered for one event type");
+        errors.spanned(
+            &sig.generics,
+            "a handler cannot be generic: it is registered for one event type",
+        );
     }
     if let Some(v) = &sig.variadic {
         errors.spanned(v, "a handler cannot be variadic");
@@ -304,7 +330,10 @@ pub(crate) fn handler_sig(sig: &Signature, method: bool, errors: &mut Errors) ->
     match (method, inputs.peek()) {
         (true, Some(FnArg::Receiver(r))) => {
             if !matches!(r.kind, syn::ReceiverKind::Reference(_, _, None)) {
-                errors.spanned(r, "a handler method takes `&self`: handlers of one set run concurrently and share the service");
+                errors.spanned(
+                    r,
+                    "a handler method takes `&self`: handlers of one set run concurrently and share the service",
+                );
             }
             inputs.next();
         }
@@ -313,7 +342,10 @@ pub(crate) fn handler_sig(sig: &Signature, method: bool, errors: &mut Errors) ->
             "a handler inside `#[handlers]` is a method taking `&self`; move free functions out of the `impl` block",
         ),
         (false, Some(FnArg::Receiver(r))) => {
-            errors.spanned(r, "`#[subscribe]` on a method needs `#[handlers(domain = \"...\")]` on its `impl` block");
+            errors.spanned(
+                r,
+                "`#[subscribe]` on a method needs `#[handlers(domain = \"...\")]` on its `impl` block",
+            );
             return None;
         }
         (false, _) => {}
@@ -334,7 +366,10 @@ pub(crate) fn handler_sig(sig: &Signature, method: bool, errors: &mut Errors) ->
                 Type::Reference(r) if r.mutability.is_none() && is_context(&r.elem) => Ctx::Ref,
                 ty if is_context(ty) => Ctx::Owned,
                 other => {
-                    errors.spanned(other, "the first parameter of a two-parameter handler is its context: `ctx: &Context`");
+                    errors.spanned(
+                        other,
+                        "the first parameter of a two-parameter handler is its context: `ctx: &Context`",
+                    );
                     Ctx::Ref
                 }
             };
@@ -354,7 +389,10 @@ pub(crate) fn handler_sig(sig: &Signature, method: bool, errors: &mut Errors) ->
         }
     };
     if let Type::Reference(r) = &*event.ty {
-        errors.spanned(r, "the event is passed by value: `event: DocumentCreated`, not a reference");
+        errors.spanned(
+            r,
+            "the event is passed by value: `event: DocumentCreated`, not a reference",
+        );
     }
     let output = match &sig.output {
         ReturnType::Type(_, ty) => (**ty).clone(),
@@ -366,7 +404,12 @@ pub(crate) fn handler_sig(sig: &Signature, method: bool, errors: &mut Errors) ->
             return None;
         }
     };
-    (errors.count() == before).then(|| HandlerSig { ident: sig.ident.clone(), ctx, event: (*event.ty).clone(), output })
+    (errors.count() == before).then(|| HandlerSig {
+        ident: sig.ident.clone(),
+        ctx,
+        event: (*event.ty).clone(),
+        output,
+    })
 }
 
 /// The attribute's name, for matching `#[subscribe]` and `#[cim_integrate::subscribe]`.

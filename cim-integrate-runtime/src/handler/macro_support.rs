@@ -22,7 +22,11 @@ pub struct EventInfo<E> {
 
 /// The [`EventInfo`] of `E`.
 pub const fn event_info<E: DomainEvent>() -> EventInfo<E> {
-    EventInfo { type_name: E::TYPE_NAME, subject: E::SUBJECT, decode: E::decode }
+    EventInfo {
+        type_name: E::TYPE_NAME,
+        subject: E::SUBJECT,
+        decode: E::decode,
+    }
 }
 
 /// One handler on a pattern literal the macro has already checked.
@@ -38,8 +42,14 @@ where
     F: Fn(Context, E) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
 {
-    Registration::new(name, SubjectPattern::__from_checked_literal(pattern), event.type_name, event.decode, f)
-        .with_options(options)
+    Registration::new(
+        name,
+        SubjectPattern::__from_checked_literal(pattern),
+        event.type_name,
+        event.decode,
+        f,
+    )
+    .with_options(options)
 }
 
 /// A duration from milliseconds (the macro parses `"500ms"`, `"2s"`, `"1m"` at compile time).

@@ -19,14 +19,14 @@ pub use cim_integrate_runtime::*;
 pub mod prelude {
     pub use cim_integrate_macros::{domain_event, handlers, saga, subscribe};
     pub use cim_integrate_runtime::envelope::Envelope;
+    pub use cim_integrate_runtime::event::{DecodeError, DomainEvent, EncodeError, PayloadVersion, Versioned};
     pub use cim_integrate_runtime::handler::{Context, HandlerError, HandlerOptions, ResultExt, RetryPolicy};
+    pub use cim_integrate_runtime::id::{CausationId, CorrelationId, Identity, MessageId};
     pub use cim_integrate_runtime::saga::{Saga, SagaOutcome, SagaRunner, SagaStatus, StepContext};
     pub use cim_integrate_runtime::service::Service;
-    pub use cim_integrate_runtime::transport::any::AnyTransport;
-    pub use cim_integrate_runtime::event::{DecodeError, DomainEvent, EncodeError, PayloadVersion, Versioned};
-    pub use cim_integrate_runtime::id::{CausationId, CorrelationId, Identity, MessageId};
     pub use cim_integrate_runtime::subject::{Subject, SubjectPattern};
     pub use cim_integrate_runtime::timestamp::Timestamp;
+    pub use cim_integrate_runtime::transport::any::AnyTransport;
     pub use cim_integrate_runtime::transport::memory::MemoryTransport;
     pub use cim_integrate_runtime::transport::{
         Consumer, ConsumerSpec, DeliverPolicy, KeyValue, KvSpec, OutboundMessage, StreamSpec, Transport,
@@ -37,7 +37,7 @@ pub mod prelude {
 /// Paths used by generated code. Not public API: no stability guarantee.
 #[doc(hidden)]
 pub mod __private {
-    pub use cim_integrate_runtime::__private::*;
     pub use cim_integrate_macros::*;
-pub use cim_integrate_runtime::*;
+    pub use cim_integrate_runtime::__private::*;
+    pub use cim_integrate_runtime::*;
 }

@@ -1,0 +1,72 @@
+//! Shared pieces of the benchmark runner (`src/main.rs`) and its child processes (`src/bin/`).
+#![warn(missing_docs)]
+
+pub mod server;
+
+use cim_integrate::domain_event;
+
+/// A boxed error.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The event every throughput benchmark publishes and handles (~190 bytes of JSON).
+#[domain_event(subject = "document.created", version = "1.0")]
+#[derive(Debug, Clone, PartialEq)]
+pub struct DocumentCreated {
+    /// The document.
+    pub document_id: uuid::Uuid,
+    /// Its title.
+    pub title: String,
+    /// Who created it.
+    pub author: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// The same payload as a plain serde struct, for the hand-written baselines.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RawDocumentCreated {
+    /// `"1.0"`.
+    pub version: String,
+    /// The document.
+    pub document_id: uuid::Uuid,
+    /// Its title.
+    pub title: String,
+    /// Who created it.
+    pub author: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// The `i`-th benchmark event.
+pub fn event(i: u64) -> DocumentCreated {
+    DocumentCreated {
+        document_id: uuid::Uuid::now_v7(),
+        title: format!("Architecture decision record number {i}"),
+        author: "alice@example.org".into(),
+        size: i * 7,
+    }
+}
+
+/// The `i`-th benchmark event as the plain struct.
+pub fn raw_event(i: u64) -> RawDocumentCreated {
+    let e = event(i);
+    RawDocumentCreated {
+        version: "1.0".into(),
+        document_id: e.document_id,
+        title: e.title,
+        author: e.author,
+        size: e.size,
+    }
+}
+
+/// `(VmHWM, VmRSS)` of this process in KiB, from `/proc/self/status` (Linux); `None` elsewhere.
+pub fn rss_kib() -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    };
+    Some((field("VmHWM:")?, field("VmRSS:")?))
+}

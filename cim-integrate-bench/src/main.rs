@@ -1,0 +1,848 @@
+//! The benchmark runner: `cargo run --release -p cim-integrate-bench [-- options]`.
+//!
+//! Every row is measured beside its baseline in the same run, on the same machine and server, and
+//! printed with the ratio; the whole table is also written as JSON (default
+//! `<target>/bench-results.json`) so that two commits can be compared.
+//!
+//! Options: `--quick` (a fifth of the messages: a smoke run), `--only a,b` / `--skip a,b` with the
+//! sections `publish`, `consume`, `dispatch`, `saga`, `decode`, `rss`, `check`, `--out PATH`,
+//! `--rss-events N` (default 1,000,000 on the embedded transport), `--rss-nats-events N` (default
+//! 1,000,000).
+
+mod generate;
+
+use cim_integrate::SubjectPattern;
+use cim_integrate::dedup::MemoryDedup;
+use cim_integrate::event::DomainEvent;
+use cim_integrate::event::Versioned;
+use cim_integrate::handler::{HandlerError, HandlerOptions, Registration};
+use cim_integrate::saga::{Saga, SagaOutcome, SagaRunner, Step, StepContext, StepFuture};
+use cim_integrate::service::Service;
+use cim_integrate::transport::memory::MemoryTransport;
+use cim_integrate::transport::nats::NatsTransport;
+use cim_integrate::transport::{
+    Consumer, ConsumerSpec, KeyValue, KvSpec, OutboundMessage, PipelinedPublisher, StreamSpec, Transport,
+};
+use cim_integrate_bench::server::Server;
+use cim_integrate_bench::{BoxError, DocumentCreated, RawDocumentCreated, event, raw_event};
+use futures::StreamExt;
+use std::collections::VecDeque;
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+#[path = "../../tests/domain_event_examples/mod.rs"]
+#[allow(dead_code, missing_docs)]
+mod domain_event_examples;
+
+/// One line of the table: a measurement and its baseline.
+#[derive(Debug, Clone, serde::Serialize)]
+struct Row {
+    section: &'static str,
+    name: String,
+    value: f64,
+    unit: &'static str,
+    baseline_name: String,
+    baseline: f64,
+    /// value / baseline.
+    ratio: f64,
+    /// Messages, sagas or events measured (what was scaled to fit the time budget).
+    count: u64,
+    higher_is_better: bool,
+}
+
+struct Runner {
+    rows: Vec<Row>,
+    scale: f64,
+    only: Option<Vec<String>>,
+    skip: Vec<String>,
+    rss_events: u64,
+    rss_nats_events: u64,
+    notes: Vec<String>,
+}
+
+impl Runner {
+    fn wants(&self, section: &str) -> bool {
+        self.only.as_ref().is_none_or(|o| o.iter().any(|s| s == section)) && !self.skip.iter().any(|s| s == section)
+    }
+
+    fn n(&self, full: u64) -> u64 {
+        ((full as f64 * self.scale) as u64).max(100)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn row(
+        &mut self,
+        section: &'static str,
+        name: impl Into<String>,
+        value: f64,
+        unit: &'static str,
+        baseline_name: impl Into<String>,
+        baseline: f64,
+        count: u64,
+        higher_is_better: bool,
+    ) {
+        let row = Row {
+            section,
+            name: name.into(),
+            value,
+            unit,
+            baseline_name: baseline_name.into(),
+            baseline,
+            ratio: if baseline > 0.0 { value / baseline } else { f64::NAN },
+            count,
+            higher_is_better,
+        };
+        eprintln!(
+            "  [{section}] {}: {} {unit} (baseline {}: {} {unit}; x{:.2})",
+            row.name,
+            fmt_num(row.value),
+            row.baseline_name,
+            fmt_num(row.baseline),
+            row.ratio
+        );
+        self.rows.push(row);
+    }
+}
+
+fn fmt_num(v: f64) -> String {
+    if v.is_nan() {
+        return "-".into();
+    }
+    if v >= 100.0 {
+        let s = format!("{:.0}", v);
+        let mut out = String::new();
+        for (i, c) in s.chars().enumerate() {
+            if i > 0 && (s.len() - i) % 3 == 0 {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        out
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn rate(n: u64, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64()
+}
+
+// ---------------------------------------------------------------------------------------------
+// publish
+
+async fn bench_publish(r: &mut Runner) -> Result<(), BoxError> {
+    const WINDOW: usize = 256;
+    let n = r.n(20_000);
+    let n_each = r.n(2_000);
+    let server = Server::start("publish")?;
+    let t = NatsTransport::connect_url(&server.url).await?;
+    for d in ["rawpub", "document", "awaitpub"] {
+        t.ensure_stream(&StreamSpec::for_domain(d, None)?).await?;
+    }
+    let js = async_nats::jetstream::new(async_nats::connect(&server.url).await?);
+
+    // Baseline: async-nats directly, pipelined, serde + the same headers incl. Nats-Msg-Id.
+    let start = Instant::now();
+    let mut in_flight = VecDeque::with_capacity(WINDOW);
+    for i in 0..n {
+        if in_flight.len() >= WINDOW
+            && let Some(ack) = in_flight.pop_front()
+        {
+            ack.await?;
+        }
+        let payload = serde_json::to_vec(&raw_event(i))?;
+        let id = uuid::Uuid::now_v7().to_string();
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", id.as_str());
+        headers.insert("X-Message-ID", id.as_str());
+        headers.insert("X-Correlation-ID", id.as_str());
+        headers.insert("X-Causation-ID", id.as_str());
+        headers.insert("X-Event-Type", "DocumentCreated");
+        headers.insert("X-Event-Version", "1.0");
+        headers.insert("X-Occurred-At", cim_integrate::Timestamp::now().to_rfc3339().as_str());
+        let msg = async_nats::jetstream::message::PublishMessage::build()
+            .payload(payload.into())
+            .headers(headers);
+        in_flight.push_back(js.send_publish("rawpub.created", msg).await?);
+    }
+    for ack in in_flight {
+        ack.await?;
+    }
+    let raw = rate(n, start.elapsed());
+
+    // Typed: #[domain_event] encode + envelope + PipelinedPublisher.
+    let start = Instant::now();
+    let mut p = PipelinedPublisher::new(t.clone(), WINDOW);
+    for i in 0..n {
+        p.publish(OutboundMessage::from(&event(i).to_envelope()?))
+            .await
+            .map_err(|e| e.error.to_string())?;
+    }
+    p.finish().await.map_err(|e| e.error.to_string())?;
+    let typed = rate(n, start.elapsed());
+
+    // One round trip per message (the guide's DomainEventBus).
+    let start = Instant::now();
+    for i in 0..n_each {
+        let mut env = event(i).to_envelope()?;
+        env = cim_integrate::Envelope::with_identity(
+            *env.identity(),
+            cim_integrate::Subject::new("awaitpub.created")?,
+            env.payload().clone(),
+        )
+        .typed("DocumentCreated", "1.0");
+        t.publish_and_wait((&env).into()).await?;
+    }
+    let each = rate(n_each, start.elapsed());
+    let base = "raw async-nats, pipelined (window 256), Nats-Msg-Id";
+    r.row(
+        "publish",
+        "typed publish + PipelinedPublisher (NATS)",
+        typed,
+        "msgs/s",
+        base,
+        raw,
+        n,
+        true,
+    );
+    r.row(
+        "publish",
+        format!("publish awaiting each ack (NATS, {n_each} msgs)"),
+        each,
+        "msgs/s",
+        base,
+        raw,
+        n_each,
+        true,
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// consume: the end-to-end handler path on NATS
+
+fn counting_registration(count: Arc<AtomicU64>, concurrency: usize) -> Result<Registration, BoxError> {
+    Ok(Registration::new(
+        "bench",
+        SubjectPattern::new("document.created")?,
+        "DocumentCreated",
+        DocumentCreated::decode,
+        move |_ctx, e: DocumentCreated| {
+            let c = count.clone();
+            async move {
+                if !e.title.is_empty() {
+                    c.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(())
+            }
+        },
+    )
+    .with_options(HandlerOptions {
+        concurrency,
+        ..HandlerOptions::default()
+    }))
+}
+
+async fn publish_backlog<T: Transport>(t: &T, n: u64) -> Result<(), BoxError> {
+    t.ensure_stream(&StreamSpec::for_domain("document", None)?).await?;
+    let mut p = PipelinedPublisher::new(t.clone(), 1000);
+    for i in 0..n {
+        p.publish(OutboundMessage::from(&event(i).to_envelope()?))
+            .await
+            .map_err(|e| e.error.to_string())?;
+    }
+    p.finish().await.map_err(|e| e.error.to_string())?;
+    Ok(())
+}
+
+async fn service_rate<T: Transport>(t: T, n: u64, kv_dedup: bool, concurrency: usize) -> Result<f64, BoxError> {
+    let count = Arc::new(AtomicU64::new(0));
+    let mut b = Service::builder(t, "bench").handler("search", counting_registration(count.clone(), concurrency)?);
+    if !kv_dedup {
+        b = b.dedup_store(MemoryDedup::default());
+    }
+    let start = Instant::now();
+    let svc = b.start().await?;
+    while count.load(Ordering::Relaxed) < n {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let r = rate(n, start.elapsed());
+    svc.shutdown(Duration::from_secs(5)).await;
+    Ok(r)
+}
+
+async fn bench_consume(r: &mut Runner) -> Result<(), BoxError> {
+    let n = r.n(20_000);
+    // Each measurement on its own server with the same backlog.
+    let raw = {
+        let server = Server::start("consume-raw")?;
+        let t = NatsTransport::connect_url(&server.url).await?;
+        publish_backlog(&t, n).await?;
+        let js = async_nats::jetstream::new(async_nats::connect(&server.url).await?);
+        let consumer = js
+            .get_stream("DOCUMENT_EVENTS")
+            .await?
+            .create_consumer(async_nats::jetstream::consumer::pull::Config {
+                durable_name: Some("raw".into()),
+                ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+                ..Default::default()
+            })
+            .await?;
+        let start = Instant::now();
+        let mut messages = consumer.messages().await?;
+        let mut got = 0;
+        while got < n {
+            let m = messages.next().await.ok_or("raw stream ended")??;
+            let e: RawDocumentCreated = serde_json::from_slice(&m.payload)?;
+            black_box(e);
+            m.ack().await?;
+            got += 1;
+        }
+        rate(n, start.elapsed())
+    };
+    let base = "raw async-nats pull + serde decode + ack";
+    for (label, kv) in [
+        ("Service (NATS), in-memory dedup, concurrency 16", false),
+        ("Service (NATS), key-value dedup, concurrency 16", true),
+    ] {
+        let server = Server::start("consume")?;
+        let t = NatsTransport::connect_url(&server.url).await?;
+        publish_backlog(&t, n).await?;
+        let v = service_rate(t, n, kv, 16).await?;
+        r.row("consume", label, v, "events/s", base, raw, n, true);
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// embedded dispatch
+
+async fn bench_dispatch(r: &mut Runner) -> Result<(), BoxError> {
+    let n = r.n(100_000);
+    let hand = {
+        let t = MemoryTransport::new();
+        publish_backlog(&t, n).await?;
+        let spec =
+            ConsumerSpec::new("DOCUMENT_EVENTS", "hand", SubjectPattern::new("document.created")?).max_ack_pending(64);
+        let mut c = t.consumer(&spec).await?;
+        let count = AtomicU64::new(0);
+        let start = Instant::now();
+        while count.load(Ordering::Relaxed) < n {
+            let d = c.next().await?;
+            match serde_json::from_slice::<RawDocumentCreated>(d.payload()) {
+                Ok(e) => {
+                    if !e.title.is_empty() {
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                    d.ack().await?;
+                }
+                Err(_) => d.term().await?,
+            }
+        }
+        rate(n, start.elapsed())
+    };
+    let base = "hand-written loop (decode, call, ack)";
+    for (label, kv, conc) in [
+        ("Service (embedded), in-memory dedup, concurrency 1", false, 1),
+        ("Service (embedded), in-memory dedup, concurrency 16", false, 16),
+        ("Service (embedded), key-value dedup, concurrency 16", true, 16),
+    ] {
+        let t = MemoryTransport::new();
+        publish_backlog(&t, n).await?;
+        let v = service_rate(t, n, kv, conc).await?;
+        r.row("dispatch", label, v, "events/s", base, hand, n, true);
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// sagas
+
+const SAGA_STEPS: u64 = 5;
+
+#[derive(Clone)]
+struct BenchSaga;
+
+async fn mark(_: &BenchSaga, ctx: &mut StepContext<Vec<u8>>) -> Result<(), HandlerError> {
+    let n = u8::try_from(ctx.data().len()).unwrap_or(u8::MAX);
+    ctx.data_mut().push(n);
+    Ok(())
+}
+
+fn step<'a>(s: &'a BenchSaga, c: &'a mut StepContext<Vec<u8>>) -> StepFuture<'a> {
+    Box::pin(mark(s, c))
+}
+
+impl Saga for BenchSaga {
+    type Data = Vec<u8>;
+    const NAME: &'static str = "bench";
+    fn steps() -> Vec<Step<Self>> {
+        vec![
+            Step::new("s1", step).compensate("c1", step),
+            Step::new("s2", step).compensate("c2", step),
+            Step::new("s3", step).compensate("c3", step),
+            Step::new("s4", step).compensate("c4", step),
+            Step::new("s5", step).no_compensation("pivot"),
+        ]
+    }
+}
+
+/// The hand-written floor: the same persisted writes without the runner (create, then intent and
+/// outcome per step, then the final status), one JSON record of similar size, compare-and-set.
+async fn hand_saga<K: KeyValue>(kv: &K, id: &str) -> Result<(), BoxError> {
+    let mut record = serde_json::json!({
+        "format": 1, "saga": "bench", "id": id, "status": "running", "data": [],
+        "steps": (0..SAGA_STEPS).map(|i| serde_json::json!({"name": format!("s{i}"), "state": "pending", "attempts": 0})).collect::<Vec<_>>(),
+    });
+    let mut rev = kv.create(id, serde_json::to_vec(&record)?.into()).await?;
+    for i in 0..SAGA_STEPS as usize {
+        record["steps"][i]["state"] = "running".into();
+        record["steps"][i]["attempts"] = 1.into();
+        rev = kv.update(id, serde_json::to_vec(&record)?.into(), rev).await?;
+        record["steps"][i]["state"] = "completed".into();
+        if let Some(data) = record["data"].as_array_mut() {
+            data.push(i.into());
+        }
+        rev = kv.update(id, serde_json::to_vec(&record)?.into(), rev).await?;
+    }
+    record["status"] = "completed".into();
+    kv.update(id, serde_json::to_vec(&record)?.into(), rev).await?;
+    Ok(())
+}
+
+async fn saga_pair<T: Transport>(r: &mut Runner, label: &str, t: T, sagas: u64) -> Result<(), BoxError> {
+    let runner = SagaRunner::builder(t.clone(), BenchSaga).build().await?;
+    let kv = t.key_value(&KvSpec::new("bench_hand_saga")).await?;
+    for i in 0..10 {
+        runner.start(&format!("warm-{i}"), Vec::new()).await?;
+        hand_saga(&kv, &format!("warm-{i}")).await?;
+    }
+    for concurrency in [1usize, 32] {
+        let start = Instant::now();
+        let results: Vec<Result<(), BoxError>> = futures::stream::iter(0..sagas)
+            .map(|i| {
+                let kv = kv.clone();
+                async move { hand_saga(&kv, &format!("h{concurrency}-{i}")).await }
+            })
+            .buffer_unordered(concurrency)
+            .collect()
+            .await;
+        let hand = rate(sagas * SAGA_STEPS, start.elapsed());
+        results.into_iter().collect::<Result<Vec<_>, _>>()?;
+        let start = Instant::now();
+        let outcomes: Vec<_> = futures::stream::iter(0..sagas)
+            .map(|i| {
+                let runner = runner.clone();
+                async move { runner.start(&format!("c{concurrency}-{i}"), Vec::new()).await }
+            })
+            .buffer_unordered(concurrency)
+            .collect()
+            .await;
+        let ours = rate(sagas * SAGA_STEPS, start.elapsed());
+        if !outcomes.iter().all(|o| matches!(o, Ok(SagaOutcome::Completed))) {
+            return Err("a benchmark saga did not complete".into());
+        }
+        r.row(
+            "saga",
+            format!("SagaRunner ({label}), 5-step sagas, {concurrency} at a time"),
+            ours,
+            "steps/s",
+            "hand-written persisted log (same CAS writes, no events)",
+            hand,
+            sagas,
+            true,
+        );
+    }
+    Ok(())
+}
+
+async fn bench_saga(r: &mut Runner) -> Result<(), BoxError> {
+    let mem = r.n(2_000);
+    saga_pair(r, "embedded", MemoryTransport::new(), mem).await?;
+    let nats = r.n(300);
+    let server = Server::start("saga")?;
+    saga_pair(r, "NATS", NatsTransport::connect_url(&server.url).await?, nats).await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// decode
+
+fn decode_rate(payload: &[u8], decode: impl Fn(&[u8]) -> bool) -> f64 {
+    let mut best = 0f64;
+    for _ in 0..3 {
+        let start = Instant::now();
+        let mut n = 0u64;
+        while start.elapsed() < Duration::from_millis(300) {
+            for _ in 0..1000 {
+                black_box(decode(black_box(payload)));
+            }
+            n += 1000;
+        }
+        best = best.max(rate(n, start.elapsed()));
+    }
+    best
+}
+
+fn bench_decode(r: &mut Runner) -> Result<(), BoxError> {
+    use domain_event_examples::*;
+    #[derive(serde::Deserialize)]
+    #[serde(tag = "version")]
+    #[allow(dead_code)]
+    enum SerdeTagged {
+        #[serde(rename = "1.0")]
+        V1(DocumentCreatedV1),
+        #[serde(rename = "2.0")]
+        V2(DocumentCreatedV2),
+        #[serde(rename = "3.0")]
+        V3(DocumentCreated),
+    }
+    let v1 = DocumentCreatedV1 {
+        document_id: DocumentId::new(),
+        title: "Architecture decision record: use JetStream for every cross-domain event".into(),
+    };
+    let current = DocumentCreated {
+        document_id: v1.document_id,
+        title: v1.title.clone(),
+        author: Some(UserId::new()),
+        tags: vec!["architecture".into(), "nats".into(), "adr".into()],
+    };
+    let oldest = cim_integrate::event::encode_version(&v1)?;
+    let latest = current.encode()?;
+    let ours = |p: &[u8]| DocumentCreated::decode(p).is_ok();
+    let serde = |p: &[u8]| serde_json::from_slice::<SerdeTagged>(p).is_ok();
+    let latest_rate = decode_rate(&latest, ours);
+    let oldest_rate = decode_rate(&oldest, ours);
+    let serde_latest = decode_rate(&latest, serde);
+    let serde_oldest = decode_rate(&oldest, serde);
+    r.row(
+        "decode",
+        "#[domain_event] decode, oldest version 1.0 (2 upcasts)",
+        oldest_rate,
+        "events/s",
+        "#[domain_event] decode, latest version 3.0",
+        latest_rate,
+        0,
+        true,
+    );
+    r.row(
+        "decode",
+        "#[domain_event] decode, latest version 3.0",
+        latest_rate,
+        "events/s",
+        "serde #[serde(tag = \"version\")] enum, latest",
+        serde_latest,
+        0,
+        true,
+    );
+    r.row(
+        "decode",
+        "#[domain_event] decode, oldest version 1.0",
+        oldest_rate,
+        "events/s",
+        "serde #[serde(tag = \"version\")] enum, oldest (no upcast)",
+        serde_oldest,
+        0,
+        true,
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// consumer memory
+
+fn drain_child(mode: &str, n: u64, url: Option<&str>) -> Result<serde_json::Value, BoxError> {
+    let exe = std::env::current_exe()?;
+    let bin = exe.with_file_name("drain-rss");
+    let mut cmd = std::process::Command::new(&bin);
+    cmd.arg(mode).arg(n.to_string());
+    if let Some(u) = url {
+        cmd.arg(u);
+    }
+    let out = cmd.stderr(std::process::Stdio::inherit()).output()?;
+    if !out.status.success() {
+        return Err(format!("{} {mode} failed ({})", bin.display(), out.status).into());
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+fn mib(v: &serde_json::Value, field: &str) -> f64 {
+    v[field].as_f64().unwrap_or(f64::NAN) / 1024.0
+}
+
+async fn bench_rss(r: &mut Runner) -> Result<(), BoxError> {
+    let n = r.rss_events;
+    let service = drain_child("memory-service", n, None)?;
+    let raw = drain_child("memory-raw", n, None)?;
+    let note = format!(
+        "embedded, {n} events: backlog loaded = {:.0} MiB RSS (service run) / {:.0} MiB (raw run); drain took {:.1} s (Service) vs {:.1} s (raw)",
+        mib(&service, "loaded_rss_kib"),
+        mib(&raw, "loaded_rss_kib"),
+        service["secs"].as_f64().unwrap_or(f64::NAN),
+        raw["secs"].as_f64().unwrap_or(f64::NAN),
+    );
+    r.notes.push(note);
+    r.row(
+        "rss",
+        format!("peak RSS draining {n} events, Service + key-value dedup (embedded; the backlog lives in the process)"),
+        mib(&service, "peak_rss_kib"),
+        "MiB",
+        "hand-written loop, same backlog",
+        mib(&raw, "peak_rss_kib"),
+        n,
+        false,
+    );
+    let n = r.rss_nats_events;
+    let server = Server::start("rss")?;
+    let t = NatsTransport::connect_url(&server.url).await?;
+    let start = Instant::now();
+    publish_backlog(&t, n).await?;
+    let published = start.elapsed();
+    let service = drain_child("nats-service", n, Some(&server.url))?;
+    // The raw consumer gets its own server with the same backlog.
+    drop(server);
+    let server = Server::start("rss-raw")?;
+    let t = NatsTransport::connect_url(&server.url).await?;
+    publish_backlog(&t, n).await?;
+    let raw = drain_child("nats-raw", n, Some(&server.url))?;
+    r.notes.push(format!(
+        "NATS, {n} events (backlog published in {:.1} s): drain took {:.1} s (Service, key-value dedup on the server) vs {:.1} s (raw)",
+        published.as_secs_f64(),
+        service["secs"].as_f64().unwrap_or(f64::NAN),
+        raw["secs"].as_f64().unwrap_or(f64::NAN),
+    ));
+    r.row(
+        "rss",
+        format!("peak RSS draining {n} events, Service + key-value dedup (NATS consumer process)"),
+        mib(&service, "peak_rss_kib"),
+        "MiB",
+        "raw async-nats pull + ack consumer process",
+        mib(&raw, "peak_rss_kib"),
+        n,
+        false,
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// cargo check of generated crates
+
+fn target_dir() -> PathBuf {
+    // <target>/release/cim-integrate-bench
+    std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().and_then(Path::parent).map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("target"))
+}
+
+fn bench_check(r: &mut Runner) -> Result<(), BoxError> {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .ok_or("no workspace")?
+        .to_path_buf();
+    let root = std::env::temp_dir().join(format!("cim-bench-gen-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let shape = generate::Shape {
+        events: 100,
+        handlers: 100,
+        sagas: 10,
+    };
+    let (macros, hand) = generate::write_crates(&root, &workspace, &shape)?;
+    let target = target_dir().join("bench-gen");
+    let check = |dir: &Path| -> Result<Duration, BoxError> {
+        let start = Instant::now();
+        let out = std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .args(["check", "--offline", "--quiet"])
+            .current_dir(dir)
+            .env("CARGO_TARGET_DIR", &target)
+            .env_remove("RUSTFLAGS")
+            .output()?;
+        if !out.status.success() {
+            return Err(format!(
+                "cargo check in {} failed:\n{}",
+                dir.display(),
+                String::from_utf8_lossy(&out.stderr)
+            )
+            .into());
+        }
+        Ok(start.elapsed())
+    };
+    let clean = |package: &str| -> Result<(), BoxError> {
+        std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .args(["clean", "--offline", "--quiet", "-p", package])
+            .current_dir(root.join(package))
+            .env("CARGO_TARGET_DIR", &target)
+            .status()?;
+        Ok(())
+    };
+    eprintln!("  [check] warming the shared target dir {} ...", target.display());
+    check(&macros)?;
+    check(&hand)?;
+    let mut best = [f64::MAX, f64::MAX];
+    for _ in 0..2 {
+        for (i, (dir, pkg)) in [(&macros, generate::MACRO_CRATE), (&hand, generate::HAND_CRATE)]
+            .into_iter()
+            .enumerate()
+        {
+            clean(pkg)?;
+            best[i] = best[i].min(check(dir)?.as_secs_f64());
+        }
+    }
+    r.notes.push(format!(
+        "generated crates in {} ({} and {} lines of Rust)",
+        root.display(),
+        generate::lines(&macros.join("src/lib.rs")),
+        generate::lines(&hand.join("src/lib.rs")),
+    ));
+    r.row(
+        "check",
+        format!(
+            "cargo check, macros: {} events x 2 versions, {} handlers, {} sagas",
+            shape.events, shape.handlers, shape.sagas
+        ),
+        best[0],
+        "s",
+        "the same written by hand against the runtime API",
+        best[1],
+        0,
+        false,
+    );
+    let _ = std::fs::remove_dir_all(&root);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+
+fn print_table(r: &Runner) {
+    println!();
+    println!(
+        "{:<9} {:<92} {:>14}  {:<8} {:<60} {:>14}  {:>6}",
+        "section", "measured", "value", "unit", "baseline (same run)", "baseline", "ratio"
+    );
+    println!("{}", "-".repeat(215));
+    for row in &r.rows {
+        println!(
+            "{:<9} {:<92} {:>14}  {:<8} {:<60} {:>14}  {:>6.2}",
+            row.section,
+            row.name,
+            fmt_num(row.value),
+            row.unit,
+            row.baseline_name,
+            fmt_num(row.baseline),
+            row.ratio
+        );
+    }
+    for n in &r.notes {
+        println!("note: {n}");
+    }
+}
+
+fn parse_list(v: Option<String>) -> Vec<String> {
+    v.map(|s| s.split(',').map(str::to_owned).collect()).unwrap_or_default()
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let mut r = Runner {
+        rows: Vec::new(),
+        scale: 1.0,
+        only: None,
+        skip: Vec::new(),
+        rss_events: 1_000_000,
+        rss_nats_events: 1_000_000,
+        notes: Vec::new(),
+    };
+    let mut out = None;
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--quick" => r.scale = 0.2,
+            "--only" => r.only = Some(parse_list(args.next())),
+            "--skip" => r.skip = parse_list(args.next()),
+            "--out" => out = args.next().map(PathBuf::from),
+            "--rss-events" => r.rss_events = args.next().and_then(|v| v.parse().ok()).unwrap_or(r.rss_events),
+            "--rss-nats-events" => {
+                r.rss_nats_events = args.next().and_then(|v| v.parse().ok()).unwrap_or(r.rss_nats_events)
+            }
+            other => {
+                eprintln!("unknown option {other}; see the top of cim-integrate-bench/src/main.rs");
+                std::process::exit(2);
+            }
+        }
+    }
+    if r.scale < 1.0 {
+        r.rss_events = (r.rss_events as f64 * r.scale) as u64;
+        r.rss_nats_events = (r.rss_nats_events as f64 * r.scale) as u64;
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tokio: {e}");
+            std::process::exit(1);
+        }
+    };
+    let started = Instant::now();
+    eprintln!(
+        "cim-integrate benchmarks: {} worker threads, {} CPUs, {}",
+        2,
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        Server::version()
+    );
+    let mut failed = Vec::new();
+    let sections: [(&str, u8); 7] = [
+        ("publish", 0),
+        ("consume", 1),
+        ("dispatch", 2),
+        ("saga", 3),
+        ("decode", 4),
+        ("rss", 5),
+        ("check", 6),
+    ];
+    for (name, id) in sections {
+        if !r.wants(name) {
+            continue;
+        }
+        eprintln!("== {name} ({:.0} s so far)", started.elapsed().as_secs_f64());
+        let result = match id {
+            0 => rt.block_on(bench_publish(&mut r)),
+            1 => rt.block_on(bench_consume(&mut r)),
+            2 => rt.block_on(bench_dispatch(&mut r)),
+            3 => rt.block_on(bench_saga(&mut r)),
+            4 => bench_decode(&mut r),
+            5 => rt.block_on(bench_rss(&mut r)),
+            _ => bench_check(&mut r),
+        };
+        if let Err(e) = result {
+            eprintln!("section {name} failed: {e}");
+            failed.push(name);
+        }
+    }
+    let total = started.elapsed();
+    print_table(&r);
+    let out = out.unwrap_or_else(|| target_dir().join("bench-results.json"));
+    let json = serde_json::json!({
+        "commit": std::process::Command::new("git").args(["rev-parse", "HEAD"]).output().ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()),
+        "nats_server": Server::version(),
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "scale": r.scale,
+        "seconds": total.as_secs_f64(),
+        "failed_sections": failed,
+        "rows": r.rows,
+        "notes": r.notes,
+    });
+    match serde_json::to_vec_pretty(&json).map(|b| std::fs::write(&out, b)) {
+        Ok(Ok(())) => println!("results: {} ({:.0} s)", out.display(), total.as_secs_f64()),
+        Ok(Err(e)) => eprintln!("writing {}: {e}", out.display()),
+        Err(e) => eprintln!("encoding results: {e}"),
+    }
+    if !failed.is_empty() {
+        std::process::exit(1);
+    }
+}

@@ -345,7 +345,8 @@ pub async fn undecodable_payload_into_dead_letter<T: Transport>(t: T) {
             .all(|r| r.starts_with("undecodable payload for Numbered")),
         "{reasons:?}"
     );
-    assert!(reasons[1].contains("unknown version `9.0`"), "{reasons:?}");
+    // Concurrent handlers dead-letter in any order.
+    assert!(reasons.iter().any(|r| r.contains("unknown version `9.0`")), "{reasons:?}");
     wait_until("valid message handled", || count(&seen, "w") == 1).await;
     assert_eq!(seen.lock().expect("lock")[0].1, 5);
     svc.shutdown(Duration::from_secs(5)).await;

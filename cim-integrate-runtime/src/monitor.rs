@@ -113,6 +113,9 @@ pub enum Outcome {
     Retried,
     /// Not run or not counted: a circuit breaker was open; redelivered after the cool-down.
     Deferred,
+    /// Not this handler's event type (a wide pattern matched another event); acknowledged
+    /// without running.
+    Skipped,
     /// Dead-lettered.
     DeadLettered,
 }
@@ -125,6 +128,7 @@ impl Outcome {
             Self::Duplicate => "duplicate",
             Self::Retried => "retried",
             Self::Deferred => "deferred",
+            Self::Skipped => "skipped",
             Self::DeadLettered => "dead_lettered",
         }
     }
@@ -161,6 +165,7 @@ pub(crate) struct HandlerMetrics {
     duplicate: Counter,
     retried: Counter,
     deferred: Counter,
+    skipped: Counter,
     dead_lettered: Counter,
     dead_letter_reasons: [Counter; 4],
     redeliveries: Counter,
@@ -183,6 +188,7 @@ impl HandlerMetrics {
             duplicate: outcome(Outcome::Duplicate),
             retried: outcome(Outcome::Retried),
             deferred: outcome(Outcome::Deferred),
+            skipped: outcome(Outcome::Skipped),
             dead_lettered: outcome(Outcome::DeadLettered),
             dead_letter_reasons: [
                 reason(DeadLetterReason::Permanent),
@@ -202,6 +208,7 @@ impl HandlerMetrics {
             Outcome::Duplicate => &self.duplicate,
             Outcome::Retried => &self.retried,
             Outcome::Deferred => &self.deferred,
+            Outcome::Skipped => &self.skipped,
             Outcome::DeadLettered => &self.dead_lettered,
         }
         .increment(1);

@@ -126,6 +126,8 @@ pub struct HandlerCounters {
     pub panicked: AtomicU64,
     /// Deliveries deferred because a circuit breaker was open.
     pub deferred: AtomicU64,
+    /// Messages of another event type that the pattern matched, acknowledged without running.
+    pub skipped: AtomicU64,
 }
 
 /// A snapshot of one handler's counters.
@@ -145,6 +147,8 @@ pub struct HandlerStats {
     pub panicked: u64,
     /// Deliveries deferred because a circuit breaker was open.
     pub deferred: u64,
+    /// Messages of another event type, acknowledged without running.
+    pub skipped: u64,
 }
 
 /// Builds and starts a [`Service`].
@@ -462,6 +466,7 @@ impl Service {
                     dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
                     panicked: c.panicked.load(Ordering::Relaxed),
                     deferred: c.deferred.load(Ordering::Relaxed),
+                    skipped: c.skipped.load(Ordering::Relaxed),
                 }
             })
             .collect()
@@ -633,6 +638,24 @@ async fn process_envelope<A: Acker>(h: &HandlerRuntime, d: Delivery<A>, envelope
     let seq = d.info().stream_sequence;
     h.metrics.delivered(delivered);
     let id = envelope.message_id();
+    // A typed handler on a wide pattern (`document.*`) ignores other event types.
+    let own_subject = match &h.prefix {
+        Some(p) => envelope
+            .subject()
+            .as_str()
+            .strip_prefix(p.as_str())
+            .and_then(|s| s.strip_prefix('.'))
+            .unwrap_or(envelope.subject().as_str()),
+        None => envelope.subject().as_str(),
+    };
+    let event_type = envelope.event_type().filter(|t| !t.is_empty());
+    if !h.registration.accepts(own_subject, event_type) {
+        h.counters.skipped.fetch_add(1, Ordering::Relaxed);
+        h.metrics.outcome(monitor::Outcome::Skipped);
+        h.forget(seq);
+        tracing::debug!(event_type, "another event type; acknowledging without running");
+        return settle(d.ack().await);
+    }
     match h.dedup.seen(&h.durable, id).await {
         Ok(true) => {
             h.counters.duplicates.fetch_add(1, Ordering::Relaxed);

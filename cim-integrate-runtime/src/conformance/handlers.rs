@@ -346,7 +346,10 @@ pub async fn undecodable_payload_into_dead_letter<T: Transport>(t: T) {
         "{reasons:?}"
     );
     // Concurrent handlers dead-letter in any order.
-    assert!(reasons.iter().any(|r| r.contains("unknown version `9.0`")), "{reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r.contains("unknown version `9.0`")),
+        "{reasons:?}"
+    );
     wait_until("valid message handled", || count(&seen, "w") == 1).await;
     assert_eq!(seen.lock().expect("lock")[0].1, 5);
     svc.shutdown(Duration::from_secs(5)).await;
@@ -557,5 +560,34 @@ pub async fn ordered_handler_keeps_order_through_retries<T: Transport>(t: T) {
     }
     wait_until("all handled", || order.lock().expect("lock").len() == 4).await;
     assert_eq!(*order.lock().expect("lock"), [0, 1, 2, 3]);
+    svc.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A typed handler on a wide pattern runs only for its own event: on the event's subject, or on
+/// another subject whose `X-Event-Type` names it. Other event types the pattern matches are
+/// acknowledged without running (counted as skipped), never dead-lettered.
+pub async fn typed_handler_skips_other_event_types<T: Transport>(t: T) {
+    let seen = Seen::default();
+    let reg = recorder(&seen, "w", "document.*").only_event("document.created");
+    let svc = Service::builder(t.clone(), "typed")
+        .handler("workflow", reg)
+        .start()
+        .await
+        .expect("start");
+    let deleted = Envelope::root(
+        Subject::new("document.deleted").expect("subject"),
+        Bytes::from_static(br#"{"version":"1.0","reason":"obsolete"}"#),
+    )
+    .typed("DocumentDeleted", "1.0");
+    publish(&t, &deleted).await;
+    publish(&t, &numbered("document.archived", 1)).await; // another subject, but X-Event-Type says Numbered
+    publish(&t, &numbered("document.created", 2)).await;
+    wait_until("both of its own events handled", || count(&seen, "w") == 2).await;
+    wait_until("the other type skipped", || {
+        svc.handler_stats("workflow-w").is_some_and(|s| s.skipped == 1)
+    })
+    .await;
+    let stats = svc.handler_stats("workflow-w").expect("stats");
+    assert_eq!((stats.dead_lettered, stats.succeeded), (0, 2), "{stats:?}");
     svc.shutdown(Duration::from_secs(5)).await;
 }

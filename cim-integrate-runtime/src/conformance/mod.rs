@@ -76,6 +76,7 @@ macro_rules! conformance_tests {
                 shutdown_finishes_in_flight_work,
                 abandoned_work_is_redelivered_after_restart,
                 ordered_handler_keeps_order_through_retries,
+                typed_handler_skips_other_event_types,
             ]
             [
                 request_reply_round_trip,

@@ -50,6 +50,7 @@ where
         f,
     )
     .with_options(options)
+    .only_event(event.subject)
 }
 
 /// A duration from milliseconds (the macro parses `"500ms"`, `"2s"`, `"1m"` at compile time).

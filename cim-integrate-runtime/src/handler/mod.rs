@@ -183,6 +183,8 @@ pub struct Registration {
     pub(crate) name: String,
     pub(crate) pattern: SubjectPattern,
     pub(crate) event_type: &'static str,
+    /// For typed handlers: the event's own subject (see [`Registration::only_event`]).
+    pub(crate) event_subject: Option<&'static str>,
     pub(crate) options: HandlerOptions,
     pub(crate) invoke: Arc<Invoke>,
 }
@@ -224,8 +226,28 @@ impl Registration {
             name: name.into(),
             pattern,
             event_type,
+            event_subject: None,
             options: HandlerOptions::default(),
             invoke: Arc::new(invoke),
+        }
+    }
+
+    /// Makes the handler typed: it runs only for messages on `subject` (its event's own subject,
+    /// without deployment prefix) or whose `X-Event-Type` header names its event type. Other
+    /// messages its pattern matches (`document.*` also matches `document.deleted`) are
+    /// acknowledged without running and counted as skipped, instead of failing to decode and
+    /// being dead-lettered. `#[subscribe]` sets this for every handler.
+    pub fn only_event(mut self, subject: &'static str) -> Self {
+        self.event_subject = Some(subject);
+        self
+    }
+
+    /// `true` if this handler should run for a message on `subject` (prefix removed) carrying
+    /// `event_type` (the `X-Event-Type` header, if any). Untyped handlers take everything.
+    pub fn accepts(&self, subject: &str, event_type: Option<&str>) -> bool {
+        match self.event_subject {
+            None => true,
+            Some(own) => subject == own || event_type.is_some_and(|t| t == self.event_type),
         }
     }
 

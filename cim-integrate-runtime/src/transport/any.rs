@@ -119,6 +119,7 @@ pub enum AnyAckFuture {
 
 impl Future for AnyAckFuture {
     type Output = Result<PublishAck, TransportError>;
+    #[cfg_attr(not(feature = "nats"), allow(unused_variables))]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         // Both variants are Unpin.
         match self.get_mut() {

@@ -95,9 +95,15 @@ impl NatsTransport {
         if addrs.is_empty() {
             return Err(TransportError::Invalid("NATS URL is empty".into()));
         }
-        let client = options
-            .connect_options()
-            .await?
+        let mut connect = options.connect_options().await?;
+        if options.auth == NatsAuth::None {
+            connect = match options::url_auth(&addrs)? {
+                NatsAuth::UserPassword { user, password } => connect.user_and_password(user, password),
+                NatsAuth::Token(token) => connect.token(token),
+                _ => connect,
+            };
+        }
+        let client = connect
             .connect(addrs)
             .await
             .map_err(|e| TransportError::Connection(format!("connecting to NATS: {e}")))?;

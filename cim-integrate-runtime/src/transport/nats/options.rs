@@ -294,6 +294,56 @@ impl NatsOptions {
     }
 }
 
+/// Credentials inside the server URLs (`nats://user:pass@host`, `nats://token@host`), which
+/// async-nats 0.51 parses but never sends. URLs that carry credentials must carry the same ones.
+pub(crate) fn url_auth(addrs: &[async_nats::ServerAddr]) -> Result<NatsAuth, TransportError> {
+    let mut found: Option<NatsAuth> = None;
+    for addr in addrs {
+        let Some(user) = addr.username() else { continue };
+        let auth = match addr.password() {
+            Some(password) => NatsAuth::UserPassword {
+                user: percent_decode(user),
+                password: percent_decode(password),
+            },
+            None => NatsAuth::Token(percent_decode(user)),
+        };
+        match &found {
+            Some(f) if *f != auth => {
+                return Err(TransportError::Invalid(
+                    "the NATS URLs carry different credentials; give them once, in the options".into(),
+                ));
+            }
+            _ => found = Some(auth),
+        }
+    }
+    Ok(found.unwrap_or_default())
+}
+
+/// Decodes `%XX` escapes (URL user info is kept percent-encoded); other bytes are kept.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -340,6 +390,24 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(!format!("{s:?}").contains("SUAB"));
+    }
+
+    #[test]
+    fn credentials_in_urls() {
+        let addrs = |u: &str| -> Vec<async_nats::ServerAddr> { u.split(',').map(|a| a.parse().unwrap()).collect() };
+        assert_eq!(url_auth(&addrs("nats://h:1,nats://k:2")).unwrap(), NatsAuth::None);
+        assert_eq!(
+            url_auth(&addrs("nats://h:1,nats://al%40ce:p%3Aw%25@k:2")).unwrap(),
+            NatsAuth::UserPassword {
+                user: "al@ce".into(),
+                password: "p:w%".into()
+            }
+        );
+        assert_eq!(
+            url_auth(&addrs("nats://tok@h:1")).unwrap(),
+            NatsAuth::Token("tok".into())
+        );
+        assert!(url_auth(&addrs("nats://a:b@h:1,nats://a:c@k:2")).is_err());
     }
 
     #[test]

@@ -4,6 +4,11 @@
 //! directory, on a free port, from `NATS_SERVER_BIN` or else `nats-server` on the `PATH`. It can be
 //! stopped and restarted on the same port with the same store (JetStream data survives), and is
 //! killed and its directory removed when dropped. Tests never touch a shared server.
+//!
+//! [`NatsServer::start_with`] adds command-line options (authentication, TLS, ...) and
+//! [`NatsServer::start_with_config`] a configuration file (for settings with no command-line
+//! option, such as NKey users). Readiness is the ports file plus a TCP connect, not a NATS
+//! handshake, so it works for servers that require credentials or TLS.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -48,18 +53,45 @@ pub struct NatsServer {
     dir: tempfile::TempDir,
     port: u16,
     child: Option<Child>,
+    extra_args: Vec<String>,
 }
 
 impl NatsServer {
     /// Starts a server on a free port with a fresh store directory, and waits until it accepts
     /// connections.
     pub async fn start() -> io::Result<Self> {
+        Self::start_with(&[]).await
+    }
+
+    /// As [`start`](Self::start), with `extra_args` appended to the command line (for example
+    /// `["--user", "u", "--pass", "p"]` or `["--tls", "--tlscert", ..., "--tlskey", ...]`). They
+    /// are kept for [`restart`](Self::restart).
+    pub async fn start_with(extra_args: &[&str]) -> io::Result<Self> {
         let dir = tempfile::Builder::new().prefix("cim-nats-").tempdir()?;
         let mut server = Self {
             bin: server_bin(),
             dir,
             port: 0,
             child: None,
+            extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
+        };
+        server.spawn(None).await?;
+        Ok(server)
+    }
+
+    /// As [`start`](Self::start), with `config` written to `server.conf` in the server's
+    /// directory and passed with `-c`. Command-line options (address, port, JetStream, store)
+    /// take precedence over the file's.
+    pub async fn start_with_config(config: &str) -> io::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("cim-nats-").tempdir()?;
+        let conf = dir.path().join("server.conf");
+        std::fs::write(&conf, config)?;
+        let mut server = Self {
+            bin: server_bin(),
+            dir,
+            port: 0,
+            child: None,
+            extra_args: vec!["-c".to_owned(), conf.to_string_lossy().into_owned()],
         };
         server.spawn(None).await?;
         Ok(server)
@@ -99,6 +131,7 @@ impl NatsServer {
             .arg(&store)
             .arg("--ports_file_dir")
             .arg(&ports_dir)
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))

@@ -1,0 +1,457 @@
+//! Authentication and TLS of the NATS transport against private nats-servers that require them:
+//! user/password, token, NKey and TLS (server-only and mutual). For each: the right credentials
+//! connect and carry a JetStream round trip; wrong or missing ones fail with a typed
+//! `TransportError` in bounded time; `Debug` of the options never shows the secret.
+//!
+//! Options are built with `NatsOptions::from_lookup`, the code path of `from_env` without
+//! mutating the process environment (unsound across the test threads).
+
+use bytes::Bytes;
+use cim_integrate_runtime::Envelope;
+use cim_integrate_runtime::subject::{Subject, SubjectPattern};
+use cim_integrate_runtime::testing::{NatsServer, server_version};
+use cim_integrate_runtime::transport::nats::{
+    ENV_CA, ENV_CERT, ENV_KEY, ENV_NKEY_FILE, ENV_NKEY_SEED, ENV_PASSWORD, ENV_TLS_FIRST, ENV_TLS_REQUIRED, ENV_TOKEN,
+    ENV_URL, ENV_USER, NatsAuth, NatsOptions, NatsTransport,
+};
+use cim_integrate_runtime::transport::{Consumer, ConsumerSpec, StreamSpec, Transport, TransportError};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Upper bound for any connection attempt, successful or not.
+const CONNECT_BOUND: Duration = Duration::from_secs(20);
+
+/// Options as `from_env` would build them from these variables.
+fn options(vars: &[(&str, &str)]) -> NatsOptions {
+    let m: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let mut o = NatsOptions::from_lookup(|k| m.get(k).cloned())
+        .expect("valid variables")
+        .expect("NATS_URL set");
+    // failures should come quickly
+    o.request_timeout = Duration::from_secs(3);
+    o
+}
+
+async fn connect(o: NatsOptions) -> Result<NatsTransport, TransportError> {
+    tokio::time::timeout(CONNECT_BOUND, NatsTransport::connect(o))
+        .await
+        .expect("connect neither succeeded nor failed in time")
+}
+
+/// Connecting must fail with a connection error that does not reveal `secret`.
+async fn assert_refused(o: NatsOptions, secret: &str, what: &str) {
+    match connect(o).await {
+        Ok(_) => panic!("{what}: connected"),
+        Err(e) => {
+            assert!(matches!(e, TransportError::Connection(_)), "{what}: {e:?}");
+            if !secret.is_empty() {
+                assert!(!e.to_string().contains(secret), "{what}: error shows the secret: {e}");
+            }
+        }
+    }
+}
+
+fn assert_redacted(o: &NatsOptions, secret: &str) {
+    let dbg = format!("{o:?}");
+    assert!(!dbg.contains(secret), "Debug shows the secret: {dbg}");
+    let dbg = format!("{o:#?}");
+    assert!(!dbg.contains(secret), "Debug shows the secret: {dbg}");
+}
+
+/// ensure_stream + publish_and_wait + consume and ack one message.
+async fn round_trip(t: &NatsTransport) {
+    let work = async {
+        t.ensure_stream(&StreamSpec::for_domain("document", None).expect("spec"))
+            .await
+            .expect("ensure_stream");
+        let env = Envelope::root(
+            Subject::new("document.created").expect("subject"),
+            Bytes::from_static(b"{}"),
+        );
+        let ack = t.publish_and_wait((&env).into()).await.expect("publish");
+        assert_eq!(
+            (ack.stream.as_str(), ack.sequence, ack.duplicate),
+            ("DOCUMENT_EVENTS", 1, false)
+        );
+        let spec = ConsumerSpec::new(
+            "DOCUMENT_EVENTS",
+            "auth-reader",
+            SubjectPattern::new("document.>").expect("pattern"),
+        );
+        let mut c = t.consumer(&spec).await.expect("consumer");
+        let d = c.next().await.expect("next");
+        assert_eq!(d.subject(), "document.created");
+        assert_eq!(d.envelope().expect("envelope").identity(), env.identity());
+        d.ack().await.expect("ack");
+    };
+    tokio::time::timeout(Duration::from_secs(30), work)
+        .await
+        .expect("round trip in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_and_password() {
+    let server = NatsServer::start_with(&["--user", "alice", "--pass", "s3cret-pw"])
+        .await
+        .expect("start nats-server");
+    let url = server.url();
+
+    let good = options(&[(ENV_URL, &url), (ENV_USER, "alice"), (ENV_PASSWORD, "s3cret-pw")]);
+    assert_eq!(
+        good.auth,
+        NatsAuth::UserPassword {
+            user: "alice".into(),
+            password: "s3cret-pw".into()
+        }
+    );
+    assert_redacted(&good, "s3cret-pw");
+    let t = connect(good).await.expect("connect with the right password");
+    round_trip(&t).await;
+
+    // credentials inside the URL work too, and are redacted
+    let in_url = options(&[(ENV_URL, &format!("nats://alice:s3cret-pw@127.0.0.1:{}", server.port()))]);
+    assert_redacted(&in_url, "s3cret-pw");
+    let t2 = connect(in_url).await.expect("connect with credentials in the URL");
+    t2.ensure_stream(&StreamSpec::for_domain("document", None).expect("spec"))
+        .await
+        .expect("stream exists");
+
+    assert_refused(
+        options(&[(ENV_URL, &format!("nats://alice:wrong-pw@127.0.0.1:{}", server.port()))]),
+        "wrong-pw",
+        "wrong password in the URL",
+    )
+    .await;
+    assert_refused(
+        options(&[(ENV_URL, &url), (ENV_USER, "alice"), (ENV_PASSWORD, "wrong-pw")]),
+        "wrong-pw",
+        "wrong password",
+    )
+    .await;
+    assert_refused(
+        options(&[(ENV_URL, &url), (ENV_USER, "mallory"), (ENV_PASSWORD, "s3cret-pw")]),
+        "s3cret-pw",
+        "wrong user",
+    )
+    .await;
+    assert_refused(options(&[(ENV_URL, &url)]), "", "no credentials").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token() {
+    let server = NatsServer::start_with(&["--auth", "tok-7f3a9c"])
+        .await
+        .expect("start nats-server");
+    let url = server.url();
+
+    let good = options(&[(ENV_URL, &url), (ENV_TOKEN, "tok-7f3a9c")]);
+    assert_eq!(good.auth, NatsAuth::Token("tok-7f3a9c".into()));
+    assert_redacted(&good, "tok-7f3a9c");
+    let t = connect(good).await.expect("connect with the right token");
+    round_trip(&t).await;
+
+    // a token inside the URL
+    let in_url = options(&[(ENV_URL, &format!("nats://tok-7f3a9c@127.0.0.1:{}", server.port()))]);
+    assert_redacted(&in_url, "tok-7f3a9c");
+    let t2 = connect(in_url).await.expect("connect with the token in the URL");
+    t2.ensure_stream(&StreamSpec::for_domain("document", None).expect("spec"))
+        .await
+        .expect("stream exists");
+
+    assert_refused(
+        options(&[(ENV_URL, &url), (ENV_TOKEN, "tok-wrong")]),
+        "tok-wrong",
+        "wrong token",
+    )
+    .await;
+    assert_refused(options(&[(ENV_URL, &url)]), "", "no token").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nkey() {
+    let user = nkeys::KeyPair::new_user();
+    let seed = user.seed().expect("seed");
+    let stranger = nkeys::KeyPair::new_user();
+    let stranger_seed = stranger.seed().expect("seed");
+    let config = format!(
+        "authorization {{\n  users = [\n    {{ nkey: \"{}\" }}\n  ]\n}}\n",
+        user.public_key()
+    );
+    let server = NatsServer::start_with_config(&config).await.expect("start nats-server");
+    let url = server.url();
+
+    let good = options(&[(ENV_URL, &url), (ENV_NKEY_SEED, &seed)]);
+    assert_eq!(good.auth, NatsAuth::NKeySeed(seed.clone()));
+    assert_redacted(&good, &seed);
+    let t = connect(good).await.expect("connect with the right seed");
+    round_trip(&t).await;
+
+    // the seed from a file (trailing newline trimmed)
+    let dir = tempfile::tempdir().expect("tempdir");
+    let seed_file = dir.path().join("user.nk");
+    std::fs::write(&seed_file, format!("{seed}\n")).expect("write seed");
+    let from_file = options(&[(ENV_URL, &url), (ENV_NKEY_FILE, seed_file.to_str().expect("utf-8"))]);
+    assert_eq!(from_file.auth, NatsAuth::NKeySeed(seed.clone()));
+    assert_redacted(&from_file, &seed);
+    let t2 = connect(from_file).await.expect("connect with the seed file");
+    t2.ensure_stream(&StreamSpec::for_domain("document", None).expect("spec"))
+        .await
+        .expect("stream exists");
+
+    assert_refused(
+        options(&[(ENV_URL, &url), (ENV_NKEY_SEED, &stranger_seed)]),
+        &stranger_seed,
+        "unknown nkey",
+    )
+    .await;
+    assert_refused(options(&[(ENV_URL, &url)]), "", "no nkey").await;
+
+    // a malformed seed is refused without a panic, and without echoing it
+    let bad = "SUNOTAVALIDSEED";
+    let o = options(&[(ENV_URL, &url), (ENV_NKEY_SEED, bad)]);
+    assert_redacted(&o, bad);
+    match connect(o).await {
+        Ok(_) => panic!("malformed seed: connected"),
+        Err(e) => {
+            assert!(
+                matches!(e, TransportError::Connection(_) | TransportError::Invalid(_)),
+                "{e:?}"
+            );
+            assert!(!e.to_string().contains(bad), "{e}");
+        }
+    }
+}
+
+/// A throwaway CA, a server certificate for 127.0.0.1/localhost and a client certificate, as
+/// PEM files in `dir`.
+struct Pki {
+    ca: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+    /// A client certificate from another CA.
+    rogue_cert: PathBuf,
+    rogue_key: PathBuf,
+}
+
+fn make_ca(name: &str) -> (rcgen::Certificate, rcgen::KeyPair) {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.distinguished_name.push(rcgen::DnType::CommonName, name);
+    p.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    (p.self_signed(&key).expect("CA"), key)
+}
+
+fn make_leaf(
+    sans: &[&str],
+    usage: rcgen::ExtendedKeyUsagePurpose,
+    ca: &rcgen::Certificate,
+    ca_key: &rcgen::KeyPair,
+) -> (String, String) {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut p = rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).expect("params");
+    p.distinguished_name.push(rcgen::DnType::CommonName, sans[0]);
+    p.extended_key_usages = vec![usage];
+    let cert = p.signed_by(&key, ca, ca_key).expect("sign");
+    (cert.pem(), key.serialize_pem())
+}
+
+fn make_pki(dir: &Path) -> Pki {
+    let write = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).expect("write PEM");
+        p
+    };
+    let (ca, ca_key) = make_ca("cim test CA");
+    let (sc, sk) = make_leaf(
+        &["localhost", "127.0.0.1"],
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        &ca,
+        &ca_key,
+    );
+    let (cc, ck) = make_leaf(&["client"], rcgen::ExtendedKeyUsagePurpose::ClientAuth, &ca, &ca_key);
+    let (rogue_ca, rogue_ca_key) = make_ca("rogue CA");
+    let (rc, rk) = make_leaf(
+        &["client"],
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        &rogue_ca,
+        &rogue_ca_key,
+    );
+    Pki {
+        ca: write("ca.pem", &ca.pem()),
+        server_cert: write("server.pem", &sc),
+        server_key: write("server-key.pem", &sk),
+        client_cert: write("client.pem", &cc),
+        client_key: write("client-key.pem", &ck),
+        rogue_cert: write("rogue.pem", &rc),
+        rogue_key: write("rogue-key.pem", &rk),
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_server_certificate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = make_pki(dir.path());
+    let server = NatsServer::start_with(&[
+        "--tls",
+        "--tlscert",
+        s(&pki.server_cert),
+        "--tlskey",
+        s(&pki.server_key),
+    ])
+    .await
+    .expect("start nats-server");
+    let url = server.url();
+
+    let good = options(&[(ENV_URL, &url), (ENV_CA, s(&pki.ca)), (ENV_TLS_REQUIRED, "true")]);
+    assert!(good.tls.required);
+    assert_eq!(good.tls.ca_files, vec![pki.ca.clone()]);
+    let t = connect(good).await.expect("connect over TLS with the CA");
+    round_trip(&t).await;
+    // a tls:// URL with the CA alone works too
+    let t2 = connect(options(&[
+        (ENV_URL, &format!("tls://127.0.0.1:{}", server.port())),
+        (ENV_CA, s(&pki.ca)),
+    ]))
+    .await
+    .expect("connect to tls:// with the CA");
+    t2.ensure_stream(&StreamSpec::for_domain("document", None).expect("spec"))
+        .await
+        .expect("stream exists");
+
+    // the server's certificate is not trusted without the CA
+    assert_refused(options(&[(ENV_URL, &url)]), "", "no CA").await;
+    assert_refused(
+        options(&[(ENV_URL, &url), (ENV_TLS_REQUIRED, "true")]),
+        "",
+        "no CA, TLS required",
+    )
+    .await;
+    // ... nor with another CA
+    let other = tempfile::tempdir().expect("tempdir");
+    let other_pki = make_pki(other.path());
+    assert_refused(options(&[(ENV_URL, &url), (ENV_CA, s(&other_pki.ca))]), "", "wrong CA").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_required_refuses_a_plain_server() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = make_pki(dir.path());
+    let server = NatsServer::start().await.expect("start nats-server");
+    assert_refused(
+        options(&[(ENV_URL, &server.url()), (ENV_TLS_REQUIRED, "1")]),
+        "",
+        "TLS required, plain server",
+    )
+    .await;
+    assert_refused(
+        options(&[(ENV_URL, &server.url()), (ENV_CA, s(&pki.ca))]),
+        "",
+        "CA given, plain server",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = make_pki(dir.path());
+    let server = NatsServer::start_with(&[
+        "--tlsverify",
+        "--tlscert",
+        s(&pki.server_cert),
+        "--tlskey",
+        s(&pki.server_key),
+        "--tlscacert",
+        s(&pki.ca),
+    ])
+    .await
+    .expect("start nats-server");
+    let url = server.url();
+
+    let good = options(&[
+        (ENV_URL, &url),
+        (ENV_CA, s(&pki.ca)),
+        (ENV_CERT, s(&pki.client_cert)),
+        (ENV_KEY, s(&pki.client_key)),
+    ]);
+    assert_eq!(
+        good.tls.client_cert,
+        Some((pki.client_cert.clone(), pki.client_key.clone()))
+    );
+    let key_pem = std::fs::read_to_string(&pki.client_key).expect("key");
+    let key_body = key_pem.lines().nth(1).expect("PEM body");
+    assert_redacted(&good, key_body);
+    let t = connect(good).await.expect("connect with a client certificate");
+    round_trip(&t).await;
+
+    assert_refused(
+        options(&[(ENV_URL, &url), (ENV_CA, s(&pki.ca))]),
+        "",
+        "no client certificate",
+    )
+    .await;
+    assert_refused(
+        options(&[
+            (ENV_URL, &url),
+            (ENV_CA, s(&pki.ca)),
+            (ENV_CERT, s(&pki.rogue_cert)),
+            (ENV_KEY, s(&pki.rogue_key)),
+        ]),
+        "",
+        "client certificate from another CA",
+    )
+    .await;
+    // a missing certificate file is an error too, not a panic
+    let missing = dir.path().join("missing.pem");
+    let o = options(&[
+        (ENV_URL, &url),
+        (ENV_CA, s(&pki.ca)),
+        (ENV_CERT, s(&missing)),
+        (ENV_KEY, s(&pki.client_key)),
+    ]);
+    assert!(connect(o).await.is_err(), "missing client certificate file");
+}
+
+/// `NATS_TLS_FIRST` against a server with `handshake_first` (nats-server 2.10+).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_first() {
+    let version = server_version().expect("nats-server version");
+    if version < (2, 10, 0) {
+        eprintln!("skipped: nats-server {version:?} has no handshake_first");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = make_pki(dir.path());
+    let config = format!(
+        "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  handshake_first: true\n}}\n",
+        s(&pki.server_cert),
+        s(&pki.server_key)
+    );
+    let server = NatsServer::start_with_config(&config).await.expect("start nats-server");
+    let url = server.url();
+
+    let good = options(&[(ENV_URL, &url), (ENV_CA, s(&pki.ca)), (ENV_TLS_FIRST, "true")]);
+    assert!(good.tls.first);
+    let t = connect(good).await.expect("connect with TLS first");
+    round_trip(&t).await;
+
+    // without TLS first the client waits for an INFO that never comes: refused, in time
+    assert_refused(
+        options(&[(ENV_URL, &url), (ENV_CA, s(&pki.ca))]),
+        "",
+        "TLS first not set",
+    )
+    .await;
+}

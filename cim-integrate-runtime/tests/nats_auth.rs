@@ -11,8 +11,8 @@ use cim_integrate_runtime::Envelope;
 use cim_integrate_runtime::subject::{Subject, SubjectPattern};
 use cim_integrate_runtime::testing::{NatsServer, server_version};
 use cim_integrate_runtime::transport::nats::{
-    ENV_CA, ENV_CERT, ENV_KEY, ENV_NKEY_FILE, ENV_NKEY_SEED, ENV_PASSWORD, ENV_TLS_FIRST, ENV_TLS_REQUIRED, ENV_TOKEN,
-    ENV_URL, ENV_USER, NatsAuth, NatsOptions, NatsTransport,
+    ENV_CA, ENV_CERT, ENV_CREDS, ENV_KEY, ENV_NKEY_FILE, ENV_NKEY_SEED, ENV_PASSWORD, ENV_TLS_FIRST, ENV_TLS_REQUIRED,
+    ENV_TOKEN, ENV_URL, ENV_USER, NatsAuth, NatsOptions, NatsTransport,
 };
 use cim_integrate_runtime::transport::{Consumer, ConsumerSpec, StreamSpec, Transport, TransportError};
 use std::collections::HashMap;
@@ -454,4 +454,33 @@ async fn tls_first() {
         "TLS first not set",
     )
     .await;
+}
+
+/// `NATS_CREDS` without an operator setup: a missing or malformed file is a typed error before
+/// any connection, and `Debug` shows the path only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_file_errors() {
+    let server = NatsServer::start().await.expect("start nats-server");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("missing.creds");
+    let o = options(&[(ENV_URL, &server.url()), (ENV_CREDS, s(&missing))]);
+    assert_eq!(o.auth, NatsAuth::CredentialsFile(missing.clone()));
+    match connect(o).await {
+        Ok(_) => panic!("missing creds file: connected"),
+        Err(e) => assert!(matches!(e, TransportError::Invalid(_)), "{e:?}"),
+    }
+    let garbage = dir.path().join("garbage.creds");
+    std::fs::write(&garbage, "not-a-jwt SUSECRETSEEDTEXT\n").expect("write");
+    let o = options(&[(ENV_URL, &server.url()), (ENV_CREDS, s(&garbage))]);
+    assert_redacted(&o, "SUSECRETSEEDTEXT");
+    match connect(o).await {
+        Ok(_) => panic!("malformed creds file: connected"),
+        Err(e) => {
+            assert!(
+                matches!(e, TransportError::Invalid(_) | TransportError::Connection(_)),
+                "{e:?}"
+            );
+            assert!(!e.to_string().contains("SUSECRETSEEDTEXT"), "{e}");
+        }
+    }
 }

@@ -301,6 +301,9 @@ impl<T: Transport> DynRequest for T {
     }
 }
 
+/// The future of a command send: resolves to the handler's acknowledgement.
+pub type SendFuture<'a> = futures::future::BoxFuture<'a, Result<CommandAck, CommandError>>;
+
 /// Sends commands and waits for their acknowledgement. Cheap to clone.
 ///
 /// ```
@@ -354,34 +357,31 @@ impl CommandBus {
     }
 
     /// Sends `command` as the root of a new conversation and waits for its acknowledgement.
-    pub async fn send<C: Command>(&self, command: &C) -> Result<CommandAck, CommandError> {
-        self.send_with(Identity::root(), command, self.timeout).await
+    ///
+    /// (The sending methods return a boxed future that does not name `C`, so a type that is not
+    /// a command gives exactly one compile error, on the argument.)
+    pub fn send<'a, C: Command>(&'a self, command: &C) -> SendFuture<'a> {
+        self.send_with(Identity::root(), command, self.timeout)
     }
 
     /// Sends `command` as caused by the message with identity `parent` (same correlation id,
     /// `parent`'s message id as causation id).
-    pub async fn send_caused_by<C: Command>(&self, parent: &Identity, command: &C) -> Result<CommandAck, CommandError> {
-        self.send_with(parent.child(), command, self.timeout).await
+    pub fn send_caused_by<'a, C: Command>(&'a self, parent: &Identity, command: &C) -> SendFuture<'a> {
+        self.send_with(parent.child(), command, self.timeout)
     }
 
     /// Sends `command` with an explicit identity and timeout. Sending again with the same
     /// identity is idempotent while the handler's service remembers the result.
-    pub async fn send_with<C: Command>(
-        &self,
-        identity: Identity,
-        command: &C,
-        timeout: Duration,
-    ) -> Result<CommandAck, CommandError> {
-        let payload = command.encode()?;
-        self.send_encoded(
-            identity,
-            &C::subject(),
-            C::TYPE_NAME,
-            <C as PayloadVersion>::VERSION,
-            payload,
-            timeout,
-        )
-        .await
+    pub fn send_with<'a, C: Command>(&'a self, identity: Identity, command: &C, timeout: Duration) -> SendFuture<'a> {
+        // Encoded now, so the future borrows nothing of `command` and does not depend on `C`.
+        let payload = command.encode();
+        let subject = C::subject();
+        let (command_type, version) = (C::TYPE_NAME, <C as PayloadVersion>::VERSION);
+        Box::pin(async move {
+            let payload = payload?;
+            self.send_encoded(identity, &subject, command_type, version, payload, timeout)
+                .await
+        })
     }
 
     /// Sends an already encoded command (what process managers replay from their outbox).

@@ -1,7 +1,8 @@
 //! Authentication and TLS of the NATS transport against private nats-servers that require them:
-//! user/password, token, NKey and TLS (server-only and mutual). For each: the right credentials
-//! connect and carry a JetStream round trip; wrong or missing ones fail with a typed
-//! `TransportError` in bounded time; `Debug` of the options never shows the secret.
+//! user/password, token, NKey, JWT `.creds` (operator mode) and TLS (server-only and mutual).
+//! For each: the right credentials connect and carry a JetStream round trip; wrong or missing
+//! ones fail with a typed `TransportError` in bounded time; `Debug` of the options never shows
+//! the secret.
 //!
 //! Options are built with `NatsOptions::from_lookup`, the code path of `from_env` without
 //! mutating the process environment (unsound across the test threads).
@@ -483,4 +484,147 @@ async fn credentials_file_errors() {
             assert!(!e.to_string().contains("SUSECRETSEEDTEXT"), "{e}");
         }
     }
+}
+
+/// A signed NATS JWT (v2) for `claims`, issued by `issuer` about `subject`. The `jti` is the
+/// base32 (no padding) SHA-256 of the claims without it, as the Go `jwt` library computes it.
+fn nats_jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, nats: serde_json::Value) -> String {
+    use sha2::Digest;
+    let iat = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let mut claims = serde_json::json!({
+        "iat": iat,
+        "iss": issuer.public_key(),
+        "name": name,
+        "sub": subject,
+        "nats": nats,
+    });
+    let jti = data_encoding::BASE32_NOPAD.encode(&sha2::Sha256::digest(claims.to_string().as_bytes()));
+    claims["jti"] = serde_json::Value::String(jti);
+    let b64 = |v: &serde_json::Value| data_encoding::BASE64URL_NOPAD.encode(v.to_string().as_bytes());
+    let header = serde_json::json!({"typ": "JWT", "alg": "ed25519-nkey"});
+    let signing_input = format!("{}.{}", b64(&header), b64(&claims));
+    let sig = issuer.sign(signing_input.as_bytes()).expect("sign");
+    format!("{signing_input}.{}", data_encoding::BASE64URL_NOPAD.encode(&sig))
+}
+
+/// An account JWT with unlimited core and JetStream limits.
+fn account_jwt(operator: &nkeys::KeyPair, account: &nkeys::KeyPair, name: &str) -> String {
+    nats_jwt(
+        operator,
+        &account.public_key(),
+        name,
+        serde_json::json!({
+            "limits": {
+                "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+                "wildcards": true, "conn": -1, "leaf": -1,
+                "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1,
+            },
+            "default_permissions": { "pub": {}, "sub": {} },
+            "type": "account",
+            "version": 2,
+        }),
+    )
+}
+
+/// A `.creds` file for `user`, issued by `account`, in the format `nsc` writes.
+fn user_creds(account: &nkeys::KeyPair, user: &nkeys::KeyPair, name: &str) -> String {
+    let jwt = nats_jwt(
+        account,
+        &user.public_key(),
+        name,
+        serde_json::json!({
+            "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1,
+            "type": "user",
+            "version": 2,
+        }),
+    );
+    format!(
+        "-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n\n\
+         ************************* IMPORTANT *************************\n\
+         NKEY Seed printed below can be used to sign and prove identity.\n\
+         NKEYs are sensitive and should be treated as secrets.\n\n\
+         -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n\n\
+         *************************************************************\n",
+        user.seed().expect("seed")
+    )
+}
+
+/// `NATS_CREDS` against a server in operator mode (JWT auth, memory resolver): the user's
+/// `.creds` file connects and carries a JetStream round trip; a user issued by an account the
+/// server does not know, or whose JWT carries a forged signature, is refused; `Debug` shows
+/// neither the seed nor the JWT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_file_operator_mode() {
+    let operator = nkeys::KeyPair::new_operator();
+    // JetStream in operator mode needs a system account
+    let system = nkeys::KeyPair::new_account();
+    let account = nkeys::KeyPair::new_account();
+    let user = nkeys::KeyPair::new_user();
+    let operator_jwt = nats_jwt(
+        &operator,
+        &operator.public_key(),
+        "cim-op",
+        serde_json::json!({ "system_account": system.public_key(), "type": "operator", "version": 2 }),
+    );
+    let system_jwt = nats_jwt(
+        &operator,
+        &system.public_key(),
+        "SYS",
+        serde_json::json!({ "type": "account", "version": 2 }),
+    );
+    let config = format!(
+        "operator: \"{operator_jwt}\"\nsystem_account: {}\nresolver: MEMORY\n\
+         resolver_preload: {{\n  {}: \"{system_jwt}\"\n  {}: \"{}\"\n}}\n",
+        system.public_key(),
+        system.public_key(),
+        account.public_key(),
+        account_jwt(&operator, &account, "cim-acc")
+    );
+    let server = NatsServer::start_with_config(&config).await.expect("start nats-server");
+    let url = server.url();
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let creds_text = user_creds(&account, &user, "cim-user");
+    let creds = dir.path().join("user.creds");
+    std::fs::write(&creds, &creds_text).expect("write creds");
+    let seed = user.seed().expect("seed");
+    let jwt_line = creds_text.lines().nth(1).expect("JWT line").to_owned();
+
+    let good = options(&[(ENV_URL, &url), (ENV_CREDS, s(&creds))]);
+    assert_eq!(good.auth, NatsAuth::CredentialsFile(creds.clone()));
+    assert_redacted(&good, &seed);
+    assert_redacted(&good, &jwt_line);
+    let t = connect(good).await.expect("connect with the creds file");
+    round_trip(&t).await;
+
+    // no credentials at all
+    assert_refused(options(&[(ENV_URL, &url)]), "", "no creds").await;
+
+    // a user issued by another account (signed with a key the operator never vouched for)
+    let rogue_account = nkeys::KeyPair::new_account();
+    let rogue_user = nkeys::KeyPair::new_user();
+    let rogue_seed = rogue_user.seed().expect("seed");
+    let rogue = dir.path().join("rogue.creds");
+    std::fs::write(&rogue, user_creds(&rogue_account, &rogue_user, "rogue")).expect("write creds");
+    let o = options(&[(ENV_URL, &url), (ENV_CREDS, s(&rogue))]);
+    assert_redacted(&o, &rogue_seed);
+    assert_refused(o, &rogue_seed, "user of an unknown account").await;
+
+    // the right account as issuer, but the signature made with another key
+    let genuine = user_creds(&account, &rogue_user, "forged");
+    let jwt = genuine.lines().nth(1).expect("JWT line");
+    let signing_input = &jwt[..jwt.rfind('.').expect("signed JWT")];
+    let sig = rogue_account.sign(signing_input.as_bytes()).expect("sign");
+    let forged_jwt = format!("{signing_input}.{}", data_encoding::BASE64URL_NOPAD.encode(&sig));
+    let forged = dir.path().join("forged.creds");
+    std::fs::write(&forged, genuine.replace(jwt, &forged_jwt)).expect("write creds");
+    assert_refused(
+        options(&[(ENV_URL, &url), (ENV_CREDS, s(&forged))]),
+        &rogue_seed,
+        "user JWT signed with another key",
+    )
+    .await;
 }

@@ -820,7 +820,13 @@ async fn handle<KV: KeyValue>(h: &Served<KV>, request: IncomingRequest) {
                 }
             }
         }
-        let ctx = Context::new(&envelope, 1, &h.scope, h.prefix.clone(), h.publisher.clone());
+        let ctx = Context::new(
+            &envelope,
+            1,
+            std::sync::Arc::from(h.scope.as_str()),
+            h.prefix.clone(),
+            h.publisher.clone(),
+        );
         let reply = match (h.registration.invoke)(ctx, envelope.payload()) {
             Err(reason) => WireReply::Rejected {
                 reason: format!("undecodable {}: {reason}", h.registration.command_type),

@@ -49,6 +49,18 @@ pub trait DedupStore: Send + Sync + 'static {
     fn seen<'a>(&'a self, handler: &'a str, id: MessageId) -> BoxFuture<'a, Result<bool, DedupError>>;
     /// Records that `handler` handled `id` successfully.
     fn mark<'a>(&'a self, handler: &'a str, id: MessageId) -> BoxFuture<'a, Result<(), DedupError>>;
+
+    /// [`seen`](Self::seen), answered at once by a store that never waits (in memory), sparing
+    /// the dispatcher a boxed future per message. `None` (the default): use `seen`.
+    fn seen_now(&self, _handler: &str, _id: MessageId) -> Option<Result<bool, DedupError>> {
+        None
+    }
+
+    /// [`mark`](Self::mark), done at once by a store that never waits. `None` (the default): use
+    /// `mark`.
+    fn mark_now(&self, _handler: &str, _id: MessageId) -> Option<Result<(), DedupError>> {
+        None
+    }
 }
 
 /// Marks in process memory, with a TTL. Lost on restart: for tests and single-process use.
@@ -75,18 +87,17 @@ impl Default for MemoryDedup {
     }
 }
 
-impl DedupStore for MemoryDedup {
-    fn seen<'a>(&'a self, handler: &'a str, id: MessageId) -> BoxFuture<'a, Result<bool, DedupError>> {
+impl MemoryDedup {
+    fn check(&self, handler: &str, id: MessageId) -> bool {
         let now = Instant::now();
         let marks = self.marks.lock().unwrap_or_else(|e| e.into_inner());
-        let seen = marks
+        marks
             .get(handler)
             .and_then(|m| m.get(&id))
-            .is_some_and(|at| *at + self.ttl > now);
-        Box::pin(std::future::ready(Ok(seen)))
+            .is_some_and(|at| *at + self.ttl > now)
     }
 
-    fn mark<'a>(&'a self, handler: &'a str, id: MessageId) -> BoxFuture<'a, Result<(), DedupError>> {
+    fn record(&self, handler: &str, id: MessageId) {
         let now = Instant::now();
         let mut marks = self.marks.lock().unwrap_or_else(|e| e.into_inner());
         if !marks.contains_key(handler) {
@@ -98,7 +109,26 @@ impl DedupStore for MemoryDedup {
             }
             handler_marks.insert(id, now);
         }
+    }
+}
+
+impl DedupStore for MemoryDedup {
+    fn seen<'a>(&'a self, handler: &'a str, id: MessageId) -> BoxFuture<'a, Result<bool, DedupError>> {
+        Box::pin(std::future::ready(Ok(self.check(handler, id))))
+    }
+
+    fn mark<'a>(&'a self, handler: &'a str, id: MessageId) -> BoxFuture<'a, Result<(), DedupError>> {
+        self.record(handler, id);
         Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn seen_now(&self, handler: &str, id: MessageId) -> Option<Result<bool, DedupError>> {
+        Some(Ok(self.check(handler, id)))
+    }
+
+    fn mark_now(&self, handler: &str, id: MessageId) -> Option<Result<(), DedupError>> {
+        self.record(handler, id);
+        Some(Ok(()))
     }
 }
 

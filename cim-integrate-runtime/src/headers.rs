@@ -42,7 +42,7 @@ pub enum HeaderError {
 ///
 /// Cloning is cheap (the entries are shared and copied on the first write), because every
 /// delivery and envelope carries a copy.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Headers {
     entries: std::sync::Arc<Vec<(String, String)>>,
 }
@@ -53,6 +53,16 @@ fn valid_name(name: &str) -> bool {
 
 fn valid_value(value: &str) -> bool {
     !value.bytes().any(|b| b == b'\r' || b == b'\n')
+}
+
+/// One shared empty list: empty headers (most received messages' extra headers) allocate nothing.
+static EMPTY: std::sync::LazyLock<std::sync::Arc<Vec<(String, String)>>> =
+    std::sync::LazyLock::new(|| std::sync::Arc::new(Vec::new()));
+
+impl Default for Headers {
+    fn default() -> Self {
+        Self { entries: EMPTY.clone() }
+    }
 }
 
 impl Headers {

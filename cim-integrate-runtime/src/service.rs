@@ -332,6 +332,7 @@ impl<T: Transport> ServiceBuilder<T> {
                 metrics: HandlerMetrics::new(domain, &set, &durable, reg.event_type),
                 set: Arc::from(set.as_str()),
                 name: Arc::from(reg.name.as_str()),
+                durable_name: Arc::from(durable.as_str()),
                 durable,
                 dlq_subject,
                 breaker,
@@ -506,6 +507,8 @@ struct HandlerRuntime {
     /// The handler's name.
     name: Arc<str>,
     durable: String,
+    /// `durable`, shared with every `Context` without a copy.
+    durable_name: Arc<str>,
     dlq_subject: Subject,
     registration: Registration,
     prefix: Option<Subject>,
@@ -656,7 +659,11 @@ async fn process_envelope<A: Acker>(h: &HandlerRuntime, d: Delivery<A>, envelope
         tracing::debug!(event_type, "another event type; acknowledging without running");
         return settle(d.ack().await);
     }
-    match h.dedup.seen(&h.durable, id).await {
+    let seen = match h.dedup.seen_now(&h.durable, id) {
+        Some(r) => r,
+        None => h.dedup.seen(&h.durable, id).await,
+    };
+    match seen {
         Ok(true) => {
             h.counters.duplicates.fetch_add(1, Ordering::Relaxed);
             h.metrics.outcome(monitor::Outcome::Duplicate);
@@ -692,8 +699,14 @@ async fn process_envelope<A: Acker>(h: &HandlerRuntime, d: Delivery<A>, envelope
                 return settle(d.nak(Some(open.retry_after.max(MIN_DEFERRAL))).await);
             }
         };
-        let ctx = Context::new(&envelope, attempt, &h.durable, h.prefix.clone(), h.publisher.clone())
-            .observed_by(&h.set, &h.name, &h.log);
+        let ctx = Context::new(
+            &envelope,
+            attempt,
+            h.durable_name.clone(),
+            h.prefix.clone(),
+            h.publisher.clone(),
+        )
+        .observed_by(&h.set, &h.name, &h.log);
         let outcome = match (h.registration.invoke)(ctx, envelope.payload()) {
             // Says nothing about the downstream: the permit is dropped unrecorded.
             Err(reason) => Outcome::DeadLetter(
@@ -736,7 +749,11 @@ async fn process_envelope<A: Acker>(h: &HandlerRuntime, d: Delivery<A>, envelope
         };
         match outcome {
             Outcome::Done => {
-                if let Err(e) = h.dedup.mark(&h.durable, id).await {
+                let marked = match h.dedup.mark_now(&h.durable, id) {
+                    Some(r) => r,
+                    None => h.dedup.mark(&h.durable, id).await,
+                };
+                if let Err(e) = marked {
                     // The handler succeeded; acking is right. Only a lost ack could now re-run it.
                     tracing::warn!(error = %e, "dedup mark failed; acknowledging anyway");
                 }

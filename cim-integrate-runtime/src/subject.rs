@@ -213,6 +213,11 @@ pub const fn pattern_matches(pattern: &str, subject: &str) -> bool {
     if !is_valid_pattern(pattern) || !is_valid_subject(subject) {
         return false;
     }
+    matches_valid(pattern, subject)
+}
+
+/// [`pattern_matches`] for inputs already known to be valid (no re-validation).
+const fn matches_valid(pattern: &str, subject: &str) -> bool {
     let p = pattern.as_bytes();
     let s = subject.as_bytes();
     let (mut pi, mut si) = (0, 0);
@@ -382,6 +387,13 @@ impl SubjectPattern {
     /// matches; invalid subjects never match.
     pub fn matches_str(&self, subject: &str) -> bool {
         pattern_matches(&self.0, subject)
+    }
+
+    /// `true` if `subject`, known to be a valid subject (it came from a [`Subject`]), matches.
+    /// Skips re-validating it; a transport's hot path uses this for stored subjects.
+    pub(crate) fn matches_valid(&self, subject: &str) -> bool {
+        debug_assert!(is_valid_subject(subject));
+        matches_valid(&self.0, subject)
     }
 
     /// `true` if some concrete subject matches both patterns.

@@ -50,7 +50,7 @@ struct Inner {
     subject: Subject,
     occurred: Timestamp,
     delivered: u64,
-    handler: String,
+    handler: Arc<str>,
     prefix: Option<Subject>,
     publisher: Arc<dyn DynPublish>,
     published: AtomicU32,
@@ -86,7 +86,7 @@ impl Context {
     pub(crate) fn new(
         envelope: &Envelope,
         delivered: u64,
-        handler: &str,
+        handler: Arc<str>,
         prefix: Option<Subject>,
         publisher: Arc<dyn DynPublish>,
     ) -> Self {
@@ -96,7 +96,7 @@ impl Context {
                 subject: envelope.subject().clone(),
                 occurred: envelope.occurred(),
                 delivered,
-                handler: handler.to_owned(),
+                handler,
                 prefix,
                 publisher,
                 published: AtomicU32::new(0),
@@ -116,7 +116,7 @@ impl Context {
     /// A context for calling a handler directly (in a unit test, or from a saga), publishing to
     /// `transport` as if handling `envelope` as `handler`.
     pub fn detached<T: Transport>(transport: T, envelope: &Envelope, handler: &str) -> Self {
-        Self::new(envelope, 1, handler, None, Arc::new(transport))
+        Self::new(envelope, 1, Arc::from(handler), None, Arc::new(transport))
     }
 
     /// The handled message's identity.

@@ -210,7 +210,7 @@ impl StreamState {
                 let found = messages
                     .iter()
                     .skip(skip)
-                    .find(|m| c.spec.filter.matches_str(&m.subject))
+                    .find(|m| c.spec.filter.matches_valid(&m.subject))
                     .map(|m| m.seq);
                 c.next_seq = found.map_or(first_seq + messages.len() as u64, |s| s + 1);
                 found

@@ -182,10 +182,24 @@ fn field<'a>(span: &'a SpanRecord, name: &str) -> &'a str {
     span.fields.get(name).map(String::as_str).unwrap_or_default()
 }
 
+/// One capturing subscriber for the whole test binary, installed globally once. A scoped
+/// (`set_default`) subscriber races with tracing's global callsite-interest cache while other
+/// tests run on other threads, and a span can then go unrecorded; so tests share this one and
+/// find their own spans and events by correlation id or by names no other test uses.
+fn captured() -> Captured {
+    static GLOBAL: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
+    GLOBAL
+        .get_or_init(|| {
+            let c = Captured::default();
+            let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry().with(c.clone()));
+            c
+        })
+        .clone()
+}
+
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn spans_carry_the_correlation_id_through_a_cascade() {
-    let captured = Captured::default();
-    let _guard = tracing::subscriber::set_default(tracing_subscriber::registry().with(captured.clone()));
+    let captured = captured();
 
     let t = setup().await;
     let runs = Arc::new(AtomicU32::new(0));
@@ -203,13 +217,20 @@ async fn spans_carry_the_correlation_id_through_a_cascade() {
     let spans = captured.spans.lock().expect("lock").clone();
     let handle_review = spans
         .iter()
-        .find(|s| s.name == "handle" && field(s, "handler") == "workflow-start_review")
+        .find(|s| {
+            s.name == "handle"
+                && field(s, "handler") == "workflow-start_review"
+                && field(s, "correlation_id") == correlation
+        })
         .expect("handle span of start_review");
     assert_eq!(field(handle_review, "correlation_id"), correlation);
     assert_eq!(field(handle_review, "message_id"), root.message_id().to_string());
     assert_eq!(field(handle_review, "subject"), "document.created");
 
-    let publish = spans.iter().find(|s| s.name == "publish").expect("publish span");
+    let publish = spans
+        .iter()
+        .find(|s| s.name == "publish" && field(s, "correlation_id") == correlation)
+        .expect("publish span");
     assert_eq!(field(publish, "subject"), "workflow.started");
     assert_eq!(field(publish, "handler"), "workflow-start_review");
     assert_eq!(field(publish, "correlation_id"), correlation);
@@ -217,7 +238,11 @@ async fn spans_carry_the_correlation_id_through_a_cascade() {
 
     let handle_notify = spans
         .iter()
-        .find(|s| s.name == "handle" && field(s, "handler") == "notification-notify")
+        .find(|s| {
+            s.name == "handle"
+                && field(s, "handler") == "notification-notify"
+                && field(s, "correlation_id") == correlation
+        })
         .expect("handle span of notify");
     assert_eq!(field(handle_notify, "correlation_id"), correlation);
     assert_eq!(field(handle_notify, "message_id"), field(publish, "message_id"));
@@ -227,8 +252,13 @@ async fn spans_carry_the_correlation_id_through_a_cascade() {
     for message in ["starting review", "notifying"] {
         let e = events
             .iter()
-            .find(|e| e.message == message)
-            .unwrap_or_else(|| panic!("event {message:?} in {events:#?}"));
+            .find(|e| {
+                e.message == message
+                    && e.scope
+                        .iter()
+                        .any(|s| s.name == "handle" && field(s, "correlation_id") == correlation)
+            })
+            .unwrap_or_else(|| panic!("event {message:?} inside a handle span of this conversation in {events:#?}"));
         let handle = e
             .scope
             .iter()
@@ -240,8 +270,7 @@ async fn spans_carry_the_correlation_id_through_a_cascade() {
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn integration_points_get_a_span_with_the_identity() {
-    let captured = Captured::default();
-    let _guard = tracing::subscriber::set_default(tracing_subscriber::registry().with(captured.clone()));
+    let captured = captured();
     let identity = Identity::root();
     let point = IntegrationPoint::new("saga_step", "publishing.index")
         .source("document")

@@ -394,10 +394,7 @@ impl CommandBus {
         payload: Bytes,
         timeout: Duration,
     ) -> Result<CommandAck, CommandError> {
-        let subject = match &self.prefix {
-            Some(p) => subject.with_prefix(p)?,
-            None => subject.clone(),
-        };
+        let subject = subject.under(self.prefix.as_ref())?;
         let envelope = Envelope::with_identity(identity, subject.clone(), payload).typed(command_type, version);
         let span = tracing::debug_span!(
             "send_command",
@@ -660,10 +657,7 @@ impl<T: Transport> CommandServiceBuilder<T> {
         let mut tasks = JoinSet::new();
         let mut served = Vec::new();
         for (set, reg) in self.handlers {
-            let subject = match &self.prefix {
-                Some(p) => reg.subject.with_prefix(p)?,
-                None => reg.subject.clone(),
-            };
+            let subject = reg.subject.under(self.prefix.as_ref())?;
             let pattern = SubjectPattern::new(subject.as_str())?;
             let group = queue_group(&subject);
             let responder = self.transport.serve(&pattern, &group).await?;

@@ -704,10 +704,7 @@ impl<T: Transport, S: Serialize + DeserializeOwned + Default + Send + 'static> E
         let payload = Bytes::from(effect.payload.clone().into_bytes());
         match effect.kind {
             EffectKind::Publish => {
-                let subject = match &self.prefix {
-                    Some(p) => subject.with_prefix(p).map_err(|e| fail(e.to_string()))?,
-                    None => subject,
-                };
+                let subject = subject.under(self.prefix.as_ref()).map_err(|e| fail(e.to_string()))?;
                 let envelope = Envelope::with_identity(effect.identity, subject, payload)
                     .typed(effect.type_name.as_str(), effect.version.as_str());
                 self.publisher

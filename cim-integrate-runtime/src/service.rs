@@ -291,10 +291,7 @@ impl<T: Transport> ServiceBuilder<T> {
                 }
                 other => other?,
             }
-            let filter = match &self.prefix {
-                Some(p) => reg.pattern.with_prefix(p)?,
-                None => reg.pattern.clone(),
-            };
+            let filter = reg.pattern.under(self.prefix.as_ref())?;
             let concurrency = if reg.options.ordered {
                 1
             } else {
@@ -305,11 +302,8 @@ impl<T: Transport> ServiceBuilder<T> {
                 .ack_wait(reg.options.ack_wait)
                 .max_ack_pending(u32::try_from(concurrency.saturating_mul(4)).unwrap_or(u32::MAX).max(1));
             let consumer = self.transport.consumer(&spec).await?;
-            let dlq_subject = Subject::from_tokens([DEAD_LETTER_TOKEN, set.as_str(), reg.name.as_str()])?;
-            let dlq_subject = match &self.prefix {
-                Some(p) => dlq_subject.with_prefix(p)?,
-                None => dlq_subject,
-            };
+            let dlq_subject = Subject::from_tokens([DEAD_LETTER_TOKEN, set.as_str(), reg.name.as_str()])?
+                .under(self.prefix.as_ref())?;
             plans.push((spec, consumer, durable, dlq_subject, (set, reg), concurrency));
         }
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -389,13 +383,7 @@ fn check_token(name: &str) -> Result<(), ServiceError> {
 /// `prod.dlq.>`).
 pub fn dead_letter_stream(prefix: Option<&Subject>) -> Result<StreamSpec, ServiceError> {
     let mut spec = StreamSpec::for_domain(DEAD_LETTER_TOKEN, prefix)?;
-    spec.name = match prefix {
-        Some(p) => format!(
-            "{}_{DEAD_LETTER_STREAM_NAME}",
-            p.as_str().to_ascii_uppercase().replace(['.', '-'], "_")
-        ),
-        None => DEAD_LETTER_STREAM_NAME.to_owned(),
-    };
+    spec.name = crate::transport::prefixed_name(prefix, DEAD_LETTER_STREAM_NAME);
     Ok(spec)
 }
 
@@ -912,9 +900,5 @@ async fn dead_letter<A: Acker>(h: &HandlerRuntime, d: Delivery<A>, kind: DeadLet
 
 /// The dead-letter subject pattern of a service set, for tools that read dead letters.
 pub fn dead_letter_pattern(prefix: Option<&Subject>) -> Result<SubjectPattern, SubjectError> {
-    let p = SubjectPattern::new(format!("{DEAD_LETTER_TOKEN}.>"))?;
-    match prefix {
-        Some(prefix) => p.with_prefix(prefix),
-        None => Ok(p),
-    }
+    SubjectPattern::new(format!("{DEAD_LETTER_TOKEN}.>"))?.under(prefix)
 }

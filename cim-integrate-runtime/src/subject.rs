@@ -320,6 +320,12 @@ impl Subject {
         Self::new(format!("{prefix}.{}", self.0))
     }
 
+    /// This subject under an optional deployment prefix: [`with_prefix`](Self::with_prefix), or
+    /// a clone without one.
+    pub fn under(&self, prefix: Option<&Subject>) -> Result<Self, SubjectError> {
+        prefix.map_or_else(|| Ok(self.clone()), |p| self.with_prefix(p))
+    }
+
     #[doc(hidden)]
     /// Wraps a literal already checked at compile time by [`subject!`](crate::subject!).
     pub fn __from_checked_literal(s: &'static str) -> Self {
@@ -409,6 +415,11 @@ impl SubjectPattern {
     /// Prepends a deployment prefix.
     pub fn with_prefix(&self, prefix: &Subject) -> Result<Self, SubjectError> {
         Self::new(format!("{prefix}.{}", self.0))
+    }
+
+    /// This pattern under an optional deployment prefix.
+    pub fn under(&self, prefix: Option<&Subject>) -> Result<Self, SubjectError> {
+        prefix.map_or_else(|| Ok(self.clone()), |p| self.with_prefix(p))
     }
 }
 

@@ -85,10 +85,7 @@ impl<T: Transport> Waiter<T> {
             Err(TransportError::StreamConflict { .. }) | Ok(()) => {}
             Err(e) => return Err(e.into()),
         }
-        let subject = match &self.prefix {
-            Some(p) => subject.with_prefix(p)?,
-            None => subject,
-        };
+        let subject = subject.under(self.prefix.as_ref())?;
         let durable = format!("waiter-{}", uuid::Uuid::now_v7().simple());
         let spec = ConsumerSpec::new(stream.name.clone(), durable, SubjectPattern::new(subject.as_str())?)
             .deliver(DeliverPolicy::New)

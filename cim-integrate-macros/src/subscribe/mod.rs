@@ -137,7 +137,7 @@ pub fn expand_subscribe(attr: TokenStream, item: TokenStream) -> TokenStream {
         );
         return errors::with_item(e, f);
     }
-    let a = parse::subscribe_args(attr, parse::FN_KEYS, Span::call_site(), &mut errors);
+    let a = parse::subscribe_args(attr, &parse::fn_keys(), Span::call_site(), &mut errors);
     if a.domain.is_none() && a.pattern.is_some() {
         errors.push(syn::Error::new(
             Span::call_site(),

@@ -41,25 +41,11 @@ pub(crate) const METHOD_KEYS: &[&str] = &[
     BREAKER_COOL_DOWN,
     BREAKER_PROBES,
 ];
-/// Keys of `#[subscribe]` on a free function (which has no `#[handlers]` to name the domain).
-pub(crate) const FN_KEYS: &[&str] = &[
-    DOMAIN,
-    NAME,
-    DURABLE,
-    MAX_ATTEMPTS,
-    BACKOFF,
-    MAX_BACKOFF,
-    CONCURRENCY,
-    DELIVER,
-    ORDERED,
-    ACK_WAIT,
-    PUBLISHES,
-    BREAKER_THRESHOLD,
-    BREAKER_WINDOW,
-    BREAKER_COOL_DOWN,
-    BREAKER_PROBES,
-    CRATE,
-];
+/// Keys of `#[subscribe]` on a free function (which has no `#[handlers]` to name the domain):
+/// the method keys plus `domain` and `crate`.
+pub(crate) fn fn_keys() -> Vec<&'static str> {
+    METHOD_KEYS.iter().copied().chain([DOMAIN, CRATE]).collect()
+}
 /// Keys of `#[handlers]`.
 pub(crate) const HANDLERS_KEYS: &[&str] = &[DOMAIN, CRATE];
 

@@ -153,10 +153,7 @@ impl Context {
     }
 
     fn full_subject(&self, subject: &Subject) -> Result<Subject, SubjectError> {
-        match &self.inner.prefix {
-            Some(p) => subject.with_prefix(p),
-            None => Ok(subject.clone()),
-        }
+        subject.under(self.inner.prefix.as_ref())
     }
 
     /// Publishes `event` as a message caused by the handled one (same correlation id, the handled

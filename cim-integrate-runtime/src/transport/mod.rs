@@ -170,12 +170,13 @@ impl StreamSpec {
     pub fn for_domain(domain: &str, prefix: Option<&Subject>) -> Result<Self, TransportError> {
         let invalid = |e| TransportError::Invalid(format!("domain `{domain}`: {e}"));
         crate::subject::check_token(domain).map_err(invalid)?;
-        let mut pattern = SubjectPattern::new(format!("{domain}.>")).map_err(invalid)?;
-        let mut name = format!("{}_EVENTS", domain.to_ascii_uppercase().replace('-', "_"));
-        if let Some(p) = prefix {
-            pattern = pattern.with_prefix(p).map_err(invalid)?;
-            name = format!("{}_{name}", p.as_str().to_ascii_uppercase().replace(['.', '-'], "_"));
-        }
+        let pattern = SubjectPattern::new(format!("{domain}.>"))
+            .and_then(|p| p.under(prefix))
+            .map_err(invalid)?;
+        let name = prefixed_name(
+            prefix,
+            &format!("{}_EVENTS", domain.to_ascii_uppercase().replace('-', "_")),
+        );
         Ok(Self::new(name, vec![pattern]))
     }
 
@@ -253,6 +254,15 @@ impl StreamSpec {
             d.push(format!("max age {:?}, wanted {:?}", existing.max_age, self.max_age));
         }
         (!d.is_empty()).then(|| d.join("; "))
+    }
+}
+
+/// A stream name under an optional deployment prefix: `prod.eu` + `DOCUMENT_EVENTS` =
+/// `PROD_EU_DOCUMENT_EVENTS`.
+pub fn prefixed_name(prefix: Option<&Subject>, base: &str) -> String {
+    match prefix {
+        Some(p) => format!("{}_{base}", p.as_str().to_ascii_uppercase().replace(['.', '-'], "_")),
+        None => base.to_owned(),
     }
 }
 

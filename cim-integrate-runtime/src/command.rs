@@ -20,24 +20,19 @@
 
 use crate::envelope::Envelope;
 use crate::event::{EncodeError, PayloadVersion, Versioned};
-use crate::handler::context::DynPublish;
 use crate::handler::{BoxError, Context, HandlerError, PublishError};
 use crate::headers::Headers;
 use crate::id::Identity;
-use crate::subject::{self, Subject, SubjectError, SubjectPattern};
-use crate::transport::{IncomingRequest, KeyValue, KvError, KvSpec, Reply, Request, Transport, TransportError};
+use crate::subject::{self, Subject, SubjectError};
+use crate::service::{Service, ServiceBuilder, ServiceError};
+use crate::transport::{Reply, Request, Transport, TransportError};
 use bytes::Bytes;
-use futures::FutureExt;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Semaphore, watch};
-use tokio::task::JoinSet;
 use tracing::Instrument;
 
 /// The first token of every command subject: `commands.document.create`.
@@ -133,7 +128,7 @@ impl CommandAck {
 /// The reply on the wire: an acknowledgement, or a failure of the handler.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
-enum WireReply {
+pub(crate) enum WireReply {
     Accepted,
     Rejected { reason: String },
     Failed { reason: String },
@@ -147,16 +142,16 @@ impl WireReply {
             Self::Failed { .. } => "failed",
         }
     }
-    fn to_reply(&self) -> Reply {
+    pub(crate) fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_else(|_| br#"{"status":"failed","reason":"unencodable reply"}"#.to_vec())
+    }
+    pub(crate) fn to_reply(&self) -> Reply {
         let mut headers = Headers::new();
         // A fixed ASCII name and value: cannot fail.
         let _ = headers.insert(ACK_STATUS, self.status());
         Reply {
             headers,
-            payload: Bytes::from(
-                serde_json::to_vec(self)
-                    .unwrap_or_else(|_| br#"{"status":"failed","reason":"unencodable reply"}"#.to_vec()),
-            ),
+            payload: Bytes::from(self.to_json()),
         }
     }
 }
@@ -445,7 +440,7 @@ pub struct CommandRegistration {
     name: String,
     subject: Subject,
     command_type: &'static str,
-    invoke: Arc<Invoke>,
+    pub(crate) invoke: Arc<Invoke>,
 }
 
 impl fmt::Debug for CommandRegistration {
@@ -519,6 +514,7 @@ pub trait CommandHandlerSet: Send + Sync + 'static {
     fn command_registrations(self: Arc<Self>) -> Vec<CommandRegistration>;
 }
 
+
 /// Why a command service could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum CommandServiceError {
@@ -536,49 +532,28 @@ pub enum CommandServiceError {
         /// The second handler.
         second: String,
     },
-    /// A name is not usable in subjects or queue groups.
-    #[error("invalid name `{name}`: {reason}")]
-    InvalidName {
-        /// The name.
-        name: String,
-        /// Why.
-        reason: String,
-    },
-    /// Serving a subject failed.
+    /// Anything else that stopped the service from starting.
     #[error(transparent)]
-    Transport(#[from] TransportError),
-    /// Opening the result cache failed.
-    #[error(transparent)]
-    KeyValue(#[from] KvError),
-    /// A subject could not be built.
-    #[error(transparent)]
-    Subject(#[from] SubjectError),
+    Service(ServiceError),
 }
 
-/// Builds and starts a [`CommandService`].
-pub struct CommandServiceBuilder<T: Transport> {
-    transport: T,
-    name: String,
-    prefix: Option<Subject>,
-    concurrency: usize,
-    result_ttl: Option<Duration>,
-    handlers: Vec<(String, CommandRegistration)>,
-}
-
-impl<T: Transport> fmt::Debug for CommandServiceBuilder<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CommandServiceBuilder")
-            .field("name", &self.name)
-            .field("handlers", &self.handlers)
-            .finish_non_exhaustive()
+impl From<ServiceError> for CommandServiceError {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::DuplicateCommandHandler {
+                command,
+                subject,
+                first,
+                second,
+            } => Self::DuplicateHandler {
+                command,
+                subject,
+                first,
+                second,
+            },
+            other => Self::Service(other),
+        }
     }
-}
-
-fn check_token(name: &str) -> Result<(), CommandServiceError> {
-    subject::check_token(name).map_err(|e| CommandServiceError::InvalidName {
-        name: name.chars().take(64).collect(),
-        reason: e.to_string(),
-    })
 }
 
 /// The queue group shared by every handler instance of a command: `commands_document_create`.
@@ -586,273 +561,100 @@ pub fn queue_group(subject: &Subject) -> String {
     subject.as_str().replace('.', "_")
 }
 
+/// Builds a [`CommandService`]: a [`Service`] with command handlers only. Commands run through
+/// the same [pipeline](crate::pipeline) as events; an app with events and commands registers
+/// both on one [`Service::builder`] ([`ServiceBuilder::commands`]) and has one lifecycle.
+pub struct CommandServiceBuilder<T: Transport> {
+    inner: ServiceBuilder<T>,
+}
+
+impl<T: Transport> fmt::Debug for CommandServiceBuilder<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
 impl<T: Transport> CommandServiceBuilder<T> {
     /// Deployment prefix (`prod` -> `prod.commands.document.create`).
-    pub fn prefix(mut self, prefix: Subject) -> Self {
-        self.prefix = Some(prefix);
-        self
+    pub fn prefix(self, prefix: Subject) -> Self {
+        Self {
+            inner: self.inner.prefix(prefix),
+        }
     }
 
     /// Most commands handled at once per handler (default 16).
-    pub fn concurrency(mut self, n: usize) -> Self {
-        self.concurrency = n.max(1);
-        self
+    pub fn concurrency(self, n: usize) -> Self {
+        Self {
+            inner: self.inner.command_concurrency(n),
+        }
     }
 
     /// How long acknowledgements are remembered so that a repeated send (same message id) is
     /// answered without running the handler again (default [`DEFAULT_RESULT_TTL`]). `None`
     /// remembers nothing.
-    pub fn result_ttl(mut self, ttl: Option<Duration>) -> Self {
-        self.result_ttl = ttl;
-        self
+    pub fn result_ttl(self, ttl: Option<Duration>) -> Self {
+        Self {
+            inner: self.inner.result_ttl(ttl),
+        }
     }
 
     /// Registers a set of handlers (usually generated by `#[command]` on an `impl` block).
     pub fn register<S: CommandHandlerSet>(self, set: S) -> Self {
-        self.register_arc(Arc::new(set))
+        Self {
+            inner: self.inner.commands(set),
+        }
     }
 
     /// Registers a shared set of handlers.
-    pub fn register_arc<S: CommandHandlerSet>(mut self, set: Arc<S>) -> Self {
-        let name = set.set_name().to_owned();
-        for r in set.command_registrations() {
-            self.handlers.push((name.clone(), r));
+    pub fn register_arc<S: CommandHandlerSet>(self, set: Arc<S>) -> Self {
+        Self {
+            inner: self.inner.commands_arc(set),
         }
-        self
     }
 
     /// Registers one handler under the set name `set`.
-    pub fn handler(mut self, set: &str, registration: CommandRegistration) -> Self {
-        self.handlers.push((set.to_owned(), registration));
-        self
+    pub fn handler(self, set: &str, registration: CommandRegistration) -> Self {
+        Self {
+            inner: self.inner.command_handler(set, registration),
+        }
     }
 
     /// Checks the handlers (one per command), opens the result cache, joins one queue group
     /// per command, and starts serving.
     pub async fn start(self) -> Result<CommandService, CommandServiceError> {
-        check_token(&self.name)?;
-        let mut by_subject: HashMap<String, String> = HashMap::new();
-        for (set, reg) in &self.handlers {
-            check_token(set)?;
-            check_token(&reg.name)?;
-            let full = format!("{set}.{}", reg.name);
-            if let Some(first) = by_subject.insert(reg.subject.to_string(), full.clone()) {
-                return Err(CommandServiceError::DuplicateHandler {
-                    command: reg.command_type.to_owned(),
-                    subject: reg.subject.to_string(),
-                    first,
-                    second: full,
-                });
-            }
-        }
-        let results = match self.result_ttl {
-            Some(ttl) => {
-                let spec = KvSpec::new(format!("cim_commands_{}", self.name)).max_age(ttl);
-                Some(Arc::new(self.transport.key_value(&spec).await?))
-            }
-            None => None,
-        };
-        let publisher: Arc<dyn DynPublish> = Arc::new(self.transport.clone());
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let mut tasks = JoinSet::new();
-        let mut served = Vec::new();
-        for (set, reg) in self.handlers {
-            let subject = reg.subject.under(self.prefix.as_ref())?;
-            let pattern = SubjectPattern::new(subject.as_str())?;
-            let group = queue_group(&subject);
-            let responder = self.transport.serve(&pattern, &group).await?;
-            let handler = Arc::new(Served {
-                scope: format!("{set}-{}", reg.name),
-                registration: reg,
-                prefix: self.prefix.clone(),
-                publisher: publisher.clone(),
-                results: results.clone(),
-            });
-            tracing::info!(handler = %handler.scope, %subject, %group, "command handler started");
-            served.push(subject.to_string());
-            tasks.spawn(serve_loop(responder, handler, self.concurrency, stop_rx.clone()));
-        }
         Ok(CommandService {
-            name: self.name,
-            served,
-            stop: stop_tx,
-            tasks,
+            service: self.inner.start().await?,
         })
     }
 }
 
 /// A running command service. Dropping it without [`shutdown`](Self::shutdown) stops serving at
 /// once (requests in flight time out at their senders).
+#[derive(Debug)]
 pub struct CommandService {
-    name: String,
-    served: Vec<String>,
-    stop: watch::Sender<bool>,
-    tasks: JoinSet<()>,
-}
-
-impl fmt::Debug for CommandService {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CommandService")
-            .field("name", &self.name)
-            .field("served", &self.served)
-            .finish_non_exhaustive()
-    }
+    service: Service,
 }
 
 impl CommandService {
     /// A builder for a service named `name` (`[A-Za-z0-9_-]+`) on `transport`.
     pub fn builder<T: Transport>(transport: T, name: impl Into<String>) -> CommandServiceBuilder<T> {
         CommandServiceBuilder {
-            transport,
-            name: name.into(),
-            prefix: None,
-            concurrency: 16,
-            result_ttl: Some(DEFAULT_RESULT_TTL),
-            handlers: Vec::new(),
+            inner: Service::builder(transport, name),
         }
     }
 
     /// The subjects served.
     pub fn subjects(&self) -> &[String] {
-        &self.served
+        self.service.command_subjects()
+    }
+
+    /// Counters of every command handler (`{set}-{name}`).
+    pub fn stats(&self) -> Vec<crate::service::HandlerStats> {
+        self.service.stats()
     }
 
     /// Leaves the queue groups and waits up to `grace` for commands in flight to be answered.
-    pub async fn shutdown(mut self, grace: Duration) {
-        let _ = self.stop.send(true);
-        if tokio::time::timeout(grace, async { while self.tasks.join_next().await.is_some() {} })
-            .await
-            .is_err()
-        {
-            tracing::warn!(service = %self.name, "command service shutdown grace elapsed");
-            self.tasks.abort_all();
-        }
-    }
-}
-
-struct Served<KV> {
-    scope: String,
-    registration: CommandRegistration,
-    prefix: Option<Subject>,
-    publisher: Arc<dyn DynPublish>,
-    results: Option<Arc<KV>>,
-}
-
-async fn serve_loop<KV: KeyValue>(
-    mut responder: crate::transport::Responder,
-    h: Arc<Served<KV>>,
-    concurrency: usize,
-    mut stop: watch::Receiver<bool>,
-) {
-    let permits = Arc::new(Semaphore::new(concurrency));
-    let mut in_flight = JoinSet::new();
-    loop {
-        let permit = tokio::select! {
-            biased;
-            _ = stop.changed() => break,
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-        };
-        let request = tokio::select! {
-            biased;
-            _ = stop.changed() => break,
-            r = responder.next() => r,
-        };
-        let Some(request) = request else {
-            tracing::warn!(handler = %h.scope, "command subscription closed");
-            break;
-        };
-        let h = h.clone();
-        in_flight.spawn(async move {
-            handle(&h, request).await;
-            drop(permit);
-        });
-        while in_flight.try_join_next().is_some() {}
-    }
-    // Leave the queue group first, so new requests go to other instances, then finish.
-    drop(responder);
-    while in_flight.join_next().await.is_some() {}
-}
-
-fn result_key(scope: &str, id: &crate::id::MessageId) -> String {
-    format!("{scope}.{id}")
-}
-
-async fn handle<KV: KeyValue>(h: &Served<KV>, request: IncomingRequest) {
-    let envelope = match request.envelope() {
-        Ok(e) => e,
-        Err(e) => {
-            let reply = WireReply::Rejected {
-                reason: format!("invalid command envelope: {e}"),
-            };
-            return respond(request, &reply).await;
-        }
-    };
-    let span = tracing::info_span!(
-        "handle_command",
-        handler = %h.scope,
-        subject = %envelope.subject(),
-        message_id = %envelope.message_id(),
-        correlation_id = %envelope.correlation_id(),
-        causation_id = %envelope.causation_id(),
-    );
-    async {
-        let key = result_key(&h.scope, &envelope.message_id());
-        if let Some(results) = &h.results {
-            match results.get(&key).await {
-                Ok(Some(entry)) => {
-                    if let Ok(reply) = serde_json::from_slice::<WireReply>(&entry.value) {
-                        tracing::debug!("repeated command: answering with the remembered acknowledgement");
-                        return respond(request, &reply).await;
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    let reply = WireReply::Failed {
-                        reason: format!("result cache unavailable: {e}"),
-                    };
-                    return respond(request, &reply).await;
-                }
-            }
-        }
-        let ctx = Context::new(
-            &envelope,
-            1,
-            std::sync::Arc::from(h.scope.as_str()),
-            h.prefix.clone(),
-            h.publisher.clone(),
-        );
-        let reply = match (h.registration.invoke)(ctx, envelope.payload()) {
-            Err(reason) => WireReply::Rejected {
-                reason: format!("undecodable {}: {reason}", h.registration.command_type),
-            },
-            Ok(fut) => match AssertUnwindSafe(fut).catch_unwind().await {
-                Ok(Ok(())) => WireReply::Accepted,
-                Ok(Err(CommandRejection::Rejected(reason))) => WireReply::Rejected { reason },
-                Ok(Err(CommandRejection::Failed(e))) => WireReply::Failed { reason: e.to_string() },
-                Err(_) => WireReply::Failed {
-                    reason: "the handler panicked".to_owned(),
-                },
-            },
-        };
-        if let (Some(results), WireReply::Accepted | WireReply::Rejected { .. }) = (&h.results, &reply) {
-            let value = Bytes::from(serde_json::to_vec(&reply).unwrap_or_default());
-            if let Err(e) = results.put(&key, value).await {
-                tracing::warn!(error = %e, "remembering the acknowledgement failed; a repeated send would run again");
-            }
-        }
-        match &reply {
-            WireReply::Failed { reason } => tracing::warn!(%reason, "command handler failed"),
-            WireReply::Rejected { reason } => tracing::info!(%reason, "command rejected"),
-            WireReply::Accepted => tracing::debug!("command accepted"),
-        }
-        respond(request, &reply).await;
-    }
-    .instrument(span)
-    .await
-}
-
-async fn respond(request: IncomingRequest, reply: &WireReply) {
-    if let Err(e) = request.respond(reply.to_reply()).await {
-        tracing::warn!(error = %e, "sending the command acknowledgement failed");
+    pub async fn shutdown(self, grace: Duration) {
+        self.service.shutdown(grace).await;
     }
 }

@@ -20,6 +20,7 @@ pub mod handler;
 pub mod headers;
 pub mod id;
 pub mod monitor;
+pub mod pipeline;
 pub mod process;
 pub mod saga;
 pub mod service;

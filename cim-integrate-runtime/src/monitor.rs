@@ -116,8 +116,10 @@ pub enum Outcome {
     /// Not this handler's event type (a wide pattern matched another event); acknowledged
     /// without running.
     Skipped,
-    /// Dead-lettered.
+    /// Dead-lettered (commands: answered `failed` for good).
     DeadLettered,
+    /// A command handler rejected the command.
+    Rejected,
 }
 
 impl Outcome {
@@ -130,6 +132,7 @@ impl Outcome {
             Self::Deferred => "deferred",
             Self::Skipped => "skipped",
             Self::DeadLettered => "dead_lettered",
+            Self::Rejected => "rejected",
         }
     }
 }
@@ -167,6 +170,7 @@ pub(crate) struct HandlerMetrics {
     deferred: Counter,
     skipped: Counter,
     dead_lettered: Counter,
+    rejected: Counter,
     dead_letter_reasons: [Counter; 4],
     redeliveries: Counter,
     panics: Counter,
@@ -190,6 +194,7 @@ impl HandlerMetrics {
             deferred: outcome(Outcome::Deferred),
             skipped: outcome(Outcome::Skipped),
             dead_lettered: outcome(Outcome::DeadLettered),
+            rejected: outcome(Outcome::Rejected),
             dead_letter_reasons: [
                 reason(DeadLetterReason::Permanent),
                 reason(DeadLetterReason::Undecodable),
@@ -210,6 +215,7 @@ impl HandlerMetrics {
             Outcome::Deferred => &self.deferred,
             Outcome::Skipped => &self.skipped,
             Outcome::DeadLettered => &self.dead_lettered,
+            Outcome::Rejected => &self.rejected,
         }
         .increment(1);
     }

@@ -1,58 +1,75 @@
-//! [`Service`]: runs registered handlers, one durable consumer each.
+//! [`Service`]: the host. One builder takes event handler sets, command handler sets, process
+//! managers, aggregations, correlators and sagas; one `start` provisions and starts them all; one
+//! [`shutdown`](Service::shutdown) stops them; one [`stats`](Service::stats) view counts them.
 //!
-//! For every message a handler's consumer delivers, the dispatcher:
+//! Every message, of every kind, goes through the [`pipeline`](crate::pipeline): a stack of
+//! layers composed once per handler at start, ending in one settle. An event handler's stack:
 //!
-//! 1. rebuilds the [`Envelope`] (an invalid subject -> dead letter);
-//! 2. asks the [`DedupStore`] whether this handler already handled this message id (yes -> ack,
-//!    the handler does not run; the store unreachable -> nak with a delay, never a blind run);
-//! 3. dead-letters a message delivered more often than the retry policy allows (a previous
-//!    process crashed while handling it);
-//! 4. decodes the payload (undecodable or unknown version -> dead letter);
-//! 5. runs the handler, catching panics, signalling progress while it runs;
-//! 6. on success writes the de-duplication mark, then acks; on a transient error or a panic naks
-//!    with the retry policy's back-off, or dead-letters once the attempts are spent; on a
-//!    permanent error dead-letters at once.
+//! 1. `trace`: a `handle` span with the message's identity;
+//! 2. `record`: counters and metrics, from the final outcome;
+//! 3. your layers ([`ServiceBuilder::layer`]);
+//! 4. `dead letter`: what cannot be handled is stored on `dlq.{set}.{handler}` (original payload
+//!    and headers, plus `X-Dead-Letter-*` headers: reason, handler, subject, stream, sequence,
+//!    delivery count, time) before the original is terminated; if it cannot be stored, the message
+//!    is redelivered later;
+//! 5. `type filter`: a typed handler skips other event types its pattern matches; a message
+//!    without a valid envelope is dead-lettered;
+//! 6. `dedup`: a message this handler already handled is acknowledged without running it (the
+//!    store unreachable: redelivered later, never a blind run); after a successful run the mark is
+//!    written before the acknowledgement, retried in place while the store is unreachable;
+//! 7. `ordered`: an ordered handler retries in place, so later messages wait;
+//! 8. `attempts`: deliveries deferred by a breaker or an outage are not attempts; a message
+//!    delivered more often than the policy allows is dead-lettered; a failure is retried with the
+//!    policy's back-off, then dead-lettered;
+//! 9. `breaker`: while the handler's breaker is open, messages are deferred for the rest of the
+//!    cool-down;
+//! 10. `catch panic`: a panic is a failed attempt; a slow run keeps its delivery alive with
+//!     progress signals;
+//! 11. `invoke`: decode (undecodable: dead letter) and run the handler.
 //!
-//! A handler with a circuit breaker ([`HandlerOptions::breaker`](crate::handler::HandlerOptions))
-//! asks it before step 5; while it is open the message is naked with the rest of the cool-down as
-//! delay (an ordered handler waits in place instead). A handler whose transient error carries a
-//! [`BreakerOpen`](crate::breaker::BreakerOpen) (a breaker around its own outgoing call refused)
-//! is deferred the same way. Deferred deliveries are not attempts: they are subtracted from the
-//! delivery count before it is compared with the retry policy.
+//! Then settle: ack, nak with the delay, or term after the dead letter was stored. Nothing is
+//! acknowledged before it is handled and its mark written, or dead-lettered.
 //!
-//! Every delivery runs in a `handle` span and is counted in the metrics of [`crate::monitor`];
-//! [`Service::topology`] tells who publishes and who subscribes.
+//! Command handlers run through trace, record, your layers, a result cache (the commands' dedup:
+//! a repeated send gets the remembered answer), ordered retry in place, attempts, breaker, catch
+//! panic and their own invoke; their settle is the reply.
 //!
-//! A dead letter is the original payload and headers, plus `X-Dead-Letter-*` headers (reason,
-//! handler, original subject, stream and sequence, delivery count, time), published to
-//! `dlq.{set}.{handler}` in the `DEAD_LETTERS` stream; only once it is stored is the original
-//! terminated. Nothing is acknowledged before it is handled or dead-lettered.
-//!
-//! Shutdown stops pulling, lets in-flight handlers finish within a grace period and acks what
-//! finished; what did not finish is left unacknowledged and is redelivered.
+//! Shutdown stops pulling, gives back what was pulled but not started, lets in-flight handlers
+//! finish within a grace period, and flushes; what did not finish is redelivered.
 
-use crate::breaker::{self, BreakerState, CircuitBreaker};
+use crate::breaker::{BreakerState, CircuitBreaker};
+use crate::command::{CommandHandlerSet, CommandRegistration, queue_group};
+use crate::correlate::CorrelatorRunner;
+use crate::aggregate::AggregationRunner;
 use crate::dedup::{DEFAULT_DEDUP_TTL, DedupStore, KvDedup};
-use crate::envelope::{DERIVED_ID_NAMESPACE, Envelope};
 use crate::handler::context::DynPublish;
-use crate::handler::{Context, HandlerError, HandlerSet, Registration};
-use crate::headers::{self, Headers};
-use crate::monitor::{self, DeadLetterReason, HandlerMetrics};
+use crate::handler::{HandlerOptions, HandlerSet, Registration, RetryPolicy};
+use crate::monitor::{self, HandlerMetrics};
+use crate::pipeline::attempts::{Attempts, Ledger};
+use crate::pipeline::breaker::Breaker;
+use crate::pipeline::catch_panic::CatchPanic;
+use crate::pipeline::command::{CommandInvoke, Reply, ResultCache};
+use crate::pipeline::dead_letter::DeadLetter;
+use crate::pipeline::dedup::Dedup;
+use crate::pipeline::filter::Filter;
+use crate::pipeline::invoke::{ContextParts, Invoke};
+use crate::pipeline::ordered::Ordered;
+use crate::pipeline::record::{HandlerCounters, Record};
+use crate::pipeline::run::{self, ConsumerSource};
+use crate::pipeline::settle::Ack;
+use crate::pipeline::trace::Trace;
+use crate::pipeline::{Layer, Passthrough, Stack};
+use crate::process::{ProcessManager, ProcessRunner, TimerHandle};
 use crate::subject::{Subject, SubjectError, SubjectPattern};
-use crate::timestamp::Timestamp;
-use crate::topology::{PublishLog, Topology};
-use crate::transport::{
-    Acker, Consumer, ConsumerSpec, Delivery, KvError, KvSpec, OutboundMessage, StreamSpec, Transport, TransportError,
-};
-use futures::FutureExt;
-use std::collections::{BTreeMap, HashSet};
-use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use crate::topology::{ParticipantKind, PublishLog, Topology};
+use crate::transport::{ConsumerSpec, KvError, KvSpec, StreamSpec, Transport, TransportError};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tracing::Instrument;
+
+pub use crate::pipeline::record::HandlerStats;
 
 /// Header: why the message was dead-lettered.
 pub const DEAD_LETTER_REASON: &str = "X-Dead-Letter-Reason";
@@ -82,6 +99,20 @@ pub enum ServiceError {
     /// Two handlers would share one durable consumer.
     #[error("two handlers use the durable name `{0}`; give one of them another name or `durable = \"...\"`")]
     DuplicateHandler(String),
+    /// Two command handlers in one service handle the same command.
+    #[error(
+        "two handlers for the command `{command}` (`{subject}`): `{first}` and `{second}`; a command is handled by exactly one handler"
+    )]
+    DuplicateCommandHandler {
+        /// The command type.
+        command: String,
+        /// Its subject.
+        subject: String,
+        /// The first handler (`set.name`).
+        first: String,
+        /// The second handler.
+        second: String,
+    },
     /// A name is not usable in subjects or durable names.
     #[error("invalid name `{name}`: {reason}")]
     InvalidName {
@@ -103,7 +134,7 @@ pub enum ServiceError {
     /// Provisioning streams or consumers failed.
     #[error(transparent)]
     Transport(#[from] TransportError),
-    /// Opening the de-duplication bucket failed.
+    /// Opening the de-duplication bucket or the command result cache failed.
     #[error(transparent)]
     KeyValue(#[from] KvError),
     /// A subject could not be built.
@@ -111,71 +142,89 @@ pub enum ServiceError {
     Subject(#[from] SubjectError),
 }
 
-/// Counters of one handler.
-#[derive(Debug, Default)]
-pub struct HandlerCounters {
-    /// Runs that succeeded.
-    pub succeeded: AtomicU64,
-    /// Deliveries skipped because the handler had already handled the message.
-    pub duplicates: AtomicU64,
-    /// Failed runs that will be retried.
-    pub retried: AtomicU64,
-    /// Messages dead-lettered.
-    pub dead_lettered: AtomicU64,
-    /// Runs that panicked.
-    pub panicked: AtomicU64,
-    /// Deliveries deferred because a circuit breaker was open.
-    pub deferred: AtomicU64,
-    /// Messages of another event type that the pattern matched, acknowledged without running.
-    pub skipped: AtomicU64,
+/// The core of an event handler's stack, below your layers.
+pub type EventCore = DeadLetter<Filter<Dedup<Ordered<Attempts<Breaker<CatchPanic<Invoke>>>>>>>;
+/// The core of a command handler's stack, below your layers (`K`: the result cache's bucket).
+pub type CommandCore<K> = ResultCache<Ordered<Attempts<Breaker<CatchPanic<CommandInvoke>>>>, K>;
+
+/// Layers that can wrap both kinds of stack: any `L` with `impl<D: Dispatch> Layer<D> for L`.
+pub trait HostLayer<T: Transport>:
+    Layer<EventCore> + Layer<CommandCore<T::KeyValue>> + Send + Sync + 'static
+{
 }
 
-/// A snapshot of one handler's counters.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HandlerStats {
-    /// Durable name.
-    pub handler: String,
-    /// Runs that succeeded.
-    pub succeeded: u64,
-    /// Deliveries skipped as duplicates.
-    pub duplicates: u64,
-    /// Failed runs to be retried.
-    pub retried: u64,
-    /// Messages dead-lettered.
-    pub dead_lettered: u64,
-    /// Runs that panicked.
-    pub panicked: u64,
-    /// Deliveries deferred because a circuit breaker was open.
-    pub deferred: u64,
-    /// Messages of another event type, acknowledged without running.
-    pub skipped: u64,
+impl<T: Transport, L> HostLayer<T> for L where
+    L: Layer<EventCore> + Layer<CommandCore<T::KeyValue>> + Send + Sync + 'static
+{
 }
+
+/// Settings of the command handlers of a service.
+#[derive(Debug, Clone)]
+struct CommandSettings {
+    concurrency: usize,
+    result_ttl: Option<Duration>,
+    retry: RetryPolicy,
+    breaker: Option<crate::breaker::BreakerSettings>,
+}
+
+/// Something the host runs beside the handlers (deadline timers, saga resumes), stopped at
+/// shutdown.
+enum Background {
+    Timers(TimerHandle),
+    Task(tokio::task::JoinHandle<()>),
+}
+
+type Starter = Box<dyn FnOnce() -> Background + Send>;
 
 /// Builds and starts a [`Service`].
-pub struct ServiceBuilder<T: Transport> {
+pub struct ServiceBuilder<T: Transport, L = Passthrough> {
     transport: T,
     name: String,
     prefix: Option<Subject>,
     dedup: Option<Arc<dyn DedupStore>>,
     dedup_ttl: Duration,
     handlers: Vec<(String, Registration)>,
+    commands: Vec<(String, CommandRegistration)>,
+    command_settings: CommandSettings,
+    background: Vec<Starter>,
     topology: Topology,
+    layers: L,
 }
 
-impl<T: Transport> std::fmt::Debug for ServiceBuilder<T> {
+impl<T: Transport, L> std::fmt::Debug for ServiceBuilder<T, L> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServiceBuilder")
             .field("name", &self.name)
             .field("handlers", &self.handlers)
+            .field("commands", &self.commands)
             .finish_non_exhaustive()
     }
 }
 
-impl<T: Transport> ServiceBuilder<T> {
+impl<T: Transport, L> ServiceBuilder<T, L> {
     /// Subject prefix of a deployment (`prod` -> `prod.document.created`, streams `PROD_...`).
     pub fn prefix(mut self, prefix: Subject) -> Self {
         self.prefix = Some(prefix);
         self
+    }
+
+    /// Adds a layer to every handler's stack (event and command handlers), below tracing and
+    /// outcome recording and above the built-in layers. Layers added first are outermost. See
+    /// [`crate::pipeline`] for an example.
+    pub fn layer<N>(self, layer: N) -> ServiceBuilder<T, Stack<N, L>> {
+        ServiceBuilder {
+            transport: self.transport,
+            name: self.name,
+            prefix: self.prefix,
+            dedup: self.dedup,
+            dedup_ttl: self.dedup_ttl,
+            handlers: self.handlers,
+            commands: self.commands,
+            command_settings: self.command_settings,
+            background: self.background,
+            topology: self.topology,
+            layers: Stack::new(layer, self.layers),
+        }
     }
 
     /// Registers a set of handlers (usually generated by `#[subscribe]`).
@@ -195,6 +244,93 @@ impl<T: Transport> ServiceBuilder<T> {
     /// Registers one handler under the set name `set`.
     pub fn handler(mut self, set: &str, registration: Registration) -> Self {
         self.handlers.push((set.to_owned(), registration));
+        self
+    }
+
+    /// Registers a set of command handlers (usually generated by `#[command]` on an `impl`
+    /// block). Every instance of the service joins one queue group per command, so instances
+    /// share the load and each command is handled once.
+    pub fn commands<S: CommandHandlerSet>(self, set: S) -> Self {
+        self.commands_arc(Arc::new(set))
+    }
+
+    /// Registers a shared set of command handlers.
+    pub fn commands_arc<S: CommandHandlerSet>(mut self, set: Arc<S>) -> Self {
+        let name = set.set_name().to_owned();
+        for r in set.command_registrations() {
+            self.commands.push((name.clone(), r));
+        }
+        self
+    }
+
+    /// Registers one command handler under the set name `set`.
+    pub fn command_handler(mut self, set: &str, registration: CommandRegistration) -> Self {
+        self.commands.push((set.to_owned(), registration));
+        self
+    }
+
+    /// Most commands handled at once per command handler (default 16).
+    pub fn command_concurrency(mut self, n: usize) -> Self {
+        self.command_settings.concurrency = n.max(1);
+        self
+    }
+
+    /// How long command answers are remembered, so that a repeated send (same message id) is
+    /// answered without running the handler again (default
+    /// [`DEFAULT_RESULT_TTL`](crate::command::DEFAULT_RESULT_TTL)). `None` remembers nothing.
+    pub fn result_ttl(mut self, ttl: Option<Duration>) -> Self {
+        self.command_settings.result_ttl = ttl;
+        self
+    }
+
+    /// How a failing or panicking command handler is retried in place before the command is
+    /// answered `failed` (default: 3 attempts, 50 ms apart, doubling; keep it well inside the
+    /// senders' timeout).
+    pub fn command_retry(mut self, retry: RetryPolicy) -> Self {
+        self.command_settings.retry = retry;
+        self
+    }
+
+    /// A circuit breaker for each command handler (default none): while it is open, commands are
+    /// answered `failed` at once, without running the handler.
+    pub fn command_breaker(mut self, settings: crate::breaker::BreakerSettings) -> Self {
+        self.command_settings.breaker = Some(settings);
+        self
+    }
+
+    /// Registers a process manager: its handlers, and its deadline timers, which run while the
+    /// service runs.
+    pub fn process<P: ProcessManager>(self, runner: ProcessRunner<T, P>) -> Self {
+        let timers = runner.clone();
+        self.register(runner)
+            .background(move || Background::Timers(timers.spawn_timers()))
+    }
+
+    /// Registers an aggregation.
+    pub fn aggregation(self, runner: AggregationRunner<T>) -> Self {
+        self.register(runner)
+    }
+
+    /// Registers a correlator: its handlers, and its window timers, which run while the service
+    /// runs.
+    pub fn correlator(self, runner: CorrelatorRunner<T>) -> Self {
+        let runner = Arc::new(runner);
+        let timers = runner.clone();
+        self.register_arc(runner)
+            .background(move || Background::Timers(timers.spawn_timers()))
+    }
+
+    /// Runs `task` beside the handlers once the service has started; it is aborted at
+    /// shutdown (for example a saga resume: `runner.resume_in_background(16)`).
+    pub fn spawn_on_start<F>(self, task: impl FnOnce() -> F + Send + 'static) -> Self
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.background(move || Background::Task(tokio::spawn(task())))
+    }
+
+    fn background(mut self, start: impl FnOnce() -> Background + Send + 'static) -> Self {
+        self.background.push(Box::new(start));
         self
     }
 
@@ -219,30 +355,54 @@ impl<T: Transport> ServiceBuilder<T> {
     }
 
     /// Adds to the service's [topology](crate::topology) what the registrations cannot tell:
-    /// publishers outside the service, sagas, command handlers, events of other services.
+    /// publishers outside the service, sagas, events of other services.
     pub fn describe(mut self, f: impl FnOnce(&mut Topology)) -> Self {
         f(&mut self.topology);
         self
     }
 
     /// The topology the service will have when started, before anything is observed: its
-    /// handler sets and their subscriptions and declared publications, and what was added with
-    /// [`declare_event`](Self::declare_event) and [`describe`](Self::describe). Needs no transport
-    /// call, so a test can snapshot it.
+    /// handler sets and their subscriptions and declared publications, its command handler
+    /// sets, and what was added with [`declare_event`](Self::declare_event) and
+    /// [`describe`](Self::describe). Needs no transport call, so a test can snapshot it.
     pub fn topology(&self) -> Topology {
         let mut t = self.topology.clone();
         for (set, reg) in &self.handlers {
-            t.add_participant(set.clone(), crate::topology::ParticipantKind::HandlerSet);
+            t.add_participant(set.clone(), ParticipantKind::HandlerSet);
             t.add_subscription(set, &reg.name, reg.pattern.as_str(), Some(reg.event_type));
             for e in &reg.options.publishes {
                 t.add_publication(set, Some(&reg.name), e.clone());
             }
         }
+        for (set, reg) in &self.commands {
+            t.add_command_handler(set, reg.name(), reg.subject().as_str(), Some(reg.command_type()));
+        }
         t
     }
+}
 
-    /// Provisions streams, the dead-letter stream, the de-duplication bucket and one durable
-    /// consumer per handler, then starts dispatching.
+/// The durable name of a handler.
+fn durable_of(set: &str, reg: &Registration) -> String {
+    reg.options
+        .durable
+        .clone()
+        .unwrap_or_else(|| format!("{set}-{}", reg.name))
+}
+
+/// What one event handler needs to run, decided before anything starts.
+struct EventPlan {
+    set: String,
+    registration: Registration,
+    durable: String,
+    domain: String,
+    stream: StreamSpec,
+    spec: ConsumerSpec,
+}
+
+impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
+    /// Checks names, provisions streams, the dead-letter stream, the de-duplication bucket, one
+    /// durable consumer per event handler and one queue subscription per command, then starts
+    /// dispatching and the background tasks (deadline timers, saga resumes).
     pub async fn start(self) -> Result<Service, ServiceError> {
         check_token(&self.name)?;
         monitor::describe();
@@ -250,25 +410,47 @@ impl<T: Transport> ServiceBuilder<T> {
         for w in topology.warnings() {
             tracing::info!(service = %self.name, "topology: {w}");
         }
-        let dlq_spec = dead_letter_stream(self.prefix.as_ref())?;
-        self.transport.ensure_stream(&dlq_spec).await?;
-        let dedup = match self.dedup {
-            Some(d) => d,
-            None => {
-                let spec = KvSpec::new(format!("cim_dedup_{}", self.name)).max_age(self.dedup_ttl);
-                Arc::new(KvDedup::new(self.transport.key_value(&spec).await?)) as Arc<dyn DedupStore>
-            }
+        let plans = self.plan_events()?;
+        self.check_commands()?;
+        let parts = ContextParts {
+            prefix: self.prefix.clone(),
+            publisher: Arc::new(self.transport.clone()) as Arc<dyn DynPublish>,
+            log: Arc::new(PublishLog::default()),
         };
+        let (stop, stop_rx) = watch::channel(false);
+        let mut host = Host {
+            tasks: JoinSet::new(),
+            handlers: Vec::new(),
+            served: Vec::new(),
+            stop: stop_rx,
+        };
+        if !plans.is_empty() {
+            self.start_events(plans, &parts, &mut host).await?;
+        }
+        if !self.commands.is_empty() {
+            self.start_commands(&parts, &mut host).await?;
+        }
+        let background = self.background.into_iter().map(|start| start()).collect();
+        Ok(Service {
+            name: self.name,
+            stop,
+            tasks: host.tasks,
+            handlers: host.handlers,
+            served: host.served,
+            background,
+            flush: publisher_flush(self.transport),
+            topology,
+            log: parts.log,
+        })
+    }
+
+    fn plan_events(&self) -> Result<Vec<EventPlan>, ServiceError> {
         let mut durables = HashSet::new();
-        let mut plans = Vec::new();
-        for (set, reg) in self.handlers {
-            check_token(&set)?;
+        let mut plans = Vec::with_capacity(self.handlers.len());
+        for (set, reg) in &self.handlers {
+            check_token(set)?;
             check_token(&reg.name)?;
-            let durable = reg
-                .options
-                .durable
-                .clone()
-                .unwrap_or_else(|| format!("{set}-{}", reg.name));
+            let durable = durable_of(set, reg);
             crate::transport::check_name("durable", &durable).map_err(|e| ServiceError::InvalidName {
                 name: durable.clone(),
                 reason: e.to_string(),
@@ -284,88 +466,252 @@ impl<T: Transport> ServiceBuilder<T> {
                 });
             }
             let stream = StreamSpec::for_domain(&domain, self.prefix.as_ref())?;
-            match self.transport.ensure_stream(&stream).await {
+            let concurrency = concurrency_of(&reg.options);
+            let spec = ConsumerSpec::new(stream.name.clone(), durable.clone(), reg.pattern.under(self.prefix.as_ref())?)
+                .deliver(reg.options.deliver)
+                .ack_wait(reg.options.ack_wait)
+                .max_ack_pending(u32::try_from(concurrency.saturating_mul(4)).unwrap_or(u32::MAX).max(1));
+            plans.push(EventPlan {
+                set: set.clone(),
+                registration: reg.clone(),
+                durable,
+                domain,
+                stream,
+                spec,
+            });
+        }
+        Ok(plans)
+    }
+
+    fn check_commands(&self) -> Result<(), ServiceError> {
+        let mut by_subject: HashMap<&str, String> = HashMap::new();
+        for (set, reg) in &self.commands {
+            check_token(set)?;
+            check_token(reg.name())?;
+            let full = format!("{set}.{}", reg.name());
+            if let Some(first) = by_subject.insert(reg.subject().as_str(), full.clone()) {
+                return Err(ServiceError::DuplicateCommandHandler {
+                    command: reg.command_type().to_owned(),
+                    subject: reg.subject().to_string(),
+                    first,
+                    second: full,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn start_events(&self, plans: Vec<EventPlan>, parts: &ContextParts, host: &mut Host) -> Result<(), ServiceError> {
+        self.transport.ensure_stream(&dead_letter_stream(self.prefix.as_ref())?).await?;
+        let dedup = match &self.dedup {
+            Some(d) => d.clone(),
+            None => {
+                let spec = KvSpec::new(format!("cim_dedup_{}", self.name)).max_age(self.dedup_ttl);
+                Arc::new(KvDedup::new(self.transport.key_value(&spec).await?)) as Arc<dyn DedupStore>
+            }
+        };
+        for plan in plans {
+            match self.transport.ensure_stream(&plan.stream).await {
                 // The publishing domain owns its stream; other settings there are its business.
                 Err(TransportError::StreamConflict { stream, detail }) => {
                     tracing::info!(%stream, %detail, "subscribing to an existing stream with other settings");
                 }
                 other => other?,
             }
-            let filter = reg.pattern.under(self.prefix.as_ref())?;
-            let concurrency = if reg.options.ordered {
-                1
-            } else {
-                reg.options.concurrency.max(1)
-            };
-            let spec = ConsumerSpec::new(stream.name.clone(), durable.clone(), filter)
-                .deliver(reg.options.deliver)
-                .ack_wait(reg.options.ack_wait)
-                .max_ack_pending(u32::try_from(concurrency.saturating_mul(4)).unwrap_or(u32::MAX).max(1));
-            let consumer = self.transport.consumer(&spec).await?;
-            let dlq_subject = Subject::from_tokens([DEAD_LETTER_TOKEN, set.as_str(), reg.name.as_str()])?
+            let consumer = self.transport.consumer(&plan.spec).await?;
+            let dlq = Subject::from_tokens([DEAD_LETTER_TOKEN, plan.set.as_str(), plan.registration.name.as_str()])?
                 .under(self.prefix.as_ref())?;
-            plans.push((spec, consumer, durable, dlq_subject, (set, reg), concurrency));
-        }
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let mut tasks = JoinSet::new();
-        let mut counters = Vec::new();
-        let publisher: Arc<dyn DynPublish> = Arc::new(self.transport.clone());
-        let log = Arc::new(PublishLog::default());
-        for (spec, consumer, durable, dlq_subject, (set, reg), concurrency) in plans {
-            let domain = reg.pattern.as_str().split('.').next().unwrap_or_default();
-            let breaker = reg.options.breaker.clone().map(|settings| {
-                let labels = [
-                    ("source_domain", domain),
-                    ("target_domain", &set),
-                    ("handler", &reg.name),
-                ]
-                .map(|(k, v)| (k.to_owned(), v.to_owned()));
-                CircuitBreaker::with_labels(durable.clone(), settings, labels.to_vec())
-            });
-            let shared = Arc::new(HandlerRuntime {
-                metrics: HandlerMetrics::new(domain, &set, &durable, reg.event_type),
-                set: Arc::from(set.as_str()),
-                name: Arc::from(reg.name.as_str()),
-                durable_name: Arc::from(durable.as_str()),
-                durable,
-                dlq_subject,
+            tracing::info!(handler = %plan.durable, filter = %plan.spec.filter, stream = %plan.spec.stream, "handler started");
+            let options = plan.registration.options.clone();
+            let ledger = Arc::new(Ledger::default());
+            let (stack, counters, breaker) = self.event_stack(plan.set.as_str(), &plan, dlq, dedup.clone(), parts, ledger.clone());
+            host.handlers.push(HandlerEntry {
+                name: plan.durable,
+                counters,
                 breaker,
-                registration: reg,
-                prefix: self.prefix.clone(),
-                dedup: dedup.clone(),
-                publisher: publisher.clone(),
-                counters: HandlerCounters::default(),
-                concurrency,
-                log: log.clone(),
-                deferrals: Mutex::new(BTreeMap::new()),
-                deferral_count: AtomicUsize::new(0),
             });
-            counters.push(shared.clone());
-            tracing::info!(handler = %shared.durable, filter = %spec.filter, stream = %spec.stream, "handler started");
-            tasks.spawn(run_handler(
-                self.transport.clone(),
-                spec,
+            let source = ConsumerSource {
+                transport: self.transport.clone(),
+                spec: plan.spec,
                 consumer,
-                shared,
-                stop_rx.clone(),
+            };
+            host.tasks.spawn(run::run(
+                source,
+                Arc::new(stack),
+                Arc::new(Ack { ledger }),
+                concurrency_of(&options),
+                options.spawn,
+                host.stop.clone(),
             ));
         }
-        Ok(Service {
-            name: self.name,
-            stop: stop_tx,
-            stop_rx,
-            tasks,
-            handlers: counters,
-            flush: publisher_flush(self.transport),
-            topology,
-            log,
-        })
+        Ok(())
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn event_stack(
+        &self,
+        set: &str,
+        plan: &EventPlan,
+        dlq: Subject,
+        dedup: Arc<dyn DedupStore>,
+        parts: &ContextParts,
+        ledger: Arc<Ledger>,
+    ) -> (Trace<Record<<L as Layer<EventCore>>::Dispatch>>, Arc<HandlerCounters>, Option<CircuitBreaker>) {
+        let reg = &plan.registration;
+        let options = &reg.options;
+        let handler: Arc<str> = Arc::from(plan.durable.as_str());
+        let breaker = options.breaker.clone().map(|settings| {
+            let labels = [("source_domain", plan.domain.as_str()), ("target_domain", set), ("handler", &reg.name)]
+                .map(|(k, v)| (k.to_owned(), v.to_owned()));
+            CircuitBreaker::with_labels(plan.durable.clone(), settings, labels.to_vec())
+        });
+        let invoke = Invoke {
+            registration: reg.clone(),
+            parts: parts.clone(),
+            set: Arc::from(set),
+            name: Arc::from(reg.name.as_str()),
+            handler: handler.clone(),
+        };
+        let core = DeadLetter {
+            inner: Filter {
+                inner: Dedup {
+                    inner: Ordered {
+                        inner: Attempts {
+                            inner: Breaker {
+                                inner: CatchPanic {
+                                    inner: invoke,
+                                    ack_wait: options.ack_wait,
+                                },
+                                breaker: breaker.clone(),
+                            },
+                            retry: options.retry.clone(),
+                            ledger,
+                        },
+                        ordered: options.ordered,
+                        ack_wait: options.ack_wait,
+                    },
+                    store: dedup,
+                    key: handler.clone(),
+                    ack_wait: options.ack_wait,
+                },
+                registration: reg.clone(),
+                prefix: self.prefix.clone(),
+            },
+            publisher: parts.publisher.clone(),
+            subject: dlq,
+            handler: handler.clone(),
+        };
+        let counters = Arc::new(HandlerCounters::default());
+        let metrics = Arc::new(HandlerMetrics::new(&plan.domain, set, &plan.durable, reg.event_type));
+        let stack = Trace {
+            inner: Record {
+                inner: self.layers.layer(core),
+                counters: counters.clone(),
+                metrics,
+            },
+            kind: "event",
+            handler,
+        };
+        (stack, counters, breaker)
+    }
+
+    async fn start_commands(&self, parts: &ContextParts, host: &mut Host) -> Result<(), ServiceError> {
+        let settings = &self.command_settings;
+        let results = match settings.result_ttl {
+            Some(ttl) => {
+                let spec = KvSpec::new(format!("cim_commands_{}", self.name)).max_age(ttl);
+                Some(Arc::new(self.transport.key_value(&spec).await?))
+            }
+            None => None,
+        };
+        for (set, reg) in &self.commands {
+            let subject = reg.subject().under(self.prefix.as_ref())?;
+            let group = queue_group(&subject);
+            let responder = self.transport.serve(&SubjectPattern::new(subject.as_str())?, &group).await?;
+            let scope = format!("{set}-{}", reg.name());
+            let handler: Arc<str> = Arc::from(scope.as_str());
+            let breaker = settings.breaker.clone().map(|s| {
+                let labels = vec![("command".to_owned(), reg.command_type().to_owned())];
+                CircuitBreaker::with_labels(scope.clone(), s, labels)
+            });
+            let core = ResultCache {
+                inner: Ordered {
+                    inner: Attempts {
+                        inner: Breaker {
+                            inner: CatchPanic {
+                                inner: CommandInvoke {
+                                    registration: reg.clone(),
+                                    parts: parts.clone(),
+                                    set: Arc::from(set.as_str()),
+                                    name: Arc::from(reg.name()),
+                                    handler: handler.clone(),
+                                },
+                                ack_wait: Duration::from_secs(30),
+                            },
+                            breaker: breaker.clone(),
+                        },
+                        retry: settings.retry.clone(),
+                        ledger: Arc::new(Ledger::default()),
+                    },
+                    ordered: true,
+                    ack_wait: Duration::from_secs(30),
+                },
+                kv: results.clone(),
+                scope: handler.clone(),
+            };
+            let counters = Arc::new(HandlerCounters::default());
+            let domain = reg.subject().as_str().split('.').nth(1).unwrap_or_default();
+            let stack = Trace {
+                inner: Record {
+                    inner: self.layers.layer(core),
+                    counters: counters.clone(),
+                    metrics: Arc::new(HandlerMetrics::new(domain, set, &scope, reg.command_type())),
+                },
+                kind: "command",
+                handler,
+            };
+            tracing::info!(handler = %scope, %subject, %group, "command handler started");
+            host.served.push(subject.to_string());
+            host.handlers.push(HandlerEntry {
+                name: scope,
+                counters,
+                breaker,
+            });
+            host.tasks.spawn(run::run(
+                responder,
+                Arc::new(stack),
+                Arc::new(Reply),
+                settings.concurrency,
+                false,
+                host.stop.clone(),
+            ));
+        }
+        Ok(())
     }
 }
 
-fn publisher_flush<T: Transport>(
-    t: T,
-) -> Box<dyn Fn() -> futures::future::BoxFuture<'static, Result<(), TransportError>> + Send + Sync> {
+fn concurrency_of(options: &HandlerOptions) -> usize {
+    if options.ordered { 1 } else { options.concurrency.max(1) }
+}
+
+/// What `start` assembles.
+struct Host {
+    tasks: JoinSet<()>,
+    handlers: Vec<HandlerEntry>,
+    served: Vec<String>,
+    stop: watch::Receiver<bool>,
+}
+
+/// One running handler, for the stats view.
+struct HandlerEntry {
+    name: String,
+    counters: Arc<HandlerCounters>,
+    breaker: Option<CircuitBreaker>,
+}
+
+type Flush = Box<dyn Fn() -> futures::future::BoxFuture<'static, Result<(), TransportError>> + Send + Sync>;
+
+fn publisher_flush<T: Transport>(t: T) -> Flush {
     Box::new(move || {
         let t = t.clone();
         Box::pin(async move { t.flush().await })
@@ -387,15 +733,21 @@ pub fn dead_letter_stream(prefix: Option<&Subject>) -> Result<StreamSpec, Servic
     Ok(spec)
 }
 
+/// The dead-letter subject pattern of a service set, for tools that read dead letters.
+pub fn dead_letter_pattern(prefix: Option<&Subject>) -> Result<SubjectPattern, SubjectError> {
+    SubjectPattern::new(format!("{DEAD_LETTER_TOKEN}.>"))?.under(prefix)
+}
+
 /// A running service. Dropping it without [`shutdown`](Self::shutdown) aborts its handlers
 /// (unacknowledged messages are redelivered).
 pub struct Service {
     name: String,
     stop: watch::Sender<bool>,
-    stop_rx: watch::Receiver<bool>,
     tasks: JoinSet<()>,
-    handlers: Vec<Arc<HandlerRuntime>>,
-    flush: Box<dyn Fn() -> futures::future::BoxFuture<'static, Result<(), TransportError>> + Send + Sync>,
+    handlers: Vec<HandlerEntry>,
+    served: Vec<String>,
+    background: Vec<Background>,
+    flush: Flush,
     topology: Topology,
     log: Arc<PublishLog>,
 }
@@ -405,6 +757,7 @@ impl std::fmt::Debug for Service {
         f.debug_struct("Service")
             .field("name", &self.name)
             .field("handlers", &self.stats())
+            .field("commands", &self.served)
             .finish_non_exhaustive()
     }
 }
@@ -419,8 +772,27 @@ impl Service {
             dedup: None,
             dedup_ttl: DEFAULT_DEDUP_TTL,
             handlers: Vec::new(),
+            commands: Vec::new(),
+            command_settings: CommandSettings {
+                concurrency: 16,
+                result_ttl: Some(crate::command::DEFAULT_RESULT_TTL),
+                retry: RetryPolicy::attempts(3).backoff(Duration::from_millis(50), 2, Duration::from_secs(1)),
+                breaker: None,
+            },
+            background: Vec::new(),
             topology: Topology::new(),
+            layers: Passthrough,
         }
+    }
+
+    /// The service's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The command subjects served.
+    pub fn command_subjects(&self) -> &[String] {
+        &self.served
     }
 
     /// The service's [topology](crate::topology): what was declared when it was built
@@ -431,46 +803,40 @@ impl Service {
         t
     }
 
-    /// The state of a handler's circuit breaker, by durable name (`None`: no such handler, or it
-    /// has no breaker).
-    pub fn breaker_state(&self, durable: &str) -> Option<BreakerState> {
+    /// The state of a handler's circuit breaker, by durable name (command handlers:
+    /// `{set}-{name}`). `None`: no such handler, or it has no breaker.
+    pub fn breaker_state(&self, handler: &str) -> Option<BreakerState> {
         self.handlers
             .iter()
-            .find(|h| h.durable == durable)
+            .find(|h| h.name == handler)
             .and_then(|h| h.breaker.as_ref())
             .map(CircuitBreaker::state)
     }
 
-    /// Counters of every handler.
+    /// Counters of every handler, event and command handlers alike.
     pub fn stats(&self) -> Vec<HandlerStats> {
+        self.handlers.iter().map(|h| h.counters.snapshot(&h.name)).collect()
+    }
+
+    /// Counters of one handler, by durable name (command handlers: `{set}-{name}`).
+    pub fn handler_stats(&self, handler: &str) -> Option<HandlerStats> {
         self.handlers
             .iter()
-            .map(|h| {
-                let c = &h.counters;
-                HandlerStats {
-                    handler: h.durable.clone(),
-                    succeeded: c.succeeded.load(Ordering::Relaxed),
-                    duplicates: c.duplicates.load(Ordering::Relaxed),
-                    retried: c.retried.load(Ordering::Relaxed),
-                    dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
-                    panicked: c.panicked.load(Ordering::Relaxed),
-                    deferred: c.deferred.load(Ordering::Relaxed),
-                    skipped: c.skipped.load(Ordering::Relaxed),
-                }
-            })
-            .collect()
+            .find(|h| h.name == handler)
+            .map(|h| h.counters.snapshot(&h.name))
     }
 
-    /// Counters of one handler, by durable name.
-    pub fn handler_stats(&self, durable: &str) -> Option<HandlerStats> {
-        self.stats().into_iter().find(|s| s.handler == durable)
-    }
-
-    /// Stops pulling, waits up to `grace` for in-flight handlers (their messages are acked or
-    /// naked as usual), abandons the rest unacknowledged (they are redelivered), and flushes.
+    /// Stops everything: background tasks (timers, resumes) first, then pulling; gives back what
+    /// was pulled but not started; waits up to `grace` for in-flight handlers (their messages are
+    /// settled as usual); abandons the rest unacknowledged (they are redelivered); flushes.
     pub async fn shutdown(mut self, grace: Duration) {
+        for b in self.background.drain(..) {
+            match b {
+                Background::Timers(t) => t.stop(),
+                Background::Task(t) => t.abort(),
+            }
+        }
         let _ = self.stop.send(true);
-        let _ = self.stop_rx.borrow_and_update();
         let deadline = tokio::time::sleep(grace);
         tokio::pin!(deadline);
         loop {
@@ -487,418 +853,4 @@ impl Service {
             tracing::warn!(service = %self.name, error = %e, "flush at shutdown failed");
         }
     }
-}
-
-struct HandlerRuntime {
-    /// The handler set's name (the target domain).
-    set: Arc<str>,
-    /// The handler's name.
-    name: Arc<str>,
-    durable: String,
-    /// `durable`, shared with every `Context` without a copy.
-    durable_name: Arc<str>,
-    dlq_subject: Subject,
-    registration: Registration,
-    prefix: Option<Subject>,
-    dedup: Arc<dyn DedupStore>,
-    publisher: Arc<dyn DynPublish>,
-    counters: HandlerCounters,
-    concurrency: usize,
-    metrics: HandlerMetrics,
-    breaker: Option<CircuitBreaker>,
-    log: Arc<PublishLog>,
-    /// Stream sequence -> deliveries deferred by a breaker, for messages not yet settled.
-    deferrals: Mutex<BTreeMap<u64, u64>>,
-    /// Its length, read without the lock on the hot path.
-    deferral_count: AtomicUsize,
-}
-
-/// Most messages whose deferrals a handler remembers; beyond, the oldest are forgotten (and their
-/// deferrals count as attempts again).
-const DEFERRAL_LIMIT: usize = 65_536;
-
-/// Shortest delay of a deferral, so that a breaker about to half-open does not spin.
-const MIN_DEFERRAL: Duration = Duration::from_millis(10);
-
-impl HandlerRuntime {
-    fn deferred(&self, seq: u64) -> u64 {
-        if self.deferral_count.load(Ordering::Relaxed) == 0 {
-            return 0;
-        }
-        let map = self.deferrals.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(&seq).copied().unwrap_or(0)
-    }
-
-    fn note_deferral(&self, seq: u64) {
-        let mut map = self.deferrals.lock().unwrap_or_else(|p| p.into_inner());
-        *map.entry(seq).or_insert(0) += 1;
-        while map.len() > DEFERRAL_LIMIT {
-            map.pop_first();
-        }
-        self.deferral_count.store(map.len(), Ordering::Relaxed);
-    }
-
-    fn forget(&self, seq: u64) {
-        if self.deferral_count.load(Ordering::Relaxed) == 0 {
-            return;
-        }
-        let mut map = self.deferrals.lock().unwrap_or_else(|p| p.into_inner());
-        map.remove(&seq);
-        self.deferral_count.store(map.len(), Ordering::Relaxed);
-    }
-}
-
-async fn run_handler<T: Transport>(
-    transport: T,
-    spec: ConsumerSpec,
-    mut consumer: T::Consumer,
-    h: Arc<HandlerRuntime>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let permits = Arc::new(Semaphore::new(h.concurrency));
-    let mut in_flight = JoinSet::new();
-    'pull: loop {
-        let permit = tokio::select! {
-            biased;
-            _ = stop.changed() => break 'pull,
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break 'pull },
-        };
-        let delivery = tokio::select! {
-            biased;
-            _ = stop.changed() => break 'pull,
-            d = consumer.next() => d,
-        };
-        match delivery {
-            Ok(d) if h.concurrency == 1 => {
-                // One at a time: no task per message.
-                process(&h, d).await;
-                drop(permit);
-            }
-            Ok(d) => {
-                let h = h.clone();
-                in_flight.spawn(async move {
-                    process(&h, d).await;
-                    drop(permit);
-                });
-            }
-            Err(e) => {
-                tracing::error!(handler = %h.durable, error = %e, "consumer failed; reopening in 1s");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                match transport.consumer(&spec).await {
-                    Ok(c) => consumer = c,
-                    Err(e) => tracing::error!(handler = %h.durable, error = %e, "reopening consumer failed"),
-                }
-            }
-        }
-        while in_flight.try_join_next().is_some() {}
-    }
-    // Shutdown: in-flight handlers finish (the service bounds how long); nothing new is pulled.
-    while in_flight.join_next().await.is_some() {}
-}
-
-enum Outcome {
-    Done,
-    Retry(String),
-    Deferred(Duration, String),
-    DeadLetter(DeadLetterReason, String),
-}
-
-async fn process<A: Acker>(h: &HandlerRuntime, d: Delivery<A>) {
-    let delivered = d.info().delivered;
-    let envelope = match d.envelope() {
-        Ok(e) => e,
-        Err(e) => {
-            let reason = format!("invalid envelope: {e}");
-            return dead_letter(h, d, DeadLetterReason::InvalidEnvelope, &reason).await;
-        }
-    };
-    let span = tracing::info_span!(
-        "handle",
-        handler = %h.durable,
-        subject = %envelope.subject(),
-        message_id = %envelope.message_id(),
-        correlation_id = %envelope.correlation_id(),
-        causation_id = %envelope.causation_id(),
-        delivered,
-    );
-    process_envelope(h, d, envelope).instrument(span).await
-}
-
-async fn process_envelope<A: Acker>(h: &HandlerRuntime, d: Delivery<A>, envelope: Envelope) {
-    let delivered = d.info().delivered;
-    let seq = d.info().stream_sequence;
-    h.metrics.delivered(delivered);
-    let id = envelope.message_id();
-    // A typed handler on a wide pattern (`document.*`) ignores other event types.
-    let own_subject = match &h.prefix {
-        Some(p) => envelope
-            .subject()
-            .as_str()
-            .strip_prefix(p.as_str())
-            .and_then(|s| s.strip_prefix('.'))
-            .unwrap_or(envelope.subject().as_str()),
-        None => envelope.subject().as_str(),
-    };
-    let event_type = envelope.event_type().filter(|t| !t.is_empty());
-    if !h.registration.accepts(own_subject, event_type) {
-        h.counters.skipped.fetch_add(1, Ordering::Relaxed);
-        h.metrics.outcome(monitor::Outcome::Skipped);
-        h.forget(seq);
-        tracing::debug!(event_type, "another event type; acknowledging without running");
-        return settle(d.ack().await);
-    }
-    let seen = match h.dedup.seen_now(&h.durable, id) {
-        Some(r) => r,
-        None => h.dedup.seen(&h.durable, id).await,
-    };
-    match seen {
-        Ok(true) => {
-            h.counters.duplicates.fetch_add(1, Ordering::Relaxed);
-            h.metrics.outcome(monitor::Outcome::Duplicate);
-            h.forget(seq);
-            tracing::debug!("already handled; acknowledging without running");
-            return settle(d.ack().await);
-        }
-        Ok(false) => {}
-        Err(e) => {
-            tracing::warn!(error = %e, "dedup check failed; redelivering later");
-            return settle(d.nak(Some(Duration::from_secs(1))).await);
-        }
-    }
-    let retry = &h.registration.options.retry;
-    // Deliveries a breaker deferred were not attempts.
-    let deferred = h.deferred(seq);
-    let mut attempt = delivered.saturating_sub(deferred).max(1);
-    if attempt > u64::from(retry.max_attempts) {
-        let reason = format!(
-            "retries exhausted: delivered {delivered} times ({deferred} deferred by a circuit breaker), max_attempts {} (earlier runs did not finish)",
-            retry.max_attempts
-        );
-        return dead_letter(h, d, DeadLetterReason::Exhausted, &reason).await;
-    }
-    loop {
-        let permit = match h.breaker.as_ref().map(CircuitBreaker::try_acquire) {
-            None => None,
-            Some(Ok(permit)) => Some(permit),
-            Some(Err(open)) => {
-                if defer(h, &d, open.retry_after, &open.to_string()).await {
-                    continue;
-                }
-                return settle(d.nak(Some(open.retry_after.max(MIN_DEFERRAL))).await);
-            }
-        };
-        let ctx = Context::new(
-            &envelope,
-            attempt,
-            h.durable_name.clone(),
-            h.prefix.clone(),
-            h.publisher.clone(),
-        )
-        .observed_by(&h.set, &h.name, &h.log);
-        let outcome = match (h.registration.invoke)(ctx, envelope.payload()) {
-            // Says nothing about the downstream: the permit is dropped unrecorded.
-            Err(reason) => Outcome::DeadLetter(
-                DeadLetterReason::Undecodable,
-                format!("undecodable payload for {}: {reason}", h.registration.event_type),
-            ),
-            Ok(fut) => {
-                let start = tokio::time::Instant::now();
-                let result = run_with_progress(fut, &d, h.registration.options.ack_wait).await;
-                h.metrics.ran(start.elapsed());
-                match result {
-                    Ok(Ok(())) => {
-                        if let Some(p) = permit {
-                            p.success();
-                        }
-                        Outcome::Done
-                    }
-                    Ok(Err(HandlerError::Permanent(e))) => {
-                        Outcome::DeadLetter(DeadLetterReason::Permanent, format!("handler failed permanently: {e}"))
-                    }
-                    Ok(Err(HandlerError::Transient(e))) => match breaker::find_open(e.as_ref()) {
-                        Some(open) => Outcome::Deferred(open.retry_after, open.to_string()),
-                        None => {
-                            if let Some(p) = permit {
-                                p.failure();
-                            }
-                            Outcome::Retry(format!("handler failed: {e}"))
-                        }
-                    },
-                    Err(panic) => {
-                        if let Some(p) = permit {
-                            p.failure();
-                        }
-                        h.counters.panicked.fetch_add(1, Ordering::Relaxed);
-                        h.metrics.panicked();
-                        Outcome::Retry(format!("handler panicked: {}", panic_message(&panic)))
-                    }
-                }
-            }
-        };
-        match outcome {
-            Outcome::Done => {
-                let marked = match h.dedup.mark_now(&h.durable, id) {
-                    Some(r) => r,
-                    None => h.dedup.mark(&h.durable, id).await,
-                };
-                if let Err(e) = marked {
-                    // The handler succeeded; acking is right. Only a lost ack could now re-run it.
-                    tracing::warn!(error = %e, "dedup mark failed; acknowledging anyway");
-                }
-                h.counters.succeeded.fetch_add(1, Ordering::Relaxed);
-                h.metrics.outcome(monitor::Outcome::Succeeded);
-                h.forget(seq);
-                return settle(d.ack().await);
-            }
-            Outcome::DeadLetter(kind, reason) => return dead_letter(h, d, kind, &reason).await,
-            Outcome::Deferred(delay, why) => {
-                if defer(h, &d, delay, &why).await {
-                    continue;
-                }
-                return settle(d.nak(Some(delay.max(MIN_DEFERRAL))).await);
-            }
-            Outcome::Retry(reason) if attempt >= u64::from(retry.max_attempts) => {
-                let reason = format!("retries exhausted after {attempt} attempts; last: {reason}");
-                return dead_letter(h, d, DeadLetterReason::Exhausted, &reason).await;
-            }
-            Outcome::Retry(reason) => {
-                h.counters.retried.fetch_add(1, Ordering::Relaxed);
-                h.metrics.outcome(monitor::Outcome::Retried);
-                // If this failure opened the breaker, come back when it lets probes through.
-                let cool_down = h.breaker.as_ref().map(CircuitBreaker::retry_after).unwrap_or_default();
-                let delay = retry.delay(attempt).max(cool_down);
-                tracing::warn!(%reason, attempt, ?delay, "handler will be retried");
-                if !h.registration.options.ordered {
-                    return settle(d.nak(Some(delay)).await);
-                }
-                // Ordered: retry in place so later messages wait, keeping the delivery alive.
-                if run_with_progress(tokio::time::sleep(delay).map(Ok), &d, h.registration.options.ack_wait)
-                    .await
-                    .is_err()
-                {
-                    return settle(d.nak(Some(delay)).await);
-                }
-                attempt += 1;
-            }
-        }
-    }
-}
-
-/// A breaker refused: counts the deferral, and either waits `delay` in place keeping the
-/// delivery alive (ordered handlers: `true`, try again) or records the deferral so that the
-/// redelivery is not counted as an attempt (`false`: the caller naks).
-async fn defer<A: Acker>(h: &HandlerRuntime, d: &Delivery<A>, delay: Duration, why: &str) -> bool {
-    h.counters.deferred.fetch_add(1, Ordering::Relaxed);
-    h.metrics.outcome(monitor::Outcome::Deferred);
-    let delay = delay.max(MIN_DEFERRAL);
-    tracing::debug!(reason = why, ?delay, "deferred: a circuit breaker is open");
-    if h.registration.options.ordered {
-        let wait = tokio::time::sleep(delay).map(Ok);
-        return run_with_progress(wait, d, h.registration.options.ack_wait)
-            .await
-            .is_ok();
-    }
-    h.note_deferral(d.info().stream_sequence);
-    false
-}
-
-/// Runs `fut` (catching panics) while telling the server every half ack wait that the delivery
-/// is still in progress.
-async fn run_with_progress<A: Acker, F>(
-    fut: F,
-    d: &Delivery<A>,
-    ack_wait: Duration,
-) -> Result<Result<(), HandlerError>, Box<dyn std::any::Any + Send>>
-where
-    F: std::future::Future<Output = Result<(), HandlerError>>,
-{
-    let fut = AssertUnwindSafe(fut).catch_unwind();
-    tokio::pin!(fut);
-    // Most handlers finish without waiting: arm the progress timer only for those that wait.
-    if let std::task::Poll::Ready(r) = futures::poll!(&mut fut) {
-        return r;
-    }
-    let period = (ack_wait / 2).max(Duration::from_millis(100));
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    loop {
-        tokio::select! {
-            r = &mut fut => return r,
-            _ = tick.tick() => {
-                if let Err(e) = d.in_progress().await {
-                    tracing::debug!(error = %e, "progress signal failed");
-                }
-            }
-        }
-    }
-}
-
-fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "non-string panic payload".to_owned())
-}
-
-fn settle(r: Result<(), TransportError>) {
-    if let Err(e) = r {
-        tracing::warn!(error = %e, "acknowledgement failed; the message will be redelivered");
-    }
-}
-
-fn header_safe(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(1000)
-        .collect()
-}
-
-async fn dead_letter<A: Acker>(h: &HandlerRuntime, d: Delivery<A>, kind: DeadLetterReason, reason: &str) {
-    let info = d.info().clone();
-    let mut hdrs = Headers::new();
-    for (n, v) in d.headers().iter().filter(|(n, _)| *n != headers::NATS_MSG_ID) {
-        hdrs.push_received(n.to_owned(), v.to_owned());
-    }
-    if let Some(orig) = d.headers().get(headers::NATS_MSG_ID) {
-        hdrs.push_received(DEAD_LETTER_ORIGINAL_MSG_ID.to_owned(), header_safe(orig));
-    }
-    let dlq_id = uuid::Uuid::new_v5(
-        &DERIVED_ID_NAMESPACE,
-        format!("dlq\0{}\0{}\0{}", h.durable, info.stream, info.stream_sequence).as_bytes(),
-    );
-    for (n, v) in [
-        (headers::NATS_MSG_ID, dlq_id.to_string()),
-        (DEAD_LETTER_REASON, header_safe(reason)),
-        (DEAD_LETTER_HANDLER, h.durable.clone()),
-        (DEAD_LETTER_SUBJECT, header_safe(d.subject())),
-        (DEAD_LETTER_STREAM, info.stream.to_string()),
-        (DEAD_LETTER_SEQUENCE, info.stream_sequence.to_string()),
-        (DEAD_LETTER_DELIVERIES, info.delivered.to_string()),
-        (DEAD_LETTER_AT, Timestamp::now().to_rfc3339()),
-    ] {
-        hdrs.push_received(n.to_owned(), v);
-    }
-    let message = OutboundMessage {
-        subject: h.dlq_subject.clone(),
-        headers: hdrs,
-        payload: d.payload().clone(),
-    };
-    match h.publisher.publish_and_wait(message).await {
-        Ok(_) => {
-            h.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
-            h.metrics.outcome(monitor::Outcome::DeadLettered);
-            h.metrics.dead_letter(kind);
-            h.forget(info.stream_sequence);
-            tracing::warn!(handler = %h.durable, subject = d.subject(), reason, "dead-lettered");
-            settle(d.term().await);
-        }
-        Err(e) => {
-            tracing::error!(handler = %h.durable, error = %e, reason, "dead-lettering failed; redelivering later");
-            settle(d.nak(Some(Duration::from_secs(1))).await);
-        }
-    }
-}
-
-/// The dead-letter subject pattern of a service set, for tools that read dead letters.
-pub fn dead_letter_pattern(prefix: Option<&Subject>) -> Result<SubjectPattern, SubjectError> {
-    SubjectPattern::new(format!("{DEAD_LETTER_TOKEN}.>"))?.under(prefix)
 }

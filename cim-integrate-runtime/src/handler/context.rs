@@ -57,6 +57,8 @@ struct Inner {
     /// The handler set, the handler's name, and the service's log of observed publishes (for
     /// the topology).
     observer: Option<(Arc<str>, Arc<str>, Arc<PublishLog>)>,
+    /// Headers a pipeline layer asked to carry into every publish.
+    propagated: Vec<(String, String)>,
 }
 
 /// The handler's view of the message it handles, and its way to publish.
@@ -101,6 +103,7 @@ impl Context {
                 publisher,
                 published: AtomicU32::new(0),
                 observer: None,
+                propagated: Vec::new(),
             }),
         }
     }
@@ -109,6 +112,16 @@ impl Context {
     pub(crate) fn observed_by(mut self, set: &Arc<str>, handler: &Arc<str>, log: &Arc<PublishLog>) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             inner.observer = Some((set.clone(), handler.clone(), log.clone()));
+        }
+        self
+    }
+
+    /// Carries `headers` into every message published through this context.
+    pub(crate) fn propagating(mut self, headers: &[(String, String)]) -> Self {
+        if !headers.is_empty()
+            && let Some(inner) = Arc::get_mut(&mut self.inner)
+        {
+            inner.propagated = headers.to_vec();
         }
         self
     }
@@ -193,7 +206,7 @@ impl Context {
             .derived_child(&self.inner.handler, n, self.inner.occurred);
         let envelope =
             Envelope::with_identity(identity, self.full_subject(subject)?, payload).typed(event_type, version);
-        self.send(subject, event_type, envelope).await
+        self.send(subject, event_type, self.with_propagated(envelope)).await
     }
 
     /// Publishes raw payload bytes as the root of a new conversation (a fresh correlation id).
@@ -205,7 +218,18 @@ impl Context {
         payload: impl Into<Bytes>,
     ) -> Result<PublishAck, PublishError> {
         let envelope = Envelope::root(self.full_subject(subject)?, payload).typed(event_type, version);
-        self.send(subject, event_type, envelope).await
+        self.send(subject, event_type, self.with_propagated(envelope)).await
+    }
+
+    fn with_propagated(&self, mut envelope: Envelope) -> Envelope {
+        for (name, value) in &self.inner.propagated {
+            // Checked when the layer asked for it; a header the envelope refuses is left out.
+            envelope = match envelope.clone().header(name, value.clone()) {
+                Ok(e) => e,
+                Err(_) => envelope,
+            };
+        }
+        envelope
     }
 
     /// Publishes inside a `publish` span, counts it (`cim_published_total`, by the subject's

@@ -156,6 +156,10 @@ pub struct HandlerOptions {
     /// What the handler publishes, for the [topology](crate::topology) (publishes seen at run
     /// time are recorded too; declaring them makes the topology complete before they happen).
     pub publishes: Vec<EventRef>,
+    /// Run each message as its own task instead of polling it in the consumer's loop: for
+    /// CPU-heavy handlers, so that several messages use several cores. Default `false` (no task
+    /// per message).
+    pub spawn: bool,
 }
 
 impl Default for HandlerOptions {
@@ -169,6 +173,7 @@ impl Default for HandlerOptions {
             ack_wait: Duration::from_secs(30),
             breaker: None,
             publishes: Vec::new(),
+            spawn: false,
         }
     }
 }

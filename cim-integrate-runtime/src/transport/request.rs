@@ -49,7 +49,7 @@ pub struct Reply {
 }
 
 /// Sends the reply of one request. Implemented by each transport.
-pub(crate) trait ReplySink: Send + 'static {
+pub(crate) trait ReplySink: Send + Sync + 'static {
     /// Sends `reply` to the requester.
     fn send(self: Box<Self>, reply: Reply) -> BoxFuture<'static, Result<(), TransportError>>;
 }

@@ -1,0 +1,93 @@
+//! Terminal: decode the payload and run the handler.
+
+use super::breaker::MIN_DEFERRAL;
+use super::{Deferral, Dispatch, Message, Outcome};
+use crate::breaker;
+use crate::handler::context::DynPublish;
+use crate::handler::{Context, HandlerError, Registration};
+use crate::monitor::DeadLetterReason;
+use crate::subject::Subject;
+use crate::topology::PublishLog;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What a handler's [`Context`] needs, shared by the terminals of one service.
+#[derive(Clone)]
+pub(crate) struct ContextParts {
+    pub(crate) prefix: Option<Subject>,
+    pub(crate) publisher: Arc<dyn DynPublish>,
+    pub(crate) log: Arc<PublishLog>,
+}
+
+impl ContextParts {
+    /// The context for running `handler` (of `set`) on `msg`.
+    pub(crate) fn context(&self, msg: &Message<'_>, set: &Arc<str>, name: &Arc<str>, handler: &Arc<str>) -> Option<Context> {
+        let envelope = msg.envelope()?;
+        Some(
+            Context::new(
+                envelope,
+                msg.attempt(),
+                handler.clone(),
+                self.prefix.clone(),
+                self.publisher.clone(),
+            )
+            .observed_by(set, name, &self.log)
+            .propagating(msg.propagated()),
+        )
+    }
+}
+
+/// Decodes the event and runs the handler: success, a transient failure ([`Outcome::Failed`]; a
+/// refusal of a breaker around the handler's own call is a deferral), a permanent failure or an
+/// undecodable payload (dead letters).
+pub struct Invoke {
+    pub(crate) registration: Registration,
+    pub(crate) parts: ContextParts,
+    pub(crate) set: Arc<str>,
+    pub(crate) name: Arc<str>,
+    pub(crate) handler: Arc<str>,
+}
+
+impl Dispatch for Invoke {
+    async fn dispatch(&self, msg: &mut Message<'_>) -> Outcome {
+        let Some(ctx) = self.parts.context(msg, &self.set, &self.name, &self.handler) else {
+            return super::filter::invalid_envelope(msg);
+        };
+        let payload = msg.received().payload();
+        let fut = match (self.registration.invoke)(ctx, payload) {
+            Ok(fut) => fut,
+            Err(reason) => {
+                return Outcome::DeadLetter {
+                    kind: DeadLetterReason::Undecodable,
+                    reason: format!("undecodable payload for {}: {reason}", self.registration.event_type),
+                };
+            }
+        };
+        msg.ran = true;
+        match fut.await {
+            Ok(()) => Outcome::Succeeded,
+            Err(e) => handler_error(e),
+        }
+    }
+}
+
+/// The outcome of a handler error.
+pub(crate) fn handler_error(e: HandlerError) -> Outcome {
+    match e {
+        HandlerError::Permanent(e) => Outcome::DeadLetter {
+            kind: DeadLetterReason::Permanent,
+            reason: format!("handler failed permanently: {e}"),
+        },
+        HandlerError::Transient(e) => match breaker::find_open(e.as_ref()) {
+            Some(open) => Outcome::Deferred {
+                reason: open.to_string(),
+                delay: open.retry_after.max(MIN_DEFERRAL),
+                cause: Deferral::Breaker,
+            },
+            None => Outcome::Failed {
+                reason: format!("handler failed: {e}"),
+                retry_after: Duration::ZERO,
+            },
+        },
+    }
+}

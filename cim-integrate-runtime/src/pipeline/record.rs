@@ -1,0 +1,142 @@
+//! Layer: counters, metrics and the outcome's log line, updated once from the final outcome.
+
+use super::{Dispatch, Message, Outcome};
+use crate::monitor::{self, HandlerMetrics};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Counters of one handler (event or command).
+#[derive(Debug, Default)]
+pub struct HandlerCounters {
+    /// Runs that succeeded.
+    pub succeeded: AtomicU64,
+    /// Deliveries skipped because the handler had already handled the message.
+    pub duplicates: AtomicU64,
+    /// Failed runs that will be retried.
+    pub retried: AtomicU64,
+    /// Messages dead-lettered.
+    pub dead_lettered: AtomicU64,
+    /// Runs that panicked.
+    pub panicked: AtomicU64,
+    /// Deliveries deferred because a circuit breaker was open or infrastructure was unavailable.
+    pub deferred: AtomicU64,
+    /// Messages of another event type that the pattern matched, acknowledged without running.
+    pub skipped: AtomicU64,
+    /// Commands the handler rejected.
+    pub rejected: AtomicU64,
+}
+
+/// A snapshot of one handler's counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandlerStats {
+    /// Durable name (event handlers) or `{set}-{name}` (command handlers).
+    pub handler: String,
+    /// Runs that succeeded.
+    pub succeeded: u64,
+    /// Deliveries skipped as duplicates.
+    pub duplicates: u64,
+    /// Failed runs to be retried.
+    pub retried: u64,
+    /// Messages dead-lettered.
+    pub dead_lettered: u64,
+    /// Runs that panicked.
+    pub panicked: u64,
+    /// Deliveries deferred because a circuit breaker was open or infrastructure was unavailable.
+    pub deferred: u64,
+    /// Messages of another event type, acknowledged without running.
+    pub skipped: u64,
+    /// Commands rejected.
+    pub rejected: u64,
+}
+
+impl HandlerCounters {
+    pub(crate) fn snapshot(&self, handler: &str) -> HandlerStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        HandlerStats {
+            handler: handler.to_owned(),
+            succeeded: get(&self.succeeded),
+            duplicates: get(&self.duplicates),
+            retried: get(&self.retried),
+            dead_lettered: get(&self.dead_lettered),
+            panicked: get(&self.panicked),
+            deferred: get(&self.deferred),
+            skipped: get(&self.skipped),
+            rejected: get(&self.rejected),
+        }
+    }
+}
+
+/// Counts the final outcome (and what happened in place on the way: retries and deferrals of an
+/// ordered handler, a panic) in the handler's counters and metrics, and logs it.
+pub struct Record<D> {
+    pub(crate) inner: D,
+    pub(crate) counters: Arc<HandlerCounters>,
+    pub(crate) metrics: Arc<HandlerMetrics>,
+}
+
+impl<D: Dispatch> Dispatch for Record<D> {
+    async fn dispatch(&self, msg: &mut Message<'_>) -> Outcome {
+        self.metrics.delivered(msg.delivered());
+        let start = tokio::time::Instant::now();
+        let outcome = self.inner.dispatch(msg).await;
+        if msg.ran {
+            self.metrics.ran(start.elapsed());
+        }
+        let c = &*self.counters;
+        let add = |counter: &AtomicU64, n: u64| {
+            if n > 0 {
+                counter.fetch_add(n, Ordering::Relaxed);
+            }
+        };
+        add(&c.retried, u64::from(msg.retried_in_place));
+        add(&c.deferred, u64::from(msg.deferred_in_place));
+        for _ in 0..msg.retried_in_place {
+            self.metrics.outcome(monitor::Outcome::Retried);
+        }
+        for _ in 0..msg.deferred_in_place {
+            self.metrics.outcome(monitor::Outcome::Deferred);
+        }
+        if msg.panicked {
+            add(&c.panicked, 1);
+            self.metrics.panicked();
+        }
+        match &outcome {
+            Outcome::Succeeded => {
+                add(&c.succeeded, 1);
+                self.metrics.outcome(monitor::Outcome::Succeeded);
+            }
+            Outcome::Duplicate => {
+                add(&c.duplicates, 1);
+                self.metrics.outcome(monitor::Outcome::Duplicate);
+                tracing::debug!("already handled; not running again");
+            }
+            Outcome::Skipped => {
+                add(&c.skipped, 1);
+                self.metrics.outcome(monitor::Outcome::Skipped);
+                tracing::debug!("another event type; acknowledging without running");
+            }
+            Outcome::Failed { reason, .. } | Outcome::Retry { reason, .. } => {
+                add(&c.retried, 1);
+                self.metrics.outcome(monitor::Outcome::Retried);
+                tracing::warn!(%reason, attempt = msg.attempt(), "will be retried");
+            }
+            Outcome::Deferred { reason, delay, cause } => {
+                add(&c.deferred, 1);
+                self.metrics.outcome(monitor::Outcome::Deferred);
+                tracing::debug!(%reason, ?delay, ?cause, "deferred");
+            }
+            Outcome::DeadLettered { kind, reason } | Outcome::DeadLetter { kind, reason } => {
+                add(&c.dead_lettered, 1);
+                self.metrics.outcome(monitor::Outcome::DeadLettered);
+                self.metrics.dead_letter(*kind);
+                tracing::warn!(%reason, subject = msg.received().subject(), "dead-lettered");
+            }
+            Outcome::Rejected { reason } => {
+                add(&c.rejected, 1);
+                self.metrics.outcome(monitor::Outcome::Rejected);
+                tracing::info!(%reason, "rejected");
+            }
+        }
+        outcome
+    }
+}

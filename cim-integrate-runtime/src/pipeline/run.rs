@@ -1,0 +1,145 @@
+//! The pull loop: one per consumer (or command subscription), polling up to `concurrency`
+//! dispatch futures itself, with no task per message.
+//!
+//! A puller task keeps the source polled and hands messages over through a channel bounded by the
+//! concurrency, so a slow handler never stops the consumer from being polled while there is room
+//! (the NATS pull stream renews its pull requests and watches its heartbeats when polled), and no
+//! more than `concurrency` messages wait unstarted. The loop itself drives the in-flight
+//! dispatches in a `FuturesUnordered`; with [`spawn`](crate::handler::HandlerOptions::spawn) set,
+//! each message runs as its own task instead (for CPU-heavy handlers, to use every core).
+
+use super::{Dispatch, Message, Outcome, Received};
+use crate::transport::{Consumer, ConsumerSpec, Delivery, IncomingRequest, Responder, Transport};
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// Where messages come from.
+pub(crate) trait Source: Send + 'static {
+    /// One message.
+    type Item: Received + 'static;
+    /// The next message; `None` once the source is closed for good.
+    fn next(&mut self) -> impl Future<Output = Option<Self::Item>> + Send;
+}
+
+/// The edge of a stack: what an outcome means for the message's source.
+pub(crate) trait Settle<I>: Send + Sync + 'static {
+    /// Acts on `outcome` (`reply`: what a layer left for the reply, e.g. a remembered answer).
+    fn settle(&self, item: I, reply: Option<Bytes>, outcome: Outcome) -> impl Future<Output = ()> + Send;
+    /// Gives back a message that was pulled but not started (shutdown).
+    fn abandon(&self, item: I) -> impl Future<Output = ()> + Send;
+}
+
+/// A durable consumer as a source: errors reopen it after a pause; it never ends by itself.
+pub(crate) struct ConsumerSource<T: Transport> {
+    pub(crate) transport: T,
+    pub(crate) spec: ConsumerSpec,
+    pub(crate) consumer: T::Consumer,
+}
+
+impl<T: Transport> Source for ConsumerSource<T> {
+    type Item = Delivery<<T::Consumer as Consumer>::Acker>;
+
+    async fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            match self.consumer.next().await {
+                Ok(d) => return Some(d),
+                Err(e) => {
+                    tracing::error!(consumer = %self.spec.durable, error = %e, "consumer failed; reopening in 1s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    match self.transport.consumer(&self.spec).await {
+                        Ok(c) => self.consumer = c,
+                        Err(e) => tracing::error!(consumer = %self.spec.durable, error = %e, "reopening consumer failed"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Source for Responder {
+    type Item = IncomingRequest;
+
+    async fn next(&mut self) -> Option<IncomingRequest> {
+        Responder::next(self).await
+    }
+}
+
+/// Runs one message down `stack` and settles it.
+async fn one<I, D, S>(stack: &D, settle: &S, item: I)
+where
+    I: Received,
+    D: Dispatch,
+    S: Settle<I>,
+{
+    let envelope = item.envelope();
+    let (outcome, reply) = {
+        let mut msg = Message::new(&item, envelope);
+        let outcome = stack.dispatch(&mut msg).await;
+        (outcome, msg.reply.take())
+    };
+    settle.settle(item, reply, outcome).await;
+}
+
+/// Pulls from `source` and dispatches down `stack`, at most `concurrency` at once, until `stop`;
+/// then finishes what is in flight (the host bounds how long) and gives back what was pulled
+/// but not started.
+pub(crate) async fn run<Src, D, S>(
+    source: Src,
+    stack: Arc<D>,
+    settle: Arc<S>,
+    concurrency: usize,
+    spawn: bool,
+    mut stop: watch::Receiver<bool>,
+) where
+    Src: Source,
+    D: Dispatch,
+    S: Settle<Src::Item>,
+{
+    let concurrency = concurrency.max(1);
+    let (tx, mut rx) = mpsc::channel::<Src::Item>(concurrency);
+    let puller = tokio::spawn(pull(source, tx));
+    let mut in_flight = FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+            item = rx.recv(), if in_flight.len() < concurrency => match item {
+                Some(item) if spawn => {
+                    let (stack, settle) = (stack.clone(), settle.clone());
+                    let task = tokio::spawn(async move { one(&*stack, &*settle, item).await });
+                    in_flight.push(futures::future::Either::Left(async move {
+                        if let Err(e) = task.await {
+                            tracing::error!(error = %e, "dispatch task failed");
+                        }
+                    }));
+                }
+                Some(item) => in_flight.push(futures::future::Either::Right(one(&*stack, &*settle, item))),
+                None => break,
+            },
+        }
+    }
+    // Nothing new is started; what was pulled but not started goes back at once.
+    puller.abort();
+    rx.close();
+    while let Some(item) = rx.recv().await {
+        settle.abandon(item).await;
+    }
+    while in_flight.next().await.is_some() {}
+}
+
+async fn pull<Src: Source>(mut source: Src, tx: mpsc::Sender<Src::Item>) {
+    loop {
+        // Room first: the source is only asked for what can be started soon.
+        let Ok(permit) = tx.reserve().await else { return };
+        match source.next().await {
+            Some(item) => permit.send(item),
+            None => return,
+        }
+    }
+}

@@ -1,0 +1,40 @@
+//! Layer: one `handle` span around every message, carrying its identity.
+
+use super::{Dispatch, Message, Outcome};
+use std::sync::Arc;
+use tracing::Instrument;
+
+/// Opens the `handle` span: `kind` (`event`, `command`), `handler`, `subject`, `message_id`,
+/// `correlation_id`, `causation_id`, `delivered`. Everything below (the handler's own logs and
+/// its publishes) is inside it, so one correlation id finds every step of a conversation.
+pub struct Trace<D> {
+    pub(crate) inner: D,
+    pub(crate) kind: &'static str,
+    pub(crate) handler: Arc<str>,
+}
+
+impl<D: Dispatch> Dispatch for Trace<D> {
+    async fn dispatch(&self, msg: &mut Message<'_>) -> Outcome {
+        let delivered = msg.delivered();
+        let span = match msg.envelope() {
+            Some(e) => tracing::info_span!(
+                "handle",
+                kind = self.kind,
+                handler = %self.handler,
+                subject = %e.subject(),
+                message_id = %e.message_id(),
+                correlation_id = %e.correlation_id(),
+                causation_id = %e.causation_id(),
+                delivered,
+            ),
+            None => tracing::info_span!(
+                "handle",
+                kind = self.kind,
+                handler = %self.handler,
+                subject = msg.received().subject(),
+                delivered,
+            ),
+        };
+        self.inner.dispatch(msg).instrument(span).await
+    }
+}

@@ -18,7 +18,7 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use cim_integrate::command::{CommandRejection, CommandResult, CommandService};
+use cim_integrate::command::{CommandRejection, CommandResult};
 use cim_integrate::prelude::*;
 use cim_integrate::process::{Deadline, ProcessContext, ProcessOptions, ProcessRunner};
 use cim_integrate::waiter::Waiter;
@@ -198,15 +198,13 @@ impl Onboarding {
 /// is gone at the end.
 async fn run<T: Transport>(t: T) -> Result<(Vec<String>, bool), Error> {
     let audit = Audit::new(&["person", "organization", "document"]);
-    let commands = CommandService::builder(t.clone(), "backoffice")
-        .register(OrganizationCommands)
-        .register(DocumentCommands)
-        .start()
-        .await?;
     let runner = ProcessRunner::<T, Onboarding>::with_options(t.clone(), ProcessOptions::default()).await?;
-    let timers = runner.spawn_timers();
+    // One host: the command handlers, the process manager (its handlers and its deadline
+    // timers) and the audit handlers, with one start and one shutdown.
     let service = Service::builder(t.clone(), "onboarding")
-        .register(runner.clone())
+        .commands(OrganizationCommands)
+        .commands(DocumentCommands)
+        .process(runner.clone())
         .register(audit)
         .start()
         .await?;
@@ -237,9 +235,7 @@ async fn run<T: Transport>(t: T) -> Result<(Vec<String>, bool), Error> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
-    drop(timers);
     service.shutdown(Duration::from_secs(5)).await;
-    commands.shutdown(Duration::from_secs(5)).await;
     println!("process state deleted at its end: {ended}");
     Ok((documents, ended))
 }

@@ -589,6 +589,7 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
                         },
                         ordered: options.ordered,
                         ack_wait: options.ack_wait,
+                        max_wait: None,
                     },
                     store: dedup,
                     key: handler.clone(),
@@ -655,6 +656,7 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
                     },
                     ordered: true,
                     ack_wait: Duration::from_secs(30),
+                    max_wait: Some(COMMAND_MAX_WAIT),
                 },
                 kv: results.clone(),
                 scope: handler.clone(),
@@ -689,6 +691,9 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
         Ok(())
     }
 }
+
+/// Longest in-place retry of a command: its sender is waiting (5 s by default).
+const COMMAND_MAX_WAIT: Duration = Duration::from_secs(1);
 
 fn concurrency_of(options: &HandlerOptions) -> usize {
     if options.ordered { 1 } else { options.concurrency.max(1) }

@@ -11,6 +11,9 @@ pub struct Ordered<D> {
     pub(crate) inner: D,
     pub(crate) ordered: bool,
     pub(crate) ack_wait: Duration,
+    /// Longest wait in place; a longer retry or deferral goes back up the stack (commands: the
+    /// sender is waiting, so an open breaker's cool-down is answered at once). `None`: no limit.
+    pub(crate) max_wait: Option<Duration>,
 }
 
 impl<D: Dispatch> Dispatch for Ordered<D> {
@@ -35,6 +38,9 @@ impl<D: Dispatch> Dispatch for Ordered<D> {
                 }
                 _ => return outcome,
             };
+            if self.max_wait.is_some_and(|max| delay > max) {
+                return outcome;
+            }
             with_progress(tokio::time::sleep(delay), msg.received(), self.ack_wait).await;
             if deferral {
                 msg.deferred_in_place = msg.deferred_in_place.saturating_add(1);

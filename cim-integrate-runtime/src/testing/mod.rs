@@ -10,6 +10,10 @@
 //! option, such as NKey users). Readiness is the ports file plus a TCP connect, not a NATS
 //! handshake, so it works for servers that require credentials or TLS.
 
+mod observe;
+
+pub use observe::{Observed, Series, SpanRecord, observe};
+
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};

@@ -52,7 +52,7 @@ use crate::pipeline::command::{CommandInvoke, Reply, ResultCache};
 use crate::pipeline::dead_letter::DeadLetter;
 use crate::pipeline::dedup::Dedup;
 use crate::pipeline::filter::Filter;
-use crate::pipeline::invoke::{ContextParts, Invoke};
+use crate::pipeline::invoke::{ContextParts, Invoke, Runner};
 use crate::pipeline::ordered::Ordered;
 use crate::pipeline::record::{HandlerCounters, Record};
 use crate::pipeline::run::{self, ConsumerSource};
@@ -567,10 +567,12 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
         });
         let invoke = Invoke {
             registration: reg.clone(),
-            parts: parts.clone(),
-            set: Arc::from(set),
-            name: Arc::from(reg.name.as_str()),
-            handler: handler.clone(),
+            runner: Runner {
+                parts: parts.clone(),
+                set: Arc::from(set),
+                name: Arc::from(reg.name.as_str()),
+                handler: handler.clone(),
+            },
         };
         let core = DeadLetter {
             inner: Filter {
@@ -642,10 +644,12 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
                             inner: CatchPanic {
                                 inner: CommandInvoke {
                                     registration: reg.clone(),
-                                    parts: parts.clone(),
-                                    set: Arc::from(set.as_str()),
-                                    name: Arc::from(reg.name()),
-                                    handler: handler.clone(),
+                                    runner: Runner {
+                                        parts: parts.clone(),
+                                        set: Arc::from(set.as_str()),
+                                        name: Arc::from(reg.name()),
+                                        handler: handler.clone(),
+                                    },
                                 },
                                 ack_wait: Duration::from_secs(30),
                             },

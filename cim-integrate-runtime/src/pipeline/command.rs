@@ -2,7 +2,7 @@
 //! settle).
 
 use super::breaker::MIN_DEFERRAL;
-use super::invoke::ContextParts;
+use super::invoke::Runner;
 use super::run::Settle;
 use super::{Deferral, Dispatch, Message, Outcome};
 use crate::breaker;
@@ -28,15 +28,12 @@ fn invalid_command(msg: &Message<'_>) -> Outcome {
 /// retried in place by the layers above, then answered `failed`).
 pub struct CommandInvoke {
     pub(crate) registration: CommandRegistration,
-    pub(crate) parts: ContextParts,
-    pub(crate) set: Arc<str>,
-    pub(crate) name: Arc<str>,
-    pub(crate) handler: Arc<str>,
+    pub(crate) runner: Runner,
 }
 
 impl Dispatch for CommandInvoke {
     async fn dispatch(&self, msg: &mut Message<'_>) -> Outcome {
-        let Some(ctx) = self.parts.context(msg, &self.set, &self.name, &self.handler) else {
+        let Some(ctx) = self.runner.context(msg) else {
             return invalid_command(msg);
         };
         let fut = match (self.registration.invoke)(ctx, msg.received().payload()) {

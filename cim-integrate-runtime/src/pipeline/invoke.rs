@@ -19,20 +19,25 @@ pub(crate) struct ContextParts {
     pub(crate) log: Arc<PublishLog>,
 }
 
-impl ContextParts {
-    /// The context for running `handler` (of `set`) on `msg`.
-    pub(crate) fn context(&self, msg: &Message<'_>, set: &Arc<str>, name: &Arc<str>, handler: &Arc<str>) -> Option<Context> {
+/// Who runs: the handler set, the handler's name, and its full name (durable name, or
+/// `{set}-{name}` for commands), with what their [`Context`]s need.
+#[derive(Clone)]
+pub(crate) struct Runner {
+    pub(crate) parts: ContextParts,
+    pub(crate) set: Arc<str>,
+    pub(crate) name: Arc<str>,
+    pub(crate) handler: Arc<str>,
+}
+
+impl Runner {
+    /// The context for running the handler on `msg`; `None` without a valid envelope.
+    pub(crate) fn context(&self, msg: &Message<'_>) -> Option<Context> {
         let envelope = msg.envelope()?;
+        let p = &self.parts;
         Some(
-            Context::new(
-                envelope,
-                msg.attempt(),
-                handler.clone(),
-                self.prefix.clone(),
-                self.publisher.clone(),
-            )
-            .observed_by(set, name, &self.log)
-            .propagating(msg.propagated()),
+            Context::new(envelope, msg.attempt(), self.handler.clone(), p.prefix.clone(), p.publisher.clone())
+                .observed_by(&self.set, &self.name, &p.log)
+                .propagating(msg.propagated()),
         )
     }
 }
@@ -42,15 +47,12 @@ impl ContextParts {
 /// undecodable payload (dead letters).
 pub struct Invoke {
     pub(crate) registration: Registration,
-    pub(crate) parts: ContextParts,
-    pub(crate) set: Arc<str>,
-    pub(crate) name: Arc<str>,
-    pub(crate) handler: Arc<str>,
+    pub(crate) runner: Runner,
 }
 
 impl Dispatch for Invoke {
     async fn dispatch(&self, msg: &mut Message<'_>) -> Outcome {
-        let Some(ctx) = self.parts.context(msg, &self.set, &self.name, &self.handler) else {
+        let Some(ctx) = self.runner.context(msg) else {
             return super::filter::invalid_envelope(msg);
         };
         let payload = msg.received().payload();

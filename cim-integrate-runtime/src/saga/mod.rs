@@ -87,9 +87,9 @@ pub mod fixture;
 pub use context::StepContext;
 pub use events::{SAGA_EVENT_TYPE, SAGA_EVENT_VERSION, SAGA_EVENTS_DOMAIN, SagaEvent, SagaEventKind};
 pub use record::{RECORD_FORMAT, SagaRecord, SagaStatus, StepRecord, StepState};
-pub use runner::{
-    CrashPoint, FaultHook, Moment, ResumeReport, SagaError, SagaOutcome, SagaRunner, SagaRunnerBuilder, Write,
-};
+pub use runner::{DEFAULT_LEASE, DEFAULT_RESUME_CONCURRENCY, ResumeReport, SagaError, SagaOutcome, SagaRunner, SagaRunnerBuilder};
+#[cfg(feature = "testing")]
+pub use runner::{CrashPoint, FaultHook, Moment, Write};
 
 use crate::handler::{HandlerError, RetryPolicy};
 use futures::future::BoxFuture;

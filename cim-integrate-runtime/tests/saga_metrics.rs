@@ -2,6 +2,7 @@
 //! compensating, every step publishing) produce exactly the metric series 10 do, and no label
 //! value names a saga instance. Message ids of step publishes stay per instance.
 
+use cim_integrate_runtime::Envelope;
 use cim_integrate_runtime::handler::{Context, HandlerError};
 use cim_integrate_runtime::id::Identity;
 use cim_integrate_runtime::saga::{Saga, SagaOutcome, SagaRunner, SagaStatus, Step, StepContext, StepFuture};
@@ -9,7 +10,6 @@ use cim_integrate_runtime::service::Service;
 use cim_integrate_runtime::subject::{Subject, SubjectPattern};
 use cim_integrate_runtime::transport::memory::MemoryTransport;
 use cim_integrate_runtime::transport::{Consumer, ConsumerSpec, StreamSpec, Transport};
-use cim_integrate_runtime::Envelope;
 use metrics_util::debugging::{DebuggingRecorder, Snapshotter};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -41,7 +41,10 @@ impl Ledger {
             .await
             .map_err(HandlerError::transient)?;
         if ack.duplicate {
-            return Err(HandlerError::permanent(format!("{token} of {} dropped as a duplicate", ctx.saga_id())));
+            return Err(HandlerError::permanent(format!(
+                "{token} of {} dropped as a duplicate",
+                ctx.saga_id()
+            )));
         }
         Ok(())
     }
@@ -157,7 +160,10 @@ async fn metric_series_do_not_grow_with_sagas() {
     for (_, labels) in &published {
         let publisher = labels.iter().find(|(k, _)| k == "publisher").map(|(_, v)| v.as_str());
         assert!(
-            matches!(publisher, Some("ledger.debit" | "ledger.notify" | "ledger.debit.compensate")),
+            matches!(
+                publisher,
+                Some("ledger.debit" | "ledger.notify" | "ledger.debit.compensate")
+            ),
             "{labels:?}"
         );
     }

@@ -889,7 +889,11 @@ pub async fn resume_is_concurrent_and_bounded<T: Transport>(t: T) {
     lock(&shop.script.slow).insert("reserve", Duration::from_millis(100));
     let r = runner(&t, &shop, "node-2").await;
     let report = r.resume().await.expect("resume");
-    let completed: Vec<&String> = report.completed.iter().filter(|id| id.starts_with("default-")).collect();
+    let completed: Vec<&String> = report
+        .completed
+        .iter()
+        .filter(|id| id.starts_with("default-"))
+        .collect();
     assert_eq!(completed, ids.iter().collect::<Vec<_>>(), "{report:?}");
     assert_eq!(
         shop.script.max_in_flight.load(Ordering::SeqCst),
@@ -947,17 +951,17 @@ pub async fn resume_runs_beside_a_consuming_service<T: Transport>(t: T) {
         }
         finished = &mut resume => panic!("the resumes finished before the handler's first event: {finished:?}"),
     }
-    assert!(
-        !resume.is_finished(),
-        "resume still running when the event was handled"
-    );
+    assert!(!resume.is_finished(), "resume still running when the event was handled");
     let in_flight = shop.script.in_flight.load(Ordering::SeqCst);
     let report = tokio::time::timeout(SOON * 3, resume)
         .await
         .expect("resumes settle in time")
         .expect("resume task")
         .expect("resume");
-    assert_eq!(report.completed, ids, "{report:?} ({in_flight} in flight at the first event)");
+    assert_eq!(
+        report.completed, ids,
+        "{report:?} ({in_flight} in flight at the first event)"
+    );
     for id in &ids {
         let rec = r.status(id).await.expect("status").expect("record");
         assert_eq!(rec.status, SagaStatus::Completed, "{id}");

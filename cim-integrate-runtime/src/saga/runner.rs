@@ -44,8 +44,8 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Calls the fault hook at a crash point, returning [`SagaError::Crashed`] if it says so; compiles
-/// to nothing without the `testing` feature.
+// Calls the fault hook at a crash point, returning `SagaError::Crashed` if it says so; compiles
+// to nothing without the `testing` feature.
 macro_rules! fault {
     ($runner:expr, $id:expr, $write:expr, $step:expr, $moment:ident) => {
         #[cfg(feature = "testing")]
@@ -60,8 +60,8 @@ pub const DEFAULT_RESUME_CONCURRENCY: usize = 16;
 /// (on top of the running step's timeout and back-off).
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
-/// Which persisted write a step boundary is (a [`CrashPoint`] surrounds one). Public with the
-/// `testing` feature only.
+/// Which persisted write a step boundary is (a crash point of the fault hook surrounds one).
+/// Public with the `testing` feature only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Write {
     /// The record is created.
@@ -130,7 +130,7 @@ pub type FaultHook = Arc<dyn Fn(&CrashPoint) -> bool + Send + Sync>;
 
 /// What went wrong driving a saga.
 ///
-/// Non-exhaustive: the `testing` feature adds [`SagaError::Crashed`](#variant.Crashed).
+/// Non-exhaustive: the `testing` feature adds the variant `Crashed` (a fault hook stopped the runner).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SagaError {

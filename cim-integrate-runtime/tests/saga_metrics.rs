@@ -34,7 +34,7 @@ impl Ledger {
         if token == "notified" && ctx.data().fail {
             return Err(HandlerError::permanent("notification refused"));
         }
-        let subject = Subject::new(&format!("ledger.{token}")).map_err(HandlerError::permanent)?;
+        let subject = Subject::new(format!("ledger.{token}")).map_err(HandlerError::permanent)?;
         let ack = ctx
             .context()
             .publish_bytes(&subject, "LedgerEvent", "1.0", ctx.saga_id().as_bytes().to_vec())

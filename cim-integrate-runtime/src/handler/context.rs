@@ -51,6 +51,9 @@ struct Inner {
     occurred: Timestamp,
     delivered: u64,
     handler: Arc<str>,
+    /// The scope message ids of publishes are derived from: the handler's name, or a finer key
+    /// (a saga step's idempotency key) when the label must stay bounded and the ids unique.
+    scope: Arc<str>,
     prefix: Option<Subject>,
     publisher: Arc<dyn DynPublish>,
     published: AtomicU32,
@@ -98,6 +101,7 @@ impl Context {
                 subject: envelope.subject().clone(),
                 occurred: envelope.occurred(),
                 delivered,
+                scope: handler.clone(),
                 handler,
                 prefix,
                 publisher,
@@ -130,6 +134,17 @@ impl Context {
     /// `transport` as if handling `envelope` as `handler`.
     pub fn detached<T: Transport>(transport: T, envelope: &Envelope, handler: &str) -> Self {
         Self::new(envelope, 1, Arc::from(handler), None, Arc::new(transport))
+    }
+
+    /// A detached context labelled `label` (its handler name in metrics, spans and logs: bounded,
+    /// never an id) whose published message ids are derived from `scope` (a per-instance key, so a
+    /// re-run re-publishes the same ids).
+    pub(crate) fn detached_scoped<T: Transport>(transport: T, envelope: &Envelope, label: &str, scope: &str) -> Self {
+        let mut context = Self::detached(transport, envelope, label);
+        if let Some(inner) = Arc::get_mut(&mut context.inner) {
+            inner.scope = Arc::from(scope);
+        }
+        context
     }
 
     /// The handled message's identity.
@@ -203,7 +218,7 @@ impl Context {
         let identity = self
             .inner
             .identity
-            .derived_child(&self.inner.handler, n, self.inner.occurred);
+            .derived_child(&self.inner.scope, n, self.inner.occurred);
         let envelope =
             Envelope::with_identity(identity, self.full_subject(subject)?, payload).typed(event_type, version);
         self.send(subject, event_type, self.with_propagated(envelope)).await

@@ -19,7 +19,7 @@ use super::{
     StepFuture, StepState, Write,
 };
 use crate::envelope::Envelope;
-use crate::handler::{Context, HandlerError, RetryPolicy};
+use crate::handler::{Context, HandlerError, Registration, RetryPolicy};
 use crate::id::Identity;
 use crate::service::Service;
 use crate::subject::{Subject, SubjectPattern};
@@ -47,6 +47,8 @@ macro_rules! saga_conformance_tests {
             loser_of_a_write_race_stops,
             started_by_an_event,
             corrupt_records_are_reported,
+            resume_is_concurrent_and_bounded,
+            resume_runs_beside_a_consuming_service,
         ]);
     };
     (@cases $tokio:tt $setup:path; [$($case:ident),* $(,)?]) => {
@@ -114,6 +116,10 @@ pub struct Script {
     pub pause: Mutex<Duration>,
     /// Run once, inside the next step, to simulate another runner writing meanwhile.
     pub interfere: Mutex<Option<Interference>>,
+    /// Slow steps (see `slow`) running right now.
+    pub in_flight: AtomicUsize,
+    /// The most slow steps that ever ran at once.
+    pub max_in_flight: AtomicUsize,
 }
 
 impl std::fmt::Debug for Script {
@@ -183,7 +189,10 @@ impl Shop {
             }
             let slow = lock(&self.script.slow).get(step).copied();
             if let Some(d) = slow {
+                let now = self.script.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                self.script.max_in_flight.fetch_max(now, Ordering::SeqCst);
                 tokio::time::sleep(d).await;
+                self.script.in_flight.fetch_sub(1, Ordering::SeqCst);
             }
             let flaky = {
                 let mut f = lock(&self.script.flaky);
@@ -832,4 +841,137 @@ pub async fn corrupt_records_are_reported<T: Transport>(t: T) {
     let failed: Vec<&str> = report.failed.iter().map(|(id, _)| id.as_str()).collect();
     assert_eq!(failed, ["future", "garbage", "wrong-data"], "{report:?}");
     assert!(r.needs_attention().await.expect("list").is_empty());
+}
+
+/// Starts `n` sagas `{prefix}-{i}` with a runner named `instance` that crashes right after each
+/// record is created, leaving them all unfinished (owned by `instance`, nothing run yet).
+async fn unfinished<T: Transport>(t: &T, shop: &Shop, instance: &str, prefix: &str, n: usize) -> Vec<String> {
+    let crashing = SagaRunner::builder(t.clone(), shop.clone())
+        .instance(instance)
+        .lease(LEASE)
+        .fault_hook(|p| p.write == Write::Create && p.moment == Moment::After)
+        .build()
+        .await
+        .expect("runner");
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        let id = format!("{prefix}-{i:03}");
+        let crashed = crashing.start(&id, Order::default()).await;
+        assert!(matches!(crashed, Err(super::SagaError::Crashed(_))), "{crashed:?}");
+        ids.push(id);
+    }
+    ids
+}
+
+/// `resume_concurrently(limit)` drives unfinished sagas side by side, never more than `limit` at
+/// once, with the same report as one by one; `resume()` uses the default bound.
+pub async fn resume_is_concurrent_and_bounded<T: Transport>(t: T) {
+    let shop = Shop::default();
+    let ids = unfinished(&t, &shop, "node-1", "bounded", 20).await;
+    lock(&shop.script.slow).insert("reserve", Duration::from_millis(100));
+    let r = runner(&t, &shop, "node-1").await;
+    let report = r.resume_concurrently(4).await.expect("resume");
+    assert_eq!(report.completed, ids, "{report:?}");
+    assert_eq!(shop.script.max_in_flight.load(Ordering::SeqCst), 4);
+    for id in &ids {
+        assert_eq!(
+            shop.script.calls_of(id),
+            ["+validate", "+reserve", "+charge", "+publish"]
+        );
+    }
+    // Nothing left to do: a second resume finds every saga settled.
+    let again = r.resume().await.expect("resume again");
+    assert_eq!(again.settled, 20, "{again:?}");
+    assert!(again.completed.is_empty());
+    // The default bound.
+    let shop = Shop::default();
+    let ids = unfinished(&t, &shop, "node-2", "default", 40).await;
+    lock(&shop.script.slow).insert("reserve", Duration::from_millis(100));
+    let r = runner(&t, &shop, "node-2").await;
+    let report = r.resume().await.expect("resume");
+    let completed: Vec<&String> = report
+        .completed
+        .iter()
+        .filter(|id| id.starts_with("default-"))
+        .collect();
+    assert_eq!(completed, ids.iter().collect::<Vec<_>>(), "{report:?}");
+    assert_eq!(
+        shop.script.max_in_flight.load(Ordering::SeqCst),
+        super::DEFAULT_RESUME_CONCURRENCY
+    );
+}
+
+/// The event of [`resume_runs_beside_a_consuming_service`]'s handler.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Ping {
+    pub version: String,
+}
+
+/// 50 unfinished sagas, each with a slow step, are resumed in the background while a service
+/// consumes: the handler's first event is handled before the resumes finish, and every saga
+/// settles.
+pub async fn resume_runs_beside_a_consuming_service<T: Transport>(t: T) {
+    const SAGAS: usize = 50;
+    let shop = Shop::default();
+    let ids = unfinished(&t, &shop, "node-1", "backlog", SAGAS).await;
+    lock(&shop.script.slow).insert("reserve", Duration::from_millis(100));
+    t.ensure_stream(&StreamSpec::for_domain("probe", None).expect("spec"))
+        .await
+        .expect("stream");
+    let r = runner(&t, &shop, "node-1").await;
+    let began = tokio::time::Instant::now();
+    // As a host does at start: resume in the background, then consume at once.
+    let mut resume = r.resume_in_background(super::DEFAULT_RESUME_CONCURRENCY);
+    let (handled_tx, handled_rx) = tokio::sync::oneshot::channel::<()>();
+    let handled_tx = Arc::new(Mutex::new(Some(handled_tx)));
+    let registration = Registration::new(
+        "probe",
+        SubjectPattern::new("probe.ping").expect("pattern"),
+        "Ping",
+        |b: &[u8]| serde_json::from_slice::<Ping>(b),
+        move |_ctx: Context, _p: Ping| {
+            if let Some(tx) = lock(&handled_tx).take() {
+                let _ = tx.send(());
+            }
+            async { Ok(()) }
+        },
+    );
+    let svc = Service::builder(t.clone(), "probe")
+        .handler("probe", registration)
+        .start()
+        .await
+        .expect("service");
+    let body = serde_json::to_vec(&Ping { version: "1.0".into() }).expect("json");
+    let ping = Envelope::root(Subject::new("probe.ping").expect("subject"), body).typed("Ping", "1.0");
+    t.publish_and_wait((&ping).into()).await.expect("publish");
+    tokio::select! {
+        biased;
+        handled = tokio::time::timeout(SOON, handled_rx) => {
+            handled.expect("handled in time").expect("handler ran");
+        }
+        finished = &mut resume => panic!("the resumes finished before the handler's first event: {finished:?}"),
+    }
+    assert!(!resume.is_finished(), "resume still running when the event was handled");
+    let in_flight = shop.script.in_flight.load(Ordering::SeqCst);
+    let report = tokio::time::timeout(SOON * 3, resume)
+        .await
+        .expect("resumes settle in time")
+        .expect("resume task")
+        .expect("resume");
+    assert_eq!(
+        report.completed, ids,
+        "{report:?} ({in_flight} in flight at the first event)"
+    );
+    for id in &ids {
+        let rec = r.status(id).await.expect("status").expect("record");
+        assert_eq!(rec.status, SagaStatus::Completed, "{id}");
+    }
+    // Side by side, bounded: far quicker than 50 slow steps one after another.
+    let took = began.elapsed();
+    assert!(took < Duration::from_millis(100) * 25, "resume took {took:?}");
+    assert!(
+        shop.script.max_in_flight.load(Ordering::SeqCst) <= super::DEFAULT_RESUME_CONCURRENCY,
+        "bounded"
+    );
+    svc.shutdown(Duration::from_secs(5)).await;
 }

@@ -27,8 +27,13 @@
 //! - **Lifecycle events.** `saga.{name}.{kind}` on the `SAGA_EVENTS` stream ([`SagaEvent`]),
 //!   carrying the correlation id of the message that started the saga, with deterministic message
 //!   ids so that a re-publish after a crash is dropped by JetStream's duplicate window.
-//! - **Resume.** [`SagaRunner::resume`] finds every unfinished instance in the bucket and drives it
-//!   to completed or fully compensated.
+//! - **Resume.** [`SagaRunner::resume_concurrently`] finds every unfinished instance in the bucket
+//!   and drives it to completed or fully compensated, a bounded number at once
+//!   ([`SagaRunner::resume`] with [`DEFAULT_RESUME_CONCURRENCY`]);
+//!   [`SagaRunner::resume_in_background`] runs that beside a consuming service, so start-up never
+//!   waits for it.
+//! - **Bounded labels.** Publishes of steps are labelled `{saga}.{step}` in metrics and spans,
+//!   never by saga id.
 //!
 //! ```
 //! use cim_integrate_runtime::handler::HandlerError;
@@ -87,8 +92,10 @@ pub mod fixture;
 pub use context::StepContext;
 pub use events::{SAGA_EVENT_TYPE, SAGA_EVENT_VERSION, SAGA_EVENTS_DOMAIN, SagaEvent, SagaEventKind};
 pub use record::{RECORD_FORMAT, SagaRecord, SagaStatus, StepRecord, StepState};
+#[cfg(feature = "testing")]
+pub use runner::{CrashPoint, FaultHook, Moment, Write};
 pub use runner::{
-    CrashPoint, FaultHook, Moment, ResumeReport, SagaError, SagaOutcome, SagaRunner, SagaRunnerBuilder, Write,
+    DEFAULT_LEASE, DEFAULT_RESUME_CONCURRENCY, ResumeReport, SagaError, SagaOutcome, SagaRunner, SagaRunnerBuilder,
 };
 
 use crate::handler::{HandlerError, RetryPolicy};

@@ -44,14 +44,28 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
+// Calls the fault hook at a crash point, returning `SagaError::Crashed` if it says so; compiles
+// to nothing without the `testing` feature.
+macro_rules! fault {
+    ($runner:expr, $id:expr, $write:expr, $step:expr, $moment:ident) => {
+        #[cfg(feature = "testing")]
+        $runner.fault($id, $write, $step, Moment::$moment)?;
+    };
+}
+
+/// How many sagas [`SagaRunner::resume`] drives at once.
+pub const DEFAULT_RESUME_CONCURRENCY: usize = 16;
+
 /// The default lease: how long after a runner's last write other runners leave its saga alone
 /// (on top of the running step's timeout and back-off).
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
-/// Which persisted write a [`CrashPoint`] surrounds.
+/// Which persisted write a step boundary is (a crash point of the fault hook surrounds one).
+/// Public with the `testing` feature only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Write {
     /// The record is created.
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
     Create,
     /// A step attempt's intent.
     StepStarted,
@@ -74,6 +88,7 @@ pub enum Write {
 }
 
 /// Before or after a write.
+#[cfg(feature = "testing")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Moment {
     /// Just before the write is sent.
@@ -83,6 +98,7 @@ pub enum Moment {
 }
 
 /// A step boundary at which a test can make the runner stop as if its process died.
+#[cfg(feature = "testing")]
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CrashPoint {
     /// The saga instance.
@@ -95,6 +111,7 @@ pub struct CrashPoint {
     pub moment: Moment,
 }
 
+#[cfg(feature = "testing")]
 impl fmt::Display for CrashPoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:?} {:?}", self.moment, self.write)?;
@@ -107,11 +124,15 @@ impl fmt::Display for CrashPoint {
 
 /// A fault-injection hook for tests: called at every [`CrashPoint`]; returning `true` makes the
 /// runner stop there with [`SagaError::Crashed`], writing and publishing nothing more, as if its
-/// process had died.
+/// process had died. Only with the `testing` feature.
+#[cfg(feature = "testing")]
 pub type FaultHook = Arc<dyn Fn(&CrashPoint) -> bool + Send + Sync>;
 
 /// What went wrong driving a saga.
+///
+/// Non-exhaustive: the `testing` feature adds the variant `Crashed` (a fault hook stopped the runner).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SagaError {
     /// The saga id is not usable as a key.
     #[error("invalid saga id `{id}`: {reason}")]
@@ -183,7 +204,8 @@ pub enum SagaError {
     /// Publishing lifecycle events or provisioning their stream failed.
     #[error(transparent)]
     Transport(#[from] TransportError),
-    /// A [`FaultHook`] stopped the runner here (tests only).
+    /// A [`FaultHook`] stopped the runner here (tests only: the `testing` feature).
+    #[cfg(feature = "testing")]
     #[error("injected crash at {0}")]
     Crashed(CrashPoint),
 }
@@ -195,6 +217,7 @@ impl SagaError {
         match self {
             Self::KeyValue(e) => e.is_transient(),
             Self::Transport(e) => e.is_transient(),
+            #[cfg(feature = "testing")]
             Self::Crashed(_) => true,
             _ => false,
         }
@@ -229,7 +252,8 @@ pub enum SagaOutcome {
     Lost,
 }
 
-/// What [`SagaRunner::resume`] did.
+/// What [`SagaRunner::resume`] (or [`SagaRunner::resume_concurrently`]) did. Each list is
+/// sorted by saga id.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ResumeReport {
     /// Driven to completion.
@@ -246,6 +270,25 @@ pub struct ResumeReport {
     pub settled: usize,
     /// Could not be driven (corrupt record, store unreachable), with the reason.
     pub failed: Vec<(String, String)>,
+}
+
+impl ResumeReport {
+    fn add(&mut self, id: String, result: Result<Option<SagaOutcome>, SagaError>) {
+        match result {
+            Ok(None) => self.settled += 1,
+            Ok(Some(SagaOutcome::Completed)) => self.completed.push(id),
+            Ok(Some(SagaOutcome::Compensated { .. })) => self.compensated.push(id),
+            Ok(Some(SagaOutcome::NeedsAttention { .. })) => self.needs_attention.push(id),
+            Ok(Some(SagaOutcome::Busy { .. })) => self.busy.push(id),
+            Ok(Some(SagaOutcome::Lost)) => self.lost.push(id),
+            // Deleted (forgotten) between listing and loading.
+            Err(SagaError::NotFound { .. }) => {}
+            Err(e) => {
+                tracing::warn!(%id, error = %e, "cannot resume saga");
+                self.failed.push((id, e.to_string()));
+            }
+        }
+    }
 }
 
 /// A clock for leases: wall-clock milliseconds anchored at the runner's creation, advanced by
@@ -281,6 +324,7 @@ struct Inner<S: Saga, T: Transport> {
     lease: Duration,
     clock: Clock,
     events_subject: Subject,
+    #[cfg(feature = "testing")]
     hook: Option<FaultHook>,
 }
 
@@ -314,6 +358,7 @@ pub struct SagaRunnerBuilder<S: Saga, T: Transport> {
     instance: Option<String>,
     lease: Duration,
     bucket: Option<String>,
+    #[cfg(feature = "testing")]
     hook: Option<FaultHook>,
 }
 
@@ -348,7 +393,8 @@ impl<S: Saga, T: Transport> SagaRunnerBuilder<S, T> {
         self.bucket = Some(bucket.into());
         self
     }
-    /// Installs a fault-injection hook (tests).
+    /// Installs a fault-injection hook (tests; only with the `testing` feature).
+    #[cfg(feature = "testing")]
     pub fn fault_hook(mut self, hook: impl Fn(&CrashPoint) -> bool + Send + Sync + 'static) -> Self {
         self.hook = Some(Arc::new(hook));
         self
@@ -382,6 +428,7 @@ impl<S: Saga, T: Transport> SagaRunnerBuilder<S, T> {
                 lease: self.lease,
                 clock: Clock::new(),
                 events_subject,
+                #[cfg(feature = "testing")]
                 hook: self.hook,
             }),
         })
@@ -441,6 +488,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
             instance: None,
             lease: DEFAULT_LEASE,
             bucket: None,
+            #[cfg(feature = "testing")]
             hook: None,
         }
     }
@@ -504,13 +552,13 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
             round: 0,
         };
         emit(&mut rec, SagaEventKind::Started, None, None, None);
-        self.fault(id, Write::Create, None, Moment::Before)?;
+        fault!(self, id, Write::Create, None, Before);
         let rev = match self.inner.kv.create(id, encode(&rec)?).await {
             Ok(rev) => rev,
             Err(KvError::AlreadyExists { .. }) => return Err(SagaError::AlreadyExists { id: id.to_owned() }),
             Err(e) => return Err(e.into()),
         };
-        self.fault(id, Write::Create, None, Moment::After)?;
+        fault!(self, id, Write::Create, None, After);
         tracing::debug!(saga = S::NAME, id, correlation_id = %rec.identity.correlation_id, "saga started");
         let mut run = Run {
             rec,
@@ -543,38 +591,75 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
     }
 
     /// Finds every unfinished saga in the bucket and drives each to completed, compensated or
-    /// needs-attention, one after another. Sagas leased by a live runner are left alone; a
-    /// corrupt record is reported, not fatal.
+    /// needs-attention, [`DEFAULT_RESUME_CONCURRENCY`] at a time:
+    /// [`resume_concurrently`](Self::resume_concurrently)`(DEFAULT_RESUME_CONCURRENCY)`. A host
+    /// should not await it before it starts consuming; see
+    /// [`resume_in_background`](Self::resume_in_background).
     pub async fn resume(&self) -> Result<ResumeReport, SagaError> {
+        self.resume_concurrently(DEFAULT_RESUME_CONCURRENCY).await
+    }
+
+    /// Finds every unfinished saga in the bucket and drives each to completed, compensated or
+    /// needs-attention, with at most `limit` sagas in flight at once (`0` counts as `1`). The
+    /// sagas are polled by this future itself, not spawned: it returns once every one settled or
+    /// stopped.
+    ///
+    /// Sagas leased by another live runner are left alone ([`ResumeReport::busy`]); a saga
+    /// another runner writes meanwhile is given up ([`ResumeReport::lost`]); a corrupt record or
+    /// an unreachable store is reported ([`ResumeReport::failed`]), not fatal. Only failing to
+    /// list the bucket is an error. The report's lists are sorted by id.
+    pub async fn resume_concurrently(&self, limit: usize) -> Result<ResumeReport, SagaError> {
+        use futures::stream::StreamExt;
+        let ids = self.inner.kv.keys().await?;
         let mut report = ResumeReport::default();
-        for id in self.inner.kv.keys().await? {
-            let result = match self.load(&id).await {
-                Ok(run) if run.rec.status.is_settled() && run.rec.outbox.is_empty() => {
-                    if run.rec.status == SagaStatus::NeedsAttention {
-                        report.needs_attention.push(id);
-                    } else {
-                        report.settled += 1;
-                    }
-                    continue;
-                }
-                Ok(run) => self.resume_loaded(run).await,
-                Err(e) => Err(e),
-            };
-            match result {
-                Ok(SagaOutcome::Completed) => report.completed.push(id),
-                Ok(SagaOutcome::Compensated { .. }) => report.compensated.push(id),
-                Ok(SagaOutcome::NeedsAttention { .. }) => report.needs_attention.push(id),
-                Ok(SagaOutcome::Busy { .. }) => report.busy.push(id),
-                Ok(SagaOutcome::Lost) => report.lost.push(id),
-                Err(SagaError::NotFound { .. }) => {}
-                Err(e) => {
-                    tracing::warn!(saga = S::NAME, %id, error = %e, "cannot resume saga");
-                    report.failed.push((id, e.to_string()));
-                }
-            }
+        let mut resumes = futures::stream::iter(ids)
+            .map(|id| async move {
+                let result = self.resume_one(&id).await;
+                (id, result)
+            })
+            .buffer_unordered(limit.max(1));
+        while let Some((id, result)) = resumes.next().await {
+            report.add(id, result);
         }
+        for list in [
+            &mut report.completed,
+            &mut report.compensated,
+            &mut report.needs_attention,
+            &mut report.busy,
+            &mut report.lost,
+        ] {
+            list.sort_unstable();
+        }
+        report.failed.sort_unstable();
         tracing::info!(saga = S::NAME, ?report, "resumed sagas");
         Ok(report)
+    }
+
+    /// Runs [`resume_concurrently`](Self::resume_concurrently)`(limit)` as one background task
+    /// (inside a `saga_resume` span), so that a host starts consuming at once while unfinished
+    /// sagas are driven on beside it. Await the handle for the report, or drop it to let the
+    /// resume run unobserved (the report is logged either way).
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime (as [`tokio::spawn`] does).
+    pub fn resume_in_background(&self, limit: usize) -> tokio::task::JoinHandle<Result<ResumeReport, SagaError>> {
+        let runner = self.clone();
+        let span = tracing::info_span!("saga_resume", saga = S::NAME, limit);
+        tokio::spawn(tracing::Instrument::instrument(
+            async move { runner.resume_concurrently(limit).await },
+            span,
+        ))
+    }
+
+    /// Resumes one saga of the bucket: `Ok(None)` if it had settled (completed or compensated,
+    /// its events published), the outcome otherwise (a saga found needing attention included).
+    async fn resume_one(&self, id: &str) -> Result<Option<SagaOutcome>, SagaError> {
+        let run = self.load(id).await?;
+        if run.rec.status.is_settled() && run.rec.outbox.is_empty() {
+            return Ok((run.rec.status == SagaStatus::NeedsAttention).then(|| outcome_of(&run.rec)));
+        }
+        self.resume_loaded(run).await.map(Some)
     }
 
     /// The persisted state of saga `id`, or `None`.
@@ -728,6 +813,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         })
     }
 
+    #[cfg(feature = "testing")]
     fn fault(&self, id: &str, write: Write, step: Option<&'static str>, moment: Moment) -> Result<(), SagaError> {
         if let Some(hook) = &self.inner.hook {
             let point = CrashPoint {
@@ -753,7 +839,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         extra_lease: Duration,
     ) -> Result<(), SagaError> {
         let id = run.rec.id.clone();
-        self.fault(&id, write, step, Moment::Before)?;
+        fault!(self, &id, write, step, Before);
         run.rec.owner.clone_from(&self.inner.instance);
         run.rec.lease_until_ms = self
             .inner
@@ -764,13 +850,13 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         run.rev = match self.inner.kv.update(&id, bytes, run.rev).await {
             Ok(rev) => rev,
             Err(KvError::Conflict { .. }) => {
-                tracing::info!(saga = S::NAME, %id, ?write, "another runner wrote the saga first; stopping");
+                tracing::info!(saga = S::NAME, %id, ?write, ?step, "another runner wrote the saga first; stopping");
                 return Err(SagaError::Conflict { id });
             }
             Err(e) => return Err(e.into()),
         };
         run.outbox_persisted = !run.rec.outbox.is_empty();
-        self.fault(&id, write, step, Moment::After)?;
+        fault!(self, &id, write, step, After);
         self.publish_outbox(run).await
     }
 
@@ -1013,7 +1099,14 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         };
         let envelope = Envelope::with_identity(rec.identity, self.inner.events_subject.clone(), Bytes::new())
             .occurred_at(rec.started_at);
-        let context = Context::detached(self.inner.transport.clone(), &envelope, &key);
+        // Metrics and spans are labelled by saga and step (bounded); message ids are derived from
+        // the per-instance key (idempotent across re-runs).
+        let label = if compensating {
+            format!("{}.{step}.compensate", S::NAME)
+        } else {
+            format!("{}.{step}", S::NAME)
+        };
+        let context = Context::detached_scoped(self.inner.transport.clone(), &envelope, &label, &key);
         let mut ctx = StepContext {
             data: rec.data.clone(),
             saga: S::NAME,

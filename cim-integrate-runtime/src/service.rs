@@ -60,6 +60,7 @@ use crate::pipeline::settle::Ack;
 use crate::pipeline::trace::Trace;
 use crate::pipeline::{Layer, Passthrough, Stack};
 use crate::process::{ProcessManager, ProcessRunner, TimerHandle};
+use crate::saga::{Saga, SagaRunner};
 use crate::subject::{Subject, SubjectError, SubjectPattern};
 use crate::topology::{ParticipantKind, PublishLog, Topology};
 use crate::transport::{ConsumerSpec, KvError, KvSpec, StreamSpec, Transport, TransportError};
@@ -187,6 +188,8 @@ pub struct ServiceBuilder<T: Transport, L = Passthrough> {
     commands: Vec<(String, CommandRegistration)>,
     command_settings: CommandSettings,
     background: Vec<Starter>,
+    /// Handlers counted elsewhere (saga steps), shown in the stats view.
+    counted: Vec<HandlerEntry>,
     topology: Topology,
     layers: L,
 }
@@ -222,6 +225,7 @@ impl<T: Transport, L> ServiceBuilder<T, L> {
             commands: self.commands,
             command_settings: self.command_settings,
             background: self.background,
+            counted: self.counted,
             topology: self.topology,
             layers: Stack::new(layer, self.layers),
         }
@@ -320,6 +324,26 @@ impl<T: Transport, L> ServiceBuilder<T, L> {
             .background(move || Background::Timers(timers.spawn_timers()))
     }
 
+    /// Hosts a saga: once the service has started, its unfinished instances are resumed in the
+    /// background, at most [`DEFAULT_RESUME_CONCURRENCY`](crate::saga::DEFAULT_RESUME_CONCURRENCY)
+    /// at once, while the handlers consume (start-up does not wait for them); its steps' counters
+    /// join the stats view. Sagas started by events are registered with
+    /// [`handler`](Self::handler) and [`SagaRunner::start_on`].
+    pub fn saga<S: Saga>(mut self, runner: SagaRunner<S, T>) -> Self {
+        self.counted.extend(runner.observers().map(|o| HandlerEntry {
+            name: o.label.to_string(),
+            counters: o.counters.clone(),
+            breaker: None,
+        }));
+        self.topology.add_participant(S::NAME, ParticipantKind::Saga);
+        self.spawn_on_start(move || async move {
+            match runner.resume_concurrently(crate::saga::DEFAULT_RESUME_CONCURRENCY).await {
+                Ok(report) => tracing::info!(saga = S::NAME, ?report, "unfinished sagas resumed"),
+                Err(e) => tracing::warn!(saga = S::NAME, error = %e, "resuming sagas failed"),
+            }
+        })
+    }
+
     /// Runs `task` beside the handlers once the service has started; it is aborted at
     /// shutdown (for example a saga resume: `runner.resume_in_background(16)`).
     pub fn spawn_on_start<F>(self, task: impl FnOnce() -> F + Send + 'static) -> Self
@@ -403,7 +427,7 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
     /// Checks names, provisions streams, the dead-letter stream, the de-duplication bucket, one
     /// durable consumer per event handler and one queue subscription per command, then starts
     /// dispatching and the background tasks (deadline timers, saga resumes).
-    pub async fn start(self) -> Result<Service, ServiceError> {
+    pub async fn start(mut self) -> Result<Service, ServiceError> {
         check_token(&self.name)?;
         monitor::describe();
         let topology = self.topology();
@@ -420,7 +444,7 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
         let (stop, stop_rx) = watch::channel(false);
         let mut host = Host {
             tasks: JoinSet::new(),
-            handlers: Vec::new(),
+            handlers: self.counted.drain(..).collect(),
             served: Vec::new(),
             stop: stop_rx,
         };
@@ -789,6 +813,7 @@ impl Service {
                 breaker: None,
             },
             background: Vec::new(),
+            counted: Vec::new(),
             topology: Topology::new(),
             layers: Passthrough,
         }

@@ -61,6 +61,7 @@ pub(crate) mod ordered;
 pub(crate) mod record;
 pub(crate) mod run;
 pub(crate) mod settle;
+pub(crate) mod step;
 pub(crate) mod trace;
 
 pub use attempts::Attempts;
@@ -171,7 +172,7 @@ pub enum Deferral {
 /// The rest of a stack, from one layer down: handles a message and says what became of it.
 ///
 /// Implement it with `async fn dispatch(&self, msg: &mut Message<'_>) -> Outcome`.
-pub trait Dispatch: Send + Sync + 'static {
+pub trait Dispatch: Send + Sync {
     /// Handles `msg`.
     fn dispatch<'a>(&'a self, msg: &'a mut Message<'_>) -> impl Future<Output = Outcome> + Send + 'a;
 }

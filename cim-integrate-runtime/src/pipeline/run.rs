@@ -97,7 +97,7 @@ pub(crate) async fn run<Src, D, S>(
     mut stop: watch::Receiver<bool>,
 ) where
     Src: Source,
-    D: Dispatch,
+    D: Dispatch + 'static,
     S: Settle<Src::Item>,
 {
     let concurrency = concurrency.max(1);

@@ -31,18 +31,19 @@ use super::events::{SAGA_EVENT_TYPE, SAGA_EVENT_VERSION, SAGA_EVENTS_DOMAIN, Sag
 use super::record::{self, RECORD_FORMAT, SagaRecord, SagaStatus, StepRecord, StepState};
 use super::{Compensation, Saga, Step, StepFn, StepPolicy};
 use crate::envelope::Envelope;
+use crate::pipeline::Outcome;
+use crate::pipeline::step::Observer;
 use crate::handler::{Context, HandlerError, Registration};
 use crate::id::Identity;
 use crate::subject::{Subject, SubjectPattern};
 use crate::timestamp::Timestamp;
 use crate::transport::{KeyValue, KvError, KvSpec, StreamSpec, Transport, TransportError};
 use bytes::Bytes;
-use futures::FutureExt;
 use std::collections::HashSet;
 use std::fmt;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 // Calls the fault hook at a crash point, returning `SagaError::Crashed` if it says so; compiles
 // to nothing without the `testing` feature.
@@ -324,6 +325,8 @@ struct Inner<S: Saga, T: Transport> {
     lease: Duration,
     clock: Clock,
     events_subject: Subject,
+    /// Per step: the counters and metrics of its runs and of its compensations.
+    observers: Vec<[Observer; 2]>,
     #[cfg(feature = "testing")]
     hook: Option<FaultHook>,
 }
@@ -418,9 +421,24 @@ impl<S: Saga, T: Transport> SagaRunnerBuilder<S, T> {
         let instance = self
             .instance
             .unwrap_or_else(|| format!("{}-{}", S::NAME, uuid::Uuid::now_v7()));
+        let observers = steps
+            .iter()
+            .map(|s| {
+                [
+                    Observer::new(SAGA_EVENTS_DOMAIN, S::NAME, format!("{}.{}", S::NAME, s.name), "saga_step"),
+                    Observer::new(
+                        SAGA_EVENTS_DOMAIN,
+                        S::NAME,
+                        format!("{}.{}.compensate", S::NAME, s.name),
+                        "saga_compensation",
+                    ),
+                ]
+            })
+            .collect();
         Ok(SagaRunner {
             inner: Arc::new(Inner {
                 saga: self.saga,
+                observers,
                 steps,
                 transport: self.transport,
                 kv,
@@ -491,6 +509,16 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
             #[cfg(feature = "testing")]
             hook: None,
         }
+    }
+
+    /// Counters of every step (`{saga}.{step}`) and compensation (`{saga}.{step}.compensate`),
+    /// counted by the pipeline each step runs through.
+    pub fn stats(&self) -> Vec<crate::service::HandlerStats> {
+        self.observers().map(|o| o.counters.snapshot(&o.label)).collect()
+    }
+
+    pub(crate) fn observers(&self) -> impl Iterator<Item = &Observer> {
+        self.inner.observers.iter().flatten()
     }
 
     /// This runner's instance name.
@@ -963,11 +991,13 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
                 .timeout
                 .saturating_add(step.policy.retry.delay(u64::from(attempt)));
             self.persist(run, Write::StepStarted, Some(step.name), extra).await?;
-            match self
-                .attempt(&run.rec, step.run, step.name, attempt, false, &step.policy)
-                .await
-            {
-                Ok(data) => {
+            match self.attempt(&run.rec, step.run, i, attempt, false, &step.policy).await {
+                Attempted::Deferred { reason, delay } => {
+                    tracing::info!(saga = S::NAME, id = %run.rec.id, step = step.name, %reason, ?delay, "saga step deferred");
+                    run.rec.steps[i].attempts = attempts;
+                    tokio::time::sleep(delay).await;
+                }
+                Attempted::Done(data) => {
                     let entry = &mut run.rec.steps[i];
                     entry.state = StepState::Completed;
                     entry.error = None;
@@ -977,7 +1007,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
                         .persist(run, Write::StepCompleted, Some(step.name), Duration::ZERO)
                         .await;
                 }
-                Err((error, permanent)) => {
+                Attempted::Failed { error, permanent } => {
                     tracing::warn!(saga = S::NAME, id = %run.rec.id, step = step.name, attempt, %error, permanent, "saga step failed");
                     run.rec.steps[i].error = Some(error.clone());
                     if permanent || attempt >= max {
@@ -1030,11 +1060,13 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
             let extra = policy.timeout.saturating_add(policy.retry.delay(u64::from(attempt)));
             self.persist(run, Write::CompensationStarted, Some(step.name), extra)
                 .await?;
-            match self
-                .attempt(&run.rec, compensate, step.name, attempt, true, policy)
-                .await
-            {
-                Ok(data) => {
+            match self.attempt(&run.rec, compensate, i, attempt, true, policy).await {
+                Attempted::Deferred { reason, delay } => {
+                    tracing::info!(saga = S::NAME, id = %run.rec.id, step = step.name, %reason, ?delay, "saga compensation deferred");
+                    run.rec.steps[i].compensation_attempts = attempts;
+                    tokio::time::sleep(delay).await;
+                }
+                Attempted::Done(data) => {
                     let entry = &mut run.rec.steps[i];
                     entry.state = StepState::Compensated;
                     entry.error = None;
@@ -1050,7 +1082,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
                         .persist(run, Write::StepCompensated, Some(step.name), Duration::ZERO)
                         .await;
                 }
-                Err((error, permanent)) => {
+                Attempted::Failed { error, permanent } => {
                     tracing::warn!(saga = S::NAME, id = %run.rec.id, step = step.name, attempt, %error, permanent, "saga compensation failed");
                     run.rec.steps[i].error = Some(error.clone());
                     if permanent || attempt >= max {
@@ -1081,17 +1113,19 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
             .await
     }
 
-    /// Runs one attempt of a step or compensation on a copy of the data, with its timeout,
-    /// catching panics. `Ok` carries the changed data; `Err` the error and whether it is permanent.
+    /// Runs one attempt of a step or compensation on a copy of the data through the pipeline
+    /// (a `handle` span, counters and metrics labelled by saga and step, panics caught), under its
+    /// timeout.
     async fn attempt(
         &self,
         rec: &SagaRecord<S::Data>,
         f: StepFn<S>,
-        step: &'static str,
+        i: usize,
         attempt: u32,
         compensating: bool,
         policy: &StepPolicy,
-    ) -> Result<S::Data, (String, bool)> {
+    ) -> Attempted<S::Data> {
+        let step = self.inner.steps[i].name;
         let key = if compensating {
             format!("{}/{}/{step}/compensate", S::NAME, rec.id)
         } else {
@@ -1101,12 +1135,8 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
             .occurred_at(rec.started_at);
         // Metrics and spans are labelled by saga and step (bounded); message ids are derived from
         // the per-instance key (idempotent across re-runs).
-        let label = if compensating {
-            format!("{}.{step}.compensate", S::NAME)
-        } else {
-            format!("{}.{step}", S::NAME)
-        };
-        let context = Context::detached_scoped(self.inner.transport.clone(), &envelope, &label, &key);
+        let observer = &self.inner.observers[i][usize::from(compensating)];
+        let context = Context::detached_scoped(self.inner.transport.clone(), &envelope, &observer.label, &key);
         let mut ctx = StepContext {
             data: rec.data.clone(),
             saga: S::NAME,
@@ -1117,26 +1147,54 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
             compensating,
             context,
         };
-        let span = tracing::debug_span!("saga_step", saga = S::NAME, id = %rec.id, step, attempt, compensating, correlation_id = %rec.identity.correlation_id);
-        let fut = AssertUnwindSafe(tracing::Instrument::instrument(f(&self.inner.saga, &mut ctx), span)).catch_unwind();
-        let result = tokio::time::timeout(policy.timeout, fut).await;
-        match result {
-            Ok(Ok(Ok(()))) => Ok(ctx.into_data()),
-            Ok(Ok(Err(e))) => Err((e.to_string(), e.is_permanent())),
-            Ok(Err(panic)) => Err((format!("panicked: {}", panic_message(panic.as_ref())), false)),
-            Err(_) => Err((format!("timed out after {:?}", policy.timeout), false)),
+        let (kind, span) = if compensating {
+            ("saga_compensation", tracing::debug_span!("saga_step", saga = S::NAME, id = %rec.id, step, attempt, compensating))
+        } else {
+            ("saga_step", tracing::debug_span!("saga_step", saga = S::NAME, id = %rec.id, step, attempt, compensating))
+        };
+        let outcome = observer
+            .run(kind, envelope, policy.timeout, f(&self.inner.saga, &mut ctx))
+            .instrument(span)
+            .await;
+        match outcome {
+            Outcome::Succeeded => Attempted::Done(ctx.into_data()),
+            Outcome::Deferred { reason, delay, .. } => Attempted::Deferred { reason, delay },
+            Outcome::DeadLetter { reason, .. } | Outcome::DeadLettered { reason, .. } => Attempted::Failed {
+                error: reason,
+                permanent: true,
+            },
+            Outcome::Failed { reason, .. } | Outcome::Retry { reason, .. } | Outcome::Rejected { reason } => {
+                Attempted::Failed {
+                    error: reason,
+                    permanent: false,
+                }
+            }
+            Outcome::Duplicate | Outcome::Skipped => Attempted::Failed {
+                error: "the step did not run".to_owned(),
+                permanent: false,
+            },
         }
     }
 }
 
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a non-string payload".to_owned()
-    }
+/// What one attempt of a step or compensation came to.
+enum Attempted<D> {
+    /// It succeeded; the changed data.
+    Done(D),
+    /// It failed.
+    Failed {
+        /// Why, as the record keeps it.
+        error: String,
+        /// Never worth retrying.
+        permanent: bool,
+    },
+    /// A breaker around its own call refused: not an attempt; try again after `delay`.
+    Deferred {
+        /// Why.
+        reason: String,
+        /// When to try again.
+        delay: Duration,
+    },
 }
 
 fn emit<D>(

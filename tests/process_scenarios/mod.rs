@@ -4,6 +4,7 @@
 //! them on the embedded transport under paused time, `process_nats.rs` on private nats-servers.
 #![allow(dead_code)]
 
+use bytes::Bytes;
 use cim_integrate::aggregate::Aggregation;
 use cim_integrate::command::{
     CommandAck, CommandBus, CommandError, CommandRejection, CommandResult, CommandService, CommandServiceError,
@@ -14,7 +15,6 @@ use cim_integrate::prelude::*;
 use cim_integrate::process::{Deadline, ProcessContext, ProcessOptions, ProcessRunner};
 use cim_integrate::service::Service;
 use cim_integrate::transport::{Prefixed, TransportError};
-use bytes::Bytes;
 use cim_integrate::waiter::Waiter;
 use cim_integrate::{command, domain_event, process};
 use std::sync::Arc;
@@ -987,7 +987,11 @@ fn prod<T: Transport>(raw: &T) -> Prefixed<T> {
 async fn read_raw<T: Transport>(raw: &T, stream: &str, filter: &str, n: usize) -> Vec<(String, Bytes)> {
     let durable = format!("plain-{}", cim_integrate::__private::uuid::Uuid::now_v7().simple());
     let mut c = raw
-        .consumer(&ConsumerSpec::new(stream, durable.clone(), SubjectPattern::new(filter).unwrap()))
+        .consumer(&ConsumerSpec::new(
+            stream,
+            durable.clone(),
+            SubjectPattern::new(filter).unwrap(),
+        ))
         .await
         .unwrap_or_else(|e| panic!("a plain consumer on `{stream}`: {e}"));
     let mut got = Vec::new();
@@ -1046,12 +1050,12 @@ pub async fn aggregation_under_a_deployment_prefix<T: Transport>(raw: T) {
     let (subject, payload) = &got[0];
     assert_eq!(subject, "prod.workflow.ready");
     let ready = WorkflowReady::decode(payload).unwrap();
-    assert_eq!((ready.workflow_id, ready.documents, ready.approvers), (workflow_id, 3, 1));
+    assert_eq!(
+        (ready.workflow_id, ready.documents, ready.approvers),
+        (workflow_id, 3, 1)
+    );
     assert_no_stream(&raw, "WORKFLOW_EVENTS").await;
-    let records = raw
-        .key_value(&KvSpec::new("prod_cim_pm_workflow_ready"))
-        .await
-        .unwrap();
+    let records = raw.key_value(&KvSpec::new("prod_cim_pm_workflow_ready")).await.unwrap();
     assert_eq!(records.keys().await.unwrap(), [workflow_id.to_string()]);
     service.shutdown(Duration::from_secs(2)).await;
 }
@@ -1062,11 +1066,7 @@ pub async fn correlation_under_a_deployment_prefix<T: Transport>(raw: T) {
     let t = prod(&raw);
     let c = review_correlator().open(t.clone()).await.unwrap();
     let timers = c.spawn_timers();
-    let service = Service::builder(t.clone(), "review")
-        .register(c)
-        .start()
-        .await
-        .unwrap();
+    let service = Service::builder(t.clone(), "review").register(c).start().await.unwrap();
     let (done_id, late_id) = (DocumentId::new(), DocumentId::new());
     event(&t, &ReviewRequested { document_id: done_id }).await;
     event(&t, &ReviewRequested { document_id: late_id }).await;

@@ -5,11 +5,11 @@
 //! `tests/memory_prefixed.rs`, `tests/nats_prefixed.rs`.)
 
 use super::{SOON, event, next_within, none_within, pattern, subject};
+use crate::headers::Headers;
 use crate::subject::Subject;
 use crate::transport::{
     ConsumerSpec, KeyValue, KvSpec, OutboundMessage, Prefixed, Reply, Request, StreamSpec, Transport,
 };
-use crate::headers::Headers;
 use bytes::Bytes;
 use std::time::Duration;
 
@@ -62,7 +62,11 @@ pub async fn plain_client_sees_prefixed_subjects_and_streams<T: Transport>(raw: 
         "PROD_EU_DOCUMENT_EVENTS"
     );
     let mut c = prod
-        .consumer(&ConsumerSpec::new("DOCUMENT_EVENTS", "reader", pattern("document.updated")))
+        .consumer(&ConsumerSpec::new(
+            "DOCUMENT_EVENTS",
+            "reader",
+            pattern("document.updated"),
+        ))
         .await
         .expect("consumer");
     let d = next_within(&mut c, SOON).await;
@@ -131,7 +135,10 @@ pub async fn requests_are_prefixed<T: Transport>(raw: T) {
         .serve(&pattern("commands.document.>"), "document")
         .await
         .expect("serve");
-    assert_eq!((responder.pattern(), responder.group()), ("commands.document.>", "document"));
+    assert_eq!(
+        (responder.pattern(), responder.group()),
+        ("commands.document.>", "document")
+    );
     let serving = tokio::spawn(async move {
         let mut seen = Vec::new();
         for _ in 0..2 {

@@ -103,11 +103,13 @@ impl Names {
     }
 
     fn subject(&self, s: &Subject) -> Result<Subject, TransportError> {
-        s.with_prefix(&self.subject).map_err(|e| invalid_subject(s.as_str(), &e))
+        s.with_prefix(&self.subject)
+            .map_err(|e| invalid_subject(s.as_str(), &e))
     }
 
     fn pattern(&self, p: &SubjectPattern) -> Result<SubjectPattern, TransportError> {
-        p.with_prefix(&self.subject).map_err(|e| invalid_subject(p.as_str(), &e))
+        p.with_prefix(&self.subject)
+            .map_err(|e| invalid_subject(p.as_str(), &e))
     }
 
     /// Removes `prod.eu.` from the front of a received subject; leaves a foreign one unchanged.
@@ -152,11 +154,7 @@ impl Names {
             | TransportError::StreamConflict { stream, .. }
             | TransportError::ConsumerConflict { stream, .. }
             | TransportError::ConsumerNotFound { stream, .. } => self.strip_stream(stream),
-            TransportError::StreamOverlap {
-                stream,
-                other,
-                pattern,
-            } => {
+            TransportError::StreamOverlap { stream, other, pattern } => {
                 self.strip_stream(stream);
                 self.strip_stream(other);
                 self.strip_error_subject(pattern);
@@ -487,7 +485,10 @@ mod tests {
             bucket: "prod_state".into(),
             detail: "history".into(),
         });
-        assert!(matches!(e, KvError::BucketConflict { ref bucket, .. } if bucket == "state"), "{e:?}");
+        assert!(
+            matches!(e, KvError::BucketConflict { ref bucket, .. } if bucket == "state"),
+            "{e:?}"
+        );
         let e = n.error(TransportError::NoResponders { subject: "prod".into() });
         assert_eq!(e, TransportError::NoResponders { subject: "prod".into() });
     }
@@ -510,7 +511,11 @@ mod tests {
         raw.publish_and_wait(Envelope::root(subject!("document.created"), "{}").into())
             .await
             .expect("publish");
-        let spec = ConsumerSpec::new("DOCUMENT_EVENTS", "reader", SubjectPattern::new("document.>").expect("p"));
+        let spec = ConsumerSpec::new(
+            "DOCUMENT_EVENTS",
+            "reader",
+            SubjectPattern::new("document.>").expect("p"),
+        );
         let mut c = PrefixedConsumer {
             inner: raw.consumer(&spec).await.expect("consumer"),
             names: Some(Arc::new(names("prod"))),

@@ -238,15 +238,9 @@ impl<O: DomainEvent> Aggregation<O> {
             }
         }
         let bus = crate::command::CommandBus::new(transport.clone());
-        let engine = Engine::open(
-            &transport,
-            self.name,
-            bus,
-            self.options.prefix.clone(),
-            self.options.ttl,
-        )
-        .await
-        .map_err(ProcessError::from)?;
+        let engine = Engine::open(&transport, self.name, bus, self.options.ttl)
+            .await
+            .map_err(ProcessError::from)?;
         let required = Arc::new(self.required);
         let name = self.name;
         let handlers = self

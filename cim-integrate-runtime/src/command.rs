@@ -246,7 +246,7 @@ pub enum CommandError {
     /// The command could not be encoded.
     #[error(transparent)]
     Encode(#[from] EncodeError),
-    /// The subject (with the deployment prefix) is invalid.
+    /// A subject is invalid.
     #[error(transparent)]
     Subject(#[from] SubjectError),
     /// The reply was not an acknowledgement.
@@ -312,14 +312,12 @@ pub type SendFuture<'a> = futures::future::BoxFuture<'a, Result<CommandAck, Comm
 pub struct CommandBus {
     transport: Arc<dyn DynRequest>,
     timeout: Duration,
-    prefix: Option<Subject>,
 }
 
 impl fmt::Debug for CommandBus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CommandBus")
             .field("timeout", &self.timeout)
-            .field("prefix", &self.prefix)
             .finish_non_exhaustive()
     }
 }
@@ -330,19 +328,12 @@ impl CommandBus {
         Self {
             transport: Arc::new(transport),
             timeout: DEFAULT_COMMAND_TIMEOUT,
-            prefix: None,
         }
     }
 
     /// Sets the default timeout.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
-        self
-    }
-
-    /// Sets the deployment prefix (`prod` -> `prod.commands.document.create`).
-    pub fn prefix(mut self, prefix: Subject) -> Self {
-        self.prefix = Some(prefix);
         self
     }
 
@@ -389,7 +380,6 @@ impl CommandBus {
         payload: Bytes,
         timeout: Duration,
     ) -> Result<CommandAck, CommandError> {
-        let subject = subject.under(self.prefix.as_ref())?;
         let envelope = Envelope::with_identity(identity, subject.clone(), payload).typed(command_type, version);
         let span = tracing::debug_span!(
             "send_command",

@@ -298,7 +298,7 @@ impl Correlator {
             return Err(CorrelatorError::Invalid(self.name));
         }
         let bus = crate::command::CommandBus::new(transport.clone());
-        let engine = Engine::open(&transport, self.name, bus, None, None)
+        let engine = Engine::open(&transport, self.name, bus, None)
             .await
             .map_err(ProcessError::from)?;
         let (window, max_buffer) = (self.window, self.max_buffer);

@@ -479,7 +479,6 @@ pub(crate) struct Engine<T: Transport, S> {
     timers: T::KeyValue,
     publisher: Arc<dyn DynPublish>,
     bus: CommandBus,
-    prefix: Option<Subject>,
     _state: PhantomData<fn() -> S>,
 }
 
@@ -500,7 +499,6 @@ impl<T: Transport, S: Serialize + DeserializeOwned + Default + Send + 'static> E
         transport: &T,
         name: &str,
         bus: CommandBus,
-        prefix: Option<Subject>,
         ttl: Option<Duration>,
     ) -> Result<Self, KvError> {
         let mut spec = KvSpec::new(format!("cim_pm_{name}"));
@@ -517,7 +515,6 @@ impl<T: Transport, S: Serialize + DeserializeOwned + Default + Send + 'static> E
             timers,
             publisher: Arc::new(transport.clone()),
             bus,
-            prefix,
             _state: PhantomData,
         })
     }
@@ -704,7 +701,6 @@ impl<T: Transport, S: Serialize + DeserializeOwned + Default + Send + 'static> E
         let payload = Bytes::from(effect.payload.clone().into_bytes());
         match effect.kind {
             EffectKind::Publish => {
-                let subject = subject.under(self.prefix.as_ref()).map_err(|e| fail(e.to_string()))?;
                 let envelope = Envelope::with_identity(effect.identity, subject, payload)
                     .typed(effect.type_name.as_str(), effect.version.as_str());
                 self.publisher
@@ -877,8 +873,6 @@ pub(crate) fn spawn_scanner<T: Transport, S: Serialize + DeserializeOwned + Defa
 pub struct ProcessOptions {
     /// Options of every event handler (durable names, retries, concurrency).
     pub handler: HandlerOptions,
-    /// Deployment prefix for published events and sent commands.
-    pub prefix: Option<Subject>,
     /// How the commands are sent (timeout).
     pub command_timeout: Duration,
     /// How often the deadline scanner looks for due deadlines.
@@ -891,7 +885,6 @@ impl Default for ProcessOptions {
     fn default() -> Self {
         Self {
             handler: HandlerOptions::default(),
-            prefix: None,
             command_timeout: crate::command::DEFAULT_COMMAND_TIMEOUT,
             timer_interval: Duration::from_secs(1),
             ttl: None,
@@ -932,11 +925,8 @@ impl<T: Transport, P: ProcessManager> ProcessRunner<T, P> {
 
     /// Opens the process's buckets on `transport`.
     pub async fn with_options(transport: T, options: ProcessOptions) -> Result<Self, ProcessError> {
-        let mut bus = CommandBus::new(transport.clone()).timeout(options.command_timeout);
-        if let Some(p) = &options.prefix {
-            bus = bus.prefix(p.clone());
-        }
-        let engine = Engine::open(&transport, P::NAME, bus, options.prefix.clone(), options.ttl).await?;
+        let bus = CommandBus::new(transport.clone()).timeout(options.command_timeout);
+        let engine = Engine::open(&transport, P::NAME, bus, options.ttl).await?;
         Ok(Self {
             engine: Arc::new(engine),
             options,

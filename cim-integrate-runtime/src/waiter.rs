@@ -16,7 +16,7 @@
 
 use crate::envelope::Envelope;
 use crate::event::DomainEvent;
-use crate::subject::{Subject, SubjectError, SubjectPattern};
+use crate::subject::{SubjectError, SubjectPattern};
 use crate::transport::{Consumer, ConsumerSpec, DeliverPolicy, StreamSpec, Transport, TransportError};
 use std::marker::PhantomData;
 use std::time::Duration;
@@ -32,7 +32,7 @@ pub enum WaitError {
         /// The timeout.
         timeout: Duration,
     },
-    /// The subject (with the deployment prefix) is invalid.
+    /// A subject is invalid.
     #[error(transparent)]
     Subject(#[from] SubjectError),
     /// The transport failed.
@@ -44,7 +44,6 @@ pub enum WaitError {
 #[derive(Debug, Clone)]
 pub struct Waiter<T: Transport> {
     transport: T,
-    prefix: Option<Subject>,
 }
 
 /// A matching event and its envelope (identity, subject, occurrence time).
@@ -59,16 +58,7 @@ pub struct Received<E> {
 impl<T: Transport> Waiter<T> {
     /// A waiter on `transport`.
     pub fn new(transport: T) -> Self {
-        Self {
-            transport,
-            prefix: None,
-        }
-    }
-
-    /// Sets the deployment prefix.
-    pub fn prefix(mut self, prefix: Subject) -> Self {
-        self.prefix = Some(prefix);
-        self
+        Self { transport }
     }
 
     /// Starts listening for `E` events satisfying `predicate`. Events published after this
@@ -80,12 +70,11 @@ impl<T: Transport> Waiter<T> {
     {
         let subject = E::subject();
         let domain = subject.first_token().to_owned();
-        let stream = StreamSpec::for_domain(&domain, self.prefix.as_ref())?;
+        let stream = StreamSpec::for_domain(&domain, None)?;
         match self.transport.ensure_stream(&stream).await {
             Err(TransportError::StreamConflict { .. }) | Ok(()) => {}
             Err(e) => return Err(e.into()),
         }
-        let subject = subject.under(self.prefix.as_ref())?;
         let durable = format!("waiter-{}", uuid::Uuid::now_v7().simple());
         let spec = ConsumerSpec::new(stream.name.clone(), durable, SubjectPattern::new(subject.as_str())?)
             .deliver(DeliverPolicy::New)

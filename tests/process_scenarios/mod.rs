@@ -4,6 +4,7 @@
 //! them on the embedded transport under paused time, `process_nats.rs` on private nats-servers.
 #![allow(dead_code)]
 
+use bytes::Bytes;
 use cim_integrate::aggregate::Aggregation;
 use cim_integrate::command::{
     CommandAck, CommandBus, CommandError, CommandRejection, CommandResult, CommandService, CommandServiceError,
@@ -13,6 +14,7 @@ use cim_integrate::handler::{Context, HandlerError, HandlerOptions, RetryPolicy}
 use cim_integrate::prelude::*;
 use cim_integrate::process::{Deadline, ProcessContext, ProcessOptions, ProcessRunner};
 use cim_integrate::service::Service;
+use cim_integrate::transport::{Prefixed, TransportError};
 use cim_integrate::waiter::Waiter;
 use cim_integrate::{command, domain_event, process};
 use std::sync::Arc;
@@ -973,6 +975,125 @@ pub async fn correlation_rule_and_timeout<T: Transport>(t: T) {
     s.shutdown(Duration::from_secs(2)).await;
 }
 
+// ---- under a deployment prefix ------------------------------------------------------------------
+
+/// The deployment prefix of the prefixed scenarios.
+fn prod<T: Transport>(raw: &T) -> Prefixed<T> {
+    Prefixed::new(raw.clone(), Some(subject!("prod")))
+}
+
+/// Reads `n` messages on `filter` from stream `stream` with a plain consumer on the *raw*
+/// transport: subjects as stored on the server, and payloads.
+async fn read_raw<T: Transport>(raw: &T, stream: &str, filter: &str, n: usize) -> Vec<(String, Bytes)> {
+    let durable = format!("plain-{}", cim_integrate::__private::uuid::Uuid::now_v7().simple());
+    let mut c = raw
+        .consumer(&ConsumerSpec::new(
+            stream,
+            durable.clone(),
+            SubjectPattern::new(filter).unwrap(),
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("a plain consumer on `{stream}`: {e}"));
+    let mut got = Vec::new();
+    while got.len() < n {
+        let d = tokio::time::timeout(Duration::from_secs(20), c.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {n} messages on `{filter}` in `{stream}`", got.len()))
+            .unwrap();
+        got.push((d.subject().to_owned(), d.payload().clone()));
+        d.ack().await.unwrap();
+    }
+    raw.delete_consumer(stream, &durable).await.unwrap();
+    got
+}
+
+/// No stream of that (unprefixed) name exists on the raw transport.
+async fn assert_no_stream<T: Transport>(raw: &T, stream: &str) {
+    let err = raw
+        .consumer(&ConsumerSpec::new(stream, "probe", SubjectPattern::new("x.>").unwrap()))
+        .await
+        .expect_err("no unprefixed stream");
+    assert!(matches!(err, TransportError::StreamNotFound { .. }), "{err:?}");
+}
+
+/// The WorkflowReadyChecker over `Prefixed<T>` (prefix `prod`), registered on a service over the
+/// same prefixed transport: a plain client sees its outcome on `prod.workflow.ready` in
+/// `PROD_WORKFLOW_EVENTS`, and its records in the bucket `prod_cim_pm_workflow_ready`.
+pub async fn aggregation_under_a_deployment_prefix<T: Transport>(raw: T) {
+    let t = prod(&raw);
+    let checker = workflow_ready_checker().open(t.clone()).await.unwrap();
+    let service = Service::builder(t.clone(), "workflow")
+        .register(checker)
+        .start()
+        .await
+        .unwrap();
+    let workflow_id = WorkflowId::new();
+    event(
+        &t,
+        &DocumentsAttached {
+            workflow_id,
+            documents: 3,
+        },
+    )
+    .await;
+    event(
+        &t,
+        &ApproversAssigned {
+            workflow_id,
+            approvers: vec!["ann".into()],
+        },
+    )
+    .await;
+    event(&t, &ScheduleSet { workflow_id }).await;
+
+    let got = read_raw(&raw, "PROD_WORKFLOW_EVENTS", "prod.workflow.ready", 1).await;
+    let (subject, payload) = &got[0];
+    assert_eq!(subject, "prod.workflow.ready");
+    let ready = WorkflowReady::decode(payload).unwrap();
+    assert_eq!(
+        (ready.workflow_id, ready.documents, ready.approvers),
+        (workflow_id, 3, 1)
+    );
+    assert_no_stream(&raw, "WORKFLOW_EVENTS").await;
+    let records = raw.key_value(&KvSpec::new("prod_cim_pm_workflow_ready")).await.unwrap();
+    assert_eq!(records.keys().await.unwrap(), [workflow_id.to_string()]);
+    service.shutdown(Duration::from_secs(2)).await;
+}
+
+/// The review correlator over `Prefixed<T>` (prefix `prod`): a plain client sees both its rule's
+/// outcome and its timeout's outcome on `prod.review.*` in `PROD_REVIEW_EVENTS`.
+pub async fn correlation_under_a_deployment_prefix<T: Transport>(raw: T) {
+    let t = prod(&raw);
+    let c = review_correlator().open(t.clone()).await.unwrap();
+    let timers = c.spawn_timers();
+    let service = Service::builder(t.clone(), "review").register(c).start().await.unwrap();
+    let (done_id, late_id) = (DocumentId::new(), DocumentId::new());
+    event(&t, &ReviewRequested { document_id: done_id }).await;
+    event(&t, &ReviewRequested { document_id: late_id }).await;
+    for reviewer in ["ann", "bob"] {
+        event(
+            &t,
+            &ReviewApproved {
+                document_id: done_id,
+                reviewer: reviewer.into(),
+            },
+        )
+        .await;
+    }
+
+    let completed = read_raw(&raw, "PROD_REVIEW_EVENTS", "prod.review.completed", 1).await;
+    assert_eq!(completed[0].0, "prod.review.completed");
+    let done = ReviewCompleted::decode(&completed[0].1).unwrap();
+    assert_eq!((done.document_id, done.approvals), (done_id, 2));
+    let timed_out = read_raw(&raw, "PROD_REVIEW_EVENTS", "prod.review.timed_out", 1).await;
+    assert_eq!(timed_out[0].0, "prod.review.timed_out");
+    let late = ReviewTimedOut::decode(&timed_out[0].1).unwrap();
+    assert_eq!((late.document_id, late.approvals), (late_id, 0));
+    assert_no_stream(&raw, "REVIEW_EVENTS").await;
+    drop(timers);
+    service.shutdown(Duration::from_secs(2)).await;
+}
+
 /// Expands to one test per scenario.
 #[macro_export]
 macro_rules! scenarios {
@@ -989,6 +1110,8 @@ macro_rules! scenarios {
             deadline_fires_after_restart,
             aggregation_outcome_exactly_once,
             correlation_rule_and_timeout,
+            aggregation_under_a_deployment_prefix,
+            correlation_under_a_deployment_prefix,
         ]);
     };
     (@each $tokio:tt $setup:path; [$($case:ident),* $(,)?]) => {

@@ -116,6 +116,7 @@ macro_rules! conformance_tests {
 }
 
 pub mod handlers;
+pub mod prefixed;
 pub mod requests;
 
 const STREAM: &str = "DOCUMENT_EVENTS";

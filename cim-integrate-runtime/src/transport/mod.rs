@@ -13,6 +13,9 @@
 //! | ack / nak / term | [`Delivery::ack`], [`Delivery::nak`], [`Delivery::term`] | `+ACK`, `-NAK {"delay"}`, `+TERM` |
 //! | key-value | [`Transport::key_value`], [`KeyValue`] | KV bucket (`KV_<bucket>` stream) |
 //! | request/reply | [`Transport::request`], [`Transport::serve`], [`Responder`] | core request, queue subscription |
+//!
+//! A deployment prefix (`prod` -> `prod.document.created`, `PROD_DOCUMENT_EVENTS`) is a decorator
+//! over any transport, [`Prefixed`]; nothing above the transport spells prefixed names.
 
 use crate::envelope::{Envelope, EnvelopeError, ReceivedFrom};
 use crate::headers::Headers;
@@ -28,10 +31,12 @@ mod kv;
 pub mod memory;
 #[cfg(feature = "nats")]
 pub mod nats;
+pub mod prefixed;
 mod publisher;
 mod request;
 
 pub use kv::{KeyValue, KvEntry, KvError, KvSpec, check_bucket_name, check_key};
+pub use prefixed::Prefixed;
 pub use publisher::PipelinedPublisher;
 pub use request::{IncomingRequest, Reply, ReplyHandle, Request, Responder, check_queue_group};
 

@@ -168,6 +168,11 @@ impl Responder {
     pub async fn next(&mut self) -> Option<IncomingRequest> {
         self.requests.next().await
     }
+
+    /// The stream of requests (for transport decorators that rewrite them).
+    pub(crate) fn into_requests(self) -> BoxStream<'static, IncomingRequest> {
+        self.requests
+    }
 }
 
 /// Checks a queue group name: `[A-Za-z0-9_-]+`, as stream and durable names.

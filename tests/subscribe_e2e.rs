@@ -174,12 +174,12 @@ async fn scenario<T: Transport>(t: T) {
             .all(|h| h.dead_lettered == 1)
     })
     .await;
-    let dl = service::dead_letter_stream(None).expect("spec");
+    let dl = service::dead_letter_stream().expect("spec");
     let mut reader = t
         .consumer(&ConsumerSpec::new(
             dl.name,
             "check",
-            service::dead_letter_pattern(None).expect("p"),
+            service::dead_letter_pattern().expect("p"),
         ))
         .await
         .expect("dlq");

@@ -672,7 +672,7 @@ async fn run_catalogue<T: Transport>(t: T, raw: &RawPublish, cases: &[Case], nat
     let dlq = ConsumerSpec::new(
         service::DEAD_LETTER_STREAM_NAME,
         "catalogue-audit",
-        service::dead_letter_pattern(None).unwrap(),
+        service::dead_letter_pattern().unwrap(),
     );
     let mut dlq = t.consumer(&dlq).await.unwrap();
     let mut dead: BTreeMap<u64, (String, Headers)> = BTreeMap::new();

@@ -565,13 +565,6 @@ impl<T: Transport> fmt::Debug for CommandServiceBuilder<T> {
 }
 
 impl<T: Transport> CommandServiceBuilder<T> {
-    /// Deployment prefix (`prod` -> `prod.commands.document.create`).
-    pub fn prefix(self, prefix: Subject) -> Self {
-        Self {
-            inner: self.inner.prefix(prefix),
-        }
-    }
-
     /// Most commands handled at once per handler (default 16).
     pub fn concurrency(self, n: usize) -> Self {
         Self {

@@ -181,7 +181,6 @@ type Starter = Box<dyn FnOnce() -> Background + Send>;
 pub struct ServiceBuilder<T: Transport, L = Passthrough> {
     transport: T,
     name: String,
-    prefix: Option<Subject>,
     dedup: Option<Arc<dyn DedupStore>>,
     dedup_ttl: Duration,
     handlers: Vec<(String, Registration)>,
@@ -205,12 +204,6 @@ impl<T: Transport, L> std::fmt::Debug for ServiceBuilder<T, L> {
 }
 
 impl<T: Transport, L> ServiceBuilder<T, L> {
-    /// Subject prefix of a deployment (`prod` -> `prod.document.created`, streams `PROD_...`).
-    pub fn prefix(mut self, prefix: Subject) -> Self {
-        self.prefix = Some(prefix);
-        self
-    }
-
     /// Adds a layer to every handler's stack (event and command handlers), below tracing and
     /// outcome recording and above the built-in layers. Layers added first are outermost. See
     /// [`crate::pipeline`] for an example.
@@ -218,7 +211,6 @@ impl<T: Transport, L> ServiceBuilder<T, L> {
         ServiceBuilder {
             transport: self.transport,
             name: self.name,
-            prefix: self.prefix,
             dedup: self.dedup,
             dedup_ttl: self.dedup_ttl,
             handlers: self.handlers,
@@ -437,7 +429,6 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
         let plans = self.plan_events()?;
         self.check_commands()?;
         let parts = ContextParts {
-            prefix: self.prefix.clone(),
             publisher: Arc::new(self.transport.clone()) as Arc<dyn DynPublish>,
             log: Arc::new(PublishLog::default()),
         };
@@ -489,9 +480,9 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
                     pattern: reg.pattern.to_string(),
                 });
             }
-            let stream = StreamSpec::for_domain(&domain, self.prefix.as_ref())?;
+            let stream = StreamSpec::for_domain(&domain, None)?;
             let concurrency = concurrency_of(&reg.options);
-            let spec = ConsumerSpec::new(stream.name.clone(), durable.clone(), reg.pattern.under(self.prefix.as_ref())?)
+            let spec = ConsumerSpec::new(stream.name.clone(), durable.clone(), reg.pattern.clone())
                 .deliver(reg.options.deliver)
                 .ack_wait(reg.options.ack_wait)
                 .max_ack_pending(u32::try_from(concurrency.saturating_mul(4)).unwrap_or(u32::MAX).max(1));
@@ -526,7 +517,7 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
     }
 
     async fn start_events(&self, plans: Vec<EventPlan>, parts: &ContextParts, host: &mut Host) -> Result<(), ServiceError> {
-        self.transport.ensure_stream(&dead_letter_stream(self.prefix.as_ref())?).await?;
+        self.transport.ensure_stream(&dead_letter_stream()?).await?;
         let dedup = match &self.dedup {
             Some(d) => d.clone(),
             None => {
@@ -543,8 +534,7 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
                 other => other?,
             }
             let consumer = self.transport.consumer(&plan.spec).await?;
-            let dlq = Subject::from_tokens([DEAD_LETTER_TOKEN, plan.set.as_str(), plan.registration.name.as_str()])?
-                .under(self.prefix.as_ref())?;
+            let dlq = Subject::from_tokens([DEAD_LETTER_TOKEN, plan.set.as_str(), plan.registration.name.as_str()])?;
             tracing::info!(handler = %plan.durable, filter = %plan.spec.filter, stream = %plan.spec.stream, "handler started");
             let options = plan.registration.options.clone();
             let ledger = Arc::new(Ledger::default());
@@ -622,7 +612,6 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
                     ack_wait: options.ack_wait,
                 },
                 registration: reg.clone(),
-                prefix: self.prefix.clone(),
             },
             publisher: parts.publisher.clone(),
             subject: dlq,
@@ -652,7 +641,7 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
             None => None,
         };
         for (set, reg) in &self.commands {
-            let subject = reg.subject().under(self.prefix.as_ref())?;
+            let subject = reg.subject().clone();
             let group = queue_group(&subject);
             let responder = self.transport.serve(&SubjectPattern::new(subject.as_str())?, &group).await?;
             let scope = format!("{set}-{}", reg.name());
@@ -758,17 +747,18 @@ fn check_token(name: &str) -> Result<(), ServiceError> {
     })
 }
 
-/// The dead-letter stream: `DEAD_LETTERS` on `dlq.>` (with a prefix: `PROD_DEAD_LETTERS` on
+/// The dead-letter stream: `DEAD_LETTERS` on `dlq.>` (over a
+/// [`Prefixed`](crate::transport::Prefixed) transport with prefix `prod`: `PROD_DEAD_LETTERS` on
 /// `prod.dlq.>`).
-pub fn dead_letter_stream(prefix: Option<&Subject>) -> Result<StreamSpec, ServiceError> {
-    let mut spec = StreamSpec::for_domain(DEAD_LETTER_TOKEN, prefix)?;
-    spec.name = crate::transport::prefixed_name(prefix, DEAD_LETTER_STREAM_NAME);
+pub fn dead_letter_stream() -> Result<StreamSpec, ServiceError> {
+    let mut spec = StreamSpec::for_domain(DEAD_LETTER_TOKEN, None)?;
+    spec.name = DEAD_LETTER_STREAM_NAME.to_owned();
     Ok(spec)
 }
 
 /// The dead-letter subject pattern of a service set, for tools that read dead letters.
-pub fn dead_letter_pattern(prefix: Option<&Subject>) -> Result<SubjectPattern, SubjectError> {
-    SubjectPattern::new(format!("{DEAD_LETTER_TOKEN}.>"))?.under(prefix)
+pub fn dead_letter_pattern() -> Result<SubjectPattern, SubjectError> {
+    SubjectPattern::new(format!("{DEAD_LETTER_TOKEN}.>"))
 }
 
 /// A running service. Dropping it without [`shutdown`](Self::shutdown) aborts its handlers
@@ -801,7 +791,6 @@ impl Service {
         ServiceBuilder {
             transport,
             name: name.into(),
-            prefix: None,
             dedup: None,
             dedup_ttl: DEFAULT_DEDUP_TTL,
             handlers: Vec::new(),

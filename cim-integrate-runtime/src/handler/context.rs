@@ -25,7 +25,7 @@ pub enum PublishError {
         /// What the encoder said.
         reason: String,
     },
-    /// The subject (after the deployment prefix) is invalid.
+    /// A subject is invalid.
     #[error(transparent)]
     Subject(#[from] SubjectError),
     /// The transport refused or did not acknowledge the message.
@@ -54,7 +54,6 @@ struct Inner {
     /// The scope message ids of publishes are derived from: the handler's name, or a finer key
     /// (a saga step's idempotency key) when the label must stay bounded and the ids unique.
     scope: Arc<str>,
-    prefix: Option<Subject>,
     publisher: Arc<dyn DynPublish>,
     published: AtomicU32,
     /// The handler set, the handler's name, and the service's log of observed publishes (for
@@ -92,7 +91,6 @@ impl Context {
         envelope: &Envelope,
         delivered: u64,
         handler: Arc<str>,
-        prefix: Option<Subject>,
         publisher: Arc<dyn DynPublish>,
     ) -> Self {
         Self {
@@ -103,7 +101,6 @@ impl Context {
                 delivered,
                 scope: handler.clone(),
                 handler,
-                prefix,
                 publisher,
                 published: AtomicU32::new(0),
                 observer: None,
@@ -133,7 +130,7 @@ impl Context {
     /// A context for calling a handler directly (in a unit test, or from a saga), publishing to
     /// `transport` as if handling `envelope` as `handler`.
     pub fn detached<T: Transport>(transport: T, envelope: &Envelope, handler: &str) -> Self {
-        Self::new(envelope, 1, Arc::from(handler), None, Arc::new(transport))
+        Self::new(envelope, 1, Arc::from(handler), Arc::new(transport))
     }
 
     /// A detached context labelled `label` (its handler name in metrics, spans and logs: bounded,
@@ -180,10 +177,6 @@ impl Context {
         &self.inner.handler
     }
 
-    fn full_subject(&self, subject: &Subject) -> Result<Subject, SubjectError> {
-        subject.under(self.inner.prefix.as_ref())
-    }
-
     /// Publishes `event` as a message caused by the handled one (same correlation id, the handled
     /// message as causation), and waits for the stream's acknowledgement.
     pub async fn publish<E: DomainEvent>(&self, event: &E) -> Result<PublishAck, PublishError> {
@@ -220,7 +213,7 @@ impl Context {
             .identity
             .derived_child(&self.inner.scope, n, self.inner.occurred);
         let envelope =
-            Envelope::with_identity(identity, self.full_subject(subject)?, payload).typed(event_type, version);
+            Envelope::with_identity(identity, subject.clone(), payload).typed(event_type, version);
         self.send(subject, event_type, self.with_propagated(envelope)).await
     }
 
@@ -232,7 +225,7 @@ impl Context {
         version: &str,
         payload: impl Into<Bytes>,
     ) -> Result<PublishAck, PublishError> {
-        let envelope = Envelope::root(self.full_subject(subject)?, payload).typed(event_type, version);
+        let envelope = Envelope::root(subject.clone(), payload).typed(event_type, version);
         self.send(subject, event_type, self.with_propagated(envelope)).await
     }
 

@@ -4,14 +4,12 @@
 use super::{Dispatch, Message, Outcome};
 use crate::handler::Registration;
 use crate::monitor::DeadLetterReason;
-use crate::subject::Subject;
 
 /// Skips messages that are not the handler's event type ([`Registration::accepts`]), and
 /// dead-letters messages without a valid envelope.
 pub struct Filter<D> {
     pub(crate) inner: D,
     pub(crate) registration: Registration,
-    pub(crate) prefix: Option<Subject>,
 }
 
 impl<D: Dispatch> Dispatch for Filter<D> {
@@ -19,14 +17,8 @@ impl<D: Dispatch> Dispatch for Filter<D> {
         let Some(envelope) = msg.envelope() else {
             return invalid_envelope(msg);
         };
-        let subject = envelope.subject().as_str();
-        let own_subject = match &self.prefix {
-            Some(p) => subject
-                .strip_prefix(p.as_str())
-                .and_then(|s| s.strip_prefix('.'))
-                .unwrap_or(subject),
-            None => subject,
-        };
+        // Subjects arrive without the deployment prefix (the transport strips it).
+        let own_subject = envelope.subject().as_str();
         let event_type = envelope.event_type().filter(|t| !t.is_empty());
         if !self.registration.accepts(own_subject, event_type) {
             return Outcome::Skipped;

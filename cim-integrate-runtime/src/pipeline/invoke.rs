@@ -6,7 +6,6 @@ use crate::breaker;
 use crate::handler::context::DynPublish;
 use crate::handler::{Context, HandlerError, Registration};
 use crate::monitor::DeadLetterReason;
-use crate::subject::Subject;
 use crate::topology::PublishLog;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +13,6 @@ use std::time::Duration;
 /// What a handler's [`Context`] needs, shared by the terminals of one service.
 #[derive(Clone)]
 pub(crate) struct ContextParts {
-    pub(crate) prefix: Option<Subject>,
     pub(crate) publisher: Arc<dyn DynPublish>,
     pub(crate) log: Arc<PublishLog>,
 }
@@ -35,7 +33,7 @@ impl Runner {
         let envelope = msg.envelope()?;
         let p = &self.parts;
         Some(
-            Context::new(envelope, msg.attempt(), self.handler.clone(), p.prefix.clone(), p.publisher.clone())
+            Context::new(envelope, msg.attempt(), self.handler.clone(), p.publisher.clone())
                 .observed_by(&self.set, &self.name, &p.log)
                 .propagating(msg.propagated()),
         )

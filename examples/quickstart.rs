@@ -10,6 +10,7 @@
 //! ```
 
 use cim_integrate::prelude::*;
+use cim_integrate::transport::{Consumer, ConsumerSpec, DeliverPolicy, StreamSpec};
 use cim_integrate::transport::any::AnyTransport;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;

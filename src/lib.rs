@@ -124,3 +124,33 @@ pub mod __private {
         pub use cim_integrate_runtime::transport::DeliverPolicy;
     }
 }
+
+/// The Rust snippets of the documentation, compiled (and run, unless `no_run`) as doctests, so
+/// the documentation cannot drift from the code. Only built by `cargo test --doc`.
+#[cfg(doctest)]
+pub mod doc_snippets {
+    /// `README.md`.
+    #[doc = include_str!("../README.md")]
+    pub struct Readme;
+    /// `docs/ARCHITECTURE.md`.
+    #[doc = include_str!("../docs/ARCHITECTURE.md")]
+    pub struct Architecture;
+    /// `docs/benchmarks.md`.
+    #[doc = include_str!("../docs/benchmarks.md")]
+    pub struct Benchmarks;
+    /// `docs/domain_event.md`.
+    #[doc = include_str!("../docs/domain_event.md")]
+    pub struct DomainEvent;
+    /// `docs/faults.md`.
+    #[doc = include_str!("../docs/faults.md")]
+    pub struct Faults;
+    /// `docs/monitoring.md`.
+    #[doc = include_str!("../docs/monitoring.md")]
+    pub struct Monitoring;
+    /// `docs/patterns.md`.
+    #[doc = include_str!("../docs/patterns.md")]
+    pub struct Patterns;
+    /// `docs/saga.md`.
+    #[doc = include_str!("../docs/saga.md")]
+    pub struct Saga;
+}

@@ -11,6 +11,7 @@ use cim_integrate::command::{
 use cim_integrate::correlate::{Correlator, Verdict};
 use cim_integrate::handler::{Context, HandlerError, HandlerOptions, RetryPolicy};
 use cim_integrate::prelude::*;
+use cim_integrate::transport::{Consumer, ConsumerSpec, StreamSpec};
 use cim_integrate::process::{Deadline, ProcessContext, ProcessOptions, ProcessRunner};
 use cim_integrate::service::Service;
 use cim_integrate::waiter::Waiter;

@@ -61,6 +61,15 @@ impl From<PublishError> for HandlerError {
     }
 }
 
+impl From<crate::event::EncodeError> for HandlerError {
+    /// A value that cannot be encoded never will be: permanent. This lets a process handler
+    /// write `ctx.send(&command)?` and `ctx.publish(&event)?` (they only queue, so the one way
+    /// they fail is encoding).
+    fn from(e: crate::event::EncodeError) -> Self {
+        Self::Permanent(Box::new(e))
+    }
+}
+
 /// Marks the error of a `Result` as transient or permanent: `repo.save(x).await.transient()?`.
 pub trait ResultExt<T> {
     /// Maps the error to [`HandlerError::Transient`].

@@ -18,9 +18,15 @@
 //! ## Features
 //!
 //! - `nats` (default): the NATS JetStream transport, selected at run time by `NATS_URL`.
-//! - `testing`: test support in [`testing`](crate::testing): `SagaFixture` (given/when/then for
-//!   sagas under paused time), a private `nats-server` harness and the transport conformance
-//!   macros. Without it none of this is compiled.
+//! - `testing`: test support, for `[dev-dependencies]`: `cim_integrate::testing` with
+//!   `SagaFixture` (given/when/then for sagas under paused time) and a private `nats-server`
+//!   harness (`NatsServer`), and the conformance macros `conformance_tests!` and
+//!   `saga_conformance_tests!`. Without it none of this is compiled.
+//!
+//!   ```toml
+//!   [dev-dependencies]
+//!   cim-integrate = { version = "0.1", features = ["testing"] }
+//!   ```
 #![warn(missing_docs)]
 
 pub use cim_integrate_macros::*;
@@ -51,22 +57,6 @@ pub mod prelude {
     pub use cim_integrate_runtime::transport::memory::MemoryTransport;
     pub use cim_integrate_runtime::waiter::Waiter;
     pub use cim_integrate_runtime::{subject, subject_pattern, typed_id};
-}
-
-/// Test support (feature `testing`): [`SagaFixture`](testing::SagaFixture), the private
-/// `nats-server` harness ([`NatsServer`](testing::NatsServer)) and the conformance macros
-/// (`conformance_tests!`, `saga_conformance_tests!`, at the crate root).
-///
-/// Enable it for tests only:
-///
-/// ```toml
-/// [dev-dependencies]
-/// cim-integrate = { version = "0.1", features = ["testing"] }
-/// ```
-#[cfg(feature = "testing")]
-pub mod testing {
-    pub use cim_integrate_runtime::saga::fixture::{SagaFixture, SagaThen, lifecycle_events};
-    pub use cim_integrate_runtime::testing::*;
 }
 
 /// Paths used by generated code, and nothing else. Not public API: no stability guarantee.

@@ -313,6 +313,17 @@ mod tests {
     }
 
     #[test]
+    fn an_encode_error_is_permanent() {
+        fn send() -> Result<(), HandlerError> {
+            Err(crate::event::EncodeError::NotAnObject { type_name: "Tuple", found: "[1,2]".into() })?;
+            Ok(())
+        }
+        let e = send().unwrap_err();
+        assert!(e.is_permanent());
+        assert!(e.to_string().contains("`Tuple`"), "{e}");
+    }
+
+    #[test]
     fn result_ext_classifies() {
         let r: Result<(), std::io::Error> = Err(std::io::Error::other("db down"));
         assert!(!r.transient().unwrap_err().is_permanent());

@@ -1,4 +1,8 @@
-//! Test support: a private nats-server per test.
+//! Test support (feature `testing`): the saga fixture and a private nats-server per test.
+//!
+//! [`SagaFixture`] (given/when/then for sagas on the embedded transport, under paused time) is
+//! re-exported here from [`saga::fixture`](crate::saga::fixture), so that users of the facade
+//! find all test support at `cim_integrate::testing`.
 //!
 //! [`NatsServer::start`] runs `nats-server -a 127.0.0.1 -p -1 -js` with a temporary store
 //! directory, on a free port, from `NATS_SERVER_BIN` or else `nats-server` on the `PATH`. It can be
@@ -9,6 +13,8 @@
 //! [`NatsServer::start_with_config`] a configuration file (for settings with no command-line
 //! option, such as NKey users). Readiness is the ports file plus a TCP connect, not a NATS
 //! handshake, so it works for servers that require credentials or TLS.
+
+pub use crate::saga::fixture::{SagaFixture, SagaThen, lifecycle_events};
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};

@@ -73,9 +73,7 @@ pub mod __private {
     }
     /// `#[command]`.
     pub mod command {
-        pub use cim_integrate_runtime::command::{
-            Command, CommandHandlerSet, CommandRegistration, IntoCommandResult,
-        };
+        pub use cim_integrate_runtime::command::{Command, CommandHandlerSet, CommandRegistration, IntoCommandResult};
     }
     /// `#[domain_event]` and `#[command]` (versioned payloads).
     pub mod event {
@@ -94,7 +92,7 @@ pub mod __private {
     /// `#[process]`.
     pub mod process {
         pub use cim_integrate_runtime::process::{
-            BoxFuture, Deadline, ProcessContext, ProcessHandler, ProcessManager, __same_key, key_of,
+            __same_key, BoxFuture, Deadline, ProcessContext, ProcessHandler, ProcessManager, key_of,
         };
     }
     /// `#[saga]`.

@@ -315,7 +315,10 @@ mod tests {
     #[test]
     fn an_encode_error_is_permanent() {
         fn send() -> Result<(), HandlerError> {
-            Err(crate::event::EncodeError::NotAnObject { type_name: "Tuple", found: "[1,2]".into() })?;
+            Err(crate::event::EncodeError::NotAnObject {
+                type_name: "Tuple",
+                found: "[1,2]".into(),
+            })?;
             Ok(())
         }
         let e = send().unwrap_err();

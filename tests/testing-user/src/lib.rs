@@ -31,7 +31,10 @@ impl Checkout {
     #[step(no_compensation = "the last step: nothing after it can fail")]
     async fn ship(&self, ctx: &mut StepContext<Payment>) -> Result<(), HandlerError> {
         if ctx.data().undeliverable {
-            return Err(HandlerError::permanent(format!("order {} cannot be delivered", ctx.data().order)));
+            return Err(HandlerError::permanent(format!(
+                "order {} cannot be delivered",
+                ctx.data().order
+            )));
         }
         ctx.data_mut().log.push("+ship".into());
         Ok(())

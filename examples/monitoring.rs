@@ -19,6 +19,7 @@ use cim_integrate::breaker::{BreakerSettings, CircuitBreaker};
 use cim_integrate::handler::{Context, HandlerError};
 use cim_integrate::prelude::*;
 use cim_integrate::topology::EventRef;
+use cim_integrate::transport::StreamSpec;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};

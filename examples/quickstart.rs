@@ -11,6 +11,7 @@
 
 use cim_integrate::prelude::*;
 use cim_integrate::transport::any::AnyTransport;
+use cim_integrate::transport::{Consumer, ConsumerSpec, DeliverPolicy, StreamSpec};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 

@@ -6,6 +6,7 @@ use cim_integrate::handler::{Context, HandlerError};
 use cim_integrate::prelude::*;
 use cim_integrate::service::{self, Service};
 use cim_integrate::transport::nats::NatsTransport;
+use cim_integrate::transport::{Consumer, ConsumerSpec};
 use cim_integrate::{domain_event, handlers, subscribe};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

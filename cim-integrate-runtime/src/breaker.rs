@@ -60,7 +60,8 @@ use tokio::time::Instant;
 /// How a [`CircuitBreaker`] decides to open and to close again.
 ///
 /// This is also the value of [`HandlerOptions::breaker`](crate::handler::HandlerOptions): the
-/// `#[subscribe(breaker(...))]` option maps onto these fields one to one.
+/// `#[subscribe(breaker_threshold = .., breaker_window = "..", breaker_cool_down = "..",
+/// breaker_probes = ..)]` options map onto these fields one to one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BreakerSettings {
     /// Failures, each within [`window`](Self::window) of the last and with no success in

@@ -6,6 +6,7 @@
 
 use cim_integrate::handler::{Context, HandlerError, HandlerSet, Registration};
 use cim_integrate::prelude::*;
+use cim_integrate::transport::DeliverPolicy;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

@@ -61,6 +61,15 @@ impl From<PublishError> for HandlerError {
     }
 }
 
+impl From<crate::event::EncodeError> for HandlerError {
+    /// A value that cannot be encoded never will be: permanent. This lets a process handler
+    /// write `ctx.send(&command)?` and `ctx.publish(&event)?` (they only queue, so the one way
+    /// they fail is encoding).
+    fn from(e: crate::event::EncodeError) -> Self {
+        Self::Permanent(Box::new(e))
+    }
+}
+
 /// Marks the error of a `Result` as transient or permanent: `repo.save(x).await.transient()?`.
 pub trait ResultExt<T> {
     /// Maps the error to [`HandlerError::Transient`].
@@ -306,6 +315,20 @@ mod tests {
         let d: Vec<_> = (1..=6).map(|a| p.delay(a).as_millis()).collect();
         assert_eq!(d, [100, 300, 900, 2000, 2000, 2000]);
         assert_eq!(p.delay(u64::MAX), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn an_encode_error_is_permanent() {
+        fn send() -> Result<(), HandlerError> {
+            Err(crate::event::EncodeError::NotAnObject {
+                type_name: "Tuple",
+                found: "[1,2]".into(),
+            })?;
+            Ok(())
+        }
+        let e = send().unwrap_err();
+        assert!(e.is_permanent());
+        assert!(e.to_string().contains("`Tuple`"), "{e}");
     }
 
     #[test]

@@ -1,4 +1,8 @@
-//! Test support: a private nats-server per test.
+//! Test support (feature `testing`): the saga fixture and a private nats-server per test.
+//!
+//! [`SagaFixture`] (given/when/then for sagas on the embedded transport, under paused time) is
+//! re-exported here from [`saga::fixture`](crate::saga::fixture), so that users of the facade
+//! find all test support at `cim_integrate::testing`.
 //!
 //! [`NatsServer::start`] runs `nats-server -a 127.0.0.1 -p -1 -js` with a temporary store
 //! directory, on a free port, from `NATS_SERVER_BIN` or else `nats-server` on the `PATH`. It can be
@@ -13,6 +17,7 @@
 mod observe;
 
 pub use observe::{Observed, Series, SpanRecord, observe};
+pub use crate::saga::fixture::{SagaFixture, SagaThen, lifecycle_events};
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};

@@ -14,7 +14,7 @@ use cim_integrate::handler::{Context, HandlerError, HandlerOptions, RetryPolicy}
 use cim_integrate::prelude::*;
 use cim_integrate::process::{Deadline, ProcessContext, ProcessOptions, ProcessRunner};
 use cim_integrate::service::Service;
-use cim_integrate::transport::{Consumer, ConsumerSpec, Prefixed, StreamSpec, TransportError};
+use cim_integrate::transport::{Consumer, ConsumerSpec, KeyValue, KvSpec, Prefixed, StreamSpec, TransportError};
 use cim_integrate::waiter::Waiter;
 use cim_integrate::{command, domain_event, process};
 use std::sync::Arc;

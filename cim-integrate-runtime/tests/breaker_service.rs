@@ -113,8 +113,9 @@ async fn open_breaker_defers_and_loses_nothing<T: Transport>(t: T) {
     // The downstream recovers; after the cool-down one probe runs (slowly) while every other
     // message is refused again and again, then the breaker closes and everything is handled.
     down.up.store(true, Ordering::SeqCst);
-    wait_until("every message handled", || {
-        (down.done.lock().expect("lock").len() == 6).then_some(())
+    // Handled, then marked, then counted: wait for the count, which comes last.
+    wait_until("every message handled and counted", || {
+        (down.done.lock().expect("lock").len() == 6 && stats(&svc).succeeded == 6).then_some(())
     })
     .await;
     assert_eq!(svc.breaker_state("search-indexer"), Some(BreakerState::Closed));

@@ -23,8 +23,8 @@ use crate::event::{EncodeError, PayloadVersion, Versioned};
 use crate::handler::{BoxError, Context, HandlerError, PublishError};
 use crate::headers::Headers;
 use crate::id::Identity;
-use crate::subject::{self, Subject, SubjectError};
 use crate::service::{Service, ServiceBuilder, ServiceError};
+use crate::subject::{self, Subject, SubjectError};
 use crate::transport::{Reply, Request, Transport, TransportError};
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -503,7 +503,6 @@ pub trait CommandHandlerSet: Send + Sync + 'static {
     /// The handlers.
     fn command_registrations(self: Arc<Self>) -> Vec<CommandRegistration>;
 }
-
 
 /// Why a command service could not start.
 #[derive(Debug, thiserror::Error)]

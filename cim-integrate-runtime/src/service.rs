@@ -37,10 +37,10 @@
 //! Shutdown stops pulling, gives back what was pulled but not started, lets in-flight handlers
 //! finish within a grace period, and flushes; what did not finish is redelivered.
 
+use crate::aggregate::AggregationRunner;
 use crate::breaker::{BreakerState, CircuitBreaker};
 use crate::command::{CommandHandlerSet, CommandRegistration, queue_group};
 use crate::correlate::CorrelatorRunner;
-use crate::aggregate::AggregationRunner;
 use crate::dedup::{DEFAULT_DEDUP_TTL, DedupStore, KvDedup};
 use crate::handler::context::DynPublish;
 use crate::handler::{HandlerOptions, HandlerSet, Registration, RetryPolicy};
@@ -149,10 +149,7 @@ pub type EventCore = DeadLetter<Filter<Dedup<Ordered<Attempts<Breaker<CatchPanic
 pub type CommandCore<K> = ResultCache<Ordered<Attempts<Breaker<CatchPanic<CommandInvoke>>>>, K>;
 
 /// Layers that can wrap both kinds of stack: any `L` with `impl<D: Dispatch> Layer<D> for L`.
-pub trait HostLayer<T: Transport>:
-    Layer<EventCore> + Layer<CommandCore<T::KeyValue>> + Send + Sync + 'static
-{
-}
+pub trait HostLayer<T: Transport>: Layer<EventCore> + Layer<CommandCore<T::KeyValue>> + Send + Sync + 'static {}
 
 impl<T: Transport, L> HostLayer<T> for L where
     L: Layer<EventCore> + Layer<CommandCore<T::KeyValue>> + Send + Sync + 'static
@@ -329,7 +326,10 @@ impl<T: Transport, L> ServiceBuilder<T, L> {
         }));
         self.topology.add_participant(S::NAME, ParticipantKind::Saga);
         self.spawn_on_start(move || async move {
-            match runner.resume_concurrently(crate::saga::DEFAULT_RESUME_CONCURRENCY).await {
+            match runner
+                .resume_concurrently(crate::saga::DEFAULT_RESUME_CONCURRENCY)
+                .await
+            {
                 Ok(report) => tracing::info!(saga = S::NAME, ?report, "unfinished sagas resumed"),
                 Err(e) => tracing::warn!(saga = S::NAME, error = %e, "resuming sagas failed"),
             }
@@ -516,7 +516,12 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
         Ok(())
     }
 
-    async fn start_events(&self, plans: Vec<EventPlan>, parts: &ContextParts, host: &mut Host) -> Result<(), ServiceError> {
+    async fn start_events(
+        &self,
+        plans: Vec<EventPlan>,
+        parts: &ContextParts,
+        host: &mut Host,
+    ) -> Result<(), ServiceError> {
         self.transport.ensure_stream(&dead_letter_stream()?).await?;
         let dedup = match &self.dedup {
             Some(d) => d.clone(),
@@ -538,7 +543,8 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
             tracing::info!(handler = %plan.durable, filter = %plan.spec.filter, stream = %plan.spec.stream, "handler started");
             let options = plan.registration.options.clone();
             let ledger = Arc::new(Ledger::default());
-            let (stack, counters, breaker) = self.event_stack(plan.set.as_str(), &plan, dlq, dedup.clone(), parts, ledger.clone());
+            let (stack, counters, breaker) =
+                self.event_stack(plan.set.as_str(), &plan, dlq, dedup.clone(), parts, ledger.clone());
             host.handlers.push(HandlerEntry {
                 name: plan.durable,
                 counters,
@@ -570,13 +576,21 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
         dedup: Arc<dyn DedupStore>,
         parts: &ContextParts,
         ledger: Arc<Ledger>,
-    ) -> (Trace<Record<<L as Layer<EventCore>>::Dispatch>>, Arc<HandlerCounters>, Option<CircuitBreaker>) {
+    ) -> (
+        Trace<Record<<L as Layer<EventCore>>::Dispatch>>,
+        Arc<HandlerCounters>,
+        Option<CircuitBreaker>,
+    ) {
         let reg = &plan.registration;
         let options = &reg.options;
         let handler: Arc<str> = Arc::from(plan.durable.as_str());
         let breaker = options.breaker.clone().map(|settings| {
-            let labels = [("source_domain", plan.domain.as_str()), ("target_domain", set), ("handler", &reg.name)]
-                .map(|(k, v)| (k.to_owned(), v.to_owned()));
+            let labels = [
+                ("source_domain", plan.domain.as_str()),
+                ("target_domain", set),
+                ("handler", &reg.name),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()));
             CircuitBreaker::with_labels(plan.durable.clone(), settings, labels.to_vec())
         });
         let invoke = Invoke {
@@ -643,7 +657,10 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
         for (set, reg) in &self.commands {
             let subject = reg.subject().clone();
             let group = queue_group(&subject);
-            let responder = self.transport.serve(&SubjectPattern::new(subject.as_str())?, &group).await?;
+            let responder = self
+                .transport
+                .serve(&SubjectPattern::new(subject.as_str())?, &group)
+                .await?;
             let scope = format!("{set}-{}", reg.name());
             let handler: Arc<str> = Arc::from(scope.as_str());
             let breaker = settings.breaker.clone().map(|s| {

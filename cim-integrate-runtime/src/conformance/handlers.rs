@@ -95,11 +95,7 @@ async fn publish<T: Transport>(t: &T, env: &Envelope) {
 
 async fn dead_letters<T: Transport>(t: &T, count: usize) -> Vec<Delivery<<T::Consumer as Consumer>::Acker>> {
     let dlq = service::dead_letter_stream().expect("dlq spec");
-    let spec = ConsumerSpec::new(
-        dlq.name,
-        "dlq-reader",
-        service::dead_letter_pattern().expect("pattern"),
-    );
+    let spec = ConsumerSpec::new(dlq.name, "dlq-reader", service::dead_letter_pattern().expect("pattern"));
     let mut c = t.consumer(&spec).await.expect("dlq consumer");
     let mut out = Vec::new();
     for _ in 0..count {

@@ -87,12 +87,7 @@ impl std::fmt::Debug for Context {
 }
 
 impl Context {
-    pub(crate) fn new(
-        envelope: &Envelope,
-        delivered: u64,
-        handler: Arc<str>,
-        publisher: Arc<dyn DynPublish>,
-    ) -> Self {
+    pub(crate) fn new(envelope: &Envelope, delivered: u64, handler: Arc<str>, publisher: Arc<dyn DynPublish>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 identity: *envelope.identity(),
@@ -180,20 +175,14 @@ impl Context {
     /// Publishes `event` as a message caused by the handled one (same correlation id, the handled
     /// message as causation), and waits for the stream's acknowledgement.
     pub async fn publish<E: DomainEvent>(&self, event: &E) -> Result<PublishAck, PublishError> {
-        let payload = event.encode().map_err(|e| PublishError::Encode {
-            event_type: E::TYPE_NAME.to_owned(),
-            reason: e.to_string(),
-        })?;
+        let payload = encode(event)?;
         self.publish_bytes(&E::subject(), E::TYPE_NAME, <E as PayloadVersion>::VERSION, payload)
             .await
     }
 
     /// Publishes `event` as the root of a new conversation (a fresh correlation id).
     pub async fn publish_root<E: DomainEvent>(&self, event: &E) -> Result<PublishAck, PublishError> {
-        let payload = event.encode().map_err(|e| PublishError::Encode {
-            event_type: E::TYPE_NAME.to_owned(),
-            reason: e.to_string(),
-        })?;
+        let payload = encode(event)?;
         self.publish_root_bytes(&E::subject(), E::TYPE_NAME, <E as PayloadVersion>::VERSION, payload)
             .await
     }
@@ -212,8 +201,7 @@ impl Context {
             .inner
             .identity
             .derived_child(&self.inner.scope, n, self.inner.occurred);
-        let envelope =
-            Envelope::with_identity(identity, subject.clone(), payload).typed(event_type, version);
+        let envelope = Envelope::with_identity(identity, subject.clone(), payload).typed(event_type, version);
         self.send(subject, event_type, self.with_propagated(envelope)).await
     }
 
@@ -262,4 +250,11 @@ impl Context {
         }
         Ok(result?)
     }
+}
+
+fn encode<E: DomainEvent>(event: &E) -> Result<Bytes, PublishError> {
+    event.encode().map_err(|e| PublishError::Encode {
+        event_type: E::TYPE_NAME.to_owned(),
+        reason: e.to_string(),
+    })
 }

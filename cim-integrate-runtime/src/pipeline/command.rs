@@ -18,9 +18,10 @@ const REMEMBER_ATTEMPTS: u32 = 3;
 
 /// The outcome of a command without a usable envelope.
 fn invalid_command(msg: &Message<'_>) -> Outcome {
-    let reason = msg
-        .envelope_error()
-        .map_or_else(|| "invalid command envelope".to_owned(), |e| format!("invalid command envelope: {e}"));
+    let reason = msg.envelope_error().map_or_else(
+        || "invalid command envelope".to_owned(),
+        |e| format!("invalid command envelope: {e}"),
+    );
     Outcome::Rejected { reason }
 }
 
@@ -125,11 +126,13 @@ impl Settle<IncomingRequest> for Reply {
     async fn settle(&self, request: IncomingRequest, remembered: Option<Bytes>, outcome: Outcome) {
         let reply = match outcome {
             Outcome::Succeeded => WireReply::Accepted,
-            Outcome::Duplicate => remembered
-                .and_then(|v| serde_json::from_slice(&v).ok())
-                .unwrap_or(WireReply::Failed {
-                    reason: "the remembered answer is unreadable".to_owned(),
-                }),
+            Outcome::Duplicate => {
+                remembered
+                    .and_then(|v| serde_json::from_slice(&v).ok())
+                    .unwrap_or(WireReply::Failed {
+                        reason: "the remembered answer is unreadable".to_owned(),
+                    })
+            }
             Outcome::Rejected { reason }
             | Outcome::DeadLetter {
                 kind: DeadLetterReason::Undecodable | DeadLetterReason::InvalidEnvelope,

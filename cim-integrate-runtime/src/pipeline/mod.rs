@@ -20,7 +20,13 @@
 //! message the handler publishes, for example a tenant header carried through a cascade:
 //!
 //! ```
+//! use cim_integrate_runtime::handler::{Context, HandlerError, Registration};
 //! use cim_integrate_runtime::pipeline::{Dispatch, Layer, Message, Outcome};
+//! use cim_integrate_runtime::service::Service;
+//! use cim_integrate_runtime::transport::memory::MemoryTransport;
+//! use cim_integrate_runtime::transport::{Consumer, ConsumerSpec, StreamSpec, Transport};
+//! use cim_integrate_runtime::{Envelope, Subject, SubjectPattern};
+//! use std::time::Duration;
 //!
 //! /// Carries `X-Tenant` from every handled message into everything its handler publishes.
 //! #[derive(Clone, Copy, Debug)]
@@ -37,15 +43,46 @@
 //!
 //! impl<D: Dispatch> Dispatch for TenantDispatch<D> {
 //!     async fn dispatch(&self, msg: &mut Message<'_>) -> Outcome {
-//!         let tenant = msg.header("X-Tenant").map(str::to_owned);
-//!         match tenant {
-//!             Some(t) if msg.propagate("X-Tenant", t).is_err() => {
-//!                 Outcome::dead_letter_permanent("invalid X-Tenant header")
-//!             }
-//!             _ => self.0.dispatch(msg).await,
+//!         if let Some(tenant) = msg.header("X-Tenant").map(str::to_owned)
+//!             && msg.propagate("X-Tenant", tenant).is_err()
+//!         {
+//!             return Outcome::dead_letter_permanent("invalid X-Tenant header");
 //!         }
+//!         self.0.dispatch(msg).await
 //!     }
 //! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let t = MemoryTransport::new();
+//! for domain in ["document", "workflow"] {
+//!     t.ensure_stream(&StreamSpec::for_domain(domain, None)?).await?;
+//! }
+//! // document.created -> (workflow handler publishes) workflow.started
+//! let start = Registration::new(
+//!     "start",
+//!     SubjectPattern::new("document.created")?,
+//!     "DocumentCreated",
+//!     |b: &[u8]| Ok::<_, std::convert::Infallible>(b.to_vec()),
+//!     |ctx: Context, _: Vec<u8>| async move {
+//!         let subject = Subject::new("workflow.started").map_err(HandlerError::permanent)?;
+//!         ctx.publish_bytes(&subject, "WorkflowStarted", "1.0", "{}").await?;
+//!         Ok(())
+//!     },
+//! );
+//! let service = Service::builder(t.clone(), "tenants").layer(Tenant).handler("workflow", start).start().await?;
+//!
+//! let created = Envelope::root(Subject::new("document.created")?, "{}").header("X-Tenant", "acme")?;
+//! t.publish_and_wait(created.into()).await?;
+//!
+//! // The follow-up carries the tenant without the handler knowing about it.
+//! let spec = ConsumerSpec::new("WORKFLOW_EVENTS", "check", SubjectPattern::new("workflow.>")?);
+//! let mut consumer = t.consumer(&spec).await?;
+//! let started = tokio::time::timeout(Duration::from_secs(5), consumer.next()).await??;
+//! assert_eq!(started.headers().get("X-Tenant"), Some("acme"));
+//! # service.shutdown(Duration::from_secs(1)).await;
+//! # Ok(())
+//! # }
 //! ```
 
 pub(crate) mod attempts;

@@ -2,8 +2,8 @@
 
 use super::{Dispatch, Message, Outcome};
 use crate::monitor::{self, HandlerMetrics};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Counters of one handler (event or command).
 #[derive(Debug, Default)]

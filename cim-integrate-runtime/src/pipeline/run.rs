@@ -53,7 +53,9 @@ impl<T: Transport> Source for ConsumerSource<T> {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     match self.transport.consumer(&self.spec).await {
                         Ok(c) => self.consumer = c,
-                        Err(e) => tracing::error!(consumer = %self.spec.durable, error = %e, "reopening consumer failed"),
+                        Err(e) => {
+                            tracing::error!(consumer = %self.spec.durable, error = %e, "reopening consumer failed")
+                        }
                     }
                 }
             }

@@ -2,11 +2,11 @@
 //! is not a received message, so it comes with a [`Synthetic`] one carrying the saga's identity.
 
 use super::breaker::MIN_DEFERRAL;
-use crate::monitor::DeadLetterReason;
 use super::{Deferral, Dispatch, Message, Outcome, Received};
 use crate::envelope::{Envelope, EnvelopeError};
 use crate::handler::HandlerError;
 use crate::headers::Headers;
+use crate::monitor::DeadLetterReason;
 use crate::monitor::HandlerMetrics;
 use crate::pipeline::catch_panic::CatchPanic;
 use crate::pipeline::record::{HandlerCounters, Record};

@@ -963,7 +963,11 @@ pub async fn resume_runs_beside_a_consuming_service<T: Transport>(t: T) {
             if rec.status == SagaStatus::Completed {
                 break;
             }
-            assert!(tokio::time::Instant::now() < deadline, "{id} did not settle: {:?}", rec.status);
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{id} did not settle: {:?}",
+                rec.status
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

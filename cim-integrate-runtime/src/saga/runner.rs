@@ -31,10 +31,10 @@ use super::events::{SAGA_EVENT_TYPE, SAGA_EVENT_VERSION, SAGA_EVENTS_DOMAIN, Sag
 use super::record::{self, RECORD_FORMAT, SagaRecord, SagaStatus, StepRecord, StepState};
 use super::{Compensation, Saga, Step, StepFn, StepPolicy};
 use crate::envelope::Envelope;
-use crate::pipeline::Outcome;
-use crate::pipeline::step::Observer;
 use crate::handler::{Context, HandlerError, Registration};
 use crate::id::Identity;
+use crate::pipeline::Outcome;
+use crate::pipeline::step::Observer;
 use crate::subject::{Subject, SubjectPattern};
 use crate::timestamp::Timestamp;
 use crate::transport::{KeyValue, KvError, KvSpec, StreamSpec, Transport, TransportError};
@@ -425,7 +425,12 @@ impl<S: Saga, T: Transport> SagaRunnerBuilder<S, T> {
             .iter()
             .map(|s| {
                 [
-                    Observer::new(SAGA_EVENTS_DOMAIN, S::NAME, format!("{}.{}", S::NAME, s.name), "saga_step"),
+                    Observer::new(
+                        SAGA_EVENTS_DOMAIN,
+                        S::NAME,
+                        format!("{}.{}", S::NAME, s.name),
+                        "saga_step",
+                    ),
                     Observer::new(
                         SAGA_EVENTS_DOMAIN,
                         S::NAME,
@@ -1148,9 +1153,15 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
             context,
         };
         let (kind, span) = if compensating {
-            ("saga_compensation", tracing::debug_span!("saga_step", saga = S::NAME, id = %rec.id, step, attempt, compensating))
+            (
+                "saga_compensation",
+                tracing::debug_span!("saga_step", saga = S::NAME, id = %rec.id, step, attempt, compensating),
+            )
         } else {
-            ("saga_step", tracing::debug_span!("saga_step", saga = S::NAME, id = %rec.id, step, attempt, compensating))
+            (
+                "saga_step",
+                tracing::debug_span!("saga_step", saga = S::NAME, id = %rec.id, step, attempt, compensating),
+            )
         };
         let outcome = observer
             .run(kind, envelope, policy.timeout, f(&self.inner.saga, &mut ctx))

@@ -16,8 +16,8 @@
 
 mod observe;
 
-pub use observe::{Observed, Series, SpanRecord, observe};
 pub use crate::saga::fixture::{SagaFixture, SagaThen, lifecycle_events};
+pub use observe::{Observed, Series, SpanRecord, observe};
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};

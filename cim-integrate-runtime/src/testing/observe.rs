@@ -95,7 +95,12 @@ impl Observed {
     pub fn series_with(&self, name: &str, labels: &[(&str, &str)]) -> Vec<Series> {
         self.series()
             .into_iter()
-            .filter(|s| s.name == name && labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
+            .filter(|s| {
+                s.name == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+            })
             .collect()
     }
 

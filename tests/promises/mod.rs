@@ -23,7 +23,7 @@
 use cim_integrate::breaker::{BreakerSettings, BreakerState};
 use cim_integrate::command::{CommandAck, CommandBus, CommandError, CommandRejection, CommandResult};
 use cim_integrate::handler::{Context, HandlerError, HandlerOptions, RetryPolicy};
-use cim_integrate::monitor::HANDLER_MESSAGES;
+use cim_integrate::monitor::{HANDLER_MESSAGES, HANDLER_PANICS};
 use cim_integrate::prelude::*;
 use cim_integrate::process::{ProcessContext, ProcessOptions, ProcessRunner};
 use cim_integrate::saga::SagaRunner;
@@ -182,10 +182,7 @@ async fn request<T: Transport>(t: &T, job_id: JobId, act: &str) -> Envelope {
         act: act.to_owned(),
     };
     let envelope = e.to_envelope_caused_by(&Identity::root()).unwrap();
-    assert_ne!(
-        envelope.correlation_id().to_string(),
-        envelope.message_id().to_string()
-    );
+    assert_ne!(envelope.correlation_id().to_string(), envelope.message_id().to_string());
     t.publish_and_wait(envelope.clone().into()).await.unwrap();
     envelope
 }
@@ -222,7 +219,12 @@ fn stats(service: &Service, handler: &str) -> HandlerStats {
         .unwrap_or_else(|| panic!("no handler `{handler}`; the service has {:?}", service.stats()))
 }
 
-async fn until_stats(service: &Service, handler: &str, what: &str, done: impl Fn(&HandlerStats) -> bool) -> HandlerStats {
+async fn until_stats(
+    service: &Service,
+    handler: &str,
+    what: &str,
+    done: impl Fn(&HandlerStats) -> bool,
+) -> HandlerStats {
     eventually(what, || {
         let s = stats(service, handler);
         let done = done(&s);
@@ -242,6 +244,15 @@ fn assert_handle_span(correlation_id: &str, message_id: &str, kind: &str, handle
             && s.field("message_id") == message_id
             && s.field("correlation_id") == correlation_id),
         "no `handle` span of kind `{kind}` by `{handler}` for message {message_id} with correlation {correlation_id}; spans of that correlation: {spans:#?}"
+    );
+}
+
+/// The panic is counted in the handler's metrics too (no other case makes `handler` panic).
+fn assert_panic_metric(handler: &str) {
+    assert_eq!(
+        observe().counter(HANDLER_PANICS, &[("handler", handler)]),
+        1,
+        "`{HANDLER_PANICS}` of `{handler}`"
     );
 }
 
@@ -266,10 +277,7 @@ fn assert_bounded_metrics(handler: &str, ids: &[String]) {
         1,
         "one success of `{handler}` counted"
     );
-    let forms: Vec<String> = ids
-        .iter()
-        .flat_map(|id| [id.clone(), id.replace('-', "")])
-        .collect();
+    let forms: Vec<String> = ids.iter().flat_map(|id| [id.clone(), id.replace('-', "")]).collect();
     for s in observed.series() {
         for (key, value) in &s.labels {
             for id in &forms {
@@ -344,6 +352,7 @@ pub async fn command_panic<T: Transport>(t: T) {
     assert_eq!(runs(job).len(), 2, "one panicking run, one retry");
     let s = stats(&service, CHORES);
     assert_eq!((s.panicked, s.succeeded), (1, 1), "{s:?}");
+    assert_panic_metric(CHORES);
     service.shutdown(Duration::from_secs(2)).await;
 }
 
@@ -372,9 +381,16 @@ pub async fn command_breaker<T: Transport>(t: T) {
         "answered at once, not after the cool-down: {:?}",
         sent.elapsed()
     );
-    assert!(runs(job).is_empty(), "the handler did not run while the breaker was open");
+    assert!(
+        runs(job).is_empty(),
+        "the handler did not run while the breaker was open"
+    );
     let s = stats(&service, CHORES);
     assert!(s.deferred >= 1, "the refusal is counted as a deferral: {s:?}");
+    assert!(
+        observe().counter(HANDLER_MESSAGES, &[("handler", CHORES), ("outcome", "deferred")]) >= 1,
+        "the refusal is in the metrics"
+    );
     assert_eq!(s.succeeded, 0, "{s:?}");
 
     eventually("the breaker lets probes through", || {
@@ -456,7 +472,10 @@ pub async fn saga_start_metrics<T: Transport>(t: T) {
     let job = JobId::new();
     let envelope = request(&t, job, OK).await;
     until_saga_completed(&runner, job).await;
-    until_stats(&service, "jobs-start_metered_job", "the start is counted", |s| s.succeeded == 1).await;
+    until_stats(&service, "jobs-start_metered_job", "the start is counted", |s| {
+        s.succeeded == 1
+    })
+    .await;
     assert_bounded_metrics(
         "jobs-start_metered_job",
         &[
@@ -478,6 +497,7 @@ pub async fn saga_start_panic<T: Transport>(t: T) {
     until_saga_completed(&runner, job).await;
     let s = until_stats(&service, "jobs-start_job", "the retry succeeded", |s| s.succeeded == 1).await;
     assert_eq!((s.panicked, s.succeeded, s.dead_lettered), (1, 1, 0), "{s:?}");
+    assert_panic_metric("jobs-start_job");
     assert_eq!(runs(job).len(), 2, "one panicking run, one retry");
     service.shutdown(Duration::from_secs(2)).await;
 }
@@ -510,6 +530,10 @@ async fn assert_breaker_defers(service: &Service, handler: &str, failing: JobId,
         "only the failing message is dead-lettered; the deferrals were not attempts: {s:?}"
     );
     assert!(s.deferred >= 1, "{s:?}");
+    assert!(
+        observe().counter(HANDLER_MESSAGES, &[("handler", handler), ("outcome", "deferred")]) >= 1,
+        "the deferral is in the metrics"
+    );
     assert_eq!(runs(failing).len(), 1, "max_attempts 1: the failing message ran once");
 }
 
@@ -520,7 +544,10 @@ pub async fn saga_start_breaker<T: Transport>(t: T) {
     let (service, runner) = saga_starter(&t, "start_job", options(1, true)).await;
     let failing = JobId::new();
     request(&t, failing, FAIL_ONCE).await;
-    until_stats(&service, "jobs-start_job", "the failure is dead-lettered", |s| s.dead_lettered == 1).await;
+    until_stats(&service, "jobs-start_job", "the failure is dead-lettered", |s| {
+        s.dead_lettered == 1
+    })
+    .await;
     assert_eq!(service.breaker_state("jobs-start_job"), Some(BreakerState::Open));
     let job = JobId::new();
     request(&t, job, OK).await;
@@ -594,7 +621,10 @@ pub async fn process_metrics<T: Transport>(t: T) {
     let job = JobId::new();
     let envelope = request(&t, job, OK).await;
     until_requests(&runner, job, 1).await;
-    until_stats(&service, "metered_job_process", "the transition is counted", |s| s.succeeded == 1).await;
+    until_stats(&service, "metered_job_process", "the transition is counted", |s| {
+        s.succeeded == 1
+    })
+    .await;
     assert_bounded_metrics(
         "metered_job_process",
         &[
@@ -616,6 +646,7 @@ pub async fn process_panic<T: Transport>(t: T) {
     until_requests(&runner, job, 1).await;
     let s = until_stats(&service, PROCESS_HANDLER, "the retry succeeded", |s| s.succeeded == 1).await;
     assert_eq!((s.panicked, s.succeeded, s.dead_lettered), (1, 1, 0), "{s:?}");
+    assert_panic_metric(PROCESS_HANDLER);
     assert_eq!(runs(job).len(), 2, "one panicking run, one retry");
     service.shutdown(Duration::from_secs(2)).await;
 }
@@ -627,7 +658,10 @@ pub async fn process_breaker<T: Transport>(t: T) {
     let (service, runner) = process_service(&t, options(1, true)).await;
     let failing = JobId::new();
     request(&t, failing, FAIL_ONCE).await;
-    until_stats(&service, PROCESS_HANDLER, "the failure is dead-lettered", |s| s.dead_lettered == 1).await;
+    until_stats(&service, PROCESS_HANDLER, "the failure is dead-lettered", |s| {
+        s.dead_lettered == 1
+    })
+    .await;
     assert_eq!(service.breaker_state(PROCESS_HANDLER), Some(BreakerState::Open));
     let job = JobId::new();
     request(&t, job, OK).await;

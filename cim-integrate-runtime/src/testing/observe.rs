@@ -5,8 +5,10 @@
 //! tests run on other threads, and a span can then go unrecorded; so tests share one and find
 //! their own spans and series by correlation id or by names no other test uses.
 
-use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
+use metrics_util::registry::{AtomicStorage, Registry};
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
@@ -44,7 +46,7 @@ pub struct Series {
 #[derive(Clone)]
 pub struct Observed {
     spans: Arc<Mutex<Vec<SpanRecord>>>,
-    snapshotter: Arc<Snapshotter>,
+    registry: Arc<Registry<Key, AtomicStorage>>,
 }
 
 impl std::fmt::Debug for Observed {
@@ -67,28 +69,25 @@ impl Observed {
             .collect()
     }
 
-    /// Every metric series recorded through the global recorder so far.
+    /// Every metric series recorded through the global recorder so far. Reading does not reset
+    /// anything (a draining snapshot would let one test's read steal another's counts).
     pub fn series(&self) -> Vec<Series> {
-        self.snapshotter
-            .snapshot()
-            .into_vec()
-            .into_iter()
-            .map(|(key, _, _, value)| {
-                let key = key.key();
-                Series {
-                    name: key.name().to_owned(),
-                    labels: key
-                        .labels()
-                        .map(|l| (l.key().to_owned(), l.value().to_owned()))
-                        .collect(),
-                    value: match value {
-                        DebugValue::Counter(n) => n as f64,
-                        DebugValue::Gauge(g) => g.into_inner(),
-                        DebugValue::Histogram(v) => v.len() as f64,
-                    },
-                }
-            })
-            .collect()
+        let series = |key: &Key, value: f64| Series {
+            name: key.name().to_owned(),
+            labels: key
+                .labels()
+                .map(|l| (l.key().to_owned(), l.value().to_owned()))
+                .collect(),
+            value,
+        };
+        let mut all = Vec::new();
+        self.registry
+            .visit_counters(|key, c| all.push(series(key, c.load(Ordering::Relaxed) as f64)));
+        self.registry
+            .visit_gauges(|key, g| all.push(series(key, f64::from_bits(g.load(Ordering::Relaxed)))));
+        self.registry
+            .visit_histograms(|key, h| all.push(series(key, h.data().len() as f64)));
+        all
     }
 
     /// The series of metric `name` whose labels include every `(key, value)` of `labels`.
@@ -121,14 +120,34 @@ pub fn observe() -> Observed {
             if tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer)).is_err() {
                 tracing::warn!("a global subscriber was installed before: spans are not captured");
             }
-            let recorder = DebuggingRecorder::new();
-            let snapshotter = Arc::new(recorder.snapshotter());
-            if recorder.install().is_err() {
+            let registry = Arc::new(Registry::atomic());
+            if metrics::set_global_recorder(Capturing(registry.clone())).is_err() {
                 tracing::warn!("a global metrics recorder was installed before: metrics are not captured");
             }
-            Observed { spans, snapshotter }
+            Observed { spans, registry }
         })
         .clone()
+}
+
+/// The metrics recorder: every series in one registry of atomics, read without resetting.
+struct Capturing(Arc<Registry<Key, AtomicStorage>>);
+
+impl Recorder for Capturing {
+    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+
+    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+        self.0.get_or_create_counter(key, |c| Counter::from_arc(c.clone()))
+    }
+
+    fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
+        self.0.get_or_create_gauge(key, |g| Gauge::from_arc(g.clone()))
+    }
+
+    fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
+        self.0.get_or_create_histogram(key, |h| Histogram::from_arc(h.clone()))
+    }
 }
 
 struct Capture {

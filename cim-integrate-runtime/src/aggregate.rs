@@ -27,10 +27,12 @@
 use crate::event::{DecodeError, DomainEvent};
 use crate::handler::{BoxError, HandlerError, HandlerOptions};
 use crate::id::{Identity, MessageId, derived_uuid};
-use crate::process::{Machine, OnDeadline, ProcessContext, ProcessError, ProcessOptions, Subscription, Transition};
+use crate::process::{
+    Machine, OnDeadline, ProcessContext, ProcessError, ProcessOptions, StepFuture, Subscription, Transition,
+    handlers_of,
+};
 use crate::transport::Transport;
 use bytes::Bytes;
-use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -139,11 +141,7 @@ pub(crate) fn outcome_identity(aggregation: &str, key: &str, cause: &Identity) -
 }
 
 impl<O: DomainEvent> Transition<Progress> for Collect<O> {
-    fn run<'a>(
-        &'a self,
-        state: &'a mut Progress,
-        ctx: &'a mut ProcessContext,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+    fn run<'a>(&'a self, state: &'a mut Progress, ctx: &'a mut ProcessContext) -> StepFuture<'a> {
         Box::pin(async move {
             if state.completed {
                 tracing::debug!(
@@ -231,22 +229,15 @@ impl<O: DomainEvent> Aggregation<O> {
         }
         let required = Arc::new(self.required);
         let name = self.name;
-        let handlers = self
-            .subscriptions
-            .into_iter()
-            .map(|sub| {
-                let (event_type, required, outcome) = (sub.event_type(), required.clone(), outcome.clone());
-                sub.then(move |payload| -> Box<dyn Transition<Progress>> {
-                    Box::new(Collect::<O> {
-                        aggregation: name,
-                        event_type,
-                        payload,
-                        required: required.clone(),
-                        outcome: outcome.clone(),
-                    })
-                })
+        let handlers = handlers_of(self.subscriptions, move |event_type, payload| {
+            Box::new(Collect::<O> {
+                aggregation: name,
+                event_type,
+                payload,
+                required: required.clone(),
+                outcome: outcome.clone(),
             })
-            .collect();
+        });
         // An aggregation sets no deadlines.
         let machine = Machine::open(&transport, name, handlers, OnDeadline::Never, self.options).await?;
         Ok(AggregationRunner { machine })
@@ -256,12 +247,6 @@ impl<O: DomainEvent> Aggregation<O> {
 /// An opened [`Aggregation`]: register it on a [`Service`](crate::service::Service).
 pub struct AggregationRunner<T: Transport> {
     machine: Machine<T, Progress>,
-}
-
-impl<T: Transport> fmt::Debug for AggregationRunner<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("AggregationRunner").field(&self.machine).finish()
-    }
 }
 
 impl<T: Transport> AggregationRunner<T> {

@@ -34,11 +34,11 @@ use crate::event::{DecodeError, DomainEvent};
 use crate::handler::{BoxError, HandlerError, HandlerOptions};
 use crate::id::MessageId;
 use crate::process::{
-    Deadline, Machine, OnDeadline, ProcessContext, ProcessError, ProcessOptions, Subscription, TimerHandle, Transition,
+    Deadline, Machine, OnDeadline, ProcessContext, ProcessError, ProcessOptions, StepFuture, Subscription, TimerHandle,
+    Transition, handlers_of,
 };
 use crate::transport::Transport;
 use bytes::Bytes;
-use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::sync::Arc;
@@ -163,11 +163,7 @@ struct Arrive {
 }
 
 impl Transition<Buffer> for Arrive {
-    fn run<'a>(
-        &'a self,
-        state: &'a mut Buffer,
-        ctx: &'a mut ProcessContext,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+    fn run<'a>(&'a self, state: &'a mut Buffer, ctx: &'a mut ProcessContext) -> StepFuture<'a> {
         Box::pin(async move {
             if ctx.is_new() {
                 ctx.schedule(WINDOW_DEADLINE, self.window);
@@ -203,11 +199,7 @@ struct Expire {
 }
 
 impl Transition<Buffer> for Expire {
-    fn run<'a>(
-        &'a self,
-        state: &'a mut Buffer,
-        ctx: &'a mut ProcessContext,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+    fn run<'a>(&'a self, state: &'a mut Buffer, ctx: &'a mut ProcessContext) -> StepFuture<'a> {
         Box::pin(async move {
             let key = ctx.key().to_owned();
             tracing::info!(key, buffered = state.len(), "correlation window passed");
@@ -294,22 +286,15 @@ impl Correlator {
             return Err(CorrelatorError::Invalid(self.name));
         }
         let (window, max_buffer) = (self.window, self.max_buffer);
-        let handlers = self
-            .subscriptions
-            .into_iter()
-            .map(|sub| {
-                let (event_type, rule) = (sub.event_type(), rule.clone());
-                sub.then(move |payload| -> Box<dyn Transition<Buffer>> {
-                    Box::new(Arrive {
-                        event_type,
-                        payload,
-                        window,
-                        max_buffer,
-                        rule: rule.clone(),
-                    })
-                })
+        let handlers = handlers_of(self.subscriptions, move |event_type, payload| {
+            Box::new(Arrive {
+                event_type,
+                payload,
+                window,
+                max_buffer,
+                rule: rule.clone(),
             })
-            .collect();
+        });
         let on_timeout = self.on_timeout;
         let expire = OnDeadline::Run(Arc::new(move |_: Deadline| -> Box<dyn Transition<Buffer>> {
             Box::new(Expire {
@@ -325,12 +310,6 @@ impl Correlator {
 /// timeout scanner with [`spawn_timers`](Self::spawn_timers).
 pub struct CorrelatorRunner<T: Transport> {
     machine: Machine<T, Buffer>,
-}
-
-impl<T: Transport> fmt::Debug for CorrelatorRunner<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("CorrelatorRunner").field(&self.machine).finish()
-    }
 }
 
 impl<T: Transport> CorrelatorRunner<T> {

@@ -36,7 +36,7 @@
 
 use crate::command::{Command, CommandAck, CommandBus};
 use crate::envelope::Envelope;
-use crate::event::{DecodeError, DomainEvent, EncodeError, PayloadVersion};
+use crate::event::{DecodeError, DomainEvent, EncodeError, Versioned};
 use crate::handler::context::DynPublish;
 use crate::handler::{Context, HandlerError, HandlerOptions, Registration};
 use crate::id::{CorrelationId, Identity, MessageId, derived_uuid};
@@ -149,11 +149,6 @@ impl Subscription {
         }
     }
 
-    /// The handled event type.
-    pub(crate) fn event_type(&self) -> &'static str {
-        self.event_type
-    }
-
     /// The handler: each received payload runs the transition `make` builds from it.
     pub(crate) fn then<S>(
         self,
@@ -164,6 +159,22 @@ impl Subscription {
             transition: Arc::new(make),
         }
     }
+}
+
+/// The handlers of `subscriptions`, each running the transition `make` builds from its event type
+/// and a received payload (how the aggregation and correlation builders complete theirs).
+pub(crate) fn handlers_of<S>(
+    subscriptions: Vec<Subscription>,
+    make: impl Fn(&'static str, Bytes) -> Box<dyn Transition<S>> + Send + Sync + 'static,
+) -> Vec<ProcessHandler<S>> {
+    let make = Arc::new(make);
+    subscriptions
+        .into_iter()
+        .map(|sub| {
+            let (event_type, make) = (sub.event_type, make.clone());
+            sub.then(move |payload| make(event_type, payload))
+        })
+        .collect()
 }
 
 /// One event handler of a process, type-erased over the event.
@@ -203,10 +214,13 @@ impl<S: Send + 'static> ProcessHandler<S> {
     }
 }
 
+/// The future of one transition.
+pub(crate) type StepFuture<'a> = BoxFuture<'a, Result<(), HandlerError>>;
+
 /// One step on a process's state: runs (possibly several times, on conflicts) on the current
 /// state with a fresh context.
 pub(crate) trait Transition<S>: Send + Sync {
-    fn run<'a>(&'a self, state: &'a mut S, ctx: &'a mut ProcessContext) -> BoxFuture<'a, Result<(), HandlerError>>;
+    fn run<'a>(&'a self, state: &'a mut S, ctx: &'a mut ProcessContext) -> StepFuture<'a>;
 }
 
 struct EventTransition<S, E> {
@@ -215,7 +229,7 @@ struct EventTransition<S, E> {
 }
 
 impl<S: Send, E: DomainEvent> Transition<S> for EventTransition<S, E> {
-    fn run<'a>(&'a self, state: &'a mut S, ctx: &'a mut ProcessContext) -> BoxFuture<'a, Result<(), HandlerError>> {
+    fn run<'a>(&'a self, state: &'a mut S, ctx: &'a mut ProcessContext) -> StepFuture<'a> {
         match E::decode(&self.payload) {
             Ok(event) => (self.handler)(state, ctx, event),
             Err(e) => Box::pin(std::future::ready(Err(HandlerError::permanent(e)))),
@@ -229,7 +243,7 @@ struct DeadlineTransition<S> {
 }
 
 impl<S: ProcessManager> Transition<S> for DeadlineTransition<S> {
-    fn run<'a>(&'a self, state: &'a mut S, ctx: &'a mut ProcessContext) -> BoxFuture<'a, Result<(), HandlerError>> {
+    fn run<'a>(&'a self, state: &'a mut S, ctx: &'a mut ProcessContext) -> StepFuture<'a> {
         state.on_deadline(ctx, self.deadline.clone())
     }
 }
@@ -316,26 +330,35 @@ impl ProcessContext {
         self.identity.derived_child(&self.scope, n, self.occurred)
     }
 
-    fn queue(&mut self, kind: EffectKind, subject: Subject, type_name: &str, version: &str, payload: Bytes) {
-        let identity = self.next_identity();
-        self.queue_as(identity, kind, subject, type_name, version, payload);
+    /// Queues `message` with `identity` (or the next derived one).
+    fn queue<M: Versioned>(
+        &mut self,
+        identity: Option<Identity>,
+        kind: EffectKind,
+        subject: Subject,
+        message: &M,
+    ) -> Result<(), EncodeError> {
+        let payload = message.encode()?;
+        let identity = identity.unwrap_or_else(|| self.next_identity());
+        self.push(identity, kind, subject, M::TYPE_NAME, M::VERSION, &payload);
+        Ok(())
     }
 
-    fn queue_as(
+    fn push(
         &mut self,
         identity: Identity,
         kind: EffectKind,
         subject: Subject,
         type_name: &str,
         version: &str,
-        payload: Bytes,
+        payload: &[u8],
     ) {
         self.effects.push(Effect {
             kind,
             subject: subject.to_string(),
             type_name: type_name.to_owned(),
             version: version.to_owned(),
-            payload: String::from_utf8_lossy(&payload).into_owned(),
+            payload: String::from_utf8_lossy(payload).into_owned(),
             identity,
             attempts: 0,
         });
@@ -344,42 +367,17 @@ impl ProcessContext {
     /// Queues `event` with an explicit identity (a deterministic one, for outcomes that must be
     /// published once).
     pub(crate) fn publish_as<E: DomainEvent>(&mut self, identity: Identity, event: &E) -> Result<(), EncodeError> {
-        let payload = event.encode()?;
-        self.queue_as(
-            identity,
-            EffectKind::Publish,
-            E::subject(),
-            E::TYPE_NAME,
-            <E as PayloadVersion>::VERSION,
-            payload,
-        );
-        Ok(())
+        self.queue(Some(identity), EffectKind::Publish, E::subject(), event)
     }
 
     /// Queues `command`: sent once the new state is stored, caused by the handled message.
     pub fn send<C: Command>(&mut self, command: &C) -> Result<(), EncodeError> {
-        let payload = command.encode()?;
-        self.queue(
-            EffectKind::Send,
-            C::subject(),
-            C::TYPE_NAME,
-            <C as PayloadVersion>::VERSION,
-            payload,
-        );
-        Ok(())
+        self.queue(None, EffectKind::Send, C::subject(), command)
     }
 
     /// Queues `event`: published once the new state is stored, caused by the handled message.
     pub fn publish<E: DomainEvent>(&mut self, event: &E) -> Result<(), EncodeError> {
-        let payload = event.encode()?;
-        self.queue(
-            EffectKind::Publish,
-            E::subject(),
-            E::TYPE_NAME,
-            <E as PayloadVersion>::VERSION,
-            payload,
-        );
-        Ok(())
+        self.queue(None, EffectKind::Publish, E::subject(), event)
     }
 
     /// Sets (or moves) the deadline `name` to `after` from now. It fires once, through
@@ -1018,15 +1016,22 @@ async fn fire_all_due<T: Transport, S: Serialize + DeserializeOwned + Default + 
     }
 }
 
-/// Implements [`HandlerSet`] for a runner that wraps a [`Machine`] in its field `machine`.
+/// Implements [`HandlerSet`](crate::handler::HandlerSet) and `Debug` for a runner that wraps a
+/// [`Machine`] in its field `machine`.
 macro_rules! runs_machine {
-    ([$($generics:tt)*] $runner:ty) => {
-        impl<$($generics)*> $crate::handler::HandlerSet for $runner {
+    ([$($generics:tt)*] $name:ident $($args:tt)*) => {
+        impl<$($generics)*> $crate::handler::HandlerSet for $name $($args)* {
             fn set_name(&self) -> &str {
                 self.machine.name()
             }
             fn registrations(self: ::std::sync::Arc<Self>) -> ::std::vec::Vec<$crate::handler::Registration> {
                 self.machine.registrations()
+            }
+        }
+
+        impl<$($generics)*> ::std::fmt::Debug for $name $($args)* {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.debug_tuple(::std::stringify!($name)).field(&self.machine).finish()
             }
         }
     };
@@ -1058,18 +1063,9 @@ impl Default for ProcessOptions {
 }
 
 /// Runs a [`ProcessManager`]: register it on a [`Service`](crate::service::Service) as a
-/// [`HandlerSet`] for its events, and call [`spawn_timers`](Self::spawn_timers) for its deadlines.
+/// [`HandlerSet`](crate::handler::HandlerSet) for its events, and call [`spawn_timers`](Self::spawn_timers) for its deadlines.
 pub struct ProcessRunner<T: Transport, P: ProcessManager> {
     machine: Arc<Machine<T, P>>,
-}
-
-impl<T: Transport, P: ProcessManager> fmt::Debug for ProcessRunner<T, P> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ProcessRunner")
-            .field("process", &P::NAME)
-            .field("options", &self.machine.options)
-            .finish_non_exhaustive()
-    }
 }
 
 impl<T: Transport, P: ProcessManager> Clone for ProcessRunner<T, P> {
@@ -1161,12 +1157,14 @@ mod tests {
         let at = Timestamp::from_unix_nanos(1_795_530_000_000i128 * 1_000_000).unwrap();
         let mut ctx = ProcessContext::new("p-1", root, "onboarding:p-1".to_owned(), at, true);
         let subject = Subject::new("people.onboarded").unwrap();
-        ctx.queue(
+        let identity = ctx.next_identity();
+        ctx.push(
+            identity,
             EffectKind::Publish,
             subject,
             "Onboarded",
             "1.0",
-            Bytes::from_static(b"{\"id\":1}"),
+            b"{\"id\":1}",
         );
         ctx.schedule.push(("expire".to_owned(), 1_795_530_060_000));
         let mut record = Record::<BTreeMap<String, u32>>::default();

@@ -6,7 +6,8 @@
 //! [`ProcessManager`] impl); [`ProcessRunner`] runs them:
 //!
 //! - Each handled event type gets a durable consumer through [`Service`](crate::service::Service)
-//!   (the runner is a [`HandlerSet`]), with its de-duplication, retries and dead letters.
+//!   (the runner is a [`HandlerSet`](crate::handler::HandlerSet)), with its de-duplication,
+//!   retries and dead letters.
 //! - Per event: read the record of its key, run the handler on the state, and write the record
 //!   back only if nobody wrote it in between (revision compare-and-set). On a conflict the
 //!   handler runs again on the fresh state: concurrent events for one process never lose an
@@ -31,8 +32,8 @@
 //! collecting step, a correlation arrival), plus what it does when a deadline is due
 //! ([`ProcessManager::on_deadline`], a correlation window's expiry, or nothing for an
 //! aggregation, which sets none). The three runners share one machine (registrations, state
-//! reads, deadline scanner); the outbox protocol is [`crate::outbox`]'s, the clock
-//! [`crate::clock`]'s and the derived ids [`crate::id::derived_uuid`]'s.
+//! reads, deadline scanner). The outbox protocol (`outbox.rs`) is shared with sagas; the clock is
+//! [`crate::clock`] and the derived ids come from [`crate::id::derived_uuid`].
 
 use crate::command::{Command, CommandAck, CommandBus};
 use crate::envelope::Envelope;

@@ -24,14 +24,15 @@
 //! Completed records are kept (so late events do not restart the aggregation) until the
 //! bucket's TTL ([`Aggregation::retain_for`]) removes them.
 
-use crate::envelope::DERIVED_ID_NAMESPACE;
 use crate::event::{DecodeError, DomainEvent};
-use crate::handler::{BoxError, HandlerError, HandlerOptions, HandlerSet, Registration};
-use crate::id::{Identity, MessageId};
-use crate::process::{Engine, ProcessContext, ProcessError, ProcessHandler, ProcessOptions, Transition, registrations};
+use crate::handler::{BoxError, HandlerError, HandlerOptions};
+use crate::id::{Identity, MessageId, derived_uuid};
+use crate::process::{
+    Machine, OnDeadline, ProcessContext, ProcessError, ProcessOptions, StepFuture, Subscription, Transition,
+    handlers_of,
+};
 use crate::transport::Transport;
 use bytes::Bytes;
-use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -82,7 +83,8 @@ type OutcomeFn<O> = dyn Fn(&str, &Parts<'_>) -> Result<O, BoxError> + Send + Syn
 pub struct Aggregation<O: DomainEvent> {
     name: &'static str,
     required: Vec<&'static str>,
-    handlers: Vec<(&'static str, ProcessHandler<Progress>)>,
+    /// The required events; each gets its [`Collect`] transition once the outcome is known.
+    subscriptions: Vec<Subscription>,
     outcome: Option<Arc<OutcomeFn<O>>>,
     options: ProcessOptions,
 }
@@ -128,12 +130,9 @@ struct Collect<O: DomainEvent> {
 }
 
 /// The outcome's identity: a message id that depends only on (aggregation, key), in the causal
-/// chain of the completing event.
-fn outcome_identity(aggregation: &str, key: &str, cause: &Identity) -> Identity {
-    let id = uuid::Uuid::new_v5(
-        &DERIVED_ID_NAMESPACE,
-        format!("aggregation\0{aggregation}\0{key}").as_bytes(),
-    );
+/// chain of the completing event (see [`crate::id`]).
+pub(crate) fn outcome_identity(aggregation: &str, key: &str, cause: &Identity) -> Identity {
+    let id = derived_uuid(&[b"aggregation", aggregation.as_bytes(), key.as_bytes()]);
     Identity {
         message_id: MessageId::from_uuid(id),
         correlation_id: cause.correlation_id,
@@ -142,11 +141,7 @@ fn outcome_identity(aggregation: &str, key: &str, cause: &Identity) -> Identity 
 }
 
 impl<O: DomainEvent> Transition<Progress> for Collect<O> {
-    fn run<'a>(
-        &'a self,
-        state: &'a mut Progress,
-        ctx: &'a mut ProcessContext,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+    fn run<'a>(&'a self, state: &'a mut Progress, ctx: &'a mut ProcessContext) -> StepFuture<'a> {
         Box::pin(async move {
             if state.completed {
                 tracing::debug!(
@@ -186,7 +181,7 @@ impl<O: DomainEvent> Aggregation<O> {
         Self {
             name,
             required: Vec::new(),
-            handlers: Vec::new(),
+            subscriptions: Vec::new(),
             outcome: None,
             options: ProcessOptions::default(),
         }
@@ -195,12 +190,7 @@ impl<O: DomainEvent> Aggregation<O> {
     /// Requires an event of type `E`, keyed by `key` (the correlation field, as text).
     pub fn require<E: DomainEvent>(mut self, key: impl Fn(&E) -> String + Send + Sync + 'static) -> Self {
         self.required.push(E::TYPE_NAME);
-        let handler = ProcessHandler::<Progress>::custom::<E>(
-            handler_name::<E>(),
-            key,
-            |_payload| -> Box<dyn Transition<Progress>> { unreachable_transition() },
-        );
-        self.handlers.push((E::TYPE_NAME, handler));
+        self.subscriptions.push(Subscription::of::<E>(E::TYPE_NAME, key));
         self
     }
 
@@ -237,94 +227,33 @@ impl<O: DomainEvent> Aggregation<O> {
                 });
             }
         }
-        let bus = crate::command::CommandBus::new(transport.clone());
-        let engine = Engine::open(&transport, self.name, bus, self.options.ttl)
-            .await
-            .map_err(ProcessError::from)?;
         let required = Arc::new(self.required);
         let name = self.name;
-        let handlers = self
-            .handlers
-            .into_iter()
-            .map(|(event_type, h)| {
-                let required = required.clone();
-                let outcome = outcome.clone();
-                h.with_transition(move |payload| {
-                    Box::new(Collect::<O> {
-                        aggregation: name,
-                        event_type,
-                        payload,
-                        required: required.clone(),
-                        outcome: outcome.clone(),
-                    })
-                })
+        let handlers = handlers_of(self.subscriptions, move |event_type, payload| {
+            Box::new(Collect::<O> {
+                aggregation: name,
+                event_type,
+                payload,
+                required: required.clone(),
+                outcome: outcome.clone(),
             })
-            .collect();
-        Ok(AggregationRunner {
-            name,
-            engine: Arc::new(engine),
-            handlers,
-            options: self.options.handler,
-        })
+        });
+        // An aggregation sets no deadlines.
+        let machine = Machine::open(&transport, name, handlers, OnDeadline::Never, self.options).await?;
+        Ok(AggregationRunner { machine })
     }
-}
-
-fn handler_name<E: DomainEvent>() -> &'static str {
-    E::TYPE_NAME
-}
-
-fn unreachable_transition() -> Box<dyn Transition<Progress>> {
-    struct Never;
-    impl Transition<Progress> for Never {
-        fn run<'a>(
-            &'a self,
-            _: &'a mut Progress,
-            _: &'a mut ProcessContext,
-        ) -> BoxFuture<'a, Result<(), HandlerError>> {
-            Box::pin(std::future::ready(Err(HandlerError::permanent(
-                "aggregation not opened",
-            ))))
-        }
-    }
-    Box::new(Never)
 }
 
 /// An opened [`Aggregation`]: register it on a [`Service`](crate::service::Service).
 pub struct AggregationRunner<T: Transport> {
-    name: &'static str,
-    engine: Arc<Engine<T, Progress>>,
-    handlers: Vec<ProcessHandler<Progress>>,
-    options: HandlerOptions,
-}
-
-impl<T: Transport> fmt::Debug for AggregationRunner<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AggregationRunner")
-            .field("name", &self.name)
-            .field("handlers", &self.handlers)
-            .finish_non_exhaustive()
-    }
+    machine: Machine<T, Progress>,
 }
 
 impl<T: Transport> AggregationRunner<T> {
     /// The progress of `key`, if any event arrived for it.
     pub async fn progress(&self, key: &str) -> Result<Option<Progress>, ProcessError> {
-        self.engine.load(key).await
+        self.machine.load(key).await
     }
 }
 
-fn keep_record(_: &mut crate::process::Record<Progress>, _: &mut ProcessContext) {}
-
-impl<T: Transport> HandlerSet for AggregationRunner<T> {
-    fn set_name(&self) -> &str {
-        self.name
-    }
-    fn registrations(self: Arc<Self>) -> Vec<Registration> {
-        registrations(
-            &self.engine,
-            self.handlers.clone(),
-            &self.options,
-            Arc::new(keep_record),
-        )
-    }
-}
+crate::process::runs_machine!([T: Transport] AggregationRunner<T>);

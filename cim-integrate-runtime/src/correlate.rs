@@ -31,15 +31,14 @@
 //! ([`CorrelatorRunner::spawn_timers`]), also after a restart.
 
 use crate::event::{DecodeError, DomainEvent};
-use crate::handler::{BoxError, HandlerError, HandlerOptions, HandlerSet, Registration};
+use crate::handler::{BoxError, HandlerError, HandlerOptions};
 use crate::id::MessageId;
 use crate::process::{
-    Deadline, Engine, ProcessContext, ProcessError, ProcessHandler, TimerHandle, Transition, registrations,
-    spawn_scanner,
+    Deadline, Machine, OnDeadline, ProcessContext, ProcessError, ProcessOptions, StepFuture, Subscription, TimerHandle,
+    Transition, handlers_of,
 };
 use crate::transport::Transport;
 use bytes::Bytes;
-use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::sync::Arc;
@@ -118,20 +117,20 @@ type TimeoutFn = dyn Fn(&str, &Buffer, &mut ProcessContext) -> Result<(), BoxErr
 /// A correlation declaration.
 pub struct Correlator {
     name: &'static str,
-    handlers: Vec<ProcessHandler<Buffer>>,
+    /// The correlated events; each gets its [`Arrive`] transition once the rule is known.
+    subscriptions: Vec<Subscription>,
     window: Duration,
     max_buffer: usize,
     rule: Option<Arc<RuleFn>>,
     on_timeout: Option<Arc<TimeoutFn>>,
-    handler_options: HandlerOptions,
-    timer_interval: Duration,
+    options: ProcessOptions,
 }
 
 impl fmt::Debug for Correlator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Correlator")
             .field("name", &self.name)
-            .field("handlers", &self.handlers)
+            .field("subscriptions", &self.subscriptions)
             .field("window", &self.window)
             .field("max_buffer", &self.max_buffer)
             .finish_non_exhaustive()
@@ -164,11 +163,7 @@ struct Arrive {
 }
 
 impl Transition<Buffer> for Arrive {
-    fn run<'a>(
-        &'a self,
-        state: &'a mut Buffer,
-        ctx: &'a mut ProcessContext,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+    fn run<'a>(&'a self, state: &'a mut Buffer, ctx: &'a mut ProcessContext) -> StepFuture<'a> {
         Box::pin(async move {
             if ctx.is_new() {
                 ctx.schedule(WINDOW_DEADLINE, self.window);
@@ -198,16 +193,13 @@ impl Transition<Buffer> for Arrive {
     }
 }
 
+/// The window's deadline passed: the timeout callback, if one was given, then the end.
 struct Expire {
     on_timeout: Option<Arc<TimeoutFn>>,
 }
 
 impl Transition<Buffer> for Expire {
-    fn run<'a>(
-        &'a self,
-        state: &'a mut Buffer,
-        ctx: &'a mut ProcessContext,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+    fn run<'a>(&'a self, state: &'a mut Buffer, ctx: &'a mut ProcessContext) -> StepFuture<'a> {
         Box::pin(async move {
             let key = ctx.key().to_owned();
             tracing::info!(key, buffered = state.len(), "correlation window passed");
@@ -226,22 +218,18 @@ impl Correlator {
     pub fn new(name: &'static str) -> Self {
         Self {
             name,
-            handlers: Vec::new(),
+            subscriptions: Vec::new(),
             window: Duration::from_secs(3600),
             max_buffer: 256,
             rule: None,
             on_timeout: None,
-            handler_options: HandlerOptions::default(),
-            timer_interval: Duration::from_secs(1),
+            options: ProcessOptions::default(),
         }
     }
 
     /// Correlates events of type `E`, keyed by `key` (the shared field, as text).
     pub fn on<E: DomainEvent>(mut self, key: impl Fn(&E) -> String + Send + Sync + 'static) -> Self {
-        let handler = ProcessHandler::<Buffer>::custom::<E>(E::TYPE_NAME, key, |_| -> Box<dyn Transition<Buffer>> {
-            Box::new(Expire { on_timeout: None })
-        });
-        self.handlers.push(handler);
+        self.subscriptions.push(Subscription::of::<E>(E::TYPE_NAME, key));
         self
     }
 
@@ -278,108 +266,62 @@ impl Correlator {
 
     /// Options of the event handlers.
     pub fn handler_options(mut self, options: HandlerOptions) -> Self {
-        self.handler_options = options;
+        self.options.handler = options;
         self
     }
 
     /// How often the timeout scanner looks for passed windows (default 1 s).
     pub fn timer_interval(mut self, interval: Duration) -> Self {
-        self.timer_interval = interval;
+        self.options.timer_interval = interval;
         self
     }
 
     /// Checks the declaration and opens its buckets on `transport`.
     pub async fn open<T: Transport>(self, transport: T) -> Result<CorrelatorRunner<T>, CorrelatorError> {
         let rule = self.rule.ok_or(CorrelatorError::NoRule(self.name))?;
-        if self.handlers.is_empty() {
+        if self.subscriptions.is_empty() {
             return Err(CorrelatorError::NoEvents(self.name));
         }
         if self.window.is_zero() || self.max_buffer == 0 {
             return Err(CorrelatorError::Invalid(self.name));
         }
-        let bus = crate::command::CommandBus::new(transport.clone());
-        let engine = Engine::open(&transport, self.name, bus, None)
-            .await
-            .map_err(ProcessError::from)?;
         let (window, max_buffer) = (self.window, self.max_buffer);
-        let handlers = self
-            .handlers
-            .into_iter()
-            .map(|h| {
-                let rule = rule.clone();
-                let event_type = h.event_type();
-                h.with_transition(move |payload| {
-                    Box::new(Arrive {
-                        event_type,
-                        payload,
-                        window,
-                        max_buffer,
-                        rule: rule.clone(),
-                    })
-                })
+        let handlers = handlers_of(self.subscriptions, move |event_type, payload| {
+            Box::new(Arrive {
+                event_type,
+                payload,
+                window,
+                max_buffer,
+                rule: rule.clone(),
             })
-            .collect();
-        Ok(CorrelatorRunner {
-            name: self.name,
-            engine: Arc::new(engine),
-            handlers,
-            options: self.handler_options,
-            on_timeout: self.on_timeout,
-            timer_interval: self.timer_interval,
-        })
+        });
+        let on_timeout = self.on_timeout;
+        let expire = OnDeadline::Run(Arc::new(move |_: Deadline| -> Box<dyn Transition<Buffer>> {
+            Box::new(Expire {
+                on_timeout: on_timeout.clone(),
+            })
+        }));
+        let machine = Machine::open(&transport, self.name, handlers, expire, self.options).await?;
+        Ok(CorrelatorRunner { machine })
     }
 }
 
 /// An opened [`Correlator`]: register it on a [`Service`](crate::service::Service) and start its
 /// timeout scanner with [`spawn_timers`](Self::spawn_timers).
 pub struct CorrelatorRunner<T: Transport> {
-    name: &'static str,
-    engine: Arc<Engine<T, Buffer>>,
-    handlers: Vec<ProcessHandler<Buffer>>,
-    options: HandlerOptions,
-    on_timeout: Option<Arc<TimeoutFn>>,
-    timer_interval: Duration,
-}
-
-impl<T: Transport> fmt::Debug for CorrelatorRunner<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CorrelatorRunner")
-            .field("name", &self.name)
-            .field("handlers", &self.handlers)
-            .finish_non_exhaustive()
-    }
+    machine: Machine<T, Buffer>,
 }
 
 impl<T: Transport> CorrelatorRunner<T> {
     /// The buffer of `key`, if a correlation is open for it.
     pub async fn buffer(&self, key: &str) -> Result<Option<Buffer>, ProcessError> {
-        self.engine.load(key).await
+        self.machine.load(key).await
     }
 
     /// Starts the timeout scanner (see [`ProcessRunner::spawn_timers`](crate::process::ProcessRunner::spawn_timers)).
     pub fn spawn_timers(&self) -> TimerHandle {
-        let on_timeout = self.on_timeout.clone();
-        let make = move |_: Deadline| -> Box<dyn Transition<Buffer>> {
-            Box::new(Expire {
-                on_timeout: on_timeout.clone(),
-            })
-        };
-        spawn_scanner(self.engine.clone(), self.timer_interval, Arc::new(make))
+        self.machine.spawn_timers()
     }
 }
 
-fn keep_record(_: &mut crate::process::Record<Buffer>, _: &mut ProcessContext) {}
-
-impl<T: Transport> HandlerSet for CorrelatorRunner<T> {
-    fn set_name(&self) -> &str {
-        self.name
-    }
-    fn registrations(self: Arc<Self>) -> Vec<Registration> {
-        registrations(
-            &self.engine,
-            self.handlers.clone(),
-            &self.options,
-            Arc::new(keep_record),
-        )
-    }
-}
+crate::process::runs_machine!([T: Transport] CorrelatorRunner<T>);

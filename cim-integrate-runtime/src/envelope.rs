@@ -31,15 +31,16 @@
 //! [`Envelope::is_derived`] tells whether any identity field was derived rather than read.
 
 use crate::headers::{self, Headers};
-use crate::id::{CausationId, CorrelationId, Identity, MessageId};
+use crate::id::{CausationId, CorrelationId, Identity, MessageId, derived_uuid};
 use crate::subject::{Subject, SubjectError};
 use crate::timestamp::Timestamp;
 use bytes::Bytes;
 use std::sync::Arc;
 use uuid::Uuid;
 
-/// Namespace of the name-based (v5) ids derived for messages without identity headers.
-pub const DERIVED_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6b1d_4c2a_8f3e_5d70_9a61_c0de_0000_0001);
+/// Namespace of the name-based (v5) ids derived for messages without identity headers (and of
+/// every other derived id: see [`crate::id::derived_uuid`]).
+pub use crate::id::DERIVED_ID_NAMESPACE;
 
 /// Where a received message came from: what the transport knows beside headers and payload.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -247,19 +248,16 @@ impl Envelope {
     }
 }
 
-fn derive_id(subject: &Subject, headers: &Headers, payload: &[u8], from: &ReceivedFrom) -> Uuid {
+/// The id of a foreign message without one (a wire contract: the formats are listed in
+/// [`crate::id`]).
+pub(crate) fn derive_id(subject: &Subject, headers: &Headers, payload: &[u8], from: &ReceivedFrom) -> Uuid {
     if let Some(msg_id) = headers.get(headers::NATS_MSG_ID) {
-        return Uuid::new_v5(&DERIVED_ID_NAMESPACE, format!("nats-msg-id\0{msg_id}").as_bytes());
+        return derived_uuid(&[b"nats-msg-id", msg_id.as_bytes()]);
     }
     if let (Some(stream), Some(seq)) = (&from.stream, from.stream_sequence) {
-        return Uuid::new_v5(&DERIVED_ID_NAMESPACE, format!("stream\0{stream}\0{seq}").as_bytes());
+        return derived_uuid(&[b"stream", stream.as_bytes(), seq.to_string().as_bytes()]);
     }
-    let mut name = Vec::with_capacity(subject.as_str().len() + payload.len() + 6);
-    name.extend_from_slice(b"core\0");
-    name.extend_from_slice(subject.as_str().as_bytes());
-    name.push(0);
-    name.extend_from_slice(payload);
-    Uuid::new_v5(&DERIVED_ID_NAMESPACE, &name)
+    derived_uuid(&[b"core", subject.as_str().as_bytes(), payload])
 }
 
 #[cfg(test)]

@@ -1,9 +1,44 @@
 //! Typed identifiers: the message identity triple and the [`typed_id!`](crate::typed_id!) macro
 //! for domain ids such as `DocumentId` and `UserId`.
 //!
-//! Every id is a UUID. Fresh ids are version 7 (time-ordered). Ids derived for messages from
-//! foreign publishers that carry no id of their own are version 5 (name-based), so they stay the
-//! same on every redelivery; see [`crate::envelope`].
+//! Every id is a UUID. Fresh ids are version 7 (time-ordered). Derived ids (the same inputs
+//! always give the same id, so a re-sent message is a duplicate JetStream drops) all come from
+//! one function, [`derived_uuid`]: a name-based (v5) UUID in [`DERIVED_ID_NAMESPACE`] over its
+//! parts joined by NUL bytes. [`Identity::derived_child`] reshapes such a UUID into the v7 layout.
+//!
+//! # Derived id formats
+//!
+//! These are persisted (in process records and saga records) or on the wire (`Nats-Msg-Id`), so
+//! they never change; the unit test `derived_ids_are_golden` pins them.
+//!
+//! | id | parts given to [`derived_uuid`] | layout |
+//! | --- | --- | --- |
+//! | message published while handling one ([`Identity::derived_child`]): handler publishes, process outboxes, saga lifecycle events (scope `saga/{saga}/{id}`, `n` = event number) | `{parent message id}`, `{scope}`, `{n}` | v7, timestamp = the parent's occurrence (saga: its start) |
+//! | a foreign message's id from its `Nats-Msg-Id` ([`crate::envelope`]) | `nats-msg-id`, `{Nats-Msg-Id}` | v5 |
+//! | a foreign message's id from its stream position | `stream`, `{stream}`, `{sequence}` | v5 |
+//! | a foreign core-NATS message's id | `core`, `{subject}`, `{payload bytes}` | v5 |
+//! | a process deadline firing (its message id) | `{process}`, `{storage key}`, `deadline:{name}:{due millis}` | v5 |
+//! | an aggregation's outcome | `aggregation`, `{aggregation}`, `{key}` | v5 |
+//! | a dead letter (its `Nats-Msg-Id`) | `dlq`, `{set}.{handler}`, `{stream}`, `{sequence}` | v5 |
+
+use uuid::Uuid;
+
+/// Namespace of every derived (name-based, v5) id: see [`derived_uuid`].
+pub const DERIVED_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6b1d_4c2a_8f3e_5d70_9a61_c0de_0000_0001);
+
+/// The one function for derived ids: a name-based (v5) UUID in [`DERIVED_ID_NAMESPACE`] over
+/// `parts` joined by NUL bytes. The same parts always give the same id; the formats in use are
+/// listed in the [module documentation](self).
+pub fn derived_uuid(parts: &[&[u8]]) -> Uuid {
+    let mut name = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            name.push(0);
+        }
+        name.extend_from_slice(part);
+    }
+    Uuid::new_v5(&DERIVED_ID_NAMESPACE, &name)
+}
 
 /// Why a string is not a valid id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -202,8 +237,8 @@ impl Identity {
     /// JetStream's duplicate window drops the re-publish. The id keeps the UUID v7 layout, with
     /// `at` (the parent's occurrence time) as its timestamp.
     pub fn derived_child(&self, scope: &str, n: u32, at: crate::Timestamp) -> Self {
-        let name = format!("{}\0{scope}\0{n}", self.message_id);
-        let hash = uuid::Uuid::new_v5(&crate::envelope::DERIVED_ID_NAMESPACE, name.as_bytes());
+        let parent = self.message_id.to_string();
+        let hash = derived_uuid(&[parent.as_bytes(), scope.as_bytes(), n.to_string().as_bytes()]);
         let mut random = [0u8; 10];
         random.copy_from_slice(&hash.as_bytes()[6..16]);
         let millis = u64::try_from(at.unix_millis()).unwrap_or(0);
@@ -254,6 +289,64 @@ mod tests {
         assert_eq!(a.message_id.as_uuid().get_version_num(), 7);
         assert_eq!(a.correlation_id, root.correlation_id);
         assert_eq!(a.causation_id.into_uuid(), root.message_id.into_uuid());
+    }
+
+    /// Derived ids are persisted (process and saga records) and on the wire (`Nats-Msg-Id`):
+    /// these values were computed by the hand-made formats before they went through
+    /// [`derived_uuid`], and must never change.
+    #[test]
+    fn derived_ids_are_golden() {
+        let m: MessageId = "0192f3c4-5d6e-7f80-9a1b-2c3d4e5f6071".parse().unwrap();
+        let c: CorrelationId = "0192f3c4-5d6e-7f80-9a1b-2c3d4e5f6072".parse().unwrap();
+        let root = Identity {
+            message_id: m,
+            correlation_id: c,
+            causation_id: m.into(),
+        };
+        let at = crate::Timestamp::from_unix_nanos(1_795_530_000_000i128 * 1_000_000).unwrap();
+        let id = |u: Uuid| u.to_string();
+        // Handler publishes, process outboxes, saga lifecycle events (`saga/{saga}/{id}`, seq).
+        assert_eq!(
+            root.derived_child("saga/fulfil/abc", 3, at).message_id.to_string(),
+            "01a20ded-8680-7438-939c-87e271b5ceaf"
+        );
+        let (msg_id, deadline) =
+            crate::process::deadline_identity("onboarding", "k1", "expire", 1_795_530_000_000, None);
+        assert_eq!(msg_id, "deadline:expire:1795530000000");
+        assert_eq!(deadline.message_id.to_string(), "02da984e-4663-5d9d-b4e0-6dce5e85a13f");
+        assert_eq!(
+            crate::aggregate::outcome_identity("workflow_ready", "w-1", &root)
+                .message_id
+                .to_string(),
+            "25e87854-4c8e-507f-878a-9564dbb01570"
+        );
+        assert_eq!(
+            id(crate::pipeline::dead_letter::letter_id("billing.on_x", "EVENTS", 42)),
+            "4a8c0fb9-ab14-5de7-b992-91517b92d380"
+        );
+        let subject = crate::Subject::new("orders.created").unwrap();
+        let payload = br#"{"a":1}"#;
+        let from = crate::envelope::ReceivedFrom::default();
+        let mut with_msg_id = crate::Headers::new();
+        with_msg_id.insert(crate::headers::NATS_MSG_ID, "abc").unwrap();
+        assert_eq!(
+            id(crate::envelope::derive_id(&subject, &with_msg_id, payload, &from)),
+            "3f68a04c-e8ed-5ec3-81ad-8b2e0467df05"
+        );
+        let stored = crate::envelope::ReceivedFrom {
+            stream: Some("EVENTS".into()),
+            stream_sequence: Some(7),
+            ..Default::default()
+        };
+        let none = crate::Headers::new();
+        assert_eq!(
+            id(crate::envelope::derive_id(&subject, &none, payload, &stored)),
+            "f329be9b-540f-511e-bc48-d5a1cf2a5056"
+        );
+        assert_eq!(
+            id(crate::envelope::derive_id(&subject, &none, payload, &from)),
+            "096e7d24-7294-5828-86e8-3fa2763de26f"
+        );
     }
 
     #[test]

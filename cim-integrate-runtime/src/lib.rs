@@ -11,6 +11,7 @@
 
 pub mod aggregate;
 pub mod breaker;
+pub mod clock;
 pub mod command;
 pub mod correlate;
 pub mod dedup;
@@ -20,6 +21,7 @@ pub mod handler;
 pub mod headers;
 pub mod id;
 pub mod monitor;
+mod outbox;
 pub mod pipeline;
 pub mod process;
 pub mod saga;

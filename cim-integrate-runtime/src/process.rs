@@ -6,7 +6,8 @@
 //! [`ProcessManager`] impl); [`ProcessRunner`] runs them:
 //!
 //! - Each handled event type gets a durable consumer through [`Service`](crate::service::Service)
-//!   (the runner is a [`HandlerSet`]), with its de-duplication, retries and dead letters.
+//!   (the runner is a [`HandlerSet`](crate::handler::HandlerSet)), with its de-duplication,
+//!   retries and dead letters.
 //! - Per event: read the record of its key, run the handler on the state, and write the record
 //!   back only if nobody wrote it in between (revision compare-and-set). On a conflict the
 //!   handler runs again on the fresh state: concurrent events for one process never lose an
@@ -25,13 +26,22 @@
 //! - [`ProcessContext::end`] ends the process: once its outbox is sent, its record is deleted.
 //!
 //! Buckets: `cim_pm_{name}` (records) and `cim_pm_{name}_timers` (deadline index).
+//!
+//! The same engine runs [aggregations](crate::aggregate) and [correlators](crate::correlate):
+//! each is a set of event handlers whose transitions are its own types (a process handler, a
+//! collecting step, a correlation arrival), plus what it does when a deadline is due
+//! ([`ProcessManager::on_deadline`], a correlation window's expiry, or nothing for an
+//! aggregation, which sets none). The three runners share one machine (registrations, state
+//! reads, deadline scanner). The outbox protocol (`outbox.rs`) is shared with sagas; the clock is
+//! [`crate::clock`] and the derived ids come from [`crate::id::derived_uuid`].
 
 use crate::command::{Command, CommandAck, CommandBus};
-use crate::envelope::{DERIVED_ID_NAMESPACE, Envelope};
-use crate::event::{DecodeError, DomainEvent, EncodeError, PayloadVersion};
+use crate::envelope::Envelope;
+use crate::event::{DecodeError, DomainEvent, EncodeError, Versioned};
 use crate::handler::context::DynPublish;
-use crate::handler::{Context, HandlerError, HandlerOptions, HandlerSet, Registration};
-use crate::id::{CorrelationId, Identity, MessageId};
+use crate::handler::{Context, HandlerError, HandlerOptions, Registration};
+use crate::id::{CorrelationId, Identity, MessageId, derived_uuid};
+use crate::outbox::{self, Queued};
 use crate::subject::{Subject, SubjectPattern};
 use crate::timestamp::Timestamp;
 use crate::transport::{KeyValue, KvError, KvSpec, OutboundMessage, Transport, check_key};
@@ -43,7 +53,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How many applied message ids a record remembers.
@@ -56,14 +66,9 @@ const SWEEP_EVERY: u32 = 30;
 /// Most compare-and-set attempts for one event before it is retried later.
 const MAX_CONFLICT_RETRIES: u32 = 64;
 
-/// The wall clock in Unix milliseconds, advancing with tokio's clock: real time in production,
-/// paused and auto-advanced time in tests, consistent within a process.
-pub fn now_millis() -> i64 {
-    static BASE: OnceLock<(i64, tokio::time::Instant)> = OnceLock::new();
-    let (wall, mono) = *BASE.get_or_init(|| (Timestamp::now().unix_millis(), tokio::time::Instant::now()));
-    let elapsed = tokio::time::Instant::now().saturating_duration_since(mono);
-    wall.saturating_add(i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
-}
+/// The wall clock in Unix milliseconds, advancing with tokio's clock (the runtime's one clock,
+/// [`crate::clock`]).
+pub use crate::clock::now_millis;
 
 /// A process manager: its state type, name, handlers and deadline reaction. `#[process]` on the
 /// state's `impl` block implements it.
@@ -108,33 +113,25 @@ pub type KeyFn<E> = fn(&E) -> String;
 
 /// Decodes a payload and returns its process key.
 type PayloadKeyFn = dyn Fn(&[u8]) -> Result<String, DecodeError> + Send + Sync;
-/// Adjusts a record after a transition (aggregation and correlation bookkeeping).
-pub(crate) type OnRecord<S> = dyn Fn(&mut Record<S>, &mut ProcessContext) + Send + Sync;
+/// Makes the transition of one received payload.
+type TransitionFactory<S> = dyn Fn(Bytes) -> Box<dyn Transition<S>> + Send + Sync;
+/// Makes the transition of one due deadline.
+type DeadlineFactory<S> = dyn Fn(Deadline) -> Box<dyn Transition<S>> + Send + Sync;
 
-/// One event handler of a process, type-erased over the event.
-pub struct ProcessHandler<S> {
+/// What a handler consumes: an event type, its subject pattern and how its process key is read.
+/// It has no transition yet: the aggregation and correlation builders collect subscriptions and
+/// give each its transition when the declaration is complete ([`Subscription::then`]).
+#[derive(Clone)]
+pub(crate) struct Subscription {
     name: &'static str,
     pattern: SubjectPattern,
     event_type: &'static str,
     key: Arc<PayloadKeyFn>,
-    transition: Arc<dyn Fn(Bytes) -> Box<dyn Transition<S>> + Send + Sync>,
 }
 
-impl<S> Clone for ProcessHandler<S> {
-    fn clone(&self) -> Self {
-        Self {
-            name: self.name,
-            pattern: self.pattern.clone(),
-            event_type: self.event_type,
-            key: self.key.clone(),
-            transition: self.transition.clone(),
-        }
-    }
-}
-
-impl<S> fmt::Debug for ProcessHandler<S> {
+impl fmt::Debug for Subscription {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ProcessHandler")
+        f.debug_struct("Subscription")
             .field("name", &self.name)
             .field("pattern", &self.pattern)
             .field("event_type", &self.event_type)
@@ -142,57 +139,89 @@ impl<S> fmt::Debug for ProcessHandler<S> {
     }
 }
 
+impl Subscription {
+    /// Events `E`, handled under `name`, keyed by `key`.
+    pub(crate) fn of<E: DomainEvent>(name: &'static str, key: impl Fn(&E) -> String + Send + Sync + 'static) -> Self {
+        Self {
+            name,
+            pattern: SubjectPattern::new(E::SUBJECT).unwrap_or_else(|_| SubjectPattern::__from_checked_literal(">")),
+            event_type: E::TYPE_NAME,
+            key: Arc::new(move |payload| E::decode(payload).map(|e| key(&e))),
+        }
+    }
+
+    /// The handler: each received payload runs the transition `make` builds from it.
+    pub(crate) fn then<S>(
+        self,
+        make: impl Fn(Bytes) -> Box<dyn Transition<S>> + Send + Sync + 'static,
+    ) -> ProcessHandler<S> {
+        ProcessHandler {
+            subscription: self,
+            transition: Arc::new(make),
+        }
+    }
+}
+
+/// The handlers of `subscriptions`, each running the transition `make` builds from its event type
+/// and a received payload (how the aggregation and correlation builders complete theirs).
+pub(crate) fn handlers_of<S>(
+    subscriptions: Vec<Subscription>,
+    make: impl Fn(&'static str, Bytes) -> Box<dyn Transition<S>> + Send + Sync + 'static,
+) -> Vec<ProcessHandler<S>> {
+    let make = Arc::new(make);
+    subscriptions
+        .into_iter()
+        .map(|sub| {
+            let (event_type, make) = (sub.event_type, make.clone());
+            sub.then(move |payload| make(event_type, payload))
+        })
+        .collect()
+}
+
+/// One event handler of a process, type-erased over the event.
+pub struct ProcessHandler<S> {
+    subscription: Subscription,
+    transition: Arc<TransitionFactory<S>>,
+}
+
+impl<S> Clone for ProcessHandler<S> {
+    fn clone(&self) -> Self {
+        Self {
+            subscription: self.subscription.clone(),
+            transition: self.transition.clone(),
+        }
+    }
+}
+
+impl<S> fmt::Debug for ProcessHandler<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ProcessHandler").field(&self.subscription).finish()
+    }
+}
+
 impl<S: Send + 'static> ProcessHandler<S> {
     /// A handler named `name` of events `E`, keyed by `key`, running `handler`.
     pub fn new<E: DomainEvent>(name: &'static str, key: KeyFn<E>, handler: ProcessHandlerFn<S, E>) -> Self {
-        Self {
-            name,
-            pattern: SubjectPattern::new(E::SUBJECT).unwrap_or_else(|_| SubjectPattern::__from_checked_literal(">")),
-            event_type: E::TYPE_NAME,
-            key: Arc::new(move |payload| E::decode(payload).map(|e| key(&e))),
-            transition: Arc::new(move |payload| Box::new(EventTransition { payload, handler })),
-        }
-    }
-
-    /// A handler from a key function and a transition factory (for the aggregation and
-    /// correlation builders).
-    pub(crate) fn custom<E: DomainEvent>(
-        name: &'static str,
-        key: impl Fn(&E) -> String + Send + Sync + 'static,
-        transition: impl Fn(Bytes) -> Box<dyn Transition<S>> + Send + Sync + 'static,
-    ) -> Self {
-        Self {
-            name,
-            pattern: SubjectPattern::new(E::SUBJECT).unwrap_or_else(|_| SubjectPattern::__from_checked_literal(">")),
-            event_type: E::TYPE_NAME,
-            key: Arc::new(move |payload| E::decode(payload).map(|e| key(&e))),
-            transition: Arc::new(transition),
-        }
-    }
-
-    /// The same handler with another transition factory.
-    pub(crate) fn with_transition(
-        mut self,
-        transition: impl Fn(Bytes) -> Box<dyn Transition<S>> + Send + Sync + 'static,
-    ) -> Self {
-        self.transition = Arc::new(transition);
-        self
+        Subscription::of::<E>(name, key).then(move |payload| Box::new(EventTransition { payload, handler }))
     }
 
     /// The handler's name.
     pub fn name(&self) -> &'static str {
-        self.name
+        self.subscription.name
     }
     /// The handled event type.
     pub fn event_type(&self) -> &'static str {
-        self.event_type
+        self.subscription.event_type
     }
 }
+
+/// The future of one transition.
+pub(crate) type StepFuture<'a> = BoxFuture<'a, Result<(), HandlerError>>;
 
 /// One step on a process's state: runs (possibly several times, on conflicts) on the current
 /// state with a fresh context.
 pub(crate) trait Transition<S>: Send + Sync {
-    fn run<'a>(&'a self, state: &'a mut S, ctx: &'a mut ProcessContext) -> BoxFuture<'a, Result<(), HandlerError>>;
+    fn run<'a>(&'a self, state: &'a mut S, ctx: &'a mut ProcessContext) -> StepFuture<'a>;
 }
 
 struct EventTransition<S, E> {
@@ -201,7 +230,7 @@ struct EventTransition<S, E> {
 }
 
 impl<S: Send, E: DomainEvent> Transition<S> for EventTransition<S, E> {
-    fn run<'a>(&'a self, state: &'a mut S, ctx: &'a mut ProcessContext) -> BoxFuture<'a, Result<(), HandlerError>> {
+    fn run<'a>(&'a self, state: &'a mut S, ctx: &'a mut ProcessContext) -> StepFuture<'a> {
         match E::decode(&self.payload) {
             Ok(event) => (self.handler)(state, ctx, event),
             Err(e) => Box::pin(std::future::ready(Err(HandlerError::permanent(e)))),
@@ -215,7 +244,7 @@ struct DeadlineTransition<S> {
 }
 
 impl<S: ProcessManager> Transition<S> for DeadlineTransition<S> {
-    fn run<'a>(&'a self, state: &'a mut S, ctx: &'a mut ProcessContext) -> BoxFuture<'a, Result<(), HandlerError>> {
+    fn run<'a>(&'a self, state: &'a mut S, ctx: &'a mut ProcessContext) -> StepFuture<'a> {
         state.on_deadline(ctx, self.deadline.clone())
     }
 }
@@ -233,6 +262,12 @@ pub(crate) struct Effect {
     /// Failed attempts to send it so far.
     #[serde(default)]
     attempts: u32,
+}
+
+impl Queued for Effect {
+    fn message_id(&self) -> MessageId {
+        self.identity.message_id
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -296,14 +331,35 @@ impl ProcessContext {
         self.identity.derived_child(&self.scope, n, self.occurred)
     }
 
-    fn queue(&mut self, kind: EffectKind, subject: Subject, type_name: &str, version: &str, payload: Bytes) {
-        let identity = self.next_identity();
+    /// Queues `message` with `identity` (or the next derived one).
+    fn queue<M: Versioned>(
+        &mut self,
+        identity: Option<Identity>,
+        kind: EffectKind,
+        subject: Subject,
+        message: &M,
+    ) -> Result<(), EncodeError> {
+        let payload = message.encode()?;
+        let identity = identity.unwrap_or_else(|| self.next_identity());
+        self.push(identity, kind, subject, M::TYPE_NAME, M::VERSION, &payload);
+        Ok(())
+    }
+
+    fn push(
+        &mut self,
+        identity: Identity,
+        kind: EffectKind,
+        subject: Subject,
+        type_name: &str,
+        version: &str,
+        payload: &[u8],
+    ) {
         self.effects.push(Effect {
             kind,
             subject: subject.to_string(),
             type_name: type_name.to_owned(),
             version: version.to_owned(),
-            payload: String::from_utf8_lossy(&payload).into_owned(),
+            payload: String::from_utf8_lossy(payload).into_owned(),
             identity,
             attempts: 0,
         });
@@ -312,43 +368,17 @@ impl ProcessContext {
     /// Queues `event` with an explicit identity (a deterministic one, for outcomes that must be
     /// published once).
     pub(crate) fn publish_as<E: DomainEvent>(&mut self, identity: Identity, event: &E) -> Result<(), EncodeError> {
-        let payload = event.encode()?;
-        self.effects.push(Effect {
-            kind: EffectKind::Publish,
-            subject: E::subject().to_string(),
-            type_name: E::TYPE_NAME.to_owned(),
-            version: <E as PayloadVersion>::VERSION.to_owned(),
-            payload: String::from_utf8_lossy(&payload).into_owned(),
-            identity,
-            attempts: 0,
-        });
-        Ok(())
+        self.queue(Some(identity), EffectKind::Publish, E::subject(), event)
     }
 
     /// Queues `command`: sent once the new state is stored, caused by the handled message.
     pub fn send<C: Command>(&mut self, command: &C) -> Result<(), EncodeError> {
-        let payload = command.encode()?;
-        self.queue(
-            EffectKind::Send,
-            C::subject(),
-            C::TYPE_NAME,
-            <C as PayloadVersion>::VERSION,
-            payload,
-        );
-        Ok(())
+        self.queue(None, EffectKind::Send, C::subject(), command)
     }
 
     /// Queues `event`: published once the new state is stored, caused by the handled message.
     pub fn publish<E: DomainEvent>(&mut self, event: &E) -> Result<(), EncodeError> {
-        let payload = event.encode()?;
-        self.queue(
-            EffectKind::Publish,
-            E::subject(),
-            E::TYPE_NAME,
-            <E as PayloadVersion>::VERSION,
-            payload,
-        );
-        Ok(())
+        self.queue(None, EffectKind::Publish, E::subject(), event)
     }
 
     /// Sets (or moves) the deadline `name` to `after` from now. It fires once, through
@@ -474,7 +504,7 @@ pub fn storage_key(key: &str) -> String {
 
 /// The persistence and outbox engine shared by process managers, aggregations and correlators.
 pub(crate) struct Engine<T: Transport, S> {
-    pub(crate) name: String,
+    name: String,
     records: T::KeyValue,
     timers: T::KeyValue,
     publisher: Arc<dyn DynPublish>,
@@ -494,15 +524,56 @@ fn min_due(deadlines: &BTreeMap<String, i64>) -> Option<i64> {
     deadlines.values().copied().min()
 }
 
+impl<S> Record<S> {
+    /// Folds what a transition decided (`ctx`) for message `msg_id` into the record; `true` if
+    /// it queued messages.
+    fn apply(&mut self, ctx: ProcessContext, msg_id: &str) -> bool {
+        self.correlation.get_or_insert(ctx.identity.correlation_id);
+        if self.key.is_empty() {
+            self.key = ctx.key;
+        }
+        self.applied.push_back(msg_id.to_owned());
+        while self.applied.len() > APPLIED_MEMORY {
+            self.applied.pop_front();
+        }
+        let queued = !ctx.effects.is_empty();
+        self.outbox.extend(ctx.effects);
+        for name in ctx.cancel {
+            self.deadlines.remove(&name);
+        }
+        self.deadlines.extend(ctx.schedule);
+        if ctx.end {
+            self.ended = true;
+            self.deadlines.clear();
+        }
+        queued
+    }
+}
+
+/// The identity of the firing of deadline `name`, due `at`, of the record at `skey`: derived
+/// (see [`crate::id`]), so every scanner firing it gives it one message id.
+pub(crate) fn deadline_identity(
+    process: &str,
+    skey: &str,
+    name: &str,
+    at: i64,
+    correlation: Option<CorrelationId>,
+) -> (String, Identity) {
+    let msg_id = format!("deadline:{name}:{at}");
+    let message_id = MessageId::from_uuid(derived_uuid(&[process.as_bytes(), skey.as_bytes(), msg_id.as_bytes()]));
+    let identity = Identity {
+        message_id,
+        correlation_id: correlation.unwrap_or(message_id.into()),
+        causation_id: message_id.into(),
+    };
+    (msg_id, identity)
+}
+
 impl<T: Transport, S: Serialize + DeserializeOwned + Default + Send + 'static> Engine<T, S> {
-    pub(crate) async fn open(
-        transport: &T,
-        name: &str,
-        bus: CommandBus,
-        ttl: Option<Duration>,
-    ) -> Result<Self, KvError> {
+    /// Opens the buckets `cim_pm_{name}` and `cim_pm_{name}_timers`.
+    pub(crate) async fn open(transport: &T, name: &str, options: &ProcessOptions) -> Result<Self, KvError> {
         let mut spec = KvSpec::new(format!("cim_pm_{name}"));
-        if let Some(ttl) = ttl {
+        if let Some(ttl) = options.ttl {
             spec = spec.max_age(ttl);
         }
         let records = transport.key_value(&spec).await?;
@@ -514,7 +585,7 @@ impl<T: Transport, S: Serialize + DeserializeOwned + Default + Send + 'static> E
             records,
             timers,
             publisher: Arc::new(transport.clone()),
-            bus,
+            bus: CommandBus::new(transport.clone()).timeout(options.command_timeout),
             _state: PhantomData,
         })
     }
@@ -527,6 +598,24 @@ impl<T: Transport, S: Serialize + DeserializeOwned + Default + Send + 'static> E
         })
     }
 
+    fn encode(&self, key: &str, record: &Record<S>) -> Result<Bytes, ProcessError> {
+        serde_json::to_vec(record)
+            .map(Bytes::from)
+            .map_err(|e| ProcessError::Corrupt {
+                process: self.name.clone(),
+                key: key.to_owned(),
+                reason: e.to_string(),
+            })
+    }
+
+    fn contended(&self, key: &str) -> ProcessError {
+        ProcessError::Contended {
+            process: self.name.clone(),
+            key: key.to_owned(),
+            attempts: MAX_CONFLICT_RETRIES,
+        }
+    }
+
     /// Reads the state of `key` (for tests, tools and queries): `None` if no process runs.
     pub(crate) async fn load(&self, key: &str) -> Result<Option<S>, ProcessError> {
         let skey = storage_key(key);
@@ -537,7 +626,8 @@ impl<T: Transport, S: Serialize + DeserializeOwned + Default + Send + 'static> E
     }
 
     /// Applies `transition` for message `msg_id` to the process `key`, with compare-and-set and
-    /// retries, then sends the outbox.
+    /// retries, then sends the outbox. `fired` is the deadline (name, due) this step fires, if
+    /// any: it is removed unless the transition moved it.
     pub(crate) async fn step(
         &self,
         key: &str,
@@ -545,7 +635,7 @@ impl<T: Transport, S: Serialize + DeserializeOwned + Default + Send + 'static> E
         identity: Identity,
         occurred: Timestamp,
         transition: &dyn Transition<S>,
-        on_record: &OnRecord<S>,
+        fired: Option<(&str, i64)>,
     ) -> Result<(), ProcessError> {
         let skey = storage_key(key);
         for _attempt in 0..MAX_CONFLICT_RETRIES {
@@ -561,37 +651,18 @@ impl<T: Transport, S: Serialize + DeserializeOwned + Default + Send + 'static> E
             let scope = format!("{}:{key}", self.name);
             let mut ctx = ProcessContext::new(key, identity, scope, occurred, revision.is_none());
             transition.run(&mut record.state, &mut ctx).await?;
-            on_record(&mut record, &mut ctx);
-            record.correlation.get_or_insert(identity.correlation_id);
-            if record.key.is_empty() {
-                record.key = key.to_owned();
+            if let Some((name, at)) = fired
+                && record.deadlines.get(name) == Some(&at)
+            {
+                record.deadlines.remove(name);
             }
-            record.applied.push_back(msg_id.to_owned());
-            while record.applied.len() > APPLIED_MEMORY {
-                record.applied.pop_front();
-            }
-            let queued = !ctx.effects.is_empty();
-            record.outbox.append(&mut ctx.effects);
-            for name in ctx.cancel.drain(..) {
-                record.deadlines.remove(&name);
-            }
-            for (name, due) in ctx.schedule.drain(..) {
-                record.deadlines.insert(name, due);
-            }
-            if ctx.end {
-                record.ended = true;
-                record.deadlines.clear();
-            }
+            let queued = record.apply(ctx, msg_id);
             // The index first: a crash after it leaves an early index entry, which the scanner
             // tolerates; the other order could lose a deadline.
             if let Some(due) = min_due(&record.deadlines) {
                 self.timers.put(&skey, Bytes::from(due.to_string())).await?;
             }
-            let value = Bytes::from(serde_json::to_vec(&record).map_err(|e| ProcessError::Corrupt {
-                process: self.name.clone(),
-                key: key.to_owned(),
-                reason: e.to_string(),
-            })?);
+            let value = self.encode(key, &record)?;
             let written = match revision {
                 None => self.records.create(&skey, value).await,
                 Some(rev) => self.records.update(&skey, value, rev).await,
@@ -612,36 +683,20 @@ impl<T: Transport, S: Serialize + DeserializeOwned + Default + Send + 'static> E
             }
             return Ok(());
         }
-        Err(ProcessError::Contended {
-            process: self.name.clone(),
-            key: key.to_owned(),
-            attempts: MAX_CONFLICT_RETRIES,
-        })
+        Err(self.contended(key))
     }
 
-    /// Sends the queued messages of the record at `skey` (storage form), then removes them (and
-    /// deletes an ended record).
+    /// Sends the queued messages of the record at `skey` (storage form) through the
+    /// [outbox](crate::outbox), then removes the sent ones (and deletes an ended record).
     pub(crate) async fn drain(&self, skey: &str) -> Result<(), ProcessError> {
-        let key = skey;
         let Some(entry) = self.records.get(skey).await? else {
             return Ok(());
         };
-        let record = self.decode(key, &entry.value)?;
+        let record = self.decode(skey, &entry.value)?;
         // Each message is tried on its own: one that cannot be delivered (no handler running)
         // does not hold back the others. It is tried again on the next drain, and given up
         // (logged as an error) after `MAX_EFFECT_ATTEMPTS`.
-        let mut sent = Vec::new();
-        let mut failed = Vec::new();
-        let mut last_error = None;
-        for effect in &record.outbox {
-            match self.execute(key, effect).await {
-                Ok(()) => sent.push(effect.identity.message_id),
-                Err(e) => {
-                    failed.push(effect.identity.message_id);
-                    last_error = Some(e);
-                }
-            }
-        }
+        let delivery = outbox::deliver(&record.outbox, |effect| self.execute(skey, effect)).await;
         let mut entry = Some(entry);
         for _ in 0..MAX_CONFLICT_RETRIES {
             let current = match entry.take() {
@@ -651,44 +706,44 @@ impl<T: Transport, S: Serialize + DeserializeOwned + Default + Send + 'static> E
                     None => return Ok(()),
                 },
             };
-            let mut record = self.decode(key, &current.value)?;
-            record.outbox.retain(|e| !sent.contains(&e.identity.message_id));
-            for effect in record
-                .outbox
-                .iter_mut()
-                .filter(|e| failed.contains(&e.identity.message_id))
-            {
-                effect.attempts += 1;
-            }
-            record.outbox.retain(|e| {
-                let give_up = e.attempts >= MAX_EFFECT_ATTEMPTS;
-                if give_up {
-                    tracing::error!(process = %self.name, key, message = %e.type_name, subject = %e.subject, attempts = e.attempts, "giving up sending a queued message");
-                }
-                !give_up
-            });
+            let mut record = self.decode(skey, &current.value)?;
+            delivery.clear_sent(&mut record.outbox);
+            self.count_failures(skey, &mut record.outbox, &delivery);
             let result = if record.ended && record.outbox.is_empty() {
                 let r = self.records.delete(skey, Some(current.revision)).await;
                 if r.is_ok() {
                     let _ = self.timers.delete(skey, None).await;
-                    tracing::info!(process = %self.name, key, "process ended");
+                    tracing::info!(process = %self.name, key = skey, "process ended");
                 }
                 r.map(|_| 0)
             } else {
-                let value = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
+                let value = self.encode(skey, &record)?;
                 self.records.update(skey, value, current.revision).await
             };
             match result {
-                Ok(_) => return last_error.map_or(Ok(()), Err),
+                Ok(_) => return delivery.into_result(),
                 Err(KvError::Conflict { .. }) => continue,
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(ProcessError::Contended {
-            process: self.name.clone(),
-            key: key.to_owned(),
-            attempts: MAX_CONFLICT_RETRIES,
-        })
+        Err(self.contended(skey))
+    }
+
+    /// Counts a failed attempt on each message `delivery` failed to send; gives up those that
+    /// reached `MAX_EFFECT_ATTEMPTS`.
+    fn count_failures<E>(&self, key: &str, queued: &mut Vec<Effect>, delivery: &outbox::Delivery<E>) {
+        for effect in queued.iter_mut() {
+            if delivery.failed(&*effect) {
+                effect.attempts += 1;
+            }
+        }
+        queued.retain(|e| {
+            let give_up = e.attempts >= MAX_EFFECT_ATTEMPTS;
+            if give_up {
+                tracing::error!(process = %self.name, key, message = %e.type_name, subject = %e.subject, attempts = e.attempts, "giving up sending a queued message");
+            }
+            !give_up
+        });
     }
 
     async fn execute(&self, key: &str, effect: &Effect) -> Result<(), ProcessError> {
@@ -767,106 +822,222 @@ impl<T: Transport, S: Serialize + DeserializeOwned + Default + Send + 'static> E
         }
         Ok(())
     }
-}
 
-/// Fires the due deadlines of one key (storage form): one step per deadline, oldest first.
-pub(crate) async fn fire_due<T: Transport, S: Serialize + DeserializeOwned + Default + Send + 'static>(
-    engine: &Engine<T, S>,
-    skey: &str,
-    make: &(dyn Fn(Deadline) -> Box<dyn Transition<S>> + Send + Sync),
-) -> Result<(), ProcessError> {
-    let now = now_millis();
-    let Some(entry) = engine.records.get(skey).await? else {
-        let _ = engine.timers.delete(skey, None).await;
-        return Ok(());
-    };
-    let record = engine.decode(skey, &entry.value)?;
-    let mut due: Vec<(String, i64)> = record
-        .deadlines
-        .iter()
-        .filter(|(_, at)| **at <= now)
-        .map(|(n, at)| (n.clone(), *at))
-        .collect();
-    due.sort_by_key(|(_, at)| *at);
-    if due.is_empty() {
-        match min_due(&record.deadlines) {
-            Some(at) => {
-                engine.timers.put(skey, Bytes::from(at.to_string())).await?;
-            }
-            None => {
-                let _ = engine.timers.delete(skey, None).await;
-            }
-        }
-        return Ok(());
-    }
-    let correlation = record.correlation;
-    let key = if record.key.is_empty() {
-        skey.to_owned()
-    } else {
-        record.key.clone()
-    };
-    for (name, at) in due {
-        let msg_id = format!("deadline:{name}:{at}");
-        let id = uuid::Uuid::new_v5(
-            &DERIVED_ID_NAMESPACE,
-            format!("{}\0{skey}\0{msg_id}", engine.name).as_bytes(),
-        );
-        let message_id = MessageId::from_uuid(id);
-        let identity = Identity {
-            message_id,
-            correlation_id: correlation.unwrap_or(message_id.into()),
-            causation_id: message_id.into(),
+    /// Fires the due deadlines of one key (storage form): one step per deadline, oldest first.
+    async fn fire_due(&self, skey: &str, make: &DeadlineFactory<S>) -> Result<(), ProcessError> {
+        let now = now_millis();
+        let Some(entry) = self.records.get(skey).await? else {
+            let _ = self.timers.delete(skey, None).await;
+            return Ok(());
         };
-        let transition = make(Deadline {
-            name: name.clone(),
-            due_millis: at,
-        });
-        let fired = name.clone();
-        let remove = move |record: &mut Record<S>, _: &mut ProcessContext| {
-            if record.deadlines.get(&fired) == Some(&at) {
-                record.deadlines.remove(&fired);
-            }
-        };
-        let occurred = Timestamp::from_unix_nanos(i128::from(at) * 1_000_000).unwrap_or_else(Timestamp::now);
-        tracing::info!(process = %engine.name, key = skey, deadline = %name, "deadline due");
-        engine
-            .step(&key, &msg_id, identity, occurred, &*transition, &remove)
-            .await?;
-    }
-    Ok(())
-}
-
-/// Starts a deadline scanner over `engine`: a sweep of every record, then the due deadlines every
-/// `interval`.
-pub(crate) fn spawn_scanner<T: Transport, S: Serialize + DeserializeOwned + Default + Send + 'static>(
-    engine: Arc<Engine<T, S>>,
-    interval: Duration,
-    make: Arc<dyn Fn(Deadline) -> Box<dyn Transition<S>> + Send + Sync>,
-) -> TimerHandle {
-    let task = tokio::spawn(async move {
-        let mut tick = 0u32;
-        loop {
-            if tick.is_multiple_of(SWEEP_EVERY)
-                && let Err(e) = engine.reindex().await
-            {
-                tracing::warn!(process = %engine.name, error = %e, "sweep of the records failed");
-            }
-            tick = tick.wrapping_add(1);
-            match engine.due_keys(now_millis()).await {
-                Ok(keys) => {
-                    for skey in keys {
-                        if let Err(e) = fire_due(&engine, &skey, &*make).await {
-                            tracing::warn!(process = %engine.name, key = %skey, error = %e, "firing a deadline failed; retrying later");
-                        }
-                    }
+        let record = self.decode(skey, &entry.value)?;
+        let mut due: Vec<(String, i64)> = record
+            .deadlines
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(n, at)| (n.clone(), *at))
+            .collect();
+        due.sort_by_key(|(_, at)| *at);
+        if due.is_empty() {
+            match min_due(&record.deadlines) {
+                Some(at) => {
+                    self.timers.put(skey, Bytes::from(at.to_string())).await?;
                 }
-                Err(e) => tracing::warn!(process = %engine.name, error = %e, "reading the deadline index failed"),
+                None => {
+                    let _ = self.timers.delete(skey, None).await;
+                }
             }
-            tokio::time::sleep(interval).await;
+            return Ok(());
         }
-    });
-    TimerHandle { task }
+        let key = if record.key.is_empty() {
+            skey
+        } else {
+            record.key.as_str()
+        };
+        for (name, at) in &due {
+            let (msg_id, identity) = deadline_identity(&self.name, skey, name, *at, record.correlation);
+            let transition = make(Deadline {
+                name: name.clone(),
+                due_millis: *at,
+            });
+            let occurred = Timestamp::from_unix_nanos(i128::from(*at) * 1_000_000).unwrap_or_else(Timestamp::now);
+            tracing::info!(process = %self.name, key = skey, deadline = %name, "deadline due");
+            self.step(key, &msg_id, identity, occurred, &*transition, Some((name, *at)))
+                .await?;
+        }
+        Ok(())
+    }
 }
+
+/// What a machine does when one of its deadlines is due: explicit, since an aggregation sets
+/// none.
+pub(crate) enum OnDeadline<S> {
+    /// It sets no deadlines (an aggregation): its scanner only sweeps left-over outboxes.
+    Never,
+    /// Each due deadline runs the transition this makes (a process's
+    /// [`on_deadline`](ProcessManager::on_deadline), a correlation window's expiry).
+    Run(Arc<DeadlineFactory<S>>),
+}
+
+impl<S> Clone for OnDeadline<S> {
+    fn clone(&self) -> Self {
+        match self {
+            Self::Never => Self::Never,
+            Self::Run(make) => Self::Run(make.clone()),
+        }
+    }
+}
+
+/// One declaration running on the engine: its event handlers (each with its own transition
+/// type), what its deadlines do and its options. [`ProcessRunner`],
+/// [`AggregationRunner`](crate::aggregate::AggregationRunner) and
+/// [`CorrelatorRunner`](crate::correlate::CorrelatorRunner) each wrap one.
+pub(crate) struct Machine<T: Transport, S> {
+    name: &'static str,
+    engine: Arc<Engine<T, S>>,
+    handlers: Vec<ProcessHandler<S>>,
+    on_deadline: OnDeadline<S>,
+    options: ProcessOptions,
+}
+
+impl<T: Transport, S> fmt::Debug for Machine<T, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Machine")
+            .field("name", &self.name)
+            .field("handlers", &self.handlers)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: Transport, S: Serialize + DeserializeOwned + Default + Send + Sync + 'static> Machine<T, S> {
+    /// Opens the buckets of `name` on `transport`.
+    pub(crate) async fn open(
+        transport: &T,
+        name: &'static str,
+        handlers: Vec<ProcessHandler<S>>,
+        on_deadline: OnDeadline<S>,
+        options: ProcessOptions,
+    ) -> Result<Self, ProcessError> {
+        let engine = Engine::open(transport, name, &options).await?;
+        Ok(Self {
+            name,
+            engine: Arc::new(engine),
+            handlers,
+            on_deadline,
+            options,
+        })
+    }
+
+    /// The declaration's name.
+    pub(crate) fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The state of `key`, if any.
+    pub(crate) async fn load(&self, key: &str) -> Result<Option<S>, ProcessError> {
+        self.engine.load(key).await
+    }
+
+    /// One [`Registration`] per handler: decode the key, then one engine step.
+    pub(crate) fn registrations(&self) -> Vec<Registration> {
+        self.handlers
+            .iter()
+            .map(|h| {
+                let engine = self.engine.clone();
+                let key_of = h.subscription.key.clone();
+                let decode = move |payload: &[u8]| -> Result<(String, Bytes), DecodeError> {
+                    Ok((key_of(payload)?, Bytes::copy_from_slice(payload)))
+                };
+                let transition = h.transition.clone();
+                let sub = &h.subscription;
+                Registration::new(
+                    sub.name,
+                    sub.pattern.clone(),
+                    sub.event_type,
+                    decode,
+                    move |ctx: Context, (key, payload): (String, Bytes)| {
+                        let engine = engine.clone();
+                        let transition = transition(payload);
+                        async move {
+                            let msg_id = ctx.message_id().to_string();
+                            let (identity, occurred) = (*ctx.identity(), ctx.occurred());
+                            engine
+                                .step(&key, &msg_id, identity, occurred, &*transition, None)
+                                .await
+                                .map_err(HandlerError::from)
+                        }
+                    },
+                )
+                .with_options(self.options.handler.clone())
+            })
+            .collect()
+    }
+
+    /// Starts the deadline scanner: at start a sweep of every record (repairs the index, sends
+    /// outboxes left by a crash), then every `timer_interval` the due deadlines. Several
+    /// instances may scan at once: each deadline fires once (compare-and-set).
+    pub(crate) fn spawn_timers(&self) -> TimerHandle {
+        let engine = self.engine.clone();
+        let on_deadline = self.on_deadline.clone();
+        let interval = self.options.timer_interval;
+        let task = tokio::spawn(async move {
+            let mut tick = 0u32;
+            loop {
+                if tick.is_multiple_of(SWEEP_EVERY)
+                    && let Err(e) = engine.reindex().await
+                {
+                    tracing::warn!(process = %engine.name, error = %e, "sweep of the records failed");
+                }
+                tick = tick.wrapping_add(1);
+                if let OnDeadline::Run(make) = &on_deadline {
+                    fire_all_due(&engine, &**make).await;
+                }
+                tokio::time::sleep(interval).await;
+            }
+        });
+        TimerHandle { task }
+    }
+}
+
+/// One scan: fires every due deadline the index lists.
+async fn fire_all_due<T: Transport, S: Serialize + DeserializeOwned + Default + Send + 'static>(
+    engine: &Engine<T, S>,
+    make: &DeadlineFactory<S>,
+) {
+    match engine.due_keys(now_millis()).await {
+        Ok(keys) => {
+            for skey in keys {
+                if let Err(e) = engine.fire_due(&skey, make).await {
+                    tracing::warn!(process = %engine.name, key = %skey, error = %e, "firing a deadline failed; retrying later");
+                }
+            }
+        }
+        Err(e) => tracing::warn!(process = %engine.name, error = %e, "reading the deadline index failed"),
+    }
+}
+
+/// Implements [`HandlerSet`](crate::handler::HandlerSet) and `Debug` for a runner that wraps a
+/// [`Machine`] in its field `machine`.
+macro_rules! runs_machine {
+    ([$($generics:tt)*] $name:ident $($args:tt)*) => {
+        impl<$($generics)*> $crate::handler::HandlerSet for $name $($args)* {
+            fn set_name(&self) -> &str {
+                self.machine.name()
+            }
+            fn registrations(self: ::std::sync::Arc<Self>) -> ::std::vec::Vec<$crate::handler::Registration> {
+                self.machine.registrations()
+            }
+        }
+
+        impl<$($generics)*> ::std::fmt::Debug for $name $($args)* {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.debug_tuple(::std::stringify!($name)).field(&self.machine).finish()
+            }
+        }
+    };
+}
+pub(crate) use runs_machine;
 
 /// Options of a [`ProcessRunner`].
 #[derive(Debug, Clone)]
@@ -893,26 +1064,15 @@ impl Default for ProcessOptions {
 }
 
 /// Runs a [`ProcessManager`]: register it on a [`Service`](crate::service::Service) as a
-/// [`HandlerSet`] for its events, and call [`spawn_timers`](Self::spawn_timers) for its deadlines.
+/// [`HandlerSet`](crate::handler::HandlerSet) for its events, and call [`spawn_timers`](Self::spawn_timers) for its deadlines.
 pub struct ProcessRunner<T: Transport, P: ProcessManager> {
-    engine: Arc<Engine<T, P>>,
-    options: ProcessOptions,
-}
-
-impl<T: Transport, P: ProcessManager> fmt::Debug for ProcessRunner<T, P> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ProcessRunner")
-            .field("process", &P::NAME)
-            .field("options", &self.options)
-            .finish_non_exhaustive()
-    }
+    machine: Arc<Machine<T, P>>,
 }
 
 impl<T: Transport, P: ProcessManager> Clone for ProcessRunner<T, P> {
     fn clone(&self) -> Self {
         Self {
-            engine: self.engine.clone(),
-            options: self.options.clone(),
+            machine: self.machine.clone(),
         }
     }
 }
@@ -925,32 +1085,32 @@ impl<T: Transport, P: ProcessManager> ProcessRunner<T, P> {
 
     /// Opens the process's buckets on `transport`.
     pub async fn with_options(transport: T, options: ProcessOptions) -> Result<Self, ProcessError> {
-        let bus = CommandBus::new(transport.clone()).timeout(options.command_timeout);
-        let engine = Engine::open(&transport, P::NAME, bus, options.ttl).await?;
+        let on_deadline = OnDeadline::Run(Arc::new(|deadline: Deadline| -> Box<dyn Transition<P>> {
+            Box::new(DeadlineTransition::<P> {
+                deadline,
+                _state: PhantomData,
+            })
+        }));
+        let machine = Machine::open(&transport, P::NAME, P::handlers(), on_deadline, options).await?;
         Ok(Self {
-            engine: Arc::new(engine),
-            options,
+            machine: Arc::new(machine),
         })
     }
 
     /// The state of the process `key`, if it runs.
     pub async fn state(&self, key: &str) -> Result<Option<P>, ProcessError> {
-        self.engine.load(key).await
+        self.machine.load(key).await
     }
 
     /// Starts the deadline scanner: at start a sweep of every record (repairs the index, sends
     /// outboxes left by a crash), then every `timer_interval` the due deadlines. Several
     /// instances may scan at once: each deadline fires once (compare-and-set).
     pub fn spawn_timers(&self) -> TimerHandle {
-        let make = |deadline: Deadline| -> Box<dyn Transition<P>> {
-            Box::new(DeadlineTransition::<P> {
-                deadline,
-                _state: PhantomData,
-            })
-        };
-        spawn_scanner(self.engine.clone(), self.options.timer_interval, Arc::new(make))
+        self.machine.spawn_timers()
     }
 }
+
+runs_machine!([T: Transport, P: ProcessManager] ProcessRunner<T, P>);
 
 /// The running deadline scanner; dropping it stops the scanner.
 #[derive(Debug)]
@@ -966,71 +1126,6 @@ impl TimerHandle {
 impl Drop for TimerHandle {
     fn drop(&mut self) {
         self.task.abort();
-    }
-}
-
-fn no_record_change<S>(_: &mut Record<S>, _: &mut ProcessContext) {}
-
-/// Builds the [`Registration`]s of a set of process handlers over an engine.
-pub(crate) fn registrations<T: Transport, S: Serialize + DeserializeOwned + Default + Send + Sync + 'static>(
-    engine: &Arc<Engine<T, S>>,
-    handlers: Vec<ProcessHandler<S>>,
-    options: &HandlerOptions,
-    on_record: Arc<OnRecord<S>>,
-) -> Vec<Registration> {
-    handlers
-        .into_iter()
-        .map(|h| {
-            let engine = engine.clone();
-            let on_record = on_record.clone();
-            let key_of = h.key.clone();
-            let decode = move |payload: &[u8]| -> Result<(String, Bytes), DecodeError> {
-                let key = key_of(payload)?;
-                Ok((key, Bytes::copy_from_slice(payload)))
-            };
-            let transition = h.transition.clone();
-            Registration::new(
-                h.name,
-                h.pattern.clone(),
-                h.event_type,
-                decode,
-                move |ctx: Context, (key, payload): (String, Bytes)| {
-                    let engine = engine.clone();
-                    let transition = transition(payload);
-                    let on_record = on_record.clone();
-                    async move {
-                        let msg_id = ctx.message_id().to_string();
-                        engine
-                            .step(
-                                &key,
-                                &msg_id,
-                                *ctx.identity(),
-                                ctx.occurred(),
-                                &*transition,
-                                &*on_record,
-                            )
-                            .await
-                            .map_err(HandlerError::from)
-                    }
-                },
-            )
-            .with_options(options.clone())
-        })
-        .collect()
-}
-
-impl<T: Transport, P: ProcessManager> HandlerSet for ProcessRunner<T, P> {
-    fn set_name(&self) -> &str {
-        P::NAME
-    }
-
-    fn registrations(self: Arc<Self>) -> Vec<Registration> {
-        registrations(
-            &self.engine,
-            P::handlers(),
-            &self.options.handler,
-            Arc::new(no_record_change::<P>),
-        )
     }
 }
 
@@ -1051,4 +1146,49 @@ pub fn __same_key<K: ?Sized, Other: ?Sized + SameKey<K>>(_: &K, _: &Other) {}
 /// Renders a correlation field as a process key: what `#[process(key = field)]` calls.
 pub fn key_of<K: fmt::Display + ?Sized>(value: &K) -> String {
     value.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn golden_record() -> Record<BTreeMap<String, u32>> {
+        let m: MessageId = "0192f3c4-5d6e-7f80-9a1b-2c3d4e5f6071".parse().unwrap();
+        let root = Identity::root_from(m);
+        let at = Timestamp::from_unix_nanos(1_795_530_000_000i128 * 1_000_000).unwrap();
+        let mut ctx = ProcessContext::new("p-1", root, "onboarding:p-1".to_owned(), at, true);
+        let subject = Subject::new("people.onboarded").unwrap();
+        let identity = ctx.next_identity();
+        ctx.push(
+            identity,
+            EffectKind::Publish,
+            subject,
+            "Onboarded",
+            "1.0",
+            b"{\"id\":1}",
+        );
+        ctx.schedule.push(("expire".to_owned(), 1_795_530_060_000));
+        let mut record = Record::<BTreeMap<String, u32>>::default();
+        record.state.insert("steps".to_owned(), 2);
+        record.apply(ctx, &m.to_string());
+        record
+    }
+
+    /// The stored form of a process record (what `cim_pm_{name}` holds) must not change.
+    #[test]
+    fn record_json_is_golden() {
+        const GOLDEN: &str = concat!(
+            r#"{"state":{"steps":2},"key":"p-1","correlation":"0192f3c4-5d6e-7f80-9a1b-2c3d4e5f6071","#,
+            r#""applied":["0192f3c4-5d6e-7f80-9a1b-2c3d4e5f6071"],"outbox":[{"kind":"publish","#,
+            r#""subject":"people.onboarded","type_name":"Onboarded","version":"1.0","payload":"{\"id\":1}","#,
+            r#""identity":{"message_id":"01a20ded-8680-7e3a-a16e-028cfc7c2e7e","#,
+            r#""correlation_id":"0192f3c4-5d6e-7f80-9a1b-2c3d4e5f6071","#,
+            r#""causation_id":"0192f3c4-5d6e-7f80-9a1b-2c3d4e5f6071"},"attempts":0}],"#,
+            r#""deadlines":{"expire":1795530060000},"ended":false}"#
+        );
+        let json = serde_json::to_string(&golden_record()).unwrap();
+        assert_eq!(json, GOLDEN);
+        let back: Record<BTreeMap<String, u32>> = serde_json::from_str(GOLDEN).unwrap();
+        assert_eq!(serde_json::to_string(&back).unwrap(), GOLDEN);
+    }
 }

@@ -2,7 +2,6 @@
 //! original is terminated.
 
 use super::{Deferral, Dispatch, Message, Outcome};
-use crate::envelope::DERIVED_ID_NAMESPACE;
 use crate::handler::context::DynPublish;
 use crate::headers::{self, Headers};
 use crate::service::{
@@ -61,10 +60,7 @@ impl<D> DeadLetter<D> {
             .info()
             .map_or((String::new(), 0), |i| (i.stream.to_string(), i.stream_sequence));
         // One dead letter per (handler, stored message), however often this is retried.
-        let id = uuid::Uuid::new_v5(
-            &DERIVED_ID_NAMESPACE,
-            format!("dlq\0{}\0{stream}\0{sequence}", self.handler).as_bytes(),
-        );
+        let id = letter_id(&self.handler, &stream, sequence);
         for (n, v) in [
             (headers::NATS_MSG_ID, id.to_string()),
             (DEAD_LETTER_REASON, header_safe(reason)),
@@ -83,6 +79,16 @@ impl<D> DeadLetter<D> {
             payload: raw.payload().clone(),
         }
     }
+}
+
+/// The id of the dead letter of (handler, stored message): see [`crate::id::derived_uuid`].
+pub(crate) fn letter_id(handler: &str, stream: &str, sequence: u64) -> uuid::Uuid {
+    crate::id::derived_uuid(&[
+        b"dlq",
+        handler.as_bytes(),
+        stream.as_bytes(),
+        sequence.to_string().as_bytes(),
+    ])
 }
 
 fn header_safe(s: &str) -> String {

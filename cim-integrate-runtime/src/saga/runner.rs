@@ -30,9 +30,11 @@ use super::context::StepContext;
 use super::events::{SAGA_EVENT_TYPE, SAGA_EVENT_VERSION, SAGA_EVENTS_DOMAIN, SagaEvent, SagaEventKind};
 use super::record::{self, RECORD_FORMAT, SagaRecord, SagaStatus, StepRecord, StepState};
 use super::{Compensation, Saga, Step, StepFn, StepPolicy};
+use crate::clock::Clock;
 use crate::envelope::Envelope;
 use crate::handler::{Context, HandlerError, Registration};
 use crate::id::Identity;
+use crate::outbox;
 use crate::pipeline::Outcome;
 use crate::pipeline::step::Observer;
 use crate::subject::{Subject, SubjectPattern};
@@ -292,30 +294,6 @@ impl ResumeReport {
     }
 }
 
-/// A clock for leases: wall-clock milliseconds anchored at the runner's creation, advanced by
-/// tokio's clock, so leases expire under paused test time as they do in production.
-#[derive(Debug, Clone, Copy)]
-struct Clock {
-    wall0_ms: i64,
-    inst0: tokio::time::Instant,
-}
-
-impl Clock {
-    fn new() -> Self {
-        Self {
-            wall0_ms: Timestamp::now().unix_millis(),
-            inst0: tokio::time::Instant::now(),
-        }
-    }
-    fn now_ms(&self) -> i64 {
-        self.wall0_ms.saturating_add(millis(self.inst0.elapsed()))
-    }
-}
-
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
 struct Inner<S: Saga, T: Transport> {
     saga: S,
     steps: Vec<Step<S>>,
@@ -323,6 +301,7 @@ struct Inner<S: Saga, T: Transport> {
     kv: T::KeyValue,
     instance: String,
     lease: Duration,
+    /// Leases are read on the runtime's one clock, anchored at the runner's creation.
     clock: Clock,
     events_subject: Subject,
     /// Per step: the counters and metrics of its runs and of its compensations.
@@ -581,7 +560,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
             event_seq: 0,
             outbox: Vec::new(),
             owner: self.inner.instance.clone(),
-            lease_until_ms: self.inner.clock.now_ms().saturating_add(millis(self.inner.lease)),
+            lease_until_ms: self.inner.clock.after_millis(self.inner.lease),
             round: 0,
         };
         emit(&mut rec, SagaEventKind::Started, None, None, None);
@@ -614,7 +593,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         if rec.status.is_settled() && rec.outbox.is_empty() {
             return Ok(outcome_of(rec));
         }
-        if rec.owner != self.inner.instance && self.inner.clock.now_ms() < rec.lease_until_ms {
+        if rec.owner != self.inner.instance && self.inner.clock.now_millis() < rec.lease_until_ms {
             return Ok(SagaOutcome::Busy {
                 owner: rec.owner.clone(),
             });
@@ -877,8 +856,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         run.rec.lease_until_ms = self
             .inner
             .clock
-            .now_ms()
-            .saturating_add(millis(self.inner.lease.saturating_add(extra_lease)));
+            .after_millis(self.inner.lease.saturating_add(extra_lease));
         let bytes = encode(&run.rec)?;
         run.rev = match self.inner.kv.update(&id, bytes, run.rev).await {
             Ok(rev) => rev,
@@ -893,12 +871,14 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         self.publish_outbox(run).await
     }
 
+    /// Publishes the record's outbox ([`crate::outbox`]): each lifecycle event with its id
+    /// derived from the saga and the event's number, then clears it.
     async fn publish_outbox(&self, run: &mut Run<S::Data>) -> Result<(), SagaError> {
         if run.rec.outbox.is_empty() {
             return Ok(());
         }
         let scope = format!("saga/{}/{}", run.rec.saga, run.rec.id);
-        let mut acks = Vec::with_capacity(run.rec.outbox.len());
+        let mut envelopes = Vec::with_capacity(run.rec.outbox.len());
         for event in &run.rec.outbox {
             let subject = self
                 .inner
@@ -910,13 +890,13 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
                 reason: e.to_string(),
             })?;
             let identity = run.rec.identity.derived_child(&scope, event.seq, run.rec.started_at);
-            let envelope =
-                Envelope::with_identity(identity, subject, payload).typed(SAGA_EVENT_TYPE, SAGA_EVENT_VERSION);
-            acks.push(self.inner.transport.publish(envelope.into()).await?);
+            envelopes
+                .push(Envelope::with_identity(identity, subject, payload).typed(SAGA_EVENT_TYPE, SAGA_EVENT_VERSION));
         }
-        for ack in acks {
-            ack.await?;
-        }
+        let transport = &self.inner.transport;
+        outbox::deliver(&envelopes, |envelope| transport.publish_and_wait(envelope.into()))
+            .await
+            .into_result()?;
         run.rec.outbox.clear();
         Ok(())
     }

@@ -1,0 +1,74 @@
+//! The one clock of the runtime's persisted times: process deadlines, correlation windows and
+//! saga leases.
+//!
+//! It reads wall-clock milliseconds (Unix time, comparable across instances) once, at an anchor,
+//! and advances them with tokio's clock: real time in production, paused and auto-advanced time
+//! in tests, so deadlines and leases expire under `tokio::time::pause` as they do for real.
+
+use crate::timestamp::Timestamp;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// Wall-clock milliseconds anchored at creation and advanced by tokio's clock.
+///
+/// A runner keeps its own [`Clock`] (created on its runtime) so that paused time in one test
+/// runtime never skews another; [`now_millis`] reads a process-wide one.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    wall_ms: i64,
+    at: tokio::time::Instant,
+}
+
+impl Clock {
+    /// A clock anchored now.
+    pub fn new() -> Self {
+        Self {
+            wall_ms: Timestamp::now().unix_millis(),
+            at: tokio::time::Instant::now(),
+        }
+    }
+
+    /// The current time in Unix milliseconds.
+    pub fn now_millis(&self) -> i64 {
+        let elapsed = tokio::time::Instant::now().saturating_duration_since(self.at);
+        self.wall_ms.saturating_add(millis(elapsed))
+    }
+
+    /// The time `after` from now, in Unix milliseconds (saturating).
+    pub fn after_millis(&self, after: Duration) -> i64 {
+        self.now_millis().saturating_add(millis(after))
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The current time in Unix milliseconds on the process-wide [`Clock`] (anchored at first use).
+pub fn now_millis() -> i64 {
+    static GLOBAL: OnceLock<Clock> = OnceLock::new();
+    GLOBAL.get_or_init(Clock::new).now_millis()
+}
+
+/// A duration in whole milliseconds, saturating at `i64::MAX`.
+pub fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn follows_paused_time() {
+        let clock = Clock::new();
+        let t0 = clock.now_millis();
+        tokio::time::sleep(Duration::from_secs(90)).await;
+        let t1 = clock.now_millis();
+        assert!((90_000..91_000).contains(&(t1 - t0)), "{t0} {t1}");
+        assert_eq!(clock.after_millis(Duration::from_millis(5)), t1 + 5);
+        assert_eq!(millis(Duration::MAX), i64::MAX);
+    }
+}

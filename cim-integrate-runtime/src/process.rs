@@ -42,6 +42,8 @@ use crate::handler::context::DynPublish;
 use crate::handler::{Context, HandlerError, HandlerOptions, Registration};
 use crate::id::{CorrelationId, Identity, MessageId, derived_uuid};
 use crate::outbox::{self, Queued};
+use crate::pipeline::Outcome;
+use crate::pipeline::step::Observer;
 use crate::subject::{Subject, SubjectPattern};
 use crate::timestamp::Timestamp;
 use crate::transport::{KeyValue, KvError, KvSpec, OutboundMessage, Transport, check_key};
@@ -56,6 +58,9 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Longest a deadline transition (read, handler, compare-and-set, outbox) may take before it is
+/// abandoned and fired again on the next scan.
+const DEADLINE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How many applied message ids a record remembers.
 const APPLIED_MEMORY: usize = 256;
 /// Most attempts to send one queued message before it is given up.
@@ -475,6 +480,16 @@ pub enum ProcessError {
     /// The handler failed.
     #[error(transparent)]
     Handler(#[from] HandlerError),
+    /// A deadline's transition failed, panicked or timed out; it fires again on the next scan.
+    #[error("deadline of `{process}` key `{key}` not applied: {reason}")]
+    Deadline {
+        /// The process.
+        process: String,
+        /// The key.
+        key: String,
+        /// The pipeline's outcome.
+        reason: String,
+    },
 }
 
 impl From<ProcessError> for HandlerError {
@@ -509,6 +524,8 @@ pub(crate) struct Engine<T: Transport, S> {
     timers: T::KeyValue,
     publisher: Arc<dyn DynPublish>,
     bus: CommandBus,
+    /// Deadline transitions run through the pipeline (span, counters, metrics, panics caught).
+    deadlines: Observer,
     _state: PhantomData<fn() -> S>,
 }
 
@@ -586,6 +603,7 @@ impl<T: Transport, S: Serialize + DeserializeOwned + Default + Send + 'static> E
             timers,
             publisher: Arc::new(transport.clone()),
             bus: CommandBus::new(transport.clone()).timeout(options.command_timeout),
+            deadlines: Observer::new("deadline", name, format!("{name}.deadline"), "process_deadline"),
             _state: PhantomData,
         })
     }
@@ -824,6 +842,13 @@ impl<T: Transport, S: Serialize + DeserializeOwned + Default + Send + 'static> E
     }
 
     /// Fires the due deadlines of one key (storage form): one step per deadline, oldest first.
+    /// The subject a deadline transition is traced under: `deadline.{process}` (no message
+    /// travels on it).
+    fn deadline_subject(&self) -> Subject {
+        Subject::from_tokens(["deadline", self.name.as_str()])
+            .unwrap_or_else(|_| Subject::__from_checked_literal("deadline"))
+    }
+
     async fn fire_due(&self, skey: &str, make: &DeadlineFactory<S>) -> Result<(), ProcessError> {
         let now = now_millis();
         let Some(entry) = self.records.get(skey).await? else {
@@ -862,8 +887,23 @@ impl<T: Transport, S: Serialize + DeserializeOwned + Default + Send + 'static> E
             });
             let occurred = Timestamp::from_unix_nanos(i128::from(*at) * 1_000_000).unwrap_or_else(Timestamp::now);
             tracing::info!(process = %self.name, key = skey, deadline = %name, "deadline due");
-            self.step(key, &msg_id, identity, occurred, &*transition, Some((name, *at)))
-                .await?;
+            let envelope =
+                Envelope::with_identity(identity, self.deadline_subject(), Bytes::new()).occurred_at(occurred);
+            let step = self.step(key, &msg_id, identity, occurred, &*transition, Some((name, *at)));
+            let outcome = self
+                .deadlines
+                .run("process_deadline", envelope, DEADLINE_TIMEOUT, async {
+                    step.await.map(drop).map_err(HandlerError::from)
+                })
+                .await;
+            if outcome != Outcome::Succeeded {
+                // Left in the record: the next scan fires it again (a deadline is never lost).
+                return Err(ProcessError::Deadline {
+                    process: self.name.clone(),
+                    key: key.to_owned(),
+                    reason: format!("{outcome:?}"),
+                });
+            }
         }
         Ok(())
     }

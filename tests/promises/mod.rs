@@ -177,6 +177,30 @@ impl JobProcess {
     }
 }
 
+/// A process whose deadline handler acts as the request said: the deadline-kind promises.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct DeadlineProcess {
+    pub act: String,
+    pub fired: u32,
+}
+
+#[process(name = "deadline_job", key = job_id)]
+impl DeadlineProcess {
+    async fn job_requested(&mut self, ctx: &mut ProcessContext, e: JobRequested) -> Result<(), HandlerError> {
+        self.act = e.act;
+        ctx.schedule("soon", Duration::from_millis(100));
+        Ok(())
+    }
+
+    #[deadline]
+    async fn due(&mut self, ctx: &mut ProcessContext, _d: Deadline) -> Result<(), HandlerError> {
+        let job: JobId = ctx.key().parse().map_err(HandlerError::permanent)?;
+        act(job, &self.act).map_err(HandlerError::transient)?;
+        self.fired += 1;
+        Ok(())
+    }
+}
+
 // ---- helpers ------------------------------------------------------------------------------------
 
 /// How long a breaker of an event handler stays open.
@@ -810,6 +834,55 @@ pub async fn saga_step_breaker<T: Transport>(t: T) {
     assert!(started.elapsed() >= cool_down);
 }
 
+// ---- process deadlines -------------------------------------------------------------------------
+
+/// A deadline transition runs through the pipeline too: a `handle` span of kind
+/// `process_deadline`, and a deadline handler that panics is caught (the scanner goes on) and the
+/// deadline fires again on the next scan, once.
+pub async fn process_deadline_panic<T: Transport>(t: T) {
+    observe();
+    let options = ProcessOptions {
+        timer_interval: Duration::from_millis(100),
+        ..ProcessOptions::default()
+    };
+    let runner = ProcessRunner::<T, DeadlineProcess>::with_options(t.clone(), options)
+        .await
+        .unwrap();
+    let service = Service::builder(t.clone(), "deadline_job")
+        .process(runner.clone())
+        .start()
+        .await
+        .unwrap();
+    let job = JobId::new();
+    request(&t, job, PANIC_ONCE).await;
+    eventually("the deadline applied after its panic", || {
+        let runner = runner.clone();
+        async move {
+            runner
+                .state(&job.to_string())
+                .await
+                .unwrap()
+                .is_some_and(|p| p.fired == 1)
+        }
+    })
+    .await;
+    assert_eq!(runs(job).len(), 2, "one panic, then one run that applied");
+    assert_eq!(
+        observe().counter(HANDLER_PANICS, &[("handler", "deadline_job.deadline")]),
+        1
+    );
+    assert!(
+        observe().spans().iter().any(|s| s.name == "handle"
+            && s.field("kind") == "process_deadline"
+            && s.field("handler") == "deadline_job.deadline"),
+        "no `handle` span of kind `process_deadline`"
+    );
+    // Fired once: a later scan finds nothing due.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(runs(job).len(), 2);
+    service.shutdown(Duration::from_secs(2)).await;
+}
+
 #[macro_export]
 macro_rules! promises {
     (setup: $setup:path, tokio: [$($tokio:tt)*]) => {
@@ -829,6 +902,7 @@ macro_rules! promises {
             saga_step_span_and_metrics,
             saga_step_panic,
             saga_step_breaker,
+            process_deadline_panic,
         ]);
     };
     (@each $tokio:tt $setup:path; [$($case:ident),* $(,)?]) => {

@@ -726,7 +726,6 @@ pub async fn process_breaker<T: Transport>(t: T) {
     service.shutdown(Duration::from_secs(2)).await;
 }
 
-/// Expands to one test per promise and message kind.
 // ---- saga steps ---------------------------------------------------------------------------------
 
 const STEP: &str = "step_job.work";
@@ -883,6 +882,7 @@ pub async fn process_deadline_panic<T: Transport>(t: T) {
     service.shutdown(Duration::from_secs(2)).await;
 }
 
+/// Expands to one test per promise and message kind.
 #[macro_export]
 macro_rules! promises {
     (setup: $setup:path, tokio: [$($tokio:tt)*]) => {

@@ -550,6 +550,7 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
                 counters,
                 breaker,
             });
+            let prefetch = plan.spec.max_ack_pending as usize;
             let source = ConsumerSource {
                 transport: self.transport.clone(),
                 spec: plan.spec,
@@ -560,6 +561,7 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
                 Arc::new(stack),
                 Arc::new(Ack { ledger }),
                 concurrency_of(&options),
+                prefetch,
                 options.spawn,
                 host.stop.clone(),
             ));
@@ -717,6 +719,7 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
                 responder,
                 Arc::new(stack),
                 Arc::new(Reply),
+                settings.concurrency,
                 settings.concurrency,
                 false,
                 host.stop.clone(),

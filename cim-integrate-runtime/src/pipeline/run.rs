@@ -1,10 +1,11 @@
 //! The pull loop: one per consumer (or command subscription), polling up to `concurrency`
 //! dispatch futures itself, with no task per message.
 //!
-//! A puller task keeps the source polled and hands messages over through a channel bounded by the
-//! concurrency, so a slow handler never stops the consumer from being polled while there is room
-//! (the NATS pull stream renews its pull requests and watches its heartbeats when polled), and no
-//! more than `concurrency` messages wait unstarted. The loop itself drives the in-flight
+//! A puller task keeps the source polled and hands messages over through a channel bounded by
+//! `prefetch` (for a durable consumer: its `max_ack_pending`, which the server enforces anyway),
+//! so a slow handler never stops the consumer from being polled while there is room (the NATS
+//! pull stream renews its pull requests and watches its heartbeats when polled), and the loop
+//! finds the next message already there instead of waiting for the puller each time. The loop itself drives the in-flight
 //! dispatches in a `FuturesUnordered`; with [`spawn`](crate::handler::HandlerOptions::spawn) set,
 //! each message runs as its own task instead (for CPU-heavy handlers, to use every core).
 
@@ -87,7 +88,8 @@ where
     settle.settle(item, reply, outcome).await;
 }
 
-/// Pulls from `source` and dispatches down `stack`, at most `concurrency` at once, until `stop`;
+/// Pulls from `source` (at most `prefetch` ahead) and dispatches down `stack`, at most
+/// `concurrency` at once, until `stop`;
 /// then finishes what is in flight (the host bounds how long) and gives back what was pulled
 /// but not started.
 pub(crate) async fn run<Src, D, S>(
@@ -95,6 +97,7 @@ pub(crate) async fn run<Src, D, S>(
     stack: Arc<D>,
     settle: Arc<S>,
     concurrency: usize,
+    prefetch: usize,
     spawn: bool,
     mut stop: watch::Receiver<bool>,
 ) where
@@ -103,7 +106,7 @@ pub(crate) async fn run<Src, D, S>(
     S: Settle<Src::Item>,
 {
     let concurrency = concurrency.max(1);
-    let (tx, mut rx) = mpsc::channel::<Src::Item>(concurrency);
+    let (tx, mut rx) = mpsc::channel::<Src::Item>(prefetch.max(concurrency));
     let puller = tokio::spawn(pull(source, tx));
     let mut in_flight = FuturesUnordered::new();
     loop {

@@ -313,6 +313,10 @@ pub struct CorrelatorRunner<T: Transport> {
 }
 
 impl<T: Transport> CorrelatorRunner<T> {
+    pub(crate) fn deadline_observer(&self) -> &crate::pipeline::step::Observer {
+        self.machine.deadline_observer()
+    }
+
     /// The buffer of `key`, if a correlation is open for it.
     pub async fn buffer(&self, key: &str) -> Result<Option<Buffer>, ProcessError> {
         self.machine.load(key).await

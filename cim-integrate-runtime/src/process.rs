@@ -974,6 +974,11 @@ impl<T: Transport, S: Serialize + DeserializeOwned + Default + Send + Sync + 'st
         self.name
     }
 
+    /// The counters of its deadline transitions, for the host's stats view.
+    pub(crate) fn deadline_observer(&self) -> &Observer {
+        &self.engine.deadlines
+    }
+
     /// The state of `key`, if any.
     pub(crate) async fn load(&self, key: &str) -> Result<Option<S>, ProcessError> {
         self.engine.load(key).await
@@ -1135,6 +1140,10 @@ impl<T: Transport, P: ProcessManager> ProcessRunner<T, P> {
         Ok(Self {
             machine: Arc::new(machine),
         })
+    }
+
+    pub(crate) fn deadline_observer(&self) -> &Observer {
+        self.machine.deadline_observer()
     }
 
     /// The state of the process `key`, if it runs.

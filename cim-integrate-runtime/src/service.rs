@@ -57,6 +57,7 @@ use crate::pipeline::ordered::Ordered;
 use crate::pipeline::record::{HandlerCounters, Record};
 use crate::pipeline::run::{self, ConsumerSource};
 use crate::pipeline::settle::Ack;
+use crate::pipeline::step::Observer;
 use crate::pipeline::trace::Trace;
 use crate::pipeline::{Layer, Passthrough, Stack};
 use crate::process::{ProcessManager, ProcessRunner, TimerHandle};
@@ -292,8 +293,9 @@ impl<T: Transport, L> ServiceBuilder<T, L> {
     }
 
     /// Registers a process manager: its handlers, and its deadline timers, which run while the
-    /// service runs.
-    pub fn process<P: ProcessManager>(self, runner: ProcessRunner<T, P>) -> Self {
+    /// service runs; its deadline transitions are counted in the stats as `{process}.deadline`.
+    pub fn process<P: ProcessManager>(mut self, runner: ProcessRunner<T, P>) -> Self {
+        self.counted.push(HandlerEntry::observed(runner.deadline_observer()));
         let timers = runner.clone();
         self.register(runner)
             .background(move || Background::Timers(timers.spawn_timers()))
@@ -306,7 +308,8 @@ impl<T: Transport, L> ServiceBuilder<T, L> {
 
     /// Registers a correlator: its handlers, and its window timers, which run while the service
     /// runs.
-    pub fn correlator(self, runner: CorrelatorRunner<T>) -> Self {
+    pub fn correlator(mut self, runner: CorrelatorRunner<T>) -> Self {
+        self.counted.push(HandlerEntry::observed(runner.deadline_observer()));
         let runner = Arc::new(runner);
         let timers = runner.clone();
         self.register_arc(runner)
@@ -319,11 +322,7 @@ impl<T: Transport, L> ServiceBuilder<T, L> {
     /// join the stats view. Sagas started by events are registered with
     /// [`handler`](Self::handler) and [`SagaRunner::start_on`].
     pub fn saga<S: Saga>(mut self, runner: SagaRunner<S, T>) -> Self {
-        self.counted.extend(runner.observers().map(|o| HandlerEntry {
-            name: o.label.to_string(),
-            counters: o.counters.clone(),
-            breaker: None,
-        }));
+        self.counted.extend(runner.observers().map(HandlerEntry::observed));
         self.topology.add_participant(S::NAME, ParticipantKind::Saga);
         self.spawn_on_start(move || async move {
             match runner
@@ -749,6 +748,17 @@ struct HandlerEntry {
     name: String,
     counters: Arc<HandlerCounters>,
     breaker: Option<CircuitBreaker>,
+}
+
+impl HandlerEntry {
+    /// Calls counted outside the host's consumers (saga steps, deadline transitions).
+    fn observed(o: &Observer) -> Self {
+        Self {
+            name: o.label.to_string(),
+            counters: o.counters.clone(),
+            breaker: None,
+        }
+    }
 }
 
 type Flush = Box<dyn Fn() -> futures::future::BoxFuture<'static, Result<(), TransportError>> + Send + Sync>;

@@ -870,6 +870,12 @@ pub async fn process_deadline_panic<T: Transport>(t: T) {
         observe().counter(HANDLER_PANICS, &[("handler", "deadline_job.deadline")]),
         1
     );
+    let s = stats(&service, "deadline_job.deadline");
+    assert_eq!(
+        (s.panicked, s.succeeded),
+        (1, 1),
+        "the host's stats count deadline transitions: {s:?}"
+    );
     assert!(
         observe().spans().iter().any(|s| s.name == "handle"
             && s.field("kind") == "process_deadline"

@@ -210,7 +210,10 @@ async fn refusal_of_an_inner_breaker_defers_the_message() {
     assert_eq!(calls.load(Ordering::SeqCst), 1, "one real call, then refusals");
     assert_eq!(breaker.state(), BreakerState::Open);
     up.store(true, Ordering::SeqCst);
-    wait_until("all handled", || (done.load(Ordering::SeqCst) == 3).then_some(())).await;
+    wait_until("all handled and counted", || {
+        (done.load(Ordering::SeqCst) == 3 && stats(&svc).succeeded == 3).then_some(())
+    })
+    .await;
     let s = stats(&svc);
     assert_eq!((s.succeeded, s.dead_lettered), (3, 0), "{s:?}");
     assert_eq!(breaker.state(), BreakerState::Closed);
@@ -257,8 +260,8 @@ async fn ordered_handler_waits_in_place_and_keeps_order() {
     for n in 1..=4 {
         publish(&t, n).await;
     }
-    wait_until("all handled in order", || {
-        (order.lock().expect("lock").len() == 4).then_some(())
+    wait_until("all handled in order, and counted", || {
+        (order.lock().expect("lock").len() == 4 && stats(&svc).succeeded == 4).then_some(())
     })
     .await;
     assert!(start.elapsed() >= COOL_DOWN, "the retry waited for the cool-down");

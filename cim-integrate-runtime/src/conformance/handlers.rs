@@ -126,6 +126,14 @@ pub async fn cascade_three_domains<T: Transport>(t: T) {
     }
     publish(&t, &numbered("document.deleted", 99)).await;
     wait_until("three domains x three events", || seen.lock().expect("lock").len() == 9).await;
+    // Handled, then marked, then counted: wait for the counts, which come last.
+    wait_until("every run counted", || {
+        ["workflow", "search", "notification"].iter().all(|set| {
+            svc.handler_stats(&format!("{set}-{set}"))
+                .is_some_and(|s| s.succeeded == 3)
+        })
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     for set in ["workflow", "search", "notification"] {
         let mut ns: Vec<u32> = seen
@@ -579,8 +587,10 @@ pub async fn typed_handler_skips_other_event_types<T: Transport>(t: T) {
     publish(&t, &numbered("document.archived", 1)).await; // another subject, but X-Event-Type says Numbered
     publish(&t, &numbered("document.created", 2)).await;
     wait_until("both of its own events handled", || count(&seen, "w") == 2).await;
-    wait_until("the other type skipped", || {
-        svc.handler_stats("workflow-w").is_some_and(|s| s.skipped == 1)
+    // Handled, then marked, then counted: wait for the counts, which come last.
+    wait_until("the other type skipped and both counted", || {
+        svc.handler_stats("workflow-w")
+            .is_some_and(|s| s.skipped == 1 && s.succeeded == 2)
     })
     .await;
     let stats = svc.handler_stats("workflow-w").expect("stats");

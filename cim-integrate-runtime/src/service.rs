@@ -42,7 +42,6 @@ use crate::breaker::{BreakerState, CircuitBreaker};
 use crate::command::{CommandHandlerSet, CommandRegistration, queue_group};
 use crate::correlate::CorrelatorRunner;
 use crate::dedup::{DEFAULT_DEDUP_TTL, DedupStore, KvDedup};
-use crate::handler::context::DynPublish;
 use crate::handler::{HandlerOptions, HandlerSet, Registration, RetryPolicy};
 use crate::monitor::{self, HandlerMetrics};
 use crate::pipeline::attempts::{Attempts, Ledger};
@@ -64,6 +63,7 @@ use crate::process::{ProcessManager, ProcessRunner, TimerHandle};
 use crate::saga::{Saga, SagaRunner};
 use crate::subject::{Subject, SubjectError, SubjectPattern};
 use crate::topology::{ParticipantKind, PublishLog, Topology};
+use crate::transport::provision::patiently;
 use crate::transport::{ConsumerSpec, KvError, KvSpec, StreamSpec, Transport, TransportError};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -427,8 +427,21 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
         }
         let plans = self.plan_events()?;
         self.check_commands()?;
+        let provisioner = crate::transport::Provisioner::new(self.transport.clone());
+        // Every domain the host says it publishes events into has its stream before anything
+        // runs; domains first seen at publish time get theirs then.
+        let mut domains: Vec<&str> = topology
+            .publications()
+            .filter(|p| p.kind == crate::topology::MessageKind::Event)
+            .map(|p| p.subject.split('.').next().unwrap_or_default())
+            .collect();
+        domains.sort_unstable();
+        domains.dedup();
+        for domain in domains {
+            patiently("published domain's stream", || provisioner.domain(domain)).await?;
+        }
         let parts = ContextParts {
-            publisher: Arc::new(self.transport.clone()) as Arc<dyn DynPublish>,
+            publisher: Arc::new(provisioner),
             log: Arc::new(PublishLog::default()),
         };
         let (stop, stop_rx) = watch::channel(false);
@@ -480,11 +493,12 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
                 });
             }
             let stream = StreamSpec::for_domain(&domain, None)?;
-            let concurrency = concurrency_of(&reg.options);
+            // The bound is the durable's, shared by every process reading it: the deployment's,
+            // not a multiple of this process's concurrency (that would cap scale-out).
             let spec = ConsumerSpec::new(stream.name.clone(), durable.clone(), reg.pattern.clone())
                 .deliver(reg.options.deliver)
                 .ack_wait(reg.options.ack_wait)
-                .max_ack_pending(u32::try_from(concurrency.saturating_mul(4)).unwrap_or(u32::MAX).max(1));
+                .max_ack_pending(self.transport.deployment().ack_pending());
             plans.push(EventPlan {
                 set: set.clone(),
                 registration: reg.clone(),
@@ -521,23 +535,26 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
         parts: &ContextParts,
         host: &mut Host,
     ) -> Result<(), ServiceError> {
-        self.transport.ensure_stream(&dead_letter_stream()?).await?;
+        let t = &self.transport;
+        let dead_letters = dead_letter_stream()?;
+        patiently("dead-letter stream", || t.ensure_stream(&dead_letters)).await?;
         let dedup = match &self.dedup {
             Some(d) => d.clone(),
             None => {
                 let spec = KvSpec::new(format!("cim_dedup_{}", self.name)).max_age(self.dedup_ttl);
-                Arc::new(KvDedup::new(self.transport.key_value(&spec).await?)) as Arc<dyn DedupStore>
+                let kv = patiently("dedup bucket", || t.key_value(&spec)).await?;
+                Arc::new(KvDedup::new(kv)) as Arc<dyn DedupStore>
             }
         };
         for plan in plans {
-            match self.transport.ensure_stream(&plan.stream).await {
+            match patiently("stream", || t.ensure_stream(&plan.stream)).await {
                 // The publishing domain owns its stream; other settings there are its business.
                 Err(TransportError::StreamConflict { stream, detail }) => {
                     tracing::info!(%stream, %detail, "subscribing to an existing stream with other settings");
                 }
                 other => other?,
             }
-            let consumer = self.transport.consumer(&plan.spec).await?;
+            let consumer = patiently("consumer", || t.consumer(&plan.spec)).await?;
             let dlq = Subject::from_tokens([DEAD_LETTER_TOKEN, plan.set.as_str(), plan.registration.name.as_str()])?;
             tracing::info!(handler = %plan.durable, filter = %plan.spec.filter, stream = %plan.spec.stream, "handler started");
             let options = plan.registration.options.clone();
@@ -549,7 +566,11 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
                 counters,
                 breaker,
             });
-            let prefetch = plan.spec.max_ack_pending as usize;
+            // What this process holds ahead of its handlers: a few rounds of its own concurrency,
+            // so that other processes on the durable get their share.
+            let prefetch = concurrency_of(&options)
+                .saturating_mul(4)
+                .min(plan.spec.max_ack_pending as usize);
             let source = ConsumerSource {
                 transport: self.transport.clone(),
                 spec: plan.spec,
@@ -651,7 +672,10 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
         let results = match settings.result_ttl {
             Some(ttl) => {
                 let spec = KvSpec::new(format!("cim_commands_{}", self.name)).max_age(ttl);
-                Some(Arc::new(self.transport.key_value(&spec).await?))
+                let t = &self.transport;
+                Some(Arc::new(
+                    patiently("command results bucket", || t.key_value(&spec)).await?,
+                ))
             }
             None => None,
         };

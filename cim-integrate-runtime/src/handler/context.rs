@@ -38,11 +38,16 @@ pub(crate) trait DynPublish: Send + Sync + 'static {
     fn publish_and_wait(&self, message: OutboundMessage) -> BoxFuture<'static, Result<PublishAck, TransportError>>;
 }
 
-impl<T: Transport> DynPublish for T {
+impl<T: Transport> DynPublish for crate::transport::Provisioner<T> {
     fn publish_and_wait(&self, message: OutboundMessage) -> BoxFuture<'static, Result<PublishAck, TransportError>> {
         let t = self.clone();
-        Box::pin(async move { t.publish_and_wait(message).await })
+        Box::pin(async move { crate::transport::Provisioner::publish_and_wait(&t, message).await })
     }
+}
+
+/// The runtime's publisher on `transport`: domains first seen at publish time get their stream.
+pub(crate) fn publisher<T: Transport>(transport: T) -> Arc<dyn DynPublish> {
+    Arc::new(crate::transport::Provisioner::new(transport))
 }
 
 struct Inner {
@@ -125,14 +130,19 @@ impl Context {
     /// A context for calling a handler directly (in a unit test, or from a saga), publishing to
     /// `transport` as if handling `envelope` as `handler`.
     pub fn detached<T: Transport>(transport: T, envelope: &Envelope, handler: &str) -> Self {
-        Self::new(envelope, 1, Arc::from(handler), Arc::new(transport))
+        Self::new(envelope, 1, Arc::from(handler), publisher(transport))
     }
 
     /// A detached context labelled `label` (its handler name in metrics, spans and logs: bounded,
     /// never an id) whose published message ids are derived from `scope` (a per-instance key, so a
     /// re-run re-publishes the same ids).
-    pub(crate) fn detached_scoped<T: Transport>(transport: T, envelope: &Envelope, label: &str, scope: &str) -> Self {
-        let mut context = Self::detached(transport, envelope, label);
+    pub(crate) fn detached_scoped(
+        publisher: Arc<dyn DynPublish>,
+        envelope: &Envelope,
+        label: &str,
+        scope: &str,
+    ) -> Self {
+        let mut context = Self::new(envelope, 1, Arc::from(label), publisher);
         if let Some(inner) = Arc::get_mut(&mut context.inner) {
             inner.scope = Arc::from(scope);
         }

@@ -297,7 +297,8 @@ impl ResumeReport {
 struct Inner<S: Saga, T: Transport> {
     saga: S,
     steps: Vec<Step<S>>,
-    transport: T,
+    /// Publishes steps' events and the lifecycle outbox, provisioning domains first seen.
+    publisher: crate::transport::Provisioner<T>,
     kv: T::KeyValue,
     instance: String,
     lease: Duration,
@@ -387,9 +388,11 @@ impl<S: Saga, T: Transport> SagaRunnerBuilder<S, T> {
         let steps = S::steps();
         check_definition::<S>(&steps)?;
         let bucket = self.bucket.unwrap_or_else(|| format!("cim_saga_{}", S::NAME));
-        let kv = self.transport.key_value(&KvSpec::new(bucket)).await?;
+        let t = &self.transport;
+        let spec = KvSpec::new(bucket);
+        let kv = crate::transport::provision::patiently("saga bucket", || t.key_value(&spec)).await?;
         let stream = StreamSpec::for_domain(SAGA_EVENTS_DOMAIN, None)?;
-        match self.transport.ensure_stream(&stream).await {
+        match crate::transport::provision::patiently("saga stream", || t.ensure_stream(&stream)).await {
             Err(TransportError::StreamConflict { stream, detail }) => {
                 tracing::info!(%stream, %detail, "publishing saga events to an existing stream with other settings");
             }
@@ -424,7 +427,7 @@ impl<S: Saga, T: Transport> SagaRunnerBuilder<S, T> {
                 saga: self.saga,
                 observers,
                 steps,
-                transport: self.transport,
+                publisher: crate::transport::Provisioner::new(self.transport),
                 kv,
                 instance,
                 lease: self.lease,
@@ -893,8 +896,8 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
             envelopes
                 .push(Envelope::with_identity(identity, subject, payload).typed(SAGA_EVENT_TYPE, SAGA_EVENT_VERSION));
         }
-        let transport = &self.inner.transport;
-        outbox::deliver(&envelopes, |envelope| transport.publish_and_wait(envelope.into()))
+        let publisher = &self.inner.publisher;
+        outbox::deliver(&envelopes, |envelope| publisher.publish_and_wait(envelope.into()))
             .await
             .into_result()?;
         run.rec.outbox.clear();
@@ -1121,7 +1124,12 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         // Metrics and spans are labelled by saga and step (bounded); message ids are derived from
         // the per-instance key (idempotent across re-runs).
         let observer = &self.inner.observers[i][usize::from(compensating)];
-        let context = Context::detached_scoped(self.inner.transport.clone(), &envelope, &observer.label, &key);
+        let context = Context::detached_scoped(
+            std::sync::Arc::new(self.inner.publisher.clone()),
+            &envelope,
+            &observer.label,
+            &key,
+        );
         let mut ctx = StepContext {
             data: rec.data.clone(),
             saga: S::NAME,

@@ -200,6 +200,10 @@ impl Transport for AnyTransport {
     type KeyValue = AnyKeyValue;
     type AckFuture = AnyAckFuture;
 
+    fn deployment(&self) -> &super::Deployment {
+        delegate!(self, t => t.deployment())
+    }
+
     async fn ensure_stream(&self, spec: &StreamSpec) -> Result<(), TransportError> {
         delegate!(self, t => t.ensure_stream(spec).await)
     }

@@ -14,6 +14,9 @@ pub struct KvSpec {
     pub history: u8,
     /// Entries older than this expire (the TTL of dedup marks); `None` keeps them.
     pub max_age: Option<Duration>,
+    /// Replicas, placement and storage; what is left open comes from the transport's
+    /// [`Deployment`](super::Deployment).
+    pub settings: super::AssetSettings,
 }
 
 impl KvSpec {
@@ -23,7 +26,42 @@ impl KvSpec {
             bucket: bucket.into(),
             history: 1,
             max_age: None,
+            settings: super::AssetSettings::default(),
         }
+    }
+    /// Sets the replicas (instead of the deployment's).
+    pub fn replicas(mut self, n: u8) -> Self {
+        self.settings.replicas = Some(n);
+        self
+    }
+    /// Sets the placement (instead of the deployment's).
+    pub fn placement(mut self, placement: super::Placement) -> Self {
+        self.settings.placement = Some(placement);
+        self
+    }
+    /// Sets the storage (instead of the deployment's).
+    pub fn storage(mut self, storage: super::Storage) -> Self {
+        self.settings.storage = Some(storage);
+        self
+    }
+    /// This spec with what it leaves open taken from `deployment`.
+    pub fn deployed(&self, deployment: &super::Deployment) -> Self {
+        Self {
+            settings: self.settings.or(&deployment.bucket_settings(&self.bucket)),
+            ..self.clone()
+        }
+    }
+    /// Differences in meaning (history, max age) from an existing bucket, or `None`.
+    /// Deployment settings are compared by [`AssetSettings::drift`](super::AssetSettings::drift).
+    pub fn differences(&self, existing: &KvSpec) -> Option<String> {
+        let mut d = Vec::new();
+        if existing.history != self.history {
+            d.push(format!("history {}, wanted {}", existing.history, self.history));
+        }
+        if existing.max_age != self.max_age {
+            d.push(format!("max age {:?}, wanted {:?}", existing.max_age, self.max_age));
+        }
+        (!d.is_empty()).then(|| d.join("; "))
     }
     /// Sets the TTL of entries.
     pub fn max_age(mut self, ttl: Duration) -> Self {
@@ -38,6 +76,7 @@ impl KvSpec {
     /// Checks the name and settings.
     pub fn validate(&self) -> Result<(), KvError> {
         check_bucket_name(&self.bucket)?;
+        self.settings.validate(&self.bucket)?;
         if !(1..=64).contains(&self.history) {
             return Err(KvError::Invalid(format!(
                 "bucket `{}`: history must be 1-64",

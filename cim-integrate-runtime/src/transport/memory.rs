@@ -20,9 +20,9 @@
 
 use super::request::ReplySink;
 use super::{
-    Acker, Consumer, ConsumerSpec, DEFAULT_MAX_PAYLOAD, DeliverPolicy, Delivery, DeliveryInfo, IncomingRequest,
-    KeyValue, KvEntry, KvError, KvSpec, OutboundMessage, PublishAck, Reply, ReplyHandle, Request, Responder,
-    StreamSpec, Transport, TransportError, check_key,
+    Acker, Consumer, ConsumerSpec, DEFAULT_MAX_PAYLOAD, DeliverPolicy, Delivery, DeliveryInfo, Deployment,
+    IncomingRequest, KeyValue, KvEntry, KvError, KvSpec, OutboundMessage, PublishAck, Reply, ReplyHandle, Request,
+    Responder, StreamSpec, Transport, TransportError, check_key,
 };
 use crate::headers::Headers;
 use crate::timestamp::Timestamp;
@@ -59,6 +59,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Clone, Default)]
 pub struct MemoryTransport {
     inner: Arc<Inner>,
+    deployment: Arc<Deployment>,
 }
 
 impl std::fmt::Debug for MemoryTransport {
@@ -258,6 +259,16 @@ impl MemoryTransport {
         Self::default()
     }
 
+    /// The same transport (same streams and buckets) provisioning new assets under
+    /// `deployment`. In memory there is one copy whatever the replicas; they are recorded, so
+    /// that drift is reported as on a server.
+    pub fn with_deployment(&self, deployment: Deployment) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            deployment: Arc::new(deployment),
+        }
+    }
+
     fn stream_named(&self, name: &str) -> Option<Arc<MemStream>> {
         lock(&self.inner.streams).iter().find(|s| s.spec.name == name).cloned()
     }
@@ -324,12 +335,22 @@ impl Transport for MemoryTransport {
     type KeyValue = MemoryKeyValue;
     type AckFuture = std::future::Ready<Result<PublishAck, TransportError>>;
 
+    fn deployment(&self) -> &Deployment {
+        &self.deployment
+    }
+
     async fn ensure_stream(&self, spec: &StreamSpec) -> Result<(), TransportError> {
+        let spec = &spec.deployed(&self.deployment);
         spec.validate()?;
         let mut streams = lock(&self.inner.streams);
         if let Some(existing) = streams.iter().find(|s| s.spec.name == spec.name) {
             return match spec.differences(&existing.spec) {
-                None => Ok(()),
+                None => {
+                    if let Some(d) = spec.settings.drift(&existing.spec.settings) {
+                        super::deploy::report_drift(&spec.name, &d);
+                    }
+                    Ok(())
+                }
                 Some(detail) => Err(TransportError::StreamConflict {
                     stream: spec.name.clone(),
                     detail,
@@ -423,15 +444,16 @@ impl Transport for MemoryTransport {
     async fn key_value(&self, spec: &KvSpec) -> Result<MemoryKeyValue, KvError> {
         spec.validate()?;
         let mut buckets = lock(&self.inner.buckets);
+        let spec = &spec.deployed(&self.deployment);
         if let Some(b) = buckets.get(&spec.bucket) {
-            if b.spec != *spec {
+            if let Some(detail) = spec.differences(&b.spec) {
                 return Err(KvError::BucketConflict {
                     bucket: spec.bucket.clone(),
-                    detail: format!(
-                        "history {} and max_age {:?}, wanted {} and {:?}",
-                        b.spec.history, b.spec.max_age, spec.history, spec.max_age
-                    ),
+                    detail,
                 });
+            }
+            if let Some(d) = spec.settings.drift(&b.spec.settings) {
+                super::deploy::report_drift(&format!("KV_{}", spec.bucket), &d);
             }
             return Ok(MemoryKeyValue { bucket: b.clone() });
         }

@@ -27,16 +27,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub mod any;
+pub mod deploy;
 mod kv;
 pub mod memory;
 #[cfg(feature = "nats")]
 pub mod nats;
 pub mod prefixed;
+pub(crate) mod provision;
 mod publisher;
 mod request;
 
+pub use deploy::{AssetSettings, Deployment, Placement};
 pub use kv::{KeyValue, KvEntry, KvError, KvSpec, check_bucket_name, check_key};
 pub use prefixed::Prefixed;
+pub use provision::Provisioner;
 pub use publisher::PipelinedPublisher;
 pub use request::{IncomingRequest, Reply, ReplyHandle, Request, Responder, check_queue_group};
 
@@ -115,6 +119,11 @@ pub enum TransportError {
     /// Connection-level failure (disconnected, closed, refused).
     #[error("connection: {0}")]
     Connection(String),
+    /// JetStream, a stream, a bucket or a consumer exists but cannot serve right now: no
+    /// responders, no leader (an election is under way or a node holding it is down), offline.
+    /// Transient: retry later; never read it as "does not exist".
+    #[error("unavailable: {0}")]
+    Unavailable(String),
     /// Any other failure reported by the server or client.
     #[error("{0}")]
     Other(String),
@@ -126,10 +135,45 @@ pub enum TransportError {
     },
 }
 
+/// The class of a [`TransportError`]: what a caller should do about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Infrastructure trouble (timeout, lost connection, no leader, no responders, a stream not
+    /// provisioned yet): retry later; never dead-letter for it.
+    Transient,
+    /// Something is not there (a stream, a consumer): retrying the same call will not help, but
+    /// provisioning it will.
+    NotFound,
+    /// An asset exists with other settings, or overlaps another.
+    Conflict,
+    /// The request itself is wrong (an argument, a payload too large): it can never succeed.
+    Invalid,
+    /// Anything else the server or client reported.
+    Other,
+}
+
 impl TransportError {
-    /// `true` if retrying the same operation later may succeed.
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Timeout(_) | Self::Connection(_) | Self::Unavailable(_) | Self::NoStream { .. } => {
+                ErrorKind::Transient
+            }
+            Self::StreamNotFound { .. } | Self::ConsumerNotFound { .. } | Self::NoResponders { .. } => {
+                ErrorKind::NotFound
+            }
+            Self::StreamConflict { .. } | Self::StreamOverlap { .. } | Self::ConsumerConflict { .. } => {
+                ErrorKind::Conflict
+            }
+            Self::PayloadTooLarge { .. } | Self::Invalid(_) => ErrorKind::Invalid,
+            Self::Other(_) => ErrorKind::Other,
+        }
+    }
+
+    /// `true` if retrying the same operation later may succeed: timeouts, lost connections,
+    /// unavailable leaders, and a subject whose stream is not provisioned yet.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Timeout(_) | Self::Connection(_) | Self::NoStream { .. })
+        self.kind() == ErrorKind::Transient
     }
 }
 
@@ -151,8 +195,9 @@ pub struct StreamSpec {
     pub name: String,
     /// Captured subjects.
     pub subjects: Vec<SubjectPattern>,
-    /// Storage kind.
-    pub storage: Storage,
+    /// Replicas, placement and storage; what is left open comes from the transport's
+    /// [`Deployment`].
+    pub settings: AssetSettings,
     /// Window in which a second publish with the same `Nats-Msg-Id` is dropped.
     pub duplicate_window: Duration,
     /// Messages older than this are removed; `None` keeps them (limits retention).
@@ -160,12 +205,13 @@ pub struct StreamSpec {
 }
 
 impl StreamSpec {
-    /// A stream with default settings (file storage, 2-minute duplicate window, no max age).
+    /// A stream with default settings (2-minute duplicate window, no max age; replicas,
+    /// placement and storage as the deployment says).
     pub fn new(name: impl Into<String>, subjects: Vec<SubjectPattern>) -> Self {
         Self {
             name: name.into(),
             subjects,
-            storage: Storage::File,
+            settings: AssetSettings::default(),
             duplicate_window: DEFAULT_DUPLICATE_WINDOW,
             max_age: None,
         }
@@ -191,10 +237,30 @@ impl StreamSpec {
         self
     }
 
-    /// Sets the storage kind.
+    /// Sets the storage kind (instead of the deployment's).
     pub fn storage(mut self, storage: Storage) -> Self {
-        self.storage = storage;
+        self.settings.storage = Some(storage);
         self
+    }
+
+    /// Sets the replicas (instead of the deployment's).
+    pub fn replicas(mut self, n: u8) -> Self {
+        self.settings.replicas = Some(n);
+        self
+    }
+
+    /// Sets the placement (instead of the deployment's).
+    pub fn placement(mut self, placement: Placement) -> Self {
+        self.settings.placement = Some(placement);
+        self
+    }
+
+    /// This spec with what it leaves open taken from `deployment`.
+    pub fn deployed(&self, deployment: &Deployment) -> Self {
+        Self {
+            settings: self.settings.or(&deployment.stream_settings(&self.name)),
+            ..self.clone()
+        }
     }
 
     /// Sets the maximum message age.
@@ -206,6 +272,7 @@ impl StreamSpec {
     /// Checks the name and settings before they reach a server.
     pub fn validate(&self) -> Result<(), TransportError> {
         check_name("stream", &self.name)?;
+        self.settings.validate(&self.name)?;
         if self.subjects.is_empty() {
             return Err(TransportError::Invalid(format!(
                 "stream `{}` has no subjects",
@@ -236,7 +303,9 @@ impl StreamSpec {
         Ok(())
     }
 
-    /// Differences that matter between this spec and an existing stream's, or `None`.
+    /// Differences in meaning between this spec and an existing stream's (subjects, duplicate
+    /// window, max age), or `None`. Deployment settings are compared by
+    /// [`AssetSettings::drift`].
     pub fn differences(&self, existing: &StreamSpec) -> Option<String> {
         let mut d = Vec::new();
         let mut mine: Vec<&str> = self.subjects.iter().map(|s| s.as_str()).collect();
@@ -245,9 +314,6 @@ impl StreamSpec {
         theirs.sort_unstable();
         if mine != theirs {
             d.push(format!("subjects {theirs:?}, wanted {mine:?}"));
-        }
-        if self.storage != existing.storage {
-            d.push(format!("storage {:?}, wanted {:?}", existing.storage, self.storage));
         }
         if self.duplicate_window != existing.duplicate_window {
             d.push(format!(
@@ -364,8 +430,12 @@ pub struct ConsumerSpec {
     /// place of `ack_wait`. Empty: `ack_wait` for every delivery. Requires `max_deliver` greater
     /// than its length.
     pub backoff: Vec<Duration>,
-    /// Most deliveries outstanding (unacknowledged) at once.
+    /// Most deliveries outstanding (unacknowledged) at once, across every handle on the durable.
     pub max_ack_pending: u32,
+    /// Replicas of the consumer's state; `None` follows its stream.
+    pub replicas: Option<u8>,
+    /// Storage of the consumer's state; `None` follows its stream.
+    pub storage: Option<Storage>,
 }
 
 impl ConsumerSpec {
@@ -381,6 +451,8 @@ impl ConsumerSpec {
             max_deliver: None,
             backoff: Vec::new(),
             max_ack_pending: 1000,
+            replicas: None,
+            storage: None,
         }
     }
 
@@ -409,6 +481,11 @@ impl ConsumerSpec {
         self.max_ack_pending = n;
         self
     }
+    /// Sets the replicas of the consumer's state (default: its stream's).
+    pub fn replicas(mut self, n: u8) -> Self {
+        self.replicas = Some(n);
+        self
+    }
 
     /// Checks names and settings before they reach a server.
     pub fn validate(&self) -> Result<(), TransportError> {
@@ -423,6 +500,11 @@ impl ConsumerSpec {
         }
         if self.max_ack_pending == 0 {
             return bad("max_ack_pending must be at least 1".into());
+        }
+        if let Some(r) = self.replicas
+            && !(1..=deploy::MAX_REPLICAS).contains(&r)
+        {
+            return bad(format!("replicas must be 1-{}, got {r}", deploy::MAX_REPLICAS));
         }
         if !self.backoff.is_empty() {
             if self.backoff.iter().any(Duration::is_zero) {
@@ -599,8 +681,17 @@ pub trait Transport: Clone + Send + Sync + 'static {
     /// Resolves when the stream has acknowledged (persisted) a published message.
     type AckFuture: Future<Output = Result<PublishAck, TransportError>> + Send + 'static;
 
-    /// Creates the stream if it does not exist. An existing stream with the same settings is
-    /// fine; with other settings it is reported ([`TransportError::StreamConflict`]) and left
+    /// The deployment policy this transport provisions under: replicas, placement and storage
+    /// of what specs leave open, and the outstanding-delivery bound of durables.
+    fn deployment(&self) -> &Deployment {
+        static DEFAULT: std::sync::LazyLock<Deployment> = std::sync::LazyLock::new(Deployment::default);
+        &DEFAULT
+    }
+
+    /// Creates the stream if it does not exist, with what the spec leaves open taken from the
+    /// [`deployment`](Self::deployment). An existing stream with the same meaning is fine (other
+    /// replicas, placement or storage are reported as drift and left alone); with other subjects,
+    /// duplicate window or max age it is reported ([`TransportError::StreamConflict`]) and left
     /// unchanged. Subjects overlapping another stream are refused.
     fn ensure_stream(&self, spec: &StreamSpec) -> impl Future<Output = Result<(), TransportError>> + Send;
 

@@ -291,10 +291,16 @@ impl<T: Transport> Transport for Prefixed<T> {
     type KeyValue = T::KeyValue;
     type AckFuture = PrefixedAckFuture<T::AckFuture>;
 
+    fn deployment(&self) -> &crate::transport::Deployment {
+        self.inner.deployment()
+    }
+
     async fn ensure_stream(&self, spec: &StreamSpec) -> Result<(), TransportError> {
         let Some(names) = &self.names else {
             return self.inner.ensure_stream(spec).await;
         };
+        // Overrides are named before the prefix (`DOCUMENT_EVENTS`, not `PROD_DOCUMENT_EVENTS`).
+        let spec = &spec.deployed(self.inner.deployment());
         spec.validate()?;
         let subjects = spec
             .subjects
@@ -358,6 +364,7 @@ impl<T: Transport> Transport for Prefixed<T> {
         let Some(names) = &self.names else {
             return self.inner.key_value(spec).await;
         };
+        let spec = &spec.deployed(self.inner.deployment());
         spec.validate()?;
         let real = KvSpec {
             bucket: format!("{}{}", names.name, spec.bucket),

@@ -42,15 +42,33 @@ pub(crate) fn request_error(subject: &str, e: RequestError) -> TransportError {
     match e.kind() {
         RequestErrorKind::TimedOut => TransportError::Timeout(format!("JetStream request `{subject}`")),
         RequestErrorKind::NoResponders => {
-            TransportError::Connection(format!("JetStream is not available (no responders to `{subject}`)"))
+            TransportError::Unavailable(format!("JetStream is not available (no responders to `{subject}`)"))
         }
         _ => TransportError::Other(format!("JetStream request `{subject}`: {e}")),
     }
 }
 
-/// An error reply from the JetStream API that has no more specific meaning.
+/// JetStream error codes that mean "exists, but cannot serve right now".
+const UNAVAILABLE_CODES: [u64; 5] = [
+    10008, // JetStream system temporarily unavailable (no meta leader)
+    10074, // no suitable peers for placement (nodes down)
+    10023, // insufficient resources (nodes down)
+    10118, // stream offline
+    10119, // consumer offline
+];
+
+/// The transient reading of an API error, if it is one: HTTP-like code 503, or a code that says
+/// a stream, consumer or the JetStream system has no leader or is offline.
+pub(crate) fn unavailable(e: &async_nats::jetstream::Error) -> Option<TransportError> {
+    let code = e.error_code().0;
+    (e.code() == 503 || e.code() == 408 || UNAVAILABLE_CODES.contains(&code))
+        .then(|| TransportError::Unavailable(format!("JetStream: {e}")))
+}
+
+/// An error reply from the JetStream API that has no more specific meaning. Unavailability
+/// (no leader, offline, 503) is transient.
 pub(crate) fn api_error(e: async_nats::jetstream::Error) -> TransportError {
-    TransportError::Other(format!("JetStream: {e}"))
+    unavailable(&e).unwrap_or_else(|| TransportError::Other(format!("JetStream: {e}")))
 }
 
 #[cfg(test)]

@@ -43,13 +43,14 @@ fn bucket_config(spec: &KvSpec) -> js_stream::Config {
         } else {
             two_minutes
         },
-        storage: js_stream::StorageType::File,
+        storage: super::storage_type(spec.settings.storage),
+        placement: super::js_placement(spec.settings.placement.as_ref()),
         retention: js_stream::RetentionPolicy::Limits,
         discard: js_stream::DiscardPolicy::New,
         allow_rollup: true,
         deny_delete: true,
         allow_direct: true,
-        num_replicas: 1,
+        num_replicas: usize::from(spec.settings.replicas.unwrap_or(1)),
         ..Default::default()
     }
 }
@@ -72,28 +73,35 @@ fn bucket_differences(spec: &KvSpec, existing: &js_stream::Config) -> Option<Str
     (!d.is_empty()).then(|| d.join("; "))
 }
 
+/// Conflicts in meaning first; then deployment drift, reported and tolerated.
+fn compare(spec: &KvSpec, existing: &js_stream::Config) -> Result<(), KvError> {
+    if let Some(detail) = bucket_differences(spec, existing) {
+        return Err(KvError::BucketConflict {
+            bucket: spec.bucket.clone(),
+            detail,
+        });
+    }
+    if let Some(d) = spec.settings.drift(&super::existing_settings(existing)) {
+        crate::transport::deploy::report_drift(&existing.name, &d);
+    }
+    Ok(())
+}
+
 pub(super) async fn open(t: &NatsTransport, spec: &KvSpec) -> Result<NatsKeyValue, KvError> {
+    let spec = &spec.deployed(&t.inner.options.deployment);
     spec.validate()?;
-    let conflict = |detail| KvError::BucketConflict {
-        bucket: spec.bucket.clone(),
-        detail,
-    };
     let stream = format!("KV_{}", spec.bucket);
     match t.stream_info(&stream).await? {
-        Some(info) => {
-            if let Some(d) = bucket_differences(spec, &info.config) {
-                return Err(conflict(d));
-            }
-        }
+        Some(info) => compare(spec, &info.config)?,
         None => {
             let config = bucket_config(spec);
             match t.create_stream(&config).await? {
-                Ok(_) => tracing::info!(bucket = %spec.bucket, "key-value bucket created"),
+                Ok(_) => {
+                    tracing::info!(bucket = %spec.bucket, replicas = config.num_replicas, "key-value bucket created")
+                }
                 Err(e) if e.error_code() == ErrorCode::STREAM_NAME_EXIST => {
-                    if let Some(info) = t.stream_info(&stream).await?
-                        && let Some(d) = bucket_differences(spec, &info.config)
-                    {
-                        return Err(conflict(d));
+                    if let Some(info) = t.stream_info(&stream).await? {
+                        compare(spec, &info.config)?;
                     }
                 }
                 Err(e) => return Err(api_error(e).into()),
@@ -104,23 +112,63 @@ pub(super) async fn open(t: &NatsTransport, spec: &KvSpec) -> Result<NatsKeyValu
         .jetstream()
         .get_key_value(spec.bucket.clone())
         .await
-        .map_err(|e| TransportError::Other(format!("opening bucket `{}`: {e}", spec.bucket)))?;
+        .map_err(|e| classify(&format!("opening bucket `{}`", spec.bucket), &e))?;
     Ok(NatsKeyValue {
         store: Arc::new(store),
         bucket: Arc::from(spec.bucket.as_str()),
     })
 }
 
-/// The publish failure somewhere in an error's chain, if any.
-fn publish_kind(e: &(dyn std::error::Error + 'static)) -> Option<PublishErrorKind> {
+/// Classifies a failure of a key-value operation on a bucket that was opened (so exists) by
+/// the first thing in its chain that says what happened. A "no responders" reply to a publish
+/// (async-nats's `StreamNotFound`) means nobody leads the bucket's stream right now: the bucket
+/// is unavailable, not missing. Anything unrecognised on an open bucket is taken as
+/// unavailability too: its operations cannot be wrong otherwise (keys are checked before).
+pub(super) fn classify(what: &str, e: &(dyn std::error::Error + 'static)) -> TransportError {
+    use async_nats::jetstream::context::RequestErrorKind;
     let mut cur = Some(e);
     while let Some(err) = cur {
         if let Some(p) = err.downcast_ref::<PublishError>() {
-            return Some(p.kind());
+            match p.kind() {
+                PublishErrorKind::TimedOut => return TransportError::Timeout(what.to_owned()),
+                PublishErrorKind::StreamNotFound => {
+                    return TransportError::Unavailable(format!("{what}: no responders (no leader?)"));
+                }
+                PublishErrorKind::BrokenPipe => return TransportError::Connection(format!("{what}: {e}")),
+                PublishErrorKind::MaxPayloadExceeded => {
+                    return TransportError::Invalid(format!("{what}: value larger than the server accepts"));
+                }
+                _ => {}
+            }
+        }
+        if let Some(r) = err.downcast_ref::<async_nats::jetstream::context::RequestError>() {
+            match r.kind() {
+                RequestErrorKind::TimedOut => return TransportError::Timeout(what.to_owned()),
+                RequestErrorKind::NoResponders => {
+                    return TransportError::Unavailable(format!("{what}: no responders (no leader?)"));
+                }
+                _ => {}
+            }
+        }
+        if let Some(api) = err.downcast_ref::<async_nats::jetstream::Error>()
+            && let Some(t) = super::convert::unavailable(api)
+        {
+            return t;
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return match io.kind() {
+                std::io::ErrorKind::TimedOut => TransportError::Timeout(what.to_owned()),
+                _ => TransportError::Connection(format!("{what}: {io}")),
+            };
         }
         cur = err.source();
     }
-    None
+    let text = e.to_string();
+    if text.contains("timed out") || text.contains("timeout") {
+        TransportError::Timeout(format!("{what}: {text}"))
+    } else {
+        TransportError::Unavailable(format!("{what}: {text}"))
+    }
 }
 
 impl NatsKeyValue {
@@ -130,20 +178,11 @@ impl NatsKeyValue {
     }
 
     fn transport(&self, what: &str, key: &str, e: &(dyn std::error::Error + 'static), timed_out: bool) -> KvError {
-        let t = match publish_kind(e) {
-            _ if timed_out => TransportError::Timeout(format!("{what} `{key}` in bucket `{}`", self.bucket)),
-            Some(PublishErrorKind::TimedOut) => {
-                TransportError::Timeout(format!("{what} `{key}` in bucket `{}`", self.bucket))
-            }
-            Some(PublishErrorKind::StreamNotFound) => TransportError::StreamNotFound {
-                stream: format!("KV_{}", self.bucket),
-            },
-            Some(PublishErrorKind::BrokenPipe) => {
-                TransportError::Connection(format!("{what} `{key}` in bucket `{}`: {e}", self.bucket))
-            }
-            _ => TransportError::Other(format!("{what} `{key}` in bucket `{}`: {e}", self.bucket)),
-        };
-        KvError::Transport(t)
+        let what = format!("{what} `{key}` in bucket `{}`", self.bucket);
+        if timed_out {
+            return KvError::Transport(TransportError::Timeout(what));
+        }
+        KvError::Transport(classify(&what, e))
     }
 }
 

@@ -30,14 +30,14 @@ mod options;
 pub use consumer::{NatsAcker, NatsConsumer};
 pub use kv::NatsKeyValue;
 pub use options::{
-    ENV_CA, ENV_CERT, ENV_CONNECTION_NAME, ENV_CREDS, ENV_KEY, ENV_NKEY_FILE, ENV_NKEY_SEED, ENV_PASSWORD,
-    ENV_TLS_FIRST, ENV_TLS_REQUIRED, ENV_TOKEN, ENV_URL, ENV_USER, NatsAuth, NatsOptions, NatsTls,
+    ENV_CA, ENV_CERT, ENV_CONNECTION_NAME, ENV_CREDS, ENV_JS_DOMAIN, ENV_KEY, ENV_NKEY_FILE, ENV_NKEY_SEED,
+    ENV_PASSWORD, ENV_TLS_FIRST, ENV_TLS_REQUIRED, ENV_TOKEN, ENV_URL, ENV_USER, NatsAuth, NatsOptions, NatsTls,
 };
 
 use crate::subject::SubjectPattern;
 use crate::transport::{
-    ConsumerSpec, DeliverPolicy, KvError, KvSpec, OutboundMessage, PublishAck, Storage, StreamSpec, Transport,
-    TransportError,
+    AssetSettings, ConsumerSpec, DeliverPolicy, Deployment, KvError, KvSpec, OutboundMessage, Placement, PublishAck,
+    Storage, StreamSpec, Transport, TransportError,
 };
 use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
@@ -126,11 +126,26 @@ impl NatsTransport {
     /// Wraps an already connected client; `options` supplies the tuning (its URL and credentials
     /// are not used).
     pub fn with_client(client: async_nats::Client, options: NatsOptions) -> Self {
-        let js = jetstream::ContextBuilder::new()
-            .timeout(options.request_timeout)
-            .build(client.clone());
+        let builder = jetstream::ContextBuilder::new().timeout(options.request_timeout);
+        let js = match &options.js_domain {
+            Some(domain) => builder.domain(domain.clone()).build(client.clone()),
+            None => builder.build(client.clone()),
+        };
         Self {
             inner: Arc::new(Inner { client, js, options }),
+        }
+    }
+
+    /// The same connection, provisioning new assets under `deployment`.
+    pub fn with_deployment(&self, deployment: Deployment) -> Self {
+        let mut options = self.inner.options.clone();
+        options.deployment = deployment;
+        Self {
+            inner: Arc::new(Inner {
+                client: self.inner.client.clone(),
+                js: self.inner.js.clone(),
+                options,
+            }),
         }
     }
 
@@ -378,14 +393,46 @@ impl Future for NatsAckFuture {
     }
 }
 
+pub(super) fn storage_type(s: Option<Storage>) -> js_stream::StorageType {
+    match s {
+        Some(Storage::Memory) => js_stream::StorageType::Memory,
+        _ => js_stream::StorageType::File,
+    }
+}
+
+pub(super) fn js_placement(p: Option<&Placement>) -> Option<js_stream::Placement> {
+    p.filter(|p| !p.is_empty()).map(|p| js_stream::Placement {
+        cluster: p.cluster.clone(),
+        tags: p.tags.clone(),
+    })
+}
+
+/// The deployment settings of an existing stream, as found on the server.
+pub(super) fn existing_settings(config: &js_stream::Config) -> AssetSettings {
+    AssetSettings {
+        replicas: Some(u8::try_from(config.num_replicas.max(1)).unwrap_or(u8::MAX)),
+        placement: Some(
+            config
+                .placement
+                .as_ref()
+                .map_or_else(Placement::default, |p| Placement {
+                    cluster: p.cluster.clone().filter(|c| !c.is_empty()),
+                    tags: p.tags.clone(),
+                }),
+        ),
+        storage: Some(match config.storage {
+            js_stream::StorageType::File => Storage::File,
+            js_stream::StorageType::Memory => Storage::Memory,
+        }),
+    }
+}
+
 fn stream_config(spec: &StreamSpec) -> js_stream::Config {
     js_stream::Config {
         name: spec.name.clone(),
         subjects: spec.subjects.iter().map(|s| s.as_str().to_owned()).collect(),
-        storage: match spec.storage {
-            Storage::File => js_stream::StorageType::File,
-            Storage::Memory => js_stream::StorageType::Memory,
-        },
+        storage: storage_type(spec.settings.storage),
+        placement: js_placement(spec.settings.placement.as_ref()),
         retention: js_stream::RetentionPolicy::Limits,
         discard: js_stream::DiscardPolicy::Old,
         duplicate_window: spec.duplicate_window,
@@ -394,7 +441,7 @@ fn stream_config(spec: &StreamSpec) -> js_stream::Config {
         max_bytes: -1,
         max_messages_per_subject: -1,
         max_consumers: -1,
-        num_replicas: 1,
+        num_replicas: usize::from(spec.settings.replicas.unwrap_or(1)),
         ..Default::default()
     }
 }
@@ -409,10 +456,7 @@ fn existing_stream_spec(config: &js_stream::Config) -> Result<StreamSpec, String
     Ok(StreamSpec {
         name: config.name.clone(),
         subjects,
-        storage: match config.storage {
-            js_stream::StorageType::File => Storage::File,
-            js_stream::StorageType::Memory => Storage::Memory,
-        },
+        settings: existing_settings(config),
         duplicate_window: config.duplicate_window,
         max_age: (!config.max_age.is_zero()).then_some(config.max_age),
     })
@@ -432,6 +476,8 @@ fn consumer_config(spec: &ConsumerSpec) -> js_consumer::Config {
         replay_policy: js_consumer::ReplayPolicy::Instant,
         max_ack_pending: i64::from(spec.max_ack_pending),
         backoff: spec.backoff.clone(),
+        num_replicas: spec.replicas.map_or(0, usize::from),
+        memory_storage: spec.storage == Some(Storage::Memory),
         ..Default::default()
     }
 }
@@ -467,14 +513,27 @@ impl Transport for NatsTransport {
     type KeyValue = NatsKeyValue;
     type AckFuture = NatsAckFuture;
 
+    fn deployment(&self) -> &Deployment {
+        &self.inner.options.deployment
+    }
+
     async fn ensure_stream(&self, spec: &StreamSpec) -> Result<(), TransportError> {
+        let spec = &spec.deployed(&self.inner.options.deployment);
         spec.validate()?;
         let conflict = |detail: String| TransportError::StreamConflict {
             stream: spec.name.clone(),
             detail,
         };
         let compare = |info: &js_stream::Info| match existing_stream_spec(&info.config) {
-            Ok(existing) => spec.differences(&existing).map_or(Ok(()), |d| Err(conflict(d))),
+            Ok(existing) => {
+                if let Some(d) = spec.differences(&existing) {
+                    return Err(conflict(d));
+                }
+                if let Some(d) = spec.settings.drift(&existing.settings) {
+                    crate::transport::deploy::report_drift(&spec.name, &d);
+                }
+                Ok(())
+            }
             Err(d) => Err(conflict(d)),
         };
         if let Some(info) = self.stream_info(&spec.name).await? {

@@ -31,6 +31,8 @@ pub const ENV_TLS_REQUIRED: &str = "NATS_TLS_REQUIRED";
 pub const ENV_TLS_FIRST: &str = "NATS_TLS_FIRST";
 /// The connection name shown by the server's monitoring.
 pub const ENV_CONNECTION_NAME: &str = "NATS_CONNECTION_NAME";
+/// The JetStream domain to address.
+pub const ENV_JS_DOMAIN: &str = "NATS_JS_DOMAIN";
 
 /// How to authenticate.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -108,6 +110,12 @@ pub struct NatsOptions {
     pub pull_heartbeat: Duration,
     /// Expiry of each pull request.
     pub pull_expires: Duration,
+    /// The JetStream domain to address (leaf-node deployments: the hub's or the leaf's domain);
+    /// `None`: the connected server's own.
+    pub js_domain: Option<String>,
+    /// Replicas, placement and storage of what this transport provisions, and the outstanding
+    /// deliveries per durable.
+    pub deployment: crate::transport::Deployment,
 }
 
 fn redact_url(url: &str) -> String {
@@ -139,6 +147,8 @@ impl std::fmt::Debug for NatsOptions {
             .field("pull_batch", &self.pull_batch)
             .field("pull_heartbeat", &self.pull_heartbeat)
             .field("pull_expires", &self.pull_expires)
+            .field("js_domain", &self.js_domain)
+            .field("deployment", &self.deployment)
             .finish()
     }
 }
@@ -154,8 +164,10 @@ impl NatsOptions {
             request_timeout: Duration::from_secs(5),
             publish_retries: 3,
             pull_batch: 100,
-            pull_heartbeat: Duration::from_secs(5),
+            pull_heartbeat: Duration::from_secs(2),
             pull_expires: Duration::from_secs(30),
+            js_domain: None,
+            deployment: crate::transport::Deployment::default(),
         }
     }
 
@@ -173,6 +185,8 @@ impl NatsOptions {
     /// | `NATS_TLS_REQUIRED` | `1`/`true`: refuse plain-text |
     /// | `NATS_TLS_FIRST` | `1`/`true`: TLS handshake first |
     /// | `NATS_CONNECTION_NAME` | connection name |
+    /// | `NATS_JS_DOMAIN` | the JetStream domain to address (leaf nodes) |
+    /// | `NATS_REPLICAS`, `NATS_PLACEMENT_CLUSTER`, `NATS_PLACEMENT_TAGS`, `NATS_STORAGE`, `NATS_MAX_ACK_PENDING` | the [`Deployment`](crate::transport::Deployment) |
     ///
     /// At most one authentication method may be set. An unreadable `NATS_NKEY_FILE` is an error.
     pub fn from_env() -> Result<Option<Self>, TransportError> {
@@ -250,6 +264,15 @@ impl NatsOptions {
         o.tls.required = flag(ENV_TLS_REQUIRED)?;
         o.tls.first = flag(ENV_TLS_FIRST)?;
         o.name = lookup(ENV_CONNECTION_NAME);
+        o.js_domain = lookup(ENV_JS_DOMAIN).map(|d| d.trim().to_owned());
+        if let Some(d) = &o.js_domain
+            && (d.is_empty() || d.contains(|c: char| c.is_whitespace() || ".*>".contains(c)))
+        {
+            return Err(TransportError::Invalid(format!(
+                "{ENV_JS_DOMAIN}: `{d}` is not a JetStream domain name"
+            )));
+        }
+        o.deployment = crate::transport::Deployment::from_lookup(&lookup)?;
         Ok(Some(o))
     }
 

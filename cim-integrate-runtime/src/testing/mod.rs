@@ -13,8 +13,17 @@
 //! [`NatsServer::start_with_config`] a configuration file (for settings with no command-line
 //! option, such as NKey users). Readiness is the ports file plus a TCP connect, not a NATS
 //! handshake, so it works for servers that require credentials or TLS.
+//!
+//! [`NatsCluster::start`] (with the `nats` feature) runs three such servers as one JetStream
+//! cluster on loopback, with leader look-ups, kill and restart of single nodes, for failover
+//! tests.
 
+#[cfg(feature = "nats")]
+mod cluster;
 mod observe;
+
+#[cfg(feature = "nats")]
+pub use cluster::{CLUSTER_SIZE, NatsCluster};
 
 pub use crate::saga::fixture::{SagaFixture, SagaThen, lifecycle_events};
 pub use observe::{Observed, Series, SpanRecord, observe};
@@ -119,6 +128,12 @@ impl NatsServer {
     /// The store directory (JetStream data lives under it).
     pub fn store_dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// `true` if the server was started and not stopped or killed since (it may have exited by
+    /// itself; see [`is_running`](Self::is_running)).
+    pub fn is_started(&self) -> bool {
+        self.child.is_some()
     }
 
     /// `true` while the server process runs.

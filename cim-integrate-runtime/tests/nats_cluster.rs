@@ -1,0 +1,132 @@
+//! The three-node cluster harness: an R3 stream survives the loss of its leader, and a killed node
+//! rejoins after a restart.
+
+use async_nats::jetstream;
+use cim_integrate_runtime::testing::{CLUSTER_SIZE, NatsCluster};
+use std::time::{Duration, Instant};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r3_stream_fails_over_and_the_killed_node_rejoins() {
+    let started = Instant::now();
+    let mut cluster = NatsCluster::start().await.expect("start cluster");
+    assert_eq!(cluster.running(), (0..CLUSTER_SIZE).collect::<Vec<_>>());
+    assert_eq!(cluster.urls().split(',').count(), CLUSTER_SIZE);
+    for i in 0..CLUSTER_SIZE {
+        assert_eq!(cluster.index_of(&cluster.server_name(i)), Some(i));
+        assert!(cluster.urls().contains(&cluster.url(i)));
+    }
+    assert_eq!(cluster.index_of("n9"), None);
+    assert_eq!(cluster.index_of("x"), None);
+    let meta = cluster.meta_leader().await.expect("meta leader");
+    assert!(meta < CLUSTER_SIZE);
+
+    let client = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connect(cluster.server_addrs())
+        .await
+        .expect("connect");
+    let js = jetstream::new(client);
+    js.create_stream(jetstream::stream::Config {
+        name: "ORDERS".into(),
+        subjects: vec!["orders.>".into()],
+        num_replicas: 3,
+        ..Default::default()
+    })
+    .await
+    .expect("create R3 stream");
+    let leader = cluster
+        .wait_for_stream_leader("ORDERS", Duration::from_secs(10))
+        .await
+        .expect("stream leader");
+    js.publish("orders.1", "one".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+
+    // A consumer on the stream has a leader too.
+    js.get_stream("ORDERS")
+        .await
+        .expect("stream")
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some("reader".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    let c = cluster
+        .consumer_leader("ORDERS", "reader")
+        .await
+        .expect("consumer leader");
+    assert!(c < CLUSTER_SIZE);
+
+    cluster.kill(leader).expect("kill leader");
+    assert!(!cluster.running().contains(&leader));
+    let new_leader = cluster
+        .wait_for_stream_leader("ORDERS", Duration::from_secs(15))
+        .await
+        .expect("new leader elected");
+    assert_ne!(new_leader, leader);
+
+    // Publishing goes on through a client that knows all three URLs.
+    let ack = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match js.publish("orders.2", "two".into()).await {
+                Ok(f) => match f.await {
+                    Ok(ack) => return ack,
+                    Err(e) => eprintln!("publish ack after failover: {e}"),
+                },
+                Err(e) => eprintln!("publish after failover: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("publish after failover");
+    assert_eq!(ack.sequence, 2);
+
+    cluster.restart(leader).await.expect("restart the killed node");
+    assert_eq!(cluster.running().len(), CLUSTER_SIZE);
+    // The restarted node caught up: it serves the stream's messages as a replica.
+    let mut info = js
+        .get_stream("ORDERS")
+        .await
+        .expect("stream")
+        .info()
+        .await
+        .expect("info")
+        .clone();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let restarted = cluster.server_name(leader);
+    loop {
+        let cl = info.cluster.as_ref().expect("cluster info");
+        let current = cl.leader.as_deref() == Some(restarted.as_str())
+            || cl
+                .replicas
+                .iter()
+                .any(|r| r.name == restarted && r.current && !r.offline);
+        if current && info.state.messages == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{restarted} did not rejoin: {:?}",
+            info.cluster
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        info = js
+            .get_stream("ORDERS")
+            .await
+            .expect("stream")
+            .info()
+            .await
+            .expect("info")
+            .clone();
+    }
+    assert!(cluster.meta_leader().await.is_ok());
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+}

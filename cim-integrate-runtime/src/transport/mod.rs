@@ -366,6 +366,12 @@ pub struct ConsumerSpec {
     pub backoff: Vec<Duration>,
     /// Most deliveries outstanding (unacknowledged) at once.
     pub max_ack_pending: u32,
+    /// Remove the consumer once it has been idle this long: nobody waiting in
+    /// [`Consumer::next`] (JetStream: no pull request waiting) and no delivery outstanding. For
+    /// consumers whose owner may vanish without deleting them (a crashed process). `None`
+    /// (the default) keeps the consumer until it is deleted. JetStream: the consumer's
+    /// `inactive_threshold`, which servers from 2.9 apply to durables too.
+    pub inactive_threshold: Option<Duration>,
 }
 
 impl ConsumerSpec {
@@ -381,6 +387,7 @@ impl ConsumerSpec {
             max_deliver: None,
             backoff: Vec::new(),
             max_ack_pending: 1000,
+            inactive_threshold: None,
         }
     }
 
@@ -410,6 +417,13 @@ impl ConsumerSpec {
         self
     }
 
+    /// Removes the consumer after it has been idle for `threshold` (see
+    /// [`inactive_threshold`](Self::inactive_threshold)); must be positive.
+    pub fn inactive_threshold(mut self, threshold: Duration) -> Self {
+        self.inactive_threshold = Some(threshold);
+        self
+    }
+
     /// Checks names and settings before they reach a server.
     pub fn validate(&self) -> Result<(), TransportError> {
         check_name("stream", &self.stream)?;
@@ -423,6 +437,9 @@ impl ConsumerSpec {
         }
         if self.max_ack_pending == 0 {
             return bad("max_ack_pending must be at least 1".into());
+        }
+        if self.inactive_threshold.is_some_and(|t| t.is_zero()) {
+            return bad("inactive_threshold must be positive".into());
         }
         if !self.backoff.is_empty() {
             if self.backoff.iter().any(Duration::is_zero) {

@@ -432,6 +432,7 @@ fn consumer_config(spec: &ConsumerSpec) -> js_consumer::Config {
         replay_policy: js_consumer::ReplayPolicy::Instant,
         max_ack_pending: i64::from(spec.max_ack_pending),
         backoff: spec.backoff.clone(),
+        inactive_threshold: spec.inactive_threshold.unwrap_or_default(),
         ..Default::default()
     }
 }
@@ -553,6 +554,7 @@ impl Transport for NatsTransport {
                 let editable_differ = c.max_deliver.max(-1) != wanted.max_deliver
                     || c.max_ack_pending != wanted.max_ack_pending
                     || c.backoff != wanted.backoff
+                    || c.inactive_threshold != wanted.inactive_threshold
                     || (wanted.backoff.is_empty() && c.ack_wait != wanted.ack_wait);
                 if editable_differ {
                     let mut updated = info.config.clone();
@@ -560,6 +562,7 @@ impl Transport for NatsTransport {
                     updated.max_deliver = wanted.max_deliver;
                     updated.max_ack_pending = wanted.max_ack_pending;
                     updated.backoff = wanted.backoff.clone();
+                    updated.inactive_threshold = wanted.inactive_threshold;
                     let info = self.put_consumer(&spec.stream, &spec.durable, &updated).await?;
                     tracing::info!(stream = %spec.stream, consumer = %spec.durable, "consumer settings updated");
                     info

@@ -1022,8 +1022,16 @@ pub async fn settled_records_expire_and_are_not_resumed<T: Transport>(t: T) {
     let rec = r.status("done").await.expect("status").expect("retained");
     assert_eq!((rec.status, rec.outbox.len()), (SagaStatus::Completed, 0));
     let again = r.start("done", Order::default()).await;
-    assert!(matches!(again, Err(super::SagaError::AlreadyExists { .. })), "{again:?}");
-    assert_eq!(r.resume_saga("undone").await.map(|o| matches!(o, SagaOutcome::Compensated { .. })), Ok(true));
+    assert!(
+        matches!(again, Err(super::SagaError::AlreadyExists { .. })),
+        "{again:?}"
+    );
+    assert_eq!(
+        r.resume_saga("undone")
+            .await
+            .map(|o| matches!(o, SagaOutcome::Compensated { .. })),
+        Ok(true)
+    );
     let report = r.resume().await.expect("resume");
     assert_eq!(report.needs_attention, ["stuck"], "{report:?}");
     assert_eq!(
@@ -1077,7 +1085,10 @@ pub async fn crash_between_the_settling_writes_is_recovered<T: Transport>(t: T) 
     assert_eq!(r.active_ids().await.expect("active"), ["split"]);
     assert_eq!(r.settled_store().keys().await.expect("keys"), ["split"]);
     let again = r.start("split", Order::default()).await;
-    assert!(matches!(again, Err(super::SagaError::AlreadyExists { .. })), "{again:?}");
+    assert!(
+        matches!(again, Err(super::SagaError::AlreadyExists { .. })),
+        "{again:?}"
+    );
     let report = r.resume().await.expect("resume");
     // The active copy still had its final events in the outbox: they are published again
     // (duplicates are dropped) and the move finished.
@@ -1091,13 +1102,14 @@ pub async fn crash_between_the_settling_writes_is_recovered<T: Transport>(t: T) 
     // A settled record with an empty outbox in the active bucket (an older layout, or a crash
     // after an outbox was emptied): resume counts it as settled and moves it.
     let settled = r.settled_store().get("split").await.expect("get").expect("record");
-    r.store().put("legacy", {
-        let mut v: serde_json::Value = serde_json::from_slice(&settled.value).expect("json");
-        v["id"] = "legacy".into();
-        serde_json::to_vec(&v).expect("json").into()
-    })
-    .await
-    .expect("put");
+    r.store()
+        .put("legacy", {
+            let mut v: serde_json::Value = serde_json::from_slice(&settled.value).expect("json");
+            v["id"] = "legacy".into();
+            serde_json::to_vec(&v).expect("json").into()
+        })
+        .await
+        .expect("put");
     let report = r.resume().await.expect("resume");
     assert_eq!(report.settled, 1, "{report:?}");
     assert!(r.active_ids().await.expect("active").is_empty());

@@ -12,7 +12,12 @@
 //! ```
 //!
 //! Each expectation uses its own short-lived durable consumer (`waiter-{uuid}`), deleted when
-//! the wait ends or the expectation is dropped.
+//! the wait ends or the expectation is dropped. A process that dies first cannot delete it, so
+//! the consumer also carries an [inactive threshold](ConsumerSpec::inactive_threshold)
+//! ([`DEFAULT_INACTIVE_THRESHOLD`], set with [`Waiter::inactive_threshold`]): the server removes
+//! it once nobody has been waiting on it that long. While [`Expectation::wait`] runs, its pull
+//! keeps the consumer alive however long the timeout; the threshold only bounds the time between
+//! [`Waiter::expect`] and [`Expectation::wait`], and how long a crashed waiter's consumer lingers.
 
 use crate::envelope::Envelope;
 use crate::event::DomainEvent;
@@ -20,6 +25,11 @@ use crate::subject::{SubjectError, SubjectPattern};
 use crate::transport::{Consumer, ConsumerSpec, DeliverPolicy, StreamSpec, Transport, TransportError};
 use std::marker::PhantomData;
 use std::time::Duration;
+
+/// How long a waiter's consumer may sit with nobody waiting on it before the server removes it
+/// (5 minutes): long enough for any sensible gap between [`Waiter::expect`] and
+/// [`Expectation::wait`], short enough that consumers of crashed waiters do not pile up.
+pub const DEFAULT_INACTIVE_THRESHOLD: Duration = Duration::from_secs(300);
 
 /// Why a wait ended without the event.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,6 +54,7 @@ pub enum WaitError {
 #[derive(Debug, Clone)]
 pub struct Waiter<T: Transport> {
     transport: T,
+    inactive_threshold: Duration,
 }
 
 /// A matching event and its envelope (identity, subject, occurrence time).
@@ -58,7 +69,19 @@ pub struct Received<E> {
 impl<T: Transport> Waiter<T> {
     /// A waiter on `transport`.
     pub fn new(transport: T) -> Self {
-        Self { transport }
+        Self {
+            transport,
+            inactive_threshold: DEFAULT_INACTIVE_THRESHOLD,
+        }
+    }
+
+    /// Sets how long an expectation's consumer may be idle (nobody waiting on it) before the
+    /// server removes it; default [`DEFAULT_INACTIVE_THRESHOLD`]. An expectation waited on after
+    /// a longer gap fails with [`TransportError::ConsumerNotFound`]. A zero threshold makes
+    /// [`expect`](Self::expect) fail with [`TransportError::Invalid`].
+    pub fn inactive_threshold(mut self, threshold: Duration) -> Self {
+        self.inactive_threshold = threshold;
+        self
     }
 
     /// Starts listening for `E` events satisfying `predicate`. Events published after this
@@ -78,7 +101,8 @@ impl<T: Transport> Waiter<T> {
         let durable = format!("waiter-{}", uuid::Uuid::now_v7().simple());
         let spec = ConsumerSpec::new(stream.name.clone(), durable, SubjectPattern::new(subject.as_str())?)
             .deliver(DeliverPolicy::New)
-            .ack_wait(Duration::from_secs(30));
+            .ack_wait(Duration::from_secs(30))
+            .inactive_threshold(self.inactive_threshold);
         let consumer = self.transport.consumer(&spec).await?;
         Ok(Expectation {
             transport: self.transport.clone(),
@@ -115,6 +139,18 @@ impl<T: Transport, E, P> std::fmt::Debug for Expectation<T, E, P> {
             .field("consumer", &self.spec.durable)
             .field("filter", &self.spec.filter)
             .finish_non_exhaustive()
+    }
+}
+
+impl<T: Transport, E, P> Expectation<T, E, P> {
+    /// The stream the expectation's consumer reads.
+    pub fn stream(&self) -> &str {
+        &self.spec.stream
+    }
+
+    /// The durable name of the expectation's consumer (`waiter-{uuid}`).
+    pub fn consumer_name(&self) -> &str {
+        &self.spec.durable
     }
 }
 

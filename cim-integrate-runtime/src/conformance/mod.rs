@@ -58,6 +58,8 @@ macro_rules! conformance_tests {
                 durable_resumes_where_it_left_off,
                 consumer_conflict_and_update,
                 delete_consumer_forgets_progress,
+                inactive_consumer_is_removed,
+                crashed_waiter_leaves_no_consumer,
                 kv_create_get_update_conflict,
                 kv_delete_and_keys,
                 kv_ttl_expires_entries,
@@ -660,6 +662,115 @@ pub async fn delete_consumer_forgets_progress<T: Transport>(t: T) {
     let d = next_within(&mut c, SOON).await;
     assert_eq!((d.info().stream_sequence, d.info().delivered), (1, 1));
     d.ack().await.expect("ack");
+}
+
+/// A consumer with an inactive threshold is removed once nobody has waited on it that long; one
+/// without a threshold, or one being waited on, stays. The threshold can be added to an existing
+/// consumer.
+pub async fn inactive_consumer_is_removed<T: Transport>(t: T) {
+    let threshold = Duration::from_secs(1);
+    document_stream(&t).await;
+    publish(&t, &event("document.created", "{}")).await;
+    let err = t
+        .consumer(&spec("bad", "document.>").inactive_threshold(Duration::ZERO))
+        .await
+        .expect_err("zero threshold");
+    assert!(matches!(err, TransportError::Invalid(_)), "{err:?}");
+    t.consumer(&spec("keeper", "document.>")).await.expect("consumer");
+    {
+        let mut c = t
+            .consumer(&spec("idle", "document.>").inactive_threshold(threshold))
+            .await
+            .expect("consumer");
+        next_within(&mut c, SOON).await.ack().await.expect("ack");
+        // dropped without deleting the consumer, as by a crashed process
+    }
+    // a consumer that exists gets the threshold as an update
+    t.consumer(&spec("later", "document.>")).await.expect("consumer");
+    t.consumer(&spec("later", "document.>").inactive_threshold(threshold))
+        .await
+        .expect("threshold added");
+    let mut waiting = t
+        .consumer(&spec("waiting", "document.>").inactive_threshold(threshold))
+        .await
+        .expect("consumer");
+    next_within(&mut waiting, SOON).await.ack().await.expect("ack");
+    // waiting on it for longer than the threshold keeps it
+    none_within(&mut waiting, threshold * 4).await;
+    for gone in ["idle", "later"] {
+        let err = t.delete_consumer(STREAM, gone).await.expect_err("removed when idle");
+        assert!(
+            matches!(err, TransportError::ConsumerNotFound { .. }),
+            "{gone}: {err:?}"
+        );
+    }
+    t.delete_consumer(STREAM, "keeper").await.expect("no threshold: kept");
+    publish(&t, &event("document.updated", "{}")).await;
+    let d = next_within(&mut waiting, SOON).await;
+    assert_eq!(d.info().stream_sequence, 2);
+    d.ack().await.expect("ack");
+    t.delete_consumer(STREAM, "waiting").await.expect("waited on: kept");
+}
+
+/// The event of the waiter case.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ProbeSent {
+    /// Which probe.
+    pub n: u32,
+}
+
+impl crate::event::PayloadVersion for ProbeSent {
+    const VERSION: &'static str = "1.0";
+}
+
+impl crate::event::Versioned for ProbeSent {
+    const TYPE_NAME: &'static str = "ProbeSent";
+    const VERSIONS: &'static [&'static str] = &["1.0"];
+    fn decode_version(version: &str, payload: &[u8]) -> Result<Option<Self>, crate::event::DecodeError> {
+        crate::event::decode_oldest::<Self>("1.0", Self::TYPE_NAME, version, payload)
+    }
+}
+
+impl crate::event::DomainEvent for ProbeSent {
+    const SUBJECT: &'static str = "probe.sent";
+}
+
+/// A waiter whose process died between `expect` and the end of `wait` (the expectation is leaked,
+/// so nothing deletes its consumer) leaves no consumer behind after the inactive threshold; a
+/// waiter that waits longer than the threshold still gets its event.
+pub async fn crashed_waiter_leaves_no_consumer<T: Transport>(t: T) {
+    use crate::event::DomainEvent;
+    use crate::waiter::Waiter;
+    let threshold = Duration::from_secs(1);
+    let waiter = Waiter::new(t.clone()).inactive_threshold(threshold);
+    let crashed = waiter.expect::<ProbeSent, _>(|_| true).await.expect("expect");
+    let (stream, durable) = (crashed.stream().to_owned(), crashed.consumer_name().to_owned());
+    std::mem::forget(crashed);
+    let patient = waiter.expect::<ProbeSent, _>(|e| e.n == 2).await.expect("expect");
+    let publisher = t.clone();
+    let late = async move {
+        tokio::time::sleep(threshold * 3).await;
+        for n in [1, 2] {
+            let env = ProbeSent { n }.to_envelope().expect("encode");
+            publisher.publish_and_wait(env.into()).await.expect("publish");
+        }
+    };
+    let (received, ()) = tokio::join!(patient.wait(threshold * 8), late);
+    assert_eq!(received.expect("event after more than the threshold").event.n, 2);
+    let err = t
+        .delete_consumer(&stream, &durable)
+        .await
+        .expect_err("the crashed waiter's consumer is gone");
+    assert!(matches!(err, TransportError::ConsumerNotFound { .. }), "{err:?}");
+    let err = Waiter::new(t.clone())
+        .inactive_threshold(Duration::ZERO)
+        .expect::<ProbeSent, _>(|_| true)
+        .await
+        .expect_err("zero threshold");
+    assert!(
+        matches!(err, crate::waiter::WaitError::Transport(TransportError::Invalid(_))),
+        "{err:?}"
+    );
 }
 
 /// Key-value: create, get, compare-and-set update, conflicts.

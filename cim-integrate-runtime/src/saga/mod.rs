@@ -95,7 +95,8 @@ pub use record::{RECORD_FORMAT, SagaRecord, SagaStatus, StepRecord, StepState};
 #[cfg(feature = "testing")]
 pub use runner::{CrashPoint, FaultHook, Moment, Write};
 pub use runner::{
-    DEFAULT_LEASE, DEFAULT_RESUME_CONCURRENCY, ResumeReport, SagaError, SagaOutcome, SagaRunner, SagaRunnerBuilder,
+    DEFAULT_LEASE, DEFAULT_RESUME_CONCURRENCY, DEFAULT_SETTLED_RETENTION, ResumeReport, SagaError, SagaOutcome,
+    SagaRunner, SagaRunnerBuilder,
 };
 
 use crate::handler::{HandlerError, RetryPolicy};

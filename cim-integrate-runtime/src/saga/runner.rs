@@ -14,7 +14,7 @@
 //! | [`Write::StepCompensated`] | step `compensated`, the compensation's data changes | `step_compensated` |
 //! | [`Write::CompensationFailed`] | step `compensation_failed`, status `needs_attention` | `compensation_failed` |
 //! | [`Write::Finish`] | status `completed` / `compensated` | `completed` / `compensated` |
-//! | [`Write::Settle`] | the outbox emptied after a final write | |
+//! | [`Write::Settle`] | completed / compensated: the final record (outbox emptied) put into the settled bucket, then deleted from the active one; needs attention: the outbox emptied in place | |
 //!
 //! Events are put in the record's outbox by the write that decides them and published right
 //! after it, with message ids derived from (saga, id, event number): a crash between the write
@@ -25,6 +25,24 @@
 //! (`compensating`): on resume it runs again, with the same idempotency key, as a new attempt
 //! counted against its retry policy. That is the only case in which user code runs twice, and the
 //! key exists for it. A step or compensation whose outcome write succeeded never runs again.
+//!
+//! # Active and settled records
+//!
+//! Records live in two buckets: the *active* one (`cim_saga_{NAME}`, or
+//! [`SagaRunnerBuilder::bucket`]), which keeps records until they are moved or forgotten, and the
+//! *settled* one (`{bucket}_settled`), whose entries expire after
+//! [`SagaRunnerBuilder::settled_retention`] ([`DEFAULT_SETTLED_RETENTION`]). A saga that
+//! completed or was compensated, its events published, is moved: put into the settled bucket,
+//! then deleted from the active one. [`SagaRunner::resume`] and
+//! [`SagaRunner::needs_attention`] list only the active bucket, so their cost follows the
+//! unfinished sagas, not the history. Sagas that need attention stay active (a person must act).
+//!
+//! A crash between the two writes of the move leaves the final record in both buckets: resume
+//! finds it active with a final status and finishes the move (its steps do not run again).
+//! Records written before this layout (settled ones in the active bucket) are moved the same way
+//! by the first resume. [`SagaRunner::status`] reads the active bucket, then the settled one;
+//! [`SagaRunner::start`] refuses an id found in either, so a settled saga does not start again
+//! while it is retained.
 
 use super::context::StepContext;
 use super::events::{SAGA_EVENT_TYPE, SAGA_EVENT_VERSION, SAGA_EVENTS_DOMAIN, SagaEvent, SagaEventKind};
@@ -56,6 +74,9 @@ macro_rules! fault {
     };
 }
 
+/// How long a settled (completed or compensated) saga's record is kept: 7 days.
+pub const DEFAULT_SETTLED_RETENTION: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+
 /// How many sagas [`SagaRunner::resume`] drives at once.
 pub const DEFAULT_RESUME_CONCURRENCY: usize = 16;
 
@@ -84,7 +105,9 @@ pub enum Write {
     CompensationFailed,
     /// The final status (completed or compensated).
     Finish,
-    /// The outbox is emptied after a settled status was published.
+    /// After a final status was published: a completed or compensated saga is moved to the
+    /// settled bucket (`Before`: before the put there; `After`: between that put and the delete
+    /// from the active bucket); a saga needing attention has its outbox emptied in place.
     Settle,
     /// [`SagaRunner::retry_compensation`] resets a saga that needs attention.
     RetryCompensation,
@@ -269,7 +292,9 @@ pub struct ResumeReport {
     pub busy: Vec<String>,
     /// Stopped: another runner wrote first.
     pub lost: Vec<String>,
-    /// Already completed or compensated.
+    /// Found completed or compensated in the active bucket (a move to the settled bucket cut
+    /// short by a crash, or a record older than the settled bucket): moved now. Sagas settled
+    /// normally are no longer in the active bucket and are not counted.
     pub settled: usize,
     /// Could not be driven (corrupt record, store unreachable), with the reason.
     pub failed: Vec<(String, String)>,
@@ -300,6 +325,8 @@ struct Inner<S: Saga, T: Transport> {
     /// Publishes steps' events and the lifecycle outbox, provisioning domains first seen.
     publisher: crate::transport::Provisioner<T>,
     kv: T::KeyValue,
+    /// Settled records, expiring after the retention.
+    settled: T::KeyValue,
     instance: String,
     lease: Duration,
     /// Leases are read on the runtime's one clock, anchored at the runner's creation.
@@ -341,6 +368,7 @@ pub struct SagaRunnerBuilder<S: Saga, T: Transport> {
     instance: Option<String>,
     lease: Duration,
     bucket: Option<String>,
+    settled_retention: Duration,
     #[cfg(feature = "testing")]
     hook: Option<FaultHook>,
 }
@@ -352,6 +380,7 @@ impl<S: Saga, T: Transport> fmt::Debug for SagaRunnerBuilder<S, T> {
             .field("instance", &self.instance)
             .field("lease", &self.lease)
             .field("bucket", &self.bucket)
+            .field("settled_retention", &self.settled_retention)
             .finish_non_exhaustive()
     }
 }
@@ -371,9 +400,19 @@ impl<S: Saga, T: Transport> SagaRunnerBuilder<S, T> {
         self.lease = lease;
         self
     }
-    /// The key-value bucket; default `cim_saga_{NAME}`.
+    /// The key-value bucket of active records; default `cim_saga_{NAME}`. Settled records go to
+    /// `{bucket}_settled`.
     pub fn bucket(mut self, bucket: impl Into<String>) -> Self {
         self.bucket = Some(bucket.into());
+        self
+    }
+    /// How long the record of a completed or compensated saga is kept (in the settled bucket,
+    /// whose max age it is) before it expires; default [`DEFAULT_SETTLED_RETENTION`]. While
+    /// kept, [`SagaRunner::status`] finds it and [`SagaRunner::start`] refuses its id. At least
+    /// 100 ms. An existing settled bucket with another retention is reported by
+    /// [`build`](Self::build) ([`KvError::BucketConflict`]) and left unchanged.
+    pub fn settled_retention(mut self, retention: Duration) -> Self {
+        self.settled_retention = retention;
         self
     }
     /// Installs a fault-injection hook (tests; only with the `testing` feature).
@@ -389,6 +428,9 @@ impl<S: Saga, T: Transport> SagaRunnerBuilder<S, T> {
         check_definition::<S>(&steps)?;
         let bucket = self.bucket.unwrap_or_else(|| format!("cim_saga_{}", S::NAME));
         let t = &self.transport;
+        let settled_spec = KvSpec::new(format!("{bucket}_settled")).max_age(self.settled_retention);
+        let settled =
+            crate::transport::provision::patiently("settled saga bucket", || t.key_value(&settled_spec)).await?;
         let spec = KvSpec::new(bucket);
         let kv = crate::transport::provision::patiently("saga bucket", || t.key_value(&spec)).await?;
         let stream = StreamSpec::for_domain(SAGA_EVENTS_DOMAIN, None)?;
@@ -429,6 +471,7 @@ impl<S: Saga, T: Transport> SagaRunnerBuilder<S, T> {
                 steps,
                 publisher: crate::transport::Provisioner::new(self.transport),
                 kv,
+                settled,
                 instance,
                 lease: self.lease,
                 clock: Clock::new(),
@@ -482,6 +525,8 @@ struct Run<D> {
     rev: u64,
     /// The last write persisted a non-empty outbox (so a final status needs a settle write).
     outbox_persisted: bool,
+    /// Read from the settled bucket (`rev` is its revision there).
+    archived: bool,
 }
 
 impl<S: Saga, T: Transport> SagaRunner<S, T> {
@@ -493,6 +538,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
             instance: None,
             lease: DEFAULT_LEASE,
             bucket: None,
+            settled_retention: DEFAULT_SETTLED_RETENTION,
             #[cfg(feature = "testing")]
             hook: None,
         }
@@ -520,9 +566,14 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
     pub fn steps(&self) -> &[Step<S>] {
         &self.inner.steps
     }
-    /// The key-value bucket holding the records.
+    /// The key-value bucket holding the active records: running, compensating, needing
+    /// attention (and settled ones whose move was cut short).
     pub fn store(&self) -> &T::KeyValue {
         &self.inner.kv
+    }
+    /// The key-value bucket holding settled records until they expire.
+    pub fn settled_store(&self) -> &T::KeyValue {
+        &self.inner.settled
     }
 
     /// Starts a saga `id` (`[A-Za-z0-9_-]+`, e.g. a document id) with `data`, as the root of a new
@@ -532,7 +583,8 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
     }
 
     /// Starts a saga as caused by the message with `identity`: its correlation id becomes the
-    /// saga's. Fails with [`SagaError::AlreadyExists`] if `id` exists.
+    /// saga's. Fails with [`SagaError::AlreadyExists`] if `id` exists, active or settled (and
+    /// not yet expired).
     pub async fn start_with_identity(
         &self,
         id: &str,
@@ -567,18 +619,31 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
             round: 0,
         };
         emit(&mut rec, SagaEventKind::Started, None, None, None);
+        let exists = || SagaError::AlreadyExists { id: id.to_owned() };
+        if self.inner.settled.get(id).await?.is_some() {
+            return Err(exists());
+        }
         fault!(self, id, Write::Create, None, Before);
         let rev = match self.inner.kv.create(id, encode(&rec)?).await {
             Ok(rev) => rev,
-            Err(KvError::AlreadyExists { .. }) => return Err(SagaError::AlreadyExists { id: id.to_owned() }),
+            Err(KvError::AlreadyExists { .. }) => return Err(exists()),
             Err(e) => return Err(e.into()),
         };
         fault!(self, id, Write::Create, None, After);
+        // Settled (moved out of the active bucket) between the check above and the create:
+        // withdraw the new record. (A crash before this is caught by `resume_loaded`.)
+        if self.inner.settled.get(id).await?.is_some() {
+            if let Err(e) = self.inner.kv.delete(id, Some(rev)).await {
+                tracing::warn!(saga = S::NAME, id, error = %e, "cannot withdraw the record of a saga started twice");
+            }
+            return Err(exists());
+        }
         tracing::debug!(saga = S::NAME, id, correlation_id = %rec.identity.correlation_id, "saga started");
         let mut run = Run {
             rec,
             rev,
             outbox_persisted: true,
+            archived: false,
         };
         self.publish_outbox(&mut run).await?;
         self.drive(run).await
@@ -591,7 +656,30 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         self.resume_loaded(run).await
     }
 
-    async fn resume_loaded(&self, run: Run<S::Data>) -> Result<SagaOutcome, SagaError> {
+    async fn resume_loaded(&self, mut run: Run<S::Data>) -> Result<SagaOutcome, SagaError> {
+        if run.archived {
+            return Ok(outcome_of(&run.rec));
+        }
+        if is_final(&run.rec) && run.rec.outbox.is_empty() {
+            // Settled, but its move to the settled bucket was cut short: finish it.
+            return match self.archive(&mut run).await {
+                Ok(()) => Ok(outcome_of(&run.rec)),
+                Err(SagaError::Conflict { .. }) => Ok(SagaOutcome::Lost),
+                Err(e) => Err(e),
+            };
+        }
+        if run.rec.status == SagaStatus::Running
+            && run.rec.steps.iter().all(|s| s.state == StepState::Pending)
+            && let Some(settled) = self.load_from(&self.inner.settled, &run.rec.id, true).await?
+        {
+            // A second start of a settled saga that crashed before withdrawing its record.
+            tracing::warn!(saga = S::NAME, id = %run.rec.id, "withdrawing a second start of a settled saga");
+            return match self.inner.kv.delete(&run.rec.id, Some(run.rev)).await {
+                Ok(()) => Ok(outcome_of(&settled.rec)),
+                Err(KvError::Conflict { .. }) => Ok(SagaOutcome::Lost),
+                Err(e) => Err(e.into()),
+            };
+        }
         let rec = &run.rec;
         if rec.status.is_settled() && rec.outbox.is_empty() {
             return Ok(outcome_of(rec));
@@ -667,17 +755,27 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         ))
     }
 
-    /// Resumes one saga of the bucket: `Ok(None)` if it had settled (completed or compensated,
-    /// its events published), the outcome otherwise (a saga found needing attention included).
+    /// Resumes one saga of the active bucket: `Ok(None)` if it had settled (completed or
+    /// compensated, its events published; its move to the settled bucket is finished now), the
+    /// outcome otherwise (a saga found needing attention included).
     async fn resume_one(&self, id: &str) -> Result<Option<SagaOutcome>, SagaError> {
-        let run = self.load(id).await?;
-        if run.rec.status.is_settled() && run.rec.outbox.is_empty() {
-            return Ok((run.rec.status == SagaStatus::NeedsAttention).then(|| outcome_of(&run.rec)));
+        let Some(mut run) = self.load_from(&self.inner.kv, id, false).await? else {
+            return Err(SagaError::NotFound { id: id.to_owned() });
+        };
+        if is_final(&run.rec) && run.rec.outbox.is_empty() {
+            return match self.archive(&mut run).await {
+                Ok(()) => Ok(None),
+                Err(SagaError::Conflict { .. }) => Ok(Some(SagaOutcome::Lost)),
+                Err(e) => Err(e),
+            };
+        }
+        if run.rec.status == SagaStatus::NeedsAttention && run.rec.outbox.is_empty() {
+            return Ok(Some(outcome_of(&run.rec)));
         }
         self.resume_loaded(run).await.map(Some)
     }
 
-    /// The persisted state of saga `id`, or `None`.
+    /// The persisted state of saga `id` (active, or settled and not yet expired), or `None`.
     pub async fn status(&self, id: &str) -> Result<Option<SagaRecord<S::Data>>, SagaError> {
         match self.load(id).await {
             Ok(run) => Ok(Some(run.rec)),
@@ -687,11 +785,19 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
     }
 
     /// Deletes the record of a settled saga (completed or compensated, its lifecycle events
-    /// published), so the bucket does not grow without bound. The delete is conditional on the
-    /// record's revision: a saga another runner just wrote is left alone ([`SagaError::Conflict`]).
-    /// Run it from a periodic clean-up once the records are no longer needed for audit.
+    /// published) before its retention ends. The delete is conditional on the record's revision:
+    /// a saga another runner just wrote is left alone ([`SagaError::Conflict`]). Settled records
+    /// expire by themselves ([`SagaRunnerBuilder::settled_retention`]); this is for removing one
+    /// sooner.
     pub async fn forget(&self, id: &str) -> Result<(), SagaError> {
         let run = self.load(id).await?;
+        if run.archived {
+            return match self.inner.settled.delete(id, Some(run.rev)).await {
+                Ok(()) => Ok(()),
+                Err(KvError::Conflict { .. }) => Err(SagaError::Conflict { id: id.to_owned() }),
+                Err(e) => Err(e.into()),
+            };
+        }
         let settled =
             matches!(run.rec.status, SagaStatus::Completed | SagaStatus::Compensated) && run.rec.outbox.is_empty();
         if !settled {
@@ -701,19 +807,36 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
             });
         }
         match self.inner.kv.delete(id, Some(run.rev)).await {
-            Ok(()) => Ok(()),
-            Err(KvError::Conflict { .. }) => Err(SagaError::Conflict { id: id.to_owned() }),
-            Err(e) => Err(e.into()),
+            Ok(()) => {}
+            Err(KvError::Conflict { .. }) => return Err(SagaError::Conflict { id: id.to_owned() }),
+            Err(e) => return Err(e.into()),
         }
+        // A move cut short may have left a copy in the settled bucket.
+        if self.inner.settled.get(id).await?.is_some() {
+            self.inner.settled.delete(id, None).await?;
+        }
+        Ok(())
     }
 
-    /// The ids of every saga in the bucket, settled ones included.
+    /// The ids of every saga, active or settled (and not yet expired), sorted.
     pub async fn ids(&self) -> Result<Vec<String>, SagaError> {
-        Ok(self.inner.kv.keys().await?)
+        let mut ids = self.inner.kv.keys().await?;
+        ids.extend(self.inner.settled.keys().await?);
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids)
     }
 
-    /// Every saga that needs attention (a compensation failed for good). Unreadable records are
-    /// skipped with a warning.
+    /// The ids of the active sagas: running, compensating or needing attention (the ones
+    /// [`resume`](Self::resume) reads), sorted.
+    pub async fn active_ids(&self) -> Result<Vec<String>, SagaError> {
+        let mut ids = self.inner.kv.keys().await?;
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    /// Every saga that needs attention (a compensation failed for good), from the active bucket.
+    /// Unreadable records are skipped with a warning.
     pub async fn needs_attention(&self) -> Result<Vec<SagaRecord<S::Data>>, SagaError> {
         let mut out = Vec::new();
         for id in self.inner.kv.keys().await? {
@@ -799,14 +922,49 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         })
     }
 
+    /// The record of `id`: from the active bucket, else from the settled one.
     async fn load(&self, id: &str) -> Result<Run<S::Data>, SagaError> {
         check_id(id)?;
-        let entry = self
-            .inner
-            .kv
-            .get(id)
+        if let Some(run) = self.load_from(&self.inner.kv, id, false).await? {
+            return Ok(run);
+        }
+        // The settled bucket is written before the active record is deleted, so a record
+        // missing from the active bucket is found here unless it expired or was forgotten.
+        self.load_from(&self.inner.settled, id, true)
             .await?
-            .ok_or_else(|| SagaError::NotFound { id: id.to_owned() })?;
+            .ok_or_else(|| SagaError::NotFound { id: id.to_owned() })
+    }
+
+    /// Moves a completed or compensated saga whose events are published to the settled
+    /// bucket: puts the final record there, then deletes it from the active bucket (conditional
+    /// on its revision). A crash between the two leaves it in both; resume finishes the move.
+    async fn archive(&self, run: &mut Run<S::Data>) -> Result<(), SagaError> {
+        let id = run.rec.id.clone();
+        fault!(self, &id, Write::Settle, None, Before);
+        run.rec.outbox.clear();
+        let bytes = encode(&run.rec)?;
+        let settled_rev = self.inner.settled.put(&id, bytes).await?;
+        fault!(self, &id, Write::Settle, None, After);
+        match self.inner.kv.delete(&id, Some(run.rev)).await {
+            Ok(()) => {}
+            Err(KvError::Conflict { .. }) => {
+                tracing::info!(saga = S::NAME, %id, "another runner wrote the saga before it was moved; stopping");
+                return Err(SagaError::Conflict { id });
+            }
+            Err(e) => return Err(e.into()),
+        }
+        run.rev = settled_rev;
+        run.archived = true;
+        run.outbox_persisted = false;
+        Ok(())
+    }
+
+    /// The record of `id` in `kv`, if any (`archived`: `kv` is the settled bucket).
+    async fn load_from(&self, kv: &T::KeyValue, id: &str, archived: bool) -> Result<Option<Run<S::Data>>, SagaError> {
+        check_id(id)?;
+        let Some(entry) = kv.get(id).await? else {
+            return Ok(None);
+        };
         let corrupt = |reason: String| SagaError::Corrupt {
             id: id.to_owned(),
             reason,
@@ -821,11 +979,12 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
             return Err(corrupt(format!("its steps {names:?} differ from this saga's {ours:?}")));
         }
         let outbox_persisted = !rec.outbox.is_empty();
-        Ok(Run {
+        Ok(Some(Run {
             rec,
             rev: entry.revision,
             outbox_persisted,
-        })
+            archived,
+        }))
     }
 
     #[cfg(feature = "testing")]
@@ -930,7 +1089,14 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
                         self.persist(run, Write::Finish, None, Duration::ZERO).await?;
                     }
                 },
-                SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::NeedsAttention => {
+                SagaStatus::Completed | SagaStatus::Compensated => {
+                    self.publish_outbox(run).await?;
+                    self.archive(run).await?;
+                    let outcome = outcome_of(&run.rec);
+                    tracing::debug!(saga = S::NAME, id = %run.rec.id, ?outcome, "saga settled");
+                    return Ok(outcome);
+                }
+                SagaStatus::NeedsAttention => {
                     if run.outbox_persisted {
                         self.publish_outbox(run).await?;
                         self.persist(run, Write::Settle, None, Duration::ZERO).await?;
@@ -1246,6 +1412,11 @@ fn outcome_of<D>(rec: &SagaRecord<D>) -> SagaOutcome {
             owner: rec.owner.clone(),
         },
     }
+}
+
+/// Completed or compensated: the statuses whose records move to the settled bucket.
+fn is_final<D>(rec: &SagaRecord<D>) -> bool {
+    matches!(rec.status, SagaStatus::Completed | SagaStatus::Compensated)
 }
 
 fn check_id(id: &str) -> Result<(), SagaError> {

@@ -11,6 +11,9 @@
 //!   messages; unacknowledged deliveries come back after the ack wait (or the back-off delay),
 //!   naks come back after their delay, and after `max_deliver` deliveries a message is dropped
 //!   from the consumer; redeliveries are served before new messages;
+//! - a consumer with an [inactive threshold](ConsumerSpec::inactive_threshold) is removed once
+//!   it has been idle that long: nobody waiting in [`Consumer::next`] and no delivery awaiting
+//!   its acknowledgement (an unacknowledged delivery counts as activity until its ack wait ends);
 //! - key-value buckets have bucket-wide revisions, compare-and-set, tombstones and a TTL;
 //! - a request reaches one member of every queue group serving its subject (round robin),
 //!   [`TransportError::NoResponders`] if there is none, and times out if nobody answers.
@@ -136,6 +139,28 @@ struct ConsumerState {
     delivery_seq: u64,
     /// Delivered, not yet acknowledged or terminated: stream sequence -> state.
     pending: BTreeMap<u64, Pending>,
+    /// Calls of [`Consumer::next`] waiting on this consumer now.
+    waiting: usize,
+    /// The last activity: creation, the end of a wait, an acknowledgement.
+    active_at: Instant,
+}
+
+impl ConsumerState {
+    /// `true` if the consumer has an inactive threshold and has been idle longer.
+    fn inactive(&self, now: Instant) -> bool {
+        let Some(threshold) = self.spec.inactive_threshold else {
+            return false;
+        };
+        if self.waiting > 0 {
+            return false;
+        }
+        let last = self
+            .pending
+            .values()
+            .map(|p| p.redeliver_at)
+            .fold(self.active_at, Instant::max);
+        last + threshold <= now
+    }
 }
 
 struct Pending {
@@ -153,8 +178,16 @@ impl StreamState {
         self.messages.front().map_or(self.last_seq + 1, |m| m.seq)
     }
 
-    /// Drops messages past the stream's max age and duplicate ids past the window.
+    /// Drops messages past the stream's max age, duplicate ids past the window and consumers
+    /// idle past their inactive threshold.
     fn expire(&mut self, spec: &StreamSpec, now: Instant) {
+        self.consumers.retain(|name, c| {
+            let keep = !c.inactive(now);
+            if !keep {
+                tracing::debug!(stream = %spec.name, consumer = %name, "inactive consumer removed");
+            }
+            keep
+        });
         if let Some(age) = spec.max_age {
             while self.messages.front().is_some_and(|m| m.stored_at + age <= now) {
                 self.messages.pop_front();
@@ -397,7 +430,9 @@ impl Transport for MemoryTransport {
                 stream: spec.stream.clone(),
             })?;
         let name: Arc<str> = Arc::from(spec.durable.as_str());
+        let now = Instant::now();
         let mut st = lock(&stream.state);
+        st.expire(&stream.spec, now);
         let first_new = st.last_seq + 1;
         match st.consumers.get_mut(&name) {
             Some(existing) => {
@@ -409,6 +444,7 @@ impl Transport for MemoryTransport {
                     });
                 }
                 existing.spec = spec.clone();
+                existing.active_at = now;
             }
             None => {
                 let next_seq = match spec.deliver {
@@ -422,6 +458,8 @@ impl Transport for MemoryTransport {
                         next_seq,
                         delivery_seq: 0,
                         pending: BTreeMap::new(),
+                        waiting: 0,
+                        active_at: now,
                     },
                 );
             }
@@ -436,7 +474,11 @@ impl Transport for MemoryTransport {
             consumer: durable.to_owned(),
         };
         let s = self.stream_named(stream).ok_or_else(not_found)?;
-        let removed = lock(&s.state).consumers.remove(durable);
+        let removed = {
+            let mut st = lock(&s.state);
+            st.expire(&s.spec, Instant::now());
+            st.consumers.remove(durable)
+        };
         s.changed.notify_waiters();
         removed.map(|_| ()).ok_or_else(not_found)
     }
@@ -579,6 +621,7 @@ impl Consumer for MemoryConsumer {
     type Acker = MemoryAcker;
 
     async fn next(&mut self) -> Result<Delivery<MemoryAcker>, TransportError> {
+        let _waiting = Waiting::enter(&self.stream, &self.name);
         loop {
             let changed = self.stream.changed.notified();
             tokio::pin!(changed);
@@ -599,6 +642,40 @@ impl Consumer for MemoryConsumer {
                 }
                 Step::Wait(None) => changed.await,
             }
+        }
+    }
+}
+
+/// Counts a call of [`Consumer::next`] as waiting on its consumer while it lasts (so an inactive
+/// threshold does not remove a consumer someone waits on); its end is the consumer's last
+/// activity.
+struct Waiting {
+    stream: Arc<MemStream>,
+    name: Arc<str>,
+}
+
+impl Waiting {
+    fn enter(stream: &Arc<MemStream>, name: &Arc<str>) -> Self {
+        {
+            let mut st = lock(&stream.state);
+            st.expire(&stream.spec, Instant::now());
+            if let Some(c) = st.consumers.get_mut(name) {
+                c.waiting += 1;
+            }
+        }
+        Self {
+            stream: stream.clone(),
+            name: name.clone(),
+        }
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        let mut st = lock(&self.stream.state);
+        if let Some(c) = st.consumers.get_mut(&self.name) {
+            c.waiting = c.waiting.saturating_sub(1);
+            c.active_at = Instant::now();
         }
     }
 }
@@ -624,7 +701,9 @@ impl MemoryAcker {
         {
             let mut st = lock(&self.stream.state);
             if let Some(c) = st.consumers.get_mut(&self.consumer) {
-                f(c, Instant::now());
+                let now = Instant::now();
+                c.active_at = now;
+                f(c, now);
             }
         }
         self.stream.changed.notify_waiters();

@@ -436,6 +436,12 @@ pub struct ConsumerSpec {
     pub replicas: Option<u8>,
     /// Storage of the consumer's state; `None` follows its stream.
     pub storage: Option<Storage>,
+    /// Remove the consumer once it has been idle this long: nobody waiting in
+    /// [`Consumer::next`] (JetStream: no pull request waiting) and no delivery outstanding. For
+    /// consumers whose owner may vanish without deleting them (a crashed process). `None`
+    /// (the default) keeps the consumer until it is deleted. JetStream: the consumer's
+    /// `inactive_threshold`, which servers from 2.9 apply to durables too.
+    pub inactive_threshold: Option<Duration>,
 }
 
 impl ConsumerSpec {
@@ -453,6 +459,7 @@ impl ConsumerSpec {
             max_ack_pending: 1000,
             replicas: None,
             storage: None,
+            inactive_threshold: None,
         }
     }
 
@@ -487,6 +494,13 @@ impl ConsumerSpec {
         self
     }
 
+    /// Removes the consumer after it has been idle for `threshold` (see
+    /// [`inactive_threshold`](Self::inactive_threshold)); must be positive.
+    pub fn inactive_threshold(mut self, threshold: Duration) -> Self {
+        self.inactive_threshold = Some(threshold);
+        self
+    }
+
     /// Checks names and settings before they reach a server.
     pub fn validate(&self) -> Result<(), TransportError> {
         check_name("stream", &self.stream)?;
@@ -505,6 +519,9 @@ impl ConsumerSpec {
             && !(1..=deploy::MAX_REPLICAS).contains(&r)
         {
             return bad(format!("replicas must be 1-{}, got {r}", deploy::MAX_REPLICAS));
+        }
+        if self.inactive_threshold.is_some_and(|t| t.is_zero()) {
+            return bad("inactive_threshold must be positive".into());
         }
         if !self.backoff.is_empty() {
             if self.backoff.iter().any(Duration::is_zero) {

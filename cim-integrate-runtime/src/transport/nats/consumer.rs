@@ -96,10 +96,18 @@ impl NatsConsumer {
         }
     }
 
+    /// After trouble: a short pause growing to 1 s. A leader election takes seconds; the pull
+    /// must be back as soon as the new leader is, not a long back-off later.
     async fn pause(&mut self) {
         self.failures = self.failures.saturating_add(1);
-        let ms = 50u64.saturating_mul(1 << self.failures.min(6)).min(2_000);
+        let ms = 100u64.saturating_mul(u64::from(self.failures.min(10))).min(1_000);
         tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+
+    /// Whether to ask the server if the consumer still exists: not on every hiccup (during an
+    /// election the question itself waits for a timeout), but every few failures in a row.
+    fn should_check(&self) -> bool {
+        self.failures % 5 == 4
     }
 
     fn delivery(&self, message: async_nats::jetstream::Message) -> Result<Delivery<NatsAcker>, String> {
@@ -144,7 +152,9 @@ impl Consumer for NatsConsumer {
                     Ok(m) => self.messages.insert(m),
                     Err(e) => {
                         tracing::warn!(consumer = %self.durable, error = %e, "pull not started; retrying");
-                        self.check_exists().await?;
+                        if self.should_check() {
+                            self.check_exists().await?;
+                        }
                         self.pause().await;
                         continue;
                     }
@@ -176,7 +186,9 @@ impl Consumer for NatsConsumer {
                     _ => {
                         tracing::warn!(consumer = %self.durable, error = %e, "pull interrupted; restarting it");
                         self.messages = None;
-                        self.check_exists().await?;
+                        if self.should_check() {
+                            self.check_exists().await?;
+                        }
                         self.pause().await;
                     }
                 },

@@ -478,6 +478,7 @@ fn consumer_config(spec: &ConsumerSpec) -> js_consumer::Config {
         backoff: spec.backoff.clone(),
         num_replicas: spec.replicas.map_or(0, usize::from),
         memory_storage: spec.storage == Some(Storage::Memory),
+        inactive_threshold: spec.inactive_threshold.unwrap_or_default(),
         ..Default::default()
     }
 }
@@ -612,6 +613,7 @@ impl Transport for NatsTransport {
                 let editable_differ = c.max_deliver.max(-1) != wanted.max_deliver
                     || c.max_ack_pending != wanted.max_ack_pending
                     || c.backoff != wanted.backoff
+                    || c.inactive_threshold != wanted.inactive_threshold
                     || (wanted.backoff.is_empty() && c.ack_wait != wanted.ack_wait);
                 if editable_differ {
                     let mut updated = info.config.clone();
@@ -619,6 +621,7 @@ impl Transport for NatsTransport {
                     updated.max_deliver = wanted.max_deliver;
                     updated.max_ack_pending = wanted.max_ack_pending;
                     updated.backoff = wanted.backoff.clone();
+                    updated.inactive_threshold = wanted.inactive_threshold;
                     let info = self.put_consumer(&spec.stream, &spec.durable, &updated).await?;
                     tracing::info!(stream = %spec.stream, consumer = %spec.durable, "consumer settings updated");
                     info

@@ -106,7 +106,8 @@ pub struct NatsOptions {
     ///
     /// [`Consumer::next`]: crate::transport::Consumer::next
     pub pull_batch: usize,
-    /// Idle heartbeat of pull requests: a consumer that misses two reconnects its pulls.
+    /// Idle heartbeat of pull requests: a consumer that misses two restarts its pull (after a
+    /// consumer leader moves, this is how soon the pull finds the new leader; 1 s by default).
     pub pull_heartbeat: Duration,
     /// Expiry of each pull request.
     pub pull_expires: Duration,
@@ -164,7 +165,7 @@ impl NatsOptions {
             request_timeout: Duration::from_secs(5),
             publish_retries: 3,
             pull_batch: 100,
-            pull_heartbeat: Duration::from_secs(2),
+            pull_heartbeat: Duration::from_secs(1),
             pull_expires: Duration::from_secs(30),
             js_domain: None,
             deployment: crate::transport::Deployment::default(),

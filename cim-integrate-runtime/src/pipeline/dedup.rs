@@ -25,8 +25,9 @@ const MARK_BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration:
 /// successful run it writes the mark, retrying in place (the delivery kept alive) while the
 /// store is unreachable: the acknowledgement waits for the mark.
 ///
-/// Copies of one message id in flight at once are single-flighted (see the
-/// [module documentation](self)).
+/// Copies of one message id in flight at once on this handler (in this process) are
+/// single-flighted: the second waits, kept alive, until the first has written its mark or failed,
+/// then checks the mark (a duplicate if the first succeeded, a run if it failed).
 pub struct Dedup<D> {
     pub(crate) inner: D,
     pub(crate) store: Arc<dyn DedupStore>,

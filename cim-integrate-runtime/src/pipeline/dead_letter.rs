@@ -160,3 +160,167 @@ fn header_safe(s: &str) -> String {
         .take(1000)
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::{Envelope, EnvelopeError};
+    use crate::pipeline::Received;
+    use crate::transport::{DeliveryInfo, PublishAck, TransportError};
+    use futures::future::BoxFuture;
+    use std::sync::Mutex;
+
+    struct Raw {
+        headers: Headers,
+        payload: bytes::Bytes,
+        info: DeliveryInfo,
+    }
+
+    impl Received for Raw {
+        fn subject(&self) -> &str {
+            "document.created"
+        }
+        fn headers(&self) -> &Headers {
+            &self.headers
+        }
+        fn payload(&self) -> &bytes::Bytes {
+            &self.payload
+        }
+        fn info(&self) -> Option<&DeliveryInfo> {
+            Some(&self.info)
+        }
+        fn in_progress(&self) -> BoxFuture<'_, Result<(), TransportError>> {
+            Box::pin(std::future::ready(Ok(())))
+        }
+        fn envelope(&self) -> Result<Envelope, EnvelopeError> {
+            Envelope::from_received(
+                "document.created",
+                &self.headers,
+                self.payload.clone(),
+                &Default::default(),
+            )
+        }
+    }
+
+    /// Refuses (with `refuse`) every letter that `refused` picks; keeps the others.
+    struct Store {
+        refused: fn(&OutboundMessage) -> Option<TransportError>,
+        kept: Mutex<Vec<OutboundMessage>>,
+    }
+
+    impl DynPublish for Store {
+        fn publish_and_wait(&self, m: OutboundMessage) -> BoxFuture<'static, Result<PublishAck, TransportError>> {
+            let result = match (self.refused)(&m) {
+                Some(e) => Err(e),
+                None => {
+                    self.kept.lock().unwrap().push(m);
+                    Ok(PublishAck {
+                        stream: "DEAD_LETTERS".into(),
+                        sequence: 1,
+                        duplicate: false,
+                    })
+                }
+            };
+            Box::pin(std::future::ready(result))
+        }
+    }
+
+    struct Fails;
+    impl Dispatch for Fails {
+        async fn dispatch(&self, _msg: &mut Message<'_>) -> Outcome {
+            Outcome::dead_letter_permanent("bad")
+        }
+    }
+
+    async fn dead_letter(refused: fn(&OutboundMessage) -> Option<TransportError>) -> (Outcome, Vec<OutboundMessage>) {
+        let mut headers = Headers::new();
+        headers.insert("X-Tenant", "acme").unwrap();
+        let raw = Raw {
+            headers,
+            payload: bytes::Bytes::from_static(b"0123456789"),
+            info: DeliveryInfo {
+                stream: "DOCUMENT_EVENTS".into(),
+                consumer: "w".into(),
+                stream_sequence: 7,
+                consumer_sequence: 1,
+                delivered: 1,
+                published: Timestamp::now(),
+            },
+        };
+        let store = Arc::new(Store {
+            refused,
+            kept: Mutex::new(Vec::new()),
+        });
+        let layer = DeadLetter {
+            inner: Fails,
+            publisher: store.clone(),
+            subject: Subject::new("dlq.set.w").unwrap(),
+            handler: "set-w".into(),
+        };
+        let mut msg = Message::new(&raw, raw.envelope());
+        let outcome = layer.dispatch(&mut msg).await;
+        let kept = store.kept.lock().unwrap().clone();
+        (outcome, kept)
+    }
+
+    fn too_large(m: &OutboundMessage) -> Option<TransportError> {
+        (!m.payload.is_empty()).then_some(TransportError::PayloadTooLarge { size: 2, max: 1 })
+    }
+
+    #[tokio::test]
+    async fn a_letter_over_the_limit_is_stored_without_payload() {
+        let (outcome, kept) = dead_letter(too_large).await;
+        assert!(matches!(outcome, Outcome::DeadLettered { .. }), "{outcome:?}");
+        let h = &kept[0].headers;
+        assert!(kept[0].payload.is_empty());
+        assert_eq!(h.get(DEAD_LETTER_PAYLOAD_OMITTED), Some("10"));
+        assert_eq!(h.get("X-Tenant"), Some("acme"));
+        assert_eq!(
+            (h.get(DEAD_LETTER_STREAM), h.get(DEAD_LETTER_SEQUENCE)),
+            (Some("DOCUMENT_EVENTS"), Some("7"))
+        );
+    }
+
+    #[tokio::test]
+    async fn refused_headers_are_left_out_too() {
+        let (outcome, kept) = dead_letter(|m| {
+            too_large(m).or_else(|| {
+                m.headers
+                    .get("X-Tenant")
+                    .map(|_| TransportError::Invalid("header".into()))
+            })
+        })
+        .await;
+        assert!(matches!(outcome, Outcome::DeadLettered { .. }), "{outcome:?}");
+        let h = &kept[0].headers;
+        assert_eq!(h.get("X-Tenant"), None);
+        assert_eq!(h.get(DEAD_LETTER_HEADERS_OMITTED), Some("1"));
+        assert_eq!(h.get(DEAD_LETTER_SEQUENCE), Some("7"));
+    }
+
+    #[tokio::test]
+    async fn a_letter_never_storable_terminates_and_an_unreachable_store_defers() {
+        let (outcome, kept) = dead_letter(|_| Some(TransportError::Invalid("subject".into()))).await;
+        assert!(kept.is_empty());
+        match outcome {
+            Outcome::DeadLettered { reason, .. } => assert!(reason.contains("DOCUMENT_EVENTS #7"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        let (outcome, _) = dead_letter(|_| {
+            Some(TransportError::NoStream {
+                subject: "dlq.set.w".into(),
+            })
+        })
+        .await;
+        assert!(
+            matches!(
+                outcome,
+                Outcome::Deferred {
+                    cause: Deferral::Unavailable,
+                    ..
+                }
+            ),
+            "{outcome:?}"
+        );
+    }
+}

@@ -11,6 +11,7 @@ use super::{Deferral, Dispatch, Message, Outcome};
 use crate::dedup::DedupStore;
 use crate::id::MessageId;
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -122,30 +123,27 @@ impl InFlight {
 
     /// Enters `id` if nobody works on it; `None` if a copy of it is in flight.
     pub(crate) fn try_enter(&self, id: MessageId) -> Option<Flight<'_>> {
-        let mut ids = self.lock();
-        if ids.contains_key(&id) {
-            return None;
+        match self.lock().entry(id) {
+            Entry::Occupied(_) => None,
+            Entry::Vacant(free) => {
+                free.insert(false);
+                Some(Flight { map: self, id })
+            }
         }
-        ids.insert(id, false);
-        Some(Flight { map: self, id })
     }
 
     /// Enters `id`, waiting while a copy of it is in flight.
     pub(crate) async fn enter(&self, id: MessageId) -> Flight<'_> {
         loop {
+            // Created before the map is read: `notify_waiters` reaches it from now on, so a
+            // leave between the read and the wait is not missed.
             let notified = self.left.notified();
-            let mut notified = std::pin::pin!(notified);
-            {
-                let mut ids = self.lock();
-                match ids.get_mut(&id) {
-                    None => {
-                        ids.insert(id, false);
-                        return Flight { map: self, id };
-                    }
-                    Some(waited) => *waited = true,
+            match self.lock().entry(id) {
+                Entry::Vacant(free) => {
+                    free.insert(false);
+                    return Flight { map: self, id };
                 }
-                // Registered before the lock is released, so a leave in between is not missed.
-                notified.as_mut().enable();
+                Entry::Occupied(mut busy) => *busy.get_mut() = true,
             }
             notified.await;
         }

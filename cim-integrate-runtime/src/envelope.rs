@@ -22,8 +22,11 @@
 //!   sequence, which every redelivery repeats; else (a core message outside any stream) a UUID v5
 //!   derived from subject and payload. Derived ids are never random, so handler de-duplication
 //!   stays stable across redeliveries. Their UUID version (5, never 7) marks them as derived.
-//! - correlation id and causation id: the header if it is a UUID, else the message id (the
-//!   message is treated as a root).
+//!   The nil UUID (`00000000-0000-0000-0000-000000000000`) and the max UUID (`ffffffff-...`) are
+//!   placeholders (a foreign publisher's unset field), not ids: a header carrying one counts as
+//!   absent, so unrelated messages carrying it are not taken for copies of one message.
+//! - correlation id and causation id: the header if it is a UUID (not nil or max), else the
+//!   message id (the message is treated as a root).
 //! - event type and version: the header if present, else `None`.
 //! - occurred at: the header if it is RFC 3339, else the time the stream stored the message, else
 //!   the time it was received.
@@ -208,7 +211,7 @@ impl Envelope {
             subject: subject.chars().take(128).collect(),
             error,
         })?;
-        let uuid_header = |name| headers.get(name).and_then(|v| Uuid::try_parse(v.trim()).ok());
+        let uuid_header = |name| headers.get(name).and_then(id_in);
         let mut derived = false;
         let message_id = match uuid_header(headers::MESSAGE_ID).or_else(|| uuid_header(headers::NATS_MSG_ID)) {
             Some(id) => MessageId::from_uuid(id),
@@ -248,10 +251,24 @@ impl Envelope {
     }
 }
 
+/// The id an identity header carries: a UUID, but neither the nil nor the max UUID, which are
+/// placeholders (a foreign publisher's unset field) and would make unrelated messages one.
+fn id_in(value: &str) -> Option<Uuid> {
+    Uuid::try_parse(value.trim())
+        .ok()
+        .filter(|u| !u.is_nil() && !u.is_max())
+}
+
+/// `true` for the nil or the max UUID: a value that names no message.
+fn is_placeholder(value: &str) -> bool {
+    Uuid::try_parse(value.trim()).is_ok_and(|u| u.is_nil() || u.is_max())
+}
+
 /// The id of a foreign message without one (a wire contract: the formats are listed in
 /// [`crate::id`]).
 pub(crate) fn derive_id(subject: &Subject, headers: &Headers, payload: &[u8], from: &ReceivedFrom) -> Uuid {
-    if let Some(msg_id) = headers.get(headers::NATS_MSG_ID) {
+    // A nil or max UUID names no message: as if there were no `Nats-Msg-Id`.
+    if let Some(msg_id) = headers.get(headers::NATS_MSG_ID).filter(|v| !is_placeholder(v)) {
         return derived_uuid(&[b"nats-msg-id", msg_id.as_bytes()]);
     }
     if let (Some(stream), Some(seq)) = (&from.stream, from.stream_sequence) {
@@ -334,6 +351,32 @@ mod tests {
         assert!(e.is_derived());
         assert_eq!(e.occurred(), published);
         assert_eq!(e.correlation_id().into_uuid(), e.message_id().into_uuid());
+    }
+
+    #[test]
+    fn nil_and_max_ids_count_as_absent() {
+        for placeholder in [Uuid::nil(), Uuid::max()] {
+            let mut h = Headers::new();
+            h.insert(headers::MESSAGE_ID, placeholder.to_string()).unwrap();
+            h.insert(headers::NATS_MSG_ID, placeholder.to_string()).unwrap();
+            h.insert(headers::CORRELATION_ID, placeholder.to_string()).unwrap();
+            let a = Envelope::from_received("a.b", &h, Bytes::new(), &from_stream(1)).unwrap();
+            let b = Envelope::from_received("a.b", &h, Bytes::new(), &from_stream(2)).unwrap();
+            assert!(a.is_derived());
+            assert_ne!(
+                a.message_id(),
+                b.message_id(),
+                "{placeholder}: two stored messages, two ids"
+            );
+            assert_ne!(a.message_id().into_uuid(), placeholder);
+            assert_eq!(a.correlation_id().into_uuid(), a.message_id().into_uuid());
+            let none = Envelope::from_received("a.b", &Headers::new(), Bytes::new(), &from_stream(1)).unwrap();
+            assert_eq!(
+                a.message_id(),
+                none.message_id(),
+                "derived as for a message without an id"
+            );
+        }
     }
 
     #[test]

@@ -13,7 +13,8 @@
 //!
 //! | id | parts given to [`derived_uuid`] | layout |
 //! | --- | --- | --- |
-//! | message published while handling one ([`Identity::derived_child`]): handler publishes, process outboxes, saga lifecycle events (scope `saga/{saga}/{id}`, `n` = event number) | `{parent message id}`, `{scope}`, `{n}` | v7, timestamp = the parent's occurrence (saga: its start) |
+//! | message published by a handler through its context ([`Identity::stable_child`]) | `{parent message id}`, `{scope}`, `{n}` | v7, timestamp = the one in the parent's id (v7, v6, v1), else the Unix epoch |
+//! | process outboxes, saga lifecycle events ([`Identity::derived_child`]; saga: scope `saga/{saga}/{id}`, `n` = event number) | `{parent message id}`, `{scope}`, `{n}` | v7, timestamp = the parent's occurrence (saga: its start); both are stored in the record with the queued message |
 //! | a foreign message's id from its `Nats-Msg-Id` ([`crate::envelope`]) | `nats-msg-id`, `{Nats-Msg-Id}` | v5 |
 //! | a foreign message's id from its stream position | `stream`, `{stream}`, `{sequence}` | v5 |
 //! | a foreign core-NATS message's id | `core`, `{subject}`, `{payload bytes}` | v5 |
@@ -237,11 +238,28 @@ impl Identity {
     /// JetStream's duplicate window drops the re-publish. The id keeps the UUID v7 layout, with
     /// `at` (the parent's occurrence time) as its timestamp.
     pub fn derived_child(&self, scope: &str, n: u32, at: crate::Timestamp) -> Self {
+        self.derived_child_at(scope, n, u64::try_from(at.unix_millis()).unwrap_or(0))
+    }
+
+    /// Like [`derived_child`](Self::derived_child), but everything in the id comes from this
+    /// message's id, `scope` and `n`, nothing from when or how it was delivered: the timestamp
+    /// of the UUID v7 layout is the one in this message's id (a v7, v6 or v1 id), else the Unix
+    /// epoch (a v4 or derived v5 id carries no time). Two deliveries of one message, even two
+    /// stored copies of it with different stream times and no `X-Occurred-At`, give the same
+    /// child ids, so JetStream's duplicate window drops the second publish.
+    pub fn stable_child(&self, scope: &str, n: u32) -> Self {
+        let millis = self.message_id.as_uuid().get_timestamp().map_or(0, |t| {
+            let (secs, nanos) = t.to_unix();
+            secs.saturating_mul(1000).saturating_add(u64::from(nanos / 1_000_000))
+        });
+        self.derived_child_at(scope, n, millis)
+    }
+
+    fn derived_child_at(&self, scope: &str, n: u32, millis: u64) -> Self {
         let parent = self.message_id.to_string();
         let hash = derived_uuid(&[parent.as_bytes(), scope.as_bytes(), n.to_string().as_bytes()]);
         let mut random = [0u8; 10];
         random.copy_from_slice(&hash.as_bytes()[6..16]);
-        let millis = u64::try_from(at.unix_millis()).unwrap_or(0);
         let id = uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid();
         Self {
             message_id: MessageId::from_uuid(id),
@@ -289,6 +307,26 @@ mod tests {
         assert_eq!(a.message_id.as_uuid().get_version_num(), 7);
         assert_eq!(a.correlation_id, root.correlation_id);
         assert_eq!(a.causation_id.into_uuid(), root.message_id.into_uuid());
+    }
+
+    #[test]
+    fn stable_children_ignore_delivery_time() {
+        let root = Identity::root();
+        let a = root.stable_child("workflow-on_created", 0);
+        assert_eq!(a, root.stable_child("workflow-on_created", 0));
+        assert_ne!(a.message_id, root.stable_child("workflow-on_created", 1).message_id);
+        assert_eq!(a.message_id.as_uuid().get_version_num(), 7);
+        // The child's timestamp is the parent's (a v7 id).
+        assert_eq!(
+            a.message_id.as_uuid().get_timestamp(),
+            root.message_id.as_uuid().get_timestamp()
+        );
+        // A parent id without a time (a derived v5 id): the epoch, still stable.
+        let foreign = Identity::root_from(MessageId::from_uuid(derived_uuid(&[b"stream", b"S", b"1"])));
+        let b = foreign.stable_child("h", 0);
+        assert_eq!(b, foreign.stable_child("h", 0));
+        assert_eq!(b.message_id.as_uuid().get_version_num(), 7);
+        assert_eq!(b.causation_id.into_uuid(), foreign.message_id.into_uuid());
     }
 
     /// Derived ids are persisted (process and saga records) and on the wire (`Nats-Msg-Id`):

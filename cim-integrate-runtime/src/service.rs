@@ -10,8 +10,10 @@
 //! 3. your layers ([`ServiceBuilder::layer`]);
 //! 4. `dead letter`: what cannot be handled is stored on `dlq.{set}.{handler}` (original payload
 //!    and headers, plus `X-Dead-Letter-*` headers: reason, handler, subject, stream, sequence,
-//!    delivery count, time) before the original is terminated; if it cannot be stored, the message
-//!    is redelivered later;
+//!    delivery count, time) before the original is terminated; if it cannot be stored for now,
+//!    the message is redelivered later; if it never can be as it is (a copy over the payload
+//!    limit), it is stored without the payload (`X-Dead-Letter-Payload-Omitted`: its size),
+//!    pointing at the original by stream and sequence;
 //! 5. `type filter`: a typed handler skips other event types its pattern matches; a message
 //!    without a valid envelope is dead-lettered;
 //! 6. `dedup`: a message this handler already handled is acknowledged without running it (the
@@ -89,6 +91,13 @@ pub const DEAD_LETTER_DELIVERIES: &str = "X-Delivery-Count";
 pub const DEAD_LETTER_AT: &str = "X-Dead-Letter-At";
 /// Header: the original `Nats-Msg-Id`, if it had one (the dead letter gets its own).
 pub const DEAD_LETTER_ORIGINAL_MSG_ID: &str = "X-Dead-Letter-Original-Msg-Id";
+/// Header: the dead letter carries no payload, because the original's payload with the dead
+/// letter's headers is over the server's limit; the value is the payload's size in bytes. The
+/// original stays in its stream: [`DEAD_LETTER_STREAM`], [`DEAD_LETTER_SEQUENCE`].
+pub const DEAD_LETTER_PAYLOAD_OMITTED: &str = "X-Dead-Letter-Payload-Omitted";
+/// Header: the dead letter carries none of the original's headers either (they alone could not
+/// be stored); the value is how many there were.
+pub const DEAD_LETTER_HEADERS_OMITTED: &str = "X-Dead-Letter-Headers-Omitted";
 
 /// The dead-letter stream's name (before any deployment prefix).
 pub const DEAD_LETTER_STREAM_NAME: &str = "DEAD_LETTERS";
@@ -646,6 +655,7 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
                     store: dedup,
                     key: handler.clone(),
                     ack_wait: options.ack_wait,
+                    in_flight: crate::pipeline::dedup::InFlight::with_capacity(concurrency_of(options)),
                 },
                 registration: reg.clone(),
             },

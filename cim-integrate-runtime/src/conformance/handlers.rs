@@ -6,7 +6,7 @@ use crate::handler::{Context, HandlerError, HandlerOptions, Registration, RetryP
 use crate::id::{Identity, MessageId};
 use crate::service::{self, Service};
 use crate::subject::{Subject, SubjectPattern};
-use crate::transport::{Consumer, ConsumerSpec, Delivery, Transport};
+use crate::transport::{Consumer, ConsumerSpec, Delivery, OutboundMessage, StreamSpec, Transport};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -595,5 +595,281 @@ pub async fn typed_handler_skips_other_event_types<T: Transport>(t: T) {
     .await;
     let stats = svc.handler_stats("workflow-w").expect("stats");
     assert_eq!((stats.dead_lettered, stats.succeeded), (0, 2), "{stats:?}");
+    svc.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A foreign message: `X-Message-ID` (and `X-Correlation-ID`) as given, no `Nats-Msg-Id` (so
+/// the stream stores every copy) and no `X-Occurred-At`.
+fn foreign(id: &str, n: u32) -> OutboundMessage {
+    let mut headers = crate::headers::Headers::new();
+    headers.insert(crate::headers::MESSAGE_ID, id).expect("header");
+    headers.insert(crate::headers::CORRELATION_ID, id).expect("header");
+    let body = serde_json::to_vec(&Numbered {
+        version: "1.0".into(),
+        n,
+    })
+    .expect("encode");
+    OutboundMessage {
+        subject: Subject::new("document.created").expect("subject"),
+        headers,
+        payload: Bytes::from(body),
+    }
+}
+
+async fn ensure_domain<T: Transport>(t: &T, domain: &str) {
+    t.ensure_stream(&StreamSpec::for_domain(domain, None).expect("spec"))
+        .await
+        .expect("stream");
+}
+
+/// A fresh reader of everything stored on `filter` (in the stream of its domain).
+async fn reader<T: Transport>(t: &T, filter: &str) -> T::Consumer {
+    let stream = StreamSpec::for_domain(filter.split('.').next().unwrap_or_default(), None).expect("spec");
+    let spec = ConsumerSpec::new(stream.name, format!("check-{}", MessageId::new()), pattern(filter));
+    t.consumer(&spec).await.expect("consumer")
+}
+
+/// Everything stored on `filter`: the first within [`SOON`], the rest until nothing more comes
+/// for `quiet`.
+async fn stored<T: Transport>(t: &T, filter: &str, quiet: Duration) -> Vec<Delivery<<T::Consumer as Consumer>::Acker>> {
+    let mut c = reader(t, filter).await;
+    let mut out = Vec::new();
+    let mut wait = SOON;
+    while let Ok(d) = tokio::time::timeout(wait, c.next()).await {
+        out.push(d.expect("delivery"));
+        wait = quiet;
+    }
+    out
+}
+
+/// A dead letter whose copy would exceed the payload limit (the original fits, the copy with the
+/// dead letter's headers does not) is stored without the payload, pointing at the original by
+/// stream and sequence, and the original is terminated: 70 of them (more than the handler's 64
+/// outstanding deliveries) do not stop the handler.
+pub async fn oversized_dead_letter_is_stored_without_payload<T: Transport>(t: T) {
+    ensure_domain(&t, "document").await;
+    let seen = Seen::default();
+    let svc = Service::builder(t.clone(), "oversized")
+        .handler("workflow", recorder(&seen, "w", "document.created"))
+        .start()
+        .await
+        .expect("start");
+    let size = crate::transport::DEFAULT_MAX_PAYLOAD - 100;
+    let big = Bytes::from(vec![b'x'; size]); // not JSON: undecodable, dead-lettered at once
+    for _ in 0..70 {
+        let raw = OutboundMessage {
+            subject: Subject::new("document.created").expect("subject"),
+            headers: crate::headers::Headers::new(),
+            payload: big.clone(),
+        };
+        t.publish_and_wait(raw).await.expect("the original fits");
+    }
+    publish(&t, &numbered("document.created", 71)).await;
+    wait_until("the message after them handled", || count(&seen, "w") == 1).await;
+    wait_until("all counted", || {
+        svc.handler_stats("workflow-w")
+            .is_some_and(|s| s.dead_lettered == 70 && s.succeeded == 1)
+    })
+    .await;
+    let mut sequences = std::collections::BTreeSet::new();
+    for dl in dead_letters(&t, 70).await {
+        let h = dl.headers();
+        assert!(dl.payload().is_empty(), "{h:?}");
+        assert_eq!(
+            h.get(service::DEAD_LETTER_PAYLOAD_OMITTED),
+            Some(size.to_string().as_str())
+        );
+        assert_eq!(h.get(service::DEAD_LETTER_STREAM), Some("DOCUMENT_EVENTS"));
+        assert!(
+            h.get(service::DEAD_LETTER_REASON)
+                .is_some_and(|r| r.starts_with("undecodable payload")),
+            "{h:?}"
+        );
+        let seq: u64 = h
+            .get(service::DEAD_LETTER_SEQUENCE)
+            .and_then(|s| s.parse().ok())
+            .expect("sequence");
+        sequences.insert(seq);
+    }
+    assert_eq!(sequences, (1..=70).collect(), "one dead letter per original");
+    // The originals stay where the dead letters point.
+    let mut originals = reader(&t, "document.created").await;
+    let first = tokio::time::timeout(SOON, originals.next())
+        .await
+        .expect("in time")
+        .expect("the first original");
+    assert_eq!((first.info().stream_sequence, first.payload().len()), (1, size));
+    drop((first, originals));
+    svc.shutdown(Duration::from_secs(5)).await;
+    // Nothing outstanding on the handler's consumer, nothing due for redelivery.
+    let spec = ConsumerSpec::new("DOCUMENT_EVENTS", "workflow-w", pattern("document.created"))
+        .ack_wait(Duration::from_secs(1));
+    let mut c = t.consumer(&spec).await.expect("reopen the handler's consumer");
+    super::none_within(&mut c, Duration::from_secs(3)).await;
+}
+
+/// A message id header carrying the nil UUID names no message: two different messages carrying
+/// it are both handled, neither taken for a copy of the other.
+pub async fn nil_message_ids_are_not_duplicates<T: Transport>(t: T) {
+    ensure_domain(&t, "document").await;
+    let seen = Seen::default();
+    let svc = Service::builder(t.clone(), "nil")
+        .handler("workflow", recorder(&seen, "w", "document.created"))
+        .start()
+        .await
+        .expect("start");
+    let nil = uuid::Uuid::nil().to_string();
+    for n in [1, 2] {
+        t.publish_and_wait(foreign(&nil, n)).await.expect("publish");
+    }
+    wait_until("both handled", || count(&seen, "w") == 2).await;
+    let ids: Vec<Identity> = seen.lock().expect("lock").iter().map(|s| s.2).collect();
+    assert_ne!(ids[0].message_id, ids[1].message_id);
+    assert!(ids.iter().all(|i| !i.message_id.as_uuid().is_nil()), "{ids:?}");
+    wait_until("counted", || {
+        svc.handler_stats("workflow-w").is_some_and(|s| s.succeeded == 2)
+    })
+    .await;
+    assert_eq!(svc.handler_stats("workflow-w").expect("stats").duplicates, 0);
+    svc.shutdown(Duration::from_secs(5)).await;
+}
+
+/// What a publishing handler did: runs, the most runs at once, and the acknowledgements of its
+/// follow-ups.
+#[derive(Default)]
+struct Runs {
+    runs: AtomicU32,
+    live: AtomicU32,
+    most_live: AtomicU32,
+    acks: Mutex<Vec<crate::transport::PublishAck>>,
+}
+
+/// Sleeps, publishes one follow-up (`workflow.started`), and fails transiently on its first run
+/// if `fail_first`.
+fn publishing(runs: &Arc<Runs>, fail_first: bool, options: HandlerOptions) -> Registration {
+    let runs = runs.clone();
+    Registration::new(
+        "pub",
+        pattern("document.created"),
+        "Numbered",
+        decode,
+        move |ctx: Context, e: Numbered| {
+            let runs = runs.clone();
+            async move {
+                let live = runs.live.fetch_add(1, Ordering::SeqCst) + 1;
+                runs.most_live.fetch_max(live, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let body = serde_json::to_vec(&Numbered {
+                    version: "1.0".into(),
+                    n: e.n + 1,
+                })
+                .map_err(HandlerError::permanent)?;
+                let subject = Subject::new("workflow.started").map_err(HandlerError::permanent)?;
+                let ack = ctx.publish_bytes(&subject, "Numbered", "1.0", body).await;
+                runs.live.fetch_sub(1, Ordering::SeqCst);
+                runs.acks.lock().expect("lock").push(ack?);
+                let run = runs.runs.fetch_add(1, Ordering::SeqCst) + 1;
+                if fail_first && run == 1 {
+                    return Err(HandlerError::transient("failing the first run after publishing"));
+                }
+                Ok(())
+            }
+        },
+    )
+    .with_options(options)
+}
+
+fn concurrent(n: usize) -> HandlerOptions {
+    HandlerOptions {
+        concurrency: n,
+        ..fast_retry(5)
+    }
+}
+
+/// Two stored copies of one message id (a foreign publisher sent it twice, outside the stream's
+/// duplicate window) delivered at once to a handler with concurrency 8: it runs once, publishes
+/// one follow-up, and the other copy is a duplicate.
+pub async fn concurrent_copies_of_one_id_run_once<T: Transport>(t: T) {
+    ensure_domain(&t, "document").await;
+    ensure_domain(&t, "workflow").await;
+    let id = MessageId::new().to_string();
+    for _ in 0..2 {
+        t.publish_and_wait(foreign(&id, 1)).await.expect("publish copy");
+    }
+    let runs = Arc::new(Runs::default());
+    let svc = Service::builder(t.clone(), "copies")
+        .handler("workflow", publishing(&runs, false, concurrent(8)))
+        .start()
+        .await
+        .expect("start");
+    wait_until("one run and one duplicate", || {
+        svc.handler_stats("workflow-pub")
+            .is_some_and(|s| s.succeeded == 1 && s.duplicates == 1)
+    })
+    .await;
+    assert_eq!(runs.runs.load(Ordering::SeqCst), 1, "the handler ran once");
+    assert_eq!(runs.most_live.load(Ordering::SeqCst), 1);
+    assert_eq!(stored(&t, "workflow.>", Duration::from_millis(500)).await.len(), 1);
+    svc.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Two stored copies of one message id at once, the first run failing after it published: the
+/// other copy waits for it, then runs (no mark was written), never beside it; its follow-up has
+/// the same id although that copy was stored at another time and neither carries
+/// `X-Occurred-At`, so the stream keeps one follow-up.
+pub async fn copy_after_failed_run_republishes_same_ids<T: Transport>(t: T) {
+    ensure_domain(&t, "document").await;
+    ensure_domain(&t, "workflow").await;
+    let id = MessageId::new().to_string();
+    t.publish_and_wait(foreign(&id, 1)).await.expect("publish copy");
+    tokio::time::sleep(Duration::from_millis(50)).await; // another stream time
+    t.publish_and_wait(foreign(&id, 1)).await.expect("publish copy");
+    let runs = Arc::new(Runs::default());
+    let svc = Service::builder(t.clone(), "copies")
+        .handler("workflow", publishing(&runs, true, concurrent(8)))
+        .start()
+        .await
+        .expect("start");
+    wait_until("one success and one duplicate", || {
+        svc.handler_stats("workflow-pub")
+            .is_some_and(|s| s.succeeded == 1 && s.duplicates == 1)
+    })
+    .await;
+    assert_eq!(runs.runs.load(Ordering::SeqCst), 2, "a failed run, then one success");
+    assert_eq!(runs.most_live.load(Ordering::SeqCst), 1, "never two runs at once");
+    let acks = runs.acks.lock().expect("lock").clone();
+    assert_eq!(acks.len(), 2);
+    assert!(!acks[0].duplicate && acks[1].duplicate, "{acks:?}");
+    assert_eq!(acks[0].sequence, acks[1].sequence);
+    assert_eq!(stored(&t, "workflow.>", Duration::from_millis(500)).await.len(), 1);
+    svc.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A message without `X-Occurred-At` whose first attempt fails after publishing: the second
+/// attempt (a redelivery) publishes its follow-up under the same id, which the stream's duplicate
+/// window drops.
+pub async fn follow_up_ids_are_stable_across_redeliveries<T: Transport>(t: T) {
+    ensure_domain(&t, "document").await;
+    ensure_domain(&t, "workflow").await;
+    let runs = Arc::new(Runs::default());
+    let svc = Service::builder(t.clone(), "redeliver")
+        .handler("workflow", publishing(&runs, true, fast_retry(5)))
+        .start()
+        .await
+        .expect("start");
+    t.publish_and_wait(foreign(&MessageId::new().to_string(), 1))
+        .await
+        .expect("publish");
+    wait_until("success after a retry", || {
+        svc.handler_stats("workflow-pub")
+            .is_some_and(|s| s.succeeded == 1 && s.retried == 1)
+    })
+    .await;
+    let acks = runs.acks.lock().expect("lock").clone();
+    assert_eq!(acks.len(), 2);
+    assert!(!acks[0].duplicate && acks[1].duplicate, "{acks:?}");
+    assert_eq!(acks[0].sequence, acks[1].sequence);
+    let follow_ups = stored(&t, "workflow.>", Duration::from_millis(500)).await;
+    assert_eq!(follow_ups.len(), 1);
     svc.shutdown(Duration::from_secs(5)).await;
 }

@@ -79,6 +79,11 @@ macro_rules! conformance_tests {
                 abandoned_work_is_redelivered_after_restart,
                 ordered_handler_keeps_order_through_retries,
                 typed_handler_skips_other_event_types,
+                oversized_dead_letter_is_stored_without_payload,
+                nil_message_ids_are_not_duplicates,
+                concurrent_copies_of_one_id_run_once,
+                copy_after_failed_run_republishes_same_ids,
+                follow_up_ids_are_stable_across_redeliveries,
             ]
             [
                 request_reply_round_trip,

@@ -207,10 +207,9 @@ impl Context {
         payload: impl Into<Bytes>,
     ) -> Result<PublishAck, PublishError> {
         let n = self.inner.published.fetch_add(1, Ordering::Relaxed);
-        let identity = self
-            .inner
-            .identity
-            .derived_child(&self.inner.scope, n, self.inner.occurred);
+        // Nothing of the delivery (its time, its stream position) goes into the id: every
+        // delivery of the message, and every stored copy of it, re-publishes the same ids.
+        let identity = self.inner.identity.stable_child(&self.inner.scope, n);
         let envelope = Envelope::with_identity(identity, subject.clone(), payload).typed(event_type, version);
         self.send(subject, event_type, self.with_propagated(envelope)).await
     }

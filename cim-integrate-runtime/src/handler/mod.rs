@@ -54,10 +54,22 @@ impl HandlerError {
 }
 
 impl From<PublishError> for HandlerError {
-    /// A failed publish is transient: the handler is retried, and its derived message ids make
-    /// the retried publishes idempotent.
+    /// A publish that can never succeed (an event that cannot be encoded, an invalid subject, a
+    /// payload over the limit, an invalid header: see [`TransportError::is_permanent`]) is
+    /// permanent: dead-lettered at once. Any other failed publish is transient: the handler is
+    /// retried, and its derived message ids make the retried publishes idempotent.
+    ///
+    /// [`TransportError::is_permanent`]: crate::transport::TransportError::is_permanent
     fn from(e: PublishError) -> Self {
-        Self::Transient(Box::new(e))
+        let permanent = match &e {
+            PublishError::Encode { .. } | PublishError::Subject(_) => true,
+            PublishError::Transport(t) => t.is_permanent(),
+        };
+        if permanent {
+            Self::Permanent(Box::new(e))
+        } else {
+            Self::Transient(Box::new(e))
+        }
     }
 }
 

@@ -1,11 +1,20 @@
 //! Layer: a handler never runs twice for one message id, and a message is never acknowledged
 //! before its de-duplication mark is written.
+//!
+//! Two copies of one message id in flight at once on one handler (a foreign publisher sent the
+//! id twice, outside the stream's duplicate window) are single-flighted within the process: the
+//! second waits for the first to finish (its mark written, or its failure known) before it checks
+//! the mark, so it is a duplicate if the first succeeded and runs if the first failed.
 
 use super::catch_panic::with_progress;
 use super::{Deferral, Dispatch, Message, Outcome};
 use crate::dedup::DedupStore;
-use std::sync::Arc;
+use crate::id::MessageId;
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::Notify;
 
 /// How long to wait before redelivering a message whose dedup check could not be made.
 const CHECK_RETRY: Duration = Duration::from_secs(1);
@@ -16,17 +25,27 @@ const MARK_BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration:
 /// [`Outcome::Duplicate`]; the store unreachable: deferred, never a blind run). After a
 /// successful run it writes the mark, retrying in place (the delivery kept alive) while the
 /// store is unreachable: the acknowledgement waits for the mark.
+///
+/// Copies of one message id in flight at once on this handler (in this process) are
+/// single-flighted: the second waits, kept alive, until the first has written its mark or failed,
+/// then checks the mark (a duplicate if the first succeeded, a run if it failed).
 pub struct Dedup<D> {
     pub(crate) inner: D,
     pub(crate) store: Arc<dyn DedupStore>,
     pub(crate) key: Arc<str>,
     pub(crate) ack_wait: Duration,
+    pub(crate) in_flight: InFlight,
 }
 
 impl<D: Dispatch> Dispatch for Dedup<D> {
     async fn dispatch(&self, msg: &mut Message<'_>) -> Outcome {
         let Some(id) = msg.envelope().map(|e| e.message_id()) else {
             return super::filter::invalid_envelope(msg);
+        };
+        // Held until the mark is written (or the run failed): a copy of `id` waits here.
+        let _flight = match self.in_flight.try_enter(id) {
+            Some(guard) => guard,
+            None => with_progress(self.in_flight.enter(id), msg.received(), self.ack_wait).await,
         };
         let seen = match self.store.seen_now(&self.key, id) {
             Some(r) => r,
@@ -72,5 +91,105 @@ impl<D> Dedup<D> {
                 }
             }
         }
+    }
+}
+
+/// The message ids a handler is working on in this process, for single-flight.
+///
+/// One small map per handler (its size bounded by the handler's concurrency), keyed by message
+/// id, an entry added before the dedup check and removed when the run is over. The map keeps its
+/// capacity, so after warm-up a message costs one uncontended lock to enter and one to leave, and
+/// no allocation. Copies waiting for an id share one [`Notify`], woken only when an id some copy
+/// waits for is left (copies are rare, so a broad wake-up is cheap).
+#[derive(Debug, Default)]
+pub(crate) struct InFlight {
+    /// message id -> whether a copy waits for it
+    ids: Mutex<HashMap<MessageId, bool>>,
+    left: Notify,
+}
+
+impl InFlight {
+    /// A map with room for `concurrency` ids.
+    pub(crate) fn with_capacity(concurrency: usize) -> Self {
+        Self {
+            ids: Mutex::new(HashMap::with_capacity(concurrency)),
+            left: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<MessageId, bool>> {
+        self.ids.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Enters `id` if nobody works on it; `None` if a copy of it is in flight.
+    pub(crate) fn try_enter(&self, id: MessageId) -> Option<Flight<'_>> {
+        match self.lock().entry(id) {
+            Entry::Occupied(_) => None,
+            Entry::Vacant(free) => {
+                free.insert(false);
+                Some(Flight { map: self, id })
+            }
+        }
+    }
+
+    /// Enters `id`, waiting while a copy of it is in flight.
+    pub(crate) async fn enter(&self, id: MessageId) -> Flight<'_> {
+        loop {
+            // Created before the map is read: `notify_waiters` reaches it from now on, so a
+            // leave between the read and the wait is not missed.
+            let notified = self.left.notified();
+            match self.lock().entry(id) {
+                Entry::Vacant(free) => {
+                    free.insert(false);
+                    return Flight { map: self, id };
+                }
+                Entry::Occupied(mut busy) => *busy.get_mut() = true,
+            }
+            notified.await;
+        }
+    }
+}
+
+/// A message id entered in [`InFlight`]; left when dropped (also when the run is cancelled).
+pub(crate) struct Flight<'a> {
+    map: &'a InFlight,
+    id: MessageId,
+}
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        let waited = self.map.lock().remove(&self.id).unwrap_or(false);
+        if waited {
+            self.map.left.notify_waiters();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn copies_wait_for_each_other_and_others_do_not() {
+        let map = Arc::new(InFlight::with_capacity(4));
+        let (a, b) = (MessageId::new(), MessageId::new());
+        let first = map.try_enter(a).expect("free");
+        assert!(map.try_enter(a).is_none(), "a copy of a is in flight");
+        drop(map.try_enter(b).expect("another id is free"));
+        let waiter = tokio::spawn({
+            let map = map.clone();
+            async move {
+                let _second = map.enter(a).await;
+                tokio::time::Instant::now()
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!waiter.is_finished(), "the copy waits for the first");
+        let left = tokio::time::Instant::now();
+        drop(first);
+        let entered = waiter.await.expect("join");
+        assert!(entered >= left);
+        assert!(map.try_enter(a).is_some(), "left again after the copy");
+        assert!(map.lock().is_empty());
     }
 }

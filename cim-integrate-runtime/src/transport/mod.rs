@@ -175,6 +175,25 @@ impl TransportError {
     pub fn is_transient(&self) -> bool {
         self.kind() == ErrorKind::Transient
     }
+
+    /// `true` if the same operation with the same arguments can never succeed, however often it
+    /// is retried: a payload over the limit, an invalid argument (a name, a header), settings
+    /// that conflict with an existing stream or consumer. Callers give up (or change what they
+    /// send) instead of retrying.
+    ///
+    /// Not permanent: infrastructure trouble ([`is_transient`](Self::is_transient)), including a
+    /// publish that no stream captures ([`NoStream`](Self::NoStream): streams are provisioned on
+    /// demand, so it may appear), and [`Other`](Self::Other) failures whose cause is unknown.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            Self::PayloadTooLarge { .. }
+                | Self::Invalid(_)
+                | Self::StreamConflict { .. }
+                | Self::StreamOverlap { .. }
+                | Self::ConsumerConflict { .. }
+        )
+    }
 }
 
 /// How a stream stores its messages.
@@ -771,5 +790,36 @@ pub trait Transport: Clone + Send + Sync + 'static {
         message: OutboundMessage,
     ) -> impl Future<Output = Result<PublishAck, TransportError>> + Send {
         async move { self.publish(message).await?.await }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TransportError;
+
+    #[test]
+    fn permanent_and_transient_are_disjoint() {
+        let subject = || "document.created".to_owned();
+        let permanent = [
+            TransportError::PayloadTooLarge { size: 2, max: 1 },
+            TransportError::Invalid("header".into()),
+            TransportError::StreamConflict {
+                stream: "S".into(),
+                detail: "d".into(),
+            },
+        ];
+        for e in &permanent {
+            assert!(e.is_permanent() && !e.is_transient(), "{e:?}");
+        }
+        // A missing stream may be provisioned: retried, never given up on.
+        let transient = [
+            TransportError::NoStream { subject: subject() },
+            TransportError::Timeout("t".into()),
+            TransportError::Connection("c".into()),
+        ];
+        for e in &transient {
+            assert!(e.is_transient() && !e.is_permanent(), "{e:?}");
+        }
+        assert!(!TransportError::Other("?".into()).is_permanent());
     }
 }

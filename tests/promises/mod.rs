@@ -30,7 +30,7 @@ use cim_integrate::process::{ProcessContext, ProcessOptions, ProcessRunner};
 use cim_integrate::saga::SagaRunner;
 use cim_integrate::service::{HandlerStats, Service};
 use cim_integrate::testing::observe;
-use cim_integrate::transport::StreamSpec;
+use cim_integrate::transport::{Consumer, ConsumerSpec, StreamSpec};
 use cim_integrate::{command, process};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -888,6 +888,93 @@ pub async fn process_deadline_panic<T: Transport>(t: T) {
     service.shutdown(Duration::from_secs(2)).await;
 }
 
+// ---- publishing into a domain nobody subscribes to ------------------------------------------------
+
+/// An event of a domain no handler in these tests subscribes to, so nothing provisions its stream
+/// but the publish itself.
+#[domain_event(subject = "ledger.entry_recorded", version = "1.0")]
+#[derive(Debug, Clone)]
+pub struct EntryRecorded {
+    pub job_id: JobId,
+}
+
+pub struct Bookkeeping;
+
+#[cim_integrate::handlers(domain = "bookkeeping")]
+impl Bookkeeping {
+    #[subscribe("promise.requested", max_attempts = 1)]
+    async fn record_entry(&self, ctx: &Context, e: JobRequested) -> Result<(), HandlerError> {
+        ctx.publish(&EntryRecorded { job_id: e.job_id }).await?;
+        Ok(())
+    }
+}
+
+pub struct LedgerSaga;
+
+#[saga(data = Job, name = "ledger")]
+impl LedgerSaga {
+    #[step(no_compensation = "the only step")]
+    async fn record(&self, ctx: &mut StepContext<Job>) -> Result<(), HandlerError> {
+        let job_id = ctx.data().job_id.ok_or_else(|| HandlerError::permanent("no job"))?;
+        ctx.context().publish(&EntryRecorded { job_id }).await?;
+        ctx.data_mut().done = true;
+        Ok(())
+    }
+}
+
+/// The `ledger.entry_recorded` events stored, by job id.
+async fn ledger_entries<T: Transport>(t: &T, expected: usize) -> Vec<JobId> {
+    let spec = ConsumerSpec::new("LEDGER_EVENTS", "ledger-probe", subject_pattern!("ledger.>"));
+    let mut consumer = t.consumer(&spec).await.expect("the ledger stream exists");
+    let mut ids = Vec::new();
+    while ids.len() < expected {
+        let d = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+            .await
+            .expect("an entry")
+            .expect("delivery");
+        let e = EntryRecorded::decode(d.payload()).expect("decode");
+        ids.push(e.job_id);
+        d.ack().await.expect("ack");
+    }
+    ids
+}
+
+/// A handler that publishes into a domain no handler subscribes to succeeds on its first
+/// attempt: the domain's stream is provisioned when it is first published into.
+pub async fn handler_publishes_into_an_unsubscribed_domain<T: Transport>(t: T) {
+    let service = Service::builder(t.clone(), "bookkeeping")
+        .register(Bookkeeping)
+        .start()
+        .await
+        .unwrap();
+    let job = JobId::new();
+    request(&t, job, OK).await;
+    let s = until_stats(&service, "bookkeeping-record_entry", "the entry was recorded", |s| {
+        s.succeeded + s.dead_lettered + s.retried > 0
+    })
+    .await;
+    assert_eq!((s.succeeded, s.retried, s.dead_lettered), (1, 0, 0), "{s:?}");
+    assert_eq!(ledger_entries(&t, 1).await, vec![job]);
+    service.shutdown(Duration::from_secs(2)).await;
+}
+
+/// A saga step that publishes into a domain nobody subscribes to completes the saga (it used to
+/// fail on every attempt and compensate work that had succeeded).
+pub async fn saga_step_publishes_into_an_unsubscribed_domain<T: Transport>(t: T) {
+    let runner = SagaRunner::builder(t.clone(), LedgerSaga).build().await.unwrap();
+    let job = JobId::new();
+    let data = Job {
+        job_id: Some(job),
+        done: false,
+    };
+    let outcome = runner.start(&job.to_string(), data).await.expect("the saga ran");
+    assert!(
+        matches!(outcome, cim_integrate::saga::SagaOutcome::Completed),
+        "{outcome:?}"
+    );
+    assert_eq!(ledger_entries(&t, 1).await, vec![job]);
+}
+
 /// Expands to one test per promise and message kind.
 #[macro_export]
 macro_rules! promises {
@@ -909,6 +996,8 @@ macro_rules! promises {
             saga_step_panic,
             saga_step_breaker,
             process_deadline_panic,
+            handler_publishes_into_an_unsubscribed_domain,
+            saga_step_publishes_into_an_unsubscribed_domain,
         ]);
     };
     (@each $tokio:tt $setup:path; [$($case:ident),* $(,)?]) => {

@@ -6,7 +6,9 @@
 //! `Nats-Msg-Id`, and the publisher sends again what was not acknowledged, as any careful
 //! publisher does.
 
-use cim_integrate::handler::{Context, HandlerError};
+use cim_integrate::handler::{Context, HandlerError, HandlerOptions};
+use cim_integrate::prelude::*;
+use cim_integrate::saga::SagaRunner;
 use cim_integrate::service::{DEAD_LETTER_STREAM_NAME, Service};
 use cim_integrate::testing::NatsCluster;
 use cim_integrate::transport::Deployment;
@@ -236,4 +238,154 @@ async fn killing_the_leading_node_loses_nothing_and_runs_nothing_twice() {
     );
     service.shutdown(Duration::from_secs(5)).await;
     eprintln!("resumed {resumed:?} after the kill; {EVENTS} handled once each; 0 dead letters");
+}
+
+// ---- sagas while their bucket's leader is killed -----------------------------------------------
+
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Payment {
+    pub n: u32,
+    pub charged: bool,
+    pub shipped: bool,
+}
+
+/// Step runs by (order, step), and compensations.
+#[derive(Default)]
+struct Runs {
+    steps: Mutex<HashMap<(u32, &'static str), u32>>,
+    compensations: AtomicUsize,
+    shipped: AtomicUsize,
+}
+
+impl Runs {
+    fn ran(&self, n: u32, step: &'static str) {
+        *self.steps.lock().unwrap().entry((n, step)).or_default() += 1;
+    }
+}
+
+pub struct PaymentSaga {
+    runs: Arc<Runs>,
+}
+
+#[cim_integrate::saga(data = Payment, name = "payment")]
+impl PaymentSaga {
+    #[step(compensate = "refund", attempts = 3)]
+    async fn charge(&self, ctx: &mut StepContext<Payment>) -> Result<(), HandlerError> {
+        self.runs.ran(ctx.data().n, "charge");
+        ctx.data_mut().charged = true;
+        Ok(())
+    }
+
+    async fn refund(&self, _ctx: &mut StepContext<Payment>) -> Result<(), HandlerError> {
+        self.runs.compensations.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    #[step(no_compensation = "the last step", attempts = 3)]
+    async fn ship(&self, ctx: &mut StepContext<Payment>) -> Result<(), HandlerError> {
+        self.runs.ran(ctx.data().n, "ship");
+        ctx.data_mut().shipped = true;
+        self.runs.shipped.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sagas_complete_while_their_buckets_leader_is_killed() {
+    const SAGAS: u32 = 3_000;
+    let mut cluster = NatsCluster::start().await.expect("cluster");
+    let t = transport(&cluster).await;
+    let runs = Arc::new(Runs::default());
+    let runner = SagaRunner::builder(t.clone(), PaymentSaga { runs: runs.clone() })
+        .build()
+        .await
+        .expect("runner");
+    let start = runner
+        .start_on(
+            "start_payment",
+            subject_pattern!("orders.placed"),
+            OrderPlaced::TYPE_NAME,
+            OrderPlaced::decode,
+            |_ctx, e: OrderPlaced| {
+                Ok((
+                    format!("order-{}", e.n),
+                    Payment {
+                        n: e.n,
+                        ..Payment::default()
+                    },
+                ))
+            },
+        )
+        .with_options(HandlerOptions {
+            concurrency: 32,
+            ..HandlerOptions::default()
+        });
+    let service = Service::builder(t.clone(), "payments")
+        .handler("payments", start)
+        .start()
+        .await
+        .expect("start");
+    let client = cluster.client().clone();
+    let feeder = tokio::spawn(feed(client.clone(), 0..SAGAS));
+
+    let wait_for = |n: usize, within: Duration| {
+        let runs = runs.clone();
+        async move {
+            let deadline = Instant::now() + within;
+            while runs.shipped.load(Ordering::SeqCst) < n {
+                let done = runs.shipped.load(Ordering::SeqCst);
+                assert!(
+                    Instant::now() < deadline,
+                    "{done} of {n} sagas completed within {within:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    wait_for(500, Duration::from_secs(60)).await;
+    let target = cluster.bucket_leader("cim_saga_payment").await.expect("bucket leader");
+    cluster.kill(target).expect("kill");
+    let killed = Instant::now();
+    let at_kill = runs.shipped.load(Ordering::SeqCst);
+    wait_for(at_kill + 100, Duration::from_secs(30)).await;
+    let resumed = killed.elapsed();
+    feeder.await.expect("publisher");
+    wait_for(SAGAS as usize, Duration::from_secs(120)).await;
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let twice: Vec<_> = runs
+        .steps
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, c)| **c > 1)
+        .map(|(k, c)| (*k, *c))
+        .collect();
+    assert_eq!(
+        runs.compensations.load(Ordering::SeqCst),
+        0,
+        "compensations during an outage"
+    );
+    let stats = service.handler_stats("payments-start_payment").expect("stats");
+    assert_eq!(stats.dead_lettered, 0, "{stats:?}");
+    assert_eq!(
+        stream_messages(&client, DEAD_LETTER_STREAM_NAME).await,
+        0,
+        "dead letters"
+    );
+    for n in [0, SAGAS / 2, SAGAS - 1] {
+        let record = runner
+            .status(&format!("order-{n}"))
+            .await
+            .expect("status")
+            .expect("record");
+        assert_eq!(record.status, SagaStatus::Completed, "order {n}");
+    }
+    eprintln!(
+        "{SAGAS} sagas completed; resumed {resumed:?} after the kill; steps run twice (crash window): {}",
+        twice.len()
+    );
+    // Our process did not crash, so no step is in the crash window: none ran twice.
+    assert!(twice.is_empty(), "steps run more than once: {twice:?}");
+    service.shutdown(Duration::from_secs(5)).await;
 }

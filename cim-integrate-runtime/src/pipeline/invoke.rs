@@ -71,8 +71,57 @@ impl Dispatch for Invoke {
     }
 }
 
+/// How long a message whose handler met unavailable infrastructure waits before it runs again.
+pub(crate) const UNAVAILABLE_DEFERRAL: Duration = Duration::from_secs(1);
+
+/// If a handler's error comes from infrastructure that is unavailable right now (a timeout, no
+/// responders, no leader, a lost connection; a command nobody answered), what it was. Such a
+/// failure defers the message without spending an attempt: an outage never dead-letters.
+pub(crate) fn unavailable(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    use crate::command::CommandError;
+    use crate::handler::context::PublishError;
+    use crate::saga::SagaError;
+    use crate::transport::{KvError, TransportError};
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        let hit = if let Some(t) = err.downcast_ref::<TransportError>() {
+            t.is_transient()
+        } else if let Some(k) = err.downcast_ref::<KvError>() {
+            k.is_transient()
+        } else if let Some(p) = err.downcast_ref::<PublishError>() {
+            matches!(p, PublishError::Transport(t) if t.is_transient())
+        } else if let Some(s) = err.downcast_ref::<SagaError>() {
+            matches!(s, SagaError::KeyValue(k) if k.is_transient())
+                || matches!(s, SagaError::Transport(t) if t.is_transient())
+        } else if let Some(c) = err.downcast_ref::<CommandError>() {
+            match c {
+                CommandError::NoHandler { .. } | CommandError::Timeout { .. } => true,
+                CommandError::Transport(t) => t.is_transient(),
+                _ => false,
+            }
+        } else {
+            false
+        };
+        if hit {
+            return Some(err.to_string());
+        }
+        cur = err.source();
+    }
+    None
+}
+
 /// The outcome of a handler error.
 pub(crate) fn handler_error(e: HandlerError) -> Outcome {
+    if let HandlerError::Transient(inner) = &e
+        && breaker::find_open(inner.as_ref()).is_none()
+        && let Some(what) = unavailable(inner.as_ref())
+    {
+        return Outcome::Deferred {
+            reason: format!("unavailable: {what}"),
+            delay: UNAVAILABLE_DEFERRAL,
+            cause: Deferral::Unavailable,
+        };
+    }
     match e {
         HandlerError::Permanent(e) => Outcome::DeadLetter {
             kind: DeadLetterReason::Permanent,

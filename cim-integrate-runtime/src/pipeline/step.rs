@@ -101,6 +101,15 @@ fn call_error(e: HandlerError) -> Outcome {
             cause: Deferral::Breaker,
         };
     }
+    if let HandlerError::Transient(inner) = &e
+        && let Some(what) = super::invoke::unavailable(inner.as_ref())
+    {
+        return Outcome::Deferred {
+            reason: format!("unavailable: {what}"),
+            delay: super::invoke::UNAVAILABLE_DEFERRAL,
+            cause: Deferral::Unavailable,
+        };
+    }
     let reason = e.to_string();
     if e.is_permanent() {
         Outcome::DeadLetter {

@@ -126,6 +126,9 @@ pub mod doc_snippets {
     /// `docs/benchmarks.md`.
     #[doc = include_str!("../docs/benchmarks.md")]
     pub struct Benchmarks;
+    /// `docs/cluster.md`.
+    #[doc = include_str!("../docs/cluster.md")]
+    pub struct Cluster;
     /// `docs/domain_event.md`.
     #[doc = include_str!("../docs/domain_event.md")]
     pub struct DomainEvent;

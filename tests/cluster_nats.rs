@@ -389,3 +389,79 @@ async fn sagas_complete_while_their_buckets_leader_is_killed() {
     assert!(twice.is_empty(), "steps run more than once: {twice:?}");
     service.shutdown(Duration::from_secs(5)).await;
 }
+
+// ---- drift and the JetStream domain (one server) -------------------------------------------------
+
+/// An existing stream or bucket whose replicas differ from the policy is reported and used as it
+/// is, never changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_is_reported_and_left_unchanged() {
+    use cim_integrate::transport::{KvSpec, StreamSpec, Transport};
+    let observed = cim_integrate::testing::observe();
+    let server = cim_integrate::testing::NatsServer::start().await.expect("server");
+    let t = NatsTransport::connect_url(&server.url()).await.expect("connect");
+    let spec = StreamSpec::for_domain("drifting", None).unwrap();
+    t.ensure_stream(&spec).await.expect("R1 stream");
+    t.key_value(&KvSpec::new("drifting")).await.expect("R1 bucket");
+    // The policy now says three replicas; a single server could not even create them.
+    let r3 = t.with_deployment(Deployment::new().replicas(3));
+    r3.ensure_stream(&spec).await.expect("drift is not an error");
+    r3.key_value(&KvSpec::new("drifting"))
+        .await
+        .expect("drift is not an error");
+    let js = async_nats::jetstream::new(t.client().clone());
+    for name in ["DRIFTING_EVENTS", "KV_drifting"] {
+        let info = js
+            .get_stream(name)
+            .await
+            .expect("stream")
+            .info()
+            .await
+            .expect("info")
+            .clone();
+        assert_eq!(info.config.num_replicas, 1, "{name} was changed");
+        assert!(
+            observed.counter("cim_asset_drift_total", &[("asset", name)]) >= 1,
+            "no drift counted for {name}"
+        );
+    }
+    // A spec's own setting wins over the policy: asked for one replica, no drift.
+    let before = observed.counter("cim_asset_drift_total", &[("asset", "DRIFTING_EVENTS")]);
+    r3.ensure_stream(&spec.clone().replicas(1)).await.expect("explicit R1");
+    assert_eq!(
+        observed.counter("cim_asset_drift_total", &[("asset", "DRIFTING_EVENTS")]),
+        before
+    );
+}
+
+/// `NATS_JS_DOMAIN` (here `NatsOptions::js_domain`) addresses that domain's JetStream API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jetstream_domain_is_addressed() {
+    use cim_integrate::transport::{StreamSpec, Transport};
+    let server = cim_integrate::testing::NatsServer::start_with_config("jetstream { domain: hub }\n")
+        .await
+        .expect("server");
+    let mut options = NatsOptions::new(server.url());
+    options.js_domain = Some("hub".into());
+    let t = NatsTransport::connect(options).await.expect("connect");
+    t.ensure_stream(&StreamSpec::for_domain("billing", None).unwrap())
+        .await
+        .expect("stream through $JS.hub.API");
+    let reply = t
+        .client()
+        .request("$JS.hub.API.STREAM.INFO.BILLING_EVENTS", "".into())
+        .await
+        .expect("domain API");
+    let info: serde_json::Value = serde_json::from_slice(&reply.payload).expect("json");
+    assert_eq!(info["config"]["name"], "BILLING_EVENTS", "{info}");
+    // A wrong domain reaches nobody: unavailable (transient), not "does not exist".
+    let mut options = NatsOptions::new(server.url());
+    options.js_domain = Some("elsewhere".into());
+    options.request_timeout = Duration::from_millis(500);
+    let lost = NatsTransport::connect(options).await.expect("connect");
+    let err = lost
+        .ensure_stream(&StreamSpec::for_domain("billing", None).unwrap())
+        .await
+        .expect_err("no such domain");
+    assert!(err.is_transient(), "{err:?}");
+}

@@ -1020,17 +1020,50 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
             .clock
             .after_millis(self.inner.lease.saturating_add(extra_lease));
         let bytes = encode(&run.rec)?;
-        run.rev = match self.inner.kv.update(&id, bytes, run.rev).await {
-            Ok(rev) => rev,
-            Err(KvError::Conflict { .. }) => {
-                tracing::info!(saga = S::NAME, %id, ?write, ?step, "another runner wrote the saga first; stopping");
-                return Err(SagaError::Conflict { id });
-            }
-            Err(e) => return Err(e.into()),
-        };
+        run.rev = self.write_through_outages(&id, bytes, run.rev, write, step).await?;
         run.outbox_persisted = !run.rec.outbox.is_empty();
         fault!(self, &id, write, step, After);
         self.publish_outbox(run).await
+    }
+
+    /// Writes the record at `expected`, retrying in place while the store is unavailable (for at
+    /// most one lease: the record is ours that long). What the runner holds in memory (a step's
+    /// result) must not be lost to an outage: giving up here would re-run the step on resume.
+    /// A retried write that had in fact been applied is recognised by its content.
+    async fn write_through_outages(
+        &self,
+        id: &str,
+        bytes: Bytes,
+        expected: u64,
+        write: Write,
+        step: Option<&'static str>,
+    ) -> Result<u64, SagaError> {
+        let give_up = tokio::time::Instant::now() + self.inner.lease;
+        let mut pause = Duration::from_millis(100);
+        let mut retried = false;
+        loop {
+            match self.inner.kv.update(id, bytes.clone(), expected).await {
+                Ok(rev) => return Ok(rev),
+                Err(KvError::Conflict { .. }) => {
+                    if retried
+                        && let Ok(Some(entry)) = self.inner.kv.get(id).await
+                        && entry.value == bytes
+                    {
+                        // Our earlier attempt was stored; only its answer was lost.
+                        return Ok(entry.revision);
+                    }
+                    tracing::info!(saga = S::NAME, %id, ?write, ?step, "another runner wrote the saga first; stopping");
+                    return Err(SagaError::Conflict { id: id.to_owned() });
+                }
+                Err(e) if e.is_transient() && tokio::time::Instant::now() + pause < give_up => {
+                    tracing::warn!(saga = S::NAME, %id, ?write, ?step, error = %e, "saga store unavailable; retrying the write");
+                    retried = true;
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// Publishes the record's outbox ([`crate::outbox`]): each lifecycle event with its id

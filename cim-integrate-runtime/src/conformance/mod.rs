@@ -724,10 +724,12 @@ pub struct ProbeSent {
     pub n: u32,
 }
 
+#[diagnostic::do_not_recommend]
 impl crate::event::PayloadVersion for ProbeSent {
     const VERSION: &'static str = "1.0";
 }
 
+#[diagnostic::do_not_recommend]
 impl crate::event::Versioned for ProbeSent {
     const TYPE_NAME: &'static str = "ProbeSent";
     const VERSIONS: &'static [&'static str] = &["1.0"];
@@ -736,6 +738,7 @@ impl crate::event::Versioned for ProbeSent {
     }
 }
 
+#[diagnostic::do_not_recommend]
 impl crate::event::DomainEvent for ProbeSent {
     const SUBJECT: &'static str = "probe.sent";
 }

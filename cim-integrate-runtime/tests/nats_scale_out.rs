@@ -2,7 +2,7 @@
 //! separate processes would have), on one durable consumer share the work, and no event is
 //! handled twice across them.
 
-use cim_integrate_runtime::handler::Registration;
+use cim_integrate_runtime::handler::{HandlerOptions, Registration};
 use cim_integrate_runtime::service::Service;
 use cim_integrate_runtime::testing::NatsServer;
 use cim_integrate_runtime::transport::nats::NatsTransport;
@@ -25,6 +25,10 @@ fn decode(payload: &[u8]) -> Result<u32, std::num::ParseIntError> {
 /// The same handler in every instance (so the same durable, `search-index`), at the default
 /// options; each records which instance handled which event.
 fn index(instance: usize, log: Log) -> Registration {
+    index_taking(instance, log, HANDLER_TIME)
+}
+
+fn index_taking(instance: usize, log: Log, time: Duration) -> Registration {
     Registration::new(
         "index",
         SubjectPattern::new("document.created").expect("pattern"),
@@ -33,7 +37,7 @@ fn index(instance: usize, log: Log) -> Registration {
         move |_ctx, n: u32| {
             let log = log.clone();
             async move {
-                tokio::time::sleep(HANDLER_TIME).await;
+                tokio::time::sleep(time).await;
                 log.lock().expect("log").push((instance, n));
                 Ok(())
             }
@@ -130,4 +134,53 @@ async fn services_on_one_durable_share_the_work_and_handle_each_event_once() {
         );
     }
     eprintln!("shares of {EVENTS} events across {INSTANCES} instances: {by_instance:?}");
+}
+
+/// A process holds what its own concurrency can start soon, not a client pull batch: with
+/// concurrency 1 over a backlog, the durable shows a handful outstanding (1 in flight, 4
+/// prefetched, a pull of at most 4 on the way), not the default batch of 100 that would be out of
+/// every other process's reach and ageing towards its ack wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_process_holds_only_its_prefetch() {
+    let server = NatsServer::start().await.expect("nats-server");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let publisher = NatsTransport::connect_url(&server.url()).await.expect("connect");
+    publisher
+        .ensure_stream(&StreamSpec::for_domain("document", None).expect("stream spec"))
+        .await
+        .expect("stream");
+    let mut p = PipelinedPublisher::new(publisher.clone(), 100);
+    for n in 0..200u32 {
+        let subject = Subject::new("document.created").expect("subject");
+        let env = Envelope::root(subject, n.to_string()).typed("DocumentCreated", "1.0");
+        p.publish(OutboundMessage::from(&env)).await.expect("publish");
+    }
+    p.finish().await.expect("publish acks");
+    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.expect("client"));
+
+    let log: Log = Arc::default();
+    let t = NatsTransport::connect_url(&server.url()).await.expect("connect");
+    let svc = Service::builder(t, "search")
+        .handler(
+            "search",
+            index_taking(0, log.clone(), Duration::from_millis(50)).with_options(HandlerOptions {
+                concurrency: 1,
+                ..HandlerOptions::default()
+            }),
+        )
+        .start()
+        .await
+        .expect("service");
+    until("a few events handled", deadline, || async {
+        log.lock().expect("log").len() >= 3
+    })
+    .await;
+    let mut most = 0;
+    for _ in 0..10 {
+        most = most.max(consumer_info(&js).await.num_ack_pending);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    svc.shutdown(Duration::from_secs(5)).await;
+    assert!(most > 0, "nothing outstanding while handling a backlog");
+    assert!(most <= 12, "one process with concurrency 1 held {most} deliveries");
 }

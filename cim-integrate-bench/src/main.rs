@@ -5,7 +5,8 @@
 //! `<target>/bench-results.json`) so that two commits can be compared.
 //!
 //! Options: `--quick` (a fifth of the messages: a smoke run), `--only a,b` / `--skip a,b` with the
-//! sections `publish`, `consume`, `dispatch`, `saga`, `decode`, `rss`, `check`, `--out PATH`,
+//! sections `publish`, `consume`, `scale-out`, `dispatch`, `saga`, `decode`, `rss`, `check`,
+//! `--out PATH`,
 //! `--rss-events N` (default 1,000,000 on the embedded transport), `--rss-nats-events N` (default
 //! 1,000,000).
 
@@ -51,6 +52,12 @@ struct Row {
     /// Messages, sagas or events measured (what was scaled to fit the time budget).
     count: u64,
     higher_is_better: bool,
+    /// Rows measured over several rounds: the value and baseline are medians, these their
+    /// [min, max].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value_range: Option<[f64; 2]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    baseline_range: Option<[f64; 2]>,
 }
 
 struct Runner {
@@ -94,6 +101,8 @@ impl Runner {
             ratio: if baseline > 0.0 { value / baseline } else { f64::NAN },
             count,
             higher_is_better,
+            value_range: None,
+            baseline_range: None,
         };
         eprintln!(
             "  [{section}] {}: {} {unit} (baseline {}: {} {unit}; x{:.2})",
@@ -105,6 +114,54 @@ impl Runner {
         );
         self.rows.push(row);
     }
+}
+
+impl Runner {
+    /// A row measured over several rounds: medians, with each side's min-max printed and kept.
+    #[allow(clippy::too_many_arguments)]
+    fn row_rounds(
+        &mut self,
+        section: &'static str,
+        name: impl Into<String>,
+        values: &[f64],
+        unit: &'static str,
+        baseline_name: impl Into<String>,
+        baselines: &[f64],
+        count: u64,
+        higher_is_better: bool,
+    ) {
+        let (v, b) = (median(values), median(baselines));
+        self.row(section, name, v, unit, baseline_name, b, count, higher_is_better);
+        let (vr, br) = (min_max(values), min_max(baselines));
+        eprintln!(
+            "    {} rounds: value {}-{}, baseline {}-{} (medians above)",
+            values.len(),
+            fmt_num(vr[0]),
+            fmt_num(vr[1]),
+            fmt_num(br[0]),
+            fmt_num(br[1])
+        );
+        if let Some(row) = self.rows.last_mut() {
+            row.value_range = Some(vr);
+            row.baseline_range = Some(br);
+        }
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    match s.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => s[n / 2],
+        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+    }
+}
+
+fn min_max(v: &[f64]) -> [f64; 2] {
+    v.iter().fold([f64::INFINITY, f64::NEG_INFINITY], |[lo, hi], x| {
+        [lo.min(*x), hi.max(*x)]
+    })
 }
 
 fn fmt_num(v: f64) -> String {
@@ -314,6 +371,141 @@ async fn bench_consume(r: &mut Runner) -> Result<(), BoxError> {
         let v = service_rate(t, n, kv, 16).await?;
         r.row("consume", label, v, "events/s", base, raw, n, true);
     }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// scale-out: N processes on one durable
+
+const SCALE_HANDLER_SLEEP: Duration = Duration::from_millis(50);
+const SCALE_WARMUP: Duration = Duration::from_millis(500);
+const SCALE_WINDOW: Duration = Duration::from_secs(2);
+const SCALE_ROUNDS: usize = 5;
+const SCALE_PROCESSES: usize = 8;
+
+fn sleeping_registration(count: Arc<AtomicU64>) -> Result<Registration, BoxError> {
+    // The default options (concurrency 16), as a deployed handler would have them.
+    Ok(Registration::new(
+        "bench",
+        SubjectPattern::new("document.created")?,
+        "DocumentCreated",
+        DocumentCreated::decode,
+        move |_ctx, e: DocumentCreated| {
+            let c = count.clone();
+            async move {
+                tokio::time::sleep(SCALE_HANDLER_SLEEP).await;
+                if !e.title.is_empty() {
+                    c.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(())
+            }
+        },
+    ))
+}
+
+/// Events/s handled by `processes` services, each with its own connection, on one fresh durable
+/// (`set`) over the backlog: counted over `SCALE_WINDOW` after `SCALE_WARMUP` from the first
+/// event handled. Returns the rate, each process's share of the window and the durable's
+/// outstanding deliveries mid-window.
+async fn scale_rate(url: &str, set: &str, processes: usize) -> Result<(f64, Vec<u64>, usize), BoxError> {
+    let mut counts = Vec::with_capacity(processes);
+    let mut services = Vec::with_capacity(processes);
+    for _ in 0..processes {
+        let count = Arc::new(AtomicU64::new(0));
+        // Its own client, as a separate process would have; the same service and handler names,
+        // so every one reads the same durable (`{set}-bench`) and the same dedup bucket.
+        let t = NatsTransport::connect_url(url).await?;
+        let svc = Service::builder(t, "scale")
+            .handler(set, sleeping_registration(count.clone())?)
+            .start()
+            .await?;
+        counts.push(count);
+        services.push(svc);
+    }
+    let total = || counts.iter().map(|c| c.load(Ordering::Relaxed)).sum::<u64>();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while total() == 0 {
+        if Instant::now() > deadline {
+            return Err("scale-out: nothing handled in 20 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(SCALE_WARMUP).await;
+    let before: Vec<u64> = counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+    let start = Instant::now();
+    tokio::time::sleep(SCALE_WINDOW / 2).await;
+    // What the durable has outstanding mid-window: every process's prefetch and pull together.
+    let ack_pending = async_nats::jetstream::new(async_nats::connect(url).await?)
+        .get_stream("DOCUMENT_EVENTS")
+        .await?
+        .consumer_info(format!("{set}-bench"))
+        .await?
+        .num_ack_pending;
+    tokio::time::sleep(SCALE_WINDOW.saturating_sub(start.elapsed())).await;
+    let after: Vec<u64> = counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+    let elapsed = start.elapsed();
+    let shares: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    let r = rate(shares.iter().sum(), elapsed);
+    for svc in services {
+        svc.shutdown(Duration::from_secs(5)).await;
+    }
+    Ok((r, shares, ack_pending))
+}
+
+async fn bench_scale_out(r: &mut Runner) -> Result<(), BoxError> {
+    // Enough backlog that no measurement runs dry: each reads its own durable from the start.
+    let per_round_max = (SCALE_PROCESSES as f64 * 16.0 / SCALE_HANDLER_SLEEP.as_secs_f64()
+        * (SCALE_WARMUP + SCALE_WINDOW + Duration::from_secs(1)).as_secs_f64()) as u64;
+    let backlog = per_round_max * 2;
+    let server = Server::start("scale-out")?;
+    let t = NatsTransport::connect_url(&server.url).await?;
+    publish_backlog(&t, backlog).await?;
+    let (mut one, mut many) = (Vec::new(), Vec::new());
+    let mut spread = Vec::new();
+    let mut pending = [Vec::new(), Vec::new()];
+    for round in 0..SCALE_ROUNDS {
+        // Alternating order, so that drift favours neither side.
+        let order: [usize; 2] = if round % 2 == 0 {
+            [1, SCALE_PROCESSES]
+        } else {
+            [SCALE_PROCESSES, 1]
+        };
+        for n in order {
+            let (v, shares, ack_pending) = scale_rate(&server.url, &format!("scale-r{round}-n{n}"), n).await?;
+            eprintln!(
+                "    round {round}, {n} process(es): {} events/s, per process {shares:?}, ack pending {ack_pending}",
+                fmt_num(v)
+            );
+            if n == 1 {
+                one.push(v);
+                pending[0].push(ack_pending);
+            } else {
+                many.push(v);
+                pending[1].push(ack_pending);
+                let (lo, hi) = (shares.iter().min().copied(), shares.iter().max().copied());
+                spread.push(format!("{}-{}", lo.unwrap_or(0), hi.unwrap_or(0)));
+            }
+        }
+    }
+    r.row_rounds(
+        "scale-out",
+        format!("Service x {SCALE_PROCESSES} (own connections), one durable, 50 ms handler, concurrency 16"),
+        &many,
+        "events/s",
+        "Service x 1, same handler",
+        &one,
+        backlog,
+        true,
+    );
+    let ratios: Vec<f64> = many.iter().zip(&one).map(|(m, o)| m / o).collect();
+    let [lo, hi] = min_max(&ratios);
+    r.notes.push(format!(
+        "scale-out: {SCALE_ROUNDS} alternating rounds of {:.1} s windows; ratio per round {lo:.2}-{hi:.2}; events per process per window with {SCALE_PROCESSES} (min-max per round): {}; durable ack pending mid-window: 1 process {:?}, {SCALE_PROCESSES} processes {:?}",
+        SCALE_WINDOW.as_secs_f64(),
+        spread.join(", "),
+        pending[0],
+        pending[1]
+    ));
     Ok(())
 }
 
@@ -795,9 +987,10 @@ fn main() {
         Server::version()
     );
     let mut failed = Vec::new();
-    let sections: [(&str, u8); 7] = [
+    let sections: [(&str, u8); 8] = [
         ("publish", 0),
         ("consume", 1),
+        ("scale-out", 7),
         ("dispatch", 2),
         ("saga", 3),
         ("decode", 4),
@@ -816,6 +1009,7 @@ fn main() {
             3 => rt.block_on(bench_saga(&mut r)),
             4 => bench_decode(&mut r),
             5 => rt.block_on(bench_rss(&mut r)),
+            7 => rt.block_on(bench_scale_out(&mut r)),
             _ => bench_check(&mut r),
         };
         if let Err(e) = result {

@@ -902,7 +902,19 @@ async fn saga_killed_at_every_boundary() {
             } else {
                 vec!["reserve", "charge", "ship", "-ship", "-charge", "-reserve"]
             };
-            let status = match bucket.get(&id).await.unwrap() {
+            // A settled saga's record moves to the settled bucket (expiring after the retention).
+            let settled = t
+                .key_value(
+                    &KvSpec::new("cim_saga_transfer_settled")
+                        .max_age(cim_integrate::saga::DEFAULT_SETTLED_RETENTION),
+                )
+                .await
+                .unwrap();
+            let entry = match bucket.get(&id).await.unwrap() {
+                Some(e) => Some(e),
+                None => settled.get(&id).await.unwrap(),
+            };
+            let status = match entry {
                 Some(entry) => {
                     let record: SagaRecord<TransferData> = serde_json::from_slice(&entry.value).unwrap();
                     assert_eq!(record.data.done, expected, "{id} ({line}): each step once, in order");

@@ -555,7 +555,7 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
                 Arc::new(KvDedup::new(kv)) as Arc<dyn DedupStore>
             }
         };
-        for plan in plans {
+        for mut plan in plans {
             match patiently("stream", || t.ensure_stream(&plan.stream)).await {
                 // The publishing domain owns its stream; other settings there are its business.
                 Err(TransportError::StreamConflict { stream, detail }) => {
@@ -563,10 +563,18 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
                 }
                 other => other?,
             }
+            let options = plan.registration.options.clone();
+            // What this process holds ahead of its handlers: a few rounds of its own concurrency,
+            // so that other processes on the durable get their share. The pull asks for no more
+            // (a client batch larger than this would hold the difference out of their reach,
+            // and start its ack wait, while this process is busy).
+            let prefetch = concurrency_of(&options)
+                .saturating_mul(4)
+                .min(plan.spec.max_ack_pending as usize);
+            plan.spec = plan.spec.prefetch(prefetch);
             let consumer = patiently("consumer", || t.consumer(&plan.spec)).await?;
             let dlq = Subject::from_tokens([DEAD_LETTER_TOKEN, plan.set.as_str(), plan.registration.name.as_str()])?;
             tracing::info!(handler = %plan.durable, filter = %plan.spec.filter, stream = %plan.spec.stream, "handler started");
-            let options = plan.registration.options.clone();
             let ledger = Arc::new(Ledger::default());
             let (stack, counters, breaker) =
                 self.event_stack(plan.set.as_str(), &plan, dlq, dedup.clone(), parts, ledger.clone());
@@ -575,11 +583,6 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
                 counters,
                 breaker,
             });
-            // What this process holds ahead of its handlers: a few rounds of its own concurrency,
-            // so that other processes on the durable get their share.
-            let prefetch = concurrency_of(&options)
-                .saturating_mul(4)
-                .min(plan.spec.max_ack_pending as usize);
             let source = ConsumerSource {
                 transport: self.transport.clone(),
                 spec: plan.spec,

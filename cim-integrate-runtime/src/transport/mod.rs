@@ -461,6 +461,12 @@ pub struct ConsumerSpec {
     /// (the default) keeps the consumer until it is deleted. JetStream: the consumer's
     /// `inactive_threshold`, which servers from 2.9 apply to durables too.
     pub inactive_threshold: Option<Duration>,
+    /// Most messages this handle asks the server for ahead of [`Consumer::next`]: not part of
+    /// the durable (processes on one durable may differ), but what one process holds of the
+    /// durable's [`max_ack_pending`](Self::max_ack_pending). JetStream: each pull request asks
+    /// for the smaller of this and `NatsOptions::pull_batch`. `None` (the default): the
+    /// transport's own batch. The embedded transport hands out one message per `next`.
+    pub prefetch: Option<usize>,
 }
 
 impl ConsumerSpec {
@@ -479,6 +485,7 @@ impl ConsumerSpec {
             replicas: None,
             storage: None,
             inactive_threshold: None,
+            prefetch: None,
         }
     }
 
@@ -505,6 +512,12 @@ impl ConsumerSpec {
     /// Sets the maximum outstanding deliveries.
     pub fn max_ack_pending(mut self, n: u32) -> Self {
         self.max_ack_pending = n;
+        self
+    }
+    /// Sets what this handle asks for ahead of [`Consumer::next`] (see
+    /// [`prefetch`](Self::prefetch)); at least 1.
+    pub fn prefetch(mut self, n: usize) -> Self {
+        self.prefetch = Some(n.max(1));
         self
     }
     /// Sets the replicas of the consumer's state (default: its stream's).

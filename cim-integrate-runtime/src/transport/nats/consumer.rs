@@ -15,9 +15,10 @@ use std::time::Duration;
 /// missed heartbeats, reconnects and failed pull requests are logged and the pull is started
 /// again; only a consumer (or stream) that no longer exists ends it with an error.
 ///
-/// Messages pulled but not yet returned by `next` are held by this handle (up to
-/// [`NatsOptions::pull_batch`](super::NatsOptions::pull_batch)); if the handle is dropped, the
-/// server redelivers them after the ack wait.
+/// Messages pulled but not yet returned by `next` are held by this handle (each pull request
+/// asks for the smaller of [`NatsOptions::pull_batch`](super::NatsOptions::pull_batch) and the
+/// spec's [`prefetch`](crate::transport::ConsumerSpec::prefetch), and the next is sent when half
+/// of it has arrived); if the handle is dropped, the server redelivers them after the ack wait.
 pub struct NatsConsumer {
     transport: NatsTransport,
     consumer: Box<PullConsumer>,
@@ -25,6 +26,8 @@ pub struct NatsConsumer {
     durable: Arc<str>,
     messages: Option<Box<pull::Stream>>,
     failures: u32,
+    /// Messages asked for per pull request.
+    batch: usize,
 }
 
 impl std::fmt::Debug for NatsConsumer {
@@ -33,6 +36,7 @@ impl std::fmt::Debug for NatsConsumer {
             .field("stream", &self.stream)
             .field("durable", &self.durable)
             .field("pulling", &self.messages.is_some())
+            .field("batch", &self.batch)
             .finish()
     }
 }
@@ -46,6 +50,8 @@ impl NatsConsumer {
         let config = pull::Config::try_from_consumer_config(info.config.clone())
             .map_err(|e| TransportError::Other(format!("consumer `{}`: {e}", spec.durable)))?;
         let consumer = Box::new(PullConsumer::new(config, info, transport.jetstream().clone()));
+        let own = transport.options().pull_batch;
+        let batch = spec.prefetch.map_or(own, |p| p.min(own)).max(1);
         Ok(Self {
             transport,
             consumer,
@@ -53,6 +59,7 @@ impl NatsConsumer {
             durable: Arc::from(spec.durable.as_str()),
             messages: None,
             failures: 0,
+            batch,
         })
     }
 
@@ -70,7 +77,7 @@ impl NatsConsumer {
         let o = self.transport.options();
         self.consumer
             .stream()
-            .max_messages_per_batch(o.pull_batch.max(1))
+            .max_messages_per_batch(self.batch)
             .expires(o.pull_expires)
             .heartbeat(o.pull_heartbeat)
             .messages()

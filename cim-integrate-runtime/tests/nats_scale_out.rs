@@ -1,0 +1,186 @@
+//! Scale-out on a private nats-server: several services, each with its own connection (as
+//! separate processes would have), on one durable consumer share the work, and no event is
+//! handled twice across them.
+
+use cim_integrate_runtime::handler::{HandlerOptions, Registration};
+use cim_integrate_runtime::service::Service;
+use cim_integrate_runtime::testing::NatsServer;
+use cim_integrate_runtime::transport::nats::NatsTransport;
+use cim_integrate_runtime::transport::{OutboundMessage, PipelinedPublisher, StreamSpec, Transport};
+use cim_integrate_runtime::{Envelope, Subject, SubjectPattern};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const INSTANCES: usize = 4;
+const EVENTS: u32 = 400;
+const HANDLER_TIME: Duration = Duration::from_millis(20);
+
+type Log = Arc<Mutex<Vec<(usize, u32)>>>;
+
+fn decode(payload: &[u8]) -> Result<u32, std::num::ParseIntError> {
+    std::str::from_utf8(payload).unwrap_or_default().parse()
+}
+
+/// The same handler in every instance (so the same durable, `search-index`), at the default
+/// options; each records which instance handled which event.
+fn index(instance: usize, log: Log) -> Registration {
+    index_taking(instance, log, HANDLER_TIME)
+}
+
+fn index_taking(instance: usize, log: Log, time: Duration) -> Registration {
+    Registration::new(
+        "index",
+        SubjectPattern::new("document.created").expect("pattern"),
+        "DocumentCreated",
+        decode,
+        move |_ctx, n: u32| {
+            let log = log.clone();
+            async move {
+                tokio::time::sleep(time).await;
+                log.lock().expect("log").push((instance, n));
+                Ok(())
+            }
+        },
+    )
+}
+
+async fn consumer_info(js: &async_nats::jetstream::Context) -> async_nats::jetstream::consumer::Info {
+    js.get_stream("DOCUMENT_EVENTS")
+        .await
+        .expect("stream")
+        .consumer_info("search-index")
+        .await
+        .expect("consumer info")
+}
+
+/// Polls `done` every 20 ms until it holds or `deadline` passes.
+async fn until<F: Future<Output = bool>>(what: &str, deadline: Instant, mut done: impl FnMut() -> F) {
+    while !done().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_on_one_durable_share_the_work_and_handle_each_event_once() {
+    let server = NatsServer::start().await.expect("nats-server");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let publisher = NatsTransport::connect_url(&server.url()).await.expect("connect");
+    publisher
+        .ensure_stream(&StreamSpec::for_domain("document", None).expect("stream spec"))
+        .await
+        .expect("stream");
+    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.expect("client"));
+
+    let log: Log = Arc::default();
+    let mut services: Vec<Service> = Vec::new();
+    for i in 0..INSTANCES {
+        let t = NatsTransport::connect_url(&server.url()).await.expect("connect");
+        let svc = Service::builder(t, "search")
+            .handler("search", index(i, log.clone()))
+            .start()
+            .await
+            .expect("service");
+        services.push(svc);
+    }
+    // Every instance has its pull waiting before the first event exists, so none starts ahead.
+    until("every instance's pull request", deadline, || async {
+        consumer_info(&js).await.num_waiting >= INSTANCES
+    })
+    .await;
+
+    let mut p = PipelinedPublisher::new(publisher.clone(), 100);
+    for n in 0..EVENTS {
+        let subject = Subject::new("document.created").expect("subject");
+        let env = Envelope::root(subject, n.to_string()).typed("DocumentCreated", "1.0");
+        p.publish(OutboundMessage::from(&env)).await.expect("publish");
+    }
+    p.finish().await.expect("publish acks");
+
+    until("every event handled", deadline, || async {
+        log.lock().expect("log").len() >= EVENTS as usize
+    })
+    .await;
+    // Nothing left for anyone: no delivery outstanding, nothing undelivered.
+    until("the durable to settle", deadline, || async {
+        let info = consumer_info(&js).await;
+        info.num_ack_pending == 0 && info.num_pending == 0
+    })
+    .await;
+    for svc in services {
+        svc.shutdown(Duration::from_secs(5)).await;
+    }
+
+    let log = log.lock().expect("log").clone();
+    let mut by_event: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+    let mut by_instance = [0usize; INSTANCES];
+    for (i, n) in &log {
+        by_event.entry(*n).or_default().push(*i);
+        by_instance[*i] += 1;
+    }
+    let twice: Vec<_> = by_event.iter().filter(|(_, who)| who.len() > 1).collect();
+    assert!(twice.is_empty(), "handled more than once: {twice:?}");
+    assert_eq!(by_event.len(), EVENTS as usize, "every event handled");
+    assert_eq!(
+        by_event.keys().copied().collect::<Vec<_>>(),
+        (0..EVENTS).collect::<Vec<_>>()
+    );
+    assert_eq!(log.len(), EVENTS as usize);
+    for (i, handled) in by_instance.iter().enumerate() {
+        assert!(
+            *handled * 10 >= EVENTS as usize,
+            "instance {i} handled {handled} of {EVENTS} (less than 10%); shares {by_instance:?}"
+        );
+    }
+    eprintln!("shares of {EVENTS} events across {INSTANCES} instances: {by_instance:?}");
+}
+
+/// A process holds what its own concurrency can start soon, not a client pull batch: with
+/// concurrency 1 over a backlog, the durable shows a handful outstanding (1 in flight, 4
+/// prefetched, a pull of at most 4 on the way), not the default batch of 100 that would be out of
+/// every other process's reach and ageing towards its ack wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_process_holds_only_its_prefetch() {
+    let server = NatsServer::start().await.expect("nats-server");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let publisher = NatsTransport::connect_url(&server.url()).await.expect("connect");
+    publisher
+        .ensure_stream(&StreamSpec::for_domain("document", None).expect("stream spec"))
+        .await
+        .expect("stream");
+    let mut p = PipelinedPublisher::new(publisher.clone(), 100);
+    for n in 0..200u32 {
+        let subject = Subject::new("document.created").expect("subject");
+        let env = Envelope::root(subject, n.to_string()).typed("DocumentCreated", "1.0");
+        p.publish(OutboundMessage::from(&env)).await.expect("publish");
+    }
+    p.finish().await.expect("publish acks");
+    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.expect("client"));
+
+    let log: Log = Arc::default();
+    let t = NatsTransport::connect_url(&server.url()).await.expect("connect");
+    let svc = Service::builder(t, "search")
+        .handler(
+            "search",
+            index_taking(0, log.clone(), Duration::from_millis(50)).with_options(HandlerOptions {
+                concurrency: 1,
+                ..HandlerOptions::default()
+            }),
+        )
+        .start()
+        .await
+        .expect("service");
+    until("a few events handled", deadline, || async {
+        log.lock().expect("log").len() >= 3
+    })
+    .await;
+    let mut most = 0;
+    for _ in 0..10 {
+        most = most.max(consumer_info(&js).await.num_ack_pending);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    svc.shutdown(Duration::from_secs(5)).await;
+    assert!(most > 0, "nothing outstanding while handling a backlog");
+    assert!(most <= 12, "one process with concurrency 1 held {most} deliveries");
+}

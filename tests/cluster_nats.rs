@@ -425,6 +425,29 @@ async fn drift_is_reported_and_left_unchanged() {
             "no drift counted for {name}"
         );
     }
+    // The policy's retention applies to a new stream whose code leaves it open; on the existing
+    // one it is drift, reported and left alone.
+    let aged = t.with_deployment(Deployment::new().max_age(Duration::from_secs(3600)));
+    aged.ensure_stream(&StreamSpec::for_domain("aged", None).unwrap())
+        .await
+        .expect("aged stream");
+    let info = js
+        .get_stream("AGED_EVENTS")
+        .await
+        .expect("stream")
+        .info()
+        .await
+        .expect("info")
+        .clone();
+    assert_eq!(info.config.max_age, Duration::from_secs(3600));
+    let before = observed.counter("cim_asset_drift_total", &[("asset", "DRIFTING_EVENTS")]);
+    aged.ensure_stream(&spec)
+        .await
+        .expect("retention drift is not an error");
+    assert_eq!(
+        observed.counter("cim_asset_drift_total", &[("asset", "DRIFTING_EVENTS")]),
+        before + 1
+    );
     // A spec's own setting wins over the policy: asked for one replica, no drift.
     let before = observed.counter("cim_asset_drift_total", &[("asset", "DRIFTING_EVENTS")]);
     r3.ensure_stream(&spec.clone().replicas(1)).await.expect("explicit R1");

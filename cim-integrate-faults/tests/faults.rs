@@ -905,8 +905,7 @@ async fn saga_killed_at_every_boundary() {
             // A settled saga's record moves to the settled bucket (expiring after the retention).
             let settled = t
                 .key_value(
-                    &KvSpec::new("cim_saga_transfer_settled")
-                        .max_age(cim_integrate::saga::DEFAULT_SETTLED_RETENTION),
+                    &KvSpec::new("cim_saga_transfer_settled").max_age(cim_integrate::saga::DEFAULT_SETTLED_RETENTION),
                 )
                 .await
                 .unwrap();

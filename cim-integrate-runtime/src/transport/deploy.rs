@@ -28,6 +28,7 @@
 //! | `NATS_PLACEMENT_CLUSTER` | the cluster they are placed in | the server's choice |
 //! | `NATS_PLACEMENT_TAGS` | server tags they are placed on, comma-separated | none |
 //! | `NATS_STORAGE` | `file` or `memory` | `file` |
+//! | `NATS_MAX_AGE` | how long streams keep messages (`30d`, `24h`); buckets keep their TTL | forever |
 //! | `NATS_MAX_ACK_PENDING` | deliveries outstanding per durable, shared by all its processes | 10000 |
 //!
 //! An existing asset is never changed. Its deployment settings (replicas, placement, storage)
@@ -38,6 +39,7 @@
 
 use super::{Storage, TransportError};
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 /// Replicas per asset: JetStream allows 1 to 5.
 pub const MAX_REPLICAS: u8 = 5;
@@ -52,6 +54,8 @@ pub const ENV_PLACEMENT_CLUSTER: &str = "NATS_PLACEMENT_CLUSTER";
 pub const ENV_PLACEMENT_TAGS: &str = "NATS_PLACEMENT_TAGS";
 /// Environment variable: `file` or `memory`.
 pub const ENV_STORAGE: &str = "NATS_STORAGE";
+/// Environment variable: how long streams keep messages (`90s`, `30m`, `24h`, `7d`).
+pub const ENV_MAX_AGE: &str = "NATS_MAX_AGE";
 /// Environment variable: deliveries outstanding per durable.
 pub const ENV_MAX_ACK_PENDING: &str = "NATS_MAX_ACK_PENDING";
 
@@ -121,6 +125,9 @@ pub struct AssetSettings {
     pub placement: Option<Placement>,
     /// On disk or in memory.
     pub storage: Option<Storage>,
+    /// How long a stream keeps messages, for streams whose spec leaves it open (`max_age`
+    /// `None`). Not applied to key-value buckets, whose max age is their entries' TTL.
+    pub max_age: Option<Duration>,
 }
 
 impl AssetSettings {
@@ -143,6 +150,11 @@ impl AssetSettings {
         self.storage = Some(s);
         self
     }
+    /// Sets the max age of streams.
+    pub fn max_age(mut self, d: Duration) -> Self {
+        self.max_age = Some(d);
+        self
+    }
 
     /// Each setting left open taken from `fallback`.
     pub fn or(&self, fallback: &AssetSettings) -> AssetSettings {
@@ -150,6 +162,7 @@ impl AssetSettings {
             replicas: self.replicas.or(fallback.replicas),
             placement: self.placement.clone().or_else(|| fallback.placement.clone()),
             storage: self.storage.or(fallback.storage),
+            max_age: self.max_age.or(fallback.max_age),
         }
     }
 
@@ -193,6 +206,11 @@ impl AssetSettings {
         {
             d.push(format!("storage {have:?}, wanted {want:?}"));
         }
+        if let Some(want) = self.max_age
+            && existing.max_age != Some(want)
+        {
+            d.push(format!("max age {:?}, wanted {want:?}", existing.max_age));
+        }
         (!d.is_empty()).then(|| d.join("; "))
     }
 }
@@ -224,6 +242,7 @@ impl Default for Deployment {
                 replicas: Some(1),
                 placement: None,
                 storage: Some(Storage::File),
+                max_age: None,
             },
             streams: BTreeMap::new(),
             buckets: BTreeMap::new(),
@@ -281,6 +300,14 @@ impl Deployment {
             };
             d = d.storage(storage);
         }
+        if let Some(a) = lookup(ENV_MAX_AGE) {
+            let age = parse_duration(a.trim()).ok_or_else(|| {
+                TransportError::Invalid(format!(
+                    "{ENV_MAX_AGE}: expected a duration such as `90s`, `30m`, `24h` or `7d`, got `{a}`"
+                ))
+            })?;
+            d.defaults.max_age = Some(age);
+        }
         if let Some(m) = lookup(ENV_MAX_ACK_PENDING) {
             let n = m.trim().parse::<u32>().ok().filter(|n| *n > 0).ok_or_else(|| {
                 TransportError::Invalid(format!("{ENV_MAX_ACK_PENDING}: expected a positive number, got `{m}`"))
@@ -304,6 +331,11 @@ impl Deployment {
     /// Storage of every stream and bucket without an override.
     pub fn storage(mut self, s: Storage) -> Self {
         self.defaults.storage = Some(s);
+        self
+    }
+    /// How long streams without a max age of their own keep messages.
+    pub fn max_age(mut self, d: Duration) -> Self {
+        self.defaults.max_age = Some(d);
         self
     }
     /// Deliveries outstanding per durable consumer, shared by every process reading it.
@@ -358,6 +390,22 @@ impl Deployment {
     }
 }
 
+/// `90s`, `30m`, `24h`, `7d`, `500ms`: a positive whole number and a unit.
+fn parse_duration(s: &str) -> Option<Duration> {
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().ok().filter(|n| *n > 0)?;
+    let secs = match unit {
+        "ms" => return Some(Duration::from_millis(n)),
+        "s" => n,
+        "m" => n.checked_mul(60)?,
+        "h" => n.checked_mul(3_600)?,
+        "d" => n.checked_mul(86_400)?,
+        _ => return None,
+    };
+    Some(Duration::from_secs(secs))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -391,6 +439,8 @@ mod tests {
         assert_eq!(d.ack_pending(), 20_000);
         assert!(d.is_replicated());
         assert_eq!(Deployment::from_lookup(env(&[])).unwrap(), Deployment::new());
+        let aged = Deployment::from_lookup(env(&[(ENV_MAX_AGE, "7d")])).unwrap();
+        assert_eq!(aged.stream_settings("X").max_age, Some(Duration::from_secs(7 * 86_400)));
     }
 
     #[test]
@@ -402,6 +452,9 @@ mod tests {
             (ENV_STORAGE, "ssd"),
             (ENV_MAX_ACK_PENDING, "0"),
             (ENV_PLACEMENT_CLUSTER, "a b"),
+            (ENV_MAX_AGE, "7 days"),
+            (ENV_MAX_AGE, "0s"),
+            (ENV_MAX_AGE, "-1h"),
         ] {
             assert!(Deployment::from_lookup(env(&[(k, v)])).is_err(), "{k}={v}");
         }

@@ -46,8 +46,11 @@ impl KvSpec {
     }
     /// This spec with what it leaves open taken from `deployment`.
     pub fn deployed(&self, deployment: &super::Deployment) -> Self {
+        let mut settings = self.settings.or(&deployment.bucket_settings(&self.bucket));
+        // A bucket's max age is its entries' TTL, never the policy's stream retention.
+        settings.max_age = None;
         Self {
-            settings: self.settings.or(&deployment.bucket_settings(&self.bucket)),
+            settings,
             ..self.clone()
         }
     }

@@ -188,7 +188,7 @@ impl StreamState {
             }
             keep
         });
-        if let Some(age) = spec.max_age {
+        if let Some(age) = spec.max_age.or(spec.settings.max_age) {
             while self.messages.front().is_some_and(|m| m.stored_at + age <= now) {
                 self.messages.pop_front();
             }

@@ -276,8 +276,13 @@ impl StreamSpec {
 
     /// This spec with what it leaves open taken from `deployment`.
     pub fn deployed(&self, deployment: &Deployment) -> Self {
+        let mut settings = self.settings.or(&deployment.stream_settings(&self.name));
+        if self.max_age.is_some() {
+            // The stream's own max age is part of its meaning; the policy's only fills a gap.
+            settings.max_age = None;
+        }
         Self {
-            settings: self.settings.or(&deployment.stream_settings(&self.name)),
+            settings,
             ..self.clone()
         }
     }
@@ -311,7 +316,7 @@ impl StreamSpec {
                 self.name
             )));
         }
-        if let Some(age) = self.max_age
+        if let Some(age) = self.max_age.or(self.settings.max_age)
             && age < self.duplicate_window
         {
             return Err(TransportError::Invalid(format!(

@@ -424,6 +424,7 @@ pub(super) fn existing_settings(config: &js_stream::Config) -> AssetSettings {
             js_stream::StorageType::File => Storage::File,
             js_stream::StorageType::Memory => Storage::Memory,
         }),
+        max_age: None,
     }
 }
 
@@ -436,7 +437,7 @@ fn stream_config(spec: &StreamSpec) -> js_stream::Config {
         retention: js_stream::RetentionPolicy::Limits,
         discard: js_stream::DiscardPolicy::Old,
         duplicate_window: spec.duplicate_window,
-        max_age: spec.max_age.unwrap_or(Duration::ZERO),
+        max_age: spec.max_age.or(spec.settings.max_age).unwrap_or(Duration::ZERO),
         max_messages: -1,
         max_bytes: -1,
         max_messages_per_subject: -1,
@@ -526,7 +527,11 @@ impl Transport for NatsTransport {
             detail,
         };
         let compare = |info: &js_stream::Info| match existing_stream_spec(&info.config) {
-            Ok(existing) => {
+            Ok(mut existing) => {
+                if spec.max_age.is_none() && spec.settings.max_age.is_some() {
+                    // The policy's retention: compared as drift, not as meaning.
+                    existing.settings.max_age = existing.max_age.take();
+                }
                 if let Some(d) = spec.differences(&existing) {
                     return Err(conflict(d));
                 }

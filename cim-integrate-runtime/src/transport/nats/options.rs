@@ -187,7 +187,7 @@ impl NatsOptions {
     /// | `NATS_TLS_FIRST` | `1`/`true`: TLS handshake first |
     /// | `NATS_CONNECTION_NAME` | connection name |
     /// | `NATS_JS_DOMAIN` | the JetStream domain to address (leaf nodes) |
-    /// | `NATS_REPLICAS`, `NATS_PLACEMENT_CLUSTER`, `NATS_PLACEMENT_TAGS`, `NATS_STORAGE`, `NATS_MAX_ACK_PENDING` | the [`Deployment`](crate::transport::Deployment) |
+    /// | `NATS_REPLICAS`, `NATS_PLACEMENT_CLUSTER`, `NATS_PLACEMENT_TAGS`, `NATS_STORAGE`, `NATS_MAX_AGE`, `NATS_MAX_ACK_PENDING` | the [`Deployment`](crate::transport::Deployment) |
     ///
     /// At most one authentication method may be set. An unreadable `NATS_NKEY_FILE` is an error.
     pub fn from_env() -> Result<Option<Self>, TransportError> {

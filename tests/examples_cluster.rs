@@ -23,6 +23,9 @@
 //! streams present after its first run are exactly its own. After the first run every stream must
 //! have three replicas; then the node leading most of them is killed, the example runs again, and
 //! the node is restarted and the cluster waited for before the next example.
+//!
+//! To diagnose: `EXAMPLES_CLUSTER_ONLY=onboarding,quickstart` runs only those examples, and
+//! `EXAMPLES_CLUSTER_SHOW=1` prints the output of every run after a kill, not only of failures.
 
 use cim_integrate::testing::NatsCluster;
 use std::collections::BTreeMap;
@@ -330,7 +333,10 @@ async fn every_example_completes_on_a_cluster_after_its_leader_is_killed() {
     let urls = cluster.urls();
     let vars = [("NATS_URL", urls.as_str()), ("NATS_REPLICAS", "3")];
 
-    for &name in EXAMPLES {
+    // `EXAMPLES_CLUSTER_ONLY=a,b` runs only those examples (to diagnose one).
+    let only = std::env::var("EXAMPLES_CLUSTER_ONLY").unwrap_or_default();
+    let only: Vec<&str> = only.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    for &name in EXAMPLES.iter().filter(|n| only.is_empty() || only.contains(n)) {
         let exe = &binaries[name];
         wipe(&cluster).await;
 
@@ -371,6 +377,9 @@ async fn every_example_completes_on_a_cluster_after_its_leader_is_killed() {
             second.describe()
         );
         eprintln!("{name}: run after the kill {:?}", second.elapsed);
+        if std::env::var_os("EXAMPLES_CLUSTER_SHOW").is_some() {
+            eprintln!("{}", second.describe());
+        }
 
         cluster.restart(victim).await.expect("restart the killed node");
     }

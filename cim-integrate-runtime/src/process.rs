@@ -533,10 +533,10 @@ pub(crate) struct Engine<T: Transport, S> {
 
 /// Serializes this process's read-modify-write cycles on one record.
 ///
-/// Compare-and-set alone is not enough on a cluster: nats-server before 2.9.21 checks
-/// `Nats-Expected-Last-Subject-Sequence` before proposing a write, not in the replicated apply
-/// (nats-io/nats-server#4320), so two writes expecting the same revision, in flight at once, may
-/// both be stored; later servers track writes in flight on the leader only, and forget them when
+/// Compare-and-set alone is not enough on a cluster: nats-server 2.9 (2.9.10 among others)
+/// checks `Nats-Expected-Last-Subject-Sequence` before proposing a write, not in the replicated
+/// apply (nats-io/nats-server#4320), so two writes expecting the same revision, in flight at once,
+/// may both be stored; the fix tracks writes in flight on the leader only, which forgets them when
 /// the leader changes. A step and a drain of the same process racing that way lost a queued
 /// message (the drain cleared an outbox it had read before the step queued into it). Writes of
 /// one record from one process are therefore never in flight together; writes from other

@@ -526,7 +526,58 @@ pub(crate) struct Engine<T: Transport, S> {
     bus: CommandBus,
     /// Deadline transitions run through the pipeline (span, counters, metrics, panics caught).
     deadlines: Observer,
+    /// One write of a record at a time in this process (see [`KeyLocks`]).
+    writing: KeyLocks,
     _state: PhantomData<fn() -> S>,
+}
+
+/// Serializes this process's read-modify-write cycles on one record.
+///
+/// Compare-and-set alone is not enough on a cluster: nats-server 2.9 (2.9.10 among others)
+/// checks `Nats-Expected-Last-Subject-Sequence` before proposing a write, not in the replicated
+/// apply (nats-io/nats-server#4320), so two writes expecting the same revision, in flight at once,
+/// may both be stored; the fix tracks writes in flight on the leader only, which forgets them when
+/// the leader changes. A step and a drain of the same process racing that way lost a queued
+/// message (the drain cleared an outbox it had read before the step queued into it). Writes of
+/// one record from one process are therefore never in flight together; writes from other
+/// processes still rely on compare-and-set. Entries are removed when their last holder leaves.
+#[derive(Default)]
+struct KeyLocks {
+    keys: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Holds a key of [`KeyLocks`]; releases it (and forgets an unused key) when dropped.
+struct KeyGuard<'a> {
+    locks: &'a KeyLocks,
+    key: String,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl KeyLocks {
+    fn map(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>> {
+        self.keys.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn lock(&self, key: &str) -> KeyGuard<'_> {
+        let mutex = self.map().entry(key.to_owned()).or_default().clone();
+        KeyGuard {
+            locks: self,
+            key: key.to_owned(),
+            guard: Some(mutex.lock_owned().await),
+        }
+    }
+}
+
+impl Drop for KeyGuard<'_> {
+    fn drop(&mut self) {
+        let mut map = self.locks.map();
+        // Released under the map's lock, so the count below sees every other holder or waiter
+        // that got the key from the map.
+        drop(self.guard.take());
+        if map.get(&self.key).is_some_and(|m| Arc::strong_count(m) == 1) {
+            map.remove(&self.key);
+        }
+    }
 }
 
 impl<T: Transport, S> fmt::Debug for Engine<T, S> {
@@ -604,6 +655,7 @@ impl<T: Transport, S: Serialize + DeserializeOwned + Default + Send + 'static> E
             publisher: crate::handler::context::publisher(transport.clone()),
             bus: CommandBus::new(transport.clone()).timeout(options.command_timeout),
             deadlines: Observer::new("deadline", name, format!("{name}.deadline"), "process_deadline"),
+            writing: KeyLocks::default(),
             _state: PhantomData,
         })
     }
@@ -657,6 +709,7 @@ impl<T: Transport, S: Serialize + DeserializeOwned + Default + Send + 'static> E
     ) -> Result<(), ProcessError> {
         let skey = storage_key(key);
         for _attempt in 0..MAX_CONFLICT_RETRIES {
+            let writing = self.writing.lock(&skey).await;
             let entry = self.records.get(&skey).await?;
             let (mut record, revision) = match &entry {
                 Some(e) => (self.decode(key, &e.value)?, Some(e.revision)),
@@ -664,6 +717,7 @@ impl<T: Transport, S: Serialize + DeserializeOwned + Default + Send + 'static> E
             };
             if record.applied.iter().any(|id| id == msg_id) {
                 tracing::debug!(process = %self.name, key, msg_id, "already applied; sending what is still queued");
+                drop(writing);
                 return self.drain(&skey).await;
             }
             let scope = format!("{}:{key}", self.name);
@@ -693,6 +747,7 @@ impl<T: Transport, S: Serialize + DeserializeOwned + Default + Send + 'static> E
                 }
                 Err(e) => return Err(e.into()),
             }
+            drop(writing);
             if record.deadlines.is_empty() {
                 let _ = self.timers.delete(&skey, None).await;
             }
@@ -717,6 +772,7 @@ impl<T: Transport, S: Serialize + DeserializeOwned + Default + Send + 'static> E
         let delivery = outbox::deliver(&record.outbox, |effect| self.execute(skey, effect)).await;
         let mut entry = Some(entry);
         for _ in 0..MAX_CONFLICT_RETRIES {
+            let _writing = self.writing.lock(skey).await;
             let current = match entry.take() {
                 Some(e) => e,
                 None => match self.records.get(skey).await? {

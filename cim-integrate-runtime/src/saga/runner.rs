@@ -710,10 +710,13 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
     /// Sagas leased by another live runner are left alone ([`ResumeReport::busy`]); a saga
     /// another runner writes meanwhile is given up ([`ResumeReport::lost`]); a corrupt record or
     /// an unreachable store is reported ([`ResumeReport::failed`]), not fatal. Only failing to
-    /// list the bucket is an error. The report's lists are sorted by id.
+    /// list the bucket is an error (transient failures to list it are retried for up to
+    /// a minute). The report's lists are sorted by id.
     pub async fn resume_concurrently(&self, limit: usize) -> Result<ResumeReport, SagaError> {
         use futures::stream::StreamExt;
-        let ids = self.inner.kv.keys().await?;
+        // Resuming is start-up work: a bucket whose leader is being elected (a node just failed)
+        // is waited for, as provisioning waits, rather than failing the start.
+        let ids = crate::transport::provision::patiently("saga bucket listing", || self.inner.kv.keys()).await?;
         let mut report = ResumeReport::default();
         let mut resumes = futures::stream::iter(ids)
             .map(|id| async move {

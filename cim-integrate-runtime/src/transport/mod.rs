@@ -746,7 +746,8 @@ pub trait Transport: Clone + Send + Sync + 'static {
     /// [`deployment`](Self::deployment). An existing stream with the same meaning is fine (other
     /// replicas, placement or storage are reported as drift and left alone); with other subjects,
     /// duplicate window or max age it is reported ([`TransportError::StreamConflict`]) and left
-    /// unchanged. Subjects overlapping another stream are refused.
+    /// unchanged. Subjects overlapping another stream are refused. The NATS transport retries
+    /// transient failures (no stream leader yet during a failover) for up to a minute.
     fn ensure_stream(&self, spec: &StreamSpec) -> impl Future<Output = Result<(), TransportError>> + Send;
 
     /// Sends a message and returns a future for its acknowledgement, without waiting for it, so
@@ -757,7 +758,8 @@ pub trait Transport: Clone + Send + Sync + 'static {
 
     /// Opens (creating if needed) a durable consumer. An existing consumer with another filter or
     /// deliver policy is reported ([`TransportError::ConsumerConflict`]); changed ack wait,
-    /// max deliver, back-off and max pending are applied.
+    /// max deliver, back-off and max pending are applied. The NATS transport retries transient
+    /// failures for up to a minute, as for [`ensure_stream`](Self::ensure_stream).
     fn consumer(&self, spec: &ConsumerSpec) -> impl Future<Output = Result<Self::Consumer, TransportError>> + Send;
 
     /// Deletes a durable consumer; its progress is lost.

@@ -6,7 +6,7 @@ use super::convert::api_error;
 use crate::timestamp::Timestamp;
 use crate::transport::{KeyValue, KvEntry, KvError, KvSpec, TransportError, check_key};
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
-use async_nats::jetstream::kv::{CreateErrorKind, Operation, PutErrorKind, Store, UpdateErrorKind};
+use async_nats::jetstream::kv::{CreateErrorKind, PutErrorKind, Store, UpdateErrorKind};
 use async_nats::jetstream::{ErrorCode, stream as js_stream};
 use bytes::Bytes;
 use futures::TryStreamExt;
@@ -124,6 +124,15 @@ pub(super) async fn open(t: &NatsTransport, spec: &KvSpec) -> Result<NatsKeyValu
 /// (async-nats's `StreamNotFound`) means nobody leads the bucket's stream right now: the bucket
 /// is unavailable, not missing. Anything unrecognised on an open bucket is taken as
 /// unavailability too: its operations cannot be wrong otherwise (keys are checked before).
+/// `true` unless the headers mark a delete or purge (`KV-Operation`, or the server's
+/// `Nats-Marker-Reason` on 2.11+).
+fn is_put(headers: &async_nats::HeaderMap) -> bool {
+    if let Some(op) = headers.get("KV-Operation") {
+        return !matches!(op.as_str(), "DEL" | "PURGE");
+    }
+    headers.get("Nats-Marker-Reason").is_none()
+}
+
 pub(super) fn classify(what: &str, e: &(dyn std::error::Error + 'static)) -> TransportError {
     use async_nats::jetstream::context::RequestErrorKind;
     let mut cur = Some(e);
@@ -187,20 +196,36 @@ impl NatsKeyValue {
 }
 
 impl KeyValue for NatsKeyValue {
+    /// Read from the bucket's stream leader (`STREAM.MSG.GET`), never with a direct get: the
+    /// buckets allow direct gets, which any replica answers, and a follower that has not applied
+    /// the latest write yet answers with an older revision (or none). Read-modify-write with
+    /// compare-and-set survives a stale read, but a stale read taken as the truth does not: a
+    /// process manager's outbox drained from an older record sent nothing, and the record's
+    /// queued messages waited for the next sweep.
     async fn get(&self, key: &str) -> Result<Option<KvEntry>, KvError> {
+        use async_nats::jetstream::stream::LastRawMessageErrorKind;
         check_key(key)?;
-        match self.store.entry(key).await {
-            Ok(Some(e)) if e.operation == Operation::Put => Ok(Some(KvEntry {
-                key: e.key,
-                value: e.value,
-                revision: e.revision,
-                created: Timestamp::from_offset_date_time(e.created),
+        let subject = format!("{}{key}", self.store.prefix);
+        match self.store.stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(m) if is_put(&m.headers) => Ok(Some(KvEntry {
+                key: key.to_owned(),
+                value: m.payload,
+                revision: m.sequence,
+                created: Timestamp::from_offset_date_time(m.time),
             })),
             Ok(_) => Ok(None),
-            Err(e) => {
-                let timed_out = e.kind() == async_nats::jetstream::kv::EntryErrorKind::TimedOut;
-                Err(self.transport("reading", key, &e, timed_out))
-            }
+            Err(e) => match e.kind() {
+                LastRawMessageErrorKind::NoMessageFound => Ok(None),
+                LastRawMessageErrorKind::InvalidSubject => Err(KvError::InvalidKey(key.to_owned())),
+                LastRawMessageErrorKind::JetStream(api) => {
+                    let what = format!("reading `{key}` in bucket `{}`", self.bucket);
+                    Err(KvError::Transport(
+                        super::convert::unavailable(&api)
+                            .unwrap_or_else(|| TransportError::Other(format!("{what}: {api}"))),
+                    ))
+                }
+                LastRawMessageErrorKind::Other => Err(self.transport("reading", key, &e, false)),
+            },
         }
     }
 

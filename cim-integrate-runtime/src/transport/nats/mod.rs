@@ -269,6 +269,122 @@ impl NatsTransport {
         }
     }
 
+    /// One attempt of [`Transport::ensure_stream`]: transient trouble (no stream leader yet,
+    /// a request timed out during a failover) is returned.
+    async fn ensure_stream_once(&self, spec: &StreamSpec) -> Result<(), TransportError> {
+        let spec = &spec.deployed(&self.inner.options.deployment);
+        spec.validate()?;
+        let conflict = |detail: String| TransportError::StreamConflict {
+            stream: spec.name.clone(),
+            detail,
+        };
+        let compare = |info: &js_stream::Info| match existing_stream_spec(&info.config) {
+            Ok(mut existing) => {
+                if spec.max_age.is_none() && spec.settings.max_age.is_some() {
+                    // The policy's retention: compared as drift, not as meaning.
+                    existing.settings.max_age = existing.max_age.take();
+                }
+                if let Some(d) = spec.differences(&existing) {
+                    return Err(conflict(d));
+                }
+                if let Some(d) = spec.settings.drift(&existing.settings) {
+                    crate::transport::deploy::report_drift(&spec.name, &d);
+                }
+                Ok(())
+            }
+            Err(d) => Err(conflict(d)),
+        };
+        if let Some(info) = self.stream_info(&spec.name).await? {
+            return compare(&info);
+        }
+        let overlap = |(other, pattern)| TransportError::StreamOverlap {
+            stream: spec.name.clone(),
+            other,
+            pattern,
+        };
+        // Checked here first: servers report overlaps differently (2.10+ refuse a leading
+        // wildcard as overlapping their API before comparing streams).
+        if let Some(found) = self.overlapping_stream(spec).await? {
+            return Err(overlap(found));
+        }
+        let config = stream_config(spec);
+        match self.create_stream(&config).await? {
+            Ok(_) => {
+                tracing::info!(stream = %spec.name, subjects = ?config.subjects, "stream created");
+                Ok(())
+            }
+            Err(e) if e.error_code() == ErrorCode::STREAM_SUBJECT_OVERLAP => {
+                let found = self.overlapping_stream(spec).await?.unwrap_or_else(|| {
+                    (
+                        String::from("(unknown)"),
+                        spec.subjects.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
+                    )
+                });
+                Err(overlap(found))
+            }
+            Err(e) if e.error_code() == ErrorCode::STREAM_NAME_EXIST => {
+                // Created concurrently by someone else: compare with theirs.
+                match self.stream_info(&spec.name).await? {
+                    Some(info) => compare(&info),
+                    None => Err(api_error(e)),
+                }
+            }
+            Err(e) if e.code() == 400 || e.code() == 500 && e.error_code() == ErrorCode(10052) => Err(
+                TransportError::Invalid(format!("stream `{}` refused by the server: {e}", spec.name)),
+            ),
+            Err(e) => Err(TransportError::Other(format!("creating stream `{}`: {e}", spec.name))),
+        }
+    }
+
+    /// One attempt of [`Transport::consumer`]; transient trouble is returned.
+    async fn consumer_once(&self, spec: &ConsumerSpec) -> Result<NatsConsumer, TransportError> {
+        spec.validate()?;
+        let wanted = consumer_config(spec);
+        let info = match self.consumer_info(&spec.stream, &spec.durable).await? {
+            Some(info) => {
+                let conflict = |detail| TransportError::ConsumerConflict {
+                    stream: spec.stream.clone(),
+                    consumer: spec.durable.clone(),
+                    detail,
+                };
+                let existing = existing_consumer_spec(spec, &info.config).map_err(conflict)?;
+                if let Some(d) = spec.immutable_differences(&existing) {
+                    return Err(conflict(d));
+                }
+                let c = &info.config;
+                let editable_differ = c.max_deliver.max(-1) != wanted.max_deliver
+                    || c.max_ack_pending != wanted.max_ack_pending
+                    || c.backoff != wanted.backoff
+                    || c.inactive_threshold != wanted.inactive_threshold
+                    || (wanted.backoff.is_empty() && c.ack_wait != wanted.ack_wait);
+                if editable_differ {
+                    let mut updated = info.config.clone();
+                    updated.ack_wait = wanted.ack_wait;
+                    updated.max_deliver = wanted.max_deliver;
+                    updated.max_ack_pending = wanted.max_ack_pending;
+                    updated.backoff = wanted.backoff.clone();
+                    updated.inactive_threshold = wanted.inactive_threshold;
+                    let info = self.put_consumer(&spec.stream, &spec.durable, &updated).await?;
+                    tracing::info!(stream = %spec.stream, consumer = %spec.durable, "consumer settings updated");
+                    info
+                } else {
+                    info
+                }
+            }
+            None => {
+                if self.stream_info(&spec.stream).await?.is_none() {
+                    return Err(TransportError::StreamNotFound {
+                        stream: spec.stream.clone(),
+                    });
+                }
+                let info = self.put_consumer(&spec.stream, &spec.durable, &wanted).await?;
+                tracing::info!(stream = %spec.stream, consumer = %spec.durable, filter = %spec.filter, "consumer created");
+                info
+            }
+        };
+        NatsConsumer::new(self.clone(), spec, info)
+    }
+
     fn ack_future(&self, message: OutboundMessage, first: PublishAckFuture) -> NatsAckFuture {
         let js = self.inner.js.clone();
         let retries = self.inner.options.publish_retries;
@@ -520,68 +636,7 @@ impl Transport for NatsTransport {
     }
 
     async fn ensure_stream(&self, spec: &StreamSpec) -> Result<(), TransportError> {
-        let spec = &spec.deployed(&self.inner.options.deployment);
-        spec.validate()?;
-        let conflict = |detail: String| TransportError::StreamConflict {
-            stream: spec.name.clone(),
-            detail,
-        };
-        let compare = |info: &js_stream::Info| match existing_stream_spec(&info.config) {
-            Ok(mut existing) => {
-                if spec.max_age.is_none() && spec.settings.max_age.is_some() {
-                    // The policy's retention: compared as drift, not as meaning.
-                    existing.settings.max_age = existing.max_age.take();
-                }
-                if let Some(d) = spec.differences(&existing) {
-                    return Err(conflict(d));
-                }
-                if let Some(d) = spec.settings.drift(&existing.settings) {
-                    crate::transport::deploy::report_drift(&spec.name, &d);
-                }
-                Ok(())
-            }
-            Err(d) => Err(conflict(d)),
-        };
-        if let Some(info) = self.stream_info(&spec.name).await? {
-            return compare(&info);
-        }
-        let overlap = |(other, pattern)| TransportError::StreamOverlap {
-            stream: spec.name.clone(),
-            other,
-            pattern,
-        };
-        // Checked here first: servers report overlaps differently (2.10+ refuse a leading
-        // wildcard as overlapping their API before comparing streams).
-        if let Some(found) = self.overlapping_stream(spec).await? {
-            return Err(overlap(found));
-        }
-        let config = stream_config(spec);
-        match self.create_stream(&config).await? {
-            Ok(_) => {
-                tracing::info!(stream = %spec.name, subjects = ?config.subjects, "stream created");
-                Ok(())
-            }
-            Err(e) if e.error_code() == ErrorCode::STREAM_SUBJECT_OVERLAP => {
-                let found = self.overlapping_stream(spec).await?.unwrap_or_else(|| {
-                    (
-                        String::from("(unknown)"),
-                        spec.subjects.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
-                    )
-                });
-                Err(overlap(found))
-            }
-            Err(e) if e.error_code() == ErrorCode::STREAM_NAME_EXIST => {
-                // Created concurrently by someone else: compare with theirs.
-                match self.stream_info(&spec.name).await? {
-                    Some(info) => compare(&info),
-                    None => Err(api_error(e)),
-                }
-            }
-            Err(e) if e.code() == 400 || e.code() == 500 && e.error_code() == ErrorCode(10052) => Err(
-                TransportError::Invalid(format!("stream `{}` refused by the server: {e}", spec.name)),
-            ),
-            Err(e) => Err(TransportError::Other(format!("creating stream `{}`: {e}", spec.name))),
-        }
+        crate::transport::provision::patiently("stream", || self.ensure_stream_once(spec)).await
     }
 
     async fn publish(&self, message: OutboundMessage) -> Result<NatsAckFuture, TransportError> {
@@ -601,51 +656,7 @@ impl Transport for NatsTransport {
     }
 
     async fn consumer(&self, spec: &ConsumerSpec) -> Result<NatsConsumer, TransportError> {
-        spec.validate()?;
-        let wanted = consumer_config(spec);
-        let info = match self.consumer_info(&spec.stream, &spec.durable).await? {
-            Some(info) => {
-                let conflict = |detail| TransportError::ConsumerConflict {
-                    stream: spec.stream.clone(),
-                    consumer: spec.durable.clone(),
-                    detail,
-                };
-                let existing = existing_consumer_spec(spec, &info.config).map_err(conflict)?;
-                if let Some(d) = spec.immutable_differences(&existing) {
-                    return Err(conflict(d));
-                }
-                let c = &info.config;
-                let editable_differ = c.max_deliver.max(-1) != wanted.max_deliver
-                    || c.max_ack_pending != wanted.max_ack_pending
-                    || c.backoff != wanted.backoff
-                    || c.inactive_threshold != wanted.inactive_threshold
-                    || (wanted.backoff.is_empty() && c.ack_wait != wanted.ack_wait);
-                if editable_differ {
-                    let mut updated = info.config.clone();
-                    updated.ack_wait = wanted.ack_wait;
-                    updated.max_deliver = wanted.max_deliver;
-                    updated.max_ack_pending = wanted.max_ack_pending;
-                    updated.backoff = wanted.backoff.clone();
-                    updated.inactive_threshold = wanted.inactive_threshold;
-                    let info = self.put_consumer(&spec.stream, &spec.durable, &updated).await?;
-                    tracing::info!(stream = %spec.stream, consumer = %spec.durable, "consumer settings updated");
-                    info
-                } else {
-                    info
-                }
-            }
-            None => {
-                if self.stream_info(&spec.stream).await?.is_none() {
-                    return Err(TransportError::StreamNotFound {
-                        stream: spec.stream.clone(),
-                    });
-                }
-                let info = self.put_consumer(&spec.stream, &spec.durable, &wanted).await?;
-                tracing::info!(stream = %spec.stream, consumer = %spec.durable, filter = %spec.filter, "consumer created");
-                info
-            }
-        };
-        NatsConsumer::new(self.clone(), spec, info)
+        crate::transport::provision::patiently("consumer", || self.consumer_once(spec)).await
     }
 
     async fn delete_consumer(&self, stream: &str, durable: &str) -> Result<(), TransportError> {

@@ -22,6 +22,16 @@ pub struct DocumentCreated {
     pub size: u64,
 }
 
+/// What a fan-out handler publishes per handled event (`audit.recorded`).
+#[domain_event(subject = "audit.recorded", version = "1.0")]
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditRecorded {
+    /// The document.
+    pub document_id: uuid::Uuid,
+    /// Which of the handler's publishes this is.
+    pub n: u32,
+}
+
 /// The same payload as a plain serde struct, for the hand-written baselines.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RawDocumentCreated {

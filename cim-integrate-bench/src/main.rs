@@ -25,7 +25,7 @@ use cim_integrate::transport::{
     Consumer, ConsumerSpec, KeyValue, KvSpec, OutboundMessage, PipelinedPublisher, StreamSpec, Transport,
 };
 use cim_integrate_bench::server::Server;
-use cim_integrate_bench::{BoxError, DocumentCreated, RawDocumentCreated, event, raw_event};
+use cim_integrate_bench::{AuditRecorded, BoxError, DocumentCreated, RawDocumentCreated, event, raw_event};
 use futures::StreamExt;
 use std::collections::VecDeque;
 use std::hint::black_box;
@@ -371,6 +371,93 @@ async fn bench_consume(r: &mut Runner) -> Result<(), BoxError> {
         let v = service_rate(t, n, kv, 16).await?;
         r.row("consume", label, v, "events/s", base, raw, n, true);
     }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// fan-out: a handler that publishes k events per handled one
+
+const FAN_OUT: u32 = 8;
+const FAN_OUT_ROUNDS: usize = 5;
+
+/// A handler publishing `FAN_OUT` events per event, with `emit` (acks awaited together) or
+/// `publish` (each ack awaited in turn).
+fn fan_out_registration(count: Arc<AtomicU64>, emit: bool) -> Result<Registration, BoxError> {
+    Ok(Registration::new(
+        if emit { "fan_emit" } else { "fan_publish" },
+        SubjectPattern::new("document.created")?,
+        "DocumentCreated",
+        DocumentCreated::decode,
+        move |ctx: cim_integrate::handler::Context, e: DocumentCreated| {
+            let c = count.clone();
+            async move {
+                for n in 0..FAN_OUT {
+                    let a = AuditRecorded {
+                        document_id: e.document_id,
+                        n,
+                    };
+                    if emit {
+                        ctx.emit(&a).await?;
+                    } else {
+                        ctx.publish(&a).await?;
+                    }
+                }
+                c.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+        },
+    )
+    .with_options(HandlerOptions {
+        concurrency: 1,
+        ..HandlerOptions::default()
+    }))
+}
+
+async fn fan_out_rate(url: &str, n: u64, emit: bool, round: usize) -> Result<f64, BoxError> {
+    let t = NatsTransport::connect_url(url).await?;
+    let count = Arc::new(AtomicU64::new(0));
+    let name = format!("fan{round}{}", if emit { "e" } else { "p" });
+    // A fresh durable (`{set}-{handler}`) per round, reading the whole backlog.
+    let svc = Service::builder(t, name.clone())
+        .handler(&name, fan_out_registration(count.clone(), emit)?)
+        .dedup_store(MemoryDedup::default())
+        .start()
+        .await?;
+    let start = Instant::now();
+    while count.load(Ordering::Relaxed) < n {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let r = rate(n, start.elapsed());
+    svc.shutdown(Duration::from_secs(5)).await;
+    Ok(r)
+}
+
+async fn bench_fan_out(r: &mut Runner) -> Result<(), BoxError> {
+    let n = r.n(1_000);
+    let server = Server::start("fan-out")?;
+    let t = NatsTransport::connect_url(&server.url).await?;
+    publish_backlog(&t, n).await?;
+    let (mut emitted, mut published) = (Vec::new(), Vec::new());
+    for round in 0..FAN_OUT_ROUNDS {
+        // Alternating order; each round a fresh durable over the same backlog.
+        if round % 2 == 0 {
+            emitted.push(fan_out_rate(&server.url, n, true, round).await?);
+            published.push(fan_out_rate(&server.url, n, false, round).await?);
+        } else {
+            published.push(fan_out_rate(&server.url, n, false, round).await?);
+            emitted.push(fan_out_rate(&server.url, n, true, round).await?);
+        }
+    }
+    r.row_rounds(
+        "fan-out",
+        format!("handler publishing {FAN_OUT} events with ctx.emit (acks awaited together), concurrency 1"),
+        &emitted,
+        "events/s",
+        format!("the same with ctx.publish ({FAN_OUT} acks awaited in turn)"),
+        &published,
+        n,
+        true,
+    );
     Ok(())
 }
 
@@ -987,9 +1074,10 @@ fn main() {
         Server::version()
     );
     let mut failed = Vec::new();
-    let sections: [(&str, u8); 8] = [
+    let sections: [(&str, u8); 9] = [
         ("publish", 0),
         ("consume", 1),
+        ("fan-out", 8),
         ("scale-out", 7),
         ("dispatch", 2),
         ("saga", 3),
@@ -1010,6 +1098,7 @@ fn main() {
             4 => bench_decode(&mut r),
             5 => rt.block_on(bench_rss(&mut r)),
             7 => rt.block_on(bench_scale_out(&mut r)),
+            8 => rt.block_on(bench_fan_out(&mut r)),
             _ => bench_check(&mut r),
         };
         if let Err(e) = result {

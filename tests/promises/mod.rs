@@ -890,6 +890,41 @@ pub async fn process_deadline_panic<T: Transport>(t: T) {
 
 // ---- publishing into a domain nobody subscribes to ------------------------------------------------
 
+pub struct Journal;
+
+#[cim_integrate::handlers(domain = "journal")]
+impl Journal {
+    /// Three events per request, emitted: their acknowledgements are awaited together after the
+    /// handler returned, before the request is acknowledged.
+    #[subscribe("promise.requested", max_attempts = 1)]
+    async fn journal(&self, ctx: &Context, e: JobRequested) -> Result<(), HandlerError> {
+        for _ in 0..3 {
+            ctx.emit(&EntryRecorded { job_id: e.job_id }).await?;
+        }
+        Ok(())
+    }
+}
+
+/// `Context::emit`: k events for about one round trip; all stored, with distinct derived ids,
+/// before the handled message counts as handled.
+pub async fn emitted_events_are_acknowledged_together<T: Transport>(t: T) {
+    let service = Service::builder(t.clone(), "journal")
+        .register(Journal)
+        .start()
+        .await
+        .unwrap();
+    let job = JobId::new();
+    request(&t, job, OK).await;
+    let s = until_stats(&service, "journal-journal", "the request was handled", |s| {
+        s.succeeded + s.dead_lettered + s.retried > 0
+    })
+    .await;
+    assert_eq!((s.succeeded, s.retried, s.dead_lettered), (1, 0, 0), "{s:?}");
+    // Counted as handled only once the three were stored: they are all there at once.
+    assert_eq!(ledger_entries(&t, 3).await, vec![job; 3]);
+    service.shutdown(Duration::from_secs(2)).await;
+}
+
 /// An event of a domain no handler in these tests subscribes to, so nothing provisions its stream
 /// but the publish itself.
 #[domain_event(subject = "ledger.entry_recorded", version = "1.0")]
@@ -998,6 +1033,7 @@ macro_rules! promises {
             process_deadline_panic,
             handler_publishes_into_an_unsubscribed_domain,
             saga_step_publishes_into_an_unsubscribed_domain,
+            emitted_events_are_acknowledged_together,
         ]);
     };
     (@each $tokio:tt $setup:path; [$($case:ident),* $(,)?]) => {

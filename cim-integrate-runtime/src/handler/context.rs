@@ -36,12 +36,24 @@ pub enum PublishError {
 /// Object-safe publishing, so that [`Context`] is not generic over the transport.
 pub(crate) trait DynPublish: Send + Sync + 'static {
     fn publish_and_wait(&self, message: OutboundMessage) -> BoxFuture<'static, Result<PublishAck, TransportError>>;
+    /// Sends without waiting; the returned future resolves to the acknowledgement.
+    fn publish(&self, message: OutboundMessage) -> BoxFuture<'static, Result<AckFuture, TransportError>>;
 }
+
+/// A publish's acknowledgement, awaited later.
+pub(crate) type AckFuture = BoxFuture<'static, Result<PublishAck, TransportError>>;
 
 impl<T: Transport> DynPublish for crate::transport::Provisioner<T> {
     fn publish_and_wait(&self, message: OutboundMessage) -> BoxFuture<'static, Result<PublishAck, TransportError>> {
         let t = self.clone();
         Box::pin(async move { crate::transport::Provisioner::publish_and_wait(&t, message).await })
+    }
+    fn publish(&self, message: OutboundMessage) -> BoxFuture<'static, Result<AckFuture, TransportError>> {
+        let t = self.clone();
+        Box::pin(async move {
+            let ack = crate::transport::Provisioner::publish(&t, message).await?;
+            Ok(Box::pin(ack) as AckFuture)
+        })
     }
 }
 
@@ -66,6 +78,8 @@ struct Inner {
     observer: Option<(Arc<str>, Arc<str>, Arc<PublishLog>)>,
     /// Headers a pipeline layer asked to carry into every publish.
     propagated: Vec<(String, String)>,
+    /// Acknowledgements of [`Context::emit`]s, awaited together once the handler returned.
+    emitted: std::sync::Mutex<Vec<AckFuture>>,
 }
 
 /// The handler's view of the message it handles, and its way to publish.
@@ -105,6 +119,7 @@ impl Context {
                 published: AtomicU32::new(0),
                 observer: None,
                 propagated: Vec::new(),
+                emitted: std::sync::Mutex::new(Vec::new()),
             }),
         }
     }
@@ -188,6 +203,69 @@ impl Context {
         let payload = encode(event)?;
         self.publish_bytes(&E::subject(), E::TYPE_NAME, <E as PayloadVersion>::VERSION, payload)
             .await
+    }
+
+    /// Publishes `event` as [`publish`](Self::publish) does, without waiting for the stream's
+    /// acknowledgement: the runtime awaits the acknowledgements of every `emit` together once the
+    /// handler returned, before the handled message is acknowledged. A handler that publishes
+    /// k events this way pays about one round trip, not k. If one of them is not acknowledged,
+    /// the handler's run failed and is retried (transiently, or dead-lettered if it can never
+    /// succeed); the retried run re-publishes the same ids, which the stream's duplicate window
+    /// drops.
+    ///
+    /// Outside a handler run by the runtime (a [`detached`](Self::detached) context), call
+    /// [`flush`](Self::flush) to await them.
+    pub async fn emit<E: DomainEvent>(&self, event: &E) -> Result<(), PublishError> {
+        let payload = encode(event)?;
+        let subject = E::subject();
+        let n = self.inner.published.fetch_add(1, Ordering::Relaxed);
+        let identity = self.inner.identity.stable_child(&self.inner.scope, n);
+        let envelope = Envelope::with_identity(identity, subject.clone(), payload)
+            .typed(E::TYPE_NAME, <E as PayloadVersion>::VERSION);
+        let envelope = self.with_propagated(envelope);
+        let ack = self.inner.publisher.publish(envelope.into()).await?;
+        if let Some((set, handler, log)) = &self.inner.observer {
+            log.record(set, Some(handler), subject.as_str(), E::TYPE_NAME);
+        }
+        let handler = self.inner.handler.clone();
+        let domain: Arc<str> = Arc::from(subject.first_token());
+        let start = tokio::time::Instant::now();
+        let counted: AckFuture = Box::pin(async move {
+            let result = ack.await;
+            let outcome = match &result {
+                Ok(a) if a.duplicate => "duplicate",
+                Ok(_) => "ok",
+                Err(_) => "error",
+            };
+            monitor::published(&domain, &handler, outcome, start.elapsed());
+            result
+        });
+        self.inner
+            .emitted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(counted);
+        Ok(())
+    }
+
+    /// Awaits the acknowledgements of every [`emit`](Self::emit) so far, together; the first
+    /// failure is returned (the others were still awaited).
+    pub async fn flush(&self) -> Result<(), PublishError> {
+        let pending = std::mem::take(
+            &mut *self
+                .inner
+                .emitted
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let results = futures::future::join_all(pending).await;
+        match results.into_iter().find_map(Result::err) {
+            Some(e) => Err(PublishError::Transport(e)),
+            None => Ok(()),
+        }
     }
 
     /// Publishes `event` as the root of a new conversation (a fresh correlation id).

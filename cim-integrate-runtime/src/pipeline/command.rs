@@ -37,6 +37,7 @@ impl Dispatch for CommandInvoke {
         let Some(ctx) = self.runner.context(msg) else {
             return invalid_command(msg);
         };
+        let emitted = ctx.clone();
         let fut = match (self.registration.invoke)(ctx, msg.received().payload()) {
             Ok(fut) => fut,
             Err(reason) => {
@@ -47,7 +48,10 @@ impl Dispatch for CommandInvoke {
         };
         msg.ran = true;
         match fut.await {
-            Ok(()) => Outcome::Succeeded,
+            Ok(()) => match emitted.flush().await {
+                Ok(()) => Outcome::Succeeded,
+                Err(e) => super::invoke::handler_error(e.into()),
+            },
             Err(CommandRejection::Rejected(reason)) => Outcome::Rejected { reason },
             Err(CommandRejection::Failed(e)) => match breaker::find_open(e.as_ref()) {
                 Some(open) => Outcome::Deferred {

@@ -54,6 +54,7 @@ impl Dispatch for Invoke {
             return super::filter::invalid_envelope(msg);
         };
         let payload = msg.received().payload();
+        let emitted = ctx.clone();
         let fut = match (self.registration.invoke)(ctx, payload) {
             Ok(fut) => fut,
             Err(reason) => {
@@ -65,7 +66,11 @@ impl Dispatch for Invoke {
         };
         msg.ran = true;
         match fut.await {
-            Ok(()) => Outcome::Succeeded,
+            // What the handler emitted is acknowledged, together, before the message is.
+            Ok(()) => match emitted.flush().await {
+                Ok(()) => Outcome::Succeeded,
+                Err(e) => handler_error(e.into()),
+            },
             Err(e) => handler_error(e),
         }
     }

@@ -1353,10 +1353,17 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
                 tracing::debug_span!("saga_step", saga = S::NAME, id = %rec.id, step, attempt, compensating),
             )
         };
-        let outcome = observer
+        let emitted = ctx.context.clone();
+        let mut outcome = observer
             .run(kind, envelope, policy.timeout, f(&self.inner.saga, &mut ctx))
             .instrument(span)
             .await;
+        if matches!(outcome, Outcome::Succeeded)
+            && let Err(e) = emitted.flush().await
+        {
+            // The step's emitted events are part of its work: not acknowledged, not done.
+            outcome = crate::pipeline::invoke::handler_error(e.into());
+        }
         match outcome {
             Outcome::Succeeded => Attempted::Done(ctx.into_data()),
             Outcome::Deferred { reason, delay, .. } => Attempted::Deferred { reason, delay },

@@ -68,6 +68,16 @@ impl<T: Transport> Provisioner<T> {
         Ok(())
     }
 
+    /// Publishes without waiting, provisioning the subject's domain first if this provisioner
+    /// has not seen it yet; the returned future resolves to the acknowledgement.
+    pub async fn publish(&self, message: OutboundMessage) -> Result<T::AckFuture, TransportError> {
+        let domain = message.subject.first_token();
+        if !self.is_known(domain) {
+            self.domain(domain).await?;
+        }
+        self.transport.publish(message).await
+    }
+
     /// Publishes and waits for the acknowledgement, provisioning the subject's domain first if
     /// this provisioner has not seen it yet.
     pub async fn publish_and_wait(&self, message: OutboundMessage) -> Result<PublishAck, TransportError> {

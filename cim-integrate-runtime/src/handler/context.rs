@@ -36,8 +36,15 @@ pub enum PublishError {
 /// Object-safe publishing, so that [`Context`] is not generic over the transport.
 pub(crate) trait DynPublish: Send + Sync + 'static {
     fn publish_and_wait(&self, message: OutboundMessage) -> BoxFuture<'static, Result<PublishAck, TransportError>>;
-    /// Sends without waiting; the returned future resolves to the acknowledgement.
-    fn publish(&self, message: OutboundMessage) -> BoxFuture<'static, Result<AckFuture, TransportError>>;
+    /// Sends without waiting; the returned future resolves to the acknowledgement. By default,
+    /// waits (a publisher without pipelining).
+    fn publish(&self, message: OutboundMessage) -> BoxFuture<'static, Result<AckFuture, TransportError>> {
+        let sent = self.publish_and_wait(message);
+        Box::pin(async move {
+            let ack = sent.await;
+            Ok(Box::pin(std::future::ready(ack)) as AckFuture)
+        })
+    }
 }
 
 /// A publish's acknowledgement, awaited later.

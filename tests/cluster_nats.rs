@@ -89,17 +89,32 @@ async fn lead_from(
     panic!("could not move the leaders of `{stream}` to node {target}");
 }
 
-async fn stream_messages(client: &async_nats::Client, stream: &str) -> u64 {
+/// A stream's info, asked again while the cluster cannot answer yet.
+async fn stream_info(client: &async_nats::Client, stream: &str) -> async_nats::jetstream::stream::Info {
     let js = async_nats::jetstream::new(client.clone());
     for _ in 0..20 {
         if let Ok(mut s) = js.get_stream(stream).await
             && let Ok(info) = s.info().await
         {
-            return info.state.messages;
+            return info.clone();
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     panic!("no info for stream `{stream}`");
+}
+
+async fn stream_messages(client: &async_nats::Client, stream: &str) -> u64 {
+    stream_info(client, stream).await.state.messages
+}
+
+/// Waits until `counter` reaches `n`, failing after `within`.
+async fn until(what: &str, counter: &AtomicUsize, n: usize, within: Duration) {
+    let deadline = Instant::now() + within;
+    while counter.load(Ordering::SeqCst) < n {
+        let done = counter.load(Ordering::SeqCst);
+        assert!(Instant::now() < deadline, "{done} of {n} {what} within {within:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Publishes `orders.placed` {n} for n in `range`, pipelined in windows, sending again (same
@@ -162,14 +177,7 @@ async fn killing_the_leading_node_loses_nothing_and_runs_nothing_twice() {
         ("KV_cim_dedup_fulfilment", 3),
         (DEAD_LETTER_STREAM_NAME, 3),
     ] {
-        let info = async_nats::jetstream::new(client.clone())
-            .get_stream(stream)
-            .await
-            .expect("stream")
-            .info()
-            .await
-            .expect("info")
-            .clone();
+        let info = stream_info(&client, stream).await;
         assert_eq!(
             info.config.num_replicas, replicas,
             "{stream}: replicas from the deployment"
@@ -184,20 +192,7 @@ async fn killing_the_leading_node_loses_nothing_and_runs_nothing_twice() {
     let feeder_client = async_nats::connect(survivors).await.expect("publisher");
     let feeder = tokio::spawn(feed(feeder_client, 0..EVENTS));
 
-    let wait_for = |n: usize, within: Duration| {
-        let effects = effects.clone();
-        async move {
-            let deadline = Instant::now() + within;
-            while effects.handled.load(Ordering::SeqCst) < n {
-                assert!(
-                    Instant::now() < deadline,
-                    "handled {} of {n} within {within:?}",
-                    effects.handled.load(Ordering::SeqCst)
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    };
+    let wait_for = |n: usize, within: Duration| until("events handled", &effects.handled, n, within);
     let begun = Instant::now();
     wait_for(5_000, Duration::from_secs(60)).await;
     eprintln!("5000 handled in {:?}", begun.elapsed());
@@ -336,20 +331,7 @@ async fn sagas_complete_while_their_buckets_leader_is_killed() {
     let client = cluster.client().clone();
     let feeder = tokio::spawn(feed(client.clone(), 0..SAGAS));
 
-    let wait_for = |n: usize, within: Duration| {
-        let runs = runs.clone();
-        async move {
-            let deadline = Instant::now() + within;
-            while runs.shipped.load(Ordering::SeqCst) < n {
-                let done = runs.shipped.load(Ordering::SeqCst);
-                assert!(
-                    Instant::now() < deadline,
-                    "{done} of {n} sagas completed within {within:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    };
+    let wait_for = |n: usize, within: Duration| until("sagas completed", &runs.shipped, n, within);
     wait_for(500, Duration::from_secs(60)).await;
     let target = cluster.bucket_leader("cim_saga_payment").await.expect("bucket leader");
     cluster.kill(target).expect("kill");
@@ -417,16 +399,8 @@ async fn drift_is_reported_and_left_unchanged() {
     r3.key_value(&KvSpec::new("drifting"))
         .await
         .expect("drift is not an error");
-    let js = async_nats::jetstream::new(t.client().clone());
     for name in ["DRIFTING_EVENTS", "KV_drifting"] {
-        let info = js
-            .get_stream(name)
-            .await
-            .expect("stream")
-            .info()
-            .await
-            .expect("info")
-            .clone();
+        let info = stream_info(t.client(), name).await;
         assert_eq!(info.config.num_replicas, 1, "{name} was changed");
         assert!(
             observed.counter("cim_asset_drift_total", &[("asset", name)]) >= 1,
@@ -439,14 +413,7 @@ async fn drift_is_reported_and_left_unchanged() {
     aged.ensure_stream(&StreamSpec::for_domain("aged", None).unwrap())
         .await
         .expect("aged stream");
-    let info = js
-        .get_stream("AGED_EVENTS")
-        .await
-        .expect("stream")
-        .info()
-        .await
-        .expect("info")
-        .clone();
+    let info = stream_info(t.client(), "AGED_EVENTS").await;
     assert_eq!(info.config.max_age, Duration::from_secs(3600));
     let before = observed.counter("cim_asset_drift_total", &[("asset", "DRIFTING_EVENTS")]);
     aged.ensure_stream(&spec)

@@ -18,7 +18,7 @@ use cim_integrate::event::DomainEvent;
 use cim_integrate::event::Versioned;
 use cim_integrate::handler::{HandlerError, HandlerOptions, Registration};
 use cim_integrate::saga::{Saga, SagaOutcome, SagaRunner, Step, StepContext, StepFuture};
-use cim_integrate::service::Service;
+use cim_integrate::service::{Service, ServiceBuilder};
 use cim_integrate::transport::memory::MemoryTransport;
 use cim_integrate::transport::nats::NatsTransport;
 use cim_integrate::transport::{
@@ -321,6 +321,11 @@ async fn service_rate<T: Transport>(t: T, n: u64, kv_dedup: bool, concurrency: u
     if !kv_dedup {
         b = b.dedup_store(MemoryDedup::default());
     }
+    drain_rate(b, &count, n).await
+}
+
+/// Starts the service and measures the rate at which `count` reaches `n`.
+async fn drain_rate<T: Transport>(b: ServiceBuilder<T>, count: &AtomicU64, n: u64) -> Result<f64, BoxError> {
     let start = Instant::now();
     let svc = b.start().await?;
     while count.load(Ordering::Relaxed) < n {
@@ -418,18 +423,10 @@ async fn fan_out_rate(url: &str, n: u64, emit: bool, round: usize) -> Result<f64
     let count = Arc::new(AtomicU64::new(0));
     let name = format!("fan{round}{}", if emit { "e" } else { "p" });
     // A fresh durable (`{set}-{handler}`) per round, reading the whole backlog.
-    let svc = Service::builder(t, name.clone())
+    let b = Service::builder(t, name.clone())
         .handler(&name, fan_out_registration(count.clone(), emit)?)
-        .dedup_store(MemoryDedup::default())
-        .start()
-        .await?;
-    let start = Instant::now();
-    while count.load(Ordering::Relaxed) < n {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let r = rate(n, start.elapsed());
-    svc.shutdown(Duration::from_secs(5)).await;
-    Ok(r)
+        .dedup_store(MemoryDedup::default());
+    drain_rate(b, &count, n).await
 }
 
 async fn bench_fan_out(r: &mut Runner) -> Result<(), BoxError> {

@@ -644,10 +644,10 @@ impl<T: Transport, S: Serialize + DeserializeOwned + Default + Send + 'static> E
         if let Some(ttl) = options.ttl {
             spec = spec.max_age(ttl);
         }
-        use crate::transport::provision::patiently;
-        let records = patiently("process bucket", || transport.key_value(&spec)).await?;
-        let timers_spec = KvSpec::new(format!("cim_pm_{name}_timers"));
-        let timers = patiently("process timers bucket", || transport.key_value(&timers_spec)).await?;
+        let records = transport.key_value(&spec).await?;
+        let timers = transport
+            .key_value(&KvSpec::new(format!("cim_pm_{name}_timers")))
+            .await?;
         Ok(Self {
             name: name.to_owned(),
             records,

@@ -65,7 +65,6 @@ use crate::process::{ProcessManager, ProcessRunner, TimerHandle};
 use crate::saga::{Saga, SagaRunner};
 use crate::subject::{Subject, SubjectError, SubjectPattern};
 use crate::topology::{ParticipantKind, PublishLog, Topology};
-use crate::transport::provision::patiently;
 use crate::transport::{ConsumerSpec, KvError, KvSpec, StreamSpec, Transport, TransportError};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -447,7 +446,7 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
         domains.sort_unstable();
         domains.dedup();
         for domain in domains {
-            patiently("published domain's stream", || provisioner.domain(domain)).await?;
+            provisioner.domain(domain).await?;
         }
         let parts = ContextParts {
             publisher: Arc::new(provisioner),
@@ -546,17 +545,17 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
     ) -> Result<(), ServiceError> {
         let t = &self.transport;
         let dead_letters = dead_letter_stream()?;
-        patiently("dead-letter stream", || t.ensure_stream(&dead_letters)).await?;
+        t.ensure_stream(&dead_letters).await?;
         let dedup = match &self.dedup {
             Some(d) => d.clone(),
             None => {
                 let spec = KvSpec::new(format!("cim_dedup_{}", self.name)).max_age(self.dedup_ttl);
-                let kv = patiently("dedup bucket", || t.key_value(&spec)).await?;
+                let kv = t.key_value(&spec).await?;
                 Arc::new(KvDedup::new(kv)) as Arc<dyn DedupStore>
             }
         };
         for mut plan in plans {
-            match patiently("stream", || t.ensure_stream(&plan.stream)).await {
+            match t.ensure_stream(&plan.stream).await {
                 // The publishing domain owns its stream; other settings there are its business.
                 Err(TransportError::StreamConflict { stream, detail }) => {
                     tracing::info!(%stream, %detail, "subscribing to an existing stream with other settings");
@@ -572,7 +571,7 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
                 .saturating_mul(4)
                 .min(plan.spec.max_ack_pending as usize);
             plan.spec = plan.spec.prefetch(prefetch);
-            let consumer = patiently("consumer", || t.consumer(&plan.spec)).await?;
+            let consumer = t.consumer(&plan.spec).await?;
             let dlq = Subject::from_tokens([DEAD_LETTER_TOKEN, plan.set.as_str(), plan.registration.name.as_str()])?;
             tracing::info!(handler = %plan.durable, filter = %plan.spec.filter, stream = %plan.spec.stream, "handler started");
             let ledger = Arc::new(Ledger::default());
@@ -686,9 +685,7 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
             Some(ttl) => {
                 let spec = KvSpec::new(format!("cim_commands_{}", self.name)).max_age(ttl);
                 let t = &self.transport;
-                Some(Arc::new(
-                    patiently("command results bucket", || t.key_value(&spec)).await?,
-                ))
+                Some(Arc::new(t.key_value(&spec).await?))
             }
             None => None,
         };

@@ -54,6 +54,17 @@ async fn consumer_info(js: &async_nats::jetstream::Context) -> async_nats::jetst
         .expect("consumer info")
 }
 
+/// A private server with the `document` stream, and a transport on it.
+async fn document_server() -> (NatsServer, NatsTransport) {
+    let server = NatsServer::start().await.expect("nats-server");
+    let publisher = NatsTransport::connect_url(&server.url()).await.expect("connect");
+    publisher
+        .ensure_stream(&StreamSpec::for_domain("document", None).expect("stream spec"))
+        .await
+        .expect("stream");
+    (server, publisher)
+}
+
 /// Polls `done` every 20 ms until it holds or `deadline` passes.
 async fn until<F: Future<Output = bool>>(what: &str, deadline: Instant, mut done: impl FnMut() -> F) {
     while !done().await {
@@ -64,13 +75,8 @@ async fn until<F: Future<Output = bool>>(what: &str, deadline: Instant, mut done
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_on_one_durable_share_the_work_and_handle_each_event_once() {
-    let server = NatsServer::start().await.expect("nats-server");
+    let (server, publisher) = document_server().await;
     let deadline = Instant::now() + Duration::from_secs(15);
-    let publisher = NatsTransport::connect_url(&server.url()).await.expect("connect");
-    publisher
-        .ensure_stream(&StreamSpec::for_domain("document", None).expect("stream spec"))
-        .await
-        .expect("stream");
     let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.expect("client"));
 
     let log: Log = Arc::default();
@@ -142,13 +148,8 @@ async fn services_on_one_durable_share_the_work_and_handle_each_event_once() {
 /// every other process's reach and ageing towards its ack wait.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_process_holds_only_its_prefetch() {
-    let server = NatsServer::start().await.expect("nats-server");
+    let (server, publisher) = document_server().await;
     let deadline = Instant::now() + Duration::from_secs(15);
-    let publisher = NatsTransport::connect_url(&server.url()).await.expect("connect");
-    publisher
-        .ensure_stream(&StreamSpec::for_domain("document", None).expect("stream spec"))
-        .await
-        .expect("stream");
     let mut p = PipelinedPublisher::new(publisher.clone(), 100);
     for n in 0..200u32 {
         let subject = Subject::new("document.created").expect("subject");

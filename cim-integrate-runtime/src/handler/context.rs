@@ -225,26 +225,14 @@ impl Context {
     pub async fn emit<E: DomainEvent>(&self, event: &E) -> Result<(), PublishError> {
         let payload = encode(event)?;
         let subject = E::subject();
-        let n = self.inner.published.fetch_add(1, Ordering::Relaxed);
-        let identity = self.inner.identity.stable_child(&self.inner.scope, n);
-        let envelope = Envelope::with_identity(identity, subject.clone(), payload)
-            .typed(E::TYPE_NAME, <E as PayloadVersion>::VERSION);
-        let envelope = self.with_propagated(envelope);
+        let envelope = self.child(&subject, E::TYPE_NAME, <E as PayloadVersion>::VERSION, payload);
         let ack = self.inner.publisher.publish(envelope.into()).await?;
-        if let Some((set, handler, log)) = &self.inner.observer {
-            log.record(set, Some(handler), subject.as_str(), E::TYPE_NAME);
-        }
+        self.observe(&subject, E::TYPE_NAME);
         let handler = self.inner.handler.clone();
-        let domain: Arc<str> = Arc::from(subject.first_token());
         let start = tokio::time::Instant::now();
         let counted: AckFuture = Box::pin(async move {
             let result = ack.await;
-            let outcome = match &result {
-                Ok(a) if a.duplicate => "duplicate",
-                Ok(_) => "ok",
-                Err(_) => "error",
-            };
-            monitor::published(&domain, &handler, outcome, start.elapsed());
+            monitor::published(subject.first_token(), &handler, ack_outcome(&result), start.elapsed());
             result
         });
         self.inner
@@ -291,12 +279,26 @@ impl Context {
         version: &str,
         payload: impl Into<Bytes>,
     ) -> Result<PublishAck, PublishError> {
+        let envelope = self.child(subject, event_type, version, payload.into());
+        self.send(subject, event_type, envelope).await
+    }
+
+    /// The next message caused by the handled one, with its id derived from (handled message id,
+    /// scope, n-th publish) and the propagated headers. Nothing of the delivery (its time, its
+    /// stream position) goes into the id: every delivery of the message, and every stored copy
+    /// of it, re-publishes the same ids.
+    fn child(&self, subject: &Subject, event_type: &str, version: &str, payload: Bytes) -> Envelope {
         let n = self.inner.published.fetch_add(1, Ordering::Relaxed);
-        // Nothing of the delivery (its time, its stream position) goes into the id: every
-        // delivery of the message, and every stored copy of it, re-publishes the same ids.
         let identity = self.inner.identity.stable_child(&self.inner.scope, n);
         let envelope = Envelope::with_identity(identity, subject.clone(), payload).typed(event_type, version);
-        self.send(subject, event_type, self.with_propagated(envelope)).await
+        self.with_propagated(envelope)
+    }
+
+    /// Records a publish for the topology.
+    fn observe(&self, subject: &Subject, event_type: &str) {
+        if let Some((set, handler, log)) = &self.inner.observer {
+            log.record(set, Some(handler), subject.as_str(), event_type);
+        }
     }
 
     /// Publishes raw payload bytes as the root of a new conversation (a fresh correlation id).
@@ -333,16 +335,23 @@ impl Context {
             .publish_and_wait(envelope.into())
             .instrument(span)
             .await;
-        let outcome = match &result {
-            Ok(ack) if ack.duplicate => "duplicate",
-            Ok(_) => "ok",
-            Err(_) => "error",
-        };
-        monitor::published(subject.first_token(), &self.inner.handler, outcome, start.elapsed());
-        if let Some((set, handler, log)) = &self.inner.observer {
-            log.record(set, Some(handler), subject.as_str(), event_type);
-        }
+        monitor::published(
+            subject.first_token(),
+            &self.inner.handler,
+            ack_outcome(&result),
+            start.elapsed(),
+        );
+        self.observe(subject, event_type);
         Ok(result?)
+    }
+}
+
+/// The `outcome` label of a publish's acknowledgement.
+fn ack_outcome(result: &Result<PublishAck, TransportError>) -> &'static str {
+    match result {
+        Ok(ack) if ack.duplicate => "duplicate",
+        Ok(_) => "ok",
+        Err(_) => "error",
     }
 }
 

@@ -115,33 +115,34 @@ pub(crate) fn unavailable(e: &(dyn std::error::Error + 'static)) -> Option<Strin
     None
 }
 
+/// The deferral a transient failure calls for, if any: a breaker around the handler's own call
+/// refused (wait out its cool-down), or infrastructure is unavailable (retry in a second). Neither
+/// spends an attempt.
+pub(crate) fn deferral(e: &(dyn std::error::Error + 'static)) -> Option<Outcome> {
+    if let Some(open) = breaker::find_open(e) {
+        return Some(Outcome::Deferred {
+            reason: open.to_string(),
+            delay: open.retry_after.max(MIN_DEFERRAL),
+            cause: Deferral::Breaker,
+        });
+    }
+    unavailable(e).map(|what| Outcome::Deferred {
+        reason: format!("unavailable: {what}"),
+        delay: UNAVAILABLE_DEFERRAL,
+        cause: Deferral::Unavailable,
+    })
+}
+
 /// The outcome of a handler error.
 pub(crate) fn handler_error(e: HandlerError) -> Outcome {
-    if let HandlerError::Transient(inner) = &e
-        && breaker::find_open(inner.as_ref()).is_none()
-        && let Some(what) = unavailable(inner.as_ref())
-    {
-        return Outcome::Deferred {
-            reason: format!("unavailable: {what}"),
-            delay: UNAVAILABLE_DEFERRAL,
-            cause: Deferral::Unavailable,
-        };
-    }
     match e {
         HandlerError::Permanent(e) => Outcome::DeadLetter {
             kind: DeadLetterReason::Permanent,
             reason: format!("handler failed permanently: {e}"),
         },
-        HandlerError::Transient(e) => match breaker::find_open(e.as_ref()) {
-            Some(open) => Outcome::Deferred {
-                reason: open.to_string(),
-                delay: open.retry_after.max(MIN_DEFERRAL),
-                cause: Deferral::Breaker,
-            },
-            None => Outcome::Failed {
-                reason: format!("handler failed: {e}"),
-                retry_after: Duration::ZERO,
-            },
-        },
+        HandlerError::Transient(e) => deferral(e.as_ref()).unwrap_or_else(|| Outcome::Failed {
+            reason: format!("handler failed: {e}"),
+            retry_after: Duration::ZERO,
+        }),
     }
 }

@@ -1,8 +1,7 @@
 //! The terminal of saga steps and compensations: one call, under the step's timeout. A step
 //! is not a received message, so it comes with a [`Synthetic`] one carrying the saga's identity.
 
-use super::breaker::MIN_DEFERRAL;
-use super::{Deferral, Dispatch, Message, Outcome, Received};
+use super::{Dispatch, Message, Outcome, Received};
 use crate::envelope::{Envelope, EnvelopeError};
 use crate::handler::HandlerError;
 use crate::headers::Headers;
@@ -93,22 +92,9 @@ where
 /// (`transient: ...`, `permanent: ...`).
 fn call_error(e: HandlerError) -> Outcome {
     if let HandlerError::Transient(inner) = &e
-        && let Some(open) = crate::breaker::find_open(inner.as_ref())
+        && let Some(deferred) = super::invoke::deferral(inner.as_ref())
     {
-        return Outcome::Deferred {
-            reason: open.to_string(),
-            delay: open.retry_after.max(MIN_DEFERRAL),
-            cause: Deferral::Breaker,
-        };
-    }
-    if let HandlerError::Transient(inner) = &e
-        && let Some(what) = super::invoke::unavailable(inner.as_ref())
-    {
-        return Outcome::Deferred {
-            reason: format!("unavailable: {what}"),
-            delay: super::invoke::UNAVAILABLE_DEFERRAL,
-            cause: Deferral::Unavailable,
-        };
+        return deferred;
     }
     let reason = e.to_string();
     if e.is_permanent() {

@@ -429,12 +429,11 @@ impl<S: Saga, T: Transport> SagaRunnerBuilder<S, T> {
         let bucket = self.bucket.unwrap_or_else(|| format!("cim_saga_{}", S::NAME));
         let t = &self.transport;
         let settled_spec = KvSpec::new(format!("{bucket}_settled")).max_age(self.settled_retention);
-        let settled =
-            crate::transport::provision::patiently("settled saga bucket", || t.key_value(&settled_spec)).await?;
+        let settled = t.key_value(&settled_spec).await?;
         let spec = KvSpec::new(bucket);
-        let kv = crate::transport::provision::patiently("saga bucket", || t.key_value(&spec)).await?;
+        let kv = t.key_value(&spec).await?;
         let stream = StreamSpec::for_domain(SAGA_EVENTS_DOMAIN, None)?;
-        match crate::transport::provision::patiently("saga stream", || t.ensure_stream(&stream)).await {
+        match t.ensure_stream(&stream).await {
             Err(TransportError::StreamConflict { stream, detail }) => {
                 tracing::info!(%stream, %detail, "publishing saga events to an existing stream with other settings");
             }

@@ -81,15 +81,11 @@ impl<T: Transport> Provisioner<T> {
     /// Publishes and waits for the acknowledgement, provisioning the subject's domain first if
     /// this provisioner has not seen it yet.
     pub async fn publish_and_wait(&self, message: OutboundMessage) -> Result<PublishAck, TransportError> {
-        let domain = message.subject.first_token();
-        if !self.is_known(domain) {
-            self.domain(domain).await?;
-        }
-        self.transport.publish_and_wait(message).await
+        self.publish(message).await?.await
     }
 }
 
-/// How long start-up provisioning keeps retrying through transient trouble (a leader election,
+/// How long provisioning on NATS (streams, consumers, buckets) keeps retrying through transient trouble (a leader election,
 /// a node restarting, a reconnect) before it reports the error.
 pub const PROVISION_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
 

@@ -679,7 +679,7 @@ impl Transport for NatsTransport {
     }
 
     async fn key_value(&self, spec: &KvSpec) -> Result<NatsKeyValue, KvError> {
-        kv::open(self, spec).await
+        crate::transport::provision::patiently("bucket", || kv::open(self, spec)).await
     }
 
     async fn flush(&self) -> Result<(), TransportError> {

@@ -12,6 +12,9 @@
 
 mod generate;
 
+#[global_allocator]
+static ALLOC: cim_integrate_bench::CountingAlloc = cim_integrate_bench::CountingAlloc;
+
 use cim_integrate::SubjectPattern;
 use cim_integrate::dedup::MemoryDedup;
 use cim_integrate::event::DomainEvent;
@@ -58,6 +61,11 @@ struct Row {
     value_range: Option<[f64; 2]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     baseline_range: Option<[f64; 2]>,
+    /// Allocations per message (medians over the rounds), where counted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    allocs_per_msg: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    baseline_allocs_per_msg: Option<f64>,
 }
 
 struct Runner {
@@ -103,6 +111,8 @@ impl Runner {
             higher_is_better,
             value_range: None,
             baseline_range: None,
+            allocs_per_msg: None,
+            baseline_allocs_per_msg: None,
         };
         eprintln!(
             "  [{section}] {}: {} {unit} (baseline {}: {} {unit}; x{:.2})",
@@ -144,6 +154,17 @@ impl Runner {
         if let Some(row) = self.rows.last_mut() {
             row.value_range = Some(vr);
             row.baseline_range = Some(br);
+        }
+    }
+}
+
+impl Runner {
+    /// Sets the allocations per message of the last row and its baseline.
+    fn allocs(&mut self, value: f64, baseline: f64) {
+        eprintln!("    allocations per message: {value:.1} (baseline {baseline:.1})");
+        if let Some(row) = self.rows.last_mut() {
+            row.allocs_per_msg = Some(value);
+            row.baseline_allocs_per_msg = Some(baseline);
         }
     }
 }
@@ -190,22 +211,47 @@ fn rate(n: u64, d: Duration) -> f64 {
 // ---------------------------------------------------------------------------------------------
 // publish
 
-async fn bench_publish(r: &mut Runner) -> Result<(), BoxError> {
-    const WINDOW: usize = 256;
-    let n = r.n(20_000);
-    let n_each = r.n(2_000);
-    let server = Server::start("publish")?;
-    let t = NatsTransport::connect_url(&server.url).await?;
-    for d in ["rawpub", "document", "awaitpub"] {
-        t.ensure_stream(&StreamSpec::for_domain(d, None)?).await?;
-    }
-    let js = async_nats::jetstream::new(async_nats::connect(&server.url).await?);
+const PUBLISH_WINDOW: usize = 1024;
+const ROUNDS: usize = 5;
 
-    // Baseline: async-nats directly, pipelined, serde + the same headers incl. Nats-Msg-Id.
+/// Messages/s and allocations per message of one publish run.
+type Measured = (f64, f64);
+
+/// Runs `f` over `n` messages: its rate and the allocations per message it made (process-wide).
+async fn measured<F: std::future::Future<Output = Result<(), BoxError>>>(n: u64, f: F) -> Result<Measured, BoxError> {
+    measured_span(n, async {
+        f.await?;
+        Ok(None)
+    })
+    .await
+}
+
+/// As [`measured`], for a run that times its own span (e.g. from the first message handled, so
+/// that start-up is left out); `None`: the whole run.
+async fn measured_span<F>(n: u64, f: F) -> Result<Measured, BoxError>
+where
+    F: std::future::Future<Output = Result<Option<Duration>, BoxError>>,
+{
+    let allocs = cim_integrate_bench::allocations();
     let start = Instant::now();
-    let mut in_flight = VecDeque::with_capacity(WINDOW);
+    let span = f.await?.unwrap_or_else(|| start.elapsed());
+    Ok((
+        rate(n, span),
+        (cim_integrate_bench::allocations() - allocs) as f64 / n as f64,
+    ))
+}
+
+/// Raw async-nats: serde encode, a fresh id, pipelined `send_publish` (window 1024), acks awaited
+/// oldest first; with only `Nats-Msg-Id`, or with the same seven headers as ours.
+async fn raw_publish(
+    js: &async_nats::jetstream::Context,
+    subject: &str,
+    n: u64,
+    all_headers: bool,
+) -> Result<(), BoxError> {
+    let mut in_flight = VecDeque::with_capacity(PUBLISH_WINDOW);
     for i in 0..n {
-        if in_flight.len() >= WINDOW
+        if in_flight.len() >= PUBLISH_WINDOW
             && let Some(ack) = in_flight.pop_front()
         {
             ack.await?;
@@ -214,64 +260,121 @@ async fn bench_publish(r: &mut Runner) -> Result<(), BoxError> {
         let id = uuid::Uuid::now_v7().to_string();
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", id.as_str());
-        headers.insert("X-Message-ID", id.as_str());
-        headers.insert("X-Correlation-ID", id.as_str());
-        headers.insert("X-Causation-ID", id.as_str());
-        headers.insert("X-Event-Type", "DocumentCreated");
-        headers.insert("X-Event-Version", "1.0");
-        headers.insert("X-Occurred-At", cim_integrate::Timestamp::now().to_rfc3339().as_str());
+        if all_headers {
+            headers.insert("X-Message-ID", id.as_str());
+            headers.insert("X-Correlation-ID", id.as_str());
+            headers.insert("X-Causation-ID", id.as_str());
+            headers.insert("X-Event-Type", "DocumentCreated");
+            headers.insert("X-Event-Version", "1.0");
+            headers.insert("X-Occurred-At", cim_integrate::Timestamp::now().to_rfc3339().as_str());
+        }
         let msg = async_nats::jetstream::message::PublishMessage::build()
             .payload(payload.into())
             .headers(headers);
-        in_flight.push_back(js.send_publish("rawpub.created", msg).await?);
+        in_flight.push_back(js.send_publish(subject.to_owned(), msg).await?);
     }
     for ack in in_flight {
         ack.await?;
     }
-    let raw = rate(n, start.elapsed());
+    Ok(())
+}
 
-    // Typed: #[domain_event] encode + envelope + PipelinedPublisher.
-    let start = Instant::now();
-    let mut p = PipelinedPublisher::new(t.clone(), WINDOW);
+/// Ours: `#[domain_event]` encode + envelope + `PipelinedPublisher` (window 1024).
+async fn typed_publish(t: &NatsTransport, n: u64, compact: bool) -> Result<(), BoxError> {
+    let mut p = PipelinedPublisher::new(t.clone(), PUBLISH_WINDOW);
     for i in 0..n {
-        p.publish(OutboundMessage::from(&event(i).to_envelope()?))
-            .await
-            .map_err(|e| e.error.to_string())?;
+        let env = event(i).to_envelope()?;
+        let message = if compact {
+            OutboundMessage::compact(&env)
+        } else {
+            OutboundMessage::from(&env)
+        };
+        p.publish(message).await.map_err(|e| e.error.to_string())?;
     }
     p.finish().await.map_err(|e| e.error.to_string())?;
-    let typed = rate(n, start.elapsed());
+    Ok(())
+}
 
-    // One round trip per message (the guide's DomainEventBus).
-    let start = Instant::now();
-    for i in 0..n_each {
-        let mut env = event(i).to_envelope()?;
-        env = cim_integrate::Envelope::with_identity(
-            *env.identity(),
-            cim_integrate::Subject::new("awaitpub.created")?,
-            env.payload().clone(),
-        )
-        .typed("DocumentCreated", "1.0");
-        t.publish_and_wait((&env).into()).await?;
+async fn bench_publish(r: &mut Runner) -> Result<(), BoxError> {
+    let n = r.n(20_000);
+    let n_each = r.n(2_000);
+    let server = Server::start("publish")?;
+    let t = NatsTransport::connect_url(&server.url).await?;
+    for d in ["rawpub", "document", "awaitpub"] {
+        t.ensure_stream(&StreamSpec::for_domain(d, None)?).await?;
     }
-    let each = rate(n_each, start.elapsed());
-    let base = "raw async-nats, pipelined (window 256), Nats-Msg-Id";
-    r.row(
-        "publish",
-        "typed publish + PipelinedPublisher (NATS)",
-        typed,
-        "msgs/s",
-        base,
-        raw,
-        n,
-        true,
+    let js = async_nats::jetstream::new(async_nats::connect(&server.url).await?);
+    // Warm-up: connections, streams, allocator.
+    raw_publish(&js, "rawpub.created", 2_000, true).await?;
+    typed_publish(&t, 2_000, false).await?;
+    // [raw id only, raw same headers, ours, ours compact], each a list of rounds.
+    let mut m: [Vec<Measured>; 4] = Default::default();
+    for round in 0..ROUNDS {
+        // The order rotates every round, so that drift favours no side.
+        for k in 0..4 {
+            let which = (k + round) % 4;
+            let v = match which {
+                0 => measured(n, raw_publish(&js, "rawpub.created", n, false)).await?,
+                1 => measured(n, raw_publish(&js, "rawpub.created", n, true)).await?,
+                2 => measured(n, typed_publish(&t, n, false)).await?,
+                _ => measured(n, typed_publish(&t, n, true)).await?,
+            };
+            m[which].push(v);
+        }
+    }
+    let rates = |i: usize| m[i].iter().map(|v| v.0).collect::<Vec<_>>();
+    let allocs = |i: usize| median(&m[i].iter().map(|v| v.1).collect::<Vec<_>>());
+    let (raw_id, raw_all) = (
+        "raw async-nats pipelined (1024), Nats-Msg-Id only",
+        "raw async-nats pipelined (1024), our 7 headers",
     );
+    let rows = [
+        (
+            "typed publish + PipelinedPublisher (1024), full CIM headers",
+            2,
+            raw_all,
+            1,
+        ),
+        (
+            "typed publish + PipelinedPublisher (1024), full CIM headers",
+            2,
+            raw_id,
+            0,
+        ),
+        (
+            "typed publish + PipelinedPublisher (1024), compact identity",
+            3,
+            raw_id,
+            0,
+        ),
+    ];
+    for (name, ours, base, b) in rows {
+        r.row_rounds("publish", name, &rates(ours), "msgs/s", base, &rates(b), n, true);
+        r.allocs(allocs(ours), allocs(b));
+    }
+
+    // One round trip per message (the guide's DomainEventBus), for scale: not a target.
+    let each = measured(n_each, async {
+        for i in 0..n_each {
+            let mut env = event(i).to_envelope()?;
+            env = cim_integrate::Envelope::with_identity(
+                *env.identity(),
+                cim_integrate::Subject::new("awaitpub.created")?,
+                env.payload().clone(),
+            )
+            .typed("DocumentCreated", "1.0");
+            t.publish_and_wait((&env).into()).await?;
+        }
+        Ok(())
+    })
+    .await?;
     r.row(
         "publish",
-        format!("publish awaiting each ack (NATS, {n_each} msgs)"),
-        each,
+        format!("publish awaiting each ack ({n_each} msgs)"),
+        each.0,
         "msgs/s",
-        base,
-        raw,
+        raw_all,
+        median(&rates(1)),
         n_each,
         true,
     );
@@ -336,45 +439,112 @@ async fn drain_rate<T: Transport>(b: ServiceBuilder<T>, count: &AtomicU64, n: u6
     Ok(r)
 }
 
+/// Raw async-nats: a pull consumer on its durable (created before the backlog), serde decode,
+/// ack; timed from the first message.
+async fn raw_consume(url: &str, durable: &str, n: u64) -> Result<Option<Duration>, BoxError> {
+    let js = async_nats::jetstream::new(async_nats::connect(url).await?);
+    let consumer: async_nats::jetstream::consumer::PullConsumer =
+        js.get_stream("DOCUMENT_EVENTS").await?.get_consumer(durable).await?;
+    let mut messages = consumer.messages().await?;
+    let mut got = 0;
+    let mut start = None;
+    while got < n {
+        let m = messages.next().await.ok_or("raw stream ended")??;
+        start.get_or_insert_with(Instant::now);
+        let e: RawDocumentCreated = serde_json::from_slice(&m.payload)?;
+        black_box(e);
+        m.ack().await?;
+        got += 1;
+    }
+    Ok(start.map(|s| s.elapsed()))
+}
+
+/// `Service` with one handler (concurrency 16) on the durable of `set`, until `n` events are
+/// handled; timed from the first. `n == 0`: start and stop (creates the durable).
+async fn service_consume(url: &str, set: &str, n: u64, kv_dedup: bool) -> Result<Option<Duration>, BoxError> {
+    let t = NatsTransport::connect_url(url).await?;
+    let count = Arc::new(AtomicU64::new(0));
+    let mut b = Service::builder(t, set).handler(set, counting_registration(count.clone(), 16)?);
+    if !kv_dedup {
+        b = b.dedup_store(MemoryDedup::default());
+    }
+    let svc = b.start().await?;
+    if n == 0 {
+        // Only creating the durable.
+        svc.shutdown(Duration::from_secs(5)).await;
+        return Ok(None);
+    }
+    while count.load(Ordering::Relaxed) == 0 {
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    let start = Instant::now();
+    while count.load(Ordering::Relaxed) < n {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let span = start.elapsed();
+    svc.shutdown(Duration::from_secs(5)).await;
+    Ok(Some(span))
+}
+
+/// The raw consumer's durable, created ahead of the backlog.
+async fn raw_durable(url: &str, durable: &str) -> Result<(), BoxError> {
+    async_nats::jetstream::new(async_nats::connect(url).await?)
+        .get_stream("DOCUMENT_EVENTS")
+        .await?
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some(durable.into()),
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await?;
+    Ok(())
+}
+
 async fn bench_consume(r: &mut Runner) -> Result<(), BoxError> {
     let n = r.n(20_000);
-    // Each measurement on its own server with the same backlog.
-    let raw = {
-        let server = Server::start("consume-raw")?;
-        let t = NatsTransport::connect_url(&server.url).await?;
-        publish_backlog(&t, n).await?;
-        let js = async_nats::jetstream::new(async_nats::connect(&server.url).await?);
-        let consumer = js
-            .get_stream("DOCUMENT_EVENTS")
-            .await?
-            .create_consumer(async_nats::jetstream::consumer::pull::Config {
-                durable_name: Some("raw".into()),
-                ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
-                ..Default::default()
-            })
-            .await?;
-        let start = Instant::now();
-        let mut messages = consumer.messages().await?;
-        let mut got = 0;
-        while got < n {
-            let m = messages.next().await.ok_or("raw stream ended")??;
-            let e: RawDocumentCreated = serde_json::from_slice(&m.payload)?;
-            black_box(e);
-            m.ack().await?;
-            got += 1;
+    let server = Server::start("consume")?;
+    let url = &server.url;
+    let t = NatsTransport::connect_url(url).await?;
+    t.ensure_stream(&StreamSpec::for_domain("document", None)?).await?;
+    // The durables exist before the backlog is stored, as for a service catching up after
+    // downtime: its first deliveries need no dedup read. (A durable created over older history
+    // reads every mark: the last row.)
+    for round in 0..ROUNDS {
+        raw_durable(url, &format!("raw{round}")).await?;
+        for (set, kv) in [(format!("mem{round}"), false), (format!("kv{round}"), true)] {
+            service_consume(url, &set, 0, kv).await?;
         }
-        rate(n, start.elapsed())
-    };
+    }
+    tokio::time::sleep(cim_integrate::dedup::CLOCK_MARGIN + Duration::from_secs(1)).await;
+    publish_backlog(&t, n).await?;
+    // [raw, Service in-memory dedup, Service key-value dedup, the same on a durable created over
+    // the backlog]; in an order that rotates every round.
+    let mut m: [Vec<Measured>; 4] = Default::default();
+    for round in 0..ROUNDS {
+        for k in 0..4 {
+            let which = (k + round) % 4;
+            let v = match which {
+                0 => measured_span(n, raw_consume(url, &format!("raw{round}"), n)).await?,
+                1 => measured_span(n, service_consume(url, &format!("mem{round}"), n, false)).await?,
+                2 => measured_span(n, service_consume(url, &format!("kv{round}"), n, true)).await?,
+                _ => measured_span(n, service_consume(url, &format!("kvh{round}"), n, true)).await?,
+            };
+            m[which].push(v);
+        }
+    }
+    let rates = |i: usize| m[i].iter().map(|v| v.0).collect::<Vec<_>>();
+    let allocs = |i: usize| median(&m[i].iter().map(|v| v.1).collect::<Vec<_>>());
     let base = "raw async-nats pull + serde decode + ack";
-    for (label, kv) in [
-        ("Service (NATS), in-memory dedup, concurrency 16", false),
-        ("Service (NATS), key-value dedup, concurrency 16", true),
+    for (label, i) in [
+        ("Service (NATS), in-memory dedup, concurrency 16", 1),
+        ("Service (NATS), key-value dedup (default), concurrency 16", 2),
+        (
+            "Service (NATS), key-value dedup, durable created over the backlog (every mark read)",
+            3,
+        ),
     ] {
-        let server = Server::start("consume")?;
-        let t = NatsTransport::connect_url(&server.url).await?;
-        publish_backlog(&t, n).await?;
-        let v = service_rate(t, n, kv, 16).await?;
-        r.row("consume", label, v, "events/s", base, raw, n, true);
+        r.row_rounds("consume", label, &rates(i), "events/s", base, &rates(0), n, true);
+        r.allocs(allocs(i), allocs(0));
     }
     Ok(())
 }

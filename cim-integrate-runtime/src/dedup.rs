@@ -1,8 +1,22 @@
 //! Handler de-duplication: a (handler, message id) mark per successful run.
 //!
-//! The dispatcher checks the mark before running a handler and writes it after the handler
-//! succeeded, before the message is acknowledged. A redelivery of a message whose mark exists is
-//! acknowledged without running the handler.
+//! The dispatcher writes the mark after the handler succeeded, before the message is
+//! acknowledged, and checks it before running the handler whenever the handler may have seen the
+//! message before. A redelivery of a message whose mark exists is acknowledged without running
+//! the handler.
+//!
+//! **Which deliveries are checked** ([`DedupCheck`], per service). By default
+//! ([`DedupCheck::MaybeSeen`]) the check is skipped on a message's first delivery to a durable
+//! that existed when the message was stored: the server counts deliveries across every process
+//! on the durable, so nobody can have handled it before, and the key-value read (a round trip and
+//! work on the server) would only say "not seen". Checked are: redeliveries; messages stored
+//! before the durable was created, or less than the clock margin after (a new durable of an old
+//! name starts its delivery counts over, and an earlier one may have handled them); copies of a
+//! message id in flight beside each other; and every delivery from a transport that cannot say
+//! when its durable was created. Not recognised by default: a copy of a message id that was
+//! *stored again* as a new stream message (another `Nats-Msg-Id`, or the same one after the
+//! stream's duplicate window, two minutes by default) and delivered on its own: it runs again.
+//! [`DedupCheck::Always`] checks every delivery and recognises it.
 //!
 //! **The one window.** If the process dies after the handler succeeded and before the mark is
 //! stored, the message is redelivered and the handler runs a second time. Events the handler
@@ -28,6 +42,34 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
+
+/// When a handler reads its de-duplication mark before running
+/// ([`ServiceBuilder::dedup_check`](crate::service::ServiceBuilder::dedup_check)).
+///
+/// Marks are written after every successful run, before the acknowledgement, in both modes; the
+/// modes differ only in which deliveries read them first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DedupCheck {
+    /// Read the mark only when the handler may have seen the message before: a redelivery, a
+    /// message stored before the durable was created (or within
+    /// [`CLOCK_MARGIN`] after it), a copy of a message id
+    /// that is in flight beside another, or a transport that cannot say when the durable was
+    /// created. A first delivery of a message stored after the durable's creation skips the read
+    /// (one key-value round trip less per message). Not recognised: a copy of a message id
+    /// *stored again* as a new stream message (another `Nats-Msg-Id`, or after the stream's
+    /// duplicate window) and delivered on its own.
+    #[default]
+    MaybeSeen,
+    /// Read the mark before every run: a handler runs once per message id, also for copies
+    /// stored again as new stream messages (a foreign publisher repeating an id after the
+    /// duplicate window, an operator replaying an archive).
+    Always,
+}
+
+/// How far server clocks of a cluster may disagree, by default: under [`DedupCheck::MaybeSeen`],
+/// a message stored less than this after the durable's creation is checked as if stored before
+/// it ([`ServiceBuilder::dedup_clock_margin`](crate::service::ServiceBuilder::dedup_clock_margin)).
+pub const CLOCK_MARGIN: Duration = Duration::from_secs(5);
 
 /// The default TTL of de-duplication marks: 24 hours.
 pub const DEFAULT_DEDUP_TTL: Duration = Duration::from_secs(24 * 3600);

@@ -199,6 +199,30 @@ impl Envelope {
         h
     }
 
+    /// The headers of the opt-in *compact identity*: a root message (correlation id and causation
+    /// id both equal to its message id, as [`Envelope::root`] makes them) carries only
+    /// `Nats-Msg-Id` and `X-Event-Type` (if known), then its extra headers; any other message
+    /// carries the full [`to_headers`](Self::to_headers). What a receiver rebuilds is the same
+    /// identity ([`from_received`](Self::from_received): no correlation or causation header
+    /// means a root), with two differences: the version is read from the payload's `version`
+    /// field only (no `X-Event-Version`), and the time is the one the stream stored the message
+    /// (no `X-Occurred-At`). See [`OutboundMessage::compact`](crate::transport::OutboundMessage::compact).
+    pub fn to_compact_headers(&self) -> Headers {
+        let id = self.identity.message_id;
+        if self.identity.correlation_id != id.into() || self.identity.causation_id != id.into() {
+            return self.to_headers();
+        }
+        let mut h = Headers::new();
+        h.push_received(headers::NATS_MSG_ID.to_owned(), id.to_string());
+        if let Some(t) = &self.event_type {
+            h.push_received(headers::EVENT_TYPE.to_owned(), t.to_string());
+        }
+        for (n, v) in self.headers.iter() {
+            h.push_received(n.to_owned(), v.to_owned());
+        }
+        h
+    }
+
     /// Rebuilds an envelope from a received message. Missing or garbage identity headers are
     /// derived as the [module documentation](self) describes; only an invalid subject is an error.
     pub fn from_received(

@@ -43,6 +43,7 @@ use crate::aggregate::AggregationRunner;
 use crate::breaker::{BreakerState, CircuitBreaker};
 use crate::command::{CommandHandlerSet, CommandRegistration, queue_group};
 use crate::correlate::CorrelatorRunner;
+use crate::dedup::DedupCheck;
 use crate::dedup::{DEFAULT_DEDUP_TTL, DedupStore, KvDedup};
 use crate::handler::{HandlerOptions, HandlerSet, Registration, RetryPolicy};
 use crate::monitor::{self, HandlerMetrics};
@@ -51,7 +52,7 @@ use crate::pipeline::breaker::Breaker;
 use crate::pipeline::catch_panic::CatchPanic;
 use crate::pipeline::command::{CommandInvoke, Reply, ResultCache};
 use crate::pipeline::dead_letter::DeadLetter;
-use crate::pipeline::dedup::Dedup;
+use crate::pipeline::dedup::{Dedup, DurableSince};
 use crate::pipeline::filter::Filter;
 use crate::pipeline::invoke::{ContextParts, Invoke, Runner};
 use crate::pipeline::ordered::Ordered;
@@ -65,7 +66,7 @@ use crate::process::{ProcessManager, ProcessRunner, TimerHandle};
 use crate::saga::{Saga, SagaRunner};
 use crate::subject::{Subject, SubjectError, SubjectPattern};
 use crate::topology::{ParticipantKind, PublishLog, Topology};
-use crate::transport::{ConsumerSpec, KvError, KvSpec, StreamSpec, Transport, TransportError};
+use crate::transport::{Consumer, ConsumerSpec, KvError, KvSpec, StreamSpec, Transport, TransportError};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -189,6 +190,8 @@ pub struct ServiceBuilder<T: Transport, L = Passthrough> {
     name: String,
     dedup: Option<Arc<dyn DedupStore>>,
     dedup_ttl: Duration,
+    dedup_check: DedupCheck,
+    dedup_clock_margin: Duration,
     handlers: Vec<(String, Registration)>,
     commands: Vec<(String, CommandRegistration)>,
     command_settings: CommandSettings,
@@ -219,6 +222,8 @@ impl<T: Transport, L> ServiceBuilder<T, L> {
             name: self.name,
             dedup: self.dedup,
             dedup_ttl: self.dedup_ttl,
+            dedup_check: self.dedup_check,
+            dedup_clock_margin: self.dedup_clock_margin,
             handlers: self.handlers,
             commands: self.commands,
             command_settings: self.command_settings,
@@ -361,6 +366,23 @@ impl<T: Transport, L> ServiceBuilder<T, L> {
     /// `cim_dedup_{service}` on the service's transport.
     pub fn dedup_store(mut self, store: impl DedupStore) -> Self {
         self.dedup = Some(Arc::new(store));
+        self
+    }
+
+    /// When handlers read their de-duplication mark before running (default
+    /// [`DedupCheck::MaybeSeen`]: only when the handler may have seen the message before; see
+    /// [`crate::dedup`]).
+    pub fn dedup_check(mut self, check: DedupCheck) -> Self {
+        self.dedup_check = check;
+        self
+    }
+
+    /// How far the clocks of the servers may disagree (default
+    /// [`CLOCK_MARGIN`](crate::dedup::CLOCK_MARGIN), 5 s): under [`DedupCheck::MaybeSeen`] a
+    /// message stored less than this after its durable was created is checked like one stored
+    /// before. Raise it for a cluster whose clocks drift further apart.
+    pub fn dedup_clock_margin(mut self, margin: Duration) -> Self {
+        self.dedup_clock_margin = margin;
         self
     }
 
@@ -575,8 +597,19 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
             let dlq = Subject::from_tokens([DEAD_LETTER_TOKEN, plan.set.as_str(), plan.registration.name.as_str()])?;
             tracing::info!(handler = %plan.durable, filter = %plan.spec.filter, stream = %plan.spec.stream, "handler started");
             let ledger = Arc::new(Ledger::default());
-            let (stack, counters, breaker) =
-                self.event_stack(plan.set.as_str(), &plan, dlq, dedup.clone(), parts, ledger.clone());
+            let durable = Arc::new(DurableSince::new(
+                self.dedup_check,
+                self.dedup_clock_margin,
+                consumer.created(),
+            ));
+            let (stack, counters, breaker) = self.event_stack(
+                plan.set.as_str(),
+                &plan,
+                dlq,
+                (dedup.clone(), durable.clone()),
+                parts,
+                ledger.clone(),
+            );
             host.handlers.push(HandlerEntry {
                 name: plan.durable,
                 counters,
@@ -586,6 +619,7 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
                 transport: self.transport.clone(),
                 spec: plan.spec,
                 consumer,
+                durable,
             };
             host.tasks.spawn(run::run(
                 source,
@@ -606,7 +640,7 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
         set: &str,
         plan: &EventPlan,
         dlq: Subject,
-        dedup: Arc<dyn DedupStore>,
+        (dedup, durable): (Arc<dyn DedupStore>, Arc<DurableSince>),
         parts: &ContextParts,
         ledger: Arc<Ledger>,
     ) -> (
@@ -658,6 +692,7 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
                     key: handler.clone(),
                     ack_wait: options.ack_wait,
                     in_flight: crate::pipeline::dedup::InFlight::with_capacity(concurrency_of(options)),
+                    durable,
                 },
                 registration: reg.clone(),
             },
@@ -857,6 +892,8 @@ impl Service {
             name: name.into(),
             dedup: None,
             dedup_ttl: DEFAULT_DEDUP_TTL,
+            dedup_check: DedupCheck::default(),
+            dedup_clock_margin: crate::dedup::CLOCK_MARGIN,
             handlers: Vec::new(),
             commands: Vec::new(),
             command_settings: CommandSettings {

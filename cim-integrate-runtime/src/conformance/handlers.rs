@@ -1,12 +1,13 @@
 //! End-to-end handler behaviour through [`Service`], the same on every transport: cascade,
 //! de-duplication, retries, dead letters, panics, identity propagation, shutdown.
 
+use crate::dedup::{DedupCheck, DedupError, DedupStore, KvDedup};
 use crate::envelope::Envelope;
 use crate::handler::{Context, HandlerError, HandlerOptions, Registration, RetryPolicy};
 use crate::id::{Identity, MessageId};
 use crate::service::{self, Service};
 use crate::subject::{Subject, SubjectPattern};
-use crate::transport::{Consumer, ConsumerSpec, Delivery, OutboundMessage, StreamSpec, Transport};
+use crate::transport::{Consumer, ConsumerSpec, Delivery, KvSpec, OutboundMessage, StreamSpec, Transport};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -150,12 +151,14 @@ pub async fn cascade_three_domains<T: Transport>(t: T) {
     svc.shutdown(Duration::from_secs(5)).await;
 }
 
-/// A message id the handler already handled is acknowledged without running it again: both for a
-/// second copy published under another `Nats-Msg-Id` and across service restarts.
+/// With [`DedupCheck::Always`], a message id the handler already handled is acknowledged without
+/// running it again: both for a second copy published under another `Nats-Msg-Id` and across
+/// service restarts.
 pub async fn duplicate_delivery_is_skipped<T: Transport>(t: T) {
     let seen = Seen::default();
     let start = || {
         Service::builder(t.clone(), "dedup")
+            .dedup_check(DedupCheck::Always)
             .handler("workflow", recorder(&seen, "w", "document.created"))
             .start()
     };
@@ -186,6 +189,125 @@ pub async fn duplicate_delivery_is_skipped<T: Transport>(t: T) {
     })
     .await;
     assert_eq!(count(&seen, "w"), 1, "the handler ran once in all");
+    svc.shutdown(Duration::from_secs(5)).await;
+}
+
+/// The handlers whose marks were read, in order, over the transport's key-value marks.
+#[derive(Default)]
+struct Reads(Mutex<Vec<String>>);
+
+impl Reads {
+    fn of(&self, handler: &str) -> usize {
+        self.0.lock().expect("lock").iter().filter(|h| *h == handler).count()
+    }
+}
+
+struct CountingReads<S> {
+    inner: S,
+    reads: Arc<Reads>,
+}
+
+impl<S: DedupStore> DedupStore for CountingReads<S> {
+    fn seen<'a>(&'a self, handler: &'a str, id: MessageId) -> futures::future::BoxFuture<'a, Result<bool, DedupError>> {
+        self.reads.0.lock().expect("lock").push(handler.to_owned());
+        self.inner.seen(handler, id)
+    }
+    fn mark<'a>(&'a self, handler: &'a str, id: MessageId) -> futures::future::BoxFuture<'a, Result<(), DedupError>> {
+        self.inner.mark(handler, id)
+    }
+}
+
+/// Lets the clock that stamps stored messages move past the durable's creation (a few ms of real
+/// time, also under paused tokio time).
+async fn after_creation() {
+    tokio::task::spawn_blocking(|| std::thread::sleep(Duration::from_millis(20)))
+        .await
+        .expect("sleep");
+}
+
+/// By default ([`DedupCheck::MaybeSeen`]) a first delivery of a message stored after the durable
+/// was created is not checked against the marks (nobody can have handled it), its mark is still
+/// written; a redelivery is checked. A copy of the id stored again as a new stream message runs
+/// again: the documented limit of the default.
+pub async fn first_deliveries_skip_the_mark_read<T: Transport>(t: T) {
+    ensure_domain(&t, "document").await;
+    let kv = t.key_value(&KvSpec::new("cim_dedup_reads")).await.expect("bucket");
+    let reads = Arc::new(Reads::default());
+    let seen = Seen::default();
+    let (runs, delivered) = (Arc::new(AtomicU32::new(0)), Arc::new(Mutex::new(Vec::new())));
+    let svc = Service::builder(t.clone(), "reads")
+        .dedup_store(CountingReads {
+            inner: KvDedup::new(kv.clone()),
+            reads: reads.clone(),
+        })
+        .dedup_clock_margin(Duration::ZERO)
+        .handler("workflow", recorder(&seen, "w", "document.created"))
+        .handler(
+            "workflow",
+            flaky(1, runs.clone(), delivered.clone(), false).with_options(fast_retry(3)),
+        )
+        .start()
+        .await
+        .expect("start");
+    after_creation().await;
+    let env = numbered("document.created", 1);
+    publish(&t, &env).await;
+    wait_until("both handlers done", || {
+        count(&seen, "w") == 1 && svc.handler_stats("workflow-flaky").is_some_and(|s| s.succeeded == 1)
+    })
+    .await;
+    assert_eq!(reads.of("workflow-w"), 0, "a first delivery is not checked");
+    assert_eq!(
+        reads.of("workflow-flaky"),
+        1,
+        "the redelivery after the failure is checked"
+    );
+    assert_eq!(*delivered.lock().expect("lock"), [1, 2]);
+    let marks = KvDedup::new(kv);
+    for handler in ["workflow-w", "workflow-flaky"] {
+        assert!(
+            marks.seen(handler, env.message_id()).await.expect("read mark"),
+            "{handler}: the mark is written although it was not read"
+        );
+    }
+    // The documented limit: the same id stored again under another Nats-Msg-Id runs again.
+    let mut copy: OutboundMessage = (&env).into();
+    copy.headers
+        .insert(crate::headers::NATS_MSG_ID, MessageId::new().to_string())
+        .expect("header");
+    t.publish_and_wait(copy).await.expect("publish copy");
+    wait_until("the copy handled", || count(&seen, "w") == 2).await;
+    assert_eq!(reads.of("workflow-w"), 0);
+    svc.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A durable deleted and created again starts its delivery counts over: messages stored before
+/// the new durable existed are checked against the marks on their first delivery, so the
+/// handler does not run again for any of them.
+pub async fn recreated_durable_checks_what_was_stored_before_it<T: Transport>(t: T) {
+    let seen = Seen::default();
+    let start = || {
+        Service::builder(t.clone(), "recreate")
+            .dedup_clock_margin(Duration::ZERO)
+            .handler("workflow", recorder(&seen, "w", "document.created"))
+            .start()
+    };
+    let svc = start().await.expect("start");
+    after_creation().await;
+    for n in 1..=3 {
+        publish(&t, &numbered("document.created", n)).await;
+    }
+    wait_until("three runs", || count(&seen, "w") == 3).await;
+    svc.shutdown(Duration::from_secs(5)).await;
+    t.delete_consumer("DOCUMENT_EVENTS", "workflow-w")
+        .await
+        .expect("delete the durable");
+    let svc = start().await.expect("restart");
+    wait_until("three duplicates", || {
+        svc.handler_stats("workflow-w").is_some_and(|s| s.duplicates == 3)
+    })
+    .await;
+    assert_eq!(count(&seen, "w"), 3, "nothing ran again");
     svc.shutdown(Duration::from_secs(5)).await;
 }
 

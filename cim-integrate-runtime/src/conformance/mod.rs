@@ -34,6 +34,7 @@ macro_rules! conformance_tests {
             [
                 publish_and_consume,
                 identity_headers_survive,
+                compact_identity_round_trips,
                 foreign_message_gets_stable_identity,
                 publish_without_stream_fails,
                 ensure_stream_is_idempotent_and_reports_conflicts,
@@ -84,6 +85,8 @@ macro_rules! conformance_tests {
                 concurrent_copies_of_one_id_run_once,
                 copy_after_failed_run_republishes_same_ids,
                 follow_up_ids_are_stable_across_redeliveries,
+                first_deliveries_skip_the_mark_read,
+                recreated_durable_checks_what_was_stored_before_it,
             ]
             [
                 request_reply_round_trip,
@@ -236,6 +239,39 @@ pub async fn identity_headers_survive<T: Transport>(t: T) {
         assert!(!got.is_derived());
         d.ack().await.expect("ack");
     }
+}
+
+/// The opt-in compact identity: a root message carries `Nats-Msg-Id` and `X-Event-Type` only
+/// (plus its extra headers) and is rebuilt with the same identity and type; a caused message
+/// carries every identity header.
+pub async fn compact_identity_round_trips<T: Transport>(t: T) {
+    document_stream(&t).await;
+    let root = event("document.created", r#"{"version":"1.0"}"#)
+        .header("X-Tenant", "acme")
+        .expect("header");
+    let child = Envelope::caused_by(root.identity(), subject("document.indexed"), Bytes::from_static(b"{}"))
+        .typed("DocumentIndexed", "1.0");
+    for sent in [&root, &child] {
+        t.publish_and_wait(OutboundMessage::compact(sent))
+            .await
+            .expect("publish");
+    }
+    let mut c = t.consumer(&spec("reader", "document.>")).await.expect("consumer");
+    let d = next_within(&mut c, SOON).await;
+    let mut names: Vec<&str> = d.headers().iter().map(|(n, _)| n).collect();
+    names.sort_unstable();
+    assert_eq!(names, [headers::NATS_MSG_ID, headers::EVENT_TYPE, "X-Tenant"]);
+    let got = d.envelope().expect("envelope");
+    assert_eq!(got.identity(), root.identity());
+    assert_eq!(got.event_type(), root.event_type());
+    assert_eq!(got.extra_headers(), root.extra_headers());
+    d.ack().await.expect("ack");
+    let d = next_within(&mut c, SOON).await;
+    for name in headers::IDENTITY_HEADERS {
+        assert_eq!(d.headers().get(name), child.to_headers().get(name), "header {name}");
+    }
+    assert_eq!(d.envelope().expect("envelope").identity(), child.identity());
+    d.ack().await.expect("ack");
 }
 
 /// A message without identity headers (another client) is delivered; its derived identity is the

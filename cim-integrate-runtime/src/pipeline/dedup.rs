@@ -5,16 +5,72 @@
 //! id twice, outside the stream's duplicate window) are single-flighted within the process: the
 //! second waits for the first to finish (its mark written, or its failure known) before it checks
 //! the mark, so it is a duplicate if the first succeeded and runs if the first failed.
+//!
+//! **No read on a first delivery** (the default, [`DedupCheck::MaybeSeen`]). The mark is read only when the handler may have seen the
+//! message before: a redelivery (delivery count above one), a message stored before the durable
+//! was created (or less than [`CLOCK_MARGIN`](crate::dedup::CLOCK_MARGIN) after: an earlier durable of that name may have
+//! handled it, and the new durable's delivery counts start over), a copy of an id that waited
+//! for another in flight, or a durable whose creation time the transport does not know. A
+//! message stored after the durable was created and delivered for the first time was delivered
+//! to nobody before (the server counts deliveries across every process on the durable), so the
+//! read could only say "not seen"; it is skipped, and the mark is still written before the ack.
+//! What this gives up: a copy of a message id that was *stored again as a new stream message*
+//! (a foreign publisher repeating an id after the stream's duplicate window, two minutes by
+//! default) is not recognised on its first delivery, unless it is in flight beside the original.
+//! [`DedupCheck::Always`] reads the mark on every delivery and recognises those copies too.
 
 use super::catch_panic::with_progress;
 use super::{Deferral, Dispatch, Message, Outcome};
-use crate::dedup::DedupStore;
+use crate::dedup::{DedupCheck, DedupStore};
 use crate::id::MessageId;
+use crate::timestamp::Timestamp;
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
+
+/// When the durable behind a handler was created (unix millis; [`i64::MIN`]: unknown, check
+/// every delivery). Set by the consumer source when it opens or reopens the durable.
+/// With [`DedupCheck::Always`], never known: every delivery is checked.
+#[derive(Debug)]
+pub(crate) struct DurableSince {
+    after: AtomicI64,
+    check: DedupCheck,
+    margin: Duration,
+}
+
+impl DurableSince {
+    /// `margin`: how far server clocks may disagree (default [`CLOCK_MARGIN`]).
+    pub(crate) fn new(check: DedupCheck, margin: Duration, created: Option<Timestamp>) -> Self {
+        let s = Self {
+            after: AtomicI64::new(i64::MIN),
+            check,
+            margin,
+        };
+        s.set(created);
+        s
+    }
+
+    pub(crate) fn set(&self, created: Option<Timestamp>) {
+        let margin = i64::try_from(self.margin.as_millis()).unwrap_or(i64::MAX);
+        let at = match (self.check, created) {
+            (DedupCheck::MaybeSeen, Some(c)) => c.unix_millis().saturating_add(margin),
+            _ => i64::MIN,
+        };
+        self.after.store(at, Ordering::Relaxed);
+    }
+
+    /// `true` if `msg` cannot have been handled before: its first delivery, stored after the
+    /// durable's creation (plus the margin).
+    fn first_ever(&self, msg: &Message<'_>) -> bool {
+        let after = self.after.load(Ordering::Relaxed);
+        after != i64::MIN
+            && msg.delivered() == 1
+            && msg.received().info().is_some_and(|i| i.published.unix_millis() > after)
+    }
+}
 
 /// How long to wait before redelivering a message whose dedup check could not be made.
 const CHECK_RETRY: Duration = Duration::from_secs(1);
@@ -35,6 +91,7 @@ pub struct Dedup<D> {
     pub(crate) key: Arc<str>,
     pub(crate) ack_wait: Duration,
     pub(crate) in_flight: InFlight,
+    pub(crate) durable: Arc<DurableSince>,
 }
 
 impl<D: Dispatch> Dispatch for Dedup<D> {
@@ -43,13 +100,20 @@ impl<D: Dispatch> Dispatch for Dedup<D> {
             return super::filter::invalid_envelope(msg);
         };
         // Held until the mark is written (or the run failed): a copy of `id` waits here.
-        let _flight = match self.in_flight.try_enter(id) {
-            Some(guard) => guard,
-            None => with_progress(self.in_flight.enter(id), msg.received(), self.ack_wait).await,
+        let (_flight, waited) = match self.in_flight.try_enter(id) {
+            Some(guard) => (guard, false),
+            None => (
+                with_progress(self.in_flight.enter(id), msg.received(), self.ack_wait).await,
+                true,
+            ),
         };
-        let seen = match self.store.seen_now(&self.key, id) {
-            Some(r) => r,
-            None => self.store.seen(&self.key, id).await,
+        let seen = if !waited && self.durable.first_ever(msg) {
+            Ok(false)
+        } else {
+            match self.store.seen_now(&self.key, id) {
+                Some(r) => r,
+                None => self.store.seen(&self.key, id).await,
+            }
         };
         match seen {
             Ok(true) => return Outcome::Duplicate,

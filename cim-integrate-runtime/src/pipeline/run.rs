@@ -37,10 +37,13 @@ pub(crate) trait Settle<I>: Send + Sync + 'static {
 }
 
 /// A durable consumer as a source: errors reopen it after a pause; it never ends by itself.
+/// It keeps `durable` (read by the dedup layer) up to date with the durable's creation time,
+/// also when a reopen created the durable anew.
 pub(crate) struct ConsumerSource<T: Transport> {
     pub(crate) transport: T,
     pub(crate) spec: ConsumerSpec,
     pub(crate) consumer: T::Consumer,
+    pub(crate) durable: Arc<super::dedup::DurableSince>,
 }
 
 impl<T: Transport> Source for ConsumerSource<T> {
@@ -54,7 +57,10 @@ impl<T: Transport> Source for ConsumerSource<T> {
                     tracing::error!(consumer = %self.spec.durable, error = %e, "consumer failed; reopening in 1s");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     match self.transport.consumer(&self.spec).await {
-                        Ok(c) => self.consumer = c,
+                        Ok(c) => {
+                            self.durable.set(c.created());
+                            self.consumer = c;
+                        }
                         Err(e) => {
                             tracing::error!(consumer = %self.spec.durable, error = %e, "reopening consumer failed")
                         }

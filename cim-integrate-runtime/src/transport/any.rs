@@ -147,6 +147,13 @@ impl Consumer for AnyConsumer {
             Self::Nats(c) => c.next().await.map(|d| rewrap(d, AnyAcker::Nats)),
         }
     }
+    fn created(&self) -> Option<crate::timestamp::Timestamp> {
+        match self {
+            Self::Memory(c) => c.created(),
+            #[cfg(feature = "nats")]
+            Self::Nats(c) => c.created(),
+        }
+    }
 }
 
 macro_rules! delegate {

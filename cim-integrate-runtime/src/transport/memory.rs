@@ -133,6 +133,8 @@ struct Stored {
 
 struct ConsumerState {
     spec: ConsumerSpec,
+    /// When the durable was created (the clock of `Stored::published`).
+    created: Timestamp,
     /// Next stream sequence to consider for a first delivery.
     next_seq: u64,
     /// Consumer sequence of the last delivery.
@@ -460,12 +462,14 @@ impl Transport for MemoryTransport {
                         pending: BTreeMap::new(),
                         waiting: 0,
                         active_at: now,
+                        created: Timestamp::now(),
                     },
                 );
             }
         }
+        let created = st.consumers.get(&name).map_or_else(Timestamp::now, |c| c.created);
         drop(st);
-        Ok(MemoryConsumer { stream, name })
+        Ok(MemoryConsumer { stream, name, created })
     }
 
     async fn delete_consumer(&self, stream: &str, durable: &str) -> Result<(), TransportError> {
@@ -606,6 +610,7 @@ impl Transport for MemoryTransport {
 pub struct MemoryConsumer {
     stream: Arc<MemStream>,
     name: Arc<str>,
+    created: Timestamp,
 }
 
 impl std::fmt::Debug for MemoryConsumer {
@@ -619,6 +624,10 @@ impl std::fmt::Debug for MemoryConsumer {
 
 impl Consumer for MemoryConsumer {
     type Acker = MemoryAcker;
+
+    fn created(&self) -> Option<Timestamp> {
+        Some(self.created)
+    }
 
     async fn next(&mut self) -> Result<Delivery<MemoryAcker>, TransportError> {
         let _waiting = Waiting::enter(&self.stream, &self.name);

@@ -395,6 +395,22 @@ impl OutboundMessage {
     }
 }
 
+impl OutboundMessage {
+    /// `env` with the opt-in *compact identity* ([`Envelope::to_compact_headers`]): a root message
+    /// carries `Nats-Msg-Id` and `X-Event-Type` only, any other message the full identity
+    /// headers. Receivers built on this crate rebuild the same identity; foreign consumers read
+    /// the message id from `Nats-Msg-Id`, treat the message as its own correlation and
+    /// causation, take the version from the payload and the time from the stream. The default,
+    /// [`From<&Envelope>`](#impl-From%3C%26Envelope%3E-for-OutboundMessage), keeps every header.
+    pub fn compact(env: &Envelope) -> Self {
+        Self {
+            subject: env.subject().clone(),
+            headers: env.to_compact_headers(),
+            payload: env.payload().clone(),
+        }
+    }
+}
+
 impl From<&Envelope> for OutboundMessage {
     fn from(env: &Envelope) -> Self {
         Self {
@@ -724,6 +740,14 @@ pub trait Consumer: std::fmt::Debug + Send + 'static {
     /// Cancel-safe: dropping the returned future (e.g. in `tokio::time::timeout` or `select!`)
     /// loses no delivery.
     fn next(&mut self) -> impl Future<Output = Result<Delivery<Self::Acker>, TransportError>> + Send;
+
+    /// When the server created this durable, by the clock that stamps stored messages
+    /// ([`DeliveryInfo::published`]): its delivery counts start there, so a message stored after
+    /// it and delivered once was never delivered to an earlier durable of that name. `None` if
+    /// unknown (the default), which makes the handler de-duplication check every delivery.
+    fn created(&self) -> Option<Timestamp> {
+        None
+    }
 }
 
 /// A message transport with JetStream semantics.

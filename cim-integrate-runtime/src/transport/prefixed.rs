@@ -240,6 +240,10 @@ pub struct PrefixedConsumer<C> {
 impl<C: Consumer> Consumer for PrefixedConsumer<C> {
     type Acker = C::Acker;
 
+    fn created(&self) -> Option<crate::timestamp::Timestamp> {
+        self.inner.created()
+    }
+
     async fn next(&mut self) -> Result<Delivery<C::Acker>, TransportError> {
         let delivery = self.inner.next().await?;
         let Some(names) = &self.names else {

@@ -28,6 +28,8 @@ pub struct NatsConsumer {
     failures: u32,
     /// Messages asked for per pull request.
     batch: usize,
+    /// When the server created the durable.
+    created: Timestamp,
 }
 
 impl std::fmt::Debug for NatsConsumer {
@@ -49,10 +51,12 @@ impl NatsConsumer {
     ) -> Result<Self, TransportError> {
         let config = pull::Config::try_from_consumer_config(info.config.clone())
             .map_err(|e| TransportError::Other(format!("consumer `{}`: {e}", spec.durable)))?;
+        let created = Timestamp::from_offset_date_time(info.created);
         let consumer = Box::new(PullConsumer::new(config, info, transport.jetstream().clone()));
         let own = transport.options().pull_batch;
         let batch = spec.prefetch.map_or(own, |p| p.min(own)).max(1);
         Ok(Self {
+            created,
             transport,
             consumer,
             stream: Arc::from(spec.stream.as_str()),
@@ -150,6 +154,10 @@ impl NatsConsumer {
 
 impl Consumer for NatsConsumer {
     type Acker = NatsAcker;
+
+    fn created(&self) -> Option<Timestamp> {
+        Some(self.created)
+    }
 
     async fn next(&mut self) -> Result<Delivery<NatsAcker>, TransportError> {
         loop {

@@ -1,21 +1,50 @@
 //! Conversions between async-nats types and ours: headers and errors.
 
-use crate::headers::Headers;
+use crate::headers::{self, Headers};
 use crate::transport::TransportError;
 use async_nats::header::{HeaderMap, HeaderName, HeaderValue};
 use async_nats::jetstream::context::{RequestError, RequestErrorKind};
 use std::str::FromStr;
 
+/// The identity header names, parsed once: a name found here costs no allocation per message.
+static KNOWN_NAMES: [(&str, HeaderName); 7] = [
+    (headers::NATS_MSG_ID, HeaderName::from_static(headers::NATS_MSG_ID)),
+    (headers::MESSAGE_ID, HeaderName::from_static(headers::MESSAGE_ID)),
+    (
+        headers::CORRELATION_ID,
+        HeaderName::from_static(headers::CORRELATION_ID),
+    ),
+    (headers::CAUSATION_ID, HeaderName::from_static(headers::CAUSATION_ID)),
+    (headers::EVENT_TYPE, HeaderName::from_static(headers::EVENT_TYPE)),
+    (headers::EVENT_VERSION, HeaderName::from_static(headers::EVENT_VERSION)),
+    (headers::OCCURRED_AT, HeaderName::from_static(headers::OCCURRED_AT)),
+];
+
+fn header_name(name: &str) -> Result<HeaderName, TransportError> {
+    if let Some((_, known)) = KNOWN_NAMES.iter().find(|(n, _)| *n == name) {
+        return Ok(known.clone());
+    }
+    HeaderName::from_str(name)
+        .map_err(|_| TransportError::Invalid(format!("header name `{}`", name.chars().take(64).collect::<String>())))
+}
+
 /// Our headers as an async-nats map. Fails (never panics) on a name or value NATS refuses.
 pub(crate) fn header_map(headers: &Headers) -> Result<HeaderMap, TransportError> {
     let mut map = HeaderMap::new();
-    for (name, value) in headers.iter() {
-        let n = HeaderName::from_str(name).map_err(|_| {
-            TransportError::Invalid(format!("header name `{}`", name.chars().take(64).collect::<String>()))
-        })?;
+    for (i, (name, value)) in headers.iter().enumerate() {
+        let n = header_name(name)?;
         let v =
             HeaderValue::from_str(value).map_err(|_| TransportError::Invalid(format!("value of header `{name}`")))?;
-        map.append(n, v);
+        // A name's first value is inserted (one hash); only a repeated name needs `append` (two).
+        if headers
+            .iter()
+            .take(i)
+            .any(|(earlier, _)| earlier.eq_ignore_ascii_case(name))
+        {
+            map.append(n, v);
+        } else {
+            map.insert(n, v);
+        }
     }
     Ok(map)
 }
@@ -27,11 +56,11 @@ pub(crate) fn headers_from(map: Option<&HeaderMap>) -> Headers {
     let mut headers = Headers::new();
     let Some(map) = map else { return headers };
     let mut names: Vec<_> = map.iter().collect();
-    names.sort_by_key(|(name, _)| name.to_string());
+    names.sort_unstable_by(|(a, _), (b, _)| AsRef::<str>::as_ref(*a).cmp(b.as_ref()));
     for (name, values) in names {
-        let name = name.to_string();
+        let name: &str = name.as_ref();
         for value in values {
-            headers.push_received(name.clone(), value.as_str().to_owned());
+            headers.push_received(name.to_owned(), value.as_str().to_owned());
         }
     }
     headers

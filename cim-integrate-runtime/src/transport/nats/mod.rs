@@ -386,7 +386,8 @@ impl NatsTransport {
     }
 
     fn ack_future(&self, message: OutboundMessage, first: PublishAckFuture) -> NatsAckFuture {
-        let js = self.inner.js.clone();
+        // The transport's state, not a clone of the JetStream context (which copies its prefix).
+        let inner = self.inner.clone();
         let retries = self.inner.options.publish_retries;
         let timeout = self.inner.options.request_timeout;
         let mut deadline = tokio::time::Instant::now() + timeout;
@@ -425,7 +426,7 @@ impl NatsTransport {
                         error = %error,
                         "publish not acknowledged; sending it again with the same message id"
                     );
-                    pending = send(&js, &message).await?;
+                    pending = send(&inner.js, &message).await?;
                     deadline = tokio::time::Instant::now() + timeout;
                 }
             }),

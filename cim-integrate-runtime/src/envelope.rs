@@ -13,6 +13,10 @@
 //! | `X-Event-Version` | payload version (if known) |
 //! | `X-Occurred-At` | RFC 3339 |
 //!
+//! [`Envelope::to_compact_headers`] (opt-in) writes only `Nats-Msg-Id` and `X-Event-Type` for a
+//! root message (correlation = causation = message id): the rules below rebuild the same
+//! identity from them.
+//!
 //! [`Envelope::from_received`] reads them back and never fails on missing or garbage headers,
 //! because a message from another client must still be handled. The rules, in order:
 //!

@@ -2,7 +2,7 @@
 //!
 //! - [`id`]: message identity (UUID v7 ids, root vs caused-by) and the [`typed_id!`] macro.
 //! - [`timestamp`]: [`Timestamp`], RFC 3339 on the wire.
-//! - [`subject`]: validated [`Subject`] and [`SubjectPattern`], with `const fn` rules.
+//! - [`subject`](mod@subject): validated [`Subject`] and [`SubjectPattern`], with `const fn` rules.
 //! - [`headers`] and [`envelope`]: a message with its identity, to and from NATS headers.
 //! - [`transport`]: the transport contract, and [`transport::memory`], the embedded default.
 //!

@@ -180,3 +180,94 @@ async fn consumer_dropped_mid_batch_is_redelivered_to_a_new_handle() {
         "nothing more"
     );
 }
+
+/// The default de-duplication (no mark read on a first delivery to a durable older than the
+/// message) through a server restart mid-drain: acknowledgements and mark writes lost in the
+/// restart bring redeliveries, which are checked, so every message runs exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_through_server_restart_runs_each_message_once() {
+    use cim_integrate_runtime::handler::{Context, HandlerOptions, Registration};
+    use cim_integrate_runtime::service::Service;
+    use std::sync::Mutex;
+    let (t, mut server) = setup().await;
+    const N: usize = 600;
+    let runs: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+    let registration = {
+        let runs = runs.clone();
+        Registration::new(
+            "once",
+            SubjectPattern::new("document.created").expect("pattern"),
+            "DocumentCreated",
+            |b: &[u8]| Ok::<_, std::convert::Infallible>(b.to_vec()),
+            move |ctx: Context, _: Vec<u8>| {
+                let runs = runs.clone();
+                async move {
+                    *runs
+                        .lock()
+                        .expect("lock")
+                        .entry(ctx.message_id().to_string())
+                        .or_default() += 1;
+                    Ok(())
+                }
+            },
+        )
+        .with_options(HandlerOptions {
+            ack_wait: Duration::from_secs(2),
+            ..HandlerOptions::default()
+        })
+    };
+    let start = || {
+        Service::builder(t.clone(), "faults")
+            .dedup_clock_margin(Duration::ZERO)
+            .handler("search", registration.clone())
+            .start()
+    };
+    // The durable exists before the messages are stored: their first deliveries are not checked.
+    start()
+        .await
+        .expect("create the durable")
+        .shutdown(Duration::from_secs(5))
+        .await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let messages: Vec<OutboundMessage> = (0..N).map(|i| OutboundMessage::from(envelope(i))).collect();
+    assert_eq!(publish_all(t.clone(), messages, 200).await, 0);
+    let svc = start().await.expect("start");
+    let handled = || runs.lock().expect("lock").len();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while handled() < N / 4 {
+        assert!(tokio::time::Instant::now() < deadline, "only {} handled", handled());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    server.restart().await.expect("restart");
+    // Everything handled, and nothing left unacknowledged on the durable.
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of {N} handled",
+            handled()
+        );
+        if handled() == N
+            && let Ok(mut s) = t.jetstream().get_stream(STREAM).await
+            && let Ok(info) = s.consumer_info("search-once").await
+            && info.num_pending == 0
+            && info.num_ack_pending == 0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stats = svc.handler_stats("search-once").expect("stats");
+    svc.shutdown(Duration::from_secs(5)).await;
+    let twice: Vec<_> = runs
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(id, _)| id.clone())
+        .collect();
+    assert!(twice.is_empty(), "ran more than once: {twice:?}");
+    eprintln!(
+        "redeliveries recognised as duplicates across the restart: {}",
+        stats.duplicates
+    );
+}

@@ -917,20 +917,17 @@ async fn bench_saga(r: &mut Runner) -> Result<(), BoxError> {
 // ---------------------------------------------------------------------------------------------
 // decode
 
-fn decode_rate(payload: &[u8], decode: impl Fn(&[u8]) -> bool) -> f64 {
-    let mut best = 0f64;
-    for _ in 0..3 {
-        let start = Instant::now();
-        let mut n = 0u64;
-        while start.elapsed() < Duration::from_millis(300) {
-            for _ in 0..1000 {
-                black_box(decode(black_box(payload)));
-            }
-            n += 1000;
+/// Decodes per second over one 200 ms window.
+fn decode_rate(payload: &[u8], decode: &dyn Fn(&[u8]) -> bool) -> f64 {
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < Duration::from_millis(200) {
+        for _ in 0..1000 {
+            black_box(decode(black_box(payload)));
         }
-        best = best.max(rate(n, start.elapsed()));
+        n += 1000;
     }
-    best
+    rate(n, start.elapsed())
 }
 
 fn bench_decode(r: &mut Runner) -> Result<(), BoxError> {
@@ -960,40 +957,24 @@ fn bench_decode(r: &mut Runner) -> Result<(), BoxError> {
     let latest = current.encode()?;
     let ours = |p: &[u8]| DocumentCreated::decode(p).is_ok();
     let serde = |p: &[u8]| serde_json::from_slice::<SerdeTagged>(p).is_ok();
-    let latest_rate = decode_rate(&latest, ours);
-    let oldest_rate = decode_rate(&oldest, ours);
-    let serde_latest = decode_rate(&latest, serde);
-    let serde_oldest = decode_rate(&oldest, serde);
-    r.row(
-        "decode",
-        "#[domain_event] decode, oldest version 1.0 (2 upcasts)",
-        oldest_rate,
-        "events/s",
-        "#[domain_event] decode, latest version 3.0",
-        latest_rate,
-        0,
-        true,
-    );
-    r.row(
-        "decode",
-        "#[domain_event] decode, latest version 3.0",
-        latest_rate,
-        "events/s",
-        "serde #[serde(tag = \"version\")] enum, latest",
-        serde_latest,
-        0,
-        true,
-    );
-    r.row(
-        "decode",
-        "#[domain_event] decode, oldest version 1.0",
-        oldest_rate,
-        "events/s",
-        "serde #[serde(tag = \"version\")] enum, oldest (no upcast)",
-        serde_oldest,
-        0,
-        true,
-    );
+    // [ours latest, ours oldest, serde latest, serde oldest], in an order rotating every round.
+    let runs: [(&[u8], &dyn Fn(&[u8]) -> bool); 4] = [(&latest, &ours), (&oldest, &ours), (&latest, &serde), (&oldest, &serde)];
+    let mut m: [Vec<f64>; 4] = Default::default();
+    for round in 0..ROUNDS {
+        for k in 0..4 {
+            let which = (k + round) % 4;
+            let (payload, decode) = runs[which];
+            m[which].push(decode_rate(payload, decode));
+        }
+    }
+    let rows = [
+        ("#[domain_event] decode, oldest version 1.0 (2 upcasts)", 1, "#[domain_event] decode, latest version 3.0", 0),
+        ("#[domain_event] decode, latest version 3.0", 0, "serde #[serde(tag = \"version\")] enum, latest", 2),
+        ("#[domain_event] decode, oldest version 1.0", 1, "serde #[serde(tag = \"version\")] enum, oldest (no upcast)", 3),
+    ];
+    for (name, ours, base, b) in rows {
+        r.row_rounds("decode", name, &m[ours], "events/s", base, &m[b], 0, true);
+    }
     Ok(())
 }
 
@@ -1127,14 +1108,15 @@ fn bench_check(r: &mut Runner) -> Result<(), BoxError> {
     eprintln!("  [check] warming the shared target dir {} ...", target.display());
     check(&macros)?;
     check(&hand)?;
-    let mut best = [f64::MAX, f64::MAX];
-    for _ in 0..2 {
-        for (i, (dir, pkg)) in [(&macros, generate::MACRO_CRATE), (&hand, generate::HAND_CRATE)]
-            .into_iter()
-            .enumerate()
-        {
+    let mut times: [Vec<f64>; 2] = Default::default();
+    for round in 0..ROUNDS {
+        let crates = [(&macros, generate::MACRO_CRATE), (&hand, generate::HAND_CRATE)];
+        for k in 0..2 {
+            // Alternating order.
+            let i = (k + round) % 2;
+            let (dir, pkg) = crates[i];
             clean(pkg)?;
-            best[i] = best[i].min(check(dir)?.as_secs_f64());
+            times[i].push(check(dir)?.as_secs_f64());
         }
     }
     r.notes.push(format!(
@@ -1143,16 +1125,16 @@ fn bench_check(r: &mut Runner) -> Result<(), BoxError> {
         generate::lines(&macros.join("src/lib.rs")),
         generate::lines(&hand.join("src/lib.rs")),
     ));
-    r.row(
+    r.row_rounds(
         "check",
         format!(
             "cargo check, macros: {} events x 2 versions, {} handlers, {} sagas",
             shape.events, shape.handlers, shape.sagas
         ),
-        best[0],
+        &times[0],
         "s",
         "the same written by hand against the runtime API",
-        best[1],
+        &times[1],
         0,
         false,
     );

@@ -6,7 +6,7 @@
 //!
 //! Options: `--quick` (a fifth of the messages: a smoke run), `--only a,b` / `--skip a,b` with the
 //! sections `publish`, `consume`, `scale-out`, `dispatch`, `saga`, `decode`, `rss`, `check`,
-//! `--out PATH`,
+//! `--out PATH`, `--dispatch-rounds N` (default 5), `--dispatch-rows kv,mem16,mem1` (default all),
 //! `--rss-events N` (default 1,000,000 on the embedded transport), `--rss-nats-events N` (default
 //! 1,000,000).
 
@@ -24,9 +24,7 @@ use cim_integrate::saga::{Saga, SagaOutcome, SagaRunner, Step, StepContext, Step
 use cim_integrate::service::{Service, ServiceBuilder};
 use cim_integrate::transport::memory::MemoryTransport;
 use cim_integrate::transport::nats::NatsTransport;
-use cim_integrate::transport::{
-    Consumer, ConsumerSpec, KeyValue, KvSpec, OutboundMessage, PipelinedPublisher, StreamSpec, Transport,
-};
+use cim_integrate::transport::{KeyValue, KvSpec, OutboundMessage, PipelinedPublisher, StreamSpec, Transport};
 use cim_integrate_bench::server::Server;
 use cim_integrate_bench::{AuditRecorded, BoxError, DocumentCreated, RawDocumentCreated, event, raw_event};
 use futures::StreamExt;
@@ -75,6 +73,10 @@ struct Runner {
     skip: Vec<String>,
     rss_events: u64,
     rss_nats_events: u64,
+    /// Rounds of the dispatch rows (`--dispatch-rounds`, default 5).
+    dispatch_rounds: usize,
+    /// Only these dispatch rows (`--dispatch-rows kv,mem16,mem1`; default all), e.g. to profile one.
+    dispatch_rows: Option<Vec<String>>,
     notes: Vec<String>,
 }
 
@@ -418,15 +420,6 @@ async fn publish_backlog<T: Transport>(t: &T, n: u64) -> Result<(), BoxError> {
     Ok(())
 }
 
-async fn service_rate<T: Transport>(t: T, n: u64, kv_dedup: bool, concurrency: usize) -> Result<f64, BoxError> {
-    let count = Arc::new(AtomicU64::new(0));
-    let mut b = Service::builder(t, "bench").handler("search", counting_registration(count.clone(), concurrency)?);
-    if !kv_dedup {
-        b = b.dedup_store(MemoryDedup::default());
-    }
-    drain_rate(b, &count, n).await
-}
-
 /// Starts the service and measures the rate at which `count` reaches `n`.
 async fn drain_rate<T: Transport>(b: ServiceBuilder<T>, count: &AtomicU64, n: u64) -> Result<f64, BoxError> {
     let start = Instant::now();
@@ -766,40 +759,172 @@ async fn bench_scale_out(r: &mut Runner) -> Result<(), BoxError> {
 // ---------------------------------------------------------------------------------------------
 // embedded dispatch
 
-async fn bench_dispatch(r: &mut Runner) -> Result<(), BoxError> {
-    let n = r.n(100_000);
-    let hand = {
-        let t = MemoryTransport::new();
-        publish_backlog(&t, n).await?;
-        let spec =
-            ConsumerSpec::new("DOCUMENT_EVENTS", "hand", SubjectPattern::new("document.created")?).max_ack_pending(64);
-        let mut c = t.consumer(&spec).await?;
-        let count = AtomicU64::new(0);
-        let start = Instant::now();
-        while count.load(Ordering::Relaxed) < n {
-            let d = c.next().await?;
-            match serde_json::from_slice::<RawDocumentCreated>(d.payload()) {
-                Ok(e) => {
-                    if !e.title.is_empty() {
-                        count.fetch_add(1, Ordering::Relaxed);
-                    }
-                    d.ack().await?;
+fn allocations() -> u64 {
+    cim_integrate_bench::allocations()
+}
+
+/// One round of a dispatch measurement: the rate over both phases, each phase's rate, and the
+/// allocations per message of each phase (the baseline's phases overlap: one figure).
+#[derive(Debug, Clone, Copy, Default)]
+struct DispatchRound {
+    rate: f64,
+    publish_rate: f64,
+    drain_rate: f64,
+    publish_allocs: f64,
+    drain_allocs: f64,
+}
+
+/// The baseline's handler: what a hand-written consumer calls after decoding.
+async fn handle_raw(e: RawDocumentCreated, count: &AtomicU64) {
+    if !e.title.is_empty() {
+        count.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// tokio mpsc (bounded, 1024): serde_json encode on send; decode and a direct async call on
+/// receive. Sender and receiver run at once (the channel is bounded), timed from the first send
+/// to the last call.
+async fn mpsc_round(n: u64) -> Result<DispatchRound, BoxError> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(1024);
+    let count = Arc::new(AtomicU64::new(0));
+    let a0 = allocations();
+    let start = Instant::now();
+    let receiver = tokio::spawn({
+        let count = count.clone();
+        async move {
+            while let Some(bytes) = rx.recv().await {
+                if let Ok(e) = serde_json::from_slice::<RawDocumentCreated>(&bytes) {
+                    handle_raw(e, &count).await;
                 }
-                Err(_) => d.term().await?,
             }
         }
-        rate(n, start.elapsed())
-    };
-    let base = "hand-written loop (decode, call, ack)";
-    for (label, kv, conc) in [
-        ("Service (embedded), in-memory dedup, concurrency 1", false, 1),
-        ("Service (embedded), in-memory dedup, concurrency 16", false, 16),
-        ("Service (embedded), key-value dedup, concurrency 16", true, 16),
+    });
+    for i in 0..n {
+        tx.send(serde_json::to_vec(&raw_event(i))?).await?;
+    }
+    drop(tx);
+    receiver.await?;
+    let elapsed = start.elapsed();
+    let allocs = (allocations() - a0) as f64 / n as f64;
+    if count.load(Ordering::Relaxed) != n {
+        return Err("mpsc baseline lost messages".into());
+    }
+    Ok(DispatchRound {
+        rate: rate(n, elapsed),
+        publish_rate: f64::NAN,
+        drain_rate: f64::NAN,
+        publish_allocs: allocs,
+        drain_allocs: 0.0,
+    })
+}
+
+/// Typed publish of `n` events into a fresh [`MemoryTransport`], then a [`Service`] drains them;
+/// both phases timed.
+async fn service_round(n: u64, kv_dedup: bool, concurrency: usize) -> Result<DispatchRound, BoxError> {
+    let t = MemoryTransport::new();
+    t.ensure_stream(&StreamSpec::for_domain("document", None)?).await?;
+    let count = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(tokio::sync::Notify::new());
+    let registration = Registration::new(
+        "bench",
+        SubjectPattern::new("document.created")?,
+        "DocumentCreated",
+        DocumentCreated::decode,
+        {
+            let (count, done) = (count.clone(), done.clone());
+            move |_ctx, e: DocumentCreated| {
+                let (count, done) = (count.clone(), done.clone());
+                async move {
+                    if !e.title.is_empty() && count.fetch_add(1, Ordering::Relaxed) + 1 == n {
+                        done.notify_one();
+                    }
+                    Ok(())
+                }
+            }
+        },
+    )
+    .with_options(HandlerOptions {
+        concurrency,
+        ..HandlerOptions::default()
+    });
+    let a0 = allocations();
+    let start = Instant::now();
+    for i in 0..n {
+        t.publish_and_wait(OutboundMessage::from(event(i).to_envelope()?))
+            .await?;
+    }
+    let published = start.elapsed();
+    let a1 = allocations();
+    let mut b = Service::builder(t, "bench").handler("search", registration);
+    if !kv_dedup {
+        b = b.dedup_store(MemoryDedup::default());
+    }
+    let svc = b.start().await?;
+    tokio::time::timeout(Duration::from_secs(120), done.notified())
+        .await
+        .map_err(|_| "the service did not drain the backlog in 120 s")?;
+    let total = start.elapsed();
+    let a2 = allocations();
+    svc.shutdown(Duration::from_secs(5)).await;
+    Ok(DispatchRound {
+        rate: rate(n, total),
+        publish_rate: rate(n, published),
+        drain_rate: rate(n, total - published),
+        publish_allocs: (a1 - a0) as f64 / n as f64,
+        drain_allocs: (a2 - a1) as f64 / n as f64,
+    })
+}
+
+async fn bench_dispatch(r: &mut Runner) -> Result<(), BoxError> {
+    let n = r.n(200_000);
+    let base = "tokio mpsc (1024) + serde_json encode/decode + direct call";
+    for (key, label, kv, conc) in [
+        (
+            "kv",
+            "Service (embedded), default options (key-value dedup, concurrency 16)",
+            true,
+            16,
+        ),
+        (
+            "mem16",
+            "Service (embedded), in-memory dedup, concurrency 16",
+            false,
+            16,
+        ),
+        ("mem1", "Service (embedded), in-memory dedup, concurrency 1", false, 1),
     ] {
-        let t = MemoryTransport::new();
-        publish_backlog(&t, n).await?;
-        let v = service_rate(t, n, kv, conc).await?;
-        r.row("dispatch", label, v, "events/s", base, hand, n, true);
+        if r.dispatch_rows
+            .as_ref()
+            .is_some_and(|rows| !rows.iter().any(|k| k == key))
+        {
+            continue;
+        }
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for _ in 0..r.dispatch_rounds {
+            theirs.push(mpsc_round(n).await?);
+            ours.push(service_round(n, kv, conc).await?);
+        }
+        let pick = |v: &[DispatchRound], f: fn(&DispatchRound) -> f64| v.iter().map(f).collect::<Vec<f64>>();
+        r.row_rounds(
+            "dispatch",
+            format!("{label}: publish then drain, {n} events"),
+            &pick(&ours, |d| d.rate),
+            "events/s",
+            base,
+            &pick(&theirs, |d| d.rate),
+            n,
+            true,
+        );
+        let note = format!(
+            "dispatch, {label}: publish {} events/s, drain {} events/s (medians); allocations per message: publish {:.1}, drain {:.1} (baseline: {:.1} for send + receive)",
+            fmt_num(median(&pick(&ours, |d| d.publish_rate))),
+            fmt_num(median(&pick(&ours, |d| d.drain_rate))),
+            median(&pick(&ours, |d| d.publish_allocs)),
+            median(&pick(&ours, |d| d.drain_allocs)),
+            median(&pick(&theirs, |d| d.publish_allocs)),
+        );
+        eprintln!("    {note}");
+        r.notes.push(note);
     }
     Ok(())
 }
@@ -917,6 +1042,9 @@ async fn bench_saga(r: &mut Runner) -> Result<(), BoxError> {
 // ---------------------------------------------------------------------------------------------
 // decode
 
+/// A decode under test: `true` if the payload decoded.
+type Decoder = dyn Fn(&[u8]) -> bool;
+
 /// Decodes per second over one 200 ms window.
 fn decode_rate(payload: &[u8], decode: &dyn Fn(&[u8]) -> bool) -> f64 {
     let start = Instant::now();
@@ -958,7 +1086,7 @@ fn bench_decode(r: &mut Runner) -> Result<(), BoxError> {
     let ours = |p: &[u8]| DocumentCreated::decode(p).is_ok();
     let serde = |p: &[u8]| serde_json::from_slice::<SerdeTagged>(p).is_ok();
     // [ours latest, ours oldest, serde latest, serde oldest], in an order rotating every round.
-    let runs: [(&[u8], &dyn Fn(&[u8]) -> bool); 4] = [(&latest, &ours), (&oldest, &ours), (&latest, &serde), (&oldest, &serde)];
+    let runs: [(&[u8], &Decoder); 4] = [(&latest, &ours), (&oldest, &ours), (&latest, &serde), (&oldest, &serde)];
     let mut m: [Vec<f64>; 4] = Default::default();
     for round in 0..ROUNDS {
         for k in 0..4 {
@@ -968,9 +1096,24 @@ fn bench_decode(r: &mut Runner) -> Result<(), BoxError> {
         }
     }
     let rows = [
-        ("#[domain_event] decode, oldest version 1.0 (2 upcasts)", 1, "#[domain_event] decode, latest version 3.0", 0),
-        ("#[domain_event] decode, latest version 3.0", 0, "serde #[serde(tag = \"version\")] enum, latest", 2),
-        ("#[domain_event] decode, oldest version 1.0", 1, "serde #[serde(tag = \"version\")] enum, oldest (no upcast)", 3),
+        (
+            "#[domain_event] decode, oldest version 1.0 (2 upcasts)",
+            1,
+            "#[domain_event] decode, latest version 3.0",
+            0,
+        ),
+        (
+            "#[domain_event] decode, latest version 3.0",
+            0,
+            "serde #[serde(tag = \"version\")] enum, latest",
+            2,
+        ),
+        (
+            "#[domain_event] decode, oldest version 1.0",
+            1,
+            "serde #[serde(tag = \"version\")] enum, oldest (no upcast)",
+            3,
+        ),
     ];
     for (name, ours, base, b) in rows {
         r.row_rounds("decode", name, &m[ours], "events/s", base, &m[b], 0, true);
@@ -1181,6 +1324,8 @@ fn main() {
         skip: Vec::new(),
         rss_events: 1_000_000,
         rss_nats_events: 1_000_000,
+        dispatch_rounds: 5,
+        dispatch_rows: None,
         notes: Vec::new(),
     };
     let mut out = None;
@@ -1188,6 +1333,14 @@ fn main() {
         match a.as_str() {
             "--quick" => r.scale = 0.2,
             "--only" => r.only = Some(parse_list(args.next())),
+            "--dispatch-rounds" => {
+                r.dispatch_rounds = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(r.dispatch_rounds)
+                    .max(1)
+            }
+            "--dispatch-rows" => r.dispatch_rows = Some(parse_list(args.next())),
             "--skip" => r.skip = parse_list(args.next()),
             "--out" => out = args.next().map(PathBuf::from),
             "--rss-events" => r.rss_events = args.next().and_then(|v| v.parse().ok()).unwrap_or(r.rss_events),

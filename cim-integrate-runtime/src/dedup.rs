@@ -34,11 +34,11 @@
 //! Checks and marks are independent per message, so with handler concurrency above one they run
 //! concurrently and pipeline on the wire instead of costing one round trip per message in series.
 
+use crate::fast_hash::FastMap;
 use crate::id::MessageId;
 use crate::transport::{KeyValue, KvError};
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -106,19 +106,25 @@ pub trait DedupStore: Send + Sync + 'static {
 }
 
 /// Marks in process memory, with a TTL. Lost on restart: for tests and single-process use.
+///
+/// One short lock per check and per mark; a handler's marks are found by comparing names (a
+/// service has a handful of handlers), ids are hashed with a fast seeded hash, not SipHash.
 #[derive(Debug)]
 pub struct MemoryDedup {
     ttl: Duration,
-    /// handler -> message id -> when marked
-    marks: Mutex<HashMap<String, HashMap<MessageId, Instant>>>,
+    /// (handler, message id -> when marked)
+    marks: Mutex<Vec<(Box<str>, Marks)>>,
 }
+
+/// One handler's marks: message id -> when marked.
+type Marks = FastMap<MessageId, Instant>;
 
 impl MemoryDedup {
     /// A store whose marks expire after `ttl`.
     pub fn new(ttl: Duration) -> Self {
         Self {
             ttl,
-            marks: Mutex::new(HashMap::new()),
+            marks: Mutex::new(Vec::new()),
         }
     }
 }
@@ -134,23 +140,27 @@ impl MemoryDedup {
         let now = Instant::now();
         let marks = self.marks.lock().unwrap_or_else(|e| e.into_inner());
         marks
-            .get(handler)
-            .and_then(|m| m.get(&id))
+            .iter()
+            .find(|(h, _)| **h == *handler)
+            .and_then(|(_, m)| m.get(&id))
             .is_some_and(|at| *at + self.ttl > now)
     }
 
     fn record(&self, handler: &str, id: MessageId) {
         let now = Instant::now();
         let mut marks = self.marks.lock().unwrap_or_else(|e| e.into_inner());
-        if !marks.contains_key(handler) {
-            marks.insert(handler.to_owned(), HashMap::new());
-        }
-        if let Some(handler_marks) = marks.get_mut(handler) {
-            if handler_marks.len() >= 4096 && handler_marks.len().is_power_of_two() {
-                handler_marks.retain(|_, at| *at + self.ttl > now);
+        let i = match marks.iter().position(|(h, _)| **h == *handler) {
+            Some(i) => i,
+            None => {
+                marks.push((handler.into(), FastMap::default()));
+                marks.len() - 1
             }
-            handler_marks.insert(id, now);
+        };
+        let handler_marks = &mut marks[i].1;
+        if handler_marks.len() >= 4096 && handler_marks.len().is_power_of_two() {
+            handler_marks.retain(|_, at| *at + self.ttl > now);
         }
+        handler_marks.insert(id, now);
     }
 }
 

@@ -37,7 +37,7 @@
 //!
 //! [`Envelope::is_derived`] tells whether any identity field was derived rather than read.
 
-use crate::headers::{self, Headers};
+use crate::headers::{self, Headers, Stamp, Text};
 use crate::id::{CausationId, CorrelationId, Identity, MessageId, derived_uuid};
 use crate::subject::{Subject, SubjectError};
 use crate::timestamp::Timestamp;
@@ -78,8 +78,8 @@ pub enum EnvelopeError {
 pub struct Envelope {
     identity: Identity,
     subject: Subject,
-    event_type: Option<Arc<str>>,
-    event_version: Option<Arc<str>>,
+    event_type: Option<Text>,
+    event_version: Option<Text>,
     occurred_at: Timestamp,
     headers: Headers,
     payload: Bytes,
@@ -114,8 +114,15 @@ impl Envelope {
 
     /// Sets the event type name and payload version.
     pub fn typed(mut self, event_type: impl Into<Arc<str>>, version: impl Into<Arc<str>>) -> Self {
-        self.event_type = Some(event_type.into());
-        self.event_version = Some(version.into());
+        self.event_type = Some(Text::Shared(event_type.into()));
+        self.event_version = Some(Text::Shared(version.into()));
+        self
+    }
+
+    /// [`typed`](Self::typed) with names known at compile time: nothing is allocated.
+    pub(crate) fn typed_static(mut self, event_type: &'static str, version: &'static str) -> Self {
+        self.event_type = Some(Text::Static(event_type));
+        self.event_version = Some(Text::Static(version));
         self
     }
 
@@ -182,25 +189,18 @@ impl Envelope {
     }
 
     /// All headers for the wire: identity headers, then extra headers.
+    ///
+    /// The identity headers are kept as values and formatted only when read as text (a NATS
+    /// publish reads them; the embedded transport hands them to
+    /// [`from_received`](Self::from_received) as they are).
     pub fn to_headers(&self) -> Headers {
-        let mut h = Headers::new();
-        let id = self.identity.message_id.to_string();
-        let mut put = |name: &str, value: String| h.push_received(name.to_owned(), value);
-        put(headers::NATS_MSG_ID, id.clone());
-        put(headers::MESSAGE_ID, id);
-        put(headers::CORRELATION_ID, self.identity.correlation_id.to_string());
-        put(headers::CAUSATION_ID, self.identity.causation_id.to_string());
-        if let Some(t) = &self.event_type {
-            put(headers::EVENT_TYPE, t.to_string());
-        }
-        if let Some(v) = &self.event_version {
-            put(headers::EVENT_VERSION, v.to_string());
-        }
-        put(headers::OCCURRED_AT, self.occurred_at.to_rfc3339());
-        for (n, v) in self.headers.iter() {
-            h.push_received(n.to_owned(), v.to_owned());
-        }
-        h
+        let stamp = Stamp::new(
+            self.identity,
+            self.event_type.clone(),
+            self.event_version.clone(),
+            self.occurred_at,
+        );
+        Headers::stamped(stamp, &self.headers)
     }
 
     /// The headers of the opt-in *compact identity*: a root message (correlation id and causation
@@ -239,6 +239,27 @@ impl Envelope {
             subject: subject.chars().take(128).collect(),
             error,
         })?;
+        Ok(Self::from_received_subject(subject, headers, payload, from))
+    }
+
+    /// [`from_received`](Self::from_received) for a subject already known to be valid (a
+    /// transport that stored a [`Subject`]).
+    ///
+    /// Headers written by [`to_headers`](Self::to_headers) and not changed since carry the
+    /// identity as values: they are taken as they are when reading their text back would give
+    /// the same values (every id a real one, type and version without surrounding blanks, the
+    /// time within the years RFC 3339 spells), so nothing is formatted or parsed.
+    pub(crate) fn from_received_subject(
+        subject: Subject,
+        headers: &Headers,
+        payload: Bytes,
+        from: &ReceivedFrom,
+    ) -> Self {
+        if let Some(stamp) = headers.stamp()
+            && let Some(envelope) = Self::from_stamp(&subject, stamp, headers, &payload)
+        {
+            return envelope;
+        }
         let uuid_header = |name| headers.get(name).and_then(id_in);
         let mut derived = false;
         let message_id = match uuid_header(headers::MESSAGE_ID).or_else(|| uuid_header(headers::NATS_MSG_ID)) {
@@ -256,7 +277,7 @@ impl Envelope {
             correlation_id: correlation_id.unwrap_or(message_id.into()),
             causation_id: causation_id.unwrap_or(message_id.into()),
         };
-        let text = |name| headers.get(name).map(|v| Arc::<str>::from(v.trim()));
+        let text = |name| headers.get(name).map(|v| Text::Shared(Arc::<str>::from(v.trim())));
         let occurred_at = headers
             .get(headers::OCCURRED_AT)
             .and_then(|v| v.trim().parse().ok())
@@ -266,7 +287,7 @@ impl Envelope {
         for (n, v) in headers.iter().filter(|(n, _)| !headers::IDENTITY_HEADERS.contains(n)) {
             extra.push_received(n.to_owned(), v.to_owned());
         }
-        Ok(Self {
+        Self {
             identity,
             subject,
             event_type: text(headers::EVENT_TYPE),
@@ -275,6 +296,38 @@ impl Envelope {
             headers: extra,
             payload,
             derived,
+        }
+    }
+
+    /// The envelope stamped headers describe, if reading their text would give exactly it;
+    /// `None` sends the caller down the text path.
+    fn from_stamp(subject: &Subject, stamp: &Stamp, headers: &Headers, payload: &Bytes) -> Option<Self> {
+        let id = &stamp.identity;
+        let real = |u: &Uuid| !u.is_nil() && !u.is_max();
+        let untrimmed = |t: &Option<Text>| t.as_ref().is_some_and(|t| t.trim().len() != t.len());
+        let year = stamp.occurred_at.as_offset_date_time().year();
+        if !real(id.message_id.as_uuid())
+            || !real(id.correlation_id.as_uuid())
+            || !real(id.causation_id.as_uuid())
+            || untrimmed(&stamp.event_type)
+            || untrimmed(&stamp.event_version)
+            || !(0..=9999).contains(&year)
+        {
+            return None;
+        }
+        let extra = headers.unstamped();
+        if extra.iter().any(|(n, _)| headers::IDENTITY_HEADERS.contains(&n)) {
+            return None;
+        }
+        Some(Self {
+            identity: *id,
+            subject: subject.clone(),
+            event_type: stamp.event_type.clone(),
+            event_version: stamp.event_version.clone(),
+            occurred_at: stamp.occurred_at,
+            headers: extra,
+            payload: payload.clone(),
+            derived: false,
         })
     }
 }
@@ -332,6 +385,79 @@ mod tests {
                 Envelope::from_received(env.subject().as_str(), &h, env.payload().clone(), &from_stream(1)).unwrap();
             assert_eq!(back, env);
             assert!(!back.is_derived());
+        }
+    }
+
+    /// The headers an envelope writes, rebuilt as plain text.
+    fn as_text(h: &Headers) -> Headers {
+        let mut text = Headers::new();
+        for (n, v) in h.iter() {
+            text.push_received(n.to_owned(), v.to_owned());
+        }
+        text
+    }
+
+    #[test]
+    fn stamped_headers_read_like_text() {
+        let env = Envelope::root(crate::subject!("document.created"), &b"{}"[..])
+            .typed_static("DocumentCreated", "1.0")
+            .header("X-Tenant", "acme")
+            .unwrap();
+        let stamped = env.to_headers();
+        let text = as_text(&stamped);
+        assert!(stamped.stamp().is_some() && text.stamp().is_none());
+        assert_eq!(stamped, text);
+        assert_eq!((stamped.len(), stamped.is_empty()), (8, false));
+        assert_eq!(stamped.get(headers::MESSAGE_ID), text.get(headers::MESSAGE_ID));
+        assert_eq!(stamped.get("X-Tenant"), Some("acme"));
+        assert_eq!(
+            stamped.get_all(headers::EVENT_TYPE).collect::<Vec<_>>(),
+            ["DocumentCreated"]
+        );
+        assert_eq!(format!("{stamped:?}"), format!("{text:?}"));
+        let from = from_stream(1);
+        let fast = Envelope::from_received("document.created", &stamped, env.payload().clone(), &from).unwrap();
+        let slow = Envelope::from_received("document.created", &text, env.payload().clone(), &from).unwrap();
+        assert_eq!(fast, slow);
+        assert_eq!(fast, env);
+        // A write turns the stamp into text.
+        let mut written = stamped.clone();
+        written.insert("X-Other", "1").unwrap();
+        assert!(written.stamp().is_none());
+        assert_eq!(written.len(), 9);
+        assert_eq!(
+            written.get(headers::CORRELATION_ID),
+            stamped.get(headers::CORRELATION_ID)
+        );
+        assert!(written.remove(headers::NATS_MSG_ID));
+        assert_eq!(written.get(headers::NATS_MSG_ID), None);
+    }
+
+    #[test]
+    fn stamps_whose_text_reads_otherwise_take_the_text_path() {
+        let subject = || crate::subject!("a.b");
+        let long_ago = Timestamp::from_unix_nanos(-63_000_000_000 * 1_000_000_000).unwrap();
+        for env in [
+            Envelope::with_identity(
+                Identity::root_from(MessageId::from_uuid(Uuid::nil())),
+                subject(),
+                Bytes::new(),
+            ),
+            Envelope::with_identity(
+                Identity::root_from(MessageId::from_uuid(Uuid::max())),
+                subject(),
+                Bytes::new(),
+            ),
+            Envelope::root(subject(), Bytes::new()).typed(" Padded ", "1.0 "),
+            Envelope::root(subject(), Bytes::new()).occurred_at(long_ago),
+        ] {
+            let stamped = env.to_headers();
+            let text = as_text(&stamped);
+            assert_eq!(stamped, text);
+            let from = from_stream(4);
+            let fast = Envelope::from_received("a.b", &stamped, Bytes::new(), &from).unwrap();
+            let slow = Envelope::from_received("a.b", &text, Bytes::new(), &from).unwrap();
+            assert_eq!(fast, slow, "{env:?}");
         }
     }
 

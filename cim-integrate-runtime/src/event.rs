@@ -112,6 +112,13 @@ pub trait Versioned: PayloadVersion {
     /// Decodes a payload of any known version and upcasts it to the current one. Never panics:
     /// every malformed input is a [`DecodeError`].
     fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
+        // What this crate's encoder writes, read in one pass; anything else (or a failure) goes
+        // the general way, which also gives every error.
+        if let Some(version) = leading_version_tag(payload)
+            && let Ok(Some(value)) = Self::decode_version(version, payload)
+        {
+            return Ok(value);
+        }
         let version = read_version_tag(Self::TYPE_NAME, Self::VERSIONS, payload)?;
         match Self::decode_version(&version, payload)? {
             Some(value) => Ok(value),
@@ -150,13 +157,13 @@ pub trait DomainEvent: Versioned + Send + Sync + 'static {
     /// A root envelope (fresh identity) carrying the encoded event, typed with
     /// [`TYPE_NAME`](Versioned::TYPE_NAME) and [`VERSION`](PayloadVersion::VERSION).
     fn to_envelope(&self) -> Result<Envelope, EncodeError> {
-        Ok(Envelope::root(Self::subject(), self.encode()?).typed(Self::TYPE_NAME, Self::VERSION))
+        Ok(Envelope::root(Self::subject(), self.encode()?).typed_static(Self::TYPE_NAME, Self::VERSION))
     }
 
     /// An envelope for an event published while handling the message with identity `parent`:
     /// same correlation id, `parent`'s message id as causation id.
     fn to_envelope_caused_by(&self, parent: &Identity) -> Result<Envelope, EncodeError> {
-        Ok(Envelope::caused_by(parent, Self::subject(), self.encode()?).typed(Self::TYPE_NAME, Self::VERSION))
+        Ok(Envelope::caused_by(parent, Self::subject(), self.encode()?).typed_static(Self::TYPE_NAME, Self::VERSION))
     }
 
     /// Decodes the payload of a received envelope ([`Versioned::decode`]).
@@ -299,7 +306,7 @@ pub fn encode_tagged<T: Serialize + ?Sized>(
         type_name,
         reason: e.to_string(),
     };
-    let mut out = Vec::with_capacity(128);
+    let mut out = Vec::with_capacity(256);
     out.extend_from_slice(b"{\"version\":");
     serde_json::to_writer(&mut out, version).map_err(failed)?;
     let body = out.len();
@@ -360,6 +367,27 @@ pub fn read_version_tag<'a>(
         }),
         (Ok(()), Some(Tag::Str(version))) => Ok(version),
     }
+}
+
+/// The version tag of a payload shaped as [`encode_tagged`] writes it, when reading it there is
+/// all [`read_version_tag`] would do: the payload starts with `{"version":"<tag>"`, the tag has
+/// no escape, and nothing after it could be a second `version` key (no other `"version"`, no
+/// escape at all, so no escaped key). Decoding the payload as the tag's version then checks the
+/// rest of the JSON exactly as the general path does. `None`: use [`read_version_tag`].
+fn leading_version_tag(payload: &[u8]) -> Option<&str> {
+    const PREFIX: &[u8] = b"{\"version\":\"";
+    let rest = payload.strip_prefix(PREFIX)?;
+    let end = memchr::memchr2(b'"', b'\\', rest)?;
+    if rest[end] != b'"' {
+        return None;
+    }
+    let after = &rest[end + 1..];
+    static KEY: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"version\""));
+    if memchr::memchr(b'\\', after).is_some() || KEY.find(after).is_some() {
+        return None;
+    }
+    std::str::from_utf8(&rest[..end]).ok()
 }
 
 /// Deserialises the whole payload as the frozen version `V` (the `"version"` field is ignored, as

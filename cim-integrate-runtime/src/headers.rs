@@ -1,5 +1,8 @@
 //! Message headers, independent of any transport, and the names of the identity headers.
 
+use crate::id::Identity;
+use crate::timestamp::Timestamp;
+
 /// JetStream de-duplication id; equals the message id.
 pub const NATS_MSG_ID: &str = "Nats-Msg-Id";
 /// The message id (bare UUID).
@@ -42,10 +45,142 @@ pub enum HeaderError {
 ///
 /// Cloning is cheap (the entries are shared and copied on the first write), because every
 /// delivery and envelope carries a copy.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Headers written by [`Envelope::to_headers`](crate::Envelope::to_headers) keep the identity
+/// headers as values (ids, type, version, time) and render them as text only when a header is
+/// read as text: the embedded transport hands them to [`Envelope::from_received`](crate::Envelope::from_received)
+/// without formatting or parsing a string. They read, compare and iterate exactly like the same
+/// headers written as text.
+#[derive(Clone)]
 pub struct Headers {
+    /// Identity headers kept as values: logically before `entries`. `None` once anything was
+    /// written (the headers are then all text).
+    stamp: Option<std::sync::Arc<Stamp>>,
     entries: std::sync::Arc<Vec<(String, String)>>,
 }
+
+/// The identity headers of an envelope as values, rendered as text on first demand, in the
+/// order [`Envelope::to_headers`](crate::Envelope::to_headers) documents.
+pub(crate) struct Stamp {
+    pub(crate) identity: Identity,
+    pub(crate) event_type: Option<Text>,
+    pub(crate) event_version: Option<Text>,
+    pub(crate) occurred_at: Timestamp,
+    rendered: std::sync::OnceLock<Vec<(String, String)>>,
+}
+
+impl Stamp {
+    pub(crate) fn new(
+        identity: Identity,
+        event_type: Option<Text>,
+        event_version: Option<Text>,
+        occurred_at: Timestamp,
+    ) -> Self {
+        Self {
+            identity,
+            event_type,
+            event_version,
+            occurred_at,
+            rendered: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The identity headers as text.
+    fn rendered(&self) -> &[(String, String)] {
+        self.rendered.get_or_init(|| {
+            let mut h = Vec::with_capacity(self.count());
+            let id = self.identity.message_id.to_string();
+            h.push((NATS_MSG_ID.to_owned(), id.clone()));
+            h.push((MESSAGE_ID.to_owned(), id));
+            h.push((CORRELATION_ID.to_owned(), self.identity.correlation_id.to_string()));
+            h.push((CAUSATION_ID.to_owned(), self.identity.causation_id.to_string()));
+            if let Some(t) = &self.event_type {
+                h.push((EVENT_TYPE.to_owned(), t.to_string()));
+            }
+            if let Some(v) = &self.event_version {
+                h.push((EVENT_VERSION.to_owned(), v.to_string()));
+            }
+            h.push((OCCURRED_AT.to_owned(), self.occurred_at.to_rfc3339()));
+            h
+        })
+    }
+
+    /// How many headers the stamp renders.
+    fn count(&self) -> usize {
+        5 + usize::from(self.event_type.is_some()) + usize::from(self.event_version.is_some())
+    }
+
+    /// An upper bound of the rendered headers' wire size (`name: value\r\n` each), without
+    /// rendering them.
+    fn max_wire_len(&self) -> usize {
+        const UUID: usize = 36;
+        // `9999-12-31T23:59:59.999999999Z`
+        const RFC3339_MAX: usize = 30;
+        let text = |name: &str, v: &Option<Text>| v.as_ref().map_or(0, |v| name.len() + v.len() + 4);
+        NATS_MSG_ID.len()
+            + MESSAGE_ID.len()
+            + CORRELATION_ID.len()
+            + CAUSATION_ID.len()
+            + 4 * (UUID + 4)
+            + text(EVENT_TYPE, &self.event_type)
+            + text(EVENT_VERSION, &self.event_version)
+            + OCCURRED_AT.len()
+            + RFC3339_MAX
+            + 4
+    }
+}
+
+/// A header value that is usually a `'static` name (an event type, a version): shared without
+/// allocating.
+#[derive(Clone)]
+pub(crate) enum Text {
+    Static(&'static str),
+    Shared(std::sync::Arc<str>),
+}
+
+impl std::ops::Deref for Text {
+    type Target = str;
+    fn deref(&self) -> &str {
+        match self {
+            Self::Static(s) => s,
+            Self::Shared(s) => s,
+        }
+    }
+}
+
+impl PartialEq for Text {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Text {}
+
+impl std::fmt::Debug for Text {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&**self, f)
+    }
+}
+
+impl std::fmt::Debug for Headers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        struct Entries<'a>(&'a Headers);
+        impl std::fmt::Debug for Entries<'_> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_list().entries(self.0.iter()).finish()
+            }
+        }
+        f.debug_struct("Headers").field("entries", &Entries(self)).finish()
+    }
+}
+
+impl PartialEq for Headers {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Headers {}
 
 fn valid_name(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
@@ -61,7 +196,10 @@ static EMPTY: std::sync::LazyLock<std::sync::Arc<Vec<(String, String)>>> =
 
 impl Default for Headers {
     fn default() -> Self {
-        Self { entries: EMPTY.clone() }
+        Self {
+            stamp: None,
+            entries: EMPTY.clone(),
+        }
     }
 }
 
@@ -71,10 +209,51 @@ impl Headers {
         Self::default()
     }
 
+    /// The identity headers of `stamp` (as values), then `extra`'s headers.
+    pub(crate) fn stamped(stamp: Stamp, extra: &Headers) -> Self {
+        let mut entries = extra.clone();
+        entries.materialize();
+        Self {
+            stamp: Some(std::sync::Arc::new(stamp)),
+            entries: entries.entries,
+        }
+    }
+
+    /// The identity headers kept as values, if these headers were written by an envelope and
+    /// not changed since.
+    pub(crate) fn stamp(&self) -> Option<&Stamp> {
+        self.stamp.as_deref()
+    }
+
+    /// The headers after the stamp's (all of them without a stamp), without a stamp.
+    pub(crate) fn unstamped(&self) -> Self {
+        Self {
+            stamp: None,
+            entries: self.entries.clone(),
+        }
+    }
+
+    /// An upper bound of the headers' wire size (`name: value\r\n` each) that renders nothing;
+    /// exact without a stamp.
+    pub(crate) fn max_wire_len(&self) -> usize {
+        self.stamp.as_ref().map_or(0, |s| s.max_wire_len())
+            + self.entries.iter().map(|(n, v)| n.len() + v.len() + 4).sum::<usize>()
+    }
+
+    /// Turns stamped identity headers into text entries, before a write.
+    fn materialize(&mut self) {
+        if let Some(stamp) = self.stamp.take() {
+            let mut all = stamp.rendered().to_vec();
+            all.extend(self.entries.iter().cloned());
+            self.entries = std::sync::Arc::new(all);
+        }
+    }
+
     /// Sets `name` to `value`, replacing every earlier value of that name.
     pub fn insert(&mut self, name: &str, value: impl Into<String>) -> Result<(), HeaderError> {
         let value = value.into();
         Self::check(name, &value)?;
+        self.materialize();
         let entries = std::sync::Arc::make_mut(&mut self.entries);
         entries.retain(|(n, _)| n != name);
         entries.push((name.to_owned(), value));
@@ -85,6 +264,7 @@ impl Headers {
     pub fn append(&mut self, name: &str, value: impl Into<String>) -> Result<(), HeaderError> {
         let value = value.into();
         Self::check(name, &value)?;
+        self.materialize();
         std::sync::Arc::make_mut(&mut self.entries).push((name.to_owned(), value));
         Ok(())
     }
@@ -101,44 +281,57 @@ impl Headers {
 
     /// Appends without validation, for headers received from a transport (already framed).
     pub(crate) fn push_received(&mut self, name: String, value: String) {
+        self.materialize();
         std::sync::Arc::make_mut(&mut self.entries).push((name, value));
     }
 
     /// The first value of `name`.
     pub fn get(&self, name: &str) -> Option<&str> {
+        if let Some(stamp) = &self.stamp
+            && IDENTITY_HEADERS.contains(&name)
+        {
+            // A stamp renders every identity header there is; the entries hold none.
+            return stamp
+                .rendered()
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str());
+        }
         self.entries.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 
     /// Every value of `name`, in order.
     pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.entries
-            .iter()
-            .filter(move |(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        self.iter().filter(move |(n, _)| *n == name).map(|(_, v)| v)
     }
 
     /// Removes every value of `name`; returns whether there was one.
     pub fn remove(&mut self, name: &str) -> bool {
-        if !self.entries.iter().any(|(n, _)| n == name) {
+        if !self.iter().any(|(n, _)| n == name) {
             return false;
         }
+        self.materialize();
         std::sync::Arc::make_mut(&mut self.entries).retain(|(n, _)| n != name);
         true
     }
 
     /// All (name, value) pairs, in order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.entries.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+        let stamped = self.stamp.as_ref().map_or(&[][..], |s| s.rendered());
+        stamped
+            .iter()
+            .chain(self.entries.iter())
+            .map(|(n, v)| (n.as_str(), v.as_str()))
     }
 
     /// Number of (name, value) pairs.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.stamp.as_ref().map_or(0, |s| s.count()) + self.entries.len()
     }
 
     /// `true` if there are no headers.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 }
 

@@ -17,6 +17,7 @@ pub mod correlate;
 pub mod dedup;
 pub mod envelope;
 pub mod event;
+mod fast_hash;
 pub mod handler;
 pub mod headers;
 pub mod id;

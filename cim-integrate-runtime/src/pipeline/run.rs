@@ -16,7 +16,9 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
@@ -113,14 +115,25 @@ pub(crate) async fn run<Src, D, S>(
     S: Settle<Src::Item>,
 {
     let concurrency = concurrency.max(1);
-    let (tx, mut rx) = mpsc::channel::<Src::Item>(prefetch.max(concurrency));
-    let puller = tokio::spawn(pull(source, tx));
+    let capacity = prefetch.max(concurrency);
+    let (tx, mut rx) = mpsc::channel::<Src::Item>(capacity);
+    let puller = tokio::spawn(pull(source, tx, (capacity / 4).max(1)));
     let mut in_flight = FuturesUnordered::new();
+    // Slots for dispatches, reused: most finish on their first poll, in place, and never reach
+    // `in_flight`; at most `concurrency` are allocated.
+    let mut free = Vec::new();
+    // One future for the whole loop, not one per turn.
+    let stopped = stop.changed();
+    tokio::pin!(stopped);
     loop {
         tokio::select! {
             biased;
-            _ = stop.changed() => break,
-            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+            _ = &mut stopped => break,
+            Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                if let Some(slot) = done {
+                    free.push(slot);
+                }
+            }
             item = rx.recv(), if in_flight.len() < concurrency => match item {
                 Some(item) if spawn => {
                     let (stack, settle) = (stack.clone(), settle.clone());
@@ -129,9 +142,25 @@ pub(crate) async fn run<Src, D, S>(
                         if let Err(e) = task.await {
                             tracing::error!(error = %e, "dispatch task failed");
                         }
+                        None
                     }));
                 }
-                Some(item) => in_flight.push(futures::future::Either::Right(one(&*stack, &*settle, item))),
+                Some(item) => {
+                    let mut slot: Pin<Box<Option<_>>> = free.pop().unwrap_or_else(|| Box::pin(None));
+                    slot.set(Some(one(&*stack, &*settle, item)));
+                    // The first poll here, with this loop's waker: what waits goes to
+                    // `in_flight`, which polls it again (and wakes it from then on).
+                    let finished = std::future::poll_fn(|cx| {
+                        Poll::Ready(slot.as_mut().as_pin_mut().is_none_or(|f| f.poll(cx).is_ready()))
+                    })
+                    .await;
+                    if finished {
+                        slot.set(None);
+                        free.push(slot);
+                    } else {
+                        in_flight.push(futures::future::Either::Right(Slot(Some(slot))));
+                    }
+                }
                 None => break,
             },
         }
@@ -145,13 +174,38 @@ pub(crate) async fn run<Src, D, S>(
     while in_flight.next().await.is_some() {}
 }
 
-async fn pull<Src: Source>(mut source: Src, tx: mpsc::Sender<Src::Item>) {
+/// A dispatch that did not finish on its first poll, in its reusable slot; gives the slot back,
+/// emptied, when it finishes.
+struct Slot<F>(Option<Pin<Box<Option<F>>>>);
+
+impl<F: Future<Output = ()>> Future for Slot<F> {
+    type Output = Option<Pin<Box<Option<F>>>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(slot) = self.0.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if let Some(f) = slot.as_mut().as_pin_mut() {
+            std::task::ready!(f.poll(cx));
+        }
+        slot.set(None);
+        Poll::Ready(self.0.take())
+    }
+}
+
+/// Moves messages from `source` into `tx`. Room first: the source is only asked for what can be
+/// started soon. Room is reserved `batch` places at a time, so that a backlog wakes the puller
+/// once per `batch` messages taken off the channel, not once per message.
+async fn pull<Src: Source>(mut source: Src, tx: mpsc::Sender<Src::Item>, batch: usize) {
     loop {
-        // Room first: the source is only asked for what can be started soon.
-        let Ok(permit) = tx.reserve().await else { return };
-        match source.next().await {
-            Some(item) => permit.send(item),
-            None => return,
+        let Ok(permits) = tx.reserve_many(batch).await else {
+            return;
+        };
+        for permit in permits {
+            match source.next().await {
+                Some(item) => permit.send(item),
+                None => return,
+            }
         }
     }
 }

@@ -27,7 +27,9 @@ use super::{
     IncomingRequest, KeyValue, KvEntry, KvError, KvSpec, OutboundMessage, PublishAck, Reply, ReplyHandle, Request,
     Responder, StreamSpec, Transport, TransportError, check_key,
 };
+use crate::fast_hash::FastMap;
 use crate::headers::Headers;
+use crate::subject::{Subject, SubjectPattern};
 use crate::timestamp::Timestamp;
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -110,6 +112,61 @@ struct MemStream {
     state: Mutex<StreamState>,
     /// Woken on every publish, ack, nak, term and consumer deletion.
     changed: Notify,
+    /// Calls of [`Consumer::next`] about to wait on `changed` (or waiting): without any, a
+    /// change wakes nobody and `changed` is not touched.
+    sleepers: std::sync::atomic::AtomicUsize,
+}
+
+impl MemStream {
+    /// Wakes the consumers waiting for a change; call after the change, with the state
+    /// unlocked.
+    fn wake(&self) {
+        // SeqCst pairs with the sleeper's increment: a sleeper that this load misses counted
+        // itself after the change was made, and checks the state again before it waits.
+        if self.sleepers.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            self.changed.notify_waiters();
+        }
+    }
+}
+
+/// A `Nats-Msg-Id` as the duplicate window keeps it: a UUID in its canonical text (what every
+/// envelope writes) as its 16 bytes, anything else as text.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum MsgId {
+    Uuid(uuid::Uuid),
+    Text(Box<str>),
+}
+
+impl MsgId {
+    /// The message id of `headers`, without formatting the id of an envelope's headers.
+    fn of(headers: &Headers) -> Option<Self> {
+        if let Some(stamp) = headers.stamp() {
+            return Some(Self::Uuid(stamp.identity.message_id.into_uuid()));
+        }
+        let text = headers.get(crate::headers::NATS_MSG_ID)?;
+        let canonical = uuid::Uuid::try_parse(text).ok().filter(|u| {
+            let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+            u.hyphenated().encode_lower(&mut buf).as_bytes() == text.as_bytes()
+        });
+        Some(canonical.map_or_else(|| Self::Text(text.into()), Self::Uuid))
+    }
+}
+
+/// `pattern` matches the valid `subject`: literal patterns and `prefix.>` compare bytes.
+fn subject_matches(pattern: &SubjectPattern, subject: &str) -> bool {
+    let p = pattern.as_str();
+    let wild = |s: &str| s.bytes().any(|b| b == b'*' || b == b'>');
+    if !wild(p) {
+        return p == subject;
+    }
+    if let Some(prefix) = p.strip_suffix('>')
+        && prefix.ends_with('.')
+        && !wild(prefix)
+    {
+        // A valid subject has no empty token: anything after the prefix is at least one token.
+        return subject.len() > prefix.len() && subject.starts_with(prefix);
+    }
+    pattern.matches_valid(subject)
 }
 
 #[derive(Default)]
@@ -117,14 +174,14 @@ struct StreamState {
     /// Stored messages in sequence order; contiguous from `messages[0].seq`.
     messages: VecDeque<Stored>,
     last_seq: u64,
-    dedup: HashMap<String, u64>,
-    dedup_order: VecDeque<(Instant, String)>,
-    consumers: HashMap<Arc<str>, ConsumerState>,
+    dedup: FastMap<MsgId, u64>,
+    dedup_order: VecDeque<(Instant, MsgId)>,
+    consumers: FastMap<Arc<str>, ConsumerState>,
 }
 
 struct Stored {
     seq: u64,
-    subject: Arc<str>,
+    subject: Subject,
     headers: Headers,
     payload: Bytes,
     published: Timestamp,
@@ -141,6 +198,9 @@ struct ConsumerState {
     delivery_seq: u64,
     /// Delivered, not yet acknowledged or terminated: stream sequence -> state.
     pending: BTreeMap<u64, Pending>,
+    /// No pending delivery is due for redelivery before this (a lower bound of their
+    /// `redeliver_at`): until then the pending ones need not be looked at.
+    next_due: Instant,
     /// Calls of [`Consumer::next`] waiting on this consumer now.
     waiting: usize,
     /// The last activity: creation, the end of a wait, an acknowledgement.
@@ -224,29 +284,36 @@ impl StreamState {
         // Redeliveries first, lowest sequence first; drop those that have used up max_deliver.
         let mut wake: Option<Instant> = None;
         let mut due = None;
-        c.pending.retain(|&seq, p| {
-            if p.redeliver_at > now {
-                wake = Some(wake.map_or(p.redeliver_at, |w| w.min(p.redeliver_at)));
-                return true;
-            }
-            if p.delivered >= max_deliver {
-                tracing::debug!(stream = %stream.name, consumer = %name, seq, "max deliveries reached");
-                return false;
-            }
-            if due.is_none() {
-                due = Some(seq);
-            }
-            true
-        });
+        if c.pending.is_empty() {
+        } else if c.next_due > now {
+            wake = Some(c.next_due);
+        } else {
+            c.pending.retain(|&seq, p| {
+                if p.redeliver_at > now {
+                    wake = Some(wake.map_or(p.redeliver_at, |w| w.min(p.redeliver_at)));
+                    return true;
+                }
+                if p.delivered >= max_deliver {
+                    tracing::debug!(stream = %stream.name, consumer = %name, seq, "max deliveries reached");
+                    return false;
+                }
+                if due.is_none() {
+                    due = Some(seq);
+                }
+                true
+            });
+            // Others may be due too: look again next time, until none is.
+            c.next_due = if due.is_some() { now } else { wake.unwrap_or(now) };
+        }
         let seq = match due {
             Some(seq) => Some(seq),
             None if c.pending.len() < c.spec.max_ack_pending as usize => {
                 let start = c.next_seq.max(first_seq);
                 let skip = usize::try_from(start - first_seq).unwrap_or(usize::MAX);
+                let filter = &c.spec.filter;
                 let found = messages
-                    .iter()
-                    .skip(skip)
-                    .find(|m| c.spec.filter.matches_valid(&m.subject))
+                    .range(skip.min(messages.len())..)
+                    .find(|m| subject_matches(filter, m.subject.as_str()))
                     .map(|m| m.seq);
                 c.next_seq = found.map_or(first_seq + messages.len() as u64, |s| s + 1);
                 found
@@ -264,6 +331,7 @@ impl StreamState {
         });
         p.delivered += 1;
         p.redeliver_at = now + c.spec.redelivery_delay(p.delivered);
+        c.next_due = c.next_due.min(p.redeliver_at);
         c.delivery_seq += 1;
         let info = DeliveryInfo {
             stream: stream.name.clone(),
@@ -278,8 +346,8 @@ impl StreamState {
             consumer: name.clone(),
             seq,
         };
-        Ok(Step::Deliver(Delivery::new(
-            m.subject.to_string(),
+        Ok(Step::Deliver(Delivery::stored(
+            m.subject.clone(),
             m.headers.clone(),
             m.payload.clone(),
             info,
@@ -319,7 +387,7 @@ impl MemoryTransport {
     fn do_publish(&self, msg: OutboundMessage) -> Result<PublishAck, TransportError> {
         let stream = lock(&self.inner.streams)
             .iter()
-            .find(|s| s.spec.subjects.iter().any(|p| p.matches(&msg.subject)))
+            .find(|s| s.spec.subjects.iter().any(|p| subject_matches(p, msg.subject.as_str())))
             .cloned()
             .ok_or_else(|| TransportError::NoStream {
                 subject: msg.subject.to_string(),
@@ -327,7 +395,7 @@ impl MemoryTransport {
         let now = Instant::now();
         let mut st = lock(&stream.state);
         st.expire(&stream.spec, now);
-        let msg_id = msg.msg_id().map(str::to_owned);
+        let msg_id = MsgId::of(&msg.headers);
         if let Some(id) = &msg_id
             && let Some(&sequence) = st.dedup.get(id)
         {
@@ -345,14 +413,14 @@ impl MemoryTransport {
         }
         st.messages.push_back(Stored {
             seq,
-            subject: Arc::from(msg.subject.as_str()),
+            subject: msg.subject,
             headers: msg.headers,
             payload: msg.payload,
             published: Timestamp::now(),
             stored_at: now,
         });
         drop(st);
-        stream.changed.notify_waiters();
+        stream.wake();
         Ok(PublishAck {
             stream: stream.spec.name.clone(),
             sequence: seq,
@@ -361,8 +429,15 @@ impl MemoryTransport {
     }
 }
 
-fn message_size(msg: &OutboundMessage) -> usize {
-    msg.payload.len() + msg.headers.iter().map(|(n, v)| n.len() + v.len() + 4).sum::<usize>()
+/// The size of `msg` (payload and headers) if it is over the limit; `None` if it fits. Envelope
+/// headers are measured by an upper bound first, so that a message well within the limit does
+/// not have its identity headers formatted.
+fn oversize(msg: &OutboundMessage) -> Option<usize> {
+    if msg.payload.len() + msg.headers.max_wire_len() <= DEFAULT_MAX_PAYLOAD {
+        return None;
+    }
+    let size = msg.payload.len() + msg.headers.iter().map(|(n, v)| n.len() + v.len() + 4).sum::<usize>();
+    (size > DEFAULT_MAX_PAYLOAD).then_some(size)
 }
 
 impl Transport for MemoryTransport {
@@ -408,13 +483,13 @@ impl Transport for MemoryTransport {
             name: Arc::from(spec.name.as_str()),
             state: Mutex::new(StreamState::default()),
             changed: Notify::new(),
+            sleepers: std::sync::atomic::AtomicUsize::new(0),
         }));
         Ok(())
     }
 
     async fn publish(&self, message: OutboundMessage) -> Result<Self::AckFuture, TransportError> {
-        let size = message_size(&message);
-        if size > DEFAULT_MAX_PAYLOAD {
+        if let Some(size) = oversize(&message) {
             return Err(TransportError::PayloadTooLarge {
                 size,
                 max: DEFAULT_MAX_PAYLOAD,
@@ -460,6 +535,7 @@ impl Transport for MemoryTransport {
                         next_seq,
                         delivery_seq: 0,
                         pending: BTreeMap::new(),
+                        next_due: now,
                         waiting: 0,
                         active_at: now,
                         created: Timestamp::now(),
@@ -483,7 +559,7 @@ impl Transport for MemoryTransport {
             st.expire(&s.spec, Instant::now());
             st.consumers.remove(durable)
         };
-        s.changed.notify_waiters();
+        s.wake();
         removed.map(|_| ()).ok_or_else(not_found)
     }
 
@@ -630,7 +706,21 @@ impl Consumer for MemoryConsumer {
     }
 
     async fn next(&mut self) -> Result<Delivery<MemoryAcker>, TransportError> {
+        // A delivery ready now is taken under one lock: entering and leaving the wait at the
+        // same instant, which nobody can observe, is skipped.
+        {
+            let now = Instant::now();
+            let mut st = lock(&self.stream.state);
+            st.expire(&self.stream.spec, now);
+            if let Step::Deliver(d) = st.next_step(&self.stream, &self.name, now)? {
+                if let Some(c) = st.consumers.get_mut(&self.name) {
+                    c.active_at = now;
+                }
+                return Ok(d);
+            }
+        }
         let _waiting = Waiting::enter(&self.stream, &self.name);
+        let _sleeper = Sleeper::enter(&self.stream);
         loop {
             let changed = self.stream.changed.notified();
             tokio::pin!(changed);
@@ -652,6 +742,23 @@ impl Consumer for MemoryConsumer {
                 Step::Wait(None) => changed.await,
             }
         }
+    }
+}
+
+/// Counts a call of [`Consumer::next`] among the stream's sleepers (see [`MemStream::wake`])
+/// while it lasts.
+struct Sleeper<'a>(&'a MemStream);
+
+impl<'a> Sleeper<'a> {
+    fn enter(stream: &'a MemStream) -> Self {
+        stream.sleepers.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self(stream)
+    }
+}
+
+impl Drop for Sleeper<'_> {
+    fn drop(&mut self) {
+        self.0.sleepers.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -715,7 +822,7 @@ impl MemoryAcker {
                 f(c, now);
             }
         }
-        self.stream.changed.notify_waiters();
+        self.stream.wake();
     }
 }
 
@@ -731,6 +838,7 @@ impl Acker for MemoryAcker {
         self.with_pending(|c, now| {
             if let Some(p) = c.pending.get_mut(&self.seq) {
                 p.redeliver_at = now + delay.unwrap_or_default();
+                c.next_due = c.next_due.min(p.redeliver_at);
             }
         });
         Ok(())
@@ -762,7 +870,7 @@ struct MemBucket {
 #[derive(Default)]
 struct BucketState {
     last_revision: u64,
-    entries: BTreeMap<String, KvRecord>,
+    entries: FastMap<String, KvRecord>,
     writes_since_sweep: usize,
 }
 
@@ -771,7 +879,8 @@ struct KvRecord {
     value: Option<Bytes>,
     revision: u64,
     written: Instant,
-    created: Timestamp,
+    /// The wall clock at the write, as read (converted only when the entry is read).
+    created: std::time::SystemTime,
 }
 
 impl BucketState {
@@ -796,9 +905,14 @@ impl BucketState {
             value,
             revision: self.last_revision,
             written: now,
-            created: Timestamp::now(),
+            created: std::time::SystemTime::now(),
         };
-        self.entries.insert(key.to_owned(), rec);
+        match self.entries.get_mut(key) {
+            Some(r) => *r = rec,
+            None => {
+                self.entries.insert(key.to_owned(), rec);
+            }
+        }
         self.last_revision
     }
 }
@@ -844,7 +958,7 @@ impl KeyValue for MemoryKeyValue {
                     key: key.to_owned(),
                     value: v.clone(),
                     revision: r.revision,
-                    created: r.created,
+                    created: Timestamp::from(r.created),
                 })
             }))
         })
@@ -897,12 +1011,53 @@ impl KeyValue for MemoryKeyValue {
     async fn keys(&self) -> Result<Vec<String>, KvError> {
         let ttl = self.bucket.spec.max_age;
         self.with_state(None, |st, now| {
-            Ok(st
+            let mut keys: Vec<String> = st
                 .entries
                 .iter()
                 .filter(|(_, r)| r.value.is_some() && ttl.is_none_or(|ttl| r.written + ttl > now))
                 .map(|(k, _)| k.clone())
-                .collect())
+                .collect();
+            keys.sort_unstable();
+            Ok(keys)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Envelope;
+    use crate::headers::NATS_MSG_ID;
+
+    #[tokio::test]
+    async fn envelope_and_text_ids_share_the_duplicate_window() {
+        let t = MemoryTransport::new();
+        t.ensure_stream(&StreamSpec::for_domain("document", None).unwrap())
+            .await
+            .unwrap();
+        let env = Envelope::root(crate::subject!("document.created"), &b"{}"[..]);
+        let first = t.publish_and_wait(env.clone().into()).await.unwrap();
+        let copy = |id: String| {
+            let mut headers = Headers::new();
+            headers.insert(NATS_MSG_ID, id).unwrap();
+            OutboundMessage {
+                subject: env.subject().clone(),
+                headers,
+                payload: Bytes::from_static(b"{}"),
+            }
+        };
+        let again = t.publish_and_wait(copy(env.message_id().to_string())).await.unwrap();
+        assert!(again.duplicate);
+        assert_eq!(again.sequence, first.sequence);
+        // Other text is another id, as on a server (which compares the strings).
+        let upper = t
+            .publish_and_wait(copy(env.message_id().to_string().to_uppercase()))
+            .await
+            .unwrap();
+        assert!(!upper.duplicate);
+        let text = t.publish_and_wait(copy("order-42".into())).await.unwrap();
+        let text_again = t.publish_and_wait(copy("order-42".into())).await.unwrap();
+        assert!(!text.duplicate && text_again.duplicate);
+        assert_eq!(t.stream_len("DOCUMENT_EVENTS"), Some(3));
     }
 }

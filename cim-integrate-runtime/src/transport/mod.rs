@@ -650,7 +650,7 @@ pub trait Acker: Send + Sync + 'static {
 /// Exactly one of [`ack`](Self::ack), [`nak`](Self::nak) or [`term`](Self::term) ends it; each
 /// takes `self`. A delivery dropped without either is redelivered after the ack wait.
 pub struct Delivery<A> {
-    subject: String,
+    subject: DeliverySubject,
     headers: Headers,
     payload: Bytes,
     info: DeliveryInfo,
@@ -668,11 +668,44 @@ impl<A: std::fmt::Debug> std::fmt::Debug for Delivery<A> {
     }
 }
 
+/// A delivery's subject: as received, or a [`Subject`] a transport stored (valid, shared).
+enum DeliverySubject {
+    Received(String),
+    Stored(Subject),
+}
+
+impl DeliverySubject {
+    fn as_str(&self) -> &str {
+        match self {
+            Self::Received(s) => s,
+            Self::Stored(s) => s.as_str(),
+        }
+    }
+}
+
+impl std::fmt::Debug for DeliverySubject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
 impl<A: Acker> Delivery<A> {
     /// Assembles a delivery (for transport implementations).
     pub fn new(subject: String, headers: Headers, payload: Bytes, info: DeliveryInfo, acker: A) -> Self {
         Self {
-            subject,
+            subject: DeliverySubject::Received(subject),
+            headers,
+            payload,
+            info,
+            acker,
+        }
+    }
+
+    /// Assembles a delivery of a message stored with a valid subject (the embedded transport):
+    /// nothing is copied, and [`envelope`](Self::envelope) does not validate it again.
+    pub(crate) fn stored(subject: Subject, headers: Headers, payload: Bytes, info: DeliveryInfo, acker: A) -> Self {
+        Self {
+            subject: DeliverySubject::Stored(subject),
             headers,
             payload,
             info,
@@ -682,7 +715,7 @@ impl<A: Acker> Delivery<A> {
 
     /// The subject as received (not validated: a foreign publisher may use any NATS subject).
     pub fn subject(&self) -> &str {
-        &self.subject
+        self.subject.as_str()
     }
     /// The headers as received.
     pub fn headers(&self) -> &Headers {
@@ -705,7 +738,15 @@ impl<A: Acker> Delivery<A> {
             stream_sequence: Some(self.info.stream_sequence),
             published: Some(self.info.published),
         };
-        Envelope::from_received(&self.subject, &self.headers, self.payload.clone(), &from)
+        match &self.subject {
+            DeliverySubject::Received(s) => Envelope::from_received(s, &self.headers, self.payload.clone(), &from),
+            DeliverySubject::Stored(s) => Ok(Envelope::from_received_subject(
+                s.clone(),
+                &self.headers,
+                self.payload.clone(),
+                &from,
+            )),
+        }
     }
 
     /// Acknowledges: the message is handled and is never delivered to this consumer again.
@@ -726,7 +767,11 @@ impl<A: Acker> Delivery<A> {
     }
     /// Splits into the received parts and the acknowledgement handle.
     pub fn into_parts(self) -> (String, Headers, Bytes, DeliveryInfo, A) {
-        (self.subject, self.headers, self.payload, self.info, self.acker)
+        let subject = match self.subject {
+            DeliverySubject::Received(s) => s,
+            DeliverySubject::Stored(s) => s.as_str().to_owned(),
+        };
+        (subject, self.headers, self.payload, self.info, self.acker)
     }
 }
 

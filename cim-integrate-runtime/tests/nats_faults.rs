@@ -247,7 +247,7 @@ async fn service_through_server_restart_runs_each_message_once() {
             handled()
         );
         if handled() == N
-            && let Ok(mut s) = t.jetstream().get_stream(STREAM).await
+            && let Ok(s) = t.jetstream().get_stream(STREAM).await
             && let Ok(info) = s.consumer_info("search-once").await
             && info.num_pending == 0
             && info.num_ack_pending == 0

@@ -513,6 +513,20 @@ async fn bench_consume(r: &mut Runner) -> Result<(), BoxError> {
     // [raw, Service in-memory dedup, Service key-value dedup, the same on a durable created over
     // the backlog]; in an order that rotates every round.
     let mut m: [Vec<Measured>; 4] = Default::default();
+    // For profiling one variant alone (`callgrind` counts the whole process): its index, or
+    // `none` for set-up only.
+    let alone = std::env::var("CIM_BENCH_CONSUME_ALONE").ok();
+    if let Some(v) = &alone {
+        for round in 0..ROUNDS {
+            match v.as_str() {
+                "0" => drop(raw_consume(url, &format!("raw{round}"), n).await?),
+                "1" => drop(service_consume(url, &format!("mem{round}"), n, false).await?),
+                "2" => drop(service_consume(url, &format!("kv{round}"), n, true).await?),
+                _ => {}
+            }
+        }
+        return Ok(());
+    }
     for round in 0..ROUNDS {
         for k in 0..4 {
             let which = (k + round) % 4;

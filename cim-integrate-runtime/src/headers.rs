@@ -279,6 +279,12 @@ impl Headers {
         Ok(())
     }
 
+    /// Room for `additional` received headers (one allocation instead of a growing list).
+    pub(crate) fn reserve_received(&mut self, additional: usize) {
+        self.materialize();
+        std::sync::Arc::make_mut(&mut self.entries).reserve(additional);
+    }
+
     /// Appends without validation, for headers received from a transport (already framed).
     pub(crate) fn push_received(&mut self, name: String, value: String) {
         self.materialize();

@@ -158,7 +158,9 @@ pub struct HandlerOptions {
     pub durable: Option<String>,
     /// Retries and back-off.
     pub retry: RetryPolicy,
-    /// Most messages handled at once (at least 1).
+    /// Most runs of the handler at once (at least 1). A message whose handler succeeded no
+    /// longer counts while its dedup mark is written and it is acknowledged (unless `ordered`);
+    /// those wait beside up to the prefetch, 4 x `concurrency` in all.
     pub concurrency: usize,
     /// Where a new durable starts.
     pub deliver: DeliverPolicy,

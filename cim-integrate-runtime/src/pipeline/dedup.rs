@@ -92,6 +92,9 @@ pub struct Dedup<D> {
     pub(crate) ack_wait: Duration,
     pub(crate) in_flight: InFlight,
     pub(crate) durable: Arc<DurableSince>,
+    /// Whether the mark may be written outside the handler's concurrency (not for ordered
+    /// handlers, whose next message must wait until this one is settled).
+    pub(crate) release_while_marking: bool,
 }
 
 impl<D: Dispatch> Dispatch for Dedup<D> {
@@ -128,6 +131,9 @@ impl<D: Dispatch> Dispatch for Dedup<D> {
         }
         let outcome = self.inner.dispatch(msg).await;
         if outcome == Outcome::Succeeded {
+            if self.release_while_marking {
+                msg.handler_done();
+            }
             match self.store.mark_now(&self.key, id) {
                 Some(Ok(())) => {}
                 Some(Err(e)) => {

@@ -80,6 +80,8 @@ pub struct Message<'a> {
     pub(crate) ran: bool,
     pub(crate) reply: Option<Bytes>,
     propagate: Vec<(String, String)>,
+    /// This message's place among the handler runs of its loop (see [`Message::handler_done`]).
+    pub(crate) running: Option<super::run::RunningGuard>,
 }
 
 impl std::fmt::Debug for Message<'_> {
@@ -107,6 +109,7 @@ impl<'a> Message<'a> {
             ran: false,
             reply: None,
             propagate: Vec::new(),
+            running: None,
         }
     }
 
@@ -161,6 +164,13 @@ impl<'a> Message<'a> {
         self.propagate.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
         self.propagate.push((name.to_owned(), value));
         Ok(())
+    }
+
+    /// The handler has finished with this message; what remains (its dedup mark, its
+    /// acknowledgement) need not hold one of the handler's `concurrency` places, so the loop may
+    /// start the next message. Only for handlers without an order to keep.
+    pub(crate) fn handler_done(&mut self) {
+        self.running = None;
     }
 
     /// The headers to propagate.

@@ -18,9 +18,10 @@ use futures::stream::FuturesUnordered;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 
 /// Where messages come from.
 pub(crate) trait Source: Send + 'static {
@@ -81,8 +82,41 @@ impl Source for Responder {
     }
 }
 
+/// The messages of one loop whose handler has not finished: what `concurrency` bounds. A message
+/// leaves it when it is settled, or earlier when a layer says the handler is done with it
+/// ([`Message::handler_done`]: the dedup layer, while the mark is written), so that marks and
+/// acknowledgements in flight do not keep the next messages from starting. What is in flight
+/// altogether stays bounded by the prefetch.
+#[derive(Debug, Default)]
+pub(crate) struct Running {
+    count: AtomicUsize,
+    freed: Notify,
+}
+
+impl Running {
+    fn enter(self: &Arc<Self>) -> RunningGuard {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        RunningGuard(self.clone())
+    }
+
+    fn len(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+}
+
+/// One message counted in [`Running`]; leaves it when dropped.
+#[derive(Debug)]
+pub(crate) struct RunningGuard(Arc<Running>);
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        self.0.count.fetch_sub(1, Ordering::AcqRel);
+        self.0.freed.notify_one();
+    }
+}
+
 /// Runs one message down `stack` and settles it.
-async fn one<I, D, S>(stack: &D, settle: &S, item: I)
+async fn one<I, D, S>(stack: &D, settle: &S, item: I, running: RunningGuard)
 where
     I: Received,
     D: Dispatch,
@@ -91,6 +125,7 @@ where
     let envelope = item.envelope();
     let (outcome, reply) = {
         let mut msg = Message::new(&item, envelope);
+        msg.running = Some(running);
         let outcome = stack.dispatch(&mut msg).await;
         (outcome, msg.reply.take())
     };
@@ -119,8 +154,9 @@ pub(crate) async fn run<Src, D, S>(
     let (tx, mut rx) = mpsc::channel::<Src::Item>(capacity);
     let puller = tokio::spawn(pull(source, tx, (capacity / 4).max(1)));
     let mut in_flight = FuturesUnordered::new();
+    let running = Arc::new(Running::default());
     // Slots for dispatches, reused: most finish on their first poll, in place, and never reach
-    // `in_flight`; at most `concurrency` are allocated.
+    // `in_flight`; at most as many as can be in flight are allocated.
     let mut free = Vec::new();
     // One future for the whole loop, not one per turn.
     let stopped = stop.changed();
@@ -134,10 +170,13 @@ pub(crate) async fn run<Src, D, S>(
                     free.push(slot);
                 }
             }
-            item = rx.recv(), if in_flight.len() < concurrency => match item {
+            // A handler finished while its message still settles: room for the next one.
+            _ = running.freed.notified(), if running.len() >= concurrency && in_flight.len() < capacity => {}
+            item = rx.recv(), if running.len() < concurrency && in_flight.len() < capacity => match item {
                 Some(item) if spawn => {
                     let (stack, settle) = (stack.clone(), settle.clone());
-                    let task = tokio::spawn(async move { one(&*stack, &*settle, item).await });
+                    let guard = running.enter();
+                    let task = tokio::spawn(async move { one(&*stack, &*settle, item, guard).await });
                     in_flight.push(futures::future::Either::Left(async move {
                         if let Err(e) = task.await {
                             tracing::error!(error = %e, "dispatch task failed");
@@ -147,7 +186,7 @@ pub(crate) async fn run<Src, D, S>(
                 }
                 Some(item) => {
                     let mut slot: Pin<Box<Option<_>>> = free.pop().unwrap_or_else(|| Box::pin(None));
-                    slot.set(Some(one(&*stack, &*settle, item)));
+                    slot.set(Some(one(&*stack, &*settle, item, running.enter())));
                     // The first poll here, with this loop's waker: what waits goes to
                     // `in_flight`, which polls it again (and wakes it from then on).
                     let finished = std::future::poll_fn(|cx| {

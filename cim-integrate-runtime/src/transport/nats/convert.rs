@@ -28,9 +28,59 @@ fn header_name(name: &str) -> Result<HeaderName, TransportError> {
         .map_err(|_| TransportError::Invalid(format!("header name `{}`", name.chars().take(64).collect::<String>())))
 }
 
+/// A value for a known name from text made here (ids, times) or checked here: no second copy.
+fn owned_value(name: &str, value: String) -> Result<HeaderValue, TransportError> {
+    if value.bytes().any(|b| b == b'\r' || b == b'\n') {
+        return Err(TransportError::Invalid(format!("value of header `{name}`")));
+    }
+    Ok(HeaderValue::from(value))
+}
+
 /// Our headers as an async-nats map. Fails (never panics) on a name or value NATS refuses.
+///
+/// Headers an envelope wrote keep its identity as values ([`Headers`]' stamp): each is formatted
+/// once, straight into the map's value, under a name parsed once per process.
 pub(crate) fn header_map(headers: &Headers) -> Result<HeaderMap, TransportError> {
+    let Some(stamp) = headers.stamp() else {
+        return text_header_map(headers, HeaderMap::new());
+    };
     let mut map = HeaderMap::new();
+    let [
+        msg_id,
+        message_id,
+        correlation,
+        causation,
+        event_type,
+        event_version,
+        occurred,
+    ] = KNOWN_NAMES.each_ref().map(|(_, n)| n.clone());
+    let id = stamp.identity.message_id.to_string();
+    map.insert(msg_id, owned_value(headers::NATS_MSG_ID, id.clone())?);
+    map.insert(message_id, owned_value(headers::MESSAGE_ID, id)?);
+    map.insert(
+        correlation,
+        owned_value(headers::CORRELATION_ID, stamp.identity.correlation_id.to_string())?,
+    );
+    map.insert(
+        causation,
+        owned_value(headers::CAUSATION_ID, stamp.identity.causation_id.to_string())?,
+    );
+    if let Some(t) = &stamp.event_type {
+        map.insert(event_type, owned_value(headers::EVENT_TYPE, t.to_string())?);
+    }
+    if let Some(v) = &stamp.event_version {
+        map.insert(event_version, owned_value(headers::EVENT_VERSION, v.to_string())?);
+    }
+    map.insert(
+        occurred,
+        owned_value(headers::OCCURRED_AT, stamp.occurred_at.to_rfc3339())?,
+    );
+    // The extra headers never repeat an identity name (the envelope refuses them).
+    text_header_map(&headers.unstamped(), map)
+}
+
+/// Adds text headers to `map`.
+fn text_header_map(headers: &Headers, mut map: HeaderMap) -> Result<HeaderMap, TransportError> {
     for (i, (name, value)) in headers.iter().enumerate() {
         let n = header_name(name)?;
         let v =
@@ -56,6 +106,8 @@ pub(crate) fn headers_from(map: Option<&HeaderMap>) -> Headers {
     let mut headers = Headers::new();
     let Some(map) = map else { return headers };
     let mut names: Vec<_> = map.iter().collect();
+    let values: usize = names.iter().map(|(_, v)| v.len()).sum();
+    headers.reserve_received(values);
     names.sort_unstable_by(|(a, _), (b, _)| AsRef::<str>::as_ref(*a).cmp(b.as_ref()));
     for (name, values) in names {
         let name: &str = name.as_ref();

@@ -179,7 +179,7 @@ impl Envelope {
 
     /// All headers for the wire: identity headers, then extra headers.
     pub fn to_headers(&self) -> Headers {
-        let mut h = Headers::new();
+        let mut h = Headers::with_capacity(7 + self.headers.len());
         let id = self.identity.message_id.to_string();
         let mut put = |name: &str, value: String| h.push_received(name.to_owned(), value);
         put(headers::NATS_MSG_ID, id.clone());

@@ -99,6 +99,13 @@ impl Headers {
         Ok(())
     }
 
+    /// No headers, with room for `n` without reallocating.
+    pub(crate) fn with_capacity(n: usize) -> Self {
+        Self {
+            entries: std::sync::Arc::new(Vec::with_capacity(n)),
+        }
+    }
+
     /// Appends without validation, for headers received from a transport (already framed).
     pub(crate) fn push_received(&mut self, name: String, value: String) {
         std::sync::Arc::make_mut(&mut self.entries).push((name, value));

@@ -2,47 +2,69 @@
 //!
 //! # Writes and crash windows
 //!
-//! Every transition is one compare-and-set write of the whole [`SagaRecord`]:
+//! Every transition is one write of the whole [`SagaRecord`]: a compare-and-set update of the
+//! active record, except the creation and the final write. The intent of a step's (or
+//! compensation's) next attempt is folded into the write before it, so a saga of n steps that
+//! completes without a retry writes `create`, n outcomes (the last one into the settled bucket)
+//! and one delete: n + 2 writes.
 //!
 //! | write | persisted | decided lifecycle events |
 //! | --- | --- | --- |
-//! | [`Write::Create`] | status `running`, all steps `pending` | `started` |
-//! | [`Write::StepStarted`] | step `running`, attempts + 1 | |
-//! | [`Write::StepCompleted`] | step `completed`, the step's data changes | `step_completed` |
-//! | [`Write::StepFailed`] | step `failed`, status `compensating` | `step_failed`, `compensating` |
-//! | [`Write::CompensationStarted`] | step `compensating`, compensation attempts + 1 | |
-//! | [`Write::StepCompensated`] | step `compensated`, the compensation's data changes | `step_compensated` |
+//! | [`Write::Create`] | status `running`; step 1 `running`, attempts 1 (its intent) | `started` |
+//! | [`Write::StepStarted`] | step `running`, attempts + 1: only for a retry (after a failed or deferred attempt) or a step resumed after a crash | |
+//! | [`Write::StepCompleted`] | step `completed`, the step's data changes; and the next step `running`, attempts + 1 (its intent), or, for the last step, status `completed` | `step_completed` (`completed`) |
+//! | [`Write::StepFailed`] | step `failed`, status `compensating`; and the first compensation's intent (`compensating`, compensation attempts + 1), or status `compensated` if nothing needs compensating | `step_failed`, `compensating` (`compensated`) |
+//! | [`Write::CompensationStarted`] | step `compensating`, compensation attempts + 1: only for a retry or a compensation resumed after a crash | |
+//! | [`Write::StepCompensated`] | step `compensated`, the compensation's data changes; and the next compensation's intent, or status `compensated` | `step_compensated` (`compensated`) |
 //! | [`Write::CompensationFailed`] | step `compensation_failed`, status `needs_attention` | `compensation_failed` |
-//! | [`Write::Finish`] | status `completed` / `compensated` | `completed` / `compensated` |
-//! | [`Write::Settle`] | completed / compensated: the final record (outbox emptied) put into the settled bucket, then deleted from the active one; needs attention: the outbox emptied in place | |
+//! | [`Write::Finish`] | status `completed` / `compensated`, when no outcome write carried it (a record of an earlier layout) | `completed` / `compensated` |
+//! | [`Write::Settle`] | completed / compensated: once every event is acknowledged, the active record is deleted (conditional on its revision); needs attention: the outbox emptied in place | |
+//! | [`Write::RetryCompensation`] | status `compensating`, the failed compensation's attempts reset | `compensating` |
+//!
+//! A write whose status is final (`completed` / `compensated`) is not an update of the active
+//! record: it creates the record in the settled bucket (below), then [`Write::Settle`] deletes
+//! the active one.
 //!
 //! Events are put in the record's outbox by the write that decides them and published right
-//! after it, with message ids derived from (saga, id, event number): a crash between the write
-//! and the publish re-publishes them on resume, and the duplicate window drops repeats.
+//! after it, with message ids derived from (saga, id, event number), without waiting for their
+//! acknowledgements: the step goes on. An event leaves the outbox with the first write made after
+//! its acknowledgement arrived; until then every write carries it again. Every acknowledgement is
+//! awaited before the active record is deleted (and before a needs-attention saga's outbox is
+//! emptied), so an event is always either acknowledged or in the persisted outbox: a crash
+//! re-publishes it on resume, and the duplicate window drops repeats.
 //!
-//! A crash before a `*Started` write loses nothing (the step had not run). A crash after it and
-//! before the matching outcome write leaves the step (or compensation) `running`
-//! (`compensating`): on resume it runs again, with the same idempotency key, as a new attempt
-//! counted against its retry policy. That is the only case in which user code runs twice, and the
-//! key exists for it. A step or compensation whose outcome write succeeded never runs again.
+//! A crash after a write recording an attempt as started (an intent, folded or not) and before
+//! the matching outcome write leaves the step (or compensation) `running` (`compensating`): on
+//! resume it runs again, with the same idempotency key, as a new attempt counted against its retry
+//! policy (so a crash right after the intent, before the step ran, also counts an attempt). The
+//! only case in which user code runs twice is a crash after the step ran and before its outcome
+//! write, and the key exists for it. A step or compensation whose outcome write succeeded never
+//! runs again.
 //!
 //! # Active and settled records
 //!
 //! Records live in two buckets: the *active* one (`cim_saga_{NAME}`, or
 //! [`SagaRunnerBuilder::bucket`]), which keeps records until they are moved or forgotten, and the
 //! *settled* one (`{bucket}_settled`), whose entries expire after
-//! [`SagaRunnerBuilder::settled_retention`] ([`DEFAULT_SETTLED_RETENTION`]). A saga that
-//! completed or was compensated, its events published, is moved: put into the settled bucket,
-//! then deleted from the active one. [`SagaRunner::resume`] and
-//! [`SagaRunner::needs_attention`] list only the active bucket, so their cost follows the
-//! unfinished sagas, not the history. Sagas that need attention stay active (a person must act).
+//! [`SagaRunnerBuilder::settled_retention`] ([`DEFAULT_SETTLED_RETENTION`]). The final write of a
+//! saga that completed or was compensated creates its record in the settled bucket (a `create`:
+//! a saga settled by another runner meanwhile makes it fail, as a lost compare-and-set would);
+//! once its events are acknowledged, the record is deleted from the active bucket.
+//! [`SagaRunner::resume`] and [`SagaRunner::needs_attention`] list only the active bucket, so
+//! their cost follows the unfinished sagas, not the history. Sagas that need attention stay
+//! active (a person must act). A settled record keeps the outbox of its final write: those events
+//! were acknowledged before the active record was deleted; [`SagaRunner::status`] reports it
+//! empty.
 //!
-//! A crash between the two writes of the move leaves the final record in both buckets: resume
-//! finds it active with a final status and finishes the move (its steps do not run again).
-//! Records written before this layout (settled ones in the active bucket) are moved the same way
-//! by the first resume. [`SagaRunner::status`] reads the active bucket, then the settled one;
+//! A crash between the final write and the delete leaves the saga in both buckets, the active
+//! record one step behind: resume (and [`SagaRunner::status`]) find the settled record, and
+//! resume finishes the move: it publishes the final events again, then deletes the active record
+//! (no step runs again). Records written before this layout (settled ones in the active bucket)
+//! are moved by the first resume (put into the settled bucket, then deleted).
+//! [`SagaRunner::status`] reads the active bucket, then the settled one;
 //! [`SagaRunner::start`] refuses an id found in either, so a settled saga does not start again
-//! while it is retained.
+//! while it is retained. The settled bucket is read beside the create (not before it): a create
+//! that succeeded while a settled record exists is withdrawn.
 
 use super::context::StepContext;
 use super::events::{SAGA_EVENT_TYPE, SAGA_EVENT_VERSION, SAGA_EVENTS_DOMAIN, SagaEvent, SagaEventKind};
@@ -73,6 +95,18 @@ macro_rules! fault {
     };
 }
 
+/// Every lifecycle event kind (the subjects of a runner's events are made once, in this order).
+const EVENT_KINDS: [SagaEventKind; 8] = [
+    SagaEventKind::Started,
+    SagaEventKind::StepCompleted,
+    SagaEventKind::StepFailed,
+    SagaEventKind::Compensating,
+    SagaEventKind::StepCompensated,
+    SagaEventKind::Completed,
+    SagaEventKind::Compensated,
+    SagaEventKind::CompensationFailed,
+];
+
 /// How long a settled (completed or compensated) saga's record is kept: 7 days.
 pub const DEFAULT_SETTLED_RETENTION: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
@@ -84,29 +118,33 @@ pub const DEFAULT_RESUME_CONCURRENCY: usize = 16;
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
 /// Which persisted write a step boundary is (a crash point of the fault hook surrounds one).
-/// Public with the `testing` feature only.
+/// Public with the `testing` feature only. See the [module documentation](self) for what each
+/// persists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Write {
-    /// The record is created.
+    /// The record is created, with the first step's first attempt as started.
     #[cfg_attr(not(feature = "testing"), allow(dead_code))]
     Create,
-    /// A step attempt's intent.
+    /// A step attempt's intent, written on its own: a retry, or a step resumed after a crash.
     StepStarted,
-    /// A step's completion.
+    /// A step's completion, with the next step's intent or (the last step) the final status.
     StepCompleted,
-    /// A step's final failure (compensation begins).
+    /// A step's final failure (compensation begins), with the first compensation's intent or the
+    /// final status.
     StepFailed,
-    /// A compensation attempt's intent.
+    /// A compensation attempt's intent, written on its own: a retry, or a compensation resumed
+    /// after a crash.
     CompensationStarted,
-    /// A compensation's completion.
+    /// A compensation's completion, with the next compensation's intent or the final status.
     StepCompensated,
     /// A compensation's final failure (the saga needs attention).
     CompensationFailed,
-    /// The final status (completed or compensated).
+    /// The final status (completed or compensated) when no outcome write carried it.
     Finish,
-    /// After a final status was published: a completed or compensated saga is moved to the
-    /// settled bucket (`Before`: before the put there; `After`: between that put and the delete
-    /// from the active bucket); a saga needing attention has its outbox emptied in place.
+    /// After a final write (into the settled bucket) and the acknowledgement of every event: the
+    /// active record is deleted. For a saga needing attention: its outbox emptied in place. For a
+    /// final record found in the active bucket (an earlier layout), `Before` the put into the
+    /// settled bucket and `After` it, before the delete.
     Settle,
     /// [`SagaRunner::retry_compensation`] resets a saga that needs attention.
     RetryCompensation,
@@ -331,6 +369,8 @@ struct Inner<S: Saga, T: Transport> {
     /// Leases are read on the runtime's one clock, anchored at the runner's creation.
     clock: Clock,
     events_subject: Subject,
+    /// `saga.{NAME}.{kind}` per lifecycle event kind, in the order of [`EVENT_KINDS`].
+    event_subjects: Vec<Subject>,
     /// Per step: the counters and metrics of its runs and of its compensations.
     observers: Vec<[Observer; 2]>,
     #[cfg(feature = "testing")]
@@ -440,6 +480,11 @@ impl<S: Saga, T: Transport> SagaRunnerBuilder<S, T> {
         }
         let events_subject = Subject::from_tokens([SAGA_EVENTS_DOMAIN, S::NAME])
             .map_err(|e| SagaError::Definition(format!("saga name `{}`: {e}", S::NAME)))?;
+        let event_subjects = EVENT_KINDS
+            .iter()
+            .map(|k| events_subject.join(k.token()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| SagaError::Definition(format!("saga name `{}`: {e}", S::NAME)))?;
         let instance = self
             .instance
             .unwrap_or_else(|| format!("{}-{}", S::NAME, uuid::Uuid::now_v7()));
@@ -474,6 +519,7 @@ impl<S: Saga, T: Transport> SagaRunnerBuilder<S, T> {
                 lease: self.lease,
                 clock: Clock::new(),
                 events_subject,
+                event_subjects,
                 #[cfg(feature = "testing")]
                 hook: self.hook,
             }),
@@ -537,6 +583,8 @@ struct Run<D> {
     /// Outbox events published whose acknowledgements are awaited; an event leaves the outbox
     /// (with the next write) only once acknowledged.
     in_flight: Vec<InFlight>,
+    /// Encodes the record's writes (its fixed fields once).
+    encoder: record::Encoder,
 }
 
 impl<D> Run<D> {
@@ -548,7 +596,22 @@ impl<D> Run<D> {
             archived,
             fresh: None,
             in_flight: Vec::new(),
+            encoder: record::Encoder::default(),
         }
+    }
+
+    /// The record's JSON.
+    fn encode(&mut self) -> Result<Bytes, SagaError>
+    where
+        D: serde::Serialize,
+    {
+        self.encoder
+            .encode(&self.rec)
+            .map(Bytes::from)
+            .map_err(|e| SagaError::Encode {
+                id: self.rec.id.clone(),
+                reason: e.to_string(),
+            })
     }
 
     /// Takes the acknowledgements that have arrived, without waiting: acknowledged events leave
@@ -680,7 +743,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         // one is deleted, so a create that succeeded (no active record) while a settled one
         // exists sees it here, and withdraws. (A crash before the withdrawal is caught by
         // `resume_loaded`.)
-        let bytes = encode(&run.rec)?;
+        let bytes = run.encode()?;
         let (created, settled) = futures::join!(self.inner.kv.create(id, bytes), self.inner.settled.get(id));
         run.rev = match created {
             Ok(rev) => rev,
@@ -1006,7 +1069,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         let id = run.rec.id.clone();
         fault!(self, &id, Write::Settle, None, Before);
         run.rec.outbox.clear();
-        let bytes = encode(&run.rec)?;
+        let bytes = run.encode()?;
         let settled_rev = self.inner.settled.put(&id, bytes).await?;
         fault!(self, &id, Write::Settle, None, After);
         match self.inner.kv.delete(&id, Some(run.rev)).await {
@@ -1082,7 +1145,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
             .inner
             .clock
             .after_millis(self.inner.lease.saturating_add(extra_lease));
-        let bytes = encode(&run.rec)?;
+        let bytes = run.encode()?;
         let settling = is_final(&run.rec);
         let target = if settling {
             Target::Settled
@@ -1246,11 +1309,12 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         scope: &str,
         event: &SagaEvent,
     ) -> Result<crate::transport::OutboundMessage, SagaError> {
-        let subject = self
-            .inner
-            .events_subject
-            .join(event.kind.token())
-            .map_err(|e| SagaError::Definition(e.to_string()))?;
+        let subject = EVENT_KINDS
+            .iter()
+            .position(|k| *k == event.kind)
+            .and_then(|i| self.inner.event_subjects.get(i))
+            .cloned()
+            .ok_or_else(|| SagaError::Definition(format!("no subject for saga event {:?}", event.kind)))?;
         let payload = serde_json::to_vec(event).map_err(|e| SagaError::Encode {
             id: rec.id.clone(),
             reason: e.to_string(),
@@ -1651,13 +1715,6 @@ fn emit<D>(
         seq: rec.event_seq,
     });
     rec.event_seq = rec.event_seq.saturating_add(1);
-}
-
-fn encode<D: serde::Serialize>(rec: &SagaRecord<D>) -> Result<Bytes, SagaError> {
-    serde_json::to_vec(rec).map(Bytes::from).map_err(|e| SagaError::Encode {
-        id: rec.id.clone(),
-        reason: e.to_string(),
-    })
 }
 
 fn outcome_of<D>(rec: &SagaRecord<D>) -> SagaOutcome {

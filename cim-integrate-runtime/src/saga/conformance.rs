@@ -598,8 +598,22 @@ fn runs_per_key(shop: &Shop, id: &str) -> HashMap<String, u32> {
     per_key
 }
 
+/// The writes of a run, with the step each concerns.
+type Writes = [(Write, Option<&'static str>)];
+
+/// One run of [`crash_at_every_boundary_then_resume`]: its order, whether its `charge` and
+/// `reserve` compensation fail transiently once, how it ends, and the writes it makes.
+struct Scenario<'a> {
+    name: &'a str,
+    order: Order,
+    flaky: bool,
+    expected: SagaOutcome,
+    done: &'a [&'a str],
+    writes: &'a Writes,
+}
+
 /// The writes of a run, each surrounded by its two crash points.
-fn around(writes: &[(Write, Option<&'static str>)]) -> Vec<(Write, Option<&'static str>, Moment)> {
+fn around(writes: &Writes) -> Vec<(Write, Option<&'static str>, Moment)> {
     writes
         .iter()
         .flat_map(|&(w, s)| [(w, s, Moment::Before), (w, s, Moment::After)])
@@ -649,41 +663,42 @@ pub async fn crash_at_every_boundary_then_resume<T: Transport>(t: T) {
         (StepCompensated, Some("reserve")),
         (Settle, None),
     ];
-    let scenarios: [(
-        &str,
-        Order,
-        bool,
-        SagaOutcome,
-        &[&str],
-        &[(Write, Option<&'static str>)],
-    ); 3] = [
-        (
-            "ok",
-            Order::default(),
-            false,
-            SagaOutcome::Completed,
-            &["+validate", "+reserve", "+charge", "+publish"],
-            &ok_writes,
-        ),
-        (
-            "ko",
-            Order::failing_at("publish"),
-            false,
-            compensated.clone(),
-            undone,
-            &ko_writes,
-        ),
-        (
-            "retry",
-            Order::failing_at("publish"),
-            true,
-            compensated,
-            undone,
-            &retry_writes,
-        ),
+    let scenarios = [
+        Scenario {
+            name: "ok",
+            order: Order::default(),
+            flaky: false,
+            expected: SagaOutcome::Completed,
+            done: &["+validate", "+reserve", "+charge", "+publish"],
+            writes: &ok_writes,
+        },
+        Scenario {
+            name: "ko",
+            order: Order::failing_at("publish"),
+            flaky: false,
+            expected: compensated.clone(),
+            done: undone,
+            writes: &ko_writes,
+        },
+        Scenario {
+            name: "retry",
+            order: Order::failing_at("publish"),
+            flaky: true,
+            expected: compensated,
+            done: undone,
+            writes: &retry_writes,
+        },
     ];
     let mut total = 0;
-    for (name, order, flaky, expected, done, writes) in scenarios {
+    for Scenario {
+        name,
+        order,
+        flaky,
+        expected,
+        done,
+        writes,
+    } in scenarios
+    {
         let (points, base) = crash_points(&t, &format!("dry-{name}"), order.clone(), flaky).await;
         let sequence: Vec<_> = points.iter().map(|p| (p.write, p.step, p.moment)).collect();
         assert_eq!(sequence, around(writes), "{name}: the writes of a run");

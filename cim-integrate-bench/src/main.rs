@@ -751,9 +751,10 @@ async fn saga_pair<T: Transport>(r: &mut Runner, label: &str, t: T, sagas: [u64;
 
 async fn bench_saga(r: &mut Runner) -> Result<(), BoxError> {
     let server = Server::start("saga")?;
-    let nats = [r.n(300), r.n(1_500)];
+    let nats = [r.n(600), r.n(3_000)];
     saga_pair(r, "NATS", NatsTransport::connect_url(&server.url).await?, nats).await?;
-    let mem = [r.n(10_000), r.n(20_000)];
+    // The embedded stream keeps every lifecycle event (five per saga) in memory.
+    let mem = [r.n(5_000), r.n(10_000)];
     saga_pair(r, "embedded", MemoryTransport::new(), mem).await?;
     Ok(())
 }

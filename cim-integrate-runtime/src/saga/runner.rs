@@ -118,8 +118,8 @@ pub const DEFAULT_RESUME_CONCURRENCY: usize = 16;
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
 /// Which persisted write a step boundary is (a crash point of the fault hook surrounds one).
-/// Public with the `testing` feature only. See the [module documentation](self) for what each
-/// persists.
+/// Public with the `testing` feature only. What each persists: the table of writes in
+/// `saga/runner.rs` and in `docs/saga.md`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Write {
     /// The record is created, with the first step's first attempt as started.

@@ -290,6 +290,39 @@ pub async fn lifecycle<T: Transport>(t: &T, id: &str, n: usize) -> Vec<(Envelope
     out
 }
 
+/// The lifecycle events of saga `id`, read from the `SAGA_EVENTS` stream: `n` of them, and
+/// no other within a moment after.
+async fn exactly_lifecycle<T: Transport>(t: &T, id: &str, n: usize) -> Vec<(Envelope, SagaEvent)> {
+    let spec = ConsumerSpec::new(
+        "SAGA_EVENTS",
+        format!("exactly-{id}"),
+        SubjectPattern::new("saga.shop.>").expect("pattern"),
+    );
+    let mut c = t.consumer(&spec).await.expect("consumer");
+    let mut out = Vec::new();
+    let next = async |c: &mut T::Consumer| {
+        loop {
+            let d = c.next().await.expect("next");
+            let env = d.envelope().expect("envelope");
+            let event = SagaEvent::decode(env.payload()).expect("saga event");
+            d.ack().await.expect("ack");
+            if event.saga_id == id {
+                return (env, event);
+            }
+        }
+    };
+    while out.len() < n {
+        let event = tokio::time::timeout(SOON, next(&mut c))
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {n} lifecycle events of {id}: {out:?}", out.len()));
+        out.push(event);
+    }
+    if let Ok(extra) = tokio::time::timeout(Duration::from_millis(200), next(&mut c)).await {
+        panic!("more than {n} lifecycle events of {id}: {out:?}, then {extra:?}");
+    }
+    out
+}
+
 fn kinds(events: &[(Envelope, SagaEvent)]) -> Vec<String> {
     events
         .iter()
@@ -602,7 +635,8 @@ fn runs_per_key(shop: &Shop, id: &str) -> HashMap<String, u32> {
 type Writes = [(Write, Option<&'static str>)];
 
 /// One run of [`crash_at_every_boundary_then_resume`]: its order, whether its `charge` and
-/// `reserve` compensation fail transiently once, how it ends, and the writes it makes.
+/// `reserve` compensation fail transiently once, how it ends, the writes it makes and the events
+/// it publishes.
 struct Scenario<'a> {
     name: &'a str,
     order: Order,
@@ -610,6 +644,8 @@ struct Scenario<'a> {
     expected: SagaOutcome,
     done: &'a [&'a str],
     writes: &'a Writes,
+    /// Its lifecycle events (`kind:step`), each once.
+    events: &'a [&'a str],
 }
 
 /// The writes of a run, each surrounded by its two crash points.
@@ -625,7 +661,8 @@ fn around(writes: &Writes) -> Vec<(Write, Option<&'static str>, Moment)> {
 /// fresh runner: the saga ends completed or fully compensated, every effect happened as often
 /// as in a run without a crash, and a step or compensation ran once more only when the crash
 /// fell between its run and the write recording its outcome (the re-run used the same
-/// idempotency key). The write sequences are asserted, so every crash point is exercised.
+/// idempotency key); every lifecycle event was published once, in order. The write sequences are
+/// asserted, so every crash point is exercised.
 pub async fn crash_at_every_boundary_then_resume<T: Transport>(t: T) {
     use Write::*;
     let compensated = SagaOutcome::Compensated {
@@ -633,6 +670,17 @@ pub async fn crash_at_every_boundary_then_resume<T: Transport>(t: T) {
         error: "permanent: publish refused".into(),
     };
     let undone: &[&str] = &["+validate", "+reserve", "+charge", "-charge", "-reserve"];
+    let compensated_events: &[&str] = &[
+        "started",
+        "step_completed:validate",
+        "step_completed:reserve",
+        "step_completed:charge",
+        "step_failed:publish",
+        "compensating",
+        "step_compensated:charge",
+        "step_compensated:reserve",
+        "compensated",
+    ];
     let ok_writes = [
         (Create, None),
         (StepCompleted, Some("validate")),
@@ -671,6 +719,14 @@ pub async fn crash_at_every_boundary_then_resume<T: Transport>(t: T) {
             expected: SagaOutcome::Completed,
             done: &["+validate", "+reserve", "+charge", "+publish"],
             writes: &ok_writes,
+            events: &[
+                "started",
+                "step_completed:validate",
+                "step_completed:reserve",
+                "step_completed:charge",
+                "step_completed:publish",
+                "completed",
+            ],
         },
         Scenario {
             name: "ko",
@@ -679,6 +735,7 @@ pub async fn crash_at_every_boundary_then_resume<T: Transport>(t: T) {
             expected: compensated.clone(),
             done: undone,
             writes: &ko_writes,
+            events: compensated_events,
         },
         Scenario {
             name: "retry",
@@ -687,6 +744,7 @@ pub async fn crash_at_every_boundary_then_resume<T: Transport>(t: T) {
             expected: compensated,
             done: undone,
             writes: &retry_writes,
+            events: compensated_events,
         },
     ];
     let mut total = 0;
@@ -697,6 +755,7 @@ pub async fn crash_at_every_boundary_then_resume<T: Transport>(t: T) {
         expected,
         done,
         writes,
+        events,
     } in scenarios
     {
         let (points, base) = crash_points(&t, &format!("dry-{name}"), order.clone(), flaky).await;
@@ -739,6 +798,10 @@ pub async fn crash_at_every_boundary_then_resume<T: Transport>(t: T) {
             let rec = restarted.status(&id).await.expect("status").expect("record");
             assert_eq!(rec.data.done, done, "{name}: data after crash at {point}");
             assert!(rec.outbox.is_empty(), "{name}: outbox after crash at {point}");
+            // Every lifecycle event was published, in order, and a re-publish after the crash
+            // was dropped as a duplicate.
+            let published = exactly_lifecycle(&t, &id, events.len()).await;
+            assert_eq!(kinds(&published), events, "{name}: events after crash at {point}");
             assert!(
                 restarted.active_ids().await.expect("active").iter().all(|a| *a != id),
                 "{name}: still active after crash at {point}"

@@ -946,7 +946,10 @@ async fn bench_dispatch(r: &mut Runner) -> Result<(), BoxError> {
 // ---------------------------------------------------------------------------------------------
 // sagas
 
-const SAGA_STEPS: u64 = 5;
+/// Steps per benchmark saga (as in issue 15's measurement).
+const SAGA_STEPS: u64 = 3;
+/// Rounds per saga row, ours and the baseline alternating which goes first.
+const SAGA_ROUNDS: usize = 5;
 
 #[derive(Clone)]
 struct BenchSaga;
@@ -968,75 +971,86 @@ impl Saga for BenchSaga {
         vec![
             Step::new("s1", step).compensate("c1", step),
             Step::new("s2", step).compensate("c2", step),
-            Step::new("s3", step).compensate("c3", step),
-            Step::new("s4", step).compensate("c4", step),
-            Step::new("s5", step).no_compensation("pivot"),
+            Step::new("s3", step).no_compensation("pivot"),
         ]
     }
 }
 
-/// The hand-written floor: the same persisted writes without the runner (create, then intent and
-/// outcome per step, then the final status), one JSON record of similar size, compare-and-set.
-async fn hand_saga<K: KeyValue>(kv: &K, id: &str) -> Result<(), BoxError> {
-    let mut record = serde_json::json!({
-        "format": 1, "saga": "bench", "id": id, "status": "running", "data": [],
-        "steps": (0..SAGA_STEPS).map(|i| serde_json::json!({"name": format!("s{i}"), "state": "pending", "attempts": 0})).collect::<Vec<_>>(),
-    });
+/// The baseline: a minimal durable log. Per saga, one `create` of a small JSON record, then one
+/// compare-and-set `update` per step with the step's result folded in; nothing else (no
+/// lifecycle events, no settled bucket).
+async fn minimal_log<K: KeyValue>(kv: &K, id: &str) -> Result<(), BoxError> {
+    let mut record = serde_json::json!({"id": id, "step": 0, "data": []});
     let mut rev = kv.create(id, serde_json::to_vec(&record)?.into()).await?;
-    for i in 0..SAGA_STEPS as usize {
-        record["steps"][i]["state"] = "running".into();
-        record["steps"][i]["attempts"] = 1.into();
-        rev = kv.update(id, serde_json::to_vec(&record)?.into(), rev).await?;
-        record["steps"][i]["state"] = "completed".into();
+    for i in 0..SAGA_STEPS {
+        record["step"] = (i + 1).into();
         if let Some(data) = record["data"].as_array_mut() {
             data.push(i.into());
         }
         rev = kv.update(id, serde_json::to_vec(&record)?.into(), rev).await?;
     }
-    record["status"] = "completed".into();
-    kv.update(id, serde_json::to_vec(&record)?.into(), rev).await?;
     Ok(())
 }
 
-async fn saga_pair<T: Transport>(r: &mut Runner, label: &str, t: T, sagas: u64) -> Result<(), BoxError> {
+/// Steps per second of `sagas` runs of `one`, `concurrency` at a time.
+async fn saga_rate<F, Fut>(sagas: u64, concurrency: usize, one: F) -> Result<f64, BoxError>
+where
+    F: Fn(u64) -> Fut,
+    Fut: std::future::Future<Output = Result<(), BoxError>>,
+{
+    let start = Instant::now();
+    let results: Vec<Result<(), BoxError>> = futures::stream::iter(0..sagas)
+        .map(one)
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let took = start.elapsed();
+    results.into_iter().collect::<Result<Vec<_>, _>>()?;
+    Ok(rate(sagas * SAGA_STEPS, took))
+}
+
+async fn saga_pair<T: Transport>(r: &mut Runner, label: &str, t: T, sagas: [u64; 2]) -> Result<(), BoxError> {
     let runner = SagaRunner::builder(t.clone(), BenchSaga).build().await?;
-    let kv = t.key_value(&KvSpec::new("bench_hand_saga")).await?;
-    for i in 0..10 {
+    let kv = t.key_value(&KvSpec::new("bench_minimal_log")).await?;
+    for i in 0..20 {
         runner.start(&format!("warm-{i}"), Vec::new()).await?;
-        hand_saga(&kv, &format!("warm-{i}")).await?;
+        minimal_log(&kv, &format!("warm-{i}")).await?;
     }
-    for concurrency in [1usize, 32] {
-        let start = Instant::now();
-        let results: Vec<Result<(), BoxError>> = futures::stream::iter(0..sagas)
-            .map(|i| {
-                let kv = kv.clone();
-                async move { hand_saga(&kv, &format!("h{concurrency}-{i}")).await }
-            })
-            .buffer_unordered(concurrency)
-            .collect()
-            .await;
-        let hand = rate(sagas * SAGA_STEPS, start.elapsed());
-        results.into_iter().collect::<Result<Vec<_>, _>>()?;
-        let start = Instant::now();
-        let outcomes: Vec<_> = futures::stream::iter(0..sagas)
-            .map(|i| {
-                let runner = runner.clone();
-                async move { runner.start(&format!("c{concurrency}-{i}"), Vec::new()).await }
-            })
-            .buffer_unordered(concurrency)
-            .collect()
-            .await;
-        let ours = rate(sagas * SAGA_STEPS, start.elapsed());
-        if !outcomes.iter().all(|o| matches!(o, Ok(SagaOutcome::Completed))) {
-            return Err("a benchmark saga did not complete".into());
+    for (concurrency, sagas) in [1usize, 32].into_iter().zip(sagas) {
+        let (mut ours, mut baseline) = (Vec::new(), Vec::new());
+        for round in 0..SAGA_ROUNDS {
+            let run_ours = || {
+                saga_rate(sagas, concurrency, |i| {
+                    let runner = runner.clone();
+                    async move {
+                        match runner.start(&format!("c{concurrency}-{round}-{i}"), Vec::new()).await? {
+                            SagaOutcome::Completed => Ok(()),
+                            other => Err(format!("a benchmark saga did not complete: {other:?}").into()),
+                        }
+                    }
+                })
+            };
+            let run_baseline = || {
+                saga_rate(sagas, concurrency, |i| {
+                    let kv = kv.clone();
+                    async move { minimal_log(&kv, &format!("m{concurrency}-{round}-{i}")).await }
+                })
+            };
+            if round % 2 == 0 {
+                ours.push(run_ours().await?);
+                baseline.push(run_baseline().await?);
+            } else {
+                baseline.push(run_baseline().await?);
+                ours.push(run_ours().await?);
+            }
         }
-        r.row(
+        r.row_rounds(
             "saga",
-            format!("SagaRunner ({label}), 5-step sagas, {concurrency} at a time"),
-            ours,
+            format!("SagaRunner ({label}), {SAGA_STEPS}-step sagas, {concurrency} at a time"),
+            &ours,
             "steps/s",
-            "hand-written persisted log (same CAS writes, no events)",
-            hand,
+            "minimal durable log (create + 1 CAS per step)",
+            &baseline,
             sagas,
             true,
         );
@@ -1045,11 +1059,12 @@ async fn saga_pair<T: Transport>(r: &mut Runner, label: &str, t: T, sagas: u64) 
 }
 
 async fn bench_saga(r: &mut Runner) -> Result<(), BoxError> {
-    let mem = r.n(2_000);
-    saga_pair(r, "embedded", MemoryTransport::new(), mem).await?;
-    let nats = r.n(300);
     let server = Server::start("saga")?;
+    let nats = [r.n(600), r.n(3_000)];
     saga_pair(r, "NATS", NatsTransport::connect_url(&server.url).await?, nats).await?;
+    // The embedded stream keeps every lifecycle event (five per saga) in memory.
+    let mem = [r.n(5_000), r.n(10_000)];
+    saga_pair(r, "embedded", MemoryTransport::new(), mem).await?;
     Ok(())
 }
 

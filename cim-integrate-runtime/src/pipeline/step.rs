@@ -21,26 +21,25 @@ use std::time::Duration;
 /// the saga's identity on the saga's subject.
 pub(crate) struct Synthetic {
     envelope: Envelope,
-    subject: String,
-    headers: Headers,
+    /// Built on first use: a step's pipeline rarely reads them (one per attempt otherwise).
+    headers: std::sync::OnceLock<Headers>,
 }
 
 impl Synthetic {
     pub(crate) fn new(envelope: Envelope) -> Self {
         Self {
-            subject: envelope.subject().to_string(),
-            headers: envelope.to_headers(),
             envelope,
+            headers: std::sync::OnceLock::new(),
         }
     }
 }
 
 impl Received for Synthetic {
     fn subject(&self) -> &str {
-        &self.subject
+        self.envelope.subject().as_str()
     }
     fn headers(&self) -> &Headers {
-        &self.headers
+        self.headers.get_or_init(|| self.envelope.to_headers())
     }
     fn payload(&self) -> &Bytes {
         self.envelope.payload()

@@ -96,8 +96,11 @@ pub struct SagaRecord<D> {
     pub steps: Vec<StepRecord>,
     /// Lifecycle events numbered so far (their message ids derive from the number).
     pub event_seq: u32,
-    /// Lifecycle events decided by the last write and perhaps not yet published; published after
-    /// each write, cleared by the next.
+    /// Lifecycle events decided by a write whose publication was not yet acknowledged when the
+    /// record was written: published after the write that decided them, they leave the outbox
+    /// with the first write after their acknowledgement. A record in the settled bucket keeps its
+    /// final write's events, acknowledged before the active record was deleted
+    /// ([`SagaRunner::status`](super::SagaRunner::status) reports that outbox empty).
     pub outbox: Vec<SagaEvent>,
     /// The runner instance that wrote last.
     pub owner: String,
@@ -116,6 +119,74 @@ impl<D> SagaRecord<D> {
     /// The entry of the step named `name`.
     pub fn step(&self, name: &str) -> Option<&StepRecord> {
         self.steps.iter().find(|s| s.name == name)
+    }
+}
+
+/// The fields of a record fixed at its creation, in the record's order.
+#[derive(Serialize)]
+struct Head<'a> {
+    format: u32,
+    saga: &'a str,
+    id: &'a str,
+    identity: &'a Identity,
+    started_at: &'a Timestamp,
+}
+
+/// The fields of a record that writes change, in the record's order.
+#[derive(Serialize)]
+struct Tail<'a, D> {
+    status: SagaStatus,
+    data: &'a D,
+    steps: &'a [StepRecord],
+    event_seq: u32,
+    outbox: &'a [SagaEvent],
+    owner: &'a str,
+    lease_until_ms: i64,
+    round: u32,
+}
+
+/// Encodes a record's writes: the fields fixed at creation (ids, identity, start time) are
+/// serialised once, the others on every write. The bytes are those of `serde_json::to_vec` of
+/// the record.
+#[derive(Debug, Default)]
+pub(crate) struct Encoder {
+    /// `{"format":..,"started_at":".."` (no closing brace), once made.
+    head: Vec<u8>,
+}
+
+impl Encoder {
+    /// The JSON of `rec`. `rec`'s fixed fields must be those of the first record encoded.
+    pub(crate) fn encode<D: Serialize>(&mut self, rec: &SagaRecord<D>) -> serde_json::Result<Vec<u8>> {
+        if self.head.is_empty() {
+            self.head = serde_json::to_vec(&Head {
+                format: rec.format,
+                saga: &rec.saga,
+                id: &rec.id,
+                identity: &rec.identity,
+                started_at: &rec.started_at,
+            })?;
+            // The closing brace: the tail's fields follow.
+            self.head.pop();
+        }
+        let mut out = Vec::with_capacity(self.head.len() + 512);
+        out.extend_from_slice(&self.head);
+        let tail = out.len();
+        serde_json::to_writer(
+            &mut out,
+            &Tail {
+                status: rec.status,
+                data: &rec.data,
+                steps: &rec.steps,
+                event_seq: rec.event_seq,
+                outbox: &rec.outbox,
+                owner: &rec.owner,
+                lease_until_ms: rec.lease_until_ms,
+                round: rec.round,
+            },
+        )?;
+        // The tail's opening brace becomes the separator.
+        out[tail] = b',';
+        Ok(out)
     }
 }
 
@@ -180,6 +251,38 @@ mod tests {
         let bytes = serde_json::to_vec(&r).unwrap();
         assert_eq!(decode::<u32>(&bytes).unwrap(), r);
         assert!(decode::<String>(&bytes).unwrap_err().contains("invalid saga record"));
+    }
+
+    #[test]
+    fn the_encoder_writes_what_serde_writes() {
+        let mut r = SagaRecord {
+            format: RECORD_FORMAT,
+            saga: "s".into(),
+            id: "a-\"quoted\"".into(),
+            identity: Identity::root(),
+            started_at: Timestamp::now(),
+            status: SagaStatus::Running,
+            data: vec!["x".to_owned()],
+            steps: vec![StepRecord {
+                name: "x".into(),
+                state: StepState::Running,
+                attempts: 1,
+                compensation_attempts: 0,
+                error: Some("bad\nline".into()),
+            }],
+            event_seq: 0,
+            outbox: vec![],
+            owner: "me".into(),
+            lease_until_ms: -5,
+            round: 0,
+        };
+        let mut encoder = Encoder::default();
+        for _ in 0..2 {
+            assert_eq!(encoder.encode(&r).unwrap(), serde_json::to_vec(&r).unwrap());
+            r.status = SagaStatus::Compensating;
+            r.data.push("y".into());
+            r.round += 1;
+        }
     }
 
     /// A record written by format 1, committed once and never regenerated: it must keep decoding.

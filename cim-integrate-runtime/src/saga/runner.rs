@@ -2,47 +2,69 @@
 //!
 //! # Writes and crash windows
 //!
-//! Every transition is one compare-and-set write of the whole [`SagaRecord`]:
+//! Every transition is one write of the whole [`SagaRecord`]: a compare-and-set update of the
+//! active record, except the creation and the final write. The intent of a step's (or
+//! compensation's) next attempt is folded into the write before it, so a saga of n steps that
+//! completes without a retry writes `create`, n outcomes (the last one into the settled bucket)
+//! and one delete: n + 2 writes.
 //!
 //! | write | persisted | decided lifecycle events |
 //! | --- | --- | --- |
-//! | [`Write::Create`] | status `running`, all steps `pending` | `started` |
-//! | [`Write::StepStarted`] | step `running`, attempts + 1 | |
-//! | [`Write::StepCompleted`] | step `completed`, the step's data changes | `step_completed` |
-//! | [`Write::StepFailed`] | step `failed`, status `compensating` | `step_failed`, `compensating` |
-//! | [`Write::CompensationStarted`] | step `compensating`, compensation attempts + 1 | |
-//! | [`Write::StepCompensated`] | step `compensated`, the compensation's data changes | `step_compensated` |
+//! | [`Write::Create`] | status `running`; step 1 `running`, attempts 1 (its intent) | `started` |
+//! | [`Write::StepStarted`] | step `running`, attempts + 1: only for a retry (after a failed or deferred attempt) or a step resumed after a crash | |
+//! | [`Write::StepCompleted`] | step `completed`, the step's data changes; and the next step `running`, attempts + 1 (its intent), or, for the last step, status `completed` | `step_completed` (`completed`) |
+//! | [`Write::StepFailed`] | step `failed`, status `compensating`; and the first compensation's intent (`compensating`, compensation attempts + 1), or status `compensated` if nothing needs compensating | `step_failed`, `compensating` (`compensated`) |
+//! | [`Write::CompensationStarted`] | step `compensating`, compensation attempts + 1: only for a retry or a compensation resumed after a crash | |
+//! | [`Write::StepCompensated`] | step `compensated`, the compensation's data changes; and the next compensation's intent, or status `compensated` | `step_compensated` (`compensated`) |
 //! | [`Write::CompensationFailed`] | step `compensation_failed`, status `needs_attention` | `compensation_failed` |
-//! | [`Write::Finish`] | status `completed` / `compensated` | `completed` / `compensated` |
-//! | [`Write::Settle`] | completed / compensated: the final record (outbox emptied) put into the settled bucket, then deleted from the active one; needs attention: the outbox emptied in place | |
+//! | [`Write::Finish`] | status `completed` / `compensated`, when no outcome write carried it (a record of an earlier layout) | `completed` / `compensated` |
+//! | [`Write::Settle`] | completed / compensated: once every event is acknowledged, the active record is deleted (conditional on its revision); needs attention: the outbox emptied in place | |
+//! | [`Write::RetryCompensation`] | status `compensating`, the failed compensation's attempts reset | `compensating` |
+//!
+//! A write whose status is final (`completed` / `compensated`) is not an update of the active
+//! record: it creates the record in the settled bucket (below), then [`Write::Settle`] deletes
+//! the active one.
 //!
 //! Events are put in the record's outbox by the write that decides them and published right
-//! after it, with message ids derived from (saga, id, event number): a crash between the write
-//! and the publish re-publishes them on resume, and the duplicate window drops repeats.
+//! after it, with message ids derived from (saga, id, event number), without waiting for their
+//! acknowledgements: the step goes on. An event leaves the outbox with the first write made after
+//! its acknowledgement arrived; until then every write carries it again. Every acknowledgement is
+//! awaited before the active record is deleted (and before a needs-attention saga's outbox is
+//! emptied), so an event is always either acknowledged or in the persisted outbox: a crash
+//! re-publishes it on resume, and the duplicate window drops repeats.
 //!
-//! A crash before a `*Started` write loses nothing (the step had not run). A crash after it and
-//! before the matching outcome write leaves the step (or compensation) `running`
-//! (`compensating`): on resume it runs again, with the same idempotency key, as a new attempt
-//! counted against its retry policy. That is the only case in which user code runs twice, and the
-//! key exists for it. A step or compensation whose outcome write succeeded never runs again.
+//! A crash after a write recording an attempt as started (an intent, folded or not) and before
+//! the matching outcome write leaves the step (or compensation) `running` (`compensating`): on
+//! resume it runs again, with the same idempotency key, as a new attempt counted against its retry
+//! policy (so a crash right after the intent, before the step ran, also counts an attempt). The
+//! only case in which user code runs twice is a crash after the step ran and before its outcome
+//! write, and the key exists for it. A step or compensation whose outcome write succeeded never
+//! runs again.
 //!
 //! # Active and settled records
 //!
 //! Records live in two buckets: the *active* one (`cim_saga_{NAME}`, or
 //! [`SagaRunnerBuilder::bucket`]), which keeps records until they are moved or forgotten, and the
 //! *settled* one (`{bucket}_settled`), whose entries expire after
-//! [`SagaRunnerBuilder::settled_retention`] ([`DEFAULT_SETTLED_RETENTION`]). A saga that
-//! completed or was compensated, its events published, is moved: put into the settled bucket,
-//! then deleted from the active one. [`SagaRunner::resume`] and
-//! [`SagaRunner::needs_attention`] list only the active bucket, so their cost follows the
-//! unfinished sagas, not the history. Sagas that need attention stay active (a person must act).
+//! [`SagaRunnerBuilder::settled_retention`] ([`DEFAULT_SETTLED_RETENTION`]). The final write of a
+//! saga that completed or was compensated creates its record in the settled bucket (a `create`:
+//! a saga settled by another runner meanwhile makes it fail, as a lost compare-and-set would);
+//! once its events are acknowledged, the record is deleted from the active bucket.
+//! [`SagaRunner::resume`] and [`SagaRunner::needs_attention`] list only the active bucket, so
+//! their cost follows the unfinished sagas, not the history. Sagas that need attention stay
+//! active (a person must act). A settled record keeps the outbox of its final write: those events
+//! were acknowledged before the active record was deleted; [`SagaRunner::status`] reports it
+//! empty.
 //!
-//! A crash between the two writes of the move leaves the final record in both buckets: resume
-//! finds it active with a final status and finishes the move (its steps do not run again).
-//! Records written before this layout (settled ones in the active bucket) are moved the same way
-//! by the first resume. [`SagaRunner::status`] reads the active bucket, then the settled one;
+//! A crash between the final write and the delete leaves the saga in both buckets, the active
+//! record one step behind: resume (and [`SagaRunner::status`]) find the settled record, and
+//! resume finishes the move: it publishes the final events again, then deletes the active record
+//! (no step runs again). Records written before this layout (settled ones in the active bucket)
+//! are moved by the first resume (put into the settled bucket, then deleted).
+//! [`SagaRunner::status`] reads the active bucket, then the settled one;
 //! [`SagaRunner::start`] refuses an id found in either, so a settled saga does not start again
-//! while it is retained.
+//! while it is retained. The settled bucket is read beside the create (not before it): a create
+//! that succeeded while a settled record exists is withdrawn.
 
 use super::context::StepContext;
 use super::events::{SAGA_EVENT_TYPE, SAGA_EVENT_VERSION, SAGA_EVENTS_DOMAIN, SagaEvent, SagaEventKind};
@@ -52,7 +74,6 @@ use crate::clock::Clock;
 use crate::envelope::Envelope;
 use crate::handler::{Context, HandlerError, Registration};
 use crate::id::Identity;
-use crate::outbox;
 use crate::pipeline::Outcome;
 use crate::pipeline::step::Observer;
 use crate::subject::{Subject, SubjectPattern};
@@ -74,6 +95,18 @@ macro_rules! fault {
     };
 }
 
+/// Every lifecycle event kind (the subjects of a runner's events are made once, in this order).
+const EVENT_KINDS: [SagaEventKind; 8] = [
+    SagaEventKind::Started,
+    SagaEventKind::StepCompleted,
+    SagaEventKind::StepFailed,
+    SagaEventKind::Compensating,
+    SagaEventKind::StepCompensated,
+    SagaEventKind::Completed,
+    SagaEventKind::Compensated,
+    SagaEventKind::CompensationFailed,
+];
+
 /// How long a settled (completed or compensated) saga's record is kept: 7 days.
 pub const DEFAULT_SETTLED_RETENTION: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
@@ -85,29 +118,33 @@ pub const DEFAULT_RESUME_CONCURRENCY: usize = 16;
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
 /// Which persisted write a step boundary is (a crash point of the fault hook surrounds one).
-/// Public with the `testing` feature only.
+/// Public with the `testing` feature only. What each persists: the table of writes in
+/// `saga/runner.rs` and in `docs/saga.md`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Write {
-    /// The record is created.
+    /// The record is created, with the first step's first attempt as started.
     #[cfg_attr(not(feature = "testing"), allow(dead_code))]
     Create,
-    /// A step attempt's intent.
+    /// A step attempt's intent, written on its own: a retry, or a step resumed after a crash.
     StepStarted,
-    /// A step's completion.
+    /// A step's completion, with the next step's intent or (the last step) the final status.
     StepCompleted,
-    /// A step's final failure (compensation begins).
+    /// A step's final failure (compensation begins), with the first compensation's intent or the
+    /// final status.
     StepFailed,
-    /// A compensation attempt's intent.
+    /// A compensation attempt's intent, written on its own: a retry, or a compensation resumed
+    /// after a crash.
     CompensationStarted,
-    /// A compensation's completion.
+    /// A compensation's completion, with the next compensation's intent or the final status.
     StepCompensated,
     /// A compensation's final failure (the saga needs attention).
     CompensationFailed,
-    /// The final status (completed or compensated).
+    /// The final status (completed or compensated) when no outcome write carried it.
     Finish,
-    /// After a final status was published: a completed or compensated saga is moved to the
-    /// settled bucket (`Before`: before the put there; `After`: between that put and the delete
-    /// from the active bucket); a saga needing attention has its outbox emptied in place.
+    /// After a final write (into the settled bucket) and the acknowledgement of every event: the
+    /// active record is deleted. For a saga needing attention: its outbox emptied in place. For a
+    /// final record found in the active bucket (an earlier layout), `Before` the put into the
+    /// settled bucket and `After` it, before the delete.
     Settle,
     /// [`SagaRunner::retry_compensation`] resets a saga that needs attention.
     RetryCompensation,
@@ -332,6 +369,8 @@ struct Inner<S: Saga, T: Transport> {
     /// Leases are read on the runtime's one clock, anchored at the runner's creation.
     clock: Clock,
     events_subject: Subject,
+    /// `saga.{NAME}.{kind}` per lifecycle event kind, in the order of [`EVENT_KINDS`].
+    event_subjects: Vec<Subject>,
     /// Per step: the counters and metrics of its runs and of its compensations.
     observers: Vec<[Observer; 2]>,
     #[cfg(feature = "testing")]
@@ -441,6 +480,11 @@ impl<S: Saga, T: Transport> SagaRunnerBuilder<S, T> {
         }
         let events_subject = Subject::from_tokens([SAGA_EVENTS_DOMAIN, S::NAME])
             .map_err(|e| SagaError::Definition(format!("saga name `{}`: {e}", S::NAME)))?;
+        let event_subjects = EVENT_KINDS
+            .iter()
+            .map(|k| events_subject.join(k.token()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| SagaError::Definition(format!("saga name `{}`: {e}", S::NAME)))?;
         let instance = self
             .instance
             .unwrap_or_else(|| format!("{}-{}", S::NAME, uuid::Uuid::now_v7()));
@@ -475,6 +519,7 @@ impl<S: Saga, T: Transport> SagaRunnerBuilder<S, T> {
                 lease: self.lease,
                 clock: Clock::new(),
                 events_subject,
+                event_subjects,
                 #[cfg(feature = "testing")]
                 hook: self.hook,
             }),
@@ -518,14 +563,82 @@ fn check_definition<S: Saga>(steps: &[Step<S>]) -> Result<(), SagaError> {
     Ok(())
 }
 
+/// A lifecycle event published and not yet acknowledged: its number and its ack.
+type InFlight = (
+    u32,
+    futures::future::BoxFuture<'static, Result<crate::transport::PublishAck, TransportError>>,
+);
+
 /// A record being driven, with the revision it was read or written at.
 struct Run<D> {
     rec: SagaRecord<D>,
     rev: u64,
     /// The last write persisted a non-empty outbox (so a final status needs a settle write).
     outbox_persisted: bool,
-    /// Read from the settled bucket (`rev` is its revision there).
+    /// Read from, or written into, the settled bucket (`rev` is its revision there).
     archived: bool,
+    /// The step (or, while compensating, the compensation) whose attempt the last write of this
+    /// runner recorded as started, and which has not run since: it runs without another write.
+    fresh: Option<usize>,
+    /// Outbox events published whose acknowledgements are awaited; an event leaves the outbox
+    /// (with the next write) only once acknowledged.
+    in_flight: Vec<InFlight>,
+    /// Encodes the record's writes (its fixed fields once).
+    encoder: record::Encoder,
+}
+
+impl<D> Run<D> {
+    fn new(rec: SagaRecord<D>, rev: u64, archived: bool) -> Self {
+        Self {
+            outbox_persisted: !rec.outbox.is_empty(),
+            rec,
+            rev,
+            archived,
+            fresh: None,
+            in_flight: Vec::new(),
+            encoder: record::Encoder::default(),
+        }
+    }
+
+    /// The record's JSON.
+    fn encode(&mut self) -> Result<Bytes, SagaError>
+    where
+        D: serde::Serialize,
+    {
+        self.encoder
+            .encode(&self.rec)
+            .map(Bytes::from)
+            .map_err(|e| SagaError::Encode {
+                id: self.rec.id.clone(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// Takes the acknowledgements that have arrived, without waiting: acknowledged events leave
+    /// the outbox; failed ones stay in it, to be published again.
+    fn collect_acks(&mut self) {
+        use futures::FutureExt;
+        if self.in_flight.is_empty() {
+            return;
+        }
+        let mut acked = Vec::new();
+        let id = &self.rec.id;
+        self.in_flight
+            .retain_mut(|(seq, ack)| match ack.as_mut().now_or_never() {
+                None => true,
+                Some(Ok(_)) => {
+                    acked.push(*seq);
+                    false
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(%id, seq = *seq, error = %e, "saga event not acknowledged; publishing it again");
+                    false
+                }
+            });
+        if !acked.is_empty() {
+            self.rec.outbox.retain(|e| !acked.contains(&e.seq));
+        }
+    }
 }
 
 impl<S: Saga, T: Transport> SagaRunner<S, T> {
@@ -618,33 +731,34 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
             round: 0,
         };
         emit(&mut rec, SagaEventKind::Started, None, None, None);
+        // The create records the first step's first attempt as started (its intent), so the step
+        // runs without a write of its own.
+        let mut run = Run::new(rec, 0, false);
+        let extra = self.fold_next(&mut run);
+        run.rec.lease_until_ms = self.inner.clock.after_millis(self.inner.lease.saturating_add(extra));
         let exists = || SagaError::AlreadyExists { id: id.to_owned() };
-        if self.inner.settled.get(id).await?.is_some() {
-            return Err(exists());
-        }
         fault!(self, id, Write::Create, None, Before);
-        let rev = match self.inner.kv.create(id, encode(&rec)?).await {
+        // An id retained in the settled bucket must not start again. The check is read beside
+        // the create (one round trip, not two): the settled record is written before the active
+        // one is deleted, so a create that succeeded (no active record) while a settled one
+        // exists sees it here, and withdraws. (A crash before the withdrawal is caught by
+        // `resume_loaded`.)
+        let bytes = run.encode()?;
+        let (created, settled) = futures::join!(self.inner.kv.create(id, bytes), self.inner.settled.get(id));
+        run.rev = match created {
             Ok(rev) => rev,
             Err(KvError::AlreadyExists { .. }) => return Err(exists()),
             Err(e) => return Err(e.into()),
         };
         fault!(self, id, Write::Create, None, After);
-        // Settled (moved out of the active bucket) between the check above and the create:
-        // withdraw the new record. (A crash before this is caught by `resume_loaded`.)
-        if self.inner.settled.get(id).await?.is_some() {
-            if let Err(e) = self.inner.kv.delete(id, Some(rev)).await {
+        if settled?.is_some() {
+            if let Err(e) = self.inner.kv.delete(id, Some(run.rev)).await {
                 tracing::warn!(saga = S::NAME, id, error = %e, "cannot withdraw the record of a saga started twice");
             }
             return Err(exists());
         }
-        tracing::debug!(saga = S::NAME, id, correlation_id = %rec.identity.correlation_id, "saga started");
-        let mut run = Run {
-            rec,
-            rev,
-            outbox_persisted: true,
-            archived: false,
-        };
-        self.publish_outbox(&mut run).await?;
+        tracing::debug!(saga = S::NAME, id, correlation_id = %run.rec.identity.correlation_id, "saga started");
+        self.issue_outbox(&mut run).await?;
         self.drive(run).await
     }
 
@@ -660,24 +774,21 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
             return Ok(outcome_of(&run.rec));
         }
         if is_final(&run.rec) && run.rec.outbox.is_empty() {
-            // Settled, but its move to the settled bucket was cut short: finish it.
+            // Settled in the active bucket (a record of an earlier layout): move it.
             return match self.archive(&mut run).await {
                 Ok(()) => Ok(outcome_of(&run.rec)),
                 Err(SagaError::Conflict { .. }) => Ok(SagaOutcome::Lost),
                 Err(e) => Err(e),
             };
         }
-        if run.rec.status == SagaStatus::Running
-            && run.rec.steps.iter().all(|s| s.state == StepState::Pending)
+        if matches!(run.rec.status, SagaStatus::Running | SagaStatus::Compensating)
             && let Some(settled) = self.load_from(&self.inner.settled, &run.rec.id, true).await?
         {
-            // A second start of a settled saga that crashed before withdrawing its record.
-            tracing::warn!(saga = S::NAME, id = %run.rec.id, "withdrawing a second start of a settled saga");
-            return match self.inner.kv.delete(&run.rec.id, Some(run.rev)).await {
-                Ok(()) => Ok(outcome_of(&settled.rec)),
-                Err(KvError::Conflict { .. }) => Ok(SagaOutcome::Lost),
-                Err(e) => Err(e.into()),
-            };
+            // Settled already: its final write (into the settled bucket) was made, and the crash
+            // came before the active record was deleted; or this is a second start of a settled
+            // saga that crashed before withdrawing its record. Finish the move: publish the
+            // final events again (duplicates are dropped), then delete the active record.
+            return self.finish_move(settled, run.rev).await;
         }
         let rec = &run.rec;
         if rec.status.is_settled() && rec.outbox.is_empty() {
@@ -778,11 +889,25 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
     }
 
     /// The persisted state of saga `id` (active, or settled and not yet expired), or `None`.
+    ///
+    /// A saga whose final write was made (into the settled bucket) while its active record is
+    /// still there (the move was cut short by a crash) is reported settled. A settled record's
+    /// outbox is reported empty: its events were published before its active record was
+    /// deleted (or are published again by the resume that finishes the move).
     pub async fn status(&self, id: &str) -> Result<Option<SagaRecord<S::Data>>, SagaError> {
-        match self.load(id).await {
-            Ok(run) => Ok(Some(run.rec)),
-            Err(SagaError::NotFound { .. }) => Ok(None),
-            Err(e) => Err(e),
+        check_id(id)?;
+        let active = self.load_from(&self.inner.kv, id, false).await?;
+        if let Some(run) = &active
+            && !matches!(run.rec.status, SagaStatus::Running | SagaStatus::Compensating)
+        {
+            return Ok(active.map(|run| run.rec));
+        }
+        match self.load_from(&self.inner.settled, id, true).await? {
+            Some(mut settled) => {
+                settled.rec.outbox.clear();
+                Ok(Some(settled.rec))
+            }
+            None => Ok(active.map(|run| run.rec)),
         }
     }
 
@@ -944,7 +1069,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         let id = run.rec.id.clone();
         fault!(self, &id, Write::Settle, None, Before);
         run.rec.outbox.clear();
-        let bytes = encode(&run.rec)?;
+        let bytes = run.encode()?;
         let settled_rev = self.inner.settled.put(&id, bytes).await?;
         fault!(self, &id, Write::Settle, None, After);
         match self.inner.kv.delete(&id, Some(run.rev)).await {
@@ -980,13 +1105,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         if names != ours {
             return Err(corrupt(format!("its steps {names:?} differ from this saga's {ours:?}")));
         }
-        let outbox_persisted = !rec.outbox.is_empty();
-        Ok(Some(Run {
-            rec,
-            rev: entry.revision,
-            outbox_persisted,
-            archived,
-        }))
+        Ok(Some(Run::new(rec, entry.revision, archived)))
     }
 
     #[cfg(feature = "testing")]
@@ -1006,7 +1125,12 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         Ok(())
     }
 
-    /// One compare-and-set write of the record, then its outbox is published.
+    /// One write of the record. Acknowledged events leave the outbox first; the write's new
+    /// events are published after it, without waiting for their acknowledgements. A record that
+    /// is not final is updated in the active bucket (compare-and-set at the revision it was read
+    /// or written at). A final one (completed or compensated) is created in the settled bucket;
+    /// then, once every event is acknowledged, the active record is deleted (conditional on its
+    /// revision): [`Write::Settle`].
     async fn persist(
         &self,
         run: &mut Run<S::Data>,
@@ -1014,21 +1138,126 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         step: Option<&'static str>,
         extra_lease: Duration,
     ) -> Result<(), SagaError> {
-        let id = run.rec.id.clone();
-        fault!(self, &id, write, step, Before);
+        fault!(self, &run.rec.id, write, step, Before);
+        run.collect_acks();
         run.rec.owner.clone_from(&self.inner.instance);
         run.rec.lease_until_ms = self
             .inner
             .clock
             .after_millis(self.inner.lease.saturating_add(extra_lease));
-        let bytes = encode(&run.rec)?;
-        run.rev = self.write_through_outages(&id, bytes, run.rev, write, step).await?;
+        let bytes = run.encode()?;
+        let settling = is_final(&run.rec);
+        let target = if settling {
+            Target::Settled
+        } else {
+            Target::Active(run.rev)
+        };
+        let rev = self
+            .write_through_outages(&run.rec.id, bytes, target, write, step)
+            .await?;
         run.outbox_persisted = !run.rec.outbox.is_empty();
-        fault!(self, &id, write, step, After);
-        self.publish_outbox(run).await
+        fault!(self, &run.rec.id, write, step, After);
+        self.issue_outbox(run).await?;
+        if settling {
+            self.delete_active(run, rev).await
+        } else {
+            run.rev = rev;
+            Ok(())
+        }
     }
 
-    /// Writes the record at `expected`, retrying in place while the store is unavailable (for at
+    /// The second half of a move to the settled bucket (whose record has revision
+    /// `settled_rev`): once every event is acknowledged, the active record is deleted,
+    /// conditional on its revision.
+    async fn delete_active(&self, run: &mut Run<S::Data>, settled_rev: u64) -> Result<(), SagaError> {
+        self.await_outbox(run).await?;
+        fault!(self, &run.rec.id, Write::Settle, None, Before);
+        match self.inner.kv.delete(&run.rec.id, Some(run.rev)).await {
+            Ok(()) => {}
+            Err(KvError::Conflict { .. }) => {
+                tracing::info!(saga = S::NAME, id = %run.rec.id, "another runner wrote the saga before it was moved; stopping");
+                return Err(SagaError::Conflict { id: run.rec.id.clone() });
+            }
+            Err(e) => return Err(e.into()),
+        }
+        fault!(self, &run.rec.id, Write::Settle, None, After);
+        run.rev = settled_rev;
+        run.archived = true;
+        run.outbox_persisted = false;
+        Ok(())
+    }
+
+    /// Finishes the move of a saga found both settled (`settled`, read from the settled bucket)
+    /// and still in the active bucket (at `active_rev`): the settled record's events are
+    /// published again (duplicates are dropped), then the active record is deleted.
+    async fn finish_move(&self, mut settled: Run<S::Data>, active_rev: u64) -> Result<SagaOutcome, SagaError> {
+        self.await_outbox(&mut settled).await?;
+        let id = &settled.rec.id;
+        match self.inner.kv.delete(id, Some(active_rev)).await {
+            Ok(()) => tracing::info!(saga = S::NAME, %id, "finished moving a settled saga"),
+            // Deleted or written by another runner meanwhile; the settled record stands.
+            Err(KvError::Conflict { .. }) => {
+                tracing::info!(saga = S::NAME, %id, "the active record of a settled saga changed meanwhile; left to it");
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok(outcome_of(&settled.rec))
+    }
+
+    /// Decides what follows the record's current state and writes it into the record, for the
+    /// write at hand to persist: the next step's (or compensation's) next attempt as started (its
+    /// intent; [`Run::fresh`]), or the final status with its event. Returns the extra lease the
+    /// started attempt needs (its timeout and back-off).
+    fn fold_next(&self, run: &mut Run<S::Data>) -> Duration {
+        run.fresh = None;
+        match run.rec.status {
+            SagaStatus::Running => match run.rec.steps.iter().position(|s| s.state != StepState::Completed) {
+                Some(j) => {
+                    let policy = &self.inner.steps[j].policy;
+                    let entry = &mut run.rec.steps[j];
+                    if entry.state != StepState::Pending || entry.attempts >= policy.retry.max_attempts.max(1) {
+                        return Duration::ZERO;
+                    }
+                    entry.state = StepState::Running;
+                    entry.attempts += 1;
+                    run.fresh = Some(j);
+                    policy
+                        .timeout
+                        .saturating_add(policy.retry.delay(u64::from(entry.attempts)))
+                }
+                None => {
+                    run.rec.status = SagaStatus::Completed;
+                    emit(&mut run.rec, SagaEventKind::Completed, None, None, None);
+                    Duration::ZERO
+                }
+            },
+            SagaStatus::Compensating => match self.next_compensation(&mut run.rec) {
+                Some(j) => {
+                    let policy = &self.inner.steps[j].compensation_policy;
+                    let entry = &mut run.rec.steps[j];
+                    if entry.state != StepState::Completed
+                        || entry.compensation_attempts >= policy.retry.max_attempts.max(1)
+                    {
+                        return Duration::ZERO;
+                    }
+                    entry.state = StepState::Compensating;
+                    entry.compensation_attempts += 1;
+                    run.fresh = Some(j);
+                    policy
+                        .timeout
+                        .saturating_add(policy.retry.delay(u64::from(entry.compensation_attempts)))
+                }
+                None => {
+                    run.rec.status = SagaStatus::Compensated;
+                    emit(&mut run.rec, SagaEventKind::Compensated, None, None, None);
+                    Duration::ZERO
+                }
+            },
+            SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::NeedsAttention => Duration::ZERO,
+        }
+    }
+
+    /// Writes the record to `target`, retrying in place while the store is unavailable (for at
     /// most one lease: the record is ours that long). What the runner holds in memory (a step's
     /// result) must not be lost to an outage: giving up here would re-run the step on resume.
     /// A retried write that had in fact been applied is recognised by its content.
@@ -1036,7 +1265,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         &self,
         id: &str,
         bytes: Bytes,
-        expected: u64,
+        target: Target,
         write: Write,
         step: Option<&'static str>,
     ) -> Result<u64, SagaError> {
@@ -1044,11 +1273,15 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         let mut pause = Duration::from_millis(100);
         let mut retried = false;
         loop {
-            match self.inner.kv.update(id, bytes.clone(), expected).await {
+            let (result, store) = match target {
+                Target::Active(expected) => (self.inner.kv.update(id, bytes.clone(), expected).await, &self.inner.kv),
+                Target::Settled => (self.inner.settled.create(id, bytes.clone()).await, &self.inner.settled),
+            };
+            match result {
                 Ok(rev) => return Ok(rev),
-                Err(KvError::Conflict { .. }) => {
+                Err(KvError::Conflict { .. } | KvError::AlreadyExists { .. }) => {
                     if retried
-                        && let Ok(Some(entry)) = self.inner.kv.get(id).await
+                        && let Ok(Some(entry)) = store.get(id).await
                         && entry.value == bytes
                     {
                         // Our earlier attempt was stored; only its answer was lost.
@@ -1068,34 +1301,69 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         }
     }
 
-    /// Publishes the record's outbox ([`crate::outbox`]): each lifecycle event with its id
-    /// derived from the saga and the event's number, then clears it.
-    async fn publish_outbox(&self, run: &mut Run<S::Data>) -> Result<(), SagaError> {
-        if run.rec.outbox.is_empty() {
+    /// The message of lifecycle event `event` of `rec`, its id derived from the saga and the
+    /// event's number ([`crate::outbox`]).
+    fn event_message(
+        &self,
+        rec: &SagaRecord<S::Data>,
+        scope: &str,
+        event: &SagaEvent,
+    ) -> Result<crate::transport::OutboundMessage, SagaError> {
+        let subject = EVENT_KINDS
+            .iter()
+            .position(|k| *k == event.kind)
+            .and_then(|i| self.inner.event_subjects.get(i))
+            .cloned()
+            .ok_or_else(|| SagaError::Definition(format!("no subject for saga event {:?}", event.kind)))?;
+        let payload = serde_json::to_vec(event).map_err(|e| SagaError::Encode {
+            id: rec.id.clone(),
+            reason: e.to_string(),
+        })?;
+        let identity = rec.identity.derived_child(scope, event.seq, rec.started_at);
+        Ok(Envelope::with_identity(identity, subject, payload)
+            .typed(SAGA_EVENT_TYPE, SAGA_EVENT_VERSION)
+            .into())
+    }
+
+    /// Publishes the outbox events not yet in flight ([`crate::outbox`]), without waiting for
+    /// their acknowledgements ([`Run::collect_acks`] and [`await_outbox`](Self::await_outbox)
+    /// take them).
+    async fn issue_outbox(&self, run: &mut Run<S::Data>) -> Result<(), SagaError> {
+        if run.rec.outbox.len() <= run.in_flight.len() {
             return Ok(());
         }
         let scope = format!("saga/{}/{}", run.rec.saga, run.rec.id);
-        let mut envelopes = Vec::with_capacity(run.rec.outbox.len());
         for event in &run.rec.outbox {
-            let subject = self
-                .inner
-                .events_subject
-                .join(event.kind.token())
-                .map_err(|e| SagaError::Definition(e.to_string()))?;
-            let payload = serde_json::to_vec(event).map_err(|e| SagaError::Encode {
-                id: run.rec.id.clone(),
-                reason: e.to_string(),
-            })?;
-            let identity = run.rec.identity.derived_child(&scope, event.seq, run.rec.started_at);
-            envelopes
-                .push(Envelope::with_identity(identity, subject, payload).typed(SAGA_EVENT_TYPE, SAGA_EVENT_VERSION));
+            if run.in_flight.iter().any(|(seq, _)| *seq == event.seq) {
+                continue;
+            }
+            let message = self.event_message(&run.rec, &scope, event)?;
+            let ack = self.inner.publisher.publish(message).await?;
+            run.in_flight.push((event.seq, Box::pin(ack)));
         }
-        let publisher = &self.inner.publisher;
-        outbox::deliver(&envelopes, |envelope| publisher.publish_and_wait(envelope.into()))
-            .await
-            .into_result()?;
-        run.rec.outbox.clear();
         Ok(())
+    }
+
+    /// Publishes what is not in flight and waits for every acknowledgement: afterwards the
+    /// outbox is empty, or the error is returned and the unacknowledged events stay in it.
+    async fn await_outbox(&self, run: &mut Run<S::Data>) -> Result<(), SagaError> {
+        self.issue_outbox(run).await?;
+        if run.in_flight.is_empty() {
+            return Ok(());
+        }
+        let in_flight = std::mem::take(&mut run.in_flight);
+        let results =
+            futures::future::join_all(in_flight.into_iter().map(|(seq, ack)| async move { (seq, ack.await) })).await;
+        let mut error = None;
+        let mut acked = Vec::with_capacity(results.len());
+        for (seq, result) in results {
+            match result {
+                Ok(_) => acked.push(seq),
+                Err(e) => error = Some(e),
+            }
+        }
+        run.rec.outbox.retain(|e| !acked.contains(&e.seq));
+        error.map_or(Ok(()), |e| Err(e.into()))
     }
 
     async fn drive(&self, mut run: Run<S::Data>) -> Result<SagaOutcome, SagaError> {
@@ -1107,33 +1375,36 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
 
     async fn drive_inner(&self, run: &mut Run<S::Data>) -> Result<SagaOutcome, SagaError> {
         loop {
+            if run.archived {
+                let outcome = outcome_of(&run.rec);
+                tracing::debug!(saga = S::NAME, id = %run.rec.id, ?outcome, "saga settled");
+                return Ok(outcome);
+            }
             match run.rec.status {
                 SagaStatus::Running => match run.rec.steps.iter().position(|s| s.state != StepState::Completed) {
                     Some(i) => self.run_step(run, i).await?,
                     None => {
-                        run.rec.status = SagaStatus::Completed;
-                        emit(&mut run.rec, SagaEventKind::Completed, None, None, None);
-                        self.persist(run, Write::Finish, None, Duration::ZERO).await?;
+                        // Every step completed, but not the status (a record of an earlier layout).
+                        let extra = self.fold_next(run);
+                        self.persist(run, Write::Finish, None, extra).await?;
                     }
                 },
                 SagaStatus::Compensating => match self.next_compensation(&mut run.rec) {
                     Some(i) => self.run_compensation(run, i).await?,
                     None => {
-                        run.rec.status = SagaStatus::Compensated;
-                        emit(&mut run.rec, SagaEventKind::Compensated, None, None, None);
-                        self.persist(run, Write::Finish, None, Duration::ZERO).await?;
+                        let extra = self.fold_next(run);
+                        self.persist(run, Write::Finish, None, extra).await?;
                     }
                 },
                 SagaStatus::Completed | SagaStatus::Compensated => {
-                    self.publish_outbox(run).await?;
+                    // Final in the active bucket: a record of an earlier layout, whose events may
+                    // not be published yet. Publish them, then move it.
+                    self.await_outbox(run).await?;
                     self.archive(run).await?;
-                    let outcome = outcome_of(&run.rec);
-                    tracing::debug!(saga = S::NAME, id = %run.rec.id, ?outcome, "saga settled");
-                    return Ok(outcome);
                 }
                 SagaStatus::NeedsAttention => {
                     if run.outbox_persisted {
-                        self.publish_outbox(run).await?;
+                        self.await_outbox(run).await?;
                         self.persist(run, Write::Settle, None, Duration::ZERO).await?;
                     }
                     let outcome = outcome_of(&run.rec);
@@ -1164,26 +1435,34 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         let step = &self.inner.steps[i];
         let max = step.policy.retry.max_attempts.max(1);
         loop {
-            let attempts = run.rec.steps[i].attempts;
-            if attempts >= max {
-                let error = run.rec.steps[i]
-                    .error
-                    .clone()
-                    .unwrap_or_else(|| "attempts spent: the last attempt was interrupted".to_owned());
-                return self.fail_step(run, i, error).await;
-            }
-            let attempt = attempts + 1;
-            run.rec.steps[i].state = StepState::Running;
-            run.rec.steps[i].attempts = attempt;
-            let extra = step
-                .policy
-                .timeout
-                .saturating_add(step.policy.retry.delay(u64::from(attempt)));
-            self.persist(run, Write::StepStarted, Some(step.name), extra).await?;
+            // The attempt recorded as started by the last write (folded into it) runs as it is.
+            let fresh = run.fresh.take() == Some(i) && run.rec.steps[i].state == StepState::Running;
+            let attempt = if fresh {
+                run.rec.steps[i].attempts
+            } else {
+                let attempts = run.rec.steps[i].attempts;
+                if attempts >= max {
+                    let error = run.rec.steps[i]
+                        .error
+                        .clone()
+                        .unwrap_or_else(|| "attempts spent: the last attempt was interrupted".to_owned());
+                    return self.fail_step(run, i, error).await;
+                }
+                let attempt = attempts + 1;
+                run.rec.steps[i].state = StepState::Running;
+                run.rec.steps[i].attempts = attempt;
+                let extra = step
+                    .policy
+                    .timeout
+                    .saturating_add(step.policy.retry.delay(u64::from(attempt)));
+                self.persist(run, Write::StepStarted, Some(step.name), extra).await?;
+                attempt
+            };
             match self.attempt(&run.rec, step.run, i, attempt, false, &step.policy).await {
                 Attempted::Deferred { reason, delay } => {
                     tracing::info!(saga = S::NAME, id = %run.rec.id, step = step.name, %reason, ?delay, "saga step deferred");
-                    run.rec.steps[i].attempts = attempts;
+                    // Not an attempt: the next intent write records the same number again.
+                    run.rec.steps[i].attempts = attempt - 1;
                     tokio::time::sleep(delay).await;
                 }
                 Attempted::Done(data) => {
@@ -1192,9 +1471,8 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
                     entry.error = None;
                     run.rec.data = data;
                     emit(&mut run.rec, SagaEventKind::StepCompleted, Some(step.name), None, None);
-                    return self
-                        .persist(run, Write::StepCompleted, Some(step.name), Duration::ZERO)
-                        .await;
+                    let extra = self.fold_next(run);
+                    return self.persist(run, Write::StepCompleted, Some(step.name), extra).await;
                 }
                 Attempted::Failed { error, permanent } => {
                     tracing::warn!(saga = S::NAME, id = %run.rec.id, step = step.name, attempt, %error, permanent, "saga step failed");
@@ -1223,7 +1501,8 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
             Some(attempts),
         );
         emit(&mut run.rec, SagaEventKind::Compensating, None, None, None);
-        self.persist(run, Write::StepFailed, Some(name), Duration::ZERO).await
+        let extra = self.fold_next(run);
+        self.persist(run, Write::StepFailed, Some(name), extra).await
     }
 
     async fn run_compensation(&self, run: &mut Run<S::Data>, i: usize) -> Result<(), SagaError> {
@@ -1232,27 +1511,33 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
             run.rec.steps[i].state = StepState::NotCompensated;
             return Ok(());
         };
-        let max = step.compensation_policy.retry.max_attempts.max(1);
+        let policy = &step.compensation_policy;
+        let max = policy.retry.max_attempts.max(1);
         loop {
-            let attempts = run.rec.steps[i].compensation_attempts;
-            if attempts >= max {
-                let error = run.rec.steps[i]
-                    .error
-                    .clone()
-                    .unwrap_or_else(|| "attempts spent: the last attempt was interrupted".to_owned());
-                return self.compensation_failed(run, i, error).await;
-            }
-            let attempt = attempts + 1;
-            run.rec.steps[i].state = StepState::Compensating;
-            run.rec.steps[i].compensation_attempts = attempt;
-            let policy = &step.compensation_policy;
-            let extra = policy.timeout.saturating_add(policy.retry.delay(u64::from(attempt)));
-            self.persist(run, Write::CompensationStarted, Some(step.name), extra)
-                .await?;
+            let fresh = run.fresh.take() == Some(i) && run.rec.steps[i].state == StepState::Compensating;
+            let attempt = if fresh {
+                run.rec.steps[i].compensation_attempts
+            } else {
+                let attempts = run.rec.steps[i].compensation_attempts;
+                if attempts >= max {
+                    let error = run.rec.steps[i]
+                        .error
+                        .clone()
+                        .unwrap_or_else(|| "attempts spent: the last attempt was interrupted".to_owned());
+                    return self.compensation_failed(run, i, error).await;
+                }
+                let attempt = attempts + 1;
+                run.rec.steps[i].state = StepState::Compensating;
+                run.rec.steps[i].compensation_attempts = attempt;
+                let extra = policy.timeout.saturating_add(policy.retry.delay(u64::from(attempt)));
+                self.persist(run, Write::CompensationStarted, Some(step.name), extra)
+                    .await?;
+                attempt
+            };
             match self.attempt(&run.rec, compensate, i, attempt, true, policy).await {
                 Attempted::Deferred { reason, delay } => {
                     tracing::info!(saga = S::NAME, id = %run.rec.id, step = step.name, %reason, ?delay, "saga compensation deferred");
-                    run.rec.steps[i].compensation_attempts = attempts;
+                    run.rec.steps[i].compensation_attempts = attempt - 1;
                     tokio::time::sleep(delay).await;
                 }
                 Attempted::Done(data) => {
@@ -1267,9 +1552,8 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
                         None,
                         None,
                     );
-                    return self
-                        .persist(run, Write::StepCompensated, Some(step.name), Duration::ZERO)
-                        .await;
+                    let extra = self.fold_next(run);
+                    return self.persist(run, Write::StepCompensated, Some(step.name), extra).await;
                 }
                 Attempted::Failed { error, permanent } => {
                     tracing::warn!(saga = S::NAME, id = %run.rec.id, step = step.name, attempt, %error, permanent, "saga compensation failed");
@@ -1404,6 +1688,15 @@ enum Attempted<D> {
     },
 }
 
+/// Where a write goes.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    /// Updates the active record, expected at this revision.
+    Active(u64),
+    /// Creates the record in the settled bucket (a final status).
+    Settled,
+}
+
 fn emit<D>(
     rec: &mut SagaRecord<D>,
     kind: SagaEventKind,
@@ -1422,13 +1715,6 @@ fn emit<D>(
         seq: rec.event_seq,
     });
     rec.event_seq = rec.event_seq.saturating_add(1);
-}
-
-fn encode<D: serde::Serialize>(rec: &SagaRecord<D>) -> Result<Bytes, SagaError> {
-    serde_json::to_vec(rec).map(Bytes::from).map_err(|e| SagaError::Encode {
-        id: rec.id.clone(),
-        reason: e.to_string(),
-    })
 }
 
 fn outcome_of<D>(rec: &SagaRecord<D>) -> SagaOutcome {

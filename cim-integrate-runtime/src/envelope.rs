@@ -216,15 +216,7 @@ impl Envelope {
         if self.identity.correlation_id != id.into() || self.identity.causation_id != id.into() {
             return self.to_headers();
         }
-        let mut h = Headers::new();
-        h.push_received(headers::NATS_MSG_ID.to_owned(), id.to_string());
-        if let Some(t) = &self.event_type {
-            h.push_received(headers::EVENT_TYPE.to_owned(), t.to_string());
-        }
-        for (n, v) in self.headers.iter() {
-            h.push_received(n.to_owned(), v.to_owned());
-        }
-        h
+        Headers::stamped(Stamp::compact(self.identity, self.event_type.clone()), &self.headers)
     }
 
     /// Rebuilds an envelope from a received message. Missing or garbage identity headers are
@@ -302,6 +294,10 @@ impl Envelope {
     /// The envelope stamped headers describe, if reading their text would give exactly it;
     /// `None` sends the caller down the text path.
     fn from_stamp(subject: &Subject, stamp: &Stamp, headers: &Headers, payload: &Bytes) -> Option<Self> {
+        if stamp.compact {
+            // Read as its text, as any transport delivers it (version and time not carried).
+            return None;
+        }
         let id = &stamp.identity;
         let real = |u: &Uuid| !u.is_nil() && !u.is_max();
         let untrimmed = |t: &Option<Text>| t.as_ref().is_some_and(|t| t.trim().len() != t.len());

@@ -66,6 +66,9 @@ pub(crate) struct Stamp {
     pub(crate) event_type: Option<Text>,
     pub(crate) event_version: Option<Text>,
     pub(crate) occurred_at: Timestamp,
+    /// The compact identity of a root message: only `Nats-Msg-Id` and `X-Event-Type` are
+    /// headers ([`Envelope::to_compact_headers`](crate::Envelope::to_compact_headers)).
+    pub(crate) compact: bool,
     rendered: std::sync::OnceLock<Vec<(String, String)>>,
 }
 
@@ -81,7 +84,21 @@ impl Stamp {
             event_type,
             event_version,
             occurred_at,
+            compact: false,
             rendered: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The compact identity of a root message: `Nats-Msg-Id` and `X-Event-Type` only.
+    pub(crate) fn compact(identity: Identity, event_type: Option<Text>) -> Self {
+        Self {
+            compact: true,
+            ..Self::new(
+                identity,
+                event_type,
+                None,
+                Timestamp::from_unix_nanos(0).unwrap_or_else(Timestamp::now),
+            )
         }
     }
 
@@ -90,6 +107,13 @@ impl Stamp {
         self.rendered.get_or_init(|| {
             let mut h = Vec::with_capacity(self.count());
             let id = self.identity.message_id.to_string();
+            if self.compact {
+                h.push((NATS_MSG_ID.to_owned(), id));
+                if let Some(t) = &self.event_type {
+                    h.push((EVENT_TYPE.to_owned(), t.to_string()));
+                }
+                return h;
+            }
             h.push((NATS_MSG_ID.to_owned(), id.clone()));
             h.push((MESSAGE_ID.to_owned(), id));
             h.push((CORRELATION_ID.to_owned(), self.identity.correlation_id.to_string()));
@@ -107,6 +131,9 @@ impl Stamp {
 
     /// How many headers the stamp renders.
     fn count(&self) -> usize {
+        if self.compact {
+            return 1 + usize::from(self.event_type.is_some());
+        }
         5 + usize::from(self.event_type.is_some()) + usize::from(self.event_version.is_some())
     }
 
@@ -117,6 +144,9 @@ impl Stamp {
         // `9999-12-31T23:59:59.999999999Z`
         const RFC3339_MAX: usize = 30;
         let text = |name: &str, v: &Option<Text>| v.as_ref().map_or(0, |v| name.len() + v.len() + 4);
+        if self.compact {
+            return NATS_MSG_ID.len() + UUID + 4 + text(EVENT_TYPE, &self.event_type);
+        }
         NATS_MSG_ID.len()
             + MESSAGE_ID.len()
             + CORRELATION_ID.len()

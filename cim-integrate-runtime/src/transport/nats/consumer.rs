@@ -1,7 +1,7 @@
 //! Durable pull consumers: a continuous pull with idle heartbeats, and the acknowledgement handle.
 
 use super::NatsTransport;
-use super::convert::headers_from;
+use super::convert::{Texts, headers_from};
 use crate::timestamp::Timestamp;
 use crate::transport::{Acker, Consumer, ConsumerSpec, Delivery, DeliveryInfo, TransportError};
 use async_nats::jetstream::consumer::pull::{self, MessagesErrorKind};
@@ -30,6 +30,8 @@ pub struct NatsConsumer {
     batch: usize,
     /// When the server created the durable.
     created: Timestamp,
+    /// Event types and versions received last, shared by the next deliveries.
+    texts: Texts,
 }
 
 impl std::fmt::Debug for NatsConsumer {
@@ -57,6 +59,7 @@ impl NatsConsumer {
         let batch = spec.prefetch.map_or(own, |p| p.min(own)).max(1);
         Ok(Self {
             created,
+            texts: Texts::default(),
             transport,
             consumer,
             stream: Arc::from(spec.stream.as_str()),
@@ -121,7 +124,7 @@ impl NatsConsumer {
         self.failures % 5 == 4
     }
 
-    fn delivery(&self, message: async_nats::jetstream::Message) -> Result<Delivery<NatsAcker>, String> {
+    fn delivery(&mut self, message: async_nats::jetstream::Message) -> Result<Delivery<NatsAcker>, String> {
         let (stream_sequence, consumer_sequence, delivered, published) = {
             let info = message
                 .info()
@@ -144,7 +147,7 @@ impl NatsConsumer {
         };
         Ok(Delivery::new(
             message.subject.to_string(),
-            headers_from(message.headers.as_ref()),
+            headers_from(message.headers.as_ref(), &mut self.texts),
             message.payload,
             info,
             NatsAcker { acker: Arc::new(acker) },

@@ -1,6 +1,8 @@
 //! Conversions between async-nats types and ours: headers and errors.
 
-use crate::headers::{self, Headers};
+use crate::headers::{self, Headers, Stamp, Text};
+use crate::id::{CausationId, CorrelationId, Identity, MessageId};
+use crate::timestamp::Timestamp;
 use crate::transport::TransportError;
 use async_nats::header::{HeaderMap, HeaderName, HeaderValue};
 use async_nats::jetstream::context::{RequestError, RequestErrorKind};
@@ -55,6 +57,13 @@ pub(crate) fn header_map(headers: &Headers) -> Result<HeaderMap, TransportError>
         occurred,
     ] = KNOWN_NAMES.each_ref().map(|(_, n)| n.clone());
     let id = stamp.identity.message_id.to_string();
+    if stamp.compact {
+        map.insert(msg_id, owned_value(headers::NATS_MSG_ID, id)?);
+        if let Some(t) = &stamp.event_type {
+            map.insert(event_type, owned_value(headers::EVENT_TYPE, t.to_string())?);
+        }
+        return text_header_map(&headers.unstamped(), map);
+    }
     map.insert(msg_id, owned_value(headers::NATS_MSG_ID, id.clone())?);
     map.insert(message_id, owned_value(headers::MESSAGE_ID, id)?);
     map.insert(
@@ -102,10 +111,104 @@ fn text_header_map(headers: &Headers, mut map: HeaderMap) -> Result<HeaderMap, T
 /// Received headers as ours. async-nats keeps them in a hash map, so the order between
 /// different names is lost on the way in; they are sorted by name to be deterministic. The
 /// values of one name keep their order.
-pub(crate) fn headers_from(map: Option<&HeaderMap>) -> Headers {
+///
+/// The full identity headers as this crate writes them (each once, in the exact text our
+/// formatting gives) are kept as values, as [`Envelope::to_headers`](crate::Envelope::to_headers)
+/// keeps them, then listed first: nothing is copied into strings, and the envelope takes them
+/// as they are. Anything else (a foreign publisher, a compact identity) is kept as text.
+pub(crate) fn headers_from(map: Option<&HeaderMap>, texts: &mut Texts) -> Headers {
+    let Some(map) = map else { return Headers::new() };
+    if let Some(stamp) = stamp_of(map, texts) {
+        return Headers::stamped(stamp, &text_headers(map, true));
+    }
+    text_headers(map, false)
+}
+
+/// The last event type and version received, shared by the next message that carries the same
+/// (a consumer's messages are mostly of a few types): one allocation per change, not per message.
+#[derive(Debug, Default)]
+pub(crate) struct Texts {
+    event_type: Option<Text>,
+    event_version: Option<Text>,
+}
+
+fn shared(slot: &mut Option<Text>, value: &str) -> Text {
+    match slot {
+        Some(t) if **t == *value => t.clone(),
+        _ => slot.insert(Text::Shared(std::sync::Arc::from(value))).clone(),
+    }
+}
+
+/// The one value of a header that must occur once.
+fn single<'a>(map: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
+    let mut all = map.get_all(name.clone());
+    let first = all.next()?;
+    all.next().is_none().then(|| first.as_str())
+}
+
+/// A real (neither nil nor max) UUID whose text is exactly the one we write.
+fn canonical_id(text: &str) -> Option<uuid::Uuid> {
+    let id = uuid::Uuid::try_parse(text)
+        .ok()
+        .filter(|u| !u.is_nil() && !u.is_max())?;
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    (id.hyphenated().encode_lower(&mut buf).as_bytes() == text.as_bytes()).then_some(id)
+}
+
+/// A time whose text is exactly the one we write.
+fn canonical_time(text: &str) -> Option<Timestamp> {
+    let t: Timestamp = text.parse().ok()?;
+    let mut buf = [0u8; 64];
+    let mut out = std::io::Cursor::new(&mut buf[..]);
+    t.as_offset_date_time()
+        .format_into(&mut out, &time::format_description::well_known::Rfc3339)
+        .ok()?;
+    let len = usize::try_from(out.position()).ok()?;
+    (buf.get(..len)? == text.as_bytes()).then_some(t)
+}
+
+fn stamp_of(map: &HeaderMap, texts: &mut Texts) -> Option<Stamp> {
+    let [
+        msg_id,
+        message_id,
+        correlation,
+        causation,
+        event_type,
+        event_version,
+        occurred,
+    ] = KNOWN_NAMES.each_ref().map(|(_, n)| n);
+    let id = single(map, message_id)?;
+    if single(map, msg_id)? != id {
+        return None;
+    }
+    let identity = Identity {
+        message_id: MessageId::from_uuid(canonical_id(id)?),
+        correlation_id: CorrelationId::from_uuid(canonical_id(single(map, correlation)?)?),
+        causation_id: CausationId::from_uuid(canonical_id(single(map, causation)?)?),
+    };
+    let text = |name: &HeaderName, slot: &mut Option<Text>| -> Option<Option<Text>> {
+        if map.get(name.clone()).is_none() {
+            return Some(None);
+        }
+        let v = single(map, name)?;
+        (v.trim() == v).then(|| Some(shared(slot, v)))
+    };
+    let event_type = text(event_type, &mut texts.event_type)?;
+    let event_version = text(event_version, &mut texts.event_version)?;
+    let occurred_at = canonical_time(single(map, occurred)?)?;
+    Some(Stamp::new(identity, event_type, event_version, occurred_at))
+}
+
+/// The received headers as text, sorted by name; `skip_identity`: without the identity ones.
+fn text_headers(map: &HeaderMap, skip_identity: bool) -> Headers {
     let mut headers = Headers::new();
-    let Some(map) = map else { return headers };
-    let mut names: Vec<_> = map.iter().collect();
+    let mut names: Vec<_> = map
+        .iter()
+        .filter(|(n, _)| !skip_identity || !headers::IDENTITY_HEADERS.contains(&n.as_ref()))
+        .collect();
+    if names.is_empty() {
+        return headers;
+    }
     let values: usize = names.iter().map(|(_, v)| v.len()).sum();
     headers.reserve_received(values);
     names.sort_unstable_by(|(a, _), (b, _)| AsRef::<str>::as_ref(*a).cmp(b.as_ref()));
@@ -163,10 +266,11 @@ mod tests {
         h.append("X-Multi", "1").unwrap();
         h.append("X-Multi", "2").unwrap();
         let map = header_map(&h).unwrap();
-        let back = headers_from(Some(&map));
+        let texts = &mut Texts::default();
+        let back = headers_from(Some(&map), texts);
         assert_eq!(back.get("Nats-Msg-Id"), Some("abc"));
         assert_eq!(back.get_all("X-Multi").collect::<Vec<_>>(), ["1", "2"]);
-        assert!(headers_from(None).is_empty());
+        assert!(headers_from(None, texts).is_empty());
 
         let mut odd = HeaderMap::new();
         odd.insert(
@@ -176,7 +280,46 @@ mod tests {
             "v",
         );
         odd.insert("Empty", "");
-        let got = headers_from(Some(&odd));
+        let got = headers_from(Some(&odd), texts);
         assert_eq!(got.get("Empty"), Some(""));
+    }
+
+    /// What an envelope writes comes back as values, reading exactly as the text sent; text
+    /// that is not exactly ours (upper-case ids, another time format, a repeated header) stays
+    /// text, as received.
+    #[test]
+    fn identity_headers_come_back_as_values_only_when_exact() {
+        let env = crate::Envelope::root(crate::Subject::new("a.b").unwrap(), bytes::Bytes::new())
+            .typed("Created", "1.0")
+            .header("X-Tenant", "acme")
+            .unwrap();
+        let sent = env.to_headers();
+        let map = header_map(&sent).unwrap();
+        let texts = &mut Texts::default();
+        let got = headers_from(Some(&map), texts);
+        assert!(got.stamp().is_some());
+        for name in headers::IDENTITY_HEADERS.iter().chain(&["X-Tenant"]) {
+            assert_eq!(got.get(name), sent.get(name), "{name}");
+        }
+        let odd = |name: &str, value: String| {
+            let mut m = map.clone();
+            m.insert(name, value.as_str());
+            headers_from(Some(&m), &mut Texts::default())
+        };
+        let id = env.message_id().to_string();
+        for (name, value) in [
+            (headers::MESSAGE_ID, id.to_uppercase()),
+            (headers::OCCURRED_AT, "2024-01-01T00:00:00+00:00".to_owned()),
+            (headers::EVENT_TYPE, " Created".to_owned()),
+        ] {
+            let h = odd(name, value.clone());
+            assert!(h.stamp().is_none(), "{name}: {value}");
+            assert_eq!(h.get(name), Some(value.as_str()));
+        }
+        let mut twice = map.clone();
+        twice.append(headers::CORRELATION_ID, "00000000-0000-7000-8000-000000000001");
+        let h = headers_from(Some(&twice), &mut Texts::default());
+        assert!(h.stamp().is_none());
+        assert_eq!(h.get_all(headers::CORRELATION_ID).count(), 2);
     }
 }

@@ -487,6 +487,15 @@ fn header_wire_len(message: &OutboundMessage) -> usize {
         + 2
 }
 
+/// An upper bound of [`header_wire_len`] that formats nothing (identity headers kept as values
+/// are counted at their longest).
+fn header_wire_len_bound(message: &OutboundMessage) -> usize {
+    if message.headers.is_empty() {
+        return 0;
+    }
+    10 + message.headers.max_wire_len() + 2
+}
+
 /// Resolves to the stream's acknowledgement of a publish; see [`Transport::publish`].
 ///
 /// A timed-out acknowledgement makes it send the same message (same `Nats-Msg-Id`) again, up to
@@ -648,7 +657,13 @@ impl Transport for NatsTransport {
                 max,
             });
         }
-        let size = message.payload.len() + header_wire_len(&message);
+        // The bound first: the exact size (which formats the headers) only near the limit.
+        let size = message.payload.len() + header_wire_len_bound(&message);
+        let size = if size > max {
+            message.payload.len() + header_wire_len(&message)
+        } else {
+            size
+        };
         if size > max {
             return Err(TransportError::PayloadTooLarge { size, max });
         }
@@ -711,7 +726,7 @@ impl Transport for NatsTransport {
         let subject = request.subject.as_str().to_owned();
         match self.inner.client.send_request(subject.clone(), req).await {
             Ok(message) => Ok(crate::transport::Reply {
-                headers: convert::headers_from(message.headers.as_ref()),
+                headers: convert::headers_from(message.headers.as_ref(), &mut convert::Texts::default()),
                 payload: message.payload,
             }),
             Err(e) => Err(match e.kind() {
@@ -747,7 +762,7 @@ impl Transport for NatsTransport {
                 };
                 Some(crate::transport::IncomingRequest::new(
                     message.subject.to_string(),
-                    convert::headers_from(message.headers.as_ref()),
+                    convert::headers_from(message.headers.as_ref(), &mut convert::Texts::default()),
                     message.payload,
                     crate::transport::ReplyHandle::new(NatsReply { client, subject: reply }),
                 ))

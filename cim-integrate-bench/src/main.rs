@@ -4,7 +4,8 @@
 //! printed with the ratio; the whole table is also written as JSON (default
 //! `<target>/bench-results.json`) so that two commits can be compared.
 //!
-//! Options: `--quick` (a fifth of the messages: a smoke run), `--only a,b` / `--skip a,b` with the
+//! Options: `--quick` (a fifth of the messages: a smoke run), `--markdown` (the table again as
+//! Markdown), `--only a,b` / `--skip a,b` with the
 //! sections `publish`, `consume`, `scale-out`, `dispatch`, `saga`, `decode`, `rss`, `check`,
 //! `--out PATH`, `--dispatch-rounds N` (default 5), `--dispatch-rows kv,mem16,mem1` (default all),
 //! `--rss-events N` (default 1,000,000 on the embedded transport), `--rss-nats-events N` (default
@@ -1340,6 +1341,32 @@ fn print_table(r: &Runner) {
     }
 }
 
+/// The table as Markdown (for docs/benchmarks.md): medians, ranges where measured in rounds,
+/// allocations per message where counted.
+fn print_markdown(r: &Runner) {
+    let range = |r: Option<[f64; 2]>| r.map_or(String::new(), |[lo, hi]| format!(" ({}-{})", fmt_num(lo), fmt_num(hi)));
+    let allocs = |a: Option<f64>| a.map_or(String::new(), |a| format!("; {a:.0} allocs/msg"));
+    println!();
+    println!("| section | measured | value | baseline (same run) | baseline | ratio |");
+    println!("| --- | --- | ---: | --- | ---: | ---: |");
+    for row in &r.rows {
+        println!(
+            "| {} | {} | {} {}{}{} | {} | {}{}{} | {:.2} |",
+            row.section,
+            row.name,
+            fmt_num(row.value),
+            row.unit,
+            range(row.value_range),
+            allocs(row.allocs_per_msg),
+            row.baseline_name,
+            fmt_num(row.baseline),
+            range(row.baseline_range),
+            allocs(row.baseline_allocs_per_msg),
+            row.ratio
+        );
+    }
+}
+
 fn parse_list(v: Option<String>) -> Vec<String> {
     v.map(|s| s.split(',').map(str::to_owned).collect()).unwrap_or_default()
 }
@@ -1358,9 +1385,11 @@ fn main() {
         notes: Vec::new(),
     };
     let mut out = None;
+    let mut markdown = false;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--quick" => r.scale = 0.2,
+            "--markdown" => markdown = true,
             "--only" => r.only = Some(parse_list(args.next())),
             "--dispatch-rounds" => {
                 r.dispatch_rounds = args
@@ -1439,6 +1468,9 @@ fn main() {
     }
     let total = started.elapsed();
     print_table(&r);
+    if markdown {
+        print_markdown(&r);
+    }
     let out = out.unwrap_or_else(|| target_dir().join("bench-results.json"));
     let json = serde_json::json!({
         "commit": std::process::Command::new("git").args(["rev-parse", "HEAD"]).output().ok()

@@ -159,13 +159,18 @@ pub fn check_bucket_name(bucket: &str) -> Result<(), KvError> {
 
 /// Checks a key as NATS does: `[-/_=.A-Za-z0-9]+`, not starting or ending with `.`.
 pub fn check_key(key: &str) -> Result<(), KvError> {
-    let ok = !key.is_empty()
-        && key.len() <= 1024
-        && !key.starts_with('.')
-        && !key.ends_with('.')
-        && !key.contains("..")
-        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b"-/_=.".contains(&b));
-    if ok {
+    // One pass: allowed bytes, and no `.` first, last or after another `.`.
+    let mut after_dot = true;
+    let mut ok = !key.is_empty() && key.len() <= 1024;
+    for b in key.bytes() {
+        let dot = b == b'.';
+        if (dot && after_dot) || !(dot || b.is_ascii_alphanumeric() || matches!(b, b'-' | b'/' | b'_' | b'=')) {
+            ok = false;
+            break;
+        }
+        after_dot = dot;
+    }
+    if ok && !after_dot {
         Ok(())
     } else {
         Err(KvError::InvalidKey(key.chars().take(64).collect()))

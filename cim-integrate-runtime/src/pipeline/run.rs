@@ -120,43 +120,53 @@ pub(crate) async fn run<Src, D, S>(
     let stopped = stop.changed();
     tokio::pin!(stopped);
     loop {
-        tokio::select! {
+        let item = tokio::select! {
             biased;
             _ = &mut stopped => break,
             Some(done) = in_flight.next(), if !in_flight.is_empty() => {
                 if let Some(slot) = done {
                     free.push(slot);
                 }
+                continue;
             }
             item = rx.recv(), if in_flight.len() < concurrency => match item {
-                Some(item) if spawn => {
-                    let (stack, settle) = (stack.clone(), settle.clone());
-                    let task = tokio::spawn(async move { one(&*stack, &*settle, item).await });
-                    in_flight.push(futures::future::Either::Left(async move {
-                        if let Err(e) = task.await {
-                            tracing::error!(error = %e, "dispatch task failed");
-                        }
-                        None
-                    }));
-                }
-                Some(item) => {
-                    let mut slot: Pin<Box<Option<_>>> = free.pop().unwrap_or_else(|| Box::pin(None));
-                    slot.set(Some(one(&*stack, &*settle, item)));
-                    // The first poll here, with this loop's waker: what waits goes to
-                    // `in_flight`, which polls it again (and wakes it from then on).
-                    let finished = std::future::poll_fn(|cx| {
-                        Poll::Ready(slot.as_mut().as_pin_mut().is_none_or(|f| f.poll(cx).is_ready()))
-                    })
-                    .await;
-                    if finished {
-                        slot.set(None);
-                        free.push(slot);
-                    } else {
-                        in_flight.push(futures::future::Either::Right(Slot(Some(slot))));
-                    }
-                }
+                Some(item) => item,
                 None => break,
             },
+        };
+        // This one, then what else is waiting while there is room, without a turn of the loop
+        // each (at most the channel's capacity: the puller refills it only between turns on a
+        // single-threaded runtime).
+        let mut next = Some(item);
+        while let Some(item) = next.take() {
+            if spawn {
+                let (stack, settle) = (stack.clone(), settle.clone());
+                let task = tokio::spawn(async move { one(&*stack, &*settle, item).await });
+                in_flight.push(futures::future::Either::Left(async move {
+                    if let Err(e) = task.await {
+                        tracing::error!(error = %e, "dispatch task failed");
+                    }
+                    None
+                }));
+            } else {
+                let mut slot: Pin<Box<Option<_>>> = free.pop().unwrap_or_else(|| Box::pin(None));
+                slot.set(Some(one(&*stack, &*settle, item)));
+                // The first poll here, with this loop's waker: what waits goes to
+                // `in_flight`, which polls it again (and wakes it from then on).
+                let finished = std::future::poll_fn(|cx| {
+                    Poll::Ready(slot.as_mut().as_pin_mut().is_none_or(|f| f.poll(cx).is_ready()))
+                })
+                .await;
+                if finished {
+                    slot.set(None);
+                    free.push(slot);
+                } else {
+                    in_flight.push(futures::future::Either::Right(Slot(Some(slot))));
+                }
+            }
+            if in_flight.len() < concurrency {
+                next = rx.try_recv().ok();
+            }
         }
     }
     // Nothing new is started; what was pulled but not started goes back at once.

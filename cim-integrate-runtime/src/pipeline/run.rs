@@ -116,6 +116,8 @@ pub(crate) async fn run<Src, D, S>(
     // Slots for dispatches, reused: most finish on their first poll, in place, and never reach
     // `in_flight`; at most `concurrency` are allocated.
     let mut free = Vec::new();
+    // Asked between messages taken without a turn of the loop.
+    let stop_probe = stop.clone();
     // One future for the whole loop, not one per turn.
     let stopped = stop.changed();
     tokio::pin!(stopped);
@@ -135,9 +137,10 @@ pub(crate) async fn run<Src, D, S>(
             },
         };
         // This one, then what else is waiting while there is room, without a turn of the loop
-        // each (at most the channel's capacity: the puller refills it only between turns on a
-        // single-threaded runtime).
+        // each: at most the channel's capacity per turn (the loop yields in between), and
+        // nothing new once the service stops.
         let mut next = Some(item);
+        let mut budget = capacity;
         while let Some(item) = next.take() {
             if spawn {
                 let (stack, settle) = (stack.clone(), settle.clone());
@@ -164,7 +167,8 @@ pub(crate) async fn run<Src, D, S>(
                     in_flight.push(futures::future::Either::Right(Slot(Some(slot))));
                 }
             }
-            if in_flight.len() < concurrency {
+            budget -= 1;
+            if budget > 0 && in_flight.len() < concurrency && matches!(stop_probe.has_changed(), Ok(false)) {
                 next = rx.try_recv().ok();
             }
         }

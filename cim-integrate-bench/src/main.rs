@@ -8,6 +8,7 @@
 //! Markdown), `--only a,b` / `--skip a,b` with the
 //! sections `publish`, `consume`, `scale-out`, `dispatch`, `saga`, `decode`, `rss`, `check`,
 //! `--out PATH`, `--dispatch-rounds N` (default 5), `--dispatch-rows kv,mem16,mem1` (default all),
+//! `--dispatch-side ours|baseline` (default both),
 //! `--rss-events N` (default 1,000,000 on the embedded transport), `--rss-nats-events N` (default
 //! 1,000,000).
 
@@ -78,6 +79,9 @@ struct Runner {
     dispatch_rounds: usize,
     /// Only these dispatch rows (`--dispatch-rows kv,mem16,mem1`; default all), e.g. to profile one.
     dispatch_rows: Option<Vec<String>>,
+    /// Only one side of the dispatch rows (`--dispatch-side ours|baseline`), e.g. to count its
+    /// instructions under callgrind.
+    dispatch_side: Option<String>,
     notes: Vec<String>,
 }
 
@@ -915,9 +919,14 @@ async fn bench_dispatch(r: &mut Runner) -> Result<(), BoxError> {
             continue;
         }
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        let side = r.dispatch_side.as_deref();
         for _ in 0..r.dispatch_rounds {
-            theirs.push(mpsc_round(n).await?);
-            ours.push(service_round(n, kv, conc).await?);
+            if side != Some("ours") {
+                theirs.push(mpsc_round(n).await?);
+            }
+            if side != Some("baseline") {
+                ours.push(service_round(n, kv, conc).await?);
+            }
         }
         let pick = |v: &[DispatchRound], f: fn(&DispatchRound) -> f64| v.iter().map(f).collect::<Vec<f64>>();
         r.row_rounds(
@@ -1382,6 +1391,7 @@ fn main() {
         rss_nats_events: 1_000_000,
         dispatch_rounds: 5,
         dispatch_rows: None,
+        dispatch_side: None,
         notes: Vec::new(),
     };
     let mut out = None;
@@ -1399,6 +1409,7 @@ fn main() {
                     .max(1)
             }
             "--dispatch-rows" => r.dispatch_rows = Some(parse_list(args.next())),
+            "--dispatch-side" => r.dispatch_side = args.next(),
             "--skip" => r.skip = parse_list(args.next()),
             "--out" => out = args.next().map(PathBuf::from),
             "--rss-events" => r.rss_events = args.next().and_then(|v| v.parse().ok()).unwrap_or(r.rss_events),

@@ -300,7 +300,13 @@ impl Envelope {
         }
         let id = &stamp.identity;
         let real = |u: &Uuid| !u.is_nil() && !u.is_max();
-        let untrimmed = |t: &Option<Text>| t.as_ref().is_some_and(|t| t.trim().len() != t.len());
+        let untrimmed = |t: &Option<Text>| {
+            t.as_ref().is_some_and(|t| {
+                // An ASCII letter or digit at both ends (a type name, a version) trims to itself.
+                let solid = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_alphanumeric());
+                !(solid(t.as_bytes().first()) && solid(t.as_bytes().last())) && t.trim().len() != t.len()
+            })
+        };
         let year = stamp.occurred_at.as_offset_date_time().year();
         if !real(id.message_id.as_uuid())
             || !real(id.correlation_id.as_uuid())

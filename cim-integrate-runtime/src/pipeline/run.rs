@@ -158,50 +158,68 @@ pub(crate) async fn run<Src, D, S>(
     // Slots for dispatches, reused: most finish on their first poll, in place, and never reach
     // `in_flight`; at most as many as can be in flight are allocated.
     let mut free = Vec::new();
+    // Asked between messages taken without a turn of the loop.
+    let stop_probe = stop.clone();
     // One future for the whole loop, not one per turn.
     let stopped = stop.changed();
     tokio::pin!(stopped);
     loop {
-        tokio::select! {
+        let item = tokio::select! {
             biased;
             _ = &mut stopped => break,
             Some(done) = in_flight.next(), if !in_flight.is_empty() => {
                 if let Some(slot) = done {
                     free.push(slot);
                 }
+                continue;
             }
             // A handler finished while its message still settles: room for the next one.
-            _ = running.freed.notified(), if running.len() >= concurrency && in_flight.len() < capacity => {}
+            _ = running.freed.notified(), if running.len() >= concurrency && in_flight.len() < capacity => continue,
             item = rx.recv(), if running.len() < concurrency && in_flight.len() < capacity => match item {
-                Some(item) if spawn => {
-                    let (stack, settle) = (stack.clone(), settle.clone());
-                    let guard = running.enter();
-                    let task = tokio::spawn(async move { one(&*stack, &*settle, item, guard).await });
-                    in_flight.push(futures::future::Either::Left(async move {
-                        if let Err(e) = task.await {
-                            tracing::error!(error = %e, "dispatch task failed");
-                        }
-                        None
-                    }));
-                }
-                Some(item) => {
-                    let mut slot: Pin<Box<Option<_>>> = free.pop().unwrap_or_else(|| Box::pin(None));
-                    slot.set(Some(one(&*stack, &*settle, item, running.enter())));
-                    // The first poll here, with this loop's waker: what waits goes to
-                    // `in_flight`, which polls it again (and wakes it from then on).
-                    let finished = std::future::poll_fn(|cx| {
-                        Poll::Ready(slot.as_mut().as_pin_mut().is_none_or(|f| f.poll(cx).is_ready()))
-                    })
-                    .await;
-                    if finished {
-                        slot.set(None);
-                        free.push(slot);
-                    } else {
-                        in_flight.push(futures::future::Either::Right(Slot(Some(slot))));
-                    }
-                }
+                Some(item) => item,
                 None => break,
             },
+        };
+        // This one, then what else is waiting while there is room, without a turn of the loop
+        // each: at most the channel's capacity per turn (the loop yields in between), and
+        // nothing new once the service stops.
+        let mut next = Some(item);
+        let mut budget = capacity;
+        while let Some(item) = next.take() {
+            if spawn {
+                let (stack, settle) = (stack.clone(), settle.clone());
+                let guard = running.enter();
+                let task = tokio::spawn(async move { one(&*stack, &*settle, item, guard).await });
+                in_flight.push(futures::future::Either::Left(async move {
+                    if let Err(e) = task.await {
+                        tracing::error!(error = %e, "dispatch task failed");
+                    }
+                    None
+                }));
+            } else {
+                let mut slot: Pin<Box<Option<_>>> = free.pop().unwrap_or_else(|| Box::pin(None));
+                slot.set(Some(one(&*stack, &*settle, item, running.enter())));
+                // The first poll here, with this loop's waker: what waits goes to
+                // `in_flight`, which polls it again (and wakes it from then on).
+                let finished = std::future::poll_fn(|cx| {
+                    Poll::Ready(slot.as_mut().as_pin_mut().is_none_or(|f| f.poll(cx).is_ready()))
+                })
+                .await;
+                if finished {
+                    slot.set(None);
+                    free.push(slot);
+                } else {
+                    in_flight.push(futures::future::Either::Right(Slot(Some(slot))));
+                }
+            }
+            budget -= 1;
+            if budget > 0
+                && running.len() < concurrency
+                && in_flight.len() < capacity
+                && matches!(stop_probe.has_changed(), Ok(false))
+            {
+                next = rx.try_recv().ok();
+            }
         }
     }
     // Nothing new is started; what was pulled but not started goes back at once.

@@ -813,12 +813,20 @@ impl std::fmt::Debug for MemoryAcker {
 }
 
 impl MemoryAcker {
-    fn with_pending(&self, f: impl FnOnce(&mut ConsumerState, Instant)) {
+    /// Runs `f` on the consumer's state (with the time, if `timed`: the activity time only
+    /// matters to a consumer with an inactive threshold, so an ack does not read the clock for
+    /// one without).
+    fn with_pending(&self, timed: bool, f: impl FnOnce(&mut ConsumerState, Instant)) {
         {
             let mut st = lock(&self.stream.state);
             if let Some(c) = st.consumers.get_mut(&self.consumer) {
-                let now = Instant::now();
-                c.active_at = now;
+                let now = if timed || c.spec.inactive_threshold.is_some() {
+                    let now = Instant::now();
+                    c.active_at = now;
+                    now
+                } else {
+                    c.active_at
+                };
                 f(c, now);
             }
         }
@@ -828,14 +836,14 @@ impl MemoryAcker {
 
 impl Acker for MemoryAcker {
     async fn ack(&self) -> Result<(), TransportError> {
-        self.with_pending(|c, _| {
+        self.with_pending(false, |c, _| {
             c.pending.remove(&self.seq);
         });
         Ok(())
     }
 
     async fn nak(&self, delay: Option<Duration>) -> Result<(), TransportError> {
-        self.with_pending(|c, now| {
+        self.with_pending(true, |c, now| {
             if let Some(p) = c.pending.get_mut(&self.seq) {
                 p.redeliver_at = now + delay.unwrap_or_default();
                 c.next_due = c.next_due.min(p.redeliver_at);
@@ -845,14 +853,14 @@ impl Acker for MemoryAcker {
     }
 
     async fn term(&self) -> Result<(), TransportError> {
-        self.with_pending(|c, _| {
+        self.with_pending(false, |c, _| {
             c.pending.remove(&self.seq);
         });
         Ok(())
     }
 
     async fn in_progress(&self) -> Result<(), TransportError> {
-        self.with_pending(|c, now| {
+        self.with_pending(true, |c, now| {
             let spec = &c.spec;
             if let Some(p) = c.pending.get_mut(&self.seq) {
                 p.redeliver_at = now + spec.redelivery_delay(p.delivered);

@@ -9,22 +9,26 @@ use async_nats::jetstream::context::{RequestError, RequestErrorKind};
 use std::str::FromStr;
 
 /// The identity header names, parsed once: a name found here costs no allocation per message.
-static KNOWN_NAMES: [(&str, HeaderName); 7] = [
-    (headers::NATS_MSG_ID, HeaderName::from_static(headers::NATS_MSG_ID)),
-    (headers::MESSAGE_ID, HeaderName::from_static(headers::MESSAGE_ID)),
-    (
-        headers::CORRELATION_ID,
-        HeaderName::from_static(headers::CORRELATION_ID),
-    ),
-    (headers::CAUSATION_ID, HeaderName::from_static(headers::CAUSATION_ID)),
-    (headers::EVENT_TYPE, HeaderName::from_static(headers::EVENT_TYPE)),
-    (headers::EVENT_VERSION, HeaderName::from_static(headers::EVENT_VERSION)),
-    (headers::OCCURRED_AT, HeaderName::from_static(headers::OCCURRED_AT)),
+static MSG_ID: HeaderName = HeaderName::from_static(headers::NATS_MSG_ID);
+static MESSAGE_ID: HeaderName = HeaderName::from_static(headers::MESSAGE_ID);
+static CORRELATION: HeaderName = HeaderName::from_static(headers::CORRELATION_ID);
+static CAUSATION: HeaderName = HeaderName::from_static(headers::CAUSATION_ID);
+static EVENT_TYPE: HeaderName = HeaderName::from_static(headers::EVENT_TYPE);
+static EVENT_VERSION: HeaderName = HeaderName::from_static(headers::EVENT_VERSION);
+static OCCURRED: HeaderName = HeaderName::from_static(headers::OCCURRED_AT);
+static KNOWN_NAMES: [(&str, &HeaderName); 7] = [
+    (headers::NATS_MSG_ID, &MSG_ID),
+    (headers::MESSAGE_ID, &MESSAGE_ID),
+    (headers::CORRELATION_ID, &CORRELATION),
+    (headers::CAUSATION_ID, &CAUSATION),
+    (headers::EVENT_TYPE, &EVENT_TYPE),
+    (headers::EVENT_VERSION, &EVENT_VERSION),
+    (headers::OCCURRED_AT, &OCCURRED),
 ];
 
 fn header_name(name: &str) -> Result<HeaderName, TransportError> {
     if let Some((_, known)) = KNOWN_NAMES.iter().find(|(n, _)| *n == name) {
-        return Ok(known.clone());
+        return Ok((*known).clone());
     }
     HeaderName::from_str(name)
         .map_err(|_| TransportError::Invalid(format!("header name `{}`", name.chars().take(64).collect::<String>())))
@@ -55,7 +59,16 @@ pub(crate) fn header_map(headers: &Headers) -> Result<HeaderMap, TransportError>
         event_type,
         event_version,
         occurred,
-    ] = KNOWN_NAMES.each_ref().map(|(_, n)| n.clone());
+    ] = [
+        &MSG_ID,
+        &MESSAGE_ID,
+        &CORRELATION,
+        &CAUSATION,
+        &EVENT_TYPE,
+        &EVENT_VERSION,
+        &OCCURRED,
+    ]
+    .map(Clone::clone);
     let id = stamp.identity.message_id.to_string();
     if stamp.compact {
         map.insert(msg_id, owned_value(headers::NATS_MSG_ID, id)?);
@@ -168,23 +181,14 @@ fn canonical_time(text: &str) -> Option<Timestamp> {
 }
 
 fn stamp_of(map: &HeaderMap, texts: &mut Texts) -> Option<Stamp> {
-    let [
-        msg_id,
-        message_id,
-        correlation,
-        causation,
-        event_type,
-        event_version,
-        occurred,
-    ] = KNOWN_NAMES.each_ref().map(|(_, n)| n);
-    let id = single(map, message_id)?;
-    if single(map, msg_id)? != id {
+    let id = single(map, &MESSAGE_ID)?;
+    if single(map, &MSG_ID)? != id {
         return None;
     }
     let identity = Identity {
         message_id: MessageId::from_uuid(canonical_id(id)?),
-        correlation_id: CorrelationId::from_uuid(canonical_id(single(map, correlation)?)?),
-        causation_id: CausationId::from_uuid(canonical_id(single(map, causation)?)?),
+        correlation_id: CorrelationId::from_uuid(canonical_id(single(map, &CORRELATION)?)?),
+        causation_id: CausationId::from_uuid(canonical_id(single(map, &CAUSATION)?)?),
     };
     let text = |name: &HeaderName, slot: &mut Option<Text>| -> Option<Option<Text>> {
         if map.get(name.clone()).is_none() {
@@ -193,9 +197,9 @@ fn stamp_of(map: &HeaderMap, texts: &mut Texts) -> Option<Stamp> {
         let v = single(map, name)?;
         (v.trim() == v).then(|| Some(shared(slot, v)))
     };
-    let event_type = text(event_type, &mut texts.event_type)?;
-    let event_version = text(event_version, &mut texts.event_version)?;
-    let occurred_at = canonical_time(single(map, occurred)?)?;
+    let event_type = text(&EVENT_TYPE, &mut texts.event_type)?;
+    let event_version = text(&EVENT_VERSION, &mut texts.event_version)?;
+    let occurred_at = canonical_time(single(map, &OCCURRED)?)?;
     Some(Stamp::new(identity, event_type, event_version, occurred_at))
 }
 

@@ -22,9 +22,9 @@
 use super::catch_panic::with_progress;
 use super::{Deferral, Dispatch, Message, Outcome};
 use crate::dedup::{DedupCheck, DedupStore};
+use crate::fast_hash::FastMap;
 use crate::id::MessageId;
 use crate::timestamp::Timestamp;
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -174,7 +174,7 @@ impl<D> Dedup<D> {
 #[derive(Debug, Default)]
 pub(crate) struct InFlight {
     /// message id -> whether a copy waits for it
-    ids: Mutex<HashMap<MessageId, bool>>,
+    ids: Mutex<FastMap<MessageId, bool>>,
     left: Notify,
 }
 
@@ -182,12 +182,12 @@ impl InFlight {
     /// A map with room for `concurrency` ids.
     pub(crate) fn with_capacity(concurrency: usize) -> Self {
         Self {
-            ids: Mutex::new(HashMap::with_capacity(concurrency)),
+            ids: Mutex::new(FastMap::with_capacity_and_hasher(concurrency, Default::default())),
             left: Notify::new(),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<MessageId, bool>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FastMap<MessageId, bool>> {
         self.ids.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 

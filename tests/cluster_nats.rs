@@ -382,6 +382,48 @@ async fn sagas_complete_while_their_buckets_leader_is_killed() {
 
 // ---- drift and the JetStream domain (one server) -------------------------------------------------
 
+/// A node down (or just restarted and not yet seen by the meta leader) makes three-replica
+/// placement fail with "no suitable peers for placement, peer offline": that is unavailability,
+/// so provisioning waits for the node instead of failing the start-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provisioning_waits_for_a_node_that_is_down() {
+    use cim_integrate::transport::{KvSpec, StreamSpec, Transport};
+    const DOWN_FOR: Duration = Duration::from_secs(3);
+    let _one = ONE_CLUSTER.lock().await;
+    let mut cluster = NatsCluster::start().await.expect("cluster");
+    let t = transport(&cluster).await;
+    let meta = cluster.meta_leader().await.expect("meta leader");
+    let victim = (meta + 1) % cim_integrate::testing::CLUSTER_SIZE;
+    cluster.node_mut(victim).stop().await.expect("stop a follower");
+    let started = Instant::now();
+    let provisioning = tokio::spawn({
+        let t = t.clone();
+        async move {
+            t.ensure_stream(&StreamSpec::for_domain("waiting", None).unwrap())
+                .await?;
+            t.key_value(&KvSpec::new("waiting"))
+                .await
+                .map_err(|e| cim_integrate::transport::TransportError::Other(format!("bucket: {e}")))?;
+            Ok::<_, cim_integrate::transport::TransportError>(started.elapsed())
+        }
+    });
+    tokio::time::sleep(DOWN_FOR).await;
+    if provisioning.is_finished() {
+        panic!("finished with a node down: {:?}", provisioning.await);
+    }
+    cluster.restart(victim).await.expect("restart");
+    let took = tokio::time::timeout(Duration::from_secs(60), provisioning)
+        .await
+        .expect("provisioning finished once the node was back")
+        .expect("task")
+        .expect("provisioned");
+    assert!(took >= DOWN_FOR, "done in {took:?}, before the node came back");
+    for name in ["WAITING_EVENTS", "KV_waiting"] {
+        let info = stream_info(cluster.client(), name).await;
+        assert_eq!(info.config.num_replicas, 3, "{name}");
+    }
+}
+
 /// An existing stream or bucket whose replicas differ from the policy is reported and used as it
 /// is, never changed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -299,18 +299,11 @@ impl Envelope {
             return None;
         }
         let id = &stamp.identity;
-        let real = |u: &Uuid| !u.is_nil() && !u.is_max();
-        let untrimmed = |t: &Option<Text>| {
-            t.as_ref().is_some_and(|t| {
-                // An ASCII letter or digit at both ends (a type name, a version) trims to itself.
-                let solid = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_alphanumeric());
-                !(solid(t.as_bytes().first()) && solid(t.as_bytes().last())) && t.trim().len() != t.len()
-            })
-        };
+        let untrimmed = |t: &Option<Text>| t.as_ref().is_some_and(|t| t.trim().len() != t.len());
         let year = stamp.occurred_at.as_offset_date_time().year();
-        if !real(id.message_id.as_uuid())
-            || !real(id.correlation_id.as_uuid())
-            || !real(id.causation_id.as_uuid())
+        if !names_a_message(id.message_id.as_uuid())
+            || !names_a_message(id.correlation_id.as_uuid())
+            || !names_a_message(id.causation_id.as_uuid())
             || untrimmed(&stamp.event_type)
             || untrimmed(&stamp.event_version)
             || !(0..=9999).contains(&year)
@@ -334,17 +327,20 @@ impl Envelope {
     }
 }
 
-/// The id an identity header carries: a UUID, but neither the nil nor the max UUID, which are
-/// placeholders (a foreign publisher's unset field) and would make unrelated messages one.
+/// `false` for the nil and the max UUID: placeholders (a foreign publisher's unset field) that
+/// would make unrelated messages one, not ids.
+pub(crate) fn names_a_message(id: &Uuid) -> bool {
+    !id.is_nil() && !id.is_max()
+}
+
+/// The id an identity header carries: a UUID that [names a message](names_a_message).
 fn id_in(value: &str) -> Option<Uuid> {
-    Uuid::try_parse(value.trim())
-        .ok()
-        .filter(|u| !u.is_nil() && !u.is_max())
+    Uuid::try_parse(value.trim()).ok().filter(names_a_message)
 }
 
 /// `true` for the nil or the max UUID: a value that names no message.
 fn is_placeholder(value: &str) -> bool {
-    Uuid::try_parse(value.trim()).is_ok_and(|u| u.is_nil() || u.is_max())
+    Uuid::try_parse(value.trim()).is_ok_and(|u| !names_a_message(&u))
 }
 
 /// The id of a foreign message without one (a wire contract: the formats are listed in

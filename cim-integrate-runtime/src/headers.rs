@@ -89,74 +89,80 @@ impl Stamp {
         }
     }
 
-    /// The compact identity of a root message: `Nats-Msg-Id` and `X-Event-Type` only.
+    /// The compact identity of a root message: `Nats-Msg-Id` and `X-Event-Type` only (its time
+    /// is not carried).
     pub(crate) fn compact(identity: Identity, event_type: Option<Text>) -> Self {
         Self {
             compact: true,
-            ..Self::new(
-                identity,
-                event_type,
-                None,
-                Timestamp::from_unix_nanos(0).unwrap_or_else(Timestamp::now),
-            )
+            ..Self::new(identity, event_type, None, Timestamp::UNIX_EPOCH)
         }
+    }
+
+    /// The headers the stamp stands for, in order, as values: the one list that rendering,
+    /// counting, sizing and the NATS publish all read.
+    pub(crate) fn parts(&self) -> impl Iterator<Item = (&'static str, Part<'_>)> {
+        let full = !self.compact;
+        let id = Part::Id(*self.identity.message_id.as_uuid());
+        [
+            Some((NATS_MSG_ID, id)),
+            full.then_some((MESSAGE_ID, id)),
+            full.then(|| (CORRELATION_ID, Part::Id(*self.identity.correlation_id.as_uuid()))),
+            full.then(|| (CAUSATION_ID, Part::Id(*self.identity.causation_id.as_uuid()))),
+            self.event_type.as_ref().map(|t| (EVENT_TYPE, Part::Text(t))),
+            self.event_version.as_ref().map(|v| (EVENT_VERSION, Part::Text(v))),
+            full.then_some((OCCURRED_AT, Part::Time(self.occurred_at))),
+        ]
+        .into_iter()
+        .flatten()
     }
 
     /// The identity headers as text.
     fn rendered(&self) -> &[(String, String)] {
-        self.rendered.get_or_init(|| {
-            let mut h = Vec::with_capacity(self.count());
-            let id = self.identity.message_id.to_string();
-            if self.compact {
-                h.push((NATS_MSG_ID.to_owned(), id));
-                if let Some(t) = &self.event_type {
-                    h.push((EVENT_TYPE.to_owned(), t.to_string()));
-                }
-                return h;
-            }
-            h.push((NATS_MSG_ID.to_owned(), id.clone()));
-            h.push((MESSAGE_ID.to_owned(), id));
-            h.push((CORRELATION_ID.to_owned(), self.identity.correlation_id.to_string()));
-            h.push((CAUSATION_ID.to_owned(), self.identity.causation_id.to_string()));
-            if let Some(t) = &self.event_type {
-                h.push((EVENT_TYPE.to_owned(), t.to_string()));
-            }
-            if let Some(v) = &self.event_version {
-                h.push((EVENT_VERSION.to_owned(), v.to_string()));
-            }
-            h.push((OCCURRED_AT.to_owned(), self.occurred_at.to_rfc3339()));
-            h
-        })
+        self.rendered
+            .get_or_init(|| self.parts().map(|(n, p)| (n.to_owned(), p.render())).collect())
     }
 
     /// How many headers the stamp renders.
     fn count(&self) -> usize {
-        if self.compact {
-            return 1 + usize::from(self.event_type.is_some());
-        }
-        5 + usize::from(self.event_type.is_some()) + usize::from(self.event_version.is_some())
+        self.parts().count()
     }
 
     /// An upper bound of the rendered headers' wire size (`name: value\r\n` each), without
     /// rendering them.
     fn max_wire_len(&self) -> usize {
-        const UUID: usize = 36;
-        // `9999-12-31T23:59:59.999999999Z`
-        const RFC3339_MAX: usize = 30;
-        let text = |name: &str, v: &Option<Text>| v.as_ref().map_or(0, |v| name.len() + v.len() + 4);
-        if self.compact {
-            return NATS_MSG_ID.len() + UUID + 4 + text(EVENT_TYPE, &self.event_type);
+        self.parts().map(|(n, p)| n.len() + p.max_len() + 4).sum()
+    }
+}
+
+/// One identity header of a [`Stamp`], as a value.
+#[derive(Clone, Copy)]
+pub(crate) enum Part<'a> {
+    /// An id (hyphenated, lower case).
+    Id(uuid::Uuid),
+    /// A type or version name.
+    Text(&'a Text),
+    /// A time (RFC 3339).
+    Time(Timestamp),
+}
+
+impl Part<'_> {
+    /// The header's text.
+    pub(crate) fn render(&self) -> String {
+        match self {
+            Self::Id(id) => id.to_string(),
+            Self::Text(t) => t.to_string(),
+            Self::Time(t) => t.to_rfc3339(),
         }
-        NATS_MSG_ID.len()
-            + MESSAGE_ID.len()
-            + CORRELATION_ID.len()
-            + CAUSATION_ID.len()
-            + 4 * (UUID + 4)
-            + text(EVENT_TYPE, &self.event_type)
-            + text(EVENT_VERSION, &self.event_version)
-            + OCCURRED_AT.len()
-            + RFC3339_MAX
-            + 4
+    }
+
+    /// The longest the text can be.
+    fn max_len(&self) -> usize {
+        match self {
+            Self::Id(_) => uuid::fmt::Hyphenated::LENGTH,
+            Self::Text(t) => t.len(),
+            // `9999-12-31T23:59:59.999999999Z`
+            Self::Time(_) => 30,
+        }
     }
 }
 

@@ -27,6 +27,14 @@ use uuid::Uuid;
 /// Namespace of every derived (name-based, v5) id: see [`derived_uuid`].
 pub const DERIVED_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6b1d_4c2a_8f3e_5d70_9a61_c0de_0000_0001);
 
+/// The UUID `text` spells exactly as this crate writes ids (hyphenated, lower case), if it does:
+/// such text can be kept as the value and rendered back unchanged.
+pub(crate) fn canonical_uuid(text: &str) -> Option<Uuid> {
+    let id = Uuid::try_parse(text).ok()?;
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    (id.hyphenated().encode_lower(&mut buf).as_bytes() == text.as_bytes()).then_some(id)
+}
+
 /// The one function for derived ids: a name-based (v5) UUID in [`DERIVED_ID_NAMESPACE`] over
 /// `parts` joined by NUL bytes. The same parts always give the same id; the formats in use are
 /// listed in the [module documentation](self).

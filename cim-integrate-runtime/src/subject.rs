@@ -397,9 +397,23 @@ impl SubjectPattern {
 
     /// `true` if `subject`, known to be a valid subject (it came from a [`Subject`]), matches.
     /// Skips re-validating it; a transport's hot path uses this for stored subjects.
+    ///
+    /// The common shapes are compared as bytes: a literal pattern, and `prefix.>` with a literal
+    /// prefix; anything else token by token.
     pub(crate) fn matches_valid(&self, subject: &str) -> bool {
         debug_assert!(is_valid_subject(subject));
-        matches_valid(&self.0, subject)
+        let p: &str = &self.0;
+        let wild = |s: &str| s.bytes().any(|b| b == b'*' || b == b'>');
+        if !wild(p) {
+            return p == subject;
+        }
+        if let Some(prefix) = p.strip_suffix('>')
+            && prefix.ends_with('.')
+            && !wild(prefix)
+        {
+            return subject.len() > prefix.len() && subject.starts_with(prefix);
+        }
+        matches_valid(p, subject)
     }
 
     /// `true` if some concrete subject matches both patterns.

@@ -87,20 +87,32 @@ impl Source for Responder {
 /// ([`Message::handler_done`]: the dedup layer, while the mark is written), so that marks and
 /// acknowledgements in flight do not keep the next messages from starting. What is in flight
 /// altogether stays bounded by the prefetch.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Running {
     count: AtomicUsize,
+    /// The handler's concurrency.
+    limit: usize,
+    /// Notified when a message leaves a full count (the only time the loop waits for it).
     freed: Notify,
 }
 
 impl Running {
+    fn new(limit: usize) -> Self {
+        Self {
+            count: AtomicUsize::new(0),
+            limit,
+            freed: Notify::new(),
+        }
+    }
+
     fn enter(self: &Arc<Self>) -> RunningGuard {
         self.count.fetch_add(1, Ordering::AcqRel);
         RunningGuard(self.clone())
     }
 
-    fn len(&self) -> usize {
-        self.count.load(Ordering::Acquire)
+    /// Whether another handler may start.
+    fn has_room(&self) -> bool {
+        self.count.load(Ordering::Acquire) < self.limit
     }
 }
 
@@ -110,8 +122,9 @@ pub(crate) struct RunningGuard(Arc<Running>);
 
 impl Drop for RunningGuard {
     fn drop(&mut self) {
-        self.0.count.fetch_sub(1, Ordering::AcqRel);
-        self.0.freed.notify_one();
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) >= self.0.limit {
+            self.0.freed.notify_one();
+        }
     }
 }
 
@@ -154,7 +167,9 @@ pub(crate) async fn run<Src, D, S>(
     let (tx, mut rx) = mpsc::channel::<Src::Item>(capacity);
     let puller = tokio::spawn(pull(source, tx, (capacity / 4).max(1)));
     let mut in_flight = FuturesUnordered::new();
-    let running = Arc::new(Running::default());
+    let running = Arc::new(Running::new(concurrency));
+    // Room to start a message: a handler place free, and the prefetch not all in flight.
+    let room = |in_flight: usize| running.has_room() && in_flight < capacity;
     // Slots for dispatches, reused: most finish on their first poll, in place, and never reach
     // `in_flight`; at most as many as can be in flight are allocated.
     let mut free = Vec::new();
@@ -174,8 +189,8 @@ pub(crate) async fn run<Src, D, S>(
                 continue;
             }
             // A handler finished while its message still settles: room for the next one.
-            _ = running.freed.notified(), if running.len() >= concurrency && in_flight.len() < capacity => continue,
-            item = rx.recv(), if running.len() < concurrency && in_flight.len() < capacity => match item {
+            _ = running.freed.notified(), if !running.has_room() && in_flight.len() < capacity => continue,
+            item = rx.recv(), if room(in_flight.len()) => match item {
                 Some(item) => item,
                 None => break,
             },
@@ -213,11 +228,7 @@ pub(crate) async fn run<Src, D, S>(
                 }
             }
             budget -= 1;
-            if budget > 0
-                && running.len() < concurrency
-                && in_flight.len() < capacity
-                && matches!(stop_probe.has_changed(), Ok(false))
-            {
+            if budget > 0 && room(in_flight.len()) && matches!(stop_probe.has_changed(), Ok(false)) {
                 next = rx.try_recv().ok();
             }
         }

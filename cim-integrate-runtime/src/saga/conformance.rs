@@ -394,6 +394,19 @@ pub async fn happy_path<T: Transport>(t: T) {
     assert!(matches!(r.forget("o-1").await, Err(super::SagaError::NotFound { .. })));
 }
 
+/// The lifecycle events of the order saga failing at `publish`, in order.
+const COMPENSATED_AT_PUBLISH: [&str; 9] = [
+    "started",
+    "step_completed:validate",
+    "step_completed:reserve",
+    "step_completed:charge",
+    "step_failed:publish",
+    "compensating",
+    "step_compensated:charge",
+    "step_compensated:reserve",
+    "compensated",
+];
+
 /// A permanent failure at step k compensates exactly the completed steps before it, last first,
 /// skipping the step declared without compensation.
 pub async fn failure_at_each_step_compensates_completed_steps_in_reverse<T: Transport>(t: T) {
@@ -436,20 +449,7 @@ pub async fn failure_at_each_step_compensates_completed_steps_in_reverse<T: Tran
         assert_eq!(states(&rec), want, "states after failure at {step}");
     }
     let events = lifecycle(&t, "fail-3", 9).await;
-    assert_eq!(
-        kinds(&events),
-        [
-            "started",
-            "step_completed:validate",
-            "step_completed:reserve",
-            "step_completed:charge",
-            "step_failed:publish",
-            "compensating",
-            "step_compensated:charge",
-            "step_compensated:reserve",
-            "compensated",
-        ]
-    );
+    assert_eq!(kinds(&events), COMPENSATED_AT_PUBLISH);
     assert_eq!(events[4].1.error.as_deref(), Some("permanent: publish refused"));
 }
 
@@ -670,17 +670,7 @@ pub async fn crash_at_every_boundary_then_resume<T: Transport>(t: T) {
         error: "permanent: publish refused".into(),
     };
     let undone: &[&str] = &["+validate", "+reserve", "+charge", "-charge", "-reserve"];
-    let compensated_events: &[&str] = &[
-        "started",
-        "step_completed:validate",
-        "step_completed:reserve",
-        "step_completed:charge",
-        "step_failed:publish",
-        "compensating",
-        "step_compensated:charge",
-        "step_compensated:reserve",
-        "compensated",
-    ];
+    let compensated_events: &[&str] = &COMPENSATED_AT_PUBLISH;
     let ok_writes = [
         (Create, None),
         (StepCompleted, Some("validate")),

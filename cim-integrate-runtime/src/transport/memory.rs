@@ -29,7 +29,7 @@ use super::{
 };
 use crate::fast_hash::FastMap;
 use crate::headers::Headers;
-use crate::subject::{Subject, SubjectPattern};
+use crate::subject::Subject;
 use crate::timestamp::Timestamp;
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -144,29 +144,8 @@ impl MsgId {
             return Some(Self::Uuid(stamp.identity.message_id.into_uuid()));
         }
         let text = headers.get(crate::headers::NATS_MSG_ID)?;
-        let canonical = uuid::Uuid::try_parse(text).ok().filter(|u| {
-            let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-            u.hyphenated().encode_lower(&mut buf).as_bytes() == text.as_bytes()
-        });
-        Some(canonical.map_or_else(|| Self::Text(text.into()), Self::Uuid))
+        Some(crate::id::canonical_uuid(text).map_or_else(|| Self::Text(text.into()), Self::Uuid))
     }
-}
-
-/// `pattern` matches the valid `subject`: literal patterns and `prefix.>` compare bytes.
-fn subject_matches(pattern: &SubjectPattern, subject: &str) -> bool {
-    let p = pattern.as_str();
-    let wild = |s: &str| s.bytes().any(|b| b == b'*' || b == b'>');
-    if !wild(p) {
-        return p == subject;
-    }
-    if let Some(prefix) = p.strip_suffix('>')
-        && prefix.ends_with('.')
-        && !wild(prefix)
-    {
-        // A valid subject has no empty token: anything after the prefix is at least one token.
-        return subject.len() > prefix.len() && subject.starts_with(prefix);
-    }
-    pattern.matches_valid(subject)
 }
 
 #[derive(Default)]
@@ -313,7 +292,7 @@ impl StreamState {
                 let filter = &c.spec.filter;
                 let found = messages
                     .range(skip.min(messages.len())..)
-                    .find(|m| subject_matches(filter, m.subject.as_str()))
+                    .find(|m| filter.matches_valid(m.subject.as_str()))
                     .map(|m| m.seq);
                 c.next_seq = found.map_or(first_seq + messages.len() as u64, |s| s + 1);
                 found
@@ -387,7 +366,7 @@ impl MemoryTransport {
     fn do_publish(&self, msg: OutboundMessage) -> Result<PublishAck, TransportError> {
         let stream = lock(&self.inner.streams)
             .iter()
-            .find(|s| s.spec.subjects.iter().any(|p| subject_matches(p, msg.subject.as_str())))
+            .find(|s| s.spec.subjects.iter().any(|p| p.matches_valid(msg.subject.as_str())))
             .cloned()
             .ok_or_else(|| TransportError::NoStream {
                 subject: msg.subject.to_string(),

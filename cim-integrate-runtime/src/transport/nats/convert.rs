@@ -5,6 +5,7 @@ use crate::id::{CausationId, CorrelationId, Identity, MessageId};
 use crate::timestamp::Timestamp;
 use crate::transport::TransportError;
 use async_nats::header::{HeaderMap, HeaderName, HeaderValue};
+use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::context::{RequestError, RequestErrorKind};
 use std::str::FromStr;
 
@@ -51,52 +52,9 @@ pub(crate) fn header_map(headers: &Headers) -> Result<HeaderMap, TransportError>
         return text_header_map(headers, HeaderMap::new());
     };
     let mut map = HeaderMap::new();
-    let [
-        msg_id,
-        message_id,
-        correlation,
-        causation,
-        event_type,
-        event_version,
-        occurred,
-    ] = [
-        &MSG_ID,
-        &MESSAGE_ID,
-        &CORRELATION,
-        &CAUSATION,
-        &EVENT_TYPE,
-        &EVENT_VERSION,
-        &OCCURRED,
-    ]
-    .map(Clone::clone);
-    let id = stamp.identity.message_id.to_string();
-    if stamp.compact {
-        map.insert(msg_id, owned_value(headers::NATS_MSG_ID, id)?);
-        if let Some(t) = &stamp.event_type {
-            map.insert(event_type, owned_value(headers::EVENT_TYPE, t.to_string())?);
-        }
-        return text_header_map(&headers.unstamped(), map);
+    for (name, part) in stamp.parts() {
+        map.insert(header_name(name)?, owned_value(name, part.render())?);
     }
-    map.insert(msg_id, owned_value(headers::NATS_MSG_ID, id.clone())?);
-    map.insert(message_id, owned_value(headers::MESSAGE_ID, id)?);
-    map.insert(
-        correlation,
-        owned_value(headers::CORRELATION_ID, stamp.identity.correlation_id.to_string())?,
-    );
-    map.insert(
-        causation,
-        owned_value(headers::CAUSATION_ID, stamp.identity.causation_id.to_string())?,
-    );
-    if let Some(t) = &stamp.event_type {
-        map.insert(event_type, owned_value(headers::EVENT_TYPE, t.to_string())?);
-    }
-    if let Some(v) = &stamp.event_version {
-        map.insert(event_version, owned_value(headers::EVENT_VERSION, v.to_string())?);
-    }
-    map.insert(
-        occurred,
-        owned_value(headers::OCCURRED_AT, stamp.occurred_at.to_rfc3339())?,
-    );
     // The extra headers never repeat an identity name (the envelope refuses them).
     text_header_map(&headers.unstamped(), map)
 }
@@ -152,20 +110,23 @@ fn shared(slot: &mut Option<Text>, value: &str) -> Text {
     }
 }
 
-/// The one value of a header that must occur once.
-fn single<'a>(map: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
+/// The value of a header that may occur at most once: `Some(None)` if absent, `None` if repeated.
+fn at_most_one<'a>(map: &'a HeaderMap, name: &HeaderName) -> Option<Option<&'a str>> {
     let mut all = map.get_all(name.clone());
-    let first = all.next()?;
-    all.next().is_none().then(|| first.as_str())
+    match (all.next(), all.next()) {
+        (first, None) => Some(first.map(HeaderValue::as_str)),
+        (Some(_), Some(_)) | (None, Some(_)) => None,
+    }
+}
+
+/// The one value of a header that must occur exactly once.
+fn single<'a>(map: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
+    at_most_one(map, name).flatten()
 }
 
 /// A real (neither nil nor max) UUID whose text is exactly the one we write.
 fn canonical_id(text: &str) -> Option<uuid::Uuid> {
-    let id = uuid::Uuid::try_parse(text)
-        .ok()
-        .filter(|u| !u.is_nil() && !u.is_max())?;
-    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    (id.hyphenated().encode_lower(&mut buf).as_bytes() == text.as_bytes()).then_some(id)
+    crate::id::canonical_uuid(text).filter(crate::envelope::names_a_message)
 }
 
 /// A time whose text is exactly the one we write.
@@ -191,11 +152,10 @@ fn stamp_of(map: &HeaderMap, texts: &mut Texts) -> Option<Stamp> {
         causation_id: CausationId::from_uuid(canonical_id(single(map, &CAUSATION)?)?),
     };
     let text = |name: &HeaderName, slot: &mut Option<Text>| -> Option<Option<Text>> {
-        if map.get(name.clone()).is_none() {
-            return Some(None);
+        match at_most_one(map, name)? {
+            None => Some(None),
+            Some(v) => (v.trim() == v).then(|| Some(shared(slot, v))),
         }
-        let v = single(map, name)?;
-        (v.trim() == v).then(|| Some(shared(slot, v)))
     };
     let event_type = text(&EVENT_TYPE, &mut texts.event_type)?;
     let event_version = text(&EVENT_VERSION, &mut texts.event_version)?;
@@ -236,20 +196,26 @@ pub(crate) fn request_error(subject: &str, e: RequestError) -> TransportError {
     }
 }
 
-/// JetStream error codes that mean "exists, but cannot serve right now".
-const UNAVAILABLE_CODES: [u64; 5] = [
-    10008, // JetStream system temporarily unavailable (no meta leader)
-    10074, // no suitable peers for placement (nodes down)
-    10023, // insufficient resources (nodes down)
-    10118, // stream offline
-    10119, // consumer offline
+/// JetStream error codes that mean "cannot serve right now": no meta leader, too few live
+/// peers to place (or re-place) an asset, a stream or consumer offline. A node that has just
+/// rejoined is reported as an offline peer for a while, so placement fails with these until the
+/// cluster has caught up; they are retried like timeouts, never taken as configuration errors.
+const UNAVAILABLE_CODES: [ErrorCode; 8] = [
+    ErrorCode::CLUSTER_NOT_AVAILABLE,   // 10008: no meta leader
+    ErrorCode::CLUSTER_NO_PEERS,        // 10005: no suitable peers for placement (peer offline)
+    ErrorCode::INSUFFICIENT_RESOURCES,  // 10023: insufficient resources (nodes down)
+    ErrorCode::PEER_REMAP,              // 10075: peer remap failed (nodes down)
+    ErrorCode::STREAM_OFFLINE,          // 10118
+    ErrorCode::CONSUMER_OFFLINE,        // 10119
+    ErrorCode::STREAM_OFFLINE_REASON,   // 10194 (2.12+)
+    ErrorCode::CONSUMER_OFFLINE_REASON, // 10195 (2.12+)
 ];
 
-/// The transient reading of an API error, if it is one: HTTP-like code 503, or a code that says
-/// a stream, consumer or the JetStream system has no leader or is offline.
+/// The transient reading of an API error, if it is one: HTTP-like code 503 or 408, or a code that
+/// says the JetStream system, a stream or a consumer has no leader, is offline, or cannot be
+/// placed on the peers alive now.
 pub(crate) fn unavailable(e: &async_nats::jetstream::Error) -> Option<TransportError> {
-    let code = e.error_code().0;
-    (e.code() == 503 || e.code() == 408 || UNAVAILABLE_CODES.contains(&code))
+    (e.code() == 503 || e.code() == 408 || UNAVAILABLE_CODES.contains(&e.error_code()))
         .then(|| TransportError::Unavailable(format!("JetStream: {e}")))
 }
 
@@ -262,6 +228,40 @@ pub(crate) fn api_error(e: async_nats::jetstream::Error) -> TransportError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn api(code: usize, err_code: u64, description: &str) -> async_nats::jetstream::Error {
+        serde_json::from_value(serde_json::json!({
+            "code": code, "err_code": err_code, "description": description
+        }))
+        .expect("an API error document")
+    }
+
+    #[test]
+    fn placement_and_leader_trouble_is_transient_and_configuration_errors_are_not() {
+        // The answers seen from a three-node cluster while a node is down or has just rejoined.
+        for (code, err, text) in [
+            (500, 10005, "no suitable peers for placement, peer offline"),
+            (503, 10008, "JetStream system temporarily unavailable"),
+            (500, 10023, "insufficient resources"),
+            (500, 10118, "stream is offline"),
+            (500, 10119, "consumer is offline"),
+        ] {
+            let e = api(code, err, text);
+            assert!(
+                matches!(api_error(e.clone()), TransportError::Unavailable(_)),
+                "{e} must be transient"
+            );
+        }
+        // Replicas > 1 on a single server, a bad name: permanent, reported, never retried.
+        for (code, err, text) in [
+            (500, 10074, "replicas > 1 not supported in non-clustered mode"),
+            (400, 10058, "stream name already in use with a different configuration"),
+        ] {
+            let e = api(code, err, text);
+            let t = api_error(e.clone());
+            assert!(!t.is_transient(), "{e} must not be transient: {t:?}");
+        }
+    }
 
     #[test]
     fn headers_round_trip_and_odd_input_does_not_panic() {

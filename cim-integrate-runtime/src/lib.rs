@@ -22,6 +22,8 @@ pub mod handler;
 pub mod headers;
 pub mod id;
 pub mod monitor;
+#[cfg(feature = "nats")]
+pub mod ops;
 mod outbox;
 pub mod pipeline;
 pub mod process;

@@ -160,6 +160,19 @@ impl DeadLetterReason {
             Self::InvalidEnvelope => "invalid_envelope",
         }
     }
+
+    /// Every kind.
+    pub const ALL: [Self; 4] = [
+        Self::Permanent,
+        Self::Undecodable,
+        Self::Exhausted,
+        Self::InvalidEnvelope,
+    ];
+
+    /// The kind whose label is `label` (as [`as_str`](Self::as_str) writes it).
+    pub fn parse(label: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == label.trim())
+    }
 }
 
 /// Pre-registered metric handles of one handler.

@@ -101,6 +101,21 @@ pub const DEAD_LETTER_HEADERS_OMITTED: &str = "X-Dead-Letter-Headers-Omitted";
 
 /// The dead-letter stream's name (before any deployment prefix).
 pub const DEAD_LETTER_STREAM_NAME: &str = "DEAD_LETTERS";
+/// Dead-letter header: the failure kind, as the `reason` label of `cim_dead_letters_total`
+/// (`permanent`, `undecodable`, `exhausted`, `invalid_envelope`).
+pub const DEAD_LETTER_KIND: &str = "X-Dead-Letter-Kind";
+/// Header of a redriven message (see [`ops`](crate::ops)): how often it has been redriven. A
+/// handler always reads the de-duplication mark of a message that carries it.
+pub const REDRIVE_COUNT: &str = "X-Redrive-Count";
+/// Header of a redriven message: the original's subject, which the handler sees again.
+pub const REDRIVE_SUBJECT: &str = "X-Redrive-Subject";
+/// Header of a redriven message: the original's stream.
+pub const REDRIVE_STREAM: &str = "X-Redrive-Stream";
+/// Header of a redriven message: the original's sequence in its stream.
+pub const REDRIVE_SEQUENCE: &str = "X-Redrive-Sequence";
+/// The last token of the subject on which a handler's redrives arrive:
+/// `dlq.{set}.{handler}.redrive`, read by the handler's redrive consumer.
+pub const REDRIVE_TOKEN: &str = "redrive";
 /// The first token of dead-letter subjects.
 pub const DEAD_LETTER_TOKEN: &str = "dlq";
 
@@ -427,6 +442,43 @@ impl<T: Transport, L> ServiceBuilder<T, L> {
 }
 
 /// The durable name of a handler.
+/// How many redriven messages one handler holds at once.
+const REDRIVE_PREFETCH: usize = 16;
+
+/// A handler's redrive consumer: `{durable}-redrive` on the dead-letter stream, filtered to
+/// `dlq.{set}.{handler}.redrive`.
+fn redrive_consumer(dead_letters: &str, plan: &EventPlan) -> Result<ConsumerSpec, ServiceError> {
+    let filter = SubjectPattern::new(format!(
+        "{DEAD_LETTER_TOKEN}.{}.{}.{REDRIVE_TOKEN}",
+        plan.set, plan.registration.name
+    ))?;
+    Ok(ConsumerSpec::new(
+        dead_letters.to_owned(),
+        format!("{}-{REDRIVE_TOKEN}", plan.durable),
+        filter,
+    )
+    .ack_wait(plan.registration.options.ack_wait)
+    .max_ack_pending(plan.spec.max_ack_pending)
+    .prefetch(REDRIVE_PREFETCH))
+}
+
+/// The redrive consumer as a source: each message is given back the subject it was first
+/// delivered on (`X-Redrive-Subject`), so the handler sees what it saw the first time.
+struct RedriveSource<T: Transport>(ConsumerSource<T>);
+
+impl<T: Transport> run::Source for RedriveSource<T> {
+    type Item = <ConsumerSource<T> as run::Source>::Item;
+
+    async fn next(&mut self) -> Option<Self::Item> {
+        let d = self.0.next().await?;
+        match d.headers().get(REDRIVE_SUBJECT).map(Subject::new) {
+            Some(Ok(subject)) => Some(d.with_subject(subject)),
+            // Not made by `ops` (or damaged): the handler's filter and envelope decide.
+            _ => Some(d),
+        }
+    }
+}
+
 fn durable_of(set: &str, reg: &Registration) -> String {
     reg.options
         .durable
@@ -595,6 +647,7 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
             plan.spec = plan.spec.prefetch(prefetch);
             let consumer = t.consumer(&plan.spec).await?;
             let dlq = Subject::from_tokens([DEAD_LETTER_TOKEN, plan.set.as_str(), plan.registration.name.as_str()])?;
+            let redrive_spec = redrive_consumer(&dead_letters.name, &plan)?;
             tracing::info!(handler = %plan.durable, filter = %plan.spec.filter, stream = %plan.spec.stream, "handler started");
             let ledger = Arc::new(Ledger::default());
             let durable = Arc::new(DurableSince::new(
@@ -615,18 +668,38 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
                 counters,
                 breaker,
             });
+            // Redriven dead letters (see `ops`) arrive on their own durable and run through the
+            // same stack: one count, one breaker, one single-flight per handler.
+            let redrive = t.consumer(&redrive_spec).await?;
+            let redrive_source = RedriveSource(ConsumerSource {
+                transport: self.transport.clone(),
+                spec: redrive_spec,
+                consumer: redrive,
+                // Never read: a redriven message always has its mark read.
+                durable: Arc::new(DurableSince::new(DedupCheck::Always, self.dedup_clock_margin, None)),
+            });
             let source = ConsumerSource {
                 transport: self.transport.clone(),
                 spec: plan.spec,
                 consumer,
                 durable,
             };
+            let (stack, ack) = (Arc::new(stack), Arc::new(Ack { ledger }));
             host.tasks.spawn(run::run(
                 source,
-                Arc::new(stack),
-                Arc::new(Ack { ledger }),
+                stack.clone(),
+                ack.clone(),
                 concurrency_of(&options),
                 prefetch,
+                options.spawn,
+                host.stop.clone(),
+            ));
+            host.tasks.spawn(run::run(
+                redrive_source,
+                stack,
+                ack,
+                concurrency_of(&options).min(REDRIVE_PREFETCH),
+                REDRIVE_PREFETCH,
                 options.spawn,
                 host.stop.clone(),
             ));

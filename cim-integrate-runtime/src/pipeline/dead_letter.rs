@@ -6,7 +6,7 @@ use crate::handler::context::DynPublish;
 use crate::headers::{self, Headers};
 use crate::monitor::DeadLetterReason;
 use crate::service::{
-    DEAD_LETTER_AT, DEAD_LETTER_DELIVERIES, DEAD_LETTER_HANDLER, DEAD_LETTER_HEADERS_OMITTED,
+    DEAD_LETTER_AT, DEAD_LETTER_DELIVERIES, DEAD_LETTER_HANDLER, DEAD_LETTER_HEADERS_OMITTED, DEAD_LETTER_KIND,
     DEAD_LETTER_ORIGINAL_MSG_ID, DEAD_LETTER_PAYLOAD_OMITTED, DEAD_LETTER_REASON, DEAD_LETTER_SEQUENCE,
     DEAD_LETTER_STREAM, DEAD_LETTER_SUBJECT,
 };
@@ -64,7 +64,11 @@ impl<D> DeadLetter<D> {
     async fn store(&self, msg: &Message<'_>, kind: DeadLetterReason, reason: String) -> Outcome {
         let mut refused = None;
         for keep in [Keep::All, Keep::Headers, Keep::Nothing] {
-            match self.publisher.publish_and_wait(self.letter(msg, &reason, keep)).await {
+            match self
+                .publisher
+                .publish_and_wait(self.letter(msg, kind, &reason, keep))
+                .await
+            {
                 Ok(_) => {
                     if let Some(e) = refused {
                         tracing::warn!(error = %e, omitted = ?keep, "dead letter stored without parts of the original");
@@ -94,7 +98,7 @@ impl<D> DeadLetter<D> {
         }
     }
 
-    fn letter(&self, msg: &Message<'_>, reason: &str, keep: Keep) -> OutboundMessage {
+    fn letter(&self, msg: &Message<'_>, kind: DeadLetterReason, reason: &str, keep: Keep) -> OutboundMessage {
         let raw = msg.received();
         let mut hdrs = Headers::new();
         if keep == Keep::Nothing {
@@ -114,6 +118,7 @@ impl<D> DeadLetter<D> {
         for (n, v) in [
             (headers::NATS_MSG_ID, id.to_string()),
             (DEAD_LETTER_REASON, header_safe(reason)),
+            (DEAD_LETTER_KIND, kind.as_str().to_owned()),
             (DEAD_LETTER_HANDLER, self.handler.to_string()),
             (DEAD_LETTER_SUBJECT, header_safe(raw.subject())),
             (DEAD_LETTER_STREAM, stream),

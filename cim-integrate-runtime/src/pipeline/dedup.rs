@@ -69,6 +69,8 @@ impl DurableSince {
         after != i64::MIN
             && msg.delivered() == 1
             && msg.received().info().is_some_and(|i| i.published.unix_millis() > after)
+            // A redriven message (see `ops`) was delivered before, on the handler's own durable.
+            && msg.received().headers().get(crate::service::REDRIVE_COUNT).is_none()
     }
 }
 

@@ -713,6 +713,12 @@ impl<A: Acker> Delivery<A> {
         }
     }
 
+    /// The same delivery under another subject (a redriven message given back its original one).
+    pub(crate) fn with_subject(mut self, subject: Subject) -> Self {
+        self.subject = DeliverySubject::Stored(subject);
+        self
+    }
+
     /// The subject as received (not validated: a foreign publisher may use any NATS subject).
     pub fn subject(&self) -> &str {
         self.subject.as_str()

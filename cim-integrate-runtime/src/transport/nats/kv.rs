@@ -133,7 +133,7 @@ fn is_put(headers: &async_nats::HeaderMap) -> bool {
     headers.get("Nats-Marker-Reason").is_none()
 }
 
-pub(super) fn classify(what: &str, e: &(dyn std::error::Error + 'static)) -> TransportError {
+pub(crate) fn classify(what: &str, e: &(dyn std::error::Error + 'static)) -> TransportError {
     use async_nats::jetstream::context::RequestErrorKind;
     let mut cur = Some(e);
     while let Some(err) = cur {

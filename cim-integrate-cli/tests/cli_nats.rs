@@ -1,0 +1,178 @@
+//! The command-line tool against a private nats-server: tables and `--json`, confirmations and
+//! exit codes, a dead-letter group redriven after the handler is fixed.
+
+use assert_cmd::Command;
+use cim_integrate::handler::{Context, HandlerError};
+use cim_integrate::prelude::*;
+use cim_integrate::service::Service;
+use cim_integrate::testing::NatsServer;
+use cim_integrate::transport::OutboundMessage;
+use cim_integrate::transport::nats::NatsTransport;
+use cim_integrate::{domain_event, handlers};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+#[domain_event(subject = "billing.invoiced", version = "1.0")]
+#[derive(Debug, Clone)]
+pub struct Invoiced {
+    pub n: u32,
+}
+
+#[derive(Default)]
+struct State {
+    fixed: AtomicBool,
+    handled: AtomicUsize,
+}
+
+struct Ledger(Arc<State>);
+
+#[handlers(domain = "ledger")]
+impl Ledger {
+    #[subscribe("billing.invoiced")]
+    async fn book(&self, _ctx: &Context, event: Invoiced) -> Result<(), HandlerError> {
+        if !self.0.fixed.load(Ordering::SeqCst) {
+            return Err(HandlerError::permanent(format!("invoice {} has no customer", event.n)));
+        }
+        self.0.handled.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// Runs the tool with `args` against `url`; returns (exit code, stdout, stderr).
+async fn tool(url: &str, args: &[&str]) -> (i32, String, String) {
+    let (url, args): (String, Vec<String>) = (url.to_owned(), args.iter().map(|s| (*s).to_owned()).collect());
+    tokio::task::spawn_blocking(move || {
+        let out = Command::cargo_bin("cim-integrate")
+            .expect("binary")
+            .env_clear()
+            .env("NATS_URL", url)
+            .args(&args)
+            .timeout(Duration::from_secs(60))
+            .output()
+            .expect("run");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .expect("thread")
+}
+
+fn json(stdout: &str) -> serde_json::Value {
+    serde_json::from_str(stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_from_the_command_line() {
+    let server = NatsServer::start().await.expect("server");
+    let url = server.url();
+    let t = NatsTransport::connect_url(&url).await.expect("connect");
+    let state = Arc::new(State::default());
+    let service = Service::builder(t.clone(), "ledger")
+        .register(Ledger(state.clone()))
+        .start()
+        .await
+        .expect("start");
+    for n in 0..3 {
+        let env = Invoiced { n }.to_envelope().expect("envelope");
+        t.publish(OutboundMessage::from(&env))
+            .await
+            .expect("publish")
+            .await
+            .expect("ack");
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let letters = loop {
+        let (code, out, err) = tool(&url, &["dlq", "list", "--json"]).await;
+        assert_eq!(code, 0, "{err}");
+        let v = json(&out);
+        if v.as_array().is_some_and(|a| a.len() == 3) || Instant::now() > deadline {
+            break v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let letters = letters.as_array().expect("array");
+    assert_eq!(letters.len(), 3, "{letters:?}");
+    assert_eq!(letters[0]["handler"], "ledger-book");
+    assert_eq!(letters[0]["kind"], "permanent");
+    assert_eq!(letters[0]["subject"], "billing.invoiced");
+    let seq = letters[0]["sequence"].as_u64().expect("sequence");
+
+    // A table for people.
+    let (code, out, _) = tool(&url, &["dlq", "list", "--kind", "permanent"]).await;
+    assert_eq!(code, 0);
+    assert!(out.starts_with("SEQ"), "{out}");
+    assert_eq!(out.lines().filter(|l| l.contains("ledger-book")).count(), 3, "{out}");
+    let (code, out, _) = tool(&url, &["dlq", "show", &seq.to_string()]).await;
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("has no customer") && out.contains("X-Event-Type: Invoiced"),
+        "{out}"
+    );
+
+    // One group.
+    let (code, out, _) = tool(&url, &["dlq", "groups", "--json"]).await;
+    assert_eq!(code, 0);
+    let groups = json(&out);
+    assert_eq!(groups.as_array().map(Vec::len), Some(1), "{groups}");
+    assert_eq!(groups[0]["count"], 3);
+    let fingerprint = groups[0]["fingerprint"].as_str().expect("fingerprint").to_owned();
+
+    // Exit codes: not found, usage, declined, bad kind.
+    assert_eq!(tool(&url, &["dlq", "show", "999999"]).await.0, 3);
+    let (code, _, err) = tool(&url, &["dlq", "redrive"]).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--all"), "{err}");
+    let (code, _, err) = tool(&url, &["dlq", "redrive", "--group", &fingerprint]).await;
+    assert_eq!(code, 5, "{err}");
+    assert!(err.contains("--yes"), "{err}");
+    assert_eq!(tool(&url, &["dlq", "list", "--kind", "bogus"]).await.0, 2);
+    let (code, out, _) = tool(&url, &["dlq", "show", "999999", "--json"]).await;
+    assert_eq!(code, 3);
+    assert_eq!(json(&out)["exit_code"], 3);
+    assert_eq!(state.handled.load(Ordering::SeqCst), 0, "nothing redriven yet");
+
+    // Fixed, the group is redriven: each handled once.
+    state.fixed.store(true, Ordering::SeqCst);
+    let (code, out, err) = tool(&url, &["dlq", "redrive", "--group", &fingerprint, "--yes", "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["redriven"].as_array().map(Vec::len), Some(3), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while state.handled.load(Ordering::SeqCst) < 3 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(state.handled.load(Ordering::SeqCst), 3);
+    let (_, out, _) = tool(&url, &["dlq", "list", "--json"]).await;
+    assert_eq!(json(&out).as_array().map(Vec::len), Some(0));
+    let (code, out, _) = tool(&url, &["dlq", "purge", "--all", "--yes"]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("no dead letters selected"), "{out}");
+    service.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configuration_and_unavailability_have_their_exit_codes() {
+    // No NATS_URL: a failure saying so.
+    let out = tokio::task::spawn_blocking(|| {
+        Command::cargo_bin("cim-integrate")
+            .expect("binary")
+            .env_clear()
+            .args(["dlq", "list"])
+            .output()
+            .expect("run")
+    })
+    .await
+    .expect("thread");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NATS_URL"));
+    // A server that stopped: unavailable, try again.
+    let mut server = NatsServer::start().await.expect("server");
+    let url = server.url();
+    server.stop().await.expect("stop");
+    let (code, _, err) = tool(&url, &["dlq", "list"]).await;
+    assert_eq!(code, 4, "{err}");
+}

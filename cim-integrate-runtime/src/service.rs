@@ -73,6 +73,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+pub mod status;
+pub use status::{DEFAULT_STATUS_INTERVAL, HOSTS_BUCKET, HostHandler, HostStatus};
+
 pub use crate::pipeline::record::HandlerStats;
 
 /// Header: why the message was dead-lettered.
@@ -214,6 +217,8 @@ pub struct ServiceBuilder<T: Transport, L = Passthrough> {
     /// Handlers counted elsewhere (saga steps), shown in the stats view.
     counted: Vec<HandlerEntry>,
     topology: Topology,
+    /// How often the host status is written ([`status`]); `None`: never.
+    status_interval: Option<Duration>,
     layers: L,
 }
 
@@ -245,6 +250,7 @@ impl<T: Transport, L> ServiceBuilder<T, L> {
             background: self.background,
             counted: self.counted,
             topology: self.topology,
+            status_interval: self.status_interval,
             layers: Stack::new(layer, self.layers),
         }
     }
@@ -329,6 +335,15 @@ impl<T: Transport, L> ServiceBuilder<T, L> {
             .background(move || Background::Timers(timers.spawn_timers()))
     }
 
+    /// How often the service writes its [host status](status) (handlers' counters, breaker
+    /// states, topology) to the bucket [`HOSTS_BUCKET`] for operators' tools; default
+    /// `Some(`[`DEFAULT_STATUS_INTERVAL`]`)`, `None` writes nothing. One put per interval; a
+    /// failing put never affects message handling.
+    pub fn status_interval(mut self, interval: Option<Duration>) -> Self {
+        self.status_interval = interval.filter(|i| !i.is_zero());
+        self
+    }
+
     /// Registers an aggregation.
     pub fn aggregation(self, runner: AggregationRunner<T>) -> Self {
         self.register(runner)
@@ -359,6 +374,20 @@ impl<T: Transport, L> ServiceBuilder<T, L> {
             {
                 Ok(report) => tracing::info!(saga = S::NAME, ?report, "unfinished sagas resumed"),
                 Err(e) => tracing::warn!(saga = S::NAME, error = %e, "resuming sagas failed"),
+            }
+            // Then, every rescan interval, the sagas whose lease ran out (a dead runner's, or
+            // released by an operator's retry).
+            let Some(every) = runner.rescan_interval() else {
+                return;
+            };
+            loop {
+                tokio::time::sleep(every).await;
+                match runner.rescan().await {
+                    Ok(report) => tracing::debug!(saga = S::NAME, ?report, "sagas rescanned"),
+                    Err(e) => {
+                        tracing::debug!(saga = S::NAME, error = %e, "rescanning sagas failed; trying again later")
+                    }
+                }
             }
         })
     }
@@ -539,7 +568,14 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
         if !self.commands.is_empty() {
             self.start_commands(&parts, &mut host).await?;
         }
-        let background = self.background.into_iter().map(|start| start()).collect();
+        let mut background: Vec<Background> = self.background.into_iter().map(|start| start()).collect();
+        if let Some(every) = self.status_interval {
+            let source = status::Source::of(&self.name, &host.handlers, &topology, &parts.log);
+            let transport = self.transport.clone();
+            background.push(Background::Task(tokio::spawn(status::heartbeat(
+                transport, source, every,
+            ))));
+        }
         Ok(Service {
             name: self.name,
             stop,
@@ -979,6 +1015,7 @@ impl Service {
             background: Vec::new(),
             counted: Vec::new(),
             topology: Topology::new(),
+            status_interval: Some(DEFAULT_STATUS_INTERVAL),
             layers: Passthrough,
         }
     }

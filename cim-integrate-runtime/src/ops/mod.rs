@@ -13,14 +13,23 @@
 //! of a timeout.
 
 pub mod dead_letters;
+pub mod handlers;
+pub mod processes;
+pub mod sagas;
+pub mod topology;
 
 pub use dead_letters::{DeadLetter, DeadLetterFilter, DeadLetterGroup, PurgeReport, RedriveProgress, RedriveReport};
+pub use handlers::HandlerLag;
+pub use processes::{ProcessSummary, ProcessView};
+pub use sagas::{SagaFilter, SagaState, SagaSummary, SagaView};
+pub use topology::{ObservedConsumer, ObservedStream, ObservedTopology};
 
 use crate::subject::Subject;
-use crate::transport::TransportError;
-use crate::transport::nats::NatsTransport;
+use crate::transport::nats::{NatsKeyValue, NatsTransport};
 use crate::transport::prefixed::Prefixed;
+use crate::transport::{KvError, TransportError};
 use async_nats::jetstream;
+use futures::TryStreamExt;
 
 /// The environment variable naming the deployment prefix (`prod`, `prod.eu`), as given to
 /// [`Prefixed`](crate::transport::Prefixed) in the host's code.
@@ -43,6 +52,21 @@ pub enum OpsError {
     /// A stored record could not be read; the text says which and why.
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// The record changed between reading and writing it (a host wrote it meanwhile): nothing
+    /// was written; look again and decide again.
+    #[error("changed meanwhile: {0}")]
+    Conflict(String),
+}
+
+impl From<KvError> for OpsError {
+    fn from(e: KvError) -> Self {
+        match e {
+            KvError::Transport(t) => OpsError::Transport(t),
+            KvError::Conflict { key, .. } => OpsError::Conflict(format!("`{key}` was written by someone else")),
+            KvError::AlreadyExists { key } => OpsError::Conflict(format!("`{key}` exists already")),
+            other => OpsError::Invalid(other.to_string()),
+        }
+    }
 }
 
 impl OpsError {
@@ -139,5 +163,36 @@ impl Ops {
                 .unwrap_or(subject),
             None => subject,
         }
+    }
+
+    /// The existing bucket `base` (its name without the prefix), opened without creating it or
+    /// checking its settings; `None` if it does not exist.
+    pub(crate) async fn bucket(&self, base: &str) -> Result<Option<NatsKeyValue>, OpsError> {
+        Ok(crate::transport::nats::open_existing_bucket(self.transport(), &self.bucket_name(base)).await?)
+    }
+
+    /// The names of every stream, sorted.
+    pub(crate) async fn stream_names(&self) -> Result<Vec<String>, OpsError> {
+        let mut names: Vec<String> = self
+            .js()
+            .stream_names()
+            .try_collect()
+            .await
+            .map_err(|e| OpsError::Transport(crate::transport::nats::classify_error("listing streams", &e)))?;
+        names.sort_unstable();
+        Ok(names)
+    }
+
+    /// The unprefixed names `n` of the buckets `{family}{n}` (from their `KV_` streams), minus
+    /// those ending in one of `companions` (a family's second buckets), sorted.
+    pub(crate) async fn bucket_family(&self, family: &str, companions: &[&str]) -> Result<Vec<String>, OpsError> {
+        let head = format!("KV_{}", self.bucket_name(family));
+        Ok(self
+            .stream_names()
+            .await?
+            .into_iter()
+            .filter_map(|s| s.strip_prefix(&head).map(str::to_owned))
+            .filter(|n| !n.is_empty() && !companions.iter().any(|c| n.ends_with(c)))
+            .collect())
     }
 }

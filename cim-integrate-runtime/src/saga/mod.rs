@@ -95,9 +95,12 @@ pub use record::{RECORD_FORMAT, SagaRecord, SagaStatus, StepRecord, StepState};
 #[cfg(feature = "testing")]
 pub use runner::{CrashPoint, FaultHook, Moment, Write};
 pub use runner::{
-    DEFAULT_LEASE, DEFAULT_RESUME_CONCURRENCY, DEFAULT_SETTLED_RETENTION, ResumeReport, SagaError, SagaOutcome,
-    SagaRunner, SagaRunnerBuilder,
+    DEFAULT_LEASE, DEFAULT_RESCAN_INTERVAL, DEFAULT_RESUME_CONCURRENCY, DEFAULT_SETTLED_RETENTION, ResumeReport,
+    SagaError, SagaOutcome, SagaRunner, SagaRunnerBuilder,
 };
+
+pub(crate) use record::decode as decode_record;
+pub(crate) use runner::emit as emit_event;
 
 use crate::handler::{HandlerError, RetryPolicy};
 use futures::future::BoxFuture;

@@ -117,6 +117,10 @@ pub const DEFAULT_RESUME_CONCURRENCY: usize = 16;
 /// (on top of the running step's timeout and back-off).
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
+/// How often a hosted runner looks again for sagas it should drive on
+/// ([`SagaRunner::rescan`]): 10 s.
+pub const DEFAULT_RESCAN_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Which persisted write a step boundary is (a crash point of the fault hook surrounds one).
 /// Public with the `testing` feature only. What each persists: the table of writes in
 /// `saga/runner.rs` and in `docs/saga.md`.
@@ -366,6 +370,7 @@ struct Inner<S: Saga, T: Transport> {
     settled: T::KeyValue,
     instance: String,
     lease: Duration,
+    rescan: Option<Duration>,
     /// Leases are read on the runtime's one clock, anchored at the runner's creation.
     clock: Clock,
     events_subject: Subject,
@@ -406,6 +411,7 @@ pub struct SagaRunnerBuilder<S: Saga, T: Transport> {
     saga: S,
     instance: Option<String>,
     lease: Duration,
+    rescan: Option<Duration>,
     bucket: Option<String>,
     settled_retention: Duration,
     #[cfg(feature = "testing")]
@@ -437,6 +443,16 @@ impl<S: Saga, T: Transport> SagaRunnerBuilder<S, T> {
     /// timeout and back-off). Default [`DEFAULT_LEASE`].
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
+        self
+    }
+    /// How often a [`Service`](crate::service::Service) hosting this runner
+    /// ([`ServiceBuilder::saga`](crate::service::ServiceBuilder::saga)) calls
+    /// [`rescan`](SagaRunner::rescan) after its start-up resume, so that sagas whose runner
+    /// died and sagas an operator released ([`Ops::retry_saga`](crate::ops::Ops::retry_saga))
+    /// are driven on without a restart. Default [`DEFAULT_RESCAN_INTERVAL`]; `None`: only the
+    /// start-up resume.
+    pub fn rescan_interval(mut self, interval: Option<Duration>) -> Self {
+        self.rescan = interval;
         self
     }
     /// The key-value bucket of active records; default `cim_saga_{NAME}`. Settled records go to
@@ -517,6 +533,7 @@ impl<S: Saga, T: Transport> SagaRunnerBuilder<S, T> {
                 settled,
                 instance,
                 lease: self.lease,
+                rescan: self.rescan,
                 clock: Clock::new(),
                 events_subject,
                 event_subjects,
@@ -649,6 +666,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
             saga,
             instance: None,
             lease: DEFAULT_LEASE,
+            rescan: Some(DEFAULT_RESCAN_INTERVAL),
             bucket: None,
             settled_retention: DEFAULT_SETTLED_RETENTION,
             #[cfg(feature = "testing")]
@@ -669,6 +687,10 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
     /// This runner's instance name.
     pub fn instance(&self) -> &str {
         &self.inner.instance
+    }
+    /// How often a hosting service rescans ([`SagaRunnerBuilder::rescan_interval`]).
+    pub fn rescan_interval(&self) -> Option<Duration> {
+        self.inner.rescan
     }
     /// The saga (its dependencies).
     pub fn saga(&self) -> &S {
@@ -866,6 +888,51 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
             async move { runner.resume_concurrently(limit).await },
             span,
         ))
+    }
+
+    /// Drives on every active saga whose lease has run out (by any owner, this runner included):
+    /// a saga whose runner died, or one an operator released for a retry
+    /// ([`Ops::retry_saga`](crate::ops::Ops::retry_saga) resets a saga needing attention to
+    /// `compensating` with an expired lease). Unlike [`resume`](Self::resume), a saga under a
+    /// running lease is left alone even if this runner owns it (it may be driving it right now),
+    /// and sagas needing attention are skipped without being reported. At most
+    /// [`DEFAULT_RESUME_CONCURRENCY`] at once. The report lists what was driven (sorted by id).
+    pub async fn rescan(&self) -> Result<ResumeReport, SagaError> {
+        use futures::stream::StreamExt;
+        let ids = self.inner.kv.keys().await?;
+        let mut report = ResumeReport::default();
+        let due = futures::stream::iter(ids)
+            .map(|id| async move {
+                let run = match self.load_from(&self.inner.kv, &id, false).await {
+                    Ok(Some(run)) => run,
+                    Ok(None) => return None,
+                    Err(e) => return Some((id, Err(e))),
+                };
+                let rec = &run.rec;
+                let idle = rec.status == SagaStatus::NeedsAttention && rec.outbox.is_empty();
+                if idle || self.inner.clock.now_millis() < rec.lease_until_ms {
+                    return None;
+                }
+                Some((id, self.resume_one(&rec.id.clone()).await))
+            })
+            .buffer_unordered(DEFAULT_RESUME_CONCURRENCY);
+        futures::pin_mut!(due);
+        while let Some(done) = due.next().await {
+            if let Some((id, result)) = done {
+                report.add(id, result);
+            }
+        }
+        for list in [
+            &mut report.completed,
+            &mut report.compensated,
+            &mut report.needs_attention,
+            &mut report.busy,
+            &mut report.lost,
+        ] {
+            list.sort_unstable();
+        }
+        report.failed.sort_unstable();
+        Ok(report)
     }
 
     /// Resumes one saga of the active bucket: `Ok(None)` if it had settled (completed or
@@ -1697,7 +1764,7 @@ enum Target {
     Settled,
 }
 
-fn emit<D>(
+pub(crate) fn emit<D>(
     rec: &mut SagaRecord<D>,
     kind: SagaEventKind,
     step: Option<&str>,

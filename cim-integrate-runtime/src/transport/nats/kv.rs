@@ -119,6 +119,24 @@ pub(super) async fn open(t: &NatsTransport, spec: &KvSpec) -> Result<NatsKeyValu
     })
 }
 
+/// Opens the existing bucket `bucket` (its real name), without creating it or comparing its
+/// settings: `None` if it does not exist (the operator's tools read buckets a host made).
+pub(crate) async fn open_existing(t: &NatsTransport, bucket: &str) -> Result<Option<NatsKeyValue>, KvError> {
+    crate::transport::check_bucket_name(bucket)?;
+    if t.stream_info(&format!("KV_{bucket}")).await?.is_none() {
+        return Ok(None);
+    }
+    let store = t
+        .jetstream()
+        .get_key_value(bucket.to_owned())
+        .await
+        .map_err(|e| classify(&format!("opening bucket `{bucket}`"), &e))?;
+    Ok(Some(NatsKeyValue {
+        store: Arc::new(store),
+        bucket: Arc::from(bucket),
+    }))
+}
+
 /// Classifies a failure of a key-value operation on a bucket that was opened (so exists) by
 /// the first thing in its chain that says what happened. A "no responders" reply to a publish
 /// (async-nats's `StreamNotFound`) means nobody leads the bucket's stream right now: the bucket

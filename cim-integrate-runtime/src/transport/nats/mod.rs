@@ -30,6 +30,7 @@ mod options;
 pub use consumer::{NatsAcker, NatsConsumer};
 pub use kv::NatsKeyValue;
 pub(crate) use kv::classify as classify_error;
+pub(crate) use kv::open_existing as open_existing_bucket;
 pub use options::{
     ENV_CA, ENV_CERT, ENV_CONNECTION_NAME, ENV_CREDS, ENV_JS_DOMAIN, ENV_KEY, ENV_NKEY_FILE, ENV_NKEY_SEED,
     ENV_PASSWORD, ENV_TLS_FIRST, ENV_TLS_REQUIRED, ENV_TOKEN, ENV_URL, ENV_USER, NatsAuth, NatsOptions, NatsTls,

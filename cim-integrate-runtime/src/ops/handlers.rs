@@ -4,7 +4,7 @@
 //! Every event handler reads its stream through a durable consumer; the server knows how far
 //! behind each one is. Breaker states live in the hosts' memory: a [`Service`](crate::service::Service)
 //! writes them, with its counters and topology, to the bucket
-//! [`HOSTS_BUCKET`](crate::service::HOSTS_BUCKET) every few seconds (see
+//! [`crate::service::HOSTS_BUCKET`] every few seconds (see
 //! [`service::status`](crate::service::status)); [`Ops::hosts`] reads those documents.
 
 use super::{Ops, OpsError};

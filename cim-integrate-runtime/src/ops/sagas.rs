@@ -26,6 +26,7 @@
 //!   `compensating`, `round` + 1, a `compensating` lifecycle event put into the record's outbox
 //!   (the runner publishes it with its first write);
 //! - a stuck saga is left as it is;
+//! - a saga released already ([`SagaState::Released`]) is refused: a host takes it, or none runs;
 //!
 //! and in both cases the record's owner becomes [`OPS_OWNER`] and its lease is made to have run
 //! out, which is what a rescan looks for.
@@ -64,6 +65,9 @@ pub enum SagaState {
     NeedsAttention,
     /// Running or compensating with its lease run out: no runner drives it.
     Stuck,
+    /// Released by [`Ops::retry_saga`] (owner [`OPS_OWNER`], lease run out), waiting for a
+    /// host's runner to take it at its next rescan. A saga that stays released has no live host.
+    Released,
 }
 
 impl SagaState {
@@ -76,6 +80,7 @@ impl SagaState {
             Self::Compensated => "compensated",
             Self::NeedsAttention => "needs_attention",
             Self::Stuck => "stuck",
+            Self::Released => "released",
         }
     }
 
@@ -88,6 +93,7 @@ impl SagaState {
             "compensated" => Self::Compensated,
             "needs_attention" | "needs-attention" => Self::NeedsAttention,
             "stuck" => Self::Stuck,
+            "released" => Self::Released,
             _ => return None,
         })
     }
@@ -98,7 +104,13 @@ impl SagaState {
             SagaStatus::Completed => Self::Completed,
             SagaStatus::Compensated => Self::Compensated,
             SagaStatus::NeedsAttention => Self::NeedsAttention,
-            SagaStatus::Running | SagaStatus::Compensating if !settled && rec.lease_until_ms <= now_ms => Self::Stuck,
+            SagaStatus::Running | SagaStatus::Compensating if !settled && rec.lease_until_ms <= now_ms => {
+                if rec.owner == OPS_OWNER {
+                    Self::Released
+                } else {
+                    Self::Stuck
+                }
+            }
             SagaStatus::Running => Self::Running,
             SagaStatus::Compensating => Self::Compensating,
         }
@@ -127,7 +139,11 @@ impl SagaFilter {
             states: Some(vec![state]),
             active_only: matches!(
                 state,
-                SagaState::Running | SagaState::Compensating | SagaState::NeedsAttention | SagaState::Stuck
+                SagaState::Running
+                    | SagaState::Compensating
+                    | SagaState::NeedsAttention
+                    | SagaState::Stuck
+                    | SagaState::Released
             ),
         }
     }
@@ -390,6 +406,11 @@ impl Ops {
                 crate::saga::emit_event(rec, SagaEventKind::Compensating, None, None, None);
             }
             SagaState::Stuck => {}
+            SagaState::Released => {
+                return Err(OpsError::Invalid(format!(
+                    "saga `{name}` id `{id}` is released already: a host's runner takes it at its next rescan"
+                )));
+            }
             SagaState::Running | SagaState::Compensating => {
                 return Err(OpsError::Invalid(format!(
                     "saga `{name}` id `{id}` is {} under the lease of `{}` for {} ms more; it is not stuck",
@@ -537,6 +558,7 @@ mod tests {
             SagaState::Compensated,
             SagaState::NeedsAttention,
             SagaState::Stuck,
+            SagaState::Released,
         ] {
             assert_eq!(SagaState::parse(s.as_str()), Some(s));
         }

@@ -61,8 +61,10 @@ impl Ops {
         let head = self.stream_name("");
         let mut streams = Vec::new();
         for name in self.stream_names().await? {
-            let unprefixed = &name[name.starts_with(&head).then_some(head.len()).unwrap_or(name.len())..];
-            if !name.starts_with(&head) || unprefixed.starts_with("KV_") || unprefixed.starts_with("OBJ_") {
+            let Some(unprefixed) = name.strip_prefix(&head) else {
+                continue;
+            };
+            if unprefixed.starts_with("KV_") || unprefixed.starts_with("OBJ_") {
                 continue;
             }
             let mut stream = match self.js().get_stream(&name).await {

@@ -3,7 +3,7 @@
 use crate::table::{Table, cut};
 use cim_integrate_runtime::Timestamp;
 use cim_integrate_runtime::monitor::DeadLetterReason;
-use cim_integrate_runtime::ops::{DeadLetter, DeadLetterFilter, Ops, OpsError};
+use cim_integrate_runtime::ops::{DeadLetter, DeadLetterFilter, Ops, OpsError, SagaFilter, SagaState};
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use std::io::{BufRead, IsTerminal, Write};
 use std::time::Duration;
@@ -53,6 +53,81 @@ pub(crate) enum Command {
     /// Dead letters: list, show, group, redrive, purge.
     #[command(subcommand)]
     Dlq(Dlq),
+    /// Sagas: list by status (stuck included), show, retry, forget.
+    #[command(subcommand)]
+    Saga(SagaCmd),
+    /// Process managers: list, show state and pending deadlines.
+    #[command(subcommand)]
+    Process(ProcessCmd),
+    /// Every handler's durable: lag, ack pending, redeliveries, breaker state.
+    Handlers,
+    /// Streams and consumers as the server reports them, and the live hosts' declared topology.
+    Topology,
+    /// Serve the web console (embedded in this binary).
+    Console {
+        /// Where to listen. Loopback needs no token; any other address requires one.
+        #[arg(long, default_value = "127.0.0.1:8222")]
+        listen: std::net::SocketAddr,
+        /// The token every request must carry (`Authorization: Bearer`, or `?token=` for the page).
+        #[arg(long, env = "CIM_CONSOLE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum SagaCmd {
+    /// List the sagas of one kind (or the saga kinds, without a name).
+    List {
+        /// The saga's name (its bucket is `cim_saga_{NAME}`); without it, the names.
+        name: Option<String>,
+        /// Only this status: running, compensating, completed, compensated, needs_attention,
+        /// stuck, released.
+        #[arg(long, value_parser = parse_saga_state)]
+        status: Option<SagaState>,
+    },
+    /// Show one saga: its steps done and remaining.
+    Show {
+        /// The saga's name.
+        name: String,
+        /// The saga's id.
+        id: String,
+    },
+    /// Retry a saga that needs attention or is stuck: a running host takes it up again.
+    Retry {
+        /// The saga's name.
+        name: String,
+        /// The saga's id.
+        id: String,
+    },
+    /// Forget a settled (completed or compensated) saga.
+    Forget {
+        /// The saga's name.
+        name: String,
+        /// The saga's id.
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ProcessCmd {
+    /// List the instances of one process manager (or the process managers, without a name).
+    List {
+        /// The process manager's name (its bucket is `cim_pm_{NAME}`).
+        name: Option<String>,
+    },
+    /// Show one instance: its state and pending deadlines.
+    Show {
+        /// The process manager's name.
+        name: String,
+        /// The instance's key.
+        key: String,
+    },
+}
+
+fn parse_saga_state(s: &str) -> Result<SagaState, String> {
+    SagaState::parse(s).ok_or_else(|| {
+        format!("unknown status `{s}`; one of running, compensating, completed, compensated, needs_attention, stuck, released")
+    })
 }
 
 #[derive(Debug, Subcommand)]
@@ -234,7 +309,193 @@ async fn execute(args: &Args) -> Result<u8, Failure> {
     let ops = connect(args).await?;
     match &args.command {
         Command::Dlq(cmd) => dlq(&ops, args, cmd).await,
+        Command::Saga(cmd) => saga(&ops, args, cmd).await,
+        Command::Process(cmd) => process(&ops, args, cmd).await,
+        Command::Handlers => handlers(&ops, args).await,
+        Command::Topology => topology(&ops, args).await,
+        Command::Console { listen, token } => crate::console::serve(ops, *listen, token.clone())
+            .await
+            .map(|()| EXIT_OK)
+            .map_err(|e| Failure {
+                code: match e {
+                    crate::console::ConsoleError::TokenRequired(_) => 2,
+                    crate::console::ConsoleError::Bind(_) => EXIT_FAILED,
+                },
+                message: e.to_string(),
+            }),
     }
+}
+
+/// Prints `value` as JSON, or `table` for people.
+fn output(args: &Args, value: &impl serde::Serialize, table: impl FnOnce() -> String) -> Result<u8, Failure> {
+    if args.json {
+        print_json(value)?;
+    } else {
+        print!("{}", table());
+    }
+    Ok(EXIT_OK)
+}
+
+fn names_table(what: &str, names: &[String]) -> String {
+    if names.is_empty() {
+        return format!("no {what}\n");
+    }
+    names.iter().map(|n| format!("{n}\n")).collect()
+}
+
+async fn saga(ops: &Ops, args: &Args, cmd: &SagaCmd) -> Result<u8, Failure> {
+    match cmd {
+        SagaCmd::List { name: None, .. } => {
+            let names = ops.saga_names().await?;
+            output(args, &names, || names_table("sagas", &names))
+        }
+        SagaCmd::List {
+            name: Some(name),
+            status,
+        } => {
+            let filter = status.map_or_else(SagaFilter::all, SagaFilter::state);
+            let list = ops.sagas(name, &filter).await?;
+            output(args, &list, || {
+                let mut t = Table::new(&["ID", "STATUS", "STARTED", "STEP", "DONE", "OWNER", "ERROR"]);
+                for s in &list {
+                    t.row(vec![
+                        s.id.clone(),
+                        s.state.as_str().to_owned(),
+                        time(Some(s.started_at)),
+                        s.current_step.clone().unwrap_or_else(|| "-".into()),
+                        format!("{}/{}", s.steps_done, s.steps_total),
+                        s.owner.clone(),
+                        cut(s.error.as_deref().unwrap_or(""), 50),
+                    ]);
+                }
+                if t.is_empty() { "no sagas\n".into() } else { t.render() }
+            })
+        }
+        SagaCmd::Show { name, id } => {
+            let v = ops.saga(name, id).await?;
+            output(args, &v, || {
+                let s = &v.summary;
+                let mut out = format!(
+                    "saga          {}\nid            {}\nstatus        {}\nstarted       {}\nowner         {}\ncorrelation   {}\n",
+                    s.saga,
+                    s.id,
+                    s.state.as_str(),
+                    time(Some(s.started_at)),
+                    s.owner,
+                    s.correlation_id
+                );
+                out.push_str(&format!("completed     {}\n", v.completed.join(", ")));
+                out.push_str(&format!("compensated   {}\n", v.compensated.join(", ")));
+                out.push_str(&format!("remaining     {}\n", v.remaining.join(", ")));
+                if let Some(e) = &s.error {
+                    out.push_str(&format!("error         {e}\n"));
+                }
+                out.push_str(&format!("data          {}\n", v.data));
+                out
+            })
+        }
+        SagaCmd::Retry { name, id } => {
+            confirm(args, &format!("retry saga {name} {id}?"))?;
+            let s = ops.retry_saga(name, id).await?;
+            output(args, &s, || {
+                format!(
+                    "{} {}: {}; a running host takes it up\n",
+                    s.saga,
+                    s.id,
+                    s.state.as_str()
+                )
+            })
+        }
+        SagaCmd::Forget { name, id } => {
+            confirm(args, &format!("forget saga {name} {id} for good?"))?;
+            ops.forget_saga(name, id).await?;
+            output(args, &serde_json::json!({ "forgotten": id }), || {
+                format!("forgotten: {name} {id}\n")
+            })
+        }
+    }
+}
+
+async fn process(ops: &Ops, args: &Args, cmd: &ProcessCmd) -> Result<u8, Failure> {
+    match cmd {
+        ProcessCmd::List { name: None } => {
+            let names = ops.process_names().await?;
+            output(args, &names, || names_table("process managers", &names))
+        }
+        ProcessCmd::List { name: Some(name) } => {
+            let list = ops.processes(name).await?;
+            output(args, &list, || {
+                serde_json::to_string_pretty(&list).map_or_else(|e| e.to_string(), |s| s + "\n")
+            })
+        }
+        ProcessCmd::Show { name, key } => {
+            let v = ops.process(name, key).await?;
+            output(args, &v, || {
+                serde_json::to_string_pretty(&v).map_or_else(|e| e.to_string(), |s| s + "\n")
+            })
+        }
+    }
+}
+
+async fn handlers(ops: &Ops, args: &Args) -> Result<u8, Failure> {
+    let list = ops.handlers().await?;
+    output(args, &list, || {
+        let mut t = Table::new(&["STREAM", "DURABLE", "LAG", "ACK PENDING", "REDELIVERED", "BREAKER"]);
+        for h in &list {
+            let breakers: Vec<&str> = h.breakers.iter().map(|(_, s)| s.as_str()).collect();
+            t.row(vec![
+                h.stream.clone(),
+                h.durable.clone(),
+                h.num_pending.to_string(),
+                h.num_ack_pending.to_string(),
+                h.num_redelivered.to_string(),
+                if breakers.is_empty() {
+                    "-".into()
+                } else {
+                    breakers.join(",")
+                },
+            ]);
+        }
+        if t.is_empty() {
+            "no handlers\n".into()
+        } else {
+            t.render()
+        }
+    })
+}
+
+async fn topology(ops: &Ops, args: &Args) -> Result<u8, Failure> {
+    let t = ops.topology().await?;
+    output(args, &t, || {
+        let mut out = String::new();
+        for s in &t.streams {
+            out.push_str(&format!(
+                "{}  [{}]  {} messages, R{}{}\n",
+                s.name,
+                s.subjects.join(" "),
+                s.messages,
+                s.replicas,
+                s.leader.as_deref().map(|l| format!(", leader {l}")).unwrap_or_default()
+            ));
+            for c in &s.consumers {
+                out.push_str(&format!(
+                    "  {}  [{}]  {} pending\n",
+                    c.durable,
+                    c.filters.join(" "),
+                    c.pending
+                ));
+            }
+        }
+        out.push_str(&format!(
+            "live hosts: {}\n",
+            if t.hosts.is_empty() {
+                "none".into()
+            } else {
+                t.hosts.join(", ")
+            }
+        ));
+        out
+    })
 }
 
 fn print_json(value: &impl serde::Serialize) -> Result<(), Failure> {

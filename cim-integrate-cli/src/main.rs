@@ -10,6 +10,7 @@
 //! them).
 
 mod cli;
+mod console;
 mod table;
 
 use clap::Parser;

@@ -1,0 +1,251 @@
+//! The web console in a real browser (headless Chromium through chromedriver): the page loads,
+//! shows a dead-letter group, its Redrive button is clicked, and the handler's handled count
+//! rises as the letters are handled. Also: a non-loopback address without a token is refused,
+//! and with a token every request must carry it.
+//!
+//! Needs `chromedriver` and `chromium` (Debian's `chromium-driver` and `chromium`; `.ci/run`
+//! installs them). Without them the browser test says so and passes, except under `CI=true`.
+
+use cim_integrate::handler::{Context, HandlerError};
+use cim_integrate::prelude::*;
+use cim_integrate::service::Service;
+use cim_integrate::testing::NatsServer;
+use cim_integrate::transport::OutboundMessage;
+use cim_integrate::transport::nats::NatsTransport;
+use cim_integrate::{domain_event, handlers};
+use fantoccini::{ClientBuilder, Locator};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+#[domain_event(subject = "shipping.requested", version = "1.0")]
+#[derive(Debug, Clone)]
+pub struct ShipmentRequested {
+    pub n: u32,
+}
+
+struct Carrier(Arc<AtomicBool>);
+
+#[handlers(domain = "carrier")]
+impl Carrier {
+    #[subscribe("shipping.requested")]
+    async fn book(&self, _ctx: &Context, event: ShipmentRequested) -> Result<(), HandlerError> {
+        if !self.0.load(Ordering::SeqCst) {
+            return Err(HandlerError::permanent(format!("parcel {} has no address", event.n)));
+        }
+        Ok(())
+    }
+}
+
+/// A child process killed when dropped.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn which(name: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| std::path::Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Starts `cim-integrate console` on a free loopback port; returns the process and its URL.
+fn console(nats_url: &str, extra: &[&str]) -> (Killed, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cim-integrate"))
+        .env_clear()
+        .env("NATS_URL", nats_url)
+        .args(["console", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the console");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("the console's address");
+    let url = line
+        .trim()
+        .strip_prefix("console listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+        .to_owned();
+    (Killed(child), url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_group_is_redriven_from_the_browser() {
+    let (Some(driver), true) = (which("chromedriver"), which("chromium").is_some()) else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI: chromium and chromedriver must be installed (.ci/run installs them)"
+        );
+        eprintln!("SKIPPED: chromium or chromedriver not installed (apt-get install chromium chromium-driver)");
+        return;
+    };
+    let server = NatsServer::start().await.expect("server");
+    let t = NatsTransport::connect_url(&server.url()).await.expect("connect");
+    let fixed = Arc::new(AtomicBool::new(false));
+    let service = Service::builder(t.clone(), "carrier")
+        .register(Carrier(fixed.clone()))
+        .status_interval(Some(Duration::from_millis(300)))
+        .start()
+        .await
+        .expect("start");
+    for n in 0..3 {
+        let env = ShipmentRequested { n }.to_envelope().expect("envelope");
+        t.publish(OutboundMessage::from(&env))
+            .await
+            .expect("publish")
+            .await
+            .expect("ack");
+    }
+    let (_console, url) = console(&server.url(), &[]);
+
+    let port = free_port();
+    let _driver = Killed(
+        Command::new(driver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver"),
+    );
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({
+            "binary": which("chromium").expect("chromium"),
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
+        }),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let browser = loop {
+        // Plain HTTP to a local chromedriver: no TLS stack.
+        match ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps.clone())
+            .connect(&format!("http://127.0.0.1:{port}"))
+            .await
+        {
+            Ok(c) => break c,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("waiting for chromedriver: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("chromedriver: {e}"),
+        }
+    };
+
+    browser.goto(&url).await.expect("open the console");
+    let wait = || browser.wait().at_most(Duration::from_secs(20));
+    // The group of three, and the handler with nothing handled yet.
+    let group = wait()
+        .for_element(Locator::Css("tr.dlq-group[data-handler='carrier-book']"))
+        .await
+        .expect("a dead-letter group on the page");
+    let count = group
+        .find(Locator::Css("td.count"))
+        .await
+        .expect("count")
+        .text()
+        .await
+        .expect("text");
+    assert_eq!(count, "3");
+    let handled = Locator::Css("tr.handler[data-handler='carrier-book'] td.handled");
+    let before = text_when(&browser, handled, |t| t == "0").await;
+    assert_eq!(before, "0");
+    let topology = browser.source().await.expect("source");
+    assert!(topology.contains("SHIPPING_EVENTS") && topology.contains("DEAD_LETTERS"));
+
+    // Fixed, then redriven from the page: the count rises to three, the group goes.
+    fixed.store(true, Ordering::SeqCst);
+    group
+        .find(Locator::Css("button.redrive"))
+        .await
+        .expect("Redrive button")
+        .click()
+        .await
+        .expect("click");
+    let after = text_when(&browser, handled, |t| t == "3").await;
+    assert_eq!(after, "3");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !browser
+        .find_all(Locator::Css("tr.dlq-group"))
+        .await
+        .expect("rows")
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "the group is still shown");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    browser.close().await.expect("close");
+    service.shutdown(Duration::from_secs(5)).await;
+}
+
+/// The text of the element at `at` once `ok` holds for it (the page refreshes every 2 s).
+async fn text_when(browser: &fantoccini::Client, at: Locator<'_>, ok: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        if let Ok(e) = browser.find(at).await
+            && let Ok(t) = e.text().await
+        {
+            if ok(&t) {
+                return t;
+            }
+            last = t;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out; last text: `{last}`");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_guards_the_console() {
+    let server = NatsServer::start().await.expect("server");
+    // Not loopback, no token: refused (usage error).
+    let out = Command::new(env!("CARGO_BIN_EXE_cim-integrate"))
+        .env_clear()
+        .env("NATS_URL", server.url())
+        .args(["console", "--listen", "0.0.0.0:0"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("token"));
+    // With a token, requests without it are refused.
+    let (_console, url) = console(&server.url(), &["--token", "s3cret"]);
+    let addr = url.trim_start_matches("http://").trim_end_matches('/');
+    let get = |path: &str, auth: Option<&str>| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).expect("connect");
+        let auth = auth
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+        )
+        .expect("write");
+        let mut r = String::new();
+        s.read_to_string(&mut r).expect("read");
+        r.lines().next().unwrap_or_default().to_owned()
+    };
+    assert!(get("/", None).contains("401"));
+    assert!(get("/api/overview", Some("wrong")).contains("401"));
+    assert!(get("/?token=s3cret", None).contains("200"));
+    assert!(get("/api/overview", Some("s3cret")).contains("200"));
+}

@@ -135,6 +135,9 @@ pub mod doc_snippets {
     /// `docs/faults.md`.
     #[doc = include_str!("../docs/faults.md")]
     pub struct Faults;
+    /// `docs/operations.md`.
+    #[doc = include_str!("../docs/operations.md")]
+    pub struct Operations;
     /// `docs/monitoring.md`.
     #[doc = include_str!("../docs/monitoring.md")]
     pub struct Monitoring;

@@ -148,6 +148,45 @@ async fn dead_letters_from_the_command_line() {
     assert_eq!(state.handled.load(Ordering::SeqCst), 3);
     let (_, out, _) = tool(&url, &["dlq", "list", "--json"]).await;
     assert_eq!(json(&out).as_array().map(Vec::len), Some(0));
+    // Handlers, topology, sagas and process managers.
+    let (code, out, err) = tool(&url, &["handlers", "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    let handlers = json(&out);
+    let book = handlers
+        .as_array()
+        .and_then(|a| a.iter().find(|h| h["durable"] == "ledger-book"))
+        .unwrap_or_else(|| panic!("no ledger-book among {handlers}"));
+    assert_eq!(book["stream"], "BILLING_EVENTS");
+    assert_eq!(book["num_pending"], 0);
+    let (code, out, _) = tool(&url, &["handlers"]).await;
+    assert_eq!(code, 0);
+    assert!(
+        out.starts_with("STREAM") && out.contains("ledger-book-redrive"),
+        "{out}"
+    );
+    let (code, out, _) = tool(&url, &["topology", "--json"]).await;
+    assert_eq!(code, 0);
+    let topology = json(&out);
+    let names: Vec<&str> = topology["streams"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|s| s["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        names.contains(&"BILLING_EVENTS") && names.contains(&"DEAD_LETTERS"),
+        "{names:?}"
+    );
+    let (code, out, _) = tool(&url, &["topology"]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("ledger-book"), "{out}");
+    let (code, out, _) = tool(&url, &["saga", "list", "--json"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(json(&out), serde_json::json!([]));
+    assert_eq!(tool(&url, &["saga", "show", "nosuch", "x"]).await.0, 3);
+    assert_eq!(tool(&url, &["saga", "list", "x", "--status", "bogus"]).await.0, 2);
+    let (code, out, _) = tool(&url, &["process", "list"]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("no process managers"), "{out}");
+
     let (code, out, _) = tool(&url, &["dlq", "purge", "--all", "--yes"]).await;
     assert_eq!(code, 0);
     assert!(out.contains("no dead letters selected"), "{out}");

@@ -18,6 +18,9 @@ use std::sync::Arc;
 /// The page: HTML, CSS and script in one file, compiled into the binary.
 const PAGE: &str = include_str!("console.html");
 
+/// How many unsettled sagas of each kind the overview details (remaining steps).
+const UNSETTLED_SHOWN: usize = 50;
+
 #[derive(Clone)]
 struct App {
     ops: Ops,
@@ -149,7 +152,26 @@ async fn overview(State(app): State<App>) -> ApiResult {
     )?;
     let mut sagas = Vec::new();
     for name in ops.saga_names().await? {
-        let list = ops.sagas(&name, &SagaFilter::all()).await?;
+        // Unsettled ones, with their remaining steps (at most a page of them).
+        let mut list = Vec::new();
+        for s in ops
+            .sagas(&name, &SagaFilter::all())
+            .await?
+            .into_iter()
+            .filter(|s| !s.settled)
+        {
+            let remaining = if list.len() < UNSETTLED_SHOWN {
+                match ops.saga(&name, &s.id).await {
+                    Ok(v) => v.remaining,
+                    // Settled or forgotten meanwhile.
+                    Err(OpsError::NotFound(_)) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            } else {
+                Vec::new()
+            };
+            list.push(serde_json::json!({ "summary": s, "remaining": remaining }));
+        }
         sagas.push(serde_json::json!({ "name": name, "sagas": list }));
     }
     json(serde_json::json!({

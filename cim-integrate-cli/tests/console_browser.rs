@@ -1,6 +1,7 @@
 //! The web console in a real browser (headless Chromium through chromedriver): the page loads,
 //! shows a dead-letter group, its Redrive button is clicked, and the handler's handled count
-//! rises as the letters are handled. Also: a non-loopback address without a token is refused,
+//! rises as the letters are handled; a saga needing attention is shown with its remaining steps,
+//! retried from the page, and compensated by its host. Also: a non-loopback address without a token is refused,
 //! and with a token every request must carry it.
 //!
 //! Needs `chromedriver` and `chromium` (Debian's `chromium-driver` and `chromium`; `.ci/run`
@@ -13,6 +14,8 @@ use cim_integrate::testing::NatsServer;
 use cim_integrate::transport::OutboundMessage;
 use cim_integrate::transport::nats::NatsTransport;
 use cim_integrate::{domain_event, handlers};
+use cim_integrate_runtime::saga::conformance::{LEASE, Order, Shop};
+use cim_integrate_runtime::saga::{SagaOutcome, SagaRunner};
 use fantoccini::{ClientBuilder, Locator};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -114,6 +117,28 @@ async fn a_dead_letter_group_is_redriven_from_the_browser() {
             .await
             .expect("ack");
     }
+    // A saga whose compensation fails for good: it needs attention.
+    let shop = Shop::default();
+    shop.script.broken.lock().expect("lock").insert("charge");
+    let runner = || {
+        SagaRunner::builder(t.clone(), shop.clone())
+            .lease(LEASE)
+            .rescan_interval(Some(Duration::from_millis(200)))
+            .build()
+    };
+    let outcome = runner()
+        .await
+        .expect("runner")
+        .start("o-1", Order::failing_at("publish"))
+        .await
+        .expect("start");
+    assert!(matches!(outcome, SagaOutcome::NeedsAttention { .. }), "{outcome:?}");
+    let shop_host = Service::builder(t.clone(), "shop-host")
+        .status_interval(None)
+        .saga(runner().await.expect("runner"))
+        .start()
+        .await
+        .expect("shop host");
     let (_console, url) = console(&server.url(), &[]);
 
     let port = free_port();
@@ -192,7 +217,45 @@ async fn a_dead_letter_group_is_redriven_from_the_browser() {
         assert!(Instant::now() < deadline, "the group is still shown");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    // `CONSOLE_SCREENSHOT=file.png` keeps a picture of the page (to look at the layout).
+    if let Some(path) = std::env::var_os("CONSOLE_SCREENSHOT") {
+        let png = browser.screenshot().await.expect("screenshot");
+        std::fs::write(path, png).expect("write the screenshot");
+    }
+    // The saga, by status, with its remaining steps; mended, retried from the page, it
+    // compensates and leaves the list of unsettled sagas.
+    let saga = Locator::Css("tr.saga[data-state='needs_attention']");
+    let row = text_when(&browser, saga, |t| t.contains("o-1")).await;
+    assert!(row.contains("remaining: charge"), "{row}");
+    shop.script.broken.lock().expect("lock").clear();
+    browser
+        .find(saga)
+        .await
+        .expect("saga row")
+        .find(Locator::Css("button"))
+        .await
+        .expect("Retry button")
+        .click()
+        .await
+        .expect("click");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !browser
+        .find_all(Locator::Css("tr.saga"))
+        .await
+        .expect("rows")
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "the saga is still unsettled");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        shop.script
+            .calls_of("o-1")
+            .ends_with(&["-charge".to_owned(), "-reserve".to_owned()])
+    );
     browser.close().await.expect("close");
+    shop_host.shutdown(Duration::from_secs(5)).await;
     service.shutdown(Duration::from_secs(5)).await;
 }
 

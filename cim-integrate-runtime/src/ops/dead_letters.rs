@@ -88,6 +88,9 @@ pub struct DeadLetter {
     pub payload_omitted: Option<u64>,
     /// How many of the original's headers the letter could not carry.
     pub headers_omitted: Option<u64>,
+    /// The letter's own `Nats-Msg-Id` (what a redrive's id is derived from).
+    #[serde(skip)]
+    letter_id: Option<String>,
 }
 
 fn kind_str<S: serde::Serializer>(k: &Option<DeadLetterReason>, s: S) -> Result<S::Ok, S::Error> {
@@ -410,12 +413,7 @@ impl Ops {
                 }
             }
         }
-        let letter_id = stream
-            .get_raw_message(seq)
-            .await
-            .ok()
-            .and_then(|m| m.headers.get(headers::NATS_MSG_ID).map(|v| v.as_str().to_owned()))
-            .unwrap_or_else(|| format!("dead-letter-{seq}"));
+        let letter_id = letter.letter_id.clone().unwrap_or_else(|| format!("dead-letter-{seq}"));
         let count = letter.redrives.saturating_add(1);
         let mut map = HeaderMap::new();
         let identity_names = [headers::MESSAGE_ID, headers::CORRELATION_ID, headers::CAUSATION_ID];
@@ -546,6 +544,7 @@ impl Ops {
             payload,
             payload_omitted: num(DEAD_LETTER_PAYLOAD_OMITTED),
             headers_omitted: num(DEAD_LETTER_HEADERS_OMITTED),
+            letter_id: get(headers::NATS_MSG_ID).map(str::to_owned),
         })
     }
 }

@@ -220,6 +220,8 @@ async fn a_dead_letter_group_is_redriven_from_the_browser() {
 
     // `CONSOLE_SCREENSHOT=file.png` keeps a picture of the page (to look at the layout).
     if let Some(path) = std::env::var_os("CONSOLE_SCREENSHOT") {
+        browser.set_window_size(1200, 1400).await.expect("window size");
+        browser.execute("window.scrollTo(0, 0)", vec![]).await.expect("scroll");
         let png = browser.screenshot().await.expect("screenshot");
         std::fs::write(path, png).expect("write the screenshot");
     }
@@ -227,7 +229,7 @@ async fn a_dead_letter_group_is_redriven_from_the_browser() {
     // compensates and leaves the list of unsettled sagas.
     let saga = Locator::Css("tr.saga[data-state='needs_attention']");
     let row = text_when(&browser, saga, |t| t.contains("o-1")).await;
-    assert!(row.contains("remaining: charge"), "{row}");
+    assert!(row.contains("to compensate: charge"), "{row}");
     shop.script.broken.lock().expect("lock").clear();
     browser
         .find(saga)

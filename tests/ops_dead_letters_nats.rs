@@ -263,3 +263,118 @@ async fn redrive_copy(t: &NatsTransport, identity: Identity) -> String {
         .expect("ack");
     subject
 }
+
+/// Under a deployment prefix (`prod`): the host's dead letters are in `PROD_DEAD_LETTERS` on
+/// `prod.dlq.>`; `ops` with the same prefix lists them under the host's names and redrives them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_under_a_deployment_prefix() {
+    use cim_integrate::transport::Prefixed;
+    let server = NatsServer::start().await.expect("server");
+    let t = NatsTransport::connect_url(&server.url()).await.expect("connect");
+    let prod = Some(Subject::new("prod").expect("prefix"));
+    let seen = Arc::new(Seen::default());
+    let service = Service::builder(Prefixed::new(t.clone(), prod.clone()), "ledger")
+        .register(Ledger { seen: seen.clone() })
+        .start()
+        .await
+        .expect("start");
+    let env = Invoiced { n: 1, amount: 9_999 }.to_envelope().expect("envelope");
+    let id = env.identity().message_id;
+    let prefixed = Prefixed::new(t.clone(), prod.clone());
+    let _ack = prefixed
+        .publish(cim_integrate::transport::OutboundMessage::from(&env))
+        .await
+        .expect("publish");
+    // Without the prefix: nothing (no unprefixed DEAD_LETTERS stream).
+    assert!(
+        Ops::new(t.clone())
+            .dead_letters(&DeadLetterFilter::all())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let ops = Ops::new(t.clone()).with_prefix(prod);
+    let letters = letters_until(&ops, 1).await;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].subject, "billing.invoiced");
+    // The host's names: without the prefix.
+    assert_eq!(letters[0].stream, "BILLING_EVENTS");
+    assert_eq!(letters[0].identity.message_id, id);
+    seen.fixed.store(true, Ordering::SeqCst);
+    let report = ops.redrive(&DeadLetterFilter::all(), |_| {}).await.expect("redrive");
+    assert_eq!(report.redriven.len(), 1);
+    until("the redriven invoice", Duration::from_secs(20), || {
+        seen.handled.lock().unwrap().contains_key(&id)
+    })
+    .await;
+    assert_eq!(seen.handled.lock().unwrap()[&id].2, "billing.invoiced");
+    service.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A letter that could not carry the original's payload is redriven from the original in its
+/// stream; one whose original is gone is skipped with the reason, and stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_letter_without_its_payload_is_redriven_from_the_original() {
+    let server = NatsServer::start().await.expect("server");
+    let t = NatsTransport::connect_url(&server.url()).await.expect("connect");
+    let seen = Arc::new(Seen::default());
+    let service = Service::builder(t.clone(), "ledger")
+        .register(Ledger { seen: seen.clone() })
+        .start()
+        .await
+        .expect("start");
+    let ops = Ops::new(t.clone());
+    let (id, _) = ctx_publish(&t, &Invoiced { n: 1, amount: 7_777 }).await;
+    let real = letters_until(&ops, 1).await.remove(0);
+    // The same letter as the host writes it when the copy would be too large: no payload.
+    let js = t.jetstream();
+    let stored = js
+        .get_stream("DEAD_LETTERS")
+        .await
+        .expect("stream")
+        .get_raw_message(real.sequence)
+        .await
+        .expect("letter");
+    let copy = |seq: Option<u64>| {
+        let mut h = stored.headers.clone();
+        h.insert("Nats-Msg-Id", MessageId::new().to_string().as_str());
+        h.insert(
+            "X-Dead-Letter-Payload-Omitted",
+            stored.payload.len().to_string().as_str(),
+        );
+        if let Some(seq) = seq {
+            h.insert("X-Dead-Letter-Sequence", seq.to_string().as_str());
+        }
+        h
+    };
+    for headers in [copy(None), copy(Some(999))] {
+        js.publish_with_headers("dlq.ledger.book", headers, Vec::<u8>::new().into())
+            .await
+            .expect("publish")
+            .await
+            .expect("ack");
+    }
+    ops.purge_dead_letters(&DeadLetterFilter::sequence(real.sequence))
+        .await
+        .expect("purge the real one");
+    let letters = ops.dead_letters(&DeadLetterFilter::all()).await.expect("list");
+    assert_eq!(letters.len(), 2);
+    assert!(
+        letters
+            .iter()
+            .all(|l| l.payload.is_empty() && l.payload_omitted.is_some())
+    );
+
+    seen.fixed.store(true, Ordering::SeqCst);
+    let report = ops.redrive(&DeadLetterFilter::all(), |_| {}).await.expect("redrive");
+    assert_eq!(report.redriven.len(), 1, "{report:?}");
+    assert_eq!(report.skipped.len(), 1, "{report:?}");
+    assert!(report.skipped[0].1.contains("#999 is gone"), "{report:?}");
+    until("the invoice redriven from its stream", Duration::from_secs(20), || {
+        seen.handled.lock().unwrap().contains_key(&id)
+    })
+    .await;
+    let left = ops.dead_letters(&DeadLetterFilter::all()).await.expect("list");
+    assert_eq!(left.len(), 1, "the skipped letter stays");
+    service.shutdown(Duration::from_secs(5)).await;
+}

@@ -64,8 +64,8 @@ pub struct DeadLetter {
     pub reason: String,
     /// The original's subject, without the deployment prefix.
     pub subject: String,
-    /// The original's stream and sequence there (where it still is, unless the stream's limits
-    /// removed it).
+    /// The original's stream, as the host names it (without the deployment prefix, like
+    /// [`subject`](Self::subject)), where it still is unless the stream's limits removed it.
     pub stream: String,
     /// The original's sequence in [`stream`](Self::stream).
     pub stream_sequence: u64,
@@ -450,7 +450,7 @@ impl Ops {
 
     /// The original of `letter` from its stream, if it is still there.
     async fn original(&self, letter: &DeadLetter) -> Result<Option<(Vec<(String, String)>, Bytes)>, OpsError> {
-        let stream = match self.js().get_stream(&letter.stream).await {
+        let stream = match self.js().get_stream(self.stream_name(&letter.stream)).await {
             Ok(s) => s,
             Err(e) if not_found(&e) => return Ok(None),
             Err(e) => return Err(transport("reading the original", &e)),

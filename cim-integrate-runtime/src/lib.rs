@@ -5,6 +5,7 @@
 //! - [`subject`](mod@subject): validated [`Subject`] and [`SubjectPattern`], with `const fn` rules.
 //! - [`headers`] and [`envelope`]: a message with its identity, to and from NATS headers.
 //! - [`transport`]: the transport contract, and [`transport::memory`], the embedded default.
+//! - `ops` (feature `nats`): what an operator sees and fixes (dead letters, sagas, lag).
 //!
 //! Users depend on the `cim-integrate` facade, which re-exports this crate.
 #![warn(missing_docs)]

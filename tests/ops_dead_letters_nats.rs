@@ -88,8 +88,8 @@ async fn letters_until(ops: &Ops, n: usize) -> Vec<cim_integrate::ops::DeadLette
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dead_letters_are_listed_grouped_redriven_once_and_purged() {
+/// A private server, the ledger host on it, and `Ops` over it.
+async fn ledger_host() -> (NatsServer, NatsTransport, Arc<Seen>, Service, Ops) {
     let server = NatsServer::start().await.expect("server");
     let t = NatsTransport::connect_url(&server.url()).await.expect("connect");
     let seen = Arc::new(Seen::default());
@@ -99,6 +99,12 @@ async fn dead_letters_are_listed_grouped_redriven_once_and_purged() {
         .await
         .expect("start");
     let ops = Ops::new(t.clone());
+    (server, t, seen, service, ops)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_listed_grouped_redriven_once_and_purged() {
+    let (_server, t, seen, service, ops) = ledger_host().await;
 
     // Nothing yet.
     assert!(ops.dead_letters(&DeadLetterFilter::all()).await.unwrap().is_empty());
@@ -315,15 +321,7 @@ async fn dead_letters_under_a_deployment_prefix() {
 /// stream; one whose original is gone is skipped with the reason, and stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_letter_without_its_payload_is_redriven_from_the_original() {
-    let server = NatsServer::start().await.expect("server");
-    let t = NatsTransport::connect_url(&server.url()).await.expect("connect");
-    let seen = Arc::new(Seen::default());
-    let service = Service::builder(t.clone(), "ledger")
-        .register(Ledger { seen: seen.clone() })
-        .start()
-        .await
-        .expect("start");
-    let ops = Ops::new(t.clone());
+    let (_server, t, seen, service, ops) = ledger_host().await;
     let (id, _) = ctx_publish(&t, &Invoiced { n: 1, amount: 7_777 }).await;
     let real = letters_until(&ops, 1).await.remove(0);
     // The same letter as the host writes it when the copy would be too large: no payload.

@@ -328,10 +328,10 @@ async fn handlers_lag_hosts_and_topology_show_a_running_service() {
     let indexer = h
         .handlers
         .iter()
-        .find(|x| x.handler == "search-indexer")
+        .find(|x| x.stats.handler == "search-indexer")
         .expect("handler");
     assert_eq!(indexer.breaker.as_deref(), Some("open"));
-    assert!(indexer.retried + indexer.deferred > 0, "{indexer:?}");
+    assert!(indexer.stats.retried + indexer.stats.deferred > 0, "{indexer:?}");
 
     let topo = ops.topology().await.expect("topology");
     let events = topo
@@ -415,7 +415,11 @@ async fn memory_host_writes_its_status_until_shutdown() {
     .await;
     assert!(doc.0.starts_with("search."), "{}", doc.0);
     assert_eq!(
-        doc.1.handlers.iter().map(|h| h.handler.as_str()).collect::<Vec<_>>(),
+        doc.1
+            .handlers
+            .iter()
+            .map(|h| h.stats.handler.as_str())
+            .collect::<Vec<_>>(),
         ["search-indexer"]
     );
     service.shutdown(Duration::from_secs(1)).await;

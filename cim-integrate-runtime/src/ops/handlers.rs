@@ -93,7 +93,7 @@ impl Ops {
                     .flat_map(|h| {
                         h.handlers
                             .iter()
-                            .filter(|x| x.handler == handler)
+                            .filter(|x| x.stats.handler == handler)
                             .filter_map(|x| x.breaker.clone())
                             .map(|b| (format!("{}.{}", h.service, h.instance), b))
                     })

@@ -27,7 +27,7 @@ pub struct HandlerCounters {
 }
 
 /// A snapshot of one handler's counters.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HandlerStats {
     /// Durable name (event handlers) or `{set}-{name}` (command handlers).
     pub handler: String,

@@ -342,6 +342,20 @@ pub struct ResumeReport {
 }
 
 impl ResumeReport {
+    /// Every list by saga id.
+    fn sort(&mut self) {
+        for list in [
+            &mut self.completed,
+            &mut self.compensated,
+            &mut self.needs_attention,
+            &mut self.busy,
+            &mut self.lost,
+        ] {
+            list.sort_unstable();
+        }
+        self.failed.sort_unstable();
+    }
+
     fn add(&mut self, id: String, result: Result<Option<SagaOutcome>, SagaError>) {
         match result {
             Ok(None) => self.settled += 1,
@@ -859,16 +873,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         while let Some((id, result)) = resumes.next().await {
             report.add(id, result);
         }
-        for list in [
-            &mut report.completed,
-            &mut report.compensated,
-            &mut report.needs_attention,
-            &mut report.busy,
-            &mut report.lost,
-        ] {
-            list.sort_unstable();
-        }
-        report.failed.sort_unstable();
+        report.sort();
         tracing::info!(saga = S::NAME, ?report, "resumed sagas");
         Ok(report)
     }
@@ -922,16 +927,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
                 report.add(id, result);
             }
         }
-        for list in [
-            &mut report.completed,
-            &mut report.compensated,
-            &mut report.needs_attention,
-            &mut report.busy,
-            &mut report.lost,
-        ] {
-            list.sort_unstable();
-        }
-        report.failed.sort_unstable();
+        report.sort();
         Ok(report)
     }
 

@@ -51,42 +51,17 @@ pub struct HostStatus {
 /// One handler of a [`HostStatus`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostHandler {
-    /// Durable name (event handlers) or `{set}-{name}` (command handlers).
-    pub handler: String,
+    /// Its counters (`handler`: the durable name of event handlers, `{set}-{name}` of command
+    /// handlers).
+    #[serde(flatten)]
+    pub stats: HandlerStats,
     /// Its breaker's state (`closed`, `open`, `half_open`), if it has one.
     pub breaker: Option<String>,
-    /// Runs that succeeded.
-    pub succeeded: u64,
-    /// Deliveries skipped as duplicates.
-    pub duplicates: u64,
-    /// Failed runs to be retried.
-    pub retried: u64,
-    /// Messages dead-lettered.
-    pub dead_lettered: u64,
-    /// Runs that panicked.
-    pub panicked: u64,
-    /// Deliveries deferred (breaker open, infrastructure unavailable).
-    pub deferred: u64,
-    /// Messages of another event type, acknowledged without running.
-    pub skipped: u64,
-    /// Commands rejected.
-    pub rejected: u64,
 }
 
 impl HostHandler {
-    fn new(s: HandlerStats, breaker: Option<String>) -> Self {
-        Self {
-            handler: s.handler,
-            breaker,
-            succeeded: s.succeeded,
-            duplicates: s.duplicates,
-            retried: s.retried,
-            dead_lettered: s.dead_lettered,
-            panicked: s.panicked,
-            deferred: s.deferred,
-            skipped: s.skipped,
-            rejected: s.rejected,
-        }
+    fn new(stats: HandlerStats, breaker: Option<String>) -> Self {
+        Self { stats, breaker }
     }
 }
 

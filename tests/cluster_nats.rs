@@ -204,7 +204,11 @@ async fn killing_the_leading_node_loses_nothing_and_runs_nothing_twice() {
     let resumed = killed.elapsed();
 
     eprintln!("resumed {resumed:?} after the kill");
-    feeder.await.expect("publisher");
+    // Bounded, so that a publisher that cannot finish fails the test instead of holding it.
+    tokio::time::timeout(Duration::from_secs(120), feeder)
+        .await
+        .expect("every event published within 2 minutes")
+        .expect("publisher");
     eprintln!(
         "all published after {:?}; handled {}",
         begun.elapsed(),

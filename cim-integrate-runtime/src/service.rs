@@ -471,6 +471,9 @@ impl<T: Transport, L> ServiceBuilder<T, L> {
 }
 
 /// The durable name of a handler.
+/// The least time a shutdown gives the final flush of published messages.
+const FLUSH_AT_SHUTDOWN: Duration = Duration::from_secs(2);
+
 /// How many redriven messages one handler holds at once.
 const REDRIVE_PREFETCH: usize = 16;
 
@@ -1063,7 +1066,8 @@ impl Service {
 
     /// Stops everything: background tasks (timers, resumes) first, then pulling; gives back what
     /// was pulled but not started; waits up to `grace` for in-flight handlers (their messages are
-    /// settled as usual); abandons the rest unacknowledged (they are redelivered); flushes.
+    /// settled as usual); abandons the rest unacknowledged (they are redelivered); flushes what
+    /// was published, waiting for that at most `grace` (at least 2 s).
     pub async fn shutdown(mut self, grace: Duration) {
         for b in self.background.drain(..) {
             match b {
@@ -1084,8 +1088,11 @@ impl Service {
                 }
             }
         }
-        if let Err(e) = (self.flush)().await {
-            tracing::warn!(service = %self.name, error = %e, "flush at shutdown failed");
+        // Bounded too: a connection that cannot flush (a server gone) must not hold the caller.
+        match tokio::time::timeout(grace.max(FLUSH_AT_SHUTDOWN), (self.flush)()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(service = %self.name, error = %e, "flush at shutdown failed"),
+            Err(_) => tracing::warn!(service = %self.name, "flush at shutdown timed out"),
         }
     }
 }

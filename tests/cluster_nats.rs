@@ -135,14 +135,19 @@ async fn feed(client: async_nats::Client, range: std::ops::Range<u32>) {
                     Err(_) => failed.push(n),
                 }
             }
-            for (n, ack) in acks {
-                if tokio::time::timeout(Duration::from_secs(5), ack)
-                    .await
-                    .map_or(true, |r| r.is_err())
-                {
-                    failed.push(n);
-                }
-            }
+            // Awaited together: acknowledgements lost in the failover time out once, not one
+            // after another (200 lost acks awaited in turn would take 1,000 s).
+            let results = futures::future::join_all(
+                acks.into_iter()
+                    .map(|(n, ack)| async move { (n, tokio::time::timeout(Duration::from_secs(5), ack).await) }),
+            )
+            .await;
+            failed.extend(
+                results
+                    .into_iter()
+                    .filter(|(_, r)| r.as_ref().map_or(true, |r| r.is_err()))
+                    .map(|(n, _)| n),
+            );
             // A steady stream, not one burst: the kill lands mid-run.
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

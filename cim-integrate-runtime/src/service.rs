@@ -1069,11 +1069,20 @@ impl Service {
     /// settled as usual); abandons the rest unacknowledged (they are redelivered); flushes what
     /// was published, waiting for that at most `grace` (at least 2 s).
     pub async fn shutdown(mut self, grace: Duration) {
+        let mut aborted = Vec::new();
         for b in self.background.drain(..) {
             match b {
                 Background::Timers(t) => t.stop(),
-                Background::Task(t) => t.abort(),
+                Background::Task(t) => {
+                    t.abort();
+                    aborted.push(t);
+                }
             }
+        }
+        // An abort lands at the task's next await: wait for it, so that nothing in the background
+        // (a status write, a resume) still runs once shutdown has returned.
+        for t in aborted {
+            let _ = t.await;
         }
         let _ = self.stop.send(true);
         let deadline = tokio::time::sleep(grace);

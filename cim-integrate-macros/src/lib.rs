@@ -12,10 +12,13 @@ mod domain_event;
 mod errors;
 mod process;
 mod saga;
+mod spans;
 mod subject;
 mod subscribe;
 mod versioning;
 
+#[cfg(test)]
+mod robustness;
 #[cfg(test)]
 mod tests;
 

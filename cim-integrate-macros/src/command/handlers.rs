@@ -82,17 +82,12 @@ pub(super) fn expand(attr: TokenStream, block: ItemImpl) -> TokenStream {
     let mut name: Option<LitStr> = None;
     let mut krate: Option<Path> = None;
     args::parse(attr, "command", KEYS, &mut errors, |key, value| {
-        let lit = syn::parse2::<LitStr>(value.clone()).map_err(|_| {
-            syn::Error::new(
-                value.span(),
-                format!("expected a string literal, e.g. `{key} = \"document\"`"),
-            )
-        })?;
         if key == NAME {
+            let lit = args::string(value, "name = \"document\"")?;
             crate::subject::check_token(&lit, "handler set name")?;
             name = Some(lit);
         } else {
-            krate = Some(lit.parse_with(Path::parse_mod_style)?);
+            krate = Some(args::krate(value)?);
         }
         Ok(())
     });
@@ -133,12 +128,12 @@ pub(super) fn expand(attr: TokenStream, block: ItemImpl) -> TokenStream {
     if let Err(error) = errors.finish() {
         return errors::with_item(error, &block);
     }
-    let krate = krate.unwrap_or_else(|| syn::parse_quote!(::cim_integrate));
+    let krate = crate::args::facade(krate.as_ref());
     let self_ty = &block.self_ty;
     let private = quote!(#krate::__private);
     let registrations = handlers.iter().map(|h| {
         let method = &h.method.sig.ident;
-        let method_name = method.to_string();
+        let method_name = syn::ext::IdentExt::unraw(method).to_string();
         let command = h.command;
         let register = quote_spanned! {command.span()=>
             #private::command::CommandRegistration::new::<#command>

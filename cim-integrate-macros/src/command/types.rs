@@ -4,8 +4,6 @@ use crate::errors::{self, Errors};
 use crate::{args, subject, versioning};
 use proc_macro2::{Span, TokenStream};
 use quote::{ToTokens, quote};
-use syn::parse::{ParseStream, Parser};
-use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
 use syn::{Ident, Item, ItemStruct, LitStr, Path};
 
@@ -24,23 +22,6 @@ struct Args {
     frozen: Option<Ident>,
     krate: Option<Path>,
     present: Vec<String>,
-}
-
-fn string(value: TokenStream, example: &str) -> syn::Result<LitStr> {
-    syn::parse2::<LitStr>(value.clone())
-        .map_err(|_| syn::Error::new(value.span(), format!("expected a string literal, e.g. `{example}`")))
-}
-
-fn previous(input: ParseStream) -> syn::Result<Vec<Path>> {
-    let expected = "expected the older versions in brackets, oldest first, e.g. `previous = [CreateDocumentV1]`";
-    if !input.peek(syn::token::Bracket) {
-        return Err(input.error(expected));
-    }
-    let content;
-    syn::bracketed!(content in input);
-    let paths = Punctuated::<Path, syn::Token![,]>::parse_terminated(&content)
-        .map_err(|e| syn::Error::new(e.span(), expected))?;
-    Ok(paths.into_iter().collect())
 }
 
 /// Parses `frozen` (a bare flag) beside `key = value` pairs: the flag is rewritten to
@@ -67,9 +48,15 @@ impl Args {
         let mut a = Self::default();
         let present = args::parse(normalise_flags(attr), "command", KEYS, errors, |key, value| {
             match key.to_string().as_str() {
-                SUBJECT => a.subject = Some(string(value, "subject = \"document.create\"")?),
-                VERSION => a.version = Some(string(value, "version = \"1.0\"")?),
-                PREVIOUS => a.previous = Some((key.clone(), previous.parse2(value)?)),
+                SUBJECT => a.subject = Some(args::string(value, "subject = \"document.create\"")?),
+                VERSION => a.version = Some(args::string(value, "version = \"1.0\"")?),
+                PREVIOUS => {
+                    let paths = args::bracketed_paths(
+                        value,
+                        "expected the older versions in brackets, oldest first, e.g. `previous = [CreateDocumentV1]`",
+                    )?;
+                    a.previous = Some((key.clone(), paths));
+                }
                 FROZEN => {
                     let flag = syn::parse2::<syn::LitBool>(value.clone())
                         .map_err(|_| syn::Error::new(value.span(), "`frozen` takes no value: write `frozen`"))?;
@@ -77,15 +64,7 @@ impl Args {
                         a.frozen = Some(key.clone());
                     }
                 }
-                CRATE => {
-                    let lit = string(value, "crate = \"::cim_integrate\"")?;
-                    a.krate = Some(lit.parse_with(Path::parse_mod_style).map_err(|_| {
-                        syn::Error::new(
-                            lit.span(),
-                            "expected the path of the facade crate, e.g. `crate = \"::cim_integrate\"`",
-                        )
-                    })?);
-                }
+                CRATE => a.krate = Some(args::krate(value)?),
                 _ => unreachable!("args::parse passes only known keys"),
             }
             Ok(())
@@ -187,7 +166,7 @@ pub(super) fn expand(attr: TokenStream, tokens: TokenStream) -> TokenStream {
         versioning::check_payload_struct(item, "commands", &mut errors);
         versioning::check_previous(&item.ident, &previous, &mut errors);
     }
-    let krate = args.krate.clone().unwrap_or_else(|| syn::parse_quote!(::cim_integrate));
+    let krate = args::facade(args.krate.as_ref());
     match (errors.finish(), parsed, version) {
         (Ok(()), Some(item), Some(version)) => {
             let ident = &item.ident;

@@ -75,6 +75,6 @@ pub(crate) fn event(args: Args, item: Option<ItemStruct>, errors: &mut Errors) -
         item,
         version: version?,
         role,
-        krate: args.krate.unwrap_or_else(|| syn::parse_quote!(::cim_integrate)),
+        krate: crate::args::facade(args.krate.as_ref()),
     })
 }

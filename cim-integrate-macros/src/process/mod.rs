@@ -17,6 +17,7 @@ use crate::args;
 use crate::errors::{self, Errors};
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
+use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 use syn::{FnArg, Ident, ImplItem, ImplItemFn, ItemImpl, LitStr, Path, ReturnType, Type};
 
@@ -30,6 +31,8 @@ struct Handler {
     method: Ident,
     event: Type,
     key: Ident,
+    /// The handler's own `#[key(field)]`, if it has one.
+    own_key: Option<Ident>,
 }
 
 fn helper<'a>(method: &'a ImplItemFn, name: &str) -> Option<&'a syn::Attribute> {
@@ -97,9 +100,7 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
     let present = args::parse(attr, "process", KEYS, &mut errors, |k, value| {
         match k.to_string().as_str() {
             NAME => {
-                let lit = syn::parse2::<LitStr>(value.clone()).map_err(|_| {
-                    syn::Error::new(value.span(), "expected a string literal, e.g. `name = \"onboarding\"`")
-                })?;
+                let lit = args::string(value, "name = \"onboarding\"")?;
                 crate::subject::check_token(&lit, "process name")?;
                 name = Some(lit);
             }
@@ -111,12 +112,7 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
                     )
                 })?);
             }
-            _ => {
-                let lit = syn::parse2::<LitStr>(value.clone()).map_err(|_| {
-                    syn::Error::new(value.span(), "expected a string, e.g. `crate = \"::cim_integrate\"`")
-                })?;
-                krate = Some(lit.parse_with(Path::parse_mod_style)?);
-            }
+            _ => krate = Some(args::krate(value)?),
         }
         Ok(())
     });
@@ -127,7 +123,7 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
                 Span::call_site(),
                 "`#[process]` goes on the `impl` block of the process state: `#[process(name = \"onboarding\", key = person_id)] impl Onboarding { ... }`",
             ));
-            return errors::with_item(errors.finish().unwrap_err(), item);
+            return errors::emit(errors, item);
         }
     };
     if name.is_none() && !present.iter().any(|k| k == NAME) {
@@ -170,11 +166,12 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
         let Some(event) = check_signature(method, &mut errors) else {
             continue;
         };
-        match own_key.or_else(|| key.clone()) {
+        match own_key.clone().or_else(|| key.clone()) {
             Some(key) => handlers.push(Handler {
                 method: method.sig.ident.clone(),
                 event,
                 key,
+                own_key,
             }),
             None => errors.spanned(
                 &method.sig.ident,
@@ -201,7 +198,7 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
         return errors::with_item(error, &block);
     }
     let name = name.unwrap_or_else(|| LitStr::new("invalid", Span::call_site()));
-    let krate = krate.unwrap_or_else(|| syn::parse_quote!(::cim_integrate));
+    let krate = crate::args::facade(krate.as_ref());
     let private = quote!(#krate::__private);
     let self_ty = &block.self_ty;
     let mut shims = Vec::new();
@@ -210,7 +207,7 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
         let (method, event, field) = (&h.method, &h.event, &h.key);
         let key_fn = format_ident!("__key_{}", method);
         let call_fn = format_ident!("__call_{}", method);
-        let method_name = method.to_string();
+        let method_name = method.unraw().to_string();
         let access = quote_spanned!(field.span()=> &__event.#field);
         shims.push(quote! {
             fn #key_fn(__event: &#event) -> ::std::string::String {
@@ -236,11 +233,13 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
             quote!(#p: &#ty)
         });
         let first = &handlers[0].key;
+        // The whole check of a handler is put on its event type (the `#[key(field)]` of a
+        // handler with its own key), so the mismatch is reported on the handler that differs.
         let checks = handlers.iter().enumerate().skip(1).map(|(i, h)| {
             let p = format_ident!("__e{}", i);
-            let field = Ident::new(&h.key.to_string(), h.event.span());
-            let arg = quote_spanned!(h.event.span()=> &#p.#field);
-            quote!(#private::process::__same_key(&__e0.#first, #arg);)
+            let field = &h.key;
+            let span = h.own_key.as_ref().map_or_else(|| h.event.span(), Spanned::span);
+            crate::spans::respan(quote!(#private::process::__same_key(&__e0.#first, &#p.#field);), span)
         });
         quote! {
             #[allow(dead_code)]

@@ -51,7 +51,7 @@ fn step(krate: &Path, self_ty: &Type, step: &Step) -> TokenStream {
     let mut out = quote!(#krate::__private::saga::Step::new(#name, #run));
     match &step.compensation {
         Compensation::By(method) => {
-            let label = method.to_string();
+            let label = syn::ext::IdentExt::unraw(method).to_string();
             let run = call(self_ty, method);
             out.extend(quote!(.compensate(#label, #run)));
         }

@@ -4,6 +4,7 @@
 use super::parse::{self, Args, COMPENSATE, DATA, Method, NAME, NO_COMPENSATION, Parsed, StepArgs};
 use crate::errors::Errors;
 use proc_macro2::Span;
+use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 use syn::{FnArg, Ident, ItemImpl, LitStr, Path, Type};
 
@@ -105,7 +106,7 @@ pub(crate) fn saga(args: Args, parsed: Option<Parsed>, errors: &mut Errors) -> O
     let type_name = parse::type_ident(&item.self_ty).cloned();
     let name = match (&args.name, &type_name) {
         (Some(name), _) => name.clone(),
-        (None, Some(ident)) => LitStr::new(&snake_case(&ident.to_string()), ident.span()),
+        (None, Some(ident)) => LitStr::new(&snake_case(&ident.unraw().to_string()), ident.span()),
         (None, None) => {
             errors.spanned(
                 &item.self_ty,
@@ -118,7 +119,7 @@ pub(crate) fn saga(args: Args, parsed: Option<Parsed>, errors: &mut Errors) -> O
     };
 
     let methods = &parsed.methods;
-    let by_name = |n: &str| methods.iter().find(|m| m.func.sig.ident == n);
+    let by_name = |n: &str| methods.iter().find(|m| m.func.sig.ident.unraw() == n);
     let steps: Vec<(&Method, &StepArgs)> = methods.iter().filter_map(|m| m.step.as_ref().map(|s| (m, s))).collect();
     if steps.is_empty() {
         errors.spanned(
@@ -129,7 +130,7 @@ pub(crate) fn saga(args: Args, parsed: Option<Parsed>, errors: &mut Errors) -> O
     let helpers: Vec<String> = methods
         .iter()
         .filter(|m| m.step.is_none())
-        .map(|m| format!("`{}`", m.func.sig.ident))
+        .map(|m| format!("`{}`", m.func.sig.ident.unraw()))
         .collect();
 
     let mut out = Vec::new();
@@ -146,7 +147,7 @@ pub(crate) fn saga(args: Args, parsed: Option<Parsed>, errors: &mut Errors) -> O
         let step_name = args
             .name
             .clone()
-            .unwrap_or_else(|| LitStr::new(&ident.to_string(), ident.span()));
+            .unwrap_or_else(|| LitStr::new(&ident.unraw().to_string(), ident.span()));
         check_token(&step_name, "step name", errors);
         if step_names.contains(&step_name.value()) {
             errors.push(syn::Error::new(
@@ -228,7 +229,7 @@ pub(crate) fn saga(args: Args, parsed: Option<Parsed>, errors: &mut Errors) -> O
         data: data?,
         name,
         steps: out,
-        krate: args.krate.unwrap_or_else(|| syn::parse_quote!(::cim_integrate)),
+        krate: crate::args::facade(args.krate.as_ref()),
     })
 }
 
@@ -241,7 +242,9 @@ fn compensation<'m>(
     used: &mut Vec<(String, String)>,
     errors: &mut Errors,
 ) -> Option<Ident> {
-    let name = target.value();
+    // `compensate = "undo"` and `compensate = "r#undo"` both name `fn r#undo`.
+    let value = target.value();
+    let name = value.strip_prefix("r#").unwrap_or(&value).to_owned();
     let Some(method) = by_name(&name) else {
         let listed = if helpers.is_empty() {
             "this impl block has no methods without `#[step]`".to_owned()
@@ -290,13 +293,8 @@ fn compensation<'m>(
 }
 
 fn check_token(lit: &LitStr, what: &str, errors: &mut Errors) {
-    let v = lit.value();
-    let ok = !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if !ok {
-        errors.spanned(
-            lit,
-            format!("invalid {what} `{v}`: it goes into subjects and keys, so use `[A-Za-z0-9_-]+`"),
-        );
+    if let Err(error) = crate::subject::check_token(lit, what) {
+        errors.push(error);
     }
 }
 

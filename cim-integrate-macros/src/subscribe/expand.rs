@@ -10,7 +10,7 @@ use syn::spanned::Spanned;
 use syn::{Ident, ItemFn, ItemImpl, LitStr, Path};
 
 fn facade(krate: Option<&Path>) -> TokenStream {
-    krate.map_or_else(|| quote!(::cim_integrate), |p| p.to_token_stream())
+    crate::args::facade(krate).to_token_stream()
 }
 
 fn options(k: &TokenStream, h: &Handler) -> TokenStream {
@@ -109,23 +109,22 @@ fn registration(k: &TokenStream, h: &Handler, i: usize, method: bool) -> TokenSt
         Ctx::Owned => (quote!(__ctx), quote!(#target(__ctx, __event))),
         Ctx::None => (quote!(_), quote!(#target(__event))),
     };
-    // A wrong return type is reported on the handler's return type.
-    let register = quote_spanned!(h.sig.output.span()=> #k::__private::handler::macro_support::registration);
-    let body = quote_spanned!(h.sig.output.span()=> async move { #call.await });
+    // A wrong return type is reported on the handler's return type: the closure that awaits the
+    // handler is put on it, whole (the bound on its future is checked at the closure).
+    let out = h.sig.output.span();
+    let register = quote_spanned!(out=> #k::__private::handler::macro_support::registration);
     let closure = if method {
-        let closure = quote_spanned! {h.sig.output.span()=>
-            move |#ctx_param: #k::__private::handler::Context, __event: #event| {
-                let __this = ::std::sync::Arc::clone(&__this);
-                #body
-            }
-        };
         quote!({
             let __this = ::std::sync::Arc::clone(&self);
-            #closure
+            move |#ctx_param: #k::__private::handler::Context, __event: #event| {
+                let __this = ::std::sync::Arc::clone(&__this);
+                async move { #call.await }
+            }
         })
     } else {
-        quote_spanned!(h.sig.output.span()=> move |#ctx_param: #k::__private::handler::Context, __event: #event| #body)
+        quote!(move |#ctx_param: #k::__private::handler::Context, __event: #event| async move { #call.await })
     };
+    let closure = crate::spans::respan(closure, out);
     quote!(#register(#name, #pattern, &#info, #options, #closure))
 }
 

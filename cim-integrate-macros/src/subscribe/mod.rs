@@ -15,6 +15,7 @@ use crate::errors::{self, Errors};
 use proc_macro2::{Span, TokenStream};
 use quote::{ToTokens, format_ident};
 use std::collections::HashSet;
+use syn::ext::IdentExt;
 
 /// One handler, checked.
 pub(crate) struct Handler {
@@ -31,11 +32,11 @@ pub fn expand_handlers(attr: TokenStream, item: TokenStream) -> TokenStream {
     let mut block: syn::ItemImpl = match syn::parse2(item.clone()) {
         Ok(b) => b,
         Err(_) => {
-            let e = syn::Error::new(
+            errors.push(syn::Error::new(
                 Span::call_site(),
                 "`#[handlers]` goes on an inherent `impl` block whose methods carry `#[subscribe(\"...\")]`",
-            );
-            return errors::with_item(e, item);
+            ));
+            return errors::emit(errors, item);
         }
     };
     if !present.iter().any(|k| k == parse::DOMAIN) {
@@ -54,7 +55,7 @@ pub fn expand_handlers(attr: TokenStream, item: TokenStream) -> TokenStream {
         );
     }
     let mut handlers = Vec::new();
-    let mut names = HashSet::new();
+    let mut names = Names::new(args.domain.as_ref());
     for item in &mut block.items {
         let syn::ImplItem::Fn(f) = item else { continue };
         let Some(pos) = f.attrs.iter().position(parse::is_subscribe) else {
@@ -93,25 +94,70 @@ pub fn expand_handlers(attr: TokenStream, item: TokenStream) -> TokenStream {
     }
 }
 
+/// The handler names and durable consumer names taken so far in one set: each must be unique,
+/// or the service would refuse to start.
+struct Names {
+    /// The set's domain, which prefixes default durable names (`{domain}-{name}`).
+    domain: Option<String>,
+    names: HashSet<String>,
+    durables: HashSet<String>,
+}
+
+impl Names {
+    fn new(domain: Option<&syn::LitStr>) -> Self {
+        Self {
+            domain: domain.map(syn::LitStr::value),
+            names: HashSet::new(),
+            durables: HashSet::new(),
+        }
+    }
+}
+
+/// The name a handler is registered under: `name = "..."`, or the function's name without `r#`.
+fn handler_name(args: &parse::SubscribeArgs, ident: &syn::Ident) -> String {
+    args.name
+        .as_ref()
+        .map_or_else(|| ident.unraw().to_string(), syn::LitStr::value)
+}
+
 fn checked(
     args: parse::SubscribeArgs,
     sig: parse::HandlerSig,
-    names: &mut HashSet<String>,
+    names: &mut Names,
     errors: &mut Errors,
 ) -> Option<Handler> {
     args.pattern.as_ref()?;
-    let name = args.name.as_ref().map_or_else(|| sig.ident.to_string(), |n| n.value());
-    if !names.insert(name.clone()) {
-        match &args.name {
-            Some(n) => errors.spanned(
-                n,
-                format!("two handlers in this set are named `{name}`; give one another `name = \"...\"`"),
+    let name = handler_name(&args, &sig.ident);
+    let name_span: &dyn ToTokens = match &args.name {
+        Some(n) => n,
+        None => &sig.ident,
+    };
+    if !names.names.insert(name.clone()) {
+        errors.spanned(
+            name_span,
+            format!("two handlers in this set are named `{name}`; give one another `name = \"...\"`"),
+        );
+        return None;
+    }
+    let durable = match (&args.durable, &names.domain) {
+        (Some(d), _) => Some(d.value()),
+        (None, Some(domain)) => Some(format!("{domain}-{name}")),
+        (None, None) => None,
+    };
+    if let Some(durable) = durable
+        && !names.durables.insert(durable.clone())
+    {
+        let span: &dyn ToTokens = match &args.durable {
+            Some(d) => d,
+            None => name_span,
+        };
+        errors.spanned(
+            span,
+            format!(
+                "two handlers in this set use the durable consumer `{durable}`, so the service would refuse to start; \
+                 give this one another `durable = \"...\"`"
             ),
-            None => errors.spanned(
-                &sig.ident,
-                format!("two handlers in this set are named `{name}`; give one another `name = \"...\"`"),
-            ),
-        }
+        );
         return None;
     }
     Some(Handler { args, sig, name })
@@ -123,19 +169,19 @@ pub fn expand_subscribe(attr: TokenStream, item: TokenStream) -> TokenStream {
     let f: syn::ItemFn = match syn::parse2(item.clone()) {
         Ok(f) => f,
         Err(_) => {
-            let e = syn::Error::new(
+            errors.push(syn::Error::new(
                 Span::call_site(),
                 "`#[subscribe]` goes on an `async fn` handler, or on methods of an `impl` block marked `#[handlers(domain = \"...\")]`",
-            );
-            return errors::with_item(e, item);
+            ));
+            return errors::emit(errors, item);
         }
     };
     if let Some(syn::FnArg::Receiver(r)) = f.sig.inputs.first() {
-        let e = syn::Error::new_spanned(
+        errors.spanned(
             r,
             "`#[subscribe]` on a method needs `#[handlers(domain = \"...\")]` on its `impl` block",
         );
-        return errors::with_item(e, f);
+        return errors::emit(errors, f);
     }
     let a = parse::subscribe_args(attr, &parse::fn_keys(), Span::call_site(), &mut errors);
     if a.domain.is_none() && a.pattern.is_some() {
@@ -145,14 +191,41 @@ pub fn expand_subscribe(attr: TokenStream, item: TokenStream) -> TokenStream {
         ));
     }
     let sig = parse::handler_sig(&f.sig, false, &mut errors);
-    let handler = sig.and_then(|sig| checked(a, sig, &mut HashSet::new(), &mut errors));
+    let mut names = Names::new(a.domain.as_ref());
+    let handler = sig.and_then(|sig| checked(a, sig, &mut names, &mut errors));
     match (errors.finish(), handler) {
         (Ok(()), Some(h)) => {
-            let ty = format_ident!("{}Handler", camel(&f.sig.ident.to_string()), span = f.sig.ident.span());
+            let ty = handler_type(&f.sig.ident);
             expand::free_handler(&f, &ty, h)
         }
         (Err(e), _) => errors::with_item(e, f),
         (Ok(()), None) => f.into_token_stream(),
+    }
+}
+
+/// The unit struct of a free-function handler: `index_document` -> `IndexDocumentHandler`
+/// (`r#type` -> `TypeHandler`), spanned on the function's name.
+fn handler_type(function: &syn::Ident) -> syn::Ident {
+    let camel = camel(&function.unraw().to_string());
+    let name = if camel.starts_with(|c: char| c.is_ascii_digit()) {
+        format!("Handler{camel}")
+    } else {
+        format!("{camel}Handler")
+    };
+    syn::parse_str::<syn::Ident>(&name)
+        .map_or_else(|_| format_ident!("Handler"), |ident| ident)
+        .set_span_into(function.span())
+}
+
+/// Sets an ident's span, returning it.
+trait SetSpan {
+    fn set_span_into(self, span: Span) -> Self;
+}
+
+impl SetSpan for syn::Ident {
+    fn set_span_into(mut self, span: Span) -> Self {
+        self.set_span(span);
+        self
     }
 }
 

@@ -126,16 +126,8 @@ pub(super) fn expand(attr: TokenStream, tokens: TokenStream) -> TokenStream {
     };
     match (&args.subject, &args.frozen) {
         (Some(s), _) => {
-            if let Err(e) = subject::check_concrete(s) {
-                // The rule is the events' one; the wording is for a command.
-                let message = e
-                    .to_string()
-                    .replace("an event's subject", "a command's subject")
-                    .replace(
-                        "name the one subject this event is published on, e.g. `document.created`",
-                        "name the one command, `domain.name`, e.g. `document.create`",
-                    );
-                errors.push(syn::Error::new(s.span(), message));
+            if let Err(e) = subject::check_concrete(s, subject::Concrete::Command) {
+                errors.push(e);
             }
             if let Some(f) = &args.frozen {
                 errors.spanned(
@@ -196,9 +188,31 @@ pub(super) fn expand(attr: TokenStream, tokens: TokenStream) -> TokenStream {
                 };
             }
         }
-        (Err(error), parsed, _) => errors::with_item(error, fallback(parsed, tokens)),
-        (Ok(()), _, _) => TokenStream::new(),
+        (Err(error), parsed, _) => {
+            let stubs = stubs(&args, &krate, &tokens);
+            let mut out = errors::with_item(error, fallback(parsed, tokens));
+            out.extend(stubs);
+            out
+        }
+        // Every path without a struct or a version records an error; should one not, the item
+        // is kept as written.
+        (Ok(()), _, _) => tokens,
     }
+}
+
+/// The stub impls emitted on error (see [`versioning::stub_impls`]): a command that is not
+/// `frozen` gets `Command` too.
+fn stubs(args: &Args, krate: &Path, tokens: &TokenStream) -> TokenStream {
+    let Ok(item) = syn::parse2::<Item>(tokens.clone()) else {
+        return TokenStream::new();
+    };
+    let version = args.version.as_ref().filter(|v| versioning::check_version(v).is_ok());
+    let role = if args.frozen.is_some() {
+        versioning::StubRole::Frozen
+    } else {
+        versioning::StubRole::Command(args.subject.as_ref())
+    };
+    versioning::stub_impls(krate, &item, version, &role)
 }
 
 /// The item as written, without `#[serde]` attributes (nothing derives serde on error).

@@ -50,7 +50,7 @@ pub(crate) fn event(args: Args, item: Option<ItemStruct>, errors: &mut Errors) -
         }
     };
     if let Some(subject) = &args.subject
-        && let Err(error) = subject::check_concrete(subject)
+        && let Err(error) = subject::check_concrete(subject, subject::Concrete::Event)
     {
         errors.push(error);
     }

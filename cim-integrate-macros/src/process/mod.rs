@@ -81,6 +81,13 @@ fn check_signature(method: &ImplItemFn, errors: &mut Errors) -> Option<Type> {
         );
         return None;
     }
+    if let Type::Reference(r) = &*typed[1].ty {
+        errors.spanned(
+            r,
+            format!("the event comes last and by value (are the parameters swapped?): {SHAPE}"),
+        );
+        ok = false;
+    }
     if matches!(sig.output, ReturnType::Default) {
         errors.spanned(
             &sig.ident,
@@ -89,6 +96,11 @@ fn check_signature(method: &ImplItemFn, errors: &mut Errors) -> Option<Type> {
         ok = false;
     }
     ok.then(|| (*typed[1].ty).clone())
+}
+
+/// Whether a handler's parameter type is the runtime's `Deadline` (by its last segment).
+fn is_deadline(ty: &Type) -> bool {
+    matches!(ty, Type::Path(p) if p.qself.is_none() && p.path.segments.last().is_some_and(|s| s.ident == "Deadline"))
 }
 
 /// Expands `#[process(attr)] impl State { ... }`.
@@ -166,6 +178,17 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
         let Some(event) = check_signature(method, &mut errors) else {
             continue;
         };
+        if is_deadline(&event) {
+            errors.spanned(
+                &event,
+                format!(
+                    "`{}` takes a `Deadline`: mark it `#[deadline]` so that it runs when a scheduled deadline is due \
+                     (event handlers take a `#[domain_event]`)",
+                    method.sig.ident
+                ),
+            );
+            continue;
+        }
         match own_key.clone().or_else(|| key.clone()) {
             Some(key) => handlers.push(Handler {
                 method: method.sig.ident.clone(),

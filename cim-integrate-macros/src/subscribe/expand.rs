@@ -112,7 +112,7 @@ fn registration(k: &TokenStream, h: &Handler, i: usize, method: bool) -> TokenSt
     // A wrong return type is reported on the handler's return type: the closure that awaits the
     // handler is put on it, whole (the bound on its future is checked at the closure).
     let out = h.sig.output.span();
-    let register = quote_spanned!(out=> #k::__private::handler::macro_support::registration);
+    let register = crate::spans::respan(quote!(#k::__private::handler::macro_support::registration), out);
     let closure = if method {
         quote!({
             let __this = ::std::sync::Arc::clone(&self);
@@ -125,7 +125,9 @@ fn registration(k: &TokenStream, h: &Handler, i: usize, method: bool) -> TokenSt
         quote!(move |#ctx_param: #k::__private::handler::Context, __event: #event| async move { #call.await })
     };
     let closure = crate::spans::respan(closure, out);
-    quote!(#register(#name, #pattern, &#info, #options, #closure))
+    // The call itself (its parentheses) is on the return type too: rustc reports the unmet
+    // `Future<Output = Result<(), HandlerError>>` bound on the call expression.
+    quote_spanned!(out=> #register(#name, #pattern, &#info, #options, #closure))
 }
 
 /// The event-info constant of handler `i` (the one place `E: DomainEvent` is required, spanned
@@ -150,7 +152,7 @@ fn event_checks(k: &TokenStream, h: &Handler, i: usize) -> TokenStream {
             #k::__private::handler::macro_support::event_info::<#event>();
     };
     let check = quote_spanned! {pattern.span()=>
-        const _: () = ::core::assert!(#k::__private::subject::pattern_matches(#pattern, #info.subject), #message);
+        const _: () = ::core::assert!(#k::__private::handler::macro_support::can_match(#pattern, &#info), #message);
     };
     quote!(#info_const #check)
 }

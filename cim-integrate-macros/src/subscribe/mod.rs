@@ -212,21 +212,9 @@ fn handler_type(function: &syn::Ident) -> syn::Ident {
     } else {
         format!("{camel}Handler")
     };
-    syn::parse_str::<syn::Ident>(&name)
-        .map_or_else(|_| format_ident!("Handler"), |ident| ident)
-        .set_span_into(function.span())
-}
-
-/// Sets an ident's span, returning it.
-trait SetSpan {
-    fn set_span_into(self, span: Span) -> Self;
-}
-
-impl SetSpan for syn::Ident {
-    fn set_span_into(mut self, span: Span) -> Self {
-        self.set_span(span);
-        self
-    }
+    let mut ident = syn::parse_str::<syn::Ident>(&name).unwrap_or_else(|_| format_ident!("Handler"));
+    ident.set_span(function.span());
+    ident
 }
 
 /// `index_document` -> `IndexDocument`.

@@ -13,6 +13,7 @@ mod errors;
 mod process;
 mod saga;
 mod spans;
+mod stubs;
 mod subject;
 mod subscribe;
 mod versioning;

@@ -126,7 +126,12 @@ pub(super) fn expand(attr: TokenStream, block: ItemImpl) -> TokenStream {
         }
     };
     if let Err(error) = errors.finish() {
-        return errors::with_item(error, &block);
+        let mut out = errors::with_item(error, &block);
+        out.extend(crate::stubs::command_handlers(
+            &crate::args::facade(krate.as_ref()),
+            &block,
+        ));
+        return out;
     }
     let krate = crate::args::facade(krate.as_ref());
     let self_ty = &block.self_ty;

@@ -218,7 +218,9 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
         }
     }
     if let Err(error) = errors.finish() {
-        return errors::with_item(error, &block);
+        let mut out = errors::with_item(error, &block);
+        out.extend(crate::stubs::process(&crate::args::facade(krate.as_ref()), &block));
+        return out;
     }
     let name = name.unwrap_or_else(|| LitStr::new("invalid", Span::call_site()));
     let krate = crate::args::facade(krate.as_ref());

@@ -66,7 +66,8 @@ impl Args {
                     })?);
                 }
                 CRATE => args.krate = Some(args::krate(value)?),
-                _ => unreachable!("args::parse passes only known keys"),
+                // `args::parse` passes only the known keys.
+                _ => {}
             }
             Ok(())
         });
@@ -125,7 +126,8 @@ impl StepArgs {
                 ATTEMPTS => step.attempts = Some(args::count(value, ATTEMPTS)?),
                 COMPENSATION_TIMEOUT => step.compensation_timeout = Some(args::duration(value, COMPENSATION_TIMEOUT)?),
                 COMPENSATION_ATTEMPTS => step.compensation_attempts = Some(args::count(value, COMPENSATION_ATTEMPTS)?),
-                _ => unreachable!("args::parse passes only known keys"),
+                // `args::parse` passes only the known keys.
+                _ => {}
             }
             Ok(())
         });

@@ -89,7 +89,12 @@ pub fn expand_handlers(attr: TokenStream, item: TokenStream) -> TokenStream {
     }
     match (errors.finish(), &args.domain) {
         (Ok(()), Some(domain)) => expand::handler_set(&block, domain, args.krate.as_ref(), &handlers),
-        (Err(e), _) => errors::with_item(e, block),
+        (Err(e), _) => {
+            let stub = crate::stubs::handlers_block(&crate::args::facade(args.krate.as_ref()), &block);
+            let mut out = errors::with_item(e, block);
+            out.extend(stub);
+            out
+        }
         (Ok(()), None) => block.into_token_stream(),
     }
 }
@@ -191,6 +196,7 @@ pub fn expand_subscribe(attr: TokenStream, item: TokenStream) -> TokenStream {
         ));
     }
     let sig = parse::handler_sig(&f.sig, false, &mut errors);
+    let krate = crate::args::facade(a.krate.as_ref());
     let mut names = Names::new(a.domain.as_ref());
     let handler = sig.and_then(|sig| checked(a, sig, &mut names, &mut errors));
     match (errors.finish(), handler) {
@@ -198,7 +204,20 @@ pub fn expand_subscribe(attr: TokenStream, item: TokenStream) -> TokenStream {
             let ty = handler_type(&f.sig.ident);
             expand::free_handler(&f, &ty, h)
         }
-        (Err(e), _) => errors::with_item(e, f),
+        (Err(e), _) => {
+            // The struct `{Name}Handler` and a stub `HandlerSet`, so that registering it adds
+            // no error of its own.
+            let ty = handler_type(&f.sig.ident);
+            let vis = &f.vis;
+            let stub = crate::stubs::handler_set(&krate, &ty.to_token_stream());
+            let mut out = errors::with_item(e, &f);
+            out.extend(quote::quote! {
+                #[derive(::core::fmt::Debug, ::core::clone::Clone, ::core::marker::Copy, ::core::default::Default)]
+                #vis struct #ty;
+                #stub
+            });
+            out
+        }
         (Ok(()), None) => f.into_token_stream(),
     }
 }

@@ -10,6 +10,7 @@ mod args;
 mod command;
 mod domain_event;
 mod errors;
+mod method;
 mod process;
 mod saga;
 mod spans;

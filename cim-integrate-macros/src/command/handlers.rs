@@ -6,7 +6,7 @@ use crate::errors::{self, Errors};
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
-use syn::{FnArg, ImplItem, ImplItemFn, ItemImpl, LitStr, Path, ReturnType, Type};
+use syn::{ImplItem, ImplItemFn, ItemImpl, LitStr, Path, Type};
 
 const NAME: &str = "name";
 const CRATE: &str = "crate";
@@ -20,59 +20,45 @@ struct Handler<'a> {
 }
 
 fn check<'a>(method: &'a ImplItemFn, errors: &mut Errors) -> Option<Handler<'a>> {
+    use crate::method::{Expect, Problem, Receiver};
     const SHAPE: &str =
         "a command handler is `async fn name(&self, ctx: &Context, command: MyCommand) -> CommandResult`";
-    let sig = &method.sig;
-    let mut ok = true;
-    if sig.asyncness.is_none() {
-        errors.spanned(sig.fn_token, format!("command handlers are `async`: {SHAPE}"));
-        ok = false;
+    let expect = Expect {
+        receiver: Receiver::Shared,
+        min_params: 2,
+        max_params: 2,
+    };
+    let (shape, problems) = crate::method::check(&method.sig, &expect);
+    let ok = problems.is_empty();
+    for found in problems {
+        let message = match found.problem {
+            Problem::NotAsync => format!("command handlers are `async`: {SHAPE}"),
+            Problem::Generic => format!("command handlers cannot be generic: {SHAPE}"),
+            Problem::Variadic => format!("command handlers cannot be variadic: {SHAPE}"),
+            Problem::WrongReceiver => format!("take the service by shared reference, `&self`: {SHAPE}"),
+            Problem::MissingReceiver | Problem::UnexpectedReceiver | Problem::SelfNotFirst => {
+                format!("a command handler is a method taking `&self` first: {SHAPE}")
+            }
+            Problem::Arity(n) => {
+                format!("expected two parameters after `&self`, the context and the command, found {n}: {SHAPE}")
+            }
+            Problem::MissingOutput => format!("missing return type `-> CommandResult`: {SHAPE}"),
+        };
+        errors.spanned(found.tokens, message);
     }
-    if !sig.generics.params.is_empty() {
-        errors.spanned(&sig.generics, format!("command handlers cannot be generic: {SHAPE}"));
-        ok = false;
-    }
-    let mut inputs = sig.inputs.iter();
-    match inputs.next() {
-        Some(FnArg::Receiver(r)) if matches!(r.kind, syn::ReceiverKind::Reference(_, _, None)) => {}
-        Some(FnArg::Receiver(r)) => {
-            errors.spanned(r, format!("take the service by shared reference, `&self`: {SHAPE}"));
-            ok = false;
-        }
-        _ => {
-            errors.spanned(
-                &sig.ident,
-                format!("a command handler is a method taking `&self`: {SHAPE}"),
-            );
-            ok = false;
-        }
-    }
-    let typed: Vec<&syn::PatType> = inputs
-        .filter_map(|a| match a {
-            FnArg::Typed(t) => Some(t),
-            FnArg::Receiver(_) => None,
-        })
-        .collect();
-    if typed.len() != 2 {
+    let ([_, command], Some(output)) = (shape.params.as_slice(), shape.output) else {
+        return None;
+    };
+    if let Type::Reference(r) = &*command.ty {
         errors.spanned(
-            &sig.inputs,
-            format!(
-                "expected two parameters after `&self`, the context and the command, found {}: {SHAPE}",
-                typed.len()
-            ),
+            r,
+            format!("the command comes last and by value (are the parameters swapped?): {SHAPE}"),
         );
         return None;
     }
-    let output = match &sig.output {
-        ReturnType::Type(_, ty) => &**ty,
-        ReturnType::Default => {
-            errors.spanned(&sig.ident, format!("missing return type `-> CommandResult`: {SHAPE}"));
-            return None;
-        }
-    };
     ok.then_some(Handler {
         method,
-        command: &typed[1].ty,
+        command: &command.ty,
         output,
     })
 }

@@ -19,7 +19,7 @@ use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
 use syn::ext::IdentExt;
 use syn::spanned::Spanned;
-use syn::{FnArg, Ident, ImplItem, ImplItemFn, ItemImpl, LitStr, Path, ReturnType, Type};
+use syn::{Ident, ImplItem, ImplItemFn, ItemImpl, LitStr, Path, Type};
 
 const NAME: &str = "name";
 const KEY: &str = "key";
@@ -40,62 +40,41 @@ fn helper<'a>(method: &'a ImplItemFn, name: &str) -> Option<&'a syn::Attribute> 
 }
 
 fn check_signature(method: &ImplItemFn, errors: &mut Errors) -> Option<Type> {
-    let sig = &method.sig;
-    let mut ok = true;
-    if sig.asyncness.is_none() {
-        errors.spanned(sig.fn_token, format!("process handlers are `async`: {SHAPE}"));
-        ok = false;
+    use crate::method::{Expect, Problem, Receiver};
+    let expect = Expect {
+        receiver: Receiver::Mut,
+        min_params: 2,
+        max_params: 2,
+    };
+    let (shape, problems) = crate::method::check(&method.sig, &expect);
+    let ok = problems.is_empty();
+    for found in problems {
+        let message = match found.problem {
+            Problem::NotAsync => format!("process handlers are `async`: {SHAPE}"),
+            Problem::Generic => format!("process handlers cannot be generic: {SHAPE}"),
+            Problem::Variadic => format!("process handlers cannot be variadic: {SHAPE}"),
+            Problem::WrongReceiver => format!("take the state as `&mut self`: {SHAPE}"),
+            Problem::MissingReceiver | Problem::UnexpectedReceiver | Problem::SelfNotFirst => {
+                format!("a process handler is a method taking `&mut self` first: {SHAPE}")
+            }
+            Problem::Arity(n) => {
+                format!("expected two parameters after `&mut self`, the context and the event, found {n}: {SHAPE}")
+            }
+            Problem::MissingOutput => format!("missing return type `-> Result<(), HandlerError>`: {SHAPE}"),
+        };
+        errors.spanned(found.tokens, message);
     }
-    if !sig.generics.params.is_empty() {
-        errors.spanned(&sig.generics, format!("process handlers cannot be generic: {SHAPE}"));
-        ok = false;
-    }
-    let mut inputs = sig.inputs.iter();
-    match inputs.next() {
-        Some(FnArg::Receiver(r)) if matches!(r.kind, syn::ReceiverKind::Reference(_, _, Some(_))) => {}
-        Some(FnArg::Receiver(r)) => {
-            errors.spanned(r, format!("take the state as `&mut self`: {SHAPE}"));
-            ok = false;
-        }
-        _ => {
-            errors.spanned(
-                &sig.ident,
-                format!("a process handler is a method taking `&mut self`: {SHAPE}"),
-            );
-            ok = false;
-        }
-    }
-    let typed: Vec<&syn::PatType> = inputs
-        .filter_map(|a| match a {
-            FnArg::Typed(t) => Some(t),
-            FnArg::Receiver(_) => None,
-        })
-        .collect();
-    if typed.len() != 2 {
-        errors.spanned(
-            &sig.inputs,
-            format!(
-                "expected two parameters after `&mut self`, the context and the event, found {}: {SHAPE}",
-                typed.len()
-            ),
-        );
+    let [_, event] = shape.params.as_slice() else {
         return None;
-    }
-    if let Type::Reference(r) = &*typed[1].ty {
+    };
+    if let Type::Reference(r) = &*event.ty {
         errors.spanned(
             r,
             format!("the event comes last and by value (are the parameters swapped?): {SHAPE}"),
         );
-        ok = false;
+        return None;
     }
-    if matches!(sig.output, ReturnType::Default) {
-        errors.spanned(
-            &sig.ident,
-            format!("missing return type `-> Result<(), HandlerError>`: {SHAPE}"),
-        );
-        ok = false;
-    }
-    ok.then(|| (*typed[1].ty).clone())
+    ok.then(|| (*event.ty).clone())
 }
 
 /// Whether a handler's parameter type is the runtime's `Deadline` (by its last segment).

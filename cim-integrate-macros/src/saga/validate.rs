@@ -3,10 +3,10 @@
 
 use super::parse::{self, Args, COMPENSATE, DATA, Method, NAME, NO_COMPENSATION, Parsed, StepArgs};
 use crate::errors::Errors;
-use proc_macro2::Span;
+use proc_macro2::{Span, TokenStream};
+use quote::ToTokens;
 use syn::ext::IdentExt;
-use syn::spanned::Spanned;
-use syn::{FnArg, Ident, ItemImpl, LitStr, Path, Type};
+use syn::{Ident, ItemImpl, LitStr, Path, Type};
 
 /// A checked `#[saga]`.
 pub(crate) struct Saga {
@@ -42,34 +42,37 @@ fn signature(name: &Ident) -> String {
     SIGNATURE.replace("NAME", &name.to_string())
 }
 
-/// Checks a step's or compensation's signature; the problem and the span to put it on.
-fn signature_problem(method: &Method) -> Option<(Span, &'static str)> {
-    let sig = &method.func.sig;
-    if sig.asyncness.is_none() {
-        return Some((sig.fn_token.span, "it is not `async`"));
+/// Checks a step's or compensation's signature; the first problem and the tokens to put it on.
+fn signature_problem(method: &Method) -> Option<(TokenStream, &'static str)> {
+    use crate::method::{Expect, Problem, Receiver};
+    let expect = Expect {
+        receiver: Receiver::Shared,
+        min_params: 1,
+        max_params: 1,
+    };
+    let (shape, problems) = crate::method::check(&method.func.sig, &expect);
+    if let Some(found) = problems.into_iter().next() {
+        let problem = match found.problem {
+            Problem::NotAsync => "it is not `async`",
+            Problem::Generic => "it cannot be generic",
+            Problem::Variadic => "it cannot be variadic",
+            Problem::WrongReceiver => {
+                "it must take `&self` (the saga holds shared dependencies; its data is in the context)"
+            }
+            Problem::MissingReceiver | Problem::UnexpectedReceiver | Problem::SelfNotFirst => "it must take `&self`",
+            Problem::Arity(0) => "it must take the step context `ctx: &mut StepContext<Data>`",
+            Problem::Arity(_) => "it takes one argument besides `&self`: the step context",
+            Problem::MissingOutput => "it must return `Result<(), HandlerError>`",
+        };
+        return Some((found.tokens, problem));
     }
-    let mut inputs = sig.inputs.iter();
-    match inputs.next() {
-        Some(FnArg::Receiver(r)) if matches!(r.kind, syn::ReceiverKind::Reference(_, _, None)) => {}
-        Some(FnArg::Receiver(r)) => {
-            return Some((
-                r.span(),
-                "it must take `&self` (the saga holds shared dependencies; its data is in the context)",
-            ));
-        }
-        _ => return Some((sig.ident.span(), "it must take `&self`")),
-    }
-    match (inputs.next(), inputs.next()) {
-        (Some(FnArg::Typed(arg)), None) if matches!(&*arg.ty, Type::Reference(r) if r.mutability.is_some()) => None,
-        (Some(arg), None) => Some((
-            arg.span(),
+    match shape.params.as_slice() {
+        [arg] if matches!(&*arg.ty, Type::Reference(r) if r.mutability.is_some()) => None,
+        [arg] => Some((
+            arg.to_token_stream(),
             "its argument must be the step context, `&mut StepContext<Data>`",
         )),
-        (None, _) => Some((
-            sig.paren_token.span.join(),
-            "it must take the step context `ctx: &mut StepContext<Data>`",
-        )),
-        (Some(_), Some(extra)) => Some((extra.span(), "it takes one argument besides `&self`: the step context")),
+        _ => None,
     }
 }
 
@@ -138,11 +141,11 @@ pub(crate) fn saga(args: Args, parsed: Option<Parsed>, errors: &mut Errors) -> O
     let mut used: Vec<(String, String)> = Vec::new();
     for (method, args) in steps {
         let ident = &method.func.sig.ident;
-        if let Some((span, problem)) = signature_problem(method) {
-            errors.push(syn::Error::new(
-                span,
+        if let Some((tokens, problem)) = signature_problem(method) {
+            errors.spanned(
+                tokens,
                 format!("step `{ident}` must be `{}`: {problem}", signature(ident)),
-            ));
+            );
         }
         let step_name = args
             .name
@@ -268,14 +271,14 @@ fn compensation<'m>(
         );
         return None;
     }
-    if let Some((span, problem)) = signature_problem(method) {
-        errors.push(syn::Error::new(
-            span,
+    if let Some((tokens, problem)) = signature_problem(method) {
+        errors.spanned(
+            tokens,
             format!(
                 "`{name}`, the compensation of step `{step}`, has the wrong signature: {problem}; it must be `{}`",
                 signature(&method.func.sig.ident)
             ),
-        ));
+        );
         return None;
     }
     if let Some((_, other)) = used.iter().find(|(c, _)| *c == name) {

@@ -5,7 +5,7 @@ use crate::args;
 use crate::errors::Errors;
 use proc_macro2::{Span, TokenStream, TokenTree};
 use quote::ToTokens;
-use syn::{FnArg, Ident, LitBool, LitInt, LitStr, Path, ReturnType, Signature, Type};
+use syn::{Ident, LitBool, LitInt, LitStr, Path, Signature, Type};
 
 pub(crate) const NAME: &str = "name";
 pub(crate) const DURABLE: &str = "durable";
@@ -268,53 +268,38 @@ fn is_context(ty: &Type) -> bool {
 
 /// Checks a handler's signature: `async fn name(&self?, ctx: &Context?, event: E) -> Result<(), HandlerError>`.
 pub(crate) fn handler_sig(sig: &Signature, method: bool, errors: &mut Errors) -> Option<HandlerSig> {
-    let before = errors.count();
-    if sig.asyncness.is_none() {
-        errors.spanned(sig.fn_token, "a handler must be an `async fn`: add `async`");
-    }
-    if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
-        errors.spanned(
-            &sig.generics,
-            "a handler cannot be generic: it is registered for one event type",
-        );
-    }
-    if let Some(v) = &sig.variadic {
-        errors.spanned(v, "a handler cannot be variadic");
-    }
-    let mut inputs = sig.inputs.iter().peekable();
-    match (method, inputs.peek()) {
-        (true, Some(FnArg::Receiver(r))) => {
-            if !matches!(r.kind, syn::ReceiverKind::Reference(_, _, None)) {
-                errors.spanned(
-                    r,
-                    "a handler method takes `&self`: handlers of one set run concurrently and share the service",
-                );
+    use crate::method::{Expect, Problem, Receiver};
+    let expect = Expect {
+        receiver: if method { Receiver::Shared } else { Receiver::None },
+        min_params: 1,
+        max_params: 2,
+    };
+    let (shape, problems) = crate::method::check(sig, &expect);
+    let ok = problems.is_empty();
+    for found in problems {
+        let message = match found.problem {
+            Problem::NotAsync => "a handler must be an `async fn`: add `async`".to_owned(),
+            Problem::Generic => "a handler cannot be generic: it is registered for one event type".to_owned(),
+            Problem::Variadic => "a handler cannot be variadic".to_owned(),
+            Problem::WrongReceiver => {
+                "a handler method takes `&self`: handlers of one set run concurrently and share the service".to_owned()
             }
-            inputs.next();
-        }
-        (true, _) => errors.spanned(
-            &sig.ident,
-            "a handler inside `#[handlers]` is a method taking `&self`; move free functions out of the `impl` block",
-        ),
-        (false, Some(FnArg::Receiver(r))) => {
-            errors.spanned(
-                r,
-                "`#[subscribe]` on a method needs `#[handlers(domain = \"...\")]` on its `impl` block",
-            );
-            return None;
-        }
-        (false, _) => {}
-    }
-    let typed: Vec<&syn::PatType> = inputs
-        .filter_map(|a| match a {
-            FnArg::Typed(t) => Some(t),
-            FnArg::Receiver(r) => {
-                errors.spanned(r, "`self` must come first");
-                None
+            Problem::MissingReceiver => "a handler inside `#[handlers]` is a method taking `&self`; move free functions out of the `impl` block".to_owned(),
+            Problem::UnexpectedReceiver => {
+                "`#[subscribe]` on a method needs `#[handlers(domain = \"...\")]` on its `impl` block".to_owned()
             }
-        })
-        .collect();
-    let (ctx, event) = match typed.as_slice() {
+            Problem::SelfNotFirst => "`self` must come first".to_owned(),
+            Problem::Arity(n) => {
+                let receiver = if method { "&self, " } else { "" };
+                format!(
+                    "a handler takes the event, optionally after its context: `({receiver}ctx: &Context, event: DocumentCreated)` or `({receiver}event: DocumentCreated)`; found {n} parameter(s)"
+                )
+            }
+            Problem::MissingOutput => "a handler returns `Result<(), HandlerError>`: add `-> Result<(), HandlerError>` (errors decide retry or dead letter)".to_owned(),
+        };
+        errors.spanned(found.tokens, message);
+    }
+    let (ctx, event) = match shape.params.as_slice() {
         [event] => (Ctx::None, *event),
         [ctx, event] => {
             let kind = match &*ctx.ty {
@@ -325,45 +310,26 @@ pub(crate) fn handler_sig(sig: &Signature, method: bool, errors: &mut Errors) ->
                         other,
                         "the first parameter of a two-parameter handler is its context: `ctx: &Context`",
                     );
-                    Ctx::Ref
+                    return None;
                 }
             };
             (kind, *event)
         }
-        _ => {
-            errors.spanned(
-                &sig.inputs,
-                format!(
-                    "a handler takes the event, optionally after its context: `({}ctx: &Context, event: DocumentCreated)` or `({}event: DocumentCreated)`; found {} parameter(s)",
-                    if method { "&self, " } else { "" },
-                    if method { "&self, " } else { "" },
-                    typed.len()
-                ),
-            );
-            return None;
-        }
+        _ => return None,
     };
     if let Type::Reference(r) = &*event.ty {
         errors.spanned(
             r,
             "the event is passed by value: `event: DocumentCreated`, not a reference",
         );
+        return None;
     }
-    let output = match &sig.output {
-        ReturnType::Type(_, ty) => (**ty).clone(),
-        ReturnType::Default => {
-            errors.push(syn::Error::new(
-                sig.paren_token.span.close(),
-                "a handler returns `Result<(), HandlerError>`: add `-> Result<(), HandlerError>` (errors decide retry or dead letter)",
-            ));
-            return None;
-        }
-    };
-    (errors.count() == before).then(|| HandlerSig {
+    let output = shape.output?;
+    ok.then(|| HandlerSig {
         ident: sig.ident.clone(),
         ctx,
         event: (*event.ty).clone(),
-        output,
+        output: output.clone(),
     })
 }
 

@@ -63,20 +63,43 @@ fn check<'a>(method: &'a ImplItemFn, errors: &mut Errors) -> Option<Handler<'a>>
     })
 }
 
-pub(super) fn expand(attr: TokenStream, block: ItemImpl) -> TokenStream {
-    let mut errors = Errors::default();
-    let mut name: Option<LitStr> = None;
-    let mut krate: Option<Path> = None;
-    args::parse(attr, "command", KEYS, &mut errors, |key, value| {
-        if key == NAME {
-            let lit = args::string(value, "name = \"document\"")?;
-            crate::subject::check_token(&lit, "handler set name")?;
-            name = Some(lit);
-        } else {
-            krate = Some(args::krate(value)?);
-        }
-        Ok(())
-    });
+/// `#[command(...)]`'s arguments on an `impl` block.
+#[derive(Default)]
+struct Args {
+    name: Option<LitStr>,
+    krate: Option<Path>,
+    /// The keys given, including those whose value was rejected.
+    present: Vec<String>,
+}
+
+impl Args {
+    fn parse(attr: TokenStream, errors: &mut Errors) -> Self {
+        let mut out = Self::default();
+        let present = args::parse(attr, "command", KEYS, errors, |key, value| {
+            if key == NAME {
+                let lit = args::string(value, "name = \"document\"")?;
+                crate::subject::check_token(&lit, "handler set name")?;
+                out.name = Some(lit);
+            } else {
+                out.krate = Some(args::krate(value)?);
+            }
+            Ok(())
+        });
+        Self { present, ..out }
+    }
+}
+
+/// A checked handler set.
+struct Set<'a> {
+    block: &'a ItemImpl,
+    name: LitStr,
+    krate: Path,
+    handlers: Vec<Handler<'a>>,
+}
+
+/// Checks every rule, recording each broken one; the checked set if none is.
+fn validate<'a>(args: Args, block: &'a ItemImpl, errors: &mut Errors) -> Option<Set<'a>> {
+    let before = errors.count();
     if block.trait_.is_some() {
         errors.spanned(
             &block.self_ty,
@@ -100,26 +123,51 @@ pub(super) fn expand(attr: TokenStream, block: ItemImpl) -> TokenStream {
     if methods.is_empty() {
         errors.spanned(&block.self_ty, "this `impl` block has no handlers: add `async fn name(&self, ctx: &Context, command: MyCommand) -> CommandResult`");
     }
-    let handlers: Vec<Handler> = methods.iter().filter_map(|m| check(m, &mut errors)).collect();
-    let name = match name {
-        Some(n) => n,
-        None => {
-            errors.push(syn::Error::new(
-                proc_macro2::Span::call_site(),
-                "missing `name`: the handler set's name, usually its domain, e.g. `#[command(name = \"document\")]`",
-            ));
-            LitStr::new("invalid", proc_macro2::Span::call_site())
-        }
-    };
-    if let Err(error) = errors.finish() {
-        let mut out = errors::with_item(error, &block);
-        out.extend(crate::stubs::command_handlers(
-            &crate::args::facade(krate.as_ref()),
-            &block,
+    let handlers: Vec<Handler> = methods.iter().filter_map(|m| check(m, errors)).collect();
+    // A `name` given with a wrong value is reported there, not also as missing.
+    if args.name.is_none() && !args.present.iter().any(|k| k == NAME) {
+        errors.push(syn::Error::new(
+            proc_macro2::Span::call_site(),
+            "missing `name`: the handler set's name, usually its domain, e.g. `#[command(name = \"document\")]`",
         ));
-        return out;
     }
-    let krate = crate::args::facade(krate.as_ref());
+    (errors.count() == before).then(|| Set {
+        block,
+        name: args
+            .name
+            .unwrap_or_else(|| LitStr::new("invalid", proc_macro2::Span::call_site())),
+        krate: args::facade(args.krate.as_ref()),
+        handlers,
+    })
+}
+
+/// Expands `#[command(attr)] impl ...`: parse, validate, expand; on any mistake every error
+/// beside the block and a stub `CommandHandlerSet`.
+pub(super) fn expand(attr: TokenStream, block: ItemImpl) -> TokenStream {
+    let mut errors = Errors::default();
+    let args = Args::parse(attr, &mut errors);
+    let krate = args::facade(args.krate.as_ref());
+    let set = validate(args, &block, &mut errors);
+    match (errors.finish(), set) {
+        (Ok(()), Some(set)) => expand_set(&set),
+        (Err(error), _) => {
+            let mut out = errors::with_item(error, &block);
+            out.extend(crate::stubs::command_handlers(&krate, &block));
+            out
+        }
+        // Validation fails only with an error; should it not, the block is kept as written.
+        (Ok(()), None) => quote!(#block),
+    }
+}
+
+/// The block and its `CommandHandlerSet` impl, registering each handler.
+fn expand_set(set: &Set) -> TokenStream {
+    let Set {
+        block,
+        name,
+        krate,
+        handlers,
+    } = set;
     let self_ty = &block.self_ty;
     let private = quote!(#krate::__private);
     let registrations = handlers.iter().map(|h| {

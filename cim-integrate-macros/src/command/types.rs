@@ -106,10 +106,18 @@ fn item(item: TokenStream, errors: &mut Errors) -> Option<ItemStruct> {
     }
 }
 
-pub(super) fn expand(attr: TokenStream, tokens: TokenStream) -> TokenStream {
-    let mut errors = Errors::default();
-    let args = Args::parse(attr, &mut errors);
-    let parsed = item(tokens.clone(), &mut errors);
+/// A checked command type.
+struct CommandType {
+    item: ItemStruct,
+    version: LitStr,
+    /// The current version's subject and older versions; `None` for a frozen older version.
+    current: Option<(LitStr, Vec<Path>)>,
+    krate: Path,
+}
+
+/// Checks every rule, recording each broken one; the checked command type if none is.
+fn validate(args: &Args, parsed: Option<ItemStruct>, errors: &mut Errors) -> Option<CommandType> {
+    let before = errors.count();
     let version = match &args.version {
         Some(lit) => versioning::check_version(lit)
             .map_err(|e| errors.push(e))
@@ -155,49 +163,76 @@ pub(super) fn expand(attr: TokenStream, tokens: TokenStream) -> TokenStream {
         );
     }
     let previous = args.previous.as_ref().map(|(_, p)| p.clone()).unwrap_or_default();
-    if let Some(item) = &parsed {
-        versioning::check_payload_struct(item, "commands", &mut errors);
-        versioning::check_previous(&item.ident, &previous, &mut errors);
-    }
-    let krate = args::facade(args.krate.as_ref());
-    match (errors.finish(), parsed, version) {
-        (Ok(()), Some(item), Some(version)) => {
-            let ident = &item.ident;
-            let derives = versioning::serde_derives(&krate);
-            let payload_version = versioning::payload_version_impl(&krate, ident, &version);
-            let current = match &args.subject {
-                Some(subject) if args.frozen.is_none() => {
-                    let versioned = versioning::versioned_impl(&krate, ident, &version, &previous);
-                    quote! {
-                        #versioned
+    let item = parsed?;
+    versioning::check_payload_struct(&item, "commands", errors);
+    versioning::check_previous(&item.ident, &previous, errors);
+    let current = match &args.subject {
+        Some(subject) if args.frozen.is_none() => Some((subject.clone(), previous)),
+        _ => None,
+    };
+    (errors.count() == before).then_some(CommandType {
+        item,
+        version: version?,
+        current,
+        krate: args::facade(args.krate.as_ref()),
+    })
+}
 
-                        #[automatically_derived]
-                        impl #krate::__private::command::Command for #ident {
-                            const SUBJECT: &'static ::core::primitive::str = #subject;
-                        }
-                    }
-                }
-                _ => TokenStream::new(),
-            };
+/// The struct with serde derives, `PayloadVersion`, and for the current version `Versioned`
+/// and `Command`.
+fn expand_type(command: &CommandType) -> TokenStream {
+    let CommandType {
+        item,
+        version,
+        current,
+        krate,
+    } = command;
+    let ident = &item.ident;
+    let derives = versioning::serde_derives(krate);
+    let payload_version = versioning::payload_version_impl(krate, ident, version);
+    let current = match current {
+        Some((subject, previous)) => {
+            let versioned = versioning::versioned_impl(krate, ident, version, previous);
             quote! {
-                #derives
-                #item
+                #versioned
 
-                const _: () = {
-                    #payload_version
-                    #current
-                };
+                #[automatically_derived]
+                impl #krate::__private::command::Command for #ident {
+                    const SUBJECT: &'static ::core::primitive::str = #subject;
+                }
             }
         }
-        (Err(error), parsed, _) => {
+        None => TokenStream::new(),
+    };
+    quote! {
+        #derives
+        #item
+
+        const _: () = {
+            #payload_version
+            #current
+        };
+    }
+}
+
+/// Expands `#[command(attr)] struct ...`: parse, validate, expand; on any mistake every error
+/// beside the struct and stub impls.
+pub(super) fn expand(attr: TokenStream, tokens: TokenStream) -> TokenStream {
+    let mut errors = Errors::default();
+    let args = Args::parse(attr, &mut errors);
+    let parsed = item(tokens.clone(), &mut errors);
+    let command = validate(&args, parsed.clone(), &mut errors);
+    match (errors.finish(), command) {
+        (Ok(()), Some(command)) => expand_type(&command),
+        (Err(error), _) => {
+            let krate = args::facade(args.krate.as_ref());
             let stubs = stubs(&args, &krate, &tokens);
             let mut out = errors::with_item(error, fallback(parsed, tokens));
             out.extend(stubs);
             out
         }
-        // Every path without a struct or a version records an error; should one not, the item
-        // is kept as written.
-        (Ok(()), _, _) => tokens,
+        // Validation fails only with an error; should it not, the item is kept as written.
+        (Ok(()), None) => tokens,
     }
 }
 

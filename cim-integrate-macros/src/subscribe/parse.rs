@@ -306,10 +306,16 @@ pub(crate) fn handler_sig(sig: &Signature, method: bool, errors: &mut Errors) ->
                 Type::Reference(r) if r.mutability.is_none() && is_context(&r.elem) => Ctx::Ref,
                 ty if is_context(ty) => Ctx::Owned,
                 other => {
-                    errors.spanned(
-                        other,
-                        "the first parameter of a two-parameter handler is its context: `ctx: &Context`",
-                    );
+                    let swapped = match &*event.ty {
+                        Type::Reference(r) => is_context(&r.elem),
+                        ty => is_context(ty),
+                    };
+                    let message = if swapped {
+                        "the context comes first and the event last: swap them, `(ctx: &Context, event: DocumentCreated)`"
+                    } else {
+                        "the first parameter of a two-parameter handler is its context: `ctx: &Context`"
+                    };
+                    errors.spanned(other, message);
                     return None;
                 }
             };

@@ -34,6 +34,30 @@ pub(crate) fn check_version(lit: &LitStr) -> syn::Result<(u32, u32)> {
     })
 }
 
+/// Rule: a payload declares a valid version. `given` says the key was written (its wrong value is
+/// then already reported, so it is not also "missing"); `missing` is the message otherwise.
+pub(crate) fn version_rule(
+    version: Option<&LitStr>,
+    given: bool,
+    missing: &str,
+    errors: &mut Errors,
+) -> Option<LitStr> {
+    match version {
+        Some(lit) => match check_version(lit) {
+            Ok(_) => Some(lit.clone()),
+            Err(error) => {
+                errors.push(error);
+                None
+            }
+        },
+        None if given => None,
+        None => {
+            errors.push(syn::Error::new(Span::call_site(), missing));
+            None
+        }
+    }
+}
+
 fn parse_version(s: &str) -> Option<(u32, u32)> {
     let (major, minor) = s.split_once('.')?;
     Some((number(major)?, number(minor)?))

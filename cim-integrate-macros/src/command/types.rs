@@ -118,21 +118,13 @@ struct CommandType {
 /// Checks every rule, recording each broken one; the checked command type if none is.
 fn validate(args: &Args, parsed: Option<ItemStruct>, errors: &mut Errors) -> Option<CommandType> {
     let before = errors.count();
-    let version = match &args.version {
-        Some(lit) => versioning::check_version(lit)
-            .map_err(|e| errors.push(e))
-            .ok()
-            .map(|_| lit.clone()),
-        None if args.present.iter().any(|k| k == VERSION) => None,
-        None => {
-            errors.push(syn::Error::new(
-                Span::call_site(),
-                "missing `version`: every command declares its wire version, e.g. \
-                 `#[command(subject = \"document.create\", version = \"1.0\")]`",
-            ));
-            None
-        }
-    };
+    let version = versioning::version_rule(
+        args.version.as_ref(),
+        args.present.iter().any(|k| k == VERSION),
+        "missing `version`: every command declares its wire version, e.g. \
+         `#[command(subject = \"document.create\", version = \"1.0\")]`",
+        errors,
+    );
     match (&args.subject, &args.frozen) {
         (Some(s), _) => {
             if let Err(e) = subject::check_concrete(s, subject::Concrete::Command) {

@@ -23,6 +23,8 @@ pub(crate) struct Saga {
 pub(crate) struct Step {
     pub(crate) name: LitStr,
     pub(crate) method: Ident,
+    /// Where a type error in calling the method is reported: its return type.
+    pub(crate) method_span: Span,
     pub(crate) compensation: Compensation,
     pub(crate) timeout_ms: Option<u64>,
     pub(crate) attempts: Option<u32>,
@@ -32,7 +34,8 @@ pub(crate) struct Step {
 
 /// What undoes a checked step.
 pub(crate) enum Compensation {
-    By(Ident),
+    /// The method and its return type's span.
+    By(Ident, Span),
     None(LitStr),
 }
 
@@ -198,14 +201,14 @@ pub(crate) fn saga(args: Args, parsed: Option<Parsed>, errors: &mut Errors) -> O
                 }
                 Some(Compensation::None(reason.clone()))
             }
-            (Some(target), None) => {
-                compensation(target, ident, &by_name, &helpers, &mut used, errors).map(Compensation::By)
-            }
+            (Some(target), None) => compensation(target, ident, &by_name, &helpers, &mut used, errors)
+                .map(|(method, span)| Compensation::By(method, span)),
         };
         if let Some(c) = compensation {
             out.push(Step {
                 name: step_name,
                 method: ident.clone(),
+                method_span: output_span(&method.func.sig),
                 compensation: c,
                 timeout_ms: args.timeout.as_ref().map(|d| d.millis),
                 attempts: args.attempts.as_ref().map(|c| c.value),
@@ -244,7 +247,7 @@ fn compensation<'m>(
     helpers: &[String],
     used: &mut Vec<(String, String)>,
     errors: &mut Errors,
-) -> Option<Ident> {
+) -> Option<(Ident, Span)> {
     // `compensate = "undo"` and `compensate = "r#undo"` both name `fn r#undo`.
     let value = target.value();
     let name = value.strip_prefix("r#").unwrap_or(&value).to_owned();
@@ -292,7 +295,15 @@ fn compensation<'m>(
         return None;
     }
     used.push((name, step.to_string()));
-    Some(method.func.sig.ident.clone())
+    Some((method.func.sig.ident.clone(), output_span(&method.func.sig)))
+}
+
+/// The span of a method's return type (its name's without one), where a wrong one is reported.
+fn output_span(sig: &syn::Signature) -> Span {
+    match &sig.output {
+        syn::ReturnType::Type(_, ty) => syn::spanned::Spanned::span(&**ty),
+        syn::ReturnType::Default => sig.ident.span(),
+    }
 }
 
 fn check_token(lit: &LitStr, what: &str, errors: &mut Errors) {

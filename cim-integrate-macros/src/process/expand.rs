@@ -2,7 +2,7 @@
 //! per handler, the check that every key has one type, and the `ProcessManager` impl.
 
 use super::validate::Process;
-use proc_macro2::TokenStream;
+use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
 use syn::ext::IdentExt;
 use syn::spanned::Spanned;
@@ -25,6 +25,7 @@ pub(crate) fn process(process: &Process) -> TokenStream {
         let key_fn = format_ident!("__key_{}", method);
         let call_fn = format_ident!("__call_{}", method);
         let method_name = method.unraw().to_string();
+        let boxed = boxed_call(self_ty, method, quote!(__state, __ctx, __event), h.output);
         let access = quote_spanned!(field.span()=> &__event.#field);
         shims.push(quote! {
             fn #key_fn(__event: &#event) -> ::std::string::String {
@@ -35,7 +36,7 @@ pub(crate) fn process(process: &Process) -> TokenStream {
                 __ctx: &'__a mut #private::process::ProcessContext,
                 __event: #event,
             ) -> #private::process::BoxFuture<'__a, ::core::result::Result<(), #private::handler::HandlerError>> {
-                ::std::boxed::Box::pin(<#self_ty>::#method(__state, __ctx, __event))
+                #boxed
             }
         });
         let register = quote_spanned!(event.span()=> #private::process::ProcessHandler::new::<#event>);
@@ -67,14 +68,15 @@ pub(crate) fn process(process: &Process) -> TokenStream {
     } else {
         TokenStream::new()
     };
-    let on_deadline = deadline.as_ref().map(|method| {
+    let on_deadline = deadline.as_ref().map(|(method, output)| {
+        let boxed = boxed_call(self_ty, method, quote!(self, __ctx, __deadline), *output);
         quote! {
             fn on_deadline<'__a>(
                 &'__a mut self,
                 __ctx: &'__a mut #private::process::ProcessContext,
                 __deadline: #private::process::Deadline,
             ) -> #private::process::BoxFuture<'__a, ::core::result::Result<(), #private::handler::HandlerError>> {
-                ::std::boxed::Box::pin(<#self_ty>::#method(self, __ctx, __deadline))
+                #boxed
             }
         }
     });
@@ -97,4 +99,13 @@ pub(crate) fn process(process: &Process) -> TokenStream {
             }
         };
     }
+}
+
+/// `Box::pin(Type::method(args))`: the call on the method's name (a wrong parameter is reported
+/// there), the boxing on its return type `output` (where the future's output must be
+/// `Result<(), HandlerError>`, so a wrong one is reported there).
+fn boxed_call(self_ty: &syn::Type, method: &syn::Ident, args: TokenStream, output: Span) -> TokenStream {
+    let invoke = quote_spanned!(method.span()=> <#self_ty>::#method(#args));
+    let pin = crate::spans::respan(quote!(::std::boxed::Box::pin), output);
+    quote_spanned!(output=> #pin(#invoke))
 }

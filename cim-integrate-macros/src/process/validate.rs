@@ -12,6 +12,8 @@ pub(crate) const SHAPE: &str = "a process handler is `async fn name(&mut self, c
 /// A checked event handler.
 pub(crate) struct Handler {
     pub(crate) method: Ident,
+    /// The method's return type's span, where a wrong one is reported.
+    pub(crate) output: Span,
     pub(crate) event: Type,
     pub(crate) key: Ident,
     /// The handler's own `#[key(field)]`, if it has one.
@@ -26,7 +28,7 @@ pub(crate) struct Process {
     pub(crate) krate: Path,
     pub(crate) handlers: Vec<Handler>,
     /// The `#[deadline]` method.
-    pub(crate) deadline: Option<Ident>,
+    pub(crate) deadline: Option<(Ident, Span)>,
 }
 
 fn helper<'a>(method: &'a ImplItemFn, name: &str) -> Option<&'a syn::Attribute> {
@@ -61,15 +63,15 @@ pub(crate) fn process(args: Args, block: ItemImpl, errors: &mut Errors) -> Optio
         );
     }
     let mut handlers = Vec::new();
-    let mut deadline: Option<Ident> = None;
+    let mut deadline: Option<(Ident, Span)> = None;
     for item in &block.items {
         let ImplItem::Fn(method) = item else { continue };
         if let Some(attr) = helper(method, "deadline") {
-            if let Some(first) = &deadline {
+            if let Some((first, _)) = &deadline {
                 errors.spanned(attr, format!("only one `#[deadline]` method; `{first}` is one already"));
             }
             check_signature(method, errors);
-            deadline = Some(method.sig.ident.clone());
+            deadline = Some((method.sig.ident.clone(), output_span(&method.sig)));
             continue;
         }
         let own_key = match helper(method, "key") {
@@ -102,6 +104,7 @@ pub(crate) fn process(args: Args, block: ItemImpl, errors: &mut Errors) -> Optio
         match own_key.clone().or_else(|| args.key.clone()) {
             Some(key) => handlers.push(Handler {
                 method: method.sig.ident.clone(),
+                output: output_span(&method.sig),
                 event,
                 key,
                 own_key,
@@ -127,6 +130,14 @@ pub(crate) fn process(args: Args, block: ItemImpl, errors: &mut Errors) -> Optio
         handlers,
         deadline,
     })
+}
+
+/// The span of a method's return type (its name's without one).
+fn output_span(sig: &syn::Signature) -> Span {
+    match &sig.output {
+        syn::ReturnType::Type(_, ty) => syn::spanned::Spanned::span(&**ty),
+        syn::ReturnType::Default => sig.ident.span(),
+    }
 }
 
 fn check_signature(method: &ImplItemFn, errors: &mut Errors) -> Option<Type> {

@@ -1,6 +1,8 @@
 //! `#[subscribe]` and `#[handlers]`: typed, idempotent event handlers, registered explicitly.
 //!
 //! - [`parse`]: arguments and handler signatures into typed views (spans kept);
+//! - [`validate`]: the rules of a set (a domain, an inherent concrete block, at least one
+//!   handler, unique handler and durable names);
 //! - [`expand`]: a `HandlerSet` impl with one registration call per handler, and `const` checks
 //!   (the event type is a `DomainEvent`; its subject can match the pattern).
 //!
@@ -10,11 +12,11 @@
 
 mod expand;
 mod parse;
+mod validate;
 
 use crate::errors::{self, Errors};
 use proc_macro2::{Span, TokenStream};
 use quote::{ToTokens, format_ident};
-use std::collections::HashSet;
 use syn::ext::IdentExt;
 
 /// One handler, checked.
@@ -39,30 +41,21 @@ pub fn expand_handlers(attr: TokenStream, item: TokenStream) -> TokenStream {
             return errors::emit(errors, item);
         }
     };
-    if !present.iter().any(|k| k == parse::DOMAIN) {
-        errors.push(syn::Error::new(
-            Span::call_site(),
-            "`#[handlers]` needs the domain the handlers belong to: `#[handlers(domain = \"workflow\")]` (it prefixes durable names and dead-letter subjects)",
-        ));
-    }
-    if let Some((path, _)) = &block.trait_ {
-        errors.spanned(path, "`#[handlers]` goes on an inherent `impl` block, not a trait impl");
-    }
-    if !block.generics.params.is_empty() {
-        errors.spanned(
-            &block.generics,
-            "`#[handlers]` cannot be used on a generic `impl` block: register a concrete service type",
-        );
-    }
+    validate::domain_given(&present, &mut errors);
+    validate::inherent_and_concrete(&block, &mut errors);
     let mut handlers = Vec::new();
-    let mut names = Names::new(args.domain.as_ref());
+    let mut names = validate::Names::new(args.domain.as_ref());
     for item in &mut block.items {
         let syn::ImplItem::Fn(f) = item else { continue };
         let Some(pos) = f.attrs.iter().position(parse::is_subscribe) else {
             continue;
         };
         let attr = f.attrs.remove(pos);
-        if let Some(extra) = f.attrs.iter().find(|a| parse::is_subscribe(a)) {
+        // Every further `#[subscribe]` is reported and removed (left in place, it would expand
+        // on its own and report a second error).
+        let extra: Vec<syn::Attribute> = f.attrs.iter().filter(|a| parse::is_subscribe(a)).cloned().collect();
+        f.attrs.retain(|a| !parse::is_subscribe(a));
+        for extra in extra {
             errors.spanned(
                 extra,
                 "one `#[subscribe]` per handler; write a second handler for a second pattern",
@@ -77,16 +70,11 @@ pub fn expand_handlers(attr: TokenStream, item: TokenStream) -> TokenStream {
         let Some(sig) = parse::handler_sig(&f.sig, true, &mut errors) else {
             continue;
         };
-        if let Some(h) = checked(a, sig, &mut names, &mut errors) {
+        if let Some(h) = validate::checked(a, sig, &mut names, &mut errors) {
             handlers.push(h);
         }
     }
-    if handlers.is_empty() && errors.count() == 0 {
-        errors.spanned(
-            &block.self_ty,
-            "this `#[handlers]` block has no `#[subscribe(\"...\")]` method",
-        );
-    }
+    validate::has_handlers(&block, &handlers, &mut errors);
     match (errors.finish(), &args.domain) {
         (Ok(()), Some(domain)) => expand::handler_set(&block, domain, args.krate.as_ref(), &handlers),
         (Err(e), _) => {
@@ -97,75 +85,6 @@ pub fn expand_handlers(attr: TokenStream, item: TokenStream) -> TokenStream {
         }
         (Ok(()), None) => block.into_token_stream(),
     }
-}
-
-/// The handler names and durable consumer names taken so far in one set: each must be unique,
-/// or the service would refuse to start.
-struct Names {
-    /// The set's domain, which prefixes default durable names (`{domain}-{name}`).
-    domain: Option<String>,
-    names: HashSet<String>,
-    durables: HashSet<String>,
-}
-
-impl Names {
-    fn new(domain: Option<&syn::LitStr>) -> Self {
-        Self {
-            domain: domain.map(syn::LitStr::value),
-            names: HashSet::new(),
-            durables: HashSet::new(),
-        }
-    }
-}
-
-/// The name a handler is registered under: `name = "..."`, or the function's name without `r#`.
-fn handler_name(args: &parse::SubscribeArgs, ident: &syn::Ident) -> String {
-    args.name
-        .as_ref()
-        .map_or_else(|| ident.unraw().to_string(), syn::LitStr::value)
-}
-
-fn checked(
-    args: parse::SubscribeArgs,
-    sig: parse::HandlerSig,
-    names: &mut Names,
-    errors: &mut Errors,
-) -> Option<Handler> {
-    args.pattern.as_ref()?;
-    let name = handler_name(&args, &sig.ident);
-    let name_span: &dyn ToTokens = match &args.name {
-        Some(n) => n,
-        None => &sig.ident,
-    };
-    if !names.names.insert(name.clone()) {
-        errors.spanned(
-            name_span,
-            format!("two handlers in this set are named `{name}`; give one another `name = \"...\"`"),
-        );
-        return None;
-    }
-    let durable = match (&args.durable, &names.domain) {
-        (Some(d), _) => Some(d.value()),
-        (None, Some(domain)) => Some(format!("{domain}-{name}")),
-        (None, None) => None,
-    };
-    if let Some(durable) = durable
-        && !names.durables.insert(durable.clone())
-    {
-        let span: &dyn ToTokens = match &args.durable {
-            Some(d) => d,
-            None => name_span,
-        };
-        errors.spanned(
-            span,
-            format!(
-                "two handlers in this set use the durable consumer `{durable}`, so the service would refuse to start; \
-                 give this one another `durable = \"...\"`"
-            ),
-        );
-        return None;
-    }
-    Some(Handler { args, sig, name })
 }
 
 /// Expands `#[subscribe(attr)] fn ...` on a free function.
@@ -197,8 +116,8 @@ pub fn expand_subscribe(attr: TokenStream, item: TokenStream) -> TokenStream {
     }
     let sig = parse::handler_sig(&f.sig, false, &mut errors);
     let krate = crate::args::facade(a.krate.as_ref());
-    let mut names = Names::new(a.domain.as_ref());
-    let handler = sig.and_then(|sig| checked(a, sig, &mut names, &mut errors));
+    let mut names = validate::Names::new(a.domain.as_ref());
+    let handler = sig.and_then(|sig| validate::checked(a, sig, &mut names, &mut errors));
     match (errors.finish(), handler) {
         (Ok(()), Some(h)) => {
             let ty = handler_type(&f.sig.ident);

@@ -212,8 +212,19 @@ fn no_macro_panics_on_generated_variants() {
         cases.extend(variants(&item).into_iter().map(|i| (attr.clone(), i)));
         for (attr, item) in cases {
             let shown = format!("{name}: #[{attr}] {item}");
-            let result = std::panic::catch_unwind(|| expand(attr, item).to_string());
-            assert!(result.is_ok(), "panicked on {shown}");
+            let item_parses = syn::parse2::<syn::Item>(item.clone()).is_ok();
+            let result = std::panic::catch_unwind(|| expand(attr, item));
+            let Ok(out) = result else {
+                panic!("panicked on {shown}");
+            };
+            // A well-formed item gives well-formed output (its errors are `compile_error!`s, not
+            // syntax errors of their own).
+            if item_parses {
+                assert!(
+                    syn::parse2::<syn::File>(out.clone()).is_ok(),
+                    "malformed output for {shown}:\n{out}"
+                );
+            }
             runs += 1;
         }
     }

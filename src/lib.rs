@@ -86,7 +86,9 @@ pub mod __private {
         pub use cim_integrate_runtime::handler::{Context, HandlerError, HandlerOptions, HandlerSet, Registration};
         /// The helpers the handler expansion calls.
         pub mod macro_support {
-            pub use cim_integrate_runtime::handler::macro_support::{EventInfo, event_info, millis, registration};
+            pub use cim_integrate_runtime::handler::macro_support::{
+                EventInfo, can_match, event_info, millis, registration,
+            };
         }
     }
     /// `#[process]`.

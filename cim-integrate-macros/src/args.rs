@@ -4,9 +4,10 @@
 
 use crate::errors::Errors;
 use proc_macro2::{TokenStream, TokenTree};
-use syn::Ident;
 use syn::ext::IdentExt;
 use syn::parse::{ParseStream, Parser};
+use syn::spanned::Spanned;
+use syn::{Ident, LitInt, LitStr, Path};
 
 /// Parses `attr` as comma-separated `key = value` pairs. Each known key's value tokens go to
 /// `on_value`, which records what it parsed; unknown and duplicate keys, a missing `=` and
@@ -72,6 +73,103 @@ pub(crate) fn parse(
         errors.push(error);
     }
     seen
+}
+
+/// The typed values shared by every macro's arguments: each kind of value is parsed in one place,
+/// with one message naming an example of the fix.
+///
+/// A string literal: `key = "..."`. `example` is a whole argument, e.g. `version = "1.0"`.
+pub(crate) fn string(value: TokenStream, example: &str) -> syn::Result<LitStr> {
+    syn::parse2::<LitStr>(value.clone())
+        .map_err(|_| syn::Error::new(value.span(), format!("expected a string literal, e.g. `{example}`")))
+}
+
+/// `crate = "::path"`: the path of the facade crate, for every macro.
+pub(crate) fn krate(value: TokenStream) -> syn::Result<Path> {
+    let lit = string(value, "crate = \"::cim_integrate\"")?;
+    lit.parse_with(Path::parse_mod_style).map_err(|_| {
+        syn::Error::new(
+            lit.span(),
+            "expected the path of the facade crate, e.g. `crate = \"::cim_integrate\"`",
+        )
+    })
+}
+
+/// The facade's path: the `crate = "..."` override or `::cim_integrate`.
+pub(crate) fn facade(krate: Option<&Path>) -> Path {
+    krate.cloned().unwrap_or_else(|| syn::parse_quote!(::cim_integrate))
+}
+
+/// A duration argument: the literal (for spans) and its value in milliseconds.
+pub(crate) struct DurationArg {
+    pub(crate) lit: LitStr,
+    pub(crate) millis: u64,
+}
+
+/// `key = "500ms"` (units `ms`, `s`, `m`, `h`), positive.
+pub(crate) fn duration(value: TokenStream, key: &str) -> syn::Result<DurationArg> {
+    let lit = syn::parse2::<LitStr>(value.clone()).map_err(|_| {
+        syn::Error::new(
+            value.span(),
+            format!("expected a duration such as `{key} = \"500ms\"` (units: ms, s, m, h)"),
+        )
+    })?;
+    let millis = parse_duration_ms(&lit.value()).filter(|ms| *ms > 0).ok_or_else(|| {
+        syn::Error::new(
+            lit.span(),
+            format!(
+                "invalid duration `{}`: write a positive number and a unit, e.g. `\"500ms\"`, `\"2s\"`, `\"1m\"`, `\"1h\"`",
+                lit.value()
+            ),
+        )
+    })?;
+    Ok(DurationArg { lit, millis })
+}
+
+/// `"500ms"`, `"2s"`, `"1m"`, `"1h"` in milliseconds.
+pub(crate) fn parse_duration_ms(s: &str) -> Option<u64> {
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let factor = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return None,
+    };
+    n.checked_mul(factor)
+}
+
+/// A count argument: the literal (for spans) and its value.
+pub(crate) struct CountArg {
+    pub(crate) lit: LitInt,
+    pub(crate) value: u32,
+}
+
+/// `key = 3`: a whole number of at least 1. `why` says what it counts, when that helps.
+pub(crate) fn count(value: TokenStream, key: &str) -> syn::Result<CountArg> {
+    let expected = || format!("expected a whole number of at least 1, e.g. `{key} = 3`");
+    let lit = syn::parse2::<LitInt>(value.clone()).map_err(|_| syn::Error::new(value.span(), expected()))?;
+    match lit.base10_parse::<u32>() {
+        Ok(value) if value > 0 => Ok(CountArg { lit, value }),
+        _ => Err(syn::Error::new(lit.span(), expected())),
+    }
+}
+
+/// `[A, B]`: paths in brackets; `expected` is the message for anything else.
+pub(crate) fn bracketed_paths(value: TokenStream, expected: &str) -> syn::Result<Vec<Path>> {
+    let parser = |input: ParseStream| {
+        if !input.peek(syn::token::Bracket) {
+            return Err(input.error(expected));
+        }
+        let content;
+        syn::bracketed!(content in input);
+        let paths = syn::punctuated::Punctuated::<Path, syn::Token![,]>::parse_terminated(&content)
+            .map_err(|e| syn::Error::new(e.span(), expected))?;
+        Ok(paths.into_iter().collect())
+    };
+    parser.parse2(value)
 }
 
 /// Consumes tokens up to (and including) the next top-level comma; returns those before it.

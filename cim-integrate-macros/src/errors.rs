@@ -1,21 +1,37 @@
 //! Accumulates user errors so that one expansion reports all of them at once, each on its own
-//! span (as serde_derive's `Ctxt`).
+//! span (serde_derive's `internals/ctxt.rs`).
+//!
+//! The collector must be consumed with [`Errors::finish`]: dropping it unchecked is a bug in the
+//! macro (an error found and then lost), caught by a panic in `Drop` in this crate's tests and
+//! debug builds. In release builds of the macro a forgotten check is silent rather than a panic,
+//! so that user code never sees the macro crash.
 
 use proc_macro2::TokenStream;
 use quote::ToTokens;
 use std::fmt::Display;
 
 /// The errors found so far.
-#[derive(Default)]
-pub(crate) struct Errors(Option<syn::Error>);
+pub(crate) struct Errors {
+    /// `None` once [`Errors::finish`] took them.
+    errors: Option<Vec<syn::Error>>,
+}
+
+impl Default for Errors {
+    fn default() -> Self {
+        Self {
+            errors: Some(Vec::new()),
+        }
+    }
+}
 
 impl Errors {
+    fn list(&mut self) -> &mut Vec<syn::Error> {
+        self.errors.get_or_insert_with(Vec::new)
+    }
+
     /// Records an error.
     pub(crate) fn push(&mut self, error: syn::Error) {
-        match &mut self.0 {
-            Some(all) => all.combine(error),
-            None => self.0 = Some(error),
-        }
+        self.list().push(error);
     }
 
     /// Records an error spanned on `tokens`.
@@ -25,12 +41,36 @@ impl Errors {
 
     /// How many errors were recorded.
     pub(crate) fn count(&self) -> usize {
-        self.0.as_ref().map_or(0, |e| e.clone().into_iter().count())
+        self.errors.as_ref().map_or(0, Vec::len)
     }
 
-    /// `Err` with every recorded error, if there is any.
-    pub(crate) fn finish(self) -> Result<(), syn::Error> {
-        self.0.map_or(Ok(()), Err)
+    /// `Err` with every recorded error, if there is any. Consumes the collector (the check).
+    pub(crate) fn finish(mut self) -> Result<(), syn::Error> {
+        let errors = self.errors.take().unwrap_or_default();
+        let mut all: Option<syn::Error> = None;
+        for error in errors {
+            match &mut all {
+                Some(all) => all.combine(error),
+                None => all = Some(error),
+            }
+        }
+        all.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for Errors {
+    fn drop(&mut self) {
+        if cfg!(debug_assertions) && !std::thread::panicking() && self.errors.is_some() {
+            panic!("an `Errors` was dropped without `finish()`: its errors would be lost");
+        }
+    }
+}
+
+/// Finishes `errors` and emits every error beside `item` (or the item alone if there is none).
+pub(crate) fn emit(errors: Errors, item: impl ToTokens) -> TokenStream {
+    match errors.finish() {
+        Ok(()) => item.into_token_stream(),
+        Err(error) => with_item(error, item),
     }
 }
 

@@ -10,12 +10,17 @@ mod args;
 mod command;
 mod domain_event;
 mod errors;
+mod method;
 mod process;
 mod saga;
+mod spans;
+mod stubs;
 mod subject;
 mod subscribe;
 mod versioning;
 
+#[cfg(test)]
+mod robustness;
 #[cfg(test)]
 mod tests;
 

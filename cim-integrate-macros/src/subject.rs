@@ -10,13 +10,38 @@ use syn::LitStr;
 /// The longest subject accepted, in bytes (`cim_integrate_runtime::subject::MAX_SUBJECT_LEN`).
 const MAX_SUBJECT_LEN: usize = 512;
 
-/// Checks a concrete subject literal; the error explains the rule and names a fix.
-pub(crate) fn check_concrete(lit: &LitStr) -> syn::Result<()> {
-    let subject = lit.value();
-    problem(&subject).map_or(Ok(()), |message| Err(syn::Error::new(lit.span(), message)))
+/// What a concrete subject names, for messages.
+#[derive(Clone, Copy)]
+pub(crate) enum Concrete {
+    /// The subject an event is published on.
+    Event,
+    /// The subject a command is sent on (after `commands.`).
+    Command,
 }
 
-fn problem(s: &str) -> Option<String> {
+impl Concrete {
+    fn owner(self) -> &'static str {
+        match self {
+            Self::Event => "an event's subject",
+            Self::Command => "a command's subject",
+        }
+    }
+
+    fn fix(self) -> &'static str {
+        match self {
+            Self::Event => "name the one subject this event is published on, e.g. `document.created`",
+            Self::Command => "name the one command, `domain.name`, e.g. `document.create`",
+        }
+    }
+}
+
+/// Checks a concrete subject literal; the error explains the rule and names a fix.
+pub(crate) fn check_concrete(lit: &LitStr, kind: Concrete) -> syn::Result<()> {
+    let subject = lit.value();
+    problem(&subject, kind).map_or(Ok(()), |message| Err(syn::Error::new(lit.span(), message)))
+}
+
+fn problem(s: &str, kind: Concrete) -> Option<String> {
     const RULE: &str = "subjects are dot-separated tokens of `A-Z a-z 0-9 _ -`, e.g. `document.created`";
     if s.is_empty() {
         return Some(format!("the subject is empty; {RULE}"));
@@ -39,10 +64,11 @@ fn problem(s: &str) -> Option<String> {
                 'A'..='Z' | 'a'..='z' | '0'..='9' | '_' | '-' => {}
                 '*' | '>' => {
                     return Some(format!(
-                        "an event's subject must be concrete, but `{s}` has the wildcard `{c}` at byte {}; \
-                         wildcards belong in subscriptions only; name the one subject this event is published on, \
-                         e.g. `document.created`",
-                        at + i
+                        "{} must be concrete, but `{s}` has the wildcard `{c}` at byte {}; \
+                         wildcards belong in subscriptions only; {}",
+                        kind.owner(),
+                        at + i,
+                        kind.fix(),
                     ));
                 }
                 _ => {
@@ -106,7 +132,11 @@ pub(crate) fn check_token(lit: &LitStr, what: &str) -> syn::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::problem;
+    use super::Concrete;
+
+    fn problem(s: &str) -> Option<String> {
+        super::problem(s, Concrete::Event)
+    }
 
     #[test]
     fn follows_the_runtime_rule() {

@@ -34,6 +34,30 @@ pub(crate) fn check_version(lit: &LitStr) -> syn::Result<(u32, u32)> {
     })
 }
 
+/// Rule: a payload declares a valid version. `given` says the key was written (its wrong value is
+/// then already reported, so it is not also "missing"); `missing` is the message otherwise.
+pub(crate) fn version_rule(
+    version: Option<&LitStr>,
+    given: bool,
+    missing: &str,
+    errors: &mut Errors,
+) -> Option<LitStr> {
+    match version {
+        Some(lit) => match check_version(lit) {
+            Ok(_) => Some(lit.clone()),
+            Err(error) => {
+                errors.push(error);
+                None
+            }
+        },
+        None if given => None,
+        None => {
+            errors.push(syn::Error::new(Span::call_site(), missing));
+            None
+        }
+    }
+}
+
 fn parse_version(s: &str) -> Option<(u32, u32)> {
     let (major, minor) = s.split_once('.')?;
     Some((number(major)?, number(minor)?))
@@ -215,6 +239,115 @@ pub(crate) fn serde_derives(krate: &Path) -> TokenStream {
 
 fn path_string(path: &Path) -> String {
     path.to_token_stream().to_string().replace(' ', "")
+}
+
+/// What a payload is, for its stub impls.
+pub(crate) enum StubRole<'a> {
+    /// A frozen older version: `PayloadVersion` only.
+    Frozen,
+    /// The current version of an event: `Versioned` and `DomainEvent` too.
+    Event(Option<&'a LitStr>),
+    /// The current version of a command: `Versioned` and `Command` too.
+    Command(Option<&'a LitStr>),
+}
+
+/// The stub impls emitted beside the `compile_error!`s of a payload whose declaration has an
+/// error (thiserror's `fallback.rs`): the traits the rest of the crate expects of it (serde,
+/// `PayloadVersion`, and for a current version `Versioned` and `DomainEvent` or `Command`), so
+/// that one mistake in the declaration is one error, not one more per handler, publish or
+/// `previous` list using the type. Their bodies never run: the crate does not compile.
+///
+/// A generic struct gets none (its error says to remove the parameters); a serde trait the
+/// struct derives itself is not stubbed again.
+pub(crate) fn stub_impls(krate: &Path, item: &syn::Item, version: Option<&LitStr>, role: &StubRole) -> TokenStream {
+    let (ident, generics, attrs) = match item {
+        syn::Item::Struct(s) => (&s.ident, &s.generics, &s.attrs),
+        syn::Item::Enum(e) => (&e.ident, &e.generics, &e.attrs),
+        syn::Item::Union(u) => (&u.ident, &u.generics, &u.attrs),
+        _ => return TokenStream::new(),
+    };
+    if !generics.params.is_empty() || generics.where_clause.is_some() {
+        return TokenStream::new();
+    }
+    let private = quote!(#krate::__private);
+    let serde = quote!(#private::serde);
+    let derives = |name: &str| {
+        attrs.iter().filter(|a| a.path().is_ident("derive")).any(|a| {
+            a.parse_args_with(syn::punctuated::Punctuated::<Path, syn::Token![,]>::parse_terminated)
+                .is_ok_and(|paths| paths.iter().any(|p| p.segments.last().is_some_and(|s| s.ident == name)))
+        })
+    };
+    let mut out = TokenStream::new();
+    if !derives("Serialize") {
+        out.extend(quote! {
+            impl #serde::Serialize for #ident {
+                fn serialize<__S: #serde::Serializer>(
+                    &self,
+                    _: __S,
+                ) -> ::core::result::Result<__S::Ok, __S::Error> {
+                    ::core::unimplemented!()
+                }
+            }
+        });
+    }
+    if !derives("Deserialize") {
+        out.extend(quote! {
+            impl<'de> #serde::Deserialize<'de> for #ident {
+                fn deserialize<__D: #serde::Deserializer<'de>>(
+                    _: __D,
+                ) -> ::core::result::Result<Self, __D::Error> {
+                    ::core::unimplemented!()
+                }
+            }
+        });
+    }
+    let version = version.map_or_else(|| quote!("0.0"), ToTokens::to_token_stream);
+    out.extend(quote! {
+        impl #private::event::PayloadVersion for #ident {
+            const VERSION: &'static ::core::primitive::str = #version;
+        }
+    });
+    let subject = |s: Option<&LitStr>, placeholder: &str| match s {
+        Some(s) if crate::subject::check_concrete(s, crate::subject::Concrete::Event).is_ok() => s.to_token_stream(),
+        _ => quote!(#placeholder),
+    };
+    let current = match role {
+        StubRole::Frozen => return quote!(const _: () = { #out };),
+        StubRole::Event(s) => {
+            let s = subject(*s, "invalid.event");
+            quote! {
+                impl #private::event::DomainEvent for #ident {
+                    const SUBJECT: &'static ::core::primitive::str = #s;
+                    const __STUB: ::core::primitive::bool = true;
+                }
+            }
+        }
+        StubRole::Command(s) => {
+            let s = subject(*s, "invalid.command");
+            quote! {
+                impl #private::command::Command for #ident {
+                    const SUBJECT: &'static ::core::primitive::str = #s;
+                }
+            }
+        }
+    };
+    let type_name = ident.unraw().to_string();
+    quote! {
+        const _: () = {
+            #out
+            impl #private::event::Versioned for #ident {
+                const TYPE_NAME: &'static ::core::primitive::str = #type_name;
+                const VERSIONS: &'static [&'static ::core::primitive::str] = &[#version];
+                fn decode_version(
+                    _: &::core::primitive::str,
+                    _: &[::core::primitive::u8],
+                ) -> ::core::result::Result<::core::option::Option<Self>, #private::event::DecodeError> {
+                    ::core::unimplemented!()
+                }
+            }
+            #current
+        };
+    }
 }
 
 /// `impl PayloadVersion for #ident`.

@@ -143,6 +143,11 @@ pub trait DomainEvent: Versioned + Send + Sync + 'static {
     /// their patterns against it with [`subject::pattern_matches`].
     const SUBJECT: &'static str;
 
+    /// `true` only in the stub impl `#[domain_event]` emits beside a compile error in the
+    /// declaration, so that uses of the type do not report more errors. Never set it yourself.
+    #[doc(hidden)]
+    const __STUB: bool = false;
+
     /// [`SUBJECT`](DomainEvent::SUBJECT) as a [`Subject`].
     fn subject() -> Subject {
         const {
@@ -171,6 +176,30 @@ pub trait DomainEvent: Versioned + Send + Sync + 'static {
         Self::decode(envelope.payload())
     }
 }
+
+/// [`DomainEvent`] where a handler takes the event: the same bound (every `DomainEvent` is one),
+/// with a compile error that speaks of handlers when a type is not an event.
+#[diagnostic::on_unimplemented(
+    message = "a handler cannot take `{Self}`: it is not the current version of a `#[domain_event]`",
+    label = "not an event a handler can take",
+    note = "a handler takes the current version of an event, the one declared with a `subject` (it also receives the older versions, upcast); if `{Self}` is a frozen older version, take the current version that lists it in `previous`; if it is the context, it comes first: `(ctx: &Context, event: DocumentCreated)`"
+)]
+pub trait HandledEvent: DomainEvent {}
+
+#[diagnostic::do_not_recommend]
+impl<E: DomainEvent> HandledEvent for E {}
+
+/// [`DomainEvent`] where an event is published: the same bound (every `DomainEvent` is one), with
+/// a compile error that speaks of publishing when a type is not an event.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be published: it is not the current version of a `#[domain_event]`",
+    label = "not an event that can be published",
+    note = "publish the current version of an event, the one declared with a `subject`; a frozen older version is only ever decoded, so convert it with `From` into the current one, and declare a new event with `#[domain_event(subject = \"domain.event\", version = \"1.0\")]`"
+)]
+pub trait PublishedEvent: DomainEvent {}
+
+#[diagnostic::do_not_recommend]
+impl<E: DomainEvent> PublishedEvent for E {}
 
 /// The [`Subject`] of an event type's `'static` subject literal, made once per thread (the
 /// literal's address and length name it) instead of once per publish.

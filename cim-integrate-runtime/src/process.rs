@@ -204,9 +204,21 @@ impl<S> fmt::Debug for ProcessHandler<S> {
     }
 }
 
+/// [`DomainEvent`] where a process handler takes the event: the same bound (every `DomainEvent`
+/// is one), with a compile error that speaks of process handlers when a type is not an event.
+#[diagnostic::on_unimplemented(
+    message = "a process handler cannot take `{Self}`: it is not the current version of a `#[domain_event]`",
+    label = "not an event a process can handle",
+    note = "a process handler is `async fn name(&mut self, ctx: &mut ProcessContext, event: MyEvent) -> Result<(), HandlerError>` with the current version of a `#[domain_event]` last; a method taking `Deadline` is marked `#[deadline]`"
+)]
+pub trait ProcessEvent: DomainEvent {}
+
+#[diagnostic::do_not_recommend]
+impl<E: DomainEvent> ProcessEvent for E {}
+
 impl<S: Send + 'static> ProcessHandler<S> {
     /// A handler named `name` of events `E`, keyed by `key`, running `handler`.
-    pub fn new<E: DomainEvent>(name: &'static str, key: KeyFn<E>, handler: ProcessHandlerFn<S, E>) -> Self {
+    pub fn new<E: ProcessEvent>(name: &'static str, key: KeyFn<E>, handler: ProcessHandlerFn<S, E>) -> Self {
         Subscription::of::<E>(name, key).then(move |payload| Box::new(EventTransition { payload, handler }))
     }
 
@@ -382,7 +394,7 @@ impl ProcessContext {
     }
 
     /// Queues `event`: published once the new state is stored, caused by the handled message.
-    pub fn publish<E: DomainEvent>(&mut self, event: &E) -> Result<(), EncodeError> {
+    pub fn publish<E: crate::event::PublishedEvent>(&mut self, event: &E) -> Result<(), EncodeError> {
         self.queue(None, EffectKind::Publish, E::subject(), event)
     }
 

@@ -123,7 +123,10 @@ pub const REDRIVE_TOKEN: &str = "redrive";
 pub const DEAD_LETTER_TOKEN: &str = "dlq";
 
 /// Why a service could not start.
-#[derive(Debug, thiserror::Error)]
+///
+/// Its `Debug` shows the variant and the message (`DuplicateHandler: two handlers use ...`), so
+/// that `?` out of `main` prints the fix, not only the variant's fields.
+#[derive(thiserror::Error)]
 pub enum ServiceError {
     /// Two handlers would share one durable consumer.
     #[error("two handlers use the durable name `{0}`; give one of them another name or `durable = \"...\"`")]
@@ -169,6 +172,21 @@ pub enum ServiceError {
     /// A subject could not be built.
     #[error(transparent)]
     Subject(#[from] SubjectError),
+}
+
+impl std::fmt::Debug for ServiceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let variant = match self {
+            Self::DuplicateHandler(_) => "DuplicateHandler",
+            Self::DuplicateCommandHandler { .. } => "DuplicateCommandHandler",
+            Self::InvalidName { .. } => "InvalidName",
+            Self::PatternWithoutDomain { .. } => "PatternWithoutDomain",
+            Self::Transport(_) => "Transport",
+            Self::KeyValue(_) => "KeyValue",
+            Self::Subject(_) => "Subject",
+        };
+        write!(f, "{variant}: {self}")
+    }
 }
 
 /// The core of an event handler's stack, below your layers.

@@ -43,7 +43,7 @@ pub struct EventRef {
 impl EventRef {
     /// The event type `E`: its [`SUBJECT`](DomainEvent::SUBJECT) and
     /// [`TYPE_NAME`](crate::event::Versioned::TYPE_NAME).
-    pub const fn of<E: DomainEvent>() -> Self {
+    pub const fn of<E: crate::event::PublishedEvent>() -> Self {
         Self {
             subject: Cow::Borrowed(E::SUBJECT),
             type_name: Some(Cow::Borrowed(E::TYPE_NAME)),

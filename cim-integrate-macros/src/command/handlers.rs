@@ -6,7 +6,7 @@ use crate::errors::{self, Errors};
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
-use syn::{FnArg, ImplItem, ImplItemFn, ItemImpl, LitStr, Path, ReturnType, Type};
+use syn::{ImplItem, ImplItemFn, ItemImpl, LitStr, Path, Type};
 
 const NAME: &str = "name";
 const CRATE: &str = "crate";
@@ -20,82 +20,86 @@ struct Handler<'a> {
 }
 
 fn check<'a>(method: &'a ImplItemFn, errors: &mut Errors) -> Option<Handler<'a>> {
+    use crate::method::{Expect, Problem, Receiver};
     const SHAPE: &str =
         "a command handler is `async fn name(&self, ctx: &Context, command: MyCommand) -> CommandResult`";
-    let sig = &method.sig;
-    let mut ok = true;
-    if sig.asyncness.is_none() {
-        errors.spanned(sig.fn_token, format!("command handlers are `async`: {SHAPE}"));
-        ok = false;
+    let expect = Expect {
+        receiver: Receiver::Shared,
+        min_params: 2,
+        max_params: 2,
+    };
+    let (shape, problems) = crate::method::check(&method.sig, &expect);
+    let ok = problems.is_empty();
+    for found in problems {
+        let message = match found.problem {
+            Problem::NotAsync => format!("command handlers are `async`: {SHAPE}"),
+            Problem::Generic => format!("command handlers cannot be generic: {SHAPE}"),
+            Problem::Variadic => format!("command handlers cannot be variadic: {SHAPE}"),
+            Problem::WrongReceiver => format!("take the service by shared reference, `&self`: {SHAPE}"),
+            Problem::MissingReceiver | Problem::UnexpectedReceiver | Problem::SelfNotFirst => {
+                format!("a command handler is a method taking `&self` first: {SHAPE}")
+            }
+            Problem::Arity(n) => {
+                format!("expected two parameters after `&self`, the context and the command, found {n}: {SHAPE}")
+            }
+            Problem::MissingOutput => format!("missing return type `-> CommandResult`: {SHAPE}"),
+        };
+        errors.spanned(found.tokens, message);
     }
-    if !sig.generics.params.is_empty() {
-        errors.spanned(&sig.generics, format!("command handlers cannot be generic: {SHAPE}"));
-        ok = false;
-    }
-    let mut inputs = sig.inputs.iter();
-    match inputs.next() {
-        Some(FnArg::Receiver(r)) if matches!(r.kind, syn::ReceiverKind::Reference(_, _, None)) => {}
-        Some(FnArg::Receiver(r)) => {
-            errors.spanned(r, format!("take the service by shared reference, `&self`: {SHAPE}"));
-            ok = false;
-        }
-        _ => {
-            errors.spanned(
-                &sig.ident,
-                format!("a command handler is a method taking `&self`: {SHAPE}"),
-            );
-            ok = false;
-        }
-    }
-    let typed: Vec<&syn::PatType> = inputs
-        .filter_map(|a| match a {
-            FnArg::Typed(t) => Some(t),
-            FnArg::Receiver(_) => None,
-        })
-        .collect();
-    if typed.len() != 2 {
+    let ([_, command], Some(output)) = (shape.params.as_slice(), shape.output) else {
+        return None;
+    };
+    if let Type::Reference(r) = &*command.ty {
         errors.spanned(
-            &sig.inputs,
-            format!(
-                "expected two parameters after `&self`, the context and the command, found {}: {SHAPE}",
-                typed.len()
-            ),
+            r,
+            format!("the command comes last and by value (are the parameters swapped?): {SHAPE}"),
         );
         return None;
     }
-    let output = match &sig.output {
-        ReturnType::Type(_, ty) => &**ty,
-        ReturnType::Default => {
-            errors.spanned(&sig.ident, format!("missing return type `-> CommandResult`: {SHAPE}"));
-            return None;
-        }
-    };
     ok.then_some(Handler {
         method,
-        command: &typed[1].ty,
+        command: &command.ty,
         output,
     })
 }
 
-pub(super) fn expand(attr: TokenStream, block: ItemImpl) -> TokenStream {
-    let mut errors = Errors::default();
-    let mut name: Option<LitStr> = None;
-    let mut krate: Option<Path> = None;
-    args::parse(attr, "command", KEYS, &mut errors, |key, value| {
-        let lit = syn::parse2::<LitStr>(value.clone()).map_err(|_| {
-            syn::Error::new(
-                value.span(),
-                format!("expected a string literal, e.g. `{key} = \"document\"`"),
-            )
-        })?;
-        if key == NAME {
-            crate::subject::check_token(&lit, "handler set name")?;
-            name = Some(lit);
-        } else {
-            krate = Some(lit.parse_with(Path::parse_mod_style)?);
-        }
-        Ok(())
-    });
+/// `#[command(...)]`'s arguments on an `impl` block.
+#[derive(Default)]
+struct Args {
+    name: Option<LitStr>,
+    krate: Option<Path>,
+    /// The keys given, including those whose value was rejected.
+    present: Vec<String>,
+}
+
+impl Args {
+    fn parse(attr: TokenStream, errors: &mut Errors) -> Self {
+        let mut out = Self::default();
+        let present = args::parse(attr, "command", KEYS, errors, |key, value| {
+            if key == NAME {
+                let lit = args::string(value, "name = \"document\"")?;
+                crate::subject::check_token(&lit, "handler set name")?;
+                out.name = Some(lit);
+            } else {
+                out.krate = Some(args::krate(value)?);
+            }
+            Ok(())
+        });
+        Self { present, ..out }
+    }
+}
+
+/// A checked handler set.
+struct Set<'a> {
+    block: &'a ItemImpl,
+    name: LitStr,
+    krate: Path,
+    handlers: Vec<Handler<'a>>,
+}
+
+/// Checks every rule, recording each broken one; the checked set if none is.
+fn validate<'a>(args: Args, block: &'a ItemImpl, errors: &mut Errors) -> Option<Set<'a>> {
+    let before = errors.count();
     if block.trait_.is_some() {
         errors.spanned(
             &block.self_ty,
@@ -119,26 +123,56 @@ pub(super) fn expand(attr: TokenStream, block: ItemImpl) -> TokenStream {
     if methods.is_empty() {
         errors.spanned(&block.self_ty, "this `impl` block has no handlers: add `async fn name(&self, ctx: &Context, command: MyCommand) -> CommandResult`");
     }
-    let handlers: Vec<Handler> = methods.iter().filter_map(|m| check(m, &mut errors)).collect();
-    let name = match name {
-        Some(n) => n,
-        None => {
-            errors.push(syn::Error::new(
-                proc_macro2::Span::call_site(),
-                "missing `name`: the handler set's name, usually its domain, e.g. `#[command(name = \"document\")]`",
-            ));
-            LitStr::new("invalid", proc_macro2::Span::call_site())
-        }
-    };
-    if let Err(error) = errors.finish() {
-        return errors::with_item(error, &block);
+    let handlers: Vec<Handler> = methods.iter().filter_map(|m| check(m, errors)).collect();
+    // A `name` given with a wrong value is reported there, not also as missing.
+    if args.name.is_none() && !args.present.iter().any(|k| k == NAME) {
+        errors.push(syn::Error::new(
+            proc_macro2::Span::call_site(),
+            "missing `name`: the handler set's name, usually its domain, e.g. `#[command(name = \"document\")]`",
+        ));
     }
-    let krate = krate.unwrap_or_else(|| syn::parse_quote!(::cim_integrate));
+    (errors.count() == before).then(|| Set {
+        block,
+        name: args
+            .name
+            .unwrap_or_else(|| LitStr::new("invalid", proc_macro2::Span::call_site())),
+        krate: args::facade(args.krate.as_ref()),
+        handlers,
+    })
+}
+
+/// Expands `#[command(attr)] impl ...`: parse, validate, expand; on any mistake every error
+/// beside the block and a stub `CommandHandlerSet`.
+pub(super) fn expand(attr: TokenStream, block: ItemImpl) -> TokenStream {
+    let mut errors = Errors::default();
+    let args = Args::parse(attr, &mut errors);
+    let krate = args::facade(args.krate.as_ref());
+    let set = validate(args, &block, &mut errors);
+    match (errors.finish(), set) {
+        (Ok(()), Some(set)) => expand_set(&set),
+        (Err(error), _) => {
+            let mut out = errors::with_item(error, &block);
+            out.extend(crate::stubs::command_handlers(&krate, &block));
+            out
+        }
+        // Validation fails only with an error; should it not, the block is kept as written.
+        (Ok(()), None) => quote!(#block),
+    }
+}
+
+/// The block and its `CommandHandlerSet` impl, registering each handler.
+fn expand_set(set: &Set) -> TokenStream {
+    let Set {
+        block,
+        name,
+        krate,
+        handlers,
+    } = set;
     let self_ty = &block.self_ty;
     let private = quote!(#krate::__private);
     let registrations = handlers.iter().map(|h| {
         let method = &h.method.sig.ident;
-        let method_name = method.to_string();
+        let method_name = syn::ext::IdentExt::unraw(method).to_string();
         let command = h.command;
         let register = quote_spanned! {command.span()=>
             #private::command::CommandRegistration::new::<#command>

@@ -4,8 +4,6 @@ use crate::errors::{self, Errors};
 use crate::{args, subject, versioning};
 use proc_macro2::{Span, TokenStream};
 use quote::{ToTokens, quote};
-use syn::parse::{ParseStream, Parser};
-use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
 use syn::{Ident, Item, ItemStruct, LitStr, Path};
 
@@ -24,23 +22,6 @@ struct Args {
     frozen: Option<Ident>,
     krate: Option<Path>,
     present: Vec<String>,
-}
-
-fn string(value: TokenStream, example: &str) -> syn::Result<LitStr> {
-    syn::parse2::<LitStr>(value.clone())
-        .map_err(|_| syn::Error::new(value.span(), format!("expected a string literal, e.g. `{example}`")))
-}
-
-fn previous(input: ParseStream) -> syn::Result<Vec<Path>> {
-    let expected = "expected the older versions in brackets, oldest first, e.g. `previous = [CreateDocumentV1]`";
-    if !input.peek(syn::token::Bracket) {
-        return Err(input.error(expected));
-    }
-    let content;
-    syn::bracketed!(content in input);
-    let paths = Punctuated::<Path, syn::Token![,]>::parse_terminated(&content)
-        .map_err(|e| syn::Error::new(e.span(), expected))?;
-    Ok(paths.into_iter().collect())
 }
 
 /// Parses `frozen` (a bare flag) beside `key = value` pairs: the flag is rewritten to
@@ -67,9 +48,15 @@ impl Args {
         let mut a = Self::default();
         let present = args::parse(normalise_flags(attr), "command", KEYS, errors, |key, value| {
             match key.to_string().as_str() {
-                SUBJECT => a.subject = Some(string(value, "subject = \"document.create\"")?),
-                VERSION => a.version = Some(string(value, "version = \"1.0\"")?),
-                PREVIOUS => a.previous = Some((key.clone(), previous.parse2(value)?)),
+                SUBJECT => a.subject = Some(args::string(value, "subject = \"document.create\"")?),
+                VERSION => a.version = Some(args::string(value, "version = \"1.0\"")?),
+                PREVIOUS => {
+                    let paths = args::bracketed_paths(
+                        value,
+                        "expected the older versions in brackets, oldest first, e.g. `previous = [CreateDocumentV1]`",
+                    )?;
+                    a.previous = Some((key.clone(), paths));
+                }
                 FROZEN => {
                     let flag = syn::parse2::<syn::LitBool>(value.clone())
                         .map_err(|_| syn::Error::new(value.span(), "`frozen` takes no value: write `frozen`"))?;
@@ -77,16 +64,9 @@ impl Args {
                         a.frozen = Some(key.clone());
                     }
                 }
-                CRATE => {
-                    let lit = string(value, "crate = \"::cim_integrate\"")?;
-                    a.krate = Some(lit.parse_with(Path::parse_mod_style).map_err(|_| {
-                        syn::Error::new(
-                            lit.span(),
-                            "expected the path of the facade crate, e.g. `crate = \"::cim_integrate\"`",
-                        )
-                    })?);
-                }
-                _ => unreachable!("args::parse passes only known keys"),
+                CRATE => a.krate = Some(args::krate(value)?),
+                // `args::parse` passes only the known keys.
+                _ => {}
             }
             Ok(())
         });
@@ -126,37 +106,29 @@ fn item(item: TokenStream, errors: &mut Errors) -> Option<ItemStruct> {
     }
 }
 
-pub(super) fn expand(attr: TokenStream, tokens: TokenStream) -> TokenStream {
-    let mut errors = Errors::default();
-    let args = Args::parse(attr, &mut errors);
-    let parsed = item(tokens.clone(), &mut errors);
-    let version = match &args.version {
-        Some(lit) => versioning::check_version(lit)
-            .map_err(|e| errors.push(e))
-            .ok()
-            .map(|_| lit.clone()),
-        None if args.present.iter().any(|k| k == VERSION) => None,
-        None => {
-            errors.push(syn::Error::new(
-                Span::call_site(),
-                "missing `version`: every command declares its wire version, e.g. \
-                 `#[command(subject = \"document.create\", version = \"1.0\")]`",
-            ));
-            None
-        }
-    };
+/// A checked command type.
+struct CommandType {
+    item: ItemStruct,
+    version: LitStr,
+    /// The current version's subject and older versions; `None` for a frozen older version.
+    current: Option<(LitStr, Vec<Path>)>,
+    krate: Path,
+}
+
+/// Checks every rule, recording each broken one; the checked command type if none is.
+fn validate(args: &Args, parsed: Option<ItemStruct>, errors: &mut Errors) -> Option<CommandType> {
+    let before = errors.count();
+    let version = versioning::version_rule(
+        args.version.as_ref(),
+        args.present.iter().any(|k| k == VERSION),
+        "missing `version`: every command declares its wire version, e.g. \
+         `#[command(subject = \"document.create\", version = \"1.0\")]`",
+        errors,
+    );
     match (&args.subject, &args.frozen) {
         (Some(s), _) => {
-            if let Err(e) = subject::check_concrete(s) {
-                // The rule is the events' one; the wording is for a command.
-                let message = e
-                    .to_string()
-                    .replace("an event's subject", "a command's subject")
-                    .replace(
-                        "name the one subject this event is published on, e.g. `document.created`",
-                        "name the one command, `domain.name`, e.g. `document.create`",
-                    );
-                errors.push(syn::Error::new(s.span(), message));
+            if let Err(e) = subject::check_concrete(s, subject::Concrete::Command) {
+                errors.push(e);
             }
             if let Some(f) = &args.frozen {
                 errors.spanned(
@@ -183,43 +155,92 @@ pub(super) fn expand(attr: TokenStream, tokens: TokenStream) -> TokenStream {
         );
     }
     let previous = args.previous.as_ref().map(|(_, p)| p.clone()).unwrap_or_default();
-    if let Some(item) = &parsed {
-        versioning::check_payload_struct(item, "commands", &mut errors);
-        versioning::check_previous(&item.ident, &previous, &mut errors);
-    }
-    let krate = args.krate.clone().unwrap_or_else(|| syn::parse_quote!(::cim_integrate));
-    match (errors.finish(), parsed, version) {
-        (Ok(()), Some(item), Some(version)) => {
-            let ident = &item.ident;
-            let derives = versioning::serde_derives(&krate);
-            let payload_version = versioning::payload_version_impl(&krate, ident, &version);
-            let current = match &args.subject {
-                Some(subject) if args.frozen.is_none() => {
-                    let versioned = versioning::versioned_impl(&krate, ident, &version, &previous);
-                    quote! {
-                        #versioned
+    let item = parsed?;
+    versioning::check_payload_struct(&item, "commands", errors);
+    versioning::check_previous(&item.ident, &previous, errors);
+    let current = match &args.subject {
+        Some(subject) if args.frozen.is_none() => Some((subject.clone(), previous)),
+        _ => None,
+    };
+    (errors.count() == before).then_some(CommandType {
+        item,
+        version: version?,
+        current,
+        krate: args::facade(args.krate.as_ref()),
+    })
+}
 
-                        #[automatically_derived]
-                        impl #krate::__private::command::Command for #ident {
-                            const SUBJECT: &'static ::core::primitive::str = #subject;
-                        }
-                    }
-                }
-                _ => TokenStream::new(),
-            };
+/// The struct with serde derives, `PayloadVersion`, and for the current version `Versioned`
+/// and `Command`.
+fn expand_type(command: &CommandType) -> TokenStream {
+    let CommandType {
+        item,
+        version,
+        current,
+        krate,
+    } = command;
+    let ident = &item.ident;
+    let derives = versioning::serde_derives(krate);
+    let payload_version = versioning::payload_version_impl(krate, ident, version);
+    let current = match current {
+        Some((subject, previous)) => {
+            let versioned = versioning::versioned_impl(krate, ident, version, previous);
             quote! {
-                #derives
-                #item
+                #versioned
 
-                const _: () = {
-                    #payload_version
-                    #current
-                };
+                #[automatically_derived]
+                impl #krate::__private::command::Command for #ident {
+                    const SUBJECT: &'static ::core::primitive::str = #subject;
+                }
             }
         }
-        (Err(error), parsed, _) => errors::with_item(error, fallback(parsed, tokens)),
-        (Ok(()), _, _) => TokenStream::new(),
+        None => TokenStream::new(),
+    };
+    quote! {
+        #derives
+        #item
+
+        const _: () = {
+            #payload_version
+            #current
+        };
     }
+}
+
+/// Expands `#[command(attr)] struct ...`: parse, validate, expand; on any mistake every error
+/// beside the struct and stub impls.
+pub(super) fn expand(attr: TokenStream, tokens: TokenStream) -> TokenStream {
+    let mut errors = Errors::default();
+    let args = Args::parse(attr, &mut errors);
+    let parsed = item(tokens.clone(), &mut errors);
+    let command = validate(&args, parsed.clone(), &mut errors);
+    match (errors.finish(), command) {
+        (Ok(()), Some(command)) => expand_type(&command),
+        (Err(error), _) => {
+            let krate = args::facade(args.krate.as_ref());
+            let stubs = stubs(&args, &krate, &tokens);
+            let mut out = errors::with_item(error, fallback(parsed, tokens));
+            out.extend(stubs);
+            out
+        }
+        // Validation fails only with an error; should it not, the item is kept as written.
+        (Ok(()), None) => tokens,
+    }
+}
+
+/// The stub impls emitted on error (see [`versioning::stub_impls`]): a command that is not
+/// `frozen` gets `Command` too.
+fn stubs(args: &Args, krate: &Path, tokens: &TokenStream) -> TokenStream {
+    let Ok(item) = syn::parse2::<Item>(tokens.clone()) else {
+        return TokenStream::new();
+    };
+    let version = args.version.as_ref().filter(|v| versioning::check_version(v).is_ok());
+    let role = if args.frozen.is_some() {
+        versioning::StubRole::Frozen
+    } else {
+        versioning::StubRole::Command(args.subject.as_ref())
+    };
+    versioning::stub_impls(krate, &item, version, &role)
 }
 
 /// The item as written, without `#[serde]` attributes (nothing derives serde on error).

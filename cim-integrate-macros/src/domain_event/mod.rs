@@ -9,6 +9,7 @@ mod parse;
 mod validate;
 
 use crate::errors::{self, Errors};
+use crate::versioning;
 use proc_macro2::TokenStream;
 use quote::ToTokens;
 
@@ -17,12 +18,34 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
     let mut errors = Errors::default();
     let args = parse::Args::parse(attr, &mut errors);
     let parsed = parse::item(item.clone(), &mut errors);
+    let stubs = stubs(&args, &item);
     let event = validate::event(args, parsed.clone(), &mut errors);
     match (errors.finish(), event) {
         (Ok(()), Some(event)) => expand::event(&event),
-        (Err(error), _) => errors::with_item(error, fallback(parsed, item)),
-        (Ok(()), None) => unreachable!("validation fails only with an error"),
+        (Err(error), _) => {
+            let mut out = errors::with_item(error, fallback(parsed, item));
+            out.extend(stubs);
+            out
+        }
+        // Validation fails only with an error; should it not, the item is kept as written.
+        (Ok(()), None) => item,
     }
+}
+
+/// The stub impls emitted on error (see [`versioning::stub_impls`]), from the arguments as far
+/// as they are valid: a current version (with a `subject` key) gets `DomainEvent` too.
+fn stubs(args: &parse::Args, item: &TokenStream) -> TokenStream {
+    let Ok(item) = syn::parse2::<syn::Item>(item.clone()) else {
+        return TokenStream::new();
+    };
+    let krate = crate::args::facade(args.krate.as_ref());
+    let version = args.version.as_ref().filter(|v| versioning::check_version(v).is_ok());
+    let role = if args.present.iter().any(|k| k == parse::SUBJECT) {
+        versioning::StubRole::Event(args.subject.as_ref())
+    } else {
+        versioning::StubRole::Frozen
+    };
+    versioning::stub_impls(&krate, &item, version, &role)
 }
 
 /// The item as the user wrote it, minus `#[serde(...)]` attributes when nothing derives serde

@@ -4,9 +4,6 @@
 use crate::args;
 use crate::errors::Errors;
 use proc_macro2::TokenStream;
-use syn::parse::{ParseStream, Parser};
-use syn::punctuated::Punctuated;
-use syn::spanned::Spanned;
 use syn::{Ident, Item, ItemStruct, LitStr, Path};
 
 /// `subject = "document.created"`: where the event is published; marks the current version.
@@ -38,43 +35,23 @@ impl Args {
         let present = args::parse(attr, "domain_event", KEYS, errors, |key, value| {
             let name = key.to_string();
             match name.as_str() {
-                SUBJECT => args.subject = Some(string(value, "subject = \"document.created\"")?),
-                VERSION => args.version = Some(string(value, "version = \"1.0\"")?),
-                PREVIOUS => args.previous = Some((key.clone(), previous.parse2(value)?)),
-                CRATE => {
-                    let lit = string(value, "crate = \"::cim_integrate\"")?;
-                    let path = lit.parse_with(Path::parse_mod_style).map_err(|_| {
-                        syn::Error::new(
-                            lit.span(),
-                            "expected the path of the facade crate, e.g. `crate = \"::cim_integrate\"`",
-                        )
-                    })?;
-                    args.krate = Some(path);
+                SUBJECT => args.subject = Some(args::string(value, "subject = \"document.created\"")?),
+                VERSION => args.version = Some(args::string(value, "version = \"1.0\"")?),
+                PREVIOUS => {
+                    let paths = args::bracketed_paths(
+                        value,
+                        "expected the older versions in brackets, oldest first, e.g. `previous = [DocumentCreatedV1]`",
+                    )?;
+                    args.previous = Some((key.clone(), paths));
                 }
-                _ => unreachable!("args::parse passes only known keys"),
+                CRATE => args.krate = Some(args::krate(value)?),
+                // `args::parse` passes only the known keys.
+                _ => {}
             }
             Ok(())
         });
         Self { present, ..args }
     }
-}
-
-fn string(value: TokenStream, example: &str) -> syn::Result<LitStr> {
-    syn::parse2::<LitStr>(value.clone())
-        .map_err(|_| syn::Error::new(value.span(), format!("expected a string literal, e.g. `{example}`")))
-}
-
-/// `[A, B]`: paths in brackets.
-fn previous(input: ParseStream) -> syn::Result<Vec<Path>> {
-    let expected = "expected the older versions in brackets, oldest first, e.g. `previous = [DocumentCreatedV1]`";
-    if !input.peek(syn::token::Bracket) {
-        return Err(input.error(expected));
-    }
-    let content;
-    syn::bracketed!(content in input);
-    let paths = Punctuated::<Path, syn::Token![,]>::parse_terminated(&content)
-        .map_err(|e| syn::Error::new(e.span(), expected))?;
-    Ok(paths.into_iter().collect())
 }
 
 /// Parses the annotated item; anything but a struct is an error spanned on its keyword.

@@ -3,7 +3,6 @@
 use super::parse::{Args, PREVIOUS, SUBJECT, VERSION};
 use crate::errors::Errors;
 use crate::{subject, versioning};
-use proc_macro2::Span;
 use syn::{ItemStruct, LitStr, Path};
 
 /// A checked `#[domain_event]`.
@@ -26,43 +25,12 @@ pub(crate) enum Role {
     Frozen,
 }
 
-/// Checks every rule, recording each broken one; `None` if any is.
+/// Checks every rule, recording each broken one; `None` if any is. The rules are named
+/// functions below, each reporting its own mistake once, on its token.
 pub(crate) fn event(args: Args, item: Option<ItemStruct>, errors: &mut Errors) -> Option<Event> {
-    let version = match args.version {
-        Some(lit) => versioning::check_version(&lit)
-            .map_err(|e| errors.push(e))
-            .ok()
-            .map(|_| lit),
-        None if args.present.iter().any(|k| k == VERSION) => None,
-        None => {
-            let example = match &args.subject {
-                Some(_) => format!("`{VERSION} = \"1.0\"`"),
-                None => format!(
-                    "`#[domain_event({SUBJECT} = \"document.created\", {VERSION} = \"1.0\")]` for an event, \
-                     or `#[domain_event({VERSION} = \"1.0\")]` for a frozen older version of one"
-                ),
-            };
-            errors.push(syn::Error::new(
-                Span::call_site(),
-                format!("missing `{VERSION}`: every event declares its wire version, e.g. {example}"),
-            ));
-            None
-        }
-    };
-    if let Some(subject) = &args.subject
-        && let Err(error) = subject::check_concrete(subject)
-    {
-        errors.push(error);
-    }
-    if let (None, Some((key, _))) = (&args.subject, &args.previous) {
-        errors.spanned(
-            key,
-            format!(
-                "`{PREVIOUS}` belongs on the current version of an event, the one with a `{SUBJECT}`; \
-                 on a frozen older version, remove it and list this type in the current version's `{PREVIOUS}`"
-            ),
-        );
-    }
+    let version = version_declared(&args, errors);
+    subject_concrete(&args, errors);
+    previous_only_on_current(&args, errors);
     let item = item?;
     versioning::check_payload_struct(&item, "domain events", errors);
     let previous = args.previous.map(|(_, paths)| paths).unwrap_or_default();
@@ -75,6 +43,45 @@ pub(crate) fn event(args: Args, item: Option<ItemStruct>, errors: &mut Errors) -
         item,
         version: version?,
         role,
-        krate: args.krate.unwrap_or_else(|| syn::parse_quote!(::cim_integrate)),
+        krate: crate::args::facade(args.krate.as_ref()),
     })
+}
+
+/// Rule: the event declares a valid wire version.
+fn version_declared(args: &Args, errors: &mut Errors) -> Option<LitStr> {
+    let example = match &args.subject {
+        Some(_) => format!("`{VERSION} = \"1.0\"`"),
+        None => format!(
+            "`#[domain_event({SUBJECT} = \"document.created\", {VERSION} = \"1.0\")]` for an event, \
+             or `#[domain_event({VERSION} = \"1.0\")]` for a frozen older version of one"
+        ),
+    };
+    versioning::version_rule(
+        args.version.as_ref(),
+        args.present.iter().any(|k| k == VERSION),
+        &format!("missing `{VERSION}`: every event declares its wire version, e.g. {example}"),
+        errors,
+    )
+}
+
+/// Rule: the subject is concrete (no wildcards), by the runtime's subject rule.
+fn subject_concrete(args: &Args, errors: &mut Errors) {
+    if let Some(subject) = &args.subject
+        && let Err(error) = subject::check_concrete(subject, subject::Concrete::Event)
+    {
+        errors.push(error);
+    }
+}
+
+/// Rule: `previous` belongs on the current version (the one with a subject).
+fn previous_only_on_current(args: &Args, errors: &mut Errors) {
+    if let (None, Some((key, _))) = (&args.subject, &args.previous) {
+        errors.spanned(
+            key,
+            format!(
+                "`{PREVIOUS}` belongs on the current version of an event, the one with a `{SUBJECT}`; \
+                 on a frozen older version, remove it and list this type in the current version's `{PREVIOUS}`"
+            ),
+        );
+    }
 }

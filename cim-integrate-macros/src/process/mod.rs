@@ -5,280 +5,42 @@
 //! `#[key(field)]`); one method marked `#[deadline]` reacts to due deadlines,
 //! `async fn name(&mut self, ctx: &mut ProcessContext, deadline: Deadline) -> Result<(), HandlerError>`.
 //!
-//! The expansion is the block (helper attributes removed) and, inside `const _: () = { ... };`,
-//! one key function per handler (`event.field`, so a missing field is a compile error on the
-//! key), one call shim per handler, a check that every handler's key field has the same type,
-//! and the `ProcessManager` impl listing them.
+//! - [`parse`]: the arguments and the block;
+//! - [`validate`]: handler signatures, keys, one deadline, a name;
+//! - [`expand`]: the block (helper attributes removed) and, inside `const _: () = { ... };`, one
+//!   key function per handler (`event.field`, so a missing field is a compile error on the key),
+//!   one call shim per handler, a check that every handler's key field has the same type, and the
+//!   `ProcessManager` impl listing them.
+
+mod expand;
+mod parse;
+mod validate;
 
 #[cfg(test)]
 mod tests;
 
-use crate::args;
 use crate::errors::{self, Errors};
-use proc_macro2::{Span, TokenStream};
-use quote::{format_ident, quote, quote_spanned};
-use syn::spanned::Spanned;
-use syn::{FnArg, Ident, ImplItem, ImplItemFn, ItemImpl, LitStr, Path, ReturnType, Type};
+use proc_macro2::TokenStream;
 
-const NAME: &str = "name";
-const KEY: &str = "key";
-const CRATE: &str = "crate";
-const KEYS: &[&str] = &[NAME, KEY, CRATE];
-const SHAPE: &str = "a process handler is `async fn name(&mut self, ctx: &mut ProcessContext, event: MyEvent) -> Result<(), HandlerError>`";
-
-struct Handler {
-    method: Ident,
-    event: Type,
-    key: Ident,
-}
-
-fn helper<'a>(method: &'a ImplItemFn, name: &str) -> Option<&'a syn::Attribute> {
-    method.attrs.iter().find(|a| a.path().is_ident(name))
-}
-
-fn check_signature(method: &ImplItemFn, errors: &mut Errors) -> Option<Type> {
-    let sig = &method.sig;
-    let mut ok = true;
-    if sig.asyncness.is_none() {
-        errors.spanned(sig.fn_token, format!("process handlers are `async`: {SHAPE}"));
-        ok = false;
-    }
-    if !sig.generics.params.is_empty() {
-        errors.spanned(&sig.generics, format!("process handlers cannot be generic: {SHAPE}"));
-        ok = false;
-    }
-    let mut inputs = sig.inputs.iter();
-    match inputs.next() {
-        Some(FnArg::Receiver(r)) if matches!(r.kind, syn::ReceiverKind::Reference(_, _, Some(_))) => {}
-        Some(FnArg::Receiver(r)) => {
-            errors.spanned(r, format!("take the state as `&mut self`: {SHAPE}"));
-            ok = false;
-        }
-        _ => {
-            errors.spanned(
-                &sig.ident,
-                format!("a process handler is a method taking `&mut self`: {SHAPE}"),
-            );
-            ok = false;
-        }
-    }
-    let typed: Vec<&syn::PatType> = inputs
-        .filter_map(|a| match a {
-            FnArg::Typed(t) => Some(t),
-            FnArg::Receiver(_) => None,
-        })
-        .collect();
-    if typed.len() != 2 {
-        errors.spanned(
-            &sig.inputs,
-            format!(
-                "expected two parameters after `&mut self`, the context and the event, found {}: {SHAPE}",
-                typed.len()
-            ),
-        );
-        return None;
-    }
-    if matches!(sig.output, ReturnType::Default) {
-        errors.spanned(
-            &sig.ident,
-            format!("missing return type `-> Result<(), HandlerError>`: {SHAPE}"),
-        );
-        ok = false;
-    }
-    ok.then(|| (*typed[1].ty).clone())
-}
-
-/// Expands `#[process(attr)] impl State { ... }`.
+/// Expands `#[process(attr)] impl State { ... }`. On any mistake: every error, beside the block
+/// (without its helper attributes) and a stub `ProcessManager` impl.
 pub fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
     let mut errors = Errors::default();
-    let mut name: Option<LitStr> = None;
-    let mut key: Option<Ident> = None;
-    let mut krate: Option<Path> = None;
-    let present = args::parse(attr, "process", KEYS, &mut errors, |k, value| {
-        match k.to_string().as_str() {
-            NAME => {
-                let lit = syn::parse2::<LitStr>(value.clone()).map_err(|_| {
-                    syn::Error::new(value.span(), "expected a string literal, e.g. `name = \"onboarding\"`")
-                })?;
-                crate::subject::check_token(&lit, "process name")?;
-                name = Some(lit);
-            }
-            KEY => {
-                key = Some(syn::parse2::<Ident>(value.clone()).map_err(|_| {
-                    syn::Error::new(
-                        value.span(),
-                        "expected the name of the correlation field of the handled events, e.g. `key = person_id`",
-                    )
-                })?);
-            }
-            _ => {
-                let lit = syn::parse2::<LitStr>(value.clone()).map_err(|_| {
-                    syn::Error::new(value.span(), "expected a string, e.g. `crate = \"::cim_integrate\"`")
-                })?;
-                krate = Some(lit.parse_with(Path::parse_mod_style)?);
-            }
-        }
-        Ok(())
-    });
-    let mut block = match syn::parse2::<ItemImpl>(item.clone()) {
-        Ok(b) => b,
-        Err(_) => {
-            errors.push(syn::Error::new(
-                Span::call_site(),
-                "`#[process]` goes on the `impl` block of the process state: `#[process(name = \"onboarding\", key = person_id)] impl Onboarding { ... }`",
-            ));
-            return errors::with_item(errors.finish().unwrap_err(), item);
-        }
+    let args = parse::Args::parse(attr, &mut errors);
+    let Some(block) = parse::item(item.clone(), &mut errors) else {
+        return errors::emit(errors, item);
     };
-    if name.is_none() && !present.iter().any(|k| k == NAME) {
-        errors.push(syn::Error::new(
-            Span::call_site(),
-            "missing `name`: the process's name (its buckets and durable consumers), e.g. `#[process(name = \"onboarding\", key = person_id)]`",
-        ));
-    }
-    if block.trait_.is_some() || !block.generics.params.is_empty() {
-        errors.spanned(
-            &block.self_ty,
-            "`#[process]` goes on the inherent, non-generic `impl` block of the state type",
-        );
-    }
-    let mut handlers = Vec::new();
-    let mut deadline: Option<Ident> = None;
-    for item in &block.items {
-        let ImplItem::Fn(method) = item else { continue };
-        if let Some(attr) = helper(method, "deadline") {
-            if let Some(first) = &deadline {
-                errors.spanned(attr, format!("only one `#[deadline]` method; `{first}` is one already"));
-            }
-            check_signature(method, &mut errors);
-            deadline = Some(method.sig.ident.clone());
-            continue;
+    let krate = crate::args::facade(args.krate.as_ref());
+    let fallback = validate::without_helpers(block.clone());
+    let process = validate::process(args, block, &mut errors);
+    match (errors.finish(), process) {
+        (Ok(()), Some(process)) => expand::process(&process),
+        (Err(error), _) => {
+            let mut out = errors::with_item(error, &fallback);
+            out.extend(crate::stubs::process(&krate, &fallback));
+            out
         }
-        let own_key = match helper(method, "key") {
-            Some(attr) => match attr.parse_args::<Ident>() {
-                Ok(k) => Some(k),
-                Err(_) => {
-                    errors.spanned(
-                        attr,
-                        "expected `#[key(field)]`: the correlation field of this handler's event",
-                    );
-                    None
-                }
-            },
-            None => None,
-        };
-        let Some(event) = check_signature(method, &mut errors) else {
-            continue;
-        };
-        match own_key.or_else(|| key.clone()) {
-            Some(key) => handlers.push(Handler {
-                method: method.sig.ident.clone(),
-                event,
-                key,
-            }),
-            None => errors.spanned(
-                &method.sig.ident,
-                "no correlation key for this handler: give the process one, `#[process(name = \"...\", key = field)]`, \
-                 or the method `#[key(field)]`",
-            ),
-        }
-    }
-    if !block.items.iter().any(|i| matches!(i, ImplItem::Fn(_))) {
-        errors.spanned(
-            &block.self_ty,
-            format!("a process needs at least one event handler: {SHAPE}"),
-        );
-    }
-    // The helper attributes are ours: remove them from the emitted block.
-    for item in &mut block.items {
-        if let ImplItem::Fn(method) = item {
-            method
-                .attrs
-                .retain(|a| !a.path().is_ident("deadline") && !a.path().is_ident("key"));
-        }
-    }
-    if let Err(error) = errors.finish() {
-        return errors::with_item(error, &block);
-    }
-    let name = name.unwrap_or_else(|| LitStr::new("invalid", Span::call_site()));
-    let krate = krate.unwrap_or_else(|| syn::parse_quote!(::cim_integrate));
-    let private = quote!(#krate::__private);
-    let self_ty = &block.self_ty;
-    let mut shims = Vec::new();
-    let mut entries = Vec::new();
-    for h in &handlers {
-        let (method, event, field) = (&h.method, &h.event, &h.key);
-        let key_fn = format_ident!("__key_{}", method);
-        let call_fn = format_ident!("__call_{}", method);
-        let method_name = method.to_string();
-        let access = quote_spanned!(field.span()=> &__event.#field);
-        shims.push(quote! {
-            fn #key_fn(__event: &#event) -> ::std::string::String {
-                #private::process::key_of(#access)
-            }
-            fn #call_fn<'__a>(
-                __state: &'__a mut #self_ty,
-                __ctx: &'__a mut #private::process::ProcessContext,
-                __event: #event,
-            ) -> #private::process::BoxFuture<'__a, ::core::result::Result<(), #private::handler::HandlerError>> {
-                ::std::boxed::Box::pin(<#self_ty>::#method(__state, __ctx, __event))
-            }
-        });
-        let register = quote_spanned!(event.span()=> #private::process::ProcessHandler::new::<#event>);
-        entries.push(quote! { #register(#method_name, #key_fn, #call_fn) });
-    }
-    // Every handler's key field has one type: `__same_key(&a.k, &b.k)` fails to type-check otherwise,
-    // on the argument of the handler whose key differs (spanned on its event type).
-    let same_key = if handlers.len() > 1 {
-        let params = handlers.iter().enumerate().map(|(i, h)| {
-            let p = format_ident!("__e{}", i);
-            let ty = &h.event;
-            quote!(#p: &#ty)
-        });
-        let first = &handlers[0].key;
-        let checks = handlers.iter().enumerate().skip(1).map(|(i, h)| {
-            let p = format_ident!("__e{}", i);
-            let field = Ident::new(&h.key.to_string(), h.event.span());
-            let arg = quote_spanned!(h.event.span()=> &#p.#field);
-            quote!(#private::process::__same_key(&__e0.#first, #arg);)
-        });
-        quote! {
-            #[allow(dead_code)]
-            fn __same_key_type(#(#params),*) {
-                #(#checks)*
-            }
-        }
-    } else {
-        TokenStream::new()
-    };
-    let on_deadline = deadline.map(|method| {
-        quote! {
-            fn on_deadline<'__a>(
-                &'__a mut self,
-                __ctx: &'__a mut #private::process::ProcessContext,
-                __deadline: #private::process::Deadline,
-            ) -> #private::process::BoxFuture<'__a, ::core::result::Result<(), #private::handler::HandlerError>> {
-                ::std::boxed::Box::pin(<#self_ty>::#method(self, __ctx, __deadline))
-            }
-        }
-    });
-    quote! {
-        #block
-
-        const _: () = {
-            #(#shims)*
-            #same_key
-
-            #[automatically_derived]
-            impl #private::process::ProcessManager for #self_ty {
-                const NAME: &'static ::core::primitive::str = #name;
-
-                fn handlers() -> ::std::vec::Vec<#private::process::ProcessHandler<Self>> {
-                    ::std::vec![#(#entries),*]
-                }
-
-                #on_deadline
-            }
-        };
+        // Validation fails only with an error; should it not, the block is kept as written.
+        (Ok(()), None) => quote::quote!(#fallback),
     }
 }

@@ -2,7 +2,7 @@
 //! table inside `const _: () = { ... };`. The loop that runs the table is the runtime's.
 
 use super::validate::{Compensation, Saga, Step};
-use proc_macro2::TokenStream;
+use proc_macro2::{Span, TokenStream};
 use quote::{quote, quote_spanned};
 use syn::{Ident, Path, Type};
 
@@ -33,12 +33,13 @@ pub(crate) fn saga(saga: &Saga) -> TokenStream {
     }
 }
 
-/// `|saga, ctx| Box::pin(Type::method(saga, ctx))`, spanned on the method so that a type error in
-/// its signature points there.
-fn call(self_ty: &Type, method: &Ident) -> TokenStream {
-    quote_spanned! {method.span()=>
-        |__saga, __ctx| ::std::boxed::Box::pin(<#self_ty>::#method(__saga, __ctx))
-    }
+/// `|saga, ctx| Box::pin(Type::method(saga, ctx))`: the call on the method's name, so that a
+/// wrong parameter is reported there, and the boxing (where the future's output must be
+/// `Result<(), HandlerError>`) on its return type `output`, so that a wrong one is reported there.
+fn call(self_ty: &Type, method: &Ident, output: Span) -> TokenStream {
+    let invoke = quote_spanned!(method.span()=> <#self_ty>::#method(__saga, __ctx));
+    let closure = crate::spans::respan(quote!(|__saga, __ctx| ::std::boxed::Box::pin), output);
+    quote_spanned!(output=> #closure(#invoke))
 }
 
 fn millis(ms: u64) -> TokenStream {
@@ -47,12 +48,12 @@ fn millis(ms: u64) -> TokenStream {
 
 fn step(krate: &Path, self_ty: &Type, step: &Step) -> TokenStream {
     let name = &step.name;
-    let run = call(self_ty, &step.method);
+    let run = call(self_ty, &step.method, step.method_span);
     let mut out = quote!(#krate::__private::saga::Step::new(#name, #run));
     match &step.compensation {
-        Compensation::By(method) => {
-            let label = method.to_string();
-            let run = call(self_ty, method);
+        Compensation::By(method, span) => {
+            let label = syn::ext::IdentExt::unraw(method).to_string();
+            let run = call(self_ty, method, *span);
             out.extend(quote!(.compensate(#label, #run)));
         }
         Compensation::None(reason) => out.extend(quote!(.no_compensation(#reason))),

@@ -22,13 +22,21 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
     let mut errors = Errors::default();
     let args = parse::Args::parse(attr, &mut errors);
     let parsed = parse::item(item.clone(), &mut errors);
-    let fallback = parsed
-        .as_ref()
-        .map_or_else(|| item.clone(), |p| p.item.to_token_stream());
+    // On error: the block as written (without `#[step]`) and a stub `Saga` impl.
+    let fallback = parsed.as_ref().map_or_else(
+        || item.clone(),
+        |p| {
+            let krate = crate::args::facade(args.krate.as_ref());
+            let mut out = p.item.to_token_stream();
+            out.extend(crate::stubs::saga(&krate, &p.item, args.data.as_ref()));
+            out
+        },
+    );
     let saga = validate::saga(args, parsed, &mut errors);
     match (errors.finish(), saga) {
         (Ok(()), Some(saga)) => expand::saga(&saga),
         (Err(error), _) => errors::with_item(error, fallback),
-        (Ok(()), None) => unreachable!("validation fails only with an error"),
+        // Validation fails only with an error; should it not, the item is kept as written.
+        (Ok(()), None) => item,
     }
 }

@@ -5,7 +5,7 @@ use crate::args;
 use crate::errors::Errors;
 use proc_macro2::TokenStream;
 use syn::spanned::Spanned;
-use syn::{Attribute, Ident, ImplItem, ImplItemFn, Item, ItemImpl, LitInt, LitStr, Path, Type};
+use syn::{Attribute, Ident, ImplItem, ImplItemFn, Item, ItemImpl, LitStr, Path, Type};
 
 /// `name = "document_publishing"`: the saga's name (default: the type's name in snake case).
 pub(crate) const NAME: &str = "name";
@@ -56,7 +56,7 @@ impl Args {
         let mut args = Self::default();
         let present = args::parse(attr, "saga", KEYS, errors, |key, value| {
             match key.to_string().as_str() {
-                NAME => args.name = Some(string(value, "name = \"document_publishing\"")?),
+                NAME => args.name = Some(args::string(value, "name = \"document_publishing\"")?),
                 DATA => {
                     args.data = Some(syn::parse2::<Type>(value.clone()).map_err(|_| {
                         syn::Error::new(
@@ -65,17 +65,9 @@ impl Args {
                         )
                     })?);
                 }
-                CRATE => {
-                    let lit = string(value, "crate = \"::cim_integrate\"")?;
-                    let path = lit.parse_with(Path::parse_mod_style).map_err(|_| {
-                        syn::Error::new(
-                            lit.span(),
-                            "expected the path of the facade crate, e.g. `crate = \"::cim_integrate\"`",
-                        )
-                    })?;
-                    args.krate = Some(path);
-                }
-                _ => unreachable!("args::parse passes only known keys"),
+                CRATE => args.krate = Some(args::krate(value)?),
+                // `args::parse` passes only the known keys.
+                _ => {}
             }
             Ok(())
         });
@@ -83,17 +75,7 @@ impl Args {
     }
 }
 
-/// A duration argument: the literal and its value in milliseconds.
-pub(crate) struct DurationArg {
-    pub(crate) lit: LitStr,
-    pub(crate) millis: u64,
-}
-
-/// A count argument.
-pub(crate) struct CountArg {
-    pub(crate) lit: LitInt,
-    pub(crate) value: u32,
-}
+pub(crate) use crate::args::{CountArg, DurationArg};
 
 /// One method's `#[step(...)]`.
 pub(crate) struct StepArgs {
@@ -135,63 +117,21 @@ impl StepArgs {
         };
         step.present = args::parse(tokens, STEP, STEP_KEYS, errors, |key, value| {
             match key.to_string().as_str() {
-                NAME => step.name = Some(string(value, "name = \"publish\"")?),
-                COMPENSATE => step.compensate = Some(string(value, "compensate = \"unpublish\"")?),
+                NAME => step.name = Some(args::string(value, "name = \"publish\"")?),
+                COMPENSATE => step.compensate = Some(args::string(value, "compensate = \"unpublish\"")?),
                 NO_COMPENSATION => {
-                    step.no_compensation = Some(string(value, "no_compensation = \"read-only validation\"")?);
+                    step.no_compensation = Some(args::string(value, "no_compensation = \"read-only validation\"")?);
                 }
-                TIMEOUT => step.timeout = Some(duration(value, TIMEOUT)?),
-                ATTEMPTS => step.attempts = Some(count(value, ATTEMPTS)?),
-                COMPENSATION_TIMEOUT => step.compensation_timeout = Some(duration(value, COMPENSATION_TIMEOUT)?),
-                COMPENSATION_ATTEMPTS => step.compensation_attempts = Some(count(value, COMPENSATION_ATTEMPTS)?),
-                _ => unreachable!("args::parse passes only known keys"),
+                TIMEOUT => step.timeout = Some(args::duration(value, TIMEOUT)?),
+                ATTEMPTS => step.attempts = Some(args::count(value, ATTEMPTS)?),
+                COMPENSATION_TIMEOUT => step.compensation_timeout = Some(args::duration(value, COMPENSATION_TIMEOUT)?),
+                COMPENSATION_ATTEMPTS => step.compensation_attempts = Some(args::count(value, COMPENSATION_ATTEMPTS)?),
+                // `args::parse` passes only the known keys.
+                _ => {}
             }
             Ok(())
         });
         step
-    }
-}
-
-fn string(value: TokenStream, example: &str) -> syn::Result<LitStr> {
-    syn::parse2::<LitStr>(value.clone())
-        .map_err(|_| syn::Error::new(value.span(), format!("expected a string literal, e.g. `{example}`")))
-}
-
-fn duration(value: TokenStream, key: &str) -> syn::Result<DurationArg> {
-    let lit = string(value, &format!("{key} = \"30s\""))?;
-    let text = lit.value();
-    let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
-    let factor = match unit {
-        "ms" => Some(1),
-        "s" => Some(1000),
-        "m" => Some(60_000),
-        "h" => Some(3_600_000),
-        _ => None,
-    };
-    match (digits.parse::<u64>().ok(), factor) {
-        (Some(n), Some(f)) if n > 0 => n.checked_mul(f),
-        _ => None,
-    }
-    .map(|millis| DurationArg {
-        lit: lit.clone(),
-        millis,
-    })
-    .ok_or_else(|| {
-        syn::Error::new(
-            lit.span(),
-            format!(
-                "expected a positive duration such as `\"500ms\"`, `\"30s\"`, `\"5m\"` or `\"1h\"`, found `{text:?}`"
-            ),
-        )
-    })
-}
-
-fn count(value: TokenStream, key: &str) -> syn::Result<CountArg> {
-    let expected = || format!("expected a positive whole number, e.g. `{key} = 3`");
-    let lit = syn::parse2::<LitInt>(value.clone()).map_err(|_| syn::Error::new(value.span(), expected()))?;
-    match lit.base10_parse::<u32>() {
-        Ok(value) if value > 0 => Ok(CountArg { lit, value }),
-        _ => Err(syn::Error::new(lit.span(), expected())),
     }
 }
 

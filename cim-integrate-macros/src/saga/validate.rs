@@ -3,9 +3,10 @@
 
 use super::parse::{self, Args, COMPENSATE, DATA, Method, NAME, NO_COMPENSATION, Parsed, StepArgs};
 use crate::errors::Errors;
-use proc_macro2::Span;
-use syn::spanned::Spanned;
-use syn::{FnArg, Ident, ItemImpl, LitStr, Path, Type};
+use proc_macro2::{Span, TokenStream};
+use quote::ToTokens;
+use syn::ext::IdentExt;
+use syn::{Ident, ItemImpl, LitStr, Path, Type};
 
 /// A checked `#[saga]`.
 pub(crate) struct Saga {
@@ -22,6 +23,8 @@ pub(crate) struct Saga {
 pub(crate) struct Step {
     pub(crate) name: LitStr,
     pub(crate) method: Ident,
+    /// Where a type error in calling the method is reported: its return type.
+    pub(crate) method_span: Span,
     pub(crate) compensation: Compensation,
     pub(crate) timeout_ms: Option<u64>,
     pub(crate) attempts: Option<u32>,
@@ -31,7 +34,8 @@ pub(crate) struct Step {
 
 /// What undoes a checked step.
 pub(crate) enum Compensation {
-    By(Ident),
+    /// The method and its return type's span.
+    By(Ident, Span),
     None(LitStr),
 }
 
@@ -41,34 +45,37 @@ fn signature(name: &Ident) -> String {
     SIGNATURE.replace("NAME", &name.to_string())
 }
 
-/// Checks a step's or compensation's signature; the problem and the span to put it on.
-fn signature_problem(method: &Method) -> Option<(Span, &'static str)> {
-    let sig = &method.func.sig;
-    if sig.asyncness.is_none() {
-        return Some((sig.fn_token.span, "it is not `async`"));
+/// Checks a step's or compensation's signature; the first problem and the tokens to put it on.
+fn signature_problem(method: &Method) -> Option<(TokenStream, &'static str)> {
+    use crate::method::{Expect, Problem, Receiver};
+    let expect = Expect {
+        receiver: Receiver::Shared,
+        min_params: 1,
+        max_params: 1,
+    };
+    let (shape, problems) = crate::method::check(&method.func.sig, &expect);
+    if let Some(found) = problems.into_iter().next() {
+        let problem = match found.problem {
+            Problem::NotAsync => "it is not `async`",
+            Problem::Generic => "it cannot be generic",
+            Problem::Variadic => "it cannot be variadic",
+            Problem::WrongReceiver => {
+                "it must take `&self` (the saga holds shared dependencies; its data is in the context)"
+            }
+            Problem::MissingReceiver | Problem::UnexpectedReceiver | Problem::SelfNotFirst => "it must take `&self`",
+            Problem::Arity(0) => "it must take the step context `ctx: &mut StepContext<Data>`",
+            Problem::Arity(_) => "it takes one argument besides `&self`: the step context",
+            Problem::MissingOutput => "it must return `Result<(), HandlerError>`",
+        };
+        return Some((found.tokens, problem));
     }
-    let mut inputs = sig.inputs.iter();
-    match inputs.next() {
-        Some(FnArg::Receiver(r)) if matches!(r.kind, syn::ReceiverKind::Reference(_, _, None)) => {}
-        Some(FnArg::Receiver(r)) => {
-            return Some((
-                r.span(),
-                "it must take `&self` (the saga holds shared dependencies; its data is in the context)",
-            ));
-        }
-        _ => return Some((sig.ident.span(), "it must take `&self`")),
-    }
-    match (inputs.next(), inputs.next()) {
-        (Some(FnArg::Typed(arg)), None) if matches!(&*arg.ty, Type::Reference(r) if r.mutability.is_some()) => None,
-        (Some(arg), None) => Some((
-            arg.span(),
+    match shape.params.as_slice() {
+        [arg] if matches!(&*arg.ty, Type::Reference(r) if r.mutability.is_some()) => None,
+        [arg] => Some((
+            arg.to_token_stream(),
             "its argument must be the step context, `&mut StepContext<Data>`",
         )),
-        (None, _) => Some((
-            sig.paren_token.span.join(),
-            "it must take the step context `ctx: &mut StepContext<Data>`",
-        )),
-        (Some(_), Some(extra)) => Some((extra.span(), "it takes one argument besides `&self`: the step context")),
+        _ => None,
     }
 }
 
@@ -105,7 +112,7 @@ pub(crate) fn saga(args: Args, parsed: Option<Parsed>, errors: &mut Errors) -> O
     let type_name = parse::type_ident(&item.self_ty).cloned();
     let name = match (&args.name, &type_name) {
         (Some(name), _) => name.clone(),
-        (None, Some(ident)) => LitStr::new(&snake_case(&ident.to_string()), ident.span()),
+        (None, Some(ident)) => LitStr::new(&snake_case(&ident.unraw().to_string()), ident.span()),
         (None, None) => {
             errors.spanned(
                 &item.self_ty,
@@ -118,7 +125,7 @@ pub(crate) fn saga(args: Args, parsed: Option<Parsed>, errors: &mut Errors) -> O
     };
 
     let methods = &parsed.methods;
-    let by_name = |n: &str| methods.iter().find(|m| m.func.sig.ident == n);
+    let by_name = |n: &str| methods.iter().find(|m| m.func.sig.ident.unraw() == n);
     let steps: Vec<(&Method, &StepArgs)> = methods.iter().filter_map(|m| m.step.as_ref().map(|s| (m, s))).collect();
     if steps.is_empty() {
         errors.spanned(
@@ -129,7 +136,7 @@ pub(crate) fn saga(args: Args, parsed: Option<Parsed>, errors: &mut Errors) -> O
     let helpers: Vec<String> = methods
         .iter()
         .filter(|m| m.step.is_none())
-        .map(|m| format!("`{}`", m.func.sig.ident))
+        .map(|m| format!("`{}`", m.func.sig.ident.unraw()))
         .collect();
 
     let mut out = Vec::new();
@@ -137,16 +144,16 @@ pub(crate) fn saga(args: Args, parsed: Option<Parsed>, errors: &mut Errors) -> O
     let mut used: Vec<(String, String)> = Vec::new();
     for (method, args) in steps {
         let ident = &method.func.sig.ident;
-        if let Some((span, problem)) = signature_problem(method) {
-            errors.push(syn::Error::new(
-                span,
+        if let Some((tokens, problem)) = signature_problem(method) {
+            errors.spanned(
+                tokens,
                 format!("step `{ident}` must be `{}`: {problem}", signature(ident)),
-            ));
+            );
         }
         let step_name = args
             .name
             .clone()
-            .unwrap_or_else(|| LitStr::new(&ident.to_string(), ident.span()));
+            .unwrap_or_else(|| LitStr::new(&ident.unraw().to_string(), ident.span()));
         check_token(&step_name, "step name", errors);
         if step_names.contains(&step_name.value()) {
             errors.push(syn::Error::new(
@@ -194,14 +201,14 @@ pub(crate) fn saga(args: Args, parsed: Option<Parsed>, errors: &mut Errors) -> O
                 }
                 Some(Compensation::None(reason.clone()))
             }
-            (Some(target), None) => {
-                compensation(target, ident, &by_name, &helpers, &mut used, errors).map(Compensation::By)
-            }
+            (Some(target), None) => compensation(target, ident, &by_name, &helpers, &mut used, errors)
+                .map(|(method, span)| Compensation::By(method, span)),
         };
         if let Some(c) = compensation {
             out.push(Step {
                 name: step_name,
                 method: ident.clone(),
+                method_span: output_span(&method.func.sig),
                 compensation: c,
                 timeout_ms: args.timeout.as_ref().map(|d| d.millis),
                 attempts: args.attempts.as_ref().map(|c| c.value),
@@ -228,7 +235,7 @@ pub(crate) fn saga(args: Args, parsed: Option<Parsed>, errors: &mut Errors) -> O
         data: data?,
         name,
         steps: out,
-        krate: args.krate.unwrap_or_else(|| syn::parse_quote!(::cim_integrate)),
+        krate: crate::args::facade(args.krate.as_ref()),
     })
 }
 
@@ -240,8 +247,10 @@ fn compensation<'m>(
     helpers: &[String],
     used: &mut Vec<(String, String)>,
     errors: &mut Errors,
-) -> Option<Ident> {
-    let name = target.value();
+) -> Option<(Ident, Span)> {
+    // `compensate = "undo"` and `compensate = "r#undo"` both name `fn r#undo`.
+    let value = target.value();
+    let name = value.strip_prefix("r#").unwrap_or(&value).to_owned();
     let Some(method) = by_name(&name) else {
         let listed = if helpers.is_empty() {
             "this impl block has no methods without `#[step]`".to_owned()
@@ -265,14 +274,14 @@ fn compensation<'m>(
         );
         return None;
     }
-    if let Some((span, problem)) = signature_problem(method) {
-        errors.push(syn::Error::new(
-            span,
+    if let Some((tokens, problem)) = signature_problem(method) {
+        errors.spanned(
+            tokens,
             format!(
                 "`{name}`, the compensation of step `{step}`, has the wrong signature: {problem}; it must be `{}`",
                 signature(&method.func.sig.ident)
             ),
-        ));
+        );
         return None;
     }
     if let Some((_, other)) = used.iter().find(|(c, _)| *c == name) {
@@ -286,17 +295,20 @@ fn compensation<'m>(
         return None;
     }
     used.push((name, step.to_string()));
-    Some(method.func.sig.ident.clone())
+    Some((method.func.sig.ident.clone(), output_span(&method.func.sig)))
+}
+
+/// The span of a method's return type (its name's without one), where a wrong one is reported.
+fn output_span(sig: &syn::Signature) -> Span {
+    match &sig.output {
+        syn::ReturnType::Type(_, ty) => syn::spanned::Spanned::span(&**ty),
+        syn::ReturnType::Default => sig.ident.span(),
+    }
 }
 
 fn check_token(lit: &LitStr, what: &str, errors: &mut Errors) {
-    let v = lit.value();
-    let ok = !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if !ok {
-        errors.spanned(
-            lit,
-            format!("invalid {what} `{v}`: it goes into subjects and keys, so use `[A-Za-z0-9_-]+`"),
-        );
+    if let Err(error) = crate::subject::check_token(lit, what) {
+        errors.push(error);
     }
 }
 

@@ -10,7 +10,7 @@ use syn::spanned::Spanned;
 use syn::{Ident, ItemFn, ItemImpl, LitStr, Path};
 
 fn facade(krate: Option<&Path>) -> TokenStream {
-    krate.map_or_else(|| quote!(::cim_integrate), |p| p.to_token_stream())
+    crate::args::facade(krate).to_token_stream()
 }
 
 fn options(k: &TokenStream, h: &Handler) -> TokenStream {
@@ -109,24 +109,25 @@ fn registration(k: &TokenStream, h: &Handler, i: usize, method: bool) -> TokenSt
         Ctx::Owned => (quote!(__ctx), quote!(#target(__ctx, __event))),
         Ctx::None => (quote!(_), quote!(#target(__event))),
     };
-    // A wrong return type is reported on the handler's return type.
-    let register = quote_spanned!(h.sig.output.span()=> #k::__private::handler::macro_support::registration);
-    let body = quote_spanned!(h.sig.output.span()=> async move { #call.await });
+    // A wrong return type is reported on the handler's return type: the closure that awaits the
+    // handler is put on it, whole (the bound on its future is checked at the closure).
+    let out = h.sig.output.span();
+    let register = crate::spans::respan(quote!(#k::__private::handler::macro_support::registration), out);
     let closure = if method {
-        let closure = quote_spanned! {h.sig.output.span()=>
-            move |#ctx_param: #k::__private::handler::Context, __event: #event| {
-                let __this = ::std::sync::Arc::clone(&__this);
-                #body
-            }
-        };
         quote!({
             let __this = ::std::sync::Arc::clone(&self);
-            #closure
+            move |#ctx_param: #k::__private::handler::Context, __event: #event| {
+                let __this = ::std::sync::Arc::clone(&__this);
+                async move { #call.await }
+            }
         })
     } else {
-        quote_spanned!(h.sig.output.span()=> move |#ctx_param: #k::__private::handler::Context, __event: #event| #body)
+        quote!(move |#ctx_param: #k::__private::handler::Context, __event: #event| async move { #call.await })
     };
-    quote!(#register(#name, #pattern, &#info, #options, #closure))
+    let closure = crate::spans::respan(closure, out);
+    // The call itself (its parentheses) is on the return type too: rustc reports the unmet
+    // `Future<Output = Result<(), HandlerError>>` bound on the call expression.
+    quote_spanned!(out=> #register(#name, #pattern, &#info, #options, #closure))
 }
 
 /// The event-info constant of handler `i` (the one place `E: DomainEvent` is required, spanned
@@ -151,7 +152,7 @@ fn event_checks(k: &TokenStream, h: &Handler, i: usize) -> TokenStream {
             #k::__private::handler::macro_support::event_info::<#event>();
     };
     let check = quote_spanned! {pattern.span()=>
-        const _: () = ::core::assert!(#k::__private::subject::pattern_matches(#pattern, #info.subject), #message);
+        const _: () = ::core::assert!(#k::__private::handler::macro_support::can_match(#pattern, &#info), #message);
     };
     quote!(#info_const #check)
 }

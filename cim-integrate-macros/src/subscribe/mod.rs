@@ -1,6 +1,8 @@
 //! `#[subscribe]` and `#[handlers]`: typed, idempotent event handlers, registered explicitly.
 //!
 //! - [`parse`]: arguments and handler signatures into typed views (spans kept);
+//! - [`validate`]: the rules of a set (a domain, an inherent concrete block, at least one
+//!   handler, unique handler and durable names);
 //! - [`expand`]: a `HandlerSet` impl with one registration call per handler, and `const` checks
 //!   (the event type is a `DomainEvent`; its subject can match the pattern).
 //!
@@ -10,11 +12,12 @@
 
 mod expand;
 mod parse;
+mod validate;
 
 use crate::errors::{self, Errors};
 use proc_macro2::{Span, TokenStream};
 use quote::{ToTokens, format_ident};
-use std::collections::HashSet;
+use syn::ext::IdentExt;
 
 /// One handler, checked.
 pub(crate) struct Handler {
@@ -31,37 +34,28 @@ pub fn expand_handlers(attr: TokenStream, item: TokenStream) -> TokenStream {
     let mut block: syn::ItemImpl = match syn::parse2(item.clone()) {
         Ok(b) => b,
         Err(_) => {
-            let e = syn::Error::new(
+            errors.push(syn::Error::new(
                 Span::call_site(),
                 "`#[handlers]` goes on an inherent `impl` block whose methods carry `#[subscribe(\"...\")]`",
-            );
-            return errors::with_item(e, item);
+            ));
+            return errors::emit(errors, item);
         }
     };
-    if !present.iter().any(|k| k == parse::DOMAIN) {
-        errors.push(syn::Error::new(
-            Span::call_site(),
-            "`#[handlers]` needs the domain the handlers belong to: `#[handlers(domain = \"workflow\")]` (it prefixes durable names and dead-letter subjects)",
-        ));
-    }
-    if let Some((path, _)) = &block.trait_ {
-        errors.spanned(path, "`#[handlers]` goes on an inherent `impl` block, not a trait impl");
-    }
-    if !block.generics.params.is_empty() {
-        errors.spanned(
-            &block.generics,
-            "`#[handlers]` cannot be used on a generic `impl` block: register a concrete service type",
-        );
-    }
+    validate::domain_given(&present, &mut errors);
+    validate::inherent_and_concrete(&block, &mut errors);
     let mut handlers = Vec::new();
-    let mut names = HashSet::new();
+    let mut names = validate::Names::new(args.domain.as_ref());
     for item in &mut block.items {
         let syn::ImplItem::Fn(f) = item else { continue };
         let Some(pos) = f.attrs.iter().position(parse::is_subscribe) else {
             continue;
         };
         let attr = f.attrs.remove(pos);
-        if let Some(extra) = f.attrs.iter().find(|a| parse::is_subscribe(a)) {
+        // Every further `#[subscribe]` is reported and removed (left in place, it would expand
+        // on its own and report a second error).
+        let extra: Vec<syn::Attribute> = f.attrs.iter().filter(|a| parse::is_subscribe(a)).cloned().collect();
+        f.attrs.retain(|a| !parse::is_subscribe(a));
+        for extra in extra {
             errors.spanned(
                 extra,
                 "one `#[subscribe]` per handler; write a second handler for a second pattern",
@@ -76,45 +70,21 @@ pub fn expand_handlers(attr: TokenStream, item: TokenStream) -> TokenStream {
         let Some(sig) = parse::handler_sig(&f.sig, true, &mut errors) else {
             continue;
         };
-        if let Some(h) = checked(a, sig, &mut names, &mut errors) {
+        if let Some(h) = validate::checked(a, sig, &mut names, &mut errors) {
             handlers.push(h);
         }
     }
-    if handlers.is_empty() && errors.count() == 0 {
-        errors.spanned(
-            &block.self_ty,
-            "this `#[handlers]` block has no `#[subscribe(\"...\")]` method",
-        );
-    }
+    validate::has_handlers(&block, &handlers, &mut errors);
     match (errors.finish(), &args.domain) {
         (Ok(()), Some(domain)) => expand::handler_set(&block, domain, args.krate.as_ref(), &handlers),
-        (Err(e), _) => errors::with_item(e, block),
+        (Err(e), _) => {
+            let stub = crate::stubs::handlers_block(&crate::args::facade(args.krate.as_ref()), &block);
+            let mut out = errors::with_item(e, block);
+            out.extend(stub);
+            out
+        }
         (Ok(()), None) => block.into_token_stream(),
     }
-}
-
-fn checked(
-    args: parse::SubscribeArgs,
-    sig: parse::HandlerSig,
-    names: &mut HashSet<String>,
-    errors: &mut Errors,
-) -> Option<Handler> {
-    args.pattern.as_ref()?;
-    let name = args.name.as_ref().map_or_else(|| sig.ident.to_string(), |n| n.value());
-    if !names.insert(name.clone()) {
-        match &args.name {
-            Some(n) => errors.spanned(
-                n,
-                format!("two handlers in this set are named `{name}`; give one another `name = \"...\"`"),
-            ),
-            None => errors.spanned(
-                &sig.ident,
-                format!("two handlers in this set are named `{name}`; give one another `name = \"...\"`"),
-            ),
-        }
-        return None;
-    }
-    Some(Handler { args, sig, name })
 }
 
 /// Expands `#[subscribe(attr)] fn ...` on a free function.
@@ -123,19 +93,19 @@ pub fn expand_subscribe(attr: TokenStream, item: TokenStream) -> TokenStream {
     let f: syn::ItemFn = match syn::parse2(item.clone()) {
         Ok(f) => f,
         Err(_) => {
-            let e = syn::Error::new(
+            errors.push(syn::Error::new(
                 Span::call_site(),
                 "`#[subscribe]` goes on an `async fn` handler, or on methods of an `impl` block marked `#[handlers(domain = \"...\")]`",
-            );
-            return errors::with_item(e, item);
+            ));
+            return errors::emit(errors, item);
         }
     };
     if let Some(syn::FnArg::Receiver(r)) = f.sig.inputs.first() {
-        let e = syn::Error::new_spanned(
+        errors.spanned(
             r,
             "`#[subscribe]` on a method needs `#[handlers(domain = \"...\")]` on its `impl` block",
         );
-        return errors::with_item(e, f);
+        return errors::emit(errors, f);
     }
     let a = parse::subscribe_args(attr, &parse::fn_keys(), Span::call_site(), &mut errors);
     if a.domain.is_none() && a.pattern.is_some() {
@@ -145,15 +115,44 @@ pub fn expand_subscribe(attr: TokenStream, item: TokenStream) -> TokenStream {
         ));
     }
     let sig = parse::handler_sig(&f.sig, false, &mut errors);
-    let handler = sig.and_then(|sig| checked(a, sig, &mut HashSet::new(), &mut errors));
+    let krate = crate::args::facade(a.krate.as_ref());
+    let mut names = validate::Names::new(a.domain.as_ref());
+    let handler = sig.and_then(|sig| validate::checked(a, sig, &mut names, &mut errors));
     match (errors.finish(), handler) {
         (Ok(()), Some(h)) => {
-            let ty = format_ident!("{}Handler", camel(&f.sig.ident.to_string()), span = f.sig.ident.span());
+            let ty = handler_type(&f.sig.ident);
             expand::free_handler(&f, &ty, h)
         }
-        (Err(e), _) => errors::with_item(e, f),
+        (Err(e), _) => {
+            // The struct `{Name}Handler` and a stub `HandlerSet`, so that registering it adds
+            // no error of its own.
+            let ty = handler_type(&f.sig.ident);
+            let vis = &f.vis;
+            let stub = crate::stubs::handler_set(&krate, &ty.to_token_stream());
+            let mut out = errors::with_item(e, &f);
+            out.extend(quote::quote! {
+                #[derive(::core::fmt::Debug, ::core::clone::Clone, ::core::marker::Copy, ::core::default::Default)]
+                #vis struct #ty;
+                #stub
+            });
+            out
+        }
         (Ok(()), None) => f.into_token_stream(),
     }
+}
+
+/// The unit struct of a free-function handler: `index_document` -> `IndexDocumentHandler`
+/// (`r#type` -> `TypeHandler`), spanned on the function's name.
+fn handler_type(function: &syn::Ident) -> syn::Ident {
+    let camel = camel(&function.unraw().to_string());
+    let name = if camel.starts_with(|c: char| c.is_ascii_digit()) {
+        format!("Handler{camel}")
+    } else {
+        format!("{camel}Handler")
+    };
+    let mut ident = syn::parse_str::<syn::Ident>(&name).unwrap_or_else(|_| format_ident!("Handler"));
+    ident.set_span(function.span());
+    ident
 }
 
 /// `index_document` -> `IndexDocument`.

@@ -5,7 +5,7 @@ use crate::args;
 use crate::errors::Errors;
 use proc_macro2::{Span, TokenStream, TokenTree};
 use quote::ToTokens;
-use syn::{FnArg, Ident, LitBool, LitInt, LitStr, Path, ReturnType, Signature, Type};
+use syn::{Ident, LitBool, LitInt, LitStr, Path, Signature, Type};
 
 pub(crate) const NAME: &str = "name";
 pub(crate) const DURABLE: &str = "durable";
@@ -71,14 +71,6 @@ impl Breaker {
     }
 }
 
-fn positive_u32(value: TokenStream, key: &str) -> syn::Result<u32> {
-    let n: LitInt = lit(value, &format!("a number such as `{key} = 5`"))?;
-    match n.base10_parse::<u32>() {
-        Ok(v) if v >= 1 => Ok(v),
-        _ => Err(syn::Error::new(n.span(), format!("`{key}` is at least 1"))),
-    }
-}
-
 /// The arguments of one `#[subscribe]`.
 #[derive(Default)]
 pub(crate) struct SubscribeArgs {
@@ -102,70 +94,47 @@ fn lit<T: syn::parse::Parse>(value: TokenStream, example: &str) -> syn::Result<T
     syn::parse2(value.clone()).map_err(|_| syn::Error::new_spanned(value, format!("expected {example}")))
 }
 
-fn duration(value: TokenStream, key: &str) -> syn::Result<u64> {
-    let s: LitStr = lit(
-        value,
-        &format!("a duration such as `{key} = \"500ms\"` (units: ms, s, m, h)"),
-    )?;
-    parse_duration_ms(&s.value()).filter(|ms| *ms > 0).ok_or_else(|| {
-        syn::Error::new(s.span(), format!("invalid duration `{}`: write a positive number and a unit, e.g. `\"500ms\"`, `\"2s\"`, `\"1m\"`, `\"1h\"`", s.value()))
-    })
-}
-
-/// `"500ms"`, `"2s"`, `"1m"`, `"1h"` in milliseconds.
-pub(crate) fn parse_duration_ms(s: &str) -> Option<u64> {
-    let split = s.find(|c: char| !c.is_ascii_digit())?;
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n.parse().ok()?;
-    let factor = match unit {
-        "ms" => 1,
-        "s" => 1000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        _ => return None,
-    };
-    n.checked_mul(factor)
-}
-
-fn krate(value: TokenStream) -> syn::Result<Path> {
-    let s: LitStr = lit(value, "`crate = \"::cim_integrate\"`")?;
-    s.parse_with(Path::parse_mod_style).map_err(|_| {
-        syn::Error::new(
-            s.span(),
-            "expected the path of the facade crate, e.g. `crate = \"::cim_integrate\"`",
-        )
-    })
-}
-
 /// Splits `"pattern", rest...` and parses the rest as `key = value` pairs.
 pub(crate) fn subscribe_args(attr: TokenStream, keys: &[&str], span: Span, errors: &mut Errors) -> SubscribeArgs {
-    let mut tokens = attr.into_iter().peekable();
+    const PATTERN_FIRST: &str =
+        "`#[subscribe]` needs the subject pattern first, as a string: `#[subscribe(\"document.created\")]`";
+    let tokens: Vec<TokenTree> = attr.into_iter().collect();
     let mut out = SubscribeArgs::default();
-    match tokens.peek() {
+    // Where the `key = value` arguments start.
+    let mut rest_from = 0;
+    let is_comma = |t: &TokenTree| matches!(t, TokenTree::Punct(p) if p.as_char() == ',');
+    let is_eq = |t: Option<&TokenTree>| matches!(t, Some(TokenTree::Punct(p)) if p.as_char() == '=');
+    match tokens.first() {
         Some(TokenTree::Literal(_)) => {
-            let first = tokens.next().into_iter().collect::<TokenStream>();
+            let first: TokenStream = tokens[..1].iter().cloned().collect();
             match syn::parse2::<LitStr>(first.clone()) {
                 Ok(p) => match crate::subject::check_pattern(&p) {
                     Ok(()) => out.pattern = Some(p),
                     Err(e) => errors.push(e),
                 },
-                Err(_) => errors.spanned(
-                    first,
-                    "expected the subject pattern as a string: `#[subscribe(\"document.created\")]`",
-                ),
+                Err(_) => errors.spanned(first, PATTERN_FIRST),
             }
-            match tokens.next() {
+            rest_from = 1;
+            match tokens.get(1) {
                 None => {}
-                Some(TokenTree::Punct(p)) if p.as_char() == ',' => {}
+                Some(t) if is_comma(t) => rest_from = 2,
+                // One mistake, one error: the arguments after a missing comma are still read.
                 Some(other) => errors.spanned(other, "expected `,` after the pattern"),
             }
         }
-        _ => errors.push(syn::Error::new(
-            span,
-            "`#[subscribe]` needs the subject pattern first: `#[subscribe(\"document.created\")]`",
-        )),
+        // A key first: the pattern is missing; the arguments are read as usual.
+        Some(TokenTree::Ident(_)) if is_eq(tokens.get(1)) => errors.push(syn::Error::new(span, PATTERN_FIRST)),
+        None => errors.push(syn::Error::new(span, PATTERN_FIRST)),
+        // Something else where the pattern goes (an unquoted subject, a constant): one error on
+        // it, not also an "unknown argument".
+        Some(_) => {
+            let end = tokens.iter().position(is_comma).unwrap_or(tokens.len());
+            let found: TokenStream = tokens[..end].iter().cloned().collect();
+            errors.spanned(found, PATTERN_FIRST);
+            rest_from = (end + 1).min(tokens.len());
+        }
     }
-    let rest: TokenStream = tokens.collect();
+    let rest: TokenStream = tokens[rest_from..].iter().cloned().collect();
     args::parse(rest, "subscribe", keys, errors, |key, value| {
         match key.to_string().as_str() {
             NAME => {
@@ -193,9 +162,9 @@ pub(crate) fn subscribe_args(attr: TokenStream, keys: &[&str], span: Span, error
                     }
                 }
             }
-            BACKOFF => out.backoff_ms = Some(duration(value, BACKOFF)?),
-            MAX_BACKOFF => out.max_backoff_ms = Some(duration(value, MAX_BACKOFF)?),
-            ACK_WAIT => out.ack_wait_ms = Some(duration(value, ACK_WAIT)?),
+            BACKOFF => out.backoff_ms = Some(args::duration(value, BACKOFF)?.millis),
+            MAX_BACKOFF => out.max_backoff_ms = Some(args::duration(value, MAX_BACKOFF)?.millis),
+            ACK_WAIT => out.ack_wait_ms = Some(args::duration(value, ACK_WAIT)?.millis),
             CONCURRENCY => {
                 let n: LitInt = lit(value, "a number such as `concurrency = 8`")?;
                 match n.base10_parse::<usize>() {
@@ -241,11 +210,11 @@ pub(crate) fn subscribe_args(attr: TokenStream, keys: &[&str], span: Span, error
                 })?;
                 out.publishes.extend(types);
             }
-            BREAKER_THRESHOLD => out.breaker.threshold = Some(positive_u32(value, BREAKER_THRESHOLD)?),
-            BREAKER_PROBES => out.breaker.probes = Some(positive_u32(value, BREAKER_PROBES)?),
-            BREAKER_WINDOW => out.breaker.window_ms = Some(duration(value, BREAKER_WINDOW)?),
-            BREAKER_COOL_DOWN => out.breaker.cool_down_ms = Some(duration(value, BREAKER_COOL_DOWN)?),
-            CRATE => out.krate = Some(krate(value)?),
+            BREAKER_THRESHOLD => out.breaker.threshold = Some(args::count(value, BREAKER_THRESHOLD)?.value),
+            BREAKER_PROBES => out.breaker.probes = Some(args::count(value, BREAKER_PROBES)?.value),
+            BREAKER_WINDOW => out.breaker.window_ms = Some(args::duration(value, BREAKER_WINDOW)?.millis),
+            BREAKER_COOL_DOWN => out.breaker.cool_down_ms = Some(args::duration(value, BREAKER_COOL_DOWN)?.millis),
+            CRATE => out.krate = Some(args::krate(value)?),
             _ => {}
         }
         Ok(())
@@ -269,7 +238,7 @@ pub(crate) fn handlers_args(attr: TokenStream, errors: &mut Errors) -> (Handlers
                 crate::subject::check_token(&s, "domain")?;
                 out.domain = Some(s);
             }
-            CRATE => out.krate = Some(krate(value)?),
+            CRATE => out.krate = Some(args::krate(value)?),
             _ => {}
         }
         Ok(())
@@ -299,102 +268,74 @@ fn is_context(ty: &Type) -> bool {
 
 /// Checks a handler's signature: `async fn name(&self?, ctx: &Context?, event: E) -> Result<(), HandlerError>`.
 pub(crate) fn handler_sig(sig: &Signature, method: bool, errors: &mut Errors) -> Option<HandlerSig> {
-    let before = errors.count();
-    if sig.asyncness.is_none() {
-        errors.spanned(sig.fn_token, "a handler must be an `async fn`: add `async`");
-    }
-    if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
-        errors.spanned(
-            &sig.generics,
-            "a handler cannot be generic: it is registered for one event type",
-        );
-    }
-    if let Some(v) = &sig.variadic {
-        errors.spanned(v, "a handler cannot be variadic");
-    }
-    let mut inputs = sig.inputs.iter().peekable();
-    match (method, inputs.peek()) {
-        (true, Some(FnArg::Receiver(r))) => {
-            if !matches!(r.kind, syn::ReceiverKind::Reference(_, _, None)) {
-                errors.spanned(
-                    r,
-                    "a handler method takes `&self`: handlers of one set run concurrently and share the service",
-                );
+    use crate::method::{Expect, Problem, Receiver};
+    let expect = Expect {
+        receiver: if method { Receiver::Shared } else { Receiver::None },
+        min_params: 1,
+        max_params: 2,
+    };
+    let (shape, problems) = crate::method::check(sig, &expect);
+    let ok = problems.is_empty();
+    for found in problems {
+        let message = match found.problem {
+            Problem::NotAsync => "a handler must be an `async fn`: add `async`".to_owned(),
+            Problem::Generic => "a handler cannot be generic: it is registered for one event type".to_owned(),
+            Problem::Variadic => "a handler cannot be variadic".to_owned(),
+            Problem::WrongReceiver => {
+                "a handler method takes `&self`: handlers of one set run concurrently and share the service".to_owned()
             }
-            inputs.next();
-        }
-        (true, _) => errors.spanned(
-            &sig.ident,
-            "a handler inside `#[handlers]` is a method taking `&self`; move free functions out of the `impl` block",
-        ),
-        (false, Some(FnArg::Receiver(r))) => {
-            errors.spanned(
-                r,
-                "`#[subscribe]` on a method needs `#[handlers(domain = \"...\")]` on its `impl` block",
-            );
-            return None;
-        }
-        (false, _) => {}
-    }
-    let typed: Vec<&syn::PatType> = inputs
-        .filter_map(|a| match a {
-            FnArg::Typed(t) => Some(t),
-            FnArg::Receiver(r) => {
-                errors.spanned(r, "`self` must come first");
-                None
+            Problem::MissingReceiver => "a handler inside `#[handlers]` is a method taking `&self`; move free functions out of the `impl` block".to_owned(),
+            Problem::UnexpectedReceiver => {
+                "`#[subscribe]` on a method needs `#[handlers(domain = \"...\")]` on its `impl` block".to_owned()
             }
-        })
-        .collect();
-    let (ctx, event) = match typed.as_slice() {
+            Problem::SelfNotFirst => "`self` must come first".to_owned(),
+            Problem::Arity(n) => {
+                let receiver = if method { "&self, " } else { "" };
+                format!(
+                    "a handler takes the event, optionally after its context: `({receiver}ctx: &Context, event: DocumentCreated)` or `({receiver}event: DocumentCreated)`; found {n} parameter(s)"
+                )
+            }
+            Problem::MissingOutput => "a handler returns `Result<(), HandlerError>`: add `-> Result<(), HandlerError>` (errors decide retry or dead letter)".to_owned(),
+        };
+        errors.spanned(found.tokens, message);
+    }
+    let (ctx, event) = match shape.params.as_slice() {
         [event] => (Ctx::None, *event),
         [ctx, event] => {
             let kind = match &*ctx.ty {
                 Type::Reference(r) if r.mutability.is_none() && is_context(&r.elem) => Ctx::Ref,
                 ty if is_context(ty) => Ctx::Owned,
                 other => {
-                    errors.spanned(
-                        other,
-                        "the first parameter of a two-parameter handler is its context: `ctx: &Context`",
-                    );
-                    Ctx::Ref
+                    let swapped = match &*event.ty {
+                        Type::Reference(r) => is_context(&r.elem),
+                        ty => is_context(ty),
+                    };
+                    let message = if swapped {
+                        "the context comes first and the event last: swap them, `(ctx: &Context, event: DocumentCreated)`"
+                    } else {
+                        "the first parameter of a two-parameter handler is its context: `ctx: &Context`"
+                    };
+                    errors.spanned(other, message);
+                    return None;
                 }
             };
             (kind, *event)
         }
-        _ => {
-            errors.spanned(
-                &sig.inputs,
-                format!(
-                    "a handler takes the event, optionally after its context: `({}ctx: &Context, event: DocumentCreated)` or `({}event: DocumentCreated)`; found {} parameter(s)",
-                    if method { "&self, " } else { "" },
-                    if method { "&self, " } else { "" },
-                    typed.len()
-                ),
-            );
-            return None;
-        }
+        _ => return None,
     };
     if let Type::Reference(r) = &*event.ty {
         errors.spanned(
             r,
             "the event is passed by value: `event: DocumentCreated`, not a reference",
         );
+        return None;
     }
-    let output = match &sig.output {
-        ReturnType::Type(_, ty) => (**ty).clone(),
-        ReturnType::Default => {
-            errors.push(syn::Error::new(
-                sig.paren_token.span.close(),
-                "a handler returns `Result<(), HandlerError>`: add `-> Result<(), HandlerError>` (errors decide retry or dead letter)",
-            ));
-            return None;
-        }
-    };
-    (errors.count() == before).then(|| HandlerSig {
+    let output = shape.output?;
+    ok.then(|| HandlerSig {
         ident: sig.ident.clone(),
         ctx,
         event: (*event.ty).clone(),
-        output,
+        output: output.clone(),
     })
 }
 

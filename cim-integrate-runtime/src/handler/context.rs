@@ -206,7 +206,7 @@ impl Context {
 
     /// Publishes `event` as a message caused by the handled one (same correlation id, the handled
     /// message as causation), and waits for the stream's acknowledgement.
-    pub async fn publish<E: DomainEvent>(&self, event: &E) -> Result<PublishAck, PublishError> {
+    pub async fn publish<E: crate::event::PublishedEvent>(&self, event: &E) -> Result<PublishAck, PublishError> {
         let payload = encode(event)?;
         self.publish_bytes(&E::subject(), E::TYPE_NAME, <E as PayloadVersion>::VERSION, payload)
             .await
@@ -222,7 +222,7 @@ impl Context {
     ///
     /// Outside a handler run by the runtime (a [`detached`](Self::detached) context), call
     /// [`flush`](Self::flush) to await them.
-    pub async fn emit<E: DomainEvent>(&self, event: &E) -> Result<(), PublishError> {
+    pub async fn emit<E: crate::event::PublishedEvent>(&self, event: &E) -> Result<(), PublishError> {
         let payload = encode(event)?;
         let subject = E::subject();
         let envelope = self.child(&subject, E::TYPE_NAME, <E as PayloadVersion>::VERSION, payload);
@@ -264,7 +264,7 @@ impl Context {
     }
 
     /// Publishes `event` as the root of a new conversation (a fresh correlation id).
-    pub async fn publish_root<E: DomainEvent>(&self, event: &E) -> Result<PublishAck, PublishError> {
+    pub async fn publish_root<E: crate::event::PublishedEvent>(&self, event: &E) -> Result<PublishAck, PublishError> {
         let payload = encode(event)?;
         self.publish_root_bytes(&E::subject(), E::TYPE_NAME, <E as PayloadVersion>::VERSION, payload)
             .await

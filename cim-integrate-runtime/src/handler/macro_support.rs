@@ -2,7 +2,7 @@
 //! through `::cim_integrate::__private`, so expansions stay small and the logic stays here.
 
 use super::{HandlerError, HandlerOptions, Registration};
-use crate::event::{DecodeError, DomainEvent};
+use crate::event::{DecodeError, HandledEvent};
 use crate::handler::Context;
 use crate::subject::SubjectPattern;
 use std::future::Future;
@@ -18,14 +18,24 @@ pub struct EventInfo<E> {
     pub subject: &'static str,
     /// `Versioned::decode`.
     pub decode: fn(&[u8]) -> Result<E, DecodeError>,
+    /// `DomainEvent::__STUB`: the type's declaration failed to compile (its error is reported
+    /// there), so checks against its subject are skipped.
+    pub stub: bool,
+}
+
+/// Whether a handler on `pattern` can receive `E`: its subject can match (always, for the stub
+/// of an event whose declaration has an error, so that the error is not repeated per handler).
+pub const fn can_match<E>(pattern: &str, event: &EventInfo<E>) -> bool {
+    event.stub || crate::subject::pattern_matches(pattern, event.subject)
 }
 
 /// The [`EventInfo`] of `E`.
-pub const fn event_info<E: DomainEvent>() -> EventInfo<E> {
+pub const fn event_info<E: HandledEvent>() -> EventInfo<E> {
     EventInfo {
         type_name: E::TYPE_NAME,
         subject: E::SUBJECT,
         decode: E::decode,
+        stub: E::__STUB,
     }
 }
 

@@ -1,0 +1,23 @@
+// A process handler without `&mut self`: one error on its name, not also a wrong parameter count.
+use cim_integrate::handler::HandlerError;
+use cim_integrate::process::ProcessContext;
+use cim_integrate::{domain_event, process};
+
+#[domain_event(subject = "person.created", version = "1.0")]
+pub struct PersonCreated {
+    pub person_id: String,
+}
+
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+pub struct Onboarding {
+    steps: u32,
+}
+
+#[process(name = "onboarding", key = person_id)]
+impl Onboarding {
+    async fn person_created(_ctx: &mut ProcessContext, _e: PersonCreated) -> Result<(), HandlerError> {
+        Ok(())
+    }
+}
+
+fn main() {}

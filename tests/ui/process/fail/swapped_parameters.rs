@@ -1,0 +1,24 @@
+// The event and the context swapped: one error on the context where the event goes.
+use cim_integrate::handler::HandlerError;
+use cim_integrate::process::ProcessContext;
+use cim_integrate::{domain_event, process};
+
+#[domain_event(subject = "person.created", version = "1.0")]
+pub struct PersonCreated {
+    pub person_id: String,
+}
+
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+pub struct Onboarding {
+    steps: u32,
+}
+
+#[process(name = "onboarding", key = person_id)]
+impl Onboarding {
+    async fn person_created(&mut self, _e: PersonCreated, _ctx: &mut ProcessContext) -> Result<(), HandlerError> {
+        self.steps += 1;
+        Ok(())
+    }
+}
+
+fn main() {}

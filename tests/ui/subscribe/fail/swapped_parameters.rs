@@ -1,0 +1,21 @@
+#![allow(unused_imports)]
+// The event and the context swapped: one error on the event, saying to swap them.
+use cim_integrate::handler::{Context, HandlerError};
+use cim_integrate::{domain_event, handlers, subscribe};
+
+#[domain_event(subject = "document.created", version = "1.0")]
+pub struct DocumentCreated {
+    pub title: String,
+}
+
+pub struct Svc;
+
+#[handlers(domain = "workflow")]
+impl Svc {
+    #[subscribe("document.created")]
+    async fn on_created(&self, _event: DocumentCreated, _ctx: &Context) -> Result<(), HandlerError> {
+        Ok(())
+    }
+}
+
+fn main() {}

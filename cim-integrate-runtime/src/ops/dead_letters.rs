@@ -20,7 +20,7 @@
 //!   each, is handled at most once per handler;
 //! - a handler that fails again dead-letters it again, with `X-Redrive-Count` kept.
 
-use super::{Ops, OpsError};
+use super::{Ops, OpsError, not_found, transport};
 use crate::envelope::{Envelope, ReceivedFrom};
 use crate::headers::{self, Headers};
 use crate::id::Identity;
@@ -34,7 +34,7 @@ use crate::service::{
 use crate::subject::Subject;
 use crate::timestamp::Timestamp;
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, ErrorCode, consumer::pull};
+use async_nats::jetstream::{self, consumer::pull};
 use bytes::Bytes;
 use futures::StreamExt;
 use serde::Serialize;
@@ -616,28 +616,6 @@ async fn delete(stream: &jetstream::stream::Stream, seq: u64) -> Result<(), OpsE
         Err(e) if not_found(&e) => Ok(()),
         Err(e) => Err(transport("deleting a dead letter", &e)),
     }
-}
-
-/// Whether a JetStream error says "no such stream / message" (never a timeout read as absence).
-fn not_found(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if let Some(api) = err.downcast_ref::<jetstream::Error>() {
-            return [
-                ErrorCode::STREAM_NOT_FOUND,
-                ErrorCode::NO_MESSAGE_FOUND,
-                ErrorCode::SEQUENCE_NOT_FOUND,
-            ]
-            .contains(&api.error_code());
-        }
-        cur = err.source();
-    }
-    let text = e.to_string();
-    text.contains("stream not found") || text.contains("no message found") || text.contains("message not found")
-}
-
-fn transport(what: &str, e: &(dyn std::error::Error + 'static)) -> OpsError {
-    OpsError::Transport(crate::transport::nats::classify_error(what, e))
 }
 
 #[cfg(test)]

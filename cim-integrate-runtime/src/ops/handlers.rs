@@ -7,11 +7,10 @@
 //! [`crate::service::HOSTS_BUCKET`] every few seconds (see
 //! [`service::status`](crate::service::status)); [`Ops::hosts`] reads those documents.
 
-use super::{Ops, OpsError};
+use super::{Ops, OpsError, transport};
 use crate::service::{DEAD_LETTER_STREAM_NAME, HOSTS_BUCKET, HostStatus};
 use crate::transport::KeyValue;
-use async_nats::jetstream::context::GetStreamErrorKind;
-use async_nats::jetstream::{ErrorCode, consumer};
+use async_nats::jetstream::consumer;
 use futures::TryStreamExt;
 use serde::Serialize;
 
@@ -61,8 +60,7 @@ impl Ops {
     pub(crate) async fn consumers_of(&self, stream: &str) -> Result<Option<Vec<consumer::Info>>, OpsError> {
         let s = match self.js().get_stream(stream).await {
             Ok(s) => s,
-            Err(e) if matches!(e.kind(), GetStreamErrorKind::JetStream(j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND) =>
-            {
+            Err(e) if super::not_found(&e) => {
                 return Ok(None);
             }
             Err(e) => return Err(transport("reading a stream", &e)),
@@ -140,8 +138,4 @@ pub(crate) fn filters(c: &consumer::Config) -> Vec<String> {
         .then(|| c.filter_subject.clone())
         .into_iter()
         .collect()
-}
-
-pub(crate) fn transport(what: &str, e: &(dyn std::error::Error + 'static)) -> OpsError {
-    OpsError::Transport(crate::transport::nats::classify_error(what, e))
 }

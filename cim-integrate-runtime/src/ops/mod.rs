@@ -28,7 +28,7 @@ use crate::subject::Subject;
 use crate::transport::nats::{NatsKeyValue, NatsTransport};
 use crate::transport::prefixed::Prefixed;
 use crate::transport::{KvError, TransportError};
-use async_nats::jetstream;
+use async_nats::jetstream::{self, ErrorCode};
 use futures::TryStreamExt;
 
 /// The environment variable naming the deployment prefix (`prod`, `prod.eu`), as given to
@@ -195,4 +195,26 @@ impl Ops {
             .filter(|n| !n.is_empty() && !companions.iter().any(|c| n.ends_with(c)))
             .collect())
     }
+}
+
+/// Whether a JetStream error says "no such stream / message" (never a timeout read as absence).
+pub(crate) fn not_found(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(api) = err.downcast_ref::<jetstream::Error>() {
+            return [
+                ErrorCode::STREAM_NOT_FOUND,
+                ErrorCode::NO_MESSAGE_FOUND,
+                ErrorCode::SEQUENCE_NOT_FOUND,
+            ]
+            .contains(&api.error_code());
+        }
+        cur = err.source();
+    }
+    let text = e.to_string();
+    text.contains("stream not found") || text.contains("no message found") || text.contains("message not found")
+}
+
+pub(crate) fn transport(what: &str, e: &(dyn std::error::Error + 'static)) -> OpsError {
+    OpsError::Transport(crate::transport::nats::classify_error(what, e))
 }

@@ -1,11 +1,10 @@
 //! The topology as the server sees it (streams and their consumers) beside the one the live
 //! hosts declare (from their status documents, see [`Ops::hosts`]).
 
-use super::handlers::{filters, transport};
+use super::handlers::filters;
+use super::transport;
 use super::{Ops, OpsError};
 use crate::service::HostStatus;
-use async_nats::jetstream::ErrorCode;
-use async_nats::jetstream::context::GetStreamErrorKind;
 use serde::Serialize;
 
 /// The deployment as observed.
@@ -70,8 +69,7 @@ impl Ops {
             let mut stream = match self.js().get_stream(&name).await {
                 Ok(s) => s,
                 // Deleted since it was listed.
-                Err(e) if matches!(e.kind(), GetStreamErrorKind::JetStream(j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND) =>
-                {
+                Err(e) if super::not_found(&e) => {
                     continue;
                 }
                 Err(e) => return Err(transport("reading a stream", &e)),

@@ -870,7 +870,11 @@ pub async fn process_deadline_panic<T: Transport>(t: T) {
         observe().counter(HANDLER_PANICS, &[("handler", "deadline_job.deadline")]),
         1
     );
-    let s = stats(&service, "deadline_job.deadline");
+    // The state is written before the run's outcome is counted: wait for the count.
+    let s = until_stats(&service, "deadline_job.deadline", "the applied run counted", |s| {
+        s.succeeded >= 1
+    })
+    .await;
     assert_eq!(
         (s.panicked, s.succeeded),
         (1, 1),

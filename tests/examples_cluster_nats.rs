@@ -9,10 +9,14 @@
 //!
 //! How the binaries are built: `cargo test` does not build them — the examples have `test = true`,
 //! so `cargo test` builds each as a test harness, whose `main` is the harness, not the example's.
-//! So the test runs `cargo build --examples --message-format=json` itself (with `$CARGO`, the
-//! cargo that runs the test, into the target directory the test binary lives in, with the same
-//! profile and the features this test was compiled with) and takes the executables' paths from
-//! cargo's `compiler-artifact` messages. This does not wait on cargo's build lock: `cargo test`
+//! So the test runs `cargo build --workspace --examples --message-format=json` itself (with
+//! `$CARGO`, the cargo that runs the test, into the target directory the test binary lives in, with
+//! the same profile) and takes the executables' paths from cargo's `compiler-artifact` messages.
+//! `--workspace` resolves features as `cargo test --workspace` does, so the libraries that run
+//! built are fresh and only the examples' binaries are linked (building the facade alone resolved
+//! fewer features and rebuilt the runtime and its dependents: minutes of CPU and gigabytes of
+//! target directory, the likely cause of a CI failure whose output was lost in cargo's JSON; a
+//! failure now shows cargo's stderr and the compiler's rendered errors). This does not wait on cargo's build lock: `cargo test`
 //! releases it once compiling is done, before running tests. Including each example as a module
 //! (`#[path]`) and calling its `main` was rejected: the variables would have to be set for the
 //! whole test process, the examples' own `#[cfg(test)]` modules would come along, and
@@ -98,6 +102,33 @@ impl Output {
         format!(
             "status: {status} after {:?}\n--- stdout:\n{}\n--- stderr:\n{}",
             self.elapsed, self.stdout, self.stderr
+        )
+    }
+}
+
+impl Output {
+    /// [`Output::describe`] for a `--message-format=json` cargo run: the status, cargo's stderr,
+    /// and the compiler's rendered errors from stdout, leaving out the artifact messages (whose
+    /// volume hid the cause of a failure in CI).
+    fn describe_build(&self) -> String {
+        let status = match self.status {
+            Some(s) => s.to_string(),
+            None => "killed after the time limit".to_owned(),
+        };
+        let mut rendered = String::new();
+        for line in self.stdout.lines() {
+            let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+                rendered.push_str(line);
+                rendered.push('\n');
+                continue;
+            };
+            if msg["reason"] == "compiler-message" && msg["message"]["level"] == "error" {
+                rendered.push_str(msg["message"]["rendered"].as_str().unwrap_or("?"));
+            }
+        }
+        format!(
+            "status: {status} after {:?}\n--- stderr:\n{}\n--- compiler errors and non-JSON stdout:\n{rendered}",
+            self.elapsed, self.stderr
         )
     }
 }
@@ -195,22 +226,22 @@ fn build_examples() -> BTreeMap<String, PathBuf> {
         }
     }
     cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["build", "--examples", "--message-format=json"])
+        .args(["build", "--workspace", "--examples", "--message-format=json"])
         .arg("--target-dir")
         .arg(&target_dir);
     // `debug` is the dev profile's directory; other profiles are named after themselves.
     if profile != "debug" {
         cmd.args(["--profile", &profile]);
     }
-    let mut features = Vec::new();
     if cfg!(feature = "testing") {
-        features.push("testing");
-    }
-    if !features.is_empty() {
-        cmd.args(["--features", &features.join(",")]);
+        cmd.args(["--features", "cim-integrate/testing"]);
     }
     let out = run_captured(cmd, BUILD_TIMEOUT);
-    assert!(out.success(), "cargo build --examples failed:\n{}", out.describe());
+    assert!(
+        out.success(),
+        "cargo build --examples failed:\n{}",
+        out.describe_build()
+    );
     let compiled: Vec<&str> = out.stderr.lines().filter(|l| l.contains("Compiling")).collect();
     eprintln!("cargo build --examples: {:?}, compiled {compiled:?}", out.elapsed);
     let mut found = BTreeMap::new();

@@ -9,17 +9,59 @@ use syn::parse::{ParseStream, Parser};
 use syn::spanned::Spanned;
 use syn::{Ident, LitInt, LitStr, Path};
 
+/// One argument of a macro (serde_derive's `Attr<T>`): its typed value and the key it was given
+/// under, for spans. The key is kept even when the value was rejected, so that a rule asking
+/// whether the argument was given does not also report it missing (one mistake, one error).
+pub(crate) struct Attr<T> {
+    key: Option<Ident>,
+    value: Option<T>,
+}
+
+impl<T> Default for Attr<T> {
+    fn default() -> Self {
+        Self { key: None, value: None }
+    }
+}
+
+impl<T> Attr<T> {
+    /// Records `key` and, if it parsed, its value; passes a parse error on to be recorded.
+    pub(crate) fn set(&mut self, key: &Ident, parsed: syn::Result<T>) -> syn::Result<()> {
+        self.key = Some(key.clone());
+        self.value = Some(parsed?);
+        Ok(())
+    }
+
+    /// The value, if the argument was given with a valid one.
+    pub(crate) fn get(&self) -> Option<&T> {
+        self.value.as_ref()
+    }
+
+    /// The value, taken.
+    pub(crate) fn take(self) -> Option<T> {
+        self.value
+    }
+
+    /// Whether the argument was given, valid or not.
+    pub(crate) fn given(&self) -> bool {
+        self.key.is_some()
+    }
+
+    /// The key as written, if the argument was given.
+    pub(crate) fn key(&self) -> Option<&Ident> {
+        self.key.as_ref()
+    }
+}
+
 /// Parses `attr` as comma-separated `key = value` pairs. Each known key's value tokens go to
-/// `on_value`, which records what it parsed; unknown and duplicate keys, a missing `=` and
-/// `on_value`'s failures are recorded in `errors`. Returns the known keys present, even those
-/// whose value was wrong, so that callers do not also report them missing.
+/// `on_value`, which records what it parsed (in an [`Attr`]); unknown and duplicate keys, a
+/// missing `=` and `on_value`'s failures are recorded in `errors`.
 pub(crate) fn parse(
     attr: TokenStream,
     macro_name: &str,
     keys: &[&str],
     errors: &mut Errors,
     mut on_value: impl FnMut(&Ident, TokenStream) -> syn::Result<()>,
-) -> Vec<String> {
+) {
     let mut seen: Vec<String> = Vec::new();
     let parser = |input: ParseStream| {
         while !input.is_empty() {
@@ -72,7 +114,6 @@ pub(crate) fn parse(
     if let Err(error) = parser.parse2(attr) {
         errors.push(error);
     }
-    seen
 }
 
 /// The typed values shared by every macro's arguments: each kind of value is parsed in one place,
@@ -82,6 +123,19 @@ pub(crate) fn parse(
 pub(crate) fn string(value: TokenStream, example: &str) -> syn::Result<LitStr> {
     syn::parse2::<LitStr>(value.clone())
         .map_err(|_| syn::Error::new(value.span(), format!("expected a string literal, e.g. `{example}`")))
+}
+
+/// A name that becomes a subject token or a consumer name (`name = "onboarding"`): a string
+/// literal of `[A-Za-z0-9_-]+`; `what` names it in the message ("process name").
+pub(crate) fn token(value: TokenStream, example: &str, what: &str) -> syn::Result<LitStr> {
+    let lit = string(value, example)?;
+    crate::subject::check_token(&lit, what)?;
+    Ok(lit)
+}
+
+/// A literal of type `L` (`LitBool`, `LitInt`, ...); `expected` describes it with an example.
+pub(crate) fn literal<L: syn::parse::Parse>(value: TokenStream, expected: &str) -> syn::Result<L> {
+    syn::parse2::<L>(value.clone()).map_err(|_| syn::Error::new_spanned(value, format!("expected {expected}")))
 }
 
 /// `crate = "::path"`: the path of the facade crate, for every macro.
@@ -96,8 +150,11 @@ pub(crate) fn krate(value: TokenStream) -> syn::Result<Path> {
 }
 
 /// The facade's path: the `crate = "..."` override or `::cim_integrate`.
-pub(crate) fn facade(krate: Option<&Path>) -> Path {
-    krate.cloned().unwrap_or_else(|| syn::parse_quote!(::cim_integrate))
+pub(crate) fn facade(krate: &Attr<Path>) -> Path {
+    krate
+        .get()
+        .cloned()
+        .unwrap_or_else(|| syn::parse_quote!(::cim_integrate))
 }
 
 /// A duration argument: the literal (for spans) and its value in milliseconds.

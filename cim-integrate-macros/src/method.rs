@@ -64,6 +64,62 @@ pub(crate) struct Found {
     pub(crate) tokens: TokenStream,
 }
 
+/// How a kind of method words its problems, for the macros whose messages follow one pattern
+/// (`#[command]` handlers, `#[process]` handlers): "{plural} are `async`: {shape}".
+pub(crate) struct Wording {
+    /// "command handlers".
+    pub(crate) plural: &'static str,
+    /// "a command handler".
+    pub(crate) singular: &'static str,
+    /// "`&self`" or "`&mut self`".
+    pub(crate) receiver: &'static str,
+    /// How the receiver should be taken: "take the service by shared reference, `&self`".
+    pub(crate) take_receiver: &'static str,
+    /// The typed parameters after the receiver: "the context and the command".
+    pub(crate) params: &'static str,
+    /// The return type: "CommandResult".
+    pub(crate) output: &'static str,
+    /// The whole expected shape, ending every message.
+    pub(crate) shape: &'static str,
+}
+
+impl Wording {
+    /// The message for `problem`.
+    pub(crate) fn message(&self, problem: Problem) -> String {
+        let Self {
+            plural,
+            singular,
+            receiver,
+            take_receiver,
+            params,
+            output,
+            shape,
+        } = self;
+        match problem {
+            Problem::NotAsync => format!("{plural} are `async`: {shape}"),
+            Problem::Generic => format!("{plural} cannot be generic: {shape}"),
+            Problem::Variadic => format!("{plural} cannot be variadic: {shape}"),
+            Problem::WrongReceiver => format!("{take_receiver}: {shape}"),
+            Problem::MissingReceiver | Problem::UnexpectedReceiver | Problem::SelfNotFirst => {
+                format!("{singular} is a method taking {receiver} first: {shape}")
+            }
+            Problem::Arity(n) => {
+                format!("expected two parameters after {receiver}, {params}, found {n}: {shape}")
+            }
+            Problem::MissingOutput => format!("missing return type `-> {output}`: {shape}"),
+        }
+    }
+
+    /// Records every problem found, each on its tokens; whether there was none.
+    pub(crate) fn report(&self, found: Vec<Found>, errors: &mut crate::errors::Errors) -> bool {
+        let ok = found.is_empty();
+        for found in found {
+            errors.spanned(found.tokens, self.message(found.problem));
+        }
+        ok
+    }
+}
+
 /// Checks `sig` against `expect`: what it has, and every problem found, in signature order.
 pub(crate) fn check<'a>(sig: &'a Signature, expect: &Expect) -> (Method<'a>, Vec<Found>) {
     let mut found = Vec::new();

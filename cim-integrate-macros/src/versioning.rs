@@ -10,6 +10,7 @@
 //! previous = [V1, V2]      V1 --From--> V2 --From--> Current
 //! ```
 
+use crate::args::Attr;
 use crate::errors::Errors;
 use proc_macro2::{Span, TokenStream, TokenTree};
 use quote::{ToTokens, quote, quote_spanned};
@@ -36,13 +37,9 @@ pub(crate) fn check_version(lit: &LitStr) -> syn::Result<(u32, u32)> {
 
 /// Rule: a payload declares a valid version. `given` says the key was written (its wrong value is
 /// then already reported, so it is not also "missing"); `missing` is the message otherwise.
-pub(crate) fn version_rule(
-    version: Option<&LitStr>,
-    given: bool,
-    missing: &str,
-    errors: &mut Errors,
-) -> Option<LitStr> {
-    match version {
+pub(crate) fn version_rule(version: &Attr<LitStr>, missing: &str, errors: &mut Errors) -> Option<LitStr> {
+    let given = version.given();
+    match version.get() {
         Some(lit) => match check_version(lit) {
             Ok(_) => Some(lit.clone()),
             Err(error) => {

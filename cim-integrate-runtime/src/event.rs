@@ -201,6 +201,50 @@ pub trait PublishedEvent: DomainEvent {}
 #[diagnostic::do_not_recommend]
 impl<E: DomainEvent> PublishedEvent for E {}
 
+/// A [`PublishedEvent`] as an object: how [`Context::publish`](crate::handler::Context::publish),
+/// [`emit`](crate::handler::Context::emit) and
+/// [`publish_root`](crate::handler::Context::publish_root) take their event. They are not
+/// generic, so that passing something that is not the current version of an event is one compile
+/// error, on the argument, instead of one more for the returned future at each `.await` and `?`.
+/// Every `PublishedEvent` is `Publishable`; there is nothing to implement.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be published: it is not the current version of a `#[domain_event]`",
+    label = "not an event that can be published",
+    note = "publish the current version of an event, the one declared with a `subject`; a frozen older version is only ever decoded, so convert it with `From` into the current one, and declare a new event with `#[domain_event(subject = \"domain.event\", version = \"1.0\")]`"
+)]
+pub trait Publishable {
+    /// The subject the event is published on ([`DomainEvent::subject`]).
+    fn published_subject(&self) -> Subject;
+    /// The event's type name ([`DomainEvent::TYPE_NAME`]).
+    fn published_type(&self) -> &'static str;
+    /// The event's wire version ([`PayloadVersion::VERSION`]).
+    fn published_version(&self) -> &'static str;
+    /// The payload ([`Versioned::encode`]).
+    ///
+    /// # Errors
+    /// As [`Versioned::encode`].
+    fn encode_published(&self) -> Result<Bytes, EncodeError>;
+}
+
+#[diagnostic::do_not_recommend]
+impl<E: PublishedEvent> Publishable for E {
+    fn published_subject(&self) -> Subject {
+        E::subject()
+    }
+
+    fn published_type(&self) -> &'static str {
+        E::TYPE_NAME
+    }
+
+    fn published_version(&self) -> &'static str {
+        <E as PayloadVersion>::VERSION
+    }
+
+    fn encode_published(&self) -> Result<Bytes, EncodeError> {
+        self.encode()
+    }
+}
+
 /// The [`Subject`] of an event type's `'static` subject literal, made once per thread (the
 /// literal's address and length name it) instead of once per publish.
 fn cached_subject(literal: &'static str) -> Subject {

@@ -1,7 +1,7 @@
 //! `#[command]` on an `impl` block: every method is a command handler,
 //! `async fn name(&self, ctx: &Context, command: C) -> CommandResult`.
 
-use crate::args;
+use crate::args::{self, Attr};
 use crate::errors::{self, Errors};
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
@@ -20,32 +20,25 @@ struct Handler<'a> {
 }
 
 fn check<'a>(method: &'a ImplItemFn, errors: &mut Errors) -> Option<Handler<'a>> {
-    use crate::method::{Expect, Problem, Receiver};
+    use crate::method::{Expect, Receiver, Wording};
     const SHAPE: &str =
         "a command handler is `async fn name(&self, ctx: &Context, command: MyCommand) -> CommandResult`";
+    const WORDING: Wording = Wording {
+        plural: "command handlers",
+        singular: "a command handler",
+        receiver: "`&self`",
+        take_receiver: "take the service by shared reference, `&self`",
+        params: "the context and the command",
+        output: "CommandResult",
+        shape: SHAPE,
+    };
     let expect = Expect {
         receiver: Receiver::Shared,
         min_params: 2,
         max_params: 2,
     };
     let (shape, problems) = crate::method::check(&method.sig, &expect);
-    let ok = problems.is_empty();
-    for found in problems {
-        let message = match found.problem {
-            Problem::NotAsync => format!("command handlers are `async`: {SHAPE}"),
-            Problem::Generic => format!("command handlers cannot be generic: {SHAPE}"),
-            Problem::Variadic => format!("command handlers cannot be variadic: {SHAPE}"),
-            Problem::WrongReceiver => format!("take the service by shared reference, `&self`: {SHAPE}"),
-            Problem::MissingReceiver | Problem::UnexpectedReceiver | Problem::SelfNotFirst => {
-                format!("a command handler is a method taking `&self` first: {SHAPE}")
-            }
-            Problem::Arity(n) => {
-                format!("expected two parameters after `&self`, the context and the command, found {n}: {SHAPE}")
-            }
-            Problem::MissingOutput => format!("missing return type `-> CommandResult`: {SHAPE}"),
-        };
-        errors.spanned(found.tokens, message);
-    }
+    let ok = WORDING.report(problems, errors);
     let ([_, command], Some(output)) = (shape.params.as_slice(), shape.output) else {
         return None;
     };
@@ -66,26 +59,22 @@ fn check<'a>(method: &'a ImplItemFn, errors: &mut Errors) -> Option<Handler<'a>>
 /// `#[command(...)]`'s arguments on an `impl` block.
 #[derive(Default)]
 struct Args {
-    name: Option<LitStr>,
-    krate: Option<Path>,
-    /// The keys given, including those whose value was rejected.
-    present: Vec<String>,
+    name: Attr<LitStr>,
+    krate: Attr<Path>,
 }
 
 impl Args {
     fn parse(attr: TokenStream, errors: &mut Errors) -> Self {
         let mut out = Self::default();
-        let present = args::parse(attr, "command", KEYS, errors, |key, value| {
+        args::parse(attr, "command", KEYS, errors, |key, value| {
             if key == NAME {
-                let lit = args::string(value, "name = \"document\"")?;
-                crate::subject::check_token(&lit, "handler set name")?;
-                out.name = Some(lit);
+                out.name
+                    .set(key, args::token(value, "name = \"document\"", "handler set name"))
             } else {
-                out.krate = Some(args::krate(value)?);
+                out.krate.set(key, args::krate(value))
             }
-            Ok(())
         });
-        Self { present, ..out }
+        out
     }
 }
 
@@ -125,7 +114,7 @@ fn validate<'a>(args: Args, block: &'a ItemImpl, errors: &mut Errors) -> Option<
     }
     let handlers: Vec<Handler> = methods.iter().filter_map(|m| check(m, errors)).collect();
     // A `name` given with a wrong value is reported there, not also as missing.
-    if args.name.is_none() && !args.present.iter().any(|k| k == NAME) {
+    if !args.name.given() {
         errors.push(syn::Error::new(
             proc_macro2::Span::call_site(),
             "missing `name`: the handler set's name, usually its domain, e.g. `#[command(name = \"document\")]`",
@@ -135,8 +124,9 @@ fn validate<'a>(args: Args, block: &'a ItemImpl, errors: &mut Errors) -> Option<
         block,
         name: args
             .name
+            .take()
             .unwrap_or_else(|| LitStr::new("invalid", proc_macro2::Span::call_site())),
-        krate: args::facade(args.krate.as_ref()),
+        krate: args::facade(&args.krate),
         handlers,
     })
 }
@@ -146,7 +136,7 @@ fn validate<'a>(args: Args, block: &'a ItemImpl, errors: &mut Errors) -> Option<
 pub(super) fn expand(attr: TokenStream, block: ItemImpl) -> TokenStream {
     let mut errors = Errors::default();
     let args = Args::parse(attr, &mut errors);
-    let krate = args::facade(args.krate.as_ref());
+    let krate = args::facade(&args.krate);
     let set = validate(args, &block, &mut errors);
     match (errors.finish(), set) {
         (Ok(()), Some(set)) => expand_set(&set),

@@ -1,7 +1,8 @@
 //! `#[command(subject = "...", version = "...")]` on a struct: a versioned command type.
 
+use crate::args::{self, Attr};
 use crate::errors::{self, Errors};
-use crate::{args, subject, versioning};
+use crate::{subject, versioning};
 use proc_macro2::{Span, TokenStream};
 use quote::{ToTokens, quote};
 use syn::spanned::Spanned;
@@ -16,12 +17,12 @@ const KEYS: &[&str] = &[SUBJECT, VERSION, PREVIOUS, FROZEN, CRATE];
 
 #[derive(Default)]
 struct Args {
-    subject: Option<LitStr>,
-    version: Option<LitStr>,
-    previous: Option<(Ident, Vec<Path>)>,
-    frozen: Option<Ident>,
-    krate: Option<Path>,
-    present: Vec<String>,
+    subject: Attr<LitStr>,
+    version: Attr<LitStr>,
+    previous: Attr<Vec<Path>>,
+    /// `frozen` (rewritten to `frozen = true`); `frozen = false` is allowed and means not frozen.
+    frozen: Attr<bool>,
+    krate: Attr<Path>,
 }
 
 /// Parses `frozen` (a bare flag) beside `key = value` pairs: the flag is rewritten to
@@ -46,31 +47,33 @@ fn normalise_flags(attr: TokenStream) -> TokenStream {
 impl Args {
     fn parse(attr: TokenStream, errors: &mut Errors) -> Self {
         let mut a = Self::default();
-        let present = args::parse(normalise_flags(attr), "command", KEYS, errors, |key, value| {
+        args::parse(normalise_flags(attr), "command", KEYS, errors, |key, value| {
             match key.to_string().as_str() {
-                SUBJECT => a.subject = Some(args::string(value, "subject = \"document.create\"")?),
-                VERSION => a.version = Some(args::string(value, "version = \"1.0\"")?),
-                PREVIOUS => {
-                    let paths = args::bracketed_paths(
+                SUBJECT => a.subject.set(key, args::string(value, "subject = \"document.create\"")),
+                VERSION => a.version.set(key, args::string(value, "version = \"1.0\"")),
+                PREVIOUS => a.previous.set(
+                    key,
+                    args::bracketed_paths(
                         value,
                         "expected the older versions in brackets, oldest first, e.g. `previous = [CreateDocumentV1]`",
-                    )?;
-                    a.previous = Some((key.clone(), paths));
-                }
+                    ),
+                ),
                 FROZEN => {
                     let flag = syn::parse2::<syn::LitBool>(value.clone())
-                        .map_err(|_| syn::Error::new(value.span(), "`frozen` takes no value: write `frozen`"))?;
-                    if flag.value {
-                        a.frozen = Some(key.clone());
-                    }
+                        .map(|flag| flag.value)
+                        .map_err(|_| syn::Error::new(value.span(), "`frozen` takes no value: write `frozen`"));
+                    a.frozen.set(key, flag)
                 }
-                CRATE => a.krate = Some(args::krate(value)?),
-                // `args::parse` passes only the known keys.
-                _ => {}
+                // `args::parse` passes only the known keys: this is `crate`.
+                _ => a.krate.set(key, args::krate(value)),
             }
-            Ok(())
         });
-        Self { present, ..a }
+        a
+    }
+
+    /// The `frozen` flag's key, if the command is a frozen older version.
+    fn frozen(&self) -> Option<&Ident> {
+        self.frozen.key().filter(|_| self.frozen.get() == Some(&true))
     }
 }
 
@@ -119,18 +122,17 @@ struct CommandType {
 fn validate(args: &Args, parsed: Option<ItemStruct>, errors: &mut Errors) -> Option<CommandType> {
     let before = errors.count();
     let version = versioning::version_rule(
-        args.version.as_ref(),
-        args.present.iter().any(|k| k == VERSION),
+        &args.version,
         "missing `version`: every command declares its wire version, e.g. \
          `#[command(subject = \"document.create\", version = \"1.0\")]`",
         errors,
     );
-    match (&args.subject, &args.frozen) {
+    match (args.subject.get(), args.frozen()) {
         (Some(s), _) => {
             if let Err(e) = subject::check_concrete(s, subject::Concrete::Command) {
                 errors.push(e);
             }
-            if let Some(f) = &args.frozen {
+            if let Some(f) = args.frozen() {
                 errors.spanned(
                     f,
                     "a frozen older version has no `subject`: only the current version of a command is sent; \
@@ -139,7 +141,7 @@ fn validate(args: &Args, parsed: Option<ItemStruct>, errors: &mut Errors) -> Opt
             }
         }
         (None, Some(_)) => {}
-        (None, None) if args.present.iter().any(|k| k == SUBJECT) => {}
+        (None, None) if args.subject.given() => {}
         (None, None) => errors.push(syn::Error::new(
             Span::call_site(),
             "missing `subject`: a command names the domain and the command it asks for, e.g. \
@@ -148,25 +150,25 @@ fn validate(args: &Args, parsed: Option<ItemStruct>, errors: &mut Errors) -> Opt
              `#[command(version = \"1.0\", frozen)]`",
         )),
     }
-    if let (Some(_), Some((key, _))) = (&args.frozen, &args.previous) {
+    if let (Some(_), Some(_), Some(key)) = (args.frozen(), args.previous.get(), args.previous.key()) {
         errors.spanned(
             key,
             "`previous` belongs on the current version of a command, the one with a `subject`",
         );
     }
-    let previous = args.previous.as_ref().map(|(_, p)| p.clone()).unwrap_or_default();
+    let previous = args.previous.get().cloned().unwrap_or_default();
     let item = parsed?;
     versioning::check_payload_struct(&item, "commands", errors);
     versioning::check_previous(&item.ident, &previous, errors);
-    let current = match &args.subject {
-        Some(subject) if args.frozen.is_none() => Some((subject.clone(), previous)),
+    let current = match args.subject.get() {
+        Some(subject) if args.frozen().is_none() => Some((subject.clone(), previous)),
         _ => None,
     };
     (errors.count() == before).then_some(CommandType {
         item,
         version: version?,
         current,
-        krate: args::facade(args.krate.as_ref()),
+        krate: args::facade(&args.krate),
     })
 }
 
@@ -217,7 +219,7 @@ pub(super) fn expand(attr: TokenStream, tokens: TokenStream) -> TokenStream {
     match (errors.finish(), command) {
         (Ok(()), Some(command)) => expand_type(&command),
         (Err(error), _) => {
-            let krate = args::facade(args.krate.as_ref());
+            let krate = args::facade(&args.krate);
             let stubs = stubs(&args, &krate, &tokens);
             let mut out = errors::with_item(error, fallback(parsed, tokens));
             out.extend(stubs);
@@ -234,11 +236,11 @@ fn stubs(args: &Args, krate: &Path, tokens: &TokenStream) -> TokenStream {
     let Ok(item) = syn::parse2::<Item>(tokens.clone()) else {
         return TokenStream::new();
     };
-    let version = args.version.as_ref().filter(|v| versioning::check_version(v).is_ok());
-    let role = if args.frozen.is_some() {
+    let version = args.version.get().filter(|v| versioning::check_version(v).is_ok());
+    let role = if args.frozen().is_some() {
         versioning::StubRole::Frozen
     } else {
-        versioning::StubRole::Command(args.subject.as_ref())
+        versioning::StubRole::Command(args.subject.get())
     };
     versioning::stub_impls(krate, &item, version, &role)
 }

@@ -38,10 +38,10 @@ fn stubs(args: &parse::Args, item: &TokenStream) -> TokenStream {
     let Ok(item) = syn::parse2::<syn::Item>(item.clone()) else {
         return TokenStream::new();
     };
-    let krate = crate::args::facade(args.krate.as_ref());
-    let version = args.version.as_ref().filter(|v| versioning::check_version(v).is_ok());
-    let role = if args.present.iter().any(|k| k == parse::SUBJECT) {
-        versioning::StubRole::Event(args.subject.as_ref())
+    let krate = crate::args::facade(&args.krate);
+    let version = args.version.get().filter(|v| versioning::check_version(v).is_ok());
+    let role = if args.subject.given() {
+        versioning::StubRole::Event(args.subject.get())
     } else {
         versioning::StubRole::Frozen
     };

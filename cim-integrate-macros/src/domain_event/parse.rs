@@ -1,10 +1,10 @@
 //! Parsing: the attribute's arguments and the annotated item, into typed views that keep the
 //! original syn nodes for spans. Nothing here judges combinations; see `validate`.
 
-use crate::args;
+use crate::args::{self, Attr};
 use crate::errors::Errors;
 use proc_macro2::TokenStream;
-use syn::{Ident, Item, ItemStruct, LitStr, Path};
+use syn::{Item, ItemStruct, LitStr, Path};
 
 /// `subject = "document.created"`: where the event is published; marks the current version.
 pub(crate) const SUBJECT: &str = "subject";
@@ -20,37 +20,34 @@ pub(crate) const KEYS: &[&str] = &[SUBJECT, VERSION, PREVIOUS, CRATE];
 /// The arguments of `#[domain_event(...)]`, each with its key for spans.
 #[derive(Default)]
 pub(crate) struct Args {
-    pub(crate) subject: Option<LitStr>,
-    pub(crate) version: Option<LitStr>,
-    pub(crate) previous: Option<(Ident, Vec<Path>)>,
-    pub(crate) krate: Option<Path>,
-    /// The keys given, including those whose value was rejected.
-    pub(crate) present: Vec<String>,
+    pub(crate) subject: Attr<LitStr>,
+    pub(crate) version: Attr<LitStr>,
+    pub(crate) previous: Attr<Vec<Path>>,
+    pub(crate) krate: Attr<Path>,
 }
 
 impl Args {
     /// Parses the arguments, recording every mistake in `errors`.
     pub(crate) fn parse(attr: TokenStream, errors: &mut Errors) -> Self {
         let mut args = Self::default();
-        let present = args::parse(attr, "domain_event", KEYS, errors, |key, value| {
-            let name = key.to_string();
-            match name.as_str() {
-                SUBJECT => args.subject = Some(args::string(value, "subject = \"document.created\"")?),
-                VERSION => args.version = Some(args::string(value, "version = \"1.0\"")?),
-                PREVIOUS => {
-                    let paths = args::bracketed_paths(
+        args::parse(attr, "domain_event", KEYS, errors, |key, value| {
+            match key.to_string().as_str() {
+                SUBJECT => args
+                    .subject
+                    .set(key, args::string(value, "subject = \"document.created\"")),
+                VERSION => args.version.set(key, args::string(value, "version = \"1.0\"")),
+                PREVIOUS => args.previous.set(
+                    key,
+                    args::bracketed_paths(
                         value,
                         "expected the older versions in brackets, oldest first, e.g. `previous = [DocumentCreatedV1]`",
-                    )?;
-                    args.previous = Some((key.clone(), paths));
-                }
-                CRATE => args.krate = Some(args::krate(value)?),
-                // `args::parse` passes only the known keys.
-                _ => {}
+                    ),
+                ),
+                // `args::parse` passes only the known keys: this is `crate`.
+                _ => args.krate.set(key, args::krate(value)),
             }
-            Ok(())
         });
-        Self { present, ..args }
+        args
     }
 }
 

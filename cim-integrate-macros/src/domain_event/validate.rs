@@ -33,9 +33,9 @@ pub(crate) fn event(args: Args, item: Option<ItemStruct>, errors: &mut Errors) -
     previous_only_on_current(&args, errors);
     let item = item?;
     versioning::check_payload_struct(&item, "domain events", errors);
-    let previous = args.previous.map(|(_, paths)| paths).unwrap_or_default();
+    let previous = args.previous.take().unwrap_or_default();
     versioning::check_previous(&item.ident, &previous, errors);
-    let role = match args.subject {
+    let role = match args.subject.take() {
         Some(subject) => Role::Current { subject, previous },
         None => Role::Frozen,
     };
@@ -43,13 +43,13 @@ pub(crate) fn event(args: Args, item: Option<ItemStruct>, errors: &mut Errors) -
         item,
         version: version?,
         role,
-        krate: crate::args::facade(args.krate.as_ref()),
+        krate: crate::args::facade(&args.krate),
     })
 }
 
 /// Rule: the event declares a valid wire version.
 fn version_declared(args: &Args, errors: &mut Errors) -> Option<LitStr> {
-    let example = match &args.subject {
+    let example = match args.subject.get() {
         Some(_) => format!("`{VERSION} = \"1.0\"`"),
         None => format!(
             "`#[domain_event({SUBJECT} = \"document.created\", {VERSION} = \"1.0\")]` for an event, \
@@ -57,8 +57,7 @@ fn version_declared(args: &Args, errors: &mut Errors) -> Option<LitStr> {
         ),
     };
     versioning::version_rule(
-        args.version.as_ref(),
-        args.present.iter().any(|k| k == VERSION),
+        &args.version,
         &format!("missing `{VERSION}`: every event declares its wire version, e.g. {example}"),
         errors,
     )
@@ -66,7 +65,7 @@ fn version_declared(args: &Args, errors: &mut Errors) -> Option<LitStr> {
 
 /// Rule: the subject is concrete (no wildcards), by the runtime's subject rule.
 fn subject_concrete(args: &Args, errors: &mut Errors) {
-    if let Some(subject) = &args.subject
+    if let Some(subject) = args.subject.get()
         && let Err(error) = subject::check_concrete(subject, subject::Concrete::Event)
     {
         errors.push(error);
@@ -75,7 +74,8 @@ fn subject_concrete(args: &Args, errors: &mut Errors) {
 
 /// Rule: `previous` belongs on the current version (the one with a subject).
 fn previous_only_on_current(args: &Args, errors: &mut Errors) {
-    if let (None, Some((key, _))) = (&args.subject, &args.previous) {
+    // Only a `previous` whose value parsed: a malformed one is reported already.
+    if let (false, Some(_), Some(key)) = (args.subject.given(), args.previous.get(), args.previous.key()) {
         errors.spanned(
             key,
             format!(

@@ -30,7 +30,7 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
     let Some(block) = parse::item(item.clone(), &mut errors) else {
         return errors::emit(errors, item);
     };
-    let krate = crate::args::facade(args.krate.as_ref());
+    let krate = crate::args::facade(&args.krate);
     let fallback = validate::without_helpers(block.clone());
     let process = validate::process(args, block, &mut errors);
     match (errors.finish(), process) {

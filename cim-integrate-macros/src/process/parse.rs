@@ -1,7 +1,7 @@
 //! Parsing: `#[process(...)]`'s arguments and the `impl` block, into typed views that keep the
 //! syn nodes for spans. Rules across them are in `validate`.
 
-use crate::args;
+use crate::args::{self, Attr};
 use crate::errors::Errors;
 use proc_macro2::{Span, TokenStream};
 use syn::{Ident, ItemImpl, LitStr, Path};
@@ -18,37 +18,30 @@ pub(crate) const KEYS: &[&str] = &[NAME, KEY, CRATE];
 /// `#[process(...)]`'s arguments.
 #[derive(Default)]
 pub(crate) struct Args {
-    pub(crate) name: Option<LitStr>,
-    pub(crate) key: Option<Ident>,
-    pub(crate) krate: Option<Path>,
-    /// The keys given, including those whose value was rejected.
-    pub(crate) present: Vec<String>,
+    pub(crate) name: Attr<LitStr>,
+    pub(crate) key: Attr<Ident>,
+    pub(crate) krate: Attr<Path>,
 }
 
 impl Args {
     /// Parses the arguments, recording every mistake in `errors`.
     pub(crate) fn parse(attr: TokenStream, errors: &mut Errors) -> Self {
         let mut out = Self::default();
-        let present = args::parse(attr, "process", KEYS, errors, |k, value| {
-            match k.to_string().as_str() {
-                NAME => {
-                    let lit = args::string(value, "name = \"onboarding\"")?;
-                    crate::subject::check_token(&lit, "process name")?;
-                    out.name = Some(lit);
-                }
-                KEY => {
-                    out.key = Some(syn::parse2::<Ident>(value.clone()).map_err(|_| {
-                        syn::Error::new_spanned(
-                            value,
-                            "expected the name of the correlation field of the handled events, e.g. `key = person_id`",
-                        )
-                    })?);
-                }
-                _ => out.krate = Some(args::krate(value)?),
-            }
-            Ok(())
+        args::parse(attr, "process", KEYS, errors, |k, value| match k.to_string().as_str() {
+            NAME => out
+                .name
+                .set(k, args::token(value, "name = \"onboarding\"", "process name")),
+            KEY => out.key.set(
+                k,
+                args::literal(
+                    value,
+                    "the name of the correlation field of the handled events, e.g. `key = person_id`",
+                ),
+            ),
+            // `args::parse` passes only the known keys: this is `crate`.
+            _ => out.krate.set(k, args::krate(value)),
         });
-        Self { present, ..out }
+        out
     }
 }
 

@@ -1,7 +1,7 @@
 //! Validation: the handler signatures, one key per handler, one `#[deadline]`, a name; into
 //! the checked view that `expand` needs.
 
-use super::parse::{Args, NAME};
+use super::parse::Args;
 use crate::errors::Errors;
 use proc_macro2::Span;
 use syn::{Ident, ImplItem, ImplItemFn, ItemImpl, LitStr, Path, Type};
@@ -50,7 +50,7 @@ pub(crate) fn without_helpers(mut block: ItemImpl) -> ItemImpl {
 /// Checks every rule, recording each broken one; the checked process if none is.
 pub(crate) fn process(args: Args, block: ItemImpl, errors: &mut Errors) -> Option<Process> {
     let before = errors.count();
-    if args.name.is_none() && !args.present.iter().any(|k| k == NAME) {
+    if !args.name.given() {
         errors.push(syn::Error::new(
             Span::call_site(),
             "missing `name`: the process's name (its buckets and durable consumers), e.g. `#[process(name = \"onboarding\", key = person_id)]`",
@@ -101,7 +101,7 @@ pub(crate) fn process(args: Args, block: ItemImpl, errors: &mut Errors) -> Optio
             );
             continue;
         }
-        match own_key.clone().or_else(|| args.key.clone()) {
+        match own_key.clone().or_else(|| args.key.get().cloned()) {
             Some(key) => handlers.push(Handler {
                 method: method.sig.ident.clone(),
                 output: output_span(&method.sig),
@@ -125,8 +125,11 @@ pub(crate) fn process(args: Args, block: ItemImpl, errors: &mut Errors) -> Optio
     let block = without_helpers(block);
     (errors.count() == before).then(|| Process {
         block,
-        name: args.name.unwrap_or_else(|| LitStr::new("invalid", Span::call_site())),
-        krate: crate::args::facade(args.krate.as_ref()),
+        name: args
+            .name
+            .take()
+            .unwrap_or_else(|| LitStr::new("invalid", Span::call_site())),
+        krate: crate::args::facade(&args.krate),
         handlers,
         deadline,
     })
@@ -141,30 +144,23 @@ fn output_span(sig: &syn::Signature) -> Span {
 }
 
 fn check_signature(method: &ImplItemFn, errors: &mut Errors) -> Option<Type> {
-    use crate::method::{Expect, Problem, Receiver};
+    use crate::method::{Expect, Receiver, Wording};
+    const WORDING: Wording = Wording {
+        plural: "process handlers",
+        singular: "a process handler",
+        receiver: "`&mut self`",
+        take_receiver: "take the state as `&mut self`",
+        params: "the context and the event",
+        output: "Result<(), HandlerError>",
+        shape: SHAPE,
+    };
     let expect = Expect {
         receiver: Receiver::Mut,
         min_params: 2,
         max_params: 2,
     };
     let (shape, problems) = crate::method::check(&method.sig, &expect);
-    let ok = problems.is_empty();
-    for found in problems {
-        let message = match found.problem {
-            Problem::NotAsync => format!("process handlers are `async`: {SHAPE}"),
-            Problem::Generic => format!("process handlers cannot be generic: {SHAPE}"),
-            Problem::Variadic => format!("process handlers cannot be variadic: {SHAPE}"),
-            Problem::WrongReceiver => format!("take the state as `&mut self`: {SHAPE}"),
-            Problem::MissingReceiver | Problem::UnexpectedReceiver | Problem::SelfNotFirst => {
-                format!("a process handler is a method taking `&mut self` first: {SHAPE}")
-            }
-            Problem::Arity(n) => {
-                format!("expected two parameters after `&mut self`, the context and the event, found {n}: {SHAPE}")
-            }
-            Problem::MissingOutput => format!("missing return type `-> Result<(), HandlerError>`: {SHAPE}"),
-        };
-        errors.spanned(found.tokens, message);
-    }
+    let ok = WORDING.report(problems, errors);
     let [_, event] = shape.params.as_slice() else {
         return None;
     };

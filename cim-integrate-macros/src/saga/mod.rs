@@ -26,9 +26,9 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
     let fallback = parsed.as_ref().map_or_else(
         || item.clone(),
         |p| {
-            let krate = crate::args::facade(args.krate.as_ref());
+            let krate = crate::args::facade(&args.krate);
             let mut out = p.item.to_token_stream();
-            out.extend(crate::stubs::saga(&krate, &p.item, args.data.as_ref()));
+            out.extend(crate::stubs::saga(&krate, &p.item, args.data.get()));
             out
         },
     );

@@ -1,10 +1,9 @@
 //! Parsing: `#[saga(...)]`'s arguments, the `impl` block, and each method's `#[step(...)]`, into
 //! typed views that keep the syn nodes for spans. Rules across them are in `validate`.
 
-use crate::args;
+use crate::args::{self, Attr};
 use crate::errors::Errors;
 use proc_macro2::TokenStream;
-use syn::spanned::Spanned;
 use syn::{Attribute, Ident, ImplItem, ImplItemFn, Item, ItemImpl, LitStr, Path, Type};
 
 /// `name = "document_publishing"`: the saga's name (default: the type's name in snake case).
@@ -45,33 +44,28 @@ pub(crate) const STEP: &str = "step";
 /// `#[saga(...)]`'s arguments.
 #[derive(Default)]
 pub(crate) struct Args {
-    pub(crate) name: Option<LitStr>,
-    pub(crate) data: Option<Type>,
-    pub(crate) krate: Option<Path>,
-    pub(crate) present: Vec<String>,
+    pub(crate) name: Attr<LitStr>,
+    pub(crate) data: Attr<Type>,
+    pub(crate) krate: Attr<Path>,
 }
 
 impl Args {
     pub(crate) fn parse(attr: TokenStream, errors: &mut Errors) -> Self {
         let mut args = Self::default();
-        let present = args::parse(attr, "saga", KEYS, errors, |key, value| {
+        args::parse(attr, "saga", KEYS, errors, |key, value| {
             match key.to_string().as_str() {
-                NAME => args.name = Some(args::string(value, "name = \"document_publishing\"")?),
-                DATA => {
-                    args.data = Some(syn::parse2::<Type>(value.clone()).map_err(|_| {
-                        syn::Error::new(
-                            value.span(),
-                            "expected the saga's data type, e.g. `data = PublishingData`",
-                        )
-                    })?);
-                }
-                CRATE => args.krate = Some(args::krate(value)?),
-                // `args::parse` passes only the known keys.
-                _ => {}
+                NAME => args
+                    .name
+                    .set(key, args::string(value, "name = \"document_publishing\"")),
+                DATA => args.data.set(
+                    key,
+                    args::literal(value, "the saga's data type, e.g. `data = PublishingData`"),
+                ),
+                // `args::parse` passes only the known keys: this is `crate`.
+                _ => args.krate.set(key, args::krate(value)),
             }
-            Ok(())
         });
-        Self { present, ..args }
+        args
     }
 }
 
@@ -81,28 +75,26 @@ pub(crate) use crate::args::{CountArg, DurationArg};
 pub(crate) struct StepArgs {
     /// The attribute, for spans.
     pub(crate) attr: Attribute,
-    pub(crate) name: Option<LitStr>,
-    pub(crate) compensate: Option<LitStr>,
-    pub(crate) no_compensation: Option<LitStr>,
-    pub(crate) timeout: Option<DurationArg>,
-    pub(crate) attempts: Option<CountArg>,
-    pub(crate) compensation_timeout: Option<DurationArg>,
-    pub(crate) compensation_attempts: Option<CountArg>,
-    pub(crate) present: Vec<String>,
+    pub(crate) name: Attr<LitStr>,
+    pub(crate) compensate: Attr<LitStr>,
+    pub(crate) no_compensation: Attr<LitStr>,
+    pub(crate) timeout: Attr<DurationArg>,
+    pub(crate) attempts: Attr<CountArg>,
+    pub(crate) compensation_timeout: Attr<DurationArg>,
+    pub(crate) compensation_attempts: Attr<CountArg>,
 }
 
 impl StepArgs {
     fn parse(attr: Attribute, errors: &mut Errors) -> Self {
         let mut step = Self {
             attr: attr.clone(),
-            name: None,
-            compensate: None,
-            no_compensation: None,
-            timeout: None,
-            attempts: None,
-            compensation_timeout: None,
-            compensation_attempts: None,
-            present: Vec::new(),
+            name: Attr::default(),
+            compensate: Attr::default(),
+            no_compensation: Attr::default(),
+            timeout: Attr::default(),
+            attempts: Attr::default(),
+            compensation_timeout: Attr::default(),
+            compensation_attempts: Attr::default(),
         };
         let tokens = match &attr.meta {
             syn::Meta::Path(_) => TokenStream::new(),
@@ -115,21 +107,25 @@ impl StepArgs {
                 return step;
             }
         };
-        step.present = args::parse(tokens, STEP, STEP_KEYS, errors, |key, value| {
+        args::parse(tokens, STEP, STEP_KEYS, errors, |key, value| {
             match key.to_string().as_str() {
-                NAME => step.name = Some(args::string(value, "name = \"publish\"")?),
-                COMPENSATE => step.compensate = Some(args::string(value, "compensate = \"unpublish\"")?),
-                NO_COMPENSATION => {
-                    step.no_compensation = Some(args::string(value, "no_compensation = \"read-only validation\"")?);
-                }
-                TIMEOUT => step.timeout = Some(args::duration(value, TIMEOUT)?),
-                ATTEMPTS => step.attempts = Some(args::count(value, ATTEMPTS)?),
-                COMPENSATION_TIMEOUT => step.compensation_timeout = Some(args::duration(value, COMPENSATION_TIMEOUT)?),
-                COMPENSATION_ATTEMPTS => step.compensation_attempts = Some(args::count(value, COMPENSATION_ATTEMPTS)?),
-                // `args::parse` passes only the known keys.
-                _ => {}
+                NAME => step.name.set(key, args::string(value, "name = \"publish\"")),
+                COMPENSATE => step
+                    .compensate
+                    .set(key, args::string(value, "compensate = \"unpublish\"")),
+                NO_COMPENSATION => step
+                    .no_compensation
+                    .set(key, args::string(value, "no_compensation = \"read-only validation\"")),
+                TIMEOUT => step.timeout.set(key, args::duration(value, TIMEOUT)),
+                ATTEMPTS => step.attempts.set(key, args::count(value, ATTEMPTS)),
+                COMPENSATION_TIMEOUT => step
+                    .compensation_timeout
+                    .set(key, args::duration(value, COMPENSATION_TIMEOUT)),
+                // `args::parse` passes only the known keys: this is `compensation_attempts`.
+                _ => step
+                    .compensation_attempts
+                    .set(key, args::count(value, COMPENSATION_ATTEMPTS)),
             }
-            Ok(())
         });
         step
     }

@@ -81,8 +81,8 @@ fn signature_problem(method: &Method) -> Option<(TokenStream, &'static str)> {
 
 /// Checks every rule, recording each broken one; `None` if any is.
 pub(crate) fn saga(args: Args, parsed: Option<Parsed>, errors: &mut Errors) -> Option<Saga> {
-    let data = args.data.clone();
-    if data.is_none() && !args.present.iter().any(|k| k == DATA) {
+    let data = args.data.get().cloned();
+    if !args.data.given() {
         errors.push(syn::Error::new(
             Span::call_site(),
             format!(
@@ -91,7 +91,7 @@ pub(crate) fn saga(args: Args, parsed: Option<Parsed>, errors: &mut Errors) -> O
             ),
         ));
     }
-    if let Some(name) = &args.name {
+    if let Some(name) = args.name.get() {
         check_token(name, "saga name", errors);
     }
     let parsed = parsed?;
@@ -110,7 +110,7 @@ pub(crate) fn saga(args: Args, parsed: Option<Parsed>, errors: &mut Errors) -> O
         );
     }
     let type_name = parse::type_ident(&item.self_ty).cloned();
-    let name = match (&args.name, &type_name) {
+    let name = match (args.name.get(), &type_name) {
         (Some(name), _) => name.clone(),
         (None, Some(ident)) => LitStr::new(&snake_case(&ident.unraw().to_string()), ident.span()),
         (None, None) => {
@@ -152,12 +152,13 @@ pub(crate) fn saga(args: Args, parsed: Option<Parsed>, errors: &mut Errors) -> O
         }
         let step_name = args
             .name
-            .clone()
+            .get()
+            .cloned()
             .unwrap_or_else(|| LitStr::new(&ident.unraw().to_string(), ident.span()));
         check_token(&step_name, "step name", errors);
         if step_names.contains(&step_name.value()) {
             errors.push(syn::Error::new(
-                args.name.as_ref().map_or(ident.span(), LitStr::span),
+                args.name.get().map_or(ident.span(), LitStr::span),
                 format!(
                     "duplicate step name `{}`: step names are persisted in the saga log and must be unique; \
                      give this step another `{NAME} = \"...\"`",
@@ -167,7 +168,7 @@ pub(crate) fn saga(args: Args, parsed: Option<Parsed>, errors: &mut Errors) -> O
         }
         step_names.push(step_name.value());
 
-        let compensation = match (&args.compensate, &args.no_compensation) {
+        let compensation = match (args.compensate.get(), args.no_compensation.get()) {
             (Some(_), Some(reason)) => {
                 errors.spanned(
                     reason,
@@ -178,7 +179,7 @@ pub(crate) fn saga(args: Args, parsed: Option<Parsed>, errors: &mut Errors) -> O
                 None
             }
             (None, None) => {
-                if !args.present.iter().any(|k| k == COMPENSATE || k == NO_COMPENSATION) {
+                if !args.compensate.given() && !args.no_compensation.given() {
                     errors.spanned(
                         &args.attr,
                         format!(
@@ -210,16 +211,16 @@ pub(crate) fn saga(args: Args, parsed: Option<Parsed>, errors: &mut Errors) -> O
                 method: ident.clone(),
                 method_span: output_span(&method.func.sig),
                 compensation: c,
-                timeout_ms: args.timeout.as_ref().map(|d| d.millis),
-                attempts: args.attempts.as_ref().map(|c| c.value),
-                compensation_timeout_ms: args.compensation_timeout.as_ref().map(|d| d.millis),
-                compensation_attempts: args.compensation_attempts.as_ref().map(|c| c.value),
+                timeout_ms: args.timeout.get().map(|d| d.millis),
+                attempts: args.attempts.get().map(|c| c.value),
+                compensation_timeout_ms: args.compensation_timeout.get().map(|d| d.millis),
+                compensation_attempts: args.compensation_attempts.get().map(|c| c.value),
             });
         }
-        if args.compensate.is_none() {
+        if !args.compensate.given() {
             let spans = [
-                args.compensation_attempts.as_ref().map(|c| c.lit.span()),
-                args.compensation_timeout.as_ref().map(|d| d.lit.span()),
+                args.compensation_attempts.get().map(|c| c.lit.span()),
+                args.compensation_timeout.get().map(|d| d.lit.span()),
             ];
             for span in spans.into_iter().flatten() {
                 errors.push(syn::Error::new(
@@ -235,7 +236,7 @@ pub(crate) fn saga(args: Args, parsed: Option<Parsed>, errors: &mut Errors) -> O
         data: data?,
         name,
         steps: out,
-        krate: crate::args::facade(args.krate.as_ref()),
+        krate: crate::args::facade(&args.krate),
     })
 }
 

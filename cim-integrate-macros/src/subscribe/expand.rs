@@ -4,12 +4,13 @@
 
 use super::Handler;
 use super::parse::{Ctx, Deliver};
+use crate::args::Attr;
 use proc_macro2::TokenStream;
 use quote::{ToTokens, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{Ident, ItemFn, ItemImpl, LitStr, Path};
 
-fn facade(krate: Option<&Path>) -> TokenStream {
+fn facade(krate: &Attr<Path>) -> TokenStream {
     crate::args::facade(krate).to_token_stream()
 }
 
@@ -17,40 +18,39 @@ fn options(k: &TokenStream, h: &Handler) -> TokenStream {
     let a = &h.args;
     let mut sets = Vec::new();
     let ms = |v: u64| quote!(#k::__private::handler::macro_support::millis(#v));
-    if let Some(d) = &a.durable {
+    if let Some(d) = a.durable.get() {
         sets.push(quote!(__options.durable = ::core::option::Option::Some(::std::string::String::from(#d));));
     }
-    if let Some(n) = a.max_attempts {
+    if let Some(n) = a.max_attempts.get() {
         sets.push(quote!(__options.retry.max_attempts = #n;));
     }
-    if let Some(v) = a.backoff_ms {
+    if let Some(&v) = a.backoff_ms.get() {
         let d = ms(v);
         sets.push(quote!(__options.retry.initial_backoff = #d;));
     }
-    if let Some(v) = a.max_backoff_ms {
+    if let Some(&v) = a.max_backoff_ms.get() {
         let d = ms(v);
         sets.push(quote!(__options.retry.max_backoff = #d;));
     }
-    if let Some(n) = a.concurrency {
+    if let Some(n) = a.concurrency.get() {
         sets.push(quote!(__options.concurrency = #n;));
     }
-    if let Some(d) = a.deliver {
+    if let Some(d) = a.deliver.get() {
         let v = match d {
             Deliver::All => quote!(All),
             Deliver::New => quote!(New),
         };
         sets.push(quote!(__options.deliver = #k::__private::transport::DeliverPolicy::#v;));
     }
-    if let Some(b) = a.ordered {
+    if let Some(b) = a.ordered.get() {
         sets.push(quote!(__options.ordered = #b;));
     }
-    if let Some(v) = a.ack_wait_ms {
+    if let Some(&v) = a.ack_wait_ms.get() {
         let d = ms(v);
         sets.push(quote!(__options.ack_wait = #d;));
     }
-    if !a.publishes.is_empty() {
-        let refs = a
-            .publishes
+    if let Some(publishes) = a.publishes.get().filter(|p| !p.is_empty()) {
+        let refs = publishes
             .iter()
             .map(|t| quote_spanned!(t.span()=> #k::__private::topology::EventRef::of::<#t>()));
         sets.push(quote!(__options.publishes = ::std::vec::Vec::from([#(#refs),*]);));
@@ -58,18 +58,18 @@ fn options(k: &TokenStream, h: &Handler) -> TokenStream {
     if a.breaker.is_set() {
         let b = &a.breaker;
         let mut fields = Vec::new();
-        if let Some(n) = b.threshold {
+        if let Some(n) = b.threshold.get() {
             fields.push(quote!(__breaker.failure_threshold = #n;));
         }
-        if let Some(v) = b.window_ms {
+        if let Some(&v) = b.window_ms.get() {
             let d = ms(v);
             fields.push(quote!(__breaker.window = #d;));
         }
-        if let Some(v) = b.cool_down_ms {
+        if let Some(&v) = b.cool_down_ms.get() {
             let d = ms(v);
             fields.push(quote!(__breaker.cool_down = #d;));
         }
-        if let Some(n) = b.probes {
+        if let Some(n) = b.probes.get() {
             fields.push(quote!(__breaker.probes = #n;));
         }
         sets.push(quote! {
@@ -186,12 +186,7 @@ fn set_impl(
 }
 
 /// `#[handlers]`: the impl block (its `#[subscribe]` attributes removed) and its `HandlerSet`.
-pub(crate) fn handler_set(
-    block: &ItemImpl,
-    domain: &LitStr,
-    krate: Option<&Path>,
-    handlers: &[Handler],
-) -> TokenStream {
+pub(crate) fn handler_set(block: &ItemImpl, domain: &LitStr, krate: &Attr<Path>, handlers: &[Handler]) -> TokenStream {
     let k = facade(krate);
     let self_ty = block.self_ty.to_token_stream();
     let set = set_impl(&k, &self_ty, domain, handlers, true);
@@ -200,9 +195,9 @@ pub(crate) fn handler_set(
 
 /// `#[subscribe]` on a free function: the function, a unit struct `{Name}Handler`, its `HandlerSet`.
 pub(crate) fn free_handler(f: &ItemFn, ty: &Ident, h: Handler) -> TokenStream {
-    let k = facade(h.args.krate.as_ref());
+    let k = facade(&h.args.krate);
     let vis = &f.vis;
-    let Some(domain) = h.args.domain.clone() else {
+    let Some(domain) = h.args.domain.get().cloned() else {
         return f.to_token_stream();
     };
     let doc = format!(

@@ -30,7 +30,7 @@ pub(crate) struct Handler {
 /// Expands `#[handlers(attr)] impl ...`.
 pub fn expand_handlers(attr: TokenStream, item: TokenStream) -> TokenStream {
     let mut errors = Errors::default();
-    let (args, present) = parse::handlers_args(attr, &mut errors);
+    let args = parse::handlers_args(attr, &mut errors);
     let mut block: syn::ItemImpl = match syn::parse2(item.clone()) {
         Ok(b) => b,
         Err(_) => {
@@ -41,10 +41,10 @@ pub fn expand_handlers(attr: TokenStream, item: TokenStream) -> TokenStream {
             return errors::emit(errors, item);
         }
     };
-    validate::domain_given(&present, &mut errors);
+    validate::domain_given(&args.domain, &mut errors);
     validate::inherent_and_concrete(&block, &mut errors);
     let mut handlers = Vec::new();
-    let mut names = validate::Names::new(args.domain.as_ref());
+    let mut names = validate::Names::new(args.domain.get());
     for item in &mut block.items {
         let syn::ImplItem::Fn(f) = item else { continue };
         let Some(pos) = f.attrs.iter().position(parse::is_subscribe) else {
@@ -75,10 +75,10 @@ pub fn expand_handlers(attr: TokenStream, item: TokenStream) -> TokenStream {
         }
     }
     validate::has_handlers(&block, &handlers, &mut errors);
-    match (errors.finish(), &args.domain) {
-        (Ok(()), Some(domain)) => expand::handler_set(&block, domain, args.krate.as_ref(), &handlers),
+    match (errors.finish(), args.domain.get()) {
+        (Ok(()), Some(domain)) => expand::handler_set(&block, domain, &args.krate, &handlers),
         (Err(e), _) => {
-            let stub = crate::stubs::handlers_block(&crate::args::facade(args.krate.as_ref()), &block);
+            let stub = crate::stubs::handlers_block(&crate::args::facade(&args.krate), &block);
             let mut out = errors::with_item(e, block);
             out.extend(stub);
             out
@@ -108,15 +108,15 @@ pub fn expand_subscribe(attr: TokenStream, item: TokenStream) -> TokenStream {
         return errors::emit(errors, f);
     }
     let a = parse::subscribe_args(attr, &parse::fn_keys(), Span::call_site(), &mut errors);
-    if a.domain.is_none() && a.pattern.is_some() {
+    if !a.domain.given() && a.pattern.is_some() {
         errors.push(syn::Error::new(
             Span::call_site(),
             "a free-function handler needs its domain: `#[subscribe(\"document.created\", domain = \"search\")]`",
         ));
     }
     let sig = parse::handler_sig(&f.sig, false, &mut errors);
-    let krate = crate::args::facade(a.krate.as_ref());
-    let mut names = validate::Names::new(a.domain.as_ref());
+    let krate = crate::args::facade(&a.krate);
+    let mut names = validate::Names::new(a.domain.get());
     let handler = sig.and_then(|sig| validate::checked(a, sig, &mut names, &mut errors));
     match (errors.finish(), handler) {
         (Ok(()), Some(h)) => {

@@ -1,11 +1,11 @@
 //! Parsing of `#[subscribe("pattern", key = value, ...)]`, `#[handlers(domain = "...")]` and of
 //! the handler function's signature, into typed views that keep the syn nodes for spans.
 
-use crate::args;
+use crate::args::{self, Attr};
 use crate::errors::Errors;
 use proc_macro2::{Span, TokenStream, TokenTree};
 use quote::ToTokens;
-use syn::{Ident, LitBool, LitInt, LitStr, Path, Signature, Type};
+use syn::{Ident, LitBool, LitStr, Path, Signature, Type};
 
 pub(crate) const NAME: &str = "name";
 pub(crate) const DURABLE: &str = "durable";
@@ -59,39 +59,36 @@ pub(crate) enum Deliver {
 /// The `breaker_*` arguments; any of them attaches a circuit breaker to the handler.
 #[derive(Default)]
 pub(crate) struct Breaker {
-    pub(crate) threshold: Option<u32>,
-    pub(crate) window_ms: Option<u64>,
-    pub(crate) cool_down_ms: Option<u64>,
-    pub(crate) probes: Option<u32>,
+    pub(crate) threshold: Attr<u32>,
+    pub(crate) window_ms: Attr<u64>,
+    pub(crate) cool_down_ms: Attr<u64>,
+    pub(crate) probes: Attr<u32>,
 }
 
 impl Breaker {
     pub(crate) fn is_set(&self) -> bool {
-        self.threshold.is_some() || self.window_ms.is_some() || self.cool_down_ms.is_some() || self.probes.is_some()
+        self.threshold.given() || self.window_ms.given() || self.cool_down_ms.given() || self.probes.given()
     }
 }
 
 /// The arguments of one `#[subscribe]`.
 #[derive(Default)]
 pub(crate) struct SubscribeArgs {
+    /// The subject pattern, the one positional argument.
     pub(crate) pattern: Option<LitStr>,
-    pub(crate) name: Option<LitStr>,
-    pub(crate) durable: Option<LitStr>,
-    pub(crate) max_attempts: Option<u32>,
-    pub(crate) backoff_ms: Option<u64>,
-    pub(crate) max_backoff_ms: Option<u64>,
-    pub(crate) concurrency: Option<usize>,
-    pub(crate) deliver: Option<Deliver>,
-    pub(crate) ordered: Option<bool>,
-    pub(crate) ack_wait_ms: Option<u64>,
-    pub(crate) publishes: Vec<Type>,
+    pub(crate) name: Attr<LitStr>,
+    pub(crate) durable: Attr<LitStr>,
+    pub(crate) max_attempts: Attr<u32>,
+    pub(crate) backoff_ms: Attr<u64>,
+    pub(crate) max_backoff_ms: Attr<u64>,
+    pub(crate) concurrency: Attr<usize>,
+    pub(crate) deliver: Attr<Deliver>,
+    pub(crate) ordered: Attr<bool>,
+    pub(crate) ack_wait_ms: Attr<u64>,
+    pub(crate) publishes: Attr<Vec<Type>>,
     pub(crate) breaker: Breaker,
-    pub(crate) domain: Option<LitStr>,
-    pub(crate) krate: Option<Path>,
-}
-
-fn lit<T: syn::parse::Parse>(value: TokenStream, example: &str) -> syn::Result<T> {
-    syn::parse2(value.clone()).map_err(|_| syn::Error::new_spanned(value, format!("expected {example}")))
+    pub(crate) domain: Attr<LitStr>,
+    pub(crate) krate: Attr<Path>,
 }
 
 /// Splits `"pattern", rest...` and parses the rest as `key = value` pairs.
@@ -137,113 +134,113 @@ pub(crate) fn subscribe_args(attr: TokenStream, keys: &[&str], span: Span, error
     let rest: TokenStream = tokens[rest_from..].iter().cloned().collect();
     args::parse(rest, "subscribe", keys, errors, |key, value| {
         match key.to_string().as_str() {
-            NAME => {
-                let s: LitStr = lit(value, "a handler name such as `name = \"start_approval\"`")?;
-                crate::subject::check_token(&s, "handler name")?;
-                out.name = Some(s);
-            }
-            DURABLE => {
-                let s: LitStr = lit(
-                    value,
-                    "a durable consumer name such as `durable = \"workflow-approvals\"`",
-                )?;
-                crate::subject::check_token(&s, "durable name")?;
-                out.durable = Some(s);
-            }
-            MAX_ATTEMPTS => {
-                let n: LitInt = lit(value, "a number of attempts such as `max_attempts = 5`")?;
-                match n.base10_parse::<u32>() {
-                    Ok(v) if v >= 1 => out.max_attempts = Some(v),
-                    _ => {
-                        return Err(syn::Error::new(
-                            n.span(),
-                            "`max_attempts` counts the first run: use 1 or more",
-                        ));
-                    }
-                }
-            }
-            BACKOFF => out.backoff_ms = Some(args::duration(value, BACKOFF)?.millis),
-            MAX_BACKOFF => out.max_backoff_ms = Some(args::duration(value, MAX_BACKOFF)?.millis),
-            ACK_WAIT => out.ack_wait_ms = Some(args::duration(value, ACK_WAIT)?.millis),
-            CONCURRENCY => {
-                let n: LitInt = lit(value, "a number such as `concurrency = 8`")?;
-                match n.base10_parse::<usize>() {
-                    Ok(v) if v >= 1 => out.concurrency = Some(v),
-                    _ => return Err(syn::Error::new(n.span(), "`concurrency` is at least 1")),
-                }
-            }
-            DELIVER => {
-                let s: LitStr = lit(value, "`deliver = \"all\"` or `deliver = \"new\"`")?;
-                out.deliver = Some(match s.value().as_str() {
-                    "all" => Deliver::All,
-                    "new" => Deliver::New,
-                    other => {
-                        return Err(syn::Error::new(
-                            s.span(),
-                            format!(
-                                "unknown deliver policy `{other}`; expected `\"all\"` (from the first stored message) or `\"new\"` (only messages published from now on)"
-                            ),
-                        ));
-                    }
-                });
-            }
-            ORDERED => {
-                let b: LitBool = lit(value, "`ordered = true` or `ordered = false`")?;
-                out.ordered = Some(b.value);
-            }
-            DOMAIN => {
-                let s: LitStr = lit(value, "`domain = \"search\"`")?;
-                crate::subject::check_token(&s, "domain")?;
-                out.domain = Some(s);
-            }
-            PUBLISHES => {
-                let list = |input: syn::parse::ParseStream| {
-                    let content;
-                    syn::bracketed!(content in input);
-                    syn::punctuated::Punctuated::<Type, syn::Token![,]>::parse_terminated(&content)
-                };
-                let types = syn::parse::Parser::parse2(list, value.clone()).map_err(|_| {
-                    syn::Error::new_spanned(
-                        value,
-                        "expected a list of event types such as `publishes = [WorkflowStarted]`",
+            NAME => out
+                .name
+                .set(key, args::token(value, "name = \"start_approval\"", "handler name")),
+            DURABLE => out.durable.set(
+                key,
+                args::token(value, "durable = \"workflow-approvals\"", "durable name"),
+            ),
+            MAX_ATTEMPTS => out.max_attempts.set(
+                key,
+                args::count(value, MAX_ATTEMPTS).map(|n| n.value).map_err(|e| {
+                    syn::Error::new(
+                        e.span(),
+                        "`max_attempts` counts the first run: a whole number of 1 or more, e.g. `max_attempts = 5`",
                     )
-                })?;
-                out.publishes.extend(types);
-            }
-            BREAKER_THRESHOLD => out.breaker.threshold = Some(args::count(value, BREAKER_THRESHOLD)?.value),
-            BREAKER_PROBES => out.breaker.probes = Some(args::count(value, BREAKER_PROBES)?.value),
-            BREAKER_WINDOW => out.breaker.window_ms = Some(args::duration(value, BREAKER_WINDOW)?.millis),
-            BREAKER_COOL_DOWN => out.breaker.cool_down_ms = Some(args::duration(value, BREAKER_COOL_DOWN)?.millis),
-            CRATE => out.krate = Some(args::krate(value)?),
-            _ => {}
+                }),
+            ),
+            BACKOFF => out
+                .backoff_ms
+                .set(key, args::duration(value, BACKOFF).map(|d| d.millis)),
+            MAX_BACKOFF => out
+                .max_backoff_ms
+                .set(key, args::duration(value, MAX_BACKOFF).map(|d| d.millis)),
+            ACK_WAIT => out
+                .ack_wait_ms
+                .set(key, args::duration(value, ACK_WAIT).map(|d| d.millis)),
+            CONCURRENCY => out
+                .concurrency
+                .set(key, args::count(value, CONCURRENCY).map(|n| n.value as usize)),
+            DELIVER => out.deliver.set(key, deliver(value)),
+            ORDERED => out.ordered.set(
+                key,
+                args::literal::<LitBool>(value, "`ordered = true` or `ordered = false`").map(|b| b.value),
+            ),
+            DOMAIN => out.domain.set(key, args::token(value, "domain = \"search\"", "domain")),
+            PUBLISHES => out.publishes.set(key, publishes(value)),
+            BREAKER_THRESHOLD => out
+                .breaker
+                .threshold
+                .set(key, args::count(value, BREAKER_THRESHOLD).map(|n| n.value)),
+            BREAKER_PROBES => out
+                .breaker
+                .probes
+                .set(key, args::count(value, BREAKER_PROBES).map(|n| n.value)),
+            BREAKER_WINDOW => out
+                .breaker
+                .window_ms
+                .set(key, args::duration(value, BREAKER_WINDOW).map(|d| d.millis)),
+            BREAKER_COOL_DOWN => out
+                .breaker
+                .cool_down_ms
+                .set(key, args::duration(value, BREAKER_COOL_DOWN).map(|d| d.millis)),
+            // `args::parse` passes only the known keys: this is `crate`.
+            _ => out.krate.set(key, args::krate(value)),
         }
-        Ok(())
     });
     out
+}
+
+/// `deliver = "all"` or `deliver = "new"`.
+fn deliver(value: TokenStream) -> syn::Result<Deliver> {
+    let s: LitStr = args::literal(value, "`deliver = \"all\"` or `deliver = \"new\"`")?;
+    match s.value().as_str() {
+        "all" => Ok(Deliver::All),
+        "new" => Ok(Deliver::New),
+        other => Err(syn::Error::new(
+            s.span(),
+            format!(
+                "unknown deliver policy `{other}`; expected `\"all\"` (from the first stored message) or `\"new\"` (only messages published from now on)"
+            ),
+        )),
+    }
+}
+
+/// `publishes = [WorkflowStarted, ...]`.
+fn publishes(value: TokenStream) -> syn::Result<Vec<Type>> {
+    let list = |input: syn::parse::ParseStream| {
+        let content;
+        syn::bracketed!(content in input);
+        syn::punctuated::Punctuated::<Type, syn::Token![,]>::parse_terminated(&content)
+    };
+    let types = syn::parse::Parser::parse2(list, value.clone()).map_err(|_| {
+        syn::Error::new_spanned(
+            value,
+            "expected a list of event types such as `publishes = [WorkflowStarted]`",
+        )
+    })?;
+    Ok(types.into_iter().collect())
 }
 
 /// The arguments of `#[handlers]`.
 #[derive(Default)]
 pub(crate) struct HandlersArgs {
-    pub(crate) domain: Option<LitStr>,
-    pub(crate) krate: Option<Path>,
+    pub(crate) domain: Attr<LitStr>,
+    pub(crate) krate: Attr<Path>,
 }
 
-pub(crate) fn handlers_args(attr: TokenStream, errors: &mut Errors) -> (HandlersArgs, Vec<String>) {
+pub(crate) fn handlers_args(attr: TokenStream, errors: &mut Errors) -> HandlersArgs {
     let mut out = HandlersArgs::default();
-    let present = args::parse(attr, "handlers", HANDLERS_KEYS, errors, |key, value| {
-        match key.to_string().as_str() {
-            DOMAIN => {
-                let s: LitStr = lit(value, "`domain = \"workflow\"`")?;
-                crate::subject::check_token(&s, "domain")?;
-                out.domain = Some(s);
-            }
-            CRATE => out.krate = Some(args::krate(value)?),
-            _ => {}
+    args::parse(attr, "handlers", HANDLERS_KEYS, errors, |key, value| {
+        if key == DOMAIN {
+            out.domain
+                .set(key, args::token(value, "domain = \"workflow\"", "domain"))
+        } else {
+            out.krate.set(key, args::krate(value))
         }
-        Ok(())
     });
-    (out, present)
+    out
 }
 
 /// How the handler takes its context.

@@ -2,15 +2,17 @@
 //! on its token.
 
 use super::{Handler, parse};
+use crate::args::Attr;
 use crate::errors::Errors;
 use proc_macro2::Span;
 use quote::ToTokens;
 use std::collections::HashSet;
+use syn::LitStr;
 use syn::ext::IdentExt;
 
 /// Rule: `#[handlers]` names its domain (it prefixes durable names and dead-letter subjects).
-pub(crate) fn domain_given(present: &[String], errors: &mut Errors) {
-    if !present.iter().any(|k| k == parse::DOMAIN) {
+pub(crate) fn domain_given(domain: &Attr<LitStr>, errors: &mut Errors) {
+    if !domain.given() {
         errors.push(syn::Error::new(
             Span::call_site(),
             "`#[handlers]` needs the domain the handlers belong to: `#[handlers(domain = \"workflow\")]` (it prefixes durable names and dead-letter subjects)",
@@ -64,7 +66,7 @@ impl Names {
 /// The name a handler is registered under: `name = "..."`, or the function's name without `r#`.
 fn handler_name(args: &parse::SubscribeArgs, ident: &syn::Ident) -> String {
     args.name
-        .as_ref()
+        .get()
         .map_or_else(|| ident.unraw().to_string(), syn::LitStr::value)
 }
 
@@ -76,7 +78,7 @@ pub(crate) fn checked(
 ) -> Option<Handler> {
     args.pattern.as_ref()?;
     let name = handler_name(&args, &sig.ident);
-    let name_span: &dyn ToTokens = match &args.name {
+    let name_span: &dyn ToTokens = match args.name.get() {
         Some(n) => n,
         None => &sig.ident,
     };
@@ -87,7 +89,7 @@ pub(crate) fn checked(
         );
         return None;
     }
-    let durable = match (&args.durable, &names.domain) {
+    let durable = match (args.durable.get(), &names.domain) {
         (Some(d), _) => Some(d.value()),
         (None, Some(domain)) => Some(format!("{domain}-{name}")),
         (None, None) => None,
@@ -95,7 +97,7 @@ pub(crate) fn checked(
     if let Some(durable) = durable
         && !names.durables.insert(durable.clone())
     {
-        let span: &dyn ToTokens = match &args.durable {
+        let span: &dyn ToTokens = match args.durable.get() {
             Some(d) => d,
             None => name_span,
         };

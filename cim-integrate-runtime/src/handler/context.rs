@@ -1,7 +1,7 @@
 //! [`Context`]: what a handler knows about the message it handles, and how it publishes.
 
 use crate::envelope::Envelope;
-use crate::event::{DomainEvent, PayloadVersion};
+use crate::event::Publishable;
 use crate::id::{CausationId, CorrelationId, Identity, MessageId};
 use crate::monitor;
 use crate::subject::{Subject, SubjectError};
@@ -206,10 +206,32 @@ impl Context {
 
     /// Publishes `event` as a message caused by the handled one (same correlation id, the handled
     /// message as causation), and waits for the stream's acknowledgement.
-    pub async fn publish<E: crate::event::PublishedEvent>(&self, event: &E) -> Result<PublishAck, PublishError> {
-        let payload = encode(event)?;
-        self.publish_bytes(&E::subject(), E::TYPE_NAME, <E as PayloadVersion>::VERSION, payload)
-            .await
+    ///
+    /// `event` is any current version of a `#[domain_event]` (see [`Publishable`]).
+    pub fn publish(
+        &self,
+        event: &dyn Publishable,
+    ) -> impl Future<Output = Result<PublishAck, PublishError>> + Send + use<'_> {
+        self.publish_typed(event, false)
+    }
+
+    /// [`publish`](Self::publish) (`root` false) or [`publish_root`](Self::publish_root).
+    fn publish_typed(
+        &self,
+        event: &dyn Publishable,
+        root: bool,
+    ) -> impl Future<Output = Result<PublishAck, PublishError>> + Send + use<'_> {
+        let out = Outgoing::of(event);
+        async move {
+            let payload = out.payload?;
+            if root {
+                self.publish_root_bytes(&out.subject, out.event_type, out.version, payload)
+                    .await
+            } else {
+                self.publish_bytes(&out.subject, out.event_type, out.version, payload)
+                    .await
+            }
+        }
     }
 
     /// Publishes `event` as [`publish`](Self::publish) does, without waiting for the stream's
@@ -222,12 +244,20 @@ impl Context {
     ///
     /// Outside a handler run by the runtime (a [`detached`](Self::detached) context), call
     /// [`flush`](Self::flush) to await them.
-    pub async fn emit<E: crate::event::PublishedEvent>(&self, event: &E) -> Result<(), PublishError> {
-        let payload = encode(event)?;
-        let subject = E::subject();
-        let envelope = self.child(&subject, E::TYPE_NAME, <E as PayloadVersion>::VERSION, payload);
+    pub fn emit(&self, event: &dyn Publishable) -> impl Future<Output = Result<(), PublishError>> + Send + use<'_> {
+        self.emit_encoded(Outgoing::of(event))
+    }
+
+    async fn emit_encoded(&self, out: Outgoing) -> Result<(), PublishError> {
+        let Outgoing {
+            subject,
+            event_type,
+            version,
+            payload,
+        } = out;
+        let envelope = self.child(&subject, event_type, version, payload?);
         let ack = self.inner.publisher.publish(envelope.into()).await?;
-        self.observe(&subject, E::TYPE_NAME);
+        self.observe(&subject, event_type);
         let handler = self.inner.handler.clone();
         let start = tokio::time::Instant::now();
         let counted: AckFuture = Box::pin(async move {
@@ -264,10 +294,11 @@ impl Context {
     }
 
     /// Publishes `event` as the root of a new conversation (a fresh correlation id).
-    pub async fn publish_root<E: crate::event::PublishedEvent>(&self, event: &E) -> Result<PublishAck, PublishError> {
-        let payload = encode(event)?;
-        self.publish_root_bytes(&E::subject(), E::TYPE_NAME, <E as PayloadVersion>::VERSION, payload)
-            .await
+    pub fn publish_root(
+        &self,
+        event: &dyn Publishable,
+    ) -> impl Future<Output = Result<PublishAck, PublishError>> + Send + use<'_> {
+        self.publish_typed(event, true)
     }
 
     /// Publishes raw payload bytes as a message caused by the handled one, and waits for the
@@ -355,9 +386,26 @@ fn ack_outcome(result: &Result<PublishAck, TransportError>) -> &'static str {
     }
 }
 
-fn encode<E: DomainEvent>(event: &E) -> Result<Bytes, PublishError> {
-    event.encode().map_err(|e| PublishError::Encode {
-        event_type: E::TYPE_NAME.to_owned(),
-        reason: e.to_string(),
-    })
+/// What a typed publish sends, read from the event before the returned future (which so does
+/// not borrow the event, nor depend on its type).
+struct Outgoing {
+    subject: Subject,
+    event_type: &'static str,
+    version: &'static str,
+    payload: Result<Bytes, PublishError>,
+}
+
+impl Outgoing {
+    fn of(event: &dyn Publishable) -> Self {
+        let event_type = event.published_type();
+        Self {
+            subject: event.published_subject(),
+            event_type,
+            version: event.published_version(),
+            payload: event.encode_published().map_err(|e| PublishError::Encode {
+                event_type: event_type.to_owned(),
+                reason: e.to_string(),
+            }),
+        }
+    }
 }

@@ -75,13 +75,65 @@ const MAX_CONFLICT_RETRIES: u32 = 64;
 /// [`crate::clock`]).
 pub use crate::clock::now_millis;
 
+/// What a process manager's state must be: stored as JSON (`Serialize` and `Deserialize`) and
+/// started from `Default`. Every such type is one (a blanket impl); there is nothing to
+/// implement. It is one trait, not three supertraits of [`ProcessManager`], so that a state
+/// missing its derives is one compile error naming them all, not one per missing trait.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be the state of a process manager: it must be `Default`, `Serialize` and `Deserialize`",
+    label = "a process state is stored as JSON and starts from `Default`",
+    note = "derive them on the state: `#[derive(Default, serde::Serialize, serde::Deserialize)]`"
+)]
+pub trait ProcessState: Sized {
+    /// The state as JSON (its `Serialize`). Called by the runtime.
+    ///
+    /// # Errors
+    /// The serializer's.
+    #[doc(hidden)]
+    fn __serialize<Ser: serde::Serializer>(&self, serializer: Ser) -> Result<Ser::Ok, Ser::Error>;
+    /// The state from JSON (its `Deserialize`). Called by the runtime.
+    ///
+    /// # Errors
+    /// The deserializer's.
+    #[doc(hidden)]
+    fn __deserialize<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error>;
+    /// The state of a new process (its `Default`). Called by the runtime.
+    #[doc(hidden)]
+    fn __initial() -> Self;
+}
+
+#[diagnostic::do_not_recommend]
+impl<T: Serialize + DeserializeOwned + Default> ProcessState for T {
+    fn __serialize<Ser: serde::Serializer>(&self, serializer: Ser) -> Result<Ser::Ok, Ser::Error> {
+        self.serialize(serializer)
+    }
+
+    fn __deserialize<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        T::deserialize(deserializer)
+    }
+
+    fn __initial() -> Self {
+        T::default()
+    }
+}
+
+/// `serialize_with` of a record's state.
+fn serialize_state<S: ProcessState, Ser: serde::Serializer>(state: &S, serializer: Ser) -> Result<Ser::Ok, Ser::Error> {
+    state.__serialize(serializer)
+}
+
+/// `deserialize_with` of a record's state.
+fn deserialize_state<'de, S: ProcessState, D: serde::Deserializer<'de>>(deserializer: D) -> Result<S, D::Error> {
+    S::__deserialize(deserializer)
+}
+
 /// A process manager: its state type, name, handlers and deadline reaction. `#[process]` on the
 /// state's `impl` block implements it.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a process manager",
     note = "mark its `impl` block with `#[process(name = \"...\", key = field)]`"
 )]
-pub trait ProcessManager: Serialize + DeserializeOwned + Default + Send + Sync + 'static {
+pub trait ProcessManager: ProcessState + Send + Sync + 'static {
     /// The process's name (`[A-Za-z0-9_-]+`): buckets, durable names.
     const NAME: &'static str;
 
@@ -421,8 +473,9 @@ impl ProcessContext {
 
 /// The stored record of one process instance.
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(bound = "S: Serialize + DeserializeOwned")]
+#[serde(bound = "S: ProcessState")]
 pub(crate) struct Record<S> {
+    #[serde(serialize_with = "serialize_state", deserialize_with = "deserialize_state")]
     pub(crate) state: S,
     /// The process key as given (the storage key may be its hex form).
     #[serde(default)]
@@ -439,10 +492,10 @@ pub(crate) struct Record<S> {
     ended: bool,
 }
 
-impl<S: Default> Default for Record<S> {
+impl<S: ProcessState> Default for Record<S> {
     fn default() -> Self {
         Self {
-            state: S::default(),
+            state: S::__initial(),
             key: String::new(),
             correlation: None,
             applied: VecDeque::new(),
@@ -649,7 +702,7 @@ pub(crate) fn deadline_identity(
     (msg_id, identity)
 }
 
-impl<T: Transport, S: Serialize + DeserializeOwned + Default + Send + 'static> Engine<T, S> {
+impl<T: Transport, S: ProcessState + Send + 'static> Engine<T, S> {
     /// Opens the buckets `cim_pm_{name}` and `cim_pm_{name}_timers`.
     pub(crate) async fn open(transport: &T, name: &str, options: &ProcessOptions) -> Result<Self, KvError> {
         let mut spec = KvSpec::new(format!("cim_pm_{name}"));
@@ -1018,7 +1071,7 @@ impl<T: Transport, S> fmt::Debug for Machine<T, S> {
     }
 }
 
-impl<T: Transport, S: Serialize + DeserializeOwned + Default + Send + Sync + 'static> Machine<T, S> {
+impl<T: Transport, S: ProcessState + Send + Sync + 'static> Machine<T, S> {
     /// Opens the buckets of `name` on `transport`.
     pub(crate) async fn open(
         transport: &T,
@@ -1114,7 +1167,7 @@ impl<T: Transport, S: Serialize + DeserializeOwned + Default + Send + Sync + 'st
 }
 
 /// One scan: fires every due deadline the index lists.
-async fn fire_all_due<T: Transport, S: Serialize + DeserializeOwned + Default + Send + 'static>(
+async fn fire_all_due<T: Transport, S: ProcessState + Send + 'static>(
     engine: &Engine<T, S>,
     make: &DeadlineFactory<S>,
 ) {

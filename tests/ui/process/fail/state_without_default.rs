@@ -1,0 +1,24 @@
+// A state that is stored as JSON but has no `Default`: the same one error.
+use cim_integrate::handler::HandlerError;
+use cim_integrate::process::ProcessContext;
+use cim_integrate::{domain_event, process};
+
+#[domain_event(subject = "person.created", version = "1.0")]
+pub struct PersonCreated {
+    pub person_id: String,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct Onboarding {
+    steps: u32,
+}
+
+#[process(name = "onboarding", key = person_id)]
+impl Onboarding {
+    async fn person_created(&mut self, _ctx: &mut ProcessContext, _e: PersonCreated) -> Result<(), HandlerError> {
+        self.steps += 1;
+        Ok(())
+    }
+}
+
+fn main() {}

@@ -202,10 +202,12 @@ impl PaymentWatch {
 
     #[deadline]
     async fn overdue(&mut self, ctx: &mut ProcessContext, _d: Deadline) -> Result<(), HandlerError> {
+        let order_id = ctx.key().to_owned();
         ctx.publish(&PaymentOverdue {
-            order_id: ctx.key().to_owned(),
+            order_id: order_id.clone(),
         })
         .map_err(HandlerError::permanent)?;
+        ctx.send(&CancelOrder { order_id }).map_err(HandlerError::permanent)?;
         ctx.end();
         Ok(())
     }
@@ -269,6 +271,8 @@ async fn a_retry_waits_on_its_timer_until_time_advances() {
     host.publish(&order("o-2", "pen")).await.unwrap();
     // Settled: the failed attempt is given back with a 10 s delay, waiting on its timer.
     host.settle().await;
+    let stats = host.running().unwrap().handler_stats("inventory-reserve").unwrap();
+    assert_eq!((stats.retried, stats.succeeded), (1, 0), "{stats:?}");
     host.events().expect_none::<StockReserved>();
     host.advance(Duration::from_secs(5)).await;
     host.events().expect_none::<StockReserved>();
@@ -416,7 +420,10 @@ async fn watch_host(billing: bool) -> (TestHost, ProcessRunner<MemoryTransport, 
     let runner = ProcessRunner::<_, PaymentWatch>::open(builder.transport().clone())
         .await
         .unwrap();
-    let mut builder = builder.register(Inventory::default()).process(runner.clone());
+    let mut builder = builder
+        .register(Inventory::default())
+        .commands(OrderCommands)
+        .process(runner.clone());
     if billing {
         builder = builder.register(Billing::default());
     }
@@ -437,6 +444,11 @@ async fn a_missed_deadline_fires_when_time_advances() {
     let overdue = host.events().expect_after::<PaymentOverdue>(&placed);
     assert_eq!(overdue.order_id, "o-8");
     assert_eq!(overdue.envelope().correlation_id(), placed.correlation_id());
+    // The deadline's command, sent by the process manager, and what its handler published.
+    let (sent, _) = host.commands().expect_answered::<CancelOrder>(&Answer::Accepted);
+    assert_eq!(sent.envelope.correlation_id(), placed.correlation_id());
+    let cancelled = host.events().expect_after::<OrderCancelled>(overdue.envelope());
+    assert_eq!(cancelled.order_id, "o-8");
     host.expect_process_ended(&runner, "o-8").await;
     host.shutdown().await;
     quick(started);
@@ -448,9 +460,11 @@ async fn a_paid_order_ends_its_process_before_the_deadline() {
     let (host, runner) = watch_host(true).await;
     host.publish(&order("o-9", "lamp")).await.unwrap();
     host.settle().await;
+    host.events().expect::<PaymentTaken>();
     host.expect_process_ended(&runner, "o-9").await;
     host.advance(Duration::from_secs(60 * 60)).await;
     host.events().expect_none::<PaymentOverdue>();
+    host.commands().expect_none::<CancelOrder>();
     host.shutdown().await;
     quick(started);
 }

@@ -6,7 +6,7 @@ use cim_integrate::command::CommandResult;
 use cim_integrate::prelude::*;
 use cim_integrate::process::ProcessRunner;
 use cim_integrate::saga::SagaEventKind::{
-    Compensating, Compensated, Started, StepCompensated, StepCompleted, StepFailed,
+    Compensated, Compensating, Started, StepCompensated, StepCompleted, StepFailed,
 };
 use cim_integrate::saga::StepState;
 use cim_integrate::testing::{Answer, TestHost};
@@ -250,11 +250,7 @@ async fn a_cascade_settles_without_sleeping() {
     // Identity: one conversation, each caused by the one before.
     assert!(reserved.published.is_caused_by(&placed));
     assert!(paid.published.is_caused_by(reserved.envelope()));
-    assert_eq!(
-        events.correlated(placed.correlation_id()).all().len(),
-        3,
-        "{events}"
-    );
+    assert_eq!(events.correlated(placed.correlation_id()).all().len(), 3, "{events}");
     host.dead_letters().expect_none();
     host.shutdown().await;
     quick(started);
@@ -288,12 +284,7 @@ async fn a_command_is_answered_and_its_events_are_seen() {
     let host = TestHost::start(TestHost::service("shop").commands(OrderCommands))
         .await
         .unwrap();
-    let ack = host
-        .send(&CancelOrder {
-            order_id: "o-3".into(),
-        })
-        .await
-        .unwrap();
+    let ack = host.send(&CancelOrder { order_id: "o-3".into() }).await.unwrap();
     assert_eq!(ack, CommandAck::Accepted);
     let rejected = host.send(&CancelOrder { order_id: "".into() }).await.unwrap();
     assert_eq!(rejected.reason(), Some("which order?"));
@@ -499,11 +490,17 @@ async fn a_broken_handler_fails_with_a_message_naming_the_missing_event() {
         message.contains("expected `PaymentTaken` (billing.paid) published after inventory.reserved `StockReserved`"),
         "{message}"
     );
-    assert!(message.contains("published after it instead: [] (nothing)"), "{message}");
+    assert!(
+        message.contains("published after it instead: [] (nothing)"),
+        "{message}"
+    );
     let message = panic_message(|| {
         events.expect::<PaymentTaken>();
     });
-    assert!(message.contains("expected `PaymentTaken` (billing.paid) to be published"), "{message}");
+    assert!(
+        message.contains("expected `PaymentTaken` (billing.paid) to be published"),
+        "{message}"
+    );
     assert!(message.contains("order.placed `OrderPlaced`"), "{message}");
     assert!(message.contains("inventory.reserved `StockReserved`"), "{message}");
     host.shutdown().await;
@@ -533,7 +530,10 @@ async fn a_host_that_never_settles_says_what_is_in_flight() {
     let err = host.try_settle().await.expect_err("a hanging handler never settles");
     let text = err.to_string();
     assert!(text.contains("did not settle within 2s"), "{text}");
-    assert!(text.contains("handler `stuck-hang` on ORDER_EVENTS: being handled [#1 order.placed"), "{text}");
+    assert!(
+        text.contains("handler `stuck-hang` on ORDER_EVENTS: being handled [#1 order.placed"),
+        "{text}"
+    );
     assert!(text.contains(&placed.correlation_id().to_string()), "{text}");
     quick(started);
 }

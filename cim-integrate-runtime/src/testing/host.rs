@@ -307,7 +307,12 @@ impl TestHost {
             if !p.due.is_empty() {
                 parts.push(format!("due for redelivery {}", describe(&p.due)));
             }
-            lines.push(format!("  handler `{}` on {}: {}", p.durable, p.stream, parts.join("; ")));
+            lines.push(format!(
+                "  handler `{}` on {}: {}",
+                p.durable,
+                p.stream,
+                parts.join("; ")
+            ));
         }
         lines
     }
@@ -913,11 +918,14 @@ impl DeadLetters {
 
     /// The first dead letter of an `E`; panics, listing the dead letters, if there is none.
     pub fn expect<E: DomainEvent>(&self) -> DeadLetter {
-        self.all
-            .iter()
-            .find(|d| d.is::<E>())
-            .cloned()
-            .unwrap_or_else(|| panic!("expected a dead letter of `{}` ({}); {}", E::TYPE_NAME, E::SUBJECT, self))
+        self.all.iter().find(|d| d.is::<E>()).cloned().unwrap_or_else(|| {
+            panic!(
+                "expected a dead letter of `{}` ({}); {}",
+                E::TYPE_NAME,
+                E::SUBJECT,
+                self
+            )
+        })
     }
 
     /// The first dead letter of handler `handler` (durable name, e.g. `{set}-{handler}`).

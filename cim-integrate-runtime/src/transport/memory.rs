@@ -1257,4 +1257,3 @@ mod tests {
         assert_eq!(t.stream_len("DOCUMENT_EVENTS"), Some(3));
     }
 }
-

@@ -503,6 +503,14 @@ async fn a_broken_handler_fails_with_a_message_naming_the_missing_event() {
     );
     assert!(message.contains("order.placed `OrderPlaced`"), "{message}");
     assert!(message.contains("inventory.reserved `StockReserved`"), "{message}");
+    let never = order("o-0", "book").to_envelope().unwrap();
+    let message = panic_message(|| {
+        events.expect_after::<StockReserved>(&never);
+    });
+    assert!(
+        message.contains("was not published, so nothing can be published after it"),
+        "{message}"
+    );
     host.shutdown().await;
     quick(started);
 }
@@ -536,4 +544,23 @@ async fn a_host_that_never_settles_says_what_is_in_flight() {
     );
     assert!(text.contains(&placed.correlation_id().to_string()), "{text}");
     quick(started);
+}
+
+/// The shape of a user's test against a broken billing handler: it fails, naming the missing
+/// event.
+#[tokio::test(start_paused = true)]
+#[should_panic(expected = "expected `PaymentTaken` (billing.paid) published after inventory.reserved `StockReserved`")]
+async fn a_test_of_a_broken_handler_fails() {
+    let host = TestHost::start(
+        TestHost::service("shop")
+            .register(Inventory::default())
+            .register(Billing { broken: true }),
+    )
+    .await
+    .unwrap();
+    let placed = host.publish(&order("o-12", "book")).await.unwrap();
+    host.settle().await;
+    let events = host.events();
+    let reserved = events.expect_after::<StockReserved>(&placed);
+    events.expect_after::<PaymentTaken>(reserved.envelope());
 }

@@ -573,7 +573,7 @@ impl Events {
         }
     }
 
-    /// Those published after `earlier` (in publish order).
+    /// Those published after `earlier` (in publish order); none if `earlier` is not among them.
     #[must_use]
     pub fn after(&self, earlier: &Envelope) -> Self {
         let from = self
@@ -651,6 +651,7 @@ impl Events {
     /// The first `E` published after `earlier`; panics naming both and listing what was
     /// published after `earlier` instead.
     pub fn expect_after<E: DomainEvent>(&self, earlier: &Envelope) -> Typed<E> {
+        self.expect_stored(earlier);
         let after = self.after(earlier);
         after.of::<E>().into_iter().next().unwrap_or_else(|| {
             panic!(
@@ -668,6 +669,7 @@ impl Events {
     /// The first message on `subject` published after `earlier` (for events without a Rust
     /// type, such as foreign ones).
     pub fn expect_subject_after(&self, subject: &str, earlier: &Envelope) -> Published {
+        self.expect_stored(earlier);
         let after = self.after(earlier);
         after
             .all
@@ -706,6 +708,19 @@ impl Events {
             "expected exactly these events, in order: {types:?}; {}",
             self.instead()
         );
+    }
+
+    /// Panics unless `earlier` is among these events.
+    fn expect_stored(&self, earlier: &Envelope) {
+        if !self.all.iter().any(|p| p.envelope.message_id() == earlier.message_id()) {
+            panic!(
+                "{} `{}` (message {}) was not published, so nothing can be published after it; {}",
+                earlier.subject(),
+                earlier.event_type().unwrap_or_default(),
+                earlier.message_id(),
+                self
+            );
+        }
     }
 
     fn instead(&self) -> String {

@@ -1225,6 +1225,84 @@ mod tests {
     use crate::Envelope;
     use crate::headers::NATS_MSG_ID;
 
+    #[tokio::test(start_paused = true)]
+    async fn consumer_progress_tells_undelivered_in_flight_waiting_and_due() {
+        let t = MemoryTransport::new();
+        t.ensure_stream(&StreamSpec::for_domain("document", None).unwrap())
+            .await
+            .unwrap();
+        let spec = ConsumerSpec::new("DOCUMENT_EVENTS", "index", crate::subject_pattern!("document.created"));
+        let mut c = t.consumer(&spec).await.unwrap();
+        for subject in [crate::subject!("document.created"), crate::subject!("document.deleted")] {
+            t.publish_and_wait(Envelope::root(subject, &b"{}"[..]).into())
+                .await
+                .unwrap();
+        }
+        t.publish_and_wait(Envelope::root(crate::subject!("document.created"), &b"{}"[..]).into())
+            .await
+            .unwrap();
+        let progress = || t.consumer_progress("DOCUMENT_EVENTS", "index").unwrap();
+        // Only what the filter matches is waiting for the consumer.
+        assert_eq!(progress().undelivered, [1, 3]);
+        assert!(!progress().is_quiet());
+        let first = c.next().await.unwrap();
+        assert_eq!((progress().undelivered, progress().in_flight), (vec![3], vec![1]));
+        first.nak(Some(Duration::from_secs(5))).await.unwrap();
+        assert_eq!(progress().waiting, [(1, Duration::from_secs(5))]);
+        assert!(progress().in_flight.is_empty());
+        let third = c.next().await.unwrap();
+        third.ack().await.unwrap();
+        assert!(progress().is_quiet(), "{:?}", progress());
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!((progress().due, progress().waiting), (vec![1], vec![]));
+        let again = c.next().await.unwrap();
+        assert_eq!(
+            progress().in_flight,
+            [1],
+            "a redelivery is in flight again, not waiting"
+        );
+        again.ack().await.unwrap();
+        assert!(progress().is_quiet());
+        assert!(t.consumer_progress("DOCUMENT_EVENTS", "nobody").is_none());
+        let stored = t.stored("DOCUMENT_EVENTS");
+        assert_eq!(stored.iter().map(|m| m.order).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(stored[1].envelope.subject().as_str(), "document.deleted");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_are_counted_in_flight_and_recorded_with_their_answers() {
+        let t = MemoryTransport::new();
+        t.record_requests();
+        let mut responder = t
+            .serve(&crate::subject_pattern!("commands.doc.create"), "q")
+            .await
+            .unwrap();
+        let request = |t: MemoryTransport| async move {
+            let env = Envelope::root(crate::subject!("commands.doc.create"), &b"{}"[..]);
+            t.request(Request::from(&env), Duration::from_secs(1)).await
+        };
+        let pending = tokio::spawn(request(t.clone()));
+        let incoming = responder.next().await.unwrap();
+        assert_eq!(t.requests_in_flight(), 1);
+        incoming
+            .respond(Reply {
+                headers: Headers::new(),
+                payload: Bytes::from_static(b"ok"),
+            })
+            .await
+            .unwrap();
+        pending.await.unwrap().unwrap();
+        assert_eq!(t.requests_in_flight(), 0);
+        drop(responder);
+        let none = request(t.clone()).await;
+        assert!(matches!(none, Err(TransportError::NoResponders { .. })), "{none:?}");
+        let log = t.recorded_requests();
+        assert_eq!(log.len(), 2);
+        assert_eq!(log[0].reply.as_deref().ok(), Some(&b"ok"[..]));
+        assert!(log[1].reply.is_err());
+        assert_eq!(t.requests_in_flight(), 0);
+    }
+
     #[tokio::test]
     async fn envelope_and_text_ids_share_the_duplicate_window() {
         let t = MemoryTransport::new();

@@ -259,6 +259,49 @@ mod tests {
         assert!(ended);
     }
 
+    /// The same application in a `TestHost`: no waiter, no polling of the process state, no
+    /// sleep; the commands the process sent are seen with their answers.
+    #[tokio::test(start_paused = true)]
+    async fn onboards_in_a_test_host() {
+        use cim_integrate::testing::{Answer, TestHost};
+        let builder = TestHost::service("onboarding");
+        let runner = ProcessRunner::<_, Onboarding>::open(builder.transport().clone())
+            .await
+            .unwrap();
+        let host = TestHost::start(
+            builder
+                .commands(OrganizationCommands)
+                .commands(DocumentCommands)
+                .process(runner.clone()),
+        )
+        .await
+        .unwrap();
+        let person_id = PersonId::new();
+        let created = host
+            .publish(&PersonCreated {
+                person_id,
+                name: "Ada".into(),
+                organization_id: OrganizationId::new(),
+            })
+            .await
+            .unwrap();
+        host.settle().await;
+
+        let commands = host.commands();
+        commands.expect_answered::<AddMember>(&Answer::Accepted);
+        assert_eq!(commands.of::<CreateFromTemplate>().len(), 2, "{commands}");
+        let onboarded = host.events().expect_after::<PersonOnboarded>(&created);
+        let mut documents = onboarded.documents.clone();
+        documents.sort();
+        assert_eq!(documents, ["contract", "handbook"]);
+        assert_eq!(onboarded.envelope().correlation_id(), created.correlation_id());
+        host.expect_process_ended(&runner, &person_id.to_string()).await;
+        // Its deadline went with it.
+        host.advance(Duration::from_secs(120)).await;
+        host.events().expect_none::<OnboardingOverdue>();
+        host.shutdown().await;
+    }
+
     #[tokio::test]
     async fn onboards_on_nats_with_identity_headers() {
         support::run_on_nats_checking_headers(&["person", "organization", "document", "commands"], |t| async move {

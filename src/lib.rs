@@ -19,9 +19,11 @@
 //!
 //! - `nats` (default): the NATS JetStream transport, selected at run time by `NATS_URL`.
 //! - `testing`: test support, for `[dev-dependencies]`: `cim_integrate::testing` with
-//!   `SagaFixture` (given/when/then for sagas under paused time) and a private `nats-server`
-//!   harness (`NatsServer`), and the conformance macros `conformance_tests!` and
-//!   `saga_conformance_tests!`. Without it none of this is compiled.
+//!   `TestHost` (the whole host on the embedded transport under paused time: publish, send,
+//!   settle, advance, typed assertions; docs/testing.md), `SagaFixture` (given/when/then for
+//!   one saga, with injected crashes) and a private `nats-server` harness (`NatsServer`), and the
+//!   conformance macros `conformance_tests!` and `saga_conformance_tests!`. Without it none of
+//!   this is compiled.
 //!
 //!   ```toml
 //!   [dev-dependencies]
@@ -149,4 +151,8 @@ pub mod doc_snippets {
     /// `docs/saga.md`.
     #[doc = include_str!("../docs/saga.md")]
     pub struct Saga;
+    /// `docs/testing.md` (needs the `testing` feature).
+    #[cfg(feature = "testing")]
+    #[doc = include_str!("../docs/testing.md")]
+    pub struct Testing;
 }

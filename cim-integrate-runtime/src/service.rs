@@ -468,6 +468,16 @@ impl<T: Transport, L> ServiceBuilder<T, L> {
         self
     }
 
+    /// The transport the service will run on (to build its saga and process runners on).
+    pub fn transport(&self) -> &T {
+        &self.transport
+    }
+
+    /// The service's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// The topology the service will have when started, before anything is observed: its
     /// handler sets and their subscriptions and declared publications, its command handler
     /// sets, and what was added with [`declare_event`](Self::declare_event) and
@@ -608,6 +618,21 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
             topology,
             log: parts.log,
         })
+    }
+
+    /// The durable consumers the service will read, as `(stream, durable)`: one per event
+    /// handler and one for its redrives. The names are checked as [`start`](ServiceBuilder::start)
+    /// checks them.
+    #[cfg(feature = "testing")]
+    pub(crate) fn consumers(&self) -> Result<Vec<(String, String)>, ServiceError> {
+        let dead_letters = dead_letter_stream()?;
+        let mut out = Vec::new();
+        for plan in self.plan_events()? {
+            let redrive = redrive_consumer(&dead_letters.name, &plan)?;
+            out.push((plan.spec.stream, plan.spec.durable));
+            out.push((redrive.stream, redrive.durable));
+        }
+        Ok(out)
     }
 
     fn plan_events(&self) -> Result<Vec<EventPlan>, ServiceError> {

@@ -218,6 +218,28 @@ where
 }
 
 impl<S: Saga> SagaThen<S> {
+    /// What a test host sees of saga `id`: its record (if any), the outcome it stands for, its
+    /// lifecycle events.
+    pub(crate) fn observed(
+        id: &str,
+        record: Option<SagaRecord<S::Data>>,
+        events: Vec<(Envelope, SagaEvent)>,
+        runner: SagaRunner<S, MemoryTransport>,
+    ) -> Self {
+        let outcome = record
+            .as_ref()
+            .map(outcome_of_record)
+            .ok_or_else(|| SagaError::NotFound { id: id.to_owned() });
+        Self {
+            id: id.to_owned(),
+            outcome,
+            record,
+            events,
+            crashed_at: None,
+            runner,
+        }
+    }
+
     /// The outcome of the last drive (after the restart, if the fixture crashed).
     pub fn outcome(&self) -> &Result<SagaOutcome, SagaError> {
         &self.outcome

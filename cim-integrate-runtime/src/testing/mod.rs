@@ -1,4 +1,10 @@
-//! Test support (feature `testing`): the saga fixture and a private nats-server per test.
+//! Test support (feature `testing`): the test host, the saga fixture and a private nats-server
+//! per test.
+//!
+//! [`TestHost`] hosts a whole application (handlers, commands, sagas, process managers) on the
+//! embedded transport under paused time: publish, send, start a saga, [`settle`](TestHost::settle)
+//! until everything they triggered has happened, [`advance`](TestHost::advance) the clock, then
+//! assert on the events, commands, dead letters, saga and process states (see [`host`]).
 //!
 //! [`SagaFixture`] (given/when/then for sagas on the embedded transport, under paused time) is
 //! re-exported here from [`saga::fixture`](crate::saga::fixture), so that users of the facade
@@ -20,12 +26,17 @@
 
 #[cfg(feature = "nats")]
 mod cluster;
+pub mod host;
 mod observe;
 
 #[cfg(feature = "nats")]
 pub use cluster::{CLUSTER_SIZE, NatsCluster};
 
 pub use crate::saga::fixture::{SagaFixture, SagaThen, lifecycle_events};
+pub use host::{
+    Answer, Commands, DEFAULT_SETTLE_LIMIT, DeadLetter, DeadLetters, Events, NotSettled, Published, SentCommand,
+    TestHost, TestHostError, Typed,
+};
 pub use observe::{Observed, Series, SpanRecord, observe};
 
 use std::io;

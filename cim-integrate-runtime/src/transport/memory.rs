@@ -82,6 +82,14 @@ struct Inner {
     buckets: Mutex<HashMap<String, Arc<MemBucket>>>,
     responders: Mutex<Vec<MemResponder>>,
     round_robin: std::sync::atomic::AtomicUsize,
+    /// Publishes stored so far, across streams: each stored message's place in that order.
+    stored: std::sync::atomic::AtomicU64,
+    /// Requests sent and not yet answered, timed out or refused.
+    requests_in_flight: std::sync::atomic::AtomicUsize,
+    /// Set by [`MemoryTransport::record_requests`]: the requests answered since.
+    request_log: Mutex<Option<Vec<RecordedRequest>>>,
+    /// Whether `request_log` is on (read without the lock on every request).
+    recording: std::sync::atomic::AtomicBool,
 }
 
 /// One queue-group member: where its requests go.
@@ -160,6 +168,8 @@ struct StreamState {
 
 struct Stored {
     seq: u64,
+    /// Its place among every publish stored by this transport.
+    order: u64,
     subject: Subject,
     headers: Headers,
     payload: Bytes,
@@ -207,6 +217,8 @@ impl ConsumerState {
 struct Pending {
     delivered: u64,
     redeliver_at: Instant,
+    /// Given back (nak) and waiting for its redelivery, rather than being handled.
+    naked: bool,
 }
 
 enum Step {
@@ -307,8 +319,10 @@ impl StreamState {
         let p = c.pending.entry(seq).or_insert(Pending {
             delivered: 0,
             redeliver_at: now,
+            naked: false,
         });
         p.delivered += 1;
+        p.naked = false;
         p.redeliver_at = now + c.spec.redelivery_delay(p.delivered);
         c.next_due = c.next_due.min(p.redeliver_at);
         c.delivery_seq += 1;
@@ -363,6 +377,192 @@ impl MemoryTransport {
         Some(st.messages.len())
     }
 
+    /// The names of the streams, in the order they were created.
+    pub fn stream_names(&self) -> Vec<String> {
+        lock(&self.inner.streams).iter().map(|s| s.spec.name.clone()).collect()
+    }
+
+    /// Every message stored in `stream` (and not expired), in sequence order, each with its
+    /// envelope as a consumer would rebuild it. Empty for an unknown stream. For test hosts and
+    /// diagnostics: it copies the stream.
+    pub fn stored(&self, stream: &str) -> Vec<StoredMessage> {
+        let Some(s) = self.stream_named(stream) else {
+            return Vec::new();
+        };
+        let mut st = lock(&s.state);
+        st.expire(&s.spec, Instant::now());
+        st.messages
+            .iter()
+            .map(|m| {
+                let from = crate::envelope::ReceivedFrom {
+                    stream: Some(s.name.clone()),
+                    stream_sequence: Some(m.seq),
+                    published: Some(m.published),
+                };
+                StoredMessage {
+                    stream: s.spec.name.clone(),
+                    sequence: m.seq,
+                    order: m.order,
+                    headers: m.headers.clone(),
+                    envelope: crate::envelope::Envelope::from_received_subject(
+                        m.subject.clone(),
+                        &m.headers,
+                        m.payload.clone(),
+                        &from,
+                    ),
+                }
+            })
+            .collect()
+    }
+
+    /// What durable `durable` on `stream` has not settled yet: messages it has not been
+    /// delivered, deliveries in flight, and those given back waiting for their redelivery.
+    /// `None` if there is no such consumer. For test hosts deciding that a host is quiet.
+    pub fn consumer_progress(&self, stream: &str, durable: &str) -> Option<ConsumerProgress> {
+        let s = self.stream_named(stream)?;
+        let now = Instant::now();
+        let mut st = lock(&s.state);
+        st.expire(&s.spec, now);
+        let first_seq = st.first_seq();
+        let c = st.consumers.get(durable)?;
+        let start = c.next_seq.max(first_seq);
+        let skip = usize::try_from(start - first_seq).unwrap_or(usize::MAX);
+        let undelivered = st
+            .messages
+            .range(skip.min(st.messages.len())..)
+            .filter(|m| c.spec.filter.matches_valid(m.subject.as_str()))
+            .map(|m| m.seq)
+            .collect();
+        let mut progress = ConsumerProgress {
+            stream: s.spec.name.clone(),
+            durable: durable.to_owned(),
+            undelivered,
+            in_flight: Vec::new(),
+            due: Vec::new(),
+            waiting: Vec::new(),
+        };
+        for (&seq, p) in &c.pending {
+            if p.redeliver_at <= now {
+                progress.due.push(seq);
+            } else if p.naked {
+                progress.waiting.push((seq, p.redeliver_at - now));
+            } else {
+                progress.in_flight.push(seq);
+            }
+        }
+        Some(progress)
+    }
+
+    /// Requests sent through this transport (commands) that are waiting for their answer now.
+    pub fn requests_in_flight(&self) -> usize {
+        self.inner.requests_in_flight.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// From now on, every request that gets an answer or fails is recorded, with its answer, for
+    /// [`recorded_requests`](Self::recorded_requests) (test hosts: commands sent by anyone).
+    pub fn record_requests(&self) {
+        let mut log = lock(&self.inner.request_log);
+        if log.is_none() {
+            *log = Some(Vec::new());
+        }
+        self.inner.recording.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The requests recorded since [`record_requests`](Self::record_requests), in the order
+    /// they were answered (or failed). Empty if recording is off.
+    pub fn recorded_requests(&self) -> Vec<RecordedRequest> {
+        lock(&self.inner.request_log).clone().unwrap_or_default()
+    }
+
+    async fn request_inner(&self, request: &Request, timeout: Duration) -> Result<Reply, TransportError> {
+        let size = request.payload.len()
+            + request
+                .headers
+                .iter()
+                .map(|(n, v)| n.len() + v.len() + 4)
+                .sum::<usize>();
+        if size > DEFAULT_MAX_PAYLOAD {
+            return Err(TransportError::PayloadTooLarge {
+                size,
+                max: DEFAULT_MAX_PAYLOAD,
+            });
+        }
+        let deadline = Instant::now() + timeout;
+        let (reply_tx, mut reply_rx) = tokio::sync::mpsc::channel::<Reply>(1);
+        let delivered = {
+            let mut responders = lock(&self.inner.responders);
+            responders.retain(|r| !r.tx.is_closed());
+            let turn = self
+                .inner
+                .round_robin
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut groups: Vec<Arc<str>> = Vec::new();
+            for r in responders.iter().filter(|r| r.pattern.matches(&request.subject)) {
+                if !groups.contains(&r.group) {
+                    groups.push(r.group.clone());
+                }
+            }
+            let mut delivered = 0;
+            for group in groups {
+                let members: Vec<&MemResponder> = responders
+                    .iter()
+                    .filter(|r| r.group == group && r.pattern.matches(&request.subject))
+                    .collect();
+                // One member per group, in turn; a full one passes the request to the next.
+                for i in 0..members.len() {
+                    let member = members[(turn + i) % members.len()];
+                    let incoming = IncomingRequest::new(
+                        request.subject.to_string(),
+                        request.headers.clone(),
+                        request.payload.clone(),
+                        ReplyHandle::new(MemReply(reply_tx.clone())),
+                    );
+                    if member.tx.try_send(incoming).is_ok() {
+                        delivered += 1;
+                        break;
+                    }
+                }
+            }
+            delivered
+        };
+        drop(reply_tx);
+        if delivered == 0 {
+            return Err(TransportError::NoResponders {
+                subject: request.subject.to_string(),
+            });
+        }
+        let timed_out = || TransportError::Timeout(format!("no reply to the request to `{}`", request.subject));
+        match tokio::time::timeout_at(deadline, reply_rx.recv()).await {
+            Ok(Some(reply)) => Ok(reply),
+            Ok(None) => {
+                // Every responder dropped the request unanswered: as on NATS, the requester
+                // learns it only by timing out.
+                tokio::time::sleep_until(deadline).await;
+                Err(timed_out())
+            }
+            Err(_) => Err(timed_out()),
+        }
+    }
+
+    fn record_request(&self, request: &Request, outcome: &Result<Reply, TransportError>) {
+        if !self.inner.recording.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        let from = crate::envelope::ReceivedFrom::default();
+        let recorded = RecordedRequest {
+            envelope: crate::envelope::Envelope::from_received_subject(
+                request.subject.clone(),
+                &request.headers,
+                request.payload.clone(),
+                &from,
+            ),
+            reply: outcome.as_ref().map(|r| r.payload.clone()).map_err(Clone::clone),
+        };
+        if let Some(log) = lock(&self.inner.request_log).as_mut() {
+            log.push(recorded);
+        }
+    }
+
     fn do_publish(&self, msg: OutboundMessage) -> Result<PublishAck, TransportError> {
         let stream = lock(&self.inner.streams)
             .iter()
@@ -390,8 +590,10 @@ impl MemoryTransport {
             st.dedup.insert(id.clone(), seq);
             st.dedup_order.push_back((now, id));
         }
+        let order = self.inner.stored.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         st.messages.push_back(Stored {
             seq,
+            order,
             subject: msg.subject,
             headers: msg.headers,
             payload: msg.payload,
@@ -571,73 +773,10 @@ impl Transport for MemoryTransport {
     }
 
     async fn request(&self, request: Request, timeout: Duration) -> Result<Reply, TransportError> {
-        let size = request.payload.len()
-            + request
-                .headers
-                .iter()
-                .map(|(n, v)| n.len() + v.len() + 4)
-                .sum::<usize>();
-        if size > DEFAULT_MAX_PAYLOAD {
-            return Err(TransportError::PayloadTooLarge {
-                size,
-                max: DEFAULT_MAX_PAYLOAD,
-            });
-        }
-        let deadline = Instant::now() + timeout;
-        let (reply_tx, mut reply_rx) = tokio::sync::mpsc::channel::<Reply>(1);
-        let delivered = {
-            let mut responders = lock(&self.inner.responders);
-            responders.retain(|r| !r.tx.is_closed());
-            let turn = self
-                .inner
-                .round_robin
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let mut groups: Vec<Arc<str>> = Vec::new();
-            for r in responders.iter().filter(|r| r.pattern.matches(&request.subject)) {
-                if !groups.contains(&r.group) {
-                    groups.push(r.group.clone());
-                }
-            }
-            let mut delivered = 0;
-            for group in groups {
-                let members: Vec<&MemResponder> = responders
-                    .iter()
-                    .filter(|r| r.group == group && r.pattern.matches(&request.subject))
-                    .collect();
-                // One member per group, in turn; a full one passes the request to the next.
-                for i in 0..members.len() {
-                    let member = members[(turn + i) % members.len()];
-                    let incoming = IncomingRequest::new(
-                        request.subject.to_string(),
-                        request.headers.clone(),
-                        request.payload.clone(),
-                        ReplyHandle::new(MemReply(reply_tx.clone())),
-                    );
-                    if member.tx.try_send(incoming).is_ok() {
-                        delivered += 1;
-                        break;
-                    }
-                }
-            }
-            delivered
-        };
-        drop(reply_tx);
-        if delivered == 0 {
-            return Err(TransportError::NoResponders {
-                subject: request.subject.to_string(),
-            });
-        }
-        let timed_out = || TransportError::Timeout(format!("no reply to the request to `{}`", request.subject));
-        match tokio::time::timeout_at(deadline, reply_rx.recv()).await {
-            Ok(Some(reply)) => Ok(reply),
-            Ok(None) => {
-                // Every responder dropped the request unanswered: as on NATS, the requester
-                // learns it only by timing out.
-                tokio::time::sleep_until(deadline).await;
-                Err(timed_out())
-            }
-            Err(_) => Err(timed_out()),
-        }
+        let _in_flight = InFlightRequest::enter(&self.inner.requests_in_flight);
+        let outcome = self.request_inner(&request, timeout).await;
+        self.record_request(&request, &outcome);
+        outcome
     }
 
     async fn serve(
@@ -825,6 +964,7 @@ impl Acker for MemoryAcker {
         self.with_pending(true, |c, now| {
             if let Some(p) = c.pending.get_mut(&self.seq) {
                 p.redeliver_at = now + delay.unwrap_or_default();
+                p.naked = true;
                 c.next_due = c.next_due.min(p.redeliver_at);
             }
         });
@@ -1010,11 +1150,158 @@ impl KeyValue for MemoryKeyValue {
     }
 }
 
+/// A message stored in a stream of the embedded transport, as [`MemoryTransport::stored`]
+/// returns it.
+#[derive(Debug, Clone)]
+pub struct StoredMessage {
+    /// The stream that stored it.
+    pub stream: String,
+    /// Its sequence in that stream.
+    pub sequence: u64,
+    /// Its place among every message this transport stored, across streams (0 first): the order
+    /// in which messages were published.
+    pub order: u64,
+    /// Its headers as stored.
+    pub headers: Headers,
+    /// Its envelope, rebuilt as a consumer would (identity read or derived).
+    pub envelope: crate::envelope::Envelope,
+}
+
+/// What one durable consumer has not settled, as [`MemoryTransport::consumer_progress`] returns
+/// it. Every list holds stream sequences, lowest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerProgress {
+    /// The stream.
+    pub stream: String,
+    /// The durable.
+    pub durable: String,
+    /// Stored messages its filter matches that it has not been delivered yet.
+    pub undelivered: Vec<u64>,
+    /// Delivered and neither acknowledged, given back nor terminated: being handled.
+    pub in_flight: Vec<u64>,
+    /// Due for redelivery now (given back with a delay that has passed, or an ack wait that ran
+    /// out).
+    pub due: Vec<u64>,
+    /// Given back (nak) with a delay that has not passed: waiting on a timer, with the time left.
+    pub waiting: Vec<(u64, Duration)>,
+}
+
+impl ConsumerProgress {
+    /// `true` if nothing is undelivered, in flight or due: at most messages waiting on a timer.
+    pub fn is_quiet(&self) -> bool {
+        self.undelivered.is_empty() && self.in_flight.is_empty() && self.due.is_empty()
+    }
+}
+
+/// A request (a command) sent through the embedded transport and its outcome, recorded after
+/// [`MemoryTransport::record_requests`].
+#[derive(Debug, Clone)]
+pub struct RecordedRequest {
+    /// The request, as its responder saw it.
+    pub envelope: crate::envelope::Envelope,
+    /// The reply's payload, or why there was none (no responders, timeout).
+    pub reply: Result<Bytes, TransportError>,
+}
+
+/// Counts one request in flight while it lasts.
+struct InFlightRequest<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> InFlightRequest<'a> {
+    fn enter(count: &'a std::sync::atomic::AtomicUsize) -> Self {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self(count)
+    }
+}
+
+impl Drop for InFlightRequest<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::Envelope;
     use crate::headers::NATS_MSG_ID;
+
+    #[tokio::test(start_paused = true)]
+    async fn consumer_progress_tells_undelivered_in_flight_waiting_and_due() {
+        let t = MemoryTransport::new();
+        t.ensure_stream(&StreamSpec::for_domain("document", None).unwrap())
+            .await
+            .unwrap();
+        let spec = ConsumerSpec::new("DOCUMENT_EVENTS", "index", crate::subject_pattern!("document.created"));
+        let mut c = t.consumer(&spec).await.unwrap();
+        for subject in [crate::subject!("document.created"), crate::subject!("document.deleted")] {
+            t.publish_and_wait(Envelope::root(subject, &b"{}"[..]).into())
+                .await
+                .unwrap();
+        }
+        t.publish_and_wait(Envelope::root(crate::subject!("document.created"), &b"{}"[..]).into())
+            .await
+            .unwrap();
+        let progress = || t.consumer_progress("DOCUMENT_EVENTS", "index").unwrap();
+        // Only what the filter matches is waiting for the consumer.
+        assert_eq!(progress().undelivered, [1, 3]);
+        assert!(!progress().is_quiet());
+        let first = c.next().await.unwrap();
+        assert_eq!((progress().undelivered, progress().in_flight), (vec![3], vec![1]));
+        first.nak(Some(Duration::from_secs(5))).await.unwrap();
+        assert_eq!(progress().waiting, [(1, Duration::from_secs(5))]);
+        assert!(progress().in_flight.is_empty());
+        let third = c.next().await.unwrap();
+        third.ack().await.unwrap();
+        assert!(progress().is_quiet(), "{:?}", progress());
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!((progress().due, progress().waiting), (vec![1], vec![]));
+        let again = c.next().await.unwrap();
+        assert_eq!(
+            progress().in_flight,
+            [1],
+            "a redelivery is in flight again, not waiting"
+        );
+        again.ack().await.unwrap();
+        assert!(progress().is_quiet());
+        assert!(t.consumer_progress("DOCUMENT_EVENTS", "nobody").is_none());
+        let stored = t.stored("DOCUMENT_EVENTS");
+        assert_eq!(stored.iter().map(|m| m.order).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(stored[1].envelope.subject().as_str(), "document.deleted");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_are_counted_in_flight_and_recorded_with_their_answers() {
+        let t = MemoryTransport::new();
+        t.record_requests();
+        let mut responder = t
+            .serve(&crate::subject_pattern!("commands.doc.create"), "q")
+            .await
+            .unwrap();
+        let request = |t: MemoryTransport| async move {
+            let env = Envelope::root(crate::subject!("commands.doc.create"), &b"{}"[..]);
+            t.request(Request::from(&env), Duration::from_secs(1)).await
+        };
+        let pending = tokio::spawn(request(t.clone()));
+        let incoming = responder.next().await.unwrap();
+        assert_eq!(t.requests_in_flight(), 1);
+        incoming
+            .respond(Reply {
+                headers: Headers::new(),
+                payload: Bytes::from_static(b"ok"),
+            })
+            .await
+            .unwrap();
+        pending.await.unwrap().unwrap();
+        assert_eq!(t.requests_in_flight(), 0);
+        drop(responder);
+        let none = request(t.clone()).await;
+        assert!(matches!(none, Err(TransportError::NoResponders { .. })), "{none:?}");
+        let log = t.recorded_requests();
+        assert_eq!(log.len(), 2);
+        assert_eq!(log[0].reply.as_deref().ok(), Some(&b"ok"[..]));
+        assert!(log[1].reply.is_err());
+        assert_eq!(t.requests_in_flight(), 0);
+    }
 
     #[tokio::test]
     async fn envelope_and_text_ids_share_the_duplicate_window() {

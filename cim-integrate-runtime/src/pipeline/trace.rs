@@ -35,6 +35,13 @@ impl<D: Dispatch> Dispatch for Trace<D> {
                 delivered,
             ),
         };
+        #[cfg(feature = "otel")]
+        {
+            // A redriven dead letter starts from stored state: linked to its first trace.
+            let headers = msg.received().headers();
+            let redriven = headers.get(crate::service::REDRIVE_COUNT).is_some();
+            crate::trace_context::adopt(&span, headers, redriven);
+        }
         self.inner.dispatch(msg).instrument(span).await
     }
 }

@@ -227,15 +227,20 @@ mod otel {
 
     /// Makes the trace context `headers` carry the parent of `span` (a delivery continues the
     /// trace of the publish), or, for work started from stored state (`linked`: a redriven dead
-    /// letter), a span link to it.
+    /// letter), a span link to it in a trace of its own. A delivery without a valid
+    /// `traceparent` starts a trace of its own too, rather than joining whatever span the
+    /// consuming loop runs in.
     pub(crate) fn adopt(span: &tracing::Span, headers: &Headers, linked: bool) {
-        let Some(sc) = extract(headers) else { return };
-        if linked {
-            span.add_link(sc);
-        } else {
-            // Only fails without an OpenTelemetry layer, where there is nothing to parent.
-            let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(sc));
-        }
+        let parent = match extract(headers) {
+            Some(sc) if linked => {
+                span.add_link(sc);
+                opentelemetry::Context::new()
+            }
+            Some(sc) => opentelemetry::Context::new().with_remote_span_context(sc),
+            None => opentelemetry::Context::new(),
+        };
+        // Only fails without an OpenTelemetry layer, where there is nothing to parent.
+        let _ = span.set_parent(parent);
     }
 }
 

@@ -22,14 +22,15 @@ use cim_integrate::transport::Transport;
 use cim_integrate::transport::nats::NatsTransport;
 use cim_integrate::{command, domain_event, handlers};
 use futures::StreamExt;
-use opentelemetry::trace::{SpanId, TraceId, TracerProvider as _};
-use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use opentelemetry::trace::{SpanId, TraceId};
+use opentelemetry_sdk::trace::SpanData;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tracing::Instrument;
-use tracing_subscriber::layer::SubscriberExt;
+mod otel_support;
+use otel_support::attribute;
 
 #[domain_event(subject = "document.uploaded", version = "1.0")]
 #[derive(Debug, Clone)]
@@ -113,13 +114,6 @@ impl Organization {
     }
 }
 
-fn attribute(span: &SpanData, key: &str) -> Option<String> {
-    span.attributes
-        .iter()
-        .find(|kv| kv.key.as_str() == key)
-        .map(|kv| kv.value.as_str().into_owned())
-}
-
 fn describe(spans: &[SpanData]) -> String {
     spans
         .iter()
@@ -142,13 +136,7 @@ fn describe(spans: &[SpanData]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_spans_every_hop_across_four_domains() {
-    let exporter = InMemorySpanExporter::default();
-    let provider = SdkTracerProvider::builder()
-        .with_simple_exporter(exporter.clone())
-        .build();
-    let subscriber =
-        tracing_subscriber::registry().with(tracing_opentelemetry::layer().with_tracer(provider.tracer("cim-test")));
-    tracing::subscriber::set_global_default(subscriber).expect("the only subscriber of this test binary");
+    let exporter = otel_support::install();
 
     let server = NatsServer::start().await.expect("server");
     let t = NatsTransport::connect_url(&server.url()).await.expect("connect");

@@ -17,13 +17,14 @@ use cim_integrate::trace_context::TraceParent;
 use cim_integrate::transport::memory::MemoryTransport;
 use cim_integrate::transport::{OutboundMessage, Transport};
 use cim_integrate::{domain_event, handlers};
-use opentelemetry::trace::{SpanId, TraceId, TracerProvider as _};
-use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use opentelemetry::trace::{SpanId, TraceId};
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SpanData};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 use tracing::Instrument;
-use tracing_subscriber::layer::SubscriberExt;
+mod otel_support;
+use otel_support::attribute;
 
 #[domain_event(subject = "ledger.booked", version = "1.0")]
 #[derive(Debug, Clone)]
@@ -44,13 +45,6 @@ impl Ledger {
     }
 }
 
-fn attribute(span: &SpanData, key: &str) -> Option<String> {
-    span.attributes
-        .iter()
-        .find(|kv| kv.key.as_str() == key)
-        .map(|kv| kv.value.as_str().into_owned())
-}
-
 fn linked_traces(span: &SpanData) -> Vec<TraceId> {
     span.links.iter().map(|l| l.span_context.trace_id()).collect()
 }
@@ -69,13 +63,7 @@ async fn spans_until(exporter: &InMemorySpanExporter, what: &str, done: impl Fn(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stored_state_is_linked_and_live_deliveries_are_parented() {
-    let exporter = InMemorySpanExporter::default();
-    let provider = SdkTracerProvider::builder()
-        .with_simple_exporter(exporter.clone())
-        .build();
-    let subscriber =
-        tracing_subscriber::registry().with(tracing_opentelemetry::layer().with_tracer(provider.tracer("cim-test")));
-    tracing::subscriber::set_global_default(subscriber).expect("the only subscriber of this test binary");
+    let exporter = otel_support::install();
 
     // A saga whose runner dies right after the first step is recorded, then resumed elsewhere.
     let t = MemoryTransport::new();

@@ -11,6 +11,7 @@
 #![warn(missing_docs)]
 
 pub mod aggregate;
+pub mod asyncapi;
 pub mod breaker;
 pub mod clock;
 pub mod command;

@@ -41,6 +41,7 @@ use cim_integrate::prelude::*;
 use cim_integrate::process::ProcessRunner;
 use cim_integrate::service::ServiceBuilder;
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -282,7 +283,9 @@ impl FulfilOrder {
         self.send(ctx, &reserve).await
     }
 
-    #[step(no_compensation = "the pivot: once the customer is charged the order goes ahead, and the step after it only publishes")]
+    #[step(
+        no_compensation = "the pivot: once the customer is charged the order goes ahead, and the step after it only publishes"
+    )]
     async fn charge_payment(&self, ctx: &mut StepContext<Fulfilment>) -> Result<(), HandlerError> {
         let d = ctx.data();
         let charge = ChargePayment {
@@ -355,28 +358,46 @@ pub struct StockReleased {
 /// own store.)
 #[derive(Default)]
 pub struct Inventory {
-    stock: Mutex<HashMap<String, u32>>,
-    reservations: Mutex<HashMap<OrderId, (String, u32)>>,
+    warehouse: Mutex<Warehouse>,
+}
+
+#[derive(Default)]
+struct Warehouse {
+    on_hand: HashMap<String, u32>,
+    /// Every reservation made, and whether it was released since.
+    reservations: HashMap<OrderId, Reservation>,
+}
+
+struct Reservation {
+    sku: String,
+    quantity: u32,
+    released: bool,
 }
 
 impl Inventory {
     pub fn with_stock(items: &[(&str, u32)]) -> Self {
-        let stock = items.iter().map(|(sku, n)| ((*sku).to_owned(), *n)).collect();
+        let on_hand = items.iter().map(|(sku, n)| ((*sku).to_owned(), *n)).collect();
         Self {
-            stock: Mutex::new(stock),
-            ..Self::default()
+            warehouse: Mutex::new(Warehouse {
+                on_hand,
+                ..Warehouse::default()
+            }),
         }
     }
 }
 
+// Each handler changes the warehouse first and publishes after. A command whose publish failed
+// is answered `failed` and sent again by the saga with the same message id: the change is not
+// made twice, and the event is published again with the same id (which the stream drops if the
+// first publish had landed after all).
 #[command(name = "inventory")]
 impl Inventory {
     async fn reserve_stock(&self, ctx: &Context, c: ReserveStock) -> CommandResult {
         {
-            let mut stock = self.stock.lock().unwrap();
-            let mut reservations = self.reservations.lock().unwrap();
-            if !reservations.contains_key(&c.order_id) {
-                let left = stock.entry(c.sku.clone()).or_default();
+            let mut w = self.warehouse.lock().unwrap();
+            let Warehouse { on_hand, reservations } = &mut *w;
+            if let Entry::Vacant(slot) = reservations.entry(c.order_id) {
+                let left = on_hand.entry(c.sku.clone()).or_default();
                 if *left < c.quantity {
                     return Err(CommandRejection::reject(format!(
                         "out of stock: {} {} wanted, {} left",
@@ -384,11 +405,13 @@ impl Inventory {
                     )));
                 }
                 *left -= c.quantity;
-                reservations.insert(c.order_id, (c.sku.clone(), c.quantity));
+                slot.insert(Reservation {
+                    sku: c.sku.clone(),
+                    quantity: c.quantity,
+                    released: false,
+                });
             }
         }
-        // Published again when the command is re-run after a failure (the reservation already
-        // made): with the same message id, which the stream drops if the first publish landed.
         let reserved = StockReserved {
             order_id: c.order_id,
             sku: c.sku,
@@ -398,16 +421,24 @@ impl Inventory {
         Ok(())
     }
 
-    /// Releasing what is not reserved (any more) is accepted: compensations may repeat.
+    /// Releasing what was never reserved is accepted, with nothing to publish.
     async fn release_stock(&self, ctx: &Context, c: ReleaseStock) -> CommandResult {
-        let released = self.reservations.lock().unwrap().remove(&c.order_id);
-        if let Some((sku, quantity)) = released {
-            *self.stock.lock().unwrap().entry(sku.clone()).or_default() += quantity;
-            let released = StockReleased {
-                order_id: c.order_id,
-                sku,
-                quantity,
-            };
+        let released = {
+            let mut w = self.warehouse.lock().unwrap();
+            let Warehouse { on_hand, reservations } = &mut *w;
+            reservations.get_mut(&c.order_id).map(|r| {
+                if !r.released {
+                    r.released = true;
+                    *on_hand.entry(r.sku.clone()).or_default() += r.quantity;
+                }
+                StockReleased {
+                    order_id: c.order_id,
+                    sku: r.sku.clone(),
+                    quantity: r.quantity,
+                }
+            })
+        };
+        if let Some(released) = released {
             ctx.publish(&released).await?;
         }
         Ok(())
@@ -934,9 +965,8 @@ mod tests {
         let (host, shop) = shop(Carrier::reliable()).await;
         let order_id = OrderId::new();
         // A 1.0 payload, as the old storefront still publishes it.
-        let v1 = format!(
-            r#"{{"version":"1.0","order_id":"{order_id}","sku":"lamp","quantity":1,"amount_cents":1999}}"#
-        );
+        let v1 =
+            format!(r#"{{"version":"1.0","order_id":"{order_id}","sku":"lamp","quantity":1,"amount_cents":1999}}"#);
         let placed = host
             .publish_envelope(Envelope::root(subject!("order.placed"), v1).typed("OrderPlaced", "1.0"))
             .await
@@ -970,7 +1000,9 @@ mod tests {
     /// The happy-path scenario against the broken shipping handler: it fails, and the message
     /// names the event that is missing and what it should have followed.
     #[tokio::test(start_paused = true)]
-    #[should_panic(expected = "expected `ShipmentBooked` (shipping.booked) published after order.confirmed `OrderConfirmed`")]
+    #[should_panic(
+        expected = "expected `ShipmentBooked` (shipping.booked) published after order.confirmed `OrderConfirmed`"
+    )]
     async fn a_broken_shipping_handler_fails_the_scenario_naming_the_missing_event() {
         let (host, _shop) = shop_with(Carrier::reliable(), |carrier| BrokenShipping { carrier }).await;
         let placed = place_and_pay(&host, OrderId::new(), GOOD_CARD).await;
@@ -993,11 +1025,14 @@ mod tests {
 
     #[tokio::test]
     async fn ships_on_nats_with_identity_headers() {
-        support::run_on_nats_checking_headers(&["order", "inventory", "payment", "shipping", "commands"], |t| async move {
-            let outcomes = run(t, &[GOOD_CARD]).await?;
-            assert!(matches!(outcomes[0], Outcome::Shipped { .. }), "{outcomes:?}");
-            Ok(())
-        })
+        support::run_on_nats_checking_headers(
+            &["order", "inventory", "payment", "shipping", "commands"],
+            |t| async move {
+                let outcomes = run(t, &[GOOD_CARD]).await?;
+                assert!(matches!(outcomes[0], Outcome::Shipped { .. }), "{outcomes:?}");
+                Ok(())
+            },
+        )
         .await;
     }
 }

@@ -539,6 +539,7 @@ impl Carrier {
     }
 }
 
+/// The shipping context: books confirmed orders with the carrier.
 pub struct Shipping {
     carrier: Arc<Carrier>,
 }
@@ -624,7 +625,9 @@ impl<T: Transport> Shop<T> {
 /// How an order ended, as the storefront saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
+    /// `shipping.booked`, with the carrier's tracking number.
     Shipped { tracking: String },
+    /// `order.cancelled`, with the reason.
     Cancelled { reason: String },
 }
 
@@ -763,7 +766,12 @@ mod tests {
     /// The customer places an order and pays with `card` once the payment page is up; returns
     /// the placed order's envelope.
     async fn place_and_pay(host: &TestHost, order_id: OrderId, card: &str) -> Envelope {
-        let placed = host.publish(&order(order_id, "book", 2)).await.unwrap();
+        place_and_pay_for(host, order(order_id, "book", 2), card).await
+    }
+
+    async fn place_and_pay_for(host: &TestHost, order: OrderPlaced, card: &str) -> Envelope {
+        let order_id = order.order_id;
+        let placed = host.publish(&order).await.unwrap();
         host.settle().await;
         host.events().expect_after::<AwaitingPayment>(&placed);
         let pay = PaymentSubmitted {
@@ -887,6 +895,30 @@ mod tests {
                 StepCompensated,
                 Compensated,
             ]);
+        host.dead_letters().expect_none();
+        host.shutdown().await;
+        quick(started);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_order_out_of_stock_is_cancelled_and_nobody_is_charged() {
+        let started = std::time::Instant::now();
+        let (host, shop) = shop(Carrier::reliable()).await;
+        let order_id = OrderId::new();
+        // Three lamps are in stock.
+        let placed = place_and_pay_for(&host, order(order_id, "lamp", 5), GOOD_CARD).await;
+
+        // Inventory's answer is a rejection with its reason: the saga compensates at once.
+        let commands = host.commands();
+        commands.expect_answered::<ReserveStock>(&Answer::Rejected("out of stock: 5 lamp wanted, 3 left".into()));
+        commands.expect_none::<ChargePayment>();
+        commands.expect_none::<ReleaseStock>();
+        host.saga(&shop.fulfilment, &order_id.to_string())
+            .await
+            .then_compensated("reserve_stock");
+        let events = host.events();
+        let accepted = events.expect_after::<OrderAccepted>(&placed);
+        events.after(accepted.envelope()).expect_types(&["OrderCancelled"]);
         host.dead_letters().expect_none();
         host.shutdown().await;
         quick(started);

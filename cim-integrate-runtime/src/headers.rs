@@ -285,6 +285,23 @@ impl Headers {
         }
     }
 
+    /// Sets `name` (a header that is not an identity header, with a valid value: the caller's
+    /// promise) to `value` among the headers after the stamp, keeping the stamp unrendered.
+    #[cfg_attr(not(feature = "otel"), allow(dead_code))]
+    pub(crate) fn put_unstamped(&mut self, name: &'static str, value: String) {
+        let entries = std::sync::Arc::make_mut(&mut self.entries);
+        entries.retain(|(n, _)| n != name);
+        entries.push((name.to_owned(), value));
+    }
+
+    /// Removes `name` (not an identity header) from the headers after the stamp.
+    #[cfg_attr(not(feature = "otel"), allow(dead_code))]
+    pub(crate) fn drop_unstamped(&mut self, name: &'static str) {
+        if self.entries.iter().any(|(n, _)| n == name) {
+            std::sync::Arc::make_mut(&mut self.entries).retain(|(n, _)| n != name);
+        }
+    }
+
     /// Sets `name` to `value`, replacing every earlier value of that name.
     pub fn insert(&mut self, name: &str, value: impl Into<String>) -> Result<(), HeaderError> {
         let value = value.into();

@@ -33,6 +33,7 @@ pub mod service;
 pub mod subject;
 pub mod timestamp;
 pub mod topology;
+pub mod trace_context;
 pub mod transport;
 pub mod waiter;
 

@@ -57,6 +57,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 /// Longest a deadline transition (read, handler, compare-and-set, outbox) may take before it is
 /// abandoned and fired again on the next scan.
@@ -331,6 +332,10 @@ pub(crate) struct Effect {
     /// Failed attempts to send it so far.
     #[serde(default)]
     attempts: u32,
+    /// The `traceparent` of the transition that queued it (feature `otel`): sent later in
+    /// another trace (the scanner, after a crash), its `process_outbox` span links to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    trace: Option<String>,
 }
 
 impl Queued for Effect {
@@ -431,6 +436,7 @@ impl ProcessContext {
             payload: String::from_utf8_lossy(payload).into_owned(),
             identity,
             attempts: 0,
+            trace: crate::trace_context::current(),
         });
     }
 
@@ -893,6 +899,27 @@ impl<T: Transport, S: ProcessState + Send + 'static> Engine<T, S> {
         };
         let subject = Subject::new(&effect.subject).map_err(|e| fail(e.to_string()))?;
         let payload = Bytes::from(effect.payload.clone().into_bytes());
+        let span = tracing::info_span!(
+            "process_outbox",
+            process = %self.name,
+            subject = %subject,
+            message_id = %effect.identity.message_id,
+            correlation_id = %effect.identity.correlation_id,
+        );
+        crate::trace_context::link_stored(&span, effect.trace.as_deref());
+        self.send_effect(key, effect, subject, payload, fail)
+            .instrument(span)
+            .await
+    }
+
+    async fn send_effect(
+        &self,
+        key: &str,
+        effect: &Effect,
+        subject: Subject,
+        payload: Bytes,
+        fail: impl Fn(String) -> ProcessError,
+    ) -> Result<(), ProcessError> {
         match effect.kind {
             EffectKind::Publish => {
                 let envelope = Envelope::with_identity(effect.identity, subject, payload)

@@ -866,6 +866,7 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
             },
             kind: "event",
             handler,
+            delivery: true,
         };
         (stack, counters, breaker)
     }
@@ -931,6 +932,7 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
                 },
                 kind: "command",
                 handler,
+                delivery: true,
             };
             tracing::info!(handler = %scope, %subject, %group, "command handler started");
             host.served.push(subject.to_string());

@@ -360,12 +360,9 @@ impl Context {
     async fn send(&self, subject: &Subject, event_type: &str, envelope: Envelope) -> Result<PublishAck, PublishError> {
         let span = monitor::publish_span(envelope.subject(), envelope.identity(), &self.inner.handler);
         let start = tokio::time::Instant::now();
-        let result = self
-            .inner
-            .publisher
-            .publish_and_wait(envelope.into())
-            .instrument(span)
-            .await;
+        // Built inside the `publish` span: with `otel`, its `traceparent` names that span.
+        let message = span.in_scope(|| OutboundMessage::from(envelope));
+        let result = self.inner.publisher.publish_and_wait(message).instrument(span).await;
         monitor::published(
             subject.first_token(),
             &self.inner.handler,

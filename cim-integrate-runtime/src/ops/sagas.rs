@@ -518,6 +518,7 @@ mod tests {
             id: "a".into(),
             identity: Identity::root(),
             started_at: Timestamp::now(),
+            trace: None,
             status,
             data: serde_json::json!({"x": 1}),
             steps: vec![],

@@ -147,6 +147,7 @@ impl Observer {
             },
             kind,
             handler: self.label.clone(),
+            delivery: false,
         };
         let received = Synthetic::new(envelope);
         let mut msg = Message::new(&received, received.envelope());

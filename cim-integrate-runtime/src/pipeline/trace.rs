@@ -11,6 +11,11 @@ pub struct Trace<D> {
     pub(crate) inner: D,
     pub(crate) kind: &'static str,
     pub(crate) handler: Arc<str>,
+    /// A message delivered by a consumer (an event, a command), not a step run in place (a saga
+    /// step): with `otel`, its span takes its trace from the message, never from the consuming
+    /// loop.
+    #[cfg_attr(not(feature = "otel"), allow(dead_code))]
+    pub(crate) delivery: bool,
 }
 
 impl<D: Dispatch> Dispatch for Trace<D> {
@@ -35,6 +40,13 @@ impl<D: Dispatch> Dispatch for Trace<D> {
                 delivered,
             ),
         };
+        #[cfg(feature = "otel")]
+        if self.delivery {
+            // A redriven dead letter starts from stored state: linked to its first trace.
+            let headers = msg.received().headers();
+            let redriven = headers.get(crate::service::REDRIVE_COUNT).is_some();
+            crate::trace_context::adopt(&span, headers, redriven);
+        }
         self.inner.dispatch(msg).instrument(span).await
     }
 }

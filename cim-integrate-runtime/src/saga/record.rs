@@ -88,6 +88,10 @@ pub struct SagaRecord<D> {
     pub identity: Identity,
     /// When it started.
     pub started_at: Timestamp,
+    /// The W3C `traceparent` of the span that started it (feature `otel`): steps run in another
+    /// trace (resumed after a restart, or by another runner) link to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
     /// Where it stands.
     pub status: SagaStatus,
     /// The saga's data, as of the last completed step or compensation.
@@ -130,6 +134,8 @@ struct Head<'a> {
     id: &'a str,
     identity: &'a Identity,
     started_at: &'a Timestamp,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace: &'a Option<String>,
 }
 
 /// The fields of a record that writes change, in the record's order.
@@ -164,6 +170,7 @@ impl Encoder {
                 id: &rec.id,
                 identity: &rec.identity,
                 started_at: &rec.started_at,
+                trace: &rec.trace,
             })?;
             // The closing brace: the tail's fields follow.
             self.head.pop();
@@ -233,6 +240,7 @@ mod tests {
             id: "a".into(),
             identity: Identity::root(),
             started_at: Timestamp::now(),
+            trace: None,
             status: SagaStatus::Running,
             data: 7u32,
             steps: vec![StepRecord {
@@ -261,6 +269,7 @@ mod tests {
             id: "a-\"quoted\"".into(),
             identity: Identity::root(),
             started_at: Timestamp::now(),
+            trace: None,
             status: SagaStatus::Running,
             data: vec!["x".to_owned()],
             steps: vec![StepRecord {

@@ -746,6 +746,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
             id: id.to_owned(),
             identity,
             started_at: Timestamp::now(),
+            trace: crate::trace_context::current(),
             status: SagaStatus::Running,
             data,
             steps: self
@@ -1699,6 +1700,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
                 tracing::debug_span!("saga_step", saga = S::NAME, id = %rec.id, step, attempt, compensating),
             )
         };
+        crate::trace_context::link_stored(&span, rec.trace.as_deref());
         let emitted = ctx.context.clone();
         let mut outcome = observer
             .run(kind, envelope, policy.timeout, f(&self.inner.saga, &mut ctx))

@@ -405,17 +405,29 @@ impl OutboundMessage {
     pub fn compact(env: &Envelope) -> Self {
         Self {
             subject: env.subject().clone(),
-            headers: env.to_compact_headers(),
+            headers: traced(env.to_compact_headers()),
             payload: env.payload().clone(),
         }
     }
+}
+
+/// `headers` with the current span's trace context (feature `otel`; see
+/// [`trace_context`](crate::trace_context)).
+pub(crate) fn traced(headers: Headers) -> Headers {
+    #[cfg(feature = "otel")]
+    let headers = {
+        let mut headers = headers;
+        crate::trace_context::inject(&mut headers);
+        headers
+    };
+    headers
 }
 
 impl From<&Envelope> for OutboundMessage {
     fn from(env: &Envelope) -> Self {
         Self {
             subject: env.subject().clone(),
-            headers: env.to_headers(),
+            headers: traced(env.to_headers()),
             payload: env.payload().clone(),
         }
     }

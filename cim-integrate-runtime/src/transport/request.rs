@@ -33,7 +33,7 @@ impl From<&Envelope> for Request {
     fn from(env: &Envelope) -> Self {
         Self {
             subject: env.subject().clone(),
-            headers: env.to_headers(),
+            headers: super::traced(env.to_headers()),
             payload: env.payload().clone(),
         }
     }

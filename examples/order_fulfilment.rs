@@ -695,13 +695,15 @@ async fn run<T: Transport>(t: T, cards: &[&str]) -> Result<Vec<Outcome>, Error> 
     for card in cards {
         outcomes.push(order_and_pay(&t, card, Duration::from_secs(30)).await?);
     }
-    if let Some(stats) = service.handler_stats("shipping-book") {
+    if let (Some(stats), Some(breaker)) = (
+        service.handler_stats("shipping-book"),
+        service.breaker_state("shipping-book"),
+    ) {
         println!(
-            "carrier: {} calls, {} retried, {} deferred while the breaker was open; breaker {:?}",
+            "carrier: {} calls, {} retried, {} deferred while the breaker was open; breaker {breaker:?}",
             shop.carrier.calls(),
             stats.retried,
             stats.deferred,
-            service.breaker_state("shipping-book"),
         );
     }
     service.shutdown(Duration::from_secs(5)).await;

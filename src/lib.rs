@@ -67,7 +67,7 @@ pub mod prelude {
 /// `cim-integrate-macros`).
 #[doc(hidden)]
 pub mod __private {
-    pub use cim_integrate_runtime::__private::{serde, uuid};
+    pub use cim_integrate_runtime::__private::{serde, serde_json, uuid};
 
     /// `#[subscribe(breaker(..))]`.
     pub mod breaker {
@@ -75,12 +75,16 @@ pub mod __private {
     }
     /// `#[command]`.
     pub mod command {
-        pub use cim_integrate_runtime::command::{Command, CommandHandlerSet, CommandRegistration, IntoCommandResult};
+        pub use cim_integrate_runtime::command::{
+            Command, CommandAnswer, CommandHandlerSet, CommandRegistration, IntoCommandResult, decode_answer,
+            encode_answer,
+        };
     }
     /// `#[domain_event]` and `#[command]` (versioned payloads).
     pub mod event {
         pub use cim_integrate_runtime::event::{
-            DecodeError, DomainEvent, PayloadVersion, Versioned, compare_versions, decode_oldest, decode_step,
+            DecodeError, DomainEvent, EncodeError, PayloadVersion, Versioned, compare_versions, decode_oldest,
+            decode_step,
         };
     }
     /// `#[subscribe]` and `#[handlers]`.

@@ -285,7 +285,7 @@ async fn a_command_is_answered_and_its_events_are_seen() {
         .await
         .unwrap();
     let ack = host.send(&CancelOrder { order_id: "o-3".into() }).await.unwrap();
-    assert_eq!(ack, CommandAck::Accepted);
+    assert_eq!(ack, CommandAck::Accepted(()));
     let rejected = host.send(&CancelOrder { order_id: "".into() }).await.unwrap();
     assert_eq!(rejected.reason(), Some("which order?"));
     host.settle().await;

@@ -76,7 +76,7 @@ impl Workflow {
             )
             .await
             .map_err(|e| HandlerError::transient(e.to_string()))?;
-        assert_eq!(ack, CommandAck::Accepted);
+        assert_eq!(ack, CommandAck::Accepted(()));
         Ok(())
     }
 }

@@ -246,6 +246,8 @@ pub(crate) enum StubRole<'a> {
     Event(Option<&'a LitStr>),
     /// The current version of a command: `Versioned` and `Command` too.
     Command(Option<&'a LitStr>),
+    /// The current version of a command's answer: `Versioned` and `CommandAnswer` too.
+    Answer,
 }
 
 /// The stub impls emitted beside the `compile_error!`s of a payload whose declaration has an
@@ -324,9 +326,28 @@ pub(crate) fn stub_impls(krate: &Path, item: &syn::Item, version: Option<&LitStr
             quote! {
                 impl #private::command::Command for #ident {
                     const SUBJECT: &'static ::core::primitive::str = #s;
+                    type Answer = ();
                 }
             }
         }
+        StubRole::Answer => quote! {
+            impl #private::command::CommandAnswer for #ident {
+                fn to_answer(
+                    &self,
+                ) -> ::core::result::Result<
+                    ::core::option::Option<#private::serde_json::Value>,
+                    #private::event::EncodeError,
+                > {
+                    ::core::unimplemented!()
+                }
+
+                fn from_answer(
+                    _: ::core::option::Option<&#private::serde_json::Value>,
+                ) -> ::core::result::Result<Self, ::std::string::String> {
+                    ::core::unimplemented!()
+                }
+            }
+        },
     };
     let type_name = ident.unraw().to_string();
     quote! {

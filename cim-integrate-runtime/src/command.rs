@@ -63,7 +63,10 @@ pub const ACK_STATUS: &str = "X-Command-Status";
 ///         event::decode_oldest::<Self>("1.0", Self::TYPE_NAME, v, p)
 ///     }
 /// }
-/// impl Command for CreateDocument { const SUBJECT: &'static str = "document.create"; }
+/// impl Command for CreateDocument {
+///     const SUBJECT: &'static str = "document.create";
+///     type Answer = ();
+/// }
 ///
 /// assert_eq!(CreateDocument::subject().as_str(), "commands.document.create");
 /// assert_eq!(CreateDocument::domain(), "document");
@@ -77,6 +80,12 @@ pub trait Command: Versioned + Send + Sync + 'static {
     /// `domain.name`, e.g. `"document.create"`: concrete, checked at compile time. The command
     /// travels on `commands.` + this.
     const SUBJECT: &'static str;
+
+    /// What an accepted command answers: `()` (nothing but "accepted"), or a versioned answer
+    /// type declared with `#[command(answer, version = "1.0")]` and named by
+    /// `#[command(..., answer = Reserved)]`. Its handlers return `CommandResult<Answer>`, and
+    /// [`CommandBus::send`] returns it in [`CommandAck::Accepted`].
+    type Answer: CommandAnswer;
 
     /// The subject the command travels on: `commands.{SUBJECT}`.
     fn subject() -> Subject {
@@ -98,12 +107,12 @@ pub trait Command: Versioned + Send + Sync + 'static {
     }
 }
 
-/// The acknowledgement of a command: accepted, or rejected with a reason.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "status", rename_all = "snake_case")]
-pub enum CommandAck {
-    /// The handler accepted and carried out the command.
-    Accepted,
+/// The acknowledgement of a command: accepted with the command's answer (`()` for a command
+/// without one), or rejected with a reason. A rejection is never an answer: it stays distinct.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandAck<A = ()> {
+    /// The handler accepted and carried out the command; its answer.
+    Accepted(A),
     /// The handler refused it (a business rule): it will not be carried out.
     Rejected {
         /// Why, for the sender.
@@ -111,33 +120,121 @@ pub enum CommandAck {
     },
 }
 
-impl CommandAck {
+impl<A> CommandAck<A> {
+    /// The answer, if accepted.
+    pub fn answer(&self) -> Option<&A> {
+        match self {
+            Self::Accepted(a) => Some(a),
+            Self::Rejected { .. } => None,
+        }
+    }
+
+    /// The answer, if accepted, taken.
+    pub fn into_answer(self) -> Option<A> {
+        match self {
+            Self::Accepted(a) => Some(a),
+            Self::Rejected { .. } => None,
+        }
+    }
+
     /// `true` for [`CommandAck::Accepted`].
     pub fn is_accepted(&self) -> bool {
-        matches!(self, Self::Accepted)
+        matches!(self, Self::Accepted(_))
     }
     /// The rejection reason, if rejected.
     pub fn reason(&self) -> Option<&str> {
         match self {
-            Self::Accepted => None,
+            Self::Accepted(_) => None,
             Self::Rejected { reason } => Some(reason),
         }
     }
+}
+
+/// What an accepted command answers, on the wire: `()` (no answer) or a versioned answer type
+/// (`#[command(answer, version = "1.0")]` implements it: encoded like an event, with its
+/// `version` tag, and decoded with upcasting from its older versions).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a command answer",
+    label = "not declared as an answer",
+    note = "declare the answer type with `#[command(answer, version = \"1.0\")]` and name it in the command: `#[command(subject = \"inventory.reserve\", version = \"1.0\", answer = Reserved)]`"
+)]
+pub trait CommandAnswer: Sized + Send + 'static {
+    /// The answer as JSON (`None` for no answer).
+    ///
+    /// # Errors
+    /// If it cannot be encoded.
+    fn to_answer(&self) -> Result<Option<serde_json::Value>, EncodeError>;
+
+    /// The answer from its JSON (`None`: the reply carried none, e.g. from a handler built
+    /// before the command had an answer).
+    ///
+    /// # Errors
+    /// Why it cannot be read as this type (an unknown version, a missing answer).
+    fn from_answer(answer: Option<&serde_json::Value>) -> Result<Self, String>;
+}
+
+impl CommandAnswer for () {
+    fn to_answer(&self) -> Result<Option<serde_json::Value>, EncodeError> {
+        Ok(None)
+    }
+
+    /// Any answer reads as `()`: a sender that expects none ignores one.
+    fn from_answer(_: Option<&serde_json::Value>) -> Result<Self, String> {
+        Ok(())
+    }
+}
+
+/// [`CommandAnswer::to_answer`] of a versioned answer type (what `#[command(answer)]` expands
+/// to).
+///
+/// # Errors
+/// If it cannot be encoded.
+pub fn encode_answer<A: Versioned>(answer: &A) -> Result<Option<serde_json::Value>, EncodeError> {
+    let bytes = answer.encode()?;
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| EncodeError::Serialize {
+            type_name: A::TYPE_NAME,
+            reason: e.to_string(),
+        })
+}
+
+/// [`CommandAnswer::from_answer`] of a versioned answer type: decoded with upcasting.
+///
+/// # Errors
+/// A missing answer, or one that does not decode.
+pub fn decode_answer<A: Versioned>(answer: Option<&serde_json::Value>) -> Result<A, String> {
+    let answer = answer.ok_or_else(|| {
+        format!(
+            "the reply carries no {} (is the handler older than the command's answer?)",
+            A::TYPE_NAME
+        )
+    })?;
+    let bytes = serde_json::to_vec(answer).map_err(|e| e.to_string())?;
+    A::decode(&bytes).map_err(|e| e.to_string())
 }
 
 /// The reply on the wire: an acknowledgement, or a failure of the handler.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub(crate) enum WireReply {
-    Accepted,
-    Rejected { reason: String },
-    Failed { reason: String },
+    /// `{"status":"accepted"}`, with `"answer":{...}` for a command with an answer.
+    Accepted {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        answer: Option<serde_json::Value>,
+    },
+    Rejected {
+        reason: String,
+    },
+    Failed {
+        reason: String,
+    },
 }
 
 impl WireReply {
     fn status(&self) -> &'static str {
         match self {
-            Self::Accepted => "accepted",
+            Self::Accepted { .. } => "accepted",
             Self::Rejected { .. } => "rejected",
             Self::Failed { .. } => "failed",
         }
@@ -197,22 +294,23 @@ impl From<HandlerError> for CommandRejection {
     }
 }
 
-/// What a command handler returns: `Ok(())` accepts.
-pub type CommandResult = Result<(), CommandRejection>;
+/// What a command handler returns: `Ok(answer)` accepts (`Ok(())` for a command without an
+/// answer), `Err(CommandRejection)` rejects or fails.
+pub type CommandResult<A = ()> = Result<A, CommandRejection>;
 
-/// The output of a command handler: [`CommandResult`].
+/// The output of a command handler: [`CommandResult`] of the command's answer.
 #[diagnostic::on_unimplemented(
-    message = "a command handler must return `CommandResult`, not `{Self}`",
+    message = "a command handler must return `CommandResult<{A}>`, not `{Self}`",
     label = "returns `{Self}`",
-    note = "write `async fn name(&self, ctx: &Context, command: MyCommand) -> CommandResult`; `Ok(())` accepts, `Err(CommandRejection::reject(\"why\"))` rejects"
+    note = "write `async fn name(&self, ctx: &Context, command: MyCommand) -> CommandResult<{A}>`, `{A}` being the command's answer (`CommandResult` for `()`); `Ok(answer)` accepts, `Err(CommandRejection::reject(\"why\"))` rejects"
 )]
-pub trait IntoCommandResult {
+pub trait IntoCommandResult<A = ()> {
     /// Converts into a [`CommandResult`].
-    fn into_command_result(self) -> CommandResult;
+    fn into_command_result(self) -> CommandResult<A>;
 }
 
-impl IntoCommandResult for CommandResult {
-    fn into_command_result(self) -> CommandResult {
+impl<A> IntoCommandResult<A> for CommandResult<A> {
+    fn into_command_result(self) -> CommandResult<A> {
         self
     }
 }
@@ -296,8 +394,59 @@ impl<T: Transport> DynRequest for T {
     }
 }
 
-/// The future of a command send: resolves to the handler's acknowledgement.
-pub type SendFuture<'a> = futures::future::BoxFuture<'a, Result<CommandAck, CommandError>>;
+/// The future of a command send: resolves to the handler's acknowledgement with the answer.
+pub type SendFuture<'a, A = ()> = futures::future::BoxFuture<'a, Result<CommandAck<A>, CommandError>>;
+
+/// A [`Command`] as an object: how [`CommandBus::send`] and its siblings take their command, so
+/// that they do not name its type (passing something that is not a command is one compile
+/// error, on the argument) while the answer type still comes from it. Every `Command` is one;
+/// there is nothing to implement.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a command",
+    label = "not the current version of a `#[command]`",
+    note = "declare it with `#[command(subject = \"document.create\", version = \"1.0\")]`; a frozen older version (`#[command(version = \"1.0\", frozen)]`) cannot be sent or handled"
+)]
+pub trait SendableCommand {
+    /// [`Command::Answer`] (read with [`answer_reader`](Self::answer_reader)).
+    type Answer;
+    /// [`Command::subject`].
+    fn command_subject(&self) -> Subject;
+    /// [`Versioned::TYPE_NAME`].
+    fn command_type(&self) -> &'static str;
+    /// [`PayloadVersion::VERSION`].
+    fn command_version(&self) -> &'static str;
+    /// [`Versioned::encode`].
+    ///
+    /// # Errors
+    /// As [`Versioned::encode`].
+    fn encode_command(&self) -> Result<Bytes, EncodeError>;
+    /// [`CommandAnswer::from_answer`] of the answer type (so that the senders need no bound of
+    /// their own on it: a command whose answer is not one is reported once, at its declaration).
+    fn answer_reader(&self) -> AnswerReader<Self::Answer>;
+}
+
+/// Reads a reply's answer as `A`: [`CommandAnswer::from_answer`].
+pub type AnswerReader<A> = fn(Option<&serde_json::Value>) -> Result<A, String>;
+
+#[diagnostic::do_not_recommend]
+impl<C: Command> SendableCommand for C {
+    type Answer = C::Answer;
+    fn command_subject(&self) -> Subject {
+        C::subject()
+    }
+    fn command_type(&self) -> &'static str {
+        C::TYPE_NAME
+    }
+    fn command_version(&self) -> &'static str {
+        <C as PayloadVersion>::VERSION
+    }
+    fn encode_command(&self) -> Result<Bytes, EncodeError> {
+        self.encode()
+    }
+    fn answer_reader(&self) -> AnswerReader<C::Answer> {
+        <C::Answer as CommandAnswer>::from_answer
+    }
+}
 
 /// Sends commands and waits for their acknowledgement. Cheap to clone.
 ///
@@ -344,34 +493,53 @@ impl CommandBus {
 
     /// Sends `command` as the root of a new conversation and waits for its acknowledgement.
     ///
-    /// (The sending methods return a boxed future that does not name `C`, so a type that is not
-    /// a command gives exactly one compile error, on the argument.)
-    pub fn send<'a, C: Command>(&'a self, command: &C) -> SendFuture<'a> {
+    /// The acknowledgement carries the command's typed answer ([`Command::Answer`]):
+    /// `CommandAck::Accepted(answer)`, or `Rejected`.
+    ///
+    /// (The sending methods take the command as a [`SendableCommand`] object and return a boxed
+    /// future, so a type that is not a command gives exactly one compile error, on the
+    /// argument.)
+    pub fn send<'a, A: Send + 'static>(
+        &'a self,
+        command: &(dyn SendableCommand<Answer = A> + '_),
+    ) -> SendFuture<'a, A> {
         self.send_with(Identity::root(), command, self.timeout)
     }
 
     /// Sends `command` as caused by the message with identity `parent` (same correlation id,
     /// `parent`'s message id as causation id).
-    pub fn send_caused_by<'a, C: Command>(&'a self, parent: &Identity, command: &C) -> SendFuture<'a> {
+    pub fn send_caused_by<'a, A: Send + 'static>(
+        &'a self,
+        parent: &Identity,
+        command: &(dyn SendableCommand<Answer = A> + '_),
+    ) -> SendFuture<'a, A> {
         self.send_with(parent.child(), command, self.timeout)
     }
 
     /// Sends `command` with an explicit identity and timeout. Sending again with the same
-    /// identity is idempotent while the handler's service remembers the result.
-    pub fn send_with<'a, C: Command>(&'a self, identity: Identity, command: &C, timeout: Duration) -> SendFuture<'a> {
-        // Encoded now, so the future borrows nothing of `command` and does not depend on `C`.
-        let payload = command.encode();
-        let subject = C::subject();
-        let (command_type, version) = (C::TYPE_NAME, <C as PayloadVersion>::VERSION);
+    /// identity is idempotent while the handler's service remembers the result (its answer
+    /// included).
+    pub fn send_with<'a, A: Send + 'static>(
+        &'a self,
+        identity: Identity,
+        command: &(dyn SendableCommand<Answer = A> + '_),
+        timeout: Duration,
+    ) -> SendFuture<'a, A> {
+        // Encoded now, so the future borrows nothing of `command`.
+        let payload = command.encode_command();
+        let subject = command.command_subject();
+        let (command_type, version) = (command.command_type(), command.command_version());
+        let read = command.answer_reader();
         Box::pin(async move {
             let payload = payload?;
-            self.send_encoded(identity, &subject, command_type, version, payload, timeout)
+            self.request(identity, &subject, command_type, version, payload, timeout, read)
                 .await
         })
     }
 
-    /// Sends an already encoded command (what process managers replay from their outbox).
-    pub async fn send_encoded(
+    /// Sends an already encoded command (what process managers replay from their outbox),
+    /// reading the answer as `A` (`()` to ignore it).
+    pub async fn send_encoded<A: CommandAnswer>(
         &self,
         identity: Identity,
         subject: &Subject,
@@ -379,7 +547,30 @@ impl CommandBus {
         version: &str,
         payload: Bytes,
         timeout: Duration,
-    ) -> Result<CommandAck, CommandError> {
+    ) -> Result<CommandAck<A>, CommandError> {
+        self.request(
+            identity,
+            subject,
+            command_type,
+            version,
+            payload,
+            timeout,
+            A::from_answer,
+        )
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn request<A>(
+        &self,
+        identity: Identity,
+        subject: &Subject,
+        command_type: &str,
+        version: &str,
+        payload: Bytes,
+        timeout: Duration,
+        read: AnswerReader<A>,
+    ) -> Result<CommandAck<A>, CommandError> {
         let envelope = Envelope::with_identity(identity, subject.clone(), payload).typed(command_type, version);
         let span = tracing::debug_span!(
             "send_command",
@@ -407,7 +598,14 @@ impl CommandBus {
             })?;
             tracing::debug!(status = wire.status(), "command acknowledged");
             match wire {
-                WireReply::Accepted => Ok(CommandAck::Accepted),
+                WireReply::Accepted { answer } => {
+                    read(answer.as_ref())
+                        .map(CommandAck::Accepted)
+                        .map_err(|reason| CommandError::InvalidReply {
+                            subject: subject.to_string(),
+                            reason,
+                        })
+                }
                 WireReply::Rejected { reason } => Ok(CommandAck::Rejected { reason }),
                 WireReply::Failed { reason } => Err(CommandError::Failed {
                     subject: subject.to_string(),
@@ -420,8 +618,8 @@ impl CommandBus {
     }
 }
 
-/// A command handler's future.
-pub type CommandFuture = BoxFuture<'static, CommandResult>;
+/// A command handler's future: the answer as JSON (`None` for none) or why not.
+pub type CommandFuture = BoxFuture<'static, CommandResult<Option<serde_json::Value>>>;
 type Invoke = dyn Fn(Context, &Bytes) -> Result<CommandFuture, String> + Send + Sync;
 
 /// One command handler, type-erased: its name, the command's subject and type, decoder + function.
@@ -443,24 +641,26 @@ impl fmt::Debug for CommandRegistration {
     }
 }
 
-/// A function that handles commands of type `C`: `async fn(Context, C) -> CommandResult`.
+/// A function that handles commands of type `C`:
+/// `async fn(Context, C) -> CommandResult<C::Answer>`.
 #[diagnostic::on_unimplemented(
     message = "this is not a handler of the command `{C}`",
-    label = "expected `async fn(Context, {C}) -> CommandResult`",
-    note = "a command handler takes the context and the command by value and returns `CommandResult`"
+    label = "expected `async fn(Context, {C}) -> CommandResult<answer>`",
+    note = "a command handler takes the context and the command by value and returns `CommandResult` of the command's answer (`CommandResult` for a command without one)"
 )]
-pub trait CommandHandler<C>: Send + Sync + 'static {
+pub trait CommandHandler<C, A = ()>: Send + Sync + 'static {
     /// Runs the handler.
-    fn call(&self, ctx: Context, command: C) -> CommandFuture;
+    fn call(&self, ctx: Context, command: C) -> BoxFuture<'static, CommandResult<A>>;
 }
 
-impl<C, F, Fut> CommandHandler<C> for F
+impl<C, A, F, Fut> CommandHandler<C, A> for F
 where
+    A: Send + 'static,
     F: Fn(Context, C) -> Fut + Send + Sync + 'static,
     Fut: Future + Send + 'static,
-    Fut::Output: IntoCommandResult,
+    Fut::Output: IntoCommandResult<A>,
 {
-    fn call(&self, ctx: Context, command: C) -> CommandFuture {
+    fn call(&self, ctx: Context, command: C) -> BoxFuture<'static, CommandResult<A>> {
         let fut = self(ctx, command);
         Box::pin(async move { fut.await.into_command_result() })
     }
@@ -468,10 +668,16 @@ where
 
 impl CommandRegistration {
     /// A handler named `name` (`[A-Za-z0-9_-]+`) of the command `C`.
-    pub fn new<C: Command>(name: impl Into<String>, handler: impl CommandHandler<C>) -> Self {
+    pub fn new<C: Command>(name: impl Into<String>, handler: impl CommandHandler<C, C::Answer>) -> Self {
         let invoke = move |ctx: Context, payload: &Bytes| -> Result<CommandFuture, String> {
             let command = C::decode(payload).map_err(|e| e.to_string())?;
-            Ok(handler.call(ctx, command))
+            let answer = handler.call(ctx, command);
+            let answered: CommandFuture = Box::pin(async move {
+                // An answer that cannot be encoded is the handler's failure (a bug to fix), not
+                // a business rejection.
+                answer.await?.to_answer().map_err(CommandRejection::failed)
+            });
+            Ok(answered)
         };
         Self {
             name: name.into(),

@@ -932,7 +932,7 @@ impl<T: Transport, S: ProcessState + Send + 'static> Engine<T, S> {
             EffectKind::Send => {
                 let ack = self
                     .bus
-                    .send_encoded(
+                    .send_encoded::<()>(
                         effect.identity,
                         &subject,
                         &effect.type_name,

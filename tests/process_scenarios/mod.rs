@@ -437,7 +437,7 @@ pub async fn command_to_two_instances_handled_once<T: Transport>(t: T) {
             })
             .await
             .unwrap();
-        assert_eq!(ack, CommandAck::Accepted);
+        assert_eq!(ack, CommandAck::Accepted(()));
     }
     assert_eq!(total.load(Ordering::SeqCst), 30, "each command handled exactly once");
     let (x, y) = (a_count.load(Ordering::SeqCst), b_count.load(Ordering::SeqCst));
@@ -513,7 +513,7 @@ pub async fn command_rejection_and_idempotent_resend<T: Transport>(t: T) {
     };
     let first = bus.send_with(identity, &cmd, Duration::from_secs(5)).await.unwrap();
     let again = bus.send_with(identity, &cmd, Duration::from_secs(5)).await.unwrap();
-    assert_eq!((first, again), (CommandAck::Accepted, CommandAck::Accepted));
+    assert_eq!((first, again), (CommandAck::Accepted(()), CommandAck::Accepted(())));
     assert_eq!(
         mine.load(Ordering::SeqCst),
         2,
@@ -559,7 +559,10 @@ pub async fn identity_propagates_and_waiter_sees_event<T: Transport>(t: T) {
         owner_id: PersonId::new(),
         template: "memo".into(),
     };
-    assert_eq!(bus.send_caused_by(&parent, &cmd).await.unwrap(), CommandAck::Accepted);
+    assert_eq!(
+        bus.send_caused_by(&parent, &cmd).await.unwrap(),
+        CommandAck::Accepted(())
+    );
     // The event is already published; waiting only now must not miss it.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let got = expectation.wait(Duration::from_secs(5)).await.unwrap();

@@ -364,7 +364,7 @@ pub async fn command_span<T: Transport>(t: T) {
     let service = chores(&t).await;
     let job = JobId::new();
     let (identity, answer) = send(&t, job, OK).await;
-    assert_eq!(answer.unwrap(), CommandAck::Accepted);
+    assert_eq!(answer.unwrap(), CommandAck::Accepted(()));
     assert_handle_span(
         &identity.correlation_id.to_string(),
         &identity.message_id.to_string(),
@@ -384,7 +384,7 @@ pub async fn command_metrics<T: Transport>(t: T) {
         .unwrap();
     let job = JobId::new();
     let (identity, answer) = send(&t, job, OK).await;
-    assert_eq!(answer.unwrap(), CommandAck::Accepted);
+    assert_eq!(answer.unwrap(), CommandAck::Accepted(()));
     assert_bounded_metrics(
         "metered_chores-do_chore",
         &[
@@ -403,7 +403,11 @@ pub async fn command_panic<T: Transport>(t: T) {
     let service = chores(&t).await;
     let job = JobId::new();
     let (_, answer) = send(&t, job, PANIC_ONCE).await;
-    assert_eq!(answer.unwrap(), CommandAck::Accepted, "the panic was retried in place");
+    assert_eq!(
+        answer.unwrap(),
+        CommandAck::Accepted(()),
+        "the panic was retried in place"
+    );
     assert_eq!(runs(job).len(), 2, "one panicking run, one retry");
     let s = stats(&service, CHORES);
     assert_eq!((s.panicked, s.succeeded), (1, 1), "{s:?}");
@@ -454,7 +458,7 @@ pub async fn command_breaker<T: Transport>(t: T) {
     })
     .await;
     let (_, answer) = send(&t, job, OK).await;
-    assert_eq!(answer.unwrap(), CommandAck::Accepted);
+    assert_eq!(answer.unwrap(), CommandAck::Accepted(()));
     assert_eq!(runs(job).len(), 1);
     assert_eq!(runs(failing).len(), 1);
     service.shutdown(Duration::from_secs(2)).await;

@@ -167,22 +167,20 @@ fn expand_set(set: &Set) -> TokenStream {
         let register = quote_spanned! {command.span()=>
             #private::command::CommandRegistration::new::<#command>
         };
-        let output = quote_spanned! {h.output.span()=>
-            #private::command::IntoCommandResult::into_command_result(__output)
+        // The closure is spanned on the return type: the registration's bound that its output be
+        // `CommandResult` of the command's answer is reported there (the answer is known from
+        // the command type, which is checked on the parameter, once).
+        let output_span = h.output.span();
+        let handler = quote_spanned! {output_span=>
+            move |__ctx: #private::handler::Context, __command: #command| {
+                let __this = ::std::sync::Arc::clone(&__this);
+                async move { __this.#method(&__ctx, __command).await }
+            }
         };
         quote! {
             {
                 let __this = ::std::sync::Arc::clone(&self);
-                __registrations.push(#register(
-                    #method_name,
-                    move |__ctx: #private::handler::Context, __command: #command| {
-                        let __this = ::std::sync::Arc::clone(&__this);
-                        async move {
-                            let __output = __this.#method(&__ctx, __command).await;
-                            #output
-                        }
-                    },
-                ));
+                __registrations.push(#register(#method_name, #handler));
             }
         }
     });

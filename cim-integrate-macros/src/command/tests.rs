@@ -42,6 +42,29 @@ fn command_type_with_history() {
 }
 
 #[test]
+fn command_with_an_answer() {
+    let command_type = command(
+        quote!(subject = "inventory.reserve", version = "1.0", answer = Reserved),
+        quote! {
+            pub struct ReserveStock {
+                pub sku: String,
+                pub quantity: u32,
+            }
+        },
+    );
+    let answer = command(
+        quote!(answer, version = "2.0", previous = [ReservedV1]),
+        quote! {
+            pub struct Reserved {
+                pub reserved: u32,
+                pub available: u32,
+            }
+        },
+    );
+    insta::assert_snapshot!(format!("{command_type}\n// ---- its answer ----\n\n{answer}"));
+}
+
+#[test]
 fn handler_set() {
     insta::assert_snapshot!(command(
         quote!(name = "document", crate = "::my_platform::integrate"),

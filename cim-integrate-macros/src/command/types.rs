@@ -12,8 +12,18 @@ const SUBJECT: &str = "subject";
 const VERSION: &str = "version";
 const PREVIOUS: &str = "previous";
 const FROZEN: &str = "frozen";
+const ANSWER: &str = "answer";
 const CRATE: &str = "crate";
-const KEYS: &[&str] = &[SUBJECT, VERSION, PREVIOUS, FROZEN, CRATE];
+const KEYS: &[&str] = &[SUBJECT, VERSION, PREVIOUS, FROZEN, ANSWER, CRATE];
+
+/// `answer`: as a bare flag, the struct is a command's answer type; as `answer = Type`, the
+/// command's answer type.
+enum AnswerArg {
+    /// `answer` (rewritten `answer = true`).
+    Flag,
+    /// `answer = Reserved`.
+    Type(Box<syn::Type>),
+}
 
 #[derive(Default)]
 struct Args {
@@ -22,6 +32,7 @@ struct Args {
     previous: Attr<Vec<Path>>,
     /// `frozen` (rewritten to `frozen = true`); `frozen = false` is allowed and means not frozen.
     frozen: Attr<bool>,
+    answer: Attr<AnswerArg>,
     krate: Attr<Path>,
 }
 
@@ -35,7 +46,7 @@ fn normalise_flags(attr: TokenStream) -> TokenStream {
         if let proc_macro2::TokenTree::Ident(ident) = tt {
             let at_key = i == 0 || matches!(&tokens[i - 1], proc_macro2::TokenTree::Punct(p) if p.as_char() == ',');
             let next_is_eq = matches!(tokens.get(i + 1), Some(proc_macro2::TokenTree::Punct(p)) if p.as_char() == '=');
-            if at_key && ident == FROZEN && !next_is_eq {
+            if at_key && (ident == FROZEN || ident == ANSWER) && !next_is_eq {
                 let t = syn::LitBool::new(true, ident.span());
                 out.extend(quote!(= #t));
             }
@@ -64,11 +75,42 @@ impl Args {
                         .map_err(|_| syn::Error::new(value.span(), "`frozen` takes no value: write `frozen`"));
                     a.frozen.set(key, flag)
                 }
+                ANSWER => {
+                    let parsed = match syn::parse2::<syn::LitBool>(value.clone()) {
+                        Ok(flag) if flag.value => Ok(AnswerArg::Flag),
+                        Ok(flag) => Err(syn::Error::new(
+                            flag.span(),
+                            "write `answer` alone on an answer type, or `answer = Reserved` on a command",
+                        )),
+                        Err(_) => syn::parse2::<syn::Type>(value.clone()).map(|t| AnswerArg::Type(Box::new(t))).map_err(|_| {
+                            syn::Error::new_spanned(
+                                &value,
+                                "expected the command's answer type, e.g. `answer = Reserved`, or `answer` alone on an answer type",
+                            )
+                        }),
+                    };
+                    a.answer.set(key, parsed)
+                }
                 // `args::parse` passes only the known keys: this is `crate`.
                 _ => a.krate.set(key, args::krate(value)),
             }
         });
         a
+    }
+
+    /// The `answer` flag's key, if the struct is an answer type.
+    fn answer_flag(&self) -> Option<&Ident> {
+        self.answer
+            .key()
+            .filter(|_| matches!(self.answer.get(), Some(AnswerArg::Flag)))
+    }
+
+    /// The command's answer type, `answer = Type`.
+    fn answer_type(&self) -> Option<&syn::Type> {
+        match self.answer.get() {
+            Some(AnswerArg::Type(t)) => Some(t),
+            _ => None,
+        }
     }
 
     /// The `frozen` flag's key, if the command is a frozen older version.
@@ -113,9 +155,22 @@ fn item(item: TokenStream, errors: &mut Errors) -> Option<ItemStruct> {
 struct CommandType {
     item: ItemStruct,
     version: LitStr,
-    /// The current version's subject and older versions; `None` for a frozen older version.
-    current: Option<(LitStr, Vec<Path>)>,
+    role: Role,
     krate: Path,
+}
+
+/// What the struct is.
+enum Role {
+    /// The current version of a command: its subject, older versions, and answer type.
+    Command {
+        subject: LitStr,
+        previous: Vec<Path>,
+        answer: Option<Box<syn::Type>>,
+    },
+    /// The current version of a command's answer, with its older versions.
+    Answer { previous: Vec<Path> },
+    /// A frozen older version (of a command or an answer).
+    Frozen,
 }
 
 /// Checks every rule, recording each broken one; the checked command type if none is.
@@ -127,7 +182,32 @@ fn validate(args: &Args, parsed: Option<ItemStruct>, errors: &mut Errors) -> Opt
          `#[command(subject = \"document.create\", version = \"1.0\")]`",
         errors,
     );
+    let answer_flag = args.answer_flag();
+    if let Some(flag) = answer_flag {
+        if let Some(s) = args.subject.key() {
+            errors.spanned(
+                s,
+                "an answer type has no `subject`: it travels in the reply to its command; remove `subject`, \
+                 and name this type in the command's `answer = ...`",
+            );
+        } else if args.frozen().is_some() {
+            errors.spanned(
+                flag,
+                "a frozen older version of an answer is declared like any frozen version: \
+                 `#[command(version = \"1.0\", frozen)]`; remove `answer`",
+            );
+        }
+    }
+    if let (Some(_), None, Some(key)) = (args.answer_type(), args.subject.get(), args.answer.key())
+        && !args.subject.given()
+    {
+        errors.spanned(
+            key,
+            "`answer = ...` names the answer of a command: it belongs on the current version, the one with a `subject`",
+        );
+    }
     match (args.subject.get(), args.frozen()) {
+        _ if answer_flag.is_some() => {}
         (Some(s), _) => {
             if let Err(e) = subject::check_concrete(s, subject::Concrete::Command) {
                 errors.push(e);
@@ -147,7 +227,8 @@ fn validate(args: &Args, parsed: Option<ItemStruct>, errors: &mut Errors) -> Opt
             "missing `subject`: a command names the domain and the command it asks for, e.g. \
              `#[command(subject = \"document.create\", version = \"1.0\")]` (it travels on \
              `commands.document.create`); a frozen older version of a command is declared \
-             `#[command(version = \"1.0\", frozen)]`",
+             `#[command(version = \"1.0\", frozen)]`, and a command's answer type \
+             `#[command(answer, version = \"1.0\")]`",
         )),
     }
     if let (Some(_), Some(_), Some(key)) = (args.frozen(), args.previous.get(), args.previous.key()) {
@@ -160,14 +241,19 @@ fn validate(args: &Args, parsed: Option<ItemStruct>, errors: &mut Errors) -> Opt
     let item = parsed?;
     versioning::check_payload_struct(&item, "commands", errors);
     versioning::check_previous(&item.ident, &previous, errors);
-    let current = match args.subject.get() {
-        Some(subject) if args.frozen().is_none() => Some((subject.clone(), previous)),
-        _ => None,
+    let role = match (args.subject.get(), answer_flag) {
+        (_, Some(_)) => Role::Answer { previous },
+        (Some(subject), None) if args.frozen().is_none() => Role::Command {
+            subject: subject.clone(),
+            previous,
+            answer: args.answer_type().cloned().map(Box::new),
+        },
+        _ => Role::Frozen,
     };
     (errors.count() == before).then_some(CommandType {
         item,
         version: version?,
-        current,
+        role,
         krate: args::facade(&args.krate),
     })
 }
@@ -178,25 +264,57 @@ fn expand_type(command: &CommandType) -> TokenStream {
     let CommandType {
         item,
         version,
-        current,
+        role,
         krate,
     } = command;
     let ident = &item.ident;
     let derives = versioning::serde_derives(krate);
     let payload_version = versioning::payload_version_impl(krate, ident, version);
-    let current = match current {
-        Some((subject, previous)) => {
+    let private = quote!(#krate::__private);
+    let current = match role {
+        Role::Command {
+            subject,
+            previous,
+            answer,
+        } => {
+            let versioned = versioning::versioned_impl(krate, ident, version, previous);
+            // On the answer type's tokens: a type that is not an answer is reported there.
+            let answer = answer.as_ref().map_or_else(|| quote!(()), ToTokens::to_token_stream);
+            quote! {
+                #versioned
+
+                #[automatically_derived]
+                impl #private::command::Command for #ident {
+                    const SUBJECT: &'static ::core::primitive::str = #subject;
+                    type Answer = #answer;
+                }
+            }
+        }
+        Role::Answer { previous } => {
             let versioned = versioning::versioned_impl(krate, ident, version, previous);
             quote! {
                 #versioned
 
                 #[automatically_derived]
-                impl #krate::__private::command::Command for #ident {
-                    const SUBJECT: &'static ::core::primitive::str = #subject;
+                impl #private::command::CommandAnswer for #ident {
+                    fn to_answer(
+                        &self,
+                    ) -> ::core::result::Result<
+                        ::core::option::Option<#private::serde_json::Value>,
+                        #private::event::EncodeError,
+                    > {
+                        #private::command::encode_answer(self)
+                    }
+
+                    fn from_answer(
+                        __answer: ::core::option::Option<&#private::serde_json::Value>,
+                    ) -> ::core::result::Result<Self, ::std::string::String> {
+                        #private::command::decode_answer(__answer)
+                    }
                 }
             }
         }
-        None => TokenStream::new(),
+        Role::Frozen => TokenStream::new(),
     };
     quote! {
         #derives
@@ -239,6 +357,8 @@ fn stubs(args: &Args, krate: &Path, tokens: &TokenStream) -> TokenStream {
     let version = args.version.get().filter(|v| versioning::check_version(v).is_ok());
     let role = if args.frozen().is_some() {
         versioning::StubRole::Frozen
+    } else if args.answer_flag().is_some() {
+        versioning::StubRole::Answer
     } else {
         versioning::StubRole::Command(args.subject.get())
     };

@@ -48,8 +48,14 @@ impl Dispatch for CommandInvoke {
         };
         msg.ran = true;
         match fut.await {
-            Ok(()) => match emitted.flush().await {
-                Ok(()) => Outcome::Succeeded,
+            Ok(answer) => match emitted.flush().await {
+                Ok(()) => {
+                    // The answer travels to the result cache and the reply as the reply's JSON
+                    // (`None`: a plain `accepted`).
+                    msg.reply =
+                        answer.map(|answer| Bytes::from(WireReply::Accepted { answer: Some(answer) }.to_json()));
+                    Outcome::Succeeded
+                }
                 Err(e) => super::invoke::handler_error(e.into()),
             },
             Err(CommandRejection::Rejected(reason)) => Outcome::Rejected { reason },
@@ -103,12 +109,15 @@ impl<D: Dispatch, K: KeyValue> Dispatch for ResultCache<D, K> {
         }
         let outcome = self.inner.dispatch(msg).await;
         let remembered = match &outcome {
-            Outcome::Succeeded => Some(WireReply::Accepted),
-            Outcome::Rejected { reason } => Some(WireReply::Rejected { reason: reason.clone() }),
+            Outcome::Succeeded => Some(
+                msg.reply
+                    .clone()
+                    .unwrap_or_else(|| Bytes::from(WireReply::Accepted { answer: None }.to_json())),
+            ),
+            Outcome::Rejected { reason } => Some(Bytes::from(WireReply::Rejected { reason: reason.clone() }.to_json())),
             _ => None,
         };
-        if let Some(reply) = remembered {
-            let value = Bytes::from(reply.to_json());
+        if let Some(value) = remembered {
             let mut attempt = 1;
             while let Err(e) = kv.put(&key, value.clone()).await {
                 if attempt >= REMEMBER_ATTEMPTS {
@@ -129,14 +138,13 @@ pub(crate) struct Reply;
 impl Settle<IncomingRequest> for Reply {
     async fn settle(&self, request: IncomingRequest, remembered: Option<Bytes>, outcome: Outcome) {
         let reply = match outcome {
-            Outcome::Succeeded => WireReply::Accepted,
-            Outcome::Duplicate => {
-                remembered
-                    .and_then(|v| serde_json::from_slice(&v).ok())
-                    .unwrap_or(WireReply::Failed {
-                        reason: "the remembered answer is unreadable".to_owned(),
-                    })
-            }
+            // With an answer, the handler left the reply's JSON.
+            Outcome::Succeeded if remembered.is_none() => WireReply::Accepted { answer: None },
+            Outcome::Succeeded | Outcome::Duplicate => remembered
+                .and_then(|v| serde_json::from_slice(&v).ok())
+                .unwrap_or(WireReply::Failed {
+                    reason: "the remembered answer is unreadable".to_owned(),
+                }),
             Outcome::Rejected { reason }
             | Outcome::DeadLetter {
                 kind: DeadLetterReason::Undecodable | DeadLetterReason::InvalidEnvelope,

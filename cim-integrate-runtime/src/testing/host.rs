@@ -44,7 +44,7 @@
 //! ```
 #![allow(clippy::missing_panics_doc)]
 
-use crate::command::{Command, CommandAck, CommandBus, CommandError, WireReply};
+use crate::command::{Command, CommandAck, CommandAnswer, CommandBus, CommandError, SendableCommand, WireReply};
 use crate::envelope::Envelope;
 use crate::event::{DecodeError, DomainEvent, EncodeError};
 use crate::headers::Headers;
@@ -196,12 +196,19 @@ impl TestHost {
     /// Sends `command` as the root of a new conversation and returns its answer, as
     /// [`CommandBus::send`] does. The host's own handlers answer it; what they publish is
     /// handled at the next [`settle`](Self::settle).
-    pub async fn send<C: Command>(&self, command: &C) -> Result<CommandAck, CommandError> {
+    pub async fn send<A: Send + 'static>(
+        &self,
+        command: &(dyn SendableCommand<Answer = A> + Sync + '_),
+    ) -> Result<CommandAck<A>, CommandError> {
         self.bus.send(command).await
     }
 
     /// Sends `command` with `identity` (e.g. `parent.child()`), returning its answer.
-    pub async fn send_with<C: Command>(&self, identity: Identity, command: &C) -> Result<CommandAck, CommandError> {
+    pub async fn send_with<A: Send + 'static>(
+        &self,
+        identity: Identity,
+        command: &(dyn SendableCommand<Answer = A> + Sync + '_),
+    ) -> Result<CommandAck<A>, CommandError> {
         self.bus.send_with(identity, command, self.bus.default_timeout()).await
     }
 
@@ -340,9 +347,15 @@ impl TestHost {
             .recorded_requests()
             .into_iter()
             .map(|r| SentCommand {
+                answer_json: r.reply.as_ref().ok().and_then(|payload| {
+                    match serde_json::from_slice::<WireReply>(payload) {
+                        Ok(WireReply::Accepted { answer }) => answer,
+                        _ => None,
+                    }
+                }),
                 answer: match r.reply {
                     Ok(payload) => match serde_json::from_slice::<WireReply>(&payload) {
-                        Ok(WireReply::Accepted) => Answer::Accepted,
+                        Ok(WireReply::Accepted { .. }) => Answer::Accepted,
                         Ok(WireReply::Rejected { reason }) => Answer::Rejected(reason),
                         Ok(WireReply::Failed { reason }) => Answer::Failed(reason),
                         Err(e) => Answer::Failed(format!("unreadable answer: {e}")),
@@ -759,9 +772,20 @@ pub struct SentCommand {
     pub envelope: Envelope,
     /// Its answer.
     pub answer: Answer,
+    /// The accepted answer's JSON, for a command with an answer type.
+    pub answer_json: Option<serde_json::Value>,
 }
 
 impl SentCommand {
+    /// The accepted answer read as `A` (a command's [`Command::Answer`]); `None` if it was not
+    /// accepted or does not read as `A`.
+    pub fn answer_as<A: CommandAnswer>(&self) -> Option<A> {
+        match self.answer {
+            Answer::Accepted => A::from_answer(self.answer_json.as_ref()).ok(),
+            _ => None,
+        }
+    }
+
     /// `true` if it is a `C` (by type, or by subject for an untyped one).
     pub fn is<C: Command>(&self) -> bool {
         match self.envelope.event_type() {

@@ -10,7 +10,7 @@
 //! order.checked_out ─▶ fulfil_order (saga)
 //!   1 accept_order    publishes order.accepted             ⟲ cancel_order: order.cancelled
 //!   2 reserve_stock   ReserveStock ──▶ inventory (answer)  ⟲ release_stock: ReleaseStock
-//!   3 charge_payment  ChargePayment ─▶ payment   (answer)  the pivot: declined -> compensate
+//!   3 charge_payment  ChargePayment ─▶ payment   (Receipt) the pivot: declined -> compensate
 //!   4 confirm_order   publishes order.confirmed
 //! order.confirmed ─▶ shipping (circuit breaker around a flaky carrier) ─▶ shipping.booked
 //! storefront waits (Waiter) for shipping.booked or order.cancelled
@@ -21,7 +21,7 @@
 //! | versioned event | `OrderPlaced` 2.0, with the frozen 1.0 of the old storefront upcast by `From` |
 //! | cascade | `order.placed` starts the checkout; `order.confirmed` makes shipping book a carrier, which publishes `shipping.booked` |
 //! | saga with compensation | `FulfilOrder`: a declined payment releases the stock, then cancels the order (reverse order) |
-//! | command with an answer | `ReserveStock` (rejected when out of stock), `ChargePayment` (rejected when declined), `ReleaseStock` |
+//! | command with an answer | `ChargePayment` answered with a typed `Receipt` (or rejected when declined), `ReserveStock` (rejected when out of stock), `ReleaseStock` |
 //! | process manager with a cancelling deadline | `Checkout`: an order not paid within 30 minutes is cancelled |
 //! | waiter | the storefront awaits the payment page, then the parcel or the cancellation |
 //! | circuit breaker | `Shipping::book`: `breaker_threshold`/`breaker_cool_down` around the flaky `Carrier` |
@@ -139,6 +139,8 @@ pub struct OrderConfirmed {
     pub customer: String,
     pub sku: String,
     pub quantity: u32,
+    /// The payment's receipt.
+    pub receipt: String,
 }
 
 #[domain_event(subject = "order.cancelled", version = "1.0")]
@@ -227,6 +229,8 @@ pub struct Fulfilment {
     pub quantity: u32,
     pub amount_cents: u64,
     pub card: String,
+    /// The payment's receipt, once charged.
+    pub receipt: Option<String>,
 }
 
 impl From<OrderCheckedOut> for Fulfilment {
@@ -238,6 +242,7 @@ impl From<OrderCheckedOut> for Fulfilment {
             quantity: e.quantity,
             amount_cents: e.amount_cents,
             card: e.card,
+            receipt: None,
         }
     }
 }
@@ -252,12 +257,13 @@ impl FulfilOrder {
     /// Sends `command` as caused by the order that started the saga, with a message id derived
     /// from the step's idempotency key: a step re-run after a crash re-sends the same id, and the
     /// handler's service answers it from its result cache instead of reserving (or charging)
-    /// twice. A rejection is final (compensate); no answer is transient (the step is retried).
-    async fn send<C: Command>(&self, ctx: &StepContext<Fulfilment>, command: &C) -> Result<(), HandlerError> {
+    /// twice (a re-sent charge gets the first charge's receipt). Returns the command's answer;
+    /// a rejection is final (compensate); no answer is transient (the step is retried).
+    async fn send<C: Command>(&self, ctx: &StepContext<Fulfilment>, command: &C) -> Result<C::Answer, HandlerError> {
         let scope = format!("{}/command", ctx.idempotency_key());
         let identity = ctx.identity().stable_child(&scope, 0);
         match self.bus.send_with(identity, command, COMMAND_TIMEOUT).await? {
-            CommandAck::Accepted => Ok(()),
+            CommandAck::Accepted(answer) => Ok(answer),
             CommandAck::Rejected { reason } => Err(HandlerError::permanent(reason)),
         }
     }
@@ -293,7 +299,10 @@ impl FulfilOrder {
             card: d.card.clone(),
             amount_cents: d.amount_cents,
         };
-        self.send(ctx, &charge).await
+        let receipt = self.send(ctx, &charge).await?;
+        // Kept with the step's completion: the next step reads it.
+        ctx.data_mut().receipt = Some(receipt.receipt);
+        Ok(())
     }
 
     #[step(no_compensation = "publishes the confirmation after the pivot")]
@@ -304,6 +313,7 @@ impl FulfilOrder {
             customer: d.customer.clone(),
             sku: d.sku.clone(),
             quantity: d.quantity,
+            receipt: d.receipt.clone().unwrap_or_default(),
         };
         ctx.context().publish(&confirmed).await?;
         Ok(())
@@ -447,12 +457,20 @@ impl Inventory {
 
 // ---- payment ------------------------------------------------------------------------------------
 
-#[command(subject = "payment.charge", version = "1.0")]
+/// Answered with a [`Receipt`] when the card is charged.
+#[command(subject = "payment.charge", version = "1.0", answer = Receipt)]
 #[derive(Debug, Clone)]
 pub struct ChargePayment {
     pub order_id: OrderId,
     pub card: String,
     pub amount_cents: u64,
+}
+
+/// The answer to an accepted `ChargePayment`.
+#[command(answer, version = "1.0")]
+#[derive(Debug, Clone, PartialEq)]
+pub struct Receipt {
+    pub receipt: String,
 }
 
 #[domain_event(subject = "payment.charged", version = "1.0")]
@@ -474,7 +492,7 @@ pub struct Payments;
 
 #[command(name = "payment")]
 impl Payments {
-    async fn charge(&self, ctx: &Context, c: ChargePayment) -> CommandResult {
+    async fn charge(&self, ctx: &Context, c: ChargePayment) -> CommandResult<Receipt> {
         if c.card == DECLINED_CARD {
             let reason = "card declined".to_owned();
             ctx.publish(&PaymentDeclined {
@@ -490,7 +508,10 @@ impl Payments {
             amount_cents: c.amount_cents,
         })
         .await?;
-        Ok(())
+        // Named after the command's message id: one receipt per charge.
+        Ok(Receipt {
+            receipt: format!("R-{}", short(ctx.message_id())),
+        })
     }
 }
 
@@ -823,8 +844,12 @@ mod tests {
         // The commands the saga sent, answered in order.
         let commands = host.commands();
         commands.expect_answered::<ReserveStock>(&Answer::Accepted);
-        commands.expect_answered::<ChargePayment>(&Answer::Accepted);
+        let (charged, _) = commands.expect_answered::<ChargePayment>(&Answer::Accepted);
         commands.expect_none::<ReleaseStock>();
+        // The charge's typed answer, carried by the saga into the confirmation.
+        let receipt = charged.answer_as::<Receipt>().expect("a receipt");
+        assert!(receipt.receipt.starts_with("R-"), "{receipt:?}");
+        assert_eq!(host.events().expect::<OrderConfirmed>().receipt, receipt.receipt);
         let id = order_id.to_string();
         host.saga(&shop.fulfilment, &id).await.then_completed().then_steps(&[
             ("accept_order", StepState::Completed),

@@ -22,6 +22,7 @@
 #[path = "support/mod.rs"]
 mod support;
 
+use cim_integrate::handler::Registration;
 use cim_integrate::prelude::*;
 use cim_integrate::saga::{SagaRunner, SagaStatus, StepContext};
 use std::time::Duration;
@@ -175,19 +176,10 @@ impl DocumentPublishing {
     }
 }
 
-/// Runs one publication; returns the saga's final status and data, and the trail of events.
-async fn run<T: Transport>(t: T, fail_at: Option<&str>) -> Result<(SagaStatus, Publishing, Vec<support::Seen>), Error> {
-    let audit = Audit::new(&["document", "search", "notification", "saga"]);
-    let runner = SagaRunner::builder(
-        t.clone(),
-        DocumentPublishing {
-            fail_at: fail_at.map(str::to_owned),
-        },
-    )
-    .build()
-    .await?;
-    runner.resume().await?; // drive to an end whatever an earlier, crashed run left
-    let start = runner.start_on(
+/// The handler that starts a saga for every `document.publish_requested`; the saga's id is the
+/// document's, its correlation id the request's.
+fn start_publishing<T: Transport>(runner: &SagaRunner<DocumentPublishing, T>) -> Registration {
+    runner.start_on(
         "start_publishing",
         subject_pattern!("document.publish_requested"),
         "PublishRequested",
@@ -200,7 +192,22 @@ async fn run<T: Transport>(t: T, fail_at: Option<&str>) -> Result<(SagaStatus, P
             };
             Ok((e.document_id.to_string(), data))
         },
-    );
+    )
+}
+
+/// Runs one publication; returns the saga's final status and data, and the trail of events.
+async fn run<T: Transport>(t: T, fail_at: Option<&str>) -> Result<(SagaStatus, Publishing, Vec<support::Seen>), Error> {
+    let audit = Audit::new(&["document", "search", "notification", "saga"]);
+    let runner = SagaRunner::builder(
+        t.clone(),
+        DocumentPublishing {
+            fail_at: fail_at.map(str::to_owned),
+        },
+    )
+    .build()
+    .await?;
+    runner.resume().await?; // drive to an end whatever an earlier, crashed run left
+    let start = start_publishing(&runner);
     let service = Service::builder(t.clone(), "publishing")
         .handler("publishing", start)
         .register(audit.clone())
@@ -303,40 +310,61 @@ mod tests {
         assert!(trail.iter().any(|t| t.subject == "saga.document_publishing.completed"));
     }
 
-    /// Failing at each step undoes exactly the completed steps, in reverse.
-    #[tokio::test]
-    async fn failure_at_each_step_compensates_what_completed() {
+    /// Failing at each step undoes exactly the completed steps, in reverse order. In a
+    /// `TestHost`: no polling of the saga's status, no sleeping for the trail to arrive.
+    #[tokio::test(start_paused = true)]
+    async fn failure_at_each_step_compensates_what_completed_in_reverse() {
+        use cim_integrate::testing::TestHost;
+        const UNDONE: [&str; 3] = [
+            "document.unpublished",
+            "search.document_removed",
+            "notification.retracted",
+        ];
+        let started = std::time::Instant::now();
         for (fail_at, undone) in [
             ("validate", vec![]),
             ("publish", vec![]),
             ("index", vec!["document.unpublished"]),
             ("notify", vec!["search.document_removed", "document.unpublished"]),
         ] {
-            let (status, data, trail) = run(MemoryTransport::new(), Some(fail_at)).await.expect("run");
-            assert_eq!(status, SagaStatus::Compensated, "{fail_at}");
-            assert!(
-                !data.published && !data.indexed && !data.notified,
-                "{fail_at}: {data:?}"
-            );
-            let s = subjects(&trail);
-            let compensations: Vec<&str> = s
+            let builder = TestHost::service("publishing");
+            let saga = DocumentPublishing {
+                fail_at: Some(fail_at.to_owned()),
+            };
+            let runner = SagaRunner::builder(builder.transport().clone(), saga)
+                .build()
+                .await
+                .unwrap();
+            let builder = builder
+                .handler("publishing", start_publishing(&runner))
+                .saga(runner.clone());
+            let host = TestHost::start(builder).await.unwrap();
+            let document_id = DocumentId::new();
+            let request = PublishRequested {
+                document_id,
+                title: "Annual report".into(),
+            };
+            let requested = host.publish(&request).await.unwrap();
+            host.settle().await;
+
+            host.saga(&runner, &document_id.to_string())
+                .await
+                .then_compensated(fail_at)
+                .then_data(|d| {
+                    assert!(!d.published && !d.indexed && !d.notified, "{fail_at}: {d:?}");
+                });
+            let events = host.events().correlated(requested.correlation_id());
+            let compensations: Vec<&str> = events
+                .all()
                 .iter()
-                .map(String::as_str)
-                .filter(|x| {
-                    [
-                        "document.unpublished",
-                        "search.document_removed",
-                        "notification.retracted",
-                    ]
-                    .contains(x)
-                })
+                .map(|p| p.envelope.subject().as_str())
+                .filter(|s| UNDONE.contains(s))
                 .collect();
-            let mut want = undone.clone();
-            let mut got = compensations.clone();
-            want.sort_unstable();
-            got.sort_unstable();
-            assert_eq!(got, want, "{fail_at}: compensations {compensations:?}");
+            assert_eq!(compensations, undone, "{fail_at}: {events}");
+            host.shutdown().await;
         }
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(1), "took {took:?}");
     }
 
     #[tokio::test]

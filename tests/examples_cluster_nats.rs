@@ -49,6 +49,7 @@ const EXAMPLES: &[&str] = &[
     "location_search",
     "monitoring",
     "onboarding",
+    "order_fulfilment",
 ];
 
 /// How long one run of an example may take.

@@ -104,6 +104,14 @@ pub trait Versioned: PayloadVersion {
     /// first.
     fn decode_version(version: &str, payload: &[u8]) -> Result<Option<Self>, DecodeError>;
 
+    /// Calls `visitor` once per version type, oldest first, ending with `Self`: the frozen
+    /// structs of the history and the current one. `#[domain_event]` and `#[command]` list every
+    /// version of `previous`; the default visits `Self` only (a hand-written impl may override
+    /// it). The wire snapshots of `testing::snapshot` describe each version through it.
+    fn visit_versions<Vis: VersionVisitor>(visitor: &mut Vis) {
+        visitor.visit::<Self>();
+    }
+
     /// Encodes the value as `{"version":"<VERSION>", ...fields}`.
     fn encode(&self) -> Result<Bytes, EncodeError> {
         encode_tagged(Self::TYPE_NAME, Self::VERSION, self)
@@ -129,6 +137,13 @@ pub trait Versioned: PayloadVersion {
             }),
         }
     }
+}
+
+/// Something done with each version type of a [`Versioned`] history, through
+/// [`Versioned::visit_versions`]: the types themselves, not values, so a generic method.
+pub trait VersionVisitor {
+    /// Called with one version type `V` (its tag is `V::VERSION`).
+    fn visit<V: PayloadVersion>(&mut self);
 }
 
 /// An event published on a concrete subject: the current version of a `#[domain_event]` type.

@@ -80,7 +80,8 @@ pub mod __private {
     /// `#[domain_event]` and `#[command]` (versioned payloads).
     pub mod event {
         pub use cim_integrate_runtime::event::{
-            DecodeError, DomainEvent, PayloadVersion, Versioned, compare_versions, decode_oldest, decode_step,
+            DecodeError, DomainEvent, PayloadVersion, VersionVisitor, Versioned, compare_versions, decode_oldest,
+            decode_step,
         };
     }
     /// `#[subscribe]` and `#[handlers]`.

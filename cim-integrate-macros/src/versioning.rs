@@ -358,7 +358,8 @@ pub(crate) fn payload_version_impl(krate: &Path, ident: &Ident, version: &LitStr
 }
 
 /// `impl Versioned for #ident`: the version list, the decode chain over `previous` (oldest
-/// first) and the current version, and one `const` check per step that versions go up.
+/// first) and the current version, `visit_versions` over the same chain, and one `const` check
+/// per step that versions go up.
 ///
 /// Each step's code is spanned on its entry in `previous`, so a missing `From` impl or an
 /// out-of-order version is reported there.
@@ -388,6 +389,10 @@ pub(crate) fn versioned_impl(krate: &Path, ident: &Ident, version: &LitStr, prev
                 __decoded, #newer_version, Self::TYPE_NAME, __version, __payload,
             )?;
         }
+    });
+    let visits = (0..chain.len()).map(|i| {
+        let ty = &chain[i];
+        quote_spanned!(spans[i]=> __visitor.visit::<#ty>();)
     });
     let names: Vec<String> = previous.iter().map(path_string).chain([type_name.clone()]).collect();
     let order_checks = (1..chain.len()).map(|i| {
@@ -423,6 +428,10 @@ pub(crate) fn versioned_impl(krate: &Path, ident: &Ident, version: &LitStr, prev
                 )?;
                 #(#steps)*
                 ::core::result::Result::Ok(__decoded)
+            }
+
+            fn visit_versions<__V: #event::VersionVisitor>(__visitor: &mut __V) {
+                #(#visits)*
             }
         }
 

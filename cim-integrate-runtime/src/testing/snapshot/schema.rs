@@ -158,6 +158,7 @@ pub fn schema_of<V: DeserializeOwned>(
         if let Some(Value::Array(more)) = root.remove("required") {
             names.extend(more);
         }
+        names.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
         out.insert("required".into(), Value::Array(names));
         schema = Value::Object(out);
     } else {
@@ -383,7 +384,7 @@ impl Tracer<'_> {
                 for field in fields {
                     properties.insert((*field).to_owned(), self.render(&child(path, field), required));
                 }
-                let needed = required.get(path).cloned().unwrap_or_default();
+                let needed = sorted_names(required.get(path));
                 json!({ "type": "object", "properties": properties, "required": needed })
             }
             Node::Enum { variants } => {
@@ -421,12 +422,19 @@ impl Tracer<'_> {
                     for field in fields {
                         properties.insert((*field).to_owned(), self.render(&child(path, field), required));
                     }
-                    let needed = required.get(path).cloned().unwrap_or_default();
+                    let needed = sorted_names(required.get(path));
                     json!({ "type": "object", "properties": properties, "required": needed })
                 }
             },
         }
     }
+}
+
+/// The required fields, sorted: the order of fields in the struct is not part of the wire.
+fn sorted_names(names: Option<&Vec<&'static str>>) -> Vec<&'static str> {
+    let mut names = names.cloned().unwrap_or_default();
+    names.sort_unstable();
+    names
 }
 
 /// `inner` or null.
@@ -1021,7 +1029,7 @@ mod tests {
                             "w": { "type": "integer", "format": "uint32", "minimum": 0 },
                             "h": { "type": "integer", "format": "uint32", "minimum": 0 },
                         },
-                        "required": ["w", "h"],
+                        "required": ["h", "w"],
                       } },
                       "required": ["Rect"], "additionalProperties": false },
                 ] },
@@ -1030,7 +1038,7 @@ mod tests {
                 ], "minItems": 2, "maxItems": 2 },
                 "extra": {},
             },
-            "required": ["version", "id", "at", "inner", "tags", "counts", "shape", "pair", "extra"],
+            "required": ["at", "counts", "extra", "id", "inner", "pair", "shape", "tags", "version"],
         });
         assert_eq!(schema, expected, "{}", serde_json::to_string_pretty(&schema).unwrap());
     }

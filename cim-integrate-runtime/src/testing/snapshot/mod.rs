@@ -520,12 +520,17 @@ impl fmt::Display for SnapshotMismatch {
         if changed {
             write!(
                 f,
-                "\nIf the change is intended, accept it with `{MODE_ENV}=update cargo test`, review the files and commit them"
+                "\nIf the change is intended and no payload of the changed version was ever published, accept it with \
+                 `{MODE_ENV}=update cargo test`, review the files and commit them"
             )?;
             if self.mode == SnapshotMode::Check {
-                write!(f, " (this run only checks: `CI` or `{MODE_ENV}=no` is set)")?;
+                write!(f, " (this run only checks: `CI` or `{MODE_ENV}=no` is set, or the test chose `SnapshotMode::Check`)")?;
             }
-            writeln!(f, ".")?;
+            writeln!(
+                f,
+                ". If payloads of it exist, keep the version as it was and declare a new one (docs/domain_event.md, \
+                 \"Evolving an event\")."
+            )?;
         }
         if frozen {
             writeln!(

@@ -79,6 +79,7 @@ pub fn schema_of<V: DeserializeOwned>(
         nodes: BTreeMap::new(),
         passes: 0,
         retried: BTreeSet::new(),
+        aliases: BTreeSet::new(),
     };
     let fail = |path: String, reason: String| SchemaError {
         type_name: type_name.to_owned(),
@@ -122,7 +123,12 @@ pub fn schema_of<V: DeserializeOwned>(
         .filter_map(|(path, found)| match &found.node {
             Node::Struct { fields } => {
                 let path = path.strip_suffix("/#fields").unwrap_or(path);
-                Some((path.to_owned(), fields.clone(), found.plan.clone()))
+                let fields = fields
+                    .iter()
+                    .copied()
+                    .filter(|f| !tracer.aliases.contains(&(path.to_owned(), *f)))
+                    .collect();
+                Some((path.to_owned(), fields, found.plan.clone()))
             }
             _ => None,
         })
@@ -226,6 +232,9 @@ struct Tracer<'e> {
     passes: usize,
     /// Paths whose candidates were all tried after a late rejection (once each).
     retried: BTreeSet<String>,
+    /// `#[serde(alias)]` names of struct fields (by struct path): left out of the input, and of
+    /// the schema, which lists the name the field is written with.
+    aliases: BTreeSet<(String, &'static str)>,
 }
 
 /// A failed pass: where, why, and whether it is final.
@@ -255,6 +264,8 @@ impl Tracer<'_> {
                 errored_at: None,
                 ancestors: Vec::new(),
                 repeated: 0,
+                last_key: None,
+                alias_found: false,
             };
             let result = V::deserialize(Tracing {
                 tracer: self,
@@ -264,6 +275,7 @@ impl Tracer<'_> {
             });
             match result {
                 Ok(_) => return Ok(()),
+                Err(_) if state.alias_found => continue,
                 Err(e) => {
                     if let Some(path) = state.rejected.take() {
                         let next = self.strings.get(&path).map_or(0, |i| i + 1);
@@ -381,7 +393,7 @@ impl Tracer<'_> {
             }
             Node::Struct { fields } => {
                 let mut properties = Map::new();
-                for field in fields {
+                for field in fields.iter().filter(|f| !self.aliases.contains(&(path.to_owned(), **f))) {
                     properties.insert((*field).to_owned(), self.render(&child(path, field), required));
                 }
                 let needed = sorted_names(required.get(path));
@@ -419,7 +431,7 @@ impl Tracer<'_> {
                 }
                 VariantKind::Struct(fields) => {
                     let mut properties = Map::new();
-                    for field in fields {
+                    for field in fields.iter().filter(|f| !self.aliases.contains(&(path.to_owned(), **f))) {
                         properties.insert((*field).to_owned(), self.render(&child(path, field), required));
                     }
                     let needed = sorted_names(required.get(path));
@@ -491,6 +503,10 @@ struct PassState<'p> {
     /// The deepest path where an error was first seen.
     errored_at: Option<String>,
     repeated: usize,
+    /// The last struct field name given, and the struct's path.
+    last_key: Option<(String, &'static str)>,
+    /// A field given twice under two of its names was found (an alias): run again without it.
+    alias_found: bool,
 }
 
 /// The tracing deserializer, at one path.
@@ -751,6 +767,7 @@ impl<'de> de::Deserializer<'de> for Tracing<'_, '_, '_, '_> {
     ) -> Result<V::Value, TraceError> {
         self.record(Node::Struct { fields: fields.to_vec() });
         let entries = self.struct_entries(fields);
+        let given = given(&entries);
         let base = self.path.clone();
         let repeat = self.enter(name);
         let result = visitor.visit_map(Entries {
@@ -759,6 +776,7 @@ impl<'de> de::Deserializer<'de> for Tracing<'_, '_, '_, '_> {
             next: 0,
         });
         self.leave(repeat);
+        let result = self.aliased(&given, result);
         self.seen(result)
     }
 
@@ -805,10 +823,52 @@ impl Tracing<'_, '_, '_, '_> {
         };
         fields
             .iter()
-            .filter(|f| Some(**f) != omit)
+            .filter(|f| Some(**f) != omit && !self.tracer.aliases.contains(&(self.path.clone(), **f)))
             .map(|f| Entry::Field(f))
             .collect()
     }
+
+    /// After a struct's fields were given: serde's ``duplicate field `x` `` means two of the
+    /// names given are one field's (its name and an alias; serde lists them alphabetically).
+    /// The alias is the last name given, unless that is `x` itself: then it is the one before.
+    fn aliased<T>(&mut self, given: &[&'static str], result: Result<T, TraceError>) -> Result<T, TraceError> {
+        let Err(e) = &result else { return result };
+        let Some(field) = e.0.strip_prefix("duplicate field `").and_then(|r| r.split('`').next()) else {
+            return result;
+        };
+        let Some((path, last)) = self.state.last_key.clone() else {
+            return result;
+        };
+        if path != self.path {
+            return result;
+        }
+        let alias = if last == field {
+            given
+                .iter()
+                .position(|g| *g == last)
+                .and_then(|i| i.checked_sub(1))
+                .and_then(|i| given.get(i).copied())
+        } else {
+            Some(last)
+        };
+        if let Some(alias) = alias
+            && self.tracer.aliases.insert((self.path.clone(), alias))
+        {
+            self.state.alias_found = true;
+        }
+        result
+    }
+}
+
+/// The field names a struct is given, in order.
+fn given(entries: &[Entry]) -> Vec<&'static str> {
+    entries
+        .iter()
+        .filter_map(|e| match e {
+            Entry::Field(name) => Some(*name),
+            Entry::Traced => None,
+        })
+        .collect()
 }
 
 /// A list's items or a tuple's elements.
@@ -862,6 +922,7 @@ impl<'de> de::MapAccess<'de> for Entries<'_, '_, '_, '_> {
         };
         match entry {
             Entry::Field(name) => {
+                self.de.state.last_key = Some((self.de.path.clone(), name));
                 let key: de::value::StrDeserializer<'_, TraceError> = name.into_deserializer();
                 seed.deserialize(key).map(Some)
             }
@@ -945,11 +1006,13 @@ impl<'de> de::VariantAccess<'de> for Variant<'_, '_, '_, '_> {
         // Leaving out a field of a struct variant is probed like a struct's.
         self.de.record_struct_fields(fields);
         let entries = self.de.struct_entries(fields);
+        let given = given(&entries);
         let base = self.de.path.clone();
         let depth = self.de.depth;
         let mut de = self.de.at(base);
         de.depth = depth;
-        visitor.visit_map(Entries { de, entries, next: 0 })
+        let result = visitor.visit_map(Entries { de, entries, next: 0 });
+        self.de.aliased(&given, result)
     }
 }
 
@@ -1041,6 +1104,22 @@ mod tests {
             "required": ["at", "counts", "extra", "id", "inner", "pair", "shape", "tags", "version"],
         });
         assert_eq!(schema, expected, "{}", serde_json::to_string_pretty(&schema).unwrap());
+    }
+
+    #[test]
+    fn aliases_are_left_out() {
+        #[derive(serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Renamed {
+            #[serde(alias = "a_name")]
+            name: String,
+            #[serde(alias = "zz_count")]
+            count: u8,
+        }
+        let schema = schema_of::<Renamed>("Renamed", "1.0", None).unwrap();
+        let properties: Vec<&String> = schema["properties"].as_object().unwrap().keys().collect();
+        assert_eq!(properties, ["count", "name", "version"], "{schema}");
+        assert_eq!(schema["required"], json!(["count", "name", "version"]));
     }
 
     #[test]

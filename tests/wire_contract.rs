@@ -150,7 +150,10 @@ fn the_wire_snapshot_catches_a_renamed_field() {
         .find(|p| p.file.ends_with("order_placed/1.0.schema.json"))
         .unwrap_or_else(|| panic!("no schema problem in:\n{message}"));
     assert_eq!(schema.kind, ProblemKind::Changed);
-    assert_eq!((schema.subject.as_str(), schema.version.as_str()), ("event `OrderPlaced`", "1.0"));
+    assert_eq!(
+        (schema.subject.as_str(), schema.version.as_str()),
+        ("event `OrderPlaced`", "1.0")
+    );
     assert!(
         schema
             .detail
@@ -256,7 +259,10 @@ fn the_committed_order_shipped_history_decodes() {
     let report = WireContract::new()
         .event(&shipped::example())
         .assert_matches_dir(dir("contracts"));
-    assert!(report.goldens_decoded[0].ends_with("order_shipped/1.0.json"), "{report:?}");
+    assert!(
+        report.goldens_decoded[0].ends_with("order_shipped/1.0.json"),
+        "{report:?}"
+    );
 }
 
 #[test]
@@ -279,7 +285,8 @@ fn the_golden_check_catches_a_removed_upcast() {
     assert_eq!(p.version, "1.0");
     assert!(p.detail.contains(r#"unknown version "1.0""#), "{message}");
     assert!(
-        p.detail.contains("version 1.0 is no longer in `OrderShipped`'s history"),
+        p.detail
+            .contains("version 1.0 is no longer in `OrderShipped`'s history"),
         "{message}"
     );
 }
@@ -369,17 +376,17 @@ fn missing_snapshots_fail_in_check_mode_and_are_written_locally() {
             note: None,
         })
     };
-    let mismatch = contract()
-        .mode(SnapshotMode::Check)
-        .check_dir(&scratch)
-        .unwrap_err();
+    let mismatch = contract().mode(SnapshotMode::Check).check_dir(&scratch).unwrap_err();
     let kinds: Vec<ProblemKind> = mismatch.problems.iter().map(|p| p.kind).collect();
     assert_eq!(kinds, [ProblemKind::Missing, ProblemKind::Missing], "{mismatch}");
     let report = contract().mode(SnapshotMode::Local).check_dir(&scratch).unwrap();
     assert_eq!(report.written.len(), 2, "{report:?}");
     // The golden payload is the wire bytes, the version tag first.
     let golden = std::fs::read_to_string(scratch.join("order_placed/1.0.json")).unwrap();
-    assert_eq!(golden, "{\"version\":\"1.0\",\"order_id\":\"o-1\",\"quantity\":2,\"note\":null}\n");
+    assert_eq!(
+        golden,
+        "{\"version\":\"1.0\",\"order_id\":\"o-1\",\"quantity\":2,\"note\":null}\n"
+    );
     let again = contract().mode(SnapshotMode::Check).check_dir(&scratch).unwrap();
     assert_eq!((again.matched.len(), again.written.len()), (2, 0));
     let _ = std::fs::remove_dir_all(scratch);
@@ -414,7 +421,10 @@ fn the_topology_matches_its_committed_snapshot() {
     changed.add_subscription("billing", "invoice", "order.shipped", Some("OrderShipped"));
     let mismatch = check_topology(&changed, dir("contracts"), "topology", SnapshotMode::Check).unwrap_err();
     let message = mismatch.to_string();
-    assert!(message.contains(r#"+    m_order_shipped -->|"invoice"| p_billing"#), "{message}");
+    assert!(
+        message.contains(r#"+    m_order_shipped -->|"invoice"| p_billing"#),
+        "{message}"
+    );
 }
 
 fn scratch_dir(name: &str) -> std::path::PathBuf {

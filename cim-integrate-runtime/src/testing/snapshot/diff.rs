@@ -86,7 +86,11 @@ fn schema_walk(old: &Value, new: &Value, fields: &[String], keywords: &str, out:
         }
         let keyword = join(keywords, key);
         match new_map.get(key) {
-            None => out.push(format!("{}: removed (was {})", place(fields, &keyword), compact(old_value))),
+            None => out.push(format!(
+                "{}: removed (was {})",
+                place(fields, &keyword),
+                compact(old_value)
+            )),
             Some(new_value) => schema_walk(old_value, new_value, fields, &keyword, out),
         }
     }
@@ -115,7 +119,11 @@ fn summary(schema: &Value, required: bool) -> String {
 }
 
 fn join(path: &str, key: &str) -> String {
-    if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") }
+    if path.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{path}.{key}")
+    }
 }
 
 fn leaf(old: &Value, new: &Value, place: &str, out: &mut Vec<String>) {

@@ -76,7 +76,10 @@ impl SnapshotMode {
                 }
             }
             Some(other) => {
-                tracing::warn!(value = other, "{MODE_ENV} is not one of `update`, `force`, `no`: checking only");
+                tracing::warn!(
+                    value = other,
+                    "{MODE_ENV} is not one of `update`, `force`, `no`: checking only"
+                );
                 Self::Check
             }
         }
@@ -187,7 +190,10 @@ impl WireContract {
 
     fn add<T: Versioned>(mut self, kind: Kind, subject: &'static str, example: &T) -> Self {
         let golden = example.encode().map(|b| b.to_vec()).map_err(|e| e.to_string());
-        let example_json = golden.as_ref().ok().and_then(|b| serde_json::from_slice::<Value>(b).ok());
+        let example_json = golden
+            .as_ref()
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(b).ok());
         let mut visitor = Schemas {
             type_name: T::TYPE_NAME,
             kind,
@@ -325,7 +331,10 @@ impl WireContract {
                         &label(&version),
                         &file,
                         ProblemKind::GoldenNotDecodable,
-                        format!("no longer decodes and upcasts to the current version {}: {e}{hint}", c.current),
+                        format!(
+                            "no longer decodes and upcasts to the current version {}: {e}{hint}",
+                            c.current
+                        ),
                     );
                 }
             }
@@ -524,7 +533,10 @@ impl fmt::Display for SnapshotMismatch {
                  `{MODE_ENV}=update cargo test`, review the files and commit them"
             )?;
             if self.mode == SnapshotMode::Check {
-                write!(f, " (this run only checks: `CI` or `{MODE_ENV}=no` is set, or the test chose `SnapshotMode::Check`)")?;
+                write!(
+                    f,
+                    " (this run only checks: `CI` or `{MODE_ENV}=no` is set, or the test chose `SnapshotMode::Check`)"
+                )?;
             }
             writeln!(
                 f,
@@ -682,7 +694,11 @@ impl Run {
             changes.join("\n"),
             diff::text(&pretty(&expected), &text)
         );
-        let kind = if frozen { ProblemKind::FrozenChanged } else { ProblemKind::Changed };
+        let kind = if frozen {
+            ProblemKind::FrozenChanged
+        } else {
+            ProblemKind::Changed
+        };
         self.problem(label, file, kind, detail);
     }
 
@@ -783,6 +799,9 @@ mod tests {
 
     #[test]
     fn pretty_sorts_keys() {
-        assert_eq!(pretty(&json!({"b": 1, "a": {"d": 2, "c": 3}})), "{\n  \"a\": {\n    \"c\": 3,\n    \"d\": 2\n  },\n  \"b\": 1\n}\n");
+        assert_eq!(
+            pretty(&json!({"b": 1, "a": {"d": 2, "c": 3}})),
+            "{\n  \"a\": {\n    \"c\": 3,\n    \"d\": 2\n  },\n  \"b\": 1\n}\n"
+        );
     }
 }

@@ -58,7 +58,11 @@ pub struct SchemaError {
 }
 
 fn at(path: &str) -> String {
-    if path.is_empty() { String::new() } else { format!(" at `{path}`") }
+    if path.is_empty() {
+        String::new()
+    } else {
+        format!(" at `{path}`")
+    }
 }
 
 /// The JSON Schema (draft 2020-12) of the payload of version `V`: an object with the `version`
@@ -195,8 +199,13 @@ struct Found {
 #[derive(Debug, Clone, PartialEq)]
 enum Node {
     Bool,
-    Integer { format: &'static str, unsigned: bool },
-    Number { format: &'static str },
+    Integer {
+        format: &'static str,
+        unsigned: bool,
+    },
+    Number {
+        format: &'static str,
+    },
     Str,
     Char,
     Bytes,
@@ -210,8 +219,12 @@ enum Node {
     Map,
     /// Elements at `{path}/{i}`.
     Tuple(usize),
-    Struct { fields: Vec<&'static str> },
-    Enum { variants: Vec<&'static str> },
+    Struct {
+        fields: Vec<&'static str>,
+    },
+    Enum {
+        variants: Vec<&'static str>,
+    },
     /// A variant's content at `{path}` (under its enum's path and `/<Variant>`).
     Variant(VariantKind),
 }
@@ -348,7 +361,13 @@ impl Tracer<'_> {
                 found.node = node;
             }
         } else {
-            self.nodes.insert(path.to_owned(), Found { node, plan: plan.clone() });
+            self.nodes.insert(
+                path.to_owned(),
+                Found {
+                    node,
+                    plan: plan.clone(),
+                },
+            );
         }
     }
 
@@ -393,7 +412,10 @@ impl Tracer<'_> {
             }
             Node::Struct { fields } => {
                 let mut properties = Map::new();
-                for field in fields.iter().filter(|f| !self.aliases.contains(&(path.to_owned(), **f))) {
+                for field in fields
+                    .iter()
+                    .filter(|f| !self.aliases.contains(&(path.to_owned(), **f)))
+                {
                     properties.insert((*field).to_owned(), self.render(&child(path, field), required));
                 }
                 let needed = sorted_names(required.get(path));
@@ -425,13 +447,15 @@ impl Tracer<'_> {
                 VariantKind::Unit => json!({ "type": "null" }),
                 VariantKind::Newtype => self.render(&format!("{path}/="), required),
                 VariantKind::Tuple(n) => {
-                    let items: Vec<Value> =
-                        (0..*n).map(|i| self.render(&format!("{path}/{i}"), required)).collect();
+                    let items: Vec<Value> = (0..*n).map(|i| self.render(&format!("{path}/{i}"), required)).collect();
                     json!({ "type": "array", "prefixItems": items, "minItems": n, "maxItems": n })
                 }
                 VariantKind::Struct(fields) => {
                     let mut properties = Map::new();
-                    for field in fields.iter().filter(|f| !self.aliases.contains(&(path.to_owned(), **f))) {
+                    for field in fields
+                        .iter()
+                        .filter(|f| !self.aliases.contains(&(path.to_owned(), **f)))
+                    {
                         properties.insert((*field).to_owned(), self.render(&child(path, field), required));
                     }
                     let needed = sorted_names(required.get(path));
@@ -694,11 +718,7 @@ impl<'de> de::Deserializer<'de> for Tracing<'_, '_, '_, '_> {
         self.seen(result)
     }
 
-    fn deserialize_unit_struct<V: Visitor<'de>>(
-        self,
-        _name: &'static str,
-        visitor: V,
-    ) -> Result<V::Value, TraceError> {
+    fn deserialize_unit_struct<V: Visitor<'de>>(self, _name: &'static str, visitor: V) -> Result<V::Value, TraceError> {
         self.deserialize_unit(visitor)
     }
 
@@ -749,7 +769,11 @@ impl<'de> de::Deserializer<'de> for Tracing<'_, '_, '_, '_> {
 
     fn deserialize_map<V: Visitor<'de>>(mut self, visitor: V) -> Result<V::Value, TraceError> {
         self.record(Node::Map);
-        let entries = if self.too_deep() { Vec::new() } else { vec![Entry::Traced] };
+        let entries = if self.too_deep() {
+            Vec::new()
+        } else {
+            vec![Entry::Traced]
+        };
         let base = self.path.clone();
         let result = visitor.visit_map(Entries {
             de: self.at(base),
@@ -765,7 +789,9 @@ impl<'de> de::Deserializer<'de> for Tracing<'_, '_, '_, '_> {
         fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, TraceError> {
-        self.record(Node::Struct { fields: fields.to_vec() });
+        self.record(Node::Struct {
+            fields: fields.to_vec(),
+        });
         let entries = self.struct_entries(fields);
         let given = given(&entries);
         let base = self.path.clone();
@@ -786,7 +812,9 @@ impl<'de> de::Deserializer<'de> for Tracing<'_, '_, '_, '_> {
         variants: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, TraceError> {
-        self.record(Node::Enum { variants: variants.to_vec() });
+        self.record(Node::Enum {
+            variants: variants.to_vec(),
+        });
         let chosen = self.state.plan.variants.get(&self.path).copied().unwrap_or(0);
         let Some(variant) = variants.get(chosen).copied() else {
             return self.seen(Err(TraceError("an enum without variants cannot be decoded".into())));
@@ -1022,7 +1050,13 @@ impl Tracing<'_, '_, '_, '_> {
     fn record_struct_fields(&mut self, fields: &'static [&'static str]) {
         let plan = self.state.plan;
         let key = format!("{}/#fields", self.path);
-        self.tracer.record(&key, Node::Struct { fields: fields.to_vec() }, plan);
+        self.tracer.record(
+            &key,
+            Node::Struct {
+                fields: fields.to_vec(),
+            },
+            plan,
+        );
     }
 }
 

@@ -390,9 +390,10 @@ pub(crate) fn versioned_impl(krate: &Path, ident: &Ident, version: &LitStr, prev
             )?;
         }
     });
-    let visits = (0..chain.len()).map(|i| {
-        let ty = &chain[i];
-        quote_spanned!(spans[i]=> __visitor.visit::<#ty>();)
+    // Older versions through `PayloadVersion` by path, like their `VERSION`: an entry that is not
+    // a version is then the one error already reported on it.
+    let visits = previous.iter().zip(&spans).map(|(ty, span)| {
+        quote_spanned!(*span=> <#ty as #event::PayloadVersion>::__visit(__visitor);)
     });
     let names: Vec<String> = previous.iter().map(path_string).chain([type_name.clone()]).collect();
     let order_checks = (1..chain.len()).map(|i| {
@@ -432,6 +433,7 @@ pub(crate) fn versioned_impl(krate: &Path, ident: &Ident, version: &LitStr, prev
 
             fn visit_versions<__V: #event::VersionVisitor>(__visitor: &mut __V) {
                 #(#visits)*
+                __visitor.visit::<Self>();
             }
         }
 

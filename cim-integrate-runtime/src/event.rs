@@ -82,6 +82,15 @@ pub const VERSION_TAG: &str = "version";
 pub trait PayloadVersion: Serialize + DeserializeOwned {
     /// The version tag of this shape, e.g. `"1.0"`.
     const VERSION: &'static str;
+
+    /// `visitor.visit::<Self>()`, for the `visit_versions` that `#[domain_event]` and `#[command]`
+    /// write. Named as `<V as PayloadVersion>::__visit`, like `<V as PayloadVersion>::VERSION`
+    /// beside it, so an entry of `previous` that is not a version is reported once. Never call
+    /// or override it.
+    #[doc(hidden)]
+    fn __visit<Vis: VersionVisitor>(visitor: &mut Vis) {
+        visitor.visit::<Self>();
+    }
 }
 
 /// The current version of a type with a version history: it encodes as its own

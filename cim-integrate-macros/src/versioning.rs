@@ -392,9 +392,10 @@ pub(crate) fn versioned_impl(krate: &Path, ident: &Ident, version: &LitStr, prev
     });
     // Older versions through `PayloadVersion` by path, like their `VERSION`: an entry that is not
     // a version is then the one error already reported on it.
-    let visits = previous.iter().zip(&spans).map(|(ty, span)| {
-        quote_spanned!(*span=> <#ty as #event::PayloadVersion>::__visit(__visitor);)
-    });
+    let visits = previous
+        .iter()
+        .zip(&spans)
+        .map(|(ty, span)| quote_spanned!(*span=> <#ty as #event::PayloadVersion>::__visit(__visitor);));
     let names: Vec<String> = previous.iter().map(path_string).chain([type_name.clone()]).collect();
     let order_checks = (1..chain.len()).map(|i| {
         let (older, newer) = (&versions[i - 1], &versions[i]);

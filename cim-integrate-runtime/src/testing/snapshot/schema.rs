@@ -15,10 +15,14 @@
 //!   string at that place is taken from the example payload when there is one, else from a short
 //!   list of common shapes, one per pass.
 //!
-//! What cannot be traced is an error naming the place, not a wrong schema: types that read
-//! "anything" and then decide (`#[serde(flatten)]`, untagged and internally tagged enums) or
-//! that accept none of the sample strings. A field of type `serde_json::Value` is described as
-//! `{}` (any JSON).
+//! - again when serde reports a field given twice: one of the names was a `#[serde(alias)]`,
+//!   which is then left out (the schema lists the name the field is written with).
+//!
+//! Recursive types are described down to their first repetition (options there are absent,
+//! lists and maps empty). What cannot be traced is an error naming the place, not a wrong
+//! schema: types that read "anything" and then decide (`#[serde(flatten)]`, untagged and
+//! internally tagged enums) or that accept none of the sample strings. A field of type
+//! `serde_json::Value` is described as `{}` (any JSON).
 
 use serde::de::{self, DeserializeOwned, DeserializeSeed, IntoDeserializer, Visitor};
 use serde_json::{Map, Value, json};
@@ -768,6 +772,14 @@ impl<'de> de::Deserializer<'de> for Tracing<'_, '_, '_, '_> {
     }
 
     fn deserialize_map<V: Visitor<'de>>(mut self, visitor: V) -> Result<V::Value, TraceError> {
+        // serde reads a struct with a `#[serde(flatten)]` field as a map, collecting every key:
+        // its schema would be "any object", which is wrong, so it is an error.
+        let expecting = format!("{}", &visitor as &dyn de::Expected);
+        if expecting.starts_with("struct ") {
+            return self.seen(Err(TraceError(format!(
+                "{expecting} has a `#[serde(flatten)]` field, which the tracer cannot follow"
+            ))));
+        }
         self.record(Node::Map);
         let entries = if self.too_deep() {
             Vec::new()
@@ -1173,6 +1185,45 @@ mod tests {
         let err = schema_of::<P>("P", "1.0", None).unwrap_err();
         assert_eq!(err.path, "/loose", "{err}");
         assert!(err.to_string().contains("untagged"), "{err}");
+    }
+
+    #[test]
+    fn flatten_and_internal_tags_are_errors_not_loose_schemas() {
+        #[derive(serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Extra {
+            #[serde(default)]
+            a: u8,
+        }
+        #[derive(serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Outer {
+            #[serde(flatten)]
+            extra: Extra,
+        }
+        #[derive(serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Nested {
+            outer: Outer,
+        }
+        let err = schema_of::<Nested>("Nested", "1.0", None).unwrap_err();
+        assert_eq!(err.path, "/outer", "{err}");
+        assert!(err.reason.contains("flatten"), "{err}");
+
+        #[derive(serde::Deserialize)]
+        #[allow(dead_code)]
+        #[serde(tag = "kind")]
+        enum Tagged {
+            A { a: u8 },
+        }
+        #[derive(serde::Deserialize)]
+        #[allow(dead_code)]
+        struct P {
+            tagged: Tagged,
+        }
+        let err = schema_of::<P>("P", "1.0", None).unwrap_err();
+        assert_eq!(err.path, "/tagged", "{err}");
+        assert!(err.reason.contains("internally tagged"), "{err}");
     }
 
     #[test]

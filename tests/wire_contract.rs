@@ -52,6 +52,7 @@ fn the_example_events_match_their_committed_contract() {
         .assert_matches_dir(dir("fixtures/events"));
     // Every older golden payload decoded and upcast: document_created 1.0, 2.0; person 1.0.
     assert_eq!(report.goldens_decoded.len(), 3, "{report:?}");
+    assert!(report.goldens_missing.is_empty(), "{report:?}");
 }
 
 /// An order's orders: a command with a history, and the events of the must-show cases.
@@ -379,6 +380,13 @@ fn missing_snapshots_fail_in_check_mode_and_are_written_locally() {
     let mismatch = contract().mode(SnapshotMode::Check).check_dir(&scratch).unwrap_err();
     let kinds: Vec<ProblemKind> = mismatch.problems.iter().map(|p| p.kind).collect();
     assert_eq!(kinds, [ProblemKind::Missing, ProblemKind::Missing], "{mismatch}");
+    // An older version without a golden payload is reported, not failed.
+    let history = WireContract::new()
+        .event(&shipped::example())
+        .mode(SnapshotMode::Local)
+        .check_dir(&scratch)
+        .unwrap();
+    assert_eq!(history.goldens_missing, [("OrderShipped".to_owned(), "1.0".to_owned())]);
     let report = contract().mode(SnapshotMode::Local).check_dir(&scratch).unwrap();
     assert_eq!(report.written.len(), 2, "{report:?}");
     // The golden payload is the wire bytes, the version tag first.

@@ -21,7 +21,9 @@
 //! - `testing`: test support, for `[dev-dependencies]`: `cim_integrate::testing` with
 //!   `TestHost` (the whole host on the embedded transport under paused time: publish, send,
 //!   settle, advance, typed assertions; docs/testing.md), `SagaFixture` (given/when/then for
-//!   one saga, with injected crashes) and a private `nats-server` harness (`NatsServer`), and the
+//!   one saga, with injected crashes), `testing::snapshot` (the wire contract of every event and
+//!   command version and the topology, compared to committed files: `WireContract`,
+//!   `assert_topology`) and a private `nats-server` harness (`NatsServer`), and the
 //!   conformance macros `conformance_tests!` and `saga_conformance_tests!`. Without it none of
 //!   this is compiled.
 //!
@@ -83,8 +85,8 @@ pub mod __private {
     /// `#[domain_event]` and `#[command]` (versioned payloads).
     pub mod event {
         pub use cim_integrate_runtime::event::{
-            DecodeError, DomainEvent, EncodeError, PayloadVersion, Versioned, compare_versions, decode_oldest,
-            decode_step,
+            DecodeError, DomainEvent, EncodeError, PayloadVersion, VersionVisitor, Versioned, compare_versions,
+            decode_oldest, decode_step,
         };
     }
     /// `#[subscribe]` and `#[handlers]`.

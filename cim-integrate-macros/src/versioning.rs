@@ -379,7 +379,8 @@ pub(crate) fn payload_version_impl(krate: &Path, ident: &Ident, version: &LitStr
 }
 
 /// `impl Versioned for #ident`: the version list, the decode chain over `previous` (oldest
-/// first) and the current version, and one `const` check per step that versions go up.
+/// first) and the current version, `visit_versions` over the same chain, and one `const` check
+/// per step that versions go up.
 ///
 /// Each step's code is spanned on its entry in `previous`, so a missing `From` impl or an
 /// out-of-order version is reported there.
@@ -410,6 +411,12 @@ pub(crate) fn versioned_impl(krate: &Path, ident: &Ident, version: &LitStr, prev
             )?;
         }
     });
+    // Older versions through `PayloadVersion` by path, like their `VERSION`: an entry that is not
+    // a version is then the one error already reported on it.
+    let visits = previous
+        .iter()
+        .zip(&spans)
+        .map(|(ty, span)| quote_spanned!(*span=> <#ty as #event::PayloadVersion>::__visit(__visitor);));
     let names: Vec<String> = previous.iter().map(path_string).chain([type_name.clone()]).collect();
     let order_checks = (1..chain.len()).map(|i| {
         let (older, newer) = (&versions[i - 1], &versions[i]);
@@ -444,6 +451,11 @@ pub(crate) fn versioned_impl(krate: &Path, ident: &Ident, version: &LitStr, prev
                 )?;
                 #(#steps)*
                 ::core::result::Result::Ok(__decoded)
+            }
+
+            fn visit_versions<__V: #event::VersionVisitor>(__visitor: &mut __V) {
+                #(#visits)*
+                __visitor.visit::<Self>();
             }
         }
 

@@ -40,9 +40,7 @@
 //!
 //! [`IDENTITY_HEADERS`]: crate::headers::IDENTITY_HEADERS
 
-use crate::headers::{
-    CAUSATION_ID, CORRELATION_ID, EVENT_TYPE, EVENT_VERSION, MESSAGE_ID, NATS_MSG_ID, OCCURRED_AT,
-};
+use crate::headers::{CAUSATION_ID, CORRELATION_ID, EVENT_TYPE, EVENT_VERSION, MESSAGE_ID, NATS_MSG_ID, OCCURRED_AT};
 use crate::topology::{MessageKind, Topology};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
@@ -240,7 +238,10 @@ impl AsyncApi {
 
     /// The messages of `type_name` on `channel` (all of the channel's if the type is unknown).
     fn ids_on(&self, doc: &Doc, type_name: Option<&str>, channel: &str) -> Vec<String> {
-        let on_channel = doc.channels.get(channel).map(|c| c.messages.keys().cloned().collect::<Vec<_>>());
+        let on_channel = doc
+            .channels
+            .get(channel)
+            .map(|c| c.messages.keys().cloned().collect::<Vec<_>>());
         match type_name.and_then(|t| doc.types.get(t)) {
             Some((_, ids)) => ids
                 .iter()
@@ -394,7 +395,13 @@ fn channel_id(address: &str) -> String {
 /// Keeps `[A-Za-z0-9_-]`, replacing anything else by `_` (AsyncAPI component keys).
 fn sanitize(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 

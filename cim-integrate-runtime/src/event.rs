@@ -82,6 +82,15 @@ pub const VERSION_TAG: &str = "version";
 pub trait PayloadVersion: Serialize + DeserializeOwned {
     /// The version tag of this shape, e.g. `"1.0"`.
     const VERSION: &'static str;
+
+    /// `visitor.visit::<Self>()`, for the `visit_versions` that `#[domain_event]` and `#[command]`
+    /// write. Named as `<V as PayloadVersion>::__visit`, like `<V as PayloadVersion>::VERSION`
+    /// beside it, so an entry of `previous` that is not a version is reported once. Never call
+    /// or override it.
+    #[doc(hidden)]
+    fn __visit<Vis: VersionVisitor>(visitor: &mut Vis) {
+        visitor.visit::<Self>();
+    }
 }
 
 /// The current version of a type with a version history: it encodes as its own
@@ -103,6 +112,14 @@ pub trait Versioned: PayloadVersion {
     /// Implementations chain [`decode_oldest`] and [`decode_step`], one call per version, oldest
     /// first.
     fn decode_version(version: &str, payload: &[u8]) -> Result<Option<Self>, DecodeError>;
+
+    /// Calls `visitor` once per version type, oldest first, ending with `Self`: the frozen
+    /// structs of the history and the current one. `#[domain_event]` and `#[command]` list every
+    /// version of `previous`; the default visits `Self` only (a hand-written impl may override
+    /// it). The wire snapshots of `testing::snapshot` describe each version through it.
+    fn visit_versions<Vis: VersionVisitor>(visitor: &mut Vis) {
+        visitor.visit::<Self>();
+    }
 
     /// Encodes the value as `{"version":"<VERSION>", ...fields}`.
     fn encode(&self) -> Result<Bytes, EncodeError> {
@@ -129,6 +146,13 @@ pub trait Versioned: PayloadVersion {
             }),
         }
     }
+}
+
+/// Something done with each version type of a [`Versioned`] history, through
+/// [`Versioned::visit_versions`]: the types themselves, not values, so a generic method.
+pub trait VersionVisitor {
+    /// Called with one version type `V` (its tag is `V::VERSION`).
+    fn visit<V: PayloadVersion>(&mut self);
 }
 
 /// An event published on a concrete subject: the current version of a `#[domain_event]` type.

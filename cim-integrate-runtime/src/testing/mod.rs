@@ -10,6 +10,10 @@
 //! re-exported here from [`saga::fixture`](crate::saga::fixture), so that users of the facade
 //! find all test support at `cim_integrate::testing`.
 //!
+//! [`snapshot`] compares the wire contract of events and commands (a JSON Schema per version, a
+//! golden payload per current version, the golden check that older payloads still decode and
+//! upcast) and the topology to committed files, for the user's CI.
+//!
 //! [`NatsServer::start`] runs `nats-server -a 127.0.0.1 -p -1 -js` with a temporary store
 //! directory, on a free port, from `NATS_SERVER_BIN` or else `nats-server` on the `PATH`. It can be
 //! stopped and restarted on the same port with the same store (JetStream data survives), and is
@@ -28,6 +32,7 @@
 mod cluster;
 pub mod host;
 mod observe;
+pub mod snapshot;
 
 #[cfg(feature = "nats")]
 pub use cluster::{CLUSTER_SIZE, NatsCluster};

@@ -30,7 +30,12 @@
 //! cargo run --example order_fulfilment                                  # embedded transport
 //! NATS_URL=nats://127.0.0.1:4222 cargo run --example order_fulfilment   # NATS JetStream
 //! cargo test --example order_fulfilment --features testing              # the TestHost tests
+//! cargo run --example order_fulfilment -- --asyncapi > asyncapi.json    # the message contract
 //! ```
+//!
+//! `--asyncapi` prints the shop's message contract as an AsyncAPI 3.0 document, generated from
+//! the host's topology and every version of every message (`cim_integrate::asyncapi`); a test
+//! validates it against the AsyncAPI 3.0 JSON Schema.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -40,6 +45,7 @@ use cim_integrate::handler::HandlerSet;
 use cim_integrate::prelude::*;
 use cim_integrate::process::ProcessRunner;
 use cim_integrate::service::ServiceBuilder;
+use cim_integrate::topology::EventRef;
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -576,7 +582,8 @@ impl Shipping {
         max_attempts = 20,
         backoff = "100ms",
         breaker_threshold = 2,
-        breaker_cool_down = "500ms"
+        breaker_cool_down = "500ms",
+        publishes = [ShipmentBooked]
     )]
     async fn book(&self, ctx: &Context, e: OrderConfirmed) -> Result<(), HandlerError> {
         let tracking = self.carrier.book(e.order_id, e.quantity).await.transient()?;
@@ -632,6 +639,38 @@ impl<T: Transport> Shop<T> {
             .commands(Payments)
             // shipping
             .register(shipping)
+            // What the process manager, the saga and the command handlers publish and send, for
+            // the topology and the AsyncAPI document (`--asyncapi`); handlers declare theirs with
+            // `publishes = [...]`.
+            .describe(|t| {
+                for e in [
+                    EventRef::of::<AwaitingPayment>(),
+                    EventRef::of::<OrderCheckedOut>(),
+                    EventRef::of::<OrderCancelled>(),
+                ] {
+                    t.add_publication("checkout", None, e);
+                }
+                for e in [
+                    EventRef::of::<OrderAccepted>(),
+                    EventRef::of::<OrderConfirmed>(),
+                    EventRef::of::<OrderCancelled>(),
+                ] {
+                    t.add_publication("fulfil_order", None, e);
+                }
+                for c in [
+                    command_ref::<ReserveStock>(),
+                    command_ref::<ReleaseStock>(),
+                    command_ref::<ChargePayment>(),
+                ] {
+                    t.add_command_sender("fulfil_order", None, c);
+                }
+                for e in [EventRef::of::<StockReserved>(), EventRef::of::<StockReleased>()] {
+                    t.add_publication("inventory", None, e);
+                }
+                for e in [EventRef::of::<PaymentCharged>(), EventRef::of::<PaymentDeclined>()] {
+                    t.add_publication("payment", None, e);
+                }
+            })
     }
 
     /// [`host_with`](Self::host_with) the real shipping context.
@@ -641,6 +680,11 @@ impl<T: Transport> Shop<T> {
         };
         self.host_with(builder, shipping)
     }
+}
+
+/// A command type in the topology: its subject (`commands.` + its own) and type name.
+fn command_ref<C: Command>() -> EventRef {
+    EventRef::typed(C::subject().as_str().to_owned(), C::TYPE_NAME)
 }
 
 /// How an order ended, as the storefront saw it.
@@ -731,8 +775,39 @@ async fn run<T: Transport>(t: T, cards: &[&str]) -> Result<Vec<Outcome>, Error> 
     Ok(outcomes)
 }
 
+/// The shop's message contract: an AsyncAPI 3.0 document of its host's topology (who publishes,
+/// handles, sends and answers what) and of every version of every message, with its schema.
+pub async fn asyncapi() -> Result<serde_json::Value, Error> {
+    let t = cim_integrate::transport::memory::MemoryTransport::new();
+    let shop = Shop::open(&t, Carrier::failing_first(0)).await?;
+    let topology = shop.host(Service::builder(t.clone(), "shop")).topology();
+    let doc = cim_integrate::asyncapi::AsyncApi::new("Order fulfilment", "1.0.0")
+        .description("Four bounded contexts (order, inventory, payment, shipping) over NATS.")
+        .topology(&topology)
+        .event::<OrderPlaced>()?
+        .event::<AwaitingPayment>()?
+        .event::<PaymentSubmitted>()?
+        .event::<OrderCheckedOut>()?
+        .event::<OrderAccepted>()?
+        .event::<OrderConfirmed>()?
+        .event::<OrderCancelled>()?
+        .event::<StockReserved>()?
+        .event::<StockReleased>()?
+        .event::<PaymentCharged>()?
+        .event::<PaymentDeclined>()?
+        .event::<ShipmentBooked>()?
+        .command::<ReserveStock>()?
+        .command::<ReleaseStock>()?
+        .command::<ChargePayment>()?;
+    Ok(doc.to_json())
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Error> {
+    if std::env::args().any(|a| a == "--asyncapi") {
+        println!("{}", serde_json::to_string_pretty(&asyncapi().await?)?);
+        return Ok(());
+    }
     let transport = AnyTransport::from_env().await?;
     println!("order fulfilment on the {} transport", transport.kind());
     let outcomes = run(transport, &[GOOD_CARD, DECLINED_CARD]).await?;
@@ -747,6 +822,72 @@ async fn main() -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The contract is a valid AsyncAPI 3.0 document (against the specification's own JSON
+    /// Schema) that names every channel, the command replies and every message version.
+    #[tokio::test]
+    async fn the_asyncapi_document_is_valid_and_complete() {
+        let doc = asyncapi().await.expect("document");
+        let spec: serde_json::Value = serde_json::from_str(include_str!("../tests/fixtures/asyncapi/3.0.0.json"))
+            .expect("the AsyncAPI 3.0.0 schema");
+        let validator = jsonschema::draft7::new(&spec).expect("a valid JSON Schema");
+        let errors: Vec<String> = validator
+            .iter_errors(&doc)
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "invalid AsyncAPI 3.0 document:\n{}",
+            errors.join("\n")
+        );
+        // The validator does reject what 3.0 forbids (2.x's `publish` action, a missing address).
+        let mut broken = doc.clone();
+        let first = broken["operations"]
+            .as_object_mut()
+            .expect("operations")
+            .values_mut()
+            .next();
+        first.expect("an operation")["action"] = serde_json::json!("publish");
+        broken["channels"]["order_placed"]["address"] = serde_json::json!(42);
+        assert!(validator.iter_errors(&broken).count() >= 2);
+        // Both versions of the versioned event, with their schemas.
+        let messages = &doc["components"]["messages"];
+        assert_eq!(
+            messages["OrderPlaced_v1_0"]["payload"]["properties"]["version"]["const"],
+            "1.0"
+        );
+        assert_eq!(
+            messages["OrderPlaced_v2_0"]["payload"]["properties"]["version"]["const"],
+            "2.0"
+        );
+        assert_eq!(doc["channels"]["order_placed"]["address"], "order.placed");
+        // The command with an answer: handled by payment, replied with a Receipt.
+        let ops = doc["operations"].as_object().expect("operations");
+        let charge = ops
+            .iter()
+            .find(|(id, op)| id.contains("handles") && op["channel"]["$ref"] == "#/channels/commands_payment_charge")
+            .map(|(_, op)| op)
+            .expect("payment handles payment.charge");
+        assert_eq!(charge["action"], "receive");
+        assert_eq!(
+            charge["reply"]["messages"][0]["$ref"],
+            "#/channels/command_reply/messages/Receipt_reply"
+        );
+        assert!(messages["Receipt_v1_0"]["payload"].is_object());
+        // Who publishes what: the saga's declared events and the subscriptions.
+        assert!(
+            ops.keys().any(|id| id.contains("receives_order_checked_out")),
+            "{:?}",
+            ops.keys()
+        );
+        let send = &ops["fulfil_order_sends_commands_payment_charge"];
+        assert_eq!(send["action"], "send");
+        assert_eq!(
+            send["reply"]["messages"][0]["$ref"],
+            "#/channels/command_reply/messages/Receipt_reply"
+        );
+    }
+
     use cim_integrate::breaker::BreakerState;
     use cim_integrate::saga::SagaEventKind::{
         Compensated, Compensating, Started, StepCompensated, StepCompleted, StepFailed,

@@ -40,8 +40,11 @@
 //!
 //! [`IDENTITY_HEADERS`]: crate::headers::IDENTITY_HEADERS
 
+use crate::command::{Command, CommandAnswer};
+use crate::event::{DomainEvent, PayloadVersion, VersionVisitor, Versioned};
 use crate::headers::{CAUSATION_ID, CORRELATION_ID, EVENT_TYPE, EVENT_VERSION, MESSAGE_ID, NATS_MSG_ID, OCCURRED_AT};
-use crate::topology::{MessageKind, Topology};
+use crate::schema::{SchemaError, schema_of};
+use crate::topology::{EventRef, MessageKind, Topology};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 
@@ -92,6 +95,66 @@ impl AsyncApi {
         }
         self.schemas.insert((type_name.to_owned(), version.to_owned()), schema);
         self
+    }
+
+    /// Every version of the message type `V` (an event's or a command's history, oldest first,
+    /// through [`Versioned::visit_versions`]), each with its JSON Schema traced from its serde
+    /// `Deserialize` ([`schema_of`]).
+    ///
+    /// # Errors
+    /// A version whose schema cannot be traced.
+    pub fn versions_of<V: Versioned>(self) -> Result<Self, SchemaError> {
+        let mut visitor = Collect {
+            type_name: V::TYPE_NAME,
+            schemas: Vec::new(),
+        };
+        V::visit_versions(&mut visitor);
+        self.with_schemas(V::TYPE_NAME, visitor.schemas)
+    }
+
+    /// The event `E`: declared on its subject (a channel even if the topology does not name it)
+    /// with every version ([`versions_of`](Self::versions_of)).
+    ///
+    /// # Errors
+    /// A version whose schema cannot be traced.
+    pub fn event<E: DomainEvent>(mut self) -> Result<Self, SchemaError> {
+        self.topology.declare_event::<E>();
+        self.versions_of::<E>()
+    }
+
+    /// The command `C`: declared on its subject with every version
+    /// ([`versions_of`](Self::versions_of)) and, if it has one, its answer type's versions,
+    /// declared as its reply.
+    ///
+    /// # Errors
+    /// A version whose schema cannot be traced.
+    pub fn command<C: Command>(mut self) -> Result<Self, SchemaError> {
+        self.topology.declare_message(
+            EventRef::typed(C::subject().as_str().to_owned(), C::TYPE_NAME),
+            MessageKind::Command,
+        );
+        let mut doc = self.versions_of::<C>()?;
+        if let Some(answer) = <C::Answer as CommandAnswer>::__answer_type() {
+            let mut visitor = Collect {
+                type_name: answer,
+                schemas: Vec::new(),
+            };
+            <C::Answer as CommandAnswer>::__visit_answer_versions(&mut visitor);
+            doc = doc.with_schemas(answer, visitor.schemas)?;
+            doc = doc.command_answer(C::TYPE_NAME, answer);
+        }
+        Ok(doc)
+    }
+
+    fn with_schemas(
+        mut self,
+        type_name: &str,
+        schemas: Vec<(&'static str, Result<Value, SchemaError>)>,
+    ) -> Result<Self, SchemaError> {
+        for (version, schema) in schemas {
+            self = self.message_schema(type_name, version, schema?);
+        }
+        Ok(self)
     }
 
     /// Declares that the command `command_type` is answered with `answer_type` (whose versions'
@@ -301,6 +364,19 @@ impl AsyncApi {
                 .map(|id| json!({"$ref": format!("#/channels/{channel}/messages/{id}")}))
                 .collect::<Vec<_>>(),
         }))
+    }
+}
+
+/// Collects the schema of every version visited.
+struct Collect {
+    type_name: &'static str,
+    schemas: Vec<(&'static str, Result<Value, SchemaError>)>,
+}
+
+impl VersionVisitor for Collect {
+    fn visit<V: PayloadVersion>(&mut self) {
+        self.schemas
+            .push((V::VERSION, schema_of::<V>(self.type_name, V::VERSION, None)));
     }
 }
 

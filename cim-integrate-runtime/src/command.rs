@@ -171,6 +171,18 @@ pub trait CommandAnswer: Sized + Send + 'static {
     /// # Errors
     /// Why it cannot be read as this type (an unknown version, a missing answer).
     fn from_answer(answer: Option<&serde_json::Value>) -> Result<Self, String>;
+
+    /// The answer's type name, for a versioned answer type (`#[command(answer)]` writes it);
+    /// `None` for `()`. Describes the contract (the AsyncAPI document).
+    #[doc(hidden)]
+    fn __answer_type() -> Option<&'static str> {
+        None
+    }
+
+    /// [`Versioned::visit_versions`] of a versioned answer type (`#[command(answer)]` writes it);
+    /// nothing for `()`.
+    #[doc(hidden)]
+    fn __visit_answer_versions<Vis: crate::event::VersionVisitor>(_visitor: &mut Vis) {}
 }
 
 impl CommandAnswer for () {

@@ -30,6 +30,7 @@ mod outbox;
 pub mod pipeline;
 pub mod process;
 pub mod saga;
+pub mod schema;
 pub mod service;
 pub mod subject;
 pub mod timestamp;

@@ -311,6 +311,14 @@ fn expand_type(command: &CommandType) -> TokenStream {
                     ) -> ::core::result::Result<Self, ::std::string::String> {
                         #private::command::decode_answer(__answer)
                     }
+
+                    fn __answer_type() -> ::core::option::Option<&'static ::core::primitive::str> {
+                        ::core::option::Option::Some(<Self as #private::event::Versioned>::TYPE_NAME)
+                    }
+
+                    fn __visit_answer_versions<__V: #private::event::VersionVisitor>(__visitor: &mut __V) {
+                        <Self as #private::event::Versioned>::visit_versions(__visitor);
+                    }
                 }
             }
         }

@@ -26,9 +26,8 @@
 //! file may be reformatted by hand.
 
 mod diff;
-mod schema;
 
-pub use schema::{SchemaError, schema_of};
+pub use crate::schema::{SchemaError, schema_of};
 
 use crate::command::Command;
 use crate::event::{DecodeError, DomainEvent, PayloadVersion, VersionVisitor, Versioned, read_version_tag};

@@ -1,4 +1,6 @@
-//! The JSON Schema of a payload version, derived from its serde `Deserialize` impl.
+//! The JSON Schema of a payload version, derived from its serde `Deserialize` impl: what the
+//! wire-contract snapshots (`testing::snapshot`, feature `testing`) pin and what the
+//! [AsyncAPI document](crate::asyncapi) describes each message version with.
 //!
 //! A tracing [`Deserializer`](serde::Deserializer) plays the JSON a decoder would read: it answers
 //! every `deserialize_*` call of the type's `Deserialize` impl with a sample value and records

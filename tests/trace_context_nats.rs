@@ -1,6 +1,7 @@
 //! W3C trace context across NATS (feature `otel`), against a private nats-server: a four-domain
-//! conversation (document -> workflow -> a command to person -> organization) started inside one
-//! span yields one trace, exported by an in-memory OpenTelemetry exporter, in which
+//! conversation (document -> workflow's handler -> a command to person -> organization's process
+//! manager, whose outbox publishes -> organization's handler) started inside one span yields one
+//! trace, exported by an in-memory OpenTelemetry exporter, in which
 //!
 //! - every span of every hop (the start, each `publish`, the `send_command`, each `handle` of an
 //!   event or a command) has the trace id of the start;
@@ -15,12 +16,13 @@
 use cim_integrate::command::CommandBus;
 use cim_integrate::handler::{Context, HandlerError};
 use cim_integrate::prelude::*;
+use cim_integrate::process::{ProcessContext, ProcessRunner};
 use cim_integrate::service::Service;
 use cim_integrate::testing::NatsServer;
 use cim_integrate::trace_context::TraceParent;
 use cim_integrate::transport::Transport;
 use cim_integrate::transport::nats::NatsTransport;
-use cim_integrate::{command, domain_event, handlers};
+use cim_integrate::{command, domain_event, handlers, process};
 use futures::StreamExt;
 use opentelemetry::trace::{SpanId, TraceId};
 use opentelemetry_sdk::trace::SpanData;
@@ -96,16 +98,41 @@ impl People {
     }
 }
 
-/// Organization: logs the review (with `emit`).
+/// Organization's process manager: a review per document, logged through its outbox.
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+pub struct Review {
+    reviewer: String,
+}
+
+#[process(name = "review", key = document_id)]
+impl Review {
+    async fn reviewer_assigned(&mut self, ctx: &mut ProcessContext, e: ReviewerAssigned) -> Result<(), HandlerError> {
+        self.reviewer = e.person_id;
+        ctx.publish(&ReviewLogged {
+            document_id: e.document_id,
+        })
+        .map_err(HandlerError::permanent)?;
+        ctx.end();
+        Ok(())
+    }
+}
+
+/// Organization: acknowledges the logged review (with `emit`).
 struct Organization {
     done: Arc<AtomicBool>,
 }
 
+#[domain_event(subject = "organization.review_acknowledged", version = "1.0")]
+#[derive(Debug, Clone)]
+pub struct ReviewAcknowledged {
+    pub document_id: String,
+}
+
 #[handlers(domain = "organization")]
 impl Organization {
-    #[subscribe("person.reviewer_assigned")]
-    async fn on_assigned(&self, ctx: &Context, event: ReviewerAssigned) -> Result<(), HandlerError> {
-        ctx.emit(&ReviewLogged {
+    #[subscribe("organization.review_logged")]
+    async fn on_logged(&self, ctx: &Context, event: ReviewLogged) -> Result<(), HandlerError> {
+        ctx.emit(&ReviewAcknowledged {
             document_id: event.document_id,
         })
         .await?;
@@ -168,6 +195,7 @@ async fn one_trace_spans_every_hop_across_four_domains() {
             .await
             .expect("person"),
         Service::builder(t.clone(), "organization")
+            .process(ProcessRunner::<_, Review>::open(t.clone()).await.expect("process"))
             .register(Organization { done: done.clone() })
             .start()
             .await
@@ -199,7 +227,7 @@ async fn one_trace_spans_every_hop_across_four_domains() {
     // The wire: every message of the conversation carries a valid traceparent.
     let mut seen: HashMap<String, (String, TraceParent)> = HashMap::new();
     let wire_deadline = Instant::now() + Duration::from_secs(10);
-    while seen.len() < 4 {
+    while seen.len() < 5 {
         let next = tokio::time::timeout_at(wire_deadline.into(), wire.next())
             .await
             .unwrap_or_else(|_| panic!("only {} messages seen on the wire: {:?}", seen.len(), seen.keys()));
@@ -227,6 +255,7 @@ async fn one_trace_spans_every_hop_across_four_domains() {
         [
             "commands.person.assign_reviewer",
             "document.uploaded",
+            "organization.review_acknowledged",
             "organization.review_logged",
             "person.reviewer_assigned"
         ]
@@ -239,7 +268,7 @@ async fn one_trace_spans_every_hop_across_four_domains() {
     // The trace: wait for the three `handle` spans (they close when their handler has returned).
     let spans = loop {
         let spans = exporter.get_finished_spans().expect("spans");
-        if spans.iter().filter(|s| s.name == "handle").count() >= 3 || Instant::now() > deadline {
+        if spans.iter().filter(|s| s.name == "handle").count() >= 4 || Instant::now() > deadline {
             break spans;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -254,13 +283,13 @@ async fn one_trace_spans_every_hop_across_four_domains() {
 
     let hops: Vec<&SpanData> = spans
         .iter()
-        .filter(|s| ["upload", "publish", "send_command", "handle"].contains(&&*s.name))
+        .filter(|s| ["upload", "publish", "send_command", "handle", "process_outbox"].contains(&&*s.name))
         .collect();
     for s in &hops {
         assert_eq!(s.span_context.trace_id(), trace, "a span of another trace:\n{all}");
     }
     let handles: Vec<&&SpanData> = hops.iter().filter(|s| s.name == "handle").collect();
-    assert_eq!(handles.len(), 3, "one handle span per hop:\n{all}");
+    assert_eq!(handles.len(), 4, "one handle span per hop:\n{all}");
     for h in &handles {
         let id = attribute(h, "message_id").expect("handle spans carry the message id");
         let (subject, parent) = seen
@@ -281,7 +310,7 @@ async fn one_trace_spans_every_hop_across_four_domains() {
             .get(&h.parent_span_id)
             .unwrap_or_else(|| panic!("the publishing span of {subject} was not exported:\n{all}"));
         assert!(
-            ["upload", "publish", "send_command", "handle"].contains(&&*publisher.name),
+            ["upload", "publish", "send_command", "handle", "process_outbox"].contains(&&*publisher.name),
             "{subject} published from a `{}` span",
             publisher.name
         );
@@ -299,4 +328,12 @@ async fn one_trace_spans_every_hop_across_four_domains() {
         "send_command",
         "\n{all}"
     );
+    // The process manager's event left through its outbox, under the transition's handle span.
+    let logged = seen
+        .values()
+        .find(|(s, _)| s == "organization.review_logged")
+        .expect("the logged review on the wire");
+    let outbox = by_id[&SpanId::from_bytes(logged.1.parent_id)];
+    assert_eq!(outbox.name, "process_outbox", "\n{all}");
+    assert_eq!(by_id[&outbox.parent_span_id].name, "handle", "\n{all}");
 }

@@ -1349,6 +1349,88 @@ pub fn key_of<K: fmt::Display + ?Sized>(value: &K) -> String {
 mod tests {
     use super::*;
 
+    /// An outbox sent later in another trace (the scanner, after a crash) links to the
+    /// transition that queued it; sent in the transition's own trace, it links to nothing.
+    #[cfg(feature = "otel")]
+    #[tokio::test]
+    async fn a_late_outbox_links_to_the_transition_that_queued_it() {
+        use crate::transport::{StreamSpec, Transport};
+        use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        use tracing_subscriber::layer::SubscriberExt;
+
+        let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        let subscriber =
+            tracing_subscriber::registry().with(tracing_opentelemetry::layer().with_tracer(provider.tracer("t")));
+        let _default = tracing::subscriber::set_default(subscriber);
+
+        let t = crate::transport::memory::MemoryTransport::new();
+        t.ensure_stream(&StreamSpec::for_domain("people", None).expect("spec"))
+            .await
+            .expect("stream");
+        let engine = Engine::<_, BTreeMap<String, u32>>::open(&t, "onboarding", &ProcessOptions::default())
+            .await
+            .expect("engine");
+        let queue = || {
+            let mut ctx = ProcessContext::new(
+                "p-1",
+                Identity::root(),
+                "onboarding:p-1".to_owned(),
+                Timestamp::now(),
+                true,
+            );
+            let identity = ctx.next_identity();
+            ctx.push(
+                identity,
+                EffectKind::Publish,
+                Subject::new("people.onboarded").unwrap(),
+                "Onboarded",
+                "1.0",
+                b"{\"version\":\"1.0\"}",
+            );
+            ctx.effects.pop().expect("queued")
+        };
+        let transition = tracing::info_span!("transition");
+        let (effect, stored) = transition.in_scope(|| {
+            let cx = tracing::Span::current().context();
+            (queue(), cx.span().span_context().clone())
+        });
+        assert!(
+            effect.trace.is_some(),
+            "the transition's traceparent is stored with the effect"
+        );
+        // Sent in the transition's trace: no link.
+        engine
+            .execute("p-1", &effect)
+            .instrument(tracing::info_span!(parent: &transition, "send_now"))
+            .await
+            .expect("sent");
+        drop(transition);
+        // Sent by the scanner, in a trace of its own: linked.
+        engine
+            .execute("p-1", &effect)
+            .instrument(tracing::info_span!("scanner"))
+            .await
+            .expect("sent");
+        let spans = exporter.get_finished_spans().expect("spans");
+        let outboxes: Vec<_> = spans.iter().filter(|s| s.name == "process_outbox").collect();
+        assert_eq!(outboxes.len(), 2);
+        let (same, other): (Vec<_>, Vec<_>) = outboxes
+            .into_iter()
+            .partition(|s| s.span_context.trace_id() == stored.trace_id());
+        assert_eq!((same.len(), other.len()), (1, 1));
+        assert!(same[0].links.is_empty());
+        let links: Vec<_> = other[0]
+            .links
+            .iter()
+            .map(|l| (l.span_context.trace_id(), l.span_context.span_id()))
+            .collect();
+        assert_eq!(links, [(stored.trace_id(), stored.span_id())]);
+    }
+
     fn golden_record() -> Record<BTreeMap<String, u32>> {
         let m: MessageId = "0192f3c4-5d6e-7f80-9a1b-2c3d4e5f6071".parse().unwrap();
         let root = Identity::root_from(m);

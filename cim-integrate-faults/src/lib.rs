@@ -28,7 +28,7 @@ use std::sync::Arc;
 pub const EFFECTS_BUCKET: &str = "faults_effects";
 /// The bucket holding the saga steps' effects (idempotency key -> empty).
 pub const SAGA_EFFECTS_BUCKET: &str = "faults_saga_effects";
-/// The durable consumer of [`FaultConsumer::apply`].
+/// The durable consumer of `FaultConsumer::apply`.
 pub const CONSUMER_DURABLE: &str = "faults-apply";
 
 /// The load: one event per number.

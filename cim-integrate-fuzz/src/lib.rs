@@ -11,7 +11,7 @@
 //! - [`envelope`]: `Envelope::from_received` over arbitrary subject, header lines and payload.
 //!   Never panics; only an invalid subject is an error; identities are derived deterministically
 //!   (two parses agree); `to_headers` of the result parses back to the same identity.
-//! - [`subject`]: `Subject::new`, `SubjectPattern::new`, `pattern_matches`, `patterns_overlap`
+//! - [`subject()`]: `Subject::new`, `SubjectPattern::new`, `pattern_matches`, `patterns_overlap`
 //!   against a split-on-dots reference.
 
 #[path = "../../tests/domain_event_examples/mod.rs"]

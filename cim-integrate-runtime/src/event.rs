@@ -239,7 +239,7 @@ impl<E: DomainEvent> PublishedEvent for E {}
 pub trait Publishable {
     /// The subject the event is published on ([`DomainEvent::subject`]).
     fn published_subject(&self) -> Subject;
-    /// The event's type name ([`DomainEvent::TYPE_NAME`]).
+    /// The event's type name ([`Versioned::TYPE_NAME`]).
     fn published_type(&self) -> &'static str;
     /// The event's wire version ([`PayloadVersion::VERSION`]).
     fn published_version(&self) -> &'static str;

@@ -32,7 +32,7 @@ use async_nats::jetstream::{self, ErrorCode};
 use futures::TryStreamExt;
 
 /// The environment variable naming the deployment prefix (`prod`, `prod.eu`), as given to
-/// [`Prefixed`](crate::transport::Prefixed) in the host's code.
+/// [`Prefixed`] in the host's code.
 pub const ENV_PREFIX: &str = "CIM_PREFIX";
 
 /// A failed operation.
@@ -108,7 +108,7 @@ impl Ops {
     }
 
     /// Addresses the assets of the deployment under `prefix` (see
-    /// [`Prefixed`](crate::transport::Prefixed)).
+    /// [`Prefixed`]).
     pub fn with_prefix(self, prefix: Option<Subject>) -> Self {
         Self {
             names: Prefixed::new(self.names.into_inner(), prefix),

@@ -69,7 +69,7 @@ pub mod prelude {
 /// `cim-integrate-macros`).
 #[doc(hidden)]
 pub mod __private {
-    pub use cim_integrate_runtime::__private::{serde, serde_json, uuid};
+    pub use cim_integrate_runtime::__private::{serde, uuid};
 
     /// `#[subscribe(breaker(..))]`.
     pub mod breaker {
@@ -78,15 +78,14 @@ pub mod __private {
     /// `#[command]`.
     pub mod command {
         pub use cim_integrate_runtime::command::{
-            Command, CommandAnswer, CommandHandlerSet, CommandRegistration, IntoCommandResult, decode_answer,
-            encode_answer,
+            Command, CommandHandlerSet, CommandRegistration, IntoCommandResult, VersionedAnswer,
         };
     }
     /// `#[domain_event]` and `#[command]` (versioned payloads).
     pub mod event {
         pub use cim_integrate_runtime::event::{
-            DecodeError, DomainEvent, EncodeError, PayloadVersion, VersionVisitor, Versioned, compare_versions,
-            decode_oldest, decode_step,
+            DecodeError, DomainEvent, PayloadVersion, VersionVisitor, Versioned, compare_versions, decode_oldest,
+            decode_step,
         };
     }
     /// `#[subscribe]` and `#[handlers]`.

@@ -331,22 +331,7 @@ pub(crate) fn stub_impls(krate: &Path, item: &syn::Item, version: Option<&LitStr
             }
         }
         StubRole::Answer => quote! {
-            impl #private::command::CommandAnswer for #ident {
-                fn to_answer(
-                    &self,
-                ) -> ::core::result::Result<
-                    ::core::option::Option<#private::serde_json::Value>,
-                    #private::event::EncodeError,
-                > {
-                    ::core::unimplemented!()
-                }
-
-                fn from_answer(
-                    _: ::core::option::Option<&#private::serde_json::Value>,
-                ) -> ::core::result::Result<Self, ::std::string::String> {
-                    ::core::unimplemented!()
-                }
-            }
+            impl #private::command::VersionedAnswer for #ident {}
         },
     };
     let type_name = ident.unraw().to_string();

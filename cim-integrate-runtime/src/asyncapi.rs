@@ -174,12 +174,7 @@ impl AsyncApi {
             let channel = channel_id(&address);
             let type_name = m.type_name.clone().unwrap_or_else(|| m.subject.clone());
             let ids = self.message_ids(&type_name, &m.versions, &mut doc);
-            let entry = doc.channel(&channel, &address, m.kind);
-            for id in &ids {
-                entry
-                    .messages
-                    .insert(id.clone(), json!({"$ref": format!("#/components/messages/{id}")}));
-            }
+            doc.channel(&channel, &address, m.kind).add(&ids);
             doc.types.insert(type_name, (channel, ids));
         }
         for p in self.topology.publications() {
@@ -217,12 +212,7 @@ impl AsyncApi {
                     })
                     .flatten()
                     .collect();
-                let entry = doc.channel(&channel, &address, s.kind);
-                for id in matched {
-                    entry
-                        .messages
-                        .insert(id.clone(), json!({"$ref": format!("#/components/messages/{id}")}));
-                }
+                doc.channel(&channel, &address, s.kind).add(&matched);
             }
             let ids = self.ids_on(&doc, s.event_type.as_deref(), &channel);
             let who = operation_name(&s.participant, Some(&s.handler));
@@ -348,21 +338,14 @@ impl AsyncApi {
         let channel = "command_reply";
         let entry = doc.channel(channel, "", MessageKind::Command);
         entry.reply = true;
-        for id in &ids {
-            entry
-                .messages
-                .insert(id.clone(), json!({"$ref": format!("#/components/messages/{id}")}));
-        }
+        entry.add(&ids);
         Some(json!({
             "address": {
                 "description": "the NATS inbox of the request (its reply subject)",
                 "location": "$message.header#/reply_to",
             },
             "channel": {"$ref": format!("#/channels/{channel}")},
-            "messages": ids
-                .iter()
-                .map(|id| json!({"$ref": format!("#/channels/{channel}/messages/{id}")}))
-                .collect::<Vec<_>>(),
+            "messages": channel_messages(channel, &ids),
         }))
     }
 }
@@ -398,6 +381,23 @@ struct Channel {
     reply: bool,
 }
 
+impl Channel {
+    /// Adds the component messages `ids` to the channel.
+    fn add(&mut self, ids: &[String]) {
+        for id in ids {
+            self.messages
+                .insert(id.clone(), json!({"$ref": format!("#/components/messages/{id}")}));
+        }
+    }
+}
+
+/// References to the messages `ids` of `channel` (an operation's or a reply's `messages`).
+fn channel_messages(channel: &str, ids: &[String]) -> Vec<Value> {
+    ids.iter()
+        .map(|id| json!({"$ref": format!("#/channels/{channel}/messages/{id}")}))
+        .collect()
+}
+
 impl Doc {
     fn channel(&mut self, id: &str, address: &str, kind: MessageKind) -> &mut Channel {
         self.channels.entry(id.to_owned()).or_insert_with(|| Channel {
@@ -421,10 +421,7 @@ impl Doc {
             "action": action,
             "channel": {"$ref": format!("#/channels/{channel}")},
             "summary": summary,
-            "messages": ids
-                .iter()
-                .map(|id| json!({"$ref": format!("#/channels/{channel}/messages/{id}")}))
-                .collect::<Vec<_>>(),
+            "messages": channel_messages(channel, ids),
         });
         if let Some(reply) = reply {
             op["reply"] = reply;

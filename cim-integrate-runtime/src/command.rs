@@ -172,15 +172,13 @@ pub trait CommandAnswer: Sized + Send + 'static {
     /// Why it cannot be read as this type (an unknown version, a missing answer).
     fn from_answer(answer: Option<&serde_json::Value>) -> Result<Self, String>;
 
-    /// The answer's type name, for a versioned answer type (`#[command(answer)]` writes it);
-    /// `None` for `()`. Describes the contract (the AsyncAPI document).
+    /// The answer's type name, for a [`VersionedAnswer`]; `None` for `()`. Describes the contract (the AsyncAPI document).
     #[doc(hidden)]
     fn __answer_type() -> Option<&'static str> {
         None
     }
 
-    /// [`Versioned::visit_versions`] of a versioned answer type (`#[command(answer)]` writes it);
-    /// nothing for `()`.
+    /// [`Versioned::visit_versions`] of a [`VersionedAnswer`]; nothing for `()`.
     #[doc(hidden)]
     fn __visit_answer_versions<Vis: crate::event::VersionVisitor>(_visitor: &mut Vis) {}
 }
@@ -196,34 +194,41 @@ impl CommandAnswer for () {
     }
 }
 
-/// [`CommandAnswer::to_answer`] of a versioned answer type (what `#[command(answer)]` expands
-/// to).
-///
-/// # Errors
-/// If it cannot be encoded.
-pub fn encode_answer<A: Versioned>(answer: &A) -> Result<Option<serde_json::Value>, EncodeError> {
-    let bytes = answer.encode()?;
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|e| EncodeError::Serialize {
-            type_name: A::TYPE_NAME,
-            reason: e.to_string(),
-        })
-}
+/// A versioned answer type: what `#[command(answer, version = "...")]` declares (an empty impl).
+/// Its [`CommandAnswer`] comes from one blanket impl: encoded as a versioned payload, decoded
+/// with upcasting from its older versions.
+pub trait VersionedAnswer: Versioned + Send + 'static {}
 
-/// [`CommandAnswer::from_answer`] of a versioned answer type: decoded with upcasting.
-///
-/// # Errors
-/// A missing answer, or one that does not decode.
-pub fn decode_answer<A: Versioned>(answer: Option<&serde_json::Value>) -> Result<A, String> {
-    let answer = answer.ok_or_else(|| {
-        format!(
-            "the reply carries no {} (is the handler older than the command's answer?)",
-            A::TYPE_NAME
-        )
-    })?;
-    let bytes = serde_json::to_vec(answer).map_err(|e| e.to_string())?;
-    A::decode(&bytes).map_err(|e| e.to_string())
+#[diagnostic::do_not_recommend]
+impl<A: VersionedAnswer> CommandAnswer for A {
+    fn to_answer(&self) -> Result<Option<serde_json::Value>, EncodeError> {
+        let bytes = self.encode()?;
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| EncodeError::Serialize {
+                type_name: A::TYPE_NAME,
+                reason: e.to_string(),
+            })
+    }
+
+    fn from_answer(answer: Option<&serde_json::Value>) -> Result<Self, String> {
+        let answer = answer.ok_or_else(|| {
+            format!(
+                "the reply carries no {} (is the handler older than the command's answer?)",
+                A::TYPE_NAME
+            )
+        })?;
+        let bytes = serde_json::to_vec(answer).map_err(|e| e.to_string())?;
+        A::decode(&bytes).map_err(|e| e.to_string())
+    }
+
+    fn __answer_type() -> Option<&'static str> {
+        Some(A::TYPE_NAME)
+    }
+
+    fn __visit_answer_versions<Vis: crate::event::VersionVisitor>(visitor: &mut Vis) {
+        A::visit_versions(visitor);
+    }
 }
 
 /// The reply on the wire: an acknowledgement, or a failure of the handler.
@@ -244,7 +249,7 @@ pub(crate) enum WireReply {
 }
 
 impl WireReply {
-    fn status(&self) -> &'static str {
+    pub(crate) fn status(&self) -> &'static str {
         match self {
             Self::Accepted { .. } => "accepted",
             Self::Rejected { .. } => "rejected",
@@ -255,13 +260,15 @@ impl WireReply {
         serde_json::to_vec(self).unwrap_or_else(|_| br#"{"status":"failed","reason":"unencodable reply"}"#.to_vec())
     }
     pub(crate) fn to_reply(&self) -> Reply {
+        Self::reply_of(self.status(), Bytes::from(self.to_json()))
+    }
+
+    /// A reply whose JSON is already written (`status` must be the one it carries).
+    pub(crate) fn reply_of(status: &'static str, json: Bytes) -> Reply {
         let mut headers = Headers::new();
         // A fixed ASCII name and value: cannot fail.
-        let _ = headers.insert(ACK_STATUS, self.status());
-        Reply {
-            headers,
-            payload: Bytes::from(self.to_json()),
-        }
+        let _ = headers.insert(ACK_STATUS, status);
+        Reply { headers, payload: json }
     }
 }
 
@@ -662,7 +669,7 @@ impl fmt::Debug for CommandRegistration {
 )]
 pub trait CommandHandler<C, A = ()>: Send + Sync + 'static {
     /// Runs the handler.
-    fn call(&self, ctx: Context, command: C) -> BoxFuture<'static, CommandResult<A>>;
+    fn call(&self, ctx: Context, command: C) -> impl Future<Output = CommandResult<A>> + Send + 'static;
 }
 
 impl<C, A, F, Fut> CommandHandler<C, A> for F
@@ -672,9 +679,9 @@ where
     Fut: Future + Send + 'static,
     Fut::Output: IntoCommandResult<A>,
 {
-    fn call(&self, ctx: Context, command: C) -> BoxFuture<'static, CommandResult<A>> {
+    fn call(&self, ctx: Context, command: C) -> impl Future<Output = CommandResult<A>> + Send + 'static {
         let fut = self(ctx, command);
-        Box::pin(async move { fut.await.into_command_result() })
+        async move { fut.await.into_command_result() }
     }
 }
 

@@ -53,6 +53,5 @@ pub use timestamp::Timestamp;
 #[doc(hidden)]
 pub mod __private {
     pub use serde;
-    pub use serde_json;
     pub use uuid;
 }

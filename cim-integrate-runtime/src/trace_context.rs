@@ -156,14 +156,33 @@ mod otel {
 
     /// The current span's trace context, if valid.
     pub(crate) fn current() -> Option<TraceParent> {
-        let cx = tracing::Span::current().context();
-        let span = cx.span();
-        let sc = span.span_context();
-        sc.is_valid().then(|| TraceParent {
+        current_span_context().map(|sc| parent_of(&sc))
+    }
+
+    /// The current span's span context, if valid (an OpenTelemetry layer, inside a span).
+    fn current_span_context() -> Option<SpanContext> {
+        let sc = tracing::Span::current().context().span().span_context().clone();
+        sc.is_valid().then_some(sc)
+    }
+
+    /// The `traceparent` naming `sc`.
+    fn parent_of(sc: &SpanContext) -> TraceParent {
+        TraceParent {
             trace_id: sc.trace_id().to_bytes(),
             parent_id: sc.span_id().to_bytes(),
             flags: sc.trace_flags().to_u8(),
-        })
+        }
+    }
+
+    /// The remote span context `parent` names.
+    fn remote(parent: &TraceParent, state: TraceState) -> SpanContext {
+        SpanContext::new(
+            TraceId::from_bytes(parent.trace_id),
+            SpanId::from_bytes(parent.parent_id),
+            TraceFlags::new(parent.flags),
+            true,
+            state,
+        )
     }
 
     /// See [`super::link_stored`].
@@ -174,13 +193,7 @@ mod otel {
         let here = span.context();
         let same_trace = here.span().span_context().trace_id().to_bytes() == stored.trace_id;
         if !same_trace {
-            span.add_link(SpanContext::new(
-                TraceId::from_bytes(stored.trace_id),
-                SpanId::from_bytes(stored.parent_id),
-                TraceFlags::new(stored.flags),
-                true,
-                TraceState::default(),
-            ));
+            span.add_link(remote(&stored, TraceState::default()));
         }
     }
 
@@ -188,18 +201,10 @@ mod otel {
     /// belongs to the execution that publishes it). Nothing if there is no valid span context
     /// (no OpenTelemetry layer, or outside any span), so headers copied from elsewhere stay.
     pub(crate) fn inject(headers: &mut Headers) {
-        let cx = tracing::Span::current().context();
-        let span = cx.span();
-        let sc = span.span_context();
-        if !sc.is_valid() {
+        let Some(sc) = current_span_context() else {
             return;
-        }
-        let parent = TraceParent {
-            trace_id: sc.trace_id().to_bytes(),
-            parent_id: sc.span_id().to_bytes(),
-            flags: sc.trace_flags().to_u8(),
         };
-        headers.put_unstamped(TRACEPARENT, parent.to_string());
+        headers.put_unstamped(TRACEPARENT, parent_of(&sc).to_string());
         let state = sc.trace_state().header();
         if state.is_empty() {
             headers.drop_unstamped(TRACESTATE);
@@ -216,13 +221,7 @@ mod otel {
             .get(TRACESTATE)
             .and_then(|s| s.parse::<TraceState>().ok())
             .unwrap_or_default();
-        Some(SpanContext::new(
-            TraceId::from_bytes(parent.trace_id),
-            SpanId::from_bytes(parent.parent_id),
-            TraceFlags::new(parent.flags),
-            true,
-            state,
-        ))
+        Some(remote(&parent, state))
     }
 
     /// Makes the trace context `headers` carry the parent of `span` (a delivery continues the

@@ -296,30 +296,7 @@ fn expand_type(command: &CommandType) -> TokenStream {
                 #versioned
 
                 #[automatically_derived]
-                impl #private::command::CommandAnswer for #ident {
-                    fn to_answer(
-                        &self,
-                    ) -> ::core::result::Result<
-                        ::core::option::Option<#private::serde_json::Value>,
-                        #private::event::EncodeError,
-                    > {
-                        #private::command::encode_answer(self)
-                    }
-
-                    fn from_answer(
-                        __answer: ::core::option::Option<&#private::serde_json::Value>,
-                    ) -> ::core::result::Result<Self, ::std::string::String> {
-                        #private::command::decode_answer(__answer)
-                    }
-
-                    fn __answer_type() -> ::core::option::Option<&'static ::core::primitive::str> {
-                        ::core::option::Option::Some(<Self as #private::event::Versioned>::TYPE_NAME)
-                    }
-
-                    fn __visit_answer_versions<__V: #private::event::VersionVisitor>(__visitor: &mut __V) {
-                        <Self as #private::event::Versioned>::visit_versions(__visitor);
-                    }
-                }
+                impl #private::command::VersionedAnswer for #ident {}
             }
         }
         Role::Frozen => TokenStream::new(),

@@ -138,28 +138,33 @@ pub(crate) struct Reply;
 impl Settle<IncomingRequest> for Reply {
     async fn settle(&self, request: IncomingRequest, remembered: Option<Bytes>, outcome: Outcome) {
         let reply = match outcome {
-            // With an answer, the handler left the reply's JSON.
-            Outcome::Succeeded if remembered.is_none() => WireReply::Accepted { answer: None },
-            Outcome::Succeeded | Outcome::Duplicate => remembered
-                .and_then(|v| serde_json::from_slice(&v).ok())
+            // With an answer, the handler left the reply's JSON: sent as it is.
+            Outcome::Succeeded => match remembered {
+                Some(json) => WireReply::reply_of("accepted", json),
+                None => WireReply::Accepted { answer: None }.to_reply(),
+            },
+            Outcome::Duplicate => remembered
+                .and_then(|v| serde_json::from_slice::<WireReply>(&v).ok())
                 .unwrap_or(WireReply::Failed {
                     reason: "the remembered answer is unreadable".to_owned(),
-                }),
+                })
+                .to_reply(),
             Outcome::Rejected { reason }
             | Outcome::DeadLetter {
                 kind: DeadLetterReason::Undecodable | DeadLetterReason::InvalidEnvelope,
                 reason,
-            } => WireReply::Rejected { reason },
+            } => WireReply::Rejected { reason }.to_reply(),
             Outcome::Failed { reason, .. }
             | Outcome::Retry { reason, .. }
             | Outcome::Deferred { reason, .. }
             | Outcome::DeadLetter { reason, .. }
-            | Outcome::DeadLettered { reason, .. } => WireReply::Failed { reason },
+            | Outcome::DeadLettered { reason, .. } => WireReply::Failed { reason }.to_reply(),
             Outcome::Skipped => WireReply::Failed {
                 reason: "not handled".to_owned(),
-            },
+            }
+            .to_reply(),
         };
-        if let Err(e) = request.respond(reply.to_reply()).await {
+        if let Err(e) = request.respond(reply).await {
             tracing::warn!(error = %e, "sending the command acknowledgement failed");
         }
     }

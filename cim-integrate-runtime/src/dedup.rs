@@ -27,6 +27,18 @@
 //! [`Context::message_id`](crate::handler::Context::message_id), or written in the same
 //! transaction as the user's own mark.
 //!
+//! **What a mark names.** Under [`DedupCheck::MaybeSeen`] a mark names the *stream message*
+//! ([`StreamMessage`]: its stream, sequence and stored time; [`DedupStore::mark_delivery`]): the
+//! check only has to recognise the same stream message delivered again (a redelivery, or a
+//! message an earlier durable of the same name handled), and the default [`KvDedup`] keeps such
+//! marks 64 sequences to a key, writing the marks that finish while a write is in flight
+//! together in the next write (group commit). Each message's acknowledgement still waits for the
+//! write holding its mark. Under [`DedupCheck::Always`] a mark names the message id
+//! ([`DedupStore::mark`]), so that a copy stored again as a new stream message is recognised too.
+//! Two copies of one id handled beside each other in one process are single-flighted in both
+//! modes: the second is a duplicate if the first succeeded, and its own mark is written before it
+//! is acknowledged.
+//!
 //! Marks expire after a TTL (the key-value bucket's max age), so the store stays bounded; a
 //! redelivery after the TTL would run the handler again, so keep the TTL well above the longest
 //! redelivery horizon (ack wait x max deliveries, plus downtime).
@@ -39,8 +51,9 @@ use crate::id::MessageId;
 use crate::transport::{KeyValue, KvError};
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// When a handler reads its de-duplication mark before running
@@ -103,6 +116,42 @@ pub trait DedupStore: Send + Sync + 'static {
     fn mark_now(&self, _handler: &str, _id: MessageId) -> Option<Result<(), DedupError>> {
         None
     }
+
+    /// `true` if `handler` already handled this stream message (under
+    /// [`DedupCheck::MaybeSeen`], where a handler's marks only need to recognise the same stream
+    /// message delivered again). The default asks [`seen`](Self::seen) for its message id.
+    fn seen_delivery<'a>(
+        &'a self,
+        handler: &'a str,
+        delivery: &StreamMessage,
+    ) -> BoxFuture<'a, Result<bool, DedupError>> {
+        self.seen(handler, delivery.id)
+    }
+
+    /// Records that `handler` handled this stream message (under [`DedupCheck::MaybeSeen`]).
+    /// The default [`mark`](Self::mark)s its message id.
+    fn mark_delivery<'a>(
+        &'a self,
+        handler: &'a str,
+        delivery: &StreamMessage,
+    ) -> BoxFuture<'a, Result<(), DedupError>> {
+        self.mark(handler, delivery.id)
+    }
+}
+
+/// One message of a stream, as a de-duplication mark under [`DedupCheck::MaybeSeen`] names it:
+/// its message id, and where and when the stream stored it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamMessage {
+    /// The message id.
+    pub id: MessageId,
+    /// The stream.
+    pub stream: std::sync::Arc<str>,
+    /// Its sequence in the stream.
+    pub sequence: u64,
+    /// When the stream stored it (tells a message from one stored under the same sequence by a
+    /// stream deleted and created again).
+    pub stored: crate::timestamp::Timestamp,
 }
 
 /// Marks in process memory, with a TTL. Lost on restart: for tests and single-process use.
@@ -184,17 +233,107 @@ impl DedupStore for MemoryDedup {
     }
 }
 
-/// Marks in a key-value bucket (`{handler}.{message id}` -> empty value), on either transport.
-/// The bucket's `max_age` is the TTL. Survives restarts on NATS.
-#[derive(Debug, Clone)]
+/// Marks in a key-value bucket, on either transport. The bucket's `max_age` is the TTL. Survives
+/// restarts on NATS.
+///
+/// Two kinds of key:
+/// - **Blocks of stream sequences** (what [`DedupStore::mark_delivery`] writes, the default
+///   [`DedupCheck::MaybeSeen`]): `{handler}.s.{stream}.{sequence / 64}` holds the handled
+///   messages of 64 consecutive stream sequences, each with the time the stream stored it (so a
+///   message of a stream deleted and created again under a reused sequence is never taken for a
+///   handled one). Marks of one block that are written while a write of that block is in flight
+///   wait and go together in the next write (group commit): a busy handler writes one key-value
+///   entry per round trip per block instead of one per message, and each message's
+///   acknowledgement still waits for the write that holds its mark. Writes are compare-and-set on
+///   the block's revision; a write that lost to another process (two instances handling
+///   neighbouring messages) reads the block, merges and writes again, so no mark is lost.
+/// - **Message ids** (what [`DedupStore::mark`] writes, [`DedupCheck::Always`]):
+///   `{handler}.{message id}` -> empty. A block check that finds nothing also reads this key, so
+///   marks written by earlier releases are still found.
+///
+/// A stream whose name is not a valid key token is marked by message id.
+#[derive(Debug)]
 pub struct KvDedup<K> {
     kv: K,
+    blocks: Mutex<FastMap<String, Arc<Block>>>,
+}
+
+impl<K: KeyValue> Clone for KvDedup<K> {
+    /// The same bucket; the blocks in flight here are not shared (a clone's writes of a block
+    /// merge like another process's).
+    fn clone(&self) -> Self {
+        Self::new(self.kv.clone())
+    }
+}
+
+/// Stream sequences per block key.
+const BLOCK: u64 = 64;
+/// Idle blocks kept in memory (their revision spares a read on the next write).
+const BLOCKS_KEPT: usize = 1024;
+
+/// One block's marks in this process, and its write in flight.
+#[derive(Debug, Default)]
+struct Block {
+    state: Mutex<BlockState>,
+    written: Notify,
+}
+
+#[derive(Debug, Default)]
+struct BlockState {
+    /// offset in the block -> stored time (unix nanos), committed or waiting for a write.
+    marks: std::collections::BTreeMap<u8, i64>,
+    /// Marks added so far (a mark's number: this count when it was added).
+    added: u64,
+    /// Marks that are stored: every mark numbered up to this.
+    stored: u64,
+    /// The block entry's revision as last written or read here.
+    revision: Option<u64>,
+    /// Whether a task is writing the block.
+    writing: bool,
+}
+
+impl BlockState {
+    /// The marks as the entry's value: per mark its offset (1 byte) and stored time (8 bytes,
+    /// little endian), in offset order.
+    fn encode(&self) -> Bytes {
+        let mut v = Vec::with_capacity(self.marks.len() * 9);
+        for (offset, nanos) in &self.marks {
+            v.push(*offset);
+            v.extend_from_slice(&nanos.to_le_bytes());
+        }
+        Bytes::from(v)
+    }
+}
+
+/// The marks of a block entry's value; `None` if it is not one (never written by this crate).
+fn decode_block(value: &[u8]) -> Option<Vec<(u8, i64)>> {
+    if !value.len().is_multiple_of(9) {
+        return None;
+    }
+    value
+        .chunks_exact(9)
+        .map(|c| {
+            let offset = c[0];
+            let nanos = i64::from_le_bytes(c[1..9].try_into().ok()?);
+            (u64::from(offset) < BLOCK).then_some((offset, nanos))
+        })
+        .collect()
+}
+
+/// Whether `s` can be one token of a key.
+fn key_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'=')
 }
 
 impl<K: KeyValue> KvDedup<K> {
     /// Marks in `kv`; create it with [`KvSpec::max_age`](crate::transport::KvSpec::max_age) as the TTL.
     pub fn new(kv: K) -> Self {
-        Self { kv }
+        Self {
+            kv,
+            blocks: Mutex::new(FastMap::default()),
+        }
     }
 
     /// `{handler}.{id}`, built in one allocation without the formatting machinery.
@@ -206,6 +345,129 @@ impl<K: KeyValue> KvDedup<K> {
         key.push('.');
         key.push_str(id);
         key
+    }
+
+    /// `{handler}.s.{stream}.{block}` and the message's offset in it, or `None` if the stream's
+    /// name cannot be a key token.
+    fn block_key(handler: &str, m: &StreamMessage) -> Option<(String, u8)> {
+        if !key_token(&m.stream) {
+            return None;
+        }
+        let block = m.sequence / BLOCK;
+        let mut digits = itoa_u64(block);
+        let digits = digits.as_str();
+        let mut key = String::with_capacity(handler.len() + m.stream.len() + digits.len() + 4);
+        key.push_str(handler);
+        key.push_str(".s.");
+        key.push_str(&m.stream);
+        key.push('.');
+        key.push_str(digits);
+        Some((key, u8::try_from(m.sequence % BLOCK).ok()?))
+    }
+
+    /// The block's state in this process (kept for the next marks).
+    fn block(&self, key: &str) -> Arc<Block> {
+        let mut blocks = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(b) = blocks.get(key) {
+            return b.clone();
+        }
+        if blocks.len() >= BLOCKS_KEPT {
+            // Forget idle blocks: nobody holds them and nothing waits for a write.
+            blocks.retain(|_, b| Arc::strong_count(b) > 1);
+        }
+        blocks.entry(key.to_owned()).or_default().clone()
+    }
+
+    /// Whether this process stored the mark (in a write of the block that succeeded).
+    fn stored_here(&self, key: &str, offset: u8, nanos: i64) -> bool {
+        let Some(block) = self.blocks.lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned() else {
+            return false;
+        };
+        let st = block.state.lock().unwrap_or_else(|e| e.into_inner());
+        // Every mark is stored, or none waits (a failed write leaves marks unstored).
+        st.stored == st.added && st.revision.is_some() && st.marks.get(&offset) == Some(&nanos)
+    }
+
+    /// Writes the block's marks, merging those another process wrote when a compare-and-set
+    /// loses; returns once the write holding mark number `mine` is stored.
+    async fn commit(&self, key: &str, block: &Block, mine: u64) -> Result<(), DedupError> {
+        loop {
+            let written = block.written.notified();
+            let turn = {
+                let mut st = block.state.lock().unwrap_or_else(|e| e.into_inner());
+                if st.stored >= mine {
+                    return Ok(());
+                }
+                if st.writing {
+                    None
+                } else {
+                    st.writing = true;
+                    Some((st.encode(), st.added, st.revision))
+                }
+            };
+            let Some((value, upto, revision)) = turn else {
+                // Another task writes the block: its write or the next holds this mark.
+                written.await;
+                continue;
+            };
+            let result = match revision {
+                Some(r) => self.kv.update(key, value, r).await,
+                None => self.kv.create(key, value).await,
+            };
+            let lost = matches!(result, Err(KvError::Conflict { .. } | KvError::AlreadyExists { .. }));
+            let read = if lost { Some(self.kv.get(key).await) } else { None };
+            let outcome = {
+                let mut st = block.state.lock().unwrap_or_else(|e| e.into_inner());
+                st.writing = false;
+                match (result, read) {
+                    (Ok(r), _) => {
+                        st.revision = Some(r);
+                        st.stored = st.stored.max(upto);
+                        Ok(())
+                    }
+                    (Err(_), Some(Ok(entry))) => {
+                        // Another process wrote the block: take its marks, write again.
+                        st.revision = entry.as_ref().map(|e| e.revision);
+                        if let Some(theirs) = entry.as_ref().and_then(|e| decode_block(&e.value)) {
+                            for (offset, nanos) in theirs {
+                                st.marks.entry(offset).or_insert(nanos);
+                            }
+                        }
+                        Ok(())
+                    }
+                    (Err(_), Some(Err(e))) | (Err(e), None) => Err(DedupError::from(e)),
+                }
+            };
+            block.written.notify_waiters();
+            outcome?;
+        }
+    }
+}
+
+/// `n` in decimal, on the stack.
+fn itoa_u64(mut n: u64) -> ItoaBuf {
+    let mut buf = ItoaBuf {
+        bytes: [0; 20],
+        start: 20,
+    };
+    loop {
+        buf.start -= 1;
+        buf.bytes[buf.start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return buf;
+        }
+    }
+}
+
+struct ItoaBuf {
+    bytes: [u8; 20],
+    start: usize,
+}
+
+impl ItoaBuf {
+    fn as_str(&mut self) -> &str {
+        std::str::from_utf8(&self.bytes[self.start..]).unwrap_or("0")
     }
 }
 
@@ -220,6 +482,48 @@ impl<K: KeyValue> DedupStore for KvDedup<K> {
             Ok(())
         })
     }
+
+    fn seen_delivery<'a>(&'a self, handler: &'a str, m: &StreamMessage) -> BoxFuture<'a, Result<bool, DedupError>> {
+        let Some((key, offset)) = Self::block_key(handler, m) else {
+            return self.seen(handler, m.id);
+        };
+        let (id, nanos) = (m.id, stored_nanos(m));
+        Box::pin(async move {
+            if self.stored_here(&key, offset, nanos) {
+                return Ok(true);
+            }
+            let marked = self
+                .kv
+                .get(&key)
+                .await?
+                .and_then(|e| decode_block(&e.value))
+                .is_some_and(|marks| marks.contains(&(offset, nanos)));
+            // Marks by message id (earlier releases, or `DedupCheck::Always`).
+            Ok(marked || self.kv.get(&Self::key(handler, id)).await?.is_some())
+        })
+    }
+
+    fn mark_delivery<'a>(&'a self, handler: &'a str, m: &StreamMessage) -> BoxFuture<'a, Result<(), DedupError>> {
+        let Some((key, offset)) = Self::block_key(handler, m) else {
+            return self.mark(handler, m.id);
+        };
+        let nanos = stored_nanos(m);
+        Box::pin(async move {
+            let block = self.block(&key);
+            let mine = {
+                let mut st = block.state.lock().unwrap_or_else(|e| e.into_inner());
+                st.marks.insert(offset, nanos);
+                st.added += 1;
+                st.added
+            };
+            self.commit(&key, &block, mine).await
+        })
+    }
+}
+
+/// The stored time as the block records it (unix nanos; saturated outside the i64 range).
+fn stored_nanos(m: &StreamMessage) -> i64 {
+    i64::try_from(m.stored.unix_nanos()).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
@@ -269,5 +573,131 @@ mod tests {
         store.mark("h", id).await.unwrap();
         tokio::time::sleep(Duration::from_secs(11)).await;
         assert!(!store.seen("h", id).await.unwrap());
+    }
+
+    fn message(stream: &str, sequence: u64, stored_nanos: i128) -> StreamMessage {
+        StreamMessage {
+            id: MessageId::new(),
+            stream: Arc::from(stream),
+            sequence,
+            stored: crate::timestamp::Timestamp::from_unix_nanos(stored_nanos).unwrap(),
+        }
+    }
+
+    /// Counts the writes that reach a bucket.
+    #[derive(Debug, Clone)]
+    struct Writes<K> {
+        kv: K,
+        count: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl<K: KeyValue> KeyValue for Writes<K> {
+        async fn get(&self, key: &str) -> Result<Option<crate::transport::KvEntry>, KvError> {
+            self.kv.get(key).await
+        }
+        async fn create(&self, key: &str, value: Bytes) -> Result<u64, KvError> {
+            self.count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.kv.create(key, value).await
+        }
+        async fn update(&self, key: &str, value: Bytes, expected: u64) -> Result<u64, KvError> {
+            self.count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.kv.update(key, value, expected).await
+        }
+        async fn put(&self, key: &str, value: Bytes) -> Result<u64, KvError> {
+            self.count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.kv.put(key, value).await
+        }
+        async fn delete(&self, key: &str, expected: Option<u64>) -> Result<(), KvError> {
+            self.kv.delete(key, expected).await
+        }
+        async fn keys(&self) -> Result<Vec<String>, KvError> {
+            self.kv.keys().await
+        }
+    }
+
+    async fn bucket() -> crate::transport::memory::MemoryKeyValue {
+        MemoryTransport::new().key_value(&KvSpec::new("dedup")).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn block_marks_name_the_stream_message() {
+        let store = KvDedup::new(bucket().await);
+        let m = message("DOCUMENT_EVENTS", 130, 1_000);
+        assert!(!store.seen_delivery("h", &m).await.unwrap());
+        store.mark_delivery("h", &m).await.unwrap();
+        assert!(store.seen_delivery("h", &m).await.unwrap());
+        // Another process (a fresh store on the same bucket) reads it from the bucket.
+        let other = KvDedup::new(store.kv.clone());
+        assert!(other.seen_delivery("h", &m).await.unwrap());
+        assert!(!other.seen_delivery("h2", &m).await.unwrap(), "marks are per handler");
+        assert!(
+            !other
+                .seen_delivery("h", &message("DOCUMENT_EVENTS", 131, 1_000))
+                .await
+                .unwrap()
+        );
+        assert!(!other.seen_delivery("h", &message("OTHER", 130, 1_000)).await.unwrap());
+        // The same sequence stored again by a stream deleted and created: not handled.
+        let reborn = StreamMessage {
+            stored: crate::timestamp::Timestamp::from_unix_nanos(2_000).unwrap(),
+            ..m.clone()
+        };
+        assert!(!other.seen_delivery("h", &reborn).await.unwrap());
+        assert_eq!(store.kv.keys().await.unwrap(), ["h.s.DOCUMENT_EVENTS.2"]);
+    }
+
+    #[tokio::test]
+    async fn marks_by_message_id_are_still_found_and_odd_streams_use_them() {
+        let store = KvDedup::new(bucket().await);
+        let m = message("DOCUMENT_EVENTS", 7, 1);
+        store.mark("h", m.id).await.unwrap();
+        assert!(
+            store.seen_delivery("h", &m).await.unwrap(),
+            "a mark of an earlier release"
+        );
+        let odd = message("odd.stream", 7, 1);
+        store.mark_delivery("h", &odd).await.unwrap();
+        assert!(store.seen("h", odd.id).await.unwrap(), "marked by id");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_marks_of_a_block_share_writes_and_none_is_lost() {
+        let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let kv = Writes {
+            kv: bucket().await,
+            count: count.clone(),
+        };
+        // Two stores (two processes) marking interleaved sequences of the same blocks at once.
+        let (a, b) = (Arc::new(KvDedup::new(kv.clone())), Arc::new(KvDedup::new(kv.clone())));
+        let marks: Vec<_> = (0..256).map(|seq| message("S", seq, 10 + i128::from(seq))).collect();
+        let tasks: Vec<_> = marks
+            .iter()
+            .cloned()
+            .map(|m| {
+                let store = if m.sequence % 2 == 0 { a.clone() } else { b.clone() };
+                tokio::spawn(async move { store.mark_delivery("h", &m).await })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        let fresh = KvDedup::new(kv.kv.clone());
+        for m in &marks {
+            assert!(fresh.seen_delivery("h", m).await.unwrap(), "mark {} lost", m.sequence);
+        }
+        let writes = count.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(writes >= 4, "at least one write per block: {writes}");
+        tracing::info!(writes, "writes for 256 marks");
+    }
+
+    #[test]
+    fn block_values_that_are_not_ours_are_not_marks() {
+        assert_eq!(decode_block(&[]), Some(vec![]));
+        assert_eq!(decode_block(&[1; 8]), None);
+        assert_eq!(decode_block(&[64, 0, 0, 0, 0, 0, 0, 0, 0]), None);
+        let mut st = BlockState::default();
+        st.marks.insert(3, -5);
+        st.marks.insert(63, i64::MAX);
+        assert_eq!(decode_block(&st.encode()), Some(vec![(3, -5), (63, i64::MAX)]));
     }
 }

@@ -29,11 +29,47 @@ pub const DERIVED_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6b1d_4c2a_8f3e_5d70_9a6
 
 /// The UUID `text` spells exactly as this crate writes ids (hyphenated, lower case), if it does:
 /// such text can be kept as the value and rendered back unchanged.
+///
+/// A table read per byte: lower-case hex digits and hyphens in their four places, nothing else
+/// (upper case, braces, a URN prefix or the simple form are not canonical).
 pub(crate) fn canonical_uuid(text: &str) -> Option<Uuid> {
-    let id = Uuid::try_parse(text).ok()?;
-    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    (id.hyphenated().encode_lower(&mut buf).as_bytes() == text.as_bytes()).then_some(id)
+    let b: &[u8; 36] = text.as_bytes().try_into().ok()?;
+    if b[8] != b'-' || b[13] != b'-' || b[18] != b'-' || b[23] != b'-' {
+        return None;
+    }
+    let mut halves = [0u64; 2];
+    let mut invalid = 0u8;
+    for (half, positions) in halves.iter_mut().zip(HEX_POSITIONS.chunks_exact(16)) {
+        for &p in positions {
+            let nibble = LOWER_HEX[usize::from(b[p])];
+            invalid |= nibble;
+            *half = *half << 4 | u64::from(nibble);
+        }
+    }
+    (invalid < 16).then(|| Uuid::from_u64_pair(halves[0], halves[1]))
 }
+
+/// Where the 32 hex digits of a hyphenated UUID are.
+const HEX_POSITIONS: [usize; 32] = [
+    0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 14, 15, 16, 17, 19, 20, 21, 22, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34,
+    35,
+];
+
+/// A lower-case hex digit's value; `0xff` for every other byte.
+const LOWER_HEX: [u8; 256] = {
+    let mut t = [0xff; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
 
 /// The one function for derived ids: a name-based (v5) UUID in [`DERIVED_ID_NAMESPACE`] over
 /// `parts` joined by NUL bytes. The same parts always give the same id; the formats in use are
@@ -285,6 +321,39 @@ impl Identity {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The definition the fast reader replaces: parse, write back, compare.
+    fn canonical_by_reference(text: &str) -> Option<Uuid> {
+        let id = Uuid::try_parse(text).ok()?;
+        let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        (id.hyphenated().encode_lower(&mut buf).as_bytes() == text.as_bytes()).then_some(id)
+    }
+
+    #[test]
+    fn canonical_uuids_are_exactly_the_lower_case_hyphenated_ones() {
+        let id = Uuid::now_v7();
+        let text = id.hyphenated().to_string();
+        let mut variants = vec![
+            text.clone(),
+            text.to_uppercase(),
+            id.simple().to_string(),
+            id.urn().to_string(),
+            id.braced().to_string(),
+            Uuid::nil().hyphenated().to_string(),
+            Uuid::max().hyphenated().to_string(),
+            String::new(),
+        ];
+        for i in 0..text.len() {
+            for c in ['0', '9', 'a', 'f', 'g', 'A', 'F', '-', ' ', 'é'] {
+                let mut v: Vec<char> = text.chars().collect();
+                v[i] = c;
+                variants.push(v.into_iter().collect());
+            }
+        }
+        for v in variants {
+            assert_eq!(canonical_uuid(&v), canonical_by_reference(&v), "{v:?}");
+        }
+    }
 
     #[test]
     fn root_and_child() {

@@ -50,6 +50,17 @@ impl Timestamp {
 
     /// From nanoseconds since the Unix epoch; `None` if out of range.
     pub fn from_unix_nanos(nanos: i128) -> Option<Self> {
+        // Whole seconds and the rest in 64 bits where they fit (every date of this era): the
+        // same instant as `from_unix_timestamp_nanos`, without its 128-bit division.
+        if let Ok(n) = i64::try_from(nanos) {
+            let secs = n.div_euclid(1_000_000_000);
+            let sub = u32::try_from(n.rem_euclid(1_000_000_000)).ok()?;
+            return OffsetDateTime::from_unix_timestamp(secs)
+                .ok()?
+                .replace_nanosecond(sub)
+                .ok()
+                .map(Self);
+        }
         OffsetDateTime::from_unix_timestamp_nanos(nanos).ok().map(Self)
     }
 
@@ -75,12 +86,99 @@ impl Timestamp {
 
     /// RFC 3339 text.
     pub fn to_rfc3339(&self) -> String {
-        // Formatting a UTC value in years 0..=9999 cannot fail; the epoch is a sane fallback.
-        self.0
-            .format(&Rfc3339)
-            .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned())
+        let mut buf = [0u8; RFC3339_MAX];
+        self.write_rfc3339(&mut buf).to_owned()
+    }
+
+    /// The RFC 3339 text into `buf`, without allocating: exactly what `time`'s `Rfc3339`
+    /// formatter writes for a UTC value (four-digit year, the fraction only when not zero and
+    /// without trailing zeros, `Z`). Years outside 0..=9999, which RFC 3339 cannot write, read as
+    /// the epoch.
+    pub(crate) fn write_rfc3339<'b>(&self, buf: &'b mut [u8; RFC3339_MAX]) -> &'b str {
+        let t = self.0;
+        let year = t.year();
+        if !(0..=9999).contains(&year) {
+            return "1970-01-01T00:00:00Z";
+        }
+        fn digits(out: &mut [u8], mut v: u32) {
+            for b in out.iter_mut().rev() {
+                *b = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        }
+        digits(&mut buf[0..4], year.unsigned_abs());
+        buf[4] = b'-';
+        digits(&mut buf[5..7], u32::from(u8::from(t.month())));
+        buf[7] = b'-';
+        digits(&mut buf[8..10], u32::from(t.day()));
+        buf[10] = b'T';
+        digits(&mut buf[11..13], u32::from(t.hour()));
+        buf[13] = b':';
+        digits(&mut buf[14..16], u32::from(t.minute()));
+        buf[16] = b':';
+        digits(&mut buf[17..19], u32::from(t.second()));
+        let mut len = 19;
+        let mut nanos = t.nanosecond();
+        if nanos != 0 {
+            let mut width = 9;
+            while nanos.is_multiple_of(10) {
+                nanos /= 10;
+                width -= 1;
+            }
+            buf[19] = b'.';
+            digits(&mut buf[20..20 + width], nanos);
+            len = 20 + width;
+        }
+        buf[len] = b'Z';
+        // Only ASCII digits and separators were written.
+        std::str::from_utf8(&buf[..=len]).unwrap_or("1970-01-01T00:00:00Z")
+    }
+
+    /// Parses `text` only if it is exactly what [`to_rfc3339`](Self::to_rfc3339) writes for the
+    /// instant it names (UTC `Z`, no trailing zeros in the fraction, ...); `None` for any other
+    /// spelling, valid RFC 3339 or not. A fixed-layout read with no general parser, for headers
+    /// this crate wrote.
+    pub(crate) fn parse_canonical(text: &str) -> Option<Self> {
+        let b = text.as_bytes();
+        if b.len() < 20 || b.len() > RFC3339_MAX || b[b.len() - 1] != b'Z' {
+            return None;
+        }
+        fn num(b: &[u8]) -> Option<u32> {
+            b.iter().try_fold(0u32, |acc, &d| {
+                d.is_ascii_digit().then(|| acc * 10 + u32::from(d - b'0'))
+            })
+        }
+        let seps = [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':')];
+        if seps.iter().any(|&(i, c)| b[i] != c) {
+            return None;
+        }
+        let nanos = match &b[19..b.len() - 1] {
+            [] => 0,
+            [b'.', fraction @ ..] if !fraction.is_empty() && fraction.len() <= 9 && fraction.last() != Some(&b'0') => {
+                num(fraction)? * 10u32.pow(9 - fraction.len() as u32)
+            }
+            _ => return None,
+        };
+        let month = time::Month::try_from(u8::try_from(num(&b[5..7])?).ok()?).ok()?;
+        let date = time::Date::from_calendar_date(
+            i32::try_from(num(&b[0..4])?).ok()?,
+            month,
+            u8::try_from(num(&b[8..10])?).ok()?,
+        )
+        .ok()?;
+        let clock = time::Time::from_hms_nano(
+            u8::try_from(num(&b[11..13])?).ok()?,
+            u8::try_from(num(&b[14..16])?).ok()?,
+            u8::try_from(num(&b[17..19])?).ok()?,
+            nanos,
+        )
+        .ok()?;
+        Some(Self(time::PrimitiveDateTime::new(date, clock).assume_utc()))
     }
 }
+
+/// The longest RFC 3339 text of a [`Timestamp`]: `9999-12-31T23:59:59.999999999Z`.
+pub(crate) const RFC3339_MAX: usize = 30;
 
 impl FromStr for Timestamp {
     type Err = TimestampParseError;
@@ -96,7 +194,7 @@ impl FromStr for Timestamp {
 
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_rfc3339())
+        f.write_str(self.write_rfc3339(&mut [0u8; RFC3339_MAX]))
     }
 }
 
@@ -114,7 +212,7 @@ impl From<std::time::SystemTime> for Timestamp {
 
 impl serde::Serialize for Timestamp {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_rfc3339())
+        s.serialize_str(self.write_rfc3339(&mut [0u8; RFC3339_MAX]))
     }
 }
 
@@ -139,6 +237,88 @@ mod tests {
         assert_eq!(Timestamp::from_unix_nanos(t.unix_nanos()), Some(t));
     }
 
+    /// The text as `time`'s own RFC 3339 formatter writes it, and whether it is canonical by the
+    /// definition `parse_canonical` replaces (parse, format again, compare).
+    fn reference(t: &Timestamp) -> String {
+        t.0.format(&Rfc3339).unwrap()
+    }
+
+    fn canonical_by_reference(text: &str) -> Option<Timestamp> {
+        let t: Timestamp = text.parse().ok()?;
+        (t.0.year() >= 0 && reference(&t) == text).then_some(t)
+    }
+
+    /// Deterministic instants over the whole writable range, with every fraction width.
+    fn instants() -> impl Iterator<Item = Timestamp> {
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        let max = Timestamp::parse_canonical("9999-12-31T23:59:59.999999999Z")
+            .unwrap()
+            .unix_nanos();
+        let min = Timestamp::parse_canonical("0000-01-01T00:00:00Z").unwrap().unix_nanos();
+        (0..20_000).map(move |i| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let span = (max - min) as u128;
+            let mut n = min + ((u128::from(x) * 7919) % span) as i128;
+            // Fractions with 0..=9 significant digits.
+            n -= n.rem_euclid(10i128.pow(i % 10));
+            Timestamp::from_unix_nanos(n).unwrap()
+        })
+    }
+
+    #[test]
+    fn the_fast_writer_and_reader_agree_with_time_s_formatter() {
+        let special = [
+            "1970-01-01T00:00:00Z",
+            "2000-02-29T23:59:59.5Z",
+            "0000-01-01T00:00:00.000000001Z",
+        ];
+        let all = instants()
+            .chain(special.iter().map(|s| s.parse().unwrap()))
+            .chain([Timestamp::now()]);
+        for t in all {
+            let text = reference(&t);
+            assert_eq!(t.to_rfc3339(), text);
+            assert_eq!(t.to_string(), text);
+            assert_eq!(Timestamp::parse_canonical(&text), Some(t), "{text}");
+        }
+    }
+
+    #[test]
+    fn only_the_canonical_spelling_is_read_fast() {
+        let t: Timestamp = "2026-11-24T13:25:00.12Z".parse().unwrap();
+        let text = t.to_rfc3339();
+        let mut variants = vec![
+            "2026-11-24T13:25:00.120Z".to_owned(),
+            "2026-11-24T13:25:00.12+00:00".to_owned(),
+            "2026-11-24t13:25:00.12Z".to_owned(),
+            "2026-11-24T13:25:00.Z".to_owned(),
+            "2026-11-24T13:25:00.0Z".to_owned(),
+            "2026-11-24T13:25:60Z".to_owned(),
+            "2026-02-30T13:25:00Z".to_owned(),
+            "2026-00-10T13:25:00Z".to_owned(),
+            "2026-11-24T24:00:00Z".to_owned(),
+            "+026-11-24T13:25:00Z".to_owned(),
+            "2026-11-24T13:25:00.1234567891Z".to_owned(),
+            "".to_owned(),
+        ];
+        // Every single-byte change of the canonical text.
+        for i in 0..text.len() {
+            for c in [b'0', b'9', b'Z', b'.', b'-', b':', b'T', b' ', 0xff] {
+                let mut b = text.clone().into_bytes();
+                b[i] = c;
+                if let Ok(s) = String::from_utf8(b) {
+                    variants.push(s);
+                }
+            }
+            variants.push(format!("{}{}", &text[..i], &text[i + 1..]));
+        }
+        for v in variants {
+            assert_eq!(Timestamp::parse_canonical(&v), canonical_by_reference(&v), "{v:?}");
+        }
+    }
+
     #[test]
     fn garbage_is_an_error() {
         for bad in ["", "2026-13-01T00:00:00Z", "2026-11-24", "\u{0}", "9999999999"] {
@@ -146,5 +326,21 @@ mod tests {
         }
         assert!(serde_json::from_str::<Timestamp>("12").is_err());
         assert_eq!(Timestamp::from_unix_nanos(i128::MAX), None);
+        for n in [
+            0,
+            1,
+            -1,
+            -999_999_999,
+            -1_000_000_001,
+            i128::from(i64::MIN),
+            i128::from(i64::MAX),
+            253_402_300_799_999_999_999,
+        ] {
+            assert_eq!(
+                Timestamp::from_unix_nanos(n).map(|t| t.0),
+                OffsetDateTime::from_unix_timestamp_nanos(n).ok(),
+                "{n}"
+            );
+        }
     }
 }

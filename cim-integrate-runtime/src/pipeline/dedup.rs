@@ -21,7 +21,7 @@
 
 use super::catch_panic::with_progress;
 use super::{Deferral, Dispatch, Message, Outcome};
-use crate::dedup::{DedupCheck, DedupStore};
+use crate::dedup::{DedupCheck, DedupStore, StreamMessage};
 use crate::fast_hash::FastMap;
 use crate::id::MessageId;
 use crate::timestamp::Timestamp;
@@ -104,25 +104,39 @@ impl<D: Dispatch> Dispatch for Dedup<D> {
         let Some(id) = msg.envelope().map(|e| e.message_id()) else {
             return super::filter::invalid_envelope(msg);
         };
+        // Under `MaybeSeen` a mark names the stream message (its id, stream, sequence and stored
+        // time); under `Always`, and without stream metadata, the message id.
+        let stream_message = match self.durable.check {
+            DedupCheck::MaybeSeen => msg.received().info().map(|i| StreamMessage {
+                id,
+                stream: i.stream.clone(),
+                sequence: i.stream_sequence,
+                stored: i.published,
+            }),
+            DedupCheck::Always => None,
+        };
         // Held until the mark is written (or the run failed): a copy of `id` waits here.
-        let (_flight, waited) = match self.in_flight.try_enter(id) {
-            Some(guard) => (guard, false),
-            None => (
-                with_progress(self.in_flight.enter(id), msg.received(), self.ack_wait).await,
-                true,
-            ),
+        let (mut flight, waited) = match self.in_flight.try_enter(id) {
+            Some(guard) => (guard, Waited::No),
+            None => with_progress(self.in_flight.enter(id), msg.received(), self.ack_wait).await,
         };
-        let seen = if !waited && self.durable.first_ever(msg) {
-            Ok(false)
-        } else {
-            match self.store.seen_now(&self.key, id) {
+        let seen = match waited {
+            // A copy of a message id handled beside it in this process: a duplicate, whose own
+            // mark is written before it is acknowledged (a redelivery of it is then recognised).
+            Waited::ForSuccess => Ok(true),
+            Waited::No if self.durable.first_ever(msg) => Ok(false),
+            Waited::No | Waited::ForFailure => match self.store.seen_now(&self.key, id) {
                 Some(r) => r,
-                None => self.store.seen(&self.key, id).await,
-            }
+                None => match &stream_message {
+                    Some(m) => self.store.seen_delivery(&self.key, m).await,
+                    None => self.store.seen(&self.key, id).await,
+                },
+            },
         };
-        match seen {
-            Ok(true) => return Outcome::Duplicate,
-            Ok(false) => {}
+        let outcome = match seen {
+            Ok(true) if waited != Waited::ForSuccess => return Outcome::Duplicate,
+            Ok(true) => Outcome::Duplicate,
+            Ok(false) => self.inner.dispatch(msg).await,
             Err(e) => {
                 return Outcome::Deferred {
                     reason: format!("dedup check failed: {e}"),
@@ -130,20 +144,20 @@ impl<D: Dispatch> Dispatch for Dedup<D> {
                     cause: Deferral::Unavailable,
                 };
             }
-        }
-        let outcome = self.inner.dispatch(msg).await;
-        if outcome == Outcome::Succeeded {
-            if self.release_while_marking {
+        };
+        if matches!(outcome, Outcome::Succeeded | Outcome::Duplicate) {
+            if self.release_while_marking && outcome == Outcome::Succeeded {
                 msg.handler_done();
             }
             match self.store.mark_now(&self.key, id) {
                 Some(Ok(())) => {}
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "dedup mark failed; retrying before the acknowledgement");
-                    with_progress(self.mark(id), msg.received(), self.ack_wait).await;
+                    with_progress(self.mark(id, stream_message.as_ref()), msg.received(), self.ack_wait).await;
                 }
-                None => with_progress(self.mark(id), msg.received(), self.ack_wait).await,
+                None => with_progress(self.mark(id, stream_message.as_ref()), msg.received(), self.ack_wait).await,
             }
+            flight.succeeded();
         }
         outcome
     }
@@ -151,10 +165,14 @@ impl<D: Dispatch> Dispatch for Dedup<D> {
 
 impl<D> Dedup<D> {
     /// Writes the mark, retrying with back-off until it is stored.
-    async fn mark(&self, id: crate::id::MessageId) {
+    async fn mark(&self, id: MessageId, stream_message: Option<&StreamMessage>) {
         let mut pause = MARK_BACKOFF.0;
         loop {
-            match self.store.mark(&self.key, id).await {
+            let marked = match stream_message {
+                Some(m) => self.store.mark_delivery(&self.key, m).await,
+                None => self.store.mark(&self.key, id).await,
+            };
+            match marked {
                 Ok(()) => return,
                 Err(e) => {
                     tracing::warn!(error = %e, ?pause, "dedup mark failed; retrying before the acknowledgement");
@@ -166,18 +184,39 @@ impl<D> Dedup<D> {
     }
 }
 
+/// Whether a message waited for a copy of its id in flight, and how that copy's run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Waited {
+    /// Nobody worked on the id.
+    No,
+    /// A copy was handled successfully (and marked) meanwhile.
+    ForSuccess,
+    /// A copy's run failed or was cancelled meanwhile.
+    ForFailure,
+}
+
 /// The message ids a handler is working on in this process, for single-flight.
 ///
 /// One small map per handler (its size bounded by the handler's concurrency), keyed by message
 /// id, an entry added before the dedup check and removed when the run is over. The map keeps its
 /// capacity, so after warm-up a message costs one uncontended lock to enter and one to leave, and
 /// no allocation. Copies waiting for an id share one [`Notify`], woken only when an id some copy
-/// waits for is left (copies are rare, so a broad wake-up is cheap).
+/// waits for is left (copies are rare, so a broad wake-up is cheap). A run that succeeded while
+/// a copy waited leaves its entry behind, marked succeeded, for the copy to take.
 #[derive(Debug, Default)]
 pub(crate) struct InFlight {
-    /// message id -> whether a copy waits for it
-    ids: Mutex<FastMap<MessageId, bool>>,
+    ids: Mutex<FastMap<MessageId, Slot>>,
     left: Notify,
+}
+
+/// One id's entry in [`InFlight`].
+#[derive(Debug, Clone, Copy, Default)]
+struct Slot {
+    /// A run holds the id.
+    busy: bool,
+    /// A copy waits for it. (An entry neither busy nor waited for was left by a run that
+    /// succeeded while a copy waited, for the copy to take.)
+    waited: bool,
 }
 
 impl InFlight {
@@ -189,34 +228,62 @@ impl InFlight {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, FastMap<MessageId, bool>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FastMap<MessageId, Slot>> {
         self.ids.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Enters `id` if nobody works on it; `None` if a copy of it is in flight.
+    fn busy() -> Slot {
+        Slot {
+            busy: true,
+            ..Slot::default()
+        }
+    }
+
+    /// Enters `id` if nobody works on it; `None` if a copy of it is in flight (or left a success
+    /// for a copy to take).
     pub(crate) fn try_enter(&self, id: MessageId) -> Option<Flight<'_>> {
         match self.lock().entry(id) {
             Entry::Occupied(_) => None,
             Entry::Vacant(free) => {
-                free.insert(false);
-                Some(Flight { map: self, id })
+                free.insert(Self::busy());
+                Some(Flight {
+                    map: self,
+                    id,
+                    succeeded: false,
+                })
             }
         }
     }
 
-    /// Enters `id`, waiting while a copy of it is in flight.
-    pub(crate) async fn enter(&self, id: MessageId) -> Flight<'_> {
+    /// Enters `id`, waiting while a copy of it is in flight; says how the copy's run ended.
+    pub(crate) async fn enter(&self, id: MessageId) -> (Flight<'_>, Waited) {
+        let flight = || Flight {
+            map: self,
+            id,
+            succeeded: false,
+        };
+        let mut waited = false;
         loop {
             // Created before the map is read: `notify_waiters` reaches it from now on, so a
             // leave between the read and the wait is not missed.
             let notified = self.left.notified();
             match self.lock().entry(id) {
                 Entry::Vacant(free) => {
-                    free.insert(false);
-                    return Flight { map: self, id };
+                    free.insert(Self::busy());
+                    let how = if waited { Waited::ForFailure } else { Waited::No };
+                    return (flight(), how);
                 }
-                Entry::Occupied(mut busy) => *busy.get_mut() = true,
+                Entry::Occupied(mut slot) => {
+                    let slot = slot.get_mut();
+                    if !slot.busy {
+                        // A run succeeded while this copy waited.
+                        *slot = Self::busy();
+                        return (flight(), Waited::ForSuccess);
+                    }
+                    slot.waited = true;
+                }
             }
+            waited = true;
             notified.await;
         }
     }
@@ -226,11 +293,32 @@ impl InFlight {
 pub(crate) struct Flight<'a> {
     map: &'a InFlight,
     id: MessageId,
+    succeeded: bool,
+}
+
+impl Flight<'_> {
+    /// The run succeeded and its mark is stored: a copy waiting for it is a duplicate.
+    pub(crate) fn succeeded(&mut self) {
+        self.succeeded = true;
+    }
 }
 
 impl Drop for Flight<'_> {
     fn drop(&mut self) {
-        let waited = self.map.lock().remove(&self.id).unwrap_or(false);
+        let mut ids = self.map.lock();
+        let waited = match ids.entry(self.id) {
+            Entry::Occupied(mut slot) if slot.get().busy => {
+                let waited = slot.get().waited;
+                if waited && self.succeeded {
+                    *slot.get_mut() = Slot::default();
+                } else {
+                    slot.remove();
+                }
+                waited
+            }
+            _ => false,
+        };
+        drop(ids);
         if waited {
             self.map.left.notify_waiters();
         }
@@ -251,7 +339,8 @@ mod tests {
         let waiter = tokio::spawn({
             let map = map.clone();
             async move {
-                let _second = map.enter(a).await;
+                let (_second, how) = map.enter(a).await;
+                assert_eq!(how, Waited::ForFailure, "the first left without success");
                 tokio::time::Instant::now()
             }
         });
@@ -262,6 +351,35 @@ mod tests {
         let entered = waiter.await.expect("join");
         assert!(entered >= left);
         assert!(map.try_enter(a).is_some(), "left again after the copy");
+        assert!(map.lock().is_empty());
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_copy_that_waited_for_a_success_is_told_so_and_the_entry_is_gone_after_it() {
+        let map = Arc::new(InFlight::with_capacity(4));
+        let a = MessageId::new();
+        let mut first = map.try_enter(a).expect("free");
+        let waiter = tokio::spawn({
+            let map = map.clone();
+            async move { map.enter(a).await.1 }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        first.succeeded();
+        drop(first);
+        assert_eq!(waiter.await.expect("join"), Waited::ForSuccess);
+        assert!(map.lock().is_empty(), "the copy's flight left the entry");
+
+        // A cancelled wait does not take the entry of the run it waited for.
+        let first = map.try_enter(a).expect("free");
+        let cancelled = tokio::spawn({
+            let map = map.clone();
+            async move { drop(map.enter(a).await) }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        cancelled.abort();
+        let _ = cancelled.await;
+        assert!(map.try_enter(a).is_none(), "still held by the first");
+        drop(first);
         assert!(map.lock().is_empty());
     }
 }

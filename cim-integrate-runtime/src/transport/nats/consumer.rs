@@ -2,6 +2,7 @@
 
 use super::NatsTransport;
 use super::convert::{Texts, headers_from};
+use crate::subject::Subject;
 use crate::timestamp::Timestamp;
 use crate::transport::{Acker, Consumer, ConsumerSpec, Delivery, DeliveryInfo, TransportError};
 use async_nats::jetstream::consumer::pull::{self, MessagesErrorKind};
@@ -32,6 +33,8 @@ pub struct NatsConsumer {
     created: Timestamp,
     /// Event types and versions received last, shared by the next deliveries.
     texts: Texts,
+    /// The subject received last, shared by the next deliveries on it.
+    subject: Option<Subject>,
 }
 
 impl std::fmt::Debug for NatsConsumer {
@@ -60,6 +63,7 @@ impl NatsConsumer {
         Ok(Self {
             created,
             texts: Texts::default(),
+            subject: None,
             transport,
             consumer,
             stream: Arc::from(spec.stream.as_str()),
@@ -125,33 +129,82 @@ impl NatsConsumer {
     }
 
     fn delivery(&mut self, message: async_nats::jetstream::Message) -> Result<Delivery<NatsAcker>, String> {
-        let (stream_sequence, consumer_sequence, delivered, published) = {
-            let info = message
-                .info()
-                .map_err(|e| format!("message without JetStream metadata: {e}"))?;
-            (
-                info.stream_sequence,
-                info.consumer_sequence,
-                info.delivered,
-                info.published,
-            )
-        };
+        let meta = message
+            .reply
+            .as_deref()
+            .and_then(AckMeta::parse)
+            .ok_or_else(|| format!("message without JetStream metadata (reply subject {:?})", message.reply))?;
         let (message, acker) = message.split();
         let info = DeliveryInfo {
             stream: self.stream.clone(),
             consumer: self.durable.clone(),
-            stream_sequence,
-            consumer_sequence,
-            delivered: u64::try_from(delivered).unwrap_or(1).max(1),
-            published: Timestamp::from_offset_date_time(published),
+            stream_sequence: meta.stream_sequence,
+            consumer_sequence: meta.consumer_sequence,
+            delivered: meta.delivered.max(1),
+            published: meta.published,
         };
-        Ok(Delivery::new(
-            message.subject.to_string(),
-            headers_from(message.headers.as_ref(), &mut self.texts),
-            message.payload,
-            info,
-            NatsAcker { acker: Arc::new(acker) },
-        ))
+        let headers = headers_from(message.headers.as_ref(), &mut self.texts);
+        let acker = NatsAcker { acker: Arc::new(acker) };
+        // A consumer's messages mostly share a few subjects: the last one is kept, valid and
+        // shared, so that a delivery copies and validates no subject text.
+        let received = message.subject.as_str();
+        let subject = match &self.subject {
+            Some(last) if last.as_str() == received => Some(last.clone()),
+            _ => Subject::new(received).ok().inspect(|s| self.subject = Some(s.clone())),
+        };
+        Ok(match subject {
+            Some(subject) => Delivery::stored(subject, headers, message.payload, info, acker),
+            // Not a valid subject of ours: kept as received, the envelope reports it.
+            None => Delivery::new(received.to_owned(), headers, message.payload, info, acker),
+        })
+    }
+}
+
+/// What a JetStream delivery's reply subject says about it: `$JS.ACK.<stream>.<consumer>.
+/// <delivered>.<stream seq>.<consumer seq>.<published nanos>.<pending>`, or the ADR-15 form
+/// with `<domain>.<account hash>` before the stream and optional tokens after `<pending>`.
+/// Read in place (async-nats's `Message::info` converts the time through 128-bit arithmetic).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct AckMeta {
+    delivered: u64,
+    stream_sequence: u64,
+    consumer_sequence: u64,
+    published: Timestamp,
+}
+
+impl AckMeta {
+    fn parse(reply: &str) -> Option<Self> {
+        let rest = reply.strip_prefix("$JS.ACK.")?;
+        // Split on dots by hand (`str::split` walks it as chars).
+        let mut tokens = [""; 9];
+        let mut n = 0;
+        let mut start = 0;
+        let bytes = rest.as_bytes();
+        for end in (0..=bytes.len()).filter(|&i| i == bytes.len() || bytes[i] == b'.') {
+            if n < tokens.len() {
+                tokens[n] = rest.get(start..end)?;
+            }
+            n += 1;
+            start = end + 1;
+        }
+        // The five numbers follow the stream and the consumer (and, in the newer form, the
+        // domain and the account hash).
+        let numbers = match n {
+            7 => &tokens[2..7],
+            n if n >= 9 => &tokens[4..9],
+            _ => return None,
+        };
+        let number = |t: &str| -> Option<u64> {
+            // `u64::from_str` also takes a leading `+`; the server never writes one.
+            (!t.is_empty() && t.bytes().all(|b| b.is_ascii_digit())).then(|| t.parse().ok())?
+        };
+        let nanos = i64::try_from(number(numbers[3])?).ok()?;
+        Some(Self {
+            delivered: number(numbers[0])?,
+            stream_sequence: number(numbers[1])?,
+            consumer_sequence: number(numbers[2])?,
+            published: Timestamp::from_unix_nanos(i128::from(nanos))?,
+        })
     }
 }
 
@@ -253,5 +306,52 @@ impl Acker for NatsAcker {
     }
     async fn in_progress(&self) -> Result<(), TransportError> {
         self.send(AckKind::Progress).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ack_subjects_are_read_in_both_forms() {
+        let at = |nanos: i128| Timestamp::from_unix_nanos(nanos).unwrap();
+        for (reply, want) in [
+            (
+                "$JS.ACK.DOCUMENT_EVENTS.bench.1.20.7.1733068800123456789.42",
+                (1, 20, 7, 1733068800123456789),
+            ),
+            (
+                "$JS.ACK.hub.ACCHASH.S.c.3.4.5.1733068800000000000.0",
+                (3, 4, 5, 1733068800000000000),
+            ),
+            ("$JS.ACK.hub.ACCHASH.S.c.3.4.5.1.0.token", (3, 4, 5, 1)),
+            ("$JS.ACK._.ACCHASH.S.c.3.4.5.0.0.token.more", (3, 4, 5, 0)),
+            ("$JS.ACK.S.c.1.18446744073709551615.2.0.0", (1, u64::MAX, 2, 0)),
+        ] {
+            let got = AckMeta::parse(reply).unwrap_or_else(|| panic!("{reply}"));
+            assert_eq!(
+                got,
+                AckMeta {
+                    delivered: want.0,
+                    stream_sequence: want.1,
+                    consumer_sequence: want.2,
+                    published: at(want.3),
+                },
+                "{reply}"
+            );
+        }
+        for bad in [
+            "",
+            "_INBOX.x",
+            "$JS.ACK.S.c.1.2.3",
+            "$JS.ACK.S.c.1.2.3.4.5.6",
+            "$JS.ACK.S.c.x.2.3.4.5",
+            "$JS.ACK.S.c.+1.2.3.4.5",
+            "$JS.ACK.S.c.1.2.3.-4.5",
+            "$JS.ACK.S.c.1.2.3.99999999999999999999.5",
+        ] {
+            assert_eq!(AckMeta::parse(bad), None, "{bad}");
+        }
     }
 }

@@ -89,7 +89,31 @@ fn text_header_map(headers: &Headers, mut map: HeaderMap) -> Result<HeaderMap, T
 /// as they are. Anything else (a foreign publisher, a compact identity) is kept as text.
 pub(crate) fn headers_from(map: Option<&HeaderMap>, texts: &mut Texts) -> Headers {
     let Some(map) = map else { return Headers::new() };
-    if let Some(stamp) = stamp_of(map, texts) {
+    // One pass over the map picks the identity headers by name (no hashing per name).
+    let mut identity: [Option<&[HeaderValue]>; 7] = [None; 7];
+    let mut others = 0;
+    for (name, values) in map.iter() {
+        let name: &str = name.as_ref();
+        // The order of `headers::IDENTITY_HEADERS`.
+        let i = match name {
+            headers::NATS_MSG_ID => 0,
+            headers::MESSAGE_ID => 1,
+            headers::CORRELATION_ID => 2,
+            headers::CAUSATION_ID => 3,
+            headers::EVENT_TYPE => 4,
+            headers::EVENT_VERSION => 5,
+            headers::OCCURRED_AT => 6,
+            _ => {
+                others += 1;
+                continue;
+            }
+        };
+        identity[i] = Some(values.as_slice());
+    }
+    if let Some(stamp) = stamp_of(&identity, texts) {
+        if others == 0 {
+            return Headers::stamped(stamp, &Headers::new());
+        }
         return Headers::stamped(stamp, &text_headers(map, true));
     }
     text_headers(map, false)
@@ -111,17 +135,17 @@ fn shared(slot: &mut Option<Text>, value: &str) -> Text {
 }
 
 /// The value of a header that may occur at most once: `Some(None)` if absent, `None` if repeated.
-fn at_most_one<'a>(map: &'a HeaderMap, name: &HeaderName) -> Option<Option<&'a str>> {
-    let mut all = map.get_all(name.clone());
-    match (all.next(), all.next()) {
-        (first, None) => Some(first.map(HeaderValue::as_str)),
-        (Some(_), Some(_)) | (None, Some(_)) => None,
+fn at_most_one(values: Option<&[HeaderValue]>) -> Option<Option<&str>> {
+    match values {
+        None | Some([]) => Some(None),
+        Some([one]) => Some(Some(one.as_str())),
+        Some(_) => None,
     }
 }
 
 /// The one value of a header that must occur exactly once.
-fn single<'a>(map: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
-    at_most_one(map, name).flatten()
+fn single(values: Option<&[HeaderValue]>) -> Option<&str> {
+    at_most_one(values).flatten()
 }
 
 /// A real (neither nil nor max) UUID whose text is exactly the one we write.
@@ -129,37 +153,36 @@ fn canonical_id(text: &str) -> Option<uuid::Uuid> {
     crate::id::canonical_uuid(text).filter(crate::envelope::names_a_message)
 }
 
-/// A time whose text is exactly the one we write.
-fn canonical_time(text: &str) -> Option<Timestamp> {
-    let t: Timestamp = text.parse().ok()?;
-    let mut buf = [0u8; 64];
-    let mut out = std::io::Cursor::new(&mut buf[..]);
-    t.as_offset_date_time()
-        .format_into(&mut out, &time::format_description::well_known::Rfc3339)
-        .ok()?;
-    let len = usize::try_from(out.position()).ok()?;
-    (buf.get(..len)? == text.as_bytes()).then_some(t)
-}
-
-fn stamp_of(map: &HeaderMap, texts: &mut Texts) -> Option<Stamp> {
-    let id = single(map, &MESSAGE_ID)?;
-    if single(map, &MSG_ID)? != id {
+/// The identity headers' values, in the order of [`headers::IDENTITY_HEADERS`], as a stamp if
+/// they are exactly what an envelope writes.
+fn stamp_of(identity: &[Option<&[HeaderValue]>; 7], texts: &mut Texts) -> Option<Stamp> {
+    let [
+        msg_id,
+        message_id,
+        correlation,
+        causation,
+        event_type,
+        event_version,
+        occurred,
+    ] = *identity;
+    let id = single(message_id)?;
+    if single(msg_id)? != id {
         return None;
     }
     let identity = Identity {
         message_id: MessageId::from_uuid(canonical_id(id)?),
-        correlation_id: CorrelationId::from_uuid(canonical_id(single(map, &CORRELATION)?)?),
-        causation_id: CausationId::from_uuid(canonical_id(single(map, &CAUSATION)?)?),
+        correlation_id: CorrelationId::from_uuid(canonical_id(single(correlation)?)?),
+        causation_id: CausationId::from_uuid(canonical_id(single(causation)?)?),
     };
-    let text = |name: &HeaderName, slot: &mut Option<Text>| -> Option<Option<Text>> {
-        match at_most_one(map, name)? {
+    let text = |values: Option<&[HeaderValue]>, slot: &mut Option<Text>| -> Option<Option<Text>> {
+        match at_most_one(values)? {
             None => Some(None),
             Some(v) => (v.trim() == v).then(|| Some(shared(slot, v))),
         }
     };
-    let event_type = text(&EVENT_TYPE, &mut texts.event_type)?;
-    let event_version = text(&EVENT_VERSION, &mut texts.event_version)?;
-    let occurred_at = canonical_time(single(map, &OCCURRED)?)?;
+    let event_type = text(event_type, &mut texts.event_type)?;
+    let event_version = text(event_version, &mut texts.event_version)?;
+    let occurred_at = Timestamp::parse_canonical(single(occurred)?)?;
     Some(Stamp::new(identity, event_type, event_version, occurred_at))
 }
 

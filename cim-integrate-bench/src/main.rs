@@ -314,6 +314,21 @@ async fn bench_publish(r: &mut Runner) -> Result<(), BoxError> {
     // Warm-up: connections, streams, allocator.
     raw_publish(&js, "rawpub.created", 2_000, true).await?;
     typed_publish(&t, 2_000, false).await?;
+    // For profiling one variant alone (`callgrind` counts the whole process): its index (0 raw
+    // with `Nats-Msg-Id` only, 1 raw with our headers, 2 ours, 3 ours compact), `none` for
+    // set-up only.
+    if let Ok(v) = std::env::var("CIM_BENCH_PUBLISH_ALONE") {
+        for _ in 0..ROUNDS {
+            match v.as_str() {
+                "0" => raw_publish(&js, "rawpub.created", n, false).await?,
+                "1" => raw_publish(&js, "rawpub.created", n, true).await?,
+                "2" => typed_publish(&t, n, false).await?,
+                "3" => typed_publish(&t, n, true).await?,
+                _ => {}
+            }
+        }
+        return Ok(());
+    }
     // [raw id only, raw same headers, ours, ours compact], each a list of rounds.
     let mut m: [Vec<Measured>; 4] = Default::default();
     for round in 0..ROUNDS {

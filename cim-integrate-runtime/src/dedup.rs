@@ -492,14 +492,14 @@ impl<K: KeyValue> DedupStore for KvDedup<K> {
             if self.stored_here(&key, offset, nanos) {
                 return Ok(true);
             }
-            let marked = self
-                .kv
-                .get(&key)
-                .await?
+            // The block, and the mark by message id (earlier releases, `DedupCheck::Always`),
+            // read at once.
+            let legacy = Self::key(handler, id);
+            let (block, by_id) = futures::join!(self.kv.get(&key), self.kv.get(&legacy));
+            let marked = block?
                 .and_then(|e| decode_block(&e.value))
                 .is_some_and(|marks| marks.contains(&(offset, nanos)));
-            // Marks by message id (earlier releases, or `DedupCheck::Always`).
-            Ok(marked || self.kv.get(&Self::key(handler, id)).await?.is_some())
+            Ok(marked || by_id?.is_some())
         })
     }
 

@@ -149,8 +149,8 @@ impl Part<'_> {
     /// The header's text.
     pub(crate) fn render(&self) -> String {
         match self {
-            Self::Id(id) => id.to_string(),
-            Self::Text(t) => t.to_string(),
+            Self::Id(id) => String::from(id.hyphenated().encode_lower(&mut [0u8; uuid::fmt::Hyphenated::LENGTH])),
+            Self::Text(t) => String::from(&***t),
             Self::Time(t) => t.to_rfc3339(),
         }
     }

@@ -1,6 +1,6 @@
 //! Conversions between async-nats types and ours: headers and errors.
 
-use crate::headers::{self, Headers, Stamp, Text};
+use crate::headers::{self, Headers, Part, Stamp, Text};
 use crate::id::{CausationId, CorrelationId, Identity, MessageId};
 use crate::timestamp::Timestamp;
 use crate::transport::TransportError;
@@ -17,19 +17,24 @@ static CAUSATION: HeaderName = HeaderName::from_static(headers::CAUSATION_ID);
 static EVENT_TYPE: HeaderName = HeaderName::from_static(headers::EVENT_TYPE);
 static EVENT_VERSION: HeaderName = HeaderName::from_static(headers::EVENT_VERSION);
 static OCCURRED: HeaderName = HeaderName::from_static(headers::OCCURRED_AT);
-static KNOWN_NAMES: [(&str, &HeaderName); 7] = [
-    (headers::NATS_MSG_ID, &MSG_ID),
-    (headers::MESSAGE_ID, &MESSAGE_ID),
-    (headers::CORRELATION_ID, &CORRELATION),
-    (headers::CAUSATION_ID, &CAUSATION),
-    (headers::EVENT_TYPE, &EVENT_TYPE),
-    (headers::EVENT_VERSION, &EVENT_VERSION),
-    (headers::OCCURRED_AT, &OCCURRED),
-];
+
+/// The parsed name of an identity header.
+fn known_name(name: &str) -> Option<&'static HeaderName> {
+    Some(match name {
+        headers::NATS_MSG_ID => &MSG_ID,
+        headers::MESSAGE_ID => &MESSAGE_ID,
+        headers::CORRELATION_ID => &CORRELATION,
+        headers::CAUSATION_ID => &CAUSATION,
+        headers::EVENT_TYPE => &EVENT_TYPE,
+        headers::EVENT_VERSION => &EVENT_VERSION,
+        headers::OCCURRED_AT => &OCCURRED,
+        _ => return None,
+    })
+}
 
 fn header_name(name: &str) -> Result<HeaderName, TransportError> {
-    if let Some((_, known)) = KNOWN_NAMES.iter().find(|(n, _)| *n == name) {
-        return Ok((*known).clone());
+    if let Some(known) = known_name(name) {
+        return Ok(known.clone());
     }
     HeaderName::from_str(name)
         .map_err(|_| TransportError::Invalid(format!("header name `{}`", name.chars().take(64).collect::<String>())))
@@ -53,7 +58,12 @@ pub(crate) fn header_map(headers: &Headers) -> Result<HeaderMap, TransportError>
     };
     let mut map = HeaderMap::new();
     for (name, part) in stamp.parts() {
-        map.insert(header_name(name)?, owned_value(name, part.render())?);
+        let value = match part {
+            // Ids and times are written here: no CR or LF to look for.
+            Part::Id(_) | Part::Time(_) => HeaderValue::from(part.render()),
+            Part::Text(_) => owned_value(name, part.render())?,
+        };
+        map.insert(header_name(name)?, value);
     }
     // The extra headers never repeat an identity name (the envelope refuses them).
     text_header_map(&headers.unstamped(), map)

@@ -45,7 +45,7 @@ use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, ErrorCode, consumer as js_consumer, stream as js_stream};
 use convert::{api_error, header_map, request_error};
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -390,51 +390,57 @@ impl NatsTransport {
     }
 
     fn ack_future(&self, message: OutboundMessage, first: PublishAckFuture) -> NatsAckFuture {
-        // The transport's state, not a clone of the JetStream context (which copies its prefix).
-        let inner = self.inner.clone();
-        let retries = self.inner.options.publish_retries;
-        let timeout = self.inner.options.request_timeout;
-        let mut deadline = tokio::time::Instant::now() + timeout;
         NatsAckFuture {
-            inner: Box::pin(async move {
-                let mut pending = first;
-                let mut attempt = 0u32;
-                loop {
-                    // The wait is counted from the send, not from the first poll: acks awaited one
-                    // after the other after an outage must not wait one timeout each.
-                    let outcome = match tokio::time::timeout_at(deadline, pending).await {
-                        Ok(outcome) => outcome,
-                        Err(_) => Err(async_nats::jetstream::context::PublishError::new(
-                            PublishErrorKind::TimedOut,
-                        )),
-                    };
-                    let error = match outcome {
-                        Ok(ack) => {
-                            return Ok(PublishAck {
-                                stream: ack.stream,
-                                sequence: ack.sequence,
-                                duplicate: ack.duplicate,
-                            });
-                        }
-                        Err(e) => e,
-                    };
-                    let retriable = matches!(error.kind(), PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe);
-                    if !retriable || attempt >= retries || message.msg_id().is_none() {
-                        return Err(publish_error(&message, &error));
-                    }
-                    attempt += 1;
-                    tracing::warn!(
-                        subject = %message.subject,
-                        msg_id = message.msg_id().unwrap_or_default(),
-                        attempt,
-                        error = %error,
-                        "publish not acknowledged; sending it again with the same message id"
-                    );
-                    pending = send(&inner.js, &message).await?;
-                    deadline = tokio::time::Instant::now() + timeout;
-                }
-            }),
+            state: AckState::Waiting {
+                ack: first.into_future(),
+                // The wait is counted from the send, not from the first poll: acks awaited one
+                // after the other after an outage must not wait one timeout each.
+                deadline: tokio::time::Instant::now() + self.inner.options.request_timeout,
+                // The transport's state, not a clone of the JetStream context (which copies its
+                // prefix); only read if the acknowledgement does not come.
+                retry: Some((self.inner.clone(), message)),
+            },
         }
+    }
+}
+
+/// Sends `message` again (same `Nats-Msg-Id`) after `error`, up to the configured retries,
+/// each waited for one timeout from its send.
+async fn publish_again(
+    inner: Arc<Inner>,
+    message: OutboundMessage,
+    mut error: async_nats::jetstream::context::PublishError,
+) -> Result<PublishAck, TransportError> {
+    let (retries, timeout) = (inner.options.publish_retries, inner.options.request_timeout);
+    let mut attempt = 0u32;
+    loop {
+        let retriable = matches!(error.kind(), PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe);
+        if !retriable || attempt >= retries || message.msg_id().is_none() {
+            return Err(publish_error(&message, &error));
+        }
+        attempt += 1;
+        tracing::warn!(
+            subject = %message.subject,
+            msg_id = message.msg_id().unwrap_or_default(),
+            attempt,
+            error = %error,
+            "publish not acknowledged; sending it again with the same message id"
+        );
+        let pending = send(&inner.js, &message, inner.client.max_payload()).await?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        error = match tokio::time::timeout_at(deadline, pending).await {
+            Ok(Ok(ack)) => return Ok(ours(ack)),
+            Ok(Err(e)) => e,
+            Err(_) => async_nats::jetstream::context::PublishError::new(PublishErrorKind::TimedOut),
+        };
+    }
+}
+
+fn ours(ack: async_nats::jetstream::publish::PublishAck) -> PublishAck {
+    PublishAck {
+        stream: ack.stream,
+        sequence: ack.sequence,
+        duplicate: ack.duplicate,
     }
 }
 
@@ -463,9 +469,12 @@ fn publish_error(message: &OutboundMessage, e: &async_nats::jetstream::context::
 }
 
 /// Sends one publish and returns its acknowledgement future.
-async fn send(js: &jetstream::Context, message: &OutboundMessage) -> Result<PublishAckFuture, TransportError> {
+async fn send(
+    js: &jetstream::Context,
+    message: &OutboundMessage,
+    max: usize,
+) -> Result<PublishAckFuture, TransportError> {
     let headers = header_map(&message.headers)?;
-    let max = js.client().max_payload();
     let publish = PublishMessage::build()
         .payload(message.payload.clone())
         .headers(headers);
@@ -507,7 +516,23 @@ fn header_wire_len_bound(message: &OutboundMessage) -> usize {
 /// stored reports a duplicate. A message without `Nats-Msg-Id` is never sent twice.
 #[must_use = "a publish is confirmed only when its acknowledgement resolves"]
 pub struct NatsAckFuture {
-    inner: Pin<Box<dyn Future<Output = Result<PublishAck, TransportError>> + Send + 'static>>,
+    state: AckState,
+}
+
+type BoxedAck<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send + 'static>>;
+
+enum AckState {
+    /// The first send's acknowledgement (async-nats's future, with its own timeout from its first
+    /// poll). No timer of ours: the deadline is compared when the future is pending, and
+    /// async-nats's timer wakes it at the latest one timeout after its first poll.
+    Waiting {
+        ack: BoxedAck<async_nats::jetstream::publish::PublishAck, async_nats::jetstream::context::PublishError>,
+        deadline: tokio::time::Instant,
+        retry: Option<(Arc<Inner>, OutboundMessage)>,
+    },
+    /// Sending again after a timeout or a lost connection.
+    Retrying(BoxedAck<PublishAck, TransportError>),
+    Done,
 }
 
 impl std::fmt::Debug for NatsAckFuture {
@@ -519,7 +544,36 @@ impl std::fmt::Debug for NatsAckFuture {
 impl Future for NatsAckFuture {
     type Output = Result<PublishAck, TransportError>;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.inner.as_mut().poll(cx)
+        loop {
+            match &mut self.state {
+                AckState::Waiting { ack, deadline, retry } => {
+                    let error = match ack.as_mut().poll(cx) {
+                        Poll::Ready(Ok(ack)) => {
+                            self.state = AckState::Done;
+                            return Poll::Ready(Ok(ours(ack)));
+                        }
+                        Poll::Ready(Err(e)) => e,
+                        Poll::Pending if tokio::time::Instant::now() < *deadline => return Poll::Pending,
+                        Poll::Pending => async_nats::jetstream::context::PublishError::new(PublishErrorKind::TimedOut),
+                    };
+                    let Some(retry) = retry.take() else {
+                        return Poll::Ready(Err(TransportError::Other("acknowledgement polled again".into())));
+                    };
+                    let (inner, message) = retry;
+                    self.state = AckState::Retrying(Box::pin(publish_again(inner, message, error)));
+                }
+                AckState::Retrying(again) => {
+                    let done = std::task::ready!(again.as_mut().poll(cx));
+                    self.state = AckState::Done;
+                    return Poll::Ready(done);
+                }
+                AckState::Done => {
+                    return Poll::Ready(Err(TransportError::Other(
+                        "acknowledgement polled after it resolved".into(),
+                    )));
+                }
+            }
+        }
     }
 }
 
@@ -671,7 +725,7 @@ impl Transport for NatsTransport {
         if size > max {
             return Err(TransportError::PayloadTooLarge { size, max });
         }
-        let first = send(&self.inner.js, &message).await?;
+        let first = send(&self.inner.js, &message, max).await?;
         Ok(self.ack_future(message, first))
     }
 

@@ -152,6 +152,10 @@ pub struct StreamMessage {
     /// When the stream stored it (tells a message from one stored under the same sequence by a
     /// stream deleted and created again).
     pub stored: crate::timestamp::Timestamp,
+    /// How many times it has been delivered to this durable, this time included. A check of a
+    /// first delivery (a durable catching up on messages stored before it) may answer from a
+    /// block read earlier: nobody on this durable can have marked the message since.
+    pub delivered: u64,
 }
 
 /// Marks in process memory, with a TTL. Lost on restart: for tests and single-process use.
@@ -251,6 +255,11 @@ impl DedupStore for MemoryDedup {
 ///   `{handler}.{message id}` -> empty. A block check that finds nothing also reads this key, so
 ///   marks written by earlier releases are still found.
 ///
+/// A check of a first delivery (a durable catching up on messages stored before it was created)
+/// reads each block once and answers its other first deliveries from that read (only an earlier
+/// durable of the same name can have marked them, and it is gone); redeliveries always read the
+/// bucket.
+///
 /// A stream whose name is not a valid key token is marked by message id.
 #[derive(Debug)]
 pub struct KvDedup<K> {
@@ -290,6 +299,9 @@ struct BlockState {
     revision: Option<u64>,
     /// Whether a task is writing the block.
     writing: bool,
+    /// Whether the block's marks in the bucket were read into `marks` (for checks of first
+    /// deliveries).
+    read: bool,
 }
 
 impl BlockState {
@@ -386,6 +398,27 @@ impl<K: KeyValue> KvDedup<K> {
         let st = block.state.lock().unwrap_or_else(|e| e.into_inner());
         // Every mark is stored, or none waits (a failed write leaves marks unstored).
         st.stored == st.added && st.revision.is_some() && st.marks.get(&offset) == Some(&nanos)
+    }
+
+    /// Whether the block holds the mark, reading the block from the bucket the first time only.
+    async fn read_once(&self, key: &str, offset: u8, nanos: i64) -> Result<bool, DedupError> {
+        let block = self.block(key);
+        {
+            let st = block.state.lock().unwrap_or_else(|e| e.into_inner());
+            if st.read {
+                return Ok(st.marks.get(&offset) == Some(&nanos));
+            }
+        }
+        let entry = self.kv.get(key).await?;
+        let mut st = block.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(theirs) = entry.as_ref().and_then(|e| decode_block(&e.value)) {
+            // Stored marks: merged into this process's (its next write keeps them).
+            for (o, n) in theirs {
+                st.marks.entry(o).or_insert(n);
+            }
+        }
+        st.read = true;
+        Ok(st.marks.get(&offset) == Some(&nanos))
     }
 
     /// Writes the block's marks, merging those another process wrote when a compare-and-set
@@ -487,10 +520,19 @@ impl<K: KeyValue> DedupStore for KvDedup<K> {
         let Some((key, offset)) = Self::block_key(handler, m) else {
             return self.seen(handler, m.id);
         };
-        let (id, nanos) = (m.id, stored_nanos(m));
+        let (id, nanos, first) = (m.id, stored_nanos(m), m.delivered <= 1);
         Box::pin(async move {
             if self.stored_here(&key, offset, nanos) {
                 return Ok(true);
+            }
+            if first {
+                // A first delivery: the block's marks as read once suffice (only an earlier
+                // durable of this name can have marked the message, and it is gone); the mark by
+                // message id is still read.
+                if self.read_once(&key, offset, nanos).await? {
+                    return Ok(true);
+                }
+                return Ok(self.kv.get(&Self::key(handler, id)).await?.is_some());
             }
             // The block, and the mark by message id (earlier releases, `DedupCheck::Always`),
             // read at once.
@@ -581,18 +623,21 @@ mod tests {
             stream: Arc::from(stream),
             sequence,
             stored: crate::timestamp::Timestamp::from_unix_nanos(stored_nanos).unwrap(),
+            delivered: 2,
         }
     }
 
-    /// Counts the writes that reach a bucket.
+    /// Counts the writes (and, in `reads`, the reads) that reach a bucket.
     #[derive(Debug, Clone)]
     struct Writes<K> {
         kv: K,
         count: Arc<std::sync::atomic::AtomicUsize>,
+        reads: Arc<std::sync::atomic::AtomicUsize>,
     }
 
     impl<K: KeyValue> KeyValue for Writes<K> {
         async fn get(&self, key: &str) -> Result<Option<crate::transport::KvEntry>, KvError> {
+            self.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.kv.get(key).await
         }
         async fn create(&self, key: &str, value: Bytes) -> Result<u64, KvError> {
@@ -666,6 +711,7 @@ mod tests {
         let kv = Writes {
             kv: bucket().await,
             count: count.clone(),
+            reads: Default::default(),
         };
         // Two stores (two processes) marking interleaved sequences of the same blocks at once.
         let (a, b) = (Arc::new(KvDedup::new(kv.clone())), Arc::new(KvDedup::new(kv.clone())));
@@ -699,5 +745,41 @@ mod tests {
         st.marks.insert(3, -5);
         st.marks.insert(63, i64::MAX);
         assert_eq!(decode_block(&st.encode()), Some(vec![(3, -5), (63, i64::MAX)]));
+    }
+
+    #[tokio::test]
+    async fn first_deliveries_read_a_block_once_and_redeliveries_every_time() {
+        let kv = Writes {
+            kv: bucket().await,
+            count: Default::default(),
+            reads: Default::default(),
+        };
+        let earlier = KvDedup::new(kv.clone());
+        let handled = message("S", 70, 5);
+        earlier.mark_delivery("h", &handled).await.unwrap();
+        // A new durable of the same name catches up: first deliveries of the same block.
+        let store = KvDedup::new(kv.clone());
+        let reads = || kv.reads.load(std::sync::atomic::Ordering::Relaxed);
+        let before = reads();
+        let first = |m: &StreamMessage| StreamMessage {
+            delivered: 1,
+            ..m.clone()
+        };
+        assert!(store.seen_delivery("h", &first(&handled)).await.unwrap());
+        for seq in 64..80 {
+            if seq != 70 {
+                assert!(!store.seen_delivery("h", &first(&message("S", seq, 5))).await.unwrap());
+            }
+        }
+        // One read of the block, then one read of the message-id key per unmarked message.
+        assert_eq!(reads() - before, 1 + 15);
+        // A redelivery reads the bucket again (another process may have marked it since).
+        let other = message("S", 71, 5);
+        earlier.mark_delivery("h", &other).await.unwrap();
+        assert!(store.seen_delivery("h", &other).await.unwrap());
+        assert!(
+            !store.seen_delivery("h", &first(&other)).await.unwrap(),
+            "a first delivery trusts the block as read"
+        );
     }
 }

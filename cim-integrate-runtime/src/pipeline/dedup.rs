@@ -112,6 +112,7 @@ impl<D: Dispatch> Dispatch for Dedup<D> {
                 stream: i.stream.clone(),
                 sequence: i.stream_sequence,
                 stored: i.published,
+                delivered: i.delivered,
             }),
             DedupCheck::Always => None,
         };

@@ -23,7 +23,12 @@
 //!
 //! A write whose status is final (`completed` / `compensated`) is not an update of the active
 //! record: it creates the record in the settled bucket (below), then [`Write::Settle`] deletes
-//! the active one.
+//! the active one. The final write decides the outcome, so the drive call (`start`, `resume_saga`,
+//! ...) returns once it is made; the rest of the move (the final events' acknowledgements, then
+//! the delete) runs as a task of its own. [`SagaRunner::settled`] waits for those tasks (and
+//! reports a failed one); the runner's listings and [`SagaRunner::forget`] wait for the ones
+//! started before them. A process that ends before the task did leaves the saga in both buckets,
+//! as a crash between the two writes does (below).
 //!
 //! Events are put in the record's outbox by the write that decides them and published right
 //! after it, with message ids derived from (saga, id, event number), without waiting for their
@@ -146,7 +151,7 @@ pub enum Write {
     /// The final status (completed or compensated) when no outcome write carried it.
     Finish,
     /// After a final write (into the settled bucket) and the acknowledgement of every event: the
-    /// active record is deleted. For a saga needing attention: its outbox emptied in place. For a
+    /// active record is deleted (in the background: the drive call has returned). For a saga needing attention: its outbox emptied in place. For a
     /// final record found in the active bucket (an earlier layout), `Before` the put into the
     /// settled bucket and `After` it, before the delete.
     Settle,
@@ -392,6 +397,9 @@ struct Inner<S: Saga, T: Transport> {
     event_subjects: Vec<Subject>,
     /// Per step: the counters and metrics of its runs and of its compensations.
     observers: Vec<[Observer; 2]>,
+    /// The background settles (final acknowledgements, then the active record's delete) still
+    /// running.
+    settling: Arc<super::settling::Settling>,
     #[cfg(feature = "testing")]
     hook: Option<FaultHook>,
 }
@@ -551,6 +559,7 @@ impl<S: Saga, T: Transport> SagaRunnerBuilder<S, T> {
                 clock: Clock::new(),
                 events_subject,
                 event_subjects,
+                settling: Arc::default(),
                 #[cfg(feature = "testing")]
                 hook: self.hook,
             }),
@@ -861,6 +870,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
     /// a minute). The report's lists are sorted by id.
     pub async fn resume_concurrently(&self, limit: usize) -> Result<ResumeReport, SagaError> {
         use futures::stream::StreamExt;
+        self.settle_pending().await;
         // Resuming is start-up work: a bucket whose leader is being elected (a node just failed)
         // is waited for, as provisioning waits, rather than failing the start.
         let ids = crate::transport::provision::patiently("saga bucket listing", || self.inner.kv.keys()).await?;
@@ -905,6 +915,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
     /// [`DEFAULT_RESUME_CONCURRENCY`] at once. The report lists what was driven (sorted by id).
     pub async fn rescan(&self) -> Result<ResumeReport, SagaError> {
         use futures::stream::StreamExt;
+        self.settle_pending().await;
         let ids = self.inner.kv.keys().await?;
         let mut report = ResumeReport::default();
         let due = futures::stream::iter(ids)
@@ -981,6 +992,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
     /// expire by themselves ([`SagaRunnerBuilder::settled_retention`]); this is for removing one
     /// sooner.
     pub async fn forget(&self, id: &str) -> Result<(), SagaError> {
+        self.settle_pending().await;
         let run = self.load(id).await?;
         if run.archived {
             return match self.inner.settled.delete(id, Some(run.rev)).await {
@@ -1011,6 +1023,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
 
     /// The ids of every saga, active or settled (and not yet expired), sorted.
     pub async fn ids(&self) -> Result<Vec<String>, SagaError> {
+        self.settle_pending().await;
         let mut ids = self.inner.kv.keys().await?;
         ids.extend(self.inner.settled.keys().await?);
         ids.sort_unstable();
@@ -1021,6 +1034,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
     /// The ids of the active sagas: running, compensating or needing attention (the ones
     /// [`resume`](Self::resume) reads), sorted.
     pub async fn active_ids(&self) -> Result<Vec<String>, SagaError> {
+        self.settle_pending().await;
         let mut ids = self.inner.kv.keys().await?;
         ids.sort_unstable();
         Ok(ids)
@@ -1029,6 +1043,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
     /// Every saga that needs attention (a compensation failed for good), from the active bucket.
     /// Unreadable records are skipped with a warning.
     pub async fn needs_attention(&self) -> Result<Vec<SagaRecord<S::Data>>, SagaError> {
+        self.settle_pending().await;
         let mut out = Vec::new();
         for id in self.inner.kv.keys().await? {
             match self.load(&id).await {
@@ -1223,32 +1238,87 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         fault!(self, &run.rec.id, write, step, After);
         self.issue_outbox(run).await?;
         if settling {
-            self.delete_active(run, rev).await
+            // The outcome is durable: the settled record holds it and its final events. The rest
+            // of the move (the acknowledgements, then the active record's delete) runs in the
+            // background; a crash before it ends leaves the saga in both buckets, which resume
+            // finishes (`finish_move`) without running a step again.
+            self.settle_in_background(run.rec.id.clone(), run.rev, std::mem::take(&mut run.in_flight));
+            run.rev = rev;
+            run.archived = true;
+            run.outbox_persisted = false;
         } else {
             run.rev = rev;
-            Ok(())
         }
+        Ok(())
     }
 
-    /// The second half of a move to the settled bucket (whose record has revision
-    /// `settled_rev`): once every event is acknowledged, the active record is deleted,
-    /// conditional on its revision.
-    async fn delete_active(&self, run: &mut Run<S::Data>, settled_rev: u64) -> Result<(), SagaError> {
-        self.await_outbox(run).await?;
-        fault!(self, &run.rec.id, Write::Settle, None, Before);
-        match self.inner.kv.delete(&run.rec.id, Some(run.rev)).await {
-            Ok(()) => {}
-            Err(KvError::Conflict { .. }) => {
-                tracing::info!(saga = S::NAME, id = %run.rec.id, "another runner wrote the saga before it was moved; stopping");
-                return Err(SagaError::Conflict { id: run.rec.id.clone() });
+    /// The second half of a move to the settled bucket, as a task of its own: once every event
+    /// of the saga `id` in flight is acknowledged, its active record (at `active_rev`) is deleted,
+    /// conditional on that revision ([`Write::Settle`]). A failure leaves the active record for
+    /// resume to finish the move: it is logged, and reported by [`SagaRunner::settled`].
+    fn settle_in_background(&self, id: String, active_rev: u64, in_flight: Vec<InFlight>) {
+        let ticket = self.inner.settling.ticket();
+        let runner = self.clone();
+        tokio::spawn(async move {
+            match runner.delete_active(&id, active_rev, in_flight).await {
+                Ok(()) | Err(SagaError::Conflict { .. }) => {}
+                Err(e) => {
+                    tracing::warn!(saga = S::NAME, %id, error = %e, "saga settled, but its active record stays until resume finishes the move");
+                    runner.inner.settling.failed(e);
+                }
             }
-            Err(e) => return Err(e.into()),
+            drop(ticket);
+        });
+    }
+
+    /// Awaits the acknowledgements of `in_flight` (events of the saga `id`), then deletes its
+    /// active record, conditional on `active_rev`, retrying while the store is unavailable (for
+    /// at most one lease).
+    async fn delete_active(&self, id: &str, active_rev: u64, in_flight: Vec<InFlight>) -> Result<(), SagaError> {
+        for result in futures::future::join_all(in_flight.into_iter().map(|(_, ack)| ack)).await {
+            result?;
         }
-        fault!(self, &run.rec.id, Write::Settle, None, After);
-        run.rev = settled_rev;
-        run.archived = true;
-        run.outbox_persisted = false;
+        fault!(self, id, Write::Settle, None, Before);
+        let give_up = tokio::time::Instant::now() + self.inner.lease;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match self.inner.kv.delete(id, Some(active_rev)).await {
+                Ok(()) => break,
+                Err(KvError::Conflict { .. }) => {
+                    // Another runner finished the move (or wrote the saga) meanwhile.
+                    tracing::info!(saga = S::NAME, %id, "the active record of a settled saga changed meanwhile; left to it");
+                    return Err(SagaError::Conflict { id: id.to_owned() });
+                }
+                Err(e) if e.is_transient() && tokio::time::Instant::now() + pause < give_up => {
+                    tracing::warn!(saga = S::NAME, %id, error = %e, "saga store unavailable; retrying the delete of a settled saga");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        fault!(self, id, Write::Settle, None, After);
         Ok(())
+    }
+
+    /// Waits until the background settles this runner started have ended (each saga's final
+    /// events acknowledged and its active record deleted). Returns the first failure since the
+    /// last call (a crash point of the fault hook, or the store unavailable for a whole lease;
+    /// the others were logged): the saga settled, and its active record waits for
+    /// [`resume`](Self::resume) to finish the move. The runner's listings
+    /// ([`active_ids`](Self::active_ids), [`ids`](Self::ids),
+    /// [`needs_attention`](Self::needs_attention), [`resume`](Self::resume),
+    /// [`rescan`](Self::rescan)) and [`forget`](Self::forget) wait for them first (ignoring
+    /// their failures).
+    pub async fn settled(&self) -> Result<(), SagaError> {
+        self.inner.settling.wait().await
+    }
+
+    /// [`settled`](Self::settled), its failure logged and dropped.
+    async fn settle_pending(&self) {
+        if let Err(e) = self.settled().await {
+            tracing::debug!(saga = S::NAME, error = %e, "a background settle failed; resume finishes it");
+        }
     }
 
     /// Finishes the move of a saga found both settled (`settled`, read from the settled bucket)

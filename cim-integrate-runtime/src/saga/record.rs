@@ -138,30 +138,38 @@ struct Head<'a> {
     trace: &'a Option<String>,
 }
 
-/// The fields of a record that writes change, in the record's order.
-#[derive(Serialize)]
-struct Tail<'a, D> {
-    status: SagaStatus,
-    data: &'a D,
-    steps: &'a [StepRecord],
-    event_seq: u32,
-    outbox: &'a [SagaEvent],
-    owner: &'a str,
-    lease_until_ms: i64,
-    round: u32,
-}
-
-/// Encodes a record's writes: the fields fixed at creation (ids, identity, start time) are
-/// serialised once, the others on every write. The bytes are those of `serde_json::to_vec` of
-/// the record.
+/// Encodes a record's writes, producing the bytes of `serde_json::to_vec` of the record: the
+/// fields fixed at creation (ids, identity, start time) are serialised once, the others written
+/// by hand on every write (only the saga's data goes through serde each time), and each outbox
+/// event's JSON is made once ([`event_json`](Self::event_json)), for the record and its payload.
 #[derive(Debug, Default)]
 pub(crate) struct Encoder {
     /// `{"format":..,"started_at":".."` (no closing brace), once made.
     head: Vec<u8>,
+    /// Per step, `{"name":"..","state":"` (the escaped name), once made.
+    step_heads: Vec<Vec<u8>>,
+    /// The owner last written, and its JSON string.
+    owner: (String, Vec<u8>),
+    /// The JSON of the events made so far and still in the outbox, by number.
+    events: Vec<(u32, bytes::Bytes)>,
+    /// The size of the last record written (to allocate the next one at once).
+    last_len: usize,
 }
 
 impl Encoder {
-    /// The JSON of `rec`. `rec`'s fixed fields must be those of the first record encoded.
+    /// The JSON of `event` (as `serde_json::to_vec` writes it), made once per event: it is both
+    /// the event's payload and its entry in the record's outbox.
+    pub(crate) fn event_json(&mut self, event: &SagaEvent) -> serde_json::Result<bytes::Bytes> {
+        if let Some((_, json)) = self.events.iter().find(|(seq, _)| *seq == event.seq) {
+            return Ok(json.clone());
+        }
+        let json = bytes::Bytes::from(serde_json::to_vec(event)?);
+        self.events.push((event.seq, json.clone()));
+        Ok(json)
+    }
+
+    /// The JSON of `rec`. `rec`'s fixed fields (and its step names) must be those of the first
+    /// record encoded.
     pub(crate) fn encode<D: Serialize>(&mut self, rec: &SagaRecord<D>) -> serde_json::Result<Vec<u8>> {
         if self.head.is_empty() {
             self.head = serde_json::to_vec(&Head {
@@ -172,28 +180,95 @@ impl Encoder {
                 started_at: &rec.started_at,
                 trace: &rec.trace,
             })?;
-            // The closing brace: the tail's fields follow.
+            // The closing brace: the other fields follow.
             self.head.pop();
         }
-        let mut out = Vec::with_capacity(self.head.len() + 512);
+        if self.step_heads.len() != rec.steps.len() {
+            self.step_heads = rec
+                .steps
+                .iter()
+                .map(|s| {
+                    let mut h = b"{\"name\":".to_vec();
+                    serde_json::to_writer(&mut h, &s.name)?;
+                    h.extend_from_slice(b",\"state\":\"");
+                    Ok(h)
+                })
+                .collect::<serde_json::Result<_>>()?;
+        }
+        if self.owner.1.is_empty() || self.owner.0 != rec.owner {
+            self.owner = (rec.owner.clone(), serde_json::to_vec(&rec.owner)?);
+        }
+        // Events acknowledged meanwhile left the outbox: their JSON is not needed again.
+        self.events.retain(|(seq, _)| rec.outbox.iter().any(|e| e.seq == *seq));
+        let mut out = Vec::with_capacity(self.last_len.max(self.head.len() + 256) + 64);
         out.extend_from_slice(&self.head);
-        let tail = out.len();
-        serde_json::to_writer(
-            &mut out,
-            &Tail {
-                status: rec.status,
-                data: &rec.data,
-                steps: &rec.steps,
-                event_seq: rec.event_seq,
-                outbox: &rec.outbox,
-                owner: &rec.owner,
-                lease_until_ms: rec.lease_until_ms,
-                round: rec.round,
-            },
-        )?;
-        // The tail's opening brace becomes the separator.
-        out[tail] = b',';
+        let mut num = itoa::Buffer::new();
+        out.extend_from_slice(b",\"status\":\"");
+        out.extend_from_slice(status_str(rec.status).as_bytes());
+        out.extend_from_slice(b"\",\"data\":");
+        serde_json::to_writer(&mut out, &rec.data)?;
+        out.extend_from_slice(b",\"steps\":[");
+        for (i, (step, head)) in rec.steps.iter().zip(&self.step_heads).enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(head);
+            out.extend_from_slice(state_str(step.state).as_bytes());
+            out.extend_from_slice(b"\",\"attempts\":");
+            out.extend_from_slice(num.format(step.attempts).as_bytes());
+            out.extend_from_slice(b",\"compensation_attempts\":");
+            out.extend_from_slice(num.format(step.compensation_attempts).as_bytes());
+            out.extend_from_slice(b",\"error\":");
+            match &step.error {
+                Some(e) => serde_json::to_writer(&mut out, e)?,
+                None => out.extend_from_slice(b"null"),
+            }
+            out.push(b'}');
+        }
+        out.extend_from_slice(b"],\"event_seq\":");
+        out.extend_from_slice(num.format(rec.event_seq).as_bytes());
+        out.extend_from_slice(b",\"outbox\":[");
+        for (i, event) in rec.outbox.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            let json = self.event_json(event)?;
+            out.extend_from_slice(&json);
+        }
+        out.extend_from_slice(b"],\"owner\":");
+        out.extend_from_slice(&self.owner.1);
+        out.extend_from_slice(b",\"lease_until_ms\":");
+        out.extend_from_slice(num.format(rec.lease_until_ms).as_bytes());
+        out.extend_from_slice(b",\"round\":");
+        out.extend_from_slice(num.format(rec.round).as_bytes());
+        out.push(b'}');
+        self.last_len = out.len();
         Ok(out)
+    }
+}
+
+/// `status` as serde writes it (without quotes).
+fn status_str(status: SagaStatus) -> &'static str {
+    match status {
+        SagaStatus::Running => "running",
+        SagaStatus::Compensating => "compensating",
+        SagaStatus::Completed => "completed",
+        SagaStatus::Compensated => "compensated",
+        SagaStatus::NeedsAttention => "needs_attention",
+    }
+}
+
+/// `state` as serde writes it (without quotes).
+fn state_str(state: StepState) -> &'static str {
+    match state {
+        StepState::Pending => "pending",
+        StepState::Running => "running",
+        StepState::Completed => "completed",
+        StepState::Failed => "failed",
+        StepState::Compensating => "compensating",
+        StepState::Compensated => "compensated",
+        StepState::NotCompensated => "not_compensated",
+        StepState::CompensationFailed => "compensation_failed",
     }
 }
 
@@ -286,11 +361,46 @@ mod tests {
             round: 0,
         };
         let mut encoder = Encoder::default();
-        for _ in 0..2 {
+        let statuses = [
+            SagaStatus::Running,
+            SagaStatus::Compensating,
+            SagaStatus::Completed,
+            SagaStatus::Compensated,
+            SagaStatus::NeedsAttention,
+        ];
+        let states = [
+            StepState::Pending,
+            StepState::Running,
+            StepState::Completed,
+            StepState::Failed,
+            StepState::Compensating,
+            StepState::Compensated,
+            StepState::NotCompensated,
+            StepState::CompensationFailed,
+        ];
+        for i in 0..10u32 {
             assert_eq!(encoder.encode(&r).unwrap(), serde_json::to_vec(&r).unwrap());
-            r.status = SagaStatus::Compensating;
+            r.status = statuses[i as usize % statuses.len()];
+            r.steps[0].state = states[i as usize % states.len()];
+            r.steps[0].attempts += 1;
+            r.steps[0].error = (i % 2 == 0).then(|| format!("e\"{i}"));
             r.data.push("y".into());
             r.round += 1;
+            r.event_seq += 1;
+            r.lease_until_ms += 1_000;
+            if i == 4 {
+                r.owner = "other \\ owner".into();
+            }
+            super::super::runner::emit(
+                &mut r,
+                super::super::events::SagaEventKind::StepFailed,
+                Some("x"),
+                Some("bad \"x\"".into()),
+                Some(i),
+            );
+            if i % 3 == 0 {
+                r.outbox.remove(0);
+            }
         }
     }
 

@@ -623,8 +623,10 @@ struct Run<D> {
     /// Outbox events published whose acknowledgements are awaited; an event leaves the outbox
     /// (with the next write) only once acknowledged.
     in_flight: Vec<InFlight>,
-    /// Encodes the record's writes (its fixed fields once).
+    /// Encodes the record's writes (its fixed fields once) and its events' payloads.
     encoder: record::Encoder,
+    /// The message ids of the record's lifecycle events, once the first is published.
+    event_ids: Option<crate::id::DerivedChildren>,
 }
 
 impl<D> Run<D> {
@@ -637,6 +639,7 @@ impl<D> Run<D> {
             fresh: None,
             in_flight: Vec::new(),
             encoder: record::Encoder::default(),
+            event_ids: None,
         }
     }
 
@@ -1440,7 +1443,8 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
     fn event_message(
         &self,
         rec: &SagaRecord<S::Data>,
-        scope: &str,
+        encoder: &mut record::Encoder,
+        ids: &crate::id::DerivedChildren,
         event: &SagaEvent,
     ) -> Result<crate::transport::OutboundMessage, SagaError> {
         let subject = EVENT_KINDS
@@ -1449,13 +1453,14 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
             .and_then(|i| self.inner.event_subjects.get(i))
             .cloned()
             .ok_or_else(|| SagaError::Definition(format!("no subject for saga event {:?}", event.kind)))?;
-        let payload = serde_json::to_vec(event).map_err(|e| SagaError::Encode {
+        // The same bytes as the event's entry in the record's outbox, made once.
+        let payload = encoder.event_json(event).map_err(|e| SagaError::Encode {
             id: rec.id.clone(),
             reason: e.to_string(),
         })?;
-        let identity = rec.identity.derived_child(scope, event.seq, rec.started_at);
+        let identity = ids.child(event.seq);
         Ok(Envelope::with_identity(identity, subject, payload)
-            .typed(SAGA_EVENT_TYPE, SAGA_EVENT_VERSION)
+            .typed_static(SAGA_EVENT_TYPE, SAGA_EVENT_VERSION)
             .into())
     }
 
@@ -1466,12 +1471,18 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         if run.rec.outbox.len() <= run.in_flight.len() {
             return Ok(());
         }
-        let scope = format!("saga/{}/{}", run.rec.saga, run.rec.id);
+        // Ids derived from (saga, id, event number): `derived_child` of the starting message in
+        // the scope `saga/{saga}/{id}`, their common hash made once per run.
+        let ids = run.event_ids.get_or_insert_with(|| {
+            run.rec
+                .identity
+                .derived_children(&format!("saga/{}/{}", run.rec.saga, run.rec.id), run.rec.started_at)
+        });
         for event in &run.rec.outbox {
             if run.in_flight.iter().any(|(seq, _)| *seq == event.seq) {
                 continue;
             }
-            let message = self.event_message(&run.rec, &scope, event)?;
+            let message = self.event_message(&run.rec, &mut run.encoder, ids, event)?;
             let ack = self.inner.publisher.publish(message).await?;
             run.in_flight.push((event.seq, Box::pin(ack)));
         }

@@ -1008,9 +1008,15 @@ async fn minimal_log<K: KeyValue>(kv: &K, id: &str) -> Result<(), BoxError> {
     Ok(())
 }
 
-/// Steps per second of `sagas` runs of `one`, `concurrency` at a time, and allocations per saga
-/// (of the whole process, the client's side of the benchmark).
-async fn saga_rate<F, Fut>(sagas: u64, concurrency: usize, one: F) -> Result<(f64, f64), BoxError>
+/// Steps per second of `sagas` runs of `one`, `concurrency` at a time, then `finish` (inside the
+/// measured time: the runner's background settles), and allocations per saga (of the whole
+/// process, the client's side of the benchmark).
+async fn saga_rate<F, Fut>(
+    sagas: u64,
+    concurrency: usize,
+    one: F,
+    finish: impl std::future::Future<Output = Result<(), BoxError>>,
+) -> Result<(f64, f64), BoxError>
 where
     F: Fn(u64) -> Fut,
     Fut: std::future::Future<Output = Result<(), BoxError>>,
@@ -1022,6 +1028,7 @@ where
         .buffer_unordered(concurrency)
         .collect()
         .await;
+    finish.await?;
     let took = start.elapsed();
     let allocs = cim_integrate_bench::allocations() - allocs;
     results.into_iter().collect::<Result<Vec<_>, _>>()?;
@@ -1039,21 +1046,34 @@ async fn saga_pair<T: Transport>(r: &mut Runner, label: &str, t: T, sagas: [u64;
         let (mut ours, mut baseline) = (Vec::new(), Vec::new());
         for round in 0..SAGA_ROUNDS {
             let run_ours = || {
-                saga_rate(sagas, concurrency, |i| {
-                    let runner = runner.clone();
-                    async move {
-                        match runner.start(&format!("c{concurrency}-{round}-{i}"), Vec::new()).await? {
-                            SagaOutcome::Completed => Ok(()),
-                            other => Err(format!("a benchmark saga did not complete: {other:?}").into()),
+                saga_rate(
+                    sagas,
+                    concurrency,
+                    |i| {
+                        let runner = runner.clone();
+                        async move {
+                            match runner.start(&format!("c{concurrency}-{round}-{i}"), Vec::new()).await? {
+                                SagaOutcome::Completed => Ok(()),
+                                other => Err(format!("a benchmark saga did not complete: {other:?}").into()),
+                            }
                         }
-                    }
-                })
+                    },
+                    async {
+                        // The active records' deletes, done in the background, are part of the work.
+                        runner.settled().await.map_err(BoxError::from)
+                    },
+                )
             };
             let run_baseline = || {
-                saga_rate(sagas, concurrency, |i| {
-                    let kv = kv.clone();
-                    async move { minimal_log(&kv, &format!("m{concurrency}-{round}-{i}")).await }
-                })
+                saga_rate(
+                    sagas,
+                    concurrency,
+                    |i| {
+                        let kv = kv.clone();
+                        async move { minimal_log(&kv, &format!("m{concurrency}-{round}-{i}")).await }
+                    },
+                    async { Ok(()) },
+                )
             };
             let side = r.saga_side.as_deref();
             let (with_ours, with_baseline) = (side != Some("baseline"), side != Some("ours"));

@@ -163,7 +163,32 @@ impl Encoder {
         if let Some((_, json)) = self.events.iter().find(|(seq, _)| *seq == event.seq) {
             return Ok(json.clone());
         }
-        let json = bytes::Bytes::from(serde_json::to_vec(event)?);
+        let mut out = Vec::with_capacity(128);
+        let mut num = itoa::Buffer::new();
+        out.extend_from_slice(b"{\"version\":");
+        put_str(&mut out, &event.version)?;
+        out.extend_from_slice(b",\"kind\":\"");
+        out.extend_from_slice(event.kind.token().as_bytes());
+        out.extend_from_slice(b"\",\"saga\":");
+        put_str(&mut out, &event.saga)?;
+        out.extend_from_slice(b",\"saga_id\":");
+        put_str(&mut out, &event.saga_id)?;
+        if let Some(step) = &event.step {
+            out.extend_from_slice(b",\"step\":");
+            put_str(&mut out, step)?;
+        }
+        if let Some(error) = &event.error {
+            out.extend_from_slice(b",\"error\":");
+            put_str(&mut out, error)?;
+        }
+        if let Some(attempts) = event.attempts {
+            out.extend_from_slice(b",\"attempts\":");
+            out.extend_from_slice(num.format(attempts).as_bytes());
+        }
+        out.extend_from_slice(b",\"seq\":");
+        out.extend_from_slice(num.format(event.seq).as_bytes());
+        out.push(b'}');
+        let json = bytes::Bytes::from(out);
         self.events.push((event.seq, json.clone()));
         Ok(json)
     }
@@ -189,7 +214,7 @@ impl Encoder {
                 .iter()
                 .map(|s| {
                     let mut h = b"{\"name\":".to_vec();
-                    serde_json::to_writer(&mut h, &s.name)?;
+                    put_str(&mut h, &s.name)?;
                     h.extend_from_slice(b",\"state\":\"");
                     Ok(h)
                 })
@@ -220,7 +245,7 @@ impl Encoder {
             out.extend_from_slice(num.format(step.compensation_attempts).as_bytes());
             out.extend_from_slice(b",\"error\":");
             match &step.error {
-                Some(e) => serde_json::to_writer(&mut out, e)?,
+                Some(e) => put_str(&mut out, e)?,
                 None => out.extend_from_slice(b"null"),
             }
             out.push(b'}');
@@ -244,6 +269,20 @@ impl Encoder {
         out.push(b'}');
         self.last_len = out.len();
         Ok(out)
+    }
+}
+
+/// `s` as a JSON string, as serde_json writes it: copied as it is unless it holds a character
+/// serde_json escapes (a control character, `"` or `\\`).
+fn put_str(out: &mut Vec<u8>, s: &str) -> serde_json::Result<()> {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+        Ok(())
+    } else {
+        serde_json::to_writer(out, s)
     }
 }
 
@@ -401,6 +440,39 @@ mod tests {
             if i % 3 == 0 {
                 r.outbox.remove(0);
             }
+        }
+    }
+
+    #[test]
+    fn event_json_is_what_serde_writes() {
+        use super::super::events::SagaEventKind;
+        let mut encoder = Encoder::default();
+        let kinds = [
+            SagaEventKind::Started,
+            SagaEventKind::StepCompleted,
+            SagaEventKind::StepFailed,
+            SagaEventKind::Compensating,
+            SagaEventKind::StepCompensated,
+            SagaEventKind::Completed,
+            SagaEventKind::Compensated,
+            SagaEventKind::CompensationFailed,
+        ];
+        for (seq, kind) in (0u32..).zip(kinds) {
+            let odd = seq % 2 == 1;
+            let event = SagaEvent {
+                version: "1.0".into(),
+                kind,
+                saga: "shop".into(),
+                saga_id: if odd { "o-\"1\"\n\u{1}é\\".into() } else { "o-1".into() },
+                step: odd.then(|| "charge".into()),
+                error: (seq % 3 == 0).then(|| format!("no \t{seq} é \u{7f}")),
+                attempts: (seq % 4 == 0).then_some(seq * 1_000),
+                seq,
+            };
+            assert_eq!(
+                &encoder.event_json(&event).unwrap()[..],
+                serde_json::to_vec(&event).unwrap()
+            );
         }
     }
 

@@ -384,6 +384,8 @@ struct Inner<S: Saga, T: Transport> {
     steps: Vec<Step<S>>,
     /// Publishes steps' events and the lifecycle outbox, provisioning domains first seen.
     publisher: crate::transport::Provisioner<T>,
+    /// The same, as the steps' contexts take it (made once, shared by every attempt).
+    step_publisher: Arc<dyn crate::handler::context::DynPublish>,
     kv: T::KeyValue,
     /// Settled records, expiring after the retention.
     settled: T::KeyValue,
@@ -545,12 +547,14 @@ impl<S: Saga, T: Transport> SagaRunnerBuilder<S, T> {
                 ]
             })
             .collect();
+        let publisher = crate::transport::Provisioner::new(self.transport);
         Ok(SagaRunner {
             inner: Arc::new(Inner {
                 saga: self.saga,
                 observers,
                 steps,
-                publisher: crate::transport::Provisioner::new(self.transport),
+                step_publisher: Arc::new(publisher.clone()),
+                publisher,
                 kv,
                 settled,
                 instance,
@@ -1754,12 +1758,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         // Metrics and spans are labelled by saga and step (bounded); message ids are derived from
         // the per-instance key (idempotent across re-runs).
         let observer = &self.inner.observers[i][usize::from(compensating)];
-        let context = Context::detached_scoped(
-            std::sync::Arc::new(self.inner.publisher.clone()),
-            &envelope,
-            &observer.label,
-            &key,
-        );
+        let context = Context::detached_scoped(self.inner.step_publisher.clone(), &envelope, &observer.label, &key);
         let mut ctx = StepContext {
             data: rec.data.clone(),
             saga: S::NAME,

@@ -4,6 +4,7 @@ use super::events::SagaEvent;
 use crate::id::Identity;
 use crate::timestamp::Timestamp;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// The format number written into every record; a record with another one is reported as
 /// corrupt rather than misread.
@@ -146,8 +147,9 @@ struct Head<'a> {
 pub(crate) struct Encoder {
     /// `{"format":..,"started_at":".."` (no closing brace), once made.
     head: Vec<u8>,
-    /// Per step, `{"name":"..","state":"` (the escaped name), once made.
-    step_heads: Vec<Vec<u8>>,
+    /// Per step, `{"name":"..","state":"` (the escaped name): made once per runner
+    /// ([`step_heads`]), or for the record at hand if its steps are not those.
+    step_heads: Arc<[Box<[u8]>]>,
     /// The owner last written, and its JSON string.
     owner: (String, Vec<u8>),
     /// The JSON of the events made so far and still in the outbox, by number.
@@ -156,7 +158,28 @@ pub(crate) struct Encoder {
     last_len: usize,
 }
 
+/// `{"name":"..","state":"` per step named in `names`, for [`Encoder::new`].
+pub(crate) fn step_heads<'a>(names: impl IntoIterator<Item = &'a str>) -> serde_json::Result<Arc<[Box<[u8]>]>> {
+    names
+        .into_iter()
+        .map(|name| {
+            let mut h = b"{\"name\":".to_vec();
+            put_str(&mut h, name)?;
+            h.extend_from_slice(b",\"state\":\"");
+            Ok(h.into_boxed_slice())
+        })
+        .collect()
+}
+
 impl Encoder {
+    /// An encoder for records whose steps are named as `step_heads` were made.
+    pub(crate) fn new(step_heads: Arc<[Box<[u8]>]>) -> Self {
+        Self {
+            step_heads,
+            ..Self::default()
+        }
+    }
+
     /// The JSON of `event` (as `serde_json::to_vec` writes it), made once per event: it is both
     /// the event's payload and its entry in the record's outbox.
     pub(crate) fn event_json(&mut self, event: &SagaEvent) -> serde_json::Result<bytes::Bytes> {
@@ -208,24 +231,26 @@ impl Encoder {
             // The closing brace: the other fields follow.
             self.head.pop();
         }
-        if self.step_heads.len() != rec.steps.len() {
-            self.step_heads = rec
-                .steps
-                .iter()
-                .map(|s| {
-                    let mut h = b"{\"name\":".to_vec();
-                    put_str(&mut h, &s.name)?;
-                    h.extend_from_slice(b",\"state\":\"");
-                    Ok(h)
-                })
-                .collect::<serde_json::Result<_>>()?;
+        let same_steps = self.step_heads.len() == rec.steps.len()
+            && self.step_heads.iter().zip(&rec.steps).all(|(head, step)| {
+                // `{"name":` + the name as a JSON string; a name needing escapes never matches
+                // (and is made afresh).
+                head.get(9..9 + step.name.len()) == Some(step.name.as_bytes()) && head.len() == step.name.len() + 20
+            });
+        if !same_steps {
+            self.step_heads = step_heads(rec.steps.iter().map(|s| s.name.as_str()))?;
         }
         if self.owner.1.is_empty() || self.owner.0 != rec.owner {
             self.owner = (rec.owner.clone(), serde_json::to_vec(&rec.owner)?);
         }
         // Events acknowledged meanwhile left the outbox: their JSON is not needed again.
         self.events.retain(|(seq, _)| rec.outbox.iter().any(|e| e.seq == *seq));
-        let mut out = Vec::with_capacity(self.last_len.max(self.head.len() + 256) + 64);
+        let mut events_len = 0;
+        for event in &rec.outbox {
+            events_len += self.event_json(event)?.len() + 1;
+        }
+        let estimate = self.head.len() + 160 * rec.steps.len() + events_len + self.owner.1.len() + 160;
+        let mut out = Vec::with_capacity(self.last_len.max(estimate) + 64);
         out.extend_from_slice(&self.head);
         let mut num = itoa::Buffer::new();
         out.extend_from_slice(b",\"status\":\"");
@@ -233,7 +258,7 @@ impl Encoder {
         out.extend_from_slice(b"\",\"data\":");
         serde_json::to_writer(&mut out, &rec.data)?;
         out.extend_from_slice(b",\"steps\":[");
-        for (i, (step, head)) in rec.steps.iter().zip(&self.step_heads).enumerate() {
+        for (i, (step, head)) in rec.steps.iter().zip(self.step_heads.iter()).enumerate() {
             if i > 0 {
                 out.push(b',');
             }
@@ -399,6 +424,13 @@ mod tests {
             lease_until_ms: -5,
             round: 0,
         };
+        // Step heads made per runner are used as they are for records whose steps they name.
+        let heads = step_heads(["x"]).unwrap();
+        let mut shared = Encoder::new(heads.clone());
+        assert_eq!(shared.encode(&r).unwrap(), serde_json::to_vec(&r).unwrap());
+        assert!(Arc::ptr_eq(&shared.step_heads, &heads));
+        let mut other = Encoder::new(step_heads(["y"]).unwrap());
+        assert_eq!(other.encode(&r).unwrap(), serde_json::to_vec(&r).unwrap());
         let mut encoder = Encoder::default();
         let statuses = [
             SagaStatus::Running,

@@ -399,6 +399,8 @@ struct Inner<S: Saga, T: Transport> {
     event_subjects: Vec<Subject>,
     /// Per step: the counters and metrics of its runs and of its compensations.
     observers: Vec<[Observer; 2]>,
+    /// The steps' fixed parts of a record's JSON ([`record::step_heads`]).
+    step_heads: Arc<[Box<[u8]>]>,
     /// The background settles (final acknowledgements, then the active record's delete) still
     /// running.
     settling: Arc<super::settling::Settling>,
@@ -548,10 +550,15 @@ impl<S: Saga, T: Transport> SagaRunnerBuilder<S, T> {
             })
             .collect();
         let publisher = crate::transport::Provisioner::new(self.transport);
+        let step_heads = record::step_heads(steps.iter().map(|s| s.name)).map_err(|e| SagaError::Encode {
+            id: String::new(),
+            reason: e.to_string(),
+        })?;
         Ok(SagaRunner {
             inner: Arc::new(Inner {
                 saga: self.saga,
                 observers,
+                step_heads,
                 steps,
                 step_publisher: Arc::new(publisher.clone()),
                 publisher,
@@ -634,7 +641,7 @@ struct Run<D> {
 }
 
 impl<D> Run<D> {
-    fn new(rec: SagaRecord<D>, rev: u64, archived: bool) -> Self {
+    fn new(rec: SagaRecord<D>, rev: u64, archived: bool, encoder: record::Encoder) -> Self {
         Self {
             outbox_persisted: !rec.outbox.is_empty(),
             rec,
@@ -642,7 +649,7 @@ impl<D> Run<D> {
             archived,
             fresh: None,
             in_flight: Vec::new(),
-            encoder: record::Encoder::default(),
+            encoder,
             event_ids: None,
         }
     }
@@ -786,7 +793,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         emit(&mut rec, SagaEventKind::Started, None, None, None);
         // The create records the first step's first attempt as started (its intent), so the step
         // runs without a write of its own.
-        let mut run = Run::new(rec, 0, false);
+        let mut run = Run::new(rec, 0, false, self.encoder());
         let extra = self.fold_next(&mut run);
         run.rec.lease_until_ms = self.inner.clock.after_millis(self.inner.lease.saturating_add(extra));
         let exists = || SagaError::AlreadyExists { id: id.to_owned() };
@@ -1135,6 +1142,11 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         })
     }
 
+    /// An encoder of this saga's records.
+    fn encoder(&self) -> record::Encoder {
+        record::Encoder::new(self.inner.step_heads.clone())
+    }
+
     /// The record of `id`: from the active bucket, else from the settled one.
     async fn load(&self, id: &str) -> Result<Run<S::Data>, SagaError> {
         check_id(id)?;
@@ -1191,7 +1203,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         if names != ours {
             return Err(corrupt(format!("its steps {names:?} differ from this saga's {ours:?}")));
         }
-        Ok(Some(Run::new(rec, entry.revision, archived)))
+        Ok(Some(Run::new(rec, entry.revision, archived, self.encoder())))
     }
 
     #[cfg(feature = "testing")]
@@ -1748,11 +1760,14 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         policy: &StepPolicy,
     ) -> Attempted<S::Data> {
         let step = self.inner.steps[i].name;
-        let key = if compensating {
-            format!("{}/{}/{step}/compensate", S::NAME, rec.id)
-        } else {
-            format!("{}/{}/{step}", S::NAME, rec.id)
-        };
+        // `{saga}/{id}/{step}` (`/compensate`), without the formatting machinery.
+        let mut key = String::with_capacity(S::NAME.len() + rec.id.len() + step.len() + 13);
+        for part in [S::NAME, "/", &rec.id, "/", step] {
+            key.push_str(part);
+        }
+        if compensating {
+            key.push_str("/compensate");
+        }
         let envelope = Envelope::with_identity(rec.identity, self.inner.events_subject.clone(), Bytes::new())
             .occurred_at(rec.started_at);
         // Metrics and spans are labelled by saga and step (bounded); message ids are derived from

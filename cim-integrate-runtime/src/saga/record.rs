@@ -127,18 +127,6 @@ impl<D> SagaRecord<D> {
     }
 }
 
-/// The fields of a record fixed at its creation, in the record's order.
-#[derive(Serialize)]
-struct Head<'a> {
-    format: u32,
-    saga: &'a str,
-    id: &'a str,
-    identity: &'a Identity,
-    started_at: &'a Timestamp,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    trace: &'a Option<String>,
-}
-
 /// Encodes a record's writes, producing the bytes of `serde_json::to_vec` of the record: the
 /// fields fixed at creation (ids, identity, start time) are serialised once, the others written
 /// by hand on every write (only the saga's data goes through serde each time), and each outbox
@@ -156,6 +144,35 @@ pub(crate) struct Encoder {
     events: Vec<(u32, bytes::Bytes)>,
     /// The size of the last record written (to allocate the next one at once).
     last_len: usize,
+}
+
+/// `{"format":..,"started_at":".."` (no closing brace: the changing fields follow), written as
+/// serde_json writes those fields of `rec`.
+fn head<D>(rec: &SagaRecord<D>) -> serde_json::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(256);
+    let mut uuid = uuid::Uuid::encode_buffer();
+    out.extend_from_slice(b"{\"format\":");
+    out.extend_from_slice(itoa::Buffer::new().format(rec.format).as_bytes());
+    out.extend_from_slice(b",\"saga\":");
+    put_str(&mut out, &rec.saga)?;
+    out.extend_from_slice(b",\"id\":");
+    put_str(&mut out, &rec.id)?;
+    let ids = &rec.identity;
+    for (key, id) in [
+        (&b",\"identity\":{\"message_id\":"[..], ids.message_id.as_uuid()),
+        (b",\"correlation_id\":", ids.correlation_id.as_uuid()),
+        (b",\"causation_id\":", ids.causation_id.as_uuid()),
+    ] {
+        out.extend_from_slice(key);
+        put_str(&mut out, id.hyphenated().encode_lower(&mut uuid))?;
+    }
+    out.extend_from_slice(b"},\"started_at\":");
+    put_str(&mut out, &rec.started_at.to_rfc3339())?;
+    if let Some(trace) = &rec.trace {
+        out.extend_from_slice(b",\"trace\":");
+        put_str(&mut out, trace)?;
+    }
+    Ok(out)
 }
 
 /// `{"name":"..","state":"` per step named in `names`, for [`Encoder::new`].
@@ -220,16 +237,7 @@ impl Encoder {
     /// record encoded.
     pub(crate) fn encode<D: Serialize>(&mut self, rec: &SagaRecord<D>) -> serde_json::Result<Vec<u8>> {
         if self.head.is_empty() {
-            self.head = serde_json::to_vec(&Head {
-                format: rec.format,
-                saga: &rec.saga,
-                id: &rec.id,
-                identity: &rec.identity,
-                started_at: &rec.started_at,
-                trace: &rec.trace,
-            })?;
-            // The closing brace: the other fields follow.
-            self.head.pop();
+            self.head = head(rec)?;
         }
         let same_steps = self.step_heads.len() == rec.steps.len()
             && self.step_heads.iter().zip(&rec.steps).all(|(head, step)| {
@@ -408,7 +416,7 @@ mod tests {
             id: "a-\"quoted\"".into(),
             identity: Identity::root(),
             started_at: Timestamp::now(),
-            trace: None,
+            trace: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01 \"x\"".into()),
             status: SagaStatus::Running,
             data: vec!["x".to_owned()],
             steps: vec![StepRecord {

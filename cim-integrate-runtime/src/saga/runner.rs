@@ -25,7 +25,8 @@
 //! record: it creates the record in the settled bucket (below), then [`Write::Settle`] deletes
 //! the active one. The final write decides the outcome, so the drive call (`start`, `resume_saga`,
 //! ...) returns once it is made; the rest of the move (the final events' acknowledgements, then
-//! the delete) runs as a task of its own. [`SagaRunner::settled`] waits for those tasks (and
+//! the delete) is tried once in place and, if it has to wait (on NATS, for the server's
+//! answers), goes on as a task of its own. [`SagaRunner::settled`] waits for those tasks (and
 //! reports a failed one); the runner's listings and [`SagaRunner::forget`] wait for the ones
 //! started before them. A process that ends before the task did leaves the saga in both buckets,
 //! as a crash between the two writes does (below).
@@ -1261,7 +1262,8 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
             // of the move (the acknowledgements, then the active record's delete) runs in the
             // background; a crash before it ends leaves the saga in both buckets, which resume
             // finishes (`finish_move`) without running a step again.
-            self.settle_in_background(run.rec.id.clone(), run.rev, std::mem::take(&mut run.in_flight));
+            self.settle_in_background(run.rec.id.clone(), run.rev, std::mem::take(&mut run.in_flight))
+                .await;
             run.rev = rev;
             run.archived = true;
             run.outbox_persisted = false;
@@ -1271,14 +1273,15 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         Ok(())
     }
 
-    /// The second half of a move to the settled bucket, as a task of its own: once every event
-    /// of the saga `id` in flight is acknowledged, its active record (at `active_rev`) is deleted,
-    /// conditional on that revision ([`Write::Settle`]). A failure leaves the active record for
-    /// resume to finish the move: it is logged, and reported by [`SagaRunner::settled`].
-    fn settle_in_background(&self, id: String, active_rev: u64, in_flight: Vec<InFlight>) {
-        let ticket = self.inner.settling.ticket();
+    /// The second half of a move to the settled bucket: once every event of the saga `id` in
+    /// flight is acknowledged, its active record (at `active_rev`) is deleted, conditional on
+    /// that revision ([`Write::Settle`]). It is polled once here: where the acknowledgements are
+    /// in and the store answers at once (the embedded transport) it ends without a task;
+    /// otherwise it goes on as a task of its own. A failure leaves the active record for resume
+    /// to finish the move: it is logged, and reported by [`SagaRunner::settled`].
+    async fn settle_in_background(&self, id: String, active_rev: u64, in_flight: Vec<InFlight>) {
         let runner = self.clone();
-        tokio::spawn(async move {
+        let mut settle = Box::pin(async move {
             match runner.delete_active(&id, active_rev, in_flight).await {
                 Ok(()) | Err(SagaError::Conflict { .. }) => {}
                 Err(e) => {
@@ -1286,6 +1289,13 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
                     runner.inner.settling.failed(e);
                 }
             }
+        });
+        if futures::poll!(settle.as_mut()).is_ready() {
+            return;
+        }
+        let ticket = self.inner.settling.ticket();
+        tokio::spawn(async move {
+            settle.await;
             drop(ticket);
         });
     }

@@ -876,7 +876,8 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
     /// Finds every unfinished saga in the bucket and drives each to completed, compensated or
     /// needs-attention, with at most `limit` sagas in flight at once (`0` counts as `1`). The
     /// sagas are polled by this future itself, not spawned: it returns once every one settled or
-    /// stopped.
+    /// stopped (and the background settles of those that completed or were compensated ended,
+    /// see [`settled`](Self::settled)).
     ///
     /// Sagas leased by another live runner are left alone ([`ResumeReport::busy`]); a saga
     /// another runner writes meanwhile is given up ([`ResumeReport::lost`]); a corrupt record or
@@ -899,6 +900,9 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         while let Some((id, result)) = resumes.next().await {
             report.add(id, result);
         }
+        // The sagas reported settled have left the active bucket (a process that resumes, then
+        // ends, leaves nothing behind).
+        self.settle_pending().await;
         report.sort();
         tracing::info!(saga = S::NAME, ?report, "resumed sagas");
         Ok(report)

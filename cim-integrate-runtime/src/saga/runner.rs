@@ -1334,15 +1334,16 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         Ok(())
     }
 
-    /// Waits until the background settles this runner started have ended (each saga's final
-    /// events acknowledged and its active record deleted). Returns the first failure since the
-    /// last call (a crash point of the fault hook, or the store unavailable for a whole lease;
-    /// the others were logged): the saga settled, and its active record waits for
+    /// Waits until the background settles this runner started before the call have ended (each
+    /// saga's final events acknowledged and its active record deleted; settles started meanwhile
+    /// are not waited for). Returns the first failure kept since the last wait (an event not
+    /// acknowledged, the store unavailable for a whole lease, or a crash point of the fault hook;
+    /// every failure is logged): that saga settled, and its active record waits for
     /// [`resume`](Self::resume) to finish the move. The runner's listings
     /// ([`active_ids`](Self::active_ids), [`ids`](Self::ids),
     /// [`needs_attention`](Self::needs_attention), [`resume`](Self::resume),
-    /// [`rescan`](Self::rescan)) and [`forget`](Self::forget) wait for them first (ignoring
-    /// their failures).
+    /// [`rescan`](Self::rescan)) and [`forget`](Self::forget) wait the same way first, and
+    /// drop the failures kept (they were logged).
     pub async fn settled(&self) -> Result<(), SagaError> {
         self.inner.settling.wait().await
     }

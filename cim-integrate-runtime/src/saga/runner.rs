@@ -152,9 +152,10 @@ pub enum Write {
     /// The final status (completed or compensated) when no outcome write carried it.
     Finish,
     /// After a final write (into the settled bucket) and the acknowledgement of every event: the
-    /// active record is deleted (in the background: the drive call has returned). For a saga needing attention: its outbox emptied in place. For a
-    /// final record found in the active bucket (an earlier layout), `Before` the put into the
-    /// settled bucket and `After` it, before the delete.
+    /// active record is deleted (in the background: the drive call has returned). For a saga
+    /// needing attention: its outbox emptied in place. For a final record found in the active
+    /// bucket (an earlier layout), `Before` the put into the settled bucket and `After` it,
+    /// before the delete.
     Settle,
     /// [`SagaRunner::retry_compensation`] resets a saga that needs attention.
     RetryCompensation,

@@ -138,8 +138,8 @@ pub(crate) struct Encoder {
     /// Per step, `{"name":"..","state":"` (the escaped name): made once per runner
     /// ([`step_heads`]), or for the record at hand if its steps are not those.
     step_heads: Arc<[Box<[u8]>]>,
-    /// The owner last written, and its JSON string.
-    owner: (String, Vec<u8>),
+    /// The owner last written, and its JSON string (the runner's own, made once per runner).
+    owner: Arc<(String, Vec<u8>)>,
     /// The JSON of the events made so far and still in the outbox, by number.
     events: Vec<(u32, bytes::Bytes)>,
     /// The size of the last record written (to allocate the next one at once).
@@ -175,6 +175,13 @@ fn head<D>(rec: &SagaRecord<D>) -> serde_json::Result<Vec<u8>> {
     Ok(out)
 }
 
+/// `owner` and its JSON string, for [`Encoder::new`].
+pub(crate) fn owner(owner: &str) -> serde_json::Result<Arc<(String, Vec<u8>)>> {
+    let mut json = Vec::with_capacity(owner.len() + 2);
+    put_str(&mut json, owner)?;
+    Ok(Arc::new((owner.to_owned(), json)))
+}
+
 /// `{"name":"..","state":"` per step named in `names`, for [`Encoder::new`].
 pub(crate) fn step_heads<'a>(names: impl IntoIterator<Item = &'a str>) -> serde_json::Result<Arc<[Box<[u8]>]>> {
     names
@@ -189,10 +196,12 @@ pub(crate) fn step_heads<'a>(names: impl IntoIterator<Item = &'a str>) -> serde_
 }
 
 impl Encoder {
-    /// An encoder for records whose steps are named as `step_heads` were made.
-    pub(crate) fn new(step_heads: Arc<[Box<[u8]>]>) -> Self {
+    /// An encoder for records whose steps are named as `step_heads` were made, mostly written
+    /// by `owner` ([`owner`]).
+    pub(crate) fn new(step_heads: Arc<[Box<[u8]>]>, owner: Arc<(String, Vec<u8>)>) -> Self {
         Self {
             step_heads,
+            owner,
             ..Self::default()
         }
     }
@@ -249,7 +258,7 @@ impl Encoder {
             self.step_heads = step_heads(rec.steps.iter().map(|s| s.name.as_str()))?;
         }
         if self.owner.1.is_empty() || self.owner.0 != rec.owner {
-            self.owner = (rec.owner.clone(), serde_json::to_vec(&rec.owner)?);
+            self.owner = Arc::new((rec.owner.clone(), serde_json::to_vec(&rec.owner)?));
         }
         // Events acknowledged meanwhile left the outbox: their JSON is not needed again.
         self.events.retain(|(seq, _)| rec.outbox.iter().any(|e| e.seq == *seq));
@@ -434,10 +443,10 @@ mod tests {
         };
         // Step heads made per runner are used as they are for records whose steps they name.
         let heads = step_heads(["x"]).unwrap();
-        let mut shared = Encoder::new(heads.clone());
+        let mut shared = Encoder::new(heads.clone(), owner("me").unwrap());
         assert_eq!(shared.encode(&r).unwrap(), serde_json::to_vec(&r).unwrap());
         assert!(Arc::ptr_eq(&shared.step_heads, &heads));
-        let mut other = Encoder::new(step_heads(["y"]).unwrap());
+        let mut other = Encoder::new(step_heads(["y"]).unwrap(), owner("someone \"else\"").unwrap());
         assert_eq!(other.encode(&r).unwrap(), serde_json::to_vec(&r).unwrap());
         let mut encoder = Encoder::default();
         let statuses = [

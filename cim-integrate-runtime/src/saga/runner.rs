@@ -403,6 +403,8 @@ struct Inner<S: Saga, T: Transport> {
     observers: Vec<[Observer; 2]>,
     /// The steps' fixed parts of a record's JSON ([`record::step_heads`]).
     step_heads: Arc<[Box<[u8]>]>,
+    /// This runner's name as a record's `owner` ([`record::owner`]).
+    owner_json: Arc<(String, Vec<u8>)>,
     /// The background settles (final acknowledgements, then the active record's delete) still
     /// running.
     settling: Arc<super::settling::Settling>,
@@ -552,15 +554,18 @@ impl<S: Saga, T: Transport> SagaRunnerBuilder<S, T> {
             })
             .collect();
         let publisher = crate::transport::Provisioner::new(self.transport);
-        let step_heads = record::step_heads(steps.iter().map(|s| s.name)).map_err(|e| SagaError::Encode {
+        let encoding = |e: serde_json::Error| SagaError::Encode {
             id: String::new(),
             reason: e.to_string(),
-        })?;
+        };
+        let step_heads = record::step_heads(steps.iter().map(|s| s.name)).map_err(encoding)?;
+        let owner_json = record::owner(&instance).map_err(encoding)?;
         Ok(SagaRunner {
             inner: Arc::new(Inner {
                 saga: self.saga,
                 observers,
                 step_heads,
+                owner_json,
                 steps,
                 step_publisher: Arc::new(publisher.clone()),
                 publisher,
@@ -1150,7 +1155,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
 
     /// An encoder of this saga's records.
     fn encoder(&self) -> record::Encoder {
-        record::Encoder::new(self.inner.step_heads.clone())
+        record::Encoder::new(self.inner.step_heads.clone(), self.inner.owner_json.clone())
     }
 
     /// The record of `id`: from the active bucket, else from the settled one.
@@ -1789,7 +1794,12 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         // Metrics and spans are labelled by saga and step (bounded); message ids are derived from
         // the per-instance key (idempotent across re-runs).
         let observer = &self.inner.observers[i][usize::from(compensating)];
-        let context = Context::detached_scoped(self.inner.step_publisher.clone(), &envelope, &observer.label, &key);
+        let context = Context::detached_scoped(
+            self.inner.step_publisher.clone(),
+            &envelope,
+            observer.label.clone(),
+            &key,
+        );
         let mut ctx = StepContext {
             data: rec.data.clone(),
             saga: S::NAME,

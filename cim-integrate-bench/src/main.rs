@@ -8,7 +8,8 @@
 //! Markdown), `--only a,b` / `--skip a,b` with the
 //! sections `publish`, `consume`, `scale-out`, `dispatch`, `saga`, `decode`, `rss`, `check`,
 //! `--out PATH`, `--dispatch-rounds N` (default 5), `--dispatch-rows kv,mem16,mem1` (default all),
-//! `--dispatch-side ours|baseline` (default both),
+//! `--dispatch-side ours|baseline` (default both), `--saga-rows nats,mem` (default both),
+//! `--saga-side ours|baseline` (default both),
 //! `--rss-events N` (default 1,000,000 on the embedded transport), `--rss-nats-events N` (default
 //! 1,000,000).
 
@@ -82,6 +83,11 @@ struct Runner {
     /// Only one side of the dispatch rows (`--dispatch-side ours|baseline`), e.g. to count its
     /// instructions under callgrind.
     dispatch_side: Option<String>,
+    /// Only these saga transports (`--saga-rows nats,mem`; default both).
+    saga_rows: Option<Vec<String>>,
+    /// Only one side of the saga rows (`--saga-side ours|baseline`), e.g. to count its
+    /// instructions under callgrind.
+    saga_side: Option<String>,
     notes: Vec<String>,
 }
 
@@ -1024,21 +1030,31 @@ async fn minimal_log<K: KeyValue>(kv: &K, id: &str) -> Result<(), BoxError> {
     Ok(())
 }
 
-/// Steps per second of `sagas` runs of `one`, `concurrency` at a time.
-async fn saga_rate<F, Fut>(sagas: u64, concurrency: usize, one: F) -> Result<f64, BoxError>
+/// Steps per second of `sagas` runs of `one`, `concurrency` at a time, then `finish` (inside the
+/// measured time: the runner's background settles), and allocations per saga (of the whole
+/// process, the client's side of the benchmark).
+async fn saga_rate<F, Fut>(
+    sagas: u64,
+    concurrency: usize,
+    one: F,
+    finish: impl std::future::Future<Output = Result<(), BoxError>>,
+) -> Result<(f64, f64), BoxError>
 where
     F: Fn(u64) -> Fut,
     Fut: std::future::Future<Output = Result<(), BoxError>>,
 {
+    let allocs = cim_integrate_bench::allocations();
     let start = Instant::now();
     let results: Vec<Result<(), BoxError>> = futures::stream::iter(0..sagas)
         .map(one)
         .buffer_unordered(concurrency)
         .collect()
         .await;
+    finish.await?;
     let took = start.elapsed();
+    let allocs = cim_integrate_bench::allocations() - allocs;
     results.into_iter().collect::<Result<Vec<_>, _>>()?;
-    Ok(rate(sagas * SAGA_STEPS, took))
+    Ok((rate(sagas * SAGA_STEPS, took), allocs as f64 / sagas as f64))
 }
 
 async fn saga_pair<T: Transport>(r: &mut Runner, label: &str, t: T, sagas: [u64; 2]) -> Result<(), BoxError> {
@@ -1052,51 +1068,88 @@ async fn saga_pair<T: Transport>(r: &mut Runner, label: &str, t: T, sagas: [u64;
         let (mut ours, mut baseline) = (Vec::new(), Vec::new());
         for round in 0..SAGA_ROUNDS {
             let run_ours = || {
-                saga_rate(sagas, concurrency, |i| {
-                    let runner = runner.clone();
-                    async move {
-                        match runner.start(&format!("c{concurrency}-{round}-{i}"), Vec::new()).await? {
-                            SagaOutcome::Completed => Ok(()),
-                            other => Err(format!("a benchmark saga did not complete: {other:?}").into()),
+                saga_rate(
+                    sagas,
+                    concurrency,
+                    |i| {
+                        let runner = runner.clone();
+                        async move {
+                            match runner.start(&format!("c{concurrency}-{round}-{i}"), Vec::new()).await? {
+                                SagaOutcome::Completed => Ok(()),
+                                other => Err(format!("a benchmark saga did not complete: {other:?}").into()),
+                            }
                         }
-                    }
-                })
+                    },
+                    async {
+                        // The active records' deletes, done in the background, are part of the work.
+                        runner.settled().await.map_err(BoxError::from)
+                    },
+                )
             };
             let run_baseline = || {
-                saga_rate(sagas, concurrency, |i| {
-                    let kv = kv.clone();
-                    async move { minimal_log(&kv, &format!("m{concurrency}-{round}-{i}")).await }
-                })
+                saga_rate(
+                    sagas,
+                    concurrency,
+                    |i| {
+                        let kv = kv.clone();
+                        async move { minimal_log(&kv, &format!("m{concurrency}-{round}-{i}")).await }
+                    },
+                    async { Ok(()) },
+                )
             };
+            let side = r.saga_side.as_deref();
+            let (with_ours, with_baseline) = (side != Some("baseline"), side != Some("ours"));
             if round % 2 == 0 {
-                ours.push(run_ours().await?);
-                baseline.push(run_baseline().await?);
+                if with_ours {
+                    ours.push(run_ours().await?);
+                }
+                if with_baseline {
+                    baseline.push(run_baseline().await?);
+                }
             } else {
-                baseline.push(run_baseline().await?);
-                ours.push(run_ours().await?);
+                if with_baseline {
+                    baseline.push(run_baseline().await?);
+                }
+                if with_ours {
+                    ours.push(run_ours().await?);
+                }
             }
         }
+        let pick = |v: &[(f64, f64)], f: fn(&(f64, f64)) -> f64| v.iter().map(f).collect::<Vec<f64>>();
         r.row_rounds(
             "saga",
             format!("SagaRunner ({label}), {SAGA_STEPS}-step sagas, {concurrency} at a time"),
-            &ours,
+            &pick(&ours, |o| o.0),
             "steps/s",
             "minimal durable log (create + 1 CAS per step)",
-            &baseline,
+            &pick(&baseline, |b| b.0),
             sagas,
             true,
         );
+        let note = format!(
+            "saga, {label}, {concurrency} at a time: allocations per saga {:.1} (baseline {:.1}), medians",
+            median(&pick(&ours, |o| o.1)),
+            median(&pick(&baseline, |b| b.1)),
+        );
+        eprintln!("    {note}");
+        r.notes.push(note);
     }
     Ok(())
 }
 
 async fn bench_saga(r: &mut Runner) -> Result<(), BoxError> {
-    let server = Server::start("saga")?;
-    let nats = [r.n(600), r.n(3_000)];
-    saga_pair(r, "NATS", NatsTransport::connect_url(&server.url).await?, nats).await?;
-    // The embedded stream keeps every lifecycle event (five per saga) in memory.
-    let mem = [r.n(5_000), r.n(10_000)];
-    saga_pair(r, "embedded", MemoryTransport::new(), mem).await?;
+    let wants = |row: &str| r.saga_rows.as_ref().is_none_or(|rows| rows.iter().any(|k| k == row));
+    let (nats_row, mem_row) = (wants("nats"), wants("mem"));
+    if nats_row {
+        let server = Server::start("saga")?;
+        let nats = [r.n(600), r.n(3_000)];
+        saga_pair(r, "NATS", NatsTransport::connect_url(&server.url).await?, nats).await?;
+    }
+    if mem_row {
+        // The embedded stream keeps every lifecycle event (five per saga) in memory.
+        let mem = [r.n(5_000), r.n(10_000)];
+        saga_pair(r, "embedded", MemoryTransport::new(), mem).await?;
+    }
     Ok(())
 }
 
@@ -1420,6 +1473,8 @@ fn main() {
         dispatch_rounds: 5,
         dispatch_rows: None,
         dispatch_side: None,
+        saga_rows: None,
+        saga_side: None,
         notes: Vec::new(),
     };
     let mut out = None;
@@ -1438,6 +1493,8 @@ fn main() {
             }
             "--dispatch-rows" => r.dispatch_rows = Some(parse_list(args.next())),
             "--dispatch-side" => r.dispatch_side = args.next(),
+            "--saga-rows" => r.saga_rows = Some(parse_list(args.next())),
+            "--saga-side" => r.saga_side = args.next(),
             "--skip" => r.skip = parse_list(args.next()),
             "--out" => out = args.next().map(PathBuf::from),
             "--rss-events" => r.rss_events = args.next().and_then(|v| v.parse().ok()).unwrap_or(r.rss_events),

@@ -22,6 +22,7 @@
 //! | an aggregation's outcome | `aggregation`, `{aggregation}`, `{key}` | v5 |
 //! | a dead letter (its `Nats-Msg-Id`) | `dlq`, `{set}.{handler}`, `{stream}`, `{sequence}` | v5 |
 
+use std::fmt;
 use uuid::Uuid;
 
 /// Namespace of every derived (name-based, v5) id: see [`derived_uuid`].
@@ -83,6 +84,44 @@ pub fn derived_uuid(parts: &[&[u8]]) -> Uuid {
         name.extend_from_slice(part);
     }
     Uuid::new_v5(&DERIVED_ID_NAMESPACE, &name)
+}
+
+/// Derives the children of one message in one scope, numbered
+/// ([`Identity::derived_children`]): the same ids as [`Identity::derived_child`], with the hash
+/// of their common part made once.
+#[derive(Clone)]
+pub(crate) struct DerivedChildren {
+    parent: Identity,
+    millis: u64,
+    /// SHA-1 of the namespace, the parent's id, `0`, the scope, `0`.
+    prefix: sha1_smol::Sha1,
+}
+
+impl fmt::Debug for DerivedChildren {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DerivedChildren")
+            .field("parent", &self.parent)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DerivedChildren {
+    /// Child number `n`.
+    pub(crate) fn child(&self, n: u32) -> Identity {
+        let mut hash = self.prefix.clone();
+        hash.update(itoa::Buffer::new().format(n).as_bytes());
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&hash.digest().bytes()[..16]);
+        let v5 = uuid::Builder::from_sha1_bytes(bytes).into_uuid();
+        let mut random = [0u8; 10];
+        random.copy_from_slice(&v5.as_bytes()[6..16]);
+        let id = uuid::Builder::from_unix_timestamp_millis(self.millis, &random).into_uuid();
+        Identity {
+            message_id: MessageId::from_uuid(id),
+            correlation_id: self.parent.correlation_id,
+            causation_id: self.parent.message_id.into(),
+        }
+    }
 }
 
 /// Why a string is not a valid id.
@@ -312,6 +351,28 @@ impl Identity {
         }
     }
 
+    /// The children of this message in `scope` derived as [`derived_child`](Self::derived_child)
+    /// derives them, the hash of what they share (this id and `scope`) computed once.
+    pub(crate) fn derived_children(&self, scope: &str, at: crate::Timestamp) -> DerivedChildren {
+        let mut prefix = sha1_smol::Sha1::new();
+        prefix.update(DERIVED_ID_NAMESPACE.as_bytes());
+        prefix.update(
+            self.message_id
+                .as_uuid()
+                .hyphenated()
+                .encode_lower(&mut Uuid::encode_buffer())
+                .as_bytes(),
+        );
+        prefix.update(&[0]);
+        prefix.update(scope.as_bytes());
+        prefix.update(&[0]);
+        DerivedChildren {
+            parent: *self,
+            millis: u64::try_from(at.unix_millis()).unwrap_or(0),
+            prefix,
+        }
+    }
+
     /// `true` if this identity starts a conversation (all three ids equal).
     pub fn is_root(&self) -> bool {
         self.message_id.0 == self.correlation_id.0 && self.message_id.0 == self.causation_id.0
@@ -353,6 +414,21 @@ mod tests {
         for v in variants {
             assert_eq!(canonical_uuid(&v), canonical_by_reference(&v), "{v:?}");
         }
+    }
+
+    #[test]
+    fn derived_children_are_derived_child() {
+        let parent = Identity::root();
+        let at = crate::Timestamp::now();
+        let children = parent.derived_children("saga/shop/o-1", at);
+        for n in [0, 1, 9, 10, 12_345, u32::MAX] {
+            assert_eq!(children.child(n), parent.derived_child("saga/shop/o-1", n, at));
+        }
+        let long = "s".repeat(200);
+        assert_eq!(
+            parent.derived_children(&long, at).child(3),
+            parent.derived_child(&long, 3, at)
+        );
     }
 
     #[test]

@@ -56,6 +56,10 @@ async fn run(args: Vec<String>) -> Result<(), BoxError> {
                 .build()
                 .await?;
             let outcome = runner.start(id, TransferData::default()).await?;
+            // The last crash points (the active record's delete) come after `start` returned,
+            // in the runner's background settle: wait for it, as a process that keeps running
+            // would let it end.
+            runner.settled().await?;
             println!("DONE {outcome:?}");
         }
         ("resume", [kind]) => {

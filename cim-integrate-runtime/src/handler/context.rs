@@ -161,10 +161,10 @@ impl Context {
     pub(crate) fn detached_scoped(
         publisher: Arc<dyn DynPublish>,
         envelope: &Envelope,
-        label: &str,
+        label: Arc<str>,
         scope: &str,
     ) -> Self {
-        let mut context = Self::new(envelope, 1, Arc::from(label), publisher);
+        let mut context = Self::new(envelope, 1, label, publisher);
         if let Some(inner) = Arc::get_mut(&mut context.inner) {
             inner.scope = Arc::from(scope);
         }

@@ -618,6 +618,7 @@ async fn crash_points<T: Transport>(
         .await
         .expect("runner");
     r.start(id, order).await.expect("dry run");
+    r.settled().await.expect("dry run settled");
     let points = lock(&seen).clone();
     (points, runs_per_key(&shop, id))
 }
@@ -767,7 +768,11 @@ pub async fn crash_at_every_boundary_then_resume<T: Transport>(t: T) {
                 .build()
                 .await
                 .expect("runner");
-            let crashed = crashing.start(&id, order.clone()).await;
+            // A crash at `Settle` comes after `start` returned, in its background settle.
+            let crashed = match crashing.start(&id, order.clone()).await {
+                Ok(outcome) => crashing.settled().await.map(|()| outcome),
+                other => other,
+            };
             match crashed {
                 Err(super::SagaError::Crashed(p)) => {
                     assert_eq!((p.write, p.step, p.moment), (point.write, point.step, point.moment));
@@ -1262,7 +1267,12 @@ pub async fn crash_between_the_settling_writes_is_recovered<T: Transport>(t: T) 
         .build()
         .await
         .expect("runner");
-    let crashed = crashing.start("split", Order::default()).await;
+    // The saga settled (its final write made) before the crash, in the background half.
+    assert_eq!(
+        crashing.start("split", Order::default()).await,
+        Ok(SagaOutcome::Completed)
+    );
+    let crashed = crashing.settled().await;
     assert!(matches!(crashed, Err(super::SagaError::Crashed(_))), "{crashed:?}");
     drop(crashing);
     let r = runner(&t, &shop, "node-1").await;

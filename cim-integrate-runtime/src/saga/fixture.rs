@@ -102,6 +102,11 @@ impl<S: Saga + Clone> SagaFixture<S> {
         let crash = self.crash.clone().map(|p| (p, Arc::new(AtomicBool::new(false))));
         let runner = self.runner(crash).await;
         let mut outcome = runner.start_with_identity(id, data, identity).await;
+        if let Ok(settled) = &outcome {
+            // A crash in the background half of settling (`Write::Settle`) is a crash too.
+            let settled = settled.clone();
+            outcome = runner.settled().await.map(|()| settled);
+        }
         let mut crashed_at = None;
         if let Err(SagaError::Crashed(point)) = &outcome {
             crashed_at = Some(point.clone());

@@ -83,6 +83,7 @@ mod context;
 mod events;
 mod record;
 mod runner;
+mod settling;
 
 #[cfg(feature = "testing")]
 pub mod conformance;

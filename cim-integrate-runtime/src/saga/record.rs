@@ -4,6 +4,7 @@ use super::events::SagaEvent;
 use crate::id::Identity;
 use crate::timestamp::Timestamp;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// The format number written into every record; a record with another one is reported as
 /// corrupt rather than misread.
@@ -126,74 +127,229 @@ impl<D> SagaRecord<D> {
     }
 }
 
-/// The fields of a record fixed at its creation, in the record's order.
-#[derive(Serialize)]
-struct Head<'a> {
-    format: u32,
-    saga: &'a str,
-    id: &'a str,
-    identity: &'a Identity,
-    started_at: &'a Timestamp,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    trace: &'a Option<String>,
-}
-
-/// The fields of a record that writes change, in the record's order.
-#[derive(Serialize)]
-struct Tail<'a, D> {
-    status: SagaStatus,
-    data: &'a D,
-    steps: &'a [StepRecord],
-    event_seq: u32,
-    outbox: &'a [SagaEvent],
-    owner: &'a str,
-    lease_until_ms: i64,
-    round: u32,
-}
-
-/// Encodes a record's writes: the fields fixed at creation (ids, identity, start time) are
-/// serialised once, the others on every write. The bytes are those of `serde_json::to_vec` of
-/// the record.
+/// Encodes a record's writes, producing the bytes of `serde_json::to_vec` of the record: the
+/// fields fixed at creation (ids, identity, start time) are serialised once, the others written
+/// by hand on every write (only the saga's data goes through serde each time), and each outbox
+/// event's JSON is made once ([`event_json`](Self::event_json)), for the record and its payload.
 #[derive(Debug, Default)]
 pub(crate) struct Encoder {
     /// `{"format":..,"started_at":".."` (no closing brace), once made.
     head: Vec<u8>,
+    /// Per step, `{"name":"..","state":"` (the escaped name): made once per runner
+    /// ([`step_heads`]), or for the record at hand if its steps are not those.
+    step_heads: Arc<[Box<[u8]>]>,
+    /// The owner last written, and its JSON string (the runner's own, made once per runner).
+    owner: Arc<(String, Vec<u8>)>,
+    /// The JSON of the events made so far and still in the outbox, by number.
+    events: Vec<(u32, bytes::Bytes)>,
+    /// The size of the last record written (to allocate the next one at once).
+    last_len: usize,
+}
+
+/// `{"format":..,"started_at":".."` (no closing brace: the changing fields follow), written as
+/// serde_json writes those fields of `rec`.
+fn head<D>(rec: &SagaRecord<D>) -> serde_json::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(256);
+    let mut uuid = uuid::Uuid::encode_buffer();
+    out.extend_from_slice(b"{\"format\":");
+    out.extend_from_slice(itoa::Buffer::new().format(rec.format).as_bytes());
+    out.extend_from_slice(b",\"saga\":");
+    put_str(&mut out, &rec.saga)?;
+    out.extend_from_slice(b",\"id\":");
+    put_str(&mut out, &rec.id)?;
+    let ids = &rec.identity;
+    for (key, id) in [
+        (&b",\"identity\":{\"message_id\":"[..], ids.message_id.as_uuid()),
+        (b",\"correlation_id\":", ids.correlation_id.as_uuid()),
+        (b",\"causation_id\":", ids.causation_id.as_uuid()),
+    ] {
+        out.extend_from_slice(key);
+        put_str(&mut out, id.hyphenated().encode_lower(&mut uuid))?;
+    }
+    out.extend_from_slice(b"},\"started_at\":");
+    put_str(&mut out, &rec.started_at.to_rfc3339())?;
+    if let Some(trace) = &rec.trace {
+        out.extend_from_slice(b",\"trace\":");
+        put_str(&mut out, trace)?;
+    }
+    Ok(out)
+}
+
+/// `owner` and its JSON string, for [`Encoder::new`].
+pub(crate) fn owner(owner: &str) -> serde_json::Result<Arc<(String, Vec<u8>)>> {
+    let mut json = Vec::with_capacity(owner.len() + 2);
+    put_str(&mut json, owner)?;
+    Ok(Arc::new((owner.to_owned(), json)))
+}
+
+/// `{"name":"..","state":"` per step named in `names`, for [`Encoder::new`].
+pub(crate) fn step_heads<'a>(names: impl IntoIterator<Item = &'a str>) -> serde_json::Result<Arc<[Box<[u8]>]>> {
+    names
+        .into_iter()
+        .map(|name| {
+            let mut h = b"{\"name\":".to_vec();
+            put_str(&mut h, name)?;
+            h.extend_from_slice(b",\"state\":\"");
+            Ok(h.into_boxed_slice())
+        })
+        .collect()
 }
 
 impl Encoder {
-    /// The JSON of `rec`. `rec`'s fixed fields must be those of the first record encoded.
+    /// An encoder for records whose steps are named as `step_heads` were made, mostly written
+    /// by `owner` ([`owner`]).
+    pub(crate) fn new(step_heads: Arc<[Box<[u8]>]>, owner: Arc<(String, Vec<u8>)>) -> Self {
+        Self {
+            step_heads,
+            owner,
+            ..Self::default()
+        }
+    }
+
+    /// The JSON of `event` (as `serde_json::to_vec` writes it), made once per event: it is both
+    /// the event's payload and its entry in the record's outbox.
+    pub(crate) fn event_json(&mut self, event: &SagaEvent) -> serde_json::Result<bytes::Bytes> {
+        if let Some((_, json)) = self.events.iter().find(|(seq, _)| *seq == event.seq) {
+            return Ok(json.clone());
+        }
+        let mut out = Vec::with_capacity(128);
+        let mut num = itoa::Buffer::new();
+        out.extend_from_slice(b"{\"version\":");
+        put_str(&mut out, &event.version)?;
+        out.extend_from_slice(b",\"kind\":\"");
+        out.extend_from_slice(event.kind.token().as_bytes());
+        out.extend_from_slice(b"\",\"saga\":");
+        put_str(&mut out, &event.saga)?;
+        out.extend_from_slice(b",\"saga_id\":");
+        put_str(&mut out, &event.saga_id)?;
+        if let Some(step) = &event.step {
+            out.extend_from_slice(b",\"step\":");
+            put_str(&mut out, step)?;
+        }
+        if let Some(error) = &event.error {
+            out.extend_from_slice(b",\"error\":");
+            put_str(&mut out, error)?;
+        }
+        if let Some(attempts) = event.attempts {
+            out.extend_from_slice(b",\"attempts\":");
+            out.extend_from_slice(num.format(attempts).as_bytes());
+        }
+        out.extend_from_slice(b",\"seq\":");
+        out.extend_from_slice(num.format(event.seq).as_bytes());
+        out.push(b'}');
+        let json = bytes::Bytes::from(out);
+        self.events.push((event.seq, json.clone()));
+        Ok(json)
+    }
+
+    /// The JSON of `rec`. `rec`'s fixed fields (and its step names) must be those of the first
+    /// record encoded.
     pub(crate) fn encode<D: Serialize>(&mut self, rec: &SagaRecord<D>) -> serde_json::Result<Vec<u8>> {
         if self.head.is_empty() {
-            self.head = serde_json::to_vec(&Head {
-                format: rec.format,
-                saga: &rec.saga,
-                id: &rec.id,
-                identity: &rec.identity,
-                started_at: &rec.started_at,
-                trace: &rec.trace,
-            })?;
-            // The closing brace: the tail's fields follow.
-            self.head.pop();
+            self.head = head(rec)?;
         }
-        let mut out = Vec::with_capacity(self.head.len() + 512);
+        let same_steps = self.step_heads.len() == rec.steps.len()
+            && self.step_heads.iter().zip(&rec.steps).all(|(head, step)| {
+                // `{"name":` + the name as a JSON string; a name needing escapes never matches
+                // (and is made afresh).
+                head.get(9..9 + step.name.len()) == Some(step.name.as_bytes()) && head.len() == step.name.len() + 20
+            });
+        if !same_steps {
+            self.step_heads = step_heads(rec.steps.iter().map(|s| s.name.as_str()))?;
+        }
+        if self.owner.1.is_empty() || self.owner.0 != rec.owner {
+            self.owner = Arc::new((rec.owner.clone(), serde_json::to_vec(&rec.owner)?));
+        }
+        // Events acknowledged meanwhile left the outbox: their JSON is not needed again.
+        self.events.retain(|(seq, _)| rec.outbox.iter().any(|e| e.seq == *seq));
+        let mut events_len = 0;
+        for event in &rec.outbox {
+            events_len += self.event_json(event)?.len() + 1;
+        }
+        let estimate = self.head.len() + 160 * rec.steps.len() + events_len + self.owner.1.len() + 160;
+        let mut out = Vec::with_capacity(self.last_len.max(estimate) + 64);
         out.extend_from_slice(&self.head);
-        let tail = out.len();
-        serde_json::to_writer(
-            &mut out,
-            &Tail {
-                status: rec.status,
-                data: &rec.data,
-                steps: &rec.steps,
-                event_seq: rec.event_seq,
-                outbox: &rec.outbox,
-                owner: &rec.owner,
-                lease_until_ms: rec.lease_until_ms,
-                round: rec.round,
-            },
-        )?;
-        // The tail's opening brace becomes the separator.
-        out[tail] = b',';
+        let mut num = itoa::Buffer::new();
+        out.extend_from_slice(b",\"status\":\"");
+        out.extend_from_slice(status_str(rec.status).as_bytes());
+        out.extend_from_slice(b"\",\"data\":");
+        serde_json::to_writer(&mut out, &rec.data)?;
+        out.extend_from_slice(b",\"steps\":[");
+        for (i, (step, head)) in rec.steps.iter().zip(self.step_heads.iter()).enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(head);
+            out.extend_from_slice(state_str(step.state).as_bytes());
+            out.extend_from_slice(b"\",\"attempts\":");
+            out.extend_from_slice(num.format(step.attempts).as_bytes());
+            out.extend_from_slice(b",\"compensation_attempts\":");
+            out.extend_from_slice(num.format(step.compensation_attempts).as_bytes());
+            out.extend_from_slice(b",\"error\":");
+            match &step.error {
+                Some(e) => put_str(&mut out, e)?,
+                None => out.extend_from_slice(b"null"),
+            }
+            out.push(b'}');
+        }
+        out.extend_from_slice(b"],\"event_seq\":");
+        out.extend_from_slice(num.format(rec.event_seq).as_bytes());
+        out.extend_from_slice(b",\"outbox\":[");
+        for (i, event) in rec.outbox.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            let json = self.event_json(event)?;
+            out.extend_from_slice(&json);
+        }
+        out.extend_from_slice(b"],\"owner\":");
+        out.extend_from_slice(&self.owner.1);
+        out.extend_from_slice(b",\"lease_until_ms\":");
+        out.extend_from_slice(num.format(rec.lease_until_ms).as_bytes());
+        out.extend_from_slice(b",\"round\":");
+        out.extend_from_slice(num.format(rec.round).as_bytes());
+        out.push(b'}');
+        self.last_len = out.len();
         Ok(out)
+    }
+}
+
+/// `s` as a JSON string, as serde_json writes it: copied as it is unless it holds a character
+/// serde_json escapes (a control character, `"` or `\\`).
+fn put_str(out: &mut Vec<u8>, s: &str) -> serde_json::Result<()> {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+        Ok(())
+    } else {
+        serde_json::to_writer(out, s)
+    }
+}
+
+/// `status` as serde writes it (without quotes).
+fn status_str(status: SagaStatus) -> &'static str {
+    match status {
+        SagaStatus::Running => "running",
+        SagaStatus::Compensating => "compensating",
+        SagaStatus::Completed => "completed",
+        SagaStatus::Compensated => "compensated",
+        SagaStatus::NeedsAttention => "needs_attention",
+    }
+}
+
+/// `state` as serde writes it (without quotes).
+fn state_str(state: StepState) -> &'static str {
+    match state {
+        StepState::Pending => "pending",
+        StepState::Running => "running",
+        StepState::Completed => "completed",
+        StepState::Failed => "failed",
+        StepState::Compensating => "compensating",
+        StepState::Compensated => "compensated",
+        StepState::NotCompensated => "not_compensated",
+        StepState::CompensationFailed => "compensation_failed",
     }
 }
 
@@ -269,7 +425,7 @@ mod tests {
             id: "a-\"quoted\"".into(),
             identity: Identity::root(),
             started_at: Timestamp::now(),
-            trace: None,
+            trace: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01 \"x\"".into()),
             status: SagaStatus::Running,
             data: vec!["x".to_owned()],
             steps: vec![StepRecord {
@@ -285,12 +441,87 @@ mod tests {
             lease_until_ms: -5,
             round: 0,
         };
+        // Step heads made per runner are used as they are for records whose steps they name.
+        let heads = step_heads(["x"]).unwrap();
+        let mut shared = Encoder::new(heads.clone(), owner("me").unwrap());
+        assert_eq!(shared.encode(&r).unwrap(), serde_json::to_vec(&r).unwrap());
+        assert!(Arc::ptr_eq(&shared.step_heads, &heads));
+        let mut other = Encoder::new(step_heads(["y"]).unwrap(), owner("someone \"else\"").unwrap());
+        assert_eq!(other.encode(&r).unwrap(), serde_json::to_vec(&r).unwrap());
         let mut encoder = Encoder::default();
-        for _ in 0..2 {
+        let statuses = [
+            SagaStatus::Running,
+            SagaStatus::Compensating,
+            SagaStatus::Completed,
+            SagaStatus::Compensated,
+            SagaStatus::NeedsAttention,
+        ];
+        let states = [
+            StepState::Pending,
+            StepState::Running,
+            StepState::Completed,
+            StepState::Failed,
+            StepState::Compensating,
+            StepState::Compensated,
+            StepState::NotCompensated,
+            StepState::CompensationFailed,
+        ];
+        for i in 0..10u32 {
             assert_eq!(encoder.encode(&r).unwrap(), serde_json::to_vec(&r).unwrap());
-            r.status = SagaStatus::Compensating;
+            r.status = statuses[i as usize % statuses.len()];
+            r.steps[0].state = states[i as usize % states.len()];
+            r.steps[0].attempts += 1;
+            r.steps[0].error = (i % 2 == 0).then(|| format!("e\"{i}"));
             r.data.push("y".into());
             r.round += 1;
+            r.event_seq += 1;
+            r.lease_until_ms += 1_000;
+            if i == 4 {
+                r.owner = "other \\ owner".into();
+            }
+            super::super::runner::emit(
+                &mut r,
+                super::super::events::SagaEventKind::StepFailed,
+                Some("x"),
+                Some("bad \"x\"".into()),
+                Some(i),
+            );
+            if i % 3 == 0 {
+                r.outbox.remove(0);
+            }
+        }
+    }
+
+    #[test]
+    fn event_json_is_what_serde_writes() {
+        use super::super::events::SagaEventKind;
+        let mut encoder = Encoder::default();
+        let kinds = [
+            SagaEventKind::Started,
+            SagaEventKind::StepCompleted,
+            SagaEventKind::StepFailed,
+            SagaEventKind::Compensating,
+            SagaEventKind::StepCompensated,
+            SagaEventKind::Completed,
+            SagaEventKind::Compensated,
+            SagaEventKind::CompensationFailed,
+        ];
+        for (seq, kind) in (0u32..).zip(kinds) {
+            let odd = seq % 2 == 1;
+            let event = SagaEvent {
+                version: "1.0".into(),
+                kind,
+                saga: "shop".into(),
+                saga_id: if odd { "o-\"1\"\n\u{1}é\\".into() } else { "o-1".into() },
+                step: odd.then(|| "charge".into()),
+                error: (seq % 3 == 0).then(|| format!("no \t{seq} é \u{7f}")),
+                attempts: (seq % 4 == 0).then_some(seq * 1_000),
+                seq,
+            };
+            assert_eq!(
+                &encoder.event_json(&event).unwrap()[..],
+                serde_json::to_vec(&event).unwrap()
+            );
         }
     }
 

@@ -23,7 +23,13 @@
 //!
 //! A write whose status is final (`completed` / `compensated`) is not an update of the active
 //! record: it creates the record in the settled bucket (below), then [`Write::Settle`] deletes
-//! the active one.
+//! the active one. The final write decides the outcome, so the drive call (`start`, `resume_saga`,
+//! ...) returns once it is made; the rest of the move (the final events' acknowledgements, then
+//! the delete) is tried once in place and, if it has to wait (on NATS, for the server's
+//! answers), goes on as a task of its own. [`SagaRunner::settled`] waits for those tasks (and
+//! reports a failed one); the runner's listings and [`SagaRunner::forget`] wait for the ones
+//! started before them. A process that ends before the task did leaves the saga in both buckets,
+//! as a crash between the two writes does (below).
 //!
 //! Events are put in the record's outbox by the write that decides them and published right
 //! after it, with message ids derived from (saga, id, event number), without waiting for their
@@ -146,9 +152,10 @@ pub enum Write {
     /// The final status (completed or compensated) when no outcome write carried it.
     Finish,
     /// After a final write (into the settled bucket) and the acknowledgement of every event: the
-    /// active record is deleted. For a saga needing attention: its outbox emptied in place. For a
-    /// final record found in the active bucket (an earlier layout), `Before` the put into the
-    /// settled bucket and `After` it, before the delete.
+    /// active record is deleted (in the background: the drive call has returned). For a saga
+    /// needing attention: its outbox emptied in place. For a final record found in the active
+    /// bucket (an earlier layout), `Before` the put into the settled bucket and `After` it,
+    /// before the delete.
     Settle,
     /// [`SagaRunner::retry_compensation`] resets a saga that needs attention.
     RetryCompensation,
@@ -379,6 +386,8 @@ struct Inner<S: Saga, T: Transport> {
     steps: Vec<Step<S>>,
     /// Publishes steps' events and the lifecycle outbox, provisioning domains first seen.
     publisher: crate::transport::Provisioner<T>,
+    /// The same, as the steps' contexts take it (made once, shared by every attempt).
+    step_publisher: Arc<dyn crate::handler::context::DynPublish>,
     kv: T::KeyValue,
     /// Settled records, expiring after the retention.
     settled: T::KeyValue,
@@ -392,6 +401,13 @@ struct Inner<S: Saga, T: Transport> {
     event_subjects: Vec<Subject>,
     /// Per step: the counters and metrics of its runs and of its compensations.
     observers: Vec<[Observer; 2]>,
+    /// The steps' fixed parts of a record's JSON ([`record::step_heads`]).
+    step_heads: Arc<[Box<[u8]>]>,
+    /// This runner's name as a record's `owner` ([`record::owner`]).
+    owner_json: Arc<(String, Vec<u8>)>,
+    /// The background settles (final acknowledgements, then the active record's delete) still
+    /// running.
+    settling: Arc<super::settling::Settling>,
     #[cfg(feature = "testing")]
     hook: Option<FaultHook>,
 }
@@ -537,12 +553,22 @@ impl<S: Saga, T: Transport> SagaRunnerBuilder<S, T> {
                 ]
             })
             .collect();
+        let publisher = crate::transport::Provisioner::new(self.transport);
+        let encoding = |e: serde_json::Error| SagaError::Encode {
+            id: String::new(),
+            reason: e.to_string(),
+        };
+        let step_heads = record::step_heads(steps.iter().map(|s| s.name)).map_err(encoding)?;
+        let owner_json = record::owner(&instance).map_err(encoding)?;
         Ok(SagaRunner {
             inner: Arc::new(Inner {
                 saga: self.saga,
                 observers,
+                step_heads,
+                owner_json,
                 steps,
-                publisher: crate::transport::Provisioner::new(self.transport),
+                step_publisher: Arc::new(publisher.clone()),
+                publisher,
                 kv,
                 settled,
                 instance,
@@ -551,6 +577,7 @@ impl<S: Saga, T: Transport> SagaRunnerBuilder<S, T> {
                 clock: Clock::new(),
                 events_subject,
                 event_subjects,
+                settling: Arc::default(),
                 #[cfg(feature = "testing")]
                 hook: self.hook,
             }),
@@ -614,12 +641,14 @@ struct Run<D> {
     /// Outbox events published whose acknowledgements are awaited; an event leaves the outbox
     /// (with the next write) only once acknowledged.
     in_flight: Vec<InFlight>,
-    /// Encodes the record's writes (its fixed fields once).
+    /// Encodes the record's writes (its fixed fields once) and its events' payloads.
     encoder: record::Encoder,
+    /// The message ids of the record's lifecycle events, once the first is published.
+    event_ids: Option<crate::id::DerivedChildren>,
 }
 
 impl<D> Run<D> {
-    fn new(rec: SagaRecord<D>, rev: u64, archived: bool) -> Self {
+    fn new(rec: SagaRecord<D>, rev: u64, archived: bool, encoder: record::Encoder) -> Self {
         Self {
             outbox_persisted: !rec.outbox.is_empty(),
             rec,
@@ -627,7 +656,8 @@ impl<D> Run<D> {
             archived,
             fresh: None,
             in_flight: Vec::new(),
-            encoder: record::Encoder::default(),
+            encoder,
+            event_ids: None,
         }
     }
 
@@ -770,7 +800,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         emit(&mut rec, SagaEventKind::Started, None, None, None);
         // The create records the first step's first attempt as started (its intent), so the step
         // runs without a write of its own.
-        let mut run = Run::new(rec, 0, false);
+        let mut run = Run::new(rec, 0, false, self.encoder());
         let extra = self.fold_next(&mut run);
         run.rec.lease_until_ms = self.inner.clock.after_millis(self.inner.lease.saturating_add(extra));
         let exists = || SagaError::AlreadyExists { id: id.to_owned() };
@@ -852,7 +882,8 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
     /// Finds every unfinished saga in the bucket and drives each to completed, compensated or
     /// needs-attention, with at most `limit` sagas in flight at once (`0` counts as `1`). The
     /// sagas are polled by this future itself, not spawned: it returns once every one settled or
-    /// stopped.
+    /// stopped (and the background settles of those that completed or were compensated ended,
+    /// see [`settled`](Self::settled)).
     ///
     /// Sagas leased by another live runner are left alone ([`ResumeReport::busy`]); a saga
     /// another runner writes meanwhile is given up ([`ResumeReport::lost`]); a corrupt record or
@@ -861,6 +892,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
     /// a minute). The report's lists are sorted by id.
     pub async fn resume_concurrently(&self, limit: usize) -> Result<ResumeReport, SagaError> {
         use futures::stream::StreamExt;
+        self.settle_pending().await;
         // Resuming is start-up work: a bucket whose leader is being elected (a node just failed)
         // is waited for, as provisioning waits, rather than failing the start.
         let ids = crate::transport::provision::patiently("saga bucket listing", || self.inner.kv.keys()).await?;
@@ -874,6 +906,9 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         while let Some((id, result)) = resumes.next().await {
             report.add(id, result);
         }
+        // The sagas reported settled have left the active bucket (a process that resumes, then
+        // ends, leaves nothing behind).
+        self.settle_pending().await;
         report.sort();
         tracing::info!(saga = S::NAME, ?report, "resumed sagas");
         Ok(report)
@@ -905,6 +940,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
     /// [`DEFAULT_RESUME_CONCURRENCY`] at once. The report lists what was driven (sorted by id).
     pub async fn rescan(&self) -> Result<ResumeReport, SagaError> {
         use futures::stream::StreamExt;
+        self.settle_pending().await;
         let ids = self.inner.kv.keys().await?;
         let mut report = ResumeReport::default();
         let due = futures::stream::iter(ids)
@@ -981,6 +1017,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
     /// expire by themselves ([`SagaRunnerBuilder::settled_retention`]); this is for removing one
     /// sooner.
     pub async fn forget(&self, id: &str) -> Result<(), SagaError> {
+        self.settle_pending().await;
         let run = self.load(id).await?;
         if run.archived {
             return match self.inner.settled.delete(id, Some(run.rev)).await {
@@ -1011,6 +1048,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
 
     /// The ids of every saga, active or settled (and not yet expired), sorted.
     pub async fn ids(&self) -> Result<Vec<String>, SagaError> {
+        self.settle_pending().await;
         let mut ids = self.inner.kv.keys().await?;
         ids.extend(self.inner.settled.keys().await?);
         ids.sort_unstable();
@@ -1021,6 +1059,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
     /// The ids of the active sagas: running, compensating or needing attention (the ones
     /// [`resume`](Self::resume) reads), sorted.
     pub async fn active_ids(&self) -> Result<Vec<String>, SagaError> {
+        self.settle_pending().await;
         let mut ids = self.inner.kv.keys().await?;
         ids.sort_unstable();
         Ok(ids)
@@ -1029,6 +1068,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
     /// Every saga that needs attention (a compensation failed for good), from the active bucket.
     /// Unreadable records are skipped with a warning.
     pub async fn needs_attention(&self) -> Result<Vec<SagaRecord<S::Data>>, SagaError> {
+        self.settle_pending().await;
         let mut out = Vec::new();
         for id in self.inner.kv.keys().await? {
             match self.load(&id).await {
@@ -1113,6 +1153,11 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         })
     }
 
+    /// An encoder of this saga's records.
+    fn encoder(&self) -> record::Encoder {
+        record::Encoder::new(self.inner.step_heads.clone(), self.inner.owner_json.clone())
+    }
+
     /// The record of `id`: from the active bucket, else from the settled one.
     async fn load(&self, id: &str) -> Result<Run<S::Data>, SagaError> {
         check_id(id)?;
@@ -1169,7 +1214,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         if names != ours {
             return Err(corrupt(format!("its steps {names:?} differ from this saga's {ours:?}")));
         }
-        Ok(Some(Run::new(rec, entry.revision, archived)))
+        Ok(Some(Run::new(rec, entry.revision, archived, self.encoder())))
     }
 
     #[cfg(feature = "testing")]
@@ -1223,32 +1268,97 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         fault!(self, &run.rec.id, write, step, After);
         self.issue_outbox(run).await?;
         if settling {
-            self.delete_active(run, rev).await
+            // The outcome is durable: the settled record holds it and its final events. The rest
+            // of the move (the acknowledgements, then the active record's delete) runs in the
+            // background; a crash before it ends leaves the saga in both buckets, which resume
+            // finishes (`finish_move`) without running a step again.
+            self.settle_in_background(run.rec.id.clone(), run.rev, std::mem::take(&mut run.in_flight))
+                .await;
+            run.rev = rev;
+            run.archived = true;
+            run.outbox_persisted = false;
         } else {
             run.rev = rev;
-            Ok(())
         }
+        Ok(())
     }
 
-    /// The second half of a move to the settled bucket (whose record has revision
-    /// `settled_rev`): once every event is acknowledged, the active record is deleted,
-    /// conditional on its revision.
-    async fn delete_active(&self, run: &mut Run<S::Data>, settled_rev: u64) -> Result<(), SagaError> {
-        self.await_outbox(run).await?;
-        fault!(self, &run.rec.id, Write::Settle, None, Before);
-        match self.inner.kv.delete(&run.rec.id, Some(run.rev)).await {
-            Ok(()) => {}
-            Err(KvError::Conflict { .. }) => {
-                tracing::info!(saga = S::NAME, id = %run.rec.id, "another runner wrote the saga before it was moved; stopping");
-                return Err(SagaError::Conflict { id: run.rec.id.clone() });
+    /// The second half of a move to the settled bucket: once every event of the saga `id` in
+    /// flight is acknowledged, its active record (at `active_rev`) is deleted, conditional on
+    /// that revision ([`Write::Settle`]). It is polled once here: where the acknowledgements are
+    /// in and the store answers at once (the embedded transport) it ends without a task;
+    /// otherwise it goes on as a task of its own. A failure leaves the active record for resume
+    /// to finish the move: it is logged, and reported by [`SagaRunner::settled`].
+    async fn settle_in_background(&self, id: String, active_rev: u64, in_flight: Vec<InFlight>) {
+        let runner = self.clone();
+        let mut settle = Box::pin(async move {
+            match runner.delete_active(&id, active_rev, in_flight).await {
+                Ok(()) | Err(SagaError::Conflict { .. }) => {}
+                Err(e) => {
+                    tracing::warn!(saga = S::NAME, %id, error = %e, "saga settled, but its active record stays until resume finishes the move");
+                    runner.inner.settling.failed(e);
+                }
             }
-            Err(e) => return Err(e.into()),
+        });
+        if futures::poll!(settle.as_mut()).is_ready() {
+            return;
         }
-        fault!(self, &run.rec.id, Write::Settle, None, After);
-        run.rev = settled_rev;
-        run.archived = true;
-        run.outbox_persisted = false;
+        let ticket = self.inner.settling.ticket();
+        tokio::spawn(async move {
+            settle.await;
+            drop(ticket);
+        });
+    }
+
+    /// Awaits the acknowledgements of `in_flight` (events of the saga `id`), then deletes its
+    /// active record, conditional on `active_rev`, retrying while the store is unavailable (for
+    /// at most one lease).
+    async fn delete_active(&self, id: &str, active_rev: u64, in_flight: Vec<InFlight>) -> Result<(), SagaError> {
+        for result in futures::future::join_all(in_flight.into_iter().map(|(_, ack)| ack)).await {
+            result?;
+        }
+        fault!(self, id, Write::Settle, None, Before);
+        let give_up = tokio::time::Instant::now() + self.inner.lease;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match self.inner.kv.delete(id, Some(active_rev)).await {
+                Ok(()) => break,
+                Err(KvError::Conflict { .. }) => {
+                    // Another runner finished the move (or wrote the saga) meanwhile.
+                    tracing::info!(saga = S::NAME, %id, "the active record of a settled saga changed meanwhile; left to it");
+                    return Err(SagaError::Conflict { id: id.to_owned() });
+                }
+                Err(e) if e.is_transient() && tokio::time::Instant::now() + pause < give_up => {
+                    tracing::warn!(saga = S::NAME, %id, error = %e, "saga store unavailable; retrying the delete of a settled saga");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        fault!(self, id, Write::Settle, None, After);
         Ok(())
+    }
+
+    /// Waits until the background settles this runner started before the call have ended (each
+    /// saga's final events acknowledged and its active record deleted; settles started meanwhile
+    /// are not waited for). Returns the first failure kept since the last wait (an event not
+    /// acknowledged, the store unavailable for a whole lease, or a crash point of the fault hook;
+    /// every failure is logged): that saga settled, and its active record waits for
+    /// [`resume`](Self::resume) to finish the move. The runner's listings
+    /// ([`active_ids`](Self::active_ids), [`ids`](Self::ids),
+    /// [`needs_attention`](Self::needs_attention), [`resume`](Self::resume),
+    /// [`rescan`](Self::rescan)) and [`forget`](Self::forget) wait the same way first, and
+    /// drop the failures kept (they were logged).
+    pub async fn settled(&self) -> Result<(), SagaError> {
+        self.inner.settling.wait().await
+    }
+
+    /// [`settled`](Self::settled), its failure logged and dropped.
+    async fn settle_pending(&self) {
+        if let Err(e) = self.settled().await {
+            tracing::debug!(saga = S::NAME, error = %e, "a background settle failed; resume finishes it");
+        }
     }
 
     /// Finishes the move of a saga found both settled (`settled`, read from the settled bucket)
@@ -1370,7 +1480,8 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
     fn event_message(
         &self,
         rec: &SagaRecord<S::Data>,
-        scope: &str,
+        encoder: &mut record::Encoder,
+        ids: &crate::id::DerivedChildren,
         event: &SagaEvent,
     ) -> Result<crate::transport::OutboundMessage, SagaError> {
         let subject = EVENT_KINDS
@@ -1379,13 +1490,14 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
             .and_then(|i| self.inner.event_subjects.get(i))
             .cloned()
             .ok_or_else(|| SagaError::Definition(format!("no subject for saga event {:?}", event.kind)))?;
-        let payload = serde_json::to_vec(event).map_err(|e| SagaError::Encode {
+        // The same bytes as the event's entry in the record's outbox, made once.
+        let payload = encoder.event_json(event).map_err(|e| SagaError::Encode {
             id: rec.id.clone(),
             reason: e.to_string(),
         })?;
-        let identity = rec.identity.derived_child(scope, event.seq, rec.started_at);
+        let identity = ids.child(event.seq);
         Ok(Envelope::with_identity(identity, subject, payload)
-            .typed(SAGA_EVENT_TYPE, SAGA_EVENT_VERSION)
+            .typed_static(SAGA_EVENT_TYPE, SAGA_EVENT_VERSION)
             .into())
     }
 
@@ -1396,12 +1508,18 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         if run.rec.outbox.len() <= run.in_flight.len() {
             return Ok(());
         }
-        let scope = format!("saga/{}/{}", run.rec.saga, run.rec.id);
+        // Ids derived from (saga, id, event number): `derived_child` of the starting message in
+        // the scope `saga/{saga}/{id}`, their common hash made once per run.
+        let ids = run.event_ids.get_or_insert_with(|| {
+            run.rec
+                .identity
+                .derived_children(&format!("saga/{}/{}", run.rec.saga, run.rec.id), run.rec.started_at)
+        });
         for event in &run.rec.outbox {
             if run.in_flight.iter().any(|(seq, _)| *seq == event.seq) {
                 continue;
             }
-            let message = self.event_message(&run.rec, &scope, event)?;
+            let message = self.event_message(&run.rec, &mut run.encoder, ids, event)?;
             let ack = self.inner.publisher.publish(message).await?;
             run.in_flight.push((event.seq, Box::pin(ack)));
         }
@@ -1663,20 +1781,23 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         policy: &StepPolicy,
     ) -> Attempted<S::Data> {
         let step = self.inner.steps[i].name;
-        let key = if compensating {
-            format!("{}/{}/{step}/compensate", S::NAME, rec.id)
-        } else {
-            format!("{}/{}/{step}", S::NAME, rec.id)
-        };
+        // `{saga}/{id}/{step}` (`/compensate`), without the formatting machinery.
+        let mut key = String::with_capacity(S::NAME.len() + rec.id.len() + step.len() + 13);
+        for part in [S::NAME, "/", &rec.id, "/", step] {
+            key.push_str(part);
+        }
+        if compensating {
+            key.push_str("/compensate");
+        }
         let envelope = Envelope::with_identity(rec.identity, self.inner.events_subject.clone(), Bytes::new())
             .occurred_at(rec.started_at);
         // Metrics and spans are labelled by saga and step (bounded); message ids are derived from
         // the per-instance key (idempotent across re-runs).
         let observer = &self.inner.observers[i][usize::from(compensating)];
         let context = Context::detached_scoped(
-            std::sync::Arc::new(self.inner.publisher.clone()),
+            self.inner.step_publisher.clone(),
             &envelope,
-            &observer.label,
+            observer.label.clone(),
             &key,
         );
         let mut ctx = StepContext {

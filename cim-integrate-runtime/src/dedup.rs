@@ -210,6 +210,20 @@ impl<K: KeyValue> KvDedup<K> {
 }
 
 impl<K: KeyValue> DedupStore for KvDedup<K> {
+    fn seen_now(&self, handler: &str, id: MessageId) -> Option<Result<bool, DedupError>> {
+        let kv = self.kv.at_once()?;
+        Some(kv.contains_now(&Self::key(handler, id)).map_err(DedupError::from))
+    }
+
+    fn mark_now(&self, handler: &str, id: MessageId) -> Option<Result<(), DedupError>> {
+        let kv = self.kv.at_once()?;
+        Some(
+            kv.put_now(Self::key(handler, id), Bytes::new())
+                .map(drop)
+                .map_err(DedupError::from),
+        )
+    }
+
     fn seen<'a>(&'a self, handler: &'a str, id: MessageId) -> BoxFuture<'a, Result<bool, DedupError>> {
         Box::pin(async move { Ok(self.kv.get(&Self::key(handler, id)).await?.is_some()) })
     }
@@ -254,6 +268,30 @@ mod tests {
             KvDedup::<crate::transport::memory::MemoryKeyValue>::key("billing-charge", id),
             format!("billing-charge.{id}")
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn kv_marks_on_memory_are_read_and_written_at_once() {
+        let t = MemoryTransport::new();
+        let kv = t
+            .key_value(&KvSpec::new("dedup").max_age(Duration::from_secs(10)))
+            .await
+            .unwrap();
+        let store = KvDedup::new(kv.clone());
+        let id = MessageId::new();
+        assert_eq!(store.seen_now("h", id), Some(Ok(false)));
+        assert_eq!(store.mark_now("h", id), Some(Ok(())));
+        assert_eq!(store.seen_now("h", id), Some(Ok(true)));
+        assert!(
+            store.seen("h", id).await.unwrap(),
+            "the same mark as the async path reads"
+        );
+        assert!(kv.get(&format!("h.{id}")).await.unwrap().is_some());
+        assert_eq!(store.seen_now("other", id), Some(Ok(false)));
+        // A handler name that makes an invalid key is an error, not a panic.
+        assert!(matches!(store.mark_now("bad name", id), Some(Err(_))));
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        assert_eq!(store.seen_now("h", id), Some(Ok(false)));
     }
 
     #[tokio::test(start_paused = true)]

@@ -195,6 +195,23 @@ pub trait KeyValue: std::fmt::Debug + Clone + Send + Sync + 'static {
     fn delete(&self, key: &str, expected: Option<u64>) -> impl Future<Output = Result<(), KvError>> + Send;
     /// The keys with live values, sorted.
     fn keys(&self) -> impl Future<Output = Result<Vec<String>, KvError>> + Send;
+
+    /// `Some` if this bucket answers at once, without waiting on anything (the embedded
+    /// transport's): its synchronous operations, so that a hot path (the key-value
+    /// de-duplication store) can skip a future per call. `None` (the default) for a bucket that
+    /// waits (NATS).
+    fn at_once(&self) -> Option<&dyn KeyValueNow> {
+        None
+    }
+}
+
+/// The synchronous operations of a bucket that never waits ([`KeyValue::at_once`]). Same
+/// checks and meaning as the asynchronous ones.
+pub trait KeyValueNow: Send + Sync {
+    /// `true` if `key` has a live value (what [`KeyValue::get`] reads as `Some`).
+    fn contains_now(&self, key: &str) -> Result<bool, KvError>;
+    /// [`KeyValue::put`], keeping `key` as given (no copy of it).
+    fn put_now(&self, key: String, value: Bytes) -> Result<u64, KvError>;
 }
 
 #[cfg(test)]

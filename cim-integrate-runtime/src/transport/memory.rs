@@ -24,8 +24,8 @@
 use super::request::ReplySink;
 use super::{
     Acker, Consumer, ConsumerSpec, DEFAULT_MAX_PAYLOAD, DeliverPolicy, Delivery, DeliveryInfo, Deployment,
-    IncomingRequest, KeyValue, KvEntry, KvError, KvSpec, OutboundMessage, PublishAck, Reply, ReplyHandle, Request,
-    Responder, StreamSpec, Transport, TransportError, check_key,
+    IncomingRequest, KeyValue, KeyValueNow, KvEntry, KvError, KvSpec, OutboundMessage, PublishAck, Reply, ReplyHandle,
+    Request, Responder, StreamSpec, Transport, TransportError, check_key,
 };
 use crate::fast_hash::FastMap;
 use crate::headers::Headers;
@@ -116,6 +116,8 @@ impl ReplySink for MemReply {
 
 struct MemStream {
     spec: StreamSpec,
+    /// `spec.subjects`, prepared.
+    subjects: Vec<Matcher>,
     name: Arc<str>,
     state: Mutex<StreamState>,
     /// Woken on every publish, ack, nak, term and consumer deletion.
@@ -163,7 +165,109 @@ struct StreamState {
     last_seq: u64,
     dedup: FastMap<MsgId, u64>,
     dedup_order: VecDeque<(Instant, MsgId)>,
-    consumers: FastMap<Arc<str>, ConsumerState>,
+    consumers: Consumers,
+    /// Nothing stored expires before this (a duplicate id leaving the window, a message past
+    /// the max age); `None`: nothing can expire until something is stored. Lets
+    /// [`StreamState::expire`] return at once, unless a consumer has an inactive threshold.
+    next_expiry: Option<Instant>,
+}
+
+/// The durables of one stream. Looked up by name; a handle holds the very name this list keeps
+/// (see [`MemoryTransport::consumer`]), so the common lookup compares pointers, no text. A
+/// stream has a handful of durables: a list, not a map.
+#[derive(Default)]
+struct Consumers {
+    list: Vec<(Arc<str>, ConsumerState)>,
+    /// How many have an inactive threshold (then every [`StreamState::expire`] looks at them).
+    with_threshold: usize,
+}
+
+impl Consumers {
+    fn position(&self, name: &str) -> Option<usize> {
+        let ptr = name.as_ptr();
+        self.list
+            .iter()
+            .position(|(n, _)| n.as_ptr() == ptr && n.len() == name.len())
+            .or_else(|| self.list.iter().position(|(n, _)| **n == *name))
+    }
+
+    fn get(&self, name: &str) -> Option<&ConsumerState> {
+        self.position(name).map(|i| &self.list[i].1)
+    }
+
+    fn get_mut(&mut self, name: &str) -> Option<&mut ConsumerState> {
+        self.position(name).map(|i| &mut self.list[i].1)
+    }
+
+    /// The name as kept here (the `Arc` handles should hold).
+    fn key(&self, name: &str) -> Option<&Arc<str>> {
+        self.position(name).map(|i| &self.list[i].0)
+    }
+
+    fn insert(&mut self, name: Arc<str>, c: ConsumerState) {
+        self.remove(&name);
+        self.list.push((name, c));
+        self.recount();
+    }
+
+    fn remove(&mut self, name: &str) -> Option<ConsumerState> {
+        let i = self.position(name)?;
+        let (_, c) = self.list.swap_remove(i);
+        self.recount();
+        Some(c)
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&Arc<str>, &ConsumerState) -> bool) {
+        self.list.retain(|(n, c)| keep(n, c));
+        self.recount();
+    }
+
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut ConsumerState> {
+        self.list.iter_mut().map(|(_, c)| c)
+    }
+
+    /// Counts the thresholds again: after any change of the list or of a spec.
+    fn recount(&mut self) {
+        self.with_threshold = self
+            .list
+            .iter()
+            .filter(|(_, c)| c.spec.inactive_threshold.is_some())
+            .count();
+    }
+}
+
+/// A subject pattern prepared for matching many subjects: the common shapes (a literal subject,
+/// `prefix.>`) are told apart once, not on every match.
+#[derive(Debug, Clone)]
+enum Matcher {
+    Literal(Box<str>),
+    /// `prefix.>`: the prefix with its trailing dot.
+    Prefix(Box<str>),
+    Other(crate::subject::SubjectPattern),
+}
+
+impl Matcher {
+    fn new(pattern: &crate::subject::SubjectPattern) -> Self {
+        let p = pattern.as_str();
+        let wild = |s: &str| s.bytes().any(|b| b == b'*' || b == b'>');
+        if !wild(p) {
+            return Self::Literal(p.into());
+        }
+        match p.strip_suffix('>') {
+            Some(prefix) if prefix.ends_with('.') && !wild(prefix) => Self::Prefix(prefix.into()),
+            _ => Self::Other(pattern.clone()),
+        }
+    }
+
+    /// `true` if the valid subject `subject` matches (as [`SubjectPattern::matches_valid`](crate::subject::SubjectPattern)).
+    #[inline]
+    fn matches(&self, subject: &str) -> bool {
+        match self {
+            Self::Literal(p) => **p == *subject,
+            Self::Prefix(p) => subject.len() > p.len() && subject.as_bytes().starts_with(p.as_bytes()),
+            Self::Other(p) => p.matches_valid(subject),
+        }
+    }
 }
 
 struct Stored {
@@ -179,6 +283,8 @@ struct Stored {
 
 struct ConsumerState {
     spec: ConsumerSpec,
+    /// `spec.filter`, prepared.
+    filter: Matcher,
     /// When the durable was created (the clock of `Stored::published`).
     created: Timestamp,
     /// Next stream sequence to consider for a first delivery.
@@ -234,6 +340,9 @@ impl StreamState {
     /// Drops messages past the stream's max age, duplicate ids past the window and consumers
     /// idle past their inactive threshold.
     fn expire(&mut self, spec: &StreamSpec, now: Instant) {
+        if self.consumers.with_threshold == 0 && self.next_expiry.is_none_or(|at| at > now) {
+            return;
+        }
         self.consumers.retain(|name, c| {
             let keep = !c.inactive(now);
             if !keep {
@@ -258,9 +367,29 @@ impl StreamState {
                 self.dedup.remove(&id);
             }
         }
+        let age = spec.max_age.or(spec.settings.max_age);
+        let message = age.and_then(|age| self.messages.front().map(|m| m.stored_at + age));
+        let id = self.dedup_order.front().map(|(at, _)| *at + spec.duplicate_window);
+        self.next_expiry = match (message, id) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
     }
 
-    fn next_step(&mut self, stream: &Arc<MemStream>, name: &Arc<str>, now: Instant) -> Result<Step, TransportError> {
+    /// Notes that something stored now expires at `at` (see `next_expiry`).
+    fn expires_at(&mut self, at: Instant) {
+        self.next_expiry = Some(self.next_expiry.map_or(at, |t| t.min(at)));
+    }
+
+    /// The next delivery for durable `name`, or how long to wait for one. `touch`: a delivery
+    /// made is the consumer's last activity.
+    fn next_step(
+        &mut self,
+        stream: &Arc<MemStream>,
+        name: &Arc<str>,
+        now: Instant,
+        touch: bool,
+    ) -> Result<Step, TransportError> {
         let first_seq = self.first_seq();
         let StreamState {
             messages, consumers, ..
@@ -301,10 +430,10 @@ impl StreamState {
             None if c.pending.len() < c.spec.max_ack_pending as usize => {
                 let start = c.next_seq.max(first_seq);
                 let skip = usize::try_from(start - first_seq).unwrap_or(usize::MAX);
-                let filter = &c.spec.filter;
+                let filter = &c.filter;
                 let found = messages
                     .range(skip.min(messages.len())..)
-                    .find(|m| filter.matches_valid(m.subject.as_str()))
+                    .find(|m| filter.matches(m.subject.as_str()))
                     .map(|m| m.seq);
                 c.next_seq = found.map_or(first_seq + messages.len() as u64, |s| s + 1);
                 found
@@ -326,6 +455,9 @@ impl StreamState {
         p.redeliver_at = now + c.spec.redelivery_delay(p.delivered);
         c.next_due = c.next_due.min(p.redeliver_at);
         c.delivery_seq += 1;
+        if touch {
+            c.active_at = now;
+        }
         let info = DeliveryInfo {
             stream: stream.name.clone(),
             consumer: name.clone(),
@@ -430,7 +562,7 @@ impl MemoryTransport {
         let undelivered = st
             .messages
             .range(skip.min(st.messages.len())..)
-            .filter(|m| c.spec.filter.matches_valid(m.subject.as_str()))
+            .filter(|m| c.filter.matches(m.subject.as_str()))
             .map(|m| m.seq)
             .collect();
         let mut progress = ConsumerProgress {
@@ -566,7 +698,7 @@ impl MemoryTransport {
     fn do_publish(&self, msg: OutboundMessage) -> Result<PublishAck, TransportError> {
         let stream = lock(&self.inner.streams)
             .iter()
-            .find(|s| s.spec.subjects.iter().any(|p| p.matches_valid(msg.subject.as_str())))
+            .find(|s| s.subjects.iter().any(|p| p.matches(msg.subject.as_str())))
             .cloned()
             .ok_or_else(|| TransportError::NoStream {
                 subject: msg.subject.to_string(),
@@ -589,6 +721,10 @@ impl MemoryTransport {
         if let Some(id) = msg_id {
             st.dedup.insert(id.clone(), seq);
             st.dedup_order.push_back((now, id));
+            st.expires_at(now + stream.spec.duplicate_window);
+        }
+        if let Some(age) = stream.spec.max_age.or(stream.spec.settings.max_age) {
+            st.expires_at(now + age);
         }
         let order = self.inner.stored.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         st.messages.push_back(Stored {
@@ -661,6 +797,7 @@ impl Transport for MemoryTransport {
         }
         streams.push(Arc::new(MemStream {
             spec: spec.clone(),
+            subjects: spec.subjects.iter().map(Matcher::new).collect(),
             name: Arc::from(spec.name.as_str()),
             state: Mutex::new(StreamState::default()),
             changed: Notify::new(),
@@ -702,7 +839,9 @@ impl Transport for MemoryTransport {
                     });
                 }
                 existing.spec = spec.clone();
+                existing.filter = Matcher::new(&spec.filter);
                 existing.active_at = now;
+                st.consumers.recount();
             }
             None => {
                 let next_seq = match spec.deliver {
@@ -713,6 +852,7 @@ impl Transport for MemoryTransport {
                     name.clone(),
                     ConsumerState {
                         spec: spec.clone(),
+                        filter: Matcher::new(&spec.filter),
                         next_seq,
                         delivery_seq: 0,
                         pending: BTreeMap::new(),
@@ -725,6 +865,8 @@ impl Transport for MemoryTransport {
             }
         }
         let created = st.consumers.get(&name).map_or_else(Timestamp::now, |c| c.created);
+        // The name as the stream keeps it: lookups by this handle compare pointers.
+        let name = st.consumers.key(&name).cloned().unwrap_or(name);
         drop(st);
         Ok(MemoryConsumer { stream, name, created })
     }
@@ -830,10 +972,7 @@ impl Consumer for MemoryConsumer {
             let now = Instant::now();
             let mut st = lock(&self.stream.state);
             st.expire(&self.stream.spec, now);
-            if let Step::Deliver(d) = st.next_step(&self.stream, &self.name, now)? {
-                if let Some(c) = st.consumers.get_mut(&self.name) {
-                    c.active_at = now;
-                }
+            if let Step::Deliver(d) = st.next_step(&self.stream, &self.name, now, true)? {
                 return Ok(d);
             }
         }
@@ -847,7 +986,7 @@ impl Consumer for MemoryConsumer {
                 let now = Instant::now();
                 let mut st = lock(&self.stream.state);
                 st.expire(&self.stream.spec, now);
-                st.next_step(&self.stream, &self.name, now)?
+                st.next_step(&self.stream, &self.name, now, false)?
             };
             match step {
                 Step::Deliver(d) => return Ok(d),
@@ -1019,7 +1158,26 @@ impl BucketState {
     }
 
     fn write(&mut self, key: &str, value: Option<Bytes>, ttl: Option<Duration>, now: Instant) -> u64 {
-        // Expired entries are swept now and then, so a bucket of TTL'd marks stays bounded.
+        let rec = self.next_record(value, ttl, now);
+        match self.entries.get_mut(key) {
+            Some(r) => *r = rec,
+            None => {
+                self.entries.insert(key.to_owned(), rec);
+            }
+        }
+        self.last_revision
+    }
+
+    /// [`write`](Self::write) of a key given as an owned string: kept as the map's key (no copy).
+    fn write_owned(&mut self, key: String, value: Option<Bytes>, ttl: Option<Duration>, now: Instant) -> u64 {
+        let rec = self.next_record(value, ttl, now);
+        self.entries.insert(key, rec);
+        self.last_revision
+    }
+
+    /// The record of the next write (its revision taken), after sweeping expired entries now and
+    /// then, so that a bucket of TTL'd marks stays bounded.
+    fn next_record(&mut self, value: Option<Bytes>, ttl: Option<Duration>, now: Instant) -> KvRecord {
         self.writes_since_sweep += 1;
         if let Some(ttl) = ttl
             && self.writes_since_sweep > self.entries.len().max(1024)
@@ -1028,19 +1186,12 @@ impl BucketState {
             self.writes_since_sweep = 0;
         }
         self.last_revision += 1;
-        let rec = KvRecord {
+        KvRecord {
             value,
             revision: self.last_revision,
             written: now,
             created: std::time::SystemTime::now(),
-        };
-        match self.entries.get_mut(key) {
-            Some(r) => *r = rec,
-            None => {
-                self.entries.insert(key.to_owned(), rec);
-            }
         }
-        self.last_revision
     }
 }
 
@@ -1147,6 +1298,26 @@ impl KeyValue for MemoryKeyValue {
             keys.sort_unstable();
             Ok(keys)
         })
+    }
+
+    fn at_once(&self) -> Option<&dyn KeyValueNow> {
+        Some(self)
+    }
+}
+
+impl KeyValueNow for MemoryKeyValue {
+    fn contains_now(&self, key: &str) -> Result<bool, KvError> {
+        let ttl = self.bucket.spec.max_age;
+        self.with_state(Some(key), |st, now| {
+            Ok(st.latest(key, ttl, now).is_some_and(|r| r.value.is_some()))
+        })
+    }
+
+    fn put_now(&self, key: String, value: Bytes) -> Result<u64, KvError> {
+        let ttl = self.bucket.spec.max_age;
+        check_key(&key)?;
+        let mut st = lock(&self.bucket.state);
+        Ok(st.write_owned(key, Some(value), ttl, Instant::now()))
     }
 }
 

@@ -137,13 +137,15 @@ impl Default for MemoryDedup {
 
 impl MemoryDedup {
     fn check(&self, handler: &str, id: MessageId) -> bool {
-        let now = Instant::now();
-        let marks = self.marks.lock().unwrap_or_else(|e| e.into_inner());
-        marks
-            .iter()
-            .find(|(h, _)| **h == *handler)
-            .and_then(|(_, m)| m.get(&id))
-            .is_some_and(|at| *at + self.ttl > now)
+        let marked = {
+            let marks = self.marks.lock().unwrap_or_else(|e| e.into_inner());
+            marks
+                .iter()
+                .find(|(h, _)| **h == *handler)
+                .and_then(|(_, m)| m.get(&id).copied())
+        };
+        // The clock is read only for a mark found (most checks find none).
+        marked.is_some_and(|at| at + self.ttl > Instant::now())
     }
 
     fn record(&self, handler: &str, id: MessageId) {

@@ -32,7 +32,7 @@ use crate::headers::Headers;
 use crate::subject::Subject;
 use crate::timestamp::Timestamp;
 use bytes::Bytes;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -292,7 +292,7 @@ struct ConsumerState {
     /// Consumer sequence of the last delivery.
     delivery_seq: u64,
     /// Delivered, not yet acknowledged or terminated: stream sequence -> state.
-    pending: BTreeMap<u64, Pending>,
+    pending: PendingSet,
     /// No pending delivery is due for redelivery before this (a lower bound of their
     /// `redeliver_at`): until then the pending ones need not be looked at.
     next_due: Instant,
@@ -317,6 +317,99 @@ impl ConsumerState {
             .map(|p| p.redeliver_at)
             .fold(self.active_at, Instant::max);
         last + threshold <= now
+    }
+}
+
+/// A consumer's pending deliveries by stream sequence, in sequence order. First deliveries come
+/// in rising sequence, so a new one is appended; settled ones leave a hole, dropped from the
+/// ends at once and from the middle when holes outnumber the live entries (a delivery that
+/// stays pending long does not make the holes behind it pile up). Finding one is a binary
+/// search: no tree nodes to allocate, walk and free per message.
+#[derive(Default)]
+struct PendingSet {
+    entries: VecDeque<(u64, Option<Pending>)>,
+    live: usize,
+}
+
+impl PendingSet {
+    fn len(&self) -> usize {
+        self.live
+    }
+
+    fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    fn index(&self, seq: u64) -> Result<usize, usize> {
+        self.entries.binary_search_by_key(&seq, |(s, _)| *s)
+    }
+
+    fn get_mut(&mut self, seq: u64) -> Option<&mut Pending> {
+        let i = self.index(seq).ok()?;
+        self.entries[i].1.as_mut()
+    }
+
+    /// The entry of `seq`, made with `make` if there is none.
+    fn get_or_insert(&mut self, seq: u64, make: impl FnOnce() -> Pending) -> &mut Pending {
+        let i = if self.entries.back().is_none_or(|(last, _)| *last < seq) {
+            self.entries.push_back((seq, None));
+            self.entries.len() - 1
+        } else {
+            match self.index(seq) {
+                Ok(i) => i,
+                Err(i) => {
+                    self.entries.insert(i, (seq, None));
+                    i
+                }
+            }
+        };
+        let slot = &mut self.entries[i].1;
+        if slot.is_none() {
+            self.live += 1;
+        }
+        slot.get_or_insert_with(make)
+    }
+
+    fn remove(&mut self, seq: u64) -> Option<Pending> {
+        let i = self.index(seq).ok()?;
+        let p = self.entries[i].1.take()?;
+        self.live -= 1;
+        self.tidy();
+        Some(p)
+    }
+
+    /// Keeps the entries for which `keep` is `true`.
+    fn retain(&mut self, mut keep: impl FnMut(u64, &mut Pending) -> bool) {
+        for (seq, slot) in &mut self.entries {
+            if let Some(p) = slot
+                && !keep(*seq, p)
+            {
+                *slot = None;
+                self.live -= 1;
+            }
+        }
+        self.tidy();
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (u64, &Pending)> {
+        self.entries.iter().filter_map(|(seq, p)| p.as_ref().map(|p| (*seq, p)))
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Pending> {
+        self.iter().map(|(_, p)| p)
+    }
+
+    /// Drops holes at the ends, and every hole once they outnumber the live entries.
+    fn tidy(&mut self) {
+        while self.entries.front().is_some_and(|(_, p)| p.is_none()) {
+            self.entries.pop_front();
+        }
+        while self.entries.back().is_some_and(|(_, p)| p.is_none()) {
+            self.entries.pop_back();
+        }
+        if self.entries.len() > 2 * self.live + 64 {
+            self.entries.retain(|(_, p)| p.is_some());
+        }
     }
 }
 
@@ -356,7 +449,7 @@ impl StreamState {
             }
             let first = self.first_seq();
             for c in self.consumers.values_mut() {
-                c.pending.retain(|&seq, _| seq >= first);
+                c.pending.retain(|seq, _| seq >= first);
             }
         }
         while let Some((at, _)) = self.dedup_order.front() {
@@ -408,7 +501,7 @@ impl StreamState {
         } else if c.next_due > now {
             wake = Some(c.next_due);
         } else {
-            c.pending.retain(|&seq, p| {
+            c.pending.retain(|seq, p| {
                 if p.redeliver_at > now {
                     wake = Some(wake.map_or(p.redeliver_at, |w| w.min(p.redeliver_at)));
                     return true;
@@ -445,7 +538,7 @@ impl StreamState {
         let Some(m) = messages.get(idx) else {
             return Ok(Step::Wait(wake));
         };
-        let p = c.pending.entry(seq).or_insert(Pending {
+        let p = c.pending.get_or_insert(seq, || Pending {
             delivered: 0,
             redeliver_at: now,
             naked: false,
@@ -573,7 +666,7 @@ impl MemoryTransport {
             due: Vec::new(),
             waiting: Vec::new(),
         };
-        for (&seq, p) in &c.pending {
+        for (seq, p) in c.pending.iter() {
             if p.redeliver_at <= now {
                 progress.due.push(seq);
             } else if p.naked {
@@ -855,7 +948,7 @@ impl Transport for MemoryTransport {
                         filter: Matcher::new(&spec.filter),
                         next_seq,
                         delivery_seq: 0,
-                        pending: BTreeMap::new(),
+                        pending: PendingSet::default(),
                         next_due: now,
                         waiting: 0,
                         active_at: now,
@@ -1094,14 +1187,14 @@ impl MemoryAcker {
 impl Acker for MemoryAcker {
     async fn ack(&self) -> Result<(), TransportError> {
         self.with_pending(false, |c, _| {
-            c.pending.remove(&self.seq);
+            c.pending.remove(self.seq);
         });
         Ok(())
     }
 
     async fn nak(&self, delay: Option<Duration>) -> Result<(), TransportError> {
         self.with_pending(true, |c, now| {
-            if let Some(p) = c.pending.get_mut(&self.seq) {
+            if let Some(p) = c.pending.get_mut(self.seq) {
                 p.redeliver_at = now + delay.unwrap_or_default();
                 p.naked = true;
                 c.next_due = c.next_due.min(p.redeliver_at);
@@ -1112,7 +1205,7 @@ impl Acker for MemoryAcker {
 
     async fn term(&self) -> Result<(), TransportError> {
         self.with_pending(false, |c, _| {
-            c.pending.remove(&self.seq);
+            c.pending.remove(self.seq);
         });
         Ok(())
     }
@@ -1120,7 +1213,7 @@ impl Acker for MemoryAcker {
     async fn in_progress(&self) -> Result<(), TransportError> {
         self.with_pending(true, |c, now| {
             let spec = &c.spec;
-            if let Some(p) = c.pending.get_mut(&self.seq) {
+            if let Some(p) = c.pending.get_mut(self.seq) {
                 p.redeliver_at = now + spec.redelivery_delay(p.delivered);
             }
         });
@@ -1395,6 +1488,55 @@ mod tests {
     use super::*;
     use crate::Envelope;
     use crate::headers::NATS_MSG_ID;
+
+    #[test]
+    fn pending_set_keeps_sequence_order_and_drops_its_holes() {
+        let now = Instant::now();
+        let pending = |delivered| Pending {
+            delivered,
+            redeliver_at: now,
+            naked: false,
+        };
+        let mut set = PendingSet::default();
+        for seq in [3, 5, 9, 10] {
+            set.get_or_insert(seq, || pending(1));
+        }
+        // Out of order (not made by a consumer, but kept right).
+        set.get_or_insert(4, || pending(1));
+        assert_eq!(
+            set.get_or_insert(5, || pending(7)).delivered,
+            1,
+            "an existing entry is kept"
+        );
+        assert_eq!(set.iter().map(|(s, _)| s).collect::<Vec<_>>(), [3, 4, 5, 9, 10]);
+        assert!(set.remove(5).is_some());
+        assert!(set.remove(5).is_none());
+        assert!(set.get_mut(5).is_none());
+        set.get_mut(9).unwrap().delivered = 2;
+        assert_eq!(set.len(), 4);
+        set.retain(|seq, _| seq != 3);
+        assert_eq!(
+            set.iter().map(|(s, p)| (s, p.delivered)).collect::<Vec<_>>(),
+            [(4, 1), (9, 2), (10, 1)]
+        );
+        for seq in [4, 9, 10] {
+            set.remove(seq);
+        }
+        assert!(set.is_empty());
+        assert!(set.entries.is_empty(), "no holes left behind");
+        // One long-pending delivery: the holes of the many settled after it are dropped.
+        for seq in 1..=10_000 {
+            set.get_or_insert(seq, || pending(1));
+        }
+        for seq in 2..10_000 {
+            set.remove(seq);
+        }
+        assert_eq!(set.len(), 2);
+        assert!(set.entries.len() <= 2 * 2 + 64 + 1, "{}", set.entries.len());
+        assert_eq!(set.iter().map(|(s, _)| s).collect::<Vec<_>>(), [1, 10_000]);
+        set.get_or_insert(10_001, || pending(1));
+        assert!(set.get_mut(10_000).is_some() && set.get_mut(1).is_some());
+    }
 
     #[tokio::test(start_paused = true)]
     async fn consumer_progress_tells_undelivered_in_flight_waiting_and_due() {

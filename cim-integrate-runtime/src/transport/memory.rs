@@ -341,7 +341,11 @@ impl PendingSet {
     }
 
     fn index(&self, seq: u64) -> Result<usize, usize> {
-        self.entries.binary_search_by_key(&seq, |(s, _)| *s)
+        // Most deliveries are settled in the order they were made: the first entry.
+        match self.entries.front() {
+            Some((first, _)) if *first == seq => Ok(0),
+            _ => self.entries.binary_search_by_key(&seq, |(s, _)| *s),
+        }
     }
 
     fn get_mut(&mut self, seq: u64) -> Option<&mut Pending> {

@@ -209,12 +209,30 @@ impl<K: KeyValue> KvDedup<K> {
         key.push_str(id);
         key
     }
+
+    /// Runs `f` on the key of [`key`](Self::key), built on the stack when it fits (a read needs
+    /// no key of its own).
+    fn with_key<R>(handler: &str, id: MessageId, f: impl FnOnce(&str) -> R) -> R {
+        const ID: usize = uuid::fmt::Hyphenated::LENGTH;
+        let mut buf = [0u8; 128];
+        let (h, len) = (handler.len(), handler.len() + 1 + ID);
+        if len > buf.len() {
+            return f(&Self::key(handler, id));
+        }
+        buf[..h].copy_from_slice(handler.as_bytes());
+        buf[h] = b'.';
+        id.as_uuid().hyphenated().encode_lower(&mut buf[h + 1..len]);
+        match std::str::from_utf8(&buf[..len]) {
+            Ok(key) => f(key),
+            Err(_) => f(&Self::key(handler, id)),
+        }
+    }
 }
 
 impl<K: KeyValue> DedupStore for KvDedup<K> {
     fn seen_now(&self, handler: &str, id: MessageId) -> Option<Result<bool, DedupError>> {
         let kv = self.kv.at_once()?;
-        Some(kv.contains_now(&Self::key(handler, id)).map_err(DedupError::from))
+        Some(Self::with_key(handler, id, |key| kv.contains_now(key)).map_err(DedupError::from))
     }
 
     fn mark_now(&self, handler: &str, id: MessageId) -> Option<Result<(), DedupError>> {
@@ -266,10 +284,15 @@ mod tests {
     fn kv_keys_keep_their_format() {
         // Marks written by earlier releases must still be found.
         let id = MessageId::new();
-        assert_eq!(
-            KvDedup::<crate::transport::memory::MemoryKeyValue>::key("billing-charge", id),
-            format!("billing-charge.{id}")
-        );
+        type Kv = KvDedup<crate::transport::memory::MemoryKeyValue>;
+        assert_eq!(Kv::key("billing-charge", id), format!("billing-charge.{id}"));
+        for handler in ["billing-charge", "é-ü", &"h".repeat(91), &"h".repeat(200)] {
+            assert_eq!(
+                Kv::with_key(handler, id, str::to_owned),
+                Kv::key(handler, id),
+                "{handler}"
+            );
+        }
     }
 
     #[tokio::test(start_paused = true)]

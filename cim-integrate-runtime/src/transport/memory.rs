@@ -173,7 +173,7 @@ struct StreamState {
 }
 
 /// The durables of one stream. Looked up by name; a handle holds the very name this list keeps
-/// (see [`MemoryTransport::consumer`]), so the common lookup compares pointers, no text. A
+/// (see [`Transport::consumer`]), so the common lookup compares pointers, no text. A
 /// stream has a handful of durables: a list, not a map.
 #[derive(Default)]
 struct Consumers {

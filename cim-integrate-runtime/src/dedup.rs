@@ -128,6 +128,18 @@ pub trait DedupStore: Send + Sync + 'static {
         self.seen(handler, delivery.id)
     }
 
+    /// [`seen_delivery`](Self::seen_delivery), answered at once by a store that never waits.
+    /// The default asks [`seen_now`](Self::seen_now) for its message id.
+    fn seen_delivery_now(&self, handler: &str, delivery: &StreamMessage) -> Option<Result<bool, DedupError>> {
+        self.seen_now(handler, delivery.id)
+    }
+
+    /// [`mark_delivery`](Self::mark_delivery), done at once by a store that never waits. The
+    /// default [`mark_now`](Self::mark_now)s its message id.
+    fn mark_delivery_now(&self, handler: &str, delivery: &StreamMessage) -> Option<Result<(), DedupError>> {
+        self.mark_now(handler, delivery.id)
+    }
+
     /// Records that `handler` handled this stream message (under [`DedupCheck::MaybeSeen`]).
     /// The default [`mark`](Self::mark)s its message id.
     fn mark_delivery<'a>(
@@ -190,13 +202,15 @@ impl Default for MemoryDedup {
 
 impl MemoryDedup {
     fn check(&self, handler: &str, id: MessageId) -> bool {
-        let now = Instant::now();
-        let marks = self.marks.lock().unwrap_or_else(|e| e.into_inner());
-        marks
-            .iter()
-            .find(|(h, _)| **h == *handler)
-            .and_then(|(_, m)| m.get(&id))
-            .is_some_and(|at| *at + self.ttl > now)
+        let marked = {
+            let marks = self.marks.lock().unwrap_or_else(|e| e.into_inner());
+            marks
+                .iter()
+                .find(|(h, _)| **h == *handler)
+                .and_then(|(_, m)| m.get(&id).copied())
+        };
+        // The clock is read only for a mark found (most checks find none).
+        marked.is_some_and(|at| at + self.ttl > Instant::now())
     }
 
     fn record(&self, handler: &str, id: MessageId) {
@@ -259,6 +273,10 @@ impl DedupStore for MemoryDedup {
 /// reads each block once and answers its other first deliveries from that read (only an earlier
 /// durable of the same name can have marked them, and it is gone); redeliveries always read the
 /// bucket.
+///
+/// On a bucket that answers at once (the embedded transport's, [`KeyValue::at_once`]) marks
+/// are read and written in place, a block updated in one step with no future and no group
+/// commit; the entries are the same.
 ///
 /// A stream whose name is not a valid key token is marked by message id.
 #[derive(Debug)]
@@ -332,6 +350,38 @@ fn decode_block(value: &[u8]) -> Option<Vec<(u8, i64)>> {
         .collect()
 }
 
+/// Whether a block entry's value holds the mark (`offset`, `nanos`), read in place.
+fn block_holds(value: &[u8], offset: u8, nanos: i64) -> bool {
+    value.len().is_multiple_of(9)
+        && value
+            .chunks_exact(9)
+            .any(|c| c[0] == offset && c[1..9] == nanos.to_le_bytes())
+}
+
+/// A block entry's value with the mark (`offset`, `nanos`) added in offset order (replacing one
+/// at the same offset); a value that is not a block's starts over.
+fn with_mark(current: Option<&[u8]>, offset: u8, nanos: i64) -> Bytes {
+    let current = current.filter(|v| v.len().is_multiple_of(9)).unwrap_or_default();
+    let mut v = Vec::with_capacity(current.len() + 9);
+    let mut placed = false;
+    for c in current.chunks_exact(9) {
+        if !placed && c[0] >= offset {
+            v.push(offset);
+            v.extend_from_slice(&nanos.to_le_bytes());
+            placed = true;
+            if c[0] == offset {
+                continue;
+            }
+        }
+        v.extend_from_slice(c);
+    }
+    if !placed {
+        v.push(offset);
+        v.extend_from_slice(&nanos.to_le_bytes());
+    }
+    Bytes::from(v)
+}
+
 /// Whether `s` can be one token of a key.
 fn key_token(s: &str) -> bool {
     !s.is_empty()
@@ -359,6 +409,24 @@ impl<K: KeyValue> KvDedup<K> {
         key
     }
 
+    /// Runs `f` on the key of [`key`](Self::key), built on the stack when it fits (a read needs
+    /// no key of its own).
+    fn with_key<R>(handler: &str, id: MessageId, f: impl FnOnce(&str) -> R) -> R {
+        const ID: usize = uuid::fmt::Hyphenated::LENGTH;
+        let mut buf = [0u8; 128];
+        let (h, len) = (handler.len(), handler.len() + 1 + ID);
+        if len > buf.len() {
+            return f(&Self::key(handler, id));
+        }
+        buf[..h].copy_from_slice(handler.as_bytes());
+        buf[h] = b'.';
+        id.as_uuid().hyphenated().encode_lower(&mut buf[h + 1..len]);
+        match std::str::from_utf8(&buf[..len]) {
+            Ok(key) => f(key),
+            Err(_) => f(&Self::key(handler, id)),
+        }
+    }
+
     /// `{handler}.s.{stream}.{block}` and the message's offset in it, or `None` if the stream's
     /// name cannot be a key token.
     fn block_key(handler: &str, m: &StreamMessage) -> Option<(String, u8)> {
@@ -366,8 +434,8 @@ impl<K: KeyValue> KvDedup<K> {
             return None;
         }
         let block = m.sequence / BLOCK;
-        let mut digits = itoa_u64(block);
-        let digits = digits.as_str();
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(block);
         let mut key = String::with_capacity(handler.len() + m.stream.len() + digits.len() + 4);
         key.push_str(handler);
         key.push_str(".s.");
@@ -375,6 +443,31 @@ impl<K: KeyValue> KvDedup<K> {
         key.push('.');
         key.push_str(digits);
         Some((key, u8::try_from(m.sequence % BLOCK).ok()?))
+    }
+
+    /// Runs `f` on [`block_key`](Self::block_key)'s key, built on the stack when it fits, and
+    /// the offset; `None` if the stream's name cannot be a key token.
+    fn with_block_key<R>(handler: &str, m: &StreamMessage, f: impl FnOnce(&str, u8) -> R) -> Option<R> {
+        if !key_token(&m.stream) {
+            return None;
+        }
+        let offset = u8::try_from(m.sequence % BLOCK).ok()?;
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(m.sequence / BLOCK);
+        let parts = [handler, ".s.", &m.stream, ".", digits];
+        let mut buf = [0u8; 160];
+        let mut len = 0;
+        for part in parts {
+            let Some(slot) = buf.get_mut(len..len + part.len()) else {
+                return Self::block_key(handler, m).map(|(key, offset)| f(&key, offset));
+            };
+            slot.copy_from_slice(part.as_bytes());
+            len += part.len();
+        }
+        match std::str::from_utf8(&buf[..len]) {
+            Ok(key) => Some(f(key, offset)),
+            Err(_) => Self::block_key(handler, m).map(|(key, offset)| f(&key, offset)),
+        }
     }
 
     /// The block's state in this process (kept for the next marks).
@@ -477,34 +570,21 @@ impl<K: KeyValue> KvDedup<K> {
     }
 }
 
-/// `n` in decimal, on the stack.
-fn itoa_u64(mut n: u64) -> ItoaBuf {
-    let mut buf = ItoaBuf {
-        bytes: [0; 20],
-        start: 20,
-    };
-    loop {
-        buf.start -= 1;
-        buf.bytes[buf.start] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return buf;
-        }
-    }
-}
-
-struct ItoaBuf {
-    bytes: [u8; 20],
-    start: usize,
-}
-
-impl ItoaBuf {
-    fn as_str(&mut self) -> &str {
-        std::str::from_utf8(&self.bytes[self.start..]).unwrap_or("0")
-    }
-}
-
 impl<K: KeyValue> DedupStore for KvDedup<K> {
+    fn seen_now(&self, handler: &str, id: MessageId) -> Option<Result<bool, DedupError>> {
+        let kv = self.kv.at_once()?;
+        Some(Self::with_key(handler, id, |key| kv.contains_now(key)).map_err(DedupError::from))
+    }
+
+    fn mark_now(&self, handler: &str, id: MessageId) -> Option<Result<(), DedupError>> {
+        let kv = self.kv.at_once()?;
+        Some(
+            kv.put_now(Self::key(handler, id), Bytes::new())
+                .map(drop)
+                .map_err(DedupError::from),
+        )
+    }
+
     fn seen<'a>(&'a self, handler: &'a str, id: MessageId) -> BoxFuture<'a, Result<bool, DedupError>> {
         Box::pin(async move { Ok(self.kv.get(&Self::key(handler, id)).await?.is_some()) })
     }
@@ -513,6 +593,34 @@ impl<K: KeyValue> DedupStore for KvDedup<K> {
         Box::pin(async move {
             self.kv.put(&Self::key(handler, id), Bytes::new()).await?;
             Ok(())
+        })
+    }
+
+    fn seen_delivery_now(&self, handler: &str, m: &StreamMessage) -> Option<Result<bool, DedupError>> {
+        let kv = self.kv.at_once()?;
+        let nanos = stored_nanos(m);
+        let found = Self::with_block_key(handler, m, |key, offset| {
+            kv.get_now(key)
+                .map(|v| v.is_some_and(|v| block_holds(&v, offset, nanos)))
+        });
+        Some(match found {
+            Some(Ok(true)) => Ok(true),
+            Some(Ok(false)) | None => {
+                Self::with_key(handler, m.id, |key| kv.contains_now(key)).map_err(DedupError::from)
+            }
+            Some(Err(e)) => Err(e.into()),
+        })
+    }
+
+    fn mark_delivery_now(&self, handler: &str, m: &StreamMessage) -> Option<Result<(), DedupError>> {
+        let kv = self.kv.at_once()?;
+        let nanos = stored_nanos(m);
+        let marked = Self::with_block_key(handler, m, |key, offset| {
+            kv.update_now(key, &mut |current| with_mark(current.map(|v| &v[..]), offset, nanos))
+        });
+        Some(match marked {
+            Some(r) => r.map(drop).map_err(DedupError::from),
+            None => return self.mark_now(handler, m.id),
         })
     }
 
@@ -596,10 +704,39 @@ mod tests {
     fn kv_keys_keep_their_format() {
         // Marks written by earlier releases must still be found.
         let id = MessageId::new();
-        assert_eq!(
-            KvDedup::<crate::transport::memory::MemoryKeyValue>::key("billing-charge", id),
-            format!("billing-charge.{id}")
+        type Kv = KvDedup<crate::transport::memory::MemoryKeyValue>;
+        assert_eq!(Kv::key("billing-charge", id), format!("billing-charge.{id}"));
+        for handler in ["billing-charge", "é-ü", &"h".repeat(91), &"h".repeat(200)] {
+            assert_eq!(
+                Kv::with_key(handler, id, str::to_owned),
+                Kv::key(handler, id),
+                "{handler}"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn kv_marks_on_memory_are_read_and_written_at_once() {
+        let t = MemoryTransport::new();
+        let kv = t
+            .key_value(&KvSpec::new("dedup").max_age(Duration::from_secs(10)))
+            .await
+            .unwrap();
+        let store = KvDedup::new(kv.clone());
+        let id = MessageId::new();
+        assert_eq!(store.seen_now("h", id), Some(Ok(false)));
+        assert_eq!(store.mark_now("h", id), Some(Ok(())));
+        assert_eq!(store.seen_now("h", id), Some(Ok(true)));
+        assert!(
+            store.seen("h", id).await.unwrap(),
+            "the same mark as the async path reads"
         );
+        assert!(kv.get(&format!("h.{id}")).await.unwrap().is_some());
+        assert_eq!(store.seen_now("other", id), Some(Ok(false)));
+        // A handler name that makes an invalid key is an error, not a panic.
+        assert!(matches!(store.mark_now("bad name", id), Some(Err(_))));
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        assert_eq!(store.seen_now("h", id), Some(Ok(false)));
     }
 
     #[tokio::test(start_paused = true)]
@@ -781,5 +918,47 @@ mod tests {
             !store.seen_delivery("h", &first(&other)).await.unwrap(),
             "a first delivery trusts the block as read"
         );
+    }
+
+    #[tokio::test]
+    async fn block_marks_at_once_on_memory_read_and_write_the_same_entries() {
+        let kv = bucket().await;
+        let now = KvDedup::new(kv.clone());
+        let waits = KvDedup::new(kv.clone());
+        let (a, b, c) = (message("S", 3, 1), message("S", 1, 2), message("S", 3, 9));
+        assert_eq!(now.seen_delivery_now("h", &a), Some(Ok(false)));
+        assert_eq!(now.mark_delivery_now("h", &a), Some(Ok(())));
+        assert_eq!(now.mark_delivery_now("h", &b), Some(Ok(())));
+        assert_eq!(now.seen_delivery_now("h", &a), Some(Ok(true)));
+        assert_eq!(now.seen_delivery_now("h", &c), Some(Ok(false)), "another stored time");
+        // The same entry as the path that waits writes and reads.
+        assert!(waits.seen_delivery("h", &a).await.unwrap());
+        assert!(waits.seen_delivery("h", &b).await.unwrap());
+        waits.mark_delivery("h", &message("S", 2, 5)).await.unwrap();
+        assert_eq!(now.seen_delivery_now("h", &message("S", 2, 5)), Some(Ok(true)));
+        let value = kv.get("h.s.S.0").await.unwrap().unwrap().value;
+        assert_eq!(decode_block(&value), Some(vec![(1, 2), (2, 5), (3, 1)]));
+        // Message-id marks are still found, and an odd stream is marked by id.
+        let old = message("S", 9, 1);
+        now.mark("h", old.id).await.unwrap();
+        assert_eq!(now.seen_delivery_now("h", &old), Some(Ok(true)));
+        let odd = message("odd.stream", 1, 1);
+        assert_eq!(now.mark_delivery_now("h", &odd), Some(Ok(())));
+        assert_eq!(now.seen_now("h", odd.id), Some(Ok(true)));
+        // A key too long for the stack is built on the heap.
+        let long = "h".repeat(200);
+        assert_eq!(now.mark_delivery_now(&long, &a), Some(Ok(())));
+        assert!(waits.seen_delivery(&long, &a).await.unwrap());
+    }
+
+    #[test]
+    fn marks_are_added_in_offset_order_and_replace_their_offset() {
+        let v = with_mark(None, 5, 1);
+        let v = with_mark(Some(&v), 2, 2);
+        let v = with_mark(Some(&v), 9, 3);
+        let v = with_mark(Some(&v), 5, 4);
+        assert_eq!(decode_block(&v), Some(vec![(2, 2), (5, 4), (9, 3)]));
+        assert!(block_holds(&v, 5, 4) && !block_holds(&v, 5, 1));
+        assert_eq!(decode_block(&with_mark(Some(b"junk"), 1, 1)), Some(vec![(1, 1)]));
     }
 }

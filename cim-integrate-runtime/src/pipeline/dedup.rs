@@ -126,10 +126,13 @@ impl<D: Dispatch> Dispatch for Dedup<D> {
             // mark is written before it is acknowledged (a redelivery of it is then recognised).
             Waited::ForSuccess => Ok(true),
             Waited::No if self.durable.first_ever(msg) => Ok(false),
-            Waited::No | Waited::ForFailure => match self.store.seen_now(&self.key, id) {
-                Some(r) => r,
-                None => match &stream_message {
-                    Some(m) => self.store.seen_delivery(&self.key, m).await,
+            Waited::No | Waited::ForFailure => match &stream_message {
+                Some(m) => match self.store.seen_delivery_now(&self.key, m) {
+                    Some(r) => r,
+                    None => self.store.seen_delivery(&self.key, m).await,
+                },
+                None => match self.store.seen_now(&self.key, id) {
+                    Some(r) => r,
                     None => self.store.seen(&self.key, id).await,
                 },
             },
@@ -150,7 +153,11 @@ impl<D: Dispatch> Dispatch for Dedup<D> {
             if self.release_while_marking && outcome == Outcome::Succeeded {
                 msg.handler_done();
             }
-            match self.store.mark_now(&self.key, id) {
+            let now = match &stream_message {
+                Some(m) => self.store.mark_delivery_now(&self.key, m),
+                None => self.store.mark_now(&self.key, id),
+            };
+            match now {
                 Some(Ok(())) => {}
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "dedup mark failed; retrying before the acknowledgement");

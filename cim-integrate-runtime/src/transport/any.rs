@@ -200,6 +200,9 @@ impl KeyValue for AnyKeyValue {
     async fn keys(&self) -> Result<Vec<String>, KvError> {
         delegate!(self, kv => kv.keys().await)
     }
+    fn at_once(&self) -> Option<&dyn super::KeyValueNow> {
+        delegate!(self, kv => kv.at_once())
+    }
 }
 
 impl Transport for AnyTransport {

@@ -159,20 +159,29 @@ pub fn check_bucket_name(bucket: &str) -> Result<(), KvError> {
 
 /// Checks a key as NATS does: `[-/_=.A-Za-z0-9]+`, not starting or ending with `.`.
 pub fn check_key(key: &str) -> Result<(), KvError> {
-    // Allowed bytes in a branch-free pass (vectorised), then the dots: none first or last, and
-    // no two in a row.
-    fn allowed(b: u8) -> bool {
-        b.is_ascii_alphanumeric() | (b == b'-') | (b == b'/') | (b == b'_') | (b == b'=') | (b == b'.')
-    }
-    static TWO_DOTS: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b".."));
+    // Refused bytes looked up in a table, and two dots in a row (each byte beside the next), in
+    // branch-free passes; then no dot first or last.
+    const REFUSED: [bool; 256] = {
+        let mut t = [true; 256];
+        let mut b = 0;
+        while b < 256 {
+            let c = b as u8;
+            t[b] = !(c.is_ascii_alphanumeric() || matches!(c, b'-' | b'/' | b'_' | b'=' | b'.'));
+            b += 1;
+        }
+        t
+    };
     let bytes = key.as_bytes();
+    let next = bytes.get(1..).unwrap_or_default();
     let ok = !bytes.is_empty()
         && bytes.len() <= 1024
-        && bytes.iter().fold(true, |all, &b| all & allowed(b))
+        && !bytes.iter().fold(false, |any, &b| any | REFUSED[usize::from(b)])
+        && !bytes
+            .iter()
+            .zip(next)
+            .fold(false, |any, (&a, &b)| any | ((a == b'.') & (b == b'.')))
         && bytes.first() != Some(&b'.')
-        && bytes.last() != Some(&b'.')
-        && TWO_DOTS.find(bytes).is_none();
+        && bytes.last() != Some(&b'.');
     if ok {
         Ok(())
     } else {
@@ -195,6 +204,29 @@ pub trait KeyValue: std::fmt::Debug + Clone + Send + Sync + 'static {
     fn delete(&self, key: &str, expected: Option<u64>) -> impl Future<Output = Result<(), KvError>> + Send;
     /// The keys with live values, sorted.
     fn keys(&self) -> impl Future<Output = Result<Vec<String>, KvError>> + Send;
+
+    /// `Some` if this bucket answers at once, without waiting on anything (the embedded
+    /// transport's): its synchronous operations, so that a hot path (the key-value
+    /// de-duplication store) can skip a future per call. `None` (the default) for a bucket that
+    /// waits (NATS).
+    fn at_once(&self) -> Option<&dyn KeyValueNow> {
+        None
+    }
+}
+
+/// The synchronous operations of a bucket that never waits ([`KeyValue::at_once`]). Same
+/// checks and meaning as the asynchronous ones.
+pub trait KeyValueNow: Send + Sync {
+    /// `true` if `key` has a live value (what [`KeyValue::get`] reads as `Some`).
+    fn contains_now(&self, key: &str) -> Result<bool, KvError>;
+    /// [`KeyValue::put`], keeping `key` as given (no copy of it).
+    fn put_now(&self, key: String, value: Bytes) -> Result<u64, KvError>;
+    /// The live value of `key` ([`KeyValue::get`]'s value).
+    fn get_now(&self, key: &str) -> Result<Option<Bytes>, KvError>;
+    /// Writes `update(live value)` to `key` in one step: nothing writes the key between the read
+    /// and the write (what a read, then an [`update`](KeyValue::update) at its revision retried
+    /// on conflict, does on a bucket that waits).
+    fn update_now(&self, key: &str, update: &mut dyn FnMut(Option<&Bytes>) -> Bytes) -> Result<u64, KvError>;
 }
 
 #[cfg(test)]
@@ -206,7 +238,23 @@ mod tests {
         for ok in ["a", "saga.doc-1", "h/1=2", "A_b.c"] {
             assert!(check_key(ok).is_ok(), "{ok}");
         }
-        for bad in ["", ".a", "a.", "a..b", "a b", "a*", "a>", "é"] {
+        for ok in ["a.b.c", "a.b.c.d.e", "x.y-z.0123456789abcdef0123456789abcdef"] {
+            assert!(check_key(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            ".a",
+            "a.",
+            "a..b",
+            "a b",
+            "a*",
+            "a>",
+            "é",
+            "a.b..c",
+            "a.b.c..",
+            "..",
+            "a.b.c.d..e.f",
+        ] {
             assert!(check_key(bad).is_err(), "{bad}");
         }
     }

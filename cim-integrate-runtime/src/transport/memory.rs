@@ -24,15 +24,15 @@
 use super::request::ReplySink;
 use super::{
     Acker, Consumer, ConsumerSpec, DEFAULT_MAX_PAYLOAD, DeliverPolicy, Delivery, DeliveryInfo, Deployment,
-    IncomingRequest, KeyValue, KvEntry, KvError, KvSpec, OutboundMessage, PublishAck, Reply, ReplyHandle, Request,
-    Responder, StreamSpec, Transport, TransportError, check_key,
+    IncomingRequest, KeyValue, KeyValueNow, KvEntry, KvError, KvSpec, OutboundMessage, PublishAck, Reply, ReplyHandle,
+    Request, Responder, StreamSpec, Transport, TransportError, check_key,
 };
 use crate::fast_hash::FastMap;
 use crate::headers::Headers;
 use crate::subject::Subject;
 use crate::timestamp::Timestamp;
 use bytes::Bytes;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -116,6 +116,8 @@ impl ReplySink for MemReply {
 
 struct MemStream {
     spec: StreamSpec,
+    /// `spec.subjects`, prepared.
+    subjects: Vec<Matcher>,
     name: Arc<str>,
     state: Mutex<StreamState>,
     /// Woken on every publish, ack, nak, term and consumer deletion.
@@ -163,7 +165,109 @@ struct StreamState {
     last_seq: u64,
     dedup: FastMap<MsgId, u64>,
     dedup_order: VecDeque<(Instant, MsgId)>,
-    consumers: FastMap<Arc<str>, ConsumerState>,
+    consumers: Consumers,
+    /// Nothing stored expires before this (a duplicate id leaving the window, a message past
+    /// the max age); `None`: nothing can expire until something is stored. Lets
+    /// [`StreamState::expire`] return at once, unless a consumer has an inactive threshold.
+    next_expiry: Option<Instant>,
+}
+
+/// The durables of one stream. Looked up by name; a handle holds the very name this list keeps
+/// (see [`Transport::consumer`]), so the common lookup compares pointers, no text. A
+/// stream has a handful of durables: a list, not a map.
+#[derive(Default)]
+struct Consumers {
+    list: Vec<(Arc<str>, ConsumerState)>,
+    /// How many have an inactive threshold (then every [`StreamState::expire`] looks at them).
+    with_threshold: usize,
+}
+
+impl Consumers {
+    fn position(&self, name: &str) -> Option<usize> {
+        let ptr = name.as_ptr();
+        self.list
+            .iter()
+            .position(|(n, _)| n.as_ptr() == ptr && n.len() == name.len())
+            .or_else(|| self.list.iter().position(|(n, _)| **n == *name))
+    }
+
+    fn get(&self, name: &str) -> Option<&ConsumerState> {
+        self.position(name).map(|i| &self.list[i].1)
+    }
+
+    fn get_mut(&mut self, name: &str) -> Option<&mut ConsumerState> {
+        self.position(name).map(|i| &mut self.list[i].1)
+    }
+
+    /// The name as kept here (the `Arc` handles should hold).
+    fn key(&self, name: &str) -> Option<&Arc<str>> {
+        self.position(name).map(|i| &self.list[i].0)
+    }
+
+    fn insert(&mut self, name: Arc<str>, c: ConsumerState) {
+        self.remove(&name);
+        self.list.push((name, c));
+        self.recount();
+    }
+
+    fn remove(&mut self, name: &str) -> Option<ConsumerState> {
+        let i = self.position(name)?;
+        let (_, c) = self.list.swap_remove(i);
+        self.recount();
+        Some(c)
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&Arc<str>, &ConsumerState) -> bool) {
+        self.list.retain(|(n, c)| keep(n, c));
+        self.recount();
+    }
+
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut ConsumerState> {
+        self.list.iter_mut().map(|(_, c)| c)
+    }
+
+    /// Counts the thresholds again: after any change of the list or of a spec.
+    fn recount(&mut self) {
+        self.with_threshold = self
+            .list
+            .iter()
+            .filter(|(_, c)| c.spec.inactive_threshold.is_some())
+            .count();
+    }
+}
+
+/// A subject pattern prepared for matching many subjects: the common shapes (a literal subject,
+/// `prefix.>`) are told apart once, not on every match.
+#[derive(Debug, Clone)]
+enum Matcher {
+    Literal(Box<str>),
+    /// `prefix.>`: the prefix with its trailing dot.
+    Prefix(Box<str>),
+    Other(crate::subject::SubjectPattern),
+}
+
+impl Matcher {
+    fn new(pattern: &crate::subject::SubjectPattern) -> Self {
+        let p = pattern.as_str();
+        let wild = |s: &str| s.bytes().any(|b| b == b'*' || b == b'>');
+        if !wild(p) {
+            return Self::Literal(p.into());
+        }
+        match p.strip_suffix('>') {
+            Some(prefix) if prefix.ends_with('.') && !wild(prefix) => Self::Prefix(prefix.into()),
+            _ => Self::Other(pattern.clone()),
+        }
+    }
+
+    /// `true` if the valid subject `subject` matches (as [`SubjectPattern::matches_valid`](crate::subject::SubjectPattern)).
+    #[inline]
+    fn matches(&self, subject: &str) -> bool {
+        match self {
+            Self::Literal(p) => **p == *subject,
+            Self::Prefix(p) => subject.len() > p.len() && subject.as_bytes().starts_with(p.as_bytes()),
+            Self::Other(p) => p.matches_valid(subject),
+        }
+    }
 }
 
 struct Stored {
@@ -179,6 +283,8 @@ struct Stored {
 
 struct ConsumerState {
     spec: ConsumerSpec,
+    /// `spec.filter`, prepared.
+    filter: Matcher,
     /// When the durable was created (the clock of `Stored::published`).
     created: Timestamp,
     /// Next stream sequence to consider for a first delivery.
@@ -186,7 +292,7 @@ struct ConsumerState {
     /// Consumer sequence of the last delivery.
     delivery_seq: u64,
     /// Delivered, not yet acknowledged or terminated: stream sequence -> state.
-    pending: BTreeMap<u64, Pending>,
+    pending: PendingSet,
     /// No pending delivery is due for redelivery before this (a lower bound of their
     /// `redeliver_at`): until then the pending ones need not be looked at.
     next_due: Instant,
@@ -214,6 +320,103 @@ impl ConsumerState {
     }
 }
 
+/// A consumer's pending deliveries by stream sequence, in sequence order. First deliveries come
+/// in rising sequence, so a new one is appended; settled ones leave a hole, dropped from the
+/// ends at once and from the middle when holes outnumber the live entries (a delivery that
+/// stays pending long does not make the holes behind it pile up). Finding one is a binary
+/// search: no tree nodes to allocate, walk and free per message.
+#[derive(Default)]
+struct PendingSet {
+    entries: VecDeque<(u64, Option<Pending>)>,
+    live: usize,
+}
+
+impl PendingSet {
+    fn len(&self) -> usize {
+        self.live
+    }
+
+    fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    fn index(&self, seq: u64) -> Result<usize, usize> {
+        // Most deliveries are settled in the order they were made: the first entry.
+        match self.entries.front() {
+            Some((first, _)) if *first == seq => Ok(0),
+            _ => self.entries.binary_search_by_key(&seq, |(s, _)| *s),
+        }
+    }
+
+    fn get_mut(&mut self, seq: u64) -> Option<&mut Pending> {
+        let i = self.index(seq).ok()?;
+        self.entries[i].1.as_mut()
+    }
+
+    /// The entry of `seq`, made with `make` if there is none.
+    fn get_or_insert(&mut self, seq: u64, make: impl FnOnce() -> Pending) -> &mut Pending {
+        let i = if self.entries.back().is_none_or(|(last, _)| *last < seq) {
+            self.entries.push_back((seq, None));
+            self.entries.len() - 1
+        } else {
+            match self.index(seq) {
+                Ok(i) => i,
+                Err(i) => {
+                    self.entries.insert(i, (seq, None));
+                    i
+                }
+            }
+        };
+        let slot = &mut self.entries[i].1;
+        if slot.is_none() {
+            self.live += 1;
+        }
+        slot.get_or_insert_with(make)
+    }
+
+    fn remove(&mut self, seq: u64) -> Option<Pending> {
+        let i = self.index(seq).ok()?;
+        let p = self.entries[i].1.take()?;
+        self.live -= 1;
+        self.tidy();
+        Some(p)
+    }
+
+    /// Keeps the entries for which `keep` is `true`.
+    fn retain(&mut self, mut keep: impl FnMut(u64, &mut Pending) -> bool) {
+        for (seq, slot) in &mut self.entries {
+            if let Some(p) = slot
+                && !keep(*seq, p)
+            {
+                *slot = None;
+                self.live -= 1;
+            }
+        }
+        self.tidy();
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (u64, &Pending)> {
+        self.entries.iter().filter_map(|(seq, p)| p.as_ref().map(|p| (*seq, p)))
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Pending> {
+        self.iter().map(|(_, p)| p)
+    }
+
+    /// Drops holes at the ends, and every hole once they outnumber the live entries.
+    fn tidy(&mut self) {
+        while self.entries.front().is_some_and(|(_, p)| p.is_none()) {
+            self.entries.pop_front();
+        }
+        while self.entries.back().is_some_and(|(_, p)| p.is_none()) {
+            self.entries.pop_back();
+        }
+        if self.entries.len() > 2 * self.live + 64 {
+            self.entries.retain(|(_, p)| p.is_some());
+        }
+    }
+}
+
 struct Pending {
     delivered: u64,
     redeliver_at: Instant,
@@ -234,6 +437,9 @@ impl StreamState {
     /// Drops messages past the stream's max age, duplicate ids past the window and consumers
     /// idle past their inactive threshold.
     fn expire(&mut self, spec: &StreamSpec, now: Instant) {
+        if self.consumers.with_threshold == 0 && self.next_expiry.is_none_or(|at| at > now) {
+            return;
+        }
         self.consumers.retain(|name, c| {
             let keep = !c.inactive(now);
             if !keep {
@@ -247,7 +453,7 @@ impl StreamState {
             }
             let first = self.first_seq();
             for c in self.consumers.values_mut() {
-                c.pending.retain(|&seq, _| seq >= first);
+                c.pending.retain(|seq, _| seq >= first);
             }
         }
         while let Some((at, _)) = self.dedup_order.front() {
@@ -258,9 +464,29 @@ impl StreamState {
                 self.dedup.remove(&id);
             }
         }
+        let age = spec.max_age.or(spec.settings.max_age);
+        let message = age.and_then(|age| self.messages.front().map(|m| m.stored_at + age));
+        let id = self.dedup_order.front().map(|(at, _)| *at + spec.duplicate_window);
+        self.next_expiry = match (message, id) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
     }
 
-    fn next_step(&mut self, stream: &Arc<MemStream>, name: &Arc<str>, now: Instant) -> Result<Step, TransportError> {
+    /// Notes that something stored now expires at `at` (see `next_expiry`).
+    fn expires_at(&mut self, at: Instant) {
+        self.next_expiry = Some(self.next_expiry.map_or(at, |t| t.min(at)));
+    }
+
+    /// The next delivery for durable `name`, or how long to wait for one. `touch`: a delivery
+    /// made is the consumer's last activity.
+    fn next_step(
+        &mut self,
+        stream: &Arc<MemStream>,
+        name: &Arc<str>,
+        now: Instant,
+        touch: bool,
+    ) -> Result<Step, TransportError> {
         let first_seq = self.first_seq();
         let StreamState {
             messages, consumers, ..
@@ -279,7 +505,7 @@ impl StreamState {
         } else if c.next_due > now {
             wake = Some(c.next_due);
         } else {
-            c.pending.retain(|&seq, p| {
+            c.pending.retain(|seq, p| {
                 if p.redeliver_at > now {
                     wake = Some(wake.map_or(p.redeliver_at, |w| w.min(p.redeliver_at)));
                     return true;
@@ -301,10 +527,10 @@ impl StreamState {
             None if c.pending.len() < c.spec.max_ack_pending as usize => {
                 let start = c.next_seq.max(first_seq);
                 let skip = usize::try_from(start - first_seq).unwrap_or(usize::MAX);
-                let filter = &c.spec.filter;
+                let filter = &c.filter;
                 let found = messages
                     .range(skip.min(messages.len())..)
-                    .find(|m| filter.matches_valid(m.subject.as_str()))
+                    .find(|m| filter.matches(m.subject.as_str()))
                     .map(|m| m.seq);
                 c.next_seq = found.map_or(first_seq + messages.len() as u64, |s| s + 1);
                 found
@@ -316,7 +542,7 @@ impl StreamState {
         let Some(m) = messages.get(idx) else {
             return Ok(Step::Wait(wake));
         };
-        let p = c.pending.entry(seq).or_insert(Pending {
+        let p = c.pending.get_or_insert(seq, || Pending {
             delivered: 0,
             redeliver_at: now,
             naked: false,
@@ -326,6 +552,9 @@ impl StreamState {
         p.redeliver_at = now + c.spec.redelivery_delay(p.delivered);
         c.next_due = c.next_due.min(p.redeliver_at);
         c.delivery_seq += 1;
+        if touch {
+            c.active_at = now;
+        }
         let info = DeliveryInfo {
             stream: stream.name.clone(),
             consumer: name.clone(),
@@ -430,7 +659,7 @@ impl MemoryTransport {
         let undelivered = st
             .messages
             .range(skip.min(st.messages.len())..)
-            .filter(|m| c.spec.filter.matches_valid(m.subject.as_str()))
+            .filter(|m| c.filter.matches(m.subject.as_str()))
             .map(|m| m.seq)
             .collect();
         let mut progress = ConsumerProgress {
@@ -441,7 +670,7 @@ impl MemoryTransport {
             due: Vec::new(),
             waiting: Vec::new(),
         };
-        for (&seq, p) in &c.pending {
+        for (seq, p) in c.pending.iter() {
             if p.redeliver_at <= now {
                 progress.due.push(seq);
             } else if p.naked {
@@ -566,7 +795,7 @@ impl MemoryTransport {
     fn do_publish(&self, msg: OutboundMessage) -> Result<PublishAck, TransportError> {
         let stream = lock(&self.inner.streams)
             .iter()
-            .find(|s| s.spec.subjects.iter().any(|p| p.matches_valid(msg.subject.as_str())))
+            .find(|s| s.subjects.iter().any(|p| p.matches(msg.subject.as_str())))
             .cloned()
             .ok_or_else(|| TransportError::NoStream {
                 subject: msg.subject.to_string(),
@@ -589,6 +818,10 @@ impl MemoryTransport {
         if let Some(id) = msg_id {
             st.dedup.insert(id.clone(), seq);
             st.dedup_order.push_back((now, id));
+            st.expires_at(now + stream.spec.duplicate_window);
+        }
+        if let Some(age) = stream.spec.max_age.or(stream.spec.settings.max_age) {
+            st.expires_at(now + age);
         }
         let order = self.inner.stored.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         st.messages.push_back(Stored {
@@ -661,6 +894,7 @@ impl Transport for MemoryTransport {
         }
         streams.push(Arc::new(MemStream {
             spec: spec.clone(),
+            subjects: spec.subjects.iter().map(Matcher::new).collect(),
             name: Arc::from(spec.name.as_str()),
             state: Mutex::new(StreamState::default()),
             changed: Notify::new(),
@@ -702,7 +936,9 @@ impl Transport for MemoryTransport {
                     });
                 }
                 existing.spec = spec.clone();
+                existing.filter = Matcher::new(&spec.filter);
                 existing.active_at = now;
+                st.consumers.recount();
             }
             None => {
                 let next_seq = match spec.deliver {
@@ -713,9 +949,10 @@ impl Transport for MemoryTransport {
                     name.clone(),
                     ConsumerState {
                         spec: spec.clone(),
+                        filter: Matcher::new(&spec.filter),
                         next_seq,
                         delivery_seq: 0,
-                        pending: BTreeMap::new(),
+                        pending: PendingSet::default(),
                         next_due: now,
                         waiting: 0,
                         active_at: now,
@@ -725,6 +962,8 @@ impl Transport for MemoryTransport {
             }
         }
         let created = st.consumers.get(&name).map_or_else(Timestamp::now, |c| c.created);
+        // The name as the stream keeps it: lookups by this handle compare pointers.
+        let name = st.consumers.key(&name).cloned().unwrap_or(name);
         drop(st);
         Ok(MemoryConsumer { stream, name, created })
     }
@@ -830,10 +1069,7 @@ impl Consumer for MemoryConsumer {
             let now = Instant::now();
             let mut st = lock(&self.stream.state);
             st.expire(&self.stream.spec, now);
-            if let Step::Deliver(d) = st.next_step(&self.stream, &self.name, now)? {
-                if let Some(c) = st.consumers.get_mut(&self.name) {
-                    c.active_at = now;
-                }
+            if let Step::Deliver(d) = st.next_step(&self.stream, &self.name, now, true)? {
                 return Ok(d);
             }
         }
@@ -847,7 +1083,7 @@ impl Consumer for MemoryConsumer {
                 let now = Instant::now();
                 let mut st = lock(&self.stream.state);
                 st.expire(&self.stream.spec, now);
-                st.next_step(&self.stream, &self.name, now)?
+                st.next_step(&self.stream, &self.name, now, false)?
             };
             match step {
                 Step::Deliver(d) => return Ok(d),
@@ -955,14 +1191,14 @@ impl MemoryAcker {
 impl Acker for MemoryAcker {
     async fn ack(&self) -> Result<(), TransportError> {
         self.with_pending(false, |c, _| {
-            c.pending.remove(&self.seq);
+            c.pending.remove(self.seq);
         });
         Ok(())
     }
 
     async fn nak(&self, delay: Option<Duration>) -> Result<(), TransportError> {
         self.with_pending(true, |c, now| {
-            if let Some(p) = c.pending.get_mut(&self.seq) {
+            if let Some(p) = c.pending.get_mut(self.seq) {
                 p.redeliver_at = now + delay.unwrap_or_default();
                 p.naked = true;
                 c.next_due = c.next_due.min(p.redeliver_at);
@@ -973,7 +1209,7 @@ impl Acker for MemoryAcker {
 
     async fn term(&self) -> Result<(), TransportError> {
         self.with_pending(false, |c, _| {
-            c.pending.remove(&self.seq);
+            c.pending.remove(self.seq);
         });
         Ok(())
     }
@@ -981,7 +1217,7 @@ impl Acker for MemoryAcker {
     async fn in_progress(&self) -> Result<(), TransportError> {
         self.with_pending(true, |c, now| {
             let spec = &c.spec;
-            if let Some(p) = c.pending.get_mut(&self.seq) {
+            if let Some(p) = c.pending.get_mut(self.seq) {
                 p.redeliver_at = now + spec.redelivery_delay(p.delivered);
             }
         });
@@ -1019,7 +1255,26 @@ impl BucketState {
     }
 
     fn write(&mut self, key: &str, value: Option<Bytes>, ttl: Option<Duration>, now: Instant) -> u64 {
-        // Expired entries are swept now and then, so a bucket of TTL'd marks stays bounded.
+        let rec = self.next_record(value, ttl, now);
+        match self.entries.get_mut(key) {
+            Some(r) => *r = rec,
+            None => {
+                self.entries.insert(key.to_owned(), rec);
+            }
+        }
+        self.last_revision
+    }
+
+    /// [`write`](Self::write) of a key given as an owned string: kept as the map's key (no copy).
+    fn write_owned(&mut self, key: String, value: Option<Bytes>, ttl: Option<Duration>, now: Instant) -> u64 {
+        let rec = self.next_record(value, ttl, now);
+        self.entries.insert(key, rec);
+        self.last_revision
+    }
+
+    /// The record of the next write (its revision taken), after sweeping expired entries now and
+    /// then, so that a bucket of TTL'd marks stays bounded.
+    fn next_record(&mut self, value: Option<Bytes>, ttl: Option<Duration>, now: Instant) -> KvRecord {
         self.writes_since_sweep += 1;
         if let Some(ttl) = ttl
             && self.writes_since_sweep > self.entries.len().max(1024)
@@ -1028,19 +1283,12 @@ impl BucketState {
             self.writes_since_sweep = 0;
         }
         self.last_revision += 1;
-        let rec = KvRecord {
+        KvRecord {
             value,
             revision: self.last_revision,
             written: now,
             created: std::time::SystemTime::now(),
-        };
-        match self.entries.get_mut(key) {
-            Some(r) => *r = rec,
-            None => {
-                self.entries.insert(key.to_owned(), rec);
-            }
         }
-        self.last_revision
     }
 }
 
@@ -1148,6 +1396,41 @@ impl KeyValue for MemoryKeyValue {
             Ok(keys)
         })
     }
+
+    fn at_once(&self) -> Option<&dyn KeyValueNow> {
+        Some(self)
+    }
+}
+
+impl KeyValueNow for MemoryKeyValue {
+    fn contains_now(&self, key: &str) -> Result<bool, KvError> {
+        let ttl = self.bucket.spec.max_age;
+        self.with_state(Some(key), |st, now| {
+            Ok(st.latest(key, ttl, now).is_some_and(|r| r.value.is_some()))
+        })
+    }
+
+    fn put_now(&self, key: String, value: Bytes) -> Result<u64, KvError> {
+        let ttl = self.bucket.spec.max_age;
+        check_key(&key)?;
+        let mut st = lock(&self.bucket.state);
+        Ok(st.write_owned(key, Some(value), ttl, Instant::now()))
+    }
+
+    fn get_now(&self, key: &str) -> Result<Option<Bytes>, KvError> {
+        let ttl = self.bucket.spec.max_age;
+        self.with_state(Some(key), |st, now| {
+            Ok(st.latest(key, ttl, now).and_then(|r| r.value.clone()))
+        })
+    }
+
+    fn update_now(&self, key: &str, update: &mut dyn FnMut(Option<&Bytes>) -> Bytes) -> Result<u64, KvError> {
+        let ttl = self.bucket.spec.max_age;
+        self.with_state(Some(key), |st, now| {
+            let value = update(st.latest(key, ttl, now).and_then(|r| r.value.as_ref()));
+            Ok(st.write(key, Some(value), ttl, now))
+        })
+    }
 }
 
 /// A message stored in a stream of the embedded transport, as [`MemoryTransport::stored`]
@@ -1224,6 +1507,55 @@ mod tests {
     use super::*;
     use crate::Envelope;
     use crate::headers::NATS_MSG_ID;
+
+    #[test]
+    fn pending_set_keeps_sequence_order_and_drops_its_holes() {
+        let now = Instant::now();
+        let pending = |delivered| Pending {
+            delivered,
+            redeliver_at: now,
+            naked: false,
+        };
+        let mut set = PendingSet::default();
+        for seq in [3, 5, 9, 10] {
+            set.get_or_insert(seq, || pending(1));
+        }
+        // Out of order (not made by a consumer, but kept right).
+        set.get_or_insert(4, || pending(1));
+        assert_eq!(
+            set.get_or_insert(5, || pending(7)).delivered,
+            1,
+            "an existing entry is kept"
+        );
+        assert_eq!(set.iter().map(|(s, _)| s).collect::<Vec<_>>(), [3, 4, 5, 9, 10]);
+        assert!(set.remove(5).is_some());
+        assert!(set.remove(5).is_none());
+        assert!(set.get_mut(5).is_none());
+        set.get_mut(9).unwrap().delivered = 2;
+        assert_eq!(set.len(), 4);
+        set.retain(|seq, _| seq != 3);
+        assert_eq!(
+            set.iter().map(|(s, p)| (s, p.delivered)).collect::<Vec<_>>(),
+            [(4, 1), (9, 2), (10, 1)]
+        );
+        for seq in [4, 9, 10] {
+            set.remove(seq);
+        }
+        assert!(set.is_empty());
+        assert!(set.entries.is_empty(), "no holes left behind");
+        // One long-pending delivery: the holes of the many settled after it are dropped.
+        for seq in 1..=10_000 {
+            set.get_or_insert(seq, || pending(1));
+        }
+        for seq in 2..10_000 {
+            set.remove(seq);
+        }
+        assert_eq!(set.len(), 2);
+        assert!(set.entries.len() <= 2 * 2 + 64 + 1, "{}", set.entries.len());
+        assert_eq!(set.iter().map(|(s, _)| s).collect::<Vec<_>>(), [1, 10_000]);
+        set.get_or_insert(10_001, || pending(1));
+        assert!(set.get_mut(10_000).is_some() && set.get_mut(1).is_some());
+    }
 
     #[tokio::test(start_paused = true)]
     async fn consumer_progress_tells_undelivered_in_flight_waiting_and_due() {

@@ -33,7 +33,9 @@
 //! message an earlier durable of the same name handled), and the default [`KvDedup`] keeps such
 //! marks 64 sequences to a key, writing the marks that finish while a write is in flight
 //! together in the next write (group commit). Each message's acknowledgement still waits for the
-//! write holding its mark. Under [`DedupCheck::Always`] a mark names the message id
+//! write holding its mark. A redriven dead letter (stored again, with `X-Redrive-Count`) is marked
+//! by its message id, so that a later copy of the same redrive finds it. Under
+//! [`DedupCheck::Always`] a mark names the message id
 //! ([`DedupStore::mark`]), so that a copy stored again as a new stream message is recognised too.
 //! Two copies of one id handled beside each other in one process are single-flighted in both
 //! modes: the second is a duplicate if the first succeeded, and its own mark is written before it

@@ -105,16 +105,18 @@ impl<D: Dispatch> Dispatch for Dedup<D> {
             return super::filter::invalid_envelope(msg);
         };
         // Under `MaybeSeen` a mark names the stream message (its id, stream, sequence and stored
-        // time); under `Always`, and without stream metadata, the message id.
+        // time); under `Always`, without stream metadata, and for a redriven message (a dead
+        // letter stored again, whose later copies must find its mark), the message id.
+        let redriven = || msg.received().headers().get(crate::service::REDRIVE_COUNT).is_some();
         let stream_message = match self.durable.check {
-            DedupCheck::MaybeSeen => msg.received().info().map(|i| StreamMessage {
+            DedupCheck::MaybeSeen if !redriven() => msg.received().info().map(|i| StreamMessage {
                 id,
                 stream: i.stream.clone(),
                 sequence: i.stream_sequence,
                 stored: i.published,
                 delivered: i.delivered,
             }),
-            DedupCheck::Always => None,
+            DedupCheck::MaybeSeen | DedupCheck::Always => None,
         };
         // Held until the mark is written (or the run failed): a copy of `id` waits here.
         let (mut flight, waited) = match self.in_flight.try_enter(id) {

@@ -298,7 +298,7 @@ impl<K: KeyValue> Clone for KvDedup<K> {
 /// Stream sequences per block key.
 const BLOCK: u64 = 64;
 /// Idle blocks kept in memory (their revision spares a read on the next write).
-const BLOCKS_KEPT: usize = 1024;
+const BLOCKS_KEPT: usize = 64;
 
 /// One block's marks in this process, and its write in flight.
 #[derive(Debug, Default)]

@@ -330,11 +330,17 @@ impl BlockState {
     fn encode(&self) -> Bytes {
         let mut v = Vec::with_capacity(self.marks.len() * 9);
         for (offset, nanos) in &self.marks {
-            v.push(*offset);
-            v.extend_from_slice(&nanos.to_le_bytes());
+            push_mark(&mut v, *offset, *nanos);
         }
         Bytes::from(v)
     }
+}
+
+/// One mark as a block entry stores it: its offset (1 byte), its stored time (8 bytes, little
+/// endian).
+fn push_mark(v: &mut Vec<u8>, offset: u8, nanos: i64) {
+    v.push(offset);
+    v.extend_from_slice(&nanos.to_le_bytes());
 }
 
 /// The marks of a block entry's value; `None` if it is not one (never written by this crate).
@@ -368,8 +374,7 @@ fn with_mark(current: Option<&[u8]>, offset: u8, nanos: i64) -> Bytes {
     let mut placed = false;
     for c in current.chunks_exact(9) {
         if !placed && c[0] >= offset {
-            v.push(offset);
-            v.extend_from_slice(&nanos.to_le_bytes());
+            push_mark(&mut v, offset, nanos);
             placed = true;
             if c[0] == offset {
                 continue;
@@ -378,10 +383,28 @@ fn with_mark(current: Option<&[u8]>, offset: u8, nanos: i64) -> Bytes {
         v.extend_from_slice(c);
     }
     if !placed {
-        v.push(offset);
-        v.extend_from_slice(&nanos.to_le_bytes());
+        push_mark(&mut v, offset, nanos);
     }
     Bytes::from(v)
+}
+
+/// Runs `f` on `parts` joined, on the stack when they fit in 160 bytes (a key built for one
+/// call needs no allocation), else in a `String`.
+fn joined<R>(parts: &[&str], f: impl FnOnce(&str) -> R) -> R {
+    let mut buf = [0u8; 160];
+    let mut len = 0;
+    for part in parts {
+        let Some(slot) = buf.get_mut(len..len + part.len()) else {
+            return f(&parts.concat());
+        };
+        slot.copy_from_slice(part.as_bytes());
+        len += part.len();
+    }
+    // Whole `str`s were copied, so the bytes are UTF-8.
+    match std::str::from_utf8(&buf[..len]) {
+        Ok(joined) => f(joined),
+        Err(_) => f(&parts.concat()),
+    }
 }
 
 /// Whether `s` can be one token of a key.
@@ -402,49 +425,21 @@ impl<K: KeyValue> KvDedup<K> {
 
     /// `{handler}.{id}`, built in one allocation without the formatting machinery.
     fn key(handler: &str, id: MessageId) -> String {
-        let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        let id = id.as_uuid().hyphenated().encode_lower(&mut buf);
-        let mut key = String::with_capacity(handler.len() + 1 + id.len());
-        key.push_str(handler);
-        key.push('.');
-        key.push_str(id);
-        key
+        Self::with_key(handler, id, str::to_owned)
     }
 
     /// Runs `f` on the key of [`key`](Self::key), built on the stack when it fits (a read needs
     /// no key of its own).
     fn with_key<R>(handler: &str, id: MessageId, f: impl FnOnce(&str) -> R) -> R {
-        const ID: usize = uuid::fmt::Hyphenated::LENGTH;
-        let mut buf = [0u8; 128];
-        let (h, len) = (handler.len(), handler.len() + 1 + ID);
-        if len > buf.len() {
-            return f(&Self::key(handler, id));
-        }
-        buf[..h].copy_from_slice(handler.as_bytes());
-        buf[h] = b'.';
-        id.as_uuid().hyphenated().encode_lower(&mut buf[h + 1..len]);
-        match std::str::from_utf8(&buf[..len]) {
-            Ok(key) => f(key),
-            Err(_) => f(&Self::key(handler, id)),
-        }
+        let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let id = id.as_uuid().hyphenated().encode_lower(&mut buf);
+        joined(&[handler, ".", id], f)
     }
 
     /// `{handler}.s.{stream}.{block}` and the message's offset in it, or `None` if the stream's
     /// name cannot be a key token.
     fn block_key(handler: &str, m: &StreamMessage) -> Option<(String, u8)> {
-        if !key_token(&m.stream) {
-            return None;
-        }
-        let block = m.sequence / BLOCK;
-        let mut digits = itoa::Buffer::new();
-        let digits = digits.format(block);
-        let mut key = String::with_capacity(handler.len() + m.stream.len() + digits.len() + 4);
-        key.push_str(handler);
-        key.push_str(".s.");
-        key.push_str(&m.stream);
-        key.push('.');
-        key.push_str(digits);
-        Some((key, u8::try_from(m.sequence % BLOCK).ok()?))
+        Self::with_block_key(handler, m, |key, offset| (key.to_owned(), offset))
     }
 
     /// Runs `f` on [`block_key`](Self::block_key)'s key, built on the stack when it fits, and
@@ -456,20 +451,7 @@ impl<K: KeyValue> KvDedup<K> {
         let offset = u8::try_from(m.sequence % BLOCK).ok()?;
         let mut digits = itoa::Buffer::new();
         let digits = digits.format(m.sequence / BLOCK);
-        let parts = [handler, ".s.", &m.stream, ".", digits];
-        let mut buf = [0u8; 160];
-        let mut len = 0;
-        for part in parts {
-            let Some(slot) = buf.get_mut(len..len + part.len()) else {
-                return Self::block_key(handler, m).map(|(key, offset)| f(&key, offset));
-            };
-            slot.copy_from_slice(part.as_bytes());
-            len += part.len();
-        }
-        match std::str::from_utf8(&buf[..len]) {
-            Ok(key) => Some(f(key, offset)),
-            Err(_) => Self::block_key(handler, m).map(|(key, offset)| f(&key, offset)),
-        }
+        Some(joined(&[handler, ".s.", &m.stream, ".", digits], |key| f(key, offset)))
     }
 
     /// The block's state in this process (kept for the next marks).
@@ -648,9 +630,7 @@ impl<K: KeyValue> DedupStore for KvDedup<K> {
             // read at once.
             let legacy = Self::key(handler, id);
             let (block, by_id) = futures::join!(self.kv.get(&key), self.kv.get(&legacy));
-            let marked = block?
-                .and_then(|e| decode_block(&e.value))
-                .is_some_and(|marks| marks.contains(&(offset, nanos)));
+            let marked = block?.is_some_and(|e| block_holds(&e.value, offset, nanos));
             Ok(marked || by_id?.is_some())
         })
     }

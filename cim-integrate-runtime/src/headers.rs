@@ -30,6 +30,21 @@ pub const IDENTITY_HEADERS: [&str; 7] = [
     OCCURRED_AT,
 ];
 
+/// The place of `name` in [`IDENTITY_HEADERS`], if it is an identity header (names compare
+/// exactly, as NATS compares them).
+pub(crate) fn identity_index(name: &str) -> Option<usize> {
+    Some(match name {
+        NATS_MSG_ID => 0,
+        MESSAGE_ID => 1,
+        CORRELATION_ID => 2,
+        CAUSATION_ID => 3,
+        EVENT_TYPE => 4,
+        EVENT_VERSION => 5,
+        OCCURRED_AT => 6,
+        _ => return None,
+    })
+}
+
 /// Why a header name or value was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HeaderError {
@@ -405,6 +420,15 @@ impl<'a> IntoIterator for &'a Headers {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn identity_index_is_the_place_in_identity_headers() {
+        for (i, name) in IDENTITY_HEADERS.iter().enumerate() {
+            assert_eq!(identity_index(name), Some(i));
+        }
+        assert_eq!(identity_index("x-message-id"), None);
+        assert_eq!(identity_index("X-Tenant"), None);
+    }
 
     #[test]
     fn insert_replaces_append_keeps() {

@@ -35,14 +35,17 @@ impl Timestamp {
         let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
         since_epoch
             .ok()
-            .and_then(|d| {
-                let secs = i64::try_from(d.as_secs()).ok()?;
-                OffsetDateTime::from_unix_timestamp(secs)
-                    .ok()?
-                    .replace_nanosecond(d.subsec_nanos())
-                    .ok()
-            })
-            .map_or_else(|| Self(OffsetDateTime::now_utc()), Self)
+            .and_then(|d| Self::from_secs_and_nanos(i64::try_from(d.as_secs()).ok()?, d.subsec_nanos()))
+            .unwrap_or_else(|| Self(OffsetDateTime::now_utc()))
+    }
+
+    /// Whole seconds since the epoch plus `nanos` (below one second), without 128-bit arithmetic.
+    fn from_secs_and_nanos(secs: i64, nanos: u32) -> Option<Self> {
+        OffsetDateTime::from_unix_timestamp(secs)
+            .ok()?
+            .replace_nanosecond(nanos)
+            .ok()
+            .map(Self)
     }
 
     /// The Unix epoch.
@@ -53,13 +56,8 @@ impl Timestamp {
         // Whole seconds and the rest in 64 bits where they fit (every date of this era): the
         // same instant as `from_unix_timestamp_nanos`, without its 128-bit division.
         if let Ok(n) = i64::try_from(nanos) {
-            let secs = n.div_euclid(1_000_000_000);
             let sub = u32::try_from(n.rem_euclid(1_000_000_000)).ok()?;
-            return OffsetDateTime::from_unix_timestamp(secs)
-                .ok()?
-                .replace_nanosecond(sub)
-                .ok()
-                .map(Self);
+            return Self::from_secs_and_nanos(n.div_euclid(1_000_000_000), sub);
         }
         OffsetDateTime::from_unix_timestamp_nanos(nanos).ok().map(Self)
     }

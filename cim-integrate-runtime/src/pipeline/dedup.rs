@@ -63,14 +63,14 @@ impl DurableSince {
     }
 
     /// `true` if `msg` cannot have been handled before: its first delivery, stored after the
-    /// durable's creation (plus the margin).
-    fn first_ever(&self, msg: &Message<'_>) -> bool {
+    /// durable's creation (plus the margin), and not `redriven` (a redriven message, see `ops`,
+    /// was delivered before, on the handler's own durable).
+    fn first_ever(&self, msg: &Message<'_>, redriven: bool) -> bool {
         let after = self.after.load(Ordering::Relaxed);
         after != i64::MIN
+            && !redriven
             && msg.delivered() == 1
             && msg.received().info().is_some_and(|i| i.published.unix_millis() > after)
-            // A redriven message (see `ops`) was delivered before, on the handler's own durable.
-            && msg.received().headers().get(crate::service::REDRIVE_COUNT).is_none()
     }
 }
 
@@ -107,9 +107,9 @@ impl<D: Dispatch> Dispatch for Dedup<D> {
         // Under `MaybeSeen` a mark names the stream message (its id, stream, sequence and stored
         // time); under `Always`, without stream metadata, and for a redriven message (a dead
         // letter stored again, whose later copies must find its mark), the message id.
-        let redriven = || msg.received().headers().get(crate::service::REDRIVE_COUNT).is_some();
+        let redriven = msg.received().headers().get(crate::service::REDRIVE_COUNT).is_some();
         let stream_message = match self.durable.check {
-            DedupCheck::MaybeSeen if !redriven() => msg.received().info().map(|i| StreamMessage {
+            DedupCheck::MaybeSeen if !redriven => msg.received().info().map(|i| StreamMessage {
                 id,
                 stream: i.stream.clone(),
                 sequence: i.stream_sequence,
@@ -127,7 +127,7 @@ impl<D: Dispatch> Dispatch for Dedup<D> {
             // A copy of a message id handled beside it in this process: a duplicate, whose own
             // mark is written before it is acknowledged (a redelivery of it is then recognised).
             Waited::ForSuccess => Ok(true),
-            Waited::No if self.durable.first_ever(msg) => Ok(false),
+            Waited::No if self.durable.first_ever(msg, redriven) => Ok(false),
             Waited::No | Waited::ForFailure => match &stream_message {
                 Some(m) => match self.store.seen_delivery_now(&self.key, m) {
                     Some(r) => r,
@@ -140,8 +140,9 @@ impl<D: Dispatch> Dispatch for Dedup<D> {
             },
         };
         let outcome = match seen {
-            Ok(true) if waited != Waited::ForSuccess => return Outcome::Duplicate,
-            Ok(true) => Outcome::Duplicate,
+            // A copy that waited for a success goes on to write its own mark.
+            Ok(true) if waited == Waited::ForSuccess => Outcome::Duplicate,
+            Ok(true) => return Outcome::Duplicate,
             Ok(false) => self.inner.dispatch(msg).await,
             Err(e) => {
                 return Outcome::Deferred {

@@ -494,19 +494,8 @@ mod tests {
 
     #[test]
     fn event_json_is_what_serde_writes() {
-        use super::super::events::SagaEventKind;
         let mut encoder = Encoder::default();
-        let kinds = [
-            SagaEventKind::Started,
-            SagaEventKind::StepCompleted,
-            SagaEventKind::StepFailed,
-            SagaEventKind::Compensating,
-            SagaEventKind::StepCompensated,
-            SagaEventKind::Completed,
-            SagaEventKind::Compensated,
-            SagaEventKind::CompensationFailed,
-        ];
-        for (seq, kind) in (0u32..).zip(kinds) {
+        for (seq, kind) in (0u32..).zip(super::super::runner::EVENT_KINDS) {
             let odd = seq % 2 == 1;
             let event = SagaEvent {
                 version: "1.0".into(),

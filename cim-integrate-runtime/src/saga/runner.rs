@@ -102,7 +102,7 @@ macro_rules! fault {
 }
 
 /// Every lifecycle event kind (the subjects of a runner's events are made once, in this order).
-const EVENT_KINDS: [SagaEventKind; 8] = [
+pub(super) const EVENT_KINDS: [SagaEventKind; 8] = [
     SagaEventKind::Started,
     SagaEventKind::StepCompleted,
     SagaEventKind::StepFailed,

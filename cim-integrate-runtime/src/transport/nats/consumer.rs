@@ -5,9 +5,9 @@ use super::convert::{Texts, headers_from};
 use crate::subject::Subject;
 use crate::timestamp::Timestamp;
 use crate::transport::{Acker, Consumer, ConsumerSpec, Delivery, DeliveryInfo, TransportError};
+use async_nats::jetstream::AckKind;
 use async_nats::jetstream::consumer::pull::{self, MessagesErrorKind};
 use async_nats::jetstream::consumer::{self as js_consumer, FromConsumer, PullConsumer};
-use async_nats::jetstream::{AckKind, message::Acker as JsAcker};
 use futures::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -134,7 +134,13 @@ impl NatsConsumer {
             .as_deref()
             .and_then(AckMeta::parse)
             .ok_or_else(|| format!("message without JetStream metadata (reply subject {:?})", message.reply))?;
-        let (message, acker) = message.split();
+        // The context is dropped: acknowledgements go through the transport's client, shared,
+        // so that a delivery allocates no handle of its own.
+        let mut message = message.message;
+        let reply = message
+            .reply
+            .take()
+            .ok_or_else(|| "message without a reply subject".to_owned())?;
         let info = DeliveryInfo {
             stream: self.stream.clone(),
             consumer: self.durable.clone(),
@@ -144,7 +150,10 @@ impl NatsConsumer {
             published: meta.published,
         };
         let headers = headers_from(message.headers.as_ref(), &mut self.texts);
-        let acker = NatsAcker { acker: Arc::new(acker) };
+        let acker = NatsAcker {
+            transport: self.transport.clone(),
+            reply,
+        };
         // A consumer's messages mostly share a few subjects: the last one is kept, valid and
         // shared, so that a delivery copies and validates no subject text.
         let received = message.subject.as_str();
@@ -276,7 +285,8 @@ impl Consumer for NatsConsumer {
 /// Acknowledges one NATS delivery (`+ACK`, `-NAK`, `+TERM`, `+WPI` to its reply subject).
 #[derive(Clone)]
 pub struct NatsAcker {
-    acker: Arc<JsAcker>,
+    transport: NatsTransport,
+    reply: async_nats::Subject,
 }
 
 impl std::fmt::Debug for NatsAcker {
@@ -287,8 +297,9 @@ impl std::fmt::Debug for NatsAcker {
 
 impl NatsAcker {
     async fn send(&self, kind: AckKind) -> Result<(), TransportError> {
-        self.acker
-            .ack_with(kind)
+        self.transport
+            .client()
+            .publish(self.reply.clone(), kind.into())
             .await
             .map_err(|e| TransportError::Connection(format!("acknowledgement: {e}")))
     }

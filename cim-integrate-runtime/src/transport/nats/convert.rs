@@ -29,14 +29,6 @@ fn header_name(name: &str) -> Result<HeaderName, TransportError> {
         .map_err(|_| TransportError::Invalid(format!("header name `{}`", name.chars().take(64).collect::<String>())))
 }
 
-/// A value for a known name from text made here (ids, times) or checked here: no second copy.
-fn owned_value(name: &str, value: String) -> Result<HeaderValue, TransportError> {
-    if value.bytes().any(|b| b == b'\r' || b == b'\n') {
-        return Err(TransportError::Invalid(format!("value of header `{name}`")));
-    }
-    Ok(HeaderValue::from(value))
-}
-
 /// Our headers as an async-nats map. Fails (never panics) on a name or value NATS refuses.
 ///
 /// Headers an envelope wrote keep its identity as values ([`Headers`]' stamp): each is formatted
@@ -50,7 +42,10 @@ pub(crate) fn header_map(headers: &Headers) -> Result<HeaderMap, TransportError>
         let value = match part {
             // Ids and times are written here: no CR or LF to look for.
             Part::Id(_) | Part::Time(_) => HeaderValue::from(part.render()),
-            Part::Text(_) => owned_value(name, part.render())?,
+            // A type or version: checked and copied once.
+            Part::Text(text) => {
+                HeaderValue::from_str(text).map_err(|_| TransportError::Invalid(format!("value of header `{name}`")))?
+            }
         };
         map.insert(header_name(name)?, value);
     }
@@ -157,15 +152,28 @@ fn stamp_of(identity: &[Option<&[HeaderValue]>; 7], texts: &mut Texts) -> Option
     if single(msg_id)? != id {
         return None;
     }
+    let message_id = canonical_id(id)?;
+    // A root message's correlation and causation are its own id, and a follow-up's correlation
+    // is often its cause's: text equal to an id read already is not read again.
+    let same_or_parse = |text: &str, known: &[(&str, uuid::Uuid)]| {
+        known
+            .iter()
+            .find(|(k, _)| *k == text)
+            .map_or_else(|| canonical_id(text), |&(_, u)| Some(u))
+    };
+    let correlation = single(correlation)?;
+    let correlation_id = same_or_parse(correlation, &[(id, message_id)])?;
+    let causation_id = same_or_parse(single(causation)?, &[(id, message_id), (correlation, correlation_id)])?;
     let identity = Identity {
-        message_id: MessageId::from_uuid(canonical_id(id)?),
-        correlation_id: CorrelationId::from_uuid(canonical_id(single(correlation)?)?),
-        causation_id: CausationId::from_uuid(canonical_id(single(causation)?)?),
+        message_id: MessageId::from_uuid(message_id),
+        correlation_id: CorrelationId::from_uuid(correlation_id),
+        causation_id: CausationId::from_uuid(causation_id),
     };
     let text = |values: Option<&[HeaderValue]>, slot: &mut Option<Text>| -> Option<Option<Text>> {
         match at_most_one(values)? {
             None => Some(None),
-            Some(v) => (v.trim() == v).then(|| Some(shared(slot, v))),
+            Some(v) => (!v.starts_with(char::is_whitespace) && !v.ends_with(char::is_whitespace))
+                .then(|| Some(shared(slot, v))),
         }
     };
     let event_type = text(event_type, &mut texts.event_type)?;
@@ -326,11 +334,28 @@ mod tests {
             (headers::MESSAGE_ID, id.to_uppercase()),
             (headers::OCCURRED_AT, "2024-01-01T00:00:00+00:00".to_owned()),
             (headers::EVENT_TYPE, " Created".to_owned()),
+            (headers::EVENT_TYPE, "Created\u{a0}".to_owned()),
+            (headers::CORRELATION_ID, id.to_uppercase()),
+            (headers::CAUSATION_ID, id.to_uppercase()),
         ] {
             let h = odd(name, value.clone());
             assert!(h.stamp().is_none(), "{name}: {value}");
             assert_eq!(h.get(name), Some(value.as_str()));
         }
+        // A follow-up: its correlation and causation differ from its id, each read as itself.
+        let next = crate::Envelope::caused_by(env.identity(), crate::Subject::new("a.c").unwrap(), bytes::Bytes::new());
+        let next = crate::Envelope::caused_by(
+            next.identity(),
+            crate::Subject::new("a.d").unwrap(),
+            bytes::Bytes::new(),
+        );
+        let got = headers_from(Some(&header_map(&next.to_headers()).unwrap()), texts);
+        let stamp = got.stamp().expect("exact headers");
+        assert_eq!(stamp.identity, *next.identity());
+        assert_ne!(
+            stamp.identity.causation_id.as_uuid(),
+            stamp.identity.correlation_id.as_uuid()
+        );
         let mut twice = map.clone();
         twice.append(headers::CORRELATION_ID, "00000000-0000-7000-8000-000000000001");
         let h = headers_from(Some(&twice), &mut Texts::default());

@@ -308,8 +308,13 @@ async fn typed_publish(t: &NatsTransport, n: u64, compact: bool) -> Result<(), B
     Ok(())
 }
 
+/// Messages per round of the publish and consume sections: rounds of 20,000 (about 0.2 s each)
+/// varied by up to 30% between runs on the 2-core machine; rounds this long average over the
+/// machine's hiccups.
+const NATS_ROUND: u64 = 50_000;
+
 async fn bench_publish(r: &mut Runner) -> Result<(), BoxError> {
-    let n = r.n(20_000);
+    let n = r.n(NATS_ROUND);
     let n_each = r.n(2_000);
     let server = Server::start("publish")?;
     let t = NatsTransport::connect_url(&server.url).await?;
@@ -527,7 +532,7 @@ async fn raw_durable(url: &str, durable: &str) -> Result<(), BoxError> {
 }
 
 async fn bench_consume(r: &mut Runner) -> Result<(), BoxError> {
-    let n = r.n(20_000);
+    let n = r.n(NATS_ROUND);
     let server = Server::start("consume")?;
     let url = &server.url;
     let t = NatsTransport::connect_url(url).await?;

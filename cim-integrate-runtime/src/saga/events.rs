@@ -75,8 +75,9 @@ pub struct SagaEvent {
 impl SagaEvent {
     /// `true` for an event the runner keeps in a record it drives without the fields it shares
     /// with the record (empty `version`, `saga` and `saga_id`: nothing allocated for them); the
-    /// record's encoder writes them (`1.0`, the record's saga and id). Never a decoded event:
-    /// [`decode`](Self::decode) refuses an empty version.
+    /// record's encoder writes them (`1.0`, the record's saga and id). No runtime writes an
+    /// empty version: a stored record whose outbox held one (edited by hand) would have that
+    /// event written again complete, with the record's saga and id.
     pub(crate) fn is_lean(&self) -> bool {
         self.version.is_empty()
     }

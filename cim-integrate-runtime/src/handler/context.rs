@@ -162,11 +162,11 @@ impl Context {
         publisher: Arc<dyn DynPublish>,
         envelope: &Envelope,
         label: Arc<str>,
-        scope: &str,
+        scope: Arc<str>,
     ) -> Self {
         let mut context = Self::new(envelope, 1, label, publisher);
         if let Some(inner) = Arc::get_mut(&mut context.inner) {
-            inner.scope = Arc::from(scope);
+            inner.scope = scope;
         }
         context
     }

@@ -12,9 +12,9 @@ use crate::id::{CorrelationId, Identity};
 pub struct StepContext<D> {
     pub(crate) data: D,
     pub(crate) saga: &'static str,
-    pub(crate) saga_id: String,
+    pub(crate) saga_id: std::sync::Arc<str>,
     pub(crate) step: &'static str,
-    pub(crate) key: String,
+    pub(crate) key: std::sync::Arc<str>,
     pub(crate) attempt: u32,
     pub(crate) compensating: bool,
     pub(crate) context: Context,

@@ -73,6 +73,15 @@ pub struct SagaEvent {
 }
 
 impl SagaEvent {
+    /// `true` for an event the runner keeps in a record it drives without the fields it shares
+    /// with the record (empty `version`, `saga` and `saga_id`: nothing allocated for them); the
+    /// record's encoder writes them (`1.0`, the record's saga and id). No runtime writes an
+    /// empty version: a stored record whose outbox held one (edited by hand) would have that
+    /// event written again complete, with the record's saga and id.
+    pub(crate) fn is_lean(&self) -> bool {
+        self.version.is_empty()
+    }
+
     /// Decodes a payload, refusing other versions. Never panics.
     pub fn decode(payload: &[u8]) -> Result<Self, String> {
         let e: Self = serde_json::from_slice(payload).map_err(|e| format!("invalid saga event: {e}"))?;

@@ -1,6 +1,6 @@
 //! The persisted saga log: one [`SagaRecord`] per instance, JSON in the key-value bucket.
 
-use super::events::SagaEvent;
+use super::events::{SAGA_EVENT_VERSION, SagaEvent};
 use crate::id::Identity;
 use crate::timestamp::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -142,8 +142,9 @@ pub(crate) struct Encoder {
     owner: Arc<(String, Vec<u8>)>,
     /// The JSON of the events made so far and still in the outbox, by number.
     events: Vec<(u32, bytes::Bytes)>,
-    /// The size of the last record written (to allocate the next one at once).
-    last_len: usize,
+    /// Where records and events are written before they are copied out at their exact size (a
+    /// `Bytes` made from a `Vec` whose capacity exceeds its length allocates a second time).
+    buf: Vec<u8>,
 }
 
 /// `{"format":..,"started_at":".."` (no closing brace: the changing fields follow), written as
@@ -164,10 +165,11 @@ fn head<D>(rec: &SagaRecord<D>) -> serde_json::Result<Vec<u8>> {
         (b",\"causation_id\":", ids.causation_id.as_uuid()),
     ] {
         out.extend_from_slice(key);
-        put_str(&mut out, id.hyphenated().encode_lower(&mut uuid))?;
+        // A hyphenated UUID and an RFC 3339 time need no escapes.
+        put_plain(&mut out, id.hyphenated().encode_lower(&mut uuid));
     }
     out.extend_from_slice(b"},\"started_at\":");
-    put_str(&mut out, &rec.started_at.to_rfc3339())?;
+    put_plain(&mut out, &rec.started_at.to_rfc3339());
     if let Some(trace) = &rec.trace {
         out.extend_from_slice(b",\"trace\":");
         put_str(&mut out, trace)?;
@@ -200,28 +202,38 @@ impl Encoder {
     /// by `owner` ([`owner`]).
     pub(crate) fn new(step_heads: Arc<[Box<[u8]>]>, owner: Arc<(String, Vec<u8>)>) -> Self {
         Self {
+            head: Vec::new(),
             step_heads,
             owner,
-            ..Self::default()
+            events: Vec::new(),
+            buf: Vec::new(),
         }
     }
 
-    /// The JSON of `event` (as `serde_json::to_vec` writes it), made once per event: it is both
-    /// the event's payload and its entry in the record's outbox.
-    pub(crate) fn event_json(&mut self, event: &SagaEvent) -> serde_json::Result<bytes::Bytes> {
+    /// The JSON of `event` of the saga `saga` id `id` (as `serde_json::to_vec` writes the event,
+    /// a lean one completed first: [`SagaEvent::is_lean`]), made once per event: it is both the
+    /// event's payload and its entry in the record's outbox.
+    pub(crate) fn event_json(&mut self, saga: &str, id: &str, event: &SagaEvent) -> serde_json::Result<bytes::Bytes> {
         if let Some((_, json)) = self.events.iter().find(|(seq, _)| *seq == event.seq) {
             return Ok(json.clone());
         }
-        let mut out = Vec::with_capacity(128);
+        let (version, saga, id) = if event.is_lean() {
+            (SAGA_EVENT_VERSION, saga, id)
+        } else {
+            (event.version.as_str(), event.saga.as_str(), event.saga_id.as_str())
+        };
+        let mut out = std::mem::take(&mut self.buf);
+        out.clear();
+        out.reserve(128);
         let mut num = itoa::Buffer::new();
         out.extend_from_slice(b"{\"version\":");
-        put_str(&mut out, &event.version)?;
+        put_str(&mut out, version)?;
         out.extend_from_slice(b",\"kind\":\"");
         out.extend_from_slice(event.kind.token().as_bytes());
         out.extend_from_slice(b"\",\"saga\":");
-        put_str(&mut out, &event.saga)?;
+        put_str(&mut out, saga)?;
         out.extend_from_slice(b",\"saga_id\":");
-        put_str(&mut out, &event.saga_id)?;
+        put_str(&mut out, id)?;
         if let Some(step) = &event.step {
             out.extend_from_slice(b",\"step\":");
             put_str(&mut out, step)?;
@@ -237,14 +249,15 @@ impl Encoder {
         out.extend_from_slice(b",\"seq\":");
         out.extend_from_slice(num.format(event.seq).as_bytes());
         out.push(b'}');
-        let json = bytes::Bytes::from(out);
+        let json = bytes::Bytes::copy_from_slice(&out);
+        self.buf = out;
         self.events.push((event.seq, json.clone()));
         Ok(json)
     }
 
     /// The JSON of `rec`. `rec`'s fixed fields (and its step names) must be those of the first
     /// record encoded.
-    pub(crate) fn encode<D: Serialize>(&mut self, rec: &SagaRecord<D>) -> serde_json::Result<Vec<u8>> {
+    pub(crate) fn encode<D: Serialize>(&mut self, rec: &SagaRecord<D>) -> serde_json::Result<bytes::Bytes> {
         if self.head.is_empty() {
             self.head = head(rec)?;
         }
@@ -262,12 +275,13 @@ impl Encoder {
         }
         // Events acknowledged meanwhile left the outbox: their JSON is not needed again.
         self.events.retain(|(seq, _)| rec.outbox.iter().any(|e| e.seq == *seq));
-        let mut events_len = 0;
         for event in &rec.outbox {
-            events_len += self.event_json(event)?.len() + 1;
+            self.event_json(&rec.saga, &rec.id, event)?;
         }
-        let estimate = self.head.len() + 160 * rec.steps.len() + events_len + self.owner.1.len() + 160;
-        let mut out = Vec::with_capacity(self.last_len.max(estimate) + 64);
+        let mut out = std::mem::take(&mut self.buf);
+        out.clear();
+        let events_len: usize = self.events.iter().map(|(_, json)| json.len() + 1).sum();
+        out.reserve(self.head.len() + 160 * rec.steps.len() + events_len + self.owner.1.len() + 160);
         out.extend_from_slice(&self.head);
         let mut num = itoa::Buffer::new();
         out.extend_from_slice(b",\"status\":\"");
@@ -299,8 +313,9 @@ impl Encoder {
             if i > 0 {
                 out.push(b',');
             }
-            let json = self.event_json(event)?;
-            out.extend_from_slice(&json);
+            if let Some((_, json)) = self.events.iter().find(|(seq, _)| *seq == event.seq) {
+                out.extend_from_slice(json);
+            }
         }
         out.extend_from_slice(b"],\"owner\":");
         out.extend_from_slice(&self.owner.1);
@@ -309,24 +324,43 @@ impl Encoder {
         out.extend_from_slice(b",\"round\":");
         out.extend_from_slice(num.format(rec.round).as_bytes());
         out.push(b'}');
-        self.last_len = out.len();
-        Ok(out)
+        let json = bytes::Bytes::copy_from_slice(&out);
+        self.buf = out;
+        Ok(json)
     }
 }
 
 /// `s` as a JSON string, as serde_json writes it: copied as it is unless it holds a character
 /// serde_json escapes (a control character, `"` or `\\`).
 fn put_str(out: &mut Vec<u8>, s: &str) -> serde_json::Result<()> {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
-        out.reserve(s.len() + 2);
-        out.push(b'"');
-        out.extend_from_slice(s.as_bytes());
-        out.push(b'"');
+    if s.bytes().all(|b| !ESCAPED[usize::from(b)]) {
+        put_plain(out, s);
         Ok(())
     } else {
         serde_json::to_writer(out, s)
     }
 }
+
+/// `s`, which holds nothing serde_json escapes, as a JSON string.
+fn put_plain(out: &mut Vec<u8>, s: &str) {
+    out.reserve(s.len() + 2);
+    out.push(b'"');
+    out.extend_from_slice(s.as_bytes());
+    out.push(b'"');
+}
+
+/// The bytes serde_json escapes in a string: control characters, `"` and `\\`.
+const ESCAPED: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = true;
+        b += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
 
 /// `status` as serde writes it (without quotes).
 fn status_str(status: SagaStatus) -> &'static str {
@@ -492,6 +526,48 @@ mod tests {
         }
     }
 
+    /// Events the runner keeps lean (no version, saga or id of their own) are written as the
+    /// complete ones: the record's JSON and the events' payloads are what serde writes.
+    #[test]
+    fn lean_events_are_written_as_complete_ones() {
+        use super::super::events::SagaEventKind;
+        use super::super::runner::{emit, note};
+        let mut lean = SagaRecord {
+            format: RECORD_FORMAT,
+            saga: "shop".into(),
+            id: "o-1".into(),
+            identity: Identity::root(),
+            started_at: Timestamp::now(),
+            trace: None,
+            status: SagaStatus::Running,
+            data: 7u32,
+            steps: vec![],
+            event_seq: 0,
+            outbox: vec![],
+            owner: "me".into(),
+            lease_until_ms: 0,
+            round: 0,
+        };
+        let mut complete = lean.clone();
+        for (kind, step) in [
+            (SagaEventKind::Started, None),
+            (SagaEventKind::StepCompleted, Some("pay")),
+        ] {
+            note(&mut lean, kind, step, None, None);
+            emit(&mut complete, kind, step, None, None);
+        }
+        assert!(lean.outbox.iter().all(SagaEvent::is_lean));
+        assert!(!complete.outbox.iter().any(SagaEvent::is_lean));
+        let mut encoder = Encoder::default();
+        assert_eq!(encoder.encode(&lean).unwrap(), serde_json::to_vec(&complete).unwrap());
+        for (l, c) in lean.outbox.iter().zip(&complete.outbox) {
+            assert_eq!(
+                encoder.event_json("shop", "o-1", l).unwrap(),
+                serde_json::to_vec(c).unwrap()
+            );
+        }
+    }
+
     #[test]
     fn event_json_is_what_serde_writes() {
         let mut encoder = Encoder::default();
@@ -508,7 +584,7 @@ mod tests {
                 seq,
             };
             assert_eq!(
-                &encoder.event_json(&event).unwrap()[..],
+                &encoder.event_json("other", "other", &event).unwrap()[..],
                 serde_json::to_vec(&event).unwrap()
             );
         }

@@ -645,10 +645,15 @@ struct Run<D> {
     encoder: record::Encoder,
     /// The message ids of the record's lifecycle events, once the first is published.
     event_ids: Option<crate::id::DerivedChildren>,
+    /// The record's id, shared by its steps' contexts.
+    id: Arc<str>,
+    /// Where the steps' idempotency keys are written.
+    scratch: String,
 }
 
 impl<D> Run<D> {
     fn new(rec: SagaRecord<D>, rev: u64, archived: bool, encoder: record::Encoder) -> Self {
+        let id = Arc::from(rec.id.as_str());
         Self {
             outbox_persisted: !rec.outbox.is_empty(),
             rec,
@@ -658,7 +663,14 @@ impl<D> Run<D> {
             in_flight: Vec::new(),
             encoder,
             event_ids: None,
+            id,
+            scratch: String::new(),
         }
+    }
+
+    /// What an attempt reads: the record, its shared id and the scratch string.
+    fn parts(&mut self) -> (&SagaRecord<D>, &Arc<str>, &mut String) {
+        (&self.rec, &self.id, &mut self.scratch)
     }
 
     /// The record's JSON.
@@ -666,13 +678,10 @@ impl<D> Run<D> {
     where
         D: serde::Serialize,
     {
-        self.encoder
-            .encode(&self.rec)
-            .map(Bytes::from)
-            .map_err(|e| SagaError::Encode {
-                id: self.rec.id.clone(),
-                reason: e.to_string(),
-            })
+        self.encoder.encode(&self.rec).map_err(|e| SagaError::Encode {
+            id: self.rec.id.clone(),
+            reason: e.to_string(),
+        })
     }
 
     /// Takes the acknowledgements that have arrived, without waiting: acknowledged events leave
@@ -682,13 +691,12 @@ impl<D> Run<D> {
         if self.in_flight.is_empty() {
             return;
         }
-        let mut acked = Vec::new();
-        let id = &self.rec.id;
+        let (id, outbox) = (&self.rec.id, &mut self.rec.outbox);
         self.in_flight
             .retain_mut(|(seq, ack)| match ack.as_mut().now_or_never() {
                 None => true,
                 Some(Ok(_)) => {
-                    acked.push(*seq);
+                    outbox.retain(|e| e.seq != *seq);
                     false
                 }
                 Some(Err(e)) => {
@@ -696,9 +704,6 @@ impl<D> Run<D> {
                     false
                 }
             });
-        if !acked.is_empty() {
-            self.rec.outbox.retain(|e| !acked.contains(&e.seq));
-        }
     }
 }
 
@@ -797,7 +802,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
             lease_until_ms: self.inner.clock.after_millis(self.inner.lease),
             round: 0,
         };
-        emit(&mut rec, SagaEventKind::Started, None, None, None);
+        note(&mut rec, SagaEventKind::Started, None, None, None);
         // The create records the first step's first attempt as started (its intent), so the step
         // runs without a write of its own.
         let mut run = Run::new(rec, 0, false, self.encoder());
@@ -1098,7 +1103,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         }
         run.rec.status = SagaStatus::Compensating;
         run.rec.round = run.rec.round.saturating_add(1);
-        emit(&mut run.rec, SagaEventKind::Compensating, None, None, None);
+        note(&mut run.rec, SagaEventKind::Compensating, None, None, None);
         match self
             .persist(&mut run, Write::RetryCompensation, None, Duration::ZERO)
             .await
@@ -1272,7 +1277,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
             // of the move (the acknowledgements, then the active record's delete) runs in the
             // background; a crash before it ends leaves the saga in both buckets, which resume
             // finishes (`finish_move`) without running a step again.
-            self.settle_in_background(run.rec.id.clone(), run.rev, std::mem::take(&mut run.in_flight))
+            self.settle_in_background(run.id.clone(), run.rev, std::mem::take(&mut run.in_flight))
                 .await;
             run.rev = rev;
             run.archived = true;
@@ -1289,7 +1294,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
     /// in and the store answers at once (the embedded transport) it ends without a task;
     /// otherwise it goes on as a task of its own. A failure leaves the active record for resume
     /// to finish the move: it is logged, and reported by [`SagaRunner::settled`].
-    async fn settle_in_background(&self, id: String, active_rev: u64, in_flight: Vec<InFlight>) {
+    async fn settle_in_background(&self, id: Arc<str>, active_rev: u64, in_flight: Vec<InFlight>) {
         let runner = self.clone();
         let mut settle = Box::pin(async move {
             match runner.delete_active(&id, active_rev, in_flight).await {
@@ -1401,7 +1406,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
                 }
                 None => {
                     run.rec.status = SagaStatus::Completed;
-                    emit(&mut run.rec, SagaEventKind::Completed, None, None, None);
+                    note(&mut run.rec, SagaEventKind::Completed, None, None, None);
                     Duration::ZERO
                 }
             },
@@ -1423,7 +1428,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
                 }
                 None => {
                     run.rec.status = SagaStatus::Compensated;
-                    emit(&mut run.rec, SagaEventKind::Compensated, None, None, None);
+                    note(&mut run.rec, SagaEventKind::Compensated, None, None, None);
                     Duration::ZERO
                 }
             },
@@ -1479,7 +1484,8 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
     /// event's number ([`crate::outbox`]).
     fn event_message(
         &self,
-        rec: &SagaRecord<S::Data>,
+        saga: &str,
+        id: &str,
         encoder: &mut record::Encoder,
         ids: &crate::id::DerivedChildren,
         event: &SagaEvent,
@@ -1491,8 +1497,8 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
             .cloned()
             .ok_or_else(|| SagaError::Definition(format!("no subject for saga event {:?}", event.kind)))?;
         // The same bytes as the event's entry in the record's outbox, made once.
-        let payload = encoder.event_json(event).map_err(|e| SagaError::Encode {
-            id: rec.id.clone(),
+        let payload = encoder.event_json(saga, id, event).map_err(|e| SagaError::Encode {
+            id: id.to_owned(),
             reason: e.to_string(),
         })?;
         let identity = ids.child(event.seq);
@@ -1511,15 +1517,18 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         // Ids derived from (saga, id, event number): `derived_child` of the starting message in
         // the scope `saga/{saga}/{id}`, their common hash made once per run.
         let ids = run.event_ids.get_or_insert_with(|| {
-            run.rec
-                .identity
-                .derived_children(&format!("saga/{}/{}", run.rec.saga, run.rec.id), run.rec.started_at)
+            let scope = &mut run.scratch;
+            scope.clear();
+            for part in ["saga/", &run.rec.saga, "/", &run.rec.id] {
+                scope.push_str(part);
+            }
+            run.rec.identity.derived_children(scope, run.rec.started_at)
         });
         for event in &run.rec.outbox {
             if run.in_flight.iter().any(|(seq, _)| *seq == event.seq) {
                 continue;
             }
-            let message = self.event_message(&run.rec, &mut run.encoder, ids, event)?;
+            let message = self.event_message(&run.rec.saga, &run.rec.id, &mut run.encoder, ids, event)?;
             let ack = self.inner.publisher.publish(message).await?;
             run.in_flight.push((event.seq, Box::pin(ack)));
         }
@@ -1640,7 +1649,10 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
                 self.persist(run, Write::StepStarted, Some(step.name), extra).await?;
                 attempt
             };
-            match self.attempt(&run.rec, step.run, i, attempt, false, &step.policy).await {
+            match self
+                .attempt(run.parts(), step.run, i, attempt, false, &step.policy)
+                .await
+            {
                 Attempted::Deferred { reason, delay } => {
                     tracing::info!(saga = S::NAME, id = %run.rec.id, step = step.name, %reason, ?delay, "saga step deferred");
                     // Not an attempt: the next intent write records the same number again.
@@ -1652,7 +1664,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
                     entry.state = StepState::Completed;
                     entry.error = None;
                     run.rec.data = data;
-                    emit(&mut run.rec, SagaEventKind::StepCompleted, Some(step.name), None, None);
+                    note(&mut run.rec, SagaEventKind::StepCompleted, Some(step.name), None, None);
                     let extra = self.fold_next(run);
                     return self.persist(run, Write::StepCompleted, Some(step.name), extra).await;
                 }
@@ -1675,14 +1687,14 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         entry.error = Some(error.clone());
         let attempts = entry.attempts;
         run.rec.status = SagaStatus::Compensating;
-        emit(
+        note(
             &mut run.rec,
             SagaEventKind::StepFailed,
             Some(name),
             Some(error),
             Some(attempts),
         );
-        emit(&mut run.rec, SagaEventKind::Compensating, None, None, None);
+        note(&mut run.rec, SagaEventKind::Compensating, None, None, None);
         let extra = self.fold_next(run);
         self.persist(run, Write::StepFailed, Some(name), extra).await
     }
@@ -1716,7 +1728,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
                     .await?;
                 attempt
             };
-            match self.attempt(&run.rec, compensate, i, attempt, true, policy).await {
+            match self.attempt(run.parts(), compensate, i, attempt, true, policy).await {
                 Attempted::Deferred { reason, delay } => {
                     tracing::info!(saga = S::NAME, id = %run.rec.id, step = step.name, %reason, ?delay, "saga compensation deferred");
                     run.rec.steps[i].compensation_attempts = attempt - 1;
@@ -1727,7 +1739,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
                     entry.state = StepState::Compensated;
                     entry.error = None;
                     run.rec.data = data;
-                    emit(
+                    note(
                         &mut run.rec,
                         SagaEventKind::StepCompensated,
                         Some(step.name),
@@ -1757,7 +1769,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         let attempts = entry.compensation_attempts;
         run.rec.status = SagaStatus::NeedsAttention;
         tracing::error!(saga = S::NAME, id = %run.rec.id, step = name, %error, "saga compensation failed for good; the saga needs attention");
-        emit(
+        note(
             &mut run.rec,
             SagaEventKind::CompensationFailed,
             Some(name),
@@ -1773,7 +1785,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
     /// timeout.
     async fn attempt(
         &self,
-        rec: &SagaRecord<S::Data>,
+        (rec, run_id, scratch): (&SagaRecord<S::Data>, &Arc<str>, &mut String),
         f: StepFn<S>,
         i: usize,
         attempt: u32,
@@ -1782,13 +1794,16 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
     ) -> Attempted<S::Data> {
         let step = self.inner.steps[i].name;
         // `{saga}/{id}/{step}` (`/compensate`), without the formatting machinery.
-        let mut key = String::with_capacity(S::NAME.len() + rec.id.len() + step.len() + 13);
+        // Written into the run's scratch string, then one allocation shared by the step's context
+        // and its message-id scope.
+        scratch.clear();
         for part in [S::NAME, "/", &rec.id, "/", step] {
-            key.push_str(part);
+            scratch.push_str(part);
         }
         if compensating {
-            key.push_str("/compensate");
+            scratch.push_str("/compensate");
         }
+        let key: Arc<str> = Arc::from(scratch.as_str());
         let envelope = Envelope::with_identity(rec.identity, self.inner.events_subject.clone(), Bytes::new())
             .occurred_at(rec.started_at);
         // Metrics and spans are labelled by saga and step (bounded); message ids are derived from
@@ -1798,12 +1813,12 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
             self.inner.step_publisher.clone(),
             &envelope,
             observer.label.clone(),
-            &key,
+            key.clone(),
         );
         let mut ctx = StepContext {
             data: rec.data.clone(),
             saga: S::NAME,
-            saga_id: rec.id.clone(),
+            saga_id: run_id.clone(),
             step,
             key,
             attempt,
@@ -1883,6 +1898,7 @@ enum Target {
     Settled,
 }
 
+/// Puts lifecycle event `kind` into `rec`'s outbox, complete (its JSON is what serde writes).
 pub(crate) fn emit<D>(
     rec: &mut SagaRecord<D>,
     kind: SagaEventKind,
@@ -1890,11 +1906,28 @@ pub(crate) fn emit<D>(
     error: Option<String>,
     attempts: Option<u32>,
 ) {
+    note(rec, kind, step, error, attempts);
+    if let Some(event) = rec.outbox.last_mut() {
+        event.version = SAGA_EVENT_VERSION.to_owned();
+        event.saga.clone_from(&rec.saga);
+        event.saga_id.clone_from(&rec.id);
+    }
+}
+
+/// [`emit`], the event lean ([`SagaEvent::is_lean`]): for the records the runner drives, which
+/// only its encoder writes.
+pub(super) fn note<D>(
+    rec: &mut SagaRecord<D>,
+    kind: SagaEventKind,
+    step: Option<&str>,
+    error: Option<String>,
+    attempts: Option<u32>,
+) {
     rec.outbox.push(SagaEvent {
-        version: SAGA_EVENT_VERSION.to_owned(),
+        version: String::new(),
         kind,
-        saga: rec.saga.clone(),
-        saga_id: rec.id.clone(),
+        saga: String::new(),
+        saga_id: String::new(),
         step: step.map(str::to_owned),
         error,
         attempts,

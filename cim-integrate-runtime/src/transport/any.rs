@@ -154,6 +154,9 @@ impl Consumer for AnyConsumer {
             Self::Nats(c) => c.created(),
         }
     }
+    fn at_once(&self) -> bool {
+        matches!(self, Self::Memory(_))
+    }
 }
 
 macro_rules! delegate {

@@ -183,19 +183,24 @@ struct AckMeta {
 
 impl AckMeta {
     fn parse(reply: &str) -> Option<Self> {
-        let rest = reply.strip_prefix("$JS.ACK.")?;
-        // Split on dots by hand (`str::split` walks it as chars).
-        let mut tokens = [""; 9];
+        let rest = reply.strip_prefix("$JS.ACK.")?.as_bytes();
+        // Where each of the first 9 dot-separated tokens starts and ends, in one pass.
+        let mut tokens = [(0usize, 0usize); 9];
         let mut n = 0;
         let mut start = 0;
-        let bytes = rest.as_bytes();
-        for end in (0..=bytes.len()).filter(|&i| i == bytes.len() || bytes[i] == b'.') {
-            if n < tokens.len() {
-                tokens[n] = rest.get(start..end)?;
+        for (i, &b) in rest.iter().enumerate() {
+            if b == b'.' {
+                if let Some(t) = tokens.get_mut(n) {
+                    *t = (start, i);
+                }
+                n += 1;
+                start = i + 1;
             }
-            n += 1;
-            start = end + 1;
         }
+        if let Some(t) = tokens.get_mut(n) {
+            *t = (start, rest.len());
+        }
+        n += 1;
         // The five numbers follow the stream and the consumer (and, in the newer form, the
         // domain and the account hash).
         let numbers = match n {
@@ -203,15 +208,23 @@ impl AckMeta {
             n if n >= 9 => &tokens[4..9],
             _ => return None,
         };
-        let number = |t: &str| -> Option<u64> {
-            // `u64::from_str` also takes a leading `+`; the server never writes one.
-            (!t.is_empty() && t.bytes().all(|b| b.is_ascii_digit())).then(|| t.parse().ok())?
+        // Digits only (`u64::from_str` also takes a leading `+`; the server never writes one).
+        let number = |&(from, to): &(usize, usize)| -> Option<u64> {
+            let digits = rest.get(from..to)?;
+            if digits.is_empty() {
+                return None;
+            }
+            digits.iter().try_fold(0u64, |acc, &d| {
+                let d = d.wrapping_sub(b'0');
+                (d < 10).then_some(())?;
+                acc.checked_mul(10)?.checked_add(u64::from(d))
+            })
         };
-        let nanos = i64::try_from(number(numbers[3])?).ok()?;
+        let nanos = i64::try_from(number(&numbers[3])?).ok()?;
         Some(Self {
-            delivered: number(numbers[0])?,
-            stream_sequence: number(numbers[1])?,
-            consumer_sequence: number(numbers[2])?,
+            delivered: number(&numbers[0])?,
+            stream_sequence: number(&numbers[1])?,
+            consumer_sequence: number(&numbers[2])?,
             published: Timestamp::from_unix_nanos(i128::from(nanos))?,
         })
     }

@@ -151,10 +151,26 @@ pub(crate) fn krate(value: TokenStream) -> syn::Result<Path> {
 
 /// The facade's path: the `crate = "..."` override or `::cim_integrate`.
 pub(crate) fn facade(krate: &Attr<Path>) -> Path {
-    krate
-        .get()
-        .cloned()
-        .unwrap_or_else(|| syn::parse_quote!(::cim_integrate))
+    krate.get().cloned().unwrap_or_else(|| {
+        // Built, not parsed: `parse_quote!` would quote and parse on every expansion.
+        let name = Ident::new("cim_integrate", proc_macro2::Span::call_site());
+        Path {
+            leading_colon: Some(Default::default()),
+            segments: std::iter::once(syn::PathSegment::from(name)).collect(),
+        }
+    })
+}
+
+/// `krate` followed by `segments` (`::cim_integrate::__private::event`), as a path: quoting a
+/// path pushes its tokens one by one, where a quoted `TokenStream` is one more round trip to the
+/// compiler each time it is interpolated.
+pub(crate) fn extend_path(krate: &Path, segments: &[&str]) -> Path {
+    let mut path = krate.clone();
+    for segment in segments {
+        let ident = Ident::new(segment, proc_macro2::Span::call_site());
+        path.segments.push(syn::PathSegment::from(ident));
+    }
+    path
 }
 
 /// A duration argument: the literal (for spans) and its value in milliseconds.

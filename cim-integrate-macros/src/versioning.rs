@@ -370,7 +370,7 @@ pub(crate) fn payload_version_impl(krate: &Path, ident: &Ident, version: &LitStr
 /// Each step's code is spanned on its entry in `previous`, so a missing `From` impl or an
 /// out-of-order version is reported there.
 pub(crate) fn versioned_impl(krate: &Path, ident: &Ident, version: &LitStr, previous: &[Path]) -> TokenStream {
-    let event = quote!(#krate::__private::event);
+    let event = crate::args::extend_path(krate, &["__private", "event"]);
     let type_name = ident.unraw().to_string();
     let chain: Vec<TokenStream> = previous
         .iter()

@@ -218,16 +218,35 @@ pub const fn pattern_matches(pattern: &str, subject: &str) -> bool {
 
 /// [`pattern_matches`] for inputs already known to be valid (no re-validation).
 const fn matches_valid(pattern: &str, subject: &str) -> bool {
-    let p = pattern.as_bytes();
-    let s = subject.as_bytes();
+    match_tokens(pattern.as_bytes(), subject.as_bytes(), false)
+}
+
+/// [`pattern_matches`] for a `pattern` already known to be valid (the literal of a handler,
+/// checked by its macro), in one pass over `subject`: a subject token equal to a literal token
+/// of the pattern is valid as that one is, so only the tokens under `*` and `>` are checked.
+/// The compile-time check of every handler runs it in the const interpreter, where each pass
+/// over the bytes counts.
+pub(crate) const fn valid_pattern_matches(pattern: &str, subject: &str) -> bool {
+    subject.len() <= MAX_SUBJECT_LEN && match_tokens(pattern.as_bytes(), subject.as_bytes(), true)
+}
+
+/// Matches a valid pattern `p` against subject `s` token by token; with `check_subject`, the
+/// subject tokens under `*` and `>` must be valid too (the others equal the pattern's).
+const fn match_tokens(p: &[u8], s: &[u8], check_subject: bool) -> bool {
     let (mut pi, mut si) = (0, 0);
     loop {
         let pe = token_end(p, pi);
         let se = token_end(s, si);
         if is_wild(p, pi, pe, b'>') {
-            return true; // `>` is last and the subject has at least this token
+            // `>` is last; the subject has at least this token, and all of the rest is valid.
+            return !check_subject || (si < s.len() && tokens_valid(s, si));
         }
-        if !is_wild(p, pi, pe, b'*') && !token_eq(p, pi, pe, s, si, se) {
+        let matched = if is_wild(p, pi, pe, b'*') {
+            !check_subject || token_valid(s, si, se)
+        } else {
+            token_eq(p, pi, pe, s, si, se)
+        };
+        if !matched {
             return false;
         }
         let p_done = pe == p.len();
@@ -237,6 +256,36 @@ const fn matches_valid(pattern: &str, subject: &str) -> bool {
         }
         pi = pe + 1;
         si = se + 1;
+    }
+}
+
+/// The token `b[start..end]` is non-empty and of token bytes only.
+const fn token_valid(b: &[u8], start: usize, end: usize) -> bool {
+    if end == start {
+        return false;
+    }
+    let mut i = start;
+    while i < end {
+        if !is_token_byte(b[i]) {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// Every token of `b` from `start` (a token's start) to the end is valid.
+const fn tokens_valid(b: &[u8], start: usize) -> bool {
+    let mut start = start;
+    loop {
+        let end = token_end(b, start);
+        if !token_valid(b, start, end) {
+            return false;
+        }
+        if end == b.len() {
+            return true;
+        }
+        start = end + 1;
     }
 }
 
@@ -607,6 +656,13 @@ mod tests {
             let pt: Vec<&str> = p.split('.').collect();
             let st: Vec<&str> = s.split('.').collect();
             prop_assert_eq!(pattern_matches(&p, &s), reference_match(&pt, &st));
+        }
+
+        #[test]
+        fn one_pass_matching_agrees(p in arb_pattern(), s in arb_text(), s2 in arb_subject()) {
+            // For a valid pattern, whatever the subject (valid or not).
+            prop_assert_eq!(valid_pattern_matches(&p, &s), pattern_matches(&p, &s));
+            prop_assert_eq!(valid_pattern_matches(&p, &s2), pattern_matches(&p, &s2));
         }
 
         #[test]

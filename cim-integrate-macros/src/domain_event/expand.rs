@@ -6,8 +6,9 @@ use proc_macro2::TokenStream;
 use quote::quote;
 
 /// The struct and its impls: `PayloadVersion` always; `Versioned` and `DomainEvent` for the
-/// current version.
-pub(crate) fn event(event: &Event) -> TokenStream {
+/// current version. `tokens` is the struct as written (`event.item` parsed from it, unchanged):
+/// emitted as it came, not re-tokenised from the syntax tree.
+pub(crate) fn event(event: &Event, tokens: TokenStream) -> TokenStream {
     let Event {
         item,
         version,
@@ -33,7 +34,7 @@ pub(crate) fn event(event: &Event) -> TokenStream {
     };
     quote! {
         #derives
-        #item
+        #tokens
 
         const _: () = {
             #payload_version

@@ -27,15 +27,15 @@ pub(crate) enum Role {
 
 /// Checks every rule, recording each broken one; `None` if any is. The rules are named
 /// functions below, each reporting its own mistake once, on its token.
-pub(crate) fn event(args: Args, item: Option<ItemStruct>, errors: &mut Errors) -> Option<Event> {
-    let version = version_declared(&args, errors);
-    subject_concrete(&args, errors);
-    previous_only_on_current(&args, errors);
+pub(crate) fn event(args: &Args, item: Option<ItemStruct>, errors: &mut Errors) -> Option<Event> {
+    let version = version_declared(args, errors);
+    subject_concrete(args, errors);
+    previous_only_on_current(args, errors);
     let item = item?;
     versioning::check_payload_struct(&item, "domain events", errors);
-    let previous = args.previous.take().unwrap_or_default();
+    let previous = args.previous.get().cloned().unwrap_or_default();
     versioning::check_previous(&item.ident, &previous, errors);
-    let role = match args.subject.take() {
+    let role = match args.subject.get().cloned() {
         Some(subject) => Role::Current { subject, previous },
         None => Role::Frozen,
     };

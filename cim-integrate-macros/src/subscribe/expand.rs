@@ -10,11 +10,11 @@ use quote::{ToTokens, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{Ident, ItemFn, ItemImpl, LitStr, Path};
 
-fn facade(krate: &Attr<Path>) -> TokenStream {
-    crate::args::facade(krate).to_token_stream()
+fn facade(krate: &Attr<Path>) -> Path {
+    crate::args::facade(krate)
 }
 
-fn options(k: &TokenStream, h: &Handler) -> TokenStream {
+fn options(k: &Path, h: &Handler) -> TokenStream {
     let a = &h.args;
     let mut sets = Vec::new();
     let ms = |v: u64| quote!(#k::__private::handler::macro_support::millis(#v));
@@ -96,7 +96,7 @@ fn info_ident(i: usize) -> Ident {
 }
 
 /// The registration call of one handler (`method`: it runs on `__this`, the shared service).
-fn registration(k: &TokenStream, h: &Handler, i: usize, method: bool) -> TokenStream {
+fn registration(k: &Path, h: &Handler, i: usize, method: bool) -> TokenStream {
     let event = &h.sig.event;
     let ident = &h.sig.ident;
     let name = LitStr::new(&h.name, ident.span());
@@ -132,7 +132,7 @@ fn registration(k: &TokenStream, h: &Handler, i: usize, method: bool) -> TokenSt
 
 /// The event-info constant of handler `i` (the one place `E: DomainEvent` is required, spanned
 /// on the event type) and the `const` check that its subject can match the pattern.
-fn event_checks(k: &TokenStream, h: &Handler, i: usize) -> TokenStream {
+fn event_checks(k: &Path, h: &Handler, i: usize) -> TokenStream {
     let Some(pattern) = &h.args.pattern else {
         return TokenStream::new();
     };
@@ -157,13 +157,7 @@ fn event_checks(k: &TokenStream, h: &Handler, i: usize) -> TokenStream {
     quote!(#info_const #check)
 }
 
-fn set_impl(
-    k: &TokenStream,
-    self_ty: &TokenStream,
-    domain: &LitStr,
-    handlers: &[Handler],
-    method: bool,
-) -> TokenStream {
+fn set_impl(k: &Path, self_ty: &TokenStream, domain: &LitStr, handlers: &[Handler], method: bool) -> TokenStream {
     let regs = handlers.iter().enumerate().map(|(i, h)| registration(k, h, i, method));
     let checks = handlers.iter().enumerate().map(|(i, h)| event_checks(k, h, i));
     quote! {

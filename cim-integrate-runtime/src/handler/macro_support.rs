@@ -25,8 +25,14 @@ pub struct EventInfo<E> {
 
 /// Whether a handler on `pattern` can receive `E`: its subject can match (always, for the stub
 /// of an event whose declaration has an error, so that the error is not repeated per handler).
+///
+/// `pattern` is a literal the macro has already checked with the same rule as
+/// [`check_pattern`](crate::subject::check_pattern), so it is not checked again here: this runs
+/// in the compile-time interpreter once per handler, where each pass over a subject counts. The
+/// subject is still checked (an `impl DomainEvent` written by hand may carry any string), in the
+/// same pass as the match.
 pub const fn can_match<E>(pattern: &str, event: &EventInfo<E>) -> bool {
-    event.stub || crate::subject::pattern_matches(pattern, event.subject)
+    event.stub || crate::subject::valid_pattern_matches(pattern, event.subject)
 }
 
 /// The [`EventInfo`] of `E`.

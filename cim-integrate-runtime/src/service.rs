@@ -529,10 +529,6 @@ struct RedriveSource<T: Transport>(ConsumerSource<T>);
 impl<T: Transport> run::Source for RedriveSource<T> {
     type Item = <ConsumerSource<T> as run::Source>::Item;
 
-    fn at_once(&self) -> bool {
-        self.0.at_once()
-    }
-
     async fn next(&mut self) -> Option<Self::Item> {
         let d = self.0.next().await?;
         match d.headers().get(REDRIVE_SUBJECT).map(Subject::new) {

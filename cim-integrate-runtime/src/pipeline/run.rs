@@ -13,8 +13,8 @@
 use super::{Dispatch, Message, Outcome, Received};
 use crate::transport::{Consumer, ConsumerSpec, Delivery, IncomingRequest, Responder, Transport};
 use bytes::Bytes;
+use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use futures::{FutureExt, StreamExt};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -29,12 +29,6 @@ pub(crate) trait Source: Send + 'static {
     type Item: Received + 'static;
     /// The next message; `None` once the source is closed for good.
     fn next(&mut self) -> impl Future<Output = Option<Self::Item>> + Send;
-    /// `true` if the source needs no polling between messages and answers on the first poll
-    /// when it has one (the embedded transport): the loop then asks it in place, with no
-    /// puller task and no channel in between.
-    fn at_once(&self) -> bool {
-        false
-    }
 }
 
 /// The edge of a stack: what an outcome means for the message's source.
@@ -57,10 +51,6 @@ pub(crate) struct ConsumerSource<T: Transport> {
 
 impl<T: Transport> Source for ConsumerSource<T> {
     type Item = Delivery<<T::Consumer as Consumer>::Acker>;
-
-    fn at_once(&self) -> bool {
-        self.consumer.at_once()
-    }
 
     async fn next(&mut self) -> Option<Self::Item> {
         loop {
@@ -174,7 +164,8 @@ pub(crate) async fn run<Src, D, S>(
 {
     let concurrency = concurrency.max(1);
     let capacity = prefetch.max(concurrency);
-    let mut feed = Feed::new(source, capacity);
+    let (tx, mut rx) = mpsc::channel::<Src::Item>(capacity);
+    let puller = tokio::spawn(pull(source, tx, (capacity / 4).max(1)));
     let mut in_flight = FuturesUnordered::new();
     let running = Arc::new(Running::new(concurrency));
     // Room to start a message: a handler place free, and the prefetch not all in flight.
@@ -199,7 +190,7 @@ pub(crate) async fn run<Src, D, S>(
             }
             // A handler finished while its message still settles: room for the next one.
             _ = running.freed.notified(), if !running.has_room() && in_flight.len() < capacity => continue,
-            item = feed.recv(), if room(in_flight.len()) => match item {
+            item = rx.recv(), if room(in_flight.len()) => match item {
                 Some(item) => item,
                 None => break,
             },
@@ -238,56 +229,17 @@ pub(crate) async fn run<Src, D, S>(
             }
             budget -= 1;
             if budget > 0 && room(in_flight.len()) && matches!(stop_probe.has_changed(), Ok(false)) {
-                next = feed.try_recv();
+                next = rx.try_recv().ok();
             }
         }
     }
     // Nothing new is started; what was pulled but not started goes back at once.
-    if let Feed::Pulled { mut rx, puller } = feed {
-        puller.abort();
-        rx.close();
-        while let Some(item) = rx.recv().await {
-            settle.abandon(item).await;
-        }
+    puller.abort();
+    rx.close();
+    while let Some(item) = rx.recv().await {
+        settle.abandon(item).await;
     }
     while in_flight.next().await.is_some() {}
-}
-
-/// Where the loop takes its messages: a puller task that keeps the source polled ahead of the
-/// loop (see the module), or the source itself when it [answers at once](Source::at_once).
-enum Feed<Src: Source> {
-    Pulled {
-        rx: mpsc::Receiver<Src::Item>,
-        puller: tokio::task::JoinHandle<()>,
-    },
-    Direct(Src),
-}
-
-impl<Src: Source> Feed<Src> {
-    fn new(source: Src, capacity: usize) -> Self {
-        if source.at_once() {
-            return Self::Direct(source);
-        }
-        let (tx, rx) = mpsc::channel::<Src::Item>(capacity);
-        let puller = tokio::spawn(pull(source, tx, (capacity / 4).max(1)));
-        Self::Pulled { rx, puller }
-    }
-
-    /// Waits for the next message (cancel-safe, as `Consumer::next` is).
-    async fn recv(&mut self) -> Option<Src::Item> {
-        match self {
-            Self::Pulled { rx, .. } => rx.recv().await,
-            Self::Direct(source) => source.next().await,
-        }
-    }
-
-    /// The next message if there is one now.
-    fn try_recv(&mut self) -> Option<Src::Item> {
-        match self {
-            Self::Pulled { rx, .. } => rx.try_recv().ok(),
-            Self::Direct(source) => source.next().now_or_never().flatten(),
-        }
-    }
 }
 
 /// A dispatch that did not finish on its first poll, in its reusable slot; gives the slot back,

@@ -154,9 +154,6 @@ impl Consumer for AnyConsumer {
             Self::Nats(c) => c.created(),
         }
     }
-    fn at_once(&self) -> bool {
-        matches!(self, Self::Memory(_))
-    }
 }
 
 macro_rules! delegate {

@@ -120,8 +120,7 @@ struct MemStream {
     subjects: Vec<Matcher>,
     name: Arc<str>,
     state: Mutex<StreamState>,
-    /// Woken on every publish, nak and consumer deletion, and on an ack or term that frees a
-    /// place of a consumer at its `max_ack_pending`.
+    /// Woken on every publish, ack, nak, term and consumer deletion.
     changed: Notify,
     /// Calls of [`Consumer::next`] about to wait on `changed` (or waiting): without any, a
     /// change wakes nobody and `changed` is not touched.
@@ -1063,14 +1062,7 @@ impl Consumer for MemoryConsumer {
         Some(self.created)
     }
 
-    fn at_once(&self) -> bool {
-        true
-    }
-
     async fn next(&mut self) -> Result<Delivery<MemoryAcker>, TransportError> {
-        // A unit of the task's cooperative budget per call, as tokio's own channels take: a
-        // loop that finds a delivery ready every time still yields now and then.
-        tokio::task::consume_budget().await;
         // A delivery ready now is taken under one lock: entering and leaving the wait at the
         // same instant, which nobody can observe, is skipped.
         {
@@ -1177,12 +1169,11 @@ impl std::fmt::Debug for MemoryAcker {
 impl MemoryAcker {
     /// Runs `f` on the consumer's state (with the time, if `timed`: the activity time only
     /// matters to a consumer with an inactive threshold, so an ack does not read the clock for
-    /// one without), and wakes the stream's sleepers if `f` says the change can give one of
-    /// them a delivery.
-    fn with_pending(&self, timed: bool, f: impl FnOnce(&mut ConsumerState, Instant) -> bool) {
-        let wake = {
+    /// one without).
+    fn with_pending(&self, timed: bool, f: impl FnOnce(&mut ConsumerState, Instant)) {
+        {
             let mut st = lock(&self.stream.state);
-            st.consumers.get_mut(&self.consumer).is_some_and(|c| {
+            if let Some(c) = st.consumers.get_mut(&self.consumer) {
                 let now = if timed || c.spec.inactive_threshold.is_some() {
                     let now = Instant::now();
                     c.active_at = now;
@@ -1190,58 +1181,45 @@ impl MemoryAcker {
                 } else {
                     c.active_at
                 };
-                f(c, now)
-            })
-        };
-        if wake {
-            self.stream.wake();
+                f(c, now);
+            }
         }
-    }
-
-    /// Settles the delivery for good (ack, term). Only a consumer that was at its
-    /// `max_ack_pending` can have a delivery now that it had not before: only then are the
-    /// sleepers woken (not on every acknowledgement, which would wake an idle consumer's
-    /// waiting `next` for nothing).
-    fn settle(&self) {
-        self.with_pending(false, |c, _| {
-            let full = c.pending.len() >= c.spec.max_ack_pending as usize;
-            c.pending.remove(self.seq).is_some() && full
-        });
+        self.stream.wake();
     }
 }
 
 impl Acker for MemoryAcker {
     async fn ack(&self) -> Result<(), TransportError> {
-        self.settle();
+        self.with_pending(false, |c, _| {
+            c.pending.remove(self.seq);
+        });
         Ok(())
     }
 
     async fn nak(&self, delay: Option<Duration>) -> Result<(), TransportError> {
         self.with_pending(true, |c, now| {
-            let Some(p) = c.pending.get_mut(self.seq) else {
-                return false;
-            };
-            p.redeliver_at = now + delay.unwrap_or_default();
-            p.naked = true;
-            c.next_due = c.next_due.min(p.redeliver_at);
-            true
+            if let Some(p) = c.pending.get_mut(self.seq) {
+                p.redeliver_at = now + delay.unwrap_or_default();
+                p.naked = true;
+                c.next_due = c.next_due.min(p.redeliver_at);
+            }
         });
         Ok(())
     }
 
     async fn term(&self) -> Result<(), TransportError> {
-        self.settle();
+        self.with_pending(false, |c, _| {
+            c.pending.remove(self.seq);
+        });
         Ok(())
     }
 
     async fn in_progress(&self) -> Result<(), TransportError> {
-        // Only later: a sleeper's timer that fires early looks again and sleeps on.
         self.with_pending(true, |c, now| {
             let spec = &c.spec;
             if let Some(p) = c.pending.get_mut(self.seq) {
                 p.redeliver_at = now + spec.redelivery_delay(p.delivered);
             }
-            false
         });
         Ok(())
     }
@@ -1687,112 +1665,5 @@ mod tests {
         let text_again = t.publish_and_wait(copy("order-42".into())).await.unwrap();
         assert!(!text.duplicate && text_again.duplicate);
         assert_eq!(t.stream_len("DOCUMENT_EVENTS"), Some(3));
-    }
-
-    /// An acknowledgement wakes a `next` waiting on a consumer at its `max_ack_pending` (it
-    /// frees the place that consumer waits for); a sleeper with nothing to gain is left alone.
-    #[tokio::test(start_paused = true)]
-    async fn an_ack_wakes_a_consumer_waiting_at_its_max_ack_pending() {
-        let t = MemoryTransport::new();
-        t.ensure_stream(&StreamSpec::for_domain("document", None).unwrap())
-            .await
-            .unwrap();
-        for _ in 0..2 {
-            t.publish_and_wait(Envelope::root(crate::subject!("document.created"), &b"{}"[..]).into())
-                .await
-                .unwrap();
-        }
-        let spec =
-            ConsumerSpec::new("DOCUMENT_EVENTS", "index", crate::subject_pattern!("document.>")).max_ack_pending(1);
-        let mut c = t.consumer(&spec).await.unwrap();
-        let first = c.next().await.unwrap();
-        let waiter = tokio::spawn(async move { c.next().await.map(|d| d.info().stream_sequence) });
-        tokio::task::yield_now().await;
-        assert!(!waiter.is_finished(), "the second waits for a free place");
-        first.ack().await.unwrap();
-        let second = tokio::time::timeout(Duration::from_millis(10), waiter).await;
-        assert_eq!(second.expect("woken by the ack").unwrap().unwrap(), 2);
-    }
-
-    /// A service on a runtime with two worker threads, its loop asking the consumer in place
-    /// (no puller task): every event is handled exactly once (a failed run once more,
-    /// redelivered), and never more runs at once than the handler's concurrency.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_service_on_two_workers_handles_each_event_once_within_its_concurrency() {
-        use crate::handler::{Context, HandlerError, HandlerOptions, Registration};
-        use crate::service::Service;
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        const EVENTS: usize = 3000;
-        const CONCURRENCY: usize = 5;
-        let t = MemoryTransport::new();
-        t.ensure_stream(&StreamSpec::for_domain("document", None).unwrap())
-            .await
-            .unwrap();
-        for n in 0..EVENTS {
-            let env = Envelope::root(crate::subject!("document.created"), n.to_string());
-            t.publish_and_wait(env.into()).await.unwrap();
-        }
-        let runs: Arc<Vec<AtomicUsize>> = Arc::new((0..EVENTS).map(|_| AtomicUsize::new(0)).collect());
-        let (running, peak, done) = (
-            Arc::new(AtomicUsize::new(0)),
-            Arc::new(AtomicUsize::new(0)),
-            Arc::new(AtomicUsize::new(0)),
-        );
-        let registration = Registration::new(
-            "count",
-            crate::subject_pattern!("document.created"),
-            "DocumentCreated",
-            |b: &[u8]| {
-                std::str::from_utf8(b)
-                    .map_err(|e| e.to_string())?
-                    .parse::<usize>()
-                    .map_err(|e| e.to_string())
-            },
-            {
-                let (runs, running, peak, done) = (runs.clone(), running.clone(), peak.clone(), done.clone());
-                move |_: Context, n: usize| {
-                    let (runs, running, peak, done) = (runs.clone(), running.clone(), peak.clone(), done.clone());
-                    async move {
-                        peak.fetch_max(running.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
-                        tokio::task::yield_now().await;
-                        running.fetch_sub(1, Ordering::SeqCst);
-                        // Every 500th event fails its first run.
-                        if runs[n].fetch_add(1, Ordering::SeqCst) == 0 && n.is_multiple_of(500) {
-                            return Err(HandlerError::transient("first run fails"));
-                        }
-                        done.fetch_add(1, Ordering::SeqCst);
-                        Ok(())
-                    }
-                }
-            },
-        )
-        .with_options(HandlerOptions {
-            concurrency: CONCURRENCY,
-            ..HandlerOptions::default()
-        });
-        let service = Service::builder(t.clone(), "lanes")
-            .dedup_store(crate::dedup::MemoryDedup::default())
-            .handler("search", registration)
-            .start()
-            .await
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while done.load(Ordering::SeqCst) < EVENTS && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        // Nothing more comes once every event has succeeded.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        service.shutdown(Duration::from_secs(5)).await;
-        assert_eq!(done.load(Ordering::SeqCst), EVENTS);
-        for (n, r) in runs.iter().enumerate() {
-            let expected = if n.is_multiple_of(500) { 2 } else { 1 };
-            assert_eq!(r.load(Ordering::SeqCst), expected, "runs of event {n}");
-        }
-        assert!(peak.load(Ordering::SeqCst) <= CONCURRENCY, "{peak:?} at once");
-        assert!(
-            t.consumer_progress("DOCUMENT_EVENTS", "search-count")
-                .is_some_and(|p| p.is_quiet()),
-            "everything acknowledged"
-        );
     }
 }

@@ -811,14 +811,6 @@ pub trait Consumer: std::fmt::Debug + Send + 'static {
     fn created(&self) -> Option<Timestamp> {
         None
     }
-
-    /// `true` if this handle needs no polling between calls of [`next`](Self::next) (no pull
-    /// requests to renew, no heartbeats to watch) and a `next` with a delivery ready returns
-    /// it on its first poll: the embedded transport. A service then asks it for each message
-    /// in place, with no puller task ahead of its loop. `false` by default.
-    fn at_once(&self) -> bool {
-        false
-    }
 }
 
 /// A message transport with JetStream semantics.

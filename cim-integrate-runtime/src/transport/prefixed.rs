@@ -244,10 +244,6 @@ impl<C: Consumer> Consumer for PrefixedConsumer<C> {
         self.inner.created()
     }
 
-    fn at_once(&self) -> bool {
-        self.inner.at_once()
-    }
-
     async fn next(&mut self) -> Result<Delivery<C::Acker>, TransportError> {
         let delivery = self.inner.next().await?;
         let Some(names) = &self.names else {

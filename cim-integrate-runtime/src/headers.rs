@@ -32,6 +32,7 @@ pub const IDENTITY_HEADERS: [&str; 7] = [
 
 /// The place of `name` in [`IDENTITY_HEADERS`], if it is an identity header (names compare
 /// exactly, as NATS compares them).
+#[cfg_attr(not(feature = "nats"), allow(dead_code))] // read by the NATS transport
 pub(crate) fn identity_index(name: &str) -> Option<usize> {
     Some(match name {
         NATS_MSG_ID => 0,
@@ -348,6 +349,7 @@ impl Headers {
     }
 
     /// Room for `additional` received headers (one allocation instead of a growing list).
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))] // read by the NATS transport
     pub(crate) fn reserve_received(&mut self, additional: usize) {
         self.materialize();
         std::sync::Arc::make_mut(&mut self.entries).reserve(additional);

@@ -100,7 +100,10 @@ pub use runner::{
     SagaError, SagaOutcome, SagaRunner, SagaRunnerBuilder,
 };
 
+// For `ops` (NATS only).
+#[cfg(feature = "nats")]
 pub(crate) use record::decode as decode_record;
+#[cfg(feature = "nats")]
 pub(crate) use runner::emit as emit_event;
 
 use crate::handler::{HandlerError, RetryPolicy};

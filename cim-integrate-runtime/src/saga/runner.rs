@@ -1899,6 +1899,7 @@ enum Target {
 }
 
 /// Puts lifecycle event `kind` into `rec`'s outbox, complete (its JSON is what serde writes).
+#[cfg_attr(not(feature = "nats"), allow(dead_code))] // used by `ops` (NATS only)
 pub(crate) fn emit<D>(
     rec: &mut SagaRecord<D>,
     kind: SagaEventKind,

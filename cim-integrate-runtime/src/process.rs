@@ -715,10 +715,10 @@ impl<T: Transport, S: ProcessState + Send + 'static> Engine<T, S> {
         if let Some(ttl) = options.ttl {
             spec = spec.max_age(ttl);
         }
-        let records = transport.key_value(&spec).await?;
-        let timers = transport
-            .key_value(&KvSpec::new(format!("cim_pm_{name}_timers")))
-            .await?;
+        let timers_spec = KvSpec::new(format!("cim_pm_{name}_timers"));
+        // Together: on a cluster each bucket is a replicated group that elects its leader.
+        let (records, timers) =
+            futures::future::try_join(transport.key_value(&spec), transport.key_value(&timers_spec)).await?;
         Ok(Self {
             name: name.to_owned(),
             records,

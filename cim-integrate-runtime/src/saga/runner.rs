@@ -514,9 +514,9 @@ impl<S: Saga, T: Transport> SagaRunnerBuilder<S, T> {
         let bucket = self.bucket.unwrap_or_else(|| format!("cim_saga_{}", S::NAME));
         let t = &self.transport;
         let settled_spec = KvSpec::new(format!("{bucket}_settled")).max_age(self.settled_retention);
-        let settled = t.key_value(&settled_spec).await?;
         let spec = KvSpec::new(bucket);
-        let kv = t.key_value(&spec).await?;
+        // Together: on a cluster each bucket is a replicated group that elects its leader.
+        let (settled, kv) = futures::future::try_join(t.key_value(&settled_spec), t.key_value(&spec)).await?;
         let stream = StreamSpec::for_domain(SAGA_EVENTS_DOMAIN, None)?;
         match t.ensure_stream(&stream).await {
             Err(TransportError::StreamConflict { stream, detail }) => {

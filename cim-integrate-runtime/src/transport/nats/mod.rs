@@ -75,12 +75,13 @@ impl std::fmt::Debug for NatsTransport {
 /// The JetStream API reply: a value or an error with a code.
 type ApiResult<T> = Result<T, jetstream::Error>;
 
+/// A page of `STREAM.NAMES`.
 #[derive(serde::Deserialize)]
-struct StreamList {
+struct StreamNames {
     #[serde(default)]
     total: usize,
     #[serde(default)]
-    streams: Option<Vec<js_stream::Info>>,
+    streams: Option<Vec<String>>,
 }
 
 impl NatsTransport {
@@ -205,34 +206,36 @@ impl NatsTransport {
     }
 
     /// The first other stream whose subjects overlap one of `spec`'s, as `(other, pattern)`.
+    /// Another stream capturing subjects of `spec`, with the subject of `spec` it overlaps.
+    /// Asked with `STREAM.NAMES` filtered by each subject: the meta leader answers from its own
+    /// assignments, where `STREAM.LIST` gathers every stream's state from its leader and, while
+    /// other streams are being created (a service provisioning its streams at once), waits
+    /// seconds for groups that have no leader yet.
     async fn overlapping_stream(&self, spec: &StreamSpec) -> Result<Option<(String, String)>, TransportError> {
-        let mut offset = 0usize;
-        loop {
-            let page: StreamList = match self
-                .api(String::from("STREAM.LIST"), &serde_json::json!({ "offset": offset }))
-                .await?
-            {
-                Ok(p) => p,
-                Err(e) => return Err(api_error(e)),
-            };
-            let streams = page.streams.unwrap_or_default();
-            if streams.is_empty() {
-                return Ok(None);
-            }
-            offset += streams.len();
-            for info in streams.iter().filter(|i| i.config.name != spec.name) {
-                for theirs in &info.config.subjects {
-                    for mine in &spec.subjects {
-                        if crate::subject::patterns_overlap(mine.as_str(), theirs) {
-                            return Ok(Some((info.config.name.clone(), mine.to_string())));
-                        }
-                    }
+        for mine in &spec.subjects {
+            let mut offset = 0usize;
+            loop {
+                let page: StreamNames = match self
+                    .api(
+                        String::from("STREAM.NAMES"),
+                        &serde_json::json!({ "offset": offset, "subject": mine.as_str() }),
+                    )
+                    .await?
+                {
+                    Ok(p) => p,
+                    Err(e) => return Err(api_error(e)),
+                };
+                let names = page.streams.unwrap_or_default();
+                if let Some(other) = names.iter().find(|n| **n != spec.name) {
+                    return Ok(Some((other.clone(), mine.to_string())));
+                }
+                offset += names.len();
+                if names.is_empty() || offset >= page.total {
+                    break;
                 }
             }
-            if offset >= page.total {
-                return Ok(None);
-            }
         }
+        Ok(None)
     }
 
     async fn consumer_info(&self, stream: &str, durable: &str) -> Result<Option<js_consumer::Info>, TransportError> {

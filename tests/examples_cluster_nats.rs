@@ -355,21 +355,14 @@ async fn busiest_leader(cluster: &NatsCluster, names: &[String]) -> (usize, BTre
     (node, led)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_example_completes_on_a_cluster_after_its_leader_is_killed() {
-    let started = Instant::now();
-    let binaries = tokio::task::spawn_blocking(build_examples).await.expect("build thread");
-    eprintln!("examples built in {:?}", started.elapsed());
-    let mut cluster = NatsCluster::start().await.expect("three-node cluster");
+/// Runs `names` one after another on `cluster`: each on a wiped cluster, then again after the
+/// node leading most of what it provisioned is killed; the node is restarted after each.
+async fn exercise(cluster: &mut NatsCluster, binaries: &BTreeMap<String, PathBuf>, names: &[&str]) {
     let urls = cluster.urls();
     let vars = [("NATS_URL", urls.as_str()), ("NATS_REPLICAS", "3")];
-
-    // `EXAMPLES_CLUSTER_ONLY=a,b` runs only those examples (to diagnose one).
-    let only = std::env::var("EXAMPLES_CLUSTER_ONLY").unwrap_or_default();
-    let only: Vec<&str> = only.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
-    for &name in EXAMPLES.iter().filter(|n| only.is_empty() || only.contains(n)) {
+    for &name in names {
         let exe = &binaries[name];
-        wipe(&cluster).await;
+        wipe(cluster).await;
 
         let first = run_example(exe, &vars).await;
         assert!(
@@ -377,7 +370,7 @@ async fn every_example_completes_on_a_cluster_after_its_leader_is_killed() {
             "`{name}` failed on the healthy cluster:\n{}",
             first.describe()
         );
-        let provisioned = streams(&cluster).await;
+        let provisioned = streams(cluster).await;
         assert!(!provisioned.is_empty(), "`{name}` provisioned no stream");
         let not_r3: Vec<_> = provisioned.iter().filter(|(_, r)| **r != 3).collect();
         assert!(
@@ -385,7 +378,7 @@ async fn every_example_completes_on_a_cluster_after_its_leader_is_killed() {
             "`{name}`: streams not replicated three times under NATS_REPLICAS=3: {not_r3:?}"
         );
         let names: Vec<String> = provisioned.keys().cloned().collect();
-        let (victim, led) = busiest_leader(&cluster, &names).await;
+        let (victim, led) = busiest_leader(cluster, &names).await;
         let count = led.values().filter(|&&l| l == victim).count();
         eprintln!(
             "{name}: first run {:?}; killing {} (leads {count} of {}: {:?})",
@@ -414,5 +407,32 @@ async fn every_example_completes_on_a_cluster_after_its_leader_is_killed() {
 
         cluster.restart(victim).await.expect("restart the killed node");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_example_completes_on_a_cluster_after_its_leader_is_killed() {
+    let started = Instant::now();
+    let binaries = tokio::task::spawn_blocking(build_examples).await.expect("build thread");
+    eprintln!("examples built in {:?}", started.elapsed());
+
+    // `EXAMPLES_CLUSTER_ONLY=a,b` runs only those examples (to diagnose one).
+    let only = std::env::var("EXAMPLES_CLUSTER_ONLY").unwrap_or_default();
+    let only: Vec<&str> = only.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    let chosen: Vec<&str> = EXAMPLES
+        .iter()
+        .copied()
+        .filter(|n| only.is_empty() || only.contains(n))
+        .collect();
+    // Two clusters, each running half of the examples: most of a run is waiting for leader
+    // elections, not CPU, and the test took over three minutes per server version with one.
+    let halves: [Vec<&str>; 2] = [0, 1].map(|half| chosen.iter().copied().skip(half).step_by(2).collect());
+    let runs = halves.iter().filter(|h| !h.is_empty()).map(|names| {
+        let binaries = &binaries;
+        async move {
+            let mut cluster = NatsCluster::start().await.expect("three-node cluster");
+            exercise(&mut cluster, binaries, names).await;
+        }
+    });
+    futures::future::join_all(runs).await;
     eprintln!("all examples in {:?}", started.elapsed());
 }

@@ -22,7 +22,8 @@
 //! whole test process, the examples' own `#[cfg(test)]` modules would come along, and
 //! `monitoring` installs a global subscriber and recorder.
 //!
-//! The cluster is started once and shared. Before each example its streams (and so its buckets)
+//! Two clusters run at once, each taking every other example in turn (most of a run is waiting
+//! for leader elections, not CPU). Before each example its cluster's streams (and so its buckets)
 //! are deleted, so every example provisions everything itself, as on a fresh deployment, and the
 //! streams present after its first run are exactly its own. After the first run every stream must
 //! have three replicas; then the node leading most of them is killed, the example runs again, and

@@ -82,7 +82,13 @@ async fn plain_subscriber_sees_cim_headers() {
     let (t, server) = setup().await;
     let plain = async_nats::connect(server.url()).await.expect("plain client");
     let mut sub = plain.subscribe("document.>").await.expect("subscribe");
-    plain.flush().await.expect("flush");
+    // `flush` only writes the SUB to the socket; a request answered by the server on the same
+    // connection proves it was processed before anything is published (a failure on 2.15.1 in
+    // CI: the publish from the other connection arrived first and the subscriber saw nothing).
+    plain
+        .request("$JS.API.INFO", Bytes::new())
+        .await
+        .expect("a round trip after subscribing");
 
     let parent = Envelope::root(Subject::new("document.created").expect("s"), Bytes::from_static(b"{}"));
     let env = Envelope::caused_by(

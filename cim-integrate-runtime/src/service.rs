@@ -554,6 +554,8 @@ struct EventPlan {
     domain: String,
     stream: StreamSpec,
     spec: ConsumerSpec,
+    /// What this process holds ahead of the handler (also the spec's `prefetch`).
+    prefetch: usize,
 }
 
 impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
@@ -658,10 +660,19 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
             let stream = StreamSpec::for_domain(&domain, None)?;
             // The bound is the durable's, shared by every process reading it: the deployment's,
             // not a multiple of this process's concurrency (that would cap scale-out).
+            let max_ack_pending = self.transport.deployment().ack_pending();
+            // What this process holds ahead of its handlers: a few rounds of its own concurrency,
+            // so that other processes on the durable get their share. The pull asks for no more
+            // (a client batch larger than this would hold the difference out of their reach,
+            // and start its ack wait, while this process is busy).
+            let prefetch = concurrency_of(&reg.options)
+                .saturating_mul(4)
+                .min(max_ack_pending as usize);
             let spec = ConsumerSpec::new(stream.name.clone(), durable.clone(), reg.pattern.clone())
                 .deliver(reg.options.deliver)
                 .ack_wait(reg.options.ack_wait)
-                .max_ack_pending(self.transport.deployment().ack_pending());
+                .max_ack_pending(max_ack_pending)
+                .prefetch(prefetch);
             plans.push(EventPlan {
                 set: set.clone(),
                 registration: reg.clone(),
@@ -669,6 +680,7 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
                 domain,
                 stream,
                 spec,
+                prefetch,
             });
         }
         Ok(plans)
@@ -704,17 +716,17 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
         // replicated group and waits for its leader (0.2-0.7 s each on three 2.9.10 nodes: ten
         // seconds for a service of eight handlers when sent one after another), so they are
         // sent together: first the streams and the bucket, then every durable.
-        let mut streams: Vec<&StreamSpec> = vec![&dead_letters];
+        let mut streams: Vec<&StreamSpec> = Vec::new();
         for plan in &plans {
-            if !streams.iter().any(|s| s.name == plan.stream.name) {
+            if plan.stream.name != dead_letters.name && !streams.iter().any(|s| s.name == plan.stream.name) {
                 streams.push(&plan.stream);
             }
         }
-        let dead_letter_name = dead_letters.name.as_str();
+        let ensure_dead_letters = async { t.ensure_stream(&dead_letters).await.map_err(ServiceError::from) };
         let ensure_streams = futures::future::try_join_all(streams.into_iter().map(|stream| async move {
             match t.ensure_stream(stream).await {
                 // The publishing domain owns its stream; other settings there are its business.
-                Err(TransportError::StreamConflict { stream, detail }) if stream != dead_letter_name => {
+                Err(TransportError::StreamConflict { stream, detail }) => {
                     tracing::info!(%stream, %detail, "subscribing to an existing stream with other settings");
                     Ok(())
                 }
@@ -731,18 +743,7 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
                 }
             }
         };
-        let (_, dedup) = futures::future::try_join(ensure_streams, dedup_store).await?;
-        let mut plans = plans;
-        for plan in &mut plans {
-            // What this process holds ahead of its handlers: a few rounds of its own concurrency,
-            // so that other processes on the durable get their share. The pull asks for no more
-            // (a client batch larger than this would hold the difference out of their reach,
-            // and start its ack wait, while this process is busy).
-            let prefetch = concurrency_of(&plan.registration.options)
-                .saturating_mul(4)
-                .min(plan.spec.max_ack_pending as usize);
-            plan.spec = plan.spec.clone().prefetch(prefetch);
-        }
+        let (_, _, dedup) = futures::future::try_join3(ensure_dead_letters, ensure_streams, dedup_store).await?;
         let consumers = futures::future::try_join_all(plans.iter().map(|plan| {
             let dead_letters = &dead_letters;
             async move {
@@ -755,7 +756,7 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
         .await?;
         for (plan, (consumer, redrive, redrive_spec)) in plans.into_iter().zip(consumers) {
             let options = plan.registration.options.clone();
-            let prefetch = plan.spec.prefetch.unwrap_or_else(|| concurrency_of(&options));
+            let prefetch = plan.prefetch;
             let dlq = Subject::from_tokens([DEAD_LETTER_TOKEN, plan.set.as_str(), plan.registration.name.as_str()])?;
             tracing::info!(handler = %plan.durable, filter = %plan.spec.filter, stream = %plan.spec.stream, "handler started");
             let ledger = Arc::new(Ledger::default());

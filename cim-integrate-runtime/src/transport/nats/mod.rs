@@ -206,7 +206,6 @@ impl NatsTransport {
     }
 
     /// The first other stream whose subjects overlap one of `spec`'s, as `(other, pattern)`.
-    /// Another stream capturing subjects of `spec`, with the subject of `spec` it overlaps.
     /// Asked with `STREAM.NAMES` filtered by each subject: the meta leader answers from its own
     /// assignments, where `STREAM.LIST` gathers every stream's state from its leader and, while
     /// other streams are being created (a service provisioning its streams at once), waits

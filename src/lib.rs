@@ -84,7 +84,7 @@ pub mod __private {
     /// `#[domain_event]` and `#[command]` (versioned payloads).
     pub mod event {
         pub use cim_integrate_runtime::event::{
-            DecodeError, DomainEvent, PayloadVersion, VersionVisitor, Versioned, compare_versions, decode_oldest,
+            DecodeError, DomainEvent, PayloadVersion, VersionVisitor, Versioned, check_version_order, decode_oldest,
             decode_step,
         };
     }
@@ -94,7 +94,7 @@ pub mod __private {
         /// The helpers the handler expansion calls.
         pub mod macro_support {
             pub use cim_integrate_runtime::handler::macro_support::{
-                EventInfo, can_match, event_info, millis, registration,
+                EventInfo, check_can_match, event_info, millis, registration,
             };
         }
     }

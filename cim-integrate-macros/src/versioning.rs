@@ -413,12 +413,10 @@ pub(crate) fn versioned_impl(krate: &Path, ident: &Ident, version: &LitStr, prev
             "`previous` lists the older versions of `{type_name}` oldest first, each lower than the next: \
              the version of `{older_name}` must be lower than that of `{newer_name}`"
         );
+        // The whole call on the entry, the path included: a failed check is reported there.
+        let check = crate::spans::respan(quote!(#event::check_version_order), spans[i]);
         quote_spanned! {spans[i]=>
-            const _: () = match #event::compare_versions(#older, #newer) {
-                ::core::option::Option::Some(::core::cmp::Ordering::Less) => {}
-                ::core::option::Option::Some(::core::cmp::Ordering::Equal) => ::core::panic!(#equal),
-                _ => ::core::panic!(#descending),
-            };
+            const _: () = #check(#older, #newer, #equal, #descending);
         }
     });
     quote! {

@@ -645,6 +645,20 @@ pub const fn compare_versions(a: &str, b: &str) -> Option<Ordering> {
     }
 }
 
+/// The compile-time order check of two consecutive versions of a `#[domain_event]`: fails the
+/// `const` that calls it with `equal` when they are the same version and with `descending` when
+/// `older` is not lower (or either is not `MAJOR.MINOR`). Not public API: generated code calls it,
+/// so that each check expands to one call instead of two `panic!`s.
+#[doc(hidden)]
+#[track_caller]
+pub const fn check_version_order(older: &str, newer: &str, equal: &str, descending: &str) {
+    match compare_versions(older, newer) {
+        Some(Ordering::Less) => {}
+        Some(Ordering::Equal) => panic!("{}", equal),
+        _ => panic!("{}", descending),
+    }
+}
+
 /// The version tag as found: a string (borrowed when it has no escapes) or a description of what
 /// was there instead.
 enum Tag<'de> {

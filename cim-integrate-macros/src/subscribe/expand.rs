@@ -151,8 +151,13 @@ fn event_checks(k: &Path, h: &Handler, i: usize) -> TokenStream {
         const #info: #k::__private::handler::macro_support::EventInfo<#event> =
             #k::__private::handler::macro_support::event_info::<#event>();
     };
+    // The whole call on the pattern, the path included: a failed check is reported there.
+    let check_can_match = crate::spans::respan(
+        quote!(#k::__private::handler::macro_support::check_can_match),
+        pattern.span(),
+    );
     let check = quote_spanned! {pattern.span()=>
-        const _: () = ::core::assert!(#k::__private::handler::macro_support::can_match(#pattern, &#info), #message);
+        const _: () = #check_can_match(#pattern, &#info, #message);
     };
     quote!(#info_const #check)
 }

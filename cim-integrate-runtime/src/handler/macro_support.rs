@@ -35,6 +35,16 @@ pub const fn can_match<E>(pattern: &str, event: &EventInfo<E>) -> bool {
     event.stub || crate::subject::valid_pattern_matches(pattern, event.subject)
 }
 
+/// The compile-time check of a handler's pattern against its event's subject
+/// ([`can_match`]): fails the `const` that calls it with `message` when they can never match.
+/// One call per handler instead of an `assert!`.
+#[track_caller]
+pub const fn check_can_match<E>(pattern: &str, event: &EventInfo<E>, message: &str) {
+    if !can_match(pattern, event) {
+        panic!("{}", message)
+    }
+}
+
 /// The [`EventInfo`] of `E`.
 pub const fn event_info<E: HandledEvent>() -> EventInfo<E> {
     EventInfo {

@@ -160,7 +160,7 @@ pub struct HandlerOptions {
     pub retry: RetryPolicy,
     /// Most runs of the handler at once (at least 1). A message whose handler succeeded no
     /// longer counts while its dedup mark is written and it is acknowledged (unless `ordered`);
-    /// those wait beside up to the prefetch, 4 x `concurrency` in all.
+    /// those wait beside up to the prefetch, 8 x `concurrency` in all.
     pub concurrency: usize,
     /// Where a new durable starts.
     pub deliver: DeliverPolicy,
@@ -169,7 +169,10 @@ pub struct HandlerOptions {
     pub ordered: bool,
     /// How long one run may take before the message is considered lost and redelivered. Long
     /// runs are kept alive with progress signals, so this bounds a crashed process, not a slow
-    /// handler.
+    /// handler. It also bounds how long a delivery may wait in this process's prefetch (8 x
+    /// `concurrency`, plus up to one and a half pull batches) before it is delivered again: over
+    /// a backlog, a handler slower than about `ack_wait / 20` per message (1.5 s at the default)
+    /// needs a longer `ack_wait` (redeliveries are absorbed by dedup, but cost work).
     pub ack_wait: Duration,
     /// A circuit breaker of this handler's own (see [`crate::breaker`]): its transient failures and
     /// panics count as failures; while it is open, messages are not run but naked with the rest

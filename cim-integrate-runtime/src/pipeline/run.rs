@@ -2,7 +2,7 @@
 //! dispatch futures itself, with no task per message.
 //!
 //! A puller task keeps the source polled and hands messages over through a channel bounded by
-//! `prefetch` (for a durable consumer: 4x the handler's concurrency, this process's share of the
+//! `prefetch` (for a durable consumer: 8x the handler's concurrency, this process's share of the
 //! durable's `max_ack_pending`, which the server enforces across every process),
 //! so a slow handler never stops the consumer from being polled while there is room (the NATS
 //! pull stream renews its pull requests and watches its heartbeats when polled), and the loop

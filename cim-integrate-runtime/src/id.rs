@@ -28,6 +28,79 @@ use uuid::Uuid;
 /// Namespace of every derived (name-based, v5) id: see [`derived_uuid`].
 pub const DERIVED_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6b1d_4c2a_8f3e_5d70_9a61_c0de_0000_0001);
 
+/// A fresh, time-ordered id (UUID v7, RFC 9562): the Unix time in milliseconds, a 12-bit counter
+/// that keeps the ids made by one thread in order within a millisecond (method 1 of the RFC,
+/// started at a random value below 2048 each millisecond), and 62 random bits.
+///
+/// The random bits come from a generator per thread (wyrand), seeded once per thread from the
+/// operating system's randomness through std's `RandomState`. `Uuid::now_v7` asks the operating
+/// system for every id (a `getrandom` system call each), which cost more than the rest of a
+/// publish on the embedded transport. The ids are unique, not secret: nothing here relies on
+/// an id being unpredictable.
+pub fn new_v7() -> Uuid {
+    use std::cell::Cell;
+    thread_local! {
+        static V7: Cell<V7State> = Cell::new(V7State::seeded());
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    V7.with(|cell| {
+        let mut state = cell.get();
+        let id = state.next(now);
+        cell.set(state);
+        id
+    })
+}
+
+/// The per-thread state of [`new_v7`].
+#[derive(Debug, Clone, Copy)]
+struct V7State {
+    /// The generator's state.
+    rng: u64,
+    /// The millisecond of the last id (never goes back, also when the clock does).
+    millis: u64,
+    /// The counter of the last id, 12 bits.
+    counter: u16,
+}
+
+impl V7State {
+    fn seeded() -> Self {
+        use std::hash::BuildHasher;
+        let seed = std::collections::hash_map::RandomState::new().hash_one(std::thread::current().id());
+        Self {
+            rng: seed,
+            millis: 0,
+            counter: 0,
+        }
+    }
+
+    /// wyrand: 64 random bits.
+    fn random(&mut self) -> u64 {
+        self.rng = self.rng.wrapping_add(0xa076_1d64_78bd_642f);
+        let t = u128::from(self.rng) * u128::from(self.rng ^ 0xe703_7ed1_a0b4_28db);
+        ((t >> 64) ^ t) as u64
+    }
+
+    fn next(&mut self, now_millis: u64) -> Uuid {
+        const MAX_MILLIS: u64 = (1 << 48) - 1;
+        let now = now_millis.min(MAX_MILLIS);
+        if now > self.millis {
+            self.millis = now;
+            self.counter = (self.random() >> 53) as u16; // below 2048: room to count up
+        } else if self.counter < 0xfff {
+            self.counter += 1;
+        } else {
+            // 4096 ids in one millisecond: borrow the next one, as the RFC allows.
+            self.millis = (self.millis + 1).min(MAX_MILLIS);
+            self.counter = 0;
+        }
+        let high = (self.millis << 16) | 0x7000 | u64::from(self.counter);
+        let low = (self.random() >> 2) | 0x8000_0000_0000_0000;
+        Uuid::from_u64_pair(high, low)
+    }
+}
+
 /// The UUID `text` spells exactly as this crate writes ids (hyphenated, lower case), if it does:
 /// such text can be kept as the value and rendered back unchanged.
 ///
@@ -176,7 +249,7 @@ macro_rules! typed_id {
         impl $name {
             /// A fresh, time-ordered (UUID v7) id.
             pub fn new() -> Self {
-                Self($crate::__private::uuid::Uuid::now_v7())
+                Self($crate::__private::new_v7())
             }
             /// Wraps an existing UUID.
             pub const fn from_uuid(uuid: $crate::__private::uuid::Uuid) -> Self {
@@ -429,6 +502,50 @@ mod tests {
             parent.derived_children(&long, at).child(3),
             parent.derived_child(&long, 3, at)
         );
+    }
+
+    #[test]
+    fn fresh_ids_are_v7_in_order_and_distinct() {
+        let ids: Vec<Uuid> = (0..20_000).map(|_| new_v7()).collect();
+        for id in &ids {
+            assert_eq!(id.get_version_num(), 7, "{id}");
+            assert_eq!(id.get_variant(), uuid::Variant::RFC4122, "{id}");
+        }
+        // One thread's ids are strictly increasing (the counter orders those of one millisecond).
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let (secs, nanos) = ids[0].get_timestamp().unwrap().to_unix();
+        let millis = secs * 1000 + u64::from(nanos) / 1_000_000;
+        assert!(millis <= now && now - millis < 60_000, "{millis} vs {now}");
+        // Threads have generators of their own.
+        let other: Vec<Uuid> = std::thread::spawn(|| (0..20_000).map(|_| new_v7()).collect())
+            .join()
+            .unwrap();
+        let all: std::collections::HashSet<Uuid> = ids.iter().chain(&other).copied().collect();
+        assert_eq!(all.len(), 40_000);
+    }
+
+    #[test]
+    fn the_counter_borrows_the_next_millisecond_and_the_clock_never_goes_back() {
+        let mut s = V7State {
+            rng: 1,
+            millis: 0,
+            counter: 0,
+        };
+        let first = s.next(1_000);
+        let mut last = first;
+        for _ in 0..5_000 {
+            let id = s.next(1_000);
+            assert!(id > last);
+            last = id;
+        }
+        assert_eq!(s.millis, 1_001, "4096 ids in one millisecond borrow the next");
+        let back = s.next(10);
+        assert!(back > last, "a clock that went back does not reorder ids");
+        assert_eq!(s.millis, 1_001);
     }
 
     #[test]

@@ -52,6 +52,7 @@ pub use timestamp::Timestamp;
 
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::id::new_v7;
     pub use serde;
     pub use uuid;
 }

@@ -37,6 +37,10 @@ pub const DERIVED_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6b1d_4c2a_8f3e_5d70_9a6
 /// system for every id (a `getrandom` system call each), which cost more than the rest of a
 /// publish on the embedded transport. The ids are unique, not secret: nothing here relies on
 /// an id being unpredictable.
+///
+/// A process that forks copies its threads' generators. The generator checks the process id at
+/// each new millisecond and reseeds in a child, so only the ids of the millisecond of the fork
+/// itself can repeat between parent and child.
 pub fn new_v7() -> Uuid {
     use std::cell::Cell;
     thread_local! {
@@ -62,6 +66,8 @@ struct V7State {
     millis: u64,
     /// The counter of the last id, 12 bits.
     counter: u16,
+    /// The process that seeded the generator (a forked child reseeds).
+    pid: u32,
 }
 
 impl V7State {
@@ -72,6 +78,7 @@ impl V7State {
             rng: seed,
             millis: 0,
             counter: 0,
+            pid: std::process::id(),
         }
     }
 
@@ -86,6 +93,12 @@ impl V7State {
         const MAX_MILLIS: u64 = (1 << 48) - 1;
         let now = now_millis.min(MAX_MILLIS);
         if now > self.millis {
+            let pid = std::process::id();
+            if pid != self.pid {
+                let millis = self.millis;
+                *self = Self::seeded();
+                self.millis = millis;
+            }
             self.millis = now;
             self.counter = (self.random() >> 53) as u16; // below 2048: room to count up
         } else if self.counter < 0xfff {
@@ -534,6 +547,7 @@ mod tests {
             rng: 1,
             millis: 0,
             counter: 0,
+            pid: std::process::id(),
         };
         let first = s.next(1_000);
         let mut last = first;
@@ -546,6 +560,17 @@ mod tests {
         let back = s.next(10);
         assert!(back > last, "a clock that went back does not reorder ids");
         assert_eq!(s.millis, 1_001);
+        // Another process (a forked child): reseeded at its next millisecond, still in order.
+        s.pid = s.pid.wrapping_add(1);
+        let rng = s.rng;
+        let after = s.next(2_000);
+        assert!(after > back);
+        assert_eq!(s.pid, std::process::id());
+        assert_ne!(
+            s.rng,
+            rng.wrapping_add(0xa076_1d64_78bd_642f_u64.wrapping_mul(2)),
+            "reseeded"
+        );
     }
 
     #[test]

@@ -89,23 +89,29 @@ pub struct Envelope {
 impl Envelope {
     /// A root message: fresh message id, equal correlation and causation ids.
     pub fn root(subject: Subject, payload: impl Into<Bytes>) -> Self {
-        Self::with_identity(Identity::root(), subject, payload)
+        let (id, now) = fresh_id();
+        Self::with_identity_at(Identity::root_from(id), subject, payload, now)
     }
 
     /// A message published while handling `parent`: same correlation id, `parent`'s message id as
     /// causation id.
     pub fn caused_by(parent: &Identity, subject: Subject, payload: impl Into<Bytes>) -> Self {
-        Self::with_identity(parent.child(), subject, payload)
+        let (id, now) = fresh_id();
+        Self::with_identity_at(parent.child_with(id), subject, payload, now)
     }
 
     /// A message with an explicit identity.
     pub fn with_identity(identity: Identity, subject: Subject, payload: impl Into<Bytes>) -> Self {
+        Self::with_identity_at(identity, subject, payload, Timestamp::now())
+    }
+
+    fn with_identity_at(identity: Identity, subject: Subject, payload: impl Into<Bytes>, now: Timestamp) -> Self {
         Self {
             identity,
             subject,
             event_type: None,
             event_version: None,
-            occurred_at: Timestamp::now(),
+            occurred_at: now,
             headers: Headers::new(),
             payload: payload.into(),
             derived: false,
@@ -327,6 +333,14 @@ impl Envelope {
     }
 }
 
+/// A fresh message id and the time it was made, from one read of the clock: the id's
+/// millisecond is the message's occurrence time.
+fn fresh_id() -> (MessageId, Timestamp) {
+    let now = Timestamp::now();
+    let millis = u64::try_from(now.unix_millis()).unwrap_or(0);
+    (MessageId::from_uuid(crate::id::new_v7_at(millis)), now)
+}
+
 /// `false` for the nil and the max UUID: placeholders (a foreign publisher's unset field) that
 /// would make unrelated messages one, not ids.
 pub(crate) fn names_a_message(id: &Uuid) -> bool {
@@ -360,6 +374,20 @@ pub(crate) fn derive_id(subject: &Subject, headers: &Headers, payload: &[u8], fr
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_new_message_is_stamped_with_the_millisecond_of_its_id() {
+        let subject = Subject::new("document.created").unwrap();
+        let root = Envelope::root(subject.clone(), Bytes::new());
+        let child = Envelope::caused_by(root.identity(), subject, Bytes::new());
+        for env in [&root, &child] {
+            let (secs, nanos) = env.message_id().as_uuid().get_timestamp().unwrap().to_unix();
+            let id_millis = secs * 1000 + u64::from(nanos) / 1_000_000;
+            assert_eq!(i64::try_from(id_millis).unwrap(), env.occurred().unix_millis());
+        }
+        assert_eq!(child.identity().correlation_id, root.identity().correlation_id);
+        assert_eq!(child.identity().causation_id.into_uuid(), root.message_id().into_uuid());
+    }
 
     fn from_stream(seq: u64) -> ReceivedFrom {
         ReceivedFrom {

@@ -17,12 +17,16 @@ pub(crate) struct FastState {
     seed: u64,
 }
 
+/// 64 random bits from std's `RandomState`: keys drawn from the operating system once per
+/// thread, advanced per call, so each call gives another seed without a system call.
+pub(crate) fn random_seed() -> u64 {
+    std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64)
+}
+
 impl Default for FastState {
     fn default() -> Self {
-        // std's per-process random keys, advanced per call: one seed per map.
-        Self {
-            seed: std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64),
-        }
+        // One seed per map.
+        Self { seed: random_seed() }
     }
 }
 

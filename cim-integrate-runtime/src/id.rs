@@ -42,16 +42,22 @@ pub const DERIVED_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6b1d_4c2a_8f3e_5d70_9a6
 /// each new millisecond and reseeds in a child, so only the ids of the millisecond of the fork
 /// itself can repeat between parent and child.
 pub fn new_v7() -> Uuid {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    new_v7_at(now)
+}
+
+/// [`new_v7`] with the time read already (a new envelope reads the clock once for its id and
+/// its occurrence time); a time before the thread's last id counts as that id's millisecond.
+pub(crate) fn new_v7_at(unix_millis: u64) -> Uuid {
     use std::cell::Cell;
     thread_local! {
         static V7: Cell<V7State> = Cell::new(V7State::seeded());
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     V7.with(|cell| {
         let mut state = cell.get();
-        let id = state.next(now);
+        let id = state.next(unix_millis);
         cell.set(state);
         id
     })
@@ -72,10 +78,8 @@ struct V7State {
 
 impl V7State {
     fn seeded() -> Self {
-        use std::hash::BuildHasher;
-        let seed = std::collections::hash_map::RandomState::new().hash_one(std::thread::current().id());
         Self {
-            rng: seed,
+            rng: crate::fast_hash::random_seed(),
             millis: 0,
             counter: 0,
             pid: std::process::id(),
@@ -394,8 +398,13 @@ impl Identity {
     /// The identity of a message published while handling this one: a fresh message id, the same
     /// correlation id, and this message's id as causation id.
     pub fn child(&self) -> Self {
+        self.child_with(MessageId::new())
+    }
+
+    /// [`child`](Self::child) with the new message's id given.
+    pub(crate) fn child_with(&self, message_id: MessageId) -> Self {
         Self {
-            message_id: MessageId::new(),
+            message_id,
             correlation_id: self.correlation_id,
             causation_id: self.message_id.into(),
         }

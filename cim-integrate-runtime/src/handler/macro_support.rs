@@ -23,24 +23,19 @@ pub struct EventInfo<E> {
     pub stub: bool,
 }
 
-/// Whether a handler on `pattern` can receive `E`: its subject can match (always, for the stub
-/// of an event whose declaration has an error, so that the error is not repeated per handler).
+/// The compile-time check that a handler on `pattern` can receive `E`: fails the `const` that
+/// calls it with `message` when the event's subject can never match (never for the stub of an
+/// event whose declaration has an error, so that the error is not repeated per handler). One
+/// call per handler instead of an `assert!`.
 ///
 /// `pattern` is a literal the macro has already checked with the same rule as
 /// [`check_pattern`](crate::subject::check_pattern), so it is not checked again here: this runs
 /// in the compile-time interpreter once per handler, where each pass over a subject counts. The
 /// subject is still checked (an `impl DomainEvent` written by hand may carry any string), in the
 /// same pass as the match.
-pub const fn can_match<E>(pattern: &str, event: &EventInfo<E>) -> bool {
-    event.stub || crate::subject::valid_pattern_matches(pattern, event.subject)
-}
-
-/// The compile-time check of a handler's pattern against its event's subject
-/// ([`can_match`]): fails the `const` that calls it with `message` when they can never match.
-/// One call per handler instead of an `assert!`.
 #[track_caller]
 pub const fn check_can_match<E>(pattern: &str, event: &EventInfo<E>, message: &str) {
-    if !can_match(pattern, event) {
+    if !event.stub && !crate::subject::valid_pattern_matches(pattern, event.subject) {
         panic!("{}", message)
     }
 }

@@ -545,6 +545,10 @@ impl<T: Transport> run::Source for RedriveSource<T> {
             _ => Some(d),
         }
     }
+
+    fn in_process(&self) -> bool {
+        self.0.in_process()
+    }
 }
 
 fn durable_of(set: &str, reg: &Registration) -> String {

@@ -6,7 +6,10 @@
 //! durable's `max_ack_pending`, which the server enforces across every process),
 //! so a slow handler never stops the consumer from being polled while there is room (the NATS
 //! pull stream renews its pull requests and watches its heartbeats when polled), and the loop
-//! finds the next message already there instead of waiting for the puller each time. The loop itself drives the in-flight
+//! finds the next message already there instead of waiting for the puller each time. An
+//! in-process source (the embedded transport) is pulled the same way, through the same channel,
+//! but by the loop's own task: there, handing batches to another task cost more (a second worker
+//! thread woken for every few messages) than taking them. The loop itself drives the in-flight
 //! dispatches in a `FuturesUnordered`; with [`spawn`](crate::handler::HandlerOptions::spawn) set,
 //! each message runs as its own task instead (for CPU-heavy handlers, to use every core).
 
@@ -29,6 +32,11 @@ pub(crate) trait Source: Send + 'static {
     type Item: Received + 'static;
     /// The next message; `None` once the source is closed for good.
     fn next(&mut self) -> impl Future<Output = Option<Self::Item>> + Send;
+    /// `true` if the source is in this process ([`Consumer::in_process`]): the loop polls its
+    /// puller in place instead of spawning it.
+    fn in_process(&self) -> bool {
+        false
+    }
 }
 
 /// The edge of a stack: what an outcome means for the message's source.
@@ -71,6 +79,10 @@ impl<T: Transport> Source for ConsumerSource<T> {
                 }
             }
         }
+    }
+
+    fn in_process(&self) -> bool {
+        self.consumer.in_process()
     }
 }
 
@@ -165,7 +177,18 @@ pub(crate) async fn run<Src, D, S>(
     let concurrency = concurrency.max(1);
     let capacity = prefetch.max(concurrency);
     let (tx, mut rx) = mpsc::channel::<Src::Item>(capacity);
-    let puller = tokio::spawn(pull(source, tx, (capacity / 4).max(1)));
+    let batch = (capacity / 4).max(1);
+    // An in-process source is polled by this loop, in its own task: handing each batch over
+    // to another task would wake a second worker thread for a few messages at a time, which
+    // costs more than taking them.
+    let (puller, local) = if source.in_process() {
+        (None, Some(pull(source, tx, batch)))
+    } else {
+        (Some(tokio::spawn(pull(source, tx, batch))), None)
+    };
+    let mut pulled_all = local.is_none();
+    let local = futures::future::OptionFuture::from(local);
+    tokio::pin!(local);
     let mut in_flight = FuturesUnordered::new();
     let running = Arc::new(Running::new(concurrency));
     // Room to start a message: a handler place free, and the prefetch not all in flight.
@@ -182,6 +205,12 @@ pub(crate) async fn run<Src, D, S>(
         let item = tokio::select! {
             biased;
             _ = &mut stopped => break,
+            // The in-place puller: it fills the channel and waits for room, and ends with the
+            // source (the channel then reports the end).
+            Some(()) = &mut local, if !pulled_all => {
+                pulled_all = true;
+                continue;
+            }
             Some(done) = in_flight.next(), if !in_flight.is_empty() => {
                 if let Some(slot) = done {
                     free.push(slot);
@@ -234,7 +263,12 @@ pub(crate) async fn run<Src, D, S>(
         }
     }
     // Nothing new is started; what was pulled but not started goes back at once.
-    puller.abort();
+    if let Some(puller) = puller {
+        puller.abort();
+    }
+    // The in-place puller goes now: the places it reserved are given back, so the channel,
+    // closed, ends once what it holds is taken.
+    local.set(None.into());
     rx.close();
     while let Some(item) = rx.recv().await {
         settle.abandon(item).await;

@@ -154,6 +154,13 @@ impl Consumer for AnyConsumer {
             Self::Nats(c) => c.created(),
         }
     }
+    fn in_process(&self) -> bool {
+        match self {
+            Self::Memory(c) => c.in_process(),
+            #[cfg(feature = "nats")]
+            Self::Nats(c) => c.in_process(),
+        }
+    }
 }
 
 macro_rules! delegate {

@@ -1062,6 +1062,10 @@ impl Consumer for MemoryConsumer {
         Some(self.created)
     }
 
+    fn in_process(&self) -> bool {
+        true
+    }
+
     async fn next(&mut self) -> Result<Delivery<MemoryAcker>, TransportError> {
         // A delivery ready now is taken under one lock: entering and leaving the wait at the
         // same instant, which nobody can observe, is skipped.

@@ -811,6 +811,15 @@ pub trait Consumer: std::fmt::Debug + Send + 'static {
     fn created(&self) -> Option<Timestamp> {
         None
     }
+
+    /// `true` if deliveries come from this process (the embedded transport), not over a
+    /// connection. The pull loop then polls the consumer in its own task; otherwise (the
+    /// default) a task of its own keeps the consumer polled beside the handlers, which on NATS
+    /// turns deliveries into messages in parallel with their dispatch and keeps the pull requests
+    /// and heartbeats served while handlers run.
+    fn in_process(&self) -> bool {
+        false
+    }
 }
 
 /// A message transport with JetStream semantics.

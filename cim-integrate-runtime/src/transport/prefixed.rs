@@ -244,6 +244,10 @@ impl<C: Consumer> Consumer for PrefixedConsumer<C> {
         self.inner.created()
     }
 
+    fn in_process(&self) -> bool {
+        self.inner.in_process()
+    }
+
     async fn next(&mut self) -> Result<Delivery<C::Acker>, TransportError> {
         let delivery = self.inner.next().await?;
         let Some(names) = &self.names else {

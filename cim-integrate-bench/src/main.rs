@@ -9,7 +9,8 @@
 //! sections `publish`, `consume`, `scale-out`, `dispatch`, `saga`, `decode`, `rss`, `check`,
 //! `--out PATH`, `--dispatch-rounds N` (default 5), `--dispatch-rows kv,mem16,mem1` (default all),
 //! `--dispatch-side ours|baseline` (default both), `--saga-rows nats,mem` (default both),
-//! `--saga-side ours|baseline` (default both),
+//! `--saga-side ours|baseline` (default both), `--saga-events all,outcomes,none` (the runner's
+//! [`LifecycleEvents`], a row each; default all three),
 //! `--rss-events N` (default 1,000,000 on the embedded transport), `--rss-nats-events N` (default
 //! 1,000,000).
 
@@ -23,7 +24,7 @@ use cim_integrate::dedup::MemoryDedup;
 use cim_integrate::event::DomainEvent;
 use cim_integrate::event::Versioned;
 use cim_integrate::handler::{HandlerError, HandlerOptions, Registration};
-use cim_integrate::saga::{Saga, SagaOutcome, SagaRunner, Step, StepContext, StepFuture};
+use cim_integrate::saga::{LifecycleEvents, Saga, SagaOutcome, SagaRunner, Step, StepContext, StepFuture};
 use cim_integrate::service::{Service, ServiceBuilder};
 use cim_integrate::transport::memory::MemoryTransport;
 use cim_integrate::transport::nats::NatsTransport;
@@ -88,6 +89,8 @@ struct Runner {
     /// Only one side of the saga rows (`--saga-side ours|baseline`), e.g. to count its
     /// instructions under callgrind.
     saga_side: Option<String>,
+    /// Only these lifecycle-event settings of the saga rows (`--saga-events all,outcomes,none`).
+    saga_events: Option<Vec<String>>,
     notes: Vec<String>,
 }
 
@@ -1062,9 +1065,27 @@ where
     Ok((rate(sagas * SAGA_STEPS, took), allocs as f64 / sagas as f64))
 }
 
-async fn saga_pair<T: Transport>(r: &mut Runner, label: &str, t: T, sagas: [u64; 2]) -> Result<(), BoxError> {
-    let runner = SagaRunner::builder(t.clone(), BenchSaga).build().await?;
-    let kv = t.key_value(&KvSpec::new("bench_minimal_log")).await?;
+/// The saga rows' lifecycle-event settings: the option's token, the setting, and its label.
+const SAGA_EVENTS: [(&str, LifecycleEvents, &str); 3] = [
+    ("all", LifecycleEvents::All, "every lifecycle event (default)"),
+    ("outcomes", LifecycleEvents::Outcomes, "outcome events only"),
+    ("none", LifecycleEvents::None, "no lifecycle events"),
+];
+
+async fn saga_pair<T: Transport>(
+    r: &mut Runner,
+    label: &str,
+    t: T,
+    sagas: [u64; 2],
+    (mode, events, events_label): (&str, LifecycleEvents, &str),
+) -> Result<(), BoxError> {
+    // A bucket per setting: each row starts sagas of the same ids.
+    let runner = SagaRunner::builder(t.clone(), BenchSaga)
+        .bucket(format!("cim_saga_bench_{mode}"))
+        .lifecycle_events(events)
+        .build()
+        .await?;
+    let kv = t.key_value(&KvSpec::new(format!("bench_minimal_log_{mode}"))).await?;
     for i in 0..20 {
         runner.start(&format!("warm-{i}"), Vec::new()).await?;
         minimal_log(&kv, &format!("warm-{i}")).await?;
@@ -1123,7 +1144,7 @@ async fn saga_pair<T: Transport>(r: &mut Runner, label: &str, t: T, sagas: [u64;
         let pick = |v: &[(f64, f64)], f: fn(&(f64, f64)) -> f64| v.iter().map(f).collect::<Vec<f64>>();
         r.row_rounds(
             "saga",
-            format!("SagaRunner ({label}), {SAGA_STEPS}-step sagas, {concurrency} at a time"),
+            format!("SagaRunner ({label}, {events_label}), {SAGA_STEPS}-step sagas, {concurrency} at a time"),
             &pick(&ours, |o| o.0),
             "steps/s",
             "minimal durable log (create + 1 CAS per step)",
@@ -1132,7 +1153,7 @@ async fn saga_pair<T: Transport>(r: &mut Runner, label: &str, t: T, sagas: [u64;
             true,
         );
         let note = format!(
-            "saga, {label}, {concurrency} at a time: allocations per saga {:.1} (baseline {:.1}), medians",
+            "saga, {label}, {events_label}, {concurrency} at a time: allocations per saga {:.1} (baseline {:.1}), medians",
             median(&pick(&ours, |o| o.1)),
             median(&pick(&baseline, |b| b.1)),
         );
@@ -1145,15 +1166,30 @@ async fn saga_pair<T: Transport>(r: &mut Runner, label: &str, t: T, sagas: [u64;
 async fn bench_saga(r: &mut Runner) -> Result<(), BoxError> {
     let wants = |row: &str| r.saga_rows.as_ref().is_none_or(|rows| rows.iter().any(|k| k == row));
     let (nats_row, mem_row) = (wants("nats"), wants("mem"));
+    let settings: Vec<_> = SAGA_EVENTS
+        .into_iter()
+        .filter(|(mode, ..)| r.saga_events.as_ref().is_none_or(|m| m.iter().any(|k| k == mode)))
+        .collect();
     if nats_row {
         let server = Server::start("saga")?;
         let nats = [r.n(600), r.n(3_000)];
-        saga_pair(r, "NATS", NatsTransport::connect_url(&server.url).await?, nats).await?;
+        for setting in &settings {
+            saga_pair(
+                r,
+                "NATS",
+                NatsTransport::connect_url(&server.url).await?,
+                nats,
+                *setting,
+            )
+            .await?;
+        }
     }
     if mem_row {
-        // The embedded stream keeps every lifecycle event (five per saga) in memory.
+        // The embedded stream keeps every lifecycle event (up to five per saga) in memory.
         let mem = [r.n(5_000), r.n(10_000)];
-        saga_pair(r, "embedded", MemoryTransport::new(), mem).await?;
+        for setting in &settings {
+            saga_pair(r, "embedded", MemoryTransport::new(), mem, *setting).await?;
+        }
     }
     Ok(())
 }
@@ -1480,6 +1516,7 @@ fn main() {
         dispatch_side: None,
         saga_rows: None,
         saga_side: None,
+        saga_events: None,
         notes: Vec::new(),
     };
     let mut out = None;
@@ -1500,6 +1537,7 @@ fn main() {
             "--dispatch-side" => r.dispatch_side = args.next(),
             "--saga-rows" => r.saga_rows = Some(parse_list(args.next())),
             "--saga-side" => r.saga_side = args.next(),
+            "--saga-events" => r.saga_events = Some(parse_list(args.next())),
             "--skip" => r.skip = parse_list(args.next()),
             "--out" => out = args.next().map(PathBuf::from),
             "--rss-events" => r.rss_events = args.next().and_then(|v| v.parse().ok()).unwrap_or(r.rss_events),

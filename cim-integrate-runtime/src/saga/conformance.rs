@@ -15,8 +15,8 @@
 #![allow(missing_docs, clippy::missing_panics_doc)]
 
 use super::{
-    CrashPoint, Moment, Saga, SagaEvent, SagaOutcome, SagaRecord, SagaRunner, SagaStatus, Step, StepContext,
-    StepFuture, StepState, Write,
+    CrashPoint, LifecycleEvents, Moment, Saga, SagaEvent, SagaOutcome, SagaRecord, SagaRunner, SagaStatus, Step,
+    StepContext, StepFuture, StepState, Write,
 };
 use crate::envelope::Envelope;
 use crate::handler::{Context, HandlerError, Registration, RetryPolicy};
@@ -51,6 +51,7 @@ macro_rules! saga_conformance_tests {
             resume_runs_beside_a_consuming_service,
             settled_records_expire_and_are_not_resumed,
             crash_between_the_settling_writes_is_recovered,
+            lifecycle_events_can_be_limited,
         ]);
     };
     (@cases $tokio:tt $setup:path; [$($case:ident),* $(,)?]) => {
@@ -1336,4 +1337,88 @@ pub async fn crash_between_the_settling_writes_is_recovered<T: Transport>(t: T) 
     assert_eq!(report.completed, ["split"], "{report:?}");
     assert!(r.active_ids().await.expect("active").is_empty());
     assert_eq!(shop.script.calls_of("split").len(), 4, "no step ran again");
+}
+
+/// A runner publishing only outcomes publishes `completed` for a saga that completes, and
+/// `step_failed` then `compensated` for one that fails, numbered from 0, with the starting
+/// message's correlation and causation ids; after a crash that left the final event possibly
+/// unacknowledged, resume publishes it again under the same message id, and the duplicate window
+/// drops the repeat. A runner publishing none publishes nothing. The records are those a runner
+/// publishing every event writes.
+pub async fn lifecycle_events_can_be_limited<T: Transport>(t: T) {
+    let shop = Shop::default();
+    let limited = |events: LifecycleEvents| {
+        SagaRunner::builder(t.clone(), shop.clone())
+            .instance("node-1")
+            .lease(LEASE)
+            .lifecycle_events(events)
+    };
+    let outcomes = limited(LifecycleEvents::Outcomes).build().await.expect("runner");
+    let start = Identity::root();
+    assert_eq!(
+        outcomes.start_with_identity("lean-ok", Order::default(), start).await,
+        Ok(SagaOutcome::Completed)
+    );
+    let events = exactly_lifecycle(&t, "lean-ok", 1).await;
+    assert_eq!(kinds(&events), ["completed"]);
+    let (env, event) = &events[0];
+    assert_eq!(event.seq, 0);
+    assert_eq!(env.correlation_id(), start.correlation_id);
+    assert_eq!(env.causation_id().into_uuid(), start.message_id.into_uuid());
+    let rec = outcomes.status("lean-ok").await.expect("status").expect("record");
+    assert_eq!(rec.status, SagaStatus::Completed);
+    assert_eq!(states(&rec), [StepState::Completed; 4]);
+    assert_eq!(rec.event_seq, 1);
+
+    assert!(matches!(
+        outcomes.start("lean-fail", Order::failing_at("publish")).await,
+        Ok(SagaOutcome::Compensated { .. })
+    ));
+    let events = exactly_lifecycle(&t, "lean-fail", 2).await;
+    assert_eq!(kinds(&events), ["step_failed:publish", "compensated"]);
+    assert_eq!(events.iter().map(|(_, e)| e.seq).collect::<Vec<_>>(), [0, 1]);
+    assert_eq!(events[0].1.error.as_deref(), Some("permanent: publish refused"));
+    let rec = outcomes.status("lean-fail").await.expect("status").expect("record");
+    assert_eq!(
+        states(&rec),
+        [
+            StepState::NotCompensated,
+            StepState::Compensated,
+            StepState::Compensated,
+            StepState::Failed
+        ]
+    );
+
+    let crashing = limited(LifecycleEvents::Outcomes)
+        .fault_hook(|p| p.write == Write::Settle && p.moment == Moment::Before)
+        .build()
+        .await
+        .expect("runner");
+    assert_eq!(
+        crashing.start("lean-crash", Order::default()).await,
+        Ok(SagaOutcome::Completed)
+    );
+    assert!(matches!(crashing.settled().await, Err(super::SagaError::Crashed(_))));
+    drop(crashing);
+    let report = outcomes.resume().await.expect("resume");
+    assert_eq!(report.completed, ["lean-crash"], "{report:?}");
+    assert_eq!(shop.script.calls_of("lean-crash").len(), 4, "no step ran again");
+    assert_eq!(kinds(&exactly_lifecycle(&t, "lean-crash", 1).await), ["completed"]);
+
+    let silent = limited(LifecycleEvents::None).build().await.expect("runner");
+    assert_eq!(
+        silent.start("quiet-ok", Order::default()).await,
+        Ok(SagaOutcome::Completed)
+    );
+    assert!(matches!(
+        silent.start("quiet-fail", Order::failing_at("charge")).await,
+        Ok(SagaOutcome::Compensated { .. })
+    ));
+    silent.settled().await.expect("settled");
+    exactly_lifecycle(&t, "quiet-ok", 0).await;
+    exactly_lifecycle(&t, "quiet-fail", 0).await;
+    let rec = silent.status("quiet-fail").await.expect("status").expect("record");
+    assert_eq!(rec.status, SagaStatus::Compensated);
+    assert_eq!((rec.event_seq, rec.outbox.len()), (0, 0));
+    assert!(silent.active_ids().await.expect("active").is_empty());
 }

@@ -48,6 +48,46 @@ impl SagaEventKind {
     }
 }
 
+/// Which lifecycle events a [`SagaRunner`](super::SagaRunner) publishes
+/// ([`SagaRunnerBuilder::lifecycle_events`](super::SagaRunnerBuilder::lifecycle_events)).
+///
+/// Each event is one more stored message per transition. On a 3-step saga that completes,
+/// [`All`](Self::All) adds 5 messages to the 6 key-value requests of the persisted log;
+/// [`Outcomes`](Self::Outcomes) adds 1 (`completed`) and [`None`](Self::None) none. Whatever
+/// is chosen, the persisted record ([`SagaRunner::status`](super::SagaRunner::status), the
+/// operator tools) holds the whole state: every step's state, attempts and last error. Events
+/// that are published keep their contract: correlation and causation ids, and a message id
+/// derived from (saga, id, the event's number), the number counting only the events published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum LifecycleEvents {
+    /// Every kind: `started`, `step_completed` for each step, failures, compensation and the
+    /// outcome. The default.
+    #[default]
+    All,
+    /// How the saga ended or stalled, and what failed: `completed`, `compensated`,
+    /// `compensation_failed` and `step_failed` (one event for a saga that completes).
+    Outcomes,
+    /// None: the record is the only history.
+    None,
+}
+
+impl LifecycleEvents {
+    /// `true` if events of `kind` are published.
+    pub fn publishes(self, kind: SagaEventKind) -> bool {
+        match self {
+            Self::All => true,
+            Self::Outcomes => matches!(
+                kind,
+                SagaEventKind::StepFailed
+                    | SagaEventKind::Completed
+                    | SagaEventKind::Compensated
+                    | SagaEventKind::CompensationFailed
+            ),
+            Self::None => false,
+        }
+    }
+}
+
 /// The payload of a lifecycle event: `{"version":"1.0","kind":"step_completed",...}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SagaEvent {

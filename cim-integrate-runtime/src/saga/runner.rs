@@ -73,7 +73,9 @@
 //! that succeeded while a settled record exists is withdrawn.
 
 use super::context::StepContext;
-use super::events::{SAGA_EVENT_TYPE, SAGA_EVENT_VERSION, SAGA_EVENTS_DOMAIN, SagaEvent, SagaEventKind};
+use super::events::{
+    LifecycleEvents, SAGA_EVENT_TYPE, SAGA_EVENT_VERSION, SAGA_EVENTS_DOMAIN, SagaEvent, SagaEventKind,
+};
 use super::record::{self, RECORD_FORMAT, SagaRecord, SagaStatus, StepRecord, StepState};
 use super::{Compensation, Saga, Step, StepFn, StepPolicy};
 use crate::clock::Clock;
@@ -408,6 +410,8 @@ struct Inner<S: Saga, T: Transport> {
     /// The background settles (final acknowledgements, then the active record's delete) still
     /// running.
     settling: Arc<super::settling::Settling>,
+    /// Which lifecycle events are published.
+    events: LifecycleEvents,
     #[cfg(feature = "testing")]
     hook: Option<FaultHook>,
 }
@@ -444,6 +448,7 @@ pub struct SagaRunnerBuilder<S: Saga, T: Transport> {
     rescan: Option<Duration>,
     bucket: Option<String>,
     settled_retention: Duration,
+    events: LifecycleEvents,
     #[cfg(feature = "testing")]
     hook: Option<FaultHook>,
 }
@@ -456,6 +461,7 @@ impl<S: Saga, T: Transport> fmt::Debug for SagaRunnerBuilder<S, T> {
             .field("lease", &self.lease)
             .field("bucket", &self.bucket)
             .field("settled_retention", &self.settled_retention)
+            .field("events", &self.events)
             .finish_non_exhaustive()
     }
 }
@@ -498,6 +504,14 @@ impl<S: Saga, T: Transport> SagaRunnerBuilder<S, T> {
     /// [`build`](Self::build) ([`KvError::BucketConflict`]) and left unchanged.
     pub fn settled_retention(mut self, retention: Duration) -> Self {
         self.settled_retention = retention;
+        self
+    }
+    /// Which lifecycle events are published; default [`LifecycleEvents::All`]. Fewer events are
+    /// fewer stored messages per saga: on NATS, [`LifecycleEvents::Outcomes`] and
+    /// [`LifecycleEvents::None`] take a 3-step saga from 11 requests to 7 and 6 (docs/saga.md,
+    /// "Performance"). The records are the same whichever is chosen.
+    pub fn lifecycle_events(mut self, events: LifecycleEvents) -> Self {
+        self.events = events;
         self
     }
     /// Installs a fault-injection hook (tests; only with the `testing` feature).
@@ -578,6 +592,7 @@ impl<S: Saga, T: Transport> SagaRunnerBuilder<S, T> {
                 events_subject,
                 event_subjects,
                 settling: Arc::default(),
+                events: self.events,
                 #[cfg(feature = "testing")]
                 hook: self.hook,
             }),
@@ -718,6 +733,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
             rescan: Some(DEFAULT_RESCAN_INTERVAL),
             bucket: None,
             settled_retention: DEFAULT_SETTLED_RETENTION,
+            events: LifecycleEvents::default(),
             #[cfg(feature = "testing")]
             hook: None,
         }
@@ -802,7 +818,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
             lease_until_ms: self.inner.clock.after_millis(self.inner.lease),
             round: 0,
         };
-        note(&mut rec, SagaEventKind::Started, None, None, None);
+        self.note(&mut rec, SagaEventKind::Started, None, None, None);
         // The create records the first step's first attempt as started (its intent), so the step
         // runs without a write of its own.
         let mut run = Run::new(rec, 0, false, self.encoder());
@@ -1103,7 +1119,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         }
         run.rec.status = SagaStatus::Compensating;
         run.rec.round = run.rec.round.saturating_add(1);
-        note(&mut run.rec, SagaEventKind::Compensating, None, None, None);
+        self.note(&mut run.rec, SagaEventKind::Compensating, None, None, None);
         match self
             .persist(&mut run, Write::RetryCompensation, None, Duration::ZERO)
             .await
@@ -1159,6 +1175,20 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
     }
 
     /// An encoder of this saga's records.
+    /// Puts lifecycle event `kind` into `rec`'s outbox if this runner publishes that kind.
+    fn note(
+        &self,
+        rec: &mut SagaRecord<S::Data>,
+        kind: SagaEventKind,
+        step: Option<&str>,
+        error: Option<String>,
+        attempts: Option<u32>,
+    ) {
+        if self.inner.events.publishes(kind) {
+            note(rec, kind, step, error, attempts);
+        }
+    }
+
     fn encoder(&self) -> record::Encoder {
         record::Encoder::new(self.inner.step_heads.clone(), self.inner.owner_json.clone())
     }
@@ -1406,7 +1436,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
                 }
                 None => {
                     run.rec.status = SagaStatus::Completed;
-                    note(&mut run.rec, SagaEventKind::Completed, None, None, None);
+                    self.note(&mut run.rec, SagaEventKind::Completed, None, None, None);
                     Duration::ZERO
                 }
             },
@@ -1428,7 +1458,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
                 }
                 None => {
                     run.rec.status = SagaStatus::Compensated;
-                    note(&mut run.rec, SagaEventKind::Compensated, None, None, None);
+                    self.note(&mut run.rec, SagaEventKind::Compensated, None, None, None);
                     Duration::ZERO
                 }
             },
@@ -1664,7 +1694,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
                     entry.state = StepState::Completed;
                     entry.error = None;
                     run.rec.data = data;
-                    note(&mut run.rec, SagaEventKind::StepCompleted, Some(step.name), None, None);
+                    self.note(&mut run.rec, SagaEventKind::StepCompleted, Some(step.name), None, None);
                     let extra = self.fold_next(run);
                     return self.persist(run, Write::StepCompleted, Some(step.name), extra).await;
                 }
@@ -1687,14 +1717,14 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         entry.error = Some(error.clone());
         let attempts = entry.attempts;
         run.rec.status = SagaStatus::Compensating;
-        note(
+        self.note(
             &mut run.rec,
             SagaEventKind::StepFailed,
             Some(name),
             Some(error),
             Some(attempts),
         );
-        note(&mut run.rec, SagaEventKind::Compensating, None, None, None);
+        self.note(&mut run.rec, SagaEventKind::Compensating, None, None, None);
         let extra = self.fold_next(run);
         self.persist(run, Write::StepFailed, Some(name), extra).await
     }
@@ -1739,7 +1769,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
                     entry.state = StepState::Compensated;
                     entry.error = None;
                     run.rec.data = data;
-                    note(
+                    self.note(
                         &mut run.rec,
                         SagaEventKind::StepCompensated,
                         Some(step.name),
@@ -1769,7 +1799,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         let attempts = entry.compensation_attempts;
         run.rec.status = SagaStatus::NeedsAttention;
         tracing::error!(saga = S::NAME, id = %run.rec.id, step = name, %error, "saga compensation failed for good; the saga needs attention");
-        note(
+        self.note(
             &mut run.rec,
             SagaEventKind::CompensationFailed,
             Some(name),

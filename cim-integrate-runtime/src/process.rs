@@ -599,6 +599,10 @@ pub(crate) struct Engine<T: Transport, S> {
     deadlines: Observer,
     /// One write of a record at a time in this process (see [`KeyLocks`]).
     writing: KeyLocks,
+    /// One drain of a record's outbox at a time in this process: a drain started while another
+    /// is sending reads the record once that one has cleared what it sent, so a queued message
+    /// is not sent twice by one process (taken before `writing`, never inside it).
+    sending: KeyLocks,
     _state: PhantomData<fn() -> S>,
 }
 
@@ -727,6 +731,7 @@ impl<T: Transport, S: ProcessState + Send + 'static> Engine<T, S> {
             bus: CommandBus::new(transport.clone()).timeout(options.command_timeout),
             deadlines: Observer::new("deadline", name, format!("{name}.deadline"), "process_deadline"),
             writing: KeyLocks::default(),
+            sending: KeyLocks::default(),
             _state: PhantomData,
         })
     }
@@ -833,6 +838,7 @@ impl<T: Transport, S: ProcessState + Send + 'static> Engine<T, S> {
     /// Sends the queued messages of the record at `skey` (storage form) through the
     /// [outbox](crate::outbox), then removes the sent ones (and deletes an ended record).
     pub(crate) async fn drain(&self, skey: &str) -> Result<(), ProcessError> {
+        let _sending = self.sending.lock(skey).await;
         let Some(entry) = self.records.get(skey).await? else {
             return Ok(());
         };
@@ -1348,6 +1354,73 @@ pub fn key_of<K: fmt::Display + ?Sized>(value: &K) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two drains of one record at once (a step's, and a second event's or the start-up sweep's)
+    /// send a queued command once: the second reads the record after the first cleared it.
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_drains_send_a_queued_message_once() {
+        use crate::transport::Reply;
+        use crate::transport::Transport;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        let t = crate::transport::memory::MemoryTransport::new();
+        let engine = Engine::<_, BTreeMap<String, u32>>::open(&t, "onboarding", &ProcessOptions::default())
+            .await
+            .expect("engine");
+        let mut responder = t
+            .serve(
+                &crate::subject::SubjectPattern::new("commands.people.greet").unwrap(),
+                "greet",
+            )
+            .await
+            .expect("serve");
+        let served = Arc::new(AtomicUsize::new(0));
+        tokio::spawn({
+            let served = served.clone();
+            async move {
+                while let Some(request) = responder.next().await {
+                    served.fetch_add(1, Ordering::SeqCst);
+                    // A handler that takes a while: the other drain runs meanwhile.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let payload = Bytes::from_static(br#"{"status":"accepted"}"#);
+                    let _ = request
+                        .respond(Reply {
+                            payload,
+                            ..Reply::default()
+                        })
+                        .await;
+                }
+            }
+        });
+        let mut ctx = ProcessContext::new(
+            "p-1",
+            Identity::root(),
+            "onboarding:p-1".to_owned(),
+            Timestamp::now(),
+            true,
+        );
+        let identity = ctx.next_identity();
+        ctx.push(
+            identity,
+            EffectKind::Send,
+            Subject::new("commands.people.greet").unwrap(),
+            "Greet",
+            "1.0",
+            b"{\"version\":\"1.0\"}",
+        );
+        let mut record = Record::<BTreeMap<String, u32>>::default();
+        record.apply(ctx, "m-1");
+        let skey = storage_key("p-1");
+        let value = engine.encode("p-1", &record).expect("encode");
+        engine.records.create(&skey, value).await.expect("create");
+
+        let (a, b) = futures::join!(engine.drain(&skey), engine.drain(&skey));
+        a.expect("first drain");
+        b.expect("second drain");
+        assert_eq!(served.load(Ordering::SeqCst), 1, "the queued command was sent once");
+        let stored = engine.records.get(&skey).await.expect("get").expect("record");
+        assert!(engine.decode("p-1", &stored.value).expect("decode").outbox.is_empty());
+    }
 
     /// An outbox sent later in another trace (the scanner, after a crash) links to the
     /// transition that queued it; sent in the transition's own trace, it links to nothing.

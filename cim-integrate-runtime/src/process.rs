@@ -1355,6 +1355,27 @@ pub fn key_of<K: fmt::Display + ?Sized>(value: &K) -> String {
 mod tests {
     use super::*;
 
+    /// A fresh transition of process `p-1` that queued one message of `kind` on `subject`.
+    fn queued(kind: EffectKind, subject: &str, type_name: &str) -> ProcessContext {
+        let mut ctx = ProcessContext::new(
+            "p-1",
+            Identity::root(),
+            "onboarding:p-1".to_owned(),
+            Timestamp::now(),
+            true,
+        );
+        let identity = ctx.next_identity();
+        ctx.push(
+            identity,
+            kind,
+            Subject::new(subject).unwrap(),
+            type_name,
+            "1.0",
+            b"{\"version\":\"1.0\"}",
+        );
+        ctx
+    }
+
     /// Two drains of one record at once (a step's, and a second event's or the start-up sweep's)
     /// send a queued command once: the second reads the record after the first cleared it.
     #[tokio::test(start_paused = true)]
@@ -1363,6 +1384,10 @@ mod tests {
         use crate::transport::Transport;
         use std::sync::atomic::{AtomicUsize, Ordering};
 
+        // A subscriber of this thread's own: the `process_outbox` spans made here, with none,
+        // would have tracing cache that nobody wants them, and the span-recording test beside
+        // this one could then miss its own.
+        let _default = tracing::subscriber::set_default(tracing_subscriber::registry());
         let t = crate::transport::memory::MemoryTransport::new();
         let engine = Engine::<_, BTreeMap<String, u32>>::open(&t, "onboarding", &ProcessOptions::default())
             .await
@@ -1392,22 +1417,7 @@ mod tests {
                 }
             }
         });
-        let mut ctx = ProcessContext::new(
-            "p-1",
-            Identity::root(),
-            "onboarding:p-1".to_owned(),
-            Timestamp::now(),
-            true,
-        );
-        let identity = ctx.next_identity();
-        ctx.push(
-            identity,
-            EffectKind::Send,
-            Subject::new("commands.people.greet").unwrap(),
-            "Greet",
-            "1.0",
-            b"{\"version\":\"1.0\"}",
-        );
+        let ctx = queued(EffectKind::Send, "commands.people.greet", "Greet");
         let mut record = Record::<BTreeMap<String, u32>>::default();
         record.apply(ctx, "m-1");
         let skey = storage_key("p-1");
@@ -1448,23 +1458,10 @@ mod tests {
             .await
             .expect("engine");
         let queue = || {
-            let mut ctx = ProcessContext::new(
-                "p-1",
-                Identity::root(),
-                "onboarding:p-1".to_owned(),
-                Timestamp::now(),
-                true,
-            );
-            let identity = ctx.next_identity();
-            ctx.push(
-                identity,
-                EffectKind::Publish,
-                Subject::new("people.onboarded").unwrap(),
-                "Onboarded",
-                "1.0",
-                b"{\"version\":\"1.0\"}",
-            );
-            ctx.effects.pop().expect("queued")
+            queued(EffectKind::Publish, "people.onboarded", "Onboarded")
+                .effects
+                .pop()
+                .expect("queued")
         };
         let transition = tracing::info_span!("transition");
         let (effect, stored) = transition.in_scope(|| {

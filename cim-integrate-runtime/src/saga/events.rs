@@ -58,6 +58,10 @@ impl SagaEventKind {
 /// operator tools) holds the whole state: every step's state, attempts and last error. Events
 /// that are published keep their contract: correlation and causation ids, and a message id
 /// derived from (saga, id, the event's number), the number counting only the events published.
+///
+/// The setting is the runner's, not the record's: an operator's release of a saga that needs
+/// attention (`Ops::retry_saga` with the `nats` feature, the console, which do not know
+/// it) queues a `compensating` event whatever it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum LifecycleEvents {
     /// Every kind: `started`, `step_completed` for each step, failures, compensation and the

@@ -1174,7 +1174,6 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         })
     }
 
-    /// An encoder of this saga's records.
     /// Puts lifecycle event `kind` into `rec`'s outbox if this runner publishes that kind.
     fn note(
         &self,
@@ -1189,6 +1188,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         }
     }
 
+    /// An encoder of this saga's records.
     fn encoder(&self) -> record::Encoder {
         record::Encoder::new(self.inner.step_heads.clone(), self.inner.owner_json.clone())
     }

@@ -17,6 +17,7 @@ use super::{Dispatch, Message, Outcome, Received};
 use crate::transport::{Consumer, ConsumerSpec, Delivery, IncomingRequest, Responder, Transport};
 use bytes::Bytes;
 use futures::StreamExt;
+use futures::future::{Fuse, FusedFuture, FutureExt};
 use futures::stream::FuturesUnordered;
 use std::future::Future;
 use std::pin::Pin;
@@ -182,12 +183,10 @@ pub(crate) async fn run<Src, D, S>(
     // to another task would wake a second worker thread for a few messages at a time, which
     // costs more than taking them.
     let (puller, local) = if source.in_process() {
-        (None, Some(pull(source, tx, batch)))
+        (None, pull(source, tx, batch).fuse())
     } else {
-        (Some(tokio::spawn(pull(source, tx, batch))), None)
+        (Some(tokio::spawn(pull(source, tx, batch))), Fuse::terminated())
     };
-    let mut pulled_all = local.is_none();
-    let local = futures::future::OptionFuture::from(local);
     tokio::pin!(local);
     let mut in_flight = FuturesUnordered::new();
     let running = Arc::new(Running::new(concurrency));
@@ -207,10 +206,7 @@ pub(crate) async fn run<Src, D, S>(
             _ = &mut stopped => break,
             // The in-place puller: it fills the channel and waits for room, and ends with the
             // source (the channel then reports the end).
-            Some(()) = &mut local, if !pulled_all => {
-                pulled_all = true;
-                continue;
-            }
+            () = &mut local, if !local.is_terminated() => continue,
             Some(done) = in_flight.next(), if !in_flight.is_empty() => {
                 if let Some(slot) = done {
                     free.push(slot);
@@ -268,7 +264,7 @@ pub(crate) async fn run<Src, D, S>(
     }
     // The in-place puller goes now: the places it reserved are given back, so the channel,
     // closed, ends once what it holds is taken.
-    local.set(None.into());
+    local.set(Fuse::terminated());
     rx.close();
     while let Some(item) = rx.recv().await {
         settle.abandon(item).await;

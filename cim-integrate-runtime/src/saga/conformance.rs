@@ -15,8 +15,8 @@
 #![allow(missing_docs, clippy::missing_panics_doc)]
 
 use super::{
-    CrashPoint, LifecycleEvents, Moment, Saga, SagaEvent, SagaOutcome, SagaRecord, SagaRunner, SagaStatus, Step,
-    StepContext, StepFuture, StepState, Write,
+    CrashPoint, LifecycleEvents, Moment, Saga, SagaEvent, SagaOutcome, SagaRecord, SagaRunner, SagaRunnerBuilder,
+    SagaStatus, Step, StepContext, StepFuture, StepState, Write,
 };
 use crate::envelope::Envelope;
 use crate::handler::{Context, HandlerError, Registration, RetryPolicy};
@@ -256,14 +256,30 @@ impl Saga for Shop {
     }
 }
 
-/// A runner of a fresh [`Shop`] named `instance`.
-pub async fn runner<T: Transport>(t: &T, shop: &Shop, instance: &str) -> SagaRunner<Shop, T> {
+/// The builder of a runner of `shop` named `instance`, with the tests' lease.
+pub fn builder<T: Transport>(t: &T, shop: &Shop, instance: &str) -> SagaRunnerBuilder<Shop, T> {
     SagaRunner::builder(t.clone(), shop.clone())
         .instance(instance)
         .lease(LEASE)
+}
+
+/// A runner of a fresh [`Shop`] named `instance`.
+pub async fn runner<T: Transport>(t: &T, shop: &Shop, instance: &str) -> SagaRunner<Shop, T> {
+    builder(t, shop, instance).build().await.expect("build runner")
+}
+
+/// Starts saga `id` on a runner built by `builder` that crashes after the saga's final write,
+/// before its active record's delete: the saga completed, its move to the settled bucket was
+/// cut short (in the background half, reported by `settled`).
+async fn complete_then_crash_before_the_delete<T: Transport>(builder: SagaRunnerBuilder<Shop, T>, id: &str) {
+    let crashing = builder
+        .fault_hook(|p| p.write == Write::Settle && p.moment == Moment::Before)
         .build()
         .await
-        .expect("build runner")
+        .expect("runner");
+    assert_eq!(crashing.start(id, Order::default()).await, Ok(SagaOutcome::Completed));
+    let crashed = crashing.settled().await;
+    assert!(matches!(crashed, Err(super::SagaError::Crashed(_))), "{crashed:?}");
 }
 
 /// `n` lifecycle events of saga `id`, read from the `SAGA_EVENTS` stream.
@@ -1261,21 +1277,8 @@ pub async fn settled_records_expire_and_are_not_resumed<T: Transport>(t: T) {
 /// (left by a runtime before this layout) is moved the same way.
 pub async fn crash_between_the_settling_writes_is_recovered<T: Transport>(t: T) {
     let shop = Shop::default();
-    let crashing = SagaRunner::builder(t.clone(), shop.clone())
-        .instance("node-1")
-        .lease(LEASE)
-        .fault_hook(|p| p.write == Write::Settle && p.moment == Moment::Before)
-        .build()
-        .await
-        .expect("runner");
     // The saga settled (its final write made) before the crash, in the background half.
-    assert_eq!(
-        crashing.start("split", Order::default()).await,
-        Ok(SagaOutcome::Completed)
-    );
-    let crashed = crashing.settled().await;
-    assert!(matches!(crashed, Err(super::SagaError::Crashed(_))), "{crashed:?}");
-    drop(crashing);
+    complete_then_crash_before_the_delete(builder(&t, &shop, "node-1"), "split").await;
     let r = runner(&t, &shop, "node-1").await;
     assert_eq!(r.active_ids().await.expect("active"), ["split"]);
     assert_eq!(r.settled_store().keys().await.expect("keys"), ["split"]);
@@ -1347,12 +1350,7 @@ pub async fn crash_between_the_settling_writes_is_recovered<T: Transport>(t: T) 
 /// publishing every event writes.
 pub async fn lifecycle_events_can_be_limited<T: Transport>(t: T) {
     let shop = Shop::default();
-    let limited = |events: LifecycleEvents| {
-        SagaRunner::builder(t.clone(), shop.clone())
-            .instance("node-1")
-            .lease(LEASE)
-            .lifecycle_events(events)
-    };
+    let limited = |events: LifecycleEvents| builder(&t, &shop, "node-1").lifecycle_events(events);
     let outcomes = limited(LifecycleEvents::Outcomes).build().await.expect("runner");
     let start = Identity::root();
     assert_eq!(
@@ -1389,17 +1387,7 @@ pub async fn lifecycle_events_can_be_limited<T: Transport>(t: T) {
         ]
     );
 
-    let crashing = limited(LifecycleEvents::Outcomes)
-        .fault_hook(|p| p.write == Write::Settle && p.moment == Moment::Before)
-        .build()
-        .await
-        .expect("runner");
-    assert_eq!(
-        crashing.start("lean-crash", Order::default()).await,
-        Ok(SagaOutcome::Completed)
-    );
-    assert!(matches!(crashing.settled().await, Err(super::SagaError::Crashed(_))));
-    drop(crashing);
+    complete_then_crash_before_the_delete(limited(LifecycleEvents::Outcomes), "lean-crash").await;
     let report = outcomes.resume().await.expect("resume");
     assert_eq!(report.completed, ["lean-crash"], "{report:?}");
     assert_eq!(shop.script.calls_of("lean-crash").len(), 4, "no step ran again");

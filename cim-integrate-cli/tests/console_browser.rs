@@ -175,13 +175,21 @@ async fn a_dead_letter_group_is_redriven_from_the_browser() {
         }
     };
 
+    let started = Instant::now();
     browser.goto(&url).await.expect("open the console");
     let wait = || browser.wait().at_most(Duration::from_secs(20));
     // The group of three, and the handler with nothing handled yet.
-    let group = wait()
+    let group = match wait()
         .for_element(Locator::Css("tr.dlq-group[data-handler='carrier-book']"))
         .await
-        .expect("a dead-letter group on the page");
+    {
+        Ok(group) => group,
+        Err(e) => {
+            let status = page_status(&browser).await;
+            panic!("no dead-letter group on the page ({e}); the page's status: {status}")
+        }
+    };
+    eprintln!("{:?}: the group is shown", started.elapsed());
     let count = group
         .find(Locator::Css("td.count"))
         .await
@@ -207,6 +215,7 @@ async fn a_dead_letter_group_is_redriven_from_the_browser() {
         .expect("click");
     let after = text_when(&browser, handled, |t| t == "3").await;
     assert_eq!(after, "3");
+    eprintln!("{:?}: redriven and handled", started.elapsed());
     let deadline = Instant::now() + Duration::from_secs(20);
     while !browser
         .find_all(Locator::Css("tr.dlq-group"))
@@ -230,6 +239,7 @@ async fn a_dead_letter_group_is_redriven_from_the_browser() {
     let saga = Locator::Css("tr.saga[data-state='needs_attention']");
     let row = text_when(&browser, saga, |t| t.contains("o-1")).await;
     assert!(row.contains("to compensate: charge"), "{row}");
+    eprintln!("{:?}: the saga is shown", started.elapsed());
     shop.script.broken.lock().expect("lock").clear();
     browser
         .find(saga)
@@ -251,14 +261,25 @@ async fn a_dead_letter_group_is_redriven_from_the_browser() {
         assert!(Instant::now() < deadline, "the saga is still unsettled");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    eprintln!("{:?}: the saga is compensated", started.elapsed());
     assert!(
         shop.script
             .calls_of("o-1")
             .ends_with(&["-charge".to_owned(), "-reserve".to_owned()])
     );
     browser.close().await.expect("close");
+    eprintln!("{:?}: the browser is closed", started.elapsed());
     shop_host.shutdown(Duration::from_secs(5)).await;
     service.shutdown(Duration::from_secs(5)).await;
+    eprintln!("{:?}: the hosts are stopped", started.elapsed());
+}
+
+/// The page's status line ("updated ...", or why the last refresh failed).
+async fn page_status(browser: &fantoccini::Client) -> String {
+    match browser.find(Locator::Id("status")).await {
+        Ok(e) => e.text().await.unwrap_or_else(|e| format!("unreadable: {e}")),
+        Err(e) => format!("no status line: {e}"),
+    }
 }
 
 /// The text of the element at `at` once `ok` holds for it (the page refreshes every 2 s).
@@ -276,7 +297,8 @@ async fn text_when(browser: &fantoccini::Client, at: Locator<'_>, ok: impl Fn(&s
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("timed out; last text: `{last}`");
+    let status = page_status(browser).await;
+    panic!("timed out; last text: `{last}`; the page's status: {status}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

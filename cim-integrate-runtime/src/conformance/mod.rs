@@ -63,6 +63,7 @@ macro_rules! conformance_tests {
                 crashed_waiter_leaves_no_consumer,
                 kv_create_get_update_conflict,
                 kv_delete_and_keys,
+                kv_keys_while_entries_are_rewritten,
                 kv_ttl_expires_entries,
                 kv_bucket_settings_conflict,
                 kv_rejects_invalid_keys,
@@ -861,6 +862,62 @@ pub async fn kv_delete_and_keys<T: Transport>(t: T) {
         .await
         .expect("create after delete");
     assert_eq!(&kv.get("a").await.expect("get").expect("present").value[..], b"again");
+}
+
+/// Key-value: a listing of keys ends, promptly, under any write rate, and holds every key not
+/// written while it ran, and a key rewritten now and then (a host's status document). With a
+/// history of one, each write removes the entry before it, which a listing may have counted and
+/// not yet received: async-nats's `Store::keys` then missed the key, or, on nats-server 2.9,
+/// waited without end.
+pub async fn kv_keys_while_entries_are_rewritten<T: Transport>(t: T) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let kv = t.key_value(&KvSpec::new("status")).await.expect("bucket");
+    let steady = ["host.a", "host.b", "host.z"];
+    let (busy, now_and_then) = (["busy.1", "busy.2"], "host.c");
+    for k in ["host.a", "host.b", "host.c"] {
+        kv.put(k, Bytes::from_static(b"0")).await.expect("put");
+    }
+    // Gaps in the stream between the entries held (rewrites removed what was between).
+    for n in 0..100 {
+        kv.put(busy[n % 2], Bytes::from_static(b"0")).await.expect("put");
+    }
+    kv.put("host.z", Bytes::from_static(b"0")).await.expect("put");
+    let stop = Arc::new(AtomicBool::new(false));
+    let write = |keys: Vec<&'static str>, pause: Duration| {
+        let (kv, stop) = (kv.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let k = keys[(n % keys.len() as u64) as usize];
+                kv.put(k, Bytes::from(n.to_string())).await.expect("put");
+                n += 1;
+                tokio::time::sleep(pause).await;
+            }
+        })
+    };
+    // As fast as writes go, and one key every 20 ms.
+    let writers = [
+        write(busy.to_vec(), Duration::ZERO),
+        write(vec![now_and_then], Duration::from_millis(20)),
+    ];
+    for _ in 0..200 {
+        let keys = tokio::time::timeout(Duration::from_secs(10), kv.keys())
+            .await
+            .expect("the listing ends")
+            .expect("keys");
+        for k in steady.iter().chain([&now_and_then]) {
+            assert!(keys.iter().any(|x| x == k), "{k} not in {keys:?}");
+        }
+        assert!(
+            keys.iter().all(|k| k.starts_with("host.") || k.starts_with("busy.")),
+            "{keys:?}"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.expect("writer");
+    }
 }
 
 /// Key-value: entries expire after the bucket's max age.

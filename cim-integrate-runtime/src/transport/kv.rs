@@ -202,7 +202,9 @@ pub trait KeyValue: std::fmt::Debug + Clone + Send + Sync + 'static {
     fn put(&self, key: &str, value: Bytes) -> impl Future<Output = Result<u64, KvError>> + Send;
     /// Deletes `key` (a tombstone); with `expected`, only if the latest revision is that one.
     fn delete(&self, key: &str, expected: Option<u64>) -> impl Future<Output = Result<(), KvError>> + Send;
-    /// The keys with live values, sorted.
+    /// The keys with live values, sorted. Every key that holds a value and is not written while
+    /// the listing runs is in it; a key written meanwhile may be missed on NATS (the embedded
+    /// bucket answers from one snapshot). The listing ends whatever the write rate.
     fn keys(&self) -> impl Future<Output = Result<Vec<String>, KvError>> + Send;
 
     /// `Some` if this bucket answers at once, without waiting on anything (the embedded

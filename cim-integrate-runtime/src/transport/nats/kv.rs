@@ -9,7 +9,6 @@ use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::kv::{CreateErrorKind, PutErrorKind, Store, UpdateErrorKind};
 use async_nats::jetstream::{ErrorCode, stream as js_stream};
 use bytes::Bytes;
-use futures::TryStreamExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -137,11 +136,6 @@ pub(crate) async fn open_existing(t: &NatsTransport, bucket: &str) -> Result<Opt
     }))
 }
 
-/// Classifies a failure of a key-value operation on a bucket that was opened (so exists) by
-/// the first thing in its chain that says what happened. A "no responders" reply to a publish
-/// (async-nats's `StreamNotFound`) means nobody leads the bucket's stream right now: the bucket
-/// is unavailable, not missing. Anything unrecognised on an open bucket is taken as
-/// unavailability too: its operations cannot be wrong otherwise (keys are checked before).
 /// `true` unless the headers mark a delete or purge (`KV-Operation`, or the server's
 /// `Nats-Marker-Reason` on 2.11+).
 fn is_put(headers: &async_nats::HeaderMap) -> bool {
@@ -151,6 +145,11 @@ fn is_put(headers: &async_nats::HeaderMap) -> bool {
     headers.get("Nats-Marker-Reason").is_none()
 }
 
+/// Classifies a failure of a key-value operation on a bucket that was opened (so exists) by
+/// the first thing in its chain that says what happened. A "no responders" reply to a publish
+/// (async-nats's `StreamNotFound`) means nobody leads the bucket's stream right now: the bucket
+/// is unavailable, not missing. Anything unrecognised on an open bucket is taken as
+/// unavailability too: its operations cannot be wrong otherwise (keys are checked before).
 pub(crate) fn classify(what: &str, e: &(dyn std::error::Error + 'static)) -> TransportError {
     use async_nats::jetstream::context::RequestErrorKind;
     let mut cur = Some(e);
@@ -197,6 +196,10 @@ pub(crate) fn classify(what: &str, e: &(dyn std::error::Error + 'static)) -> Tra
         TransportError::Unavailable(format!("{what}: {text}"))
     }
 }
+
+/// How often a listing of keys moves its end to take in entries rewritten while it read
+/// (`keys` of [`NatsKeyValue`]).
+const CATCH_UP: u32 = 3;
 
 impl NatsKeyValue {
     /// The bucket's name.
@@ -296,18 +299,89 @@ impl KeyValue for NatsKeyValue {
             })
     }
 
+    /// Read with an ephemeral pull consumer over every entry of the bucket (headers only), the
+    /// last operation seen of each key deciding whether it is listed.
+    ///
+    /// What is listed: every key that holds a value and is not written during the listing. A key
+    /// written meanwhile is listed as its newest revision read says, or may be missed. The end:
+    /// as many entries as the bucket held when the listing began (every entry then held is
+    /// among them, in stream order, unless it was removed), then, at most three times, as many
+    /// as are pending when that count is reached (entries rewritten meanwhile: with a history of
+    /// one, a write removes the entry before it). So a listing ends under any write rate.
+    ///
+    /// Not async-nats's `Store::keys`: its consumer delivers the last entry of each key from a
+    /// list taken when it is created; an entry rewritten before its delivery was then missed, or,
+    /// on nats-server 2.9, waited for without end (the console's page hung on a host's status
+    /// document, rewritten every few hundred milliseconds).
     async fn keys(&self) -> Result<Vec<String>, KvError> {
-        let keys = self
+        use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+        use futures::StreamExt;
+        /// Empty pages in a row, with entries still reported pending, before giving up.
+        const STALLS: u32 = 20;
+        let listing = |e: &(dyn std::error::Error + 'static)| self.transport("listing", "*", e, false);
+        let mut consumer = self
             .store
-            .keys()
+            .stream
+            .create_consumer(pull::Config {
+                filter_subject: format!("{}>", self.store.prefix),
+                deliver_policy: DeliverPolicy::All,
+                ack_policy: AckPolicy::None,
+                headers_only: true,
+                memory_storage: true,
+                num_replicas: 1,
+                // Removed by the server soon after the listing; nothing to delete by hand.
+                inactive_threshold: Duration::from_secs(5),
+                ..Default::default()
+            })
             .await
-            .map_err(|e| self.transport("listing", "*", &e, false))?;
-        let mut keys: Vec<String> = keys
-            .try_collect()
-            .await
-            .map_err(|e| self.transport("listing", "*", &e, false))?;
-        keys.sort_unstable();
-        keys.dedup();
-        Ok(keys)
+            .map_err(|e| listing(&e))?;
+        let mut pending = consumer.cached_info().num_pending;
+        // Key -> listed (its last operation seen so far is a put).
+        let mut last = std::collections::BTreeMap::<String, bool>::new();
+        // Entries left to read before the end, and how often the end was moved.
+        let (mut budget, mut moved) = (pending, 0);
+        let mut stalls = 0;
+        'listing: while pending > 0 {
+            let mut page = consumer
+                .fetch()
+                .max_messages(1024)
+                .messages()
+                .await
+                .map_err(|e| listing(&e))?;
+            let mut got = false;
+            while let Some(m) = page.next().await {
+                let m = m.map_err(|e| listing(&*e))?;
+                let info = m.info().map_err(|e| listing(&*e))?;
+                got = true;
+                pending = info.pending;
+                if let Some(key) = m.subject.as_str().strip_prefix(self.store.prefix.as_str()) {
+                    let put = m.headers.as_ref().is_none_or(is_put);
+                    last.insert(key.to_owned(), put);
+                }
+                budget = budget.saturating_sub(1);
+                if budget == 0 {
+                    if pending == 0 || moved == CATCH_UP {
+                        break 'listing;
+                    }
+                    moved += 1;
+                    budget = pending;
+                }
+            }
+            if got {
+                stalls = 0;
+                continue;
+            }
+            // Counted, then removed before it was delivered (rewritten, expired): ask again.
+            stalls += 1;
+            if stalls > STALLS {
+                return Err(KvError::Transport(TransportError::Timeout(format!(
+                    "listing bucket `{}`: {pending} entries reported pending, none delivered",
+                    self.bucket
+                ))));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            pending = consumer.info().await.map_err(|e| listing(&e))?.num_pending;
+        }
+        Ok(last.into_iter().filter_map(|(k, put)| put.then_some(k)).collect())
     }
 }

@@ -7,7 +7,7 @@
 //! Options: `--quick` (a fifth of the messages: a smoke run), `--markdown` (the table again as
 //! Markdown), `--only a,b` / `--skip a,b` with the
 //! sections `publish`, `consume`, `scale-out`, `dispatch`, `saga`, `decode`, `rss`, `check`,
-//! `--out PATH`, `--dispatch-rounds N` (default 5), `--dispatch-rows kv,mem16,mem1` (default all),
+//! `--out PATH`, `--dispatch-rounds N` (default 5), `--dispatch-rows kv,mem16,mem1,live-kv,live-mem16,live-mem1` (default all),
 //! `--dispatch-side ours|baseline` (default both), `--saga-rows nats,mem` (default both),
 //! `--saga-side ours|baseline` (default both), `--saga-events all,outcomes,none` (the runner's
 //! [`LifecycleEvents`], a row each; default all three),
@@ -79,7 +79,7 @@ struct Runner {
     rss_nats_events: u64,
     /// Rounds of the dispatch rows (`--dispatch-rounds`, default 5).
     dispatch_rounds: usize,
-    /// Only these dispatch rows (`--dispatch-rows kv,mem16,mem1`; default all), e.g. to profile one.
+    /// Only these dispatch rows (`--dispatch-rows kv,mem16,mem1,live-kv,live-mem16,live-mem1`; default all), e.g. to profile one.
     dispatch_rows: Option<Vec<String>>,
     /// Only one side of the dispatch rows (`--dispatch-side ours|baseline`), e.g. to count its
     /// instructions under callgrind.
@@ -874,8 +874,9 @@ async fn mpsc_round(n: u64) -> Result<DispatchRound, BoxError> {
 }
 
 /// Typed publish of `n` events into a fresh [`MemoryTransport`], then a [`Service`] drains them;
-/// both phases timed.
-async fn service_round(n: u64, kv_dedup: bool, concurrency: usize) -> Result<DispatchRound, BoxError> {
+/// both phases timed. `live`: the service is started first and a task publishes while it
+/// drains, as the baseline's sender and receiver run (one rate, over both at once).
+async fn service_round(n: u64, kv_dedup: bool, concurrency: usize, live: bool) -> Result<DispatchRound, BoxError> {
     let t = MemoryTransport::new();
     t.ensure_stream(&StreamSpec::for_domain("document", None)?).await?;
     let count = Arc::new(AtomicU64::new(0));
@@ -902,18 +903,46 @@ async fn service_round(n: u64, kv_dedup: bool, concurrency: usize) -> Result<Dis
         concurrency,
         ..HandlerOptions::default()
     });
-    let a0 = allocations();
-    let start = Instant::now();
-    for i in 0..n {
-        t.publish_and_wait(OutboundMessage::from(event(i).to_envelope()?))
-            .await?;
-    }
-    let published = start.elapsed();
-    let a1 = allocations();
-    let mut b = Service::builder(t, "bench").handler("search", registration);
+    let publish_all = |t: MemoryTransport| async move {
+        for i in 0..n {
+            t.publish_and_wait(OutboundMessage::from(event(i).to_envelope()?))
+                .await?;
+        }
+        Ok::<(), BoxError>(())
+    };
+    let mut b = Service::builder(t.clone(), "bench").handler("search", registration);
     if !kv_dedup {
         b = b.dedup_store(MemoryDedup::default());
     }
+    if live {
+        let svc = b.start().await?;
+        let a0 = allocations();
+        let start = Instant::now();
+        // Sent from this task, as the baseline's sender is (the runtime's `block_on` thread),
+        // while the service's tasks run on the workers.
+        let handled = done.notified();
+        tokio::pin!(handled);
+        handled.as_mut().enable();
+        publish_all(t).await?;
+        tokio::time::timeout(Duration::from_secs(120), handled)
+            .await
+            .map_err(|_| "the service did not handle every event in 120 s")?;
+        let total = start.elapsed();
+        let allocs = (allocations() - a0) as f64 / n as f64;
+        svc.shutdown(Duration::from_secs(5)).await;
+        return Ok(DispatchRound {
+            rate: rate(n, total),
+            publish_rate: f64::NAN,
+            drain_rate: f64::NAN,
+            publish_allocs: allocs,
+            drain_allocs: 0.0,
+        });
+    }
+    let a0 = allocations();
+    let start = Instant::now();
+    publish_all(t).await?;
+    let published = start.elapsed();
+    let a1 = allocations();
     let svc = b.start().await?;
     tokio::time::timeout(Duration::from_secs(120), done.notified())
         .await
@@ -933,20 +962,50 @@ async fn service_round(n: u64, kv_dedup: bool, concurrency: usize) -> Result<Dis
 async fn bench_dispatch(r: &mut Runner) -> Result<(), BoxError> {
     let n = r.n(200_000);
     let base = "tokio mpsc (1024) + serde_json encode/decode + direct call";
-    for (key, label, kv, conc) in [
+    let (then, live) = ("publish then drain", "publish while draining");
+    for (key, label, kv, conc, mode) in [
         (
             "kv",
             "Service (embedded), default options (key-value dedup, concurrency 16)",
             true,
             16,
+            then,
         ),
         (
             "mem16",
             "Service (embedded), in-memory dedup, concurrency 16",
             false,
             16,
+            then,
         ),
-        ("mem1", "Service (embedded), in-memory dedup, concurrency 1", false, 1),
+        (
+            "mem1",
+            "Service (embedded), in-memory dedup, concurrency 1",
+            false,
+            1,
+            then,
+        ),
+        (
+            "live-kv",
+            "Service (embedded), default options (key-value dedup, concurrency 16)",
+            true,
+            16,
+            live,
+        ),
+        (
+            "live-mem16",
+            "Service (embedded), in-memory dedup, concurrency 16",
+            false,
+            16,
+            live,
+        ),
+        (
+            "live-mem1",
+            "Service (embedded), in-memory dedup, concurrency 1",
+            false,
+            1,
+            live,
+        ),
     ] {
         if r.dispatch_rows
             .as_ref()
@@ -961,13 +1020,13 @@ async fn bench_dispatch(r: &mut Runner) -> Result<(), BoxError> {
                 theirs.push(mpsc_round(n).await?);
             }
             if side != Some("baseline") {
-                ours.push(service_round(n, kv, conc).await?);
+                ours.push(service_round(n, kv, conc, mode == live).await?);
             }
         }
         let pick = |v: &[DispatchRound], f: fn(&DispatchRound) -> f64| v.iter().map(f).collect::<Vec<f64>>();
         r.row_rounds(
             "dispatch",
-            format!("{label}: publish then drain, {n} events"),
+            format!("{label}: {mode}, {n} events"),
             &pick(&ours, |d| d.rate),
             "events/s",
             base,
@@ -975,14 +1034,21 @@ async fn bench_dispatch(r: &mut Runner) -> Result<(), BoxError> {
             n,
             true,
         );
-        let note = format!(
-            "dispatch, {label}: publish {} events/s, drain {} events/s (medians); allocations per message: publish {:.1}, drain {:.1} (baseline: {:.1} for send + receive)",
-            fmt_num(median(&pick(&ours, |d| d.publish_rate))),
-            fmt_num(median(&pick(&ours, |d| d.drain_rate))),
-            median(&pick(&ours, |d| d.publish_allocs)),
-            median(&pick(&ours, |d| d.drain_allocs)),
-            median(&pick(&theirs, |d| d.publish_allocs)),
-        );
+        let baseline_allocs = median(&pick(&theirs, |d| d.publish_allocs));
+        let note = if mode == live {
+            format!(
+                "dispatch, {label}, {live}: allocations per message {:.1} (baseline: {baseline_allocs:.1})",
+                median(&pick(&ours, |d| d.publish_allocs)),
+            )
+        } else {
+            format!(
+                "dispatch, {label}: publish {} events/s, drain {} events/s (medians); allocations per message: publish {:.1}, drain {:.1} (baseline: {baseline_allocs:.1} for send + receive)",
+                fmt_num(median(&pick(&ours, |d| d.publish_rate))),
+                fmt_num(median(&pick(&ours, |d| d.drain_rate))),
+                median(&pick(&ours, |d| d.publish_allocs)),
+                median(&pick(&ours, |d| d.drain_allocs)),
+            )
+        };
         eprintln!("    {note}");
         r.notes.push(note);
     }

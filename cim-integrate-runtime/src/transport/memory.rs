@@ -1,7 +1,7 @@
 //! The embedded transport: JetStream semantics in process, with no server.
 //!
-//! Same behaviour as [NATS JetStream](super::nats), checked by the one
-//! [conformance suite](crate::conformance):
+//! Same behaviour as NATS JetStream (`transport::nats`, feature `nats`), checked by the one
+//! conformance suite (`cim_integrate_runtime::conformance`, feature `testing`):
 //!
 //! - streams capture disjoint subject sets; publishing to a subject no stream captures fails with
 //!   [`TransportError::NoStream`]; payloads over 1 MiB (headers included) are refused;

@@ -2,8 +2,8 @@
 //! key-value buckets.
 //!
 //! The traits map one to one onto NATS JetStream, and [`memory`] implements the same semantics in
-//! process. A behaviour that differs between the two is a bug; [`crate::conformance`] is the one
-//! suite both must pass.
+//! process. A behaviour that differs between the two is a bug; the conformance suite
+//! (`cim_integrate_runtime::conformance`, feature `testing`) is the one suite both must pass.
 //!
 //! | concept | trait / type | JetStream |
 //! | --- | --- | --- |

@@ -874,8 +874,9 @@ async fn mpsc_round(n: u64) -> Result<DispatchRound, BoxError> {
 }
 
 /// Typed publish of `n` events into a fresh [`MemoryTransport`], then a [`Service`] drains them;
-/// both phases timed. `live`: the service is started first and a task publishes while it
-/// drains, as the baseline's sender and receiver run (one rate, over both at once).
+/// both phases timed. `live`: the service is started first and this task (the runtime's
+/// `block_on` thread, where the baseline's sender runs) publishes while the service drains on
+/// the workers; one rate, over both at once.
 async fn service_round(n: u64, kv_dedup: bool, concurrency: usize, live: bool) -> Result<DispatchRound, BoxError> {
     let t = MemoryTransport::new();
     t.ensure_stream(&StreamSpec::for_domain("document", None)?).await?;
@@ -903,114 +904,78 @@ async fn service_round(n: u64, kv_dedup: bool, concurrency: usize, live: bool) -
         concurrency,
         ..HandlerOptions::default()
     });
-    let publish_all = |t: MemoryTransport| async move {
-        for i in 0..n {
-            t.publish_and_wait(OutboundMessage::from(event(i).to_envelope()?))
-                .await?;
-        }
-        Ok::<(), BoxError>(())
-    };
     let mut b = Service::builder(t.clone(), "bench").handler("search", registration);
     if !kv_dedup {
         b = b.dedup_store(MemoryDedup::default());
     }
-    if live {
-        let svc = b.start().await?;
-        let a0 = allocations();
-        let start = Instant::now();
-        // Sent from this task, as the baseline's sender is (the runtime's `block_on` thread),
-        // while the service's tasks run on the workers.
-        let handled = done.notified();
-        tokio::pin!(handled);
-        handled.as_mut().enable();
-        publish_all(t).await?;
-        tokio::time::timeout(Duration::from_secs(120), handled)
-            .await
-            .map_err(|_| "the service did not handle every event in 120 s")?;
-        let total = start.elapsed();
-        let allocs = (allocations() - a0) as f64 / n as f64;
-        svc.shutdown(Duration::from_secs(5)).await;
-        return Ok(DispatchRound {
-            rate: rate(n, total),
-            publish_rate: f64::NAN,
-            drain_rate: f64::NAN,
-            publish_allocs: allocs,
-            drain_allocs: 0.0,
-        });
-    }
+    let started = if live { Ok(b.start().await?) } else { Err(b) };
     let a0 = allocations();
     let start = Instant::now();
-    publish_all(t).await?;
+    for i in 0..n {
+        t.publish_and_wait(OutboundMessage::from(event(i).to_envelope()?))
+            .await?;
+    }
     let published = start.elapsed();
     let a1 = allocations();
-    let svc = b.start().await?;
+    let svc = match started {
+        Ok(svc) => svc,
+        Err(b) => b.start().await?,
+    };
     tokio::time::timeout(Duration::from_secs(120), done.notified())
         .await
-        .map_err(|_| "the service did not drain the backlog in 120 s")?;
+        .map_err(|_| "the service did not handle every event in 120 s")?;
     let total = start.elapsed();
     let a2 = allocations();
     svc.shutdown(Duration::from_secs(5)).await;
-    Ok(DispatchRound {
-        rate: rate(n, total),
-        publish_rate: rate(n, published),
-        drain_rate: rate(n, total - published),
-        publish_allocs: (a1 - a0) as f64 / n as f64,
-        drain_allocs: (a2 - a1) as f64 / n as f64,
+    let per_message = |allocs: u64| allocs as f64 / n as f64;
+    Ok(if live {
+        DispatchRound {
+            rate: rate(n, total),
+            publish_rate: f64::NAN,
+            drain_rate: f64::NAN,
+            publish_allocs: per_message(a2 - a0),
+            drain_allocs: 0.0,
+        }
+    } else {
+        DispatchRound {
+            rate: rate(n, total),
+            publish_rate: rate(n, published),
+            drain_rate: rate(n, total - published),
+            publish_allocs: per_message(a1 - a0),
+            drain_allocs: per_message(a2 - a1),
+        }
     })
 }
 
 async fn bench_dispatch(r: &mut Runner) -> Result<(), BoxError> {
     let n = r.n(200_000);
     let base = "tokio mpsc (1024) + serde_json encode/decode + direct call";
-    let (then, live) = ("publish then drain", "publish while draining");
-    for (key, label, kv, conc, mode) in [
+    let configs = [
         (
             "kv",
             "Service (embedded), default options (key-value dedup, concurrency 16)",
             true,
             16,
-            then,
         ),
         (
             "mem16",
             "Service (embedded), in-memory dedup, concurrency 16",
             false,
             16,
-            then,
         ),
-        (
-            "mem1",
-            "Service (embedded), in-memory dedup, concurrency 1",
-            false,
-            1,
-            then,
-        ),
-        (
-            "live-kv",
-            "Service (embedded), default options (key-value dedup, concurrency 16)",
-            true,
-            16,
-            live,
-        ),
-        (
-            "live-mem16",
-            "Service (embedded), in-memory dedup, concurrency 16",
-            false,
-            16,
-            live,
-        ),
-        (
-            "live-mem1",
-            "Service (embedded), in-memory dedup, concurrency 1",
-            false,
-            1,
-            live,
-        ),
-    ] {
-        if r.dispatch_rows
-            .as_ref()
-            .is_some_and(|rows| !rows.iter().any(|k| k == key))
-        {
+        ("mem1", "Service (embedded), in-memory dedup, concurrency 1", false, 1),
+    ];
+    // Each configuration publishing then draining (`kv`), and publishing while draining (`live-kv`).
+    let rows = [false, true]
+        .into_iter()
+        .flat_map(|live| configs.into_iter().map(move |c| (live, c)));
+    for (live, (key, label, kv, conc)) in rows {
+        let (key, mode) = if live {
+            (format!("live-{key}"), "publish while draining")
+        } else {
+            (key.to_owned(), "publish then drain")
+        };
+        if r.dispatch_rows.as_ref().is_some_and(|rows| !rows.contains(&key)) {
             continue;
         }
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
@@ -1020,7 +985,7 @@ async fn bench_dispatch(r: &mut Runner) -> Result<(), BoxError> {
                 theirs.push(mpsc_round(n).await?);
             }
             if side != Some("baseline") {
-                ours.push(service_round(n, kv, conc, mode == live).await?);
+                ours.push(service_round(n, kv, conc, live).await?);
             }
         }
         let pick = |v: &[DispatchRound], f: fn(&DispatchRound) -> f64| v.iter().map(f).collect::<Vec<f64>>();
@@ -1035,9 +1000,9 @@ async fn bench_dispatch(r: &mut Runner) -> Result<(), BoxError> {
             true,
         );
         let baseline_allocs = median(&pick(&theirs, |d| d.publish_allocs));
-        let note = if mode == live {
+        let note = if live {
             format!(
-                "dispatch, {label}, {live}: allocations per message {:.1} (baseline: {baseline_allocs:.1})",
+                "dispatch, {label}, {mode}: allocations per message {:.1} (baseline: {baseline_allocs:.1})",
                 median(&pick(&ours, |d| d.publish_allocs)),
             )
         } else {

@@ -36,11 +36,9 @@ use crate::timestamp::Timestamp;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer::pull};
 use bytes::Bytes;
-use futures::StreamExt;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// How many letters one fetch of a listing asks for.
 const PAGE: usize = 512;
@@ -296,46 +294,19 @@ impl Ops {
             },
             None => jetstream::consumer::DeliverPolicy::All,
         };
-        let consumer = stream
-            .create_consumer(pull::Config {
-                filter_subject: self.subject(&format!("{DEAD_LETTER_TOKEN}.*.*")),
-                deliver_policy,
-                ack_policy: jetstream::consumer::AckPolicy::None,
-                inactive_threshold: Duration::from_secs(30),
-                memory_storage: true,
-                num_replicas: 1,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| transport("reading dead letters", &e))?;
-        let mut pending = consumer.cached_info().num_pending;
-        while pending > 0 {
-            let mut batch = consumer
-                .fetch()
-                .max_messages(PAGE)
-                .expires(Duration::from_secs(2))
-                .messages()
-                .await
-                .map_err(|e| transport("reading dead letters", &e))?;
-            let mut got = 0;
-            while let Some(m) = batch.next().await {
-                let m = m.map_err(|e| transport("reading dead letters", &*e))?;
-                let info = m
-                    .info()
-                    .map_err(|e| OpsError::Corrupt(format!("dead letter delivery: {e}")))?;
-                let (seq, left) = (info.stream_sequence, info.pending);
-                got += 1;
-                pending = left;
-                let letter = self.parse(seq, &m.subject, m.headers.as_ref(), m.payload.clone())?;
-                if filter.matches(&letter) {
-                    letters.push(letter);
-                }
+        let config = pull::Config {
+            filter_subject: self.subject(&format!("{DEAD_LETTER_TOKEN}.*.*")),
+            deliver_policy,
+            ..Default::default()
+        };
+        crate::transport::nats::scan(&stream, config, PAGE, "reading dead letters", |m, info| {
+            let letter = self.parse(info.stream_sequence, &m.subject, m.headers.as_ref(), m.payload.clone())?;
+            if filter.matches(&letter) {
+                letters.push(letter);
             }
-            if got == 0 {
-                break;
-            }
-        }
-        let _ = consumer; // ephemeral: the server removes it after its inactivity threshold
+            Ok::<_, OpsError>(())
+        })
+        .await?;
         Ok(letters)
     }
 

@@ -197,10 +197,6 @@ pub(crate) fn classify(what: &str, e: &(dyn std::error::Error + 'static)) -> Tra
     }
 }
 
-/// How often a listing of keys moves its end to take in entries rewritten while it read
-/// (`keys` of [`NatsKeyValue`]).
-const CATCH_UP: u32 = 3;
-
 impl NatsKeyValue {
     /// The bucket's name.
     pub fn bucket(&self) -> &str {
@@ -299,89 +295,34 @@ impl KeyValue for NatsKeyValue {
             })
     }
 
-    /// Read with an ephemeral pull consumer over every entry of the bucket (headers only), the
-    /// last operation seen of each key deciding whether it is listed.
-    ///
-    /// What is listed: every key that holds a value and is not written during the listing. A key
-    /// written meanwhile is listed as its newest revision read says, or may be missed. The end:
-    /// as many entries as the bucket held when the listing began (every entry then held is
-    /// among them, in stream order, unless it was removed), then, at most three times, as many
-    /// as are pending when that count is reached (entries rewritten meanwhile: with a history of
-    /// one, a write removes the entry before it). So a listing ends under any write rate.
+    /// Read with one scan of the bucket's stream (`transport::nats::scan`, headers only), the
+    /// last operation seen of each key deciding whether it is listed. So every key that holds a
+    /// value and is not written during the listing is listed; a key written meanwhile is listed
+    /// as its newest revision read says, or may be missed; and a listing ends under any write
+    /// rate.
     ///
     /// Not async-nats's `Store::keys`: its consumer delivers the last entry of each key from a
     /// list taken when it is created; an entry rewritten before its delivery was then missed, or,
     /// on nats-server 2.9, waited for without end (the console's page hung on a host's status
     /// document, rewritten every few hundred milliseconds).
     async fn keys(&self) -> Result<Vec<String>, KvError> {
-        use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
-        use futures::StreamExt;
-        /// Empty pages in a row, with entries still reported pending, before giving up.
-        const STALLS: u32 = 20;
-        let listing = |e: &(dyn std::error::Error + 'static)| self.transport("listing", "*", e, false);
-        let mut consumer = self
-            .store
-            .stream
-            .create_consumer(pull::Config {
-                filter_subject: format!("{}>", self.store.prefix),
-                deliver_policy: DeliverPolicy::All,
-                ack_policy: AckPolicy::None,
-                headers_only: true,
-                memory_storage: true,
-                num_replicas: 1,
-                // Removed by the server soon after the listing; nothing to delete by hand.
-                inactive_threshold: Duration::from_secs(5),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| listing(&e))?;
-        let mut pending = consumer.cached_info().num_pending;
+        use async_nats::jetstream::consumer::{DeliverPolicy, pull};
         // Key -> listed (its last operation seen so far is a put).
         let mut last = std::collections::BTreeMap::<String, bool>::new();
-        // Entries left to read before the end, and how often the end was moved.
-        let (mut budget, mut moved) = (pending, 0);
-        let mut stalls = 0;
-        'listing: while pending > 0 {
-            let mut page = consumer
-                .fetch()
-                .max_messages(1024)
-                .messages()
-                .await
-                .map_err(|e| listing(&e))?;
-            let mut got = false;
-            while let Some(m) = page.next().await {
-                let m = m.map_err(|e| listing(&*e))?;
-                let info = m.info().map_err(|e| listing(&*e))?;
-                got = true;
-                pending = info.pending;
-                if let Some(key) = m.subject.as_str().strip_prefix(self.store.prefix.as_str()) {
-                    let put = m.headers.as_ref().is_none_or(is_put);
-                    last.insert(key.to_owned(), put);
-                }
-                budget = budget.saturating_sub(1);
-                if budget == 0 {
-                    if pending == 0 || moved == CATCH_UP {
-                        break 'listing;
-                    }
-                    moved += 1;
-                    budget = pending;
-                }
+        let config = pull::Config {
+            filter_subject: format!("{}>", self.store.prefix),
+            deliver_policy: DeliverPolicy::All,
+            headers_only: true,
+            ..Default::default()
+        };
+        let what = format!("listing bucket `{}`", self.bucket);
+        super::scan(&self.store.stream, config, 1024, &what, |m, _| {
+            if let Some(key) = m.subject.as_str().strip_prefix(self.store.prefix.as_str()) {
+                last.insert(key.to_owned(), m.headers.as_ref().is_none_or(is_put));
             }
-            if got {
-                stalls = 0;
-                continue;
-            }
-            // Counted, then removed before it was delivered (rewritten, expired): ask again.
-            stalls += 1;
-            if stalls > STALLS {
-                return Err(KvError::Transport(TransportError::Timeout(format!(
-                    "listing bucket `{}`: {pending} entries reported pending, none delivered",
-                    self.bucket
-                ))));
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            pending = consumer.info().await.map_err(|e| listing(&e))?.num_pending;
-        }
+            Ok::<_, KvError>(())
+        })
+        .await?;
         Ok(last.into_iter().filter_map(|(k, put)| put.then_some(k)).collect())
     }
 }

@@ -26,6 +26,7 @@ mod consumer;
 mod convert;
 mod kv;
 mod options;
+mod scan;
 
 pub use consumer::{NatsAcker, NatsConsumer};
 pub use kv::NatsKeyValue;
@@ -35,6 +36,7 @@ pub use options::{
     ENV_CA, ENV_CERT, ENV_CONNECTION_NAME, ENV_CREDS, ENV_JS_DOMAIN, ENV_KEY, ENV_NKEY_FILE, ENV_NKEY_SEED,
     ENV_PASSWORD, ENV_TLS_FIRST, ENV_TLS_REQUIRED, ENV_TOKEN, ENV_URL, ENV_USER, NatsAuth, NatsOptions, NatsTls,
 };
+pub(crate) use scan::scan;
 
 use crate::subject::SubjectPattern;
 use crate::transport::{

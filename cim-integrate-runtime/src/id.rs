@@ -22,6 +22,7 @@
 //! | an aggregation's outcome | `aggregation`, `{aggregation}`, `{key}` | v5 |
 //! | a dead letter (its `Nats-Msg-Id`) | `dlq`, `{set}.{handler}`, `{stream}`, `{sequence}` | v5 |
 
+use sha1::{Digest, Sha1};
 use std::fmt;
 use uuid::Uuid;
 
@@ -166,14 +167,25 @@ const LOWER_HEX: [u8; 256] = {
 /// `parts` joined by NUL bytes. The same parts always give the same id; the formats in use are
 /// listed in the [module documentation](self).
 pub fn derived_uuid(parts: &[&[u8]]) -> Uuid {
-    let mut name = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
+    let mut hash = Sha1::new();
+    hash.update(DERIVED_ID_NAMESPACE.as_bytes());
     for (i, part) in parts.iter().enumerate() {
         if i > 0 {
-            name.push(0);
+            hash.update([0]);
         }
-        name.extend_from_slice(part);
+        hash.update(part);
     }
-    Uuid::new_v5(&DERIVED_ID_NAMESPACE, &name)
+    v5(hash)
+}
+
+/// The name-based (v5) UUID of what `hash` was given: the namespace's bytes, then the name (as
+/// [`Uuid::new_v5`] hashes them). The `sha1` crate, not the one `uuid` uses: the same digest,
+/// with the CPU's SHA instructions where it has them (about a tenth of the time per block).
+fn v5(hash: Sha1) -> Uuid {
+    let digest = hash.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_sha1_bytes(bytes).into_uuid()
 }
 
 /// Derives the children of one message in one scope, numbered
@@ -184,7 +196,7 @@ pub(crate) struct DerivedChildren {
     parent: Identity,
     millis: u64,
     /// SHA-1 of the namespace, the parent's id, `0`, the scope, `0`.
-    prefix: sha1_smol::Sha1,
+    prefix: Sha1,
 }
 
 impl fmt::Debug for DerivedChildren {
@@ -200,9 +212,7 @@ impl DerivedChildren {
     pub(crate) fn child(&self, n: u32) -> Identity {
         let mut hash = self.prefix.clone();
         hash.update(itoa::Buffer::new().format(n).as_bytes());
-        let mut bytes = [0u8; 16];
-        bytes.copy_from_slice(&hash.digest().bytes()[..16]);
-        let v5 = uuid::Builder::from_sha1_bytes(bytes).into_uuid();
+        let v5 = v5(hash);
         let mut random = [0u8; 10];
         random.copy_from_slice(&v5.as_bytes()[6..16]);
         let id = uuid::Builder::from_unix_timestamp_millis(self.millis, &random).into_uuid();
@@ -434,22 +444,19 @@ impl Identity {
     }
 
     fn derived_child_at(&self, scope: &str, n: u32, millis: u64) -> Self {
-        let parent = self.message_id.to_string();
-        let hash = derived_uuid(&[parent.as_bytes(), scope.as_bytes(), n.to_string().as_bytes()]);
-        let mut random = [0u8; 10];
-        random.copy_from_slice(&hash.as_bytes()[6..16]);
-        let id = uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid();
-        Self {
-            message_id: MessageId::from_uuid(id),
-            correlation_id: self.correlation_id,
-            causation_id: self.message_id.into(),
-        }
+        self.children_at(scope, millis).child(n)
     }
 
     /// The children of this message in `scope` derived as [`derived_child`](Self::derived_child)
     /// derives them, the hash of what they share (this id and `scope`) computed once.
     pub(crate) fn derived_children(&self, scope: &str, at: crate::Timestamp) -> DerivedChildren {
-        let mut prefix = sha1_smol::Sha1::new();
+        self.children_at(scope, u64::try_from(at.unix_millis()).unwrap_or(0))
+    }
+
+    /// [`derived_uuid`] of (this id, `scope`, n) for every n, as hashed up to n; the ids carry
+    /// `millis` as their time.
+    fn children_at(&self, scope: &str, millis: u64) -> DerivedChildren {
+        let mut prefix = Sha1::new();
         prefix.update(DERIVED_ID_NAMESPACE.as_bytes());
         prefix.update(
             self.message_id
@@ -458,12 +465,12 @@ impl Identity {
                 .encode_lower(&mut Uuid::encode_buffer())
                 .as_bytes(),
         );
-        prefix.update(&[0]);
+        prefix.update([0]);
         prefix.update(scope.as_bytes());
-        prefix.update(&[0]);
+        prefix.update([0]);
         DerivedChildren {
             parent: *self,
-            millis: u64::try_from(at.unix_millis()).unwrap_or(0),
+            millis,
             prefix,
         }
     }
@@ -631,6 +638,25 @@ mod tests {
         assert_eq!(b, foreign.stable_child("h", 0));
         assert_eq!(b.message_id.as_uuid().get_version_num(), 7);
         assert_eq!(b.causation_id.into_uuid(), foreign.message_id.into_uuid());
+    }
+
+    /// [`derived_uuid`] hashes with the `sha1` crate; `uuid`'s own v5 (another SHA-1) is the
+    /// reference.
+    #[test]
+    fn derived_uuid_is_uuid_v5() {
+        let long = "x".repeat(200);
+        for parts in [
+            &[][..],
+            &[&b""[..]][..],
+            &[&b"a"[..], b"b"][..],
+            &[b"redrive", long.as_bytes(), &7u64.to_be_bytes()][..],
+        ] {
+            assert_eq!(
+                derived_uuid(parts),
+                Uuid::new_v5(&DERIVED_ID_NAMESPACE, &parts.join(&0u8)),
+                "{parts:?}"
+            );
+        }
     }
 
     /// Derived ids are persisted (process and saga records) and on the wire (`Nats-Msg-Id`):

@@ -145,6 +145,45 @@ pub(crate) struct Encoder {
     /// Where records and events are written before they are copied out at their exact size (a
     /// `Bytes` made from a `Vec` whose capacity exceeds its length allocates a second time).
     buf: Vec<u8>,
+    /// Where `buf` came from and goes back to when this encoder is dropped.
+    buffers: Option<Arc<Buffers>>,
+}
+
+impl Drop for Encoder {
+    fn drop(&mut self) {
+        if let Some(buffers) = &self.buffers {
+            buffers.give(std::mem::take(&mut self.buf));
+        }
+    }
+}
+
+/// Encoding buffers of finished sagas, for the next ones (one set per runner). Without them
+/// every saga's first write allocates a buffer of about a record's size (most of a KiB), the size
+/// at which glibc's allocator leaves its per-thread cache for its slower bins.
+#[derive(Debug, Default)]
+pub(crate) struct Buffers(std::sync::Mutex<Vec<Vec<u8>>>);
+
+impl Buffers {
+    /// Buffers kept at most: about the sagas a runner drives at once.
+    const KEPT: usize = 64;
+    /// A buffer larger than this (a saga with large data) is not kept.
+    const LARGEST: usize = 64 * 1024;
+
+    fn take(&self) -> Vec<u8> {
+        self.0.lock().ok().and_then(|mut kept| kept.pop()).unwrap_or_default()
+    }
+
+    fn give(&self, mut buf: Vec<u8>) {
+        if buf.capacity() == 0 || buf.capacity() > Self::LARGEST {
+            return;
+        }
+        if let Ok(mut kept) = self.0.lock()
+            && kept.len() < Self::KEPT
+        {
+            buf.clear();
+            kept.push(buf);
+        }
+    }
 }
 
 /// `{"format":..,"started_at":".."` (no closing brace: the changing fields follow), written as
@@ -207,7 +246,15 @@ impl Encoder {
             owner,
             events: Vec::new(),
             buf: Vec::new(),
+            buffers: None,
         }
+    }
+
+    /// The same, writing into a buffer of `buffers` (given back when dropped).
+    pub(crate) fn with_buffers(mut self, buffers: Arc<Buffers>) -> Self {
+        self.buf = buffers.take();
+        self.buffers = Some(buffers);
+        self
     }
 
     /// The JSON of `event` of the saga `saga` id `id` (as `serde_json::to_vec` writes the event,
@@ -566,6 +613,40 @@ mod tests {
                 serde_json::to_vec(c).unwrap()
             );
         }
+    }
+
+    #[test]
+    fn encoders_give_their_buffers_back() {
+        let buffers = Arc::new(Buffers::default());
+        let kept = || buffers.0.lock().unwrap().len();
+        let mut encoder = Encoder::default().with_buffers(buffers.clone());
+        let rec = SagaRecord {
+            format: RECORD_FORMAT,
+            saga: "s".into(),
+            id: "id-1".into(),
+            identity: Identity::root(),
+            started_at: Timestamp::now(),
+            trace: None,
+            status: SagaStatus::Running,
+            data: vec![0u8; 16],
+            steps: vec![],
+            event_seq: 0,
+            outbox: vec![],
+            owner: "me".into(),
+            lease_until_ms: 0,
+            round: 0,
+        };
+        let json = encoder.encode(&rec).unwrap();
+        assert_eq!(json, serde_json::to_vec(&rec).unwrap());
+        drop(encoder);
+        assert_eq!(kept(), 1);
+        // The next encoder writes into it; a buffer grown past the limit is dropped.
+        let mut encoder = Encoder::default().with_buffers(buffers.clone());
+        assert_eq!(kept(), 0);
+        assert!(encoder.buf.capacity() >= json.len());
+        encoder.buf.reserve(Buffers::LARGEST + 1);
+        drop(encoder);
+        assert_eq!(kept(), 0);
     }
 
     #[test]

@@ -407,6 +407,8 @@ struct Inner<S: Saga, T: Transport> {
     step_heads: Arc<[Box<[u8]>]>,
     /// This runner's name as a record's `owner` ([`record::owner`]).
     owner_json: Arc<(String, Vec<u8>)>,
+    /// The encoding buffers of finished sagas, for the next ones.
+    buffers: Arc<record::Buffers>,
     /// The background settles (final acknowledgements, then the active record's delete) still
     /// running.
     settling: Arc<super::settling::Settling>,
@@ -580,6 +582,7 @@ impl<S: Saga, T: Transport> SagaRunnerBuilder<S, T> {
                 observers,
                 step_heads,
                 owner_json,
+                buffers: Arc::default(),
                 steps,
                 step_publisher: Arc::new(publisher.clone()),
                 publisher,
@@ -1191,6 +1194,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
     /// An encoder of this saga's records.
     fn encoder(&self) -> record::Encoder {
         record::Encoder::new(self.inner.step_heads.clone(), self.inner.owner_json.clone())
+            .with_buffers(self.inner.buffers.clone())
     }
 
     /// The record of `id`: from the active bucket, else from the settled one.

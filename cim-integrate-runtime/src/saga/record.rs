@@ -579,22 +579,7 @@ mod tests {
     fn lean_events_are_written_as_complete_ones() {
         use super::super::events::SagaEventKind;
         use super::super::runner::{emit, note};
-        let mut lean = SagaRecord {
-            format: RECORD_FORMAT,
-            saga: "shop".into(),
-            id: "o-1".into(),
-            identity: Identity::root(),
-            started_at: Timestamp::now(),
-            trace: None,
-            status: SagaStatus::Running,
-            data: 7u32,
-            steps: vec![],
-            event_seq: 0,
-            outbox: vec![],
-            owner: "me".into(),
-            lease_until_ms: 0,
-            round: 0,
-        };
+        let mut lean = running("shop", "o-1", 7u32);
         let mut complete = lean.clone();
         for (kind, step) in [
             (SagaEventKind::Started, None),
@@ -615,27 +600,32 @@ mod tests {
         }
     }
 
-    #[test]
-    fn encoders_give_their_buffers_back() {
-        let buffers = Arc::new(Buffers::default());
-        let kept = || buffers.0.lock().unwrap().len();
-        let mut encoder = Encoder::default().with_buffers(buffers.clone());
-        let rec = SagaRecord {
+    /// A running record of no steps, written by `me`.
+    fn running<D>(saga: &str, id: &str, data: D) -> SagaRecord<D> {
+        SagaRecord {
             format: RECORD_FORMAT,
-            saga: "s".into(),
-            id: "id-1".into(),
+            saga: saga.into(),
+            id: id.into(),
             identity: Identity::root(),
             started_at: Timestamp::now(),
             trace: None,
             status: SagaStatus::Running,
-            data: vec![0u8; 16],
+            data,
             steps: vec![],
             event_seq: 0,
             outbox: vec![],
             owner: "me".into(),
             lease_until_ms: 0,
             round: 0,
-        };
+        }
+    }
+
+    #[test]
+    fn encoders_give_their_buffers_back() {
+        let buffers = Arc::new(Buffers::default());
+        let kept = || buffers.0.lock().unwrap().len();
+        let mut encoder = Encoder::default().with_buffers(buffers.clone());
+        let rec = running("s", "id-1", vec![0u8; 16]);
         let json = encoder.encode(&rec).unwrap();
         assert_eq!(json, serde_json::to_vec(&rec).unwrap());
         drop(encoder);

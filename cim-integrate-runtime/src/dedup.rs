@@ -777,6 +777,9 @@ mod tests {
         async fn keys(&self) -> Result<Vec<String>, KvError> {
             self.kv.keys().await
         }
+        async fn purge_tombstones(&self, older_than: std::time::Duration) -> Result<usize, KvError> {
+            self.kv.purge_tombstones(older_than).await
+        }
     }
 
     async fn bucket() -> crate::transport::memory::MemoryKeyValue {

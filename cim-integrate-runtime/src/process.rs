@@ -593,6 +593,8 @@ pub(crate) struct Engine<T: Transport, S> {
     name: String,
     records: T::KeyValue,
     timers: T::KeyValue,
+    /// [`ProcessOptions::tombstone_age`].
+    tombstone_age: Duration,
     publisher: Arc<dyn DynPublish>,
     bus: CommandBus,
     /// Deadline transitions run through the pipeline (span, counters, metrics, panics caught).
@@ -727,6 +729,7 @@ impl<T: Transport, S: ProcessState + Send + 'static> Engine<T, S> {
             name: name.to_owned(),
             records,
             timers,
+            tombstone_age: options.tombstone_age,
             publisher: crate::handler::context::publisher(transport.clone()),
             bus: CommandBus::new(transport.clone()).timeout(options.command_timeout),
             deadlines: Observer::new("deadline", name, format!("{name}.deadline"), "process_deadline"),
@@ -973,6 +976,20 @@ impl<T: Transport, S: ProcessState + Send + 'static> Engine<T, S> {
         Ok(due)
     }
 
+    /// Removes the tombstones of finished instances and fired deadlines, once
+    /// [`ProcessOptions::tombstone_age`] old: the deadline index is listed every
+    /// `timer_interval`, and would otherwise read one entry per deadline ever fired. A failure is
+    /// logged; the next sweep tries again.
+    async fn sweep_tombstones(&self) {
+        for (bucket, kv) in [("records", &self.records), ("timers", &self.timers)] {
+            match kv.purge_tombstones(self.tombstone_age).await {
+                Ok(0) => {}
+                Ok(removed) => tracing::debug!(process = %self.name, bucket, removed, "tombstones removed"),
+                Err(e) => tracing::warn!(process = %self.name, bucket, error = %e, "cannot remove tombstones now"),
+            }
+        }
+    }
+
     /// Every stored key (storage form) with deadlines: the repair sweep of the index.
     async fn reindex(&self) -> Result<(), ProcessError> {
         for skey in self.records.keys().await? {
@@ -1183,10 +1200,11 @@ impl<T: Transport, S: ProcessState + Send + Sync + 'static> Machine<T, S> {
         let task = tokio::spawn(async move {
             let mut tick = 0u32;
             loop {
-                if tick.is_multiple_of(SWEEP_EVERY)
-                    && let Err(e) = engine.reindex().await
-                {
-                    tracing::warn!(process = %engine.name, error = %e, "sweep of the records failed");
+                if tick.is_multiple_of(SWEEP_EVERY) {
+                    engine.sweep_tombstones().await;
+                    if let Err(e) = engine.reindex().await {
+                        tracing::warn!(process = %engine.name, error = %e, "sweep of the records failed");
+                    }
                 }
                 tick = tick.wrapping_add(1);
                 if let OnDeadline::Run(make) = &on_deadline {
@@ -1249,6 +1267,12 @@ pub struct ProcessOptions {
     pub timer_interval: Duration,
     /// Expire records after this long (a safety net for processes that never end).
     pub ttl: Option<Duration>,
+    /// How long the tombstone of a finished instance's record, or of a fired deadline, is kept
+    /// before the deadline scanner's sweep (when it starts, then every 30 scans) removes it;
+    /// default [`TOMBSTONE_AGE`](crate::transport::TOMBSTONE_AGE). Without the removal, the
+    /// buckets, and the scanner's listing of the deadline index every `timer_interval`, would
+    /// grow with every instance and deadline ever handled.
+    pub tombstone_age: Duration,
 }
 
 impl Default for ProcessOptions {
@@ -1258,6 +1282,7 @@ impl Default for ProcessOptions {
             command_timeout: crate::command::DEFAULT_COMMAND_TIMEOUT,
             timer_interval: Duration::from_secs(1),
             ttl: None,
+            tombstone_age: crate::transport::TOMBSTONE_AGE,
         }
     }
 }

@@ -64,6 +64,7 @@ macro_rules! conformance_tests {
                 kv_create_get_update_conflict,
                 kv_delete_and_keys,
                 kv_keys_while_entries_are_rewritten,
+                kv_tombstones_are_purged,
                 kv_ttl_expires_entries,
                 kv_bucket_settings_conflict,
                 kv_rejects_invalid_keys,
@@ -862,6 +863,53 @@ pub async fn kv_delete_and_keys<T: Transport>(t: T) {
         .await
         .expect("create after delete");
     assert_eq!(&kv.get("a").await.expect("get").expect("present").value[..], b"again");
+}
+
+/// Key-value: the tombstones of deleted keys are removed once old enough, and nothing else: not
+/// a live key, not a key written again after its delete, not a younger tombstone. A removed key
+/// reads, and is written, as a deleted one: absent, created anew, a stale revision a conflict.
+pub async fn kv_tombstones_are_purged<T: Transport>(t: T) {
+    let kv = t.key_value(&KvSpec::new("churn")).await.expect("bucket");
+    let value = |v: &'static str| Bytes::from_static(v.as_bytes());
+    let r1 = kv.put("gone.1", value("1")).await.expect("put");
+    kv.put("gone.2", value("2")).await.expect("put");
+    kv.put("live", value("3")).await.expect("put");
+    kv.put("back", value("4")).await.expect("put");
+    kv.delete("gone.1", Some(r1)).await.expect("delete");
+    kv.delete("gone.2", None).await.expect("delete");
+    kv.delete("back", None).await.expect("delete");
+    kv.create("back", value("5")).await.expect("create after delete");
+    assert_eq!(
+        kv.purge_tombstones(Duration::from_secs(3600)).await.expect("purge"),
+        0,
+        "younger than an hour: kept"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    kv.delete("live.young", None)
+        .await
+        .expect("a tombstone of a key that never held a value");
+    assert_eq!(kv.purge_tombstones(Duration::from_millis(200)).await.expect("purge"), 2);
+    assert_eq!(
+        kv.purge_tombstones(Duration::from_millis(200))
+            .await
+            .expect("purge again"),
+        0
+    );
+    assert_eq!(kv.keys().await.expect("keys"), ["back", "live"]);
+    assert_eq!(&kv.get("back").await.expect("get").expect("kept").value[..], b"5");
+    assert_eq!(kv.get("gone.1").await.expect("get"), None);
+    let err = kv
+        .update("gone.1", value("x"), r1)
+        .await
+        .expect_err("a revision from before the delete");
+    assert!(matches!(err, KvError::Conflict { .. }), "{err:?}");
+    kv.create("gone.1", value("6")).await.expect("create after the purge");
+    assert_eq!(&kv.get("gone.1").await.expect("get").expect("created").value[..], b"6");
+    assert_eq!(
+        kv.purge_tombstones(Duration::ZERO).await.expect("purge"),
+        1,
+        "the young one, now"
+    );
 }
 
 /// Key-value: a listing of keys ends, promptly, under any write rate, and holds every key not

@@ -52,6 +52,7 @@ macro_rules! saga_conformance_tests {
             settled_records_expire_and_are_not_resumed,
             crash_between_the_settling_writes_is_recovered,
             lifecycle_events_can_be_limited,
+            settled_sagas_leave_no_tombstones,
         ]);
     };
     (@cases $tokio:tt $setup:path; [$($case:ident),* $(,)?]) => {
@@ -1409,4 +1410,51 @@ pub async fn lifecycle_events_can_be_limited<T: Transport>(t: T) {
     assert_eq!(rec.status, SagaStatus::Compensated);
     assert_eq!((rec.event_seq, rec.outbox.len()), (0, 0));
     assert!(silent.active_ids().await.expect("active").is_empty());
+}
+
+/// A settled saga's record is deleted from the active bucket, which leaves a tombstone (on NATS a
+/// delete marker, kept for good); resume and rescan remove those older than the runner's
+/// tombstone age, so the active bucket, and its listings, hold the unfinished sagas only. The
+/// settled records are untouched.
+pub async fn settled_sagas_leave_no_tombstones<T: Transport>(t: T) {
+    let shop = Shop::default();
+    let r = builder(&t, &shop, "node-1")
+        .tombstone_age(Duration::from_millis(200))
+        .build()
+        .await
+        .expect("runner");
+    let run = |prefix: &'static str| {
+        let r = r.clone();
+        async move {
+            for i in 0..5 {
+                let id = format!("{prefix}-{i}");
+                assert_eq!(r.start(&id, Order::default()).await, Ok(SagaOutcome::Completed), "{id}");
+            }
+            r.settled().await.expect("settled");
+        }
+    };
+    // Deletes leave tombstones: removed here by hand, five of them.
+    run("a").await;
+    assert_eq!(r.store().keys().await.expect("keys"), Vec::<String>::new());
+    assert_eq!(r.store().purge_tombstones(Duration::ZERO).await.expect("purge"), 5);
+    // A rescan removes those older than the age (the first one here finds them too young).
+    run("b").await;
+    r.rescan().await.expect("rescan");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    r.rescan().await.expect("rescan");
+    assert_eq!(r.store().purge_tombstones(Duration::ZERO).await.expect("purge"), 0);
+    // The same at start-up (resume).
+    run("c").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    r.resume().await.expect("resume");
+    assert_eq!(r.store().purge_tombstones(Duration::ZERO).await.expect("purge"), 0);
+    for id in ["a-0", "b-4", "c-2"] {
+        let rec = r.status(id).await.expect("status").expect("settled");
+        assert_eq!(rec.status, SagaStatus::Completed, "{id}");
+    }
+    assert_eq!(
+        r.start("b-1", Order::default()).await.ok(),
+        None,
+        "a settled id still refused"
+    );
 }

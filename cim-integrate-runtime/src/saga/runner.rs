@@ -57,7 +57,9 @@
 //! a saga settled by another runner meanwhile makes it fail, as a lost compare-and-set would);
 //! once its events are acknowledged, the record is deleted from the active bucket.
 //! [`SagaRunner::resume`] and [`SagaRunner::needs_attention`] list only the active bucket, so
-//! their cost follows the unfinished sagas, not the history. Sagas that need attention stay
+//! their cost follows the unfinished sagas, not the history: the tombstone each delete leaves (on
+//! NATS a delete marker, kept by the bucket for good) is removed by [`SagaRunner::resume`] and
+//! [`SagaRunner::rescan`] once [`SagaRunnerBuilder::tombstone_age`] old. Sagas that need attention stay
 //! active (a person must act). A settled record keeps the outbox of its final write: those events
 //! were acknowledged before the active record was deleted; [`SagaRunner::status`] reports it
 //! empty.
@@ -396,6 +398,8 @@ struct Inner<S: Saga, T: Transport> {
     instance: String,
     lease: Duration,
     rescan: Option<Duration>,
+    /// How old a tombstone in the active bucket is before a resume or rescan removes it.
+    tombstone_age: Duration,
     /// Leases are read on the runtime's one clock, anchored at the runner's creation.
     clock: Clock,
     events_subject: Subject,
@@ -448,6 +452,7 @@ pub struct SagaRunnerBuilder<S: Saga, T: Transport> {
     instance: Option<String>,
     lease: Duration,
     rescan: Option<Duration>,
+    tombstone_age: Duration,
     bucket: Option<String>,
     settled_retention: Duration,
     events: LifecycleEvents,
@@ -461,6 +466,7 @@ impl<S: Saga, T: Transport> fmt::Debug for SagaRunnerBuilder<S, T> {
             .field("saga", &S::NAME)
             .field("instance", &self.instance)
             .field("lease", &self.lease)
+            .field("tombstone_age", &self.tombstone_age)
             .field("bucket", &self.bucket)
             .field("settled_retention", &self.settled_retention)
             .field("events", &self.events)
@@ -491,6 +497,14 @@ impl<S: Saga, T: Transport> SagaRunnerBuilder<S, T> {
     /// start-up resume.
     pub fn rescan_interval(mut self, interval: Option<Duration>) -> Self {
         self.rescan = interval;
+        self
+    }
+    /// How long the tombstone a settled saga leaves in the active bucket (its record's delete) is
+    /// kept before [`resume`](SagaRunner::resume) or [`rescan`](SagaRunner::rescan) removes it;
+    /// default [`TOMBSTONE_AGE`](crate::transport::TOMBSTONE_AGE). Without the removal, the
+    /// bucket, and every listing of it, would grow with every saga ever run.
+    pub fn tombstone_age(mut self, age: Duration) -> Self {
+        self.tombstone_age = age;
         self
     }
     /// The key-value bucket of active records; default `cim_saga_{NAME}`. Settled records go to
@@ -591,6 +605,7 @@ impl<S: Saga, T: Transport> SagaRunnerBuilder<S, T> {
                 instance,
                 lease: self.lease,
                 rescan: self.rescan,
+                tombstone_age: self.tombstone_age,
                 clock: Clock::new(),
                 events_subject,
                 event_subjects,
@@ -734,6 +749,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
             instance: None,
             lease: DEFAULT_LEASE,
             rescan: Some(DEFAULT_RESCAN_INTERVAL),
+            tombstone_age: crate::transport::TOMBSTONE_AGE,
             bucket: None,
             settled_retention: DEFAULT_SETTLED_RETENTION,
             events: LifecycleEvents::default(),
@@ -917,6 +933,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
     pub async fn resume_concurrently(&self, limit: usize) -> Result<ResumeReport, SagaError> {
         use futures::stream::StreamExt;
         self.settle_pending().await;
+        self.sweep_tombstones().await;
         // Resuming is start-up work: a bucket whose leader is being elected (a node just failed)
         // is waited for, as provisioning waits, rather than failing the start.
         let ids = crate::transport::provision::patiently("saga bucket listing", || self.inner.kv.keys()).await?;
@@ -965,6 +982,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
     pub async fn rescan(&self) -> Result<ResumeReport, SagaError> {
         use futures::stream::StreamExt;
         self.settle_pending().await;
+        self.sweep_tombstones().await;
         let ids = self.inner.kv.keys().await?;
         let mut report = ResumeReport::default();
         let due = futures::stream::iter(ids)
@@ -990,6 +1008,18 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         }
         report.sort();
         Ok(report)
+    }
+
+    /// Removes the tombstones that settled sagas left in the active bucket, once
+    /// [`tombstone_age`](SagaRunnerBuilder::tombstone_age) old, so that the bucket, and the
+    /// listings of [`resume`](Self::resume) and [`rescan`](Self::rescan), follow the unfinished
+    /// sagas, not every saga ever run. A failure is logged; the next rescan tries again.
+    async fn sweep_tombstones(&self) {
+        match self.inner.kv.purge_tombstones(self.inner.tombstone_age).await {
+            Ok(0) => {}
+            Ok(removed) => tracing::debug!(saga = S::NAME, removed, "tombstones of settled sagas removed"),
+            Err(e) => tracing::warn!(saga = S::NAME, error = %e, "cannot remove the tombstones of settled sagas now"),
+        }
     }
 
     /// Resumes one saga of the active bucket: `Ok(None)` if it had settled (completed or

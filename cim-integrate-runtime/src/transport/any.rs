@@ -207,6 +207,9 @@ impl KeyValue for AnyKeyValue {
     async fn keys(&self) -> Result<Vec<String>, KvError> {
         delegate!(self, kv => kv.keys().await)
     }
+    async fn purge_tombstones(&self, older_than: std::time::Duration) -> Result<usize, KvError> {
+        delegate!(self, kv => kv.purge_tombstones(older_than).await)
+    }
     fn at_once(&self) -> Option<&dyn super::KeyValueNow> {
         delegate!(self, kv => kv.at_once())
     }

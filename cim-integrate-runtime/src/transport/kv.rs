@@ -189,6 +189,11 @@ pub fn check_key(key: &str) -> Result<(), KvError> {
     }
 }
 
+/// How long the runtime's own buckets of records that come and go (a saga runner's active
+/// records, a process manager's instances and deadlines) keep a deleted key's tombstone before
+/// their periodic sweeps remove it ([`KeyValue::purge_tombstones`]): one minute.
+pub const TOMBSTONE_AGE: Duration = Duration::from_secs(60);
+
 /// A key-value bucket with optimistic concurrency.
 pub trait KeyValue: std::fmt::Debug + Clone + Send + Sync + 'static {
     /// The latest live value of `key`, or `None` if absent, deleted or expired.
@@ -206,6 +211,18 @@ pub trait KeyValue: std::fmt::Debug + Clone + Send + Sync + 'static {
     /// the listing runs is in it; a key written meanwhile may be missed on NATS (the embedded
     /// bucket answers from one snapshot). The listing ends whatever the write rate.
     fn keys(&self) -> impl Future<Output = Result<Vec<String>, KvError>> + Send;
+    /// Removes the tombstones of keys deleted at least `older_than` ago and not written since;
+    /// returns how many it removed.
+    ///
+    /// A key whose value comes and goes (a saga's active record, a process instance, a
+    /// deadline) leaves a tombstone behind when deleted, on NATS as a delete marker the bucket
+    /// keeps for good: without this, the bucket would hold one entry per key it ever had, and
+    /// every [`keys`](Self::keys) would read them all. Nothing else changes: a removed tombstone
+    /// reads as absent, as the tombstone did; [`create`](Self::create) of the key succeeds; an
+    /// [`update`](Self::update) or [`delete`](Self::delete) expecting a revision from before the
+    /// delete is a [`KvError::Conflict`]. A key written after its tombstone was found keeps that
+    /// write (on NATS the purge is bounded by the tombstone's sequence).
+    fn purge_tombstones(&self, older_than: Duration) -> impl Future<Output = Result<usize, KvError>> + Send;
 
     /// `Some` if this bucket answers at once, without waiting on anything (the embedded
     /// transport's): its synchronous operations, so that a hot path (the key-value

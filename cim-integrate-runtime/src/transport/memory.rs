@@ -1401,6 +1401,15 @@ impl KeyValue for MemoryKeyValue {
         })
     }
 
+    async fn purge_tombstones(&self, older_than: Duration) -> Result<usize, KvError> {
+        self.with_state(None, |st, now| {
+            let before = st.entries.len();
+            st.entries
+                .retain(|_, r| r.value.is_some() || now.saturating_duration_since(r.written) < older_than);
+            Ok(before - st.entries.len())
+        })
+    }
+
     fn at_once(&self) -> Option<&dyn KeyValueNow> {
         Some(self)
     }

@@ -38,7 +38,7 @@ mod publisher;
 mod request;
 
 pub use deploy::{AssetSettings, Deployment, Placement};
-pub use kv::{KeyValue, KeyValueNow, KvEntry, KvError, KvSpec, check_bucket_name, check_key};
+pub use kv::{KeyValue, KeyValueNow, KvEntry, KvError, KvSpec, TOMBSTONE_AGE, check_bucket_name, check_key};
 pub use prefixed::Prefixed;
 pub use provision::Provisioner;
 pub use publisher::PipelinedPublisher;

@@ -203,6 +203,16 @@ impl NatsKeyValue {
         &self.bucket
     }
 
+    /// A scan of every entry of the bucket, headers only: each key's operations in order.
+    fn every_entry(&self) -> async_nats::jetstream::consumer::pull::Config {
+        async_nats::jetstream::consumer::pull::Config {
+            filter_subject: format!("{}>", self.store.prefix),
+            deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::All,
+            headers_only: true,
+            ..Default::default()
+        }
+    }
+
     fn transport(&self, what: &str, key: &str, e: &(dyn std::error::Error + 'static), timed_out: bool) -> KvError {
         let what = format!("{what} `{key}` in bucket `{}`", self.bucket);
         if timed_out {
@@ -306,17 +316,10 @@ impl KeyValue for NatsKeyValue {
     /// on nats-server 2.9, waited for without end (the console's page hung on a host's status
     /// document, rewritten every few hundred milliseconds).
     async fn keys(&self) -> Result<Vec<String>, KvError> {
-        use async_nats::jetstream::consumer::{DeliverPolicy, pull};
         // Key -> listed (its last operation seen so far is a put).
         let mut last = std::collections::BTreeMap::<String, bool>::new();
-        let config = pull::Config {
-            filter_subject: format!("{}>", self.store.prefix),
-            deliver_policy: DeliverPolicy::All,
-            headers_only: true,
-            ..Default::default()
-        };
         let what = format!("listing bucket `{}`", self.bucket);
-        super::scan(&self.store.stream, config, 1024, &what, |m, _| {
+        super::scan(&self.store.stream, self.every_entry(), 1024, &what, |m, _| {
             if let Some(key) = m.subject.as_str().strip_prefix(self.store.prefix.as_str()) {
                 last.insert(key.to_owned(), m.headers.as_ref().is_none_or(is_put));
             }
@@ -324,5 +327,44 @@ impl KeyValue for NatsKeyValue {
         })
         .await?;
         Ok(last.into_iter().filter_map(|(k, put)| put.then_some(k)).collect())
+    }
+
+    /// One scan of the bucket (as [`keys`](Self::keys) reads it), then, per key whose last
+    /// operation is a delete or purge marker stored at least `older_than` ago, a purge of the
+    /// key's subject up to that marker's sequence: a write made since is kept.
+    async fn purge_tombstones(&self, older_than: Duration) -> Result<usize, KvError> {
+        // Key -> the stream sequence of its last operation, if that is a marker old enough.
+        let mut last = std::collections::BTreeMap::<String, Option<u64>>::new();
+        let what = format!("reading the tombstones of bucket `{}`", self.bucket);
+        let cutoff = time::OffsetDateTime::now_utc() - older_than;
+        super::scan(&self.store.stream, self.every_entry(), 1024, &what, |m, info| {
+            if let Some(key) = m.subject.as_str().strip_prefix(self.store.prefix.as_str()) {
+                let marker = m.headers.as_ref().is_some_and(|h| !is_put(h));
+                let old = marker && info.published <= cutoff;
+                last.insert(key.to_owned(), old.then_some(info.stream_sequence));
+            }
+            Ok::<_, KvError>(())
+        })
+        .await?;
+        let mut removed = 0;
+        for (key, sequence) in last {
+            let Some(sequence) = sequence else { continue };
+            let subject = format!("{}{key}", self.store.prefix);
+            let purged = self
+                .store
+                .stream
+                .purge()
+                .filter(subject)
+                .sequence(sequence + 1)
+                .await
+                .map_err(|e| self.transport("removing the tombstone of", &key, &e, false))?;
+            if purged.purged > 0 {
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            tracing::debug!(bucket = %self.bucket, removed, "tombstones removed");
+        }
+        Ok(removed)
     }
 }

@@ -400,6 +400,9 @@ struct Inner<S: Saga, T: Transport> {
     rescan: Option<Duration>,
     /// How old a tombstone in the active bucket is before a resume or rescan removes it.
     tombstone_age: Duration,
+    /// When tombstones were last removed (the clock's Unix milliseconds; 0: never): a sweep
+    /// reads the whole bucket, so rescans sweep at most once per `tombstone_age`.
+    swept_at_ms: std::sync::atomic::AtomicI64,
     /// Leases are read on the runtime's one clock, anchored at the runner's creation.
     clock: Clock,
     events_subject: Subject,
@@ -500,8 +503,9 @@ impl<S: Saga, T: Transport> SagaRunnerBuilder<S, T> {
         self
     }
     /// How long the tombstone a settled saga leaves in the active bucket (its record's delete) is
-    /// kept before [`resume`](SagaRunner::resume) or [`rescan`](SagaRunner::rescan) removes it;
-    /// default [`TOMBSTONE_AGE`](crate::transport::TOMBSTONE_AGE). Without the removal, the
+    /// kept before [`resume`](SagaRunner::resume) or [`rescan`](SagaRunner::rescan) removes it
+    /// (they sweep at most once per this age); default
+    /// [`TOMBSTONE_AGE`](crate::transport::TOMBSTONE_AGE). Without the removal, the
     /// bucket, and every listing of it, would grow with every saga ever run.
     pub fn tombstone_age(mut self, age: Duration) -> Self {
         self.tombstone_age = age;
@@ -606,6 +610,7 @@ impl<S: Saga, T: Transport> SagaRunnerBuilder<S, T> {
                 lease: self.lease,
                 rescan: self.rescan,
                 tombstone_age: self.tombstone_age,
+                swept_at_ms: std::sync::atomic::AtomicI64::new(0),
                 clock: Clock::new(),
                 events_subject,
                 event_subjects,
@@ -1013,8 +1018,17 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
     /// Removes the tombstones that settled sagas left in the active bucket, once
     /// [`tombstone_age`](SagaRunnerBuilder::tombstone_age) old, so that the bucket, and the
     /// listings of [`resume`](Self::resume) and [`rescan`](Self::rescan), follow the unfinished
-    /// sagas, not every saga ever run. A failure is logged; the next rescan tries again.
+    /// sagas, not every saga ever run. At most once per tombstone age (a sweep reads the whole
+    /// bucket); a failure is logged, and the next rescan tries again.
     async fn sweep_tombstones(&self) {
+        use std::sync::atomic::Ordering;
+        let now = self.inner.clock.now_millis();
+        let last = self.inner.swept_at_ms.load(Ordering::Relaxed);
+        let age = i64::try_from(self.inner.tombstone_age.as_millis()).unwrap_or(i64::MAX);
+        if last != 0 && now.saturating_sub(last) < age {
+            return;
+        }
+        self.inner.swept_at_ms.store(now, Ordering::Relaxed);
         match self.inner.kv.purge_tombstones(self.inner.tombstone_age).await {
             Ok(0) => {}
             Ok(removed) => tracing::debug!(saga = S::NAME, removed, "tombstones of settled sagas removed"),

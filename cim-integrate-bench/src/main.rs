@@ -1058,10 +1058,13 @@ impl Saga for BenchSaga {
 /// lifecycle events, no settled bucket).
 ///
 /// `CIM_BENCH_LOG_PAD=N` adds a field of `N` bytes to its record, to see what a record the size
-/// of ours (about 900 bytes) costs the log.
+/// of ours (about 700 bytes) costs the log.
 async fn minimal_log<K: KeyValue>(kv: &K, id: &str) -> Result<(), BoxError> {
     let mut record = serde_json::json!({"id": id, "step": 0, "data": []});
-    if let Some(pad) = std::env::var("CIM_BENCH_LOG_PAD").ok().and_then(|p| p.parse::<usize>().ok()) {
+    if let Some(pad) = std::env::var("CIM_BENCH_LOG_PAD")
+        .ok()
+        .and_then(|p| p.parse::<usize>().ok())
+    {
         record["pad"] = "x".repeat(pad).into();
     }
     let mut rev = kv.create(id, serde_json::to_vec(&record)?.into()).await?;

@@ -884,6 +884,11 @@ pub async fn kv_tombstones_are_purged<T: Transport>(t: T) {
         0,
         "younger than an hour: kept"
     );
+    assert_eq!(
+        kv.purge_tombstones(Duration::MAX).await.expect("purge"),
+        0,
+        "no age is too long"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     kv.delete("live.young", None)
         .await

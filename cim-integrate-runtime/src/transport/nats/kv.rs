@@ -336,7 +336,13 @@ impl KeyValue for NatsKeyValue {
         // Key -> the stream sequence of its last operation, if that is a marker old enough.
         let mut last = std::collections::BTreeMap::<String, Option<u64>>::new();
         let what = format!("reading the tombstones of bucket `{}`", self.bucket);
-        let cutoff = time::OffsetDateTime::now_utc() - older_than;
+        // An age reaching before the calendar's start (`Duration::MAX`): nothing is that old.
+        let Some(cutoff) = time::Duration::try_from(older_than)
+            .ok()
+            .and_then(|age| time::OffsetDateTime::now_utc().checked_sub(age))
+        else {
+            return Ok(0);
+        };
         super::scan(&self.store.stream, self.every_entry(), 1024, &what, |m, info| {
             if let Some(key) = m.subject.as_str().strip_prefix(self.store.prefix.as_str()) {
                 let marker = m.headers.as_ref().is_some_and(|h| !is_put(h));

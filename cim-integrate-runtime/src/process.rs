@@ -1201,10 +1201,11 @@ impl<T: Transport, S: ProcessState + Send + Sync + 'static> Machine<T, S> {
             let mut tick = 0u32;
             loop {
                 if tick.is_multiple_of(SWEEP_EVERY) {
-                    engine.sweep_tombstones().await;
                     if let Err(e) = engine.reindex().await {
                         tracing::warn!(process = %engine.name, error = %e, "sweep of the records failed");
                     }
+                    // After the repair: a first sweep of many old tombstones takes a while.
+                    engine.sweep_tombstones().await;
                 }
                 tick = tick.wrapping_add(1);
                 if let OnDeadline::Run(make) = &on_deadline {

@@ -938,7 +938,6 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
     pub async fn resume_concurrently(&self, limit: usize) -> Result<ResumeReport, SagaError> {
         use futures::stream::StreamExt;
         self.settle_pending().await;
-        self.sweep_tombstones().await;
         // Resuming is start-up work: a bucket whose leader is being elected (a node just failed)
         // is waited for, as provisioning waits, rather than failing the start.
         let ids = crate::transport::provision::patiently("saga bucket listing", || self.inner.kv.keys()).await?;
@@ -955,6 +954,9 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         // The sagas reported settled have left the active bucket (a process that resumes, then
         // ends, leaves nothing behind).
         self.settle_pending().await;
+        // After the sagas were driven: the first sweep of a bucket that holds many tombstones
+        // (written before they were removed) takes a while, and the sagas should not wait for it.
+        self.sweep_tombstones().await;
         report.sort();
         tracing::info!(saga = S::NAME, ?report, "resumed sagas");
         Ok(report)
@@ -987,7 +989,6 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
     pub async fn rescan(&self) -> Result<ResumeReport, SagaError> {
         use futures::stream::StreamExt;
         self.settle_pending().await;
-        self.sweep_tombstones().await;
         let ids = self.inner.kv.keys().await?;
         let mut report = ResumeReport::default();
         let due = futures::stream::iter(ids)
@@ -1011,6 +1012,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
                 report.add(id, result);
             }
         }
+        self.sweep_tombstones().await;
         report.sort();
         Ok(report)
     }

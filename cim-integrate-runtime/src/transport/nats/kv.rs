@@ -9,6 +9,7 @@ use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::kv::{CreateErrorKind, PutErrorKind, Store, UpdateErrorKind};
 use async_nats::jetstream::{ErrorCode, stream as js_stream};
 use bytes::Bytes;
+use futures::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -135,6 +136,9 @@ pub(crate) async fn open_existing(t: &NatsTransport, bucket: &str) -> Result<Opt
         bucket: Arc::from(bucket),
     }))
 }
+
+/// Tombstone purges [`KeyValue::purge_tombstones`] keeps in flight at once.
+const PURGES_IN_FLIGHT: usize = 16;
 
 /// `true` unless the headers mark a delete or purge (`KV-Operation`, or the server's
 /// `Nats-Marker-Reason` on 2.11+).
@@ -352,21 +356,24 @@ impl KeyValue for NatsKeyValue {
             Ok::<_, KvError>(())
         })
         .await?;
+        // Several purges in flight: a bucket written before tombstones were removed may hold
+        // many, and each is a request to the stream's leader.
+        let purges = futures::stream::iter(last.into_iter().filter_map(|(key, seq)| Some((key, seq?))))
+            .map(|(key, sequence)| async move {
+                self.store
+                    .stream
+                    .purge()
+                    .filter(format!("{}{key}", self.store.prefix))
+                    .sequence(sequence + 1)
+                    .await
+                    .map(|purged| purged.purged > 0)
+                    .map_err(|e| self.transport("removing the tombstone of", &key, &e, false))
+            })
+            .buffer_unordered(PURGES_IN_FLIGHT);
+        futures::pin_mut!(purges);
         let mut removed = 0;
-        for (key, sequence) in last {
-            let Some(sequence) = sequence else { continue };
-            let subject = format!("{}{key}", self.store.prefix);
-            let purged = self
-                .store
-                .stream
-                .purge()
-                .filter(subject)
-                .sequence(sequence + 1)
-                .await
-                .map_err(|e| self.transport("removing the tombstone of", &key, &e, false))?;
-            if purged.purged > 0 {
-                removed += 1;
-            }
+        while let Some(purged) = purges.next().await {
+            removed += usize::from(purged?);
         }
         if removed > 0 {
             tracing::debug!(bucket = %self.bucket, removed, "tombstones removed");

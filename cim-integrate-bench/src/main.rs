@@ -1058,14 +1058,15 @@ impl Saga for BenchSaga {
 /// lifecycle events, no settled bucket).
 ///
 /// `CIM_BENCH_LOG_PAD=N` adds a field of `N` bytes to its record, to see what a record the size
-/// of ours (about 700 bytes) costs the log.
+/// of ours (about 700 bytes) costs the log (read once, not per saga).
 async fn minimal_log<K: KeyValue>(kv: &K, id: &str) -> Result<(), BoxError> {
+    static PAD: std::sync::LazyLock<Option<String>> = std::sync::LazyLock::new(|| {
+        let n = std::env::var("CIM_BENCH_LOG_PAD").ok()?.parse::<usize>().ok()?;
+        Some("x".repeat(n))
+    });
     let mut record = serde_json::json!({"id": id, "step": 0, "data": []});
-    if let Some(pad) = std::env::var("CIM_BENCH_LOG_PAD")
-        .ok()
-        .and_then(|p| p.parse::<usize>().ok())
-    {
-        record["pad"] = "x".repeat(pad).into();
+    if let Some(pad) = &*PAD {
+        record["pad"] = pad.as_str().into();
     }
     let mut rev = kv.create(id, serde_json::to_vec(&record)?.into()).await?;
     for i in 0..SAGA_STEPS {

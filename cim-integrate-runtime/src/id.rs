@@ -167,6 +167,12 @@ const LOWER_HEX: [u8; 256] = {
 /// `parts` joined by NUL bytes. The same parts always give the same id; the formats in use are
 /// listed in the [module documentation](self).
 pub fn derived_uuid(parts: &[&[u8]]) -> Uuid {
+    v5(name_hash(parts))
+}
+
+/// SHA-1 over [`DERIVED_ID_NAMESPACE`] and `parts` joined by NUL bytes, open for more (an empty
+/// last part ends the name with a NUL, to be continued).
+fn name_hash(parts: &[&[u8]]) -> Sha1 {
     let mut hash = Sha1::new();
     hash.update(DERIVED_ID_NAMESPACE.as_bytes());
     for (i, part) in parts.iter().enumerate() {
@@ -175,7 +181,7 @@ pub fn derived_uuid(parts: &[&[u8]]) -> Uuid {
         }
         hash.update(part);
     }
-    v5(hash)
+    hash
 }
 
 /// The name-based (v5) UUID of what `hash` was given: the namespace's bytes, then the name (as
@@ -456,22 +462,13 @@ impl Identity {
     /// [`derived_uuid`] of (this id, `scope`, n) for every n, as hashed up to n; the ids carry
     /// `millis` as their time.
     fn children_at(&self, scope: &str, millis: u64) -> DerivedChildren {
-        let mut prefix = Sha1::new();
-        prefix.update(DERIVED_ID_NAMESPACE.as_bytes());
-        prefix.update(
-            self.message_id
-                .as_uuid()
-                .hyphenated()
-                .encode_lower(&mut Uuid::encode_buffer())
-                .as_bytes(),
-        );
-        prefix.update([0]);
-        prefix.update(scope.as_bytes());
-        prefix.update([0]);
+        let mut parent = Uuid::encode_buffer();
+        let parent = self.message_id.as_uuid().hyphenated().encode_lower(&mut parent);
         DerivedChildren {
             parent: *self,
             millis,
-            prefix,
+            // (parent, scope, n) with n still to come.
+            prefix: name_hash(&[parent.as_bytes(), scope.as_bytes(), b""]),
         }
     }
 

@@ -137,6 +137,16 @@ pub(crate) async fn open_existing(t: &NatsTransport, bucket: &str) -> Result<Opt
     }))
 }
 
+/// A key's last operation as a scan of its bucket saw it.
+struct LastOp {
+    /// A put (not a delete or purge marker).
+    put: bool,
+    /// Its stream sequence.
+    sequence: u64,
+    /// When the server stored it.
+    stored: time::OffsetDateTime,
+}
+
 /// Tombstone purges [`KeyValue::purge_tombstones`] keeps in flight at once.
 const PURGES_IN_FLIGHT: usize = 16;
 
@@ -207,14 +217,30 @@ impl NatsKeyValue {
         &self.bucket
     }
 
-    /// A scan of every entry of the bucket, headers only: each key's operations in order.
-    fn every_entry(&self) -> async_nats::jetstream::consumer::pull::Config {
-        async_nats::jetstream::consumer::pull::Config {
+    /// The last operation of every key, from one scan of the bucket's stream (headers only,
+    /// `transport::nats::scan`); `what` names the work in errors (`{what} bucket ..`).
+    async fn last_operations(&self, what: &str) -> Result<std::collections::BTreeMap<String, LastOp>, KvError> {
+        let mut last = std::collections::BTreeMap::new();
+        let config = async_nats::jetstream::consumer::pull::Config {
             filter_subject: format!("{}>", self.store.prefix),
             deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::All,
             headers_only: true,
             ..Default::default()
-        }
+        };
+        let what = format!("{what} bucket `{}`", self.bucket);
+        super::scan(&self.store.stream, config, 1024, &what, |m, info| {
+            if let Some(key) = m.subject.as_str().strip_prefix(self.store.prefix.as_str()) {
+                let op = LastOp {
+                    put: m.headers.as_ref().is_none_or(is_put),
+                    sequence: info.stream_sequence,
+                    stored: info.published,
+                };
+                last.insert(key.to_owned(), op);
+            }
+            Ok::<_, KvError>(())
+        })
+        .await?;
+        Ok(last)
     }
 
     fn transport(&self, what: &str, key: &str, e: &(dyn std::error::Error + 'static), timed_out: bool) -> KvError {
@@ -320,26 +346,14 @@ impl KeyValue for NatsKeyValue {
     /// on nats-server 2.9, waited for without end (the console's page hung on a host's status
     /// document, rewritten every few hundred milliseconds).
     async fn keys(&self) -> Result<Vec<String>, KvError> {
-        // Key -> listed (its last operation seen so far is a put).
-        let mut last = std::collections::BTreeMap::<String, bool>::new();
-        let what = format!("listing bucket `{}`", self.bucket);
-        super::scan(&self.store.stream, self.every_entry(), 1024, &what, |m, _| {
-            if let Some(key) = m.subject.as_str().strip_prefix(self.store.prefix.as_str()) {
-                last.insert(key.to_owned(), m.headers.as_ref().is_none_or(is_put));
-            }
-            Ok::<_, KvError>(())
-        })
-        .await?;
-        Ok(last.into_iter().filter_map(|(k, put)| put.then_some(k)).collect())
+        let last = self.last_operations("listing").await?;
+        Ok(last.into_iter().filter_map(|(k, op)| op.put.then_some(k)).collect())
     }
 
     /// One scan of the bucket (as [`keys`](Self::keys) reads it), then, per key whose last
     /// operation is a delete or purge marker stored at least `older_than` ago, a purge of the
     /// key's subject up to that marker's sequence: a write made since is kept.
     async fn purge_tombstones(&self, older_than: Duration) -> Result<usize, KvError> {
-        // Key -> the stream sequence of its last operation, if that is a marker old enough.
-        let mut last = std::collections::BTreeMap::<String, Option<u64>>::new();
-        let what = format!("reading the tombstones of bucket `{}`", self.bucket);
         // An age reaching before the calendar's start (`Duration::MAX`): nothing is that old.
         let Some(cutoff) = time::Duration::try_from(older_than)
             .ok()
@@ -347,18 +361,14 @@ impl KeyValue for NatsKeyValue {
         else {
             return Ok(0);
         };
-        super::scan(&self.store.stream, self.every_entry(), 1024, &what, |m, info| {
-            if let Some(key) = m.subject.as_str().strip_prefix(self.store.prefix.as_str()) {
-                let marker = m.headers.as_ref().is_some_and(|h| !is_put(h));
-                let old = marker && info.published <= cutoff;
-                last.insert(key.to_owned(), old.then_some(info.stream_sequence));
-            }
-            Ok::<_, KvError>(())
-        })
-        .await?;
+        let last = self.last_operations("reading the tombstones of").await?;
+        let old_markers = last
+            .into_iter()
+            .filter(|(_, op)| !op.put && op.stored <= cutoff)
+            .map(|(key, op)| (key, op.sequence));
         // Several purges in flight: a bucket written before tombstones were removed may hold
         // many, and each is a request to the stream's leader.
-        let purges = futures::stream::iter(last.into_iter().filter_map(|(key, seq)| Some((key, seq?))))
+        let purges = futures::stream::iter(old_markers)
             .map(|(key, sequence)| async move {
                 self.store
                     .stream

@@ -338,6 +338,25 @@ async fn sagas_complete_while_their_buckets_leader_is_killed() {
         .await
         .expect("start");
     let client = cluster.client().clone();
+    // The buckets are replicated: they are read from their leader (the settled bucket is read
+    // beside each start), never with a direct get, which a lagging follower may answer.
+    let requests = |subject: &'static str| {
+        let counted = Arc::new(AtomicUsize::new(0));
+        let count = counted.clone();
+        let client = client.clone();
+        async move {
+            let mut sub = client.subscribe(subject).await.expect("subscribe");
+            client.flush().await.expect("flush");
+            tokio::spawn(async move {
+                while futures::StreamExt::next(&mut sub).await.is_some() {
+                    count.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+            counted
+        }
+    };
+    let direct_gets = requests("$JS.API.DIRECT.GET.KV_cim_saga_payment_settled.>").await;
+    let leader_gets = requests("$JS.API.STREAM.MSG.GET.KV_cim_saga_payment_settled").await;
     let feeder = tokio::spawn(feed(client.clone(), 0..SAGAS));
 
     let wait_for = |n: usize, within: Duration| until("sagas completed", &runs.shipped, n, within);
@@ -386,6 +405,16 @@ async fn sagas_complete_while_their_buckets_leader_is_killed() {
     );
     // Our process did not crash, so no step is in the crash window: none ran twice.
     assert!(twice.is_empty(), "steps run more than once: {twice:?}");
+    assert_eq!(
+        direct_gets.load(Ordering::SeqCst),
+        0,
+        "direct gets of a replicated bucket"
+    );
+    // (The listening client may have been on the killed node for a while: not all are seen.)
+    assert!(
+        leader_gets.load(Ordering::SeqCst) > 0,
+        "no read of the settled bucket seen"
+    );
     service.shutdown(Duration::from_secs(5)).await;
 }
 

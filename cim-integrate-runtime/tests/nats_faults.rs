@@ -271,3 +271,52 @@ async fn service_through_server_restart_runs_each_message_once() {
         stats.duplicates
     );
 }
+
+/// A read while the server is down is unavailability (transient), never "not found", on both
+/// read paths: the direct get of a bucket of one replica and the leader's `STREAM.MSG.GET` (a
+/// bucket of one replica that disallows direct gets, as a plain client may make one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_reads_while_the_server_is_down_are_transient() {
+    use cim_integrate_runtime::transport::{KeyValue, KvSpec};
+    let (t, mut server) = setup().await;
+    let direct = t.key_value(&KvSpec::new("reads")).await.expect("bucket");
+    let js = t.jetstream();
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "KV_leader_reads".into(),
+        subjects: vec!["$KV.leader_reads.>".into()],
+        max_messages_per_subject: 1,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: false,
+        discard: async_nats::jetstream::stream::DiscardPolicy::New,
+        ..Default::default()
+    })
+    .await
+    .expect("a bucket without direct gets");
+    let leader = t.key_value(&KvSpec::new("leader_reads")).await.expect("bucket");
+    for kv in [&direct, &leader] {
+        kv.create("k", Bytes::from_static(b"v")).await.expect("create");
+    }
+    server.stop().await.expect("stop");
+    for kv in [&direct, &leader] {
+        let err = kv.get("k").await.expect_err("no server");
+        assert!(err.is_transient(), "{err:?}");
+    }
+    server.restart().await.expect("restart");
+    for kv in [&direct, &leader] {
+        let mut value = None;
+        for _ in 0..100 {
+            match kv.get("k").await {
+                Ok(entry) => {
+                    value = entry.map(|e| e.value);
+                    break;
+                }
+                Err(e) => {
+                    assert!(e.is_transient(), "{e:?}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        assert_eq!(value.as_deref(), Some(&b"v"[..]));
+    }
+}

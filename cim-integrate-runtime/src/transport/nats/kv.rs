@@ -18,6 +18,8 @@ use std::time::Duration;
 pub struct NatsKeyValue {
     store: Arc<Store>,
     bucket: Arc<str>,
+    /// Reads take a direct get ([`reads_directly`]).
+    direct: bool,
 }
 
 impl std::fmt::Debug for NatsKeyValue {
@@ -113,10 +115,7 @@ pub(super) async fn open(t: &NatsTransport, spec: &KvSpec) -> Result<NatsKeyValu
         .get_key_value(spec.bucket.clone())
         .await
         .map_err(|e| classify(&format!("opening bucket `{}`", spec.bucket), &e))?;
-    Ok(NatsKeyValue {
-        store: Arc::new(store),
-        bucket: Arc::from(spec.bucket.as_str()),
-    })
+    Ok(NatsKeyValue::new(store, &spec.bucket))
 }
 
 /// Opens the existing bucket `bucket` (its real name), without creating it or comparing its
@@ -131,10 +130,7 @@ pub(crate) async fn open_existing(t: &NatsTransport, bucket: &str) -> Result<Opt
         .get_key_value(bucket.to_owned())
         .await
         .map_err(|e| classify(&format!("opening bucket `{bucket}`"), &e))?;
-    Ok(Some(NatsKeyValue {
-        store: Arc::new(store),
-        bucket: Arc::from(bucket),
-    }))
+    Ok(Some(NatsKeyValue::new(store, bucket)))
 }
 
 /// A key's last operation as a scan of its bucket saw it.
@@ -211,7 +207,61 @@ pub(crate) fn classify(what: &str, e: &(dyn std::error::Error + 'static)) -> Tra
     }
 }
 
+/// The entry of `key` whose last message is `m`: `None` if it is a delete or purge marker.
+fn entry(key: &str, m: async_nats::jetstream::message::StreamMessage) -> Option<KvEntry> {
+    is_put(&m.headers).then(|| KvEntry {
+        key: key.to_owned(),
+        value: m.payload,
+        revision: m.sequence,
+        created: Timestamp::from_offset_date_time(m.time),
+    })
+}
+
+/// `true` if reads of the bucket whose stream has `config` may take a direct get: it allows them
+/// and has one replica, so its leader is the only server that answers one (a replica that has not
+/// applied the latest write yet could answer with an older revision, or none).
+fn reads_directly(config: &js_stream::Config) -> bool {
+    config.allow_direct && config.num_replicas <= 1 && config.mirror.is_none()
+}
+
 impl NatsKeyValue {
+    fn new(store: Store, bucket: &str) -> Self {
+        let direct = reads_directly(&store.stream.cached_info().config);
+        Self {
+            store: Arc::new(store),
+            bucket: Arc::from(bucket),
+            direct,
+        }
+    }
+
+    /// [`KeyValue::get`] with a direct get (`$JS.API.DIRECT.GET`), which the stream answers
+    /// outside the JetStream API: no JSON request or response, no base64.
+    async fn get_directly(&self, key: &str, subject: String) -> Result<Option<KvEntry>, KvError> {
+        use async_nats::jetstream::stream::DirectGetErrorKind;
+        match self.store.stream.direct_get_last_for_subject(subject).await {
+            Ok(m) => Ok(entry(key, m)),
+            Err(e) => match e.kind() {
+                DirectGetErrorKind::NotFound => Ok(None),
+                DirectGetErrorKind::InvalidSubject => Err(KvError::InvalidKey(key.to_owned())),
+                DirectGetErrorKind::TimedOut => Err(self.transport("reading", key, &e, true)),
+                DirectGetErrorKind::ErrorResponse(status, description) => {
+                    let what = format!("reading `{key}` in bucket `{}`: {status} {description}", self.bucket);
+                    // No responders, or the server's own unavailability: transient.
+                    Err(KvError::Transport(
+                        if status.as_u16() == 503 || status.as_u16() >= 500 {
+                            TransportError::Unavailable(what)
+                        } else {
+                            TransportError::Other(what)
+                        },
+                    ))
+                }
+                DirectGetErrorKind::Request | DirectGetErrorKind::Other => {
+                    Err(self.transport("reading", key, &e, false))
+                }
+            },
+        }
+    }
+
     /// The bucket's name.
     pub fn bucket(&self) -> &str {
         &self.bucket
@@ -253,24 +303,22 @@ impl NatsKeyValue {
 }
 
 impl KeyValue for NatsKeyValue {
-    /// Read from the bucket's stream leader (`STREAM.MSG.GET`), never with a direct get: the
-    /// buckets allow direct gets, which any replica answers, and a follower that has not applied
-    /// the latest write yet answers with an older revision (or none). Read-modify-write with
-    /// compare-and-set survives a stale read, but a stale read taken as the truth does not: a
-    /// process manager's outbox drained from an older record sent nothing, and the record's
-    /// queued messages waited for the next sweep.
+    /// Read from the bucket's stream leader: with a direct get where the stream has one replica
+    /// (the leader is the only server that answers it), else with the JetStream API's
+    /// `STREAM.MSG.GET`. A replicated bucket is never read with a direct get, which any replica
+    /// answers: a follower that has not applied the latest write yet answers with an older
+    /// revision (or none). Read-modify-write with compare-and-set survives a stale read, but a
+    /// stale read taken as the truth does not: a process manager's outbox drained from an older
+    /// record sent nothing, and the record's queued messages waited for the next sweep.
     async fn get(&self, key: &str) -> Result<Option<KvEntry>, KvError> {
         use async_nats::jetstream::stream::LastRawMessageErrorKind;
         check_key(key)?;
         let subject = format!("{}{key}", self.store.prefix);
+        if self.direct {
+            return self.get_directly(key, subject).await;
+        }
         match self.store.stream.get_last_raw_message_by_subject(&subject).await {
-            Ok(m) if is_put(&m.headers) => Ok(Some(KvEntry {
-                key: key.to_owned(),
-                value: m.payload,
-                revision: m.sequence,
-                created: Timestamp::from_offset_date_time(m.time),
-            })),
-            Ok(_) => Ok(None),
+            Ok(m) => Ok(entry(key, m)),
             Err(e) => match e.kind() {
                 LastRawMessageErrorKind::NoMessageFound => Ok(None),
                 LastRawMessageErrorKind::InvalidSubject => Err(KvError::InvalidKey(key.to_owned())),
@@ -389,5 +437,30 @@ impl KeyValue for NatsKeyValue {
             tracing::debug!(bucket = %self.bucket, removed, "tombstones removed");
         }
         Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_buckets_of_one_replica_are_read_directly() {
+        let config = |replicas: u8| bucket_config(&KvSpec::new("b").replicas(replicas));
+        assert!(reads_directly(&config(1)));
+        assert!(!reads_directly(&config(3)));
+        let mirror = js_stream::Config {
+            mirror: Some(js_stream::Source {
+                name: "KV_other".into(),
+                ..Default::default()
+            }),
+            ..config(1)
+        };
+        assert!(!reads_directly(&mirror));
+        let no_direct = js_stream::Config {
+            allow_direct: false,
+            ..config(1)
+        };
+        assert!(!reads_directly(&no_direct));
     }
 }

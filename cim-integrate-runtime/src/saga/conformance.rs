@@ -53,6 +53,7 @@ macro_rules! saga_conformance_tests {
             crash_between_the_settling_writes_is_recovered,
             lifecycle_events_can_be_limited,
             settled_sagas_leave_no_tombstones,
+            either_record_format_is_driven,
         ]);
     };
     (@cases $tokio:tt $setup:path; [$($case:ident),* $(,)?]) => {
@@ -1457,4 +1458,54 @@ pub async fn settled_sagas_leave_no_tombstones<T: Transport>(t: T) {
         None,
         "a settled id still refused"
     );
+}
+
+/// A runner reads records of both formats and rewrites a record in its own at the next write: a
+/// saga left by a format-1 runner (a fleet upgraded in place) is driven to its end by a format-2
+/// runner, and the other way round.
+pub async fn either_record_format_is_driven<T: Transport>(t: T) {
+    use super::RecordFormat;
+    let shop = Shop::default();
+    let raw = |kv: &T::KeyValue, id: &'static str| {
+        let kv = kv.clone();
+        async move {
+            let entry = kv.get(id).await.expect("get").expect("stored");
+            serde_json::from_slice::<serde_json::Value>(&entry.value).expect("json")
+        }
+    };
+    for (id, first, then) in [
+        ("from-v1", RecordFormat::V1, RecordFormat::V2),
+        ("from-v2", RecordFormat::V2, RecordFormat::V1),
+    ] {
+        let crashing = builder(&t, &shop, "node-1")
+            .record_format(first)
+            .fault_hook(|p| p.write == Write::Create && p.moment == Moment::After)
+            .build()
+            .await
+            .expect("runner");
+        let crashed = crashing.start(id, Order::default()).await;
+        assert!(matches!(crashed, Err(super::SagaError::Crashed(_))), "{crashed:?}");
+        let left = raw(crashing.store(), id).await;
+        assert_eq!(left["format"], first.number(), "{left}");
+        // Format 1 writes every field; format 2 leaves out the zeros.
+        let whole = left["steps"][1].get("compensation_attempts").is_some();
+        assert_eq!(whole, first == RecordFormat::V1, "{left}");
+
+        let r = builder(&t, &shop, "node-1")
+            .record_format(then)
+            .build()
+            .await
+            .expect("runner");
+        assert_eq!(r.resume_saga(id).await, Ok(SagaOutcome::Completed), "{id}");
+        r.settled().await.expect("settled");
+        let settled = raw(r.settled_store(), id).await;
+        assert_eq!(settled["format"], then.number(), "{settled}");
+        let rec = r.status(id).await.expect("status").expect("record");
+        assert_eq!(rec.status, SagaStatus::Completed);
+        // The first step's attempt recorded by the create (then the crash) counts: it runs as the
+        // second.
+        let attempts: Vec<(StepState, u32)> = rec.steps.iter().map(|s| (s.state, s.attempts)).collect();
+        assert_eq!(attempts[0], (StepState::Completed, 2), "{rec:?}");
+        assert!(attempts[1..].iter().all(|a| *a == (StepState::Completed, 1)), "{rec:?}");
+    }
 }

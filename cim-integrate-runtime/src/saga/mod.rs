@@ -92,7 +92,7 @@ pub mod fixture;
 
 pub use context::StepContext;
 pub use events::{LifecycleEvents, SAGA_EVENT_TYPE, SAGA_EVENT_VERSION, SAGA_EVENTS_DOMAIN, SagaEvent, SagaEventKind};
-pub use record::{RECORD_FORMAT, SagaRecord, SagaStatus, StepRecord, StepState};
+pub use record::{RECORD_FORMAT, RecordFormat, SagaRecord, SagaStatus, StepRecord, StepState};
 #[cfg(feature = "testing")]
 pub use runner::{CrashPoint, FaultHook, Moment, Write};
 pub use runner::{

@@ -78,7 +78,7 @@ use super::context::StepContext;
 use super::events::{
     LifecycleEvents, SAGA_EVENT_TYPE, SAGA_EVENT_VERSION, SAGA_EVENTS_DOMAIN, SagaEvent, SagaEventKind,
 };
-use super::record::{self, RECORD_FORMAT, SagaRecord, SagaStatus, StepRecord, StepState};
+use super::record::{self, RecordFormat, SagaRecord, SagaStatus, StepRecord, StepState};
 use super::{Compensation, Saga, Step, StepFn, StepPolicy};
 use crate::clock::Clock;
 use crate::envelope::Envelope;
@@ -421,6 +421,8 @@ struct Inner<S: Saga, T: Transport> {
     settling: Arc<super::settling::Settling>,
     /// Which lifecycle events are published.
     events: LifecycleEvents,
+    /// The format of the records written.
+    format: RecordFormat,
     #[cfg(feature = "testing")]
     hook: Option<FaultHook>,
 }
@@ -459,6 +461,7 @@ pub struct SagaRunnerBuilder<S: Saga, T: Transport> {
     bucket: Option<String>,
     settled_retention: Duration,
     events: LifecycleEvents,
+    format: RecordFormat,
     #[cfg(feature = "testing")]
     hook: Option<FaultHook>,
 }
@@ -473,6 +476,7 @@ impl<S: Saga, T: Transport> fmt::Debug for SagaRunnerBuilder<S, T> {
             .field("bucket", &self.bucket)
             .field("settled_retention", &self.settled_retention)
             .field("events", &self.events)
+            .field("format", &self.format)
             .finish_non_exhaustive()
     }
 }
@@ -532,6 +536,14 @@ impl<S: Saga, T: Transport> SagaRunnerBuilder<S, T> {
     /// "Performance"). The records are the same whichever is chosen.
     pub fn lifecycle_events(mut self, events: LifecycleEvents) -> Self {
         self.events = events;
+        self
+    }
+    /// The format of the records written; default [`RecordFormat::V2`]. Both formats are read
+    /// whichever is chosen, and a record is rewritten in this one at its next write.
+    /// [`RecordFormat::V1`] is for a fleet upgraded in place: runners of a version before format
+    /// 2 report a format-2 record as corrupt and leave it alone.
+    pub fn record_format(mut self, format: RecordFormat) -> Self {
+        self.format = format;
         self
     }
     /// Installs a fault-injection hook (tests; only with the `testing` feature).
@@ -616,6 +628,7 @@ impl<S: Saga, T: Transport> SagaRunnerBuilder<S, T> {
                 event_subjects,
                 settling: Arc::default(),
                 events: self.events,
+                format: self.format,
                 #[cfg(feature = "testing")]
                 hook: self.hook,
             }),
@@ -711,11 +724,14 @@ impl<D> Run<D> {
         (&self.rec, &self.id, &mut self.scratch)
     }
 
-    /// The record's JSON.
+    /// The record's JSON, in the format its runner writes (set in the record first).
     fn encode(&mut self) -> Result<Bytes, SagaError>
     where
         D: serde::Serialize,
     {
+        if let Some(format) = self.encoder.format {
+            self.rec.format = format;
+        }
         self.encoder.encode(&self.rec).map_err(|e| SagaError::Encode {
             id: self.rec.id.clone(),
             reason: e.to_string(),
@@ -758,6 +774,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
             bucket: None,
             settled_retention: DEFAULT_SETTLED_RETENTION,
             events: LifecycleEvents::default(),
+            format: RecordFormat::default(),
             #[cfg(feature = "testing")]
             hook: None,
         }
@@ -816,7 +833,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
     ) -> Result<SagaOutcome, SagaError> {
         check_id(id)?;
         let mut rec = SagaRecord {
-            format: RECORD_FORMAT,
+            format: self.inner.format.number(),
             saga: S::NAME.to_owned(),
             id: id.to_owned(),
             identity,
@@ -1241,6 +1258,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
     fn encoder(&self) -> record::Encoder {
         record::Encoder::new(self.inner.step_heads.clone(), self.inner.owner_json.clone())
             .with_buffers(self.inner.buffers.clone())
+            .writing(self.inner.format)
     }
 
     /// The record of `id`: from the active bucket, else from the settled one.

@@ -246,14 +246,12 @@ impl NatsKeyValue {
                 DirectGetErrorKind::TimedOut => Err(self.transport("reading", key, &e, true)),
                 DirectGetErrorKind::ErrorResponse(status, description) => {
                     let what = format!("reading `{key}` in bucket `{}`: {status} {description}", self.bucket);
-                    // No responders, or the server's own unavailability: transient.
-                    Err(KvError::Transport(
-                        if status.as_u16() == 503 || status.as_u16() >= 500 {
-                            TransportError::Unavailable(what)
-                        } else {
-                            TransportError::Other(what)
-                        },
-                    ))
+                    // No responders (503), or another server-side failure: transient.
+                    Err(KvError::Transport(if status.as_u16() >= 500 {
+                        TransportError::Unavailable(what)
+                    } else {
+                        TransportError::Other(what)
+                    }))
                 }
                 DirectGetErrorKind::Request | DirectGetErrorKind::Other => {
                     Err(self.transport("reading", key, &e, false))

@@ -6,7 +6,8 @@ use super::convert::api_error;
 use crate::timestamp::Timestamp;
 use crate::transport::{KeyValue, KvEntry, KvError, KvSpec, TransportError, check_key};
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
-use async_nats::jetstream::kv::{CreateErrorKind, PutErrorKind, Store, UpdateErrorKind};
+use async_nats::jetstream::kv::{PutErrorKind, Store, UpdateErrorKind};
+use async_nats::jetstream::message::StreamMessage;
 use async_nats::jetstream::{ErrorCode, stream as js_stream};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -208,7 +209,7 @@ pub(crate) fn classify(what: &str, e: &(dyn std::error::Error + 'static)) -> Tra
 }
 
 /// The entry of `key` whose last message is `m`: `None` if it is a delete or purge marker.
-fn entry(key: &str, m: async_nats::jetstream::message::StreamMessage) -> Option<KvEntry> {
+fn entry(key: &str, m: StreamMessage) -> Option<KvEntry> {
     is_put(&m.headers).then(|| KvEntry {
         key: key.to_owned(),
         value: m.payload,
@@ -234,12 +235,43 @@ impl NatsKeyValue {
         }
     }
 
-    /// [`KeyValue::get`] with a direct get (`$JS.API.DIRECT.GET`), which the stream answers
-    /// outside the JetStream API: no JSON request or response, no base64.
-    async fn get_directly(&self, key: &str, subject: String) -> Result<Option<KvEntry>, KvError> {
+    /// The last message of `key`'s subject (a value, or a delete or purge marker), `None` if the
+    /// subject has none. Read from the bucket's stream leader: with a direct get where the stream
+    /// has one replica (the leader is the only server that answers it), else with the JetStream
+    /// API's `STREAM.MSG.GET`. A replicated bucket is never read with a direct get, which any
+    /// replica answers: a follower that has not applied the latest write yet answers with an
+    /// older revision (or none). Read-modify-write with compare-and-set survives a stale read,
+    /// but a stale read taken as the truth does not: a process manager's outbox drained from an
+    /// older record sent nothing, and the record's queued messages waited for the next sweep.
+    async fn last_message(&self, key: &str) -> Result<Option<StreamMessage>, KvError> {
+        use async_nats::jetstream::stream::LastRawMessageErrorKind;
+        let subject = format!("{}{key}", self.store.prefix);
+        if self.direct {
+            return self.last_directly(key, subject).await;
+        }
+        match self.store.stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(m) => Ok(Some(m)),
+            Err(e) => match e.kind() {
+                LastRawMessageErrorKind::NoMessageFound => Ok(None),
+                LastRawMessageErrorKind::InvalidSubject => Err(KvError::InvalidKey(key.to_owned())),
+                LastRawMessageErrorKind::JetStream(api) => {
+                    let what = format!("reading `{key}` in bucket `{}`", self.bucket);
+                    Err(KvError::Transport(
+                        super::convert::unavailable(&api)
+                            .unwrap_or_else(|| TransportError::Other(format!("{what}: {api}"))),
+                    ))
+                }
+                LastRawMessageErrorKind::Other => Err(self.transport("reading", key, &e, false)),
+            },
+        }
+    }
+
+    /// [`last_message`](Self::last_message) with a direct get (`$JS.API.DIRECT.GET`), which the
+    /// stream answers outside the JetStream API: no JSON request or response, no base64.
+    async fn last_directly(&self, key: &str, subject: String) -> Result<Option<StreamMessage>, KvError> {
         use async_nats::jetstream::stream::DirectGetErrorKind;
         match self.store.stream.direct_get_last_for_subject(subject).await {
-            Ok(m) => Ok(entry(key, m)),
+            Ok(m) => Ok(Some(m)),
             Err(e) => match e.kind() {
                 DirectGetErrorKind::NotFound => Ok(None),
                 DirectGetErrorKind::InvalidSubject => Err(KvError::InvalidKey(key.to_owned())),
@@ -305,40 +337,33 @@ impl KeyValue for NatsKeyValue {
     /// (the leader is the only server that answers it), else with the JetStream API's
     /// `STREAM.MSG.GET`. A replicated bucket is never read with a direct get, which any replica
     /// answers: a follower that has not applied the latest write yet answers with an older
-    /// revision (or none). Read-modify-write with compare-and-set survives a stale read, but a
-    /// stale read taken as the truth does not: a process manager's outbox drained from an older
-    /// record sent nothing, and the record's queued messages waited for the next sweep.
+    /// revision (or none).
     async fn get(&self, key: &str) -> Result<Option<KvEntry>, KvError> {
-        use async_nats::jetstream::stream::LastRawMessageErrorKind;
         check_key(key)?;
-        let subject = format!("{}{key}", self.store.prefix);
-        if self.direct {
-            return self.get_directly(key, subject).await;
-        }
-        match self.store.stream.get_last_raw_message_by_subject(&subject).await {
-            Ok(m) => Ok(entry(key, m)),
-            Err(e) => match e.kind() {
-                LastRawMessageErrorKind::NoMessageFound => Ok(None),
-                LastRawMessageErrorKind::InvalidSubject => Err(KvError::InvalidKey(key.to_owned())),
-                LastRawMessageErrorKind::JetStream(api) => {
-                    let what = format!("reading `{key}` in bucket `{}`", self.bucket);
-                    Err(KvError::Transport(
-                        super::convert::unavailable(&api)
-                            .unwrap_or_else(|| TransportError::Other(format!("{what}: {api}"))),
-                    ))
-                }
-                LastRawMessageErrorKind::Other => Err(self.transport("reading", key, &e, false)),
-            },
-        }
+        Ok(self.last_message(key).await?.and_then(|m| entry(key, m)))
     }
 
+    /// A compare-and-set at "no message yet"; if the key has history, its last message is read
+    /// from the leader as `get` reads, and the key is created over a delete or
+    /// purge marker (conditional on the marker's revision). async-nats's own `create` reads that
+    /// last message with a direct get, which a lagging follower of a replicated bucket may
+    /// answer, and reads it after any failure of the first write, an outage's included.
     async fn create(&self, key: &str, value: Bytes) -> Result<u64, KvError> {
         check_key(key)?;
-        self.store.create(key, value).await.map_err(|e| match e.kind() {
-            CreateErrorKind::AlreadyExists => KvError::AlreadyExists { key: key.to_owned() },
-            CreateErrorKind::InvalidKey => KvError::InvalidKey(key.to_owned()),
-            _ => self.transport("creating", key, &e, false),
-        })
+        let exists = |e: KvError| match e {
+            KvError::Conflict { .. } => KvError::AlreadyExists { key: key.to_owned() },
+            e => e,
+        };
+        match self.update(key, value.clone(), 0).await {
+            Err(KvError::Conflict { .. }) => {}
+            other => return other,
+        }
+        match self.last_message(key).await? {
+            Some(m) if is_put(&m.headers) => Err(KvError::AlreadyExists { key: key.to_owned() }),
+            Some(marker) => self.update(key, value, marker.sequence).await.map_err(exists),
+            // Purged since the first write was refused (a tombstone sweep): no history now.
+            None => self.update(key, value, 0).await.map_err(exists),
+        }
     }
 
     async fn update(&self, key: &str, value: Bytes, expected: u64) -> Result<u64, KvError> {

@@ -341,18 +341,11 @@ async fn sagas_complete_while_their_buckets_leader_is_killed() {
     // The buckets are replicated: they are read from their leader (the settled bucket is read
     // beside each start), never with a direct get, which a lagging follower may answer.
     let requests = |subject: &'static str| {
-        let counted = Arc::new(AtomicUsize::new(0));
-        let count = counted.clone();
         let client = client.clone();
         async move {
-            let mut sub = client.subscribe(subject).await.expect("subscribe");
-            client.flush().await.expect("flush");
-            tokio::spawn(async move {
-                while futures::StreamExt::next(&mut sub).await.is_some() {
-                    count.fetch_add(1, Ordering::SeqCst);
-                }
-            });
-            counted
+            cim_integrate::testing::count_messages(&client, subject)
+                .await
+                .expect("listen")
         }
     };
     let direct_gets = requests("$JS.API.DIRECT.GET.KV_cim_saga_payment_settled.>").await;

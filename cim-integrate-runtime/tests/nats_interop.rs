@@ -185,21 +185,6 @@ async fn kv_on_the_server_interoperates_with_plain_clients() {
     assert!(matches!(err, KvError::BucketConflict { .. }), "{err:?}");
 }
 
-/// Requests a plain client sees on `subject` (it only listens; the server answers them), counted
-/// until the returned counter is read.
-async fn count_requests(client: &async_nats::Client, subject: &str) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
-    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mut sub = client.subscribe(subject.to_owned()).await.expect("subscribe");
-    client.flush().await.expect("flush");
-    let seen = count.clone();
-    tokio::spawn(async move {
-        while sub.next().await.is_some() {
-            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }
-    });
-    count
-}
-
 /// A bucket of one replica is read with a direct get, which only its leader can answer: not with
 /// the JetStream API's `STREAM.MSG.GET` (replicated buckets are: `tests/cluster_nats.rs`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -207,8 +192,9 @@ async fn kv_reads_of_a_single_replica_bucket_take_a_direct_get() {
     let (t, server) = setup().await;
     let kv = t.key_value(&KvSpec::new("direct")).await.expect("bucket");
     let plain = async_nats::connect(server.url()).await.expect("plain");
-    let direct = count_requests(&plain, "$JS.API.DIRECT.GET.KV_direct.>").await;
-    let api = count_requests(&plain, "$JS.API.STREAM.MSG.GET.KV_direct").await;
+    let count = |subject| cim_integrate_runtime::testing::count_messages(&plain, subject);
+    let direct = count("$JS.API.DIRECT.GET.KV_direct.>").await.expect("listen");
+    let api = count("$JS.API.STREAM.MSG.GET.KV_direct").await.expect("listen");
     let r1 = kv.create("k1", Bytes::from_static(b"one")).await.expect("create");
     let r2 = kv.create("k2", Bytes::from_static(b"two")).await.expect("create");
     kv.delete("k2", Some(r2)).await.expect("delete");

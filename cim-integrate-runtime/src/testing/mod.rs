@@ -44,6 +44,27 @@ pub use host::{
 };
 pub use observe::{Observed, Series, SpanRecord, observe};
 
+/// Counts the messages published on `subject` (wildcards allowed) from now on, as a plain
+/// subscriber of `client` sees them: for tests of which requests a client sends (the subscriber
+/// only listens; the server still answers them). The subscription is flushed before this returns.
+#[cfg(feature = "nats")]
+pub async fn count_messages(
+    client: &async_nats::Client,
+    subject: &str,
+) -> Result<std::sync::Arc<std::sync::atomic::AtomicUsize>, async_nats::Error> {
+    use futures::StreamExt;
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut sub = client.subscribe(subject.to_owned()).await?;
+    client.flush().await?;
+    let seen = count.clone();
+    tokio::spawn(async move {
+        while sub.next().await.is_some() {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    Ok(count)
+}
+
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};

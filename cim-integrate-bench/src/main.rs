@@ -9,7 +9,7 @@
 //! sections `publish`, `consume`, `scale-out`, `dispatch`, `saga`, `decode`, `rss`, `check`,
 //! `--out PATH`, `--dispatch-rounds N` (default 5), `--dispatch-rows kv,mem16,mem1,live-kv,live-mem16,live-mem1` (default all),
 //! `--dispatch-side ours|baseline` (default both), `--saga-rows nats,mem` (default both),
-//! `--saga-side ours|baseline` (default both), `--saga-events all,outcomes,none` (the runner's
+//! `--saga-side ours|baseline|by-hand` (default all), `--saga-events all,outcomes,none` (the runner's
 //! [`LifecycleEvents`], a row each; default all three),
 //! `--rss-events N` (default 1,000,000 on the embedded transport), `--rss-nats-events N` (default
 //! 1,000,000).
@@ -20,6 +20,10 @@ mod generate;
 static ALLOC: cim_integrate_bench::CountingAlloc = cim_integrate_bench::CountingAlloc;
 
 use cim_integrate::SubjectPattern;
+use cim_integrate::Envelope;
+use cim_integrate::Identity;
+use cim_integrate::Subject;
+use cim_integrate::Timestamp;
 use cim_integrate::dedup::MemoryDedup;
 use cim_integrate::event::DomainEvent;
 use cim_integrate::event::Versioned;
@@ -86,7 +90,7 @@ struct Runner {
     dispatch_side: Option<String>,
     /// Only these saga transports (`--saga-rows nats,mem`; default both).
     saga_rows: Option<Vec<String>>,
-    /// Only one side of the saga rows (`--saga-side ours|baseline`), e.g. to count its
+    /// Only one side of the saga rows (`--saga-side ours|baseline|by-hand`), e.g. to count its
     /// instructions under callgrind.
     saga_side: Option<String>,
     /// Only these lifecycle-event settings of the saga rows (`--saga-events all,outcomes,none`).
@@ -1079,6 +1083,75 @@ async fn minimal_log<K: KeyValue>(kv: &K, id: &str) -> Result<(), BoxError> {
     Ok(())
 }
 
+/// The payload of a lifecycle event, as [`minimal_log_with_events`] writes it: the fields of the
+/// runner's `SagaEvent`, borrowed.
+#[derive(serde::Serialize)]
+struct HandEvent<'a> {
+    version: &'a str,
+    kind: &'a str,
+    saga: &'a str,
+    saga_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    step: Option<&'a str>,
+    seq: u32,
+}
+
+/// The second baseline of the rows with lifecycle events: [`minimal_log`] plus the same events
+/// published by hand. Each write's events (`started` after the create, `step_completed` after
+/// each step's write, `completed` after the last; with `outcomes_only`, `completed` alone) are
+/// published right after the write, pipelined, with the runner's subjects, `X-Event-Type`,
+/// payload fields and identity headers and message ids derived from (saga, id, event number);
+/// every acknowledgement is awaited once, at the end. No settled bucket, no outbox: it is the
+/// least a hand-written saga with the same observable events does, so the ratio to it is the
+/// runner's own overhead for the same work.
+async fn minimal_log_with_events<T: Transport>(
+    t: &T,
+    kv: &T::KeyValue,
+    subjects: &[Subject; 3],
+    id: &str,
+    outcomes_only: bool,
+) -> Result<(), BoxError> {
+    const KINDS: [&str; 3] = ["started", "step_completed", "completed"];
+    let root = Identity::root();
+    let at = Timestamp::now();
+    let scope = format!("saga/bench/{id}");
+    let mut seq = 0u32;
+    let mut acks = Vec::with_capacity(if outcomes_only { 1 } else { 5 });
+    let mut publish = async |kind: usize, step: Option<&str>| -> Result<(), BoxError> {
+        let payload = serde_json::to_vec(&HandEvent {
+            version: "1.0",
+            kind: KINDS[kind],
+            saga: "bench",
+            saga_id: id,
+            step,
+            seq,
+        })?;
+        let env = Envelope::with_identity(root.derived_child(&scope, seq, at), subjects[kind].clone(), payload)
+            .typed("SagaEvent", "1.0");
+        seq += 1;
+        acks.push(t.publish(OutboundMessage::from(env)).await?);
+        Ok(())
+    };
+    let mut record = serde_json::json!({"id": id, "step": 0, "data": []});
+    let mut rev = kv.create(id, serde_json::to_vec(&record)?.into()).await?;
+    if !outcomes_only {
+        publish(0, None).await?;
+    }
+    for (i, step) in (0..SAGA_STEPS).zip(["s1", "s2", "s3"]) {
+        record["step"] = (i + 1).into();
+        if let Some(data) = record["data"].as_array_mut() {
+            data.push(i.into());
+        }
+        rev = kv.update(id, serde_json::to_vec(&record)?.into(), rev).await?;
+        if !outcomes_only {
+            publish(1, Some(step)).await?;
+        }
+    }
+    publish(2, None).await?;
+    futures::future::try_join_all(acks).await?;
+    Ok(())
+}
+
 /// Steps per second of `sagas` runs of `one`, `concurrency` at a time, then `finish` (inside the
 /// measured time: the runner's background settles), and allocations per saga (of the whole
 /// process, the client's side of the benchmark).
@@ -1131,8 +1204,13 @@ async fn saga_pair<T: Transport>(
         runner.start(&format!("warm-{i}"), Vec::new()).await?;
         minimal_log(&kv, &format!("warm-{i}")).await?;
     }
+    // With lifecycle events, a second baseline publishes the same events by hand.
+    let evented = events != LifecycleEvents::None;
+    let outcomes_only = events == LifecycleEvents::Outcomes;
+    let subjects = ["started", "step_completed", "completed"].map(|k| Subject::new(format!("saga.bench.{k}")));
+    let subjects = [subjects[0].clone()?, subjects[1].clone()?, subjects[2].clone()?];
     for (concurrency, sagas) in [1usize, 32].into_iter().zip(sagas) {
-        let (mut ours, mut baseline) = (Vec::new(), Vec::new());
+        let (mut ours, mut baseline, mut by_hand) = (Vec::new(), Vec::new(), Vec::new());
         for round in 0..SAGA_ROUNDS {
             let run_ours = || {
                 saga_rate(
@@ -1164,21 +1242,31 @@ async fn saga_pair<T: Transport>(
                     async { Ok(()) },
                 )
             };
+            let run_by_hand = || {
+                saga_rate(
+                    sagas,
+                    concurrency,
+                    |i| {
+                        let (t, kv, subjects) = (&t, kv.clone(), &subjects);
+                        async move {
+                            let id = format!("e{concurrency}-{round}-{i}");
+                            minimal_log_with_events(t, &kv, subjects, &id, outcomes_only).await
+                        }
+                    },
+                    async { Ok(()) },
+                )
+            };
             let side = r.saga_side.as_deref();
-            let (with_ours, with_baseline) = (side != Some("baseline"), side != Some("ours"));
-            if round % 2 == 0 {
-                if with_ours {
-                    ours.push(run_ours().await?);
-                }
-                if with_baseline {
-                    baseline.push(run_baseline().await?);
-                }
-            } else {
-                if with_baseline {
-                    baseline.push(run_baseline().await?);
-                }
-                if with_ours {
-                    ours.push(run_ours().await?);
+            let with_ours = side.is_none_or(|s| s == "ours");
+            let with_baseline = side.is_none_or(|s| s == "baseline");
+            let with_by_hand = evented && side.is_none_or(|s| s == "by-hand");
+            // The sides in an order rotating every round.
+            for k in 0..3 {
+                match (k + round) % 3 {
+                    0 if with_ours => ours.push(run_ours().await?),
+                    1 if with_baseline => baseline.push(run_baseline().await?),
+                    2 if with_by_hand => by_hand.push(run_by_hand().await?),
+                    _ => {}
                 }
             }
         }
@@ -1193,8 +1281,25 @@ async fn saga_pair<T: Transport>(
             sagas,
             true,
         );
+        if evented {
+            r.row_rounds(
+                "saga",
+                format!("SagaRunner ({label}, {events_label}), {SAGA_STEPS}-step sagas, {concurrency} at a time"),
+                &pick(&ours, |o| o.0),
+                "steps/s",
+                "minimal durable log + the same lifecycle events by hand (pipelined, acks awaited at the end)",
+                &pick(&by_hand, |b| b.0),
+                sagas,
+                true,
+            );
+        }
+        let by_hand_allocs = if evented {
+            format!(", by hand with the events {:.1}", median(&pick(&by_hand, |b| b.1)))
+        } else {
+            String::new()
+        };
         let note = format!(
-            "saga, {label}, {events_label}, {concurrency} at a time: allocations per saga {:.1} (baseline {:.1}), medians",
+            "saga, {label}, {events_label}, {concurrency} at a time: allocations per saga {:.1} (baseline {:.1}{by_hand_allocs}), medians",
             median(&pick(&ours, |o| o.1)),
             median(&pick(&baseline, |b| b.1)),
         );

@@ -19,10 +19,10 @@ mod generate;
 #[global_allocator]
 static ALLOC: cim_integrate_bench::CountingAlloc = cim_integrate_bench::CountingAlloc;
 
-use cim_integrate::SubjectPattern;
 use cim_integrate::Envelope;
 use cim_integrate::Identity;
 use cim_integrate::Subject;
+use cim_integrate::SubjectPattern;
 use cim_integrate::Timestamp;
 use cim_integrate::dedup::MemoryDedup;
 use cim_integrate::event::DomainEvent;

@@ -105,7 +105,13 @@ impl Envelope {
         Self::with_identity_at(identity, subject, payload, Timestamp::now())
     }
 
-    fn with_identity_at(identity: Identity, subject: Subject, payload: impl Into<Bytes>, now: Timestamp) -> Self {
+    /// [`with_identity`](Self::with_identity) occurred at `now` (no clock read).
+    pub(crate) fn with_identity_at(
+        identity: Identity,
+        subject: Subject,
+        payload: impl Into<Bytes>,
+        now: Timestamp,
+    ) -> Self {
         Self {
             identity,
             subject,

@@ -1058,8 +1058,7 @@ impl<T: Transport, S: ProcessState + Send + 'static> Engine<T, S> {
             });
             let occurred = Timestamp::from_unix_nanos(i128::from(*at) * 1_000_000).unwrap_or_else(Timestamp::now);
             tracing::info!(process = %self.name, key = skey, deadline = %name, "deadline due");
-            let envelope =
-                Envelope::with_identity(identity, self.deadline_subject(), Bytes::new()).occurred_at(occurred);
+            let envelope = Envelope::with_identity_at(identity, self.deadline_subject(), Bytes::new(), occurred);
             let step = self.step(key, &msg_id, identity, occurred, &*transition, Some((name, *at)));
             let outcome = self
                 .deadlines

@@ -55,7 +55,8 @@ impl Received for Synthetic {
     }
 }
 
-/// Runs one call (its future `F`) under `timeout`: success, a permanent failure (dead
+/// Runs one call (its future `F`) under `timeout` (armed when the call first waits, so a call that
+/// finishes in its first poll reads no clock and makes no timer): success, a permanent failure (dead
 /// letter: the saga compensates), a transient failure or timeout ([`Outcome::Failed`]: the saga
 /// retries it), or a deferral when the call's own breaker refused.
 pub(crate) struct Call<F> {
@@ -76,7 +77,14 @@ where
             };
         };
         msg.ran = true;
-        match tokio::time::timeout(self.timeout, call).await {
+        // A call that finishes in its first poll (most steps on the embedded transport) needs no
+        // timer: the timeout is armed only when it first waits, and counts from there.
+        let mut call = std::pin::pin!(call);
+        let result = match futures::poll!(call.as_mut()) {
+            std::task::Poll::Ready(r) => Ok(r),
+            std::task::Poll::Pending => tokio::time::timeout(self.timeout, call).await,
+        };
+        match result {
             Ok(Ok(())) => Outcome::Succeeded,
             Ok(Err(e)) => call_error(e),
             Err(_) => Outcome::Failed {

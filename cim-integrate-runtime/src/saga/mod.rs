@@ -248,7 +248,9 @@ impl<S: Saga> Step<S> {
         self.compensation = Compensation::None { reason };
         self
     }
-    /// Sets the timeout of one attempt.
+    /// Sets the timeout of one attempt. It counts from the attempt's first wait: a step that
+    /// finishes without waiting (its first poll) is never timed out, and one that first runs
+    /// blocking code has it counted from its first `.await` that is pending.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.policy.timeout = timeout;
         self

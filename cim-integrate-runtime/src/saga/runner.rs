@@ -1617,6 +1617,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         let ids = run.event_ids.get_or_insert_with(|| {
             let scope = &mut run.scratch;
             scope.clear();
+            scope.reserve("saga//".len() + run.rec.saga.len() + run.rec.id.len());
             for part in ["saga/", &run.rec.saga, "/", &run.rec.id] {
                 scope.push_str(part);
             }
@@ -1895,6 +1896,8 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         // Written into the run's scratch string, then one allocation shared by the step's context
         // and its message-id scope.
         scratch.clear();
+        // One allocation for the run's first step (its later steps reuse it), not one per growth.
+        scratch.reserve(S::NAME.len() + rec.id.len() + step.len() + "//".len() + "/compensate".len());
         for part in [S::NAME, "/", &rec.id, "/", step] {
             scratch.push_str(part);
         }
@@ -1902,8 +1905,12 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
             scratch.push_str("/compensate");
         }
         let key: Arc<str> = Arc::from(scratch.as_str());
-        let envelope = Envelope::with_identity(rec.identity, self.inner.events_subject.clone(), Bytes::new())
-            .occurred_at(rec.started_at);
+        let envelope = Envelope::with_identity_at(
+            rec.identity,
+            self.inner.events_subject.clone(),
+            Bytes::new(),
+            rec.started_at,
+        );
         // Metrics and spans are labelled by saga and step (bounded); message ids are derived from
         // the per-instance key (idempotent across re-runs).
         let observer = &self.inner.observers[i][usize::from(compensating)];

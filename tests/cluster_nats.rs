@@ -574,3 +574,88 @@ async fn the_jetstream_domain_is_addressed() {
         .expect_err("no such domain");
     assert!(err.is_transient(), "{err:?}");
 }
+
+/// A bucket made with one replica is read with direct gets (only its leader answers them). Scaled
+/// to three replicas while the process runs, its reads go through the stream leader within the
+/// read path's recheck (lowered here from 30 s), never again to a direct get, which a lagging
+/// follower could answer; the values read stay right throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_reads_follow_a_bucket_scaled_to_three_replicas() {
+    use cim_integrate::transport::{KeyValue, KvSpec, Transport};
+    let _one = ONE_CLUSTER.lock().await;
+    let cluster = NatsCluster::start().await.expect("cluster");
+    // Before the bucket is opened: its first recheck is due one interval after the open.
+    cim_integrate::testing::recheck_kv_read_paths_every(Duration::from_millis(100));
+    let t = NatsTransport::connect(NatsOptions::new(cluster.urls()))
+        .await
+        .expect("connect");
+    let kv = t.key_value(&KvSpec::new("scaled")).await.expect("R1 bucket");
+    assert_eq!(stream_info(cluster.client(), "KV_scaled").await.config.num_replicas, 1);
+    let count = |subject: &'static str| cim_integrate::testing::count_messages(cluster.client(), subject);
+    let direct_gets = count("$JS.API.DIRECT.GET.KV_scaled.>").await.expect("listen");
+    let leader_gets = count("$JS.API.STREAM.MSG.GET.KV_scaled").await.expect("listen");
+    kv.put("k", "v1".into()).await.expect("put");
+    let read = |expected: &'static str| {
+        let kv = kv.clone();
+        async move {
+            let entry = kv.get("k").await.expect("get").expect("an entry");
+            assert_eq!(entry.value, expected.as_bytes());
+        }
+    };
+    read("v1").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    read("v1").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        direct_gets.load(Ordering::SeqCst) >= 2,
+        "a bucket of one replica is read directly"
+    );
+    assert_eq!(leader_gets.load(Ordering::SeqCst), 0);
+
+    // Scaled up by an operator, with a plain client.
+    let js = async_nats::jetstream::new(cluster.client().clone());
+    let mut config = stream_info(cluster.client(), "KV_scaled").await.config;
+    config.num_replicas = 3;
+    js.update_stream(config).await.expect("scale to three replicas");
+    let scaled = Instant::now();
+    loop {
+        let info = stream_info(cluster.client(), "KV_scaled").await;
+        let current = info
+            .cluster
+            .as_ref()
+            .map_or(0, |c| c.replicas.iter().filter(|r| r.current).count());
+        if info.config.num_replicas == 3 && current == 2 {
+            break;
+        }
+        assert!(
+            scaled.elapsed() < Duration::from_secs(30),
+            "replicas not current: {info:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    kv.put("k", "v2".into()).await.expect("put on three replicas");
+    // The first reads may still be direct, until the background check has answered.
+    let switched = Instant::now();
+    while leader_gets.load(Ordering::SeqCst) == 0 {
+        assert!(
+            switched.elapsed() < Duration::from_secs(10),
+            "reads never went to the leader"
+        );
+        read("v2").await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let direct_before = direct_gets.load(Ordering::SeqCst);
+    let leader_before = leader_gets.load(Ordering::SeqCst);
+    for _ in 0..20 {
+        read("v2").await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cim_integrate::testing::recheck_kv_read_paths_every(Duration::from_secs(30));
+    assert_eq!(
+        direct_gets.load(Ordering::SeqCst),
+        direct_before,
+        "direct gets of a bucket scaled to three replicas"
+    );
+    assert!(leader_gets.load(Ordering::SeqCst) >= leader_before + 20);
+}

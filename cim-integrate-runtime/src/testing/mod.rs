@@ -44,6 +44,17 @@ pub use host::{
 };
 pub use observe::{Observed, Series, SpanRecord, observe};
 
+/// Sets how often, at most, every NATS key-value bucket of this process chooses its read path
+/// again from its stream's settings (a direct get for one replica, else through the leader; 30 s
+/// by default): for tests that change a bucket's replicas and cannot wait that long.
+#[cfg(feature = "nats")]
+pub fn recheck_kv_read_paths_every(every: Duration) {
+    crate::transport::nats::kv::RECHECK_MS.store(
+        u64::try_from(every.as_millis()).unwrap_or(u64::MAX),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
 /// Counts the messages published on `subject` (wildcards allowed) from now on, as a plain
 /// subscriber of `client` sees them: for tests of which requests a client sends (the subscriber
 /// only listens; the server still answers them). The subscription is flushed before this returns.

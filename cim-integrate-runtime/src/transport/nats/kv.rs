@@ -19,8 +19,81 @@ use std::time::Duration;
 pub struct NatsKeyValue {
     store: Arc<Store>,
     bucket: Arc<str>,
-    /// Reads take a direct get ([`reads_directly`]).
-    direct: bool,
+    /// Whether reads take a direct get ([`reads_directly`]), chosen again from time to time.
+    read_path: Arc<ReadPath>,
+}
+
+/// How often, at most, a bucket's read path is chosen again from its stream's settings
+/// ([`ReadPath`]), in milliseconds: 30 s, lowered by tests
+/// ([`testing::recheck_kv_read_paths_every`](crate::testing::recheck_kv_read_paths_every)).
+pub(crate) static RECHECK_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(30_000);
+
+/// Milliseconds since the first call in this process (a monotonic clock for [`ReadPath`]).
+fn monotonic_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = START.get_or_init(std::time::Instant::now);
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A bucket's read path, shared by the clones of its handle: a direct get while its stream has one
+/// replica ([`reads_directly`]), else a read through the stream leader. The choice is made when the
+/// bucket is opened and made again, in the background, on the first read after every
+/// [`RECHECK_MS`]: a bucket scaled to more replicas while the process runs stops taking direct
+/// gets (which a lagging follower could answer) within that time, and one scaled down to one
+/// replica starts.
+struct ReadPath {
+    direct: std::sync::atomic::AtomicBool,
+    /// When (in [`monotonic_ms`]) the choice is next made again.
+    next_check_ms: std::sync::atomic::AtomicU64,
+    /// A stream info request is under way.
+    checking: std::sync::atomic::AtomicBool,
+}
+
+impl ReadPath {
+    fn new(direct: bool) -> Self {
+        Self {
+            direct: std::sync::atomic::AtomicBool::new(direct),
+            next_check_ms: std::sync::atomic::AtomicU64::new(Self::next_check()),
+            checking: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn next_check() -> u64 {
+        monotonic_ms().saturating_add(RECHECK_MS.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Whether to read directly now; when the choice is due, asks for the stream's settings in a
+    /// task of its own (the read does not wait for it). A failed request keeps the choice until
+    /// the next check.
+    fn direct(self: &Arc<Self>, store: &Arc<Store>, bucket: &Arc<str>) -> bool {
+        use std::sync::atomic::Ordering::{AcqRel, Relaxed};
+        if monotonic_ms() >= self.next_check_ms.load(Relaxed)
+            && !self.checking.swap(true, AcqRel)
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let (path, store, bucket) = (self.clone(), store.clone(), bucket.clone());
+            runtime.spawn(async move {
+                match store.stream.get_info().await {
+                    Ok(info) => {
+                        let direct = reads_directly(&info.config);
+                        if path.direct.swap(direct, Relaxed) != direct {
+                            tracing::info!(
+                                bucket = %bucket,
+                                replicas = info.config.num_replicas,
+                                direct,
+                                "key-value reads now {}",
+                                if direct { "take a direct get" } else { "go through the stream leader" }
+                            );
+                        }
+                    }
+                    Err(e) => tracing::debug!(bucket = %bucket, error = %e, "cannot check the bucket's replicas"),
+                }
+                path.next_check_ms.store(Self::next_check(), Relaxed);
+                path.checking.store(false, std::sync::atomic::Ordering::Release);
+            });
+        }
+        self.direct.load(Relaxed)
+    }
 }
 
 impl std::fmt::Debug for NatsKeyValue {
@@ -231,7 +304,7 @@ impl NatsKeyValue {
         Self {
             store: Arc::new(store),
             bucket: Arc::from(bucket),
-            direct,
+            read_path: Arc::new(ReadPath::new(direct)),
         }
     }
 
@@ -246,7 +319,7 @@ impl NatsKeyValue {
     async fn last_message(&self, key: &str) -> Result<Option<StreamMessage>, KvError> {
         use async_nats::jetstream::stream::LastRawMessageErrorKind;
         let subject = format!("{}{key}", self.store.prefix);
-        if self.direct {
+        if self.read_path.direct(&self.store, &self.bucket) {
             return self.last_directly(key, subject).await;
         }
         match self.store.stream.get_last_raw_message_by_subject(&subject).await {

@@ -24,7 +24,7 @@
 
 mod consumer;
 mod convert;
-mod kv;
+pub(crate) mod kv;
 mod options;
 mod scan;
 

@@ -311,7 +311,13 @@ impl Envelope {
             return None;
         }
         let id = &stamp.identity;
-        let untrimmed = |t: &Option<Text>| t.as_ref().is_some_and(|t| t.trim().len() != t.len());
+        // What `trim` would cut: whitespace at either end (one char each, not a scan).
+        let untrimmed = |t: &Option<Text>| {
+            t.as_ref().is_some_and(|t| {
+                t.chars().next().is_some_and(char::is_whitespace)
+                    || t.chars().next_back().is_some_and(char::is_whitespace)
+            })
+        };
         let year = stamp.occurred_at.as_offset_date_time().year();
         if !names_a_message(id.message_id.as_uuid())
             || !names_a_message(id.correlation_id.as_uuid())

@@ -539,15 +539,24 @@ impl<T: Transport> run::Source for RedriveSource<T> {
 
     async fn next(&mut self) -> Option<Self::Item> {
         let d = self.0.next().await?;
-        match d.headers().get(REDRIVE_SUBJECT).map(Subject::new) {
-            Some(Ok(subject)) => Some(d.with_subject(subject)),
-            // Not made by `ops` (or damaged): the handler's filter and envelope decide.
-            _ => Some(d),
-        }
+        Some(first_subject(d))
     }
 
     fn in_process(&self) -> bool {
         self.0.in_process()
+    }
+
+    fn try_next(&mut self) -> Option<Self::Item> {
+        self.0.try_next().map(first_subject)
+    }
+}
+
+/// A redriven delivery with the subject it was first delivered on.
+fn first_subject<A: crate::transport::Acker>(d: crate::transport::Delivery<A>) -> crate::transport::Delivery<A> {
+    match d.headers().get(REDRIVE_SUBJECT).map(Subject::new) {
+        Some(Ok(subject)) => d.with_subject(subject),
+        // Not made by `ops` (or damaged): the handler's filter and envelope decide.
+        _ => d,
     }
 }
 

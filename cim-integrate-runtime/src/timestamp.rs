@@ -69,6 +69,12 @@ impl Timestamp {
 
     /// Milliseconds since the Unix epoch.
     pub fn unix_millis(&self) -> i64 {
+        // From whole seconds where that rounds the same way as the nanoseconds would (every
+        // time since the epoch): no 128-bit division.
+        let secs = self.0.unix_timestamp();
+        if secs >= 0 {
+            return secs.saturating_mul(1000) + i64::from(self.0.millisecond());
+        }
         (self.0.unix_timestamp_nanos() / 1_000_000) as i64
     }
 
@@ -234,6 +240,29 @@ mod tests {
         let json = serde_json::to_string(&t).unwrap();
         assert_eq!(serde_json::from_str::<Timestamp>(&json).unwrap(), t);
         assert_eq!(Timestamp::from_unix_nanos(t.unix_nanos()), Some(t));
+    }
+
+    #[test]
+    fn unix_millis_truncates_the_nanoseconds() {
+        for nanos in [
+            0_i128,
+            1,
+            999_999,
+            1_000_000,
+            1_764_000_000_123_456_789,
+            -1,
+            -999_999,
+            -1_000_000,
+            -1_000_001,
+            -500_500_000,
+            -86_400_000_000_001,
+        ] {
+            let t = Timestamp::from_unix_nanos(nanos).unwrap();
+            assert_eq!(i128::from(t.unix_millis()), nanos / 1_000_000, "{nanos}");
+        }
+        for t in instants().take(2000) {
+            assert_eq!(i128::from(t.unix_millis()), t.unix_nanos() / 1_000_000, "{t}");
+        }
     }
 
     /// The text as `time`'s own RFC 3339 formatter writes it, and whether it is canonical by the

@@ -7,9 +7,10 @@
 //! so a slow handler never stops the consumer from being polled while there is room (the NATS
 //! pull stream renews its pull requests and watches its heartbeats when polled), and the loop
 //! finds the next message already there instead of waiting for the puller each time. An
-//! in-process source (the embedded transport) is pulled the same way, through the same channel,
-//! but by the loop's own task: there, handing batches to another task cost more (a second worker
-//! thread woken for every few messages) than taking them. The loop itself drives the in-flight
+//! in-process source (the embedded transport) is asked by the loop itself, one message at a time
+//! while there is room, with no puller and no channel: there, handing batches to another task
+//! cost more (a second worker thread woken for every few messages) than taking them, and a
+//! channel between two futures of one task only added its own work per message. The loop itself drives the in-flight
 //! dispatches in a `FuturesUnordered`; with [`spawn`](crate::handler::HandlerOptions::spawn) set,
 //! each message runs as its own task instead (for CPU-heavy handlers, to use every core).
 
@@ -17,7 +18,7 @@ use super::{Dispatch, Message, Outcome, Received};
 use crate::transport::{Consumer, ConsumerSpec, Delivery, IncomingRequest, Responder, Transport};
 use bytes::Bytes;
 use futures::StreamExt;
-use futures::future::{Fuse, FusedFuture, FutureExt};
+use futures::future::{Fuse, FutureExt};
 use futures::stream::FuturesUnordered;
 use std::future::Future;
 use std::pin::Pin;
@@ -33,10 +34,15 @@ pub(crate) trait Source: Send + 'static {
     type Item: Received + 'static;
     /// The next message; `None` once the source is closed for good.
     fn next(&mut self) -> impl Future<Output = Option<Self::Item>> + Send;
-    /// `true` if the source is in this process ([`Consumer::in_process`]): the loop polls its
-    /// puller in place instead of spawning it.
+    /// `true` if the source is in this process ([`Consumer::in_process`]): the loop asks it
+    /// itself, with no puller task and no channel.
     fn in_process(&self) -> bool {
         false
+    }
+    /// A message that is ready now, without waiting ([`Consumer::try_next`]); `None` if there
+    /// is none, or it cannot tell.
+    fn try_next(&mut self) -> Option<Self::Item> {
+        None
     }
 }
 
@@ -84,6 +90,11 @@ impl<T: Transport> Source for ConsumerSource<T> {
 
     fn in_process(&self) -> bool {
         self.consumer.in_process()
+    }
+
+    fn try_next(&mut self) -> Option<Self::Item> {
+        // An error is returned again by `next`, which reports it and reopens.
+        self.consumer.try_next()?.ok()
     }
 }
 
@@ -179,15 +190,21 @@ pub(crate) async fn run<Src, D, S>(
     let capacity = prefetch.max(concurrency);
     let (tx, mut rx) = mpsc::channel::<Src::Item>(capacity);
     let batch = (capacity / 4).max(1);
-    // An in-process source is polled by this loop, in its own task: handing each batch over
-    // to another task would wake a second worker thread for a few messages at a time, which
-    // costs more than taking them.
-    let (puller, local) = if source.in_process() {
-        (None, pull(source, tx, batch).fuse())
+    // An in-process source is asked by this loop, in its own task, when there is room: handing
+    // each batch over to another task would wake a second worker thread for a few messages at
+    // a time, which costs more than taking them. What is ready is taken at once
+    // (`Source::try_next`, no future per message); to wait, its `next` becomes one future that
+    // holds the source, lasts across turns of the loop (never cancelled until the end), and
+    // gives the source back with the message.
+    let (puller, mut direct) = if source.in_process() {
+        drop(tx);
+        (None, Some(source))
     } else {
-        (Some(tokio::spawn(pull(source, tx, batch))), Fuse::terminated())
+        (Some(tokio::spawn(pull(source, tx, batch))), None)
     };
-    tokio::pin!(local);
+    let channel = puller.is_some();
+    let waiting = Fuse::terminated();
+    tokio::pin!(waiting);
     let mut in_flight = FuturesUnordered::new();
     let running = Arc::new(Running::new(concurrency));
     // Room to start a message: a handler place free, and the prefetch not all in flight.
@@ -204,9 +221,6 @@ pub(crate) async fn run<Src, D, S>(
         let item = tokio::select! {
             biased;
             _ = &mut stopped => break,
-            // The in-place puller: it fills the channel and waits for room, and ends with the
-            // source (the channel then reports the end).
-            () = &mut local, if !local.is_terminated() => continue,
             Some(done) = in_flight.next(), if !in_flight.is_empty() => {
                 if let Some(slot) = done {
                     free.push(slot);
@@ -215,7 +229,24 @@ pub(crate) async fn run<Src, D, S>(
             }
             // A handler finished while its message still settles: room for the next one.
             _ = running.freed.notified(), if !running.has_room() && in_flight.len() < capacity => continue,
-            item = rx.recv(), if room(in_flight.len()) => match item {
+            // The in-process source: what is ready at once; else `waiting` holds the source
+            // until it has a message (this future may be dropped meanwhile: `waiting` stays).
+            item = async {
+                if let Some(mut source) = direct.take() {
+                    if let Some(item) = source.try_next() {
+                        direct = Some(source);
+                        return Some(item);
+                    }
+                    waiting.set(wait_next(source).fuse());
+                }
+                let (source, item) = waiting.as_mut().await;
+                direct = Some(source);
+                item
+            }, if !channel && room(in_flight.len()) => match item {
+                Some(item) => item,
+                None => break,
+            },
+            item = rx.recv(), if channel && room(in_flight.len()) => match item {
                 Some(item) => item,
                 None => break,
             },
@@ -254,7 +285,11 @@ pub(crate) async fn run<Src, D, S>(
             }
             budget -= 1;
             if budget > 0 && room(in_flight.len()) && matches!(stop_probe.has_changed(), Ok(false)) {
-                next = rx.try_recv().ok();
+                next = if channel {
+                    rx.try_recv().ok()
+                } else {
+                    direct.as_mut().and_then(Source::try_next)
+                };
             }
         }
     }
@@ -262,9 +297,8 @@ pub(crate) async fn run<Src, D, S>(
     if let Some(puller) = puller {
         puller.abort();
     }
-    // The in-place puller goes now: the places it reserved are given back, so the channel,
-    // closed, ends once what it holds is taken.
-    local.set(Fuse::terminated());
+    // An in-process source's pending `next` goes now (it holds no message).
+    waiting.set(Fuse::terminated());
     rx.close();
     while let Some(item) = rx.recv().await {
         settle.abandon(item).await;
@@ -288,6 +322,14 @@ impl<F: Future<Output = ()>> Future for Slot<F> {
         }
         slot.set(None);
         Poll::Ready(self.0.take())
+    }
+}
+
+/// Asks `source` for its next message, and gives it back with the message.
+fn wait_next<Src: Source>(mut source: Src) -> impl Future<Output = (Src, Option<Src::Item>)> + Send {
+    async move {
+        let item = source.next().await;
+        (source, item)
     }
 }
 

@@ -161,6 +161,13 @@ impl Consumer for AnyConsumer {
             Self::Nats(c) => c.in_process(),
         }
     }
+    fn try_next(&mut self) -> Option<Result<Delivery<AnyAcker>, TransportError>> {
+        match self {
+            Self::Memory(c) => c.try_next().map(|r| r.map(|d| rewrap(d, AnyAcker::Memory))),
+            #[cfg(feature = "nats")]
+            Self::Nats(c) => c.try_next().map(|r| r.map(|d| rewrap(d, AnyAcker::Nats))),
+        }
+    }
 }
 
 macro_rules! delegate {

@@ -1066,16 +1066,22 @@ impl Consumer for MemoryConsumer {
         true
     }
 
+    fn try_next(&mut self) -> Option<Result<Delivery<MemoryAcker>, TransportError>> {
+        let now = Instant::now();
+        let mut st = lock(&self.stream.state);
+        st.expire(&self.stream.spec, now);
+        match st.next_step(&self.stream, &self.name, now, true) {
+            Ok(Step::Deliver(d)) => Some(Ok(d)),
+            Ok(Step::Wait(_)) => None,
+            Err(e) => Some(Err(e)),
+        }
+    }
+
     async fn next(&mut self) -> Result<Delivery<MemoryAcker>, TransportError> {
         // A delivery ready now is taken under one lock: entering and leaving the wait at the
         // same instant, which nobody can observe, is skipped.
-        {
-            let now = Instant::now();
-            let mut st = lock(&self.stream.state);
-            st.expire(&self.stream.spec, now);
-            if let Step::Deliver(d) = st.next_step(&self.stream, &self.name, now, true)? {
-                return Ok(d);
-            }
+        if let Some(ready) = self.try_next() {
+            return ready;
         }
         let _waiting = Waiting::enter(&self.stream, &self.name);
         let _sleeper = Sleeper::enter(&self.stream);

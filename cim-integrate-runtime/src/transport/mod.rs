@@ -820,6 +820,14 @@ pub trait Consumer: std::fmt::Debug + Send + 'static {
     fn in_process(&self) -> bool {
         false
     }
+
+    /// A delivery that is ready now, taken without waiting: `None` if none is ready, or if the
+    /// consumer cannot tell without waiting (the default; an [`in_process`](Self::in_process)
+    /// consumer answers). An error here is also returned by the next [`next`](Self::next).
+    /// The pull loop takes a backlog this way, with no future per message.
+    fn try_next(&mut self) -> Option<Result<Delivery<Self::Acker>, TransportError>> {
+        None
+    }
 }
 
 /// A message transport with JetStream semantics.

@@ -255,6 +255,14 @@ impl<C: Consumer> Consumer for PrefixedConsumer<C> {
         };
         Ok(strip_delivery(delivery, names, &self.stream))
     }
+
+    fn try_next(&mut self) -> Option<Result<Delivery<C::Acker>, TransportError>> {
+        let ready = self.inner.try_next()?;
+        Some(match &self.names {
+            Some(names) => ready.map(|d| strip_delivery(d, names, &self.stream)),
+            None => ready,
+        })
+    }
 }
 
 fn strip_delivery<A: Acker>(delivery: Delivery<A>, names: &Names, stream: &Arc<str>) -> Delivery<A> {

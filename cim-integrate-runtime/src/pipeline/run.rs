@@ -326,11 +326,9 @@ impl<F: Future<Output = ()>> Future for Slot<F> {
 }
 
 /// Asks `source` for its next message, and gives it back with the message.
-fn wait_next<Src: Source>(mut source: Src) -> impl Future<Output = (Src, Option<Src::Item>)> + Send {
-    async move {
-        let item = source.next().await;
-        (source, item)
-    }
+async fn wait_next<Src: Source>(mut source: Src) -> (Src, Option<Src::Item>) {
+    let item = source.next().await;
+    (source, item)
 }
 
 /// Moves messages from `source` into `tx`. Room first: the source is only asked for what can be

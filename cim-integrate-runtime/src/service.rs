@@ -865,12 +865,7 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
         });
         let invoke = Invoke {
             registration: reg.clone(),
-            runner: Runner {
-                parts: parts.clone(),
-                set: Arc::from(set),
-                name: Arc::from(reg.name.as_str()),
-                handler: handler.clone(),
-            },
+            runner: Runner::new(parts, set, &reg.name, handler.clone()),
         };
         let core = DeadLetter {
             inner: Filter {
@@ -949,12 +944,7 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
                             inner: CatchPanic {
                                 inner: CommandInvoke {
                                     registration: reg.clone(),
-                                    runner: Runner {
-                                        parts: parts.clone(),
-                                        set: Arc::from(set.as_str()),
-                                        name: Arc::from(reg.name()),
-                                        handler: handler.clone(),
-                                    },
+                                    runner: Runner::new(parts, set, reg.name(), handler.clone()),
                                 },
                                 ack_wait: Duration::from_secs(30),
                             },

@@ -72,7 +72,7 @@ async fn round_trip(t: &NatsTransport) {
         );
         let ack = t.publish_and_wait((&env).into()).await.expect("publish");
         assert_eq!(
-            (ack.stream.as_str(), ack.sequence, ack.duplicate),
+            (&*ack.stream, ack.sequence, ack.duplicate),
             ("DOCUMENT_EVENTS", 1, false)
         );
         let spec = ConsumerSpec::new(

@@ -100,7 +100,7 @@ async fn plain_subscriber_sees_cim_headers() {
     .header("X-Tenant", "acme")
     .expect("header");
     let ack = t.publish_and_wait((&env).into()).await.expect("publish");
-    assert_eq!((ack.stream.as_str(), ack.sequence, ack.duplicate), (STREAM, 1, false));
+    assert_eq!((&*ack.stream, ack.sequence, ack.duplicate), (STREAM, 1, false));
 
     let m = tokio::time::timeout(Duration::from_secs(5), sub.next())
         .await

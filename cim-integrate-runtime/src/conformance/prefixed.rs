@@ -29,7 +29,7 @@ pub async fn plain_client_sees_prefixed_subjects_and_streams<T: Transport>(raw: 
         .publish_and_wait(event("document.created", "{}").into())
         .await
         .expect("publish");
-    assert_eq!((ack.stream.as_str(), ack.sequence), ("DOCUMENT_EVENTS", 1));
+    assert_eq!((&*ack.stream, ack.sequence), ("DOCUMENT_EVENTS", 1));
 
     let mut plain = raw
         .consumer(&ConsumerSpec::new(
@@ -58,7 +58,7 @@ pub async fn plain_client_sees_prefixed_subjects_and_streams<T: Transport>(raw: 
         payload: Bytes::from_static(b"{}"),
     };
     assert_eq!(
-        raw.publish_and_wait(foreign).await.expect("raw publish").stream,
+        &*raw.publish_and_wait(foreign).await.expect("raw publish").stream,
         "PROD_EU_DOCUMENT_EVENTS"
     );
     let mut c = prod

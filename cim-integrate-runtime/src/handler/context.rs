@@ -69,20 +69,44 @@ pub(crate) fn publisher<T: Transport>(transport: T) -> Arc<dyn DynPublish> {
     Arc::new(crate::transport::Provisioner::new(transport))
 }
 
+/// Who a [`Context`] runs for: the same for every message of one handler (or saga step), built
+/// once and shared, so that a context per message clones one `Arc`, not five.
+#[derive(Clone)]
+pub(crate) struct Runs {
+    handler: Arc<str>,
+    publisher: Arc<dyn DynPublish>,
+    /// The handler set, the handler's name, and the service's log of observed publishes (for
+    /// the topology).
+    observer: Option<(Arc<str>, Arc<str>, Arc<PublishLog>)>,
+}
+
+impl Runs {
+    /// Contexts of `handler` publishing through `publisher`.
+    pub(crate) fn new(handler: Arc<str>, publisher: Arc<dyn DynPublish>) -> Self {
+        Self {
+            handler,
+            publisher,
+            observer: None,
+        }
+    }
+
+    /// Records the contexts' publishes in `log` as made by `handler` of the handler set `set`.
+    pub(crate) fn observed_by(mut self, set: Arc<str>, handler: Arc<str>, log: Arc<PublishLog>) -> Self {
+        self.observer = Some((set, handler, log));
+        self
+    }
+}
+
 struct Inner {
     identity: Identity,
     subject: Subject,
     occurred: Timestamp,
     delivered: u64,
-    handler: Arc<str>,
-    /// The scope message ids of publishes are derived from: the handler's name, or a finer key
-    /// (a saga step's idempotency key) when the label must stay bounded and the ids unique.
-    scope: Arc<str>,
-    publisher: Arc<dyn DynPublish>,
+    runs: Arc<Runs>,
+    /// The scope message ids of publishes are derived from, if not the handler's name: a finer
+    /// key (a saga step's idempotency key) when the label must stay bounded and the ids unique.
+    scope: Option<Arc<str>>,
     published: AtomicU32,
-    /// The handler set, the handler's name, and the service's log of observed publishes (for
-    /// the topology).
-    observer: Option<(Arc<str>, Arc<str>, Arc<PublishLog>)>,
     /// Headers a pipeline layer asked to carry into every publish.
     propagated: Vec<(String, String)>,
     /// Acknowledgements of [`Context::emit`]s, awaited together once the handler returned.
@@ -104,7 +128,7 @@ pub struct Context {
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Context")
-            .field("handler", &self.inner.handler)
+            .field("handler", &self.inner.runs.handler)
             .field("subject", &self.inner.subject)
             .field("identity", &self.inner.identity)
             .field("delivered", &self.inner.delivered)
@@ -114,29 +138,24 @@ impl std::fmt::Debug for Context {
 
 impl Context {
     pub(crate) fn new(envelope: &Envelope, delivered: u64, handler: Arc<str>, publisher: Arc<dyn DynPublish>) -> Self {
+        Self::running(envelope, delivered, Arc::new(Runs::new(handler, publisher)))
+    }
+
+    /// The context for handling `envelope` (its `delivered`-th delivery) as `runs` says.
+    pub(crate) fn running(envelope: &Envelope, delivered: u64, runs: Arc<Runs>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 identity: *envelope.identity(),
                 subject: envelope.subject().clone(),
                 occurred: envelope.occurred(),
                 delivered,
-                scope: handler.clone(),
-                handler,
-                publisher,
+                runs,
+                scope: None,
                 published: AtomicU32::new(0),
-                observer: None,
                 propagated: Vec::new(),
                 emitted: std::sync::Mutex::new(Vec::new()),
             }),
         }
-    }
-
-    /// Records this context's publishes in `log` as made by `handler` of the handler set `set`.
-    pub(crate) fn observed_by(mut self, set: &Arc<str>, handler: &Arc<str>, log: &Arc<PublishLog>) -> Self {
-        if let Some(inner) = Arc::get_mut(&mut self.inner) {
-            inner.observer = Some((set.clone(), handler.clone(), log.clone()));
-        }
-        self
     }
 
     /// Carries `headers` into every message published through this context.
@@ -158,15 +177,10 @@ impl Context {
     /// A detached context labelled `label` (its handler name in metrics, spans and logs: bounded,
     /// never an id) whose published message ids are derived from `scope` (a per-instance key, so a
     /// re-run re-publishes the same ids).
-    pub(crate) fn detached_scoped(
-        publisher: Arc<dyn DynPublish>,
-        envelope: &Envelope,
-        label: Arc<str>,
-        scope: Arc<str>,
-    ) -> Self {
-        let mut context = Self::new(envelope, 1, label, publisher);
+    pub(crate) fn detached_scoped(runs: Arc<Runs>, envelope: &Envelope, scope: Arc<str>) -> Self {
+        let mut context = Self::running(envelope, 1, runs);
         if let Some(inner) = Arc::get_mut(&mut context.inner) {
-            inner.scope = scope;
+            inner.scope = Some(scope);
         }
         context
     }
@@ -201,7 +215,7 @@ impl Context {
     }
     /// The handler's name.
     pub fn handler(&self) -> &str {
-        &self.inner.handler
+        &self.inner.runs.handler
     }
 
     /// Publishes `event` as a message caused by the handled one (same correlation id, the handled
@@ -256,9 +270,9 @@ impl Context {
             payload,
         } = out;
         let envelope = self.child(&subject, event_type, version, payload?);
-        let ack = self.inner.publisher.publish(envelope.into()).await?;
+        let ack = self.inner.runs.publisher.publish(envelope.into()).await?;
         self.observe(&subject, event_type);
-        let handler = self.inner.handler.clone();
+        let handler = self.inner.runs.handler.clone();
         let start = tokio::time::Instant::now();
         let counted: AckFuture = Box::pin(async move {
             let result = ack.await;
@@ -320,14 +334,15 @@ impl Context {
     /// of it, re-publishes the same ids.
     fn child(&self, subject: &Subject, event_type: &str, version: &str, payload: Bytes) -> Envelope {
         let n = self.inner.published.fetch_add(1, Ordering::Relaxed);
-        let identity = self.inner.identity.stable_child(&self.inner.scope, n);
+        let scope = self.inner.scope.as_deref().unwrap_or(&self.inner.runs.handler);
+        let identity = self.inner.identity.stable_child(scope, n);
         let envelope = Envelope::with_identity(identity, subject.clone(), payload).typed(event_type, version);
         self.with_propagated(envelope)
     }
 
     /// Records a publish for the topology.
     fn observe(&self, subject: &Subject, event_type: &str) {
-        if let Some((set, handler, log)) = &self.inner.observer {
+        if let Some((set, handler, log)) = &self.inner.runs.observer {
             log.record(set, Some(handler), subject.as_str(), event_type);
         }
     }
@@ -358,14 +373,20 @@ impl Context {
     /// Publishes inside a `publish` span, counts it (`cim_published_total`, by the subject's
     /// domain and the publishing handler) and records it for the topology.
     async fn send(&self, subject: &Subject, event_type: &str, envelope: Envelope) -> Result<PublishAck, PublishError> {
-        let span = monitor::publish_span(envelope.subject(), envelope.identity(), &self.inner.handler);
+        let span = monitor::publish_span(envelope.subject(), envelope.identity(), &self.inner.runs.handler);
         let start = tokio::time::Instant::now();
         // Built inside the `publish` span: with `otel`, its `traceparent` names that span.
         let message = span.in_scope(|| OutboundMessage::from(envelope));
-        let result = self.inner.publisher.publish_and_wait(message).instrument(span).await;
+        let result = self
+            .inner
+            .runs
+            .publisher
+            .publish_and_wait(message)
+            .instrument(span)
+            .await;
         monitor::published(
             subject.first_token(),
-            &self.inner.handler,
+            &self.inner.runs.handler,
             ack_outcome(&result),
             start.elapsed(),
         );

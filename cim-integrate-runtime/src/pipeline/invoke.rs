@@ -3,7 +3,7 @@
 use super::breaker::MIN_DEFERRAL;
 use super::{Deferral, Dispatch, Message, Outcome};
 use crate::breaker;
-use crate::handler::context::DynPublish;
+use crate::handler::context::{DynPublish, Runs};
 use crate::handler::{Context, HandlerError, Registration};
 use crate::monitor::DeadLetterReason;
 use crate::topology::PublishLog;
@@ -17,26 +17,25 @@ pub(crate) struct ContextParts {
     pub(crate) log: Arc<PublishLog>,
 }
 
-/// Who runs: the handler set, the handler's name, and its full name (durable name, or
-/// `{set}-{name}` for commands), with what their [`Context`]s need.
+/// Who runs: the handler, by its full name (durable name, or `{set}-{name}` for commands),
+/// publishing through the service's publisher, its publishes recorded as made by the handler
+/// `name` of the set `set`: what every [`Context`] of the handler shares.
 #[derive(Clone)]
 pub(crate) struct Runner {
-    pub(crate) parts: ContextParts,
-    pub(crate) set: Arc<str>,
-    pub(crate) name: Arc<str>,
-    pub(crate) handler: Arc<str>,
+    runs: Arc<Runs>,
 }
 
 impl Runner {
+    pub(crate) fn new(parts: &ContextParts, set: &str, name: &str, handler: Arc<str>) -> Self {
+        let runs =
+            Runs::new(handler, parts.publisher.clone()).observed_by(Arc::from(set), Arc::from(name), parts.log.clone());
+        Self { runs: Arc::new(runs) }
+    }
+
     /// The context for running the handler on `msg`; `None` without a valid envelope.
     pub(crate) fn context(&self, msg: &Message<'_>) -> Option<Context> {
         let envelope = msg.envelope()?;
-        let p = &self.parts;
-        Some(
-            Context::new(envelope, msg.attempt(), self.handler.clone(), p.publisher.clone())
-                .observed_by(&self.set, &self.name, &p.log)
-                .propagating(msg.propagated()),
-        )
+        Some(Context::running(envelope, msg.attempt(), self.runs.clone()).propagating(msg.propagated()))
     }
 }
 

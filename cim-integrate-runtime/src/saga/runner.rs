@@ -391,7 +391,8 @@ struct Inner<S: Saga, T: Transport> {
     /// Publishes steps' events and the lifecycle outbox, provisioning domains first seen.
     publisher: crate::transport::Provisioner<T>,
     /// The same, as the steps' contexts take it (made once, shared by every attempt).
-    step_publisher: Arc<dyn crate::handler::context::DynPublish>,
+    /// What the contexts of each step (and its compensation) share: its label, the publisher.
+    step_runs: Vec<[Arc<crate::handler::context::Runs>; 2]>,
     kv: T::KeyValue,
     /// Settled records, expiring after the retention.
     settled: T::KeyValue,
@@ -580,7 +581,7 @@ impl<S: Saga, T: Transport> SagaRunnerBuilder<S, T> {
         let instance = self
             .instance
             .unwrap_or_else(|| format!("{}-{}", S::NAME, uuid::Uuid::now_v7()));
-        let observers = steps
+        let observers: Vec<[Observer; 2]> = steps
             .iter()
             .map(|s| {
                 [
@@ -600,6 +601,18 @@ impl<S: Saga, T: Transport> SagaRunnerBuilder<S, T> {
             })
             .collect();
         let publisher = crate::transport::Provisioner::new(self.transport);
+        let step_publisher: Arc<dyn crate::handler::context::DynPublish> = Arc::new(publisher.clone());
+        let step_runs = observers
+            .iter()
+            .map(|pair| {
+                pair.each_ref().map(|o| {
+                    Arc::new(crate::handler::context::Runs::new(
+                        o.label.clone(),
+                        step_publisher.clone(),
+                    ))
+                })
+            })
+            .collect();
         let encoding = |e: serde_json::Error| SagaError::Encode {
             id: String::new(),
             reason: e.to_string(),
@@ -614,7 +627,7 @@ impl<S: Saga, T: Transport> SagaRunnerBuilder<S, T> {
                 owner_json,
                 buffers: Arc::default(),
                 steps,
-                step_publisher: Arc::new(publisher.clone()),
+                step_runs,
                 publisher,
                 kv,
                 settled,
@@ -1915,9 +1928,8 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         // the per-instance key (idempotent across re-runs).
         let observer = &self.inner.observers[i][usize::from(compensating)];
         let context = Context::detached_scoped(
-            self.inner.step_publisher.clone(),
+            self.inner.step_runs[i][usize::from(compensating)].clone(),
             &envelope,
-            observer.label.clone(),
             key.clone(),
         );
         let mut ctx = StepContext {

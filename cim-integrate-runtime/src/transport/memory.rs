@@ -808,7 +808,7 @@ impl MemoryTransport {
             && let Some(&sequence) = st.dedup.get(id)
         {
             return Ok(PublishAck {
-                stream: stream.spec.name.clone(),
+                stream: stream.name.clone(),
                 sequence,
                 duplicate: true,
             });
@@ -836,7 +836,7 @@ impl MemoryTransport {
         drop(st);
         stream.wake();
         Ok(PublishAck {
-            stream: stream.spec.name.clone(),
+            stream: stream.name.clone(),
             sequence: seq,
             duplicate: false,
         })

@@ -442,8 +442,9 @@ impl From<Envelope> for OutboundMessage {
 /// The stream's acknowledgement of a publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublishAck {
-    /// The stream that stored the message.
-    pub stream: String,
+    /// The stream that stored the message (shared: every acknowledgement of one stream holds
+    /// the same name, as [`DeliveryInfo::stream`] does).
+    pub stream: Arc<str>,
     /// Its sequence in the stream (for a duplicate: the original's sequence).
     pub sequence: u64,
     /// `true` if a message with the same `Nats-Msg-Id` was already stored within the window;

@@ -74,7 +74,7 @@ use std::time::Duration;
 /// prod.ensure_stream(&StreamSpec::for_domain("document", None)?).await?;
 /// let env = cim_integrate_runtime::Envelope::root(subject!("document.created"), "{}");
 /// let ack = prod.publish_and_wait(env.into()).await?;
-/// assert_eq!(ack.stream, "DOCUMENT_EVENTS"); // as seen through the decorator
+/// assert_eq!(&*ack.stream, "DOCUMENT_EVENTS"); // as seen through the decorator
 /// assert_eq!(prod.stream_name("DOCUMENT_EVENTS"), "PROD_DOCUMENT_EVENTS"); // on the server
 /// # Ok(()) }
 /// ```
@@ -126,6 +126,13 @@ impl Names {
     fn strip_stream(&self, stream: &mut String) {
         if stream.len() > self.stream.len() && stream.starts_with(&self.stream) {
             stream.drain(..self.stream.len());
+        }
+    }
+
+    /// [`strip_stream`](Self::strip_stream) of a shared name.
+    fn strip_shared_stream(&self, stream: &mut Arc<str>) {
+        if stream.len() > self.stream.len() && stream.starts_with(&self.stream) {
+            *stream = Arc::from(&stream[self.stream.len()..]);
         }
     }
 
@@ -294,7 +301,7 @@ impl<F: Future<Output = Result<PublishAck, TransportError>>> Future for Prefixed
         };
         this.inner.poll(cx).map(|result| match result {
             Ok(mut ack) => {
-                names.strip_stream(&mut ack.stream);
+                names.strip_shared_stream(&mut ack.stream);
                 Ok(ack)
             }
             Err(e) => Err(names.error(e)),

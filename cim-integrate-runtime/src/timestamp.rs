@@ -40,12 +40,22 @@ impl Timestamp {
     }
 
     /// Whole seconds since the epoch plus `nanos` (below one second), without 128-bit arithmetic.
+    /// The date and time of day of the last second asked for on this thread are kept: the clock
+    /// is read many times a second, and only the nanoseconds change within one.
     fn from_secs_and_nanos(secs: i64, nanos: u32) -> Option<Self> {
-        OffsetDateTime::from_unix_timestamp(secs)
-            .ok()?
-            .replace_nanosecond(nanos)
-            .ok()
-            .map(Self)
+        thread_local! {
+            static SECOND: std::cell::Cell<(i64, OffsetDateTime)> =
+                const { std::cell::Cell::new((0, OffsetDateTime::UNIX_EPOCH)) };
+        }
+        let (cached, at) = SECOND.get();
+        let whole = if cached == secs {
+            at
+        } else {
+            let at = OffsetDateTime::from_unix_timestamp(secs).ok()?;
+            SECOND.set((secs, at));
+            at
+        };
+        whole.replace_nanosecond(nanos).ok().map(Self)
     }
 
     /// The Unix epoch.

@@ -71,7 +71,6 @@ pub(crate) fn publisher<T: Transport>(transport: T) -> Arc<dyn DynPublish> {
 
 /// Who a [`Context`] runs for: the same for every message of one handler (or saga step), built
 /// once and shared, so that a context per message clones one `Arc`, not five.
-#[derive(Clone)]
 pub(crate) struct Runs {
     handler: Arc<str>,
     publisher: Arc<dyn DynPublish>,
@@ -137,10 +136,6 @@ impl std::fmt::Debug for Context {
 }
 
 impl Context {
-    pub(crate) fn new(envelope: &Envelope, delivered: u64, handler: Arc<str>, publisher: Arc<dyn DynPublish>) -> Self {
-        Self::running(envelope, delivered, Arc::new(Runs::new(handler, publisher)))
-    }
-
     /// The context for handling `envelope` (its `delivered`-th delivery) as `runs` says.
     pub(crate) fn running(envelope: &Envelope, delivered: u64, runs: Arc<Runs>) -> Self {
         Self {
@@ -171,7 +166,11 @@ impl Context {
     /// A context for calling a handler directly (in a unit test, or from a saga), publishing to
     /// `transport` as if handling `envelope` as `handler`.
     pub fn detached<T: Transport>(transport: T, envelope: &Envelope, handler: &str) -> Self {
-        Self::new(envelope, 1, Arc::from(handler), publisher(transport))
+        Self::running(
+            envelope,
+            1,
+            Arc::new(Runs::new(Arc::from(handler), publisher(transport))),
+        )
     }
 
     /// A detached context labelled `label` (its handler name in metrics, spans and logs: bounded,

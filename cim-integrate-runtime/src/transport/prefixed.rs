@@ -122,17 +122,22 @@ impl Names {
         }
     }
 
+    /// A stream name without its `PROD_EU_` prefix; `None` for another one (left unchanged).
+    fn unprefixed_stream<'a>(&self, stream: &'a str) -> Option<&'a str> {
+        stream.strip_prefix(&*self.stream).filter(|rest| !rest.is_empty())
+    }
+
     /// Removes `PROD_EU_` from the front of a stream name; leaves another one unchanged.
     fn strip_stream(&self, stream: &mut String) {
-        if stream.len() > self.stream.len() && stream.starts_with(&self.stream) {
+        if self.unprefixed_stream(stream).is_some() {
             stream.drain(..self.stream.len());
         }
     }
 
     /// [`strip_stream`](Self::strip_stream) of a shared name.
     fn strip_shared_stream(&self, stream: &mut Arc<str>) {
-        if stream.len() > self.stream.len() && stream.starts_with(&self.stream) {
-            *stream = Arc::from(&stream[self.stream.len()..]);
+        if let Some(rest) = self.unprefixed_stream(stream) {
+            *stream = Arc::from(rest);
         }
     }
 

@@ -50,6 +50,7 @@
 
 use crate::fast_hash::FastMap;
 use crate::id::MessageId;
+use crate::id_window::IdWindow;
 use crate::transport::{KeyValue, KvError};
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -175,7 +176,9 @@ pub struct StreamMessage {
 /// Marks in process memory, with a TTL. Lost on restart: for tests and single-process use.
 ///
 /// One short lock per check and per mark; a handler's marks are found by comparing names (a
-/// service has a handful of handlers), ids are hashed with a fast seeded hash, not SipHash.
+/// service has a handful of handlers). Marks are kept in the order made, expired oldest first;
+/// ids that increase (UUID v7 from one publisher) are found and added with no hashing, others
+/// through a map with a fast seeded hash.
 #[derive(Debug)]
 pub struct MemoryDedup {
     ttl: Duration,
@@ -183,8 +186,8 @@ pub struct MemoryDedup {
     marks: Mutex<Vec<(Box<str>, Marks)>>,
 }
 
-/// One handler's marks: message id -> when marked.
-type Marks = FastMap<MessageId, Instant>;
+/// One handler's marks: message ids with when each was marked.
+type Marks = IdWindow<MessageId, ()>;
 
 impl MemoryDedup {
     /// A store whose marks expire after `ttl`.
@@ -209,7 +212,7 @@ impl MemoryDedup {
             marks
                 .iter()
                 .find(|(h, _)| **h == *handler)
-                .and_then(|(_, m)| m.get(&id).copied())
+                .and_then(|(_, m)| m.get(&id).map(|(at, ())| at))
         };
         // The clock is read only for a mark found (most checks find none).
         marked.is_some_and(|at| at + self.ttl > Instant::now())
@@ -221,15 +224,15 @@ impl MemoryDedup {
         let i = match marks.iter().position(|(h, _)| **h == *handler) {
             Some(i) => i,
             None => {
-                marks.push((handler.into(), FastMap::default()));
+                marks.push((handler.into(), Marks::default()));
                 marks.len() - 1
             }
         };
         let handler_marks = &mut marks[i].1;
-        if handler_marks.len() >= 4096 && handler_marks.len().is_power_of_two() {
-            handler_marks.retain(|_, at| *at + self.ttl > now);
+        if let Some(until) = now.checked_sub(self.ttl) {
+            handler_marks.expire(until);
         }
-        handler_marks.insert(id, now);
+        handler_marks.insert(id, now, ());
     }
 }
 

@@ -23,6 +23,7 @@ mod fast_hash;
 pub mod handler;
 pub mod headers;
 pub mod id;
+mod id_window;
 pub mod monitor;
 #[cfg(feature = "nats")]
 pub mod ops;

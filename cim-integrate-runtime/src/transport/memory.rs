@@ -29,6 +29,7 @@ use super::{
 };
 use crate::fast_hash::FastMap;
 use crate::headers::Headers;
+use crate::id_window::IdWindow;
 use crate::subject::Subject;
 use crate::timestamp::Timestamp;
 use bytes::Bytes;
@@ -141,7 +142,7 @@ impl MemStream {
 
 /// A `Nats-Msg-Id` as the duplicate window keeps it: a UUID in its canonical text (what every
 /// envelope writes) as its 16 bytes, anything else as text.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 enum MsgId {
     Uuid(uuid::Uuid),
     Text(Box<str>),
@@ -163,8 +164,8 @@ struct StreamState {
     /// Stored messages in sequence order; contiguous from `messages[0].seq`.
     messages: VecDeque<Stored>,
     last_seq: u64,
-    dedup: FastMap<MsgId, u64>,
-    dedup_order: VecDeque<(Instant, MsgId)>,
+    /// The duplicate window: ids stored, with when and under which sequence.
+    dedup: IdWindow<MsgId, u64>,
     consumers: Consumers,
     /// Nothing stored expires before this (a duplicate id leaving the window, a message past
     /// the max age); `None`: nothing can expire until something is stored. Lets
@@ -456,17 +457,12 @@ impl StreamState {
                 c.pending.retain(|seq, _| seq >= first);
             }
         }
-        while let Some((at, _)) = self.dedup_order.front() {
-            if *at + spec.duplicate_window > now {
-                break;
-            }
-            if let Some((_, id)) = self.dedup_order.pop_front() {
-                self.dedup.remove(&id);
-            }
+        if let Some(until) = now.checked_sub(spec.duplicate_window) {
+            self.dedup.expire(until);
         }
         let age = spec.max_age.or(spec.settings.max_age);
         let message = age.and_then(|age| self.messages.front().map(|m| m.stored_at + age));
-        let id = self.dedup_order.front().map(|(at, _)| *at + spec.duplicate_window);
+        let id = self.dedup.oldest().map(|at| at + spec.duplicate_window);
         self.next_expiry = match (message, id) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -805,7 +801,7 @@ impl MemoryTransport {
         st.expire(&stream.spec, now);
         let msg_id = MsgId::of(&msg.headers);
         if let Some(id) = &msg_id
-            && let Some(&sequence) = st.dedup.get(id)
+            && let Some((_, &sequence)) = st.dedup.get(id)
         {
             return Ok(PublishAck {
                 stream: stream.name.clone(),
@@ -816,8 +812,7 @@ impl MemoryTransport {
         st.last_seq += 1;
         let seq = st.last_seq;
         if let Some(id) = msg_id {
-            st.dedup.insert(id.clone(), seq);
-            st.dedup_order.push_back((now, id));
+            st.dedup.insert(id, now, seq);
             st.expires_at(now + stream.spec.duplicate_window);
         }
         if let Some(age) = stream.spec.max_age.or(stream.spec.settings.max_age) {

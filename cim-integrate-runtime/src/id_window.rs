@@ -1,0 +1,197 @@
+//! A window of message ids, each with the time it was added and a value, expiring oldest first:
+//! the embedded transport's duplicate window and [`MemoryDedup`](crate::dedup::MemoryDedup)'s
+//! marks.
+//!
+//! Message ids are UUID v7: a publisher's ids increase with time. An id greater than every id
+//! added before it goes to the end of a sorted run: finding an id past the run's end is one
+//! comparison, and adding it is a push at the end, with no hashing and no random memory access
+//! (a hash map of a few hundred thousand ids misses the cache on every probe). Any other id (ids
+//! of several publishers interleaved, a foreign publisher's text) goes to a hash map. Both are
+//! kept in the order added, so expiry takes from their fronts.
+
+use crate::fast_hash::FastMap;
+use std::collections::VecDeque;
+use std::hash::Hash;
+use tokio::time::Instant;
+
+/// Ids with the time each was added and a value; see the [module](self). Times are expected not
+/// to decrease in the order ids are added (an id added with an earlier time than the one before
+/// it expires with that one).
+#[derive(Debug)]
+pub(crate) struct IdWindow<K, V> {
+    /// Ids in increasing order, each greater than every id added before it; `None`: added again
+    /// later, now in `others` (a renewed id keeps no place in the middle of the run).
+    run: VecDeque<(K, Instant, Option<V>)>,
+    /// Entries of `run` that are `None`.
+    renewed: usize,
+    /// The other ids, and their order of adding (for expiry).
+    others: FastMap<K, (Instant, V)>,
+    others_order: VecDeque<(Instant, K)>,
+}
+
+impl<K, V> Default for IdWindow<K, V> {
+    fn default() -> Self {
+        Self {
+            run: VecDeque::new(),
+            renewed: 0,
+            others: FastMap::default(),
+            others_order: VecDeque::new(),
+        }
+    }
+}
+
+impl<K: Ord + Hash + Clone, V> IdWindow<K, V> {
+    /// When `id` was added, and its value.
+    pub(crate) fn get(&self, id: &K) -> Option<(Instant, &V)> {
+        if !self.others.is_empty()
+            && let Some((at, v)) = self.others.get(id)
+        {
+            return Some((*at, v));
+        }
+        // Past the run's end (the common case): one comparison.
+        if self.run.back().is_none_or(|(last, _, _)| id > last) {
+            return None;
+        }
+        let i = self.run.binary_search_by(|(k, _, _)| k.cmp(id)).ok()?;
+        self.run.get(i).and_then(|(_, at, v)| v.as_ref().map(|v| (*at, v)))
+    }
+
+    /// Adds `id` at `at` with `value`; an id already there takes the new time and value.
+    pub(crate) fn insert(&mut self, id: K, at: Instant, value: V) {
+        let in_others = !self.others.is_empty() && self.others.contains_key(&id);
+        if !in_others {
+            if self.run.back().is_none_or(|(last, _, _)| id > *last) {
+                self.run.push_back((id, at, Some(value)));
+                return;
+            }
+            if let Ok(i) = self.run.binary_search_by(|(k, _, _)| k.cmp(&id))
+                && let Some(entry) = self.run.get_mut(i)
+                && entry.2.take().is_some()
+            {
+                self.renewed += 1;
+            }
+        }
+        self.others_order.push_back((at, id.clone()));
+        self.others.insert(id, (at, value));
+    }
+
+    /// Removes the ids added at or before `until`, oldest first.
+    pub(crate) fn expire(&mut self, until: Instant) {
+        while self.run.front().is_some_and(|(_, at, _)| *at <= until) {
+            if let Some((_, _, None)) = self.run.pop_front() {
+                self.renewed -= 1;
+            }
+        }
+        while let Some((at, _)) = self.others_order.front() {
+            if *at > until {
+                break;
+            }
+            // An id renewed since stays (its newer place in the order removes it).
+            if let Some((_, id)) = self.others_order.pop_front()
+                && self.others.get(&id).is_some_and(|(at, _)| *at <= until)
+            {
+                self.others.remove(&id);
+            }
+        }
+    }
+
+    /// The time of the oldest entry (nothing expires before it).
+    pub(crate) fn oldest(&self) -> Option<Instant> {
+        let run = self.run.front().map(|(_, at, _)| *at);
+        let others = self.others_order.front().map(|(at, _)| *at);
+        match (run, others) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// How many ids are kept.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.run.len() - self.renewed + self.others.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    /// Random operations against a reference map with the same meaning.
+    #[test]
+    fn agrees_with_a_map() {
+        let t0 = Instant::now();
+        let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        for round in 0..50 {
+            let mut w = IdWindow::<u64, u64>::default();
+            let mut reference: BTreeMap<u64, (Instant, u64)> = BTreeMap::new();
+            let mut clock = 0u64;
+            let mut top = 0u64;
+            for step in 0..2_000u64 {
+                clock += next(3);
+                let at = t0 + Duration::from_millis(clock);
+                match next(10) {
+                    // Mostly increasing ids, as one v7 publisher makes them.
+                    0..=5 => {
+                        top += 1 + next(3);
+                        w.insert(top, at, step);
+                        reference.insert(top, (at, step));
+                    }
+                    // Any id, new or seen.
+                    6 | 7 => {
+                        let id = next(top + 10);
+                        w.insert(id, at, step);
+                        reference.insert(id, (at, step));
+                    }
+                    8 => {
+                        let until = at.checked_sub(Duration::from_millis(40 + next(40))).unwrap_or(t0);
+                        w.expire(until);
+                        reference.retain(|_, (a, _)| *a > until);
+                    }
+                    _ => {}
+                }
+                // Lookups: an id is found with its time and value unless expired; the window
+                // may keep an expired id renewed behind a newer one, never a wrong value.
+                for _ in 0..4 {
+                    let id = next(top + 10);
+                    let got = w.get(&id).map(|(a, v)| (a, *v));
+                    match reference.get(&id) {
+                        Some(want) => assert_eq!(got, Some(*want), "round {round} step {step} id {id}"),
+                        None => assert!(got.is_none(), "round {round} step {step} id {id}: {got:?}"),
+                    }
+                }
+                assert_eq!(w.len(), reference.len(), "round {round} step {step}");
+                let oldest = reference.values().map(|(a, _)| *a).min();
+                if let (Some(want), Some(got)) = (oldest, w.oldest()) {
+                    assert!(got <= want, "round {round} step {step}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn increasing_ids_stay_in_the_run() {
+        let t0 = Instant::now();
+        let mut w = IdWindow::<u32, ()>::default();
+        for i in 0..1000 {
+            w.insert(i, t0, ());
+        }
+        assert!(w.others.is_empty());
+        assert_eq!(w.len(), 1000);
+        let later = t0 + Duration::from_secs(1);
+        w.insert(500, later, ());
+        assert_eq!(w.others.len(), 1, "a renewed id moves out of the run");
+        assert_eq!(w.len(), 1000);
+        w.expire(t0);
+        assert_eq!(w.len(), 1, "only the renewed id is left");
+        assert_eq!(w.get(&500).map(|(at, _)| at), Some(later));
+        assert!(w.get(&499).is_none());
+    }
+}

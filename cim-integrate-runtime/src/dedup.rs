@@ -229,9 +229,7 @@ impl MemoryDedup {
             }
         };
         let handler_marks = &mut marks[i].1;
-        if let Some(until) = now.checked_sub(self.ttl) {
-            handler_marks.expire(until);
-        }
+        handler_marks.expire(now, self.ttl);
         handler_marks.insert(id, now, ());
     }
 }

@@ -12,6 +12,7 @@
 use crate::fast_hash::FastMap;
 use std::collections::VecDeque;
 use std::hash::Hash;
+use std::time::Duration;
 use tokio::time::Instant;
 
 /// Ids with the time each was added and a value; see the [module](self). Times are expected not
@@ -22,8 +23,6 @@ pub(crate) struct IdWindow<K, V> {
     /// Ids in increasing order, each greater than every id added before it; `None`: added again
     /// later, now in `others` (a renewed id keeps no place in the middle of the run).
     run: VecDeque<(K, Instant, Option<V>)>,
-    /// Entries of `run` that are `None`.
-    renewed: usize,
     /// The other ids, and their order of adding (for expiry).
     others: FastMap<K, (Instant, V)>,
     others_order: VecDeque<(Instant, K)>,
@@ -33,7 +32,6 @@ impl<K, V> Default for IdWindow<K, V> {
     fn default() -> Self {
         Self {
             run: VecDeque::new(),
-            renewed: 0,
             others: FastMap::default(),
             others_order: VecDeque::new(),
         }
@@ -66,21 +64,21 @@ impl<K: Ord + Hash + Clone, V> IdWindow<K, V> {
             }
             if let Ok(i) = self.run.binary_search_by(|(k, _, _)| k.cmp(&id))
                 && let Some(entry) = self.run.get_mut(i)
-                && entry.2.take().is_some()
             {
-                self.renewed += 1;
+                entry.2 = None;
             }
         }
         self.others_order.push_back((at, id.clone()));
         self.others.insert(id, (at, value));
     }
 
-    /// Removes the ids added at or before `until`, oldest first.
-    pub(crate) fn expire(&mut self, until: Instant) {
+    /// Removes the ids added `keep` or longer before `now`, oldest first.
+    pub(crate) fn expire(&mut self, now: Instant, keep: Duration) {
+        let Some(until) = now.checked_sub(keep) else {
+            return;
+        };
         while self.run.front().is_some_and(|(_, at, _)| *at <= until) {
-            if let Some((_, _, None)) = self.run.pop_front() {
-                self.renewed -= 1;
-            }
+            self.run.pop_front();
         }
         while let Some((at, _)) = self.others_order.front() {
             if *at > until {
@@ -98,17 +96,15 @@ impl<K: Ord + Hash + Clone, V> IdWindow<K, V> {
     /// The time of the oldest entry (nothing expires before it).
     pub(crate) fn oldest(&self) -> Option<Instant> {
         let run = self.run.front().map(|(_, at, _)| *at);
-        let others = self.others_order.front().map(|(at, _)| *at);
-        match (run, others) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        run.into_iter()
+            .chain(self.others_order.front().map(|(at, _)| *at))
+            .min()
     }
 
     /// How many ids are kept.
     #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
-        self.run.len() - self.renewed + self.others.len()
+    fn len(&self) -> usize {
+        self.run.iter().filter(|(_, _, v)| v.is_some()).count() + self.others.len()
     }
 }
 
@@ -116,7 +112,6 @@ impl<K: Ord + Hash + Clone, V> IdWindow<K, V> {
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
-    use std::time::Duration;
 
     /// Random operations against a reference map with the same meaning.
     #[test]
@@ -151,9 +146,11 @@ mod tests {
                         reference.insert(id, (at, step));
                     }
                     8 => {
-                        let until = at.checked_sub(Duration::from_millis(40 + next(40))).unwrap_or(t0);
-                        w.expire(until);
-                        reference.retain(|_, (a, _)| *a > until);
+                        let keep = Duration::from_millis(40 + next(40));
+                        w.expire(at, keep);
+                        if let Some(until) = at.checked_sub(keep) {
+                            reference.retain(|_, (a, _)| *a > until);
+                        }
                     }
                     _ => {}
                 }
@@ -189,7 +186,7 @@ mod tests {
         w.insert(500, later, ());
         assert_eq!(w.others.len(), 1, "a renewed id moves out of the run");
         assert_eq!(w.len(), 1000);
-        w.expire(t0);
+        w.expire(later, Duration::from_secs(1));
         assert_eq!(w.len(), 1, "only the renewed id is left");
         assert_eq!(w.get(&500).map(|(at, _)| at), Some(later));
         assert!(w.get(&499).is_none());

@@ -457,9 +457,7 @@ impl StreamState {
                 c.pending.retain(|seq, _| seq >= first);
             }
         }
-        if let Some(until) = now.checked_sub(spec.duplicate_window) {
-            self.dedup.expire(until);
-        }
+        self.dedup.expire(now, spec.duplicate_window);
         let age = spec.max_age.or(spec.settings.max_age);
         let message = age.and_then(|age| self.messages.front().map(|m| m.stored_at + age));
         let id = self.dedup.oldest().map(|at| at + spec.duplicate_window);

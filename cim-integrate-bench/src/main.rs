@@ -424,17 +424,48 @@ async fn bench_publish(r: &mut Runner) -> Result<(), BoxError> {
 // ---------------------------------------------------------------------------------------------
 // consume: the end-to-end handler path on NATS
 
-fn counting_registration(count: Arc<AtomicU64>, concurrency: usize) -> Result<Registration, BoxError> {
+/// Events counted by a handler, and the gate it waits at before counting.
+#[derive(Default)]
+struct Counter {
+    count: AtomicU64,
+    open: std::sync::atomic::AtomicBool,
+    opened: tokio::sync::Notify,
+}
+
+impl Counter {
+    fn handled(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    fn open(&self) {
+        self.open.store(true, Ordering::Release);
+        self.opened.notify_waiters();
+    }
+
+    /// Waits until the gate is open (one load when it is).
+    async fn pass(&self) {
+        while !self.open.load(Ordering::Acquire) {
+            let opened = self.opened.notified();
+            if self.open.load(Ordering::Acquire) {
+                break;
+            }
+            opened.await;
+        }
+    }
+}
+
+fn counting_registration(counter: Arc<Counter>, concurrency: usize) -> Result<Registration, BoxError> {
     Ok(Registration::new(
         "bench",
         SubjectPattern::new("document.created")?,
         "DocumentCreated",
         DocumentCreated::decode,
         move |_ctx, e: DocumentCreated| {
-            let c = count.clone();
+            let c = counter.clone();
             async move {
+                c.pass().await;
                 if !e.title.is_empty() {
-                    c.fetch_add(1, Ordering::Relaxed);
+                    c.count.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(())
             }
@@ -497,31 +528,46 @@ async fn raw_consume(url: &str, durable: &str, n: u64) -> Result<Option<Duration
     Ok(start.map(|s| s.elapsed()))
 }
 
-/// `Service` with one handler (concurrency 16) on the durable of `set`, until `n` events are
-/// handled; timed from the first. `n == 0`: start and stop (creates the durable).
+/// `Service` with one handler (concurrency 16) on the durable of `set`, started with its handler
+/// held at a gate (pulling, its first deliveries waiting) until [`drain`](Self::drain).
+struct Draining {
+    svc: Service,
+    counter: Arc<Counter>,
+}
+
+impl Draining {
+    async fn start(url: &str, set: &str, kv_dedup: bool) -> Result<Self, BoxError> {
+        let t = NatsTransport::connect_url(url).await?;
+        let counter = Arc::new(Counter::default());
+        let mut b = Service::builder(t, set).handler(set, counting_registration(counter.clone(), 16)?);
+        if !kv_dedup {
+            b = b.dedup_store(MemoryDedup::default());
+        }
+        Ok(Self {
+            svc: b.start().await?,
+            counter,
+        })
+    }
+
+    /// Opens the gate and waits until `n` events are handled; timed from the first.
+    async fn drain(self, n: u64) -> Result<Option<Duration>, BoxError> {
+        self.counter.open();
+        while self.counter.handled() == 0 {
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        let start = Instant::now();
+        while self.counter.handled() < n {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let span = start.elapsed();
+        self.svc.shutdown(Duration::from_secs(5)).await;
+        Ok(Some(span))
+    }
+}
+
+/// A `Service` started over the backlog, drained until `n` events are handled.
 async fn service_consume(url: &str, set: &str, n: u64, kv_dedup: bool) -> Result<Option<Duration>, BoxError> {
-    let t = NatsTransport::connect_url(url).await?;
-    let count = Arc::new(AtomicU64::new(0));
-    let mut b = Service::builder(t, set).handler(set, counting_registration(count.clone(), 16)?);
-    if !kv_dedup {
-        b = b.dedup_store(MemoryDedup::default());
-    }
-    let svc = b.start().await?;
-    if n == 0 {
-        // Only creating the durable.
-        svc.shutdown(Duration::from_secs(5)).await;
-        return Ok(None);
-    }
-    while count.load(Ordering::Relaxed) == 0 {
-        tokio::time::sleep(Duration::from_micros(200)).await;
-    }
-    let start = Instant::now();
-    while count.load(Ordering::Relaxed) < n {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let span = start.elapsed();
-    svc.shutdown(Duration::from_secs(5)).await;
-    Ok(Some(span))
+    Draining::start(url, set, kv_dedup).await?.drain(n).await
 }
 
 /// The raw consumer's durable, created ahead of the backlog.
@@ -544,29 +590,33 @@ async fn bench_consume(r: &mut Runner) -> Result<(), BoxError> {
     let url = &server.url;
     let t = NatsTransport::connect_url(url).await?;
     t.ensure_stream(&StreamSpec::for_domain("document", None)?).await?;
-    // The durables exist before the backlog is stored, as for a service catching up after
-    // downtime: its first deliveries need no dedup read. (A durable created over older history
-    // reads every mark: the last row.)
+    // The services run before the backlog is stored, as a service that a burst outpaces: their
+    // first deliveries need no dedup read. Each waits at a gate until its turn; it has pulled
+    // its first deliveries meanwhile. (A service started over a stored backlog reads every
+    // mark, since a server may have lost delivery counts while it was away: the last row.)
+    let mut running: Vec<[Option<Draining>; 2]> = Vec::new();
     for round in 0..ROUNDS {
         raw_durable(url, &format!("raw{round}")).await?;
-        for (set, kv) in [(format!("mem{round}"), false), (format!("kv{round}"), true)] {
-            service_consume(url, &set, 0, kv).await?;
-        }
+        running.push([
+            Some(Draining::start(url, &format!("mem{round}"), false).await?),
+            Some(Draining::start(url, &format!("kv{round}"), true).await?),
+        ]);
     }
     tokio::time::sleep(cim_integrate::dedup::CLOCK_MARGIN + Duration::from_secs(1)).await;
     publish_backlog(&t, n).await?;
-    // [raw, Service in-memory dedup, Service key-value dedup, the same on a durable created over
-    // the backlog]; in an order that rotates every round.
+    // [raw, Service in-memory dedup, Service key-value dedup, Service key-value dedup started
+    // over the backlog]; in an order that rotates every round.
     let mut m: [Vec<Measured>; 4] = Default::default();
     // For profiling one variant alone (`callgrind` counts the whole process): its index, or
     // `none` for set-up only.
     let alone = std::env::var("CIM_BENCH_CONSUME_ALONE").ok();
+    let mut take = |round: usize, kv: bool| running[round][usize::from(kv)].take().ok_or("drained twice");
     if let Some(v) = &alone {
         for round in 0..ROUNDS {
             match v.as_str() {
                 "0" => drop(raw_consume(url, &format!("raw{round}"), n).await?),
-                "1" => drop(service_consume(url, &format!("mem{round}"), n, false).await?),
-                "2" => drop(service_consume(url, &format!("kv{round}"), n, true).await?),
+                "1" => drop(take(round, false)?.drain(n).await?),
+                "2" => drop(take(round, true)?.drain(n).await?),
                 _ => {}
             }
         }
@@ -577,8 +627,8 @@ async fn bench_consume(r: &mut Runner) -> Result<(), BoxError> {
             let which = (k + round) % 4;
             let v = match which {
                 0 => measured_span(n, raw_consume(url, &format!("raw{round}"), n)).await?,
-                1 => measured_span(n, service_consume(url, &format!("mem{round}"), n, false)).await?,
-                2 => measured_span(n, service_consume(url, &format!("kv{round}"), n, true)).await?,
+                1 => measured_span(n, take(round, false)?.drain(n)).await?,
+                2 => measured_span(n, take(round, true)?.drain(n)).await?,
                 _ => measured_span(n, service_consume(url, &format!("kvh{round}"), n, true)).await?,
             };
             m[which].push(v);
@@ -588,10 +638,16 @@ async fn bench_consume(r: &mut Runner) -> Result<(), BoxError> {
     let allocs = |i: usize| median(&m[i].iter().map(|v| v.1).collect::<Vec<_>>());
     let base = "raw async-nats pull + serde decode + ack";
     for (label, i) in [
-        ("Service (NATS), in-memory dedup, concurrency 16", 1),
-        ("Service (NATS), key-value dedup (default), concurrency 16", 2),
         (
-            "Service (NATS), key-value dedup, durable created over the backlog (every mark read)",
+            "Service (NATS), in-memory dedup, concurrency 16, running before the backlog",
+            1,
+        ),
+        (
+            "Service (NATS), key-value dedup (default), concurrency 16, running before the backlog",
+            2,
+        ),
+        (
+            "Service (NATS), key-value dedup, started over the backlog (every mark read)",
             3,
         ),
     ] {

@@ -7,13 +7,17 @@
 //!
 //! **Which deliveries are checked** ([`DedupCheck`], per service). By default
 //! ([`DedupCheck::MaybeSeen`]) the check is skipped on a message's first delivery to a durable
-//! that existed when the message was stored: the server counts deliveries across every process
-//! on the durable, so nobody can have handled it before, and the key-value read (a round trip and
-//! work on the server) would only say "not seen". Checked are: redeliveries; messages stored
-//! before the durable was created, or less than the clock margin after (a new durable of an old
-//! name starts its delivery counts over, and an earlier one may have handled them); copies of a
-//! message id in flight beside each other; and every delivery from a transport that cannot say
-//! when its durable was created. Not recognised by default: a copy of a message id that was
+//! that existed when the message was stored, if the consumer has pulled without trouble since
+//! before it was stored: the server counts deliveries across every process on the durable, so
+//! nobody can have handled it before, and the key-value read (a round trip and work on the
+//! server) would only say "not seen". Checked are: redeliveries; messages stored before the
+//! durable was created, or less than the clock margin after (a new durable of an old name starts
+//! its delivery counts over, and an earlier one may have handled them); messages stored before
+//! the consumer handle was opened or last resumed, or less than the margin after
+//! ([`DeliveryInfo::resumed`](crate::transport::DeliveryInfo::resumed): a server that lost the
+//! count of a delivery, a consumer leader that died or stepped down before replicating it, hands
+//! the message out again as a first delivery); copies of a message id in flight beside each
+//! other; and every delivery from a transport that cannot say when its durable was created. Not recognised by default: a copy of a message id that was
 //! *stored again* as a new stream message (another `Nats-Msg-Id`, or the same one after the
 //! stream's duplicate window, two minutes by default) and delivered on its own: it runs again.
 //! [`DedupCheck::Always`] checks every delivery and recognises it.
@@ -67,11 +71,13 @@ use tokio::time::Instant;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DedupCheck {
     /// Read the mark only when the handler may have seen the message before: a redelivery, a
-    /// message stored before the durable was created (or within
-    /// [`CLOCK_MARGIN`] after it), a copy of a message id
-    /// that is in flight beside another, or a transport that cannot say when the durable was
-    /// created. A first delivery of a message stored after the durable's creation skips the read
-    /// (one key-value round trip less per message). Not recognised: a copy of a message id
+    /// message stored before the durable was created or before the consumer last began or
+    /// resumed pulling (or within [`CLOCK_MARGIN`] after either;
+    /// [`DeliveryInfo::resumed`](crate::transport::DeliveryInfo::resumed)), a copy of a message
+    /// id that is in flight beside another, or a transport that cannot say when the durable was
+    /// created. A first delivery of a message stored after both skips the read (one key-value
+    /// round trip less per message): what a running service receives undisturbed; the backlog
+    /// it finds when it starts is read. Not recognised: a copy of a message id
     /// *stored again* as a new stream message (another `Nats-Msg-Id`, or after the stream's
     /// duplicate window) and delivered on its own.
     #[default]
@@ -82,9 +88,9 @@ pub enum DedupCheck {
     Always,
 }
 
-/// How far server clocks of a cluster may disagree, by default: under [`DedupCheck::MaybeSeen`],
-/// a message stored less than this after the durable's creation is checked as if stored before
-/// it ([`ServiceBuilder::dedup_clock_margin`](crate::service::ServiceBuilder::dedup_clock_margin)).
+/// How far the clocks of a cluster's servers and its clients may disagree, by default: under
+/// [`DedupCheck::MaybeSeen`], a message stored less than this after the durable's creation, or
+/// after the consumer last resumed pulling, is checked as if stored before it ([`ServiceBuilder::dedup_clock_margin`](crate::service::ServiceBuilder::dedup_clock_margin)).
 pub const CLOCK_MARGIN: Duration = Duration::from_secs(5);
 
 /// The default TTL of de-duplication marks: 24 hours.
@@ -169,8 +175,13 @@ pub struct StreamMessage {
     pub stored: crate::timestamp::Timestamp,
     /// How many times it has been delivered to this durable, this time included. A check of a
     /// first delivery (a durable catching up on messages stored before it) may answer from a
-    /// block read earlier: nobody on this durable can have marked the message since.
+    /// block read earlier, made at or after [`resumed`](Self::resumed): nobody on this durable
+    /// can have marked the message since.
     pub delivered: u64,
+    /// When the consumer last began or resumed pulling ([`DeliveryInfo::resumed`](crate::transport::DeliveryInfo::resumed)):
+    /// a first delivery may be a repeat of one made before it, whose mark a read made before
+    /// it would not show. `None`: the transport never loses delivery counts.
+    pub resumed: Option<crate::timestamp::Timestamp>,
 }
 
 /// Marks in process memory, with a TTL. Lost on restart: for tests and single-process use.
@@ -320,9 +331,9 @@ struct BlockState {
     revision: Option<u64>,
     /// Whether a task is writing the block.
     writing: bool,
-    /// Whether the block's marks in the bucket were read into `marks` (for checks of first
-    /// deliveries).
-    read: bool,
+    /// When the block's marks in the bucket were last read into `marks` (for checks of first
+    /// deliveries; a read before a delivery's `resumed` does not answer for it).
+    read_at: Option<crate::timestamp::Timestamp>,
 }
 
 impl BlockState {
@@ -478,15 +489,24 @@ impl<K: KeyValue> KvDedup<K> {
         st.stored == st.added && st.revision.is_some() && st.marks.get(&offset) == Some(&nanos)
     }
 
-    /// Whether the block holds the mark, reading the block from the bucket the first time only.
-    async fn read_once(&self, key: &str, offset: u8, nanos: i64) -> Result<bool, DedupError> {
+    /// Whether the block holds the mark, reading the block from the bucket only if it was not
+    /// read at or after `resumed` (see [`StreamMessage::resumed`]).
+    async fn read_once(
+        &self,
+        key: &str,
+        offset: u8,
+        nanos: i64,
+        resumed: Option<crate::timestamp::Timestamp>,
+    ) -> Result<bool, DedupError> {
         let block = self.block(key);
         {
             let st = block.state.lock().unwrap_or_else(|e| e.into_inner());
-            if st.read {
+            if st.read_at.is_some_and(|at| resumed.is_none_or(|r| at >= r)) {
                 return Ok(st.marks.get(&offset) == Some(&nanos));
             }
         }
+        // Stamped before the read: it shows every mark stored before this time.
+        let at = crate::timestamp::Timestamp::now();
         let entry = self.kv.get(key).await?;
         let mut st = block.state.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(theirs) = entry.as_ref().and_then(|e| decode_block(&e.value)) {
@@ -495,7 +515,7 @@ impl<K: KeyValue> KvDedup<K> {
                 st.marks.entry(o).or_insert(n);
             }
         }
-        st.read = true;
+        st.read_at = Some(st.read_at.map_or(at, |was| was.max(at)));
         Ok(st.marks.get(&offset) == Some(&nanos))
     }
 
@@ -613,7 +633,7 @@ impl<K: KeyValue> DedupStore for KvDedup<K> {
         let Some((key, offset)) = Self::block_key(handler, m) else {
             return self.seen(handler, m.id);
         };
-        let (id, nanos, first) = (m.id, stored_nanos(m), m.delivered <= 1);
+        let (id, nanos, first, resumed) = (m.id, stored_nanos(m), m.delivered <= 1, m.resumed);
         Box::pin(async move {
             if self.stored_here(&key, offset, nanos) {
                 return Ok(true);
@@ -622,7 +642,7 @@ impl<K: KeyValue> DedupStore for KvDedup<K> {
                 // A first delivery: the block's marks as read once suffice (only an earlier
                 // durable of this name can have marked the message, and it is gone); the mark by
                 // message id is still read.
-                if self.read_once(&key, offset, nanos).await? {
+                if self.read_once(&key, offset, nanos, resumed).await? {
                     return Ok(true);
                 }
                 return Ok(self.kv.get(&Self::key(handler, id)).await?.is_some());
@@ -744,6 +764,7 @@ mod tests {
             sequence,
             stored: crate::timestamp::Timestamp::from_unix_nanos(stored_nanos).unwrap(),
             delivered: 2,
+            resumed: None,
         }
     }
 
@@ -904,6 +925,17 @@ mod tests {
             !store.seen_delivery("h", &first(&other)).await.unwrap(),
             "a first delivery trusts the block as read"
         );
+        // Unless the consumer resumed since that read (the server may have handed the message
+        // out before and lost the count): the block is read again.
+        let resumed = StreamMessage {
+            resumed: Some(crate::timestamp::Timestamp::now()),
+            ..first(&other)
+        };
+        let before = reads();
+        assert!(store.seen_delivery("h", &resumed).await.unwrap());
+        assert_eq!(reads() - before, 1, "one read of the block");
+        assert!(store.seen_delivery("h", &resumed).await.unwrap());
+        assert_eq!(reads() - before, 1, "read since the resume: trusted");
     }
 
     #[tokio::test]

@@ -439,10 +439,11 @@ impl<T: Transport, L> ServiceBuilder<T, L> {
         self
     }
 
-    /// How far the clocks of the servers may disagree (default
+    /// How far the clocks of the servers, and of this host, may disagree (default
     /// [`CLOCK_MARGIN`](crate::dedup::CLOCK_MARGIN), 5 s): under [`DedupCheck::MaybeSeen`] a
-    /// message stored less than this after its durable was created is checked like one stored
-    /// before. Raise it for a cluster whose clocks drift further apart.
+    /// message stored less than this after its durable was created, or after the consumer last
+    /// resumed pulling (by this host's clock), is checked like one stored before. Raise it for
+    /// a cluster whose clocks drift further apart.
     pub fn dedup_clock_margin(mut self, margin: Duration) -> Self {
         self.dedup_clock_margin = margin;
         self

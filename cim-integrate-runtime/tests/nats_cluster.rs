@@ -5,6 +5,10 @@ use async_nats::jetstream;
 use cim_integrate_runtime::testing::{CLUSTER_SIZE, NatsCluster};
 use std::time::{Duration, Instant};
 
+#[path = "fixtures/consumer/next_info.rs"]
+mod next_info;
+use next_info::next_info;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r3_stream_fails_over_and_the_killed_node_rejoins() {
     let started = Instant::now();
@@ -128,5 +132,74 @@ async fn r3_stream_fails_over_and_the_killed_node_rejoins() {
         started.elapsed() < Duration::from_secs(30),
         "took {:?}",
         started.elapsed()
+    );
+}
+
+/// A consumer leader that steps down may leave deliveries its successor does not know of, which
+/// the successor hands out again as first deliveries. The consumer handle reports the step-down
+/// (`DeliveryInfo::resumed` moves past what was stored before it), so the handler
+/// de-duplication reads the marks of those messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_leader_step_down_is_reported_as_a_resume() {
+    use cim_integrate_runtime::Envelope;
+    use cim_integrate_runtime::subject::{Subject, SubjectPattern};
+    use cim_integrate_runtime::transport::nats::{NatsOptions, NatsTransport};
+    use cim_integrate_runtime::transport::{ConsumerSpec, Deployment, StreamSpec, Transport};
+    let cluster = NatsCluster::start().await.expect("start cluster");
+    let mut options = NatsOptions::new(cluster.urls());
+    options.deployment = Deployment::new().replicas(3);
+    options.request_timeout = Duration::from_secs(2);
+    let t = NatsTransport::connect(options).await.expect("connect");
+    t.ensure_stream(&StreamSpec::for_domain("document", None).expect("spec"))
+        .await
+        .expect("stream");
+    let spec = ConsumerSpec::new(
+        "DOCUMENT_EVENTS",
+        "stepping",
+        SubjectPattern::new("document.>").expect("pattern"),
+    );
+    let mut c = t.consumer(&spec).await.expect("consumer");
+    let publish = |n: u32| {
+        let t = t.clone();
+        async move {
+            let e = Envelope::root(
+                Subject::new("document.created").expect("subject"),
+                bytes::Bytes::from(format!("{{\"n\":{n}}}")),
+            );
+            tokio::time::timeout(Duration::from_secs(30), async {
+                while let Err(e) = t.publish_and_wait((&e).into()).await {
+                    eprintln!("publish: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            })
+            .await
+            .expect("published within 30 s");
+        }
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    publish(1).await;
+    let first = next_info(&mut c).await;
+    assert!(first.resumed.expect("reported") < first.published);
+
+    let old = cluster
+        .consumer_leader("DOCUMENT_EVENTS", "stepping")
+        .await
+        .expect("consumer leader");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cluster.consumer_leader("DOCUMENT_EVENTS", "stepping").await.ok() == Some(old) {
+        assert!(Instant::now() < deadline, "the consumer leader did not change");
+        let _ = cluster
+            .client()
+            .request("$JS.API.CONSUMER.LEADER.STEPDOWN.DOCUMENT_EVENTS.stepping", "".into())
+            .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    publish(2).await;
+    let second = next_info(&mut c).await;
+    let resumed = second.resumed.expect("reported");
+    assert!(
+        resumed > first.published,
+        "the step-down is a resume: {resumed:?} after {:?}",
+        first.published
     );
 }

@@ -12,6 +12,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+#[path = "fixtures/consumer/next_info.rs"]
+mod next_info;
+use next_info::next_info;
+
 const STREAM: &str = "DOCUMENT_EVENTS";
 
 async fn setup() -> (NatsTransport, NatsServer) {
@@ -319,4 +323,41 @@ async fn kv_reads_while_the_server_is_down_are_transient() {
         }
         assert_eq!(value.as_deref(), Some(&b"v"[..]));
     }
+}
+
+/// A server that loses the counts of deliveries (a consumer leader dying before it replicated
+/// them, a server killed before writing them) hands those messages out again as *first*
+/// deliveries. The consumer tells the handler de-duplication when that may have happened
+/// (`DeliveryInfo::resumed`): from its opening, and again after every interruption. Here a
+/// restart of the server interrupts the pull: a message stored before it is no longer taken as
+/// one nobody had, and one stored afterwards, with nothing in between, is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_consumer_reports_when_delivery_counts_may_have_been_lost() {
+    let (t, mut server) = setup().await;
+    let spec = ConsumerSpec::new(STREAM, "resumes", SubjectPattern::new("document.>").expect("pattern"));
+    let mut c = t.consumer(&spec).await.expect("consumer");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    publish_all(t.clone(), vec![OutboundMessage::from(envelope(1))], 1).await;
+    let before = next_info(&mut c).await;
+    let opened = before.resumed.expect("NATS reports when the consumer resumed");
+    assert!(opened < before.published, "opened before the message was stored");
+
+    server.restart().await.expect("restart");
+    assert_eq!(
+        publish_all(t.clone(), vec![OutboundMessage::from(envelope(2))], 1).await,
+        0
+    );
+    let after = next_info(&mut c).await;
+    let resumed = after.resumed.expect("resumed");
+    assert!(
+        resumed > before.published,
+        "after the interruption, {resumed:?} is later than what was stored before it ({:?})",
+        before.published
+    );
+    // No trouble since: the next message is stored after the last resume.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    publish_all(t.clone(), vec![OutboundMessage::from(envelope(3))], 1).await;
+    let later = next_info(&mut c).await;
+    assert_eq!(later.resumed, Some(resumed), "no interruption since");
+    assert!(later.published > resumed);
 }

@@ -226,8 +226,8 @@ async fn after_creation() {
 }
 
 /// By default ([`DedupCheck::MaybeSeen`]) a first delivery of a message stored after the durable
-/// was created is not checked against the marks (nobody can have handled it), its mark is still
-/// written; a redelivery is checked. A copy of the id stored again as a new stream message runs
+/// was created and the service began pulling is not checked against the marks (nobody can have
+/// handled it), its mark is still written; a redelivery is checked. A copy of the id stored again as a new stream message runs
 /// again: the documented limit of the default.
 pub async fn first_deliveries_skip_the_mark_read<T: Transport>(t: T) {
     ensure_domain(&t, "document").await;

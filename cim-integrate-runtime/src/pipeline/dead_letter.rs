@@ -169,43 +169,11 @@ fn header_safe(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::envelope::{Envelope, EnvelopeError};
     use crate::pipeline::Received;
+    use crate::pipeline::test_raw::Raw;
     use crate::transport::{DeliveryInfo, PublishAck, TransportError};
     use futures::future::BoxFuture;
     use std::sync::Mutex;
-
-    struct Raw {
-        headers: Headers,
-        payload: bytes::Bytes,
-        info: DeliveryInfo,
-    }
-
-    impl Received for Raw {
-        fn subject(&self) -> &str {
-            "document.created"
-        }
-        fn headers(&self) -> &Headers {
-            &self.headers
-        }
-        fn payload(&self) -> &bytes::Bytes {
-            &self.payload
-        }
-        fn info(&self) -> Option<&DeliveryInfo> {
-            Some(&self.info)
-        }
-        fn in_progress(&self) -> BoxFuture<'_, Result<(), TransportError>> {
-            Box::pin(std::future::ready(Ok(())))
-        }
-        fn envelope(&self) -> Result<Envelope, EnvelopeError> {
-            Envelope::from_received(
-                "document.created",
-                &self.headers,
-                self.payload.clone(),
-                &Default::default(),
-            )
-        }
-    }
 
     /// Refuses (with `refuse`) every letter that `refused` picks; keeps the others.
     struct Store {
@@ -250,6 +218,7 @@ mod tests {
                 consumer_sequence: 1,
                 delivered: 1,
                 published: Timestamp::now(),
+                resumed: None,
             },
         };
         let store = Arc::new(Store {

@@ -10,10 +10,13 @@
 //! message before: a redelivery (delivery count above one), a message stored before the durable
 //! was created (or less than [`CLOCK_MARGIN`](crate::dedup::CLOCK_MARGIN) after: an earlier durable of that name may have
 //! handled it, and the new durable's delivery counts start over), a copy of an id that waited
-//! for another in flight, or a durable whose creation time the transport does not know. A
-//! message stored after the durable was created and delivered for the first time was delivered
-//! to nobody before (the server counts deliveries across every process on the durable), so the
-//! read could only say "not seen"; it is skipped, and the mark is still written before the ack.
+//! for another in flight, a message stored before the consumer last began or resumed pulling
+//! (plus the margin; [`DeliveryInfo::resumed`](crate::transport::DeliveryInfo::resumed): a server
+//! that lost the count of a delivery hands the message out again as a first one), or a durable
+//! whose creation time the transport does not know. A message stored after both and delivered
+//! for the first time was delivered to nobody before (the server counts deliveries across every
+//! process on the durable, and lost no count since), so the read could only say "not seen"; it
+//! is skipped, and the mark is still written before the ack.
 //! What this gives up: a copy of a message id that was *stored again as a new stream message*
 //! (a foreign publisher repeating an id after the stream's duplicate window, two minutes by
 //! default) is not recognised on its first delivery, unless it is in flight beside the original.
@@ -38,7 +41,8 @@ use tokio::sync::Notify;
 pub(crate) struct DurableSince {
     after: AtomicI64,
     check: DedupCheck,
-    margin: Duration,
+    /// `margin` in milliseconds.
+    margin_ms: i64,
 }
 
 impl DurableSince {
@@ -47,30 +51,36 @@ impl DurableSince {
         let s = Self {
             after: AtomicI64::new(i64::MIN),
             check,
-            margin,
+            margin_ms: i64::try_from(margin.as_millis()).unwrap_or(i64::MAX),
         };
         s.set(created);
         s
     }
 
     pub(crate) fn set(&self, created: Option<Timestamp>) {
-        let margin = i64::try_from(self.margin.as_millis()).unwrap_or(i64::MAX);
         let at = match (self.check, created) {
-            (DedupCheck::MaybeSeen, Some(c)) => c.unix_millis().saturating_add(margin),
+            (DedupCheck::MaybeSeen, Some(c)) => c.unix_millis().saturating_add(self.margin_ms),
             _ => i64::MIN,
         };
         self.after.store(at, Ordering::Relaxed);
     }
 
     /// `true` if `msg` cannot have been handled before: its first delivery, stored after the
-    /// durable's creation (plus the margin), and not `redriven` (a redriven message, see `ops`,
-    /// was delivered before, on the handler's own durable).
+    /// durable's creation and after the consumer last began or resumed pulling (each plus the
+    /// margin: before that, the server may have lost the count of an earlier delivery; see
+    /// `DeliveryInfo::resumed`), and not `redriven` (a redriven message, see `ops`, was
+    /// delivered before, on the handler's own durable).
     fn first_ever(&self, msg: &Message<'_>, redriven: bool) -> bool {
         let after = self.after.load(Ordering::Relaxed);
         after != i64::MIN
             && !redriven
             && msg.delivered() == 1
-            && msg.received().info().is_some_and(|i| i.published.unix_millis() > after)
+            && msg.received().info().is_some_and(|i| {
+                let stored = i.published.unix_millis();
+                stored > after
+                    && i.resumed
+                        .is_none_or(|r| stored > r.unix_millis().saturating_add(self.margin_ms))
+            })
     }
 }
 
@@ -115,6 +125,7 @@ impl<D: Dispatch> Dispatch for Dedup<D> {
                 sequence: i.stream_sequence,
                 stored: i.published,
                 delivered: i.delivered,
+                resumed: i.resumed,
             }),
             DedupCheck::MaybeSeen | DedupCheck::Always => None,
         };
@@ -392,5 +403,98 @@ mod tests {
         assert!(map.try_enter(a).is_none(), "still held by the first");
         drop(first);
         assert!(map.lock().is_empty());
+    }
+}
+
+#[cfg(test)]
+mod first_delivery_tests {
+    use super::*;
+    use crate::dedup::{DedupError, MemoryDedup};
+    use crate::pipeline::Received;
+    use crate::pipeline::test_raw::Raw;
+    use crate::transport::DeliveryInfo;
+    use futures::future::BoxFuture;
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+    /// Marks in memory, counting the reads.
+    #[derive(Default)]
+    struct Counted {
+        marks: MemoryDedup,
+        reads: AtomicUsize,
+    }
+
+    impl DedupStore for Counted {
+        fn seen<'a>(&'a self, handler: &'a str, id: MessageId) -> BoxFuture<'a, Result<bool, DedupError>> {
+            self.reads.fetch_add(1, Relaxed);
+            self.marks.seen(handler, id)
+        }
+        fn mark<'a>(&'a self, handler: &'a str, id: MessageId) -> BoxFuture<'a, Result<(), DedupError>> {
+            self.marks.mark(handler, id)
+        }
+    }
+
+    /// Counts its runs; succeeds.
+    #[derive(Default)]
+    struct Runs(AtomicUsize);
+
+    impl Dispatch for Runs {
+        async fn dispatch(&self, _msg: &mut Message<'_>) -> Outcome {
+            self.0.fetch_add(1, Relaxed);
+            Outcome::Succeeded
+        }
+    }
+
+    /// A server that lost the count of a delivery hands the message out again as a first
+    /// delivery: when the consumer resumed after it was stored, its mark is read and the repeat
+    /// is a duplicate; a first delivery of a message stored after the resume (plus the margin)
+    /// is not checked.
+    #[tokio::test]
+    async fn a_first_delivery_stored_before_the_pull_resumed_is_checked() {
+        let created = Timestamp::from_unix_nanos(1_700_000_000_000_000_000).expect("time");
+        let at = |secs: i128| Timestamp::from_unix_nanos(created.unix_nanos() + secs * 1_000_000_000).expect("time");
+        let store = Arc::new(Counted::default());
+        let layer = Dedup {
+            inner: Runs::default(),
+            store: store.clone(),
+            key: "h".into(),
+            ack_wait: Duration::from_secs(30),
+            in_flight: InFlight::with_capacity(1),
+            durable: Arc::new(DurableSince::new(
+                DedupCheck::MaybeSeen,
+                Duration::from_secs(5),
+                Some(created),
+            )),
+            release_while_marking: false,
+        };
+        let delivery = |resumed: Option<Timestamp>| Raw {
+            headers: Default::default(),
+            payload: bytes::Bytes::from_static(b"{}"),
+            info: DeliveryInfo {
+                stream: "DOCUMENT_EVENTS".into(),
+                consumer: "h".into(),
+                stream_sequence: 7,
+                consumer_sequence: 1,
+                delivered: 1,
+                published: at(20),
+                resumed,
+            },
+        };
+        let dispatch = |raw: Raw| {
+            let layer = &layer;
+            async move { layer.dispatch(&mut Message::new(&raw, raw.envelope())).await }
+        };
+        let (reads, runs) = (|| store.reads.load(Relaxed), || layer.inner.0.load(Relaxed));
+        // Pulling since well before it was stored: nobody can have had it; not checked.
+        assert_eq!(dispatch(delivery(Some(at(10)))).await, Outcome::Succeeded);
+        assert_eq!((reads(), runs()), (0, 1));
+        // The same message again as a first delivery, after the pull resumed: checked, a duplicate.
+        assert_eq!(dispatch(delivery(Some(at(30)))).await, Outcome::Duplicate);
+        assert_eq!((reads(), runs()), (1, 1));
+        // Resumed less than the clock margin before it was stored: checked too.
+        assert_eq!(dispatch(delivery(Some(at(16)))).await, Outcome::Duplicate);
+        assert_eq!((reads(), runs()), (2, 1));
+        // A transport whose counts are never lost: not checked.
+        assert_eq!(dispatch(delivery(None)).await, Outcome::Succeeded);
+        assert_eq!((reads(), runs()), (2, 2));
     }
 }

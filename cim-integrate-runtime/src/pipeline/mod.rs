@@ -99,6 +99,8 @@ pub(crate) mod record;
 pub(crate) mod run;
 pub(crate) mod settle;
 pub(crate) mod step;
+#[cfg(test)]
+pub(crate) mod test_raw;
 pub(crate) mod trace;
 
 pub use attempts::Attempts;

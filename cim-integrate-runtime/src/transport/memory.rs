@@ -556,6 +556,8 @@ impl StreamState {
             consumer_sequence: c.delivery_seq,
             delivered: p.delivered,
             published: m.published,
+            // This process's own counts: never lost while the process lives.
+            resumed: None,
         };
         let acker = MemoryAcker {
             stream: stream.clone(),

@@ -644,6 +644,17 @@ pub struct DeliveryInfo {
     pub delivered: u64,
     /// When the stream stored the message.
     pub published: Timestamp,
+    /// When this consumer handle last began pulling, or resumed after the server may have lost
+    /// delivery counts; `None` if the transport's counts cannot be lost (the embedded one).
+    ///
+    /// A server hands a message out again *as a first delivery* (`delivered` 1) when it lost the
+    /// count of the earlier delivery: a consumer leader that dies before its delivered state is
+    /// replicated, or a single server killed before writing it. So a message stored before this
+    /// time may have been delivered before even if `delivered` is 1; the handler
+    /// de-duplication reads its mark. On NATS: the opening of the handle, every interruption
+    /// (missed heartbeats, a reconnect, a failed pull request), and a consumer sequence that went
+    /// back (a new consumer leader numbering again deliveries the old one made).
+    pub resumed: Option<Timestamp>,
 }
 
 /// Acknowledges one delivery. Implemented by each transport.

@@ -10,6 +10,7 @@ use async_nats::jetstream::consumer::pull::{self, MessagesErrorKind};
 use async_nats::jetstream::consumer::{self as js_consumer, FromConsumer, PullConsumer};
 use futures::StreamExt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// A handle on a durable pull consumer. [`next`](Consumer::next) keeps a continuous pull going:
@@ -35,6 +36,35 @@ pub struct NatsConsumer {
     texts: Texts,
     /// The subject received last, shared by the next deliveries on it.
     subject: Option<Subject>,
+    /// When this handle was opened, or the pull resumed after the server may have lost delivery counts
+    /// ([`DeliveryInfo::resumed`]).
+    resumed: Timestamp,
+    /// The highest consumer sequence received since then: a delivery numbered at or below it
+    /// comes from a consumer leader that lost the count of deliveries the old one made.
+    consumer_sequence: u64,
+    /// The client's connection counts: a reconnect (after which async-nats pulls again on its
+    /// own, with no error to see) is an interruption.
+    stats: Arc<async_nats::Statistics>,
+    /// Connections made, as last seen.
+    connects: u64,
+    /// Leader elections of this consumer announced by the server (advisories; a consumer leader
+    /// stepping down hands its pull requests over with no error to see), counted by `_watch`.
+    elections: Arc<AtomicU64>,
+    /// Elections, as last seen.
+    elections_seen: u64,
+    /// The task counting the advisories, stopped with the handle.
+    _watch: AbortOnDrop,
+}
+
+/// Aborts the task when dropped.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
+    }
 }
 
 impl std::fmt::Debug for NatsConsumer {
@@ -49,10 +79,13 @@ impl std::fmt::Debug for NatsConsumer {
 }
 
 impl NatsConsumer {
+    /// `elections`: a subscription to the consumer's leader-elected advisories, if one could be
+    /// made.
     pub(super) fn new(
         transport: NatsTransport,
         spec: &ConsumerSpec,
         info: js_consumer::Info,
+        elections: Option<async_nats::Subscriber>,
     ) -> Result<Self, TransportError> {
         let config = pull::Config::try_from_consumer_config(info.config.clone())
             .map_err(|e| TransportError::Other(format!("consumer `{}`: {e}", spec.durable)))?;
@@ -60,10 +93,27 @@ impl NatsConsumer {
         let consumer = Box::new(PullConsumer::new(config, info, transport.jetstream().clone()));
         let own = transport.options().pull_batch;
         let batch = spec.prefetch.map_or(own, |p| p.min(own)).max(1);
+        let stats = transport.client().statistics();
+        let counted = Arc::new(AtomicU64::new(0));
+        let watch = elections.map(|mut advisories| {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                while advisories.next().await.is_some() {
+                    counted.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        });
         Ok(Self {
             created,
             texts: Texts::default(),
             subject: None,
+            resumed: Timestamp::now(),
+            consumer_sequence: 0,
+            connects: stats.connects.load(Ordering::Relaxed),
+            stats,
+            elections: counted,
+            elections_seen: 0,
+            _watch: AbortOnDrop(watch),
             transport,
             consumer,
             stream: Arc::from(spec.stream.as_str()),
@@ -114,6 +164,14 @@ impl NatsConsumer {
         }
     }
 
+    /// The pull stopped (missed heartbeats, a reconnect, a failed request): it is started again,
+    /// and the server may have lost the counts of deliveries made before (a consumer leader
+    /// change, a server restart), see [`DeliveryInfo::resumed`].
+    fn interrupted(&mut self) {
+        self.messages = None;
+        self.resumed = Timestamp::now();
+    }
+
     /// After trouble: a short pause growing to 1 s. A leader election takes seconds; the pull
     /// must be back as soon as the new leader is, not a long back-off later.
     async fn pause(&mut self) {
@@ -141,6 +199,26 @@ impl NatsConsumer {
             .reply
             .take()
             .ok_or_else(|| "message without a reply subject".to_owned())?;
+        let connects = self.stats.connects.load(Ordering::Relaxed);
+        let elections = self.elections.load(Ordering::Relaxed);
+        if connects != self.connects || elections != self.elections_seen {
+            // Reconnected (the server, or the consumer's leader, may have restarted since), or a
+            // new consumer leader was elected.
+            self.connects = connects;
+            self.elections_seen = elections;
+            self.resumed = Timestamp::now();
+        } else if meta.consumer_sequence <= self.consumer_sequence {
+            // Numbered again: a new consumer leader hands out again what the old one delivered
+            // (and may have counted nowhere). Messages stored until now may be repeats.
+            tracing::info!(
+                consumer = %self.durable,
+                sequence = meta.consumer_sequence,
+                highest = self.consumer_sequence,
+                "consumer sequence went back (a consumer leader change); checking marks of earlier messages"
+            );
+            self.resumed = Timestamp::now();
+        }
+        self.consumer_sequence = meta.consumer_sequence;
         let info = DeliveryInfo {
             stream: self.stream.clone(),
             consumer: self.durable.clone(),
@@ -148,6 +226,7 @@ impl NatsConsumer {
             consumer_sequence: meta.consumer_sequence,
             delivered: meta.delivered.max(1),
             published: meta.published,
+            resumed: Some(self.resumed),
         };
         let headers = headers_from(message.headers.as_ref(), &mut self.texts);
         let acker = NatsAcker {
@@ -278,7 +357,7 @@ impl Consumer for NatsConsumer {
                     }
                     _ => {
                         tracing::warn!(consumer = %self.durable, error = %e, "pull interrupted; restarting it");
-                        self.messages = None;
+                        self.interrupted();
                         if self.should_check() {
                             self.check_exists().await?;
                         }
@@ -287,7 +366,7 @@ impl Consumer for NatsConsumer {
                 },
                 None => {
                     tracing::debug!(consumer = %self.durable, "pull ended; restarting it");
-                    self.messages = None;
+                    self.interrupted();
                     self.pause().await;
                 }
             }

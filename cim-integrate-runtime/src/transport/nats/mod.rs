@@ -390,7 +390,19 @@ impl NatsTransport {
                 info
             }
         };
-        NatsConsumer::new(self.clone(), spec, info)
+        // A consumer leader that steps down hands its pull requests over with no error to see;
+        // its successor may deliver again what it delivered (see `DeliveryInfo::resumed`).
+        // Without permission for advisories the subscription just stays silent.
+        let elections = self
+            .client()
+            .subscribe(format!(
+                "$JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED.{}.{}",
+                spec.stream, spec.durable
+            ))
+            .await
+            .inspect_err(|e| tracing::debug!(consumer = %spec.durable, error = %e, "no leader-election advisories"))
+            .ok();
+        NatsConsumer::new(self.clone(), spec, info, elections)
     }
 
     fn ack_future(&self, message: OutboundMessage, first: PublishAckFuture) -> NatsAckFuture {

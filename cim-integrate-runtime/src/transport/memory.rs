@@ -171,6 +171,9 @@ struct StreamState {
     /// the max age); `None`: nothing can expire until something is stored. Lets
     /// [`StreamState::expire`] return at once, unless a consumer has an inactive threshold.
     next_expiry: Option<Instant>,
+    /// The names of every durable created on this stream, deleted ones too: a durable of a
+    /// name never used before counts every delivery of every message the stream holds.
+    names_used: Vec<Arc<str>>,
 }
 
 /// The durables of one stream. Looked up by name; a handle holds the very name this list keeps
@@ -461,10 +464,7 @@ impl StreamState {
         let age = spec.max_age.or(spec.settings.max_age);
         let message = age.and_then(|age| self.messages.front().map(|m| m.stored_at + age));
         let id = self.dedup.oldest().map(|at| at + spec.duplicate_window);
-        self.next_expiry = match (message, id) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        self.next_expiry = message.into_iter().chain(id).min();
     }
 
     /// Notes that something stored now expires at `at` (see `next_expiry`).
@@ -940,6 +940,18 @@ impl Transport for MemoryTransport {
                     DeliverPolicy::All => 1,
                     DeliverPolicy::New => first_new,
                 };
+                // This process counts every delivery of its streams. A durable of a name never
+                // used on this stream is the first to deliver anything under it: its counts
+                // cover every message, so it reports the earliest time (the handler
+                // de-duplication then reads no mark on a first delivery). A durable made again
+                // after one of its name was deleted reports its creation: the earlier one may
+                // have handled what was stored before.
+                let created = if st.names_used.iter().any(|n| **n == *name) {
+                    Timestamp::now()
+                } else {
+                    st.names_used.push(name.clone());
+                    Timestamp::UNIX_EPOCH
+                };
                 st.consumers.insert(
                     name.clone(),
                     ConsumerState {
@@ -951,7 +963,7 @@ impl Transport for MemoryTransport {
                         next_due: now,
                         waiting: 0,
                         active_at: now,
-                        created: Timestamp::now(),
+                        created,
                     },
                 );
             }
@@ -1569,6 +1581,32 @@ mod tests {
         assert_eq!(set.iter().map(|(s, _)| s).collect::<Vec<_>>(), [1, 10_000]);
         set.get_or_insert(10_001, || pending(1));
         assert!(set.get_mut(10_000).is_some() && set.get_mut(1).is_some());
+    }
+
+    /// A durable of a name never used on the stream counts every delivery of every message: it
+    /// reports the earliest time. One made again after its name was deleted reports its
+    /// creation (the earlier one may have handled what was stored before), and so does another
+    /// handle on it.
+    #[tokio::test]
+    async fn a_new_durable_name_counts_every_delivery_a_reused_one_does_not() {
+        let t = MemoryTransport::new();
+        t.ensure_stream(&StreamSpec::for_domain("document", None).unwrap())
+            .await
+            .unwrap();
+        t.publish_and_wait(Envelope::root(crate::subject!("document.created"), &b"{}"[..]).into())
+            .await
+            .unwrap();
+        let spec = ConsumerSpec::new("DOCUMENT_EVENTS", "index", crate::subject_pattern!("document.created"));
+        let first = t.consumer(&spec).await.unwrap();
+        assert_eq!(first.created(), Some(Timestamp::UNIX_EPOCH));
+        t.delete_consumer("DOCUMENT_EVENTS", "index").await.unwrap();
+        let before = Timestamp::now();
+        let again = t.consumer(&spec).await.unwrap();
+        let created = again.created().unwrap();
+        assert!(created >= before, "{created:?}");
+        assert_eq!(t.consumer(&spec).await.unwrap().created(), Some(created));
+        let other = ConsumerSpec::new("DOCUMENT_EVENTS", "audit", crate::subject_pattern!("document.created"));
+        assert_eq!(t.consumer(&other).await.unwrap().created(), Some(Timestamp::UNIX_EPOCH));
     }
 
     #[tokio::test(start_paused = true)]

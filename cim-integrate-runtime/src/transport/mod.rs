@@ -818,8 +818,11 @@ pub trait Consumer: std::fmt::Debug + Send + 'static {
 
     /// When the server created this durable, by the clock that stamps stored messages
     /// ([`DeliveryInfo::published`]): its delivery counts start there, so a message stored after
-    /// it and delivered once was never delivered to an earlier durable of that name. `None` if
-    /// unknown (the default), which makes the handler de-duplication check every delivery.
+    /// it and delivered once was never delivered to an earlier durable of that name. A transport
+    /// that knows no earlier durable of the name delivered anything may report an earlier time:
+    /// the embedded one reports [`Timestamp::UNIX_EPOCH`] for a name never used on the stream.
+    /// `None` if unknown (the default), which makes the handler de-duplication check every
+    /// delivery.
     fn created(&self) -> Option<Timestamp> {
         None
     }

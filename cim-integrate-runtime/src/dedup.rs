@@ -379,24 +379,25 @@ fn block_holds(value: &[u8], offset: u8, nanos: i64) -> bool {
 }
 
 /// A block entry's value with the mark (`offset`, `nanos`) added in offset order (replacing one
-/// at the same offset); a value that is not a block's starts over.
+/// at the same offset); a value that is not a block's starts over. Copied in at most two runs:
+/// marks mostly come in offset order, so most go at the end.
 fn with_mark(current: Option<&[u8]>, offset: u8, nanos: i64) -> Bytes {
     let current = current.filter(|v| v.len().is_multiple_of(9)).unwrap_or_default();
+    let after_last = current.len() < 9 || current[current.len() - 9] < offset;
+    // Where the mark goes: before the first mark at or after its offset.
+    let at = if after_last {
+        current.len()
+    } else {
+        current
+            .chunks_exact(9)
+            .position(|c| c[0] >= offset)
+            .map_or(current.len(), |i| i * 9)
+    };
+    let rest = if current.get(at) == Some(&offset) { at + 9 } else { at };
     let mut v = Vec::with_capacity(current.len() + 9);
-    let mut placed = false;
-    for c in current.chunks_exact(9) {
-        if !placed && c[0] >= offset {
-            push_mark(&mut v, offset, nanos);
-            placed = true;
-            if c[0] == offset {
-                continue;
-            }
-        }
-        v.extend_from_slice(c);
-    }
-    if !placed {
-        push_mark(&mut v, offset, nanos);
-    }
+    v.extend_from_slice(&current[..at]);
+    push_mark(&mut v, offset, nanos);
+    v.extend_from_slice(&current[rest..]);
     Bytes::from(v)
 }
 
@@ -419,11 +420,22 @@ fn joined<R>(parts: &[&str], f: impl FnOnce(&str) -> R) -> R {
     }
 }
 
+/// The bytes a key token may hold (letters, digits, `-`, `_`, `=`), as a table: the stream's
+/// name is checked at every mark.
+const KEY_TOKEN_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        table[i] = b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'=';
+        i += 1;
+    }
+    table
+};
+
 /// Whether `s` can be one token of a key.
 fn key_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'=')
+    !s.is_empty() && s.bytes().all(|b| KEY_TOKEN_BYTES[usize::from(b)])
 }
 
 impl<K: KeyValue> KvDedup<K> {
@@ -936,6 +948,19 @@ mod tests {
         assert_eq!(reads() - before, 1, "one read of the block");
         assert!(store.seen_delivery("h", &resumed).await.unwrap());
         assert_eq!(reads() - before, 1, "read since the resume: trusted");
+    }
+
+    #[test]
+    fn marks_go_in_offset_order_and_replace_one_at_their_offset() {
+        let mut v = with_mark(None, 5, 50);
+        for (offset, nanos) in [(9, 90), (1, 10), (7, 70), (5, 55), (9, 99), (0, 1), (63, 630)] {
+            v = with_mark(Some(&v), offset, nanos);
+        }
+        assert_eq!(
+            decode_block(&v),
+            Some(vec![(0, 1), (1, 10), (5, 55), (7, 70), (9, 99), (63, 630)])
+        );
+        assert_eq!(decode_block(&with_mark(Some(b"not a block"), 3, 3)), Some(vec![(3, 3)]));
     }
 
     #[tokio::test]

@@ -36,8 +36,8 @@ pub struct NatsConsumer {
     texts: Texts,
     /// The subject received last, shared by the next deliveries on it.
     subject: Option<Subject>,
-    /// When this handle was opened, or the pull resumed after the server may have lost delivery counts
-    /// ([`DeliveryInfo::resumed`]).
+    /// When this handle was opened, or the pull resumed after the server may have lost delivery
+    /// counts ([`DeliveryInfo::resumed`]).
     resumed: Timestamp,
     /// The highest consumer sequence received since then: a delivery numbered at or below it
     /// comes from a consumer leader that lost the count of deliveries the old one made.

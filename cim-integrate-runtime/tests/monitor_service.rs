@@ -4,7 +4,7 @@
 //! recorder of `metrics-util`).
 
 use cim_integrate_runtime::breaker::BreakerSettings;
-use cim_integrate_runtime::dedup::{DedupStore, KvDedup};
+use cim_integrate_runtime::dedup::{DedupCheck, DedupStore, KvDedup};
 use cim_integrate_runtime::handler::{Context, HandlerError, HandlerOptions, Registration, RetryPolicy};
 use cim_integrate_runtime::monitor::{self, IntegrationPoint};
 use cim_integrate_runtime::service::Service;
@@ -339,11 +339,14 @@ async fn metrics_are_counted_by_outcome_and_domain() {
     let _guard = metrics::set_default_local_recorder(&recorder);
 
     let t = setup().await;
-    // A de-duplication store the test can pre-mark, to get one de-duplication hit.
+    // A de-duplication store the test can pre-mark, to get one de-duplication hit; read on
+    // every delivery (by default a first delivery to a durable that counts every delivery is
+    // not checked, and a mark made by hand before it would not be seen).
     let kv = t.key_value(&KvSpec::new("marks")).await.expect("kv");
     let runs = Arc::new(AtomicU32::new(0));
     let svc = Service::builder(t.clone(), "cascade")
         .dedup_store(KvDedup::new(kv.clone()))
+        .dedup_check(DedupCheck::Always)
         .handler("workflow", start_review())
         .handler("notification", notify(&runs))
         .start()

@@ -527,7 +527,7 @@ impl<K: KeyValue> KvDedup<K> {
                 st.marks.entry(o).or_insert(n);
             }
         }
-        st.read_at = Some(st.read_at.map_or(at, |was| was.max(at)));
+        st.read_at = st.read_at.max(Some(at));
         Ok(st.marks.get(&offset) == Some(&nanos))
     }
 

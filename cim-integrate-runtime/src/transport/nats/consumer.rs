@@ -48,20 +48,17 @@ pub struct NatsConsumer {
     /// Connections made, as last seen.
     connects: u64,
     /// Leader elections of this consumer announced by the server (advisories; a consumer leader
-    /// stepping down hands its pull requests over with no error to see), counted by `_watch`.
+    /// stepping down hands its pull requests over with no error to see), counted by `watch`.
     elections: Arc<AtomicU64>,
     /// Elections, as last seen.
     elections_seen: u64,
     /// The task counting the advisories, stopped with the handle.
-    _watch: AbortOnDrop,
+    watch: Option<tokio::task::JoinHandle<()>>,
 }
 
-/// Aborts the task when dropped.
-struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
-
-impl Drop for AbortOnDrop {
+impl Drop for NatsConsumer {
     fn drop(&mut self) {
-        if let Some(task) = self.0.take() {
+        if let Some(task) = &self.watch {
             task.abort();
         }
     }
@@ -113,7 +110,7 @@ impl NatsConsumer {
             stats,
             elections: counted,
             elections_seen: 0,
-            _watch: AbortOnDrop(watch),
+            watch,
             transport,
             consumer,
             stream: Arc::from(spec.stream.as_str()),

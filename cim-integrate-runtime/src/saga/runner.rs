@@ -869,7 +869,8 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
             event_seq: 0,
             outbox: Vec::new(),
             owner: self.inner.instance.clone(),
-            lease_until_ms: self.inner.clock.after_millis(self.inner.lease),
+            // Set below, once the first attempt's extra lease is known.
+            lease_until_ms: 0,
             round: 0,
         };
         self.note(&mut rec, SagaEventKind::Started, None, None, None);
@@ -1366,10 +1367,11 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         fault!(self, &run.rec.id, write, step, Before);
         run.collect_acks();
         run.rec.owner.clone_from(&self.inner.instance);
-        run.rec.lease_until_ms = self
-            .inner
-            .clock
-            .after_millis(self.inner.lease.saturating_add(extra_lease));
+        // One read of the clock for the lease and for how long an outage is waited out.
+        let now_ms = self.inner.clock.now_millis();
+        run.rec.lease_until_ms =
+            now_ms.saturating_add(crate::clock::millis(self.inner.lease.saturating_add(extra_lease)));
+        let give_up_ms = now_ms.saturating_add(crate::clock::millis(self.inner.lease));
         let bytes = run.encode()?;
         let settling = is_final(&run.rec);
         let target = if settling {
@@ -1378,7 +1380,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
             Target::Active(run.rev)
         };
         let rev = self
-            .write_through_outages(&run.rec.id, bytes, target, write, step)
+            .write_through_outages(&run.rec.id, bytes, target, write, step, give_up_ms)
             .await?;
         run.outbox_persisted = !run.rec.outbox.is_empty();
         fault!(self, &run.rec.id, write, step, After);
@@ -1428,13 +1430,14 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
 
     /// Awaits the acknowledgements of `in_flight` (events of the saga `id`), then deletes its
     /// active record, conditional on `active_rev`, retrying while the store is unavailable (for
-    /// at most one lease).
+    /// at most one lease from the first failure).
     async fn delete_active(&self, id: &str, active_rev: u64, in_flight: Vec<InFlight>) -> Result<(), SagaError> {
         for result in futures::future::join_all(in_flight.into_iter().map(|(_, ack)| ack)).await {
             result?;
         }
         fault!(self, id, Write::Settle, None, Before);
-        let give_up = tokio::time::Instant::now() + self.inner.lease;
+        // Counted from the first failure: the clock is read only when the store fails.
+        let mut give_up = None;
         let mut pause = Duration::from_millis(100);
         loop {
             match self.inner.kv.delete(id, Some(active_rev)).await {
@@ -1444,7 +1447,12 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
                     tracing::info!(saga = S::NAME, %id, "the active record of a settled saga changed meanwhile; left to it");
                     return Err(SagaError::Conflict { id: id.to_owned() });
                 }
-                Err(e) if e.is_transient() && tokio::time::Instant::now() + pause < give_up => {
+                Err(e)
+                    if e.is_transient() && {
+                        let now = tokio::time::Instant::now();
+                        now + pause < *give_up.get_or_insert(now + self.inner.lease)
+                    } =>
+                {
                     tracing::warn!(saga = S::NAME, %id, error = %e, "saga store unavailable; retrying the delete of a settled saga");
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(1));
@@ -1547,8 +1555,9 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         }
     }
 
-    /// Writes the record to `target`, retrying in place while the store is unavailable (for at
-    /// most one lease: the record is ours that long). What the runner holds in memory (a step's
+    /// Writes the record to `target`, retrying in place while the store is unavailable, until
+    /// `give_up_ms` on the runner's clock (one lease after the write was prepared: the record is
+    /// ours that long). What the runner holds in memory (a step's
     /// result) must not be lost to an outage: giving up here would re-run the step on resume.
     /// A retried write that had in fact been applied is recognised by its content.
     async fn write_through_outages(
@@ -1558,8 +1567,8 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         target: Target,
         write: Write,
         step: Option<&'static str>,
+        give_up_ms: i64,
     ) -> Result<u64, SagaError> {
-        let give_up = tokio::time::Instant::now() + self.inner.lease;
         let mut pause = Duration::from_millis(100);
         let mut retried = false;
         loop {
@@ -1580,7 +1589,15 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
                     tracing::info!(saga = S::NAME, %id, ?write, ?step, "another runner wrote the saga first; stopping");
                     return Err(SagaError::Conflict { id: id.to_owned() });
                 }
-                Err(e) if e.is_transient() && tokio::time::Instant::now() + pause < give_up => {
+                Err(e)
+                    if e.is_transient()
+                        && self
+                            .inner
+                            .clock
+                            .now_millis()
+                            .saturating_add(crate::clock::millis(pause))
+                            < give_up_ms =>
+                {
                     tracing::warn!(saga = S::NAME, %id, ?write, ?step, error = %e, "saga store unavailable; retrying the write");
                     retried = true;
                     tokio::time::sleep(pause).await;

@@ -105,7 +105,10 @@ pub struct KvEntry {
     pub value: Bytes,
     /// The revision (bucket-wide, increasing with every write to the bucket).
     pub revision: u64,
-    /// When it was written.
+    /// When it was written: on NATS the server's time of the write; on the embedded transport the
+    /// wall-clock time at the bucket's creation advanced by tokio's clock (as the runtime's
+    /// [`Clock`](crate::clock::Clock) tells times, so under `tokio::time::pause` it follows the
+    /// paused clock).
     pub created: Timestamp,
 }
 

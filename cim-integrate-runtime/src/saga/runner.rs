@@ -1557,9 +1557,9 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
 
     /// Writes the record to `target`, retrying in place while the store is unavailable, until
     /// `give_up_ms` on the runner's clock (one lease after the write was prepared: the record is
-    /// ours that long). What the runner holds in memory (a step's
-    /// result) must not be lost to an outage: giving up here would re-run the step on resume.
-    /// A retried write that had in fact been applied is recognised by its content.
+    /// ours that long). What the runner holds in memory (a step's result) must not be lost to an
+    /// outage: giving up here would re-run the step on resume. A retried write that had in fact
+    /// been applied is recognised by its content.
     async fn write_through_outages(
         &self,
         id: &str,

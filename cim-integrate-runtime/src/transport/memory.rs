@@ -1273,7 +1273,8 @@ impl WallAnchor {
 
     /// The wall-clock time of `instant` (not before this anchor).
     fn wall(&self, instant: Instant) -> Timestamp {
-        Timestamp::from(self.wall + instant.saturating_duration_since(self.at))
+        let elapsed = instant.saturating_duration_since(self.at);
+        Timestamp::from(self.wall.checked_add(elapsed).unwrap_or(self.wall))
     }
 }
 

@@ -16,16 +16,29 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy)]
 pub struct Clock {
     wall_ms: i64,
+    /// The wall clock at the anchor, at full precision ([`timestamp_at`](Self::timestamp_at)).
+    wall: std::time::SystemTime,
     at: tokio::time::Instant,
 }
 
 impl Clock {
     /// A clock anchored now.
     pub fn new() -> Self {
+        // The instant first: a time told from it is never before the true one.
+        let at = tokio::time::Instant::now();
+        let wall = std::time::SystemTime::now();
         Self {
-            wall_ms: Timestamp::now().unix_millis(),
-            at: tokio::time::Instant::now(),
+            wall_ms: wall.duration_since(std::time::UNIX_EPOCH).map_or(0, millis),
+            wall,
+            at,
         }
+    }
+
+    /// The wall-clock time of `instant` (not before the anchor), at full precision: what an
+    /// embedded store reports as a write's time from the write's one read of tokio's clock.
+    pub(crate) fn timestamp_at(&self, instant: tokio::time::Instant) -> Timestamp {
+        let elapsed = instant.saturating_duration_since(self.at);
+        Timestamp::from(self.wall.checked_add(elapsed).unwrap_or(self.wall))
     }
 
     /// The current time in Unix milliseconds.
@@ -69,6 +82,8 @@ mod tests {
         let t1 = clock.now_millis();
         assert!((90_000..91_000).contains(&(t1 - t0)), "{t0} {t1}");
         assert_eq!(clock.after_millis(Duration::from_millis(5)), t1 + 5);
+        let told = clock.timestamp_at(tokio::time::Instant::now()).unix_millis();
+        assert!((t1..t1 + 2).contains(&told), "{t1} {told}");
         assert_eq!(millis(Duration::MAX), i64::MAX);
     }
 }

@@ -1009,7 +1009,7 @@ impl Transport for MemoryTransport {
         let b = Arc::new(MemBucket {
             spec: spec.clone(),
             state: Mutex::new(BucketState::default()),
-            anchor: WallAnchor::now(),
+            anchor: crate::clock::Clock::new(),
         });
         buckets.insert(spec.bucket.clone(), b.clone());
         Ok(MemoryKeyValue { bucket: b })
@@ -1246,36 +1246,10 @@ impl Acker for MemoryAcker {
 struct MemBucket {
     spec: KvSpec,
     state: Mutex<BucketState>,
-    /// The wall clock at the bucket's creation, against which an entry's `created` is told from
-    /// its write's [`Instant`]: one clock read per write, not two (a read of the clock costs
-    /// about 40 ns on a virtual machine, several times a saga's or a mark's own bookkeeping).
-    anchor: WallAnchor,
-}
-
-/// A wall-clock time and the tokio [`Instant`] read just before it: later instants are told as
-/// wall-clock times by adding what elapsed, as [`crate::clock::Clock`] tells its milliseconds
-/// (under paused time they advance with it).
-#[derive(Debug, Clone, Copy)]
-struct WallAnchor {
-    at: Instant,
-    wall: std::time::SystemTime,
-}
-
-impl WallAnchor {
-    fn now() -> Self {
-        // The instant first: a time told from it is never before the true one.
-        let at = Instant::now();
-        Self {
-            at,
-            wall: std::time::SystemTime::now(),
-        }
-    }
-
-    /// The wall-clock time of `instant` (not before this anchor).
-    fn wall(&self, instant: Instant) -> Timestamp {
-        let elapsed = instant.saturating_duration_since(self.at);
-        Timestamp::from(self.wall.checked_add(elapsed).unwrap_or(self.wall))
-    }
+    /// Tells an entry's wall-clock time from its write's [`Instant`]: one clock read per write,
+    /// not two (a read of the clock costs about 40 ns on a virtual machine, several times a
+    /// saga's or a mark's own bookkeeping).
+    anchor: crate::clock::Clock,
 }
 
 #[derive(Default)]
@@ -1289,7 +1263,7 @@ struct KvRecord {
     /// `None` is a tombstone.
     value: Option<Bytes>,
     revision: u64,
-    /// When it was written (its wall-clock time is told by the bucket's [`WallAnchor`]).
+    /// When it was written (its wall-clock time is told by the bucket's anchor clock).
     written: Instant,
 }
 
@@ -1379,7 +1353,7 @@ impl KeyValue for MemoryKeyValue {
                     key: key.to_owned(),
                     value: v.clone(),
                     revision: r.revision,
-                    created: self.bucket.anchor.wall(r.written),
+                    created: self.bucket.anchor.timestamp_at(r.written),
                 })
             }))
         })

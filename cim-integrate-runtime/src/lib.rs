@@ -12,6 +12,7 @@
 
 pub mod aggregate;
 pub mod asyncapi;
+mod backoff;
 pub mod breaker;
 pub mod clock;
 pub mod command;

@@ -24,6 +24,7 @@
 
 use super::catch_panic::with_progress;
 use super::{Deferral, Dispatch, Message, Outcome};
+use crate::backoff::Backoff;
 use crate::dedup::{DedupCheck, DedupStore, StreamMessage};
 use crate::fast_hash::FastMap;
 use crate::id::MessageId;
@@ -86,8 +87,8 @@ impl DurableSince {
 
 /// How long to wait before redelivering a message whose dedup check could not be made.
 const CHECK_RETRY: Duration = Duration::from_secs(1);
-/// First and longest pause between attempts to write a mark.
-const MARK_BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(2));
+/// The pause between attempts to write a mark: 50 ms, doubling to 2 s.
+const MARK_BACKOFF: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
 
 /// Asks the [`DedupStore`] whether this handler already handled the message id (yes:
 /// [`Outcome::Duplicate`]; the store unreachable: deferred, never a blind run). After a
@@ -188,7 +189,7 @@ impl<D: Dispatch> Dispatch for Dedup<D> {
 impl<D> Dedup<D> {
     /// Writes the mark, retrying with back-off until it is stored.
     async fn mark(&self, id: MessageId, stream_message: Option<&StreamMessage>) {
-        let mut pause = MARK_BACKOFF.0;
+        let mut backoff = MARK_BACKOFF;
         loop {
             let marked = match stream_message {
                 Some(m) => self.store.mark_delivery(&self.key, m).await,
@@ -197,9 +198,8 @@ impl<D> Dedup<D> {
             match marked {
                 Ok(()) => return,
                 Err(e) => {
-                    tracing::warn!(error = %e, ?pause, "dedup mark failed; retrying before the acknowledgement");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(MARK_BACKOFF.1);
+                    tracing::warn!(error = %e, pause = ?backoff.pause(), "dedup mark failed; retrying before the acknowledgement");
+                    backoff.wait().await;
                 }
             }
         }

@@ -80,6 +80,7 @@ use super::events::{
 };
 use super::record::{self, RecordFormat, SagaRecord, SagaStatus, StepRecord, StepState};
 use super::{Compensation, Saga, Step, StepFn, StepPolicy};
+use crate::backoff::Backoff;
 use crate::clock::Clock;
 use crate::envelope::Envelope;
 use crate::handler::{Context, HandlerError, Registration};
@@ -95,6 +96,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
+
+/// The pause between retries of a saga store that is unavailable: 100 ms, doubling to 1 s.
+const STORE_BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
 
 // Calls the fault hook at a crash point, returning `SagaError::Crashed` if it says so; compiles
 // to nothing without the `testing` feature.
@@ -1438,7 +1442,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         fault!(self, id, Write::Settle, None, Before);
         // Counted from the first failure: the clock is read only when the store fails.
         let mut give_up = None;
-        let mut pause = Duration::from_millis(100);
+        let mut backoff = STORE_BACKOFF;
         loop {
             match self.inner.kv.delete(id, Some(active_rev)).await {
                 Ok(()) => break,
@@ -1450,12 +1454,11 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
                 Err(e)
                     if e.is_transient() && {
                         let now = tokio::time::Instant::now();
-                        now + pause < *give_up.get_or_insert(now + self.inner.lease)
+                        now + backoff.pause() < *give_up.get_or_insert(now + self.inner.lease)
                     } =>
                 {
                     tracing::warn!(saga = S::NAME, %id, error = %e, "saga store unavailable; retrying the delete of a settled saga");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(1));
+                    backoff.wait().await;
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -1569,7 +1572,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         step: Option<&'static str>,
         give_up_ms: i64,
     ) -> Result<u64, SagaError> {
-        let mut pause = Duration::from_millis(100);
+        let mut backoff = STORE_BACKOFF;
         let mut retried = false;
         loop {
             let (result, store) = match target {
@@ -1595,13 +1598,12 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
                             .inner
                             .clock
                             .now_millis()
-                            .saturating_add(crate::clock::millis(pause))
+                            .saturating_add(crate::clock::millis(backoff.pause()))
                             < give_up_ms =>
                 {
                     tracing::warn!(saga = S::NAME, %id, ?write, ?step, error = %e, "saga store unavailable; retrying the write");
                     retried = true;
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(1));
+                    backoff.wait().await;
                 }
                 Err(e) => return Err(e.into()),
             }

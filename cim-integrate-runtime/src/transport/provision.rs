@@ -116,13 +116,13 @@ where
     E: Retryable,
 {
     let give_up = tokio::time::Instant::now() + PROVISION_PATIENCE;
-    let mut pause = std::time::Duration::from_millis(100);
+    let mut backoff =
+        crate::backoff::Backoff::new(std::time::Duration::from_millis(100), std::time::Duration::from_secs(2));
     loop {
         match op().await {
             Err(e) if e.is_transient() && tokio::time::Instant::now() < give_up => {
-                tracing::warn!(what, error = %e, retry_in = ?pause, "provisioning: transient failure; retrying");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(std::time::Duration::from_secs(2));
+                tracing::warn!(what, error = %e, retry_in = ?backoff.pause(), "provisioning: transient failure; retrying");
+                backoff.wait().await;
             }
             other => return other,
         }

@@ -1,0 +1,50 @@
+//! Doubling back-off between the retries of an operation that failed for a passing reason (a
+//! store or server unavailable): one schedule for the saga runner's writes, the dedup marks and
+//! provisioning. Each caller keeps its own budget, on the clock its deadline is counted on.
+
+use std::time::Duration;
+
+/// The pause before the next retry: `first`, doubled after each wait, up to `max`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Backoff {
+    pause: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    /// A schedule starting at `first`, doubling up to `max`.
+    pub(crate) const fn new(first: Duration, max: Duration) -> Self {
+        Self { pause: first, max }
+    }
+
+    /// The pause the next [`wait`](Self::wait) sleeps.
+    pub(crate) fn pause(&self) -> Duration {
+        self.pause
+    }
+
+    /// Sleeps the pause (on tokio's clock), then doubles it, up to the maximum.
+    pub(crate) async fn wait(&mut self) {
+        tokio::time::sleep(self.pause).await;
+        self.pause = (self.pause * 2).min(self.max);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Backoff;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn pauses_double_up_to_the_maximum() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        let mut slept = Vec::new();
+        for _ in 0..6 {
+            let start = tokio::time::Instant::now();
+            let pause = b.pause();
+            b.wait().await;
+            assert_eq!(start.elapsed(), pause);
+            slept.push(pause.as_millis());
+        }
+        assert_eq!(slept, [100, 200, 400, 800, 1000, 1000]);
+    }
+}

@@ -259,11 +259,24 @@ impl Envelope {
         payload: Bytes,
         from: &ReceivedFrom,
     ) -> Self {
-        if let Some(stamp) = headers.stamp()
-            && let Some(envelope) = Self::from_stamp(&subject, stamp, headers, &payload)
-        {
-            return envelope;
+        match Self::from_stamped(subject, headers, payload) {
+            Ok(envelope) => envelope,
+            Err((subject, payload)) => Self::from_text(subject, headers, payload, from),
         }
+    }
+
+    /// The envelope of stamped headers ([`from_stamp`](Self::from_stamp)); subject and payload
+    /// back if the headers must be read as text. Takes no [`ReceivedFrom`]: a stamp needs
+    /// nothing derived, so a transport builds one only for the text path.
+    pub(crate) fn from_stamped(subject: Subject, headers: &Headers, payload: Bytes) -> Result<Self, (Subject, Bytes)> {
+        match headers.stamp() {
+            Some(stamp) => Self::from_stamp(subject, stamp, headers, payload),
+            None => Err((subject, payload)),
+        }
+    }
+
+    /// [`from_received_subject`](Self::from_received_subject) reading the headers' text.
+    pub(crate) fn from_text(subject: Subject, headers: &Headers, payload: Bytes, from: &ReceivedFrom) -> Self {
         let uuid_header = |name| headers.get(name).and_then(id_in);
         let mut derived = false;
         let message_id = match uuid_header(headers::MESSAGE_ID).or_else(|| uuid_header(headers::NATS_MSG_ID)) {
@@ -304,11 +317,16 @@ impl Envelope {
     }
 
     /// The envelope stamped headers describe, if reading their text would give exactly it;
-    /// `None` sends the caller down the text path.
-    fn from_stamp(subject: &Subject, stamp: &Stamp, headers: &Headers, payload: &Bytes) -> Option<Self> {
+    /// `Err` (with subject and payload back) sends the caller down the text path.
+    fn from_stamp(
+        subject: Subject,
+        stamp: &Stamp,
+        headers: &Headers,
+        payload: Bytes,
+    ) -> Result<Self, (Subject, Bytes)> {
         if stamp.compact {
             // Read as its text, as any transport delivers it (version and time not carried).
-            return None;
+            return Err((subject, payload));
         }
         let id = &stamp.identity;
         // What `trim` would cut: whitespace at either end (one char each, not a scan).
@@ -326,20 +344,20 @@ impl Envelope {
             || untrimmed(&stamp.event_version)
             || !(0..=9999).contains(&year)
         {
-            return None;
+            return Err((subject, payload));
         }
         let extra = headers.unstamped();
         if extra.iter().any(|(n, _)| headers::IDENTITY_HEADERS.contains(&n)) {
-            return None;
+            return Err((subject, payload));
         }
-        Some(Self {
+        Ok(Self {
             identity: *id,
-            subject: subject.clone(),
+            subject,
             event_type: stamp.event_type.clone(),
             event_version: stamp.event_version.clone(),
             occurred_at: stamp.occurred_at,
             headers: extra,
-            payload: payload.clone(),
+            payload,
             derived: false,
         })
     }

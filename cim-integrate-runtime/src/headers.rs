@@ -72,7 +72,7 @@ pub struct Headers {
     /// Identity headers kept as values: logically before `entries`. `None` once anything was
     /// written (the headers are then all text).
     stamp: Option<std::sync::Arc<Stamp>>,
-    entries: std::sync::Arc<Vec<(String, String)>>,
+    entries: List,
 }
 
 /// The identity headers of an envelope as values, rendered as text on first demand, in the
@@ -242,15 +242,36 @@ fn valid_value(value: &str) -> bool {
     !value.bytes().any(|b| b == b'\r' || b == b'\n')
 }
 
-/// One shared empty list: empty headers (most received messages' extra headers) allocate nothing.
-static EMPTY: std::sync::LazyLock<std::sync::Arc<Vec<(String, String)>>> =
-    std::sync::LazyLock::new(|| std::sync::Arc::new(Vec::new()));
+/// The text headers of [`Headers`]: shared, copied on the first write. Empty is `None`, so that
+/// the empty headers of most deliveries and envelopes allocate nothing and touch no reference
+/// count (a count shared by every thread's empty headers would be a cache line that all of them
+/// write, for every message).
+#[derive(Clone, Default)]
+struct List(Option<std::sync::Arc<Vec<(String, String)>>>);
+
+impl List {
+    fn of(entries: Vec<(String, String)>) -> Self {
+        Self((!entries.is_empty()).then(|| std::sync::Arc::new(entries)))
+    }
+
+    /// The entries to write (copied first if shared).
+    fn make_mut(&mut self) -> &mut Vec<(String, String)> {
+        std::sync::Arc::make_mut(self.0.get_or_insert_with(Default::default))
+    }
+}
+
+impl std::ops::Deref for List {
+    type Target = [(String, String)];
+    fn deref(&self) -> &Self::Target {
+        self.0.as_deref().map_or(&[], Vec::as_slice)
+    }
+}
 
 impl Default for Headers {
     fn default() -> Self {
         Self {
             stamp: None,
-            entries: EMPTY.clone(),
+            entries: List::default(),
         }
     }
 }
@@ -297,7 +318,7 @@ impl Headers {
         if let Some(stamp) = self.stamp.take() {
             let mut all = stamp.rendered().to_vec();
             all.extend(self.entries.iter().cloned());
-            self.entries = std::sync::Arc::new(all);
+            self.entries = List::of(all);
         }
     }
 
@@ -305,7 +326,7 @@ impl Headers {
     /// promise) to `value` among the headers after the stamp, keeping the stamp unrendered.
     #[cfg_attr(not(feature = "otel"), allow(dead_code))]
     pub(crate) fn put_unstamped(&mut self, name: &'static str, value: String) {
-        let entries = std::sync::Arc::make_mut(&mut self.entries);
+        let entries = self.entries.make_mut();
         entries.retain(|(n, _)| n != name);
         entries.push((name.to_owned(), value));
     }
@@ -314,7 +335,7 @@ impl Headers {
     #[cfg_attr(not(feature = "otel"), allow(dead_code))]
     pub(crate) fn drop_unstamped(&mut self, name: &'static str) {
         if self.entries.iter().any(|(n, _)| n == name) {
-            std::sync::Arc::make_mut(&mut self.entries).retain(|(n, _)| n != name);
+            self.entries.make_mut().retain(|(n, _)| n != name);
         }
     }
 
@@ -323,7 +344,7 @@ impl Headers {
         let value = value.into();
         Self::check(name, &value)?;
         self.materialize();
-        let entries = std::sync::Arc::make_mut(&mut self.entries);
+        let entries = self.entries.make_mut();
         entries.retain(|(n, _)| n != name);
         entries.push((name.to_owned(), value));
         Ok(())
@@ -334,7 +355,7 @@ impl Headers {
         let value = value.into();
         Self::check(name, &value)?;
         self.materialize();
-        std::sync::Arc::make_mut(&mut self.entries).push((name.to_owned(), value));
+        self.entries.make_mut().push((name.to_owned(), value));
         Ok(())
     }
 
@@ -352,13 +373,13 @@ impl Headers {
     #[cfg_attr(not(feature = "nats"), allow(dead_code))] // read by the NATS transport
     pub(crate) fn reserve_received(&mut self, additional: usize) {
         self.materialize();
-        std::sync::Arc::make_mut(&mut self.entries).reserve(additional);
+        self.entries.make_mut().reserve(additional);
     }
 
     /// Appends without validation, for headers received from a transport (already framed).
     pub(crate) fn push_received(&mut self, name: String, value: String) {
         self.materialize();
-        std::sync::Arc::make_mut(&mut self.entries).push((name, value));
+        self.entries.make_mut().push((name, value));
     }
 
     /// The first value of `name`.
@@ -387,7 +408,7 @@ impl Headers {
             return false;
         }
         self.materialize();
-        std::sync::Arc::make_mut(&mut self.entries).retain(|(n, _)| n != name);
+        self.entries.make_mut().retain(|(n, _)| n != name);
         true
     }
 

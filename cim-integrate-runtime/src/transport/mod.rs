@@ -763,19 +763,20 @@ impl<A: Acker> Delivery<A> {
     /// The envelope, with identity read from headers or derived (stably) from the stream position;
     /// see [`Envelope::from_received`].
     pub fn envelope(&self) -> Result<Envelope, EnvelopeError> {
-        let from = ReceivedFrom {
+        let from = || ReceivedFrom {
             stream: Some(self.info.stream.clone()),
             stream_sequence: Some(self.info.stream_sequence),
             published: Some(self.info.published),
         };
         match &self.subject {
-            DeliverySubject::Received(s) => Envelope::from_received(s, &self.headers, self.payload.clone(), &from),
-            DeliverySubject::Stored(s) => Ok(Envelope::from_received_subject(
-                s.clone(),
-                &self.headers,
-                self.payload.clone(),
-                &from,
-            )),
+            DeliverySubject::Received(s) => Envelope::from_received(s, &self.headers, self.payload.clone(), &from()),
+            // Stamped headers (the embedded transport) need nothing of where the message came from.
+            DeliverySubject::Stored(s) => Ok(
+                match Envelope::from_stamped(s.clone(), &self.headers, self.payload.clone()) {
+                    Ok(envelope) => envelope,
+                    Err((subject, payload)) => Envelope::from_text(subject, &self.headers, payload, &from()),
+                },
+            ),
         }
     }
 

@@ -67,7 +67,7 @@ pub enum HeaderError {
 /// read as text: the embedded transport hands them to [`Envelope::from_received`](crate::Envelope::from_received)
 /// without formatting or parsing a string. They read, compare and iterate exactly like the same
 /// headers written as text.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct Headers {
     /// Identity headers kept as values: logically before `entries`. `None` once anything was
     /// written (the headers are then all text).
@@ -264,15 +264,6 @@ impl std::ops::Deref for List {
     type Target = [(String, String)];
     fn deref(&self) -> &Self::Target {
         self.0.as_deref().map_or(&[], Vec::as_slice)
-    }
-}
-
-impl Default for Headers {
-    fn default() -> Self {
-        Self {
-            stamp: None,
-            entries: List::default(),
-        }
     }
 }
 

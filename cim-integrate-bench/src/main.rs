@@ -32,7 +32,9 @@ use cim_integrate::saga::{LifecycleEvents, Saga, SagaOutcome, SagaRunner, Step, 
 use cim_integrate::service::{Service, ServiceBuilder};
 use cim_integrate::transport::memory::MemoryTransport;
 use cim_integrate::transport::nats::NatsTransport;
-use cim_integrate::transport::{KeyValue, KvSpec, OutboundMessage, PipelinedPublisher, StreamSpec, Transport};
+use cim_integrate::transport::{
+    Consumer, ConsumerSpec, KeyValue, KvSpec, OutboundMessage, PipelinedPublisher, StreamSpec, Transport,
+};
 use cim_integrate_bench::server::Server;
 use cim_integrate_bench::{AuditRecorded, BoxError, DocumentCreated, RawDocumentCreated, event, raw_event};
 use futures::StreamExt;
@@ -889,6 +891,21 @@ struct DispatchRound {
     drain_allocs: f64,
 }
 
+impl DispatchRound {
+    /// A round of two phases: `n` events published in `published` (the allocation count `a0`
+    /// before, `a1` after), then drained, `total` after the start (`a2` at the end).
+    fn phases(n: u64, published: Duration, total: Duration, [a0, a1, a2]: [u64; 3]) -> Self {
+        let per_message = |allocs: u64| allocs as f64 / n as f64;
+        Self {
+            rate: rate(n, total),
+            publish_rate: rate(n, published),
+            drain_rate: rate(n, total - published),
+            publish_allocs: per_message(a1 - a0),
+            drain_allocs: per_message(a2 - a1),
+        }
+    }
+}
+
 /// The baseline's handler: what a hand-written consumer calls after decoding.
 async fn handle_raw(e: RawDocumentCreated, count: &AtomicU64) {
     if !e.title.is_empty() {
@@ -920,14 +937,7 @@ async fn mpsc_then_round(n: u64) -> Result<DispatchRound, BoxError> {
     if count.load(Ordering::Relaxed) != n {
         return Err("mpsc baseline lost messages".into());
     }
-    let per_message = |allocs: u64| allocs as f64 / n as f64;
-    Ok(DispatchRound {
-        rate: rate(n, total),
-        publish_rate: rate(n, published),
-        drain_rate: rate(n, total - published),
-        publish_allocs: per_message(a1 - a0),
-        drain_allocs: per_message(a2 - a1),
-    })
+    Ok(DispatchRound::phases(n, published, total, [a0, a1, a2]))
 }
 
 /// The publish-while-draining rows' baseline: tokio mpsc (bounded, 1024), `serde_json` encode
@@ -1003,14 +1013,8 @@ async fn service_round(n: u64, kv_dedup: bool, concurrency: usize, live: bool) -
         b = b.dedup_store(MemoryDedup::default());
     }
     let started = if live { Ok(b.start().await?) } else { Err(b) };
-    let a0 = allocations();
-    let start = Instant::now();
-    for i in 0..n {
-        t.publish_and_wait(OutboundMessage::from(event(i).to_envelope()?))
-            .await?;
-    }
-    let published = start.elapsed();
-    let a1 = allocations();
+    let p = publish_timed(&t, n).await?;
+    let (start, published, a0, a1) = (p.start, p.published, p.a0, p.a1);
     let svc = match started {
         Ok(svc) => svc,
         Err(b) => b.start().await?,
@@ -1021,48 +1025,113 @@ async fn service_round(n: u64, kv_dedup: bool, concurrency: usize, live: bool) -
     let total = start.elapsed();
     let a2 = allocations();
     svc.shutdown(Duration::from_secs(5)).await;
-    let per_message = |allocs: u64| allocs as f64 / n as f64;
     Ok(if live {
         DispatchRound {
             rate: rate(n, total),
             publish_rate: f64::NAN,
             drain_rate: f64::NAN,
-            publish_allocs: per_message(a2 - a0),
+            publish_allocs: (a2 - a0) as f64 / n as f64,
             drain_allocs: 0.0,
         }
     } else {
-        DispatchRound {
-            rate: rate(n, total),
-            publish_rate: rate(n, published),
-            drain_rate: rate(n, total - published),
-            publish_allocs: per_message(a1 - a0),
-            drain_allocs: per_message(a2 - a1),
-        }
+        DispatchRound::phases(n, published, total, [a0, a1, a2])
     })
+}
+
+/// A timed typed publish into the embedded transport: when it began, how long it took, and the
+/// allocation count before and after.
+struct Published {
+    start: Instant,
+    published: Duration,
+    a0: u64,
+    a1: u64,
+}
+
+/// Publishes the `n` benchmark events into `t` one by one, each stored before the next.
+async fn publish_timed(t: &MemoryTransport, n: u64) -> Result<Published, BoxError> {
+    let a0 = allocations();
+    let start = Instant::now();
+    for i in 0..n {
+        t.publish_and_wait(OutboundMessage::from(event(i).to_envelope()?))
+            .await?;
+    }
+    Ok(Published {
+        start,
+        published: start.elapsed(),
+        a0,
+        a1: allocations(),
+    })
+}
+
+/// The embedded transport alone, a floor under [`service_round`] publishing then draining: the
+/// same typed publish of `n` events, then one loop on this task takes each delivery
+/// (`try_next`, else `next`), builds its envelope, decodes the event, counts it and
+/// acknowledges it; no `Service` (no pipeline, dedup, metrics or handler context). Both phases
+/// timed.
+async fn transport_round(n: u64) -> Result<DispatchRound, BoxError> {
+    let t = MemoryTransport::new();
+    let spec = StreamSpec::for_domain("document", None)?;
+    t.ensure_stream(&spec).await?;
+    let mut consumer = t
+        .consumer(&ConsumerSpec::new(
+            spec.name.clone(),
+            "bench-transport",
+            SubjectPattern::new("document.created")?,
+        ))
+        .await?;
+    let count = AtomicU64::new(0);
+    let p = publish_timed(&t, n).await?;
+    let (start, published, a0, a1) = (p.start, p.published, p.a0, p.a1);
+    while count.load(Ordering::Relaxed) < n {
+        let delivery = match consumer.try_next() {
+            Some(d) => d?,
+            None => consumer.next().await?,
+        };
+        let e = DocumentCreated::decode(delivery.envelope()?.payload())?;
+        if !e.title.is_empty() {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+        delivery.ack().await?;
+    }
+    let total = start.elapsed();
+    let a2 = allocations();
+    Ok(DispatchRound::phases(n, published, total, [a0, a1, a2]))
 }
 
 async fn bench_dispatch(r: &mut Runner) -> Result<(), BoxError> {
     let n = r.n(200_000);
+    // (key, label, the service's (key-value dedup, concurrency); `None`: the transport alone).
     let configs = [
         (
             "kv",
             "Service (embedded), default options (key-value dedup, concurrency 16)",
-            true,
-            16,
+            Some((true, 16)),
         ),
         (
             "mem16",
             "Service (embedded), in-memory dedup, concurrency 16",
-            false,
-            16,
+            Some((false, 16)),
         ),
-        ("mem1", "Service (embedded), in-memory dedup, concurrency 1", false, 1),
+        (
+            "mem1",
+            "Service (embedded), in-memory dedup, concurrency 1",
+            Some((false, 1)),
+        ),
+        (
+            "transport",
+            "embedded transport alone, no Service (deliver, envelope, decode, ack)",
+            None,
+        ),
     ];
     // Each configuration publishing then draining (`kv`), and publishing while draining (`live-kv`).
     let rows = [false, true]
         .into_iter()
         .flat_map(|live| configs.into_iter().map(move |c| (live, c)));
-    for (live, (key, label, kv, conc)) in rows {
+    for (live, (key, label, service)) in rows {
+        // The transport alone is a floor under the publish-then-drain rows.
+        if live && service.is_none() {
+            continue;
+        }
         let (key, mode) = if live {
             (format!("live-{key}"), "publish while draining")
         } else {
@@ -1082,7 +1151,10 @@ async fn bench_dispatch(r: &mut Runner) -> Result<(), BoxError> {
                 });
             }
             if side != Some("baseline") {
-                ours.push(service_round(n, kv, conc, live).await?);
+                ours.push(match service {
+                    Some((kv, conc)) => service_round(n, kv, conc, live).await?,
+                    None => transport_round(n).await?,
+                });
             }
         }
         let pick = |v: &[DispatchRound], f: fn(&DispatchRound) -> f64| v.iter().map(f).collect::<Vec<f64>>();

@@ -892,16 +892,16 @@ struct DispatchRound {
 }
 
 impl DispatchRound {
-    /// A round of two phases: `n` events published in `published` (the allocation count `a0`
-    /// before, `a1` after), then drained, `total` after the start (`a2` at the end).
-    fn phases(n: u64, published: Duration, total: Duration, [a0, a1, a2]: [u64; 3]) -> Self {
+    /// A round of two phases: `n` events published as `p` tells, then drained, the last one
+    /// handled `total` after `p.start`, with the allocation count `a2` then.
+    fn phases(n: u64, p: &Published, total: Duration, a2: u64) -> Self {
         let per_message = |allocs: u64| allocs as f64 / n as f64;
         Self {
             rate: rate(n, total),
-            publish_rate: rate(n, published),
-            drain_rate: rate(n, total - published),
-            publish_allocs: per_message(a1 - a0),
-            drain_allocs: per_message(a2 - a1),
+            publish_rate: rate(n, p.published),
+            drain_rate: rate(n, total - p.published),
+            publish_allocs: per_message(p.a1 - p.a0),
+            drain_allocs: per_message(a2 - p.a1),
         }
     }
 }
@@ -919,25 +919,27 @@ async fn handle_raw(e: RawDocumentCreated, count: &AtomicU64) {
 async fn mpsc_then_round(n: u64) -> Result<DispatchRound, BoxError> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
     let count = AtomicU64::new(0);
-    let a0 = allocations();
-    let start = Instant::now();
+    let (a0, start) = (allocations(), Instant::now());
     for i in 0..n {
         tx.send(serde_json::to_vec(&raw_event(i))?)?;
     }
     drop(tx);
-    let published = start.elapsed();
-    let a1 = allocations();
+    let p = Published {
+        start,
+        published: start.elapsed(),
+        a0,
+        a1: allocations(),
+    };
     while let Some(bytes) = rx.recv().await {
         if let Ok(e) = serde_json::from_slice::<RawDocumentCreated>(&bytes) {
             handle_raw(e, &count).await;
         }
     }
-    let total = start.elapsed();
-    let a2 = allocations();
+    let (total, a2) = (start.elapsed(), allocations());
     if count.load(Ordering::Relaxed) != n {
         return Err("mpsc baseline lost messages".into());
     }
-    Ok(DispatchRound::phases(n, published, total, [a0, a1, a2]))
+    Ok(DispatchRound::phases(n, &p, total, a2))
 }
 
 /// The publish-while-draining rows' baseline: tokio mpsc (bounded, 1024), `serde_json` encode
@@ -1014,7 +1016,6 @@ async fn service_round(n: u64, kv_dedup: bool, concurrency: usize, live: bool) -
     }
     let started = if live { Ok(b.start().await?) } else { Err(b) };
     let p = publish_timed(&t, n).await?;
-    let (start, published, a0, a1) = (p.start, p.published, p.a0, p.a1);
     let svc = match started {
         Ok(svc) => svc,
         Err(b) => b.start().await?,
@@ -1022,24 +1023,23 @@ async fn service_round(n: u64, kv_dedup: bool, concurrency: usize, live: bool) -
     tokio::time::timeout(Duration::from_secs(120), done.notified())
         .await
         .map_err(|_| "the service did not handle every event in 120 s")?;
-    let total = start.elapsed();
-    let a2 = allocations();
+    let (total, a2) = (p.start.elapsed(), allocations());
     svc.shutdown(Duration::from_secs(5)).await;
     Ok(if live {
         DispatchRound {
             rate: rate(n, total),
             publish_rate: f64::NAN,
             drain_rate: f64::NAN,
-            publish_allocs: (a2 - a0) as f64 / n as f64,
+            publish_allocs: (a2 - p.a0) as f64 / n as f64,
             drain_allocs: 0.0,
         }
     } else {
-        DispatchRound::phases(n, published, total, [a0, a1, a2])
+        DispatchRound::phases(n, &p, total, a2)
     })
 }
 
-/// A timed typed publish into the embedded transport: when it began, how long it took, and the
-/// allocation count before and after.
+/// The publish phase of a round: when it began, how long it took, and the allocation count
+/// before and after.
 struct Published {
     start: Instant,
     published: Duration,
@@ -1079,23 +1079,20 @@ async fn transport_round(n: u64) -> Result<DispatchRound, BoxError> {
             SubjectPattern::new("document.created")?,
         ))
         .await?;
-    let count = AtomicU64::new(0);
     let p = publish_timed(&t, n).await?;
-    let (start, published, a0, a1) = (p.start, p.published, p.a0, p.a1);
-    while count.load(Ordering::Relaxed) < n {
+    let mut count = 0;
+    while count < n {
         let delivery = match consumer.try_next() {
             Some(d) => d?,
             None => consumer.next().await?,
         };
         let e = DocumentCreated::decode(delivery.envelope()?.payload())?;
         if !e.title.is_empty() {
-            count.fetch_add(1, Ordering::Relaxed);
+            count += 1;
         }
         delivery.ack().await?;
     }
-    let total = start.elapsed();
-    let a2 = allocations();
-    Ok(DispatchRound::phases(n, published, total, [a0, a1, a2]))
+    Ok(DispatchRound::phases(n, &p, p.start.elapsed(), allocations()))
 }
 
 async fn bench_dispatch(r: &mut Runner) -> Result<(), BoxError> {

@@ -426,15 +426,49 @@ pub fn encode_tagged<T: Serialize + ?Sized>(
     version: &str,
     value: &T,
 ) -> Result<Bytes, EncodeError> {
+    // Written into this thread's scratch buffer, then copied into an allocation of exactly the
+    // payload's size: one allocation per event, none of it spare capacity (a payload is kept for
+    // as long as its stream keeps it). A nested call (a `Serialize` impl that encodes another
+    // event), or one while the thread is being torn down, writes into a buffer of its own.
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    /// A scratch buffer grown past this (a large event) is not kept for the next one.
+    const KEPT: usize = 64 * 1024;
+    let own = || {
+        let mut out = Vec::with_capacity(256);
+        write_tagged(&mut out, type_name, version, value).map(|()| Bytes::from(out))
+    };
+    SCRATCH
+        .try_with(|scratch| {
+            let Ok(mut out) = scratch.try_borrow_mut() else {
+                return own();
+            };
+            out.clear();
+            let encoded = write_tagged(&mut out, type_name, version, value).map(|()| Bytes::copy_from_slice(&out));
+            if out.capacity() > KEPT {
+                *out = Vec::new();
+            }
+            encoded
+        })
+        .unwrap_or_else(|_| own())
+}
+
+/// Writes `{"version":"<version>", ...fields}` into `out` (empty).
+fn write_tagged<T: Serialize + ?Sized>(
+    out: &mut Vec<u8>,
+    type_name: &'static str,
+    version: &str,
+    value: &T,
+) -> Result<(), EncodeError> {
     let failed = |e: serde_json::Error| EncodeError::Serialize {
         type_name,
         reason: e.to_string(),
     };
-    let mut out = Vec::with_capacity(256);
     out.extend_from_slice(b"{\"version\":");
-    serde_json::to_writer(&mut out, version).map_err(failed)?;
+    serde_json::to_writer(&mut *out, version).map_err(failed)?;
     let body = out.len();
-    serde_json::to_writer(&mut out, value).map_err(failed)?;
+    serde_json::to_writer(&mut *out, value).map_err(failed)?;
     if out.get(body) != Some(&b'{') {
         let found = String::from_utf8_lossy(&out[body..]);
         return Err(EncodeError::NotAnObject {
@@ -449,7 +483,7 @@ pub fn encode_tagged<T: Serialize + ?Sized>(
     } else {
         out[body] = b',';
     }
-    Ok(Bytes::from(out))
+    Ok(())
 }
 
 /// Encodes any version, e.g. a frozen older one (for fixtures and tests), as
@@ -781,6 +815,38 @@ impl<'de> Visitor<'de> for TagValue {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// Serialises by encoding another event: a nested `encode_tagged` while the thread's scratch
+    /// buffer is in use, which writes into a buffer of its own.
+    struct Nesting(V1);
+
+    impl Serialize for Nesting {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::SerializeStruct;
+            let inner = encode_tagged("V1", "1.0", &self.0).map_err(serde::ser::Error::custom)?;
+            let mut st = s.serialize_struct("Nesting", 1)?;
+            st.serialize_field("inner", std::str::from_utf8(&inner).map_err(serde::ser::Error::custom)?)?;
+            st.end()
+        }
+    }
+
+    #[test]
+    fn an_encode_inside_an_encode_and_a_large_event_come_out_whole() {
+        let nested = encode_tagged("Nesting", "2.0", &Nesting(V1 { title: "t".into() })).expect("encode");
+        assert_eq!(
+            &nested[..],
+            br#"{"version":"2.0","inner":"{\"version\":\"1.0\",\"title\":\"t\"}"}"#
+        );
+        // Larger than the scratch buffer kept between events; the next one is still right.
+        let big = V1 {
+            title: "x".repeat(100_000),
+        };
+        assert_eq!(encode_tagged("V1", "1.0", &big).expect("encode").len(), 100_000 + 28);
+        assert_eq!(
+            &encode_tagged("V1", "1.0", &V1 { title: "y".into() }).expect("encode")[..],
+            br#"{"version":"1.0","title":"y"}"#
+        );
+    }
 
     #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
     struct V1 {

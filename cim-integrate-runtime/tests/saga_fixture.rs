@@ -109,3 +109,35 @@ async fn given_a_slow_step_then_its_timeout_fails_it_in_virtual_time() {
     // Three attempts of 2 s each plus back-off, all virtual.
     assert!(started.elapsed() >= Duration::from_secs(6));
 }
+
+/// The futures of the calls that drive a saga stay small: the drive (several KiB of step
+/// futures) is boxed inside, so that a caller's task or `buffer_unordered` does not move all of
+/// it around.
+#[tokio::test]
+async fn the_futures_that_drive_a_saga_are_small() {
+    use cim_integrate_runtime::saga::SagaRunner;
+    use cim_integrate_runtime::transport::memory::MemoryTransport;
+    let runner = SagaRunner::builder(MemoryTransport::new(), Shop::default())
+        .build()
+        .await
+        .expect("runner");
+    let data = std::mem::size_of::<Order>();
+    let start = runner.start("o-size", Order::default());
+    assert!(
+        std::mem::size_of_val(&start) <= 512 + data,
+        "start: {} bytes",
+        std::mem::size_of_val(&start)
+    );
+    let resume = runner.resume_saga("o-size");
+    assert!(
+        std::mem::size_of_val(&resume) <= 512,
+        "resume_saga: {} bytes",
+        std::mem::size_of_val(&resume)
+    );
+    let retry = runner.retry_compensation("o-size");
+    assert!(
+        std::mem::size_of_val(&retry) <= 512,
+        "retry_compensation: {} bytes",
+        std::mem::size_of_val(&retry)
+    );
+}

@@ -848,6 +848,13 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         data: S::Data,
         identity: Identity,
     ) -> Result<SagaOutcome, SagaError> {
+        // Boxed, as every call that drives a saga: the steps' futures make the drive several KiB,
+        // and a caller's future holding it inline is moved whole wherever it goes (a task, a
+        // `buffer_unordered`). One allocation per call instead of copies of all of it.
+        Box::pin(self.create_and_drive(id, data, identity)).await
+    }
+
+    async fn create_and_drive(&self, id: &str, data: S::Data, identity: Identity) -> Result<SagaOutcome, SagaError> {
         check_id(id)?;
         let mut rec = SagaRecord {
             format: self.inner.format.number(),
@@ -912,8 +919,12 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
     /// Drives the existing saga `id` on, unless it is settled (its outcome is returned) or
     /// another runner's lease on it is running ([`SagaOutcome::Busy`]).
     pub async fn resume_saga(&self, id: &str) -> Result<SagaOutcome, SagaError> {
-        let run = self.load(id).await?;
-        self.resume_loaded(run).await
+        // Boxed: see `start_with_identity`.
+        Box::pin(async {
+            let run = self.load(id).await?;
+            self.resume_loaded(run).await
+        })
+        .await
     }
 
     async fn resume_loaded(&self, mut run: Run<S::Data>) -> Result<SagaOutcome, SagaError> {
@@ -1188,6 +1199,11 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
     /// Drives a saga that needs attention on, once its cause is fixed: the failed compensation's
     /// attempts start again from zero, then the remaining compensations run.
     pub async fn retry_compensation(&self, id: &str) -> Result<SagaOutcome, SagaError> {
+        // Boxed: see `start_with_identity`.
+        Box::pin(self.retry_compensation_boxed(id)).await
+    }
+
+    async fn retry_compensation_boxed(&self, id: &str) -> Result<SagaOutcome, SagaError> {
         let mut run = self.load(id).await?;
         if run.rec.status != SagaStatus::NeedsAttention {
             return Err(SagaError::NotNeedingAttention {

@@ -1608,7 +1608,10 @@ fn drain_child(mode: &str, n: u64, url: Option<&str>) -> Result<serde_json::Valu
     if let Some(u) = url {
         cmd.arg(u);
     }
-    let out = cmd.stderr(std::process::Stdio::inherit()).output()?;
+    let out = cmd
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run {} ({e}): it is built beside the runner (`cargo build --release -p cim-integrate-bench`) and looked for next to it", bin.display()))?;
     if !out.status.success() {
         return Err(format!("{} {mode} failed ({})", bin.display(), out.status).into());
     }

@@ -215,6 +215,24 @@ impl Envelope {
         Headers::stamped(stamp, &self.headers)
     }
 
+    /// [`to_headers`](Self::to_headers), the subject and the payload, the envelope consumed: a
+    /// publish of an envelope it no longer needs moves them instead of sharing them (no reference
+    /// count taken and dropped per publish, and a payload stored as it was encoded).
+    pub(crate) fn into_wire(self) -> (Subject, Headers, Bytes) {
+        let Self {
+            identity,
+            subject,
+            event_type,
+            event_version,
+            occurred_at,
+            headers,
+            payload,
+            derived: _,
+        } = self;
+        let stamp = Stamp::new(identity, event_type, event_version, occurred_at);
+        (subject, Headers::stamped(stamp, &headers), payload)
+    }
+
     /// The headers of the opt-in *compact identity*: a root message (correlation id and causation
     /// id both equal to its message id, as [`Envelope::root`] makes them) carries only
     /// `Nats-Msg-Id` and `X-Event-Type` (if known), then its extra headers; any other message
@@ -427,20 +445,39 @@ mod tests {
         }
     }
 
-    #[test]
-    fn headers_round_trip() {
+    /// A typed root with an extra header, and a message it caused.
+    fn root_and_child() -> [Envelope; 2] {
         let root = Envelope::root(crate::subject!("document.created"), &b"{}"[..])
             .typed("DocumentCreated", "2.0")
             .header("X-Tenant", "acme")
             .unwrap();
         let child = Envelope::caused_by(root.identity(), crate::subject!("workflow.started"), &b"{}"[..]);
-        for env in [root, child] {
+        [root, child]
+    }
+
+    #[test]
+    fn headers_round_trip() {
+        for env in root_and_child() {
             let h = env.to_headers();
             assert_eq!(h.get(headers::NATS_MSG_ID), Some(env.message_id().to_string().as_str()));
             let back =
                 Envelope::from_received(env.subject().as_str(), &h, env.payload().clone(), &from_stream(1)).unwrap();
             assert_eq!(back, env);
             assert!(!back.is_derived());
+        }
+    }
+
+    #[test]
+    fn into_wire_writes_what_to_headers_writes() {
+        for env in root_and_child() {
+            let headers = env.to_headers();
+            let (subject, moved, payload) = env.clone().into_wire();
+            assert_eq!(subject, *env.subject());
+            assert_eq!(payload, *env.payload());
+            let text = |h: &Headers| h.iter().map(|(n, v)| (n.to_owned(), v.to_owned())).collect::<Vec<_>>();
+            assert_eq!(text(&moved), text(&headers));
+            let back = Envelope::from_received(subject.as_str(), &moved, payload, &from_stream(1)).unwrap();
+            assert_eq!(back, env);
         }
     }
 

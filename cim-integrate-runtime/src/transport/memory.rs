@@ -474,13 +474,8 @@ impl StreamState {
 
     /// The next delivery for durable `name`, or how long to wait for one. `touch`: a delivery
     /// made is the consumer's last activity.
-    fn next_step(
-        &mut self,
-        stream: &Arc<MemStream>,
-        name: &Arc<str>,
-        now: Instant,
-        touch: bool,
-    ) -> Result<Step, TransportError> {
+    fn next_step(&mut self, handle: &Arc<ConsumerRef>, now: Instant, touch: bool) -> Result<Step, TransportError> {
+        let ConsumerRef { stream, name } = &**handle;
         let first_seq = self.first_seq();
         let StreamState {
             messages, consumers, ..
@@ -560,8 +555,7 @@ impl StreamState {
             resumed: None,
         };
         let acker = MemoryAcker {
-            stream: stream.clone(),
-            consumer: name.clone(),
+            consumer: handle.clone(),
             seq,
         };
         Ok(Step::Deliver(Delivery::stored(
@@ -972,7 +966,10 @@ impl Transport for MemoryTransport {
         // The name as the stream keeps it: lookups by this handle compare pointers.
         let name = st.consumers.key(&name).cloned().unwrap_or(name);
         drop(st);
-        Ok(MemoryConsumer { stream, name, created })
+        Ok(MemoryConsumer {
+            handle: Arc::new(ConsumerRef { stream, name }),
+            created,
+        })
     }
 
     async fn delete_consumer(&self, stream: &str, durable: &str) -> Result<(), TransportError> {
@@ -1049,16 +1046,23 @@ impl Transport for MemoryTransport {
 
 /// A handle on an in-memory durable consumer.
 pub struct MemoryConsumer {
-    stream: Arc<MemStream>,
-    name: Arc<str>,
+    handle: Arc<ConsumerRef>,
     created: Timestamp,
+}
+
+/// A durable consumer of a stream, as its handle and its deliveries' ackers share it: one
+/// reference count per delivery, not one for the stream and one for the name.
+struct ConsumerRef {
+    stream: Arc<MemStream>,
+    /// The name as the stream keeps it: lookups by it compare pointers.
+    name: Arc<str>,
 }
 
 impl std::fmt::Debug for MemoryConsumer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryConsumer")
-            .field("stream", &self.stream.name)
-            .field("name", &self.name)
+            .field("stream", &self.handle.stream.name)
+            .field("name", &self.handle.name)
             .finish()
     }
 }
@@ -1076,9 +1080,10 @@ impl Consumer for MemoryConsumer {
 
     fn try_next(&mut self) -> Option<Result<Delivery<MemoryAcker>, TransportError>> {
         let now = Instant::now();
-        let mut st = lock(&self.stream.state);
-        st.expire(&self.stream.spec, now);
-        match st.next_step(&self.stream, &self.name, now, true) {
+        let stream = &self.handle.stream;
+        let mut st = lock(&stream.state);
+        st.expire(&stream.spec, now);
+        match st.next_step(&self.handle, now, true) {
             Ok(Step::Deliver(d)) => Some(Ok(d)),
             Ok(Step::Wait(_)) => None,
             Err(e) => Some(Err(e)),
@@ -1091,17 +1096,18 @@ impl Consumer for MemoryConsumer {
         if let Some(ready) = self.try_next() {
             return ready;
         }
-        let _waiting = Waiting::enter(&self.stream, &self.name);
-        let _sleeper = Sleeper::enter(&self.stream);
+        let stream = &self.handle.stream;
+        let _waiting = Waiting::enter(stream, &self.handle.name);
+        let _sleeper = Sleeper::enter(stream);
         loop {
-            let changed = self.stream.changed.notified();
+            let changed = stream.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
             let step = {
                 let now = Instant::now();
-                let mut st = lock(&self.stream.state);
-                st.expire(&self.stream.spec, now);
-                st.next_step(&self.stream, &self.name, now, false)?
+                let mut st = lock(&stream.state);
+                st.expire(&stream.spec, now);
+                st.next_step(&self.handle, now, false)?
             };
             match step {
                 Step::Deliver(d) => return Ok(d),
@@ -1170,15 +1176,14 @@ impl Drop for Waiting {
 
 /// Acknowledges one in-memory delivery.
 pub struct MemoryAcker {
-    stream: Arc<MemStream>,
-    consumer: Arc<str>,
+    consumer: Arc<ConsumerRef>,
     seq: u64,
 }
 
 impl std::fmt::Debug for MemoryAcker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryAcker")
-            .field("consumer", &self.consumer)
+            .field("consumer", &self.consumer.name)
             .field("seq", &self.seq)
             .finish()
     }
@@ -1189,9 +1194,10 @@ impl MemoryAcker {
     /// matters to a consumer with an inactive threshold, so an ack does not read the clock for
     /// one without).
     fn with_pending(&self, timed: bool, f: impl FnOnce(&mut ConsumerState, Instant)) {
+        let ConsumerRef { stream, name } = &*self.consumer;
         {
-            let mut st = lock(&self.stream.state);
-            if let Some(c) = st.consumers.get_mut(&self.consumer) {
+            let mut st = lock(&stream.state);
+            if let Some(c) = st.consumers.get_mut(name) {
                 let now = if timed || c.spec.inactive_threshold.is_some() {
                     let now = Instant::now();
                     c.active_at = now;
@@ -1202,7 +1208,7 @@ impl MemoryAcker {
                 f(c, now);
             }
         }
-        self.stream.wake();
+        stream.wake();
     }
 }
 

@@ -435,7 +435,12 @@ impl From<&Envelope> for OutboundMessage {
 
 impl From<Envelope> for OutboundMessage {
     fn from(env: Envelope) -> Self {
-        Self::from(&env)
+        let (subject, headers, payload) = env.into_wire();
+        Self {
+            subject,
+            headers: traced(headers),
+            payload,
+        }
     }
 }
 

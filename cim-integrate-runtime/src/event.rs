@@ -180,7 +180,8 @@ pub trait DomainEvent: Versioned + Send + Sync + 'static {
                 "DomainEvent::SUBJECT must be a concrete subject such as `document.created`"
             )
         };
-        cached_subject(Self::SUBJECT)
+        // A literal: nothing allocated, no reference count taken by its clones.
+        Subject::__from_checked_literal(Self::SUBJECT)
     }
 
     /// A root envelope (fresh identity) carrying the encoded event, typed with
@@ -267,33 +268,6 @@ impl<E: PublishedEvent> Publishable for E {
     fn encode_published(&self) -> Result<Bytes, EncodeError> {
         self.encode()
     }
-}
-
-/// The [`Subject`] of an event type's `'static` subject literal, made once per thread (the
-/// literal's address and length name it) instead of once per publish.
-fn cached_subject(literal: &'static str) -> Subject {
-    /// Past this many event types a thread makes the others' subjects each time.
-    const MOST: usize = 512;
-    thread_local! {
-        static SUBJECTS: std::cell::RefCell<crate::fast_hash::FastMap<(usize, usize), Subject>> =
-            std::cell::RefCell::new(crate::fast_hash::FastMap::default());
-    }
-    let key = (literal.as_ptr() as usize, literal.len());
-    SUBJECTS
-        .try_with(|cache| {
-            let mut cache = cache.try_borrow_mut().ok()?;
-            if let Some(s) = cache.get(&key) {
-                return Some(s.clone());
-            }
-            let s = Subject::__from_checked_literal(literal);
-            if cache.len() < MOST {
-                cache.insert(key, s.clone());
-            }
-            Some(s)
-        })
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| Subject::__from_checked_literal(literal))
 }
 
 /// Why a payload could not be decoded. Every variant names the type and, where one was read, the

@@ -182,8 +182,9 @@ impl Part<'_> {
     }
 }
 
-/// A header value that is usually a `'static` name (an event type, a version): shared without
-/// allocating.
+/// A header value that is usually a `'static` name (an event type, a version), or a subject's
+/// text: shared without allocating, and a literal without a reference count. Compared, ordered and
+/// hashed as the text, whichever variant it is.
 #[derive(Clone)]
 pub(crate) enum Text {
     Static(&'static str),
@@ -207,6 +208,30 @@ impl PartialEq for Text {
 }
 
 impl Eq for Text {}
+
+impl std::hash::Hash for Text {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (**self).hash(state);
+    }
+}
+
+impl PartialOrd for Text {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Text {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (**self).cmp(&**other)
+    }
+}
+
+impl std::fmt::Display for Text {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self)
+    }
+}
 
 impl std::fmt::Debug for Text {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

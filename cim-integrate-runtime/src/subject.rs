@@ -26,6 +26,7 @@
 //! let s = cim_integrate_runtime::subject!("document.*");
 //! ```
 
+use crate::headers::Text;
 use std::fmt;
 use std::sync::Arc;
 
@@ -318,16 +319,19 @@ pub const fn patterns_overlap(a: &str, b: &str) -> bool {
     }
 }
 
-/// A validated, concrete subject (no wildcards). Cheap to clone.
+/// A validated, concrete subject (no wildcards). Cheap to clone: a literal of the program (an
+/// event's own subject, [`subject!`](crate::subject!)) is copied, text made at run time is shared.
+/// A message's subject is cloned several times on its way (stored, delivered, its envelope, its
+/// handler's context), and for a literal none of those takes a reference count.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Subject(Arc<str>);
+pub struct Subject(Text);
 
 impl Subject {
     /// Validates and wraps `s`.
     pub fn new(s: impl AsRef<str>) -> Result<Self, SubjectError> {
         let s = s.as_ref();
         check_subject(s)?;
-        Ok(Self(Arc::from(s)))
+        Ok(Self(Text::Shared(Arc::from(s))))
     }
 
     /// Builds a subject from tokens, validating each one: the way to put run-time values (ids,
@@ -379,7 +383,7 @@ impl Subject {
     /// Wraps a literal already checked at compile time by [`subject!`](crate::subject!).
     pub fn __from_checked_literal(s: &'static str) -> Self {
         debug_assert!(is_valid_subject(s));
-        Self(Arc::from(s))
+        Self(Text::Static(s))
     }
 
     /// The subject as a string.
@@ -411,21 +415,21 @@ fn shift(e: SubjectError, by: usize) -> SubjectError {
 
 /// A validated subject pattern: tokens, whole-token `*`, and an optional final `>`.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SubjectPattern(Arc<str>);
+pub struct SubjectPattern(Text);
 
 impl SubjectPattern {
     /// Validates and wraps `s`.
     pub fn new(s: impl AsRef<str>) -> Result<Self, SubjectError> {
         let s = s.as_ref();
         check_pattern(s)?;
-        Ok(Self(Arc::from(s)))
+        Ok(Self(Text::Shared(Arc::from(s))))
     }
 
     #[doc(hidden)]
     /// Wraps a literal already checked at compile time by [`subject_pattern!`](crate::subject_pattern!).
     pub fn __from_checked_literal(s: &'static str) -> Self {
         debug_assert!(is_valid_pattern(s));
-        Self(Arc::from(s))
+        Self(Text::Static(s))
     }
 
     /// The pattern as a string.
@@ -571,6 +575,30 @@ macro_rules! subject_pattern {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_literal_subject_is_the_same_subject_as_one_made_at_run_time() {
+        use std::collections::{BTreeSet, HashSet};
+        let literal = crate::subject!("document.created");
+        let made = Subject::new(String::from("document.") + "created").unwrap();
+        assert_eq!(literal, made);
+        assert_eq!(literal.cmp(&made), std::cmp::Ordering::Equal);
+        assert!(HashSet::from([made.clone()]).contains(&literal));
+        assert_eq!(BTreeSet::from([literal.clone(), made.clone()]).len(), 1);
+        assert!(literal < Subject::new("document.deleted").unwrap());
+        assert_eq!(format!("{literal} {literal:?}"), format!("{made} {made:?}"));
+        assert_eq!(
+            serde_json::to_string(&literal).unwrap(),
+            serde_json::to_string(&made).unwrap()
+        );
+        let pattern = crate::subject_pattern!("document.>");
+        assert_eq!(pattern, SubjectPattern::new("document.>").unwrap());
+        assert!(pattern.matches(&literal) && pattern.matches(&made));
+        assert_eq!(
+            SubjectPattern::from(literal),
+            SubjectPattern::new("document.created").unwrap()
+        );
+    }
 
     /// The reference: split on dots, compare token by token. Obviously right, not const.
     fn reference_valid(s: &str, wildcards: bool) -> bool {

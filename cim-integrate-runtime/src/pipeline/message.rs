@@ -81,7 +81,7 @@ pub struct Message<'a> {
     pub(crate) reply: Option<Bytes>,
     propagate: Vec<(String, String)>,
     /// This message's place among the handler runs of its loop (see [`Message::handler_done`]).
-    pub(crate) running: Option<super::run::RunningGuard>,
+    pub(crate) running: Option<super::run::RunningGuard<'a>>,
 }
 
 impl std::fmt::Debug for Message<'_> {

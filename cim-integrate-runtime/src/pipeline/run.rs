@@ -129,9 +129,17 @@ impl Running {
         }
     }
 
-    fn enter(self: &Arc<Self>) -> RunningGuard {
+    /// Counts one more message, for as long as the guard borrowing this count lives (the loop's
+    /// own dispatches: no reference count taken per message).
+    fn enter(&self) -> RunningGuard<'_> {
         self.count.fetch_add(1, Ordering::AcqRel);
-        RunningGuard(self.clone())
+        RunningGuard::Borrowed(self)
+    }
+
+    /// [`enter`](Self::enter) for a message run as its own task.
+    fn enter_owned(self: &Arc<Self>) -> RunningGuard<'static> {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        RunningGuard::Owned(self.clone())
     }
 
     /// Whether another handler may start.
@@ -142,18 +150,27 @@ impl Running {
 
 /// One message counted in [`Running`]; leaves it when dropped.
 #[derive(Debug)]
-pub(crate) struct RunningGuard(Arc<Running>);
+pub(crate) enum RunningGuard<'a> {
+    /// A dispatch polled by the loop, which outlives it.
+    Borrowed(&'a Running),
+    /// A dispatch run as its own task.
+    Owned(Arc<Running>),
+}
 
-impl Drop for RunningGuard {
+impl Drop for RunningGuard<'_> {
     fn drop(&mut self) {
-        if self.0.count.fetch_sub(1, Ordering::AcqRel) >= self.0.limit {
-            self.0.freed.notify_one();
+        let running: &Running = match self {
+            Self::Borrowed(r) => r,
+            Self::Owned(r) => r,
+        };
+        if running.count.fetch_sub(1, Ordering::AcqRel) >= running.limit {
+            running.freed.notify_one();
         }
     }
 }
 
 /// Runs one message down `stack` and settles it.
-async fn one<I, D, S>(stack: &D, settle: &S, item: I, running: RunningGuard)
+async fn one<I, D, S>(stack: &D, settle: &S, item: I, running: RunningGuard<'_>)
 where
     I: Received,
     D: Dispatch,
@@ -205,8 +222,9 @@ pub(crate) async fn run<Src, D, S>(
     let channel = puller.is_some();
     let waiting = Fuse::terminated();
     tokio::pin!(waiting);
-    let mut in_flight = FuturesUnordered::new();
+    // Before `in_flight`: the dispatches there borrow it.
     let running = Arc::new(Running::new(concurrency));
+    let mut in_flight = FuturesUnordered::new();
     // Room to start a message: a handler place free, and the prefetch not all in flight.
     let room = |in_flight: usize| running.has_room() && in_flight < capacity;
     // Slots for dispatches, reused: most finish on their first poll, in place, and never reach
@@ -259,7 +277,7 @@ pub(crate) async fn run<Src, D, S>(
         while let Some(item) = next.take() {
             if spawn {
                 let (stack, settle) = (stack.clone(), settle.clone());
-                let guard = running.enter();
+                let guard = running.enter_owned();
                 let task = tokio::spawn(async move { one(&*stack, &*settle, item, guard).await });
                 in_flight.push(futures::future::Either::Left(async move {
                     if let Err(e) = task.await {

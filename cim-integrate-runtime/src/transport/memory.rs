@@ -34,7 +34,7 @@ use crate::subject::Subject;
 use crate::timestamp::Timestamp;
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -43,6 +43,11 @@ use tokio::time::Instant;
 /// mutated in small, non-panicking sections).
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// [`lock`] for reading a read-write lock.
+fn read<T>(m: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The in-memory transport. Cheap to clone; clones share state.
@@ -70,7 +75,7 @@ pub struct MemoryTransport {
 
 impl std::fmt::Debug for MemoryTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let streams: Vec<String> = lock(&self.inner.streams).iter().map(|s| s.spec.name.clone()).collect();
+        let streams: Vec<String> = read(&self.inner.streams).iter().map(|s| s.spec.name.clone()).collect();
         f.debug_struct("MemoryTransport")
             .field("streams", &streams)
             .finish_non_exhaustive()
@@ -79,7 +84,9 @@ impl std::fmt::Debug for MemoryTransport {
 
 #[derive(Default)]
 struct Inner {
-    streams: Mutex<Vec<Arc<MemStream>>>,
+    /// Read by every publish, for as long as it writes into its stream (no reference count
+    /// taken per publish); written only when a stream is added.
+    streams: RwLock<Vec<Arc<MemStream>>>,
     buckets: Mutex<HashMap<String, Arc<MemBucket>>>,
     responders: Mutex<Vec<MemResponder>>,
     round_robin: std::sync::atomic::AtomicUsize,
@@ -585,7 +592,7 @@ impl MemoryTransport {
     }
 
     fn stream_named(&self, name: &str) -> Option<Arc<MemStream>> {
-        lock(&self.inner.streams).iter().find(|s| s.spec.name == name).cloned()
+        read(&self.inner.streams).iter().find(|s| s.spec.name == name).cloned()
     }
 
     /// Number of messages stored in a stream (for tests and diagnostics).
@@ -598,7 +605,7 @@ impl MemoryTransport {
 
     /// The names of the streams, in the order they were created.
     pub fn stream_names(&self) -> Vec<String> {
-        lock(&self.inner.streams).iter().map(|s| s.spec.name.clone()).collect()
+        read(&self.inner.streams).iter().map(|s| s.spec.name.clone()).collect()
     }
 
     /// Every message stored in `stream` (and not expired), in sequence order, each with its
@@ -783,10 +790,12 @@ impl MemoryTransport {
     }
 
     fn do_publish(&self, msg: OutboundMessage) -> Result<PublishAck, TransportError> {
-        let stream = lock(&self.inner.streams)
+        // Held (for reading) while the stream is written: lock order streams, then a stream's
+        // state; nothing takes them the other way round.
+        let streams = read(&self.inner.streams);
+        let stream = streams
             .iter()
             .find(|s| s.subjects.iter().any(|p| p.matches(msg.subject.as_str())))
-            .cloned()
             .ok_or_else(|| TransportError::NoStream {
                 subject: msg.subject.to_string(),
             })?;
@@ -855,7 +864,7 @@ impl Transport for MemoryTransport {
     async fn ensure_stream(&self, spec: &StreamSpec) -> Result<(), TransportError> {
         let spec = &spec.deployed(&self.deployment);
         spec.validate()?;
-        let mut streams = lock(&self.inner.streams);
+        let mut streams = self.inner.streams.write().unwrap_or_else(|e| e.into_inner());
         if let Some(existing) = streams.iter().find(|s| s.spec.name == spec.name) {
             return match spec.differences(&existing.spec) {
                 None => {

@@ -584,6 +584,37 @@ fn slow(name: &str, delay: Duration, done: Arc<Mutex<Vec<u32>>>) -> Registration
     )
 }
 
+/// A handler that runs longer than its ack wait keeps its delivery: progress signals every half
+/// ack wait restart the server's timer, so the message is not delivered again meanwhile (a copy
+/// delivered again would wait for the run, then count as a duplicate).
+pub async fn slow_handler_keeps_its_delivery<T: Transport>(t: T) {
+    let done = Arc::new(Mutex::new(Vec::new()));
+    let opts = HandlerOptions {
+        concurrency: 4,
+        ack_wait: Duration::from_secs(1),
+        ..HandlerOptions::default()
+    };
+    let svc = Service::builder(t.clone(), "progress")
+        .handler(
+            "workflow",
+            slow("slow", Duration::from_millis(2_600), done.clone()).with_options(opts),
+        )
+        .start()
+        .await
+        .expect("start");
+    publish(&t, &numbered("document.created", 1)).await;
+    wait_until("handled", || {
+        svc.handler_stats("workflow-slow").is_some_and(|s| s.succeeded == 1)
+    })
+    .await;
+    // Past another ack wait: nothing comes back.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let stats = svc.handler_stats("workflow-slow").expect("stats");
+    assert_eq!((stats.succeeded, stats.duplicates), (1, 0), "{stats:?}");
+    assert_eq!(*done.lock().expect("lock"), vec![1]);
+    svc.shutdown(Duration::from_secs(5)).await;
+}
+
 /// Shutdown lets in-flight handlers finish and acknowledges them: nothing runs twice after a
 /// restart, nothing is lost.
 pub async fn shutdown_finishes_in_flight_work<T: Transport>(t: T) {

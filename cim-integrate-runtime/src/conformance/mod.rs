@@ -79,6 +79,7 @@ macro_rules! conformance_tests {
                 panic_is_retried,
                 correlation_chain_across_three_hops,
                 shutdown_finishes_in_flight_work,
+                slow_handler_keeps_its_delivery,
                 abandoned_work_is_redelivered_after_restart,
                 ordered_handler_keeps_order_through_retries,
                 typed_handler_skips_other_event_types,

@@ -33,22 +33,61 @@ impl<D: Dispatch> Dispatch for CatchPanic<D> {
 }
 
 /// Runs `fut` while telling the server every half `ack_wait` that `raw` is still in progress.
-pub(crate) async fn with_progress<F: Future>(fut: F, raw: &dyn Received, ack_wait: Duration) -> F::Output {
-    let fut = std::pin::pin!(fut);
-    let mut fut = fut;
-    // Most runs finish without waiting: arm the progress timer only for those that wait.
-    if let std::task::Poll::Ready(r) = futures::poll!(fut.as_mut()) {
-        return r;
+///
+/// A future of its own rather than an `async fn`: it is nested in every dispatch, and the
+/// `async fn` kept `fut` twice (the argument and its pinned copy) beside its timer and signal,
+/// a size every layer above it moved again per message. This holds `fut` once, and arms the
+/// timer only for a run that waits.
+pub(crate) fn with_progress<F: Future>(fut: F, raw: &dyn Received, ack_wait: Duration) -> WithProgress<'_, F> {
+    WithProgress {
+        fut,
+        raw,
+        ack_wait,
+        tick: None,
+        signal: None,
     }
-    let period = (ack_wait / 2).max(Duration::from_millis(100));
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    loop {
-        tokio::select! {
-            r = fut.as_mut() => return r,
-            _ = tick.tick() => {
-                if let Err(e) = raw.in_progress().await {
-                    tracing::debug!(error = %e, "progress signal failed");
+}
+
+pin_project_lite::pin_project! {
+    /// See [`with_progress`].
+    pub(crate) struct WithProgress<'a, F> {
+        #[pin]
+        fut: F,
+        raw: &'a dyn Received,
+        ack_wait: Duration,
+        // Armed when `fut` first waits: the first signal goes half an ack wait later.
+        tick: Option<tokio::time::Interval>,
+        // A progress signal on its way (`fut` is still polled meanwhile).
+        signal: Option<futures::future::BoxFuture<'a, Result<(), crate::transport::TransportError>>>,
+    }
+}
+
+impl<F: Future> Future for WithProgress<'_, F> {
+    type Output = F::Output;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<F::Output> {
+        use std::task::Poll;
+        let this = self.project();
+        if let Poll::Ready(r) = this.fut.poll(cx) {
+            return Poll::Ready(r);
+        }
+        loop {
+            if let Some(signal) = this.signal {
+                match signal.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(e)) => tracing::debug!(error = %e, "progress signal failed"),
+                    Poll::Ready(Ok(())) => {}
                 }
+                *this.signal = None;
+            }
+            let ack_wait = *this.ack_wait;
+            let tick = this.tick.get_or_insert_with(|| {
+                let period = (ack_wait / 2).max(Duration::from_millis(100));
+                tokio::time::interval_at(tokio::time::Instant::now() + period, period)
+            });
+            match tick.poll_tick(cx) {
+                Poll::Ready(_) => *this.signal = Some(this.raw.in_progress()),
+                Poll::Pending => return Poll::Pending,
             }
         }
     }
@@ -60,4 +99,134 @@ pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
         .map(|s| (*s).to_owned())
         .or_else(|| p.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "non-string panic payload".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::TransportError;
+    use futures::future::BoxFuture;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::time::Instant;
+
+    /// A delivery whose progress signals are counted (when sent and when answered), each
+    /// answered `answer` later, the `fail_first` first ones with an error.
+    struct Counted {
+        raw: super::super::test_raw::Raw,
+        sent: AtomicUsize,
+        answered: AtomicUsize,
+        answer: Duration,
+        fail_first: usize,
+    }
+
+    impl Counted {
+        fn new(answer: Duration, fail_first: usize) -> Self {
+            Self {
+                raw: super::super::test_raw::Raw {
+                    headers: crate::headers::Headers::new(),
+                    payload: bytes::Bytes::new(),
+                    info: crate::transport::DeliveryInfo {
+                        stream: "S".into(),
+                        consumer: "c".into(),
+                        stream_sequence: 1,
+                        consumer_sequence: 1,
+                        delivered: 1,
+                        published: crate::timestamp::Timestamp::now(),
+                        resumed: None,
+                    },
+                },
+                sent: AtomicUsize::new(0),
+                answered: AtomicUsize::new(0),
+                answer,
+                fail_first,
+            }
+        }
+    }
+
+    impl Received for Counted {
+        fn subject(&self) -> &str {
+            self.raw.subject()
+        }
+        fn headers(&self) -> &crate::headers::Headers {
+            self.raw.headers()
+        }
+        fn payload(&self) -> &bytes::Bytes {
+            self.raw.payload()
+        }
+        fn info(&self) -> Option<&crate::transport::DeliveryInfo> {
+            self.raw.info()
+        }
+        fn in_progress(&self) -> BoxFuture<'_, Result<(), TransportError>> {
+            let n = self.sent.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                tokio::time::sleep(self.answer).await;
+                self.answered.fetch_add(1, Ordering::SeqCst);
+                if n < self.fail_first {
+                    Err(TransportError::Timeout("progress".into()))
+                } else {
+                    Ok(())
+                }
+            })
+        }
+        fn envelope(&self) -> Result<crate::envelope::Envelope, crate::envelope::EnvelopeError> {
+            self.raw.envelope()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_run_that_finishes_at_once_sends_no_signal() {
+        let raw = Counted::new(Duration::ZERO, 0);
+        assert_eq!(with_progress(async { 7 }, &raw, Duration::from_secs(2)).await, 7);
+        assert_eq!(raw.sent.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_run_signals_every_half_ack_wait() {
+        let raw = Counted::new(Duration::ZERO, 0);
+        let start = Instant::now();
+        let run = async {
+            tokio::time::sleep(Duration::from_millis(2_600)).await;
+            "done"
+        };
+        assert_eq!(with_progress(run, &raw, Duration::from_secs(2)).await, "done");
+        assert_eq!(start.elapsed(), Duration::from_millis(2_600));
+        // At 1 s and 2 s.
+        assert_eq!(raw.sent.load(Ordering::SeqCst), 2);
+        assert_eq!(raw.answered.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_run_goes_on_while_a_signal_is_answered_and_failures_do_not_stop_it() {
+        // Each answer takes 700 ms (the first fails); the run ends at 1.2 s, while the signal
+        // sent at 1 s is still unanswered: it ends then, not when the answer comes.
+        let raw = Counted::new(Duration::from_millis(700), 1);
+        let start = Instant::now();
+        let run = tokio::time::sleep(Duration::from_millis(1_200));
+        with_progress(run, &raw, Duration::from_secs(2)).await;
+        assert_eq!(start.elapsed(), Duration::from_millis(1_200));
+        assert_eq!(raw.sent.load(Ordering::SeqCst), 1);
+        assert_eq!(raw.answered.load(Ordering::SeqCst), 0);
+        // A longer run: signals at 1, 2 and 3 s (the failed first one does not stop the next).
+        let raw = Counted::new(Duration::from_millis(700), 1);
+        with_progress(
+            tokio::time::sleep(Duration::from_millis(3_500)),
+            &raw,
+            Duration::from_secs(2),
+        )
+        .await;
+        assert_eq!(raw.sent.load(Ordering::SeqCst), 3);
+        assert_eq!(raw.answered.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_period_is_at_least_100_ms() {
+        let raw = Counted::new(Duration::ZERO, 0);
+        with_progress(
+            tokio::time::sleep(Duration::from_millis(450)),
+            &raw,
+            Duration::from_millis(10),
+        )
+        .await;
+        assert_eq!(raw.sent.load(Ordering::SeqCst), 4);
+    }
 }

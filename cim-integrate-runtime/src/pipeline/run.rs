@@ -170,20 +170,31 @@ impl Drop for RunningGuard<'_> {
 }
 
 /// Runs one message down `stack` and settles it.
-async fn one<I, D, S>(stack: &D, settle: &S, item: I, running: RunningGuard<'_>)
+///
+/// An `async` block, not an `async fn`: the function's arguments would be kept twice in its
+/// state (as arguments, and moved into locals), and the loop moves that state once per message.
+#[allow(clippy::manual_async_fn)]
+fn one<'a, I, D, S>(
+    stack: &'a D,
+    settle: &'a S,
+    item: I,
+    running: RunningGuard<'a>,
+) -> impl Future<Output = ()> + Send + 'a
 where
-    I: Received,
+    I: Received + 'a,
     D: Dispatch,
     S: Settle<I>,
 {
-    let envelope = item.envelope();
-    let (outcome, reply) = {
-        let mut msg = Message::new(&item, envelope);
-        msg.running = Some(running);
-        let outcome = stack.dispatch(&mut msg).await;
-        (outcome, msg.reply.take())
-    };
-    settle.settle(item, reply, outcome).await;
+    async move {
+        let envelope = item.envelope();
+        let (outcome, reply) = {
+            let mut msg = Message::new(&item, envelope);
+            msg.running = Some(running);
+            let outcome = stack.dispatch(&mut msg).await;
+            (outcome, msg.reply.take())
+        };
+        settle.settle(item, reply, outcome).await;
+    }
 }
 
 /// Pulls from `source` (at most `prefetch` ahead) and dispatches down `stack`, at most

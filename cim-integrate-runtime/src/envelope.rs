@@ -230,7 +230,7 @@ impl Envelope {
             derived: _,
         } = self;
         let stamp = Stamp::new(identity, event_type, event_version, occurred_at);
-        (subject, Headers::stamped(stamp, &headers), payload)
+        (subject, Headers::stamped_owned(stamp, headers), payload)
     }
 
     /// The headers of the opt-in *compact identity*: a root message (correlation id and causation

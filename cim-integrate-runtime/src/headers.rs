@@ -300,11 +300,15 @@ impl Headers {
 
     /// The identity headers of `stamp` (as values), then `extra`'s headers.
     pub(crate) fn stamped(stamp: Stamp, extra: &Headers) -> Self {
-        let mut entries = extra.clone();
-        entries.materialize();
+        Self::stamped_owned(stamp, extra.clone())
+    }
+
+    /// [`stamped`](Self::stamped), taking `extra` (no reference count taken on its entries).
+    pub(crate) fn stamped_owned(stamp: Stamp, mut extra: Headers) -> Self {
+        extra.materialize();
         Self {
             stamp: Some(std::sync::Arc::new(stamp)),
-            entries: entries.entries,
+            entries: extra.entries,
         }
     }
 

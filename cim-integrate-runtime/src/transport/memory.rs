@@ -34,7 +34,7 @@ use crate::subject::Subject;
 use crate::timestamp::Timestamp;
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -48,6 +48,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// [`lock`] for reading a read-write lock.
 fn read<T>(m: &RwLock<T>) -> RwLockReadGuard<'_, T> {
     m.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// [`lock`] for writing a read-write lock.
+fn write<T>(m: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The in-memory transport. Cheap to clone; clones share state.
@@ -864,7 +869,7 @@ impl Transport for MemoryTransport {
     async fn ensure_stream(&self, spec: &StreamSpec) -> Result<(), TransportError> {
         let spec = &spec.deployed(&self.deployment);
         spec.validate()?;
-        let mut streams = self.inner.streams.write().unwrap_or_else(|e| e.into_inner());
+        let mut streams = write(&self.inner.streams);
         if let Some(existing) = streams.iter().find(|s| s.spec.name == spec.name) {
             return match spec.differences(&existing.spec) {
                 None => {

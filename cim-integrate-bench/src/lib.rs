@@ -1,6 +1,7 @@
 //! Shared pieces of the benchmark runner (`src/main.rs`) and its child processes (`src/bin/`).
 #![warn(missing_docs)]
 
+pub mod compare;
 pub mod server;
 
 use cim_integrate::domain_event;

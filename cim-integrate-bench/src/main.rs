@@ -2,7 +2,8 @@
 //!
 //! Every row is measured beside its baseline in the same run, on the same machine and server, and
 //! printed with the ratio; the whole table is also written as JSON (default
-//! `<target>/bench-results.json`) so that two commits can be compared.
+//! `<target>/bench-results.json`) so that two commits can be compared (`bench-compare A.json B.json`,
+//! `src/bin/bench-compare.rs`).
 //!
 //! Options: `--quick` (a fifth of the messages: a smoke run), `--markdown` (the table again as
 //! Markdown), `--only a,b` / `--skip a,b` with the

@@ -851,10 +851,20 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         // Boxed, as every call that drives a saga: the steps' futures make the drive several KiB,
         // and a caller's future holding it inline is moved whole wherever it goes (a task, a
         // `buffer_unordered`). One allocation per call instead of copies of all of it.
-        Box::pin(self.create_and_drive(id, data, identity)).await
+        //
+        // The create is a future of its own, over before the drive starts: the record is
+        // borrowed there, and a borrowed local stays in a future's state until its scope ends,
+        // so one `async fn` doing both kept a second copy of the record beside the drive.
+        Box::pin(async move {
+            let run = self.create(id, data, identity).await?;
+            self.drive(run).await
+        })
+        .await
     }
 
-    async fn create_and_drive(&self, id: &str, data: S::Data, identity: Identity) -> Result<SagaOutcome, SagaError> {
+    /// Creates the saga `id` (its first step's first attempt recorded as started) and publishes
+    /// its `started` event; the drive follows.
+    async fn create(&self, id: &str, data: S::Data, identity: Identity) -> Result<Run<S::Data>, SagaError> {
         check_id(id)?;
         let mut rec = SagaRecord {
             format: self.inner.format.number(),
@@ -913,7 +923,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         }
         tracing::debug!(saga = S::NAME, id, correlation_id = %run.rec.identity.correlation_id, "saga started");
         self.issue_outbox(&mut run).await?;
-        self.drive(run).await
+        Ok(run)
     }
 
     /// Drives the existing saga `id` on, unless it is settled (its outcome is returned) or
@@ -1704,10 +1714,16 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         error.map_or(Ok(()), |e| Err(e.into()))
     }
 
-    async fn drive(&self, mut run: Run<S::Data>) -> Result<SagaOutcome, SagaError> {
-        match self.drive_inner(&mut run).await {
-            Err(SagaError::Conflict { .. }) => Ok(SagaOutcome::Lost),
-            other => other,
+    /// Drives `run` to its end ([`drive_inner`](Self::drive_inner)); a conflict is
+    /// [`SagaOutcome::Lost`]. An `async` block, not an `async fn`: the function would keep `run`
+    /// twice in its state (the argument and its binding), and the drive is boxed once per saga.
+    #[allow(clippy::manual_async_fn)]
+    fn drive(&self, mut run: Run<S::Data>) -> impl Future<Output = Result<SagaOutcome, SagaError>> + '_ {
+        async move {
+            match self.drive_inner(&mut run).await {
+                Err(SagaError::Conflict { .. }) => Ok(SagaOutcome::Lost),
+                other => other,
+            }
         }
     }
 

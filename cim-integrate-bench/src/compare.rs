@@ -6,6 +6,7 @@
 //! issue's targets are set on, but between two runs it moves with the baseline as much as with
 //! the row; the value's ranges tell a change from drift.
 
+use crate::fmt_num;
 use serde::Deserialize;
 use std::fmt::Write as _;
 
@@ -148,26 +149,8 @@ fn fixed(v: Option<f64>, places: usize) -> String {
 fn value(r: &Row) -> String {
     let Some(v) = r.value else { return "-".to_owned() };
     match r.value_range {
-        Some([Some(lo), Some(hi)]) => format!("{} ({}-{}) {}", round(v), round(lo), round(hi), r.unit),
-        _ => format!("{} {}", round(v), r.unit),
-    }
-}
-
-/// A value to three significant figures at most, grouped in thousands.
-fn round(v: f64) -> String {
-    if v.abs() >= 1000.0 {
-        let n = v.round() as i64;
-        let digits = n.unsigned_abs().to_string();
-        let mut grouped = String::new();
-        for (i, c) in digits.chars().enumerate() {
-            if i > 0 && (digits.len() - i).is_multiple_of(3) {
-                grouped.push(',');
-            }
-            grouped.push(c);
-        }
-        if n < 0 { format!("-{grouped}") } else { grouped }
-    } else {
-        format!("{v:.2}")
+        Some([Some(lo), Some(hi)]) => format!("{} ({}-{}) {}", fmt_num(v), fmt_num(lo), fmt_num(hi), r.unit),
+        _ => format!("{} {}", fmt_num(v), r.unit),
     }
 }
 
@@ -264,8 +247,9 @@ mod tests {
             text.contains("| dispatch | c1 | mpsc | - | - | 573,868 (510,159-623,784) events/s"),
             "{text}"
         );
-        assert_eq!(round(1_234_567.4), "1,234,567");
-        assert_eq!(round(-4_567.0), "-4,567");
-        assert_eq!(round(4.456), "4.46");
+        assert_eq!(fmt_num(1_234_567.4), "1,234,567");
+        assert_eq!(fmt_num(-4_567.0), "-4,567");
+        assert_eq!(fmt_num(-456_789.0), "-456,789");
+        assert_eq!(fmt_num(4.456), "4.46");
     }
 }

@@ -9,6 +9,30 @@ use cim_integrate::domain_event;
 /// A boxed error.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// A figure as the runner prints it: from 100 up, whole and grouped in thousands
+/// (`1,234,567`); below, with two decimals; `-` for a side not measured (`NaN`).
+pub fn fmt_num(v: f64) -> String {
+    if v.is_nan() {
+        return "-".into();
+    }
+    if v.abs() >= 100.0 {
+        let digits = format!("{:.0}", v.abs());
+        let mut out = String::with_capacity(digits.len() + digits.len() / 3 + 1);
+        if v < 0.0 {
+            out.push('-');
+        }
+        for (i, c) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i).is_multiple_of(3) {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        out
+    } else {
+        format!("{v:.2}")
+    }
+}
+
 /// The event every throughput benchmark publishes and handles (~190 bytes of JSON).
 #[domain_event(subject = "document.created", version = "1.0")]
 #[derive(Debug, Clone, PartialEq)]

@@ -37,7 +37,7 @@ use cim_integrate::transport::{
     Consumer, ConsumerSpec, KeyValue, KvSpec, OutboundMessage, PipelinedPublisher, StreamSpec, Transport,
 };
 use cim_integrate_bench::server::Server;
-use cim_integrate_bench::{AuditRecorded, BoxError, DocumentCreated, RawDocumentCreated, event, raw_event};
+use cim_integrate_bench::{AuditRecorded, BoxError, DocumentCreated, RawDocumentCreated, event, fmt_num, raw_event};
 use futures::StreamExt;
 use std::collections::VecDeque;
 use std::hint::black_box;
@@ -206,25 +206,6 @@ fn min_max(v: &[f64]) -> [f64; 2] {
     v.iter().fold([f64::INFINITY, f64::NEG_INFINITY], |[lo, hi], x| {
         [lo.min(*x), hi.max(*x)]
     })
-}
-
-fn fmt_num(v: f64) -> String {
-    if v.is_nan() {
-        return "-".into();
-    }
-    if v >= 100.0 {
-        let s = format!("{:.0}", v);
-        let mut out = String::new();
-        for (i, c) in s.chars().enumerate() {
-            if i > 0 && (s.len() - i) % 3 == 0 {
-                out.push(',');
-            }
-            out.push(c);
-        }
-        out
-    } else {
-        format!("{v:.2}")
-    }
 }
 
 fn rate(n: u64, d: Duration) -> f64 {

@@ -138,6 +138,9 @@ struct MemStream {
     /// Calls of [`Consumer::next`] about to wait on `changed` (or waiting): without any, a
     /// change wakes nobody and `changed` is not touched.
     sleepers: std::sync::atomic::AtomicUsize,
+    /// Tells the wall-clock time of a stored message, and of a durable's creation, from the
+    /// one read of tokio's clock a publish makes anyway (as the key-value buckets' does).
+    clock: crate::clock::Clock,
 }
 
 impl MemStream {
@@ -293,7 +296,8 @@ struct Stored {
     subject: Subject,
     headers: Headers,
     payload: Bytes,
-    published: Timestamp,
+    /// When it was stored: its expiry clock, and its wall-clock time (told by the stream's
+    /// [`clock`](MemStream::clock)).
     stored_at: Instant,
 }
 
@@ -301,7 +305,7 @@ struct ConsumerState {
     spec: ConsumerSpec,
     /// `spec.filter`, prepared.
     filter: Matcher,
-    /// When the durable was created (the clock of `Stored::published`).
+    /// When the durable was created, told by the stream's clock (as stored messages' times are).
     created: Timestamp,
     /// Next stream sequence to consider for a first delivery.
     next_seq: u64,
@@ -562,7 +566,7 @@ impl StreamState {
             stream_sequence: seq,
             consumer_sequence: c.delivery_seq,
             delivered: p.delivered,
-            published: m.published,
+            published: stream.clock.timestamp_at(m.stored_at),
             // This process's own counts: never lost while the process lives.
             resumed: None,
         };
@@ -628,7 +632,7 @@ impl MemoryTransport {
                 let from = crate::envelope::ReceivedFrom {
                     stream: Some(s.name.clone()),
                     stream_sequence: Some(m.seq),
-                    published: Some(m.published),
+                    published: Some(s.clock.timestamp_at(m.stored_at)),
                 };
                 StoredMessage {
                     stream: s.spec.name.clone(),
@@ -833,7 +837,6 @@ impl MemoryTransport {
             subject: msg.subject,
             headers: msg.headers,
             payload: msg.payload,
-            published: Timestamp::now(),
             stored_at: now,
         });
         drop(st);
@@ -902,6 +905,7 @@ impl Transport for MemoryTransport {
             state: Mutex::new(StreamState::default()),
             changed: Notify::new(),
             sleepers: std::sync::atomic::AtomicUsize::new(0),
+            clock: crate::clock::Clock::new(),
         }));
         Ok(())
     }
@@ -955,7 +959,7 @@ impl Transport for MemoryTransport {
                 // after one of its name was deleted reports its creation: the earlier one may
                 // have handled what was stored before.
                 let created = if st.names_used.iter().any(|n| **n == *name) {
-                    Timestamp::now()
+                    stream.clock.timestamp_at(now)
                 } else {
                     st.names_used.push(name.clone());
                     Timestamp::UNIX_EPOCH
@@ -976,7 +980,10 @@ impl Transport for MemoryTransport {
                 );
             }
         }
-        let created = st.consumers.get(&name).map_or_else(Timestamp::now, |c| c.created);
+        let created = st
+            .consumers
+            .get(&name)
+            .map_or_else(|| stream.clock.timestamp_at(now), |c| c.created);
         // The name as the stream keeps it: lookups by this handle compare pointers.
         let name = st.consumers.key(&name).cloned().unwrap_or(name);
         drop(st);

@@ -678,7 +678,14 @@ pub trait Acker: Send + Sync + 'static {
 ///
 /// Exactly one of [`ack`](Self::ack), [`nak`](Self::nak) or [`term`](Self::term) ends it; each
 /// takes `self`. A delivery dropped without either is redelivered after the ack wait.
-pub struct Delivery<A> {
+///
+/// A delivery is one pointer: its parts live in one allocation. A pipeline moves each delivery
+/// a dozen times or more (out of the consumer, through the pull loop, into its dispatch and its
+/// settle), and moving the parts themselves, about 180 bytes, cost more than the allocation.
+pub struct Delivery<A>(Box<Parts<A>>);
+
+/// What a [`Delivery`] holds.
+struct Parts<A> {
     subject: DeliverySubject,
     headers: Headers,
     payload: Bytes,
@@ -688,11 +695,12 @@ pub struct Delivery<A> {
 
 impl<A: std::fmt::Debug> std::fmt::Debug for Delivery<A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let p = &*self.0;
         f.debug_struct("Delivery")
-            .field("subject", &self.subject)
-            .field("headers", &self.headers)
-            .field("payload_len", &self.payload.len())
-            .field("info", &self.info)
+            .field("subject", &p.subject)
+            .field("headers", &p.headers)
+            .field("payload_len", &p.payload.len())
+            .field("info", &p.info)
             .finish_non_exhaustive()
     }
 }
@@ -721,93 +729,93 @@ impl std::fmt::Debug for DeliverySubject {
 impl<A: Acker> Delivery<A> {
     /// Assembles a delivery (for transport implementations).
     pub fn new(subject: String, headers: Headers, payload: Bytes, info: DeliveryInfo, acker: A) -> Self {
-        Self {
+        Self(Box::new(Parts {
             subject: DeliverySubject::Received(subject),
             headers,
             payload,
             info,
             acker,
-        }
+        }))
     }
 
     /// Assembles a delivery of a message stored with a valid subject (the embedded transport):
     /// nothing is copied, and [`envelope`](Self::envelope) does not validate it again.
     pub(crate) fn stored(subject: Subject, headers: Headers, payload: Bytes, info: DeliveryInfo, acker: A) -> Self {
-        Self {
+        Self(Box::new(Parts {
             subject: DeliverySubject::Stored(subject),
             headers,
             payload,
             info,
             acker,
-        }
+        }))
     }
 
     /// The same delivery under another subject (a redriven message given back its original one).
     pub(crate) fn with_subject(mut self, subject: Subject) -> Self {
-        self.subject = DeliverySubject::Stored(subject);
+        self.0.subject = DeliverySubject::Stored(subject);
         self
     }
 
     /// The subject as received (not validated: a foreign publisher may use any NATS subject).
     pub fn subject(&self) -> &str {
-        self.subject.as_str()
+        self.0.subject.as_str()
     }
     /// The headers as received.
     pub fn headers(&self) -> &Headers {
-        &self.headers
+        &self.0.headers
     }
     /// The payload as received.
     pub fn payload(&self) -> &Bytes {
-        &self.payload
+        &self.0.payload
     }
     /// Sequence numbers, delivery count, publish time.
     pub fn info(&self) -> &DeliveryInfo {
-        &self.info
+        &self.0.info
     }
 
     /// The envelope, with identity read from headers or derived (stably) from the stream position;
     /// see [`Envelope::from_received`].
     pub fn envelope(&self) -> Result<Envelope, EnvelopeError> {
+        let p = &*self.0;
         let from = || ReceivedFrom {
-            stream: Some(self.info.stream.clone()),
-            stream_sequence: Some(self.info.stream_sequence),
-            published: Some(self.info.published),
+            stream: Some(p.info.stream.clone()),
+            stream_sequence: Some(p.info.stream_sequence),
+            published: Some(p.info.published),
         };
-        match &self.subject {
-            DeliverySubject::Received(s) => Envelope::from_received(s, &self.headers, self.payload.clone(), &from()),
+        match &p.subject {
+            DeliverySubject::Received(s) => Envelope::from_received(s, &p.headers, p.payload.clone(), &from()),
             // Stamped headers (the embedded transport) need nothing of where the message came from.
-            DeliverySubject::Stored(s) => Ok(
-                match Envelope::from_stamped(s.clone(), &self.headers, self.payload.clone()) {
-                    Ok(envelope) => envelope,
-                    Err((subject, payload)) => Envelope::from_text(subject, &self.headers, payload, &from()),
-                },
-            ),
+            DeliverySubject::Stored(s) => Ok(match Envelope::from_stamped(s.clone(), &p.headers, p.payload.clone()) {
+                Ok(envelope) => envelope,
+                Err((subject, payload)) => Envelope::from_text(subject, &p.headers, payload, &from()),
+            }),
         }
     }
 
     /// Acknowledges: the message is handled and is never delivered to this consumer again.
     pub async fn ack(self) -> Result<(), TransportError> {
-        self.acker.ack().await
+        self.0.acker.ack().await
     }
     /// Negative acknowledgement: redeliver after `delay` (at once if `None`).
     pub async fn nak(self, delay: Option<Duration>) -> Result<(), TransportError> {
-        self.acker.nak(delay).await
+        self.0.acker.nak(delay).await
     }
     /// Terminates: never redeliver (after dead-lettering, or for poison messages).
     pub async fn term(self) -> Result<(), TransportError> {
-        self.acker.term().await
+        self.0.acker.term().await
     }
     /// Restarts the ack wait while a long handler is still working.
     pub async fn in_progress(&self) -> Result<(), TransportError> {
-        self.acker.in_progress().await
+        self.0.acker.in_progress().await
     }
     /// Splits into the received parts and the acknowledgement handle.
     pub fn into_parts(self) -> (String, Headers, Bytes, DeliveryInfo, A) {
-        let subject = match self.subject {
+        let p = *self.0;
+        let subject = match p.subject {
             DeliverySubject::Received(s) => s,
             DeliverySubject::Stored(s) => s.as_str().to_owned(),
         };
-        (subject, self.headers, self.payload, self.info, self.acker)
+        (subject, p.headers, p.payload, p.info, p.acker)
     }
 }
 

@@ -83,7 +83,11 @@ impl<F: Future> Future for WithProgress<'_, F> {
             let ack_wait = *this.ack_wait;
             let tick = this.tick.get_or_insert_with(|| {
                 let period = (ack_wait / 2).max(Duration::from_millis(100));
-                tokio::time::interval_at(tokio::time::Instant::now() + period, period)
+                let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+                // A signal answered late is followed by the next one a period later, not by one
+                // per period missed meanwhile, back to back, to a server already slow to answer.
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                tick
             });
             match tick.poll_tick(cx) {
                 Poll::Ready(_) => *this.signal = Some(this.raw.in_progress()),
@@ -116,6 +120,8 @@ mod tests {
         sent: AtomicUsize,
         answered: AtomicUsize,
         answer: Duration,
+        /// How long the first signal's answer takes (`answer` for the others).
+        first_answer: Duration,
         fail_first: usize,
     }
 
@@ -138,6 +144,7 @@ mod tests {
                 sent: AtomicUsize::new(0),
                 answered: AtomicUsize::new(0),
                 answer,
+                first_answer: answer,
                 fail_first,
             }
         }
@@ -158,8 +165,9 @@ mod tests {
         }
         fn in_progress(&self) -> BoxFuture<'_, Result<(), TransportError>> {
             let n = self.sent.fetch_add(1, Ordering::SeqCst);
+            let answer = if n == 0 { self.first_answer } else { self.answer };
             Box::pin(async move {
-                tokio::time::sleep(self.answer).await;
+                tokio::time::sleep(answer).await;
                 self.answered.fetch_add(1, Ordering::SeqCst);
                 if n < self.fail_first {
                     Err(TransportError::Timeout("progress".into()))
@@ -216,6 +224,23 @@ mod tests {
         .await;
         assert_eq!(raw.sent.load(Ordering::SeqCst), 3);
         assert_eq!(raw.answered.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_answer_is_not_followed_by_a_burst_of_signals() {
+        // Every second; the first answer takes 3.5 s (it comes at 4.5 s), the others none. The
+        // ticks missed meanwhile (2, 3 and 4 s) give one signal at 4.5 s, the next at 5.5 s;
+        // not three at 4.5 s and then 5 and 6 s.
+        let mut raw = Counted::new(Duration::ZERO, 0);
+        raw.first_answer = Duration::from_millis(3_500);
+        with_progress(
+            tokio::time::sleep(Duration::from_millis(6_200)),
+            &raw,
+            Duration::from_secs(2),
+        )
+        .await;
+        assert_eq!(raw.sent.load(Ordering::SeqCst), 3);
+        assert_eq!(raw.answered.load(Ordering::SeqCst), 3);
     }
 
     #[tokio::test(start_paused = true)]

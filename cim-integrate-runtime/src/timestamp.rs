@@ -221,7 +221,12 @@ impl fmt::Debug for Timestamp {
 
 impl From<std::time::SystemTime> for Timestamp {
     fn from(t: std::time::SystemTime) -> Self {
-        Self(OffsetDateTime::from(t))
+        // As `now` does: whole seconds and nanoseconds, with the thread's cached second (the
+        // embedded transport tells every delivery's stored time this way).
+        t.duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .and_then(|d| Self::from_secs_and_nanos(i64::try_from(d.as_secs()).ok()?, d.subsec_nanos()))
+            .unwrap_or_else(|| Self(OffsetDateTime::from(t)))
     }
 }
 
@@ -250,6 +255,24 @@ mod tests {
         let json = serde_json::to_string(&t).unwrap();
         assert_eq!(serde_json::from_str::<Timestamp>(&json).unwrap(), t);
         assert_eq!(Timestamp::from_unix_nanos(t.unix_nanos()), Some(t));
+    }
+
+    #[test]
+    fn from_system_time_is_time_crates_conversion() {
+        use std::time::{Duration, UNIX_EPOCH};
+        let now = std::time::SystemTime::now();
+        let times = [
+            UNIX_EPOCH,
+            UNIX_EPOCH + Duration::new(1, 999_999_999),
+            UNIX_EPOCH - Duration::new(86_400 * 365, 5),
+            now,
+            now + Duration::from_nanos(1),
+            now + Duration::new(1, 0),
+            now + Duration::new(86_400 * 365 * 30, 123_456_789),
+        ];
+        for t in times {
+            assert_eq!(Timestamp::from(t).0, OffsetDateTime::from(t), "{t:?}");
+        }
     }
 
     #[test]

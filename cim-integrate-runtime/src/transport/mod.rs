@@ -950,6 +950,19 @@ pub trait Transport: Clone + Send + Sync + 'static {
 mod tests {
     use super::TransportError;
 
+    /// A delivery is moved a dozen times or more per message (see [`super::Delivery`]): it stays
+    /// one pointer on every transport.
+    #[test]
+    fn a_delivery_is_one_pointer() {
+        let pointer = std::mem::size_of::<usize>();
+        assert_eq!(
+            std::mem::size_of::<super::Delivery<super::memory::MemoryAcker>>(),
+            pointer
+        );
+        #[cfg(feature = "nats")]
+        assert_eq!(std::mem::size_of::<super::Delivery<super::nats::NatsAcker>>(), pointer);
+    }
+
     #[test]
     fn permanent_and_transient_are_disjoint() {
         let subject = || "document.created".to_owned();

@@ -30,13 +30,7 @@ pub struct TimestampParseError {
 impl Timestamp {
     /// The current wall-clock time.
     pub fn now() -> Self {
-        // Whole seconds, then the nanoseconds: the same instant as `OffsetDateTime::now_utc`,
-        // for less than half its arithmetic (no 128-bit division).
-        let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-        since_epoch
-            .ok()
-            .and_then(|d| Self::from_secs_and_nanos(i64::try_from(d.as_secs()).ok()?, d.subsec_nanos()))
-            .unwrap_or_else(|| Self(OffsetDateTime::now_utc()))
+        Self::from(std::time::SystemTime::now())
     }
 
     /// Whole seconds since the epoch plus `nanos` (below one second), without 128-bit arithmetic.
@@ -221,8 +215,9 @@ impl fmt::Debug for Timestamp {
 
 impl From<std::time::SystemTime> for Timestamp {
     fn from(t: std::time::SystemTime) -> Self {
-        // As `now` does: whole seconds and nanoseconds, with the thread's cached second (the
-        // embedded transport tells every delivery's stored time this way).
+        // Whole seconds, then the nanoseconds, with the thread's cached second: the same instant
+        // as `time`'s conversion, for less than half its arithmetic (no 128-bit division). Every
+        // `now` and every stored time of the embedded transport is made here.
         t.duration_since(std::time::UNIX_EPOCH)
             .ok()
             .and_then(|d| Self::from_secs_and_nanos(i64::try_from(d.as_secs()).ok()?, d.subsec_nanos()))

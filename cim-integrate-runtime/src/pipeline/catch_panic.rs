@@ -181,6 +181,11 @@ mod tests {
         }
     }
 
+    /// A run that sleeps `run`, under progress signals for `ack_wait`, reporting to `raw`.
+    async fn sleep_under_progress(raw: &Counted, run: Duration, ack_wait: Duration) {
+        with_progress(tokio::time::sleep(run), raw, ack_wait).await;
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_run_that_finishes_at_once_sends_no_signal() {
         let raw = Counted::new(Duration::ZERO, 0);
@@ -209,19 +214,13 @@ mod tests {
         // sent at 1 s is still unanswered: it ends then, not when the answer comes.
         let raw = Counted::new(Duration::from_millis(700), 1);
         let start = Instant::now();
-        let run = tokio::time::sleep(Duration::from_millis(1_200));
-        with_progress(run, &raw, Duration::from_secs(2)).await;
+        sleep_under_progress(&raw, Duration::from_millis(1_200), Duration::from_secs(2)).await;
         assert_eq!(start.elapsed(), Duration::from_millis(1_200));
         assert_eq!(raw.sent.load(Ordering::SeqCst), 1);
         assert_eq!(raw.answered.load(Ordering::SeqCst), 0);
         // A longer run: signals at 1, 2 and 3 s (the failed first one does not stop the next).
         let raw = Counted::new(Duration::from_millis(700), 1);
-        with_progress(
-            tokio::time::sleep(Duration::from_millis(3_500)),
-            &raw,
-            Duration::from_secs(2),
-        )
-        .await;
+        sleep_under_progress(&raw, Duration::from_millis(3_500), Duration::from_secs(2)).await;
         assert_eq!(raw.sent.load(Ordering::SeqCst), 3);
         assert_eq!(raw.answered.load(Ordering::SeqCst), 2);
     }
@@ -233,12 +232,7 @@ mod tests {
         // not three at 4.5 s and then 5 and 6 s.
         let mut raw = Counted::new(Duration::ZERO, 0);
         raw.first_answer = Duration::from_millis(3_500);
-        with_progress(
-            tokio::time::sleep(Duration::from_millis(6_200)),
-            &raw,
-            Duration::from_secs(2),
-        )
-        .await;
+        sleep_under_progress(&raw, Duration::from_millis(6_200), Duration::from_secs(2)).await;
         assert_eq!(raw.sent.load(Ordering::SeqCst), 3);
         assert_eq!(raw.answered.load(Ordering::SeqCst), 3);
     }
@@ -246,12 +240,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_period_is_at_least_100_ms() {
         let raw = Counted::new(Duration::ZERO, 0);
-        with_progress(
-            tokio::time::sleep(Duration::from_millis(450)),
-            &raw,
-            Duration::from_millis(10),
-        )
-        .await;
+        sleep_under_progress(&raw, Duration::from_millis(450), Duration::from_millis(10)).await;
         assert_eq!(raw.sent.load(Ordering::SeqCst), 4);
     }
 }

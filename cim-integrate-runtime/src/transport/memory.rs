@@ -139,7 +139,8 @@ struct MemStream {
     /// change wakes nobody and `changed` is not touched.
     sleepers: std::sync::atomic::AtomicUsize,
     /// Tells the wall-clock time of a stored message, and of a durable's creation, from the
-    /// one read of tokio's clock a publish makes anyway (as the key-value buckets' does).
+    /// one read of tokio's clock a publish (or a consumer's creation) makes anyway, as the
+    /// key-value buckets' does.
     clock: crate::clock::Clock,
 }
 
@@ -296,8 +297,10 @@ struct Stored {
     subject: Subject,
     headers: Headers,
     payload: Bytes,
-    /// When it was stored: its expiry clock, and its wall-clock time (told by the stream's
-    /// [`clock`](MemStream::clock)).
+    /// When it was stored, by the wall clock (told by the stream's [`clock`](MemStream::clock)
+    /// from `stored_at`, once, at publish: every delivery of it reports this).
+    published: Timestamp,
+    /// When it was stored, by tokio's clock: its expiry.
     stored_at: Instant,
 }
 
@@ -566,7 +569,7 @@ impl StreamState {
             stream_sequence: seq,
             consumer_sequence: c.delivery_seq,
             delivered: p.delivered,
-            published: stream.clock.timestamp_at(m.stored_at),
+            published: m.published,
             // This process's own counts: never lost while the process lives.
             resumed: None,
         };
@@ -632,7 +635,7 @@ impl MemoryTransport {
                 let from = crate::envelope::ReceivedFrom {
                     stream: Some(s.name.clone()),
                     stream_sequence: Some(m.seq),
-                    published: Some(s.clock.timestamp_at(m.stored_at)),
+                    published: Some(m.published),
                 };
                 StoredMessage {
                     stream: s.spec.name.clone(),
@@ -837,6 +840,7 @@ impl MemoryTransport {
             subject: msg.subject,
             headers: msg.headers,
             payload: msg.payload,
+            published: stream.clock.timestamp_at(now),
             stored_at: now,
         });
         drop(st);

@@ -13,7 +13,9 @@
 //! `--saga-side ours|baseline|by-hand` (default all), `--saga-events all,outcomes,none` (the runner's
 //! [`LifecycleEvents`], a row each; default all three),
 //! `--rss-events N` (default 1,000,000 on the embedded transport), `--rss-nats-events N` (default
-//! 1,000,000).
+//! 1,000,000), `--log FILTER` (install `tracing_subscriber`'s formatter, writing nowhere, with a
+//! target filter such as `info` or `info,cim_integrate::handle=off`: what the spans cost in a
+//! deployment that logs; default no subscriber).
 
 mod generate;
 
@@ -1827,9 +1829,11 @@ fn main() {
     };
     let mut out = None;
     let mut markdown = false;
+    let mut log: Option<String> = None;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--quick" => r.scale = 0.2,
+            "--log" => log = args.next(),
             "--markdown" => markdown = true,
             "--only" => r.only = Some(parse_list(args.next())),
             "--dispatch-rounds" => {
@@ -1859,6 +1863,24 @@ fn main() {
     if r.scale < 1.0 {
         r.rss_events = (r.rss_events as f64 * r.scale) as u64;
         r.rss_nats_events = (r.rss_nats_events as f64 * r.scale) as u64;
+    }
+    if let Some(filter) = &log {
+        // A subscriber as a deployment installs one (formatted lines), writing nowhere: the cost
+        // of the spans and events the filter lets through (`info`; `info,cim_integrate::handle=off`),
+        // not of a terminal.
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        let filter: tracing_subscriber::filter::Targets = match filter.parse() {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("--log takes a filter such as `info` or `info,cim_integrate::handle=off`: {e}");
+                std::process::exit(2);
+            }
+        };
+        tracing_subscriber::registry()
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::sink))
+            .with(filter)
+            .init();
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

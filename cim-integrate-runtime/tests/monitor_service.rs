@@ -115,10 +115,11 @@ async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 // ---------------------------------------------------------------------------------------------
 // Spans
 
-/// A span as the capturing layer saw it: name and fields.
+/// A span as the capturing layer saw it: name, target and fields.
 #[derive(Debug, Clone)]
 struct SpanRecord {
     name: &'static str,
+    target: &'static str,
     fields: BTreeMap<String, String>,
 }
 
@@ -152,6 +153,7 @@ impl<S: tracing::Subscriber + for<'a> LookupSpan<'a>> tracing_subscriber::Layer<
         attrs.record(&mut fields);
         let record = SpanRecord {
             name: attrs.metadata().name(),
+            target: attrs.metadata().target(),
             fields: fields.0,
         };
         if let Some(span) = ctx.span(id) {
@@ -226,6 +228,8 @@ async fn spans_carry_the_correlation_id_through_a_cascade() {
     assert_eq!(field(handle_review, "correlation_id"), correlation);
     assert_eq!(field(handle_review, "message_id"), root.message_id().to_string());
     assert_eq!(field(handle_review, "subject"), "document.created");
+    // The stable target a filter names, whatever module opens the span.
+    assert_eq!(handle_review.target, cim_integrate_runtime::monitor::HANDLE_TARGET);
 
     let publish = spans
         .iter()
@@ -235,6 +239,7 @@ async fn spans_carry_the_correlation_id_through_a_cascade() {
     assert_eq!(field(publish, "handler"), "workflow-start_review");
     assert_eq!(field(publish, "correlation_id"), correlation);
     assert_eq!(field(publish, "causation_id"), root.message_id().to_string());
+    assert_eq!(publish.target, cim_integrate_runtime::monitor::PUBLISH_TARGET);
 
     let handle_notify = spans
         .iter()

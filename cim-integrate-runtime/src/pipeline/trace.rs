@@ -1,6 +1,7 @@
 //! Layer: one `handle` span around every message, carrying its identity.
 
 use super::{Dispatch, Message, Outcome};
+use crate::monitor::HANDLE_TARGET;
 use std::sync::Arc;
 use tracing::Instrument;
 
@@ -23,6 +24,7 @@ impl<D: Dispatch> Dispatch for Trace<D> {
         let delivered = msg.delivered();
         let span = match msg.envelope() {
             Some(e) => tracing::info_span!(
+                target: HANDLE_TARGET,
                 "handle",
                 kind = self.kind,
                 handler = %self.handler,
@@ -33,6 +35,7 @@ impl<D: Dispatch> Dispatch for Trace<D> {
                 delivered,
             ),
             None => tracing::info_span!(
+                target: HANDLE_TARGET,
                 "handle",
                 kind = self.kind,
                 handler = %self.handler,

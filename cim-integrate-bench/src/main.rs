@@ -719,7 +719,47 @@ async fn bench_fan_out(r: &mut Runner) -> Result<(), BoxError> {
         n,
         true,
     );
+    // In process, where no round trip hides what a handler's publish costs: its work per
+    // publish (envelope, id, encode, span, metrics, topology record) is the whole of it.
+    let n = r.n(20_000);
+    let (mut emitted, mut published, mut allocs) = (Vec::new(), Vec::new(), [Vec::new(), Vec::new()]);
+    for round in 0..FAN_OUT_ROUNDS {
+        for emit in if round % 2 == 0 { [true, false] } else { [false, true] } {
+            let (rate, a) = fan_out_rate_mem(n, emit, round).await?;
+            if emit { &mut emitted } else { &mut published }.push(rate);
+            allocs[usize::from(!emit)].push(a);
+        }
+    }
+    r.row_rounds(
+        "fan-out",
+        format!("embedded: handler publishing {FAN_OUT} events with ctx.emit, concurrency 1"),
+        &emitted,
+        "events/s",
+        format!("the same with ctx.publish ({FAN_OUT} acks awaited in turn)"),
+        &published,
+        n,
+        true,
+    );
+    r.notes.push(format!(
+        "fan-out, embedded: allocations per handled event (each publishing {FAN_OUT}): emit {:.1}, publish {:.1}; medians",
+        median(&allocs[0]),
+        median(&allocs[1])
+    ));
     Ok(())
+}
+
+/// [`fan_out_rate`] on the embedded transport, with the allocations per handled event.
+async fn fan_out_rate_mem(n: u64, emit: bool, round: usize) -> Result<(f64, f64), BoxError> {
+    let t = MemoryTransport::new();
+    publish_backlog(&t, n).await?;
+    let count = Arc::new(AtomicU64::new(0));
+    let name = format!("fan{round}{}", if emit { "e" } else { "p" });
+    let b = Service::builder(t, name.clone())
+        .handler(&name, fan_out_registration(count.clone(), emit)?)
+        .dedup_store(MemoryDedup::default());
+    let a0 = cim_integrate_bench::allocations();
+    let rate = drain_rate(b, &count, n).await?;
+    Ok((rate, (cim_integrate_bench::allocations() - a0) as f64 / n as f64))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -285,16 +285,58 @@ pub(crate) fn breaker_rejected(name: &str, extra: &[(String, String)]) {
     metrics::counter!(BREAKER_REJECTED, breaker_labels(name, extra)).increment(1);
 }
 
-/// How a publish ended, for `cim_published_total`.
-pub(crate) fn published(domain: &str, publisher: &str, outcome: &'static str, elapsed: Duration) {
-    let labels = vec![
-        Label::new("source_domain", domain.to_owned()),
-        Label::new("publisher", publisher.to_owned()),
-    ];
-    metrics::histogram!(PUBLISH_DURATION, labels.clone()).record(elapsed.as_secs_f64());
-    let mut labels = labels;
-    labels.push(Label::new("outcome", outcome));
-    metrics::counter!(PUBLISHED, labels).increment(1);
+/// The publish metrics of one publisher into one domain (`cim_publish_duration_seconds`,
+/// `cim_published_total` by outcome): registered once, so that a publish records into handles
+/// instead of building and looking up its labels. Like [`HandlerMetrics`], the handles belong to
+/// the recorder installed when they were registered.
+#[derive(Debug)]
+pub(crate) struct PublishMetrics {
+    duration: Histogram,
+    ok: Counter,
+    duplicate: Counter,
+    error: Counter,
+}
+
+impl PublishMetrics {
+    pub(crate) fn new(domain: &str, publisher: &str) -> Self {
+        let labels = vec![
+            Label::new("source_domain", domain.to_owned()),
+            Label::new("publisher", publisher.to_owned()),
+        ];
+        let outcome = |o: &'static str| {
+            let mut l = labels.clone();
+            l.push(Label::new("outcome", o));
+            metrics::counter!(PUBLISHED, l)
+        };
+        Self {
+            ok: outcome("ok"),
+            duplicate: outcome("duplicate"),
+            error: outcome("error"),
+            duration: metrics::histogram!(PUBLISH_DURATION, labels),
+        }
+    }
+
+    /// How a publish ended (`ok`, `duplicate`, `error`), after `elapsed`.
+    pub(crate) fn record(&self, outcome: PublishOutcome, elapsed: Duration) {
+        self.duration.record(elapsed.as_secs_f64());
+        match outcome {
+            PublishOutcome::Ok => &self.ok,
+            PublishOutcome::Duplicate => &self.duplicate,
+            PublishOutcome::Error => &self.error,
+        }
+        .increment(1);
+    }
+}
+
+/// The `outcome` label of `cim_published_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PublishOutcome {
+    /// Stored.
+    Ok,
+    /// Dropped by the stream's duplicate window (published before).
+    Duplicate,
+    /// Not acknowledged.
+    Error,
 }
 
 /// The target of every `handle` span (one per message a handler, command handler or saga step

@@ -445,6 +445,77 @@ async fn metrics_are_counted_by_outcome_and_domain() {
     );
 }
 
+/// A handler publishing into two domains: the first domain's publishes are recorded through the
+/// handles registered at its first publish, the second's by their own; a re-run's publishes, dropped
+/// by the duplicate window, count as `duplicate`.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn publishes_are_counted_by_domain_and_outcome() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+
+    let t = setup().await;
+    t.ensure_stream(&StreamSpec::for_domain("audit", None).expect("spec"))
+        .await
+        .expect("stream");
+    let runs = Arc::new(AtomicU32::new(0));
+    let handler = {
+        let runs = runs.clone();
+        Registration::new(
+            "fan",
+            pattern("document.created"),
+            "DocumentCreated",
+            decode,
+            move |ctx: Context, n: u32| {
+                let runs = runs.clone();
+                async move {
+                    ctx.publish_bytes(&subject("workflow.started"), "WorkflowStarted", "1.0", n.to_string())
+                        .await?;
+                    ctx.publish_bytes(&subject("audit.recorded"), "AuditRecorded", "1.0", n.to_string())
+                        .await?;
+                    // The first run fails after publishing: the second re-publishes the same ids.
+                    if runs.fetch_add(1, Ordering::SeqCst) == 0 {
+                        return Err(HandlerError::transient("once"));
+                    }
+                    Ok(())
+                }
+            },
+        )
+        .with_options(fast())
+    };
+    let svc = Service::builder(t.clone(), "counted")
+        .handler("workflow", handler)
+        .start()
+        .await
+        .expect("start");
+    publish(&t, 1).await;
+    wait_until("the second run", || {
+        svc.handler_stats("workflow-fan").is_some_and(|s| s.succeeded == 1)
+    })
+    .await;
+    svc.shutdown(Duration::from_secs(1)).await;
+
+    let all = metrics_by_key(&snapshotter);
+    for domain in ["workflow", "audit"] {
+        let publisher = format!("publisher=workflow-fan,source_domain={domain}");
+        for outcome in ["ok", "duplicate"] {
+            assert_eq!(
+                counter(
+                    &all,
+                    &format!("{}{{outcome={outcome},{publisher}}}", monitor::PUBLISHED)
+                ),
+                1,
+                "{domain} {outcome}"
+            );
+        }
+        assert_eq!(
+            histogram_len(&all, &format!("{}{{{publisher}}}", monitor::PUBLISH_DURATION)),
+            2,
+            "{domain}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn breaker_transitions_are_counted() {
     use cim_integrate_runtime::breaker::CircuitBreaker;

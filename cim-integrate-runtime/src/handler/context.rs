@@ -10,8 +10,9 @@ use crate::topology::PublishLog;
 use crate::transport::{OutboundMessage, PublishAck, Transport, TransportError};
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 use tracing::Instrument;
 
 /// Why a publish from a handler failed.
@@ -50,6 +51,14 @@ pub(crate) trait DynPublish: Send + Sync + 'static {
 /// A publish's acknowledgement, awaited later.
 pub(crate) type AckFuture = BoxFuture<'static, Result<PublishAck, TransportError>>;
 
+/// An [`emit`](Context::emit) whose acknowledgement is awaited by [`Context::flush`], which
+/// counts it then (`cim_published_total` by outcome, the time since `start`).
+struct Emitted {
+    ack: AckFuture,
+    subject: Subject,
+    start: tokio::time::Instant,
+}
+
 impl<T: Transport> DynPublish for crate::transport::Provisioner<T> {
     fn publish_and_wait(&self, message: OutboundMessage) -> BoxFuture<'static, Result<PublishAck, TransportError>> {
         let t = self.clone();
@@ -77,7 +86,16 @@ pub(crate) struct Runs {
     /// The handler set, the handler's name, and the service's log of observed publishes (for
     /// the topology).
     observer: Option<(Arc<str>, Arc<str>, Arc<PublishLog>)>,
+    /// The publish metrics of the first domain published into (nearly always the only one), so
+    /// that a publish records into handles; a publish into another domain registers its own.
+    metrics: OnceLock<(Box<str>, monitor::PublishMetrics)>,
+    /// The (subject, event type) pairs already in the publish log, so that a publish seen before
+    /// is not recorded again (at most [`OBSERVED_HERE`]; past that, the log is asked each time).
+    observed: Mutex<Vec<(Subject, Box<str>)>>,
 }
+
+/// How many (subject, event type) pairs one handler's [`Runs`] remembers having recorded.
+const OBSERVED_HERE: usize = 64;
 
 impl Runs {
     /// Contexts of `handler` publishing through `publisher`.
@@ -86,7 +104,45 @@ impl Runs {
             handler,
             publisher,
             observer: None,
+            metrics: OnceLock::new(),
+            observed: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Counts a publish to `subject` (`cim_published_total`, `cim_publish_duration_seconds`, by the
+    /// subject's domain and this handler).
+    fn published(&self, subject: &Subject, result: &Result<PublishAck, TransportError>, elapsed: Duration) {
+        let outcome = match result {
+            Ok(ack) if ack.duplicate => monitor::PublishOutcome::Duplicate,
+            Ok(_) => monitor::PublishOutcome::Ok,
+            Err(_) => monitor::PublishOutcome::Error,
+        };
+        let domain = subject.first_token();
+        let (first, metrics) = self
+            .metrics
+            .get_or_init(|| (domain.into(), monitor::PublishMetrics::new(domain, &self.handler)));
+        if **first == *domain {
+            metrics.record(outcome, elapsed);
+        } else {
+            monitor::PublishMetrics::new(domain, &self.handler).record(outcome, elapsed);
+        }
+    }
+
+    /// Records a publish for the topology (once per subject and event type).
+    fn observe(&self, subject: &Subject, event_type: &str) {
+        let Some((set, handler, log)) = &self.observer else {
+            return;
+        };
+        {
+            let mut seen = self.observed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if seen.iter().any(|(s, t)| s == subject && **t == *event_type) {
+                return;
+            }
+            if seen.len() < OBSERVED_HERE {
+                seen.push((subject.clone(), event_type.into()));
+            }
+        }
+        log.record(set, Some(handler), subject.as_str(), event_type);
     }
 
     /// Records the contexts' publishes in `log` as made by `handler` of the handler set `set`.
@@ -109,7 +165,7 @@ struct Inner {
     /// Headers a pipeline layer asked to carry into every publish.
     propagated: Vec<(String, String)>,
     /// Acknowledgements of [`Context::emit`]s, awaited together once the handler returned.
-    emitted: std::sync::Mutex<Vec<AckFuture>>,
+    emitted: std::sync::Mutex<Vec<Emitted>>,
 }
 
 /// The handler's view of the message it handles, and its way to publish.
@@ -270,19 +326,13 @@ impl Context {
         } = out;
         let envelope = self.child(&subject, event_type, version, payload?);
         let ack = self.inner.runs.publisher.publish(envelope.into()).await?;
-        self.observe(&subject, event_type);
-        let handler = self.inner.runs.handler.clone();
+        self.inner.runs.observe(&subject, event_type);
         let start = tokio::time::Instant::now();
-        let counted: AckFuture = Box::pin(async move {
-            let result = ack.await;
-            monitor::published(subject.first_token(), &handler, ack_outcome(&result), start.elapsed());
-            result
-        });
         self.inner
             .emitted
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(counted);
+            .push(Emitted { ack, subject, start });
         Ok(())
     }
 
@@ -304,7 +354,13 @@ impl Context {
         if pending.is_empty() {
             return Ok(());
         }
-        let results = futures::future::join_all(pending).await;
+        let runs = &self.inner.runs;
+        let results = futures::future::join_all(pending.into_iter().map(|e| async move {
+            let result = e.ack.await;
+            runs.published(&e.subject, &result, e.start.elapsed());
+            result
+        }))
+        .await;
         match results.into_iter().find_map(Result::err) {
             Some(e) => Err(PublishError::Transport(e)),
             None => Ok(()),
@@ -344,13 +400,6 @@ impl Context {
         self.with_propagated(envelope)
     }
 
-    /// Records a publish for the topology.
-    fn observe(&self, subject: &Subject, event_type: &str) {
-        if let Some((set, handler, log)) = &self.inner.runs.observer {
-            log.record(set, Some(handler), subject.as_str(), event_type);
-        }
-    }
-
     /// Publishes raw payload bytes as the root of a new conversation (a fresh correlation id).
     pub async fn publish_root_bytes(
         &self,
@@ -388,23 +437,9 @@ impl Context {
             .publish_and_wait(message)
             .instrument(span)
             .await;
-        monitor::published(
-            subject.first_token(),
-            &self.inner.runs.handler,
-            ack_outcome(&result),
-            start.elapsed(),
-        );
-        self.observe(subject, event_type);
+        self.inner.runs.published(subject, &result, start.elapsed());
+        self.inner.runs.observe(subject, event_type);
         Ok(result?)
-    }
-}
-
-/// The `outcome` label of a publish's acknowledgement.
-fn ack_outcome(result: &Result<PublishAck, TransportError>) -> &'static str {
-    match result {
-        Ok(ack) if ack.duplicate => "duplicate",
-        Ok(_) => "ok",
-        Err(_) => "error",
     }
 }
 
@@ -429,5 +464,46 @@ impl Outgoing {
                 reason: e.to_string(),
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::Topology;
+    use crate::transport::memory::MemoryTransport;
+
+    /// Repeated publishes are recorded once, and a handler publishing to more subjects than
+    /// [`OBSERVED_HERE`] still has every one recorded (the rest through the log itself).
+    #[test]
+    fn every_publication_reaches_the_log_once() {
+        let log = Arc::new(PublishLog::default());
+        let runs = Runs::new(Arc::from("docs-h"), publisher(MemoryTransport::new())).observed_by(
+            Arc::from("docs"),
+            Arc::from("h"),
+            log.clone(),
+        );
+        let subjects: Vec<Subject> = (0..OBSERVED_HERE + 8)
+            .map(|i| Subject::new(format!("doc.e{i}")).expect("subject"))
+            .collect();
+        for _ in 0..3 {
+            for s in &subjects {
+                runs.observe(s, "DocEvent");
+            }
+        }
+        let mut t = Topology::new();
+        log.apply(&mut t);
+        let seen: Vec<(&str, Option<&str>)> = t
+            .publications()
+            .map(|p| (p.subject.as_str(), p.type_name.as_deref()))
+            .collect();
+        assert_eq!(seen.len(), subjects.len(), "{seen:?}");
+        for s in &subjects {
+            assert!(seen.contains(&(s.as_str(), Some("DocEvent"))), "{s}: {seen:?}");
+        }
+        assert!(
+            t.publications()
+                .all(|p| p.participant == "docs" && p.handler.as_deref() == Some("h"))
+        );
     }
 }

@@ -1410,7 +1410,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
             Target::Active(run.rev)
         };
         let rev = self
-            .write_through_outages(&run.rec.id, bytes, target, write, step, give_up_ms)
+            .write_through_outages(run, bytes, target, write, step, give_up_ms)
             .await?;
         run.outbox_persisted = !run.rec.outbox.is_empty();
         fault!(self, &run.rec.id, write, step, After);
@@ -1589,9 +1589,13 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
     /// ours that long). What the runner holds in memory (a step's result) must not be lost to an
     /// outage: giving up here would re-run the step on resume. A retried write that had in fact
     /// been applied is recognised by its content.
+    ///
+    /// `bytes` (the record as `run` encodes it) goes to the store as it is; a retry encodes the
+    /// record again (the same bytes) rather than keep a copy of every write for the rare retry,
+    /// since a copy of a value made with `Bytes::copy_from_slice` allocates its shared header.
     async fn write_through_outages(
         &self,
-        id: &str,
+        run: &mut Run<S::Data>,
         bytes: Bytes,
         target: Target,
         write: Write,
@@ -1600,21 +1604,31 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
     ) -> Result<u64, SagaError> {
         let mut backoff = STORE_BACKOFF;
         let mut retried = false;
+        let mut first = Some(bytes);
         loop {
+            let bytes = match first.take() {
+                Some(b) => b,
+                None => run.encode()?,
+            };
+            let id = &*run.rec.id;
             let (result, store) = match target {
-                Target::Active(expected) => (self.inner.kv.update(id, bytes.clone(), expected).await, &self.inner.kv),
-                Target::Settled => (self.inner.settled.create(id, bytes.clone()).await, &self.inner.settled),
+                Target::Active(expected) => (self.inner.kv.update(id, bytes, expected).await, &self.inner.kv),
+                Target::Settled => (self.inner.settled.create(id, bytes).await, &self.inner.settled),
             };
             match result {
                 Ok(rev) => return Ok(rev),
                 Err(KvError::Conflict { .. } | KvError::AlreadyExists { .. }) => {
-                    if retried
-                        && let Ok(Some(entry)) = store.get(id).await
-                        && entry.value == bytes
-                    {
-                        // Our earlier attempt was stored; only its answer was lost.
-                        return Ok(entry.revision);
+                    if retried {
+                        let ours = run.encode()?;
+                        let id = &*run.rec.id;
+                        if let Ok(Some(entry)) = store.get(id).await
+                            && entry.value == ours
+                        {
+                            // Our earlier attempt was stored; only its answer was lost.
+                            return Ok(entry.revision);
+                        }
                     }
+                    let id = &*run.rec.id;
                     tracing::info!(saga = S::NAME, %id, ?write, ?step, "another runner wrote the saga first; stopping");
                     return Err(SagaError::Conflict { id: id.to_owned() });
                 }
@@ -1627,6 +1641,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
                             .saturating_add(crate::clock::millis(backoff.pause()))
                             < give_up_ms =>
                 {
+                    let id = &*run.rec.id;
                     tracing::warn!(saga = S::NAME, %id, ?write, ?step, error = %e, "saga store unavailable; retrying the write");
                     retried = true;
                     backoff.wait().await;

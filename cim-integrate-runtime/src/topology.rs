@@ -622,6 +622,16 @@ impl PublishLog {
         }
     }
 
+    /// Whether `record` was called with these (a test's view of the log).
+    #[cfg(test)]
+    pub(crate) fn contains(&self, participant: &str, handler: Option<&str>, subject: &str, type_name: &str) -> bool {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let type_name = (!type_name.is_empty()).then_some(type_name);
+        seen.iter().any(|(p, h, s, t)| {
+            p == participant && h.as_deref() == handler && s == subject && t.as_deref() == type_name
+        })
+    }
+
     pub(crate) fn apply(&self, topology: &mut Topology) {
         let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         for (participant, handler, subject, type_name) in seen.iter() {

@@ -2,6 +2,7 @@
 
 use crate::envelope::Envelope;
 use crate::event::Publishable;
+use crate::fast_hash::FastMap;
 use crate::id::{CausationId, CorrelationId, Identity, MessageId};
 use crate::monitor;
 use crate::subject::{Subject, SubjectError};
@@ -89,12 +90,13 @@ pub(crate) struct Runs {
     /// The publish metrics of the first domain published into (nearly always the only one), so
     /// that a publish records into handles; a publish into another domain registers its own.
     metrics: OnceLock<(Box<str>, monitor::PublishMetrics)>,
-    /// The (subject, event type) pairs already in the publish log, so that a publish seen before
-    /// is not recorded again (at most [`OBSERVED_HERE`]; past that, the log is asked each time).
-    observed: Mutex<Vec<(Subject, Box<str>)>>,
+    /// The event types already given to the publish log, by subject, so that a publish seen
+    /// before is not recorded again (at most [`OBSERVED_HERE`] subjects; a publish to another
+    /// subject asks the log each time).
+    observed: Mutex<FastMap<Box<str>, Vec<Box<str>>>>,
 }
 
-/// How many (subject, event type) pairs one handler's [`Runs`] remembers having recorded.
+/// How many subjects one handler's [`Runs`] remembers having given the publish log.
 const OBSERVED_HERE: usize = 64;
 
 impl Runs {
@@ -105,7 +107,7 @@ impl Runs {
             publisher,
             observer: None,
             metrics: OnceLock::new(),
-            observed: Mutex::new(Vec::new()),
+            observed: Mutex::new(FastMap::default()),
         }
     }
 
@@ -135,11 +137,14 @@ impl Runs {
         };
         {
             let mut seen = self.observed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if seen.iter().any(|(s, t)| s == subject && **t == *event_type) {
-                return;
-            }
-            if seen.len() < OBSERVED_HERE {
-                seen.push((subject.clone(), event_type.into()));
+            let room = seen.len() < OBSERVED_HERE;
+            match seen.get_mut(subject.as_str()) {
+                Some(types) if types.iter().any(|t| **t == *event_type) => return,
+                Some(types) => types.push(event_type.into()),
+                None if room => {
+                    seen.insert(subject.as_str().into(), vec![event_type.into()]);
+                }
+                None => {}
             }
         }
         log.record(set, Some(handler), subject.as_str(), event_type);
@@ -474,7 +479,8 @@ mod tests {
     use crate::transport::memory::MemoryTransport;
 
     /// Repeated publishes are recorded once, and a handler publishing to more subjects than
-    /// [`OBSERVED_HERE`] still has every one recorded (the rest through the log itself).
+    /// [`OBSERVED_HERE`] still has every one recorded (the rest through the log itself), under
+    /// every event type it published to them.
     #[test]
     fn every_publication_reaches_the_log_once() {
         let log = Arc::new(PublishLog::default());
@@ -491,6 +497,10 @@ mod tests {
                 runs.observe(s, "DocEvent");
             }
         }
+        // Another type on a known subject reaches the log too (where the topology keeps one type
+        // per publication, the latest); read below from the log itself.
+        runs.observe(&subjects[0], "OtherEvent");
+        assert!(log.contains("docs", Some("h"), "doc.e0", "OtherEvent"));
         let mut t = Topology::new();
         log.apply(&mut t);
         let seen: Vec<(&str, Option<&str>)> = t

@@ -234,15 +234,30 @@ impl Context {
         )
     }
 
-    /// A detached context labelled `label` (its handler name in metrics, spans and logs: bounded,
-    /// never an id) whose published message ids are derived from `scope` (a per-instance key, so a
-    /// re-run re-publishes the same ids).
-    pub(crate) fn detached_scoped(runs: Arc<Runs>, envelope: &Envelope, scope: Arc<str>) -> Self {
-        let mut context = Self::running(envelope, 1, runs);
-        if let Some(inner) = Arc::get_mut(&mut context.inner) {
-            inner.scope = Some(scope);
+    /// A detached context (a saga step's) for a message of `identity` on `subject` at
+    /// `occurred`, labelled as `runs` says (its handler name in metrics, spans and logs: bounded,
+    /// never an id), whose published message ids are derived from `scope` (a per-instance key,
+    /// so a re-run re-publishes the same ids).
+    pub(crate) fn scoped(
+        identity: Identity,
+        subject: Subject,
+        occurred: Timestamp,
+        runs: Arc<Runs>,
+        scope: Arc<str>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                identity,
+                subject,
+                occurred,
+                delivered: 1,
+                runs,
+                scope: Some(scope),
+                published: AtomicU32::new(0),
+                propagated: Vec::new(),
+                emitted: std::sync::Mutex::new(Vec::new()),
+            }),
         }
-        context
     }
 
     /// The handled message's identity.

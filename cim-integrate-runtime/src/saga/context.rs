@@ -1,23 +1,54 @@
 //! [`StepContext`]: what a step or compensation sees.
 
 use crate::handler::Context;
+use crate::handler::context::Runs;
 use crate::id::{CorrelationId, Identity};
+use crate::subject::Subject;
+use crate::timestamp::Timestamp;
+use std::sync::{Arc, OnceLock};
 
 /// A step's (or compensation's) view of its saga: a working copy of the data, the ids, and a
 /// [`Context`] to publish with.
 ///
 /// Changes to the data are kept only if the attempt succeeds: they are persisted together with
 /// the step's completion. A failed or timed-out attempt leaves the saga's data as it was.
-#[derive(Debug)]
 pub struct StepContext<D> {
     pub(crate) data: D,
     pub(crate) saga: &'static str,
-    pub(crate) saga_id: std::sync::Arc<str>,
+    pub(crate) saga_id: Arc<str>,
     pub(crate) step: &'static str,
-    pub(crate) key: std::sync::Arc<str>,
+    pub(crate) key: Arc<str>,
     pub(crate) attempt: u32,
     pub(crate) compensating: bool,
-    pub(crate) context: Context,
+    /// The identity of the message that started the saga.
+    pub(crate) identity: Identity,
+    /// What the publishing context is made of, when the step first asks for it: most steps
+    /// never publish, and then no context is made.
+    pub(crate) publishing: Publishing,
+    pub(crate) context: OnceLock<Context>,
+}
+
+/// What a step's [`Context`] is made of: the step's shared publisher and observer, the subject
+/// and time the context reports (the saga's lifecycle subject, its start).
+pub(crate) struct Publishing {
+    pub(crate) runs: Arc<Runs>,
+    pub(crate) subject: Subject,
+    pub(crate) occurred: Timestamp,
+}
+
+impl<D: std::fmt::Debug> std::fmt::Debug for StepContext<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StepContext")
+            .field("data", &self.data)
+            .field("saga", &self.saga)
+            .field("saga_id", &self.saga_id)
+            .field("step", &self.step)
+            .field("key", &self.key)
+            .field("attempt", &self.attempt)
+            .field("compensating", &self.compensating)
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<D> StepContext<D> {
@@ -59,17 +90,30 @@ impl<D> StepContext<D> {
     /// The identity of the message that started the saga (for a saga started directly, a fresh
     /// root identity, persisted with the saga).
     pub fn identity(&self) -> &Identity {
-        self.context.identity()
+        &self.identity
     }
     /// The saga's correlation id: the starting message's.
     pub fn correlation_id(&self) -> CorrelationId {
-        self.context.correlation_id()
+        self.identity.correlation_id
     }
     /// A handler context for publishing: messages keep the saga's correlation id, and their ids
     /// are derived from the idempotency key and the publish's position, so a re-run re-publishes
-    /// the same ids and the stream's duplicate window drops them.
+    /// the same ids and the stream's duplicate window drops them. Made on the first call.
     pub fn context(&self) -> &Context {
-        &self.context
+        self.context.get_or_init(|| {
+            let p = &self.publishing;
+            Context::scoped(
+                self.identity,
+                p.subject.clone(),
+                p.occurred,
+                p.runs.clone(),
+                self.key.clone(),
+            )
+        })
+    }
+    /// The publishing context, if the step made it.
+    pub(crate) fn made_context(&self) -> Option<&Context> {
+        self.context.get()
     }
     /// The data, consumed.
     pub fn into_data(self) -> D {

@@ -1993,11 +1993,6 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         // Metrics and spans are labelled by saga and step (bounded); message ids are derived from
         // the per-instance key (idempotent across re-runs).
         let observer = &self.inner.observers[i][usize::from(compensating)];
-        let context = Context::detached_scoped(
-            self.inner.step_runs[i][usize::from(compensating)].clone(),
-            &envelope,
-            key.clone(),
-        );
         let mut ctx = StepContext {
             data: rec.data.clone(),
             saga: S::NAME,
@@ -2006,7 +2001,13 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
             key,
             attempt,
             compensating,
-            context,
+            identity: rec.identity,
+            publishing: crate::saga::context::Publishing {
+                runs: self.inner.step_runs[i][usize::from(compensating)].clone(),
+                subject: self.inner.events_subject.clone(),
+                occurred: rec.started_at,
+            },
+            context: std::sync::OnceLock::new(),
         };
         let (kind, span) = if compensating {
             (
@@ -2020,12 +2021,12 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
             )
         };
         crate::trace_context::link_stored(&span, rec.trace.as_deref());
-        let emitted = ctx.context.clone();
         let mut outcome = observer
             .run(kind, envelope, policy.timeout, f(&self.inner.saga, &mut ctx))
             .instrument(span)
             .await;
         if matches!(outcome, Outcome::Succeeded)
+            && let Some(emitted) = ctx.made_context()
             && let Err(e) = emitted.flush().await
         {
             // The step's emitted events are part of its work: not acknowledged, not done.

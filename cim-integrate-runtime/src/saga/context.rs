@@ -17,7 +17,8 @@ pub struct StepContext<D> {
     pub(crate) saga: &'static str,
     pub(crate) saga_id: Arc<str>,
     pub(crate) step: &'static str,
-    pub(crate) key: Arc<str>,
+    /// The idempotency key, made on first use (by the step, or for its context's message ids).
+    pub(crate) key: OnceLock<Arc<str>>,
     pub(crate) attempt: u32,
     pub(crate) compensating: bool,
     /// The identity of the message that started the saga.
@@ -43,7 +44,7 @@ impl<D: std::fmt::Debug> std::fmt::Debug for StepContext<D> {
             .field("saga", &self.saga)
             .field("saga_id", &self.saga_id)
             .field("step", &self.step)
-            .field("key", &self.key)
+            .field("key", &self.key.get())
             .field("attempt", &self.attempt)
             .field("compensating", &self.compensating)
             .field("identity", &self.identity)
@@ -81,7 +82,13 @@ impl<D> StepContext<D> {
     /// Give it to the system the step changes (an idempotency key, a unique constraint) so that a
     /// re-run after a crash does not repeat a side effect that already happened.
     pub fn idempotency_key(&self) -> &str {
-        &self.key
+        self.key()
+    }
+
+    /// [`idempotency_key`](Self::idempotency_key), shared with the context's message-id scope.
+    fn key(&self) -> &Arc<str> {
+        self.key
+            .get_or_init(|| idempotency_key(self.saga, &self.saga_id, self.step, self.compensating))
     }
     /// This attempt's number, 1 for the first (attempts interrupted by a crash count).
     pub fn attempt(&self) -> u32 {
@@ -107,7 +114,7 @@ impl<D> StepContext<D> {
                 p.subject.clone(),
                 p.occurred,
                 p.runs.clone(),
-                self.key.clone(),
+                self.key().clone(),
             )
         })
     }
@@ -118,5 +125,45 @@ impl<D> StepContext<D> {
     /// The data, consumed.
     pub fn into_data(self) -> D {
         self.data
+    }
+}
+
+/// `{saga}/{id}/{step}` (`/compensate` appended for a compensation), in one allocation: the
+/// parts are copied into a buffer on the stack when they fit, without the formatting machinery.
+fn idempotency_key(saga: &str, id: &str, step: &str, compensating: bool) -> Arc<str> {
+    let parts = [saga, "/", id, "/", step, if compensating { "/compensate" } else { "" }];
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let mut buf = [0u8; 256];
+    if let Some(out) = buf.get_mut(..len) {
+        let mut at = 0;
+        for part in parts {
+            out[at..at + part.len()].copy_from_slice(part.as_bytes());
+            at += part.len();
+        }
+        // Whole strings put end to end: valid UTF-8.
+        if let Ok(key) = std::str::from_utf8(out) {
+            return Arc::from(key);
+        }
+    }
+    Arc::from(parts.concat())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::idempotency_key;
+
+    #[test]
+    fn idempotency_keys_are_the_parts_joined() {
+        assert_eq!(&*idempotency_key("order", "o-1", "charge", false), "order/o-1/charge");
+        assert_eq!(
+            &*idempotency_key("order", "o-1", "charge", true),
+            "order/o-1/charge/compensate"
+        );
+        // Longer than the stack buffer, and not ASCII.
+        let id = "é".repeat(200);
+        assert_eq!(
+            &*idempotency_key("order", &id, "charge", false),
+            format!("order/{id}/charge").as_str()
+        );
     }
 }

@@ -715,7 +715,7 @@ struct Run<D> {
     event_ids: Option<crate::id::DerivedChildren>,
     /// The record's id, shared by its steps' contexts.
     id: Arc<str>,
-    /// Where the steps' idempotency keys are written.
+    /// Where the lifecycle events' id scope is written.
     scratch: String,
 }
 
@@ -736,9 +736,9 @@ impl<D> Run<D> {
         }
     }
 
-    /// What an attempt reads: the record, its shared id and the scratch string.
-    fn parts(&mut self) -> (&SagaRecord<D>, &Arc<str>, &mut String) {
-        (&self.rec, &self.id, &mut self.scratch)
+    /// What an attempt reads: the record and its shared id.
+    fn parts(&self) -> (&SagaRecord<D>, &Arc<str>) {
+        (&self.rec, &self.id)
     }
 
     /// The record's JSON, in the format its runner writes (set in the record first).
@@ -1963,7 +1963,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
     /// timeout.
     async fn attempt(
         &self,
-        (rec, run_id, scratch): (&SagaRecord<S::Data>, &Arc<str>, &mut String),
+        (rec, run_id): (&SagaRecord<S::Data>, &Arc<str>),
         f: StepFn<S>,
         i: usize,
         attempt: u32,
@@ -1971,19 +1971,6 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         policy: &StepPolicy,
     ) -> Attempted<S::Data> {
         let step = self.inner.steps[i].name;
-        // `{saga}/{id}/{step}` (`/compensate`), without the formatting machinery.
-        // Written into the run's scratch string, then one allocation shared by the step's context
-        // and its message-id scope.
-        scratch.clear();
-        // One allocation for the run's first step (its later steps reuse it), not one per growth.
-        scratch.reserve(S::NAME.len() + rec.id.len() + step.len() + "//".len() + "/compensate".len());
-        for part in [S::NAME, "/", &rec.id, "/", step] {
-            scratch.push_str(part);
-        }
-        if compensating {
-            scratch.push_str("/compensate");
-        }
-        let key: Arc<str> = Arc::from(scratch.as_str());
         let envelope = Envelope::with_identity_at(
             rec.identity,
             self.inner.events_subject.clone(),
@@ -1998,7 +1985,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
             saga: S::NAME,
             saga_id: run_id.clone(),
             step,
-            key,
+            key: std::sync::OnceLock::new(),
             attempt,
             compensating,
             identity: rec.identity,

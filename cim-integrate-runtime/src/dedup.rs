@@ -403,7 +403,7 @@ fn with_mark(current: Option<&[u8]>, offset: u8, nanos: i64) -> Bytes {
 
 /// Runs `f` on `parts` joined, on the stack when they fit in 160 bytes (a key built for one
 /// call needs no allocation), else in a `String`.
-fn joined<R>(parts: &[&str], f: impl FnOnce(&str) -> R) -> R {
+pub(crate) fn joined<R>(parts: &[&str], f: impl FnOnce(&str) -> R) -> R {
     let mut buf = [0u8; 160];
     let mut len = 0;
     for part in parts {

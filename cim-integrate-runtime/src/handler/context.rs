@@ -199,11 +199,22 @@ impl std::fmt::Debug for Context {
 impl Context {
     /// The context for handling `envelope` (its `delivered`-th delivery) as `runs` says.
     pub(crate) fn running(envelope: &Envelope, delivered: u64, runs: Arc<Runs>) -> Self {
+        Self::of(
+            *envelope.identity(),
+            envelope.subject().clone(),
+            envelope.occurred(),
+            delivered,
+            runs,
+        )
+    }
+
+    /// [`running`](Self::running) from the parts of the envelope it reads.
+    fn of(identity: Identity, subject: Subject, occurred: Timestamp, delivered: u64, runs: Arc<Runs>) -> Self {
         Self {
             inner: Arc::new(Inner {
-                identity: *envelope.identity(),
-                subject: envelope.subject().clone(),
-                occurred: envelope.occurred(),
+                identity,
+                subject,
+                occurred,
                 delivered,
                 runs,
                 scope: None,
@@ -245,19 +256,11 @@ impl Context {
         runs: Arc<Runs>,
         scope: Arc<str>,
     ) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                identity,
-                subject,
-                occurred,
-                delivered: 1,
-                runs,
-                scope: Some(scope),
-                published: AtomicU32::new(0),
-                propagated: Vec::new(),
-                emitted: std::sync::Mutex::new(Vec::new()),
-            }),
+        let mut context = Self::of(identity, subject, occurred, 1, runs);
+        if let Some(inner) = Arc::get_mut(&mut context.inner) {
+            inner.scope = Some(scope);
         }
+        context
     }
 
     /// The handled message's identity.

@@ -128,24 +128,10 @@ impl<D> StepContext<D> {
     }
 }
 
-/// `{saga}/{id}/{step}` (`/compensate` appended for a compensation), in one allocation: the
-/// parts are copied into a buffer on the stack when they fit, without the formatting machinery.
+/// `{saga}/{id}/{step}` (`/compensate` appended for a compensation), in one allocation.
 fn idempotency_key(saga: &str, id: &str, step: &str, compensating: bool) -> Arc<str> {
-    let parts = [saga, "/", id, "/", step, if compensating { "/compensate" } else { "" }];
-    let len: usize = parts.iter().map(|p| p.len()).sum();
-    let mut buf = [0u8; 256];
-    if let Some(out) = buf.get_mut(..len) {
-        let mut at = 0;
-        for part in parts {
-            out[at..at + part.len()].copy_from_slice(part.as_bytes());
-            at += part.len();
-        }
-        // Whole strings put end to end: valid UTF-8.
-        if let Ok(key) = std::str::from_utf8(out) {
-            return Arc::from(key);
-        }
-    }
-    Arc::from(parts.concat())
+    let compensate = if compensating { "/compensate" } else { "" };
+    crate::dedup::joined(&[saga, "/", id, "/", step, compensate], |key| Arc::from(key))
 }
 
 #[cfg(test)]

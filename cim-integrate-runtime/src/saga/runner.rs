@@ -1603,12 +1603,16 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         give_up_ms: i64,
     ) -> Result<u64, SagaError> {
         let mut backoff = STORE_BACKOFF;
-        let mut retried = false;
         let mut first = Some(bytes);
         loop {
-            let bytes = match first.take() {
-                Some(b) => b,
-                None => run.encode()?,
+            // The first attempt hands the record over; a retry encodes it again (the same bytes)
+            // and keeps them, to recognise its earlier attempt if that was stored after all.
+            let (bytes, retry) = match first.take() {
+                Some(b) => (b, None),
+                None => {
+                    let b = run.encode()?;
+                    (b.clone(), Some(b))
+                }
             };
             let id = &*run.rec.id;
             let (result, store) = match target {
@@ -1618,17 +1622,13 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
             match result {
                 Ok(rev) => return Ok(rev),
                 Err(KvError::Conflict { .. } | KvError::AlreadyExists { .. }) => {
-                    if retried {
-                        let ours = run.encode()?;
-                        let id = &*run.rec.id;
-                        if let Ok(Some(entry)) = store.get(id).await
-                            && entry.value == ours
-                        {
-                            // Our earlier attempt was stored; only its answer was lost.
-                            return Ok(entry.revision);
-                        }
+                    if let Some(ours) = retry
+                        && let Ok(Some(entry)) = store.get(id).await
+                        && entry.value == ours
+                    {
+                        // Our earlier attempt was stored; only its answer was lost.
+                        return Ok(entry.revision);
                     }
-                    let id = &*run.rec.id;
                     tracing::info!(saga = S::NAME, %id, ?write, ?step, "another runner wrote the saga first; stopping");
                     return Err(SagaError::Conflict { id: id.to_owned() });
                 }
@@ -1641,9 +1641,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
                             .saturating_add(crate::clock::millis(backoff.pause()))
                             < give_up_ms =>
                 {
-                    let id = &*run.rec.id;
                     tracing::warn!(saga = S::NAME, %id, ?write, ?step, error = %e, "saga store unavailable; retrying the write");
-                    retried = true;
                     backoff.wait().await;
                 }
                 Err(e) => return Err(e.into()),

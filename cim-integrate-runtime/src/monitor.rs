@@ -292,9 +292,8 @@ pub(crate) fn breaker_rejected(name: &str, extra: &[(String, String)]) {
 #[derive(Debug)]
 pub(crate) struct PublishMetrics {
     duration: Histogram,
-    ok: Counter,
-    duplicate: Counter,
-    error: Counter,
+    /// `cim_published_total`, indexed by [`PublishOutcome`].
+    published: [Counter; PublishOutcome::ALL.len()],
 }
 
 impl PublishMetrics {
@@ -303,28 +302,21 @@ impl PublishMetrics {
             Label::new("source_domain", domain.to_owned()),
             Label::new("publisher", publisher.to_owned()),
         ];
-        let outcome = |o: &'static str| {
+        let published = PublishOutcome::ALL.map(|o| {
             let mut l = labels.clone();
-            l.push(Label::new("outcome", o));
+            l.push(Label::new("outcome", o.as_str()));
             metrics::counter!(PUBLISHED, l)
-        };
+        });
         Self {
-            ok: outcome("ok"),
-            duplicate: outcome("duplicate"),
-            error: outcome("error"),
+            published,
             duration: metrics::histogram!(PUBLISH_DURATION, labels),
         }
     }
 
-    /// How a publish ended (`ok`, `duplicate`, `error`), after `elapsed`.
+    /// How a publish ended, after `elapsed`.
     pub(crate) fn record(&self, outcome: PublishOutcome, elapsed: Duration) {
         self.duration.record(elapsed.as_secs_f64());
-        match outcome {
-            PublishOutcome::Ok => &self.ok,
-            PublishOutcome::Duplicate => &self.duplicate,
-            PublishOutcome::Error => &self.error,
-        }
-        .increment(1);
+        self.published[outcome as usize].increment(1);
     }
 }
 
@@ -337,6 +329,20 @@ pub(crate) enum PublishOutcome {
     Duplicate,
     /// Not acknowledged.
     Error,
+}
+
+impl PublishOutcome {
+    /// Every outcome, in the order of their discriminants.
+    const ALL: [Self; 3] = [Self::Ok, Self::Duplicate, Self::Error];
+
+    /// The label's value: `ok`, `duplicate`, `error`.
+    pub(crate) const fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Duplicate => "duplicate",
+            Self::Error => "error",
+        }
+    }
 }
 
 /// The target of every `handle` span (one per message a handler, command handler or saga step
@@ -476,5 +482,15 @@ mod tests {
         assert_eq!(source_domain("prod.document.created", Some(&prod)), "document");
         assert_eq!(source_domain("document.created", Some(&prod)), "document");
         assert_eq!(source_domain("production.x", Some(&prod)), "production");
+    }
+
+    /// `PublishMetrics` indexes its counters by discriminant, in the order of `ALL`.
+    #[test]
+    fn publish_outcomes_index_their_counters() {
+        for (i, o) in PublishOutcome::ALL.into_iter().enumerate() {
+            assert_eq!(o as usize, i, "{o:?}");
+        }
+        let labels: Vec<&str> = PublishOutcome::ALL.map(PublishOutcome::as_str).into();
+        assert_eq!(labels, ["ok", "duplicate", "error"]);
     }
 }

@@ -594,52 +594,82 @@ fn escape(s: &str) -> String {
 /// Most distinct publishes a [`PublishLog`] keeps (subjects can be built at run time).
 pub(crate) const OBSERVED_LIMIT: usize = 4096;
 
-/// Publishes seen at run time, shared by a service's contexts: (participant, handler, subject,
-/// type name). Bounded by [`OBSERVED_LIMIT`].
+/// Publishes seen at run time, shared by a service's contexts: by participant, handler and
+/// subject, the event type names published there (`""` for an untyped publish). Bounded by
+/// [`OBSERVED_LIMIT`]. A publish seen before is found by borrowed lookups: no allocation, one
+/// lock.
 #[derive(Debug, Default)]
 pub(crate) struct PublishLog {
-    seen: Mutex<BTreeSet<Observed>>,
+    seen: Mutex<Seen>,
 }
 
-/// (participant, handler, subject, type name).
-type Observed = (String, Option<String>, String, Option<String>);
+#[derive(Debug, Default)]
+struct Seen {
+    /// participant -> handler -> subject -> type names.
+    by: BTreeMap<String, BTreeMap<String, BTreeMap<String, Vec<String>>>>,
+    /// How many (participant, handler, subject, type name) the map holds.
+    len: usize,
+}
+
+impl Seen {
+    fn types(&self, participant: &str, handler: &str, subject: &str) -> Option<&Vec<String>> {
+        self.by.get(participant)?.get(handler)?.get(subject)
+    }
+}
 
 impl PublishLog {
-    pub(crate) fn record(&self, participant: &str, handler: Option<&str>, subject: &str, type_name: &str) {
+    /// Records that `participant`'s `handler` published to `subject` an event of `type_name`
+    /// (`""`: untyped), unless it was recorded before or the log is full.
+    pub(crate) fn record(&self, participant: &str, handler: &str, subject: &str, type_name: &str) {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.len() >= OBSERVED_LIMIT {
+        if seen
+            .types(participant, handler, subject)
+            .is_some_and(|t| t.iter().any(|t| t == type_name))
+        {
             return;
         }
-        let type_name = (!type_name.is_empty()).then(|| type_name.to_owned());
-        let key = (
-            participant.to_owned(),
-            handler.map(str::to_owned),
-            subject.to_owned(),
-            type_name,
-        );
-        if !seen.contains(&key) {
-            seen.insert(key);
+        if seen.len >= OBSERVED_LIMIT {
+            return;
         }
+        seen.by
+            .entry(participant.to_owned())
+            .or_default()
+            .entry(handler.to_owned())
+            .or_default()
+            .entry(subject.to_owned())
+            .or_default()
+            .push(type_name.to_owned());
+        seen.len += 1;
     }
 
     /// Whether `record` was called with these (a test's view of the log).
     #[cfg(test)]
-    pub(crate) fn contains(&self, participant: &str, handler: Option<&str>, subject: &str, type_name: &str) -> bool {
+    pub(crate) fn contains(&self, participant: &str, handler: &str, subject: &str, type_name: &str) -> bool {
         let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        let type_name = (!type_name.is_empty()).then_some(type_name);
-        seen.iter().any(|(p, h, s, t)| {
-            p == participant && h.as_deref() == handler && s == subject && t.as_deref() == type_name
-        })
+        seen.types(participant, handler, subject)
+            .is_some_and(|t| t.iter().any(|t| t == type_name))
+    }
+
+    /// How many distinct publishes the log holds.
+    #[cfg(test)]
+    pub(crate) fn recorded(&self) -> usize {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).len
     }
 
     pub(crate) fn apply(&self, topology: &mut Topology) {
         let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        for (participant, handler, subject, type_name) in seen.iter() {
-            let event = EventRef {
-                subject: Cow::Owned(subject.clone()),
-                type_name: type_name.clone().map(Cow::Owned),
-            };
-            topology.observe_publication(participant, handler.as_deref(), event);
+        for (participant, handlers) in &seen.by {
+            for (handler, subjects) in handlers {
+                for (subject, types) in subjects {
+                    for type_name in types {
+                        let event = EventRef {
+                            subject: Cow::Owned(subject.clone()),
+                            type_name: (!type_name.is_empty()).then(|| Cow::Owned(type_name.clone())),
+                        };
+                        topology.observe_publication(participant, Some(handler), event);
+                    }
+                }
+            }
         }
     }
 }
@@ -693,7 +723,7 @@ mod tests {
     fn the_log_is_bounded() {
         let log = PublishLog::default();
         for i in 0..OBSERVED_LIMIT + 10 {
-            log.record("p", None, &format!("d.e{i}"), "");
+            log.record("p", "h", &format!("d.e{i}"), "");
         }
         let mut t = Topology::new();
         log.apply(&mut t);

@@ -2,7 +2,6 @@
 
 use crate::envelope::Envelope;
 use crate::event::Publishable;
-use crate::fast_hash::FastMap;
 use crate::id::{CausationId, CorrelationId, Identity, MessageId};
 use crate::monitor;
 use crate::subject::{Subject, SubjectError};
@@ -12,7 +11,7 @@ use crate::transport::{OutboundMessage, PublishAck, Transport, TransportError};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tracing::Instrument;
 
@@ -90,14 +89,7 @@ pub(crate) struct Runs {
     /// The publish metrics of the first domain published into (nearly always the only one), so
     /// that a publish records into handles; a publish into another domain registers its own.
     metrics: OnceLock<(Box<str>, monitor::PublishMetrics)>,
-    /// The event types already given to the publish log, by subject, so that a publish seen
-    /// before is not recorded again (at most [`OBSERVED_HERE`] subjects; a publish to another
-    /// subject asks the log each time).
-    observed: Mutex<FastMap<Box<str>, Vec<Box<str>>>>,
 }
-
-/// How many subjects one handler's [`Runs`] remembers having given the publish log.
-const OBSERVED_HERE: usize = 64;
 
 impl Runs {
     /// Contexts of `handler` publishing through `publisher`.
@@ -107,7 +99,6 @@ impl Runs {
             publisher,
             observer: None,
             metrics: OnceLock::new(),
-            observed: Mutex::new(FastMap::default()),
         }
     }
 
@@ -130,24 +121,11 @@ impl Runs {
         }
     }
 
-    /// Records a publish for the topology (once per subject and event type).
+    /// Records a publish for the topology (the log keeps each subject and event type once).
     fn observe(&self, subject: &Subject, event_type: &str) {
-        let Some((set, handler, log)) = &self.observer else {
-            return;
-        };
-        {
-            let mut seen = self.observed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let room = seen.len() < OBSERVED_HERE;
-            match seen.get_mut(subject.as_str()) {
-                Some(types) if types.iter().any(|t| **t == *event_type) => return,
-                Some(types) => types.push(event_type.into()),
-                None if room => {
-                    seen.insert(subject.as_str().into(), vec![event_type.into()]);
-                }
-                None => {}
-            }
+        if let Some((set, handler, log)) = &self.observer {
+            log.record(set, handler, subject.as_str(), event_type);
         }
-        log.record(set, Some(handler), subject.as_str(), event_type);
     }
 
     /// Records the contexts' publishes in `log` as made by `handler` of the handler set `set`.
@@ -496,9 +474,8 @@ mod tests {
     use crate::topology::Topology;
     use crate::transport::memory::MemoryTransport;
 
-    /// Repeated publishes are recorded once, and a handler publishing to more subjects than
-    /// [`OBSERVED_HERE`] still has every one recorded (the rest through the log itself), under
-    /// every event type it published to them.
+    /// Repeated publishes are recorded once, and a handler publishing to many subjects has every
+    /// one recorded, under every event type it published to them.
     #[test]
     fn every_publication_reaches_the_log_once() {
         let log = Arc::new(PublishLog::default());
@@ -507,7 +484,7 @@ mod tests {
             Arc::from("h"),
             log.clone(),
         );
-        let subjects: Vec<Subject> = (0..OBSERVED_HERE + 8)
+        let subjects: Vec<Subject> = (0..72)
             .map(|i| Subject::new(format!("doc.e{i}")).expect("subject"))
             .collect();
         for _ in 0..3 {
@@ -518,7 +495,9 @@ mod tests {
         // Another type on a known subject reaches the log too (where the topology keeps one type
         // per publication, the latest); read below from the log itself.
         runs.observe(&subjects[0], "OtherEvent");
-        assert!(log.contains("docs", Some("h"), "doc.e0", "OtherEvent"));
+        assert!(log.contains("docs", "h", "doc.e0", "OtherEvent"));
+        assert!(log.contains("docs", "h", "doc.e71", "DocEvent"));
+        assert_eq!(log.recorded(), subjects.len() + 1);
         let mut t = Topology::new();
         log.apply(&mut t);
         let seen: Vec<(&str, Option<&str>)> = t

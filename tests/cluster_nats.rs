@@ -1,6 +1,7 @@
 //! A service on a three-node JetStream cluster, with replicas from the deployment policy, while
 //! the node leading its stream, its dedup bucket and its consumer is killed: nothing is lost,
-//! nothing is handled twice, nothing is dead-lettered, and processing resumes within seconds.
+//! nothing is handled twice, nothing is dead-lettered, and processing resumes as soon as
+//! the servers have elected new leaders (within seconds of it).
 //!
 //! Fed by a foreign publisher (a plain async-nats client): events carry no CIM headers, only
 //! `Nats-Msg-Id`, and the publisher sends again what was not acknowledged, as any careful
@@ -210,11 +211,29 @@ async fn killing_the_leading_node_loses_nothing_and_runs_nothing_twice() {
     let at_kill = effects.handled.load(Ordering::SeqCst);
     cluster.kill(target).expect("kill");
     let killed = Instant::now();
-    // More than could have been buffered before the kill: processing resumed.
-    wait_for(at_kill + 300, Duration::from_secs(30)).await;
-    let resumed = killed.elapsed();
-
-    eprintln!("resumed {resumed:?} after the kill");
+    // When the stream, the dedup bucket and the consumer have leaders again (the servers'
+    // elections), and when processing resumed: more than could have been buffered before the
+    // kill was handled.
+    let elected = async {
+        let within = Duration::from_secs(60);
+        for stream in ["ORDERS_EVENTS", "KV_cim_dedup_fulfilment"] {
+            cluster
+                .wait_for_stream_leader(stream, within)
+                .await
+                .expect("a new stream leader");
+        }
+        cluster
+            .wait_for_consumer_leader("ORDERS_EVENTS", "fulfilment-fulfil", within)
+            .await
+            .expect("a new consumer leader");
+        killed.elapsed()
+    };
+    let resumed = async {
+        wait_for(at_kill + 300, Duration::from_secs(60)).await;
+        killed.elapsed()
+    };
+    let (elected, resumed) = tokio::join!(elected, resumed);
+    eprintln!("resumed {resumed:?} after the kill, the new leaders elected after {elected:?}");
     // Bounded, so that a publisher that cannot finish fails the test instead of holding it.
     tokio::time::timeout(Duration::from_secs(120), feeder)
         .await
@@ -254,14 +273,20 @@ async fn killing_the_leading_node_loses_nothing_and_runs_nothing_twice() {
     }
     let dead = stream_messages(&client, DEAD_LETTER_STREAM_NAME).await;
     assert_eq!(dead, 0, "dead letters after a node failure");
-    // Quiet runs resume in 7-9 s (the election is most of it); on a loaded two-core machine an
-    // election has taken up to 17 s, so the bound here leaves room for that.
+    // The service's own share of the outage: from the last new leader to the first events
+    // handled again. Missing two pull heartbeats (1 s each) restarts the pull; a service that
+    // waited for its pull request to expire (30 s) instead would fail here. The elections
+    // themselves are the servers' (4-9 s quiet, up to 20 s and more on a loaded two-core
+    // machine) and are bounded only by the minute given to them above.
+    let ours = resumed.saturating_sub(elected);
     assert!(
-        resumed < Duration::from_secs(20),
-        "processing resumed {resumed:?} after the kill"
+        ours < Duration::from_secs(10),
+        "processing resumed {ours:?} after the new leaders were elected ({elected:?} after the kill)"
     );
     service.shutdown(Duration::from_secs(5)).await;
-    eprintln!("resumed {resumed:?} after the kill; {EVENTS} handled once each; 0 dead letters");
+    eprintln!(
+        "resumed {resumed:?} after the kill ({ours:?} after the elections); {EVENTS} handled once each; 0 dead letters"
+    );
 }
 
 // ---- sagas while their bucket's leader is killed -----------------------------------------------
@@ -372,7 +397,9 @@ async fn sagas_complete_while_their_buckets_leader_is_killed() {
     cluster.kill(target).expect("kill");
     let killed = Instant::now();
     let at_kill = runs.shipped.load(Ordering::SeqCst);
-    wait_for(at_kill + 100, Duration::from_secs(30)).await;
+    // A minute: the bucket's election is the servers' (4-9 s quiet, 20 s and more on a loaded
+    // two-core machine).
+    wait_for(at_kill + 100, Duration::from_secs(60)).await;
     let resumed = killed.elapsed();
     feeder.await.expect("publisher");
     wait_for(SAGAS as usize, Duration::from_secs(120)).await;

@@ -284,9 +284,28 @@ impl NatsCluster {
 
     /// Waits up to `timeout` until `stream` has a leader on a running node, and returns it.
     pub async fn wait_for_stream_leader(&self, stream: &str, timeout: Duration) -> io::Result<usize> {
+        self.wait_for_live_leader(&format!("stream `{stream}`"), timeout, || self.stream_leader(stream))
+            .await
+    }
+
+    /// Waits up to `timeout` until the consumer `durable` of `stream` has a leader on a running
+    /// node, and returns it.
+    pub async fn wait_for_consumer_leader(&self, stream: &str, durable: &str, timeout: Duration) -> io::Result<usize> {
+        self.wait_for_live_leader(&format!("consumer `{durable}` of `{stream}`"), timeout, || {
+            self.consumer_leader(stream, durable)
+        })
+        .await
+    }
+
+    /// Asks `leader` every 100 ms until it names a running node.
+    async fn wait_for_live_leader<F, Fut>(&self, what: &str, timeout: Duration, leader: F) -> io::Result<usize>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = io::Result<usize>>,
+    {
         let deadline = Instant::now() + timeout;
         loop {
-            let last = match self.stream_leader(stream).await {
+            let last = match leader().await {
                 Ok(i) if self.nodes[i].is_started() => return Ok(i),
                 Ok(i) => format!("still names the stopped node {i}"),
                 Err(e) => e.to_string(),
@@ -294,7 +313,7 @@ impl NatsCluster {
             if Instant::now() > deadline {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
-                    format!("stream `{stream}` has no live leader after {timeout:?}: {last}"),
+                    format!("{what} has no live leader after {timeout:?}: {last}"),
                 ));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

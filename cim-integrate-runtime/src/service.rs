@@ -507,11 +507,13 @@ const FLUSH_AT_SHUTDOWN: Duration = Duration::from_secs(2);
 const REDRIVE_PREFETCH: usize = 16;
 
 /// What a process holds ahead of a handler, per place of its `concurrency`. The pull batch is
-/// the smaller of the prefetch and `NatsOptions::pull_batch` (100), and async-nats asks for the
-/// next batch when half of one is left: at 4 per place (batch 64 at concurrency 16) the next
-/// pull was asked for too late to keep a fast handler fed (0.82-0.88x the raw pull consumer, by
-/// `cim-integrate-bench --only consume`); at 8 (batch 100) 0.92-0.97x. A process with
-/// concurrency 1 still holds about 20 deliveries, not a batch of 100.
+/// the smaller of twice the prefetch and `NatsOptions::pull_batch` (200), and async-nats asks
+/// for the next batch when half of one has arrived: at 4 per place and a batch of the prefetch
+/// (64 at concurrency 16) the next pull was asked for too late to keep a fast handler fed
+/// (0.82-0.88x the raw pull consumer, by `cim-integrate-bench --only consume`); at 8 and a batch
+/// of 100, 0.92-0.97x on one machine and 0.75-0.95x (median 0.83) on another, where a batch of
+/// 200 (twice the prefetch) measured 1.00x in three runs. A process with concurrency 1 holds
+/// about 30 deliveries, not a batch of 200.
 const PREFETCH_PER_PLACE: usize = 8;
 
 /// A handler's redrive consumer: `{durable}-redrive` on the dead-letter stream, filtered to

@@ -503,7 +503,9 @@ pub struct ConsumerSpec {
     /// Most messages this handle asks the server for ahead of [`Consumer::next`]: not part of
     /// the durable (processes on one durable may differ), but what one process holds of the
     /// durable's [`max_ack_pending`](Self::max_ack_pending). JetStream: each pull request asks
-    /// for the smaller of this and `NatsOptions::pull_batch`. `None` (the default): the
+    /// for the smaller of twice this and `NatsOptions::pull_batch` (async-nats sends the next
+    /// request when half of one has arrived, so that a whole prefetch is still on its way: with
+    /// a pull of just the prefetch, a fast handler outran it); `None` (the default): the
     /// transport's own batch. The embedded transport hands out one message per `next`.
     pub prefetch: Option<usize>,
 }

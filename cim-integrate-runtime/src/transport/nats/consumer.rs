@@ -18,9 +18,10 @@ use std::time::Duration;
 /// again; only a consumer (or stream) that no longer exists ends it with an error.
 ///
 /// Messages pulled but not yet returned by `next` are held by this handle (each pull request
-/// asks for the smaller of [`NatsOptions::pull_batch`](super::NatsOptions::pull_batch) and the
-/// spec's [`prefetch`](crate::transport::ConsumerSpec::prefetch), and the next is sent when half
-/// of it has arrived); if the handle is dropped, the server redelivers them after the ack wait.
+/// asks for the smaller of [`NatsOptions::pull_batch`](super::NatsOptions::pull_batch) and twice
+/// the spec's [`prefetch`](crate::transport::ConsumerSpec::prefetch), and the next is sent when
+/// half of it has arrived); if the handle is dropped, the server redelivers them after the ack
+/// wait.
 pub struct NatsConsumer {
     transport: NatsTransport,
     consumer: Box<PullConsumer>,
@@ -89,7 +90,7 @@ impl NatsConsumer {
         let created = Timestamp::from_offset_date_time(info.created);
         let consumer = Box::new(PullConsumer::new(config, info, transport.jetstream().clone()));
         let own = transport.options().pull_batch;
-        let batch = spec.prefetch.map_or(own, |p| p.min(own)).max(1);
+        let batch = spec.prefetch.map_or(own, |p| p.saturating_mul(2).min(own)).max(1);
         let stats = transport.client().statistics();
         let counted = Arc::new(AtomicU64::new(0));
         let watch = elections.map(|mut advisories| {

@@ -100,9 +100,10 @@ pub struct NatsOptions {
     /// How many times a publish whose acknowledgement timed out is sent again (same
     /// `Nats-Msg-Id`, so the stream stores it once) before the timeout is reported.
     pub publish_retries: u32,
-    /// Messages asked for by each pull request of a consumer. Larger is faster; every message
-    /// pulled starts its ack wait when the server sends it, even if [`Consumer::next`]
-    /// is called later.
+    /// Most messages asked for by each pull request of a consumer (200, async-nats's own
+    /// default; a consumer with a prefetch asks for at most twice that). Larger is faster;
+    /// every message pulled starts its ack wait when the server sends it, even if
+    /// [`Consumer::next`] is called later.
     ///
     /// [`Consumer::next`]: crate::transport::Consumer::next
     pub pull_batch: usize,
@@ -164,7 +165,7 @@ impl NatsOptions {
             name: None,
             request_timeout: Duration::from_secs(5),
             publish_retries: 3,
-            pull_batch: 100,
+            pull_batch: 200,
             pull_heartbeat: Duration::from_secs(1),
             pull_expires: Duration::from_secs(30),
             js_domain: None,

@@ -500,13 +500,14 @@ pub struct ConsumerSpec {
     /// (the default) keeps the consumer until it is deleted. JetStream: the consumer's
     /// `inactive_threshold`, which servers from 2.9 apply to durables too.
     pub inactive_threshold: Option<Duration>,
-    /// Most messages this handle asks the server for ahead of [`Consumer::next`]: not part of
-    /// the durable (processes on one durable may differ), but what one process holds of the
-    /// durable's [`max_ack_pending`](Self::max_ack_pending). JetStream: each pull request asks
-    /// for the smaller of twice this and `NatsOptions::pull_batch` (async-nats sends the next
-    /// request when half of one has arrived, so that a whole prefetch is still on its way: with
-    /// a pull of just the prefetch, a fast handler outran it); `None` (the default): the
-    /// transport's own batch. The embedded transport hands out one message per `next`.
+    /// How far this handle reads ahead of [`Consumer::next`]: not part of the durable (processes
+    /// on one durable may differ), but the scale of what one process takes of the durable's
+    /// [`max_ack_pending`](Self::max_ack_pending). JetStream: each pull request asks for the
+    /// smaller of twice this and `NatsOptions::pull_batch`, and async-nats sends the next request
+    /// when half of one has arrived, so that a whole prefetch is still on its way (with a pull of
+    /// just the prefetch, a fast handler outran it); the handle holds at most about three times
+    /// this. `None` (the default): the transport's own batch. The embedded transport hands out
+    /// one message per `next`.
     pub prefetch: Option<usize>,
 }
 

@@ -89,8 +89,7 @@ impl NatsConsumer {
             .map_err(|e| TransportError::Other(format!("consumer `{}`: {e}", spec.durable)))?;
         let created = Timestamp::from_offset_date_time(info.created);
         let consumer = Box::new(PullConsumer::new(config, info, transport.jetstream().clone()));
-        let own = transport.options().pull_batch;
-        let batch = spec.prefetch.map_or(own, |p| p.saturating_mul(2).min(own)).max(1);
+        let batch = pull_batch(spec.prefetch, transport.options().pull_batch);
         let stats = transport.client().statistics();
         let counted = Arc::new(AtomicU64::new(0));
         let watch = elections.map(|mut advisories| {
@@ -410,9 +409,27 @@ impl Acker for NatsAcker {
     }
 }
 
+/// How many messages each pull request asks for: twice the `prefetch` (async-nats sends the next
+/// request when half of one has arrived, so a whole prefetch is still on its way then), at most
+/// `own` (`NatsOptions::pull_batch`), and `own` without a prefetch; never 0.
+fn pull_batch(prefetch: Option<usize>, own: usize) -> usize {
+    prefetch.map_or(own, |p| p.saturating_mul(2).min(own)).max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pull_asks_for_twice_the_prefetch_within_the_batch() {
+        // The service's prefetch is 8 per place of concurrency.
+        assert_eq!(pull_batch(Some(8), 200), 16);
+        assert_eq!(pull_batch(Some(128), 200), 200);
+        assert_eq!(pull_batch(None, 200), 200);
+        assert_eq!(pull_batch(Some(usize::MAX), 200), 200);
+        assert_eq!(pull_batch(Some(0), 200), 1);
+        assert_eq!(pull_batch(None, 0), 1);
+    }
 
     #[test]
     fn ack_subjects_are_read_in_both_forms() {

@@ -183,11 +183,20 @@ impl Context {
             envelope.occurred(),
             delivered,
             runs,
+            None,
         )
     }
 
-    /// [`running`](Self::running) from the parts of the envelope it reads.
-    fn of(identity: Identity, subject: Subject, occurred: Timestamp, delivered: u64, runs: Arc<Runs>) -> Self {
+    /// [`running`](Self::running) from the parts of the envelope it reads, with the scope its
+    /// message ids are derived from if not the handler's name.
+    fn of(
+        identity: Identity,
+        subject: Subject,
+        occurred: Timestamp,
+        delivered: u64,
+        runs: Arc<Runs>,
+        scope: Option<Arc<str>>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 identity,
@@ -195,7 +204,7 @@ impl Context {
                 occurred,
                 delivered,
                 runs,
-                scope: None,
+                scope,
                 published: AtomicU32::new(0),
                 propagated: Vec::new(),
                 emitted: std::sync::Mutex::new(Vec::new()),
@@ -234,11 +243,7 @@ impl Context {
         runs: Arc<Runs>,
         scope: Arc<str>,
     ) -> Self {
-        let mut context = Self::of(identity, subject, occurred, 1, runs);
-        if let Some(inner) = Arc::get_mut(&mut context.inner) {
-            inner.scope = Some(scope);
-        }
-        context
+        Self::of(identity, subject, occurred, 1, runs, Some(scope))
     }
 
     /// The handled message's identity.

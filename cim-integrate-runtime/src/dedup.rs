@@ -317,6 +317,8 @@ const BLOCKS_KEPT: usize = 64;
 struct Block {
     state: Mutex<BlockState>,
     written: Notify,
+    /// Notified when a read of the block's marks ends (see [`BlockState::reading`]).
+    read: Notify,
 }
 
 #[derive(Debug, Default)]
@@ -334,6 +336,29 @@ struct BlockState {
     /// When the block's marks in the bucket were last read into `marks` (for checks of first
     /// deliveries; a read before a delivery's `resumed` does not answer for it).
     read_at: Option<crate::timestamp::Timestamp>,
+    /// A read of the block's marks on its way, stamped when it was sent: the first deliveries
+    /// of the block that it answers wait for it instead of reading again (a service catching
+    /// up has many of one block in flight at once).
+    reading: Option<crate::timestamp::Timestamp>,
+}
+
+/// A read of a block's marks on its way ([`BlockState::reading`]); when it ends (answered,
+/// failed, or given up with its future), those waiting for it are woken.
+struct Reading<'a> {
+    block: &'a Block,
+    at: crate::timestamp::Timestamp,
+}
+
+impl Drop for Reading<'_> {
+    fn drop(&mut self) {
+        {
+            let mut st = self.block.state.lock().unwrap_or_else(|e| e.into_inner());
+            if st.reading == Some(self.at) {
+                st.reading = None;
+            }
+        }
+        self.block.read.notify_waiters();
+    }
 }
 
 impl BlockState {
@@ -511,14 +536,26 @@ impl<K: KeyValue> KvDedup<K> {
         resumed: Option<crate::timestamp::Timestamp>,
     ) -> Result<bool, DedupError> {
         let block = self.block(key);
-        {
-            let st = block.state.lock().unwrap_or_else(|e| e.into_inner());
-            if st.read_at.is_some_and(|at| resumed.is_none_or(|r| at >= r)) {
-                return Ok(st.marks.get(&offset) == Some(&nanos));
+        let answers = |at: Option<crate::timestamp::Timestamp>| at.is_some_and(|at| resumed.is_none_or(|r| at >= r));
+        let at = loop {
+            let done = block.read.notified();
+            {
+                let mut st = block.state.lock().unwrap_or_else(|e| e.into_inner());
+                if answers(st.read_at) {
+                    return Ok(st.marks.get(&offset) == Some(&nanos));
+                }
+                if !answers(st.reading) {
+                    // Stamped before the read: it shows every mark stored before this time.
+                    let at = crate::timestamp::Timestamp::now();
+                    st.reading = st.reading.max(Some(at));
+                    break at;
+                }
             }
-        }
-        // Stamped before the read: it shows every mark stored before this time.
-        let at = crate::timestamp::Timestamp::now();
+            // A read that answers for this delivery is on its way: its result, or (if it
+            // failed or was given up) a read of this delivery's own.
+            done.await;
+        };
+        let reading = Reading { block: &block, at };
         let entry = self.kv.get(key).await?;
         let mut st = block.state.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(theirs) = entry.as_ref().and_then(|e| decode_block(&e.value)) {
@@ -528,7 +565,10 @@ impl<K: KeyValue> KvDedup<K> {
             }
         }
         st.read_at = st.read_at.max(Some(at));
-        Ok(st.marks.get(&offset) == Some(&nanos))
+        let found = st.marks.get(&offset) == Some(&nanos);
+        drop(st);
+        drop(reading);
+        Ok(found)
     }
 
     /// Writes the block's marks, merging those another process wrote when a compare-and-set
@@ -780,17 +820,22 @@ mod tests {
         }
     }
 
-    /// Counts the writes (and, in `reads`, the reads) that reach a bucket.
+    /// Counts the writes (and, in `reads`, the reads) that reach a bucket; a read answers
+    /// after `read_time`.
     #[derive(Debug, Clone)]
     struct Writes<K> {
         kv: K,
         count: Arc<std::sync::atomic::AtomicUsize>,
         reads: Arc<std::sync::atomic::AtomicUsize>,
+        read_time: Duration,
     }
 
     impl<K: KeyValue> KeyValue for Writes<K> {
         async fn get(&self, key: &str) -> Result<Option<crate::transport::KvEntry>, KvError> {
             self.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if !self.read_time.is_zero() {
+                tokio::time::sleep(self.read_time).await;
+            }
             self.kv.get(key).await
         }
         async fn create(&self, key: &str, value: Bytes) -> Result<u64, KvError> {
@@ -868,6 +913,7 @@ mod tests {
             kv: bucket().await,
             count: count.clone(),
             reads: Default::default(),
+            read_time: Duration::ZERO,
         };
         // Two stores (two processes) marking interleaved sequences of the same blocks at once.
         let (a, b) = (Arc::new(KvDedup::new(kv.clone())), Arc::new(KvDedup::new(kv.clone())));
@@ -909,6 +955,7 @@ mod tests {
             kv: bucket().await,
             count: Default::default(),
             reads: Default::default(),
+            read_time: Duration::ZERO,
         };
         let earlier = KvDedup::new(kv.clone());
         let handled = message("S", 70, 5);
@@ -948,6 +995,44 @@ mod tests {
         assert_eq!(reads() - before, 1, "one read of the block");
         assert!(store.seen_delivery("h", &resumed).await.unwrap());
         assert_eq!(reads() - before, 1, "read since the resume: trusted");
+    }
+
+    /// A service catching up has many first deliveries of one block checked at once: they
+    /// share one read of the block (each still reads its message-id key).
+    #[tokio::test(start_paused = true)]
+    async fn first_deliveries_checked_at_once_share_the_block_read() {
+        let kv = Writes {
+            kv: bucket().await,
+            count: Default::default(),
+            reads: Default::default(),
+            read_time: Duration::from_millis(5),
+        };
+        let earlier = KvDedup::new(kv.clone());
+        earlier.mark_delivery("h", &message("S", 70, 5)).await.unwrap();
+        let store = KvDedup::new(kv.clone());
+        let before = kv.reads.load(std::sync::atomic::Ordering::Relaxed);
+        let checks = (64..80).map(|seq| {
+            let m = StreamMessage {
+                delivered: 1,
+                ..message("S", seq, 5)
+            };
+            let store = &store;
+            async move { (seq, store.seen_delivery("h", &m).await.unwrap()) }
+        });
+        let seen = futures::future::join_all(checks).await;
+        assert_eq!(
+            seen.iter()
+                .filter(|(_, seen)| *seen)
+                .map(|(seq, _)| *seq)
+                .collect::<Vec<_>>(),
+            [70]
+        );
+        let reads = kv.reads.load(std::sync::atomic::Ordering::Relaxed) - before;
+        assert_eq!(
+            reads,
+            1 + 15,
+            "one read of the block, one of each unmarked message's id"
+        );
     }
 
     #[test]

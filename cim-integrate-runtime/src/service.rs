@@ -894,7 +894,7 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
                     ack_wait: options.ack_wait,
                     in_flight: crate::pipeline::dedup::InFlight::with_capacity(concurrency_of(options)),
                     durable,
-                    release_while_marking: !options.ordered,
+                    outside_place: !options.ordered,
                 },
                 registration: reg.clone(),
             },

@@ -65,6 +65,17 @@ async fn document_server() -> (NatsServer, NatsTransport) {
     (server, publisher)
 }
 
+/// Stores `n` events, payloads `0` to `n - 1`.
+async fn publish_backlog(publisher: &NatsTransport, n: u32) {
+    let mut p = PipelinedPublisher::new(publisher.clone(), 100);
+    for n in 0..n {
+        let subject = Subject::new("document.created").expect("subject");
+        let env = Envelope::root(subject, n.to_string()).typed("DocumentCreated", "1.0");
+        p.publish(OutboundMessage::from(&env)).await.expect("publish");
+    }
+    p.finish().await.expect("publish acks");
+}
+
 /// Polls `done` every 20 ms until it holds or `deadline` passes.
 async fn until<F: Future<Output = bool>>(what: &str, deadline: Instant, mut done: impl FnMut() -> F) {
     while !done().await {
@@ -96,13 +107,7 @@ async fn services_on_one_durable_share_the_work_and_handle_each_event_once() {
     })
     .await;
 
-    let mut p = PipelinedPublisher::new(publisher.clone(), 100);
-    for n in 0..EVENTS {
-        let subject = Subject::new("document.created").expect("subject");
-        let env = Envelope::root(subject, n.to_string()).typed("DocumentCreated", "1.0");
-        p.publish(OutboundMessage::from(&env)).await.expect("publish");
-    }
-    p.finish().await.expect("publish acks");
+    publish_backlog(&publisher, EVENTS).await;
 
     until("every event handled", deadline, || async {
         log.lock().expect("log").len() >= EVENTS as usize
@@ -150,13 +155,7 @@ async fn services_on_one_durable_share_the_work_and_handle_each_event_once() {
 async fn one_process_holds_only_its_prefetch() {
     let (server, publisher) = document_server().await;
     let deadline = Instant::now() + Duration::from_secs(15);
-    let mut p = PipelinedPublisher::new(publisher.clone(), 100);
-    for n in 0..200u32 {
-        let subject = Subject::new("document.created").expect("subject");
-        let env = Envelope::root(subject, n.to_string()).typed("DocumentCreated", "1.0");
-        p.publish(OutboundMessage::from(&env)).await.expect("publish");
-    }
-    p.finish().await.expect("publish acks");
+    publish_backlog(&publisher, 200).await;
     let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.expect("client"));
 
     let log: Log = Arc::default();
@@ -187,4 +186,90 @@ async fn one_process_holds_only_its_prefetch() {
         most <= 1 + 8 + 24,
         "one process with concurrency 1 held {most} deliveries"
     );
+}
+
+/// A service catching up over a backlog with the key-value dedup reads every mark (the
+/// messages were stored before its durable existed); those reads wait outside the handler's
+/// places, yet no more handler runs than `concurrency` happen at once, and a second service
+/// started where the first stopped runs nothing the first handled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catching_up_with_mark_reads_keeps_the_concurrency_and_runs_nothing_twice() {
+    const BACKLOG: u32 = 300;
+    let (server, publisher) = document_server().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    publish_backlog(&publisher, BACKLOG).await;
+    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.expect("client"));
+
+    let log: Log = Arc::default();
+    // Handler runs at once now, and the most seen.
+    let gauge = Arc::new(Mutex::new((0usize, 0usize)));
+    let service = |instance: usize| {
+        let (log, gauge) = (log.clone(), gauge.clone());
+        let url = server.url();
+        async move {
+            let registration = Registration::new(
+                "index",
+                SubjectPattern::new("document.created").expect("pattern"),
+                "DocumentCreated",
+                decode,
+                move |_ctx, n: u32| {
+                    let (log, gauge) = (log.clone(), gauge.clone());
+                    async move {
+                        {
+                            let mut g = gauge.lock().expect("gauge");
+                            g.0 += 1;
+                            g.1 = g.1.max(g.0);
+                        }
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                        log.lock().expect("log").push((instance, n));
+                        gauge.lock().expect("gauge").0 -= 1;
+                        Ok(())
+                    }
+                },
+            )
+            .with_options(HandlerOptions {
+                concurrency: 2,
+                // What the first service had pulled and not started when it stopped comes back
+                // after this (and is then a redelivery, whose mark is read too).
+                ack_wait: Duration::from_secs(2),
+                ..HandlerOptions::default()
+            });
+            let t = NatsTransport::connect_url(&url).await.expect("connect");
+            Service::builder(t, "search")
+                .handler("search", registration)
+                .start()
+                .await
+                .expect("service")
+        }
+    };
+
+    let first = service(0).await;
+    until("a third of the backlog handled", deadline, || async {
+        log.lock().expect("log").len() >= BACKLOG as usize / 3
+    })
+    .await;
+    first.shutdown(Duration::from_secs(5)).await;
+    let second = service(1).await;
+    until("the durable to settle", deadline, || async {
+        let info = consumer_info(&js).await;
+        info.num_ack_pending == 0 && info.num_pending == 0
+    })
+    .await;
+    second.shutdown(Duration::from_secs(5)).await;
+
+    let log = log.lock().expect("log").clone();
+    let mut by_event: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+    for (i, n) in &log {
+        by_event.entry(*n).or_default().push(*i);
+    }
+    let twice: Vec<_> = by_event.iter().filter(|(_, who)| who.len() > 1).collect();
+    assert!(twice.is_empty(), "handled more than once: {twice:?}");
+    assert_eq!(by_event.len(), BACKLOG as usize, "every event handled");
+    assert!(
+        log.iter().any(|(i, _)| *i == 1),
+        "the second service handled none: the first ran the whole backlog"
+    );
+    let most = gauge.lock().expect("gauge").1;
+    assert!(most <= 2, "{most} handler runs at once, concurrency 2");
+    assert_eq!(most, 2, "the handler never ran two at once");
 }

@@ -159,8 +159,10 @@ pub struct HandlerOptions {
     /// Retries and back-off.
     pub retry: RetryPolicy,
     /// Most runs of the handler at once (at least 1). A message whose handler succeeded no
-    /// longer counts while its dedup mark is written and it is acknowledged (unless `ordered`);
-    /// those wait beside up to the prefetch, 8 x `concurrency` in all.
+    /// longer counts while its dedup mark is written and it is acknowledged, nor does one while
+    /// its mark is read from a store over the network or while it waits for a copy of its id in
+    /// flight (unless `ordered`; reads and copies count with `spawn`); those wait beside up to
+    /// the prefetch, 8 x `concurrency` in all.
     pub concurrency: usize,
     /// Where a new durable starts.
     pub deliver: DeliverPolicy,

@@ -98,6 +98,12 @@ const MARK_BACKOFF: Backoff = Backoff::new(Duration::from_millis(50), Duration::
 /// Copies of one message id in flight at once on this handler (in this process) are
 /// single-flighted: the second waits, kept alive, until the first has written its mark or failed,
 /// then checks the mark (a duplicate if the first succeeded, a run if it failed).
+///
+/// Waiting for a copy in flight, or for a mark read from a store that answers later, does not
+/// hold one of the handler's `concurrency` places (unless the handler is ordered, or spawns its
+/// runs, whose places the loop's count never gives up): the loop starts the next messages meanwhile, so a service catching up over a backlog
+/// has up to its prefetch of reads out at once, and a message whose mark is not found takes a
+/// place again before its handler runs.
 pub struct Dedup<D> {
     pub(crate) inner: D,
     pub(crate) store: Arc<dyn DedupStore>,
@@ -105,9 +111,11 @@ pub struct Dedup<D> {
     pub(crate) ack_wait: Duration,
     pub(crate) in_flight: InFlight,
     pub(crate) durable: Arc<DurableSince>,
-    /// Whether the mark may be written outside the handler's concurrency (not for ordered
-    /// handlers, whose next message must wait until this one is settled).
-    pub(crate) release_while_marking: bool,
+    /// Whether a message may be outside the handler's concurrency while its mark is written,
+    /// and while it waits before its handler (for a mark read over the network, for a copy of
+    /// its id in flight; see [`Message::leave_place`]): not for ordered handlers, whose next
+    /// message must wait until this one is settled.
+    pub(crate) outside_place: bool,
 }
 
 impl<D: Dispatch> Dispatch for Dedup<D> {
@@ -130,32 +138,60 @@ impl<D: Dispatch> Dispatch for Dedup<D> {
             }),
             DedupCheck::MaybeSeen | DedupCheck::Always => None,
         };
+        // What waits before the handler (for a copy of its id in flight, for a mark read over
+        // the network) waits outside the handler's places, and takes one again before the
+        // handler runs: else copies waiting for a run that waits for a place could hold every
+        // place. `None`: it holds its place (or never had one).
+        let mut away = None;
         // Held until the mark is written (or the run failed): a copy of `id` waits here.
         let (mut flight, waited) = match self.in_flight.try_enter(id) {
             Some(guard) => (guard, Waited::No),
-            None => with_progress(self.in_flight.enter(id), msg.received(), self.ack_wait).await,
+            None => {
+                away = self.leave_place(msg);
+                with_progress(self.in_flight.enter(id), msg.received(), self.ack_wait).await
+            }
         };
         let seen = match waited {
             // A copy of a message id handled beside it in this process: a duplicate, whose own
             // mark is written before it is acknowledged (a redelivery of it is then recognised).
             Waited::ForSuccess => Ok(true),
             Waited::No if self.durable.first_ever(msg, redriven) => Ok(false),
-            Waited::No | Waited::ForFailure => match &stream_message {
-                Some(m) => match self.store.seen_delivery_now(&self.key, m) {
+            Waited::No | Waited::ForFailure => {
+                let now = match &stream_message {
+                    Some(m) => self.store.seen_delivery_now(&self.key, m),
+                    None => self.store.seen_now(&self.key, id),
+                };
+                match now {
                     Some(r) => r,
-                    None => self.store.seen_delivery(&self.key, m).await,
-                },
-                None => match self.store.seen_now(&self.key, id) {
-                    Some(r) => r,
-                    None => self.store.seen(&self.key, id).await,
-                },
-            },
+                    None => {
+                        if away.is_none() {
+                            away = self.leave_place(msg);
+                        }
+                        match &stream_message {
+                            Some(m) => self.store.seen_delivery(&self.key, m).await,
+                            None => self.store.seen(&self.key, id).await,
+                        }
+                    }
+                }
+            }
         };
         let outcome = match seen {
             // A copy that waited for a success goes on to write its own mark.
             Ok(true) if waited == Waited::ForSuccess => Outcome::Duplicate,
             Ok(true) => return Outcome::Duplicate,
-            Ok(false) => self.inner.dispatch(msg).await,
+            Ok(false) => {
+                if let Some(place) = away.take() {
+                    let raw = msg.received();
+                    if !with_progress(msg.take_place(place), raw, self.ack_wait).await {
+                        return Outcome::Deferred {
+                            reason: "the service is stopping; given back before its handler ran".into(),
+                            delay: Duration::ZERO,
+                            cause: Deferral::Stopping,
+                        };
+                    }
+                }
+                self.inner.dispatch(msg).await
+            }
             Err(e) => {
                 return Outcome::Deferred {
                     reason: format!("dedup check failed: {e}"),
@@ -165,7 +201,7 @@ impl<D: Dispatch> Dispatch for Dedup<D> {
             }
         };
         if matches!(outcome, Outcome::Succeeded | Outcome::Duplicate) {
-            if self.release_while_marking && outcome == Outcome::Succeeded {
+            if self.outside_place && outcome == Outcome::Succeeded {
                 msg.handler_done();
             }
             let now = match &stream_message {
@@ -187,6 +223,12 @@ impl<D: Dispatch> Dispatch for Dedup<D> {
 }
 
 impl<D> Dedup<D> {
+    /// Gives up `msg`'s place among the handler runs while it waits before its handler (see
+    /// [`Message::leave_place`]), if this handler allows it.
+    fn leave_place<'a>(&self, msg: &mut Message<'a>) -> Option<super::run::Released<'a>> {
+        if self.outside_place { msg.leave_place() } else { None }
+    }
+
     /// Writes the mark, retrying with back-off until it is stored.
     async fn mark(&self, id: MessageId, stream_message: Option<&StreamMessage>) {
         let mut backoff = MARK_BACKOFF;
@@ -219,9 +261,10 @@ pub(crate) enum Waited {
 
 /// The message ids a handler is working on in this process, for single-flight.
 ///
-/// One small map per handler (its size bounded by the handler's concurrency), keyed by message
-/// id, an entry added before the dedup check and removed when the run is over. The map keeps its
-/// capacity, so after warm-up a message costs one uncontended lock to enter and one to leave, and
+/// One small map per handler (its size bounded by what its loop has in flight, at most the
+/// prefetch: messages reading their marks or writing them hold no handler place, but hold their
+/// entry), keyed by message id, an entry added before the dedup check and removed when the run
+/// is over. The map keeps its capacity, so after warm-up a message costs one uncontended lock to enter and one to leave, and
 /// no allocation. Copies waiting for an id share one [`Notify`], woken only when an id some copy
 /// waits for is left (copies are rare, so a broad wake-up is cheap). A run that succeeded while
 /// a copy waited leaves its entry behind, marked succeeded, for the copy to take.
@@ -464,7 +507,7 @@ mod first_delivery_tests {
                 Duration::from_secs(5),
                 Some(created),
             )),
-            release_while_marking: false,
+            outside_place: false,
         };
         let delivery = |resumed: Option<Timestamp>| Raw {
             headers: Default::default(),

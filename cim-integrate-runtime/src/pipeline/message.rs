@@ -173,6 +173,23 @@ impl<'a> Message<'a> {
         self.running = None;
     }
 
+    /// Gives up this message's place among the handler runs while it waits for something
+    /// before its handler (the dedup layer's read of a mark), so that the loop may start the
+    /// next message meanwhile; [`Message::take_place`] waits for a place again. `None` if it
+    /// holds no place, or keeps it (a [`spawn`](crate::handler::HandlerOptions::spawn)ed run;
+    /// see [`RunningGuard::release`](super::run::RunningGuard::release)). Only for handlers
+    /// without an order to keep.
+    pub(crate) fn leave_place(&mut self) -> Option<super::run::Released<'a>> {
+        self.running.as_mut()?.release()
+    }
+
+    /// Waits for a place among the handler runs again, after [`Message::leave_place`];
+    /// `false` if the loop stopped meanwhile (the handler must not start).
+    pub(crate) async fn take_place(&mut self, place: super::run::Released<'a>) -> bool {
+        self.running = place.readmit().await;
+        self.running.is_some()
+    }
+
     /// The headers to propagate.
     pub fn propagated(&self) -> &[(String, String)] {
         &self.propagate

@@ -206,6 +206,9 @@ pub enum Deferral {
     /// Infrastructure the pipeline needs (the dedup store, the dead-letter stream, the result
     /// cache) is unavailable. Transient: never dead-lettered.
     Unavailable,
+    /// The service stopped while the message waited before its handler (its dedup mark read,
+    /// a place among the handler's runs): given back to the stream unstarted.
+    Stopping,
 }
 
 /// The rest of a stack, from one layer down: handles a message and says what became of it.

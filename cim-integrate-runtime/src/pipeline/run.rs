@@ -109,15 +109,24 @@ impl Source for Responder {
 /// The messages of one loop whose handler has not finished: what `concurrency` bounds. A message
 /// leaves it when it is settled, or earlier when a layer says the handler is done with it
 /// ([`Message::handler_done`]: the dedup layer, while the mark is written), so that marks and
-/// acknowledgements in flight do not keep the next messages from starting. What is in flight
-/// altogether stays bounded by the prefetch.
+/// acknowledgements in flight do not keep the next messages from starting. A message may also
+/// leave it while it waits for something before its handler (the dedup layer's read of a mark,
+/// [`RunningGuard::release`]) and then wait for a place again ([`Released::readmit`]). What is in
+/// flight altogether stays bounded by the prefetch.
 #[derive(Debug)]
 pub(crate) struct Running {
     count: AtomicUsize,
     /// The handler's concurrency.
     limit: usize,
-    /// Notified when a message leaves a full count (the only time the loop waits for it).
+    /// Notified when a message leaves a full count (the loop waits for it only then).
     freed: Notify,
+    /// Messages waiting in [`Released::readmit`] for a place.
+    readmitting: AtomicUsize,
+    /// Notified when a message leaves the count while some wait to be readmitted, and when the
+    /// loop stops.
+    readmit: Notify,
+    /// The loop stopped: nothing waiting to be readmitted starts its handler any more.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl Running {
@@ -126,46 +135,150 @@ impl Running {
             count: AtomicUsize::new(0),
             limit,
             freed: Notify::new(),
+            readmitting: AtomicUsize::new(0),
+            readmit: Notify::new(),
+            closed: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// The loop stops: messages waiting to be readmitted, and any released later, are told
+    /// so instead of given a place (they go back to the stream unstarted).
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.readmit.notify_waiters();
     }
 
     /// Counts one more message, for as long as the guard borrowing this count lives (the loop's
     /// own dispatches: no reference count taken per message).
     fn enter(&self) -> RunningGuard<'_> {
         self.count.fetch_add(1, Ordering::AcqRel);
-        RunningGuard::Borrowed(self)
+        RunningGuard(Some(Place::Borrowed(self)))
     }
 
     /// [`enter`](Self::enter) for a message run as its own task.
     fn enter_owned(self: &Arc<Self>) -> RunningGuard<'static> {
         self.count.fetch_add(1, Ordering::AcqRel);
-        RunningGuard::Owned(self.clone())
+        RunningGuard(Some(Place::Owned(self.clone())))
     }
 
     /// Whether another handler may start.
     fn has_room(&self) -> bool {
         self.count.load(Ordering::Acquire) < self.limit
     }
+
+    /// Counts one more message if there is room.
+    fn try_take(&self) -> bool {
+        self.count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.limit).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Counts one message less, waking who waits for a place.
+    fn leave(&self) {
+        let before = self.count.fetch_sub(1, Ordering::AcqRel);
+        // SeqCst pairs with a readmitted message's count of itself: one that this load misses
+        // counted itself after this place was freed, and finds it free when it tries. Every
+        // place freed while some wait wakes one of them (not only a place of a full count: two
+        // places freed at once must wake two).
+        if self.readmitting.load(Ordering::SeqCst) > 0 {
+            self.readmit.notify_one();
+        }
+        if before >= self.limit {
+            self.freed.notify_one();
+        }
+    }
 }
 
 /// One message counted in [`Running`]; leaves it when dropped.
 #[derive(Debug)]
-pub(crate) enum RunningGuard<'a> {
+pub(crate) struct RunningGuard<'a>(Option<Place<'a>>);
+
+/// Where a message's count is kept.
+#[derive(Debug)]
+enum Place<'a> {
     /// A dispatch polled by the loop, which outlives it.
     Borrowed(&'a Running),
     /// A dispatch run as its own task.
     Owned(Arc<Running>),
 }
 
-impl Drop for RunningGuard<'_> {
-    fn drop(&mut self) {
-        let running: &Running = match self {
+impl Place<'_> {
+    fn running(&self) -> &Running {
+        match self {
             Self::Borrowed(r) => r,
             Self::Owned(r) => r,
-        };
-        if running.count.fetch_sub(1, Ordering::AcqRel) >= running.limit {
-            running.freed.notify_one();
         }
+    }
+}
+
+impl<'a> RunningGuard<'a> {
+    /// Leaves the count for now (the loop may start another message), keeping the way back;
+    /// `None`, the place kept, for a message run as its own task (`spawn`): there the loop's
+    /// check for room and its count of a new message are two steps that a readmission on
+    /// another thread could come between, and `concurrency` must stay a strict bound.
+    pub(crate) fn release(&mut self) -> Option<Released<'a>> {
+        let Some(Place::Borrowed(running)) = self.0 else {
+            return None;
+        };
+        self.0 = None;
+        running.leave();
+        Some(Released(running))
+    }
+}
+
+impl Drop for RunningGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(place) = &self.0 {
+            place.running().leave();
+        }
+    }
+}
+
+/// A message that left [`Running`] for a while ([`RunningGuard::release`]).
+#[derive(Debug)]
+pub(crate) struct Released<'a>(&'a Running);
+
+impl<'a> Released<'a> {
+    /// Waits for a place among the handler runs, and takes it. Messages waiting here take freed
+    /// places as the loop does; the loop polls its dispatches before it asks for a new message,
+    /// so one woken here usually finds the place still free. `None` once the loop has stopped:
+    /// the handler is not to start.
+    pub(crate) async fn readmit(self) -> Option<RunningGuard<'a>> {
+        let running = self.0;
+        // Counted while it waits, also if the wait is given up (the future dropped).
+        let _waiting = Readmitting::enter(running);
+        loop {
+            let notified = running.readmit.notified();
+            tokio::pin!(notified);
+            // Registered before the stop and the count are read: a stop, or a place freed,
+            // after the reads wakes it.
+            notified.as_mut().enable();
+            if running.closed.load(Ordering::SeqCst) {
+                return None;
+            }
+            if running.try_take() {
+                return Some(RunningGuard(Some(Place::Borrowed(running))));
+            }
+            notified.await;
+        }
+    }
+}
+
+/// One message counted in [`Running::readmitting`] while it lives.
+struct Readmitting<'a>(&'a Running);
+
+impl<'a> Readmitting<'a> {
+    fn enter(running: &'a Running) -> Self {
+        running.readmitting.fetch_add(1, Ordering::SeqCst);
+        Self(running)
+    }
+}
+
+impl Drop for Readmitting<'_> {
+    fn drop(&mut self) {
+        self.0.readmitting.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -322,7 +435,9 @@ pub(crate) async fn run<Src, D, S>(
             }
         }
     }
-    // Nothing new is started; what was pulled but not started goes back at once.
+    // Nothing new is started; what was pulled but not started goes back at once, and so does
+    // what waits to be readmitted before its handler.
+    running.close();
     if let Some(puller) = puller {
         puller.abort();
     }
@@ -374,5 +489,248 @@ async fn pull<Src: Source>(mut source: Src, tx: mpsc::Sender<Src::Item>, batch: 
                 None => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dedup::{DedupCheck, DedupError, DedupStore, MemoryDedup};
+    use crate::id::MessageId;
+    use crate::pipeline::Deferral;
+    use crate::pipeline::dedup::{Dedup, DurableSince, InFlight};
+    use crate::pipeline::test_raw::Raw;
+    use crate::timestamp::Timestamp;
+    use crate::transport::DeliveryInfo;
+    use futures::future::BoxFuture;
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    /// How many are at it now, and the most there were at once.
+    #[derive(Default)]
+    struct Gauge(Mutex<(usize, usize)>);
+
+    impl Gauge {
+        async fn during<F: Future>(&self, f: F) -> F::Output {
+            {
+                let mut g = self.0.lock().expect("gauge");
+                g.0 += 1;
+                g.1 = g.1.max(g.0);
+            }
+            let out = f.await;
+            self.0.lock().expect("gauge").0 -= 1;
+            out
+        }
+        fn most(&self) -> usize {
+            self.0.lock().expect("gauge").1
+        }
+    }
+
+    /// Marks in memory, each read answered 50 ms later (a store over the network).
+    #[derive(Default)]
+    struct SlowReads {
+        marks: MemoryDedup,
+        reads: Gauge,
+    }
+
+    impl DedupStore for SlowReads {
+        fn seen<'a>(&'a self, handler: &'a str, id: MessageId) -> BoxFuture<'a, Result<bool, DedupError>> {
+            Box::pin(self.reads.during(async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                self.marks.seen(handler, id).await
+            }))
+        }
+        fn mark<'a>(&'a self, handler: &'a str, id: MessageId) -> BoxFuture<'a, Result<(), DedupError>> {
+            self.marks.mark(handler, id)
+        }
+    }
+
+    /// A handler taking this long.
+    struct Handler(Gauge, Duration);
+
+    impl Dispatch for Handler {
+        async fn dispatch(&self, _msg: &mut Message<'_>) -> Outcome {
+            self.0.during(tokio::time::sleep(self.1)).await;
+            Outcome::Succeeded
+        }
+    }
+
+    /// A backlog; waits for ever once it is taken.
+    struct Backlog(VecDeque<Raw>);
+
+    impl Source for Backlog {
+        type Item = Raw;
+        async fn next(&mut self) -> Option<Raw> {
+            match self.0.pop_front() {
+                Some(raw) => Some(raw),
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    /// Counts what is settled, and how.
+    #[derive(Default)]
+    struct Settled {
+        outcomes: Mutex<Vec<Outcome>>,
+        all: Notify,
+    }
+
+    impl Settle<Raw> for Settled {
+        async fn settle(&self, _item: Raw, _reply: Option<Bytes>, outcome: Outcome) {
+            self.outcomes.lock().expect("outcomes").push(outcome);
+            self.all.notify_one();
+        }
+        async fn abandon(&self, _item: Raw) {}
+    }
+
+    /// `n` messages; message `seq` has the id of message `id(seq)`.
+    fn backlog(n: u64, id: impl Fn(u64) -> u64) -> Backlog {
+        Backlog(
+            (1..=n)
+                .map(|seq| Raw {
+                    headers: {
+                        let mut h = crate::headers::Headers::new();
+                        h.insert(crate::headers::NATS_MSG_ID, format!("m-{}", id(seq)))
+                            .expect("header");
+                        h
+                    },
+                    payload: Bytes::from_static(b"{}"),
+                    info: DeliveryInfo {
+                        stream: "DOCUMENT_EVENTS".into(),
+                        consumer: "h".into(),
+                        stream_sequence: seq,
+                        consumer_sequence: seq,
+                        delivered: 1,
+                        published: Timestamp::from_unix_nanos(1_700_000_000_000_000_000).expect("time"),
+                        resumed: None,
+                    },
+                })
+                .collect(),
+        )
+    }
+
+    /// A handler of `time` behind the dedup layer over marks read in 50 ms each.
+    fn stack(time: Duration, outside_place: bool) -> (Arc<Dedup<Handler>>, Arc<SlowReads>) {
+        let store = Arc::new(SlowReads::default());
+        let stack = Arc::new(Dedup {
+            inner: Handler(Gauge::default(), time),
+            store: store.clone(),
+            key: "h".into(),
+            ack_wait: Duration::from_secs(30),
+            in_flight: InFlight::with_capacity(2),
+            durable: Arc::new(DurableSince::new(DedupCheck::Always, Duration::from_secs(5), None)),
+            outside_place,
+        });
+        (stack, store)
+    }
+
+    /// Runs `backlog` at concurrency 2 (prefetch 16) over marks read in 50 ms each, handlers of
+    /// 10 ms; returns the outcomes, the most handlers and reads at once, and how long it took
+    /// (an error if it did not finish within 10 s).
+    async fn run_backlog(
+        backlog: Backlog,
+        outside_place: bool,
+    ) -> Result<(Vec<Outcome>, usize, usize, Duration), tokio::time::error::Elapsed> {
+        let n = backlog.0.len();
+        let (stack, store) = self::stack(Duration::from_millis(10), outside_place);
+        let settled = Arc::new(Settled::default());
+        let (stop_tx, stop) = watch::channel(false);
+        let start = tokio::time::Instant::now();
+        let run = tokio::spawn(run(backlog, stack.clone(), settled.clone(), 2, 16, false, stop));
+        let all = async {
+            while settled.outcomes.lock().expect("outcomes").len() < n {
+                settled.all.notified().await;
+            }
+        };
+        let finished = tokio::time::timeout(Duration::from_secs(10), all).await;
+        let took = start.elapsed();
+        stop_tx.send(true).expect("stop");
+        if finished.is_err() {
+            run.abort();
+        }
+        let _ = run.await;
+        finished?;
+        let outcomes = std::mem::take(&mut *settled.outcomes.lock().expect("outcomes"));
+        Ok((outcomes, stack.inner.0.most(), store.reads.most(), took))
+    }
+
+    /// 32 messages of distinct ids: the most handlers and reads at once, and how long it took.
+    async fn catch_up(outside_place: bool) -> (usize, usize, Duration) {
+        let (outcomes, handlers, reads, took) = run_backlog(backlog(32, |seq| seq), outside_place)
+            .await
+            .expect("finished");
+        assert!(outcomes.iter().all(|o| *o == Outcome::Succeeded), "{outcomes:?}");
+        (handlers, reads, took)
+    }
+
+    /// A mark read over the network does not hold a handler's place: the next messages' reads go
+    /// out meanwhile (bounded by the prefetch), and no more handlers run at once than the
+    /// concurrency.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn mark_reads_do_not_hold_the_handlers_places() {
+        let (handlers, reads, took) = catch_up(true).await;
+        assert_eq!(handlers, 2, "handlers at once");
+        assert!(reads > 2 && reads <= 16, "reads at once: {reads}");
+        // 32 handler runs of 10 ms two at a time, behind the first read: 210 ms.
+        assert!(took < Duration::from_millis(300), "{took:?}");
+
+        // Holding the place through the read: two reads at a time, a place held 60 ms a message.
+        let (handlers, reads, took) = catch_up(false).await;
+        assert_eq!((handlers, reads), (2, 2));
+        assert!(took >= Duration::from_millis(960), "{took:?}");
+    }
+
+    /// Copies of one id in flight together wait for the first outside the handlers' places:
+    /// the first, back from its read, finds a place (were the copies holding both places while
+    /// the first waited for one, nothing would move again).
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn copies_waiting_for_their_first_leave_it_a_place() {
+        // Messages 1-16 share one id, 17-32 another.
+        let (outcomes, handlers, _, _) = run_backlog(backlog(32, |seq| seq.div_ceil(16)), true)
+            .await
+            .expect("finished, no deadlock");
+        let succeeded = outcomes.iter().filter(|o| **o == Outcome::Succeeded).count();
+        let duplicates = outcomes.iter().filter(|o| **o == Outcome::Duplicate).count();
+        assert_eq!((succeeded, duplicates), (2, 30), "{outcomes:?}");
+        assert!(handlers <= 2, "handlers at once: {handlers}");
+    }
+
+    /// A stop gives back at once what waits before its handler (its mark read, a place): only
+    /// the handlers already running finish.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_stop_gives_back_what_waits_for_a_place() {
+        let (stack, _) = stack(Duration::from_secs(1), true);
+        let settled = Arc::new(Settled::default());
+        let (stop_tx, stop) = watch::channel(false);
+        let run = tokio::spawn(run(
+            backlog(32, |seq| seq),
+            stack.clone(),
+            settled.clone(),
+            2,
+            16,
+            false,
+            stop,
+        ));
+        // The first reads are back: two handlers run, fourteen messages wait for a place.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let start = tokio::time::Instant::now();
+        stop_tx.send(true).expect("stop");
+        run.await.expect("run");
+        assert!(start.elapsed() < Duration::from_secs(1), "{:?}", start.elapsed());
+        let outcomes = std::mem::take(&mut *settled.outcomes.lock().expect("outcomes"));
+        let ran = outcomes.iter().filter(|o| **o == Outcome::Succeeded).count();
+        let given_back = outcomes
+            .iter()
+            .filter(|o| {
+                matches!(
+                    o,
+                    Outcome::Deferred {
+                        cause: Deferral::Stopping,
+                        ..
+                    }
+                )
+            })
+            .count();
+        assert_eq!((ran, given_back, outcomes.len()), (2, 14, 16), "{outcomes:?}");
     }
 }

@@ -230,6 +230,35 @@ async fn dead_letters_are_listed_grouped_redriven_once_and_purged() {
     assert_eq!(purged.purged.len(), 3);
     assert!(ops.dead_letters(&DeadLetterFilter::all()).await.unwrap().is_empty());
     service.shutdown(Duration::from_secs(5)).await;
+
+    // The durable created again: every original comes back as a first delivery, read by its
+    // block of marks only. The six handled as redriven copies are recognised (the copy's mark
+    // names its original, `X-Redrive-Stored`), as is the one handled the first time; the
+    // exhausted one runs (the ledger is fixed), the two undecodable ones are dead-lettered again.
+    t.delete_consumer("BILLING_EVENTS", "ledger-book")
+        .await
+        .expect("delete the durable");
+    let service = Service::builder(t.clone(), "ledger")
+        .register(Ledger { seen: seen.clone() })
+        .start()
+        .await
+        .expect("restart");
+    until("the originals delivered again", Duration::from_secs(20), || {
+        service
+            .handler_stats("ledger-book")
+            .is_some_and(|s| s.duplicates + s.succeeded + s.dead_lettered >= 10)
+    })
+    .await;
+    let stats = service.handler_stats("ledger-book").expect("stats");
+    assert_eq!(
+        (stats.duplicates, stats.succeeded, stats.dead_lettered),
+        (7, 1, 2),
+        "{stats:?}"
+    );
+    for (id, _) in &published {
+        assert_eq!(seen.handled.lock().unwrap()[id].0, 1, "{id} handled again");
+    }
+    service.shutdown(Duration::from_secs(5)).await;
 }
 
 /// Publishes `event` as a root message the way a host does; returns its id and identity.

@@ -38,7 +38,11 @@
 //! marks 64 sequences to a key, writing the marks that finish while a write is in flight
 //! together in the next write (group commit). Each message's acknowledgement still waits for the
 //! write holding its mark. A redriven dead letter (stored again, with `X-Redrive-Count`) is marked
-//! by its message id, so that a later copy of the same redrive finds it. Under
+//! by its message id, so that a later copy of the same redrive finds it, and by its original's
+//! block (`X-Redrive-Stream`, `-Sequence`, `-Stored`). A first delivery reads its block only;
+//! a redelivery also reads the message-id key. Every run that marks a stream message by its id
+//! also marks its block (a redriven copy its original's, a run under [`DedupCheck::Always`] its
+//! own), so the block read of a first delivery misses no run. Under
 //! [`DedupCheck::Always`] a mark names the message id
 //! ([`DedupStore::mark`]), so that a copy stored again as a new stream message is recognised too.
 //! Two copies of one id handled beside each other in one process are single-flighted in both
@@ -114,6 +118,16 @@ pub trait DedupStore: Send + Sync + 'static {
     /// Records that `handler` handled `id` successfully.
     fn mark<'a>(&'a self, handler: &'a str, id: MessageId) -> BoxFuture<'a, Result<(), DedupError>>;
 
+    /// `true` if [`mark_delivery`](Self::mark_delivery) marks the stream message itself (its
+    /// stream, sequence and stored time), not its message id. The dispatcher then writes such a
+    /// mark beside each mark by id it writes for a stream message (the original of a redriven
+    /// copy, a run under [`DedupCheck::Always`]), so that a check of that stream message's first
+    /// delivery, which may read its stream-message mark only, finds the run. `false` (the
+    /// default): `mark_delivery` marks the id, which the mark by id has done already.
+    fn marks_stream_messages(&self) -> bool {
+        false
+    }
+
     /// [`seen`](Self::seen), answered at once by a store that never waits (in memory), sparing
     /// the dispatcher a boxed future per message. `None` (the default): use `seen`.
     fn seen_now(&self, _handler: &str, _id: MessageId) -> Option<Result<bool, DedupError>> {
@@ -182,6 +196,20 @@ pub struct StreamMessage {
     /// a first delivery may be a repeat of one made before it, whose mark a read made before
     /// it would not show. `None`: the transport never loses delivery counts.
     pub resumed: Option<crate::timestamp::Timestamp>,
+}
+
+impl StreamMessage {
+    /// The stream message with id `id` that `info` describes.
+    pub fn of(id: MessageId, info: &crate::transport::DeliveryInfo) -> Self {
+        Self {
+            id,
+            stream: info.stream.clone(),
+            sequence: info.stream_sequence,
+            stored: info.published,
+            delivered: info.delivered,
+            resumed: info.resumed,
+        }
+    }
 }
 
 /// Marks in process memory, with a TTL. Lost on restart: for tests and single-process use.
@@ -280,13 +308,14 @@ impl DedupStore for MemoryDedup {
 ///   the block's revision; a write that lost to another process (two instances handling
 ///   neighbouring messages) reads the block, merges and writes again, so no mark is lost.
 /// - **Message ids** (what [`DedupStore::mark`] writes, [`DedupCheck::Always`]):
-///   `{handler}.{message id}` -> empty. A block check that finds nothing also reads this key, so
-///   marks written by earlier releases are still found.
+///   `{handler}.{message id}` -> empty. A check of a redelivery that finds no block mark also
+///   reads this key (marks under `Always`, and marks written before block marks).
 ///
 /// A check of a first delivery (a durable catching up on messages stored before it was created)
 /// reads each block once and answers its other first deliveries from that read (only an earlier
-/// durable of the same name can have marked them, and it is gone); redeliveries always read the
-/// bucket.
+/// durable of the same name can have marked them, and it is gone), and reads no message-id key:
+/// the service marks the block of every stream message it marks by id (see the
+/// [module](self)); redeliveries always read the bucket, both keys.
 ///
 /// On a bucket that answers at once (the embedded transport's, [`KeyValue::at_once`]) marks
 /// are read and written in place, a block updated in one step with no future and no group
@@ -628,6 +657,10 @@ impl<K: KeyValue> KvDedup<K> {
 }
 
 impl<K: KeyValue> DedupStore for KvDedup<K> {
+    fn marks_stream_messages(&self) -> bool {
+        true
+    }
+
     fn seen_now(&self, handler: &str, id: MessageId) -> Option<Result<bool, DedupError>> {
         let kv = self.kv.at_once()?;
         Some(Self::with_key(handler, id, |key| kv.contains_now(key)).map_err(DedupError::from))
@@ -662,6 +695,8 @@ impl<K: KeyValue> DedupStore for KvDedup<K> {
         });
         Some(match found {
             Some(Ok(true)) => Ok(true),
+            // A first delivery: its block only (see `seen_delivery`).
+            Some(Ok(false)) if m.delivered <= 1 => Ok(false),
             Some(Ok(false)) | None => {
                 Self::with_key(handler, m.id, |key| kv.contains_now(key)).map_err(DedupError::from)
             }
@@ -692,15 +727,13 @@ impl<K: KeyValue> DedupStore for KvDedup<K> {
             }
             if first {
                 // A first delivery: the block's marks as read once suffice (only an earlier
-                // durable of this name can have marked the message, and it is gone); the mark by
-                // message id is still read.
-                if self.read_once(&key, offset, nanos, resumed).await? {
-                    return Ok(true);
-                }
-                return Ok(self.kv.get(&Self::key(handler, id)).await?.is_some());
+                // durable of this name can have marked the message, and it is gone). No mark by
+                // message id is read: every run that writes one for a stream message (a
+                // redriven copy, `DedupCheck::Always`) also marks that message's block.
+                return self.read_once(&key, offset, nanos, resumed).await;
             }
-            // The block, and the mark by message id (earlier releases, `DedupCheck::Always`),
-            // read at once.
+            // A redelivery: the block, and the mark by message id (`DedupCheck::Always`, marks
+            // written before block marks), read at once.
             let legacy = Self::key(handler, id);
             let (block, by_id) = futures::join!(self.kv.get(&key), self.kv.get(&legacy));
             let marked = block?.is_some_and(|e| block_holds(&e.value, offset, nanos));
@@ -899,7 +932,16 @@ mod tests {
         store.mark("h", m.id).await.unwrap();
         assert!(
             store.seen_delivery("h", &m).await.unwrap(),
-            "a mark of an earlier release"
+            "a redelivery finds a mark by message id (`DedupCheck::Always`, an earlier release)"
+        );
+        // A first delivery reads its block only: whatever marks a stream message by its id
+        // (a redriven copy, `Always`) marks its block too.
+        let first = StreamMessage { delivered: 1, ..m };
+        assert!(!store.seen_delivery("h", &first).await.unwrap());
+        assert_eq!(store.seen_delivery_now("h", &first), Some(Ok(false)), "at once too");
+        assert_eq!(
+            store.seen_delivery_now("h", &StreamMessage { delivered: 2, ..first }),
+            Some(Ok(true))
         );
         let odd = message("odd.stream", 7, 1);
         store.mark_delivery("h", &odd).await.unwrap();
@@ -974,8 +1016,8 @@ mod tests {
                 assert!(!store.seen_delivery("h", &first(&message("S", seq, 5))).await.unwrap());
             }
         }
-        // One read of the block, then one read of the message-id key per unmarked message.
-        assert_eq!(reads() - before, 1 + 15);
+        // One read of the block, and none of the message-id keys.
+        assert_eq!(reads() - before, 1);
         // A redelivery reads the bucket again (another process may have marked it since).
         let other = message("S", 71, 5);
         earlier.mark_delivery("h", &other).await.unwrap();
@@ -998,7 +1040,7 @@ mod tests {
     }
 
     /// A service catching up has many first deliveries of one block checked at once: they
-    /// share one read of the block (each still reads its message-id key).
+    /// share one read of the block, and read nothing else.
     #[tokio::test(start_paused = true)]
     async fn first_deliveries_checked_at_once_share_the_block_read() {
         let kv = Writes {
@@ -1028,11 +1070,7 @@ mod tests {
             [70]
         );
         let reads = kv.reads.load(std::sync::atomic::Ordering::Relaxed) - before;
-        assert_eq!(
-            reads,
-            1 + 15,
-            "one read of the block, one of each unmarked message's id"
-        );
+        assert_eq!(reads, 1, "one read of the block");
     }
 
     #[test]

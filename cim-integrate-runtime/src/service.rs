@@ -88,6 +88,11 @@ pub const DEAD_LETTER_SUBJECT: &str = "X-Dead-Letter-Subject";
 pub const DEAD_LETTER_STREAM: &str = "X-Dead-Letter-Stream";
 /// Header: its sequence in that stream.
 pub const DEAD_LETTER_SEQUENCE: &str = "X-Dead-Letter-Sequence";
+/// Header: when that stream stored it (RFC 3339, to the nanosecond). With `-Stream` and
+/// `-Sequence` it names the original exactly: a redrive carries it on as
+/// [`REDRIVE_STORED`], so that the handler's de-duplication mark of the redriven copy also
+/// covers the original (see [`dedup`](crate::dedup)).
+pub const DEAD_LETTER_STORED: &str = "X-Dead-Letter-Stored";
 /// Header: how many times it had been delivered.
 pub const DEAD_LETTER_DELIVERIES: &str = "X-Delivery-Count";
 /// Header: when it was dead-lettered (RFC 3339).
@@ -116,6 +121,12 @@ pub const REDRIVE_SUBJECT: &str = "X-Redrive-Subject";
 pub const REDRIVE_STREAM: &str = "X-Redrive-Stream";
 /// Header of a redriven message: the original's sequence in its stream.
 pub const REDRIVE_SEQUENCE: &str = "X-Redrive-Sequence";
+/// Header of a redriven message: when the original's stream stored it (RFC 3339, to the
+/// nanosecond), from the letter's [`DEAD_LETTER_STORED`]. Once the handler has handled the
+/// redriven copy, its de-duplication mark names the original too (stream, sequence and this
+/// time), so that the original delivered again as a first delivery (a durable created again)
+/// is recognised without a read by message id.
+pub const REDRIVE_STORED: &str = "X-Redrive-Stored";
 /// The last token of the subject on which a handler's redrives arrive:
 /// `dlq.{set}.{handler}.redrive`, read by the handler's redrive consumer.
 pub const REDRIVE_TOKEN: &str = "redrive";

@@ -285,14 +285,29 @@ pub async fn first_deliveries_skip_the_mark_read<T: Transport>(t: T) {
 /// the new durable existed are checked against the marks on their first delivery, so the
 /// handler does not run again for any of them.
 pub async fn recreated_durable_checks_what_was_stored_before_it<T: Transport>(t: T) {
+    handled_then_durable_recreated(t, DedupCheck::MaybeSeen).await;
+}
+
+/// Marks written under [`DedupCheck::Always`] (by message id) are found by the default check
+/// too: a run under `Always` also marks its stream message's block, which is what the default
+/// reads on a first delivery. Switched to the default and the durable created again, the
+/// handler runs none of the messages handled under `Always` again.
+pub async fn always_marks_are_found_by_the_default_check<T: Transport>(t: T) {
+    handled_then_durable_recreated(t, DedupCheck::Always).await;
+}
+
+/// Three messages handled under the check `first`; the service stopped, its durable deleted and
+/// the service started again under the default check: all three are duplicates, none runs again.
+async fn handled_then_durable_recreated<T: Transport>(t: T, first: DedupCheck) {
     let seen = Seen::default();
-    let start = || {
+    let start = |check: DedupCheck| {
         Service::builder(t.clone(), "recreate")
+            .dedup_check(check)
             .dedup_clock_margin(Duration::ZERO)
             .handler("workflow", recorder(&seen, "w", "document.created"))
             .start()
     };
-    let svc = start().await.expect("start");
+    let svc = start(first).await.expect("start");
     after_creation().await;
     for n in 1..=3 {
         publish(&t, &numbered("document.created", n)).await;
@@ -302,7 +317,7 @@ pub async fn recreated_durable_checks_what_was_stored_before_it<T: Transport>(t:
     t.delete_consumer("DOCUMENT_EVENTS", "workflow-w")
         .await
         .expect("delete the durable");
-    let svc = start().await.expect("restart");
+    let svc = start(DedupCheck::MaybeSeen).await.expect("restart");
     wait_until("three duplicates", || {
         svc.handler_stats("workflow-w").is_some_and(|s| s.duplicates == 3)
     })

@@ -90,6 +90,7 @@ macro_rules! conformance_tests {
                 follow_up_ids_are_stable_across_redeliveries,
                 first_deliveries_skip_the_mark_read,
                 recreated_durable_checks_what_was_stored_before_it,
+                always_marks_are_found_by_the_default_check,
             ]
             [
                 request_reply_round_trip,

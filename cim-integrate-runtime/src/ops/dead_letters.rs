@@ -10,7 +10,9 @@
 //! headers and payload, the original identity written out in full (`X-Message-ID`,
 //! `X-Correlation-ID`, `X-Causation-ID`: the handler sees the message id, correlation and
 //! causation it saw the first time), `X-Redrive-Count` one more than the letter's, and the
-//! original subject and position (`X-Redrive-Subject`, `-Stream`, `-Sequence`). Once the server
+//! original subject and position (`X-Redrive-Subject`, `-Stream`, `-Sequence`, `-Stored`: the
+//! handler's mark of the redriven copy names the original too, see
+//! [`dedup`](crate::dedup)). Once the server
 //! has stored it, the letter is deleted. The handler runs it through its own pipeline with the
 //! de-duplication mark always read for a redriven message, so:
 //! - interrupted between the publish and the delete, a repeat publishes the same message again
@@ -28,8 +30,8 @@ use crate::monitor::DeadLetterReason;
 use crate::service::{
     DEAD_LETTER_AT, DEAD_LETTER_DELIVERIES, DEAD_LETTER_HANDLER, DEAD_LETTER_HEADERS_OMITTED, DEAD_LETTER_KIND,
     DEAD_LETTER_ORIGINAL_MSG_ID, DEAD_LETTER_PAYLOAD_OMITTED, DEAD_LETTER_REASON, DEAD_LETTER_SEQUENCE,
-    DEAD_LETTER_STREAM, DEAD_LETTER_STREAM_NAME, DEAD_LETTER_SUBJECT, DEAD_LETTER_TOKEN, REDRIVE_COUNT,
-    REDRIVE_SEQUENCE, REDRIVE_STREAM, REDRIVE_SUBJECT, REDRIVE_TOKEN,
+    DEAD_LETTER_STORED, DEAD_LETTER_STREAM, DEAD_LETTER_STREAM_NAME, DEAD_LETTER_SUBJECT, DEAD_LETTER_TOKEN,
+    REDRIVE_COUNT, REDRIVE_SEQUENCE, REDRIVE_STORED, REDRIVE_STREAM, REDRIVE_SUBJECT, REDRIVE_TOKEN,
 };
 use crate::subject::Subject;
 use crate::timestamp::Timestamp;
@@ -67,6 +69,10 @@ pub struct DeadLetter {
     pub stream: String,
     /// The original's sequence in [`stream`](Self::stream).
     pub stream_sequence: u64,
+    /// When [`stream`](Self::stream) stored the original (`None` for letters written before
+    /// `X-Dead-Letter-Stored`). A redrive carries it on (`X-Redrive-Stored`), so that the
+    /// handler's de-duplication mark of the redriven copy also names the original.
+    pub stored: Option<Timestamp>,
     /// How often the original had been delivered when it was dead-lettered.
     pub deliveries: u64,
     /// When it was dead-lettered.
@@ -390,7 +396,14 @@ impl Ops {
         let identity_names = [headers::MESSAGE_ID, headers::CORRELATION_ID, headers::CAUSATION_ID];
         for (n, v) in letter.headers.iter().filter(|(n, _)| {
             !identity_names.contains(&n.as_str())
-                && ![REDRIVE_COUNT, REDRIVE_SUBJECT, REDRIVE_STREAM, REDRIVE_SEQUENCE].contains(&n.as_str())
+                && ![
+                    REDRIVE_COUNT,
+                    REDRIVE_SUBJECT,
+                    REDRIVE_STREAM,
+                    REDRIVE_SEQUENCE,
+                    REDRIVE_STORED,
+                ]
+                .contains(&n.as_str())
         }) {
             map.append(n.as_str(), v.as_str());
         }
@@ -404,6 +417,9 @@ impl Ops {
         map.insert(REDRIVE_SUBJECT, letter.subject.as_str());
         map.insert(REDRIVE_STREAM, letter.stream.as_str());
         map.insert(REDRIVE_SEQUENCE, letter.stream_sequence.to_string().as_str());
+        if let Some(stored) = letter.stored {
+            map.insert(REDRIVE_STORED, stored.to_rfc3339().as_str());
+        }
         let subject = self.subject(&format!(
             "{DEAD_LETTER_TOKEN}.{}.{}.{REDRIVE_TOKEN}",
             letter.set, letter.name
@@ -474,12 +490,18 @@ impl Ops {
         let num = |n: &str| get(n).and_then(|v| v.trim().parse::<u64>().ok());
         // Where the original was first stored: a letter of a redriven message points at the
         // redrive, its `X-Redrive-*` headers at the original.
-        let (orig_subject, orig_stream, orig_seq) = match get(REDRIVE_SUBJECT) {
-            Some(s) => (s, get(REDRIVE_STREAM).unwrap_or(""), num(REDRIVE_SEQUENCE).unwrap_or(0)),
+        let (orig_subject, orig_stream, orig_seq, orig_stored) = match get(REDRIVE_SUBJECT) {
+            Some(s) => (
+                s,
+                get(REDRIVE_STREAM).unwrap_or(""),
+                num(REDRIVE_SEQUENCE).unwrap_or(0),
+                get(REDRIVE_STORED),
+            ),
             None => (
                 get(DEAD_LETTER_SUBJECT).unwrap_or(""),
                 get(DEAD_LETTER_STREAM).unwrap_or(""),
                 num(DEAD_LETTER_SEQUENCE).unwrap_or(0),
+                get(DEAD_LETTER_STORED),
             ),
         };
         let own = |n: &str| n.starts_with("X-Dead-Letter-") || n == DEAD_LETTER_DELIVERIES || n == headers::NATS_MSG_ID;
@@ -503,6 +525,7 @@ impl Ops {
             subject: orig_subject.to_owned(),
             stream: orig_stream.to_owned(),
             stream_sequence: orig_seq,
+            stored: orig_stored.and_then(|t| t.trim().parse().ok()),
             deliveries: num(DEAD_LETTER_DELIVERIES).unwrap_or(0),
             at: get(DEAD_LETTER_AT).and_then(|t| t.trim().parse().ok()),
             redrives: num(REDRIVE_COUNT).map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX)),

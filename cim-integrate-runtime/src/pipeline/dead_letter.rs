@@ -8,7 +8,7 @@ use crate::monitor::DeadLetterReason;
 use crate::service::{
     DEAD_LETTER_AT, DEAD_LETTER_DELIVERIES, DEAD_LETTER_HANDLER, DEAD_LETTER_HEADERS_OMITTED, DEAD_LETTER_KIND,
     DEAD_LETTER_ORIGINAL_MSG_ID, DEAD_LETTER_PAYLOAD_OMITTED, DEAD_LETTER_REASON, DEAD_LETTER_SEQUENCE,
-    DEAD_LETTER_STREAM, DEAD_LETTER_SUBJECT,
+    DEAD_LETTER_STORED, DEAD_LETTER_STREAM, DEAD_LETTER_SUBJECT,
 };
 use crate::subject::Subject;
 use crate::timestamp::Timestamp;
@@ -128,6 +128,9 @@ impl<D> DeadLetter<D> {
         ] {
             hdrs.push_received(n.to_owned(), v);
         }
+        if let Some(info) = raw.info() {
+            hdrs.push_received(DEAD_LETTER_STORED.to_owned(), info.published.to_rfc3339());
+        }
         let payload = if keep == Keep::All {
             raw.payload().clone()
         } else {
@@ -205,6 +208,11 @@ mod tests {
         }
     }
 
+    /// When the test's original was stored: a time with nanoseconds.
+    fn stored() -> Timestamp {
+        Timestamp::from_unix_nanos(1_764_892_800_123_456_789).expect("in range")
+    }
+
     async fn dead_letter(refused: fn(&OutboundMessage) -> Option<TransportError>) -> (Outcome, Vec<OutboundMessage>) {
         let mut headers = Headers::new();
         headers.insert("X-Tenant", "acme").unwrap();
@@ -217,7 +225,7 @@ mod tests {
                 stream_sequence: 7,
                 consumer_sequence: 1,
                 delivered: 1,
-                published: Timestamp::now(),
+                published: stored(),
                 resumed: None,
             },
         };
@@ -253,6 +261,9 @@ mod tests {
             (h.get(DEAD_LETTER_STREAM), h.get(DEAD_LETTER_SEQUENCE)),
             (Some("DOCUMENT_EVENTS"), Some("7"))
         );
+        // The original's stored time, to the nanosecond: with stream and sequence it names it.
+        let stored: Timestamp = h.get(DEAD_LETTER_STORED).expect("stored").parse().expect("RFC 3339");
+        assert_eq!(stored, self::stored());
     }
 
     #[tokio::test]

@@ -127,16 +127,23 @@ impl<D: Dispatch> Dispatch for Dedup<D> {
         // time); under `Always`, without stream metadata, and for a redriven message (a dead
         // letter stored again, whose later copies must find its mark), the message id.
         let redriven = msg.received().headers().get(crate::service::REDRIVE_COUNT).is_some();
+        let own = || msg.received().info().map(|i| StreamMessage::of(id, i));
         let stream_message = match self.durable.check {
-            DedupCheck::MaybeSeen if !redriven => msg.received().info().map(|i| StreamMessage {
-                id,
-                stream: i.stream.clone(),
-                sequence: i.stream_sequence,
-                stored: i.published,
-                delivered: i.delivered,
-                resumed: i.resumed,
-            }),
+            DedupCheck::MaybeSeen if !redriven => own(),
             DedupCheck::MaybeSeen | DedupCheck::Always => None,
+        };
+        // A second mark beside a mark by message id, naming the stream message that id stands
+        // for, so that a first delivery under `MaybeSeen` (which reads the block of its stream
+        // message only) recognises what was handled under another name: for a redriven copy the
+        // original (its `X-Redrive-*` headers), under `Always` the delivery itself.
+        let also = if !self.store.marks_stream_messages() {
+            None
+        } else if redriven {
+            redriven_original(msg.received().headers(), id)
+        } else if self.durable.check == DedupCheck::Always {
+            own()
+        } else {
+            None
         };
         // What waits before the handler (for a copy of its id in flight, for a mark read over
         // the network) waits outside the handler's places, and takes one again before the
@@ -204,17 +211,15 @@ impl<D: Dispatch> Dispatch for Dedup<D> {
             if self.outside_place && outcome == Outcome::Succeeded {
                 msg.handler_done();
             }
-            let now = match &stream_message {
-                Some(m) => self.store.mark_delivery_now(&self.key, m),
-                None => self.store.mark_now(&self.key, id),
-            };
-            match now {
-                Some(Ok(())) => {}
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "dedup mark failed; retrying before the acknowledgement");
-                    with_progress(self.mark(id, stream_message.as_ref()), msg.received(), self.ack_wait).await;
+            let raw = msg.received();
+            match &also {
+                None => self.write_mark(id, stream_message.as_ref(), raw).await,
+                Some(also) => {
+                    futures::join!(
+                        self.write_mark(id, stream_message.as_ref(), raw),
+                        self.write_mark(id, Some(also), raw)
+                    );
                 }
-                None => with_progress(self.mark(id, stream_message.as_ref()), msg.received(), self.ack_wait).await,
             }
             flight.succeeded();
         }
@@ -227,6 +232,23 @@ impl<D> Dedup<D> {
     /// [`Message::leave_place`]), if this handler allows it.
     fn leave_place<'a>(&self, msg: &mut Message<'a>) -> Option<super::run::Released<'a>> {
         if self.outside_place { msg.leave_place() } else { None }
+    }
+
+    /// Writes the mark (of `m`, else by `id`) before the acknowledgement: at once if the store
+    /// answers at once, else kept alive while it retries.
+    async fn write_mark(&self, id: MessageId, m: Option<&StreamMessage>, raw: &dyn super::Received) {
+        let now = match m {
+            Some(m) => self.store.mark_delivery_now(&self.key, m),
+            None => self.store.mark_now(&self.key, id),
+        };
+        match now {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "dedup mark failed; retrying before the acknowledgement");
+                with_progress(self.mark(id, m), raw, self.ack_wait).await;
+            }
+            None => with_progress(self.mark(id, m), raw, self.ack_wait).await,
+        }
     }
 
     /// Writes the mark, retrying with back-off until it is stored.
@@ -246,6 +268,28 @@ impl<D> Dedup<D> {
             }
         }
     }
+}
+
+/// The original of a redriven copy, as its `X-Redrive-Stream`, `-Sequence` and `-Stored` headers
+/// name it; `None` if one is missing or unreadable (a letter written before `-Stored`).
+fn redriven_original(headers: &crate::headers::Headers, id: MessageId) -> Option<StreamMessage> {
+    use crate::service::{REDRIVE_SEQUENCE, REDRIVE_STORED, REDRIVE_STREAM};
+    let stream = headers.get(REDRIVE_STREAM).map(str::trim).filter(|s| !s.is_empty())?;
+    let sequence = headers
+        .get(REDRIVE_SEQUENCE)?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|&s: &u64| s > 0)?;
+    let stored = headers.get(REDRIVE_STORED)?.trim().parse().ok()?;
+    Some(StreamMessage {
+        id,
+        stream: stream.into(),
+        sequence,
+        stored,
+        delivered: 1,
+        resumed: None,
+    })
 }
 
 /// Whether a message waited for a copy of its id in flight, and how that copy's run ended.
@@ -393,6 +437,41 @@ impl Drop for Flight<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_redriven_copy_names_its_original_only_when_every_header_reads() {
+        use crate::headers::Headers;
+        use crate::service::{REDRIVE_SEQUENCE, REDRIVE_STORED, REDRIVE_STREAM};
+        let id = MessageId::new();
+        let stored = Timestamp::from_unix_nanos(1_764_892_800_123_456_789).expect("in range");
+        let headers = |stream: &str, seq: &str, at: Option<&str>| {
+            let mut h = Headers::new();
+            h.push_received(REDRIVE_STREAM.to_owned(), stream.to_owned());
+            h.push_received(REDRIVE_SEQUENCE.to_owned(), seq.to_owned());
+            if let Some(at) = at {
+                h.push_received(REDRIVE_STORED.to_owned(), at.to_owned());
+            }
+            h
+        };
+        let text = stored.to_rfc3339();
+        let m = redriven_original(&headers("BILLING_EVENTS", "42", Some(&text)), id).expect("named");
+        assert_eq!(
+            (&*m.stream, m.sequence, m.stored, m.id, m.delivered),
+            ("BILLING_EVENTS", 42, stored, id, 1)
+        );
+        for (stream, seq, at) in [
+            ("BILLING_EVENTS", "42", None),
+            ("", "42", Some(text.as_str())),
+            ("BILLING_EVENTS", "0", Some(text.as_str())),
+            ("BILLING_EVENTS", "x", Some(text.as_str())),
+            ("BILLING_EVENTS", "42", Some("yesterday")),
+        ] {
+            assert!(
+                redriven_original(&headers(stream, seq, at), id).is_none(),
+                "{stream} {seq} {at:?}"
+            );
+        }
+    }
 
     #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn copies_wait_for_each_other_and_others_do_not() {

@@ -136,14 +136,14 @@ impl<D: Dispatch> Dispatch for Dedup<D> {
         // for, so that a first delivery under `MaybeSeen` (which reads the block of its stream
         // message only) recognises what was handled under another name: for a redriven copy the
         // original (its `X-Redrive-*` headers), under `Always` the delivery itself.
-        let also = if !self.store.marks_stream_messages() {
+        // (Only for a store whose marks of stream messages differ from its marks by id.)
+        let by_id = redriven || self.durable.check == DedupCheck::Always;
+        let also = if !by_id || !self.store.marks_stream_messages() {
             None
         } else if redriven {
             redriven_original(msg.received().headers(), id)
-        } else if self.durable.check == DedupCheck::Always {
-            own()
         } else {
-            None
+            own()
         };
         // What waits before the handler (for a copy of its id in flight, for a mark read over
         // the network) waits outside the handler's places, and takes one again before the

@@ -326,18 +326,30 @@ impl DedupStore for MemoryDedup {
 pub struct KvDedup<K> {
     kv: K,
     blocks: Mutex<FastMap<String, Arc<Block>>>,
+    /// How long a read of a block answers first deliveries ([`READ_TRUSTED`]).
+    trusted: Duration,
 }
 
 impl<K: KeyValue> Clone for KvDedup<K> {
     /// The same bucket; the blocks in flight here are not shared (a clone's writes of a block
     /// merge like another process's).
     fn clone(&self) -> Self {
-        Self::new(self.kv.clone())
+        Self {
+            trusted: self.trusted,
+            ..Self::new(self.kv.clone())
+        }
     }
 }
 
 /// Stream sequences per block key.
 const BLOCK: u64 = 64;
+/// How long a read of a block answers the block's first deliveries. On this durable nobody can
+/// mark them after the read (the server counts its deliveries), but a handler's redrive consumer
+/// (another durable, perhaps in another process) marks a redriven copy's original: bounding the
+/// read's age bounds how long such a mark can go unseen to about a handler run's length, the
+/// window two copies of one id in two processes have anyway. A service catching up goes through
+/// a block in milliseconds, so the bound costs it next to nothing.
+const READ_TRUSTED: Duration = Duration::from_secs(1);
 /// Idle blocks kept in memory (their revision spares a read on the next write).
 const BLOCKS_KEPT: usize = 64;
 
@@ -498,7 +510,14 @@ impl<K: KeyValue> KvDedup<K> {
         Self {
             kv,
             blocks: Mutex::new(FastMap::default()),
+            trusted: READ_TRUSTED,
         }
+    }
+
+    /// The same store, a block read answering first deliveries for `trusted` (tests).
+    #[cfg(test)]
+    fn trusting_reads_for(self, trusted: Duration) -> Self {
+        Self { trusted, ..self }
     }
 
     /// `{handler}.{id}`, built in one allocation without the formatting machinery.
@@ -556,7 +575,7 @@ impl<K: KeyValue> KvDedup<K> {
     }
 
     /// Whether the block holds the mark, reading the block from the bucket only if it was not
-    /// read at or after `resumed` (see [`StreamMessage::resumed`]).
+    /// read at or after `resumed` (see [`StreamMessage::resumed`]) and within [`READ_TRUSTED`].
     async fn read_once(
         &self,
         key: &str,
@@ -565,7 +584,11 @@ impl<K: KeyValue> KvDedup<K> {
         resumed: Option<crate::timestamp::Timestamp>,
     ) -> Result<bool, DedupError> {
         let block = self.block(key);
-        let answers = |at: Option<crate::timestamp::Timestamp>| at.is_some_and(|at| resumed.is_none_or(|r| at >= r));
+        let now = crate::timestamp::Timestamp::now();
+        let trusted = i128::try_from(self.trusted.as_nanos()).unwrap_or(i128::MAX);
+        let answers = |at: Option<crate::timestamp::Timestamp>| {
+            at.is_some_and(|at| resumed.is_none_or(|r| at >= r) && now.unix_nanos() - at.unix_nanos() <= trusted)
+        };
         let at = loop {
             let done = block.read.notified();
             {
@@ -575,7 +598,7 @@ impl<K: KeyValue> KvDedup<K> {
                 }
                 if !answers(st.reading) {
                     // Stamped before the read: it shows every mark stored before this time.
-                    let at = crate::timestamp::Timestamp::now();
+                    let at = now;
                     st.reading = st.reading.max(Some(at));
                     break at;
                 }
@@ -1037,6 +1060,21 @@ mod tests {
         assert_eq!(reads() - before, 1, "one read of the block");
         assert!(store.seen_delivery("h", &resumed).await.unwrap());
         assert_eq!(reads() - before, 1, "read since the resume: trusted");
+        // A read answers for a while only: a redriven copy's original is marked by the redrive
+        // consumer, another durable, perhaps in another process.
+        let store = KvDedup::new(kv.clone()).trusting_reads_for(Duration::from_millis(50));
+        let late = first(&message("S", 72, 5));
+        let before = reads();
+        assert!(!store.seen_delivery("h", &late).await.unwrap());
+        earlier.mark_delivery("h", &late).await.unwrap();
+        assert!(!store.seen_delivery("h", &late).await.unwrap(), "the read answers");
+        assert_eq!(reads() - before, 1);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(
+            store.seen_delivery("h", &late).await.unwrap(),
+            "read again, the mark found"
+        );
+        assert_eq!(reads() - before, 2);
     }
 
     /// A service catching up has many first deliveries of one block checked at once: they

@@ -86,7 +86,7 @@ impl<D> DeadLetter<D> {
                 }
             }
         }
-        let (stream, sequence) = position(msg);
+        let (stream, sequence, _) = position(msg);
         let error = refused.map(|e| e.to_string()).unwrap_or_default();
         tracing::error!(
             %error, %reason, %stream, sequence, handler = %self.handler,
@@ -112,7 +112,7 @@ impl<D> DeadLetter<D> {
         if let Some(orig) = raw.headers().get(headers::NATS_MSG_ID) {
             hdrs.push_received(DEAD_LETTER_ORIGINAL_MSG_ID.to_owned(), header_safe(orig));
         }
-        let (stream, sequence) = position(msg);
+        let (stream, sequence, stored) = position(msg);
         // One dead letter per (handler, stored message), however often this is retried.
         let id = letter_id(&self.handler, &stream, sequence);
         for (n, v) in [
@@ -128,8 +128,8 @@ impl<D> DeadLetter<D> {
         ] {
             hdrs.push_received(n.to_owned(), v);
         }
-        if let Some(info) = raw.info() {
-            hdrs.push_received(DEAD_LETTER_STORED.to_owned(), info.published.to_rfc3339());
+        if let Some(stored) = stored {
+            hdrs.push_received(DEAD_LETTER_STORED.to_owned(), stored.to_rfc3339());
         }
         let payload = if keep == Keep::All {
             raw.payload().clone()
@@ -145,11 +145,12 @@ impl<D> DeadLetter<D> {
     }
 }
 
-/// The original's stream and sequence (empty and 0 for a message outside any stream).
-fn position(msg: &Message<'_>) -> (String, u64) {
-    msg.received()
-        .info()
-        .map_or((String::new(), 0), |i| (i.stream.to_string(), i.stream_sequence))
+/// The original's stream, sequence and stored time (empty, 0 and `None` for a message outside
+/// any stream).
+fn position(msg: &Message<'_>) -> (String, u64, Option<Timestamp>) {
+    msg.received().info().map_or((String::new(), 0, None), |i| {
+        (i.stream.to_string(), i.stream_sequence, Some(i.published))
+    })
 }
 
 /// The id of the dead letter of (handler, stored message): see [`crate::id::derived_uuid`].

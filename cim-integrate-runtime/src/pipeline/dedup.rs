@@ -127,23 +127,9 @@ impl<D: Dispatch> Dispatch for Dedup<D> {
         // time); under `Always`, without stream metadata, and for a redriven message (a dead
         // letter stored again, whose later copies must find its mark), the message id.
         let redriven = msg.received().headers().get(crate::service::REDRIVE_COUNT).is_some();
-        let own = || msg.received().info().map(|i| StreamMessage::of(id, i));
         let stream_message = match self.durable.check {
-            DedupCheck::MaybeSeen if !redriven => own(),
+            DedupCheck::MaybeSeen if !redriven => msg.received().info().map(|i| StreamMessage::of(id, i)),
             DedupCheck::MaybeSeen | DedupCheck::Always => None,
-        };
-        // A second mark beside a mark by message id, naming the stream message that id stands
-        // for, so that a first delivery under `MaybeSeen` (which reads the block of its stream
-        // message only) recognises what was handled under another name: for a redriven copy the
-        // original (its `X-Redrive-*` headers), under `Always` the delivery itself.
-        // (Only for a store whose marks of stream messages differ from its marks by id.)
-        let by_id = redriven || self.durable.check == DedupCheck::Always;
-        let also = if !by_id || !self.store.marks_stream_messages() {
-            None
-        } else if redriven {
-            redriven_original(msg.received().headers(), id)
-        } else {
-            own()
         };
         // What waits before the handler (for a copy of its id in flight, for a mark read over
         // the network) waits outside the handler's places, and takes one again before the
@@ -212,7 +198,7 @@ impl<D: Dispatch> Dispatch for Dedup<D> {
                 msg.handler_done();
             }
             let raw = msg.received();
-            match &also {
+            match &self.also_mark(raw, id, redriven) {
                 None => self.write_mark(id, stream_message.as_ref(), raw).await,
                 Some(also) => {
                     futures::join!(
@@ -232,6 +218,22 @@ impl<D> Dedup<D> {
     /// [`Message::leave_place`]), if this handler allows it.
     fn leave_place<'a>(&self, msg: &mut Message<'a>) -> Option<super::run::Released<'a>> {
         if self.outside_place { msg.leave_place() } else { None }
+    }
+
+    /// A second mark beside a mark by message id, naming the stream message that id stands for,
+    /// so that a first delivery under `MaybeSeen` (which reads the block of its stream message
+    /// only) recognises what was handled under another name: for a redriven copy the original
+    /// (its `X-Redrive-*` headers), under `Always` the delivery itself. `None` otherwise, and for
+    /// a store whose marks of stream messages are its marks by id.
+    fn also_mark(&self, raw: &dyn super::Received, id: MessageId, redriven: bool) -> Option<StreamMessage> {
+        if !(redriven || self.durable.check == DedupCheck::Always) || !self.store.marks_stream_messages() {
+            return None;
+        }
+        if redriven {
+            redriven_original(raw.headers(), id)
+        } else {
+            raw.info().map(|i| StreamMessage::of(id, i))
+        }
     }
 
     /// Writes the mark (of `m`, else by `id`) before the acknowledgement: at once if the store

@@ -633,7 +633,7 @@ async fn bench_consume(r: &mut Runner) -> Result<(), BoxError> {
             2,
         ),
         (
-            "Service (NATS), key-value dedup, started over the backlog (every mark read)",
+            "Service (NATS), key-value dedup, started over the backlog (catching up)",
             3,
         ),
     ] {

@@ -198,8 +198,10 @@ impl Outcome {
     }
 }
 
-/// What deferred a message.
+/// What deferred a message. More causes may come (the third, `Stopping`, did): a `match` on it
+/// outside this crate needs a wildcard arm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Deferral {
     /// A circuit breaker is open.
     Breaker,

@@ -13,6 +13,13 @@
 //!   (two parses agree); `to_headers` of the result parses back to the same identity.
 //! - [`subject()`]: `Subject::new`, `SubjectPattern::new`, `pattern_matches`, `patterns_overlap`
 //!   against a split-on-dots reference.
+//! - [`timestamp`]: `Timestamp` from RFC 3339 text (every time header and payload field) and from
+//!   nanoseconds. Never panics; what parses writes back and parses to itself, by `FromStr` and by
+//!   serde, and lies in the years RFC 3339 can write.
+//! - [`traceparent`]: `TraceParent::parse` (the `traceparent` header). Never panics; what parses
+//!   writes back (as version `00`) and parses to itself; a version-`00` value writes back as given.
+//! - [`saga_event`]: `SagaEvent::decode` (a saga's lifecycle event, from any publisher). Never
+//!   panics; what decodes re-encodes and decodes to itself.
 
 #[path = "../../tests/domain_event_examples/mod.rs"]
 #[allow(dead_code, missing_docs)]
@@ -26,7 +33,14 @@ use cim_integrate::{Headers, Timestamp};
 use std::sync::Arc;
 
 /// The targets, by name.
-pub const TARGETS: [&str; 3] = ["decode", "envelope", "subject"];
+pub const TARGETS: [&str; 6] = [
+    "decode",
+    "envelope",
+    "subject",
+    "timestamp",
+    "traceparent",
+    "saga_event",
+];
 
 /// Runs target `name` on `data`; `None` for an unknown name.
 pub fn run(name: &str, data: &[u8]) -> Option<String> {
@@ -34,6 +48,9 @@ pub fn run(name: &str, data: &[u8]) -> Option<String> {
         "decode" => Some(decode(data)),
         "envelope" => Some(envelope(data)),
         "subject" => Some(subject(data)),
+        "timestamp" => Some(timestamp(data)),
+        "traceparent" => Some(traceparent(data)),
+        "saga_event" => Some(saga_event(data)),
         _ => None,
     }
 }
@@ -228,6 +245,98 @@ pub fn subject(data: &[u8]) -> String {
     format!("subject={s_ok} pattern={p_ok} match={matches} overlap={overlap}")
 }
 
+/// Reads `data` as RFC 3339 text, and its first 16 bytes as nanoseconds since the epoch.
+pub fn timestamp(data: &[u8]) -> String {
+    let text = String::from_utf8_lossy(data);
+    let parsed = match text.parse::<Timestamp>() {
+        Ok(t) => {
+            let year = t.as_offset_date_time().year();
+            assert!((0..=9999).contains(&year), "{text:?} parsed to year {year}");
+            let written = t.to_rfc3339();
+            assert_eq!(written.parse::<Timestamp>().ok(), Some(t), "{text:?} wrote {written:?}");
+            assert_eq!(t.to_string(), written, "Display and to_rfc3339 agree");
+            let json = serde_json::to_string(&t).unwrap_or_else(|e| panic!("serialize {t}: {e}"));
+            assert_eq!(
+                serde_json::from_str::<Timestamp>(&json).ok(),
+                Some(t),
+                "serde round trip {json}"
+            );
+            assert_eq!(Timestamp::from_unix_nanos(t.unix_nanos()), Some(t), "nanos round trip");
+            // Truncated toward zero, as documented.
+            assert_eq!(i128::from(t.unix_millis()), t.unix_nanos() / 1_000_000, "millis of {t}");
+            "ok".to_owned()
+        }
+        Err(e) => {
+            assert!(
+                serde_json::from_str::<Timestamp>(&serde_json::to_string(&text).unwrap_or_default()).is_err(),
+                "serde accepted what FromStr refused: {text:?}"
+            );
+            // The first words of the reason, as the class.
+            e.reason
+                .split(|c: char| !c.is_ascii_alphabetic())
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        }
+    };
+    let mut raw = [0u8; 16];
+    let n = data.len().min(16);
+    raw[..n].copy_from_slice(&data[..n]);
+    let nanos = i128::from_le_bytes(raw);
+    let from_nanos = match Timestamp::from_unix_nanos(nanos) {
+        Some(t) => {
+            assert_eq!(t.unix_nanos(), nanos, "from_unix_nanos round trip");
+            // Years RFC 3339 cannot write read as the epoch; the rest write back exactly.
+            let written = t.to_rfc3339();
+            if (0..=9999).contains(&t.as_offset_date_time().year()) {
+                assert_eq!(written.parse::<Timestamp>().ok(), Some(t), "{nanos} wrote {written:?}");
+            }
+            "nanos ok"
+        }
+        None => "nanos out of range",
+    };
+    format!("{parsed} | {from_nanos}")
+}
+
+/// Reads `data` as a `traceparent` value.
+pub fn traceparent(data: &[u8]) -> String {
+    use cim_integrate::trace_context::TraceParent;
+    let text = String::from_utf8_lossy(data);
+    match TraceParent::parse(&text) {
+        Ok(tp) => {
+            let written = tp.to_string();
+            assert_eq!(TraceParent::parse(&written), Ok(tp), "{text:?} wrote {written:?}");
+            if text.starts_with("00-") {
+                assert_eq!(written, text, "a version-00 value writes back as given");
+            }
+            format!("ok sampled={}", tp.sampled())
+        }
+        Err(e) => format!("{e:?}"),
+    }
+}
+
+/// Decodes `data` as a saga lifecycle event.
+pub fn saga_event(data: &[u8]) -> String {
+    use cim_integrate::saga::SagaEvent;
+    match SagaEvent::decode(data) {
+        Ok(e) => {
+            let again = serde_json::to_vec(&e).unwrap_or_else(|err| panic!("re-encode failed: {err}"));
+            assert_eq!(SagaEvent::decode(&again).as_ref(), Ok(&e), "round trip");
+            format!("ok {:?}", e.kind)
+        }
+        // The words before the first quoted value (serde quotes what it found), as the class.
+        Err(e) => e
+            .split('`')
+            .next()
+            .unwrap_or_default()
+            .split(|c: char| !c.is_ascii_alphabetic())
+            .filter(|w| w.len() > 2)
+            .take(6)
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,8 +353,35 @@ mod tests {
                 b"document.created\nX-Message-ID:0192f3c4-5d6e-7f80-9a1b-2c3d4e5f6071\n\n{}",
             ),
             ("subject", b"document.*\ndocument.created"),
+            ("timestamp", b"2026-11-24T13:25:00.12+01:00"),
+            (
+                "traceparent",
+                b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
+            (
+                "saga_event",
+                br#"{"version":"1.0","kind":"started","saga":"order","saga_id":"o-1","seq":0}"#,
+            ),
         ] {
             assert!(run(target, input).is_some());
         }
+    }
+}
+
+#[cfg(test)]
+mod found {
+    //! Inputs that broke an invariant once, kept as tests.
+    use super::*;
+
+    /// Valid RFC 3339 whose UTC year has five digits: `Timestamp`'s conversion to UTC panicked
+    /// (found by `cargo fuzz`, twenty-second session).
+    #[test]
+    fn a_late_time_with_a_negative_offset() {
+        assert_eq!(
+            timestamp(b"9999-12-31T23:59:59-23:59").split(" | ").next(),
+            Some("the instant in")
+        );
+        let headers = "document.created\nX-Occurred-At:9999-12-31T23:59:59-23:59\n\n{}";
+        let _ = envelope(headers.as_bytes());
     }
 }

@@ -598,6 +598,11 @@ mod tests {
         assert!(e.is_derived());
         assert_eq!(e.occurred(), published);
         assert_eq!(e.correlation_id().into_uuid(), e.message_id().into_uuid());
+        // Valid RFC 3339 whose UTC year has five digits: read as no time given (it panicked the
+        // parse, and the consuming loop with it, before the twenty-second session).
+        h.insert(headers::OCCURRED_AT, "9999-12-31T23:59:59-23:59").unwrap();
+        let e = Envelope::from_received("a.b", &h, Bytes::new(), &from).unwrap();
+        assert_eq!(e.occurred(), published);
     }
 
     #[test]

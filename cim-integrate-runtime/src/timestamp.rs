@@ -82,9 +82,25 @@ impl Timestamp {
         (self.0.unix_timestamp_nanos() / 1_000_000) as i64
     }
 
-    /// Converts from `time`'s type (normalised to UTC).
+    /// Converts from `time`'s type (normalised to UTC). A value whose UTC date falls past the
+    /// years `time` can hold (`9999-12-31T23:59:59-23:59` is in the next year) is clamped to the
+    /// first or last instant it can; [`checked_from_offset_date_time`](Self::checked_from_offset_date_time)
+    /// says `None` instead.
     pub fn from_offset_date_time(t: OffsetDateTime) -> Self {
-        Self(t.to_offset(time::UtcOffset::UTC))
+        Self::checked_from_offset_date_time(t).unwrap_or_else(|| {
+            let edge = if t.year() > 0 {
+                time::PrimitiveDateTime::MAX
+            } else {
+                time::PrimitiveDateTime::MIN
+            };
+            Self(edge.assume_utc())
+        })
+    }
+
+    /// Converts from `time`'s type (normalised to UTC); `None` if its UTC date falls past the
+    /// years `time` can hold.
+    pub fn checked_from_offset_date_time(t: OffsetDateTime) -> Option<Self> {
+        t.checked_to_offset(time::UtcOffset::UTC).map(Self)
     }
 
     /// The value as `time`'s type.
@@ -192,12 +208,17 @@ pub(crate) const RFC3339_MAX: usize = 30;
 impl FromStr for Timestamp {
     type Err = TimestampParseError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        OffsetDateTime::parse(s, &Rfc3339)
-            .map(Self::from_offset_date_time)
-            .map_err(|e| TimestampParseError {
-                input: s.chars().take(64).collect(),
-                reason: e.to_string(),
-            })
+        let error = |reason: String| TimestampParseError {
+            input: s.chars().take(64).collect(),
+            reason,
+        };
+        let t = OffsetDateTime::parse(s, &Rfc3339).map_err(|e| error(e.to_string()))?;
+        // A valid text near the end of year 9999 (or the start of year 0) with an offset can
+        // name an instant whose UTC date has a year of five digits (past what `time` holds), or
+        // a negative one (which RFC 3339 cannot write back).
+        Self::checked_from_offset_date_time(t)
+            .filter(|t| (0..=9999).contains(&t.0.year()))
+            .ok_or_else(|| error("the instant in UTC falls outside the years 0000 to 9999".to_owned()))
     }
 }
 
@@ -373,6 +394,47 @@ mod tests {
         for v in variants {
             assert_eq!(Timestamp::parse_canonical(&v), canonical_by_reference(&v), "{v:?}");
         }
+    }
+
+    /// Valid RFC 3339 whose instant, in UTC, has a year `time` cannot hold: an error, never a
+    /// panic (the conversion to UTC used to panic, from any header or payload field parsed as a
+    /// timestamp: `X-Occurred-At`, `X-Redrive-Stored`, a saga record's times).
+    #[test]
+    fn a_text_whose_utc_year_is_out_of_range_is_an_error() {
+        for text in [
+            "9999-12-31T23:59:59-23:59",
+            "9999-12-31T23:00:00.5-01:00",
+            "0000-01-01T00:00:00+00:01",
+        ] {
+            let e = text.parse::<Timestamp>().expect_err(text);
+            assert!(e.reason.contains("outside the years"), "{e:?}");
+            assert!(
+                serde_json::from_str::<Timestamp>(&format!("\"{text}\"")).is_err(),
+                "{text}"
+            );
+        }
+        // The edges themselves are in range.
+        for text in [
+            "9999-12-31T23:59:59-00:00",
+            "9999-12-31T22:59:59-01:00",
+            "0000-01-01T00:00:00Z",
+        ] {
+            assert!(text.parse::<Timestamp>().is_ok(), "{text}");
+        }
+        let time = |text| OffsetDateTime::parse(text, &Rfc3339).expect("valid RFC 3339");
+        let late = time("9999-12-31T23:59:59-23:59");
+        let minute = time::UtcOffset::from_hms(0, 1, 0).expect("offset");
+        let early = time::PrimitiveDateTime::MIN.assume_offset(minute);
+        assert_eq!(Timestamp::checked_from_offset_date_time(late), None);
+        assert_eq!(Timestamp::checked_from_offset_date_time(early), None);
+        assert_eq!(
+            Timestamp::from_offset_date_time(late).as_offset_date_time(),
+            time::PrimitiveDateTime::MAX.assume_utc()
+        );
+        assert_eq!(
+            Timestamp::from_offset_date_time(early).as_offset_date_time(),
+            time::PrimitiveDateTime::MIN.assume_utc()
+        );
     }
 
     #[test]

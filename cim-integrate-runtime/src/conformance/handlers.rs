@@ -496,6 +496,42 @@ pub async fn undecodable_payload_into_dead_letter<T: Transport>(t: T) {
     svc.shutdown(Duration::from_secs(5)).await;
 }
 
+/// Times a client may write that are valid RFC 3339 but name an instant whose UTC year has five
+/// digits (`9999-12-31T23:59:59-23:59`), in `X-Occurred-At` and in a redrive's `X-Redrive-Stored`:
+/// read as no time given, the message handled, the service going on. (Parsing them panicked the
+/// consuming loop, before any handler or its panic guard, until the twenty-second session.)
+pub async fn out_of_range_times_in_headers_are_ignored<T: Transport>(t: T) {
+    const LATE: &str = "9999-12-31T23:59:59-23:59";
+    let seen = Seen::default();
+    let svc = Service::builder(t.clone(), "times")
+        .handler("workflow", recorder(&seen, "w", "document.created"))
+        .start()
+        .await
+        .expect("start");
+    let mut late = foreign(&MessageId::new().to_string(), 1);
+    late.headers.insert(crate::headers::OCCURRED_AT, LATE).expect("header");
+    let mut redriven = foreign(&MessageId::new().to_string(), 2);
+    for (name, value) in [
+        (service::REDRIVE_STREAM, "DOCUMENT"),
+        (service::REDRIVE_SEQUENCE, "1"),
+        (service::REDRIVE_STORED, LATE),
+    ] {
+        redriven.headers.insert(name, value).expect("header");
+    }
+    ensure_domain(&t, "document").await;
+    for msg in [late, redriven, (&numbered("document.created", 3)).into()] {
+        t.publish_and_wait(msg).await.expect("publish");
+    }
+    wait_until("all three handled", || count(&seen, "w") == 3).await;
+    let stats = svc.handler_stats("workflow-w").expect("stats");
+    assert_eq!(
+        (stats.succeeded, stats.dead_lettered, stats.panicked),
+        (3, 0, 0),
+        "{stats:?}"
+    );
+    svc.shutdown(Duration::from_secs(5)).await;
+}
+
 /// A panicking handler is caught, counted, and retried; the consumer keeps running.
 pub async fn panic_is_retried<T: Transport>(t: T) {
     let runs = Arc::new(AtomicU32::new(0));

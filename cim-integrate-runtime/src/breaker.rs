@@ -464,7 +464,7 @@ impl CircuitBreaker {
                     self.transition(
                         &mut core,
                         Phase::Open {
-                            until: now + s.cool_down,
+                            until: crate::clock::later(now, s.cool_down),
                         },
                         &why,
                     );
@@ -489,7 +489,7 @@ impl CircuitBreaker {
                     Some(false) => self.transition(
                         &mut core,
                         Phase::Open {
-                            until: now + s.cool_down,
+                            until: crate::clock::later(now, s.cool_down),
                         },
                         "a probe failed",
                     ),

@@ -65,6 +65,15 @@ pub fn now_millis() -> i64 {
     GLOBAL.get_or_init(Clock::new).now_millis()
 }
 
+/// `d` after `at`, saturating: a duration too long for the clock (`Duration::MAX`, meant as
+/// "never") reads as a century. `Instant + Duration` panics on overflow, and the durations added
+/// to instants here come from settings (an ack wait, a retry policy's delays, a breaker's
+/// cool-down).
+pub(crate) fn later(at: tokio::time::Instant, d: Duration) -> tokio::time::Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 86_400);
+    at.checked_add(d).unwrap_or_else(|| at + CENTURY)
+}
+
 /// A duration in whole milliseconds, saturating at `i64::MAX`.
 pub fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
@@ -73,6 +82,13 @@ pub fn millis(d: Duration) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn later_saturates() {
+        let now = tokio::time::Instant::now();
+        assert_eq!(later(now, Duration::from_secs(5)), now + Duration::from_secs(5));
+        assert!(later(now, Duration::MAX) > now + Duration::from_secs(99 * 365 * 86_400));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn follows_paused_time() {

@@ -254,7 +254,7 @@ impl MemoryDedup {
                 .and_then(|(_, m)| m.get(&id).map(|(at, ())| at))
         };
         // The clock is read only for a mark found (most checks find none).
-        marked.is_some_and(|at| at + self.ttl > Instant::now())
+        marked.is_some_and(|at| crate::clock::later(at, self.ttl) > Instant::now())
     }
 
     fn record(&self, handler: &str, id: MessageId) {

@@ -50,6 +50,7 @@ macro_rules! conformance_tests {
                 redelivery_after_consumer_dropped_mid_batch,
                 nak_with_delay,
                 nak_without_delay,
+                durations_past_what_jetstream_holds,
                 term_stops_redelivery,
                 max_deliver_exhausted,
                 in_progress_extends_ack_wait,
@@ -512,6 +513,52 @@ pub async fn nak_with_delay<T: Transport>(t: T) {
     );
     assert_eq!(again.info().delivered, 2);
     again.ack().await.expect("ack");
+}
+
+/// Durations past what JetStream holds (64-bit nanoseconds): `Duration::MAX` as an ack wait, a
+/// stream's or a bucket's max age is refused as invalid, naming the setting, on every transport
+/// (the embedded one panicked at the first delivery, the server answered something async-nats
+/// could not read); the longest it holds is accepted; a nak with `Duration::MAX` (a retry
+/// policy's longest delay) keeps the message back, and neither panics nor fails.
+pub async fn durations_past_what_jetstream_holds<T: Transport>(t: T) {
+    use crate::transport::MAX_DURATION;
+    document_stream(&t).await;
+    let refused = t
+        .consumer(&spec("forever", "document.>").ack_wait(Duration::MAX))
+        .await
+        .err()
+        .map(|e| e.to_string());
+    assert!(
+        refused
+            .as_deref()
+            .is_some_and(|e| e.contains("ack_wait") && e.contains("292 years")),
+        "{refused:?}"
+    );
+    let refused = t
+        .consumer(&spec("forever", "document.>").backoff(vec![Duration::from_secs(1), Duration::MAX]))
+        .await
+        .err()
+        .map(|e| e.to_string());
+    assert!(refused.as_deref().is_some_and(|e| e.contains("backoff")), "{refused:?}");
+    let mut stream = StreamSpec::for_domain("forever", None).expect("spec");
+    stream.max_age = Some(Duration::MAX);
+    let refused = t.ensure_stream(&stream).await.err().map(|e| e.to_string());
+    assert!(refused.as_deref().is_some_and(|e| e.contains("max_age")), "{refused:?}");
+    let refused = t
+        .key_value(&KvSpec::new("forever").max_age(Duration::MAX))
+        .await
+        .err()
+        .map(|e| e.to_string());
+    assert!(refused.as_deref().is_some_and(|e| e.contains("max_age")), "{refused:?}");
+
+    publish(&t, &event("document.created", "{}")).await;
+    let mut c = t
+        .consumer(&spec("reader", "document.>").ack_wait(MAX_DURATION))
+        .await
+        .expect("the longest ack wait JetStream holds");
+    let d = next_within(&mut c, SOON).await;
+    d.nak(Some(Duration::MAX)).await.expect("nak");
+    none_within(&mut c, Duration::from_millis(500)).await;
 }
 
 /// A nak without delay is redelivered promptly (long before the ack wait).

@@ -1480,7 +1480,8 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
                 Err(e)
                     if e.is_transient() && {
                         let now = tokio::time::Instant::now();
-                        now + backoff.pause() < *give_up.get_or_insert(now + self.inner.lease)
+                        crate::clock::later(now, backoff.pause())
+                            < *give_up.get_or_insert(crate::clock::later(now, self.inner.lease))
                     } =>
                 {
                     tracing::warn!(saga = S::NAME, %id, error = %e, "saga store unavailable; retrying the delete of a settled saga");

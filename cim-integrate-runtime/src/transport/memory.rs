@@ -27,6 +27,7 @@ use super::{
     IncomingRequest, KeyValue, KeyValueNow, KvEntry, KvError, KvSpec, OutboundMessage, PublishAck, Reply, ReplyHandle,
     Request, Responder, StreamSpec, Transport, TransportError, check_key,
 };
+use crate::clock::later;
 use crate::fast_hash::FastMap;
 use crate::headers::Headers;
 use crate::id_window::IdWindow;
@@ -471,7 +472,7 @@ impl StreamState {
             keep
         });
         if let Some(age) = spec.max_age.or(spec.settings.max_age) {
-            while self.messages.front().is_some_and(|m| m.stored_at + age <= now) {
+            while self.messages.front().is_some_and(|m| later(m.stored_at, age) <= now) {
                 self.messages.pop_front();
             }
             let first = self.first_seq();
@@ -481,8 +482,8 @@ impl StreamState {
         }
         self.dedup.expire(now, spec.duplicate_window);
         let age = spec.max_age.or(spec.settings.max_age);
-        let message = age.and_then(|age| self.messages.front().map(|m| m.stored_at + age));
-        let id = self.dedup.oldest().map(|at| at + spec.duplicate_window);
+        let message = age.and_then(|age| self.messages.front().map(|m| later(m.stored_at, age)));
+        let id = self.dedup.oldest().map(|at| later(at, spec.duplicate_window));
         self.next_expiry = message.into_iter().chain(id).min();
     }
 
@@ -557,7 +558,7 @@ impl StreamState {
         });
         p.delivered += 1;
         p.naked = false;
-        p.redeliver_at = now + c.spec.redelivery_delay(p.delivered);
+        p.redeliver_at = later(now, c.spec.redelivery_delay(p.delivered));
         c.next_due = c.next_due.min(p.redeliver_at);
         c.delivery_seq += 1;
         if touch {
@@ -828,10 +829,10 @@ impl MemoryTransport {
         let seq = st.last_seq;
         if let Some(id) = msg_id {
             st.dedup.insert(id, now, seq);
-            st.expires_at(now + stream.spec.duplicate_window);
+            st.expires_at(later(now, stream.spec.duplicate_window));
         }
         if let Some(age) = stream.spec.max_age.or(stream.spec.settings.max_age) {
-            st.expires_at(now + age);
+            st.expires_at(later(now, age));
         }
         let order = self.inner.stored.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         st.messages.push_back(Stored {
@@ -1248,7 +1249,7 @@ impl Acker for MemoryAcker {
     async fn nak(&self, delay: Option<Duration>) -> Result<(), TransportError> {
         self.with_pending(true, |c, now| {
             if let Some(p) = c.pending.get_mut(self.seq) {
-                p.redeliver_at = now + delay.unwrap_or_default();
+                p.redeliver_at = later(now, delay.unwrap_or_default());
                 p.naked = true;
                 c.next_due = c.next_due.min(p.redeliver_at);
             }
@@ -1267,7 +1268,7 @@ impl Acker for MemoryAcker {
         self.with_pending(true, |c, now| {
             let spec = &c.spec;
             if let Some(p) = c.pending.get_mut(self.seq) {
-                p.redeliver_at = now + spec.redelivery_delay(p.delivered);
+                p.redeliver_at = later(now, spec.redelivery_delay(p.delivered));
             }
         });
         Ok(())
@@ -1303,7 +1304,7 @@ impl BucketState {
     fn latest(&self, key: &str, ttl: Option<Duration>, now: Instant) -> Option<&KvRecord> {
         self.entries
             .get(key)
-            .filter(|r| ttl.is_none_or(|ttl| r.written + ttl > now))
+            .filter(|r| ttl.is_none_or(|ttl| later(r.written, ttl) > now))
     }
 
     fn write(&mut self, key: &str, value: Option<Bytes>, ttl: Option<Duration>, now: Instant) -> u64 {
@@ -1331,7 +1332,7 @@ impl BucketState {
         if let Some(ttl) = ttl
             && self.writes_since_sweep > self.entries.len().max(1024)
         {
-            self.entries.retain(|_, r| r.written + ttl > now);
+            self.entries.retain(|_, r| later(r.written, ttl) > now);
             self.writes_since_sweep = 0;
         }
         self.last_revision += 1;
@@ -1440,7 +1441,7 @@ impl KeyValue for MemoryKeyValue {
             let mut keys: Vec<String> = st
                 .entries
                 .iter()
-                .filter(|(_, r)| r.value.is_some() && ttl.is_none_or(|ttl| r.written + ttl > now))
+                .filter(|(_, r)| r.value.is_some() && ttl.is_none_or(|ttl| later(r.written, ttl) > now))
                 .map(|(k, _)| k.clone())
                 .collect();
             keys.sort_unstable();

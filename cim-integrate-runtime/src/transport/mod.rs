@@ -49,6 +49,23 @@ pub const DEFAULT_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// The default NATS max payload (1 MiB). The in-memory transport enforces the same limit.
 pub const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
 
+/// The longest duration a setting may name (an ack wait, a back-off delay, an age, a window):
+/// JetStream keeps durations as signed 64-bit nanoseconds, about 292 years. Longer ones
+/// (`Duration::MAX` for "never") are refused by `validate`, on every transport, rather than sent
+/// to a server that cannot read them.
+pub const MAX_DURATION: Duration = Duration::from_nanos(i64::MAX as u64);
+
+/// `Err` naming `what` of `asset` if `d` is longer than [`MAX_DURATION`].
+pub(crate) fn check_duration(asset: &str, what: &str, d: Duration) -> Result<(), String> {
+    if d > MAX_DURATION {
+        return Err(format!(
+            "`{asset}`: {what} ({d:?}) is longer than JetStream can hold (at most {MAX_DURATION:?}, \
+             about 292 years); for \"never\", give a long finite duration"
+        ));
+    }
+    Ok(())
+}
+
 /// What went wrong in a transport operation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TransportError {
@@ -315,6 +332,14 @@ impl StreamSpec {
                 "stream `{}`: duplicate window must be positive",
                 self.name
             )));
+        }
+        for (what, d) in [
+            ("duplicate window", Some(self.duplicate_window)),
+            ("max_age", self.max_age),
+        ] {
+            if let Some(d) = d {
+                check_duration(&self.name, what, d).map_err(TransportError::Invalid)?;
+            }
         }
         if let Some(age) = self.max_age.or(self.settings.max_age)
             && age < self.duplicate_window
@@ -596,6 +621,18 @@ impl ConsumerSpec {
         }
         if self.inactive_threshold.is_some_and(|t| t.is_zero()) {
             return bad("inactive_threshold must be positive".into());
+        }
+        let durations = [
+            ("ack_wait", Some(self.ack_wait)),
+            ("inactive_threshold", self.inactive_threshold),
+        ];
+        for (what, d) in durations
+            .into_iter()
+            .chain(self.backoff.iter().map(|d| ("a backoff delay", Some(*d))))
+        {
+            if let Some(d) = d {
+                check_duration(&self.durable, what, d).map_err(TransportError::Invalid)?;
+            }
         }
         if !self.backoff.is_empty() {
             if self.backoff.iter().any(Duration::is_zero) {

@@ -399,7 +399,12 @@ impl Acker for NatsAcker {
         self.send(AckKind::Ack).await
     }
     async fn nak(&self, delay: Option<Duration>) -> Result<(), TransportError> {
-        self.send(AckKind::Nak(delay.filter(|d| !d.is_zero()))).await
+        // A delay past what the server reads (64-bit nanoseconds; a retry policy's `Duration::MAX`)
+        // is sent as the longest it can.
+        let delay = delay
+            .filter(|d| !d.is_zero())
+            .map(|d| d.min(crate::transport::MAX_DURATION));
+        self.send(AckKind::Nak(delay)).await
     }
     async fn term(&self) -> Result<(), TransportError> {
         self.send(AckKind::Term).await

@@ -374,7 +374,7 @@ mod found {
     use super::*;
 
     /// Valid RFC 3339 whose UTC year has five digits: `Timestamp`'s conversion to UTC panicked
-    /// (found by `cargo fuzz`, twenty-second session).
+    /// (seen while writing the `timestamp` target, twenty-second session).
     #[test]
     fn a_late_time_with_a_negative_offset() {
         assert_eq!(
@@ -383,5 +383,16 @@ mod found {
         );
         let headers = "document.created\nX-Occurred-At:9999-12-31T23:59:59-23:59\n\n{}";
         let _ = envelope(headers.as_bytes());
+    }
+
+    /// Valid RFC 3339 whose UTC year is -1 (a second of 60 and a large positive offset on the
+    /// first day of year 0): parsed, then written back as 1970 (found by `cargo fuzz` on the
+    /// `timestamp` target, from neutral seeds, after 7M executions).
+    #[test]
+    fn an_early_time_with_a_positive_offset() {
+        assert_eq!(
+            timestamp(b"0000-01-01T16:16:60+16:17").split(" | ").next(),
+            Some("the instant in")
+        );
     }
 }

@@ -808,6 +808,7 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
                 parts,
                 ledger.clone(),
             );
+            let handler: Arc<str> = Arc::from(plan.durable.as_str());
             host.handlers.push(HandlerEntry {
                 name: plan.durable,
                 counters,
@@ -830,21 +831,27 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
             };
             let (stack, ack) = (Arc::new(stack), Arc::new(Ack { ledger }));
             host.tasks.spawn(run::run(
+                handler.clone(),
                 source,
                 stack.clone(),
                 ack.clone(),
-                concurrency_of(&options),
-                prefetch,
-                options.spawn,
+                run::Limits {
+                    concurrency: concurrency_of(&options),
+                    prefetch,
+                    spawn: options.spawn,
+                },
                 host.stop.clone(),
             ));
             host.tasks.spawn(run::run(
+                Arc::from(format!("{handler} (redrives)")),
                 redrive_source,
                 stack,
                 ack,
-                concurrency_of(&options).min(REDRIVE_PREFETCH),
-                REDRIVE_PREFETCH,
-                options.spawn,
+                run::Limits {
+                    concurrency: concurrency_of(&options).min(REDRIVE_PREFETCH),
+                    prefetch: REDRIVE_PREFETCH,
+                    spawn: options.spawn,
+                },
                 host.stop.clone(),
             ));
         }
@@ -988,18 +995,22 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
             };
             tracing::info!(handler = %scope, %subject, %group, "command handler started");
             host.served.push(subject.to_string());
+            let handler: Arc<str> = Arc::from(scope.as_str());
             host.handlers.push(HandlerEntry {
                 name: scope,
                 counters,
                 breaker,
             });
             host.tasks.spawn(run::run(
+                handler,
                 responder,
                 Arc::new(stack),
                 Arc::new(Reply),
-                settings.concurrency,
-                settings.concurrency,
-                false,
+                run::Limits {
+                    concurrency: settings.concurrency,
+                    prefetch: settings.concurrency,
+                    spawn: false,
+                },
                 host.stop.clone(),
             ));
         }

@@ -532,6 +532,61 @@ pub async fn out_of_range_times_in_headers_are_ignored<T: Transport>(t: T) {
     svc.shutdown(Duration::from_secs(5)).await;
 }
 
+/// A layer of the user's that panics on the first delivery of one message, before the handler.
+#[derive(Clone, Copy, Debug)]
+struct PanicOnFirstDelivery(u32);
+
+/// [`PanicOnFirstDelivery`] around the rest of the stack.
+struct PanickingLayer<D>(D, u32);
+
+impl<D: crate::pipeline::Dispatch> crate::pipeline::Layer<D> for PanicOnFirstDelivery {
+    type Dispatch = PanickingLayer<D>;
+    fn layer(&self, inner: D) -> PanickingLayer<D> {
+        PanickingLayer(inner, self.0)
+    }
+}
+
+impl<D: crate::pipeline::Dispatch> crate::pipeline::Dispatch for PanickingLayer<D> {
+    async fn dispatch(&self, msg: &mut crate::pipeline::Message<'_>) -> crate::pipeline::Outcome {
+        let n = decode(msg.received().payload()).map(|e| e.n).ok();
+        if n == Some(self.1) && msg.delivered() == 1 {
+            panic!("a layer's bug on message {}", self.1);
+        }
+        self.0.dispatch(msg).await
+    }
+}
+
+/// A panic outside the handler (here a user's layer; a dedup store, a bug of the pipeline's)
+/// costs its message a retry, not the handler's loop: the messages after it are handled at once,
+/// and it is handled on its redelivery. (It stopped the loop for good, silently, before the
+/// twenty-second session.)
+pub async fn a_panic_outside_the_handler_costs_a_retry_not_the_loop<T: Transport>(t: T) {
+    let seen = Seen::default();
+    let svc = Service::builder(t.clone(), "layers")
+        .layer(PanicOnFirstDelivery(1))
+        .handler("workflow", recorder(&seen, "w", "document.created"))
+        .start()
+        .await
+        .expect("start");
+    ensure_domain(&t, "document").await;
+    for n in 1..=3 {
+        publish(&t, &numbered("document.created", n)).await;
+    }
+    wait_until("the messages after the panic handled", || {
+        let seen = seen.lock().expect("lock");
+        [2, 3].iter().all(|n| seen.iter().any(|s| s.1 == *n))
+    })
+    .await;
+    wait_until("the panicked message handled on its redelivery", || {
+        seen.lock().expect("lock").iter().any(|s| s.1 == 1 && s.3 == 2)
+    })
+    .await;
+    let stats = svc.handler_stats("workflow-w").expect("stats");
+    assert_eq!((stats.succeeded, stats.dead_lettered), (3, 0), "{stats:?}");
+    assert_eq!(count(&seen, "w"), 3);
+    svc.shutdown(Duration::from_secs(5)).await;
+}
+
 /// A panicking handler is caught, counted, and retried; the consumer keeps running.
 pub async fn panic_is_retried<T: Transport>(t: T) {
     let runs = Arc::new(AtomicU32::new(0));

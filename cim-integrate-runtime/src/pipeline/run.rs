@@ -21,6 +21,7 @@ use futures::StreamExt;
 use futures::future::{Fuse, FutureExt};
 use futures::stream::FuturesUnordered;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -288,6 +289,7 @@ impl Drop for Readmitting<'_> {
 /// state (as arguments, and moved into locals), and the loop moves that state once per message.
 #[allow(clippy::manual_async_fn)]
 fn one<'a, I, D, S>(
+    handler: &'a str,
     stack: &'a D,
     settle: &'a S,
     item: I,
@@ -299,28 +301,73 @@ where
     S: Settle<I>,
 {
     async move {
-        let envelope = item.envelope();
-        let (outcome, reply) = {
-            let mut msg = Message::new(&item, envelope);
+        // A panic anywhere in the stack outside the handler (whose own panics the catch-panic
+        // layer turns into failed attempts): a layer of the user's, a dedup store, a bug of
+        // ours. Caught here, it costs this message a retry, not the loop, which every other
+        // message of the handler needs.
+        let dispatched = AssertUnwindSafe(async {
+            let mut msg = Message::new(&item, item.envelope());
             msg.running = Some(running);
             let outcome = stack.dispatch(&mut msg).await;
             (outcome, msg.reply.take())
-        };
+        })
+        .catch_unwind()
+        .await;
+        let (outcome, reply) = dispatched.unwrap_or_else(|panic| (contained(handler, &item, panic.as_ref()), None));
         settle.settle(item, reply, outcome).await;
     }
+}
+
+/// The longest a message whose dispatch panicked waits before its redelivery.
+const PANIC_DELAY_MAX: Duration = Duration::from_secs(60);
+
+/// What becomes of a message whose dispatch panicked outside its handler: logged as an error
+/// (the handler, the subject, the delivery count, the panic's message), and retried after 1 s,
+/// doubling with each delivery up to [`PANIC_DELAY_MAX`]. Not dead-lettered: the layers that
+/// would store the letter may be what panicked.
+fn contained(handler: &str, item: &dyn Received, panic: &(dyn std::any::Any + Send)) -> Outcome {
+    let delivered = item.info().map_or(1, |i| i.delivered.max(1));
+    let panic = super::catch_panic::panic_message(panic);
+    let delay = Duration::from_secs(1u64 << delivered.saturating_sub(1).min(6)).min(PANIC_DELAY_MAX);
+    tracing::error!(
+        handler,
+        subject = item.subject(),
+        delivered,
+        panic = %panic,
+        retry_in = ?delay,
+        "message dispatch panicked outside the handler; retried"
+    );
+    Outcome::Retry {
+        reason: format!("dispatch panicked outside the handler: {panic}"),
+        delay,
+    }
+}
+
+/// How a loop runs its messages.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// Most handler runs at once.
+    pub(crate) concurrency: usize,
+    /// Most messages pulled ahead of their handlers (at least `concurrency`).
+    pub(crate) prefetch: usize,
+    /// Each message as a task of its own ([`HandlerOptions::spawn`](crate::handler::HandlerOptions::spawn)).
+    pub(crate) spawn: bool,
 }
 
 /// Pulls from `source` (at most `prefetch` ahead) and dispatches down `stack`, at most
 /// `concurrency` at once, until `stop`;
 /// then finishes what is in flight (the host bounds how long) and gives back what was pulled
-/// but not started.
+/// but not started. `handler` names the loop in its logs.
 pub(crate) async fn run<Src, D, S>(
+    handler: Arc<str>,
     source: Src,
     stack: Arc<D>,
     settle: Arc<S>,
-    concurrency: usize,
-    prefetch: usize,
-    spawn: bool,
+    Limits {
+        concurrency,
+        prefetch,
+        spawn,
+    }: Limits,
     mut stop: watch::Receiver<bool>,
 ) where
     Src: Source,
@@ -402,7 +449,8 @@ pub(crate) async fn run<Src, D, S>(
             if spawn {
                 let (stack, settle) = (stack.clone(), settle.clone());
                 let guard = running.enter_owned();
-                let task = tokio::spawn(async move { one(&*stack, &*settle, item, guard).await });
+                let handler = handler.clone();
+                let task = tokio::spawn(async move { one(&handler, &*stack, &*settle, item, guard).await });
                 in_flight.push(futures::future::Either::Left(async move {
                     if let Err(e) = task.await {
                         tracing::error!(error = %e, "dispatch task failed");
@@ -411,7 +459,7 @@ pub(crate) async fn run<Src, D, S>(
                 }));
             } else {
                 let mut slot: Pin<Box<Option<_>>> = free.pop().unwrap_or_else(|| Box::pin(None));
-                slot.set(Some(one(&*stack, &*settle, item, running.enter())));
+                slot.set(Some(one(&handler, &*stack, &*settle, item, running.enter())));
                 // The first poll here, with this loop's waker: what waits goes to
                 // `in_flight`, which polls it again (and wakes it from then on).
                 let finished = std::future::poll_fn(|cx| {
@@ -495,6 +543,13 @@ async fn pull<Src: Source>(mut source: Src, tx: mpsc::Sender<Src::Item>, batch: 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The tests' loops: concurrency 2, prefetch 16, in the loop's task.
+    const LIMITS: Limits = Limits {
+        concurrency: 2,
+        prefetch: 16,
+        spawn: false,
+    };
     use crate::dedup::{DedupCheck, DedupError, DedupStore, MemoryDedup};
     use crate::id::MessageId;
     use crate::pipeline::Deferral;
@@ -636,7 +691,7 @@ mod tests {
         let settled = Arc::new(Settled::default());
         let (stop_tx, stop) = watch::channel(false);
         let start = tokio::time::Instant::now();
-        let run = tokio::spawn(run(backlog, stack.clone(), settled.clone(), 2, 16, false, stop));
+        let run = tokio::spawn(run("h".into(), backlog, stack.clone(), settled.clone(), LIMITS, stop));
         let all = async {
             while settled.outcomes.lock().expect("outcomes").len() < n {
                 settled.all.notified().await;
@@ -703,12 +758,11 @@ mod tests {
         let settled = Arc::new(Settled::default());
         let (stop_tx, stop) = watch::channel(false);
         let run = tokio::spawn(run(
+            "h".into(),
             backlog(32, |seq| seq),
             stack.clone(),
             settled.clone(),
-            2,
-            16,
-            false,
+            LIMITS,
             stop,
         ));
         // The first reads are back: two handlers run, fourteen messages wait for a place.

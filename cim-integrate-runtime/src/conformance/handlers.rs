@@ -522,7 +522,12 @@ pub async fn out_of_range_times_in_headers_are_ignored<T: Transport>(t: T) {
     for msg in [late, redriven, (&numbered("document.created", 3)).into()] {
         t.publish_and_wait(msg).await.expect("publish");
     }
-    wait_until("all three handled", || count(&seen, "w") == 3).await;
+    // The stats, not `seen`: a run is counted once it is over, after the handler recorded it.
+    wait_until("all three handled", || {
+        svc.handler_stats("workflow-w").is_some_and(|s| s.succeeded == 3)
+    })
+    .await;
+    assert_eq!(count(&seen, "w"), 3);
     let stats = svc.handler_stats("workflow-w").expect("stats");
     assert_eq!(
         (stats.succeeded, stats.dead_lettered, stats.panicked),
@@ -579,6 +584,11 @@ pub async fn a_panic_outside_the_handler_costs_a_retry_not_the_loop<T: Transport
     .await;
     wait_until("the panicked message handled on its redelivery", || {
         seen.lock().expect("lock").iter().any(|s| s.1 == 1 && s.3 == 2)
+    })
+    .await;
+    // A run is counted once it is over, after the handler recorded it.
+    wait_until("the three runs counted", || {
+        svc.handler_stats("workflow-w").is_some_and(|s| s.succeeded == 3)
     })
     .await;
     let stats = svc.handler_stats("workflow-w").expect("stats");

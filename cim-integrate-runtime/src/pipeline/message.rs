@@ -94,10 +94,15 @@ impl std::fmt::Debug for Message<'_> {
     }
 }
 
+/// The delivery count of `raw`: 1 for a first delivery, and for a request (not stored).
+pub(crate) fn delivered(raw: &dyn Received) -> u64 {
+    raw.info().map_or(1, |i| i.delivered.max(1))
+}
+
 impl<'a> Message<'a> {
     /// A message for `raw`, with its envelope rebuilt from what was received.
     pub fn new(raw: &'a dyn Received, envelope: Result<Envelope, EnvelopeError>) -> Self {
-        let delivered = raw.info().map_or(1, |i| i.delivered.max(1));
+        let delivered = delivered(raw);
         Self {
             raw,
             envelope,

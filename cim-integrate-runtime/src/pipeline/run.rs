@@ -318,17 +318,14 @@ where
     }
 }
 
-/// The longest a message whose dispatch panicked waits before its redelivery.
-const PANIC_DELAY_MAX: Duration = Duration::from_secs(60);
-
 /// What becomes of a message whose dispatch panicked outside its handler: logged as an error
 /// (the handler, the subject, the delivery count, the panic's message), and retried after 1 s,
-/// doubling with each delivery up to [`PANIC_DELAY_MAX`]. Not dead-lettered: the layers that
-/// would store the letter may be what panicked.
+/// doubling with each delivery up to 60 s (the default retry policy's back-off, with no end).
+/// Not dead-lettered: the layers that would store the letter may be what panicked.
 fn contained(handler: &str, item: &dyn Received, panic: &(dyn std::any::Any + Send)) -> Outcome {
-    let delivered = item.info().map_or(1, |i| i.delivered.max(1));
+    let delivered = super::message::delivered(item);
     let panic = super::catch_panic::panic_message(panic);
-    let delay = Duration::from_secs(1u64 << delivered.saturating_sub(1).min(6)).min(PANIC_DELAY_MAX);
+    let delay = crate::handler::RetryPolicy::default().delay(delivered);
     tracing::error!(
         handler,
         subject = item.subject(),

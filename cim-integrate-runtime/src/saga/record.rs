@@ -105,6 +105,19 @@ pub struct StepRecord {
     pub error: Option<String>,
 }
 
+impl StepRecord {
+    /// A step not started yet: no attempts, no error.
+    pub(crate) fn pending(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            state: StepState::Pending,
+            attempts: 0,
+            compensation_attempts: 0,
+            error: None,
+        }
+    }
+}
+
 /// The persisted state and log of one saga instance. It is written as JSON in the layout its
 /// `format` names ([`RecordFormat`]).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -790,13 +803,7 @@ mod tests {
         for format in [RecordFormat::V1, RecordFormat::V2] {
             let mut r = running("s", "a", 7u32);
             r.format = format.number();
-            r.steps.push(StepRecord {
-                name: "x".into(),
-                state: StepState::Pending,
-                attempts: 0,
-                compensation_attempts: 0,
-                error: None,
-            });
+            r.steps.push(StepRecord::pending("x"));
             let bytes = serde_json::to_vec(&r).unwrap();
             assert_eq!(decode::<u32>(&bytes).unwrap(), r);
             assert!(decode::<String>(&bytes).unwrap_err().contains("invalid saga record"));
@@ -903,27 +910,10 @@ mod tests {
         let mut encoder = Encoder::default();
         // A runner's encoder sets its format in the record; here it is the record's own.
         assert_eq!(Encoder::default().writing(format).format, Some(r.format));
-        let statuses = [
-            SagaStatus::Running,
-            SagaStatus::Compensating,
-            SagaStatus::Completed,
-            SagaStatus::Compensated,
-            SagaStatus::NeedsAttention,
-        ];
-        let states = [
-            StepState::Pending,
-            StepState::Running,
-            StepState::Completed,
-            StepState::Failed,
-            StepState::Compensating,
-            StepState::Compensated,
-            StepState::NotCompensated,
-            StepState::CompensationFailed,
-        ];
         for i in 0..10u32 {
             assert_eq!(encoder.encode(&r).unwrap(), serde_json::to_vec(&r).unwrap());
-            r.status = statuses[i as usize % statuses.len()];
-            r.steps[0].state = states[i as usize % states.len()];
+            r.status = STATUSES[i as usize % STATUSES.len()];
+            r.steps[0].state = STATES[i as usize % STATES.len()];
             r.steps[0].attempts += 1;
             r.steps[0].error = (i % 2 == 0).then(|| format!("e\"{i}"));
             r.data.push("y".into());
@@ -982,6 +972,27 @@ mod tests {
             );
         }
     }
+
+    /// Every status, for tests that go through them.
+    const STATUSES: [SagaStatus; 5] = [
+        SagaStatus::Running,
+        SagaStatus::Compensating,
+        SagaStatus::Completed,
+        SagaStatus::Compensated,
+        SagaStatus::NeedsAttention,
+    ];
+
+    /// Every step state, for tests that go through them.
+    const STATES: [StepState; 8] = [
+        StepState::Pending,
+        StepState::Running,
+        StepState::Completed,
+        StepState::Failed,
+        StepState::Compensating,
+        StepState::Compensated,
+        StepState::NotCompensated,
+        StepState::CompensationFailed,
+    ];
 
     /// A running record of no steps, written by `me`.
     fn running<D>(saga: &str, id: &str, data: D) -> SagaRecord<D> {
@@ -1173,23 +1184,6 @@ mod tests {
             ),
         ) {
             use super::super::events::SagaEventKind;
-            let statuses = [
-                SagaStatus::Running,
-                SagaStatus::Compensating,
-                SagaStatus::Completed,
-                SagaStatus::Compensated,
-                SagaStatus::NeedsAttention,
-            ];
-            let states = [
-                StepState::Pending,
-                StepState::Running,
-                StepState::Completed,
-                StepState::Failed,
-                StepState::Compensating,
-                StepState::Compensated,
-                StepState::NotCompensated,
-                StepState::CompensationFailed,
-            ];
             let kinds = [
                 SagaEventKind::Started,
                 SagaEventKind::StepCompleted,
@@ -1198,34 +1192,16 @@ mod tests {
             ];
             let mut r = SagaRecord {
                 format: if v2 { 2 } else { 1 },
-                saga,
-                id,
-                identity: Identity::root(),
-                started_at: Timestamp::now(),
                 trace,
-                status: SagaStatus::Running,
-                data: Vec::<String>::new(),
-                steps: names
-                    .iter()
-                    .map(|name| StepRecord {
-                        name: name.clone(),
-                        state: StepState::Pending,
-                        attempts: 0,
-                        compensation_attempts: 0,
-                        error: None,
-                    })
-                    .collect(),
-                event_seq: 0,
-                outbox: vec![],
+                steps: names.iter().map(StepRecord::pending).collect(),
                 owner,
-                lease_until_ms: 0,
-                round: 0,
+                ..running(&saga, &id, Vec::<String>::new())
             };
             let mut encoder = Encoder::default();
             for (i, (status, state, attempts, error, lease, event, datum)) in writes.into_iter().enumerate() {
-                r.status = statuses[status];
+                r.status = STATUSES[status];
                 if let Some(step) = r.steps.get_mut(i % names.len().max(1)) {
-                    step.state = states[state];
+                    step.state = STATES[state];
                     step.attempts = attempts;
                     step.compensation_attempts = attempts / 2;
                     step.error = error;

@@ -875,18 +875,7 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
             trace: crate::trace_context::current(),
             status: SagaStatus::Running,
             data,
-            steps: self
-                .inner
-                .steps
-                .iter()
-                .map(|s| StepRecord {
-                    name: s.name.to_owned(),
-                    state: StepState::Pending,
-                    attempts: 0,
-                    compensation_attempts: 0,
-                    error: None,
-                })
-                .collect(),
+            steps: self.inner.steps.iter().map(|s| StepRecord::pending(s.name)).collect(),
             event_seq: 0,
             outbox: Vec::new(),
             owner: self.inner.instance.clone(),

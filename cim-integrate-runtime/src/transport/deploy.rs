@@ -175,9 +175,7 @@ impl AssetSettings {
                 "`{asset}`: replicas must be 1-{MAX_REPLICAS}, got {r}"
             )));
         }
-        if let Some(age) = self.max_age {
-            super::check_duration(asset, "max_age", age).map_err(TransportError::Invalid)?;
-        }
+        super::check_durations(asset, [("max_age", self.max_age)]).map_err(TransportError::Invalid)?;
         if let Some(p) = &self.placement {
             let bad = |s: &str| s.is_empty() || s.chars().any(|c| c.is_whitespace() || c == ',');
             if p.cluster.as_deref().is_some_and(bad) || p.tags.iter().any(|t| bad(t)) {

@@ -86,9 +86,7 @@ impl KvSpec {
                 self.bucket
             )));
         }
-        if let Some(age) = self.max_age {
-            super::check_duration(&self.bucket, "max_age", age).map_err(KvError::Invalid)?;
-        }
+        super::check_durations(&self.bucket, [("max_age", self.max_age)]).map_err(KvError::Invalid)?;
         if self.max_age.is_some_and(|d| d < Duration::from_millis(100)) {
             return Err(KvError::Invalid(format!(
                 "bucket `{}`: max_age must be at least 100ms",

@@ -55,15 +55,22 @@ pub const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
 /// to a server that cannot read them.
 pub const MAX_DURATION: Duration = Duration::from_nanos(i64::MAX as u64);
 
-/// `Err` naming `what` of `asset` if `d` is longer than [`MAX_DURATION`].
-pub(crate) fn check_duration(asset: &str, what: &str, d: Duration) -> Result<(), String> {
-    if d > MAX_DURATION {
-        return Err(format!(
+/// `Err` naming the first setting of `asset` (`(name, value)`, `None` for one not set) that is
+/// longer than [`MAX_DURATION`].
+pub(crate) fn check_durations<'a>(
+    asset: &str,
+    settings: impl IntoIterator<Item = (&'a str, Option<Duration>)>,
+) -> Result<(), String> {
+    match settings
+        .into_iter()
+        .find_map(|(what, d)| d.filter(|d| *d > MAX_DURATION).map(|d| (what, d)))
+    {
+        Some((what, d)) => Err(format!(
             "`{asset}`: {what} ({d:?}) is longer than JetStream can hold (at most {MAX_DURATION:?}, \
              about 292 years); for \"never\", give a long finite duration"
-        ));
+        )),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// What went wrong in a transport operation.
@@ -333,14 +340,14 @@ impl StreamSpec {
                 self.name
             )));
         }
-        for (what, d) in [
-            ("duplicate window", Some(self.duplicate_window)),
-            ("max_age", self.max_age),
-        ] {
-            if let Some(d) = d {
-                check_duration(&self.name, what, d).map_err(TransportError::Invalid)?;
-            }
-        }
+        check_durations(
+            &self.name,
+            [
+                ("duplicate window", Some(self.duplicate_window)),
+                ("max_age", self.max_age),
+            ],
+        )
+        .map_err(TransportError::Invalid)?;
         if let Some(age) = self.max_age.or(self.settings.max_age)
             && age < self.duplicate_window
         {
@@ -626,14 +633,8 @@ impl ConsumerSpec {
             ("ack_wait", Some(self.ack_wait)),
             ("inactive_threshold", self.inactive_threshold),
         ];
-        for (what, d) in durations
-            .into_iter()
-            .chain(self.backoff.iter().map(|d| ("a backoff delay", Some(*d))))
-        {
-            if let Some(d) = d {
-                check_duration(&self.durable, what, d).map_err(TransportError::Invalid)?;
-            }
-        }
+        let backoff = self.backoff.iter().map(|d| ("a backoff delay", Some(*d)));
+        check_durations(&self.durable, durations.into_iter().chain(backoff)).map_err(TransportError::Invalid)?;
         if !self.backoff.is_empty() {
             if self.backoff.iter().any(Duration::is_zero) {
                 return bad("backoff delays must be positive".into());

@@ -270,7 +270,9 @@ impl Correlator {
         self
     }
 
-    /// How often the timeout scanner looks for passed windows (default 1 s).
+    /// How often the timeout scanner looks for passed windows (default 1 s): how late a timeout
+    /// may be emitted. Not zero: [`open`](Self::open) refuses it
+    /// ([`ProcessError::Settings`](crate::process::ProcessError::Settings)).
     pub fn timer_interval(mut self, interval: Duration) -> Self {
         self.options.timer_interval = interval;
         self

@@ -561,13 +561,21 @@ pub enum ProcessError {
         /// The pipeline's outcome.
         reason: String,
     },
+    /// A [`ProcessOptions`] value the runner cannot work with (reported when it opens).
+    #[error("process `{process}`: {reason}")]
+    Settings {
+        /// The process.
+        process: String,
+        /// Which setting, and what to set instead.
+        reason: String,
+    },
 }
 
 impl From<ProcessError> for HandlerError {
     fn from(e: ProcessError) -> Self {
         match e {
             ProcessError::Handler(h) => h,
-            ProcessError::Corrupt { .. } => HandlerError::permanent(e),
+            ProcessError::Corrupt { .. } | ProcessError::Settings { .. } => HandlerError::permanent(e),
             other => HandlerError::transient(other),
         }
     }
@@ -1129,6 +1137,10 @@ impl<T: Transport, S: ProcessState + Send + Sync + 'static> Machine<T, S> {
         on_deadline: OnDeadline<S>,
         options: ProcessOptions,
     ) -> Result<Self, ProcessError> {
+        options.check().map_err(|reason| ProcessError::Settings {
+            process: name.to_owned(),
+            reason,
+        })?;
         let engine = Engine::open(transport, name, &options).await?;
         Ok(Self {
             name,
@@ -1261,9 +1273,12 @@ pub(crate) use runs_machine;
 pub struct ProcessOptions {
     /// Options of every event handler (durable names, retries, concurrency).
     pub handler: HandlerOptions,
-    /// How the commands are sent (timeout).
+    /// How long a command sent by a handler or a deadline may take before it is sent again
+    /// (default [`DEFAULT_COMMAND_TIMEOUT`](crate::command::DEFAULT_COMMAND_TIMEOUT)). Not zero:
+    /// opening the runner refuses it ([`ProcessError::Settings`]).
     pub command_timeout: Duration,
-    /// How often the deadline scanner looks for due deadlines.
+    /// How often the deadline scanner looks for due deadlines (default 1 s): how late a
+    /// deadline may fire. Not zero: opening the runner refuses it ([`ProcessError::Settings`]).
     pub timer_interval: Duration,
     /// Expire records after this long (a safety net for processes that never end).
     pub ttl: Option<Duration>,
@@ -1273,6 +1288,28 @@ pub struct ProcessOptions {
     /// buckets, and the scanner's listing of the deadline index every `timer_interval`, would
     /// grow with every instance and deadline ever handled.
     pub tombstone_age: Duration,
+}
+
+impl ProcessOptions {
+    /// The settings that would make the runner spin or fail every command: a zero
+    /// `timer_interval` (the scanner would list the deadline index back to back, one listing
+    /// after another on the server) or a zero `command_timeout` (every command would time out
+    /// before its answer could come, and be sent again for ever).
+    fn check(&self) -> Result<(), String> {
+        if self.timer_interval.is_zero() {
+            return Err(format!(
+                "`timer_interval` is zero: the deadline scanner would list its index back to back; set it to how late a deadline may fire (default {:?})",
+                Self::default().timer_interval
+            ));
+        }
+        if self.command_timeout.is_zero() {
+            return Err(format!(
+                "`command_timeout` is zero: every command would time out before its answer; set it to how long a command may take (default {:?})",
+                Self::default().command_timeout
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for ProcessOptions {

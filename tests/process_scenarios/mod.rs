@@ -1115,6 +1115,7 @@ macro_rules! scenarios {
             correlation_rule_and_timeout,
             aggregation_under_a_deployment_prefix,
             correlation_under_a_deployment_prefix,
+            settings_that_would_spin_are_refused,
         ]);
     };
     (@each $tokio:tt $setup:path; [$($case:ident),* $(,)?]) => {
@@ -1126,4 +1127,48 @@ macro_rules! scenarios {
             }
         )*
     };
+}
+
+/// A zero `timer_interval` (the deadline scanner listing its index back to back) or a zero
+/// `command_timeout` (every command timing out before its answer, sent again for ever) is
+/// refused when the runner opens, naming the setting; so is a correlator's zero timer interval.
+pub async fn settings_that_would_spin_are_refused<T: Transport>(t: T) {
+    use cim_integrate::correlate::CorrelatorError;
+    use cim_integrate::process::ProcessError;
+    for (setting, options) in [
+        (
+            "`timer_interval` is zero",
+            ProcessOptions {
+                timer_interval: Duration::ZERO,
+                ..process_options()
+            },
+        ),
+        (
+            "`command_timeout` is zero",
+            ProcessOptions {
+                command_timeout: Duration::ZERO,
+                ..process_options()
+            },
+        ),
+    ] {
+        match ProcessRunner::<_, Onboarding>::with_options(t.clone(), options).await {
+            Err(e @ ProcessError::Settings { .. }) => {
+                let message = e.to_string();
+                assert!(message.contains(setting) && message.contains("default"), "{message}");
+            }
+            Err(e) => panic!("{setting}: {e}"),
+            Ok(_) => panic!("{setting}: opened"),
+        }
+    }
+    match review_correlator().timer_interval(Duration::ZERO).open(t.clone()).await {
+        Err(CorrelatorError::Process(e @ ProcessError::Settings { .. })) => {
+            assert!(e.to_string().contains("`timer_interval` is zero"), "{e}");
+        }
+        Err(e) => panic!("correlator: {e}"),
+        Ok(_) => panic!("correlator: opened"),
+    }
+    // The defaults and the scenarios' options open.
+    ProcessRunner::<_, Onboarding>::with_options(t.clone(), process_options())
+        .await
+        .expect("the scenarios' options");
 }

@@ -54,6 +54,7 @@ macro_rules! saga_conformance_tests {
             lifecycle_events_can_be_limited,
             settled_sagas_leave_no_tombstones,
             either_record_format_is_driven,
+            zero_rescan_interval_is_refused,
         ]);
     };
     (@cases $tokio:tt $setup:path; [$($case:ident),* $(,)?]) => {
@@ -1508,4 +1509,31 @@ pub async fn either_record_format_is_driven<T: Transport>(t: T) {
         assert_eq!(attempts[0], (StepState::Completed, 2), "{rec:?}");
         assert!(attempts[1..].iter().all(|a| *a == (StepState::Completed, 1)), "{rec:?}");
     }
+}
+
+/// `rescan_interval(Some(ZERO))` would have a hosting service list the active bucket back to
+/// back: `build` refuses it, naming the setting and `None` (no rescans), which builds.
+pub async fn zero_rescan_interval_is_refused<T: Transport>(t: T) {
+    let shop = Shop::default();
+    match builder(&t, &shop, "zero")
+        .rescan_interval(Some(Duration::ZERO))
+        .build()
+        .await
+    {
+        Err(e @ super::SagaError::Settings(_)) => {
+            let message = e.to_string();
+            assert!(
+                message.contains("`rescan_interval` is zero") && message.contains("`None`"),
+                "{message}"
+            );
+        }
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("built with a zero rescan interval"),
+    }
+    let runner = builder(&t, &shop, "none")
+        .rescan_interval(None)
+        .build()
+        .await
+        .expect("no rescans");
+    assert_eq!(runner.rescan_interval(), None);
 }

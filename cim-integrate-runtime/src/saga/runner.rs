@@ -272,6 +272,9 @@ pub enum SagaError {
         /// Its status.
         status: SagaStatus,
     },
+    /// A runner setting it cannot work with ([`SagaRunnerBuilder::build`] reports it).
+    #[error("invalid saga runner setting: {0}")]
+    Settings(String),
     /// The record could not be encoded.
     #[error("cannot encode saga `{id}`: {reason}")]
     Encode {
@@ -506,7 +509,7 @@ impl<S: Saga, T: Transport> SagaRunnerBuilder<S, T> {
     /// [`rescan`](SagaRunner::rescan) after its start-up resume, so that sagas whose runner
     /// died and sagas an operator released ([`Ops::retry_saga`](crate::ops::Ops::retry_saga))
     /// are driven on without a restart. Default [`DEFAULT_RESCAN_INTERVAL`]; `None`: only the
-    /// start-up resume.
+    /// start-up resume. Not zero: [`build`](Self::build) refuses it ([`SagaError::Settings`]).
     pub fn rescan_interval(mut self, interval: Option<Duration>) -> Self {
         self.rescan = interval;
         self
@@ -562,6 +565,12 @@ impl<S: Saga, T: Transport> SagaRunnerBuilder<S, T> {
     pub async fn build(self) -> Result<SagaRunner<S, T>, SagaError> {
         let steps = S::steps();
         check_definition::<S>(&steps)?;
+        if self.rescan.is_some_and(|d| d.is_zero()) {
+            return Err(SagaError::Settings(format!(
+                "saga `{}`: `rescan_interval` is zero, which would list the active bucket back to back; give how long a dead runner's saga may wait (default {DEFAULT_RESCAN_INTERVAL:?}), or `None` for no rescans",
+                S::NAME
+            )));
+        }
         let bucket = self.bucket.unwrap_or_else(|| format!("cim_saga_{}", S::NAME));
         let t = &self.transport;
         let settled_spec = KvSpec::new(format!("{bucket}_settled")).max_age(self.settled_retention);

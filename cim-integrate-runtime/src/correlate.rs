@@ -272,7 +272,7 @@ impl Correlator {
 
     /// How often the timeout scanner looks for passed windows (default 1 s): how late a timeout
     /// may be emitted. Not zero: [`open`](Self::open) refuses it
-    /// ([`ProcessError::Settings`](crate::process::ProcessError::Settings)).
+    /// ([`ProcessError::Settings`]).
     pub fn timer_interval(mut self, interval: Duration) -> Self {
         self.options.timer_interval = interval;
         self

@@ -563,8 +563,9 @@ impl<D: crate::pipeline::Dispatch> crate::pipeline::Dispatch for PanickingLayer<
 
 /// A panic outside the handler (here a user's layer; a dedup store, a bug of the pipeline's)
 /// costs its message a retry, not the handler's loop: the messages after it are handled at once,
-/// and it is handled on its redelivery. (It stopped the loop for good, silently, before the
-/// twenty-second session.)
+/// and it is handled on its redelivery; the handler's stats count one panic and one retry. (It
+/// stopped the loop for good, silently, before the twenty-second session, and was counted
+/// nowhere before the twenty-third.)
 pub async fn a_panic_outside_the_handler_costs_a_retry_not_the_loop<T: Transport>(t: T) {
     let seen = Seen::default();
     let svc = Service::builder(t.clone(), "layers")
@@ -593,6 +594,8 @@ pub async fn a_panic_outside_the_handler_costs_a_retry_not_the_loop<T: Transport
     .await;
     let stats = svc.handler_stats("workflow-w").expect("stats");
     assert_eq!((stats.succeeded, stats.dead_lettered), (3, 0), "{stats:?}");
+    // Counted where an operator looks: one panic, one retry.
+    assert_eq!((stats.panicked, stats.retried), (1, 1), "{stats:?}");
     assert_eq!(count(&seen, "w"), 3);
     svc.shutdown(Duration::from_secs(5)).await;
 }

@@ -301,9 +301,10 @@ where
     S: Settle<I>,
 {
     async move {
-        // A panic anywhere in the stack outside the handler (whose own panics the catch-panic
-        // layer turns into failed attempts): a layer of the user's, a dedup store, a bug of
-        // ours. Caught here, it costs this message a retry, not the loop, which every other
+        // A panic in the stack outside the handler (whose own panics the catch-panic layer
+        // turns into failed attempts) is caught and counted by the record layer; one above it
+        // (the trace and record layers themselves, the envelope's parse: a bug of ours) is
+        // caught here. Either way it costs this message a retry, not the loop, which every other
         // message of the handler needs.
         let dispatched = AssertUnwindSafe(async {
             let mut msg = Message::new(&item, item.envelope());
@@ -322,7 +323,7 @@ where
 /// (the handler, the subject, the delivery count, the panic's message), and retried after 1 s,
 /// doubling with each delivery up to 60 s (the default retry policy's back-off, with no end).
 /// Not dead-lettered: the layers that would store the letter may be what panicked.
-fn contained(handler: &str, item: &dyn Received, panic: &(dyn std::any::Any + Send)) -> Outcome {
+pub(super) fn contained(handler: &str, item: &dyn Received, panic: &(dyn std::any::Any + Send)) -> Outcome {
     let delivered = super::message::delivered(item);
     let panic = super::catch_panic::panic_message(panic);
     let delay = crate::handler::RetryPolicy::default().delay(delivered);
@@ -783,5 +784,50 @@ mod tests {
             })
             .count();
         assert_eq!((ran, given_back, outcomes.len()), (2, 14, 16), "{outcomes:?}");
+    }
+
+    /// Panics on the message of stream sequence `self.0`; else succeeds.
+    struct PanicsOn(u64);
+
+    impl Dispatch for PanicsOn {
+        async fn dispatch(&self, msg: &mut Message<'_>) -> Outcome {
+            let seq = msg.received().info().map_or(0, |i| i.stream_sequence);
+            assert_ne!(seq, self.0, "a bug above the record layer");
+            Outcome::Succeeded
+        }
+    }
+
+    /// A panic above the record layer (no layer under it catches it) costs its message a retry
+    /// with the panic as the reason, and the loop goes on with the next messages.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_panic_at_the_top_of_the_stack_costs_a_retry_not_the_loop() {
+        let settled = Arc::new(Settled::default());
+        let (stop_tx, stop) = watch::channel(false);
+        let run = tokio::spawn(run(
+            "h".into(),
+            backlog(3, |seq| seq),
+            Arc::new(PanicsOn(2)),
+            settled.clone(),
+            LIMITS,
+            stop,
+        ));
+        while settled.outcomes.lock().expect("outcomes").len() < 3 {
+            settled.all.notified().await;
+        }
+        stop_tx.send(true).expect("stop");
+        run.await.expect("the loop ended by its stop, not a panic");
+        let outcomes = std::mem::take(&mut *settled.outcomes.lock().expect("outcomes"));
+        let succeeded = outcomes.iter().filter(|o| **o == Outcome::Succeeded).count();
+        let retried: Vec<_> = outcomes
+            .iter()
+            .filter_map(|o| match o {
+                Outcome::Retry { reason, delay } => Some((reason.clone(), *delay)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(succeeded, 2, "{outcomes:?}");
+        assert_eq!(retried.len(), 1, "{outcomes:?}");
+        assert!(retried[0].0.contains("a bug above the record layer"), "{retried:?}");
+        assert_eq!(retried[0].1, Duration::from_secs(1), "the first delivery's back-off");
     }
 }

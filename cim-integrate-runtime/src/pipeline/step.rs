@@ -152,6 +152,7 @@ impl Observer {
                 },
                 counters: self.counters.clone(),
                 metrics: self.metrics.clone(),
+                handler: self.label.clone(),
             },
             kind,
             handler: self.label.clone(),

@@ -809,6 +809,8 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
                 ledger.clone(),
             );
             let handler: Arc<str> = Arc::from(plan.durable.as_str());
+            // The loops count the panics they contain where the record layer counts the rest.
+            let counted = Some((counters.clone(), stack.inner.metrics.clone()));
             host.handlers.push(HandlerEntry {
                 name: plan.durable,
                 counters,
@@ -831,7 +833,10 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
             };
             let (stack, ack) = (Arc::new(stack), Arc::new(Ack { ledger }));
             host.tasks.spawn(run::run(
-                handler.clone(),
+                run::Handler {
+                    name: handler.clone(),
+                    counted: counted.clone(),
+                },
                 source,
                 stack.clone(),
                 ack.clone(),
@@ -843,7 +848,10 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
                 host.stop.clone(),
             ));
             host.tasks.spawn(run::run(
-                Arc::from(format!("{handler} (redrives)")),
+                run::Handler {
+                    name: Arc::from(format!("{handler} (redrives)")),
+                    counted,
+                },
                 redrive_source,
                 stack,
                 ack,
@@ -927,7 +935,6 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
                 inner: self.layers.layer(core),
                 counters: counters.clone(),
                 metrics,
-                handler: handler.clone(),
             },
             kind: "event",
             handler,
@@ -989,7 +996,6 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
                     inner: self.layers.layer(core),
                     counters: counters.clone(),
                     metrics: Arc::new(HandlerMetrics::new(domain, set, &scope, reg.command_type())),
-                    handler: handler.clone(),
                 },
                 kind: "command",
                 handler,
@@ -997,7 +1003,10 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
             };
             tracing::info!(handler = %scope, %subject, %group, "command handler started");
             host.served.push(subject.to_string());
-            let handler: Arc<str> = Arc::from(scope.as_str());
+            let handler = run::Handler {
+                name: Arc::from(scope.as_str()),
+                counted: Some((counters.clone(), stack.inner.metrics.clone())),
+            };
             host.handlers.push(HandlerEntry {
                 name: scope,
                 counters,

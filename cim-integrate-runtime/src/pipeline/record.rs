@@ -2,8 +2,6 @@
 
 use super::{Dispatch, Message, Outcome};
 use crate::monitor::{self, HandlerMetrics};
-use futures::FutureExt;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -70,30 +68,17 @@ impl HandlerCounters {
 
 /// Counts the final outcome (and what happened in place on the way: retries and deferrals of an
 /// ordered handler, a panic) in the handler's counters and metrics, and logs it.
-///
-/// A panic in the layers below it outside the handler (a layer of the user's, a dedup store, a
-/// bug of ours; the handler's own panics are the catch-panic layer's) is caught here and costs
-/// the message a retry ([`contained`](super::run::contained)), counted as a panic and a retry,
-/// so that an operator sees it in the handler's stats and metrics, not only in the log.
 pub struct Record<D> {
     pub(crate) inner: D,
     pub(crate) counters: Arc<HandlerCounters>,
     pub(crate) metrics: Arc<HandlerMetrics>,
-    /// The handler's name, for the log line of a contained panic.
-    pub(crate) handler: Arc<str>,
 }
 
 impl<D: Dispatch> Dispatch for Record<D> {
     async fn dispatch(&self, msg: &mut Message<'_>) -> Outcome {
         self.metrics.delivered(msg.delivered());
         let start = tokio::time::Instant::now();
-        let outcome = match AssertUnwindSafe(self.inner.dispatch(msg)).catch_unwind().await {
-            Ok(outcome) => outcome,
-            Err(panic) => {
-                msg.panicked = true;
-                super::run::contained(&self.handler, msg.received(), panic.as_ref())
-            }
-        };
+        let outcome = self.inner.dispatch(msg).await;
         if msg.ran {
             self.metrics.ran(start.elapsed());
         }
@@ -153,59 +138,5 @@ impl<D: Dispatch> Dispatch for Record<D> {
             }
         }
         outcome
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::pipeline::Received;
-    use crate::pipeline::test_raw::Raw;
-    use crate::transport::DeliveryInfo;
-
-    /// Panics: a layer under the record layer that has a bug.
-    struct Panics;
-
-    impl Dispatch for Panics {
-        async fn dispatch(&self, _msg: &mut Message<'_>) -> Outcome {
-            panic!("a layer's bug")
-        }
-    }
-
-    /// A panic under the record layer, outside the handler, is a retry counted as a panic and a
-    /// retry, in the counters and the metrics.
-    #[tokio::test]
-    async fn a_panic_below_is_counted_as_a_panic_and_a_retry() {
-        let record = Record {
-            inner: Panics,
-            counters: Arc::new(HandlerCounters::default()),
-            metrics: Arc::new(HandlerMetrics::new("document", "search", "search-h", "DocumentCreated")),
-            handler: "search-h".into(),
-        };
-        let raw = Raw {
-            headers: crate::headers::Headers::new(),
-            payload: bytes::Bytes::from_static(b"{}"),
-            info: DeliveryInfo {
-                stream: "DOCUMENT_EVENTS".into(),
-                consumer: "search-h".into(),
-                stream_sequence: 1,
-                consumer_sequence: 1,
-                delivered: 3,
-                published: crate::timestamp::Timestamp::from_unix_nanos(1_700_000_000_000_000_000).expect("time"),
-                resumed: None,
-            },
-        };
-        let mut msg = Message::new(&raw, raw.envelope());
-        let outcome = record.dispatch(&mut msg).await;
-        match outcome {
-            Outcome::Retry { reason, delay } => {
-                assert!(reason.contains("a layer's bug"), "{reason}");
-                // The third delivery: 1 s doubled twice.
-                assert_eq!(delay, std::time::Duration::from_secs(4));
-            }
-            other => panic!("{other:?}"),
-        }
-        let stats = record.counters.snapshot("search-h");
-        assert_eq!((stats.panicked, stats.retried, stats.succeeded), (1, 1, 0), "{stats:?}");
     }
 }

@@ -14,7 +14,9 @@
 //! dispatches in a `FuturesUnordered`; with [`spawn`](crate::handler::HandlerOptions::spawn) set,
 //! each message runs as its own task instead (for CPU-heavy handlers, to use every core).
 
+use super::record::HandlerCounters;
 use super::{Dispatch, Message, Outcome, Received};
+use crate::monitor::HandlerMetrics;
 use crate::transport::{Consumer, ConsumerSpec, Delivery, IncomingRequest, Responder, Transport};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -289,7 +291,7 @@ impl Drop for Readmitting<'_> {
 /// state (as arguments, and moved into locals), and the loop moves that state once per message.
 #[allow(clippy::manual_async_fn)]
 fn one<'a, I, D, S>(
-    handler: &'a str,
+    handler: &'a Handler,
     stack: &'a D,
     settle: &'a S,
     item: I,
@@ -301,11 +303,11 @@ where
     S: Settle<I>,
 {
     async move {
-        // A panic in the stack outside the handler (whose own panics the catch-panic layer
-        // turns into failed attempts) is caught and counted by the record layer; one above it
-        // (the trace and record layers themselves, the envelope's parse: a bug of ours) is
-        // caught here. Either way it costs this message a retry, not the loop, which every other
-        // message of the handler needs.
+        // A panic anywhere in the stack outside the handler (whose own panics the catch-panic
+        // layer turns into failed attempts): a layer of the user's, a dedup store, a bug of
+        // ours such as the envelope's parse. Caught here, it costs this message a retry, not
+        // the loop, which every other message of the handler needs; it is counted as a panic
+        // and a retry in the handler's counters and metrics.
         let dispatched = AssertUnwindSafe(async {
             let mut msg = Message::new(&item, item.envelope());
             msg.running = Some(running);
@@ -314,8 +316,41 @@ where
         })
         .catch_unwind()
         .await;
-        let (outcome, reply) = dispatched.unwrap_or_else(|panic| (contained(handler, &item, panic.as_ref()), None));
+        let (outcome, reply) = dispatched.unwrap_or_else(|panic| (handler.contained(&item, panic.as_ref()), None));
         settle.settle(item, reply, outcome).await;
+    }
+}
+
+/// Who a loop runs for: the name in its logs and, for a service's handler, the counters and
+/// metrics where a panic it contains is counted (the record layer, which counts every other
+/// outcome, is part of the stack that panicked).
+#[derive(Clone)]
+pub(crate) struct Handler {
+    /// The handler's name (its durable, or `{set}-{name}` for a command handler).
+    pub(crate) name: Arc<str>,
+    /// Its counters and metrics; `None` counts nothing (the loops of the unit tests).
+    pub(crate) counted: Option<(Arc<HandlerCounters>, Arc<HandlerMetrics>)>,
+}
+
+impl Handler {
+    /// A loop named `name` that counts nothing.
+    #[cfg(test)]
+    pub(crate) fn named(name: &str) -> Self {
+        Self {
+            name: Arc::from(name),
+            counted: None,
+        }
+    }
+
+    /// [`contained`], counted as a panic and a retry.
+    fn contained(&self, item: &dyn Received, panic: &(dyn std::any::Any + Send)) -> Outcome {
+        if let Some((counters, metrics)) = &self.counted {
+            counters.panicked.fetch_add(1, Ordering::Relaxed);
+            counters.retried.fetch_add(1, Ordering::Relaxed);
+            metrics.panicked();
+            metrics.outcome(crate::monitor::Outcome::Retried);
+        }
+        contained(&self.name, item, panic)
     }
 }
 
@@ -323,7 +358,7 @@ where
 /// (the handler, the subject, the delivery count, the panic's message), and retried after 1 s,
 /// doubling with each delivery up to 60 s (the default retry policy's back-off, with no end).
 /// Not dead-lettered: the layers that would store the letter may be what panicked.
-pub(super) fn contained(handler: &str, item: &dyn Received, panic: &(dyn std::any::Any + Send)) -> Outcome {
+fn contained(handler: &str, item: &dyn Received, panic: &(dyn std::any::Any + Send)) -> Outcome {
     let delivered = super::message::delivered(item);
     let panic = super::catch_panic::panic_message(panic);
     let delay = crate::handler::RetryPolicy::default().delay(delivered);
@@ -355,9 +390,9 @@ pub(crate) struct Limits {
 /// Pulls from `source` (at most `prefetch` ahead) and dispatches down `stack`, at most
 /// `concurrency` at once, until `stop`;
 /// then finishes what is in flight (the host bounds how long) and gives back what was pulled
-/// but not started. `handler` names the loop in its logs.
+/// but not started. `handler` names the loop in its logs and counts the panics it contains.
 pub(crate) async fn run<Src, D, S>(
-    handler: Arc<str>,
+    handler: Handler,
     source: Src,
     stack: Arc<D>,
     settle: Arc<S>,
@@ -599,9 +634,9 @@ mod tests {
     }
 
     /// A handler taking this long.
-    struct Handler(Gauge, Duration);
+    struct Timed(Gauge, Duration);
 
-    impl Dispatch for Handler {
+    impl Dispatch for Timed {
         async fn dispatch(&self, _msg: &mut Message<'_>) -> Outcome {
             self.0.during(tokio::time::sleep(self.1)).await;
             Outcome::Succeeded
@@ -663,10 +698,10 @@ mod tests {
     }
 
     /// A handler of `time` behind the dedup layer over marks read in 50 ms each.
-    fn stack(time: Duration, outside_place: bool) -> (Arc<Dedup<Handler>>, Arc<SlowReads>) {
+    fn stack(time: Duration, outside_place: bool) -> (Arc<Dedup<Timed>>, Arc<SlowReads>) {
         let store = Arc::new(SlowReads::default());
         let stack = Arc::new(Dedup {
-            inner: Handler(Gauge::default(), time),
+            inner: Timed(Gauge::default(), time),
             store: store.clone(),
             key: "h".into(),
             ack_wait: Duration::from_secs(30),
@@ -689,7 +724,14 @@ mod tests {
         let settled = Arc::new(Settled::default());
         let (stop_tx, stop) = watch::channel(false);
         let start = tokio::time::Instant::now();
-        let run = tokio::spawn(run("h".into(), backlog, stack.clone(), settled.clone(), LIMITS, stop));
+        let run = tokio::spawn(run(
+            Handler::named("h"),
+            backlog,
+            stack.clone(),
+            settled.clone(),
+            LIMITS,
+            stop,
+        ));
         let all = async {
             while settled.outcomes.lock().expect("outcomes").len() < n {
                 settled.all.notified().await;
@@ -756,7 +798,7 @@ mod tests {
         let settled = Arc::new(Settled::default());
         let (stop_tx, stop) = watch::channel(false);
         let run = tokio::spawn(run(
-            "h".into(),
+            Handler::named("h"),
             backlog(32, |seq| seq),
             stack.clone(),
             settled.clone(),
@@ -792,19 +834,27 @@ mod tests {
     impl Dispatch for PanicsOn {
         async fn dispatch(&self, msg: &mut Message<'_>) -> Outcome {
             let seq = msg.received().info().map_or(0, |i| i.stream_sequence);
-            assert_ne!(seq, self.0, "a bug above the record layer");
+            assert_ne!(seq, self.0, "a layer's bug");
             Outcome::Succeeded
         }
     }
 
-    /// A panic above the record layer (no layer under it catches it) costs its message a retry
-    /// with the panic as the reason, and the loop goes on with the next messages.
+    /// A panic in the stack outside the handler costs its message a retry, with the panic as
+    /// the reason, counted as a panic and a retry; the loop goes on with the next messages.
     #[tokio::test(flavor = "current_thread", start_paused = true)]
-    async fn a_panic_at_the_top_of_the_stack_costs_a_retry_not_the_loop() {
+    async fn a_panic_in_the_stack_costs_a_counted_retry_not_the_loop() {
+        let counters = Arc::new(HandlerCounters::default());
+        let handler = Handler {
+            name: Arc::from("h"),
+            counted: Some((
+                counters.clone(),
+                Arc::new(HandlerMetrics::new("document", "search", "h", "DocumentCreated")),
+            )),
+        };
         let settled = Arc::new(Settled::default());
         let (stop_tx, stop) = watch::channel(false);
         let run = tokio::spawn(run(
-            "h".into(),
+            handler,
             backlog(3, |seq| seq),
             Arc::new(PanicsOn(2)),
             settled.clone(),
@@ -827,7 +877,9 @@ mod tests {
             .collect();
         assert_eq!(succeeded, 2, "{outcomes:?}");
         assert_eq!(retried.len(), 1, "{outcomes:?}");
-        assert!(retried[0].0.contains("a bug above the record layer"), "{retried:?}");
+        assert!(retried[0].0.contains("a layer's bug"), "{retried:?}");
         assert_eq!(retried[0].1, Duration::from_secs(1), "the first delivery's back-off");
+        let stats = counters.snapshot("h");
+        assert_eq!((stats.panicked, stats.retried, stats.succeeded), (1, 1, 0), "{stats:?}");
     }
 }

@@ -152,7 +152,6 @@ impl Observer {
                 },
                 counters: self.counters.clone(),
                 metrics: self.metrics.clone(),
-                handler: self.label.clone(),
             },
             kind,
             handler: self.label.clone(),

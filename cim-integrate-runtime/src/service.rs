@@ -366,8 +366,9 @@ impl<T: Transport, L> ServiceBuilder<T, L> {
 
     /// How often the service writes its [host status](status) (handlers' counters, breaker
     /// states, topology) to the bucket [`HOSTS_BUCKET`] for operators' tools; default
-    /// `Some(`[`DEFAULT_STATUS_INTERVAL`]`)`, `None` writes nothing. One put per interval; a
-    /// failing put never affects message handling.
+    /// `Some(`[`DEFAULT_STATUS_INTERVAL`]`)`, `None` writes nothing (and so does a zero
+    /// interval, taken as `None`). One put per interval; a failing put never affects message
+    /// handling.
     pub fn status_interval(mut self, interval: Option<Duration>) -> Self {
         self.status_interval = interval.filter(|i| !i.is_zero());
         self

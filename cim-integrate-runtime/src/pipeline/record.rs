@@ -66,6 +66,18 @@ impl HandlerCounters {
     }
 }
 
+/// Counts a run that panicked, in the counters and the metrics.
+pub(crate) fn count_panic(counters: &HandlerCounters, metrics: &HandlerMetrics) {
+    counters.panicked.fetch_add(1, Ordering::Relaxed);
+    metrics.panicked();
+}
+
+/// Counts a message to be retried, in the counters and the metrics.
+pub(crate) fn count_retry(counters: &HandlerCounters, metrics: &HandlerMetrics) {
+    counters.retried.fetch_add(1, Ordering::Relaxed);
+    metrics.outcome(monitor::Outcome::Retried);
+}
+
 /// Counts the final outcome (and what happened in place on the way: retries and deferrals of an
 /// ordered handler, a panic) in the handler's counters and metrics, and logs it.
 pub struct Record<D> {
@@ -97,8 +109,7 @@ impl<D: Dispatch> Dispatch for Record<D> {
             self.metrics.outcome(monitor::Outcome::Deferred);
         }
         if msg.panicked {
-            add(&c.panicked, 1);
-            self.metrics.panicked();
+            count_panic(c, &self.metrics);
         }
         match &outcome {
             Outcome::Succeeded => {
@@ -116,8 +127,7 @@ impl<D: Dispatch> Dispatch for Record<D> {
                 tracing::debug!("another event type; acknowledging without running");
             }
             Outcome::Failed { reason, .. } | Outcome::Retry { reason, .. } => {
-                add(&c.retried, 1);
-                self.metrics.outcome(monitor::Outcome::Retried);
+                count_retry(c, &self.metrics);
                 tracing::warn!(%reason, attempt = msg.attempt(), "will be retried");
             }
             Outcome::Deferred { reason, delay, cause } => {

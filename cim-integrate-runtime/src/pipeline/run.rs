@@ -14,7 +14,7 @@
 //! dispatches in a `FuturesUnordered`; with [`spawn`](crate::handler::HandlerOptions::spawn) set,
 //! each message runs as its own task instead (for CPU-heavy handlers, to use every core).
 
-use super::record::HandlerCounters;
+use super::record::{self, HandlerCounters};
 use super::{Dispatch, Message, Outcome, Received};
 use crate::monitor::HandlerMetrics;
 use crate::transport::{Consumer, ConsumerSpec, Delivery, IncomingRequest, Responder, Transport};
@@ -324,7 +324,6 @@ where
 /// Who a loop runs for: the name in its logs and, for a service's handler, the counters and
 /// metrics where a panic it contains is counted (the record layer, which counts every other
 /// outcome, is part of the stack that panicked).
-#[derive(Clone)]
 pub(crate) struct Handler {
     /// The handler's name (its durable, or `{set}-{name}` for a command handler).
     pub(crate) name: Arc<str>,
@@ -342,13 +341,11 @@ impl Handler {
         }
     }
 
-    /// [`contained`], counted as a panic and a retry.
+    /// [`contained`], counted as the record layer counts a panicked run that is retried.
     fn contained(&self, item: &dyn Received, panic: &(dyn std::any::Any + Send)) -> Outcome {
         if let Some((counters, metrics)) = &self.counted {
-            counters.panicked.fetch_add(1, Ordering::Relaxed);
-            counters.retried.fetch_add(1, Ordering::Relaxed);
-            metrics.panicked();
-            metrics.outcome(crate::monitor::Outcome::Retried);
+            record::count_panic(counters, metrics);
+            record::count_retry(counters, metrics);
         }
         contained(&self.name, item, panic)
     }
@@ -407,6 +404,8 @@ pub(crate) async fn run<Src, D, S>(
     D: Dispatch + 'static,
     S: Settle<Src::Item>,
 {
+    // Shared by the tasks of `spawn`: one reference count per message, not three.
+    let handler = Arc::new(handler);
     let concurrency = concurrency.max(1);
     let capacity = prefetch.max(concurrency);
     let (tx, mut rx) = mpsc::channel::<Src::Item>(capacity);

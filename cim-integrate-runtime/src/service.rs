@@ -51,7 +51,7 @@ use crate::pipeline::attempts::{Attempts, Ledger};
 use crate::pipeline::breaker::Breaker;
 use crate::pipeline::catch_panic::CatchPanic;
 use crate::pipeline::command::{CommandInvoke, Reply, ResultCache};
-use crate::pipeline::dead_letter::DeadLetter;
+use crate::pipeline::dead_letter::{DeadLetter, Letters};
 use crate::pipeline::dedup::{Dedup, DurableSince};
 use crate::pipeline::filter::Filter;
 use crate::pipeline::invoke::{ContextParts, Invoke, Runner};
@@ -801,10 +801,16 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
                 self.dedup_clock_margin,
                 consumer.created(),
             ));
+            // The dead-letter layer's, and the loops' for a message that panics outside the handler.
+            let letters = Letters {
+                publisher: parts.publisher.clone(),
+                subject: dlq,
+                handler: Arc::from(plan.durable.as_str()),
+            };
             let (stack, counters, breaker) = self.event_stack(
                 plan.set.as_str(),
                 &plan,
-                dlq,
+                letters.clone(),
                 (dedup.clone(), durable.clone()),
                 parts,
                 ledger.clone(),
@@ -832,11 +838,18 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
                 consumer,
                 durable,
             };
+            let last_resort = || run::LastResort {
+                retry: options.retry.clone(),
+                ledger: ledger.clone(),
+                letters: letters.clone(),
+            };
+            let (main_resort, redrive_resort) = (last_resort(), last_resort());
             let (stack, ack) = (Arc::new(stack), Arc::new(Ack { ledger }));
             host.tasks.spawn(run::run(
                 run::Handler {
                     name: handler.clone(),
                     counted: counted.clone(),
+                    last_resort: Some(main_resort),
                 },
                 source,
                 stack.clone(),
@@ -852,6 +865,7 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
                 run::Handler {
                     name: Arc::from(format!("{handler} (redrives)")),
                     counted,
+                    last_resort: Some(redrive_resort),
                 },
                 redrive_source,
                 stack,
@@ -872,7 +886,7 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
         &self,
         set: &str,
         plan: &EventPlan,
-        dlq: Subject,
+        letters: Letters,
         (dedup, durable): (Arc<dyn DedupStore>, Arc<DurableSince>),
         parts: &ContextParts,
         ledger: Arc<Ledger>,
@@ -925,9 +939,7 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
                 },
                 registration: reg.clone(),
             },
-            publisher: parts.publisher.clone(),
-            subject: dlq,
-            handler: handler.clone(),
+            letters,
         };
         let counters = Arc::new(HandlerCounters::default());
         let metrics = Arc::new(HandlerMetrics::new(&plan.domain, set, &plan.durable, reg.event_type));
@@ -1007,6 +1019,7 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
             let handler = run::Handler {
                 name: Arc::from(scope.as_str()),
                 counted: Some((counters.clone(), stack.inner.metrics.clone())),
+                last_resort: None,
             };
             host.handlers.push(HandlerEntry {
                 name: scope,

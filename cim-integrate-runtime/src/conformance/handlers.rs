@@ -537,28 +537,63 @@ pub async fn out_of_range_times_in_headers_are_ignored<T: Transport>(t: T) {
     svc.shutdown(Duration::from_secs(5)).await;
 }
 
-/// A layer of the user's that panics on the first delivery of one message, before the handler.
+/// A layer of the user's that panics on one message before the handler: on its first delivery
+/// only, or on every delivery.
 #[derive(Clone, Copy, Debug)]
-struct PanicOnFirstDelivery(u32);
+struct PanicOn {
+    message: u32,
+    every_delivery: bool,
+}
 
-/// [`PanicOnFirstDelivery`] around the rest of the stack.
-struct PanickingLayer<D>(D, u32);
+/// [`PanicOn`] around the rest of the stack.
+struct PanickingLayer<D>(D, PanicOn);
 
-impl<D: crate::pipeline::Dispatch> crate::pipeline::Layer<D> for PanicOnFirstDelivery {
+impl<D: crate::pipeline::Dispatch> crate::pipeline::Layer<D> for PanicOn {
     type Dispatch = PanickingLayer<D>;
     fn layer(&self, inner: D) -> PanickingLayer<D> {
-        PanickingLayer(inner, self.0)
+        PanickingLayer(inner, *self)
     }
 }
 
 impl<D: crate::pipeline::Dispatch> crate::pipeline::Dispatch for PanickingLayer<D> {
     async fn dispatch(&self, msg: &mut crate::pipeline::Message<'_>) -> crate::pipeline::Outcome {
+        let PanicOn {
+            message,
+            every_delivery,
+        } = self.1;
         let n = decode(msg.received().payload()).map(|e| e.n).ok();
-        if n == Some(self.1) && msg.delivered() == 1 {
-            panic!("a layer's bug on message {}", self.1);
+        if n == Some(message) && (every_delivery || msg.delivered() == 1) {
+            panic!("a layer's bug on message {message}");
         }
         self.0.dispatch(msg).await
     }
+}
+
+/// A service whose handler `workflow-w` (with `options`) records into `seen` behind a
+/// [`PanicOn`] message 1 layer, and messages 1 to 3 published.
+async fn behind_a_panicking_layer<T: Transport>(
+    t: &T,
+    seen: &Seen,
+    every_delivery: bool,
+    options: HandlerOptions,
+) -> Service {
+    let svc = Service::builder(t.clone(), "layers")
+        .layer(PanicOn {
+            message: 1,
+            every_delivery,
+        })
+        .handler(
+            "workflow",
+            recorder(seen, "w", "document.created").with_options(options),
+        )
+        .start()
+        .await
+        .expect("start");
+    ensure_domain(t, "document").await;
+    for n in 1..=3 {
+        publish(t, &numbered("document.created", n)).await;
+    }
+    svc
 }
 
 /// A panic outside the handler (here a user's layer; a dedup store, a bug of the pipeline's)
@@ -568,16 +603,7 @@ impl<D: crate::pipeline::Dispatch> crate::pipeline::Dispatch for PanickingLayer<
 /// nowhere before the twenty-third.)
 pub async fn a_panic_outside_the_handler_costs_a_retry_not_the_loop<T: Transport>(t: T) {
     let seen = Seen::default();
-    let svc = Service::builder(t.clone(), "layers")
-        .layer(PanicOnFirstDelivery(1))
-        .handler("workflow", recorder(&seen, "w", "document.created"))
-        .start()
-        .await
-        .expect("start");
-    ensure_domain(&t, "document").await;
-    for n in 1..=3 {
-        publish(&t, &numbered("document.created", n)).await;
-    }
+    let svc = behind_a_panicking_layer(&t, &seen, false, HandlerOptions::default()).await;
     wait_until("the messages after the panic handled", || {
         let seen = seen.lock().expect("lock");
         [2, 3].iter().all(|n| seen.iter().any(|s| s.1 == *n))
@@ -597,6 +623,37 @@ pub async fn a_panic_outside_the_handler_costs_a_retry_not_the_loop<T: Transport
     // Counted where an operator looks: one panic, one retry.
     assert_eq!((stats.panicked, stats.retried), (1, 1), "{stats:?}");
     assert_eq!(count(&seen, "w"), 3);
+    svc.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A message whose dispatch panics outside the handler on every delivery (a user's layer with a
+/// bug for this one message) is retried with the handler's back-off while the handler has
+/// attempts left, then dead-lettered (`exhausted`, the panic in the reason) by the pull loop,
+/// not redelivered for ever; the messages after it are handled. (It was retried for ever, every
+/// minute at most, until the twenty-fourth session.)
+pub async fn a_message_that_always_panics_outside_the_handler_is_dead_lettered<T: Transport>(t: T) {
+    let seen = Seen::default();
+    let svc = behind_a_panicking_layer(&t, &seen, true, fast_retry(2)).await;
+    let letter = dead_letters(&t, 1).await.pop().expect("one");
+    let header = |name| letter.headers().get(name).unwrap_or_default().to_owned();
+    let reason = header(service::DEAD_LETTER_REASON);
+    assert!(
+        reason.starts_with("retries exhausted after 2 attempts; last: dispatch panicked outside the handler")
+            && reason.contains("a layer's bug on message 1"),
+        "{reason}"
+    );
+    assert_eq!(header(service::DEAD_LETTER_KIND), "exhausted");
+    assert_eq!(header(service::DEAD_LETTER_DELIVERIES), "2");
+    assert_eq!(header(service::DEAD_LETTER_HANDLER), "workflow-w");
+    assert_eq!(decode(letter.payload()).expect("the original payload").n, 1);
+    wait_until("the other two handled, the first dead-lettered", || {
+        svc.handler_stats("workflow-w")
+            .is_some_and(|s| (s.succeeded, s.dead_lettered) == (2, 1))
+    })
+    .await;
+    let stats = svc.handler_stats("workflow-w").expect("stats");
+    assert_eq!((stats.panicked, stats.retried), (2, 1), "{stats:?}");
+    assert_eq!(count(&seen, "w"), 2);
     svc.shutdown(Duration::from_secs(5)).await;
 }
 

@@ -22,7 +22,8 @@ pub(crate) struct Ledger {
 }
 
 impl Ledger {
-    fn deferred(&self, seq: u64) -> u64 {
+    /// How many deliveries of `seq` were deferred (not attempts).
+    pub(crate) fn deferred(&self, seq: u64) -> u64 {
         if self.len.load(Ordering::Relaxed) == 0 {
             return 0;
         }

@@ -1,7 +1,7 @@
 //! Layer: stores what cannot be handled in the dead-letter stream, with the reason, before the
 //! original is terminated.
 
-use super::{Deferral, Dispatch, Message, Outcome};
+use super::{Deferral, Dispatch, Message, Outcome, Received};
 use crate::handler::context::DynPublish;
 use crate::headers::{self, Headers};
 use crate::monitor::DeadLetterReason;
@@ -35,6 +35,14 @@ const DEAD_LETTER_RETRY: Duration = Duration::from_secs(1);
 /// for ever, holding a slot of the handler's outstanding deliveries.
 pub struct DeadLetter<D> {
     pub(crate) inner: D,
+    pub(crate) letters: Letters,
+}
+
+/// Where one handler's dead letters go, and how they are written: by the [`DeadLetter`] layer,
+/// and by the pull loop for a message whose dispatch panicked outside the handler on its last
+/// attempt (`run::LastResort`), which cannot count on the layer (it may be what panicked).
+#[derive(Clone)]
+pub(crate) struct Letters {
     pub(crate) publisher: Arc<dyn DynPublish>,
     pub(crate) subject: Subject,
     pub(crate) handler: Arc<str>,
@@ -54,19 +62,29 @@ enum Keep {
 impl<D: Dispatch> Dispatch for DeadLetter<D> {
     async fn dispatch(&self, msg: &mut Message<'_>) -> Outcome {
         match self.inner.dispatch(msg).await {
-            Outcome::DeadLetter { kind, reason } => self.store(msg, kind, reason).await,
+            Outcome::DeadLetter { kind, reason } => {
+                self.letters.store(msg.received(), msg.delivered(), kind, reason).await
+            }
             other => other,
         }
     }
 }
 
-impl<D> DeadLetter<D> {
-    async fn store(&self, msg: &Message<'_>, kind: DeadLetterReason, reason: String) -> Outcome {
+impl Letters {
+    /// Stores the dead letter of `raw` (delivered `delivered` times): `DeadLettered` once it is
+    /// stored (or can never be), `Deferred` while the stream is unreachable.
+    pub(crate) async fn store(
+        &self,
+        raw: &dyn Received,
+        delivered: u64,
+        kind: DeadLetterReason,
+        reason: String,
+    ) -> Outcome {
         let mut refused = None;
         for keep in [Keep::All, Keep::Headers, Keep::Nothing] {
             match self
                 .publisher
-                .publish_and_wait(self.letter(msg, kind, &reason, keep))
+                .publish_and_wait(self.letter(raw, delivered, kind, &reason, keep))
                 .await
             {
                 Ok(_) => {
@@ -86,7 +104,7 @@ impl<D> DeadLetter<D> {
                 }
             }
         }
-        let (stream, sequence, _) = position(msg);
+        let (stream, sequence, _) = position(raw);
         let error = refused.map(|e| e.to_string()).unwrap_or_default();
         tracing::error!(
             %error, %reason, %stream, sequence, handler = %self.handler,
@@ -98,8 +116,14 @@ impl<D> DeadLetter<D> {
         }
     }
 
-    fn letter(&self, msg: &Message<'_>, kind: DeadLetterReason, reason: &str, keep: Keep) -> OutboundMessage {
-        let raw = msg.received();
+    fn letter(
+        &self,
+        raw: &dyn Received,
+        delivered: u64,
+        kind: DeadLetterReason,
+        reason: &str,
+        keep: Keep,
+    ) -> OutboundMessage {
         let mut hdrs = Headers::new();
         if keep == Keep::Nothing {
             let omitted = raw.headers().iter().count();
@@ -112,7 +136,7 @@ impl<D> DeadLetter<D> {
         if let Some(orig) = raw.headers().get(headers::NATS_MSG_ID) {
             hdrs.push_received(DEAD_LETTER_ORIGINAL_MSG_ID.to_owned(), header_safe(orig));
         }
-        let (stream, sequence, stored) = position(msg);
+        let (stream, sequence, stored) = position(raw);
         // One dead letter per (handler, stored message), however often this is retried.
         let id = letter_id(&self.handler, &stream, sequence);
         for (n, v) in [
@@ -123,7 +147,7 @@ impl<D> DeadLetter<D> {
             (DEAD_LETTER_SUBJECT, header_safe(raw.subject())),
             (DEAD_LETTER_STREAM, stream),
             (DEAD_LETTER_SEQUENCE, sequence.to_string()),
-            (DEAD_LETTER_DELIVERIES, msg.delivered().to_string()),
+            (DEAD_LETTER_DELIVERIES, delivered.to_string()),
             (DEAD_LETTER_AT, Timestamp::now().to_rfc3339()),
         ] {
             hdrs.push_received(n.to_owned(), v);
@@ -147,8 +171,8 @@ impl<D> DeadLetter<D> {
 
 /// The original's stream, sequence and stored time (empty, 0 and `None` for a message outside
 /// any stream).
-fn position(msg: &Message<'_>) -> (String, u64, Option<Timestamp>) {
-    msg.received().info().map_or((String::new(), 0, None), |i| {
+fn position(raw: &dyn Received) -> (String, u64, Option<Timestamp>) {
+    raw.info().map_or((String::new(), 0, None), |i| {
         (i.stream.to_string(), i.stream_sequence, Some(i.published))
     })
 }
@@ -236,9 +260,11 @@ mod tests {
         });
         let layer = DeadLetter {
             inner: Fails,
-            publisher: store.clone(),
-            subject: Subject::new("dlq.set.w").unwrap(),
-            handler: "set-w".into(),
+            letters: Letters {
+                publisher: store.clone(),
+                subject: Subject::new("dlq.set.w").unwrap(),
+                handler: "set-w".into(),
+            },
         };
         let mut msg = Message::new(&raw, raw.envelope());
         let outcome = layer.dispatch(&mut msg).await;

@@ -72,10 +72,23 @@ pub(crate) fn count_panic(counters: &HandlerCounters, metrics: &HandlerMetrics) 
     metrics.panicked();
 }
 
-/// Counts a message to be retried, in the counters and the metrics.
-pub(crate) fn count_retry(counters: &HandlerCounters, metrics: &HandlerMetrics) {
-    counters.retried.fetch_add(1, Ordering::Relaxed);
-    metrics.outcome(monitor::Outcome::Retried);
+/// Counts `outcome`, a message's final one, in the counters and the metrics: the record layer's
+/// count, and the pull loop's for a message whose dispatch panicked outside the handler.
+pub(crate) fn count_outcome(c: &HandlerCounters, metrics: &HandlerMetrics, outcome: &Outcome) {
+    let (counter, counted) = match outcome {
+        Outcome::Succeeded => (&c.succeeded, monitor::Outcome::Succeeded),
+        Outcome::Duplicate => (&c.duplicates, monitor::Outcome::Duplicate),
+        Outcome::Skipped => (&c.skipped, monitor::Outcome::Skipped),
+        Outcome::Failed { .. } | Outcome::Retry { .. } => (&c.retried, monitor::Outcome::Retried),
+        Outcome::Deferred { .. } => (&c.deferred, monitor::Outcome::Deferred),
+        Outcome::DeadLettered { kind, .. } | Outcome::DeadLetter { kind, .. } => {
+            metrics.dead_letter(*kind);
+            (&c.dead_lettered, monitor::Outcome::DeadLettered)
+        }
+        Outcome::Rejected { .. } => (&c.rejected, monitor::Outcome::Rejected),
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    metrics.outcome(counted);
 }
 
 /// Counts the final outcome (and what happened in place on the way: retries and deferrals of an
@@ -111,41 +124,19 @@ impl<D: Dispatch> Dispatch for Record<D> {
         if msg.panicked {
             count_panic(c, &self.metrics);
         }
+        count_outcome(c, &self.metrics, &outcome);
         match &outcome {
-            Outcome::Succeeded => {
-                add(&c.succeeded, 1);
-                self.metrics.outcome(monitor::Outcome::Succeeded);
-            }
-            Outcome::Duplicate => {
-                add(&c.duplicates, 1);
-                self.metrics.outcome(monitor::Outcome::Duplicate);
-                tracing::debug!("already handled; not running again");
-            }
-            Outcome::Skipped => {
-                add(&c.skipped, 1);
-                self.metrics.outcome(monitor::Outcome::Skipped);
-                tracing::debug!("another event type; acknowledging without running");
-            }
+            Outcome::Succeeded => {}
+            Outcome::Duplicate => tracing::debug!("already handled; not running again"),
+            Outcome::Skipped => tracing::debug!("another event type; acknowledging without running"),
             Outcome::Failed { reason, .. } | Outcome::Retry { reason, .. } => {
-                count_retry(c, &self.metrics);
                 tracing::warn!(%reason, attempt = msg.attempt(), "will be retried");
             }
-            Outcome::Deferred { reason, delay, cause } => {
-                add(&c.deferred, 1);
-                self.metrics.outcome(monitor::Outcome::Deferred);
-                tracing::debug!(%reason, ?delay, ?cause, "deferred");
-            }
-            Outcome::DeadLettered { kind, reason } | Outcome::DeadLetter { kind, reason } => {
-                add(&c.dead_lettered, 1);
-                self.metrics.outcome(monitor::Outcome::DeadLettered);
-                self.metrics.dead_letter(*kind);
+            Outcome::Deferred { reason, delay, cause } => tracing::debug!(%reason, ?delay, ?cause, "deferred"),
+            Outcome::DeadLettered { reason, .. } | Outcome::DeadLetter { reason, .. } => {
                 tracing::warn!(%reason, subject = msg.received().subject(), "dead-lettered");
             }
-            Outcome::Rejected { reason } => {
-                add(&c.rejected, 1);
-                self.metrics.outcome(monitor::Outcome::Rejected);
-                tracing::info!(%reason, "rejected");
-            }
+            Outcome::Rejected { reason } => tracing::info!(%reason, "rejected"),
         }
         outcome
     }

@@ -14,9 +14,12 @@
 //! dispatches in a `FuturesUnordered`; with [`spawn`](crate::handler::HandlerOptions::spawn) set,
 //! each message runs as its own task instead (for CPU-heavy handlers, to use every core).
 
+use super::attempts::Ledger;
+use super::dead_letter::Letters;
 use super::record::{self, HandlerCounters};
 use super::{Dispatch, Message, Outcome, Received};
-use crate::monitor::HandlerMetrics;
+use crate::handler::RetryPolicy;
+use crate::monitor::{DeadLetterReason, HandlerMetrics};
 use crate::transport::{Consumer, ConsumerSpec, Delivery, IncomingRequest, Responder, Transport};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -316,19 +319,40 @@ where
         })
         .catch_unwind()
         .await;
-        let (outcome, reply) = dispatched.unwrap_or_else(|panic| (handler.contained(&item, panic.as_ref()), None));
+        let (outcome, reply) = match dispatched {
+            Ok(dispatched) => dispatched,
+            // Boxed: the panic path's future takes no room in every message's state.
+            Err(panic) => (Box::pin(handler.contained(&item, panic)).await, None),
+        };
         settle.settle(item, reply, outcome).await;
     }
 }
 
 /// Who a loop runs for: the name in its logs and, for a service's handler, the counters and
 /// metrics where a panic it contains is counted (the record layer, which counts every other
-/// outcome, is part of the stack that panicked).
+/// outcome, is part of the stack that panicked), and what becomes of a message whose dispatch
+/// panics outside the handler on its last attempt.
 pub(crate) struct Handler {
     /// The handler's name (its durable, or `{set}-{name}` for a command handler).
     pub(crate) name: Arc<str>,
     /// Its counters and metrics; `None` counts nothing (the loops of the unit tests).
     pub(crate) counted: Option<(Arc<HandlerCounters>, Arc<HandlerMetrics>)>,
+    /// An event handler's retry policy and dead letters; `None` (command handlers, whose
+    /// requests are not redelivered): such a message is retried under the default policy's
+    /// back-off.
+    pub(crate) last_resort: Option<LastResort>,
+}
+
+/// What the loop needs to dead-letter a message whose dispatch panicked outside the handler once
+/// it has used up the handler's attempts, without the stack (whose dead-letter layer may be what
+/// panicked).
+pub(crate) struct LastResort {
+    /// The handler's retry policy: its attempts and back-off.
+    pub(crate) retry: RetryPolicy,
+    /// The handler's deferrals, which are not attempts (as the attempts layer reads them).
+    pub(crate) ledger: Arc<Ledger>,
+    /// Where the handler's dead letters go.
+    pub(crate) letters: Letters,
 }
 
 impl Handler {
@@ -338,38 +362,68 @@ impl Handler {
         Self {
             name: Arc::from(name),
             counted: None,
+            last_resort: None,
         }
     }
 
-    /// [`contained`], counted as the record layer counts a panicked run that is retried.
-    fn contained(&self, item: &dyn Received, panic: &(dyn std::any::Any + Send)) -> Outcome {
+    /// What becomes of `item`, whose dispatch panicked outside the handler: logged as an error
+    /// (the handler, the subject, the delivery count, the panic's message) and counted as a
+    /// panic, then retried with the handler's back-off, as a failed attempt would be; once the
+    /// handler's attempts are used up, dead-lettered (`Exhausted`, the panic in the reason) by
+    /// the loop itself, since the stack's dead-letter layer may be what panicked. A dead letter
+    /// that cannot be stored for now defers the message, one whose storing panics too retries
+    /// it. Counted as the record layer counts the outcome it stands for.
+    async fn contained(&self, item: &dyn Received, panic: Box<dyn std::any::Any + Send>) -> Outcome {
+        let delivered = super::message::delivered(item);
+        let panic = super::catch_panic::panic_message(panic.as_ref());
+        let handler = &*self.name;
+        let subject = item.subject();
         if let Some((counters, metrics)) = &self.counted {
             record::count_panic(counters, metrics);
-            record::count_retry(counters, metrics);
         }
-        contained(&self.name, item, panic)
-    }
-}
-
-/// What becomes of a message whose dispatch panicked outside its handler: logged as an error
-/// (the handler, the subject, the delivery count, the panic's message), and retried after 1 s,
-/// doubling with each delivery up to 60 s (the default retry policy's back-off, with no end).
-/// Not dead-lettered: the layers that would store the letter may be what panicked.
-fn contained(handler: &str, item: &dyn Received, panic: &(dyn std::any::Any + Send)) -> Outcome {
-    let delivered = super::message::delivered(item);
-    let panic = super::catch_panic::panic_message(panic);
-    let delay = crate::handler::RetryPolicy::default().delay(delivered);
-    tracing::error!(
-        handler,
-        subject = item.subject(),
-        delivered,
-        panic = %panic,
-        retry_in = ?delay,
-        "message dispatch panicked outside the handler; retried"
-    );
-    Outcome::Retry {
-        reason: format!("dispatch panicked outside the handler: {panic}"),
-        delay,
+        let (attempt, delay) = match &self.last_resort {
+            Some(last) => {
+                let sequence = item.info().map_or(0, |i| i.stream_sequence);
+                let attempt = delivered.saturating_sub(last.ledger.deferred(sequence)).max(1);
+                (attempt, last.retry.delay(attempt))
+            }
+            None => (delivered, RetryPolicy::default().delay(delivered)),
+        };
+        let mut outcome = None;
+        if let Some(last) = &self.last_resort
+            && attempt >= u64::from(last.retry.max_attempts.max(1))
+        {
+            tracing::error!(
+                handler, subject, delivered, attempt, panic = %panic,
+                "message dispatch panicked outside the handler on its last attempt; dead-lettered"
+            );
+            let reason = format!(
+                "retries exhausted after {attempt} attempts; last: dispatch panicked outside the handler: {panic}"
+            );
+            let stored = AssertUnwindSafe(last.letters.store(item, delivered, DeadLetterReason::Exhausted, reason))
+                .catch_unwind()
+                .await;
+            match stored {
+                Ok(stored) => outcome = Some(stored),
+                Err(again) => tracing::error!(
+                    handler, subject, panic = %super::catch_panic::panic_message(again.as_ref()),
+                    "storing the dead letter panicked too; retried"
+                ),
+            }
+        } else {
+            tracing::error!(
+                handler, subject, delivered, attempt, panic = %panic, retry_in = ?delay,
+                "message dispatch panicked outside the handler; retried"
+            );
+        }
+        let outcome = outcome.unwrap_or_else(|| Outcome::Retry {
+            reason: format!("dispatch panicked outside the handler: {panic}"),
+            delay,
+        });
+        if let Some((counters, metrics)) = &self.counted {
+            record::count_outcome(counters, metrics, &outcome);
+        }
+        outcome
     }
 }
 
@@ -838,10 +892,31 @@ mod tests {
         }
     }
 
-    /// A panic in the stack outside the handler costs its message a retry, with the panic as
-    /// the reason, counted as a panic and a retry; the loop goes on with the next messages.
-    #[tokio::test(flavor = "current_thread", start_paused = true)]
-    async fn a_panic_in_the_stack_costs_a_counted_retry_not_the_loop() {
+    /// Keeps the dead letters it is given.
+    #[derive(Default)]
+    struct Letterbox(Mutex<Vec<crate::transport::OutboundMessage>>);
+
+    impl crate::handler::context::DynPublish for Letterbox {
+        fn publish_and_wait(
+            &self,
+            m: crate::transport::OutboundMessage,
+        ) -> BoxFuture<'static, Result<crate::transport::PublishAck, crate::transport::TransportError>> {
+            self.0.lock().expect("letters").push(m);
+            Box::pin(std::future::ready(Ok(crate::transport::PublishAck {
+                stream: "DEAD_LETTERS".into(),
+                sequence: 1,
+                duplicate: false,
+            })))
+        }
+    }
+
+    /// Runs `source` (three messages) through a stack that panics on stream sequence 2, under
+    /// `handler`'s name and `last_resort`, until the three are settled; their outcomes by
+    /// sequence, and the handler's stats.
+    async fn panicking(
+        source: Backlog,
+        last_resort: Option<LastResort>,
+    ) -> (Vec<Outcome>, crate::pipeline::HandlerStats) {
         let counters = Arc::new(HandlerCounters::default());
         let handler = Handler {
             name: Arc::from("h"),
@@ -849,12 +924,13 @@ mod tests {
                 counters.clone(),
                 Arc::new(HandlerMetrics::new("document", "search", "h", "DocumentCreated")),
             )),
+            last_resort,
         };
         let settled = Arc::new(Settled::default());
         let (stop_tx, stop) = watch::channel(false);
         let run = tokio::spawn(run(
             handler,
-            backlog(3, |seq| seq),
+            source,
             Arc::new(PanicsOn(2)),
             settled.clone(),
             LIMITS,
@@ -866,19 +942,103 @@ mod tests {
         stop_tx.send(true).expect("stop");
         run.await.expect("the loop ended by its stop, not a panic");
         let outcomes = std::mem::take(&mut *settled.outcomes.lock().expect("outcomes"));
-        let succeeded = outcomes.iter().filter(|o| **o == Outcome::Succeeded).count();
-        let retried: Vec<_> = outcomes
-            .iter()
-            .filter_map(|o| match o {
-                Outcome::Retry { reason, delay } => Some((reason.clone(), *delay)),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(succeeded, 2, "{outcomes:?}");
-        assert_eq!(retried.len(), 1, "{outcomes:?}");
-        assert!(retried[0].0.contains("a layer's bug"), "{retried:?}");
-        assert_eq!(retried[0].1, Duration::from_secs(1), "the first delivery's back-off");
-        let stats = counters.snapshot("h");
+        (outcomes, counters.snapshot("h"))
+    }
+
+    /// The one outcome of `outcomes` that is not `Succeeded`.
+    fn the_other(outcomes: &[Outcome]) -> &Outcome {
+        let others: Vec<_> = outcomes.iter().filter(|o| **o != Outcome::Succeeded).collect();
+        assert_eq!(others.len(), 1, "{outcomes:?}");
+        others[0]
+    }
+
+    /// A panic in the stack outside the handler costs its message a retry, with the panic as
+    /// the reason, counted as a panic and a retry; the loop goes on with the next messages.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_panic_in_the_stack_costs_a_counted_retry_not_the_loop() {
+        let (outcomes, stats) = panicking(backlog(3, |seq| seq), None).await;
+        match the_other(&outcomes) {
+            Outcome::Retry { reason, delay } => {
+                assert!(reason.contains("a layer's bug"), "{reason}");
+                assert_eq!(*delay, Duration::from_secs(1), "the first delivery's back-off");
+            }
+            other => panic!("{other:?}"),
+        }
         assert_eq!((stats.panicked, stats.retried, stats.succeeded), (1, 1, 0), "{stats:?}");
+    }
+
+    /// On the handler's last attempt (its deferrals not counted as attempts), such a message is
+    /// dead-lettered by the loop, with the panic in the reason; before it, retried with the
+    /// handler's back-off.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_panic_in_the_stack_on_the_last_attempt_is_dead_lettered_by_the_loop() {
+        let retry = RetryPolicy::attempts(2).backoff(Duration::from_millis(10), 2, Duration::from_secs(1));
+        let second_delivery = || {
+            let mut source = backlog(3, |seq| seq);
+            source.0[1].info.delivered = 2;
+            source
+        };
+        let letterbox = Arc::new(Letterbox::default());
+        let last_resort = |ledger: Arc<Ledger>| LastResort {
+            retry: retry.clone(),
+            ledger,
+            letters: Letters {
+                publisher: letterbox.clone(),
+                subject: crate::Subject::new("dlq.search.h").expect("subject"),
+                handler: Arc::from("h"),
+            },
+        };
+        // The second delivery, one of them deferred by an outage: the first attempt.
+        let deferred = Arc::new(Ledger::default());
+        deferred.note(2);
+        let (outcomes, stats) = panicking(second_delivery(), Some(last_resort(deferred))).await;
+        match the_other(&outcomes) {
+            Outcome::Retry { reason, delay } => {
+                assert!(reason.starts_with("dispatch panicked outside the handler"), "{reason}");
+                assert!(reason.contains("a layer's bug"), "{reason}");
+                assert_eq!(
+                    *delay,
+                    Duration::from_millis(10),
+                    "the handler's back-off after one attempt"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            (stats.panicked, stats.retried, stats.dead_lettered),
+            (1, 1, 0),
+            "{stats:?}"
+        );
+        assert!(letterbox.0.lock().expect("letters").is_empty());
+        // The second delivery, the second attempt: the last.
+        let (outcomes, stats) = panicking(second_delivery(), Some(last_resort(Arc::default()))).await;
+        match the_other(&outcomes) {
+            Outcome::DeadLettered { kind, reason } => {
+                assert_eq!(*kind, DeadLetterReason::Exhausted);
+                assert!(
+                    reason
+                        .starts_with("retries exhausted after 2 attempts; last: dispatch panicked outside the handler"),
+                    "{reason}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            (stats.panicked, stats.retried, stats.dead_lettered, stats.succeeded),
+            (1, 0, 1, 0),
+            "{stats:?}"
+        );
+        let letters = std::mem::take(&mut *letterbox.0.lock().expect("letters"));
+        assert_eq!(letters.len(), 1);
+        let h = &letters[0].headers;
+        assert_eq!(letters[0].subject.as_str(), "dlq.search.h");
+        assert_eq!(h.get(crate::service::DEAD_LETTER_KIND), Some("exhausted"));
+        assert_eq!(h.get(crate::service::DEAD_LETTER_DELIVERIES), Some("2"));
+        assert_eq!(h.get(crate::service::DEAD_LETTER_SEQUENCE), Some("2"));
+        assert!(
+            h.get(crate::service::DEAD_LETTER_REASON)
+                .is_some_and(|r| r.contains("a layer's bug")),
+            "{h:?}"
+        );
     }
 }

@@ -342,7 +342,7 @@ impl<K: KeyValue> Clone for KvDedup<K> {
 }
 
 /// Stream sequences per block key.
-const BLOCK: u64 = 64;
+pub(crate) const BLOCK: u64 = 64;
 /// How long a read of a block answers the block's first deliveries. On this durable nobody can
 /// mark them after the read (the server counts its deliveries), but a handler's redrive consumer
 /// (another durable, perhaps in another process) marks a redriven copy's original: bounding the
@@ -422,7 +422,7 @@ fn push_mark(v: &mut Vec<u8>, offset: u8, nanos: i64) {
 }
 
 /// The marks of a block entry's value; `None` if it is not one (never written by this crate).
-fn decode_block(value: &[u8]) -> Option<Vec<(u8, i64)>> {
+pub(crate) fn decode_block(value: &[u8]) -> Option<Vec<(u8, i64)>> {
     if !value.len().is_multiple_of(9) {
         return None;
     }
@@ -437,7 +437,7 @@ fn decode_block(value: &[u8]) -> Option<Vec<(u8, i64)>> {
 }
 
 /// Whether a block entry's value holds the mark (`offset`, `nanos`), read in place.
-fn block_holds(value: &[u8], offset: u8, nanos: i64) -> bool {
+pub(crate) fn block_holds(value: &[u8], offset: u8, nanos: i64) -> bool {
     value.len().is_multiple_of(9)
         && value
             .chunks_exact(9)
@@ -447,7 +447,7 @@ fn block_holds(value: &[u8], offset: u8, nanos: i64) -> bool {
 /// A block entry's value with the mark (`offset`, `nanos`) added in offset order (replacing one
 /// at the same offset); a value that is not a block's starts over. Copied in at most two runs:
 /// marks mostly come in offset order, so most go at the end.
-fn with_mark(current: Option<&[u8]>, offset: u8, nanos: i64) -> Bytes {
+pub(crate) fn with_mark(current: Option<&[u8]>, offset: u8, nanos: i64) -> Bytes {
     let current = current.filter(|v| v.len().is_multiple_of(9)).unwrap_or_default();
     let after_last = current.len() < 9 || current[current.len() - 9] < offset;
     // Where the mark goes: before the first mark at or after its offset.

@@ -43,6 +43,9 @@ pub mod waiter;
 
 #[cfg(feature = "testing")]
 pub mod conformance;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 #[cfg(feature = "testing")]
 pub mod testing;
 

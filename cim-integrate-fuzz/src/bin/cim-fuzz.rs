@@ -179,6 +179,14 @@ fn seeds(target: &str, workspace: &Path) -> Vec<Vec<u8>> {
             br#"{"version":"1.0","kind":"started","saga":"order","saga_id":"o-1","seq":0}"#.to_vec(),
             br#"{"version":"1.0","kind":"step_failed","saga":"order","saga_id":"o-1","step":"pay","error":"declined","attempts":3,"seq":4}"#.to_vec(),
         ],
+        // The golden records (below) and a small one with escapes.
+        "saga_record" => vec![
+            br#"{"format":2,"saga":"o\"rder","id":"1\n","identity":{"message_id":"0192f3c4-5d6e-7f80-9a1b-2c3d4e5f6071","correlation_id":"0192f3c4-5d6e-7f80-9a1b-2c3d4e5f6071","causation_id":"0192f3c4-5d6e-7f80-9a1b-2c3d4e5f6071"},"started_at":"2026-11-24T13:25:00Z","status":"running","data":{"a":[1,2.5,null]},"steps":[{"name":"p\u0001ay","state":"running","attempts":1}],"event_seq":1,"outbox":[{"kind":"started","seq":0}],"owner":"w\\1","lease_until_ms":5}"#.to_vec(),
+        ],
+        "dedup_block" => vec![
+            b"\x05\x01\0\0\0\0\0\0\0".to_vec(),
+            [&b"\x05\x01\0\0\0\0\0\0\0"[..], b"\x01\x02\0\0\0\0\0\0\0\x09\x03\0\0\0\0\0\0\0"].concat(),
+        ],
         _ => vec![
             b"document.*\ndocument.created".to_vec(),
             b"document.>\ndocument.created.v2".to_vec(),
@@ -186,6 +194,12 @@ fn seeds(target: &str, workspace: &Path) -> Vec<Vec<u8>> {
             b">\na".to_vec(),
         ],
     };
+    if target == "saga_record" {
+        let fixtures = workspace.join("cim-integrate-runtime/tests/fixtures/saga");
+        if let Ok(files) = std::fs::read_dir(&fixtures) {
+            out.extend(files.flatten().filter_map(|f| std::fs::read(f.path()).ok()));
+        }
+    }
     if target == "decode" {
         let fixtures = workspace.join("tests/fixtures/events");
         if let Ok(dirs) = std::fs::read_dir(&fixtures) {

@@ -81,7 +81,7 @@
 
 mod context;
 mod events;
-mod record;
+pub(crate) mod record;
 mod runner;
 mod settling;
 

@@ -177,6 +177,15 @@ pub enum ServiceError {
     /// Provisioning streams or consumers failed.
     #[error(transparent)]
     Transport(#[from] TransportError),
+    /// A setting that would defeat what it is for, e.g. de-duplication marks that expire before
+    /// a handler's redeliveries come.
+    #[error("{setting}: {reason}")]
+    Settings {
+        /// The setting, as its builder method is named.
+        setting: &'static str,
+        /// What is wrong with it, and what to set instead.
+        reason: String,
+    },
     /// Opening the de-duplication bucket or the command result cache failed.
     #[error(transparent)]
     KeyValue(#[from] KvError),
@@ -192,6 +201,7 @@ impl std::fmt::Debug for ServiceError {
             Self::DuplicateCommandHandler { .. } => "DuplicateCommandHandler",
             Self::InvalidName { .. } => "InvalidName",
             Self::PatternWithoutDomain { .. } => "PatternWithoutDomain",
+            Self::Settings { .. } => "Settings",
             Self::Transport(_) => "Transport",
             Self::KeyValue(_) => "KeyValue",
             Self::Subject(_) => "Subject",
@@ -461,7 +471,12 @@ impl<T: Transport, L> ServiceBuilder<T, L> {
         self
     }
 
-    /// TTL of de-duplication marks in the default bucket (default 24 h).
+    /// TTL of de-duplication marks in the default bucket (default 24 h). It must be longer than
+    /// every handler's [`ack_wait`](crate::handler::HandlerOptions::ack_wait) (or
+    /// [`start`](Self::start) refuses it, [`ServiceError::Settings`]): a message handled and
+    /// marked whose acknowledgement was lost comes back an `ack_wait` later, and must find its
+    /// mark. Keep it well beyond: a copy of a message published again after a crash upstream
+    /// comes up to that handler's `ack_wait` later still.
     pub fn dedup_ttl(mut self, ttl: Duration) -> Self {
         self.dedup_ttl = ttl;
         self
@@ -606,6 +621,7 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
             tracing::info!(service = %self.name, "topology: {w}");
         }
         let plans = self.plan_events()?;
+        self.check_dedup_ttl()?;
         self.check_commands()?;
         let provisioner = crate::transport::Provisioner::new(self.transport.clone());
         // Every domain the host says it publishes events into has its stream before anything
@@ -670,6 +686,33 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
             out.push((redrive.stream, redrive.durable));
         }
         Ok(out)
+    }
+
+    /// Refuses a TTL of the default dedup bucket's marks that is not longer than a handler's
+    /// `ack_wait`: a message handled and marked whose acknowledgement was lost (a crash, a
+    /// connection dropped) is redelivered an `ack_wait` after its delivery, and a mark gone by
+    /// then lets the handler run it twice. (A store of the user's, `dedup_store`, keeps marks as
+    /// it chooses.)
+    fn check_dedup_ttl(&self) -> Result<(), ServiceError> {
+        if self.dedup.is_some() {
+            return Ok(());
+        }
+        let longest = self
+            .handlers
+            .iter()
+            .map(|(set, reg)| (reg.options.ack_wait, set, &reg.name))
+            .max_by_key(|(ack_wait, ..)| *ack_wait);
+        match longest {
+            Some((ack_wait, set, name)) if self.dedup_ttl <= ack_wait => Err(ServiceError::Settings {
+                setting: "dedup_ttl",
+                reason: format!(
+                    "marks kept {:?} would expire before the redeliveries of handler `{set}.{name}` (ack_wait {ack_wait:?}) come, and a message handled once could run again; keep marks well beyond the longest ack_wait (the default is {:?})",
+                    self.dedup_ttl,
+                    crate::dedup::DEFAULT_DEDUP_TTL
+                ),
+            }),
+            _ => Ok(()),
+        }
     }
 
     fn plan_events(&self) -> Result<Vec<EventPlan>, ServiceError> {

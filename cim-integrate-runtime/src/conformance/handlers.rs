@@ -657,6 +657,50 @@ pub async fn a_message_that_always_panics_outside_the_handler_is_dead_lettered<T
     svc.shutdown(Duration::from_secs(5)).await;
 }
 
+/// Dedup marks that would expire before a handler's redeliveries come are refused at start,
+/// naming the setting, the handler and its `ack_wait`; a TTL past the longest `ack_wait` starts.
+/// (Any TTL was taken until the twenty-fourth session, and marks shorter than `ack_wait` let a
+/// message whose acknowledgement was lost run twice.)
+pub async fn dedup_marks_shorter_than_ack_wait_are_refused<T: Transport>(t: T) {
+    let seen = Seen::default();
+    let slow = HandlerOptions {
+        ack_wait: Duration::from_secs(90),
+        ..HandlerOptions::default()
+    };
+    let builder = |ttl: Duration| {
+        Service::builder(t.clone(), "ttl")
+            .dedup_ttl(ttl)
+            .handler("workflow", recorder(&seen, "w", "document.created"))
+            .handler(
+                "audit",
+                recorder(&seen, "slow", "document.created").with_options(slow.clone()),
+            )
+    };
+    let Err(refused) = builder(Duration::from_secs(60)).start().await else {
+        panic!("marks shorter than an ack_wait must be refused");
+    };
+    let message = refused.to_string();
+    assert!(
+        matches!(
+            refused,
+            service::ServiceError::Settings {
+                setting: "dedup_ttl",
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+    assert!(
+        message.contains("`audit.slow`") && message.contains("ack_wait 90s"),
+        "{message}"
+    );
+    let svc = builder(Duration::from_secs(91))
+        .start()
+        .await
+        .expect("a TTL past every ack_wait");
+    svc.shutdown(Duration::from_secs(5)).await;
+}
+
 /// A panicking handler is caught, counted, and retried; the consumer keeps running.
 pub async fn panic_is_retried<T: Transport>(t: T) {
     let runs = Arc::new(AtomicU32::new(0));

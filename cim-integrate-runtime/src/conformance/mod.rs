@@ -80,6 +80,7 @@ macro_rules! conformance_tests {
                 out_of_range_times_in_headers_are_ignored,
                 a_panic_outside_the_handler_costs_a_retry_not_the_loop,
                 a_message_that_always_panics_outside_the_handler_is_dead_lettered,
+                dedup_marks_shorter_than_ack_wait_are_refused,
                 panic_is_retried,
                 correlation_chain_across_three_hops,
                 shutdown_finishes_in_flight_work,

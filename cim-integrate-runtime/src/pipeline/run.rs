@@ -395,7 +395,7 @@ impl Handler {
         {
             tracing::error!(
                 handler, subject, delivered, attempt, panic = %panic,
-                "message dispatch panicked outside the handler on its last attempt; dead-lettered"
+                "message dispatch panicked outside the handler on its last attempt; dead-lettering it"
             );
             let reason = format!(
                 "retries exhausted after {attempt} attempts; last: dispatch panicked outside the handler: {panic}"

@@ -1004,8 +1004,13 @@ impl<T: Transport, S: ProcessState + Send + 'static> Engine<T, S> {
             let Some(entry) = self.records.get(&skey).await? else {
                 continue;
             };
-            let Ok(record) = serde_json::from_slice::<Record<S>>(&entry.value) else {
-                continue;
+            let record = match serde_json::from_slice::<Record<S>>(&entry.value) {
+                Ok(record) => record,
+                Err(e) => {
+                    // An event for it is dead-lettered with the reason (`ProcessError::Corrupt`).
+                    tracing::warn!(process = %self.name, key = %skey, error = %e, "a stored record cannot be read; its deadlines are not indexed");
+                    continue;
+                }
             };
             if let Some(due) = min_due(&record.deadlines) {
                 self.timers.put(&skey, Bytes::from(due.to_string())).await?;

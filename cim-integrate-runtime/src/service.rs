@@ -47,7 +47,7 @@ use crate::dedup::DedupCheck;
 use crate::dedup::{DEFAULT_DEDUP_TTL, DedupStore, KvDedup};
 use crate::handler::{HandlerOptions, HandlerSet, Registration, RetryPolicy};
 use crate::monitor::{self, HandlerMetrics};
-use crate::pipeline::attempts::{Attempts, Ledger};
+use crate::pipeline::attempts::{Attempts, Budget, Ledger};
 use crate::pipeline::breaker::Breaker;
 use crate::pipeline::catch_panic::CatchPanic;
 use crate::pipeline::command::{CommandInvoke, Reply, ResultCache};
@@ -858,7 +858,7 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
                 parts,
                 ledger.clone(),
             );
-            let handler: Arc<str> = Arc::from(plan.durable.as_str());
+            let handler = letters.handler.clone();
             // The loops count the panics they contain where the record layer counts the rest.
             let counted = Some((counters.clone(), stack.inner.metrics.clone()));
             host.handlers.push(HandlerEntry {
@@ -881,18 +881,19 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
                 consumer,
                 durable,
             };
-            let last_resort = || run::LastResort {
-                retry: options.retry.clone(),
-                ledger: ledger.clone(),
-                letters: letters.clone(),
+            let last_resort = run::LastResort {
+                budget: Budget {
+                    retry: options.retry.clone(),
+                    ledger: ledger.clone(),
+                },
+                letters,
             };
-            let (main_resort, redrive_resort) = (last_resort(), last_resort());
             let (stack, ack) = (Arc::new(stack), Arc::new(Ack { ledger }));
             host.tasks.spawn(run::run(
                 run::Handler {
                     name: handler.clone(),
                     counted: counted.clone(),
-                    last_resort: Some(main_resort),
+                    last_resort: Some(last_resort.clone()),
                 },
                 source,
                 stack.clone(),
@@ -908,7 +909,7 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
                 run::Handler {
                     name: Arc::from(format!("{handler} (redrives)")),
                     counted,
-                    last_resort: Some(redrive_resort),
+                    last_resort: Some(last_resort),
                 },
                 redrive_source,
                 stack,
@@ -940,7 +941,7 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
     ) {
         let reg = &plan.registration;
         let options = &reg.options;
-        let handler: Arc<str> = Arc::from(plan.durable.as_str());
+        let handler = letters.handler.clone();
         let breaker = options.breaker.clone().map(|settings| {
             let labels = [
                 ("source_domain", plan.domain.as_str()),
@@ -966,8 +967,10 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
                                 },
                                 breaker: breaker.clone(),
                             },
-                            retry: options.retry.clone(),
-                            ledger,
+                            budget: Budget {
+                                retry: options.retry.clone(),
+                                ledger,
+                            },
                         },
                         ordered: options.ordered,
                         ack_wait: options.ack_wait,
@@ -1035,8 +1038,10 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
                             },
                             breaker: breaker.clone(),
                         },
-                        retry: settings.retry.clone(),
-                        ledger: Arc::new(Ledger::default()),
+                        budget: Budget {
+                            retry: settings.retry.clone(),
+                            ledger: Arc::new(Ledger::default()),
+                        },
                     },
                     ordered: true,
                     ack_wait: Duration::from_secs(30),

@@ -14,12 +14,12 @@
 //! dispatches in a `FuturesUnordered`; with [`spawn`](crate::handler::HandlerOptions::spawn) set,
 //! each message runs as its own task instead (for CPU-heavy handlers, to use every core).
 
-use super::attempts::Ledger;
+use super::attempts::Budget;
 use super::dead_letter::Letters;
 use super::record::{self, HandlerCounters};
 use super::{Dispatch, Message, Outcome, Received};
 use crate::handler::RetryPolicy;
-use crate::monitor::{DeadLetterReason, HandlerMetrics};
+use crate::monitor::HandlerMetrics;
 use crate::transport::{Consumer, ConsumerSpec, Delivery, IncomingRequest, Responder, Transport};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -346,11 +346,10 @@ pub(crate) struct Handler {
 /// What the loop needs to dead-letter a message whose dispatch panicked outside the handler once
 /// it has used up the handler's attempts, without the stack (whose dead-letter layer may be what
 /// panicked).
+#[derive(Clone)]
 pub(crate) struct LastResort {
-    /// The handler's retry policy: its attempts and back-off.
-    pub(crate) retry: RetryPolicy,
-    /// The handler's deferrals, which are not attempts (as the attempts layer reads them).
-    pub(crate) ledger: Arc<Ledger>,
+    /// The handler's attempts, counted and spent as the attempts layer does.
+    pub(crate) budget: Budget,
     /// Where the handler's dead letters go.
     pub(crate) letters: Letters,
 }
@@ -381,45 +380,45 @@ impl Handler {
         if let Some((counters, metrics)) = &self.counted {
             record::count_panic(counters, metrics);
         }
-        let (attempt, delay) = match &self.last_resort {
-            Some(last) => {
-                let sequence = item.info().map_or(0, |i| i.stream_sequence);
-                let attempt = delivered.saturating_sub(last.ledger.deferred(sequence)).max(1);
-                (attempt, last.retry.delay(attempt))
-            }
-            None => (delivered, RetryPolicy::default().delay(delivered)),
+        let failed = format!("dispatch panicked outside the handler: {panic}");
+        let Some(last) = &self.last_resort else {
+            let delay = RetryPolicy::default().delay(delivered);
+            tracing::error!(handler, subject, delivered, panic = %panic, retry_in = ?delay, "message dispatch panicked outside the handler; retried");
+            return self.count(Outcome::Retry { reason: failed, delay });
         };
-        let mut outcome = None;
-        if let Some(last) = &self.last_resort
-            && attempt >= u64::from(last.retry.max_attempts.max(1))
-        {
-            tracing::error!(
-                handler, subject, delivered, attempt, panic = %panic,
-                "message dispatch panicked outside the handler on its last attempt; dead-lettering it"
-            );
-            let reason = format!(
-                "retries exhausted after {attempt} attempts; last: dispatch panicked outside the handler: {panic}"
-            );
-            let stored = AssertUnwindSafe(last.letters.store(item, delivered, DeadLetterReason::Exhausted, reason))
-                .catch_unwind()
-                .await;
-            match stored {
-                Ok(stored) => outcome = Some(stored),
-                Err(again) => tracing::error!(
-                    handler, subject, panic = %super::catch_panic::panic_message(again.as_ref()),
-                    "storing the dead letter panicked too; retried"
-                ),
+        let sequence = item.info().map_or(0, |i| i.stream_sequence);
+        let (attempt, _) = last.budget.attempt(sequence, delivered);
+        let outcome = match last.budget.failed(attempt, failed.clone(), Duration::ZERO) {
+            Outcome::DeadLetter { kind, reason } => {
+                tracing::error!(
+                    handler, subject, delivered, attempt, panic = %panic,
+                    "message dispatch panicked outside the handler on its last attempt; dead-lettering it"
+                );
+                let stored = AssertUnwindSafe(last.letters.store(item, delivered, kind, reason))
+                    .catch_unwind()
+                    .await;
+                stored.unwrap_or_else(|again| {
+                    tracing::error!(
+                        handler, subject, panic = %super::catch_panic::panic_message(again.as_ref()),
+                        "storing the dead letter panicked too; retried"
+                    );
+                    Outcome::Retry {
+                        reason: failed,
+                        delay: last.budget.retry.delay(attempt),
+                    }
+                })
             }
-        } else {
-            tracing::error!(
-                handler, subject, delivered, attempt, panic = %panic, retry_in = ?delay,
-                "message dispatch panicked outside the handler; retried"
-            );
-        }
-        let outcome = outcome.unwrap_or_else(|| Outcome::Retry {
-            reason: format!("dispatch panicked outside the handler: {panic}"),
-            delay,
-        });
+            Outcome::Retry { reason, delay } => {
+                tracing::error!(handler, subject, delivered, attempt, panic = %panic, retry_in = ?delay, "message dispatch panicked outside the handler; retried");
+                Outcome::Retry { reason, delay }
+            }
+            other => other,
+        };
+        self.count(outcome)
+    }
+
+    /// `outcome` counted as the record layer counts it.
+    fn count(&self, outcome: Outcome) -> Outcome {
         if let Some((counters, metrics)) = &self.counted {
             record::count_outcome(counters, metrics, &outcome);
         }
@@ -638,7 +637,9 @@ mod tests {
     };
     use crate::dedup::{DedupCheck, DedupError, DedupStore, MemoryDedup};
     use crate::id::MessageId;
+    use crate::monitor::DeadLetterReason;
     use crate::pipeline::Deferral;
+    use crate::pipeline::attempts::Ledger;
     use crate::pipeline::dedup::{Dedup, DurableSince, InFlight};
     use crate::pipeline::test_raw::Raw;
     use crate::timestamp::Timestamp;
@@ -980,8 +981,10 @@ mod tests {
         };
         let letterbox = Arc::new(Letterbox::default());
         let last_resort = |ledger: Arc<Ledger>| LastResort {
-            retry: retry.clone(),
-            ledger,
+            budget: Budget {
+                retry: retry.clone(),
+                ledger,
+            },
             letters: Letters {
                 publisher: letterbox.clone(),
                 subject: crate::Subject::new("dlq.search.h").expect("subject"),

@@ -56,6 +56,7 @@ pub struct Parts<'a> {
 
 /// Why a part could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum PartError {
     /// The event type is not among the collected ones (not required by this aggregation).
     #[error("no `{0}` was collected; `require` it")]
@@ -101,6 +102,7 @@ impl<O: DomainEvent> fmt::Debug for Aggregation<O> {
 
 /// Why an aggregation could not be opened.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum AggregationError {
     /// No `outcome` was given.
     #[error("aggregation `{0}` has no outcome; call `.outcome(...)`")]
@@ -239,7 +241,15 @@ impl<O: DomainEvent> Aggregation<O> {
             })
         });
         // An aggregation sets no deadlines.
-        let machine = Machine::open(&transport, name, handlers, OnDeadline::Never, self.options).await?;
+        let machine = Machine::open(
+            &transport,
+            "aggregation",
+            name,
+            handlers,
+            OnDeadline::Never,
+            self.options,
+        )
+        .await?;
         Ok(AggregationRunner { machine })
     }
 }

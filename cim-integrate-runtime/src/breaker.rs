@@ -160,7 +160,8 @@ pub struct BreakerOpen {
 /// again, at most [`BreakerSettings::cool_down`].
 pub const HALF_OPEN_RETRY: Duration = Duration::from_secs(1);
 
-/// The result of [`CircuitBreaker::call`] when it did not succeed.
+/// The result of [`CircuitBreaker::call`] when it did not succeed: refused, or the call's own
+/// error. Exhaustive on purpose.
 #[derive(Debug, thiserror::Error)]
 pub enum BreakerError<E> {
     /// The breaker refused the call; the wrapped function did not run.

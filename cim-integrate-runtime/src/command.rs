@@ -336,6 +336,7 @@ impl<A> IntoCommandResult<A> for CommandResult<A> {
 
 /// Why sending a command did not produce an acknowledgement.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum CommandError {
     /// No service handles the command (no responder on its subject).
     #[error("no handler for `{subject}`: no running service serves this command")]
@@ -731,6 +732,7 @@ pub trait CommandHandlerSet: Send + Sync + 'static {
 
 /// Why a command service could not start.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CommandServiceError {
     /// Two handlers in one service handle the same command.
     #[error(

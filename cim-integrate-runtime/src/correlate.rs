@@ -139,6 +139,7 @@ impl fmt::Debug for Correlator {
 
 /// Why a correlator could not be opened.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CorrelatorError {
     /// No rule was given.
     #[error("correlator `{0}` has no rule; call `.rule(...)`")]
@@ -303,7 +304,7 @@ impl Correlator {
                 on_timeout: on_timeout.clone(),
             })
         }));
-        let machine = Machine::open(&transport, self.name, handlers, expire, self.options).await?;
+        let machine = Machine::open(&transport, "correlator", self.name, handlers, expire, self.options).await?;
         Ok(CorrelatorRunner { machine })
     }
 }

@@ -62,6 +62,7 @@ pub struct ReceivedFrom {
 
 /// Why a received message cannot become an envelope.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum EnvelopeError {
     /// The subject is not valid under this crate's rules (e.g. a foreign publisher used `é`).
     #[error("received subject `{subject}` is not valid here: {error}")]

@@ -48,6 +48,7 @@ pub(crate) fn identity_index(name: &str) -> Option<usize> {
 
 /// Why a header name or value was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum HeaderError {
     /// Names are non-empty printable ASCII without `:` or whitespace.
     #[error("invalid header name `{0}`: use printable ASCII without `:` or spaces")]

@@ -34,6 +34,7 @@ pub mod process;
 pub mod saga;
 pub mod schema;
 pub mod service;
+pub mod settings;
 pub mod subject;
 pub mod timestamp;
 pub mod topology;
@@ -52,6 +53,7 @@ pub mod testing;
 pub use envelope::Envelope;
 pub use headers::Headers;
 pub use id::{CausationId, CorrelationId, Identity, MessageId};
+pub use settings::SettingsError;
 pub use subject::{Subject, SubjectPattern};
 pub use timestamp::Timestamp;
 

@@ -44,6 +44,7 @@ use crate::id::{CorrelationId, Identity, MessageId, derived_uuid};
 use crate::outbox::{self, Queued};
 use crate::pipeline::Outcome;
 use crate::pipeline::step::Observer;
+use crate::settings::SettingsError;
 use crate::subject::{Subject, SubjectPattern};
 use crate::timestamp::Timestamp;
 use crate::transport::{KeyValue, KvError, KvSpec, OutboundMessage, Transport, check_key};
@@ -514,6 +515,7 @@ impl<S: ProcessState> Default for Record<S> {
 
 /// Why a process step failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ProcessError {
     /// The key-value store failed.
     #[error(transparent)]
@@ -562,20 +564,15 @@ pub enum ProcessError {
         reason: String,
     },
     /// A [`ProcessOptions`] value the runner cannot work with (reported when it opens).
-    #[error("process `{process}`: {reason}")]
-    Settings {
-        /// The process.
-        process: String,
-        /// Which setting, and what to set instead.
-        reason: String,
-    },
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
 }
 
 impl From<ProcessError> for HandlerError {
     fn from(e: ProcessError) -> Self {
         match e {
             ProcessError::Handler(h) => h,
-            ProcessError::Corrupt { .. } | ProcessError::Settings { .. } => HandlerError::permanent(e),
+            ProcessError::Corrupt { .. } | ProcessError::Settings(_) => HandlerError::permanent(e),
             other => HandlerError::transient(other),
         }
     }
@@ -1134,18 +1131,17 @@ impl<T: Transport, S> fmt::Debug for Machine<T, S> {
 }
 
 impl<T: Transport, S: ProcessState + Send + Sync + 'static> Machine<T, S> {
-    /// Opens the buckets of `name` on `transport`.
+    /// Opens the buckets of `name` on `transport`; `kind` names what it runs in a refused
+    /// setting's message (`process`, `aggregation`, `correlator`).
     pub(crate) async fn open(
         transport: &T,
+        kind: &str,
         name: &'static str,
         handlers: Vec<ProcessHandler<S>>,
         on_deadline: OnDeadline<S>,
         options: ProcessOptions,
     ) -> Result<Self, ProcessError> {
-        options.check().map_err(|reason| ProcessError::Settings {
-            process: name.to_owned(),
-            reason,
-        })?;
+        options.check(&format!("{kind} `{name}`"))?;
         let engine = Engine::open(transport, name, &options).await?;
         Ok(Self {
             name,
@@ -1300,18 +1296,25 @@ impl ProcessOptions {
     /// `timer_interval` (the scanner would list the deadline index back to back, one listing
     /// after another on the server) or a zero `command_timeout` (every command would time out
     /// before its answer could come, and be sent again for ever).
-    fn check(&self) -> Result<(), String> {
+    fn check(&self, owner: &str) -> Result<(), SettingsError> {
+        let refuse = |setting, reason: String| Err(SettingsError::new(owner, setting, reason));
         if self.timer_interval.is_zero() {
-            return Err(format!(
-                "`timer_interval` is zero: the deadline scanner would list its index back to back; set it to how late a deadline may fire (default {:?})",
-                Self::default().timer_interval
-            ));
+            return refuse(
+                "timer_interval",
+                format!(
+                    "it is zero: the deadline scanner would list its index back to back; set it to how late a deadline may fire (default {:?})",
+                    Self::default().timer_interval
+                ),
+            );
         }
         if self.command_timeout.is_zero() {
-            return Err(format!(
-                "`command_timeout` is zero: every command would time out before its answer; set it to how long a command may take (default {:?})",
-                Self::default().command_timeout
-            ));
+            return refuse(
+                "command_timeout",
+                format!(
+                    "it is zero: every command would time out before its answer; set it to how long a command may take (default {:?})",
+                    Self::default().command_timeout
+                ),
+            );
         }
         Ok(())
     }
@@ -1357,7 +1360,7 @@ impl<T: Transport, P: ProcessManager> ProcessRunner<T, P> {
                 _state: PhantomData,
             })
         }));
-        let machine = Machine::open(&transport, P::NAME, P::handlers(), on_deadline, options).await?;
+        let machine = Machine::open(&transport, "process", P::NAME, P::handlers(), on_deadline, options).await?;
         Ok(Self {
             machine: Arc::new(machine),
         })

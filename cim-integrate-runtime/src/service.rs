@@ -64,6 +64,7 @@ use crate::pipeline::trace::Trace;
 use crate::pipeline::{Layer, Passthrough, Stack};
 use crate::process::{ProcessManager, ProcessRunner, TimerHandle};
 use crate::saga::{Saga, SagaRunner};
+use crate::settings::SettingsError;
 use crate::subject::{Subject, SubjectError, SubjectPattern};
 use crate::topology::{ParticipantKind, PublishLog, Topology};
 use crate::transport::{Consumer, ConsumerSpec, KvError, KvSpec, StreamSpec, Transport, TransportError};
@@ -138,6 +139,7 @@ pub const DEAD_LETTER_TOKEN: &str = "dlq";
 /// Its `Debug` shows the variant and the message (`DuplicateHandler: two handlers use ...`), so
 /// that `?` out of `main` prints the fix, not only the variant's fields.
 #[derive(thiserror::Error)]
+#[non_exhaustive]
 pub enum ServiceError {
     /// Two handlers would share one durable consumer.
     #[error("two handlers use the durable name `{0}`; give one of them another name or `durable = \"...\"`")]
@@ -179,13 +181,8 @@ pub enum ServiceError {
     Transport(#[from] TransportError),
     /// A setting that would defeat what it is for, e.g. de-duplication marks that expire before
     /// a handler's redeliveries come.
-    #[error("{setting}: {reason}")]
-    Settings {
-        /// The setting, as its builder method is named.
-        setting: &'static str,
-        /// What is wrong with it, and what to set instead.
-        reason: String,
-    },
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
     /// Opening the de-duplication bucket or the command result cache failed.
     #[error(transparent)]
     KeyValue(#[from] KvError),
@@ -201,7 +198,7 @@ impl std::fmt::Debug for ServiceError {
             Self::DuplicateCommandHandler { .. } => "DuplicateCommandHandler",
             Self::InvalidName { .. } => "InvalidName",
             Self::PatternWithoutDomain { .. } => "PatternWithoutDomain",
-            Self::Settings { .. } => "Settings",
+            Self::Settings(_) => "Settings",
             Self::Transport(_) => "Transport",
             Self::KeyValue(_) => "KeyValue",
             Self::Subject(_) => "Subject",
@@ -703,14 +700,16 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
             .map(|(set, reg)| (reg.options.ack_wait, set, &reg.name))
             .max_by_key(|(ack_wait, ..)| *ack_wait);
         match longest {
-            Some((ack_wait, set, name)) if self.dedup_ttl <= ack_wait => Err(ServiceError::Settings {
-                setting: "dedup_ttl",
-                reason: format!(
+            Some((ack_wait, set, name)) if self.dedup_ttl <= ack_wait => Err(SettingsError::new(
+                format!("service `{}`", self.name),
+                "dedup_ttl",
+                format!(
                     "marks kept {:?} would expire before the redeliveries of handler `{set}.{name}` (ack_wait {ack_wait:?}) come, and a message handled once could run again; keep marks well beyond the longest ack_wait (the default is {:?})",
                     self.dedup_ttl,
                     crate::dedup::DEFAULT_DEDUP_TTL
                 ),
-            }),
+            )
+            .into()),
             _ => Ok(()),
         }
     }

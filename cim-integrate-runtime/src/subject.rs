@@ -35,6 +35,7 @@ pub const MAX_SUBJECT_LEN: usize = 512;
 
 /// Why a subject, pattern or token is invalid. `at` is a byte offset into the input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SubjectError {
     /// The input is empty.
     #[error("subject is empty; expected tokens like `document.created`")]

@@ -39,6 +39,7 @@ pub struct TraceParent {
 
 /// Why a `traceparent` value was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum TraceParentError {
     /// Not `version-traceid-parentid-flags` with the lengths of version `00`.
     #[error("malformed traceparent: expected `00-<32 hex>-<16 hex>-<2 hex>`")]

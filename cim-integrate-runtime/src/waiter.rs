@@ -33,6 +33,7 @@ pub const DEFAULT_INACTIVE_THRESHOLD: Duration = Duration::from_secs(300);
 
 /// Why a wait ended without the event.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum WaitError {
     /// No matching event within the timeout.
     #[error("no matching `{event_type}` within {timeout:?}")]

@@ -1137,14 +1137,14 @@ pub async fn settings_that_would_spin_are_refused<T: Transport>(t: T) {
     use cim_integrate::process::ProcessError;
     for (setting, options) in [
         (
-            "`timer_interval` is zero",
+            "timer_interval",
             ProcessOptions {
                 timer_interval: Duration::ZERO,
                 ..process_options()
             },
         ),
         (
-            "`command_timeout` is zero",
+            "command_timeout",
             ProcessOptions {
                 command_timeout: Duration::ZERO,
                 ..process_options()
@@ -1152,17 +1152,21 @@ pub async fn settings_that_would_spin_are_refused<T: Transport>(t: T) {
         ),
     ] {
         match ProcessRunner::<_, Onboarding>::with_options(t.clone(), options).await {
-            Err(e @ ProcessError::Settings { .. }) => {
+            Err(ProcessError::Settings(e)) => {
                 let message = e.to_string();
-                assert!(message.contains(setting) && message.contains("default"), "{message}");
+                assert_eq!(e.setting(), setting, "{message}");
+                assert_eq!(e.owner(), "process `onboarding`", "{message}");
+                assert!(message.contains("is zero") && message.contains("default"), "{message}");
             }
             Err(e) => panic!("{setting}: {e}"),
             Ok(_) => panic!("{setting}: opened"),
         }
     }
     match review_correlator().timer_interval(Duration::ZERO).open(t.clone()).await {
-        Err(CorrelatorError::Process(e @ ProcessError::Settings { .. })) => {
-            assert!(e.to_string().contains("`timer_interval` is zero"), "{e}");
+        Err(CorrelatorError::Process(ProcessError::Settings(e))) => {
+            assert_eq!(e.setting(), "timer_interval", "{e}");
+            assert!(e.owner().starts_with("correlator `"), "{e}");
+            assert!(e.to_string().contains("it is zero"), "{e}");
         }
         Err(e) => panic!("correlator: {e}"),
         Ok(_) => panic!("correlator: opened"),

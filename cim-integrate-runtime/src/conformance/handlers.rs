@@ -681,13 +681,7 @@ pub async fn dedup_marks_shorter_than_ack_wait_are_refused<T: Transport>(t: T) {
     };
     let message = refused.to_string();
     assert!(
-        matches!(
-            refused,
-            service::ServiceError::Settings {
-                setting: "dedup_ttl",
-                ..
-            }
-        ),
+        matches!(&refused, service::ServiceError::Settings(s) if s.setting() == "dedup_ttl" && s.owner() == "service `ttl`"),
         "{refused:?}"
     );
     assert!(

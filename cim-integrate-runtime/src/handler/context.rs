@@ -17,6 +17,7 @@ use tracing::Instrument;
 
 /// Why a publish from a handler failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum PublishError {
     /// The event could not be encoded.
     #[error("cannot encode {event_type}: {reason}")]

@@ -27,6 +27,9 @@ use std::time::Duration;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// How a handler failed, which decides what happens to the message.
+///
+/// Exhaustive on purpose: retry or never is the whole contract between a handler and the
+/// pipeline, so a `match` on it needs no wildcard arm.
 #[derive(Debug, thiserror::Error)]
 pub enum HandlerError {
     /// Worth retrying (a timeout, an unavailable dependency): the message is redelivered after

@@ -37,6 +37,7 @@ pub const ENV_PREFIX: &str = "CIM_PREFIX";
 
 /// A failed operation.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum OpsError {
     /// NATS could not be reached or answered with an error; [`TransportError::is_transient`]
     /// says whether trying again later may help.

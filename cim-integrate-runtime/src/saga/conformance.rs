@@ -1520,10 +1520,11 @@ pub async fn zero_rescan_interval_is_refused<T: Transport>(t: T) {
         .build()
         .await
     {
-        Err(e @ super::SagaError::Settings(_)) => {
+        Err(super::SagaError::Settings(e)) => {
             let message = e.to_string();
+            assert_eq!(e.setting(), "rescan_interval", "{message}");
             assert!(
-                message.contains("`rescan_interval` is zero") && message.contains("`None`"),
+                e.owner().starts_with("saga `") && message.contains("is zero") && message.contains("`None`"),
                 "{message}"
             );
         }

@@ -87,6 +87,7 @@ use crate::handler::{Context, HandlerError, Registration};
 use crate::id::Identity;
 use crate::pipeline::Outcome;
 use crate::pipeline::step::Observer;
+use crate::settings::SettingsError;
 use crate::subject::{Subject, SubjectPattern};
 use crate::timestamp::Timestamp;
 use crate::transport::{KeyValue, KvError, KvSpec, StreamSpec, Transport, TransportError};
@@ -273,8 +274,8 @@ pub enum SagaError {
         status: SagaStatus,
     },
     /// A runner setting it cannot work with ([`SagaRunnerBuilder::build`] reports it).
-    #[error("invalid saga runner setting: {0}")]
-    Settings(String),
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
     /// The record could not be encoded.
     #[error("cannot encode saga `{id}`: {reason}")]
     Encode {
@@ -566,10 +567,14 @@ impl<S: Saga, T: Transport> SagaRunnerBuilder<S, T> {
         let steps = S::steps();
         check_definition::<S>(&steps)?;
         if self.rescan.is_some_and(|d| d.is_zero()) {
-            return Err(SagaError::Settings(format!(
-                "saga `{}`: `rescan_interval` is zero, which would list the active bucket back to back; give how long a dead runner's saga may wait (default {DEFAULT_RESCAN_INTERVAL:?}), or `None` for no rescans",
-                S::NAME
-            )));
+            return Err(SettingsError::new(
+                format!("saga `{}`", S::NAME),
+                "rescan_interval",
+                format!(
+                    "it is zero, which would list the active bucket back to back; give how long a dead runner's saga may wait (default {DEFAULT_RESCAN_INTERVAL:?}), or `None` for no rescans"
+                ),
+            )
+            .into());
         }
         let bucket = self.bucket.unwrap_or_else(|| format!("cim_saga_{}", S::NAME));
         let t = &self.transport;

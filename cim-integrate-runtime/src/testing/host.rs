@@ -81,6 +81,7 @@ const SAGA_EVENTS_STREAM: &str = "SAGA_EVENTS";
 
 /// Why the test host could not do what the test asked (not an assertion: those panic).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TestHostError {
     /// The service did not start.
     #[error("the host did not start: {0}")]

@@ -115,6 +115,7 @@ pub struct KvEntry {
 
 /// What went wrong in a key-value operation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum KvError {
     /// The key is not valid.
     #[error("invalid key `{0}`: keys are `[-/_=.A-Za-z0-9]+`, not starting or ending with `.`")]

@@ -75,6 +75,7 @@ pub(crate) fn check_durations<'a>(
 
 /// What went wrong in a transport operation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum TransportError {
     /// No stream captures the subject (JetStream: "no responders").
     #[error("no stream captures subject `{subject}`; call ensure_stream for its domain first")]
@@ -159,7 +160,8 @@ pub enum TransportError {
     },
 }
 
-/// The class of a [`TransportError`]: what a caller should do about it.
+/// The class of a [`TransportError`]: what a caller should do about it. Exhaustive on purpose:
+/// what a new error needs beyond these classes goes to [`Other`](Self::Other).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
     /// Infrastructure trouble (timeout, lost connection, no leader, no responders, a stream not

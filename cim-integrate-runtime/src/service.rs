@@ -75,7 +75,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 pub mod status;
-pub use status::{DEFAULT_STATUS_INTERVAL, HOSTS_BUCKET, HostHandler, HostStatus};
+pub use status::{DEFAULT_STATUS_INTERVAL, HOSTS_BUCKET, HostHandler, HostStatus, MAX_STATUS_INTERVAL};
 
 pub use crate::pipeline::record::HandlerStats;
 
@@ -234,6 +234,11 @@ struct CommandSettings {
 enum Background {
     Timers(TimerHandle),
     Task(tokio::task::JoinHandle<()>),
+    /// The host status heartbeat: told to stop, it deletes its document before it ends.
+    Heartbeat {
+        task: tokio::task::JoinHandle<()>,
+        stop: tokio::sync::oneshot::Sender<()>,
+    },
 }
 
 type Starter = Box<dyn FnOnce() -> Background + Send>;
@@ -373,11 +378,16 @@ impl<T: Transport, L> ServiceBuilder<T, L> {
 
     /// How often the service writes its [host status](status) (handlers' counters, breaker
     /// states, topology) to the bucket [`HOSTS_BUCKET`] for operators' tools; default
-    /// `Some(`[`DEFAULT_STATUS_INTERVAL`]`)`, `None` writes nothing (and so does a zero
-    /// interval, taken as `None`). One put per interval; a failing put never affects message
-    /// handling.
+    /// `Some(`[`DEFAULT_STATUS_INTERVAL`]`)`, `None` writes nothing. One put per interval; a
+    /// failing put never affects message handling. [`shutdown`](Service::shutdown) deletes the
+    /// document, so that a host stopped cleanly is not listed as live.
+    ///
+    /// Between zero and [`MAX_STATUS_INTERVAL`] (15 s): [`start`](Self::start) refuses zero,
+    /// which would write back to back, and a longer one, with which a document (kept
+    /// [`HOSTS_MAX_AGE`](status::HOSTS_MAX_AGE) after its last put) would vanish after one missed
+    /// put while its host runs ([`ServiceError::Settings`]).
     pub fn status_interval(mut self, interval: Option<Duration>) -> Self {
-        self.status_interval = interval.filter(|i| !i.is_zero());
+        self.status_interval = interval;
         self
     }
 
@@ -619,6 +629,7 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
         }
         let plans = self.plan_events()?;
         self.check_dedup_ttl()?;
+        self.check_status_interval()?;
         self.check_commands()?;
         let provisioner = crate::transport::Provisioner::new(self.transport.clone());
         // Every domain the host says it publishes events into has its stream before anything
@@ -653,9 +664,11 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
         if let Some(every) = self.status_interval {
             let source = status::Source::of(&self.name, &host.handlers, &topology, &parts.log);
             let transport = self.transport.clone();
-            background.push(Background::Task(tokio::spawn(status::heartbeat(
-                transport, source, every,
-            ))));
+            let (stop, stopped) = tokio::sync::oneshot::channel();
+            background.push(Background::Heartbeat {
+                task: tokio::spawn(status::heartbeat(transport, source, every, stopped)),
+                stop,
+            });
         }
         Ok(Service {
             name: self.name,
@@ -710,6 +723,24 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
                 ),
             )
             .into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Refuses a zero status interval (puts back to back) and one longer than
+    /// [`MAX_STATUS_INTERVAL`] (a running host's document gone after one missed put).
+    fn check_status_interval(&self) -> Result<(), ServiceError> {
+        let refuse = |reason: String| {
+            Err(SettingsError::new(format!("service `{}`", self.name), "status_interval", reason).into())
+        };
+        match self.status_interval {
+            Some(every) if every.is_zero() => refuse(format!(
+                "it is zero, which would write the host status back to back; give a period (default {DEFAULT_STATUS_INTERVAL:?}), or `None` to write none"
+            )),
+            Some(every) if every > MAX_STATUS_INTERVAL => refuse(format!(
+                "{every:?} is longer than {MAX_STATUS_INTERVAL:?}: a host's document is kept {:?} after its last put, so one missed put would make this host look gone while it runs; give at most {MAX_STATUS_INTERVAL:?} (default {DEFAULT_STATUS_INTERVAL:?})",
+                status::HOSTS_MAX_AGE
+            )),
             _ => Ok(()),
         }
     }
@@ -1250,6 +1281,7 @@ impl Service {
     /// was published, waiting for that at most `grace` (at least 2 s).
     pub async fn shutdown(mut self, grace: Duration) {
         let mut aborted = Vec::new();
+        let mut farewell = None;
         for b in self.background.drain(..) {
             match b {
                 Background::Timers(t) => t.stop(),
@@ -1257,7 +1289,22 @@ impl Service {
                     t.abort();
                     aborted.push(t);
                 }
+                Background::Heartbeat { task, stop } => {
+                    let _ = stop.send(());
+                    farewell = Some(task);
+                }
             }
+        }
+        // The heartbeat deletes its document (after a put in flight), bounded like the flush
+        // below: a server gone must not hold the caller.
+        if let Some(mut task) = farewell
+            && tokio::time::timeout(grace.max(FLUSH_AT_SHUTDOWN), &mut task)
+                .await
+                .is_err()
+        {
+            tracing::warn!(service = %self.name, "deleting the host status timed out; it expires by itself");
+            task.abort();
+            aborted.push(task);
         }
         // An abort lands at the task's next await: wait for it, so that nothing in the background
         // (a status write, a resume) still runs once shutdown has returned.

@@ -348,6 +348,9 @@ async fn handlers_lag_hosts_and_topology_show_a_running_service() {
     let subs = topo.declared["subscriptions"].as_array().expect("subscriptions");
     assert!(subs.iter().any(|s| s["pattern"] == "document.created"), "{subs:?}");
     service.shutdown(Duration::from_secs(1)).await;
+    // Shut down, the host is no longer listed (not for the bucket's max age, 30 s).
+    assert_eq!(ops.hosts().await.expect("hosts"), []);
+    assert_eq!(ops.topology().await.expect("topology").hosts, Vec::<String>::new());
 }
 
 /// The runner's rescan (what a hosting service calls every interval) takes over a saga only once
@@ -379,51 +382,4 @@ async fn rescan_takes_over_only_sagas_whose_lease_ran_out() {
     assert_eq!(late.completed, ["o-4"]);
     let again = rescuer.rescan().await.expect("rescan");
     assert!(again.completed.is_empty(), "{again:?}");
-}
-
-/// A service on the in-memory transport writes its status document every interval and stops
-/// at shutdown.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn memory_host_writes_its_status_until_shutdown() {
-    use cim_integrate_runtime::service::{HOSTS_BUCKET, HostStatus, status::HOSTS_MAX_AGE};
-    use cim_integrate_runtime::transport::memory::MemoryTransport;
-    use cim_integrate_runtime::transport::{KeyValue, KvSpec};
-    let t = MemoryTransport::new();
-    let pattern = SubjectPattern::new("document.created").expect("pattern");
-    let ok = Registration::new("indexer", pattern, "Numbered", numbered, |_ctx, _n: u32| async {
-        Ok(())
-    });
-    let service = Service::builder(t.clone(), "search")
-        .status_interval(Some(Duration::from_millis(50)))
-        .handler("search", ok)
-        .start()
-        .await
-        .expect("start");
-    let kv = t
-        .key_value(&KvSpec::new(HOSTS_BUCKET).max_age(HOSTS_MAX_AGE))
-        .await
-        .expect("bucket");
-    let doc = eventually("a status document", || async {
-        let keys = kv.keys().await.expect("keys");
-        let key = keys.first()?;
-        let entry = kv.get(key).await.expect("get")?;
-        Some((
-            key.clone(),
-            serde_json::from_slice::<HostStatus>(&entry.value).expect("status"),
-        ))
-    })
-    .await;
-    assert!(doc.0.starts_with("search."), "{}", doc.0);
-    assert_eq!(
-        doc.1
-            .handlers
-            .iter()
-            .map(|h| h.stats.handler.as_str())
-            .collect::<Vec<_>>(),
-        ["search-indexer"]
-    );
-    service.shutdown(Duration::from_secs(1)).await;
-    let last = kv.get(&doc.0).await.expect("get").expect("entry").revision;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(kv.get(&doc.0).await.expect("get").expect("entry").revision, last);
 }

@@ -87,6 +87,18 @@ async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Asks `probe` every 20 ms until it answers, at most [`SOON`].
+async fn wait_for<R, F: Future<Output = Option<R>>>(what: &str, mut probe: impl FnMut() -> F) -> R {
+    let deadline = tokio::time::Instant::now() + SOON;
+    loop {
+        if let Some(r) = probe().await {
+            return r;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn publish<T: Transport>(t: &T, env: &Envelope) {
     t.ensure_stream(&crate::transport::StreamSpec::for_domain(env.subject().first_token(), None).expect("spec"))
         .await
@@ -693,6 +705,83 @@ pub async fn dedup_marks_shorter_than_ack_wait_are_refused<T: Transport>(t: T) {
         .await
         .expect("a TTL past every ack_wait");
     svc.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A host's status document is there while it runs and gone as soon as it shuts down (it
+/// stayed for the bucket's max age, 30 s, until the twenty-fifth session, so operators' tools
+/// listed a stopped host as live); a status interval of zero, or one that would let a running
+/// host's document expire between two puts, is refused at start.
+pub async fn host_status_lives_while_the_host_runs<T: Transport>(t: T) {
+    use crate::service::status::{HOSTS_MAX_AGE, HostStatus, MAX_STATUS_INTERVAL};
+    use crate::transport::KeyValue;
+    let seen = Seen::default();
+    let builder = |every: Option<Duration>| {
+        Service::builder(t.clone(), "status")
+            .status_interval(every)
+            .handler("workflow", recorder(&seen, "w", "document.created"))
+    };
+    for every in [Duration::ZERO, MAX_STATUS_INTERVAL + Duration::from_millis(1)] {
+        let Err(refused) = builder(Some(every)).start().await else {
+            panic!("status interval {every:?} must be refused");
+        };
+        assert!(
+            matches!(&refused, service::ServiceError::Settings(s) if s.setting() == "status_interval" && s.owner() == "service `status`"),
+            "{refused:?}"
+        );
+    }
+    builder(Some(MAX_STATUS_INTERVAL))
+        .start()
+        .await
+        .expect("the longest status interval")
+        .shutdown(Duration::from_secs(5))
+        .await;
+
+    let svc = builder(Some(Duration::from_millis(50))).start().await.expect("start");
+    let kv = t
+        .key_value(&KvSpec::new(service::HOSTS_BUCKET).max_age(HOSTS_MAX_AGE))
+        .await
+        .expect("the hosts bucket");
+    let key = wait_for("this host's status document", || async {
+        for key in kv.keys().await.ok()? {
+            let entry = kv.get(&key).await.ok()??;
+            let doc: HostStatus = serde_json::from_slice(&entry.value).expect("a status document");
+            let handlers: Vec<&str> = doc.handlers.iter().map(|h| h.stats.handler.as_str()).collect();
+            if doc.service == "status" && handlers == ["workflow-w"] {
+                return Some(key);
+            }
+        }
+        None
+    })
+    .await;
+    assert!(key.starts_with("status."), "{key}");
+    svc.shutdown(Duration::from_secs(5)).await;
+    assert!(
+        kv.get(&key).await.expect("get").is_none(),
+        "a host shut down is gone from the hosts bucket at once"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(kv.get(&key).await.expect("get").is_none(), "no put after shutdown");
+
+    // A service dropped without a shutdown stops its heartbeat too (it wrote for ever).
+    let dropped = builder(Some(Duration::from_millis(50))).start().await.expect("start");
+    let live = || async {
+        let mut live = Vec::new();
+        for key in kv.keys().await.expect("keys") {
+            if kv.get(&key).await.expect("get").is_some() {
+                live.push(key);
+            }
+        }
+        live
+    };
+    wait_for("the second host's document", || async {
+        (live().await.len() == 1).then_some(())
+    })
+    .await;
+    drop(dropped);
+    wait_for("the dropped host's document deleted", || async {
+        live().await.is_empty().then_some(())
+    })
+    .await;
 }
 
 /// A panicking handler is caught, counted, and retried; the consumer keeps running.

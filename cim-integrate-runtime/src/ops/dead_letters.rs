@@ -305,15 +305,20 @@ impl Ops {
             deliver_policy,
             ..Default::default()
         };
-        crate::transport::nats::scan(&stream, config, PAGE, "reading dead letters", |m, info| {
-            let letter = self.parse(info.stream_sequence, &m.subject, m.headers.as_ref(), m.payload.clone())?;
-            if filter.matches(&letter) {
-                letters.push(letter);
-            }
-            Ok::<_, OpsError>(())
-        })
-        .await?;
-        Ok(letters)
+        crate::transport::nats::scan(
+            &stream,
+            config,
+            PAGE,
+            "reading dead letters",
+            |letters: &mut Vec<_>, m, info| {
+                let letter = self.parse(info.stream_sequence, &m.subject, m.headers.as_ref(), m.payload.clone())?;
+                if filter.matches(&letter) {
+                    letters.push(letter);
+                }
+                Ok::<_, OpsError>(())
+            },
+        )
+        .await
     }
 
     /// The dead letter with sequence `sequence` in `DEAD_LETTERS`.

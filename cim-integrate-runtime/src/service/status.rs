@@ -6,9 +6,11 @@
 //! [`DEFAULT_STATUS_INTERVAL`]) the service puts one JSON [`HostStatus`] into the key-value
 //! bucket [`HOSTS_BUCKET`] (under the deployment prefix, like every bucket), key
 //! `{service}.{instance}` with a fresh instance id per start. The bucket's max age is
-//! [`HOSTS_MAX_AGE`]: the document of a host that stopped (or died) disappears by itself. One put
-//! per interval; a failing put changes nothing for message handling (logged, tried again at the
-//! next interval). The heartbeat stops with [`Service::shutdown`](super::Service::shutdown).
+//! [`HOSTS_MAX_AGE`]: the document of a host that died disappears by itself. One put per
+//! interval; a failing put changes nothing for message handling (logged, tried again at the next
+//! interval). [`Service::shutdown`](super::Service::shutdown) stops the heartbeat, which then
+//! deletes the document (after a put in flight), so that a host stopped cleanly is gone from
+//! [`Ops::hosts`](crate::ops::Ops::hosts) at once, not [`HOSTS_MAX_AGE`] later.
 
 use super::HandlerEntry;
 use crate::pipeline::record::HandlerStats;
@@ -27,6 +29,10 @@ pub const HOSTS_MAX_AGE: Duration = Duration::from_secs(30);
 
 /// How often a service writes its status by default: 5 s.
 pub const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The longest status interval a service accepts: half of [`HOSTS_MAX_AGE`], so that a running
+/// host's document outlives one missed put.
+pub const MAX_STATUS_INTERVAL: Duration = Duration::from_secs(HOSTS_MAX_AGE.as_secs() / 2);
 
 /// The status document of one running service instance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -114,8 +120,14 @@ impl Source {
     }
 }
 
-/// Writes the status every `interval` until aborted; never fails.
-pub(super) async fn heartbeat<T: Transport>(transport: T, source: Source, interval: Duration) {
+/// Writes the status every `interval` until `stop` (then deletes it) or until aborted; never
+/// fails.
+pub(super) async fn heartbeat<T: Transport>(
+    transport: T,
+    source: Source,
+    interval: Duration,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
     let instance = uuid::Uuid::now_v7().to_string();
     let key = format!("{}.{instance}", source.service);
     let started_at = Timestamp::now();
@@ -145,6 +157,15 @@ pub(super) async fn heartbeat<T: Transport>(transport: T, source: Source, interv
             }
             Err(e) => tracing::debug!(service = %source.service, error = %e, "cannot write the host status"),
         }
-        tokio::time::sleep(interval).await;
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            _ = &mut stop => break,
+        }
+    }
+    // Nothing to delete if the bucket was never opened (it is opened by the first put).
+    if let Some(kv) = bucket
+        && let Err(e) = kv.delete(&key, None).await
+    {
+        tracing::warn!(service = %source.service, error = %e, "cannot delete the host status; it expires by itself");
     }
 }

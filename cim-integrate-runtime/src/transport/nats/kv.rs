@@ -373,7 +373,6 @@ impl NatsKeyValue {
     /// The last operation of every key, from one scan of the bucket's stream (headers only,
     /// `transport::nats::scan`); `what` names the work in errors (`{what} bucket ..`).
     async fn last_operations(&self, what: &str) -> Result<std::collections::BTreeMap<String, LastOp>, KvError> {
-        let mut last = std::collections::BTreeMap::new();
         let config = async_nats::jetstream::consumer::pull::Config {
             filter_subject: format!("{}>", self.store.prefix),
             deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::All,
@@ -381,19 +380,24 @@ impl NatsKeyValue {
             ..Default::default()
         };
         let what = format!("{what} bucket `{}`", self.bucket);
-        super::scan(&self.store.stream, config, 1024, &what, |m, info| {
-            if let Some(key) = m.subject.as_str().strip_prefix(self.store.prefix.as_str()) {
-                let op = LastOp {
-                    put: m.headers.as_ref().is_none_or(is_put),
-                    sequence: info.stream_sequence,
-                    stored: info.published,
-                };
-                last.insert(key.to_owned(), op);
-            }
-            Ok::<_, KvError>(())
-        })
-        .await?;
-        Ok(last)
+        super::scan(
+            &self.store.stream,
+            config,
+            1024,
+            &what,
+            |last: &mut std::collections::BTreeMap<_, _>, m, info| {
+                if let Some(key) = m.subject.as_str().strip_prefix(self.store.prefix.as_str()) {
+                    let op = LastOp {
+                        put: m.headers.as_ref().is_none_or(is_put),
+                        sequence: info.stream_sequence,
+                        stored: info.published,
+                    };
+                    last.insert(key.to_owned(), op);
+                }
+                Ok::<_, KvError>(())
+            },
+        )
+        .await
     }
 
     fn transport(&self, what: &str, key: &str, e: &(dyn std::error::Error + 'static), timed_out: bool) -> KvError {

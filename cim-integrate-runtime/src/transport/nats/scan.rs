@@ -12,10 +12,16 @@ use std::time::Duration;
 const CATCH_UP: u32 = 3;
 /// Empty pages in a row, with messages still reported pending, before a scan gives up.
 const STALLS: u32 = 20;
+/// How long a page may keep a scan waiting for its next message (or its end) before the scan
+/// starts over. A page is asked without waiting (`no_wait`): the server answers at once.
+const PAGE_WAIT: Duration = Duration::from_secs(2);
+/// Scans started over after an unanswered page, before the scan gives up.
+const RESTARTS: u32 = 3;
 
 /// Reads the messages `config` selects (its filter, deliver policy and `headers_only`; the
 /// consumer is made ephemeral, unacknowledged, in memory, on one replica) in stream order, `page`
-/// at a time, and hands each to `each` with its metadata.
+/// at a time, and hands each to `each` with its metadata and what it gathered so far (`A`,
+/// fresh for every start of the scan), which it returns.
 ///
 /// The end: as many messages as were pending when the scan began (every message then stored is
 /// among them, unless it was removed before its delivery), then, at most three times, as many
@@ -23,15 +29,55 @@ const STALLS: u32 = 20;
 /// history of one, a rewrite removes the entry before it). So a scan ends under any write rate,
 /// and holds every message stored before it began and not removed while it ran.
 ///
+/// A page that leaves the scan waiting [`PAGE_WAIT`] for its next message or its end starts the
+/// scan over on a new consumer, with a new `A` (a message delivered late to the abandoned page
+/// would be lost to that consumer). nats-server 2.9.10 does leave pages unanswered: with a key
+/// deleted as a listing begins, it ends a page early with `408 Request Timeout` while reporting
+/// a message still pending, then never answers the next `no_wait` pull of that consumer
+/// (2.15 answers it; conformance case `kv_keys_while_entries_are_deleted`). Until the twenty-fifth session such a page held the scan, and the listing or rescan
+/// waiting on it, for good.
+///
 /// Infrastructure failures are classified as `what` ([`classify`]); a scan that gets nothing
-/// while the server keeps reporting messages pending is a [`TransportError::Timeout`].
-pub(crate) async fn scan<E: From<TransportError>>(
+/// while the server keeps reporting messages pending, or whose pages go unanswered
+/// [`RESTARTS`] times more, is a [`TransportError::Timeout`].
+pub(crate) async fn scan<A: Default, E: From<TransportError>>(
     stream: &Stream,
     config: pull::Config,
     page: usize,
     what: &str,
-    mut each: impl FnMut(&Message, &Info) -> Result<(), E>,
-) -> Result<(), E> {
+    mut each: impl FnMut(&mut A, &Message, &Info) -> Result<(), E>,
+) -> Result<A, E> {
+    for restart in 0..=RESTARTS {
+        let mut gathered = A::default();
+        match scan_once(stream, config.clone(), page, what, &mut gathered, &mut each).await? {
+            Scanned::Whole => return Ok(gathered),
+            Scanned::Unanswered => {
+                tracing::debug!(what, restart, "a page went unanswered; the scan starts over");
+            }
+        }
+    }
+    Err(E::from(TransportError::Timeout(format!(
+        "{what}: pages went unanswered for {PAGE_WAIT:?}, {} times",
+        RESTARTS + 1
+    ))))
+}
+
+/// How one start of a [`scan`] ended.
+enum Scanned {
+    /// Every message to the end was read.
+    Whole,
+    /// A page left the scan waiting [`PAGE_WAIT`]: start over.
+    Unanswered,
+}
+
+async fn scan_once<A, E: From<TransportError>>(
+    stream: &Stream,
+    config: pull::Config,
+    page: usize,
+    what: &str,
+    gathered: &mut A,
+    each: &mut impl FnMut(&mut A, &Message, &Info) -> Result<(), E>,
+) -> Result<Scanned, E> {
     let fail = |e: &(dyn std::error::Error + 'static)| E::from(classify(what, e));
     let mut consumer = stream
         .create_consumer(pull::Config {
@@ -56,7 +102,11 @@ pub(crate) async fn scan<E: From<TransportError>>(
             .await
             .map_err(|e| fail(&e))?;
         let mut got = false;
-        while let Some(m) = messages.next().await {
+        loop {
+            let Ok(next) = tokio::time::timeout(PAGE_WAIT, messages.next()).await else {
+                return Ok(Scanned::Unanswered);
+            };
+            let Some(m) = next else { break };
             let m = m.map_err(|e| fail(&*e))?;
             // The reply subject a server sets on every delivery; unreadable is not unavailability.
             let info = m
@@ -64,11 +114,11 @@ pub(crate) async fn scan<E: From<TransportError>>(
                 .map_err(|e| E::from(TransportError::Other(format!("{what}: delivery metadata: {e}"))))?;
             got = true;
             pending = info.pending;
-            each(&m, &info)?;
+            each(gathered, &m, &info)?;
             budget = budget.saturating_sub(1);
             if budget == 0 {
                 if pending == 0 || moved == CATCH_UP {
-                    return Ok(());
+                    return Ok(Scanned::Whole);
                 }
                 moved += 1;
                 budget = pending;
@@ -88,5 +138,5 @@ pub(crate) async fn scan<E: From<TransportError>>(
         tokio::time::sleep(Duration::from_millis(5)).await;
         pending = consumer.info().await.map_err(|e| fail(&e))?.num_pending;
     }
-    Ok(())
+    Ok(Scanned::Whole)
 }

@@ -1031,10 +1031,10 @@ pub async fn kv_keys_while_entries_are_rewritten<T: Transport>(t: T) {
 /// Key-value: a listing of keys ends while a key is deleted right as it begins (a host's
 /// status document deleted at its shutdown while an operator lists the hosts; a saga's active
 /// record deleted as it settles while a rescan lists the bucket), and holds the keys not touched.
-/// On nats-server 2.9.10 a page of such a listing went unanswered in a third to three quarters of
-/// the rounds (2.15 answers every one), and the listing waited without end until the twenty-fifth session;
-/// it now starts over after `PAGE_WAIT` (2 s). With that wait made 2,000 s, this case fails at
-/// its 20 s bound on 2.9.10.
+/// On nats-server 2.9.10 a page of such a listing went unanswered in a third to three quarters
+/// of the rounds (2.15 answers every one), and the listing waited without end until the
+/// twenty-fifth session; it now starts over after `PAGE_WAIT` (2 s). With that wait made
+/// 2,000 s, this case fails at its 20 s bound on 2.9.10.
 pub async fn kv_keys_while_entries_are_deleted<T: Transport>(t: T) {
     let kv = t
         .key_value(&KvSpec::new("leaving").max_age(Duration::from_secs(30)))

@@ -533,8 +533,8 @@ impl<T: Transport, L> ServiceBuilder<T, L> {
     }
 }
 
-/// The durable name of a handler.
-/// The least time a shutdown gives the final flush of published messages.
+/// The least time a shutdown gives the final flush of published messages, and the most it
+/// waits for the host status heartbeat to delete its document.
 const FLUSH_AT_SHUTDOWN: Duration = Duration::from_secs(2);
 
 /// How many redriven messages one handler holds at once.
@@ -597,6 +597,7 @@ fn first_subject<A: crate::transport::Acker>(d: crate::transport::Delivery<A>) -
     }
 }
 
+/// The durable name of a handler: `{set}-{name}`, or the one its options give.
 fn durable_of(set: &str, reg: &Registration) -> String {
     reg.options
         .durable
@@ -1278,7 +1279,9 @@ impl Service {
     /// Stops everything: background tasks (timers, resumes) first, then pulling; gives back what
     /// was pulled but not started; waits up to `grace` for in-flight handlers (their messages are
     /// settled as usual); abandons the rest unacknowledged (they are redelivered); flushes what
-    /// was published, waiting for that at most `grace` (at least 2 s).
+    /// was published, waiting for that at most `grace` (at least 2 s). The host status heartbeat
+    /// deletes its document meanwhile (waited for at most 2 s more once the handlers are done;
+    /// past that the document expires by itself).
     pub async fn shutdown(mut self, grace: Duration) {
         let mut aborted = Vec::new();
         let mut farewell = None;
@@ -1289,22 +1292,12 @@ impl Service {
                     t.abort();
                     aborted.push(t);
                 }
+                // Told to stop, it deletes its document while the handlers finish.
                 Background::Heartbeat { task, stop } => {
                     let _ = stop.send(());
                     farewell = Some(task);
                 }
             }
-        }
-        // The heartbeat deletes its document (after a put in flight), bounded like the flush
-        // below: a server gone must not hold the caller.
-        if let Some(mut task) = farewell
-            && tokio::time::timeout(grace.max(FLUSH_AT_SHUTDOWN), &mut task)
-                .await
-                .is_err()
-        {
-            tracing::warn!(service = %self.name, "deleting the host status timed out; it expires by itself");
-            task.abort();
-            aborted.push(task);
         }
         // An abort lands at the task's next await: wait for it, so that nothing in the background
         // (a status write, a resume) still runs once shutdown has returned.
@@ -1323,6 +1316,14 @@ impl Service {
                     break;
                 }
             }
+        }
+        // Bounded: a server gone must not hold the caller, nor the heartbeat run on after.
+        if let Some(mut task) = farewell
+            && tokio::time::timeout(FLUSH_AT_SHUTDOWN, &mut task).await.is_err()
+        {
+            tracing::warn!(service = %self.name, "deleting the host status timed out; it expires by itself");
+            task.abort();
+            let _ = task.await;
         }
         // Bounded too: a connection that cannot flush (a server gone) must not hold the caller.
         match tokio::time::timeout(grace.max(FLUSH_AT_SHUTDOWN), (self.flush)()).await {

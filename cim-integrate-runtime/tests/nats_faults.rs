@@ -361,3 +361,35 @@ async fn the_consumer_reports_when_delivery_counts_may_have_been_lost() {
     assert_eq!(later.resumed, Some(resumed), "no interruption since");
     assert!(later.published > resumed);
 }
+
+/// A service whose server is gone still shuts down within its bounds: the grace for in-flight
+/// handlers, at most 2 s more for the host status heartbeat's delete (which now runs at shutdown),
+/// and the flush's `grace` (at least 2 s); the heartbeat does not run on after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_with_the_server_gone_is_bounded() {
+    use cim_integrate_runtime::handler::Registration;
+    use cim_integrate_runtime::service::Service;
+    let (t, mut server) = setup().await;
+    let registration = Registration::new(
+        "idle",
+        SubjectPattern::new("document.created").expect("pattern"),
+        "DocumentCreated",
+        |b: &[u8]| Ok::<_, std::convert::Infallible>(b.to_vec()),
+        |_ctx, _: Vec<u8>| async { Ok(()) },
+    );
+    let svc = Service::builder(t.clone(), "gone")
+        .status_interval(Some(Duration::from_millis(100)))
+        .handler("search", registration)
+        .start()
+        .await
+        .expect("start");
+    // At least one status written, so that the heartbeat has a document to delete.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.stop().await.expect("stop");
+    let grace = Duration::from_secs(3);
+    let began = tokio::time::Instant::now();
+    svc.shutdown(grace).await;
+    let took = began.elapsed();
+    // grace + 2 s for the heartbeat + grace for the flush, and a second of slack.
+    assert!(took < grace * 2 + Duration::from_secs(3), "shutdown took {took:?}");
+}

@@ -382,9 +382,9 @@ impl<T: Transport, L> ServiceBuilder<T, L> {
     /// failing put never affects message handling. [`shutdown`](Service::shutdown) deletes the
     /// document, so that a host stopped cleanly is not listed as live.
     ///
-    /// Between zero and [`MAX_STATUS_INTERVAL`] (15 s): [`start`](Self::start) refuses zero,
-    /// which would write back to back, and a longer one, with which a document (kept
-    /// [`HOSTS_MAX_AGE`](status::HOSTS_MAX_AGE) after its last put) would vanish after one missed
+    /// More than zero and at most [`MAX_STATUS_INTERVAL`] (10 s): [`start`](Self::start) refuses
+    /// zero, which would write back to back, and a longer one, with which a document (kept
+    /// [`HOSTS_MAX_AGE`](status::HOSTS_MAX_AGE) after its last put) could vanish after one missed
     /// put while its host runs ([`ServiceError::Settings`]).
     pub fn status_interval(mut self, interval: Option<Duration>) -> Self {
         self.status_interval = interval;

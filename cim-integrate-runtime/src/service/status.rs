@@ -30,9 +30,9 @@ pub const HOSTS_MAX_AGE: Duration = Duration::from_secs(30);
 /// How often a service writes its status by default: 5 s.
 pub const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(5);
 
-/// The longest status interval a service accepts: half of [`HOSTS_MAX_AGE`], so that a running
-/// host's document outlives one missed put.
-pub const MAX_STATUS_INTERVAL: Duration = Duration::from_secs(HOSTS_MAX_AGE.as_secs() / 2);
+/// The longest status interval a service accepts: a third of [`HOSTS_MAX_AGE`], so that a
+/// running host's document outlives one missed put, with an interval to spare for the next.
+pub const MAX_STATUS_INTERVAL: Duration = Duration::from_secs(HOSTS_MAX_AGE.as_secs() / 3);
 
 /// The status document of one running service instance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -699,3 +699,73 @@ async fn kv_reads_follow_a_bucket_scaled_to_three_replicas() {
     );
     assert!(leader_gets.load(Ordering::SeqCst) >= leader_before + 20);
 }
+
+/// Listings of a replicated bucket's keys (what a saga rescan, a process manager's timer sweep
+/// and an operator's `hosts` make) go on while the bucket's leader is killed: each one lists
+/// every key or fails as transient, none waits without end, and they list every key again once
+/// a new leader is elected. (A killed leader's pages fail rather than go unanswered: this case
+/// passes with the scan's page wait made 2,000 s too; `kv_keys_while_entries_are_deleted` is the
+/// one a page left unanswered fails.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_listings_end_while_the_buckets_leader_is_killed() {
+    use cim_integrate::transport::{KeyValue, KvSpec};
+    use std::sync::atomic::AtomicBool;
+    const KEYS: usize = 50;
+    let _one = ONE_CLUSTER.lock().await;
+    let mut cluster = NatsCluster::start().await.expect("cluster");
+    let t = transport(&cluster).await;
+    let kv = t.key_value(&KvSpec::new("listed")).await.expect("bucket");
+    for n in 0..KEYS {
+        kv.put(&format!("k{n}"), bytes::Bytes::from_static(b"v"))
+            .await
+            .expect("put");
+    }
+    let (listed, failed, stop) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let lister = tokio::spawn({
+        let (kv, listed, failed, stop) = (kv.clone(), listed.clone(), failed.clone(), stop.clone());
+        async move {
+            while !stop.load(Ordering::SeqCst) {
+                match tokio::time::timeout(Duration::from_secs(30), kv.keys()).await {
+                    Err(_) => panic!("a listing waited 30 s"),
+                    Ok(Ok(keys)) => {
+                        assert_eq!(keys.len(), KEYS, "{keys:?}");
+                        listed.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Ok(Err(e)) => {
+                        assert!(e.is_transient(), "{e:?}");
+                        failed.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        }
+    });
+    until("listings before the kill", &listed, 3, Duration::from_secs(30)).await;
+    let leader = cluster.bucket_leader("listed").await.expect("bucket leader");
+    cluster.kill(leader).expect("kill");
+    let at_kill = listed.load(Ordering::SeqCst);
+    cluster
+        .wait_for_stream_leader("KV_listed", Duration::from_secs(60))
+        .await
+        .expect("a new leader");
+    until(
+        "listings after the election",
+        &listed,
+        at_kill + 3,
+        Duration::from_secs(60),
+    )
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    lister
+        .await
+        .expect("no listing waited without end, and each listed every key");
+    eprintln!(
+        "listings: {} whole, {} failed as transient",
+        listed.load(Ordering::SeqCst),
+        failed.load(Ordering::SeqCst)
+    );
+}

@@ -1186,7 +1186,9 @@ pub fn dead_letter_pattern() -> Result<SubjectPattern, SubjectError> {
 }
 
 /// A running service. Dropping it without [`shutdown`](Self::shutdown) aborts its handlers
-/// (unacknowledged messages are redelivered).
+/// (unacknowledged messages are redelivered) and everything it runs in the background (saga
+/// resumes and rescans, process timers, `spawn_on_start` tasks), and its host status heartbeat
+/// deletes its document.
 pub struct Service {
     name: String,
     stop: watch::Sender<bool>,
@@ -1197,6 +1199,20 @@ pub struct Service {
     flush: Flush,
     topology: Topology,
     log: Arc<PublishLog>,
+}
+
+/// Stops what [`shutdown`](Service::shutdown) did not: a dropped service's background tasks
+/// (a saga rescan loop, a `spawn_on_start` task) kept running for good, driving sagas for a host
+/// that was gone, until the twenty-fifth session. Timers abort on their own drop; the heartbeat,
+/// its stop sender dropped, deletes its document and ends.
+impl Drop for Service {
+    fn drop(&mut self) {
+        for b in &self.background {
+            if let Background::Task(t) = b {
+                t.abort();
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Service {

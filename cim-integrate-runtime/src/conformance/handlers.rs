@@ -784,6 +784,40 @@ pub async fn host_status_lives_while_the_host_runs<T: Transport>(t: T) {
     .await;
 }
 
+/// A service dropped without a shutdown stops what it ran in the background (a saga rescan loop,
+/// a `spawn_on_start` task), as it stops its handlers: until the twenty-fifth session such tasks
+/// ran on for good, driving sagas for a host that was gone.
+pub async fn a_dropped_service_stops_its_background_work<T: Transport>(t: T) {
+    let seen = Seen::default();
+    let ticks = Arc::new(AtomicU32::new(0));
+    let svc = Service::builder(t.clone(), "dropped")
+        .status_interval(None)
+        .handler("workflow", recorder(&seen, "w", "document.created"))
+        .spawn_on_start({
+            let ticks = ticks.clone();
+            move || async move {
+                loop {
+                    ticks.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        })
+        .start()
+        .await
+        .expect("start");
+    wait_until("the background task running", || ticks.load(Ordering::SeqCst) >= 3).await;
+    drop(svc);
+    // An abort lands at the task's next await.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let at_drop = ticks.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        ticks.load(Ordering::SeqCst),
+        at_drop,
+        "the task ran on after its service was dropped"
+    );
+}
+
 /// A panicking handler is caught, counted, and retried; the consumer keeps running.
 pub async fn panic_is_retried<T: Transport>(t: T) {
     let runs = Arc::new(AtomicU32::new(0));

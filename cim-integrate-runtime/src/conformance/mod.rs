@@ -83,6 +83,7 @@ macro_rules! conformance_tests {
                 a_message_that_always_panics_outside_the_handler_is_dead_lettered,
                 dedup_marks_shorter_than_ack_wait_are_refused,
                 host_status_lives_while_the_host_runs,
+                a_dropped_service_stops_its_background_work,
                 panic_is_retried,
                 correlation_chain_across_three_hops,
                 shutdown_finishes_in_flight_work,

@@ -34,8 +34,9 @@ const RESTARTS: u32 = 3;
 /// would be lost to that consumer). nats-server 2.9.10 does leave pages unanswered: with a key
 /// deleted as a listing begins, it ends a page early with `408 Request Timeout` while reporting
 /// a message still pending, then never answers the next `no_wait` pull of that consumer
-/// (2.15 answers it; conformance case `kv_keys_while_entries_are_deleted`). Until the twenty-fifth session such a page held the scan, and the listing or rescan
-/// waiting on it, for good.
+/// (2.15 answers it; conformance case `kv_keys_while_entries_are_deleted`). Until the
+/// twenty-fifth session such a page held the scan, and the listing or rescan waiting on it, for
+/// good.
 ///
 /// Infrastructure failures are classified as `what` ([`classify`]); a scan that gets nothing
 /// while the server keeps reporting messages pending, or whose pages go unanswered

@@ -1141,7 +1141,7 @@ impl<T: Transport, S: ProcessState + Send + Sync + 'static> Machine<T, S> {
         on_deadline: OnDeadline<S>,
         options: ProcessOptions,
     ) -> Result<Self, ProcessError> {
-        options.check(&format!("{kind} `{name}`"))?;
+        options.check(kind, name)?;
         let engine = Engine::open(transport, name, &options).await?;
         Ok(Self {
             name,
@@ -1295,9 +1295,10 @@ impl ProcessOptions {
     /// The settings that would make the runner spin or fail every command: a zero
     /// `timer_interval` (the scanner would list the deadline index back to back, one listing
     /// after another on the server) or a zero `command_timeout` (every command would time out
-    /// before its answer could come, and be sent again for ever).
-    fn check(&self, owner: &str) -> Result<(), SettingsError> {
-        let refuse = |setting, reason: String| Err(SettingsError::new(owner, setting, reason));
+    /// before its answer could come, and be sent again for ever), refused as settings of the
+    /// `kind` (`process`, `aggregation`, `correlator`) `name`.
+    fn check(&self, kind: &str, name: &str) -> Result<(), SettingsError> {
+        let refuse = |setting, reason: String| Err(SettingsError::new(format!("{kind} `{name}`"), setting, reason));
         if self.timer_interval.is_zero() {
             return refuse(
                 "timer_interval",

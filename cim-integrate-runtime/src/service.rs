@@ -714,26 +714,27 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
             .map(|(set, reg)| (reg.options.ack_wait, set, &reg.name))
             .max_by_key(|(ack_wait, ..)| *ack_wait);
         match longest {
-            Some((ack_wait, set, name)) if self.dedup_ttl <= ack_wait => Err(SettingsError::new(
-                format!("service `{}`", self.name),
+            Some((ack_wait, set, name)) if self.dedup_ttl <= ack_wait => Err(self.refused(
                 "dedup_ttl",
                 format!(
                     "marks kept {:?} would expire before the redeliveries of handler `{set}.{name}` (ack_wait {ack_wait:?}) come, and a message handled once could run again; keep marks well beyond the longest ack_wait (the default is {:?})",
                     self.dedup_ttl,
                     crate::dedup::DEFAULT_DEDUP_TTL
                 ),
-            )
-            .into()),
+            )),
             _ => Ok(()),
         }
+    }
+
+    /// `setting` of this service refused for `reason`.
+    fn refused(&self, setting: &'static str, reason: String) -> ServiceError {
+        SettingsError::new(format!("service `{}`", self.name), setting, reason).into()
     }
 
     /// Refuses a zero status interval (puts back to back) and one longer than
     /// [`MAX_STATUS_INTERVAL`] (a running host's document gone after one missed put).
     fn check_status_interval(&self) -> Result<(), ServiceError> {
-        let refuse = |reason: String| {
-            Err(SettingsError::new(format!("service `{}`", self.name), "status_interval", reason).into())
-        };
+        let refuse = |reason: String| Err(self.refused("status_interval", reason));
         match self.status_interval {
             Some(every) if every.is_zero() => refuse(format!(
                 "it is zero, which would write the host status back to back; give a period (default {DEFAULT_STATUS_INTERVAL:?}), or `None` to write none"

@@ -79,12 +79,9 @@ fn fast_retry(attempts: u32) -> HandlerOptions {
     }
 }
 
+/// Checks `cond` every 20 ms until it holds, at most [`SOON`].
 async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + SOON;
-    while !cond() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for(what, || std::future::ready(cond().then_some(()))).await;
 }
 
 /// Asks `probe` every 20 ms until it answers, at most [`SOON`].
@@ -741,16 +738,22 @@ pub async fn host_status_lives_while_the_host_runs<T: Transport>(t: T) {
         .key_value(&KvSpec::new(service::HOSTS_BUCKET).max_age(HOSTS_MAX_AGE))
         .await
         .expect("the hosts bucket");
-    let key = wait_for("this host's status document", || async {
+    // The documents in the bucket, by key; `None` while it cannot be read.
+    let documents = || async {
+        let mut docs = Vec::new();
         for key in kv.keys().await.ok()? {
-            let entry = kv.get(&key).await.ok()??;
-            let doc: HostStatus = serde_json::from_slice(&entry.value).expect("a status document");
-            let handlers: Vec<&str> = doc.handlers.iter().map(|h| h.stats.handler.as_str()).collect();
-            if doc.service == "status" && handlers == ["workflow-w"] {
-                return Some(key);
+            if let Some(entry) = kv.get(&key).await.ok()? {
+                let doc: HostStatus = serde_json::from_slice(&entry.value).expect("a status document");
+                docs.push((key, doc));
             }
         }
-        None
+        Some(docs)
+    };
+    let key = wait_for("this host's status document", || async {
+        documents().await?.into_iter().find_map(|(key, doc)| {
+            let handlers: Vec<&str> = doc.handlers.iter().map(|h| h.stats.handler.as_str()).collect();
+            (doc.service == "status" && handlers == ["workflow-w"]).then_some(key)
+        })
     })
     .await;
     assert!(key.starts_with("status."), "{key}");
@@ -764,22 +767,13 @@ pub async fn host_status_lives_while_the_host_runs<T: Transport>(t: T) {
 
     // A service dropped without a shutdown stops its heartbeat too (it wrote for ever).
     let dropped = builder(Some(Duration::from_millis(50))).start().await.expect("start");
-    let live = || async {
-        let mut live = Vec::new();
-        for key in kv.keys().await.expect("keys") {
-            if kv.get(&key).await.expect("get").is_some() {
-                live.push(key);
-            }
-        }
-        live
-    };
     wait_for("the second host's document", || async {
-        (live().await.len() == 1).then_some(())
+        (documents().await?.len() == 1).then_some(())
     })
     .await;
     drop(dropped);
     wait_for("the dropped host's document deleted", || async {
-        live().await.is_empty().then_some(())
+        documents().await?.is_empty().then_some(())
     })
     .await;
 }

@@ -1,6 +1,6 @@
 //! The commands and what they print.
 
-use crate::table::{Table, cut};
+use crate::table::{Table, cut, visible, visible_bytes, visible_json};
 use cim_integrate_runtime::Timestamp;
 use cim_integrate_runtime::monitor::DeadLetterReason;
 use cim_integrate_runtime::ops::{DeadLetter, DeadLetterFilter, Ops, OpsError, SagaFilter, SagaState};
@@ -283,9 +283,9 @@ pub(crate) async fn run(args: Args) -> u8 {
         Err(f) => {
             if args.json {
                 let doc = serde_json::json!({ "error": f.message, "exit_code": f.code });
-                println!("{doc}");
+                println!("{}", visible_json(&doc.to_string()));
             } else {
-                eprintln!("error: {}", f.message);
+                eprintln!("error: {}", visible(&f.message, false));
             }
             f.code
         }
@@ -331,7 +331,7 @@ fn output(args: &Args, value: &impl serde::Serialize, table: impl FnOnce() -> St
     if args.json {
         print_json(value)?;
     } else {
-        print!("{}", table());
+        say(&table());
     }
     Ok(EXIT_OK)
 }
@@ -503,8 +503,14 @@ fn print_json(value: &impl serde::Serialize) -> Result<(), Failure> {
         code: EXIT_FAILED,
         message: format!("cannot write JSON: {e}"),
     })?;
-    println!("{text}");
+    println!("{}", visible_json(&text));
     Ok(())
+}
+
+/// Prints text for people, with what a terminal would act on shown escaped (see
+/// [`visible`]): a safety net under the tables and fields, which escape their cells themselves.
+fn say(text: &str) {
+    print!("{}", visible(text, true));
 }
 
 fn time(t: Option<Timestamp>) -> String {
@@ -549,7 +555,7 @@ async fn dlq(ops: &Ops, args: &Args, cmd: &Dlq) -> Result<u8, Failure> {
             if args.json {
                 print_json(&letters)?;
             } else {
-                print!("{}", letters_table(&letters));
+                say(&letters_table(&letters));
             }
             Ok(EXIT_OK)
         }
@@ -558,7 +564,7 @@ async fn dlq(ops: &Ops, args: &Args, cmd: &Dlq) -> Result<u8, Failure> {
             if args.json {
                 print_json(&l)?;
             } else {
-                print!("{}", show_letter(&l));
+                say(&show_letter(&l));
             }
             Ok(EXIT_OK)
         }
@@ -578,14 +584,11 @@ async fn dlq(ops: &Ops, args: &Args, cmd: &Dlq) -> Result<u8, Failure> {
                         g.fingerprint.clone(),
                     ]);
                 }
-                print!(
-                    "{}",
-                    if t.is_empty() {
-                        "no dead letters\n".into()
-                    } else {
-                        t.render()
-                    }
-                );
+                say(&if t.is_empty() {
+                    "no dead letters\n".into()
+                } else {
+                    t.render()
+                });
             }
             Ok(EXIT_OK)
         }
@@ -618,10 +621,11 @@ async fn dlq(ops: &Ops, args: &Args, cmd: &Dlq) -> Result<u8, Failure> {
             if args.json {
                 print_json(&report)?;
             } else {
-                println!("redriven: {}", report.redriven.len());
+                let mut out = format!("redriven: {}\n", report.redriven.len());
                 for (seq, why) in &report.skipped {
-                    println!("skipped #{seq}: {why}");
+                    out.push_str(&format!("skipped #{seq}: {}\n", cut(why, usize::MAX)));
                 }
+                say(&out);
             }
             Ok(if report.skipped.is_empty() {
                 EXIT_OK
@@ -695,7 +699,7 @@ fn letters_table(letters: &[DeadLetter]) -> String {
 
 fn show_letter(l: &DeadLetter) -> String {
     let mut out = String::new();
-    let mut field = |name: &str, value: &str| out.push_str(&format!("{name:<14}{value}\n"));
+    let mut field = |name: &str, value: &str| out.push_str(&format!("{name:<14}{}\n", visible(value, false)));
     field("sequence", &l.sequence.to_string());
     field("handler", &l.handler);
     field("kind", l.kind_label());
@@ -711,15 +715,23 @@ fn show_letter(l: &DeadLetter) -> String {
     field("event type", l.event_type.as_deref().unwrap_or("-"));
     out.push_str("headers\n");
     for (n, v) in &l.headers {
-        out.push_str(&format!("  {n}: {v}\n"));
+        out.push_str(&format!("  {}: {}\n", visible(n, false), visible(v, false)));
     }
     match l.payload_omitted {
         Some(size) => out.push_str(&format!(
             "payload       (not in the letter: {size} bytes; still in the original's stream)\n"
         )),
         None => {
-            out.push_str("payload\n");
-            out.push_str(&String::from_utf8_lossy(&l.payload));
+            let (text, utf8) = visible_bytes(&l.payload);
+            if utf8 {
+                out.push_str("payload\n");
+            } else {
+                out.push_str(&format!(
+                    "payload       ({} bytes, not UTF-8: other bytes as \\xNN; --json gives them all in base64)\n",
+                    l.payload.len()
+                ));
+            }
+            out.push_str(&text);
             out.push('\n');
         }
     }

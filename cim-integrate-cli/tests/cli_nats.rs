@@ -99,6 +99,8 @@ async fn dead_letters_from_the_command_line() {
     assert_eq!(letters[0]["handler"], "ledger-book");
     assert_eq!(letters[0]["kind"], "permanent");
     assert_eq!(letters[0]["subject"], "billing.invoiced");
+    assert_eq!(letters[0]["payload_encoding"], "utf-8");
+    assert_eq!(letters[0]["payload"], r#"{"version":"1.0","n":0}"#);
     let seq = letters[0]["sequence"].as_u64().expect("sequence");
 
     // A table for people.
@@ -190,6 +192,72 @@ async fn dead_letters_from_the_command_line() {
     let (code, out, _) = tool(&url, &["dlq", "purge", "--all", "--yes"]).await;
     assert_eq!(code, 0);
     assert!(out.contains("no dead letters selected"), "{out}");
+    service.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A foreign client's message that a terminal would act on: the letter's fields and payload are
+/// shown escaped in tables and `dlq show`, and `--json` gives the payload's exact bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_foreign_client_wrote_cannot_drive_the_terminal() {
+    let server = NatsServer::start().await.expect("server");
+    let url = server.url();
+    let t = NatsTransport::connect_url(&url).await.expect("connect");
+    let service = Service::builder(t.clone(), "ledger")
+        .register(Ledger(Arc::default()))
+        .start()
+        .await
+        .expect("start");
+    // Not UTF-8, with a NUL, a clear-screen and a clipboard write (OSC 52), CSI as a C1
+    // control, and a right-to-left override; a header that retitles the window.
+    let payload: &[u8] = b"\xff\xfe\0{\x1b[2J\x1b]52;c;ZWNobw==\x07\xc2\x9b31m\xe2\x80\xae}";
+    let mut headers = cim_integrate_runtime::headers::Headers::new();
+    headers.insert("X-Note", "\u{1b}]0;owned\u{7}").expect("header");
+    let poison = OutboundMessage {
+        subject: cim_integrate_runtime::Subject::new("billing.invoiced").expect("subject"),
+        headers,
+        payload: payload.to_vec().into(),
+    };
+    t.publish(poison).await.expect("publish").await.expect("ack");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let seq = loop {
+        let (code, out, err) = tool(&url, &["dlq", "list", "--json"]).await;
+        assert_eq!(code, 0, "{err}");
+        if let Some(seq) = json(&out)[0]["sequence"].as_u64() {
+            break seq;
+        }
+        assert!(Instant::now() < deadline, "not dead-lettered: {out}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let acts = |c: char| c.is_control() && c != '\n' || c == '\u{202e}';
+    let (code, out, err) = tool(&url, &["dlq", "show", &seq.to_string()]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.chars().any(acts), "{out:?}");
+    assert!(out.contains(r"X-Note: \u{1b}]0;owned\u{7}"), "{out}");
+    assert!(out.contains(&format!("({} bytes, not UTF-8", payload.len())), "{out}");
+    assert!(
+        out.contains(r"\xff\xfe\0{\u{1b}[2J\u{1b}]52;c;ZWNobw==\u{7}\u{9b}31m\u{202e}}"),
+        "{out}"
+    );
+    let (code, out, _) = tool(&url, &["dlq", "list"]).await;
+    assert_eq!(code, 0);
+    assert!(!out.chars().any(acts) && out.contains("undecodable"), "{out:?}");
+
+    // The exact bytes, in base64, and the header as it was (JSON escapes it).
+    let (code, out, _) = tool(&url, &["dlq", "show", &seq.to_string(), "--json"]).await;
+    assert_eq!(code, 0);
+    assert!(!out.chars().any(acts), "{out:?}");
+    let letter = json(&out);
+    assert_eq!(letter["payload_encoding"], "base64", "{letter}");
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(letter["payload"].as_str().expect("payload"))
+        .expect("base64");
+    assert_eq!(bytes, payload);
+    let note = letter["headers"]
+        .as_array()
+        .and_then(|h| h.iter().find(|h| h[0] == "X-Note"))
+        .unwrap_or_else(|| panic!("no X-Note in {letter}"));
+    assert_eq!(note[1], "\u{1b}]0;owned\u{7}");
     service.shutdown(Duration::from_secs(5)).await;
 }
 

@@ -1,6 +1,7 @@
 //! The web console in a real browser (headless Chromium through chromedriver): the page loads,
 //! shows a dead-letter group, its Redrive button is clicked, and the handler's handled count
-//! rises as the letters are handled; a saga needing attention is shown with its remaining steps,
+//! rises as the letters are handled; a foreign client's message that is not UTF-8 and carries escape
+//! sequences is inspected, shown escaped; a saga needing attention is shown with its remaining steps,
 //! retried from the page, and compensated by its host. Also: a non-loopback address without a token is refused,
 //! and with a token every request must carry it.
 //!
@@ -117,6 +118,16 @@ async fn a_dead_letter_group_is_redriven_from_the_browser() {
             .await
             .expect("ack");
     }
+    // A foreign client's message that is not UTF-8 and carries escape sequences: a group of its
+    // own, shown escaped when inspected.
+    let mut headers = cim_integrate_runtime::headers::Headers::new();
+    headers.insert("X-Note", "\u{1b}]0;owned\u{7}").expect("header");
+    let poison = OutboundMessage {
+        subject: cim_integrate_runtime::Subject::new("shipping.requested").expect("subject"),
+        headers,
+        payload: b"\xff{\x1b[2J}".to_vec().into(),
+    };
+    t.publish(poison).await.expect("publish").await.expect("ack");
     // A saga whose compensation fails for good: it needs attention.
     let shop = Shop::default();
     shop.script.broken.lock().expect("lock").insert("charge");
@@ -179,10 +190,8 @@ async fn a_dead_letter_group_is_redriven_from_the_browser() {
     browser.goto(&url).await.expect("open the console");
     let wait = || browser.wait().at_most(Duration::from_secs(20));
     // The group of three, and the handler with nothing handled yet.
-    let group = match wait()
-        .for_element(Locator::Css("tr.dlq-group[data-handler='carrier-book']"))
-        .await
-    {
+    let permanent = Locator::Css("tr.dlq-group[data-handler='carrier-book'][data-kind='permanent']");
+    let group = match wait().for_element(permanent).await {
         Ok(group) => group,
         Err(e) => {
             let status = page_status(&browser).await;
@@ -204,6 +213,23 @@ async fn a_dead_letter_group_is_redriven_from_the_browser() {
     let topology = browser.source().await.expect("source");
     assert!(topology.contains("SHIPPING_EVENTS") && topology.contains("DEAD_LETTERS"));
 
+    // The foreign message, inspected: its bytes and its header escaped, nothing raw.
+    wait()
+        .for_element(Locator::Css("tr.dlq-group[data-kind='undecodable'] button.inspect"))
+        .await
+        .expect("the undecodable group")
+        .click()
+        .await
+        .expect("click Inspect");
+    let shown = text_when(&browser, Locator::Css("#inspect pre"), |t| t.contains("not UTF-8")).await;
+    assert!(!shown.contains('\u{1b}'), "{shown:?}");
+    assert!(
+        shown.contains(r"X-Note: \u{1b}]0;owned\u{7}")
+            && shown.contains(r"(7 bytes, not UTF-8)")
+            && shown.contains(r"\xff{\x1b[2J}"),
+        "{shown:?}"
+    );
+
     // Fixed, then redriven from the page: the count rises to three, the group goes.
     fixed.store(true, Ordering::SeqCst);
     group
@@ -217,12 +243,7 @@ async fn a_dead_letter_group_is_redriven_from_the_browser() {
     assert_eq!(after, "3");
     eprintln!("{:?}: redriven and handled", started.elapsed());
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !browser
-        .find_all(Locator::Css("tr.dlq-group"))
-        .await
-        .expect("rows")
-        .is_empty()
-    {
+    while !browser.find_all(permanent).await.expect("rows").is_empty() {
         assert!(Instant::now() < deadline, "the group is still shown");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -46,6 +46,11 @@ use std::sync::Arc;
 const PAGE: usize = 512;
 
 /// One dead letter.
+///
+/// As JSON (`--json`, the console's API), the payload is exact: `payload` is its text and
+/// `payload_encoding` is `"utf-8"` when it is valid UTF-8; otherwise `payload` holds its bytes in
+/// standard base64 and `payload_encoding` is `"base64"` (a foreign client may publish anything,
+/// and an undecodable payload is where the bytes matter).
 #[derive(Debug, Clone, Serialize)]
 pub struct DeadLetter {
     /// Its sequence in `DEAD_LETTERS`: its name for [`Ops::dead_letter`], redrive and purge.
@@ -86,7 +91,7 @@ pub struct DeadLetter {
     /// The original's headers (without the dead letter's own), in stored order.
     pub headers: Vec<(String, String)>,
     /// The original's payload (empty if [`payload_omitted`](Self::payload_omitted)).
-    #[serde(serialize_with = "payload_text")]
+    #[serde(flatten, serialize_with = "payload_json")]
     pub payload: Bytes,
     /// The original's payload size, when the letter could not carry it.
     pub payload_omitted: Option<u64>,
@@ -101,8 +106,22 @@ fn kind_str<S: serde::Serializer>(k: &Option<DeadLetterReason>, s: S) -> Result<
     s.serialize_str(k.map_or("unknown", DeadLetterReason::as_str))
 }
 
-fn payload_text<S: serde::Serializer>(p: &Bytes, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&String::from_utf8_lossy(p))
+/// `payload` and `payload_encoding`: the text when it is UTF-8, else base64.
+fn payload_json<S: serde::Serializer>(p: &Bytes, s: S) -> Result<S::Ok, S::Error> {
+    use base64::Engine as _;
+    use serde::ser::SerializeMap;
+    let mut map = s.serialize_map(Some(2))?;
+    match std::str::from_utf8(p) {
+        Ok(text) => {
+            map.serialize_entry("payload", text)?;
+            map.serialize_entry("payload_encoding", "utf-8")?;
+        }
+        Err(_) => {
+            map.serialize_entry("payload", &base64::engine::general_purpose::STANDARD.encode(p))?;
+            map.serialize_entry("payload_encoding", "base64")?;
+        }
+    }
+    map.end()
 }
 
 impl DeadLetter {

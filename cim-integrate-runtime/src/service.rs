@@ -902,6 +902,7 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
             // same stack: one count, one breaker, one single-flight per handler.
             let redrive_source = RedriveSource(ConsumerSource {
                 transport: self.transport.clone(),
+                stream: dead_letters.clone(),
                 spec: redrive_spec,
                 consumer: redrive,
                 // Never read: a redriven message always has its mark read.
@@ -909,6 +910,7 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
             });
             let source = ConsumerSource {
                 transport: self.transport.clone(),
+                stream: plan.stream,
                 spec: plan.spec,
                 consumer,
                 durable,

@@ -276,6 +276,92 @@ async fn service_through_server_restart_runs_each_message_once() {
     );
 }
 
+/// A server that lost its JetStream state under a running service (a container restarted
+/// without its volume; memory storage after a restart; streams deleted by hand): the service
+/// provisions its streams, consumers and buckets again as it did when it started, and goes on.
+/// An event stored afterwards is handled (its de-duplication bucket made again), its handler's
+/// publish into a domain it had provisioned before is stored (that stream made again), and the
+/// host's status is written again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_lost_its_jetstream_state_is_provisioned_again() {
+    use cim_integrate_runtime::handler::{Context, HandlerError, Registration};
+    use cim_integrate_runtime::service::{HOSTS_BUCKET, Service};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (t, mut server) = setup().await;
+    let handled = Arc::new(AtomicUsize::new(0));
+    let registration = {
+        let handled = handled.clone();
+        Registration::new(
+            "lost",
+            SubjectPattern::new("document.created").expect("pattern"),
+            "DocumentCreated",
+            |b: &[u8]| Ok::<_, std::convert::Infallible>(b.to_vec()),
+            move |ctx: Context, _: Vec<u8>| {
+                let handled = handled.clone();
+                async move {
+                    let subject = Subject::new("workflow.started").map_err(HandlerError::permanent)?;
+                    ctx.publish_bytes(&subject, "WorkflowStarted", "1.0", "{}").await?;
+                    handled.fetch_add(1, Ordering::SeqCst);
+                    Ok(())
+                }
+            },
+        )
+    };
+    let svc = Service::builder(t.clone(), "faults")
+        .status_interval(Some(Duration::from_millis(300)))
+        .handler("search", registration)
+        .start()
+        .await
+        .expect("start");
+    let stream_messages = |name: &'static str| {
+        let t = t.clone();
+        async move {
+            match t.jetstream().get_stream(name).await {
+                Ok(mut s) => s.info().await.map(|i| i.state.messages).ok(),
+                Err(_) => None,
+            }
+        }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let wait_for = |what: &str, ok: bool| {
+        assert!(tokio::time::Instant::now() < deadline, "{what}: not within 60 s");
+        ok
+    };
+    t.publish_and_wait(OutboundMessage::from(envelope(0)))
+        .await
+        .expect("publish");
+    while !wait_for("the first event handled", handled.load(Ordering::SeqCst) == 1) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(stream_messages("WORKFLOW_EVENTS").await, Some(1));
+
+    server.restart_empty().await.expect("restart with an empty store");
+    assert_eq!(stream_messages("WORKFLOW_EVENTS").await, None, "the store is empty");
+    // The event stream comes back when the handler's consumer finds it gone; until then nothing
+    // captures the subject.
+    let created = envelope(1);
+    while let Err(e) = t.publish_and_wait(OutboundMessage::from(&created)).await {
+        assert!(wait_for("the event stream provisioned again", e.is_transient()), "{e}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    while !wait_for("the event after the loss handled", handled.load(Ordering::SeqCst) == 2) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The follow-up is stored in its stream, made again; the buckets are back.
+    assert_eq!(stream_messages("WORKFLOW_EVENTS").await, Some(1));
+    assert!(stream_messages("KV_cim_dedup_faults").await.is_some_and(|n| n >= 1));
+    let hosts = format!("KV_{HOSTS_BUCKET}");
+    while !wait_for(
+        "the host status written again",
+        t.jetstream().get_stream(&hosts).await.is_ok(),
+    ) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stats = svc.handler_stats("search-lost").expect("stats");
+    assert_eq!((stats.succeeded, stats.dead_lettered), (2, 0), "{stats:?}");
+    svc.shutdown(Duration::from_secs(5)).await;
+}
+
 /// A read while the server is down is unavailability (transient), never "not found", on both
 /// read paths: the direct get of a bucket of one replica and the leader's `STREAM.MSG.GET` (a
 /// bucket of one replica that disallows direct gets, as a plain client may make one).

@@ -20,7 +20,9 @@ use super::record::{self, HandlerCounters};
 use super::{Dispatch, Message, Outcome, Received};
 use crate::handler::RetryPolicy;
 use crate::monitor::HandlerMetrics;
-use crate::transport::{Consumer, ConsumerSpec, Delivery, IncomingRequest, Responder, Transport};
+use crate::transport::{
+    Consumer, ConsumerSpec, Delivery, IncomingRequest, Responder, StreamSpec, Transport, TransportError,
+};
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::future::{Fuse, FutureExt};
@@ -65,9 +67,36 @@ pub(crate) trait Settle<I>: Send + Sync + 'static {
 /// also when a reopen created the durable anew.
 pub(crate) struct ConsumerSource<T: Transport> {
     pub(crate) transport: T,
+    /// The stream the host provisioned for it: provisioned again if it is gone.
+    pub(crate) stream: StreamSpec,
     pub(crate) spec: ConsumerSpec,
     pub(crate) consumer: T::Consumer,
     pub(crate) durable: Arc<super::dedup::DurableSince>,
+}
+
+/// The consumer of `spec` opened again, created if it is gone; its stream provisioned again
+/// first if that is gone too (a server that lost its JetStream state, a memory-storage stream
+/// after a restart, a stream deleted by hand), as the host did when it started.
+async fn reopen<T: Transport>(
+    transport: &T,
+    stream: &StreamSpec,
+    spec: &ConsumerSpec,
+) -> Result<T::Consumer, TransportError> {
+    match transport.consumer(spec).await {
+        Err(TransportError::StreamNotFound { .. }) => {
+            tracing::warn!(
+                stream = %stream.name, consumer = %spec.durable,
+                "stream was gone (a server that lost its JetStream state, or deleted); provisioning it again"
+            );
+            match transport.ensure_stream(stream).await {
+                // Someone else's stream captures the subjects now: the consumer says if it fits.
+                Ok(()) | Err(TransportError::StreamConflict { .. }) => {}
+                Err(e) => return Err(e),
+            }
+            transport.consumer(spec).await
+        }
+        other => other,
+    }
 }
 
 impl<T: Transport> Source for ConsumerSource<T> {
@@ -80,7 +109,7 @@ impl<T: Transport> Source for ConsumerSource<T> {
                 Err(e) => {
                     tracing::error!(consumer = %self.spec.durable, error = %e, "consumer failed; reopening in 1s");
                     tokio::time::sleep(Duration::from_secs(1)).await;
-                    match self.transport.consumer(&self.spec).await {
+                    match reopen(&self.transport, &self.stream, &self.spec).await {
                         Ok(c) => {
                             self.durable.set(c.created());
                             self.consumer = c;

@@ -283,6 +283,23 @@ impl NatsServer {
     /// first if it runs).
     pub async fn restart(&mut self) -> io::Result<()> {
         self.stop().await?;
+        self.respawn().await
+    }
+
+    /// Starts the server again on the same port with an empty store (stopping it first if it
+    /// runs): a server that lost its JetStream state, as a container restarted without its
+    /// volume does. Every stream, consumer and bucket is gone.
+    pub async fn restart_empty(&mut self) -> io::Result<()> {
+        self.stop().await?;
+        match std::fs::remove_dir_all(self.dir.path().join("store")) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        self.respawn().await
+    }
+
+    /// Spawns the server again on its port.
+    async fn respawn(&mut self) -> io::Result<()> {
         let port = self.port;
         // The port may linger for a moment after the old process exits.
         let mut last = None;

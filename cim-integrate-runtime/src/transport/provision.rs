@@ -5,6 +5,11 @@
 //! host subscribes to would otherwise fail on every attempt with
 //! [`NoStream`](super::TransportError::NoStream); in a saga that turned into a compensation of
 //! work that had succeeded. Everything the runtime publishes goes through a [`Provisioner`].
+//!
+//! A domain's stream is ensured once; if a publish then finds no stream (a server that lost its
+//! JetStream state, a memory-storage stream after a restart, a stream deleted by hand), the
+//! domain is forgotten, so that the next publish into it (the handler's retry) provisions the
+//! stream again.
 
 use super::{OutboundMessage, PublishAck, StreamSpec, Transport, TransportError};
 use std::collections::HashSet;
@@ -42,6 +47,21 @@ impl<T: Transport> Provisioner<T> {
         }
     }
 
+    /// After `result` of a publish: a stream that is gone makes its domain unknown again.
+    fn forget_if_gone<R>(known: &RwLock<HashSet<Box<str>>>, result: &Result<R, TransportError>) {
+        if let Err(TransportError::NoStream { subject }) = result {
+            let domain = subject.split('.').next().unwrap_or_default();
+            if let Ok(mut k) = known.write()
+                && k.remove(domain)
+            {
+                tracing::warn!(
+                    domain,
+                    "no stream for a domain provisioned before (gone?); provisioning it again at the next publish"
+                );
+            }
+        }
+    }
+
     /// Ensures the stream of `domain` (`DOCUMENT_EVENTS` on `document.>`; `dlq`: the dead-letter
     /// stream). A stream already capturing the domain, even with other settings or under another
     /// name, is fine. Transient trouble is returned (nothing is remembered).
@@ -70,12 +90,19 @@ impl<T: Transport> Provisioner<T> {
 
     /// Publishes without waiting, provisioning the subject's domain first if this provisioner
     /// has not seen it yet; the returned future resolves to the acknowledgement.
-    pub async fn publish(&self, message: OutboundMessage) -> Result<T::AckFuture, TransportError> {
+    pub async fn publish(
+        &self,
+        message: OutboundMessage,
+    ) -> Result<impl Future<Output = Result<PublishAck, TransportError>> + Send + 'static, TransportError> {
+        use futures::FutureExt as _;
         let domain = message.subject.first_token();
         if !self.is_known(domain) {
             self.domain(domain).await?;
         }
-        self.transport.publish(message).await
+        let sent = self.transport.publish(message).await;
+        Self::forget_if_gone(&self.known, &sent);
+        let known = self.known.clone();
+        Ok(sent?.inspect(move |acked| Self::forget_if_gone(&known, acked)))
     }
 
     /// Publishes and waits for the acknowledgement, provisioning the subject's domain first if

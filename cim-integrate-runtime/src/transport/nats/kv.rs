@@ -21,7 +21,26 @@ pub struct NatsKeyValue {
     bucket: Arc<str>,
     /// Whether reads take a direct get ([`reads_directly`]), chosen again from time to time.
     read_path: Arc<ReadPath>,
+    /// What provisioned the bucket (a handle opened with [`Transport::key_value`]), to
+    /// provision it again if it is gone; `None` for a handle on an existing bucket (the
+    /// operator's tools), which never creates one.
+    ///
+    /// [`Transport::key_value`]: crate::transport::Transport::key_value
+    provisioned: Option<Arc<Provisioned>>,
 }
+
+/// How a bucket was provisioned, and when it may next be looked for after a failure.
+struct Provisioned {
+    transport: NatsTransport,
+    /// The bucket's spec, as deployed.
+    spec: KvSpec,
+    /// When (in [`monotonic_ms`]) the bucket's stream may next be looked for.
+    next_check_ms: std::sync::atomic::AtomicU64,
+}
+
+/// How often, at most, a handle asks whether its bucket is gone after failures that read as
+/// unavailability, in milliseconds.
+const GONE_CHECK_MS: u64 = 1_000;
 
 /// How often, at most, a bucket's read path is chosen again from its stream's settings
 /// ([`ReadPath`]), in milliseconds: 30 s, lowered by tests
@@ -164,24 +183,13 @@ fn compare(spec: &KvSpec, existing: &js_stream::Config) -> Result<(), KvError> {
 }
 
 pub(super) async fn open(t: &NatsTransport, spec: &KvSpec) -> Result<NatsKeyValue, KvError> {
-    let spec = &spec.deployed(&t.inner.options.deployment);
+    let spec = spec.deployed(&t.inner.options.deployment);
     spec.validate()?;
     let stream = format!("KV_{}", spec.bucket);
     match t.stream_info(&stream).await? {
-        Some(info) => compare(spec, &info.config)?,
+        Some(info) => compare(&spec, &info.config)?,
         None => {
-            let config = bucket_config(spec);
-            match t.create_stream(&config).await? {
-                Ok(_) => {
-                    tracing::info!(bucket = %spec.bucket, replicas = config.num_replicas, "key-value bucket created")
-                }
-                Err(e) if e.error_code() == ErrorCode::STREAM_NAME_EXIST => {
-                    if let Some(info) = t.stream_info(&stream).await? {
-                        compare(spec, &info.config)?;
-                    }
-                }
-                Err(e) => return Err(api_error(e).into()),
-            }
+            create(t, &spec).await?;
         }
     }
     let store = t
@@ -189,7 +197,32 @@ pub(super) async fn open(t: &NatsTransport, spec: &KvSpec) -> Result<NatsKeyValu
         .get_key_value(spec.bucket.clone())
         .await
         .map_err(|e| classify(&format!("opening bucket `{}`", spec.bucket), &e))?;
-    Ok(NatsKeyValue::new(store, &spec.bucket))
+    let mut kv = NatsKeyValue::new(store, &spec.bucket);
+    kv.provisioned = Some(Arc::new(Provisioned {
+        transport: t.clone(),
+        spec,
+        next_check_ms: std::sync::atomic::AtomicU64::new(0),
+    }));
+    Ok(kv)
+}
+
+/// Creates the bucket's stream; one created meanwhile by someone else is compared with `spec`.
+/// `true` if this call created it.
+async fn create(t: &NatsTransport, spec: &KvSpec) -> Result<bool, KvError> {
+    let config = bucket_config(spec);
+    match t.create_stream(&config).await? {
+        Ok(_) => {
+            tracing::info!(bucket = %spec.bucket, replicas = config.num_replicas, "key-value bucket created");
+            Ok(true)
+        }
+        Err(e) if e.error_code() == ErrorCode::STREAM_NAME_EXIST => {
+            if let Some(info) = t.stream_info(&config.name).await? {
+                compare(spec, &info.config)?;
+            }
+            Ok(false)
+        }
+        Err(e) => Err(api_error(e).into()),
+    }
 }
 
 /// Opens the existing bucket `bucket` (its real name), without creating it or comparing its
@@ -305,6 +338,66 @@ impl NatsKeyValue {
             store: Arc::new(store),
             bucket: Arc::from(bucket),
             read_path: Arc::new(ReadPath::new(direct)),
+            provisioned: None,
+        }
+    }
+
+    /// Runs `op`; if it fails as a bucket that is gone fails ([`provisioned_again`]), runs it
+    /// once more on the bucket provisioned again.
+    ///
+    /// [`provisioned_again`]: Self::provisioned_again
+    async fn again_if_gone<R, F: Future<Output = Result<R, KvError>>>(&self, op: impl Fn() -> F) -> Result<R, KvError> {
+        match op().await {
+            Err(e) if self.provisioned_again(&e).await => op().await,
+            other => other,
+        }
+    }
+
+    /// After `failure`: `true` if this handle provisioned its bucket, the failure reads as
+    /// unavailability or a timeout (what a bucket whose stream does not exist answers to writes,
+    /// no responders, and to direct gets, which wait out the request timeout) or as a missing
+    /// stream (a read through the leader), the
+    /// bucket's stream is indeed gone (a server that lost its JetStream state, a memory-storage
+    /// bucket after a restart, a stream deleted by hand), and it has been created again, empty, as
+    /// at the start. Asked at most once a [`GONE_CHECK_MS`] per bucket, so that an outage, which
+    /// fails the same way, costs one stream info request a second, not one per operation.
+    async fn provisioned_again(&self, failure: &KvError) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let Some(p) = &self.provisioned else {
+            return false;
+        };
+        if !matches!(
+            failure,
+            KvError::Transport(
+                TransportError::Unavailable(_) | TransportError::Timeout(_) | TransportError::StreamNotFound { .. }
+            )
+        ) {
+            return false;
+        }
+        let (now, next) = (monotonic_ms(), p.next_check_ms.load(Relaxed));
+        if now < next
+            || p.next_check_ms
+                .compare_exchange(next, now.saturating_add(GONE_CHECK_MS), Relaxed, Relaxed)
+                .is_err()
+        {
+            return false;
+        }
+        match p.transport.stream_info(&format!("KV_{}", p.spec.bucket)).await {
+            Ok(None) => match create(&p.transport, &p.spec).await {
+                Ok(created) => {
+                    tracing::warn!(
+                        bucket = %p.spec.bucket,
+                        created,
+                        "key-value bucket was gone (a server that lost its JetStream state, or deleted); provisioned again, empty"
+                    );
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!(bucket = %p.spec.bucket, error = %e, "key-value bucket is gone and cannot be provisioned again yet");
+                    false
+                }
+            },
+            Ok(Some(_)) | Err(_) => false,
         }
     }
 
@@ -327,6 +420,12 @@ impl NatsKeyValue {
             Err(e) => match e.kind() {
                 LastRawMessageErrorKind::NoMessageFound => Ok(None),
                 LastRawMessageErrorKind::InvalidSubject => Err(KvError::InvalidKey(key.to_owned())),
+                // The bucket's stream itself is gone.
+                LastRawMessageErrorKind::JetStream(api) if api.error_code() == ErrorCode::STREAM_NOT_FOUND => {
+                    Err(KvError::Transport(TransportError::StreamNotFound {
+                        stream: format!("KV_{}", self.bucket),
+                    }))
+                }
                 LastRawMessageErrorKind::JetStream(api) => {
                     let what = format!("reading `{key}` in bucket `{}`", self.bucket);
                     Err(KvError::Transport(
@@ -409,13 +508,14 @@ impl NatsKeyValue {
     }
 }
 
-impl KeyValue for NatsKeyValue {
+/// The operations, once each; [`KeyValue`] runs them through [`NatsKeyValue::again_if_gone`].
+impl NatsKeyValue {
     /// Read from the bucket's stream leader: with a direct get where the stream has one replica
     /// (the leader is the only server that answers it), else with the JetStream API's
     /// `STREAM.MSG.GET`. A replicated bucket is never read with a direct get, which any replica
     /// answers: a follower that has not applied the latest write yet answers with an older
     /// revision (or none).
-    async fn get(&self, key: &str) -> Result<Option<KvEntry>, KvError> {
+    async fn get_once(&self, key: &str) -> Result<Option<KvEntry>, KvError> {
         check_key(key)?;
         Ok(self.last_message(key).await?.and_then(|m| entry(key, m)))
     }
@@ -425,25 +525,25 @@ impl KeyValue for NatsKeyValue {
     /// purge marker (conditional on the marker's revision). async-nats's own `create` reads that
     /// last message with a direct get, which a lagging follower of a replicated bucket may
     /// answer, and reads it after any failure of the first write, an outage's included.
-    async fn create(&self, key: &str, value: Bytes) -> Result<u64, KvError> {
+    async fn create_once(&self, key: &str, value: Bytes) -> Result<u64, KvError> {
         check_key(key)?;
         let exists = |e: KvError| match e {
             KvError::Conflict { .. } => KvError::AlreadyExists { key: key.to_owned() },
             e => e,
         };
-        match self.update(key, value.clone(), 0).await {
+        match self.update_once(key, value.clone(), 0).await {
             Err(KvError::Conflict { .. }) => {}
             other => return other,
         }
         match self.last_message(key).await? {
             Some(m) if is_put(&m.headers) => Err(KvError::AlreadyExists { key: key.to_owned() }),
-            Some(marker) => self.update(key, value, marker.sequence).await.map_err(exists),
+            Some(marker) => self.update_once(key, value, marker.sequence).await.map_err(exists),
             // Purged since the first write was refused (a tombstone sweep): no history now.
-            None => self.update(key, value, 0).await.map_err(exists),
+            None => self.update_once(key, value, 0).await.map_err(exists),
         }
     }
 
-    async fn update(&self, key: &str, value: Bytes, expected: u64) -> Result<u64, KvError> {
+    async fn update_once(&self, key: &str, value: Bytes, expected: u64) -> Result<u64, KvError> {
         check_key(key)?;
         self.store
             .update(key, value, expected)
@@ -459,7 +559,7 @@ impl KeyValue for NatsKeyValue {
             })
     }
 
-    async fn put(&self, key: &str, value: Bytes) -> Result<u64, KvError> {
+    async fn put_once(&self, key: &str, value: Bytes) -> Result<u64, KvError> {
         check_key(key)?;
         self.store.put(key, value).await.map_err(|e| match e.kind() {
             PutErrorKind::InvalidKey => KvError::InvalidKey(key.to_owned()),
@@ -467,7 +567,7 @@ impl KeyValue for NatsKeyValue {
         })
     }
 
-    async fn delete(&self, key: &str, expected: Option<u64>) -> Result<(), KvError> {
+    async fn delete_once(&self, key: &str, expected: Option<u64>) -> Result<(), KvError> {
         check_key(key)?;
         self.store
             .delete_expect_revision(key, expected)
@@ -493,7 +593,7 @@ impl KeyValue for NatsKeyValue {
     /// list taken when it is created; an entry rewritten before its delivery was then missed, or,
     /// on nats-server 2.9, waited for without end (the console's page hung on a host's status
     /// document, rewritten every few hundred milliseconds).
-    async fn keys(&self) -> Result<Vec<String>, KvError> {
+    async fn keys_once(&self) -> Result<Vec<String>, KvError> {
         let last = self.last_operations("listing").await?;
         Ok(last.into_iter().filter_map(|(k, op)| op.put.then_some(k)).collect())
     }
@@ -501,7 +601,7 @@ impl KeyValue for NatsKeyValue {
     /// One scan of the bucket (as [`keys`](Self::keys) reads it), then, per key whose last
     /// operation is a delete or purge marker stored at least `older_than` ago, a purge of the
     /// key's subject up to that marker's sequence: a write made since is kept.
-    async fn purge_tombstones(&self, older_than: Duration) -> Result<usize, KvError> {
+    async fn purge_tombstones_once(&self, older_than: Duration) -> Result<usize, KvError> {
         // An age reaching before the calendar's start (`Duration::MAX`): nothing is that old.
         let Some(cutoff) = time::Duration::try_from(older_than)
             .ok()
@@ -537,6 +637,37 @@ impl KeyValue for NatsKeyValue {
             tracing::debug!(bucket = %self.bucket, removed, "tombstones removed");
         }
         Ok(removed)
+    }
+}
+
+impl KeyValue for NatsKeyValue {
+    async fn get(&self, key: &str) -> Result<Option<KvEntry>, KvError> {
+        self.again_if_gone(|| self.get_once(key)).await
+    }
+
+    async fn create(&self, key: &str, value: Bytes) -> Result<u64, KvError> {
+        self.again_if_gone(|| self.create_once(key, value.clone())).await
+    }
+
+    async fn update(&self, key: &str, value: Bytes, expected: u64) -> Result<u64, KvError> {
+        self.again_if_gone(|| self.update_once(key, value.clone(), expected))
+            .await
+    }
+
+    async fn put(&self, key: &str, value: Bytes) -> Result<u64, KvError> {
+        self.again_if_gone(|| self.put_once(key, value.clone())).await
+    }
+
+    async fn delete(&self, key: &str, expected: Option<u64>) -> Result<(), KvError> {
+        self.again_if_gone(|| self.delete_once(key, expected)).await
+    }
+
+    async fn keys(&self) -> Result<Vec<String>, KvError> {
+        self.again_if_gone(|| self.keys_once()).await
+    }
+
+    async fn purge_tombstones(&self, older_than: Duration) -> Result<usize, KvError> {
+        self.again_if_gone(|| self.purge_tombstones_once(older_than)).await
     }
 }
 

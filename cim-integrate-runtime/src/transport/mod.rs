@@ -661,19 +661,11 @@ impl ConsumerSpec {
         }
     }
 
-    /// Settings of an existing consumer that cannot be changed in place, or `None`.
+    /// Settings of an existing consumer that cannot be changed in place, or `None`: its deliver
+    /// policy. (Its filter can, where the server can: see [`Transport::consumer`].)
     pub fn immutable_differences(&self, existing: &ConsumerSpec) -> Option<String> {
-        let mut d = Vec::new();
-        if self.filter != existing.filter {
-            d.push(format!("filter `{}`, wanted `{}`", existing.filter, self.filter));
-        }
-        if self.deliver != existing.deliver {
-            d.push(format!(
-                "deliver policy {:?}, wanted {:?}",
-                existing.deliver, self.deliver
-            ));
-        }
-        (!d.is_empty()).then(|| d.join("; "))
+        (self.deliver != existing.deliver)
+            .then(|| format!("deliver policy {:?}, wanted {:?}", existing.deliver, self.deliver))
     }
 }
 
@@ -932,9 +924,12 @@ pub trait Transport: Clone + Send + Sync + 'static {
     fn publish(&self, message: OutboundMessage)
     -> impl Future<Output = Result<Self::AckFuture, TransportError>> + Send;
 
-    /// Opens (creating if needed) a durable consumer. An existing consumer with another filter or
-    /// deliver policy is reported ([`TransportError::ConsumerConflict`]); changed ack wait,
-    /// max deliver, back-off and max pending are applied. The NATS transport retries transient
+    /// Opens (creating if needed) a durable consumer. An existing consumer with another deliver
+    /// policy is reported ([`TransportError::ConsumerConflict`]); a changed filter, ack wait,
+    /// max deliver, back-off and max pending are applied in place, and the durable keeps its
+    /// position: a widened filter delivers the newly matched messages stored after it, not
+    /// those before. On nats-server 2.9, which takes a changed filter and then delivers nothing,
+    /// a changed filter is reported as a conflict instead. The NATS transport retries transient
     /// failures for up to a minute, as for [`ensure_stream`](Self::ensure_stream).
     fn consumer(&self, spec: &ConsumerSpec) -> impl Future<Output = Result<Self::Consumer, TransportError>> + Send;
 

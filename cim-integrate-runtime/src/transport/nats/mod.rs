@@ -359,21 +359,39 @@ impl NatsTransport {
                 if let Some(d) = spec.immutable_differences(&existing) {
                     return Err(conflict(d));
                 }
+                let filter_differs = existing.filter != spec.filter;
+                if filter_differs && let Some(version) = self.takes_filters_but_stalls() {
+                    return Err(conflict(format!(
+                        "filter `{}`, wanted `{}`: nats-server {version} takes a changed filter and then \
+                         delivers nothing; 2.10 and later change it in place, keeping the durable's \
+                         position. Deleting the durable starts it again from its deliver policy",
+                        existing.filter, spec.filter
+                    )));
+                }
                 let c = &info.config;
-                let editable_differ = c.max_deliver.max(-1) != wanted.max_deliver
+                let editable_differ = filter_differs
+                    || c.max_deliver.max(-1) != wanted.max_deliver
                     || c.max_ack_pending != wanted.max_ack_pending
                     || c.backoff != wanted.backoff
                     || c.inactive_threshold != wanted.inactive_threshold
                     || (wanted.backoff.is_empty() && c.ack_wait != wanted.ack_wait);
                 if editable_differ {
                     let mut updated = info.config.clone();
+                    updated.filter_subject.clone_from(&wanted.filter_subject);
                     updated.ack_wait = wanted.ack_wait;
                     updated.max_deliver = wanted.max_deliver;
                     updated.max_ack_pending = wanted.max_ack_pending;
                     updated.backoff = wanted.backoff.clone();
                     updated.inactive_threshold = wanted.inactive_threshold;
                     let info = self.put_consumer(&spec.stream, &spec.durable, &updated).await?;
-                    tracing::info!(stream = %spec.stream, consumer = %spec.durable, "consumer settings updated");
+                    if filter_differs {
+                        tracing::info!(
+                            stream = %spec.stream, consumer = %spec.durable, from = %existing.filter, to = %spec.filter,
+                            "consumer filter changed in place; the durable keeps its position"
+                        );
+                    } else {
+                        tracing::info!(stream = %spec.stream, consumer = %spec.durable, "consumer settings updated");
+                    }
                     info
                 } else {
                     info
@@ -694,6 +712,19 @@ fn consumer_config(spec: &ConsumerSpec) -> js_consumer::Config {
 }
 
 /// The immutable part of an existing consumer, as a spec, or why it cannot be one of ours.
+impl NatsTransport {
+    /// The connected server's version if it is one that takes a changed consumer filter and then
+    /// delivers nothing on that durable (nats-server 2.9; checked by hand on 2.9.10: the update is
+    /// answered with the new filter, and no message, old or new, is delivered after it), `None`
+    /// if it changes filters in place (2.10 and later).
+    fn takes_filters_but_stalls(&self) -> Option<String> {
+        let version = self.client().server_info().version;
+        let mut parts = version.split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
+        let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        ((major, minor) < (2, 10)).then_some(version)
+    }
+}
+
 fn existing_consumer_spec(spec: &ConsumerSpec, config: &js_consumer::Config) -> Result<ConsumerSpec, String> {
     if let Some(d) = &config.deliver_subject {
         return Err(format!("push consumer delivering to `{d}`, wanted a pull consumer"));

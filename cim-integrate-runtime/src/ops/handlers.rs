@@ -113,14 +113,24 @@ impl Ops {
 
     /// The status documents of the live hosts (those that wrote within the bucket's max age),
     /// by service then instance; empty if no host ever wrote one. Documents that cannot be read
-    /// are skipped with a warning.
+    /// are skipped with a warning. The documents are read 16 at a time (the console asks every 2
+    /// seconds, and a deployment may run many hosts).
     pub async fn hosts(&self) -> Result<Vec<HostStatus>, OpsError> {
+        use futures::StreamExt as _;
         let Some(kv) = self.bucket(HOSTS_BUCKET).await? else {
             return Ok(Vec::new());
         };
+        let kv = &kv;
+        let reads = futures::stream::iter(kv.keys().await?)
+            .map(|key| async move {
+                let entry = kv.get(&key).await;
+                (key, entry)
+            })
+            .buffered(HOST_READS);
+        futures::pin_mut!(reads);
         let mut out = Vec::new();
-        for key in kv.keys().await? {
-            let Some(entry) = kv.get(&key).await? else {
+        while let Some((key, entry)) = reads.next().await {
+            let Some(entry) = entry? else {
                 continue;
             };
             match serde_json::from_slice::<HostStatus>(&entry.value) {
@@ -132,6 +142,9 @@ impl Ops {
         Ok(out)
     }
 }
+
+/// Host status documents [`Ops::hosts`] reads at once.
+const HOST_READS: usize = 16;
 
 pub(crate) fn filters(c: &consumer::Config) -> Vec<String> {
     (!c.filter_subject.is_empty())

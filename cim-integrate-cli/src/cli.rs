@@ -623,7 +623,7 @@ async fn dlq(ops: &Ops, args: &Args, cmd: &Dlq) -> Result<u8, Failure> {
             } else {
                 let mut out = format!("redriven: {}\n", report.redriven.len());
                 for (seq, why) in &report.skipped {
-                    out.push_str(&format!("skipped #{seq}: {}\n", cut(why, usize::MAX)));
+                    out.push_str(&format!("skipped #{seq}: {}\n", visible(why, false)));
                 }
                 say(&out);
             }

@@ -88,14 +88,22 @@ fn acts(c: char) -> bool {
 /// `\0`); with `lines`, newlines and tabs are kept as they are. Backslashes are not escaped: the
 /// text stays readable (JSON payloads are full of them), and `--json` is exact.
 pub(crate) fn visible(s: &str, lines: bool) -> Cow<'_, str> {
-    let escaped = |c: char| acts(c) && !(lines && (c == '\n' || c == '\t'));
-    if !s.chars().any(escaped) {
+    escape(
+        s,
+        |c| acts(c) && !(lines && (c == '\n' || c == '\t')),
+        |out, c| out.extend(c.escape_debug()),
+    )
+}
+
+/// `s` with each character that `escaped` picks written by `write`; borrowed if there is none.
+fn escape<'a>(s: &'a str, escaped: impl Fn(char) -> bool, write: impl Fn(&mut String, char)) -> Cow<'a, str> {
+    if !s.chars().any(&escaped) {
         return Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len() + 16);
     for c in s.chars() {
         if escaped(c) {
-            out.extend(c.escape_debug());
+            write(&mut out, c);
         } else {
             out.push(c);
         }
@@ -123,18 +131,13 @@ pub(crate) fn visible_bytes(bytes: &[u8]) -> (String, bool) {
 /// `\uXXXX`. They can only be inside strings, and all are in the basic plane, so the result is
 /// the same JSON.
 pub(crate) fn visible_json(json: &str) -> Cow<'_, str> {
-    if !json.chars().any(|c| acts(c) && c != '\n') {
-        return Cow::Borrowed(json);
-    }
-    let mut out = String::with_capacity(json.len() + 16);
-    for c in json.chars() {
-        if acts(c) && c != '\n' {
+    escape(
+        json,
+        |c| acts(c) && c != '\n',
+        |out, c| {
             let _ = write!(out, "\\u{:04x}", u32::from(c));
-        } else {
-            out.push(c);
-        }
-    }
-    Cow::Owned(out)
+        },
+    )
 }
 
 /// `s` on one line (line breaks as spaces), made [`visible`], cut to `max` characters with an

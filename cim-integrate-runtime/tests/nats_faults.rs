@@ -40,8 +40,13 @@ fn envelope(i: usize) -> Envelope {
 }
 
 async fn stored_messages(t: &NatsTransport) -> u64 {
-    let mut stream = t.jetstream().get_stream(STREAM).await.expect("stream");
-    stream.info().await.expect("info").state.messages
+    stream_messages(t, STREAM).await.expect("stream")
+}
+
+/// How many messages stream `name` holds; `None` if it does not exist (or cannot be read).
+async fn stream_messages(t: &NatsTransport, name: &str) -> Option<u64> {
+    let mut stream = t.jetstream().get_stream(name).await.ok()?;
+    stream.info().await.ok().map(|i| i.state.messages)
 }
 
 /// Publishes every message until each is acknowledged, re-publishing (same id) whatever failed.
@@ -313,15 +318,6 @@ async fn a_server_that_lost_its_jetstream_state_is_provisioned_again() {
         .start()
         .await
         .expect("start");
-    let stream_messages = |name: &'static str| {
-        let t = t.clone();
-        async move {
-            match t.jetstream().get_stream(name).await {
-                Ok(mut s) => s.info().await.map(|i| i.state.messages).ok(),
-                Err(_) => None,
-            }
-        }
-    };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let wait_for = |what: &str, ok: bool| {
         assert!(tokio::time::Instant::now() < deadline, "{what}: not within 60 s");
@@ -333,10 +329,10 @@ async fn a_server_that_lost_its_jetstream_state_is_provisioned_again() {
     while !wait_for("the first event handled", handled.load(Ordering::SeqCst) == 1) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(stream_messages("WORKFLOW_EVENTS").await, Some(1));
+    assert_eq!(stream_messages(&t, "WORKFLOW_EVENTS").await, Some(1));
 
     server.restart_empty().await.expect("restart with an empty store");
-    assert_eq!(stream_messages("WORKFLOW_EVENTS").await, None, "the store is empty");
+    assert_eq!(stream_messages(&t, "WORKFLOW_EVENTS").await, None, "the store is empty");
     // The event stream comes back when the handler's consumer finds it gone; until then nothing
     // captures the subject.
     let created = envelope(1);
@@ -348,12 +344,12 @@ async fn a_server_that_lost_its_jetstream_state_is_provisioned_again() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // The follow-up is stored in its stream, made again; the buckets are back.
-    assert_eq!(stream_messages("WORKFLOW_EVENTS").await, Some(1));
-    assert!(stream_messages("KV_cim_dedup_faults").await.is_some_and(|n| n >= 1));
+    assert_eq!(stream_messages(&t, "WORKFLOW_EVENTS").await, Some(1));
+    assert!(stream_messages(&t, "KV_cim_dedup_faults").await.is_some_and(|n| n >= 1));
     let hosts = format!("KV_{HOSTS_BUCKET}");
     while !wait_for(
         "the host status written again",
-        t.jetstream().get_stream(&hosts).await.is_ok(),
+        stream_messages(&t, &hosts).await.is_some(),
     ) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -104,12 +104,7 @@ pub fn server_version() -> io::Result<(u32, u32, u32)> {
         .split_whitespace()
         .find_map(|w| w.strip_prefix('v'))
         .ok_or_else(|| io::Error::other(format!("unexpected `nats-server --version` output: {text}")))?;
-    let mut parts = v.split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
-    Ok((
-        parts.next().unwrap_or(0),
-        parts.next().unwrap_or(0),
-        parts.next().unwrap_or(0),
-    ))
+    Ok(crate::transport::version_numbers(v))
 }
 
 /// A private nats-server with JetStream, for one test.

@@ -73,6 +73,15 @@ pub(crate) fn check_durations<'a>(
     }
 }
 
+/// `(major, minor, patch)` of a nats-server version (`2.9.10`, `2.11.0-RC.1`); a part that is
+/// missing or not a number reads as 0.
+#[cfg(any(feature = "nats", feature = "testing"))]
+pub(crate) fn version_numbers(version: &str) -> (u32, u32, u32) {
+    let mut parts = version.split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
+    let mut next = || parts.next().unwrap_or(0);
+    (next(), next(), next())
+}
+
 /// What went wrong in a transport operation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

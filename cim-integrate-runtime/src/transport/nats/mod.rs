@@ -711,7 +711,6 @@ fn consumer_config(spec: &ConsumerSpec) -> js_consumer::Config {
     }
 }
 
-/// The immutable part of an existing consumer, as a spec, or why it cannot be one of ours.
 impl NatsTransport {
     /// The connected server's version if it is one that takes a changed consumer filter and then
     /// delivers nothing on that durable (nats-server 2.9; checked by hand on 2.9.10: the update is
@@ -719,12 +718,12 @@ impl NatsTransport {
     /// if it changes filters in place (2.10 and later).
     fn takes_filters_but_stalls(&self) -> Option<String> {
         let version = self.client().server_info().version;
-        let mut parts = version.split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
-        let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        let (major, minor, _) = crate::transport::version_numbers(&version);
         ((major, minor) < (2, 10)).then_some(version)
     }
 }
 
+/// The immutable part of an existing consumer, as a spec, or why it cannot be one of ours.
 fn existing_consumer_spec(spec: &ConsumerSpec, config: &js_consumer::Config) -> Result<ConsumerSpec, String> {
     if let Some(d) = &config.deliver_subject {
         return Err(format!("push consumer delivering to `{d}`, wanted a pull consumer"));

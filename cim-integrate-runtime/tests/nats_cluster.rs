@@ -203,3 +203,86 @@ async fn a_consumer_leader_step_down_is_reported_as_a_resume() {
         first.published
     );
 }
+
+/// Publishing straight to the transport while the stream's leader dies: every publish is
+/// acknowledged (the "no responders" of an election is waited out, not reported), each stored
+/// once; and a subject no stream captures is still `NoStream` at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_rides_out_its_streams_election() {
+    use cim_integrate_runtime::Envelope;
+    use cim_integrate_runtime::subject::Subject;
+    use cim_integrate_runtime::transport::nats::{NatsOptions, NatsTransport};
+    use cim_integrate_runtime::transport::{Deployment, StreamSpec, Transport, TransportError};
+    let mut cluster = NatsCluster::start().await.expect("start cluster");
+    let mut options = NatsOptions::new(cluster.urls());
+    options.deployment = Deployment::new().replicas(3);
+    let t = NatsTransport::connect(options).await.expect("connect");
+    t.ensure_stream(&StreamSpec::for_domain("document", None).expect("spec"))
+        .await
+        .expect("stream");
+    let leader = cluster
+        .wait_for_stream_leader("DOCUMENT_EVENTS", Duration::from_secs(10))
+        .await
+        .expect("stream leader");
+
+    let started = Instant::now();
+    let nowhere = t
+        .publish_and_wait(Envelope::root(Subject::new("person.created").expect("subject"), "{}").into())
+        .await
+        .expect_err("no stream captures person.>");
+    assert!(matches!(nowhere, TransportError::NoStream { .. }), "{nowhere:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        started.elapsed()
+    );
+
+    // One publish after another, each awaited, as a script or an example's root event does.
+    let (stop_tx, mut stop) = tokio::sync::watch::channel(false);
+    let publisher = tokio::spawn({
+        let t = t.clone();
+        async move {
+            let mut sent = 0u64;
+            let mut failures = Vec::new();
+            while !*stop.borrow_and_update() {
+                let e = Envelope::root(
+                    Subject::new("document.created").expect("subject"),
+                    bytes::Bytes::from(format!("{{\"n\":{sent}}}")),
+                );
+                let began = Instant::now();
+                if let Err(e) = t.publish_and_wait((&e).into()).await {
+                    failures.push(format!("publish {sent} after {:?}: {e}", began.elapsed()));
+                }
+                sent += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (sent, failures)
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.kill(leader).expect("kill the stream leader");
+    let new_leader = cluster
+        .wait_for_stream_leader("DOCUMENT_EVENTS", Duration::from_secs(30))
+        .await
+        .expect("a new leader");
+    assert_ne!(new_leader, leader);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop_tx.send(true).expect("stop");
+    let (sent, failures) = publisher.await.expect("publisher");
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} publishes failed: {failures:#?}",
+        failures.len()
+    );
+    let stored = t
+        .jetstream()
+        .get_stream("DOCUMENT_EVENTS")
+        .await
+        .expect("stream")
+        .info()
+        .await
+        .expect("info")
+        .state
+        .messages;
+    assert_eq!(stored, sent, "each publish stored once");
+}

@@ -239,6 +239,18 @@ impl NatsTransport {
         Ok(None)
     }
 
+    /// The name of a stream that captures `subject`, if any (`STREAM.NAMES` filtered by it,
+    /// answered by the meta leader).
+    async fn stream_capturing(&self, subject: &str) -> Result<Option<String>, TransportError> {
+        match self
+            .api::<StreamNames>(String::from("STREAM.NAMES"), &serde_json::json!({ "subject": subject }))
+            .await?
+        {
+            Ok(page) => Ok(page.streams.unwrap_or_default().into_iter().next()),
+            Err(e) => Err(api_error(e)),
+        }
+    }
+
     async fn consumer_info(&self, stream: &str, durable: &str) -> Result<Option<js_consumer::Info>, TransportError> {
         match self
             .api(format!("CONSUMER.INFO.{stream}.{durable}"), &serde_json::json!({}))
@@ -438,8 +450,17 @@ impl NatsTransport {
     }
 }
 
-/// Sends `message` again (same `Nats-Msg-Id`) after `error`, up to the configured retries,
-/// each waited for one timeout from its send.
+/// Sends `message` again after `error`, until it is acknowledged or fails for good.
+///
+/// - A timed-out acknowledgement or a lost connection: sent again with the same `Nats-Msg-Id`,
+///   up to the configured retries, each waited for one timeout from its send (the stream stores
+///   it once). A message without `Nats-Msg-Id` is not sent twice.
+/// - No responders (nobody received it, so sending again is safe with or without an id): if a
+///   stream captures the subject, its leader is being elected or its interest has not reached
+///   this server yet, so it is sent again after a back-off (25 ms doubling to 1 s) for as long
+///   as the timeout retries could take (`(publish_retries + 1) × request_timeout`), then
+///   reported as [`TransportError::Unavailable`]. If no stream captures it, it is
+///   [`TransportError::NoStream`] at once.
 async fn publish_again(
     inner: Arc<Inner>,
     message: OutboundMessage,
@@ -447,19 +468,64 @@ async fn publish_again(
 ) -> Result<PublishAck, TransportError> {
     let (retries, timeout) = (inner.options.publish_retries, inner.options.request_timeout);
     let mut attempt = 0u32;
+    // While no responders answer a subject a stream captures: until when, and the next pause.
+    let mut electing: Option<(tokio::time::Instant, Duration)> = None;
     loop {
-        let retriable = matches!(error.kind(), PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe);
-        if !retriable || attempt >= retries || message.msg_id().is_none() {
-            return Err(publish_error(&message, &error));
+        match error.kind() {
+            PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe
+                if attempt < retries && message.msg_id().is_some() =>
+            {
+                attempt += 1;
+                tracing::warn!(
+                    subject = %message.subject,
+                    msg_id = message.msg_id().unwrap_or_default(),
+                    attempt,
+                    error = %error,
+                    "publish not acknowledged; sending it again with the same message id"
+                );
+            }
+            PublishErrorKind::StreamNotFound => {
+                let transport = NatsTransport { inner: inner.clone() };
+                let (until, pause) = match electing {
+                    Some(waiting) => waiting,
+                    None => match transport.stream_capturing(message.subject.as_str()).await {
+                        Ok(None) => return Err(publish_error(&message, &error)),
+                        Ok(Some(stream)) => {
+                            tracing::warn!(
+                                subject = %message.subject, %stream,
+                                "no responders for a subject a stream captures (leader election?); sending it again"
+                            );
+                            (
+                                tokio::time::Instant::now() + timeout * (retries + 1),
+                                Duration::from_millis(25),
+                            )
+                        }
+                        // The JetStream API is unavailable too (a meta-leader election): wait.
+                        Err(e) if e.is_transient() => {
+                            tracing::warn!(subject = %message.subject, error = %e, "no responders, and JetStream cannot say which stream captures the subject; sending it again");
+                            (
+                                tokio::time::Instant::now() + timeout * (retries + 1),
+                                Duration::from_millis(25),
+                            )
+                        }
+                        Err(e) => {
+                            tracing::debug!(subject = %message.subject, error = %e, "cannot ask which stream captures the subject");
+                            return Err(publish_error(&message, &error));
+                        }
+                    },
+                };
+                if tokio::time::Instant::now() + pause > until {
+                    return Err(TransportError::Unavailable(format!(
+                        "no stream answered publishes to `{}` for {:?}, though one captures it (no leader?)",
+                        message.subject,
+                        timeout * (retries + 1)
+                    )));
+                }
+                tokio::time::sleep(pause).await;
+                electing = Some((until, (pause * 2).min(Duration::from_secs(1))));
+            }
+            _ => return Err(publish_error(&message, &error)),
         }
-        attempt += 1;
-        tracing::warn!(
-            subject = %message.subject,
-            msg_id = message.msg_id().unwrap_or_default(),
-            attempt,
-            error = %error,
-            "publish not acknowledged; sending it again with the same message id"
-        );
         let pending = send(&inner.js, &message, inner.client.max_payload()).await?;
         let deadline = tokio::time::Instant::now() + timeout;
         error = match tokio::time::timeout_at(deadline, pending).await {
@@ -556,7 +622,9 @@ fn header_wire_len_bound(message: &OutboundMessage) -> usize {
 ///
 /// A timed-out acknowledgement makes it send the same message (same `Nats-Msg-Id`) again, up to
 /// [`NatsOptions::publish_retries`] times: the stream stores it once, and a retry that finds it
-/// stored reports a duplicate. A message without `Nats-Msg-Id` is never sent twice.
+/// stored reports a duplicate. A message without `Nats-Msg-Id` is never sent twice after a
+/// timeout. "No responders" for a subject that a stream captures (its leader is being elected)
+/// sends it again after a back-off, with or without an id: nobody received it.
 #[must_use = "a publish is confirmed only when its acknowledgement resolves"]
 pub struct NatsAckFuture {
     state: AckState,
@@ -573,7 +641,7 @@ enum AckState {
         deadline: tokio::time::Instant,
         retry: Option<(Arc<Inner>, OutboundMessage)>,
     },
-    /// Sending again after a timeout or a lost connection.
+    /// Sending again after a timeout, a lost connection or no responders.
     Retrying(BoxedAck<PublishAck, TransportError>),
     Done,
 }

@@ -36,6 +36,7 @@ pub mod schema;
 pub mod service;
 pub mod settings;
 pub mod subject;
+mod throttle;
 pub mod timestamp;
 pub mod topology;
 pub mod trace_context;

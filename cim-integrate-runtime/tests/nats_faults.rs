@@ -358,6 +358,126 @@ async fn a_server_that_lost_its_jetstream_state_is_provisioned_again() {
     svc.shutdown(Duration::from_secs(5)).await;
 }
 
+/// A stream with no room (an operator's stream at its limits with the `new` discard policy; an
+/// account at its JetStream quota answers the same way, 10002 instead of 10077) refuses a
+/// publish as unavailable, transient: a handler that publishes into it is deferred, never
+/// dead-lettered, and goes through once the operator makes room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_stream_defers_its_publishers_until_there_is_room() {
+    use async_nats::jetstream::stream::{Config, DiscardPolicy};
+    use cim_integrate_runtime::handler::{Context, HandlerError, Registration};
+    use cim_integrate_runtime::service::Service;
+    let (t, _server) = setup().await;
+    let mut index = t
+        .jetstream()
+        .create_stream(Config {
+            name: "INDEX".into(),
+            subjects: vec!["search.>".into()],
+            max_messages: 1,
+            discard: DiscardPolicy::New,
+            ..Default::default()
+        })
+        .await
+        .expect("the operator's stream");
+    let indexed = || Envelope::root(Subject::new("search.indexed").expect("subject"), "{}");
+    t.publish_and_wait(indexed().into()).await.expect("the first fits");
+    let full = t.publish_and_wait(indexed().into()).await.expect_err("no room");
+    assert!(full.is_transient(), "{full:?}");
+    assert!(full.to_string().contains("lack of room"), "{full}");
+
+    let registration = Registration::new(
+        "indexer",
+        SubjectPattern::new("document.created").expect("pattern"),
+        "DocumentCreated",
+        |b: &[u8]| Ok::<_, std::convert::Infallible>(b.to_vec()),
+        |ctx: Context, _: Vec<u8>| async move {
+            let subject = Subject::new("search.indexed").map_err(HandlerError::permanent)?;
+            ctx.publish_bytes(&subject, "DocumentIndexed", "1.0", "{}").await?;
+            Ok(())
+        },
+    );
+    let svc = Service::builder(t.clone(), "faults")
+        .handler("search", registration)
+        .start()
+        .await
+        .expect("start");
+    t.publish_and_wait(OutboundMessage::from(envelope(0)))
+        .await
+        .expect("publish");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let stats = || svc.handler_stats("search-indexer").expect("stats");
+    while stats().deferred < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "not deferred: {:?}", stats());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let waiting = stats();
+    assert_eq!(
+        (waiting.succeeded, waiting.dead_lettered, waiting.retried),
+        (0, 0, 0),
+        "{waiting:?}"
+    );
+
+    index.purge().await.expect("the operator makes room");
+    while stats().succeeded == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not handled after the purge: {:?}",
+            stats()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(stats().dead_lettered, 0);
+    assert_eq!(
+        index.info().await.expect("info").state.messages,
+        1,
+        "the handler's event stored"
+    );
+    assert_eq!(
+        stream_messages(&t, cim_integrate_runtime::service::DEAD_LETTER_STREAM_NAME)
+            .await
+            .unwrap_or(0),
+        0
+    );
+    svc.shutdown(Duration::from_secs(5)).await;
+}
+
+/// An account at its JetStream storage quota refuses a publish as unavailable (transient, "no
+/// room"), and takes it again once room is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_at_its_quota_refuses_publishes_as_transient() {
+    let server = NatsServer::start_with_config(
+        "accounts { A { jetstream { max_file: 20000, max_mem: 20000 }, users: [ { user: u, password: p } ] } }",
+    )
+    .await
+    .expect("start nats-server");
+    let t = NatsTransport::connect(NatsOptions::new(server.url().replace("nats://", "nats://u:p@")))
+        .await
+        .expect("connect");
+    t.ensure_stream(&StreamSpec::for_domain("document", None).expect("spec"))
+        .await
+        .expect("stream");
+    let big = Bytes::from(format!("{{\"text\":\"{}\"}}", "x".repeat(3000)));
+    let event = || Envelope::root(Subject::new("document.created").expect("subject"), big.clone());
+    let mut stored = 0;
+    let refused = loop {
+        match t.publish_and_wait(event().into()).await {
+            Ok(_) => stored += 1,
+            Err(e) => break e,
+        }
+        assert!(stored < 100, "the quota never applied");
+    };
+    assert!(refused.is_transient(), "{refused:?}");
+    assert!(refused.to_string().contains("lack of room"), "{refused}");
+    t.jetstream()
+        .get_stream(STREAM)
+        .await
+        .expect("stream")
+        .purge()
+        .await
+        .expect("purge");
+    t.publish_and_wait(event().into()).await.expect("room again");
+}
+
 /// A read while the server is down is unavailability (transient), never "not found", on both
 /// read paths: the direct get of a bucket of one replica and the leader's `STREAM.MSG.GET` (a
 /// bucket of one replica that disallows direct gets, as a plain client may make one).

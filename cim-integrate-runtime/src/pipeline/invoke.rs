@@ -126,7 +126,12 @@ pub(crate) fn deferral(e: &(dyn std::error::Error + 'static)) -> Option<Outcome>
         });
     }
     unavailable(e).map(|what| Outcome::Deferred {
-        reason: format!("unavailable: {what}"),
+        // `TransportError::Unavailable` says so itself.
+        reason: if what.starts_with("unavailable") {
+            what
+        } else {
+            format!("unavailable: {what}")
+        },
         delay: UNAVAILABLE_DEFERRAL,
         cause: Deferral::Unavailable,
     })

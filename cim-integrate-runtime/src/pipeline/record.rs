@@ -1,6 +1,6 @@
 //! Layer: counters, metrics and the outcome's log line, updated once from the final outcome.
 
-use super::{Dispatch, Message, Outcome};
+use super::{Deferral, Dispatch, Message, Outcome};
 use crate::monitor::{self, HandlerMetrics};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +24,9 @@ pub struct HandlerCounters {
     pub skipped: AtomicU64,
     /// Commands the handler rejected.
     pub rejected: AtomicU64,
+    /// Lets through one warning of a deferral for unavailable infrastructure per
+    /// [`UNAVAILABLE_WARNING_MS`].
+    pub(crate) unavailable_warning: crate::throttle::Throttle,
 }
 
 /// A snapshot of one handler's counters.
@@ -91,6 +94,10 @@ pub(crate) fn count_outcome(c: &HandlerCounters, metrics: &HandlerMetrics, outco
     metrics.outcome(counted);
 }
 
+/// How often, at most, one handler warns of a deferral for unavailable infrastructure: an
+/// outage defers every delivery, each counted, and this says why without a line per message.
+const UNAVAILABLE_WARNING_MS: u64 = 10_000;
+
 /// Counts the final outcome (and what happened in place on the way: retries and deferrals of an
 /// ordered handler, a panic) in the handler's counters and metrics, and logs it.
 pub struct Record<D> {
@@ -132,6 +139,14 @@ impl<D: Dispatch> Dispatch for Record<D> {
             Outcome::Failed { reason, .. } | Outcome::Retry { reason, .. } => {
                 tracing::warn!(%reason, attempt = msg.attempt(), "will be retried");
             }
+            Outcome::Deferred {
+                reason,
+                delay,
+                cause: Deferral::Unavailable,
+            } if c.unavailable_warning.pass(UNAVAILABLE_WARNING_MS) => tracing::warn!(
+                %reason, ?delay,
+                "deferred: infrastructure unavailable; run again without spending an attempt (one such warning per handler every 10 s; each is counted as outcome \"deferred\")"
+            ),
             Outcome::Deferred { reason, delay, cause } => tracing::debug!(%reason, ?delay, ?cause, "deferred"),
             Outcome::DeadLettered { reason, .. } | Outcome::DeadLetter { reason, .. } => {
                 tracing::warn!(%reason, subject = msg.received().subject(), "dead-lettered");

@@ -238,6 +238,35 @@ pub(crate) fn unavailable(e: &async_nats::jetstream::Error) -> Option<TransportE
         .then(|| TransportError::Unavailable(format!("JetStream: {e}")))
 }
 
+/// JetStream error codes that mean "no room": a stream at its limits with the `new` discard
+/// policy (10077, "maximum messages exceeded", "maximum bytes exceeded", "maximum messages per
+/// subject exceeded", or another storage failure), an account at its JetStream quota (10002), a
+/// server out of storage or memory (10047, 10028).
+const FULL_CODES: [ErrorCode; 4] = [
+    ErrorCode::STREAM_STORE_FAILED,
+    ErrorCode::ACCOUNT_RESOURCES_EXCEEDED,
+    ErrorCode::STORAGE_RESOURCES_EXCEEDED,
+    ErrorCode::MEMORY_RESOURCES_EXCEEDED,
+];
+
+/// The reading of an error a write (a publish, a key-value put) was answered with, if it says
+/// there is no room to store it: capacity an operator gives back (raising limits, purging,
+/// waiting for the max age) is unavailability, retried, never a reason to dead-letter what
+/// caused the write.
+pub(crate) fn full(e: &async_nats::jetstream::Error) -> Option<TransportError> {
+    FULL_CODES.contains(&e.error_code()).then(|| {
+        TransportError::Unavailable(format!(
+            "JetStream: {e}: not stored for lack of room (a stream at its limits, an account at its quota or a server out of storage); retried until there is room"
+        ))
+    })
+}
+
+/// How a write's error reply reads: no room ([`full`]), unavailable ([`unavailable`]), or
+/// something else (`None`).
+pub(crate) fn write_unavailable(e: &async_nats::jetstream::Error) -> Option<TransportError> {
+    full(e).or_else(|| unavailable(e))
+}
+
 /// An error reply from the JetStream API that has no more specific meaning. Unavailability
 /// (no leader, offline, 503) is transient.
 pub(crate) fn api_error(e: async_nats::jetstream::Error) -> TransportError {
@@ -271,6 +300,21 @@ mod tests {
                 "{e} must be transient"
             );
         }
+        // No room for a write: unavailable for a publish or a key-value put; for a management
+        // request (creating a stream over the account's quota) an error reported at once.
+        for (code, err, text) in [
+            (503, 10077, "maximum messages exceeded"),
+            (400, 10002, "resource limits exceeded for account"),
+            (500, 10047, "insufficient storage resources available"),
+            (500, 10028, "insufficient memory resources available"),
+        ] {
+            let e = api(code, err, text);
+            assert!(
+                matches!(write_unavailable(&e), Some(TransportError::Unavailable(_))),
+                "{e} must be transient for a write"
+            );
+        }
+        assert!(!api_error(api(400, 10002, "resource limits exceeded for account")).is_transient());
         // Replicas > 1 on a single server, a bad name: permanent, reported, never retried.
         for (code, err, text) in [
             (500, 10074, "replicas > 1 not supported in non-clustered mode"),

@@ -34,8 +34,8 @@ struct Provisioned {
     transport: NatsTransport,
     /// The bucket's spec, as deployed.
     spec: KvSpec,
-    /// When (in [`monotonic_ms`]) the bucket's stream may next be looked for.
-    next_check_ms: std::sync::atomic::AtomicU64,
+    /// Lets one look for the bucket's stream through per [`GONE_CHECK_MS`].
+    gone_check: Throttle,
 }
 
 /// How often, at most, a handle asks whether its bucket is gone after failures that read as
@@ -47,12 +47,7 @@ const GONE_CHECK_MS: u64 = 1_000;
 /// ([`testing::recheck_kv_read_paths_every`](crate::testing::recheck_kv_read_paths_every)).
 pub(crate) static RECHECK_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(30_000);
 
-/// Milliseconds since the first call in this process (a monotonic clock for [`ReadPath`]).
-fn monotonic_ms() -> u64 {
-    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    let start = START.get_or_init(std::time::Instant::now);
-    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
-}
+use crate::throttle::{Throttle, monotonic_ms};
 
 /// A bucket's read path, shared by the clones of its handle: a direct get while its stream has one
 /// replica ([`reads_directly`]), else a read through the stream leader. The choice is made when the
@@ -201,7 +196,7 @@ pub(super) async fn open(t: &NatsTransport, spec: &KvSpec) -> Result<NatsKeyValu
     kv.provisioned = Some(Arc::new(Provisioned {
         transport: t.clone(),
         spec,
-        next_check_ms: std::sync::atomic::AtomicU64::new(0),
+        gone_check: Throttle::default(),
     }));
     Ok(kv)
 }
@@ -294,7 +289,7 @@ pub(crate) fn classify(what: &str, e: &(dyn std::error::Error + 'static)) -> Tra
             }
         }
         if let Some(api) = err.downcast_ref::<async_nats::jetstream::Error>()
-            && let Some(t) = super::convert::unavailable(api)
+            && let Some(t) = super::convert::write_unavailable(api)
         {
             return t;
         }
@@ -362,7 +357,6 @@ impl NatsKeyValue {
     /// at the start. Asked at most once a [`GONE_CHECK_MS`] per bucket, so that an outage, which
     /// fails the same way, costs one stream info request a second, not one per operation.
     async fn provisioned_again(&self, failure: &KvError) -> bool {
-        use std::sync::atomic::Ordering::Relaxed;
         let Some(p) = &self.provisioned else {
             return false;
         };
@@ -374,12 +368,7 @@ impl NatsKeyValue {
         ) {
             return false;
         }
-        let (now, next) = (monotonic_ms(), p.next_check_ms.load(Relaxed));
-        if now < next
-            || p.next_check_ms
-                .compare_exchange(next, now.saturating_add(GONE_CHECK_MS), Relaxed, Relaxed)
-                .is_err()
-        {
+        if !p.gone_check.pass(GONE_CHECK_MS) {
             return false;
         }
         match p.transport.stream_info(&format!("KV_{}", p.spec.bucket)).await {

@@ -573,7 +573,16 @@ fn publish_error(message: &OutboundMessage, e: &async_nats::jetstream::context::
             size: message.payload.len(),
             max: 0,
         },
-        _ => TransportError::Other(format!("publish to `{}`: {e}", message.subject)),
+        _ => {
+            let reply = std::error::Error::source(e).and_then(|s| s.downcast_ref::<jetstream::Error>());
+            match reply.and_then(convert::write_unavailable) {
+                Some(TransportError::Unavailable(why)) => {
+                    TransportError::Unavailable(format!("publish to `{}`: {why}", message.subject))
+                }
+                Some(other) => other,
+                None => TransportError::Other(format!("publish to `{}`: {e}", message.subject)),
+            }
+        }
     }
 }
 

@@ -1,0 +1,47 @@
+//! At most once per interval, across threads: for checks and warnings that a storm of failures
+//! would otherwise repeat for every message.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Instant;
+
+/// Milliseconds since the first call in this process: a monotonic clock cheap to store in an
+/// atomic.
+pub(crate) fn monotonic_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    let start = START.get_or_init(Instant::now);
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Lets one caller through, then no other until `every_ms` have passed; open at first.
+#[derive(Debug, Default)]
+pub(crate) struct Throttle {
+    /// When (in [`monotonic_ms`]) the next caller may pass.
+    next_ms: AtomicU64,
+}
+
+impl Throttle {
+    /// `true` for the one caller that passes now; the next may pass `every_ms` later.
+    pub(crate) fn pass(&self, every_ms: u64) -> bool {
+        let (now, next) = (monotonic_ms(), self.next_ms.load(Relaxed));
+        now >= next
+            && self
+                .next_ms
+                .compare_exchange(next, now.saturating_add(every_ms), Relaxed, Relaxed)
+                .is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_caller_passes_per_interval() {
+        let t = Throttle::default();
+        assert!(t.pass(60_000), "open at first");
+        assert!(!t.pass(60_000), "closed for the interval");
+        let zero = Throttle::default();
+        assert!(zero.pass(0) && zero.pass(0), "an interval of zero never closes");
+    }
+}

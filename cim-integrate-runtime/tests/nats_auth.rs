@@ -1,5 +1,6 @@
 //! Authentication and TLS of the NATS transport against private nats-servers that require them:
-//! user/password, token, NKey, JWT `.creds` (operator mode) and TLS (server-only and mutual).
+//! user/password, token, NKey, JWT `.creds` (operator mode) and TLS (server-only and mutual), and
+//! publish permissions (a refused publish is `PermissionDenied`).
 //! For each: the right credentials connect and carry a JetStream round trip; wrong or missing
 //! ones fail with a typed `TransportError` in bounded time; `Debug` of the options never shows
 //! the secret.
@@ -19,6 +20,9 @@ use cim_integrate_runtime::transport::{Consumer, ConsumerSpec, StreamSpec, Trans
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+#[path = "fixtures/indexer.rs"]
+mod indexer;
 
 /// Upper bound for any connection attempt, successful or not.
 const CONNECT_BOUND: Duration = Duration::from_secs(20);
@@ -627,4 +631,108 @@ async fn credentials_file_operator_mode() {
         "user JWT signed with another key",
     )
     .await;
+}
+
+/// The server configuration of [`a_refused_publish_is_permission_denied_and_waits_for_the_grant`]:
+/// `admin` may do anything; `svc` may publish anywhere but to `denied`.
+fn permissions_config(denied: &[&str]) -> String {
+    let deny = denied.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ");
+    format!(
+        "authorization {{ users: [ {{ user: admin, password: a }}, \
+         {{ user: svc, password: s, permissions: {{ publish: {{ allow: [\">\"], deny: [{deny}] }} }} }} ] }}"
+    )
+}
+
+/// A publish the user may not make: the server drops it and tells the connection, not the
+/// publish. It is reported as `PermissionDenied` after one timeout (not a timeout after every
+/// retry), a JetStream request the same way (provisioning reports it at once instead of
+/// retrying for a minute), and a handler whose publish is refused is deferred, never
+/// dead-lettered, and goes through once the operator grants the permission (a config reload; on
+/// nats-server 2.9, a reload and a restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_publish_is_permission_denied_and_waits_for_the_grant() {
+    use cim_integrate_runtime::service::Service;
+    use std::time::Instant;
+    let mut server = NatsServer::start_with_config(&permissions_config(&[
+        "search.>",
+        "$JS.API.STREAM.CREATE.PERSON_EVENTS",
+    ]))
+    .await
+    .expect("start nats-server");
+    let as_user = |user: &str, password: &str| {
+        let mut o = NatsOptions::new(server.url().replace("nats://", &format!("nats://{user}:{password}@")));
+        o.request_timeout = Duration::from_secs(2);
+        o
+    };
+    let admin = connect(as_user("admin", "a")).await.expect("admin");
+    for domain in ["search", "document"] {
+        admin
+            .ensure_stream(&StreamSpec::for_domain(domain, None).expect("spec"))
+            .await
+            .expect("stream");
+    }
+    let t = connect(as_user("svc", "s")).await.expect("svc");
+
+    let began = Instant::now();
+    let refused = t
+        .publish_and_wait(Envelope::root(Subject::new("search.indexed").expect("subject"), "{}").into())
+        .await
+        .expect_err("refused");
+    assert_eq!(
+        refused,
+        TransportError::PermissionDenied {
+            subject: "search.indexed".into()
+        }
+    );
+    assert!(refused.is_transient());
+    assert!(
+        began.elapsed() < Duration::from_secs(4),
+        "one timeout, not one per retry: {:?}",
+        began.elapsed()
+    );
+
+    let began = Instant::now();
+    let api = t
+        .ensure_stream(&StreamSpec::for_domain("person", None).expect("spec"))
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(&api, TransportError::PermissionDenied { subject } if subject == "$JS.API.STREAM.CREATE.PERSON_EVENTS"),
+        "{api:?}"
+    );
+    assert!(
+        began.elapsed() < Duration::from_secs(10),
+        "reported at once: {:?}",
+        began.elapsed()
+    );
+
+    let svc = Service::builder(t.clone(), "perms")
+        .handler("search", indexer::indexer())
+        .start()
+        .await
+        .expect("start");
+    t.publish_and_wait(
+        Envelope::root(Subject::new("document.created").expect("subject"), "{}")
+            .typed("DocumentCreated", "1.0")
+            .into(),
+    )
+    .await
+    .expect("publish");
+    indexer::deferred_until(|| svc.handler_stats("search-indexer").expect("stats"), async {
+        server
+            .reload_config(&permissions_config(&["$JS.API.STREAM.CREATE.PERSON_EVENTS"]))
+            .expect("grant the permission");
+        if server_version().expect("nats-server version") < (2, 10, 0) {
+            // nats-server 2.9 reloads the users into a new account: connections made before keep
+            // core NATS but lose JetStream (docs/operations.md). The operator restarts the server.
+            server.restart().await.expect("restart");
+        }
+    })
+    .await;
+    assert_eq!(
+        indexer::stream_messages(&admin, "SEARCH_EVENTS").await,
+        Some(1),
+        "the handler's event stored once"
+    );
+    svc.shutdown(Duration::from_secs(5)).await;
 }

@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 #[path = "fixtures/consumer/next_info.rs"]
 mod next_info;
 use next_info::next_info;
+#[path = "fixtures/indexer.rs"]
+#[allow(dead_code)]
+mod indexer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r3_stream_fails_over_and_the_killed_node_rejoins() {
@@ -274,15 +277,6 @@ async fn a_publish_rides_out_its_streams_election() {
         "{} of {sent} publishes failed: {failures:#?}",
         failures.len()
     );
-    let stored = t
-        .jetstream()
-        .get_stream("DOCUMENT_EVENTS")
-        .await
-        .expect("stream")
-        .info()
-        .await
-        .expect("info")
-        .state
-        .messages;
-    assert_eq!(stored, sent, "each publish stored once");
+    let stored = indexer::stream_messages(&t, "DOCUMENT_EVENTS").await;
+    assert_eq!(stored, Some(sent), "each publish stored once");
 }

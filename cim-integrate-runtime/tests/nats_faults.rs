@@ -15,6 +15,10 @@ use std::time::Duration;
 #[path = "fixtures/consumer/next_info.rs"]
 mod next_info;
 use next_info::next_info;
+#[path = "fixtures/indexer.rs"]
+#[allow(dead_code)]
+mod indexer;
+use indexer::stream_messages;
 
 const STREAM: &str = "DOCUMENT_EVENTS";
 
@@ -41,12 +45,6 @@ fn envelope(i: usize) -> Envelope {
 
 async fn stored_messages(t: &NatsTransport) -> u64 {
     stream_messages(t, STREAM).await.expect("stream")
-}
-
-/// How many messages stream `name` holds; `None` if it does not exist (or cannot be read).
-async fn stream_messages(t: &NatsTransport, name: &str) -> Option<u64> {
-    let mut stream = t.jetstream().get_stream(name).await.ok()?;
-    stream.info().await.ok().map(|i| i.state.messages)
 }
 
 /// Publishes every message until each is acknowledged, re-publishing (same id) whatever failed.
@@ -365,7 +363,6 @@ async fn a_server_that_lost_its_jetstream_state_is_provisioned_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_stream_defers_its_publishers_until_there_is_room() {
     use async_nats::jetstream::stream::{Config, DiscardPolicy};
-    use cim_integrate_runtime::handler::{Context, HandlerError, Registration};
     use cim_integrate_runtime::service::Service;
     let (t, _server) = setup().await;
     let mut index = t
@@ -385,48 +382,18 @@ async fn a_full_stream_defers_its_publishers_until_there_is_room() {
     assert!(full.is_transient(), "{full:?}");
     assert!(full.to_string().contains("lack of room"), "{full}");
 
-    let registration = Registration::new(
-        "indexer",
-        SubjectPattern::new("document.created").expect("pattern"),
-        "DocumentCreated",
-        |b: &[u8]| Ok::<_, std::convert::Infallible>(b.to_vec()),
-        |ctx: Context, _: Vec<u8>| async move {
-            let subject = Subject::new("search.indexed").map_err(HandlerError::permanent)?;
-            ctx.publish_bytes(&subject, "DocumentIndexed", "1.0", "{}").await?;
-            Ok(())
-        },
-    );
     let svc = Service::builder(t.clone(), "faults")
-        .handler("search", registration)
+        .handler("search", indexer::indexer())
         .start()
         .await
         .expect("start");
     t.publish_and_wait(OutboundMessage::from(envelope(0)))
         .await
         .expect("publish");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let stats = || svc.handler_stats("search-indexer").expect("stats");
-    while stats().deferred < 2 {
-        assert!(tokio::time::Instant::now() < deadline, "not deferred: {:?}", stats());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let waiting = stats();
-    assert_eq!(
-        (waiting.succeeded, waiting.dead_lettered, waiting.retried),
-        (0, 0, 0),
-        "{waiting:?}"
-    );
-
-    index.purge().await.expect("the operator makes room");
-    while stats().succeeded == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not handled after the purge: {:?}",
-            stats()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(stats().dead_lettered, 0);
+    indexer::deferred_until(|| svc.handler_stats("search-indexer").expect("stats"), async {
+        index.purge().await.expect("the operator makes room");
+    })
+    .await;
     assert_eq!(
         index.info().await.expect("info").state.messages,
         1,
@@ -594,4 +561,46 @@ async fn shutdown_with_the_server_gone_is_bounded() {
     let took = began.elapsed();
     // grace + 2 s for the heartbeat + grace for the flush, and a second of slack.
     assert!(took < grace * 2 + Duration::from_secs(3), "shutdown took {took:?}");
+}
+
+/// JetStream not enabled, as a new user may run nats-server (no `-js`) or configure an account
+/// (no `jetstream: enabled`): provisioning says so at once, naming the fix, instead of waiting
+/// a minute for what it took to be an election.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_not_enabled_is_reported_at_once() {
+    use cim_integrate_runtime::service::Service;
+    use cim_integrate_runtime::transport::TransportError;
+    use std::time::Instant;
+    let no_js = NatsServer::start_without_jetstream().await.expect("start nats-server");
+    let no_account_js = NatsServer::start_with_config("accounts { A { users: [ { user: u, password: p } ] } }")
+        .await
+        .expect("start nats-server");
+    for url in [no_js.url(), no_account_js.url().replace("nats://", "nats://u:p@")] {
+        let t = NatsTransport::connect(NatsOptions::new(&url)).await.expect("connect");
+        let began = Instant::now();
+        let e = t
+            .ensure_stream(&StreamSpec::for_domain("document", None).expect("spec"))
+            .await
+            .expect_err("no JetStream");
+        assert!(matches!(e, TransportError::JetStreamDisabled { .. }), "{url}: {e:?}");
+        assert!(e.to_string().contains("-js"), "names the fix: {e}");
+        let noop = cim_integrate_runtime::handler::Registration::new(
+            "noop",
+            SubjectPattern::new("document.created").expect("pattern"),
+            "DocumentCreated",
+            |b: &[u8]| Ok::<_, std::convert::Infallible>(b.to_vec()),
+            |_, _: Vec<u8>| async { Ok(()) },
+        );
+        let e = Service::builder(t.clone(), "nojs")
+            .handler("search", noop)
+            .start()
+            .await
+            .expect_err("a host cannot start without JetStream");
+        assert!(e.to_string().contains("JetStream is not enabled"), "{url}: {e}");
+        assert!(
+            began.elapsed() < Duration::from_secs(10),
+            "{url}: at once, not after {:?}",
+            began.elapsed()
+        );
+    }
 }

@@ -71,9 +71,11 @@ impl From<KvError> for OpsError {
 }
 
 impl OpsError {
-    /// `true` if trying again later may succeed (infrastructure unavailability).
+    /// `true` if trying again later may succeed (infrastructure unavailability). A
+    /// misconfiguration is not ([`TransportError::needs_operator`]: a refused permission,
+    /// JetStream not enabled): it stays until someone changes it.
     pub fn is_transient(&self) -> bool {
-        matches!(self, OpsError::Transport(t) if t.is_transient())
+        matches!(self, OpsError::Transport(t) if t.is_transient() && !t.needs_operator())
     }
 }
 
@@ -218,4 +220,18 @@ pub(crate) fn not_found(e: &(dyn std::error::Error + 'static)) -> bool {
 
 pub(crate) fn transport(what: &str, e: &(dyn std::error::Error + 'static)) -> OpsError {
     OpsError::Transport(crate::transport::nats::classify_error(what, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_permission_is_not_reported_as_unavailability() {
+        let denied = OpsError::Transport(TransportError::PermissionDenied {
+            subject: "dlq.search.indexer.redrive".into(),
+        });
+        assert!(!denied.is_transient(), "the operator must not be told to try again");
+        assert!(OpsError::Transport(TransportError::Timeout("t".into())).is_transient());
+    }
 }

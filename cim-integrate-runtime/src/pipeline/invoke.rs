@@ -126,8 +126,8 @@ pub(crate) fn deferral(e: &(dyn std::error::Error + 'static)) -> Option<Outcome>
         });
     }
     unavailable(e).map(|what| Outcome::Deferred {
-        // `TransportError::Unavailable` says so itself.
-        reason: if what.starts_with("unavailable") {
+        // `TransportError::Unavailable` and `PermissionDenied` say what they are themselves.
+        reason: if what.starts_with("unavailable") || what.starts_with("permission denied") {
             what
         } else {
             format!("unavailable: {what}")

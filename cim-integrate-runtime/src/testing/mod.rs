@@ -114,6 +114,8 @@ pub struct NatsServer {
     dir: tempfile::TempDir,
     port: u16,
     child: Option<Child>,
+    /// Started with `-js` (all but [`start_without_jetstream`](Self::start_without_jetstream)).
+    jetstream: bool,
     extra_args: Vec<String>,
 }
 
@@ -128,14 +130,15 @@ impl NatsServer {
     /// `["--user", "u", "--pass", "p"]` or `["--tls", "--tlscert", ..., "--tlskey", ...]`). They
     /// are kept for [`restart`](Self::restart).
     pub async fn start_with(extra_args: &[&str]) -> io::Result<Self> {
-        let dir = tempfile::Builder::new().prefix("cim-nats-").tempdir()?;
-        let mut server = Self {
-            bin: server_bin(),
-            dir,
-            port: 0,
-            child: None,
-            extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
-        };
+        let mut server = Self::unstarted(true)?;
+        server.extra_args = extra_args.iter().map(|a| (*a).to_owned()).collect();
+        server.spawn(None).await?;
+        Ok(server)
+    }
+
+    /// A server without JetStream (no `-js`), as a new user may start one.
+    pub async fn start_without_jetstream() -> io::Result<Self> {
+        let mut server = Self::unstarted(false)?;
         server.spawn(None).await?;
         Ok(server)
     }
@@ -144,18 +147,24 @@ impl NatsServer {
     /// directory and passed with `-c`. Command-line options (address, port, JetStream, store)
     /// take precedence over the file's.
     pub async fn start_with_config(config: &str) -> io::Result<Self> {
-        let dir = tempfile::Builder::new().prefix("cim-nats-").tempdir()?;
-        let conf = dir.path().join("server.conf");
+        let mut server = Self::unstarted(true)?;
+        let conf = server.dir.path().join("server.conf");
         std::fs::write(&conf, config)?;
-        let mut server = Self {
-            bin: server_bin(),
-            dir,
-            port: 0,
-            child: None,
-            extra_args: vec!["-c".to_owned(), conf.to_string_lossy().into_owned()],
-        };
+        server.extra_args = vec!["-c".to_owned(), conf.to_string_lossy().into_owned()];
         server.spawn(None).await?;
         Ok(server)
+    }
+
+    /// A server with a fresh directory, not spawned yet.
+    fn unstarted(jetstream: bool) -> io::Result<Self> {
+        Ok(Self {
+            bin: server_bin(),
+            dir: tempfile::Builder::new().prefix("cim-nats-").tempdir()?,
+            port: 0,
+            child: None,
+            jetstream,
+            extra_args: Vec::new(),
+        })
     }
 
     /// `nats://127.0.0.1:<port>`.
@@ -194,7 +203,9 @@ impl NatsServer {
             .open(self.dir.path().join("server.log"))?;
         let port_arg = port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
         let mut child = Command::new(&self.bin)
-            .args(["-a", "127.0.0.1", "-p", &port_arg, "-js", "--store_dir"])
+            .args(["-a", "127.0.0.1", "-p", &port_arg])
+            .args(self.jetstream.then_some("-js"))
+            .arg("--store_dir")
             .arg(&store)
             .arg("--ports_file_dir")
             .arg(&ports_dir)
@@ -262,6 +273,23 @@ impl NatsServer {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Replaces the configuration of a server started with
+    /// [`start_with_config`](Self::start_with_config) and has it reload it (SIGHUP), as an
+    /// operator changing permissions or limits on a running server does. Connections stay up.
+    pub fn reload_config(&self, config: &str) -> io::Result<()> {
+        let child = self
+            .child
+            .as_ref()
+            .ok_or_else(|| io::Error::other("the server is not running"))?;
+        std::fs::write(self.dir.path().join("server.conf"), config)?;
+        let status = Command::new("kill").args(["-HUP", &child.id().to_string()]).status()?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!("kill -HUP: {status}")))
         }
     }
 

@@ -161,6 +161,28 @@ pub enum TransportError {
     /// Any other failure reported by the server or client.
     #[error("{0}")]
     Other(String),
+    /// The server refused to let this connection publish to `subject` (a permissions violation:
+    /// the user's publish permissions do not allow it). Transient, like unavailability: the work
+    /// that published waits (a handler is deferred, never dead-lettered) until an operator grants
+    /// the permission; provisioning reports it at once.
+    #[error(
+        "permission denied: the server refused a publish to `{subject}`; allow it in the user's publish permissions"
+    )]
+    PermissionDenied {
+        /// The refused subject (a JetStream API subject for a refused API request).
+        subject: String,
+    },
+    /// JetStream is not enabled where this connection could use it: the server runs without it
+    /// and nothing else answered the JetStream API, or the account has none. Transient for the
+    /// work that waits for it (an operator's fix makes it succeed); provisioning reports it at
+    /// once.
+    #[error(
+        "JetStream is not enabled {detail}: start nats-server with `-js` (or a `jetstream {{}}` block in its configuration) and, with accounts, enable it for the account (`jetstream: enabled`)"
+    )]
+    JetStreamDisabled {
+        /// Where: on which server, or for the account.
+        detail: String,
+    },
     /// Nobody serves the subject of a request (no member of any queue group is subscribed).
     #[error("no responders for `{subject}`: no service serves it (is one running?)")]
     NoResponders {
@@ -191,9 +213,12 @@ impl TransportError {
     /// What kind of failure this is.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Self::Timeout(_) | Self::Connection(_) | Self::Unavailable(_) | Self::NoStream { .. } => {
-                ErrorKind::Transient
-            }
+            Self::Timeout(_)
+            | Self::Connection(_)
+            | Self::Unavailable(_)
+            | Self::NoStream { .. }
+            | Self::PermissionDenied { .. }
+            | Self::JetStreamDisabled { .. } => ErrorKind::Transient,
             Self::StreamNotFound { .. } | Self::ConsumerNotFound { .. } | Self::NoResponders { .. } => {
                 ErrorKind::NotFound
             }
@@ -209,6 +234,15 @@ impl TransportError {
     /// unavailable leaders, and a subject whose stream is not provisioned yet.
     pub fn is_transient(&self) -> bool {
         self.kind() == ErrorKind::Transient
+    }
+
+    /// `true` for a deployment's misconfiguration that only an operator ends: a refused
+    /// permission ([`PermissionDenied`](Self::PermissionDenied)), JetStream not enabled
+    /// ([`JetStreamDisabled`](Self::JetStreamDisabled)). Transient for work that can wait (a
+    /// handler is deferred, not dead-lettered), but not worth waiting out where someone is told
+    /// at once: provisioning at start, an operator's command.
+    pub fn needs_operator(&self) -> bool {
+        matches!(self, Self::PermissionDenied { .. } | Self::JetStreamDisabled { .. })
     }
 
     /// `true` if the same operation with the same arguments can never succeed, however often it

@@ -121,15 +121,20 @@ pub(crate) trait Retryable: std::fmt::Display {
     fn is_transient(&self) -> bool;
 }
 
+/// Provisioning waits out an election, not a misconfiguration (a refused permission, JetStream
+/// not enabled): that stays until an operator changes it, so it is reported at once.
 impl Retryable for TransportError {
     fn is_transient(&self) -> bool {
-        TransportError::is_transient(self)
+        TransportError::is_transient(self) && !self.needs_operator()
     }
 }
 
 impl Retryable for super::KvError {
     fn is_transient(&self) -> bool {
-        super::KvError::is_transient(self)
+        match self {
+            super::KvError::Transport(t) => Retryable::is_transient(t),
+            other => other.is_transient(),
+        }
     }
 }
 

@@ -270,6 +270,11 @@ pub(crate) fn write_unavailable(e: &async_nats::jetstream::Error) -> Option<Tran
 /// An error reply from the JetStream API that has no more specific meaning. Unavailability
 /// (no leader, offline, 503) is transient.
 pub(crate) fn api_error(e: async_nats::jetstream::Error) -> TransportError {
+    if e.error_code() == ErrorCode::JETSTREAM_NOT_ENABLED_FOR_ACCOUNT {
+        return TransportError::JetStreamDisabled {
+            detail: "for this connection's account".into(),
+        };
+    }
     unavailable(&e).unwrap_or_else(|| TransportError::Other(format!("JetStream: {e}")))
 }
 

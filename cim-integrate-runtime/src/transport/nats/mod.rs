@@ -24,6 +24,7 @@
 
 mod consumer;
 mod convert;
+mod denials;
 pub(crate) mod kv;
 mod options;
 mod scan;
@@ -63,6 +64,9 @@ struct Inner {
     client: async_nats::Client,
     js: jetstream::Context,
     options: NatsOptions,
+    /// The publishes the server refused (recorded by the connection's event callback; empty
+    /// for a client built elsewhere, [`NatsTransport::with_client`]).
+    denials: Arc<denials::Denials>,
 }
 
 impl std::fmt::Debug for NatsTransport {
@@ -100,7 +104,8 @@ impl NatsTransport {
         if addrs.is_empty() {
             return Err(TransportError::Invalid("NATS URL is empty".into()));
         }
-        let mut connect = options.connect_options().await?;
+        let denials = Arc::new(denials::Denials::default());
+        let mut connect = options.connect_options(denials.clone()).await?;
         if options.auth == NatsAuth::None {
             connect = match options::url_auth(&addrs)? {
                 NatsAuth::UserPassword { user, password } => connect.user_and_password(user, password),
@@ -112,7 +117,7 @@ impl NatsTransport {
             .connect(addrs)
             .await
             .map_err(|e| TransportError::Connection(format!("connecting to NATS: {e}")))?;
-        Ok(Self::with_client(client, options))
+        Ok(Self::build(client, options, denials))
     }
 
     /// Connects to `url` with no credentials and default tuning.
@@ -130,14 +135,27 @@ impl NatsTransport {
 
     /// Wraps an already connected client; `options` supplies the tuning (its URL and credentials
     /// are not used).
+    ///
+    /// The server's refusals of publishes (permissions) reach a client's event callback only, so
+    /// on a transport made here a refused publish reads as a timeout; [`connect`](Self::connect)
+    /// reports it as [`TransportError::PermissionDenied`].
     pub fn with_client(client: async_nats::Client, options: NatsOptions) -> Self {
+        Self::build(client, options, Arc::default())
+    }
+
+    fn build(client: async_nats::Client, options: NatsOptions, denials: Arc<denials::Denials>) -> Self {
         let builder = jetstream::ContextBuilder::new().timeout(options.request_timeout);
         let js = match &options.js_domain {
             Some(domain) => builder.domain(domain.clone()).build(client.clone()),
             None => builder.build(client.clone()),
         };
         Self {
-            inner: Arc::new(Inner { client, js, options }),
+            inner: Arc::new(Inner {
+                client,
+                js,
+                options,
+                denials,
+            }),
         }
     }
 
@@ -150,6 +168,7 @@ impl NatsTransport {
                 client: self.inner.client.clone(),
                 js: self.inner.js.clone(),
                 options,
+                denials: self.inner.denials.clone(),
             }),
         }
     }
@@ -175,12 +194,31 @@ impl NatsTransport {
         subject: String,
         body: &serde_json::Value,
     ) -> Result<ApiResult<T>, TransportError> {
-        let response: jetstream::response::Response<T> = self
-            .inner
-            .js
-            .request(subject.clone(), body)
-            .await
-            .map_err(|e| request_error(&subject, e))?;
+        let began = crate::throttle::monotonic_ms();
+        let response: jetstream::response::Response<T> =
+            self.inner.js.request(subject.clone(), body).await.map_err(|e| {
+                let full = match &self.inner.options.js_domain {
+                    Some(domain) => format!("$JS.{domain}.API.{subject}"),
+                    None => format!("$JS.API.{subject}"),
+                };
+                use async_nats::jetstream::context::RequestErrorKind;
+                match e.kind() {
+                    RequestErrorKind::TimedOut if self.inner.denials.refused(&full, began) => {
+                        TransportError::PermissionDenied { subject: full }
+                    }
+                    // Nobody serves the API, and the server this client is on has no JetStream
+                    // (it says so when the client connects): not an election to wait out.
+                    RequestErrorKind::NoResponders if !self.inner.client.server_info().jetstream => {
+                        TransportError::JetStreamDisabled {
+                            detail: format!(
+                                "on nats-server `{}`, this client's server, and no other server answered the JetStream API",
+                                self.inner.client.server_info().server_name
+                            ),
+                        }
+                    }
+                    _ => request_error(&subject, e),
+                }
+            })?;
         Ok(match response {
             jetstream::response::Response::Ok(v) => Ok(v),
             jetstream::response::Response::Err { error } => Err(error),
@@ -465,13 +503,27 @@ async fn publish_again(
     inner: Arc<Inner>,
     message: OutboundMessage,
     mut error: async_nats::jetstream::context::PublishError,
+    sent: tokio::time::Instant,
 ) -> Result<PublishAck, TransportError> {
     let (retries, timeout) = (inner.options.publish_retries, inner.options.request_timeout);
     let mut attempt = 0u32;
+    // When the last send went out, on the clock refusals are recorded by.
+    // (Whole milliseconds, and the send's instant is read just after the send: read with a
+    // margin, so that neither puts the send after its refusal.)
+    const MARGIN_MS: u64 = 100;
+    let mut sent_ms = crate::throttle::monotonic_ms()
+        .saturating_sub(u64::try_from(sent.elapsed().as_millis()).unwrap_or(u64::MAX))
+        .saturating_sub(MARGIN_MS);
     // While no responders answer a subject a stream captures: until when, and the next pause.
     let mut electing: Option<(tokio::time::Instant, Duration)> = None;
     loop {
         match error.kind() {
+            // The server dropped it and said why, to the connection, not to the publish.
+            PublishErrorKind::TimedOut if inner.denials.refused(message.subject.as_str(), sent_ms) => {
+                return Err(TransportError::PermissionDenied {
+                    subject: message.subject.to_string(),
+                });
+            }
             PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe
                 if attempt < retries && message.msg_id().is_some() =>
             {
@@ -526,6 +578,7 @@ async fn publish_again(
             }
             _ => return Err(publish_error(&message, &error)),
         }
+        sent_ms = crate::throttle::monotonic_ms().saturating_sub(MARGIN_MS);
         let pending = send(&inner.js, &message, inner.client.max_payload()).await?;
         let deadline = tokio::time::Instant::now() + timeout;
         error = match tokio::time::timeout_at(deadline, pending).await {
@@ -680,7 +733,8 @@ impl Future for NatsAckFuture {
                         return Poll::Ready(Err(TransportError::Other("acknowledgement polled again".into())));
                     };
                     let (inner, message) = retry;
-                    self.state = AckState::Retrying(Box::pin(publish_again(inner, message, error)));
+                    let sent = *deadline - inner.options.request_timeout;
+                    self.state = AckState::Retrying(Box::pin(publish_again(inner, message, error, sent)));
                 }
                 AckState::Retrying(again) => {
                     let done = std::task::ready!(again.as_mut().poll(cx));

@@ -278,16 +278,28 @@ impl NatsOptions {
         Ok(Some(o))
     }
 
-    /// The async-nats connect options these settings describe.
-    pub(crate) async fn connect_options(&self) -> Result<async_nats::ConnectOptions, TransportError> {
+    /// The async-nats connect options these settings describe; the server's refusals of
+    /// publishes go to `denials`.
+    pub(crate) async fn connect_options(
+        &self,
+        denials: std::sync::Arc<super::denials::Denials>,
+    ) -> Result<async_nats::ConnectOptions, TransportError> {
         let mut c = async_nats::ConnectOptions::new()
             .request_timeout(Some(self.request_timeout))
             .connection_timeout(self.request_timeout)
-            .event_callback(|event| async move {
-                match event {
-                    async_nats::Event::Connected => tracing::info!("NATS connected"),
-                    async_nats::Event::Disconnected => tracing::warn!("NATS disconnected; reconnecting"),
-                    other => tracing::debug!(event = %other, "NATS client event"),
+            .event_callback(move |event| {
+                let denials = denials.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Connected => tracing::info!("NATS connected"),
+                        async_nats::Event::Disconnected => tracing::warn!("NATS disconnected; reconnecting"),
+                        async_nats::Event::ServerError(async_nats::ServerError::Other(error)) => {
+                            if !denials.record(&error) {
+                                tracing::warn!(%error, "NATS server error");
+                            }
+                        }
+                        other => tracing::debug!(event = %other, "NATS client event"),
+                    }
                 }
             });
         c = match &self.auth {

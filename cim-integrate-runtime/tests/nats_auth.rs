@@ -656,6 +656,7 @@ async fn a_refused_publish_is_permission_denied_and_waits_for_the_grant() {
     let mut server = NatsServer::start_with_config(&permissions_config(&[
         "search.>",
         "$JS.API.STREAM.CREATE.PERSON_EVENTS",
+        "$KV.refused.>",
     ]))
     .await
     .expect("start nats-server");
@@ -704,6 +705,18 @@ async fn a_refused_publish_is_permission_denied_and_waits_for_the_grant() {
         began.elapsed() < Duration::from_secs(10),
         "reported at once: {:?}",
         began.elapsed()
+    );
+
+    // A key-value write the same way (the bucket's handle knows the connection's refusals).
+    use cim_integrate_runtime::transport::KeyValue as _;
+    let kv = t
+        .key_value(&cim_integrate_runtime::transport::KvSpec::new("refused"))
+        .await
+        .expect("bucket");
+    let write = kv.put("k1", Bytes::from_static(b"v")).await.expect_err("refused");
+    assert!(
+        matches!(&write, cim_integrate_runtime::transport::KvError::Transport(TransportError::PermissionDenied { subject }) if subject.ends_with("$KV.refused.k1")),
+        "{write:?}"
     );
 
     let svc = Service::builder(t.clone(), "perms")

@@ -64,6 +64,23 @@ impl Denials {
     }
 }
 
+impl Denials {
+    /// The refused subject ending in `tail` (a key-value write's `$KV.<bucket>.<key>`, which
+    /// async-nats may prefix), if the server refused one at or after `since`.
+    pub(crate) fn refused_ending(&self, tail: &str, since: u64) -> Option<String> {
+        if !self.any.load(Ordering::Acquire) {
+            return None;
+        }
+        let recent = self.recent.lock().ok()?;
+        recent
+            .iter()
+            .rev()
+            .take_while(|(at, _)| *at >= since)
+            .find(|(_, s)| s.ends_with(tail))
+            .map(|(_, s)| s.to_string())
+    }
+}
+
 /// The subject of a `Permissions Violation for Publish to "<subject>"` server error.
 fn refused_publish(error: &str) -> Option<&str> {
     const PREFIX: &str = "permissions violation for publish to ";

@@ -490,10 +490,30 @@ impl NatsKeyValue {
 
     fn transport(&self, what: &str, key: &str, e: &(dyn std::error::Error + 'static), timed_out: bool) -> KvError {
         let what = format!("{what} `{key}` in bucket `{}`", self.bucket);
-        if timed_out {
-            return KvError::Transport(TransportError::Timeout(what));
-        }
-        KvError::Transport(classify(&what, e))
+        let error = if timed_out {
+            TransportError::Timeout(what)
+        } else {
+            classify(&what, e)
+        };
+        KvError::Transport(match error {
+            TransportError::Timeout(_) => self.refused(key).unwrap_or(error),
+            other => other,
+        })
+    }
+
+    /// A write to `key` that timed out because the server refused it (the user may not
+    /// publish to the key's subject; see `denials`): only a handle that provisioned its bucket
+    /// knows the connection's refusals.
+    fn refused(&self, key: &str) -> Option<TransportError> {
+        let p = self.provisioned.as_ref()?;
+        let inner = &p.transport.inner;
+        let window = u64::try_from(inner.options.request_timeout.as_millis()).unwrap_or(u64::MAX);
+        let since = monotonic_ms().saturating_sub(window.saturating_add(1_000));
+        let tail = format!("{}{key}", self.store.put_prefix.as_ref().unwrap_or(&self.store.prefix));
+        inner
+            .denials
+            .refused_ending(&tail, since)
+            .map(|subject| TransportError::PermissionDenied { subject })
     }
 }
 

@@ -540,31 +540,28 @@ async fn publish_again(
                 let transport = NatsTransport { inner: inner.clone() };
                 let (until, pause) = match electing {
                     Some(waiting) => waiting,
-                    None => match transport.stream_capturing(message.subject.as_str()).await {
-                        Ok(None) => return Err(publish_error(&message, &error)),
-                        Ok(Some(stream)) => {
-                            tracing::warn!(
+                    None => {
+                        match transport.stream_capturing(message.subject.as_str()).await {
+                            Ok(None) => return Err(publish_error(&message, &error)),
+                            Ok(Some(stream)) => tracing::warn!(
                                 subject = %message.subject, %stream,
                                 "no responders for a subject a stream captures (leader election?); sending it again"
-                            );
-                            (
-                                tokio::time::Instant::now() + timeout * (retries + 1),
-                                Duration::from_millis(25),
-                            )
+                            ),
+                            // The JetStream API is unavailable too (a meta-leader election): wait.
+                            Err(e) if e.is_transient() => tracing::warn!(
+                                subject = %message.subject, error = %e,
+                                "no responders, and JetStream cannot say which stream captures the subject; sending it again"
+                            ),
+                            Err(e) => {
+                                tracing::debug!(subject = %message.subject, error = %e, "cannot ask which stream captures the subject");
+                                return Err(publish_error(&message, &error));
+                            }
                         }
-                        // The JetStream API is unavailable too (a meta-leader election): wait.
-                        Err(e) if e.is_transient() => {
-                            tracing::warn!(subject = %message.subject, error = %e, "no responders, and JetStream cannot say which stream captures the subject; sending it again");
-                            (
-                                tokio::time::Instant::now() + timeout * (retries + 1),
-                                Duration::from_millis(25),
-                            )
-                        }
-                        Err(e) => {
-                            tracing::debug!(subject = %message.subject, error = %e, "cannot ask which stream captures the subject");
-                            return Err(publish_error(&message, &error));
-                        }
-                    },
+                        (
+                            tokio::time::Instant::now() + timeout * (retries + 1),
+                            Duration::from_millis(25),
+                        )
+                    }
                 };
                 if tokio::time::Instant::now() + pause > until {
                     return Err(TransportError::Unavailable(format!(

@@ -282,4 +282,9 @@ async fn configuration_and_unavailability_have_their_exit_codes() {
     server.stop().await.expect("stop");
     let (code, _, err) = tool(&url, &["dlq", "list"]).await;
     assert_eq!(code, 4, "{err}");
+    // A server without JetStream: a failure naming the fix, not "try again".
+    let no_js = NatsServer::start_without_jetstream().await.expect("server");
+    let (code, _, err) = tool(&no_js.url(), &["dlq", "list"]).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("JetStream is not enabled") && err.contains("-js"), "{err}");
 }

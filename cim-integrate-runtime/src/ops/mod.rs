@@ -96,7 +96,8 @@ impl Ops {
 
     /// Connects as the library does from the environment (`NATS_URL` and the credential
     /// variables of [`NatsOptions`](crate::transport::nats::NatsOptions)), with the prefix from
-    /// [`ENV_PREFIX`] if set. `NATS_URL` unset is an [`OpsError::Invalid`].
+    /// [`ENV_PREFIX`] if set. `NATS_URL` unset is an [`OpsError::Invalid`]; a connection without
+    /// JetStream is [`TransportError::JetStreamDisabled`] (one request to the JetStream API).
     pub async fn from_env() -> Result<Self, OpsError> {
         let transport = NatsTransport::from_env()
             .await?
@@ -107,6 +108,11 @@ impl Ops {
             }
             _ => None,
         };
+        // Without JetStream every command would fail as "unavailable, try again"; say why once.
+        // Other trouble is left to the command, which reports it as it meets it.
+        if let Err(e @ TransportError::JetStreamDisabled { .. }) = transport.check_jetstream().await {
+            return Err(e.into());
+        }
         Ok(Self::new(transport).with_prefix(prefix))
     }
 

@@ -173,6 +173,20 @@ impl NatsTransport {
         }
     }
 
+    /// Asks the JetStream API for the account's information: fails with
+    /// [`TransportError::JetStreamDisabled`] if this connection has no JetStream (a server
+    /// without it and nothing else answering, or an account without it), otherwise as the
+    /// request fails (a timeout while the cluster elects its meta leader, ...).
+    pub async fn check_jetstream(&self) -> Result<(), TransportError> {
+        match self
+            .api::<serde_json::Value>(String::from("INFO"), &serde_json::json!({}))
+            .await?
+        {
+            Ok(_) => Ok(()),
+            Err(e) => Err(api_error(e)),
+        }
+    }
+
     /// The underlying NATS client.
     pub fn client(&self) -> &async_nats::Client {
         &self.inner.client

@@ -489,6 +489,7 @@ impl NatsKeyValue {
     }
 
     fn transport(&self, what: &str, key: &str, e: &(dyn std::error::Error + 'static), timed_out: bool) -> KvError {
+        let verb = what;
         let what = format!("{what} `{key}` in bucket `{}`", self.bucket);
         let error = if timed_out {
             TransportError::Timeout(what)
@@ -496,7 +497,8 @@ impl NatsKeyValue {
             classify(&what, e)
         };
         KvError::Transport(match error {
-            TransportError::Timeout(_) => self.refused(key).unwrap_or(error),
+            // A read is a request, not a publish to the key's subject.
+            TransportError::Timeout(_) if verb != "reading" => self.refused(key).unwrap_or(error),
             other => other,
         })
     }

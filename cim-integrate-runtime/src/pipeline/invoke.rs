@@ -126,12 +126,9 @@ pub(crate) fn deferral(e: &(dyn std::error::Error + 'static)) -> Option<Outcome>
         });
     }
     unavailable(e).map(|what| Outcome::Deferred {
-        // `TransportError::Unavailable` and `PermissionDenied` say what they are themselves.
-        reason: if what.starts_with("unavailable") || what.starts_with("permission denied") {
-            what
-        } else {
-            format!("unavailable: {what}")
-        },
+        // The error says what it is ("timed out: ..", "unavailable: ..", "permission denied: ..");
+        // the cause says why it defers.
+        reason: what,
         delay: UNAVAILABLE_DEFERRAL,
         cause: Deferral::Unavailable,
     })

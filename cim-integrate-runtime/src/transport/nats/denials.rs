@@ -53,21 +53,17 @@ impl Denials {
     /// Whether the server refused a publish to `subject` at or after `since` (in
     /// [`monotonic_ms`]).
     pub(crate) fn refused(&self, subject: &str, since: u64) -> bool {
-        self.any.load(Ordering::Acquire)
-            && self.recent.lock().is_ok_and(|recent| {
-                recent
-                    .iter()
-                    .rev()
-                    .take_while(|(at, _)| *at >= since)
-                    .any(|(_, s)| &**s == subject)
-            })
+        self.find(since, |s| s == subject).is_some()
     }
-}
 
-impl Denials {
     /// The refused subject ending in `tail` (a key-value write's `$KV.<bucket>.<key>`, which
     /// async-nats may prefix), if the server refused one at or after `since`.
     pub(crate) fn refused_ending(&self, tail: &str, since: u64) -> Option<String> {
+        self.find(since, |s| s.ends_with(tail))
+    }
+
+    /// The latest subject refused at or after `since` that `wanted` accepts.
+    fn find(&self, since: u64, wanted: impl Fn(&str) -> bool) -> Option<String> {
         if !self.any.load(Ordering::Acquire) {
             return None;
         }
@@ -76,7 +72,7 @@ impl Denials {
             .iter()
             .rev()
             .take_while(|(at, _)| *at >= since)
-            .find(|(_, s)| s.ends_with(tail))
+            .find(|(_, s)| wanted(s))
             .map(|(_, s)| s.to_string())
     }
 }

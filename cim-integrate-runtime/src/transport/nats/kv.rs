@@ -489,18 +489,23 @@ impl NatsKeyValue {
     }
 
     fn transport(&self, what: &str, key: &str, e: &(dyn std::error::Error + 'static), timed_out: bool) -> KvError {
-        let verb = what;
         let what = format!("{what} `{key}` in bucket `{}`", self.bucket);
-        let error = if timed_out {
+        KvError::Transport(if timed_out {
             TransportError::Timeout(what)
         } else {
             classify(&what, e)
-        };
-        KvError::Transport(match error {
-            // A read is a request, not a publish to the key's subject.
-            TransportError::Timeout(_) if verb != "reading" => self.refused(key).unwrap_or(error),
-            other => other,
         })
+    }
+
+    /// [`transport`](Self::transport) for a write (a publish to the key's subject): one that
+    /// timed out because the server refused it is [`TransportError::PermissionDenied`].
+    fn write_error(&self, what: &str, key: &str, e: &(dyn std::error::Error + 'static), timed_out: bool) -> KvError {
+        match self.transport(what, key, e, timed_out) {
+            KvError::Transport(TransportError::Timeout(t)) => {
+                KvError::Transport(self.refused(key).unwrap_or(TransportError::Timeout(t)))
+            }
+            other => other,
+        }
     }
 
     /// A write to `key` that timed out because the server refused it (the user may not
@@ -565,8 +570,8 @@ impl NatsKeyValue {
                     expected,
                 },
                 UpdateErrorKind::InvalidKey => KvError::InvalidKey(key.to_owned()),
-                UpdateErrorKind::TimedOut => self.transport("updating", key, &e, true),
-                UpdateErrorKind::Other => self.transport("updating", key, &e, false),
+                UpdateErrorKind::TimedOut => self.write_error("updating", key, &e, true),
+                UpdateErrorKind::Other => self.write_error("updating", key, &e, false),
             })
     }
 
@@ -574,7 +579,7 @@ impl NatsKeyValue {
         check_key(key)?;
         self.store.put(key, value).await.map_err(|e| match e.kind() {
             PutErrorKind::InvalidKey => KvError::InvalidKey(key.to_owned()),
-            _ => self.transport("writing", key, &e, false),
+            _ => self.write_error("writing", key, &e, false),
         })
     }
 
@@ -589,8 +594,8 @@ impl NatsKeyValue {
                     expected: expected.unwrap_or(0),
                 },
                 UpdateErrorKind::InvalidKey => KvError::InvalidKey(key.to_owned()),
-                UpdateErrorKind::TimedOut => self.transport("deleting", key, &e, true),
-                UpdateErrorKind::Other => self.transport("deleting", key, &e, false),
+                UpdateErrorKind::TimedOut => self.write_error("deleting", key, &e, true),
+                UpdateErrorKind::Other => self.write_error("deleting", key, &e, false),
             })
     }
 

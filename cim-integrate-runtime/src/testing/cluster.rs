@@ -2,7 +2,8 @@
 //!
 //! Each node is a [`NatsServer`] started with
 //! `--server_name nN --cluster_name C --cluster nats://127.0.0.1:P --routes <the other nodes> -m M`
-//! on free ports. Leaders are read as a client sees them:
+//! on free ports, with a configuration file that shortens lame duck mode (see
+//! [`NatsCluster::lame_duck`]). Leaders are read as a client sees them:
 //!
 //! - stream, bucket and consumer leaders from `$JS.API.STREAM.INFO.<stream>` and
 //!   `$JS.API.CONSUMER.INFO.<stream>.<durable>` (their `cluster.leader` server name);
@@ -18,6 +19,10 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 use tokio::time::Instant;
+
+/// Every node's configuration file: lame duck mode as short as the server allows (it refuses a
+/// `lame_duck_duration` under 30 s), with a short grace period before evictions begin.
+const NODE_CONFIG: &str = "lame_duck_duration: \"30s\"\nlame_duck_grace_period: \"2s\"\n";
 
 /// Nodes in a [`NatsCluster`].
 pub const CLUSTER_SIZE: usize = 3;
@@ -125,7 +130,7 @@ impl NatsCluster {
                 monitor.as_str(),
             ];
             // A node that fails drops (kills) the ones already started.
-            nodes.push(NatsServer::start_with(&args).await?);
+            nodes.push(NatsServer::start_with_args_and_config(&args, NODE_CONFIG).await?);
         }
         let urls = nodes
             .iter()
@@ -213,6 +218,17 @@ impl NatsCluster {
             .get_mut(i)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("no node {i}")))?
             .kill()
+    }
+
+    /// Puts node `i` in lame duck mode, as an operator does before restarting or upgrading it,
+    /// and waits for it to exit (see [`NatsServer::lame_duck`]; about 30 s with the nodes'
+    /// configuration). [`restart`](Self::restart) starts it again.
+    pub async fn lame_duck(&mut self, i: usize) -> io::Result<()> {
+        self.nodes
+            .get_mut(i)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("no node {i}")))?
+            .lame_duck(Duration::from_secs(90))
+            .await
     }
 
     /// Starts node `i` again (same ports, same store; stopping it first if it runs) and waits

@@ -107,6 +107,33 @@ pub fn server_version() -> io::Result<(u32, u32, u32)> {
     Ok(crate::transport::version_numbers(v))
 }
 
+/// Sends `signal` (`-HUP`, `-TERM`, ...) to the server process with `kill`.
+fn signal(child: &Child, signal: &str) -> io::Result<()> {
+    let status = Command::new("kill").args([signal, &child.id().to_string()]).status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!("kill {signal}: {status}")))
+    }
+}
+
+/// Waits up to `timeout` for the server process to exit: `true` if it did, `false` if it was
+/// killed then.
+async fn exited_within(child: &mut Child, timeout: Duration) -> io::Result<bool> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if child.try_wait()?.is_some() {
+            return Ok(true);
+        }
+        if Instant::now() > deadline {
+            child.kill()?;
+            child.wait()?;
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A private nats-server with JetStream, for one test.
 #[derive(Debug)]
 pub struct NatsServer {
@@ -151,6 +178,20 @@ impl NatsServer {
         let conf = server.dir.path().join("server.conf");
         std::fs::write(&conf, config)?;
         server.extra_args = vec!["-c".to_owned(), conf.to_string_lossy().into_owned()];
+        server.spawn(None).await?;
+        Ok(server)
+    }
+
+    /// As [`start_with`](Self::start_with), with `config` written to `server.conf` in the
+    /// server's directory and passed with `-c` before `extra_args` (which take precedence).
+    pub async fn start_with_args_and_config(extra_args: &[&str], config: &str) -> io::Result<Self> {
+        let mut server = Self::unstarted(true)?;
+        let conf = server.dir.path().join("server.conf");
+        std::fs::write(&conf, config)?;
+        server.extra_args = ["-c".to_owned(), conf.to_string_lossy().into_owned()]
+            .into_iter()
+            .chain(extra_args.iter().map(|a| (*a).to_owned()))
+            .collect();
         server.spawn(None).await?;
         Ok(server)
     }
@@ -261,19 +302,8 @@ impl NatsServer {
         let Some(mut child) = self.child.take() else {
             return Ok(());
         };
-        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if child.try_wait()?.is_some() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                child.kill()?;
-                child.wait()?;
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let _ = signal(&child, "-TERM");
+        exited_within(&mut child, Duration::from_secs(10)).await.map(|_| ())
     }
 
     /// Replaces the configuration of a server started with
@@ -285,11 +315,27 @@ impl NatsServer {
             .as_ref()
             .ok_or_else(|| io::Error::other("the server is not running"))?;
         std::fs::write(self.dir.path().join("server.conf"), config)?;
-        let status = Command::new("kill").args(["-HUP", &child.id().to_string()]).status()?;
-        if status.success() {
+        signal(child, "-HUP")
+    }
+
+    /// Puts the server in lame duck mode (SIGUSR2, what `nats-server --signal ldm` sends), as
+    /// an operator does before a restart or an upgrade, and waits for it to exit: it stops
+    /// accepting connections, hands its JetStream leaderships over, waits its
+    /// `lame_duck_grace_period` (10 s unless configured), closes its client connections (spread
+    /// over its `lame_duck_duration`, at least 30 s, when it has many) and exits. Killed, and an
+    /// error, if it has not exited after `timeout`.
+    pub async fn lame_duck(&mut self, timeout: Duration) -> io::Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Err(io::Error::other("the server is not running"));
+        };
+        signal(&child, "-USR2")?;
+        if exited_within(&mut child, timeout).await? {
             Ok(())
         } else {
-            Err(io::Error::other(format!("kill -HUP: {status}")))
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("nats-server still running {timeout:?} after entering lame duck mode"),
+            ))
         }
     }
 

@@ -287,18 +287,25 @@ impl NatsOptions {
         let mut c = async_nats::ConnectOptions::new()
             .request_timeout(Some(self.request_timeout))
             .connection_timeout(self.request_timeout)
-            .event_callback(move |event| {
-                let denials = denials.clone();
-                async move {
-                    match event {
-                        async_nats::Event::Connected => tracing::info!("NATS connected"),
-                        async_nats::Event::Disconnected => tracing::warn!("NATS disconnected; reconnecting"),
-                        async_nats::Event::ServerError(async_nats::ServerError::Other(error)) => {
-                            if !denials.record(&error) {
-                                tracing::warn!(%error, "NATS server error");
+            .event_callback({
+                let dropped = std::sync::Arc::new(Dropped::default());
+                move |event| {
+                    let (denials, dropped) = (denials.clone(), dropped.clone());
+                    async move {
+                        match event {
+                            async_nats::Event::Connected => tracing::info!("NATS connected"),
+                            async_nats::Event::Disconnected => tracing::warn!("NATS disconnected; reconnecting"),
+                            async_nats::Event::LameDuckMode => tracing::info!(
+                                "the NATS server is in lame duck mode (about to restart): it hands its JetStream leaderships over, then closes this connection, and the client reconnects to another server"
+                            ),
+                            async_nats::Event::SlowConsumer(sid) => dropped.record(sid),
+                            async_nats::Event::ServerError(async_nats::ServerError::Other(error)) => {
+                                if !denials.record(&error) {
+                                    tracing::warn!(%error, "NATS server error");
+                                }
                             }
+                            other => tracing::debug!(event = %other, "NATS client event"),
                         }
-                        other => tracing::debug!(event = %other, "NATS client event"),
                     }
                 }
             });
@@ -453,5 +460,29 @@ mod tests {
         assert!(NatsOptions::from_lookup(env(&[(ENV_URL, "x"), (ENV_TOKEN, "t"), (ENV_CREDS, "/c")])).is_err());
         assert!(NatsOptions::from_lookup(env(&[(ENV_URL, "x"), (ENV_CERT, "/c")])).is_err());
         assert!(NatsOptions::from_lookup(env(&[(ENV_URL, "x"), (ENV_TLS_FIRST, "maybe")])).is_err());
+    }
+}
+
+/// Messages the client dropped because a subscription's buffer was full ("slow consumer"): a
+/// warning at most every 10 s, with how many drops were reported since the last one (a lower
+/// bound: async-nats drops its own reports when its event queue is full).
+#[derive(Debug, Default)]
+struct Dropped {
+    since_warning: std::sync::atomic::AtomicU64,
+    throttle: crate::throttle::Throttle,
+}
+
+impl Dropped {
+    fn record(&self, sid: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.since_warning.fetch_add(1, Relaxed);
+        if self.throttle.pass(10_000) {
+            let dropped = self.since_warning.swap(0, Relaxed);
+            tracing::warn!(
+                subscription = sid,
+                dropped,
+                "the NATS client dropped messages: a subscription's buffer was full (slow consumer); JetStream redelivers what a pull lost after its ack wait, replies and plain subscriptions lose it"
+            );
+        }
     }
 }

@@ -1,9 +1,10 @@
-//! What the NATS connection reports on its own, as an operator reads it in the logs: messages
-//! the client dropped for a subscription that did not keep up (a slow consumer).
+//! What the NATS connection reports on its own, as an operator reads it in the logs: why
+//! reconnecting fails, and messages the client dropped for a subscription that did not keep up
+//! (a slow consumer).
 
 use bytes::Bytes;
 use cim_integrate_runtime::testing::NatsServer;
-use cim_integrate_runtime::transport::nats::{NatsOptions, NatsTransport};
+use cim_integrate_runtime::transport::nats::{NatsAuth, NatsOptions, NatsTransport};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tracing_subscriber::layer::SubscriberExt;
@@ -28,10 +29,99 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Logged {
     }
 }
 
+impl Logged {
+    /// The lines logged so far that contain `text`.
+    fn lines(&self, text: &str) -> Vec<String> {
+        self.0
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|l| l.contains(text))
+            .cloned()
+            .collect()
+    }
+
+    /// Waits up to `within` for a line containing `text`.
+    async fn wait_for(&self, text: &str, within: Duration) -> String {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(line) = self.lines(text).into_iter().next() {
+                return line;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "nothing logged with `{text}` within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// One capturing subscriber for the test binary, installed once (a global default can be set
+/// only once per process).
+fn logged() -> Logged {
+    static GLOBAL: std::sync::OnceLock<Logged> = std::sync::OnceLock::new();
+    GLOBAL
+        .get_or_init(|| {
+            let logged = Logged::default();
+            tracing::subscriber::set_global_default(tracing_subscriber::registry().with(logged.clone()))
+                .expect("subscriber");
+            logged
+        })
+        .clone()
+}
+
+/// An operator changes the service user's password on the server (a reload): the server closes
+/// the connection, and every reconnection is refused. The log says why, not only
+/// "disconnected", and not once per attempt; once the password is put back, the client is
+/// connected again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn why_reconnecting_fails_is_a_warning() {
+    let logged = logged();
+    let config = |password: &str| format!("authorization {{ users = [ {{ user: svc, password: {password} }} ] }}\n");
+    let server = NatsServer::start_with_config(&config("first-pw"))
+        .await
+        .expect("start nats-server");
+    let mut options = NatsOptions::new(server.url());
+    options.auth = NatsAuth::UserPassword {
+        user: "svc".into(),
+        password: "first-pw".into(),
+    };
+    let t = NatsTransport::connect(options).await.expect("connect");
+    server.reload_config(&config("second-pw")).expect("reload");
+    let refused = logged
+        .wait_for("refused this connection's credentials", Duration::from_secs(10))
+        .await;
+    assert!(refused.starts_with("WARN"), "{refused}");
+    let failed = logged
+        .wait_for("connecting to NATS failed", Duration::from_secs(20))
+        .await;
+    assert!(
+        failed.starts_with("WARN") && failed.contains("authorization violation"),
+        "{failed}"
+    );
+    // Refused for a while: one warning per 10 s, not one per attempt.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        logged.lines("connecting to NATS failed").len(),
+        1,
+        "{:?}",
+        logged.lines("NATS")
+    );
+    server.reload_config(&config("first-pw")).expect("reload");
+    let reconnected = async {
+        while t.client().connection_state() != async_nats::connection::State::Connected {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), reconnected)
+        .await
+        .expect("connected again once the password is back");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_dropped_for_a_slow_consumer_are_a_warning() {
-    let logged = Logged::default();
-    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(logged.clone())).expect("subscriber");
+    let logged = logged();
     let server = NatsServer::start().await.expect("start nats-server");
     let t = NatsTransport::connect(NatsOptions::new(server.url()))
         .await

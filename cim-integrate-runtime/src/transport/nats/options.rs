@@ -288,25 +288,10 @@ impl NatsOptions {
             .request_timeout(Some(self.request_timeout))
             .connection_timeout(self.request_timeout)
             .event_callback({
-                let dropped = std::sync::Arc::new(Dropped::default());
+                let reports = std::sync::Arc::new(Reports::default());
                 move |event| {
-                    let (denials, dropped) = (denials.clone(), dropped.clone());
-                    async move {
-                        match event {
-                            async_nats::Event::Connected => tracing::info!("NATS connected"),
-                            async_nats::Event::Disconnected => tracing::warn!("NATS disconnected; reconnecting"),
-                            async_nats::Event::LameDuckMode => tracing::info!(
-                                "the NATS server is in lame duck mode (about to restart): it hands its JetStream leaderships over, then closes this connection, and the client reconnects to another server"
-                            ),
-                            async_nats::Event::SlowConsumer(sid) => dropped.record(sid),
-                            async_nats::Event::ServerError(async_nats::ServerError::Other(error)) => {
-                                if !denials.record(&error) {
-                                    tracing::warn!(%error, "NATS server error");
-                                }
-                            }
-                            other => tracing::debug!(event = %other, "NATS client event"),
-                        }
-                    }
+                    let (denials, reports) = (denials.clone(), reports.clone());
+                    async move { reports.event(event, &denials) }
                 }
             });
         c = match &self.auth {
@@ -463,26 +448,69 @@ mod tests {
     }
 }
 
-/// Messages the client dropped because a subscription's buffer was full ("slow consumer"): a
-/// warning at most every 10 s, with how many drops were reported since the last one (a lower
-/// bound: async-nats drops its own reports when its event queue is full).
+/// What the connection's events tell an operator, logged: connections and disconnections,
+/// lame duck mode, why reconnecting fails, refusals, and messages the client dropped.
 #[derive(Debug, Default)]
-struct Dropped {
-    since_warning: std::sync::atomic::AtomicU64,
+struct Reports {
+    /// Failed connection attempts since the last warning about them, and the warnings' pace.
+    failed_attempts: Counted,
+    /// Messages dropped for a full subscription buffer ("slow consumer") since the last
+    /// warning, and the warnings' pace.
+    dropped: Counted,
+}
+
+/// Occurrences since the last report of them, reported at most every 10 s.
+#[derive(Debug, Default)]
+struct Counted {
+    since_report: std::sync::atomic::AtomicU64,
     throttle: crate::throttle::Throttle,
 }
 
-impl Dropped {
-    fn record(&self, sid: u64) {
+impl Counted {
+    /// Counts one; `Some(count since the last report)` if it is time to report.
+    fn count(&self) -> Option<u64> {
         use std::sync::atomic::Ordering::Relaxed;
-        self.since_warning.fetch_add(1, Relaxed);
-        if self.throttle.pass(10_000) {
-            let dropped = self.since_warning.swap(0, Relaxed);
-            tracing::warn!(
-                subscription = sid,
-                dropped,
-                "the NATS client dropped messages: a subscription's buffer was full (slow consumer); JetStream redelivers what a pull lost after its ack wait, replies and plain subscriptions lose it"
-            );
+        self.since_report.fetch_add(1, Relaxed);
+        self.throttle.pass(10_000).then(|| self.since_report.swap(0, Relaxed))
+    }
+}
+
+impl Reports {
+    fn event(&self, event: async_nats::Event, denials: &super::denials::Denials) {
+        use async_nats::{ClientError, Event, ServerError};
+        match event {
+            Event::Connected => tracing::info!("NATS connected"),
+            Event::Disconnected => tracing::warn!("NATS disconnected; reconnecting"),
+            Event::LameDuckMode => tracing::info!(
+                "the NATS server is in lame duck mode (about to restart): it hands its JetStream leaderships over, then closes this connection, and the client reconnects to another server"
+            ),
+            // A connection attempt failed; async-nats tries the next server after a back-off.
+            Event::ClientError(ClientError::Other(reason)) => {
+                if let Some(attempts) = self.failed_attempts.count() {
+                    tracing::warn!(%reason, attempts, "connecting to NATS failed; trying again");
+                }
+            }
+            Event::ClientError(ClientError::MaxReconnects) => {
+                tracing::error!("NATS: the client gave up reconnecting (its maximum of attempts)");
+            }
+            Event::ServerError(ServerError::AuthorizationViolation) => tracing::warn!(
+                "the NATS server refused this connection's credentials (authorization violation): a user, password, token, NKey or credentials file it no longer accepts; the client keeps trying to reconnect"
+            ),
+            Event::SlowConsumer(sid) => {
+                if let Some(dropped) = self.dropped.count() {
+                    tracing::warn!(
+                        subscription = sid,
+                        dropped,
+                        "the NATS client dropped messages: a subscription's buffer was full (slow consumer); JetStream redelivers what a pull lost after its ack wait, replies and plain subscriptions lose it"
+                    );
+                }
+            }
+            Event::ServerError(ServerError::Other(error)) => {
+                if !denials.record(&error) {
+                    tracing::warn!(%error, "NATS server error");
+                }
+            }
+            other => tracing::debug!(event = %other, "NATS client event"),
         }
     }
 }

@@ -294,10 +294,11 @@ async fn killing_the_leading_node_loses_nothing_and_runs_nothing_twice() {
 
 // ---- a node put in lame duck mode, as before a restart or an upgrade ----------------------------
 
-/// Publishes `orders.placed` from 0 on, in runs of 100 (see [`feed`]), until `stop` is set;
-/// records when each was acknowledged in `stored`. Returns how many it published.
+/// Publishes `orders.placed` from 0 on, in runs of 100 (see [`feed`]) `pause` apart, until
+/// `stop` is set; records when each was acknowledged in `stored`. Returns how many it published.
 async fn feed_until(
     client: async_nats::Client,
+    pause: Duration,
     stop: Arc<std::sync::atomic::AtomicBool>,
     stored: Arc<Mutex<HashMap<u32, Instant>>>,
 ) -> u32 {
@@ -306,7 +307,7 @@ async fn feed_until(
         let acked = feed(client.clone(), n..n + 100).await;
         stored.lock().unwrap().extend(acked);
         n += 100;
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(pause).await;
     }
     n
 }
@@ -377,7 +378,12 @@ async fn a_rolling_restart_in_lame_duck_mode_loses_nothing() {
     let feeder_client = async_nats::connect(cluster.server_addrs()).await.expect("publisher");
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stored = Arc::new(Mutex::new(HashMap::new()));
-    let feeder = tokio::spawn(feed_until(feeder_client, stop.clone(), stored.clone()));
+    let feeder = tokio::spawn(feed_until(
+        feeder_client,
+        Duration::from_millis(50),
+        stop.clone(),
+        stored.clone(),
+    ));
     until("events handled", &timed.effects.handled, 1_000, Duration::from_secs(60)).await;
     let began = Instant::now();
     for i in (0..3).map(|k| (first + k) % 3) {
@@ -499,13 +505,9 @@ impl PaymentSaga {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sagas_complete_while_their_buckets_leader_is_killed() {
-    const SAGAS: u32 = 3_000;
-    let _one = ONE_CLUSTER.lock().await;
-    let mut cluster = NatsCluster::start().await.expect("cluster");
-    let t = transport(&cluster).await;
-    let runs = Arc::new(Runs::default());
+/// The payment saga's runner, and a service that starts one saga per `orders.placed` (32 at a
+/// time).
+async fn payments(t: &NatsTransport, runs: &Arc<Runs>) -> (SagaRunner<PaymentSaga, NatsTransport>, Service) {
     let runner = SagaRunner::builder(t.clone(), PaymentSaga { runs: runs.clone() })
         .build()
         .await
@@ -535,6 +537,59 @@ async fn sagas_complete_while_their_buckets_leader_is_killed() {
         .start()
         .await
         .expect("start");
+    (runner, service)
+}
+
+/// None of the `sagas` payments compensated or dead-lettered; the first, the middle and the last
+/// completed.
+async fn assert_sagas_completed(
+    runner: &SagaRunner<PaymentSaga, NatsTransport>,
+    service: &Service,
+    client: &async_nats::Client,
+    runs: &Runs,
+    sagas: u32,
+) {
+    assert_eq!(
+        runs.compensations.load(Ordering::SeqCst),
+        0,
+        "compensations during an outage"
+    );
+    let stats = service.handler_stats("payments-start_payment").expect("stats");
+    assert_eq!(stats.dead_lettered, 0, "{stats:?}");
+    assert_eq!(
+        stream_messages(client, DEAD_LETTER_STREAM_NAME).await,
+        0,
+        "dead letters"
+    );
+    for n in [0, sagas / 2, sagas - 1] {
+        let record = runner
+            .status(&format!("order-{n}"))
+            .await
+            .expect("status")
+            .expect("record");
+        assert_eq!(record.status, SagaStatus::Completed, "order {n}");
+    }
+}
+
+/// Steps run more than once, by (order, step).
+fn steps_run_twice(runs: &Runs) -> Vec<((u32, &'static str), u32)> {
+    runs.steps
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, c)| **c > 1)
+        .map(|(k, c)| (*k, *c))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sagas_complete_while_their_buckets_leader_is_killed() {
+    const SAGAS: u32 = 3_000;
+    let _one = ONE_CLUSTER.lock().await;
+    let mut cluster = NatsCluster::start().await.expect("cluster");
+    let t = transport(&cluster).await;
+    let runs = Arc::new(Runs::default());
+    let (runner, service) = payments(&t, &runs).await;
     let client = cluster.client().clone();
     // The buckets are replicated: they are read from their leader (the settled bucket is read
     // beside each start), never with a direct get, which a lagging follower may answer.
@@ -565,34 +620,8 @@ async fn sagas_complete_while_their_buckets_leader_is_killed() {
     wait_for(SAGAS as usize, Duration::from_secs(120)).await;
 
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let twice: Vec<_> = runs
-        .steps
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|(_, c)| **c > 1)
-        .map(|(k, c)| (*k, *c))
-        .collect();
-    assert_eq!(
-        runs.compensations.load(Ordering::SeqCst),
-        0,
-        "compensations during an outage"
-    );
-    let stats = service.handler_stats("payments-start_payment").expect("stats");
-    assert_eq!(stats.dead_lettered, 0, "{stats:?}");
-    assert_eq!(
-        stream_messages(&client, DEAD_LETTER_STREAM_NAME).await,
-        0,
-        "dead letters"
-    );
-    for n in [0, SAGAS / 2, SAGAS - 1] {
-        let record = runner
-            .status(&format!("order-{n}"))
-            .await
-            .expect("status")
-            .expect("record");
-        assert_eq!(record.status, SagaStatus::Completed, "order {n}");
-    }
+    let twice = steps_run_twice(&runs);
+    assert_sagas_completed(&runner, &service, &client, &runs, SAGAS).await;
     eprintln!(
         "{SAGAS} sagas completed; resumed {resumed:?} after the kill; steps run twice (crash window): {}",
         twice.len()
@@ -628,6 +657,54 @@ async fn sagas_complete_while_their_buckets_leader_is_killed() {
     assert!(
         leader_gets.load(Ordering::SeqCst) > 0,
         "no read of the settled bucket seen"
+    );
+    service.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Sagas started by a steady stream of events while the cluster is restarted node by node through
+/// lame duck mode (the saga buckets' leader first): every saga completes, none is compensated,
+/// nothing is dead-lettered, no step runs twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sagas_complete_through_a_rolling_restart() {
+    let _one = ONE_CLUSTER.lock().await;
+    let mut cluster = NatsCluster::start().await.expect("cluster");
+    let t = transport(&cluster).await;
+    let runs = Arc::new(Runs::default());
+    let (runner, service) = payments(&t, &runs).await;
+    let client = cluster.client().clone();
+    let feeder_client = async_nats::connect(cluster.server_addrs()).await.expect("publisher");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let feeder = tokio::spawn(feed_until(
+        feeder_client,
+        Duration::from_millis(400),
+        stop.clone(),
+        Arc::default(),
+    ));
+    until("sagas completed", &runs.shipped, 300, Duration::from_secs(60)).await;
+    let first = cluster.bucket_leader("cim_saga_payment").await.expect("bucket leader");
+    for i in (0..3).map(|k| (first + k) % 3) {
+        cluster.lame_duck(i).await.expect("lame duck");
+        cluster.restart(i).await.expect("restart");
+    }
+    stop.store(true, Ordering::SeqCst);
+    let started = tokio::time::timeout(Duration::from_secs(120), feeder)
+        .await
+        .expect("the publisher finished")
+        .expect("publisher");
+    until(
+        "sagas completed",
+        &runs.shipped,
+        started as usize,
+        Duration::from_secs(120),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_sagas_completed(&runner, &service, &client, &runs, started).await;
+    let twice = steps_run_twice(&runs);
+    assert!(twice.is_empty(), "steps run more than once: {twice:?}");
+    eprintln!(
+        "{started} sagas completed through a rolling restart; {} shipped",
+        runs.shipped.load(Ordering::SeqCst)
     );
     service.shutdown(Duration::from_secs(5)).await;
 }

@@ -30,6 +30,12 @@ impl Throttle {
                 .compare_exchange(next, now.saturating_add(every_ms), Relaxed, Relaxed)
                 .is_ok()
     }
+
+    /// Opens it: the next caller passes.
+    #[cfg(any(feature = "nats", test))]
+    pub(crate) fn reopen(&self) {
+        self.next_ms.store(0, Relaxed);
+    }
 }
 
 #[cfg(test)]
@@ -43,5 +49,7 @@ mod tests {
         assert!(!t.pass(60_000), "closed for the interval");
         let zero = Throttle::default();
         assert!(zero.pass(0) && zero.pass(0), "an interval of zero never closes");
+        t.reopen();
+        assert!(t.pass(60_000), "open again");
     }
 }

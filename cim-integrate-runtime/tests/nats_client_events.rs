@@ -117,6 +117,15 @@ async fn why_reconnecting_fails_is_a_warning() {
     tokio::time::timeout(Duration::from_secs(30), reconnected)
         .await
         .expect("connected again once the password is back");
+    // A second outage is reported at once, its attempts counted from one.
+    server.reload_config(&config("third-pw")).expect("reload");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+    while logged.lines("connecting to NATS failed").len() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "{:?}", logged.lines("NATS"));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let second = &logged.lines("connecting to NATS failed")[1];
+    assert!(second.contains("attempts=1"), "{second}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -221,8 +221,9 @@ impl NatsCluster {
     }
 
     /// Puts node `i` in lame duck mode, as an operator does before restarting or upgrading it,
-    /// and waits for it to exit (see [`NatsServer::lame_duck`]; about 30 s with the nodes'
-    /// configuration). [`restart`](Self::restart) starts it again.
+    /// and waits for it to exit (see [`NatsServer::lame_duck`]; 3-5 s with the nodes'
+    /// configuration and a test's few clients: the 2 s grace period, then its connections
+    /// closed). [`restart`](Self::restart) starts it again.
     pub async fn lame_duck(&mut self, i: usize) -> io::Result<()> {
         self.nodes
             .get_mut(i)

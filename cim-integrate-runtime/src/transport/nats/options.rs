@@ -473,13 +473,24 @@ impl Counted {
         self.since_report.fetch_add(1, Relaxed);
         self.throttle.pass(10_000).then(|| self.since_report.swap(0, Relaxed))
     }
+
+    /// Forgets what was not reported: the next occurrence is reported at once, with a count
+    /// that starts again.
+    fn reset(&self) {
+        self.since_report.store(0, std::sync::atomic::Ordering::Relaxed);
+        self.throttle.reopen();
+    }
 }
 
 impl Reports {
     fn event(&self, event: async_nats::Event, denials: &super::denials::Denials) {
         use async_nats::{ClientError, Event, ServerError};
         match event {
-            Event::Connected => tracing::info!("NATS connected"),
+            Event::Connected => {
+                // The next outage's failures are counted, and the first reported, afresh.
+                self.failed_attempts.reset();
+                tracing::info!("NATS connected");
+            }
             Event::Disconnected => tracing::warn!("NATS disconnected; reconnecting"),
             Event::LameDuckMode => tracing::info!(
                 "the NATS server is in lame duck mode (about to restart): it hands its JetStream leaderships over, then closes this connection, and the client reconnects to another server"

@@ -26,11 +26,25 @@ pub struct OrderPlaced {
     pub n: u32,
 }
 
-/// Runs by order number (the delivery count of each), and runs in all.
+/// Runs by order number (the delivery count of each), runs in all, and when each order was
+/// first handled.
 #[derive(Default)]
 struct Effects {
     runs: Mutex<HashMap<u32, Vec<u64>>>,
     handled: AtomicUsize,
+    handled_at: Mutex<HashMap<u32, Instant>>,
+}
+
+impl Effects {
+    /// How long each event waited to be handled after its publisher saw it acknowledged, by
+    /// order number.
+    fn waits(&self, stored: &HashMap<u32, Instant>) -> Vec<(Duration, u32)> {
+        let handled = self.handled_at.lock().unwrap();
+        handled
+            .iter()
+            .filter_map(|(n, at)| Some((at.saturating_duration_since(*stored.get(n)?), *n)))
+            .collect()
+    }
 }
 
 struct Fulfilment {
@@ -48,6 +62,12 @@ impl Fulfilment {
             .entry(event.n)
             .or_default()
             .push(ctx.delivered());
+        self.effects
+            .handled_at
+            .lock()
+            .unwrap()
+            .entry(event.n)
+            .or_insert_with(Instant::now);
         self.effects.handled.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
@@ -56,6 +76,15 @@ impl Fulfilment {
 /// One cluster at a time: two clusters (six servers) on two cores slow the elections the tests
 /// time.
 static ONE_CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// This test's turn ([`ONE_CLUSTER`], held while the guard lives), a cluster, and a transport on
+/// it.
+async fn cluster() -> (tokio::sync::MutexGuard<'static, ()>, NatsCluster, NatsTransport) {
+    let one = ONE_CLUSTER.lock().await;
+    let cluster = NatsCluster::start().await.expect("cluster");
+    let t = transport(&cluster).await;
+    (one, cluster, t)
+}
 
 async fn transport(cluster: &NatsCluster) -> NatsTransport {
     let mut options = NatsOptions::new(cluster.urls());
@@ -171,9 +200,7 @@ async fn feed(client: async_nats::Client, range: std::ops::Range<u32>) -> Vec<(u
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_leading_node_loses_nothing_and_runs_nothing_twice() {
     const EVENTS: u32 = 20_000;
-    let _one = ONE_CLUSTER.lock().await;
-    let mut cluster = NatsCluster::start().await.expect("cluster");
-    let t = transport(&cluster).await;
+    let (_one, mut cluster, t) = cluster().await;
     let effects = Arc::new(Effects::default());
     let service = Service::builder(t.clone(), "fulfilment")
         .register(Fulfilment {
@@ -312,46 +339,6 @@ async fn feed_until(
     n
 }
 
-#[derive(Default)]
-struct Timed {
-    effects: Effects,
-    /// When each order was handled (its first run).
-    handled_at: Mutex<HashMap<u32, Instant>>,
-}
-
-impl Timed {
-    /// How long each event waited to be handled after its publisher saw it acknowledged, by
-    /// order number.
-    fn waits(&self, stored: &HashMap<u32, Instant>) -> Vec<(Duration, u32)> {
-        let handled = self.handled_at.lock().unwrap();
-        handled
-            .iter()
-            .filter_map(|(n, at)| Some((at.saturating_duration_since(*stored.get(n)?), *n)))
-            .collect()
-    }
-}
-
-struct TimedFulfilment {
-    timed: Arc<Timed>,
-}
-
-#[handlers(domain = "fulfilment")]
-impl TimedFulfilment {
-    #[subscribe("orders.placed", concurrency = 32)]
-    async fn fulfil(&self, ctx: &Context, event: OrderPlaced) -> Result<(), HandlerError> {
-        let e = &self.timed.effects;
-        e.runs.lock().unwrap().entry(event.n).or_default().push(ctx.delivered());
-        self.timed
-            .handled_at
-            .lock()
-            .unwrap()
-            .entry(event.n)
-            .or_insert_with(Instant::now);
-        e.handled.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    }
-}
-
 /// A rolling restart of the whole cluster, as an operator upgrades it: each node in turn is put
 /// in lame duck mode and started again once it has exited, beginning with the node the service
 /// is connected to, which leads its stream, its consumer and its dedup bucket. Events keep
@@ -360,12 +347,12 @@ impl TimedFulfilment {
 /// async-nats reconnects to another node when it is evicted).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_in_lame_duck_mode_loses_nothing() {
-    let _one = ONE_CLUSTER.lock().await;
-    let mut cluster = NatsCluster::start().await.expect("cluster");
-    let t = transport(&cluster).await;
-    let timed = Arc::new(Timed::default());
+    let (_one, mut cluster, t) = cluster().await;
+    let effects = Arc::new(Effects::default());
     let service = Service::builder(t.clone(), "fulfilment")
-        .register(TimedFulfilment { timed: timed.clone() })
+        .register(Fulfilment {
+            effects: effects.clone(),
+        })
         .start()
         .await
         .expect("start");
@@ -384,7 +371,7 @@ async fn a_rolling_restart_in_lame_duck_mode_loses_nothing() {
         stop.clone(),
         stored.clone(),
     ));
-    until("events handled", &timed.effects.handled, 1_000, Duration::from_secs(60)).await;
+    until("events handled", &effects.handled, 1_000, Duration::from_secs(60)).await;
     let began = Instant::now();
     for i in (0..3).map(|k| (first + k) % 3) {
         let entered = Instant::now();
@@ -406,7 +393,7 @@ async fn a_rolling_restart_in_lame_duck_mode_loses_nothing() {
         .expect("publisher");
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let distinct = timed.effects.runs.lock().unwrap().len();
+        let distinct = effects.runs.lock().unwrap().len();
         if distinct == published as usize {
             break;
         }
@@ -418,10 +405,10 @@ async fn a_rolling_restart_in_lame_duck_mode_loses_nothing() {
     }
     // Let redeliveries of lost acknowledgements come back and be recognised as duplicates.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let waits = timed.waits(&stored.lock().unwrap());
+    let waits = effects.waits(&stored.lock().unwrap());
     let (stall, slowest) = waits.iter().copied().max().unwrap_or_default();
     let late = waits.iter().filter(|(w, _)| *w > Duration::from_secs(10)).count();
-    let runs = timed.effects.runs.lock().unwrap().clone();
+    let runs = effects.runs.lock().unwrap().clone();
     let twice: Vec<(u32, Vec<u64>)> = runs
         .iter()
         .filter(|(_, d)| d.len() > 1)
@@ -585,9 +572,7 @@ fn steps_run_twice(runs: &Runs) -> Vec<((u32, &'static str), u32)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sagas_complete_while_their_buckets_leader_is_killed() {
     const SAGAS: u32 = 3_000;
-    let _one = ONE_CLUSTER.lock().await;
-    let mut cluster = NatsCluster::start().await.expect("cluster");
-    let t = transport(&cluster).await;
+    let (_one, mut cluster, t) = cluster().await;
     let runs = Arc::new(Runs::default());
     let (runner, service) = payments(&t, &runs).await;
     let client = cluster.client().clone();
@@ -666,9 +651,7 @@ async fn sagas_complete_while_their_buckets_leader_is_killed() {
 /// nothing is dead-lettered, no step runs twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sagas_complete_through_a_rolling_restart() {
-    let _one = ONE_CLUSTER.lock().await;
-    let mut cluster = NatsCluster::start().await.expect("cluster");
-    let t = transport(&cluster).await;
+    let (_one, mut cluster, t) = cluster().await;
     let runs = Arc::new(Runs::default());
     let (runner, service) = payments(&t, &runs).await;
     let client = cluster.client().clone();
@@ -719,9 +702,7 @@ async fn sagas_complete_through_a_rolling_restart() {
 async fn provisioning_waits_for_a_node_that_is_down() {
     use cim_integrate::transport::{KvSpec, StreamSpec, Transport};
     const DOWN_FOR: Duration = Duration::from_secs(3);
-    let _one = ONE_CLUSTER.lock().await;
-    let mut cluster = NatsCluster::start().await.expect("cluster");
-    let t = transport(&cluster).await;
+    let (_one, mut cluster, t) = cluster().await;
     let meta = cluster.meta_leader().await.expect("meta leader");
     let victim = (meta + 1) % cim_integrate::testing::CLUSTER_SIZE;
     cluster.node_mut(victim).stop().await.expect("stop a follower");
@@ -948,9 +929,7 @@ async fn key_listings_end_while_the_buckets_leader_is_killed() {
     use cim_integrate::transport::{KeyValue, KvSpec};
     use std::sync::atomic::AtomicBool;
     const KEYS: usize = 50;
-    let _one = ONE_CLUSTER.lock().await;
-    let mut cluster = NatsCluster::start().await.expect("cluster");
-    let t = transport(&cluster).await;
+    let (_one, mut cluster, t) = cluster().await;
     let kv = t.key_value(&KvSpec::new("listed")).await.expect("bucket");
     for n in 0..KEYS {
         kv.put(&format!("k{n}"), bytes::Bytes::from_static(b"v"))

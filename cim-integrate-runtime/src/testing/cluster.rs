@@ -212,12 +212,16 @@ impl NatsCluster {
         &self.client
     }
 
-    /// Kills node `i` at once (SIGKILL), as a crash would. Out-of-range indexes are an error.
-    pub fn kill(&mut self, i: usize) -> io::Result<()> {
+    /// Node `i`, mutably; out-of-range indexes are an error.
+    fn node_checked(&mut self, i: usize) -> io::Result<&mut NatsServer> {
         self.nodes
             .get_mut(i)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("no node {i}")))?
-            .kill()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("no node {i}")))
+    }
+
+    /// Kills node `i` at once (SIGKILL), as a crash would. Out-of-range indexes are an error.
+    pub fn kill(&mut self, i: usize) -> io::Result<()> {
+        self.node_checked(i)?.kill()
     }
 
     /// Puts node `i` in lame duck mode, as an operator does before restarting or upgrading it,
@@ -225,21 +229,13 @@ impl NatsCluster {
     /// configuration and a test's few clients: the 2 s grace period, then its connections
     /// closed). [`restart`](Self::restart) starts it again.
     pub async fn lame_duck(&mut self, i: usize) -> io::Result<()> {
-        self.nodes
-            .get_mut(i)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("no node {i}")))?
-            .lame_duck(Duration::from_secs(90))
-            .await
+        self.node_checked(i)?.lame_duck(Duration::from_secs(90)).await
     }
 
     /// Starts node `i` again (same ports, same store; stopping it first if it runs) and waits
     /// until it rejoined: every node names the same meta leader and it is a current peer.
     pub async fn restart(&mut self, i: usize) -> io::Result<()> {
-        self.nodes
-            .get_mut(i)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("no node {i}")))?
-            .restart()
-            .await?;
+        self.node_checked(i)?.restart().await?;
         self.wait_ready(READY_TIMEOUT).await
     }
 

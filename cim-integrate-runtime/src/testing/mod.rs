@@ -174,12 +174,7 @@ impl NatsServer {
     /// directory and passed with `-c`. Command-line options (address, port, JetStream, store)
     /// take precedence over the file's.
     pub async fn start_with_config(config: &str) -> io::Result<Self> {
-        let mut server = Self::unstarted(true)?;
-        let conf = server.dir.path().join("server.conf");
-        std::fs::write(&conf, config)?;
-        server.extra_args = vec!["-c".to_owned(), conf.to_string_lossy().into_owned()];
-        server.spawn(None).await?;
-        Ok(server)
+        Self::start_with_args_and_config(&[], config).await
     }
 
     /// As [`start_with`](Self::start_with), with `config` written to `server.conf` in the

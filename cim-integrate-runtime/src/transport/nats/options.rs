@@ -288,10 +288,14 @@ impl NatsOptions {
             .request_timeout(Some(self.request_timeout))
             .connection_timeout(self.request_timeout)
             .event_callback({
-                let reports = std::sync::Arc::new(Reports::default());
+                let reports = std::sync::Arc::new(Reports {
+                    denials,
+                    failed_attempts: Counted::default(),
+                    dropped: Counted::default(),
+                });
                 move |event| {
-                    let (denials, reports) = (denials.clone(), reports.clone());
-                    async move { reports.event(event, &denials) }
+                    let reports = reports.clone();
+                    async move { reports.event(event) }
                 }
             });
         c = match &self.auth {
@@ -450,8 +454,10 @@ mod tests {
 
 /// What the connection's events tell an operator, logged: connections and disconnections,
 /// lame duck mode, why reconnecting fails, refusals, and messages the client dropped.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Reports {
+    /// The server's refusals of publishes, recorded for the publishes that time out.
+    denials: std::sync::Arc<super::denials::Denials>,
     /// Failed connection attempts since the last warning about them, and the warnings' pace.
     failed_attempts: Counted,
     /// Messages dropped for a full subscription buffer ("slow consumer") since the last
@@ -483,7 +489,7 @@ impl Counted {
 }
 
 impl Reports {
-    fn event(&self, event: async_nats::Event, denials: &super::denials::Denials) {
+    fn event(&self, event: async_nats::Event) {
         use async_nats::{ClientError, Event, ServerError};
         match event {
             Event::Connected => {
@@ -517,7 +523,7 @@ impl Reports {
                 }
             }
             Event::ServerError(ServerError::Other(error)) => {
-                if !denials.record(&error) {
+                if !self.denials.record(&error) {
                     tracing::warn!(%error, "NATS server error");
                 }
             }

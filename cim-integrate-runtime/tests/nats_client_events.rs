@@ -1,12 +1,12 @@
 //! What the NATS connection reports on its own, as an operator reads it in the logs: why
-//! reconnecting fails, and messages the client dropped for a subscription that did not keep up
-//! (a slow consumer).
+//! reconnecting fails, messages the client dropped for a subscription that did not keep up (a
+//! slow consumer), and a first connection that waits for a server started later.
 
 use bytes::Bytes;
 use cim_integrate_runtime::testing::NatsServer;
 use cim_integrate_runtime::transport::nats::{NatsAuth, NatsOptions, NatsTransport};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tracing_subscriber::layer::SubscriberExt;
 
 /// Every event's message and fields, as text, from a global subscriber.
@@ -171,4 +171,81 @@ async fn messages_dropped_for_a_slow_consumer_are_a_warning() {
         .filter(|l| l.contains("buffer was full"))
         .count();
     assert_eq!(warnings, 1, "{:?}", logged.0.lock().expect("lock"));
+}
+
+/// A host started before its server (containers started together, a server restarting): with
+/// `connect_wait` the first connection waits for it, says why every 10 s, and is made once the
+/// server is up; without one it fails at once and says how to wait; a wait that runs out says how
+/// long it tried; refused credentials are never waited out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_connection_waits_for_a_server_started_later() {
+    const WAITING: &str = "NATS does not answer yet; trying again";
+    let logged = logged();
+    let mut server = NatsServer::start().await.expect("start nats-server");
+    server.stop().await.expect("stop");
+    let url = server.url();
+    let waiting = |wait: Duration| {
+        let mut options = NatsOptions::new(url.clone());
+        options.connect_wait = wait;
+        options
+    };
+
+    let began = Instant::now();
+    let e = NatsTransport::connect(waiting(Duration::ZERO))
+        .await
+        .expect_err("nothing listens");
+    assert!(began.elapsed() < Duration::from_secs(2), "{:?}", began.elapsed());
+    assert!(e.is_transient(), "{e:?}");
+    assert!(e.to_string().contains("NATS_CONNECT_WAIT"), "{e}");
+    assert!(logged.lines(WAITING).is_empty(), "no wait, no warning");
+
+    let connecting = tokio::spawn(NatsTransport::connect(waiting(Duration::from_secs(30))));
+    let warning = logged.wait_for(WAITING, Duration::from_secs(5)).await;
+    assert!(warning.starts_with("WARN"), "{warning}");
+    assert!(warning.contains(&format!("127.0.0.1:{}", server.port())), "{warning}");
+    assert!(warning.contains("attempts=1"), "{warning}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.restart().await.expect("the server starts");
+    let t = tokio::time::timeout(Duration::from_secs(10), connecting)
+        .await
+        .expect("connected within 10 s of the server's start")
+        .expect("join")
+        .expect("connected");
+    t.check_jetstream().await.expect("the connection is usable");
+    let connected = logged
+        .wait_for("NATS answered; connected", Duration::from_secs(1))
+        .await;
+    assert!(connected.starts_with("INFO"), "{connected}");
+    // Several attempts in those 1.5 s (100, 200, 400, 800 ms apart), one warning.
+    assert_eq!(logged.lines(WAITING).len(), 1, "{:?}", logged.lines(WAITING));
+
+    server.stop().await.expect("stop");
+    let began = Instant::now();
+    let e = NatsTransport::connect(waiting(Duration::from_secs(1)))
+        .await
+        .expect_err("nothing listens");
+    let took = began.elapsed();
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    assert!(e.to_string().contains("attempts over"), "{e}");
+
+    let guarded = NatsServer::start_with(&["--user", "svc", "--pass", "right"])
+        .await
+        .expect("start nats-server");
+    let mut options = NatsOptions::new(guarded.url());
+    options.connect_wait = Duration::from_secs(30);
+    options.auth = NatsAuth::UserPassword {
+        user: "svc".into(),
+        password: "wrong".into(),
+    };
+    let began = Instant::now();
+    let e = NatsTransport::connect(options).await.expect_err("refused");
+    assert!(
+        began.elapsed() < Duration::from_secs(5),
+        "refused credentials are not waited out"
+    );
+    assert!(e.to_string().contains("authorization violation"), "{e}");
+    assert!(!e.to_string().contains("attempts"), "{e}");
 }

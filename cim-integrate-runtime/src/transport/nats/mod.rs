@@ -105,19 +105,41 @@ impl NatsTransport {
             return Err(TransportError::Invalid("NATS URL is empty".into()));
         }
         let denials = Arc::new(denials::Denials::default());
-        let mut connect = options.connect_options(denials.clone()).await?;
-        if options.auth == NatsAuth::None {
-            connect = match options::url_auth(&addrs)? {
-                NatsAuth::UserPassword { user, password } => connect.user_and_password(user, password),
-                NatsAuth::Token(token) => connect.token(token),
-                _ => connect,
+        let started = std::time::Instant::now();
+        let warnings = crate::throttle::Throttle::default();
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            let mut connect = options.connect_options(denials.clone()).await?;
+            if options.auth == NatsAuth::None {
+                connect = match options::url_auth(&addrs)? {
+                    NatsAuth::UserPassword { user, password } => connect.user_and_password(user, password),
+                    NatsAuth::Token(token) => connect.token(token),
+                    _ => connect,
+                };
+            }
+            let failed = match connect.connect(addrs.clone()).await {
+                Ok(client) => {
+                    if attempts > 1 {
+                        tracing::info!(attempts, waited = ?started.elapsed(), "NATS answered; connected");
+                    }
+                    return Ok(Self::build(client, options, denials));
+                }
+                Err(e) => e,
             };
+            let waited = started.elapsed();
+            let left = options.connect_wait.saturating_sub(waited);
+            if !options::waits_out(failed.kind()) || left.is_zero() {
+                return Err(options::connect_failed(&options, &failed, attempts, waited));
+            }
+            if warnings.pass(10_000) {
+                tracing::warn!(
+                    url = %options::redact_url(&options.url), reason = %failed, attempts, waited = ?waited,
+                    connect_wait = ?options.connect_wait, "NATS does not answer yet; trying again"
+                );
+            }
+            tokio::time::sleep(options::connect_backoff(attempts).min(left)).await;
         }
-        let client = connect
-            .connect(addrs)
-            .await
-            .map_err(|e| TransportError::Connection(format!("connecting to NATS: {e}")))?;
-        Ok(Self::build(client, options, denials))
     }
 
     /// Connects to `url` with no credentials and default tuning.

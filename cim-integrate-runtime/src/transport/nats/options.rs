@@ -33,6 +33,8 @@ pub const ENV_TLS_FIRST: &str = "NATS_TLS_FIRST";
 pub const ENV_CONNECTION_NAME: &str = "NATS_CONNECTION_NAME";
 /// The JetStream domain to address.
 pub const ENV_JS_DOMAIN: &str = "NATS_JS_DOMAIN";
+/// How long connecting keeps trying while no server answers (`60s`, `5m`; `0`: not at all).
+pub const ENV_CONNECT_WAIT: &str = "NATS_CONNECT_WAIT";
 
 /// How to authenticate.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -115,12 +117,18 @@ pub struct NatsOptions {
     /// The JetStream domain to address (leaf-node deployments: the hub's or the leaf's domain);
     /// `None`: the connected server's own.
     pub js_domain: Option<String>,
+    /// How long [`NatsTransport::connect`](super::NatsTransport::connect) keeps trying while no
+    /// server answers (connection refused, timed out, name not resolved): a host started before
+    /// its servers, or during their restart, waits for them instead of exiting. Zero (the
+    /// default) fails at the first attempt. Refused credentials and TLS failures are never
+    /// waited out. While it waits, a warning says why every 10 s.
+    pub connect_wait: Duration,
     /// Replicas, placement and storage of what this transport provisions, and the outstanding
     /// deliveries per durable.
     pub deployment: crate::transport::Deployment,
 }
 
-fn redact_url(url: &str) -> String {
+pub(crate) fn redact_url(url: &str) -> String {
     url.split(',')
         .map(|u| {
             let u = u.trim();
@@ -150,6 +158,7 @@ impl std::fmt::Debug for NatsOptions {
             .field("pull_heartbeat", &self.pull_heartbeat)
             .field("pull_expires", &self.pull_expires)
             .field("js_domain", &self.js_domain)
+            .field("connect_wait", &self.connect_wait)
             .field("deployment", &self.deployment)
             .finish()
     }
@@ -169,6 +178,7 @@ impl NatsOptions {
             pull_heartbeat: Duration::from_secs(1),
             pull_expires: Duration::from_secs(30),
             js_domain: None,
+            connect_wait: Duration::ZERO,
             deployment: crate::transport::Deployment::default(),
         }
     }
@@ -188,6 +198,7 @@ impl NatsOptions {
     /// | `NATS_TLS_FIRST` | `1`/`true`: TLS handshake first |
     /// | `NATS_CONNECTION_NAME` | connection name |
     /// | `NATS_JS_DOMAIN` | the JetStream domain to address (leaf nodes) |
+    /// | `NATS_CONNECT_WAIT` | how long connecting waits for a server to answer (`60s`, `5m`; `0`, the default: not at all) |
     /// | `NATS_REPLICAS`, `NATS_PLACEMENT_CLUSTER`, `NATS_PLACEMENT_TAGS`, `NATS_STORAGE`, `NATS_MAX_AGE`, `NATS_MAX_ACK_PENDING` | the [`Deployment`](crate::transport::Deployment) |
     ///
     /// At most one authentication method may be set. An unreadable `NATS_NKEY_FILE` is an error.
@@ -273,6 +284,18 @@ impl NatsOptions {
             return Err(TransportError::Invalid(format!(
                 "{ENV_JS_DOMAIN}: `{d}` is not a JetStream domain name"
             )));
+        }
+        if let Some(w) = lookup(ENV_CONNECT_WAIT) {
+            let w = w.trim();
+            o.connect_wait = if w == "0" {
+                Duration::ZERO
+            } else {
+                crate::transport::deploy::parse_duration(w).ok_or_else(|| {
+                    TransportError::Invalid(format!(
+                        "{ENV_CONNECT_WAIT}: expected a duration such as `60s` or `5m` (or `0`), got `{w}`"
+                    ))
+                })?
+            };
         }
         o.deployment = crate::transport::Deployment::from_lookup(&lookup)?;
         Ok(Some(o))
@@ -377,79 +400,39 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::collections::HashMap;
+/// Whether a failed first connection is worth trying again while
+/// [`connect_wait`](NatsOptions::connect_wait) lasts: nothing answered (refused, timed out, a name
+/// not resolved yet). Refused credentials, a TLS failure or an unparsable address fail at once.
+pub(crate) fn waits_out(kind: async_nats::ConnectErrorKind) -> bool {
+    use async_nats::ConnectErrorKind as K;
+    matches!(kind, K::Io | K::TimedOut | K::Dns)
+}
 
-    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        move |k| m.get(k).cloned()
-    }
+/// The pause before the next attempt to connect: 100 ms, doubling, at most 2 s.
+pub(crate) fn connect_backoff(attempts: u32) -> Duration {
+    Duration::from_millis(100u64.saturating_mul(1 << attempts.saturating_sub(1).min(5))).min(Duration::from_secs(2))
+}
 
-    #[test]
-    fn no_url_no_options() {
-        assert_eq!(NatsOptions::from_lookup(env(&[])).unwrap(), None);
-    }
-
-    #[test]
-    fn reads_auth_and_tls_and_redacts() {
-        let o = NatsOptions::from_lookup(env(&[
-            (ENV_URL, "nats://u:secretpw@h:4222"),
-            (ENV_USER, "alice"),
-            (ENV_PASSWORD, "hunter2"),
-            (ENV_CA, "/ca.pem"),
-            (ENV_TLS_REQUIRED, "true"),
-        ]))
-        .unwrap()
-        .unwrap();
-        assert_eq!(
-            o.auth,
-            NatsAuth::UserPassword {
-                user: "alice".into(),
-                password: "hunter2".into()
-            }
-        );
-        assert!(o.tls.required);
-        assert_eq!(o.tls.ca_files, vec![PathBuf::from("/ca.pem")]);
-        let dbg = format!("{o:?}");
-        assert!(!dbg.contains("hunter2") && !dbg.contains("secretpw"), "{dbg}");
-        assert!(dbg.contains("alice") && dbg.contains("h:4222"));
-        let t = NatsOptions::from_lookup(env(&[(ENV_URL, "x"), (ENV_TOKEN, "tok-123")]))
-            .unwrap()
-            .unwrap();
-        assert!(!format!("{t:?}").contains("tok-123"));
-        let s = NatsOptions::from_lookup(env(&[(ENV_URL, "x"), (ENV_NKEY_SEED, "SUAB")]))
-            .unwrap()
-            .unwrap();
-        assert!(!format!("{s:?}").contains("SUAB"));
-    }
-
-    #[test]
-    fn credentials_in_urls() {
-        let addrs = |u: &str| -> Vec<async_nats::ServerAddr> { u.split(',').map(|a| a.parse().unwrap()).collect() };
-        assert_eq!(url_auth(&addrs("nats://h:1,nats://k:2")).unwrap(), NatsAuth::None);
-        assert_eq!(
-            url_auth(&addrs("nats://h:1,nats://al%40ce:p%3Aw%25@k:2")).unwrap(),
-            NatsAuth::UserPassword {
-                user: "al@ce".into(),
-                password: "p:w%".into()
-            }
-        );
-        assert_eq!(
-            url_auth(&addrs("nats://tok@h:1")).unwrap(),
-            NatsAuth::Token("tok".into())
-        );
-        assert!(url_auth(&addrs("nats://a:b@h:1,nats://a:c@k:2")).is_err());
-    }
-
-    #[test]
-    fn refuses_ambiguous_settings() {
-        assert!(NatsOptions::from_lookup(env(&[(ENV_URL, "x"), (ENV_USER, "a")])).is_err());
-        assert!(NatsOptions::from_lookup(env(&[(ENV_URL, "x"), (ENV_TOKEN, "t"), (ENV_CREDS, "/c")])).is_err());
-        assert!(NatsOptions::from_lookup(env(&[(ENV_URL, "x"), (ENV_CERT, "/c")])).is_err());
-        assert!(NatsOptions::from_lookup(env(&[(ENV_URL, "x"), (ENV_TLS_FIRST, "maybe")])).is_err());
-    }
+/// The error of a connection that could not be made: the reason, the servers (credentials
+/// redacted), and, if nothing answered, how long it was tried or how to wait for servers that
+/// start later.
+pub(crate) fn connect_failed(
+    options: &NatsOptions,
+    failed: &async_nats::ConnectError,
+    attempts: u32,
+    waited: Duration,
+) -> TransportError {
+    let url = redact_url(&options.url);
+    let how = if !waits_out(failed.kind()) {
+        String::new()
+    } else if attempts > 1 {
+        format!(" ({attempts} attempts over {:.1} s)", waited.as_secs_f64())
+    } else {
+        format!(
+            " (is nats-server running there? {ENV_CONNECT_WAIT}=60s, or NatsOptions::connect_wait, waits for servers that start later)"
+        )
+    };
+    TransportError::Connection(format!("connecting to NATS at {url}: {failed}{how}"))
 }
 
 /// What the connection's events tell an operator, logged: connections and disconnections,
@@ -528,6 +511,119 @@ impl Reports {
                 }
             }
             other => tracing::debug!(event = %other, "NATS client event"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::deploy::tests::env;
+
+    #[test]
+    fn no_url_no_options() {
+        assert_eq!(NatsOptions::from_lookup(env(&[])).unwrap(), None);
+    }
+
+    #[test]
+    fn reads_auth_and_tls_and_redacts() {
+        let o = NatsOptions::from_lookup(env(&[
+            (ENV_URL, "nats://u:secretpw@h:4222"),
+            (ENV_USER, "alice"),
+            (ENV_PASSWORD, "hunter2"),
+            (ENV_CA, "/ca.pem"),
+            (ENV_TLS_REQUIRED, "true"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            o.auth,
+            NatsAuth::UserPassword {
+                user: "alice".into(),
+                password: "hunter2".into()
+            }
+        );
+        assert!(o.tls.required);
+        assert_eq!(o.tls.ca_files, vec![PathBuf::from("/ca.pem")]);
+        let dbg = format!("{o:?}");
+        assert!(!dbg.contains("hunter2") && !dbg.contains("secretpw"), "{dbg}");
+        assert!(dbg.contains("alice") && dbg.contains("h:4222"));
+        let t = NatsOptions::from_lookup(env(&[(ENV_URL, "x"), (ENV_TOKEN, "tok-123")]))
+            .unwrap()
+            .unwrap();
+        assert!(!format!("{t:?}").contains("tok-123"));
+        let s = NatsOptions::from_lookup(env(&[(ENV_URL, "x"), (ENV_NKEY_SEED, "SUAB")]))
+            .unwrap()
+            .unwrap();
+        assert!(!format!("{s:?}").contains("SUAB"));
+    }
+
+    #[test]
+    fn credentials_in_urls() {
+        let addrs = |u: &str| -> Vec<async_nats::ServerAddr> { u.split(',').map(|a| a.parse().unwrap()).collect() };
+        assert_eq!(url_auth(&addrs("nats://h:1,nats://k:2")).unwrap(), NatsAuth::None);
+        assert_eq!(
+            url_auth(&addrs("nats://h:1,nats://al%40ce:p%3Aw%25@k:2")).unwrap(),
+            NatsAuth::UserPassword {
+                user: "al@ce".into(),
+                password: "p:w%".into()
+            }
+        );
+        assert_eq!(
+            url_auth(&addrs("nats://tok@h:1")).unwrap(),
+            NatsAuth::Token("tok".into())
+        );
+        assert!(url_auth(&addrs("nats://a:b@h:1,nats://a:c@k:2")).is_err());
+    }
+
+    #[test]
+    fn refuses_ambiguous_settings() {
+        assert!(NatsOptions::from_lookup(env(&[(ENV_URL, "x"), (ENV_USER, "a")])).is_err());
+        assert!(NatsOptions::from_lookup(env(&[(ENV_URL, "x"), (ENV_TOKEN, "t"), (ENV_CREDS, "/c")])).is_err());
+        assert!(NatsOptions::from_lookup(env(&[(ENV_URL, "x"), (ENV_CERT, "/c")])).is_err());
+        assert!(NatsOptions::from_lookup(env(&[(ENV_URL, "x"), (ENV_TLS_FIRST, "maybe")])).is_err());
+    }
+
+    #[test]
+    fn reads_the_connect_wait() {
+        let wait = |w: &str| {
+            NatsOptions::from_lookup(env(&[(ENV_URL, "x"), (ENV_CONNECT_WAIT, w)])).map(|o| o.unwrap().connect_wait)
+        };
+        assert_eq!(wait("60s").unwrap(), Duration::from_secs(60));
+        assert_eq!(wait(" 5m ").unwrap(), Duration::from_secs(300));
+        assert_eq!(wait("0").unwrap(), Duration::ZERO);
+        let e = wait("soon").unwrap_err().to_string();
+        assert!(e.contains(ENV_CONNECT_WAIT) && e.contains("`soon`"), "{e}");
+        assert_eq!(
+            NatsOptions::from_lookup(env(&[(ENV_URL, "x")]))
+                .unwrap()
+                .unwrap()
+                .connect_wait,
+            Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn connect_attempts_back_off_to_two_seconds() {
+        let pauses: Vec<u64> = (1..=7).map(|a| connect_backoff(a).as_millis() as u64).collect();
+        assert_eq!(pauses, [100, 200, 400, 800, 1600, 2000, 2000]);
+        assert_eq!(connect_backoff(u32::MAX), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn only_servers_that_do_not_answer_are_waited_for() {
+        use async_nats::ConnectErrorKind as K;
+        for kind in [K::Io, K::TimedOut, K::Dns] {
+            assert!(waits_out(kind), "{kind}");
+        }
+        for kind in [
+            K::Authentication,
+            K::AuthorizationViolation,
+            K::Tls,
+            K::ServerParse,
+            K::MaxReconnects,
+        ] {
+            assert!(!waits_out(kind), "{kind}");
         }
     }
 }

@@ -643,6 +643,21 @@ fn permissions_config(denied: &[&str]) -> String {
     )
 }
 
+/// A server configured by [`permissions_config`].
+async fn permissions_server(denied: &[&str]) -> NatsServer {
+    NatsServer::start_with_config(&permissions_config(denied))
+        .await
+        .expect("start nats-server")
+}
+
+/// Options for `user` on `server`, credentials in the URL, with a short request timeout (a
+/// refused publish is known after one).
+fn as_user(server: &NatsServer, user: &str, password: &str) -> NatsOptions {
+    let mut o = NatsOptions::new(server.url().replace("nats://", &format!("nats://{user}:{password}@")));
+    o.request_timeout = Duration::from_secs(2);
+    o
+}
+
 /// A publish the user may not make: the server drops it and tells the connection, not the
 /// publish. It is reported as `PermissionDenied` after one timeout (not a timeout after every
 /// retry), a JetStream request the same way (provisioning reports it at once instead of
@@ -653,18 +668,8 @@ fn permissions_config(denied: &[&str]) -> String {
 async fn a_refused_publish_is_permission_denied_and_waits_for_the_grant() {
     use cim_integrate_runtime::service::Service;
     use std::time::Instant;
-    let mut server = NatsServer::start_with_config(&permissions_config(&[
-        "search.>",
-        "$JS.API.STREAM.CREATE.PERSON_EVENTS",
-        "$KV.refused.>",
-    ]))
-    .await
-    .expect("start nats-server");
-    let as_user = |user: &str, password: &str| {
-        let mut o = NatsOptions::new(server.url().replace("nats://", &format!("nats://{user}:{password}@")));
-        o.request_timeout = Duration::from_secs(2);
-        o
-    };
+    let mut server = permissions_server(&["search.>", "$JS.API.STREAM.CREATE.PERSON_EVENTS", "$KV.refused.>"]).await;
+    let as_user = |user: &str, password: &str| as_user(&server, user, password);
     let admin = connect(as_user("admin", "a")).await.expect("admin");
     for domain in ["search", "document"] {
         admin
@@ -748,4 +753,41 @@ async fn a_refused_publish_is_permission_denied_and_waits_for_the_grant() {
         "the handler's event stored once"
     );
     svc.shutdown(Duration::from_secs(5)).await;
+}
+
+/// The operator's tools open buckets a host made (they provision nothing): a write the server
+/// refuses there is `PermissionDenied` too, after one timeout, not a timeout that reads as
+/// "try again" (`ops saga forget` by a user who may read the saga buckets but not write them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operators_refused_write_is_permission_denied() {
+    use cim_integrate_runtime::ops::{Ops, OpsError};
+    use cim_integrate_runtime::saga::conformance::{Order, Shop};
+    use cim_integrate_runtime::saga::{SagaOutcome, SagaRunner};
+    use std::time::Instant;
+    let server = permissions_server(&["$KV.cim_saga_shop_settled.>"]).await;
+    let as_user = |user: &str, password: &str| as_user(&server, user, password);
+    let admin = connect(as_user("admin", "a")).await.expect("admin");
+    let runner = SagaRunner::builder(admin, Shop::default())
+        .build()
+        .await
+        .expect("runner");
+    let outcome = runner.start("o-1", Order::default()).await.expect("start");
+    assert_eq!(outcome, SagaOutcome::Completed);
+    runner.settled().await.expect("settled");
+
+    let ops = Ops::new(connect(as_user("svc", "s")).await.expect("svc"));
+    let began = Instant::now();
+    let refused = ops.forget_saga("shop", "o-1").await.expect_err("refused");
+    assert!(
+        matches!(&refused, OpsError::Transport(TransportError::PermissionDenied { subject }) if subject.ends_with("$KV.cim_saga_shop_settled.o-1")),
+        "{refused:?}"
+    );
+    assert!(!refused.is_transient(), "an operator's fix, not a wait: {refused:?}");
+    assert!(
+        began.elapsed() < Duration::from_secs(6),
+        "one timeout: {:?}",
+        began.elapsed()
+    );
+    // Nothing was forgotten.
+    assert!(ops.saga("shop", "o-1").await.expect("view").summary.settled);
 }

@@ -21,6 +21,9 @@ pub struct NatsKeyValue {
     bucket: Arc<str>,
     /// Whether reads take a direct get ([`reads_directly`]), chosen again from time to time.
     read_path: Arc<ReadPath>,
+    /// The transport the handle was opened through: its connection records the server's
+    /// refusals, which a write that timed out looks up ([`refused`](Self::refused)).
+    connection: NatsTransport,
     /// What provisioned the bucket (a handle opened with [`Transport::key_value`]), to
     /// provision it again if it is gone; `None` for a handle on an existing bucket (the
     /// operator's tools), which never creates one.
@@ -31,7 +34,6 @@ pub struct NatsKeyValue {
 
 /// How a bucket was provisioned, and when it may next be looked for after a failure.
 struct Provisioned {
-    transport: NatsTransport,
     /// The bucket's spec, as deployed.
     spec: KvSpec,
     /// Lets one look for the bucket's stream through per [`GONE_CHECK_MS`].
@@ -192,9 +194,8 @@ pub(super) async fn open(t: &NatsTransport, spec: &KvSpec) -> Result<NatsKeyValu
         .get_key_value(spec.bucket.clone())
         .await
         .map_err(|e| classify(&format!("opening bucket `{}`", spec.bucket), &e))?;
-    let mut kv = NatsKeyValue::new(store, &spec.bucket);
+    let mut kv = NatsKeyValue::new(store, &spec.bucket, t);
     kv.provisioned = Some(Arc::new(Provisioned {
-        transport: t.clone(),
         spec,
         gone_check: Throttle::default(),
     }));
@@ -232,7 +233,7 @@ pub(crate) async fn open_existing(t: &NatsTransport, bucket: &str) -> Result<Opt
         .get_key_value(bucket.to_owned())
         .await
         .map_err(|e| classify(&format!("opening bucket `{bucket}`"), &e))?;
-    Ok(Some(NatsKeyValue::new(store, bucket)))
+    Ok(Some(NatsKeyValue::new(store, bucket, t)))
 }
 
 /// A key's last operation as a scan of its bucket saw it.
@@ -327,12 +328,13 @@ fn reads_directly(config: &js_stream::Config) -> bool {
 }
 
 impl NatsKeyValue {
-    fn new(store: Store, bucket: &str) -> Self {
+    fn new(store: Store, bucket: &str, transport: &NatsTransport) -> Self {
         let direct = reads_directly(&store.stream.cached_info().config);
         Self {
             store: Arc::new(store),
             bucket: Arc::from(bucket),
             read_path: Arc::new(ReadPath::new(direct)),
+            connection: transport.clone(),
             provisioned: None,
         }
     }
@@ -371,8 +373,8 @@ impl NatsKeyValue {
         if !p.gone_check.pass(GONE_CHECK_MS) {
             return false;
         }
-        match p.transport.stream_info(&format!("KV_{}", p.spec.bucket)).await {
-            Ok(None) => match create(&p.transport, &p.spec).await {
+        match self.connection.stream_info(&format!("KV_{}", p.spec.bucket)).await {
+            Ok(None) => match create(&self.connection, &p.spec).await {
                 Ok(created) => {
                     tracing::warn!(
                         bucket = %p.spec.bucket,
@@ -509,11 +511,11 @@ impl NatsKeyValue {
     }
 
     /// A write to `key` that timed out because the server refused it (the user may not
-    /// publish to the key's subject; see `denials`): only a handle that provisioned its bucket
-    /// knows the connection's refusals.
+    /// publish to the key's subject; see `denials`). Every handle knows its connection's
+    /// refusals (a handle on an existing bucket, the operator's tools', included); a transport
+    /// made [`with_client`](NatsTransport::with_client) records none.
     fn refused(&self, key: &str) -> Option<TransportError> {
-        let p = self.provisioned.as_ref()?;
-        let inner = &p.transport.inner;
+        let inner = &self.connection.inner;
         let window = u64::try_from(inner.options.request_timeout.as_millis()).unwrap_or(u64::MAX);
         let since = monotonic_ms().saturating_sub(window.saturating_add(1_000));
         let tail = format!("{}{key}", self.store.put_prefix.as_ref().unwrap_or(&self.store.prefix));

@@ -249,3 +249,56 @@ async fn a_first_connection_waits_for_a_server_started_later() {
     assert!(e.to_string().contains("authorization violation"), "{e}");
     assert!(!e.to_string().contains("attempts"), "{e}");
 }
+
+/// A server down for a few seconds under a consumer: the consumer says its pull was interrupted
+/// once, and then at most every 10 s with a count, not once per attempt to pull again (every
+/// second, per consumer); and it says when pulling works again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_pull_is_reported_once_and_so_is_its_recovery() {
+    use cim_integrate_runtime::transport::{Consumer, ConsumerSpec, StreamSpec, Transport};
+    use cim_integrate_runtime::{Envelope, Subject, SubjectPattern};
+    let logged = logged();
+    let mut server = NatsServer::start().await.expect("start nats-server");
+    let t = NatsTransport::connect(NatsOptions::new(server.url()))
+        .await
+        .expect("connect");
+    let spec = StreamSpec::for_domain("outage", None).expect("spec");
+    t.ensure_stream(&spec).await.expect("stream");
+    let mut consumer = t
+        .consumer(&ConsumerSpec::new(
+            spec.name.clone(),
+            "outage-watcher",
+            SubjectPattern::new("outage.>").expect("pattern"),
+        ))
+        .await
+        .expect("consumer");
+    let next = tokio::spawn(async move { consumer.next().await.map(|d| d.subject().to_owned()) });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server.stop().await.expect("stop");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    server.restart().await.expect("restart");
+    let event = Envelope::root(Subject::new("outage.over").expect("subject"), "{}");
+    let published = async {
+        while t.publish_and_wait(event.clone().into()).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), published)
+        .await
+        .expect("published once the server is back");
+    let delivered = tokio::time::timeout(Duration::from_secs(30), next)
+        .await
+        .expect("delivered once the server is back")
+        .expect("join")
+        .expect("delivery");
+    assert_eq!(delivered, "outage.over");
+    let mine = logged.lines("consumer=outage-watcher");
+    let warnings: Vec<_> = mine.iter().filter(|l| l.starts_with("WARN")).collect();
+    assert!(!warnings.is_empty(), "{mine:#?}");
+    assert_eq!(warnings.len(), 1, "one warning for a 6 s outage: {mine:#?}");
+    let resumed = mine
+        .iter()
+        .find(|l| l.contains("pulling again"))
+        .unwrap_or_else(|| panic!("{mine:#?}"));
+    assert!(resumed.starts_with("INFO"), "{resumed}");
+}

@@ -28,7 +28,9 @@ pub struct NatsConsumer {
     stream: Arc<str>,
     durable: Arc<str>,
     messages: Option<Box<pull::Stream>>,
-    failures: u32,
+    /// The pull's failures since it last delivered (boxed: rarely touched, and the handle sits
+    /// in `AnyConsumer` beside the small in-memory one).
+    trouble: Box<Trouble>,
     /// Messages asked for per pull request.
     batch: usize,
     /// When the server created the durable.
@@ -55,6 +57,41 @@ pub struct NatsConsumer {
     elections_seen: u64,
     /// The task counting the advisories, stopped with the handle.
     watch: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// A pull's failures since it last delivered a message. Its interruptions (missed heartbeats,
+/// failed pull requests) are reported as a run: the first is reported at once, the next at most every 10 s with the count since
+/// the last report (an outage interrupts every consumer's pull about once a second), and the
+/// first message after them ends the run.
+#[derive(Debug, Default)]
+struct Trouble {
+    /// Pauses since the last message (interruptions, and pulls that ended), which set the next
+    /// pause.
+    failures: u32,
+    /// When the run began, and its interruptions; `None` while messages arrive.
+    run: Option<(std::time::Instant, u64)>,
+    /// Interruptions not reported yet.
+    unreported: u64,
+    /// The reports' pace.
+    throttle: crate::throttle::Throttle,
+}
+
+impl Trouble {
+    /// Counts one interruption; `Some(count since the last report)` if it is time to report.
+    fn count(&mut self) -> Option<u64> {
+        self.run.get_or_insert_with(|| (std::time::Instant::now(), 0)).1 += 1;
+        self.unreported += 1;
+        self.throttle.pass(10_000).then(|| std::mem::take(&mut self.unreported))
+    }
+
+    /// A message arrived: `Some((interruptions, since when))` if it ends a run of them. The next
+    /// run's first interruption is reported at once.
+    fn over(&mut self) -> Option<(u64, std::time::Instant)> {
+        let (since, interruptions) = self.run.take()?;
+        self.unreported = 0;
+        self.throttle.reopen();
+        Some((interruptions, since))
+    }
 }
 
 impl Drop for NatsConsumer {
@@ -116,7 +153,7 @@ impl NatsConsumer {
             stream: Arc::from(spec.stream.as_str()),
             durable: Arc::from(spec.durable.as_str()),
             messages: None,
-            failures: 0,
+            trouble: Box::default(),
             batch,
         })
     }
@@ -172,15 +209,15 @@ impl NatsConsumer {
     /// After trouble: a short pause growing to 1 s. A leader election takes seconds; the pull
     /// must be back as soon as the new leader is, not a long back-off later.
     async fn pause(&mut self) {
-        self.failures = self.failures.saturating_add(1);
-        let ms = 100u64.saturating_mul(u64::from(self.failures.min(10))).min(1_000);
+        self.trouble.failures = self.trouble.failures.saturating_add(1);
+        let ms = 100u64.saturating_mul(u64::from(self.trouble.failures.min(10))).min(1_000);
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
 
     /// Whether to ask the server if the consumer still exists: not on every hiccup (during an
     /// election the question itself waits for a timeout), but every few failures in a row.
     fn should_check(&self) -> bool {
-        self.failures % 5 == 4
+        self.trouble.failures % 5 == 4
     }
 
     fn delivery(&mut self, message: async_nats::jetstream::Message) -> Result<Delivery<NatsAcker>, String> {
@@ -320,7 +357,9 @@ impl Consumer for NatsConsumer {
                 None => match self.start_pull().await {
                     Ok(m) => self.messages.insert(m),
                     Err(e) => {
-                        tracing::warn!(consumer = %self.durable, error = %e, "pull not started; retrying");
+                        if let Some(interruptions) = self.trouble.count() {
+                            tracing::warn!(consumer = %self.durable, error = %e, interruptions, "pull not started; retrying");
+                        }
                         if self.should_check() {
                             self.check_exists().await?;
                         }
@@ -331,7 +370,13 @@ impl Consumer for NatsConsumer {
             };
             match messages.next().await {
                 Some(Ok(message)) => {
-                    self.failures = 0;
+                    self.trouble.failures = 0;
+                    if let Some((interruptions, since)) = self.trouble.over() {
+                        tracing::info!(
+                            consumer = %self.durable, interruptions, after = ?since.elapsed(),
+                            "pulling again: messages arrive"
+                        );
+                    }
                     match self.delivery(message) {
                         Ok(d) => return Ok(d),
                         Err(e) => {
@@ -353,7 +398,9 @@ impl Consumer for NatsConsumer {
                         return Err(TransportError::Other(format!("consumer `{}`: {e}", self.durable)));
                     }
                     _ => {
-                        tracing::warn!(consumer = %self.durable, error = %e, "pull interrupted; restarting it");
+                        if let Some(interruptions) = self.trouble.count() {
+                            tracing::warn!(consumer = %self.durable, error = %e, interruptions, "pull interrupted; restarting it");
+                        }
                         self.interrupted();
                         if self.should_check() {
                             self.check_exists().await?;

@@ -61,6 +61,9 @@ pub(crate) enum Command {
     Process(ProcessCmd),
     /// Every handler's durable: lag, ack pending, redeliveries, breaker state.
     Handlers,
+    /// The live hosts: since when they run, when they last wrote their status, their handlers'
+    /// counts, and how far their clocks are from the NATS server's.
+    Hosts,
     /// Streams and consumers as the server reports them, and the live hosts' declared topology.
     Topology,
     /// Serve the web console (embedded in this binary).
@@ -312,6 +315,7 @@ async fn execute(args: &Args) -> Result<u8, Failure> {
         Command::Saga(cmd) => saga(&ops, args, cmd).await,
         Command::Process(cmd) => process(&ops, args, cmd).await,
         Command::Handlers => handlers(&ops, args).await,
+        Command::Hosts => hosts(&ops, args).await,
         Command::Topology => topology(&ops, args).await,
         Command::Console { listen, token } => crate::console::serve(ops, *listen, token.clone())
             .await
@@ -461,6 +465,53 @@ async fn handlers(ops: &Ops, args: &Args) -> Result<u8, Failure> {
         } else {
             t.render()
         }
+    })
+}
+
+async fn hosts(ops: &Ops, args: &Args) -> Result<u8, Failure> {
+    use cim_integrate_runtime::service::status::{CLOCK_TOLERANCE, HostStatus};
+    let list = ops.hosts().await?;
+    output(args, &list, || {
+        let mut t = Table::new(&[
+            "SERVICE",
+            "INSTANCE",
+            "STARTED",
+            "LAST STATUS",
+            "HANDLERS",
+            "HANDLED",
+            "CLOCK",
+        ]);
+        let mut differ = 0;
+        for h in &list {
+            let clock = match h.clock_offset_ms {
+                Some(ms) if HostStatus::clock_differs(ms) => {
+                    differ += 1;
+                    format!("{:+.1} s (!)", ms as f64 / 1000.0)
+                }
+                Some(ms) => format!("{:+.1} s", ms as f64 / 1000.0),
+                None => "-".into(),
+            };
+            t.row(vec![
+                h.service.clone(),
+                h.instance.clone(),
+                time(Some(h.started_at)),
+                time(Some(h.updated_at)),
+                h.handlers.len().to_string(),
+                h.handlers.iter().map(|x| x.stats.succeeded).sum::<u64>().to_string(),
+                clock,
+            ]);
+        }
+        if t.is_empty() {
+            return "no live hosts\n".into();
+        }
+        let mut out = t.render();
+        if differ > 0 {
+            out.push_str(&format!(
+                "\n(!) {differ} host(s) with a clock more than {} s from the NATS server's (CLOCK: ahead +, behind -): saga leases, process-manager deadlines and the dedup layer's 5 s margin compare clocks across hosts; synchronize them (NTP)\n",
+                CLOCK_TOLERANCE.as_secs()
+            ));
+        }
+        out
     })
 }
 

@@ -288,3 +288,80 @@ async fn configuration_and_unavailability_have_their_exit_codes() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("JetStream is not enabled") && err.contains("-js"), "{err}");
 }
+
+/// `hosts`: the live hosts with their clocks against the server's. A running service's clock is
+/// the server's (same machine); a host whose clock runs 5 s ahead (its status document written
+/// as it would write it) is flagged, with what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_and_their_clocks_from_the_command_line() {
+    use cim_integrate::service::status::{HOSTS_BUCKET, HOSTS_MAX_AGE};
+    use cim_integrate::transport::{KeyValue, KvSpec, Transport};
+    let server = NatsServer::start().await.expect("server");
+    let url = server.url();
+    let (code, out, err) = tool(&url, &["hosts"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "no live hosts\n");
+
+    let t = NatsTransport::connect_url(&url).await.expect("connect");
+    let service = Service::builder(t.clone(), "ledger")
+        .register(Ledger(Arc::new(State::default())))
+        .start()
+        .await
+        .expect("start");
+    let ahead = cim_integrate::Timestamp::from_unix_nanos(cim_integrate::Timestamp::now().unix_nanos() + 5_000_000_000)
+        .expect("a time");
+    let skewed = serde_json::json!({
+        "service": "skewed",
+        "instance": "i-1",
+        "started_at": ahead.to_rfc3339(),
+        "updated_at": ahead.to_rfc3339(),
+        "interval_ms": 5000,
+        "handlers": [],
+        "topology": {},
+    });
+    t.key_value(&KvSpec::new(HOSTS_BUCKET).max_age(HOSTS_MAX_AGE))
+        .await
+        .expect("bucket")
+        .put("skewed.i-1", serde_json::to_vec(&skewed).expect("json").into())
+        .await
+        .expect("put");
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let hosts = loop {
+        let (code, out, err) = tool(&url, &["hosts", "--json"]).await;
+        assert_eq!(code, 0, "{err}");
+        let v = json(&out);
+        if v.as_array().is_some_and(|a| a.len() == 2) || Instant::now() > deadline {
+            break v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let offset = |service: &str| {
+        hosts
+            .as_array()
+            .and_then(|a| a.iter().find(|h| h["service"] == service))
+            .and_then(|h| h["clock_offset_ms"].as_i64())
+            .unwrap_or_else(|| panic!("no clock offset of {service} in {hosts}"))
+    };
+    assert!(offset("ledger").abs() < 500, "{hosts}");
+    assert!((4_500..5_500).contains(&offset("skewed")), "{hosts}");
+
+    let (code, out, _) = tool(&url, &["hosts"]).await;
+    assert_eq!(code, 0);
+    assert!(out.starts_with("SERVICE"), "{out}");
+    let ledger = out
+        .lines()
+        .find(|l| l.starts_with("ledger"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(!ledger.contains("(!)"), "{out}");
+    let skewed = out
+        .lines()
+        .find(|l| l.starts_with("skewed"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(skewed.contains("+5.0 s (!)") || skewed.contains("+4.9 s (!)"), "{out}");
+    assert!(
+        out.contains("1 host(s) with a clock more than 1 s") && out.contains("NTP"),
+        "{out}"
+    );
+    service.shutdown(Duration::from_secs(5)).await;
+}

@@ -112,7 +112,8 @@ impl Ops {
     }
 
     /// The status documents of the live hosts (those that wrote within the bucket's max age),
-    /// by service then instance; empty if no host ever wrote one. Documents that cannot be read
+    /// by service then instance, each with its host's [clock offset](HostStatus::clock_offset_ms)
+    /// from the server's time of the write; empty if no host ever wrote one. Documents that cannot be read
     /// are skipped with a warning. The documents are read 16 at a time (the console asks every 2
     /// seconds, and a deployment may run many hosts).
     pub async fn hosts(&self) -> Result<Vec<HostStatus>, OpsError> {
@@ -134,7 +135,10 @@ impl Ops {
                 continue;
             };
             match serde_json::from_slice::<HostStatus>(&entry.value) {
-                Ok(doc) => out.push(doc),
+                Ok(mut doc) => {
+                    doc.clock_offset_ms = Some(doc.clock_offset_ms(entry.created));
+                    out.push(doc);
+                }
                 Err(e) => tracing::warn!(%key, error = %e, "unreadable host status"),
             }
         }

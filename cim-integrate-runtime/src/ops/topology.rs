@@ -148,6 +148,7 @@ mod tests {
             interval_ms: 5000,
             handlers: vec![],
             topology,
+            clock_offset_ms: None,
         }
     }
 

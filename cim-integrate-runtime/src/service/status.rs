@@ -52,6 +52,37 @@ pub struct HostStatus {
     pub handlers: Vec<HostHandler>,
     /// The service's topology ([`Topology::to_json`]): declared, plus what it has published.
     pub topology: serde_json::Value,
+    /// How far the host's clock was ahead of the NATS server's when it wrote the document, in
+    /// milliseconds ([`clock_offset_ms`](Self::clock_offset_ms)); filled in by
+    /// [`Ops::hosts`](crate::ops::Ops::hosts) from the server's time of the write, `None` as
+    /// the host writes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_offset_ms: Option<i64>,
+}
+
+/// How far a host's clock may be from the NATS server's before it is reported: 1 s. Hosts
+/// compare wall clocks with each other and with the server: saga leases (a runner takes over a
+/// saga whose lease has passed by its own clock), process-manager deadlines, and the dedup
+/// layer's 5 s margin between a handle's resume and the server's storing time.
+pub const CLOCK_TOLERANCE: Duration = Duration::from_secs(1);
+
+/// The host's status heartbeats between two checks of its clock against the server's (after
+/// the first put, then every 60th: every 5 minutes at the default interval).
+const CLOCK_CHECK_EVERY: u64 = 60;
+
+impl HostStatus {
+    /// How far ahead of the server's clock the host's was when it wrote this document, in
+    /// milliseconds: `updated_at` minus `written`, the server's time of the write (a key-value
+    /// entry's `created`). Negative: behind. A few milliseconds below zero are the write's
+    /// transit, not a difference of clocks.
+    pub fn clock_offset_ms(&self, written: Timestamp) -> i64 {
+        self.updated_at.unix_millis().saturating_sub(written.unix_millis())
+    }
+
+    /// Whether [`clock_offset_ms`](Self::clock_offset_ms) is beyond [`CLOCK_TOLERANCE`].
+    pub fn clock_differs(offset_ms: i64) -> bool {
+        offset_ms.unsigned_abs() > CLOCK_TOLERANCE.as_millis() as u64
+    }
 }
 
 /// One handler of a [`HostStatus`].
@@ -116,7 +147,40 @@ impl Source {
                 })
                 .collect(),
             topology: topology.to_json(),
+            clock_offset_ms: None,
         }
+    }
+}
+
+/// Reads back the document just written and compares the time the host wrote into it with the
+/// server's time of the write: a warning (at most hourly) if they are more than
+/// [`CLOCK_TOLERANCE`] apart. Not on a store in this process, whose clock is the host's (and
+/// follows tokio's paused time in tests).
+async fn check_clock<K: KeyValue>(
+    kv: &K,
+    key: &str,
+    doc: &HostStatus,
+    service: &str,
+    warnings: &crate::throttle::Throttle,
+) {
+    if kv.at_once().is_some() {
+        return;
+    }
+    match kv.get(key).await {
+        Ok(Some(entry)) => {
+            let offset_ms = doc.clock_offset_ms(entry.created);
+            if HostStatus::clock_differs(offset_ms) && warnings.pass(3_600_000) {
+                tracing::warn!(
+                    service,
+                    offset_ms,
+                    "this host's clock is {:.1} s {} the NATS server's: saga leases, process-manager deadlines and the dedup layer's 5 s margin compare clocks across hosts; synchronize it (NTP)",
+                    offset_ms.unsigned_abs() as f64 / 1000.0,
+                    if offset_ms > 0 { "ahead of" } else { "behind" }
+                );
+            }
+        }
+        Ok(None) => {}
+        Err(e) => tracing::debug!(service, error = %e, "cannot read the host status back to compare clocks"),
     }
 }
 
@@ -134,6 +198,8 @@ pub(super) async fn heartbeat<T: Transport>(
     let spec = KvSpec::new(HOSTS_BUCKET).max_age(HOSTS_MAX_AGE);
     let mut bucket: Option<T::KeyValue> = None;
     let mut failing = false;
+    let mut written = 0u64;
+    let clock_warnings = crate::throttle::Throttle::default();
     loop {
         let result = async {
             let kv = match &bucket {
@@ -142,9 +208,16 @@ pub(super) async fn heartbeat<T: Transport>(
             };
             let doc = source.document(&instance, started_at, interval);
             let bytes = serde_json::to_vec(&doc).map_err(|e| crate::transport::KvError::Invalid(e.to_string()))?;
-            kv.put(&key, bytes.into()).await
+            kv.put(&key, bytes.into()).await?;
+            Ok::<_, crate::transport::KvError>(doc)
         }
         .await;
+        if let (Ok(doc), Some(kv)) = (&result, &bucket) {
+            if written.is_multiple_of(CLOCK_CHECK_EVERY) {
+                check_clock(kv, &key, doc, &source.service, &clock_warnings).await;
+            }
+            written += 1;
+        }
         match result {
             Ok(_) if failing => {
                 failing = false;
@@ -167,5 +240,118 @@ pub(super) async fn heartbeat<T: Transport>(
         && let Err(e) = kv.delete(&key, None).await
     {
         tracing::warn!(service = %source.service, error = %e, "cannot delete the host status; it expires by itself");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clock_differs_beyond_a_second_either_way() {
+        let doc = |updated_at: Timestamp| HostStatus {
+            service: "s".into(),
+            instance: "i".into(),
+            started_at: updated_at,
+            updated_at,
+            interval_ms: 5000,
+            handlers: vec![],
+            topology: serde_json::Value::Null,
+            clock_offset_ms: None,
+        };
+        let server = Timestamp::now();
+        let at = |ms: i128| Timestamp::from_unix_nanos(server.unix_nanos() + ms * 1_000_000).expect("time");
+        assert_eq!(doc(at(2_500)).clock_offset_ms(server), 2_500);
+        assert_eq!(doc(at(-3)).clock_offset_ms(server), -3);
+        for (ms, differs) in [
+            (0, false),
+            (-3, false),
+            (1_000, false),
+            (-1_000, false),
+            (1_001, true),
+            (-1_001, true),
+        ] {
+            assert_eq!(HostStatus::clock_differs(ms), differs, "{ms}");
+        }
+        assert!(HostStatus::clock_differs(i64::MIN));
+    }
+
+    /// The heartbeat's check against a real server: the document a host whose clock runs 5 s
+    /// ahead writes (its `updated_at` 5 s after the server's time) is read back and warned
+    /// about, once per hour; a synchronized host's is not.
+    #[cfg(all(feature = "testing", feature = "nats"))]
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_host_whose_clock_differs_from_the_servers_warns() {
+        use crate::transport::nats::NatsTransport;
+        use std::sync::Mutex;
+        #[derive(Clone, Default)]
+        struct Lines(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().expect("lock").extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let _default = tracing::subscriber::set_default(subscriber);
+        let warnings = || {
+            String::from_utf8_lossy(&lines.0.lock().expect("lock"))
+                .lines()
+                .filter(|l| l.contains("clock is"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+
+        let server = crate::testing::NatsServer::start().await.expect("nats-server");
+        let t = NatsTransport::connect_url(&server.url()).await.expect("connect");
+        let kv = t
+            .key_value(&KvSpec::new(HOSTS_BUCKET).max_age(HOSTS_MAX_AGE))
+            .await
+            .expect("bucket");
+        let throttle = crate::throttle::Throttle::default();
+        let mut doc = HostStatus {
+            service: "svc".into(),
+            instance: "i".into(),
+            started_at: Timestamp::now(),
+            updated_at: Timestamp::now(),
+            interval_ms: 5000,
+            handlers: vec![],
+            topology: serde_json::Value::Null,
+            clock_offset_ms: None,
+        };
+        let write_and_check = async |doc: &mut HostStatus, ahead_ms: i128| {
+            doc.updated_at =
+                Timestamp::from_unix_nanos(Timestamp::now().unix_nanos() + ahead_ms * 1_000_000).expect("time");
+            kv.put("svc.i", serde_json::to_vec(doc).expect("json").into())
+                .await
+                .expect("put");
+            check_clock(&kv, "svc.i", doc, "svc", &throttle).await;
+        };
+        write_and_check(&mut doc, 0).await;
+        assert_eq!(warnings(), Vec::<String>::new(), "a synchronized host");
+        write_and_check(&mut doc, 5_000).await;
+        let warned = warnings();
+        assert_eq!(warned.len(), 1, "{warned:?}");
+        assert!(
+            warned[0].contains("WARN") && warned[0].contains("ahead of the NATS server's") && warned[0].contains("NTP"),
+            "{warned:?}"
+        );
+        write_and_check(&mut doc, -5_000).await;
+        assert_eq!(warnings().len(), 1, "at most hourly");
+        throttle.reopen();
+        write_and_check(&mut doc, -5_000).await;
+        let warned = warnings();
+        assert!(
+            warned.len() == 2 && warned[1].contains("5.0 s behind the NATS server's"),
+            "{warned:?}"
+        );
     }
 }

@@ -210,7 +210,9 @@ impl NatsConsumer {
     /// must be back as soon as the new leader is, not a long back-off later.
     async fn pause(&mut self) {
         self.trouble.failures = self.trouble.failures.saturating_add(1);
-        let ms = 100u64.saturating_mul(u64::from(self.trouble.failures.min(10))).min(1_000);
+        let ms = 100u64
+            .saturating_mul(u64::from(self.trouble.failures.min(10)))
+            .min(1_000);
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
 

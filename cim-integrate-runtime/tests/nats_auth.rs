@@ -493,11 +493,19 @@ async fn credentials_file_errors() {
 /// A signed NATS JWT (v2) for `claims`, issued by `issuer` about `subject`. The `jti` is the
 /// base32 (no padding) SHA-256 of the claims without it, as the Go `jwt` library computes it.
 fn nats_jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, nats: serde_json::Value) -> String {
+    nats_jwt_expiring(issuer, subject, name, nats, None)
+}
+
+/// As [`nats_jwt`], valid until `expires` (seconds since the epoch) if given.
+fn nats_jwt_expiring(
+    issuer: &nkeys::KeyPair,
+    subject: &str,
+    name: &str,
+    nats: serde_json::Value,
+    expires: Option<u64>,
+) -> String {
     use sha2::Digest;
-    let iat = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs();
+    let iat = unix_now();
     let mut claims = serde_json::json!({
         "iat": iat,
         "iss": issuer.public_key(),
@@ -505,6 +513,9 @@ fn nats_jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, nats: serde_json
         "sub": subject,
         "nats": nats,
     });
+    if let Some(exp) = expires {
+        claims["exp"] = serde_json::Value::from(exp);
+    }
     let jti = data_encoding::BASE32_NOPAD.encode(&sha2::Sha256::digest(claims.to_string().as_bytes()));
     claims["jti"] = serde_json::Value::String(jti);
     let b64 = |v: &serde_json::Value| data_encoding::BASE64URL_NOPAD.encode(v.to_string().as_bytes());
@@ -533,9 +544,22 @@ fn account_jwt(operator: &nkeys::KeyPair, account: &nkeys::KeyPair, name: &str) 
     )
 }
 
+/// Seconds since the epoch.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
 /// A `.creds` file for `user`, issued by `account`, in the format `nsc` writes.
 fn user_creds(account: &nkeys::KeyPair, user: &nkeys::KeyPair, name: &str) -> String {
-    let jwt = nats_jwt(
+    user_creds_expiring(account, user, name, None)
+}
+
+/// As [`user_creds`], the JWT valid until `expires` (seconds since the epoch) if given.
+fn user_creds_expiring(account: &nkeys::KeyPair, user: &nkeys::KeyPair, name: &str, expires: Option<u64>) -> String {
+    let jwt = nats_jwt_expiring(
         account,
         &user.public_key(),
         name,
@@ -544,6 +568,7 @@ fn user_creds(account: &nkeys::KeyPair, user: &nkeys::KeyPair, name: &str) -> St
             "type": "user",
             "version": 2,
         }),
+        expires,
     );
     format!(
         "-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n\n\
@@ -556,17 +581,13 @@ fn user_creds(account: &nkeys::KeyPair, user: &nkeys::KeyPair, name: &str) -> St
     )
 }
 
-/// `NATS_CREDS` against a server in operator mode (JWT auth, memory resolver): the user's
-/// `.creds` file connects and carries a JetStream round trip; a user issued by an account the
-/// server does not know, or whose JWT carries a forged signature, is refused; `Debug` shows
-/// neither the seed nor the JWT.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn credentials_file_operator_mode() {
+/// A server in operator mode (JWT auth, memory resolver) and the account it knows, whose users
+/// may connect.
+async fn operator_mode_server() -> (NatsServer, nkeys::KeyPair) {
     let operator = nkeys::KeyPair::new_operator();
     // JetStream in operator mode needs a system account
     let system = nkeys::KeyPair::new_account();
     let account = nkeys::KeyPair::new_account();
-    let user = nkeys::KeyPair::new_user();
     let operator_jwt = nats_jwt(
         &operator,
         &operator.public_key(),
@@ -588,7 +609,64 @@ async fn credentials_file_operator_mode() {
         account_jwt(&operator, &account, "cim-acc")
     );
     let server = NatsServer::start_with_config(&config).await.expect("start nats-server");
+    (server, account)
+}
+
+/// Credentials rotated on disk: the host's user JWT expires (the server closes the connection)
+/// after a new `.creds` file replaced the old one, and the reconnection presents the new one.
+/// async-nats's own `credentials_file` read the file once: every reconnection was refused
+/// until the host restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_rotated_on_disk_are_used_by_the_next_reconnection() {
+    let (server, account) = operator_mode_server().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let creds = dir.path().join("service.creds");
+    let expiring = user_creds_expiring(&account, &nkeys::KeyPair::new_user(), "svc-1", Some(unix_now() + 3));
+    std::fs::write(&creds, expiring).expect("write creds");
+    let t = connect(options(&[(ENV_URL, &server.url()), (ENV_CREDS, s(&creds))]))
+        .await
+        .expect("connect");
+    round_trip(&t).await;
+    let connects = t
+        .client()
+        .statistics()
+        .connects
+        .load(std::sync::atomic::Ordering::Relaxed);
+
+    // The rotation: a new user JWT, written before the old one expires.
+    std::fs::write(&creds, user_creds(&account, &nkeys::KeyPair::new_user(), "svc-2")).expect("write creds");
+    let reconnected = async {
+        while t
+            .client()
+            .statistics()
+            .connects
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == connects
+            || t.client().connection_state() != async_nats::connection::State::Connected
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), reconnected)
+        .await
+        .expect("the expired connection closed by the server, and a new one made with the new credentials");
+    let env = Envelope::root(Subject::new("document.created").expect("subject"), "{}");
+    let ack = tokio::time::timeout(Duration::from_secs(10), t.publish_and_wait(env.into()))
+        .await
+        .expect("in time")
+        .expect("published with the new credentials");
+    assert_eq!(ack.sequence, 2);
+}
+
+/// `NATS_CREDS` against a server in operator mode (JWT auth, memory resolver): the user's
+/// `.creds` file connects and carries a JetStream round trip; a user issued by an account the
+/// server does not know, or whose JWT carries a forged signature, is refused; `Debug` shows
+/// neither the seed nor the JWT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_file_operator_mode() {
+    let (server, account) = operator_mode_server().await;
     let url = server.url();
+    let user = nkeys::KeyPair::new_user();
 
     let dir = tempfile::tempdir().expect("tempdir");
     let creds_text = user_creds(&account, &user, "cim-user");

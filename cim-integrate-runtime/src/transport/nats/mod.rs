@@ -24,6 +24,7 @@
 
 mod consumer;
 mod convert;
+mod creds;
 mod denials;
 pub(crate) mod kv;
 mod options;

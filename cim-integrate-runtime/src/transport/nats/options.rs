@@ -307,29 +307,34 @@ impl NatsOptions {
         &self,
         denials: std::sync::Arc<super::denials::Denials>,
     ) -> Result<async_nats::ConnectOptions, TransportError> {
-        let mut c = async_nats::ConnectOptions::new()
-            .request_timeout(Some(self.request_timeout))
-            .connection_timeout(self.request_timeout)
-            .event_callback({
-                let reports = std::sync::Arc::new(Reports {
-                    denials,
-                    failed_attempts: Counted::default(),
-                    dropped: Counted::default(),
-                });
-                move |event| {
-                    let reports = reports.clone();
-                    async move { reports.event(event) }
-                }
+        let mut c = match &self.auth {
+            // Read again at every connection attempt (`creds`): rotated credentials are the ones
+            // the next reconnection presents.
+            NatsAuth::CredentialsFile(p) => {
+                let file = super::creds::CredsFile::load(p)?;
+                async_nats::ConnectOptions::with_auth_callback(move |nonce| file.clone().auth(nonce))
+            }
+            _ => async_nats::ConnectOptions::new(),
+        }
+        .request_timeout(Some(self.request_timeout))
+        .connection_timeout(self.request_timeout)
+        .event_callback({
+            let reports = std::sync::Arc::new(Reports {
+                denials,
+                failed_attempts: Counted::default(),
+                dropped: Counted::default(),
             });
+            move |event| {
+                let reports = reports.clone();
+                async move { reports.event(event) }
+            }
+        });
         c = match &self.auth {
             NatsAuth::None => c,
             NatsAuth::UserPassword { user, password } => c.user_and_password(user.clone(), password.clone()),
             NatsAuth::Token(t) => c.token(t.clone()),
             NatsAuth::NKeySeed(s) => c.nkey(s.clone()),
-            NatsAuth::CredentialsFile(p) => c
-                .credentials_file(p)
-                .await
-                .map_err(|e| TransportError::Invalid(format!("credentials file `{}`: {e}", p.display())))?,
+            NatsAuth::CredentialsFile(_) => c,
         };
         for ca in &self.tls.ca_files {
             c = c.add_root_certificates(ca.clone());

@@ -488,6 +488,8 @@ async fn hosts(ops: &Ops, args: &Args) -> Result<u8, Failure> {
                     differ += 1;
                     format!("{:+.1} s (!)", ms as f64 / 1000.0)
                 }
+                // Within 50 ms (a write's transit), no sign.
+                Some(ms) if ms.abs() < 50 => "0.0 s".into(),
                 Some(ms) => format!("{:+.1} s", ms as f64 / 1000.0),
                 None => "-".into(),
             };

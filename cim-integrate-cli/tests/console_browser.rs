@@ -213,6 +213,43 @@ async fn a_dead_letter_group_is_redriven_from_the_browser() {
     let topology = browser.source().await.expect("source");
     assert!(topology.contains("SHIPPING_EVENTS") && topology.contains("DEAD_LETTERS"));
 
+    // The hosts: the carrier's clock is the server's; a host whose clock runs 5 s ahead (its
+    // status written as it would write it) is flagged, with what to do.
+    let carrier = text_when(
+        &browser,
+        Locator::Css("tr.host[data-service='carrier'] td.clock"),
+        |t| t.ends_with(" s"),
+    )
+    .await;
+    assert_eq!(carrier, "0.0 s");
+    let ahead = cim_integrate::Timestamp::from_unix_nanos(cim_integrate::Timestamp::now().unix_nanos() + 5_000_000_000)
+        .expect("a time")
+        .to_rfc3339();
+    let skewed = serde_json::json!({
+        "service": "skewed", "instance": "i-1", "started_at": ahead, "updated_at": ahead,
+        "interval_ms": 5000, "handlers": [], "topology": {},
+    });
+    {
+        use cim_integrate::service::status::{HOSTS_BUCKET, HOSTS_MAX_AGE};
+        use cim_integrate::transport::{KeyValue, KvSpec, Transport};
+        t.key_value(&KvSpec::new(HOSTS_BUCKET).max_age(HOSTS_MAX_AGE))
+            .await
+            .expect("bucket")
+            .put("skewed.i-1", serde_json::to_vec(&skewed).expect("json").into())
+            .await
+            .expect("put");
+    }
+    let flagged = wait()
+        .for_element(Locator::Css("tr.host[data-service='skewed'] td.clock.skewed"))
+        .await
+        .expect("the skewed host flagged")
+        .text()
+        .await
+        .expect("text");
+    assert!(flagged == "+5.0 s" || flagged == "+4.9 s", "{flagged}");
+    let note = text_when(&browser, Locator::Id("clocks"), |t| t.contains("NTP")).await;
+    assert!(note.starts_with("1 host(s) with a clock more than 1 s"), "{note}");
+
     // The foreign message, inspected: its bytes and its header escaped, nothing raw.
     wait()
         .for_element(Locator::Css("tr.dlq-group[data-kind='undecodable'] button.inspect"))
@@ -232,7 +269,11 @@ async fn a_dead_letter_group_is_redriven_from_the_browser() {
 
     // Fixed, then redriven from the page: the count rises to three, the group goes.
     fixed.store(true, Ordering::SeqCst);
-    group
+    // Found again: the page redraws its rows every refresh, and the row found first may be gone.
+    browser
+        .find(permanent)
+        .await
+        .expect("the group")
         .find(Locator::Css("button.redrive"))
         .await
         .expect("Redrive button")

@@ -13,6 +13,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+#[path = "fixtures/skewed_host.rs"]
+mod skewed_host;
+
 #[domain_event(subject = "billing.invoiced", version = "1.0")]
 #[derive(Debug, Clone)]
 pub struct Invoiced {
@@ -294,8 +297,6 @@ async fn configuration_and_unavailability_have_their_exit_codes() {
 /// as it would write it) is flagged, with what to do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hosts_and_their_clocks_from_the_command_line() {
-    use cim_integrate::service::status::{HOSTS_BUCKET, HOSTS_MAX_AGE};
-    use cim_integrate::transport::{KeyValue, KvSpec, Transport};
     let server = NatsServer::start().await.expect("server");
     let url = server.url();
     let (code, out, err) = tool(&url, &["hosts"]).await;
@@ -308,23 +309,7 @@ async fn hosts_and_their_clocks_from_the_command_line() {
         .start()
         .await
         .expect("start");
-    let ahead = cim_integrate::Timestamp::from_unix_nanos(cim_integrate::Timestamp::now().unix_nanos() + 5_000_000_000)
-        .expect("a time");
-    let skewed = serde_json::json!({
-        "service": "skewed",
-        "instance": "i-1",
-        "started_at": ahead.to_rfc3339(),
-        "updated_at": ahead.to_rfc3339(),
-        "interval_ms": 5000,
-        "handlers": [],
-        "topology": {},
-    });
-    t.key_value(&KvSpec::new(HOSTS_BUCKET).max_age(HOSTS_MAX_AGE))
-        .await
-        .expect("bucket")
-        .put("skewed.i-1", serde_json::to_vec(&skewed).expect("json").into())
-        .await
-        .expect("put");
+    skewed_host::write(&t, 5_000).await;
 
     let deadline = Instant::now() + Duration::from_secs(20);
     let hosts = loop {

@@ -24,6 +24,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+#[path = "fixtures/skewed_host.rs"]
+mod skewed_host;
+
 #[domain_event(subject = "shipping.requested", version = "1.0")]
 #[derive(Debug, Clone)]
 pub struct ShipmentRequested {
@@ -222,23 +225,7 @@ async fn a_dead_letter_group_is_redriven_from_the_browser() {
     )
     .await;
     assert_eq!(carrier, "0.0 s");
-    let ahead = cim_integrate::Timestamp::from_unix_nanos(cim_integrate::Timestamp::now().unix_nanos() + 5_000_000_000)
-        .expect("a time")
-        .to_rfc3339();
-    let skewed = serde_json::json!({
-        "service": "skewed", "instance": "i-1", "started_at": ahead, "updated_at": ahead,
-        "interval_ms": 5000, "handlers": [], "topology": {},
-    });
-    {
-        use cim_integrate::service::status::{HOSTS_BUCKET, HOSTS_MAX_AGE};
-        use cim_integrate::transport::{KeyValue, KvSpec, Transport};
-        t.key_value(&KvSpec::new(HOSTS_BUCKET).max_age(HOSTS_MAX_AGE))
-            .await
-            .expect("bucket")
-            .put("skewed.i-1", serde_json::to_vec(&skewed).expect("json").into())
-            .await
-            .expect("put");
-    }
+    skewed_host::write(&t, 5_000).await;
     let flagged = wait()
         .for_element(Locator::Css("tr.host[data-service='skewed'] td.clock.skewed"))
         .await

@@ -807,23 +807,14 @@ async fn a_refused_publish_is_permission_denied_and_waits_for_the_grant() {
         .start()
         .await
         .expect("start");
-    t.publish_and_wait(
-        Envelope::root(Subject::new("document.created").expect("subject"), "{}")
-            .typed("DocumentCreated", "1.0")
-            .into(),
+    indexer::publish_created(&t).await;
+    indexer::deferred_until(
+        || svc.handler_stats("search-indexer").expect("stats"),
+        indexer::reconfigure(
+            &mut server,
+            &permissions_config(&["$JS.API.STREAM.CREATE.PERSON_EVENTS"]),
+        ),
     )
-    .await
-    .expect("publish");
-    indexer::deferred_until(|| svc.handler_stats("search-indexer").expect("stats"), async {
-        server
-            .reload_config(&permissions_config(&["$JS.API.STREAM.CREATE.PERSON_EVENTS"]))
-            .expect("grant the permission");
-        if server_version().expect("nats-server version") < (2, 10, 0) {
-            // nats-server 2.9 reloads the users into a new account: connections made before keep
-            // core NATS but lose JetStream (docs/operations.md). The operator restarts the server.
-            server.restart().await.expect("restart");
-        }
-    })
     .await;
     assert_eq!(
         indexer::stream_messages(&admin, "SEARCH_EVENTS").await,

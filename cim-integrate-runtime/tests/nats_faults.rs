@@ -445,6 +445,68 @@ async fn an_account_at_its_quota_refuses_publishes_as_transient() {
     t.publish_and_wait(event().into()).await.expect("room again");
 }
 
+/// An account at its JetStream limits on assets (`max_streams`, `max_consumers`): a handler
+/// publishing into a domain whose stream cannot be created is deferred, saying which limit (not
+/// "no stream captures the subject"), never dead-lettered, and goes through once the operator
+/// raises the limit; a stream or consumer refused for a limit is `LimitReached`, which
+/// provisioning reports at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_at_its_limit_of_streams_defers_and_says_which_limit() {
+    use cim_integrate_runtime::service::Service;
+    use cim_integrate_runtime::transport::TransportError;
+    let config = |streams: u32| {
+        format!(
+            "accounts {{ A {{ jetstream {{ max_file: 64M, max_mem: 64M, max_streams: {streams}, max_consumers: 1 }}, users: [ {{ user: u, password: p }} ] }} }}"
+        )
+    };
+    let mut server = NatsServer::start_with_config(&config(3))
+        .await
+        .expect("start nats-server");
+    let mut o = NatsOptions::new(server.url().replace("nats://", "nats://u:p@"));
+    o.request_timeout = Duration::from_secs(2);
+    let t = NatsTransport::connect(o).await.expect("connect");
+    // Three streams: the dedup bucket, the dead letters, the handler's domain.
+    let svc = Service::builder(t.clone(), "limits")
+        .status_interval(None)
+        .handler("search", indexer::indexer())
+        .start()
+        .await
+        .expect("start");
+
+    let refused = t
+        .ensure_stream(&StreamSpec::for_domain("person", None).expect("spec"))
+        .await
+        .expect_err("a fourth stream");
+    assert!(
+        matches!(&refused, TransportError::LimitReached { detail } if detail.contains("PERSON_EVENTS") && detail.contains("10027")),
+        "{refused:?}"
+    );
+    assert!(refused.is_transient() && refused.needs_operator(), "{refused:?}");
+    assert!(refused.to_string().contains("max_streams"), "{refused}");
+    let second = t
+        .consumer(&ConsumerSpec::new(
+            STREAM,
+            "second",
+            SubjectPattern::new("document.>").expect("pattern"),
+        ))
+        .await
+        .map(|_| ())
+        .expect_err("a second consumer on the stream");
+    assert!(
+        matches!(&second, TransportError::LimitReached { detail } if detail.contains("consumer `second`")),
+        "{second:?}"
+    );
+
+    indexer::publish_created(&t).await;
+    indexer::deferred_until(
+        || svc.handler_stats("search-indexer").expect("stats"),
+        indexer::reconfigure(&mut server, &config(4)),
+    )
+    .await;
+    assert_eq!(stream_messages(&t, "SEARCH_EVENTS").await, Some(1), "published once");
+    svc.shutdown(Duration::from_secs(5)).await;
+}
+
 /// A read while the server is down is unavailability (transient), never "not found", on both
 /// read paths: the direct get of a bucket of one replica and the leader's `STREAM.MSG.GET` (a
 /// bucket of one replica that disallows direct gets, as a plain client may make one).

@@ -183,6 +183,18 @@ pub enum TransportError {
         /// Where: on which server, or for the account.
         detail: String,
     },
+    /// The account has reached one of its JetStream limits on assets: its most streams
+    /// (10027, a key-value bucket is a stream too) or a stream's most consumers (10026). Transient
+    /// for the work that waits for it (an operator raising the limit, or removing what is no longer
+    /// used, ends it: a handler publishing into a new domain is deferred, never dead-lettered);
+    /// provisioning reports it at once.
+    #[error(
+        "JetStream limit reached: {detail}; raise the account's limit (`max_streams` or `max_consumers` in its `jetstream` block, or its JWT's limits) or remove streams or consumers no longer used"
+    )]
+    LimitReached {
+        /// What was refused, and the server's words.
+        detail: String,
+    },
     /// Nobody serves the subject of a request (no member of any queue group is subscribed).
     #[error("no responders for `{subject}`: no service serves it (is one running?)")]
     NoResponders {
@@ -218,7 +230,8 @@ impl TransportError {
             | Self::Unavailable(_)
             | Self::NoStream { .. }
             | Self::PermissionDenied { .. }
-            | Self::JetStreamDisabled { .. } => ErrorKind::Transient,
+            | Self::JetStreamDisabled { .. }
+            | Self::LimitReached { .. } => ErrorKind::Transient,
             Self::StreamNotFound { .. } | Self::ConsumerNotFound { .. } | Self::NoResponders { .. } => {
                 ErrorKind::NotFound
             }
@@ -238,11 +251,15 @@ impl TransportError {
 
     /// `true` for a deployment's misconfiguration that only an operator ends: a refused
     /// permission ([`PermissionDenied`](Self::PermissionDenied)), JetStream not enabled
-    /// ([`JetStreamDisabled`](Self::JetStreamDisabled)). Transient for work that can wait (a
+    /// ([`JetStreamDisabled`](Self::JetStreamDisabled)), an account at its limit of streams or
+    /// consumers ([`LimitReached`](Self::LimitReached)). Transient for work that can wait (a
     /// handler is deferred, not dead-lettered), but not worth waiting out where someone is told
     /// at once: provisioning at start, an operator's command.
     pub fn needs_operator(&self) -> bool {
-        matches!(self, Self::PermissionDenied { .. } | Self::JetStreamDisabled { .. })
+        matches!(
+            self,
+            Self::PermissionDenied { .. } | Self::JetStreamDisabled { .. } | Self::LimitReached { .. }
+        )
     }
 
     /// `true` if the same operation with the same arguments can never succeed, however often it

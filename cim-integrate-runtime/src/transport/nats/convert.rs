@@ -267,15 +267,28 @@ pub(crate) fn write_unavailable(e: &async_nats::jetstream::Error) -> Option<Tran
     full(e).or_else(|| unavailable(e))
 }
 
+/// The reading of an error a creation (a stream, a bucket, a consumer) was answered with, if the
+/// account is at its limit of streams (10027) or of a stream's consumers (10026): `what` names
+/// what was refused.
+pub(crate) fn limit(e: &async_nats::jetstream::Error, what: &str) -> Option<TransportError> {
+    [ErrorCode::MAXIMUM_STREAMS_LIMIT, ErrorCode::MAXIMUM_CONSUMERS_LIMIT]
+        .contains(&e.error_code())
+        .then(|| TransportError::LimitReached {
+            detail: format!("{what} refused: {e}"),
+        })
+}
+
 /// An error reply from the JetStream API that has no more specific meaning. Unavailability
-/// (no leader, offline, 503) is transient.
+/// (no leader, offline, 503) is transient; so is an account at its limit of streams or consumers.
 pub(crate) fn api_error(e: async_nats::jetstream::Error) -> TransportError {
     if e.error_code() == ErrorCode::JETSTREAM_NOT_ENABLED_FOR_ACCOUNT {
         return TransportError::JetStreamDisabled {
             detail: "for this connection's account".into(),
         };
     }
-    unavailable(&e).unwrap_or_else(|| TransportError::Other(format!("JetStream: {e}")))
+    limit(&e, "JetStream request")
+        .or_else(|| unavailable(&e))
+        .unwrap_or_else(|| TransportError::Other(format!("JetStream: {e}")))
 }
 
 #[cfg(test)]
@@ -329,6 +342,24 @@ mod tests {
             let t = api_error(e.clone());
             assert!(!t.is_transient(), "{e} must not be transient: {t:?}");
         }
+    }
+
+    #[test]
+    fn an_account_at_its_limit_of_streams_or_consumers_needs_an_operator() {
+        for (err, text) in [
+            (10027, "maximum number of streams reached"),
+            (10026, "maximum consumers limit reached"),
+        ] {
+            let e = api(400, err, text);
+            let limit = limit(&e, "stream `X`").expect("a limit");
+            assert!(limit.is_transient() && limit.needs_operator(), "{limit:?}");
+            assert!(
+                limit.to_string().contains(text) && limit.to_string().contains("stream `X`"),
+                "{limit}"
+            );
+            assert!(matches!(api_error(e), TransportError::LimitReached { .. }));
+        }
+        assert!(limit(&api(400, 10002, "resource limits exceeded for account"), "x").is_none());
     }
 
     #[test]

@@ -217,7 +217,11 @@ async fn create(t: &NatsTransport, spec: &KvSpec) -> Result<bool, KvError> {
             }
             Ok(false)
         }
-        Err(e) => Err(api_error(e).into()),
+        Err(e) => Err(
+            super::convert::limit(&e, &format!("key-value bucket `{}`", spec.bucket))
+                .unwrap_or_else(|| api_error(e))
+                .into(),
+        ),
     }
 }
 

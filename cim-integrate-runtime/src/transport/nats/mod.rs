@@ -356,7 +356,8 @@ impl NatsTransport {
             Err(e) if e.error_code() == ErrorCode::STREAM_NOT_FOUND => Err(TransportError::StreamNotFound {
                 stream: stream.to_owned(),
             }),
-            Err(e) => Err(convert::unavailable(&e)
+            Err(e) => Err(convert::limit(&e, &format!("consumer `{durable}` on `{stream}`"))
+                .or_else(|| convert::unavailable(&e))
                 .unwrap_or_else(|| TransportError::Other(format!("consumer `{durable}` on `{stream}`: {e}")))),
         }
     }
@@ -424,6 +425,7 @@ impl NatsTransport {
             // A peer offline, no meta leader: unavailable, however the server codes it (2.9
             // answers 400 to a placement that fails because a node is down).
             Err(e) if convert::unavailable(&e).is_some() => Err(api_error(e)),
+            Err(e) if let Some(limit) = convert::limit(&e, &format!("stream `{}`", spec.name)) => Err(limit),
             Err(e) if e.code() == 400 || e.code() == 500 && e.error_code() == ErrorCode(10052) => Err(
                 TransportError::Invalid(format!("stream `{}` refused by the server: {e}", spec.name)),
             ),

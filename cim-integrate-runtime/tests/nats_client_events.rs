@@ -161,6 +161,7 @@ async fn messages_dropped_for_a_slow_consumer_are_a_warning() {
         .expect("a slow-consumer warning");
     assert!(warning.starts_with("WARN"), "{warning}");
     assert!(warning.contains("dropped="), "{warning}");
+    assert!(!warning.contains("connection="), "an unnamed connection: {warning}");
     // One warning, not one per dropped message.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let warnings = logged
@@ -187,6 +188,7 @@ async fn a_first_connection_waits_for_a_server_started_later() {
     let waiting = |wait: Duration| {
         let mut options = NatsOptions::new(url.clone());
         options.connect_wait = wait;
+        options.name = Some("orders-host".into());
         options
     };
 
@@ -204,6 +206,8 @@ async fn a_first_connection_waits_for_a_server_started_later() {
     assert!(warning.starts_with("WARN"), "{warning}");
     assert!(warning.contains(&format!("127.0.0.1:{}", server.port())), "{warning}");
     assert!(warning.contains("attempts=1"), "{warning}");
+    // A named connection says its name, so that a process with several tells them apart.
+    assert!(warning.contains(r#"connection="orders-host""#), "{warning}");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     server.restart().await.expect("the server starts");
     let t = tokio::time::timeout(Duration::from_secs(10), connecting)

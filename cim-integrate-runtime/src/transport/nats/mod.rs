@@ -122,7 +122,10 @@ impl NatsTransport {
             let failed = match connect.connect(addrs.clone()).await {
                 Ok(client) => {
                     if attempts > 1 {
-                        tracing::info!(attempts, waited = ?started.elapsed(), "NATS answered; connected");
+                        tracing::info!(
+                            connection = options.name.as_deref(), attempts, waited = ?started.elapsed(),
+                            "NATS answered; connected"
+                        );
                     }
                     return Ok(Self::build(client, options, denials));
                 }
@@ -135,6 +138,7 @@ impl NatsTransport {
             }
             if warnings.pass(10_000) {
                 tracing::warn!(
+                    connection = options.name.as_deref(),
                     url = %options::redact_url(&options.url), reason = %failed, attempts, waited = ?waited,
                     connect_wait = ?options.connect_wait, "NATS does not answer yet; trying again"
                 );

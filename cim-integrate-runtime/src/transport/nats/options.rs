@@ -320,6 +320,7 @@ impl NatsOptions {
         .connection_timeout(self.request_timeout)
         .event_callback({
             let reports = std::sync::Arc::new(Reports {
+                connection: self.name.clone(),
                 denials,
                 failed_attempts: Counted::default(),
                 dropped: Counted::default(),
@@ -444,6 +445,9 @@ pub(crate) fn connect_failed(
 /// lame duck mode, why reconnecting fails, refusals, and messages the client dropped.
 #[derive(Debug)]
 struct Reports {
+    /// The connection's name ([`NatsOptions::name`]), in every line logged (`connection`), so
+    /// that a process with several connections tells them apart; none if unnamed.
+    connection: Option<String>,
     /// The server's refusals of publishes, recorded for the publishes that time out.
     denials: std::sync::Arc<super::denials::Denials>,
     /// Failed connection attempts since the last warning about them, and the warnings' pace.
@@ -479,31 +483,38 @@ impl Counted {
 impl Reports {
     fn event(&self, event: async_nats::Event) {
         use async_nats::{ClientError, Event, ServerError};
+        let connection = self.connection.as_deref();
         match event {
             Event::Connected => {
                 // The next outage's failures are counted, and the first reported, afresh.
                 self.failed_attempts.reset();
-                tracing::info!("NATS connected");
+                tracing::info!(connection, "NATS connected");
             }
-            Event::Disconnected => tracing::warn!("NATS disconnected; reconnecting"),
+            Event::Disconnected => tracing::warn!(connection, "NATS disconnected; reconnecting"),
             Event::LameDuckMode => tracing::info!(
+                connection,
                 "the NATS server is in lame duck mode (about to restart): it hands its JetStream leaderships over, then closes this connection, and the client reconnects to another server"
             ),
             // A connection attempt failed; async-nats tries the next server after a back-off.
             Event::ClientError(ClientError::Other(reason)) => {
                 if let Some(attempts) = self.failed_attempts.count() {
-                    tracing::warn!(%reason, attempts, "connecting to NATS failed; trying again");
+                    tracing::warn!(connection, %reason, attempts, "connecting to NATS failed; trying again");
                 }
             }
             Event::ClientError(ClientError::MaxReconnects) => {
-                tracing::error!("NATS: the client gave up reconnecting (its maximum of attempts)");
+                tracing::error!(
+                    connection,
+                    "NATS: the client gave up reconnecting (its maximum of attempts)"
+                );
             }
             Event::ServerError(ServerError::AuthorizationViolation) => tracing::warn!(
+                connection,
                 "the NATS server refused this connection's credentials (authorization violation): a user, password, token, NKey or credentials file it no longer accepts; the client keeps trying to reconnect"
             ),
             Event::SlowConsumer(sid) => {
                 if let Some(dropped) = self.dropped.count() {
                     tracing::warn!(
+                        connection,
                         subscription = sid,
                         dropped,
                         "the NATS client dropped messages: a subscription's buffer was full (slow consumer); JetStream redelivers what a pull lost after its ack wait, replies and plain subscriptions lose it"
@@ -512,10 +523,10 @@ impl Reports {
             }
             Event::ServerError(ServerError::Other(error)) => {
                 if !self.denials.record(&error) {
-                    tracing::warn!(%error, "NATS server error");
+                    tracing::warn!(connection, %error, "NATS server error");
                 }
             }
-            other => tracing::debug!(event = %other, "NATS client event"),
+            other => tracing::debug!(connection, event = %other, "NATS client event"),
         }
     }
 }

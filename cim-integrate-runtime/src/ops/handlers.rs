@@ -112,8 +112,9 @@ impl Ops {
     }
 
     /// The status documents of the live hosts (those that wrote within the bucket's max age),
-    /// by service then instance, each with its host's [clock offset](HostStatus::clock_offset_ms)
-    /// from the server's time of the write; empty if no host ever wrote one. Documents that cannot be read
+    /// by service then instance, each with its host's clock offset from the server's
+    /// ([`HostStatus::clock_offset_ms`]: the host's own measure, or what the write tells); empty
+    /// if no host ever wrote one. Documents that cannot be read
     /// are skipped with a warning. The documents are read 16 at a time (the console asks every 2
     /// seconds, and a deployment may run many hosts).
     pub async fn hosts(&self) -> Result<Vec<HostStatus>, OpsError> {
@@ -136,7 +137,8 @@ impl Ops {
             };
             match serde_json::from_slice::<HostStatus>(&entry.value) {
                 Ok(mut doc) => {
-                    doc.clock_offset_ms = Some(doc.clock_offset_ms(entry.created));
+                    // The host's own measure if it has made one, else what the write tells.
+                    doc.clock_offset_ms = doc.clock_offset_ms.or(Some(doc.clock_offset_ms(entry.created)));
                     out.push(doc);
                 }
                 Err(e) => tracing::warn!(%key, error = %e, "unreadable host status"),

@@ -52,10 +52,11 @@ pub struct HostStatus {
     pub handlers: Vec<HostHandler>,
     /// The service's topology ([`Topology::to_json`]): declared, plus what it has published.
     pub topology: serde_json::Value,
-    /// How far the host's clock was ahead of the NATS server's when it wrote the document, in
-    /// milliseconds ([`clock_offset_ms`](Self::clock_offset_ms)); filled in by
-    /// [`Ops::hosts`](crate::ops::Ops::hosts) from the server's time of the write, `None` as
-    /// the host writes it.
+    /// How far the host's clock was from the NATS server's at its last check, in milliseconds
+    /// (positive: ahead; zero within the time a write takes): the server's time of a status
+    /// write against the host's times around it, checked at the first write and every 60th.
+    /// `None` until the first check, and from hosts of earlier versions, for which
+    /// [`Ops::hosts`](crate::ops::Ops::hosts) fills in [`clock_offset_ms`](Self::clock_offset_ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clock_offset_ms: Option<i64>,
 }
@@ -72,9 +73,10 @@ const CLOCK_CHECK_EVERY: u64 = 60;
 
 impl HostStatus {
     /// How far ahead of the server's clock the host's was when it wrote this document, in
-    /// milliseconds: `updated_at` minus `written`, the server's time of the write (a key-value
-    /// entry's `created`). Negative: behind. A few milliseconds below zero are the write's
-    /// transit, not a difference of clocks.
+    /// milliseconds, as a reader of the document can tell: `updated_at` minus `written`, the
+    /// server's time of the write (a key-value entry's `created`). Negative: behind. A few
+    /// milliseconds below zero are the write's transit; a write slowed by a reconnection reads
+    /// as behind by as long.
     pub fn clock_offset_ms(&self, written: Timestamp) -> i64 {
         self.updated_at.unix_millis().saturating_sub(written.unix_millis())
     }
@@ -127,7 +129,13 @@ impl Source {
         }
     }
 
-    fn document(&self, instance: &str, started_at: Timestamp, interval: Duration) -> HostStatus {
+    fn document(
+        &self,
+        instance: &str,
+        started_at: Timestamp,
+        interval: Duration,
+        clock_offset_ms: Option<i64>,
+    ) -> HostStatus {
         let mut topology = self.topology.clone();
         self.log.apply(&mut topology);
         HostStatus {
@@ -147,28 +155,45 @@ impl Source {
                 })
                 .collect(),
             topology: topology.to_json(),
-            clock_offset_ms: None,
+            clock_offset_ms,
         }
     }
 }
 
-/// Reads back the document just written and compares the time the host wrote into it with the
-/// server's time of the write: a warning (at most hourly) if they are more than
-/// [`CLOCK_TOLERANCE`] apart. Not on a store in this process, whose clock is the host's (and
-/// follows tokio's paused time in tests).
+/// How far the host's clock is from the server's, judged from a write the server stored at
+/// `stored` (its clock) that the host sent after `sent` and saw acknowledged at `acknowledged`
+/// (its clock): zero if `stored` falls between them, else how far outside. A slow write (a
+/// reconnection, a busy server) widens the bracket; it never reads as a difference of clocks.
+fn bracketed_offset_ms(sent: Timestamp, acknowledged: Timestamp, stored: Timestamp) -> i64 {
+    let (sent, acknowledged, stored) = (sent.unix_millis(), acknowledged.unix_millis(), stored.unix_millis());
+    if stored < sent {
+        sent.saturating_sub(stored)
+    } else if stored > acknowledged {
+        acknowledged.saturating_sub(stored)
+    } else {
+        0
+    }
+}
+
+/// Reads back the document just written and compares the time the server stored it with the
+/// host's times around the write (from the document's `updated_at` to `acknowledged`): the offset
+/// ([`bracketed_offset_ms`]), and a warning (at most hourly) if it is beyond [`CLOCK_TOLERANCE`].
+/// `None` if the document cannot be read back, and on a store in this process, whose clock is the
+/// host's (and follows tokio's paused time in tests).
 async fn check_clock<K: KeyValue>(
     kv: &K,
     key: &str,
     doc: &HostStatus,
+    acknowledged: Timestamp,
     service: &str,
     warnings: &crate::throttle::Throttle,
-) {
+) -> Option<i64> {
     if kv.at_once().is_some() {
-        return;
+        return None;
     }
     match kv.get(key).await {
         Ok(Some(entry)) => {
-            let offset_ms = doc.clock_offset_ms(entry.created);
+            let offset_ms = bracketed_offset_ms(doc.updated_at, acknowledged, entry.created);
             if HostStatus::clock_differs(offset_ms) && warnings.pass(3_600_000) {
                 tracing::warn!(
                     service,
@@ -178,9 +203,13 @@ async fn check_clock<K: KeyValue>(
                     if offset_ms > 0 { "ahead of" } else { "behind" }
                 );
             }
+            Some(offset_ms)
         }
-        Ok(None) => {}
-        Err(e) => tracing::debug!(service, error = %e, "cannot read the host status back to compare clocks"),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::debug!(service, error = %e, "cannot read the host status back to compare clocks");
+            None
+        }
     }
 }
 
@@ -199,6 +228,7 @@ pub(super) async fn heartbeat<T: Transport>(
     let mut bucket: Option<T::KeyValue> = None;
     let mut failing = false;
     let mut written = 0u64;
+    let mut clock_offset_ms = None;
     let clock_warnings = crate::throttle::Throttle::default();
     loop {
         let result = async {
@@ -206,15 +236,17 @@ pub(super) async fn heartbeat<T: Transport>(
                 Some(kv) => kv,
                 None => bucket.insert(transport.key_value(&spec).await?),
             };
-            let doc = source.document(&instance, started_at, interval);
+            let doc = source.document(&instance, started_at, interval, clock_offset_ms);
             let bytes = serde_json::to_vec(&doc).map_err(|e| crate::transport::KvError::Invalid(e.to_string()))?;
             kv.put(&key, bytes.into()).await?;
-            Ok::<_, crate::transport::KvError>(doc)
+            Ok::<_, crate::transport::KvError>((doc, Timestamp::now()))
         }
         .await;
-        if let (Ok(doc), Some(kv)) = (&result, &bucket) {
-            if written.is_multiple_of(CLOCK_CHECK_EVERY) {
-                check_clock(kv, &key, doc, &source.service, &clock_warnings).await;
+        if let (Ok((doc, acknowledged)), Some(kv)) = (&result, &bucket) {
+            if written.is_multiple_of(CLOCK_CHECK_EVERY)
+                && let Some(offset) = check_clock(kv, &key, doc, *acknowledged, &source.service, &clock_warnings).await
+            {
+                clock_offset_ms = Some(offset);
             }
             written += 1;
         }
@@ -276,6 +308,17 @@ mod tests {
         assert!(HostStatus::clock_differs(i64::MIN));
     }
 
+    #[test]
+    fn a_slow_write_widens_the_bracket_and_never_reads_as_a_clock_difference() {
+        let t0 = Timestamp::now();
+        let at = |ms: i128| Timestamp::from_unix_nanos(t0.unix_nanos() + ms * 1_000_000).expect("time");
+        // Sent at 0, acknowledged 3 s later (a reconnection): stored at 2.9 s is no difference.
+        assert_eq!(bracketed_offset_ms(at(0), at(3_000), at(2_900)), 0);
+        // The server's time before the send: the host is ahead; after the acknowledgement: behind.
+        assert_eq!(bracketed_offset_ms(at(0), at(10), at(-5_000)), 5_000);
+        assert_eq!(bracketed_offset_ms(at(0), at(10), at(5_010)), -5_000);
+    }
+
     /// The heartbeat's check against a real server: the document a host whose clock runs 5 s
     /// ahead writes (its `updated_at` 5 s after the server's time) is read back and warned
     /// about, once per hour; a synchronized host's is not.
@@ -333,11 +376,15 @@ mod tests {
             kv.put("svc.i", serde_json::to_vec(doc).expect("json").into())
                 .await
                 .expect("put");
-            check_clock(&kv, "svc.i", doc, "svc", &throttle).await;
+            // The acknowledgement as the host's clock reads it, shifted with its `updated_at`.
+            let acknowledged =
+                Timestamp::from_unix_nanos(Timestamp::now().unix_nanos() + ahead_ms * 1_000_000).expect("time");
+            check_clock(&kv, "svc.i", doc, acknowledged, "svc", &throttle).await
         };
-        write_and_check(&mut doc, 0).await;
+        assert_eq!(write_and_check(&mut doc, 0).await, Some(0));
         assert_eq!(warnings(), Vec::<String>::new(), "a synchronized host");
-        write_and_check(&mut doc, 5_000).await;
+        let ahead = write_and_check(&mut doc, 5_000).await.expect("an offset");
+        assert!((4_900..=5_000).contains(&ahead), "{ahead}");
         let warned = warnings();
         assert_eq!(warned.len(), 1, "{warned:?}");
         assert!(

@@ -21,7 +21,8 @@ pub(crate) const EXIT_DECLINED: u8 = 5;
 /// Partly done: some selected items were skipped.
 pub(crate) const EXIT_PARTIAL: u8 = 6;
 
-/// Operate a CIM deployment on NATS: dead letters, sagas, process managers, handlers, topology.
+/// Operate a CIM deployment on NATS: dead letters, sagas, process managers, handlers, hosts,
+/// topology.
 ///
 /// Connects like the library: NATS_URL and the credential variables (NATS_CREDS, NATS_USER and
 /// NATS_PASSWORD, NATS_TOKEN, NATS_NKEY_SEED, NATS_CA/NATS_CERT/NATS_KEY); CIM_PREFIX names a

@@ -24,7 +24,12 @@ impl Backoff {
 
     /// Sleeps the pause (on tokio's clock), then doubles it, up to the maximum.
     pub(crate) async fn wait(&mut self) {
-        tokio::time::sleep(self.pause).await;
+        self.wait_within(Duration::MAX).await;
+    }
+
+    /// As [`wait`](Self::wait), sleeping no longer than `left` (what remains of a deadline).
+    pub(crate) async fn wait_within(&mut self, left: Duration) {
+        tokio::time::sleep(self.pause.min(left)).await;
         self.pause = (self.pause * 2).min(self.max);
     }
 }
@@ -46,5 +51,20 @@ mod tests {
             slept.push(pause.as_millis());
         }
         assert_eq!(slept, [100, 200, 400, 800, 1000, 1000]);
+    }
+
+    /// The first connection's schedule (100 ms doubling to 2 s), cut short by its deadline.
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_within_a_deadline_stops_at_it() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let mut slept = Vec::new();
+        for _ in 0..7 {
+            slept.push(b.pause().as_millis());
+            b.wait_within(Duration::MAX).await;
+        }
+        assert_eq!(slept, [100, 200, 400, 800, 1600, 2000, 2000]);
+        let start = tokio::time::Instant::now();
+        b.wait_within(Duration::from_millis(50)).await;
+        assert_eq!(start.elapsed(), Duration::from_millis(50));
     }
 }

@@ -38,6 +38,31 @@ impl Throttle {
     }
 }
 
+/// Occurrences since the last report of them, reported at most every 10 s: the connection's
+/// failed attempts and dropped messages, a consumer's pull interruptions.
+#[cfg(feature = "nats")]
+#[derive(Debug, Default)]
+pub(crate) struct Counted {
+    since_report: AtomicU64,
+    throttle: Throttle,
+}
+
+#[cfg(feature = "nats")]
+impl Counted {
+    /// Counts one; `Some(count since the last report)` if it is time to report.
+    pub(crate) fn count(&self) -> Option<u64> {
+        self.since_report.fetch_add(1, Relaxed);
+        self.throttle.pass(10_000).then(|| self.since_report.swap(0, Relaxed))
+    }
+
+    /// Forgets what was not reported: the next occurrence is reported at once, with a count
+    /// that starts again.
+    pub(crate) fn reset(&self) {
+        self.since_report.store(0, Relaxed);
+        self.throttle.reopen();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -78,7 +78,8 @@ impl HostStatus {
     /// milliseconds below zero are the write's transit; a write slowed by a reconnection reads
     /// as behind by as long.
     pub fn clock_offset_ms(&self, written: Timestamp) -> i64 {
-        self.updated_at.unix_millis().saturating_sub(written.unix_millis())
+        // A bracket of one instant: the write's time as the document says it.
+        bracketed_offset_ms(self.updated_at, self.updated_at, written)
     }
 
     /// Whether [`clock_offset_ms`](Self::clock_offset_ms) is beyond [`CLOCK_TOLERANCE`].
@@ -279,10 +280,10 @@ pub(super) async fn heartbeat<T: Transport>(
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_clock_differs_beyond_a_second_either_way() {
-        let doc = |updated_at: Timestamp| HostStatus {
-            service: "s".into(),
+    /// A status document of host `svc` written at `updated_at`.
+    fn doc(updated_at: Timestamp) -> HostStatus {
+        HostStatus {
+            service: "svc".into(),
             instance: "i".into(),
             started_at: updated_at,
             updated_at,
@@ -290,7 +291,11 @@ mod tests {
             handlers: vec![],
             topology: serde_json::Value::Null,
             clock_offset_ms: None,
-        };
+        }
+    }
+
+    #[test]
+    fn a_clock_differs_beyond_a_second_either_way() {
         let server = Timestamp::now();
         let at = |ms: i128| Timestamp::from_unix_nanos(server.unix_nanos() + ms * 1_000_000).expect("time");
         assert_eq!(doc(at(2_500)).clock_offset_ms(server), 2_500);
@@ -360,16 +365,7 @@ mod tests {
             .await
             .expect("bucket");
         let throttle = crate::throttle::Throttle::default();
-        let mut doc = HostStatus {
-            service: "svc".into(),
-            instance: "i".into(),
-            started_at: Timestamp::now(),
-            updated_at: Timestamp::now(),
-            interval_ms: 5000,
-            handlers: vec![],
-            topology: serde_json::Value::Null,
-            clock_offset_ms: None,
-        };
+        let mut doc = doc(Timestamp::now());
         let write_and_check = async |doc: &mut HostStatus, ahead_ms: i128| {
             doc.updated_at =
                 Timestamp::from_unix_nanos(Timestamp::now().unix_nanos() + ahead_ms * 1_000_000).expect("time");

@@ -28,8 +28,8 @@ pub struct NatsConsumer {
     stream: Arc<str>,
     durable: Arc<str>,
     messages: Option<Box<pull::Stream>>,
-    /// The pull's failures since it last delivered (boxed: rarely touched, and the handle sits
-    /// in `AnyConsumer` beside the small in-memory one).
+    /// The pull's failures since it last delivered (boxed: written only after a failure, and the
+    /// handle sits in `AnyConsumer` beside the small in-memory one).
     trouble: Box<Trouble>,
     /// Messages asked for per pull request.
     batch: usize,
@@ -60,9 +60,9 @@ pub struct NatsConsumer {
 }
 
 /// A pull's failures since it last delivered a message. Its interruptions (missed heartbeats,
-/// failed pull requests) are reported as a run: the first is reported at once, the next at most every 10 s with the count since
-/// the last report (an outage interrupts every consumer's pull about once a second), and the
-/// first message after them ends the run.
+/// failed pull requests) are reported as a run: the first is reported at once, the next at most every 10 s with the
+/// count since the last report (an outage interrupts every consumer's pull about once a second),
+/// and the first message after them ends the run.
 #[derive(Debug, Default)]
 struct Trouble {
     /// Pauses since the last message (interruptions, and pulls that ended), which set the next
@@ -70,26 +70,22 @@ struct Trouble {
     failures: u32,
     /// When the run began, and its interruptions; `None` while messages arrive.
     run: Option<(std::time::Instant, u64)>,
-    /// Interruptions not reported yet.
-    unreported: u64,
-    /// The reports' pace.
-    throttle: crate::throttle::Throttle,
+    /// The reports' pace, and the interruptions not reported yet.
+    reports: crate::throttle::Counted,
 }
 
 impl Trouble {
     /// Counts one interruption; `Some(count since the last report)` if it is time to report.
     fn count(&mut self) -> Option<u64> {
         self.run.get_or_insert_with(|| (std::time::Instant::now(), 0)).1 += 1;
-        self.unreported += 1;
-        self.throttle.pass(10_000).then(|| std::mem::take(&mut self.unreported))
+        self.reports.count()
     }
 
     /// A message arrived: `Some((interruptions, since when))` if it ends a run of them. The next
     /// run's first interruption is reported at once.
     fn over(&mut self) -> Option<(u64, std::time::Instant)> {
         let (since, interruptions) = self.run.take()?;
-        self.unreported = 0;
-        self.throttle.reopen();
+        self.reports.reset();
         Some((interruptions, since))
     }
 }
@@ -372,12 +368,16 @@ impl Consumer for NatsConsumer {
             };
             match messages.next().await {
                 Some(Ok(message)) => {
-                    self.trouble.failures = 0;
-                    if let Some((interruptions, since)) = self.trouble.over() {
-                        tracing::info!(
-                            consumer = %self.durable, interruptions, after = ?since.elapsed(),
-                            "pulling again: messages arrive"
-                        );
+                    // A run of interruptions is always followed by a pause: no failure, no run
+                    // to end (and nothing is written per message).
+                    if self.trouble.failures != 0 {
+                        self.trouble.failures = 0;
+                        if let Some((interruptions, since)) = self.trouble.over() {
+                            tracing::info!(
+                                consumer = %self.durable, interruptions, after = ?since.elapsed(),
+                                "pulling again: messages arrive"
+                            );
+                        }
                     }
                     match self.delivery(message) {
                         Ok(d) => return Ok(d),

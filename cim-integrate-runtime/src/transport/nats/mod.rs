@@ -108,6 +108,7 @@ impl NatsTransport {
         let denials = Arc::new(denials::Denials::default());
         let started = std::time::Instant::now();
         let warnings = crate::throttle::Throttle::default();
+        let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         let mut attempts = 0u32;
         loop {
             attempts += 1;
@@ -143,7 +144,7 @@ impl NatsTransport {
                     connect_wait = ?options.connect_wait, "NATS does not answer yet; trying again"
                 );
             }
-            tokio::time::sleep(options::connect_backoff(attempts).min(left)).await;
+            backoff.wait_within(left).await;
         }
     }
 

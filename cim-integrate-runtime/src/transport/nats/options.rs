@@ -322,8 +322,8 @@ impl NatsOptions {
             let reports = std::sync::Arc::new(Reports {
                 connection: self.name.clone(),
                 denials,
-                failed_attempts: Counted::default(),
-                dropped: Counted::default(),
+                failed_attempts: crate::throttle::Counted::default(),
+                dropped: crate::throttle::Counted::default(),
             });
             move |event| {
                 let reports = reports.clone();
@@ -414,11 +414,6 @@ pub(crate) fn waits_out(kind: async_nats::ConnectErrorKind) -> bool {
     matches!(kind, K::Io | K::TimedOut | K::Dns)
 }
 
-/// The pause before the next attempt to connect: 100 ms, doubling, at most 2 s.
-pub(crate) fn connect_backoff(attempts: u32) -> Duration {
-    Duration::from_millis(100u64.saturating_mul(1 << attempts.saturating_sub(1).min(5))).min(Duration::from_secs(2))
-}
-
 /// The error of a connection that could not be made: the reason, the servers (credentials
 /// redacted), and, if nothing answered, how long it was tried or how to wait for servers that
 /// start later.
@@ -451,33 +446,10 @@ struct Reports {
     /// The server's refusals of publishes, recorded for the publishes that time out.
     denials: std::sync::Arc<super::denials::Denials>,
     /// Failed connection attempts since the last warning about them, and the warnings' pace.
-    failed_attempts: Counted,
+    failed_attempts: crate::throttle::Counted,
     /// Messages dropped for a full subscription buffer ("slow consumer") since the last
     /// warning, and the warnings' pace.
-    dropped: Counted,
-}
-
-/// Occurrences since the last report of them, reported at most every 10 s.
-#[derive(Debug, Default)]
-struct Counted {
-    since_report: std::sync::atomic::AtomicU64,
-    throttle: crate::throttle::Throttle,
-}
-
-impl Counted {
-    /// Counts one; `Some(count since the last report)` if it is time to report.
-    fn count(&self) -> Option<u64> {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.since_report.fetch_add(1, Relaxed);
-        self.throttle.pass(10_000).then(|| self.since_report.swap(0, Relaxed))
-    }
-
-    /// Forgets what was not reported: the next occurrence is reported at once, with a count
-    /// that starts again.
-    fn reset(&self) {
-        self.since_report.store(0, std::sync::atomic::Ordering::Relaxed);
-        self.throttle.reopen();
-    }
+    dropped: crate::throttle::Counted,
 }
 
 impl Reports {
@@ -617,13 +589,6 @@ mod tests {
                 .connect_wait,
             Duration::ZERO
         );
-    }
-
-    #[test]
-    fn connect_attempts_back_off_to_two_seconds() {
-        let pauses: Vec<u64> = (1..=7).map(|a| connect_backoff(a).as_millis() as u64).collect();
-        assert_eq!(pauses, [100, 200, 400, 800, 1600, 2000, 2000]);
-        assert_eq!(connect_backoff(u32::MAX), Duration::from_secs(2));
     }
 
     #[test]

@@ -53,6 +53,12 @@
 //! redelivery after the TTL would run the handler again, so keep the TTL well above the longest
 //! redelivery horizon (ack wait x max deliveries, plus downtime).
 //!
+//! **Attempts.** The same store keeps the count of a handler's runs of a stream message beyond
+//! the first ([`DedupStore::attempt_started`], written before such a run; [`KvDedup`] under
+//! `{handler}.a.{stream}.{sequence}`), so that the dispatcher counts attempts by runs rather than
+//! by the server's delivery count alone, which nats-server 2.9 can raise with deliveries that
+//! reached nobody.
+//!
 //! Checks and marks are independent per message, so with handler concurrency above one they run
 //! concurrently and pipeline on the wire instead of costing one round trip per message in series.
 
@@ -171,6 +177,38 @@ pub trait DedupStore: Send + Sync + 'static {
         delivery: &StreamMessage,
     ) -> BoxFuture<'a, Result<(), DedupError>> {
         self.mark(handler, delivery.id)
+    }
+
+    /// The last attempt of `handler` at this stream message that
+    /// [`attempt_started`](Self::attempt_started) recorded (`Some(0)`: none yet), read before a
+    /// redelivery runs: the dispatcher counts attempts from these records rather than from the
+    /// server's delivery count alone, which a pull request left behind by a closed consumer
+    /// can raise by deliveries that reached nobody (see [`attempt_started`](Self::attempt_started)).
+    /// `None` (the default): this store keeps no such records, and the delivery count is the
+    /// attempt count. A store that loses its records on restart (in memory) keeps none.
+    fn attempts_started<'a>(
+        &'a self,
+        _handler: &'a str,
+        _delivery: &'a StreamMessage,
+    ) -> BoxFuture<'a, Result<Option<u64>, DedupError>> {
+        Box::pin(std::future::ready(Ok(None)))
+    }
+
+    /// Records that attempt `attempt` (2 or more: first attempts are not recorded) of `handler`
+    /// at this stream message starts, before the handler runs, so that a process that dies
+    /// during the run leaves its attempt counted. Called only on stores whose
+    /// [`attempts_started`](Self::attempts_started) keeps records. Why: nats-server 2.9 hands
+    /// a message arriving at a durable whose pull request outlived its subscriber (a host on a
+    /// leaf node addressing the hub's JetStream domain, restarting) to that request over and
+    /// over, up to the request's batch, each time counted as a delivery that reached nobody; by
+    /// the delivery count alone the next host would dead-letter it unattempted.
+    fn attempt_started<'a>(
+        &'a self,
+        _handler: &'a str,
+        _delivery: &'a StreamMessage,
+        _attempt: u64,
+    ) -> BoxFuture<'a, Result<(), DedupError>> {
+        Box::pin(std::future::ready(Ok(())))
     }
 }
 
@@ -551,6 +589,18 @@ impl<K: KeyValue> KvDedup<K> {
         Some(joined(&[handler, ".s.", &m.stream, ".", digits], |key| f(key, offset)))
     }
 
+    /// Runs `f` on `{handler}.a.{stream}.{sequence}`, the key of the attempts started at one
+    /// stream message ([`DedupStore::attempt_started`]); `None` if the stream's name cannot be a
+    /// key token.
+    fn with_attempts_key<R>(handler: &str, m: &StreamMessage, f: impl FnOnce(&str) -> R) -> Option<R> {
+        if !key_token(&m.stream) {
+            return None;
+        }
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(m.sequence);
+        Some(joined(&[handler, ".a.", &m.stream, ".", digits], f))
+    }
+
     /// The block's state in this process (kept for the next marks).
     fn block(&self, key: &str) -> Arc<Block> {
         let mut blocks = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
@@ -684,6 +734,43 @@ impl<K: KeyValue> DedupStore for KvDedup<K> {
         true
     }
 
+    /// Read from the attempts key of the stream message (written by
+    /// [`attempt_started`](DedupStore::attempt_started) as `{attempt} {stored nanos}`); a
+    /// record of another message stored under the same sequence (a stream deleted and created
+    /// again) counts as none. `None` for a stream whose name cannot be a key token.
+    fn attempts_started<'a>(
+        &'a self,
+        handler: &'a str,
+        m: &'a StreamMessage,
+    ) -> BoxFuture<'a, Result<Option<u64>, DedupError>> {
+        Box::pin(async move {
+            let Some(key) = Self::with_attempts_key(handler, m, str::to_owned) else {
+                return Ok(None);
+            };
+            let Some(entry) = self.kv.get(&key).await? else {
+                return Ok(Some(0));
+            };
+            Ok(Some(parse_attempts(&entry.value, stored_nanos(m)).unwrap_or(0)))
+        })
+    }
+
+    fn attempt_started<'a>(
+        &'a self,
+        handler: &'a str,
+        m: &'a StreamMessage,
+        attempt: u64,
+    ) -> BoxFuture<'a, Result<(), DedupError>> {
+        Box::pin(async move {
+            let Some(key) = Self::with_attempts_key(handler, m, str::to_owned) else {
+                return Ok(());
+            };
+            self.kv
+                .put(&key, Bytes::from(format!("{attempt} {}", stored_nanos(m))))
+                .await?;
+            Ok(())
+        })
+    }
+
     fn seen_now(&self, handler: &str, id: MessageId) -> Option<Result<bool, DedupError>> {
         let kv = self.kv.at_once()?;
         Some(Self::with_key(handler, id, |key| kv.contains_now(key)).map_err(DedupError::from))
@@ -785,6 +872,14 @@ impl<K: KeyValue> DedupStore for KvDedup<K> {
 /// The stored time as the block records it (unix nanos; saturated outside the i64 range).
 fn stored_nanos(m: &StreamMessage) -> i64 {
     i64::try_from(m.stored.unix_nanos()).unwrap_or(i64::MAX)
+}
+
+/// The attempt of an attempts record (`{attempt} {stored nanos}`) of the message stored at
+/// `stored`; `None` if it is not one, or one of another message.
+fn parse_attempts(value: &[u8], stored: i64) -> Option<u64> {
+    let (attempt, at) = std::str::from_utf8(value).ok()?.split_once(' ')?;
+    (at.parse::<i64>().ok()? == stored).then_some(())?;
+    attempt.parse().ok()
 }
 
 #[cfg(test)]

@@ -20,9 +20,11 @@
 //!    store unreachable: redelivered later, never a blind run); after a successful run the mark is
 //!    written before the acknowledgement, retried in place while the store is unreachable;
 //! 7. `ordered`: an ordered handler retries in place, so later messages wait;
-//! 8. `attempts`: deliveries deferred by a breaker or an outage are not attempts; a message
-//!    delivered more often than the policy allows is dead-lettered; a failure is retried with the
-//!    policy's back-off, then dead-lettered;
+//! 8. `attempts`: deliveries deferred by a breaker or an outage are not attempts, nor are
+//!    deliveries that reached no run (an attempt after the first is recorded in the dedup store
+//!    before it runs, and a redelivery counts as at most one more than recorded); a message
+//!    whose attempts the policy has used up in earlier runs that never finished is
+//!    dead-lettered; a failure is retried with the policy's back-off, then dead-lettered;
 //! 9. `breaker`: while the handler's breaker is open, messages are deferred for the rest of the
 //!    cool-down;
 //! 10. `catch panic`: a panic is a failed attempt; a slow run keeps its delivery alive with
@@ -47,7 +49,7 @@ use crate::dedup::DedupCheck;
 use crate::dedup::{DEFAULT_DEDUP_TTL, DedupStore, KvDedup};
 use crate::handler::{HandlerOptions, HandlerSet, Registration, RetryPolicy};
 use crate::monitor::{self, HandlerMetrics};
-use crate::pipeline::attempts::{Attempts, Budget, Ledger};
+use crate::pipeline::attempts::{Attempts, Budget, Ledger, Starts};
 use crate::pipeline::breaker::Breaker;
 use crate::pipeline::catch_panic::CatchPanic;
 use crate::pipeline::command::{CommandInvoke, Reply, ResultCache};
@@ -919,6 +921,10 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
                 budget: Budget {
                     retry: options.retry.clone(),
                     ledger: ledger.clone(),
+                    starts: Some(Starts {
+                        store: dedup.clone(),
+                        handler: handler.clone(),
+                    }),
                 },
                 letters,
             };
@@ -1004,6 +1010,10 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
                             budget: Budget {
                                 retry: options.retry.clone(),
                                 ledger,
+                                starts: Some(Starts {
+                                    store: dedup.clone(),
+                                    handler: handler.clone(),
+                                }),
                             },
                         },
                         ordered: options.ordered,
@@ -1075,6 +1085,7 @@ impl<T: Transport, L: HostLayer<T>> ServiceBuilder<T, L> {
                         budget: Budget {
                             retry: settings.retry.clone(),
                             ledger: Arc::new(Ledger::default()),
+                            starts: None,
                         },
                     },
                     ordered: true,

@@ -476,6 +476,12 @@ pub async fn redelivery_after_ack_wait<T: Transport>(t: T) {
 }
 
 /// A consumer handle dropped mid-batch: its unacknowledged messages go to the next handle.
+///
+/// Across a leaf node (a host addressing the hub's JetStream domain) a dropped handle's pull
+/// request lives on at the hub until an idle heartbeat finds nobody listening (about
+/// `NatsOptions::pull_heartbeat`, 1 s), and nats-server 2.9 hands what arrives meanwhile to it
+/// over and over, counting each hand-over as a delivery: the counts are checked as at least
+/// what they are on a single server.
 pub async fn redelivery_after_consumer_dropped_mid_batch<T: Transport>(t: T) {
     document_stream(&t).await;
     for i in 0..4 {
@@ -494,8 +500,9 @@ pub async fn redelivery_after_consumer_dropped_mid_batch<T: Transport>(t: T) {
         d.ack().await.expect("ack");
     }
     got.sort_unstable();
-    // 4 may have been prefetched by the dropped handle too (then it counts as delivered)
-    assert!(matches!(got[..], [(2, 2), (3, 2), (4, 1 | 2)]), "{got:?}");
+    // 4 may have been prefetched by the dropped handle too (then it counts as delivered); each
+    // may also have gone to the dropped handle's pull request in the meantime (above).
+    assert!(matches!(got[..], [(2, 2..), (3, 2..), (4, 1..)]), "{got:?}");
     none_within(&mut c, ACK_WAIT * 2).await;
 }
 
@@ -750,9 +757,13 @@ pub async fn consumer_conflict_and_update<T: Transport>(t: T) {
         .await
         .expect_err("deliver policy differs");
     assert!(matches!(err, TransportError::ConsumerConflict { .. }), "{err:?}");
+    // A limit of deliveries well above a pull request's batch: a handle dropped above may leave
+    // its pull request at the server for up to a heartbeat, and nats-server 2.9 across a leaf
+    // node counts every hand-over to it as a delivery (see
+    // `redelivery_after_consumer_dropped_mid_batch`), which a low limit would use up.
     let updated = spec("reader", "document.created")
         .ack_wait(Duration::from_secs(5))
-        .max_deliver(7);
+        .max_deliver(1_000);
     let mut c = t.consumer(&updated).await.expect("update");
     publish(&t, &event("document.created", "{}")).await;
     next_within(&mut c, SOON).await.ack().await.expect("ack");

@@ -16,6 +16,16 @@ pub struct CatchPanic<D> {
 
 impl<D: Dispatch> Dispatch for CatchPanic<D> {
     async fn dispatch(&self, msg: &mut Message<'_>) -> Outcome {
+        // The attempt is recorded as started before the handler runs (see `Attempts`).
+        if let Some(record) = msg.record_start.take()
+            && let Err(e) = record.await
+        {
+            return Outcome::Deferred {
+                reason: format!("recording the attempt's start: {e}"),
+                delay: super::invoke::UNAVAILABLE_DEFERRAL,
+                cause: super::Deferral::Unavailable,
+            };
+        }
         let raw = msg.received();
         let run = AssertUnwindSafe(self.inner.dispatch(msg)).catch_unwind();
         match with_progress(run, raw, self.ack_wait).await {

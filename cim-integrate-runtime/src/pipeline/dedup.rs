@@ -536,7 +536,6 @@ mod first_delivery_tests {
     use crate::dedup::{DedupError, MemoryDedup};
     use crate::pipeline::Received;
     use crate::pipeline::test_raw::Raw;
-    use crate::transport::DeliveryInfo;
     use futures::future::BoxFuture;
     use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
@@ -590,19 +589,7 @@ mod first_delivery_tests {
             )),
             outside_place: false,
         };
-        let delivery = |resumed: Option<Timestamp>| Raw {
-            headers: Default::default(),
-            payload: bytes::Bytes::from_static(b"{}"),
-            info: DeliveryInfo {
-                stream: "DOCUMENT_EVENTS".into(),
-                consumer: "h".into(),
-                stream_sequence: 7,
-                consumer_sequence: 1,
-                delivered: 1,
-                published: at(20),
-                resumed,
-            },
-        };
+        let delivery = |resumed: Option<Timestamp>| Raw::seventh(1, at(20), resumed);
         let dispatch = |raw: Raw| {
             let layer = &layer;
             async move { layer.dispatch(&mut Message::new(&raw, raw.envelope())).await }

@@ -82,6 +82,12 @@ pub struct Message<'a> {
     propagate: Vec<(String, String)>,
     /// This message's place among the handler runs of its loop (see [`Message::handler_done`]).
     pub(crate) running: Option<super::run::RunningGuard<'a>>,
+    /// The attempt and deferrals the attempts layer counted for this delivery (once: a retry in
+    /// place adds to it).
+    pub(crate) counted: Option<(u64, u64)>,
+    /// The record of this attempt's start, written just before the handler runs
+    /// ([`Budget::counted`](super::attempts::Budget::counted)).
+    pub(crate) record_start: Option<BoxFuture<'static, Result<(), crate::dedup::DedupError>>>,
 }
 
 impl std::fmt::Debug for Message<'_> {
@@ -115,6 +121,8 @@ impl<'a> Message<'a> {
             reply: None,
             propagate: Vec::new(),
             running: None,
+            counted: None,
+            record_start: None,
         }
     }
 

@@ -383,6 +383,21 @@ pub(crate) struct LastResort {
     pub(crate) letters: Letters,
 }
 
+impl LastResort {
+    /// Which attempt `item`, whose dispatch panicked outside the handler, was (as the attempts
+    /// layer counts it), recorded as started: the panic may have come before the attempts layer's
+    /// record was written, and a message that panics on every delivery must still use up its
+    /// attempts. Not by the envelope's id: its parse may be what panicked (the record is found
+    /// by the stream position).
+    async fn attempt_after_panic(&self, item: &dyn Received) -> Result<u64, crate::dedup::DedupError> {
+        let counted = self.budget.counted(item, None).await?;
+        if let Some(record) = counted.record.and_then(|m| self.budget.record(m, counted.attempt)) {
+            record.await?;
+        }
+        Ok(counted.attempt)
+    }
+}
+
 impl Handler {
     /// A loop named `name` that counts nothing.
     #[cfg(test)]
@@ -415,8 +430,21 @@ impl Handler {
             tracing::error!(handler, subject, delivered, panic = %panic, retry_in = ?delay, "message dispatch panicked outside the handler; retried");
             return self.count(Outcome::Retry { reason: failed, delay });
         };
-        let sequence = item.info().map_or(0, |i| i.stream_sequence);
-        let (attempt, _) = last.budget.attempt(sequence, delivered);
+        let counted = AssertUnwindSafe(last.attempt_after_panic(item))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|again| {
+                let again = super::catch_panic::panic_message(again.as_ref());
+                Err(crate::dedup::DedupError(format!("counting them panicked: {again}")))
+            });
+        let attempt = match counted {
+            Ok(attempt) => attempt,
+            Err(error) => {
+                let delay = last.budget.retry.delay(delivered);
+                tracing::error!(handler, subject, delivered, panic = %panic, %error, retry_in = ?delay, "message dispatch panicked outside the handler; its attempts cannot be counted now; retried");
+                return self.count(Outcome::Retry { reason: failed, delay });
+            }
+        };
         let outcome = match last.budget.failed(attempt, failed.clone(), Duration::ZERO) {
             Outcome::DeadLetter { kind, reason } => {
                 tracing::error!(
@@ -1013,6 +1041,7 @@ mod tests {
             budget: Budget {
                 retry: retry.clone(),
                 ledger,
+                starts: None,
             },
             letters: Letters {
                 publisher: letterbox.clone(),

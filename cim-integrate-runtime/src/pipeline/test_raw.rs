@@ -13,6 +13,30 @@ pub(crate) struct Raw {
     pub(crate) info: DeliveryInfo,
 }
 
+impl Raw {
+    /// Delivery `delivered` of stream message 7 of `DOCUMENT_EVENTS` to durable `h`, stored at
+    /// `published`, with no headers and an empty object as payload.
+    pub(crate) fn seventh(
+        delivered: u64,
+        published: crate::timestamp::Timestamp,
+        resumed: Option<crate::timestamp::Timestamp>,
+    ) -> Self {
+        Self {
+            headers: Headers::default(),
+            payload: bytes::Bytes::from_static(b"{}"),
+            info: DeliveryInfo {
+                stream: "DOCUMENT_EVENTS".into(),
+                consumer: "h".into(),
+                stream_sequence: 7,
+                consumer_sequence: delivered,
+                delivered,
+                published,
+                resumed,
+            },
+        }
+    }
+}
+
 impl Received for Raw {
     fn subject(&self) -> &str {
         "document.created"

@@ -119,8 +119,8 @@ impl Budget {
         let (Some(starts), Some(info), true) = (&self.starts, info, by_count > 1) else {
             return Ok(counted(by_count, None));
         };
-        // The id only names the message in the store's keys' companions; the record's key is the
-        // stream position.
+        // The record is keyed by the stream position, not the id: a nil id stands in where the
+        // envelope could not be read.
         let m = StreamMessage::of(id.unwrap_or(MessageId::from_uuid(uuid::Uuid::nil())), info);
         Ok(match starts.store.attempts_started(&starts.handler, &m).await? {
             None => counted(by_count, None),

@@ -101,22 +101,31 @@ impl Budget {
         (delivered.saturating_sub(deferred).max(1), deferred)
     }
 
-    /// Which attempt this delivery of `raw` (message id `id`, if its envelope could be read) is:
-    /// by its delivery count less its deferrals ([`attempt`](Self::attempt)), and for a
-    /// redelivery at most one more than the last attempt the store recorded as started
-    /// (two if none is recorded: the first attempt is never recorded). The delivery count
-    /// alone can overstate it: nats-server 2.9 counts deliveries into a pull request whose
-    /// subscriber is gone (see [`DedupStore::attempt_started`]). A store that keeps no records
-    /// leaves the count as it is.
-    pub(crate) async fn counted(&self, raw: &dyn Received, id: Option<MessageId>) -> Result<Counted, DedupError> {
-        let info = raw.info();
-        let (by_count, deferred) = self.attempt(info.map_or(0, |i| i.stream_sequence), super::message::delivered(raw));
+    /// Whether a delivery counted `by_count` by deliveries ([`attempt`](Self::attempt)) reads
+    /// the store's records: a redelivery, on a store that keeps them.
+    pub(crate) fn reads_records(&self, by_count: u64) -> bool {
+        by_count > 1 && self.starts.is_some()
+    }
+
+    /// Which attempt this delivery of `raw` (message id `id`, if its envelope could be read),
+    /// counted `(by_count, deferred)` by deliveries less deferrals ([`attempt`](Self::attempt)),
+    /// is: for a redelivery ([`reads_records`](Self::reads_records)) at most one more than the
+    /// last attempt the store recorded as started (two if none is recorded: the first attempt is
+    /// never recorded). The delivery count alone can overstate it: nats-server 2.9 counts
+    /// deliveries into a pull request whose subscriber is gone (see
+    /// [`DedupStore::attempt_started`]). A store that keeps no records leaves the count as it is.
+    pub(crate) async fn counted(
+        &self,
+        raw: &dyn Received,
+        id: Option<MessageId>,
+        (by_count, deferred): (u64, u64),
+    ) -> Result<Counted, DedupError> {
         let counted = |attempt, record| Counted {
             attempt,
             deferred,
             record,
         };
-        let (Some(starts), Some(info), true) = (&self.starts, info, by_count > 1) else {
+        let (Some(starts), Some(info), true) = (&self.starts, raw.info(), self.reads_records(by_count)) else {
             return Ok(counted(by_count, None));
         };
         // The record is keyed by the stream position, not the id: a nil id stands in where the
@@ -174,11 +183,11 @@ impl<D: Dispatch> Dispatch for Attempts<D> {
             Some(c) => c,
             None => {
                 let (by_count, deferred) = self.budget.attempt(msg.sequence(), msg.delivered());
-                if by_count > 1 && self.budget.starts.is_some() {
+                if self.budget.reads_records(by_count) {
                     // A redelivery: its records read (boxed: first deliveries, nearly every
                     // message, carry no room for the read in their state).
                     let id = msg.envelope().map(|e| e.message_id());
-                    match Box::pin(self.budget.counted(msg.received(), id)).await {
+                    match Box::pin(self.budget.counted(msg.received(), id, (by_count, deferred))).await {
                         Ok(c) => {
                             msg.record_start = c.record.and_then(|m| self.budget.record(m, c.attempt));
                             (c.attempt, c.deferred)

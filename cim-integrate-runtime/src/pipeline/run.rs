@@ -390,7 +390,11 @@ impl LastResort {
     /// attempts. Not by the envelope's id: its parse may be what panicked (the record is found
     /// by the stream position).
     async fn attempt_after_panic(&self, item: &dyn Received) -> Result<u64, crate::dedup::DedupError> {
-        let counted = self.budget.counted(item, None).await?;
+        let by_count = self.budget.attempt(
+            item.info().map_or(0, |i| i.stream_sequence),
+            super::message::delivered(item),
+        );
+        let counted = self.budget.counted(item, None, by_count).await?;
         if let Some(record) = counted.record.and_then(|m| self.budget.record(m, counted.attempt)) {
             record.await?;
         }

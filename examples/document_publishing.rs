@@ -228,15 +228,23 @@ async fn run<T: Transport>(t: T, fail_at: Option<&str>) -> Result<(SagaStatus, P
     t.publish_and_wait(envelope.clone().into()).await?;
 
     let id = document_id.to_string();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    // Generous: on a cluster that just lost a node, electing new leaders for the saga's buckets
+    // takes several seconds, and reads meanwhile fail as transient (`SagaError::is_transient`):
+    // the saga goes on once they are elected, so a transient failure here is "not yet".
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let record = loop {
-        if let Some(r) = runner.status(&id).await?
-            && matches!(
-                r.status,
-                SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::NeedsAttention
-            )
-        {
-            break r;
+        match runner.status(&id).await {
+            Ok(Some(r))
+                if matches!(
+                    r.status,
+                    SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::NeedsAttention
+                ) =>
+            {
+                break r;
+            }
+            Ok(_) => {}
+            Err(e) if e.is_transient() && tokio::time::Instant::now() <= deadline => {}
+            Err(e) => return Err(e.into()),
         }
         if tokio::time::Instant::now() > deadline {
             return Err("the saga did not finish".into());

@@ -6,6 +6,9 @@
 //! Fed by a foreign publisher (a plain async-nats client): events carry no CIM headers, only
 //! `Nats-Msg-Id`, and the publisher sends again what was not acknowledged, as any careful
 //! publisher does.
+//!
+//! Last, sagas at an edge site: run by a host on a leaf node addressing the hub's JetStream
+//! domain, through an outage of the hub.
 
 use cim_integrate::handler::{Context, HandlerError, HandlerOptions};
 use cim_integrate::prelude::*;
@@ -527,15 +530,43 @@ async fn payments(t: &NatsTransport, runs: &Arc<Runs>) -> (SagaRunner<PaymentSag
     (runner, service)
 }
 
-/// None of the `sagas` payments compensated or dead-lettered; the first, the middle and the last
-/// completed.
-async fn assert_sagas_completed(
+/// After an outage that began with `at_kill` sagas completed: waits (a minute) for 100 more,
+/// timed from `since`, then for the feeder and all `sagas` (two minutes), and checks them
+/// ([`all_sagas_completed`]). Returns how long the 100 took and the steps run more than once.
+async fn sagas_finish(
+    runner: &SagaRunner<PaymentSaga, NatsTransport>,
+    service: &Service,
+    client: &async_nats::Client,
+    runs: &Runs,
+    feeder: tokio::task::JoinHandle<Vec<(u32, Instant)>>,
+    sagas: u32,
+    (at_kill, since): (usize, Instant),
+) -> (Duration, Vec<((u32, &'static str), u32)>) {
+    until("sagas completed", &runs.shipped, at_kill + 100, Duration::from_secs(60)).await;
+    let resumed = since.elapsed();
+    feeder.await.expect("publisher");
+    (resumed, all_sagas_completed(runner, service, client, runs, sagas).await)
+}
+
+/// Waits (two minutes) until `sagas` completed, then a little more (for a step running twice
+/// to show), checks that none compensated or dead-lettered and that the first, the middle and
+/// the last completed, and returns the steps run more than once.
+async fn all_sagas_completed(
     runner: &SagaRunner<PaymentSaga, NatsTransport>,
     service: &Service,
     client: &async_nats::Client,
     runs: &Runs,
     sagas: u32,
-) {
+) -> Vec<((u32, &'static str), u32)> {
+    until(
+        "sagas completed",
+        &runs.shipped,
+        sagas as usize,
+        Duration::from_secs(120),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let twice = steps_run_twice(runs);
     assert_eq!(
         runs.compensations.load(Ordering::SeqCst),
         0,
@@ -556,6 +587,7 @@ async fn assert_sagas_completed(
             .expect("record");
         assert_eq!(record.status, SagaStatus::Completed, "order {n}");
     }
+    twice
 }
 
 /// Steps run more than once, by (order, step).
@@ -599,14 +631,7 @@ async fn sagas_complete_while_their_buckets_leader_is_killed() {
     let at_kill = runs.shipped.load(Ordering::SeqCst);
     // A minute: the bucket's election is the servers' (4-9 s quiet, 20 s and more on a loaded
     // two-core machine).
-    wait_for(at_kill + 100, Duration::from_secs(60)).await;
-    let resumed = killed.elapsed();
-    feeder.await.expect("publisher");
-    wait_for(SAGAS as usize, Duration::from_secs(120)).await;
-
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let twice = steps_run_twice(&runs);
-    assert_sagas_completed(&runner, &service, &client, &runs, SAGAS).await;
+    let (resumed, twice) = sagas_finish(&runner, &service, &client, &runs, feeder, SAGAS, (at_kill, killed)).await;
     eprintln!(
         "{SAGAS} sagas completed; resumed {resumed:?} after the kill; steps run twice (crash window): {}",
         twice.len()
@@ -674,16 +699,7 @@ async fn sagas_complete_through_a_rolling_restart() {
         .await
         .expect("the publisher finished")
         .expect("publisher");
-    until(
-        "sagas completed",
-        &runs.shipped,
-        started as usize,
-        Duration::from_secs(120),
-    )
-    .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_sagas_completed(&runner, &service, &client, &runs, started).await;
-    let twice = steps_run_twice(&runs);
+    let twice = all_sagas_completed(&runner, &service, &client, &runs, started).await;
     assert!(twice.is_empty(), "steps run more than once: {twice:?}");
     eprintln!(
         "{started} sagas completed through a rolling restart; {} shipped",
@@ -749,6 +765,62 @@ async fn provisioning_waits_for_a_node_that_is_down() {
         let info = stream_info(cluster.client(), name).await;
         assert_eq!(info.config.num_replicas, 3, "{name}");
     }
+}
+
+/// A host starting just after a node died waits for the election of the streams that node led,
+/// and goes on within about a second of it, not up to a whole request timeout (5 s) later: a
+/// request about a stream with no leader goes unanswered, and after the first silence
+/// provisioning asks again every second (`AFTER_SILENCE` in `transport/provision.rs`). The
+/// election is watched from outside, by asking the stream's info every 100 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provisioning_goes_on_within_a_second_of_an_election() {
+    use cim_integrate::transport::{StreamSpec, Transport};
+    let (_one, mut cluster, t) = cluster().await;
+    let spec = StreamSpec::for_domain("elected", None).unwrap();
+    t.ensure_stream(&spec).await.expect("stream");
+    let stream = spec.name.clone();
+    let leader = cluster
+        .wait_for_stream_leader(&stream, Duration::from_secs(30))
+        .await
+        .expect("a leader");
+    drop(t);
+    cluster.kill(leader).expect("kill the stream's leader");
+    let killed = Instant::now();
+
+    // A host starting now, with the default request timeout (5 s).
+    let mut options = NatsOptions::new(cluster.urls());
+    options.deployment = Deployment::new().replicas(3);
+    let fresh = NatsTransport::connect(options).await.expect("connect");
+    let provisioning = tokio::spawn(async move { fresh.ensure_stream(&spec).await.map(|()| Instant::now()) });
+
+    let elected = loop {
+        let asked = Instant::now();
+        // Short: the harness's look-up waits 2 s for an answer nobody gives during the election.
+        let answer = tokio::time::timeout(Duration::from_millis(200), cluster.stream_leader(&stream)).await;
+        if matches!(answer, Ok(Ok(l)) if l != leader) {
+            break asked;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(60),
+            "no new leader for `{stream}`"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let done = tokio::time::timeout(Duration::from_secs(60), provisioning)
+        .await
+        .expect("provisioned within a minute")
+        .expect("task")
+        .expect("provisioned");
+    let late = done.saturating_duration_since(elected);
+    eprintln!(
+        "`{stream}`: new leader {:?} after the kill, provisioned {late:?} after that",
+        elected - killed
+    );
+    assert!(
+        late < Duration::from_secs(2),
+        "provisioning went on {late:?} after the election ({:?} after the kill)",
+        elected - killed
+    );
 }
 
 /// An existing stream or bucket whose replicas differ from the policy is reported and used as it
@@ -984,4 +1056,36 @@ async fn key_listings_end_while_the_buckets_leader_is_killed() {
         listed.load(Ordering::SeqCst),
         failed.load(Ordering::SeqCst)
     );
+}
+
+/// Sagas run by a host at an edge site, on a leaf node addressing the hub's JetStream domain
+/// (`NATS_JS_DOMAIN=hub`), while the hub, which holds every stream and bucket, is killed and
+/// started again (its port and store kept) mid-run: every saga completes, none is compensated,
+/// nothing is dead-lettered, no step runs twice. The orders come from a publisher at the hub.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sagas_at_an_edge_site_complete_through_an_outage_of_the_hub() {
+    const SAGAS: u32 = 1_000;
+    let (mut hub, leaf) = cim_integrate::testing::hub_and_leaf().await.expect("hub and leaf");
+    let mut options = NatsOptions::new(leaf.url());
+    options.js_domain = Some("hub".to_owned());
+    let t = NatsTransport::connect(options).await.expect("connect to the leaf");
+    let runs = Arc::new(Runs::default());
+    let (runner, service) = payments(&t, &runs).await;
+    let client = async_nats::connect(hub.url()).await.expect("publisher at the hub");
+    let feeder = tokio::spawn(feed(client.clone(), 0..SAGAS));
+
+    let wait_for = |n: usize, within: Duration| until("sagas completed", &runs.shipped, n, within);
+    wait_for(200, Duration::from_secs(60)).await;
+    hub.kill().expect("kill the hub");
+    let at_kill = runs.shipped.load(Ordering::SeqCst);
+    // Longer than a request's timeout (5 s): the writes of the sagas under way fail meanwhile.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    hub.restart().await.expect("the hub back");
+    let back = Instant::now();
+    let (resumed, twice) = sagas_finish(&runner, &service, &client, &runs, feeder, SAGAS, (at_kill, back)).await;
+    eprintln!(
+        "{SAGAS} sagas completed at the edge; {at_kill} before the kill, 100 more {resumed:?} after the hub was back"
+    );
+    assert!(twice.is_empty(), "steps run more than once: {twice:?}");
+    service.shutdown(Duration::from_secs(5)).await;
 }

@@ -331,6 +331,31 @@ async fn execute(args: &Args) -> Result<u8, Failure> {
     }
 }
 
+/// The JetStream domain the tool reads, when there is one to name: `(name, true)` for the
+/// server's own (its INFO's `domain`, `NATS_JS_DOMAIN` unset), `(name, false)` for the one
+/// `NATS_JS_DOMAIN` names. At an edge site, a leaf node's own JetStream answers unless
+/// `NATS_JS_DOMAIN` names the hub's, and an operator who forgot it would otherwise read that the
+/// hub has nothing.
+pub(crate) fn jetstream_domain(ops: &Ops) -> Option<(String, bool)> {
+    let t = ops.transport();
+    match (t.options().js_domain.clone(), t.client().server_info().domain) {
+        (Some(asked), _) => Some((asked, false)),
+        (None, Some(own)) if !own.is_empty() => Some((own, true)),
+        _ => None,
+    }
+}
+
+/// "no {what}", saying where the tool looked when there is a JetStream domain to name.
+fn none(ops: &Ops, what: &str) -> String {
+    match jetstream_domain(ops) {
+        Some((name, false)) => format!("no {what} in JetStream domain `{name}`\n"),
+        Some((name, true)) => format!(
+            "no {what} in JetStream domain `{name}`, the server's own (NATS_JS_DOMAIN names another, e.g. a hub's)\n"
+        ),
+        None => format!("no {what}\n"),
+    }
+}
+
 /// Prints `value` as JSON, or `table` for people.
 fn output(args: &Args, value: &impl serde::Serialize, table: impl FnOnce() -> String) -> Result<u8, Failure> {
     if args.json {
@@ -341,9 +366,9 @@ fn output(args: &Args, value: &impl serde::Serialize, table: impl FnOnce() -> St
     Ok(EXIT_OK)
 }
 
-fn names_table(what: &str, names: &[String]) -> String {
+fn names_table(ops: &Ops, what: &str, names: &[String]) -> String {
     if names.is_empty() {
-        return format!("no {what}\n");
+        return none(ops, what);
     }
     names.iter().map(|n| format!("{n}\n")).collect()
 }
@@ -352,7 +377,7 @@ async fn saga(ops: &Ops, args: &Args, cmd: &SagaCmd) -> Result<u8, Failure> {
     match cmd {
         SagaCmd::List { name: None, .. } => {
             let names = ops.saga_names().await?;
-            output(args, &names, || names_table("sagas", &names))
+            output(args, &names, || names_table(ops, "sagas", &names))
         }
         SagaCmd::List {
             name: Some(name),
@@ -373,7 +398,7 @@ async fn saga(ops: &Ops, args: &Args, cmd: &SagaCmd) -> Result<u8, Failure> {
                         cut(s.error.as_deref().unwrap_or(""), 50),
                     ]);
                 }
-                if t.is_empty() { "no sagas\n".into() } else { t.render() }
+                if t.is_empty() { none(ops, "sagas") } else { t.render() }
             })
         }
         SagaCmd::Show { name, id } => {
@@ -425,7 +450,7 @@ async fn process(ops: &Ops, args: &Args, cmd: &ProcessCmd) -> Result<u8, Failure
     match cmd {
         ProcessCmd::List { name: None } => {
             let names = ops.process_names().await?;
-            output(args, &names, || names_table("process managers", &names))
+            output(args, &names, || names_table(ops, "process managers", &names))
         }
         ProcessCmd::List { name: Some(name) } => {
             let list = ops.processes(name).await?;
@@ -462,7 +487,7 @@ async fn handlers(ops: &Ops, args: &Args) -> Result<u8, Failure> {
             ]);
         }
         if t.is_empty() {
-            "no handlers\n".into()
+            none(ops, "handlers")
         } else {
             t.render()
         }
@@ -505,7 +530,7 @@ async fn hosts(ops: &Ops, args: &Args) -> Result<u8, Failure> {
             ]);
         }
         if t.is_empty() {
-            return "no live hosts\n".into();
+            return none(ops, "live hosts");
         }
         let mut out = t.render();
         if differ > 0 {
@@ -609,7 +634,7 @@ async fn dlq(ops: &Ops, args: &Args, cmd: &Dlq) -> Result<u8, Failure> {
             if args.json {
                 print_json(&letters)?;
             } else {
-                say(&letters_table(&letters));
+                say(&letters_table(ops, &letters));
             }
             Ok(EXIT_OK)
         }
@@ -639,7 +664,7 @@ async fn dlq(ops: &Ops, args: &Args, cmd: &Dlq) -> Result<u8, Failure> {
                     ]);
                 }
                 say(&if t.is_empty() {
-                    "no dead letters\n".into()
+                    none(ops, "dead letters")
                 } else {
                     t.render()
                 });
@@ -731,9 +756,9 @@ fn progress(args: &Args, total: usize) -> Option<indicatif::ProgressBar> {
     Some(bar)
 }
 
-fn letters_table(letters: &[DeadLetter]) -> String {
+fn letters_table(ops: &Ops, letters: &[DeadLetter]) -> String {
     if letters.is_empty() {
-        return "no dead letters\n".into();
+        return none(ops, "dead letters");
     }
     let mut t = Table::new(&["SEQ", "AT", "HANDLER", "KIND", "SUBJECT", "TRIES", "REDRIVES", "REASON"]);
     for l in letters {

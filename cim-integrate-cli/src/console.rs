@@ -174,7 +174,10 @@ async fn overview(State(app): State<App>) -> ApiResult {
         }
         sagas.push(serde_json::json!({ "name": name, "sagas": list }));
     }
+    let domain = crate::cli::jetstream_domain(ops)
+        .map(|(name, servers_own)| serde_json::json!({ "name": name, "servers_own": servers_own }));
     json(serde_json::json!({
+        "jetstream_domain": domain,
         "topology": topology,
         "handlers": handlers,
         "hosts": hosts,

@@ -5,9 +5,9 @@ use assert_cmd::Command;
 use cim_integrate::handler::{Context, HandlerError};
 use cim_integrate::prelude::*;
 use cim_integrate::service::Service;
-use cim_integrate::testing::NatsServer;
+use cim_integrate::testing::{NatsServer, hub_and_leaf};
 use cim_integrate::transport::OutboundMessage;
-use cim_integrate::transport::nats::NatsTransport;
+use cim_integrate::transport::nats::{NatsOptions, NatsTransport};
 use cim_integrate::{domain_event, handlers};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -44,12 +44,19 @@ impl Ledger {
 
 /// Runs the tool with `args` against `url`; returns (exit code, stdout, stderr).
 async fn tool(url: &str, args: &[&str]) -> (i32, String, String) {
+    tool_with(url, &[], args).await
+}
+
+/// [`tool`] with more environment variables.
+async fn tool_with(url: &str, env: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
     let (url, args): (String, Vec<String>) = (url.to_owned(), args.iter().map(|s| (*s).to_owned()).collect());
+    let env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
     tokio::task::spawn_blocking(move || {
         let out = Command::cargo_bin("cim-integrate")
             .expect("binary")
             .env_clear()
             .env("NATS_URL", url)
+            .envs(env)
             .args(&args)
             .timeout(Duration::from_secs(60))
             .output()
@@ -64,6 +71,22 @@ async fn tool(url: &str, args: &[&str]) -> (i32, String, String) {
     .expect("thread")
 }
 
+/// The ledger started on `t` (its handler refuses every invoice until fixed), and `n` invoices
+/// published.
+async fn ledger_with_invoices(t: &NatsTransport, n: u32) -> (Arc<State>, Service) {
+    let state = Arc::new(State::default());
+    let service = Service::builder(t.clone(), "ledger")
+        .register(Ledger(state.clone()))
+        .start()
+        .await
+        .expect("start");
+    for n in 0..n {
+        let env = Invoiced { n }.to_envelope().expect("envelope");
+        t.publish_and_wait(OutboundMessage::from(&env)).await.expect("publish");
+    }
+    (state, service)
+}
+
 fn json(stdout: &str) -> serde_json::Value {
     serde_json::from_str(stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
 }
@@ -73,20 +96,7 @@ async fn dead_letters_from_the_command_line() {
     let server = NatsServer::start().await.expect("server");
     let url = server.url();
     let t = NatsTransport::connect_url(&url).await.expect("connect");
-    let state = Arc::new(State::default());
-    let service = Service::builder(t.clone(), "ledger")
-        .register(Ledger(state.clone()))
-        .start()
-        .await
-        .expect("start");
-    for n in 0..3 {
-        let env = Invoiced { n }.to_envelope().expect("envelope");
-        t.publish(OutboundMessage::from(&env))
-            .await
-            .expect("publish")
-            .await
-            .expect("ack");
-    }
+    let (state, service) = ledger_with_invoices(&t, 3).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     let letters = loop {
         let (code, out, err) = tool(&url, &["dlq", "list", "--json"]).await;
@@ -347,6 +357,87 @@ async fn hosts_and_their_clocks_from_the_command_line() {
     assert!(
         out.contains("1 host(s) with a clock more than 1 s") && out.contains("NTP"),
         "{out}"
+    );
+    service.shutdown(Duration::from_secs(5)).await;
+}
+
+/// The operator's tool at an edge site: on the leaf node, addressing the hub's JetStream domain
+/// (`NATS_JS_DOMAIN=hub`), it lists, groups and redrives the dead letters of a host on the same
+/// leaf, and shows its handlers and the host itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_at_an_edge_site() {
+    let (_hub, leaf) = hub_and_leaf().await.expect("hub and leaf");
+    let url = leaf.url();
+    let mut options = NatsOptions::new(url.clone());
+    options.js_domain = Some("hub".to_owned());
+    let t = NatsTransport::connect(options).await.expect("connect to the leaf");
+    let (state, service) = ledger_with_invoices(&t, 2).await;
+    let hub = [("NATS_JS_DOMAIN", "hub")];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, out, err) = tool_with(&url, &hub, &["dlq", "list", "--json"]).await;
+        assert_eq!(code, 0, "{err}");
+        if json(&out).as_array().map(Vec::len) == Some(2) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not dead-lettered: {out}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Without the domain, the leaf's own JetStream answers, and the tool says which it asked.
+    for (args, what) in [
+        (&["dlq", "list"][..], "dead letters"),
+        (&["handlers"][..], "handlers"),
+        (&["hosts"][..], "live hosts"),
+    ] {
+        let (code, out, err) = tool(&url, args).await;
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(
+            out,
+            format!(
+                "no {what} in JetStream domain `leaf`, the server's own (NATS_JS_DOMAIN names another, e.g. a hub's)\n"
+            )
+        );
+    }
+    let (code, out, err) = tool_with(&url, &hub, &["dlq", "groups", "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    let groups = json(&out);
+    assert_eq!(groups[0]["count"], 2, "{groups}");
+    let fingerprint = groups[0]["fingerprint"].as_str().expect("fingerprint").to_owned();
+
+    state.fixed.store(true, Ordering::SeqCst);
+    let (code, out, err) = tool_with(
+        &url,
+        &hub,
+        &["dlq", "redrive", "--group", &fingerprint, "--yes", "--json"],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["redriven"].as_array().map(Vec::len), Some(2), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while state.handled.load(Ordering::SeqCst) < 2 {
+        assert!(Instant::now() < deadline, "not handled after the redrive");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, out, _) = tool_with(&url, &hub, &["dlq", "list", "--json"]).await;
+    assert_eq!(json(&out).as_array().map(Vec::len), Some(0), "{out}");
+
+    let (code, out, err) = tool_with(&url, &hub, &["handlers", "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    let handlers = json(&out);
+    assert!(
+        handlers.as_array().is_some_and(|a| a
+            .iter()
+            .any(|h| h["durable"] == "ledger-book" && h["stream"] == "BILLING_EVENTS")),
+        "{handlers}"
+    );
+    let (code, out, err) = tool_with(&url, &hub, &["hosts", "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    let hosts = json(&out);
+    assert!(
+        hosts
+            .as_array()
+            .is_some_and(|a| a.iter().any(|h| h["service"] == "ledger")),
+        "{hosts}"
     );
     service.shutdown(Duration::from_secs(5)).await;
 }

@@ -11,9 +11,9 @@
 use cim_integrate::handler::{Context, HandlerError};
 use cim_integrate::prelude::*;
 use cim_integrate::service::Service;
-use cim_integrate::testing::NatsServer;
+use cim_integrate::testing::{NatsServer, free_ports, hub_and_leaf};
 use cim_integrate::transport::OutboundMessage;
-use cim_integrate::transport::nats::NatsTransport;
+use cim_integrate::transport::nats::{NatsOptions, NatsTransport};
 use cim_integrate::{domain_event, handlers};
 use cim_integrate_runtime::saga::conformance::{LEASE, Order, Shop};
 use cim_integrate_runtime::saga::{SagaOutcome, SagaRunner};
@@ -64,18 +64,17 @@ fn which(name: &str) -> Option<std::path::PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 /// Starts `cim-integrate console` on a free loopback port; returns the process and its URL.
 fn console(nats_url: &str, extra: &[&str]) -> (Killed, String) {
+    console_with(nats_url, &[], extra)
+}
+
+/// [`console`] with more environment variables.
+fn console_with(nats_url: &str, env: &[(&str, &str)], extra: &[&str]) -> (Killed, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_cim-integrate"))
         .env_clear()
         .env("NATS_URL", nats_url)
+        .envs(env.iter().copied())
         .args(["console", "--listen", "127.0.0.1:0"])
         .args(extra)
         .stdout(Stdio::piped())
@@ -96,12 +95,7 @@ fn console(nats_url: &str, extra: &[&str]) -> (Killed, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_letter_group_is_redriven_from_the_browser() {
-    let (Some(driver), true) = (which("chromedriver"), which("chromium").is_some()) else {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI: chromium and chromedriver must be installed (.ci/run installs them)"
-        );
-        eprintln!("SKIPPED: chromium or chromedriver not installed (apt-get install chromium chromium-driver)");
+    let Some(driver) = browser_installed() else {
         return;
     };
     let server = NatsServer::start().await.expect("server");
@@ -155,43 +149,22 @@ async fn a_dead_letter_group_is_redriven_from_the_browser() {
         .expect("shop host");
     let (_console, url) = console(&server.url(), &[]);
 
-    let port = free_port();
-    let _driver = Killed(
-        Command::new(driver)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start chromedriver"),
-    );
-    let mut caps = serde_json::Map::new();
-    caps.insert(
-        "goog:chromeOptions".into(),
-        serde_json::json!({
-            "binary": which("chromium").expect("chromium"),
-            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
-        }),
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let browser = loop {
-        // Plain HTTP to a local chromedriver: no TLS stack.
-        match ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-            .capabilities(caps.clone())
-            .connect(&format!("http://127.0.0.1:{port}"))
-            .await
-        {
-            Ok(c) => break c,
-            Err(e) if Instant::now() < deadline => {
-                eprintln!("waiting for chromedriver: {e}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => panic!("chromedriver: {e}"),
-        }
-    };
-
+    let (_driver, browser) = open_browser(&driver).await;
     let started = Instant::now();
     browser.goto(&url).await.expect("open the console");
     let wait = || browser.wait().at_most(Duration::from_secs(20));
+    // A server without a JetStream domain: the page names none.
+    text_when(&browser, Locator::Id("status"), |t| t.starts_with("updated")).await;
+    assert_eq!(
+        browser
+            .find(Locator::Id("domain"))
+            .await
+            .expect("domain")
+            .text()
+            .await
+            .expect("text"),
+        ""
+    );
     // The group of three, and the handler with nothing handled yet.
     let permanent = Locator::Css("tr.dlq-group[data-handler='carrier-book'][data-kind='permanent']");
     let group = match wait().for_element(permanent).await {
@@ -322,6 +295,58 @@ async fn a_dead_letter_group_is_redriven_from_the_browser() {
     eprintln!("{:?}: the hosts are stopped", started.elapsed());
 }
 
+/// Starts chromedriver (`driver`) on a free port and a headless Chromium session through it.
+async fn open_browser(driver: &std::path::Path) -> (Killed, fantoccini::Client) {
+    let port = free_ports(1).expect("a free port")[0];
+    let driver = Killed(
+        Command::new(driver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver"),
+    );
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({
+            "binary": which("chromium").expect("chromium"),
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
+        }),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let browser = loop {
+        // Plain HTTP to a local chromedriver: no TLS stack.
+        match ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps.clone())
+            .connect(&format!("http://127.0.0.1:{port}"))
+            .await
+        {
+            Ok(c) => break c,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("waiting for chromedriver: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("chromedriver: {e}"),
+        }
+    };
+    (driver, browser)
+}
+
+/// chromedriver, if it and chromium are installed; `None` skips a test outside CI (in CI their
+/// absence fails it: `.ci/run` installs them).
+fn browser_installed() -> Option<std::path::PathBuf> {
+    let (Some(driver), true) = (which("chromedriver"), which("chromium").is_some()) else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI: chromium and chromedriver must be installed (.ci/run installs them)"
+        );
+        eprintln!("SKIPPED: chromium or chromedriver not installed (apt-get install chromium chromium-driver)");
+        return None;
+    };
+    Some(driver)
+}
+
 /// The page's status line ("updated ...", or why the last refresh failed).
 async fn page_status(browser: &fantoccini::Client) -> String {
     match browser.find(Locator::Id("status")).await {
@@ -383,4 +408,48 @@ async fn a_token_guards_the_console() {
     assert!(get("/api/overview", Some("wrong")).contains("401"));
     assert!(get("/?token=s3cret", None).contains("200"));
     assert!(get("/api/overview", Some("s3cret")).contains("200"));
+}
+
+/// At an edge site the console names the JetStream domain it reads: the leaf node's own when
+/// `NATS_JS_DOMAIN` is unset (an operator who forgot it sees why the tables are empty), the hub's
+/// when it names it (and the hub's dead letters are shown).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_names_the_jetstream_domain_it_reads() {
+    let Some(driver) = browser_installed() else {
+        return;
+    };
+    let (_hub, leaf) = hub_and_leaf().await.expect("hub and leaf");
+    let mut options = NatsOptions::new(leaf.url());
+    options.js_domain = Some("hub".to_owned());
+    let t = NatsTransport::connect(options).await.expect("connect to the leaf");
+    let service = Service::builder(t.clone(), "carrier")
+        .register(Carrier(Arc::new(AtomicBool::new(false))))
+        .start()
+        .await
+        .expect("start");
+    let env = ShipmentRequested { n: 1 }.to_envelope().expect("envelope");
+    t.publish_and_wait(OutboundMessage::from(&env)).await.expect("publish");
+    let (_driver, browser) = open_browser(&driver).await;
+
+    let (_own, url) = console(&leaf.url(), &[]);
+    browser.goto(&url).await.expect("open the console");
+    let domain = text_when(&browser, Locator::Id("domain"), |t| !t.is_empty()).await;
+    assert_eq!(
+        domain,
+        "JetStream domain `leaf`, the server's own (NATS_JS_DOMAIN names another, e.g. a hub's)"
+    );
+
+    let (_hubs, url) = console_with(&leaf.url(), &[("NATS_JS_DOMAIN", "hub")], &[]);
+    browser.goto(&url).await.expect("open the console");
+    let domain = text_when(&browser, Locator::Id("domain"), |t| !t.is_empty()).await;
+    assert_eq!(domain, "JetStream domain `hub`");
+    let group = Locator::Css("tr.dlq-group[data-handler='carrier-book'][data-kind='permanent']");
+    browser
+        .wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(group)
+        .await
+        .expect("the hub's dead letters, through the leaf");
+    browser.close().await.expect("close");
+    service.shutdown(Duration::from_secs(5)).await;
 }

@@ -8,45 +8,14 @@
 mod indexer;
 
 use cim_integrate_runtime::service::Service;
-use cim_integrate_runtime::testing::NatsServer;
+use cim_integrate_runtime::testing::{self, NatsServer};
 use cim_integrate_runtime::transport::nats::{NatsOptions, NatsTransport};
 use cim_integrate_runtime::transport::{KvSpec, Transport};
 use std::time::Duration;
 
-/// A port nothing listens on now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// The hub (JetStream domain `hub`, accepting leaf nodes) and a leaf node with its own JetStream
-/// (domain `leaf`), connected; returned once a client of the leaf reaches the hub's JetStream.
+/// The hub and the leaf node, connected.
 async fn hub_and_leaf() -> (NatsServer, NatsServer) {
-    let leaf_port = free_port();
-    let hub = NatsServer::start_with_config(&format!(
-        "jetstream {{ domain: hub }}\nleafnodes {{ listen: \"127.0.0.1:{leaf_port}\" }}\n"
-    ))
-    .await
-    .expect("hub");
-    let leaf = NatsServer::start_with_config(&format!(
-        "jetstream {{ domain: leaf }}\nleafnodes {{ remotes: [ {{ url: \"nats://127.0.0.1:{leaf_port}\" }} ] }}\n"
-    ))
-    .await
-    .expect("leaf");
-    let client = async_nats::connect(leaf.url()).await.expect("connect to the leaf");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while client.request("$JS.hub.API.INFO", "".into()).await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the leaf never reached the hub's JetStream\nhub: {}\nleaf: {}",
-            hub.log_tail(),
-            leaf.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    (hub, leaf)
+    testing::hub_and_leaf().await.expect("hub and leaf")
 }
 
 /// Options for `server`, addressing JetStream `domain` (`None`: the server's own).
@@ -78,14 +47,22 @@ async fn indexer_on(leaf: &NatsServer) -> (NatsTransport, Service) {
 
 /// Waits (up to 20 s) until the indexer handled one event, with nothing dead-lettered.
 async fn handled_once(service: &Service) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    handled(service, 1, Duration::from_secs(20)).await;
+}
+
+/// Waits (up to `within`) until the indexer handled `n` events, with nothing dead-lettered.
+async fn handled(service: &Service, n: u64, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
     loop {
         let stats = service.handler_stats("search-indexer").expect("stats");
         assert_eq!(stats.dead_lettered, 0, "{stats:?}");
-        if stats.succeeded == 1 {
+        if stats.succeeded == n {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "not handled: {stats:?}");
+        assert!(
+            stats.succeeded < n && tokio::time::Instant::now() < deadline,
+            "not {n} handled: {stats:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -160,4 +137,44 @@ async fn a_host_restarting_on_a_leaf_node_dead_letters_nothing() {
         info.delivered.consumer_sequence > 2,
         "the server did not deliver into the stopped host's pull request; this test no longer exercises that: {info:?}"
     );
+}
+
+/// The edge site loses its link to the hub (the hub stops) while a host on the leaf node runs,
+/// for longer than the host's pulls and requests wait, and the link comes back: the host rides it
+/// out. The event stored before the outage was handled once; one published by the site after
+/// the link is back is handled once too; nothing is dead-lettered and the host never stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_on_a_leaf_node_rides_out_an_outage_of_the_hub() {
+    let (mut hub, leaf) = hub_and_leaf().await;
+    let (t, service) = indexer_on(&leaf).await;
+    indexer::publish_created(&t).await;
+    handled_once(&service).await;
+    hub.kill().expect("kill the hub");
+    // Longer than a request's timeout (5 s) and many pull heartbeats.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    hub.restart().await.expect("the hub back, same port and store");
+    // The site publishes again once the hub's JetStream answers through the leaf.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let event = cim_integrate_runtime::Envelope::root(
+        cim_integrate_runtime::Subject::new("document.created").expect("subject"),
+        "{}",
+    )
+    .typed("DocumentCreated", "1.0");
+    while let Err(e) = t.publish_and_wait((&event).into()).await {
+        assert!(
+            e.is_transient() && tokio::time::Instant::now() < deadline,
+            "publishing after the outage: {e}\nhub: {}\nleaf: {}",
+            hub.log_tail(),
+            leaf.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    handled(&service, 2, Duration::from_secs(60)).await;
+    let stats = service.handler_stats("search-indexer").expect("stats");
+    assert_eq!((stats.succeeded, stats.dead_lettered), (2, 0), "{stats:?}");
+    service.shutdown(Duration::from_secs(5)).await;
+    let at_hub = NatsTransport::connect(on(&hub, None))
+        .await
+        .expect("connect to the hub");
+    assert_eq!(indexer::stream_messages(&at_hub, "SEARCH_EVENTS").await, Some(2));
 }

@@ -165,10 +165,20 @@ pub async fn cascade_three_domains<T: Transport>(t: T) {
 /// service restarts.
 pub async fn duplicate_delivery_is_skipped<T: Transport>(t: T) {
     let seen = Seen::default();
+    // A short ack wait: the copy published right after the restart below may be handed to the
+    // stopped instance's pull request, which outlives it at the server for about a heartbeat;
+    // across a gateway (nats-server in another cluster of a super-cluster) what it is handed
+    // then is lost in transit and comes back after the ack wait.
     let start = || {
         Service::builder(t.clone(), "dedup")
             .dedup_check(DedupCheck::Always)
-            .handler("workflow", recorder(&seen, "w", "document.created"))
+            .handler(
+                "workflow",
+                recorder(&seen, "w", "document.created").with_options(HandlerOptions {
+                    ack_wait: Duration::from_secs(2),
+                    ..HandlerOptions::default()
+                }),
+            )
             .start()
     };
     let svc = start().await.expect("start");

@@ -999,7 +999,12 @@ impl<S: Saga, T: Transport> SagaRunner<S, T> {
         self.settle_pending().await;
         // Resuming is start-up work: a bucket whose leader is being elected (a node just failed)
         // is waited for, as provisioning waits, rather than failing the start.
-        let ids = crate::transport::provision::patiently("saga bucket listing", || self.inner.kv.keys()).await?;
+        let ids = crate::transport::provision::patiently(
+            "saga bucket listing",
+            crate::transport::provision::Attempts::Whole,
+            || self.inner.kv.keys(),
+        )
+        .await?;
         let mut report = ResumeReport::default();
         let mut resumes = futures::stream::iter(ids)
             .map(|id| async move {

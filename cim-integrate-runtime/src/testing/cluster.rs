@@ -16,7 +16,7 @@
 
 use super::NatsServer;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -45,15 +45,6 @@ pub struct NatsCluster {
     nodes: Vec<NatsServer>,
     monitor_ports: Vec<u16>,
     client: async_nats::Client,
-}
-
-/// Free ports on 127.0.0.1 (bound and released at once; another process may take one before
-/// the server does, which [`NatsCluster::start`] survives by starting again).
-fn free_ports(n: usize) -> io::Result<Vec<u16>> {
-    let listeners = (0..n)
-        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
-        .collect::<io::Result<Vec<_>>>()?;
-    listeners.iter().map(|l| Ok(l.local_addr()?.port())).collect()
 }
 
 fn other_err(e: impl std::fmt::Display) -> io::Error {
@@ -88,21 +79,12 @@ impl NatsCluster {
     /// all three are current members. If a node fails to start (a port was taken meanwhile), the
     /// whole cluster is started again on new ports, a few times.
     pub async fn start() -> io::Result<Self> {
-        let mut last = None;
-        for attempt in 1..=START_ATTEMPTS {
-            match Self::try_start().await {
-                Ok(cluster) => return Ok(cluster),
-                Err(e) => {
-                    tracing::warn!(attempt, error = %e, "starting the nats cluster failed; retrying");
-                    last = Some(e);
-                }
-            }
-        }
-        Err(last.unwrap_or_else(|| io::Error::other("cluster start failed")))
+        super::started_again("the nats cluster", START_ATTEMPTS, Self::try_start).await
     }
 
     async fn try_start() -> io::Result<Self> {
-        let ports = free_ports(CLUSTER_SIZE * 2)?;
+        // Another process may take one before the server does: the whole start is retried.
+        let ports = super::free_ports(CLUSTER_SIZE * 2)?;
         let (cluster_ports, monitor_ports) = ports.split_at(CLUSTER_SIZE);
         let name = format!("cim-{}", uuid::Uuid::now_v7().simple());
         let mut nodes = Vec::with_capacity(CLUSTER_SIZE);

@@ -26,7 +26,9 @@
 //!
 //! [`NatsCluster::start`] (with the `nats` feature) runs three such servers as one JetStream
 //! cluster on loopback, with leader look-ups, kill and restart of single nodes, for failover
-//! tests.
+//! tests. [`hub_and_leaf`] (with the `nats` feature) runs an edge site's two: a hub and a leaf
+//! node, each with a JetStream domain of its own. [`free_ports`] gives the listen ports of other
+//! topologies a test configures itself (gateways, routes).
 
 #[cfg(feature = "nats")]
 mod cluster;
@@ -93,6 +95,102 @@ pub fn server_bin() -> PathBuf {
     std::env::var_os(SERVER_BIN_ENV)
         .filter(|v| !v.is_empty())
         .map_or_else(|| PathBuf::from("nats-server"), PathBuf::from)
+}
+
+/// `n` distinct ports on 127.0.0.1 that nothing listens on now (bound together, then released):
+/// for a server's cluster, gateway or leaf-node listeners. Another process may take one before
+/// the server does; a test starting servers on them retries the start (as
+/// `NatsCluster::start` does).
+pub fn free_ports(n: usize) -> io::Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
+        .collect::<io::Result<Vec<_>>>()?;
+    listeners.iter().map(|l| Ok(l.local_addr()?.port())).collect()
+}
+
+/// An edge site's servers: a hub (JetStream domain `hub`, accepting leaf nodes) and a leaf node
+/// with a JetStream of its own (domain `leaf`) connected to it, returned `(hub, leaf)` once a
+/// client of the leaf reaches the hub's JetStream (`$JS.hub.API.INFO`, at most 20 s). A host on
+/// the leaf uses the hub's streams with `NatsOptions::js_domain = Some("hub")`
+/// (`NATS_JS_DOMAIN=hub`). If the hub cannot listen on the leaf-node port it was given (another
+/// process took it meanwhile, see [`free_ports`]), the pair is started again on another, a few
+/// times.
+#[cfg(feature = "nats")]
+pub async fn hub_and_leaf() -> io::Result<(NatsServer, NatsServer)> {
+    started_again("a hub and a leaf node", 3, try_hub_and_leaf).await
+}
+
+/// Runs `start` up to `attempts` times, until it succeeds: for servers started on [`free_ports`],
+/// one of which another process may take before the server binds it. Returns the last error.
+pub(crate) async fn started_again<R, F, Fut>(what: &str, attempts: usize, mut start: F) -> io::Result<R>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = io::Result<R>>,
+{
+    let mut last = None;
+    for attempt in 1..=attempts {
+        match start().await {
+            Ok(started) => return Ok(started),
+            Err(e) => {
+                tracing::warn!(attempt, error = %e, "starting {what} failed; retrying");
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::other(format!("starting {what} failed"))))
+}
+
+#[cfg(feature = "nats")]
+async fn try_hub_and_leaf() -> io::Result<(NatsServer, NatsServer)> {
+    let leaf_port = free_ports(1)?[0];
+    let hub = NatsServer::start_with_config(&format!(
+        "jetstream {{ domain: hub }}\nleafnodes {{ listen: \"127.0.0.1:{leaf_port}\" }}\n"
+    ))
+    .await?;
+    let leaf = NatsServer::start_with_config(&format!(
+        "jetstream {{ domain: leaf }}\nleafnodes {{ remotes: [ {{ url: \"nats://127.0.0.1:{leaf_port}\" }} ] }}\n"
+    ))
+    .await?;
+    let client = async_nats::connect(leaf.url())
+        .await
+        .map_err(|e| io::Error::other(format!("connecting to the leaf: {e}")))?;
+    wait_for_jetstream(&client, "$JS.hub.API", Duration::from_secs(20))
+        .await
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "the leaf never reached the hub's JetStream: {e}\nhub: {}\nleaf: {}",
+                    hub.log_tail(),
+                    leaf.log_tail()
+                ),
+            )
+        })?;
+    Ok((hub, leaf))
+}
+
+/// Waits (up to `within`) until `client` has JetStream's account information from `api`
+/// (`$JS.API`, or `$JS.<domain>.API`): a clustered JetStream has elected a meta leader, a leaf
+/// node reaches its hub. The last answer (or request error) is in the `TimedOut` error.
+#[cfg(feature = "nats")]
+pub async fn wait_for_jetstream(client: &async_nats::Client, api: &str, within: Duration) -> io::Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        let answer = match client.request(format!("{api}.INFO"), "".into()).await {
+            Ok(m) => String::from_utf8_lossy(&m.payload).into_owned(),
+            Err(e) => e.to_string(),
+        };
+        if answer.contains("account_info_response") && !answer.contains("\"error\"") {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no JetStream account information from {api} in {within:?}: {answer}"),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The version of the nats-server binary as `(major, minor, patch)`, from `nats-server --version`.
@@ -379,13 +477,21 @@ impl NatsServer {
 
     /// The end of the server's log, for failure messages.
     pub fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
+        log_tail(&self.dir.path().join("server.log"))
     }
 }
 
-fn read_client_port(ports_file: &Path) -> Option<u16> {
+/// The last 20 lines of the log file `log` (empty if it cannot be read), for failure messages:
+/// of a server a test runs itself, as [`NatsServer::log_tail`] is of the harness's.
+pub fn log_tail(log: &Path) -> String {
+    let log = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// The client port a nats-server wrote to `ports_file` (`--ports_file_dir`), if it wrote it yet;
+/// for a server a test runs itself.
+pub fn read_client_port(ports_file: &Path) -> Option<u16> {
     #[derive(serde::Deserialize)]
     struct Ports {
         #[serde(default)]

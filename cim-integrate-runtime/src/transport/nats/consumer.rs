@@ -170,7 +170,10 @@ impl NatsConsumer {
             .stream()
             .max_messages_per_batch(self.batch)
             .expires(o.pull_expires)
-            .heartbeat(o.pull_heartbeat)
+            .heartbeat(pull_heartbeat(
+                o.pull_heartbeat,
+                self.consumer.cached_info().config.inactive_threshold,
+            ))
             .messages()
             .await
             .map(Box::new)
@@ -470,9 +473,43 @@ fn pull_batch(prefetch: Option<usize>, own: usize) -> usize {
     prefetch.map_or(own, |p| p.saturating_mul(2).min(own)).max(1)
 }
 
+/// The idle heartbeat of a consumer's pull requests: `own` (`NatsOptions::pull_heartbeat`), or a
+/// quarter of the consumer's inactive threshold (`Duration::ZERO`: none) if that is shorter, at
+/// least [`MIN_HEARTBEAT`].
+///
+/// A pull request can be lost on its way: in a super-cluster, the first one sent across a gateway
+/// right after the consumer was created reaches nobody if the consumer leader's interest has not
+/// crossed yet (about 2 % of fresh consumers on a loaded machine). The pull is sent again once two
+/// heartbeats are missed; the server removes a consumer nobody pulls for its inactive threshold,
+/// so that must happen well within the threshold, or the consumer is removed under a handle
+/// waiting on it.
+fn pull_heartbeat(own: Duration, inactive_threshold: Duration) -> Duration {
+    if inactive_threshold.is_zero() {
+        own
+    } else {
+        own.min(inactive_threshold / 4).max(MIN_HEARTBEAT)
+    }
+}
+
+/// The shortest idle heartbeat [`pull_heartbeat`] derives from an inactive threshold.
+const MIN_HEARTBEAT: Duration = Duration::from_millis(50);
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_short_inactive_threshold_shortens_the_heartbeat() {
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        assert_eq!(pull_heartbeat(s(1), Duration::ZERO), s(1));
+        assert_eq!(pull_heartbeat(s(1), s(300)), s(1));
+        assert_eq!(pull_heartbeat(s(1), s(4)), s(1));
+        // two heartbeats missed and the pull sent again within half the threshold
+        assert_eq!(pull_heartbeat(s(1), s(1)), ms(250));
+        assert_eq!(pull_heartbeat(ms(100), s(1)), ms(100));
+        assert_eq!(pull_heartbeat(s(1), ms(40)), MIN_HEARTBEAT);
+    }
 
     #[test]
     fn a_pull_asks_for_twice_the_prefetch_within_the_batch() {

@@ -314,6 +314,59 @@ pub(crate) fn classify(what: &str, e: &(dyn std::error::Error + 'static)) -> Tra
     }
 }
 
+/// How long a write into a bucket that nobody received ("no responders") is sent again before
+/// it is reported as unavailable ([`heard`]).
+const UNHEARD_FOR: Duration = Duration::from_secs(2);
+
+/// Runs `op`, a write (one message to a key's subject), again while the server answers that
+/// nobody received it ([`no_responders`]), pausing 25 ms doubling to 250 ms, for up to [`UNHEARD_FOR`];
+/// then its last failure is returned. (Reads go through the JetStream API, or a direct get, which
+/// a gone stream leaves unanswered: a timeout, never "no responders".)
+///
+/// Nobody received it, so sending it again is safe, a compare-and-set included. In a
+/// super-cluster, a bucket's stream in another cluster is not heard until its leader's interest
+/// has crossed the gateway: the first writes into a bucket just created there were answered so.
+/// A bucket whose stream has no leader for longer (an election) is still reported as
+/// unavailable, after the wait.
+async fn heard<R, E, F>(op: impl Fn() -> F) -> Result<R, E>
+where
+    F: Future<Output = Result<R, E>>,
+    E: std::error::Error + 'static,
+{
+    // The deadline is set by the first failure: a write heard at once reads no clock.
+    let mut until = None;
+    let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(25), Duration::from_millis(250));
+    loop {
+        match op().await {
+            Err(e) if no_responders(&e) => {
+                let until = *until.get_or_insert_with(|| tokio::time::Instant::now() + UNHEARD_FOR);
+                if tokio::time::Instant::now() + backoff.pause() > until {
+                    return Err(e);
+                }
+                tracing::debug!(error = %e, "no responders for a key-value write; sending it again");
+                backoff.wait().await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Whether a write (a publish to a key's subject) was answered "no responders": async-nats's
+/// `StreamNotFound` somewhere in the error's chain.
+fn no_responders(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err
+            .downcast_ref::<PublishError>()
+            .is_some_and(|p| p.kind() == PublishErrorKind::StreamNotFound)
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
 /// The entry of `key` whose last message is `m`: `None` if it is a delete or purge marker.
 fn entry(key: &str, m: StreamMessage) -> Option<KvEntry> {
     is_put(&m.headers).then(|| KvEntry {
@@ -567,8 +620,7 @@ impl NatsKeyValue {
 
     async fn update_once(&self, key: &str, value: Bytes, expected: u64) -> Result<u64, KvError> {
         check_key(key)?;
-        self.store
-            .update(key, value, expected)
+        heard(|| self.store.update(key, value.clone(), expected))
             .await
             .map_err(|e| match e.kind() {
                 UpdateErrorKind::WrongLastRevision => KvError::Conflict {
@@ -583,16 +635,17 @@ impl NatsKeyValue {
 
     async fn put_once(&self, key: &str, value: Bytes) -> Result<u64, KvError> {
         check_key(key)?;
-        self.store.put(key, value).await.map_err(|e| match e.kind() {
-            PutErrorKind::InvalidKey => KvError::InvalidKey(key.to_owned()),
-            _ => self.write_error("writing", key, &e, false),
-        })
+        heard(|| self.store.put(key, value.clone()))
+            .await
+            .map_err(|e| match e.kind() {
+                PutErrorKind::InvalidKey => KvError::InvalidKey(key.to_owned()),
+                _ => self.write_error("writing", key, &e, false),
+            })
     }
 
     async fn delete_once(&self, key: &str, expected: Option<u64>) -> Result<(), KvError> {
         check_key(key)?;
-        self.store
-            .delete_expect_revision(key, expected)
+        heard(|| self.store.delete_expect_revision(key, expected))
             .await
             .map_err(|e| match e.kind() {
                 UpdateErrorKind::WrongLastRevision => KvError::Conflict {
@@ -696,6 +749,108 @@ impl KeyValue for NatsKeyValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unheard_operation_is_sent_again_for_two_seconds() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let sent = AtomicU32::new(0);
+        let failure = |kind| Err::<u32, _>(PublishError::new(kind));
+        let start = tokio::time::Instant::now();
+        // heard on the fourth send
+        let op = || async {
+            let n = sent.fetch_add(1, Ordering::Relaxed) + 1;
+            if n < 4 {
+                failure(PublishErrorKind::StreamNotFound)
+            } else {
+                Ok(n)
+            }
+        };
+        assert_eq!(heard(op).await.expect("heard"), 4);
+        assert_eq!(start.elapsed(), Duration::from_millis(25 + 50 + 100));
+        // never heard: the last failure, after pauses within the two seconds
+        sent.store(0, Ordering::Relaxed);
+        let start = tokio::time::Instant::now();
+        let never = |kind| {
+            let sent = &sent;
+            move || async move {
+                sent.fetch_add(1, Ordering::Relaxed);
+                failure(kind)
+            }
+        };
+        let err = heard(never(PublishErrorKind::StreamNotFound))
+            .await
+            .expect_err("never heard");
+        assert_eq!(err.kind(), PublishErrorKind::StreamNotFound);
+        assert_eq!(sent.load(Ordering::Relaxed), 11);
+        assert_eq!(start.elapsed(), Duration::from_millis(25 + 50 + 100 + 200 + 6 * 250));
+        // any other failure at once
+        sent.store(0, Ordering::Relaxed);
+        let start = tokio::time::Instant::now();
+        let err = heard(never(PublishErrorKind::TimedOut)).await.expect_err("timed out");
+        assert_eq!(err.kind(), PublishErrorKind::TimedOut);
+        assert_eq!(sent.load(Ordering::Relaxed), 1);
+        assert_eq!(start.elapsed(), Duration::ZERO);
+    }
+
+    /// Against a real server: writes into a bucket whose stream nobody serves (gone, as a bucket
+    /// created in another cluster is until its interest crosses the gateway) are sent again, and
+    /// done once it is back within the wait; not reported unavailable at once.
+    #[tokio::test]
+    async fn operations_nobody_received_are_sent_again_until_the_bucket_answers() {
+        let server = crate::testing::NatsServer::start().await.expect("nats-server");
+        let t = NatsTransport::connect_url(&server.url()).await.expect("connect");
+        let spec = KvSpec::new("unheard");
+        open(&t, &spec).await.expect("bucket");
+        // a handle that does not provision its bucket again itself
+        let kv = open_existing(&t, "unheard").await.expect("open").expect("exists");
+        let back_after = Duration::from_millis(400);
+        for op in ["put", "create", "delete"] {
+            t.jetstream()
+                .delete_stream("KV_unheard")
+                .await
+                .expect("delete the bucket's stream");
+            let back = tokio::spawn({
+                let (t, spec) = (t.clone(), spec.clone());
+                async move {
+                    tokio::time::sleep(back_after).await;
+                    create(&t, &spec).await.expect("created again")
+                }
+            });
+            let start = std::time::Instant::now();
+            // (each time into an empty bucket)
+            match op {
+                "put" => {
+                    kv.put("k", Bytes::from_static(b"v"))
+                        .await
+                        .expect("put once the bucket is back");
+                }
+                "create" => {
+                    kv.create("k", Bytes::from_static(b"v"))
+                        .await
+                        .expect("created once the bucket is back");
+                }
+                _ => kv.delete("k", None).await.expect("deleted once the bucket is back"),
+            }
+            assert!(start.elapsed() >= back_after, "{op} done before the bucket was back");
+            assert!(back.await.expect("task"));
+        }
+        // nobody answers for longer: unavailable (transient), after the wait
+        t.jetstream().delete_stream("KV_unheard").await.expect("delete");
+        let start = std::time::Instant::now();
+        let err = kv
+            .put("k", Bytes::from_static(b"v"))
+            .await
+            .expect_err("nobody stores it");
+        assert!(
+            matches!(err, KvError::Transport(TransportError::Unavailable(_))),
+            "{err:?}"
+        );
+        assert!(
+            start.elapsed() >= UNHEARD_FOR - Duration::from_millis(300),
+            "{:?}",
+            start.elapsed()
+        );
+    }
 
     #[test]
     fn only_buckets_of_one_replica_are_read_directly() {

@@ -41,6 +41,7 @@ pub use options::{
 pub(crate) use scan::scan;
 
 use crate::subject::SubjectPattern;
+use crate::transport::provision::{Attempts, patiently};
 use crate::transport::{
     AssetSettings, ConsumerSpec, DeliverPolicy, Deployment, KvError, KvSpec, OutboundMessage, Placement, PublishAck,
     Storage, StreamSpec, Transport, TransportError,
@@ -931,7 +932,7 @@ impl Transport for NatsTransport {
     }
 
     async fn ensure_stream(&self, spec: &StreamSpec) -> Result<(), TransportError> {
-        crate::transport::provision::patiently("stream", || self.ensure_stream_once(spec)).await
+        patiently("stream", Attempts::CutAfterSilence, || self.ensure_stream_once(spec)).await
     }
 
     async fn publish(&self, message: OutboundMessage) -> Result<NatsAckFuture, TransportError> {
@@ -957,7 +958,7 @@ impl Transport for NatsTransport {
     }
 
     async fn consumer(&self, spec: &ConsumerSpec) -> Result<NatsConsumer, TransportError> {
-        crate::transport::provision::patiently("consumer", || self.consumer_once(spec)).await
+        patiently("consumer", Attempts::CutAfterSilence, || self.consumer_once(spec)).await
     }
 
     async fn delete_consumer(&self, stream: &str, durable: &str) -> Result<(), TransportError> {
@@ -980,7 +981,7 @@ impl Transport for NatsTransport {
     }
 
     async fn key_value(&self, spec: &KvSpec) -> Result<NatsKeyValue, KvError> {
-        crate::transport::provision::patiently("bucket", || kv::open(self, spec)).await
+        patiently("bucket", Attempts::CutAfterSilence, || kv::open(self, spec)).await
     }
 
     async fn flush(&self) -> Result<(), TransportError> {

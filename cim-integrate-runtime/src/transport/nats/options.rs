@@ -110,7 +110,9 @@ pub struct NatsOptions {
     /// [`Consumer::next`]: crate::transport::Consumer::next
     pub pull_batch: usize,
     /// Idle heartbeat of pull requests: a consumer that misses two restarts its pull (after a
-    /// consumer leader moves, this is how soon the pull finds the new leader; 1 s by default).
+    /// consumer leader moves, or a pull request was lost, this is how soon the pull finds the
+    /// leader; 1 s by default). A consumer with an inactive threshold uses at most a quarter of
+    /// it (at least 50 ms), so a lost pull is replaced before the server removes the consumer.
     pub pull_heartbeat: Duration,
     /// Expiry of each pull request.
     pub pull_expires: Duration,

@@ -17,6 +17,10 @@ const STALLS: u32 = 20;
 const PAGE_WAIT: Duration = Duration::from_secs(2);
 /// Scans started over after an unanswered page, before the scan gives up.
 const RESTARTS: u32 = 3;
+/// Pages in a row answered `503 No Responders` before the scan gives up (2 s in all).
+const NO_RESPONDERS: u32 = 40;
+/// The pause before a page answered `503 No Responders` is asked again.
+const NO_RESPONDERS_PAUSE: Duration = Duration::from_millis(50);
 
 /// Reads the messages `config` selects (its filter, deliver policy and `headers_only`; the
 /// consumer is made ephemeral, unacknowledged, in memory, on one replica) in stream order, `page`
@@ -37,6 +41,11 @@ const RESTARTS: u32 = 3;
 /// (2.15 answers it; conformance case `kv_keys_while_entries_are_deleted`). Until the
 /// twenty-fifth session such a page held the scan, and the listing or rescan waiting on it, for
 /// good.
+///
+/// A page answered `503 No Responders` is asked again after [`NO_RESPONDERS_PAUSE`], up to
+/// [`NO_RESPONDERS`] times in a row, then the scan is [`TransportError::Unavailable`]: across a
+/// gateway, nats-server 2.15 answers so while the scan's consumer, just created in another
+/// cluster, is not known yet on the client's server (`tests/nats_supercluster.rs`).
 ///
 /// Infrastructure failures are classified as `what` ([`classify`]); a scan that gets nothing
 /// while the server keeps reporting messages pending, or whose pages go unanswered
@@ -94,8 +103,8 @@ async fn scan_once<A, E: From<TransportError>>(
     let mut pending = consumer.cached_info().num_pending;
     // Messages left to read before the end, and how often the end was moved.
     let (mut budget, mut moved) = (pending, 0);
-    let mut stalls = 0;
-    while pending > 0 {
+    let (mut stalls, mut unanswered) = (0, 0);
+    'pages: while pending > 0 {
         let mut messages = consumer
             .fetch()
             .max_messages(page)
@@ -108,7 +117,24 @@ async fn scan_once<A, E: From<TransportError>>(
                 return Ok(Scanned::Unanswered);
             };
             let Some(m) = next else { break };
-            let m = m.map_err(|e| fail(&*e))?;
+            let m = match m {
+                Ok(m) => m,
+                // Nobody took the page's pull request: across a gateway, the server this client
+                // is on may not know yet of a consumer just created in another cluster
+                // (nats-server 2.15 in a super-cluster). Asked again, as an empty page is.
+                Err(e) if no_responders(&*e) => {
+                    unanswered += 1;
+                    if unanswered > NO_RESPONDERS {
+                        return Err(E::from(TransportError::Unavailable(format!(
+                            "{what}: no responders to {NO_RESPONDERS} pages in a row"
+                        ))));
+                    }
+                    tokio::time::sleep(NO_RESPONDERS_PAUSE).await;
+                    continue 'pages;
+                }
+                Err(e) => return Err(fail(&*e)),
+            };
+            unanswered = 0;
             // The reply subject a server sets on every delivery; unreadable is not unavailability.
             let info = m
                 .info()
@@ -140,4 +166,22 @@ async fn scan_once<A, E: From<TransportError>>(
         pending = consumer.info().await.map_err(|e| fail(&e))?.num_pending;
     }
     Ok(Scanned::Whole)
+}
+
+/// `true` if `e` is the `503 No Responders` status that ended a page (async-nats reports a page's
+/// statuses as text only: "error while processing messages from the stream: 503, None").
+fn no_responders(e: &(dyn std::error::Error + 'static)) -> bool {
+    e.to_string().contains("stream: 503")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_page_ended_by_no_responders_is_told_from_other_statuses() {
+        let page =
+            |text: &str| std::io::Error::other(format!("error while processing messages from the stream: {text}"));
+        assert!(super::no_responders(&page("503, None")));
+        assert!(!super::no_responders(&page("409, Some(\"Consumer Deleted\")")));
+        assert!(!super::no_responders(&page("408, Some(\"Request Timeout\")")));
+    }
 }

@@ -21,7 +21,27 @@ impl tracing::field::Visit for Text {
     }
 }
 
+/// Whether a callsite is recorded: everything of ours, and async-nats's lines from INFO up. Its
+/// DEBUG and TRACE lines (several per message received) are not: recording the flood of
+/// `messages_dropped_for_a_slow_consumer_are_a_warning`, tens of thousands of lines under one
+/// lock scanned by the tests' waits, slowed the connections of the tests running beside it.
+fn recorded(metadata: &tracing::Metadata<'_>) -> bool {
+    !metadata.target().starts_with("async_nats") || *metadata.level() <= tracing::Level::INFO
+}
+
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Logged {
+    fn register_callsite(&self, metadata: &'static tracing::Metadata<'static>) -> tracing::subscriber::Interest {
+        if recorded(metadata) {
+            tracing::subscriber::Interest::always()
+        } else {
+            tracing::subscriber::Interest::never()
+        }
+    }
+
+    fn enabled(&self, metadata: &tracing::Metadata<'_>, _: tracing_subscriber::layer::Context<'_, S>) -> bool {
+        recorded(metadata)
+    }
+
     fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
         let mut text = Text(format!("{}", event.metadata().level()));
         event.record(&mut text);
@@ -158,7 +178,14 @@ async fn messages_dropped_for_a_slow_consumer_are_a_warning() {
     };
     let warning = tokio::time::timeout(Duration::from_secs(10), warning)
         .await
-        .expect("a slow-consumer warning");
+        .unwrap_or_else(|_| {
+            let lines = logged.0.lock().expect("lock").clone();
+            let told: Vec<_> = lines
+                .iter()
+                .filter(|l| !l.starts_with("TRACE") && !l.contains("outage"))
+                .collect();
+            panic!("a slow-consumer warning: {told:#?}")
+        });
     assert!(warning.starts_with("WARN"), "{warning}");
     assert!(warning.contains("dropped="), "{warning}");
     assert!(!warning.contains("connection="), "an unnamed connection: {warning}");
@@ -292,7 +319,12 @@ async fn an_interrupted_pull_is_reported_once_and_so_is_its_recovery() {
         .expect("published once the server is back");
     let delivered = tokio::time::timeout(Duration::from_secs(30), next)
         .await
-        .expect("delivered once the server is back")
+        .unwrap_or_else(|_| {
+            panic!(
+                "delivered once the server is back: {:#?}",
+                logged.lines("outage-watcher")
+            )
+        })
         .expect("join")
         .expect("delivery");
     assert_eq!(delivered, "outage.over");

@@ -53,10 +53,10 @@ use crate::throttle::{Throttle, monotonic_ms};
 
 /// A bucket's read path, shared by the clones of its handle: a direct get while its stream has one
 /// replica ([`reads_directly`]), else a read through the stream leader. The choice is made when the
-/// bucket is opened and made again, in the background, on the first read after every
-/// [`RECHECK_MS`]: a bucket scaled to more replicas while the process runs stops taking direct
-/// gets (which a lagging follower could answer) within that time, and one scaled down to one
-/// replica starts.
+/// bucket is opened and made again by the first read after every [`RECHECK_MS`], before it reads
+/// (one stream info request): a bucket scaled to more replicas while the process runs stops
+/// taking direct gets (which a lagging follower could answer) by the first read after that time,
+/// and one scaled down to one replica starts.
 struct ReadPath {
     direct: std::sync::atomic::AtomicBool,
     /// When (in [`monotonic_ms`]) the choice is next made again.
@@ -78,35 +78,39 @@ impl ReadPath {
         monotonic_ms().saturating_add(RECHECK_MS.load(std::sync::atomic::Ordering::Relaxed))
     }
 
-    /// Whether to read directly now; when the choice is due, asks for the stream's settings in a
-    /// task of its own (the read does not wait for it). A failed request keeps the choice until
-    /// the next check.
-    fn direct(self: &Arc<Self>, store: &Arc<Store>, bucket: &Arc<str>) -> bool {
-        use std::sync::atomic::Ordering::{AcqRel, Relaxed};
-        if monotonic_ms() >= self.next_check_ms.load(Relaxed)
-            && !self.checking.swap(true, AcqRel)
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
-            let (path, store, bucket) = (self.clone(), store.clone(), bucket.clone());
-            runtime.spawn(async move {
-                match store.stream.get_info().await {
-                    Ok(info) => {
-                        let direct = reads_directly(&info.config);
-                        if path.direct.swap(direct, Relaxed) != direct {
-                            tracing::info!(
-                                bucket = %bucket,
-                                replicas = info.config.num_replicas,
-                                direct,
-                                "key-value reads now {}",
-                                if direct { "take a direct get" } else { "go through the stream leader" }
-                            );
-                        }
+    /// Whether to read directly now. When the choice is due, the read that finds it due asks for
+    /// the stream's settings first and reads by the new choice: a read after a scale-up never takes
+    /// a direct get that a new replica, still catching up, answers with an older revision or none.
+    /// Reads made meanwhile by other clones keep the current choice. A failed request keeps the
+    /// choice until the next check.
+    async fn direct(&self, store: &Store, bucket: &str) -> bool {
+        use std::sync::atomic::Ordering::{AcqRel, Relaxed, Release};
+        /// Ends the check however the read ends (a read dropped while it waits included), so that
+        /// the next read after the interval checks again.
+        struct Checking<'a>(&'a ReadPath);
+        impl Drop for Checking<'_> {
+            fn drop(&mut self) {
+                self.0.next_check_ms.store(ReadPath::next_check(), Relaxed);
+                self.0.checking.store(false, Release);
+            }
+        }
+        if monotonic_ms() >= self.next_check_ms.load(Relaxed) && !self.checking.swap(true, AcqRel) {
+            let _checking = Checking(self);
+            match store.stream.get_info().await {
+                Ok(info) => {
+                    let direct = reads_directly(&info.config);
+                    if self.direct.swap(direct, Relaxed) != direct {
+                        tracing::info!(
+                            bucket = %bucket,
+                            replicas = info.config.num_replicas,
+                            direct,
+                            "key-value reads now {}",
+                            if direct { "take a direct get" } else { "go through the stream leader" }
+                        );
                     }
-                    Err(e) => tracing::debug!(bucket = %bucket, error = %e, "cannot check the bucket's replicas"),
                 }
-                path.next_check_ms.store(Self::next_check(), Relaxed);
-                path.checking.store(false, std::sync::atomic::Ordering::Release);
-            });
+                Err(e) => tracing::debug!(bucket = %bucket, error = %e, "cannot check the bucket's replicas"),
+            }
         }
         self.direct.load(Relaxed)
     }
@@ -460,7 +464,7 @@ impl NatsKeyValue {
     async fn last_message(&self, key: &str) -> Result<Option<StreamMessage>, KvError> {
         use async_nats::jetstream::stream::LastRawMessageErrorKind;
         let subject = format!("{}{key}", self.store.prefix);
-        if self.read_path.direct(&self.store, &self.bucket) {
+        if self.read_path.direct(&self.store, &self.bucket).await {
             return self.last_directly(key, subject).await;
         }
         match self.store.stream.get_last_raw_message_by_subject(&subject).await {

@@ -15,6 +15,11 @@ use cim_integrate::transport::{Consumer, ConsumerSpec, DeliverPolicy, StreamSpec
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
+/// How long the example waits for each delivery before it gives up: on a healthy server they
+/// arrive in milliseconds; on a cluster that just lost a node, a consumer it led delivers once
+/// nats-server has elected a new leader (4-9 s).
+const DELIVERY_WAIT: Duration = Duration::from_secs(20);
+
 typed_id! {
     /// A document, across every domain.
     pub struct DocumentId;
@@ -97,8 +102,9 @@ async fn run<T: Transport>(t: T) -> Result<(), Error> {
         env.correlation_id()
     );
 
-    // The workflow domain handles it and publishes a caused-by event.
-    let delivery = tokio::time::timeout(Duration::from_secs(5), workflow.next()).await??;
+    // The workflow domain handles it and publishes a caused-by event. (On a cluster that just
+    // lost a node, a consumer that node led delivers after its election: seconds, not at once.)
+    let delivery = tokio::time::timeout(DELIVERY_WAIT, workflow.next()).await??;
     let incoming = delivery.envelope()?;
     let event: DocumentCreated = serde_json::from_slice(incoming.payload())?;
     let started = WorkflowStarted {
@@ -122,7 +128,7 @@ async fn run<T: Transport>(t: T) -> Result<(), Error> {
 
     // The audit domain sees both, sharing one correlation id.
     for consumer in [&mut audit_docs, &mut audit_flows] {
-        let d = tokio::time::timeout(Duration::from_secs(5), consumer.next()).await??;
+        let d = tokio::time::timeout(DELIVERY_WAIT, consumer.next()).await??;
         let e = d.envelope()?;
         println!(
             "audit     saw {:<18} message {} correlation {} causation {}",

@@ -7,7 +7,8 @@
 //!
 //! Options: `--quick` (a fifth of the messages: a smoke run), `--markdown` (the table again as
 //! Markdown), `--only a,b` / `--skip a,b` with the
-//! sections `publish`, `consume`, `scale-out`, `dispatch`, `saga`, `decode`, `rss`, `check`,
+//! sections `publish`, `consume`, `scale-out`, `dispatch`, `saga`, `decode`, `rss`, `check`
+//! (`--skip check-instructions` leaves out its instruction counts under valgrind, about two minutes),
 //! `--out PATH`, `--dispatch-rounds N` (default 5), `--dispatch-rows kv,mem16,mem1,live-kv,live-mem16,live-mem1` (default all),
 //! `--dispatch-side ours|baseline` (default both), `--saga-rows nats,mem` (default both),
 //! `--saga-side ours|baseline|by-hand` (default all), `--saga-events all,outcomes,none` (the runner's
@@ -1727,20 +1728,7 @@ fn bench_check(r: &mut Runner) -> Result<(), BoxError> {
     let target = target_dir().join("bench-gen");
     let check = |dir: &Path| -> Result<Duration, BoxError> {
         let start = Instant::now();
-        let out = std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-            .args(["check", "--offline", "--quiet"])
-            .current_dir(dir)
-            .env("CARGO_TARGET_DIR", &target)
-            .env_remove("RUSTFLAGS")
-            .output()?;
-        if !out.status.success() {
-            return Err(format!(
-                "cargo check in {} failed:\n{}",
-                dir.display(),
-                String::from_utf8_lossy(&out.stderr)
-            )
-            .into());
-        }
+        cargo_check(dir, &target, &[])?;
         Ok(start.elapsed())
     };
     let clean = |package: &str| -> Result<(), BoxError> {
@@ -1787,11 +1775,109 @@ fn bench_check(r: &mut Runner) -> Result<(), BoxError> {
         0,
         false,
     );
+    if r.skip.iter().any(|s| s == "check-instructions") {
+        r.notes
+            .push("check: instruction counts skipped (--skip check-instructions)".to_owned());
+    } else if let Err(e) = check_instructions(r, &root, &target, &shape, &clean) {
+        // Not a failure of the section: the timed rows stand; say why the count is missing.
+        eprintln!("  [check] no instruction counts: {e}");
+        r.notes.push(format!("check: no instruction counts: {e}"));
+    }
     // `CIM_BENCH_KEEP_GEN=1` keeps them, to look at their expansion.
     if std::env::var_os("CIM_BENCH_KEEP_GEN").is_none() {
         let _ = std::fs::remove_dir_all(&root);
     }
     Ok(())
+}
+
+/// The instructions `rustc` executes to check each generated crate, counted by valgrind's
+/// cachegrind (`--cache-sim=no`): the same work as the timed rows, as a count that does not move
+/// with the machine's load (the timed ratio moved between 1.04 and 1.17 over runs with nothing
+/// changed). One check of each crate from clean, with `RUSTC_WORKSPACE_WRAPPER` running only the
+/// generated crate's `rustc` under valgrind (its dependencies are already checked and are not
+/// wrapped). About a minute per crate; needs `valgrind` on `PATH` (Debian's `valgrind`).
+fn check_instructions(
+    r: &mut Runner,
+    root: &Path,
+    target: &Path,
+    shape: &generate::Shape,
+    clean: &dyn Fn(&str) -> Result<(), BoxError>,
+) -> Result<(), BoxError> {
+    use std::os::unix::fs::PermissionsExt;
+    let found = std::process::Command::new("valgrind")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        return Err("valgrind is not on PATH".into());
+    }
+    let wrapper = root.join("cachegrind-rustc.sh");
+    std::fs::write(
+        &wrapper,
+        "#!/bin/sh\n# RUSTC_WORKSPACE_WRAPPER: rustc of the generated crate under cachegrind.\n\
+         rustc=\"$1\"; shift\n\
+         exec valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file=\"$CIM_BENCH_CG_OUT\" \"$rustc\" \"$@\"\n",
+    )?;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
+    let mut counts = [0f64; 2];
+    for (i, pkg) in [generate::MACRO_CRATE, generate::HAND_CRATE].into_iter().enumerate() {
+        eprintln!("  [check] counting the instructions of checking {pkg} (about a minute) ...");
+        clean(pkg)?;
+        let out_file = root.join(format!("{pkg}.cachegrind"));
+        let _ = std::fs::remove_file(&out_file);
+        cargo_check(
+            &root.join(pkg),
+            target,
+            &[
+                ("RUSTC_WORKSPACE_WRAPPER", wrapper.as_os_str()),
+                ("CIM_BENCH_CG_OUT", out_file.as_os_str()),
+            ],
+        )?;
+        counts[i] = cachegrind_summary(&std::fs::read_to_string(&out_file)?)
+            .ok_or_else(|| format!("no `summary:` line in {}", out_file.display()))?;
+    }
+    r.row(
+        "check",
+        format!(
+            "rustc instructions (cachegrind) to check the macros crate: {} events x 2 versions, {} handlers, {} sagas",
+            shape.events, shape.handlers, shape.sagas
+        ),
+        counts[0],
+        "instr",
+        "the same written by hand against the runtime API",
+        counts[1],
+        0,
+        false,
+    );
+    Ok(())
+}
+
+/// `cargo check` of the crate in `dir` into the shared target dir `target`, with `env` set and
+/// without the caller's `RUSTFLAGS` (which would rebuild the dependencies).
+fn cargo_check(dir: &Path, target: &Path, env: &[(&str, &std::ffi::OsStr)]) -> Result<(), BoxError> {
+    let out = std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args(["check", "--offline", "--quiet"])
+        .current_dir(dir)
+        .env("CARGO_TARGET_DIR", target)
+        .envs(env.iter().copied())
+        .env_remove("RUSTFLAGS")
+        .output()?;
+    if !out.status.success() {
+        return Err(format!(
+            "cargo check in {} failed:\n{}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// The total of a cachegrind output file (its `summary: N` line).
+fn cachegrind_summary(text: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("summary:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1997,5 +2083,19 @@ fn main() {
     }
     if !failed.is_empty() {
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cachegrind_summary;
+
+    #[test]
+    fn the_total_of_a_cachegrind_file_is_its_summary_line() {
+        let file = "desc: I1 cache: 32768 B\ncmd: rustc --crate-name gen_macros\nevents: Ir\nfl=???\n\
+                    fn=free\n0 348898961\nsummary: 11337809705\n";
+        assert_eq!(cachegrind_summary(file), Some(11_337_809_705.0));
+        assert_eq!(cachegrind_summary("events: Ir\nfn=free\n0 12\n"), None);
+        assert_eq!(cachegrind_summary("summary: lots\n"), None);
     }
 }

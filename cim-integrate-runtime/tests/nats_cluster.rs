@@ -140,8 +140,8 @@ async fn r3_stream_fails_over_and_the_killed_node_rejoins() {
 
 /// A consumer leader that steps down may leave deliveries its successor does not know of, which
 /// the successor hands out again as first deliveries. The consumer handle reports the step-down
-/// (`DeliveryInfo::resumed` moves past what was stored before it), so the handler
-/// de-duplication reads the marks of those messages.
+/// (`DeliveryInfo::resumed` moves to the election, past what was stored before it), so the
+/// handler de-duplication reads the marks of those messages, and only of those.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_leader_step_down_is_reported_as_a_resume() {
     use cim_integrate_runtime::Envelope;
@@ -204,6 +204,13 @@ async fn a_consumer_leader_step_down_is_reported_as_a_resume() {
         resumed > first.published,
         "the step-down is a resume: {resumed:?} after {:?}",
         first.published
+    );
+    // At the election's time (from the advisory), not at the delivery that noticed it: the
+    // second message, stored after the new leader took over, is counted by it.
+    assert!(
+        resumed < second.published,
+        "resumed at the election, {resumed:?}, before the second message was stored, {:?}",
+        second.published
     );
 }
 

@@ -752,8 +752,10 @@ pub struct DeliveryInfo {
     /// replicated, or a single server killed before writing it. So a message stored before this
     /// time may have been delivered before even if `delivered` is 1; the handler
     /// de-duplication reads its mark. On NATS: the opening of the handle, every interruption
-    /// (missed heartbeats, a reconnect, a failed pull request), and a consumer sequence that went
-    /// back (a new consumer leader numbering again deliveries the old one made).
+    /// (missed heartbeats, a reconnect, a failed pull request), a consumer sequence that went
+    /// back (a new consumer leader numbering again deliveries the old one made), and a new
+    /// consumer leader announced by the server's leader-elected advisory (then the election's
+    /// time, from the advisory: what was stored after it is counted by the new leader).
     pub resumed: Option<Timestamp>,
 }
 

@@ -10,7 +10,7 @@ use async_nats::jetstream::consumer::pull::{self, MessagesErrorKind};
 use async_nats::jetstream::consumer::{self as js_consumer, FromConsumer, PullConsumer};
 use futures::StreamExt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// A handle on a durable pull consumer. [`next`](Consumer::next) keeps a continuous pull going:
@@ -52,7 +52,7 @@ pub struct NatsConsumer {
     connects: u64,
     /// Leader elections of this consumer announced by the server (advisories; a consumer leader
     /// stepping down hands its pull requests over with no error to see), counted by `watch`.
-    elections: Arc<AtomicU64>,
+    elections: Arc<Elections>,
     /// Elections, as last seen.
     elections_seen: u64,
     /// The task counting the advisories, stopped with the handle.
@@ -98,6 +98,46 @@ impl Drop for NatsConsumer {
     }
 }
 
+/// The consumer's leader-elected advisories received: how many, and the server's time of the
+/// latest election.
+#[derive(Debug)]
+struct Elections {
+    count: AtomicU64,
+    /// Unix milliseconds of the latest election, from the advisories' `timestamp`;
+    /// [`i64::MAX`] once an advisory came without a readable one (then the delivery's own time
+    /// stands for it).
+    latest_ms: AtomicI64,
+}
+
+impl Elections {
+    /// Counts one advisory (its JSON `payload`). The time is stored before the count, so that a
+    /// delivery that sees the count sees the time.
+    fn record(&self, payload: &[u8]) {
+        #[derive(serde::Deserialize)]
+        struct Advisory {
+            timestamp: Timestamp,
+        }
+        let ms = serde_json::from_slice::<Advisory>(payload).map_or(i64::MAX, |a| a.timestamp.unix_millis());
+        tracing::debug!(elected_at_ms = ms, "consumer leader elected (advisory)");
+        self.latest_ms.fetch_max(ms, Ordering::Release);
+        self.count.fetch_add(1, Ordering::Release);
+    }
+
+    /// When the pull resumes after elections seen since `resumed`: the latest election's time,
+    /// not the delivery's. A delivery of a message stored after the new leader took over is
+    /// counted by that leader; the election that came with the consumer's creation, whose
+    /// advisory can arrive after this handle was opened (across a gateway it did), moves
+    /// nothing. The result is never before `resumed`.
+    fn resumed(&self, resumed: Timestamp) -> Timestamp {
+        match self.latest_ms.load(Ordering::Acquire) {
+            i64::MAX => Timestamp::now(),
+            ms => Timestamp::from_unix_nanos(i128::from(ms) * 1_000_000)
+                .filter(|t| *t > resumed)
+                .unwrap_or(resumed),
+        }
+    }
+}
+
 impl std::fmt::Debug for NatsConsumer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NatsConsumer")
@@ -124,12 +164,15 @@ impl NatsConsumer {
         let consumer = Box::new(PullConsumer::new(config, info, transport.jetstream().clone()));
         let batch = pull_batch(spec.prefetch, transport.options().pull_batch);
         let stats = transport.client().statistics();
-        let counted = Arc::new(AtomicU64::new(0));
+        let counted = Arc::new(Elections {
+            count: AtomicU64::new(0),
+            latest_ms: AtomicI64::new(i64::MIN),
+        });
         let watch = elections.map(|mut advisories| {
             let counted = counted.clone();
             tokio::spawn(async move {
-                while advisories.next().await.is_some() {
-                    counted.fetch_add(1, Ordering::Relaxed);
+                while let Some(advisory) = advisories.next().await {
+                    counted.record(&advisory.payload);
                 }
             })
         });
@@ -235,13 +278,17 @@ impl NatsConsumer {
             .take()
             .ok_or_else(|| "message without a reply subject".to_owned())?;
         let connects = self.stats.connects.load(Ordering::Relaxed);
-        let elections = self.elections.load(Ordering::Relaxed);
-        if connects != self.connects || elections != self.elections_seen {
-            // Reconnected (the server, or the consumer's leader, may have restarted since), or a
-            // new consumer leader was elected.
+        let elections = self.elections.count.load(Ordering::Acquire);
+        if connects != self.connects {
+            // Reconnected: the server, or the consumer's leader, may have restarted since.
             self.connects = connects;
             self.elections_seen = elections;
             self.resumed = Timestamp::now();
+        } else if elections != self.elections_seen {
+            // A consumer leader was elected: what was stored before the election may have been
+            // delivered by the old leader without the new one knowing.
+            self.elections_seen = elections;
+            self.resumed = self.elections.resumed(self.resumed);
         } else if meta.consumer_sequence <= self.consumer_sequence {
             // Numbered again: a new consumer leader hands out again what the old one delivered
             // (and may have counted nowhere). Messages stored until now may be repeats.
@@ -497,6 +544,50 @@ const MIN_HEARTBEAT: Duration = Duration::from_millis(50);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn elections() -> Elections {
+        Elections {
+            count: AtomicU64::new(0),
+            latest_ms: AtomicI64::new(i64::MIN),
+        }
+    }
+
+    fn at(rfc3339: &str) -> Timestamp {
+        rfc3339.parse().expect("timestamp")
+    }
+
+    #[test]
+    fn an_election_resumes_the_pull_at_its_own_time() {
+        let e = elections();
+        let opened = at("2026-12-06T21:00:00.500Z");
+        // The election that came with the consumer's creation, announced after the handle opened.
+        e.record(br#"{"type":"io.nats.jetstream.advisory.v1.consumer_leader_elected","id":"x","timestamp":"2026-12-06T21:00:00.400123456Z","stream":"S","consumer":"C","leader":"n1"}"#);
+        assert_eq!(e.count.load(Ordering::Acquire), 1);
+        assert_eq!(
+            e.resumed(opened),
+            opened,
+            "an election before the handle opened moves nothing"
+        );
+        // A later one: stored before it may have been delivered by the old leader.
+        e.record(br#"{"timestamp":"2026-12-06T21:00:07.250Z","leader":{"name":"n2"}}"#);
+        assert_eq!(e.resumed(opened), at("2026-12-06T21:00:07.250Z"));
+        // Advisories arriving out of order keep the latest election.
+        e.record(br#"{"timestamp":"2026-12-06T21:00:03Z"}"#);
+        assert_eq!(e.resumed(opened), at("2026-12-06T21:00:07.250Z"));
+        assert_eq!(e.count.load(Ordering::Acquire), 3);
+    }
+
+    #[test]
+    fn an_election_without_a_readable_time_resumes_the_pull_now() {
+        let e = elections();
+        let opened = at("2026-12-06T21:00:00Z");
+        e.record(b"not json");
+        let before = Timestamp::now();
+        assert!(e.resumed(opened) >= before);
+        // Once unreadable, always the delivery's own time: never earlier than it should be.
+        e.record(br#"{"timestamp":"2026-12-06T21:00:07Z"}"#);
+        assert!(e.resumed(opened) >= before);
+    }
 
     #[test]
     fn a_short_inactive_threshold_shortens_the_heartbeat() {

@@ -110,23 +110,24 @@ struct Elections {
 }
 
 impl Elections {
-    /// Counts one advisory (its JSON `payload`). The time is stored before the count, so that a
-    /// delivery that sees the count sees the time.
-    fn record(&self, payload: &[u8]) {
+    /// Counts one advisory (its JSON `payload`) and returns the election's unix milliseconds
+    /// ([`i64::MAX`]: no readable time). The time is stored before the count, so that a delivery
+    /// that sees the count sees the time.
+    fn record(&self, payload: &[u8]) -> i64 {
         #[derive(serde::Deserialize)]
         struct Advisory {
             timestamp: Timestamp,
         }
         let ms = serde_json::from_slice::<Advisory>(payload).map_or(i64::MAX, |a| a.timestamp.unix_millis());
-        tracing::debug!(elected_at_ms = ms, "consumer leader elected (advisory)");
         self.latest_ms.fetch_max(ms, Ordering::Release);
         self.count.fetch_add(1, Ordering::Release);
+        ms
     }
 
     /// When the pull resumes after elections seen since `resumed`: the latest election's time,
     /// not the delivery's. A delivery of a message stored after the new leader took over is
     /// counted by that leader; the election that came with the consumer's creation, whose
-    /// advisory can arrive after this handle was opened (across a gateway it did), moves
+    /// advisory can arrive after this handle was opened (most likely across a gateway), moves
     /// nothing. The result is never before `resumed`.
     fn resumed(&self, resumed: Timestamp) -> Timestamp {
         match self.latest_ms.load(Ordering::Acquire) {
@@ -169,10 +170,11 @@ impl NatsConsumer {
             latest_ms: AtomicI64::new(i64::MIN),
         });
         let watch = elections.map(|mut advisories| {
-            let counted = counted.clone();
+            let (counted, durable) = (counted.clone(), spec.durable.clone());
             tokio::spawn(async move {
                 while let Some(advisory) = advisories.next().await {
-                    counted.record(&advisory.payload);
+                    let elected_at_ms = counted.record(&advisory.payload);
+                    tracing::debug!(consumer = %durable, elected_at_ms, "consumer leader elected (advisory)");
                 }
             })
         });

@@ -106,7 +106,12 @@ struct Runner {
 
 impl Runner {
     fn wants(&self, section: &str) -> bool {
-        self.only.as_ref().is_none_or(|o| o.iter().any(|s| s == section)) && !self.skip.iter().any(|s| s == section)
+        self.only.as_ref().is_none_or(|o| o.iter().any(|s| s == section)) && !self.skips(section)
+    }
+
+    /// `--skip` names `part` (a section, or `check-instructions`).
+    fn skips(&self, part: &str) -> bool {
+        self.skip.iter().any(|s| s == part)
     }
 
     fn n(&self, full: u64) -> u64 {
@@ -1731,14 +1736,6 @@ fn bench_check(r: &mut Runner) -> Result<(), BoxError> {
         cargo_check(dir, &target, &[])?;
         Ok(start.elapsed())
     };
-    let clean = |package: &str| -> Result<(), BoxError> {
-        std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-            .args(["clean", "--offline", "--quiet", "-p", package])
-            .current_dir(root.join(package))
-            .env("CARGO_TARGET_DIR", &target)
-            .status()?;
-        Ok(())
-    };
     eprintln!("  [check] warming the shared target dir {} ...", target.display());
     if std::env::var_os("CIM_BENCH_KEEP_GEN").is_some() {
         eprintln!("  [check] generated crates kept in {}", root.display());
@@ -1752,7 +1749,7 @@ fn bench_check(r: &mut Runner) -> Result<(), BoxError> {
             // Alternating order.
             let i = (k + round) % 2;
             let (dir, pkg) = crates[i];
-            clean(pkg)?;
+            cargo_clean(&root, pkg, &target)?;
             times[i].push(check(dir)?.as_secs_f64());
         }
     }
@@ -1775,10 +1772,10 @@ fn bench_check(r: &mut Runner) -> Result<(), BoxError> {
         0,
         false,
     );
-    if r.skip.iter().any(|s| s == "check-instructions") {
+    if r.skips("check-instructions") {
         r.notes
             .push("check: instruction counts skipped (--skip check-instructions)".to_owned());
-    } else if let Err(e) = check_instructions(r, &root, &target, &shape, &clean) {
+    } else if let Err(e) = check_instructions(r, &root, &target, &shape) {
         // Not a failure of the section: the timed rows stand; say why the count is missing.
         eprintln!("  [check] no instruction counts: {e}");
         r.notes.push(format!("check: no instruction counts: {e}"));
@@ -1796,13 +1793,7 @@ fn bench_check(r: &mut Runner) -> Result<(), BoxError> {
 /// changed). One check of each crate from clean, with `RUSTC_WORKSPACE_WRAPPER` running only the
 /// generated crate's `rustc` under valgrind (its dependencies are already checked and are not
 /// wrapped). About a minute per crate; needs `valgrind` on `PATH` (Debian's `valgrind`).
-fn check_instructions(
-    r: &mut Runner,
-    root: &Path,
-    target: &Path,
-    shape: &generate::Shape,
-    clean: &dyn Fn(&str) -> Result<(), BoxError>,
-) -> Result<(), BoxError> {
+fn check_instructions(r: &mut Runner, root: &Path, target: &Path, shape: &generate::Shape) -> Result<(), BoxError> {
     use std::os::unix::fs::PermissionsExt;
     let found = std::process::Command::new("valgrind")
         .arg("--version")
@@ -1822,7 +1813,7 @@ fn check_instructions(
     let mut counts = [0f64; 2];
     for (i, pkg) in [generate::MACRO_CRATE, generate::HAND_CRATE].into_iter().enumerate() {
         eprintln!("  [check] counting the instructions of checking {pkg} (about a minute) ...");
-        clean(pkg)?;
+        cargo_clean(root, pkg, target)?;
         let out_file = root.join(format!("{pkg}.cachegrind"));
         let _ = std::fs::remove_file(&out_file);
         cargo_check(
@@ -1870,6 +1861,16 @@ fn cargo_check(dir: &Path, target: &Path, env: &[(&str, &std::ffi::OsStr)]) -> R
         )
         .into());
     }
+    Ok(())
+}
+
+/// `cargo clean -p package` of the generated crate `root/package` in the shared target dir.
+fn cargo_clean(root: &Path, package: &str, target: &Path) -> Result<(), BoxError> {
+    std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args(["clean", "--offline", "--quiet", "-p", package])
+        .current_dir(root.join(package))
+        .env("CARGO_TARGET_DIR", target)
+        .status()?;
     Ok(())
 }
 

@@ -100,12 +100,12 @@ impl Drop for NatsConsumer {
 
 /// The consumer's leader-elected advisories received: how many, and the server's time of the
 /// latest election.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Elections {
     count: AtomicU64,
-    /// Unix milliseconds of the latest election, from the advisories' `timestamp`;
-    /// [`i64::MAX`] once an advisory came without a readable one (then the delivery's own time
-    /// stands for it).
+    /// Unix milliseconds of the latest election, from the advisories' `timestamp` (0 before the
+    /// first; only read once `count` moved); [`i64::MAX`] once an advisory came without a
+    /// readable one (then the delivery's own time stands for it).
     latest_ms: AtomicI64,
 }
 
@@ -132,9 +132,7 @@ impl Elections {
     fn resumed(&self, resumed: Timestamp) -> Timestamp {
         match self.latest_ms.load(Ordering::Acquire) {
             i64::MAX => Timestamp::now(),
-            ms => Timestamp::from_unix_nanos(i128::from(ms) * 1_000_000)
-                .filter(|t| *t > resumed)
-                .unwrap_or(resumed),
+            ms => Timestamp::from_unix_nanos(i128::from(ms) * 1_000_000).map_or(resumed, |t| t.max(resumed)),
         }
     }
 }
@@ -165,10 +163,7 @@ impl NatsConsumer {
         let consumer = Box::new(PullConsumer::new(config, info, transport.jetstream().clone()));
         let batch = pull_batch(spec.prefetch, transport.options().pull_batch);
         let stats = transport.client().statistics();
-        let counted = Arc::new(Elections {
-            count: AtomicU64::new(0),
-            latest_ms: AtomicI64::new(i64::MIN),
-        });
+        let counted = Arc::new(Elections::default());
         let watch = elections.map(|mut advisories| {
             let (counted, durable) = (counted.clone(), spec.durable.clone());
             tokio::spawn(async move {
@@ -547,20 +542,13 @@ const MIN_HEARTBEAT: Duration = Duration::from_millis(50);
 mod tests {
     use super::*;
 
-    fn elections() -> Elections {
-        Elections {
-            count: AtomicU64::new(0),
-            latest_ms: AtomicI64::new(i64::MIN),
-        }
-    }
-
     fn at(rfc3339: &str) -> Timestamp {
         rfc3339.parse().expect("timestamp")
     }
 
     #[test]
     fn an_election_resumes_the_pull_at_its_own_time() {
-        let e = elections();
+        let e = Elections::default();
         let opened = at("2026-12-06T21:00:00.500Z");
         // The election that came with the consumer's creation, announced after the handle opened.
         e.record(br#"{"type":"io.nats.jetstream.advisory.v1.consumer_leader_elected","id":"x","timestamp":"2026-12-06T21:00:00.400123456Z","stream":"S","consumer":"C","leader":"n1"}"#);
@@ -581,7 +569,7 @@ mod tests {
 
     #[test]
     fn an_election_without_a_readable_time_resumes_the_pull_now() {
-        let e = elections();
+        let e = Elections::default();
         let opened = at("2026-12-06T21:00:00Z");
         e.record(b"not json");
         let before = Timestamp::now();

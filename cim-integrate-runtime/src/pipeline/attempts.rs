@@ -186,19 +186,9 @@ impl<D: Dispatch> Dispatch for Attempts<D> {
                 if self.budget.reads_records(by_count) {
                     // A redelivery: its records read (boxed: first deliveries, nearly every
                     // message, carry no room for the read in their state).
-                    let id = msg.envelope().map(|e| e.message_id());
-                    match Box::pin(self.budget.counted(msg.received(), id, (by_count, deferred))).await {
-                        Ok(c) => {
-                            msg.record_start = c.record.and_then(|m| self.budget.record(m, c.attempt));
-                            (c.attempt, c.deferred)
-                        }
-                        Err(e) => {
-                            return Outcome::Deferred {
-                                reason: format!("reading the attempts started at this message: {e}"),
-                                delay: super::invoke::UNAVAILABLE_DEFERRAL,
-                                cause: Deferral::Unavailable,
-                            };
-                        }
+                    match self.read_records(msg, (by_count, deferred)).await {
+                        Ok(counted) => counted,
+                        Err(deferral) => return deferral,
                     }
                 } else {
                     (by_count, deferred)
@@ -208,19 +198,54 @@ impl<D: Dispatch> Dispatch for Attempts<D> {
         msg.counted = Some((counted, deferred));
         let attempt = counted.saturating_add(u64::from(msg.retried_in_place));
         if attempt > max {
-            return Outcome::DeadLetter {
-                kind: DeadLetterReason::Exhausted,
-                reason: format!(
-                    "retries exhausted: this would be attempt {attempt} (delivered {} times, {deferred} deferred by a circuit breaker or an outage), max_attempts {max} (earlier runs did not finish)",
-                    msg.delivered()
-                ),
-            };
+            return exhausted(attempt, msg.delivered(), deferred, max);
         }
         msg.attempt = attempt;
         match self.inner.dispatch(msg).await {
             Outcome::Failed { reason, retry_after } => self.budget.failed(attempt, reason, retry_after),
             other => other,
         }
+    }
+}
+
+impl<D: Sync> Attempts<D> {
+    /// A redelivery's attempt and deferral counts from its records (the attempt recorded as
+    /// started, see [`Budget::counted`]); the deferral to return if they cannot be read now.
+    /// Out of line and boxed: first deliveries, nearly every message, read no records and carry
+    /// no room for the read in their state.
+    #[cold]
+    #[inline(never)]
+    fn read_records<'a>(
+        &'a self,
+        msg: &'a mut Message<'_>,
+        by_count: (u64, u64),
+    ) -> BoxFuture<'a, Result<(u64, u64), Outcome>> {
+        Box::pin(async move {
+            let id = msg.envelope().map(|e| e.message_id());
+            match self.budget.counted(msg.received(), id, by_count).await {
+                Ok(c) => {
+                    msg.record_start = c.record.and_then(|m| self.budget.record(m, c.attempt));
+                    Ok((c.attempt, c.deferred))
+                }
+                Err(e) => Err(Outcome::Deferred {
+                    reason: format!("reading the attempts started at this message: {e}"),
+                    delay: super::invoke::UNAVAILABLE_DEFERRAL,
+                    cause: Deferral::Unavailable,
+                }),
+            }
+        })
+    }
+}
+
+/// The dead letter of a message whose next run would be attempt `attempt`, over `max`.
+#[cold]
+#[inline(never)]
+fn exhausted(attempt: u64, delivered: u64, deferred: u64, max: u64) -> Outcome {
+    Outcome::DeadLetter {
+        kind: DeadLetterReason::Exhausted,
+        reason: format!(
+            "retries exhausted: this would be attempt {attempt} (delivered {delivered} times, {deferred} deferred by a circuit breaker or an outage), max_attempts {max} (earlier runs did not finish)"
+        ),
     }
 }
 

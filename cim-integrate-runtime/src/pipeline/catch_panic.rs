@@ -81,28 +81,44 @@ impl<F: Future> Future for WithProgress<'_, F> {
         if let Poll::Ready(r) = this.fut.poll(cx) {
             return Poll::Ready(r);
         }
-        loop {
-            if let Some(signal) = this.signal {
-                match signal.as_mut().poll(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Err(e)) => tracing::debug!(error = %e, "progress signal failed"),
-                    Poll::Ready(Ok(())) => {}
-                }
-                *this.signal = None;
+        poll_progress(this.signal, this.tick, *this.raw, *this.ack_wait, cx);
+        Poll::Pending
+    }
+}
+
+/// Keeps the progress signals of a future that waits going: sends one every half ack wait
+/// (each after the one before was answered), waking `cx` when the next is due. Out of line: a
+/// future that does not wait (nearly every handler run on an in-process transport) never runs
+/// it, and the code the signals take stays out of the hot path's.
+#[inline(never)]
+fn poll_progress<'a>(
+    signal: &mut Option<futures::future::BoxFuture<'a, Result<(), crate::transport::TransportError>>>,
+    tick: &mut Option<tokio::time::Interval>,
+    raw: &'a dyn Received,
+    ack_wait: Duration,
+    cx: &mut std::task::Context<'_>,
+) {
+    use std::task::Poll;
+    loop {
+        if let Some(pending) = signal {
+            match pending.as_mut().poll(cx) {
+                Poll::Pending => return,
+                Poll::Ready(Err(e)) => tracing::debug!(error = %e, "progress signal failed"),
+                Poll::Ready(Ok(())) => {}
             }
-            let ack_wait = *this.ack_wait;
-            let tick = this.tick.get_or_insert_with(|| {
-                let period = (ack_wait / 2).max(Duration::from_millis(100));
-                let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-                // A signal answered late is followed by the next one a period later, not by one
-                // per period missed meanwhile, back to back, to a server already slow to answer.
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                tick
-            });
-            match tick.poll_tick(cx) {
-                Poll::Ready(_) => *this.signal = Some(this.raw.in_progress()),
-                Poll::Pending => return Poll::Pending,
-            }
+            *signal = None;
+        }
+        let tick = tick.get_or_insert_with(|| {
+            let period = (ack_wait / 2).max(Duration::from_millis(100));
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            // A signal answered late is followed by the next one a period later, not by one
+            // per period missed meanwhile, back to back, to a server already slow to answer.
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick
+        });
+        match tick.poll_tick(cx) {
+            Poll::Ready(_) => *signal = Some(raw.in_progress()),
+            Poll::Pending => return,
         }
     }
 }

@@ -25,10 +25,11 @@
 use super::catch_panic::with_progress;
 use super::{Deferral, Dispatch, Message, Outcome};
 use crate::backoff::Backoff;
-use crate::dedup::{DedupCheck, DedupStore, StreamMessage};
+use crate::dedup::{DedupCheck, DedupError, DedupStore, StreamMessage};
 use crate::fast_hash::FastMap;
 use crate::id::MessageId;
 use crate::timestamp::Timestamp;
+use futures::future::BoxFuture;
 use std::collections::hash_map::Entry;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -141,7 +142,7 @@ impl<D: Dispatch> Dispatch for Dedup<D> {
             Some(guard) => (guard, Waited::No),
             None => {
                 away = self.leave_place(msg);
-                with_progress(self.in_flight.enter(id), msg.received(), self.ack_wait).await
+                self.wait_for_copy(id, msg.received()).await
             }
         };
         let seen = match waited {
@@ -173,15 +174,14 @@ impl<D: Dispatch> Dispatch for Dedup<D> {
             Ok(true) if waited == Waited::ForSuccess => Outcome::Duplicate,
             Ok(true) => return Outcome::Duplicate,
             Ok(false) => {
-                if let Some(place) = away.take() {
-                    let raw = msg.received();
-                    if !with_progress(msg.take_place(place), raw, self.ack_wait).await {
-                        return Outcome::Deferred {
-                            reason: "the service is stopping; given back before its handler ran".into(),
-                            delay: Duration::ZERO,
-                            cause: Deferral::Stopping,
-                        };
-                    }
+                if let Some(place) = away.take()
+                    && !self.take_place_again(msg, place).await
+                {
+                    return Outcome::Deferred {
+                        reason: "the service is stopping; given back before its handler ran".into(),
+                        delay: Duration::ZERO,
+                        cause: Deferral::Stopping,
+                    };
                 }
                 self.inner.dispatch(msg).await
             }
@@ -198,14 +198,13 @@ impl<D: Dispatch> Dispatch for Dedup<D> {
                 msg.handler_done();
             }
             let raw = msg.received();
-            match &self.also_mark(raw, id, redriven) {
-                None => self.write_mark(id, stream_message.as_ref(), raw).await,
-                Some(also) => {
-                    futures::join!(
-                        self.write_mark(id, stream_message.as_ref(), raw),
-                        self.write_mark(id, Some(also), raw)
-                    );
+            match self.also_mark(raw, id, redriven) {
+                None => {
+                    if let Some(wait) = self.write_mark(id, stream_message.as_ref(), raw) {
+                        wait.await;
+                    }
                 }
+                Some(also) => self.write_both_marks(id, stream_message.as_ref(), also, raw).await,
             }
             flight.succeeded();
         }
@@ -213,7 +212,7 @@ impl<D: Dispatch> Dispatch for Dedup<D> {
     }
 }
 
-impl<D> Dedup<D> {
+impl<D: Sync> Dedup<D> {
     /// Gives up `msg`'s place among the handler runs while it waits before its handler (see
     /// [`Message::leave_place`]), if this handler allows it.
     fn leave_place<'a>(&self, msg: &mut Message<'a>) -> Option<super::run::Released<'a>> {
@@ -237,20 +236,89 @@ impl<D> Dedup<D> {
     }
 
     /// Writes the mark (of `m`, else by `id`) before the acknowledgement: at once if the store
-    /// answers at once, else kept alive while it retries.
-    async fn write_mark(&self, id: MessageId, m: Option<&StreamMessage>, raw: &dyn super::Received) {
+    /// answers at once (`None`), else the wait while it retries, the delivery kept alive.
+    fn write_mark<'a>(
+        &'a self,
+        id: MessageId,
+        m: Option<&'a StreamMessage>,
+        raw: &'a dyn super::Received,
+    ) -> Option<BoxFuture<'a, ()>> {
         let now = match m {
             Some(m) => self.store.mark_delivery_now(&self.key, m),
             None => self.store.mark_now(&self.key, id),
         };
         match now {
-            Some(Ok(())) => {}
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "dedup mark failed; retrying before the acknowledgement");
-                with_progress(self.mark(id, m), raw, self.ack_wait).await;
-            }
-            None => with_progress(self.mark(id, m), raw, self.ack_wait).await,
+            Some(Ok(())) => None,
+            failed => Some(self.mark_later(id, m, raw, failed.and_then(Result::err))),
         }
+    }
+
+    /// [`write_mark`](Self::write_mark) for a store that did not answer at once (`failed`: its
+    /// error), retrying with progress signals. Out of line and boxed: an in-process store
+    /// answers at once, and its messages carry no room for the retries in their state.
+    #[cold]
+    #[inline(never)]
+    fn mark_later<'a>(
+        &'a self,
+        id: MessageId,
+        m: Option<&'a StreamMessage>,
+        raw: &'a dyn super::Received,
+        failed: Option<DedupError>,
+    ) -> BoxFuture<'a, ()> {
+        if let Some(e) = failed {
+            tracing::warn!(error = %e, "dedup mark failed; retrying before the acknowledgement");
+        }
+        Box::pin(with_progress(self.mark(id, m), raw, self.ack_wait))
+    }
+
+    /// Writes the mark by id (or of `m`) and the second mark of `also` ([`also_mark`](Self::also_mark)),
+    /// together. Boxed: only redriven messages and handlers under `Always` write two.
+    #[cold]
+    #[inline(never)]
+    fn write_both_marks<'a>(
+        &'a self,
+        id: MessageId,
+        m: Option<&'a StreamMessage>,
+        also: StreamMessage,
+        raw: &'a dyn super::Received,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let first = self.write_mark(id, m, raw);
+            let second = self.write_mark(id, Some(&also), raw);
+            futures::join!(
+                async {
+                    if let Some(wait) = first {
+                        wait.await;
+                    }
+                },
+                async {
+                    if let Some(wait) = second {
+                        wait.await;
+                    }
+                }
+            );
+        })
+    }
+
+    /// Waits, with progress signals, for a copy of `id` in flight to finish. Boxed: a copy in
+    /// flight is rare, and the wait takes no room in every message's state.
+    #[cold]
+    #[inline(never)]
+    fn wait_for_copy<'a>(&'a self, id: MessageId, raw: &'a dyn super::Received) -> BoxFuture<'a, (Flight<'a>, Waited)> {
+        Box::pin(with_progress(self.in_flight.enter(id), raw, self.ack_wait))
+    }
+
+    /// Takes a place among the handler runs again after waiting outside one; `false` if the
+    /// loop stopped meanwhile. Boxed, as [`wait_for_copy`](Self::wait_for_copy).
+    #[cold]
+    #[inline(never)]
+    fn take_place_again<'a, 'm: 'a>(
+        &'a self,
+        msg: &'a mut Message<'m>,
+        place: super::run::Released<'m>,
+    ) -> BoxFuture<'a, bool> {
+        let raw = msg.received();
+        Box::pin(with_progress(msg.take_place(place), raw, self.ack_wait))
     }
 
     /// Writes the mark, retrying with back-off until it is stored.

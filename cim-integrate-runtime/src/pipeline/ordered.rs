@@ -2,6 +2,7 @@
 
 use super::catch_panic::with_progress;
 use super::{Deferral, Dispatch, Message, Outcome};
+use futures::future::BoxFuture;
 use std::time::Duration;
 
 /// For an ordered handler: a retry or a breaker deferral waits in place (the delivery kept alive
@@ -18,35 +19,66 @@ pub struct Ordered<D> {
 
 impl<D: Dispatch> Dispatch for Ordered<D> {
     async fn dispatch(&self, msg: &mut Message<'_>) -> Outcome {
-        if !self.ordered {
-            return self.inner.dispatch(msg).await;
-        }
+        // One await of the stack below, for both kinds of handler: each await of it would hold
+        // (and compile) the whole of it again, the handler's run included.
         loop {
             let outcome = self.inner.dispatch(msg).await;
-            let (delay, deferral) = match &outcome {
-                Outcome::Retry { delay, reason } => {
-                    tracing::warn!(%reason, attempt = msg.attempt(), ?delay, "retrying in place");
-                    (*delay, false)
-                }
-                Outcome::Deferred {
-                    delay,
-                    cause: Deferral::Breaker,
-                    reason,
-                } => {
-                    tracing::debug!(%reason, ?delay, "deferred in place: a circuit breaker is open");
-                    (*delay, true)
-                }
-                _ => return outcome,
-            };
-            if self.max_wait.is_some_and(|max| delay > max) {
+            if !self.ordered {
                 return outcome;
             }
-            with_progress(tokio::time::sleep(delay), msg.received(), self.ack_wait).await;
-            if deferral {
-                msg.deferred_in_place = msg.deferred_in_place.saturating_add(1);
-            } else {
-                msg.retried_in_place = msg.retried_in_place.saturating_add(1);
-            }
+            let Some(wait) = self.in_place(msg, &outcome) else {
+                return outcome;
+            };
+            wait_in_place(wait, msg, self.ack_wait).await;
         }
     }
+}
+
+/// A retry or a breaker deferral an ordered handler waits out in place.
+struct InPlace {
+    delay: Duration,
+    deferral: bool,
+}
+
+impl<D> Ordered<D> {
+    /// The wait in place that `outcome` asks for, logged; `None` to return it up the stack.
+    #[cold]
+    #[inline(never)]
+    fn in_place(&self, msg: &Message<'_>, outcome: &Outcome) -> Option<InPlace> {
+        let wait = match outcome {
+            Outcome::Retry { delay, reason } => {
+                tracing::warn!(%reason, attempt = msg.attempt(), ?delay, "retrying in place");
+                InPlace {
+                    delay: *delay,
+                    deferral: false,
+                }
+            }
+            Outcome::Deferred {
+                delay,
+                cause: Deferral::Breaker,
+                reason,
+            } => {
+                tracing::debug!(%reason, ?delay, "deferred in place: a circuit breaker is open");
+                InPlace {
+                    delay: *delay,
+                    deferral: true,
+                }
+            }
+            _ => return None,
+        };
+        self.max_wait.is_none_or(|max| wait.delay <= max).then_some(wait)
+    }
+}
+
+/// Waits `wait` out with progress signals, then counts it on `msg`. Boxed: a handler that never
+/// waits in place (nearly every message) carries no room for the wait in its state.
+fn wait_in_place<'a>(wait: InPlace, msg: &'a mut Message<'_>, ack_wait: Duration) -> BoxFuture<'a, ()> {
+    Box::pin(async move {
+        with_progress(tokio::time::sleep(wait.delay), msg.received(), ack_wait).await;
+        if wait.deferral {
+            msg.deferred_in_place = msg.deferred_in_place.saturating_add(1);
+        } else {
+            msg.retried_in_place = msg.retried_in_place.saturating_add(1);
+        }
+    })
 }

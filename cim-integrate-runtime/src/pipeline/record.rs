@@ -115,44 +115,65 @@ impl<D: Dispatch> Dispatch for Record<D> {
             self.metrics.ran(start.elapsed());
         }
         let c = &*self.counters;
-        let add = |counter: &AtomicU64, n: u64| {
-            if n > 0 {
-                counter.fetch_add(n, Ordering::Relaxed);
-            }
-        };
-        add(&c.retried, u64::from(msg.retried_in_place));
-        add(&c.deferred, u64::from(msg.deferred_in_place));
-        for _ in 0..msg.retried_in_place {
-            self.metrics.outcome(monitor::Outcome::Retried);
-        }
-        for _ in 0..msg.deferred_in_place {
-            self.metrics.outcome(monitor::Outcome::Deferred);
-        }
-        if msg.panicked {
-            count_panic(c, &self.metrics);
+        if msg.retried_in_place > 0 || msg.deferred_in_place > 0 || msg.panicked {
+            count_in_place(c, &self.metrics, msg);
         }
         count_outcome(c, &self.metrics, &outcome);
-        match &outcome {
-            Outcome::Succeeded => {}
-            Outcome::Duplicate => tracing::debug!("already handled; not running again"),
-            Outcome::Skipped => tracing::debug!("another event type; acknowledging without running"),
-            Outcome::Failed { reason, .. } | Outcome::Retry { reason, .. } => {
-                tracing::warn!(%reason, attempt = msg.attempt(), "will be retried");
-            }
-            Outcome::Deferred {
-                reason,
-                delay,
-                cause: Deferral::Unavailable,
-            } if c.unavailable_warning.pass(UNAVAILABLE_WARNING_MS) => tracing::warn!(
-                %reason, ?delay,
-                "deferred: infrastructure unavailable; run again without spending an attempt (one such warning per handler every 10 s; each is counted as outcome \"deferred\")"
-            ),
-            Outcome::Deferred { reason, delay, cause } => tracing::debug!(%reason, ?delay, ?cause, "deferred"),
-            Outcome::DeadLettered { reason, .. } | Outcome::DeadLetter { reason, .. } => {
-                tracing::warn!(%reason, subject = msg.received().subject(), "dead-lettered");
-            }
-            Outcome::Rejected { reason } => tracing::info!(%reason, "rejected"),
+        if !matches!(outcome, Outcome::Succeeded) {
+            log_outcome(c, msg, &outcome);
         }
         outcome
+    }
+}
+
+/// Counts what happened in place on the way to the final outcome: retries and deferrals of an
+/// ordered handler, a panic. Out of line: most messages have none, and the loops would sit in
+/// the hot path's code.
+#[cold]
+#[inline(never)]
+fn count_in_place(c: &HandlerCounters, metrics: &HandlerMetrics, msg: &Message<'_>) {
+    let add = |counter: &AtomicU64, n: u64| {
+        if n > 0 {
+            counter.fetch_add(n, Ordering::Relaxed);
+        }
+    };
+    add(&c.retried, u64::from(msg.retried_in_place));
+    add(&c.deferred, u64::from(msg.deferred_in_place));
+    for _ in 0..msg.retried_in_place {
+        metrics.outcome(monitor::Outcome::Retried);
+    }
+    for _ in 0..msg.deferred_in_place {
+        metrics.outcome(monitor::Outcome::Deferred);
+    }
+    if msg.panicked {
+        count_panic(c, metrics);
+    }
+}
+
+/// The log line of an outcome other than success. Out of line (each `tracing` call expands into
+/// its callsite's code): a success, nearly every message, logs nothing and runs none of it.
+#[cold]
+#[inline(never)]
+fn log_outcome(c: &HandlerCounters, msg: &Message<'_>, outcome: &Outcome) {
+    match outcome {
+        Outcome::Succeeded => {}
+        Outcome::Duplicate => tracing::debug!("already handled; not running again"),
+        Outcome::Skipped => tracing::debug!("another event type; acknowledging without running"),
+        Outcome::Failed { reason, .. } | Outcome::Retry { reason, .. } => {
+            tracing::warn!(%reason, attempt = msg.attempt(), "will be retried");
+        }
+        Outcome::Deferred {
+            reason,
+            delay,
+            cause: Deferral::Unavailable,
+        } if c.unavailable_warning.pass(UNAVAILABLE_WARNING_MS) => tracing::warn!(
+            %reason, ?delay,
+            "deferred: infrastructure unavailable; run again without spending an attempt (one such warning per handler every 10 s; each is counted as outcome \"deferred\")"
+        ),
+        Outcome::Deferred { reason, delay, cause } => tracing::debug!(%reason, ?delay, ?cause, "deferred"),
+        Outcome::DeadLettered { reason, .. } | Outcome::DeadLetter { reason, .. } => {
+            tracing::warn!(%reason, subject = msg.received().subject(), "dead-lettered");
+        }
+        Outcome::Rejected { reason } => tracing::info!(%reason, "rejected"),
     }
 }

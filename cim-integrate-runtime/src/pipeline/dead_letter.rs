@@ -14,6 +14,7 @@ use crate::subject::Subject;
 use crate::timestamp::Timestamp;
 use crate::transport::OutboundMessage;
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,11 +63,19 @@ enum Keep {
 impl<D: Dispatch> Dispatch for DeadLetter<D> {
     async fn dispatch(&self, msg: &mut Message<'_>) -> Outcome {
         match self.inner.dispatch(msg).await {
-            Outcome::DeadLetter { kind, reason } => {
-                self.letters.store(msg.received(), msg.delivered(), kind, reason).await
-            }
+            Outcome::DeadLetter { kind, reason } => self.store(msg, kind, reason).await,
             other => other,
         }
+    }
+}
+
+impl<D> DeadLetter<D> {
+    /// [`Letters::store`] of `msg`. Out of line and boxed: nearly every message is not a dead
+    /// letter, and carries no room for the store (a publish and its acknowledgement) in its state.
+    #[cold]
+    #[inline(never)]
+    fn store<'a>(&'a self, msg: &'a Message<'_>, kind: DeadLetterReason, reason: String) -> BoxFuture<'a, Outcome> {
+        Box::pin(self.letters.store(msg.received(), msg.delivered(), kind, reason))
     }
 }
 

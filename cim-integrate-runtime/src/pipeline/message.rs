@@ -23,6 +23,12 @@ pub trait Received: Send + Sync {
     /// The envelope, with identity read from the headers or derived (stably); see
     /// [`Envelope::from_received`].
     fn envelope(&self) -> Result<Envelope, EnvelopeError>;
+    /// When an in-process transport handed the message over, by tokio's clock (a handler's run
+    /// is timed from it, without reading the clock again); `None` (the default) where it may
+    /// have waited in a buffer since.
+    fn taken(&self) -> Option<tokio::time::Instant> {
+        None
+    }
 }
 
 impl<A: Acker> Received for Delivery<A> {
@@ -43,6 +49,9 @@ impl<A: Acker> Received for Delivery<A> {
     }
     fn envelope(&self) -> Result<Envelope, EnvelopeError> {
         Delivery::envelope(self)
+    }
+    fn taken(&self) -> Option<tokio::time::Instant> {
+        Delivery::taken(self)
     }
 }
 

@@ -21,6 +21,16 @@ pub struct Trace<D> {
 
 impl<D: Dispatch> Dispatch for Trace<D> {
     async fn dispatch(&self, msg: &mut Message<'_>) -> Outcome {
+        let span = self.span(msg);
+        self.inner.dispatch(msg).instrument(span).await
+    }
+}
+
+impl<D> Trace<D> {
+    /// The `handle` span of `msg`. Out of line: the span's fields are built only where a
+    /// subscriber wants it, and that code stays out of every message's poll.
+    #[inline(never)]
+    fn span(&self, msg: &Message<'_>) -> tracing::Span {
         let delivered = msg.delivered();
         let span = match msg.envelope() {
             Some(e) => tracing::info_span!(
@@ -50,6 +60,6 @@ impl<D: Dispatch> Dispatch for Trace<D> {
             let redriven = headers.get(crate::service::REDRIVE_COUNT).is_some();
             crate::trace_context::adopt(&span, headers, redriven);
         }
-        self.inner.dispatch(msg).instrument(span).await
+        span
     }
 }

@@ -584,6 +584,7 @@ impl StreamState {
             m.payload.clone(),
             info,
             acker,
+            Some(now),
         )))
     }
 }
@@ -1644,12 +1645,43 @@ mod tests {
         assert_eq!(t.consumer(&other).await.unwrap().created(), Some(Timestamp::UNIX_EPOCH));
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn consumer_progress_tells_undelivered_in_flight_waiting_and_due() {
+    /// A transport with the `document` domain's stream.
+    async fn document_stream() -> MemoryTransport {
         let t = MemoryTransport::new();
         t.ensure_stream(&StreamSpec::for_domain("document", None).unwrap())
             .await
             .unwrap();
+        t
+    }
+
+    /// A delivery tells when it was handed over, by tokio's clock (the handler's run is timed
+    /// from it), whether taken at once or after a wait; one rebuilt from its parts does not.
+    #[tokio::test(start_paused = true)]
+    async fn a_delivery_tells_when_it_was_handed_over() {
+        let t = document_stream().await;
+        let publish = || t.publish_and_wait(Envelope::root(crate::subject!("document.created"), &b"{}"[..]).into());
+        publish().await.unwrap();
+        let spec = ConsumerSpec::new("DOCUMENT_EVENTS", "index", crate::subject_pattern!("document.created"));
+        let mut c = t.consumer(&spec).await.unwrap();
+        tokio::time::advance(Duration::from_secs(3)).await;
+        let at_once = c.try_next().unwrap().unwrap();
+        assert_eq!(at_once.taken(), Some(Instant::now()));
+        let waiting = tokio::spawn(async move { c.next().await.unwrap() });
+        tokio::time::advance(Duration::from_secs(2)).await;
+        publish().await.unwrap();
+        let waited = waiting.await.unwrap();
+        assert_eq!(waited.taken(), Some(Instant::now()));
+        assert_eq!(
+            waited.taken().unwrap() - at_once.taken().unwrap(),
+            Duration::from_secs(2)
+        );
+        let (subject, headers, payload, info, acker) = waited.into_parts();
+        assert_eq!(Delivery::new(subject, headers, payload, info, acker).taken(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn consumer_progress_tells_undelivered_in_flight_waiting_and_due() {
+        let t = document_stream().await;
         let spec = ConsumerSpec::new("DOCUMENT_EVENTS", "index", crate::subject_pattern!("document.created"));
         let mut c = t.consumer(&spec).await.unwrap();
         for subject in [crate::subject!("document.created"), crate::subject!("document.deleted")] {

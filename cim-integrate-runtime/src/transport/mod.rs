@@ -788,6 +788,8 @@ struct Parts<A> {
     payload: Bytes,
     info: DeliveryInfo,
     acker: A,
+    /// When an in-process transport handed it over, by tokio's clock (read there anyway).
+    taken: Option<tokio::time::Instant>,
 }
 
 impl<A: std::fmt::Debug> std::fmt::Debug for Delivery<A> {
@@ -832,19 +834,35 @@ impl<A: Acker> Delivery<A> {
             payload,
             info,
             acker,
+            taken: None,
         }))
     }
 
-    /// Assembles a delivery of a message stored with a valid subject (the embedded transport):
-    /// nothing is copied, and [`envelope`](Self::envelope) does not validate it again.
-    pub(crate) fn stored(subject: Subject, headers: Headers, payload: Bytes, info: DeliveryInfo, acker: A) -> Self {
+    /// Assembles a delivery of a message stored with a valid subject (the embedded transport,
+    /// and NATS for a subject it checked): nothing is copied, and [`envelope`](Self::envelope)
+    /// does not validate it again. `taken`: when an in-process transport handed it over.
+    pub(crate) fn stored(
+        subject: Subject,
+        headers: Headers,
+        payload: Bytes,
+        info: DeliveryInfo,
+        acker: A,
+        taken: Option<tokio::time::Instant>,
+    ) -> Self {
         Self(Box::new(Parts {
             subject: DeliverySubject::Stored(subject),
             headers,
             payload,
             info,
             acker,
+            taken,
         }))
+    }
+
+    /// When an in-process transport handed this delivery over (tokio's clock); `None` for a
+    /// delivery from the network, which may wait in a prefetch buffer before it is handled.
+    pub(crate) fn taken(&self) -> Option<tokio::time::Instant> {
+        self.0.taken
     }
 
     /// The same delivery under another subject (a redriven message given back its original one).

@@ -320,7 +320,7 @@ impl NatsConsumer {
             _ => Subject::new(received).ok().inspect(|s| self.subject = Some(s.clone())),
         };
         Ok(match subject {
-            Some(subject) => Delivery::stored(subject, headers, message.payload, info, acker),
+            Some(subject) => Delivery::stored(subject, headers, message.payload, info, acker, None),
             // Not a valid subject of ours: kept as received, the envelope reports it.
             None => Delivery::new(received.to_owned(), headers, message.payload, info, acker),
         })

@@ -174,14 +174,15 @@ impl<D: Dispatch> Dispatch for Dedup<D> {
             Ok(true) if waited == Waited::ForSuccess => Outcome::Duplicate,
             Ok(true) => return Outcome::Duplicate,
             Ok(false) => {
-                if let Some(place) = away.take()
-                    && !self.take_place_again(msg, place).await
-                {
-                    return Outcome::Deferred {
-                        reason: "the service is stopping; given back before its handler ran".into(),
-                        delay: Duration::ZERO,
-                        cause: Deferral::Stopping,
-                    };
+                if let Some(place) = away.take() {
+                    let raw = msg.received();
+                    if !with_progress(msg.take_place(place), raw, self.ack_wait).await {
+                        return Outcome::Deferred {
+                            reason: "the service is stopping; given back before its handler ran".into(),
+                            delay: Duration::ZERO,
+                            cause: Deferral::Stopping,
+                        };
+                    }
                 }
                 self.inner.dispatch(msg).await
             }
@@ -199,11 +200,7 @@ impl<D: Dispatch> Dispatch for Dedup<D> {
             }
             let raw = msg.received();
             match self.also_mark(raw, id, redriven) {
-                None => {
-                    if let Some(wait) = self.write_mark(id, stream_message.as_ref(), raw) {
-                        wait.await;
-                    }
-                }
+                None => self.write_mark(id, stream_message.as_ref(), raw).await,
                 Some(also) => self.write_both_marks(id, stream_message.as_ref(), also, raw).await,
             }
             flight.succeeded();
@@ -236,39 +233,20 @@ impl<D: Sync> Dedup<D> {
     }
 
     /// Writes the mark (of `m`, else by `id`) before the acknowledgement: at once if the store
-    /// answers at once (`None`), else the wait while it retries, the delivery kept alive.
-    fn write_mark<'a>(
-        &'a self,
-        id: MessageId,
-        m: Option<&'a StreamMessage>,
-        raw: &'a dyn super::Received,
-    ) -> Option<BoxFuture<'a, ()>> {
+    /// answers at once, else kept alive while it retries. The wait is awaited here, not boxed:
+    /// with a store over the network (the key-value marks on NATS) every message waits for it.
+    async fn write_mark(&self, id: MessageId, m: Option<&StreamMessage>, raw: &dyn super::Received) {
         let now = match m {
             Some(m) => self.store.mark_delivery_now(&self.key, m),
             None => self.store.mark_now(&self.key, id),
         };
         match now {
-            Some(Ok(())) => None,
-            failed => Some(self.mark_later(id, m, raw, failed.and_then(Result::err))),
+            Some(Ok(())) => return,
+            Some(Err(e)) => mark_failed(&e),
+            None => {}
         }
-    }
-
-    /// [`write_mark`](Self::write_mark) for a store that did not answer at once (`failed`: its
-    /// error), retrying with progress signals. Out of line and boxed: an in-process store
-    /// answers at once, and its messages carry no room for the retries in their state.
-    #[cold]
-    #[inline(never)]
-    fn mark_later<'a>(
-        &'a self,
-        id: MessageId,
-        m: Option<&'a StreamMessage>,
-        raw: &'a dyn super::Received,
-        failed: Option<DedupError>,
-    ) -> BoxFuture<'a, ()> {
-        if let Some(e) = failed {
-            tracing::warn!(error = %e, "dedup mark failed; retrying before the acknowledgement");
-        }
-        Box::pin(with_progress(self.mark(id, m), raw, self.ack_wait))
+        // One await of the retries, for both ways here (each await would compile them again).
+        with_progress(self.mark(id, m), raw, self.ack_wait).await;
     }
 
     /// Writes the mark by id (or of `m`) and the second mark of `also` ([`also_mark`](Self::also_mark)),
@@ -283,20 +261,7 @@ impl<D: Sync> Dedup<D> {
         raw: &'a dyn super::Received,
     ) -> BoxFuture<'a, ()> {
         Box::pin(async move {
-            let first = self.write_mark(id, m, raw);
-            let second = self.write_mark(id, Some(&also), raw);
-            futures::join!(
-                async {
-                    if let Some(wait) = first {
-                        wait.await;
-                    }
-                },
-                async {
-                    if let Some(wait) = second {
-                        wait.await;
-                    }
-                }
-            );
+            futures::join!(self.write_mark(id, m, raw), self.write_mark(id, Some(&also), raw));
         })
     }
 
@@ -306,19 +271,6 @@ impl<D: Sync> Dedup<D> {
     #[inline(never)]
     fn wait_for_copy<'a>(&'a self, id: MessageId, raw: &'a dyn super::Received) -> BoxFuture<'a, (Flight<'a>, Waited)> {
         Box::pin(with_progress(self.in_flight.enter(id), raw, self.ack_wait))
-    }
-
-    /// Takes a place among the handler runs again after waiting outside one; `false` if the
-    /// loop stopped meanwhile. Boxed, as [`wait_for_copy`](Self::wait_for_copy).
-    #[cold]
-    #[inline(never)]
-    fn take_place_again<'a, 'm: 'a>(
-        &'a self,
-        msg: &'a mut Message<'m>,
-        place: super::run::Released<'m>,
-    ) -> BoxFuture<'a, bool> {
-        let raw = msg.received();
-        Box::pin(with_progress(msg.take_place(place), raw, self.ack_wait))
     }
 
     /// Writes the mark, retrying with back-off until it is stored.
@@ -338,6 +290,13 @@ impl<D: Sync> Dedup<D> {
             }
         }
     }
+}
+
+/// The warning of a mark the store refused at once (it is retried before the acknowledgement).
+#[cold]
+#[inline(never)]
+fn mark_failed(e: &DedupError) {
+    tracing::warn!(error = %e, "dedup mark failed; retrying before the acknowledgement");
 }
 
 /// The original of a redriven copy, as its `X-Redrive-Stream`, `-Sequence` and `-Stored` headers

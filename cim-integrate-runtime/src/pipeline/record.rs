@@ -133,13 +133,9 @@ impl<D: Dispatch> Dispatch for Record<D> {
 #[cold]
 #[inline(never)]
 fn count_in_place(c: &HandlerCounters, metrics: &HandlerMetrics, msg: &Message<'_>) {
-    let add = |counter: &AtomicU64, n: u64| {
-        if n > 0 {
-            counter.fetch_add(n, Ordering::Relaxed);
-        }
-    };
-    add(&c.retried, u64::from(msg.retried_in_place));
-    add(&c.deferred, u64::from(msg.deferred_in_place));
+    c.retried.fetch_add(u64::from(msg.retried_in_place), Ordering::Relaxed);
+    c.deferred
+        .fetch_add(u64::from(msg.deferred_in_place), Ordering::Relaxed);
     for _ in 0..msg.retried_in_place {
         metrics.outcome(monitor::Outcome::Retried);
     }
@@ -157,6 +153,7 @@ fn count_in_place(c: &HandlerCounters, metrics: &HandlerMetrics, msg: &Message<'
 #[inline(never)]
 fn log_outcome(c: &HandlerCounters, msg: &Message<'_>, outcome: &Outcome) {
     match outcome {
+        // Not called for a success (the caller's guard); nothing to log if it were.
         Outcome::Succeeded => {}
         Outcome::Duplicate => tracing::debug!("already handled; not running again"),
         Outcome::Skipped => tracing::debug!("another event type; acknowledging without running"),

@@ -133,18 +133,13 @@ impl Future for AnyAckFuture {
     }
 }
 
-fn rewrap<A: Acker, B: Acker>(d: Delivery<A>, f: impl FnOnce(A) -> B) -> Delivery<B> {
-    let (subject, headers, payload, info, acker) = d.into_parts();
-    Delivery::new(subject, headers, payload, info, f(acker))
-}
-
 impl Consumer for AnyConsumer {
     type Acker = AnyAcker;
     async fn next(&mut self) -> Result<Delivery<AnyAcker>, TransportError> {
         match self {
-            Self::Memory(c) => c.next().await.map(|d| rewrap(d, AnyAcker::Memory)),
+            Self::Memory(c) => c.next().await.map(|d| d.map_acker(AnyAcker::Memory)),
             #[cfg(feature = "nats")]
-            Self::Nats(c) => c.next().await.map(|d| rewrap(d, AnyAcker::Nats)),
+            Self::Nats(c) => c.next().await.map(|d| d.map_acker(AnyAcker::Nats)),
         }
     }
     fn created(&self) -> Option<crate::timestamp::Timestamp> {
@@ -163,9 +158,9 @@ impl Consumer for AnyConsumer {
     }
     fn try_next(&mut self) -> Option<Result<Delivery<AnyAcker>, TransportError>> {
         match self {
-            Self::Memory(c) => c.try_next().map(|r| r.map(|d| rewrap(d, AnyAcker::Memory))),
+            Self::Memory(c) => c.try_next().map(|r| r.map(|d| d.map_acker(AnyAcker::Memory))),
             #[cfg(feature = "nats")]
-            Self::Nats(c) => c.try_next().map(|r| r.map(|d| rewrap(d, AnyAcker::Nats))),
+            Self::Nats(c) => c.try_next().map(|r| r.map(|d| d.map_acker(AnyAcker::Nats))),
         }
     }
 }

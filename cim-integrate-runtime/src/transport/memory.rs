@@ -1625,10 +1625,7 @@ mod tests {
     /// handle on it.
     #[tokio::test]
     async fn a_new_durable_name_counts_every_delivery_a_reused_one_does_not() {
-        let t = MemoryTransport::new();
-        t.ensure_stream(&StreamSpec::for_domain("document", None).unwrap())
-            .await
-            .unwrap();
+        let t = document_stream().await;
         t.publish_and_wait(Envelope::root(crate::subject!("document.created"), &b"{}"[..]).into())
             .await
             .unwrap();
@@ -1677,6 +1674,31 @@ mod tests {
         );
         let (subject, headers, payload, info, acker) = waited.into_parts();
         assert_eq!(Delivery::new(subject, headers, payload, info, acker).taken(), None);
+    }
+
+    /// The transports that wrap the embedded one (a prefix, the runtime choice) hand its
+    /// deliveries on with the time they were taken.
+    #[tokio::test(start_paused = true)]
+    async fn wrapping_transports_keep_when_a_delivery_was_handed_over() {
+        let spec = ConsumerSpec::new("DOCUMENT_EVENTS", "index", crate::subject_pattern!("document.created"));
+        let prefixed = crate::transport::Prefixed::new(MemoryTransport::new(), Some(crate::subject!("prod")));
+        prefixed
+            .ensure_stream(&StreamSpec::for_domain("document", None).unwrap())
+            .await
+            .unwrap();
+        let mut c = prefixed.consumer(&spec).await.unwrap();
+        let env = Envelope::root(crate::subject!("document.created"), &b"{}"[..]);
+        prefixed.publish_and_wait(env.into()).await.unwrap();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let d = c.next().await.unwrap();
+        assert_eq!((d.subject(), d.taken()), ("document.created", Some(Instant::now())));
+        let any = crate::transport::any::AnyTransport::from(document_stream().await);
+        let mut c = any.consumer(&spec).await.unwrap();
+        let env = Envelope::root(crate::subject!("document.created"), &b"{}"[..]);
+        any.publish_and_wait(env.into()).await.unwrap();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let d = c.try_next().unwrap().unwrap();
+        assert_eq!(d.taken(), Some(Instant::now()));
     }
 
     #[tokio::test(start_paused = true)]
@@ -1756,10 +1778,7 @@ mod tests {
 
     #[tokio::test]
     async fn envelope_and_text_ids_share_the_duplicate_window() {
-        let t = MemoryTransport::new();
-        t.ensure_stream(&StreamSpec::for_domain("document", None).unwrap())
-            .await
-            .unwrap();
+        let t = document_stream().await;
         let env = Envelope::root(crate::subject!("document.created"), &b"{}"[..]);
         let first = t.publish_and_wait(env.clone().into()).await.unwrap();
         let copy = |id: String| {

@@ -865,6 +865,27 @@ impl<A: Acker> Delivery<A> {
         self.0.taken
     }
 
+    /// The same delivery, taken over at the same time, with `taken` (a delivery rebuilt from its
+    /// parts by a transport that wraps another).
+    pub(crate) fn with_taken(mut self, taken: Option<tokio::time::Instant>) -> Self {
+        self.0.taken = taken;
+        self
+    }
+
+    /// The same delivery with another acknowledgement handle (a transport that wraps another's):
+    /// the subject as it was checked and when it was taken over are kept.
+    pub(crate) fn map_acker<B>(self, f: impl FnOnce(A) -> B) -> Delivery<B> {
+        let p = *self.0;
+        Delivery(Box::new(Parts {
+            subject: p.subject,
+            headers: p.headers,
+            payload: p.payload,
+            info: p.info,
+            acker: f(p.acker),
+            taken: p.taken,
+        }))
+    }
+
     /// The same delivery under another subject (a redriven message given back its original one).
     pub(crate) fn with_subject(mut self, subject: Subject) -> Self {
         self.0.subject = DeliverySubject::Stored(subject);

@@ -278,10 +278,11 @@ impl<C: Consumer> Consumer for PrefixedConsumer<C> {
 }
 
 fn strip_delivery<A: Acker>(delivery: Delivery<A>, names: &Names, stream: &Arc<str>) -> Delivery<A> {
+    let taken = delivery.taken();
     let (mut subject, headers, payload, mut info, acker) = delivery.into_parts();
     names.strip_subject(&mut subject);
     info.stream = stream.clone();
-    Delivery::new(subject, headers, payload, info, acker)
+    Delivery::new(subject, headers, payload, info, acker).with_taken(taken)
 }
 
 pin_project_lite::pin_project! {

@@ -492,7 +492,10 @@ fn head<D>(rec: &SagaRecord<D>) -> serde_json::Result<Vec<u8>> {
         put_plain(&mut out, id.hyphenated().encode_lower(&mut uuid));
     }
     out.extend_from_slice(b"},\"started_at\":");
-    put_plain(&mut out, &rec.started_at.to_rfc3339());
+    put_plain(
+        &mut out,
+        rec.started_at.write_rfc3339(&mut [0u8; crate::timestamp::RFC3339_MAX]),
+    );
     if let Some(trace) = &rec.trace {
         out.extend_from_slice(b",\"trace\":");
         put_str(&mut out, trace)?;

@@ -12,15 +12,20 @@
 //! stream again.
 
 use super::{OutboundMessage, PublishAck, StreamSpec, Transport, TransportError};
+use crate::fast_hash::FastState;
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
+
+/// The domains whose streams a provisioner has ensured: a few names chosen by the program, looked
+/// up on every publish, so hashed with the in-process hasher, not SipHash.
+type Known = HashSet<Box<str>, FastState>;
 
 /// Publishes with a domain's stream ensured once per domain and process. Cheap to clone: clones
 /// share what they know.
 #[derive(Debug, Clone)]
 pub struct Provisioner<T> {
     transport: T,
-    known: Arc<RwLock<HashSet<Box<str>>>>,
+    known: Arc<RwLock<Known>>,
 }
 
 impl<T: Transport> Provisioner<T> {
@@ -48,7 +53,7 @@ impl<T: Transport> Provisioner<T> {
     }
 
     /// After `result` of a publish: a stream that is gone makes its domain unknown again.
-    fn forget_if_gone<R>(known: &RwLock<HashSet<Box<str>>>, result: &Result<R, TransportError>) {
+    fn forget_if_gone<R>(known: &RwLock<Known>, result: &Result<R, TransportError>) {
         if let Err(TransportError::NoStream { subject }) = result {
             let domain = subject.split('.').next().unwrap_or_default();
             if let Ok(mut k) = known.write()

@@ -865,8 +865,8 @@ impl<A: Acker> Delivery<A> {
         self.0.taken
     }
 
-    /// The same delivery, taken over at the same time, with `taken` (a delivery rebuilt from its
-    /// parts by a transport that wraps another).
+    /// The same delivery with `taken` as the time it was handed over: for a delivery that a
+    /// transport wrapping another rebuilt from its parts.
     pub(crate) fn with_taken(mut self, taken: Option<tokio::time::Instant>) -> Self {
         self.0.taken = taken;
         self

@@ -28,13 +28,9 @@ async fn the_process_keeps_its_streams_and_buckets_in_the_placed_cluster() {
     use futures::TryStreamExt as _;
     let (t, ()) = setup().await;
     process_scenarios::onboarding_process_runs_to_its_end(t.clone()).await;
-    let js = t.jetstream();
-    let names: Vec<String> = js.stream_names().try_collect().await.expect("stream names");
+    let names: Vec<String> = t.jetstream().stream_names().try_collect().await.expect("stream names");
     assert!(names.iter().any(|n| n == "KV_cim_pm_onboarding"), "{names:?}");
     for name in &names {
-        let mut stream = js.get_stream(name).await.expect("stream");
-        let info = stream.info().await.expect("info");
-        let cluster = info.cluster.as_ref().and_then(|c| c.name.clone());
-        assert_eq!(cluster.as_deref(), Some("A"), "{name}");
+        assert_eq!(supercluster::cluster_of(&t, name).await.as_deref(), Some("A"), "{name}");
     }
 }

@@ -20,7 +20,7 @@ use cim_integrate_runtime::handler::HandlerOptions;
 use cim_integrate_runtime::service::Service;
 use cim_integrate_runtime::transport::nats::NatsTransport;
 use std::time::{Duration, Instant};
-use supercluster::{account, on_b};
+use supercluster::{account, cluster_of, on_b};
 
 /// A transport on server `b`, in a fresh account, placing in cluster `A`.
 async fn setup() -> (NatsTransport, ()) {
@@ -65,12 +65,6 @@ async fn handled_once(service: &Service, within: Duration) -> Duration {
         assert!(start.elapsed() < within, "not handled in {within:?}: {stats:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// The cluster stream `name` is placed in.
-async fn cluster_of(t: &NatsTransport, name: &str) -> Option<String> {
-    let mut stream = t.jetstream().get_stream(name).await.ok()?;
-    stream.info().await.ok()?.cluster.as_ref().and_then(|c| c.name.clone())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -817,6 +817,14 @@ impl DeliverySubject {
             Self::Stored(s) => s.as_str(),
         }
     }
+
+    /// The subject's text, owned.
+    fn into_string(self) -> String {
+        match self {
+            Self::Received(s) => s,
+            Self::Stored(s) => s.as_str().to_owned(),
+        }
+    }
 }
 
 impl std::fmt::Debug for DeliverySubject {
@@ -865,10 +873,15 @@ impl<A: Acker> Delivery<A> {
         self.0.taken
     }
 
-    /// The same delivery with `taken` as the time it was handed over: for a delivery that a
-    /// transport wrapping another rebuilt from its parts.
-    pub(crate) fn with_taken(mut self, taken: Option<tokio::time::Instant>) -> Self {
-        self.0.taken = taken;
+    /// The same delivery, in the same allocation, with its subject text and info as `f` leaves
+    /// them (a transport that wraps another: a prefix stripped, the stream's name as its caller
+    /// knows it); headers, payload, acknowledgement handle and when it was taken over are kept.
+    /// The subject is then one as received, checked again when the envelope is read.
+    pub(crate) fn reframed(mut self, f: impl FnOnce(&mut String, &mut DeliveryInfo)) -> Self {
+        let p = &mut *self.0;
+        let mut subject = std::mem::replace(&mut p.subject, DeliverySubject::Received(String::new())).into_string();
+        f(&mut subject, &mut p.info);
+        p.subject = DeliverySubject::Received(subject);
         self
     }
 
@@ -947,11 +960,7 @@ impl<A: Acker> Delivery<A> {
     /// Splits into the received parts and the acknowledgement handle.
     pub fn into_parts(self) -> (String, Headers, Bytes, DeliveryInfo, A) {
         let p = *self.0;
-        let subject = match p.subject {
-            DeliverySubject::Received(s) => s,
-            DeliverySubject::Stored(s) => s.as_str().to_owned(),
-        };
-        (subject, p.headers, p.payload, p.info, p.acker)
+        (p.subject.into_string(), p.headers, p.payload, p.info, p.acker)
     }
 }
 

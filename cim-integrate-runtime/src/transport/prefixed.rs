@@ -278,11 +278,10 @@ impl<C: Consumer> Consumer for PrefixedConsumer<C> {
 }
 
 fn strip_delivery<A: Acker>(delivery: Delivery<A>, names: &Names, stream: &Arc<str>) -> Delivery<A> {
-    let taken = delivery.taken();
-    let (mut subject, headers, payload, mut info, acker) = delivery.into_parts();
-    names.strip_subject(&mut subject);
-    info.stream = stream.clone();
-    Delivery::new(subject, headers, payload, info, acker).with_taken(taken)
+    delivery.reframed(|subject, info| {
+        names.strip_subject(subject);
+        info.stream = stream.clone();
+    })
 }
 
 pin_project_lite::pin_project! {

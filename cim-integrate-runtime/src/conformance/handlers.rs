@@ -970,19 +970,38 @@ pub async fn shutdown_finishes_in_flight_work<T: Transport>(t: T) {
         ack_wait: Duration::from_secs(2),
         ..HandlerOptions::default()
     };
+    // Runs started, so that the shutdown comes with all three in flight (not after a fixed
+    // time: across a gateway a fresh consumer's first pull can take about 2 s).
+    let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let start = || {
+        let (done, started) = (done.clone(), started.clone());
+        let handler = Registration::new(
+            "slow",
+            pattern("document.created"),
+            "Numbered",
+            decode,
+            move |_ctx, e: Numbered| {
+                let (done, started) = (done.clone(), started.clone());
+                async move {
+                    started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    done.lock().expect("lock").push(e.n);
+                    Ok(())
+                }
+            },
+        );
         Service::builder(t.clone(), "graceful")
-            .handler(
-                "workflow",
-                slow("slow", Duration::from_millis(500), done.clone()).with_options(opts.clone()),
-            )
+            .handler("workflow", handler.with_options(opts.clone()))
             .start()
     };
     let svc = start().await.expect("start");
     for n in 0..3 {
         publish(&t, &numbered("document.created", n)).await;
     }
-    tokio::time::sleep(Duration::from_millis(200)).await; // all three in flight
+    wait_until("all three in flight", || {
+        started.load(std::sync::atomic::Ordering::SeqCst) == 3
+    })
+    .await;
     svc.shutdown(Duration::from_secs(5)).await;
     assert_eq!(
         done.lock().expect("lock").len(),

@@ -102,13 +102,11 @@ async fn a_host_restarting_across_a_gateway_handles_what_it_missed_once() {
     assert_eq!(indexer::stream_messages(&t, "SEARCH_EVENTS").await, Some(1));
 }
 
-/// A pull request sent across the gateway right after its consumer was created can reach nobody
-/// (the consumer leader's interest has not crossed yet; about 2 % of fresh consumers on a loaded
-/// machine). The pull is sent again after two missed idle heartbeats; for a consumer with a short
-/// inactive threshold that must happen within the threshold, or the server removes the consumer
-/// under the handle waiting on it (`inactive_consumer_is_removed` failed that way in CI).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fresh_consumers_with_a_short_inactive_threshold_outlive_a_lost_first_pull() {
+/// How long each of `count` consumers created in turn from `b` (placed in `A`, with an inactive
+/// threshold if given) waits for its first delivery of an event stored before; each is deleted
+/// after, and must still exist then (the server removes a consumer nobody pulls for its
+/// threshold).
+async fn first_deliveries(count: usize, inactive_threshold: Option<Duration>) -> Vec<Duration> {
     use cim_integrate_runtime::envelope::Envelope;
     use cim_integrate_runtime::subject::{Subject, SubjectPattern};
     use cim_integrate_runtime::transport::{Consumer, ConsumerSpec, StreamSpec, Transport, TransportError};
@@ -120,10 +118,13 @@ async fn fresh_consumers_with_a_short_inactive_threshold_outlive_a_lost_first_pu
     let event = Envelope::root(subject, bytes::Bytes::from_static(b"{}")).typed("TestEvent", "1.0");
     t.publish_and_wait((&event).into()).await.expect("publish");
     let filter = SubjectPattern::new("document.>").expect("pattern");
-    let mut slowest = Duration::ZERO;
-    for i in 0..60 {
+    let mut firsts = Vec::with_capacity(count);
+    for i in 0..count {
         let durable = format!("fresh-{i}");
-        let spec = ConsumerSpec::new(STREAM, &durable, filter.clone()).inactive_threshold(Duration::from_secs(1));
+        let mut spec = ConsumerSpec::new(STREAM, &durable, filter.clone());
+        if let Some(threshold) = inactive_threshold {
+            spec = spec.inactive_threshold(threshold);
+        }
         let mut c = t.consumer(&spec).await.expect("consumer");
         let start = Instant::now();
         match tokio::time::timeout(Duration::from_secs(5), c.next()).await {
@@ -137,11 +138,39 @@ async fn fresh_consumers_with_a_short_inactive_threshold_outlive_a_lost_first_pu
                 panic!("`{durable}`: nothing within 5 s (removed by the server: {gone})");
             }
         }
-        slowest = slowest.max(start.elapsed());
+        firsts.push(start.elapsed());
+        drop(c);
         t.delete_consumer(STREAM, &durable)
             .await
             .expect("the consumer outlived its first pull");
     }
-    // a lost pull is sent again after two heartbeats of a quarter of the threshold
+    firsts.sort();
+    firsts
+}
+
+/// A consumer created across the gateway gets what is stored at once: its first pull request is
+/// sent once a request on the pull's subject reached the consumer leader. Published right after
+/// the creation, 1-2 in 300 reached nobody without a word (the leader's interest had not crossed
+/// the gateway yet) and were sent again only after two missed heartbeats (2.1 s with the default
+/// 1 s); this test failed in 1 of 2 runs so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_consumers_across_a_gateway_get_their_first_delivery_at_once() {
+    let firsts = first_deliveries(200, None).await;
+    let (median, slowest) = (firsts[firsts.len() / 2], firsts[firsts.len() - 1]);
+    // A request lost on its way costs a quarter of a heartbeat (250 ms), not two heartbeats.
+    assert!(
+        slowest < Duration::from_secs(1),
+        "slowest first delivery {slowest:?} (median {median:?})"
+    );
+}
+
+/// A lost pull request is sent again after two missed idle heartbeats; for a consumer with a
+/// short inactive threshold that must happen within the threshold, or the server removes the
+/// consumer under the handle waiting on it (`inactive_consumer_is_removed` failed that way in CI,
+/// before pulls waited for the leader): its heartbeat is a quarter of the threshold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_consumers_with_a_short_inactive_threshold_outlive_a_lost_first_pull() {
+    let firsts = first_deliveries(60, Some(Duration::from_secs(1))).await;
+    let slowest = firsts[firsts.len() - 1];
     assert!(slowest < Duration::from_secs(1), "slowest first delivery {slowest:?}");
 }

@@ -60,6 +60,7 @@ macro_rules! conformance_tests {
                 durable_resumes_where_it_left_off,
                 consumer_conflict_and_update,
                 delete_consumer_forgets_progress,
+                a_handle_hears_at_once_that_its_consumer_was_deleted,
                 inactive_consumer_is_removed,
                 crashed_waiter_leaves_no_consumer,
                 kv_create_get_update_conflict,
@@ -795,6 +796,54 @@ pub async fn delete_consumer_forgets_progress<T: Transport>(t: T) {
     let d = next_within(&mut c, SOON).await;
     assert_eq!((d.info().stream_sequence, d.info().delivered), (1, 1));
     d.ack().await.expect("ack");
+}
+
+/// A handle whose durable was deleted (by an operator, by the server) hears it from its next
+/// [`Consumer::next`] at once, before it pulled and while it waits, not after rounds of pull
+/// restarts: a service then creates the durable again.
+pub async fn a_handle_hears_at_once_that_its_consumer_was_deleted<T: Transport>(t: T) {
+    document_stream(&t).await;
+    let mut before = t.consumer(&spec("gone-before", "document.>")).await.expect("consumer");
+    t.delete_consumer(STREAM, "gone-before").await.expect("delete");
+    let start = tokio::time::Instant::now();
+    let err = match tokio::time::timeout(SOON, before.next()).await {
+        Ok(Err(e)) => e,
+        Ok(Ok(d)) => panic!("a delivery of seq {} from a deleted consumer", d.info().stream_sequence),
+        Err(_) => panic!("nothing within {SOON:?}"),
+    };
+    assert!(matches!(err, TransportError::ConsumerNotFound { .. }), "{err:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "deleted before pulling: told after {:?}",
+        start.elapsed()
+    );
+
+    publish(&t, &event("document.created", "{}")).await;
+    let mut waiting = t
+        .consumer(&spec("gone-while-waiting", "document.>"))
+        .await
+        .expect("consumer");
+    next_within(&mut waiting, SOON).await.ack().await.expect("ack");
+    let delete = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        t.delete_consumer(STREAM, "gone-while-waiting").await.expect("delete");
+        tokio::time::Instant::now()
+    };
+    let (deleted, told) = tokio::join!(delete, async {
+        let r = tokio::time::timeout(SOON, waiting.next()).await;
+        (r, tokio::time::Instant::now())
+    });
+    let err = match told.0 {
+        Ok(Err(e)) => e,
+        Ok(Ok(d)) => panic!("a delivery of seq {} from a deleted consumer", d.info().stream_sequence),
+        Err(_) => panic!("nothing within {SOON:?}"),
+    };
+    assert!(matches!(err, TransportError::ConsumerNotFound { .. }), "{err:?}");
+    let after = told.1.saturating_duration_since(deleted);
+    assert!(
+        after < Duration::from_secs(2),
+        "deleted while waiting: told after {after:?}"
+    );
 }
 
 /// A consumer with an inactive threshold is removed once nobody has waited on it that long; one

@@ -1,6 +1,7 @@
 //! Doubling back-off between the retries of an operation that failed for a passing reason (a
-//! store or server unavailable): one schedule for the saga runner's writes, the dedup marks and
-//! provisioning. Each caller keeps its own budget, on the clock its deadline is counted on.
+//! store or server unavailable): one schedule for the saga runner's writes, the dedup marks,
+//! provisioning, key-value writes nobody heard and a NATS pull's wait for its consumer leader.
+//! Each caller keeps its own budget, on the clock its deadline is counted on.
 
 use std::time::Duration;
 

@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 #[path = "fixtures/indexer.rs"]
+#[allow(dead_code)]
 mod indexer;
 
 /// Upper bound for any connection attempt, successful or not.

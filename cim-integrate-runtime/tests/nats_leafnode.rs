@@ -47,24 +47,7 @@ async fn indexer_on(leaf: &NatsServer) -> (NatsTransport, Service) {
 
 /// Waits (up to 20 s) until the indexer handled one event, with nothing dead-lettered.
 async fn handled_once(service: &Service) {
-    handled(service, 1, Duration::from_secs(20)).await;
-}
-
-/// Waits (up to `within`) until the indexer handled `n` events, with nothing dead-lettered.
-async fn handled(service: &Service, n: u64, within: Duration) {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let stats = service.handler_stats("search-indexer").expect("stats");
-        assert_eq!(stats.dead_lettered, 0, "{stats:?}");
-        if stats.succeeded == n {
-            return;
-        }
-        assert!(
-            stats.succeeded < n && tokio::time::Instant::now() < deadline,
-            "not {n} handled: {stats:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    indexer::handled(service, 1, Duration::from_secs(20)).await;
 }
 
 mod transport {
@@ -169,7 +152,7 @@ async fn a_host_on_a_leaf_node_rides_out_an_outage_of_the_hub() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    handled(&service, 2, Duration::from_secs(60)).await;
+    indexer::handled(&service, 2, Duration::from_secs(60)).await;
     let stats = service.handler_stats("search-indexer").expect("stats");
     assert_eq!((stats.succeeded, stats.dead_lettered), (2, 0), "{stats:?}");
     service.shutdown(Duration::from_secs(5)).await;

@@ -970,7 +970,7 @@ pub async fn shutdown_finishes_in_flight_work<T: Transport>(t: T) {
         ..HandlerOptions::default()
     };
     // Runs started, so that the shutdown comes with all three in flight (not after a fixed
-    // time: across a gateway a fresh consumer's first pull can take about 2 s).
+    // time, which a loaded machine or a gateway can outlast).
     let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let start = || {
         let (done, started) = (done.clone(), started.clone());

@@ -219,21 +219,24 @@ impl NatsConsumer {
             .map_err(|e| TransportError::Connection(format!("starting the pull of `{}`: {e}", self.durable)))
     }
 
-    /// Waits until a request on the pull's subject reaches the consumer's leader, for at most two
-    /// idle heartbeats (what a lost pull request costs), before the pull starts. An error only if
-    /// the consumer (or its stream) is gone.
+    /// Waits until a request on the pull's subject reaches the consumer's leader and its answer
+    /// comes back, for at most two idle heartbeats (what a lost pull request costs); then
+    /// [`TransportError::Unavailable`], and the pull is not started: [`Consumer::next`] counts
+    /// an interruption, pauses and asks again, as for any pull that could not start. Also an
+    /// error if the consumer (or its stream) is gone.
     ///
-    /// A pull request is published, not asked: one that reaches nobody is lost without a word
-    /// (measured: 1-2 in 300 consumers created across a gateway; also a leader just elected),
-    /// and the pull is sent again only after two missed heartbeats. This asks first, on the same
-    /// subject, with a request the leader answers at once and that takes no message (`no_wait`,
-    /// `max_bytes` 1: `404 No Messages` with nothing to deliver, `409 Message Size Exceeds
-    /// MaxBytes` with something, which stays where it was). Any answer says that the pull's
-    /// requests reach the leader. No answer within a quarter of a heartbeat (doubling each time),
-    /// or "no responders" (then after 50 ms, doubling), and it asks again, after asking once
-    /// whether the consumer exists.
-    /// Past the two heartbeats, or on any other error, the pull starts anyway, its heartbeats
-    /// watching it as before.
+    /// A pull request is published, not asked: one that reaches nobody is lost without a word,
+    /// and the pull is sent again only after two missed heartbeats (measured: 1-2 in 300
+    /// consumers created across a gateway, whose leader's interest had not crossed it yet). And
+    /// what a leader hands a request whose answers cannot come back is lost in transit, and
+    /// comes back after the ack wait (30 s by default): a cluster back from an outage takes the
+    /// host's pulls through its gateway before its own gateway to the host's cluster is up.
+    /// This asks first, on the same subject, with a request the leader answers at once and
+    /// that takes no message (`no_wait`, `max_bytes` 1: `404 No Messages` with nothing to
+    /// deliver, `409 Message Size Exceeds MaxBytes` with something, which stays where it was).
+    /// An answer proves both ways. No answer within a quarter of a heartbeat (doubling each
+    /// time), or "no responders" (then after 50 ms, doubling), and it asks again, after asking
+    /// once whether the consumer exists; any other error of the request lets the pull start.
     async fn reach_leader(&self, heartbeat: Duration) -> Result<(), TransportError> {
         const PROBE: &[u8] = br#"{"batch":1,"no_wait":true,"max_bytes":1}"#;
         let subject = match &self.transport.options().js_domain {
@@ -242,8 +245,9 @@ impl NatsConsumer {
         };
         let budget = heartbeat.saturating_mul(2);
         let mut wait = (heartbeat / 4).max(MIN_HEARTBEAT);
-        let started = std::time::Instant::now();
-        let (mut asked, mut checked, mut nap) = (0u32, false, MIN_HEARTBEAT);
+        let started = tokio::time::Instant::now();
+        let (mut asked, mut checked) = (0u32, false);
+        let mut nap = crate::backoff::Backoff::new(MIN_HEARTBEAT, heartbeat);
         loop {
             asked += 1;
             let request = async_nats::Request::new()
@@ -277,15 +281,17 @@ impl NatsConsumer {
             }
             let unanswered = if nobody { "no responders" } else { "no answer" };
             if started.elapsed() + wait > budget {
-                tracing::debug!(consumer = %self.durable, asked, unanswered, "the consumer leader did not answer; pulling anyway");
-                return Ok(());
+                return Err(TransportError::Unavailable(format!(
+                    "the leader of consumer `{}` did not answer in {:?} ({asked} requests, the last: {unanswered})",
+                    self.durable,
+                    started.elapsed()
+                )));
             }
             tracing::debug!(consumer = %self.durable, asked, unanswered, "the consumer leader did not answer; asking again");
             if nobody {
                 // Answered at once: give the leader's interest a moment to arrive (longer each
                 // time: in an outage nobody answers for a while).
-                tokio::time::sleep(nap).await;
-                nap = nap.saturating_mul(2);
+                nap.wait().await;
             } else {
                 // A link slower than the wait: a longer one next time.
                 wait = wait.saturating_mul(2);
@@ -598,8 +604,8 @@ fn pull_batch(prefetch: Option<usize>, own: usize) -> usize {
 /// least [`MIN_HEARTBEAT`].
 ///
 /// A pull request can be lost on its way (in a super-cluster, one sent across a gateway before
-/// the consumer leader's interest crossed it, which [`NatsConsumer::reach_leader`] now waits for,
-/// for at most two heartbeats). A lost pull is sent again once two heartbeats are missed; the
+/// the consumer leader's interest crossed it; a pull now starts only once the leader answered
+/// [`NatsConsumer::reach_leader`]'s request). A lost pull is sent again once two heartbeats are missed; the
 /// server removes a consumer nobody pulls for its inactive threshold, so that must happen well
 /// within the threshold, or the consumer is removed under a handle waiting on it.
 fn pull_heartbeat(own: Duration, inactive_threshold: Duration) -> Duration {

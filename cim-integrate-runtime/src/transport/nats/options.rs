@@ -113,8 +113,9 @@ pub struct NatsOptions {
     /// consumer leader moves, or a pull request was lost, this is how soon the pull finds the
     /// leader; 1 s by default). A consumer with an inactive threshold uses at most a quarter of
     /// it (at least 50 ms), so a lost pull is replaced before the server removes the consumer.
-    /// Before a pull starts, a request on its subject checks that it reaches the consumer leader,
-    /// asked again after a quarter of this without an answer, for at most twice this.
+    /// Before a pull starts, a request on its subject checks that it reaches the consumer leader
+    /// and its answer comes back, asked again after a quarter of this without an answer; with no
+    /// answer for twice this, the start fails (an interruption, retried).
     pub pull_heartbeat: Duration,
     /// Expiry of each pull request.
     pub pull_expires: Duration,

@@ -273,7 +273,7 @@ impl NatsConsumer {
                 // A leader whose interest has not arrived yet, a request lost on its way, or no
                 // consumer at all (measured: a deleted consumer's subject goes unanswered, not to
                 // "no responders"). Bounded by the question's own wait: during an election the
-                // answer would wait for the request timeout, and the pull is better started.
+                // answer would wait for the request timeout; asking the leader again is better.
                 checked = true;
                 if let Ok(gone @ Err(_)) = tokio::time::timeout(wait, self.check_exists()).await {
                     return gone;
@@ -605,9 +605,9 @@ fn pull_batch(prefetch: Option<usize>, own: usize) -> usize {
 ///
 /// A pull request can be lost on its way (in a super-cluster, one sent across a gateway before
 /// the consumer leader's interest crossed it; a pull now starts only once the leader answered
-/// [`NatsConsumer::reach_leader`]'s request). A lost pull is sent again once two heartbeats are missed; the
-/// server removes a consumer nobody pulls for its inactive threshold, so that must happen well
-/// within the threshold, or the consumer is removed under a handle waiting on it.
+/// [`NatsConsumer::reach_leader`]'s request). A lost pull is sent again once two heartbeats are
+/// missed; the server removes a consumer nobody pulls for its inactive threshold, so that must
+/// happen well within the threshold, or the consumer is removed under a handle waiting on it.
 fn pull_heartbeat(own: Duration, inactive_threshold: Duration) -> Duration {
     if inactive_threshold.is_zero() {
         own

@@ -971,7 +971,7 @@ pub async fn shutdown_finishes_in_flight_work<T: Transport>(t: T) {
     };
     // Runs started, so that the shutdown comes with all three in flight (not after a fixed
     // time, which a loaded machine or a gateway can outlast).
-    let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Arc::new(AtomicU32::new(0));
     let start = || {
         let (done, started) = (done.clone(), started.clone());
         let handler = Registration::new(
@@ -982,7 +982,7 @@ pub async fn shutdown_finishes_in_flight_work<T: Transport>(t: T) {
             move |_ctx, e: Numbered| {
                 let (done, started) = (done.clone(), started.clone());
                 async move {
-                    started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    started.fetch_add(1, Ordering::SeqCst);
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     done.lock().expect("lock").push(e.n);
                     Ok(())
@@ -997,10 +997,7 @@ pub async fn shutdown_finishes_in_flight_work<T: Transport>(t: T) {
     for n in 0..3 {
         publish(&t, &numbered("document.created", n)).await;
     }
-    wait_until("all three in flight", || {
-        started.load(std::sync::atomic::Ordering::SeqCst) == 3
-    })
-    .await;
+    wait_until("all three in flight", || started.load(Ordering::SeqCst) == 3).await;
     svc.shutdown(Duration::from_secs(5)).await;
     assert_eq!(
         done.lock().expect("lock").len(),

@@ -239,10 +239,9 @@ impl NatsConsumer {
     /// once whether the consumer exists; any other error of the request lets the pull start.
     async fn reach_leader(&self, heartbeat: Duration) -> Result<(), TransportError> {
         const PROBE: &[u8] = br#"{"batch":1,"no_wait":true,"max_bytes":1}"#;
-        let subject = match &self.transport.options().js_domain {
-            Some(domain) => format!("$JS.{domain}.API.CONSUMER.MSG.NEXT.{}.{}", self.stream, self.durable),
-            None => format!("$JS.API.CONSUMER.MSG.NEXT.{}.{}", self.stream, self.durable),
-        };
+        let subject = self
+            .transport
+            .api_subject(&format!("CONSUMER.MSG.NEXT.{}.{}", self.stream, self.durable));
         let budget = heartbeat.saturating_mul(2);
         let mut wait = (heartbeat / 4).max(MIN_HEARTBEAT);
         let started = tokio::time::Instant::now();

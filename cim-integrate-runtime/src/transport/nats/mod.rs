@@ -231,6 +231,15 @@ impl NatsTransport {
         &self.inner.options
     }
 
+    /// The full subject of JetStream API request `tail` (`STREAM.INFO.S`), in the configured
+    /// domain if any.
+    pub(crate) fn api_subject(&self, tail: &str) -> String {
+        match &self.inner.options.js_domain {
+            Some(domain) => format!("$JS.{domain}.API.{tail}"),
+            None => format!("$JS.API.{tail}"),
+        }
+    }
+
     /// Sends a JetStream API request; the outer error is the request's, the inner the server's.
     async fn api<T: serde::de::DeserializeOwned>(
         &self,
@@ -240,10 +249,7 @@ impl NatsTransport {
         let began = crate::throttle::monotonic_ms();
         let response: jetstream::response::Response<T> =
             self.inner.js.request(subject.clone(), body).await.map_err(|e| {
-                let full = match &self.inner.options.js_domain {
-                    Some(domain) => format!("$JS.{domain}.API.{subject}"),
-                    None => format!("$JS.API.{subject}"),
-                };
+                let full = self.api_subject(&subject);
                 use async_nats::jetstream::context::RequestErrorKind;
                 match e.kind() {
                     RequestErrorKind::TimedOut if self.inner.denials.refused(&full, began) => {

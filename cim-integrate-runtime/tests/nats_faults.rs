@@ -509,7 +509,10 @@ async fn an_account_at_its_limit_of_streams_defers_and_says_which_limit() {
 
 /// A read while the server is down is unavailability (transient), never "not found", on both
 /// read paths: the direct get of a bucket of one replica and the leader's `STREAM.MSG.GET` (a
-/// bucket of one replica that disallows direct gets, as a plain client may make one).
+/// bucket of one replica that disallows direct gets, as a plain client may make one). It fails
+/// after its own request timeout, not after a request timeout more for each question asked
+/// beside it (whether the bucket is gone, how many replicas it has: a read waited for up to three
+/// timeouts one after the other).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kv_reads_while_the_server_is_down_are_transient() {
     use cim_integrate_runtime::transport::{KeyValue, KvSpec};
@@ -534,8 +537,16 @@ async fn kv_reads_while_the_server_is_down_are_transient() {
     }
     server.stop().await.expect("stop");
     for kv in [&direct, &leader] {
+        let started = std::time::Instant::now();
         let err = kv.get("k").await.expect_err("no server");
         assert!(err.is_transient(), "{err:?}");
+        // The request timeout (2 s) and the bounded check whether the bucket is gone (0.5 s);
+        // the check waited a whole request timeout before: 4 s.
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_millis(3_300),
+            "a read during the outage took {took:?}"
+        );
     }
     server.restart().await.expect("restart");
     for kv in [&direct, &leader] {

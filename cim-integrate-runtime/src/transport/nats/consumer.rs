@@ -279,7 +279,16 @@ impl NatsConsumer {
                 }
             }
             let unanswered = if nobody { "no responders" } else { "no answer" };
-            if started.elapsed() + wait > budget {
+            // What the next question may take, its pause before it included: "no responders"
+            // came at once, so the leader's interest is given a moment to arrive (longer each
+            // time: in an outage nobody answers for a while); an unanswered question is asked
+            // again with a longer wait (a link slower than the wait).
+            let (pause, next_wait) = if nobody {
+                (nap.pause(), wait)
+            } else {
+                (Duration::ZERO, wait.saturating_mul(2))
+            };
+            if started.elapsed() + pause + next_wait > budget {
                 return Err(TransportError::Unavailable(format!(
                     "the leader of consumer `{}` did not answer in {:?} ({asked} requests, the last: {unanswered})",
                     self.durable,
@@ -288,13 +297,9 @@ impl NatsConsumer {
             }
             tracing::debug!(consumer = %self.durable, asked, unanswered, "the consumer leader did not answer; asking again");
             if nobody {
-                // Answered at once: give the leader's interest a moment to arrive (longer each
-                // time: in an outage nobody answers for a while).
                 nap.wait().await;
-            } else {
-                // A link slower than the wait: a longer one next time.
-                wait = wait.saturating_mul(2);
             }
+            wait = next_wait;
         }
     }
 

@@ -44,6 +44,23 @@ struct Provisioned {
 /// unavailability, in milliseconds.
 const GONE_CHECK_MS: u64 = 1_000;
 
+/// How soon a bucket's read path is chosen again after a check that got no answer ([`ReadPath`]),
+/// in milliseconds (at most [`RECHECK_MS`]).
+const RETRY_CHECK_MS: u64 = 1_000;
+
+/// How long a question asked beside a key-value operation waits for its answer (how many
+/// replicas the bucket's stream has, whether it still exists), given the request timeout: a
+/// quarter of it, between 250 ms and 1 s, never more than the timeout. A server that can answer
+/// does so in milliseconds; one that cannot (an outage, an election) would add a whole request
+/// timeout to the operation's own, each time: a read during an outage waited for the read-path
+/// check, the read and the check for a bucket that is gone, one after the other (15.6 s seen
+/// with the default 5 s).
+fn side_wait(request_timeout: Duration) -> Duration {
+    (request_timeout / 4)
+        .clamp(Duration::from_millis(250), Duration::from_secs(1))
+        .min(request_timeout)
+}
+
 /// How often, at most, a bucket's read path is chosen again from its stream's settings
 /// ([`ReadPath`]), in milliseconds: 30 s, lowered by tests
 /// ([`testing::recheck_kv_read_paths_every`](crate::testing::recheck_kv_read_paths_every)).
@@ -82,22 +99,40 @@ impl ReadPath {
     /// the stream's settings first and reads by the new choice: a read after a scale-up never takes
     /// a direct get that a new replica, still catching up, answers with an older revision or none.
     /// Reads made meanwhile by other clones keep the current choice. A failed request keeps the
-    /// choice until the next check.
-    async fn direct(&self, store: &Store, bucket: &str) -> bool {
+    /// choice; a check that got no answer (within `wait`, [`side_wait`]) or failed is made again
+    /// by the first read after [`RETRY_CHECK_MS`], one that got its answer after [`RECHECK_MS`].
+    async fn direct(&self, store: &Store, bucket: &str, wait: Duration) -> bool {
         use std::sync::atomic::Ordering::{AcqRel, Relaxed, Release};
         /// Ends the check however the read ends (a read dropped while it waits included), so that
         /// the next read after the interval checks again.
-        struct Checking<'a>(&'a ReadPath);
+        struct Checking<'a> {
+            path: &'a ReadPath,
+            answered: bool,
+        }
         impl Drop for Checking<'_> {
             fn drop(&mut self) {
-                self.0.next_check_ms.store(ReadPath::next_check(), Relaxed);
-                self.0.checking.store(false, Release);
+                let next = if self.answered {
+                    ReadPath::next_check()
+                } else {
+                    let every = RECHECK_MS.load(Relaxed).min(RETRY_CHECK_MS);
+                    monotonic_ms().saturating_add(every)
+                };
+                self.path.next_check_ms.store(next, Relaxed);
+                self.path.checking.store(false, Release);
             }
         }
         if monotonic_ms() >= self.next_check_ms.load(Relaxed) && !self.checking.swap(true, AcqRel) {
-            let _checking = Checking(self);
-            match store.stream.get_info().await {
-                Ok(info) => {
+            let mut checking = Checking {
+                path: self,
+                answered: false,
+            };
+            match tokio::time::timeout(wait, store.stream.get_info()).await {
+                Err(_) => {
+                    tracing::debug!(bucket = %bucket, ?wait, "no answer about the bucket's replicas; checked again soon")
+                }
+                Ok(Err(e)) => tracing::debug!(bucket = %bucket, error = %e, "cannot check the bucket's replicas"),
+                Ok(Ok(info)) => {
+                    checking.answered = true;
                     let direct = reads_directly(&info.config);
                     if self.direct.swap(direct, Relaxed) != direct {
                         tracing::info!(
@@ -109,7 +144,6 @@ impl ReadPath {
                         );
                     }
                 }
-                Err(e) => tracing::debug!(bucket = %bucket, error = %e, "cannot check the bucket's replicas"),
             }
         }
         self.direct.load(Relaxed)
@@ -434,7 +468,11 @@ impl NatsKeyValue {
         if !p.gone_check.pass(GONE_CHECK_MS) {
             return false;
         }
-        match self.connection.stream_info(&format!("KV_{}", p.spec.bucket)).await {
+        // A server that lost the stream says so at once; one that cannot answer now (the outage
+        // that failed the operation) is not waited for: the next failure asks again.
+        let wait = side_wait(self.connection.inner.options.request_timeout);
+        let info = tokio::time::timeout(wait, self.connection.stream_info(&format!("KV_{}", p.spec.bucket))).await;
+        match info.unwrap_or_else(|_| Err(TransportError::Timeout(format!("the bucket's stream info ({wait:?})")))) {
             Ok(None) => match create(&self.connection, &p.spec).await {
                 Ok(created) => {
                     tracing::warn!(
@@ -464,7 +502,8 @@ impl NatsKeyValue {
     async fn last_message(&self, key: &str) -> Result<Option<StreamMessage>, KvError> {
         use async_nats::jetstream::stream::LastRawMessageErrorKind;
         let subject = format!("{}{key}", self.store.prefix);
-        if self.read_path.direct(&self.store, &self.bucket).await {
+        let wait = side_wait(self.connection.inner.options.request_timeout);
+        if self.read_path.direct(&self.store, &self.bucket, wait).await {
             return self.last_directly(key, subject).await;
         }
         match self.store.stream.get_last_raw_message_by_subject(&subject).await {
@@ -753,6 +792,18 @@ impl KeyValue for NatsKeyValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A question beside an operation waits a quarter of the request timeout, at least 250 ms and
+    /// at most 1 s, and never longer than the timeout itself.
+    #[test]
+    fn side_questions_wait_a_quarter_of_the_timeout_within_bounds() {
+        let ms = Duration::from_millis;
+        assert_eq!(side_wait(ms(100)), ms(100));
+        assert_eq!(side_wait(ms(600)), ms(250));
+        assert_eq!(side_wait(ms(2_000)), ms(500));
+        assert_eq!(side_wait(ms(5_000)), ms(1_000));
+        assert_eq!(side_wait(Duration::from_secs(60)), ms(1_000));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn an_unheard_operation_is_sent_again_for_two_seconds() {

@@ -303,6 +303,20 @@ impl NatsConsumer {
         }
     }
 
+    /// [`check_exists`](Self::check_exists) waiting no longer than a question beside an operation
+    /// waits ([`NatsTransport::side_wait`]): a server that cannot answer now (the outage that
+    /// interrupted the pulls) is not waited for a whole request timeout, which would hold the
+    /// pull's restart that long after the server is back.
+    async fn check_exists_briefly(&self) -> Result<(), TransportError> {
+        let wait = self.transport.side_wait();
+        tokio::time::timeout(wait, self.check_exists())
+            .await
+            .unwrap_or_else(|_| {
+                tracing::debug!(consumer = %self.durable, ?wait, "no answer whether the consumer exists; its pull is started again");
+                Ok(())
+            })
+    }
+
     /// After trouble: an error if the consumer is gone, `Ok` if it still exists or the server
     /// cannot say right now (the pull is then retried).
     async fn check_exists(&self) -> Result<(), TransportError> {
@@ -492,7 +506,7 @@ impl Consumer for NatsConsumer {
                             tracing::warn!(consumer = %self.durable, error = %e, interruptions, "pull not started; retrying");
                         }
                         if self.should_check() {
-                            self.check_exists().await?;
+                            self.check_exists_briefly().await?;
                         }
                         self.pause().await;
                         continue;
@@ -538,7 +552,7 @@ impl Consumer for NatsConsumer {
                         }
                         self.interrupted();
                         if self.should_check() {
-                            self.check_exists().await?;
+                            self.check_exists_briefly().await?;
                         }
                         self.pause().await;
                     }

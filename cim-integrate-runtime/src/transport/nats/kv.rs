@@ -48,19 +48,6 @@ const GONE_CHECK_MS: u64 = 1_000;
 /// in milliseconds (at most [`RECHECK_MS`]).
 const RETRY_CHECK_MS: u64 = 1_000;
 
-/// How long a question asked beside a key-value operation waits for its answer (how many
-/// replicas the bucket's stream has, whether it still exists), given the request timeout: a
-/// quarter of it, between 250 ms and 1 s, never more than the timeout. A server that can answer
-/// does so in milliseconds; one that cannot (an outage, an election) would add a whole request
-/// timeout to the operation's own, each time: a read during an outage waited for the read-path
-/// check, the read and the check for a bucket that is gone, one after the other (15.6 s seen
-/// with the default 5 s).
-fn side_wait(request_timeout: Duration) -> Duration {
-    (request_timeout / 4)
-        .clamp(Duration::from_millis(250), Duration::from_secs(1))
-        .min(request_timeout)
-}
-
 /// How often, at most, a bucket's read path is chosen again from its stream's settings
 /// ([`ReadPath`]), in milliseconds: 30 s, lowered by tests
 /// ([`testing::recheck_kv_read_paths_every`](crate::testing::recheck_kv_read_paths_every)).
@@ -99,7 +86,7 @@ impl ReadPath {
     /// the stream's settings first and reads by the new choice: a read after a scale-up never takes
     /// a direct get that a new replica, still catching up, answers with an older revision or none.
     /// Reads made meanwhile by other clones keep the current choice. A failed request keeps the
-    /// choice; a check that got no answer (within `wait`, [`side_wait`]) or failed is made again
+    /// choice; a check that got no answer (within `wait`, [`NatsTransport::side_wait`]) or failed is made again
     /// by the first read after [`RETRY_CHECK_MS`], one that got its answer after [`RECHECK_MS`].
     async fn direct(&self, store: &Store, bucket: &str, wait: Duration) -> bool {
         use std::sync::atomic::Ordering::{AcqRel, Relaxed, Release};
@@ -470,7 +457,7 @@ impl NatsKeyValue {
         }
         // A server that lost the stream says so at once; one that cannot answer now (the outage
         // that failed the operation) is not waited for: the next failure asks again.
-        let wait = side_wait(self.connection.inner.options.request_timeout);
+        let wait = self.connection.side_wait();
         let info = tokio::time::timeout(wait, self.connection.stream_info(&format!("KV_{}", p.spec.bucket))).await;
         match info.unwrap_or_else(|_| Err(TransportError::Timeout(format!("the bucket's stream info ({wait:?})")))) {
             Ok(None) => match create(&self.connection, &p.spec).await {
@@ -502,7 +489,7 @@ impl NatsKeyValue {
     async fn last_message(&self, key: &str) -> Result<Option<StreamMessage>, KvError> {
         use async_nats::jetstream::stream::LastRawMessageErrorKind;
         let subject = format!("{}{key}", self.store.prefix);
-        let wait = side_wait(self.connection.inner.options.request_timeout);
+        let wait = self.connection.side_wait();
         if self.read_path.direct(&self.store, &self.bucket, wait).await {
             return self.last_directly(key, subject).await;
         }
@@ -797,6 +784,7 @@ mod tests {
     /// at most 1 s, and never longer than the timeout itself.
     #[test]
     fn side_questions_wait_a_quarter_of_the_timeout_within_bounds() {
+        use crate::transport::nats::side_wait;
         let ms = Duration::from_millis;
         assert_eq!(side_wait(ms(100)), ms(100));
         assert_eq!(side_wait(ms(600)), ms(250));

@@ -231,6 +231,13 @@ impl NatsTransport {
         &self.inner.options
     }
 
+    /// How long a question asked beside an operation waits for its answer (how many replicas a
+    /// bucket's stream has, whether it still exists, whether a durable still exists after its
+    /// pulls failed): [`side_wait`] of the request timeout.
+    pub(crate) fn side_wait(&self) -> Duration {
+        side_wait(self.inner.options.request_timeout)
+    }
+
     /// The full subject of JetStream API request `tail` (`STREAM.INFO.S`), in the configured
     /// domain if any.
     pub(crate) fn api_subject(&self, tail: &str) -> String {
@@ -537,6 +544,18 @@ impl NatsTransport {
             },
         }
     }
+}
+
+/// How long a question asked beside an operation waits for its answer, given the request
+/// timeout: a quarter of it, between 250 ms and 1 s, never more than the timeout. A server that
+/// can answer does so in milliseconds; one that cannot (an outage, an election) would add a whole
+/// request timeout to the operation's own, each time: a key-value read during an outage waited for
+/// the read-path check, the read and the check for a bucket that is gone, one after the other
+/// (15.6 s seen with the default 5 s).
+pub(crate) fn side_wait(request_timeout: Duration) -> Duration {
+    (request_timeout / 4)
+        .clamp(Duration::from_millis(250), Duration::from_secs(1))
+        .min(request_timeout)
 }
 
 /// Sends `message` again after `error`, until it is acknowledged or fails for good.

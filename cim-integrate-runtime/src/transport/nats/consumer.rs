@@ -274,9 +274,7 @@ impl NatsConsumer {
                 // "no responders"). Bounded by the question's own wait: during an election the
                 // answer would wait for the request timeout; asking the leader again is better.
                 checked = true;
-                if let Ok(gone @ Err(_)) = tokio::time::timeout(wait, self.check_exists()).await {
-                    return gone;
-                }
+                self.check_exists_within(wait).await?;
             }
             let unanswered = if nobody { "no responders" } else { "no answer" };
             // What the next question may take, its pause before it included: "no responders"
@@ -308,11 +306,16 @@ impl NatsConsumer {
     /// interrupted the pulls) is not waited for a whole request timeout, which would hold the
     /// pull's restart that long after the server is back.
     async fn check_exists_briefly(&self) -> Result<(), TransportError> {
-        let wait = self.transport.side_wait();
+        self.check_exists_within(self.transport.side_wait()).await
+    }
+
+    /// [`check_exists`](Self::check_exists) for at most `wait`: no answer by then reads as "it
+    /// may exist" (`Ok`), as a server that cannot say right now does.
+    async fn check_exists_within(&self, wait: Duration) -> Result<(), TransportError> {
         tokio::time::timeout(wait, self.check_exists())
             .await
             .unwrap_or_else(|_| {
-                tracing::debug!(consumer = %self.durable, ?wait, "no answer whether the consumer exists; its pull is started again");
+                tracing::debug!(consumer = %self.durable, ?wait, "no answer in time whether the consumer exists; taken as existing");
                 Ok(())
             })
     }

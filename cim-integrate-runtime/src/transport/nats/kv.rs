@@ -86,9 +86,9 @@ impl ReadPath {
     /// the stream's settings first and reads by the new choice: a read after a scale-up never takes
     /// a direct get that a new replica, still catching up, answers with an older revision or none.
     /// Reads made meanwhile by other clones keep the current choice. A failed request keeps the
-    /// choice; a check that got no answer (within `wait`, [`NatsTransport::side_wait`]) or failed is made again
+    /// choice; a check that got no answer (within [`NatsTransport::side_wait`]) or failed is made again
     /// by the first read after [`RETRY_CHECK_MS`], one that got its answer after [`RECHECK_MS`].
-    async fn direct(&self, store: &Store, bucket: &str, wait: Duration) -> bool {
+    async fn direct(&self, store: &Store, bucket: &str, connection: &NatsTransport) -> bool {
         use std::sync::atomic::Ordering::{AcqRel, Relaxed, Release};
         /// Ends the check however the read ends (a read dropped while it waits included), so that
         /// the next read after the interval checks again.
@@ -113,6 +113,7 @@ impl ReadPath {
                 path: self,
                 answered: false,
             };
+            let wait = connection.side_wait();
             match tokio::time::timeout(wait, store.stream.get_info()).await {
                 Err(_) => {
                     tracing::debug!(bucket = %bucket, ?wait, "no answer about the bucket's replicas; checked again soon")
@@ -489,8 +490,7 @@ impl NatsKeyValue {
     async fn last_message(&self, key: &str) -> Result<Option<StreamMessage>, KvError> {
         use async_nats::jetstream::stream::LastRawMessageErrorKind;
         let subject = format!("{}{key}", self.store.prefix);
-        let wait = self.connection.side_wait();
-        if self.read_path.direct(&self.store, &self.bucket, wait).await {
+        if self.read_path.direct(&self.store, &self.bucket, &self.connection).await {
             return self.last_directly(key, subject).await;
         }
         match self.store.stream.get_last_raw_message_by_subject(&subject).await {

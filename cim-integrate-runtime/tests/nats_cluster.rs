@@ -51,7 +51,8 @@ async fn r3_stream_fails_over_and_the_killed_node_rejoins() {
         .await
         .expect("ack");
 
-    // A consumer on the stream has a leader too.
+    // A consumer on the stream has a leader too, once its group elected one: the create's answer
+    // can come before that.
     js.get_stream("ORDERS")
         .await
         .expect("stream")
@@ -62,7 +63,7 @@ async fn r3_stream_fails_over_and_the_killed_node_rejoins() {
         .await
         .expect("consumer");
     let c = cluster
-        .consumer_leader("ORDERS", "reader")
+        .wait_for_consumer_leader("ORDERS", "reader", Duration::from_secs(10))
         .await
         .expect("consumer leader");
     assert!(c < CLUSTER_SIZE);
@@ -185,7 +186,7 @@ async fn a_consumer_leader_step_down_is_reported_as_a_resume() {
     assert!(first.resumed.expect("reported") < first.published);
 
     let old = cluster
-        .consumer_leader("DOCUMENT_EVENTS", "stepping")
+        .wait_for_consumer_leader("DOCUMENT_EVENTS", "stepping", Duration::from_secs(10))
         .await
         .expect("consumer leader");
     let deadline = Instant::now() + Duration::from_secs(30);

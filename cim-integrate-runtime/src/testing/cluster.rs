@@ -256,7 +256,10 @@ impl NatsCluster {
         self.stream_leader(&format!("KV_{bucket}")).await
     }
 
-    /// The node leading the consumer `durable` of `stream` (from `CONSUMER.INFO`).
+    /// The node leading the consumer `durable` of `stream` (from `CONSUMER.INFO`). A consumer just
+    /// created may have none yet (its create is answered before its group's election ends): an
+    /// error of kind `NotFound`; [`wait_for_consumer_leader`](Self::wait_for_consumer_leader)
+    /// waits for one.
     pub async fn consumer_leader(&self, stream: &str, durable: &str) -> io::Result<usize> {
         let v = self.api(format!("$JS.API.CONSUMER.INFO.{stream}.{durable}")).await?;
         self.leader_index(&v, &format!("consumer `{durable}` of `{stream}`"))

@@ -20,6 +20,8 @@ import re
 import subprocess
 import sys
 
+from callgrind import executions
+
 LIBC = "/usr/lib/x86_64-linux-gnu/libc.so.6"
 
 
@@ -32,60 +34,6 @@ def atomic_addresses(path):
         if m and (m.group(2).startswith("lock ") or (m.group(2).startswith("xchg") and "(" in m.group(2))):
             found.add(int(m.group(1), 16))
     return found
-
-
-def executions(path):
-    """(object, address) -> executions, and (object, address) -> function, from a callgrind file
-    written with `--dump-instr=yes` (positions `instr line`, one event: Ir)."""
-    names, counts, function = {}, collections.Counter(), {}
-
-    def name(kind, value):
-        m = re.match(r"\((\d+)\)(?: (.*))?$", value)
-        if not m:
-            return value
-        if m.group(2):
-            names[(kind, m.group(1))] = m.group(2)
-        return names.get((kind, m.group(1)))
-
-    def position(token, previous):
-        if token.startswith("0x"):
-            return int(token, 16)
-        if token.startswith("+"):
-            return previous + int(token[1:], 16)
-        if token.startswith("-"):
-            return previous - int(token[1:], 16)
-        return previous  # "*": the same
-
-    obj = fn = None
-    address, call_cost_next = 0, False
-    for raw in open(path):
-        line = raw.rstrip("\n")
-        if not line:
-            continue
-        for prefix, kind in (("ob=", "ob"), ("cob=", "ob"), ("fn=", "fn"), ("cfn=", "fn")):
-            if line.startswith(prefix):
-                value = name(kind, line[len(prefix):])
-                if prefix == "ob=":
-                    obj = value
-                elif prefix == "fn=":
-                    fn = value
-                break
-        else:
-            if line.startswith("calls="):
-                call_cost_next = True
-                continue
-            if line[0] not in "0123456789+-*":
-                continue
-            parts = line.split()
-            address = position(parts[0], address)
-            if call_cost_next:
-                # The inclusive cost of the call made here, not executions of this instruction.
-                call_cost_next = False
-                continue
-            if len(parts) > 2:
-                counts[(obj, address)] += int(parts[2])
-                function[(obj, address)] = fn
-    return counts, function
 
 
 def main():

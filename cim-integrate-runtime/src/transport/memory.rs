@@ -326,7 +326,46 @@ struct ConsumerState {
     active_at: Instant,
 }
 
+/// The error of a durable that is gone. Out of line: the path of every delivery stays short.
+#[cold]
+#[inline(never)]
+fn consumer_gone(stream: &MemStream, name: &str) -> TransportError {
+    TransportError::ConsumerNotFound {
+        stream: stream.spec.name.clone(),
+        consumer: name.to_owned(),
+    }
+}
+
 impl ConsumerState {
+    /// The pending delivery due for redelivery now with the lowest sequence, and when the next
+    /// one falls due; drops those that have used up `max_deliver`. Out of line: asked only once
+    /// a pending delivery's redelivery time has come (`next_due`), so the code of every
+    /// delivery stays short.
+    #[cold]
+    #[inline(never)]
+    fn due_redelivery(&mut self, now: Instant, stream: &MemStream, name: &str) -> (Option<u64>, Option<Instant>) {
+        let max_deliver = self.spec.max_deliver.map_or(u64::MAX, u64::from);
+        let mut wake: Option<Instant> = None;
+        let mut due = None;
+        self.pending.retain(|seq, p| {
+            if p.redeliver_at > now {
+                wake = Some(wake.map_or(p.redeliver_at, |w| w.min(p.redeliver_at)));
+                return true;
+            }
+            if p.delivered >= max_deliver {
+                tracing::debug!(stream = %stream.name, consumer = %name, seq, "max deliveries reached");
+                return false;
+            }
+            if due.is_none() {
+                due = Some(seq);
+            }
+            true
+        });
+        // Others may be due too: look again next time, until none is.
+        self.next_due = if due.is_some() { now } else { wake.unwrap_or(now) };
+        (due, wake)
+    }
+
     /// `true` if the consumer has an inactive threshold and has been idle longer.
     fn inactive(&self, now: Instant) -> bool {
         let Some(threshold) = self.spec.inactive_threshold else {
@@ -500,37 +539,17 @@ impl StreamState {
         let StreamState {
             messages, consumers, ..
         } = self;
-        let c = consumers
-            .get_mut(name)
-            .ok_or_else(|| TransportError::ConsumerNotFound {
-                stream: stream.spec.name.clone(),
-                consumer: name.to_string(),
-            })?;
-        let max_deliver = c.spec.max_deliver.map_or(u64::MAX, u64::from);
+        let Some(c) = consumers.get_mut(name) else {
+            return Err(consumer_gone(stream, name));
+        };
         // Redeliveries first, lowest sequence first; drop those that have used up max_deliver.
-        let mut wake: Option<Instant> = None;
-        let mut due = None;
-        if c.pending.is_empty() {
+        let (due, wake) = if c.pending.is_empty() {
+            (None, None)
         } else if c.next_due > now {
-            wake = Some(c.next_due);
+            (None, Some(c.next_due))
         } else {
-            c.pending.retain(|seq, p| {
-                if p.redeliver_at > now {
-                    wake = Some(wake.map_or(p.redeliver_at, |w| w.min(p.redeliver_at)));
-                    return true;
-                }
-                if p.delivered >= max_deliver {
-                    tracing::debug!(stream = %stream.name, consumer = %name, seq, "max deliveries reached");
-                    return false;
-                }
-                if due.is_none() {
-                    due = Some(seq);
-                }
-                true
-            });
-            // Others may be due too: look again next time, until none is.
-            c.next_due = if due.is_some() { now } else { wake.unwrap_or(now) };
-        }
+            c.due_redelivery(now, stream, name)
+        };
         let seq = match due {
             Some(seq) => Some(seq),
             None if c.pending.len() < c.spec.max_ack_pending as usize => {

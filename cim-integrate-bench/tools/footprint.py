@@ -28,12 +28,13 @@ from callgrind import executions
 
 
 def hot_code(path, at_least):
-    """function -> set of the addresses of its instructions executed at least `at_least` times."""
+    """function -> set of (object, address) of its instructions executed at least `at_least`
+    times (addresses are per object: the binary's and libc's may be equal)."""
     counts, function = executions(path)
     hot = collections.defaultdict(set)
-    for (_, address), n in counts.items():
+    for place, n in counts.items():
         if n >= at_least:
-            hot[function[(_, address)]].add(address)
+            hot[function[place]].add(place)
     return hot
 
 
@@ -44,13 +45,13 @@ def main():
     at_least = int(sys.argv[2]) if len(sys.argv) > 2 else 1
     top = int(sys.argv[3]) if len(sys.argv) > 3 else 30
     hot = hot_code(path, at_least)
-    lines = {f: {a >> 6 for a in addresses} for f, addresses in hot.items()}
+    lines = {f: {(obj, a >> 6) for obj, a in places} for f, places in hot.items()}
     every_line = set().union(*lines.values()) if lines else set()
-    instructions = sum(len(a) for a in hot.values())
+    instructions = sum(len(p) for p in hot.values())
     print(f"hot: {len(every_line)} lines ({len(every_line) * 64} bytes), {instructions} instructions")
     print(f"{'lines':>6} {'instr':>6} {'span':>6}  function")
     for f in sorted(lines, key=lambda f: -len(lines[f]))[:top]:
-        first, last = min(hot[f]), max(hot[f])
+        first, last = min(a for _, a in hot[f]), max(a for _, a in hot[f])
         span = (last >> 6) - (first >> 6) + 1
         print(f"{len(lines[f]):6d} {len(hot[f]):6d} {span:6d}  {(f or '?')[:120]}")
 

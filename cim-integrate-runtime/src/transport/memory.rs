@@ -326,12 +326,13 @@ struct ConsumerState {
     active_at: Instant,
 }
 
-/// The error of a durable that is gone. Out of line: the path of every delivery stays short.
+/// The error of a durable `name` of `stream` that is not there. Out of line: the path of every
+/// delivery stays short.
 #[cold]
 #[inline(never)]
-fn consumer_gone(stream: &MemStream, name: &str) -> TransportError {
+fn consumer_gone(stream: &str, name: &str) -> TransportError {
     TransportError::ConsumerNotFound {
-        stream: stream.spec.name.clone(),
+        stream: stream.to_owned(),
         consumer: name.to_owned(),
     }
 }
@@ -540,7 +541,7 @@ impl StreamState {
             messages, consumers, ..
         } = self;
         let Some(c) = consumers.get_mut(name) else {
-            return Err(consumer_gone(stream, name));
+            return Err(consumer_gone(&stream.spec.name, name));
         };
         // Redeliveries first, lowest sequence first; drop those that have used up max_deliver.
         let (due, wake) = if c.pending.is_empty() {
@@ -1019,10 +1020,7 @@ impl Transport for MemoryTransport {
     }
 
     async fn delete_consumer(&self, stream: &str, durable: &str) -> Result<(), TransportError> {
-        let not_found = || TransportError::ConsumerNotFound {
-            stream: stream.to_owned(),
-            consumer: durable.to_owned(),
-        };
+        let not_found = || consumer_gone(stream, durable);
         let s = self.stream_named(stream).ok_or_else(not_found)?;
         let removed = {
             let mut st = lock(&s.state);

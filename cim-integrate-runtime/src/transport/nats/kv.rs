@@ -6,7 +6,7 @@ use super::convert::api_error;
 use crate::timestamp::Timestamp;
 use crate::transport::{KeyValue, KvEntry, KvError, KvSpec, TransportError, check_key};
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
-use async_nats::jetstream::kv::{PutErrorKind, Store, UpdateErrorKind};
+use async_nats::jetstream::kv::{PutError, PutErrorKind, Store, UpdateError, UpdateErrorKind};
 use async_nats::jetstream::message::StreamMessage;
 use async_nats::jetstream::{ErrorCode, stream as js_stream};
 use bytes::Bytes;
@@ -393,6 +393,16 @@ fn no_responders(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// `headers` with a compare-and-set's condition: the key's last revision is `expected` (0: the
+/// key has no message).
+fn expect(expected: u64, mut headers: async_nats::HeaderMap) -> async_nats::HeaderMap {
+    headers.insert(
+        async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+        async_nats::HeaderValue::from(expected),
+    );
+    headers
+}
+
 /// The entry of `key` whose last message is `m`: `None` if it is a delete or purge marker.
 fn entry(key: &str, m: StreamMessage) -> Option<KvEntry> {
     is_put(&m.headers).then(|| KvEntry {
@@ -615,6 +625,79 @@ impl NatsKeyValue {
     }
 }
 
+/// A key-value write's acknowledgement, as the stream answers it: its sequence (the key's new
+/// revision) or the JetStream API's error. Read as one plain struct: async-nats's own reading (an
+/// untagged enum, which buffers the reply and tries the error variant first) built, formatted
+/// and dropped a `serde_json` error for every acknowledgement.
+#[derive(serde::Deserialize)]
+struct WriteAck {
+    #[serde(default)]
+    error: Option<async_nats::jetstream::Error>,
+    #[serde(default)]
+    seq: Option<u64>,
+}
+
+impl NatsKeyValue {
+    /// One write to `key`'s subject (`headers`: a compare-and-set's expected revision, a delete
+    /// marker; none for a plain put), answered by the bucket's stream: its new revision. What async-nats's
+    /// `Store::update`, `put` and `delete_expect_revision` send, sent as one request with the
+    /// acknowledgement read here ([`WriteAck`]); each failure is the `PublishError` async-nats
+    /// reports for it (a timeout, "no responders" as `StreamNotFound`, a lost connection as
+    /// `BrokenPipe`, a wrong last sequence, the API's error), so that [`heard`] and
+    /// [`classify`] read it as they read async-nats's.
+    ///
+    /// The subject is the one async-nats's store writes to: the key's, behind the JetStream
+    /// domain's API prefix where the transport addresses a domain.
+    async fn write(
+        &self,
+        key: &str,
+        headers: Option<async_nats::HeaderMap>,
+        value: Bytes,
+    ) -> Result<u64, PublishError> {
+        use async_nats::RequestErrorKind as R;
+        let store = &*self.store;
+        let base = store.put_prefix.as_deref().unwrap_or(&store.prefix);
+        let subject = match (&self.connection.inner.options.js_domain, store.use_jetstream_prefix) {
+            // A context in a JetStream domain (a leaf node's, the hub's) writes through the
+            // domain's API prefix, as async-nats's store does.
+            (Some(domain), true) => format!("$JS.{domain}.API.{base}{key}"),
+            _ => [base, key].concat(),
+        };
+        let mut request = async_nats::Request::new()
+            .payload(value)
+            .timeout(Some(self.connection.inner.options.request_timeout));
+        // A plain put carries no headers, as async-nats's.
+        request.headers = headers;
+        let reply = match self.connection.client().send_request(subject, request).await {
+            Ok(reply) => reply,
+            Err(e) => {
+                return Err(match e.kind() {
+                    R::TimedOut => PublishError::new(PublishErrorKind::TimedOut),
+                    R::NoResponders => PublishError::new(PublishErrorKind::StreamNotFound),
+                    R::MaxPayloadExceeded => PublishError::with_source(PublishErrorKind::MaxPayloadExceeded, e),
+                    // The connection closed before the answer came.
+                    R::Other => PublishError::with_source(PublishErrorKind::BrokenPipe, e),
+                    _ => PublishError::with_source(PublishErrorKind::Other, e),
+                });
+            }
+        };
+        match serde_json::from_slice::<WriteAck>(&reply.payload) {
+            Ok(WriteAck { error: Some(api), .. }) => Err(match api.error_code() {
+                ErrorCode::STREAM_WRONG_LAST_SEQUENCE => {
+                    PublishError::with_source(PublishErrorKind::WrongLastSequence, api)
+                }
+                _ => PublishError::with_source(PublishErrorKind::Other, api),
+            }),
+            Ok(WriteAck { seq: Some(seq), .. }) => Ok(seq),
+            Ok(WriteAck { .. }) => Err(PublishError::with_source(
+                PublishErrorKind::Other,
+                "a write's acknowledgement carries neither a sequence nor an error",
+            )),
+            Err(e) => Err(PublishError::with_source(PublishErrorKind::Other, e)),
+        }
+    }
+}
+
 /// The operations, once each; [`KeyValue`] runs them through [`NatsKeyValue::again_if_gone`].
 impl NatsKeyValue {
     /// Read from the bucket's stream leader: with a direct get where the stream has one replica
@@ -652,8 +735,9 @@ impl NatsKeyValue {
 
     async fn update_once(&self, key: &str, value: Bytes, expected: u64) -> Result<u64, KvError> {
         check_key(key)?;
-        heard(|| self.store.update(key, value.clone(), expected))
+        heard(|| self.write(key, Some(expect(expected, async_nats::HeaderMap::new())), value.clone()))
             .await
+            .map_err(UpdateError::from)
             .map_err(|e| match e.kind() {
                 UpdateErrorKind::WrongLastRevision => KvError::Conflict {
                     key: key.to_owned(),
@@ -667,8 +751,9 @@ impl NatsKeyValue {
 
     async fn put_once(&self, key: &str, value: Bytes) -> Result<u64, KvError> {
         check_key(key)?;
-        heard(|| self.store.put(key, value.clone()))
+        heard(|| self.write(key, None, value.clone()))
             .await
+            .map_err(|e| PutError::with_source(PutErrorKind::Ack, e))
             .map_err(|e| match e.kind() {
                 PutErrorKind::InvalidKey => KvError::InvalidKey(key.to_owned()),
                 _ => self.write_error("writing", key, &e, false),
@@ -677,8 +762,18 @@ impl NatsKeyValue {
 
     async fn delete_once(&self, key: &str, expected: Option<u64>) -> Result<(), KvError> {
         check_key(key)?;
-        heard(|| self.store.delete_expect_revision(key, expected))
+        let marker = || {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("KV-Operation", "DEL");
+            match expected {
+                Some(expected) => expect(expected, headers),
+                None => headers,
+            }
+        };
+        heard(|| self.write(key, Some(marker()), Bytes::new()))
             .await
+            .map(drop)
+            .map_err(UpdateError::from)
             .map_err(|e| match e.kind() {
                 UpdateErrorKind::WrongLastRevision => KvError::Conflict {
                     key: key.to_owned(),

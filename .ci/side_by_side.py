@@ -24,7 +24,7 @@ import time
 # Slowest first (seconds on a 2-vCPU machine): the longest start at once, the short ones fill
 # in around them.
 SLOWEST = [
-    "cluster_nats",  # 165: one three-node cluster at a time, nodes killed and restarted
+    "cluster_nats",  # 105: one three-node cluster at a time, nodes killed and restarted
     "nats_supercluster",  # 90
     "examples_cluster_nats",  # 80
     "nats_leafnode",  # 65

@@ -370,7 +370,7 @@ async fn a_rolling_restart_in_lame_duck_mode_loses_nothing() {
     let stored = Arc::new(Mutex::new(HashMap::new()));
     let feeder = tokio::spawn(feed_until(
         feeder_client,
-        Duration::from_millis(50),
+        Duration::from_millis(100),
         stop.clone(),
         stored.clone(),
     ));
@@ -520,6 +520,10 @@ async fn payments(t: &NatsTransport, runs: &Arc<Runs>) -> (SagaRunner<PaymentSag
         )
         .with_options(HandlerOptions {
             concurrency: 32,
+            // Deliveries lost in transit when a node or the hub goes (pulled, never received)
+            // come back after the ack wait: 10 s instead of the default 30 s keeps the tests'
+            // tails short. A saga here runs in milliseconds, far under `ack_wait / 20`.
+            ack_wait: Duration::from_secs(10),
             ..HandlerOptions::default()
         });
     let service = Service::builder(t.clone(), "payments")
@@ -893,16 +897,17 @@ async fn the_jetstream_domain_is_addressed() {
         .expect("domain API");
     let info: serde_json::Value = serde_json::from_slice(&reply.payload).expect("json");
     assert_eq!(info["config"]["name"], "BILLING_EVENTS", "{info}");
-    // A wrong domain reaches nobody: unavailable (transient), not "does not exist".
+    // A wrong domain reaches nobody: unavailable (transient), not "does not exist". Provisioning
+    // retries it for a minute (`PROVISION_PATIENCE`; the transient error it then reports is the
+    // unit tests' in `transport::provision`): still retrying after 3 s, nothing was reported.
     let mut options = NatsOptions::new(server.url());
     options.js_domain = Some("elsewhere".into());
     options.request_timeout = Duration::from_millis(500);
     let lost = NatsTransport::connect(options).await.expect("connect");
-    let err = lost
-        .ensure_stream(&StreamSpec::for_domain("billing", None).unwrap())
-        .await
-        .expect_err("no such domain");
-    assert!(err.is_transient(), "{err:?}");
+    let spec = StreamSpec::for_domain("billing", None).unwrap();
+    if let Ok(reported) = tokio::time::timeout(Duration::from_secs(3), lost.ensure_stream(&spec)).await {
+        panic!("a domain nobody serves was reported at once, not retried: {reported:?}");
+    }
 }
 
 /// A bucket made with one replica is read with direct gets (only its leader answers them). Scaled
@@ -1061,7 +1066,7 @@ async fn key_listings_end_while_the_buckets_leader_is_killed() {
 /// nothing is dead-lettered, no step runs twice. The orders come from a publisher at the hub.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sagas_at_an_edge_site_complete_through_an_outage_of_the_hub() {
-    const SAGAS: u32 = 1_000;
+    const SAGAS: u32 = 600;
     let (mut hub, leaf) = cim_integrate::testing::hub_and_leaf().await.expect("hub and leaf");
     let mut options = NatsOptions::new(leaf.url());
     options.js_domain = Some("hub".to_owned());

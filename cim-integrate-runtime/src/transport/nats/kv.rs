@@ -617,11 +617,16 @@ impl NatsKeyValue {
         let inner = &self.connection.inner;
         let window = u64::try_from(inner.options.request_timeout.as_millis()).unwrap_or(u64::MAX);
         let since = monotonic_ms().saturating_sub(window.saturating_add(1_000));
-        let tail = format!("{}{key}", self.store.put_prefix.as_ref().unwrap_or(&self.store.prefix));
         inner
             .denials
-            .refused_ending(&tail, since)
+            .refused_ending(&self.put_subject(key), since)
             .map(|subject| TransportError::PermissionDenied { subject })
+    }
+
+    /// The subject a write to `key` is published to, before any JetStream domain's API prefix:
+    /// the bucket's put prefix (a mirror's or a leaf's view of a bucket elsewhere) or its own.
+    fn put_subject(&self, key: &str) -> String {
+        [self.store.put_prefix.as_deref().unwrap_or(&self.store.prefix), key].concat()
     }
 }
 
@@ -655,13 +660,13 @@ impl NatsKeyValue {
         value: Bytes,
     ) -> Result<u64, PublishError> {
         use async_nats::RequestErrorKind as R;
-        let store = &*self.store;
-        let base = store.put_prefix.as_deref().unwrap_or(&store.prefix);
-        let subject = match (&self.connection.inner.options.js_domain, store.use_jetstream_prefix) {
-            // A context in a JetStream domain (a leaf node's, the hub's) writes through the
-            // domain's API prefix, as async-nats's store does.
-            (Some(domain), true) => format!("$JS.{domain}.API.{base}{key}"),
-            _ => [base, key].concat(),
+        let subject = self.put_subject(key);
+        // A context in a JetStream domain (a leaf node's, the hub's) writes through the domain's
+        // API prefix, as async-nats's store does.
+        let subject = if self.connection.inner.options.js_domain.is_some() && self.store.use_jetstream_prefix {
+            self.connection.api_subject(&subject)
+        } else {
+            subject
         };
         let mut request = async_nats::Request::new()
             .payload(value)

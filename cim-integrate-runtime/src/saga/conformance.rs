@@ -1208,7 +1208,10 @@ async fn retaining<T: Transport>(t: &T, shop: &Shop, retention: Duration) -> Sag
 /// only the active one, status still finds them and start still refuses their ids, until the
 /// retention ends and they are gone. A saga needing attention stays active.
 pub async fn settled_records_expire_and_are_not_resumed<T: Transport>(t: T) {
-    let retention = Duration::from_secs(2);
+    // Long enough for everything up to the expiry check to run within it: on a super-cluster
+    // (writes across a gateway) with other tests beside it, 2 s ran out once in CI before the
+    // settled records were listed.
+    let retention = Duration::from_secs(6);
     let shop = Shop::default();
     lock(&shop.script.broken).insert("charge");
     let r = retaining(&t, &shop, retention).await;

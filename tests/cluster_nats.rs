@@ -887,9 +887,8 @@ async fn the_jetstream_domain_is_addressed() {
     let mut options = NatsOptions::new(server.url());
     options.js_domain = Some("hub".into());
     let t = NatsTransport::connect(options).await.expect("connect");
-    t.ensure_stream(&StreamSpec::for_domain("billing", None).unwrap())
-        .await
-        .expect("stream through $JS.hub.API");
+    let spec = StreamSpec::for_domain("billing", None).expect("spec");
+    t.ensure_stream(&spec).await.expect("stream through $JS.hub.API");
     let reply = t
         .client()
         .request("$JS.hub.API.STREAM.INFO.BILLING_EVENTS", "".into())
@@ -898,13 +897,13 @@ async fn the_jetstream_domain_is_addressed() {
     let info: serde_json::Value = serde_json::from_slice(&reply.payload).expect("json");
     assert_eq!(info["config"]["name"], "BILLING_EVENTS", "{info}");
     // A wrong domain reaches nobody: unavailable (transient), not "does not exist". Provisioning
-    // retries it for a minute (`PROVISION_PATIENCE`; the transient error it then reports is the
-    // unit tests' in `transport::provision`): still retrying after 3 s, nothing was reported.
+    // retries a transient failure for a minute (`PROVISION_PATIENCE`; that it then reports it is
+    // `transport::provision`'s unit test) and reports any other at once: still retrying after
+    // 3 s, nothing was reported.
     let mut options = NatsOptions::new(server.url());
     options.js_domain = Some("elsewhere".into());
     options.request_timeout = Duration::from_millis(500);
     let lost = NatsTransport::connect(options).await.expect("connect");
-    let spec = StreamSpec::for_domain("billing", None).unwrap();
     if let Ok(reported) = tokio::time::timeout(Duration::from_secs(3), lost.ensure_stream(&spec)).await {
         panic!("a domain nobody serves was reported at once, not retried: {reported:?}");
     }

@@ -440,9 +440,9 @@ fn write_tagged<T: Serialize + ?Sized>(
         reason: e.to_string(),
     };
     out.extend_from_slice(b"{\"version\":");
-    serde_json::to_writer(&mut *out, version).map_err(failed)?;
+    crate::json::write_str(out, version).map_err(failed)?;
     let body = out.len();
-    serde_json::to_writer(&mut *out, value).map_err(failed)?;
+    crate::json::to_writer(out, value).map_err(failed)?;
     if out.get(body) != Some(&b'{') {
         let found = String::from_utf8_lossy(&out[body..]);
         return Err(EncodeError::NotAnObject {
@@ -529,7 +529,7 @@ pub fn decode_as<V: DeserializeOwned>(
     version: &str,
     payload: &[u8],
 ) -> Result<V, DecodeError> {
-    serde_json::from_slice(payload).map_err(|e| DecodeError::InvalidFields {
+    crate::json::from_slice(payload).map_err(|e| DecodeError::InvalidFields {
         type_name,
         version: cut(version),
         reason: e.to_string(),

@@ -25,6 +25,7 @@ pub mod handler;
 pub mod headers;
 pub mod id;
 mod id_window;
+mod json;
 pub mod monitor;
 #[cfg(feature = "nats")]
 pub mod ops;

@@ -745,7 +745,7 @@ impl<T: Transport, S: ProcessState + Send + 'static> Engine<T, S> {
     }
 
     fn decode(&self, key: &str, bytes: &[u8]) -> Result<Record<S>, ProcessError> {
-        serde_json::from_slice(bytes).map_err(|e| ProcessError::Corrupt {
+        crate::json::from_slice(bytes).map_err(|e| ProcessError::Corrupt {
             process: self.name.clone(),
             key: key.to_owned(),
             reason: e.to_string(),
@@ -753,8 +753,9 @@ impl<T: Transport, S: ProcessState + Send + 'static> Engine<T, S> {
     }
 
     fn encode(&self, key: &str, record: &Record<S>) -> Result<Bytes, ProcessError> {
-        serde_json::to_vec(record)
-            .map(Bytes::from)
+        let mut out = Vec::with_capacity(128);
+        crate::json::to_writer(&mut out, record)
+            .map(|()| Bytes::from(out))
             .map_err(|e| ProcessError::Corrupt {
                 process: self.name.clone(),
                 key: key.to_owned(),
@@ -1001,7 +1002,7 @@ impl<T: Transport, S: ProcessState + Send + 'static> Engine<T, S> {
             let Some(entry) = self.records.get(&skey).await? else {
                 continue;
             };
-            let record = match serde_json::from_slice::<Record<S>>(&entry.value) {
+            let record = match crate::json::from_slice::<Record<S>>(&entry.value) {
                 Ok(record) => record,
                 Err(e) => {
                     // An event for it is dead-lettered with the reason (`ProcessError::Corrupt`).

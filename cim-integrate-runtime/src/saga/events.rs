@@ -128,7 +128,7 @@ impl SagaEvent {
 
     /// Decodes a payload, refusing other versions. Never panics.
     pub fn decode(payload: &[u8]) -> Result<Self, String> {
-        let e: Self = serde_json::from_slice(payload).map_err(|e| format!("invalid saga event: {e}"))?;
+        let e: Self = crate::json::from_slice(payload).map_err(|e| format!("invalid saga event: {e}"))?;
         if e.version != SAGA_EVENT_VERSION {
             return Err(format!(
                 "saga event version `{}`, expected `{SAGA_EVENT_VERSION}`",

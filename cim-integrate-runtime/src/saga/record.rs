@@ -632,7 +632,7 @@ impl Encoder {
         out.extend_from_slice(b",\"status\":\"");
         out.extend_from_slice(status_str(rec.status).as_bytes());
         out.extend_from_slice(b"\",\"data\":");
-        serde_json::to_writer(&mut out, &rec.data)?;
+        crate::json::to_writer(&mut out, &rec.data)?;
         out.extend_from_slice(b",\"steps\":[");
         for (i, (step, head)) in rec.steps.iter().zip(self.step_heads.iter()).enumerate() {
             if i > 0 {
@@ -699,37 +699,15 @@ impl Encoder {
     }
 }
 
-/// `s` as a JSON string, as serde_json writes it: copied as it is unless it holds a character
-/// serde_json escapes (a control character, `"` or `\\`).
+/// `s` as a JSON string, as serde_json writes it.
 fn put_str(out: &mut Vec<u8>, s: &str) -> serde_json::Result<()> {
-    if s.bytes().all(|b| !ESCAPED[usize::from(b)]) {
-        put_plain(out, s);
-        Ok(())
-    } else {
-        serde_json::to_writer(out, s)
-    }
+    crate::json::write_str(out, s)
 }
 
 /// `s`, which holds nothing serde_json escapes, as a JSON string.
 fn put_plain(out: &mut Vec<u8>, s: &str) {
-    out.reserve(s.len() + 2);
-    out.push(b'"');
-    out.extend_from_slice(s.as_bytes());
-    out.push(b'"');
+    crate::json::write_plain(out, s);
 }
-
-/// The bytes serde_json escapes in a string: control characters, `"` and `\\`.
-const ESCAPED: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut b = 0;
-    while b < 0x20 {
-        table[b] = true;
-        b += 1;
-    }
-    table[b'"' as usize] = true;
-    table[b'\\' as usize] = true;
-    table
-};
 
 /// `status` as serde writes it (without quotes).
 fn status_str(status: SagaStatus) -> &'static str {
@@ -763,13 +741,13 @@ pub(crate) fn decode<D: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<Sag
     struct Format {
         format: Option<u32>,
     }
-    let f: Format = serde_json::from_slice(bytes).map_err(|e| format!("not a saga record: {e}"))?;
+    let f: Format = crate::json::from_slice(bytes).map_err(|e| format!("not a saga record: {e}"))?;
     match f.format {
         Some(1 | 2) => {}
         Some(other) => return Err(format!("record format {other}, this runtime reads 1 and 2")),
         None => return Err("not a saga record: no `format` field".to_owned()),
     }
-    let mut rec: SagaRecord<D> = serde_json::from_slice(bytes).map_err(|e| format!("invalid saga record: {e}"))?;
+    let mut rec: SagaRecord<D> = crate::json::from_slice(bytes).map_err(|e| format!("invalid saga record: {e}"))?;
     for event in &mut rec.outbox {
         if event.version.is_empty() {
             SAGA_EVENT_VERSION.clone_into(&mut event.version);

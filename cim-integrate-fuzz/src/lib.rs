@@ -24,6 +24,9 @@
 //!   hand-written encoder against serde. Never panics; a record read is written by the encoder
 //!   byte for byte as `serde_json::to_vec` writes it (once, and again with the same encoder), and
 //!   what serde writes reads back and writes the same bytes.
+//! - [`json()`]: the runtime's JSON reader and writer (payloads, saga and process records) against
+//!   serde_json's: both read the same value or fail with the same error, as a `Value` and as a
+//!   struct; what reads is written byte for byte as serde_json writes it.
 //! - [`dedup_block`]: a dedup block entry's marks (the key-value dedup's per-64-sequences entry):
 //!   decoding, the in-place lookup and adding a mark. Never panics; the lookup agrees with the
 //!   decoding; a mark added is found, and added to a block as this crate writes them (offsets
@@ -41,7 +44,7 @@ use cim_integrate::{Headers, Timestamp};
 use std::sync::Arc;
 
 /// The targets, by name.
-pub const TARGETS: [&str; 8] = [
+pub const TARGETS: [&str; 9] = [
     "decode",
     "envelope",
     "subject",
@@ -50,6 +53,7 @@ pub const TARGETS: [&str; 8] = [
     "saga_event",
     "saga_record",
     "dedup_block",
+    "json",
 ];
 
 /// Runs target `name` on `data`; `None` for an unknown name.
@@ -63,6 +67,7 @@ pub fn run(name: &str, data: &[u8]) -> Option<String> {
         "saga_event" => Some(saga_event(data)),
         "saga_record" => Some(saga_record(data)),
         "dedup_block" => Some(dedup_block(data)),
+        "json" => Some(json(data)),
         _ => None,
     }
 }
@@ -445,6 +450,71 @@ pub fn dedup_block(data: &[u8]) -> String {
     }
 }
 
+/// A payload with strings, numbers, a nested value and a map, read as a struct.
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct JsonDoc {
+    title: String,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default)]
+    size: Option<f64>,
+    #[serde(default)]
+    extra: Option<serde_json::Value>,
+    #[serde(default)]
+    counts: std::collections::BTreeMap<u32, String>,
+}
+
+/// Reads `data` with the runtime's JSON reader and with serde_json, as a `Value` and as a struct
+/// (the same value or the same error); writes what reads with the runtime's writer and with
+/// serde_json (the same bytes).
+pub fn json(data: &[u8]) -> String {
+    use cim_integrate::fuzzing::json_from_slice;
+    let value = json_from_slice::<serde_json::Value>(data).map_err(|e| e.to_string());
+    assert_eq!(
+        value,
+        serde_json::from_slice::<serde_json::Value>(data).map_err(|e| e.to_string()),
+        "the reader reads a value as serde_json does"
+    );
+    let doc = json_from_slice::<JsonDoc>(data).map_err(|e| e.to_string());
+    assert_eq!(
+        doc,
+        serde_json::from_slice::<JsonDoc>(data).map_err(|e| e.to_string()),
+        "the reader reads a struct as serde_json does"
+    );
+    if let Ok(doc) = &doc {
+        assert_written_alike(doc, "a struct");
+    }
+    match &value {
+        Ok(v) => {
+            assert_written_alike(v, "a value");
+            format!("ok {} doc {}", kind(v), doc.is_ok())
+        }
+        Err(e) => format!("err {}", error_class(e)),
+    }
+}
+
+/// `v` is written by the runtime's writer byte for byte as serde_json writes it.
+fn assert_written_alike<T: serde::Serialize>(v: &T, what: &str) {
+    use cim_integrate::fuzzing::json_to_vec;
+    let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
+    let ours = json_to_vec(v).unwrap_or_else(|e| panic!("the writer cannot write {what} read: {e}"));
+    let theirs = serde_json::to_vec(v).unwrap_or_else(|e| panic!("serde cannot write {what} read: {e}"));
+    assert_eq!(text(ours), text(theirs), "the writer writes {what} as serde_json does");
+}
+
+/// The kind of a JSON value, as an outcome class.
+fn kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "bool",
+        serde_json::Value::Number(_) => "number",
+        serde_json::Value::String(s) if s.chars().any(|c| c < ' ' || c == '"' || c == '\\') => "escaped string",
+        serde_json::Value::String(_) => "string",
+        serde_json::Value::Array(_) => "array",
+        serde_json::Value::Object(_) => "object",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -475,6 +545,10 @@ mod tests {
                 include_bytes!("../../cim-integrate-runtime/tests/fixtures/saga/record_format_2.json"),
             ),
             ("dedup_block", b"\x05\x01\0\0\0\0\0\0\0\x01\x02\0\0\0\0\0\0\0"),
+            (
+                "json",
+                br#"{"title":"t\n\u00e9","tags":["a"],"size":1.5,"extra":{"k":[null,true]},"counts":{"7":"x"}}"#,
+            ),
         ] {
             assert!(run(target, input).is_some());
         }

@@ -1,5 +1,6 @@
 //! Entry points for the fuzz targets (`cim-integrate-fuzz`) into decoders and encoders this crate
-//! does not make public: what reads a stored saga record, and a dedup block's marks. Behind the
+//! does not make public: what reads a stored saga record, a dedup block's marks, and the JSON
+//! reader and writer of payloads and records. Behind the
 //! `fuzzing` feature, hidden from the documentation; not an API.
 
 use crate::saga::SagaRecord;
@@ -38,4 +39,18 @@ pub fn dedup_block_holds(value: &[u8], offset: u8, nanos: i64) -> bool {
 /// replacing one at the same offset; a value that is not a block's starts over.
 pub fn dedup_block_with_mark(current: Option<&[u8]>, offset: u8, nanos: i64) -> Bytes {
     crate::dedup::with_mark(current, offset, nanos)
+}
+
+/// `bytes` read as the runtime reads payloads and records (`json::from_slice`): what
+/// `serde_json::from_slice` reads, with one UTF-8 check of the whole.
+pub fn json_from_slice<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> serde_json::Result<T> {
+    crate::json::from_slice(bytes)
+}
+
+/// `value` written as the runtime writes payloads and records (`json::to_writer`): the bytes of
+/// `serde_json::to_vec`.
+pub fn json_to_vec<T: serde::Serialize + ?Sized>(value: &T) -> serde_json::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    crate::json::to_writer(&mut out, value)?;
+    Ok(out)
 }

@@ -183,6 +183,12 @@ fn seeds(target: &str, workspace: &Path) -> Vec<Vec<u8>> {
         "saga_record" => vec![
             br#"{"format":2,"saga":"o\"rder","id":"1\n","identity":{"message_id":"0192f3c4-5d6e-7f80-9a1b-2c3d4e5f6071","correlation_id":"0192f3c4-5d6e-7f80-9a1b-2c3d4e5f6071","causation_id":"0192f3c4-5d6e-7f80-9a1b-2c3d4e5f6071"},"started_at":"2026-11-24T13:25:00Z","status":"running","data":{"a":[1,2.5,null]},"steps":[{"name":"p\u0001ay","state":"running","attempts":1}],"event_seq":1,"outbox":[{"kind":"started","seq":0}],"owner":"w\\1","lease_until_ms":5}"#.to_vec(),
         ],
+        "json" => vec![
+            br#"{"title":"t\n\u00e9 \"q\"","tags":["a","b\\c"],"size":-1.5e-7,"extra":{"k":[null,true,1e300]},"counts":{"7":"x"}}"#.to_vec(),
+            br#"[1,"two",{"three":3.0},[],{}]"#.to_vec(),
+            "{\"title\":\"café ☕\"}".as_bytes().to_vec(),
+            b"{\"title\":\"\xff\"}".to_vec(),
+        ],
         "dedup_block" => vec![
             b"\x05\x01\0\0\0\0\0\0\0".to_vec(),
             [&b"\x05\x01\0\0\0\0\0\0\0"[..], b"\x01\x02\0\0\0\0\0\0\0\x09\x03\0\0\0\0\0\0\0"].concat(),

@@ -50,7 +50,5 @@ pub fn json_from_slice<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> serde_js
 /// `value` written as the runtime writes payloads and records (`json::to_writer`): the bytes of
 /// `serde_json::to_vec`.
 pub fn json_to_vec<T: serde::Serialize + ?Sized>(value: &T) -> serde_json::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    crate::json::to_writer(&mut out, value)?;
-    Ok(out)
+    crate::json::to_vec(value)
 }

@@ -27,6 +27,13 @@ pub(crate) fn to_writer<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) -> 
     value.serialize(Writer { out })
 }
 
+/// [`to_writer`] into a new `Vec` (`serde_json::to_vec`'s bytes, and its starting capacity).
+pub(crate) fn to_vec<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(128);
+    to_writer(&mut out, value)?;
+    Ok(out)
+}
+
 /// `true` if `bytes` holds a byte JSON escapes: a control character (below 0x20), `"` or `\`.
 /// Eight bytes at a time; the last eight (or, under eight, the first and last four) overlap
 /// what came before rather than going byte by byte.
@@ -415,7 +422,8 @@ impl ser::Serializer for StrOnly<'_> {
         if needs_escape(v.as_bytes()) {
             return Err(NotStr);
         }
-        write_str(self.out, v).map_err(|_| NotStr)
+        write_plain(self.out, v);
+        Ok(())
     }
 
     fn serialize_newtype_struct<T: Serialize + ?Sized>(

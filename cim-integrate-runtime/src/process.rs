@@ -753,9 +753,8 @@ impl<T: Transport, S: ProcessState + Send + 'static> Engine<T, S> {
     }
 
     fn encode(&self, key: &str, record: &Record<S>) -> Result<Bytes, ProcessError> {
-        let mut out = Vec::with_capacity(128);
-        crate::json::to_writer(&mut out, record)
-            .map(|()| Bytes::from(out))
+        crate::json::to_vec(record)
+            .map(Bytes::from)
             .map_err(|e| ProcessError::Corrupt {
                 process: self.name.clone(),
                 key: key.to_owned(),

@@ -2,6 +2,7 @@
 
 use super::events::{SAGA_EVENT_VERSION, SagaEvent, SagaEventKind};
 use crate::id::{CausationId, CorrelationId, Identity, MessageId};
+use crate::json::{write_plain, write_str};
 use crate::timestamp::Timestamp;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::sync::Arc;
@@ -470,9 +471,9 @@ fn head<D>(rec: &SagaRecord<D>) -> serde_json::Result<Vec<u8>> {
     out.extend_from_slice(b"{\"format\":");
     out.extend_from_slice(itoa::Buffer::new().format(rec.format).as_bytes());
     out.extend_from_slice(b",\"saga\":");
-    put_str(&mut out, &rec.saga)?;
+    write_str(&mut out, &rec.saga)?;
     out.extend_from_slice(b",\"id\":");
-    put_str(&mut out, &rec.id)?;
+    write_str(&mut out, &rec.id)?;
     let ids = &rec.identity;
     let own = ids.message_id.as_uuid();
     for (i, (key, id)) in [
@@ -489,16 +490,16 @@ fn head<D>(rec: &SagaRecord<D>) -> serde_json::Result<Vec<u8>> {
         }
         out.extend_from_slice(key);
         // A hyphenated UUID and an RFC 3339 time need no escapes.
-        put_plain(&mut out, id.hyphenated().encode_lower(&mut uuid));
+        write_plain(&mut out, id.hyphenated().encode_lower(&mut uuid));
     }
     out.extend_from_slice(b"},\"started_at\":");
-    put_plain(
+    write_plain(
         &mut out,
         rec.started_at.write_rfc3339(&mut [0u8; crate::timestamp::RFC3339_MAX]),
     );
     if let Some(trace) = &rec.trace {
         out.extend_from_slice(b",\"trace\":");
-        put_str(&mut out, trace)?;
+        write_str(&mut out, trace)?;
     }
     Ok(out)
 }
@@ -506,7 +507,7 @@ fn head<D>(rec: &SagaRecord<D>) -> serde_json::Result<Vec<u8>> {
 /// `owner` and its JSON string, for [`Encoder::new`].
 pub(crate) fn owner(owner: &str) -> serde_json::Result<Arc<(String, Vec<u8>)>> {
     let mut json = Vec::with_capacity(owner.len() + 2);
-    put_str(&mut json, owner)?;
+    write_str(&mut json, owner)?;
     Ok(Arc::new((owner.to_owned(), json)))
 }
 
@@ -516,7 +517,7 @@ pub(crate) fn step_heads<'a>(names: impl IntoIterator<Item = &'a str>) -> serde_
         .into_iter()
         .map(|name| {
             let mut h = b"{\"name\":".to_vec();
-            put_str(&mut h, name)?;
+            write_str(&mut h, name)?;
             h.extend_from_slice(b",\"state\":\"");
             Ok(h.into_boxed_slice())
         })
@@ -569,21 +570,21 @@ impl Encoder {
         out.reserve(128);
         let mut num = itoa::Buffer::new();
         out.extend_from_slice(b"{\"version\":");
-        put_str(&mut out, version)?;
+        write_str(&mut out, version)?;
         out.extend_from_slice(b",\"kind\":\"");
         out.extend_from_slice(event.kind.token().as_bytes());
         out.extend_from_slice(b"\",\"saga\":");
-        put_str(&mut out, saga)?;
+        write_str(&mut out, saga)?;
         out.extend_from_slice(b",\"saga_id\":");
-        put_str(&mut out, id)?;
+        write_str(&mut out, id)?;
         let rest = out.len();
         if let Some(step) = &event.step {
             out.extend_from_slice(b",\"step\":");
-            put_str(&mut out, step)?;
+            write_str(&mut out, step)?;
         }
         if let Some(error) = &event.error {
             out.extend_from_slice(b",\"error\":");
-            put_str(&mut out, error)?;
+            write_str(&mut out, error)?;
         }
         if let Some(attempts) = event.attempts {
             out.extend_from_slice(b",\"attempts\":");
@@ -653,7 +654,7 @@ impl Encoder {
             match &step.error {
                 Some(e) => {
                     out.extend_from_slice(b",\"error\":");
-                    put_str(&mut out, e)?;
+                    write_str(&mut out, e)?;
                 }
                 None if whole => out.extend_from_slice(b",\"error\":null"),
                 None => {}
@@ -697,16 +698,6 @@ impl Encoder {
         self.buf = out;
         Ok(json)
     }
-}
-
-/// `s` as a JSON string, as serde_json writes it.
-fn put_str(out: &mut Vec<u8>, s: &str) -> serde_json::Result<()> {
-    crate::json::write_str(out, s)
-}
-
-/// `s`, which holds nothing serde_json escapes, as a JSON string.
-fn put_plain(out: &mut Vec<u8>, s: &str) {
-    crate::json::write_plain(out, s);
 }
 
 /// `status` as serde writes it (without quotes).
